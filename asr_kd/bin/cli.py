@@ -1,0 +1,50 @@
+"""``asr-kd <command>``: thin command-line entry points over typed library functions.
+
+Each group of commands lives in its own module under ``asr_kd.bin`` with a
+``register(subparsers)`` function; the list below is explicit (no registration by import side
+effect). A command's handler receives the parsed ``argparse.Namespace`` and calls one library
+function. User errors (:class:`asr_kd.errors.AsrKdError`) print one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from asr_kd.errors import AsrKdError
+
+# Modules that define ``register(subparsers)``; add a line here for a new command group.
+COMMAND_MODULES = (
+    "asr_kd.bin.cmd_data",
+    "asr_kd.bin.cmd_lang",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every command registered."""
+    parser = argparse.ArgumentParser(
+        prog="asr-kd",
+        description="Knowledge distillation for speech recognition: recipe stages as commands.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except AsrKdError as err:
+        print(f"asr-kd {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

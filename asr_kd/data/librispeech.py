@@ -1,0 +1,215 @@
+"""Stage 0: lhotse manifests for a corpus in the LibriSpeech layout (real or synthetic).
+
+``prepare_manifests`` scans ``<corpus_dir>/<part>/<speaker>/<chapter>/`` the way LibriSpeech is
+laid out and writes ``librispeech_recordings_<part>.jsonl.gz`` and
+``librispeech_supervisions_<part>.jsonl.gz``, the same records and file names as
+``lhotse.recipes.prepare_librispeech``. It does its own scan so that bad input is handled the
+way users want: a transcript line without audio, audio without a transcript line, an empty
+transcript or an unreadable FLAC file is skipped, counted and listed in
+``<output_dir>/skipped_<part>.txt`` (and logged), never lost silently; a missing corpus directory,
+a missing part or a part with no usable utterance is a one-line :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import soundfile as sf
+from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse.qa import validate_recordings_and_supervisions
+from tqdm import tqdm
+
+from asr_kd.errors import DataError
+from asr_kd.utils import atomic_path, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+LIBRISPEECH_PARTS = (
+    "dev-clean",
+    "dev-other",
+    "test-clean",
+    "test-other",
+    "train-clean-100",
+    "train-clean-360",
+    "train-other-500",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartReport:
+    """What stage 0 found in one part of the corpus."""
+
+    part: str
+    utterances: int
+    hours: float
+    speakers: int
+    skipped: dict[str, int]  # reason -> count
+
+
+def manifest_path(output_dir: Path | str, kind: str, part: str) -> Path:
+    """Path of lhotse's ``librispeech_<kind>_<part>.jsonl.gz`` (kind: recordings|supervisions)."""
+    return Path(output_dir) / f"librispeech_{kind}_{part}.jsonl.gz"
+
+
+def _read_transcripts(trans_file: Path) -> list[tuple[str, str, int]]:
+    """Return ``(utt_id, text, line_number)`` for each line of a ``*.trans.txt`` file."""
+    out = []
+    try:
+        lines = trans_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{trans_file}: not UTF-8 text ({err.reason}); re-encode it as UTF-8") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        out.append((parts[0], parts[1].strip() if len(parts) > 1 else "", n))
+    return out
+
+
+def audio_error_reason(err: Exception, what: str = "unreadable audio") -> str:
+    """A short one-line reason for an audio decoding error, without quoted file names
+    (the caller names the file)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = re.sub(r"'[^']*/[^']*'", "<file>", text)
+    return f"{what} ({text[:200]})"
+
+
+def _probe(audio: Path, utt_id: str) -> Recording | str:
+    """Return the Recording of ``audio``, or a reason string when it cannot be read."""
+    try:
+        info = sf.info(str(audio))
+    except Exception as err:  # soundfile raises several types for corrupt files
+        return audio_error_reason(err)
+    if info.frames == 0:
+        return "audio has no samples"
+    try:
+        return Recording.from_file(audio, recording_id=utt_id)
+    except Exception as err:
+        return audio_error_reason(err)
+
+
+def scan_part(corpus_dir: Path, part: str, num_jobs: int = 1) -> tuple[RecordingSet, SupervisionSet, list[tuple[str, str]]]:
+    """Scan one LibriSpeech-layout part.
+
+    Returns the recordings, the supervisions, and the skipped items as ``(path, reason)``.
+    Raises DataError when the part directory is missing.
+    """
+    part_dir = corpus_dir / part
+    if not part_dir.is_dir():
+        available = sorted(p.name for p in corpus_dir.iterdir() if p.is_dir()) if corpus_dir.is_dir() else []
+        raise DataError(
+            f"part directory {part_dir} does not exist (found: {', '.join(available) or 'nothing'}); "
+            f"choose existing parts with --train-set/--dev-set/--test-set"
+        )
+    skipped: list[tuple[str, str]] = []
+    items: list[tuple[str, str, Path]] = []
+    referenced: set[Path] = set()
+    for trans_file in sorted(part_dir.glob("*/*/*.trans.txt")):
+        for utt_id, text, line_no in _read_transcripts(trans_file):
+            audio = trans_file.parent / f"{utt_id}.flac"
+            referenced.add(audio)
+            if not text:
+                skipped.append((f"{trans_file}:{line_no}", "utterance has an empty transcript"))
+            elif not audio.is_file():
+                skipped.append((str(audio), "transcript line without audio file"))
+            else:
+                items.append((utt_id, text, audio))
+    for audio in sorted(part_dir.glob("*/*/*.flac")):
+        if audio not in referenced:
+            skipped.append((str(audio), "audio file without transcript line"))
+
+    recordings: list[Recording] = []
+    supervisions: list[SupervisionSegment] = []
+    with ThreadPoolExecutor(max(1, num_jobs)) as pool:
+        probes = pool.map(lambda it: _probe(it[2], it[0]), items)
+        for (utt_id, text, audio), rec in tqdm(zip(items, probes), total=len(items), desc=f"scan {part}", leave=False):
+            if isinstance(rec, str):
+                skipped.append((str(audio), rec))
+                continue
+            recordings.append(rec)
+            supervisions.append(
+                SupervisionSegment(
+                    id=utt_id,
+                    recording_id=utt_id,
+                    start=0.0,
+                    duration=rec.duration,
+                    channel=0,
+                    language="English",
+                    speaker=utt_id.split("-")[0],
+                    text=text,
+                )
+            )
+    return RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions), skipped
+
+
+def prepare_manifests(
+    corpus_dir: Path | str,
+    output_dir: Path | str,
+    parts: Sequence[str],
+    num_jobs: int = 1,
+) -> dict[str, PartReport]:
+    """Write validated lhotse manifests for ``parts`` of a LibriSpeech-layout corpus.
+
+    Returns a report per part. Skipped items are listed in ``output_dir/skipped_<part>.txt``.
+    """
+    corpus_dir = Path(corpus_dir)
+    output_dir = Path(output_dir)
+    if not corpus_dir.is_dir():
+        raise DataError(
+            f"corpus directory {corpus_dir} does not exist; pass --corpus-dir pointing at the folder "
+            f"that holds train-clean-100/, dev-clean/, ... (or leave it out to use the synthetic corpus)"
+        )
+    if not parts:
+        raise DataError("no corpus parts requested; name at least one, e.g. --train-set train-clean-100")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reports: dict[str, PartReport] = {}
+    for part in parts:
+        recordings, supervisions, skipped = scan_part(corpus_dir, part, num_jobs)
+        reasons: dict[str, int] = {}
+        for path, reason in skipped:
+            key = reason.split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+            log.warning("%s: skipped %s: %s", part, path, reason)
+        skip_file = output_dir / f"skipped_{part}.txt"
+        write_text_atomic(skip_file, "".join(f"{p}\t{r}\n" for p, r in skipped))
+        if skipped:
+            log.warning("%s: skipped %d item(s), listed in %s", part, len(skipped), skip_file)
+        if len(recordings) == 0:
+            raise DataError(
+                f"part {corpus_dir / part} has no usable utterance ({len(skipped)} skipped, see {skip_file}); "
+                f"fix the data or leave the part out"
+            )
+        validate_recordings_and_supervisions(recordings, supervisions)
+        for kind, manifest in (("recordings", recordings), ("supervisions", supervisions)):
+            with atomic_path(manifest_path(output_dir, kind, part)) as tmp:
+                manifest.to_file(tmp)
+        hours = sum(r.duration for r in recordings) / 3600.0
+        reports[part] = PartReport(
+            part=part,
+            utterances=len(recordings),
+            hours=hours,
+            speakers=len({s.speaker for s in supervisions}),
+            skipped=reasons,
+        )
+        log.info("%s: %d utterances, %.2f h, %d speakers", part, len(recordings), hours, reports[part].speakers)
+    return reports
+
+
+def download_librispeech(target_dir: Path | str, parts: Sequence[str]) -> Path:
+    """Download and unpack LibriSpeech parts with lhotse (needs internet); return the corpus dir."""
+    from lhotse.recipes import download_librispeech as _download
+
+    unknown = [p for p in parts if p not in LIBRISPEECH_PARTS]
+    if unknown:
+        raise DataError(f"cannot download unknown LibriSpeech part(s) {unknown}; known parts: {list(LIBRISPEECH_PARTS)}")
+    try:
+        return Path(_download(target_dir, dataset_parts=list(parts)))
+    except OSError as err:
+        raise DataError(
+            f"downloading LibriSpeech into {target_dir} failed ({err}); download it by hand and pass --corpus-dir"
+        ) from None

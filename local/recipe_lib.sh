@@ -1,0 +1,54 @@
+# Sourced by recipe scripts: logging, stage guards and completion markers.
+
+# log MESSAGE...: a timestamped line on stderr naming the script and line.
+log() {
+  local caller="${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}"
+  printf '%s (%s) %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$caller" "$*" >&2
+}
+
+# die MESSAGE...: log and exit 1.
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+# in_stages N: true when stage N lies within --stage .. --stop-stage.
+in_stages() {
+  [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]
+}
+
+# is_done DIR: true when DIR holds a .done marker (written only after the work succeeded).
+is_done() {
+  [ -f "$1/.done" ]
+}
+
+# mark_done DIR: record that the work writing DIR finished.
+mark_done() {
+  mkdir -p "$1"
+  date '+%Y-%m-%d %H:%M:%S' > "$1/.done"
+}
+
+# run_logged LOGFILE CMD...: run CMD, its output shown and kept in LOGFILE; fail if CMD fails.
+run_logged() {
+  local logfile="$1"
+  shift
+  mkdir -p "$(dirname "$logfile")"
+  {
+    printf '# %s\n# started %s\n' "$*" "$(date '+%Y-%m-%d %H:%M:%S')"
+  } > "$logfile"
+  if "$@" 2>&1 | tee -a "$logfile"; then
+    printf '# ended %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" >> "$logfile"
+  else
+    local rc=${PIPESTATUS[0]}
+    log "ERROR: '$*' failed with status $rc; see $logfile"
+    exit "$rc"
+  fi
+}
+
+# Make the project's virtual environment's asr-kd reachable when it is not on PATH already.
+__asr_kd_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! command -v asr-kd >/dev/null 2>&1 && [ -x "$__asr_kd_root/.venv/bin/asr-kd" ]; then
+  PATH="$__asr_kd_root/.venv/bin:$PATH"
+  export PATH
+fi
+unset __asr_kd_root

@@ -1,0 +1,47 @@
+"""Configs: YAML loading, overrides, validation errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asr_kd.config import FeatureConfig, LangConfig, SynthConfig, load_config, parse_overrides, save_config
+from asr_kd.errors import ConfigError
+
+
+def test_yaml_and_overrides_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text("num_mel_bins: 40\nbackend: kaldi-native-fbank\n")
+    cfg = load_config(FeatureConfig, path, parse_overrides(["num-jobs=3", "cmvn=global"]))
+    assert (cfg.num_mel_bins, cfg.backend, cfg.num_jobs, cfg.cmvn) == (40, "kaldi-native-fbank", 3, "global")
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(FeatureConfig, tmp_path / "saved.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "cls, overrides, message",
+    [
+        (FeatureConfig, {"backend": "htk"}, "features.backend must be one of"),
+        (FeatureConfig, {"num_ceps": "50"}, "num_ceps must not exceed"),
+        (FeatureConfig, {"num_jobs": "two"}, "num_jobs: expected int"),
+        (SynthConfig, {"preset": "huge"}, "synth.preset must be one of"),
+        (SynthConfig, {"difficulty": "7"}, r"difficulty must be in \[0, 3\]"),
+        (LangConfig, {"position_dependent_phones": "maybe"}, "expected true/false"),
+        (LangConfig, {"silence_probability": "0.5"}, r"unknown key\(s\) \['silence_probability'\]"),
+    ],
+)
+def test_invalid_values_are_one_line_errors(cls: type, overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(cls, None, overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(FeatureConfig, tmp_path / "nope.yaml")
+
+
+def test_override_needs_equals() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["num_jobs"])

@@ -1,0 +1,76 @@
+"""Stage 0: manifests from a LibriSpeech-layout folder, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lhotse import load_manifest
+from lhotse.recipes import prepare_librispeech
+
+from asr_kd.data.librispeech import manifest_path, prepare_manifests
+from asr_kd.errors import DataError
+
+
+def test_manifests_match_lhotse_recipe(tone_corpus: Path, tmp_path: Path) -> None:
+    reports = prepare_manifests(tone_corpus, tmp_path / "ours", ["train-clean-100", "dev-clean"])
+    theirs = prepare_librispeech(tone_corpus, dataset_parts=["train-clean-100", "dev-clean"])
+    for part in ("train-clean-100", "dev-clean"):
+        recs = load_manifest(manifest_path(tmp_path / "ours", "recordings", part))
+        sups = load_manifest(manifest_path(tmp_path / "ours", "supervisions", part))
+        ref_recs, ref_sups = theirs[part]["recordings"], theirs[part]["supervisions"]
+        assert sorted(r.id for r in recs) == sorted(r.id for r in ref_recs)
+        for s in sups:
+            ref = ref_sups[s.id]
+            assert (s.text, s.speaker, s.duration, s.recording_id) == (ref.text, ref.speaker, ref.duration, ref.recording_id)
+        assert recs[sups[0].recording_id].sampling_rate == 16000
+        assert reports[part].skipped == {}
+    assert reports["train-clean-100"].utterances == 6
+    assert reports["train-clean-100"].speakers == 2
+
+
+def test_bad_items_are_skipped_counted_and_listed(tone_corpus: Path, tmp_path: Path) -> None:
+    chapter = tone_corpus / "train-clean-100" / "11" / "100"
+    (chapter / "11-100-0001.flac").write_bytes(b"fLaC this is not audio")  # corrupt
+    (chapter / "11-100-0042.flac").write_bytes((chapter / "11-100-0000.flac").read_bytes())  # no transcript
+    with open(chapter / "11-100.trans.txt", "a") as f:
+        f.write("11-100-0007 THIS AUDIO IS MISSING\n11-100-0008\n")
+    out = tmp_path / "manifests"
+    reports = prepare_manifests(tone_corpus, out, ["train-clean-100"])
+    r = reports["train-clean-100"]
+    assert r.utterances == 5
+    assert r.skipped == {
+        "unreadable audio": 1,
+        "audio file without transcript line": 1,
+        "transcript line without audio file": 1,
+        "utterance has an empty transcript": 1,
+    }
+    listed = (out / "skipped_train-clean-100.txt").read_text()
+    assert "11-100-0001.flac\tunreadable audio" in listed
+    assert "11-100-0042.flac\taudio file without transcript line" in listed
+    ids = {s.id for s in load_manifest(manifest_path(out, "supervisions", "train-clean-100"))}
+    assert "11-100-0001" not in ids and "11-100-0000" in ids
+
+
+def test_missing_corpus_dir_is_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"corpus directory .*nowhere does not exist; pass --corpus-dir") as e:
+        prepare_manifests(tmp_path / "nowhere", tmp_path / "out", ["dev-clean"])
+    assert "\n" not in str(e.value)
+
+
+def test_missing_part_names_the_folder_and_what_exists(tone_corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"test-clean does not exist \(found: dev-clean, train-clean-100\)"):
+        prepare_manifests(tone_corpus, tmp_path / "out", ["test-clean"])
+
+
+def test_part_with_no_usable_utterance_is_an_error(tone_corpus: Path, tmp_path: Path) -> None:
+    for flac in (tone_corpus / "dev-clean").rglob("*.flac"):
+        flac.write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"dev-clean has no usable utterance \(3 skipped, see .*skipped_dev-clean.txt\)"):
+        prepare_manifests(tone_corpus, tmp_path / "out", ["dev-clean"])
+
+
+def test_empty_part_is_an_error(tone_corpus: Path, tmp_path: Path) -> None:
+    (tone_corpus / "test-clean").mkdir()
+    with pytest.raises(DataError, match="test-clean has no usable utterance"):
+        prepare_manifests(tone_corpus, tmp_path / "out", ["test-clean"])

@@ -1,0 +1,62 @@
+"""The recipe scripts' contract: --help, option parsing, rejected options."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+RUN_SH = REPO_ROOT / "recipes" / "librispeech" / "run.sh"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(RUN_SH), *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_help_documents_every_stage_and_option() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    text = out.stdout
+    for n in range(3):
+        assert re.search(rf"^\s+{n}\s+\w", text, re.M), f"stage {n} is not documented"
+    # Every option variable defined before parsing must be in the help text.
+    script = RUN_SH.read_text().split(". \"$root_dir/local/parse_options.sh\"")[0]
+    options = re.findall(r"^([a-z_]+)=", script, re.M)
+    options = [o for o in options if o not in ("recipe_dir", "root_dir", "help_message")]
+    assert len(options) >= 10
+    for opt in options:
+        assert f"--{opt.replace('_', '-')}" in text, f"--{opt} missing from --help"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--no-such-option", "1"], "unknown option --no-such-option"),
+        (["--stage"], "option --stage needs a value"),
+        (["--download", "yes"], "option --download takes true or false"),
+        (["--stage", "x"], "--stage and --stop-stage take integers"),
+        (["extra"], "unexpected argument 'extra'"),
+    ],
+)
+def test_bad_options_fail_with_a_message(args: list[str], message: str) -> None:
+    out = run(*args)
+    assert out.returncode == 1
+    assert message in out.stderr
+
+
+def test_equals_form_and_dashes_map_to_variables(tmp_path: Path) -> None:
+    script = tmp_path / "s.sh"
+    script.write_text(
+        f"""set -euo pipefail
+foo_bar=1; flag=false; help_message="usage"
+. "{REPO_ROOT}/local/parse_options.sh"
+echo "$foo_bar $flag $#"
+"""
+    )
+    out = subprocess.run(["bash", str(script), "--foo-bar=x y", "--flag", "true", "rest"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "x y true 1"
