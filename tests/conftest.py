@@ -39,3 +39,63 @@ def write_tone_corpus(root: Path, parts: dict[str, list[int]], utts_per_speaker:
 def tone_corpus(tmp_path: Path) -> Path:
     """A small clean corpus: two training speakers, one dev speaker."""
     return write_tone_corpus(tmp_path / "corpus", {"train-clean-100": [11, 12], "dev-clean": [21]})
+
+
+RUN_SH = REPO_ROOT / "recipes" / "librispeech" / "run.sh"
+
+
+def run_librispeech_recipe(data: Path, exp: Path, *args: str, timeout: int = 900):
+    """Run recipes/librispeech/run.sh on the 'tiny' synthetic corpus; fail the test on error."""
+    import subprocess
+
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--nj", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, f"run.sh {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(data, exp)`` after stages 0-2 of the main recipe on the 'tiny' corpus, run once per
+    test session. Tests must treat these folders as read-only (copy what they change)."""
+    root = tmp_path_factory.mktemp("tiny_recipe")
+    data, exp = root / "data", root / "exp"
+    run_librispeech_recipe(data, exp, "--stage", "0", "--stop-stage", "2")
+    return data, exp
+
+
+# GmmConfig sizes for the 'tiny' corpus (80 training utterances, about 28,000 frames), on top of
+# recipes/librispeech/conf/gmm.yaml (sized for 'mini'): about half a minute on 2 cores.
+TINY_GMM_OVERRIDES = {
+    "mono_num_iters": 12,
+    "mono_realign_iters": (1, 2, 3, 4, 5, 6, 8, 10),
+    "mono_total_gauss": 150,
+    "mono_max_iter_inc": 8,
+    "tri_num_iters": 10,
+    "tri_realign_iters": (3, 6, 8),
+    "tri_total_gauss": 500,
+    "tri_max_iter_inc": 7,
+    "num_leaves": 150,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_stage3(tiny_stage2: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """``(data, lang_dir, exp)`` after stage 3 (:func:`asr_kd.gmm.stage.run_gmm_stage`) on the
+    data of ``tiny_stage2``, run once per test session into its own experiment folder: models,
+    graphs and senone alignments in ``exp/gmm`` (see asr_kd/gmm/stage.py), its RESULTS.md section
+    in ``exp/RESULTS.md``. Tests must treat these folders as read-only."""
+    from asr_kd.config import GmmConfig, load_config
+    from asr_kd.gmm.stage import run_gmm_stage
+
+    data, _ = tiny_stage2
+    exp = tmp_path_factory.mktemp("tiny_stage3") / "exp"
+    config = load_config(GmmConfig, REPO_ROOT / "recipes" / "librispeech" / "conf" / "gmm.yaml", TINY_GMM_OVERRIDES)
+    parts = ["train-clean-100", "dev-clean", "test-clean"]
+    run_gmm_stage(data, data / "lang", exp, config, "train-clean-100", parts, num_jobs=2, results_md=exp / "RESULTS.md",
+                  command="run_gmm_stage (tests/conftest.py tiny_stage3)")
+    return data, data / "lang", exp

@@ -13,11 +13,18 @@ import importlib
 import sys
 
 from asr_kd.errors import AsrKdError
+from asr_kd.utils import setup_logging
 
 # Modules that define ``register(subparsers)``; add a line here for a new command group.
 COMMAND_MODULES = (
     "asr_kd.bin.cmd_data",
     "asr_kd.bin.cmd_lang",
+    "asr_kd.bin.cmd_train",
+    "asr_kd.bin.cmd_synth",
+    "asr_kd.bin.cmd_mnist",
+    "asr_kd.bin.cmd_decode",
+    "asr_kd.bin.cmd_kd",
+    "asr_kd.bin.cmd_gmm",
 )
 
 
@@ -38,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging()
     try:
         rc = args.func(args)
     except AsrKdError as err:

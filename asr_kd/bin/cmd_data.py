@@ -47,6 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a config field")
     p.set_defaults(func=_compute_features)
 
+    p = sub.add_parser(
+        "data-summary",
+        help="print hours, utterances and speakers per part, vocabulary, OOV rates and LM perplexity",
+        description="Summarise stages 0-2: reads the supervision manifests and <lang-dir>/lang.json.",
+    )
+    p.add_argument("--manifest-dir", type=Path, required=True)
+    p.add_argument("--lang-dir", type=Path, default=None)
+    p.add_argument("--parts", nargs="+", required=True)
+    p.set_defaults(func=_data_summary)
+
 
 def _prepare_manifests(args: argparse.Namespace) -> int:
     from asr_kd.data.librispeech import prepare_manifests
@@ -74,4 +84,11 @@ def _compute_features(args: argparse.Namespace) -> int:
         speed = r.audio_seconds / max(r.wall_seconds, 1e-9)
         skipped = f", {r.skipped} skipped" if r.skipped else ""
         print(f"{r.kind:>5} {r.part:>16}: {r.cuts:6d} cuts, {r.frames:9d} frames x {r.dim}, {speed:6.0f}x real time{skipped}")
+    return 0
+
+
+def _data_summary(args: argparse.Namespace) -> int:
+    from asr_kd.report.data_summary import summarize_data
+
+    print(summarize_data(args.manifest_dir, args.lang_dir, args.parts))
     return 0

@@ -1,0 +1,75 @@
+"""Decoding commands: build HCLG / HLG graphs, and score transcripts (WER)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``make-hclg``, ``make-hlg`` and ``compute-wer`` to ``sub``."""
+    p = sub.add_parser(
+        "make-hclg",
+        help="build the hybrid decoding graph HCLG.fst for a lang directory and a GMM system",
+        description=(
+            "Compose L_disambig and G, determinize and minimize, add phonetic context (the model's tree), "
+            "the HMM transducer and self-loops (Kaldi's mkgraph.sh steps). Writes HCLG.fst, words.txt and hclg.json."
+        ),
+    )
+    p.add_argument("--lang-dir", type=Path, required=True, help="lang directory (words.txt, L_disambig.fst, G.fst, ...)")
+    p.add_argument("--model", type=Path, required=True, help="GMM system pickle written by GMM training (tree + transition model)")
+    p.add_argument("--graph-dir", type=Path, required=True, help="output directory (e.g. exp/tri/graph)")
+    p.add_argument("--transition-scale", type=float, default=1.0, help="scale on transition probabilities (default 1.0)")
+    p.add_argument("--self-loop-scale", type=float, default=0.1, help="scale on self-loop probabilities (default 0.1)")
+    p.set_defaults(func=run_make_hclg)
+
+    p = sub.add_parser(
+        "make-hlg",
+        help="build the CTC decoding graph HLG.fst over the lang directory's phones",
+        description="CTC topology H over <blk> + phones, the lexicon L with disambiguation symbols, and G. Writes HLG.fst, tokens.txt, words.txt and hlg.json.",
+    )
+    p.add_argument("--lang-dir", type=Path, required=True, help="lang directory")
+    p.add_argument("--graph-dir", type=Path, required=True, help="output directory (e.g. exp/ctc/graph)")
+    p.add_argument("--silence-prob", type=float, default=0.0, help="optional SIL between words (> 0 only if the CTC targets contain SIL)")
+    p.set_defaults(func=run_make_hlg)
+
+    p = sub.add_parser(
+        "compute-wer",
+        help="score a hypothesis text file against a reference (WER, per-utterance details)",
+        description="Both files hold 'UTT_ID word word ...' lines. Missing hypotheses count as deletions. Prints the %%WER line.",
+    )
+    p.add_argument("--ref", type=Path, required=True, help="reference text file")
+    p.add_argument("--hyp", type=Path, required=True, help="hypothesis text file")
+    p.add_argument("--report", type=Path, default=None, help="write wer_details here (and the same as .json beside it)")
+    p.set_defaults(func=run_compute_wer)
+
+
+def run_make_hclg(args: argparse.Namespace) -> int:
+    """Build HCLG and print its size."""
+    from asr_kd.decode.hclg import make_hclg_for_model
+    from asr_kd.utils import setup_logging
+
+    setup_logging()
+    info = make_hclg_for_model(args.lang_dir, args.model, args.graph_dir, args.transition_scale, args.self_loop_scale)
+    print(f"{args.graph_dir}/HCLG.fst: {info.num_states} states, {info.num_arcs} arcs ({info.seconds:.1f} s)")
+    return 0
+
+
+def run_make_hlg(args: argparse.Namespace) -> int:
+    """Build the phone HLG and print its size."""
+    from asr_kd.decode.hlg import make_phone_hlg
+    from asr_kd.lang.lang_dir import Lang
+    from asr_kd.utils import setup_logging
+
+    setup_logging()
+    info = make_phone_hlg(Lang.load(args.lang_dir), args.graph_dir, args.silence_prob)
+    print(f"{args.graph_dir}/HLG.fst: {info.num_states} states, {info.num_arcs} arcs ({info.seconds:.1f} s)")
+    return 0
+
+
+def run_compute_wer(args: argparse.Namespace) -> int:
+    """Score the files and print Kaldi's %WER line."""
+    from asr_kd.metrics.wer import score_transcript_files
+
+    print(score_transcript_files(args.ref, args.hyp, args.report).summary())
+    return 0

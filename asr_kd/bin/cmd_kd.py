@@ -1,0 +1,176 @@
+"""Recipe stages 4-8: ``train-teachers``, ``make-soft-targets``, ``train-student``,
+``decode-hybrid`` (Table 1) and ``three-percent`` (Table 5)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _layout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, required=True, help="recipe data folder (fbank/cmvn_<part>.npz of stage 1)")
+    p.add_argument("--exp-dir", type=Path, required=True, help="recipe experiment folder (gmm/ali of stage 3; outputs go here)")
+    p.add_argument("--train-set", default="train-clean-100", help="training part (default train-clean-100)")
+    p.add_argument("--dev-set", default="dev-clean", help="dev part (default dev-clean)")
+    p.add_argument("--test-set", default="test-clean", help="test part (default test-clean)")
+    p.add_argument("--results-md", type=Path, default=None, help="RESULTS.md whose section this stage (re)writes")
+    p.add_argument("--results-command", default=None, help="command recorded in RESULTS.md (default: this asr-kd command line)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-config", default="mini", help="DNN preset (paper, mini, tiny) or YAML of DnnConfig fields (conf/dnn_*.yaml)")
+    p.add_argument("--model-set", dest="model_overrides", action="append", metavar="KEY=VALUE", help="override a DnnConfig field")
+    p.add_argument("--config", type=Path, default=None, help="YAML of TrainConfig fields (conf/train_*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a TrainConfig field")
+
+
+def _kd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kd-config", type=Path, default=None, help="YAML of KdConfig fields (conf/kd.yaml)")
+    p.add_argument("--kd-set", dest="kd_overrides", action="append", metavar="KEY=VALUE", help="override a KdConfig field")
+
+
+def _teachers_arg(p: argparse.ArgumentParser, default: int | None) -> None:
+    p.add_argument("--num-teachers", type=int, default=default,
+                   help=f"number of teachers{' (default: every trained teacher)' if default is None else f' (default {default})'}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the stage 4-8 commands to ``sub``."""
+    p = sub.add_parser("train-teachers", help="stage 4: train N DNN teachers differing only in their seed",
+                       description="Train --num-teachers DNNs on the stage-3 senone alignments (seeds seed, seed+1, ...) in "
+                       "<exp>/teachers/teacher<i>; finished teachers are skipped, interrupted ones resumed.")
+    _layout_args(p)
+    _model_args(p)
+    _teachers_arg(p, 4)
+    p.set_defaults(func=_train_teachers)
+
+    p = sub.add_parser("make-soft-targets", help="stage 5: store the ensemble's top-k soft targets at temperature T on the training cuts",
+                       description="Fuse the teachers' posteriors at kd.temperature for every training frame, keep the top kd.top_k "
+                       "(int32 ids, float16 probabilities) on the cuts: <exp>/soft_targets/cuts_<train>.jsonl.gz and stats.json "
+                       "(bytes per frame, KL stored vs full).")
+    _layout_args(p)
+    _kd_args(p)
+    _teachers_arg(p, None)
+    p.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per inference batch (default 200)")
+    p.set_defaults(func=_make_soft_targets)
+
+    p = sub.add_parser("train-student", help="stage 6: train the hard-target baseline or the distilled student",
+                       description="--kind hard: cross entropy on the senone alignments. --kind distilled: kd.soft_weight * T^2 * "
+                       "CE(soft targets at T) + kd.hard_weight * CE(senones), from stored soft targets (kd.mode=stored) or "
+                       "teachers run in the loop (kd.mode=online; kd.loss=logit_l2 for logit matching). Output: <exp>/students/<kind>.")
+    _layout_args(p)
+    _model_args(p)
+    _kd_args(p)
+    _teachers_arg(p, None)
+    p.add_argument("--kind", choices=("hard", "distilled"), required=True, help="which student")
+    p.set_defaults(func=_train_student)
+
+    p = sub.add_parser("decode-hybrid", help="stage 7: HCLG decoding, WER and frame accuracy of baseline, ensemble and distilled (Table 1)",
+                       description="Frame accuracy against the senone alignments on dev and test, hybrid HCLG decoding (posteriors "
+                       "minus log priors times the acoustic scale) and WER on --decode-parts; writes <exp>/decode/ and the Table 1 "
+                       "analogue to --results-md.")
+    _layout_args(p)
+    _kd_args(p)
+    _teachers_arg(p, None)
+    p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")
+    p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
+    p.add_argument("--num-jobs", type=int, default=2, help="parallel decoding processes (default 2)")
+    p.add_argument("--decode-parts", nargs="+", default=None, help="parts to decode (default: the test set)")
+    p.add_argument("--no-teachers", action="store_true", help="skip the per-teacher frame accuracies")
+    p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md (e.g. \"the synthetic 'mini' corpus\")")
+    p.set_defaults(func=_decode_hybrid)
+
+    p = sub.add_parser("three-percent", help="stage 8: hard vs soft targets on 3%% of the training data (Table 5)",
+                       description="Train on --fraction of the training cuts (seeded draw) with hard targets (early stopping on dev) "
+                       "and with the ensemble's stored soft targets (no early stopping); compare with the stage-6 hard baseline "
+                       "on train and test frame accuracy; write <exp>/three_percent/, a dev-accuracy plot and the Table 5 analogue.")
+    _layout_args(p)
+    _model_args(p)
+    _kd_args(p)
+    p.add_argument("--fraction", type=float, default=0.03, help="share of the training utterances (default 0.03)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0)")
+    p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md")
+    p.set_defaults(func=_three_percent)
+
+
+def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Log to <exp>/log/<name>.log; return the layout and RESULTS.md arguments common to all stages."""
+    from asr_kd.kd.stages import KdLayout
+    from asr_kd.utils import setup_logging
+
+    setup_logging(args.exp_dir / "log" / f"{name}.log")
+    command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
+    layout = KdLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set)
+    return {"layout": layout, "results_md": args.results_md, "command": command}
+
+
+def _configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from asr_kd.config import TrainConfig, load_config, parse_overrides
+    from asr_kd.models.dnn import load_dnn_config
+
+    return load_dnn_config(args.model_config, parse_overrides(args.model_overrides)), load_config(TrainConfig, args.config, parse_overrides(args.overrides))
+
+
+def _kd(args: argparse.Namespace) -> Any:
+    from asr_kd.config import KdConfig, load_config, parse_overrides
+
+    return load_config(KdConfig, args.kd_config, parse_overrides(args.kd_overrides))
+
+
+def _train_teachers(args: argparse.Namespace) -> int:
+    from asr_kd.kd.stages import train_teachers
+
+    common = _setup(args, "train_teachers")
+    model_cfg, train_cfg = _configs(args)
+    results = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, **common)
+    for r in results:
+        print(f"{r.final_path}: best dev frame accuracy {r.state.best_metric}")
+    return 0
+
+
+def _make_soft_targets(args: argparse.Namespace) -> int:
+    from asr_kd.kd.stages import make_soft_targets
+
+    summary = make_soft_targets(kd=_kd(args), num_teachers=args.num_teachers, max_duration=args.max_duration, **_setup(args, "make_soft_targets"))
+    print(f"{summary['frames']} frames: {summary['bytes_per_frame']} bytes/frame stored vs {summary['dense_float32_bytes_per_frame']} dense; "
+          f"mean KL(stored || full) {summary['mean_kl_stored_vs_full']:.4f} nats")
+    return 0
+
+
+def _train_student(args: argparse.Namespace) -> int:
+    from asr_kd.kd.stages import train_student
+
+    common = _setup(args, f"train_student_{args.kind}")
+    model_cfg, train_cfg = _configs(args)
+    r = train_student(kind=args.kind, model_config=model_cfg, train_config=train_cfg, kd=_kd(args), num_teachers=args.num_teachers, **common)
+    print(f"{r.final_path} ({r.state.stop_reason}); best dev frame accuracy {r.state.best_metric}")
+    return 0
+
+
+def _decode_hybrid(args: argparse.Namespace) -> int:
+    from asr_kd.config import DecodeConfig, load_config, parse_overrides
+    from asr_kd.kd.evaluation import evaluate_systems
+
+    common = _setup(args, "decode_hybrid")
+    decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
+    scores = evaluate_systems(decode_config=decode_cfg, fusion=_kd(args).fusion, num_teachers=args.num_teachers,
+                              decode_parts=args.decode_parts, score_teachers=not args.no_teachers, corpus=args.corpus, **common)
+    for name, by_part in scores.items():
+        print(name + ": " + ", ".join(f"{p} frame accuracy {s.frame_accuracy:.4f}" + (f" WER {s.wer:.4f}" if s.wer is not None else "")
+                                      for p, s in by_part.items()))
+    return 0
+
+
+def _three_percent(args: argparse.Namespace) -> int:
+    from asr_kd.kd.three_percent import run_three_percent
+
+    common = _setup(args, "three_percent")
+    model_cfg, train_cfg = _configs(args)
+    runs = run_three_percent(model_config=model_cfg, train_config=train_cfg, kd=_kd(args), fraction=args.fraction,
+                             subset_seed=args.subset_seed, corpus=args.corpus, **common)
+    for run in runs.values():
+        print(f"{run.name}: train frame accuracy {run.train_frame_accuracy:.4f}, test {run.test_frame_accuracy:.4f}")
+    return 0

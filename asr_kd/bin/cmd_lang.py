@@ -1,0 +1,44 @@
+"""Lang commands: lexicon, phones, L.fst, n-gram LM and G.fst (recipe stage 2)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from asr_kd.config import LangConfig, load_config, parse_overrides
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``prepare-lang`` command to ``sub``."""
+    p = sub.add_parser(
+        "prepare-lang",
+        help="build the lang directory (lexicon, phones, L.fst, n-gram LM, G.fst)",
+        description=(
+            "Read lhotse supervision manifests (librispeech_supervisions_<split>.jsonl.gz), build a "
+            "lexicon for the corpus vocabulary (LibriSpeech lexicon file or CMUdict), the phone and "
+            "word tables, L.fst/L_disambig.fst, a Kneser-Ney n-gram LM on the training split and G.fst."
+        ),
+    )
+    p.add_argument("--manifest-dir", type=Path, required=True, help="directory with the supervision manifests")
+    p.add_argument("--output-dir", type=Path, required=True, help="lang directory to write (e.g. data/lang)")
+    p.add_argument("--lexicon", type=Path, default=None, help="LibriSpeech-format lexicon file (default: CMUdict)")
+    p.add_argument("--train-split", default="train-clean-100", help="split whose transcripts train the LM")
+    p.add_argument("--dev-split", default="dev-clean", help="split for the LM perplexity")
+    p.add_argument("--splits", nargs="+", default=None, help="splits for the vocabulary (default: every manifest found)")
+    p.add_argument("--config", type=Path, default=None, help="YAML file with LangConfig fields")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.set_defaults(func=run_prepare_lang)
+
+
+def run_prepare_lang(args: argparse.Namespace) -> int:
+    """Build the lang directory and print its summary."""
+    from asr_kd.lang.prepare import prepare_lang_from_manifests  # heavy imports only when used
+    from asr_kd.utils import setup_logging
+
+    setup_logging()
+    config = load_config(LangConfig, args.config, parse_overrides(args.overrides))
+    summary = prepare_lang_from_manifests(
+        args.manifest_dir, args.output_dir, config, args.lexicon, args.train_split, args.dev_split, args.splits
+    )
+    print(summary.format())
+    return 0

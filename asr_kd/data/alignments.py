@@ -1,0 +1,128 @@
+"""Frame-level integer labels (senone alignments) attached to lhotse cuts.
+
+The contract between stage 3 (GMM-HMM alignments), the DNN training of stages 4 and 6, and any
+later stage that needs a per-frame array on a cut:
+
+- :func:`store_alignments` writes one integer array per cut and returns the cuts with a lhotse
+  ``TemporalArray`` custom field (``cut.custom[name]``) pointing at it;
+- :func:`load_alignment` reads it back (lazily: only when asked, one cut at a time).
+
+Storage: lhotse's ``NumpyFilesWriter`` (one ``.npy`` file per cut under a directory). Labels
+must survive exactly, which rules out lilcom (lossy float compression); plain ``.npy`` is
+lossless, keeps the integer dtype, needs no extra dependency (HDF5 would need h5py), and is safe
+with forked DataLoader workers and DDP ranks because every read opens its own file (a cached
+HDF5 handle inherited across ``fork`` is not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from lhotse import CutSet, NumpyFilesWriter
+from lhotse.array import TemporalArray
+from lhotse.cut import Cut
+from tqdm import tqdm
+
+from asr_kd.errors import DataError
+
+log = logging.getLogger(__name__)
+
+LABEL_DTYPE = np.int32
+
+
+def _check_length(cut: Cut, labels: np.ndarray, name: str) -> None:
+    """Raise DataError unless ``labels`` has one entry per feature frame of ``cut``."""
+    if cut.features is None:
+        raise DataError(f"cut {cut.id} has no features; store {name} on the fbank cuts of stage 1 (cuts_<part>.jsonl.gz)")
+    if labels.ndim != 1 or labels.shape[0] != cut.num_frames:
+        raise DataError(
+            f"cut {cut.id}: {name} has {labels.shape[0] if labels.ndim == 1 else labels.shape} labels but the cut has "
+            f"{cut.num_frames} feature frames; realign with the same frame shift and edge convention as the features"
+        )
+
+
+def store_alignments(
+    cuts: CutSet,
+    alignments: Mapping[str, np.ndarray],
+    storage_path: Path | str,
+    name: str = "senones",
+    frame_shift: float = 0.01,
+) -> CutSet:
+    """Write ``alignments[cut.id]`` (1-D integer arrays, one label per feature frame) for every
+    cut under the directory ``storage_path`` and return a new CutSet whose cuts carry them as
+    the custom field ``name``.
+
+    Cuts without an entry in ``alignments`` are dropped, counted and logged (the aligner could
+    not align them); a length mismatch or a non-integer array raises :class:`DataError`. The
+    directory is written under a temporary name and renamed on success, replacing an older one.
+    """
+    storage_path = Path(storage_path)
+    tmp_dir = storage_path.with_name(f".{storage_path.name}.tmp{os.getpid()}")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    out: list[Cut] = []
+    missing: list[str] = []
+    try:
+        writer = NumpyFilesWriter(tmp_dir)
+        for cut in tqdm(cuts, desc=f"store {name}", leave=False):
+            labels = alignments.get(cut.id)
+            if labels is None:
+                missing.append(cut.id)
+                continue
+            labels = np.asarray(labels)
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise DataError(f"cut {cut.id}: {name} must be integers, got dtype {labels.dtype}; pass integer label ids")
+            _check_length(cut, labels, name)
+            if labels.size and (labels.min() < np.iinfo(LABEL_DTYPE).min or labels.max() > np.iinfo(LABEL_DTYPE).max):
+                raise DataError(f"cut {cut.id}: {name} values do not fit in int32; use label ids below 2**31")
+            array = writer.store_array(cut.id, labels.astype(LABEL_DTYPE), frame_shift=frame_shift, temporal_dim=0, start=0.0)
+            out.append(cut.with_custom(name, _relocate(array, tmp_dir, storage_path)))
+        if storage_path.exists():
+            old = storage_path.with_name(f".{storage_path.name}.old{os.getpid()}")
+            os.replace(storage_path, old)
+            shutil.rmtree(old)
+        tmp_dir.mkdir(parents=True, exist_ok=True)  # an empty input still leaves a directory
+        os.replace(tmp_dir, storage_path)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+    if missing:
+        log.warning("%s: %d of %d cuts have no alignment and were dropped (first: %s)", name, len(missing), len(cuts), missing[0])
+    return CutSet.from_cuts(out)
+
+
+def _relocate(array: TemporalArray, tmp_dir: Path, final_dir: Path) -> TemporalArray:
+    """Point ``array`` at ``final_dir`` instead of the temporary directory it was written to."""
+    assert array.array.storage_path == str(tmp_dir)
+    inner = type(array.array)(
+        storage_type=array.array.storage_type,
+        storage_path=str(final_dir),
+        storage_key=array.array.storage_key,
+        shape=array.array.shape,
+    )
+    return TemporalArray(array=inner, temporal_dim=array.temporal_dim, frame_shift=array.frame_shift, start=array.start)
+
+
+def has_alignment(cut: Cut, name: str = "senones") -> bool:
+    """Return whether ``cut`` carries the custom field ``name``."""
+    return cut.custom is not None and name in cut.custom
+
+
+def load_alignment(cut: Cut, name: str = "senones") -> np.ndarray:
+    """Return the labels ``name`` of ``cut`` as a 1-D int64 array of ``cut.num_frames`` entries.
+
+    Raises :class:`DataError` when the cut has no such field, its file is missing, or its length
+    does not match the cut's features."""
+    if not has_alignment(cut, name):
+        raise DataError(f"cut {cut.id} has no {name!r} labels; attach them with store_alignments (stage 3 alignments)")
+    try:
+        labels = np.asarray(cut.load_custom(name))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cut {cut.id}: cannot read its {name!r} labels ({err}); rerun the stage that stored them") from None
+    _check_length(cut, labels, name)
+    return labels.astype(np.int64)

@@ -1,0 +1,151 @@
+"""Degradations that make synthetic speech hard enough for models to err: additive noise at a
+chosen SNR (white, pink, brown, babble), reverberation with a synthetic room impulse response,
+and a fixed per-speaker channel colouring (band-pass plus resonant bumps).
+
+All functions are pure: randomness comes in through an explicit ``numpy.random.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.signal
+
+NOISE_KINDS = ("white", "pink", "brown", "babble")
+
+
+@dataclass(frozen=True)
+class ChannelRecipe:
+    """A fixed microphone/channel colouring: a band-pass from ``low_hz`` to ``high_hz`` plus
+    resonances at ``peak_hz`` with gains ``peak_db`` (dB, positive or negative)."""
+
+    low_hz: float
+    high_hz: float
+    peak_hz: tuple[float, ...]
+    peak_db: tuple[float, ...]
+
+
+def random_channel(rng: np.random.Generator, sample_rate: int) -> ChannelRecipe:
+    """Return a random, plausible channel: telephone-like to wide-band, with two resonances."""
+    nyquist = sample_rate / 2
+    low = float(rng.uniform(60.0, 300.0))
+    high = float(min(rng.uniform(3400.0, 7600.0), 0.95 * nyquist))
+    peaks = tuple(float(f) for f in np.sort(rng.uniform(400.0, min(high, 5000.0), size=2)))
+    gains = tuple(float(g) for g in rng.uniform(-6.0, 6.0, size=2))
+    return ChannelRecipe(low_hz=round(low, 1), high_hz=round(high, 1), peak_hz=tuple(round(f, 1) for f in peaks), peak_db=tuple(round(g, 2) for g in gains))
+
+
+def apply_channel(x: np.ndarray, channel: ChannelRecipe, sample_rate: int) -> np.ndarray:
+    """Return ``x`` filtered by ``channel`` (same length, float32)."""
+    sos = scipy.signal.butter(2, [channel.low_hz, channel.high_hz], btype="bandpass", fs=sample_rate, output="sos")
+    y = scipy.signal.sosfilt(sos, x)
+    for freq, gain_db in zip(channel.peak_hz, channel.peak_db):
+        # A resonance: add (or subtract) a narrow band around ``freq``; the gain at ``freq`` is
+        # 10**(gain_db/20) because the band-pass has unit gain at its centre.
+        b, a = scipy.signal.iirpeak(freq, Q=2.0, fs=sample_rate)
+        y = y + (10 ** (gain_db / 20.0) - 1.0) * scipy.signal.lfilter(b, a, y)
+    return y.astype(np.float32)
+
+
+def colored_noise(kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Return unit-power noise of ``kind`` (``white``: flat; ``pink``: power ~ 1/f; ``brown``:
+    power ~ 1/f^2), shaped in the frequency domain."""
+    if kind not in ("white", "pink", "brown"):
+        raise ValueError(f"unknown noise kind {kind!r}")
+    white = rng.standard_normal(num_samples)
+    if kind == "white":
+        noise = white
+    else:
+        spectrum = np.fft.rfft(white)
+        freqs = np.arange(len(spectrum), dtype=np.float64)
+        freqs[0] = 1.0  # avoid dividing by zero at DC; DC is removed below anyway
+        exponent = 0.5 if kind == "pink" else 1.0  # amplitude ~ f^-exponent
+        spectrum = spectrum / freqs**exponent
+        spectrum[0] = 0.0
+        noise = np.fft.irfft(spectrum, n=num_samples)
+    power = float(np.mean(noise**2)) or 1.0
+    return (noise / math.sqrt(power)).astype(np.float32)
+
+
+def loop_segment(source: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Return ``num_samples`` samples of ``source`` from a random offset, wrapping around."""
+    offset = int(rng.integers(0, len(source)))
+    idx = (offset + np.arange(num_samples)) % len(source)
+    return source[idx]
+
+
+def synthetic_rir(rt60: float, sample_rate: int, rng: np.random.Generator, direct_to_reverb_db: float = 3.0) -> np.ndarray:
+    """Return a room impulse response: a unit direct path followed (after a short pre-delay) by
+    exponentially decaying Gaussian noise whose energy falls by 60 dB in ``rt60`` seconds, scaled
+    so that the direct path carries ``direct_to_reverb_db`` more energy than the tail."""
+    length = max(int(1.2 * rt60 * sample_rate), 2)
+    t = np.arange(length) / sample_rate
+    # Energy decays as exp(-13.8 t / rt60) (60 dB = ln(10^6) = 13.8 nepers); amplitude at half that rate.
+    tail = rng.standard_normal(length) * np.exp(-6.9 * t / rt60)
+    predelay = int(rng.uniform(0.002, 0.01) * sample_rate)
+    tail[: predelay + 1] = 0.0
+    tail_energy = float(np.sum(tail**2)) or 1.0
+    tail *= math.sqrt(10 ** (-direct_to_reverb_db / 10.0) / tail_energy)
+    rir = tail
+    rir[0] = 1.0
+    return rir.astype(np.float32)
+
+
+def apply_rir(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """Return ``x`` convolved with ``rir``, cut to the length of ``x`` (the tail that would run
+    past the end is dropped, as a recording would stop)."""
+    return scipy.signal.fftconvolve(x, rir, mode="full")[: len(x)].astype(np.float32)
+
+
+def scale_noise_to_snr(signal_power: float, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """Return ``noise`` scaled so that 10*log10(signal_power / noise power) equals ``snr_db``."""
+    noise_power = float(np.mean(noise.astype(np.float64) ** 2))
+    if noise_power <= 0.0:
+        return noise
+    target = signal_power / (10 ** (snr_db / 10.0))
+    return (noise * math.sqrt(target / noise_power)).astype(np.float32)
+
+
+def active_power(x: np.ndarray, frame: int = 400, floor_db: float = -40.0) -> float:
+    """Return the mean power of the frames of ``x`` within ``floor_db`` of its loudest frame, i.e.
+    the power of the speech itself rather than of the pauses (0.0 for silence)."""
+    n = len(x) // frame
+    if n == 0:
+        return float(np.mean(x.astype(np.float64) ** 2)) if len(x) else 0.0
+    frames = x[: n * frame].astype(np.float64).reshape(n, frame)
+    powers = np.mean(frames**2, axis=1)
+    peak = float(powers.max())
+    if peak <= 0.0:
+        return 0.0
+    active = powers[powers >= peak * 10 ** (floor_db / 10.0)]
+    return float(active.mean())
+
+
+@dataclass(frozen=True)
+class DegradationRanges:
+    """What ``difficulty`` means, as ranges to draw from per utterance."""
+
+    noise_prob: float
+    snr_db: tuple[float, float]
+    reverb_prob: float
+    rt60_s: tuple[float, float]
+    channel: bool
+
+
+def degradation_ranges(difficulty: float) -> DegradationRanges:
+    """Return the degradation ranges for ``difficulty`` in [0, 3]: 0 is clean; at 1 every
+    utterance has noise at 6..26 dB SNR and 60% are reverberant (RT60 0.2..0.5 s); each step
+    lowers the SNR range by 12 dB and lengthens the reverberation."""
+    d = float(difficulty)
+    if d <= 0.0:
+        return DegradationRanges(noise_prob=0.0, snr_db=(math.inf, math.inf), reverb_prob=0.0, rt60_s=(0.0, 0.0), channel=False)
+    centre = 28.0 - 12.0 * d
+    return DegradationRanges(
+        noise_prob=min(1.0, d),
+        snr_db=(centre - 10.0, centre + 10.0),
+        reverb_prob=min(1.0, 0.6 * d),
+        rt60_s=(0.1 + 0.1 * d, 0.2 + 0.3 * d),
+        channel=True,
+    )

@@ -1,0 +1,168 @@
+"""Batches of whole utterances for frame-level classifiers: padded CMVN-normalised fbank and
+per-frame labels, drawn by lhotse samplers.
+
+A batch is a dict:
+
+- ``features``: float32 ``[B, T, D]``, CMVN-normalised, zero beyond each cut's length;
+- ``lengths``: int64 ``[B]`` frames per cut;
+- ``labels``: int64 ``[B, T]`` (only when a label name is given), ``IGNORE_INDEX`` beyond the
+  length, ready for ``F.cross_entropy(..., ignore_index=IGNORE_INDEX)``;
+- ``cut_ids``: the cuts' ids, in batch order;
+- ``soft_ids`` int64 and ``soft_probs`` float32, both ``[B, T, k]`` (only when the cuts carry
+  stored soft targets, :mod:`asr_kd.kd.soft_targets`): the ensemble's top-k senones per frame,
+  id 0 and probability 0 beyond each cut's length.
+
+Splicing the context window happens in the model (:mod:`asr_kd.models.dnn`), so batches hold each
+frame once. Samplers are lhotse's (``DynamicBucketingSampler`` or ``SimpleCutSampler``), which
+split batches between DDP ranks; their order is a function of (seed, epoch), which lets training
+resume mid-epoch by skipping the batches already consumed (:class:`SkipBatches`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset.sampling.base import CutSampler
+from torch.utils.data import DataLoader, Dataset
+
+from asr_kd.data.alignments import load_alignment
+from asr_kd.data.features import CmvnStats, cmvn_key
+from asr_kd.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def cmvn_mode(stats: CmvnStats) -> str:
+    """Return ``"global"`` for corpus-level statistics, else ``"speaker"``."""
+    return "global" if stats.keys == ["global"] else "speaker"
+
+
+class FrameDataset(Dataset):
+    """Map a CutSet (one batch from a lhotse sampler) to a padded batch dict (module docstring).
+
+    ``cmvn`` normalises each cut with its speaker's (or the global) statistics; ``None`` leaves
+    the features as stored. ``labels_name`` names the cuts' custom field of frame labels (see
+    :mod:`asr_kd.data.alignments`); ``None`` gives batches without labels (inference).
+    ``soft_targets``: True adds the stored soft targets to every batch (a cut without them is an
+    error), False never reads them, None (default) adds them when every cut of the batch has them
+    (so the distilled student's cuts bring them and plain senone cuts cost nothing extra).
+    """
+
+    def __init__(
+        self, cmvn: CmvnStats | None, labels_name: str | None = "senones", num_classes: int | None = None,
+        soft_targets: bool | None = None,
+    ) -> None:
+        self.cmvn = cmvn
+        self.mode = cmvn_mode(cmvn) if cmvn is not None else "global"
+        self.labels_name = labels_name
+        self.num_classes = num_classes
+        self.soft_targets = soft_targets
+
+    def _features(self, cut: Any) -> np.ndarray:
+        try:
+            feats = cut.load_features()
+        except (OSError, ValueError, KeyError) as err:
+            raise DataError(f"cut {cut.id}: cannot read its features ({err}); rerun stage 1 (features)") from None
+        if self.cmvn is not None:
+            feats = self.cmvn.normalize(feats, cmvn_key(cut, self.mode))
+        return feats.astype(np.float32, copy=False)
+
+    def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+        cut_list = list(cuts)
+        feats = [self._features(c) for c in cut_list]
+        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+        batch_t = int(lengths.max()) if len(feats) else 0
+        dim = feats[0].shape[1] if feats else 0
+        x = torch.zeros(len(feats), batch_t, dim, dtype=torch.float32)
+        for i, f in enumerate(feats):
+            x[i, : f.shape[0]] = torch.from_numpy(f)
+        batch: dict[str, Any] = {"features": x, "lengths": lengths, "cut_ids": [c.id for c in cut_list]}
+        if self.labels_name is not None:
+            y = torch.full((len(feats), batch_t), IGNORE_INDEX, dtype=torch.int64)
+            for i, cut in enumerate(cut_list):
+                labels = load_alignment(cut, self.labels_name)
+                if self.num_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+                    raise DataError(
+                        f"cut {cut.id}: {self.labels_name} label {int(labels.max())} outside 0..{self.num_classes - 1}; "
+                        "pass --num-classes equal to the number of senones of the alignments"
+                    )
+                y[i, : labels.shape[0]] = torch.from_numpy(labels)
+            batch["labels"] = y
+        if self._wants_soft_targets(cut_list):
+            from asr_kd.kd.soft_targets import collate_soft_targets  # kd depends on data, not back
+
+            batch["soft_ids"], batch["soft_probs"] = collate_soft_targets(cut_list, batch_t)
+        return batch
+
+    def _wants_soft_targets(self, cuts: list[Any]) -> bool:
+        if self.soft_targets is False or not cuts:
+            return False
+        if self.soft_targets:
+            return True
+        from asr_kd.kd.soft_targets import has_soft_targets
+
+        return all(has_soft_targets(c) for c in cuts)
+
+
+def make_sampler(
+    cuts: CutSet,
+    max_duration: float,
+    shuffle: bool,
+    seed: int,
+    bucketing: bool = True,
+    num_buckets: int = 10,
+    world_size: int = 1,
+    rank: int = 0,
+) -> CutSampler:
+    """Return a lhotse sampler of batches of at most ``max_duration`` seconds of audio.
+
+    With ``world_size > 1`` each rank gets its own, disjoint share of each step's batches, and
+    every rank the same number of batches (lhotse's guarantee). Call ``set_epoch`` before each
+    epoch; the order is a deterministic function of (seed, epoch).
+    """
+    if bucketing:
+        return DynamicBucketingSampler(
+            cuts, max_duration=max_duration, shuffle=shuffle, num_buckets=num_buckets, seed=seed,
+            world_size=world_size, rank=rank, drop_last=False,
+        )
+    return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed, world_size=world_size, rank=rank, drop_last=False)
+
+
+class SkipBatches:
+    """Iterate over ``sampler`` after discarding its first ``skip`` batches.
+
+    Why not lhotse's own ``sampler.state_dict()``: DataLoader workers prefetch batches, so the
+    sampler's state runs ahead of what training has consumed; skipping exactly the number of
+    batches that took an optimizer step makes a resumed epoch continue where it stopped.
+    Skipping only reads manifests, not features.
+    """
+
+    def __init__(self, sampler: Iterable[CutSet], skip: int = 0) -> None:
+        self.sampler = sampler
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[CutSet]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def make_loader(dataset: FrameDataset, sampler: Iterable[CutSet], num_workers: int = 0, seed: int = 0) -> DataLoader:
+    """Return a DataLoader that turns each CutSet of ``sampler`` into a batch of ``dataset``.
+
+    The loader draws its workers' base seed from its own generator seeded with ``seed``: left to
+    itself it would draw from torch's global generator each time an iterator starts, and a
+    resumed run (which starts its iterator at another point) would then see different dropout.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, sampler=sampler, batch_size=None, num_workers=num_workers, generator=generator,
+        pin_memory=torch.cuda.is_available(),  # lets the host-to-device copy run asynchronously
+        persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None,
+    )

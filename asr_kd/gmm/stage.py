@@ -1,0 +1,523 @@
+"""Recipe stage 3: GMM-HMM training, senone alignments of every cut, HCLG, GMM decoding, WER.
+
+:func:`run_gmm_stage` chains the building blocks of :mod:`asr_kd.gmm` and :mod:`asr_kd.decode`
+and writes the stage-3 output contract under ``<exp>/gmm`` (see :data:`OUTPUT_LAYOUT`), which
+the teacher, soft-target and student stages read. Every sub-step is skipped when its output
+exists, so an interrupted stage resumes where it stopped (delete a file to redo its step).
+
+Features: 13-dim MFCC of stage 1, per-speaker cepstral *mean* normalisation from stage 1's
+statistics, then deltas and delta-deltas (39 dims). Mean only, as Kaldi's GMM recipes do
+(``apply-cmvn --norm-vars=false``): the diagonal Gaussians model each dimension's variance
+themselves, and a per-speaker variance estimated from a few minutes of speech is noisy, which
+the mean is much less.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from lhotse import CutSet, load_manifest
+from lhotse.cut import Cut
+from tqdm import tqdm
+
+from asr_kd.config import DecodeConfig, GmmConfig, save_config
+from asr_kd.data.alignments import store_alignments
+from asr_kd.data.features import CmvnStats, cmvn_key, cmvn_path, cuts_path
+from asr_kd.errors import DataError
+from asr_kd.gmm.align import senone_alignments
+from asr_kd.gmm.features import gmm_features
+from asr_kd.gmm.train import GmmSystem, GraphInputs, Utterance, align_utterances, train_monophone, train_triphone
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
+from asr_kd.utils import atomic_path, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+SYSTEMS = ("mono", "tri")
+RESULTS_HEADING = "## GMM-HMM (stage 3)"
+OUTPUT_LAYOUT = """\
+<exp>/gmm/
+  mono/final.pkl, tri/final.pkl        GmmSystem pickles (monophone; tied triphones on our tree)
+  mono/ali_train.txt                   monophone alignments of the training part (for the tree)
+  <mono|tri>/graph/HCLG.fst            decoding graphs (+ words.txt, hclg.json)
+  ali/cuts_<part>.jsonl.gz             fbank cuts with custom field "senones" (tri alignment)
+  ali/storage_<part>/                  the senone arrays (store_alignments)
+  ali/tids_<part>.txt                  transition-id alignments, "utt tid tid ..."
+  ali/log_priors.npy                   log senone priors of the training alignments (save_priors)
+  ali/senones.json                     senone count, model, graph, per-part cuts/frames/skipped
+  decode_<mono|tri>_<part>/            hyp.txt, wer_details, wer_details.json
+  stage3.json                          timings, WERs, senone counts, log-likelihood histories
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage3Paths:
+    """Where stage 3 writes under ``<exp>/gmm``."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, exp_dir: Path | str) -> "Stage3Paths":
+        """Return the paths of ``<exp_dir>/gmm``."""
+        return cls(Path(exp_dir) / "gmm")
+
+    def model(self, system: str) -> Path:
+        """Return ``<system>/final.pkl``."""
+        return self.root / system / "final.pkl"
+
+    def graph(self, system: str) -> Path:
+        """Return the graph directory ``<system>/graph``."""
+        return self.root / system / "graph"
+
+    @property
+    def mono_alignments(self) -> Path:
+        """Return the monophone training alignments (what the triphone tree is built from)."""
+        return self.root / "mono" / "ali_train.txt"
+
+    @property
+    def ali(self) -> Path:
+        """Return the alignment directory ``ali``."""
+        return self.root / "ali"
+
+    def ali_cuts(self, part: str) -> Path:
+        """Return ``ali/cuts_<part>.jsonl.gz``."""
+        return self.ali / f"cuts_{part}.jsonl.gz"
+
+    def tids(self, part: str) -> Path:
+        """Return ``ali/tids_<part>.txt``."""
+        return self.ali / f"tids_{part}.txt"
+
+    def decode(self, system: str, part: str) -> Path:
+        """Return ``decode_<system>_<part>``."""
+        return self.root / f"decode_{system}_{part}"
+
+    @property
+    def summary(self) -> Path:
+        """Return ``stage3.json``."""
+        return self.root / "stage3.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: cuts, features, transcripts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PartData:
+    """One part's GMM inputs: utterances (features, word ids), reference texts and fbank cuts."""
+
+    name: str
+    utterances: list[Utterance]
+    refs: dict[str, str]
+    fbank_cuts: CutSet
+    skipped: int  # cuts without usable MFCC features or with an fbank/MFCC frame mismatch
+
+    @property
+    def num_frames(self) -> int:
+        """Return the total number of feature frames."""
+        return sum(u.feats.shape[0] for u in self.utterances)
+
+
+def _load_cuts(path: Path, what: str) -> CutSet:
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist; run stage 1 (features) for this part first")
+    return load_manifest(path)
+
+
+def _cut_text(cut: Cut) -> str:
+    return " ".join(s.text.strip() for s in cut.supervisions if s.text).strip()
+
+
+def _cmvn_key(cut: Cut, stats: CmvnStats) -> str:
+    """Return the statistics key of ``cut``: its speaker, or ``"global"`` when stage 1 kept
+    only global statistics."""
+    key = cmvn_key(cut, "speaker")
+    if key in stats.keys or "global" not in stats.keys:
+        return key
+    return "global"
+
+
+def load_part(data_dir: Path | str, part: str, lang: Lang, config: GmmConfig) -> PartData:
+    """Return the GMM inputs of ``part``: MFCC + per-speaker CMN + deltas, word ids (OOV words
+    map to the lang's OOV word), and the matching fbank cuts of stage 1.
+
+    A cut whose MFCC frame count differs from its fbank cut's, or without a transcript, is
+    skipped (counted and logged): its alignment could not be attached to the fbank cut.
+    """
+    data_dir = Path(data_dir)
+    mfcc_cuts = _load_cuts(cuts_path(data_dir / "mfcc", part), "MFCC cuts")
+    fbank_cuts = _load_cuts(cuts_path(data_dir / "fbank", part), "fbank cuts")
+    stats = CmvnStats.load(cmvn_path(data_dir / "mfcc", part))
+    fbank_frames = {c.id: c.num_frames for c in fbank_cuts}
+    utterances: list[Utterance] = []
+    refs: dict[str, str] = {}
+    skipped: list[str] = []
+    for cut in tqdm(mfcc_cuts, desc=f"GMM features {part}", leave=False, disable=None):
+        text = _cut_text(cut)
+        if cut.id not in fbank_frames or fbank_frames[cut.id] != cut.num_frames or not text:
+            logger.warning("%s: cut %s skipped (%s)", part, cut.id, "no transcript" if not text else "no fbank cut with the same frame count")
+            skipped.append(cut.id)
+            continue
+        mfcc = cut.load_features()
+        x = stats.normalize(mfcc, _cmvn_key(cut, stats), variance=False)
+        feats = gmm_features(x, config.delta_order, config.delta_window, config.utterance_cmvn)
+        utterances.append(Utterance(cut.id, feats, tuple(lang.word_ids(text.split()))))
+        refs[cut.id] = text
+    if skipped:
+        logger.warning("%s: %d of %d cuts skipped before alignment (first: %s)", part, len(skipped), len(mfcc_cuts), skipped[0])
+    if not utterances:
+        raise DataError(f"part {part}: no cut has MFCC features, a transcript and a matching fbank cut; rerun stage 1 for it")
+    return PartData(part, utterances, refs, fbank_cuts, len(skipped))
+
+
+# --------------------------------------------------------------------------------------------
+# Alignment files and parallel alignment
+# --------------------------------------------------------------------------------------------
+
+
+def write_tids(path: Path | str, alignments: Mapping[str, Sequence[int]]) -> None:
+    """Write transition-id alignments in Kaldi's text format (``utt tid tid ...``), sorted."""
+    write_text_atomic(path, "".join(f"{u} {' '.join(map(str, alignments[u]))}\n" for u in sorted(alignments)))
+
+
+def read_tids(path: Path | str) -> dict[str, list[int]]:
+    """Read alignments written by :func:`write_tids`; DataError naming the file if it is bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"alignment file {path} does not exist; rerun stage 3 (delete its model to retrain)")
+    out: dict[str, list[int]] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            out[fields[0]] = [int(t) for t in fields[1:]]
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: transition-ids must be integers; delete the file to realign") from None
+    return out
+
+
+_ALIGN_STATE: dict[str, Any] = {}  # inherited by forked workers (models are never pickled)
+
+
+def _align_chunk(chunk: Sequence[Utterance]) -> dict[str, list[int]]:
+    st = _ALIGN_STATE
+    alignments, _ = align_utterances(st["system"], st["inputs"], chunk, st["config"])
+    return alignments
+
+
+def align_parallel(system: GmmSystem, inputs: GraphInputs, utterances: Sequence[Utterance], config: GmmConfig, num_jobs: int, desc: str = "align") -> dict[str, list[int]]:
+    """Return the Viterbi alignments (transition-ids) of ``utterances`` with the final model,
+    computed in ``num_jobs`` forked processes; utterances that fail are absent (logged)."""
+    chunk_size = max(1, min(50, -(-len(utterances) // max(1, 4 * num_jobs))))
+    chunks = [utterances[i : i + chunk_size] for i in range(0, len(utterances), chunk_size)]
+    _ALIGN_STATE.update(system=system, inputs=inputs, config=config)
+    out: dict[str, list[int]] = {}
+    try:
+        if num_jobs <= 1 or len(chunks) <= 1:
+            results = map(_align_chunk, chunks)
+            for res in tqdm(results, total=len(chunks), desc=desc, unit="chunk", disable=None):
+                out.update(res)
+        else:
+            # fork: workers inherit the model and the lexicon FST without pickling them.
+            with mp.get_context("fork").Pool(min(num_jobs, len(chunks))) as pool:
+                for res in tqdm(pool.imap(_align_chunk, chunks), total=len(chunks), desc=desc, unit="chunk", disable=None):
+                    out.update(res)
+    finally:
+        _ALIGN_STATE.clear()
+    failed = len(utterances) - len(out)
+    if failed:
+        logger.warning("%s: %d of %d utterances could not be aligned and are left out", desc, failed, len(utterances))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The summary
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stage3Summary:
+    """What stage 3 produced: sizes, per-part alignment counts, WERs and timings (seconds).
+
+    ``wers[system][part]`` holds ``{"wer", "substitutions", "deletions", "insertions",
+    "ref_words", "failed"}``; ``parts[part]`` holds ``{"cuts", "frames", "skipped"}``.
+    """
+
+    exp_dir: str
+    num_senones: int
+    systems: dict[str, dict[str, int]]  # system -> {"pdfs", "gaussians"}
+    parts: dict[str, dict[str, int]]
+    wers: dict[str, dict[str, dict[str, float]]]
+    timings: dict[str, float]
+    log_likelihood_history: dict[str, list[float]]
+    train_part: str = ""
+    corpus: str = ""
+
+    def to_json(self) -> str:
+        """Return the summary as indented JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, path: Path | str) -> "Stage3Summary":
+        """Read a summary written by :meth:`to_json`."""
+        return cls(**json.loads(Path(path).read_text()))
+
+    def format(self) -> str:
+        """Return a short human-readable summary (for the CLI)."""
+        lines = [f"stage 3 (GMM-HMM) in {self.exp_dir}: {self.num_senones} senones"]
+        for name, info in self.systems.items():
+            wer = ", ".join(f"{p} {_fmt_wer(w)}" for p, w in self.wers.get(name, {}).items())
+            lines.append(f"  {name}: {info['pdfs']} pdfs, {info['gaussians']} Gaussians; WER {wer or '-'}")
+        for part, info in self.parts.items():
+            lines.append(f"  ali {part}: {info['cuts']} cuts, {info['frames']} frames, {info['skipped']} skipped")
+        lines.append("  times: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+def _fmt_wer(w: Mapping[str, float]) -> str:
+    return f"{100 * w['wer']:.2f}% (S {int(w['substitutions'])}, D {int(w['deletions'])}, I {int(w['insertions'])})"
+
+
+def _wer_entry(result: WerResult, failed: int) -> dict[str, float]:
+    return {
+        "wer": float(result.wer),
+        "substitutions": result.substitutions,
+        "deletions": result.deletions,
+        "insertions": result.insertions,
+        "ref_words": result.ref_words,
+        "failed": failed,
+    }
+
+
+def results_section(summary: Stage3Summary, command: str) -> str:
+    """Return the RESULTS.md section of stage 3 (starting with :data:`RESULTS_HEADING`)."""
+    eval_parts = [p for p in summary.parts if p != summary.train_part]
+    head = ["system", "senones", "Gaussians", "train time"] + [f"WER {p}" for p in eval_parts] + ["align time"]
+    rows = []
+    for name in SYSTEMS:
+        info = summary.systems.get(name)
+        if info is None:
+            continue
+        wers = [_fmt_wer(summary.wers[name][p]) if p in summary.wers.get(name, {}) else "-" for p in eval_parts]
+        align = f"{summary.timings['align']:.0f} s" if name == "tri" and "align" in summary.timings else "-"
+        rows.append([name, str(info["pdfs"]), str(info["gaussians"]), f"{summary.timings.get(f'train_{name}', 0.0):.0f} s", *wers, align])
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    frames = ", ".join(f"{p} {v['cuts']} cuts / {v['frames']} frames ({v['skipped']} not aligned)" for p, v in summary.parts.items())
+    return "\n".join(
+        [
+            RESULTS_HEADING,
+            "",
+            f"Produced by `{command}` on {summary.corpus or 'the corpus in ' + summary.exp_dir}.",
+            "Monophone flat start, then tied triphones on our own decision tree; features MFCC + per-speaker",
+            "CMN + deltas; HCLG with the stage-2 n-gram LM; WER with (S)ubstitutions, (D)eletions, (I)nsertions.",
+            "Align time: final triphone alignment of every part (the senone targets of the later stages).",
+            "",
+            *table,
+            "",
+            f"Senone alignments: {frames}.",
+        ]
+    )
+
+
+def _corpus_name(data_dir: Path) -> str:
+    """Return a description of the corpus: the synthetic preset, or the data directory."""
+    info = data_dir / "corpus" / "SYNTHETIC.json"
+    try:
+        cfg = json.loads(info.read_text())["config"]
+        return f"the synthetic '{cfg['preset']}' corpus (seed {cfg['seed']}, difficulty {cfg['difficulty']}; {data_dir})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the corpus in {data_dir}"
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def _timed(timings: dict[str, float], key: str, start: float) -> None:
+    timings[key] = round(time.perf_counter() - start, 2)
+
+
+def _train_systems(paths: Stage3Paths, inputs: GraphInputs, train: PartData, config: GmmConfig, timings: dict[str, float], history: dict[str, list[float]]) -> GmmSystem:
+    """Train (or load) the monophone and triphone systems; return the triphone system."""
+    if paths.model("mono").is_file() and paths.mono_alignments.is_file():
+        logger.info("monophone system exists (%s), skipping its training", paths.model("mono"))
+        mono = GmmSystem.load(paths.model("mono"))
+        mono_ali = read_tids(paths.mono_alignments)
+    else:
+        start = time.perf_counter()
+        result = train_monophone(inputs, train.utterances, config)
+        mono, mono_ali = result.system, result.alignments
+        write_tids(paths.mono_alignments, mono_ali)
+        mono.save(paths.model("mono"))  # last: its presence means the step finished
+        _timed(timings, "train_mono", start)
+        history["mono"] = [float(x) for x in result.log_likelihood_history]
+    if paths.model("tri").is_file():
+        logger.info("triphone system exists (%s), skipping its training", paths.model("tri"))
+        return GmmSystem.load(paths.model("tri"))
+    start = time.perf_counter()
+    result = train_triphone(inputs, train.utterances, mono, mono_ali, config)
+    result.system.save(paths.model("tri"))
+    _timed(timings, "train_tri", start)
+    history["tri"] = [float(x) for x in result.log_likelihood_history]
+    return result.system
+
+
+def _align_part(paths: Stage3Paths, system: GmmSystem, inputs: GraphInputs, data: PartData, config: GmmConfig, num_jobs: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """Align one part (or read its existing alignments); write tids, storage and cuts.
+
+    Returns the part's ``{"cuts", "frames", "skipped"}`` and its senone alignments.
+    """
+    if paths.ali_cuts(data.name).is_file() and paths.tids(data.name).is_file():
+        logger.info("alignments of %s exist (%s), skipping", data.name, paths.ali_cuts(data.name))
+        tids = read_tids(paths.tids(data.name))
+    else:
+        tids = align_parallel(system, inputs, data.utterances, config, num_jobs, desc=f"align {data.name}")
+        if not tids:
+            raise DataError(f"part {data.name}: no utterance could be aligned with {paths.model('tri')}; check its transcripts or raise gmm.retry_beam")
+        write_tids(paths.tids(data.name), tids)
+        senones = senone_alignments(system.tm, tids)
+        cuts = store_alignments(data.fbank_cuts, senones, paths.ali / f"storage_{data.name}", name="senones")
+        with atomic_path(paths.ali_cuts(data.name)) as tmp:
+            cuts.to_file(tmp)
+    senones = senone_alignments(system.tm, tids)
+    frames = int(sum(len(s) for s in senones.values()))
+    skipped = len(data.fbank_cuts) - len(senones)
+    logger.info("%s: %d cuts aligned (%d frames), %d skipped", data.name, len(senones), frames, skipped)
+    return {"cuts": len(senones), "frames": frames, "skipped": skipped}, senones
+
+
+def _decode_part(paths: Stage3Paths, system_name: str, lang: Lang, data: PartData, decode_config: DecodeConfig) -> tuple[dict[str, float], bool]:
+    """Decode one part with one GMM system (or read its existing scoring); return its WER entry
+    and whether it was decoded now (False: read back)."""
+    from asr_kd.decode.gmm_decode import decode_gmm_batch
+    from asr_kd.decode.hclg import load_hclg
+
+    out_dir = paths.decode(system_name, data.name)
+    details = out_dir / "wer_details.json"
+    if details.is_file() and (out_dir / "hyp.txt").is_file():
+        logger.info("decoding %s with %s exists (%s), skipping", data.name, system_name, out_dir)
+        d = json.loads(details.read_text())
+        entry = {k: d[k] if d[k] is not None else float("inf") for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
+        return entry | {"failed": len(d["missing"])}, False
+    system = GmmSystem.load(paths.model(system_name))
+    hclg = load_hclg(paths.graph(system_name))
+    feats = {u.id: u.feats for u in data.utterances}
+    batch = decode_gmm_batch(hclg, system.am, system.tm, feats, decode_config)
+    hyps = batch.texts(lang.words)
+    result = compute_wer(data.refs, hyps)
+    write_transcripts(out_dir / "hyp.txt", hyps)
+    write_transcripts(out_dir / "ref.txt", data.refs)
+    write_wer_report(result, out_dir / "wer_details")
+    logger.info("%s %s: %s", system_name, data.name, result.summary())
+    return _wer_entry(result, len(batch.failed)), True
+
+
+def run_gmm_stage(
+    data_dir: Path | str,
+    lang_dir: Path | str,
+    exp_dir: Path | str,
+    config: GmmConfig,
+    train_part: str,
+    parts: Sequence[str],
+    num_jobs: int = 2,
+    results_md: Path | str | None = None,
+    decode_config: DecodeConfig | None = None,
+    command: str = "asr-kd train-gmm",
+) -> Stage3Summary:
+    """Run stage 3 and return its :class:`Stage3Summary` (also written to ``stage3.json``).
+
+    Trains monophone then triphone GMM-HMMs on ``train_part``, aligns every part of ``parts``
+    (the training part is added if missing) with the triphone system and attaches the senone
+    alignments to stage 1's fbank cuts, counts the senone priors on the training alignments,
+    builds HCLG for both systems, decodes every other part with both and scores the WER. With
+    ``results_md``, writes the stage's section of that RESULTS.md (``command`` is quoted there).
+    Sub-steps whose outputs exist are skipped.
+    """
+    from asr_kd.decode.hclg import make_hclg_for_model
+    from asr_kd.decode.priors import priors_from_alignments, save_priors
+
+    data_dir, exp_dir = Path(data_dir), Path(exp_dir)
+    parts = list(dict.fromkeys([train_part, *parts]))
+    if num_jobs < 1:
+        raise DataError(f"num_jobs must be >= 1, got {num_jobs}")
+    decode_config = decode_config or DecodeConfig(acoustic_scale=config.acoustic_scale, num_jobs=num_jobs)
+    paths = Stage3Paths.of(exp_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, paths.root / "gmm.yaml")
+    old = Stage3Summary.from_json(paths.summary) if paths.summary.is_file() else None
+    timings: dict[str, float] = dict(old.timings) if old else {}
+    history: dict[str, list[float]] = dict(old.log_likelihood_history) if old else {}
+    total_start = time.perf_counter()
+
+    lang = Lang.load(lang_dir)
+    inputs = GraphInputs.from_lang(lang)
+    start = time.perf_counter()
+    data = {p: load_part(data_dir, p, lang, config) for p in parts}
+    _timed(timings, "load_features", start)
+
+    tri = _train_systems(paths, inputs, data[train_part], config, timings, history)
+
+    for name in SYSTEMS:
+        if (paths.graph(name) / "HCLG.fst").is_file():
+            logger.info("%s graph exists (%s), skipping", name, paths.graph(name))
+            continue
+        start = time.perf_counter()
+        make_hclg_for_model(lang_dir, paths.model(name), paths.graph(name), decode_config.transition_scale, decode_config.self_loop_scale)
+        _timed(timings, f"hclg_{name}", start)
+
+    start = time.perf_counter()
+    part_info: dict[str, dict[str, int]] = {}
+    train_senones: dict[str, np.ndarray] = {}
+    need_align = any(not paths.ali_cuts(p).is_file() for p in parts)
+    for p in parts:
+        part_info[p], senones = _align_part(paths, tri, inputs, data[p], config, num_jobs)
+        if p == train_part:
+            train_senones = senones
+    if need_align:
+        _timed(timings, "align", start)
+    save_priors(paths.ali / "log_priors.npy", priors_from_alignments(train_senones.values(), tri.num_pdfs, decode_config.prior_smoothing, decode_config.prior_floor))
+    meta = {
+        "num_senones": tri.num_pdfs,
+        "model": str(paths.model("tri")),
+        "graph": str(paths.graph("tri")),
+        "train_part": train_part,
+        "priors": str(paths.ali / "log_priors.npy"),
+        "parts": part_info,
+    }
+    write_text_atomic(paths.ali / "senones.json", json.dumps(meta, indent=1) + "\n")
+
+    wers: dict[str, dict[str, dict[str, float]]] = {}
+    for name in SYSTEMS:
+        for p in parts:
+            if p == train_part:
+                continue
+            start = time.perf_counter()
+            wers.setdefault(name, {})[p], decoded = _decode_part(paths, name, lang, data[p], decode_config)
+            if decoded:
+                _timed(timings, f"decode_{name}_{p}", start)
+
+    mono = GmmSystem.load(paths.model("mono"))
+    systems = {n: {"pdfs": s.num_pdfs, "gaussians": s.am.num_gauss} for n, s in (("mono", mono), ("tri", tri))}
+    timings["last_run_total"] = round(time.perf_counter() - total_start, 2)
+    summary = Stage3Summary(str(exp_dir), tri.num_pdfs, systems, part_info, wers, timings, history, train_part, _corpus_name(data_dir))
+    write_text_atomic(paths.summary, summary.to_json())
+    if results_md is not None:
+        from asr_kd.report.results_md import write_section
+
+        write_section(results_md, RESULTS_HEADING, results_section(summary, command))
+    logger.info("stage 3 done: %d senones, summary in %s", summary.num_senones, paths.summary)
+    return summary

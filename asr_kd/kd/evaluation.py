@@ -1,0 +1,160 @@
+"""Stage 7: hybrid decoding and scoring of the baseline, the ensemble and the distilled student.
+
+For each system, the log-posteriors of every cut of a part (the ensemble: the teachers' fused
+posteriors at T = 1) are
+
+- compared frame by frame with the stage-3 senone alignments (frame accuracy), and
+- turned into scaled likelihoods (minus the log senone priors, times the acoustic scale) and
+  decoded with HCLG (:func:`asr_kd.decode.hybrid.decode_posteriors_batch`, ``num_jobs``
+  processes), then scored against the cuts' transcripts (jiwer WER with S/D/I).
+
+Writes ``<exp>/decode/<system>_<part>/`` (``hyp.txt``, ``wer_details`` + ``.json``,
+``scores.json``), ``<exp>/decode/table1.json`` and the Table 1 analogue in RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from asr_kd.config import DecodeConfig
+from asr_kd.data.alignments import has_alignment, load_alignment
+from asr_kd.decode.hclg import load_hclg
+from asr_kd.decode.hybrid import decode_posteriors_batch
+from asr_kd.decode.priors import load_priors
+from asr_kd.errors import DataError
+from asr_kd.kd.stages import KdLayout, ensemble_log_posteriors, load_teachers, model_checkpoint, read_senones
+from asr_kd.lang.symbols import SymbolTable
+from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
+from asr_kd.metrics.wer import compute_wer, write_transcripts, write_wer_report
+from asr_kd.report.results_md import write_section
+from asr_kd.report.tables import SystemScore, format_table1
+from asr_kd.train.frame_classifier import load_frame_classifier
+from asr_kd.utils import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartScore:
+    """A system's scores on one part: frame accuracy and, when decoded, the WER with S/D/I."""
+
+    system: str
+    part: str
+    frame_accuracy: float
+    frames: int
+    wer: float | None = None
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    ref_words: int = 0
+    failed: int = 0
+    decode_seconds: float = 0.0
+    audio_seconds: float = 0.0
+
+
+def score_system(
+    name: str, models: Sequence[torch.nn.Module], layout: KdLayout, part: str, decode: bool,
+    decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 200.0,
+) -> PartScore:
+    """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part``: frame
+    accuracy against the senone alignments and, if ``decode``, HCLG decoding and WER; the
+    hypotheses and the per-utterance WER details go to ``<exp>/decode/<name>_<part>/``."""
+    senones = read_senones(layout)
+    cuts = layout.open_cuts(layout.ali_cuts(part))
+    cmvn = layout.open_cmvn(part)
+    out_dir = layout.exp_dir / "decode" / f"{name}_{part}"
+    posteriors: dict[str, np.ndarray] = {}
+    references: dict[str, np.ndarray] = {}
+    texts: dict[str, str] = {}
+    audio = 0.0
+    for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, 1.0, fusion, max_duration):
+        posteriors[cut.id] = log_probs.numpy()
+        if has_alignment(cut):
+            references[cut.id] = load_alignment(cut)
+        texts[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
+        audio += cut.duration
+    if not posteriors:
+        raise DataError(f"{layout.ali_cuts(part)} holds no cut; rerun stage 3 for {part}")
+    acc = corpus_frame_accuracy(posteriors, references)
+    score = PartScore(name, part, acc.accuracy, acc.counted, audio_seconds=round(audio, 2))
+    if decode:
+        hclg = load_hclg(senones.graph)
+        from asr_kd.gmm.train import GmmSystem  # the transition model of the senones
+
+        trans_model = GmmSystem.load(senones.model).tm
+        priors = load_priors(layout.log_priors, trans_model.num_pdfs)
+        words = SymbolTable.from_file(senones.graph / "words.txt")
+        start = time.time()
+        batch = decode_posteriors_batch(hclg, trans_model, posteriors, priors, decode_config)
+        seconds = time.time() - start
+        hyps = batch.texts(words)
+        wer = compute_wer(texts, hyps)
+        write_transcripts(out_dir / "hyp.txt", hyps)
+        write_transcripts(out_dir / "ref.txt", texts)
+        write_wer_report(wer, out_dir / "wer_details")
+        score = dataclasses.replace(score, wer=wer.wer, substitutions=wer.substitutions, deletions=wer.deletions,
+                                    insertions=wer.insertions, ref_words=wer.ref_words, failed=len(batch.failed),
+                                    decode_seconds=round(seconds, 2))
+        log.info("%s on %s: frame accuracy %.4f, %s (%.0f s decoding)", name, part, score.frame_accuracy, wer.summary(), seconds)
+    else:
+        log.info("%s on %s: frame accuracy %.4f", name, part, score.frame_accuracy)
+    write_text_atomic(out_dir / "scores.json", json.dumps(dataclasses.asdict(score), indent=1) + "\n")
+    return score
+
+
+def evaluate_systems(
+    layout: KdLayout, decode_config: DecodeConfig, fusion: str = "arithmetic", num_teachers: int | None = None,
+    decode_parts: Sequence[str] | None = None, score_teachers: bool = True, max_duration: float = 200.0,
+    results_md: Path | None = None, command: str = "", corpus: str = "",
+) -> dict[str, dict[str, PartScore]]:
+    """Score the hard baseline, the N-teacher ensemble (fused posteriors) and the distilled
+    student on the dev and test parts: frame accuracy everywhere, WER on ``decode_parts``
+    (default: test). With ``score_teachers`` each teacher's frame accuracy is scored too (no
+    decoding). Writes ``<exp>/decode/table1.json`` and the Table 1 section of ``results_md``;
+    returns ``{system: {part: PartScore}}``."""
+    decode_parts = [layout.test_part] if decode_parts is None else list(decode_parts)
+    teachers = load_teachers(layout, num_teachers)
+    n = len(teachers)
+    systems: list[tuple[str, list[torch.nn.Module]]] = [
+        ("baseline", [load_frame_classifier(model_checkpoint(layout.student_dir("hard")))]),
+        ("ensemble", list(teachers)),
+        ("distilled", [load_frame_classifier(model_checkpoint(layout.student_dir("distilled")))]),
+    ]
+    if score_teachers:
+        systems += [(f"teacher{i}", [t]) for i, t in enumerate(teachers)]
+    scores: dict[str, dict[str, PartScore]] = {}
+    for name, models in systems:
+        scores[name] = {}
+        for part in (layout.dev_part, layout.test_part):
+            decode = part in decode_parts and not name.startswith("teacher")
+            scores[name][part] = score_system(name, models, layout, part, decode, decode_config, fusion, max_duration)
+    write_text_atomic(layout.exp_dir / "decode" / "table1.json",
+                      json.dumps({k: {p: dataclasses.asdict(s) for p, s in v.items()} for k, v in scores.items()}, indent=1) + "\n")
+    if results_md is not None:
+        rows = {name: _row(name, scores[name], layout) for name in scores}
+        extra = []
+        if score_teachers:
+            accs = [scores[f"teacher{i}"][layout.test_part].frame_accuracy for i in range(n)]
+            dev_accs = [scores[f"teacher{i}"][layout.dev_part].frame_accuracy for i in range(n)]
+            extra.append(SystemScore(f"Single teacher (mean of {n}, min {100 * min(accs):.1f}%, max {100 * max(accs):.1f}%)",
+                                     float(np.mean(accs)), dev_frame_accuracy=float(np.mean(dev_accs))))
+        text = format_table1(rows["baseline"], rows["ensemble"], rows["distilled"], n, extra, corpus=corpus, command=command)
+        text += (f"\nHybrid decoding: log posteriors minus log senone priors (stage 3 train alignments) times acoustic scale "
+                 f"{decode_config.acoustic_scale:g}, HCLG beam {decode_config.beam:g}, {decode_config.decoder} decoder; "
+                 "frame accuracy against the stage-3 senone alignments. Per-utterance details: `exp/decode/<system>_<part>/wer_details`.\n")
+        write_section(results_md, "## Table 1 analogue", text)
+    return scores
+
+
+def _row(name: str, by_part: dict[str, PartScore], layout: KdLayout) -> SystemScore:
+    test, dev = by_part[layout.test_part], by_part[layout.dev_part]
+    return SystemScore(name, test.frame_accuracy, test.wer, test.substitutions, test.deletions, test.insertions,
+                       test.ref_words, dev.frame_accuracy)

@@ -1,0 +1,353 @@
+"""Soft targets (stage 5): the ensemble's posteriors at temperature T, top-k compressed, on cuts.
+
+A dense posterior over a few thousand senones costs kilobytes per 10 ms frame; the ensemble's
+posteriors are peaky, so nearly all of their mass sits in a handful of senones. Each frame is
+stored as its ``k`` most probable senone ids (int32) and their probabilities (float16),
+renormalised to sum to 1: ``6 k`` bytes instead of ``4 C``.
+
+Storage goes through lhotse's array manifests: ``NumpyFilesWriter`` writes two exact ``.npy``
+arrays per cut, named by the cut id, under one directory (the same storage as the alignments of
+``asr_kd.data.alignments``: lossless, no extra dependency, and safe with forked DataLoader
+workers because every read opens its own file). Each cut gets two ``TemporalArray`` custom
+fields, ``soft_ids`` and ``soft_probs`` (plus ``soft_temperature``, the T the targets were made
+at). Because the targets travel with the cut, a student may shuffle, sub-sample or bucket the
+cuts freely.
+
+Statistics: :func:`bytes_per_frame` and :func:`kl_stored_vs_full` (how much the compression
+changes the targets); ``bench/soft_targets.py`` reports both for several ``k``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.array import TemporalArray
+from lhotse.cut import Cut
+from lhotse.features.io import NumpyFilesWriter
+from tqdm import tqdm
+
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.kd.ensemble import TeacherEnsemble
+
+log = logging.getLogger(__name__)
+
+SOFT_IDS = "soft_ids"
+SOFT_PROBS = "soft_probs"
+SOFT_TEMPERATURE = "soft_temperature"
+ID_DTYPE = np.dtype(np.int32)
+PROB_DTYPE = np.dtype(np.float16)
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# Top-k compression
+# --------------------------------------------------------------------------------------------
+
+
+def topk_compress(probs: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``k`` most probable classes of each frame of ``probs`` (frames x classes).
+
+    Returns ``(ids, p)``: ``ids`` int32 (frames x k) in decreasing order of probability and ``p``
+    float16 (frames x k), the kept probabilities divided by their sum (so each row sums to 1
+    within float16 precision).
+    """
+    p = _as_tensor(probs)
+    if p.dim() != 2:
+        raise ValueError(f"posteriors must be (frames x classes), got shape {tuple(p.shape)}")
+    num_classes = p.shape[1]
+    if not 1 <= k <= num_classes:
+        raise ConfigError(f"top-k size {k} must be in 1..{num_classes} (the number of classes); set kd.top_k accordingly")
+    if p.shape[0] == 0:
+        return np.zeros((0, k), ID_DTYPE), np.zeros((0, k), PROB_DTYPE)
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+        raise ValueError("posteriors must be finite and non-negative")
+    if p.dtype not in (torch.float32, torch.float64):
+        p = p.float()
+    values, ids = torch.topk(p, k, dim=1)
+    mass = values.sum(dim=1, keepdim=True)
+    if bool((mass <= 0).any()):
+        raise ValueError("a frame's posteriors are all zero; expected probabilities")
+    return ids.to(torch.int32).cpu().numpy(), (values / mass).to(torch.float16).cpu().numpy()
+
+
+def expand_topk(ids: ArrayLike, probs: ArrayLike, num_classes: int) -> np.ndarray:
+    """Return the dense float32 (frames x ``num_classes``) distribution that is ``probs`` at
+    ``ids`` and zero elsewhere."""
+    ids_np, probs_np = np.asarray(_numpy(ids)), np.asarray(_numpy(probs))
+    if ids_np.shape != probs_np.shape or ids_np.ndim != 2:
+        raise ValueError(f"ids {ids_np.shape} and probs {probs_np.shape} must both be (frames x k)")
+    if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= num_classes):
+        raise ValueError(f"class ids must be in 0..{num_classes - 1}, got {ids_np.min()}..{ids_np.max()}")
+    dense = np.zeros((ids_np.shape[0], num_classes), dtype=np.float32)
+    np.put_along_axis(dense, ids_np.astype(np.int64), probs_np.astype(np.float32), axis=1)
+    return dense
+
+
+def ensemble_soft_targets(
+    cuts: Iterable[Cut],
+    ensemble: TeacherEnsemble,
+    inputs: Callable[[Cut], torch.Tensor],
+    temperature: float,
+    k: int,
+    stats: SoftTargetStats | None = None,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield ``(cut_id, ids, probs)``, the top-k compressed posteriors of ``ensemble`` at
+    ``temperature`` for each cut, ready for :func:`store_soft_targets` (stage 5).
+
+    ``inputs(cut)`` returns the teachers' input for one cut (e.g. its normalised, spliced
+    features); the teachers must map it to logits ``[frames, C]`` (or ``[1, frames, C]``).
+    If ``stats`` is given, it accumulates how much the compression changed the targets.
+    """
+    for cut in cuts:
+        log_probs = ensemble(inputs(cut), temperature=temperature)
+        if log_probs.dim() == 3 and log_probs.shape[0] == 1:
+            log_probs = log_probs[0]
+        full = log_probs.exp()
+        ids, probs = topk_compress(full, k)
+        if stats is not None:
+            stats.update(full, ids, probs)
+        yield cut.id, ids, probs
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def bytes_per_frame(k: int, dtypes: Sequence[np.dtype | str | type] = (ID_DTYPE, PROB_DTYPE)) -> int:
+    """Return the payload bytes of one frame holding ``k`` values of each of ``dtypes``: 6 k for
+    the stored targets (int32 ids + float16 probabilities); ``bytes_per_frame(C, ["float32"])``
+    is a dense float32 posterior over ``C`` classes."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return k * sum(np.dtype(d).itemsize for d in dtypes)
+
+
+def kl_stored_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike) -> np.ndarray:
+    """Return, per frame, ``KL(stored || full)`` in nats (float64, shape (frames,)).
+
+    This direction is the finite one: the stored distribution is zero outside its top k, so
+    ``KL(full || stored)`` is infinite whenever the full distribution has any mass there. With
+    exact top-k renormalisation it equals ``-log(mass of the full distribution kept)``; the
+    float16 rounding of the stored values is included (they are renormalised in float64 first,
+    so the result is >= 0). It is 0 for ``k = C`` up to float16 rounding, and shrinks as ``k``
+    grows.
+    """
+    full = np.asarray(_numpy(full_probs), dtype=np.float64)
+    ids_np = np.asarray(_numpy(ids)).astype(np.int64)
+    stored = np.asarray(_numpy(probs), dtype=np.float64)
+    if full.ndim != 2 or ids_np.shape != stored.shape or ids_np.shape[0] != full.shape[0]:
+        raise ValueError(f"expected full (frames x C), ids and probs (frames x k); got {full.shape}, {ids_np.shape}, {stored.shape}")
+    stored = stored / stored.sum(axis=1, keepdims=True)
+    full_at_ids = np.take_along_axis(full, ids_np, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(stored > 0, stored * (np.log(stored) - np.log(full_at_ids)), 0.0)
+    return terms.sum(axis=1)
+
+
+def topk_mass(full_probs: ArrayLike, ids: ArrayLike) -> np.ndarray:
+    """Return, per frame, the share of the full distribution's mass at the stored ``ids``."""
+    full = np.asarray(_numpy(full_probs), dtype=np.float64)
+    return np.take_along_axis(full, np.asarray(_numpy(ids)).astype(np.int64), axis=1).sum(axis=1)
+
+
+@dataclasses.dataclass
+class SoftTargetStats:
+    """Running totals over stored frames: how much top-k compression changed the targets."""
+
+    frames: int = 0
+    k: int = 0
+    num_classes: int = 0
+    kl_sum: float = 0.0  # sum over frames of KL(stored || full), nats
+    mass_sum: float = 0.0  # sum over frames of the full distribution's mass kept
+
+    def update(self, full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike) -> None:
+        """Add the frames of one cut: its full posteriors and their stored top-k form."""
+        self.frames += int(np.shape(ids)[0])
+        self.k, self.num_classes = int(np.shape(ids)[1]), int(np.shape(full_probs)[1])
+        self.kl_sum += float(kl_stored_vs_full(full_probs, ids, probs).sum())
+        self.mass_sum += float(topk_mass(full_probs, ids).sum())
+
+    def summary(self) -> dict[str, float]:
+        """Return frames, stored and dense float32 bytes per frame, the mean KL(stored || full)
+        and the mean mass kept."""
+        n = max(self.frames, 1)
+        return {
+            "frames": self.frames,
+            "bytes_per_frame": bytes_per_frame(self.k),
+            "dense_float32_bytes_per_frame": bytes_per_frame(self.num_classes, ["float32"]),
+            "mean_kl_stored_vs_full": self.kl_sum / n,
+            "mean_mass_kept": self.mass_sum / n,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Storage on cuts
+# --------------------------------------------------------------------------------------------
+
+
+def store_soft_targets(
+    cuts: CutSet,
+    targets: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    storage_path: Path | str,
+    k: int,
+    temperature: float | None = None,
+    frame_shift: float = 0.01,
+) -> CutSet:
+    """Write the soft targets ``(cut_id, ids, probs)`` under the directory ``storage_path`` and
+    attach them to the cuts.
+
+    ``ids`` (frames x ``k``, int32) and ``probs`` (frames x ``k``, float16) come from
+    :func:`topk_compress`; frames must match the cut's feature frames (or, for a cut without
+    features, its duration at ``frame_shift``). ``temperature``, if given, is recorded on each
+    cut as ``soft_temperature``. The directory is written under a temporary name and renamed on
+    success, replacing an older one.
+
+    Returns the cuts that received targets, in the order of ``cuts``, each with custom fields
+    ``soft_ids`` and ``soft_probs``. Targets for unknown cut ids are skipped, and cuts without
+    targets are left out; both are counted and logged. A cut id seen twice, or frames that do
+    not match the cut, raise :class:`DataError`.
+    """
+    if k < 1:
+        raise ConfigError(f"top-k size must be >= 1, got {k}; set kd.top_k accordingly")
+    storage_path = Path(storage_path)
+    by_id = {cut.id: cut for cut in cuts}
+    fields: dict[str, dict[str, TemporalArray]] = {}
+    unknown = 0
+    with _atomic_dir(storage_path) as tmp_dir:
+        writer = NumpyFilesWriter(tmp_dir)
+        for cut_id, ids, probs in tqdm(targets, desc="storing soft targets", unit="cut", leave=False):
+            cut = by_id.get(cut_id)
+            if cut is None:
+                unknown += 1
+                log.warning("soft targets for cut %s skipped: no such cut in the CutSet", cut_id)
+                continue
+            if cut_id in fields:
+                raise DataError(f"soft targets for cut {cut_id} were given twice; pass each cut's targets once")
+            ids, probs = _checked_targets(cut, ids, probs, k, frame_shift)
+            shift = cut.features.frame_shift if cut.has_features else frame_shift
+            fields[cut_id] = {
+                name: _final_path(
+                    writer.store_array(f"{cut_id}.{name}", value, frame_shift=shift, temporal_dim=0, start=cut.start),
+                    storage_path,
+                )
+                for name, value in ((SOFT_IDS, ids), (SOFT_PROBS, probs))
+            }
+    out = []
+    for cut in cuts:
+        arrays = fields.get(cut.id)
+        if arrays is None:
+            continue
+        cut = cut.with_custom(SOFT_IDS, arrays[SOFT_IDS]).with_custom(SOFT_PROBS, arrays[SOFT_PROBS])
+        if temperature is not None:
+            cut = cut.with_custom(SOFT_TEMPERATURE, float(temperature))
+        out.append(cut)
+    missing = len(by_id) - len(fields)
+    if unknown or missing:
+        log.warning("soft targets: %d cut(s) without targets left out, %d target(s) for unknown cuts skipped", missing, unknown)
+    log.info("soft targets for %d cut(s), k=%d, written to %s", len(out), k, storage_path)
+    return CutSet.from_cuts(out)
+
+
+def has_soft_targets(cut: Cut) -> bool:
+    """Return whether ``cut`` carries stored soft targets."""
+    return cut.has_custom(SOFT_IDS) and cut.has_custom(SOFT_PROBS)
+
+
+def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
+    """Return the stored ``(ids int32, probs float16)`` of ``cut``, each (frames x k), for the
+    cut's own time span (a truncated cut gets the matching frames)."""
+    if not has_soft_targets(cut):
+        raise DataError(f"cut {cut.id} has no stored soft targets; run stage 5 (soft targets) on these cuts or set kd.mode=online")
+    return cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
+
+
+def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return a padded batch of the cuts' soft targets: ``ids`` int64 and ``probs`` float32, both
+    ``[B, T, k]`` with ``T = num_frames`` (default: the longest cut). Padding frames have id 0
+    and probability 0, so they add nothing to a top-k loss; frames beyond ``num_frames`` are
+    cut off (to match features padded or truncated to that length)."""
+    loaded = [load_soft_targets(c) for c in cuts]
+    if not loaded:
+        raise ValueError("cannot collate soft targets of an empty batch")
+    ks = {ids.shape[1] for ids, _ in loaded}
+    if len(ks) != 1:
+        raise DataError(f"cuts in one batch carry soft targets of different k {sorted(ks)}; store all cuts with one kd.top_k")
+    (k,) = ks
+    length = num_frames if num_frames is not None else max(ids.shape[0] for ids, _ in loaded)
+    ids_out = torch.zeros(len(loaded), length, k, dtype=torch.int64)
+    probs_out = torch.zeros(len(loaded), length, k, dtype=torch.float32)
+    for b, (ids, probs) in enumerate(loaded):
+        n = min(length, ids.shape[0])
+        ids_out[b, :n] = torch.from_numpy(ids[:n].astype(np.int64))
+        probs_out[b, :n] = torch.from_numpy(probs[:n].astype(np.float32))
+    return ids_out, probs_out
+
+
+def _checked_targets(cut: Cut, ids: np.ndarray, probs: np.ndarray, k: int, frame_shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(ids, probs)`` as int32 / float16 after checking their shapes against the cut."""
+    ids, probs = np.asarray(_numpy(ids)), np.asarray(_numpy(probs))
+    if ids.ndim != 2 or ids.shape != probs.shape or ids.shape[1] != k:
+        raise DataError(f"soft targets for cut {cut.id}: expected ids and probs of shape (frames x {k}), got {ids.shape} and {probs.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise DataError(f"soft targets for cut {cut.id}: ids must be integers, got {ids.dtype}")
+    expected = _expected_frames(cut, frame_shift)
+    if ids.shape[0] != expected:
+        raise DataError(
+            f"soft targets for cut {cut.id} have {ids.shape[0]} frames but the cut has {expected}; "
+            "compute the targets from these cuts' features"
+        )
+    return ids.astype(ID_DTYPE, copy=False), probs.astype(PROB_DTYPE, copy=False)
+
+
+def _expected_frames(cut: Cut, frame_shift: float) -> int:
+    """Frames of the cut's features, or (without features) of its duration at ``frame_shift``."""
+    if cut.has_features:
+        return int(cut.num_frames)
+    from lhotse.array import seconds_to_frames
+
+    return seconds_to_frames(cut.duration, frame_shift)
+
+
+@contextlib.contextmanager
+def _atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; on success it replaces ``path`` (an older
+    directory there is removed), on failure it is removed."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old{os.getpid()}")
+            os.replace(path, old)
+            shutil.rmtree(old)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _final_path(array: TemporalArray, path: Path) -> TemporalArray:
+    """Point a manifest written to the temporary directory at the final one."""
+    return dataclasses.replace(array, array=dataclasses.replace(array.array, storage_path=str(path)))
+
+
+def _as_tensor(x: ArrayLike) -> torch.Tensor:
+    # A tensor stays on its device: top-k runs there (the GPU, for online teachers) before the copy.
+    return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach()
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -1,0 +1,127 @@
+"""Stage 8: soft targets as a regulariser (Hinton, Vinyals & Dean 2015, section 6, Table 5).
+
+A model trained on a small share (the paper: 3%) of the training data with hard targets
+overfits and needs early stopping; the same model trained on the full ensemble's soft targets
+for those utterances generalises almost as well as the 100%-data baseline, without early
+stopping. Three runs are compared: the stage-6 hard baseline (100%), ``<exp>/three_percent/hard``
+(early stopping on dev, its best checkpoint scored) and ``<exp>/three_percent/soft`` (no early
+stopping, its final checkpoint scored). Writes ``<exp>/three_percent/table5.json``, a plot of dev
+frame accuracy over training and the Table 5 section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from lhotse import CutSet
+
+from asr_kd.config import DnnConfig, KdConfig, TrainConfig
+from asr_kd.data.alignments import load_alignment
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.kd.stages import STUDENT_SEED_OFFSET, KdLayout, ensemble_log_posteriors, model_checkpoint, read_senones
+from asr_kd.kd.student import StoredDistillationLoss
+from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
+from asr_kd.report.results_md import write_section
+from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
+from asr_kd.train.checkpoint import load_checkpoint
+from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
+from asr_kd.utils import atomic_path, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def subset_cuts(cuts: CutSet, fraction: float, seed: int) -> CutSet:
+    """Return ``ceil(fraction * len(cuts))`` cuts drawn without replacement, in their original
+    order; the draw depends only on the set of cut ids and ``seed`` (not on the manifest order)."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"--fraction must be in (0, 1], got {fraction}")
+    cut_list = list(cuts)
+    if not cut_list:
+        raise DataError("cannot draw a subset of an empty cut set; check the training cuts of stage 3")
+    ids = sorted(c.id for c in cut_list)
+    n = max(1, math.ceil(fraction * len(ids)))
+    chosen = {ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:n]}
+    return CutSet.from_cuts(c for c in cut_list if c.id in chosen)
+
+
+def frame_accuracy_of(checkpoint: Path, cuts: CutSet, layout: KdLayout, part: str, max_duration: float = 200.0) -> float:
+    """Return the frame accuracy of the model in ``checkpoint`` on ``cuts`` (with ``part``'s
+    CMVN) against their senone alignments."""
+    model = load_frame_classifier(checkpoint)
+    preds, refs = {}, {}
+    for cut, log_probs in ensemble_log_posteriors([model], cuts, layout.open_cmvn(part), max_duration=max_duration):
+        preds[cut.id] = log_probs.argmax(-1).numpy()
+        refs[cut.id] = load_alignment(cut)
+    return corpus_frame_accuracy(preds, refs).accuracy
+
+
+def _history(exp_dir: Path) -> tuple[list[dict], str, int]:
+    state = load_checkpoint(exp_dir / "final.pt")["train_state"]
+    return list(state["history"]), str(state["stop_reason"]), int(state["epoch"])
+
+
+def run_three_percent(
+    layout: KdLayout, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig, fraction: float = 0.03,
+    subset_seed: int = 0, num_teachers: int = 0, max_duration: float = 200.0,
+    results_md: Path | None = None, command: str = "", corpus: str = "",
+) -> dict[str, SubsetRun]:
+    """Train the hard (early stopping, patience ``train_config.early_stopping_patience`` or 3)
+    and soft (no early stopping) models on the same ``fraction`` of the training cuts (drawn with
+    ``subset_seed``); score them and the stage-6 hard baseline on their own training cuts and on
+    the test part. Returns ``{"hard_100", "hard_3", "soft_3"}`` -> :class:`SubsetRun`."""
+    senones = read_senones(layout)
+    if not layout.soft_cuts.is_file():
+        raise DataError(f"{layout.soft_cuts} does not exist; run stage 5 (asr-kd make-soft-targets) first")
+    out = layout.exp_dir / "three_percent"
+    full_train = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
+    subset = subset_cuts(full_train, fraction, subset_seed)
+    chosen = frozenset(subset.ids)
+    soft_subset = CutSet.from_cuts(c for c in layout.open_cuts(layout.soft_cuts) if c.id in chosen)
+    if len(soft_subset) != len(subset):
+        raise DataError(f"{len(subset) - len(soft_subset)} of the {len(subset)} subset cuts lack soft targets in {layout.soft_cuts}; rerun stage 5")
+    log.info("%g of the training data: %d of %d cuts, %d frames", fraction, len(subset), len(full_train), sum(c.num_frames for c in subset))
+    for name, cuts in (("subset", subset), ("soft_subset", soft_subset)):
+        with atomic_path(out / f"cuts_{name}.jsonl.gz") as tmp:
+            cuts.to_file(tmp)
+    seed = train_config.seed + STUDENT_SEED_OFFSET
+    patience = train_config.early_stopping_patience or 3
+    common = (layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part), senones.num_senones, model_config)
+    hard_cfg = dataclasses.replace(train_config, seed=seed, early_stopping_patience=patience)
+    soft_cfg = dataclasses.replace(train_config, seed=seed, early_stopping_patience=0)
+    train_frame_classifier(out / "cuts_subset.jsonl.gz", *common, hard_cfg, out / "hard", resume=True)
+    train_frame_classifier(out / "cuts_soft_subset.jsonl.gz", *common, soft_cfg, out / "soft", resume=True,
+                           compute_loss=StoredDistillationLoss(kd))
+
+    test_cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.test_part)))
+    baseline_dir = layout.student_dir("hard")
+    runs: dict[str, tuple[Path, Path, CutSet]] = {
+        # (checkpoint scored, run directory, its training cuts)
+        "hard_100": (model_checkpoint(baseline_dir), baseline_dir, full_train),
+        "hard_3": (model_checkpoint(out / "hard"), out / "hard", subset),
+        "soft_3": (out / "soft" / "final.pt", out / "soft", subset),
+    }
+    results: dict[str, SubsetRun] = {}
+    histories: dict[str, list[dict]] = {}
+    labels = {"hard_100": "100% hard", "hard_3": f"{100 * fraction:g}% hard", "soft_3": f"{100 * fraction:g}% soft"}
+    for key, (ckpt, run_dir, train_cuts) in runs.items():
+        history, stop, epochs = _history(run_dir)
+        histories[labels[key]] = history
+        train_acc = frame_accuracy_of(ckpt, train_cuts, layout, layout.train_part, max_duration)
+        test_acc = frame_accuracy_of(ckpt, test_cuts, layout, layout.test_part, max_duration)
+        results[key] = SubsetRun(labels[key], train_acc, test_acc, epochs, stop)
+        log.info("%s: train frame accuracy %.4f, test %.4f (%s)", labels[key], train_acc, test_acc, stop)
+    write_text_atomic(out / "table5.json", json.dumps({k: dataclasses.asdict(v) for k, v in results.items()}, indent=1) + "\n")
+    plot = plot_dev_accuracy(histories, out / "dev_accuracy.png", f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data")
+    if results_md is not None:
+        plot_name = "table5_dev_accuracy.png"
+        plot_dev_accuracy(histories, Path(results_md).parent / plot_name, f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data")
+        n = num_teachers or len(list((layout.exp_dir / "teachers").glob("teacher*")))
+        text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command)
+        write_section(results_md, "## Table 5 analogue", text)
+    log.info("dev accuracy plot: %s", plot)
+    return results

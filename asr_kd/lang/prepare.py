@@ -1,0 +1,360 @@
+"""Stage 2 of the main recipe: build the lang directory from the corpus transcripts.
+
+:func:`prepare_lang` runs the steps in order: vocabulary of every split -> lexicon restricted to
+it (LibriSpeech lexicon file or CMUdict) -> disambiguation symbols -> symbol tables and phone
+sets -> L.fst and L_disambig.fst -> Kneser-Ney LM on the training transcripts -> G.fst ->
+perplexity on the dev split -> lang.json. Each step is also a function of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence, Union
+
+from lhotse import SupervisionSet
+
+from asr_kd.config import LangConfig
+from asr_kd.errors import DataError
+from asr_kd.kaldi import kaldifst
+from asr_kd.lang.lang_dir import make_phone_table, make_word_table, write_phone_sets
+from asr_kd.lang.lexicon import (
+    Lexicon,
+    Pron,
+    add_disambig_symbols,
+    add_word_position,
+    cmudict_lexicon,
+    cmudict_phones,
+    lexicon_entries,
+    lexicon_phones,
+    normalize_word,
+    position_dependent_phones,
+    read_librispeech_lexicon,
+    restrict_lexicon,
+    write_lexicon,
+)
+from asr_kd.lang.lexicon_fst import make_lexicon_fst, make_lexicon_fst_disambig
+from asr_kd.lang.lm import compile_grammar_fst, perplexity, train_ngram_lm
+from asr_kd.lang.symbols import SymbolTable
+from asr_kd.utils import atomic_path, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+Transcripts = Union[SupervisionSet, Sequence[str]]
+MANIFEST_PATTERN = "librispeech_supervisions_{split}.jsonl.gz"
+
+
+# --------------------------------------------------------------------------------------------
+# Transcripts
+# --------------------------------------------------------------------------------------------
+
+
+def supervision_manifest_path(manifest_dir: Path | str, split: str) -> Path:
+    """Return the path of ``split``'s supervision manifest (lhotse's LibriSpeech naming)."""
+    return Path(manifest_dir) / MANIFEST_PATTERN.format(split=split)
+
+
+def discover_splits(manifest_dir: Path | str) -> list[str]:
+    """Return the splits that have a supervision manifest in ``manifest_dir``, sorted."""
+    prefix, suffix = MANIFEST_PATTERN.split("{split}")
+    return sorted(p.name[len(prefix) : -len(suffix)] for p in Path(manifest_dir).glob(MANIFEST_PATTERN.format(split="*")))
+
+
+def load_supervisions(manifest_dir: Path | str, splits: Iterable[str]) -> dict[str, SupervisionSet]:
+    """Read each split's supervision manifest; DataError naming the first missing file."""
+    out = {}
+    for split in splits:
+        path = supervision_manifest_path(manifest_dir, split)
+        if not path.is_file():
+            raise DataError(
+                f"supervision manifest {path} does not exist; run stage 0 (corpus preparation) "
+                f"or drop split {split!r} from --splits/--train-split/--dev-split"
+            )
+        out[split] = SupervisionSet.from_file(path)
+    return out
+
+
+def transcript_tokens(transcripts: Transcripts) -> list[list[str]]:
+    """Return each non-empty transcript as a list of lexicon-spelled tokens (upper case).
+
+    Accepts a lhotse SupervisionSet (its ``text`` fields) or plain strings; empty or missing
+    texts are dropped.
+    """
+    texts = (s.text for s in transcripts) if isinstance(transcripts, SupervisionSet) else iter(transcripts)
+    out = []
+    for text in texts:
+        tokens = [normalize_word(t) for t in (text or "").split()]
+        if tokens:
+            out.append(tokens)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class OovStats:
+    """Out-of-lexicon words in one split."""
+
+    num_sentences: int
+    num_words: int
+    num_oov: int
+    num_oov_types: int
+    most_common: list[tuple[str, int]]
+
+    @property
+    def oov_rate(self) -> float:
+        """Return the fraction of running words that are OOV (0 for an empty split)."""
+        return self.num_oov / self.num_words if self.num_words else 0.0
+
+
+def count_oov(sentences: Sequence[Sequence[str]], lexicon: Mapping[str, object], top: int = 10) -> OovStats:
+    """Return the OOV statistics of ``sentences`` against the words of ``lexicon``."""
+    oov = Counter(w for s in sentences for w in s if w not in lexicon)
+    return OovStats(
+        num_sentences=len(sentences),
+        num_words=sum(len(s) for s in sentences),
+        num_oov=sum(oov.values()),
+        num_oov_types=len(oov),
+        most_common=oov.most_common(top),
+    )
+
+
+def lm_training_text(sentences: Iterable[Sequence[str]], lexicon: Mapping[str, object], oov_word: str) -> tuple[list[str], int]:
+    """Map OOV words to ``oov_word``; drop sentences made only of OOV words.
+
+    Returns ``(sentences as strings, number dropped)``.
+    """
+    kept, dropped = [], 0
+    for s in sentences:
+        mapped = [w if w in lexicon else oov_word for w in s]
+        if all(w == oov_word for w in mapped):
+            dropped += 1
+            continue
+        kept.append(" ".join(mapped))
+    return kept, dropped
+
+
+# --------------------------------------------------------------------------------------------
+# Lexicon and tables
+# --------------------------------------------------------------------------------------------
+
+
+def build_lexicon(vocabulary: Iterable[str], config: LangConfig, lexicon_path: Path | None = None) -> tuple[Lexicon, list[str]]:
+    """Return the corpus lexicon and its non-silence phone inventory (word-position suffixes
+    applied if configured).
+
+    Pronunciations come from ``lexicon_path`` (LibriSpeech format) or CMUdict, restricted to
+    ``vocabulary``; the OOV word is added, pronounced with the OOV phone. The phone inventory is
+    that of the whole source dictionary, so the phone set does not depend on the corpus size.
+    """
+    silence = (config.silence_phone, config.oov_phone)
+    if lexicon_path is not None:
+        full = read_librispeech_lexicon(lexicon_path, config.max_prons_per_word)
+        base_phones = lexicon_phones(full)
+        lexicon = restrict_lexicon(full, vocabulary)
+    else:
+        lexicon = cmudict_lexicon(vocabulary, config.max_prons_per_word)
+        base_phones = cmudict_phones()
+    base_phones = [p for p in base_phones if p not in silence]
+    bad = [p for p in base_phones if p.startswith("#") or p == "<eps>"]
+    if bad:
+        raise DataError(f"lexicon {lexicon_path} uses reserved phone names {bad}; rename them")
+    if config.position_dependent_phones:
+        lexicon = {w: [add_word_position(p, silence) for p in prons] for w, prons in lexicon.items()}
+        nonsilence = position_dependent_phones(base_phones)
+    else:
+        nonsilence = sorted(base_phones)
+    # Symbols that words.txt reserves can never be lexicon words.
+    reserved = [w for w in lexicon if w in ("<EPS>", "<S>", "</S>") or w.startswith("#")]
+    for w in reserved:
+        logger.warning("dropped reserved word %r from the lexicon", w)
+        del lexicon[w]
+    lexicon[config.oov_word] = [(config.oov_phone,)]
+    return {w: lexicon[w] for w in sorted(lexicon)}, nonsilence
+
+
+def write_lang_tables(
+    lang_dir: Path,
+    entries: Sequence[tuple[str, Pron]],
+    entries_disambig: Sequence[tuple[str, Pron]],
+    max_disambig: int,
+    nonsilence_phones: Sequence[str],
+    config: LangConfig,
+) -> tuple[SymbolTable, SymbolTable]:
+    """Write lexicon(.txt, _disambig.txt), words.txt, phones.txt, phones/*, oov.txt.
+
+    Returns ``(phones, words)`` symbol tables.
+    """
+    silence = [config.silence_phone, config.oov_phone]
+    phones = make_phone_table(silence, nonsilence_phones, max_disambig + 1)
+    words = make_word_table(w for w, _ in entries)
+    disambig = [f"#{k}" for k in range(max_disambig + 1)]
+    write_lexicon(lang_dir / "lexicon.txt", entries)
+    write_lexicon(lang_dir / "lexicon_disambig.txt", entries_disambig)
+    phones.to_file(lang_dir / "phones.txt")
+    words.to_file(lang_dir / "words.txt")
+    write_phone_sets(
+        lang_dir,
+        phones,
+        {"silence": silence, "nonsilence": sorted(nonsilence_phones), "optional_silence": [config.silence_phone], "disambig": disambig},
+    )
+    write_text_atomic(lang_dir / "oov.txt", f"{config.oov_word}\n")
+    return phones, words
+
+
+def write_fst(fst: kaldifst.StdVectorFst, path: Path) -> None:
+    """Write ``fst`` in OpenFst binary format, atomically."""
+    with atomic_path(path) as tmp:
+        fst.write(str(tmp))
+
+
+# --------------------------------------------------------------------------------------------
+# The whole stage
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LangSummary:
+    """What :func:`prepare_lang` built, as recorded in lang.json."""
+
+    lang_dir: str
+    lexicon_source: str
+    vocab_size: int  # words in words.txt, without <eps>, #0, <s>, </s>
+    lexicon_entries: int
+    num_phones: int  # silence + non-silence phones
+    num_disambig: int  # #0 .. #K
+    oov: dict[str, dict[str, object]]  # split -> OovStats fields and oov_rate
+    lm_order: int
+    lm_train_sentences: int
+    lm_skipped_all_oov: int
+    dev_split: str | None
+    dev_perplexity: float | None
+    dev_lm_oov: int | None  # dev words unknown to the LM (not scored)
+    config: dict[str, object]
+
+    def to_json(self) -> str:
+        """Return the summary as indented JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    def format(self) -> str:
+        """Return a one-screen, human-readable summary."""
+        lines = [
+            f"lang directory   {self.lang_dir}",
+            f"lexicon          {self.lexicon_source}: {self.lexicon_entries} pronunciations, vocabulary {self.vocab_size} words",
+            f"phones           {self.num_phones} (+ {self.num_disambig} disambiguation symbols)",
+            "OOV rate per split:",
+        ]
+        for split, st in self.oov.items():
+            lines.append(f"  {split:<20} {100 * float(st['oov_rate']):6.2f}%  ({st['num_oov']} of {st['num_words']} words, {st['num_oov_types']} types)")
+        lines.append(
+            f"LM               {self.lm_order}-gram Kneser-Ney on {self.lm_train_sentences} sentences "
+            f"({self.lm_skipped_all_oov} all-OOV sentences skipped)"
+        )
+        if self.dev_perplexity is not None:
+            lines.append(f"dev perplexity   {self.dev_perplexity:.1f} on {self.dev_split} ({self.dev_lm_oov} words unknown to the LM)")
+        else:
+            lines.append("dev perplexity   not computed (no dev split)")
+        return "\n".join(lines)
+
+
+def prepare_lang(
+    supervisions: Mapping[str, Transcripts],
+    output_dir: Path | str,
+    config: LangConfig,
+    lexicon_path: Path | None = None,
+    train_split: str = "train-clean-100",
+    dev_split: str | None = "dev-clean",
+) -> LangSummary:
+    """Build the lang directory ``output_dir`` from per-split transcripts.
+
+    ``supervisions`` maps split names to lhotse SupervisionSets or lists of transcript strings;
+    every split contributes to the vocabulary, only ``train_split`` to the LM, ``dev_split`` (if
+    present) gives the perplexity. Returns the summary also written to ``lang.json``. Raises
+    DataError if the training split is missing or has no transcript.
+    """
+    output_dir = Path(output_dir)
+    if train_split not in supervisions:
+        raise DataError(f"training split {train_split!r} is not among the splits {sorted(supervisions)}; pass --train-split with one of them")
+    sentences = {split: transcript_tokens(sups) for split, sups in supervisions.items()}
+    if not sentences[train_split]:
+        raise DataError(f"training split {train_split!r} has no transcripts (no supervision with text); check its manifest or pass another --train-split")
+
+    vocabulary = {w for sents in sentences.values() for s in sents for w in s}
+    lexicon, nonsilence = build_lexicon(vocabulary, config, lexicon_path)
+    source = str(lexicon_path) if lexicon_path is not None else "CMUdict"
+    logger.info("lexicon from %s: %d of %d corpus words have pronunciations", source, len(lexicon) - 1, len(vocabulary))
+
+    oov = {split: count_oov(sents, lexicon) for split, sents in sentences.items()}
+    for split, st in oov.items():
+        logger.info("%s: %d OOV of %d words (%.2f%%), e.g. %s", split, st.num_oov, st.num_words, 100 * st.oov_rate, st.most_common[:5])
+
+    entries = lexicon_entries(lexicon)
+    entries_disambig, max_disambig = add_disambig_symbols(entries)
+    phones, words = write_lang_tables(output_dir, entries, entries_disambig, max_disambig, nonsilence, config)
+    logger.info("%d phones, disambiguation symbols #0..#%d", 2 + len(nonsilence), max_disambig)
+
+    write_fst(make_lexicon_fst(entries, phones, words, config.silence_phone, config.silence_prob), output_dir / "L.fst")
+    write_fst(make_lexicon_fst_disambig(entries_disambig, phones, words, config.silence_phone, config.silence_prob), output_dir / "L_disambig.fst")
+
+    train_text, skipped = lm_training_text(sentences[train_split], lexicon, config.oov_word)
+    if skipped:
+        logger.warning("skipped %d training sentences made only of OOV words for the LM", skipped)
+    if not train_text:
+        raise DataError(f"every transcript of training split {train_split!r} is out of the lexicon; pass a lexicon covering it with --lexicon")
+    arpa = output_dir / "lm" / "lm.arpa"
+    write_text_atomic(output_dir / "lm" / "train.txt", "".join(f"{s}\n" for s in train_text))
+    train_ngram_lm(train_text, config.lm_order, arpa)
+    write_fst(compile_grammar_fst(arpa, output_dir / "words.txt"), output_dir / "G.fst")
+
+    dev_ppl = dev_oov = None
+    if dev_split is not None and dev_split in sentences:
+        dev = [[w if w in lexicon else config.oov_word for w in s] for s in sentences[dev_split]]
+        ppl = perplexity(arpa, dev)
+        dev_ppl, dev_oov = ppl.ppl, ppl.num_oov
+        logger.info("LM perplexity on %s: %.1f (%d words unknown to the LM)", dev_split, ppl.ppl, ppl.num_oov)
+    elif dev_split is not None:
+        logger.warning("dev split %r not given: LM perplexity not computed", dev_split)
+
+    summary = LangSummary(
+        lang_dir=str(output_dir),
+        lexicon_source=source,
+        vocab_size=len(words) - 4,
+        lexicon_entries=len(entries),
+        num_phones=2 + len(nonsilence),
+        num_disambig=max_disambig + 1,
+        oov={split: {**dataclasses.asdict(st), "oov_rate": st.oov_rate} for split, st in oov.items()},
+        lm_order=config.lm_order,
+        lm_train_sentences=len(train_text),
+        lm_skipped_all_oov=skipped,
+        dev_split=dev_split if dev_ppl is not None else None,
+        dev_perplexity=dev_ppl,
+        dev_lm_oov=dev_oov,
+        config=dataclasses.asdict(config),
+    )
+    write_text_atomic(output_dir / "lang.json", summary.to_json())
+    return summary
+
+
+def prepare_lang_from_manifests(
+    manifest_dir: Path | str,
+    output_dir: Path | str,
+    config: LangConfig,
+    lexicon_path: Path | None = None,
+    train_split: str = "train-clean-100",
+    dev_split: str | None = "dev-clean",
+    splits: Sequence[str] | None = None,
+) -> LangSummary:
+    """Run :func:`prepare_lang` on the supervision manifests in ``manifest_dir``.
+
+    ``splits`` defaults to every split with a manifest there; the training and dev splits are
+    always read. Returns the summary; DataError names any missing manifest.
+    """
+    manifest_dir = Path(manifest_dir)
+    if not manifest_dir.is_dir():
+        raise DataError(f"manifest directory {manifest_dir} does not exist; run stage 0 (corpus preparation) first")
+    wanted = list(splits) if splits is not None else discover_splits(manifest_dir)
+    for split in (train_split, dev_split):
+        if split is not None and split not in wanted:
+            wanted.append(split)
+    return prepare_lang(load_supervisions(manifest_dir, wanted), output_dir, config, lexicon_path, train_split, dev_split)

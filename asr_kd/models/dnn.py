@@ -1,0 +1,114 @@
+"""The spliced-frame DNN acoustic model of Hinton, Vinyals & Dean (2015), section 4.
+
+Each output frame ``t`` sees the input frames ``t - left_context .. t + right_context`` (the paper:
+26 frames of 40 log filter-bank coefficients, predicting the HMM state of the 21st, i.e. 20 frames
+of left and 5 of right context), through ReLU hidden layers (8 of 2,560 units in the paper) to
+logits over the senones (14,000 in the paper).
+
+Splicing happens on the fly from a padded batch ``[B, T, D]``: one gather builds the window of
+every frame with edge replication at each utterance's own first and last frame (not at the
+batch's padded end), so nothing is stored 26 times on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from asr_kd.config import DnnConfig, config_from_dict, load_config
+from asr_kd.errors import ConfigError
+
+# ``paper``: section 4 of the paper; ``mini``: the same window on a CPU-sized network; ``tiny``:
+# for tests and egs/ (seconds on a CPU).
+DNN_PRESETS: dict[str, DnnConfig] = {
+    "paper": DnnConfig(feature_dim=40, left_context=20, right_context=5, hidden_dim=2560, num_hidden_layers=8),
+    "mini": DnnConfig(feature_dim=40, left_context=20, right_context=5, hidden_dim=512, num_hidden_layers=4),
+    "tiny": DnnConfig(feature_dim=40, left_context=5, right_context=2, hidden_dim=64, num_hidden_layers=2),
+}
+
+
+def dnn_preset(name: str) -> DnnConfig:
+    """Return the preset ``name`` (``paper``, ``mini`` or ``tiny``)."""
+    if name not in DNN_PRESETS:
+        raise ConfigError(f"unknown DNN preset {name!r}; choose one of {sorted(DNN_PRESETS)} or pass a YAML file")
+    return DNN_PRESETS[name]
+
+
+def load_dnn_config(name_or_yaml: str, overrides: Mapping[str, Any] | None = None) -> DnnConfig:
+    """Return a preset (``paper``, ``mini``, ``tiny``) or a YAML file of DnnConfig fields, with
+    ``overrides`` (``key=value`` strings or values) applied on top."""
+    if name_or_yaml in DNN_PRESETS:
+        base = dataclasses.asdict(DNN_PRESETS[name_or_yaml])
+        return config_from_dict(DnnConfig, {**base, **(overrides or {})}, f"DNN preset {name_or_yaml}")
+    if not Path(name_or_yaml).is_file():
+        raise ConfigError(f"--model-config {name_or_yaml!r} is neither a preset {sorted(DNN_PRESETS)} nor an existing YAML file")
+    return load_config(DnnConfig, name_or_yaml, overrides)
+
+
+def splice_frames(x: Tensor, lengths: Tensor, left: int, right: int) -> Tensor:
+    """Return ``[B, T, (left + 1 + right) * D]``: for each frame, the frames ``t - left .. t + right``
+    of ``x`` (``[B, T, D]``) concatenated oldest first, indices clamped to ``0 .. lengths[b] - 1``
+    (edge replication per utterance). Frames at ``t >= lengths[b]`` are padding and hold
+    replicated edge frames."""
+    b, t, d = x.shape
+    offsets = torch.arange(-left, right + 1, device=x.device)
+    idx = torch.arange(t, device=x.device)[None, :, None] + offsets[None, None, :]  # [1, T, W]
+    last = (lengths.to(x.device).clamp(min=1) - 1)[:, None, None]  # [B, 1, 1]
+    idx = torch.minimum(idx.clamp(min=0), last)  # [B, T, W]
+    rows = torch.arange(b, device=x.device)[:, None, None]
+    return x[rows, idx].reshape(b, t, (left + 1 + right) * d)
+
+
+class SplicedDnn(nn.Module):
+    """Spliced window -> ``num_hidden_layers`` x (Linear, ReLU[, Dropout]) -> Linear logits.
+
+    ``forward(features [B, T, D], lengths [B])`` returns logits ``[B, T, num_classes]``; logits of
+    padding frames are meaningless (mask them with the labels' ignore index).
+    """
+
+    def __init__(self, cfg: DnnConfig, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        width = cfg.feature_dim * (cfg.left_context + 1 + cfg.right_context)
+        layers: list[nn.Module] = []
+        for _ in range(cfg.num_hidden_layers):
+            layers += [nn.Linear(width, cfg.hidden_dim), nn.ReLU()]
+            if cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            width = cfg.hidden_dim
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(width, num_classes)
+
+    @property
+    def window(self) -> int:
+        """Frames per input window."""
+        return self.cfg.left_context + 1 + self.cfg.right_context
+
+    def forward(self, features: Tensor, lengths: Tensor) -> Tensor:
+        """Return per-frame logits ``[B, T, num_classes]``."""
+        if features.shape[-1] != self.cfg.feature_dim:
+            raise ValueError(f"expected {self.cfg.feature_dim} features per frame, got {features.shape[-1]}")
+        spliced = splice_frames(features, lengths, self.cfg.left_context, self.cfg.right_context)
+        return self.output(self.hidden(spliced))
+
+    def describe(self) -> dict:
+        """Return what rebuilds this model: its config as a dict and ``num_classes``."""
+        return {"model_config": dataclasses.asdict(self.cfg), "num_classes": self.num_classes}
+
+
+def num_linear_params(cfg: DnnConfig, num_classes: int) -> int:
+    """Return the number of weights of the model's matrix multiplies (biases excluded), the count
+    behind the ``6 * params * frames`` estimate of training FLOPs."""
+    width = cfg.feature_dim * (cfg.left_context + 1 + cfg.right_context)
+    total = 0
+    for _ in range(cfg.num_hidden_layers):
+        total += width * cfg.hidden_dim
+        width = cfg.hidden_dim
+    return total + width * num_classes

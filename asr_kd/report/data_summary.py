@@ -1,0 +1,39 @@
+"""The summary printed after stages 0-2: corpus sizes, vocabulary, OOV rates, LM perplexity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from lhotse import load_manifest
+
+from asr_kd.data.librispeech import manifest_path
+from asr_kd.errors import DataError
+
+
+def summarize_data(manifest_dir: Path | str, lang_dir: Path | str | None, parts: Sequence[str]) -> str:
+    """Return a short text table: hours, utterances and speakers per part, then (when
+    ``lang_dir/lang.json`` exists) vocabulary, lexicon size, OOV rate per part, dev perplexity."""
+    lines = [f"{'part':<18}{'hours':>8}{'utts':>8}{'speakers':>10}{'OOV %':>8}"]
+    lang = None
+    if lang_dir is not None and (Path(lang_dir) / "lang.json").is_file():
+        lang = json.loads((Path(lang_dir) / "lang.json").read_text())
+    for part in parts:
+        path = manifest_path(manifest_dir, "supervisions", part)
+        if not path.is_file():
+            raise DataError(f"manifest {path} does not exist; run stage 0 first")
+        sups = load_manifest(path)
+        hours = sum(s.duration for s in sups) / 3600
+        oov = ""
+        if lang is not None and part in lang["oov"]:
+            oov = f"{100 * float(lang['oov'][part]['oov_rate']):.2f}"
+        lines.append(f"{part:<18}{hours:>8.2f}{len(sups):>8d}{len({s.speaker for s in sups}):>10d}{oov:>8}")
+    if lang is not None:
+        lines.append(
+            f"vocabulary {lang['vocab_size']} words, lexicon {lang['lexicon_entries']} pronunciations "
+            f"({lang['lexicon_source']}), {lang['num_phones']} phones"
+        )
+        if lang.get("dev_perplexity") is not None:
+            lines.append(f"{lang['lm_order']}-gram LM perplexity on {lang['dev_split']}: {lang['dev_perplexity']:.1f}")
+    return "\n".join(lines)

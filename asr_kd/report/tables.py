@@ -1,0 +1,172 @@
+"""The paper's speech tables as RESULTS.md sections, and the stage-8 plot.
+
+- Table 1 (Hinton, Vinyals & Dean 2015, section 4): baseline / N x ensemble / distilled single
+  model, test frame accuracy and WER, and the share of the ensemble's frame-accuracy gain that
+  the distilled model keeps (the paper: 80%+).
+- Table 5 (section 6): a model trained on 3% of the training data with hard targets (early
+  stopping) or with the full ensemble's soft targets, beside the 100%-data hard baseline; train
+  and test frame accuracy.
+
+Our numbers come from the run; the paper's are printed beside them, cited, for comparison only
+(different data, model size and senone inventory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+PAPER_CITATION = "Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network"
+# Table 1 of the paper: test frame accuracy and WER (Google voice search, 10 x 2,560-unit DNNs).
+PAPER_TABLE1 = {
+    "baseline": (58.9, 10.9),
+    "ensemble": (61.1, 10.7),  # 10 x ensemble
+    "distilled": (60.8, 10.7),
+}
+# Table 5 of the paper: train and test frame accuracy.
+PAPER_TABLE5 = {
+    "hard_100": (63.4, 58.9),
+    "hard_3": (67.3, 44.5),
+    "soft_3": (65.4, 57.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemScore:
+    """One row of Table 1: a system's test frame accuracy and WER (fractions; WER with S/D/I)."""
+
+    name: str
+    frame_accuracy: float
+    wer: float | None = None
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    ref_words: int = 0
+    dev_frame_accuracy: float | None = None
+
+
+def gain_kept(baseline: float, ensemble: float, student: float) -> float:
+    """Return ``(student - baseline) / (ensemble - baseline)``: the share of the ensemble's
+    improvement over the baseline that the student keeps (NaN when the ensemble gained nothing).
+    The paper's frame accuracies give (60.8 - 58.9) / (61.1 - 58.9) = 86%."""
+    gain = ensemble - baseline
+    return (student - baseline) / gain if gain > 0 else math.nan
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
+
+
+def format_table1(
+    baseline: SystemScore, ensemble: SystemScore, distilled: SystemScore, num_teachers: int,
+    extra_rows: Sequence[SystemScore] = (), corpus: str = "", command: str = "",
+) -> str:
+    """Return the markdown section ``## Table 1 analogue ...``: our rows beside the paper's, and
+    the share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model."""
+    lines = ["## Table 1 analogue: baseline, ensemble, distilled (stage 7)", ""]
+    if command:
+        lines += [f"Produced by `{command}`" + (f" on {corpus}." if corpus else "."), ""]
+    lines += [
+        "| System | Test frame accuracy | Test WER (S/D/I) | Dev frame accuracy | Paper: frame accuracy | Paper: WER |",
+        "|---|---|---|---|---|---|",
+    ]
+    paper = {"baseline": PAPER_TABLE1["baseline"], "ensemble": PAPER_TABLE1["ensemble"], "distilled": PAPER_TABLE1["distilled"]}
+    labels = [("baseline", "Baseline (hard targets)", baseline), ("ensemble", f"{num_teachers} x Ensemble", ensemble),
+              ("distilled", "Distilled single model", distilled)]
+    for key, label, row in labels:
+        p_acc, p_wer = paper[key]
+        lines.append(f"| {label} | {_pct(row.frame_accuracy)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} | {p_acc}% | {p_wer}% |")
+    for row in extra_rows:
+        lines.append(f"| {row.name} | {_pct(row.frame_accuracy)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} | | |")
+    kept = gain_kept(baseline.frame_accuracy, ensemble.frame_accuracy, distilled.frame_accuracy)
+    paper_kept = gain_kept(PAPER_TABLE1["baseline"][0], PAPER_TABLE1["ensemble"][0], PAPER_TABLE1["distilled"][0])
+    lines += ["", f"Share of the ensemble's test frame-accuracy gain kept by the distilled model: **{_pct(kept, 0)}** "
+              f"(paper: {_pct(paper_kept, 0)}, \"more than 80%\")."]
+    if None not in (baseline.wer, ensemble.wer, distilled.wer):
+        # For WER lower is better: the gain is baseline - system.
+        wer_kept = gain_kept(-baseline.wer, -ensemble.wer, -distilled.wer)  # type: ignore[operator]
+        lines.append(f"Share of the ensemble's WER reduction kept: {_pct(wer_kept, 0)} (paper: 10.9 -> 10.7 for both, 100%).")
+    lines += ["", f"Paper numbers: {PAPER_CITATION}, Table 1 (Google voice search, 10 DNNs of 8 x 2,560 units, "
+              "~14,000 senones); ours are measured by this recipe and are not comparable in absolute terms."]
+    return "\n".join(lines) + "\n"
+
+
+def _wer_cell(row: SystemScore) -> str:
+    if row.wer is None:
+        return "not decoded"
+    return f"{_pct(row.wer, 2)} ({row.substitutions}/{row.deletions}/{row.insertions} of {row.ref_words})"
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsetRun:
+    """One row of Table 5: train frame accuracy (on the run's own training cuts) and test."""
+
+    name: str
+    train_frame_accuracy: float
+    test_frame_accuracy: float
+    epochs: int = 0
+    stop_reason: str = ""
+
+
+def format_table5(
+    hard_100: SubsetRun, hard_3: SubsetRun, soft_3: SubsetRun, fraction: float, num_teachers: int,
+    plot_name: str = "", corpus: str = "", command: str = "",
+) -> str:
+    """Return the markdown section ``## Table 5 analogue ...`` with the paper's numbers beside
+    ours and, if given, a link to the dev-accuracy plot (relative to RESULTS.md)."""
+    pct = f"{100 * fraction:g}%"
+    lines = [f"## Table 5 analogue: {pct} of the training data, hard vs soft targets (stage 8)", ""]
+    if command:
+        lines += [f"Produced by `{command}`" + (f" on {corpus}." if corpus else "."), ""]
+    lines += [
+        "| System and training set | Train frame accuracy | Test frame accuracy | Epochs (stop) | Paper: train | Paper: test |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [
+        ("hard_100", "Baseline, 100% of the training set, hard targets", hard_100),
+        ("hard_3", f"Baseline, {pct} of the training set, hard targets (early stopping on dev)", hard_3),
+        ("soft_3", f"{pct} of the training set, soft targets of the {num_teachers} x ensemble (no early stopping)", soft_3),
+    ]
+    for key, label, run in rows:
+        p_train, p_test = PAPER_TABLE5[key]
+        stop = f"{run.epochs} ({run.stop_reason})" if run.stop_reason else str(run.epochs)
+        lines.append(f"| {label} | {_pct(run.train_frame_accuracy)} | {_pct(run.test_frame_accuracy)} | {stop} | {p_train}% | {p_test}% |")
+    lines += ["", "Train frame accuracy is measured on each model's own training cuts. The paper's point: the "
+              f"soft targets let a model trained on {pct} of the data generalise almost as well as the full "
+              "baseline without early stopping, while hard targets overfit."]
+    if plot_name:
+        lines += ["", f"![dev frame accuracy during training]({plot_name})"]
+    lines += ["", f"Paper numbers: {PAPER_CITATION}, Table 5 (3% of the voice-search training frames)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_dev_accuracy(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path | str, title: str = "") -> Path:
+    """Plot dev frame accuracy against the epoch for each named run (``history`` entries as in
+    :class:`asr_kd.train.state.TrainState`: dicts with ``epoch`` and ``frame_accuracy``); write a
+    PNG to ``path`` (Agg backend, no display needed) and return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr_kd.utils import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for name, history in histories.items():
+        points = [(h["epoch"], 100 * h["frame_accuracy"]) for h in history if "frame_accuracy" in h]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch (passes over the run's own training cuts)")
+    ax.set_ylabel("dev frame accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,94 @@
+"""DDP under ``torchrun --nproc_per_node 2`` (gloo, CPU) on the ``tiny`` DNN: the ranks see
+disjoint batches and end with identical weights, and only rank 0 writes the experiment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from lhotse import CutSet
+
+from tests.conftest import REPO_ROOT
+from tests.unit.test_train_corpus import NUM_CLASSES, make_frame_corpus
+
+# Runs in each of the two processes: trains through the library entry point, recording which cuts
+# each step of this rank used and, at the end, this rank's weights.
+DRIVER = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from asr_kd.config import TrainConfig
+    from asr_kd.models.dnn import dnn_preset
+    from asr_kd.train.frame_classifier import frame_cross_entropy, train_frame_classifier
+
+    train_cuts, dev_cuts, train_cmvn, dev_cmvn, exp, out = sys.argv[1:7]
+    rank = int(os.environ["RANK"])
+    seen, holder = [], {}
+
+    def recording_loss(model, batch):
+        holder["model"] = model
+        seen.append(batch["cut_ids"])
+        return frame_cross_entropy(model, batch)
+
+    cfg = TrainConfig(num_epochs=2, max_duration=4.5, num_buckets=2, warmup_steps=2, lr=3e-3,
+                      checkpoint_every_steps=2, log_every_steps=1, seed=7)
+    result = train_frame_classifier(train_cuts, dev_cuts, train_cmvn, dev_cmvn, %d, dnn_preset("tiny"), cfg, exp,
+                                    compute_loss=recording_loss)
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump({"batches": seen, "history": result.state.history, "world": os.environ["WORLD_SIZE"]}, f)
+    torch.save(holder["model"].module.state_dict(), f"{out}/rank{rank}.pt")
+    """
+    % NUM_CLASSES
+)
+
+
+@pytest.mark.slow
+def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> None:
+    corpus = make_frame_corpus(tmp_path / "data", train_speakers=(11, 12, 13, 14))
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(driver), str(corpus.train_cuts), str(corpus.dev_cuts), str(corpus.train_cmvn), str(corpus.dev_cmvn),
+        str(tmp_path / "exp"), str(out),
+    ]
+    # A session of its own, so that a hung job's workers die with torchrun on timeout.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 180 s: {stderr[-4000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
+
+    runs = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in runs] == ["2", "2"]
+    b0, b1 = runs[0]["batches"], runs[1]["batches"]
+    assert len(b0) == len(b1) > 0  # lockstep: the same number of steps on both ranks
+    all_ids = set(CutSet.from_file(corpus.train_cuts).ids)
+    for x, y in zip(b0, b1):
+        assert not set(x) & set(y)  # each step's two batches are disjoint
+    # Over each epoch (2 epochs) the two ranks together cover the training set exactly once.
+    per_epoch = len(b0) // 2
+    for e in range(2):
+        ids = [i for b in b0[e * per_epoch:(e + 1) * per_epoch] + b1[e * per_epoch:(e + 1) * per_epoch] for i in b]
+        assert sorted(ids) == sorted(all_ids)
+    w0, w1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert runs[0]["history"] == runs[1]["history"] and len(runs[0]["history"]) == 2
+    # Only rank 0 wrote the experiment, and its final checkpoint holds the ranks' common weights.
+    exp = tmp_path / "exp"
+    final = torch.load(exp / "final.pt", weights_only=False)["model"]
+    assert all(torch.equal(final[k], w0[k]) for k in w0)
+    assert len(list((exp / "tensorboard").iterdir())) == 1

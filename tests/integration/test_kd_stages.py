@@ -1,0 +1,170 @@
+"""Recipe stages 4-7 (teachers, soft targets, students, hybrid decoding and Table 1) end to end on
+the 'tiny' corpus through egs/tiny_kd/run.sh, and stage 8 through its library function.
+
+Stage 3 comes from the ``tiny_stage3`` fixture when conftest.py has it; otherwise a small
+monophone GMM system is trained here on tiny_stage2's MFCC and written in the stage-3 contract
+(``<exp>/gmm/ali/...``), which is all stages 4-8 read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lhotse import CutSet, load_manifest
+
+from asr_kd.config import DecodeConfig, GmmConfig, KdConfig, TrainConfig
+from asr_kd.data.alignments import load_alignment, store_alignments
+from asr_kd.data.features import CmvnStats, cmvn_key
+from asr_kd.decode.hclg import make_hclg_for_model
+from asr_kd.decode.priors import priors_from_alignments, save_priors
+from asr_kd.gmm.align import senone_alignments
+from asr_kd.gmm.features import gmm_features
+from asr_kd.gmm.train import GraphInputs, Utterance, align_utterances, train_monophone
+from asr_kd.kd.evaluation import score_system
+from asr_kd.kd.soft_targets import load_soft_targets
+from asr_kd.kd.stages import KdLayout, read_senones
+from asr_kd.kd.three_percent import run_three_percent
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.models.dnn import SplicedDnn, dnn_preset
+from asr_kd.train.state import seed_everything
+from tests.conftest import REPO_ROOT
+
+PARTS = ("train-clean-100", "dev-clean", "test-clean")
+EGS = REPO_ROOT / "egs" / "tiny_kd" / "run.sh"
+
+
+def _utterances(data: Path, lang: Lang, part: str) -> list[Utterance]:
+    cmvn = CmvnStats.load(data / "mfcc" / f"cmvn_{part}.npz")
+    out = []
+    for cut in load_manifest(data / "mfcc" / f"cuts_{part}.jsonl.gz"):
+        feats = cmvn.normalize(cut.load_features(), cmvn_key(cut, "speaker"))
+        words = " ".join(s.text for s in cut.supervisions).split()
+        out.append(Utterance(cut.id, gmm_features(feats), tuple(lang.word_ids(words))))
+    return out
+
+
+def build_monophone_stage3(data: Path, exp: Path) -> None:
+    """Write the stage-3 contract under ``exp/gmm`` from a quickly trained monophone system."""
+    lang = Lang.load(data / "lang")
+    inputs = GraphInputs.from_lang(lang)
+    cfg = GmmConfig(mono_num_iters=12, mono_realign_iters=(1, 2, 3, 4, 6, 8, 10), mono_total_gauss=400)
+    result = train_monophone(inputs, _utterances(data, lang, PARTS[0]), cfg)
+    system = result.system
+    mono = exp / "gmm" / "mono"
+    system.save(mono / "final.pkl")
+    make_hclg_for_model(data / "lang", mono / "final.pkl", mono / "graph")
+    ali_dir = exp / "gmm" / "ali"
+    parts_info = {}
+    for part in PARTS:
+        alis, skipped = align_utterances(system, inputs, _utterances(data, lang, part), cfg)
+        senones = senone_alignments(system.tm, alis)
+        cuts = store_alignments(load_manifest(data / "fbank" / f"cuts_{part}.jsonl.gz"), senones, ali_dir / f"storage_{part}")
+        cuts.to_file(ali_dir / f"cuts_{part}.jsonl.gz")
+        parts_info[part] = {"cuts": len(cuts), "skipped": skipped}
+        if part == PARTS[0]:
+            save_priors(ali_dir / "log_priors.npy", priors_from_alignments(senones.values(), system.num_pdfs))
+    (ali_dir / "senones.json").write_text(json.dumps(
+        {"num_senones": system.num_pdfs, "model": str(mono / "final.pkl"), "graph": str(mono / "graph"), "parts": parts_info}))
+
+
+@pytest.fixture(scope="module")
+def stage3(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(data, exp)``: a private copy of a stage-3 experiment on 'tiny' (stages 4-8 write into it)."""
+    root = tmp_path_factory.mktemp("kd_stages")
+    try:
+        data, _lang, src_exp = request.getfixturevalue("tiny_stage3")
+        shutil.copytree(Path(src_exp) / "gmm", root / "exp" / "gmm", symlinks=True)
+    except pytest.FixtureLookupError:
+        data, _ = request.getfixturevalue("tiny_stage2")
+        build_monophone_stage3(Path(data), root / "exp")
+    return Path(data), root / "exp"
+
+
+@pytest.fixture(scope="module")
+def egs_run(stage3: tuple[Path, Path]) -> tuple[Path, Path, Path]:
+    """Run egs/tiny_kd/run.sh (stages 4-7) once; return ``(data, exp, results_md)``."""
+    data, exp = stage3
+    results = exp.parent / "RESULTS.md"
+    out = subprocess.run(
+        ["bash", str(EGS), "--data", str(data), "--exp", str(exp), "--results-md", str(results), "--nj", "2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, f"egs/tiny_kd/run.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-4000:]}"
+    return data, exp, results
+
+
+@pytest.mark.slow
+def test_egs_writes_models_soft_targets_and_table1(egs_run: tuple[Path, Path, Path]) -> None:
+    data, exp, results = egs_run
+    layout = KdLayout(data, exp)
+    senones = read_senones(layout)
+    for i in range(2):
+        assert (exp / "teachers" / f"teacher{i}" / "final.pt").is_file()
+    for kind in ("hard", "distilled"):
+        assert (exp / "students" / kind / "final.pt").is_file()
+    # Soft targets: every training cut, one row per frame, ids in range, rows summing to 1.
+    stats = json.loads((exp / "soft_targets" / "stats.json").read_text())
+    soft = load_manifest(layout.soft_cuts)
+    ali = load_manifest(layout.ali_cuts("train-clean-100"))
+    assert sorted(soft.ids) == sorted(ali.ids) and stats["frames"] == sum(c.num_frames for c in ali)
+    assert stats["bytes_per_frame"] == 6 * stats["top_k"] < stats["dense_float32_bytes_per_frame"]
+    assert 0 <= stats["mean_kl_stored_vs_full"] and 0 < stats["mean_mass_kept"] <= 1.0001
+    cut = next(iter(soft))
+    ids, probs = load_soft_targets(cut)
+    assert ids.shape == (cut.num_frames, stats["top_k"]) and 0 <= ids.min() and ids.max() < senones.num_senones
+    np.testing.assert_allclose(probs.astype(np.float32).sum(1), 1.0, atol=5e-3)
+    # Decoding outputs and Table 1.
+    table = json.loads((exp / "decode" / "table1.json").read_text())
+    assert {"baseline", "ensemble", "distilled"} <= set(table)
+    for system in ("baseline", "ensemble", "distilled"):
+        assert (exp / "decode" / f"{system}_test-clean" / "hyp.txt").is_file()
+        details = json.loads((exp / "decode" / f"{system}_test-clean" / "wer_details.json").read_text())
+        assert details["num_utterances"] == len(load_manifest(layout.ali_cuts("test-clean")))
+    text = results.read_text()
+    for heading in ("## Teacher ensemble (stage 4)", "## Soft targets (stage 5)", "## Student: hard", "## Student: distilled", "## Table 1 analogue"):
+        assert heading in text
+    assert "2 x Ensemble" in text and "58.9%" in text and "Produced by `" in text
+
+
+@pytest.mark.slow
+def test_trained_models_beat_an_untrained_one(egs_run: tuple[Path, Path, Path]) -> None:
+    """The reference point: decoding with a randomly initialised DNN of the same shape.
+    Measured on tiny (monophone stage 3): untrained ~100% WER, students ~25-45%."""
+    data, exp, _ = egs_run
+    layout = KdLayout(data, exp)
+    table = json.loads((exp / "decode" / "table1.json").read_text())
+    seed_everything(0)
+    random_model = SplicedDnn(dnn_preset("tiny"), read_senones(layout).num_senones).eval()
+    untrained = score_system("untrained", [random_model], layout, "test-clean", True, DecodeConfig(num_jobs=2))
+    assert untrained.wer is not None and untrained.wer > 0.85
+    for system in ("baseline", "ensemble", "distilled"):
+        test = table[system]["test-clean"]
+        assert test["wer"] < untrained.wer - 0.3, (system, test["wer"], untrained.wer)
+        assert test["frame_accuracy"] > untrained.frame_accuracy + 0.2
+
+
+@pytest.mark.slow
+def test_three_percent_stage_writes_table5_and_plot(egs_run: tuple[Path, Path, Path]) -> None:
+    data, exp, results = egs_run
+    layout = KdLayout(data, exp)
+    train_cfg = TrainConfig(num_epochs=6, max_duration=20.0, warmup_steps=5, lr=3e-3, lr_schedule="constant",
+                            checkpoint_every_steps=1000, early_stopping_patience=2, seed=0)
+    runs = run_three_percent(layout, dnn_preset("tiny"), train_cfg, KdConfig(temperature=2.0, top_k=5),
+                             fraction=0.1, subset_seed=1, results_md=results, command="pytest")
+    assert set(runs) == {"hard_100", "hard_3", "soft_3"}
+    assert len(load_manifest(exp / "three_percent" / "cuts_subset.jsonl.gz")) == 8  # ceil(0.1 * 80)
+    for run in runs.values():
+        assert 0 < run.train_frame_accuracy <= 1 and 0 < run.test_frame_accuracy <= 1
+    assert runs["soft_3"].epochs == 6  # no early stopping for the soft run
+    png = results.parent / "table5_dev_accuracy.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = results.read_text()
+    assert "## Table 5 analogue" in text and "67.3%" in text and "table5_dev_accuracy.png" in text
+    # Subset cuts keep their senones and soft targets.
+    sub = load_manifest(exp / "three_percent" / "cuts_soft_subset.jsonl.gz")
+    assert all(load_alignment(c).shape[0] == load_soft_targets(c)[0].shape[0] for c in CutSet.from_cuts(sub))

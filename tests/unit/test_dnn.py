@@ -1,0 +1,120 @@
+"""The spliced-frame DNN: splicing equals a naive per-frame reference, shapes, presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asr_kd.config import DnnConfig
+from asr_kd.errors import ConfigError
+from asr_kd.models.dnn import DNN_PRESETS, SplicedDnn, dnn_preset, num_linear_params, splice_frames
+
+
+def naive_splice(x: torch.Tensor, lengths: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Reference: loop over utterances and frames, clamping window indices to the utterance."""
+    b, t, d = x.shape
+    out = torch.empty(b, t, (left + 1 + right) * d, dtype=x.dtype)
+    for i in range(b):
+        last = max(int(lengths[i]), 1) - 1
+        for j in range(t):
+            window = [x[i, min(max(j + o, 0), last)] for o in range(-left, right + 1)]
+            out[i, j] = torch.cat(window)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    extra_pad=st.integers(0, 3),
+    left=st.integers(0, 6),
+    right=st.integers(0, 4),
+    dim=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_splicing_equals_naive_reference(lengths: list[int], extra_pad: int, left: int, right: int, dim: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    t = max(lengths) + extra_pad
+    x = torch.randn(len(lengths), t, dim, generator=g)
+    lens = torch.tensor(lengths)
+    got = splice_frames(x, lens, left, right)
+    assert got.shape == (len(lengths), t, (left + 1 + right) * dim)
+    assert torch.equal(got, naive_splice(x, lens, left, right))
+
+
+def test_paper_window_predicts_the_21st_of_26_frames() -> None:
+    cfg = dnn_preset("paper")
+    assert (cfg.left_context + 1 + cfg.right_context, cfg.left_context + 1) == (26, 21)
+    assert (cfg.feature_dim, cfg.hidden_dim, cfg.num_hidden_layers) == (40, 2560, 8)
+    # Frame t's window is frames t-20 .. t+5: with x[t] = t the centre of the window is t.
+    x = torch.arange(60, dtype=torch.float32).reshape(1, 60, 1)
+    w = splice_frames(x, torch.tensor([60]), cfg.left_context, cfg.right_context)
+    assert w[0, 30].tolist() == list(range(10, 36))
+    assert w[0, 30, cfg.left_context].item() == 30
+
+
+def test_paper_model_size() -> None:
+    with torch.device("meta"):
+        model = SplicedDnn(dnn_preset("paper"), 14000)
+        logits = model(torch.empty(2, 7, 40), torch.tensor([7, 5]))
+    assert logits.shape == (2, 7, 14000)
+    weights = sum(p.numel() for p in model.parameters() if p.ndim == 2)
+    assert weights == num_linear_params(dnn_preset("paper"), 14000) == 1040 * 2560 + 7 * 2560 * 2560 + 2560 * 14000
+
+
+@pytest.mark.parametrize("preset", sorted(DNN_PRESETS))
+def test_output_shape_and_padding_independence(preset: str) -> None:
+    torch.manual_seed(0)
+    cfg = DNN_PRESETS[preset]
+    if preset == "paper":  # same structure, CPU-sized width
+        cfg = dataclasses.replace(cfg, hidden_dim=32)
+    model = SplicedDnn(cfg, num_classes=11).eval()
+    lengths = torch.tensor([9, 4, 1])
+    x = torch.randn(3, 9, 40)
+    with torch.no_grad():
+        logits = model(x, lengths)
+        assert logits.shape == (3, 9, 11)
+        # A cut's logits do not depend on the padding or the other cuts of its batch.
+        alone = model(x[1:2, :4], torch.tensor([4]))
+        garbage = x.clone()
+        garbage[1, 4:] = 1e3
+        padded = model(garbage, lengths)
+    torch.testing.assert_close(logits[1, :4], alone[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(padded[1, :4], logits[1, :4], rtol=0, atol=0)
+
+
+def test_model_equals_naive_spliced_mlp() -> None:
+    torch.manual_seed(1)
+    cfg = DnnConfig(feature_dim=5, left_context=3, right_context=2, hidden_dim=16, num_hidden_layers=2)
+    model = SplicedDnn(cfg, 7).eval()
+    x, lengths = torch.randn(2, 10, 5), torch.tensor([10, 6])
+    spliced = naive_splice(x, lengths, 3, 2)
+    with torch.no_grad():
+        expected = model.output(model.hidden(spliced))
+        torch.testing.assert_close(model(x, lengths), expected, rtol=0, atol=0)
+
+
+def test_bad_configs_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown DNN preset 'huge'"):
+        dnn_preset("huge")
+    with pytest.raises(ConfigError, match="model.left_context and model.right_context must be >= 0"):
+        DnnConfig(left_context=-1)
+    with pytest.raises(ConfigError, match="num_classes must be >= 1"):
+        SplicedDnn(dnn_preset("tiny"), 0)
+    with pytest.raises(ValueError, match="expected 40 features per frame, got 13"):
+        SplicedDnn(dnn_preset("tiny"), 3)(torch.zeros(1, 5, 13), torch.tensor([5]))
+
+
+def test_gpu_benchmark_script_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    # The script's CPU smoke mode: it must keep working for the GPU run the lead does.
+    import runpy
+
+    bench = runpy.run_path(str(__import__("tests.conftest").conftest.REPO_ROOT / "bench" / "dnn_gpu.py"))
+    result = bench["main"](["--allow-cpu", "--model", "tiny", "--num-classes", "10", "--utts", "2", "--frames", "30",
+                            "--steps", "2", "--warmup", "1", "--amp", "none"])
+    assert set(result) >= {"frames_per_second", "peak_fraction", "final_loss"} and math.isfinite(result["final_loss"])
+    assert "| 60 |" in capsys.readouterr().out

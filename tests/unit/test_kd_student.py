@@ -1,0 +1,171 @@
+"""The distilled student's wiring: stored top-k soft targets reach the batches (padded), the loss
+on a batch equals topk_distillation_loss on the same tensors (and the dense loss on the expanded
+targets), online teachers give the losses of asr_kd.kd.losses, and the 3% subset is a
+deterministic function of the cut ids and the seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lhotse import CutSet
+from lhotse.testing.dummies import dummy_cut
+
+from asr_kd.config import KdConfig
+from asr_kd.data.features import CmvnStats
+from asr_kd.data.frames import IGNORE_INDEX, FrameDataset
+from asr_kd.errors import DataError
+from asr_kd.kd.ensemble import TeacherEnsemble, fuse_logits
+from asr_kd.kd.losses import distillation_loss, logit_matching_loss
+from asr_kd.kd.soft_targets import expand_topk, store_soft_targets, topk_compress
+from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss, frame_mask
+from asr_kd.kd.three_percent import subset_cuts
+from asr_kd.kd.topk_loss import topk_distillation_loss
+from asr_kd.models.dnn import SplicedDnn, dnn_preset
+from tests.unit.test_train_corpus import NUM_CLASSES, FrameCorpus, make_frame_corpus
+
+K = 2  # of NUM_CLASSES = 3 classes: the stored targets really are truncated
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> FrameCorpus:
+    return make_frame_corpus(tmp_path_factory.mktemp("kd_student"), train_speakers=(11, 12), dev_speakers=(15,))
+
+
+@pytest.fixture(scope="module")
+def soft_cuts(corpus: FrameCorpus, tmp_path_factory: pytest.TempPathFactory) -> CutSet:
+    """The training cuts with random (seeded) top-K soft targets stored beside their senones."""
+    cuts = CutSet.from_file(corpus.train_cuts)
+    rng = np.random.default_rng(0)
+    targets = []
+    for cut in cuts:
+        probs = torch.softmax(torch.from_numpy(rng.normal(size=(cut.num_frames, NUM_CLASSES))).float() * 3, dim=-1)
+        ids, p = topk_compress(probs, K)
+        targets.append((cut.id, ids, p))
+    return store_soft_targets(cuts, targets, tmp_path_factory.mktemp("soft") / "storage", K, temperature=2.0)
+
+
+def _batch(cuts: CutSet, corpus: FrameCorpus, **kw) -> dict:  # noqa: ANN003
+    # Cuts of different lengths in one batch, so that padding is exercised.
+    return FrameDataset(CmvnStats.load(corpus.train_cmvn), "senones", NUM_CLASSES, **kw)[cuts]
+
+
+def test_batches_carry_padded_soft_targets(soft_cuts: CutSet, corpus: FrameCorpus) -> None:
+    cuts = soft_cuts.subset(first=4)
+    batch = _batch(cuts, corpus)
+    b, t = batch["labels"].shape
+    assert batch["soft_ids"].shape == batch["soft_probs"].shape == (b, t, K)
+    assert batch["soft_ids"].dtype == torch.int64 and batch["soft_probs"].dtype == torch.float32
+    for i, n in enumerate(batch["lengths"].tolist()):
+        np.testing.assert_allclose(batch["soft_probs"][i, :n].sum(-1).numpy(), 1.0, atol=2e-3)
+        assert (batch["soft_probs"][i, n:] == 0).all() and (batch["soft_ids"][i, n:] == 0).all()
+    # Plain senone cuts get no soft-target fields (auto mode), and asking for them is an error.
+    plain = CutSet.from_file(corpus.train_cuts).subset(first=2)
+    assert "soft_ids" not in _batch(plain, corpus)
+    assert "soft_ids" not in _batch(cuts, corpus, soft_targets=False)
+    with pytest.raises(DataError, match="no stored soft targets"):
+        _batch(plain, corpus, soft_targets=True)
+
+
+def test_stored_loss_equals_topk_loss_on_the_batch(soft_cuts: CutSet, corpus: FrameCorpus) -> None:
+    kd = KdConfig(temperature=3.0, hard_weight=0.3, soft_weight=0.8, top_k=K)
+    batch = _batch(soft_cuts.subset(first=4), corpus)
+    torch.manual_seed(0)
+    model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
+    loss, metrics = StoredDistillationLoss(kd)(model, batch)
+    logits = model(batch["features"], batch["lengths"])
+    mask = frame_mask(batch["lengths"], logits.shape[1])
+    expected = topk_distillation_loss(logits, batch["soft_ids"], batch["soft_probs"], batch["labels"], 3.0, 0.3, 0.8, mask=mask)
+    torch.testing.assert_close(loss, expected)
+    # The same number from the dense loss on the expanded (zero outside the top K) targets.
+    dense = torch.stack([torch.from_numpy(expand_topk(i, p, NUM_CLASSES)) for i, p in zip(batch["soft_ids"], batch["soft_probs"])])
+    torch.testing.assert_close(loss, distillation_loss(logits, dense, batch["labels"], 3.0, 0.3, 0.8, weight=mask), rtol=1e-5, atol=1e-6)
+    assert 0 <= float(metrics["frame_accuracy"]) <= 1
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_stored_loss_without_soft_targets_names_the_fix(corpus: FrameCorpus) -> None:
+    batch = _batch(CutSet.from_file(corpus.train_cuts).subset(first=2), corpus)
+    model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
+    with pytest.raises(DataError, match="make-soft-targets"):
+        StoredDistillationLoss(KdConfig())(model, batch)
+
+
+def test_padding_frames_do_not_change_the_loss(soft_cuts: CutSet, corpus: FrameCorpus) -> None:
+    """A cut's loss alone equals its loss in a batch with a longer cut, weighted by frames."""
+    kd = KdConfig(temperature=2.0, hard_weight=0.5, top_k=K)
+    cuts = sorted(soft_cuts.subset(first=4), key=lambda c: c.num_frames)
+    short, long_ = cuts[0], cuts[-1]
+    model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES).eval()
+    loss_fn = StoredDistillationLoss(kd)
+    with torch.no_grad():
+        alone = [float(loss_fn(model, _batch(CutSet.from_cuts([c]), corpus))[0]) for c in (short, long_)]
+        together = float(loss_fn(model, _batch(CutSet.from_cuts([short, long_]), corpus))[0])
+    n_s, n_l = short.num_frames, long_.num_frames
+    assert together == pytest.approx((alone[0] * n_s + alone[1] * n_l) / (n_s + n_l), rel=1e-5)
+
+
+def test_online_losses_match_the_dense_losses(corpus: FrameCorpus) -> None:
+    batch = _batch(CutSet.from_file(corpus.train_cuts).subset(first=3), corpus)
+    torch.manual_seed(1)
+    teachers = [SplicedDnn(dnn_preset("tiny"), NUM_CLASSES) for _ in range(2)]
+    student = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
+    ensemble = TeacherEnsemble(teachers, "arithmetic")
+    feats, lengths, labels = batch["features"], batch["lengths"], batch["labels"]
+    mask = frame_mask(lengths, feats.shape[1])
+    z = student(feats, lengths)
+    with torch.no_grad():
+        tl = torch.stack([t(feats, lengths) for t in teachers])
+
+    kd = KdConfig(temperature=2.5, hard_weight=0.5, mode="online")
+    loss, _ = OnlineDistillationLoss(ensemble, kd)(student, batch)
+    probs = fuse_logits(tl, 2.5, "arithmetic", mask.bool()).exp()
+    torch.testing.assert_close(loss, distillation_loss(z, probs, labels, 2.5, 0.5, weight=mask))
+    loss.backward()
+    assert all(p.grad is None for p in ensemble.parameters())  # teachers stay frozen
+
+    l2 = KdConfig(hard_weight=0.0, mode="online", loss="logit_l2")
+    loss, _ = OnlineDistillationLoss(ensemble, l2)(student, batch)
+    torch.testing.assert_close(loss, logit_matching_loss(z, tl.mean(0), weight=mask))
+    # A student whose logits are the teachers' mean has nothing left to learn from logit matching.
+    same = OnlineDistillationLoss(TeacherEnsemble([teachers[0]]), l2)(teachers[0], batch)[0]
+    assert float(same) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_unlabelled_frames_only_drop_out_of_the_hard_term(soft_cuts: CutSet, corpus: FrameCorpus) -> None:
+    batch = _batch(soft_cuts.subset(first=2), corpus)
+    model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
+    soft_only = StoredDistillationLoss(KdConfig(hard_weight=0.0, top_k=K))
+    unlabelled = {**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)}
+    both = StoredDistillationLoss(KdConfig(hard_weight=0.7, top_k=K))
+    torch.testing.assert_close(both(model, unlabelled)[0], soft_only(model, batch)[0])
+
+
+def _cuts(n: int) -> CutSet:
+    return CutSet.from_cuts(dummy_cut(i) for i in range(n))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 200), fraction=st.floats(0.01, 1.0), seed=st.integers(0, 2**31 - 1), perm_seed=st.integers(0, 1000))
+def test_subset_is_deterministic_and_order_independent(n: int, fraction: float, seed: int, perm_seed: int) -> None:
+    cuts = _cuts(n)
+    sub = subset_cuts(cuts, fraction, seed)
+    assert len(sub) == max(1, int(np.ceil(fraction * n)))
+    assert list(sub.ids) == [c for c in cuts.ids if c in set(sub.ids)]  # original order kept
+    shuffled = CutSet.from_cuts([cuts[i] for i in np.random.default_rng(perm_seed).permutation(n)])
+    assert sorted(subset_cuts(shuffled, fraction, seed).ids) == sorted(sub.ids)
+
+
+def test_subset_depends_on_the_seed_and_rejects_bad_fractions() -> None:
+    cuts = _cuts(100)
+    draws = {tuple(subset_cuts(cuts, 0.03, s).ids) for s in range(5)}
+    assert len(draws) > 1 and all(len(d) == 3 for d in draws)
+    with pytest.raises(Exception, match="fraction"):
+        subset_cuts(cuts, 0.0, 0)
+    with pytest.raises(DataError):
+        subset_cuts(CutSet.from_cuts([]), 0.5, 0)

@@ -1,0 +1,222 @@
+"""prepare_lang end to end on small supervision sets: the lang-directory contract, OOVs, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from lhotse import SupervisionSegment, SupervisionSet
+
+from asr_kd.bin.cli import main as cli_main
+from asr_kd.config import LangConfig
+from asr_kd.errors import DataError
+from asr_kd.lang.lang_dir import Lang, SymbolTable
+from asr_kd.lang.prepare import (
+    count_oov,
+    lm_training_text,
+    prepare_lang,
+    prepare_lang_from_manifests,
+    supervision_manifest_path,
+)
+
+TRAIN = [
+    "THE CAT SAT ON THE MAT",
+    "A DOG READ THE BOOK",
+    "THE RED DOG RAN TO THE CAT",
+    "XYZZYQ QWRTXZ",  # only OOV words: skipped for the LM
+    "THE BOOK WAS RED ZORBLAX",  # one OOV word: mapped to <UNK>
+]
+DEV = ["THE DOG SAT ON A BOOK", "THE CAT READ FOOBARXQ"]
+TEST = ["A CAT AND A DOG"]
+
+
+def supervisions(texts: list[str], prefix: str) -> SupervisionSet:
+    """Return a SupervisionSet with one segment per text."""
+    return SupervisionSet.from_segments(
+        SupervisionSegment(id=f"{prefix}-{k}", recording_id=f"{prefix}-{k}", start=0.0, duration=1.0, text=t, speaker="s1")
+        for k, t in enumerate(texts)
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lang_prep") / "lang"
+    sups = {"train-clean-100": supervisions(TRAIN, "tr"), "dev-clean": supervisions(DEV, "dv"), "test-clean": supervisions(TEST, "te")}
+    summary = prepare_lang(sups, out, LangConfig())
+    return summary, Lang.load(out)
+
+
+def read_table_lines(path: Path) -> list[tuple[str, int]]:
+    lines = path.read_text().splitlines()
+    assert all(re.fullmatch(r"\S+ \d+", line) for line in lines), f"{path} is not Kaldi 'NAME ID' text"
+    return [(name, int(i)) for name, i in (line.split() for line in lines)]
+
+
+def test_lang_dir_has_every_contract_file(prepared) -> None:
+    _, lang = prepared
+    for name in [
+        "lexicon.txt", "words.txt", "phones.txt", "oov.txt", "L.fst", "L_disambig.fst", "G.fst", "lm/lm.arpa", "lang.json",
+        *(f"phones/{s}.{ext}" for s in ("silence", "nonsilence", "optional_silence", "disambig") for ext in ("txt", "int")),
+    ]:
+        assert (lang.lang_dir / name).is_file(), name
+    assert (lang.lang_dir / "oov.txt").read_text() == "<UNK>\n"
+    assert not list(lang.lang_dir.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_phones_txt_follows_the_contract(prepared) -> None:
+    _, lang = prepared
+    pairs = read_table_lines(lang.lang_dir / "phones.txt")
+    names = [n for n, _ in pairs]
+    assert [i for _, i in pairs] == list(range(len(pairs)))  # contiguous ids
+    assert names[:3] == ["<eps>", "SIL", "SPN"]
+    nonsil = [n for n in names[3:] if not n.startswith("#")]
+    disambig = [n for n in names if n.startswith("#")]
+    assert nonsil == sorted(nonsil) and len(nonsil) == 39  # CMUdict's phone set
+    assert names == ["<eps>", "SIL", "SPN", *nonsil, *disambig]
+    assert disambig == [f"#{k}" for k in range(len(disambig))]
+    # READ (R EH D) and RED are homophones: #1 and #2 are needed.
+    assert len(disambig) >= 3
+    assert lang.silence_phones == ("SIL", "SPN") and lang.optional_silence == "SIL"
+    assert lang.nonsilence_phones == tuple(nonsil) and lang.disambig_phones == tuple(disambig)
+    for set_name, ids in [("silence", lang.silence_phone_ids), ("disambig", lang.disambig_phone_ids), ("nonsilence", lang.nonsilence_phone_ids)]:
+        assert [int(x) for x in (lang.lang_dir / "phones" / f"{set_name}.int").read_text().split()] == ids
+
+
+def test_words_txt_follows_the_contract(prepared) -> None:
+    _, lang = prepared
+    pairs = read_table_lines(lang.lang_dir / "words.txt")
+    names = [n for n, _ in pairs]
+    assert [i for _, i in pairs] == list(range(len(pairs)))
+    assert names[0] == "<eps>" and names[-3:] == ["#0", "<s>", "</s>"]
+    assert names[1:-3] == sorted(names[1:-3])
+    assert set(names[1:-3]) == set(lang.lexicon)  # every lexicon word, and only those
+    assert "<UNK>" in lang.words and "ZORBLAX" not in lang.words
+    assert SymbolTable.from_file(lang.lang_dir / "words.txt") == lang.words
+
+
+def test_lexicon_txt(prepared) -> None:
+    _, lang = prepared
+    text = (lang.lang_dir / "lexicon.txt").read_text()
+    assert "<UNK> SPN\n" in text
+    assert not re.search(r"\d", text), "stress digits must be removed"
+    assert ("R", "EH", "D") in lang.lexicon["READ"] and lang.lexicon["RED"] == [("R", "EH", "D")]
+    # Vocabulary of all splits (AND comes from the test split), never all of CMUdict.
+    assert "AND" in lang.lexicon and len(lang.lexicon) < 30
+
+
+def test_oov_counted_and_mapped_to_unk(prepared) -> None:
+    summary, lang = prepared
+    assert summary.oov["train-clean-100"]["num_oov"] == 3
+    assert summary.oov["train-clean-100"]["num_words"] == sum(len(t.split()) for t in TRAIN)
+    assert summary.oov["dev-clean"]["num_oov"] == 1
+    assert summary.oov["dev-clean"]["oov_rate"] == pytest.approx(1 / 10)
+    assert summary.oov["test-clean"]["num_oov"] == 0
+    assert summary.lm_skipped_all_oov == 1 and summary.lm_train_sentences == 4
+    assert lang.word_ids(["THE", "FOOBARXQ"]) == [lang.words.id("THE"), lang.words.id("<UNK>")]
+    lm_text = (lang.lang_dir / "lm" / "train.txt").read_text()
+    assert "THE BOOK WAS RED <UNK>" in lm_text and "XYZZYQ" not in lm_text
+    arpa = (lang.lang_dir / "lm" / "lm.arpa").read_text()
+    assert "\t<UNK>" in arpa and "ZORBLAX" not in arpa
+
+
+def test_lang_json_summary(prepared) -> None:
+    summary, lang = prepared
+    data = json.loads((lang.lang_dir / "lang.json").read_text())
+    assert data["vocab_size"] == len(lang.lexicon) == summary.vocab_size
+    assert data["lexicon_entries"] == sum(len(p) for p in lang.lexicon.values())
+    assert data["num_phones"] == 41 and data["lm_order"] == 3
+    assert data["config"]["silence_prob"] == 0.5
+    assert math.isfinite(data["dev_perplexity"]) and data["dev_perplexity"] > 1.0
+    assert "dev-clean" in summary.format() and "OOV" in summary.format()
+
+
+def test_arpa_has_all_orders_and_no_zero_probabilities(prepared) -> None:
+    _, lang = prepared
+    arpa = (lang.lang_dir / "lm" / "lm.arpa").read_text()
+    assert "\\3-grams:" in arpa and "<s> THE CAT" in arpa
+    # Only <s> may carry kaldingram's log10(0) stand-in (-99).
+    zero = [line.split("\t")[1] for line in arpa.splitlines() if line.startswith("-99")]
+    assert zero == ["<s>"]
+
+
+def test_pronunciation_phone_ids(prepared) -> None:
+    _, lang = prepared
+    (cat,), unk = lang.pronunciation_phone_ids(["CAT", "NOTAWORDQ"])
+    assert cat == tuple(lang.phone_ids(["K", "AE", "T"]))
+    assert unk == [(lang.phones.id("SPN"),)]
+
+
+def test_position_dependent_phones(tmp_path) -> None:
+    prepare_lang({"train": ["THE CAT SAT", "A CAT"]}, tmp_path, LangConfig(position_dependent_phones=True), train_split="train", dev_split=None)
+    lang = Lang.load(tmp_path)
+    assert lang.lexicon["CAT"] == [("K_B", "AE_I", "T_E")]
+    assert ("AH_S",) in lang.lexicon["A"] and lang.lexicon["<UNK>"] == [("SPN",)]
+    assert len(lang.nonsilence_phones) == 4 * 39
+    assert lang.phones.names()[:3] == ["<eps>", "SIL", "SPN"]
+
+
+def test_librispeech_lexicon_file(tmp_path) -> None:
+    lex = tmp_path / "librispeech-lexicon.txt"
+    lex.write_text("HELLO\tHH AH0 L OW1\nHELLO\tHH EH0 L OW1\nWORLD\tW ER1 L D\nUNUSED\tAH0 N Y UW1 Z D\n")
+    summary = prepare_lang({"train": ["hello world", "hello there"]}, tmp_path / "lang", LangConfig(), lex, "train", None)
+    lang = Lang.load(tmp_path / "lang")
+    assert lang.lexicon == {"<UNK>": [("SPN",)], "HELLO": [("HH", "AH", "L", "OW"), ("HH", "EH", "L", "OW")], "WORLD": [("W", "ER", "L", "D")]}
+    # The phone set is the lexicon file's, including phones only UNUSED has.
+    assert set(lang.nonsilence_phones) == {"HH", "AH", "L", "OW", "EH", "W", "ER", "D", "N", "Y", "UW", "Z"}
+    assert summary.oov["train"]["num_oov"] == 1 and summary.dev_perplexity is None
+
+
+def test_helpers() -> None:
+    lex = {"A": 1, "B": 1}
+    st = count_oov([["A", "X"], ["X", "Y", "B"]], lex)
+    assert (st.num_words, st.num_oov, st.num_oov_types, st.most_common[0]) == (5, 3, 2, ("X", 2))
+    assert lm_training_text([["A", "X"], ["X", "Y"]], lex, "<UNK>") == (["A <UNK>"], 1)
+
+
+def test_empty_training_split_is_a_one_line_error(tmp_path) -> None:
+    with pytest.raises(DataError, match="training split 'train-clean-100' has no transcripts") as err:
+        prepare_lang({"train-clean-100": supervisions([], "x"), "dev-clean": ["A CAT"]}, tmp_path, LangConfig())
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="training split 'train-other' is not among"):
+        prepare_lang({"dev-clean": ["A CAT"]}, tmp_path, LangConfig(), train_split="train-other")
+    with pytest.raises(DataError, match="out of the lexicon"):
+        prepare_lang({"train": ["QQXQ ZZXZ"]}, tmp_path, LangConfig(), train_split="train", dev_split=None)
+
+
+def test_lang_load_errors(tmp_path, prepared) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        Lang.load(tmp_path / "none")
+    _, lang = prepared
+    import shutil
+
+    copy = tmp_path / "lang"
+    shutil.copytree(lang.lang_dir, copy)
+    (copy / "phones" / "disambig.txt").unlink()
+    with pytest.raises(DataError, match=r"disambig.txt is missing"):
+        Lang.load(copy)
+    (copy / "G.fst").unlink()
+    shutil.copy(lang.lang_dir / "phones" / "disambig.txt", copy / "phones" / "disambig.txt")
+    with pytest.raises(DataError, match=r"G.fst does not exist"):
+        Lang.load(copy).load_fst("G")
+
+
+def test_manifests_and_cli(tmp_path, capsys) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    supervisions(TRAIN, "tr").to_file(supervision_manifest_path(manifests, "train-clean-100"))
+    with pytest.raises(DataError, match=r"librispeech_supervisions_dev-clean.jsonl.gz does not exist"):
+        prepare_lang_from_manifests(manifests, tmp_path / "lang", LangConfig())
+    assert cli_main(["prepare-lang", "--manifest-dir", str(manifests), "--output-dir", str(tmp_path / "lang")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dev-clean" in err[0]
+
+    supervisions(DEV, "dv").to_file(supervision_manifest_path(manifests, "dev-clean"))
+    rc = cli_main(["prepare-lang", "--manifest-dir", str(manifests), "--output-dir", str(tmp_path / "lang"), "--set", "lm_order=2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "dev perplexity" in out and "2-gram" in out
+    assert json.loads((tmp_path / "lang" / "lang.json").read_text())["lm_order"] == 2
+    assert "\\3-grams:" not in (tmp_path / "lang" / "lm" / "lm.arpa").read_text()

@@ -1,0 +1,361 @@
+"""Tests for stored soft targets (asr_kd.kd.soft_targets) and the top-k loss (asr_kd.kd.topk_loss)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, load_manifest
+
+from asr_kd.config import KdConfig, config_from_dict
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.kd.ensemble import TeacherEnsemble, fuse_logits
+from asr_kd.kd.losses import distillation_loss, soft_cross_entropy
+from asr_kd.kd.soft_targets import (
+    SOFT_IDS,
+    SOFT_TEMPERATURE,
+    SoftTargetStats,
+    bytes_per_frame,
+    collate_soft_targets,
+    ensemble_soft_targets,
+    expand_topk,
+    kl_stored_vs_full,
+    load_soft_targets,
+    store_soft_targets,
+    topk_compress,
+    topk_mass,
+)
+from asr_kd.kd.topk_loss import topk_distillation_loss, topk_soft_cross_entropy
+from asr_kd.models.mlp import MLP
+
+
+def _posteriors(seed: int, frames: int, classes: int, scale: float = 4.0, temperature: float = 1.0) -> np.ndarray:
+    """Peaky posteriors: a softmax of scaled Gaussian logits."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(scale * torch.randn(frames, classes, generator=g, dtype=torch.float64) / temperature, -1).numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Compression
+# --------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), frames=st.integers(1, 20), classes=st.integers(1, 300), data=st.data())
+def test_topk_keeps_the_most_probable_classes_renormalised(seed, frames, classes, data):
+    k = data.draw(st.integers(1, classes))
+    full = _posteriors(seed, frames, classes)
+    ids, probs = topk_compress(full, k)
+    assert ids.dtype == np.int32 and probs.dtype == np.float16
+    assert ids.shape == probs.shape == (frames, k)
+    # The kept classes are k distinct classes, none less probable than any dropped one.
+    assert all(len(set(row)) == k for row in ids.tolist())
+    kept = np.take_along_axis(full, ids.astype(np.int64), 1)
+    dropped = full.copy()
+    np.put_along_axis(dropped, ids.astype(np.int64), -1.0, 1)
+    assert np.all(kept.min(1) >= dropped.max(1))
+    assert np.all(np.diff(probs.astype(np.float32), axis=1) <= 0)  # decreasing order
+    # Renormalised: each row sums to 1 within float16 rounding (half an ulp per value, ulp <= 2^-11 below 1).
+    assert np.allclose(probs.astype(np.float64).sum(1), 1.0, atol=k * 2.0**-12 + 1e-12)
+    expected = kept / kept.sum(1, keepdims=True)
+    assert np.allclose(probs.astype(np.float64), expected, atol=2.0**-11, rtol=2.0**-10)
+
+
+def test_k_equal_to_classes_reproduces_the_full_distribution():
+    full = _posteriors(0, 50, 40)
+    ids, probs = topk_compress(full, 40)
+    dense = expand_topk(ids, probs, 40)
+    assert dense.dtype == np.float32 and dense.shape == full.shape
+    assert np.allclose(dense, full, rtol=2.0**-10, atol=1e-7)
+    kl = kl_stored_vs_full(full, ids, probs)
+    assert kl.shape == (50,)
+    assert np.all(kl >= 0) and kl.max() < 1e-5
+    assert np.allclose(topk_mass(full, ids), 1.0)
+
+
+def test_kl_shrinks_as_k_grows_and_matches_the_dropped_mass():
+    full = _posteriors(1, 200, 500, scale=3.0, temperature=2.0)
+    kls = []
+    for k in (1, 5, 10, 20, 50, 500):
+        ids, probs = topk_compress(full, k)
+        kl = kl_stored_vs_full(full, ids, probs)
+        assert np.all(kl >= 0)
+        # With exact renormalisation KL(stored || full) = -log(kept mass); float16 adds a little.
+        assert np.allclose(kl, -np.log(topk_mass(full, ids)), atol=2e-3)
+        kls.append(kl.mean())
+    assert all(a > b for a, b in zip(kls, kls[1:]))
+    assert kls[0] > 0.1 and kls[-1] < 1e-5
+
+
+def test_compress_accepts_tensors_and_rejects_bad_input():
+    full = torch.from_numpy(_posteriors(2, 3, 10)).float()
+    ids, probs = topk_compress(full, 3)
+    assert np.array_equal(ids, topk_compress(full.numpy(), 3)[0])
+    with pytest.raises(ConfigError, match="kd.top_k"):
+        topk_compress(full, 11)
+    with pytest.raises(ValueError, match="non-negative"):
+        topk_compress(-full, 2)
+    with pytest.raises(ValueError, match="frames x classes"):
+        topk_compress(full[0], 2)
+    with pytest.raises(ValueError, match="class ids"):
+        expand_topk(ids, probs, 5)
+    empty_ids, empty_probs = topk_compress(np.zeros((0, 10)), 4)
+    assert empty_ids.shape == empty_probs.shape == (0, 4)
+
+
+def test_bytes_per_frame():
+    assert bytes_per_frame(20) == 20 * (4 + 2)
+    assert bytes_per_frame(2000, ["float32"]) == 8000
+    assert bytes_per_frame(0) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Storage on cuts
+# --------------------------------------------------------------------------------------------
+
+DURATIONS = (1.2345, 0.8, 2.0031, 0.5)
+NUM_CLASSES = 64
+K = 8
+
+
+@pytest.fixture(scope="module")
+def fbank_cuts(tmp_path_factory) -> CutSet:
+    """Cuts of real (noise) audio with real fbank features, of awkward durations."""
+    root = tmp_path_factory.mktemp("cuts")
+    rng = np.random.default_rng(0)
+    recordings = []
+    for i, seconds in enumerate(DURATIONS):
+        path = root / f"utt{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(round(seconds * 16000))).astype(np.float32), 16000)
+        recordings.append(Recording.from_file(path, recording_id=f"spk{i % 2}-utt{i}"))
+    cuts = CutSet.from_manifests(recordings=recordings)
+    with LilcomChunkyWriter(root / "feats") as writer:
+        cuts = CutSet.from_cuts(c.compute_and_store_features(Fbank(FbankConfig(num_filters=40)), writer) for c in cuts)
+    return cuts
+
+
+def _targets_for(cuts: CutSet, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {c.id: topk_compress(_posteriors(seed + i, c.num_frames, NUM_CLASSES), K) for i, c in enumerate(cuts)}
+
+
+def test_stored_targets_round_trip_bit_for_bit_and_survive_shuffling(fbank_cuts, tmp_path):
+    targets = _targets_for(fbank_cuts)
+    stored = store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / "soft", K, temperature=2.0)
+    assert len(list((tmp_path / "soft").rglob("*.npy"))) == 2 * len(fbank_cuts)
+    assert [c.id for c in stored] == [c.id for c in fbank_cuts]
+    manifest = tmp_path / "cuts_soft.jsonl.gz"
+    stored.to_file(manifest)
+    reloaded = load_manifest(manifest)
+    shuffled = reloaded.shuffle(random.Random(3))
+    assert [c.id for c in shuffled] != [c.id for c in reloaded]
+    for cut in shuffled:
+        ids, probs = load_soft_targets(cut)
+        assert ids.dtype == np.int32 and probs.dtype == np.float16
+        assert ids.shape[0] == cut.num_frames
+        assert np.array_equal(ids, targets[cut.id][0])
+        assert np.array_equal(probs.view(np.uint16), targets[cut.id][1].view(np.uint16))  # bit for bit
+        assert cut.custom[SOFT_TEMPERATURE] == 2.0
+
+
+def test_truncated_cut_loads_the_matching_frames(fbank_cuts, tmp_path):
+    targets = _targets_for(fbank_cuts, seed=10)
+    stored = store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / "soft", K)
+    cut = stored[fbank_cuts[0].id]
+    part = cut.truncate(offset=0.3, duration=0.5)
+    ids, probs = load_soft_targets(part)
+    assert np.array_equal(ids, targets[cut.id][0][30:80])
+    assert np.array_equal(probs, targets[cut.id][1][30:80])
+    assert ids.shape[0] == part.load_features().shape[0]
+
+
+def test_rewriting_the_same_path_serves_the_new_targets(fbank_cuts, tmp_path):
+    for seed in (0, 100):  # the second write replaces the first
+        targets = _targets_for(fbank_cuts, seed)
+        stored = store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / "soft", K)
+        for cut in stored:
+            assert np.array_equal(load_soft_targets(cut)[1], targets[cut.id][1])
+
+
+def test_unknown_and_missing_cuts_are_skipped_and_counted(fbank_cuts, tmp_path, caplog):
+    targets = _targets_for(fbank_cuts)
+    kept = [c.id for c in fbank_cuts][1:]
+    given = [(cid, *targets[cid]) for cid in kept] + [("no-such-cut", *targets[kept[0]])]
+    stored = store_soft_targets(fbank_cuts, given, tmp_path / "soft", K)
+    assert [c.id for c in stored] == kept
+    assert "1 cut(s) without targets left out, 1 target(s) for unknown cuts skipped" in caplog.text
+
+
+def test_bad_targets_raise_one_line_errors_naming_the_cut(fbank_cuts, tmp_path):
+    cut = fbank_cuts[0]
+    ids, probs = _targets_for(fbank_cuts)[cut.id]
+    with pytest.raises(DataError, match=f"cut {cut.id} have {cut.num_frames - 1} frames but the cut has {cut.num_frames}"):
+        store_soft_targets(fbank_cuts, [(cut.id, ids[:-1], probs[:-1])], tmp_path / "a", K)
+    with pytest.raises(DataError, match=f"cut {cut.id} were given twice"):
+        store_soft_targets(fbank_cuts, [(cut.id, ids, probs)] * 2, tmp_path / "b", K)
+    with pytest.raises(DataError, match=r"shape \(frames x 4\)"):
+        store_soft_targets(fbank_cuts, [(cut.id, ids, probs)], tmp_path / "c", 4)
+    assert not list(tmp_path.iterdir())  # nothing half-written is left behind
+    with pytest.raises(DataError, match=f"cut {cut.id} has no stored soft targets; run stage 5"):
+        load_soft_targets(cut)
+
+
+def test_collate_pads_with_zero_probability(fbank_cuts, tmp_path):
+    targets = _targets_for(fbank_cuts)
+    stored = store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / "soft", K)
+    cuts = list(stored)
+    ids, probs = collate_soft_targets(cuts)
+    longest = max(c.num_frames for c in cuts)
+    assert ids.shape == probs.shape == (len(cuts), longest, K)
+    assert ids.dtype == torch.int64 and probs.dtype == torch.float32
+    for b, cut in enumerate(cuts):
+        n = cut.num_frames
+        assert torch.equal(ids[b, :n], torch.from_numpy(targets[cut.id][0]).long())
+        assert torch.all(probs[b, n:] == 0)
+    short_ids, _ = collate_soft_targets(cuts, num_frames=10)
+    assert short_ids.shape == (len(cuts), 10, K)
+    assert cuts[0].has_custom(SOFT_IDS)
+
+
+def _feats(cut) -> torch.Tensor:
+    x = torch.from_numpy(cut.load_features())
+    return (x - x.mean(0)) / x.std(0).clamp(min=1e-3)  # per-utterance CMVN
+
+
+def test_ensemble_targets_stored_then_distilled_into_a_student(fbank_cuts, tmp_path):
+    """Stage 5 then 6 in miniature: real teachers -> stored top-k targets -> a student learns them."""
+    teachers = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        teachers.append(MLP(40, (32,), NUM_CLASSES))
+    ensemble = TeacherEnsemble(teachers, "arithmetic")
+    stats = SoftTargetStats()
+    targets = ensemble_soft_targets(fbank_cuts, ensemble, _feats, temperature=2.0, k=K, stats=stats)
+    stored = list(store_soft_targets(fbank_cuts, targets, tmp_path / "soft", K, temperature=2.0))
+    assert len(stored) == len(fbank_cuts)
+    summary = stats.summary()
+    assert summary["frames"] == sum(c.num_frames for c in fbank_cuts)
+    assert summary["bytes_per_frame"] == 6 * K and summary["dense_float32_bytes_per_frame"] == 4 * NUM_CLASSES
+    assert 0 < summary["mean_mass_kept"] < 1
+    # KL = -log(mass kept) per frame, so by Jensen its mean is at least -log(mean mass kept).
+    assert summary["mean_kl_stored_vs_full"] >= -np.log(summary["mean_mass_kept"]) - 1e-3
+    for cut in stored:
+        with torch.no_grad():
+            expected = topk_compress(fuse_logits([t(_feats(cut)) for t in teachers], 2.0, "arithmetic").exp(), K)
+        ids, probs = load_soft_targets(cut)
+        assert np.array_equal(ids, expected[0]) and np.array_equal(probs, expected[1])
+
+    torch.manual_seed(10)
+    student = MLP(40, (16,), NUM_CLASSES)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    x = torch.cat([_feats(c) for c in stored])
+    ids, probs = (torch.cat(t) for t in zip(*(map(torch.from_numpy, load_soft_targets(c)) for c in stored)))
+    losses = []
+    for _ in range(150):
+        loss = topk_distillation_loss(student(x), ids, probs, None, temperature=2.0, hard_weight=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # The loss is T^2 times a cross entropy whose floor is the targets' entropy.
+    entropy = -(probs.float() * probs.float().clamp(min=1e-12).log()).sum(-1).mean().item()
+    floor = 4.0 * entropy
+    assert losses[-1] >= floor - 1e-3
+    assert losses[-1] - floor < 0.5 * (losses[0] - floor), (losses[0], losses[-1], floor)
+
+
+# --------------------------------------------------------------------------------------------
+# The top-k loss
+# --------------------------------------------------------------------------------------------
+
+
+def _grad(fn, z: torch.Tensor) -> torch.Tensor:
+    z = z.clone().requires_grad_(True)
+    fn(z).backward()
+    return z.grad
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 8), classes=st.integers(2, 40), temperature=st.floats(0.5, 10.0),
+       data=st.data())
+def test_topk_loss_and_gradient_equal_the_dense_loss_on_the_expanded_targets(seed, rows, classes, temperature, data):
+    k = data.draw(st.integers(1, classes))
+    z = torch.from_numpy(_posteriors(seed + 1, rows, classes)).log()  # any logits
+    ids, probs = topk_compress(_posteriors(seed, rows, classes, temperature=temperature), k)
+    dense = torch.from_numpy(expand_topk(ids, probs, classes)).double()
+    ids_t, probs_t = torch.from_numpy(ids), torch.from_numpy(probs)  # int32 and float16, as stored
+    mask = torch.from_numpy(np.random.default_rng(seed).integers(0, 2, rows)).double()
+    mask[0] = 1.0
+
+    def sparse(x):
+        return topk_soft_cross_entropy(x, ids_t, probs_t, temperature, mask=mask)
+
+    def full(x):
+        return soft_cross_entropy(x, dense, temperature, weight=mask)
+
+    assert torch.allclose(sparse(z), full(z), atol=1e-12)
+    assert torch.allclose(_grad(sparse, z), _grad(full, z), atol=1e-12)
+
+
+def test_topk_distillation_loss_with_k_equal_classes_is_the_dense_objective():
+    rows, classes, t = 12, 30, 3.0
+    z = torch.randn(rows, classes, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    teacher = torch.from_numpy(_posteriors(5, rows, classes, temperature=t))
+    ids, probs = topk_compress(teacher, classes)
+    labels = torch.randint(0, classes, (rows,), generator=torch.Generator().manual_seed(1))
+    labels[3] = -1  # an unlabelled frame: left out of the hard term
+    mask = torch.ones(rows)
+    mask[-2:] = 0
+    kwargs = dict(temperature=t, hard_weight=0.5, soft_weight=1.0)
+    sparse = topk_distillation_loss(z, torch.from_numpy(ids), torch.from_numpy(probs), labels, mask=mask, **kwargs)
+    dense = distillation_loss(z, teacher, labels, weight=mask, **kwargs)
+    # float16 storage of the targets is the only difference.
+    assert sparse.item() == pytest.approx(dense.item(), rel=2e-3)
+    exact = distillation_loss(z, torch.from_numpy(expand_topk(ids, probs, classes)).double(), labels, weight=mask, **kwargs)
+    assert sparse.item() == pytest.approx(exact.item(), rel=1e-12)
+    for reduction in ("sum", "none"):
+        a = topk_distillation_loss(z, torch.from_numpy(ids), torch.from_numpy(probs), labels, reduction=reduction, **kwargs)
+        b = distillation_loss(z, torch.from_numpy(expand_topk(ids, probs, classes)).double(), labels, reduction=reduction, **kwargs)
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_topk_loss_on_padded_batches_from_storage_shapes(fbank_cuts, tmp_path):
+    targets = _targets_for(fbank_cuts)
+    stored = list(store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / "soft", K))
+    ids, probs = collate_soft_targets(stored)
+    lengths = torch.tensor([c.num_frames for c in stored])
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).float()
+    logits = torch.randn(*ids.shape[:2], NUM_CLASSES, requires_grad=True)
+    loss = topk_distillation_loss(logits, ids, probs, None, temperature=2.0, hard_weight=0.0, mask=mask)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert torch.all(logits.grad[mask == 0] == 0)  # padding frames get no gradient
+
+
+def test_topk_loss_rejects_mismatched_shapes():
+    z = torch.randn(4, 10)
+    with pytest.raises(ValueError, match="top-k ids"):
+        topk_soft_cross_entropy(z, torch.zeros(4, 3, dtype=torch.int64), torch.zeros(4, 2), 1.0)
+    with pytest.raises(ConfigError, match="temperature"):
+        topk_soft_cross_entropy(z, torch.zeros(4, 3, dtype=torch.int64), torch.zeros(4, 3), 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+def test_kd_config_validates_and_reads_overrides():
+    cfg = config_from_dict(KdConfig, {"temperature": "3", "top_k": "10", "fusion": "geometric"})
+    assert (cfg.temperature, cfg.top_k, cfg.fusion) == (3.0, 10, "geometric")
+    assert KdConfig().hard_weight < 1.0
+    with pytest.raises(ConfigError, match="kd.mode=online"):
+        KdConfig(loss="logit_l2")
+    assert KdConfig(loss="logit_l2", mode="online").loss == "logit_l2"
+    for bad in ({"fusion": "harmonic"}, {"top_k": 0}, {"temperature": 0}, {"hard_weight": 0, "soft_weight": 0}):
+        with pytest.raises(ConfigError, match="kd."):
+            KdConfig(**bad)

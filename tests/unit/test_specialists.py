@@ -1,0 +1,189 @@
+"""Tests for asr_kd.kd.specialists: confusable clusters, specialist data and the KL combination."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asr_kd.errors import ConfigError
+from asr_kd.kd.specialists import (
+    active_specialists,
+    aggregate_to_specialist,
+    cluster_classes,
+    combination_objective,
+    combine_with_specialists,
+    coverage_table,
+    dustbin_prior_correction,
+    kmeans,
+    prediction_covariance,
+    specialist_class_sets,
+    specialist_labels,
+    specialist_output_init,
+    specialist_training_indices,
+)
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids thread start-up and spinning costs when the CPUs
+    are shared; the previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+def _confusable_probs(groups: list[list[int]], num_classes: int, n: int, seed: int) -> np.ndarray:
+    """Predictions of a model that spreads its mass within one group of classes per example."""
+    rng = np.random.default_rng(seed)
+    probs = np.full((n, num_classes), 1e-3)
+    for i in range(n):
+        g = groups[rng.integers(len(groups))]
+        probs[i, g] += rng.dirichlet(np.ones(len(g)))
+    return probs / probs.sum(1, keepdims=True)
+
+
+def _random_probs(rows: int, classes: int, seed: int, scale: float = 2.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(scale * torch.randn(rows, classes, generator=g, dtype=torch.float64), dim=-1)
+
+
+def test_covariance_is_symmetric_and_clusters_recover_confused_groups():
+    groups = [[0, 5, 7], [1, 2], [3, 4, 6, 8, 9]]
+    probs = _confusable_probs(groups, 10, 600, seed=0)
+    cov = prediction_covariance(probs)
+    assert cov.shape == (10, 10) and np.allclose(cov, cov.T)
+    assert cov[0, 5] > 0 > cov[0, 1]
+    found = cluster_classes(probs, 3, seed=1)
+    assert sorted(map(sorted, found)) == sorted(map(sorted, groups))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    num_classes=st.integers(3, 15),
+    data=st.data(),
+)
+def test_clustering_returns_a_partition_of_the_requested_classes(seed, num_classes, data):
+    requested = data.draw(st.lists(st.integers(0, num_classes - 1), min_size=1, max_size=num_classes, unique=True))
+    k = data.draw(st.integers(1, len(requested)))
+    probs = _random_probs(50, num_classes, seed).numpy()
+    sets = cluster_classes(probs, k, seed, classes=requested)
+    assert len(sets) == k
+    assert all(len(s) > 0 for s in sets)
+    flat = [c for s in sets for c in s]
+    assert sorted(flat) == sorted(requested)  # disjoint and complete
+
+
+def test_kmeans_is_deterministic_and_rejects_bad_k():
+    pts = np.random.default_rng(0).normal(size=(30, 4))
+    assert np.array_equal(kmeans(pts, 4, seed=3), kmeans(pts, 4, seed=3))
+    with pytest.raises(ConfigError, match="k-means"):
+        kmeans(pts, 31, seed=0)
+
+
+def test_specialist_class_sets_drop_small_and_repeated_sets():
+    probs = _confusable_probs([[0, 5, 7], [1, 2], [3, 4, 6, 8, 9]], 10, 600, seed=0)
+    sets = specialist_class_sets(probs, num_clusters=3, num_clusterings=3, seed=0, min_size=3)
+    assert sorted(map(tuple, sets)) == [(0, 5, 7), (3, 4, 6, 8, 9)]
+
+
+def test_specialist_labels_indices_and_output_init():
+    labels = torch.tensor([4, 1, 7, 4, 0, 9])
+    assert specialist_labels(labels, [7, 4]).tolist() == [1, 2, 0, 1, 2, 2]
+    np_labels = np.array([0] * 10 + [1] * 40 + [2] * 50)
+    idx = specialist_training_indices(np_labels, [0], seed=0)
+    assert len(idx) == 20 and (np_labels[idx] == 0).sum() == 10 and len(set(idx.tolist())) == 20
+    w, b = torch.randn(5, 3), torch.randn(5)
+    w2, b2 = specialist_output_init(w, b, [3, 1])
+    assert w2.shape == (3, 3) and torch.equal(w2[0], w[3]) and torch.equal(b2[1], b[1])
+    assert torch.allclose(w2[2], w[[0, 2, 4]].mean(0))
+    assert b2[2].item() == pytest.approx(b[[0, 2, 4]].mean().item() + np.log(3), rel=1e-5)
+    assert dustbin_prior_correction(0.5) == pytest.approx(0.0)
+    assert dustbin_prior_correction(0.1) == pytest.approx(np.log(9))
+
+
+def test_active_specialists_follow_the_generalist_top_classes():
+    p = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.1, 0.1, 0.2, 0.6]], dtype=torch.float64)
+    sets = [[0, 1], [2, 3], [1, 2]]
+    assert active_specialists(p, sets, top_n=1).tolist() == [[True, False, False], [False, True, False]]
+    assert active_specialists(p, sets, top_n=2).tolist() == [[True, False, True], [False, True, True]]
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), rows=st.integers(1, 5), classes=st.integers(4, 10))
+def test_kl_combination_is_normalised(seed, rows, classes):
+    p_g = _random_probs(rows, classes, seed)
+    sets = [[0, 1], list(range(2, classes))[:3]]
+    spec = [_random_probs(rows, len(s) + 1, seed + 1 + m) for m, s in enumerate(sets)]
+    active = torch.ones(rows, len(sets), dtype=torch.bool)
+    q = combine_with_specialists(p_g, spec, sets, active, steps=30)
+    assert q.shape == p_g.shape
+    assert torch.all(q >= 0)
+    assert torch.allclose(q.sum(-1), torch.ones(rows, dtype=q.dtype))
+
+
+def test_kl_combination_equals_generalist_when_no_specialist_applies():
+    p_g = _random_probs(4, 6, 0)
+    sets = [[0, 1], [2, 3]]
+    spec = [_random_probs(4, 3, 1), _random_probs(4, 3, 2)]
+    active = torch.tensor([[False, False], [True, False], [False, False], [False, True]])
+    q = combine_with_specialists(p_g, spec, sets, active, steps=50)
+    assert torch.equal(q[0], p_g[0]) and torch.equal(q[2], p_g[2])
+    assert not torch.allclose(q[1], p_g[1])
+    none = combine_with_specialists(p_g, spec, sets, torch.zeros(4, 2, dtype=torch.bool))
+    assert torch.equal(none, p_g)
+
+
+def test_confident_correct_specialist_moves_mass_to_the_correct_class():
+    # The generalist hesitates between classes 2 and 3 (and prefers the wrong one, 2); a
+    # specialist for {2, 3} is confident that the answer is 3.
+    p_g = torch.tensor([[0.05, 0.05, 0.48, 0.40, 0.02]], dtype=torch.float64)
+    p_spec = torch.tensor([[0.001, 0.989, 0.01]], dtype=torch.float64)  # classes 2, 3, dustbin
+    q = combine_with_specialists(p_g, [p_spec], [[2, 3]], torch.tensor([[True]]), steps=500)
+    assert q[0].argmax().item() == 3
+    assert q[0, 3] > p_g[0, 3] + 0.2
+    assert q[0, 2] < p_g[0, 2]
+    # the dustbin's share (classes 0, 1, 4) moves between the generalist's 0.12 and the
+    # specialist's 0.01, and the ratios inside it keep the generalist's proportions
+    assert 0.01 < q[0, [0, 1, 4]].sum() < 0.12
+    assert (q[0, 0] / q[0, 4]).item() == pytest.approx((p_g[0, 0] / p_g[0, 4]).item(), rel=1e-3)
+
+
+def test_coverage_table_counts_every_example():
+    p_g = torch.tensor([[0.6, 0.4, 0.0], [0.2, 0.8, 0.0], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    q = torch.tensor([[0.3, 0.7, 0.0], [0.2, 0.8, 0.0], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    labels = torch.tensor([1, 1, 2])
+    sets = [[0, 1], [1, 2]]
+    active = active_specialists(p_g, sets, top_n=1)
+    rows = coverage_table(p_g, q, labels, sets, active)
+    assert sum(r["num_examples"] for r in rows) == 3
+    by_c = {r["num_covering"]: r for r in rows}
+    # example 0: top class 0 -> spec 0 active, covers label 1; example 1: top 1 -> both active,
+    # both cover label 1; example 2: top 2 -> spec 1, covers label 2
+    assert by_c[1]["num_examples"] == 2 and by_c[1]["delta_correct"] == 1
+    assert by_c[2]["num_examples"] == 1 and by_c[2]["delta_correct"] == 0
+
+
+def test_combination_lowers_the_objective():
+    p_g = _random_probs(6, 8, 3)
+    sets = [[0, 1, 2], [2, 5], [6, 7]]
+    spec = [_random_probs(6, len(s) + 1, 10 + m, scale=4.0) for m, s in enumerate(sets)]
+    active = torch.rand(6, 3, generator=torch.Generator().manual_seed(0)) < 0.7
+    q = combine_with_specialists(p_g, spec, sets, active, steps=300)
+    before = combination_objective(p_g, p_g, spec, sets, active)
+    after = combination_objective(q, p_g, spec, sets, active)
+    assert torch.all(after <= before + 1e-12)
+    assert torch.all(after[active.any(1)] < before[active.any(1)])
+    # the objective is zero when every distribution agrees with q
+    assert torch.allclose(combination_objective(p_g, p_g, spec, sets, torch.zeros_like(active)), torch.zeros(6, dtype=torch.float64))
+
+
+def test_aggregate_to_specialist_keeps_mass():
+    p = _random_probs(5, 9, 4)
+    agg = aggregate_to_specialist(p, [7, 2])
+    assert agg.shape == (5, 3)
+    assert torch.allclose(agg[:, 0], p[:, 7]) and torch.allclose(agg.sum(-1), torch.ones(5, dtype=p.dtype))

@@ -1,0 +1,257 @@
+"""The synthetic LibriSpeech-layout corpus: layout, lhotse compatibility, audio, text, speakers,
+determinism and the effect of ``difficulty``. One ``tiny`` corpus is shared by most tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr_kd.config import SynthConfig
+from asr_kd.data import synth
+from asr_kd.data.synth import DEV_PART, PARTS, TEST_PART, TRAIN_PART, SynthPreset, synthesize_corpus
+from asr_kd.data.synth_text import cmudict_words
+from asr_kd.errors import DataError
+
+# Small enough for several runs per test session: 2 train speakers, 1 dev and 1 test speaker.
+MICRO = SynthPreset(2, 1, 1, 4, 3, min_words=5, max_words=12, vocab_size=2000, pool_factor=20.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, synth.SynthSummary]:
+    corpus = tmp_path_factory.mktemp("synth") / "tiny"
+    return corpus, synthesize_corpus(corpus, SynthConfig(preset="tiny", seed=0, difficulty=1.0, num_jobs=2))
+
+
+def read_transcripts(corpus: Path, part: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for trans in sorted((corpus / part).glob("*/*/*.trans.txt")):
+        for line in trans.read_text().splitlines():
+            utt, text = line.split(" ", 1)
+            out[utt] = text
+    return out
+
+
+def read_audio(corpus: Path) -> dict[str, np.ndarray]:
+    return {p.stem: sf.read(str(p), dtype="int16")[0] for p in sorted(corpus.glob("*/*/*/*.flac"))}
+
+
+def test_layout_is_librispeech(tiny: tuple[Path, synth.SynthSummary]) -> None:
+    corpus, summary = tiny
+    assert sorted(p.name for p in corpus.iterdir() if p.is_dir()) == sorted(PARTS)
+    assert (corpus / "SPEAKERS.TXT").is_file() and (corpus / "SYNTHETIC.json").is_file()
+    for part in PARTS:
+        n_utts = 0
+        for spk_dir in (corpus / part).iterdir():
+            assert spk_dir.name.isdigit()
+            for chap_dir in spk_dir.iterdir():
+                assert chap_dir.name.isdigit()
+                prefix = f"{spk_dir.name}-{chap_dir.name}"
+                names = sorted(p.name for p in chap_dir.iterdir())
+                flacs = [n for n in names if n.endswith(".flac")]
+                assert names == sorted(flacs + [f"{prefix}.trans.txt"]), names  # nothing else, no temp files
+                assert all(re.fullmatch(rf"{prefix}-\d{{4}}\.flac", n) for n in flacs)
+                lines = (chap_dir / f"{prefix}.trans.txt").read_text().splitlines()
+                assert [ln.split(" ", 1)[0] for ln in lines] == [n[: -len(".flac")] for n in flacs]
+                assert [ln.split(" ", 1)[0] for ln in lines][0] == f"{prefix}-0000"
+                n_utts += len(flacs)
+        assert n_utts == summary.part(part).utterances
+    assert summary.part(TRAIN_PART).utterances == 80
+    assert summary.part(DEV_PART).utterances == summary.part(TEST_PART).utterances == 20
+    assert 0 < summary.vocabulary_size <= 2000
+
+
+def test_speakers_txt_and_marker(tiny: tuple[Path, synth.SynthSummary]) -> None:
+    corpus, summary = tiny
+    lines = (corpus / "SPEAKERS.TXT").read_text().splitlines()
+    assert lines[0].startswith(";") and any(ln.startswith(";ID") for ln in lines)
+    rows = [[f.strip() for f in ln.split("|")] for ln in lines if not ln.startswith(";")]
+    assert all(len(r) == 5 for r in rows)
+    table = {int(r[0]): r for r in rows}
+    for part in PARTS:
+        on_disk = {int(p.name) for p in (corpus / part).iterdir()}
+        assert on_disk == {i for i, r in table.items() if r[2] == part}
+        assert all(table[i][1] in ("M", "F") and float(table[i][3]) > 0 for i in on_disk)
+    marker = json.loads((corpus / "SYNTHETIC.json").read_text())
+    assert marker["config"]["seed"] == 0 and marker["config"]["preset"] == "tiny"
+    for part in PARTS:
+        assert marker["parts"][part]["utterances"] == summary.part(part).utterances
+        assert len(marker["parts"][part]["speakers"]) == summary.part(part).speakers
+        assert marker["parts"][part]["seconds"] == pytest.approx(summary.part(part).hours * 3600)
+    recipe = marker["speakers"][0]
+    assert {"voice", "pitch", "rate", "pitch_range", "channel"} <= set(recipe)
+    snrs = [u["snr_db"] for u in marker["utterances"].values()]
+    assert all(s is not None for s in snrs)  # difficulty 1: every utterance is noisy
+
+
+def test_lhotse_reads_it_as_librispeech(tiny: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
+    from lhotse.recipes import prepare_librispeech
+
+    corpus, summary = tiny
+    manifests = prepare_librispeech(corpus, output_dir=tmp_path)
+    assert set(manifests) == set(PARTS)
+    for part in PARTS:
+        recs, sups = manifests[part]["recordings"], manifests[part]["supervisions"]
+        assert len(recs) == len(sups) == summary.part(part).utterances
+        expected = read_transcripts(corpus, part)
+        assert {s.id: s.text for s in sups} == expected
+        assert all(r.sampling_rate == 16000 and r.num_channels == 1 for r in recs)
+        assert sum(r.duration for r in recs) / 3600 == pytest.approx(summary.part(part).hours, rel=1e-3)
+        assert {s.speaker for s in sups} == {p.name for p in (corpus / part).iterdir()}
+        assert (tmp_path / f"librispeech_supervisions_{part}.jsonl.gz").is_file()
+
+
+def test_audio_is_16k_mono_speech_without_clipping(tiny: tuple[Path, synth.SynthSummary]) -> None:
+    corpus, _ = tiny
+    for path in sorted(corpus.glob("*/*/*/*.flac")):
+        info = sf.info(str(path))
+        assert (info.samplerate, info.channels, info.format, info.subtype) == (16000, 1, "FLAC", "PCM_16")
+        assert 1.5 < info.duration < 8.0, (path, info.duration)
+        x = sf.read(str(path), dtype="float32")[0]
+        peak = float(np.abs(x).max())
+        assert 0.25 < peak < 0.95, path  # normalised to a random level, never at full scale
+        assert float(np.sqrt(np.mean(x**2))) > 0.01, path
+
+
+def test_text_is_librispeech_style_and_in_cmudict(tiny: tuple[Path, synth.SynthSummary]) -> None:
+    corpus, summary = tiny
+    lexicon = cmudict_words()
+    vocab: set[str] = set()
+    for part in PARTS:
+        for text in read_transcripts(corpus, part).values():
+            words = text.split(" ")
+            assert 5 <= len(words) <= 14
+            assert all(re.fullmatch(r"[A-Z]+('[A-Z]+)*", w) for w in words), text
+            assert all(w in lexicon for w in words), text
+            vocab.update(words)
+    assert len(vocab) == summary.vocabulary_size
+
+
+def test_eval_speakers_and_sentences_are_unseen_in_train(tiny: tuple[Path, synth.SynthSummary]) -> None:
+    corpus, summary = tiny
+    speakers = {p: {d.name for d in (corpus / p).iterdir()} for p in PARTS}
+    assert not speakers[TRAIN_PART] & speakers[DEV_PART]
+    assert not speakers[TRAIN_PART] & speakers[TEST_PART]
+    assert not speakers[DEV_PART] & speakers[TEST_PART]
+    chapters = [c.name for p in PARTS for c in (corpus / p).glob("*/*")]
+    assert len(chapters) == len(set(chapters))
+    texts = {p: list(read_transcripts(corpus, p).values()) for p in PARTS}
+    train = set(texts[TRAIN_PART])
+    assert len(train) == len(texts[TRAIN_PART])  # no sentence read twice
+    assert not train & set(texts[DEV_PART]) and not train & set(texts[TEST_PART])
+    assert not set(texts[DEV_PART]) & set(texts[TEST_PART])
+    # Dev and test are chosen to share the training vocabulary (an LM on train text is useful);
+    # tiny's 80 training sentences cannot cover everything.
+    train_words = {w for t in train for w in t.split()}
+    eval_words = [w for p in (DEV_PART, TEST_PART) for t in texts[p] for w in t.split()]
+    oov_rate = 1.0 - float(np.mean([w in train_words for w in eval_words]))
+    assert oov_rate == pytest.approx(summary.eval_oov_rate, abs=1e-4)
+    assert oov_rate < 0.3
+
+
+def test_deterministic_given_seed_whatever_the_number_of_jobs(tmp_path: Path) -> None:
+    a, b, c, resumed = (tmp_path / n for n in ("a", "b", "c", "resumed"))
+    synthesize_corpus(a, SynthConfig(preset="tiny", seed=5, num_jobs=2), preset=MICRO)
+    synthesize_corpus(c, SynthConfig(preset="tiny", seed=6, num_jobs=2), preset=MICRO)
+    audio_a, audio_c = read_audio(a), read_audio(c)
+    for part in PARTS:
+        assert set(read_transcripts(a, part).values()) != set(read_transcripts(c, part).values())
+    assert audio_a.keys() != audio_c.keys()  # different speaker and chapter ids
+
+    # An interrupted run is resumed: missing utterances are rendered again, identically.
+    shutil.copytree(a, resumed)
+    victims = sorted(resumed.glob(f"{TRAIN_PART}/*/*/*.flac"))[:2]
+    for v in victims:
+        v.unlink()
+    (resumed / "SYNTHETIC.json").rename(resumed / synth._IN_PROGRESS_NAME)
+    synthesize_corpus(resumed, SynthConfig(preset="tiny", seed=5, num_jobs=2), preset=MICRO)
+    assert all(np.array_equal(audio_a[v.stem], sf.read(str(v), dtype="int16")[0]) for v in victims)
+    assert (resumed / "SYNTHETIC.json").is_file() and not (resumed / synth._IN_PROGRESS_NAME).exists()
+
+    # One process instead of two workers: the same corpus, sample for sample.
+    synthesize_corpus(b, SynthConfig(preset="tiny", seed=5, num_jobs=1), preset=MICRO)
+    for part in PARTS:
+        assert read_transcripts(a, part) == read_transcripts(b, part)
+    audio_b = read_audio(b)
+    assert audio_a.keys() == audio_b.keys()
+    assert all(np.array_equal(audio_a[k], audio_b[k]) for k in audio_a)
+    assert (a / "SPEAKERS.TXT").read_text() == (b / "SPEAKERS.TXT").read_text()
+
+
+def _leading_snr_db(x: np.ndarray) -> float:
+    """SNR estimate: speech power over the power of the first 80 ms (leading silence + noise)."""
+    from asr_kd.data.augment import active_power
+
+    noise = float(np.mean(x[:1280].astype(np.float64) ** 2))
+    return 10 * np.log10(active_power(x) / max(noise, 1e-12))
+
+
+def test_difficulty_lowers_the_snr(tmp_path: Path) -> None:
+    clean = tmp_path / "d0"
+    hard = tmp_path / "d2"
+    synthesize_corpus(clean, SynthConfig(preset="tiny", seed=1, difficulty=0.0, num_jobs=2), preset=MICRO)
+    synthesize_corpus(hard, SynthConfig(preset="tiny", seed=1, difficulty=2.0, num_jobs=2), preset=MICRO)
+    audio_clean = read_audio(clean)
+    audio_hard = read_audio(hard)
+    assert audio_clean.keys() == audio_hard.keys()  # same speakers, chapters and sentences
+    snr_clean = np.array([_leading_snr_db(audio_clean[k].astype(np.float32) / 32768) for k in sorted(audio_clean)])
+    snr_hard = np.array([_leading_snr_db(audio_hard[k].astype(np.float32) / 32768) for k in sorted(audio_hard)])
+    assert np.all(snr_clean > 60.0)  # difficulty 0: digital silence around clean speech
+    assert np.median(snr_hard) < 20.0
+    assert np.all(snr_hard < snr_clean - 30.0)
+    # The estimate agrees with the SNR drawn for each utterance (speech+noise over noise).
+    marker = json.loads((hard / "SYNTHETIC.json").read_text())["utterances"]
+    drawn = np.array([marker[k]["snr_db"] for k in sorted(audio_hard)])
+    expected = 10 * np.log10(10 ** (drawn / 10) + 1)
+    assert np.median(np.abs(snr_hard - expected)) < 4.0
+    assert json.loads((clean / "SYNTHETIC.json").read_text())["utterances"][k := sorted(audio_clean)[0]]["snr_db"] is None, k
+
+
+def test_finished_corpus_is_reused_and_other_settings_are_refused(tiny: tuple[Path, synth.SynthSummary]) -> None:
+    corpus, summary = tiny
+    some_flac = next(corpus.glob("*/*/*/*.flac"))
+    before = some_flac.stat().st_mtime_ns
+    again = synthesize_corpus(corpus, SynthConfig(preset="tiny", seed=0, difficulty=1.0, num_jobs=1))
+    assert again == summary
+    assert some_flac.stat().st_mtime_ns == before
+    with pytest.raises(DataError, match=re.escape(str(corpus))):
+        synthesize_corpus(corpus, SynthConfig(preset="tiny", seed=1))
+
+
+def test_refuses_a_folder_with_foreign_audio(tmp_path: Path) -> None:
+    foreign = tmp_path / "corpus" / TRAIN_PART / "1" / "2"
+    foreign.mkdir(parents=True)
+    sf.write(str(foreign / "1-2-0000.flac"), np.zeros(1600, np.int16), 16000)
+    with pytest.raises(DataError, match="did not write"):
+        synthesize_corpus(tmp_path / "corpus", SynthConfig(preset="tiny"), preset=MICRO)
+
+
+def test_cli_prints_the_summary(tiny: tuple[Path, synth.SynthSummary], capsys: pytest.CaptureFixture[str]) -> None:
+    from asr_kd.bin.cli import main
+
+    corpus, summary = tiny
+    assert main(["synth-corpus", "--output-dir", str(corpus), "--preset", "tiny", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"vocabulary {summary.vocabulary_size} words" in out
+    assert all(p in out for p in PARTS)
+    assert main(["synth-corpus", "--output-dir", str(corpus), "--preset", "tiny", "--seed", "9"]) == 1
+    assert "different settings" in capsys.readouterr().err
+
+
+def test_presets_have_the_planned_sizes() -> None:
+    tiny, mini = synth.PRESETS["tiny"], synth.PRESETS["mini"]
+    assert tiny.train_speakers * tiny.train_utts_per_speaker == 80
+    assert mini.train_speakers == 40 and mini.dev_speakers == mini.test_speakers == 8
+    speakers = synth.make_speakers(mini, seed=0)
+    ids = [s.speaker_id for s in speakers]
+    assert len(ids) == len(set(ids)) == 56
+    recipes = {(s.voice, s.pitch, s.rate, s.pitch_range) for s in speakers}
+    assert len(recipes) == len(speakers)  # every speaker is a different talker
+    assert {s.sex for s in speakers} == {"M", "F"}
+    assert speakers == synth.make_speakers(mini, seed=0)
+    assert speakers != synth.make_speakers(mini, seed=1)

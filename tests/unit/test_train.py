@@ -1,0 +1,169 @@
+"""Training a frame classifier on real fbank features: it learns, resumes exactly, checkpoints
+atomically, logs to TensorBoard, stops early, and predicts log-posteriors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lhotse import CutSet
+
+from asr_kd.config import DnnConfig, TrainConfig, load_config
+from asr_kd.data.alignments import load_alignment
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.models.dnn import dnn_preset
+from asr_kd.train.checkpoint import list_checkpoints, load_checkpoint
+from asr_kd.train.frame_classifier import (
+    frame_cross_entropy,
+    load_frame_classifier,
+    predict_log_posteriors,
+    train_frame_classifier,
+)
+from tests.unit.test_train_corpus import NUM_CLASSES, FrameCorpus, make_frame_corpus
+
+# 12 training cuts of 1.5 s, 6 s per batch: 3 batches (steps) per epoch.
+BASE = TrainConfig(
+    num_epochs=8, max_duration=6.0, num_buckets=2, warmup_steps=5, lr=3e-3, lr_schedule="constant",
+    checkpoint_every_steps=4, keep_last_checkpoints=2, log_every_steps=2, seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> FrameCorpus:
+    return make_frame_corpus(tmp_path_factory.mktemp("frames"))
+
+
+def _train(corpus: FrameCorpus, cfg: TrainConfig, exp: Path, model_cfg: DnnConfig | None = None, **kw):  # noqa: ANN202
+    return train_frame_classifier(corpus.train_cuts, corpus.dev_cuts, corpus.train_cmvn, corpus.dev_cmvn, NUM_CLASSES,
+                                  model_cfg or dnn_preset("tiny"), cfg, exp, **kw)
+
+
+def test_training_learns_and_writes_its_outputs(corpus: FrameCorpus, tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    result = _train(corpus, BASE, exp)
+    hist = result.state.history
+    assert [h["epoch"] for h in hist] == list(range(1, 9)) and result.state.step == 24
+    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    assert hist[-1]["frame_accuracy"] > 0.8  # chance is 1/3
+    assert result.state.best_metric == max(h["frame_accuracy"] for h in hist)
+    # Outputs: config, the last K periodic checkpoints, best and final, TensorBoard events.
+    assert load_config(TrainConfig, exp / "train.yaml") == BASE
+    assert [p.name for p in list_checkpoints(exp)] == ["step-000000021.pt", "step-000000024.pt"]
+    assert not [p for p in exp.rglob("*") if ".tmp" in p.name]
+    final = load_checkpoint(exp / "final.pt")
+    assert final["train_state"]["finished"] and final["train_state"]["step"] == 24
+    best = load_checkpoint(exp / "best.pt")
+    assert best["train_state"]["step"] == result.state.best_step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(exp / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/frame_accuracy", "dev/frame_accuracy", "dev/loss"} <= tags
+    assert [e.step for e in events.Scalars("dev/frame_accuracy")] == [h["step"] for h in hist]
+    # Running again with --resume on a finished run does nothing and keeps the result.
+    again = _train(corpus, BASE, exp, resume=True)
+    assert again.state.step == 24 and again.state.history == hist
+    # Without --resume, an existing run is never silently mixed with a new one.
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume to continue that run, or use a new --exp-dir"):
+        _train(corpus, BASE, exp)
+
+
+def test_predict_log_posteriors_matches_dev_accuracy(corpus: FrameCorpus, tmp_path: Path) -> None:
+    result = _train(corpus, dataclasses.replace(BASE, num_epochs=4), tmp_path / "exp")
+    model = load_frame_classifier(result.final_path)
+    dev = CutSet.from_file(corpus.dev_cuts)
+    correct = total = 0
+    seen = []
+    for cut, logp in predict_log_posteriors(model, corpus.dev_cuts, corpus.dev_cmvn, max_duration=2.0):
+        seen.append(cut.id)
+        assert logp.shape == (cut.num_frames, NUM_CLASSES) and logp.dtype == np.float32
+        np.testing.assert_allclose(np.logaddexp.reduce(logp, axis=1), 0.0, atol=1e-5)
+        labels = load_alignment(cut)
+        correct += int((logp.argmax(1) == labels).sum())
+        total += labels.size
+    assert seen == list(dev.ids)  # manifest order, every cut once
+    assert correct / total == pytest.approx(result.state.history[-1]["frame_accuracy"], abs=1e-9)
+
+
+def test_resumed_run_equals_uninterrupted_run(corpus: FrameCorpus, tmp_path: Path) -> None:
+    # Dropout makes the generator states matter; 10 steps cross epoch boundaries (3 steps each),
+    # and the crash comes mid-epoch, right after the checkpoint at step 4 and one more step.
+    model_cfg = dataclasses.replace(dnn_preset("tiny"), dropout=0.2)
+    cfg = dataclasses.replace(BASE, max_steps=10, num_epochs=5, warmup_steps=3, checkpoint_every_steps=4, keep_last_checkpoints=5)
+    straight = _train(corpus, cfg, tmp_path / "straight", model_cfg)
+
+    class Crash(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def crashing_loss(model, batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Crash()
+        return frame_cross_entropy(model, batch)
+
+    with pytest.raises(Crash):
+        _train(corpus, cfg, tmp_path / "crashed", model_cfg, compute_loss=crashing_loss)
+    assert [p.name for p in list_checkpoints(tmp_path / "crashed")] == ["step-000000003.pt", "step-000000004.pt"]
+    assert not (tmp_path / "crashed" / "final.pt").exists()
+    # Generators move on in between, as in a new process: the checkpoint must restore them.
+    torch.manual_seed(1234)
+    resumed = _train(corpus, cfg, tmp_path / "crashed", model_cfg, resume=True)
+    assert resumed.state.step == straight.state.step == 10
+    a = load_checkpoint(straight.final_path)
+    b = load_checkpoint(resumed.final_path)
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert resumed.state.history == straight.state.history
+
+
+def test_early_stopping(corpus: FrameCorpus, tmp_path: Path) -> None:
+    # A learning rate this small cannot move the dev accuracy: the run stops after `patience`
+    # epochs without improvement instead of running all ten.
+    cfg = dataclasses.replace(BASE, num_epochs=10, lr=1e-12, early_stopping_patience=2, best_metric="loss", best_mode="min")
+    result = _train(corpus, cfg, tmp_path / "exp")
+    assert result.state.stop_reason.startswith("early stopping")
+    assert len(result.state.history) < 10
+    assert result.state.epochs_without_improvement == 2
+
+
+def test_missing_inputs_are_one_line_errors(corpus: FrameCorpus, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"cut manifest .*nope.jsonl.gz does not exist; run stage 1"):
+        train_frame_classifier(tmp_path / "nope.jsonl.gz", None, None, None, 3, dnn_preset("tiny"), BASE, tmp_path / "e")
+    with pytest.raises(DataError, match="label 2 outside 0..1; pass --num-classes"):
+        train_frame_classifier(corpus.train_cuts, None, corpus.train_cmvn, None, 2, dnn_preset("tiny"), BASE, tmp_path / "e")
+    with pytest.raises(DataError, match=r"checkpoint .*missing.pt does not exist"):
+        load_frame_classifier(tmp_path / "missing.pt")
+
+
+def test_cli_train_dnn(corpus: FrameCorpus, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from asr_kd.bin.cli import main
+
+    exp = tmp_path / "exp"
+    args = ["train-dnn", "--cuts", str(corpus.train_cuts), "--dev-cuts", str(corpus.dev_cuts), "--cmvn", str(corpus.train_cmvn),
+            "--dev-cmvn", str(corpus.dev_cmvn), "--num-classes", str(NUM_CLASSES), "--model-config", "tiny",
+            "--model-set", "hidden_dim=16", "--exp-dir", str(exp), "--set", "num_epochs=2", "--set", "max_duration=6"]
+    assert main(args) == 0
+    assert "final.pt (num_epochs=2)" in capsys.readouterr().out
+    assert load_frame_classifier(exp / "final.pt").cfg.hidden_dim == 16
+    assert "finished after 6 steps" in (exp / "log" / "train.log").read_text()
+    assert main(args[:1] + ["--cuts", str(tmp_path / "none.jsonl.gz")] + args[3:]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asr-kd train-dnn: error: cut manifest") and "\n" not in err
+    assert main(args[:-4] + ["--set", "optimizer=adam"]) == 1
+    assert "train.optimizer must be one of ('adamw', 'sgd'), got 'adam'" in capsys.readouterr().err
+    assert main([a if a != "tiny" else "huge" for a in args]) == 1
+    assert "--model-config 'huge' is neither a preset" in capsys.readouterr().err
+
+
+def test_dataloader_workers_do_not_change_the_result(corpus: FrameCorpus, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(BASE, num_epochs=2)
+    a = load_checkpoint(_train(corpus, cfg, tmp_path / "w0").final_path)["model"]
+    b = load_checkpoint(_train(corpus, dataclasses.replace(cfg, num_workers=2), tmp_path / "w2").final_path)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
