@@ -531,6 +531,7 @@ class SpecialistConfig:
     num_val_pairs: int = 3000
     num_test_pairs: int = 5000
     generalist_hidden: tuple[int, ...] = (400, 400)
+    generalist_dropout: float = 0.0  # on the hidden layers; the specialists inherit it
     generalist_epochs: int = 15
     batch_size: int = 100
     learning_rate: float = 1e-3
@@ -555,8 +556,77 @@ class SpecialistConfig:
         _check(min(self.num_train_pairs, self.num_val_pairs, self.num_test_pairs) >= 1, "specialists pair counts must be >= 1")
         _check(len(self.generalist_hidden) >= 1 and all(h > 0 for h in self.generalist_hidden), f"specialists.generalist_hidden must be positive sizes, got {self.generalist_hidden}")
         _check(self.generalist_epochs >= 1 and self.specialist_epochs >= 1, "specialists epochs must be >= 1")
+        _check(0.0 <= self.generalist_dropout < 1.0, f"specialists.generalist_dropout must be in [0, 1), got {self.generalist_dropout}")
         _check(self.batch_size >= 1 and self.learning_rate > 0 and self.specialist_learning_rate > 0, "specialists batch size and learning rates must be positive")
         _check(self.num_clusters >= 1 and self.num_clusterings >= 1, "specialists.num_clusters and num_clusterings must be >= 1")
         _check(1 <= self.min_cluster_size <= self.max_cluster_size, "specialists needs 1 <= min_cluster_size <= max_cluster_size")
         _check(self.top_n >= 1 and self.combine_steps >= 1 and self.combine_learning_rate > 0, "specialists.top_n, combine_steps and combine_learning_rate must be positive")
         _check(self.specialist_soft_temperature >= 0 and self.specialist_hard_weight >= 0, "specialists.specialist_soft_temperature and specialist_hard_weight must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------
+# CTC teachers and students (asr_kd/ctc)
+# --------------------------------------------------------------------------------------------
+
+CTC_UNITS = ("phone", "bpe")
+CTC_MODEL_SIZES = ("tiny", "mini", "librispeech")
+CTC_BLANK_HANDLING = ("include", "exclude", "downweight")
+CTC_KD_MODES = ("frame", "sequence")
+CTC_KD_SOURCES = ("online", "stored")
+CTC_PSEUDO_LABELS = ("greedy", "nbest")
+
+
+@dataclasses.dataclass(frozen=True)
+class CtcConfig:
+    """CTC units, the encoder family, the teacher ensemble and how a student learns from it.
+
+    ``units``: "phone" (first pronunciation of each word in the lexicon, OOV words as the OOV
+    phone) or "bpe" (sentencepiece pieces trained on the training transcripts). ``kd_mode``:
+    "frame" is the paper's recipe on CTC posteriors (``kd_weight * T^2 * KL(teacher_T ||
+    student_T)`` per output frame plus ``ctc_weight * CTC(transcript)``), "sequence" trains on the
+    ensemble's greedy or n-best hypotheses as pseudo-labels (plus ``ctc_weight`` on the transcript).
+    ``blank_handling`` says what the frame-level KL does with frames whose fused teacher argmax is
+    blank: "include", "exclude" or "downweight" (weight ``blank_weight``). ``shared_init_steps`` > 0
+    trains one checkpoint for that many steps and starts every teacher from it (different seeds
+    afterwards), which keeps the teachers' CTC spikes at the same frames.
+    """
+
+    units: str = "phone"
+    bpe_vocab_size: int = 200
+    model_size: str = "mini"
+    subsampling: int = 4
+    dropout: float = 0.1
+    num_teachers: int = 2
+    shared_init_steps: int = 0
+    kd_mode: str = "frame"
+    kd_source: str = "online"  # "stored": top-k soft targets on the cuts (the hybrid path's storage)
+    top_k: int = 10
+    fusion: str = "arithmetic"
+    temperature: float = 2.0
+    kd_weight: float = 1.0
+    ctc_weight: float = 0.5
+    blank_handling: str = "include"
+    blank_weight: float = 0.1
+    pseudo_labels: str = "greedy"
+    nbest: int = 4
+    beam_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.units in CTC_UNITS, f"ctc.units must be one of {CTC_UNITS}, got {self.units!r}")
+        _check(self.bpe_vocab_size >= 8, f"ctc.bpe_vocab_size must be >= 8, got {self.bpe_vocab_size}")
+        _check(self.model_size in CTC_MODEL_SIZES, f"ctc.model_size must be one of {CTC_MODEL_SIZES}, got {self.model_size!r}")
+        _check(self.subsampling in (2, 4), f"ctc.subsampling must be 2 or 4, got {self.subsampling}")
+        _check(0.0 <= self.dropout < 1.0, f"ctc.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.num_teachers >= 1, f"ctc.num_teachers must be >= 1, got {self.num_teachers}")
+        _check(self.shared_init_steps >= 0, f"ctc.shared_init_steps must be >= 0, got {self.shared_init_steps}")
+        _check(self.kd_mode in CTC_KD_MODES, f"ctc.kd_mode must be one of {CTC_KD_MODES}, got {self.kd_mode!r}")
+        _check(self.kd_source in CTC_KD_SOURCES, f"ctc.kd_source must be one of {CTC_KD_SOURCES}, got {self.kd_source!r}")
+        _check(self.top_k >= 1, f"ctc.top_k must be >= 1, got {self.top_k}")
+        _check(self.fusion in KD_FUSIONS, f"ctc.fusion must be one of {KD_FUSIONS}, got {self.fusion!r}")
+        _check(self.temperature > 0, f"ctc.temperature must be > 0, got {self.temperature}")
+        _check(self.kd_weight >= 0 and self.ctc_weight >= 0 and self.kd_weight + self.ctc_weight > 0,
+               "ctc.kd_weight and ctc.ctc_weight must be >= 0 and not both 0")
+        _check(self.blank_handling in CTC_BLANK_HANDLING, f"ctc.blank_handling must be one of {CTC_BLANK_HANDLING}, got {self.blank_handling!r}")
+        _check(0.0 <= self.blank_weight <= 1.0, f"ctc.blank_weight must be in [0, 1], got {self.blank_weight}")
+        _check(self.pseudo_labels in CTC_PSEUDO_LABELS, f"ctc.pseudo_labels must be one of {CTC_PSEUDO_LABELS}, got {self.pseudo_labels!r}")
+        _check(self.nbest >= 1 and self.beam_size >= self.nbest, f"ctc needs 1 <= nbest <= beam_size, got {self.nbest}, {self.beam_size}")

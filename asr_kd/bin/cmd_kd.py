@@ -18,6 +18,8 @@ def _layout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-set", default="test-clean", help="test part (default test-clean)")
     p.add_argument("--results-md", type=Path, default=None, help="RESULTS.md whose section this stage (re)writes")
     p.add_argument("--results-command", default=None, help="command recorded in RESULTS.md (default: this asr-kd command line)")
+    p.add_argument("--num-threads", type=int, default=0,
+                   help="torch threads (default 0: torch's own choice); 1 is faster for small DNNs on a busy machine")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -102,6 +104,10 @@ def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
     from asr_kd.utils import setup_logging
 
     setup_logging(args.exp_dir / "log" / f"{name}.log")
+    if args.num_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
     layout = KdLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set)
     return {"layout": layout, "results_md": args.results_md, "command": command}

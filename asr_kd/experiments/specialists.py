@@ -120,7 +120,7 @@ def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     test accuracy."""
     task, k = _task(exp_dir)
     torch.manual_seed(cfg.seed)
-    model = MLP(task["train"].num_pixels, cfg.generalist_hidden, k)
+    model = MLP(task["train"].num_pixels, cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
     spec = TrainSpec(cfg.generalist_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed)
     with _writer(exp_dir, "generalist") as writer:
         train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist")
@@ -132,7 +132,7 @@ def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     with atomic_path(out / "logits.npz") as tmp:
         np.savez(tmp, **{s: v.numpy() for s, v in logits.items()})
     acc = float((logits["test"].argmax(-1) == task["test"].targets()).double().mean())
-    return {"num_classes": k, "hidden": list(cfg.generalist_hidden), "epochs": cfg.generalist_epochs, "test_accuracy": acc}
+    return {"num_classes": k, "hidden": list(cfg.generalist_hidden), "dropout": cfg.generalist_dropout, "epochs": cfg.generalist_epochs, "test_accuracy": acc}
 
 
 def find_clusters(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     one's test accuracy on its own classes against the generalist's."""
     task, k = _task(exp_dir)
     sets: list[list[int]] = json.loads(_need(exp_dir / "clusters.json", "clusters").read_text())
-    generalist = MLP(task["train"].num_pixels, cfg.generalist_hidden, k)
+    generalist = MLP(task["train"].num_pixels, cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
     generalist.load_state_dict(torch.load(_need(exp_dir / "generalist" / "model.pt", "generalist"), weights_only=True))
     gen_test = _generalist_logits(exp_dir)["test"]
     x_train, y_train = task["train"].inputs(), task["train"].targets()
@@ -285,7 +285,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str) -
         ]
     if "generalist" in rec:
         r = rec["generalist"]
-        lines += [f"Generalist: MLP with hidden layers {r['hidden']}, {r['epochs']} epochs, test accuracy {100 * r['test_accuracy']:.2f}%.", ""]
+        lines += [f"Generalist: MLP with hidden layers {r['hidden']}, dropout {r.get('dropout', 0.0)}, {r['epochs']} epochs, test accuracy {100 * r['test_accuracy']:.2f}%.", ""]
     if "clusters" in rec:
         r = rec["clusters"]
         lines += [
@@ -312,7 +312,8 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str) -
             f"| {x['specialist']} | {x['num_classes']} | {x['num_test']} | {100 * x['specialist_accuracy']:.2f}% | {100 * x['generalist_accuracy']:.2f}% |"
             for x in r["rows"]
         ]
-        lines.append("")
+        better = sum(x["specialist_accuracy"] > x["generalist_accuracy"] for x in r["rows"])
+        lines += ["", f"Specialists more accurate than the generalist on their own classes: {better} of {len(r['rows'])}.", ""]
     if "combine" in rec:
         r = rec["combine"]
         g, c = 100 * r["generalist_accuracy"], 100 * r["combined_accuracy"]

@@ -2,8 +2,9 @@
 
 :func:`run_gmm_stage` chains the building blocks of :mod:`asr_kd.gmm` and :mod:`asr_kd.decode`
 and writes the stage-3 output contract under ``<exp>/gmm`` (see :data:`OUTPUT_LAYOUT`), which
-the teacher, soft-target and student stages read. Every sub-step is skipped when its output
-exists, so an interrupted stage resumes where it stopped (delete a file to redo its step).
+the teacher, soft-target and student stages read. Every sub-step is skipped when its outputs
+exist and are newer than its inputs, so an interrupted stage resumes where it stopped, and
+deleting a model redoes it and everything that used it.
 
 Features: 13-dim MFCC of stage 1, per-speaker cepstral *mean* normalisation from stage 1's
 statistics, then deltas and delta-deltas (39 dims). Mean only, as Kaldi's GMM recipes do
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from asr_kd.config import DecodeConfig, GmmConfig, save_config
 from asr_kd.data.alignments import store_alignments
 from asr_kd.data.features import CmvnStats, cmvn_key, cmvn_path, cuts_path
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.gmm.align import senone_alignments
 from asr_kd.gmm.features import gmm_features
 from asr_kd.gmm.train import GmmSystem, GraphInputs, Utterance, align_utterances, train_monophone, train_triphone
@@ -351,9 +352,18 @@ def _timed(timings: dict[str, float], key: str, start: float) -> None:
     timings[key] = round(time.perf_counter() - start, 2)
 
 
+def _fresh(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
+    """Return whether every output exists and is no older than every input: a sub-step is
+    skipped only then, so that retraining a model (deleting final.pkl) redoes what used it."""
+    if not all(p.exists() for p in outputs):
+        return False
+    newest_input = max((p.stat().st_mtime_ns for p in inputs if p.exists()), default=0)
+    return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
+
+
 def _train_systems(paths: Stage3Paths, inputs: GraphInputs, train: PartData, config: GmmConfig, timings: dict[str, float], history: dict[str, list[float]]) -> GmmSystem:
     """Train (or load) the monophone and triphone systems; return the triphone system."""
-    if paths.model("mono").is_file() and paths.mono_alignments.is_file():
+    if _fresh([paths.model("mono"), paths.mono_alignments], []):
         logger.info("monophone system exists (%s), skipping its training", paths.model("mono"))
         mono = GmmSystem.load(paths.model("mono"))
         mono_ali = read_tids(paths.mono_alignments)
@@ -365,7 +375,7 @@ def _train_systems(paths: Stage3Paths, inputs: GraphInputs, train: PartData, con
         mono.save(paths.model("mono"))  # last: its presence means the step finished
         _timed(timings, "train_mono", start)
         history["mono"] = [float(x) for x in result.log_likelihood_history]
-    if paths.model("tri").is_file():
+    if _fresh([paths.model("tri")], [paths.model("mono")]):
         logger.info("triphone system exists (%s), skipping its training", paths.model("tri"))
         return GmmSystem.load(paths.model("tri"))
     start = time.perf_counter()
@@ -381,7 +391,7 @@ def _align_part(paths: Stage3Paths, system: GmmSystem, inputs: GraphInputs, data
 
     Returns the part's ``{"cuts", "frames", "skipped"}`` and its senone alignments.
     """
-    if paths.ali_cuts(data.name).is_file() and paths.tids(data.name).is_file():
+    if _fresh([paths.ali_cuts(data.name), paths.tids(data.name)], [paths.model("tri")]):
         logger.info("alignments of %s exist (%s), skipping", data.name, paths.ali_cuts(data.name))
         tids = read_tids(paths.tids(data.name))
     else:
@@ -408,7 +418,7 @@ def _decode_part(paths: Stage3Paths, system_name: str, lang: Lang, data: PartDat
 
     out_dir = paths.decode(system_name, data.name)
     details = out_dir / "wer_details.json"
-    if details.is_file() and (out_dir / "hyp.txt").is_file():
+    if _fresh([details, out_dir / "hyp.txt"], [paths.model(system_name), paths.graph(system_name) / "HCLG.fst"]):
         logger.info("decoding %s with %s exists (%s), skipping", data.name, system_name, out_dir)
         d = json.loads(details.read_text())
         entry = {k: d[k] if d[k] is not None else float("inf") for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
@@ -453,7 +463,7 @@ def run_gmm_stage(
     data_dir, exp_dir = Path(data_dir), Path(exp_dir)
     parts = list(dict.fromkeys([train_part, *parts]))
     if num_jobs < 1:
-        raise DataError(f"num_jobs must be >= 1, got {num_jobs}")
+        raise ConfigError(f"num_jobs must be >= 1, got {num_jobs}")
     decode_config = decode_config or DecodeConfig(acoustic_scale=config.acoustic_scale, num_jobs=num_jobs)
     paths = Stage3Paths.of(exp_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -472,7 +482,7 @@ def run_gmm_stage(
     tri = _train_systems(paths, inputs, data[train_part], config, timings, history)
 
     for name in SYSTEMS:
-        if (paths.graph(name) / "HCLG.fst").is_file():
+        if _fresh([paths.graph(name) / "HCLG.fst"], [paths.model(name), Path(lang_dir) / "G.fst", Path(lang_dir) / "L_disambig.fst"]):
             logger.info("%s graph exists (%s), skipping", name, paths.graph(name))
             continue
         start = time.perf_counter()
@@ -482,7 +492,7 @@ def run_gmm_stage(
     start = time.perf_counter()
     part_info: dict[str, dict[str, int]] = {}
     train_senones: dict[str, np.ndarray] = {}
-    need_align = any(not paths.ali_cuts(p).is_file() for p in parts)
+    need_align = not all(_fresh([paths.ali_cuts(p), paths.tids(p)], [paths.model("tri")]) for p in parts)
     for p in parts:
         part_info[p], senones = _align_part(paths, tri, inputs, data[p], config, num_jobs)
         if p == train_part:

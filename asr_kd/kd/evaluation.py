@@ -15,6 +15,7 @@ Writes ``<exp>/decode/<system>_<part>/`` (``hyp.txt``, ``wer_details`` + ``.json
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from lhotse import CutSet
 
 from asr_kd.config import DecodeConfig
 from asr_kd.data.alignments import has_alignment, load_alignment
@@ -62,13 +64,16 @@ class PartScore:
 
 def score_system(
     name: str, models: Sequence[torch.nn.Module], layout: KdLayout, part: str, decode: bool,
-    decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 200.0,
+    decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 200.0, max_cuts: int | None = None,
 ) -> PartScore:
-    """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part``: frame
-    accuracy against the senone alignments and, if ``decode``, HCLG decoding and WER; the
-    hypotheses and the per-utterance WER details go to ``<exp>/decode/<name>_<part>/``."""
+    """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part`` (its
+    first ``max_cuts`` cuts, if given): frame accuracy against the senone alignments and, if
+    ``decode``, HCLG decoding and WER; the hypotheses and the per-utterance WER details go to
+    ``<exp>/decode/<name>_<part>/``."""
     senones = read_senones(layout)
     cuts = layout.open_cuts(layout.ali_cuts(part))
+    if max_cuts is not None:
+        cuts = CutSet.from_cuts(itertools.islice(cuts, max_cuts))
     cmvn = layout.open_cmvn(part)
     out_dir = layout.exp_dir / "decode" / f"{name}_{part}"
     posteriors: dict[str, np.ndarray] = {}

@@ -91,8 +91,10 @@ def run_three_percent(
     seed = train_config.seed + STUDENT_SEED_OFFSET
     patience = train_config.early_stopping_patience or 3
     common = (layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part), senones.num_senones, model_config)
-    hard_cfg = dataclasses.replace(train_config, seed=seed, early_stopping_patience=patience)
-    soft_cfg = dataclasses.replace(train_config, seed=seed, early_stopping_patience=0)
+    # lhotse's bucketing sampler needs at least as many cuts as buckets.
+    small = dataclasses.replace(train_config, seed=seed, num_buckets=min(train_config.num_buckets, len(subset)))
+    hard_cfg = dataclasses.replace(small, early_stopping_patience=patience)
+    soft_cfg = dataclasses.replace(small, early_stopping_patience=0)
     train_frame_classifier(out / "cuts_subset.jsonl.gz", *common, hard_cfg, out / "hard", resume=True)
     train_frame_classifier(out / "cuts_soft_subset.jsonl.gz", *common, soft_cfg, out / "soft", resume=True,
                            compute_loss=StoredDistillationLoss(kd))

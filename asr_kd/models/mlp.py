@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -51,18 +53,10 @@ class MLP(nn.Module):
         """Return a copy of this network whose output layer is replaced by ``weight``
         ``[C, hidden[-1]]`` and ``bias`` ``[C]`` (e.g. a specialist initialised from a
         generalist, with its own classes)."""
-        new = MLP.__new__(MLP)
-        nn.Module.__init__(new)
-        new.input_dim, new.hidden, new.num_classes = self.input_dim, self.hidden, int(weight.shape[0])
-        new.body = _copy_module(self.body)
+        new = copy.deepcopy(self)
+        new.num_classes = int(weight.shape[0])
         new.output = nn.Linear(weight.shape[1], weight.shape[0])
         with torch.no_grad():
             new.output.weight.copy_(weight)
             new.output.bias.copy_(bias)
         return new
-
-
-def _copy_module(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)

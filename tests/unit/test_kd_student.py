@@ -169,3 +169,33 @@ def test_subset_depends_on_the_seed_and_rejects_bad_fractions() -> None:
         subset_cuts(cuts, 0.0, 0)
     with pytest.raises(DataError):
         subset_cuts(CutSet.from_cuts([]), 0.5, 0)
+
+
+def test_stage_commands_fail_with_one_line_naming_the_missing_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from asr_kd.bin.cli import main
+
+    common = ["--data-dir", str(tmp_path / "data"), "--exp-dir", str(tmp_path / "exp")]
+    assert main(["train-teachers", *common, "--num-teachers", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "senones.json" in err and "train-gmm" in err
+    assert main(["make-soft-targets", *common]) == 1
+    assert "run stage 4" in capsys.readouterr().err
+    assert main(["train-student", *common, "--kind", "distilled", "--kd-set", "loss=logit_l2"]) == 1
+    assert "kd.mode=online" in capsys.readouterr().err  # logit matching needs the teachers' logits
+
+
+def test_tables_show_ours_beside_the_papers_and_the_gain_kept(tmp_path: Path) -> None:
+    from asr_kd.report.tables import SubsetRun, SystemScore, format_table1, format_table5, gain_kept, plot_dev_accuracy
+
+    assert gain_kept(58.9, 61.1, 60.8) == pytest.approx(1.9 / 2.2)  # the paper's 86%
+    assert np.isnan(gain_kept(0.5, 0.5, 0.6))  # no ensemble gain: no share to speak of
+    rows = [SystemScore(n, acc, wer, 3, 2, 1, 100, acc + 0.01) for n, acc, wer in
+            (("baseline", 0.40, 0.30), ("ensemble", 0.44, 0.26), ("distilled", 0.43, 0.27))]
+    text = format_table1(*rows, num_teachers=4, command="./run.sh --stage 7")
+    assert text.startswith("## Table 1 analogue") and "| 4 x Ensemble | 44.0% | 26.00% (3/2/1 of 100) |" in text
+    assert "**75%**" in text and "(paper: 86%" in text and "`./run.sh --stage 7`" in text
+    runs = [SubsetRun(n, a, b, 5, "early stopping") for n, a, b in (("100", 0.5, 0.4), ("3h", 0.7, 0.2), ("3s", 0.45, 0.35))]
+    text5 = format_table5(*runs, fraction=0.03, num_teachers=4, plot_name="p.png")
+    assert "3% of the training set" in text5 and "| 70.0% | 20.0% | 5 (early stopping) | 67.3% | 44.5% |" in text5
+    png = plot_dev_accuracy({"a": [{"epoch": 1, "frame_accuracy": 0.2}, {"epoch": 2, "frame_accuracy": 0.3}]}, tmp_path / "p.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

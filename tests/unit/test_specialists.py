@@ -24,7 +24,7 @@ from asr_kd.kd.specialists import (
     specialist_output_init,
     specialist_training_indices,
 )
-
+from asr_kd.models.mlp import MLP
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -187,3 +187,19 @@ def test_aggregate_to_specialist_keeps_mass():
     agg = aggregate_to_specialist(p, [7, 2])
     assert agg.shape == (5, 3)
     assert torch.allclose(agg[:, 0], p[:, 7]) and torch.allclose(agg.sum(-1), torch.ones(5, dtype=p.dtype))
+
+
+def test_specialist_network_starts_from_the_generalist_without_sharing_weights():
+    torch.manual_seed(0)
+    generalist = MLP(12, (8, 6), 5)
+    w, b = specialist_output_init(generalist.output.weight, generalist.output.bias, [1, 3])
+    special = generalist.with_output_layer(w, b)
+    x = torch.randn(4, 12)
+    with torch.no_grad():
+        g, s = generalist(x), special(x)
+    assert s.shape == (4, 3)
+    assert torch.allclose(s[:, :2], g[:, [1, 3]])  # its classes start with the generalist's logits
+    with torch.no_grad():
+        special.body[0].weight.add_(1.0)
+    with torch.no_grad():
+        assert torch.equal(generalist(x), g)  # the generalist is untouched

@@ -1,0 +1,1 @@
+"""CTC acoustic models: units, encoders, distillation from a CTC teacher ensemble, decoding."""

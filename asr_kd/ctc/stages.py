@@ -1,0 +1,532 @@
+"""CTC teachers, ensemble and students as library functions (the ``--model-type ctc`` path).
+
+Input: stages 0-2 (``<data>/fbank/cuts_<part>.jsonl.gz`` and ``cmvn_<part>.npz``, ``<data>/lang``
+with ``G.fst``). Everything is written under ``<exp>/ctc/<units>/``:
+
+```
+units/                 tokens.txt, units.json (and bpe.model)
+teachers/teacher<i>/   independent teachers (seeds seed+i), or, with ctc.shared_init_steps = N,
+teachers_shared<N>/    init/ (one run of N steps) and teacher<i>/ started from it
+soft_targets/          the ensemble's top-k CTC posteriors on the training cuts (kd_source=stored)
+students/<kind>/       baseline (CTC on transcripts), frame (frame-level KD), sequence (pseudo-labels)
+graph/HLG.fst          the CTC decoding graph of the units
+decode/                per-system hypotheses and scores.json
+```
+
+Every function skips finished work (finished runs are not retrained, interrupted ones resume)
+and, when given ``results_md``, (re)writes its own section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from lhotse import CutSet, load_manifest_lazy
+from lhotse.array import seconds_to_frames
+from lhotse.cut import Cut
+from torch import nn
+from tqdm import tqdm
+
+from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig, save_config
+from asr_kd.ctc.beam import prefix_beam_search
+from asr_kd.ctc.kd import CtcFrameKdLoss, CtcSequenceKdLoss, ctc_hard_loss, ctc_loss, pseudo_labels, spike_misalignment
+from asr_kd.ctc.model import CtcEncoder
+from asr_kd.ctc.units import CtcUnits, make_units
+from asr_kd.data.ctc_data import CtcDataset, PseudoLabels, cut_text
+from asr_kd.data.features import CmvnStats
+from asr_kd.data.frames import SkipBatches, make_loader, make_sampler
+from asr_kd.decode.ctc import decode_ctc_batch, greedy_ctc
+from asr_kd.decode.fst_utils import write_fst
+from asr_kd.decode.hlg import compile_hlg, load_hlg
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.kd.ensemble import TeacherEnsemble
+from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, store_soft_targets, topk_compress
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.metrics.wer import compute_wer
+from asr_kd.report.results_md import write_section
+from asr_kd.train.checkpoint import load_checkpoint
+from asr_kd.train.ddp import DistInfo, cleanup, init_distributed
+from asr_kd.train.loop import LossFn, TrainResult, to_device, train
+from asr_kd.train.state import seed_everything
+from asr_kd.utils import atomic_path, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+STUDENT_KINDS = ("baseline", "frame", "sequence")
+STUDENT_SEED_OFFSET = 1000  # students never share a seed with a teacher
+BEST_METRIC = "token_error_rate"
+
+
+@dataclasses.dataclass(frozen=True)
+class CtcLayout:
+    """Where the CTC path reads and writes, given the recipe's folders and the units."""
+
+    data_dir: Path
+    exp_dir: Path
+    units: str = "phone"
+    train_part: str = "train-clean-100"
+    dev_part: str = "dev-clean"
+    test_part: str = "test-clean"
+    lang_dir: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.exp_dir) / "ctc" / self.units
+
+    @property
+    def lang(self) -> Path:
+        return Path(self.lang_dir) if self.lang_dir is not None else Path(self.data_dir) / "lang"
+
+    def cuts(self, part: str) -> Path:
+        return Path(self.data_dir) / "fbank" / f"cuts_{part}.jsonl.gz"
+
+    def cmvn(self, part: str) -> Path:
+        return Path(self.data_dir) / "fbank" / f"cmvn_{part}.npz"
+
+    @property
+    def units_dir(self) -> Path:
+        return self.root / "units"
+
+    def teacher_set(self, shared_init_steps: int) -> Path:
+        """The folder of the teachers trained with ``shared_init_steps`` (0: independent)."""
+        return self.root / ("teachers" if shared_init_steps == 0 else f"teachers_shared{shared_init_steps}")
+
+    @property
+    def soft_cuts(self) -> Path:
+        return self.root / "soft_targets" / f"cuts_{self.train_part}.jsonl.gz"
+
+    def student_dir(self, kind: str) -> Path:
+        return self.root / "students" / kind
+
+    def open_cuts(self, part: str) -> CutSet:
+        """Return the lazily opened fbank cuts of ``part``; DataError naming stage 1 if missing."""
+        path = self.cuts(part)
+        if not path.is_file():
+            raise DataError(f"cut manifest {path} does not exist; run stage 1 (features) for {part}")
+        return load_manifest_lazy(path)
+
+    def open_cmvn(self, part: str) -> CmvnStats:
+        path = self.cmvn(part)
+        if not path.is_file():
+            raise DataError(f"CMVN statistics {path} do not exist; run stage 1 (features) for {part}")
+        return CmvnStats.load(path)
+
+    def open_lang(self) -> Lang:
+        return Lang.load(self.lang)
+
+
+def _write_results(results_md: Path | None, heading: str, body: str, command: str) -> None:
+    if results_md is not None:
+        write_section(results_md, heading, f"{heading}\n\n" + (f"Produced by `{command}`.\n\n" if command else "") + body)
+
+
+def prepare_units(layout: CtcLayout, cfg: CtcConfig, seed: int = 0) -> CtcUnits:
+    """Return the CTC units of ``cfg.units`` (made once, saved in ``<root>/units``)."""
+    if cfg.units != layout.units:
+        raise ConfigError(f"ctc.units={cfg.units} but the layout is for {layout.units} units; pass the same units to both")
+    texts: Iterable[str] = ()
+    if cfg.units == "bpe":
+        texts = [cut_text(c) for c in layout.open_cuts(layout.train_part)]
+    return make_units(cfg.units, layout.open_lang(), layout.units_dir, texts, cfg.bpe_vocab_size, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Training one CTC model with the shared loop
+# --------------------------------------------------------------------------------------------
+
+
+def token_error_rate(refs: Mapping[str, Sequence[int]], hyps: Mapping[str, Sequence[int]]) -> float:
+    """Return the token error rate (edit distance over reference tokens) of ``hyps``."""
+    as_text = lambda seqs: {k: " ".join(str(t) for t in v) for k, v in seqs.items()}  # noqa: E731
+    return compute_wer(as_text(refs), as_text(hyps)).wer
+
+
+def evaluate_ctc(model: CtcEncoder, loader: Iterable[Mapping[str, Any]], device: torch.device) -> dict[str, float]:
+    """Return ``{"loss": mean dev CTC loss per token, "token_error_rate": greedy TER}`` over the
+    loader's batches (model in eval mode, gradients off: the caller's job)."""
+    losses, refs, hyps = [], {}, {}
+    for batch in loader:
+        batch = to_device(batch, device)
+        logits = model(batch["features"], batch["lengths"])
+        out_lengths = model.output_lengths(batch["lengths"])
+        losses.append(float(ctc_loss(logits, out_lengths, batch["targets"], batch["target_lengths"])) * len(batch["cut_ids"]))
+        logp = torch.log_softmax(logits.float(), -1).cpu().numpy()
+        offsets = np.concatenate([[0], np.cumsum(batch["target_lengths"].cpu().numpy())])
+        targets = batch["targets"].cpu().numpy()
+        for i, cut_id in enumerate(batch["cut_ids"]):
+            refs[cut_id] = targets[offsets[i]: offsets[i + 1]].tolist()
+            hyps[cut_id] = greedy_ctc(logp[i, : int(out_lengths[i])])
+    if not refs:
+        raise DataError("the dev set is empty; pass dev cuts with transcripts")
+    return {"loss": sum(losses) / len(refs), BEST_METRIC: token_error_rate(refs, hyps)}
+
+
+def train_ctc_model(
+    train_cuts: CutSet, dev_cuts: CutSet | None, train_cmvn: CmvnStats | None, dev_cmvn: CmvnStats | None, units: CtcUnits,
+    cfg: CtcConfig, train_config: TrainConfig, exp_dir: Path | str, compute_loss: LossFn = ctc_hard_loss,
+    pseudo: PseudoLabels | None = None, soft_targets: bool = False, init_checkpoint: Path | None = None,
+    resume: bool = True, info: DistInfo | None = None,
+) -> TrainResult:
+    """Train a :class:`CtcEncoder` of ``cfg.model_size`` with the shared loop and return its
+    :class:`TrainResult`; the dev greedy token error rate picks ``best.pt``.
+
+    ``compute_loss`` defaults to CTC on the transcripts; ``pseudo`` adds pseudo-labels to the
+    batches, ``soft_targets`` the stored top-k targets. ``init_checkpoint`` starts from another
+    run's weights (the shared initial alignment of the teachers). Under ``torchrun`` every rank
+    joins the DDP job; on CUDA ``train_config.amp=bf16`` runs the forward pass in bf16.
+    """
+    if train_config.best_metric != BEST_METRIC or train_config.best_mode != "min":
+        train_config = dataclasses.replace(train_config, best_metric=BEST_METRIC, best_mode="min")
+    own_group = info is None
+    info = info or init_distributed(train_config.device)
+    try:
+        exp_dir = Path(exp_dir)
+        if info.is_main:
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, exp_dir / "ctc.yaml")
+        dataset = CtcDataset(train_cmvn, units.encode, pseudo, soft_targets=soft_targets)
+
+        def make_train_loader(epoch: int, skip: int) -> Any:
+            sampler = make_sampler(train_cuts, train_config.max_duration, train_config.shuffle, train_config.seed, train_config.bucketing,
+                                   train_config.num_buckets, world_size=info.world_size, rank=info.rank)
+            sampler.set_epoch(epoch)
+            return make_loader(dataset, SkipBatches(sampler, skip), train_config.num_workers, seed=train_config.seed * 100003 + epoch)
+
+        evaluate = None
+        if dev_cuts is not None:
+            dev_dataset = CtcDataset(dev_cmvn, units.encode)
+
+            def evaluate(model: nn.Module) -> dict[str, float]:
+                sampler = make_sampler(dev_cuts, train_config.max_duration, shuffle=False, seed=0, bucketing=False)
+                return evaluate_ctc(model, make_loader(dev_dataset, sampler, train_config.num_workers), info.device)  # type: ignore[arg-type]
+
+        seed_everything(train_config.seed)
+        feature_dim = _feature_dim(train_cuts)
+        model = CtcEncoder(feature_dim, units.num_tokens, cfg.model_size, cfg.subsampling, cfg.dropout)
+        if init_checkpoint is not None:
+            model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+            log.info("initialised from %s", init_checkpoint)
+        log.info("CTC %s encoder: %d parameters, %d tokens", cfg.model_size, sum(p.numel() for p in model.parameters()), units.num_tokens)
+        return train(model, make_train_loader, compute_loss, evaluate, train_config, exp_dir, info=info, resume=resume,
+                     extra={**model.describe(), "units": units.kind})
+    finally:
+        if own_group:
+            cleanup(info)
+
+
+def _feature_dim(cuts: CutSet) -> int:
+    for cut in cuts:
+        if not cut.has_features:
+            raise DataError(f"cut {cut.id} has no features; run stage 1 (features) first")
+        return int(cut.num_features)
+    raise DataError("the training cuts are empty; check stage 1's output")
+
+
+def load_ctc_model(exp_dir_or_checkpoint: Path | str, device: str | torch.device = "cpu") -> CtcEncoder:
+    """Return the CTC model of a run folder (``best.pt``, else ``final.pt``) or checkpoint, in eval mode."""
+    path = Path(exp_dir_or_checkpoint)
+    if path.is_dir():
+        found = [path / n for n in ("best.pt", "final.pt") if (path / n).is_file()]
+        if not found:
+            raise DataError(f"{path} holds no best.pt or final.pt; train that CTC model first")
+        path = found[0]
+    ckpt = load_checkpoint(path)
+    if "ctc_model" not in ckpt.get("extra", {}):
+        raise DataError(f"checkpoint {path} holds no CTC model description; pass a checkpoint written by the CTC training")
+    model = CtcEncoder.from_description(ckpt["extra"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Teachers and the ensemble
+# --------------------------------------------------------------------------------------------
+
+
+def train_ctc_teachers(
+    layout: CtcLayout, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
+) -> list[TrainResult]:
+    """Train ``cfg.num_teachers`` CTC teachers (seeds ``seed + i``) in ``layout.teacher_set(
+    cfg.shared_init_steps)``. With ``shared_init_steps`` > 0, one run of that many steps (seed
+    ``seed``) is trained first in ``init/`` and every teacher starts from its weights. Returns the
+    teachers' results in order."""
+    units = prepare_units(layout, cfg, train_config.seed)
+    train_cuts, dev_cuts = layout.open_cuts(layout.train_part), layout.open_cuts(layout.dev_part)
+    train_cmvn, dev_cmvn = layout.open_cmvn(layout.train_part), layout.open_cmvn(layout.dev_part)
+    set_dir = layout.teacher_set(cfg.shared_init_steps)
+    init = None
+    if cfg.shared_init_steps > 0:
+        init_cfg = dataclasses.replace(train_config, max_steps=cfg.shared_init_steps, num_epochs=max(train_config.num_epochs, 1000))
+        log.info("shared initial alignment: %d steps -> %s", cfg.shared_init_steps, set_dir / "init")
+        init = train_ctc_model(train_cuts, None, train_cmvn, None, units, cfg, init_cfg, set_dir / "init").final_path
+    results = []
+    for i in range(cfg.num_teachers):
+        tcfg = dataclasses.replace(train_config, seed=train_config.seed + i)
+        start = time.time()
+        result = train_ctc_model(train_cuts, dev_cuts, train_cmvn, dev_cmvn, units, cfg, tcfg, set_dir / f"teacher{i}", init_checkpoint=init)
+        log.info("CTC teacher %d: %s, best dev TER %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, time.time() - start)
+        results.append(result)
+    rows = [f"| teacher{i} | {train_config.seed + i} | {r.state.step} | {_pct(r.state.best_metric)} |" for i, r in enumerate(results)]
+    init_note = (f"all started from one checkpoint trained {cfg.shared_init_steps} steps (shared initial alignment)"
+                 if cfg.shared_init_steps else "independent initialisations")
+    body = (f"{cfg.num_teachers} CTC {cfg.model_size} encoders over {units.num_tokens} {cfg.units} tokens (blank included), "
+            f"subsampling x{cfg.subsampling}, {init_note}.\n\n"
+            "| Teacher | Seed | Steps | Best dev greedy token error rate |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    _write_results(results_md, f"## CTC teachers ({cfg.units}, {_set_name(cfg.shared_init_steps)})", body, command)
+    return results
+
+
+def _set_name(shared_init_steps: int) -> str:
+    return "independent" if shared_init_steps == 0 else f"shared init {shared_init_steps} steps"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def load_ctc_teachers(layout: CtcLayout, cfg: CtcConfig, device: str | torch.device = "cpu") -> list[CtcEncoder]:
+    """Return the ``cfg.num_teachers`` teachers of ``cfg.shared_init_steps``'s set, in eval mode."""
+    set_dir = layout.teacher_set(cfg.shared_init_steps)
+    dirs = [set_dir / f"teacher{i}" for i in range(cfg.num_teachers)]
+    missing = [d for d in dirs if not ((d / "best.pt").is_file() or (d / "final.pt").is_file())]
+    if missing:
+        raise DataError(f"CTC teacher {missing[0]} is not trained; run asr-kd ctc-train-teachers with the same ctc config first")
+    return [load_ctc_model(d, device) for d in dirs]
+
+
+@torch.no_grad()
+def ctc_log_probs(
+    models: Sequence[CtcEncoder], cuts: CutSet | Iterable[Cut], cmvn: CmvnStats | None, temperature: float = 1.0,
+    fusion: str = "arithmetic", max_duration: float = 200.0, device: str | torch.device = "cpu",
+) -> Iterator[tuple[Cut, np.ndarray]]:
+    """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``(T', V)``: one model's
+    ``log_softmax(z / T)``, or the fusion of several models' (padding masked out)."""
+    ensemble = TeacherEnsemble(list(models), fusion).to(device)
+    dataset = CtcDataset(cmvn, encode=None)
+    cutset = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
+    for cut_batch in make_sampler(cutset, max_duration, shuffle=False, seed=0, bucketing=False):
+        batch = dataset[cut_batch]
+        feats, lengths = batch["features"].to(device), batch["lengths"].to(device)
+        out_lengths = models[0].output_lengths(lengths)
+        mask = torch.arange(int(out_lengths.max()), device=device)[None, :] < out_lengths[:, None]
+        logp = ensemble(feats, lengths, temperature=temperature, mask=mask).float().cpu().numpy()
+        for i, cut in enumerate(cut_batch):
+            yield cut, logp[i, : int(out_lengths[i])]
+
+
+def spike_report(
+    layout: CtcLayout, cfg: CtcConfig, part: str | None = None, results_md: Path | None = None, command: str = "",
+) -> dict[str, dict[str, float]]:
+    """Measure the spike misalignment between the teachers of every trained teacher set (the
+    independent one and each ``teachers_shared<N>``) on ``part`` (default dev); write
+    ``<root>/spike_report.json`` and return ``{set name: summary}`` (see
+    :meth:`asr_kd.ctc.kd.SpikeStats.summary`). Sets with fewer than two teachers are skipped."""
+    part = part or layout.dev_part
+    cuts, cmvn = CutSet.from_cuts(layout.open_cuts(part)), layout.open_cmvn(part)
+    report: dict[str, dict[str, float]] = {}
+    for set_dir in sorted(p for p in layout.root.glob("teachers*") if p.is_dir()):
+        steps = 0 if set_dir.name == "teachers" else int(set_dir.name[len("teachers_shared"):])
+        set_cfg = dataclasses.replace(cfg, shared_init_steps=steps,
+                                      num_teachers=len([d for d in set_dir.glob("teacher*") if (d / "final.pt").is_file()]))
+        if set_cfg.num_teachers < 2:
+            continue
+        models = load_ctc_teachers(layout, set_cfg)
+        per_model = [[lp for _, lp in ctc_log_probs([m], cuts, cmvn)] for m in models]
+        report[_set_name(steps)] = spike_misalignment(per_model)
+    if not report:
+        raise DataError(f"no set of two or more trained CTC teachers under {layout.root}; run asr-kd ctc-train-teachers first")
+    write_text_atomic(layout.root / "spike_report.json", json.dumps(report, indent=1) + "\n")
+    rows = [f"| {name} | {int(s['num_models'])} | {s['mean_spike_offset_frames']:.2f} | {100 * s['spikes_matched']:.1f}% | "
+            f"{100 * s['argmax_disagreement']:.1f}% | {100 * s['blank_frame_share']:.1f}% |" for name, s in report.items()]
+    body = (f"Between every pair of teachers on {part} ({len(cuts)} utterances), output frames of {10 * cfg.subsampling} ms: "
+            "spikes are the first frame of each run of a non-blank argmax token; spikes of the two models are matched by a "
+            "minimum-edit-distance alignment of their token sequences.\n\n"
+            "| Teacher set | Teachers | Mean abs offset of matched spikes (frames) | Spikes matched | Argmax disagreement | Blank frames |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    _write_results(results_md, f"## CTC spike misalignment ({cfg.units})", body, command)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Stored soft targets (top-k storage of the hybrid path, at the CTC output frame rate)
+# --------------------------------------------------------------------------------------------
+
+
+def make_ctc_soft_targets(layout: CtcLayout, cfg: CtcConfig, max_duration: float = 200.0) -> Path:
+    """Store the teachers' fused CTC posteriors at ``cfg.temperature`` as top-``cfg.top_k`` soft
+    targets (:mod:`asr_kd.kd.soft_targets`) on the training cuts, at the output frame rate
+    (``subsampling`` x 10 ms); return the cut manifest (skipped when it exists)."""
+    if layout.soft_cuts.is_file():
+        return layout.soft_cuts
+    teachers = load_ctc_teachers(layout, cfg)
+    cuts = CutSet.from_cuts(layout.open_cuts(layout.train_part))
+    shift = 0.01 * cfg.subsampling
+    k = min(cfg.top_k, teachers[0].num_tokens)
+
+    def targets() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), cfg.temperature, cfg.fusion, max_duration)
+        for cut, lp in tqdm(fused, total=len(cuts), desc="CTC soft targets", unit="cut", leave=False):
+            probs = _fit_frames(np.exp(lp), seconds_to_frames(cut.duration, shift))
+            ids, p = topk_compress(probs, k)
+            yield cut.id, ids, p
+
+    # Storage checks frames against the cut's duration at ``shift`` (features are at 10 ms).
+    stored = store_soft_targets(CutSet.from_cuts(c.drop_features() for c in cuts), targets(), layout.root / "soft_targets" / "storage",
+                                k, cfg.temperature, shift)
+    by_id = {c.id: c for c in stored}
+    out = [c.with_custom(SOFT_IDS, by_id[c.id].custom[SOFT_IDS]).with_custom(SOFT_PROBS, by_id[c.id].custom[SOFT_PROBS])
+           .with_custom(SOFT_TEMPERATURE, cfg.temperature) for c in cuts if c.id in by_id]
+    with atomic_path(layout.soft_cuts) as tmp:
+        CutSet.from_cuts(out).to_file(tmp)
+    return layout.soft_cuts
+
+
+def _fit_frames(probs: np.ndarray, frames: int) -> np.ndarray:
+    """Return ``probs`` cut or padded (with blank-certain frames) to ``frames`` rows."""
+    if probs.shape[0] >= frames:
+        return probs[:frames]
+    pad = np.zeros((frames - probs.shape[0], probs.shape[1]), dtype=probs.dtype)
+    pad[:, 0] = 1.0
+    return np.concatenate([probs, pad])
+
+
+# --------------------------------------------------------------------------------------------
+# Students
+# --------------------------------------------------------------------------------------------
+
+
+def make_pseudo_labels(layout: CtcLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float = 200.0) -> dict[str, list[tuple[list[int], float]]]:
+    """Return (and save as ``pseudo_labels.json`` in the sequence student's folder) the ensemble's
+    hypotheses for every training cut: greedy or n-best (``cfg.pseudo_labels``) from the fused
+    posteriors at T = 1. Reuses the file when it exists."""
+    path = layout.student_dir("sequence") / "pseudo_labels.json"
+    if path.is_file():
+        return {k: [(list(t), float(w)) for t, w in v] for k, v in json.loads(path.read_text()).items()}
+    teachers = load_ctc_teachers(layout, cfg)
+    cuts = CutSet.from_cuts(layout.open_cuts(layout.train_part))
+    fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), 1.0, cfg.fusion, max_duration)
+    labels = {cut.id: pseudo_labels(lp, cfg.pseudo_labels, cfg.nbest, cfg.beam_size)
+              for cut, lp in tqdm(fused, total=len(cuts), desc="pseudo-labels", unit="cut", leave=False)}
+    refs = {c.id: units.encode(cut_text(c)) for c in cuts}
+    ter = token_error_rate(refs, {k: v[0][0] for k, v in labels.items()})
+    log.info("pseudo-labels (%s) of %d cuts: token error rate of the best hypothesis vs the transcripts %.2f%%", cfg.pseudo_labels, len(labels), 100 * ter)
+    write_text_atomic(path, json.dumps(labels) + "\n")
+    write_text_atomic(path.with_name("pseudo_labels_stats.json"), json.dumps({"token_error_rate": ter, "cuts": len(labels)}) + "\n")
+    return labels
+
+
+def train_ctc_student(
+    layout: CtcLayout, kind: str, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
+) -> TrainResult:
+    """Train the CTC student ``kind`` in ``<root>/students/<kind>`` with seed ``seed + 1000``:
+    "baseline" (CTC on the transcripts), "frame" (frame-level KD, :class:`CtcFrameKdLoss`; online
+    or from stored soft targets) or "sequence" (the ensemble's pseudo-labels,
+    :class:`CtcSequenceKdLoss`). Returns its :class:`TrainResult`."""
+    if kind not in STUDENT_KINDS:
+        raise ConfigError(f"CTC student kind must be one of {STUDENT_KINDS}, got {kind!r}")
+    units = prepare_units(layout, cfg, train_config.seed)
+    scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET)
+    train_cuts: CutSet = layout.open_cuts(layout.train_part)
+    loss: LossFn = ctc_hard_loss
+    pseudo, soft = None, False
+    if kind == "frame":
+        if cfg.kd_source == "stored":
+            train_cuts, soft = load_manifest_lazy(make_ctc_soft_targets(layout, cfg)), True
+            loss = CtcFrameKdLoss(cfg)
+        else:
+            loss = CtcFrameKdLoss(cfg, TeacherEnsemble(load_ctc_teachers(layout, cfg), cfg.fusion))
+    elif kind == "sequence":
+        pseudo = make_pseudo_labels(layout, cfg, units)
+        loss = CtcSequenceKdLoss(cfg)
+    start = time.time()
+    result = train_ctc_model(train_cuts, layout.open_cuts(layout.dev_part), layout.open_cmvn(layout.train_part),
+                             layout.open_cmvn(layout.dev_part), units, cfg, scfg, layout.student_dir(kind), loss, pseudo, soft)
+    log.info("CTC student %s: %s, best dev TER %s (%.0f s)", kind, result.state.stop_reason, result.state.best_metric, time.time() - start)
+    how = {"baseline": "CTC on the transcripts",
+           "frame": (f"frame-level KD ({cfg.kd_source}): {cfg.kd_weight:g} x T^2 KL at T={cfg.temperature:g}, blank {cfg.blank_handling}"
+                     f"{f' (weight {cfg.blank_weight:g})' if cfg.blank_handling == 'downweight' else ''} + {cfg.ctc_weight:g} x CTC"),
+           "sequence": f"sequence-level KD: {cfg.kd_weight:g} x CTC on the ensemble's {cfg.pseudo_labels} hypotheses + {cfg.ctc_weight:g} x CTC"}[kind]
+    body = f"CTC {cfg.model_size}, {cfg.units} units; {how}; {result.state.step} steps; best dev greedy TER {_pct(result.state.best_metric)}.\n"
+    _write_results(results_md, f"## CTC student: {kind} ({cfg.units})", body, command)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding and scoring
+# --------------------------------------------------------------------------------------------
+
+
+def build_ctc_graph(layout: CtcLayout, units: CtcUnits) -> Path:
+    """Build ``<root>/graph/HLG.fst`` for the units with the lang's G (once); return its path."""
+    path = layout.root / "graph" / "HLG.fst"
+    if not path.is_file():
+        lang = units.lang
+        hlg, info = compile_hlg(units.token_lexicon(), units.tokens, lang.words, lang.load_fst("G"))
+        write_fst(hlg, path)
+        write_text_atomic(path.with_name("hlg.json"), info.to_json())
+    return path
+
+
+def score_log_probs(
+    log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, hlg: Any, decode_config: DecodeConfig, beam_size: int,
+) -> dict[str, float]:
+    """Return greedy and prefix-beam token error rates, their WERs (BPE units) and the HLG WER of
+    ``{cut_id: (T', V) log-probs}`` against the transcripts ``refs``."""
+    ref_tokens = {k: units.encode(refs[k]) for k in log_probs}
+    greedy = {k: greedy_ctc(v) for k, v in log_probs.items()}
+    beam = {k: list(prefix_beam_search(v, beam_size=beam_size)[0].tokens) for k, v in log_probs.items()}
+    out = {"greedy_ter": token_error_rate(ref_tokens, greedy), "beam_ter": token_error_rate(ref_tokens, beam)}
+    if units.kind == "bpe":
+        out["greedy_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in greedy.items()}).wer
+        out["beam_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in beam.items()}).wer
+    decoded = decode_ctc_batch(hlg, dict(log_probs), decode_config)
+    words = units.lang.words
+    hyps = {k: " ".join(words.name(w) for w in d.word_ids) for k, d in decoded.decoded.items()}
+    out["hlg_wer"] = compute_wer({k: refs[k] for k in log_probs}, hyps).wer
+    return out
+
+
+def decode_ctc_systems(
+    layout: CtcLayout, cfg: CtcConfig, decode_config: DecodeConfig, parts: Sequence[str] | None = None, results_md: Path | None = None,
+    command: str = "", corpus: str = "",
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Score every trained CTC system on ``parts`` (default dev and test): each teacher, the
+    ensemble (arithmetic/geometric per ``cfg.fusion``, T = 1) and the students that exist. Writes
+    ``<root>/decode/scores.json`` and the RESULTS.md table; returns ``{system: {part: scores}}``."""
+    units = prepare_units(layout, cfg)
+    hlg = load_hlg(build_ctc_graph(layout, units))
+    teachers = load_ctc_teachers(layout, cfg)
+    systems: dict[str, list[CtcEncoder]] = {f"teacher{i}": [t] for i, t in enumerate(teachers)}
+    systems[f"ensemble of {len(teachers)}"] = teachers
+    for kind in STUDENT_KINDS:
+        d = layout.student_dir(kind)
+        if (d / "final.pt").is_file():
+            systems[f"student: {kind}"] = [load_ctc_model(d)]
+    parts = list(parts or [layout.dev_part, layout.test_part])
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for part in parts:
+        cuts, cmvn = CutSet.from_cuts(layout.open_cuts(part)), layout.open_cmvn(part)
+        refs = {c.id: cut_text(c) for c in cuts}
+        for name, models in systems.items():
+            lps = {cut.id: lp for cut, lp in ctc_log_probs(models, cuts, cmvn, 1.0, cfg.fusion)}
+            scores.setdefault(name, {})[part] = score_log_probs(lps, refs, units, hlg, decode_config, cfg.beam_size)
+            log.info("%s on %s: %s", name, part, scores[name][part])
+    write_text_atomic(layout.root / "decode" / "scores.json", json.dumps(scores, indent=1) + "\n")
+    wer_cols = ["greedy_wer", "beam_wer"] if units.kind == "bpe" else []
+    cols = ["greedy_ter", "beam_ter", *wer_cols, "hlg_wer"]
+    names = {"greedy_ter": "Greedy TER", "beam_ter": f"Beam-{cfg.beam_size} TER", "greedy_wer": "Greedy WER", "beam_wer": "Beam WER", "hlg_wer": "HLG WER"}
+    header = "| System | Part | " + " | ".join(names[c] for c in cols) + " |\n|" + "---|" * (len(cols) + 2) + "\n"
+    rows = [f"| {name} | {part} | " + " | ".join(_pct(s[c]) for c in cols) + " |" for name, by_part in scores.items() for part, s in by_part.items()]
+    body = (f"CTC {cfg.model_size} encoders, {units.num_tokens} {cfg.units} tokens{f', on {corpus}' if corpus else ''}; "
+            f"teachers: {_set_name(cfg.shared_init_steps)}; frame-level student: T={cfg.temperature:g}, blank {cfg.blank_handling}, "
+            f"{cfg.kd_source}; sequence-level student: {cfg.pseudo_labels} pseudo-labels. TER = token error rate "
+            "(prefix beam search without LM); HLG WER = kaldi-decoder over H o L o G with the recipe's n-gram LM.\n\n" + header + "\n".join(rows) + "\n")
+    _write_results(results_md, f"## CTC results ({cfg.units})", body, command)
+    return scores
