@@ -512,7 +512,7 @@ class DecodeConfig:
 # Generalist and specialist models (recipes/specialists)
 # --------------------------------------------------------------------------------------------
 
-SPECIALIST_TASKS = ("pairs", "single")
+SPECIALIST_TASKS = ("pairs", "single", "senones")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -549,8 +549,18 @@ class SpecialistConfig:
     top_n: int = 1  # specialists are active when they cover one of the generalist's top-n classes
     combine_steps: int = 300
     combine_learning_rate: float = 0.1
+    # task "senones" (asr_kd/experiments/senone_task.py): frames of the speech recipe's parts,
+    # spliced with splice_context frames on each side, at most max_*_frames per split (0: all)
+    train_part: str = "train-clean-100"
+    val_part: str = "dev-clean"
+    test_part: str = "test-clean"
+    splice_context: int = 5
+    max_train_frames: int = 100000
+    max_val_frames: int = 20000
+    max_test_frames: int = 20000
 
     def __post_init__(self) -> None:
+        _check(self.splice_context >= 0 and min(self.max_train_frames, self.max_val_frames, self.max_test_frames) >= 0, "specialists.splice_context and max_*_frames must be >= 0")
         _check(self.task in SPECIALIST_TASKS, f"specialists.task must be one of {SPECIALIST_TASKS}, got {self.task!r}")
         _check(self.num_test_images >= 0 and self.num_val_images >= 1 and self.max_train_images >= 0, "specialists image split sizes must be >= 0 (validation >= 1)")
         _check(min(self.num_train_pairs, self.num_val_pairs, self.num_test_pairs) >= 1, "specialists pair counts must be >= 1")

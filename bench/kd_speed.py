@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-duration", type=float, default=30.0, help="seconds of audio per training batch")
     parser.add_argument("--decode-utts", type=int, default=40, help="test utterances decoded for the RTF")
+    parser.add_argument("--beams", type=float, nargs="+", default=[8.0, 13.0], help="decoding beams (8: the mini recipe's; 13: Kaldi's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: per-core numbers)")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = parser.parse_args()
@@ -116,14 +117,20 @@ def main() -> None:
     audio = sum(c.duration for c in test)
     trans_model = GmmSystem.load(senones.model).tm
     hclg = load_hclg(senones.graph)
-    cpu0 = time.process_time()
-    result = decode_posteriors_batch(hclg, trans_model, posteriors, load_priors(layout.log_priors, trans_model.num_pdfs), DecodeConfig(num_jobs=1))
-    rtf = (time.process_time() - cpu0) / audio
+    priors = load_priors(layout.log_priors, trans_model.num_pdfs)
+    decode_rows = []
+    for beam in args.beams:
+        cfg = DecodeConfig(num_jobs=1, beam=beam, max_active=3000 if beam < 10 else DecodeConfig().max_active)
+        cpu0 = time.process_time()
+        result = decode_posteriors_batch(hclg, trans_model, posteriors, priors, cfg)
+        rtf = (time.process_time() - cpu0) / audio
+        decode_rows.append(f"| {beam:g} | {cfg.max_active} | {rtf:.3f} | {1 / rtf:.0f} | {len(result.failed)} |\n")
 
     overhead = 100 * (med["stored"] / med["hard"] - 1)
     online = 100 * (med["online"] / med["hard"] - 1)
     text = (
-        f"{HEADING}\n\n`python bench/kd_speed.py --steps {args.steps} --rounds {args.rounds} --threads {args.threads}` on "
+        f"{HEADING}\n\n`python bench/kd_speed.py --data {args.data} --exp {args.exp} --steps {args.steps} --rounds {args.rounds} "
+        f"--max-duration {args.max_duration:g} --threads {args.threads}` on "
         f"{platform.machine()} ({platform.processor() or 'cpu'}), torch {torch.__version__}, {args.threads} thread(s); recipe run in "
         f"`{args.exp}` ({len(teachers)} teachers, student {model.cfg.num_hidden_layers} x {model.cfg.hidden_dim}, "
         f"{senones.num_senones} senones, top-{stats['top_k']} at T = {stats['temperature']}).\n\n"
@@ -137,8 +144,9 @@ def main() -> None:
         f"{on_disk:.1f} bytes per frame on disk (with .npy headers), vs {dense} bytes per frame dense float32 "
         f"({dense / stats['bytes_per_frame']:.0f}x); mean KL(stored || full) {stats['mean_kl_stored_vs_full']:.4f} nats, "
         f"mass kept {stats['mean_mass_kept']:.3f}.\n\n"
-        f"Hybrid decoding (HCLG, beam {DecodeConfig().beam:g}, {DecodeConfig().decoder} decoder, one process): {len(posteriors)} test "
-        f"utterances, {audio:.0f} s of audio, real-time factor per core {rtf:.3f} ({len(result.failed)} failed).\n"
+        f"Hybrid decoding of the distilled student's posteriors ({DecodeConfig().decoder} decoder, one process, acoustic scale "
+        f"{DecodeConfig().acoustic_scale:g}): {len(posteriors)} test utterances, {audio:.0f} s of audio; RTF = CPU seconds / audio seconds.\n\n"
+        "| beam | max active | RTF per core | x real time | failed |\n|---|---|---|---|---|\n" + "".join(decode_rows)
     )
     write_section(args.results, HEADING, text)
     print(text)

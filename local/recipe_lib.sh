@@ -38,11 +38,18 @@ run_logged() {
   } > "$logfile"
   if "$@" 2>&1 | tee -a "$logfile"; then
     printf '# ended %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" >> "$logfile"
+    __asr_kd_tidy_log "$logfile"
   else
     local rc=${PIPESTATUS[0]}
+    __asr_kd_tidy_log "$logfile"
     log "ERROR: '$*' failed with status $rc; see $logfile"
     exit "$rc"
   fi
+}
+
+# The terminal sees progress bars move; the log keeps only each line's final state.
+__asr_kd_tidy_log() {
+  sed -i 's/.*\r//' "$1" 2>/dev/null || true
 }
 
 # Make the project's virtual environment's asr-kd reachable when it is not on PATH already.

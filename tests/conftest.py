@@ -49,7 +49,7 @@ def run_librispeech_recipe(data: Path, exp: Path, *args: str, timeout: int = 900
     import subprocess
 
     out = subprocess.run(
-        ["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--nj", "2", *args],
+        ["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--results", str(exp / "RESULTS.md"), "--nj", "2", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -68,19 +68,8 @@ def tiny_stage2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, exp
 
 
-# GmmConfig sizes for the 'tiny' corpus (80 training utterances, about 28,000 frames), on top of
-# recipes/librispeech/conf/gmm.yaml (sized for 'mini'): about half a minute on 2 cores.
-TINY_GMM_OVERRIDES = {
-    "mono_num_iters": 12,
-    "mono_realign_iters": (1, 2, 3, 4, 5, 6, 8, 10),
-    "mono_total_gauss": 150,
-    "mono_max_iter_inc": 8,
-    "tri_num_iters": 10,
-    "tri_realign_iters": (3, 6, 8),
-    "tri_total_gauss": 500,
-    "tri_max_iter_inc": 7,
-    "num_leaves": 150,
-}
+# GmmConfig sizes for the 'tiny' corpus (80 training utterances): the file run.sh uses for --preset tiny.
+TINY_GMM_CONFIG = REPO_ROOT / "recipes" / "librispeech" / "conf" / "gmm_tiny.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +83,7 @@ def tiny_stage3(tiny_stage2: tuple[Path, Path], tmp_path_factory: pytest.TempPat
 
     data, _ = tiny_stage2
     exp = tmp_path_factory.mktemp("tiny_stage3") / "exp"
-    config = load_config(GmmConfig, REPO_ROOT / "recipes" / "librispeech" / "conf" / "gmm.yaml", TINY_GMM_OVERRIDES)
+    config = load_config(GmmConfig, TINY_GMM_CONFIG)
     parts = ["train-clean-100", "dev-clean", "test-clean"]
     run_gmm_stage(data, data / "lang", exp, config, "train-clean-100", parts, num_jobs=2, results_md=exp / "RESULTS.md",
                   command="run_gmm_stage (tests/conftest.py tiny_stage3)")

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "asr_kd.bin.cmd_decode",
     "asr_kd.bin.cmd_kd",
     "asr_kd.bin.cmd_gmm",
+    "asr_kd.bin.cmd_ctc",
 )
 
 

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _layout_args(p)
     _kd_args(p)
     _teachers_arg(p, None)
-    p.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per inference batch (default 200)")
+    p.add_argument("--max-duration", type=float, default=20.0, help="seconds of audio per inference batch (default 20: small batches keep the fusion in cache)")
     p.set_defaults(func=_make_soft_targets)
 
     p = sub.add_parser("train-student", help="stage 6: train the hard-target baseline or the distilled student",
@@ -82,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-jobs", type=int, default=2, help="parallel decoding processes (default 2)")
     p.add_argument("--decode-parts", nargs="+", default=None, help="parts to decode (default: the test set)")
     p.add_argument("--no-teachers", action="store_true", help="skip the per-teacher frame accuracies")
+    p.add_argument("--decode-teachers", action="store_true", help="also decode each teacher on --decode-parts (N more decodings)")
     p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md (e.g. \"the synthetic 'mini' corpus\")")
     p.set_defaults(func=_decode_hybrid)
 
@@ -163,7 +164,8 @@ def _decode_hybrid(args: argparse.Namespace) -> int:
     common = _setup(args, "decode_hybrid")
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     scores = evaluate_systems(decode_config=decode_cfg, fusion=_kd(args).fusion, num_teachers=args.num_teachers,
-                              decode_parts=args.decode_parts, score_teachers=not args.no_teachers, corpus=args.corpus, **common)
+                              decode_parts=args.decode_parts, score_teachers=not args.no_teachers, corpus=args.corpus,
+                              decode_teachers=args.decode_teachers, **common)
     for name, by_part in scores.items():
         print(name + ": " + ", ".join(f"{p} frame accuracy {s.frame_accuracy:.4f}" + (f" WER {s.wer:.4f}" if s.wer is not None else "")
                                       for p, s in by_part.items()))

@@ -51,10 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="one stage of the generalist + specialists experiment (paper section 5)",
         description="Run one stage of recipes/specialists: prepare (the many-class task), generalist, "
         "clusters (k-means on the covariance of the generalist's predictions), specialists (one per "
-        "cluster, with a dustbin class), combine (KL combination at test time and the Table 4 analogue).",
+        "cluster, with a dustbin class), combine (KL combination at test time and the Table 4 analogue). "
+        "With task=senones the examples are the speech recipe's frames: pass --gmm-exp and --data-dir.",
     )
     p.add_argument("stage", choices=SPECIALIST_STAGES)
     _common(p)
+    p.add_argument("--gmm-exp", type=Path, default=None, help="task=senones: the speech recipe's exp folder holding gmm/ (stage 3); --data-dir is then its data folder")
     p.set_defaults(func=_specialists_stage)
 
 
@@ -74,5 +76,5 @@ def _specialists_stage(args: argparse.Namespace) -> int:
 
     _setup(args)
     cfg = load_config(SpecialistConfig, args.config, parse_overrides(args.overrides))
-    run_specialists_stage(args.stage, cfg, args.exp_dir, args.data_dir, args.results, args.recipe_command)
+    run_specialists_stage(args.stage, cfg, args.exp_dir, args.data_dir, args.results, args.recipe_command, args.gmm_exp)
     return 0

@@ -70,8 +70,11 @@ def frame_kd_loss(
     gradient is the hybrid path's), which makes the loss exactly 0 when the student equals the
     teacher. ``T^2`` keeps the gradient's size independent of ``T`` (Hinton et al., section 2).
     """
+    # bf16/fp16 (autocast) logits are computed on in float32; float64 stays float64.
+    student_logits = student_logits.float() if student_logits.dtype in (torch.float16, torch.bfloat16) else student_logits
+    teacher_probs = teacher_probs.to(student_logits.dtype)
     weights = blank_frame_weights(teacher_probs, mask, blank_handling, blank_weight)
-    cross = soft_cross_entropy(student_logits.float(), teacher_probs.float(), temperature, reduction="none")
+    cross = soft_cross_entropy(student_logits, teacher_probs, temperature, reduction="none")
     entropy = -(teacher_probs * torch.log(teacher_probs.clamp(min=1e-30))).sum(dim=-1)
     per_frame = (cross - entropy) * temperature**2
     return (per_frame * weights).sum() / weights.sum().clamp(min=1e-12)

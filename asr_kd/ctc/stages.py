@@ -7,8 +7,9 @@ with ``G.fst``). Everything is written under ``<exp>/ctc/<units>/``:
 units/                 tokens.txt, units.json (and bpe.model)
 teachers/teacher<i>/   independent teachers (seeds seed+i), or, with ctc.shared_init_steps = N,
 teachers_shared<N>/    init/ (one run of N steps) and teacher<i>/ started from it
-soft_targets/          the ensemble's top-k CTC posteriors on the training cuts (kd_source=stored)
-students/<kind>/       baseline (CTC on transcripts), frame (frame-level KD), sequence (pseudo-labels)
+soft_targets/<set>_<fusion>_T<T>_k<k>/   the ensemble's top-k CTC posteriors on the training cuts
+students/<name>/       baseline (CTC on transcripts), frame (frame-level KD), sequence (pseudo-labels),
+                       or a named variant of one of them (e.g. frame_exclude)
 graph/HLG.fst          the CTC decoding graph of the units
 decode/                per-system hypotheses and scores.json
 ```
@@ -47,7 +48,7 @@ from asr_kd.decode.fst_utils import write_fst
 from asr_kd.decode.hlg import compile_hlg, load_hlg
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import TeacherEnsemble
-from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, store_soft_targets, topk_compress
+from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import compute_wer
 from asr_kd.report.results_md import write_section
@@ -98,9 +99,12 @@ class CtcLayout:
         """The folder of the teachers trained with ``shared_init_steps`` (0: independent)."""
         return self.root / ("teachers" if shared_init_steps == 0 else f"teachers_shared{shared_init_steps}")
 
-    @property
-    def soft_cuts(self) -> Path:
-        return self.root / "soft_targets" / f"cuts_{self.train_part}.jsonl.gz"
+    def soft_dir(self, cfg: CtcConfig) -> Path:
+        """Stored soft targets of ``cfg``'s teacher set, temperature, fusion and top-k."""
+        return self.root / "soft_targets" / f"{self.teacher_set(cfg.shared_init_steps).name}_{cfg.fusion}_T{cfg.temperature:g}_k{cfg.top_k}"
+
+    def soft_cuts(self, cfg: CtcConfig) -> Path:
+        return self.soft_dir(cfg) / f"cuts_{self.train_part}.jsonl.gz"
 
     def student_dir(self, kind: str) -> Path:
         return self.root / "students" / kind
@@ -127,14 +131,14 @@ def _write_results(results_md: Path | None, heading: str, body: str, command: st
         write_section(results_md, heading, f"{heading}\n\n" + (f"Produced by `{command}`.\n\n" if command else "") + body)
 
 
-def prepare_units(layout: CtcLayout, cfg: CtcConfig, seed: int = 0) -> CtcUnits:
+def prepare_units(layout: CtcLayout, cfg: CtcConfig) -> CtcUnits:
     """Return the CTC units of ``cfg.units`` (made once, saved in ``<root>/units``)."""
     if cfg.units != layout.units:
         raise ConfigError(f"ctc.units={cfg.units} but the layout is for {layout.units} units; pass the same units to both")
     texts: Iterable[str] = ()
-    if cfg.units == "bpe":
-        texts = [cut_text(c) for c in layout.open_cuts(layout.train_part)]
-    return make_units(cfg.units, layout.open_lang(), layout.units_dir, texts, cfg.bpe_vocab_size, seed)
+    if cfg.units == "bpe":  # read only if the BPE model must be trained
+        texts = (cut_text(c) for c in layout.open_cuts(layout.train_part))
+    return make_units(cfg.units, layout.open_lang(), layout.units_dir, texts, cfg.bpe_vocab_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +187,7 @@ def train_ctc_model(
     joins the DDP job; on CUDA ``train_config.amp=bf16`` runs the forward pass in bf16.
     """
     if train_config.best_metric != BEST_METRIC or train_config.best_mode != "min":
+        log.info("CTC models are selected by the lowest dev %s (not train.best_metric=%s)", BEST_METRIC, train_config.best_metric)
         train_config = dataclasses.replace(train_config, best_metric=BEST_METRIC, best_mode="min")
     own_group = info is None
     info = info or init_distributed(train_config.device)
@@ -257,7 +262,7 @@ def train_ctc_teachers(
     cfg.shared_init_steps)``. With ``shared_init_steps`` > 0, one run of that many steps (seed
     ``seed``) is trained first in ``init/`` and every teacher starts from its weights. Returns the
     teachers' results in order."""
-    units = prepare_units(layout, cfg, train_config.seed)
+    units = prepare_units(layout, cfg)
     train_cuts, dev_cuts = layout.open_cuts(layout.train_part), layout.open_cuts(layout.dev_part)
     train_cmvn, dev_cmvn = layout.open_cmvn(layout.train_part), layout.open_cmvn(layout.dev_part)
     set_dir = layout.teacher_set(cfg.shared_init_steps)
@@ -362,30 +367,37 @@ def spike_report(
 def make_ctc_soft_targets(layout: CtcLayout, cfg: CtcConfig, max_duration: float = 200.0) -> Path:
     """Store the teachers' fused CTC posteriors at ``cfg.temperature`` as top-``cfg.top_k`` soft
     targets (:mod:`asr_kd.kd.soft_targets`) on the training cuts, at the output frame rate
-    (``subsampling`` x 10 ms); return the cut manifest (skipped when it exists)."""
-    if layout.soft_cuts.is_file():
-        return layout.soft_cuts
+    (``subsampling`` x 10 ms); return the cut manifest (skipped when it exists; the folder name
+    records the teacher set, fusion, T and k). ``stats.json`` beside it: bytes per frame stored
+    vs dense and the mean KL(stored || full), as in the hybrid path."""
+    out_path = layout.soft_cuts(cfg)
+    if out_path.is_file():
+        return out_path
     teachers = load_ctc_teachers(layout, cfg)
     cuts = CutSet.from_cuts(layout.open_cuts(layout.train_part))
     shift = 0.01 * cfg.subsampling
     k = min(cfg.top_k, teachers[0].num_tokens)
+    stats = SoftTargetStats()
 
     def targets() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), cfg.temperature, cfg.fusion, max_duration)
         for cut, lp in tqdm(fused, total=len(cuts), desc="CTC soft targets", unit="cut", leave=False):
             probs = _fit_frames(np.exp(lp), seconds_to_frames(cut.duration, shift))
             ids, p = topk_compress(probs, k)
+            stats.update(probs, ids, p)
             yield cut.id, ids, p
 
     # Storage checks frames against the cut's duration at ``shift`` (features are at 10 ms).
-    stored = store_soft_targets(CutSet.from_cuts(c.drop_features() for c in cuts), targets(), layout.root / "soft_targets" / "storage",
+    stored = store_soft_targets(CutSet.from_cuts(c.drop_features() for c in cuts), targets(), layout.soft_dir(cfg) / "storage",
                                 k, cfg.temperature, shift)
     by_id = {c.id: c for c in stored}
     out = [c.with_custom(SOFT_IDS, by_id[c.id].custom[SOFT_IDS]).with_custom(SOFT_PROBS, by_id[c.id].custom[SOFT_PROBS])
            .with_custom(SOFT_TEMPERATURE, cfg.temperature) for c in cuts if c.id in by_id]
-    with atomic_path(layout.soft_cuts) as tmp:
+    write_text_atomic(out_path.with_name("stats.json"), json.dumps({**stats.summary(), "top_k": k, "temperature": cfg.temperature,
+                                                                    "cuts": len(out)}, indent=1) + "\n")
+    with atomic_path(out_path) as tmp:
         CutSet.from_cuts(out).to_file(tmp)
-    return layout.soft_cuts
+    return out_path
 
 
 def _fit_frames(probs: np.ndarray, frames: int) -> np.ndarray:
@@ -402,11 +414,13 @@ def _fit_frames(probs: np.ndarray, frames: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def make_pseudo_labels(layout: CtcLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float = 200.0) -> dict[str, list[tuple[list[int], float]]]:
-    """Return (and save as ``pseudo_labels.json`` in the sequence student's folder) the ensemble's
-    hypotheses for every training cut: greedy or n-best (``cfg.pseudo_labels``) from the fused
-    posteriors at T = 1. Reuses the file when it exists."""
-    path = layout.student_dir("sequence") / "pseudo_labels.json"
+def make_pseudo_labels(
+    layout: CtcLayout, cfg: CtcConfig, units: CtcUnits, out_dir: Path, max_duration: float = 200.0,
+) -> dict[str, list[tuple[list[int], float]]]:
+    """Return (and save as ``pseudo_labels_<mode>.json`` in ``out_dir``) the ensemble's hypotheses
+    for every training cut: greedy or n-best (``cfg.pseudo_labels``) from the fused posteriors at
+    T = 1. Reuses the file when it exists."""
+    path = out_dir / f"pseudo_labels_{cfg.pseudo_labels}.json"
     if path.is_file():
         return {k: [(list(t), float(w)) for t, w in v] for k, v in json.loads(path.read_text()).items()}
     teachers = load_ctc_teachers(layout, cfg)
@@ -418,20 +432,26 @@ def make_pseudo_labels(layout: CtcLayout, cfg: CtcConfig, units: CtcUnits, max_d
     ter = token_error_rate(refs, {k: v[0][0] for k, v in labels.items()})
     log.info("pseudo-labels (%s) of %d cuts: token error rate of the best hypothesis vs the transcripts %.2f%%", cfg.pseudo_labels, len(labels), 100 * ter)
     write_text_atomic(path, json.dumps(labels) + "\n")
-    write_text_atomic(path.with_name("pseudo_labels_stats.json"), json.dumps({"token_error_rate": ter, "cuts": len(labels)}) + "\n")
+    write_text_atomic(path.with_suffix(".stats.json"), json.dumps({"token_error_rate": ter, "cuts": len(labels)}) + "\n")
     return labels
 
 
 def train_ctc_student(
     layout: CtcLayout, kind: str, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
+    name: str | None = None,
 ) -> TrainResult:
-    """Train the CTC student ``kind`` in ``<root>/students/<kind>`` with seed ``seed + 1000``:
+    """Train the CTC student ``kind`` in ``<root>/students/<name>`` (``name`` defaults to ``kind``;
+    give variants, e.g. another blank handling, their own name) with seed ``seed + 1000``:
     "baseline" (CTC on the transcripts), "frame" (frame-level KD, :class:`CtcFrameKdLoss`; online
     or from stored soft targets) or "sequence" (the ensemble's pseudo-labels,
     :class:`CtcSequenceKdLoss`). Returns its :class:`TrainResult`."""
     if kind not in STUDENT_KINDS:
         raise ConfigError(f"CTC student kind must be one of {STUDENT_KINDS}, got {kind!r}")
-    units = prepare_units(layout, cfg, train_config.seed)
+    name = name or kind
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"CTC student name {name!r} must be a plain folder name")
+    exp_dir = layout.student_dir(name)
+    units = prepare_units(layout, cfg)
     scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET)
     train_cuts: CutSet = layout.open_cuts(layout.train_part)
     loss: LossFn = ctc_hard_loss
@@ -443,18 +463,18 @@ def train_ctc_student(
         else:
             loss = CtcFrameKdLoss(cfg, TeacherEnsemble(load_ctc_teachers(layout, cfg), cfg.fusion))
     elif kind == "sequence":
-        pseudo = make_pseudo_labels(layout, cfg, units)
+        pseudo = make_pseudo_labels(layout, cfg, units, exp_dir)
         loss = CtcSequenceKdLoss(cfg)
     start = time.time()
     result = train_ctc_model(train_cuts, layout.open_cuts(layout.dev_part), layout.open_cmvn(layout.train_part),
-                             layout.open_cmvn(layout.dev_part), units, cfg, scfg, layout.student_dir(kind), loss, pseudo, soft)
-    log.info("CTC student %s: %s, best dev TER %s (%.0f s)", kind, result.state.stop_reason, result.state.best_metric, time.time() - start)
+                             layout.open_cmvn(layout.dev_part), units, cfg, scfg, exp_dir, loss, pseudo, soft)
+    log.info("CTC student %s: %s, best dev TER %s (%.0f s)", name, result.state.stop_reason, result.state.best_metric, time.time() - start)
     how = {"baseline": "CTC on the transcripts",
            "frame": (f"frame-level KD ({cfg.kd_source}): {cfg.kd_weight:g} x T^2 KL at T={cfg.temperature:g}, blank {cfg.blank_handling}"
                      f"{f' (weight {cfg.blank_weight:g})' if cfg.blank_handling == 'downweight' else ''} + {cfg.ctc_weight:g} x CTC"),
            "sequence": f"sequence-level KD: {cfg.kd_weight:g} x CTC on the ensemble's {cfg.pseudo_labels} hypotheses + {cfg.ctc_weight:g} x CTC"}[kind]
     body = f"CTC {cfg.model_size}, {cfg.units} units; {how}; {result.state.step} steps; best dev greedy TER {_pct(result.state.best_metric)}.\n"
-    _write_results(results_md, f"## CTC student: {kind} ({cfg.units})", body, command)
+    _write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command)
     return result
 
 
@@ -505,10 +525,9 @@ def decode_ctc_systems(
     teachers = load_ctc_teachers(layout, cfg)
     systems: dict[str, list[CtcEncoder]] = {f"teacher{i}": [t] for i, t in enumerate(teachers)}
     systems[f"ensemble of {len(teachers)}"] = teachers
-    for kind in STUDENT_KINDS:
-        d = layout.student_dir(kind)
-        if (d / "final.pt").is_file():
-            systems[f"student: {kind}"] = [load_ctc_model(d)]
+    for d in sorted((layout.root / "students").glob("*"), key=lambda p: (p.name not in STUDENT_KINDS, p.name)):
+        if (d / "final.pt").is_file():  # baseline, frame, sequence first, then named variants
+            systems[f"student: {d.name}"] = [load_ctc_model(d)]
     parts = list(parts or [layout.dev_part, layout.test_part])
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for part in parts:
@@ -525,8 +544,7 @@ def decode_ctc_systems(
     header = "| System | Part | " + " | ".join(names[c] for c in cols) + " |\n|" + "---|" * (len(cols) + 2) + "\n"
     rows = [f"| {name} | {part} | " + " | ".join(_pct(s[c]) for c in cols) + " |" for name, by_part in scores.items() for part, s in by_part.items()]
     body = (f"CTC {cfg.model_size} encoders, {units.num_tokens} {cfg.units} tokens{f', on {corpus}' if corpus else ''}; "
-            f"teachers: {_set_name(cfg.shared_init_steps)}; frame-level student: T={cfg.temperature:g}, blank {cfg.blank_handling}, "
-            f"{cfg.kd_source}; sequence-level student: {cfg.pseudo_labels} pseudo-labels. TER = token error rate "
+            f"teachers: {_set_name(cfg.shared_init_steps)}; each student's settings are in its own section. TER = token error rate "
             "(prefix beam search without LM); HLG WER = kaldi-decoder over H o L o G with the recipe's n-gram LM.\n\n" + header + "\n".join(rows) + "\n")
     _write_results(results_md, f"## CTC results ({cfg.units})", body, command)
     return scores

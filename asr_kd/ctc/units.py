@@ -77,11 +77,21 @@ class CtcUnits:
 
     def token_lexicon(self) -> list[tuple[str, Pron]]:
         """Return the ``(word, tokens)`` lexicon that HLG is built from: every pronunciation of
-        every lexicon word (phones), or each word's BPE spelling."""
+        every lexicon word (phones), or each word's BPE spelling (the OOV word as ``<unk>``)."""
         words = sorted(self.lang.lexicon)
         if self.kind == "phone":
             return [(w, p) for w in words for p in self.lang.lexicon[w]]
-        _, lexicon = bpe_tokens_and_lexicon(self.sp_model, words)  # type: ignore[arg-type]
+        assert self._sp is not None
+        # Words with characters the pieces cannot spell (and the OOV word itself, e.g. "<UNK>")
+        # would need <unk>; the OOV word is spelled <unk>, the others are left out of HLG.
+        unk = self._sp.unk_id()
+        spellable = [w for w in words if w != self.lang.oov_word and unk not in self._sp.encode(w)]
+        skipped = len(words) - len(spellable) - (self.lang.oov_word in self.lang.lexicon)
+        if skipped:
+            log.warning("BPE lexicon: %d word(s) with characters outside the BPE pieces left out of HLG", skipped)
+        _, lexicon = bpe_tokens_and_lexicon(self.sp_model, spellable)  # type: ignore[arg-type]
+        if self.lang.oov_word in self.lang.lexicon:
+            lexicon.append((self.lang.oov_word, (self._sp.id_to_piece(unk),)))
         return lexicon
 
     def save(self, units_dir: Path | str) -> None:
@@ -93,12 +103,13 @@ class CtcUnits:
                                                               "lang_dir": str(self.lang.lang_dir)}, indent=1) + "\n")
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, model_path: Path | str, seed: int = 0) -> Path:
+def train_bpe(texts: Iterable[str], vocab_size: int, model_path: Path | str) -> Path:
     """Train a unigram sentencepiece model on ``texts`` with ``<blk>`` as piece 0 and ``<unk>``
     as piece 1 (no BOS/EOS); write it atomically to ``model_path`` and return the path.
 
     ``vocab_size`` is an upper bound: a small corpus that cannot fill it gets fewer pieces
-    (sentencepiece's ``hard_vocab_limit=False``) rather than an error.
+    (sentencepiece's ``hard_vocab_limit=False``) rather than an error. Deterministic: one
+    training thread, no sampling.
     """
     import sentencepiece as spm
 
@@ -109,7 +120,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, model_path: Path | str, see
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_writer=proto, vocab_size=vocab_size, model_type="unigram",
         user_defined_symbols=[BLANK], unk_id=1, bos_id=-1, eos_id=-1, hard_vocab_limit=False,
-        character_coverage=1.0, random_seed=seed, minloglevel=2, num_threads=1,
+        character_coverage=1.0, minloglevel=2, num_threads=1,
     )
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +129,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, model_path: Path | str, see
     return model_path
 
 
-def make_units(kind: str, lang: Lang, units_dir: Path | str, texts: Iterable[str] = (), bpe_vocab_size: int = 200, seed: int = 0) -> CtcUnits:
+def make_units(kind: str, lang: Lang, units_dir: Path | str, texts: Iterable[str] = (), bpe_vocab_size: int = 200) -> CtcUnits:
     """Build the units of ``kind`` ("phone" or "bpe"; BPE is trained on ``texts``), save them in
     ``units_dir`` and return them. Existing units of the same kind are reused (not retrained)."""
     units_dir = Path(units_dir)
@@ -130,7 +141,7 @@ def make_units(kind: str, lang: Lang, units_dir: Path | str, texts: Iterable[str
     if kind == "phone":
         units = CtcUnits("phone", phone_tokens(lang), lang)
     elif kind == "bpe":
-        sp_model = train_bpe(texts, bpe_vocab_size, units_dir / BPE_MODEL, seed)
+        sp_model = train_bpe(texts, bpe_vocab_size, units_dir / BPE_MODEL)
         tokens, _ = bpe_tokens_and_lexicon(sp_model, [])
         units = CtcUnits("bpe", tokens, lang, sp_model)
     else:

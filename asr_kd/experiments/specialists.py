@@ -1,13 +1,15 @@
 """The generalist + specialists experiment of Hinton, Vinyals & Dean (2015), section 5, as recipe
-stages on a many-class image task.
+stages on a many-class task.
 
-The offline task has 100 classes: two real MNIST digits side by side (28 x 56 pixels), the class
-being ``10 * left + right``. Pairs are drawn from the images of one split only, so no test image
-is ever seen in training. With an IDX directory the same task is built from full MNIST (or
-Fashion-MNIST), or ``task: single`` uses the directory's own classes.
+The offline image task has 100 classes: two real MNIST digits side by side (28 x 56 pixels), the
+class being ``10 * left + right``. Pairs are drawn from the images of one split only, so no test
+image is ever seen in training. With an IDX directory the same task is built from full MNIST (or
+Fashion-MNIST), or ``task: single`` uses the directory's own classes. ``task: senones`` classifies
+the speech recipe's frames into its stage-3 senones (:mod:`asr_kd.experiments.senone_task`).
+The stages after ``prepare`` see only input vectors and labels, whatever the task.
 
 =============== ================================================================================
-``prepare``     image splits, then the task's train / val / test sets (``data/task.npz``)
+``prepare``     the task's train / val / test sets (``data/task.npz``): images or frames
 ``generalist``  an MLP over all classes; its logits on val and test
 ``clusters``    specialist class sets: k-means on the generalist's validation predictions
 ``specialists`` one network per class set, initialised from the generalist, classes + dustbin
@@ -33,20 +35,21 @@ from asr_kd.data.mnist import ImageSet, load_splits, prepare_splits
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, predict_logits, train_classifier
 from asr_kd.experiments.mnist import _relative, _writer, produced_by
+from asr_kd.experiments.senone_task import FrameSet, is_frame_task, load_frame_task, load_senone_task, save_frame_task
 from asr_kd.experiments.stages import SPECIALIST_STAGES
-from asr_kd.kd.losses import soften
 from asr_kd.kd.specialists import (
     active_specialists,
-    aggregate_to_specialist,
     combine_with_specialists,
     coverage_table,
     dustbin_prior_correction,
     specialist_class_sets,
     specialist_labels,
     specialist_output_init,
+    specialist_soft_targets,
     specialist_training_indices,
 )
 from asr_kd.models.mlp import MLP
+from asr_kd.report.results_md import write_section
 from asr_kd.utils import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -62,9 +65,12 @@ def run_specialists_stage(
     data_dir: Path | str | None = None,
     results_file: Path | str | None = None,
     command: str = "",
+    gmm_exp: Path | str | None = None,
 ) -> dict[str, Any]:
     """Run one stage of the specialists recipe; return its result record (also saved under
-    ``exp_dir/results``) and rewrite ``results_file`` from all records when given."""
+    ``exp_dir/results``) and rewrite the task's section of ``results_file`` from all records
+    when given. ``data_dir`` is the IDX folder of the image tasks or, with ``gmm_exp`` (the
+    speech recipe's exp folder after stage 3), the speech recipe's data folder."""
     stages: dict[str, Callable[[SpecialistConfig, Path], dict[str, Any]]] = {
         "generalist": train_generalist,
         "clusters": find_clusters,
@@ -76,11 +82,11 @@ def run_specialists_stage(
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, exp_dir / "config.yaml")
-    record = prepare_task(cfg, exp_dir, data_dir) if stage == "prepare" else stages[stage](cfg, exp_dir)
+    record = prepare_task(cfg, exp_dir, data_dir, gmm_exp) if stage == "prepare" else stages[stage](cfg, exp_dir)
     record = {"stage": stage, "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **record, "command": command.strip()}
     write_text_atomic(exp_dir / "results" / f"{stage}.json", json.dumps(record, indent=2) + "\n")
     if results_file is not None:
-        write_specialists_results(exp_dir, Path(results_file), command)
+        write_specialists_results(exp_dir, Path(results_file), command, cfg.task)
     return record
 
 
@@ -100,8 +106,10 @@ def make_pairs(images: ImageSet, num_pairs: int, seed: int) -> ImageSet:
     return ImageSet(pixels, 10 * images.labels[left] + images.labels[right])
 
 
-def prepare_task(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | None) -> dict[str, Any]:
+def prepare_task(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | None, gmm_exp: Path | str | None = None) -> dict[str, Any]:
     """Write the task's train / val / test sets to ``exp_dir/data/task.npz``; return their sizes."""
+    if cfg.task == "senones":
+        return _prepare_senones(cfg, exp_dir, data_dir, gmm_exp)
     splits = prepare_splits(exp_dir / "data" / "images.npz", data_dir, cfg.seed, cfg.num_test_images, cfg.num_val_images, cfg.max_train_images)
     if cfg.task == "pairs":
         counts = {"train": cfg.num_train_pairs, "val": cfg.num_val_pairs, "test": cfg.num_test_pairs}
@@ -115,12 +123,25 @@ def prepare_task(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | No
     return {"task": cfg.task, "source": source, "num_classes": num_classes, "sizes": {k: len(v) for k, v in task.items()}, "image_sizes": {k: len(v) for k, v in splits.items()}}
 
 
+def _prepare_senones(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | None, gmm_exp: Path | str | None) -> dict[str, Any]:
+    """Write the senone task (frames of the speech recipe) to ``exp_dir/data/task.npz``; return
+    its parts, sizes and frame counts."""
+    if gmm_exp is None or data_dir is None:
+        raise DataError("task senones needs --gmm-exp (the speech recipe's exp folder after stage 3) and --data-dir (its data folder)")
+    parts = (cfg.train_part, cfg.val_part, cfg.test_part)
+    budgets = (cfg.max_train_frames, cfg.max_val_frames, cfg.max_test_frames)
+    task, k, info = load_senone_task(gmm_exp, data_dir, parts, budgets, cfg.splice_context, cfg.seed)
+    save_frame_task(exp_dir / "data" / "task.npz", task, k)
+    source = f"stage 3 of {_relative(Path(gmm_exp), Path.cwd())} (fbank from {_relative(Path(data_dir), Path.cwd())})"
+    return {"task": cfg.task, "source": source, "num_classes": k, "sizes": {s: len(v) for s, v in task.items()}, **info}
+
+
 def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """Train the generalist on all classes; save it and its val / test logits; return its
     test accuracy."""
     task, k = _task(exp_dir)
     torch.manual_seed(cfg.seed)
-    model = MLP(task["train"].num_pixels, cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
+    model = MLP(_input_dim(task), cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
     spec = TrainSpec(cfg.generalist_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed)
     with _writer(exp_dir, "generalist") as writer:
         train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist")
@@ -157,7 +178,7 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     one's test accuracy on its own classes against the generalist's."""
     task, k = _task(exp_dir)
     sets: list[list[int]] = json.loads(_need(exp_dir / "clusters.json", "clusters").read_text())
-    generalist = MLP(task["train"].num_pixels, cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
+    generalist = MLP(_input_dim(task), cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
     generalist.load_state_dict(torch.load(_need(exp_dir / "generalist" / "model.pt", "generalist"), weights_only=True))
     gen_test = _generalist_logits(exp_dir)["test"]
     x_train, y_train = task["train"].inputs(), task["train"].targets()
@@ -170,11 +191,11 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         model = generalist.with_output_layer(w, b)
         t = cfg.specialist_soft_temperature
         spec = TrainSpec(cfg.specialist_epochs, cfg.batch_size, cfg.specialist_learning_rate, cfg.seed + 1000 + m, temperature=t or 1.0, hard_weight=cfg.specialist_hard_weight)
-        soft = aggregate_to_specialist(soften(gen_train[idx], t), classes) if gen_train is not None else None
+        share = float(np.isin(task["train"].labels, classes).mean())
+        soft = specialist_soft_targets(gen_train[idx], classes, t, share) if gen_train is not None else None
         with _writer(exp_dir, f"specialist{m:02d}") as writer:
             train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
         # undo the oversampling of the specialist's classes: restore the natural dustbin prior
-        share = float(np.isin(task["train"].labels, classes).mean())
         with torch.no_grad():
             model.output.bias[-1] += dustbin_prior_correction(share)
         for split in ("val", "test"):
@@ -217,19 +238,36 @@ def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
 
 def _specialist_row(m: int, classes: list[int], probs: Tensor, gen_logits: Tensor, labels: Tensor) -> dict[str, Any]:
     """Return specialist m's accuracy on test examples of its classes (arg-max over its classes
-    and dustbin) next to the generalist's accuracy on the same examples."""
+    and dustbin) next to the generalist's accuracy on the same examples (arg-max over all
+    classes), and both models' accuracy at telling its classes apart (arg-max over its classes
+    only: what a specialist is for)."""
     inside = torch.from_numpy(np.isin(labels.numpy(), classes))
     target = specialist_labels(labels[inside], classes)
-    spec_acc = float((probs[inside].argmax(-1) == target).double().mean()) if inside.any() else float("nan")
-    gen_acc = float((gen_logits[inside].argmax(-1) == labels[inside]).double().mean()) if inside.any() else float("nan")
-    return {"specialist": m, "num_classes": len(classes), "num_test": int(inside.sum()), "specialist_accuracy": spec_acc, "generalist_accuracy": gen_acc}
+
+    def acc(pred: Tensor, truth: Tensor) -> float:
+        return float((pred == truth).double().mean()) if inside.any() else float("nan")
+
+    return {
+        "specialist": m, "num_classes": len(classes), "num_test": int(inside.sum()),
+        "specialist_accuracy": acc(probs[inside].argmax(-1), target),
+        "generalist_accuracy": acc(gen_logits[inside].argmax(-1), labels[inside]),
+        "specialist_within_accuracy": acc(probs[inside, :-1].argmax(-1), target),
+        "generalist_within_accuracy": acc(gen_logits[inside][:, list(classes)].argmax(-1), target),
+    }
 
 
 def _targets(r: dict[str, Any]) -> str:
     t = r.get("soft_temperature", 0.0)
     if not t:
         return "hard labels"
-    return f"the generalist's distribution softened at T={t:g} and aggregated to its classes plus dustbin (T^2-scaled), plus hard labels with weight {r['hard_weight']}"
+    return (
+        f"the generalist's distribution aggregated to its classes plus dustbin, the dustbin's log-odds lowered by log((1 - f) / f) "
+        f"to match the half-and-half training set, softened at T={t:g} (T^2-scaled), plus hard labels with weight {r['hard_weight']}"
+    )
+
+
+def _pct_or_na(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def _rel(change: float | None) -> str:
@@ -242,9 +280,17 @@ def _need(path: Path, stage: str) -> Path:
     return path
 
 
-def _task(exp_dir: Path) -> tuple[dict[str, ImageSet], int]:
-    task = load_splits(_need(exp_dir / "data" / "task.npz", "prepare"))
+def _task(exp_dir: Path) -> tuple[dict[str, ImageSet] | dict[str, FrameSet], int]:
+    """Return the task's splits (images or frames) and its number of classes."""
+    path = _need(exp_dir / "data" / "task.npz", "prepare")
+    if is_frame_task(path):
+        return load_frame_task(path)
+    task = load_splits(path)
     return task, int(max(v.labels.max() for v in task.values())) + 1
+
+
+def _input_dim(task: dict[str, ImageSet] | dict[str, FrameSet]) -> int:
+    return int(task["train"].inputs().shape[1])
 
 
 def _generalist_logits(exp_dir: Path) -> dict[str, Tensor]:
@@ -262,13 +308,27 @@ def load_specialist_records(exp_dir: Path | str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_specialists_results(exp_dir: Path, results_file: Path, command: str) -> None:
-    """Rewrite ``results_file`` (markdown) from the records under ``exp_dir/results``."""
+RESULTS_HEADER = """# Generalist and specialist models (Hinton, Vinyals & Dean 2015, section 5)
+
+Written by `recipes/specialists/run.sh`; do not edit by hand. One section per task, each
+rewritten by the recipe run that names it.
+"""
+
+TASK_TITLES = {
+    "pairs": "MNIST digit pairs",
+    "single": "images of an IDX folder",
+    "senones": "senone classification of speech frames",
+}
+
+
+def write_specialists_results(exp_dir: Path, results_file: Path, command: str, task: str = "pairs") -> None:
+    """Rewrite the ``## Task: <task>`` section of ``results_file`` (markdown) from the records
+    under ``exp_dir/results``, keeping the other tasks' sections."""
     rec = load_specialist_records(exp_dir)
     lines = [
-        "# Generalist and specialist models (Hinton, Vinyals & Dean 2015, section 5)",
+        f"## Task: {task} ({TASK_TITLES.get(task, task)})",
         "",
-        "Written by `recipes/specialists/run.sh`; do not edit by hand. Produced by:",
+        "Produced by:",
         "",
         *produced_by(rec, command),
         "",
@@ -276,20 +336,14 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str) -
         "",
     ]
     if "prepare" in rec:
-        r = rec["prepare"]
-        what = ("two digits side by side, class = 10 x left + right; pairs drawn within each split's images" if r["task"] == "pairs" else "the images' own classes")
-        lines += [
-            f"Task: {r['task']} ({what}), {r['num_classes']} classes, from {r['source']}.",
-            f"Images per split: {r['image_sizes']}; examples per split: {r['sizes']}.",
-            "",
-        ]
+        lines += _task_lines(rec["prepare"])
     if "generalist" in rec:
         r = rec["generalist"]
         lines += [f"Generalist: MLP with hidden layers {r['hidden']}, dropout {r.get('dropout', 0.0)}, {r['epochs']} epochs, test accuracy {100 * r['test_accuracy']:.2f}%.", ""]
     if "clusters" in rec:
         r = rec["clusters"]
         lines += [
-            f"## Confusable class sets ({r['num_specialists']} specialists, {r['num_classes_covered']} classes covered)",
+            f"### Confusable class sets ({r['num_specialists']} specialists, {r['num_classes_covered']} classes covered)",
             "",
             "k-means on the columns of the covariance matrix of the generalist's validation predictions.",
             "",
@@ -299,26 +353,34 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str) -
     if "specialists" in rec:
         r = rec["specialists"]
         lines += [
-            "## Specialists on their own classes",
+            "### Specialists on their own classes",
             "",
             f"Each initialised from the generalist, trained {r['epochs']} epochs on data half from its classes, half from the rest "
             f"(dustbin), on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) for its classes' share f of the data. "
-            "Accuracy on test examples of its classes: the specialist's arg-max over its classes and dustbin, the generalist's over all classes.",
+            "Accuracy on test examples of its classes: the specialist's arg-max over its classes and dustbin, the generalist's over all classes; "
+            "'within' columns: both models' arg-max over the specialist's classes only (telling the confusable classes apart).",
             "",
-            "| specialist | classes | test examples | specialist accuracy | generalist accuracy |",
-            "|---|---|---|---|---|",
+            "| specialist | classes | test examples | specialist accuracy | generalist accuracy | specialist within | generalist within |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {x['specialist']} | {x['num_classes']} | {x['num_test']} | {100 * x['specialist_accuracy']:.2f}% | {100 * x['generalist_accuracy']:.2f}% |"
+            f"| {x['specialist']} | {x['num_classes']} | {x['num_test']} | {100 * x['specialist_accuracy']:.2f}% | {100 * x['generalist_accuracy']:.2f}% "
+            f"| {_pct_or_na(x.get('specialist_within_accuracy'))} | {_pct_or_na(x.get('generalist_within_accuracy'))} |"
             for x in r["rows"]
         ]
         better = sum(x["specialist_accuracy"] > x["generalist_accuracy"] for x in r["rows"])
-        lines += ["", f"Specialists more accurate than the generalist on their own classes: {better} of {len(r['rows'])}.", ""]
+        within = sum(x.get("specialist_within_accuracy", 0.0) > x.get("generalist_within_accuracy", 1.0) for x in r["rows"])
+        lines += [
+            "",
+            f"Specialists more accurate than the generalist on their own classes: {better} of {len(r['rows'])}; "
+            f"at telling their classes apart: {within} of {len(r['rows'])}.",
+            "",
+        ]
     if "combine" in rec:
         r = rec["combine"]
         g, c = 100 * r["generalist_accuracy"], 100 * r["combined_accuracy"]
         lines += [
-            "## Combination (Table 3 analogue)",
+            "### Combination (Table 3 analogue)",
             "",
             f"For each test example the specialists covering one of the generalist's top-{r['top_n']} classes are active "
             f"({r['examples_with_active_specialist']} of {r['num_test']} examples have one); q minimises "
@@ -330,7 +392,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str) -
             f"| generalist + specialists | {c:.2f}% | {100 * (c - g) / g:+.1f}% |",
             f"| paper, JFT (61 specialists) | {PAPER_TOP1[0]}% -> {PAPER_TOP1[1]}% | +4.4% |",
             "",
-            "## Accuracy change by the number of active specialists covering the correct class (Table 4 analogue)",
+            "### Accuracy change by the number of active specialists covering the correct class (Table 4 analogue)",
             "",
             "| active specialists covering the correct class | test examples | delta in top-1 correct | relative accuracy change |",
             "|---|---|---|---|",
@@ -342,6 +404,34 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str) -
         lines.append("")
     cfg_path = exp_dir / "config.yaml"
     if cfg_path.is_file():
-        lines += ["## Configuration", "", "```yaml", cfg_path.read_text().rstrip(), "```", ""]
-    write_text_atomic(results_file, "\n".join(lines))
-    logger.info("wrote %s", results_file)
+        lines += ["### Configuration", "", "```yaml", cfg_path.read_text().rstrip(), "```", ""]
+    old = results_file.read_text() if results_file.is_file() else ""
+    if old.startswith(RESULTS_HEADER.splitlines()[0]) and "\n## Task: " not in old:
+        results_file.unlink()  # this recipe's older, single-task layout: start afresh
+    write_section(results_file, f"## Task: {task} ", "\n".join(lines), header=RESULTS_HEADER)
+    logger.info("wrote the %s section of %s", task, results_file)
+
+
+def _task_lines(r: dict[str, Any]) -> list[str]:
+    """Return the markdown lines describing the task of a prepare record."""
+    if r["task"] == "senones":
+        counts = r["counts"]
+        per_split = "; ".join(
+            f"{s}: {r['parts'][s]}, {c['sampled']} of {c['frames']} frames from {c['cuts']} cuts" + (f" ({c['skipped']} skipped)" if c["skipped"] else "")
+            for s, c in counts.items()
+        )
+        return [
+            f"Task: {r['num_classes']} classes, the senones of the tied-triphone GMM-HMM; examples are single frames "
+            f"({r['input_dim'] // (2 * r['context'] + 1)}-dim fbank, CMVN, spliced +-{r['context']} frames: {r['input_dim']} inputs) labelled by stage 3's alignments, from {r['source']}.",
+            f"Frames drawn uniformly at random within each part: {per_split}.",
+            f"The paper's specialists served 15,000 classes (JFT; its speech model had 14,000 HMM-state targets); "
+            f"this corpus's stage 3 made {r['num_classes']} senones (the leaves of its decision tree, num_leaves in the GMM config), "
+            "so the task is smaller than the paper's.",
+            "",
+        ]
+    what = "two digits side by side, class = 10 x left + right; pairs drawn within each split's images" if r["task"] == "pairs" else "the images' own classes"
+    return [
+        f"Task: {r['task']} ({what}), {r['num_classes']} classes, from {r['source']}.",
+        f"Images per split: {r['image_sizes']}; examples per split: {r['sizes']}.",
+        "",
+    ]

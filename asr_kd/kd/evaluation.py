@@ -64,7 +64,7 @@ class PartScore:
 
 def score_system(
     name: str, models: Sequence[torch.nn.Module], layout: KdLayout, part: str, decode: bool,
-    decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 200.0, max_cuts: int | None = None,
+    decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 20.0, max_cuts: int | None = None,
 ) -> PartScore:
     """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part`` (its
     first ``max_cuts`` cuts, if given): frame accuracy against the senone alignments and, if
@@ -117,14 +117,15 @@ def score_system(
 
 def evaluate_systems(
     layout: KdLayout, decode_config: DecodeConfig, fusion: str = "arithmetic", num_teachers: int | None = None,
-    decode_parts: Sequence[str] | None = None, score_teachers: bool = True, max_duration: float = 200.0,
-    results_md: Path | None = None, command: str = "", corpus: str = "",
+    decode_parts: Sequence[str] | None = None, score_teachers: bool = True, max_duration: float = 20.0,
+    results_md: Path | None = None, command: str = "", corpus: str = "", decode_teachers: bool = False,
 ) -> dict[str, dict[str, PartScore]]:
     """Score the hard baseline, the N-teacher ensemble (fused posteriors) and the distilled
     student on the dev and test parts: frame accuracy everywhere, WER on ``decode_parts``
-    (default: test). With ``score_teachers`` each teacher's frame accuracy is scored too (no
-    decoding). Writes ``<exp>/decode/table1.json`` and the Table 1 section of ``results_md``;
-    returns ``{system: {part: PartScore}}``."""
+    (default: test). With ``score_teachers`` each teacher's frame accuracy is scored too, and
+    with ``decode_teachers`` each teacher is also decoded (N more decodings). Writes
+    ``<exp>/decode/table1.json`` and the Table 1 section of ``results_md``; returns
+    ``{system: {part: PartScore}}``."""
     decode_parts = [layout.test_part] if decode_parts is None else list(decode_parts)
     teachers = load_teachers(layout, num_teachers)
     n = len(teachers)
@@ -139,7 +140,7 @@ def evaluate_systems(
     for name, models in systems:
         scores[name] = {}
         for part in (layout.dev_part, layout.test_part):
-            decode = part in decode_parts and not name.startswith("teacher")
+            decode = part in decode_parts and (decode_teachers or not name.startswith("teacher"))
             scores[name][part] = score_system(name, models, layout, part, decode, decode_config, fusion, max_duration)
     write_text_atomic(layout.exp_dir / "decode" / "table1.json",
                       json.dumps({k: {p: dataclasses.asdict(s) for p, s in v.items()} for k, v in scores.items()}, indent=1) + "\n")
@@ -151,6 +152,8 @@ def evaluate_systems(
             dev_accs = [scores[f"teacher{i}"][layout.dev_part].frame_accuracy for i in range(n)]
             extra.append(SystemScore(f"Single teacher (mean of {n}, min {100 * min(accs):.1f}%, max {100 * max(accs):.1f}%)",
                                      float(np.mean(accs)), dev_frame_accuracy=float(np.mean(dev_accs))))
+            if decode_teachers:
+                extra += [_row(f"teacher{i}", scores[f"teacher{i}"], layout) for i in range(n)]
         text = format_table1(rows["baseline"], rows["ensemble"], rows["distilled"], n, extra, corpus=corpus, command=command)
         text += (f"\nHybrid decoding: log posteriors minus log senone priors (stage 3 train alignments) times acoustic scale "
                  f"{decode_config.acoustic_scale:g}, HCLG beam {decode_config.beam:g}, {decode_config.decoder} decoder; "

@@ -6,8 +6,9 @@ Task-agnostic building blocks for any classifier with many classes:
   confuses, found by k-means on the columns of the covariance matrix of its predicted
   probabilities;
 * :func:`specialist_labels`, :func:`aggregate_to_specialist`, :func:`specialist_training_indices`,
-  :func:`specialist_output_init`, :func:`dustbin_prior_correction`: the data, initial output
-  layer and prior correction of a specialist that predicts its classes plus a dustbin class;
+  :func:`specialist_output_init`, :func:`dustbin_prior_correction`,
+  :func:`specialist_soft_targets`: the data, initial output layer, prior correction and soft
+  targets of a specialist that predicts its classes plus a dustbin class;
 * :func:`active_specialists`, :func:`combine_with_specialists`: at test time, the distribution
   ``q`` minimising ``KL(p_g || q) + sum_m KL(p_m || q_m)`` over the active specialists, where
   ``q_m`` is ``q`` restricted to specialist m's classes with the rest summed into its dustbin;
@@ -183,6 +184,32 @@ def dustbin_prior_correction(class_fraction: float) -> float:
     if not 0.0 < class_fraction < 1.0:
         raise ConfigError(f"the specialist classes' share of the data must be in (0, 1), got {class_fraction}")
     return float(np.log((1.0 - class_fraction) / class_fraction))
+
+
+def specialist_soft_targets(generalist_logits: Tensor, classes: Sequence[int], temperature: float, class_fraction: float | None = None) -> Tensor:
+    """Return a specialist's soft targets ``[N, |S| + 1]`` from the generalist's logits
+    ``[N, K]``: the generalist's distribution aggregated to ``classes`` plus dustbin at
+    temperature 1, then softened at ``temperature``.
+
+    Aggregating first matters: summing the *softened* probabilities of hundreds of dustbin
+    classes would give the dustbin far more mass than the generalist does (each small
+    probability grows under softening), and the specialist would learn that inflated dustbin.
+    With ``class_fraction`` (the classes' share f of the natural data) the dustbin's log-odds
+    are lowered by ``log((1 - f) / f)`` before softening, so that the targets match the
+    specialist's training set, half from its classes; :func:`dustbin_prior_correction` undoes
+    exactly that shift after training.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"the soft targets' temperature must be > 0, got {temperature}")
+    log_p = torch.log_softmax(generalist_logits.detach().to(torch.float64), dim=-1)
+    idx = torch.as_tensor(list(classes))
+    others = torch.ones(log_p.shape[-1], dtype=torch.bool)
+    others[idx] = False
+    dustbin = torch.logsumexp(log_p[:, others], dim=-1, keepdim=True)
+    if class_fraction is not None:
+        dustbin = dustbin - dustbin_prior_correction(class_fraction)
+    aggregated = torch.cat([log_p[:, idx], dustbin], dim=-1)
+    return torch.softmax(aggregated / temperature, dim=-1).to(generalist_logits.dtype)
 
 
 # --------------------------------------------------------------------------------------------

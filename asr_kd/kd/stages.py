@@ -203,7 +203,7 @@ def load_teachers(layout: KdLayout, num_teachers: int | None = None, device: str
 @torch.no_grad()
 def ensemble_log_posteriors(
     models: Sequence[torch.nn.Module], cuts: Iterable[Cut] | CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
-    fusion: str = "arithmetic", max_duration: float = 200.0, device: str | torch.device = "cpu",
+    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device = "cpu",
 ) -> Iterator[tuple[Cut, torch.Tensor]]:
     """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``[frames, C]``: the
     fused posteriors of ``models`` at ``temperature`` (one model: its own ``log_softmax(z/T)``).
@@ -229,7 +229,7 @@ def ensemble_log_posteriors(
 
 
 def make_soft_targets(
-    layout: KdLayout, kd: KdConfig, num_teachers: int | None = None, max_duration: float = 200.0,
+    layout: KdLayout, kd: KdConfig, num_teachers: int | None = None, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "",
 ) -> dict[str, float]:
     """Store the teacher ensemble's posteriors at ``kd.temperature`` (``kd.fusion``) for every

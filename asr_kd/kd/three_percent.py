@@ -49,7 +49,7 @@ def subset_cuts(cuts: CutSet, fraction: float, seed: int) -> CutSet:
     return CutSet.from_cuts(c for c in cut_list if c.id in chosen)
 
 
-def frame_accuracy_of(checkpoint: Path, cuts: CutSet, layout: KdLayout, part: str, max_duration: float = 200.0) -> float:
+def frame_accuracy_of(checkpoint: Path, cuts: CutSet, layout: KdLayout, part: str, max_duration: float = 20.0) -> float:
     """Return the frame accuracy of the model in ``checkpoint`` on ``cuts`` (with ``part``'s
     CMVN) against their senone alignments."""
     model = load_frame_classifier(checkpoint)
@@ -67,7 +67,7 @@ def _history(exp_dir: Path) -> tuple[list[dict], str, int]:
 
 def run_three_percent(
     layout: KdLayout, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig, fraction: float = 0.03,
-    subset_seed: int = 0, num_teachers: int = 0, max_duration: float = 200.0,
+    subset_seed: int = 0, num_teachers: int = 0, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", corpus: str = "",
 ) -> dict[str, SubsetRun]:
     """Train the hard (early stopping, patience ``train_config.early_stopping_patience`` or 3)
@@ -118,10 +118,12 @@ def run_three_percent(
         results[key] = SubsetRun(labels[key], train_acc, test_acc, epochs, stop)
         log.info("%s: train frame accuracy %.4f, test %.4f (%s)", labels[key], train_acc, test_acc, stop)
     write_text_atomic(out / "table5.json", json.dumps({k: dataclasses.asdict(v) for k, v in results.items()}, indent=1) + "\n")
-    plot = plot_dev_accuracy(histories, out / "dev_accuracy.png", f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data")
+    frames = {labels[k]: sum(c.num_frames for c in cuts) for k, (_, _, cuts) in runs.items()}
+    title = f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data"
+    plot = plot_dev_accuracy(histories, out / "dev_accuracy.png", title, frames)
     if results_md is not None:
         plot_name = "table5_dev_accuracy.png"
-        plot_dev_accuracy(histories, Path(results_md).parent / plot_name, f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data")
+        plot_dev_accuracy(histories, Path(results_md).parent / plot_name, title, frames)
         n = num_teachers or len(list((layout.exp_dir / "teachers").glob("teacher*")))
         text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command)
         write_section(results_md, "## Table 5 analogue", text)

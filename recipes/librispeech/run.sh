@@ -5,10 +5,12 @@ set -euo pipefail
 
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root_dir="$(cd "$recipe_dir/../.." && pwd)"
+# How this run was invoked, quoted in RESULTS.md by the stages that write it.
+recipe_command="./run.sh${*:+ $*}"
 
 # ---- options (every one has its default here, before parsing) -------------------------------
 stage=0
-stop_stage=2
+stop_stage=8
 corpus_dir=""          # an existing LibriSpeech folder (holding train-clean-100/ ...); empty: synthetic
 download=false         # true: download LibriSpeech with lhotse into $data/download (needs internet)
 preset=mini            # synthetic corpus size: tiny | mini | small
@@ -23,6 +25,15 @@ data="$recipe_dir/data"
 exp="$recipe_dir/exp"
 feature_config="$recipe_dir/conf/features.yaml"
 lang_config="$recipe_dir/conf/lang.yaml"
+gmm_config=""          # GmmConfig YAML; empty: conf/gmm_tiny.yaml for --preset tiny, else conf/gmm.yaml
+results="$recipe_dir/RESULTS.md"
+num_teachers=4         # teachers in the ensemble (the paper: 10)
+dnn_config=""          # DnnConfig preset or YAML; empty: tiny for --preset tiny, else conf/dnn_mini.yaml
+train_config=""        # TrainConfig YAML; empty: egs/tiny_kd/conf/train.yaml for tiny, else conf/train_mini.yaml
+train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
+kd_config=""           # KdConfig YAML; empty: egs/tiny_kd/conf/kd.yaml for tiny, else conf/kd.yaml
+decode_beam=8          # HCLG beam of the hybrid decoding (stage 7)
+num_threads=1          # torch threads per process (small networks train faster on one)
 
 help_message="Usage: $0 [options]
 
@@ -34,6 +45,19 @@ to redo it):
      statistics -> \$data/fbank, \$data/mfcc
   2  lang: lexicon (--lexicon, else CMUdict), phones, words, L.fst, L_disambig.fst, a 3-gram LM
      trained on the training transcripts -> G.fst, in \$data/lang
+  3  GMM-HMM: monophone flat start, tied triphones on our own decision tree, senone
+     alignments of every cut of every part, HCLG, GMM decoding and WER -> \$exp/gmm,
+     its section of \$results
+  4  teachers: --num-teachers DNNs (the paper's spliced-frame DNN, a smaller config on 'mini')
+     differing only in their seed, trained on the senone alignments -> \$exp/teachers
+  5  soft targets: the ensemble's posteriors at temperature T, top-k stored on the training cuts,
+     bytes per frame and KL(stored || full) reported -> \$exp/soft_targets
+  6  students: a hard-target baseline and the distilled student (T^2-scaled soft term plus a
+     lower-weighted hard term) of the same architecture -> \$exp/students
+  7  hybrid decoding with HCLG (log posteriors minus log priors), WER (jiwer) and frame accuracy
+     of baseline, ensemble and distilled: the paper's Table 1 analogue in \$results
+  8  3% of the training data: hard targets (early stopping) vs the ensemble's soft targets, and
+     the 100% baseline: the paper's Table 5 analogue and a plot of dev accuracy in \$results
 
 Options (default in brackets):
   --stage N            first stage to run [$stage]
@@ -52,10 +76,19 @@ Options (default in brackets):
   --exp DIR            experiment folder (logs, models) [$exp]
   --feature-config F   FeatureConfig YAML [$feature_config]
   --lang-config F      LangConfig YAML [$lang_config]
+  --gmm-config F       GmmConfig YAML; empty: conf/gmm_tiny.yaml for tiny, else conf/gmm.yaml [$gmm_config]
+  --results FILE       RESULTS.md that stages 3+ write their tables to [$results]
+  --num-teachers N     teachers in the ensemble [$num_teachers]
+  --dnn-config C       DNN preset (paper, mini, tiny) or DnnConfig YAML; empty: by preset [$dnn_config]
+  --train-config F     TrainConfig YAML of teachers and students; empty: by preset [$train_config]
+  --train-3pct-config F  TrainConfig YAML of the 3% runs [$train_3pct_config]
+  --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: by preset [$kd_config]
+  --decode-beam X      HCLG decoding beam of stage 7 [$decode_beam]
+  --num-threads N      torch threads per process [$num_threads]
   -h, --help           show this help
 
 Examples:
-  $0                                   # stages 0-2 on the synthetic 'mini' corpus
+  $0                                   # all stages on the synthetic 'mini' corpus (make demo)
   $0 --corpus-dir /data/LibriSpeech    # real LibriSpeech
   $0 --stage 1 --stop-stage 1          # only features
 "
@@ -128,6 +161,86 @@ if in_stages 2; then
     mark_done "$data/lang"
   fi
   asr-kd data-summary --manifest-dir "$data/manifests" --lang-dir "$data/lang" --parts "${parts[@]}"
+fi
+
+if in_stages 3; then
+  if is_done "$exp/gmm"; then
+    log "Stage 3: GMM-HMM systems exist ($exp/gmm/.done), skipping"
+  else
+    if [ -z "$gmm_config" ]; then
+      gmm_config="$recipe_dir/conf/gmm.yaml"
+      [ -n "$corpus_dir" ] || [ "$download" = true ] || [ "$preset" != tiny ] || gmm_config="$recipe_dir/conf/gmm_tiny.yaml"
+    fi
+    log "Stage 3: GMM-HMM (monophone, tied triphones), senone alignments, HCLG, WER ($gmm_config)"
+    run_logged "$exp/log/stage3_gmm.log" asr-kd train-gmm --data-dir "$data" --lang-dir "$data/lang" \
+      --exp-dir "$exp" --train-set "$train_set" --parts "${parts[@]}" --config "$gmm_config" \
+      --num-jobs "$nj" --results-md "$results" --recipe-command "$recipe_command"
+    mark_done "$exp/gmm"
+  fi
+fi
+
+# Configs of the networks: the tiny example's for --preset tiny on the synthetic corpus, else mini's.
+synthetic_tiny=false
+[ -n "$corpus_dir" ] || [ "$download" = true ] || [ "$preset" != tiny ] || synthetic_tiny=true
+if [ "$synthetic_tiny" = true ]; then
+  : "${dnn_config:=tiny}" "${train_config:=$root_dir/egs/tiny_kd/conf/train.yaml}" "${kd_config:=$root_dir/egs/tiny_kd/conf/kd.yaml}"
+else
+  : "${dnn_config:=$recipe_dir/conf/dnn_mini.yaml}" "${train_config:=$recipe_dir/conf/train_mini.yaml}" "${kd_config:=$recipe_dir/conf/kd.yaml}"
+fi
+export OMP_NUM_THREADS="$num_threads"
+corpus_name="the synthetic '$preset' corpus"
+[ -z "$corpus_dir" ] && [ "$download" = false ] || corpus_name="LibriSpeech ($train_set)"
+kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set"
+           --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
+
+if in_stages 4; then
+  if is_done "$exp/teachers"; then
+    log "Stage 4: teachers exist ($exp/teachers/.done), skipping"
+  else
+    log "Stage 4: $num_teachers teachers ($dnn_config, $train_config)"
+    run_logged "$exp/log/stage4_teachers.log" asr-kd train-teachers "${kd_common[@]}" \
+      --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config"
+    mark_done "$exp/teachers"
+  fi
+fi
+
+if in_stages 5; then
+  if is_done "$exp/soft_targets"; then
+    log "Stage 5: soft targets exist ($exp/soft_targets/.done), skipping"
+  else
+    log "Stage 5: the ensemble's soft targets ($kd_config)"
+    run_logged "$exp/log/stage5_soft_targets.log" asr-kd make-soft-targets "${kd_common[@]}" \
+      --num-teachers "$num_teachers" --kd-config "$kd_config"
+    mark_done "$exp/soft_targets"
+  fi
+fi
+
+if in_stages 6; then
+  for kind in hard distilled; do
+    if is_done "$exp/students/$kind"; then
+      log "Stage 6: $kind student exists ($exp/students/$kind/.done), skipping"
+      continue
+    fi
+    log "Stage 6: $kind student"
+    run_logged "$exp/log/stage6_$kind.log" asr-kd train-student "${kd_common[@]}" --kind "$kind" \
+      --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" --kd-config "$kd_config"
+    mark_done "$exp/students/$kind"
+  done
+fi
+
+if in_stages 7; then
+  log "Stage 7: hybrid decoding, WER and frame accuracy (Table 1)"
+  run_logged "$exp/log/stage7_decode.log" asr-kd decode-hybrid "${kd_common[@]}" --num-teachers "$num_teachers" \
+    --kd-config "$kd_config" --num-jobs "$nj" --decode-set "beam=$decode_beam" --decode-set max_active=3000 \
+    --corpus "$corpus_name"
+  sed -n '/^## Table 1 analogue/,/^Paper numbers/p' "$results"
+fi
+
+if in_stages 8; then
+  log "Stage 8: 3% of the training data, hard vs soft targets (Table 5)"
+  run_logged "$exp/log/stage8_three_percent.log" asr-kd three-percent "${kd_common[@]}" \
+    --model-config "$dnn_config" --config "$train_3pct_config" --kd-config "$kd_config" --corpus "$corpus_name"
+  sed -n '/^## Table 5 analogue/,/^Paper numbers/p' "$results"
 fi
 
 log "Done: stages $stage to $stop_stage"

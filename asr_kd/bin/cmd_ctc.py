@@ -1,0 +1,132 @@
+"""The CTC path: ``ctc-train-teachers``, ``ctc-spike-report``, ``ctc-train-student`` and
+``ctc-decode`` (library: :mod:`asr_kd.ctc.stages`)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, required=True, help="recipe data folder (fbank cuts and CMVN of stage 1, lang of stage 2)")
+    p.add_argument("--exp-dir", type=Path, required=True, help="recipe experiment folder; outputs go to <exp>/ctc/<units>/")
+    p.add_argument("--lang-dir", type=Path, default=None, help="lang folder (default <data>/lang)")
+    p.add_argument("--train-set", default="train-clean-100", help="training part (default train-clean-100)")
+    p.add_argument("--dev-set", default="dev-clean", help="dev part (default dev-clean)")
+    p.add_argument("--test-set", default="test-clean", help="test part (default test-clean)")
+    p.add_argument("--ctc-config", type=Path, default=None, help="YAML of CtcConfig fields (conf/ctc_*.yaml)")
+    p.add_argument("--ctc-set", dest="ctc_overrides", action="append", metavar="KEY=VALUE", help="override a CtcConfig field")
+    p.add_argument("--results-md", type=Path, default=None, help="RESULTS.md whose section this step (re)writes")
+    p.add_argument("--results-command", default=None, help="command recorded in RESULTS.md (default: this asr-kd command line)")
+    p.add_argument("--num-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML of TrainConfig fields (conf/ctc_train_*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a TrainConfig field")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the CTC commands to ``sub``."""
+    p = sub.add_parser("ctc-train-teachers", help="train the CTC teacher ensemble (optionally from a shared initial checkpoint)",
+                       description="Make the CTC units (phones or BPE, ctc.units), then train ctc.num_teachers CTC encoders with "
+                       "seeds seed, seed+1, ... in <exp>/ctc/<units>/teachers/ (or teachers_shared<N>/ when ctc.shared_init_steps=N: "
+                       "every teacher then starts from one checkpoint trained N steps). Finished teachers are skipped.")
+    _common_args(p)
+    _train_args(p)
+    p.set_defaults(func=_train_teachers)
+
+    p = sub.add_parser("ctc-spike-report", help="measure the CTC spike misalignment between teachers of every trained teacher set",
+                       description="For each trained teacher set (independent, shared init), the mean frame offset of matched "
+                       "non-blank spikes and the share of frames whose argmax tokens differ, between every pair of teachers on "
+                       "--part (default the dev set); writes <exp>/ctc/<units>/spike_report.json.")
+    _common_args(p)
+    p.add_argument("--part", default=None, help="part to measure on (default: --dev-set)")
+    p.set_defaults(func=_spike_report)
+
+    p = sub.add_parser("ctc-train-student", help="train a CTC student: baseline, frame-level KD or sequence-level KD",
+                       description="--kind baseline: CTC on the transcripts. --kind frame: ctc.kd_weight * T^2 * KL(ensemble_T || "
+                       "student_T) per output frame (blank frames included, excluded or down-weighted: ctc.blank_handling) + "
+                       "ctc.ctc_weight * CTC; teachers online or stored top-k targets (ctc.kd_source). --kind sequence: CTC on the "
+                       "ensemble's greedy or n-best hypotheses (ctc.pseudo_labels). Output: <exp>/ctc/<units>/students/<kind>.")
+    _common_args(p)
+    _train_args(p)
+    p.add_argument("--kind", choices=("baseline", "frame", "sequence"), required=True, help="which student")
+    p.add_argument("--name", default=None, help="folder and RESULTS.md name of this student (default: --kind); e.g. frame_exclude")
+    p.set_defaults(func=_train_student)
+
+    p = sub.add_parser("ctc-decode", help="greedy, prefix-beam and HLG decoding of every CTC system; WER table",
+                       description="Builds HLG for the units (kaldifst) and scores each teacher, the ensemble and the trained "
+                       "students on --decode-parts: greedy and prefix-beam token error rates (and WERs for BPE), HLG WER "
+                       "(kaldi-decoder); writes <exp>/ctc/<units>/decode/scores.json and the CTC table of --results-md.")
+    _common_args(p)
+    p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")
+    p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
+    p.add_argument("--decode-parts", nargs="+", default=None, help="parts to decode (default: dev and test sets)")
+    p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md")
+    p.set_defaults(func=_decode)
+
+
+def _setup(args: argparse.Namespace, name: str) -> tuple[Any, dict[str, Any]]:
+    """Log to <exp>/log/<name>.log; return the CtcConfig and the layout / RESULTS.md arguments."""
+    from asr_kd.config import CtcConfig, load_config, parse_overrides
+    from asr_kd.ctc.stages import CtcLayout
+    from asr_kd.utils import setup_logging
+
+    setup_logging(args.exp_dir / "log" / f"{name}.log")
+    if args.num_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    cfg = load_config(CtcConfig, args.ctc_config, parse_overrides(args.ctc_overrides))
+    layout = CtcLayout(args.data_dir, args.exp_dir, cfg.units, args.train_set, args.dev_set, args.test_set, args.lang_dir)
+    command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
+    return cfg, {"layout": layout, "results_md": args.results_md, "command": command}
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from asr_kd.config import TrainConfig, load_config, parse_overrides
+
+    return load_config(TrainConfig, args.config, parse_overrides(args.overrides))
+
+
+def _train_teachers(args: argparse.Namespace) -> int:
+    from asr_kd.ctc.stages import train_ctc_teachers
+
+    cfg, common = _setup(args, "ctc_train_teachers")
+    for r in train_ctc_teachers(cfg=cfg, train_config=_train_config(args), **common):
+        print(f"{r.final_path}: best dev token error rate {r.state.best_metric}")
+    return 0
+
+
+def _spike_report(args: argparse.Namespace) -> int:
+    from asr_kd.ctc.stages import spike_report
+
+    cfg, common = _setup(args, "ctc_spike_report")
+    for name, s in spike_report(cfg=cfg, part=args.part, **common).items():
+        print(f"{name}: mean spike offset {s['mean_spike_offset_frames']:.2f} frames, argmax disagreement {s['argmax_disagreement']:.3f}")
+    return 0
+
+
+def _train_student(args: argparse.Namespace) -> int:
+    from asr_kd.ctc.stages import train_ctc_student
+
+    cfg, common = _setup(args, f"ctc_train_student_{args.kind}")
+    r = train_ctc_student(kind=args.kind, name=args.name, cfg=cfg, train_config=_train_config(args), **common)
+    print(f"{r.final_path} ({r.state.stop_reason}); best dev token error rate {r.state.best_metric}")
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from asr_kd.config import DecodeConfig, load_config, parse_overrides
+    from asr_kd.ctc.stages import decode_ctc_systems
+
+    cfg, common = _setup(args, "ctc_decode")
+    decode_cfg = load_config(DecodeConfig, args.decode_config, parse_overrides(args.decode_overrides))
+    scores = decode_ctc_systems(cfg=cfg, decode_config=decode_cfg, parts=args.decode_parts, corpus=args.corpus, **common)
+    for name, by_part in scores.items():
+        print(name + ": " + ", ".join(f"{p} HLG WER {s['hlg_wer']:.4f}" for p, s in by_part.items()))
+    return 0

@@ -1,0 +1,186 @@
+"""The CTC path end to end on the 'tiny' corpus: units, two teachers (independent and from a
+shared initial checkpoint), the spike report, baseline / frame-level / sequence-level students,
+stored CTC soft targets, greedy / prefix-beam / HLG decoding and the RESULTS.md rows.
+
+Models are 'tiny' and trained for a few dozen steps: the test checks what each step wrote and
+that training lowered the CTC loss, not that the models are good.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from lhotse import load_manifest_lazy
+
+from asr_kd.bin.cli import main as cli_main
+from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig
+from asr_kd.ctc.kd import CtcFrameKdLoss
+from asr_kd.ctc.model import CtcEncoder
+from asr_kd.ctc.stages import (
+    CtcLayout,
+    decode_ctc_systems,
+    evaluate_ctc,
+    load_ctc_model,
+    load_ctc_teachers,
+    make_ctc_soft_targets,
+    prepare_units,
+    spike_report,
+    train_ctc_student,
+    train_ctc_teachers,
+)
+from asr_kd.data.ctc_data import CtcDataset
+from asr_kd.data.frames import make_loader, make_sampler
+from asr_kd.kd.ensemble import TeacherEnsemble
+from asr_kd.kd.soft_targets import load_soft_targets
+from asr_kd.report.results_md import read_section
+
+pytestmark = pytest.mark.slow
+
+TRAIN = TrainConfig(max_duration=60.0, num_epochs=100, max_steps=40, warmup_steps=10, lr=3e-3, log_every_steps=10,
+                    checkpoint_every_steps=1000, amp="none", device="cpu", best_metric="token_error_rate", best_mode="min")
+CTC = CtcConfig(units="phone", model_size="tiny", dropout=0.0, num_teachers=2, top_k=8)
+
+
+@pytest.fixture(scope="module")
+def ctc_run(tiny_stage2, tmp_path_factory):
+    """Teachers (independent and shared-init), spike report and the three students, trained once."""
+    data, _ = tiny_stage2
+    exp = tmp_path_factory.mktemp("ctc_stages") / "exp"
+    layout = CtcLayout(data, exp, "phone")
+    md = exp / "RESULTS.md"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        teachers = train_ctc_teachers(layout, CTC, TRAIN, results_md=md, command="test")
+        shared = dataclasses.replace(CTC, shared_init_steps=15)
+        train_ctc_teachers(layout, shared, dataclasses.replace(TRAIN, max_steps=25), results_md=md, command="test")
+        student_train = dataclasses.replace(TRAIN, max_steps=20)
+        students = {kind: train_ctc_student(layout, kind, CTC, student_train, results_md=md, command="test")
+                    for kind in ("baseline", "frame", "sequence")}
+    finally:
+        torch.set_num_threads(before)
+    return layout, md, teachers, students
+
+
+def _dev_loader(layout: CtcLayout):
+    units = prepare_units(layout, CTC)
+    dataset = CtcDataset(layout.open_cmvn(layout.dev_part), units.encode)
+    return make_loader(dataset, make_sampler(layout.open_cuts(layout.dev_part), 60.0, shuffle=False, seed=0, bucketing=False))
+
+
+def test_teachers_lower_the_ctc_loss(ctc_run) -> None:
+    layout, md, teachers, _ = ctc_run
+    units = prepare_units(layout, CTC)
+    torch.manual_seed(TRAIN.seed)
+    untrained = CtcEncoder(40, units.num_tokens, "tiny", dropout=0.0).eval()
+    with torch.no_grad():
+        before = evaluate_ctc(untrained, _dev_loader(layout), torch.device("cpu"))
+        for result in teachers:
+            after = evaluate_ctc(load_ctc_model(result.final_path), _dev_loader(layout), torch.device("cpu"))
+            assert after["loss"] < 0.8 * before["loss"]
+    assert [r.state.step for r in teachers] == [40, 40]
+    assert (layout.teacher_set(15) / "init" / "final.pt").is_file()
+    section = read_section(md, "## CTC teachers (phone, independent)")
+    assert section and "| teacher1 | 1 | 40 |" in section
+    assert read_section(md, "## CTC teachers (phone, shared init 15 steps)")
+
+
+def test_spike_report_compares_both_teacher_sets(ctc_run) -> None:
+    layout, md, _, _ = ctc_run
+    report = spike_report(layout, CTC, results_md=md, command="test")
+    assert set(report) == {"independent", "shared init 15 steps"}
+    for s in report.values():
+        assert s["mean_spike_offset_frames"] >= 0 and 0 <= s["argmax_disagreement"] <= 1 and s["num_models"] == 2
+    assert json.loads((layout.root / "spike_report.json").read_text()) == report
+    section = read_section(md, "## CTC spike misalignment (phone)")
+    assert section and "| independent | 2 |" in section and "| shared init 15 steps | 2 |" in section
+
+
+def test_students_and_pseudo_labels(ctc_run) -> None:
+    layout, md, _, students = ctc_run
+    for kind, result in students.items():
+        assert result.state.step == 20 and (layout.student_dir(kind) / "final.pt").is_file()
+        assert read_section(md, f"## CTC student: {kind} (phone)")
+    labels = json.loads((layout.student_dir("sequence") / "pseudo_labels_greedy.json").read_text())
+    train_ids = {c.id for c in layout.open_cuts(layout.train_part)}
+    assert set(labels) == train_ids
+    assert all(len(hyps) == 1 and hyps[0][1] == 1.0 and 0 not in hyps[0][0] for hyps in labels.values())
+
+
+def test_stored_soft_targets_give_the_online_loss(ctc_run) -> None:
+    # With top_k = every token the stored targets are the online ensemble's (up to float16), so
+    # the frame-level loss from stored targets equals the online one.
+    layout, _, _, _ = ctc_run
+    units = prepare_units(layout, CTC)
+    full = dataclasses.replace(CTC, top_k=units.num_tokens, kd_source="stored", ctc_weight=0.0)
+    cuts_path = make_ctc_soft_targets(layout, full)
+    cuts = load_manifest_lazy(cuts_path)
+    cut = next(iter(cuts))
+    ids, probs = load_soft_targets(cut)
+    assert ids.shape == (round(cut.duration / 0.04), units.num_tokens) and abs(float(probs[0].astype("float32").sum()) - 1) < 1e-2
+    stats = json.loads(cuts_path.with_name("stats.json").read_text())
+    assert stats["top_k"] == units.num_tokens and stats["mean_kl_stored_vs_full"] < 1e-3  # all tokens kept: only float16 rounding
+    dataset = CtcDataset(layout.open_cmvn(layout.train_part), units.encode, soft_targets=True)
+    batch = next(iter(make_loader(dataset, make_sampler(cuts, 30.0, shuffle=False, seed=0, bucketing=False))))
+    student = load_ctc_model(layout.student_dir("baseline"))
+    ensemble = TeacherEnsemble(load_ctc_teachers(layout, CTC), CTC.fusion)
+    with torch.no_grad():
+        stored, _ = CtcFrameKdLoss(full)(student, batch)
+        online, _ = CtcFrameKdLoss(dataclasses.replace(full, kd_source="online"), ensemble)(student, batch)
+    assert math.isclose(float(stored), float(online), rel_tol=0.02, abs_tol=0.02)
+
+
+def test_decoding_writes_the_ctc_rows(ctc_run, capsys) -> None:
+    layout, md, _, _ = ctc_run
+    scores = decode_ctc_systems(layout, CTC, DecodeConfig(), results_md=md, command="test", corpus="tiny")
+    assert set(scores) == {"teacher0", "teacher1", "ensemble of 2", "student: baseline", "student: frame", "student: sequence"}
+    for by_part in scores.values():
+        assert set(by_part) == {"dev-clean", "test-clean"}
+        for s in by_part.values():
+            assert set(s) == {"greedy_ter", "beam_ter", "hlg_wer"} and all(v >= 0 and math.isfinite(v) for v in s.values())
+    assert (layout.root / "graph" / "HLG.fst").is_file()
+    section = read_section(md, "## CTC results (phone)")
+    assert section and "| student: sequence | test-clean |" in section and "| ensemble of 2 | dev-clean |" in section
+    # The command line reaches the same library function (spike report: cheap, already tested above).
+    rc = cli_main(["ctc-spike-report", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir),
+                   "--ctc-set", "model_size=tiny", "--num-threads", "1"])
+    assert rc == 0 and "independent: mean spike offset" in capsys.readouterr().out
+    assert cli_main(["ctc-decode", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir / "nowhere")]) == 1
+
+
+def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:
+    # BPE pieces trained on tiny's transcripts spell them, and the HLG built over tiny's lexicon and
+    # LM decodes oracle posteriors of those pieces back into the words. (Training transcripts: a
+    # dev word outside the LM's vocabulary has no path through G.)
+    import numpy as np
+
+    from asr_kd.ctc.stages import build_ctc_graph
+    from asr_kd.data.ctc_data import cut_text
+    from asr_kd.decode.ctc import decode_ctc, greedy_ctc
+    from asr_kd.decode.hlg import load_hlg
+
+    data, _ = tiny_stage2
+    layout = CtcLayout(data, tmp_path / "exp", "bpe")
+    cfg = dataclasses.replace(CTC, units="bpe", bpe_vocab_size=150)
+    units = prepare_units(layout, cfg)
+    assert units.tokens.name(0) == "<blk>" and 20 < units.num_tokens <= 150
+    hlg = load_hlg(build_ctc_graph(layout, units))
+    rng = np.random.default_rng(0)
+    checked = 0
+    for cut in list(layout.open_cuts(layout.train_part))[:5]:
+        text = cut_text(cut)
+        if any(w not in units.lang.lexicon for w in text.split()):
+            continue  # an OOV word cannot come out of HLG
+        frames = [0] + [t for tok in units.encode(text) for t in (tok, 0)]
+        logits = rng.normal(size=(len(frames), units.num_tokens))
+        logits[np.arange(len(frames)), frames] += 10.0
+        log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        assert units.to_text(greedy_ctc(log_probs)) == text
+        words = decode_ctc(hlg, log_probs, DecodeConfig()).word_ids
+        assert " ".join(units.lang.words.name(w) for w in words) == text
+        checked += 1
+    assert checked >= 2

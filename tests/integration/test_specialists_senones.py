@@ -1,0 +1,127 @@
+"""End to end: recipes/specialists/run.sh --task senones on the stage-3 outputs of the tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asr_kd.data.alignments import load_alignment
+from asr_kd.experiments.senone_task import load_frame_task
+from asr_kd.kd.specialists import combination_objective
+from tests.conftest import REPO_ROOT
+
+RUN_SH = REPO_ROOT / "recipes" / "specialists" / "run.sh"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(RUN_SH), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_stage3: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(exp, results)`` after the whole senone recipe (tiny preset) into a fresh folder, with a
+    RESULTS.md that already holds another task's section."""
+    data, _, gmm_exp = tiny_stage3
+    root = tmp_path_factory.mktemp("specialists_senones")
+    exp, results = root / "exp", root / "RESULTS.md"
+    results.write_text("# Generalist and specialist models (Hinton, Vinyals & Dean 2015, section 5)\n\n## Task: pairs (MNIST digit pairs)\n\nkept as it is\n")
+    out = _run("--task", "senones", "--preset", "tiny", "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--exp", str(exp), "--results", str(results))
+    assert out.returncode == 0, f"run.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return exp, results
+
+
+def _record(exp: Path, stage: str) -> dict:
+    return json.loads((exp / "results" / f"{stage}.json").read_text())
+
+
+def test_frames_are_spliced_normalised_and_labelled_with_senones(recipe: tuple[Path, Path], tiny_stage3: tuple[Path, Path, Path]) -> None:
+    exp, _ = recipe
+    _, _, gmm_exp = tiny_stage3
+    task, k = load_frame_task(exp / "data" / "task.npz")
+    assert k == json.loads((gmm_exp / "gmm" / "ali" / "senones.json").read_text())["num_senones"]
+    prep = _record(exp, "prepare")
+    context = prep["context"]
+    assert prep["num_classes"] == k and prep["input_dim"] == 40 * (2 * context + 1)
+    for split, budget in (("train", 6000), ("val", 2000), ("test", 2000)):
+        s = task[split]
+        counts = prep["counts"][split]
+        assert len(s) == prep["sizes"][split] == min(budget, counts["frames"]) == counts["sampled"]
+        assert s.features.dtype == np.float32 and s.features.shape == (len(s), prep["input_dim"])
+        assert s.labels.min() >= 0 and s.labels.max() < k
+    # CMVN per speaker: the centre frames of the training set have mean near 0 and std near 1
+    centre = task["train"].features.reshape(len(task["train"]), 2 * context + 1, 40)[:, context]
+    assert np.abs(centre.mean(0)).max() < 0.3 and np.all(np.abs(centre.std(0) - 1.0) < 0.3)
+    # every training label is a senone the alignments actually use
+    from lhotse import load_manifest_lazy
+
+    used = set()
+    for cut in load_manifest_lazy(gmm_exp / "gmm" / "ali" / "cuts_train-clean-100.jsonl.gz"):
+        used.update(load_alignment(cut).tolist())
+    assert set(task["train"].labels.tolist()) <= used
+
+
+def test_combination_is_normalised_and_lowers_the_objective(recipe: tuple[Path, Path]) -> None:
+    exp, _ = recipe
+    z = np.load(exp / "combine" / "test.npz")
+    q, p_g, active, labels = z["combined"], z["generalist"], z["active"], z["labels"]
+    assert np.allclose(q.sum(1), 1.0) and np.all(q >= 0)
+    assert np.allclose(p_g.sum(1), 1.0)
+    idle = ~active.any(1)
+    assert np.array_equal(q[idle], p_g[idle])
+    sets = json.loads((exp / "clusters.json").read_text())
+    assert sets and all(2 <= len(s) <= 60 and s == sorted(set(s)) for s in sets)
+    with np.load(exp / "specialists" / "probs.npz") as sp:
+        spec = [torch.from_numpy(sp[f"test_{m}"]) for m in range(len(sets))]
+    assert all(np.allclose(p.sum(1).numpy(), 1.0) and p.shape == (len(labels), len(s) + 1) for p, s in zip(spec, sets))
+    args = (torch.from_numpy(p_g), spec, sets, torch.from_numpy(active))
+    before, after = combination_objective(torch.from_numpy(p_g), *args), combination_objective(torch.from_numpy(q), *args)
+    on = torch.from_numpy(active.any(1))
+    assert bool(on.any()) and torch.all(after <= before + 1e-9) and torch.all(after[on] < before[on])
+
+
+def test_results_section_and_accuracies(recipe: tuple[Path, Path]) -> None:
+    exp, results = recipe
+    combine = _record(exp, "combine")
+    k = _record(exp, "prepare")["num_classes"]
+    gen = _record(exp, "generalist")["test_accuracy"]
+    assert combine["generalist_accuracy"] == pytest.approx(gen)
+    # far above chance (1 / number of senones) yet a probability
+    assert 3.0 / k < gen <= 1.0 and 0.0 <= combine["combined_accuracy"] <= 1.0
+    assert sum(r["num_examples"] for r in combine["coverage"]) == combine["num_test"] == 2000
+    rows = _record(exp, "specialists")["rows"]
+    assert len(rows) == _record(exp, "clusters")["num_specialists"]
+    keys = ("specialist_accuracy", "generalist_accuracy", "specialist_within_accuracy", "generalist_within_accuracy")
+    assert all(0.0 <= r[key] <= 1.0 for r in rows if r["num_test"] for key in keys)
+    # telling fewer classes apart is easier: within-set accuracy is at least the full arg-max's
+    assert all(r["generalist_within_accuracy"] >= r["generalist_accuracy"] for r in rows if r["num_test"])
+    text = results.read_text()
+    assert "## Task: pairs (MNIST digit pairs)\n\nkept as it is" in text
+    assert text.count("## Task: senones") == 1 and "--task senones --preset tiny" in text
+    senones = text[text.index("## Task: senones"):]
+    assert f"Task: {k} classes" in senones and "### Combination (Table 3 analogue)" in senones
+    assert f"| generalist | {100 * gen:.2f}% |" in senones
+    assert "| specialist | classes | test examples | specialist accuracy | generalist accuracy | specialist within | generalist within |" in senones
+
+
+def test_rerun_skips_finished_stages_and_keeps_one_section(recipe: tuple[Path, Path], tiny_stage3: tuple[Path, Path, Path]) -> None:
+    exp, results = recipe
+    data, _, gmm_exp = tiny_stage3
+    before = (exp / "combine" / "test.npz").stat().st_mtime_ns
+    out = _run("--task", "senones", "--preset", "tiny", "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--exp", str(exp), "--results", str(results))
+    assert out.returncode == 0 and out.stderr.count("skipping") == 5
+    assert (exp / "combine" / "test.npz").stat().st_mtime_ns == before
+    assert results.read_text().count("## Task: senones") == 1
+
+
+def test_missing_stage3_is_a_one_line_error(tmp_path: Path, tiny_stage3: tuple[Path, Path, Path]) -> None:
+    data, _, _ = tiny_stage3
+    out = _run("--task", "senones", "--gmm-exp", str(tmp_path), "--data-dir", str(data), "--exp", str(tmp_path / "exp"))
+    assert out.returncode == 1
+    assert "--gmm-exp" in out.stderr and "stage 3" in out.stderr and len(out.stderr.strip().splitlines()) == 1
