@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # Arguments passed on to pytest, e.g. `make test PYTEST_ARGS="-k lang -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean-demo help
+.PHONY: venv demo test test-k2 bench clean-demo help
 
 help:
 	@echo "make demo   set up .venv, then run recipes/librispeech/run.sh on the synthetic 'mini' corpus"
@@ -36,6 +36,18 @@ test: venv
 
 bench: venv
 	$(PY) bench/run.py
+
+# Optional, not part of `make test`: k2's CTC loss against torch's on the same inputs. k2 exists on
+# PyPI only for Python 3.9 with torch 1.13.1 (CUDA 11.7 wheels, a large download), so it gets a
+# virtual environment of its own. PYTHON39 must name a Python 3.9 interpreter.
+PYTHON39 ?= python3.9
+.venv-k2/.installed:
+	$(PYTHON39) -m venv .venv-k2
+	.venv-k2/bin/pip install "torch==1.13.1" "k2==1.23.4" "numpy<2" pytest
+	touch $@
+
+test-k2: .venv-k2/.installed
+	.venv-k2/bin/python -m pytest -q --noconftest tests/unit/test_ctc_k2.py
 
 clean-demo:
 	rm -rf recipes/librispeech/data recipes/librispeech/exp

@@ -34,6 +34,10 @@ train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
 kd_config=""           # KdConfig YAML; empty: egs/tiny_kd/conf/kd.yaml for tiny, else conf/kd.yaml
 decode_beam=8          # HCLG beam of the hybrid decoding (stage 7)
 num_threads=1          # torch threads per process (small networks train faster on one)
+model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
+ctc_config=""          # CtcConfig YAML; empty: conf/ctc_tiny.yaml for tiny, else conf/ctc_mini.yaml
+ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: by preset (conf/ctc_train_*.yaml)
+ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first steps; empty: 15 for tiny, else 900
 
 help_message="Usage: $0 [options]
 
@@ -58,6 +62,13 @@ to redo it):
      of baseline, ensemble and distilled: the paper's Table 1 analogue in \$results
   8  3% of the training data: hard targets (early stopping) vs the ensemble's soft targets, and
      the 100% baseline: the paper's Table 5 analogue and a plot of dev accuracy in \$results
+With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path in \$exp/ctc:
+  4  CTC teachers (independent seeds, and a set sharing its first --ctc-shared-init-steps)
+  5  the teachers' spike misalignment report
+  6  CTC students: baseline, frame-level KD (KL at T, blank handling), sequence-level KD
+     (the ensemble's pseudo-labels)
+  7  greedy, prefix-beam and HLG decoding; token error rates and WER rows in \$results
+Stage 3 (GMM-HMM) is only needed by the hybrid path.
 
 Options (default in brackets):
   --stage N            first stage to run [$stage]
@@ -85,6 +96,10 @@ Options (default in brackets):
   --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: by preset [$kd_config]
   --decode-beam X      HCLG decoding beam of stage 7 [$decode_beam]
   --num-threads N      torch threads per process [$num_threads]
+  --model-type T       hybrid, ctc or both [$model_type]
+  --ctc-config F       CtcConfig YAML; empty: by preset [$ctc_config]
+  --ctc-train-config F TrainConfig YAML of the CTC models; empty: by preset [$ctc_train_config]
+  --ctc-shared-init-steps N  steps shared by the second CTC teacher set; 0: none [$ctc_shared_init_steps]
   -h, --help           show this help
 
 Examples:
@@ -98,6 +113,10 @@ Examples:
 
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (try --help)" >&2; exit 1; }
 case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take integers" >&2; exit 1 ;; esac
+case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
+hybrid=true; ctc=false
+[ "$model_type" != ctc ] || hybrid=false
+[ "$model_type" = hybrid ] || ctc=true
 command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make venv' in $root_dir (or activate its .venv)"
 
 mkdir -p "$exp/log"
@@ -163,7 +182,7 @@ if in_stages 2; then
   asr-kd data-summary --manifest-dir "$data/manifests" --lang-dir "$data/lang" --parts "${parts[@]}"
 fi
 
-if in_stages 3; then
+if [ "$hybrid" = true ] && in_stages 3; then
   if is_done "$exp/gmm"; then
     log "Stage 3: GMM-HMM systems exist ($exp/gmm/.done), skipping"
   else
@@ -193,7 +212,7 @@ corpus_name="the synthetic '$preset' corpus"
 kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set"
            --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
 
-if in_stages 4; then
+if [ "$hybrid" = true ] && in_stages 4; then
   if is_done "$exp/teachers"; then
     log "Stage 4: teachers exist ($exp/teachers/.done), skipping"
   else
@@ -204,7 +223,7 @@ if in_stages 4; then
   fi
 fi
 
-if in_stages 5; then
+if [ "$hybrid" = true ] && in_stages 5; then
   if is_done "$exp/soft_targets"; then
     log "Stage 5: soft targets exist ($exp/soft_targets/.done), skipping"
   else
@@ -215,7 +234,7 @@ if in_stages 5; then
   fi
 fi
 
-if in_stages 6; then
+if [ "$hybrid" = true ] && in_stages 6; then
   for kind in hard distilled; do
     if is_done "$exp/students/$kind"; then
       log "Stage 6: $kind student exists ($exp/students/$kind/.done), skipping"
@@ -228,7 +247,7 @@ if in_stages 6; then
   done
 fi
 
-if in_stages 7; then
+if [ "$hybrid" = true ] && in_stages 7; then
   log "Stage 7: hybrid decoding, WER and frame accuracy (Table 1)"
   run_logged "$exp/log/stage7_decode.log" asr-kd decode-hybrid "${kd_common[@]}" --num-teachers "$num_teachers" \
     --kd-config "$kd_config" --num-jobs "$nj" --decode-set "beam=$decode_beam" --decode-set max_active=3000 \
@@ -236,11 +255,46 @@ if in_stages 7; then
   sed -n '/^## Table 1 analogue/,/^Paper numbers/p' "$results"
 fi
 
-if in_stages 8; then
+if [ "$hybrid" = true ] && in_stages 8; then
   log "Stage 8: 3% of the training data, hard vs soft targets (Table 5)"
   run_logged "$exp/log/stage8_three_percent.log" asr-kd three-percent "${kd_common[@]}" \
     --model-config "$dnn_config" --config "$train_3pct_config" --kd-config "$kd_config" --corpus "$corpus_name"
   sed -n '/^## Table 5 analogue/,/^Paper numbers/p' "$results"
+fi
+
+if [ "$ctc" = true ]; then
+  if [ "$synthetic_tiny" = true ]; then
+    : "${ctc_config:=$recipe_dir/conf/ctc_tiny.yaml}" "${ctc_train_config:=$recipe_dir/conf/ctc_train_tiny.yaml}" "${ctc_shared_init_steps:=15}"
+  else
+    # Past CTC's all-blank plateau (about 500 steps on mini), or the shared start aligns nothing.
+    : "${ctc_config:=$recipe_dir/conf/ctc_mini.yaml}" "${ctc_train_config:=$recipe_dir/conf/ctc_train_mini.yaml}" "${ctc_shared_init_steps:=900}"
+  fi
+  ctc_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set"
+              --ctc-config "$ctc_config" --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
+  # The asr-kd ctc-* commands skip models and targets that are already finished.
+  if in_stages 4; then
+    log "Stage 4 (CTC): teachers ($ctc_config, $ctc_train_config)"
+    run_logged "$exp/log/stage4_ctc_teachers.log" asr-kd ctc-train-teachers "${ctc_common[@]}" --config "$ctc_train_config"
+    if [ "$ctc_shared_init_steps" -gt 0 ]; then
+      log "Stage 4 (CTC): teachers sharing their first $ctc_shared_init_steps steps"
+      run_logged "$exp/log/stage4_ctc_teachers_shared.log" asr-kd ctc-train-teachers "${ctc_common[@]}" \
+        --config "$ctc_train_config" --ctc-set "shared_init_steps=$ctc_shared_init_steps"
+    fi
+  fi
+  if in_stages 5; then
+    log "Stage 5 (CTC): spike misalignment of the teachers"
+    run_logged "$exp/log/stage5_ctc_spikes.log" asr-kd ctc-spike-report "${ctc_common[@]}"
+  fi
+  if in_stages 6; then
+    for kind in baseline frame sequence; do
+      log "Stage 6 (CTC): $kind student"
+      run_logged "$exp/log/stage6_ctc_$kind.log" asr-kd ctc-train-student "${ctc_common[@]}" --config "$ctc_train_config" --kind "$kind"
+    done
+  fi
+  if in_stages 7; then
+    log "Stage 7 (CTC): greedy, prefix-beam and HLG decoding"
+    run_logged "$exp/log/stage7_ctc_decode.log" asr-kd ctc-decode "${ctc_common[@]}" --corpus "$corpus_name"
+  fi
 fi
 
 log "Done: stages $stage to $stop_stage"
