@@ -13,7 +13,6 @@ optimizer are not counted), against a peak given by ``--peak-tflops`` (H100 SXM 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path

@@ -65,16 +65,22 @@ def distillation_loss(
     soft = soft_cross_entropy(student_logits, teacher_probs, temperature, reduction="none")
     per_row = (soft_weight * temperature**2) * soft
     if hard_labels is not None and hard_weight != 0.0:
-        if hard_labels.shape != student_logits.shape[:-1]:
-            raise ValueError(f"hard labels {tuple(hard_labels.shape)} do not match logits {tuple(student_logits.shape)}")
-        labelled = hard_labels >= 0
-        hard = F.cross_entropy(
-            student_logits.reshape(-1, student_logits.shape[-1]),
-            hard_labels.clamp(min=0).reshape(-1),
-            reduction="none",
-        ).reshape(hard_labels.shape)
-        per_row = per_row + hard_weight * torch.where(labelled, hard, torch.zeros_like(hard))
+        per_row = per_row + hard_weight * hard_cross_entropy(student_logits, hard_labels)
     return _reduce(per_row, weight, reduction)
+
+
+def hard_cross_entropy(student_logits: Tensor, hard_labels: Tensor) -> Tensor:
+    """Return the per-row cross entropy of the student at T = 1 against integer labels of the
+    logits' leading shape; rows with a negative label (unlabelled) get zero."""
+    if hard_labels.shape != student_logits.shape[:-1]:
+        raise ValueError(f"hard labels {tuple(hard_labels.shape)} do not match logits {tuple(student_logits.shape)}")
+    labelled = hard_labels >= 0
+    hard = F.cross_entropy(
+        student_logits.reshape(-1, student_logits.shape[-1]),
+        hard_labels.clamp(min=0).reshape(-1).long(),
+        reduction="none",
+    ).reshape(hard_labels.shape)
+    return torch.where(labelled, hard, torch.zeros_like(hard))
 
 
 def logit_matching_loss(

@@ -14,10 +14,9 @@ with the reductions of :mod:`asr_kd.kd.losses` (``"mean"`` is the mask-weighted 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from asr_kd.kd.losses import _check_temperature, _reduce
+from asr_kd.kd.losses import _check_temperature, _reduce, hard_cross_entropy
 
 
 def topk_soft_cross_entropy(
@@ -63,13 +62,5 @@ def topk_distillation_loss(
     soft = topk_soft_cross_entropy(student_logits, ids, probs, temperature, reduction="none")
     per_row = (soft_weight * temperature**2) * soft
     if hard_labels is not None and hard_weight != 0.0:
-        if hard_labels.shape != student_logits.shape[:-1]:
-            raise ValueError(f"hard labels {tuple(hard_labels.shape)} do not match logits {tuple(student_logits.shape)}")
-        labelled = hard_labels >= 0
-        hard = F.cross_entropy(
-            student_logits.reshape(-1, student_logits.shape[-1]),
-            hard_labels.clamp(min=0).reshape(-1).long(),
-            reduction="none",
-        ).reshape(hard_labels.shape)
-        per_row = per_row + hard_weight * torch.where(labelled, hard, torch.zeros_like(hard))
+        per_row = per_row + hard_weight * hard_cross_entropy(student_logits, hard_labels)
     return _reduce(per_row, mask, reduction)

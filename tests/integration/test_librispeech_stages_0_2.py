@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,30 +10,18 @@ from lhotse import load_manifest
 
 from asr_kd.kaldi import kaldifst
 from asr_kd.lang.lang_dir import Lang
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_librispeech_recipe
 
-RUN_SH = REPO_ROOT / "recipes" / "librispeech" / "run.sh"
 PARTS = ("train-clean-100", "dev-clean", "test-clean")
 
 pytestmark = pytest.mark.slow
 
 
-def run_recipe(data: Path, exp: Path, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        ["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--results", str(exp / "RESULTS.md"), "--nj", "2", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, f"run.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
-
-
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+def recipe(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("recipe")
     data, exp = root / "data", root / "exp"
-    out = run_recipe(data, exp, "--stage", "0", "--stop-stage", "2")
+    out = run_librispeech_recipe(data, exp, "--stage", "0", "--stop-stage", "2")
     return data, exp, out
 
 
@@ -121,13 +107,13 @@ def test_later_stage_does_not_redo_earlier_ones(recipe) -> None:
     manifest = data / "manifests" / "librispeech_supervisions_train-clean-100.jsonl.gz"
     before = manifest.stat().st_mtime_ns
     feats_before = (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns
-    out = run_recipe(data, exp, "--stage", "0", "--stop-stage", "1")
+    out = run_librispeech_recipe(data, exp, "--stage", "0", "--stop-stage", "1")
     assert "Stage 0: manifests exist" in out.stderr and "Stage 1: features exist" in out.stderr
     assert manifest.stat().st_mtime_ns == before
     assert (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns == feats_before
     # Removing a stage's marker redoes that stage alone.
     (data / "fbank" / ".done").unlink()
-    out = run_recipe(data, exp, "--stage", "1", "--stop-stage", "1")
+    out = run_librispeech_recipe(data, exp, "--stage", "1", "--stop-stage", "1")
     assert "Stage 1: fbank and MFCC features" in out.stderr
     assert manifest.stat().st_mtime_ns == before
     assert (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns > feats_before
