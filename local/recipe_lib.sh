@@ -47,6 +47,21 @@ run_logged() {
   fi
 }
 
+# run_marked_stage N NAME DESCRIPTION DIR CMD...: within --stage .. --stop-stage, run CMD (logged
+# to DIR/log/stageN_NAME.log) unless DIR/stages/NAME/.done exists; mark it done after success.
+run_marked_stage() {
+  local n="$1" name="$2" desc="$3" dir="$4"
+  shift 4
+  in_stages "$n" || return 0
+  if is_done "$dir/stages/$name"; then
+    log "Stage $n ($name): finished before ($dir/stages/$name/.done), skipping"
+    return 0
+  fi
+  log "Stage $n ($name): $desc"
+  run_logged "$dir/log/stage${n}_$name.log" "$@"
+  mark_done "$dir/stages/$name"
+}
+
 # The terminal sees progress bars move; the log keeps only each line's final state.
 __asr_kd_tidy_log() {
   sed -i 's/.*\r//' "$1" 2>/dev/null || true

@@ -101,14 +101,7 @@ for kv in $set; do common+=(--set "$kv"); done
 
 # run_stage N NAME DESCRIPTION: run `asr-kd specialists-stage NAME` unless its .done marker exists.
 run_stage() {
-  in_stages "$1" || return 0
-  if is_done "$exp/stages/$2"; then
-    log "Stage $1 ($2): finished before ($exp/stages/$2/.done), skipping"
-    return 0
-  fi
-  log "Stage $1 ($2): $3"
-  run_logged "$exp/log/stage$1_$2.log" asr-kd specialists-stage "$2" "${common[@]}"
-  mark_done "$exp/stages/$2"
+  run_marked_stage "$1" "$2" "$3" "$exp" asr-kd specialists-stage "$2" "${common[@]}"
 }
 
 run_stage 0 prepare "the many-class task ($task)"
