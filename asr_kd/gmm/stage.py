@@ -338,7 +338,7 @@ def _corpus_name(data_dir: Path) -> str:
     info = data_dir / "corpus" / "SYNTHETIC.json"
     try:
         cfg = json.loads(info.read_text())["config"]
-        return f"the synthetic '{cfg['preset']}' corpus (seed {cfg['seed']}, difficulty {cfg['difficulty']}; {data_dir})"
+        return f"the synthetic '{cfg['preset']}' corpus (seed {cfg['seed']}, difficulty {cfg['difficulty']})"
     except (OSError, ValueError, KeyError, TypeError):
         return f"the corpus in {data_dir}"
 
