@@ -41,7 +41,7 @@ from asr_kd.ctc.kd import CtcFrameKdLoss, CtcSequenceKdLoss, ctc_hard_loss, ctc_
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.units import CtcUnits, make_units
 from asr_kd.data.ctc_data import CtcDataset, PseudoLabels, cut_text
-from asr_kd.data.features import CmvnStats
+from asr_kd.data.features import CmvnStats, cmvn_path, cuts_path
 from asr_kd.data.frames import SkipBatches, make_loader, make_sampler
 from asr_kd.decode.ctc import decode_ctc_batch, greedy_ctc
 from asr_kd.decode.fst_utils import write_fst
@@ -86,10 +86,10 @@ class CtcLayout:
         return Path(self.lang_dir) if self.lang_dir is not None else Path(self.data_dir) / "lang"
 
     def cuts(self, part: str) -> Path:
-        return Path(self.data_dir) / "fbank" / f"cuts_{part}.jsonl.gz"
+        return cuts_path(Path(self.data_dir) / "fbank", part)
 
     def cmvn(self, part: str) -> Path:
-        return Path(self.data_dir) / "fbank" / f"cmvn_{part}.npz"
+        return cmvn_path(Path(self.data_dir) / "fbank", part)
 
     @property
     def units_dir(self) -> Path:

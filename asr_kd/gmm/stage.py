@@ -92,6 +92,16 @@ class Stage3Paths:
         """Return the alignment directory ``ali``."""
         return self.root / "ali"
 
+    @property
+    def senones_json(self) -> Path:
+        """Number of senones, model and graph paths, per-part alignment counts."""
+        return self.ali / "senones.json"
+
+    @property
+    def log_priors(self) -> Path:
+        """Log senone priors counted from the training alignments (``save_priors`` text format)."""
+        return self.ali / "log_priors.npy"
+
     def ali_cuts(self, part: str) -> Path:
         """Return ``ali/cuts_<part>.jsonl.gz``."""
         return self.ali / f"cuts_{part}.jsonl.gz"
@@ -499,16 +509,16 @@ def run_gmm_stage(
             train_senones = senones
     if need_align:
         _timed(timings, "align", start)
-    save_priors(paths.ali / "log_priors.npy", priors_from_alignments(train_senones.values(), tri.num_pdfs, decode_config.prior_smoothing, decode_config.prior_floor))
+    save_priors(paths.log_priors, priors_from_alignments(train_senones.values(), tri.num_pdfs, decode_config.prior_smoothing, decode_config.prior_floor))
     meta = {
         "num_senones": tri.num_pdfs,
         "model": str(paths.model("tri")),
         "graph": str(paths.graph("tri")),
         "train_part": train_part,
-        "priors": str(paths.ali / "log_priors.npy"),
+        "priors": str(paths.log_priors),
         "parts": part_info,
     }
-    write_text_atomic(paths.ali / "senones.json", json.dumps(meta, indent=1) + "\n")
+    write_text_atomic(paths.senones_json, json.dumps(meta, indent=1) + "\n")
 
     wers: dict[str, dict[str, dict[str, float]]] = {}
     for name in SYSTEMS:

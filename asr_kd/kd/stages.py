@@ -30,7 +30,8 @@ from lhotse.cut import Cut
 from tqdm import tqdm
 
 from asr_kd.config import DnnConfig, KdConfig, TrainConfig, save_config
-from asr_kd.data.features import CmvnStats
+from asr_kd.data.features import CmvnStats, cmvn_path
+from asr_kd.gmm.stage import Stage3Paths
 from asr_kd.data.frames import FrameDataset, make_sampler
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import TeacherEnsemble
@@ -62,19 +63,19 @@ class KdLayout:
 
     def ali_cuts(self, part: str) -> Path:
         """Stage 3's fbank cuts of ``part`` with senone alignments."""
-        return self.exp_dir / "gmm" / "ali" / f"cuts_{part}.jsonl.gz"
+        return Stage3Paths.of(self.exp_dir).ali_cuts(part)
 
     def cmvn(self, part: str) -> Path:
         """Stage 1's fbank CMVN statistics of ``part``."""
-        return self.data_dir / "fbank" / f"cmvn_{part}.npz"
+        return cmvn_path(self.data_dir / "fbank", part)
 
     @property
     def senones_json(self) -> Path:
-        return self.exp_dir / "gmm" / "ali" / "senones.json"
+        return Stage3Paths.of(self.exp_dir).senones_json
 
     @property
     def log_priors(self) -> Path:
-        return self.exp_dir / "gmm" / "ali" / "log_priors.npy"
+        return Stage3Paths.of(self.exp_dir).log_priors
 
     def teacher_dir(self, i: int) -> Path:
         return self.exp_dir / "teachers" / f"teacher{i}"
