@@ -15,6 +15,7 @@ help:
 	@echo "make demo   set up .venv, then run recipes/librispeech/run.sh on the synthetic 'mini' corpus"
 	@echo "make test   set up .venv, then run the test suite"
 	@echo "make bench  set up .venv, then run the benchmarks under bench/ (writes bench/RESULTS.md)"
+	@echo "make test-k2  optional: build .venv-k2 (Python 3.9, torch 1.13.1, k2), check k2 against our CTC loss and HLG decoding"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "asr-kd needs Python 3.11: run make with PYTHON=/path/to/python3.11")'
@@ -37,17 +38,25 @@ test: venv
 bench: venv
 	$(PY) bench/run.py
 
-# Optional, not part of `make test`: k2's CTC loss against torch's on the same inputs. k2 exists on
-# PyPI only for Python 3.9 with torch 1.13.1 (CUDA 11.7 wheels, a large download), so it gets a
-# virtual environment of its own. PYTHON39 must name a Python 3.9 interpreter.
-PYTHON39 ?= python3.9
+# Optional, not part of `make test`: the k2 backend (asr_kd/ctc/k2_backend.py) against our own code
+# on the same inputs: k2's CTC loss and gradients against torch's, and k2's exact best path through
+# our HLG (exported as OpenFst text) against kaldi-decoder's, word ids and scores, over log-prob
+# matrices that tests/k2_lane/make_fixtures.py writes with .venv's Python. k2 exists on PyPI only
+# for Python 3.9 with torch 1.13.1 (CUDA 11.7 wheels, a large download), so it gets a virtual
+# environment of its own, .venv-k2. PYTHON39 names a Python 3.9 interpreter; by default python3.9
+# if it runs (a pyenv shim can exist and still fail), else pyenv's newest 3.9.
+PYTHON39 ?= $(shell for p in python3.9 "$$(pyenv prefix 3.9 2>/dev/null | tail -n 1)/bin/python3.9"; do \
+	"$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 9))' >/dev/null 2>&1 && { command -v "$$p"; break; }; done)
 .venv-k2/.installed:
-	$(PYTHON39) -m venv .venv-k2
+	@p="$(PYTHON39)"; if [ -z "$$p" ]; then echo "make test-k2: no Python 3.9 found (python3.9, pyenv); run make test-k2 PYTHON39=/path/to/python3.9" >&2; exit 1; fi; \
+	"$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 9))' || { echo "make test-k2: $$p is not Python 3.9; run make test-k2 PYTHON39=/path/to/python3.9" >&2; exit 1; }; \
+	echo "$$p -m venv .venv-k2"; "$$p" -m venv .venv-k2
 	.venv-k2/bin/pip install "torch==1.13.1" "k2==1.23.4" "numpy<2" pytest
 	touch $@
 
-test-k2: .venv-k2/.installed
-	.venv-k2/bin/python -m pytest -q --noconftest tests/unit/test_ctc_k2.py
+# --noconftest: tests/conftest.py needs the main environment's packages.
+test-k2: venv .venv-k2/.installed
+	ASR_KD_PYTHON="$(abspath $(PY))" .venv-k2/bin/python -m pytest -q -rs --noconftest tests/unit/test_ctc_k2.py
 
 clean-demo:
 	rm -rf recipes/librispeech/data recipes/librispeech/exp

@@ -598,7 +598,11 @@ class CtcConfig:
     ``blank_handling`` says what the frame-level KL does with frames whose fused teacher argmax is
     blank: "include", "exclude" or "downweight" (weight ``blank_weight``). ``shared_init_steps`` > 0
     trains one checkpoint for that many steps and starts every teacher from it (different seeds
-    afterwards), which keeps the teachers' CTC spikes at the same frames.
+    afterwards), which keeps the teachers' CTC spikes at the same frames. ``guide_weight`` > 0
+    trains teachers 1, 2, ... with guided CTC (Kurata & Audhkhasi, "Guiding CTC Posterior Spike
+    Timings for Improved Posterior Fusion and Knowledge Distillation", Interspeech 2019): CTC plus
+    ``guide_weight *`` (1 - the teacher's mean posterior of the guide's arg-max token on the frames
+    where teacher 0, the guide, spikes), which pulls their spikes onto the guide's frames.
     """
 
     units: str = "phone"
@@ -608,6 +612,7 @@ class CtcConfig:
     dropout: float = 0.1
     num_teachers: int = 2
     shared_init_steps: int = 0
+    guide_weight: float = 0.0
     kd_mode: str = "frame"
     kd_source: str = "online"  # "stored": top-k soft targets on the cuts (the hybrid path's storage)
     top_k: int = 10
@@ -629,6 +634,7 @@ class CtcConfig:
         _check(0.0 <= self.dropout < 1.0, f"ctc.dropout must be in [0, 1), got {self.dropout}")
         _check(self.num_teachers >= 1, f"ctc.num_teachers must be >= 1, got {self.num_teachers}")
         _check(self.shared_init_steps >= 0, f"ctc.shared_init_steps must be >= 0, got {self.shared_init_steps}")
+        _check(self.guide_weight >= 0, f"ctc.guide_weight must be >= 0, got {self.guide_weight}")
         _check(self.kd_mode in CTC_KD_MODES, f"ctc.kd_mode must be one of {CTC_KD_MODES}, got {self.kd_mode!r}")
         _check(self.kd_source in CTC_KD_SOURCES, f"ctc.kd_source must be one of {CTC_KD_SOURCES}, got {self.kd_source!r}")
         _check(self.top_k >= 1, f"ctc.top_k must be >= 1, got {self.top_k}")

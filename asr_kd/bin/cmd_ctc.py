@@ -34,13 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ctc-train-teachers", help="train the CTC teacher ensemble (optionally from a shared initial checkpoint)",
                        description="Make the CTC units (phones or BPE, ctc.units), then train ctc.num_teachers CTC encoders with "
                        "seeds seed, seed+1, ... in <exp>/ctc/<units>/teachers/ (or teachers_shared<N>/ when ctc.shared_init_steps=N: "
-                       "every teacher then starts from one checkpoint trained N steps). Finished teachers are skipped.")
+                       "every teacher then starts from one checkpoint trained N steps; a _guided<w> suffix when ctc.guide_weight=w: "
+                       "teacher0 of the unguided set guides the others' spikes with guided CTC). Finished teachers are skipped.")
     _common_args(p)
     _train_args(p)
     p.set_defaults(func=_train_teachers)
 
     p = sub.add_parser("ctc-spike-report", help="measure the CTC spike misalignment between teachers of every trained teacher set",
-                       description="For each trained teacher set (independent, shared init), the mean frame offset of matched "
+                       description="For each trained teacher set (independent, shared init, guided), the mean frame offset of matched "
                        "non-blank spikes and the share of frames whose argmax tokens differ, between every pair of teachers on "
                        "--part (default the dev set); writes <exp>/ctc/<units>/spike_report.json.")
     _common_args(p)

@@ -6,8 +6,9 @@ posteriors are mostly blank with a one-frame "spike" per label, and two CTC mode
 different initialisations may put the spike of the same label at different frames; averaging
 such teachers blurs their spikes, and a student matching the blur learns neither timing. The
 options here: ``blank_handling`` (include / exclude / down-weight frames whose fused teacher
-argmax is blank), teachers that share an initial checkpoint (:mod:`asr_kd.ctc.stages`), and a
-measurement of the misalignment (:func:`spike_misalignment`).
+argmax is blank), teachers that share an initial checkpoint (:mod:`asr_kd.ctc.stages`), teachers
+whose spikes are guided onto one guide model's frames (:class:`GuidedCtcLoss`), and a measurement
+of the misalignment (:func:`spike_misalignment`).
 
 Sequence-level KD does not need aligned spikes: the ensemble's greedy or n-best hypotheses are
 the targets of an ordinary CTC loss (:func:`pseudo_labels`, :func:`weighted_ctc_loss`).
@@ -166,6 +167,50 @@ def ctc_hard_loss(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, d
     core = model.module if hasattr(model, "module") else model
     loss = ctc_loss(logits, core.output_lengths(batch["lengths"]), batch["targets"], batch["target_lengths"])
     return loss, {}
+
+
+def guided_ctc_term(logits: Tensor, guide_tokens: Tensor, mask: Tensor) -> Tensor:
+    """Return the spike-guiding term of guided CTC (Kurata & Audhkhasi 2019): per utterance,
+    1 minus the mean posterior that the model gives the guide's token on the frames where the
+    guide's arg-max (``guide_tokens`` ``[B, T]``) is not blank; averaged over the utterances
+    with at least one guide spike (0 when none has). The paper subtracts the summed posteriors
+    from the CTC loss; normalising by the number of guide spikes keeps the term in [0, 1] like
+    our per-token CTC loss, and the constant 1 keeps it non-negative (same gradient)."""
+    if guide_tokens.shape != logits.shape[:2]:
+        raise ConfigError(f"the guide's output has {tuple(guide_tokens.shape)} frames, the model's {tuple(logits.shape[:2])}; "
+                          "guide and guided models need the same subsampling")
+    probs = torch.softmax(logits.float(), dim=-1).gather(-1, guide_tokens.unsqueeze(-1)).squeeze(-1)
+    spike = (guide_tokens != BLANK) & mask
+    counts = spike.sum(dim=1)
+    has = counts > 0
+    if not bool(has.any()):
+        return logits.new_zeros((), dtype=torch.float32)
+    per_utt = (probs * spike.to(probs.dtype)).sum(dim=1) / counts.clamp(min=1).to(probs.dtype)
+    return (1.0 - per_utt[has]).mean()
+
+
+class GuidedCtcLoss:
+    """``compute_loss(model, batch)`` of a guided teacher: CTC on the transcript ``+ weight *``
+    :func:`guided_ctc_term` against the frozen ``guide`` model's arg-max tokens. Models guided by
+    the same guide put their spikes on the same frames, so their posteriors fuse and distil
+    without blurring the spikes."""
+
+    def __init__(self, guide: nn.Module, weight: float) -> None:
+        self.guide = guide.eval()
+        for p in self.guide.parameters():
+            p.requires_grad_(False)
+        self.weight = weight
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = model(batch["features"], batch["lengths"])
+        core = model.module if hasattr(model, "module") else model
+        out_lengths = core.output_lengths(batch["lengths"])
+        self.guide.to(logits.device)
+        with torch.no_grad():
+            guide_tokens = self.guide(batch["features"], batch["lengths"]).argmax(dim=-1)
+        guided = guided_ctc_term(logits, guide_tokens, valid_frames(out_lengths, logits.shape[1]))
+        hard = ctc_loss(logits, out_lengths, batch["targets"], batch["target_lengths"])
+        return hard + self.weight * guided, {"ctc_loss": hard.detach(), "guide_loss": guided.detach()}
 
 
 # --------------------------------------------------------------------------------------------

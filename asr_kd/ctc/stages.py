@@ -6,7 +6,9 @@ with ``G.fst``). Everything is written under ``<exp>/ctc/<units>/``:
 ```
 units/                 tokens.txt, units.json (and bpe.model)
 teachers/teacher<i>/   independent teachers (seeds seed+i), or, with ctc.shared_init_steps = N,
-teachers_shared<N>/    init/ (one run of N steps) and teacher<i>/ started from it
+teachers_shared<N>/    init/ (one run of N steps) and teacher<i>/ started from it; with
+teachers[_shared<N>]_guided<w>/   ctc.guide_weight = w, teacher0 links to the unguided set's
+                       teacher0 (the guide) and teacher1... are trained with guided CTC
 soft_targets/<set>_<fusion>_T<T>_k<k>/   the ensemble's top-k CTC posteriors on the training cuts
 students/<name>/       baseline (CTC on transcripts), frame (frame-level KD), sequence (pseudo-labels),
                        or a named variant of one of them (e.g. frame_exclude)
@@ -23,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -37,7 +41,7 @@ from tqdm import tqdm
 
 from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig, save_config
 from asr_kd.ctc.beam import prefix_beam_search
-from asr_kd.ctc.kd import CtcFrameKdLoss, CtcSequenceKdLoss, ctc_hard_loss, ctc_loss, pseudo_labels, spike_misalignment
+from asr_kd.ctc.kd import CtcFrameKdLoss, CtcSequenceKdLoss, GuidedCtcLoss, ctc_hard_loss, ctc_loss, pseudo_labels, spike_misalignment
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.units import CtcUnits, make_units
 from asr_kd.data.ctc_data import CtcDataset, PseudoLabels, cut_text
@@ -52,6 +56,7 @@ from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftT
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import compute_wer
 from asr_kd.report.results_md import write_section
+from asr_kd.report.tables import plot_spike_timings
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.ddp import DistInfo, cleanup, init_distributed
 from asr_kd.train.loop import LossFn, TrainResult, to_device, train
@@ -95,13 +100,18 @@ class CtcLayout:
     def units_dir(self) -> Path:
         return self.root / "units"
 
-    def teacher_set(self, shared_init_steps: int) -> Path:
-        """The folder of the teachers trained with ``shared_init_steps`` (0: independent)."""
-        return self.root / ("teachers" if shared_init_steps == 0 else f"teachers_shared{shared_init_steps}")
+    def teacher_set(self, shared_init_steps: int, guide_weight: float = 0.0) -> Path:
+        """The folder of the teachers trained with ``shared_init_steps`` (0: independent) and
+        ``guide_weight`` (0: unguided)."""
+        return self.root / teacher_set_name(shared_init_steps, guide_weight)
+
+    def teachers_of(self, cfg: CtcConfig) -> Path:
+        """The folder of ``cfg``'s teacher set."""
+        return self.teacher_set(cfg.shared_init_steps, cfg.guide_weight)
 
     def soft_dir(self, cfg: CtcConfig) -> Path:
         """Stored soft targets of ``cfg``'s teacher set, temperature, fusion and top-k."""
-        return self.root / "soft_targets" / f"{self.teacher_set(cfg.shared_init_steps).name}_{cfg.fusion}_T{cfg.temperature:g}_k{cfg.top_k}"
+        return self.root / "soft_targets" / f"{self.teachers_of(cfg).name}_{cfg.fusion}_T{cfg.temperature:g}_k{cfg.top_k}"
 
     def soft_cuts(self, cfg: CtcConfig) -> Path:
         return self.soft_dir(cfg) / f"cuts_{self.train_part}.jsonl.gz"
@@ -124,6 +134,22 @@ class CtcLayout:
 
     def open_lang(self) -> Lang:
         return Lang.load(self.lang)
+
+
+_SET_NAME = re.compile(r"teachers(?:_shared(\d+))?(?:_guided([0-9.e+-]+))?")
+
+
+def teacher_set_name(shared_init_steps: int, guide_weight: float = 0.0) -> str:
+    """Return the folder name of a teacher set: ``teachers[_shared<N>][_guided<w>]``."""
+    return ("teachers" + (f"_shared{shared_init_steps}" if shared_init_steps > 0 else "")
+            + (f"_guided{guide_weight:g}" if guide_weight > 0 else ""))
+
+
+def parse_teacher_set_name(name: str) -> tuple[int, float] | None:
+    """Return ``(shared_init_steps, guide_weight)`` of a teacher-set folder name, None if ``name``
+    is not one."""
+    m = _SET_NAME.fullmatch(name)
+    return None if m is None else (int(m.group(1) or 0), float(m.group(2) or 0.0))
 
 
 def _write_results(results_md: Path | None, heading: str, body: str, command: str) -> None:
@@ -258,38 +284,68 @@ def load_ctc_model(exp_dir_or_checkpoint: Path | str, device: str | torch.device
 def train_ctc_teachers(
     layout: CtcLayout, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
 ) -> list[TrainResult]:
-    """Train ``cfg.num_teachers`` CTC teachers (seeds ``seed + i``) in ``layout.teacher_set(
-    cfg.shared_init_steps)``. With ``shared_init_steps`` > 0, one run of that many steps (seed
-    ``seed``) is trained first in ``init/`` and every teacher starts from its weights. Returns the
-    teachers' results in order."""
+    """Train ``cfg.num_teachers`` CTC teachers (seeds ``seed + i``) in ``layout.teachers_of(cfg)``.
+
+    With ``shared_init_steps`` > 0, one run of that many steps (seed ``seed``) is trained first in
+    the unguided set's ``init/`` and every teacher starts from its weights. With ``guide_weight``
+    > 0, teacher 0 is the unguided set's teacher 0 (trained there if missing, linked here) and
+    guides the others (:class:`GuidedCtcLoss`). Returns the teachers' results in order."""
     units = prepare_units(layout, cfg)
     train_cuts, dev_cuts = layout.open_cuts(layout.train_part), layout.open_cuts(layout.dev_part)
     train_cmvn, dev_cmvn = layout.open_cmvn(layout.train_part), layout.open_cmvn(layout.dev_part)
-    set_dir = layout.teacher_set(cfg.shared_init_steps)
+    base_dir, set_dir = layout.teacher_set(cfg.shared_init_steps), layout.teachers_of(cfg)
     init = None
     if cfg.shared_init_steps > 0:
         init_cfg = dataclasses.replace(train_config, max_steps=cfg.shared_init_steps, num_epochs=max(train_config.num_epochs, 1000))
-        log.info("shared initial alignment: %d steps -> %s", cfg.shared_init_steps, set_dir / "init")
-        init = train_ctc_model(train_cuts, None, train_cmvn, None, units, cfg, init_cfg, set_dir / "init").final_path
-    results = []
+        log.info("shared initial alignment: %d steps -> %s", cfg.shared_init_steps, base_dir / "init")
+        init = train_ctc_model(train_cuts, None, train_cmvn, None, units, cfg, init_cfg, base_dir / "init").final_path
+    results: list[TrainResult] = []
+    guide: CtcEncoder | None = None
     for i in range(cfg.num_teachers):
         tcfg = dataclasses.replace(train_config, seed=train_config.seed + i)
         start = time.time()
-        result = train_ctc_model(train_cuts, dev_cuts, train_cmvn, dev_cmvn, units, cfg, tcfg, set_dir / f"teacher{i}", init_checkpoint=init)
+        if cfg.guide_weight > 0 and i == 0:
+            # The guide is an ordinary teacher 0: trained once in the unguided set, shared by link.
+            result = train_ctc_model(train_cuts, dev_cuts, train_cmvn, dev_cmvn, units, dataclasses.replace(cfg, guide_weight=0.0), tcfg,
+                                     base_dir / "teacher0", init_checkpoint=init)
+            _link_dir(set_dir / "teacher0", base_dir / "teacher0")
+            guide = load_ctc_model(base_dir / "teacher0")
+        else:
+            loss: LossFn = ctc_hard_loss if guide is None else GuidedCtcLoss(guide, cfg.guide_weight)
+            result = train_ctc_model(train_cuts, dev_cuts, train_cmvn, dev_cmvn, units, cfg, tcfg, set_dir / f"teacher{i}", loss,
+                                     init_checkpoint=init)
         log.info("CTC teacher %d: %s, best dev TER %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, time.time() - start)
         results.append(result)
-    rows = [f"| teacher{i} | {train_config.seed + i} | {r.state.step} | {_pct(r.state.best_metric)} |" for i, r in enumerate(results)]
+    rows = [f"| teacher{i}{' (guide)' if cfg.guide_weight > 0 and i == 0 else ''} | {train_config.seed + i} | {r.state.step} | "
+            f"{_pct(r.state.best_metric)} |" for i, r in enumerate(results)]
     init_note = (f"all started from one checkpoint trained {cfg.shared_init_steps} steps (shared initial alignment)"
                  if cfg.shared_init_steps else "independent initialisations")
+    if cfg.guide_weight > 0:
+        init_note += (f"; teachers 1+ trained with guided CTC (weight {cfg.guide_weight:g}) towards teacher0's spikes "
+                      "(Kurata & Audhkhasi 2019)")
     body = (f"{cfg.num_teachers} CTC {cfg.model_size} encoders over {units.num_tokens} {cfg.units} tokens (blank included), "
             f"subsampling x{cfg.subsampling}, {init_note}.\n\n"
             "| Teacher | Seed | Steps | Best dev greedy token error rate |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    _write_results(results_md, f"## CTC teachers ({cfg.units}, {_set_name(cfg.shared_init_steps)})", body, command)
+    _write_results(results_md, f"## CTC teachers ({cfg.units}, {_set_name(cfg.shared_init_steps, cfg.guide_weight)})", body, command)
     return results
 
 
-def _set_name(shared_init_steps: int) -> str:
-    return "independent" if shared_init_steps == 0 else f"shared init {shared_init_steps} steps"
+def _link_dir(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symbolic link to the folder ``target`` (kept if it already is;
+    under DDP every rank may try, and one of them wins)."""
+    if not (link.exists() or link.is_symlink()):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+        except FileExistsError:
+            pass
+    if not (link.is_symlink() and link.resolve() == target.resolve()):
+        raise DataError(f"{link} exists and is not a link to {target}; remove it and rerun")
+
+
+def _set_name(shared_init_steps: int, guide_weight: float = 0.0) -> str:
+    name = "independent" if shared_init_steps == 0 else f"shared init {shared_init_steps} steps"
+    return name + (f", guided {guide_weight:g}" if guide_weight > 0 else "")
 
 
 def _pct(x: float | None) -> str:
@@ -297,13 +353,27 @@ def _pct(x: float | None) -> str:
 
 
 def load_ctc_teachers(layout: CtcLayout, cfg: CtcConfig, device: str | torch.device = "cpu") -> list[CtcEncoder]:
-    """Return the ``cfg.num_teachers`` teachers of ``cfg.shared_init_steps``'s set, in eval mode."""
-    set_dir = layout.teacher_set(cfg.shared_init_steps)
+    """Return the ``cfg.num_teachers`` teachers of ``cfg``'s set, in eval mode."""
+    set_dir = layout.teachers_of(cfg)
     dirs = [set_dir / f"teacher{i}" for i in range(cfg.num_teachers)]
     missing = [d for d in dirs if not ((d / "best.pt").is_file() or (d / "final.pt").is_file())]
     if missing:
         raise DataError(f"CTC teacher {missing[0]} is not trained; run asr-kd ctc-train-teachers with the same ctc config first")
     return [load_ctc_model(d, device) for d in dirs]
+
+
+def trained_teacher_sets(layout: CtcLayout, cfg: CtcConfig) -> list[CtcConfig]:
+    """Return ``cfg`` adapted to each teacher set under ``layout`` with two or more trained
+    teachers (``shared_init_steps``, ``guide_weight`` and ``num_teachers`` set), in name order."""
+    sets = []
+    for set_dir in sorted(p for p in layout.root.glob("teachers*") if p.is_dir()):
+        parsed = parse_teacher_set_name(set_dir.name)
+        n = 0
+        while (set_dir / f"teacher{n}" / "final.pt").is_file():
+            n += 1
+        if parsed is not None and n >= 2:
+            sets.append(dataclasses.replace(cfg, shared_init_steps=parsed[0], guide_weight=parsed[1], num_teachers=n))
+    return sets
 
 
 @torch.no_grad()
@@ -330,31 +400,36 @@ def spike_report(
     layout: CtcLayout, cfg: CtcConfig, part: str | None = None, results_md: Path | None = None, command: str = "",
 ) -> dict[str, dict[str, float]]:
     """Measure the spike misalignment between the teachers of every trained teacher set (the
-    independent one and each ``teachers_shared<N>``) on ``part`` (default dev); write
+    independent one, each ``teachers_shared<N>`` and each guided set) on ``part`` (default dev); write
     ``<root>/spike_report.json`` and return ``{set name: summary}`` (see
     :meth:`asr_kd.ctc.kd.SpikeStats.summary`). Sets with fewer than two teachers are skipped."""
     part = part or layout.dev_part
     cuts, cmvn = CutSet.from_cuts(layout.open_cuts(part)), layout.open_cmvn(part)
     report: dict[str, dict[str, float]] = {}
-    for set_dir in sorted(p for p in layout.root.glob("teachers*") if p.is_dir()):
-        steps = 0 if set_dir.name == "teachers" else int(set_dir.name[len("teachers_shared"):])
-        set_cfg = dataclasses.replace(cfg, shared_init_steps=steps,
-                                      num_teachers=len([d for d in set_dir.glob("teacher*") if (d / "final.pt").is_file()]))
-        if set_cfg.num_teachers < 2:
-            continue
+    example: dict[str, list[np.ndarray]] = {}  # the first utterance's posteriors, for the plot
+    for set_cfg in trained_teacher_sets(layout, cfg):
         models = load_ctc_teachers(layout, set_cfg)
         per_model = [[lp for _, lp in ctc_log_probs([m], cuts, cmvn)] for m in models]
-        report[_set_name(steps)] = spike_misalignment(per_model)
+        name = _set_name(set_cfg.shared_init_steps, set_cfg.guide_weight)
+        report[name] = spike_misalignment(per_model)
+        example[name] = [lps[0] for lps in per_model]
     if not report:
         raise DataError(f"no set of two or more trained CTC teachers under {layout.root}; run asr-kd ctc-train-teachers first")
     write_text_atomic(layout.root / "spike_report.json", json.dumps(report, indent=1) + "\n")
+    first = next(iter(cuts))
+    title = f"CTC teachers' spikes on {first.id} ({part}, {cfg.units} units)"
+    plot_spike_timings(example, layout.root / "spike_timings.png", title, 10 * cfg.subsampling)
+    plot_name = f"ctc_spike_timings_{cfg.units}.png"
+    if results_md is not None:
+        plot_spike_timings(example, Path(results_md).parent / plot_name, title, 10 * cfg.subsampling)
     rows = [f"| {name} | {int(s['num_models'])} | {s['mean_spike_offset_frames']:.2f} | {100 * s['spikes_matched']:.1f}% | "
             f"{100 * s['argmax_disagreement']:.1f}% | {100 * s['blank_frame_share']:.1f}% |" for name, s in report.items()]
     body = (f"Between every pair of teachers on {part} ({len(cuts)} utterances), output frames of {10 * cfg.subsampling} ms: "
             "spikes are the first frame of each run of a non-blank argmax token; spikes of the two models are matched by a "
             "minimum-edit-distance alignment of their token sequences.\n\n"
             "| Teacher set | Teachers | Mean abs offset of matched spikes (frames) | Spikes matched | Argmax disagreement | Blank frames |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            f"![The teachers' non-blank probability on one {part} utterance, per teacher set]({plot_name})\n")
     _write_results(results_md, f"## CTC spike misalignment ({cfg.units})", body, command)
     return report
 
@@ -517,14 +592,18 @@ def decode_ctc_systems(
     layout: CtcLayout, cfg: CtcConfig, decode_config: DecodeConfig, parts: Sequence[str] | None = None, results_md: Path | None = None,
     command: str = "", corpus: str = "",
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Score every trained CTC system on ``parts`` (default dev and test): each teacher, the
-    ensemble (arithmetic/geometric per ``cfg.fusion``, T = 1) and the students that exist. Writes
+    """Score every trained CTC system on ``parts`` (default dev and test): each teacher of
+    ``cfg``'s set, its ensemble (arithmetic/geometric per ``cfg.fusion``, T = 1), the ensembles of
+    the other trained teacher sets, and the students that exist. Writes
     ``<root>/decode/scores.json`` and the RESULTS.md table; returns ``{system: {part: scores}}``."""
     units = prepare_units(layout, cfg)
     hlg = load_hlg(build_ctc_graph(layout, units))
     teachers = load_ctc_teachers(layout, cfg)
     systems: dict[str, list[CtcEncoder]] = {f"teacher{i}": [t] for i, t in enumerate(teachers)}
     systems[f"ensemble of {len(teachers)}"] = teachers
+    for other in trained_teacher_sets(layout, cfg):  # the other sets' ensembles: does aligning spikes help fusion?
+        if layout.teachers_of(other) != layout.teachers_of(cfg):
+            systems[f"ensemble of {other.num_teachers} ({_set_name(other.shared_init_steps, other.guide_weight)})"] = load_ctc_teachers(layout, other)
     for d in sorted((layout.root / "students").glob("*"), key=lambda p: (p.name not in STUDENT_KINDS, p.name)):
         if (d / "final.pt").is_file():  # baseline, frame, sequence first, then named variants
             systems[f"student: {d.name}"] = [load_ctc_model(d)]
@@ -544,7 +623,7 @@ def decode_ctc_systems(
     header = "| System | Part | " + " | ".join(names[c] for c in cols) + " |\n|" + "---|" * (len(cols) + 2) + "\n"
     rows = [f"| {name} | {part} | " + " | ".join(_pct(s[c]) for c in cols) + " |" for name, by_part in scores.items() for part, s in by_part.items()]
     body = (f"CTC {cfg.model_size} encoders, {units.num_tokens} {cfg.units} tokens{f', on {corpus}' if corpus else ''}; "
-            f"teachers: {_set_name(cfg.shared_init_steps)}; each student's settings are in its own section. TER = token error rate "
+            f"teachers: {_set_name(cfg.shared_init_steps, cfg.guide_weight)}; each student's settings are in its own section. TER = token error rate "
             "(prefix beam search without LM); HLG WER = kaldi-decoder over H o L o G with the recipe's n-gram LM.\n\n" + header + "\n".join(rows) + "\n")
     _write_results(results_md, f"## CTC results ({cfg.units})", body, command)
     return scores

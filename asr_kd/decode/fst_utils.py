@@ -68,3 +68,29 @@ def read_fst(path: Path | str, what: str = "graph", fix: str = "build it first")
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist; {fix}")
     return kaldifst.StdVectorFst.read(str(path))
+
+
+def fst_to_text(fst: kaldifst.StdVectorFst) -> str:
+    """Return ``fst`` in OpenFst's text format (what ``fstprint`` writes, without symbol tables).
+
+    One line ``src dst ilabel olabel cost`` per arc and ``state cost`` per final state; the start
+    state's lines come first, because readers (``fstcompile``, ``k2.Fsa.from_openfst``) take the
+    source of the first line as the start state. Costs are written with 9 significant digits, which
+    round-trips every float32 exactly; ``StdVectorFst.to_str`` (fstprint) writes 6, which would move
+    a long path's total cost by about 1e-6 relative per arc. An FST without a start state, or whose
+    start state has neither arcs nor a final cost, accepts nothing and is written as ``""``.
+    """
+    start = fst.start
+    if start < 0:
+        return ""
+    order = [start] + [s for s in kaldifst.StateIterator(fst) if s != start]
+    lines: list[str] = []
+    for s in order:
+        for arc in kaldifst.ArcIterator(fst, s):
+            lines.append(f"{s}\t{arc.nextstate}\t{arc.ilabel}\t{arc.olabel}\t{arc.weight.value:.9g}")
+        final = fst.final(s).value
+        if final != float("inf"):
+            lines.append(f"{s}\t{final:.9g}")
+    if not lines or not lines[0].startswith(f"{start}\t"):
+        return ""
+    return "\n".join(lines) + "\n"

@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
+
 PAPER_CITATION = "Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network"
 # Table 1 of the paper: test frame accuracy and WER (Google voice search, 10 x 2,560-unit DNNs).
 PAPER_TABLE1 = {
@@ -178,6 +180,45 @@ def plot_dev_accuracy(
     ax.legend()
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_spike_timings(
+    per_set: Mapping[str, Sequence[np.ndarray]], path: Path | str, title: str = "", frame_ms: int = 40,
+) -> Path:
+    """Plot, for one utterance, each teacher's non-blank probability ``1 - P(blank)`` over the
+    output frames, one panel per teacher set (``{set name: [(T', V) log-probs per teacher]}``,
+    blank at column 0), with a tick at each teacher's spikes (first frame of each run of a
+    non-blank arg-max). Spikes of aligned teachers coincide; misaligned ones alternate. Writes
+    a PNG (Agg backend) to ``path`` and returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr_kd.utils import atomic_path
+
+    fig, axes = plt.subplots(len(per_set), 1, figsize=(9.0, 1.9 * len(per_set) + 0.6), dpi=100, sharex=True, squeeze=False)
+    for ax, (name, models) in zip(axes[:, 0], per_set.items()):
+        for i, log_probs in enumerate(models):
+            probs = np.exp(np.asarray(log_probs, dtype=np.float64))
+            ms = np.arange(probs.shape[0]) * frame_ms
+            line, = ax.plot(ms, 1.0 - probs[:, 0], linewidth=1.0, label=f"teacher{i}")
+            arg = probs.argmax(axis=1)
+            first = [t for t in range(len(arg)) if arg[t] != 0 and (t == 0 or arg[t - 1] != arg[t])]
+            ax.plot(ms[first], np.full(len(first), 1.04 + 0.06 * i), "|", color=line.get_color(), markersize=8)
+        ax.set_ylim(0, 1.05 + 0.06 * len(models))
+        ax.set_ylabel("1 - P(blank)")
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(loc="upper right", fontsize=8, ncol=len(next(iter(per_set.values()))))
+    axes[-1, 0].set_xlabel("time (ms); ticks: spikes (first frame of each non-blank arg-max run)")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

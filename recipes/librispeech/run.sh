@@ -38,6 +38,7 @@ model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or 
 ctc_config=""          # CtcConfig YAML; empty: conf/ctc_tiny.yaml for tiny, else conf/ctc_mini.yaml
 ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: by preset (conf/ctc_train_*.yaml)
 ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first steps; empty: 15 for tiny, else 900
+ctc_guide_weight=1.0   # > 0: also train a teacher set whose spikes are guided by teacher0's (guided CTC); 0: none
 
 help_message="Usage: $0 [options]
 
@@ -63,10 +64,11 @@ to redo it):
   8  3% of the training data: hard targets (early stopping) vs the ensemble's soft targets, and
      the 100% baseline: the paper's Table 5 analogue and a plot of dev accuracy in \$results
 With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path in \$exp/ctc:
-  4  CTC teachers (independent seeds, and a set sharing its first --ctc-shared-init-steps)
-  5  the teachers' spike misalignment report
+  4  CTC teachers (independent seeds; a set sharing its first --ctc-shared-init-steps; a set
+     guided by teacher0's spikes with weight --ctc-guide-weight)
+  5  the teachers' spike misalignment report, every teacher set
   6  CTC students: baseline, frame-level KD (KL at T, blank handling), sequence-level KD
-     (the ensemble's pseudo-labels)
+     (the ensemble's pseudo-labels), and a frame-level KD student of each extra teacher set
   7  greedy, prefix-beam and HLG decoding; token error rates and WER rows in \$results
 Stage 3 (GMM-HMM) is only needed by the hybrid path.
 
@@ -100,6 +102,7 @@ Options (default in brackets):
   --ctc-config F       CtcConfig YAML; empty: by preset [$ctc_config]
   --ctc-train-config F TrainConfig YAML of the CTC models; empty: by preset [$ctc_train_config]
   --ctc-shared-init-steps N  steps shared by the second CTC teacher set; 0: none [$ctc_shared_init_steps]
+  --ctc-guide-weight W guided-CTC weight of the third CTC teacher set; 0: none [$ctc_guide_weight]
   -h, --help           show this help
 
 Examples:
@@ -114,6 +117,7 @@ Examples:
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (try --help)" >&2; exit 1; }
 case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take integers" >&2; exit 1 ;; esac
 case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
+case "$ctc_guide_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --ctc-guide-weight takes a number >= 0, got '$ctc_guide_weight'" >&2; exit 1 ;; esac
 hybrid=true; ctc=false
 [ "$model_type" != ctc ] || hybrid=false
 [ "$model_type" = hybrid ] || ctc=true
@@ -269,17 +273,25 @@ if [ "$ctc" = true ]; then
     # Past CTC's all-blank plateau (about 500 steps on mini), or the shared start aligns nothing.
     : "${ctc_config:=$recipe_dir/conf/ctc_mini.yaml}" "${ctc_train_config:=$recipe_dir/conf/ctc_train_mini.yaml}" "${ctc_shared_init_steps:=900}"
   fi
+  # The teacher sets besides the config's own: their names and CtcConfig overrides.
+  ctc_extra_names=() ctc_extra_sets=()
+  if [ "$ctc_shared_init_steps" -gt 0 ]; then
+    ctc_extra_names+=("shared$ctc_shared_init_steps") ctc_extra_sets+=("shared_init_steps=$ctc_shared_init_steps")
+  fi
+  if awk -v w="$ctc_guide_weight" 'BEGIN { exit !(w + 0 > 0) }'; then
+    ctc_extra_names+=("guided$ctc_guide_weight") ctc_extra_sets+=("guide_weight=$ctc_guide_weight")
+  fi
   ctc_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set"
               --ctc-config "$ctc_config" --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
   # The asr-kd ctc-* commands skip models and targets that are already finished.
   if in_stages 4; then
     log "Stage 4 (CTC): teachers ($ctc_config, $ctc_train_config)"
     run_logged "$exp/log/stage4_ctc_teachers.log" asr-kd ctc-train-teachers "${ctc_common[@]}" --config "$ctc_train_config"
-    if [ "$ctc_shared_init_steps" -gt 0 ]; then
-      log "Stage 4 (CTC): teachers sharing their first $ctc_shared_init_steps steps"
-      run_logged "$exp/log/stage4_ctc_teachers_shared.log" asr-kd ctc-train-teachers "${ctc_common[@]}" \
-        --config "$ctc_train_config" --ctc-set "shared_init_steps=$ctc_shared_init_steps"
-    fi
+    for i in "${!ctc_extra_sets[@]}"; do
+      log "Stage 4 (CTC): teachers with ${ctc_extra_sets[$i]}"
+      run_logged "$exp/log/stage4_ctc_teachers_${ctc_extra_names[$i]}.log" asr-kd ctc-train-teachers "${ctc_common[@]}" \
+        --config "$ctc_train_config" --ctc-set "${ctc_extra_sets[$i]}"
+    done
   fi
   if in_stages 5; then
     log "Stage 5 (CTC): spike misalignment of the teachers"
@@ -289,6 +301,13 @@ if [ "$ctc" = true ]; then
     for kind in baseline frame sequence; do
       log "Stage 6 (CTC): $kind student"
       run_logged "$exp/log/stage6_ctc_$kind.log" asr-kd ctc-train-student "${ctc_common[@]}" --config "$ctc_train_config" --kind "$kind"
+    done
+    # Does a teacher set with aligned spikes distil better? One frame-level student per extra set.
+    for i in "${!ctc_extra_sets[@]}"; do
+      name=frame_${ctc_extra_names[$i]}
+      log "Stage 6 (CTC): $name student (teachers with ${ctc_extra_sets[$i]})"
+      run_logged "$exp/log/stage6_ctc_$name.log" asr-kd ctc-train-student "${ctc_common[@]}" --config "$ctc_train_config" \
+        --kind frame --name "$name" --ctc-set "${ctc_extra_sets[$i]}"
     done
   fi
   if in_stages 7; then

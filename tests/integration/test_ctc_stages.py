@@ -1,5 +1,5 @@
-"""The CTC path end to end on the 'tiny' corpus: units, two teachers (independent and from a
-shared initial checkpoint), the spike report, baseline / frame-level / sequence-level students,
+"""The CTC path end to end on the 'tiny' corpus: units, two teachers (independent, from a
+shared initial checkpoint, and guided by teacher 0's spikes), the spike report, baseline / frame-level / sequence-level students,
 stored CTC soft targets, greedy / prefix-beam / HLG decoding and the RESULTS.md rows.
 
 Models are 'tiny' and trained for a few dozen steps: the test checks what each step wrote and
@@ -58,12 +58,14 @@ def ctc_run(tiny_stage2, tmp_path_factory):
         teachers = train_ctc_teachers(layout, CTC, TRAIN, results_md=md, command="test")
         shared = dataclasses.replace(CTC, shared_init_steps=15)
         train_ctc_teachers(layout, shared, dataclasses.replace(TRAIN, max_steps=25), results_md=md, command="test")
+        guided = train_ctc_teachers(layout, dataclasses.replace(CTC, guide_weight=1.0), dataclasses.replace(TRAIN, max_steps=25),
+                                    results_md=md, command="test")
         student_train = dataclasses.replace(TRAIN, max_steps=20)
         students = {kind: train_ctc_student(layout, kind, CTC, student_train, results_md=md, command="test")
                     for kind in ("baseline", "frame", "sequence")}
     finally:
         torch.set_num_threads(before)
-    return layout, md, teachers, students
+    return layout, md, teachers, students, guided
 
 
 def _dev_loader(layout: CtcLayout):
@@ -73,7 +75,7 @@ def _dev_loader(layout: CtcLayout):
 
 
 def test_teachers_lower_the_ctc_loss(ctc_run) -> None:
-    layout, md, teachers, _ = ctc_run
+    layout, md, teachers, _, _ = ctc_run
     units = prepare_units(layout, CTC)
     torch.manual_seed(TRAIN.seed)
     untrained = CtcEncoder(40, units.num_tokens, "tiny", dropout=0.0).eval()
@@ -89,19 +91,38 @@ def test_teachers_lower_the_ctc_loss(ctc_run) -> None:
     assert read_section(md, "## CTC teachers (phone, shared init 15 steps)")
 
 
-def test_spike_report_compares_both_teacher_sets(ctc_run) -> None:
-    layout, md, _, _ = ctc_run
+def test_guided_teachers_share_the_guide(ctc_run) -> None:
+    layout, md, teachers, _, guided = ctc_run
+    guided_dir = layout.teacher_set(0, 1.0)
+    assert guided_dir.name == "teachers_guided1"
+    # teacher0 is the independent set's teacher0 (linked, not retrained); teacher1 was guided.
+    assert (guided_dir / "teacher0").is_symlink() and (guided_dir / "teacher0").resolve() == (layout.teacher_set(0) / "teacher0").resolve()
+    assert guided[0].state.step == teachers[0].state.step == 40 and guided[1].state.step == 25
+    events = list((guided_dir / "teacher1" / "tensorboard").rglob("events.out.tfevents*"))
+    assert events and any(b"train/guide_loss" in e.read_bytes() for e in events)  # the guided term was logged
+    section = read_section(md, "## CTC teachers (phone, independent, guided 1)")
+    assert section and "| teacher0 (guide) | 0 | 40 |" in section and "guided CTC" in section
+    # Training again skips both: the link is kept and nothing is retrained.
+    again = train_ctc_teachers(layout, dataclasses.replace(CTC, guide_weight=1.0), dataclasses.replace(TRAIN, max_steps=25))
+    assert [r.state.step for r in again] == [40, 25]
+
+
+def test_spike_report_compares_every_teacher_set(ctc_run) -> None:
+    layout, md, _, _, _ = ctc_run
     report = spike_report(layout, CTC, results_md=md, command="test")
-    assert set(report) == {"independent", "shared init 15 steps"}
+    assert set(report) == {"independent", "shared init 15 steps", "independent, guided 1"}
     for s in report.values():
         assert s["mean_spike_offset_frames"] >= 0 and 0 <= s["argmax_disagreement"] <= 1 and s["num_models"] == 2
     assert json.loads((layout.root / "spike_report.json").read_text()) == report
+    for png in (layout.root / "spike_timings.png", md.parent / "ctc_spike_timings_phone.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     section = read_section(md, "## CTC spike misalignment (phone)")
     assert section and "| independent | 2 |" in section and "| shared init 15 steps | 2 |" in section
+    assert "| independent, guided 1 | 2 |" in section and "(ctc_spike_timings_phone.png)" in section
 
 
 def test_students_and_pseudo_labels(ctc_run) -> None:
-    layout, md, _, students = ctc_run
+    layout, md, _, students, _ = ctc_run
     for kind, result in students.items():
         assert result.state.step == 20 and (layout.student_dir(kind) / "final.pt").is_file()
         assert read_section(md, f"## CTC student: {kind} (phone)")
@@ -114,7 +135,7 @@ def test_students_and_pseudo_labels(ctc_run) -> None:
 def test_stored_soft_targets_give_the_online_loss(ctc_run) -> None:
     # With top_k = every token the stored targets are the online ensemble's (up to float16), so
     # the frame-level loss from stored targets equals the online one.
-    layout, _, _, _ = ctc_run
+    layout, _, _, _, _ = ctc_run
     units = prepare_units(layout, CTC)
     full = dataclasses.replace(CTC, top_k=units.num_tokens, kd_source="stored", ctc_weight=0.0)
     cuts_path = make_ctc_soft_targets(layout, full)
@@ -135,9 +156,10 @@ def test_stored_soft_targets_give_the_online_loss(ctc_run) -> None:
 
 
 def test_decoding_writes_the_ctc_rows(ctc_run, capsys) -> None:
-    layout, md, _, _ = ctc_run
+    layout, md, _, _, _ = ctc_run
     scores = decode_ctc_systems(layout, CTC, DecodeConfig(), results_md=md, command="test", corpus="tiny")
-    assert set(scores) == {"teacher0", "teacher1", "ensemble of 2", "student: baseline", "student: frame", "student: sequence"}
+    assert set(scores) == {"teacher0", "teacher1", "ensemble of 2", "ensemble of 2 (independent, guided 1)",
+                           "ensemble of 2 (shared init 15 steps)", "student: baseline", "student: frame", "student: sequence"}
     for by_part in scores.values():
         assert set(by_part) == {"dev-clean", "test-clean"}
         for s in by_part.values():

@@ -92,3 +92,41 @@ def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> 
     final = torch.load(exp / "final.pt", weights_only=False)["model"]
     assert all(torch.equal(final[k], w0[k]) for k in w0)
     assert len(list((exp / "tensorboard").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_ctc_teachers_under_torchrun_split_the_data_and_share_the_guide(tiny_stage2, tmp_path: Path) -> None:
+    # The CTC path through its command line under torchrun: an independent teacher 0 (the guide)
+    # and a guided teacher 1, each a DDP job of two gloo ranks, one after the other in the same
+    # processes; every rank links the guide into the guided set (one wins).
+    data, _ = tiny_stage2
+    exp = tmp_path / "exp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    conf = REPO_ROOT / "recipes" / "librispeech" / "conf"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "asr_kd",
+        "ctc-train-teachers", "--data-dir", str(data), "--exp-dir", str(exp), "--ctc-config", str(conf / "ctc_tiny.yaml"),
+        "--ctc-set", "guide_weight=1.0", "--config", str(conf / "ctc_train_tiny.yaml"), "--set", "num_epochs=1",
+        "--set", "max_steps=0", "--set", "device=cpu", "--num-threads", "1",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 300 s: {stderr[-4000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
+    root = exp / "ctc" / "phone"
+    guided = root / "teachers_guided1"
+    assert (guided / "teacher0").is_symlink() and (guided / "teacher0").resolve() == (root / "teachers" / "teacher0").resolve()
+    # One epoch over two ranks: each step consumed two batches, so the steps are about half of
+    # the batches one process would take (the train sampler of ctc_train_tiny.yaml: 60 s batches).
+    from asr_kd.data.frames import make_sampler
+
+    cuts = CutSet.from_file(data / "fbank" / "cuts_train-clean-100.jsonl.gz")
+    single = len(list(make_sampler(cuts, 60.0, shuffle=True, seed=0, bucketing=False)))
+    for teacher in (root / "teachers" / "teacher0", guided / "teacher1"):
+        state = torch.load(teacher / "final.pt", weights_only=False)["train_state"]
+        assert single >= 4 and abs(state["step"] - single / 2) <= 1, (state["step"], single)
+    assert "rank 1 of 2" in (exp / "log" / "ctc_train_teachers.log").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,11 +19,14 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     shutil.copytree(src_data, data, symlinks=True)
     out = run_librispeech_recipe(data, exp, "--stage", "4", "--stop-stage", "7", "--model-type", "ctc", timeout=1200)
     assert not (exp / "gmm").exists() and not (exp / "teachers").exists()  # the hybrid path did not run
-    for line in ("Stage 4 (CTC): teachers", "sharing their first 15 steps", "Stage 5 (CTC)", "Stage 6 (CTC): frame student", "Stage 7 (CTC)"):
+    for line in ("Stage 4 (CTC): teachers", "teachers with shared_init_steps=15", "teachers with guide_weight=1.0", "Stage 5 (CTC)",
+                 "Stage 6 (CTC): frame student", "frame_guided1.0 student", "Stage 7 (CTC)"):
         assert line in out.stderr, line
     ctc_dir = exp / "ctc" / "phone"
-    assert ctc_dir.is_dir()
-    assert len(list(ctc_dir.rglob("final.pt"))) >= 2 + 2 + 3  # two teacher sets and three students
+    for model in ("teachers/teacher1", "teachers_shared15/teacher1", "teachers_guided1/teacher1", "students/baseline",
+                  "students/sequence", "students/frame", "students/frame_shared15", "students/frame_guided1.0"):
+        assert (ctc_dir / model / "final.pt").is_file(), model
+    assert set(json.loads((ctc_dir / "spike_report.json").read_text())) == {"independent", "shared init 15 steps", "independent, guided 1"}
     text = (exp / "RESULTS.md").read_text()
     assert "./run.sh --preset tiny" in text and "--model-type ctc" in text
     assert "CTC" in text
@@ -35,3 +39,5 @@ def test_unknown_model_type_is_rejected(tmp_path: Path) -> None:
 
     out = subprocess.run(["bash", str(RUN_SH), "--model-type", "rnnt"], capture_output=True, text=True)
     assert out.returncode == 1 and "--model-type takes hybrid, ctc or both" in out.stderr
+    out = subprocess.run(["bash", str(RUN_SH), "--ctc-guide-weight", "-1"], capture_output=True, text=True)
+    assert out.returncode == 1 and "--ctc-guide-weight takes a number >= 0" in out.stderr

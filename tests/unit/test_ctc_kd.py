@@ -16,6 +16,8 @@ from asr_kd.ctc.kd import (
     blank_frame_weights,
     ctc_loss,
     frame_kd_loss,
+    guided_ctc_term,
+    GuidedCtcLoss,
     pseudo_labels,
     spike_misalignment,
     spikes,
@@ -180,6 +182,67 @@ def test_spikes_and_misalignment_measure_offsets() -> None:
 
 def test_ctc_config_validates() -> None:
     assert CtcConfig().kd_mode == "frame"
-    for bad in ({"units": "chars"}, {"blank_handling": "drop"}, {"nbest": 5, "beam_size": 2}, {"kd_weight": 0, "ctc_weight": 0}, {"subsampling": 3}):
+    for bad in ({"units": "chars"}, {"blank_handling": "drop"}, {"guide_weight": -1.0}, {"nbest": 5, "beam_size": 2}, {"kd_weight": 0, "ctc_weight": 0}, {"subsampling": 3}):
         with pytest.raises(ConfigError):
             CtcConfig(**bad)
+
+
+def test_guided_term_is_zero_on_the_guides_spikes_and_ignores_blank_and_padding() -> None:
+    guide = torch.tensor([[0, 2, 0, 3, 3, 0], [0, 0, 1, 0, 2, 2]])
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])  # utterance 2: the 2s are padding
+    # A model that is certain of the guide's token on every frame (blank included).
+    logits = torch.full((2, 6, 5), -30.0).scatter(-1, guide.unsqueeze(-1), 30.0)
+    assert float(guided_ctc_term(logits, guide, mask)) < 1e-6
+    # Certain of blank everywhere: every guide spike is missed -> 1.
+    blank = torch.full((2, 6, 5), -30.0)
+    blank[..., 0] = 30.0
+    assert math.isclose(float(guided_ctc_term(blank, guide, mask)), 1.0, abs_tol=1e-6)
+    # Only blank frames, padding and other tokens differ: still 0.
+    other = logits.clone()
+    other[0, 0] = torch.tensor([-30.0, 30.0, -30.0, -30.0, -30.0])  # a guide-blank frame
+    other[1, 5] = torch.tensor([-30.0, -30.0, -30.0, 30.0, -30.0])  # padding
+    assert float(guided_ctc_term(other, guide, mask)) < 1e-6
+    # No guide spike at all: 0, not NaN.
+    assert float(guided_ctc_term(blank, torch.zeros_like(guide), mask)) == 0.0
+    with pytest.raises(ConfigError, match="subsampling"):
+        guided_ctc_term(logits[:, :5], guide, mask)
+
+
+def test_guided_term_moves_spikes_onto_the_guides_frames() -> None:
+    # Free logits whose spikes sit two frames late, pulled by the guided term alone.
+    guide = torch.tensor([[0, 1, 0, 0, 2, 0, 0, 3, 0, 0]])
+    late = torch.tensor([[0, 0, 0, 1, 0, 0, 2, 0, 0, 3]])
+    logits = (torch.nn.functional.one_hot(late, 4).float() * 4.0).requires_grad_(True)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    opt = torch.optim.SGD([logits], lr=5.0)
+    start = float(guided_ctc_term(logits, guide, mask).detach())
+    for _ in range(50):
+        opt.zero_grad()
+        guided_ctc_term(logits, guide, mask).backward()
+        opt.step()
+    assert float(guided_ctc_term(logits, guide, mask).detach()) < 0.2 * start
+    argmax = logits.argmax(-1)
+    assert argmax[guide != 0].tolist() == [1, 2, 3]
+
+
+def test_guided_ctc_loss_adds_the_weighted_term_to_ctc() -> None:
+    from asr_kd.ctc.model import CtcEncoder
+
+    torch.manual_seed(0)
+    guide, model = CtcEncoder(20, 6, "tiny", dropout=0.0).eval(), CtcEncoder(20, 6, "tiny", dropout=0.0).eval()
+    batch = {"features": torch.randn(2, 80, 20), "lengths": torch.tensor([80, 60]),
+             "targets": torch.tensor([1, 2, 3, 4, 5]), "target_lengths": torch.tensor([3, 2])}
+    loss0, m0 = GuidedCtcLoss(guide, 0.0)(model, batch)
+    loss2, m2 = GuidedCtcLoss(guide, 2.0)(model, batch)
+    loss0, loss2 = loss0.detach(), loss2.detach()
+    assert torch.allclose(loss0, m0["ctc_loss"]) and torch.allclose(m0["guide_loss"], m2["guide_loss"])
+    assert math.isclose(float(loss2), float(m2["ctc_loss"] + 2.0 * m2["guide_loss"]), rel_tol=1e-5)
+    assert not any(p.requires_grad for p in guide.parameters())
+    # Guided by itself, the term is 1 - the mean arg-max posterior over each utterance's non-blank arg-max frames.
+    _, same = GuidedCtcLoss(model, 1.0)(model, batch)
+    with torch.no_grad():
+        probs = model(batch["features"], batch["lengths"]).softmax(-1)
+    top, arg = probs.max(-1)
+    keep = (arg != 0) & (torch.arange(probs.shape[1])[None] < model.output_lengths(batch["lengths"])[:, None])
+    expected = torch.stack([1 - top[i][keep[i]].mean() for i in range(2) if keep[i].any()]).mean()
+    assert math.isclose(float(same["guide_loss"]), float(expected), rel_tol=1e-5)
