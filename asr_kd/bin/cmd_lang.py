@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest-dir", type=Path, required=True, help="directory with the supervision manifests")
     p.add_argument("--output-dir", type=Path, required=True, help="lang directory to write (e.g. data/lang)")
     p.add_argument("--lexicon", type=Path, default=None, help="LibriSpeech-format lexicon file (default: CMUdict)")
+    p.add_argument("--lm-text", type=Path, default=None,
+                   help="extra LM training text, one sentence per line (.gz allowed), added to the training transcripts")
+    p.add_argument("--lm-arpa", type=Path, default=None,
+                   help="use this ARPA LM (.gz allowed, e.g. LibriSpeech's 3-gram.pruned.1e-7.arpa.gz) instead of training one; "
+                   "it is restricted to the words with a pronunciation")
     p.add_argument("--train-split", default="train-clean-100", help="split whose transcripts train the LM")
     p.add_argument("--dev-split", default="dev-clean", help="split for the LM perplexity")
     p.add_argument("--splits", nargs="+", default=None, help="splits for the vocabulary (default: every manifest found)")
@@ -38,7 +43,7 @@ def run_prepare_lang(args: argparse.Namespace) -> int:
     setup_logging()
     config = load_config(LangConfig, args.config, parse_overrides(args.overrides))
     summary = prepare_lang_from_manifests(
-        args.manifest_dir, args.output_dir, config, args.lexicon, args.train_split, args.dev_split, args.splits
+        args.manifest_dir, args.output_dir, config, args.lexicon, args.train_split, args.dev_split, args.splits, args.lm_arpa, args.lm_text
     )
     print(summary.format())
     return 0

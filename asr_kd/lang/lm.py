@@ -1,16 +1,21 @@
-"""Word n-gram language model: Kneser-Ney training (kaldingram), perplexity, and G.fst.
+"""Word n-gram language model: Kneser-Ney training (kaldingram), an existing ARPA file, perplexity,
+and G.fst.
 
-The LM is trained on the training transcripts only, after mapping words outside the lexicon to
-the OOV word (``<UNK>``), so the model and G.fst share the vocabulary of ``words.txt``.
+A trained LM sees the training transcripts (plus optional extra text), after mapping words
+outside the lexicon to the OOV word (``<UNK>``), so the model and G.fst share the vocabulary of
+``words.txt``. An existing ARPA LM (e.g. LibriSpeech's ``3-gram.pruned.1e-7.arpa.gz`` from
+openslr.org/11) is restricted to the words that have a pronunciation (:func:`filter_arpa`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import logging
 import math
+import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator, TextIO
 
 from kaldingram.prune import ArpaParser
 from kaldingram.train import NgramCounts
@@ -132,3 +137,125 @@ def compile_grammar_fst(arpa_path: Path | str, words_txt: Path | str, disambig_s
     fst = kaldifst.compile(s=text.strip() + "\n", acceptor=False)
     kaldifst.arcsort(fst, sort_type="ilabel")
     return fst
+
+
+# --------------------------------------------------------------------------------------------
+# Existing ARPA files and extra LM text
+# --------------------------------------------------------------------------------------------
+
+
+def open_text(path: Path | str) -> TextIO:
+    """Open a UTF-8 text file for reading, gzip-compressed if its name ends in ``.gz``; DataError
+    naming the file if it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; pass an existing file")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def read_text_sentences(path: Path | str, normalize: Callable[[str], str]) -> Iterator[list[str]]:
+    """Yield the non-empty lines of a text file (``.gz`` allowed) as lists of normalized words."""
+    with open_text(path) as f:
+        for line in f:
+            words = [normalize(w) for w in line.split()]
+            if words:
+                yield words
+
+
+_NGRAM_HEADER = re.compile(r"\\(\d+)-grams:")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArpaFilterStats:
+    """What :func:`filter_arpa` kept of an ARPA file: n-grams per order before and after, and the
+    unigram words dropped (without a pronunciation), with a few examples."""
+
+    order: int
+    ngrams_in: dict[int, int]
+    ngrams_kept: dict[int, int]
+    words_dropped: int
+    examples_dropped: list[str]
+
+
+def _arpa_lines(path: Path | str) -> Iterator[tuple[int, str]]:
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            yield lineno, line.strip()
+
+
+def arpa_unigrams(path: Path | str, normalize: Callable[[str], str]) -> list[str]:
+    """Return the normalized words of an ARPA file's unigram section, without ``<s>``/``</s>``.
+    DataError naming the file if it has no ``\\1-grams:`` section."""
+    words, section = [], None
+    for lineno, line in _arpa_lines(path):
+        m = _NGRAM_HEADER.fullmatch(line)
+        if m:
+            section = int(m.group(1))
+            if section > 1:
+                break
+            continue
+        if section == 1 and line and not line.startswith("\\"):
+            fields = line.split()
+            if len(fields) < 2:
+                raise DataError(f"{path}:{lineno}: a unigram line needs a log-probability and a word; is this an ARPA file?")
+            if fields[1] not in (BOS, EOS):
+                words.append(normalize(fields[1]))
+    if section is None:
+        raise DataError(f"{path} has no \\1-grams: section; pass an ARPA language model")
+    return words
+
+
+def filter_arpa(src: Path | str, dst: Path | str, vocabulary: set[str], normalize: Callable[[str], str]) -> ArpaFilterStats:
+    """Write to ``dst`` (atomically, plain text) the ARPA LM ``src`` (``.gz`` allowed) restricted to
+    ``vocabulary``: every n-gram with a word outside it (after ``normalize``; ``<s>`` and ``</s>``
+    always kept) is dropped and the ``\\data\\`` counts are rewritten. The remaining
+    probabilities are not renormalised (the vocabulary restriction of SRILM's ``-limit-vocab``):
+    the mass of dropped words is simply lost, which costs nothing when decoding.
+
+    Returns the :class:`ArpaFilterStats`. DataError for a file that is not ARPA, or when no
+    unigram survives (the LM and the lexicon share no word: check their spelling).
+    """
+    keep = vocabulary | {BOS, EOS}
+    kept: dict[int, list[str]] = {}
+    counts_in: dict[int, int] = {}
+    dropped: list[str] = []
+    section: int | None = None
+    seen_data = False
+    for lineno, line in _arpa_lines(src):
+        if line == "\\data\\":
+            seen_data = True
+            continue
+        m = _NGRAM_HEADER.fullmatch(line)
+        if m:
+            section = int(m.group(1))
+            kept[section], counts_in[section] = [], 0
+            continue
+        if line == "\\end\\":
+            break
+        if section is None or not line:
+            continue
+        fields = line.split()
+        if len(fields) < section + 1:
+            raise DataError(f"{src}:{lineno}: a {section}-gram line needs a log-probability and {section} words; is this an ARPA file?")
+        counts_in[section] += 1
+        words = [w if w in (BOS, EOS) else normalize(w) for w in fields[1 : section + 1]]
+        if all(w in keep for w in words):
+            kept[section].append("\t".join([fields[0], " ".join(words), *fields[section + 1 :]]))  # SRILM's layout
+        elif section == 1:
+            dropped.append(words[0])
+    if not seen_data or not kept:
+        raise DataError(f"{src} is not an ARPA language model (no \\data\\ section or no n-gram section)")
+    if not any(line.split("\t")[1] not in (BOS, EOS) for line in kept.get(1, [])):
+        raise DataError(f"no word of the ARPA LM {src} is in the lexicon; check that both use the same spelling (upper case)")
+    order = max(kept)
+    with atomic_path(dst) as tmp, tmp.open("w", encoding="utf-8") as f:
+        f.write("\\data\\\n" + "".join(f"ngram {n}={len(kept[n])}\n" for n in sorted(kept)) + "\n")
+        for n in sorted(kept):
+            f.write(f"\\{n}-grams:\n" + "".join(f"{line}\n" for line in kept[n]) + "\n")
+        f.write("\\end\\\n")
+    stats = ArpaFilterStats(order, counts_in, {n: len(v) for n, v in kept.items()}, len(dropped), dropped[:10])
+    logger.info("ARPA LM %s: kept %s of %s n-grams per order; %d words without a pronunciation dropped, e.g. %s",
+                src, stats.ngrams_kept, stats.ngrams_in, stats.words_dropped, stats.examples_dropped[:5])
+    return stats

@@ -1,9 +1,18 @@
 """Stage 2 of the main recipe: build the lang directory from the corpus transcripts.
 
-:func:`prepare_lang` runs the steps in order: vocabulary of every split -> lexicon restricted to
-it (LibriSpeech lexicon file or CMUdict) -> disambiguation symbols -> symbol tables and phone
-sets -> L.fst and L_disambig.fst -> Kneser-Ney LM on the training transcripts -> G.fst ->
-perplexity on the dev split -> lang.json. Each step is also a function of its own.
+:func:`prepare_lang` runs the steps in order: vocabulary of every split (plus the words of
+extra LM text or of an existing ARPA LM) -> lexicon restricted to it (LibriSpeech lexicon file or
+CMUdict) -> disambiguation symbols -> symbol tables and phone sets -> L.fst and L_disambig.fst ->
+Kneser-Ney LM on the training transcripts (plus the extra text), or the existing ARPA LM
+restricted to the lexicon -> G.fst -> perplexity on the dev split -> lang.json. Each step is
+also a function of its own.
+
+Words of the dev and test transcripts get pronunciations (so that their alignments are right),
+but only words the LM has seen can be decoded: G.fst has no path for the others. With the
+training transcripts alone as LM text, dev/test words unseen in training are therefore
+unreachable, as on real LibriSpeech; pass ``--lm-arpa`` (e.g. openslr.org/11's 3-gram) or
+``--lm-text`` for a realistic LM. There is deliberately no unigram floor for them: the lexicon
+knows them only from the test transcripts, and decoding them would leak the test vocabulary.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import Iterable, Mapping, Sequence, Union
 from lhotse import SupervisionSet
 
 from asr_kd.config import LangConfig
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst
 from asr_kd.lang.lang_dir import make_phone_table, make_word_table, write_phone_sets
 from asr_kd.lang.lexicon import (
@@ -37,7 +46,7 @@ from asr_kd.lang.lexicon import (
     write_lexicon,
 )
 from asr_kd.lang.lexicon_fst import make_lexicon_fst, make_lexicon_fst_disambig
-from asr_kd.lang.lm import compile_grammar_fst, perplexity, train_ngram_lm
+from asr_kd.lang.lm import arpa_unigrams, compile_grammar_fst, filter_arpa, perplexity, read_text_sentences, train_ngram_lm
 from asr_kd.lang.symbols import SymbolTable
 from asr_kd.utils import atomic_path, write_text_atomic
 
@@ -232,6 +241,8 @@ class LangSummary:
     dev_perplexity: float | None
     dev_lm_oov: int | None  # dev words unknown to the LM (not scored)
     config: dict[str, object]
+    lm_source: str = "training transcripts"  # or "+ extra text <file>", or "ARPA <file>"
+    lm_ngrams: dict[str, int] | None = None  # n-grams per order in lm/lm.arpa
 
     def to_json(self) -> str:
         """Return the summary as indented JSON."""
@@ -247,10 +258,13 @@ class LangSummary:
         ]
         for split, st in self.oov.items():
             lines.append(f"  {split:<20} {100 * float(st['oov_rate']):6.2f}%  ({st['num_oov']} of {st['num_words']} words, {st['num_oov_types']} types)")
-        lines.append(
-            f"LM               {self.lm_order}-gram Kneser-Ney on {self.lm_train_sentences} sentences "
-            f"({self.lm_skipped_all_oov} all-OOV sentences skipped)"
-        )
+        if self.lm_source.startswith("ARPA"):
+            lines.append(f"LM               {self.lm_order}-gram from {self.lm_source}, restricted to the lexicon: {self.lm_ngrams} n-grams")
+        else:
+            lines.append(
+                f"LM               {self.lm_order}-gram Kneser-Ney on {self.lm_train_sentences} sentences of the {self.lm_source} "
+                f"({self.lm_skipped_all_oov} all-OOV sentences skipped)"
+            )
         if self.dev_perplexity is not None:
             lines.append(f"dev perplexity   {self.dev_perplexity:.1f} on {self.dev_split} ({self.dev_lm_oov} words unknown to the LM)")
         else:
@@ -265,13 +279,19 @@ def prepare_lang(
     lexicon_path: Path | None = None,
     train_split: str = "train-clean-100",
     dev_split: str | None = "dev-clean",
+    lm_arpa: Path | None = None,
+    lm_text: Path | None = None,
 ) -> LangSummary:
     """Build the lang directory ``output_dir`` from per-split transcripts.
 
     ``supervisions`` maps split names to lhotse SupervisionSets or lists of transcript strings;
     every split contributes to the vocabulary, only ``train_split`` to the LM, ``dev_split`` (if
-    present) gives the perplexity. Returns the summary also written to ``lang.json``. Raises
-    DataError if the training split is missing or has no transcript.
+    present) gives the perplexity. ``lm_text`` (one sentence per line, ``.gz`` allowed) adds its
+    sentences to the LM training text and its words to the vocabulary; ``lm_arpa`` (``.gz``
+    allowed) replaces the trained LM by an existing one, restricted to the words with a
+    pronunciation (its words join the vocabulary). Returns the summary also written to
+    ``lang.json``. Raises DataError if the training split is missing or has no transcript, and
+    ConfigError if both ``lm_arpa`` and ``lm_text`` are given.
     """
     output_dir = Path(output_dir)
     if train_split not in supervisions:
@@ -280,7 +300,16 @@ def prepare_lang(
     if not sentences[train_split]:
         raise DataError(f"training split {train_split!r} has no transcripts (no supervision with text); check its manifest or pass another --train-split")
 
+    if lm_arpa is not None and lm_text is not None:
+        raise ConfigError("pass an existing ARPA LM (--lm-arpa) or extra LM text (--lm-text), not both: the ARPA LM is used as it is")
+    extra_text = list(read_text_sentences(lm_text, normalize_word)) if lm_text is not None else []
+    if lm_text is not None and not extra_text:
+        raise DataError(f"LM text {lm_text} has no non-empty line; pass a file with one sentence per line")
+    arpa_words = arpa_unigrams(lm_arpa, normalize_word) if lm_arpa is not None else []
+
     vocabulary = {w for sents in sentences.values() for s in sents for w in s}
+    vocabulary.update(w for s in extra_text for w in s)
+    vocabulary.update(arpa_words)
     lexicon, nonsilence = build_lexicon(vocabulary, config, lexicon_path)
     source = str(lexicon_path) if lexicon_path is not None else "CMUdict"
     logger.info("lexicon from %s: %d of %d corpus words have pronunciations", source, len(lexicon) - 1, len(vocabulary))
@@ -297,14 +326,22 @@ def prepare_lang(
     write_fst(make_lexicon_fst(entries, phones, words, config.silence_phone, config.silence_prob), output_dir / "L.fst")
     write_fst(make_lexicon_fst_disambig(entries_disambig, phones, words, config.silence_phone, config.silence_prob), output_dir / "L_disambig.fst")
 
-    train_text, skipped = lm_training_text(sentences[train_split], lexicon, config.oov_word)
-    if skipped:
-        logger.warning("skipped %d training sentences made only of OOV words for the LM", skipped)
-    if not train_text:
-        raise DataError(f"every transcript of training split {train_split!r} is out of the lexicon; pass a lexicon covering it with --lexicon")
     arpa = output_dir / "lm" / "lm.arpa"
-    write_text_atomic(output_dir / "lm" / "train.txt", "".join(f"{s}\n" for s in train_text))
-    train_ngram_lm(train_text, config.lm_order, arpa)
+    train_text: list[str] = []
+    skipped = 0
+    if lm_arpa is not None:
+        stats = filter_arpa(lm_arpa, arpa, set(lexicon), normalize_word)
+        lm_order, lm_source, lm_ngrams = stats.order, f"ARPA {lm_arpa}", {str(n): c for n, c in stats.ngrams_kept.items()}
+    else:
+        train_text, skipped = lm_training_text(sentences[train_split] + extra_text, lexicon, config.oov_word)
+        if skipped:
+            logger.warning("skipped %d LM training sentences made only of OOV words", skipped)
+        if not train_text:
+            raise DataError(f"every transcript of training split {train_split!r} is out of the lexicon; pass a lexicon covering it with --lexicon")
+        write_text_atomic(output_dir / "lm" / "train.txt", "".join(f"{s}\n" for s in train_text))
+        train_ngram_lm(train_text, config.lm_order, arpa)
+        lm_order, lm_ngrams = config.lm_order, None
+        lm_source = "training transcripts" + (f" + extra text {lm_text} ({len(extra_text)} sentences)" if lm_text is not None else "")
     write_fst(compile_grammar_fst(arpa, output_dir / "words.txt"), output_dir / "G.fst")
 
     dev_ppl = dev_oov = None
@@ -324,13 +361,15 @@ def prepare_lang(
         num_phones=2 + len(nonsilence),
         num_disambig=max_disambig + 1,
         oov={split: {**dataclasses.asdict(st), "oov_rate": st.oov_rate} for split, st in oov.items()},
-        lm_order=config.lm_order,
+        lm_order=lm_order,
         lm_train_sentences=len(train_text),
         lm_skipped_all_oov=skipped,
         dev_split=dev_split if dev_ppl is not None else None,
         dev_perplexity=dev_ppl,
         dev_lm_oov=dev_oov,
         config=dataclasses.asdict(config),
+        lm_source=lm_source,
+        lm_ngrams=lm_ngrams,
     )
     write_text_atomic(output_dir / "lang.json", summary.to_json())
     return summary
@@ -344,6 +383,8 @@ def prepare_lang_from_manifests(
     train_split: str = "train-clean-100",
     dev_split: str | None = "dev-clean",
     splits: Sequence[str] | None = None,
+    lm_arpa: Path | None = None,
+    lm_text: Path | None = None,
 ) -> LangSummary:
     """Run :func:`prepare_lang` on the supervision manifests in ``manifest_dir``.
 
@@ -357,4 +398,4 @@ def prepare_lang_from_manifests(
     for split in (train_split, dev_split):
         if split is not None and split not in wanted:
             wanted.append(split)
-    return prepare_lang(load_supervisions(manifest_dir, wanted), output_dir, config, lexicon_path, train_split, dev_split)
+    return prepare_lang(load_supervisions(manifest_dir, wanted), output_dir, config, lexicon_path, train_split, dev_split, lm_arpa, lm_text)

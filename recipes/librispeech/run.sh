@@ -20,6 +20,8 @@ train_set=train-clean-100
 dev_set=dev-clean
 test_set=test-clean
 lexicon=""             # LibriSpeech's librispeech-lexicon.txt; empty: CMUdict
+lm_text=""             # extra LM training text (one sentence per line, .gz allowed) beside the training transcripts
+lm_arpa=""             # an existing ARPA LM (.gz allowed, e.g. openslr.org/11's 3-gram.pruned.1e-7.arpa.gz) instead of training one
 nj=2                   # parallel jobs
 data="$recipe_dir/data"
 exp="$recipe_dir/exp"
@@ -49,6 +51,7 @@ to redo it):
   1  features: 40-dim log-mel fbank (networks) and 13-dim MFCC (GMMs), lilcom storage, CMVN
      statistics -> \$data/fbank, \$data/mfcc
   2  lang: lexicon (--lexicon, else CMUdict), phones, words, L.fst, L_disambig.fst, a 3-gram LM
+     (trained on the training transcripts and --lm-text, or --lm-arpa restricted to the lexicon)
      trained on the training transcripts -> G.fst, in \$data/lang
   3  GMM-HMM: monophone flat start, tied triphones on our own decision tree, senone
      alignments of every cut of every part, HCLG, GMM decoding and WER -> \$exp/gmm,
@@ -84,6 +87,8 @@ Options (default in brackets):
   --dev-set NAME       development part [$dev_set]
   --test-set NAME      test part [$test_set]
   --lexicon FILE       pronunciation lexicon in LibriSpeech's format; empty means CMUdict [$lexicon]
+  --lm-text FILE       extra LM training text, one sentence per line (.gz allowed) [$lm_text]
+  --lm-arpa FILE       existing ARPA LM (.gz allowed) used instead of training one [$lm_arpa]
   --nj N               parallel jobs [$nj]
   --data DIR           data folder [$data]
   --exp DIR            experiment folder (logs, models) [$exp]
@@ -178,6 +183,8 @@ if in_stages 2; then
     log "Stage 2: lexicon, L.fst, language model, G.fst"
     lexicon_opt=()
     [ -z "$lexicon" ] || lexicon_opt=(--lexicon "$lexicon")
+    [ -z "$lm_text" ] || lexicon_opt+=(--lm-text "$lm_text")
+    [ -z "$lm_arpa" ] || lexicon_opt+=(--lm-arpa "$lm_arpa")
     run_logged "$exp/log/stage2_lang.log" asr-kd prepare-lang --manifest-dir "$data/manifests" \
       --output-dir "$data/lang" --train-split "$train_set" --dev-split "$dev_set" --splits "${parts[@]}" \
       --config "$lang_config" "${lexicon_opt[@]}"

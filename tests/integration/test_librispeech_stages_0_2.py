@@ -117,3 +117,25 @@ def test_later_stage_does_not_redo_earlier_ones(recipe) -> None:
     assert "Stage 1: fbank and MFCC features" in out.stderr
     assert manifest.stat().st_mtime_ns == before
     assert (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns > feats_before
+
+
+def test_stage_2_with_an_existing_arpa_lm(recipe, tmp_path) -> None:
+    # --lm-arpa: stage 2 uses an ARPA LM trained elsewhere (here on the dev transcripts, a
+    # stand-in for openslr's LibriSpeech LM), restricted to the words with a pronunciation.
+    import shutil
+
+    from asr_kd.lang.lm import train_ngram_lm
+
+    data, _, _ = recipe
+    new_data, exp = tmp_path / "data", tmp_path / "exp"
+    shutil.copytree(data / "manifests", new_data / "manifests")
+    dev = load_manifest(data / "manifests" / "librispeech_supervisions_dev-clean.jsonl.gz")
+    arpa = tmp_path / "dev.arpa"
+    train_ngram_lm([s.text.upper() + " QQZZXV" for s in dev], 2, arpa)
+    out = run_librispeech_recipe(new_data, exp, "--stage", "2", "--stop-stage", "2", "--lm-arpa", str(arpa))
+    assert "Stage 2: lexicon" in out.stderr
+    summary = json.loads((new_data / "lang" / "lang.json").read_text())
+    assert summary["lm_source"] == f"ARPA {arpa}" and summary["lm_order"] == 2 and summary["lm_train_sentences"] == 0
+    lang = Lang.load(new_data / "lang")
+    assert "QQZZXV" not in lang.words  # no pronunciation: dropped with its n-grams
+    assert "QQZZXV" not in (new_data / "lang" / "lm" / "lm.arpa").read_text()

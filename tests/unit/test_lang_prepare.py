@@ -13,6 +13,7 @@ from lhotse import SupervisionSegment, SupervisionSet
 from asr_kd.bin.cli import main as cli_main
 from asr_kd.config import LangConfig
 from asr_kd.errors import DataError
+from asr_kd.kaldi import kaldifst
 from asr_kd.lang.lang_dir import Lang, SymbolTable
 from asr_kd.lang.prepare import (
     count_oov,
@@ -220,3 +221,97 @@ def test_manifests_and_cli(tmp_path, capsys) -> None:
     assert "dev perplexity" in out and "2-gram" in out
     assert json.loads((tmp_path / "lang" / "lang.json").read_text())["lm_order"] == 2
     assert "\\3-grams:" not in (tmp_path / "lang" / "lm" / "lm.arpa").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# An existing ARPA LM, extra LM text
+# --------------------------------------------------------------------------------------------
+
+# LM text beyond the transcripts: FROG and JUMPED are real words absent from every split,
+# ZZQXWV has no pronunciation anywhere.
+LM_TEXT = ["the frog jumped on the cat", "a dog sat on the frog", "the zzqxwv sat", "and the red cat ran"]
+
+
+def _sups() -> dict[str, SupervisionSet]:
+    return {"train-clean-100": supervisions(TRAIN, "tr"), "dev-clean": supervisions(DEV, "dv"), "test-clean": supervisions(TEST, "te")}
+
+
+def _arpa_sections(text: str) -> tuple[dict[int, int], dict[int, list[str]]]:
+    """Return the ``\\data\\`` counts and the n-gram lines of each order of an ARPA text."""
+    counts = {int(n): int(c) for n, c in re.findall(r"^ngram (\d+)=(\d+)$", text, flags=re.M)}
+    lines: dict[int, list[str]] = {}
+    section = None
+    for line in text.splitlines():
+        m = re.fullmatch(r"\\(\d+)-grams:", line)
+        if m:
+            section = int(m.group(1))
+            lines[section] = []
+        elif line == "\\end\\":
+            section = None
+        elif section and line.strip():
+            lines[section].append(line)
+    return counts, lines
+
+
+def test_existing_arpa_lm_is_restricted_to_the_lexicon(tmp_path) -> None:
+    import gzip
+
+    from asr_kd.lang.lm import train_ngram_lm
+
+    # A lower-case ARPA (its words are normalised like the transcripts), gzip-compressed.
+    source = tmp_path / "other.arpa"
+    train_ngram_lm(LM_TEXT, 3, source)
+    gz = tmp_path / "other.arpa.gz"
+    gz.write_bytes(gzip.compress(source.read_bytes()))
+    summary = prepare_lang(_sups(), tmp_path / "lang", LangConfig(), lm_arpa=gz)
+    lang = Lang.load(tmp_path / "lang")
+    # The LM's words with a pronunciation join the vocabulary; the one without is dropped.
+    assert "FROG" in lang.words and "JUMPED" in lang.words and "ZZQXWV" not in lang.words
+    assert "CAT" in lang.words and "BOOK" in lang.words  # the transcripts' words stay (alignment needs them)
+    arpa = (lang.lang_dir / "lm" / "lm.arpa").read_text()
+    counts, lines = _arpa_sections(arpa)
+    assert counts == {n: len(v) for n, v in lines.items()} and set(counts) == {1, 2, 3}
+    assert "ZZQXWV" not in arpa and not (lang.lang_dir / "lm" / "train.txt").exists()
+    _, original = _arpa_sections(source.read_text())
+    assert counts[1] == len(original[1]) - 1  # exactly the one unigram without a pronunciation
+    assert all(len(original[n]) > counts[n] for n in (2, 3))  # its bigrams and trigrams went with it
+    assert summary.lm_source == f"ARPA {gz}" and summary.lm_ngrams == {str(n): c for n, c in counts.items()}
+    assert summary.lm_train_sentences == 0 and math.isfinite(summary.dev_perplexity)
+    # G accepts a sentence only the external LM knows, and none of the transcripts' own LM.
+    g_words = {arc.olabel for s in kaldifst.StateIterator(lang.load_fst("G")) for arc in kaldifst.ArcIterator(lang.load_fst("G"), s)}
+    assert lang.words.id("FROG") in g_words and lang.words.id("BOOK") not in g_words
+    assert "from ARPA" in summary.format()
+
+
+def test_extra_lm_text_joins_the_training_transcripts(tmp_path) -> None:
+    import gzip
+
+    text = tmp_path / "lm.txt.gz"
+    text.write_bytes(gzip.compress(("\n".join(LM_TEXT) + "\n\n").encode()))
+    summary = prepare_lang(_sups(), tmp_path / "lang", LangConfig(), lm_text=text)
+    lang = Lang.load(tmp_path / "lang")
+    assert "FROG" in lang.words and "ZZQXWV" not in lang.words
+    train_txt = (lang.lang_dir / "lm" / "train.txt").read_text().splitlines()
+    assert "THE FROG JUMPED ON THE CAT" in train_txt and "THE <UNK> SAT" in train_txt
+    assert summary.lm_train_sentences == len(TRAIN) - 1 + len(LM_TEXT)  # one all-OOV transcript skipped
+    assert "extra text" in summary.lm_source and "FROG" in (lang.lang_dir / "lm" / "lm.arpa").read_text()
+
+
+def test_lm_options_reject_bad_input(tmp_path) -> None:
+    from asr_kd.errors import ConfigError
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(DataError, match="empty.txt has no non-empty line"):
+        prepare_lang(_sups(), tmp_path / "a", LangConfig(), lm_text=empty)
+    with pytest.raises(DataError, match="missing.arpa does not exist"):
+        prepare_lang(_sups(), tmp_path / "b", LangConfig(), lm_arpa=tmp_path / "missing.arpa")
+    with pytest.raises(DataError, match="no \\\\1-grams: section"):
+        prepare_lang(_sups(), tmp_path / "c", LangConfig(), lm_arpa=empty)
+    with pytest.raises(ConfigError, match="not both"):
+        prepare_lang(_sups(), tmp_path / "d", LangConfig(), lm_arpa=empty, lm_text=empty)
+    # An ARPA LM that shares no word with the lexicon.
+    alien = tmp_path / "alien.arpa"
+    alien.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-1\t<s>\t-0.5\n-1\t</s>\n-1\tZZQXWV\n\n\\end\\\n")
+    with pytest.raises(DataError, match="no word of the ARPA LM"):
+        prepare_lang(_sups(), tmp_path / "e", LangConfig(), lm_arpa=alien)
