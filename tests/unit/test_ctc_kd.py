@@ -16,8 +16,10 @@ from asr_kd.ctc.kd import (
     blank_frame_weights,
     ctc_loss,
     frame_kd_loss,
-    guided_ctc_term,
+    CtcFrameKdLoss,
+    CtcSequenceKdLoss,
     GuidedCtcLoss,
+    guided_ctc_term,
     pseudo_labels,
     spike_misalignment,
     spikes,
@@ -246,3 +248,31 @@ def test_guided_ctc_loss_adds_the_weighted_term_to_ctc() -> None:
     keep = (arg != 0) & (torch.arange(probs.shape[1])[None] < model.output_lengths(batch["lengths"])[:, None])
     expected = torch.stack([1 - top[i][keep[i]].mean() for i in range(2) if keep[i].any()]).mean()
     assert math.isclose(float(same["guide_loss"]), float(expected), rel_tol=1e-5)
+
+
+def test_losses_take_bf16_logits_from_autocast() -> None:
+    # On a GPU the forward pass runs under bf16 autocast (train.amp=bf16); every CTC loss must
+    # compute in float32 from bf16 logits. CPU autocast gives bf16 logits too, so it checks the
+    # losses' dtype handling here: finite, close to the float32 values, gradients reach the model.
+    from asr_kd.ctc.model import CtcEncoder
+    from asr_kd.kd.ensemble import TeacherEnsemble
+
+    torch.manual_seed(0)
+    model, teacher = CtcEncoder(20, 6, "tiny", dropout=0.0), CtcEncoder(20, 6, "tiny", dropout=0.0).eval()
+    batch = {"features": torch.randn(2, 80, 20), "lengths": torch.tensor([80, 60]),
+             "targets": torch.tensor([1, 2, 3, 4, 5]), "target_lengths": torch.tensor([3, 2]),
+             "pseudo_targets": torch.tensor([1, 2, 3, 4, 5]), "pseudo_lengths": torch.tensor([3, 2]),
+             "pseudo_weights": torch.ones(2, 1)}
+    cfg = CtcConfig(model_size="tiny", temperature=2.0)
+    losses = {"frame": CtcFrameKdLoss(cfg, TeacherEnsemble([teacher], "arithmetic")), "sequence": CtcSequenceKdLoss(cfg),
+              "guided": GuidedCtcLoss(teacher, 1.0)}
+    for name, loss_fn in losses.items():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(batch["features"], batch["lengths"]).dtype == torch.bfloat16
+            low, _ = loss_fn(model, batch)
+        low.backward()
+        assert low.dtype == torch.float32 and math.isfinite(float(low.detach())), name
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad), name
+        full, _ = loss_fn(model, batch)
+        assert math.isclose(float(low.detach()), float(full.detach()), rel_tol=0.05, abs_tol=0.02), (name, float(low), float(full))
