@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--corpus-dir", type=Path, required=True, help="folder holding train-clean-100/, dev-clean/, ...")
     p.add_argument("--output-dir", type=Path, required=True, help="where the manifests go")
-    p.add_argument("--parts", nargs="+", required=True, help="parts to prepare, e.g. train-clean-100 dev-clean test-clean")
+    p.add_argument("--parts", nargs="+", required=True,
+                   help="parts to prepare, e.g. train-clean-100 dev-clean test-clean; train-960, train-clean-460 or a+b "
+                   "combine several folders into one part")
     p.add_argument("--num-jobs", type=int, default=2, help="threads reading audio headers (default 2)")
     p.set_defaults(func=_prepare_manifests)
 
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Download and unpack LibriSpeech parts from openslr.org with lhotse.",
     )
     p.add_argument("--target-dir", type=Path, required=True, help="download folder")
-    p.add_argument("--parts", nargs="+", required=True, help="parts to download")
+    p.add_argument("--parts", nargs="+", required=True, help="parts to download (train-960, train-clean-460 and a+b name their folders)")
     p.set_defaults(func=_download)
 
     p = sub.add_parser(

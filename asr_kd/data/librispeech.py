@@ -38,6 +38,22 @@ LIBRISPEECH_PARTS = (
     "train-clean-360",
     "train-other-500",
 )
+# Training sets made of several parts, by their usual names; any ``a+b+...`` also combines parts.
+COMBINED_PARTS = {
+    "train-clean-460": ("train-clean-100", "train-clean-360"),
+    "train-960": ("train-clean-100", "train-clean-360", "train-other-500"),
+}
+
+
+def source_parts(part: str) -> tuple[str, ...]:
+    """Return the corpus folders that make up ``part``: the part itself, the parts of a combined
+    name (``train-960``, ``train-clean-460``) or of an ``a+b+...`` name."""
+    if part in COMBINED_PARTS:
+        return COMBINED_PARTS[part]
+    sources = tuple(p for p in part.split("+") if p)
+    if len(set(sources)) != len(sources):
+        raise DataError(f"part {part!r} names a corpus folder twice; combine distinct parts, e.g. train-clean-100+train-clean-360")
+    return sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +163,29 @@ def scan_part(corpus_dir: Path, part: str, num_jobs: int = 1) -> tuple[Recording
     return RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions), skipped
 
 
+def _scan_combined(corpus_dir: Path, part: str, num_jobs: int) -> tuple[RecordingSet, SupervisionSet, list[tuple[str, str]]]:
+    """:func:`scan_part` over every source folder of ``part``, concatenated; DataError for an
+    utterance id found in two of them."""
+    sources = source_parts(part)
+    if len(sources) == 1:
+        return scan_part(corpus_dir, sources[0], num_jobs)
+    recordings: list[Recording] = []
+    supervisions: list[SupervisionSegment] = []
+    skipped: list[tuple[str, str]] = []
+    for source in sources:
+        recs, sups, skip = scan_part(corpus_dir, source, num_jobs)
+        recordings.extend(recs)
+        supervisions.extend(sups)
+        skipped.extend(skip)
+    seen: set[str] = set()
+    for rec in recordings:
+        if rec.id in seen:
+            raise DataError(f"utterance {rec.id} is in more than one of {', '.join(sources)}; combined parts need unique utterance ids")
+        seen.add(rec.id)
+    log.info("%s = %s", part, " + ".join(sources))
+    return RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions), skipped
+
+
 def prepare_manifests(
     corpus_dir: Path | str,
     output_dir: Path | str,
@@ -155,7 +194,10 @@ def prepare_manifests(
 ) -> dict[str, PartReport]:
     """Write validated lhotse manifests for ``parts`` of a LibriSpeech-layout corpus.
 
-    Returns a report per part. Skipped items are listed in ``output_dir/skipped_<part>.txt``.
+    A combined part (``train-960``, ``train-clean-460`` or ``a+b+...``, see :func:`source_parts`)
+    gets one manifest pair holding the utterances of all its folders (LibriSpeech utterance ids
+    are unique across parts). Returns a report per part. Skipped items are listed in
+    ``output_dir/skipped_<part>.txt``.
     """
     corpus_dir = Path(corpus_dir)
     output_dir = Path(output_dir)
@@ -169,7 +211,7 @@ def prepare_manifests(
     output_dir.mkdir(parents=True, exist_ok=True)
     reports: dict[str, PartReport] = {}
     for part in parts:
-        recordings, supervisions, skipped = scan_part(corpus_dir, part, num_jobs)
+        recordings, supervisions, skipped = _scan_combined(corpus_dir, part, num_jobs)
         reasons: dict[str, int] = {}
         for path, reason in skipped:
             key = reason.split(" (")[0]
@@ -204,11 +246,13 @@ def download_librispeech(target_dir: Path | str, parts: Sequence[str]) -> Path:
     """Download and unpack LibriSpeech parts with lhotse (needs internet); return the corpus dir."""
     from lhotse.recipes import download_librispeech as _download
 
-    unknown = [p for p in parts if p not in LIBRISPEECH_PARTS]
+    wanted = list(dict.fromkeys(src for p in parts for src in source_parts(p)))
+    unknown = [p for p in wanted if p not in LIBRISPEECH_PARTS]
     if unknown:
-        raise DataError(f"cannot download unknown LibriSpeech part(s) {unknown}; known parts: {list(LIBRISPEECH_PARTS)}")
+        raise DataError(f"cannot download unknown LibriSpeech part(s) {unknown}; known parts: {list(LIBRISPEECH_PARTS)} "
+                        f"and the combinations {sorted(COMBINED_PARTS)} or a+b")
     try:
-        return Path(_download(target_dir, dataset_parts=list(parts)))
+        return Path(_download(target_dir, dataset_parts=wanted))
     except OSError as err:
         raise DataError(
             f"downloading LibriSpeech into {target_dir} failed ({err}); download it by hand and pass --corpus-dir"

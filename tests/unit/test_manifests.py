@@ -74,3 +74,31 @@ def test_empty_part_is_an_error(tone_corpus: Path, tmp_path: Path) -> None:
     (tone_corpus / "test-clean").mkdir()
     with pytest.raises(DataError, match="test-clean has no usable utterance"):
         prepare_manifests(tone_corpus, tmp_path / "out", ["test-clean"])
+
+
+def test_combined_training_parts(tmp_path: Path) -> None:
+    from tests.conftest import write_tone_corpus
+
+    from asr_kd.data.librispeech import source_parts
+
+    corpus = write_tone_corpus(tmp_path / "corpus", {"train-clean-100": [11, 12], "train-clean-360": [13], "train-other-500": [14]})
+    (corpus / "train-clean-360" / "13" / "100" / "13-100-0001.flac").unlink()  # a transcript line without audio
+    out = tmp_path / "manifests"
+    reports = prepare_manifests(corpus, out, ["train-clean-460", "train-clean-100+train-other-500"])
+    recs = load_manifest(manifest_path(out, "recordings", "train-clean-460"))
+    sups = load_manifest(manifest_path(out, "supervisions", "train-clean-460"))
+    assert sorted({r.id.split("-")[0] for r in recs}) == ["11", "12", "13"] and len(recs) == len(sups) == 3 + 3 + 2
+    assert reports["train-clean-460"].speakers == 3 and reports["train-clean-460"].skipped == {"transcript line without audio file": 1}
+    assert "13-100-0001.flac" in (out / "skipped_train-clean-460.txt").read_text()
+    assert len(load_manifest(manifest_path(out, "recordings", "train-clean-100+train-other-500"))) == 9
+    assert source_parts("train-960") == ("train-clean-100", "train-clean-360", "train-other-500")
+    assert source_parts("dev-clean") == ("dev-clean",)
+    with pytest.raises(DataError, match="names a corpus folder twice"):
+        source_parts("train-clean-100+train-clean-100")
+    # A missing folder of a combination is named.
+    with pytest.raises(DataError, match="dev-clean does not exist"):
+        prepare_manifests(corpus, out, ["dev-clean+dev-other"])
+    # The same utterance in two folders cannot be combined.
+    dup = write_tone_corpus(tmp_path / "dup", {"train-clean-100": [11], "train-clean-360": [11]})
+    with pytest.raises(DataError, match="is in more than one of"):
+        prepare_manifests(dup, tmp_path / "m2", ["train-clean-460"])
