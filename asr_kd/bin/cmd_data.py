@@ -27,6 +27,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_prepare_manifests)
 
     p = sub.add_parser(
+        "relocate",
+        help="after moving a data or experiment folder: rewrite the absolute paths in its manifests",
+        description="lhotse manifests hold absolute paths (audio, feature storage, stored alignments and soft targets). "
+        "After `mv data /new/place/data`, run `asr-kd relocate --dir /new/place/data --from /old/place/data`: every "
+        "path under --from in every manifest under --dir is rewritten to --to (default: --dir). Exits 1 if a "
+        "rewritten path does not exist.",
+    )
+    p.add_argument("--dir", type=Path, required=True, help="the moved folder (its manifests are rewritten in place)")
+    p.add_argument("--from", dest="old_prefix", type=Path, required=True, help="the folder's former absolute path")
+    p.add_argument("--to", dest="new_prefix", type=Path, default=None, help="the new prefix (default: --dir)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would change")
+    p.set_defaults(func=_relocate)
+
+    p = sub.add_parser(
         "download-librispeech",
         help="download LibriSpeech parts with lhotse (needs internet)",
         description="Download and unpack LibriSpeech parts from openslr.org with lhotse.",
@@ -58,6 +72,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lang-dir", type=Path, default=None)
     p.add_argument("--parts", nargs="+", required=True)
     p.set_defaults(func=_data_summary)
+
+
+def _relocate(args: argparse.Namespace) -> int:
+    from asr_kd.data.relocate import relocate_manifests
+    from asr_kd.utils import setup_logging
+
+    setup_logging()
+    r = relocate_manifests(args.dir, args.old_prefix, args.new_prefix, args.dry_run)
+    print(f"{args.dir}: {r.paths_changed} paths in {r.manifests_changed} of {r.manifests} manifests "
+          f"{'would be ' if args.dry_run else ''}rewritten; {r.missing} of them missing at the new place"
+          + (f", e.g. {r.missing_examples[0]}" if r.missing else ""))
+    return 1 if r.missing else 0
 
 
 def _prepare_manifests(args: argparse.Namespace) -> int:
