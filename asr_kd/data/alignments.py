@@ -7,27 +7,31 @@ later stage that needs a per-frame array on a cut:
   ``TemporalArray`` custom field (``cut.custom[name]``) pointing at it;
 - :func:`load_alignment` reads it back (lazily: only when asked, one cut at a time).
 
-Storage: lhotse's ``NumpyFilesWriter`` (one ``.npy`` file per cut under a directory). Labels
-must survive exactly, which rules out lilcom (lossy float compression); plain ``.npy`` is
-lossless, keeps the integer dtype, needs no extra dependency (HDF5 would need h5py), and is safe
-with forked DataLoader workers and DDP ranks because every read opens its own file (a cached
-HDF5 handle inherited across ``fork`` is not).
+Storage: one :mod:`asr_kd.data.array_archive` file per storage directory
+(``<dir>/arrays.npa``, lhotse storage type ``npy_archive``) holding every cut's labels as its
+exact ``.npy`` bytes. Labels must survive exactly, which rules out lilcom (lossy float
+compression); ``.npy`` records are lossless and keep the integer dtype, one file instead of one
+per cut spares network filesystems and inode quotas, no extra dependency is needed (HDF5 would
+need h5py), and reads are safe in forked DataLoader workers and DDP ranks (``os.pread`` on
+descriptors opened per process; a cached HDF5 handle inherited across ``fork`` is not).
+Manifests written earlier with lhotse's ``NumpyFilesWriter`` (one ``.npy`` file per cut) still
+load: lhotse picks the reader by each manifest's storage type.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from lhotse import CutSet, NumpyFilesWriter
-from lhotse.array import TemporalArray
+from lhotse import CutSet
 from lhotse.cut import Cut
 from tqdm import tqdm
 
+# Importing the archive module registers its lhotse storage type: every reader of these labels
+# imports this module, so manifests that name ``npy_archive`` can always be loaded.
+from asr_kd.data.array_archive import ArchiveError, atomic_archive_dir
 from asr_kd.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -54,21 +58,18 @@ def store_alignments(
     frame_shift: float = 0.01,
 ) -> CutSet:
     """Write ``alignments[cut.id]`` (1-D integer arrays, one label per feature frame) for every
-    cut under the directory ``storage_path`` and return a new CutSet whose cuts carry them as
-    the custom field ``name``.
+    cut into one archive, ``storage_path/arrays.npa``, and return a new CutSet whose cuts carry
+    them as the custom field ``name``.
 
     Cuts without an entry in ``alignments`` are dropped, counted and logged (the aligner could
     not align them); a length mismatch or a non-integer array raises :class:`DataError`. The
-    directory is written under a temporary name and renamed on success, replacing an older one.
+    directory ``storage_path`` is written under a temporary name and renamed on success,
+    replacing an older one (also one of per-cut ``.npy`` files); the manifests name the final
+    path.
     """
-    storage_path = Path(storage_path)
-    tmp_dir = storage_path.with_name(f".{storage_path.name}.tmp{os.getpid()}")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
     out: list[Cut] = []
     missing: list[str] = []
-    try:
-        writer = NumpyFilesWriter(tmp_dir)
+    with atomic_archive_dir(storage_path) as writer:
         for cut in tqdm(cuts, desc=f"store {name}", leave=False):
             labels = alignments.get(cut.id)
             if labels is None:
@@ -81,31 +82,10 @@ def store_alignments(
             if labels.size and (labels.min() < np.iinfo(LABEL_DTYPE).min or labels.max() > np.iinfo(LABEL_DTYPE).max):
                 raise DataError(f"cut {cut.id}: {name} values do not fit in int32; use label ids below 2**31")
             array = writer.store_array(cut.id, labels.astype(LABEL_DTYPE), frame_shift=frame_shift, temporal_dim=0, start=0.0)
-            out.append(cut.with_custom(name, _relocate(array, tmp_dir, storage_path)))
-        if storage_path.exists():
-            old = storage_path.with_name(f".{storage_path.name}.old{os.getpid()}")
-            os.replace(storage_path, old)
-            shutil.rmtree(old)
-        tmp_dir.mkdir(parents=True, exist_ok=True)  # an empty input still leaves a directory
-        os.replace(tmp_dir, storage_path)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
+            out.append(cut.with_custom(name, array))
     if missing:
         log.warning("%s: %d of %d cuts have no alignment and were dropped (first: %s)", name, len(missing), len(cuts), missing[0])
     return CutSet.from_cuts(out)
-
-
-def _relocate(array: TemporalArray, tmp_dir: Path, final_dir: Path) -> TemporalArray:
-    """Point ``array`` at ``final_dir`` instead of the temporary directory it was written to."""
-    assert array.array.storage_path == str(tmp_dir)
-    inner = type(array.array)(
-        storage_type=array.array.storage_type,
-        storage_path=str(final_dir),
-        storage_key=array.array.storage_key,
-        shape=array.array.shape,
-    )
-    return TemporalArray(array=inner, temporal_dim=array.temporal_dim, frame_shift=array.frame_shift, start=array.start)
 
 
 def has_alignment(cut: Cut, name: str = "senones") -> bool:
@@ -116,12 +96,15 @@ def has_alignment(cut: Cut, name: str = "senones") -> bool:
 def load_alignment(cut: Cut, name: str = "senones") -> np.ndarray:
     """Return the labels ``name`` of ``cut`` as a 1-D int64 array of ``cut.num_frames`` entries.
 
-    Raises :class:`DataError` when the cut has no such field, its file is missing, or its length
-    does not match the cut's features."""
+    Raises :class:`DataError` (one line naming the cut and the file) when the cut has no such
+    field, its storage is missing, truncated or corrupt, or its length does not match the cut's
+    features."""
     if not has_alignment(cut, name):
         raise DataError(f"cut {cut.id} has no {name!r} labels; attach them with store_alignments (stage 3 alignments)")
     try:
         labels = np.asarray(cut.load_custom(name))
+    except ArchiveError as err:  # its message names the archive and the fix
+        raise DataError(f"cut {cut.id}: cannot read its {name!r} labels: {err}") from None
     except (OSError, ValueError) as err:
         raise DataError(f"cut {cut.id}: cannot read its {name!r} labels ({err}); rerun the stage that stored them") from None
     _check_length(cut, labels, name)

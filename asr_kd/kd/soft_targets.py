@@ -5,13 +5,16 @@ posteriors are peaky, so nearly all of their mass sits in a handful of senones. 
 stored as its ``k`` most probable senone ids (int32) and their probabilities (float16),
 renormalised to sum to 1: ``6 k`` bytes instead of ``4 C``.
 
-Storage goes through lhotse's array manifests: ``NumpyFilesWriter`` writes two exact ``.npy``
-arrays per cut, named by the cut id, under one directory (the same storage as the alignments of
-``asr_kd.data.alignments``: lossless, no extra dependency, and safe with forked DataLoader
-workers because every read opens its own file). Each cut gets two ``TemporalArray`` custom
-fields, ``soft_ids`` and ``soft_probs`` (plus ``soft_temperature``, the T the targets were made
-at). Because the targets travel with the cut, a student may shuffle, sub-sample or bucket the
-cuts freely.
+Storage goes through lhotse's array manifests: both arrays of every cut are appended, as their
+exact ``.npy`` bytes, to one archive per storage directory, ``<dir>/arrays.npa``
+(:mod:`asr_kd.data.array_archive`, lhotse storage type ``npy_archive``; the same storage as the
+alignments of ``asr_kd.data.alignments``: lossless, one file instead of two per cut, no extra
+dependency, and safe with forked DataLoader workers because reads use ``os.pread`` on
+descriptors opened per process). Each cut gets two ``TemporalArray`` custom fields, ``soft_ids``
+and ``soft_probs`` (plus ``soft_temperature``, the T the targets were made at). Because the
+targets travel with the cut, a student may shuffle, sub-sample or bucket the cuts freely.
+Manifests written earlier with lhotse's ``NumpyFilesWriter`` (one ``.npy`` file per array) still
+load.
 
 Statistics: :func:`bytes_per_frame` and :func:`kl_stored_vs_full` (how much the compression
 changes the targets); ``bench/soft_targets.py`` reports both for several ``k``.
@@ -19,11 +22,8 @@ changes the targets); ``bench/soft_targets.py`` reports both for several ``k``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -32,9 +32,11 @@ import torch
 from lhotse import CutSet
 from lhotse.array import TemporalArray
 from lhotse.cut import Cut
-from lhotse.features.io import NumpyFilesWriter
 from tqdm import tqdm
 
+# Importing the archive module registers its lhotse storage type, so every reader of stored soft
+# targets (they all go through this module) can load manifests that name ``npy_archive``.
+from asr_kd.data.array_archive import ArchiveError, atomic_archive_dir
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import TeacherEnsemble
 
@@ -204,14 +206,15 @@ def store_soft_targets(
     temperature: float | None = None,
     frame_shift: float = 0.01,
 ) -> CutSet:
-    """Write the soft targets ``(cut_id, ids, probs)`` under the directory ``storage_path`` and
-    attach them to the cuts.
+    """Write the soft targets ``(cut_id, ids, probs)`` into one archive,
+    ``storage_path/arrays.npa``, and attach them to the cuts.
 
     ``ids`` (frames x ``k``, int32) and ``probs`` (frames x ``k``, float16) come from
     :func:`topk_compress`; frames must match the cut's feature frames (or, for a cut without
     features, its duration at ``frame_shift``). ``temperature``, if given, is recorded on each
-    cut as ``soft_temperature``. The directory is written under a temporary name and renamed on
-    success, replacing an older one.
+    cut as ``soft_temperature``. The directory ``storage_path`` is written under a temporary name
+    and renamed on success, replacing an older one (also one of per-cut ``.npy`` files); the
+    manifests name the final path.
 
     Returns the cuts that received targets, in the order of ``cuts``, each with custom fields
     ``soft_ids`` and ``soft_probs``. Targets for unknown cut ids are skipped, and cuts without
@@ -224,8 +227,7 @@ def store_soft_targets(
     by_id = {cut.id: cut for cut in cuts}
     fields: dict[str, dict[str, TemporalArray]] = {}
     unknown = 0
-    with _atomic_dir(storage_path) as tmp_dir:
-        writer = NumpyFilesWriter(tmp_dir)
+    with atomic_archive_dir(storage_path) as writer:
         for cut_id, ids, probs in tqdm(targets, desc="storing soft targets", unit="cut", leave=False):
             cut = by_id.get(cut_id)
             if cut is None:
@@ -237,10 +239,7 @@ def store_soft_targets(
             ids, probs = _checked_targets(cut, ids, probs, k, frame_shift)
             shift = cut.features.frame_shift if cut.has_features else frame_shift
             fields[cut_id] = {
-                name: _final_path(
-                    writer.store_array(f"{cut_id}.{name}", value, frame_shift=shift, temporal_dim=0, start=cut.start),
-                    storage_path,
-                )
+                name: writer.store_array(f"{cut_id}.{name}", value, frame_shift=shift, temporal_dim=0, start=cut.start)
                 for name, value in ((SOFT_IDS, ids), (SOFT_PROBS, probs))
             }
     out = []
@@ -266,10 +265,20 @@ def has_soft_targets(cut: Cut) -> bool:
 
 def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
     """Return the stored ``(ids int32, probs float16)`` of ``cut``, each (frames x k), for the
-    cut's own time span (a truncated cut gets the matching frames)."""
+    cut's own time span (a truncated cut gets the matching frames).
+
+    Raises :class:`DataError` (one line naming the cut and the file) when the cut has no stored
+    targets or their storage is missing, truncated or corrupt."""
     if not has_soft_targets(cut):
         raise DataError(f"cut {cut.id} has no stored soft targets; run stage 5 (soft targets) on these cuts or set kd.mode=online")
-    return cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
+    try:
+        return cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
+    except ArchiveError as err:  # its message names the archive and the fix
+        raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"cut {cut.id}: cannot read its stored soft targets ({err}); rerun the stage that stored them (soft targets)"
+        ) from None
 
 
 def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,31 +326,6 @@ def _expected_frames(cut: Cut, frame_shift: float) -> int:
     from lhotse.array import seconds_to_frames
 
     return seconds_to_frames(cut.duration, frame_shift)
-
-
-@contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; on success it replaces ``path`` (an older
-    directory there is removed), on failure it is removed."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old{os.getpid()}")
-            os.replace(path, old)
-            shutil.rmtree(old)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def _final_path(array: TemporalArray, path: Path) -> TemporalArray:
-    """Point a manifest written to the temporary directory at the final one."""
-    return dataclasses.replace(array, array=dataclasses.replace(array.array, storage_path=str(path)))
 
 
 def _as_tensor(x: ArrayLike) -> torch.Tensor:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from lhotse import CutSet, load_manifest_lazy
+from lhotse import CutSet, NumpyFilesWriter, load_manifest_lazy
 
 from asr_kd.config import FeatureConfig
+from asr_kd.data.array_archive import ARCHIVE_NAME, STORAGE_TYPE
 from asr_kd.data.alignments import has_alignment, load_alignment, store_alignments
 from asr_kd.data.features import compute_features_for_parts, cuts_path
 from asr_kd.data.librispeech import prepare_manifests
@@ -44,6 +47,10 @@ def test_round_trip_is_exact_through_a_manifest_file(fbank_cuts: CutSet, tmp_pat
         assert labels.dtype == np.int64
         np.testing.assert_array_equal(labels, ali[cut.id])
     assert not list(tmp_path.glob(".senones.tmp*"))  # the temporary directory is gone
+    # One data file for the whole storage directory, named by every manifest.
+    assert [p.name for p in (tmp_path / "senones").iterdir()] == [ARCHIVE_NAME]
+    assert {c.custom["senones"].array.storage_path for c in back} == {str(tmp_path / "senones" / ARCHIVE_NAME)}
+    assert {c.custom["senones"].array.storage_type for c in back} == {STORAGE_TYPE}
 
 
 def test_labels_follow_cut_ids_not_order(fbank_cuts: CutSet, tmp_path: Path) -> None:
@@ -66,15 +73,57 @@ def test_loading_is_lazy(fbank_cuts: CutSet, tmp_path: Path) -> None:
     store_alignments(fbank_cuts, ali, tmp_path / "s").to_file(tmp_path / "cuts.jsonl.gz")
     lazy = load_manifest_lazy(tmp_path / "cuts.jsonl.gz")
     assert lazy.is_lazy
-    # Nothing is read when the manifest is opened: deleting one cut's file only breaks that cut.
+    # Nothing is read when the manifest is opened: garbling one cut's record breaks only that cut.
     victim = next(iter(lazy))
-    (tmp_path / "s" / victim.custom["senones"].array.storage_key).unlink()
+    offset, nbytes = map(int, victim.custom["senones"].array.storage_key.split(",")[:2])
+    with open(tmp_path / "s" / ARCHIVE_NAME, "r+b") as f:
+        f.seek(offset + nbytes - 8)
+        f.write(b"\xff" * 8)
     for cut in lazy:
         if cut.id == victim.id:
-            with pytest.raises(DataError, match=f"cut {victim.id}: cannot read its 'senones' labels"):
+            with pytest.raises(DataError, match=f"cut {victim.id}: cannot read its 'senones' labels: .* is corrupt") as err:
                 load_alignment(cut)
+            assert "\n" not in str(err.value) and str(tmp_path / "s" / ARCHIVE_NAME) in str(err.value)
         else:
             np.testing.assert_array_equal(load_alignment(cut), ali[cut.id])
+
+
+def test_truncated_or_missing_archive_is_a_one_line_error_naming_the_file(fbank_cuts: CutSet, tmp_path: Path) -> None:
+    ali = _random_alignments(fbank_cuts, seed=9)
+    out = store_alignments(fbank_cuts, ali, tmp_path / "s")
+    archive = tmp_path / "s" / ARCHIVE_NAME
+    last = max(out, key=lambda c: int(c.custom["senones"].array.storage_key.split(",")[0]))
+    os.truncate(archive, archive.stat().st_size - 100)  # e.g. an interrupted copy
+    expected = f"cut {last.id}: cannot read its 'senones' labels: {re.escape(str(archive))} is truncated"
+    with pytest.raises(DataError, match=expected) as err:
+        load_alignment(last)
+    assert "\n" not in str(err.value) and "rerun the stage" in str(err.value)
+    first = next(c for c in out if c.id != last.id)
+    np.testing.assert_array_equal(load_alignment(first), ali[first.id])  # whole records still load
+    archive.unlink()
+    with pytest.raises(DataError, match=f"cut {first.id}: cannot read its 'senones' labels .*{re.escape(str(archive))}") as err:
+        load_alignment(first)
+    assert "\n" not in str(err.value)
+
+
+def test_manifests_of_per_cut_npy_files_still_load_and_are_replaced(fbank_cuts: CutSet, tmp_path: Path) -> None:
+    # What store_alignments wrote before the archive: one .npy file per cut (lhotse numpy_files).
+    ali = _random_alignments(fbank_cuts, seed=10)
+    writer = NumpyFilesWriter(tmp_path / "s")
+    old = CutSet.from_cuts(
+        c.with_custom("senones", writer.store_array(c.id, ali[c.id].astype(np.int32), frame_shift=0.01, temporal_dim=0))
+        for c in fbank_cuts
+    )
+    old.to_file(tmp_path / "old.jsonl.gz")
+    for cut in CutSet.from_file(tmp_path / "old.jsonl.gz"):
+        assert cut.custom["senones"].array.storage_type == "numpy_files"
+        np.testing.assert_array_equal(load_alignment(cut), ali[cut.id])
+    assert len(list((tmp_path / "s").rglob("*.npy"))) == len(fbank_cuts)
+    new = _random_alignments(fbank_cuts, seed=11)
+    out = store_alignments(fbank_cuts, new, tmp_path / "s")  # rewriting replaces the directory of files
+    assert [p.name for p in (tmp_path / "s").iterdir()] == [ARCHIVE_NAME]
+    for cut in out:
+        np.testing.assert_array_equal(load_alignment(cut), new[cut.id])
 
 
 def test_length_mismatch_is_one_line_error(fbank_cuts: CutSet, tmp_path: Path) -> None:

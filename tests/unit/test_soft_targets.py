@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -13,11 +14,13 @@ from hypothesis import strategies as st
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, load_manifest
 
 from asr_kd.config import KdConfig, config_from_dict
+from asr_kd.data.array_archive import ARCHIVE_NAME
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import TeacherEnsemble, fuse_logits
 from asr_kd.kd.losses import distillation_loss, soft_cross_entropy
 from asr_kd.kd.soft_targets import (
     SOFT_IDS,
+    SOFT_PROBS,
     SOFT_TEMPERATURE,
     SoftTargetStats,
     bytes_per_frame,
@@ -146,7 +149,10 @@ def _targets_for(cuts: CutSet, seed: int = 0) -> dict[str, tuple[np.ndarray, np.
 def test_stored_targets_round_trip_bit_for_bit_and_survive_shuffling(fbank_cuts, tmp_path):
     targets = _targets_for(fbank_cuts)
     stored = store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / "soft", K, temperature=2.0)
-    assert len(list((tmp_path / "soft").rglob("*.npy"))) == 2 * len(fbank_cuts)
+    # One archive holds both arrays of every cut (it used to be 2 .npy files per cut).
+    assert [p.name for p in (tmp_path / "soft").iterdir()] == [ARCHIVE_NAME]
+    keys = {c.custom[name].array.storage_key for c in stored for name in (SOFT_IDS, SOFT_PROBS)}
+    assert len(keys) == 2 * len(fbank_cuts)
     assert [c.id for c in stored] == [c.id for c in fbank_cuts]
     manifest = tmp_path / "cuts_soft.jsonl.gz"
     stored.to_file(manifest)
@@ -202,6 +208,45 @@ def test_bad_targets_raise_one_line_errors_naming_the_cut(fbank_cuts, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written is left behind
     with pytest.raises(DataError, match=f"cut {cut.id} has no stored soft targets; run stage 5"):
         load_soft_targets(cut)
+
+
+def test_corrupt_or_truncated_storage_is_a_one_line_error_naming_the_file(fbank_cuts, tmp_path):
+    targets = _targets_for(fbank_cuts, seed=20)
+    stored = list(store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / "soft", K))
+    archive = tmp_path / "soft" / ARCHIVE_NAME
+    victim = stored[1]
+    offset = int(victim.custom[SOFT_PROBS].array.storage_key.split(",")[0])
+    with open(archive, "r+b") as f:  # garble the header of the victim's probabilities
+        f.seek(offset)
+        f.write(b"garbage!")
+    with pytest.raises(DataError, match=f"cut {victim.id}: cannot read its stored soft targets: .* is corrupt") as err:
+        load_soft_targets(victim)
+    assert "\n" not in str(err.value) and str(archive) in str(err.value) and "rerun the stage" in str(err.value)
+    assert np.array_equal(load_soft_targets(stored[0])[0], targets[stored[0].id][0])  # the others still load
+    os.truncate(archive, offset)
+    with pytest.raises(DataError, match=f"cut {victim.id}: cannot read its stored soft targets: .* is truncated") as err:
+        collate_soft_targets(stored)  # the training path reports the first broken cut the same way
+    assert str(archive) in str(err.value)
+
+
+def _load_in_worker(cut):
+    ids, probs = load_soft_targets(cut)
+    return cut.id, ids, probs
+
+
+def test_forked_dataloader_workers_load_the_right_targets(fbank_cuts, tmp_path):
+    targets = _targets_for(fbank_cuts, seed=30)
+    stored = list(store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / "soft", K))
+    load_soft_targets(stored[0])  # the parent's open archive is inherited by the workers
+    picks = [stored[i] for i in np.random.default_rng(0).integers(0, len(stored), 64)]
+    loader = torch.utils.data.DataLoader(
+        picks, batch_size=None, num_workers=2, multiprocessing_context="fork", collate_fn=_load_in_worker
+    )
+    seen = 0
+    for cut_id, ids, probs in loader:
+        assert np.array_equal(ids, targets[cut_id][0]) and np.array_equal(probs.view(np.uint16), targets[cut_id][1].view(np.uint16))
+        seen += 1
+    assert seen == len(picks)
 
 
 def test_collate_pads_with_zero_probability(fbank_cuts, tmp_path):
