@@ -83,7 +83,7 @@ Options (default in brackets):
   --preset NAME        synthetic corpus size: tiny, mini or small [$preset]
   --seed N             synthetic corpus seed [$seed]
   --difficulty X       synthetic corpus difficulty, 0 (clean) to 3 [$difficulty]
-  --train-set NAME     training part [$train_set]
+  --train-set NAME     training part; train-960, train-clean-460 or a+b combine parts [$train_set]
   --dev-set NAME       development part [$dev_set]
   --test-set NAME      test part [$test_set]
   --lexicon FILE       pronunciation lexicon in LibriSpeech's format; empty means CMUdict [$lexicon]
