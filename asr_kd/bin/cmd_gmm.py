@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parts", nargs="+", required=True, help="parts to align (and, except the training part, decode)")
     p.add_argument("--config", type=Path, default=None, help="YAML file with GmmConfig fields (e.g. conf/gmm.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a GmmConfig field")
-    p.add_argument("--num-jobs", type=int, default=2, help="processes for alignment and decoding (default 2)")
+    p.add_argument("--num-jobs", type=int, default=2, help="processes for training passes (alignment, statistics), final alignment and decoding (default 2)")
     p.add_argument("--results-md", type=Path, default=None, help="RESULTS.md whose GMM section to write")
     p.add_argument("--recipe-command", default=None, help="the command to quote in RESULTS.md (default: this asr-kd command line)")
     p.set_defaults(func=run_train_gmm)

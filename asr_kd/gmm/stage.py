@@ -18,10 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing as mp
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from lhotse import CutSet, load_manifest
@@ -220,38 +219,11 @@ def read_tids(path: Path | str) -> dict[str, list[int]]:
     return out
 
 
-_ALIGN_STATE: dict[str, Any] = {}  # inherited by forked workers (models are never pickled)
-
-
-def _align_chunk(chunk: Sequence[Utterance]) -> dict[str, list[int]]:
-    st = _ALIGN_STATE
-    alignments, _ = align_utterances(st["system"], st["inputs"], chunk, st["config"])
-    return alignments
-
-
 def align_parallel(system: GmmSystem, inputs: GraphInputs, utterances: Sequence[Utterance], config: GmmConfig, num_jobs: int, desc: str = "align") -> dict[str, list[int]]:
     """Return the Viterbi alignments (transition-ids) of ``utterances`` with the final model,
     computed in ``num_jobs`` forked processes; utterances that fail are absent (logged)."""
-    chunk_size = max(1, min(50, -(-len(utterances) // max(1, 4 * num_jobs))))
-    chunks = [utterances[i : i + chunk_size] for i in range(0, len(utterances), chunk_size)]
-    _ALIGN_STATE.update(system=system, inputs=inputs, config=config)
-    out: dict[str, list[int]] = {}
-    try:
-        if num_jobs <= 1 or len(chunks) <= 1:
-            results = map(_align_chunk, chunks)
-            for res in tqdm(results, total=len(chunks), desc=desc, unit="chunk", disable=None):
-                out.update(res)
-        else:
-            # fork: workers inherit the model and the lexicon FST without pickling them.
-            with mp.get_context("fork").Pool(min(num_jobs, len(chunks))) as pool:
-                for res in tqdm(pool.imap(_align_chunk, chunks), total=len(chunks), desc=desc, unit="chunk", disable=None):
-                    out.update(res)
-    finally:
-        _ALIGN_STATE.clear()
-    failed = len(utterances) - len(out)
-    if failed:
-        logger.warning("%s: %d of %d utterances could not be aligned and are left out", desc, failed, len(utterances))
-    return out
+    alignments, _ = align_utterances(system, inputs, utterances, config, num_jobs, desc)
+    return alignments
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,15 +343,16 @@ def _fresh(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
     return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
 
 
-def _train_systems(paths: Stage3Paths, inputs: GraphInputs, train: PartData, config: GmmConfig, timings: dict[str, float], history: dict[str, list[float]]) -> GmmSystem:
-    """Train (or load) the monophone and triphone systems; return the triphone system."""
+def _train_systems(paths: Stage3Paths, inputs: GraphInputs, train: PartData, config: GmmConfig, timings: dict[str, float], history: dict[str, list[float]], num_jobs: int) -> GmmSystem:
+    """Train (or load) the monophone and triphone systems in ``num_jobs`` processes (training
+    graphs in a temporary folder under ``<exp>/gmm``); return the triphone system."""
     if _fresh([paths.model("mono"), paths.mono_alignments], []):
         logger.info("monophone system exists (%s), skipping its training", paths.model("mono"))
         mono = GmmSystem.load(paths.model("mono"))
         mono_ali = read_tids(paths.mono_alignments)
     else:
         start = time.perf_counter()
-        result = train_monophone(inputs, train.utterances, config)
+        result = train_monophone(inputs, train.utterances, config, num_jobs, paths.root)
         mono, mono_ali = result.system, result.alignments
         write_tids(paths.mono_alignments, mono_ali)
         mono.save(paths.model("mono"))  # last: its presence means the step finished
@@ -389,7 +362,7 @@ def _train_systems(paths: Stage3Paths, inputs: GraphInputs, train: PartData, con
         logger.info("triphone system exists (%s), skipping its training", paths.model("tri"))
         return GmmSystem.load(paths.model("tri"))
     start = time.perf_counter()
-    result = train_triphone(inputs, train.utterances, mono, mono_ali, config)
+    result = train_triphone(inputs, train.utterances, mono, mono_ali, config, num_jobs=num_jobs, tmp_dir=paths.root)
     result.system.save(paths.model("tri"))
     _timed(timings, "train_tri", start)
     history["tri"] = [float(x) for x in result.log_likelihood_history]
@@ -489,7 +462,7 @@ def run_gmm_stage(
     data = {p: load_part(data_dir, p, lang, config) for p in parts}
     _timed(timings, "load_features", start)
 
-    tri = _train_systems(paths, inputs, data[train_part], config, timings, history)
+    tri = _train_systems(paths, inputs, data[train_part], config, timings, history, num_jobs)
 
     for name in SYSTEMS:
         if _fresh([paths.graph(name) / "HCLG.fst"], [paths.model(name), Path(lang_dir) / "G.fst", Path(lang_dir) / "L_disambig.fst"]):
