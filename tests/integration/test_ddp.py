@@ -49,6 +49,19 @@ DRIVER = textwrap.dedent(
 )
 
 
+def run_torchrun(cmd: list[str], env: dict[str, str], timeout: int) -> None:
+    """Run a torchrun job; fail the test with the end of its stderr if it fails or hangs."""
+    # A session of its own, so that a hung job's workers die with torchrun on timeout.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s: {stderr[-4000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
+
+
 @pytest.mark.slow
 def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> None:
     corpus = make_frame_corpus(tmp_path / "data", train_speakers=(11, 12, 13, 14))
@@ -62,15 +75,7 @@ def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> 
         str(driver), str(corpus.train_cuts), str(corpus.dev_cuts), str(corpus.train_cmvn), str(corpus.dev_cmvn),
         str(tmp_path / "exp"), str(out),
     ]
-    # A session of its own, so that a hung job's workers die with torchrun on timeout.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 180 s: {stderr[-4000:]}")
-    assert proc.returncode == 0, stderr[-4000:]
+    run_torchrun(cmd, env, timeout=180)
 
     runs = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in runs] == ["2", "2"]
@@ -109,14 +114,7 @@ def test_ctc_teachers_under_torchrun_split_the_data_and_share_the_guide(tiny_sta
         "--ctc-set", "guide_weight=1.0", "--config", str(conf / "ctc_train_tiny.yaml"), "--set", "num_epochs=1",
         "--set", "max_steps=0", "--set", "device=cpu", "--num-threads", "1",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 300 s: {stderr[-4000:]}")
-    assert proc.returncode == 0, stderr[-4000:]
+    run_torchrun(cmd, env, timeout=300)
     root = exp / "ctc" / "phone"
     guided = root / "teachers_guided1"
     assert (guided / "teacher0").is_symlink() and (guided / "teacher0").resolve() == (root / "teachers" / "teacher0").resolve()
