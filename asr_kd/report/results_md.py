@@ -13,7 +13,8 @@ from asr_kd.utils import write_text_atomic
 
 
 def write_section(path: Path | str, heading: str, text: str, header: str = "# Results\n") -> None:
-    """Replace (or append) the section of ``path`` whose heading line starts with ``heading``.
+    """Replace, where it stands, the section of ``path`` whose heading line starts with
+    ``heading`` (or append it when there is none; duplicates of it are dropped).
 
     ``text`` must itself start with the heading line; ``header`` is the file's first lines when
     the file does not exist yet.
@@ -21,8 +22,17 @@ def write_section(path: Path | str, heading: str, text: str, header: str = "# Re
     path = Path(path)
     old = path.read_text() if path.exists() else header
     sections = old.split("\n## ")
-    kept = [sections[0]] + ["## " + s for s in sections[1:] if not ("## " + s).startswith(heading)]
-    write_text_atomic(path, "\n".join(s.rstrip("\n") + "\n" for s in kept) + "\n" + text.rstrip("\n") + "\n")
+    out = [sections[0]]
+    placed = False
+    for s in ("## " + s for s in sections[1:]):
+        if not s.startswith(heading):
+            out.append(s)
+        elif not placed:
+            out.append(text)
+            placed = True
+    if not placed:
+        out.append(text)
+    write_text_atomic(path, "\n".join(s.rstrip("\n") + "\n" for s in out))
 
 
 def read_section(path: Path | str, heading: str) -> str | None:
