@@ -90,3 +90,13 @@ def test_results_tables(recipe: Path) -> None:
     rows = _record(recipe, "specialists")["rows"]
     assert len(rows) == _record(recipe, "clusters")["num_specialists"]
     assert all(0.0 <= r["specialist_accuracy"] <= 1.0 for r in rows)
+    # The like-for-like comparison of the combine stage: the specialist's accuracy is the one its
+    # own stage measured, and the aggregated generalist's dustbin is calibrated to the data.
+    dust = combine["dustbin"]
+    assert [d["specialist"] for d in dust] == [r["specialist"] for r in rows]
+    for d, r in zip(dust, rows):
+        assert d["specialist_accuracy"] == pytest.approx(r["specialist_accuracy"])
+        assert 0.0 <= d["generalist_aggregated_accuracy"] <= 1.0 and 0.0 < d["outside_share"] < 1.0
+    mean_gap = np.mean([d["generalist_mean_dustbin"] - d["outside_share"] for d in dust])
+    assert abs(mean_gap) < 0.1
+    assert "### Specialists against the generalist on the same footing" in text

@@ -203,3 +203,21 @@ def test_specialist_network_starts_from_the_generalist_without_sharing_weights()
         special.body[0].weight.add_(1.0)
     with torch.no_grad():
         assert torch.equal(generalist(x), g)  # the generalist is untouched
+
+
+def test_dustbin_comparison_puts_both_models_on_the_same_footing() -> None:
+    from asr_kd.experiments.specialists import dustbin_comparison
+
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 2, 2])
+    classes = [2, 3]  # test examples 2, 3, 6, 7 are inside; half the examples are outside
+    perfect = torch.nn.functional.one_hot(labels, 6).double()
+    # A specialist over [2, 3, dustbin] that always says dustbin.
+    always_dustbin = torch.tensor([[0.1, 0.1, 0.8]], dtype=torch.float64).repeat(8, 1)
+    row = dustbin_comparison(0, classes, always_dustbin, perfect, labels)
+    assert row["generalist_aggregated_accuracy"] == 1.0 and row["specialist_accuracy"] == 0.0
+    assert row["outside_share"] == 0.5 and row["generalist_mean_dustbin"] == pytest.approx(0.5)
+    assert row["specialist_mean_dustbin"] == pytest.approx(0.8)
+    # A uniform generalist: every class at 1/6, so the aggregated dustbin (4/6) wins every example.
+    uniform = torch.full((8, 6), 1 / 6, dtype=torch.float64)
+    row = dustbin_comparison(0, classes, always_dustbin, uniform, labels)
+    assert row["generalist_aggregated_accuracy"] == 0.0 and row["generalist_mean_dustbin"] == pytest.approx(4 / 6)
