@@ -58,7 +58,7 @@ from asr_kd.metrics.wer import compute_wer
 from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import plot_spike_timings
 from asr_kd.train.checkpoint import load_checkpoint
-from asr_kd.train.ddp import DistInfo, cleanup, init_distributed
+from asr_kd.train.ddp import DistInfo, init_distributed
 from asr_kd.train.loop import LossFn, TrainResult, to_device, train
 from asr_kd.train.state import seed_everything
 from asr_kd.utils import atomic_path, write_text_atomic
@@ -215,41 +215,36 @@ def train_ctc_model(
     if train_config.best_metric != BEST_METRIC or train_config.best_mode != "min":
         log.info("CTC models are selected by the lowest dev %s (not train.best_metric=%s)", BEST_METRIC, train_config.best_metric)
         train_config = dataclasses.replace(train_config, best_metric=BEST_METRIC, best_mode="min")
-    own_group = info is None
-    info = info or init_distributed(train_config.device)
-    try:
-        exp_dir = Path(exp_dir)
-        if info.is_main:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, exp_dir / "ctc.yaml")
-        dataset = CtcDataset(train_cmvn, units.encode, pseudo, soft_targets=soft_targets)
+    info = info or init_distributed(train_config.device)  # the group stays for the next model
+    exp_dir = Path(exp_dir)
+    if info.is_main:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, exp_dir / "ctc.yaml")
+    dataset = CtcDataset(train_cmvn, units.encode, pseudo, soft_targets=soft_targets)
 
-        def make_train_loader(epoch: int, skip: int) -> Any:
-            sampler = make_sampler(train_cuts, train_config.max_duration, train_config.shuffle, train_config.seed, train_config.bucketing,
-                                   train_config.num_buckets, world_size=info.world_size, rank=info.rank)
-            sampler.set_epoch(epoch)
-            return make_loader(dataset, SkipBatches(sampler, skip), train_config.num_workers, seed=train_config.seed * 100003 + epoch)
+    def make_train_loader(epoch: int, skip: int) -> Any:
+        sampler = make_sampler(train_cuts, train_config.max_duration, train_config.shuffle, train_config.seed, train_config.bucketing,
+                               train_config.num_buckets, world_size=info.world_size, rank=info.rank)
+        sampler.set_epoch(epoch)
+        return make_loader(dataset, SkipBatches(sampler, skip), train_config.num_workers, seed=train_config.seed * 100003 + epoch)
 
-        evaluate = None
-        if dev_cuts is not None:
-            dev_dataset = CtcDataset(dev_cmvn, units.encode)
+    evaluate = None
+    if dev_cuts is not None:
+        dev_dataset = CtcDataset(dev_cmvn, units.encode)
 
-            def evaluate(model: nn.Module) -> dict[str, float]:
-                sampler = make_sampler(dev_cuts, train_config.max_duration, shuffle=False, seed=0, bucketing=False)
-                return evaluate_ctc(model, make_loader(dev_dataset, sampler, train_config.num_workers), info.device)  # type: ignore[arg-type]
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            sampler = make_sampler(dev_cuts, train_config.max_duration, shuffle=False, seed=0, bucketing=False)
+            return evaluate_ctc(model, make_loader(dev_dataset, sampler, train_config.num_workers), info.device)  # type: ignore[arg-type]
 
-        seed_everything(train_config.seed)
-        feature_dim = _feature_dim(train_cuts)
-        model = CtcEncoder(feature_dim, units.num_tokens, cfg.model_size, cfg.subsampling, cfg.dropout)
-        if init_checkpoint is not None:
-            model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
-            log.info("initialised from %s", init_checkpoint)
-        log.info("CTC %s encoder: %d parameters, %d tokens", cfg.model_size, sum(p.numel() for p in model.parameters()), units.num_tokens)
-        return train(model, make_train_loader, compute_loss, evaluate, train_config, exp_dir, info=info, resume=resume,
-                     extra={**model.describe(), "units": units.kind})
-    finally:
-        if own_group:
-            cleanup(info)
+    seed_everything(train_config.seed)
+    feature_dim = _feature_dim(train_cuts)
+    model = CtcEncoder(feature_dim, units.num_tokens, cfg.model_size, cfg.subsampling, cfg.dropout)
+    if init_checkpoint is not None:
+        model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+        log.info("initialised from %s", init_checkpoint)
+    log.info("CTC %s encoder: %d parameters, %d tokens", cfg.model_size, sum(p.numel() for p in model.parameters()), units.num_tokens)
+    return train(model, make_train_loader, compute_loss, evaluate, train_config, exp_dir, info=info, resume=resume,
+                 extra={**model.describe(), "units": units.kind})
 
 
 def _feature_dim(cuts: CutSet) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -49,7 +50,11 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment)
     and return this process's :class:`DistInfo`; a plain run returns rank 0 of 1.
 
-    The backend follows the device: NCCL for CUDA, gloo for CPU. Calling it twice is harmless.
+    The backend follows the device: NCCL for CUDA, gloo for CPU. Calling it again (the next
+    model of an ensemble) reuses the group: it is created once per process and left at exit.
+    Destroying and re-creating the default group inside one torchrun job can hang (the new
+    group's rendezvous keys collide with the old ones in torchrun's store), so nothing else
+    destroys it.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -60,6 +65,7 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave_group)
     info = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
     log.info("DDP: rank %d of %d on %s", info.rank, info.world_size, device)
     return info
@@ -89,7 +95,7 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
-def cleanup(info: DistInfo) -> None:
-    """Leave the process group if this process joined one."""
-    if info.distributed and dist.is_initialized():
+def _leave_group() -> None:
+    """Leave the process group at exit (registered by :func:`init_distributed`)."""
+    if dist.is_initialized():
         dist.destroy_process_group()

@@ -27,7 +27,7 @@ from asr_kd.errors import DataError
 from asr_kd.metrics.frame_accuracy import frame_accuracy_counts
 from asr_kd.models.dnn import SplicedDnn
 from asr_kd.train.checkpoint import load_checkpoint
-from asr_kd.train.ddp import DistInfo, cleanup, init_distributed
+from asr_kd.train.ddp import DistInfo, init_distributed
 from asr_kd.train.loop import LossFn, TrainResult, autocast_context, to_device, train
 from asr_kd.train.state import seed_everything
 
@@ -99,44 +99,39 @@ def train_frame_classifier(
     Different ``train_config.seed`` values give the different teachers of an ensemble.
     ``compute_loss`` replaces the hard-target cross entropy (e.g. by a distillation loss).
     """
-    own_group = info is None
-    info = info or init_distributed(train_config.device)
-    try:
-        cuts = _open_cuts(train_cuts)
-        dataset = FrameDataset(_open_cmvn(train_cmvn), labels_name, num_classes)
-        exp_dir = Path(exp_dir)
-        if info.is_main:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            save_config(model_config, exp_dir / "model.yaml")
+    info = info or init_distributed(train_config.device)  # the group stays for the next model
+    cuts = _open_cuts(train_cuts)
+    dataset = FrameDataset(_open_cmvn(train_cmvn), labels_name, num_classes)
+    exp_dir = Path(exp_dir)
+    if info.is_main:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        save_config(model_config, exp_dir / "model.yaml")
 
-        def make_train_loader(epoch: int, skip: int) -> Any:
-            sampler = make_sampler(
-                cuts, train_config.max_duration, train_config.shuffle, train_config.seed, train_config.bucketing,
-                train_config.num_buckets, world_size=info.world_size, rank=info.rank,
-            )
-            sampler.set_epoch(epoch)
-            return make_loader(dataset, SkipBatches(sampler, skip), train_config.num_workers, seed=train_config.seed * 100003 + epoch)
+    def make_train_loader(epoch: int, skip: int) -> Any:
+        sampler = make_sampler(
+            cuts, train_config.max_duration, train_config.shuffle, train_config.seed, train_config.bucketing,
+            train_config.num_buckets, world_size=info.world_size, rank=info.rank,
+        )
+        sampler.set_epoch(epoch)
+        return make_loader(dataset, SkipBatches(sampler, skip), train_config.num_workers, seed=train_config.seed * 100003 + epoch)
 
-        evaluate = None
-        if dev_cuts is not None:
-            dev_set = _open_cuts(dev_cuts)
-            dev_dataset = FrameDataset(_open_cmvn(dev_cmvn), labels_name, num_classes)
+    evaluate = None
+    if dev_cuts is not None:
+        dev_set = _open_cuts(dev_cuts)
+        dev_dataset = FrameDataset(_open_cmvn(dev_cmvn), labels_name, num_classes)
 
-            def evaluate(model: nn.Module) -> dict[str, float]:
-                # Every rank scores the whole dev set: identical weights give identical numbers,
-                # and no collective can hang on ranks holding different numbers of dev batches.
-                sampler = make_sampler(dev_set, train_config.max_duration, shuffle=False, seed=0, bucketing=False)
-                return evaluate_frame_classifier(model, make_loader(dev_dataset, sampler, train_config.num_workers), info.device)
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            # Every rank scores the whole dev set: identical weights give identical numbers,
+            # and no collective can hang on ranks holding different numbers of dev batches.
+            sampler = make_sampler(dev_set, train_config.max_duration, shuffle=False, seed=0, bucketing=False)
+            return evaluate_frame_classifier(model, make_loader(dev_dataset, sampler, train_config.num_workers), info.device)
 
-        seed_everything(train_config.seed)
-        model = SplicedDnn(model_config, num_classes)
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("DNN %s: %d parameters, %d classes, window %d", model_config, n_params, num_classes, model.window)
-        return train(model, make_train_loader, compute_loss, evaluate, train_config, exp_dir,
-                     info=info, resume=resume, extra=model.describe())
-    finally:
-        if own_group:
-            cleanup(info)
+    seed_everything(train_config.seed)
+    model = SplicedDnn(model_config, num_classes)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("DNN %s: %d parameters, %d classes, window %d", model_config, n_params, num_classes, model.window)
+    return train(model, make_train_loader, compute_loss, evaluate, train_config, exp_dir,
+                 info=info, resume=resume, extra=model.describe())
 
 
 def load_frame_classifier(checkpoint: Path | str, device: torch.device | str = "cpu") -> SplicedDnn:

@@ -3,6 +3,7 @@ disjoint batches and end with identical weights, and only rank 0 writes the expe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,14 +50,33 @@ DRIVER = textwrap.dedent(
 )
 
 
+def _descendants(pid: int) -> list[int]:
+    """Return the process ids below ``pid`` (children first), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def run_torchrun(cmd: list[str], env: dict[str, str], timeout: int) -> None:
     """Run a torchrun job; fail the test with the end of its stderr if it fails or hangs."""
-    # A session of its own, so that a hung job's workers die with torchrun on timeout.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        # torchrun starts its workers in sessions of their own: kill them by pid, then torchrun.
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _, stderr = proc.communicate()
         pytest.fail(f"torchrun did not finish in {timeout} s: {stderr[-4000:]}")
     assert proc.returncode == 0, stderr[-4000:]
