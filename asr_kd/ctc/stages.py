@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -413,10 +414,11 @@ def spike_report(
     write_text_atomic(layout.root / "spike_report.json", json.dumps(report, indent=1) + "\n")
     first = next(iter(cuts))
     title = f"CTC teachers' spikes on {first.id} ({part}, {cfg.units} units)"
-    plot_spike_timings(example, layout.root / "spike_timings.png", title, 10 * cfg.subsampling)
+    plot = plot_spike_timings(example, layout.root / "spike_timings.png", title, 10 * cfg.subsampling)
     plot_name = f"ctc_spike_timings_{cfg.units}.png"
     if results_md is not None:
-        plot_spike_timings(example, Path(results_md).parent / plot_name, title, 10 * cfg.subsampling)
+        with atomic_path(Path(results_md).parent / plot_name) as tmp:
+            shutil.copyfile(plot, tmp)
     rows = [f"| {name} | {int(s['num_models'])} | {s['mean_spike_offset_frames']:.2f} | {100 * s['spikes_matched']:.1f}% | "
             f"{100 * s['argmax_disagreement']:.1f}% | {100 * s['blank_frame_share']:.1f}% |" for name, s in report.items()]
     body = (f"Between every pair of teachers on {part} ({len(cuts)} utterances), output frames of {10 * cfg.subsampling} ms: "

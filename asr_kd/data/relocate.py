@@ -11,14 +11,13 @@ that the rewritten paths exist.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
 
 from asr_kd.errors import DataError
-from asr_kd.utils import atomic_path
+from asr_kd.utils import atomic_path, open_text
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,6 @@ def _rewrite(value: Any, fix: Callable[[str], str]) -> Any:
     if isinstance(value, list):
         return [_rewrite(v, fix) for v in value]
     return value
-
-
-def _open(path: Path, mode: str):
-    return gzip.open(path, mode + "t", encoding="utf-8") if path.suffix == ".gz" else path.open(mode, encoding="utf-8")
 
 
 def relocate_manifests(folder: Path | str, old_prefix: Path | str, new_prefix: Path | str | None = None, dry_run: bool = False) -> RelocateReport:
@@ -80,10 +75,10 @@ def relocate_manifests(folder: Path | str, old_prefix: Path | str, new_prefix: P
                 missing.append(moved)
             return moved
 
-        with _open(path, "r") as f:
+        with open_text(path) as f:
             items = [_rewrite(json.loads(line), fix) for line in f if line.strip()]
         if count and not dry_run:
-            with atomic_path(path) as tmp, _open(tmp, "w") as out:  # the temporary name keeps .gz
+            with atomic_path(path) as tmp, open_text(tmp, "w") as out:  # the temporary name keeps .gz
                 for item in items:
                     out.write(json.dumps(item) + "\n")
         changed_files += bool(count)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from asr_kd.decode.fst_utils import num_arcs, read_fst, write_fst, zero_input_labels
+from asr_kd.decode.fst_utils import num_arcs, read_fst, shift_input_labels, write_fst, zero_input_labels
 from asr_kd.decode.hclg import GraphInfo, compose_lg
 from asr_kd.errors import DataError
 from asr_kd.kaldi import kaldifst
@@ -96,10 +96,7 @@ def token_lexicon_fst(
         raise DataError(f"silence token {silence_token!r} is not in the token table; pass silence_prob=0 or a real token")
     L = make_lexicon_fst_disambig(entries, table, words, silence_token or BLANK, silence_prob)
     shift = 1
-    for s in kaldifst.StateIterator(L):
-        for arc in kaldifst.ArcIterator(L, s):
-            if arc.ilabel:
-                arc.ilabel = arc.ilabel + shift
+    shift_input_labels(L, shift)
     kaldifst.arcsort(L, sort_type="olabel")
     return L, [d + shift for d in disambig]
 

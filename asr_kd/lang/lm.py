@@ -10,7 +10,6 @@ openslr.org/11) is restricted to the words that have a pronunciation (:func:`fil
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
 import math
 import re
@@ -22,7 +21,7 @@ from kaldingram.train import NgramCounts
 
 from asr_kd.errors import DataError
 from asr_kd.kaldi import kaldifst, load_kaldilm
-from asr_kd.utils import atomic_path
+from asr_kd.utils import atomic_path, open_text
 
 logger = logging.getLogger(__name__)
 
@@ -144,20 +143,18 @@ def compile_grammar_fst(arpa_path: Path | str, words_txt: Path | str, disambig_s
 # --------------------------------------------------------------------------------------------
 
 
-def open_text(path: Path | str) -> TextIO:
+def open_input(path: Path | str) -> TextIO:
     """Open a UTF-8 text file for reading, gzip-compressed if its name ends in ``.gz``; DataError
     naming the file if it does not exist."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist; pass an existing file")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+    return open_text(path)
 
 
 def read_text_sentences(path: Path | str, normalize: Callable[[str], str]) -> Iterator[list[str]]:
     """Yield the non-empty lines of a text file (``.gz`` allowed) as lists of normalized words."""
-    with open_text(path) as f:
+    with open_input(path) as f:
         for line in f:
             words = [normalize(w) for w in line.split()]
             if words:
@@ -180,7 +177,7 @@ class ArpaFilterStats:
 
 
 def _arpa_lines(path: Path | str) -> Iterator[tuple[int, str]]:
-    with open_text(path) as f:
+    with open_input(path) as f:  # DataError naming a missing file
         for lineno, line in enumerate(f, 1):
             yield lineno, line.strip()
 
