@@ -35,6 +35,19 @@ def write_tone_corpus(root: Path, parts: dict[str, list[int]], utts_per_speaker:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny-tensor tests (thread start-up and spinning
+    cost more than they save when the CPUs are shared); the previous setting is restored after.
+    Use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tone_corpus(tmp_path: Path) -> Path:
     """A small clean corpus: two training speakers, one dev speaker."""

@@ -30,12 +30,7 @@ from asr_kd.errors import ConfigError
 from asr_kd.kd.losses import distillation_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _logits(seed: int, b: int = 2, t: int = 7, v: int = 5, scale: float = 2.0) -> torch.Tensor:

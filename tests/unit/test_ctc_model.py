@@ -10,12 +10,7 @@ from asr_kd.ctc.model import CTC_MODEL_PRESETS, CtcEncoder, subsampled_lengths
 from asr_kd.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("subsampling", [2, 4])

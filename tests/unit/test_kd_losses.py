@@ -16,14 +16,7 @@ from asr_kd.kd.losses import distillation_loss, logit_matching_loss, soft_cross_
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread start-up and spinning costs when the CPUs
-    are shared; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _logits(seed: int, rows: int, classes: int, scale: float = 1.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

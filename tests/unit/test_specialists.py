@@ -27,14 +27,7 @@ from asr_kd.kd.specialists import (
 from asr_kd.models.mlp import MLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread start-up and spinning costs when the CPUs
-    are shared; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _confusable_probs(groups: list[list[int]], num_classes: int, n: int, seed: int) -> np.ndarray:
     """Predictions of a model that spreads its mass within one group of classes per example."""
