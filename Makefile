@@ -1,6 +1,7 @@
 # asr-kd: `make demo` runs the main recipe on the offline default, `make test` the test suite.
 # Each target creates the virtual environment .venv on first use (and again when pyproject.toml
-# changes).
+# changes), and installs the optional system packages (Festival) where it can
+# (local/install_system_packages.sh: apt-get as root, else one line saying what is missing).
 
 PYTHON ?= python3
 VENV := .venv
@@ -22,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
+	./local/install_system_packages.sh
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -32,11 +32,14 @@ def _check(cond: bool, msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 SYNTH_PRESETS = ("tiny", "mini", "small")
+# Synthesiser families (asr_kd/data/voices.py): espeak-ng, Festival's diphone voices, Kokoro-82M.
+SYNTH_ENGINES = ("espeak", "festival", "kokoro")
 
 
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
-    """The synthetic LibriSpeech-layout corpus (espeak-ng speech plus noise and reverberation)."""
+    """The synthetic LibriSpeech-layout corpus: several synthesiser families, speaker and channel
+    perturbation, noise and reverberation, and an out-of-domain test part."""
 
     preset: str = "mini"
     seed: int = 0
@@ -44,11 +47,46 @@ class SynthConfig:
     # (chosen so that a small model errs noticeably); up to 3 for harder data.
     difficulty: float = 1.0
     num_jobs: int = 2
+    # Families that speak train/dev/test (those installed; espeak-ng always is) and the one that
+    # speaks the out-of-domain part test-ood, never a training family. Kokoro runs at about real
+    # time per core against espeak-ng's ~500x and Festival's ~10x (bench/synth_speed.py), so it
+    # speaks only the small test-ood part.
+    engines: tuple[str, ...] = ("espeak", "festival")
+    ood_engine: str = "kokoro"
+    # Fraction of the train/dev/test talkers that Festival speaks when it is installed (it has two
+    # English voices, made into many talkers by F0, rate and VTLP).
+    festival_share: float = 0.3
+    # Vocal tract length perturbation (Jaitly & Hinton 2013): each train/dev/test talker's
+    # spectrum is warped by a factor drawn uniformly from [1 - vtlp_max, 1 + vtlp_max] (their
+    # range, 0.9..1.1); 0 turns it off.
+    vtlp_max: float = 0.1
+    # Speed perturbation of training utterances (Kaldi's 0.9/1.0/1.1: tempo and pitch together);
+    # each training utterance is played at one factor drawn from this list.
+    speed_factors: tuple[float, ...] = (0.9, 1.0, 1.1)
+    # Probability that a train/dev/test talker is heard through a narrow-band telephone channel
+    # (300-3400 Hz, 8 kHz sampled) instead of its wide-band channel colouring.
+    telephone_prob: float = 0.1
+    # Share of the candidate sentences taken from WordNet's usage examples (Debian wordnet-base;
+    # 0 where it is not installed) beside essential-generators' Markov text. At 0.3 about a
+    # quarter of mini's training sentences are WordNet's and the test text's bigram perplexity
+    # under the training text rises from 128 to 200 (measured, seed 0): more varied text.
+    wordnet_share: float = 0.3
 
     def __post_init__(self) -> None:
         _check(self.preset in SYNTH_PRESETS, f"synth.preset must be one of {SYNTH_PRESETS}, got {self.preset!r}")
         _check(0.0 <= self.difficulty <= 3.0, f"synth.difficulty must be in [0, 3], got {self.difficulty}")
         _check(self.num_jobs >= 1, f"synth.num_jobs must be >= 1, got {self.num_jobs}")
+        bad = [e for e in (*self.engines, self.ood_engine) if e not in SYNTH_ENGINES]
+        _check(not bad, f"synth engines must be among {SYNTH_ENGINES}, got {bad}")
+        _check("espeak" in self.engines, f"synth.engines must include espeak (always installed), got {list(self.engines)}")
+        _check(self.ood_engine not in self.engines,
+               f"synth.ood_engine {self.ood_engine!r} also speaks training parts {list(self.engines)}; pick an engine outside synth.engines")
+        _check(0.0 <= self.festival_share <= 1.0, f"synth.festival_share must be in [0, 1], got {self.festival_share}")
+        _check(0.0 <= self.vtlp_max < 0.5, f"synth.vtlp_max must be in [0, 0.5), got {self.vtlp_max}")
+        _check(bool(self.speed_factors) and all(0.5 <= f <= 2.0 for f in self.speed_factors),
+               f"synth.speed_factors must be a non-empty list of factors in [0.5, 2], got {list(self.speed_factors)}")
+        _check(0.0 <= self.telephone_prob <= 1.0, f"synth.telephone_prob must be in [0, 1], got {self.telephone_prob}")
+        _check(0.0 <= self.wordnet_share <= 0.9, f"synth.wordnet_share must be in [0, 0.9], got {self.wordnet_share}")
 
 
 # --------------------------------------------------------------------------------------------

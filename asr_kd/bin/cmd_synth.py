@@ -5,23 +5,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from asr_kd.config import SYNTH_PRESETS, SynthConfig, load_config
+from asr_kd.config import SYNTH_ENGINES, SYNTH_PRESETS, SynthConfig, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the synth-corpus command to ``sub``."""
     p = sub.add_parser(
         "synth-corpus",
-        help="stage 0 offline: write a synthetic corpus (espeak-ng speech, noise, reverberation) in LibriSpeech's layout",
-        description="Write <output-dir>/{train-clean-100,dev-clean,test-clean}/<speaker>/<chapter>/ with 16 kHz FLAC "
-        "and .trans.txt files, SPEAKERS.TXT and SYNTHETIC.json, readable by lhotse's prepare_librispeech. "
-        "Options given here override the --config file; a finished corpus with the same settings is reused.",
+        help="stage 0 offline: write a synthetic corpus (several synthesisers, speaker perturbation, noise, reverberation) "
+        "in LibriSpeech's layout",
+        description="Write <output-dir>/{train-clean-100,dev-clean,test-clean,test-ood}/<speaker>/<chapter>/ with 16 kHz FLAC "
+        "and .trans.txt files, SPEAKERS.TXT and SYNTHETIC.json (what was generated, by which engines, and which wanted "
+        "engines are missing). test-ood is spoken by a synthesiser family that no other part uses. "
+        "Options given here override the --config file (YAML of SynthConfig fields: festival_share, vtlp_max, "
+        "speed_factors, telephone_prob, ...); a finished corpus with the same settings is reused.",
     )
     p.add_argument("--output-dir", type=Path, required=True, help="corpus folder to write")
     p.add_argument("--preset", choices=SYNTH_PRESETS, default=None, help="corpus size (default: mini)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--difficulty", type=float, default=None, help="0 = clean ... 3 = very noisy (default 1.0)")
     p.add_argument("--num-jobs", type=int, default=None, help="worker processes (default 2)")
+    p.add_argument("--engines", default=None,
+                   help="comma-separated synthesiser families for train/dev/test, including espeak (default espeak,festival)")
+    p.add_argument("--ood-engine", choices=SYNTH_ENGINES, default=None,
+                   help="synthesiser family of test-ood, not one of --engines (default kokoro)")
     p.add_argument("--config", type=Path, default=None, help="YAML file of SynthConfig fields")
     p.set_defaults(func=_synth_corpus)
 
@@ -29,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _synth_corpus(args: argparse.Namespace) -> int:
     from asr_kd.data.synth import synthesize_corpus
 
-    given = {"preset": args.preset, "seed": args.seed, "difficulty": args.difficulty, "num_jobs": args.num_jobs}
+    given = {"preset": args.preset, "seed": args.seed, "difficulty": args.difficulty, "num_jobs": args.num_jobs,
+             "engines": args.engines, "ood_engine": args.ood_engine}
     cfg = load_config(SynthConfig, args.config, {k: v for k, v in given.items() if v is not None})
     print(synthesize_corpus(args.output_dir, cfg).format())
     return 0

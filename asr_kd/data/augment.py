@@ -8,6 +8,7 @@ All functions are pure: randomness comes in through an explicit ``numpy.random.G
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,3 +150,71 @@ def degradation_ranges(difficulty: float) -> DegradationRanges:
         rt60_s=(0.1 + 0.1 * d, 0.2 + 0.3 * d),
         channel=True,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Speaker perturbation: speed and vocal tract length
+# --------------------------------------------------------------------------------------------
+
+
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """Return ``x`` played ``factor`` times faster, as Kaldi's speed perturbation (sox ``speed``):
+    the length becomes ``len(x) / factor`` and every frequency (pitch and formants) is multiplied
+    by ``factor``."""
+    if factor <= 0:
+        raise ValueError(f"speed factor must be positive, got {factor}")
+    if factor == 1.0:
+        return x.astype(np.float32)
+    ratio = Fraction(factor).limit_denominator(100)
+    # Resampling by q/p and reading the result at the original rate plays it p/q times faster.
+    return scipy.signal.resample_poly(x, ratio.denominator, ratio.numerator).astype(np.float32)
+
+
+def vtlp_warp_frequencies(freqs: np.ndarray, alpha: float, sample_rate: int, boundary_hz: float = 4800.0) -> np.ndarray:
+    """Return the warped frequencies of vocal tract length perturbation (Jaitly & Hinton 2013):
+    ``alpha * f`` below a boundary ``boundary_hz * min(alpha, 1) / alpha``, then the straight
+    line that maps the Nyquist frequency onto itself, so the warp stays inside the band."""
+    nyquist = sample_rate / 2.0
+    f_hi = boundary_hz * min(alpha, 1.0) / alpha
+    upper = nyquist - (nyquist - alpha * f_hi) * (nyquist - freqs) / (nyquist - f_hi)
+    return np.where(freqs <= f_hi, alpha * freqs, upper)
+
+
+def vtlp(x: np.ndarray, alpha: float, sample_rate: int, n_fft: int = 512, lifter: int = 30) -> np.ndarray:
+    """Return ``x`` with its spectral envelope warped by ``alpha`` (> 1 moves formants up, as a
+    shorter vocal tract; < 1 down), pitch and length unchanged.
+
+    Each STFT frame is split into a smooth envelope (the first ``lifter`` cepstral coefficients,
+    under 2 ms of quefrency, below any voice's pitch period) and the rest (harmonics); the frame
+    is multiplied by ``E(w^-1(f)) / E(f)``, so the envelope moves along the warp ``w``
+    (:func:`vtlp_warp_frequencies`) while the harmonics stay where the pitch puts them. Warping
+    the magnitude itself would also stretch the harmonic comb and sample it between harmonics."""
+    if alpha == 1.0 or len(x) < n_fft:
+        return x.astype(np.float32)
+    hop = n_fft // 4
+    _, _, spec = scipy.signal.stft(x, fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop)
+    log_mag = np.log(np.abs(spec) + 1e-8)
+    cepstrum = np.fft.irfft(log_mag, n=n_fft, axis=0)
+    cepstrum[lifter : n_fft - lifter + 1] = 0.0
+    envelope = np.fft.rfft(cepstrum, axis=0).real  # log envelope, one column per frame
+    freqs = np.linspace(0.0, sample_rate / 2.0, spec.shape[0])
+    # The warp is monotonic: the envelope at output frequency g is the input's at w^-1(g).
+    source = np.interp(freqs, vtlp_warp_frequencies(freqs, alpha, sample_rate), freqs) / freqs[1]
+    lo = np.clip(np.floor(source).astype(int), 0, len(freqs) - 2)
+    frac = (source - lo)[:, None]
+    warped = envelope[lo] * (1.0 - frac) + envelope[lo + 1] * frac
+    _, y = scipy.signal.istft(spec * np.exp(warped - envelope), fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop)
+    return y[: len(x)].astype(np.float32)
+
+
+def telephone_band(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Return ``x`` as through a narrow-band telephone channel: 300-3400 Hz band-pass and a trip
+    through 8 kHz sampling (nothing above 4 kHz survives); same length."""
+    sos = scipy.signal.butter(4, [300.0, 3400.0], btype="bandpass", fs=sample_rate, output="sos")
+    y = scipy.signal.sosfilt(sos, x)
+    g = np.gcd(sample_rate, 8000)
+    narrow = scipy.signal.resample_poly(y, 8000 // g, sample_rate // g)
+    back = scipy.signal.resample_poly(narrow, sample_rate // g, 8000 // g)
+    out = np.zeros(len(x), dtype=np.float32)
+    out[: min(len(x), len(back))] = back[: len(x)]
+    return out

@@ -16,6 +16,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -33,6 +34,8 @@ _ESPEAK_PITCH = 3
 _ESPEAK_RANGE = 4
 _ESPEAK_WORDGAP = 7
 _EE_OK = 0
+# espeak_TextToPhonemes phonememode: bit 1 set = IPA (UTF-8) instead of espeak's ASCII names.
+_PHONEMES_IPA = 0x02
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); events are not needed here.
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -42,13 +45,15 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short),
 class VoiceSettings:
     """How espeak-ng should speak: ``voice`` is ``language+variant`` (e.g. ``en-us+f2``);
     ``rate`` in words per minute (80..450), ``pitch`` and ``pitch_range`` in 0..100 (50 is the
-    voice's default), ``word_gap`` extra pause between words in units of 10 ms."""
+    voice's default), ``word_gap`` extra pause between words in units of 10 ms, ``volume`` in
+    0..200 (100 is espeak's default; the British and Caribbean accents clip a few samples at 100)."""
 
     voice: str = "en-us"
     rate: int = 175
     pitch: int = 50
     pitch_range: int = 50
     word_gap: int = 0
+    volume: int = 100
 
 
 class EspeakSynthesizer:
@@ -99,6 +104,8 @@ class EspeakSynthesizer:
         lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed.restype = ctypes.c_int
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
 
     def _collect(self, wav: ctypes.POINTER(ctypes.c_short), numsamples: int, events: int) -> int:  # type: ignore[valid-type]
         # A NULL buffer marks the end of synthesis; otherwise copy the chunk out of C memory.
@@ -120,7 +127,7 @@ class EspeakSynthesizer:
             (_ESPEAK_PITCH, settings.pitch),
             (_ESPEAK_RANGE, settings.pitch_range),
             (_ESPEAK_WORDGAP, settings.word_gap),
-            (_ESPEAK_VOLUME, 100),
+            (_ESPEAK_VOLUME, settings.volume),
         ):
             self._lib.espeak_SetParameter(param, int(value), 0)
         self._current = settings
@@ -145,6 +152,21 @@ class EspeakSynthesizer:
             return np.zeros(0, dtype=np.float32)
         return (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)
 
+    def phonemize(self, text: str, voice: str = "en-us") -> str:
+        """Return espeak-ng's IPA transcription of ``text`` read by ``voice``: words separated by
+        spaces, stress marks included, clauses joined by a space."""
+        with self._lock:
+            self._apply(VoiceSettings(voice=voice))
+            data = text.encode("utf-8") + b"\0"
+            buf = ctypes.create_string_buffer(data, len(data))
+            pointer = ctypes.c_void_p(ctypes.addressof(buf))
+            clauses = []
+            # Each call returns one clause and advances ``pointer``; NULL once the text is used up.
+            while pointer.value:
+                out = self._lib.espeak_TextToPhonemes(ctypes.byref(pointer), _ESPEAK_CHARS_UTF8, _PHONEMES_IPA)
+                if out:
+                    clauses.append(out.decode("utf-8").strip())
+        return " ".join(c for c in clauses if c)
 
     def synthesize_isolated(self, text: str, settings: VoiceSettings, seed: int = 0) -> np.ndarray:
         """Like :meth:`synthesize`, but in a forked child process, so that this process's engine
@@ -155,31 +177,47 @@ class EspeakSynthesizer:
         samples. Synthesising every utterance from the same pristine state makes the corpus
         deterministic whatever the order and the process that renders each utterance.
         """
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: synthesise, send int16 samples, exit without running any Python clean-up
-            status = 1
-            try:
-                os.close(read_fd)
-                audio = self.synthesize(text, settings, seed)
-                data = np.round(audio * 32768.0).clip(-32768, 32767).astype("<i2").tobytes()
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(write_fd, view):]
-                os.close(write_fd)
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_fd)
-        chunks = []
-        with os.fdopen(read_fd, "rb") as pipe:
-            while chunk := pipe.read(1 << 20):
-                chunks.append(chunk)
-        _, wait_status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(wait_status) != 0:
-            raise DataError(f"espeak-ng synthesis failed in a child process for text {text[:60]!r} with voice {settings.voice!r}")
-        samples = np.frombuffer(b"".join(chunks), dtype="<i2")
+
+        def child() -> bytes:
+            audio = self.synthesize(text, settings, seed)
+            return np.round(audio * 32768.0).clip(-32768, 32767).astype("<i2").tobytes()
+
+        data = _in_child(child, f"espeak-ng synthesis failed in a child process for text {text[:60]!r} with voice {settings.voice!r}")
+        samples = np.frombuffer(data, dtype="<i2")
         return (samples.astype(np.float32) / 32768.0).astype(np.float32)
+
+    def phonemize_isolated(self, text: str, voice: str = "en-us") -> str:
+        """Like :meth:`phonemize`, in a forked child, so that the engine state (which the
+        translator changes) stays as it was and synthesis stays deterministic."""
+        data = _in_child(lambda: self.phonemize(text, voice).encode("utf-8"), f"espeak-ng phonemisation failed for text {text[:60]!r}")
+        return data.decode("utf-8")
+
+
+def _in_child(work: Callable[[], bytes], error: str) -> bytes:
+    """Run ``work`` in a forked child process and return the bytes it produced; raise DataError
+    with ``error`` if the child fails. The child exits without running any Python clean-up."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        status = 1
+        try:
+            os.close(read_fd)
+            view = memoryview(work())
+            while view:
+                view = view[os.write(write_fd, view):]
+            os.close(write_fd)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as pipe:
+        while chunk := pipe.read(1 << 20):
+            chunks.append(chunk)
+    _, wait_status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(wait_status) != 0:
+        raise DataError(error)
+    return b"".join(chunks)
 
 
 _SYNTHESIZER: EspeakSynthesizer | None = None

