@@ -437,7 +437,7 @@ def _render_all(jobs: list[UtteranceJob], config: SynthConfig, babble_texts: lis
 def _speakers_txt(speakers: list[SpeakerRecipe], seconds: dict[int, float]) -> str:
     """Return SPEAKERS.TXT in LibriSpeech's format."""
     lines = [
-        "; Synthetic speakers (espeak-ng voices) in the format of LibriSpeech's SPEAKERS.TXT.",
+        "; Synthetic speakers (espeak-ng, Festival and Kokoro voices) in the format of LibriSpeech's SPEAKERS.TXT.",
         "; Fields: reader ID | sex (F/M) | subset | minutes of audio | name",
         ";ID  |SEX| SUBSET           |MINUTES| NAME",
     ]
