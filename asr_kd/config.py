@@ -66,6 +66,11 @@ class SynthConfig:
     # Probability that a train/dev/test talker is heard through a narrow-band telephone channel
     # (300-3400 Hz, 8 kHz sampled) instead of its wide-band channel colouring.
     telephone_prob: float = 0.1
+    # Share of the reverberant utterances (see difficulty) whose room is simulated by the image
+    # method (a random shoebox room, source and microphone: room-specific early reflections, and
+    # direct-to-reverberant ratios from about -14 to +4 dB) instead of a statistical decay with a
+    # fixed +3 dB direct path. Not tuned by a WER measurement: half of each, for variety.
+    image_room_share: float = 0.5
     # Share of the candidate sentences taken from WordNet's usage examples (Debian wordnet-base;
     # 0 where it is not installed) beside essential-generators' Markov text. At 0.3 about a
     # quarter of mini's training sentences are WordNet's and the test text's bigram perplexity
@@ -79,6 +84,8 @@ class SynthConfig:
         bad = [e for e in (*self.engines, self.ood_engine) if e not in SYNTH_ENGINES]
         _check(not bad, f"synth engines must be among {SYNTH_ENGINES}, got {bad}")
         _check("espeak" in self.engines, f"synth.engines must include espeak (always installed), got {list(self.engines)}")
+        _check("kokoro" not in self.engines,
+               "synth.engines: kokoro runs at about real time per core and speaks only test-ood; train with espeak and festival")
         _check(self.ood_engine not in self.engines,
                f"synth.ood_engine {self.ood_engine!r} also speaks training parts {list(self.engines)}; pick an engine outside synth.engines")
         _check(0.0 <= self.festival_share <= 1.0, f"synth.festival_share must be in [0, 1], got {self.festival_share}")
@@ -86,6 +93,7 @@ class SynthConfig:
         _check(bool(self.speed_factors) and all(0.5 <= f <= 2.0 for f in self.speed_factors),
                f"synth.speed_factors must be a non-empty list of factors in [0.5, 2], got {list(self.speed_factors)}")
         _check(0.0 <= self.telephone_prob <= 1.0, f"synth.telephone_prob must be in [0, 1], got {self.telephone_prob}")
+        _check(0.0 <= self.image_room_share <= 1.0, f"synth.image_room_share must be in [0, 1], got {self.image_room_share}")
         _check(0.0 <= self.wordnet_share <= 0.9, f"synth.wordnet_share must be in [0, 0.9], got {self.wordnet_share}")
 
 

@@ -1,6 +1,8 @@
-"""Degradations that make synthetic speech hard enough for models to err: additive noise at a
-chosen SNR (white, pink, brown, babble), reverberation with a synthetic room impulse response,
-and a fixed per-speaker channel colouring (band-pass plus resonant bumps).
+"""Degradations and perturbations that make synthetic speech varied and hard enough for models to
+err: additive noise at a chosen SNR (white, pink, brown, babble), reverberation (a statistical
+decay, or a shoebox room simulated by the image method), a fixed per-speaker channel colouring
+(band-pass plus resonant bumps) or a telephone band, and speaker perturbation: speed (Kaldi's
+sox-style) and vocal tract length (VTLP, a warp of the spectral envelope).
 
 All functions are pure: randomness comes in through an explicit ``numpy.random.Generator``.
 """
@@ -218,3 +220,88 @@ def telephone_band(x: np.ndarray, sample_rate: int) -> np.ndarray:
     out = np.zeros(len(x), dtype=np.float32)
     out[: min(len(x), len(back))] = back[: len(x)]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Simulated rooms: the image method (Allen & Berkley 1979) for a shoebox room
+# --------------------------------------------------------------------------------------------
+
+SPEED_OF_SOUND = 343.0  # m/s
+
+
+def image_method_rir(
+    room: tuple[float, float, float], source: tuple[float, float, float], mic: tuple[float, float, float],
+    rt60: float, sample_rate: int, max_seconds: float | None = None,
+) -> np.ndarray:
+    """Return the impulse response from ``source`` to ``mic`` (metres) in a shoebox ``room``
+    whose six walls share one reflection coefficient, chosen by Sabine's formula so that the
+    reverberation time is ``rt60`` seconds; the direct path has amplitude 1 at sample 0 (the
+    propagation delay to the nearest path is removed). Every mirror image of the source up to
+    the order whose delay exceeds ``max_seconds`` (default ``rt60``) is summed, each delayed by
+    its distance over the speed of sound (to the nearest sample) and scaled by
+    ``beta ** reflections / distance``."""
+    dims = np.asarray(room, dtype=np.float64)
+    src, dst = np.asarray(source, dtype=np.float64), np.asarray(mic, dtype=np.float64)
+    if np.any(src <= 0) or np.any(src >= dims) or np.any(dst <= 0) or np.any(dst >= dims):
+        raise ValueError(f"source {source} and microphone {mic} must lie inside the room {room}")
+    volume = float(np.prod(dims))
+    surface = 2.0 * (dims[0] * dims[1] + dims[0] * dims[2] + dims[1] * dims[2])
+    # Sabine: rt60 = 0.161 V / (S a) with absorption a = 1 - beta^2.
+    absorption = min(0.161 * volume / (surface * rt60), 0.99)
+    beta = math.sqrt(1.0 - absorption)
+    max_seconds = rt60 if max_seconds is None else max_seconds
+    order = np.ceil(max_seconds * SPEED_OF_SOUND / dims).astype(int)
+    # Image positions per axis: 2 n L + s and 2 n L - s, with |2n| and |2n - 1| wall reflections.
+    axes = []
+    for k in range(3):
+        n = np.arange(-order[k], order[k] + 1)
+        positions = np.concatenate([2 * n * dims[k] + src[k], 2 * n * dims[k] - src[k]])
+        reflections = np.concatenate([np.abs(2 * n), np.abs(2 * n - 1)])
+        axes.append((positions - dst[k], reflections))
+    dx, dy, dz = (a[0] for a in axes)
+    rx, ry, rz = (a[1] for a in axes)
+    distance = np.sqrt(dx[:, None, None] ** 2 + dy[None, :, None] ** 2 + dz[None, None, :] ** 2).ravel()
+    reflections = (rx[:, None, None] + ry[None, :, None] + rz[None, None, :]).ravel()
+    nearest = float(distance.min())
+    delay = np.round((distance - nearest) / SPEED_OF_SOUND * sample_rate).astype(int)
+    length = int(max_seconds * sample_rate) + 1
+    keep = delay < length
+    gains = beta ** reflections[keep] * (nearest / distance[keep])
+    rir = np.bincount(delay[keep], weights=gains, minlength=length)[:length]
+    return rir.astype(np.float32)
+
+
+def random_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]:
+    """Return a random living-room to hall sized shoebox (3x3x2.4 to 10x8x4 m) and a source and
+    microphone in it, at least 0.5 m from the walls and 0.5 to 3 m apart (as ``(room, source,
+    mic)``, metres)."""
+    room = tuple(float(v) for v in (rng.uniform(3.0, 10.0), rng.uniform(3.0, 8.0), rng.uniform(2.4, 4.0)))
+    dims = np.asarray(room)
+    source = rng.uniform(0.5, dims - 0.5)
+    source[2] = rng.uniform(1.2, min(1.9, dims[2] - 0.3))  # a talker's mouth height
+    for _ in range(100):  # draw the microphone until it is 0.5-3 m away and inside the room
+        direction = rng.normal(size=3)
+        direction[2] *= 0.3
+        mic = source + rng.uniform(0.5, 3.0) * direction / np.linalg.norm(direction)
+        if np.all(mic > 0.3) and np.all(mic < dims - 0.3):
+            break
+    else:
+        mic = dims / 2.0
+    return room, tuple(float(v) for v in source), tuple(float(v) for v in mic)  # type: ignore[return-value]
+
+
+def room_rir(rt60: float, sample_rate: int, rng: np.random.Generator, early_seconds: float = 0.05) -> np.ndarray:
+    """Return the impulse response of a random room (:func:`random_room`) with reverberation time
+    ``rt60``: the image method for the first ``early_seconds`` (the room's own pattern of early
+    reflections) and, after it, a statistical tail of Gaussian noise decaying by 60 dB in ``rt60``
+    that starts at the level of the last 10 ms of the early part. The image method alone would
+    need thousands of images per utterance for the tail and, with Sabine's wall coefficient,
+    decays too slowly in long narrow rooms; the noise tail has the requested decay by construction."""
+    room, source, mic = random_room(rng)
+    early = image_method_rir(room, source, mic, rt60, sample_rate, max_seconds=early_seconds)
+    length = max(int(1.2 * rt60 * sample_rate), len(early) + 1)
+    t = np.arange(length - len(early)) / sample_rate
+    window = early[-int(0.01 * sample_rate):]
+    level = math.sqrt(float(np.mean(window.astype(np.float64) ** 2)))
+    tail = rng.standard_normal(len(t)) * level * np.exp(-6.9 * t / rt60)
+    return np.concatenate([early, tail]).astype(np.float32)

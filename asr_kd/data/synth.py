@@ -151,6 +151,7 @@ class UtteranceResult:
     noise: str | None
     snr_db: float | None
     rt60_s: float | None
+    room: str | None = None  # "image" (image-method room) or "statistical" (noise tail) where reverberant
     speed: float | None = None  # speed perturbation factor (training utterances)
 
 
@@ -175,6 +176,7 @@ class SynthSummary:
     ood_oov_rate: float  # fraction of test-ood words never seen in the training text
     engines: tuple[str, ...]  # the families that speak train/dev/test
     ood_engine: str  # the family that speaks test-ood
+    perplexity: dict[str, float]  # held-out part -> bigram perplexity of its text under the training text
 
     def part(self, name: str) -> PartSummary:
         """Return the summary of part ``name`` (e.g. ``train-clean-100``)."""
@@ -189,6 +191,7 @@ class SynthSummary:
             f"synthetic corpus in {self.corpus_dir}: vocabulary {self.vocabulary_size} words, "
             f"OOV rate w.r.t. train text: dev+test {100 * self.eval_oov_rate:.2f}%, {OOD_PART} {100 * self.ood_oov_rate:.2f}%",
             f"  engines: {', '.join(self.engines)} for train/dev/test; {self.ood_engine} for {OOD_PART}",
+            "  bigram perplexity under the training text: " + ", ".join(f"{p} {v:.0f}" for p, v in self.perplexity.items()),
         ]
         for p in self.parts:
             lines.append(f"  {p.name:16s} {p.utterances:6d} utterances {p.hours:7.3f} h {p.speakers:4d} speakers")
@@ -380,6 +383,7 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
     noise_rng = np.random.default_rng(list(job.seed) + [1])
     # Speed perturbation is data augmentation: training utterances only, as in Kaldi recipes.
     speed = float(config.speed_factors[int(rng.integers(len(config.speed_factors)))]) if job.speaker.part == TRAIN_PART else 1.0
+    room = "image" if rng.random() < config.image_room_share else "statistical"
 
     speaker = job.speaker
     speech = voices.speak_16k(speaker.talker(), job.text, espeak_seed, speaker.sex)
@@ -390,7 +394,8 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
     if ranges.channel:
         x = augment.telephone_band(x, SAMPLE_RATE) if speaker.telephone else augment.apply_channel(x, speaker.channel, SAMPLE_RATE)
     if use_reverb:
-        x = augment.apply_rir(x, augment.synthetic_rir(rt60, SAMPLE_RATE, noise_rng))
+        rir = augment.room_rir(rt60, SAMPLE_RATE, noise_rng) if room == "image" else augment.synthetic_rir(rt60, SAMPLE_RATE, noise_rng)
+        x = augment.apply_rir(x, rir)
     noise_kind: str | None = None
     if use_noise:
         if kind == "babble" and _WORKER.babble is not None:
@@ -410,6 +415,7 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
         noise=noise_kind,
         snr_db=round(snr, 2) if use_noise else None,
         rt60_s=round(rt60, 3) if use_reverb else None,
+        room=room if use_reverb else None,
         speed=speed if job.speaker.part == TRAIN_PART else None,
     )
 
@@ -492,6 +498,7 @@ def _summary_from_marker(corpus_dir: Path, marker: dict[str, Any]) -> SynthSumma
     return SynthSummary(
         corpus_dir=corpus_dir, parts=parts, vocabulary_size=int(marker["vocabulary_size"]), eval_oov_rate=float(marker["eval_oov_rate"]),
         ood_oov_rate=float(marker["ood_oov_rate"]), engines=tuple(marker["engines"]["train"]), ood_engine=str(marker["engines"]["ood"]),
+        perplexity={p: float(v) for p, v in marker["text"]["bigram_perplexity"].items()},
     )
 
 

@@ -15,7 +15,6 @@ missing. :func:`speak_16k` renders one utterance of a :class:`Talker`.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +24,6 @@ from asr_kd.config import SYNTH_ENGINES as ENGINES
 from asr_kd.data import festival, kokoro
 from asr_kd.data.espeak import VoiceSettings, get_synthesizer
 from asr_kd.errors import DataError
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 

@@ -88,6 +88,10 @@ def test_speakers_txt_and_marker(tiny: tuple[Path, synth.SynthSummary]) -> None:
     assert {"voice", "pitch", "rate", "pitch_range", "channel"} <= set(recipe)
     snrs = [u["snr_db"] for u in marker["utterances"].values()]
     assert all(s is not None for s in snrs)  # difficulty 1: every utterance is noisy
+    # Reverberant utterances get an image-method room or a statistical tail, half and half.
+    rooms = [u["room"] for u in marker["utterances"].values() if u["rt60_s"] is not None]
+    assert {u["room"] for u in marker["utterances"].values() if u["rt60_s"] is None} == {None}
+    assert 0.3 < rooms.count("image") / len(rooms) < 0.7 and set(rooms) == {"image", "statistical"}
 
 
 def test_lhotse_reads_it_as_librispeech(tiny: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
@@ -245,6 +249,7 @@ def test_cli_prints_the_summary(tiny: tuple[Path, synth.SynthSummary], capsys: p
     assert main(["synth-corpus", "--output-dir", str(corpus), "--preset", "tiny", "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert f"vocabulary {summary.vocabulary_size} words" in out
+    assert f"{OOD_PART} {summary.perplexity[OOD_PART]:.0f}" in out and summary.perplexity[OOD_PART] > 1.0
     assert all(p in out for p in PARTS)
     assert main(["synth-corpus", "--output-dir", str(corpus), "--preset", "tiny", "--seed", "9"]) == 1
     assert "different settings" in capsys.readouterr().err

@@ -61,6 +61,8 @@ def test_config_refuses_an_ood_engine_that_also_trains() -> None:
         SynthConfig(engines=("espeak", "festival"), ood_engine="festival")
     with pytest.raises(ConfigError, match="synth.engines must include espeak"):
         SynthConfig(engines=("festival",), ood_engine="kokoro")
+    with pytest.raises(ConfigError, match="kokoro runs at about real time per core and speaks only test-ood"):
+        SynthConfig(engines=("espeak", "kokoro"), ood_engine="festival")
     with pytest.raises(ConfigError, match="synth engines must be among"):
         SynthConfig(ood_engine="flite")
 

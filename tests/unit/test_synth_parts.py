@@ -160,6 +160,41 @@ def test_rir_decays_by_60_db_in_rt60() -> None:
         assert -60.0 / slope == pytest.approx(rt60, rel=0.15)
 
 
+def _schroeder_rt60(rir: np.ndarray, sr: int) -> float:
+    """RT60 from the Schroeder decay curve of the whole response, fitted between -5 and -25 dB."""
+    energy = rir.astype(np.float64) ** 2
+    edc = 10 * np.log10(np.cumsum(energy[::-1])[::-1] / energy.sum())
+    t = np.arange(len(edc)) / sr
+    sel = (edc < -5) & (edc > -25)
+    return -60.0 / np.polyfit(t[sel], edc[sel], 1)[0]
+
+
+def test_image_method_puts_reflections_where_the_geometry_says() -> None:
+    sr = 16000
+    room, source, mic = (5.0, 4.0, 3.0), (1.0, 1.0, 1.5), (3.0, 2.0, 1.5)
+    rir = augment.image_method_rir(room, source, mic, rt60=0.4, sample_rate=sr, max_seconds=0.1)
+    assert rir[0] == 1.0 and len(rir) == int(0.1 * sr) + 1
+    # Sabine: absorption 0.161 V / (S rt60); floor and ceiling mirror the source at the same
+    # distance (it is at half height), so their two paths arrive together.
+    beta = np.sqrt(1 - 0.161 * 60.0 / (94.0 * 0.4))
+    direct, floor = np.sqrt(5.0), np.sqrt(5.0 + 9.0)
+    lag = round((floor - direct) / augment.SPEED_OF_SOUND * sr)
+    assert rir[lag] == pytest.approx(2 * beta * direct / floor, rel=1e-3)
+    first_wall = min(  # the nearest of the four side walls
+        np.linalg.norm(np.subtract([-1.0, 1.0, 1.5], mic)), np.linalg.norm(np.subtract([1.0, -1.0, 1.5], mic)))
+    assert np.flatnonzero(rir[1:])[0] + 1 == round((first_wall - direct) / augment.SPEED_OF_SOUND * sr)
+    with pytest.raises(ValueError, match="must lie inside the room"):
+        augment.image_method_rir(room, (6.0, 1.0, 1.0), mic, 0.4, sr)
+
+
+@pytest.mark.parametrize("rt60", [0.3, 0.5, 0.8])
+def test_room_rir_reverberates_for_rt60(rt60: float) -> None:
+    for seed in range(3):
+        rir = augment.room_rir(rt60, 16000, np.random.default_rng(seed))
+        assert rir[0] == 1.0
+        assert _schroeder_rt60(rir, 16000) == pytest.approx(rt60, rel=0.25)
+
+
 @settings(max_examples=25, deadline=None)
 @given(snr=st.floats(-10, 40), seed=st.integers(0, 2**16))
 def test_noise_is_scaled_to_the_requested_snr(snr: float, seed: int) -> None:
