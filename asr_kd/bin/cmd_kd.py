@@ -104,6 +104,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md")
     p.set_defaults(func=_three_percent)
 
+    p = sub.add_parser("decode-part", help="decode any part (your own test set) with trained systems, beside the recipe's tables",
+                       description="Prepare manifests and features of --part from --corpus-dir (LibriSpeech layout: "
+                       "<corpus>/<part>/<speaker>/<chapter>/*.flac + .trans.txt) and decode it with each of --systems (tri, mono: the "
+                       "stage-3 GMMs; baseline, distilled: the stage-6 students; ensemble, teacher<i>: stage 4) through the stage-3 HCLG. "
+                       "Writes <exp>/decode_parts/<part>/<system>/ (hyp.txt, wer_details, per_speaker.json) and scores.json; the "
+                       "recipe's stages and RESULTS.md are not touched (asr_kd/stages/decode_part.py).")
+    _layout_args(p)
+    p.add_argument("--corpus-dir", type=Path, required=True, help="folder holding <part>/ in LibriSpeech's layout")
+    p.add_argument("--part", required=True, help="the part's folder name (any name, e.g. my-test)")
+    p.add_argument("--systems", nargs="+", default=["tri", "baseline", "ensemble", "distilled"], help="systems to decode (default: tri baseline ensemble distilled)")
+    p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")
+    p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
+    p.add_argument("--num-jobs", type=int, default=2, help="parallel decoding processes (default 2)")
+    p.set_defaults(func=_decode_part)
+
 
 def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """Log to <exp>/log/<name>.log; return the layout and RESULTS.md arguments common to all stages."""
@@ -187,4 +202,18 @@ def _three_percent(args: argparse.Namespace) -> int:
                              subset_seed=args.subset_seed, corpus=args.corpus, **common)
     for run in runs.values():
         print(f"{run.name}: train frame accuracy {run.train_frame_accuracy:.4f}, test {run.test_frame_accuracy:.4f}")
+    return 0
+
+
+def _decode_part(args: argparse.Namespace) -> int:
+    from asr_kd.config import DecodeConfig, load_config, parse_overrides
+    from asr_kd.stages.decode_part import decode_part
+
+    common = _setup(args, f"decode_part_{args.part}")
+    decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
+    scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"])
+    for name, s in scores.items():
+        worst = max(s["per_speaker"].items(), key=lambda kv: kv[1]["wer"])
+        print(f"{name}: {args.part} WER {100 * s['wer']:.2f}% ({s['substitutions']}/{s['deletions']}/{s['insertions']} of {s['ref_words']}), "
+              f"{s['utterances']} utterances; worst speaker {worst[0]} {100 * worst[1]['wer']:.1f}%")
     return 0

@@ -64,6 +64,8 @@ class PartScore:
     failed: int = 0
     decode_seconds: float = 0.0
     audio_seconds: float = 0.0
+    utterances: int = 0  # decoded (every cut of the part with features, aligned or not)
+    aligned_utterances: int = 0  # with a stage-3 alignment: the frame accuracy's utterances
 
 
 def score_system(
@@ -75,9 +77,13 @@ def score_system(
     ``decode``, HCLG decoding and WER; the hypotheses and the per-utterance WER details go to
     ``<exp>/decode/<name>_<part>/``."""
     senones = read_senones(layout)
-    cuts = layout.open_cuts(layout.ali_cuts(part))
+    # Every cut of the part is decoded (decoding needs no alignment), so that every system of a
+    # table, the GMM's too, is scored on the same utterances; frame accuracy is over the cuts that
+    # stage 3 could align, and the table says how many.
+    cuts = layout.open_cuts(layout.fbank_cuts(part))
     if max_cuts is not None:
         cuts = CutSet.from_cuts(itertools.islice(cuts, max_cuts))
+    aligned = {c.id: c for c in layout.open_cuts(layout.ali_cuts(part)) if has_alignment(c)}
     cmvn = layout.open_cmvn(part)
     out_dir = layout.decode / f"{name}_{part}"
     posteriors: dict[str, np.ndarray] = {}
@@ -86,14 +92,15 @@ def score_system(
     audio = 0.0
     for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, 1.0, fusion, max_duration):
         posteriors[cut.id] = log_probs.numpy()
-        if has_alignment(cut):
-            references[cut.id] = load_alignment(cut)
+        if cut.id in aligned:
+            references[cut.id] = load_alignment(aligned[cut.id])
         texts[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
         audio += cut.duration
     if not posteriors:
-        raise DataError(f"{layout.ali_cuts(part)} holds no cut; rerun stage 3 for {part}")
+        raise DataError(f"{layout.fbank_cuts(part)} holds no cut; rerun stage 1 for {part}")
     acc = corpus_frame_accuracy(posteriors, references)
-    score = PartScore(name, part, acc.accuracy, acc.counted, audio_seconds=round(audio, 2))
+    score = PartScore(name, part, acc.accuracy, acc.counted, audio_seconds=round(audio, 2), utterances=len(posteriors),
+                      aligned_utterances=len(references))
     if decode:
         hclg = load_hclg(senones.graph)
         from asr_kd.gmm.train import GmmSystem  # the transition model of the senones
@@ -175,6 +182,9 @@ def evaluate_systems(
             if decode_teachers:
                 extra += [_row(f"teacher{i}", scores[f"teacher{i}"], layout) for i in range(n)]
         text = format_table1(rows["baseline"], rows["ensemble"], rows["distilled"], n, extra, corpus=corpus, command=command)
+        test = scores["baseline"][layout.test_part]
+        text += (f"\nEvery system is decoded on all {test.utterances} {layout.test_part} utterances ({test.ref_words} words); frame "
+                 f"accuracy is over the {test.aligned_utterances} of them that stage 3 aligned ({test.frames} frames).\n")
         text += (f"\nHybrid decoding: log posteriors minus log senone priors (stage 3 train alignments) times acoustic scale "
                  f"{decode_config.acoustic_scale:g}, HCLG beam {decode_config.beam:g}, {decode_config.decoder} decoder; "
                  "frame accuracy against the stage-3 senone alignments. Per-utterance details: `exp/decode/<system>_<part>/wer_details`.\n")
