@@ -196,12 +196,15 @@ def test_decode_a_part_that_is_neither_dev_nor_test(recipe, tmp_path: Path) -> N
     shutil.copytree(data / "corpus" / "test-clean", corpus / "my-test")
     before = {f: read_record(exp / f) for f in STAGE_FOLDERS}
     rc = cli_main(["decode-part", "--data-dir", str(data), "--exp-dir", str(exp), "--corpus-dir", str(corpus), "--part", "my-test",
-                   "--systems", "tri", "distilled", "--decode-set", "beam=8", "--decode-set", "max_active=3000", "--num-threads", "1"])
+                   "--systems", "tri", "distilled", "--decode-set", "beam=8", "--decode-set", "max_active=3000", "--num-threads", "1", "--align"])
     assert rc == 0
     scores = json.loads((exp / "decode_parts" / "my-test" / "scores.json").read_text())
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
     assert scores["distilled"]["wer"] == pytest.approx(table1["distilled"]["test-clean"]["wer"])
     assert scores["distilled"]["ref_words"] == table1["distilled"]["test-clean"]["ref_words"]
+    # --align: the part aligned with the triphone GMM as stage 3 aligned test-clean, so the same frame accuracy.
+    assert scores["distilled"]["aligned_utterances"] == table1["distilled"]["test-clean"]["aligned_utterances"]
+    assert scores["distilled"]["frame_accuracy"] == pytest.approx(table1["distilled"]["test-clean"]["frame_accuracy"])
     for s in scores.values():
         assert sum(v["errors"] for v in s["per_speaker"].values()) == s["substitutions"] + s["deletions"] + s["insertions"]
         assert sum(v["utterances"] for v in s["per_speaker"].values()) == s["utterances"] == 20
