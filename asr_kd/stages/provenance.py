@@ -60,8 +60,6 @@ def _canonical(value: Any) -> Any:
         return [_canonical(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return value  # json writes 2.0; int 2 stays 2: both are stable
     return value
 
 
@@ -333,8 +331,10 @@ class StageGuard:
         """Return every file below the stage's folder (not the record, not symbolic links): the
         outputs of a stage whose whole folder is its output."""
         skip = {self.record_path, self.in_progress_path}
-        return sorted(p for p in self.folder.rglob("*") if p.is_file() and not p.is_symlink() and p not in skip
-                      and not any(q.is_symlink() for q in p.relative_to(self.folder).parents if str(q) != "." and (self.folder / q).is_symlink()))
+        files = []
+        for dirpath, dirnames, filenames in os.walk(self.folder):  # os.walk does not enter linked folders
+            files += [p for p in (Path(dirpath) / n for n in filenames) if not p.is_symlink() and p not in skip]
+        return sorted(files)
 
     def finish(self, outputs: Iterable[Path | str]) -> StageRecord:
         """Record the finished stage: ``outputs`` (files, relative to the folder or absolute) are

@@ -120,3 +120,28 @@ def test_listing_fingerprint_sees_a_changed_file_but_not_a_copy(tmp_path: Path) 
     assert listing_fingerprint(tmp_path / "copy", ["p"]) == before
     (corpus / "p" / "1" / "a.flac").write_bytes(b"12345")
     assert listing_fingerprint(corpus, ["p"]) != before
+
+
+def test_all_files_leaves_out_linked_folders_and_the_record(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "theirs.pt").write_text("not ours")
+    guard = StageGuard("s", tmp_path / "stage", {"T": 2}, {})
+    guard.needs_work()
+    (guard.folder / "sub").mkdir()
+    (guard.folder / "sub" / "ours.txt").write_text("1")
+    (guard.folder / "linked").symlink_to(other, target_is_directory=True)
+    assert guard.all_files() == [guard.folder / "sub" / "ours.txt"]
+    guard.finish(guard.all_files())
+    assert set(read_record(guard.folder).outputs) == {"sub/ours.txt"}
+
+
+def test_unrecorded_contents_are_emptied_unless_adopted(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "made_by_hand.txt").write_text("keep?")
+    assert StageGuard("s", folder, {"T": 2}, {}, adopt_unrecorded=True).needs_work()
+    assert (folder / "made_by_hand.txt").is_file()  # left to the stage's own reuse-or-refuse logic
+    (folder / IN_PROGRESS_NAME).unlink()
+    assert StageGuard("s", folder, {"T": 2}, {}).needs_work()
+    assert not (folder / "made_by_hand.txt").exists()
