@@ -142,7 +142,7 @@ def evaluate_systems(
     unknown = [p for p in decode_parts if p not in (layout.dev_part, layout.test_part)]
     if unknown:
         raise ConfigError(f"--decode-parts {' '.join(unknown)}: stage 7 decodes the dev part ({layout.dev_part}) and the test part "
-                          f"({layout.test_part}) only; pass those, or --dev-set/--test-set naming the part")
+                          f"({layout.test_part}) only; decode another part with asr-kd decode-part")
     teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
     n = int(teachers_rec.config["num_teachers"]) if num_teachers is None else num_teachers
     inputs = {"gmm": gmm_record(layout).fingerprint, "teachers": teachers_rec.fingerprint,
