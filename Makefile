@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   set up .venv, then run recipes/librispeech/run.sh on the synthetic 'mini' corpus"
 	@echo "make test   set up .venv, then run the test suite"
-	@echo "make test-fast  the unit tier only (no recipe runs): about a minute"
+	@echo "make test-fast  every test not marked slow (no recipe runs end to end)"
 	@echo "make bench  set up .venv, then run the benchmarks under bench/ (writes bench/RESULTS.md)"
 	@echo "make test-k2  optional: build .venv-k2 (Python 3.9, torch 1.13.1, k2), check k2 against our CTC loss and HLG decoding"
 
