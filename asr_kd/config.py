@@ -72,9 +72,14 @@ class FeatureConfig:
     num_jobs: int = 2
     # "speaker": CMVN statistics per speaker (Kaldi's default); "global": one set for the corpus.
     cmvn: str = "speaker"
+    # Multi-channel audio: "mix" averages all channels into one; "0", "1", ... takes that channel
+    # only. (Audio at another rate than sampling_rate is always resampled on the fly.)
+    channel: str = "mix"
 
     def __post_init__(self) -> None:
         _check(self.backend in FEATURE_BACKENDS, f"features.backend must be one of {FEATURE_BACKENDS}, got {self.backend!r}")
+        _check(self.channel == "mix" or self.channel.isdigit(), f"features.channel must be 'mix' or a channel index (0, 1, ...), got {self.channel!r}")
+        _check(self.sampling_rate >= 8000, f"features.sampling_rate must be at least 8000 Hz, got {self.sampling_rate}")
         _check(self.cmvn in ("speaker", "global"), f"features.cmvn must be 'speaker' or 'global', got {self.cmvn!r}")
         _check(self.num_mel_bins > 0 and self.num_ceps > 0, "features.num_mel_bins and num_ceps must be positive")
         _check(self.num_ceps <= self.num_mel_bins, "features.num_ceps must not exceed num_mel_bins")
