@@ -103,8 +103,20 @@ class LangConfig:
     silence_prob: float = 0.5  # optional silence between words in L.fst
     lm_order: int = 3
     max_prons_per_word: int = 3  # extra pronunciations beyond this are dropped (after de-stressing)
+    # A --lexicon file "extend"s CMUdict (its entries win; CMUdict fills the words it lacks) or
+    # "replace"s it (only its words have pronunciations).
+    lexicon_mode: str = "extend"
+    # Transcript words that no lexicon has: "espeak" reads them with espeak-ng's letter-to-sound
+    # rules (mapped to ARPAbet, written to data/lang/lexicon_g2p.txt); "none" leaves them <UNK>.
+    g2p: str = "espeak"
+    # Stage 2 stops when more than this fraction of a split's running words still has no
+    # pronunciation (after the lexicon and G2P): such a corpus would align to <UNK> silently.
+    max_oov_rate: float = 0.05
 
     def __post_init__(self) -> None:
+        _check(self.lexicon_mode in ("extend", "replace"), f"lang.lexicon_mode must be 'extend' or 'replace', got {self.lexicon_mode!r}")
+        _check(self.g2p in ("espeak", "none"), f"lang.g2p must be 'espeak' or 'none', got {self.g2p!r}")
+        _check(0.0 <= self.max_oov_rate <= 1.0, f"lang.max_oov_rate must be in [0, 1], got {self.max_oov_rate}")
         _check(0.0 <= self.silence_prob < 1.0, f"lang.silence_prob must be in [0, 1), got {self.silence_prob}")
         _check(1 <= self.lm_order <= 6, f"lang.lm_order must be in 1..6, got {self.lm_order}")
         _check(self.max_prons_per_word >= 1, f"lang.max_prons_per_word must be >= 1, got {self.max_prons_per_word}")
