@@ -44,7 +44,7 @@ SYSTEMS = ("mono", "tri")
 RESULTS_HEADING = "## GMM-HMM (stage 3)"
 OUTPUT_LAYOUT = """\
 <exp>/gmm/
-  mono/final.pkl, tri/final.pkl        GmmSystem pickles (monophone; tied triphones on our tree)
+  mono/final.npz, tri/final.npz        GmmSystem files, arrays + JSON (monophone; tied triphones on our tree)
   mono/ali_train.txt                   monophone alignments of the training part (for the tree)
   <mono|tri>/graph/HCLG.fst            decoding graphs (+ words.txt, hclg.json)
   ali/cuts_<part>.jsonl.gz             fbank cuts with custom field "senones" (tri alignment)
@@ -74,8 +74,8 @@ class Stage3Paths:
         return cls(Path(exp_dir) / "gmm")
 
     def model(self, system: str) -> Path:
-        """Return ``<system>/final.pkl``."""
-        return self.root / system / "final.pkl"
+        """Return ``<system>/final.npz``."""
+        return self.root / system / "final.npz"
 
     def graph(self, system: str) -> Path:
         """Return the graph directory ``<system>/graph``."""
@@ -336,7 +336,7 @@ def _timed(timings: dict[str, float], key: str, start: float) -> None:
 
 def _fresh(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
     """Return whether every output exists and is no older than every input: a sub-step is
-    skipped only then, so that retraining a model (deleting final.pkl) redoes what used it."""
+    skipped only then, so that retraining a model (deleting final.npz) redoes what used it."""
     if not all(p.exists() for p in outputs):
         return False
     newest_input = max((p.stat().st_mtime_ns for p in inputs if p.exists()), default=0)

@@ -25,7 +25,7 @@ from asr_kd.decode.priors import load_priors
 from asr_kd.errors import DataError
 from asr_kd.gmm.align import alignment_to_phones, senone_alignment
 from asr_kd.gmm.stage import RESULTS_HEADING, Stage3Paths, Stage3Summary, read_tids, run_gmm_stage, write_tids
-from asr_kd.gmm.train import GmmSystem
+from asr_kd.gmm.system import GmmSystem
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.report.results_md import read_section
 
@@ -166,7 +166,7 @@ def test_resume_skips_finished_steps(stage3, tmp_path, caplog):
     assert again.wers["mono"] == summary.wers["mono"]
     assert (copy.decode("tri", "test-clean") / "hyp.txt").is_file()
 
-    # A retrained triphone system (a newer final.pkl) invalidates its graph, alignments and
+    # A retrained triphone system (a newer final.npz) invalidates its graph, alignments and
     # decodings, and nothing of the monophone system.
     mono_hyp = copy.decode("mono", "dev-clean") / "hyp.txt"
     mono_hyp_time = mono_hyp.stat().st_mtime_ns
