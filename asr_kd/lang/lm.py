@@ -161,10 +161,11 @@ def open_input(path: Path | str) -> TextIO:
 
 
 def read_text_sentences(path: Path | str, normalize: Callable[[str], str]) -> Iterator[list[str]]:
-    """Yield the non-empty lines of a text file (``.gz`` allowed) as lists of normalized words."""
+    """Yield the non-empty lines of a text file (``.gz`` allowed), each normalized as a whole
+    line (``normalize``), as lists of words."""
     with open_input(path) as f:
         for line in f:
-            words = [normalize(w) for w in line.split()]
+            words = normalize(line).split()
             if words:
                 yield words
 

@@ -299,7 +299,8 @@ def test_extra_lm_text_joins_the_training_transcripts(tmp_path) -> None:
     import gzip
 
     text = tmp_path / "lm.txt.gz"
-    text.write_bytes(gzip.compress(("\n".join(LM_TEXT) + "\n\n").encode()))
+    messy = ["The frog jumped, on the \u201ccat\u201d."] + LM_TEXT[1:]  # normalised like the transcripts
+    text.write_bytes(gzip.compress(("\n".join(messy) + "\n\n").encode()))
     summary = prepare_lang(_sups(), tmp_path / "lang", LangConfig(), lm_text=text)
     lang = Lang.load(tmp_path / "lang")
     assert "FROG" in lang.words and "ZZQXWV" not in lang.words
