@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.gmm.topology import make_topology
 from asr_kd.gmm.tree import Tree
 from asr_kd.kaldi import khg
@@ -91,7 +91,7 @@ class GmmSystem:
         arrays = _read_arrays(path)
         try:
             return _system_from_arrays(arrays)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as err:
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             raise DataError(f"GMM system {path} is malformed ({reason}); retrain it (recipe stage 3) or use a file written by asr-kd") from None
 

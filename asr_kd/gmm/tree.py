@@ -159,10 +159,12 @@ class Tree:
             if "pdf" in n:
                 built[i] = Leaf(int(n["pdf"]))
                 continue
-            yes, no = int(n["yes"]), int(n["no"])
+            yes, no, key = int(n["yes"]), int(n["no"]), int(n["key"])
+            if not 0 <= key < int(data["context_width"]):
+                raise ValueError(f"tree node {i} asks about window position {key}, outside a window of {data['context_width']}")
             if not (i < yes < len(raw) and i < no < len(raw)) or built[yes] is None or built[no] is None:
                 raise ValueError(f"tree node {i} points to children {yes}, {no} that do not follow it")
-            built[i] = Split(int(n["key"]), frozenset(int(p) for p in n["yes_phones"]), built[yes], built[no])
+            built[i] = Split(key, frozenset(int(p) for p in n["yes_phones"]), built[yes], built[no])
         roots = {(int(p), int(c)): built[int(i)] for p, c, i in data["roots"]}
         return Tree(int(data["context_width"]), int(data["central_position"]), {int(p): int(n) for p, n in data["num_pdf_classes"]}, roots)
 

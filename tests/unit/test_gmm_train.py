@@ -203,6 +203,14 @@ def test_a_pickled_or_malformed_system_file_runs_no_code_and_gets_one_line(tmp_p
     (tmp_path / "junk.npz").write_bytes(b"PK not a zip")
     with pytest.raises(DataError, match=r"junk.npz is not a GMM system file \(an .npz of arrays"):
         GmmSystem.load(tmp_path / "junk.npz")
+    # A tree that asks about a context position outside its window is refused before Kaldi sees it.
+    import json
+
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["tree"]["nodes"][0] = {"key": 7, "yes_phones": [1], "yes": 1, "no": 2}
+    np.savez(tmp_path / "bad_tree.npz", **{**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)})
+    with pytest.raises(DataError, match=r"bad_tree.npz is malformed \(tree node 0 asks about window position 7, outside a window of 1\)"):
+        GmmSystem.load(tmp_path / "bad_tree.npz")
     # A real file with a damaged array: one line naming the array and the expected shape.
     arrays["am_weights"] = arrays["am_weights"][:-1]
     np.savez(tmp_path / "damaged.npz", **arrays)
