@@ -30,7 +30,7 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCE
 _NEARLY_FULL_BYTES = 1 << 20
 
 
-def _storage_error(err: BaseException, path: Path) -> OSError | None:
+def storage_error(err: BaseException, path: Path | str) -> OSError | None:
     """Return an OSError naming ``path`` when ``err`` (raised while writing it) comes from the
     storage: an OSError with a storage errno, or a RuntimeError of a C++ writer (torch's zip
     writer says "unexpected pos", OpenFst "System error.", with no errno) while the disk is full."""
@@ -38,7 +38,7 @@ def _storage_error(err: BaseException, path: Path) -> OSError | None:
         code = err.errno
     elif isinstance(err, RuntimeError):
         try:
-            full = shutil.disk_usage(path.parent).free < _NEARLY_FULL_BYTES
+            full = shutil.disk_usage(Path(path).parent).free < _NEARLY_FULL_BYTES
         except OSError:
             full = False
         if not full:
@@ -65,7 +65,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp", suffix=suffix, dir=path.parent)
     except OSError as err:
-        storage = _storage_error(err, path)
+        storage = storage_error(err, path)
         if storage is not None:
             raise storage from err
         raise
@@ -75,7 +75,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, path)
     except Exception as err:
-        storage = _storage_error(err, path)  # before the clean-up below frees the space
+        storage = storage_error(err, path)  # before the clean-up below frees the space
         if storage is not None:
             raise storage from err
         raise

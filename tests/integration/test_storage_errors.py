@@ -34,7 +34,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         filler.write_bytes(b"\0" * (240 * 1024))
         yield disk
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)  # lazy: a writer that failed may still hold a file open
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def read_only_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield disk
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)  # lazy: a writer that failed may still hold a file open
 
 
 def test_a_full_disk_ends_a_command_in_one_line_and_a_rerun_resumes(tone_corpus: Path, tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,3 +83,24 @@ def test_a_read_only_folder_ends_a_command_in_one_line(tone_corpus: Path, read_o
         f"asr-kd prepare-manifests: error: read-only file system: cannot write {out} "
         "(point the command at another folder (e.g. another --exp, --data-dir or --output-dir))"
     )
+
+
+def test_training_graphs_on_a_full_disk_name_the_archive(small_disk: Path) -> None:
+    from asr_kd.gmm.align import GraphStore
+    from asr_kd.kaldi import kaldifst
+
+    graph = kaldifst.StdVectorFst()
+    state = graph.add_state()
+    graph.start = state
+    for _ in range(2000):  # about 40 KiB per graph
+        nxt = graph.add_state()
+        graph.add_arc(state, kaldifst.StdArc(1, 1, 0.5, nxt))
+        state = nxt
+    graph.set_final(state, 0.0)
+    store = GraphStore(small_disk / "graphs")
+    (small_disk / "graphs").mkdir()
+    # Kaldi's table writer says only "Write failed" (a RuntimeError); the store names the file.
+    with pytest.raises(OSError) as err:
+        store.write(range(0, 10), {i: graph for i in range(10)})
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(small_disk / "graphs" / "graphs.0-10.ark"))
+
