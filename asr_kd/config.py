@@ -21,6 +21,10 @@ from asr_kd.utils import write_text_atomic
 
 C = TypeVar("C")
 
+# The recipe's default parts: LibriSpeech's names, which the synthetic corpus uses too (the full
+# list is asr_kd.data.librispeech.LIBRISPEECH_PARTS). Every command's default comes from here.
+DEFAULT_TRAIN_PART, DEFAULT_DEV_PART, DEFAULT_TEST_PART = "train-clean-100", "dev-clean", "test-clean"
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -568,9 +572,9 @@ class SpecialistConfig:
     combine_learning_rate: float = 0.1
     # task "senones" (asr_kd/experiments/senone_task.py): frames of the speech recipe's parts,
     # spliced with splice_context frames on each side, at most max_*_frames per split (0: all)
-    train_part: str = "train-clean-100"
-    val_part: str = "dev-clean"
-    test_part: str = "test-clean"
+    train_part: str = DEFAULT_TRAIN_PART
+    val_part: str = DEFAULT_DEV_PART
+    test_part: str = DEFAULT_TEST_PART
     splice_context: int = 5
     max_train_frames: int = 100000
     max_val_frames: int = 20000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -101,6 +102,16 @@ def write_text_atomic(path: Path | str, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_json_atomic(path: Path | str, value: object) -> None:
+    """Write ``value`` as indented JSON to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(value, indent=1) + "\n")
+
+
+def read_json(path: Path | str) -> object:
+    """Return the JSON value stored in ``path``."""
+    return json.loads(Path(path).read_text())
 
 
 def open_text(path: Path | str, mode: str = "r") -> TextIO:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from asr_kd.config import LangConfig, load_config, parse_overrides
+from asr_kd.bin.common import command_line
+from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TRAIN_PART, LangConfig, load_config, parse_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lm-arpa", type=Path, default=None,
                    help="use this ARPA LM (.gz allowed, e.g. LibriSpeech's 3-gram.pruned.1e-7.arpa.gz) instead of training one; "
                    "it is restricted to the words with a pronunciation")
-    p.add_argument("--train-split", default="train-clean-100", help="split whose transcripts train the LM")
-    p.add_argument("--dev-split", default="dev-clean", help="split for the LM perplexity")
+    p.add_argument("--train-split", default=DEFAULT_TRAIN_PART, help=f"split whose transcripts train the LM (default {DEFAULT_TRAIN_PART})")
+    p.add_argument("--dev-split", default=DEFAULT_DEV_PART, help=f"split for the LM perplexity (default {DEFAULT_DEV_PART})")
     p.add_argument("--splits", nargs="+", default=None, help="splits for the vocabulary (default: every manifest found)")
     p.add_argument("--config", type=Path, default=None, help="YAML file with LangConfig fields")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -41,13 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_prepare_lang(args: argparse.Namespace) -> int:
     """Build the lang directory and print its summary."""
-    from asr_kd.lang.prepare import prepare_lang_from_manifests  # heavy imports only when used
+    from asr_kd.stages.s2_lang import prepare  # heavy imports only when used
     from asr_kd.utils import setup_logging
 
     setup_logging()
     config = load_config(LangConfig, args.config, parse_overrides(args.overrides))
-    summary = prepare_lang_from_manifests(
-        args.manifest_dir, args.output_dir, config, args.lexicon, args.train_split, args.dev_split, args.splits, args.lm_arpa, args.lm_text
-    )
-    print(summary.format())
+    summary = prepare(args.manifest_dir, args.output_dir, config, args.lexicon, args.train_split, args.dev_split, args.splits, args.lm_arpa,
+                      args.lm_text, command=command_line())
+    print(summary.format() if hasattr(summary, "format") else f"{args.output_dir}: up to date ({summary.finished})")
     return 0
