@@ -98,7 +98,7 @@ class GmmSystem:
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Return the named arrays of a system file (no pickled object is ever read)."""
-    fix = "use a final.npz written by this version of asr-kd (older versions wrote pickles, which are not loaded) or retrain with recipe stage 3"
+    fix = "use a GMM system (final.mdl) written by this version of asr-kd (older versions wrote pickles, which are not loaded) or retrain with recipe stage 3"
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [name for name in _ARRAYS if name not in npz.files]

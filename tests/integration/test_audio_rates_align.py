@@ -14,7 +14,8 @@ from scipy.signal import resample_poly
 from asr_kd.config import FeatureConfig, GmmConfig, load_config
 from asr_kd.data.features import compute_features_for_parts
 from asr_kd.data.librispeech import prepare_manifests
-from asr_kd.gmm.stage import load_part, read_tids
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.s3_gmm import load_part, read_tids
 from asr_kd.gmm.system import GmmSystem
 from asr_kd.gmm.train import GraphInputs, align_utterances
 from asr_kd.lang.lang_dir import Lang
@@ -55,8 +56,9 @@ def test_other_rates_and_stereo_align_like_the_16k_original(tiny_stage3, tmp_pat
 
     lang = Lang.load(lang_dir)
     config = load_config(GmmConfig, TINY_GMM_CONFIG)
-    system = GmmSystem.load(exp / "gmm" / "tri" / "final.npz")
-    original = read_tids(exp / "gmm" / "ali" / "tids_dev-clean.txt")
+    layout = RecipeLayout(data, exp)
+    system = GmmSystem.load(layout.gmm_model("tri"))
+    original = read_tids(layout.tids("dev-clean"))
     agreement = {}
     for variant in VARIANTS:
         part = load_part(tmp_path / "data", variant, lang, config)

@@ -14,6 +14,7 @@ import torch
 
 from asr_kd.bin.cli import main
 from asr_kd.data.librispeech import prepare_manifests
+from asr_kd.stages.provenance import IN_PROGRESS_NAME, RECORD_NAME
 from asr_kd.train.checkpoint import save_checkpoint
 
 
@@ -50,19 +51,21 @@ def read_only_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_disk_ends_a_command_in_one_line_and_a_rerun_resumes(tone_corpus: Path, tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifests = tmp_path / "manifests"
     prepare_manifests(tone_corpus, manifests, ["train-clean-100"])
+    capsys.readouterr()  # only what the command prints counts
     argv = ["compute-features", "--manifest-dir", str(manifests), "--output-dir", str(small_disk), "--parts", "train-clean-100", "--set", "num_jobs=1"]
     assert main(argv) == 1
     err = capsys.readouterr().err  # progress bars and log lines, then the error
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == (
         f"asr-kd compute-features: error: no space left on device writing {small_disk / 'fbank' / 'feats_train-clean-100.lca'} "
         "(free space there or point the command at another folder (e.g. another --exp, --data-dir or --output-dir))"
     )
-    # Nothing half-written is left to be mistaken for a result.
-    assert sorted(p.name for p in (small_disk / "fbank").iterdir()) == []
+    # Nothing half-written is left to be mistaken for a result: only the stage engine's note
+    # that a run of these settings started, no record of a finished one.
+    assert sorted(p.name for p in (small_disk / "fbank").iterdir()) == [IN_PROGRESS_NAME]
     (small_disk / "filler").unlink()
     assert main(argv) == 0
-    assert (small_disk / "mfcc" / "cuts_train-clean-100.jsonl.gz").is_file()
+    assert (small_disk / "mfcc" / "cuts_train-clean-100.jsonl.gz").is_file() and (small_disk / "fbank" / RECORD_NAME).is_file()
 
 
 def test_a_checkpoint_on_a_full_disk_names_the_file(small_disk: Path) -> None:

@@ -187,7 +187,7 @@ def test_a_pickled_or_malformed_system_file_runs_no_code_and_gets_one_line(tmp_p
         GmmSystem.load(crafted)
     assert not marker.exists()
     assert str(err.value) == (
-        f"GMM system {crafted} is not a GMM system file (an .npz of arrays; pickles are never loaded); use a final.npz written by this "
+        f"GMM system {crafted} is not a GMM system file (an .npz of arrays; pickles are never loaded); use a GMM system (final.mdl) written by this "
         "version of asr-kd (older versions wrote pickles, which are not loaded) or retrain with recipe stage 3"
     )
     good = tmp_path / "mono.npz"
