@@ -117,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")
     p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
     p.add_argument("--num-jobs", type=int, default=2, help="parallel decoding processes (default 2)")
+    p.add_argument("--align", action="store_true", help="also align the part with the stage-3 triphone GMM (data/tids_<part>.txt) and "
+                   "score the networks' frame accuracy against it")
     p.set_defaults(func=_decode_part)
 
 
@@ -211,9 +213,10 @@ def _decode_part(args: argparse.Namespace) -> int:
 
     common = _setup(args, f"decode_part_{args.part}")
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
-    scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"])
+    scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"], args.align)
     for name, s in scores.items():
         worst = max(s["per_speaker"].items(), key=lambda kv: kv[1]["wer"])
         print(f"{name}: {args.part} WER {100 * s['wer']:.2f}% ({s['substitutions']}/{s['deletions']}/{s['insertions']} of {s['ref_words']}), "
-              f"{s['utterances']} utterances; worst speaker {worst[0]} {100 * worst[1]['wer']:.1f}%")
+              f"{s['utterances']} utterances; worst speaker {worst[0]} {100 * worst[1]['wer']:.1f}%"
+              + (f"; frame accuracy {100 * s['frame_accuracy']:.1f}% on {s['aligned_utterances']} aligned" if "frame_accuracy" in s else ""))
     return 0

@@ -20,10 +20,9 @@ from asr_kd.bin.cli import main as cli_main
 from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig
 from asr_kd.ctc.kd import CtcFrameKdLoss
 from asr_kd.ctc.model import CtcEncoder
+from asr_kd.ctc.training import evaluate_ctc, load_ctc_model
 from asr_kd.stages.ctc_stages import (
     decode_ctc_systems,
-    evaluate_ctc,
-    load_ctc_model,
     load_ctc_teachers,
     make_ctc_soft_targets,
     prepare_units,

@@ -60,7 +60,8 @@ def test_every_part_aligned_with_frame_level_senones(stage3):
     tri = GmmSystem.load(paths.gmm_model("tri"))
     meta = json.loads((paths.ali / "senones.json").read_text())
     assert meta["num_senones"] == tri.num_pdfs == summary.num_senones
-    assert Path(meta["model"]) == paths.gmm_model("tri") and Path(meta["graph"]) == paths.gmm_graph("tri")
+    # Relative to exp/gmm, so that a copied or moved experiment folder stays valid.
+    assert paths.gmm / meta["model"] == paths.gmm_model("tri") and paths.gmm / meta["graph"] == paths.gmm_graph("tri")
     for part in PARTS:
         fbank = load_manifest(data / "fbank" / f"cuts_{part}.jsonl.gz")
         cuts = load_manifest(paths.ali_cuts(part))

@@ -97,7 +97,8 @@ def test_copied_experiment_folder_redoes_nothing(recipe, tmp_path: Path) -> None
     data, exp = _copy(recipe, tmp_path)
     before = {f: read_record(exp / f) for f in STAGE_FOLDERS}
     out = run_librispeech_recipe(data, exp, "--stage", "3", "--stop-stage", "8", "--num-teachers", "2")
-    assert out.stderr.count("up to date") >= len(STAGE_FOLDERS), out.stderr[-3000:]
+    log = out.stdout + out.stderr  # run.sh shows each command's log on stdout
+    assert log.count("up to date (") >= len(STAGE_FOLDERS), log[-3000:]
     assert {f: read_record(exp / f) for f in STAGE_FOLDERS} == before
     # RESULTS.md is rendered from the recorded outputs: the same numbers.
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
@@ -112,7 +113,7 @@ def test_student_refuses_soft_targets_of_another_temperature(recipe, tmp_path: P
                               str(exp / "RESULTS.md"), "--num-teachers", "2", "--stage", stage, "--stop-stage", stage,
                               "--kd-config", str(_kd_config(tmp_path, temperature=5.0))], capture_output=True, text=True, timeout=600)
         assert out.returncode == 1, out.stderr[-2000:]
-        line = next(x for x in out.stderr.splitlines() if "error:" in x)
+        line = next(x for x in (out.stdout + out.stderr).splitlines() if "error:" in x)
         assert "no soft targets with T=5" in line and "teachers2_arithmetic_T2_k10" in line and "run stage 5" in line, line
     assert read_record(exp / "students" / "distilled") == distilled  # nothing was trained on mismatched targets
 
@@ -123,7 +124,8 @@ def test_changed_config_is_refused_or_redone_and_recorded(recipe, tmp_path: Path
     # --on-change stop: one line naming the key that differs, nothing touched.
     out = subprocess.run(["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--num-teachers", "3",
                           "--stage", "4", "--stop-stage", "4", "--on-change", "stop"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 1 and "num_teachers: 2 -> 3" in out.stderr and "--on-change redo" in out.stderr
+    log = out.stdout + out.stderr
+    assert out.returncode == 1 and "num_teachers: 2 -> 3" in log and "--on-change redo" in log, log[-2000:]
     assert read_record(exp / "teachers").config["num_teachers"] == 2
     # A new top-k: stage 5 makes targets named by it, the distilled student is redone from them and
     # says so; the hard student does not depend on soft targets and stays.
@@ -194,12 +196,15 @@ def test_decode_a_part_that_is_neither_dev_nor_test(recipe, tmp_path: Path) -> N
     shutil.copytree(data / "corpus" / "test-clean", corpus / "my-test")
     before = {f: read_record(exp / f) for f in STAGE_FOLDERS}
     rc = cli_main(["decode-part", "--data-dir", str(data), "--exp-dir", str(exp), "--corpus-dir", str(corpus), "--part", "my-test",
-                   "--systems", "tri", "distilled", "--decode-set", "beam=8", "--decode-set", "max_active=3000", "--num-threads", "1"])
+                   "--systems", "tri", "distilled", "--decode-set", "beam=8", "--decode-set", "max_active=3000", "--num-threads", "1", "--align"])
     assert rc == 0
     scores = json.loads((exp / "decode_parts" / "my-test" / "scores.json").read_text())
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
     assert scores["distilled"]["wer"] == pytest.approx(table1["distilled"]["test-clean"]["wer"])
     assert scores["distilled"]["ref_words"] == table1["distilled"]["test-clean"]["ref_words"]
+    # --align: the part aligned with the triphone GMM as stage 3 aligned test-clean, so the same frame accuracy.
+    assert scores["distilled"]["aligned_utterances"] == table1["distilled"]["test-clean"]["aligned_utterances"]
+    assert scores["distilled"]["frame_accuracy"] == pytest.approx(table1["distilled"]["test-clean"]["frame_accuracy"])
     for s in scores.values():
         assert sum(v["errors"] for v in s["per_speaker"].values()) == s["substitutions"] + s["deletions"] + s["insertions"]
         assert sum(v["utterances"] for v in s["per_speaker"].values()) == s["utterances"] == 20
