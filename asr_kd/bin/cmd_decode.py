@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--lang-dir", type=Path, required=True, help="lang directory (words.txt, L_disambig.fst, G.fst, ...)")
-    p.add_argument("--model", type=Path, required=True, help="GMM system pickle written by GMM training (tree + transition model)")
+    p.add_argument("--model", type=Path, required=True, help="GMM system written by GMM training (exp/gmm/tri/final.mdl: tree + transition model)")
     p.add_argument("--graph-dir", type=Path, required=True, help="output directory (e.g. exp/tri/graph)")
     p.add_argument("--transition-scale", type=float, default=1.0, help="scale on transition probabilities (default 1.0)")
     p.add_argument("--self-loop-scale", type=float, default=0.1, help="scale on self-loop probabilities (default 0.1)")

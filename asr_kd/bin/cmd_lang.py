@@ -16,13 +16,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="build the lang directory (lexicon, phones, L.fst, n-gram LM, G.fst)",
         description=(
             "Read lhotse supervision manifests (librispeech_supervisions_<split>.jsonl.gz), build a "
-            "lexicon for the corpus vocabulary (LibriSpeech lexicon file or CMUdict), the phone and "
-            "word tables, L.fst/L_disambig.fst, a Kneser-Ney n-gram LM on the training split and G.fst."
+            "lexicon for the corpus vocabulary (a LibriSpeech-format lexicon file extending CMUdict, or CMUdict; "
+            "transcript words in neither get espeak-ng G2P pronunciations, written to lexicon_g2p.txt; every "
+            "split's words without a lexicon entry are listed in oov_<split>.txt), the phone and word tables, "
+            "L.fst/L_disambig.fst, a Kneser-Ney n-gram LM on the training split and G.fst. Stops with one line "
+            "when a split's OOV rate exceeds lang.max_oov_rate."
         ),
     )
     p.add_argument("--manifest-dir", type=Path, required=True, help="directory with the supervision manifests")
     p.add_argument("--output-dir", type=Path, required=True, help="lang directory to write (e.g. data/lang)")
-    p.add_argument("--lexicon", type=Path, default=None, help="LibriSpeech-format lexicon file (default: CMUdict)")
+    p.add_argument("--lexicon", type=Path, default=None, help="LibriSpeech-format lexicon file; its entries win over CMUdict, which fills the words it lacks "
+                   "(--set lexicon_mode=replace: the file alone). Default: CMUdict")
     p.add_argument("--lm-text", type=Path, default=None,
                    help="extra LM training text, one sentence per line (.gz allowed), added to the training transcripts")
     p.add_argument("--lm-arpa", type=Path, default=None,

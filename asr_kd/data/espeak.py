@@ -1,8 +1,9 @@
 """A minimal ctypes binding to the libespeak-ng bundled in the ``espeakng-loader`` wheel.
 
-Only what the synthetic corpus needs: initialise once per process in synchronous mode, pick a
-voice (language plus variant, e.g. ``en-us+m3``), set rate/pitch/range, and synthesise a string
-into a float32 waveform collected by a callback.
+Only what the synthetic corpus and the lexicon need: initialise once per process in synchronous
+mode, pick a voice (language plus variant, e.g. ``en-us+m3``), set rate/pitch/range, synthesise a
+string into a float32 waveform collected by a callback, and turn text into IPA phonemes
+(:meth:`EspeakSynthesizer.phonemize`, the grapheme-to-phoneme fallback of stage 2).
 
 libespeak-ng keeps global state (one current voice, one set of parameters, one callback), so a
 process must never synthesise from two threads at once; use one process per worker instead.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,9 @@ _ESPEAK_PITCH = 3
 _ESPEAK_RANGE = 4
 _ESPEAK_WORDGAP = 7
 _EE_OK = 0
+# espeak_TextToPhonemes' phonememode: bit 1 asks for IPA (UTF-8); bits 8-23 hold the character
+# written between phonemes (a space, so that multi-letter phonemes such as "tʃ" stay whole).
+_PHONEMES_IPA = 0x02 | (ord(" ") << 8)
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); events are not needed here.
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -99,6 +104,8 @@ class EspeakSynthesizer:
         lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed.restype = ctypes.c_int
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
 
     def _collect(self, wav: ctypes.POINTER(ctypes.c_short), numsamples: int, events: int) -> int:  # type: ignore[valid-type]
         # A NULL buffer marks the end of synthesis; otherwise copy the chunk out of C memory.
@@ -145,6 +152,21 @@ class EspeakSynthesizer:
             return np.zeros(0, dtype=np.float32)
         return (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)
 
+
+    def phonemize(self, text: str, voice: str = "en-us") -> str:
+        """Return espeak-ng's IPA phonemes of ``text`` read with ``voice``'s rules: phonemes
+        separated by spaces, stress marks (ˈ ˌ) before stressed vowels, clauses by spaces."""
+        with self._lock:
+            self._apply(dataclasses.replace(self._current or VoiceSettings(), voice=voice))
+            buf = ctypes.create_string_buffer(text.encode("utf-8") + b"\0")
+            cursor = ctypes.c_void_p(ctypes.addressof(buf))
+            clauses = []
+            # Each call reads one clause and moves the cursor on; it becomes NULL at the end.
+            while cursor.value:
+                out = self._lib.espeak_TextToPhonemes(ctypes.byref(cursor), _ESPEAK_CHARS_UTF8, _PHONEMES_IPA)
+                if out:
+                    clauses.append(out.decode("utf-8").strip())
+        return " ".join(c for c in clauses if c)
 
     def synthesize_isolated(self, text: str, settings: VoiceSettings, seed: int = 0) -> np.ndarray:
         """Like :meth:`synthesize`, but in a forked child process, so that this process's engine

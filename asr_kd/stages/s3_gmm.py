@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 RESULTS_HEADING = "## GMM-HMM (stage 3)"
 OUTPUT_LAYOUT = """\
 <exp>/gmm/
-  mono/final.mdl, tri/final.mdl        GMM systems (monophone; tied triphones on our tree)
+  mono/final.mdl, tri/final.mdl        GMM systems, arrays + JSON in an .npz (monophone; tied triphones on our tree)
   mono/ali_train.txt                   monophone alignments of the training part (for the tree)
   <mono|tri>/graph/HCLG.fst            decoding graphs (+ words.txt, hclg.json)
   ali/cuts_<part>.jsonl.gz             fbank cuts with custom field "senones" (tri alignment)
