@@ -35,6 +35,19 @@ def write_tone_corpus(root: Path, parts: dict[str, list[int]], utts_per_speaker:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_logging_to_closed_streams():
+    """After each test, drop root log handlers whose stream was closed (a test that ran
+    ``setup_logging()`` under capsys leaves one), so later tests do not print logging errors."""
+    yield
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op torch thread for a module of tiny-tensor tests (thread start-up and spinning
