@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "asr_kd.bin.cmd_kd",
     "asr_kd.bin.cmd_gmm",
     "asr_kd.bin.cmd_ctc",
+    "asr_kd.bin.cmd_deploy",
 )
 
 
