@@ -58,6 +58,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-int8", action="store_true", help="skip the int8 export")
     p.add_argument("--sherpa-dir", type=Path, default=None, help="also write a sherpa-onnx folder here (CTC models)")
     p.set_defaults(func=run_export)
+
+    p = sub.add_parser(
+        "sherpa-transcribe", help="transcribe audio files with sherpa-onnx's offline CTC recognizer (an `export --sherpa-dir` folder)",
+        description="sherpa-onnx computes the fbank itself, runs model.onnx (CMVN folded in) and searches HLG.fst; the word "
+                    "ids it returns are mapped with words.txt. Prints '<file id> <words>' lines.",
+    )
+    p.add_argument("files", nargs="+", type=Path, help="audio files (any libsndfile format; resampled to 16 kHz, mixed to mono)")
+    p.add_argument("--sherpa-dir", type=Path, required=True, help="folder written by `asr-kd export --sherpa-dir`")
+    p.add_argument("--feature-dim", type=int, default=40, help="fbank bins the model was trained on (default 40)")
+    p.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    p.set_defaults(func=run_sherpa_transcribe)
     register_report(sub)
 
 
@@ -116,6 +127,27 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sherpa_transcribe(args: argparse.Namespace) -> int:
+    """Decode the readable files with sherpa-onnx; return 1 if any file could not be read."""
+    import logging
+
+    from asr_kd.deploy.audio import load_audio
+    from asr_kd.deploy.sherpa import SherpaCtc
+    from asr_kd.errors import DataError
+
+    recognizer = SherpaCtc(args.sherpa_dir, args.feature_dim, num_threads=args.num_threads)
+    failed = 0
+    for path in args.files:
+        try:
+            samples = load_audio(path, recognizer.sampling_rate)
+        except DataError as err:
+            logging.getLogger(__name__).error("%s", err)
+            failed += 1
+            continue
+        print(f"{path.stem} {' '.join(recognizer([samples])[0])}".rstrip())
+    return 1 if failed else 0
+
+
 def register_report(sub: argparse._SubParsersAction) -> None:
     """Add ``deploy-report`` to ``sub``."""
     p = sub.add_parser(
@@ -132,6 +164,9 @@ def register_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-relative", type=float, default=0.02, help="largest allowed relative WER increase of int8 (default 0.02)")
     p.add_argument("--baseline", default=None, help="system whose acoustic RTF the speed-up column divides by")
     p.add_argument("--max-cuts", type=int, default=None, help="measure on the first N cuts only")
+    p.add_argument("--speaker-cmvn", type=Path, default=None,
+                   help="the test part's per-speaker CMVN statistics: also score each single torch system with per-speaker, "
+                        "global and per-utterance normalisation (the test manifest must carry fbank features)")
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section to")
     p.set_defaults(func=run_deploy_report)
 
@@ -142,6 +177,7 @@ def run_deploy_report(args: argparse.Namespace) -> int:
 
     command = "asr-kd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "asr-kd deploy-report"
     _, gate, text = deploy_report([SystemSpec.parse(s) for s in args.system], args.test_manifest, args.gate, args.max_relative,
-                                  args.baseline, max_cuts=args.max_cuts, results_md=args.results, command=command)
+                                  args.baseline, max_cuts=args.max_cuts, results_md=args.results, command=command,
+                                  speaker_cmvn=args.speaker_cmvn)
     print(text)
     return 0 if gate is None or gate.passed else 1

@@ -19,7 +19,8 @@ import torch
 
 from asr_kd.config import DecodeConfig
 from asr_kd.deploy.acoustic import ONNX_FILES, TorchAcoustic
-from asr_kd.deploy.model_dir import MODEL_PT, load_network
+from asr_kd.data.features import CmvnStats
+from asr_kd.deploy.model_dir import MODEL_PT, load_network, normalize_features, pooled_cmvn
 from asr_kd.deploy.transcribe import Transcriber
 from asr_kd.errors import AsrKdError, ConfigError
 from asr_kd.metrics.wer import WerResult, compute_wer
@@ -239,11 +240,14 @@ def load_test_audio(manifest: Path | str, sampling_rate: int, max_cuts: int | No
 def deploy_report(
     systems: Sequence[SystemSpec], test_manifest: Path | str, gate_system: str | None = None, max_relative: float = DEFAULT_MAX_RELATIVE,
     baseline: str | None = None, decode_config: DecodeConfig | None = None, max_cuts: int | None = None,
-    results_md: Path | str | None = None, command: str = "",
+    results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
 ) -> tuple[list[CostRow], GateResult | None, str]:
     """Measure every system on the test manifest in one run and return ``(rows, gate, markdown)``;
     the gate compares ``gate_system``'s onnx and onnx-int8 rows (both must be among ``systems``).
-    With ``results_md``, writes the markdown as its ``## Deployment`` section."""
+    With ``speaker_cmvn`` (the test part's per-speaker statistics), each single-model torch system
+    is also scored with per-speaker, global and per-utterance normalisation (test_manifest must
+    then carry stored features). With ``results_md``, writes the markdown as its
+    ``## Deployment`` section."""
     from asr_kd.deploy.model_dir import load_spec
     from asr_kd.report.results_md import write_section
 
@@ -267,6 +271,62 @@ def deploy_report(
             "above the process before loading the system; size = model.pt or the ONNX file(s).\n\n" + cost_table(rows, baseline))
     if gate is not None:
         text += "\n" + gate.markdown() + "\n"
+    if speaker_cmvn is not None:
+        norm = {s.name: normalisation_wers(s.model_dirs[0], test_manifest, speaker_cmvn, decode_config, max_cuts)
+                for s in systems if len(s.model_dirs) == 1 and s.backend == "torch"}
+        text += ("\nWhat normalisation costs: a model directory cannot know a new file's speaker, so it normalises with "
+                 "global statistics (pooled over the training speakers) or per utterance; the recipe's own scores use the "
+                 "test speakers' statistics. Same stored features, same network and search:\n\n" + normalisation_table(norm))
     if results_md is not None:
         write_section(results_md, "## Deployment", text)
     return rows, gate, text
+
+
+def normalisation_wers(
+    model_dir: Path | str, test_cuts: Path | str, speaker_cmvn: Path | str, decode_config: DecodeConfig | None = None,
+    max_cuts: int | None = None,
+) -> dict[str, WerResult]:
+    """Return the test WER of ``model_dir``'s network with each input normalisation: per speaker
+    (``speaker_cmvn``, the test part's own statistics, as the recipe scores), the model
+    directory's global statistics, and per utterance. Features are the cuts' stored fbank, so
+    only the normalisation differs between the three."""
+    import itertools
+
+    from lhotse import load_manifest_lazy
+
+    from asr_kd.data.features import cmvn_key
+    from asr_kd.deploy.model_dir import load_cmvn, load_spec
+    from asr_kd.deploy.search import Searcher
+
+    spec = load_spec(model_dir)
+    speaker = CmvnStats.load(speaker_cmvn)
+    pooled = load_cmvn(model_dir, spec) or pooled_cmvn(speaker)
+    acoustic = TorchAcoustic(load_network(model_dir))
+    search = Searcher(model_dir, spec, None, decode_config)
+    cuts = list(itertools.islice(load_manifest_lazy(test_cuts), max_cuts))
+    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).strip() for c in cuts}
+    modes = {
+        "per speaker": lambda c, f: speaker.normalize(f, cmvn_key(c, "speaker")),
+        "global": lambda c, f: pooled.normalize(f, "global"),
+        "per utterance": lambda c, f: normalize_features(f, "utterance", None),
+    }
+    out: dict[str, WerResult] = {}
+    for mode, norm in modes.items():
+        hyps = {}
+        for c in cuts:
+            (lp,) = acoustic([norm(c, c.load_features().astype(np.float32))])
+            try:
+                hyps[c.id] = search(lp, c.id).text
+            except AsrKdError:
+                pass
+        out[mode] = compute_wer(refs, hyps)
+    return out
+
+
+def normalisation_table(results: Mapping[str, Mapping[str, WerResult]]) -> str:
+    """Return the Markdown table of :func:`normalisation_wers` results per system."""
+    lines = ["| System | WER, per-speaker CMVN | WER, global CMVN | WER, per-utterance |", "|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r[m].wer:.2f}% ({r[m].errors}/{r[m].ref_words})"
+                                                for m in ("per speaker", "global", "per utterance")) + " |")
+    return "\n".join(lines) + "\n"
