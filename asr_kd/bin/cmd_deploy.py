@@ -9,6 +9,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``make-model-dir``, ``transcribe``, ``export`` and ``deploy-report`` to ``sub``."""
+    from asr_kd.config import DEFAULT_TRAIN_PART
     from asr_kd.deploy.recipe_paths import SYSTEM_HELP
 
     p = sub.add_parser(
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="the recipe's data folder")
     p.add_argument("--system", required=True, help=SYSTEM_HELP)
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--train-part", default="train-clean-100", help="training part whose CMVN statistics are pooled (default train-clean-100)")
+    p.add_argument("--train-part", default=DEFAULT_TRAIN_PART, help=f"training part whose CMVN statistics are pooled (default {DEFAULT_TRAIN_PART})")
     p.add_argument("--units", default="phone", help="CTC units of a ctc-* system: phone or bpe (default phone)")
     p.add_argument("--normalization", default="global", choices=["global", "utterance"],
                    help="global CMVN from the training part, or each utterance's own mean and variance (default global)")

@@ -8,11 +8,8 @@ tests check that every runtime computes the same thing, not that the words are r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -36,7 +33,7 @@ from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_cla
 from tests.conftest import REPO_ROOT
 
 # Set-up (stages 0-3 on tiny when no other test ran them, two trainings) takes minutes on a busy CPU.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.usefixtures("one_torch_thread")]
 
 TEST = "test-clean"
 # The tiny example's DNN schedule (about ten seconds on one thread).
@@ -50,36 +47,26 @@ CTC = CtcConfig(units="phone", model_size="tiny", dropout=0.0)
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def recipe(tiny_stage3, tmp_path_factory, one_thread) -> tuple[Path, Path]:
+def recipe(tiny_stage3, tmp_path_factory, one_torch_thread) -> tuple[Path, Path]:
     """``(data, exp)``: the session's stage 3 on 'tiny' plus, where the recipe keeps them, a DNN
     student (``students/distilled``) and a CTC student (``ctc/phone/students/frame``) with its HLG."""
-    from asr_kd.ctc.stages import CtcLayout, build_ctc_graph, prepare_units, train_ctc_model
-    from asr_kd.gmm.stage import Stage3Paths
+    from asr_kd.stages.common import read_senones
+    from asr_kd.stages.ctc_stages import build_ctc_graph, prepare_units, train_ctc_model
+    from asr_kd.stages.layout import RecipeLayout
 
     data, _lang, exp3 = tiny_stage3
-    data = Path(data)
     exp = tmp_path_factory.mktemp("deploy") / "exp"
     exp.mkdir()
     (exp / "gmm").symlink_to(Path(exp3) / "gmm")
-    paths = Stage3Paths.of(exp)
-    senones = json.loads(paths.senones_json.read_text())["num_senones"]
-    fbank = data / "fbank"
-    train_frame_classifier(paths.ali_cuts("train-clean-100"), paths.ali_cuts("dev-clean"), cmvn_path(fbank, "train-clean-100"),
-                           cmvn_path(fbank, "dev-clean"), senones, dnn_preset("tiny"), DNN_TRAIN, exp / "students" / "distilled")
-    layout = CtcLayout(data, exp, "phone")
+    layout = RecipeLayout(Path(data), exp)
+    train, dev = layout.train_part, layout.dev_part
+    train_frame_classifier(layout.ali_cuts(train), layout.ali_cuts(dev), layout.cmvn(train), layout.cmvn(dev),
+                           read_senones(layout).num_senones, dnn_preset("tiny"), DNN_TRAIN, layout.student_dir("distilled"))
     units = prepare_units(layout, CTC)
-    train_ctc_model(layout.open_cuts("train-clean-100"), layout.open_cuts("dev-clean"), layout.open_cmvn("train-clean-100"),
-                    layout.open_cmvn("dev-clean"), units, CTC, CTC_TRAIN, layout.student_dir("frame"))
+    train_ctc_model(layout.open_cuts(layout.fbank_cuts(train)), layout.open_cuts(layout.fbank_cuts(dev)), layout.open_cmvn(train),
+                    layout.open_cmvn(dev), units, CTC, CTC_TRAIN, layout.ctc_student_dir("frame"))
     build_ctc_graph(layout, units)
-    return data, exp
+    return layout.data_dir, exp
 
 
 @pytest.fixture(scope="module")
@@ -152,19 +139,21 @@ def test_model_dir_decodes_like_the_recipe_path(recipe, model_dirs) -> None:
     """Same network and HCLG as stage 7 (decode_posteriors_batch) on the stored features with
     the pooled global CMVN: the model directory's search must give the same words on the same
     posteriors; from audio (features recomputed, not lilcom-compressed) nearly always."""
-    from asr_kd.decode.hybrid import decode_posteriors_batch
     from asr_kd.decode.hclg import load_hclg
+    from asr_kd.decode.hybrid import decode_posteriors_batch
     from asr_kd.decode.priors import load_priors
-    from asr_kd.gmm.stage import Stage3Paths
     from asr_kd.gmm.train import GmmSystem
     from asr_kd.lang.symbols import SymbolTable
+    from asr_kd.stages.common import read_senones
+    from asr_kd.stages.layout import RecipeLayout
 
     data, exp = recipe
-    info = json.loads(Stage3Paths.of(exp).senones_json.read_text())
-    tm = GmmSystem.load(info["model"]).tm
+    layout = RecipeLayout(data, exp)
+    senones = read_senones(layout)
+    tm = GmmSystem.load(senones.model).tm
     cfg = DecodeConfig()
-    stats = pooled_cmvn(CmvnStats.load(cmvn_path(data / "fbank", "train-clean-100")))
-    model = load_frame_classifier(exp / "students" / "distilled" / "best.pt")
+    stats = pooled_cmvn(CmvnStats.load(layout.cmvn(layout.train_part)))
+    model = load_frame_classifier(layout.student_dir("distilled") / "best.pt")
     tr = Transcriber(model_dirs["hybrid"], decode_config=cfg)
     cuts = list(load_manifest_lazy(cuts_path(data / "fbank", TEST)))
     posteriors = {}
@@ -172,8 +161,8 @@ def test_model_dir_decodes_like_the_recipe_path(recipe, model_dirs) -> None:
         for c in cuts:
             f = torch.from_numpy(stats.normalize(c.load_features(), "global"))[None]
             posteriors[c.id] = torch.log_softmax(model(f, torch.tensor([f.shape[1]])), -1)[0].numpy()
-    words = SymbolTable.from_file(Path(info["graph"]) / "words.txt")
-    reference = decode_posteriors_batch(load_hclg(info["graph"]), tm, posteriors, load_priors(Stage3Paths.of(exp).log_priors), cfg).texts(words)
+    words = SymbolTable.from_file(senones.graph / "words.txt")
+    reference = decode_posteriors_batch(load_hclg(senones.graph), tm, posteriors, load_priors(layout.log_priors), cfg).texts(words)
     ours = {u: tr.search(lp, u).text for u, lp in posteriors.items()}
     assert ours == reference
     from_audio = _texts(tr, _test_audio(data)[0])
