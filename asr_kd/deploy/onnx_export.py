@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from asr_kd.deploy.acoustic import INPUT_NAMES, ONNX_FILES, OUTPUT_NAMES, output_lengths
-from asr_kd.errors import DataError
 from asr_kd.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -124,10 +123,3 @@ def export_onnx(model_dir: Path | str, int8: bool = True) -> dict[str, Path]:
         log.info("%s: %s (%.1f MB)", k, p, p.stat().st_size / 1e6)
     return out
 
-
-def onnx_file(model_dir: Path | str, backend: str) -> Path:
-    """Return the ONNX file of ``backend`` in ``model_dir``; DataError if it was not exported."""
-    path = Path(model_dir) / ONNX_FILES[backend]
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; run `asr-kd export --model-dir {model_dir}` first")
-    return path

@@ -140,12 +140,13 @@ def _file_mb(paths: Sequence[Path]) -> float:
 
 def measure_system(
     name: str, model_dirs: Sequence[Path | str], backend: str, audio: Mapping[str, np.ndarray], refs: Mapping[str, str],
-    decode_config: DecodeConfig | None = None, method: str | None = None,
+    decode_config: DecodeConfig | None = None, method: str | None = None, repeats: int = 3,
 ) -> tuple[CostRow, WerResult]:
     """Transcribe ``audio`` (``{utt_id: samples at the model's rate}``) with ``model_dirs`` (one
     model, or several fused as an ensemble; ``backend`` torch, onnx or onnx-int8) on one thread
     and return its :class:`CostRow` and WER details against ``refs``. The first model directory
-    provides features, priors and graph."""
+    provides features, priors and graph. The acoustic time is the best of ``repeats`` passes
+    over the test set, one utterance per call; the search runs once."""
     if not model_dirs:
         raise ConfigError(f"system {name}: no model directory given")
     if len(model_dirs) > 1 and backend != "torch":
@@ -157,20 +158,22 @@ def measure_system(
         nets = [load_network(d) for d in model_dirs]
         acoustic = EnsembleAcoustic([TorchAcoustic(n) for n in nets]) if len(nets) > 1 else None
         tr = Transcriber(model_dirs[0], backend, method, decode_config, num_threads=1, acoustic=acoustic)
+        feats = {u: tr.features(x) for u, x in audio.items()}
+        # Best of ``repeats`` passes: other processes on a shared machine only ever add time.
+        acoustic_s = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            log_probs = {u: tr.acoustic([f])[0] for u, f in feats.items()}
+            acoustic_s = min(acoustic_s, time.perf_counter() - start)
         hyps: dict[str, str] = {}
         failed = 0
-        acoustic_s = search_s = 0.0
-        for utt_id, samples in audio.items():
-            feats = tr.features(samples)
-            start = time.perf_counter()
-            (lp,) = tr.acoustic([feats])
-            acoustic_s += time.perf_counter() - start
-            start = time.perf_counter()
+        start = time.perf_counter()
+        for utt_id, lp in log_probs.items():
             try:
                 hyps[utt_id] = tr.search(lp, utt_id).text
             except AsrKdError:
                 failed += 1
-            search_s += time.perf_counter() - start
+        search_s = time.perf_counter() - start
         peak = peak_memory_since(base)
     finally:
         torch.set_num_threads(before)
@@ -267,7 +270,7 @@ def deploy_report(
     seconds = sum(len(a) for a in audio.values()) / rate
     text = ("## Deployment: cost table and quantisation gate\n\n" + (f"Produced by `{command}`.\n\n" if command else "")
             + f"{len(audio)} utterances ({seconds:.1f} s) of `{Path(test_manifest).name}`, one thread (torch and onnxruntime), "
-            "features excluded from the RTFs; MACs counted by torch's FLOP counter; peak memory = resident-set high-water mark "
+            "one utterance per call, acoustic time the best of 3 passes, features excluded from the RTFs; MACs counted by torch's FLOP counter; peak memory = resident-set high-water mark "
             "above the process before loading the system; size = model.pt or the ONNX file(s).\n\n" + cost_table(rows, baseline))
     if gate is not None:
         text += "\n" + gate.markdown() + "\n"
