@@ -90,8 +90,14 @@ def quantize_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
     activations quantised on the fly, as icefall's export-onnx scripts do) to ``int8_path``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(int8_path) as tmp:
-        quantize_dynamic(str(fp32_path), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime advises shape pre-processing on the root logger at every call
+    try:
+        with atomic_path(int8_path) as tmp:
+            quantize_dynamic(str(fp32_path), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return Path(int8_path)
 
 

@@ -23,6 +23,7 @@ outputs by token id), so hybrid models keep onnxruntime + kaldi-decoder
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +35,8 @@ from asr_kd.deploy.model_dir import WORDS_FILE, load_cmvn, load_network, load_sp
 from asr_kd.deploy.onnx_export import ExportableAcoustic, add_metadata, export_module, quantize_int8
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.lang.symbols import SymbolTable
+
+log = logging.getLogger(__name__)
 
 SHERPA_MODEL = "model.onnx"
 SHERPA_MODEL_INT8 = "model.int8.onnx"
@@ -58,7 +61,9 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = False
     module = ExportableAcoustic(load_network(model_dir), torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
     out.mkdir(parents=True, exist_ok=True)
     path = export_module(module, spec.features.num_mel_bins, out / SHERPA_MODEL)
-    add_metadata(path, {"model_type": "zipformer2_ctc", "comment": "asr-kd CTC student, global CMVN folded in",
+    # sherpa-onnx picks the model class from its config (zipformer_ctc), not from metadata: these
+    # keys only describe the file.
+    add_metadata(path, {"model_type": "asr-kd-ctc", "comment": "asr-kd CTC encoder, global CMVN folded in; load as sherpa-onnx zipformer_ctc",
                         "subsampling_factor": spec.subsampling, "feature_dim": spec.features.num_mel_bins})
     if int8:
         quantize_int8(path, out / SHERPA_MODEL_INT8)
@@ -66,10 +71,8 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = False
         shutil.copyfile(model_dir / name, out / name)
     if spec.subsampling != SHERPA_SUBSAMPLING:
         # Only sherpa-onnx's timestamps use the factor; the words are unaffected.
-        import logging
-
-        logging.getLogger(__name__).warning("model subsamples by %d but sherpa-onnx assumes %d: its timestamps will be off",
-                                            spec.subsampling, SHERPA_SUBSAMPLING)
+        log.warning("model subsamples by %d but sherpa-onnx assumes %d: its timestamps will be off",
+                    spec.subsampling, SHERPA_SUBSAMPLING)
     return out
 
 
