@@ -169,6 +169,7 @@ def register_report(sub: argparse._SubParsersAction) -> None:
                    help="the test part's per-speaker CMVN statistics: also score each single torch system with per-speaker, "
                         "global and per-utterance normalisation (the test manifest must carry fbank features)")
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section to")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG of test WER against acoustic RTF here (linked when beside --results)")
     p.set_defaults(func=run_deploy_report)
 
 
@@ -179,6 +180,6 @@ def run_deploy_report(args: argparse.Namespace) -> int:
     command = "asr-kd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "asr-kd deploy-report"
     _, gate, text = deploy_report([SystemSpec.parse(s) for s in args.system], args.test_manifest, args.gate, args.max_relative,
                                   args.baseline, max_cuts=args.max_cuts, results_md=args.results, command=command,
-                                  speaker_cmvn=args.speaker_cmvn)
+                                  speaker_cmvn=args.speaker_cmvn, plot=args.plot)
     print(text)
     return 0 if gate is None or gate.passed else 1

@@ -245,13 +245,15 @@ def deploy_report(
     systems: Sequence[SystemSpec], test_manifest: Path | str, gate_system: str | None = None, max_relative: float = DEFAULT_MAX_RELATIVE,
     baseline: str | None = None, decode_config: DecodeConfig | None = None, max_cuts: int | None = None,
     results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
+    plot: Path | str | None = None,
 ) -> tuple[list[CostRow], GateResult | None, str]:
     """Measure every system on the test manifest in one run and return ``(rows, gate, markdown)``;
     the gate compares ``gate_system``'s onnx and onnx-int8 rows (both must be among ``systems``).
     With ``speaker_cmvn`` (the test part's per-speaker statistics), each single-model torch system
     is also scored with per-speaker, global and per-utterance normalisation (test_manifest must
     then carry stored features). With ``results_md``, writes the markdown as its
-    ``## Deployment`` section."""
+    ``## Deployment`` section; with ``plot``, a PNG of WER against acoustic cost, linked from it
+    when it lies beside ``results_md``."""
     from asr_kd.deploy.model_dir import load_spec
     from asr_kd.report.results_md import write_section
 
@@ -275,6 +277,10 @@ def deploy_report(
             "above the process before loading the system; size = model.pt or the ONNX file(s).\n\n" + cost_table(rows, baseline))
     if gate is not None:
         text += "\n" + gate.markdown() + "\n"
+    if plot is not None:
+        plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
+        if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:
+            text += f"\n![WER against acoustic cost]({Path(plot).name})\n"
     if speaker_cmvn is not None:
         norm = {s.name: normalisation_wers(s.model_dirs[0], test_manifest, speaker_cmvn, decode_config, max_cuts)
                 for s in systems if len(s.model_dirs) == 1 and s.backend == "torch"}
@@ -334,3 +340,33 @@ def normalisation_table(results: Mapping[str, Mapping[str, WerResult]]) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{100 * r[m].wer:.2f}% ({r[m].errors}/{r[m].ref_words})"
                                                 for m in ("per speaker", "global", "per utterance")) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "") -> Path:
+    """Plot each row's test WER against its acoustic real-time factor per core (log scale),
+    one labelled point per system and runtime; write a PNG (Agg backend) to ``path`` and return
+    it. The paper's claim reads off it: the student sits at the ensemble's height, 1/N to its
+    left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr_kd.utils import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for r in rows:
+        x = max(r.acoustic_rtf, 1e-6)  # a log axis has no zero
+        ax.scatter([x], [100 * r.wer], s=25)
+        ax.annotate(f"{r.system} ({r.runtime})", (x, 100 * r.wer), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("acoustic model real-time factor per core (CPU time / audio time)")
+    ax.set_ylabel("test WER (%)")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

@@ -209,7 +209,7 @@ def test_deploy_report_cost_table_and_gate(recipe, model_dirs, tmp_path) -> None
                SystemSpec("distilled", (h,), "onnx-int8"), SystemSpec("ctc", (model_dirs["ctc"],))]
     md = tmp_path / "RESULTS.md"
     rows, gate, _ = deploy_report(systems, cuts_path(data / "fbank", TEST), gate_system="distilled", baseline="ensemble",
-                                  max_cuts=6, results_md=md, command="test")
+                                  max_cuts=6, results_md=md, command="test", plot=tmp_path / "wer_cost.png")
     by = {(r.system, r.runtime): r for r in rows}
     params = sum(p.numel() for p in load_network(h).parameters())
     assert by[("distilled", "torch")].params == params
@@ -220,6 +220,7 @@ def test_deploy_report_cost_table_and_gate(recipe, model_dirs, tmp_path) -> None
     assert gate is not None and gate.passed == (gate.relative <= 0.02)
     section = read_section(md, "## Deployment")
     assert section is not None and gate.markdown() in section and section.count("\n| ") == 1 + len(rows)
+    assert "![WER against acoustic cost](wer_cost.png)" in section
     wers = normalisation_wers(h, cuts_path(data / "fbank", TEST), cmvn_path(data / "fbank", TEST), max_cuts=6)
     assert set(wers) == {"per speaker", "global", "per utterance"}
     assert len({w.ref_words for w in wers.values()}) == 1 and wers["global"].ref_words == by[("distilled", "torch")].ref_words

@@ -17,7 +17,7 @@ from asr_kd.deploy.acoustic import OnnxAcoustic, TorchAcoustic
 from asr_kd.deploy.audio import load_audio
 from asr_kd.deploy.model_dir import normalize_features, pooled_cmvn
 from asr_kd.deploy.onnx_export import ExportableAcoustic, export_module, quantize_int8
-from asr_kd.deploy.report import CostRow, SystemSpec, cost_table, macs_per_frame, quantisation_gate
+from asr_kd.deploy.report import CostRow, SystemSpec, cost_table, macs_per_frame, plot_wer_vs_cost, quantisation_gate
 from asr_kd.deploy.search import word_spans
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.metrics.wer import compute_wer
@@ -130,7 +130,7 @@ def test_macs_of_the_dnn_are_its_weight_count_per_frame() -> None:
     assert macs_per_frame(model, 40) == pytest.approx(weights, rel=1e-6)
 
 
-def test_quantisation_gate_and_cost_table() -> None:
+def test_quantisation_gate_cost_table_and_plot(tmp_path: Path) -> None:
     refs = {f"u{i}": "a b c d e f g h i j" for i in range(10)}  # 100 words
     fp32 = compute_wer(refs, {**refs, "u0": "a b c d e f g h i x"})  # 1 error
     ok = quantisation_gate(fp32, compute_wer(refs, {**refs, "u0": "a b c d e f g h i x"}), 0.02)
@@ -142,6 +142,10 @@ def test_quantisation_gate_and_cost_table() -> None:
         quantisation_gate(fp32, fp32, -0.1)
     rows = [CostRow("ensemble", "torch", 200, 4e6, 0.02, 0.01, 50, 0.8, 0.1, 10, 100, 0),
             CostRow("distilled", "onnx-int8", 100, 2e6, 0.005, 0.01, 20, 0.1, 0.11, 11, 100, 0)]
+    png = plot_wer_vs_cost(rows, Path(tmp_path) / "wer_cost.png")
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[:2] == (400, 640)
     table = cost_table(rows, baseline="ensemble").splitlines()
     assert table[2].endswith("| 1.00x |") and table[3].endswith("| 4.00x |")
     assert "| distilled | onnx-int8 | 100 | 2.00 | 0.0050 |" in table[3]
