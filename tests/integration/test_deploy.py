@@ -51,7 +51,8 @@ def recipe(tiny_stage3, tmp_path_factory, one_torch_thread) -> tuple[Path, Path]
     """``(data, exp)``: the session's stage 3 on 'tiny' plus, where the recipe keeps them, a DNN
     student (``students/distilled``) and a CTC student (``ctc/phone/students/frame``) with its HLG."""
     from asr_kd.stages.common import read_senones
-    from asr_kd.stages.ctc_stages import build_ctc_graph, prepare_units, train_ctc_model
+    from asr_kd.ctc.training import train_ctc_model
+    from asr_kd.stages.ctc_stages import build_ctc_graph, prepare_units
     from asr_kd.stages.layout import RecipeLayout
 
     data, _lang, exp3 = tiny_stage3
