@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "asr_kd.bin.cmd_kd",
     "asr_kd.bin.cmd_gmm",
     "asr_kd.bin.cmd_ctc",
+    "asr_kd.bin.cmd_deploy",
 )
 
 
