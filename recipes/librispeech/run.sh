@@ -42,6 +42,7 @@ ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: the preset's
 ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first steps; empty: the preset's
 ctc_guide_weight=1.0   # > 0: also train a teacher set whose spikes are guided by teacher0's (guided CTC); 0: none
 on_change=redo         # a finished stage whose settings or inputs changed: redo it, or stop with the differences
+int8_max_relative=0.02 # stage 9: the largest relative test-WER increase of the int8 student over fp32 ONNX
 
 help_message="Usage: $0 [options]
 
@@ -71,6 +72,10 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_st
      of baseline, ensemble and distilled: the paper's Table 1 analogue in \$results
   8  3% of the training data: hard targets (early stopping) vs the ensemble's soft targets, and
      the 100% baseline: the paper's Table 5 analogue and a plot of dev accuracy in \$results
+  9  (after the default --stop-stage) deployment: self-contained model directories of the teachers
+     and students (\$exp/deploy), the distilled student exported to ONNX fp32 and int8, the cost
+     table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
+     int8 quality gate (fails above --int8-max-relative) in \$results
 With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path in \$exp/ctc:
   4  CTC teachers (independent seeds; a set sharing its first --ctc-shared-init-steps; a set
      guided by teacher0's spikes with weight --ctc-guide-weight)
@@ -114,6 +119,7 @@ Options (default in brackets):
   --ctc-shared-init-steps N  steps shared by the second CTC teacher set; 0: none [$ctc_shared_init_steps]
   --ctc-guide-weight W guided-CTC weight of the third CTC teacher set; 0: none [$ctc_guide_weight]
   --on-change redo|stop  a finished stage whose settings changed: redo it, or stop [$on_change]
+  --int8-max-relative X  stage 9: largest relative WER increase of int8 over fp32 [$int8_max_relative]
   -h, --help           show this help
 
 Examples:
@@ -252,6 +258,30 @@ if [ "$hybrid" = true ] && in_stages 8; then
   run_logged "$exp/log/stage8_three_percent.log" asr-kd three-percent "${kd_common[@]}" --num-teachers "$num_teachers" \
     --model-config "$dnn_config" --config "$train_3pct_config" --kd-config "$kd_config" --corpus "$corpus_name"
   sed -n '/^## Table 5 analogue/,/^Paper numbers/p' "$results"
+fi
+
+# Stage 9: asr_kd/deploy (model directories, ONNX export, the cost table and the int8 gate)
+if [ "$hybrid" = true ] && in_stages 9; then
+  log "Stage 9: model directories, ONNX fp32 and int8, cost of ensemble vs student (deployment)"
+  deploy="$exp/deploy"
+  ensemble_dirs=()
+  for i in $(seq 0 $((num_teachers - 1))); do
+    run_logged "$exp/log/stage9_model_dir_teacher$i.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "teacher$i" \
+      --out "$deploy/teacher$i" --train-part "$train_set"
+    ensemble_dirs+=("$deploy/teacher$i")
+  done
+  for kind in hard distilled; do
+    run_logged "$exp/log/stage9_model_dir_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "$kind" \
+      --out "$deploy/$kind" --train-part "$train_set"
+  done
+  run_logged "$exp/log/stage9_export.log" asr-kd export --model-dir "$deploy/distilled"
+  ensemble_list=$(IFS=,; echo "${ensemble_dirs[*]}")
+  run_logged "$exp/log/stage9_deploy_report.log" asr-kd deploy-report --test-manifest "$data/fbank/cuts_$test_set.jsonl.gz" \
+    --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard" \
+    --system "distilled=$deploy/distilled" --system "distilled=$deploy/distilled@onnx" --system "distilled=$deploy/distilled@onnx-int8" \
+    --gate distilled --max-relative "$int8_max_relative" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" \
+    --results "$results" --plot "$(dirname "$results")/wer_vs_cost.png"
+  sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
 fi
 
 if [ "$ctc" = true ]; then
