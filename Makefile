@@ -10,11 +10,12 @@ PY := $(VENV)/bin/python
 # Arguments passed on to pytest, e.g. `make test PYTEST_ARGS="-k lang -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-k2 bench clean-demo help
+.PHONY: venv demo test test-fast test-k2 bench clean-demo help
 
 help:
 	@echo "make demo   set up .venv, then run recipes/librispeech/run.sh on the synthetic 'mini' corpus"
 	@echo "make test   set up .venv, then run the test suite"
+	@echo "make test-fast  every test not marked slow (no recipe runs end to end)"
 	@echo "make bench  set up .venv, then run the benchmarks under bench/ (writes bench/RESULTS.md)"
 	@echo "make test-k2  optional: build .venv-k2 (Python 3.9, torch 1.13.1, k2), check k2 against our CTC loss and HLG decoding"
 
@@ -36,6 +37,10 @@ test: venv
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; the suite is broken" >&2; exit 1; fi; \
 	exit $$rc
+
+# The fast tier: every test not marked slow (recipe stages end to end are marked slow).
+test-fast: venv
+	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/run.py

@@ -21,6 +21,10 @@ from asr_kd.utils import write_text_atomic
 
 C = TypeVar("C")
 
+# The recipe's default parts: LibriSpeech's names, which the synthetic corpus uses too (the full
+# list is asr_kd.data.librispeech.LIBRISPEECH_PARTS). Every command's default comes from here.
+DEFAULT_TRAIN_PART, DEFAULT_DEV_PART, DEFAULT_TEST_PART = "train-clean-100", "dev-clean", "test-clean"
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -118,9 +122,14 @@ class FeatureConfig:
     num_jobs: int = 2
     # "speaker": CMVN statistics per speaker (Kaldi's default); "global": one set for the corpus.
     cmvn: str = "speaker"
+    # Multi-channel audio: "mix" averages all channels into one; "0", "1", ... takes that channel
+    # only. (Audio at another rate than sampling_rate is always resampled on the fly.)
+    channel: str = "mix"
 
     def __post_init__(self) -> None:
         _check(self.backend in FEATURE_BACKENDS, f"features.backend must be one of {FEATURE_BACKENDS}, got {self.backend!r}")
+        _check(self.channel == "mix" or self.channel.isdigit(), f"features.channel must be 'mix' or a channel index (0, 1, ...), got {self.channel!r}")
+        _check(self.sampling_rate >= 8000, f"features.sampling_rate must be at least 8000 Hz, got {self.sampling_rate}")
         _check(self.cmvn in ("speaker", "global"), f"features.cmvn must be 'speaker' or 'global', got {self.cmvn!r}")
         _check(self.num_mel_bins > 0 and self.num_ceps > 0, "features.num_mel_bins and num_ceps must be positive")
         _check(self.num_ceps <= self.num_mel_bins, "features.num_ceps must not exceed num_mel_bins")
@@ -144,8 +153,20 @@ class LangConfig:
     silence_prob: float = 0.5  # optional silence between words in L.fst
     lm_order: int = 3
     max_prons_per_word: int = 3  # extra pronunciations beyond this are dropped (after de-stressing)
+    # A --lexicon file "extend"s CMUdict (its entries win; CMUdict fills the words it lacks) or
+    # "replace"s it (only its words have pronunciations).
+    lexicon_mode: str = "extend"
+    # Transcript words that no lexicon has: "espeak" reads them with espeak-ng's letter-to-sound
+    # rules (mapped to ARPAbet, written to data/lang/lexicon_g2p.txt); "none" leaves them <UNK>.
+    g2p: str = "espeak"
+    # Stage 2 stops when more than this fraction of a split's running words still has no
+    # pronunciation (after the lexicon and G2P): such a corpus would align to <UNK> silently.
+    max_oov_rate: float = 0.05
 
     def __post_init__(self) -> None:
+        _check(self.lexicon_mode in ("extend", "replace"), f"lang.lexicon_mode must be 'extend' or 'replace', got {self.lexicon_mode!r}")
+        _check(self.g2p in ("espeak", "none"), f"lang.g2p must be 'espeak' or 'none', got {self.g2p!r}")
+        _check(0.0 <= self.max_oov_rate <= 1.0, f"lang.max_oov_rate must be in [0, 1], got {self.max_oov_rate}")
         _check(0.0 <= self.silence_prob < 1.0, f"lang.silence_prob must be in [0, 1), got {self.silence_prob}")
         _check(1 <= self.lm_order <= 6, f"lang.lm_order must be in 1..6, got {self.lm_order}")
         _check(self.max_prons_per_word >= 1, f"lang.max_prons_per_word must be >= 1, got {self.max_prons_per_word}")
@@ -597,9 +618,9 @@ class SpecialistConfig:
     combine_learning_rate: float = 0.1
     # task "senones" (asr_kd/experiments/senone_task.py): frames of the speech recipe's parts,
     # spliced with splice_context frames on each side, at most max_*_frames per split (0: all)
-    train_part: str = "train-clean-100"
-    val_part: str = "dev-clean"
-    test_part: str = "test-clean"
+    train_part: str = DEFAULT_TRAIN_PART
+    val_part: str = DEFAULT_DEV_PART
+    test_part: str = DEFAULT_TEST_PART
     splice_context: int = 5
     max_train_frames: int = 100000
     max_val_frames: int = 20000

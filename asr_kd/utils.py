@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
+import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -22,32 +25,93 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
 
 
+# Errors that say "this disk or folder cannot take the write" rather than "the program is wrong":
+# the command line reports them in one line naming the path (asr_kd.bin.cli).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def storage_error(err: BaseException, path: Path | str) -> OSError | None:
+    """Return an OSError naming ``path`` when ``err`` (raised while writing it) comes from the
+    storage: an OSError with a storage errno, or a RuntimeError of a C++ writer (torch's zip
+    writer says "unexpected pos", OpenFst "System error.", with no errno) while the disk is full."""
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+        code = err.errno
+    elif isinstance(err, RuntimeError):
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < _NEARLY_FULL_BYTES
+        except OSError:
+            full = False
+        if not full:
+            return None
+        code = errno.ENOSPC
+    else:
+        return None
+    return OSError(code, os.strerror(code), str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     The temporary name keeps the final suffixes (``x.jsonl.gz`` -> ``.x.tmp123.jsonl.gz``) so that
-    writers which pick a format from the file name (lhotse, numpy) still work.
+    writers which pick a format from the file name (lhotse, numpy) still work. A write that fails
+    for lack of space, quota or permission raises an OSError (errno ENOSPC, EDQUOT, EROFS, EACCES
+    or EPERM) whose filename is ``path``, whatever the writer raised.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes)
+        stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp", suffix=suffix, dir=path.parent)
+    except OSError as err:
+        storage = storage_error(err, path)
+        if storage is not None:
+            raise storage from err
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as err:
+        storage = storage_error(err, path)  # before the clean-up below frees the space
+        if storage is not None:
+            raise storage from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def describe_storage_error(err: OSError) -> str:
+    """Return one line saying which path could not be written and why, and what to do."""
+    where = err.filename or "a file"
+    elsewhere = "point the command at another folder (e.g. another --exp, --data-dir or --output-dir)"
+    if err.errno == errno.ENOSPC:
+        return f"no space left on device writing {where} (free space there or {elsewhere})"
+    if err.errno == errno.EDQUOT:
+        return f"disk quota exceeded writing {where} (free space within your quota or {elsewhere})"
+    if err.errno == errno.EROFS:
+        return f"read-only file system: cannot write {where} ({elsewhere})"
+    return f"permission denied on {where} (fix its permissions or {elsewhere})"
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_json_atomic(path: Path | str, value: object) -> None:
+    """Write ``value`` as indented JSON to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(value, indent=1) + "\n")
+
+
+def read_json(path: Path | str) -> object:
+    """Return the JSON value stored in ``path``."""
+    return json.loads(Path(path).read_text())
 
 
 def open_text(path: Path | str, mode: str = "r") -> TextIO:

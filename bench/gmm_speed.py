@@ -39,7 +39,8 @@ from asr_kd.decode.gmm_decode import decode_gmm_batch
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.gmm.accumulate import GmmParams, accumulate, ml_update
 from asr_kd.gmm.parallel import map_chunks
-from asr_kd.gmm.stage import SYSTEMS, PartData, Stage3Paths, _corpus_name, load_part, read_tids, run_gmm_stage
+from asr_kd.stages.layout import GMM_SYSTEMS as SYSTEMS, RecipeLayout
+from asr_kd.stages.s3_gmm import PartData, _corpus_name, load_part, read_tids, run_gmm_stage
 from asr_kd.gmm.train import GmmSystem, GraphInputs, TrainingResult, Utterance, align_utterances, train_monophone, train_triphone
 from asr_kd.kaldi import khg
 from asr_kd.lang.lang_dir import Lang
@@ -248,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         data, exp = (args.data, args.exp) if args.data else build_tiny(Path(tmp))
         corpus = _corpus_name(data) if args.data else "the synthetic 'tiny' corpus (built in a temporary folder)"
-        paths = Stage3Paths.of(exp)
-        config = load_config(GmmConfig, paths.root / "gmm.yaml")  # the sizes the systems were trained with
+        paths = RecipeLayout(data, exp)
+        config = load_config(GmmConfig, paths.gmm / "gmm.yaml")  # the sizes the systems were trained with
         lang = Lang.load(data / "lang")
         inputs = GraphInputs.from_lang(lang)
         parts = [load_part(data, p, lang, config) for p in args.parts]
@@ -258,12 +259,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         train_utts = train.utterances[: args.train_utts] if args.train_utts else train.utterances
         training = measure_training(inputs, train_utts, config, args.train_jobs)
         tri_tids = read_tids(paths.tids(args.train_part))
-        accumulation = measure_accumulation(GmmSystem.load(paths.model("tri")), train_utts, tri_tids, config)
+        accumulation = measure_accumulation(GmmSystem.load(paths.gmm_model("tri")), train_utts, tri_tids, config)
         train_frames = sum(u.feats.shape[0] for u in train_utts)
         results = {}
         for name in SYSTEMS:
-            system = GmmSystem.load(paths.model(name))
-            results[name] = measure(system, inputs, lang, paths.graph(name), parts, config, decode_config) | {
+            system = GmmSystem.load(paths.gmm_model(name))
+            results[name] = measure(system, inputs, lang, paths.gmm_graph(name), parts, config, decode_config) | {
                 "pdfs": system.num_pdfs, "gaussians": system.am.num_gauss,
             }
 

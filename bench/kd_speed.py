@@ -34,7 +34,10 @@ from asr_kd.decode.priors import load_priors
 from asr_kd.gmm.train import GmmSystem
 from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.soft_targets import bytes_per_frame
-from asr_kd.kd.stages import KdLayout, ensemble_log_posteriors, load_teachers, model_checkpoint, read_senones
+from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import read_record
 from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
 from asr_kd.models.dnn import SplicedDnn
 from asr_kd.train.frame_classifier import frame_cross_entropy, load_frame_classifier
@@ -47,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Distillation step time, stored targets and decoding speed (bench/kd_speed.py)"
 
 
-def time_steps(kind: str, batches_cuts: list[CutSet], layout: KdLayout, kd: KdConfig, teachers: list[torch.nn.Module]) -> tuple[float, int]:
+def time_steps(kind: str, batches_cuts: list[CutSet], layout: RecipeLayout, kd: KdConfig, teachers: list[torch.nn.Module]) -> tuple[float, int]:
     """Return (seconds, frames) of training steps of a fresh student on ``batches_cuts``."""
     senones = read_senones(layout)
     student_cfg = load_frame_classifier(model_checkpoint(layout.student_dir("distilled"))).cfg
@@ -85,14 +88,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: per-core numbers)")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = parser.parse_args()
-    layout = KdLayout(args.data, args.exp)
-    if not layout.soft_cuts.is_file() or not (layout.student_dir("distilled") / "final.pt").is_file():
-        print(f"kd_speed: skipped, {layout.soft_cuts} or the distilled student is missing: run `make demo` (stages 0-6) first")
+    layout = RecipeLayout(args.data, args.exp)
+    summary = layout.student_dir("distilled") / "summary.json"
+    made = json.loads(summary.read_text()).get("soft_targets") if read_record(layout.student_dir("distilled")) else None
+    soft_dir = None if not made else layout.soft_dir(made["num_teachers"], made["fusion"], made["temperature"], made["top_k"])
+    if soft_dir is None or not layout.soft_cuts(soft_dir).is_file():
+        print(f"kd_speed: skipped, the distilled student (stored soft targets) of {layout.exp_dir} is missing: run `make demo` (stages 0-6) first")
         return
     torch.set_num_threads(args.threads)
-    kd = load_config(KdConfig, layout.soft_dir / "kd.yaml")
+    kd = load_config(KdConfig, soft_dir / "kd.yaml")
     teachers = load_teachers(layout)
-    sampler = make_sampler(CutSet.from_cuts(layout.open_cuts(layout.soft_cuts)), args.max_duration, shuffle=True, seed=0, bucketing=True)
+    sampler = make_sampler(CutSet.from_cuts(layout.open_cuts(layout.soft_cuts(soft_dir))), args.max_duration, shuffle=True, seed=0, bucketing=True)
     batches = [b for _, b in zip(range(args.steps), sampler)]
 
     kinds = ("hard", "stored", "online")
@@ -105,8 +111,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     per_step = {k: 1000 * med[k] / len(batches) for k in kinds}
 
-    stats = json.loads((layout.soft_dir / "stats.json").read_text())
-    storage = layout.soft_dir / f"storage_{layout.train_part}"
+    stats = json.loads((soft_dir / "stats.json").read_text())
+    storage = soft_dir / f"storage_{layout.train_part}"
     on_disk = sum(p.stat().st_size for p in storage.rglob("*") if p.is_file()) / max(stats["frames"], 1)
     senones = read_senones(layout)
     dense = bytes_per_frame(senones.num_senones, ["float32"])  # one dense float32 posterior per frame

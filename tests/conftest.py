@@ -35,6 +35,19 @@ def write_tone_corpus(root: Path, parts: dict[str, list[int]], utts_per_speaker:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_logging_to_closed_streams():
+    """After each test, drop root log handlers whose stream was closed (a test that ran
+    ``setup_logging()`` under capsys leaves one), so later tests do not print logging errors."""
+    yield
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op torch thread for a module of tiny-tensor tests (thread start-up and spinning
@@ -87,12 +100,12 @@ TINY_GMM_CONFIG = REPO_ROOT / "recipes" / "librispeech" / "conf" / "gmm_tiny.yam
 
 @pytest.fixture(scope="session")
 def tiny_stage3(tiny_stage2: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """``(data, lang_dir, exp)`` after stage 3 (:func:`asr_kd.gmm.stage.run_gmm_stage`) on the
+    """``(data, lang_dir, exp)`` after stage 3 (:func:`asr_kd.stages.s3_gmm.run_gmm_stage`) on the
     data of ``tiny_stage2``, run once per test session into its own experiment folder: models,
-    graphs and senone alignments in ``exp/gmm`` (see asr_kd/gmm/stage.py), its RESULTS.md section
+    graphs and senone alignments in ``exp/gmm`` (see asr_kd/stages/s3_gmm.py), its RESULTS.md section
     in ``exp/RESULTS.md``. Tests must treat these folders as read-only."""
     from asr_kd.config import GmmConfig, load_config
-    from asr_kd.gmm.stage import run_gmm_stage
+    from asr_kd.stages.s3_gmm import run_gmm_stage
 
     data, _ = tiny_stage2
     exp = tmp_path_factory.mktemp("tiny_stage3") / "exp"

@@ -3,7 +3,9 @@
 Each group of commands lives in its own module under ``asr_kd.bin`` with a
 ``register(subparsers)`` function; the list below is explicit (no registration by import side
 effect). A command's handler receives the parsed ``argparse.Namespace`` and calls one library
-function. User errors (:class:`asr_kd.errors.AsrKdError`) print one line and exit with status 1.
+function. User errors (:class:`asr_kd.errors.AsrKdError`) print one line and exit with status 1;
+so do storage errors (no space left, quota, read-only file system, permission denied), naming the
+path, instead of a traceback whose last line may not mention the disk at all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib
 import sys
 
 from asr_kd.errors import AsrKdError
-from asr_kd.utils import setup_logging
+from asr_kd.utils import STORAGE_ERRNOS, describe_storage_error, setup_logging
 
 # Modules that define ``register(subparsers)``; add a line here for a new command group.
 COMMAND_MODULES = (
@@ -26,6 +28,7 @@ COMMAND_MODULES = (
     "asr_kd.bin.cmd_kd",
     "asr_kd.bin.cmd_gmm",
     "asr_kd.bin.cmd_ctc",
+    "asr_kd.bin.cmd_deploy",
 )
 
 
@@ -51,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except AsrKdError as err:
         print(f"asr-kd {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"asr-kd {args.command}: error: {describe_storage_error(err)}", file=sys.stderr)
         return 1
     return int(rc or 0)
 

@@ -1,5 +1,5 @@
 """The CTC path: ``ctc-train-teachers``, ``ctc-spike-report``, ``ctc-train-student`` and
-``ctc-decode`` (library: :mod:`asr_kd.ctc.stages`)."""
+``ctc-decode`` (stage code: :mod:`asr_kd.stages.ctc_stages`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from asr_kd.bin.common import add_part_args
+
 
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, required=True, help="recipe data folder (fbank cuts and CMVN of stage 1, lang of stage 2)")
     p.add_argument("--exp-dir", type=Path, required=True, help="recipe experiment folder; outputs go to <exp>/ctc/<units>/")
-    p.add_argument("--lang-dir", type=Path, default=None, help="lang folder (default <data>/lang)")
-    p.add_argument("--train-set", default="train-clean-100", help="training part (default train-clean-100)")
-    p.add_argument("--dev-set", default="dev-clean", help="dev part (default dev-clean)")
-    p.add_argument("--test-set", default="test-clean", help="test part (default test-clean)")
+    add_part_args(p)
     p.add_argument("--ctc-config", type=Path, default=None, help="YAML of CtcConfig fields (conf/ctc_*.yaml)")
     p.add_argument("--ctc-set", dest="ctc_overrides", action="append", metavar="KEY=VALUE", help="override a CtcConfig field")
     p.add_argument("--results-md", type=Path, default=None, help="RESULTS.md whose section this step (re)writes")
@@ -74,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _setup(args: argparse.Namespace, name: str) -> tuple[Any, dict[str, Any]]:
     """Log to <exp>/log/<name>.log; return the CtcConfig and the layout / RESULTS.md arguments."""
     from asr_kd.config import CtcConfig, load_config, parse_overrides
-    from asr_kd.ctc.stages import CtcLayout
+    from asr_kd.stages.layout import RecipeLayout
     from asr_kd.utils import setup_logging
 
     setup_logging(args.exp_dir / "log" / f"{name}.log")
@@ -83,7 +82,7 @@ def _setup(args: argparse.Namespace, name: str) -> tuple[Any, dict[str, Any]]:
 
         torch.set_num_threads(args.num_threads)
     cfg = load_config(CtcConfig, args.ctc_config, parse_overrides(args.ctc_overrides))
-    layout = CtcLayout(args.data_dir, args.exp_dir, cfg.units, args.train_set, args.dev_set, args.test_set, args.lang_dir)
+    layout = RecipeLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set, ctc_units=cfg.units)
     command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
     return cfg, {"layout": layout, "results_md": args.results_md, "command": command}
 
@@ -95,16 +94,16 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _train_teachers(args: argparse.Namespace) -> int:
-    from asr_kd.ctc.stages import train_ctc_teachers
+    from asr_kd.stages.ctc_stages import train_ctc_teachers
 
     cfg, common = _setup(args, "ctc_train_teachers")
-    for r in train_ctc_teachers(cfg=cfg, train_config=_train_config(args), **common):
-        print(f"{r.final_path}: best dev token error rate {r.state.best_metric}")
+    for i, t in enumerate(train_ctc_teachers(cfg=cfg, train_config=_train_config(args), **common)):
+        print(f"teacher{i}: best dev token error rate {t['best_dev_ter']}")
     return 0
 
 
 def _spike_report(args: argparse.Namespace) -> int:
-    from asr_kd.ctc.stages import spike_report
+    from asr_kd.stages.ctc_stages import spike_report
 
     cfg, common = _setup(args, "ctc_spike_report")
     for name, s in spike_report(cfg=cfg, part=args.part, **common).items():
@@ -113,17 +112,17 @@ def _spike_report(args: argparse.Namespace) -> int:
 
 
 def _train_student(args: argparse.Namespace) -> int:
-    from asr_kd.ctc.stages import train_ctc_student
+    from asr_kd.stages.ctc_stages import train_ctc_student
 
     cfg, common = _setup(args, f"ctc_train_student_{args.kind}")
     r = train_ctc_student(kind=args.kind, name=args.name, cfg=cfg, train_config=_train_config(args), **common)
-    print(f"{r.final_path} ({r.state.stop_reason}); best dev token error rate {r.state.best_metric}")
+    print(f"{args.name or args.kind} ({r['stop_reason']}); best dev token error rate {r['best_dev_ter']}")
     return 0
 
 
 def _decode(args: argparse.Namespace) -> int:
     from asr_kd.config import DecodeConfig, load_config, parse_overrides
-    from asr_kd.ctc.stages import decode_ctc_systems
+    from asr_kd.stages.ctc_stages import decode_ctc_systems
 
     cfg, common = _setup(args, "ctc_decode")
     decode_cfg = load_config(DecodeConfig, args.decode_config, parse_overrides(args.decode_overrides))

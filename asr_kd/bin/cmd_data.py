@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from asr_kd.config import FeatureConfig, load_config, parse_overrides, save_config
+from asr_kd.bin.common import command_line
+from asr_kd.config import FeatureConfig, load_config, parse_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,9 +88,12 @@ def _relocate(args: argparse.Namespace) -> int:
 
 
 def _prepare_manifests(args: argparse.Namespace) -> int:
-    from asr_kd.data.librispeech import prepare_manifests
+    from asr_kd.stages.s0_corpus import prepare
 
-    reports = prepare_manifests(args.corpus_dir, args.output_dir, args.parts, num_jobs=args.num_jobs)
+    reports = prepare(args.corpus_dir, args.output_dir, args.parts, num_jobs=args.num_jobs, command=command_line())
+    if not isinstance(reports, dict):
+        print(f"{args.output_dir}: up to date ({reports.finished}, {args.output_dir / 'provenance.json'})")
+        return 0
     for r in reports.values():
         skipped = f", skipped {sum(r.skipped.values())} ({', '.join(f'{k}: {v}' for k, v in r.skipped.items())})" if r.skipped else ""
         print(f"{r.part:>16}: {r.utterances:6d} utterances, {r.hours:7.2f} h, {r.speakers:4d} speakers{skipped}")
@@ -104,11 +108,14 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _compute_features(args: argparse.Namespace) -> int:
-    from asr_kd.data.features import compute_features_for_parts
+    from asr_kd.stages.s1_features import compute
 
     cfg = load_config(FeatureConfig, args.config, parse_overrides(args.overrides))
-    save_config(cfg, args.output_dir / "features.yaml")
-    for r in compute_features_for_parts(args.manifest_dir, args.output_dir, args.parts, cfg, args.kinds):
+    reports = compute(args.manifest_dir, args.output_dir, args.parts, cfg, args.kinds, command=command_line())
+    if not isinstance(reports, list):
+        print(f"{args.output_dir}: features up to date ({reports.finished})")
+        return 0
+    for r in reports:
         speed = r.audio_seconds / max(r.wall_seconds, 1e-9)
         skipped = f", {r.skipped} skipped" if r.skipped else ""
         print(f"{r.kind:>5} {r.part:>16}: {r.cuts:6d} cuts, {r.frames:9d} frames x {r.dim}, {speed:6.0f}x real time{skipped}")

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--lang-dir", type=Path, required=True, help="lang directory (words.txt, L_disambig.fst, G.fst, ...)")
-    p.add_argument("--model", type=Path, required=True, help="GMM system pickle written by GMM training (tree + transition model)")
+    p.add_argument("--model", type=Path, required=True, help="GMM system written by GMM training (exp/gmm/tri/final.mdl: tree + transition model)")
     p.add_argument("--graph-dir", type=Path, required=True, help="output directory (e.g. exp/tri/graph)")
     p.add_argument("--transition-scale", type=float, default=1.0, help="scale on transition probabilities (default 1.0)")
     p.add_argument("--self-loop-scale", type=float, default=0.1, help="scale on self-loop probabilities (default 0.1)")
@@ -46,11 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_make_hclg(args: argparse.Namespace) -> int:
     """Build HCLG and print its size."""
-    from asr_kd.decode.hclg import make_hclg_for_model
+    from asr_kd.decode.hclg import make_hclg
+    from asr_kd.gmm.train import GmmSystem
+    from asr_kd.lang.lang_dir import Lang
     from asr_kd.utils import setup_logging
 
     setup_logging()
-    info = make_hclg_for_model(args.lang_dir, args.model, args.graph_dir, args.transition_scale, args.self_loop_scale)
+    system = GmmSystem.load(args.model)  # its tree and transition model
+    info = make_hclg(Lang.load(args.lang_dir), system.ctx_dep, system.tm, args.graph_dir, args.transition_scale, args.self_loop_scale)
     print(f"{args.graph_dir}/HCLG.fst: {info.num_states} states, {info.num_arcs} arcs ({info.seconds:.1f} s)")
     return 0
 

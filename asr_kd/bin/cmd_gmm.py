@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from asr_kd.bin.common import add_part_args
 from asr_kd.config import GmmConfig, load_config, parse_overrides
 
 
@@ -19,13 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Train a monophone GMM-HMM from a flat start and tied triphones on our own decision tree "
             "(MFCC + per-speaker CMN + deltas), align every part with the triphone system and attach the "
             "senone alignments to the fbank cuts (EXP/gmm/ali), count the senone priors, build HCLG for "
-            "both systems and decode the non-training parts (WER). Finished sub-steps are skipped."
+            "both systems and decode the non-training parts (WER). Stage code: asr_kd/stages/s3_gmm.py. Skipped when "
+            "EXP/gmm/provenance.json matches the settings and stages 1-2; an interrupted run resumes after its last sub-step."
         ),
     )
     p.add_argument("--data-dir", type=Path, required=True, help="data directory of stages 1-2 (mfcc/, fbank/)")
     p.add_argument("--lang-dir", type=Path, required=True, help="lang directory of stage 2 (e.g. data/lang)")
     p.add_argument("--exp-dir", type=Path, required=True, help="experiment directory; outputs go to EXP/gmm")
-    p.add_argument("--train-set", default="train-clean-100", help="part to train on (default: train-clean-100)")
+    add_part_args(p, dev=False, test=False)
     p.add_argument("--parts", nargs="+", required=True, help="parts to align (and, except the training part, decode)")
     p.add_argument("--config", type=Path, default=None, help="YAML file with GmmConfig fields (e.g. conf/gmm.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a GmmConfig field")
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train_gmm(args: argparse.Namespace) -> int:
     """Run stage 3 and print its summary."""
-    from asr_kd.gmm.stage import run_gmm_stage  # heavy imports only when used
+    from asr_kd.stages.s3_gmm import run_gmm_stage  # heavy imports only when used
 
     config = load_config(GmmConfig, args.config, parse_overrides(args.overrides))
     command = args.recipe_command or "asr-kd " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,5 +1,6 @@
 """Recipe stages 4-8: ``train-teachers``, ``make-soft-targets``, ``train-student``,
-``decode-hybrid`` (Table 1) and ``three-percent`` (Table 5)."""
+``decode-hybrid`` (Table 1) and ``three-percent`` (Table 5); the stage code is in
+:mod:`asr_kd.stages` (s4_teachers ... s8_three_percent)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from asr_kd.bin.common import add_part_args
+
 
 def _layout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, required=True, help="recipe data folder (fbank/cmvn_<part>.npz of stage 1)")
     p.add_argument("--exp-dir", type=Path, required=True, help="recipe experiment folder (gmm/ali of stage 3; outputs go here)")
-    p.add_argument("--train-set", default="train-clean-100", help="training part (default train-clean-100)")
-    p.add_argument("--dev-set", default="dev-clean", help="dev part (default dev-clean)")
-    p.add_argument("--test-set", default="test-clean", help="test part (default test-clean)")
+    add_part_args(p)
     p.add_argument("--results-md", type=Path, default=None, help="RESULTS.md whose section this stage (re)writes")
     p.add_argument("--results-command", default=None, help="command recorded in RESULTS.md (default: this asr-kd command line)")
     p.add_argument("--num-threads", type=int, default=0,
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the stage 4-8 commands to ``sub``."""
     p = sub.add_parser("train-teachers", help="stage 4: train N DNN teachers differing only in their seed",
                        description="Train --num-teachers DNNs on the stage-3 senone alignments (seeds seed, seed+1, ...) in "
-                       "<exp>/teachers/teacher<i>; finished teachers are skipped, interrupted ones resumed.")
+                       "<exp>/teachers/teacher<i> (asr_kd/stages/s4_teachers.py). Skipped when <exp>/teachers/provenance.json matches the "
+                       "settings and stage 3's record; an interrupted run of the same settings resumes.")
     _layout_args(p)
     _model_args(p)
     _teachers_arg(p, 4)
@@ -51,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("make-soft-targets", help="stage 5: store the ensemble's top-k soft targets at temperature T on the training cuts",
                        description="Fuse the teachers' posteriors at kd.temperature for every training frame, keep the top kd.top_k "
-                       "(int32 ids, float16 probabilities) on the cuts: <exp>/soft_targets/cuts_<train>.jsonl.gz and stats.json "
-                       "(bytes per frame, KL stored vs full).")
+                       "(int32 ids, float16 probabilities) on the cuts: <exp>/soft_targets/teachers<N>_<fusion>_T<T>_k<k>/ with "
+                       "cuts_<train>.jsonl.gz, stats.json (bytes per frame, KL stored vs full) and provenance.json "
+                       "(asr_kd/stages/s5_soft_targets.py).")
     _layout_args(p)
     _kd_args(p)
     _teachers_arg(p, None)
@@ -62,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-student", help="stage 6: train the hard-target baseline or the distilled student",
                        description="--kind hard: cross entropy on the senone alignments. --kind distilled: kd.soft_weight * T^2 * "
                        "CE(soft targets at T) + kd.hard_weight * CE(senones), from stored soft targets (kd.mode=stored) or "
-                       "teachers run in the loop (kd.mode=online; kd.loss=logit_l2 for logit matching). Output: <exp>/students/<kind>.")
+                       "teachers run in the loop (kd.mode=online; kd.loss=logit_l2 for logit matching). Output: <exp>/students/<kind> "
+                       "(asr_kd/stages/s6_students.py). Stored soft targets made with another T, top-k, fusion or teacher set are "
+                       "refused in one line.")
     _layout_args(p)
     _model_args(p)
     _kd_args(p)
@@ -93,15 +98,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     _layout_args(p)
     _model_args(p)
     _kd_args(p)
+    _teachers_arg(p, None)
     p.add_argument("--fraction", type=float, default=0.03, help="share of the training utterances (default 0.03)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0)")
     p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md")
     p.set_defaults(func=_three_percent)
 
+    p = sub.add_parser("decode-part", help="decode any part (your own test set) with trained systems, beside the recipe's tables",
+                       description="Prepare manifests and features of --part from --corpus-dir (LibriSpeech layout: "
+                       "<corpus>/<part>/<speaker>/<chapter>/*.flac + .trans.txt) and decode it with each of --systems (tri, mono: the "
+                       "stage-3 GMMs; baseline, distilled: the stage-6 students; ensemble, teacher<i>: stage 4) through the stage-3 HCLG. "
+                       "Writes <exp>/decode_parts/<part>/<system>/ (hyp.txt, wer_details, per_speaker.json) and scores.json; the "
+                       "recipe's stages and RESULTS.md are not touched (asr_kd/stages/decode_part.py).")
+    _layout_args(p)
+    p.add_argument("--corpus-dir", type=Path, required=True, help="folder holding <part>/ in LibriSpeech's layout")
+    p.add_argument("--part", required=True, help="the part's folder name (any name, e.g. my-test)")
+    p.add_argument("--systems", nargs="+", default=["tri", "baseline", "ensemble", "distilled"], help="systems to decode (default: tri baseline ensemble distilled)")
+    p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")
+    p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
+    p.add_argument("--num-jobs", type=int, default=2, help="parallel decoding processes (default 2)")
+    p.add_argument("--align", action="store_true", help="also align the part with the stage-3 triphone GMM (data/tids_<part>.txt) and "
+                   "score the networks' frame accuracy against it")
+    p.set_defaults(func=_decode_part)
+
 
 def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """Log to <exp>/log/<name>.log; return the layout and RESULTS.md arguments common to all stages."""
-    from asr_kd.kd.stages import KdLayout
+    from asr_kd.stages.layout import RecipeLayout
     from asr_kd.utils import setup_logging
 
     setup_logging(args.exp_dir / "log" / f"{name}.log")
@@ -110,7 +133,7 @@ def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
         torch.set_num_threads(args.num_threads)
     command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
-    layout = KdLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set)
+    layout = RecipeLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set)
     return {"layout": layout, "results_md": args.results_md, "command": command}
 
 
@@ -128,18 +151,18 @@ def _kd(args: argparse.Namespace) -> Any:
 
 
 def _train_teachers(args: argparse.Namespace) -> int:
-    from asr_kd.kd.stages import train_teachers
+    from asr_kd.stages.s4_teachers import train_teachers
 
     common = _setup(args, "train_teachers")
     model_cfg, train_cfg = _configs(args)
-    results = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, **common)
-    for r in results:
-        print(f"{r.final_path}: best dev frame accuracy {r.state.best_metric}")
+    summary = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, **common)
+    for i, t in enumerate(summary["teachers"]):
+        print(f"teacher{i} (seed {t['seed']}): best dev frame accuracy {t['best_dev_frame_accuracy']}")
     return 0
 
 
 def _make_soft_targets(args: argparse.Namespace) -> int:
-    from asr_kd.kd.stages import make_soft_targets
+    from asr_kd.stages.s5_soft_targets import make_soft_targets
 
     summary = make_soft_targets(kd=_kd(args), num_teachers=args.num_teachers, max_duration=args.max_duration, **_setup(args, "make_soft_targets"))
     print(f"{summary['frames']} frames: {summary['bytes_per_frame']} bytes/frame stored vs {summary['dense_float32_bytes_per_frame']} dense; "
@@ -148,18 +171,18 @@ def _make_soft_targets(args: argparse.Namespace) -> int:
 
 
 def _train_student(args: argparse.Namespace) -> int:
-    from asr_kd.kd.stages import train_student
+    from asr_kd.stages.s6_students import train_student
 
     common = _setup(args, f"train_student_{args.kind}")
     model_cfg, train_cfg = _configs(args)
     r = train_student(kind=args.kind, model_config=model_cfg, train_config=train_cfg, kd=_kd(args), num_teachers=args.num_teachers, **common)
-    print(f"{r.final_path} ({r.state.stop_reason}); best dev frame accuracy {r.state.best_metric}")
+    print(f"{args.kind} student ({r['stop_reason']}); best dev frame accuracy {r['best_dev_frame_accuracy']}")
     return 0
 
 
 def _decode_hybrid(args: argparse.Namespace) -> int:
     from asr_kd.config import DecodeConfig, load_config, parse_overrides
-    from asr_kd.kd.evaluation import evaluate_systems
+    from asr_kd.stages.s7_decode import evaluate_systems
 
     common = _setup(args, "decode_hybrid")
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
@@ -173,12 +196,27 @@ def _decode_hybrid(args: argparse.Namespace) -> int:
 
 
 def _three_percent(args: argparse.Namespace) -> int:
-    from asr_kd.kd.three_percent import run_three_percent
+    from asr_kd.stages.s8_three_percent import run_three_percent
 
     common = _setup(args, "three_percent")
     model_cfg, train_cfg = _configs(args)
-    runs = run_three_percent(model_config=model_cfg, train_config=train_cfg, kd=_kd(args), fraction=args.fraction,
+    runs = run_three_percent(model_config=model_cfg, train_config=train_cfg, kd=_kd(args), fraction=args.fraction, num_teachers=args.num_teachers,
                              subset_seed=args.subset_seed, corpus=args.corpus, **common)
     for run in runs.values():
         print(f"{run.name}: train frame accuracy {run.train_frame_accuracy:.4f}, test {run.test_frame_accuracy:.4f}")
+    return 0
+
+
+def _decode_part(args: argparse.Namespace) -> int:
+    from asr_kd.config import DecodeConfig, load_config, parse_overrides
+    from asr_kd.stages.decode_part import decode_part
+
+    common = _setup(args, f"decode_part_{args.part}")
+    decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
+    scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"], args.align)
+    for name, s in scores.items():
+        worst = max(s["per_speaker"].items(), key=lambda kv: kv[1]["wer"])
+        print(f"{name}: {args.part} WER {100 * s['wer']:.2f}% ({s['substitutions']}/{s['deletions']}/{s['insertions']} of {s['ref_words']}), "
+              f"{s['utterances']} utterances; worst speaker {worst[0]} {100 * worst[1]['wer']:.1f}%"
+              + (f"; frame accuracy {100 * s['frame_accuracy']:.1f}% on {s['aligned_utterances']} aligned" if "frame_accuracy" in s else ""))
     return 0

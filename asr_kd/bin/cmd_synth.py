@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from asr_kd.bin.common import command_line
 from asr_kd.config import SYNTH_ENGINES, SYNTH_PRESETS, SynthConfig, load_config
 
 
@@ -34,10 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _synth_corpus(args: argparse.Namespace) -> int:
-    from asr_kd.data.synth import synthesize_corpus
+    from asr_kd.stages.s0_corpus import synthesize
 
     given = {"preset": args.preset, "seed": args.seed, "difficulty": args.difficulty, "num_jobs": args.num_jobs,
              "engines": args.engines, "ood_engine": args.ood_engine}
     cfg = load_config(SynthConfig, args.config, {k: v for k, v in given.items() if v is not None})
-    print(synthesize_corpus(args.output_dir, cfg).format())
+    summary = synthesize(args.output_dir, cfg, command=command_line())
+    print(summary.format() if hasattr(summary, "format") else f"{args.output_dir}: up to date ({summary.finished})")
     return 0

@@ -1,8 +1,9 @@
 """A minimal ctypes binding to the libespeak-ng bundled in the ``espeakng-loader`` wheel.
 
-Only what the synthetic corpus needs: initialise once per process in synchronous mode, pick a
-voice (language plus variant, e.g. ``en-us+m3``), set rate/pitch/range, and synthesise a string
-into a float32 waveform collected by a callback.
+Only what the synthetic corpus and the lexicon need: initialise once per process in synchronous
+mode, pick a voice (language plus variant, e.g. ``en-us+m3``), set rate/pitch/range, synthesise a
+string into a float32 waveform collected by a callback, and turn text into IPA phonemes
+(:meth:`EspeakSynthesizer.phonemize`, the grapheme-to-phoneme fallback of stage 2).
 
 libespeak-ng keeps global state (one current voice, one set of parameters, one callback), so a
 process must never synthesise from two threads at once; use one process per worker instead.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,8 @@ _ESPEAK_PITCH = 3
 _ESPEAK_RANGE = 4
 _ESPEAK_WORDGAP = 7
 _EE_OK = 0
-# espeak_TextToPhonemes phonememode: bit 1 set = IPA (UTF-8) instead of espeak's ASCII names.
+# espeak_TextToPhonemes' phonememode: bit 1 asks for IPA (UTF-8); bits 8-23 hold the character
+# written between phonemes (see EspeakSynthesizer.phonemize's ``separator``).
 _PHONEMES_IPA = 0x02
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); events are not needed here.
@@ -152,18 +155,20 @@ class EspeakSynthesizer:
             return np.zeros(0, dtype=np.float32)
         return (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)
 
-    def phonemize(self, text: str, voice: str = "en-us") -> str:
-        """Return espeak-ng's IPA transcription of ``text`` read by ``voice``: words separated by
-        spaces, stress marks included, clauses joined by a space."""
+    def phonemize(self, text: str, voice: str = "en-us", separator: str = " ") -> str:
+        """Return espeak-ng's IPA phonemes of ``text`` read with ``voice``'s rules: phonemes
+        separated by ``separator`` (a space by default, so that multi-letter phonemes such as
+        "tʃ" stay whole; "" writes each word's phonemes together, words then separated by
+        spaces), stress marks (ˈ ˌ) before stressed vowels, clauses by spaces."""
+        mode = _PHONEMES_IPA | (ord(separator) << 8 if separator else 0)
         with self._lock:
-            self._apply(VoiceSettings(voice=voice))
-            data = text.encode("utf-8") + b"\0"
-            buf = ctypes.create_string_buffer(data, len(data))
-            pointer = ctypes.c_void_p(ctypes.addressof(buf))
+            self._apply(dataclasses.replace(self._current or VoiceSettings(), voice=voice))
+            buf = ctypes.create_string_buffer(text.encode("utf-8") + b"\0")
+            cursor = ctypes.c_void_p(ctypes.addressof(buf))
             clauses = []
-            # Each call returns one clause and advances ``pointer``; NULL once the text is used up.
-            while pointer.value:
-                out = self._lib.espeak_TextToPhonemes(ctypes.byref(pointer), _ESPEAK_CHARS_UTF8, _PHONEMES_IPA)
+            # Each call reads one clause and moves the cursor on; it becomes NULL at the end.
+            while cursor.value:
+                out = self._lib.espeak_TextToPhonemes(ctypes.byref(cursor), _ESPEAK_CHARS_UTF8, mode)
                 if out:
                     clauses.append(out.decode("utf-8").strip())
         return " ".join(c for c in clauses if c)
@@ -186,10 +191,11 @@ class EspeakSynthesizer:
         samples = np.frombuffer(data, dtype="<i2")
         return (samples.astype(np.float32) / 32768.0).astype(np.float32)
 
-    def phonemize_isolated(self, text: str, voice: str = "en-us") -> str:
+    def phonemize_isolated(self, text: str, voice: str = "en-us", separator: str = " ") -> str:
         """Like :meth:`phonemize`, in a forked child, so that the engine state (which the
         translator changes) stays as it was and synthesis stays deterministic."""
-        data = _in_child(lambda: self.phonemize(text, voice).encode("utf-8"), f"espeak-ng phonemisation failed for text {text[:60]!r}")
+        data = _in_child(lambda: self.phonemize(text, voice, separator).encode("utf-8"),
+                         f"espeak-ng phonemisation failed for text {text[:60]!r}")
         return data.decode("utf-8")
 
 

@@ -9,6 +9,12 @@ Two implementations compute them (``FeatureConfig.backend``): lhotse's Kaldi-com
 extractors (PyTorch) and ``kaldi-native-fbank`` (C++); ``bench/feature_speed.py`` measures both
 side by side. Audio that cannot be decoded, or gives non-finite features, is skipped, counted and
 logged, not silently lost. CMVN statistics (per speaker or global) are accumulated on the way.
+
+Audio of any rate and channel count goes in: a cut whose recording is not at
+``FeatureConfig.sampling_rate`` is resampled on the fly (lhotse's ``Cut.resample``, recorded in
+the cut manifests as a transform of the recording, so features and cuts agree), and
+multi-channel audio is averaged to one channel (``channel: mix``, the default) or one channel is
+taken (``channel: "1"``); a cut lacking the chosen channel is skipped and listed.
 """
 
 from __future__ import annotations
@@ -192,21 +198,40 @@ class FeatureReport:
 
 
 _WORKER_FN: FeatureFn | None = None
+_WORKER_CHANNEL = "mix"
 
 
 def _init_worker(kind: str, cfg: FeatureConfig) -> None:
-    global _WORKER_FN
+    global _WORKER_FN, _WORKER_CHANNEL
     import torch
 
     torch.set_num_threads(1)
     _WORKER_FN = make_extractor(kind, cfg)
+    _WORKER_CHANNEL = cfg.channel
+
+
+def load_single_channel(cut: Cut, channel: str) -> np.ndarray:
+    """Return the cut's audio as one channel, (1, samples): the mean of all of its recording's
+    channels (``channel="mix"``) or the channel with that index; ValueError where it is missing."""
+    recording = cut.recording
+    if recording is None or recording.num_channels == 1:
+        return cut.load_audio()
+    if channel != "mix" and int(channel) >= recording.num_channels:
+        raise ValueError(f"audio has {recording.num_channels} channels, no channel {channel} (features.channel)")
+    channels = None if channel == "mix" else int(channel)
+    audio = recording.load_audio(channels=channels, offset=cut.start, duration=cut.duration)
+    return audio.mean(axis=0, keepdims=True) if channel == "mix" else audio
 
 
 def _extract_one(cut: Cut) -> tuple[str, np.ndarray | None, str | None]:
     """Return ``(cut id, features, None)`` or ``(cut id, None, reason)``."""
     assert _WORKER_FN is not None
     try:
-        audio = cut.load_audio()
+        audio = load_single_channel(cut, _WORKER_CHANNEL)
+    except ValueError as err:
+        if "(features.channel)" in str(err):
+            return cut.id, None, str(err)
+        return cut.id, None, audio_error_reason(err, "cannot decode audio")
     except Exception as err:
         return cut.id, None, audio_error_reason(err, "cannot decode audio")
     if audio.size == 0:
@@ -232,6 +257,21 @@ def _extract_all(cuts: Sequence[Cut], kind: str, cfg: FeatureConfig, desc: str) 
         yield from tqdm(pool.imap(_extract_one, cuts, chunksize=8), total=len(cuts), desc=desc, leave=False)
 
 
+def at_sampling_rate(cuts: Iterable[Cut], sampling_rate: int, what: str) -> list[Cut]:
+    """Return the cuts, each resampled on the fly to ``sampling_rate`` where its recording has
+    another rate (logged with a count per original rate)."""
+    out: list[Cut] = []
+    resampled: dict[int, int] = {}
+    for cut in cuts:
+        if cut.sampling_rate != sampling_rate:
+            resampled[cut.sampling_rate] = resampled.get(cut.sampling_rate, 0) + 1
+            cut = cut.resample(sampling_rate)
+        out.append(cut)
+    for rate, count in sorted(resampled.items()):
+        log.info("%s: %d cut(s) recorded at %d Hz resampled to %d Hz", what, count, rate, sampling_rate)
+    return out
+
+
 def cuts_path(feature_dir: Path | str, part: str) -> Path:
     """Path of the cut manifest with features of ``part`` in ``feature_dir``."""
     return Path(feature_dir) / f"cuts_{part}.jsonl.gz"
@@ -248,7 +288,7 @@ def compute_features(cuts: CutSet, kind: str, cfg: FeatureConfig, feature_dir: P
     ``feats_<part>.lca``, ``cmvn_<part>.npz`` and ``skipped_<part>.txt``."""
     feature_dir = Path(feature_dir)
     feature_dir.mkdir(parents=True, exist_ok=True)
-    by_id = {c.id: c for c in cuts}
+    by_id = {c.id: c for c in at_sampling_rate(cuts, cfg.sampling_rate, f"{kind} {part}")}
     dim = feature_dim(kind, cfg)
     stats = CmvnStats.empty(dim)
     out_cuts: list[Cut] = []

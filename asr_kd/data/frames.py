@@ -9,7 +9,7 @@ A batch is a dict:
   length, ready for ``F.cross_entropy(..., ignore_index=IGNORE_INDEX)``;
 - ``cut_ids``: the cuts' ids, in batch order;
 - ``soft_ids`` int64 and ``soft_probs`` float32, both ``[B, T, k]`` (only when the cuts carry
-  stored soft targets, :mod:`asr_kd.kd.soft_targets`): the ensemble's top-k senones per frame,
+  stored soft targets, :mod:`asr_kd.data.stored_targets`): the ensemble's top-k senones per frame,
   id 0 and probability 0 beyond each cut's length.
 
 Splicing the context window happens in the model (:mod:`asr_kd.models.dnn`), so batches hold each
@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from asr_kd.data.alignments import load_alignment
 from asr_kd.data.features import CmvnStats, cmvn_key
+from asr_kd.data.stored_targets import collate_soft_targets, has_soft_targets
 from asr_kd.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,6 @@ class FrameDataset(Dataset):
                 y[i, : labels.shape[0]] = torch.from_numpy(labels)
             batch["labels"] = y
         if self._wants_soft_targets(cut_list):
-            from asr_kd.kd.soft_targets import collate_soft_targets  # kd depends on data, not back
-
             batch["soft_ids"], batch["soft_probs"] = collate_soft_targets(cut_list, batch_t)
         return batch
 
@@ -107,8 +106,6 @@ class FrameDataset(Dataset):
             return False
         if self.soft_targets:
             return True
-        from asr_kd.kd.soft_targets import has_soft_targets
-
         return all(has_soft_targets(c) for c in cuts)
 
 

@@ -8,11 +8,17 @@ way users want: a transcript line without audio, audio without a transcript line
 transcript or an unreadable FLAC file is skipped, counted and listed in
 ``<output_dir>/skipped_<part>.txt`` (and logged), never lost silently; a missing corpus directory,
 a missing part or a part with no usable utterance is a one-line :class:`DataError`.
+
+Transcripts are normalised here, once, to LibriSpeech's convention (:mod:`asr_kd.data.text_norm`):
+the supervision ``text`` is the normalised text (a changed transcript keeps its original in the
+supervision's custom field ``original_text``), and ``text_normalization_<part>.json`` beside the
+manifests names the normaliser, its version and how many transcripts it changed or rejected.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +30,7 @@ from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.qa import validate_recordings_and_supervisions
 from tqdm import tqdm
 
+from asr_kd.data.text_norm import NORMALIZER, normalize_transcript
 from asr_kd.errors import DataError
 from asr_kd.utils import atomic_path, write_text_atomic
 
@@ -70,6 +77,12 @@ class PartReport:
 def manifest_path(output_dir: Path | str, kind: str, part: str) -> Path:
     """Path of lhotse's ``librispeech_<kind>_<part>.jsonl.gz`` (kind: recordings|supervisions)."""
     return Path(output_dir) / f"librispeech_{kind}_{part}.jsonl.gz"
+
+
+def normalization_record_path(output_dir: Path | str, part: str) -> Path:
+    """Path of ``text_normalization_<part>.json``: the normaliser (name, version) that made the
+    supervision texts of ``part`` and how many transcripts it changed or rejected."""
+    return Path(output_dir) / f"text_normalization_{part}.json"
 
 
 def _read_transcripts(trans_file: Path) -> list[tuple[str, str, int]]:
@@ -125,16 +138,24 @@ def scan_part(corpus_dir: Path, part: str, num_jobs: int = 1) -> tuple[Recording
     skipped: list[tuple[str, str]] = []
     items: list[tuple[str, str, Path]] = []
     referenced: set[Path] = set()
+    original: dict[str, str] = {}  # utterance id -> transcript before normalisation, where it changed
     for trans_file in sorted(part_dir.glob("*/*/*.trans.txt")):
-        for utt_id, text, line_no in _read_transcripts(trans_file):
+        for utt_id, raw_text, line_no in _read_transcripts(trans_file):
             audio = trans_file.parent / f"{utt_id}.flac"
             referenced.add(audio)
-            if not text:
-                skipped.append((f"{trans_file}:{line_no}", "utterance has an empty transcript"))
+            norm = normalize_transcript(raw_text)
+            text = norm.text
+            if norm.unfoldable:
+                skipped.append((f"{trans_file}:{line_no}", f"transcript has characters with no ASCII spelling ({norm.unfoldable[:20]}); transliterate them"))
+            elif not text:
+                what = "an empty transcript" if not raw_text else "no word left after normalisation"
+                skipped.append((f"{trans_file}:{line_no}", f"utterance has {what}"))
             elif not audio.is_file():
                 skipped.append((str(audio), "transcript line without audio file"))
             else:
                 items.append((utt_id, text, audio))
+                if text != raw_text:
+                    original[utt_id] = raw_text
     for audio in sorted(part_dir.glob("*/*/*.flac")):
         if audio not in referenced:
             skipped.append((str(audio), "audio file without transcript line"))
@@ -158,6 +179,7 @@ def scan_part(corpus_dir: Path, part: str, num_jobs: int = 1) -> tuple[Recording
                     language="English",
                     speaker=utt_id.split("-")[0],
                     text=text,
+                    custom={"original_text": original[utt_id]} if utt_id in original else None,
                 )
             )
     return RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions), skipped
@@ -230,6 +252,12 @@ def prepare_manifests(
         for kind, manifest in (("recordings", recordings), ("supervisions", supervisions)):
             with atomic_path(manifest_path(output_dir, kind, part)) as tmp:
                 manifest.to_file(tmp)
+        changed = sum(1 for sup in supervisions if sup.custom and "original_text" in sup.custom)
+        rejected = sum(1 for _, reason in skipped if reason.startswith("transcript has characters with no ASCII"))
+        record = {**NORMALIZER, "part": part, "utterances": len(supervisions), "changed": changed, "rejected_unfoldable": rejected}
+        write_text_atomic(normalization_record_path(output_dir, part), json.dumps(record, indent=2) + "\n")
+        if changed:
+            log.info("%s: %d of %d transcripts normalised to the LibriSpeech convention (originals kept as original_text)", part, changed, len(supervisions))
         hours = sum(r.duration for r in recordings) / 3600.0
         reports[part] = PartReport(
             part=part,

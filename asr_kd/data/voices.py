@@ -163,7 +163,8 @@ def speak_16k(talker: Talker, text: str, seed: int, sex: str = "M") -> np.ndarra
     elif talker.engine == "festival":
         audio = _resample(festival.synthesize(words, festival_settings(talker, sex)), festival.SAMPLE_RATE)
     elif talker.engine == "kokoro":
-        phonemes = kokoro.ipa_to_kokoro(get_synthesizer().phonemize_isolated(words, "en-us"))
+        # Kokoro reads a word's phonemes written together, words separated by spaces.
+        phonemes = kokoro.ipa_to_kokoro(get_synthesizer().phonemize_isolated(words, "en-us", separator=""))
         settings_k = kokoro.KokoroSettings.parse(talker.voice, speed=talker.rate / 175.0)
         audio = _resample(kokoro.get_engine().synthesize(phonemes, settings_k), kokoro.SAMPLE_RATE)
     else:

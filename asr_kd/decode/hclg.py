@@ -192,12 +192,3 @@ def is_deterministic_ish(hclg: kaldifst.StdVectorFst) -> bool:
     every state's outgoing labels distinct, which is what makes the graph fast to decode.
     """
     return nondeterministic_states(hclg) == 0
-
-
-def make_hclg_for_model(lang_dir: Path | str, model_path: Path | str, graph_dir: Path | str, transition_scale: float = DEFAULT_TRANSITION_SCALE, self_loop_scale: float = DEFAULT_SELF_LOOP_SCALE) -> GraphInfo:
-    """Build HCLG for the lang directory and a trained GMM system (``GmmSystem.save`` pickle,
-    whose tree and transition model also serve the hybrid networks); return the GraphInfo."""
-    from asr_kd.gmm.train import GmmSystem  # GMM training code is only needed here
-
-    system = GmmSystem.load(model_path)
-    return make_hclg(Lang.load(lang_dir), system.ctx_dep, system.tm, graph_dir, transition_scale, self_loop_scale)

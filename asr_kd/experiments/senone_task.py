@@ -149,7 +149,8 @@ def load_senone_task(
     """
     from asr_kd.data.features import cmvn_key
     from asr_kd.data.frames import cmvn_mode
-    from asr_kd.kd.stages import KdLayout, read_senones
+    from asr_kd.stages.common import read_senones
+    from asr_kd.stages.layout import RecipeLayout
 
     if len(parts) != len(SPLITS) or len(max_frames) != len(SPLITS):
         raise ValueError(f"need one part and one frame budget for each of {SPLITS}")
@@ -158,7 +159,7 @@ def load_senone_task(
         raise DataError(f"{gmm_exp} has no gmm/ folder; pass --gmm-exp the speech recipe's exp folder after stage 3 (e.g. recipes/librispeech/exp)")
     if not (data_dir / "fbank").is_dir():
         raise DataError(f"{data_dir} has no fbank/ folder; pass --data-dir the speech recipe's data folder after stage 1 (e.g. recipes/librispeech/data)")
-    layout = KdLayout(data_dir, gmm_exp)
+    layout = RecipeLayout(data_dir, gmm_exp)
     num_senones = read_senones(layout).num_senones
     task: dict[str, FrameSet] = {}
     counts: dict[str, dict[str, int]] = {}

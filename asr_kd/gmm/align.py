@@ -17,6 +17,7 @@ import numpy as np
 from asr_kd.gmm.topology import pdf_class_to_hmm_state
 from asr_kd.gmm.tree import Tree, TreeStats
 from asr_kd.kaldi import kaldifst, khg
+from asr_kd.utils import storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,18 @@ class GraphStore:
         return self.directory / f"graphs.{chunk.start}-{chunk.stop}.ark"
 
     def write(self, chunk: range, graphs: Mapping[int, kaldifst.StdVectorFst]) -> None:
-        """Write the graphs of ``chunk`` (utterance index -> graph; missing ones are absent)."""
-        with kaldifst.VectorFstWriter(f"ark:{self._path(chunk)}") as writer:
-            for index in sorted(graphs):
-                writer.write(str(index), graphs[index])
+        """Write the graphs of ``chunk`` (utterance index -> graph; missing ones are absent); a
+        full disk raises an OSError naming the archive (Kaldi's writer says only "Write failed")."""
+        path = self._path(chunk)
+        try:
+            with kaldifst.VectorFstWriter(f"ark:{path}") as writer:
+                for index in sorted(graphs):
+                    writer.write(str(index), graphs[index])
+        except (OSError, RuntimeError) as err:
+            storage = storage_error(err, path)
+            if storage is not None:
+                raise storage from None
+            raise
 
     def read(self, chunk: range) -> dict[int, kaldifst.StdVectorFst]:
         """Return the graphs written for ``chunk`` (utterance index -> graph)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -43,10 +42,10 @@ from asr_kd.gmm.align import AlignOptions, GraphCompiler, GraphStore, accumulate
 from asr_kd.gmm.mixup import mix_up
 from asr_kd.gmm.parallel import frame_chunks, map_chunks
 from asr_kd.gmm.questions import questions_from_stats
+from asr_kd.gmm.system import GmmSystem
 from asr_kd.gmm.topology import make_topology, topology_text
 from asr_kd.gmm.tree import Tree, TreeStats, build_tree, leaf_statistics, monophone_tree
 from asr_kd.kaldi import kaldifst, khg
-from asr_kd.utils import atomic_path
 
 if TYPE_CHECKING:
     from asr_kd.lang.lang_dir import Lang
@@ -92,47 +91,6 @@ class GraphInputs:
             tuple(lang.disambig_phone_ids),
             lang.phones.id(lang.optional_silence),
         )
-
-
-@dataclasses.dataclass
-class GmmSystem:
-    """A trained GMM-HMM: topology, tree (ours and Kaldi's), transition model and GMMs. Pickles."""
-
-    topology_text: str
-    tree: Tree
-    tm: khg.TransitionModel
-    am: khg.AmDiagGmm
-
-    @property
-    def topo(self) -> khg.HmmTopology:
-        """The HMM topology (parsed from ``topology_text``)."""
-        return make_topology(self.topology_text)
-
-    @property
-    def ctx_dep(self) -> khg.ContextDependency:
-        """The tree as Kaldi's ``ContextDependency``."""
-        return self.tree.to_context_dependency()
-
-    @property
-    def num_pdfs(self) -> int:
-        """The number of pdfs (senones)."""
-        return self.am.num_pdfs
-
-    def save(self, path: Path | str) -> None:
-        """Pickle the system to ``path`` atomically."""
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(pickle.dumps(self))
-
-    @staticmethod
-    def load(path: Path | str) -> "GmmSystem":
-        """Return the system pickled at ``path``."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"GMM system {path} does not exist; run GMM training (recipe stage 3) first")
-        system = pickle.loads(path.read_bytes())
-        if not isinstance(system, GmmSystem):
-            raise DataError(f"{path} does not hold a GmmSystem; point to a file written by GmmSystem.save")
-        return system
 
 
 @dataclasses.dataclass

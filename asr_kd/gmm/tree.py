@@ -123,6 +123,52 @@ class Tree:
         return ctx_dep
 
 
+    def to_plain(self) -> dict:
+        """Return the tree as JSON-ready plain values: its nodes in one flat list (children after
+        their parent, so no recursion depth limits a deep tree) and the roots as indices into it."""
+        nodes: list[dict] = []
+        roots: list[list[int]] = []
+        for (phone, pdf_class), root in sorted(self.roots.items()):
+            roots.append([phone, pdf_class, len(nodes)])
+            stack: list[tuple[Node, int, str]] = [(root, -1, "")]
+            while stack:
+                node, parent, side = stack.pop()
+                if parent >= 0:
+                    nodes[parent][side] = len(nodes)
+                if isinstance(node, Leaf):
+                    nodes.append({"pdf": node.pdf})
+                else:
+                    nodes.append({"key": node.key, "yes_phones": sorted(node.yes_phones)})
+                    stack.extend(((node.no, len(nodes) - 1, "no"), (node.yes, len(nodes) - 1, "yes")))
+        return {
+            "context_width": self.context_width,
+            "central_position": self.central_position,
+            "num_pdf_classes": [[p, n] for p, n in sorted(self.num_pdf_classes.items())],
+            "roots": roots,
+            "nodes": nodes,
+        }
+
+    @staticmethod
+    def from_plain(data: Mapping) -> "Tree":
+        """Return the tree written by :meth:`to_plain`; malformed data raises ValueError (or
+        KeyError/TypeError), which the caller turns into a one-line error naming its file."""
+        raw = list(data["nodes"])
+        built: list[Node | None] = [None] * len(raw)
+        for i in range(len(raw) - 1, -1, -1):  # children come after their parent
+            n = raw[i]
+            if "pdf" in n:
+                built[i] = Leaf(int(n["pdf"]))
+                continue
+            yes, no, key = int(n["yes"]), int(n["no"]), int(n["key"])
+            if not 0 <= key < int(data["context_width"]):
+                raise ValueError(f"tree node {i} asks about window position {key}, outside a window of {data['context_width']}")
+            if not (i < yes < len(raw) and i < no < len(raw)) or built[yes] is None or built[no] is None:
+                raise ValueError(f"tree node {i} points to children {yes}, {no} that do not follow it")
+            built[i] = Split(key, frozenset(int(p) for p in n["yes_phones"]), built[yes], built[no])
+        roots = {(int(p), int(c)): built[int(i)] for p, c, i in data["roots"]}
+        return Tree(int(data["context_width"]), int(data["central_position"]), {int(p): int(n) for p, n in data["num_pdf_classes"]}, roots)
+
+
 def _leaves(node: Node) -> list[Leaf]:
     out: list[Leaf] = []
     stack = [node]

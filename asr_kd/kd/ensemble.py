@@ -15,12 +15,17 @@ teachers said there (padding may hold garbage, even NaN), so downstream losses n
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from lhotse import CutSet
+from lhotse.cut import Cut
+
 from asr_kd.config import KD_FUSIONS
+from asr_kd.data.features import CmvnStats
+from asr_kd.data.frames import FrameDataset, make_sampler
 from asr_kd.errors import ConfigError
 
 TeacherOutputs = Tensor | Sequence[Tensor]
@@ -139,3 +144,26 @@ def _uniform_where_masked(log_probs: Tensor, mask: Tensor | None) -> Tensor:
         return log_probs
     uniform = torch.full((), -math.log(log_probs.shape[-1]), dtype=log_probs.dtype)
     return torch.where(mask.bool()[..., None], log_probs, uniform)
+
+
+@torch.no_grad()
+def ensemble_log_posteriors(
+    models: Sequence[torch.nn.Module], cuts: Iterable[Cut] | CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
+    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device = "cpu",
+) -> Iterator[tuple[Cut, torch.Tensor]]:
+    """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``[frames, C]``: the
+    fused posteriors of ``models`` at ``temperature`` (one model: its own ``log_softmax(z/T)``).
+
+    Batches of whole cuts are run through every model once, padding masked out of the fusion.
+    """
+    ensemble = TeacherEnsemble(list(models), fusion).to(device)
+    dataset = FrameDataset(cmvn, labels_name=None, soft_targets=False)
+    cutset = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
+    sampler = make_sampler(cutset, max_duration, shuffle=False, seed=0, bucketing=False)
+    for cut_batch in sampler:
+        batch = dataset[cut_batch]
+        feats, lengths = batch["features"].to(device), batch["lengths"].to(device)
+        mask = torch.arange(feats.shape[1], device=device)[None, :] < lengths[:, None]
+        log_probs = ensemble(feats, lengths, temperature=temperature, mask=mask).float().cpu()
+        for i, cut in enumerate(cut_batch):
+            yield cut, log_probs[i, : int(lengths[i])]

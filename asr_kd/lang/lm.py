@@ -20,7 +20,7 @@ from kaldingram.prune import ArpaParser
 from kaldingram.train import NgramCounts
 
 from asr_kd.errors import DataError
-from asr_kd.kaldi import kaldifst, load_kaldilm
+from asr_kd.kaldi import kaldifst, load_kaldilm, plain_native_logs
 from asr_kd.utils import atomic_path, open_text
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ def train_ngram_lm(sentences: Iterable[str], order: int, arpa_path: Path | str) 
         used += 1
     if used == 0:
         raise DataError(f"no LM training text for {arpa_path}: every training sentence was empty")
+    with plain_native_logs(logger, "kaldingram"):  # its tqdm bars, as plain log lines
+        _estimate(counts, arpa_path)
+    return used
+
+
+def _estimate(counts: NgramCounts, arpa_path: Path | str) -> None:
+    """Discount, smooth and write the LM of ``counts`` to ``arpa_path`` atomically."""
     counts.cal_discounting_constants()
     # kaldingram estimates D = n1 / (n1 + 2 n2); a small corpus with no n-gram seen twice gives
     # D = 1, i.e. zero probability for every singleton n-gram (written as log10 = -99, which
@@ -55,7 +62,6 @@ def train_ngram_lm(sentences: Iterable[str], order: int, arpa_path: Path | str) 
     counts.cal_bow()
     with atomic_path(arpa_path) as tmp, tmp.open("w", encoding="utf-8") as f:
         counts.print_as_arpa(fout=f)
-    return used
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +84,8 @@ def load_arpa(arpa_path: Path | str):
     arpa_path = Path(arpa_path)
     if not arpa_path.is_file():
         raise DataError(f"ARPA LM {arpa_path} does not exist; run `asr-kd prepare-lang` to train it")
-    return ArpaParser().loadf(str(arpa_path), encoding="utf-8")[0]
+    with plain_native_logs(logger, "kaldingram"):
+        return ArpaParser().loadf(str(arpa_path), encoding="utf-8")[0]
 
 
 def sentence_logprob10(lm, words: list[str]) -> tuple[float, int, int]:
@@ -127,12 +134,13 @@ def compile_grammar_fst(arpa_path: Path | str, words_txt: Path | str, disambig_s
     ``</s>``. Returns G arc-sorted by input label (weights are natural-log costs).
     """
     kaldilm = load_kaldilm()
-    text = kaldilm.arpa2fst(
-        input_arpa=str(arpa_path),
-        disambig_symbol=disambig_symbol,
-        read_symbol_table=str(words_txt),
-        max_arpa_warnings=-1,
-    )
+    with plain_native_logs(logger, "arpa2fst"):  # its C++ log lines carry source locations
+        text = kaldilm.arpa2fst(
+            input_arpa=str(arpa_path),
+            disambig_symbol=disambig_symbol,
+            read_symbol_table=str(words_txt),
+            max_arpa_warnings=-1,
+        )
     fst = kaldifst.compile(s=text.strip() + "\n", acceptor=False)
     kaldifst.arcsort(fst, sort_type="ilabel")
     return fst
@@ -153,10 +161,11 @@ def open_input(path: Path | str) -> TextIO:
 
 
 def read_text_sentences(path: Path | str, normalize: Callable[[str], str]) -> Iterator[list[str]]:
-    """Yield the non-empty lines of a text file (``.gz`` allowed) as lists of normalized words."""
+    """Yield the non-empty lines of a text file (``.gz`` allowed), each normalized as a whole
+    line (``normalize``), as lists of words."""
     with open_input(path) as f:
         for line in f:
-            words = [normalize(w) for w in line.split()]
+            words = normalize(line).split()
             if words:
                 yield words
 

@@ -1,8 +1,11 @@
 """Stage 2 of the main recipe: build the lang directory from the corpus transcripts.
 
 :func:`prepare_lang` runs the steps in order: vocabulary of every split (plus the words of
-extra LM text or of an existing ARPA LM) -> lexicon restricted to it (LibriSpeech lexicon file or
-CMUdict) -> disambiguation symbols -> symbol tables and phone sets -> L.fst and L_disambig.fst ->
+extra LM text or of an existing ARPA LM) -> lexicon restricted to it (a LibriSpeech lexicon file
+extending CMUdict, or replacing it with ``lang.lexicon_mode=replace``; or CMUdict) -> espeak-ng
+G2P pronunciations for the transcript words still without one (``lexicon_g2p.txt``) -> OOV lists
+per split (``oov_<split>.txt``) and the OOV-rate limit (``lang.max_oov_rate``, a one-line error
+above it) -> disambiguation symbols -> symbol tables and phone sets -> L.fst and L_disambig.fst ->
 Kneser-Ney LM on the training transcripts (plus the extra text), or the existing ARPA LM
 restricted to the lexicon -> G.fst -> perplexity on the dev split -> lang.json. Each step is
 also a function of its own.
@@ -27,6 +30,7 @@ from typing import Iterable, Mapping, Sequence, Union
 from lhotse import SupervisionSet
 
 from asr_kd.config import LangConfig
+from asr_kd.data.text_norm import normalize_transcript
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst
 from asr_kd.lang.lang_dir import make_phone_table, make_word_table, write_phone_sets
@@ -45,6 +49,7 @@ from asr_kd.lang.lexicon import (
     restrict_lexicon,
     write_lexicon,
 )
+from asr_kd.lang.g2p import espeak_pronunciations
 from asr_kd.lang.lexicon_fst import make_lexicon_fst, make_lexicon_fst_disambig
 from asr_kd.lang.lm import arpa_unigrams, compile_grammar_fst, filter_arpa, perplexity, read_text_sentences, train_ngram_lm
 from asr_kd.lang.symbols import SymbolTable
@@ -149,22 +154,61 @@ def lm_training_text(sentences: Iterable[Sequence[str]], lexicon: Mapping[str, o
 # --------------------------------------------------------------------------------------------
 
 
-def build_lexicon(vocabulary: Iterable[str], config: LangConfig, lexicon_path: Path | None = None) -> tuple[Lexicon, list[str]]:
+@dataclasses.dataclass(frozen=True)
+class CorpusLexicon:
+    """The lexicon of a corpus (``<UNK>`` included), its non-silence phones, the pronunciations
+    that G2P generated, and a description of where the pronunciations came from."""
+
+    lexicon: Lexicon
+    nonsilence_phones: list[str]
+    generated: dict[str, Pron]
+    source: str
+
+
+def _source_lexicon(vocabulary: set[str], config: LangConfig, lexicon_path: Path | None) -> tuple[Lexicon, list[str], str, bool]:
+    """Return (pronunciations of ``vocabulary`` from the lexicon file and/or CMUdict, the base
+    phone inventory, a description, whether the phones are CMUdict's so G2P may add words)."""
+    if lexicon_path is None:
+        return cmudict_lexicon(vocabulary, config.max_prons_per_word), cmudict_phones(), "CMUdict", True
+    full = read_librispeech_lexicon(lexicon_path, config.max_prons_per_word)
+    file_phones = lexicon_phones(full)
+    lexicon = restrict_lexicon(full, vocabulary)
+    arpabet = cmudict_phones()
+    foreign = sorted(set(file_phones) - set(arpabet) - {config.silence_phone, config.oov_phone})
+    if config.lexicon_mode == "replace":
+        return lexicon, file_phones, f"{lexicon_path} (replacing CMUdict)", not foreign
+    if foreign:
+        logger.warning("lexicon %s uses phones outside CMUdict's set (%s): neither CMUdict nor G2P can extend it, "
+                       "words it lacks stay <UNK>", lexicon_path, ", ".join(foreign[:10]))
+        return lexicon, file_phones, str(lexicon_path), False
+    added = cmudict_lexicon((w for w in vocabulary if w not in lexicon), config.max_prons_per_word)
+    logger.info("lexicon %s: %d corpus words; CMUdict adds %d it lacks", lexicon_path, len(lexicon), len(added))
+    merged = {**lexicon, **added}
+    return merged, sorted(set(file_phones) | set(arpabet)), f"{lexicon_path} + CMUdict", True
+
+
+def build_lexicon(vocabulary: Iterable[str], config: LangConfig, lexicon_path: Path | None = None, g2p_words: Iterable[str] = ()) -> CorpusLexicon:
     """Return the corpus lexicon and its non-silence phone inventory (word-position suffixes
     applied if configured).
 
-    Pronunciations come from ``lexicon_path`` (LibriSpeech format) or CMUdict, restricted to
-    ``vocabulary``; the OOV word is added, pronounced with the OOV phone. The phone inventory is
-    that of the whole source dictionary, so the phone set does not depend on the corpus size.
+    Pronunciations come from ``lexicon_path`` (LibriSpeech format; it extends CMUdict unless
+    ``config.lexicon_mode`` is ``replace``) or CMUdict, restricted to ``vocabulary``; the words of
+    ``g2p_words`` still without one get espeak-ng's (``config.g2p``). The OOV word is added,
+    pronounced with the OOV phone. The phone inventory is that of the whole source dictionary,
+    so the phone set does not depend on the corpus size.
     """
+    vocabulary = set(vocabulary)
     silence = (config.silence_phone, config.oov_phone)
-    if lexicon_path is not None:
-        full = read_librispeech_lexicon(lexicon_path, config.max_prons_per_word)
-        base_phones = lexicon_phones(full)
-        lexicon = restrict_lexicon(full, vocabulary)
-    else:
-        lexicon = cmudict_lexicon(vocabulary, config.max_prons_per_word)
-        base_phones = cmudict_phones()
+    lexicon, base_phones, source, arpabet = _source_lexicon(vocabulary, config, lexicon_path)
+    generated: dict[str, Pron] = {}
+    missing = sorted(set(g2p_words) - set(lexicon))
+    if config.g2p == "espeak" and arpabet and missing:
+        generated, failed = espeak_pronunciations(missing)
+        generated = {w: p for w, p in generated.items() if w not in ("<EPS>", "<S>", "</S>") and not w.startswith("#")}
+        lexicon.update({w: [p] for w, p in generated.items()})
+        source += f" + espeak-ng G2P ({len(generated)} words)"
+        logger.info("G2P (espeak-ng): pronunciations for %d of %d words without one%s", len(generated), len(missing),
+                    f"; none for {failed[:10]}" if failed else "")
     base_phones = [p for p in base_phones if p not in silence]
     bad = [p for p in base_phones if p.startswith("#") or p == "<eps>"]
     if bad:
@@ -180,7 +224,36 @@ def build_lexicon(vocabulary: Iterable[str], config: LangConfig, lexicon_path: P
         logger.warning("dropped reserved word %r from the lexicon", w)
         del lexicon[w]
     lexicon[config.oov_word] = [(config.oov_phone,)]
-    return {w: lexicon[w] for w in sorted(lexicon)}, nonsilence
+    return CorpusLexicon({w: lexicon[w] for w in sorted(lexicon)}, nonsilence, generated, source)
+
+
+def oov_list_path(lang_dir: Path | str, split: str) -> Path:
+    """Path of ``oov_<split>.txt``: every word of the split that the lexicon file or CMUdict
+    lacks, with its count and what it got (``g2p`` or ``<UNK>``), most frequent first."""
+    return Path(lang_dir) / f"oov_{split}.txt"
+
+
+def write_oov_lists(lang_dir: Path, sentences: Mapping[str, Sequence[Sequence[str]]], lexicon: CorpusLexicon, oov_word: str) -> None:
+    """Write :func:`oov_list_path` for every split and ``lexicon_g2p.txt`` (the generated
+    pronunciations, to inspect; put corrected ones in a --lexicon file, which wins over G2P)."""
+    lang_dir.mkdir(parents=True, exist_ok=True)
+    write_lexicon(lang_dir / "lexicon_g2p.txt", sorted(lexicon.generated.items()))
+    for split, sents in sentences.items():
+        counts = Counter(w for s in sents for w in s if w in lexicon.generated or w not in lexicon.lexicon)
+        lines = [f"{w}\t{n}\t{'g2p' if w in lexicon.generated else oov_word}\n" for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        write_text_atomic(oov_list_path(lang_dir, split), "".join(lines))
+
+
+def check_oov_rates(oov: Mapping[str, OovStats], max_rate: float, lang_dir: Path) -> None:
+    """Raise a one-line DataError when a split's OOV rate (words without any pronunciation)
+    exceeds ``max_rate``."""
+    for split, st in oov.items():
+        if st.oov_rate > max_rate:
+            raise DataError(
+                f"{100 * st.oov_rate:.1f}% of the words of {split} ({st.num_oov} of {st.num_words}) have no pronunciation, above "
+                f"lang.max_oov_rate={max_rate:g} (list: {oov_list_path(lang_dir, split)}); pass a lexicon covering them with --lexicon, "
+                "use lang.lexicon_mode=extend and lang.g2p=espeak, or raise lang.max_oov_rate"
+            )
 
 
 def write_lang_tables(
@@ -302,21 +375,26 @@ def prepare_lang(
 
     if lm_arpa is not None and lm_text is not None:
         raise ConfigError("pass an existing ARPA LM (--lm-arpa) or extra LM text (--lm-text), not both: the ARPA LM is used as it is")
-    extra_text = list(read_text_sentences(lm_text, normalize_word)) if lm_text is not None else []
+    # The extra LM text gets the transcripts' normalisation (stage 0's), so that its words match them.
+    extra_text = list(read_text_sentences(lm_text, lambda line: normalize_transcript(line).text)) if lm_text is not None else []
     if lm_text is not None and not extra_text:
         raise DataError(f"LM text {lm_text} has no non-empty line; pass a file with one sentence per line")
     arpa_words = arpa_unigrams(lm_arpa, normalize_word) if lm_arpa is not None else []
 
-    vocabulary = {w for sents in sentences.values() for s in sents for w in s}
-    vocabulary.update(w for s in extra_text for w in s)
-    vocabulary.update(arpa_words)
-    lexicon, nonsilence = build_lexicon(vocabulary, config, lexicon_path)
-    source = str(lexicon_path) if lexicon_path is not None else "CMUdict"
+    transcript_words = {w for sents in sentences.values() for s in sents for w in s}
+    vocabulary = transcript_words | {w for s in extra_text for w in s} | set(arpa_words)
+    # G2P reads the transcripts' words only: words that only the extra LM text or ARPA LM has
+    # stay without pronunciation (and out of G), as an LM's vocabulary can be 200k words.
+    built = build_lexicon(vocabulary, config, lexicon_path, g2p_words=transcript_words)
+    lexicon, nonsilence, source = built.lexicon, built.nonsilence_phones, built.source
     logger.info("lexicon from %s: %d of %d corpus words have pronunciations", source, len(lexicon) - 1, len(vocabulary))
 
     oov = {split: count_oov(sents, lexicon) for split, sents in sentences.items()}
     for split, st in oov.items():
-        logger.info("%s: %d OOV of %d words (%.2f%%), e.g. %s", split, st.num_oov, st.num_words, 100 * st.oov_rate, st.most_common[:5])
+        logger.info("%s: %d OOV of %d words (%.2f%%), e.g. %s (all in %s)", split, st.num_oov, st.num_words, 100 * st.oov_rate,
+                    st.most_common[:5], oov_list_path(output_dir, split))
+    write_oov_lists(output_dir, sentences, built, config.oov_word)
+    check_oov_rates(oov, config.max_oov_rate, output_dir)
 
     entries = lexicon_entries(lexicon)
     entries_disambig, max_disambig = add_disambig_symbols(entries)

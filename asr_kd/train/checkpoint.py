@@ -3,12 +3,15 @@
 A checkpoint is one ``torch.save`` dict: ``model`` (state dict of the unwrapped model),
 ``optimizer``, ``train_state`` (:class:`TrainState` as a dict), ``rng`` (generator states),
 ``config`` (the TrainConfig as a dict) and ``extra`` (what the caller needs to rebuild the model,
-e.g. its config and number of classes).
+e.g. its config and number of classes). It holds tensors and plain Python values only, and is
+read with ``torch.load(weights_only=True)``: a checkpoint someone else made cannot run code when
+it is loaded (a full unpickler would call whatever the file names).
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -80,7 +83,14 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist; train first or pass an existing .pt file")
     try:
-        # weights_only=False: the payload holds RNG states (NumPy arrays, tuples), not only tensors.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # The restricted unpickler refuses any global (a class or function to call) by name.
+        if "GLOBAL" in str(err):
+            raise DataError(
+                f"checkpoint {path} names Python objects other than tensors and plain values, so it was not loaded "
+                "(loading it could run code); use a checkpoint written by asr-kd"
+            ) from None
+        raise DataError(f"checkpoint {path} cannot be read (UnpicklingError); delete it and resume from an older one") from None
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise DataError(f"checkpoint {path} cannot be read ({type(err).__name__}); delete it and resume from an older one") from None

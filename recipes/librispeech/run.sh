@@ -27,25 +27,31 @@ data="$recipe_dir/data"
 exp="$recipe_dir/exp"
 feature_config="$recipe_dir/conf/features.yaml"
 lang_config="$recipe_dir/conf/lang.yaml"
-gmm_config=""          # GmmConfig YAML; empty: conf/gmm_tiny.yaml for --preset tiny, else conf/gmm.yaml
+gmm_config=""          # GmmConfig YAML; empty: the preset's (conf/presets/<preset>.yaml)
 results="$recipe_dir/RESULTS.md"
 num_teachers=4         # teachers in the ensemble (the paper: 10)
-dnn_config=""          # DnnConfig preset or YAML; empty: tiny for --preset tiny, else conf/dnn_mini.yaml
-train_config=""        # TrainConfig YAML; empty: egs/tiny_kd/conf/train.yaml for tiny, else conf/train_mini.yaml
+dnn_config=""          # DnnConfig preset or YAML; empty: the preset's
+train_config=""        # TrainConfig YAML; empty: the preset's
 train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
-kd_config=""           # KdConfig YAML; empty: egs/tiny_kd/conf/kd.yaml for tiny, else conf/kd.yaml
+kd_config=""           # KdConfig YAML; empty: the preset's
 decode_beam=8          # HCLG beam of the hybrid decoding (stage 7)
 num_threads=1          # torch threads per process (small networks train faster on one)
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
-ctc_config=""          # CtcConfig YAML; empty: conf/ctc_tiny.yaml for tiny, else conf/ctc_mini.yaml
-ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: by preset (conf/ctc_train_*.yaml)
-ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first steps; empty: 15 for tiny, else 900
+ctc_config=""          # CtcConfig YAML; empty: the preset's
+ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: the preset's
+ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first steps; empty: the preset's
 ctc_guide_weight=1.0   # > 0: also train a teacher set whose spikes are guided by teacher0's (guided CTC); 0: none
+on_change=redo         # a finished stage whose settings or inputs changed: redo it, or stop with the differences
+int8_max_relative=0.02 # stage 9: the largest relative test-WER increase of the int8 student over fp32 ONNX
 
 help_message="Usage: $0 [options]
 
-Stages (a finished stage is skipped: its output folder holds a .done marker; delete the marker
-to redo it):
+Stages. Each writes provenance.json into its output folder when it finishes: the settings it ran
+with, the fingerprints of its inputs (the records of the stages before it) and of its outputs.
+A stage is skipped only when that record matches what it would run with now; otherwise it is
+redone (--on-change redo) or stops naming the differences (--on-change stop), and the stages
+after it see the changed fingerprint and follow. Delete a provenance.json to redo that stage.
+The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_stages.py).
   0  corpus: the synthetic LibriSpeech-layout corpus (default, offline), an existing LibriSpeech
      folder (--corpus-dir) or a download (--download true) -> lhotse manifests in \$data/manifests
   1  features: 40-dim log-mel fbank (networks) and 13-dim MFCC (GMMs), lilcom storage, CMVN
@@ -66,6 +72,10 @@ to redo it):
      of baseline, ensemble and distilled: the paper's Table 1 analogue in \$results
   8  3% of the training data: hard targets (early stopping) vs the ensemble's soft targets, and
      the 100% baseline: the paper's Table 5 analogue and a plot of dev accuracy in \$results
+  9  (after the default --stop-stage) deployment: self-contained model directories of the teachers
+     and students (\$exp/deploy), the distilled student exported to ONNX fp32 and int8, the cost
+     table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
+     int8 quality gate (fails above --int8-max-relative) in \$results
 With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path in \$exp/ctc:
   4  CTC teachers (independent seeds; a set sharing its first --ctc-shared-init-steps; a set
      guided by teacher0's spikes with weight --ctc-guide-weight)
@@ -94,20 +104,22 @@ Options (default in brackets):
   --exp DIR            experiment folder (logs, models) [$exp]
   --feature-config F   FeatureConfig YAML [$feature_config]
   --lang-config F      LangConfig YAML [$lang_config]
-  --gmm-config F       GmmConfig YAML; empty: conf/gmm_tiny.yaml for tiny, else conf/gmm.yaml [$gmm_config]
+  --gmm-config F       GmmConfig YAML; empty: conf/presets/<preset>.yaml names it [$gmm_config]
   --results FILE       RESULTS.md that stages 3+ write their tables to [$results]
   --num-teachers N     teachers in the ensemble [$num_teachers]
-  --dnn-config C       DNN preset (paper, mini, tiny) or DnnConfig YAML; empty: by preset [$dnn_config]
-  --train-config F     TrainConfig YAML of teachers and students; empty: by preset [$train_config]
+  --dnn-config C       DNN preset (paper, mini, tiny) or DnnConfig YAML; empty: the preset's [$dnn_config]
+  --train-config F     TrainConfig YAML of teachers and students; empty: the preset's [$train_config]
   --train-3pct-config F  TrainConfig YAML of the 3% runs [$train_3pct_config]
-  --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: by preset [$kd_config]
+  --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: the preset's [$kd_config]
   --decode-beam X      HCLG decoding beam of stage 7 [$decode_beam]
   --num-threads N      torch threads per process [$num_threads]
   --model-type T       hybrid, ctc or both [$model_type]
-  --ctc-config F       CtcConfig YAML; empty: by preset [$ctc_config]
-  --ctc-train-config F TrainConfig YAML of the CTC models; empty: by preset [$ctc_train_config]
+  --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
+  --ctc-train-config F TrainConfig YAML of the CTC models; empty: the preset's [$ctc_train_config]
   --ctc-shared-init-steps N  steps shared by the second CTC teacher set; 0: none [$ctc_shared_init_steps]
   --ctc-guide-weight W guided-CTC weight of the third CTC teacher set; 0: none [$ctc_guide_weight]
+  --on-change redo|stop  a finished stage whose settings changed: redo it, or stop [$on_change]
+  --int8-max-relative X  stage 9: largest relative WER increase of int8 over fp32 [$int8_max_relative]
   -h, --help           show this help
 
 Examples:
@@ -120,13 +132,32 @@ Examples:
 . "$root_dir/local/recipe_lib.sh"
 
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (try --help)" >&2; exit 1; }
-case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take integers" >&2; exit 1 ;; esac
+for v in "$stage" "$stop_stage"; do
+  case "$v" in ""|*[!0-9]*) echo "$0: --stage and --stop-stage take integers, got '$v'" >&2; exit 1 ;; esac
+done
+[ "$stage" -le "$stop_stage" ] || { echo "$0: --stage $stage is after --stop-stage $stop_stage: nothing would run" >&2; exit 1; }
+case "$preset" in tiny|mini|small) ;; *) echo "$0: --preset takes tiny, mini or small, got '$preset'" >&2; exit 1 ;; esac
+case "$on_change" in redo|stop) ;; *) echo "$0: --on-change takes redo or stop, got '$on_change'" >&2; exit 1 ;; esac
+export ASR_KD_ON_CHANGE="$on_change"
 case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
 case "$ctc_guide_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --ctc-guide-weight takes a number >= 0, got '$ctc_guide_weight'" >&2; exit 1 ;; esac
 hybrid=true; ctc=false
 [ "$model_type" != ctc ] || hybrid=false
 [ "$model_type" = hybrid ] || ctc=true
 command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make venv' in $root_dir (or activate its .venv)"
+
+# Configs an option left empty come from the preset's file (real LibriSpeech: librispeech.yaml).
+preset_file="$recipe_dir/conf/presets/$preset.yaml"
+[ -z "$corpus_dir" ] && [ "$download" = false ] || preset_file="$recipe_dir/conf/presets/librispeech.yaml"
+while IFS= read -r line; do
+  case "$line" in ""|"#"*) continue ;; esac
+  key="${line%%:*}" value="${line#*:}"
+  value="${value#"${value%%[! ]*}"}"
+  case "$key" in gmm_config|dnn_config|train_config|kd_config|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
+    *) die "$preset_file: unknown option '$key'" ;; esac
+  case "$value" in */*|*.yaml) value="$recipe_dir/$value" ;; esac
+  [ -n "${!key}" ] || printf -v "$key" '%s' "$value"
+done < "$preset_file"
 
 mkdir -p "$exp/log"
 # Record how this run was invoked, Kaldi style.
@@ -135,129 +166,84 @@ printf '%s\n' "$0 $*" "stage=$stage stop_stage=$stop_stage corpus_dir=$corpus_di
 
 parts=("$train_set" "$dev_set" "$test_set")
 
+# Stage 0: asr_kd/stages/s0_corpus.py
 if in_stages 0; then
-  if is_done "$data/manifests"; then
-    log "Stage 0: manifests exist ($data/manifests/.done), skipping"
+  if [ -n "$corpus_dir" ]; then
+    log "Stage 0: LibriSpeech from $corpus_dir"
+    src="$corpus_dir"
+  elif [ "$download" = true ]; then
+    log "Stage 0: downloading LibriSpeech parts ${parts[*]}"
+    run_logged "$exp/log/stage0_download.log" asr-kd download-librispeech --target-dir "$data/download" --parts "${parts[@]}"
+    src="$data/download/LibriSpeech"
   else
-    if [ -n "$corpus_dir" ]; then
-      log "Stage 0: LibriSpeech from $corpus_dir"
-      src="$corpus_dir"
-    elif [ "$download" = true ]; then
-      log "Stage 0: downloading LibriSpeech parts ${parts[*]}"
-      run_logged "$exp/log/stage0_download.log" asr-kd download-librispeech --target-dir "$data/download" --parts "${parts[@]}"
-      src="$data/download/LibriSpeech"
-    else
-      src="$data/corpus"
-      if is_done "$src"; then
-        log "Stage 0: synthetic corpus exists ($src/.done)"
-      else
-        log "Stage 0: synthesising the '$preset' corpus (seed $seed, difficulty $difficulty) in $src"
-        run_logged "$exp/log/stage0_synth.log" asr-kd synth-corpus --output-dir "$src" --preset "$preset" \
-          --seed "$seed" --difficulty "$difficulty" --num-jobs "$nj"
-        mark_done "$src"
-      fi
-    fi
-    log "Stage 0: lhotse manifests"
-    run_logged "$exp/log/stage0_manifests.log" asr-kd prepare-manifests --corpus-dir "$src" \
-      --output-dir "$data/manifests" --parts "${parts[@]}" --num-jobs "$nj"
-    mark_done "$data/manifests"
+    src="$data/corpus"
+    log "Stage 0: the synthetic '$preset' corpus (seed $seed, difficulty $difficulty) in $src"
+    run_logged "$exp/log/stage0_synth.log" asr-kd synth-corpus --output-dir "$src" --preset "$preset" \
+      --seed "$seed" --difficulty "$difficulty" --num-jobs "$nj"
   fi
+  log "Stage 0: lhotse manifests"
+  run_logged "$exp/log/stage0_manifests.log" asr-kd prepare-manifests --corpus-dir "$src" \
+    --output-dir "$data/manifests" --parts "${parts[@]}" --num-jobs "$nj"
 fi
 
+# Stage 1: asr_kd/stages/s1_features.py
 if in_stages 1; then
-  if is_done "$data/fbank" && is_done "$data/mfcc"; then
-    log "Stage 1: features exist, skipping"
-  else
-    log "Stage 1: fbank and MFCC features"
-    run_logged "$exp/log/stage1_features.log" asr-kd compute-features --manifest-dir "$data/manifests" \
-      --output-dir "$data" --parts "${parts[@]}" --config "$feature_config" --set "num_jobs=$nj"
-    mark_done "$data/fbank"
-    mark_done "$data/mfcc"
-  fi
+  log "Stage 1: fbank and MFCC features"
+  run_logged "$exp/log/stage1_features.log" asr-kd compute-features --manifest-dir "$data/manifests" \
+    --output-dir "$data" --parts "${parts[@]}" --config "$feature_config" --set "num_jobs=$nj"
 fi
 
+# Stage 2: asr_kd/stages/s2_lang.py
 if in_stages 2; then
-  if is_done "$data/lang"; then
-    log "Stage 2: lang exists ($data/lang/.done), skipping"
-  else
-    log "Stage 2: lexicon, L.fst, language model, G.fst"
-    lexicon_opt=()
-    [ -z "$lexicon" ] || lexicon_opt=(--lexicon "$lexicon")
-    [ -z "$lm_text" ] || lexicon_opt+=(--lm-text "$lm_text")
-    [ -z "$lm_arpa" ] || lexicon_opt+=(--lm-arpa "$lm_arpa")
-    run_logged "$exp/log/stage2_lang.log" asr-kd prepare-lang --manifest-dir "$data/manifests" \
-      --output-dir "$data/lang" --train-split "$train_set" --dev-split "$dev_set" --splits "${parts[@]}" \
-      --config "$lang_config" "${lexicon_opt[@]}"
-    mark_done "$data/lang"
-  fi
+  log "Stage 2: lexicon, L.fst, language model, G.fst"
+  lexicon_opt=()
+  [ -z "$lexicon" ] || lexicon_opt=(--lexicon "$lexicon")
+  [ -z "$lm_text" ] || lexicon_opt+=(--lm-text "$lm_text")
+  [ -z "$lm_arpa" ] || lexicon_opt+=(--lm-arpa "$lm_arpa")
+  run_logged "$exp/log/stage2_lang.log" asr-kd prepare-lang --manifest-dir "$data/manifests" \
+    --output-dir "$data/lang" --train-split "$train_set" --dev-split "$dev_set" --splits "${parts[@]}" \
+    --config "$lang_config" "${lexicon_opt[@]}"
   asr-kd data-summary --manifest-dir "$data/manifests" --lang-dir "$data/lang" --parts "${parts[@]}"
 fi
 
+# Stage 3: asr_kd/stages/s3_gmm.py
 if [ "$hybrid" = true ] && in_stages 3; then
-  if is_done "$exp/gmm"; then
-    log "Stage 3: GMM-HMM systems exist ($exp/gmm/.done), skipping"
-  else
-    if [ -z "$gmm_config" ]; then
-      gmm_config="$recipe_dir/conf/gmm.yaml"
-      [ -n "$corpus_dir" ] || [ "$download" = true ] || [ "$preset" != tiny ] || gmm_config="$recipe_dir/conf/gmm_tiny.yaml"
-    fi
-    log "Stage 3: GMM-HMM (monophone, tied triphones), senone alignments, HCLG, WER ($gmm_config)"
-    run_logged "$exp/log/stage3_gmm.log" asr-kd train-gmm --data-dir "$data" --lang-dir "$data/lang" \
-      --exp-dir "$exp" --train-set "$train_set" --parts "${parts[@]}" --config "$gmm_config" \
-      --num-jobs "$nj" --results-md "$results" --recipe-command "$recipe_command"
-    mark_done "$exp/gmm"
-  fi
+  log "Stage 3: GMM-HMM (monophone, tied triphones), senone alignments, HCLG, WER ($gmm_config)"
+  run_logged "$exp/log/stage3_gmm.log" asr-kd train-gmm --data-dir "$data" --lang-dir "$data/lang" \
+    --exp-dir "$exp" --train-set "$train_set" --parts "${parts[@]}" --config "$gmm_config" \
+    --num-jobs "$nj" --results-md "$results" --recipe-command "$recipe_command"
 fi
 
-# Configs of the networks: the tiny example's for --preset tiny on the synthetic corpus, else mini's.
-synthetic_tiny=false
-[ -n "$corpus_dir" ] || [ "$download" = true ] || [ "$preset" != tiny ] || synthetic_tiny=true
-if [ "$synthetic_tiny" = true ]; then
-  : "${dnn_config:=tiny}" "${train_config:=$root_dir/egs/tiny_kd/conf/train.yaml}" "${kd_config:=$root_dir/egs/tiny_kd/conf/kd.yaml}"
-else
-  : "${dnn_config:=$recipe_dir/conf/dnn_mini.yaml}" "${train_config:=$recipe_dir/conf/train_mini.yaml}" "${kd_config:=$recipe_dir/conf/kd.yaml}"
-fi
 export OMP_NUM_THREADS="$num_threads"
 corpus_name="the synthetic '$preset' corpus"
 [ -z "$corpus_dir" ] && [ "$download" = false ] || corpus_name="LibriSpeech ($train_set)"
 kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set"
            --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
 
+# Stage 4: asr_kd/stages/s4_teachers.py
 if [ "$hybrid" = true ] && in_stages 4; then
-  if is_done "$exp/teachers"; then
-    log "Stage 4: teachers exist ($exp/teachers/.done), skipping"
-  else
-    log "Stage 4: $num_teachers teachers ($dnn_config, $train_config)"
-    run_logged "$exp/log/stage4_teachers.log" asr-kd train-teachers "${kd_common[@]}" \
-      --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config"
-    mark_done "$exp/teachers"
-  fi
+  log "Stage 4: $num_teachers teachers ($dnn_config, $train_config)"
+  run_logged "$exp/log/stage4_teachers.log" asr-kd train-teachers "${kd_common[@]}" \
+    --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config"
 fi
 
+# Stage 5: asr_kd/stages/s5_soft_targets.py
 if [ "$hybrid" = true ] && in_stages 5; then
-  if is_done "$exp/soft_targets"; then
-    log "Stage 5: soft targets exist ($exp/soft_targets/.done), skipping"
-  else
-    log "Stage 5: the ensemble's soft targets ($kd_config)"
-    run_logged "$exp/log/stage5_soft_targets.log" asr-kd make-soft-targets "${kd_common[@]}" \
-      --num-teachers "$num_teachers" --kd-config "$kd_config"
-    mark_done "$exp/soft_targets"
-  fi
+  log "Stage 5: the ensemble's soft targets ($kd_config)"
+  run_logged "$exp/log/stage5_soft_targets.log" asr-kd make-soft-targets "${kd_common[@]}" \
+    --num-teachers "$num_teachers" --kd-config "$kd_config"
 fi
 
+# Stage 6: asr_kd/stages/s6_students.py
 if [ "$hybrid" = true ] && in_stages 6; then
   for kind in hard distilled; do
-    if is_done "$exp/students/$kind"; then
-      log "Stage 6: $kind student exists ($exp/students/$kind/.done), skipping"
-      continue
-    fi
     log "Stage 6: $kind student"
     run_logged "$exp/log/stage6_$kind.log" asr-kd train-student "${kd_common[@]}" --kind "$kind" \
       --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" --kd-config "$kd_config"
-    mark_done "$exp/students/$kind"
   done
 fi
 
+# Stage 7: asr_kd/stages/s7_decode.py
 if [ "$hybrid" = true ] && in_stages 7; then
   log "Stage 7: hybrid decoding, WER and frame accuracy (Table 1)"
   run_logged "$exp/log/stage7_decode.log" asr-kd decode-hybrid "${kd_common[@]}" --num-teachers "$num_teachers" \
@@ -266,20 +252,39 @@ if [ "$hybrid" = true ] && in_stages 7; then
   sed -n '/^## Table 1 analogue/,/^Paper numbers/p' "$results"
 fi
 
+# Stage 8: asr_kd/stages/s8_three_percent.py
 if [ "$hybrid" = true ] && in_stages 8; then
   log "Stage 8: 3% of the training data, hard vs soft targets (Table 5)"
-  run_logged "$exp/log/stage8_three_percent.log" asr-kd three-percent "${kd_common[@]}" \
+  run_logged "$exp/log/stage8_three_percent.log" asr-kd three-percent "${kd_common[@]}" --num-teachers "$num_teachers" \
     --model-config "$dnn_config" --config "$train_3pct_config" --kd-config "$kd_config" --corpus "$corpus_name"
   sed -n '/^## Table 5 analogue/,/^Paper numbers/p' "$results"
 fi
 
+# Stage 9: asr_kd/deploy (model directories, ONNX export, the cost table and the int8 gate)
+if [ "$hybrid" = true ] && in_stages 9; then
+  log "Stage 9: model directories, ONNX fp32 and int8, cost of ensemble vs student (deployment)"
+  deploy="$exp/deploy"
+  ensemble_dirs=()
+  for i in $(seq 0 $((num_teachers - 1))); do
+    run_logged "$exp/log/stage9_model_dir_teacher$i.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "teacher$i" \
+      --out "$deploy/teacher$i" --train-part "$train_set"
+    ensemble_dirs+=("$deploy/teacher$i")
+  done
+  for kind in hard distilled; do
+    run_logged "$exp/log/stage9_model_dir_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "$kind" \
+      --out "$deploy/$kind" --train-part "$train_set"
+  done
+  run_logged "$exp/log/stage9_export.log" asr-kd export --model-dir "$deploy/distilled"
+  ensemble_list=$(IFS=,; echo "${ensemble_dirs[*]}")
+  run_logged "$exp/log/stage9_deploy_report.log" asr-kd deploy-report --test-manifest "$data/fbank/cuts_$test_set.jsonl.gz" \
+    --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard" \
+    --system "distilled=$deploy/distilled" --system "distilled=$deploy/distilled@onnx" --system "distilled=$deploy/distilled@onnx-int8" \
+    --gate distilled --max-relative "$int8_max_relative" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" \
+    --results "$results" --plot "$(dirname "$results")/wer_vs_cost.png"
+  sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
+fi
+
 if [ "$ctc" = true ]; then
-  if [ "$synthetic_tiny" = true ]; then
-    : "${ctc_config:=$recipe_dir/conf/ctc_tiny.yaml}" "${ctc_train_config:=$recipe_dir/conf/ctc_train_tiny.yaml}" "${ctc_shared_init_steps:=15}"
-  else
-    # Past CTC's all-blank plateau (about 500 steps on mini), or the shared start aligns nothing.
-    : "${ctc_config:=$recipe_dir/conf/ctc_mini.yaml}" "${ctc_train_config:=$recipe_dir/conf/ctc_train_mini.yaml}" "${ctc_shared_init_steps:=900}"
-  fi
   # The teacher sets besides the config's own: their names and CtcConfig overrides.
   ctc_extra_names=() ctc_extra_sets=()
   if [ "$ctc_shared_init_steps" -gt 0 ]; then
@@ -290,7 +295,8 @@ if [ "$ctc" = true ]; then
   fi
   ctc_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set"
               --ctc-config "$ctc_config" --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
-  # The asr-kd ctc-* commands skip models and targets that are already finished.
+  # CTC stages 4-7: asr_kd/stages/ctc_stages.py. Each teacher set, student, the units, the graph
+  # and the decoding keep their own provenance.json and are skipped while it matches.
   if in_stages 4; then
     log "Stage 4 (CTC): teachers ($ctc_config, $ctc_train_config)"
     run_logged "$exp/log/stage4_ctc_teachers.log" asr-kd ctc-train-teachers "${ctc_common[@]}" --config "$ctc_train_config"

@@ -20,11 +20,9 @@ from asr_kd.bin.cli import main as cli_main
 from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig
 from asr_kd.ctc.kd import CtcFrameKdLoss
 from asr_kd.ctc.model import CtcEncoder
-from asr_kd.ctc.stages import (
-    CtcLayout,
+from asr_kd.ctc.training import evaluate_ctc, load_ctc_model
+from asr_kd.stages.ctc_stages import (
     decode_ctc_systems,
-    evaluate_ctc,
-    load_ctc_model,
     load_ctc_teachers,
     make_ctc_soft_targets,
     prepare_units,
@@ -37,6 +35,8 @@ from asr_kd.data.frames import make_loader, make_sampler
 from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.soft_targets import load_soft_targets
 from asr_kd.report.results_md import read_section
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import read_record
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def ctc_run(tiny_stage2, tmp_path_factory):
     """Teachers (independent and shared-init), spike report and the three students, trained once."""
     data, _ = tiny_stage2
     exp = tmp_path_factory.mktemp("ctc_stages") / "exp"
-    layout = CtcLayout(data, exp, "phone")
+    layout = RecipeLayout(data, exp, ctc_units="phone")
     md = exp / "RESULTS.md"
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -68,10 +68,10 @@ def ctc_run(tiny_stage2, tmp_path_factory):
     return layout, md, teachers, students, guided
 
 
-def _dev_loader(layout: CtcLayout):
+def _dev_loader(layout: RecipeLayout):
     units = prepare_units(layout, CTC)
     dataset = CtcDataset(layout.open_cmvn(layout.dev_part), units.encode)
-    return make_loader(dataset, make_sampler(layout.open_cuts(layout.dev_part), 60.0, shuffle=False, seed=0, bucketing=False))
+    return make_loader(dataset, make_sampler(layout.open_cuts(layout.fbank_cuts(layout.dev_part)), 60.0, shuffle=False, seed=0, bucketing=False))
 
 
 def test_teachers_lower_the_ctc_loss(ctc_run) -> None:
@@ -81,11 +81,12 @@ def test_teachers_lower_the_ctc_loss(ctc_run) -> None:
     untrained = CtcEncoder(40, units.num_tokens, "tiny", dropout=0.0).eval()
     with torch.no_grad():
         before = evaluate_ctc(untrained, _dev_loader(layout), torch.device("cpu"))
-        for result in teachers:
-            after = evaluate_ctc(load_ctc_model(result.final_path), _dev_loader(layout), torch.device("cpu"))
+        for i in range(len(teachers)):
+            after = evaluate_ctc(load_ctc_model(layout.ctc_teacher_set(0) / f"teacher{i}" / "final.pt"), _dev_loader(layout), torch.device("cpu"))
             assert after["loss"] < 0.8 * before["loss"]
-    assert [r.state.step for r in teachers] == [40, 40]
-    assert (layout.teacher_set(15) / "init" / "final.pt").is_file()
+    assert [t["steps"] for t in teachers] == [40, 40]
+    assert (layout.ctc_teacher_set(15) / "init" / "final.pt").is_file()
+    assert read_record(layout.ctc_teacher_set(15)).config["ctc"]["shared_init_steps"] == 15
     section = read_section(md, "## CTC teachers (phone, independent)")
     assert section and "| teacher1 | 1 | 40 |" in section
     assert read_section(md, "## CTC teachers (phone, shared init 15 steps)")
@@ -93,18 +94,20 @@ def test_teachers_lower_the_ctc_loss(ctc_run) -> None:
 
 def test_guided_teachers_share_the_guide(ctc_run) -> None:
     layout, md, teachers, _, guided = ctc_run
-    guided_dir = layout.teacher_set(0, 1.0)
+    guided_dir = layout.ctc_teacher_set(0, 1.0)
     assert guided_dir.name == "teachers_guided1"
     # teacher0 is the independent set's teacher0 (linked, not retrained); teacher1 was guided.
-    assert (guided_dir / "teacher0").is_symlink() and (guided_dir / "teacher0").resolve() == (layout.teacher_set(0) / "teacher0").resolve()
-    assert guided[0].state.step == teachers[0].state.step == 40 and guided[1].state.step == 25
+    assert (guided_dir / "teacher0").is_symlink() and (guided_dir / "teacher0").resolve() == (layout.ctc_teacher_set(0) / "teacher0").resolve()
+    assert guided[0]["steps"] == teachers[0]["steps"] == 40 and guided[1]["steps"] == 25
     events = list((guided_dir / "teacher1" / "tensorboard").rglob("events.out.tfevents*"))
     assert events and any(b"train/guide_loss" in e.read_bytes() for e in events)  # the guided term was logged
     section = read_section(md, "## CTC teachers (phone, independent, guided 1)")
     assert section and "| teacher0 (guide) | 0 | 40 |" in section and "guided CTC" in section
-    # Training again skips both: the link is kept and nothing is retrained.
+    # Training again skips the set (its record matches): the link is kept and nothing is retrained.
+    record = read_record(guided_dir)
     again = train_ctc_teachers(layout, dataclasses.replace(CTC, guide_weight=1.0), dataclasses.replace(TRAIN, max_steps=25))
-    assert [r.state.step for r in again] == [40, 25]
+    assert [t["steps"] for t in again] == [40, 25] and read_record(guided_dir) == record
+    assert record.inputs["guide_set"] == read_record(layout.ctc_teacher_set(0)).fingerprint
 
 
 def test_spike_report_compares_every_teacher_set(ctc_run) -> None:
@@ -113,8 +116,8 @@ def test_spike_report_compares_every_teacher_set(ctc_run) -> None:
     assert set(report) == {"independent", "shared init 15 steps", "independent, guided 1"}
     for s in report.values():
         assert s["mean_spike_offset_frames"] >= 0 and 0 <= s["argmax_disagreement"] <= 1 and s["num_models"] == 2
-    assert json.loads((layout.root / "spike_report.json").read_text()) == report
-    for png in (layout.root / "spike_timings.png", md.parent / "ctc_spike_timings_phone.png"):
+    assert json.loads((layout.ctc_root / "spikes" / "spike_report.json").read_text()) == report
+    for png in (layout.ctc_root / "spikes" / "spike_timings.png", md.parent / "ctc_spike_timings_phone.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     section = read_section(md, "## CTC spike misalignment (phone)")
     assert section and "| independent | 2 |" in section and "| shared init 15 steps | 2 |" in section
@@ -123,11 +126,13 @@ def test_spike_report_compares_every_teacher_set(ctc_run) -> None:
 
 def test_students_and_pseudo_labels(ctc_run) -> None:
     layout, md, _, students, _ = ctc_run
-    for kind, result in students.items():
-        assert result.state.step == 20 and (layout.student_dir(kind) / "final.pt").is_file()
+    for kind, summary in students.items():
+        assert summary["steps"] == 20 and (layout.ctc_student_dir(kind) / "final.pt").is_file()
         assert read_section(md, f"## CTC student: {kind} (phone)")
-    labels = json.loads((layout.student_dir("sequence") / "pseudo_labels_greedy.json").read_text())
-    train_ids = {c.id for c in layout.open_cuts(layout.train_part)}
+    assert "teachers" not in read_record(layout.ctc_student_dir("baseline")).inputs
+    assert read_record(layout.ctc_student_dir("frame")).inputs["teachers"] == read_record(layout.ctc_teacher_set(0)).fingerprint
+    labels = json.loads((layout.ctc_student_dir("sequence") / "pseudo_labels_greedy.json").read_text())
+    train_ids = {c.id for c in layout.open_cuts(layout.fbank_cuts(layout.train_part))}
     assert set(labels) == train_ids
     assert all(len(hyps) == 1 and hyps[0][1] == 1.0 and 0 not in hyps[0][0] for hyps in labels.values())
 
@@ -147,7 +152,7 @@ def test_stored_soft_targets_give_the_online_loss(ctc_run) -> None:
     assert stats["top_k"] == units.num_tokens and stats["mean_kl_stored_vs_full"] < 1e-3  # all tokens kept: only float16 rounding
     dataset = CtcDataset(layout.open_cmvn(layout.train_part), units.encode, soft_targets=True)
     batch = next(iter(make_loader(dataset, make_sampler(cuts, 30.0, shuffle=False, seed=0, bucketing=False))))
-    student = load_ctc_model(layout.student_dir("baseline"))
+    student = load_ctc_model(layout.ctc_student_dir("baseline"))
     ensemble = TeacherEnsemble(load_ctc_teachers(layout, CTC), CTC.fusion)
     with torch.no_grad():
         stored, _ = CtcFrameKdLoss(full)(student, batch)
@@ -164,7 +169,7 @@ def test_decoding_writes_the_ctc_rows(ctc_run, capsys) -> None:
         assert set(by_part) == {"dev-clean", "test-clean"}
         for s in by_part.values():
             assert set(s) == {"greedy_ter", "beam_ter", "hlg_wer"} and all(v >= 0 and math.isfinite(v) for v in s.values())
-    assert (layout.root / "graph" / "HLG.fst").is_file()
+    assert (layout.ctc_graph / "HLG.fst").is_file() and read_record(layout.ctc_graph) is not None
     section = read_section(md, "## CTC results (phone)")
     assert section and "| student: sequence | test-clean |" in section and "| ensemble of 2 | dev-clean |" in section
     # The command line reaches the same library function (spike report: cheap, already tested above).
@@ -180,20 +185,20 @@ def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:
     # dev word outside the LM's vocabulary has no path through G.)
     import numpy as np
 
-    from asr_kd.ctc.stages import build_ctc_graph
+    from asr_kd.stages.ctc_stages import build_ctc_graph
     from asr_kd.data.ctc_data import cut_text
     from asr_kd.decode.ctc import decode_ctc, greedy_ctc
     from asr_kd.decode.hlg import load_hlg
 
     data, _ = tiny_stage2
-    layout = CtcLayout(data, tmp_path / "exp", "bpe")
+    layout = RecipeLayout(data, tmp_path / "exp", ctc_units="bpe")
     cfg = dataclasses.replace(CTC, units="bpe", bpe_vocab_size=150)
     units = prepare_units(layout, cfg)
     assert units.tokens.name(0) == "<blk>" and 20 < units.num_tokens <= 150
     hlg = load_hlg(build_ctc_graph(layout, units))
     rng = np.random.default_rng(0)
     checked = 0
-    for cut in list(layout.open_cuts(layout.train_part))[:5]:
+    for cut in list(layout.open_cuts(layout.fbank_cuts(layout.train_part)))[:5]:
         text = cut_text(cut)
         if any(w not in units.lang.lexicon for w in text.split()):
             continue  # an OOV word cannot come out of HLG

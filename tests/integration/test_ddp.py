@@ -114,7 +114,7 @@ def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> 
     assert runs[0]["history"] == runs[1]["history"] and len(runs[0]["history"]) == 2
     # Only rank 0 wrote the experiment, and its final checkpoint holds the ranks' common weights.
     exp = tmp_path / "exp"
-    final = torch.load(exp / "final.pt", weights_only=False)["model"]
+    final = torch.load(exp / "final.pt", weights_only=True)["model"]
     assert all(torch.equal(final[k], w0[k]) for k in w0)
     assert len(list((exp / "tensorboard").iterdir())) == 1
 
@@ -145,6 +145,6 @@ def test_ctc_teachers_under_torchrun_split_the_data_and_share_the_guide(tiny_sta
     cuts = CutSet.from_file(data / "fbank" / "cuts_train-clean-100.jsonl.gz")
     single = len(list(make_sampler(cuts, 60.0, shuffle=True, seed=0, bucketing=False)))
     for teacher in (root / "teachers" / "teacher0", guided / "teacher1"):
-        state = torch.load(teacher / "final.pt", weights_only=False)["train_state"]
+        state = torch.load(teacher / "final.pt", weights_only=True)["train_state"]
         assert single >= 4 and abs(state["step"] - single / 2) <= 1, (state["step"], single)
     assert "rank 1 of 2" in (exp / "log" / "ctc_train_teachers.log").read_text()

@@ -24,7 +24,9 @@ from asr_kd.decode.hybrid import decode_posteriors
 from asr_kd.decode.priors import load_priors
 from asr_kd.errors import DataError
 from asr_kd.gmm.align import alignment_to_phones, senone_alignment
-from asr_kd.gmm.stage import RESULTS_HEADING, Stage3Paths, Stage3Summary, read_tids, run_gmm_stage, write_tids
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import IN_PROGRESS_NAME, RECORD_NAME, read_record
+from asr_kd.stages.s3_gmm import RESULTS_HEADING, Stage3Summary, read_tids, run_gmm_stage, write_tids
 from asr_kd.gmm.train import GmmSystem
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.report.results_md import read_section
@@ -38,8 +40,8 @@ TRI_DEV_WER_BOUND = 0.80
 @pytest.fixture(scope="module")
 def stage3(tiny_stage3):
     data, lang_dir, exp = tiny_stage3
-    paths = Stage3Paths.of(exp)
-    return data, Lang.load(lang_dir), paths, Stage3Summary.from_json(paths.summary)
+    paths = RecipeLayout(data, exp)
+    return data, Lang.load(lang_dir), paths, Stage3Summary.from_json(paths.gmm_summary)
 
 
 def _pronunciation_matches(phones: list[int], prons: list[list[tuple[int, ...]]]) -> bool:
@@ -55,10 +57,11 @@ def _pronunciation_matches(phones: list[int], prons: list[list[tuple[int, ...]]]
 @pytest.mark.slow
 def test_every_part_aligned_with_frame_level_senones(stage3):
     data, _, paths, summary = stage3
-    tri = GmmSystem.load(paths.model("tri"))
+    tri = GmmSystem.load(paths.gmm_model("tri"))
     meta = json.loads((paths.ali / "senones.json").read_text())
     assert meta["num_senones"] == tri.num_pdfs == summary.num_senones
-    assert Path(meta["model"]) == paths.model("tri") and Path(meta["graph"]) == paths.graph("tri")
+    # Relative to exp/gmm, so that a copied or moved experiment folder stays valid.
+    assert paths.gmm / meta["model"] == paths.gmm_model("tri") and paths.gmm / meta["graph"] == paths.gmm_graph("tri")
     for part in PARTS:
         fbank = load_manifest(data / "fbank" / f"cuts_{part}.jsonl.gz")
         cuts = load_manifest(paths.ali_cuts(part))
@@ -81,7 +84,7 @@ def test_every_part_aligned_with_frame_level_senones(stage3):
 @pytest.mark.slow
 def test_alignment_phones_spell_the_transcript(stage3):
     data, lang, paths, _ = stage3
-    tri = GmmSystem.load(paths.model("tri"))
+    tri = GmmSystem.load(paths.gmm_model("tri"))
     optional_silence = lang.phones.id(lang.optional_silence)
     for part in ("train-clean-100", "dev-clean"):
         tids = read_tids(paths.tids(part))
@@ -102,7 +105,7 @@ def test_wer_of_both_systems(stage3):
     for name in ("mono", "tri"):
         assert summary.systems[name]["gaussians"] >= summary.systems[name]["pdfs"]
         for part in ("dev-clean", "test-clean"):
-            out = paths.decode(name, part)
+            out = paths.gmm_decode(name, part)
             details = json.loads((out / "wer_details.json").read_text())
             assert details["wer"] == pytest.approx(summary.wers[name][part]["wer"])
             assert (out / "wer_details").read_text().startswith("%WER")
@@ -122,8 +125,8 @@ def test_oracle_likelihoods_decode_to_the_transcript(stage3):
     of the words are unseen by the 80-sentence LM, whose back-off costs then outweigh 20 per frame.
     """
     _, lang, paths, _ = stage3
-    tri = GmmSystem.load(paths.model("tri"))
-    hclg = load_hclg(paths.graph("tri"))
+    tri = GmmSystem.load(paths.gmm_model("tri"))
+    hclg = load_hclg(paths.gmm_graph("tri"))
     tids = read_tids(paths.tids("train-clean-100"))
     config = DecodeConfig(acoustic_scale=1.0)
     zero_priors = np.zeros(tri.num_pdfs, dtype=np.float32)
@@ -141,7 +144,7 @@ def test_oracle_likelihoods_decode_to_the_transcript(stage3):
 @pytest.mark.slow
 def test_results_md_section(stage3):
     _, _, paths, summary = stage3
-    section = read_section(paths.root.parent / "RESULTS.md", RESULTS_HEADING)
+    section = read_section(paths.exp_dir / "RESULTS.md", RESULTS_HEADING)
     assert section is not None
     assert "| mono | " in section and "| tri | " in section
     tri_dev = 100 * summary.wers["tri"]["dev-clean"]["wer"]
@@ -150,41 +153,39 @@ def test_results_md_section(stage3):
 
 
 @pytest.mark.slow
-def test_resume_skips_finished_steps(stage3, tmp_path, caplog):
+def test_copied_stage_is_skipped_and_an_interrupted_one_resumes(stage3, tmp_path, caplog):
     data, lang, paths, summary = stage3
     exp = tmp_path / "exp"
-    shutil.copytree(paths.root.parent, exp)
-    copy = Stage3Paths.of(exp)
-    shutil.rmtree(copy.decode("tri", "test-clean"))
-    before = {p: p.stat().st_mtime_ns for p in (copy.model("mono"), copy.model("tri"), copy.graph("tri") / "HCLG.fst", copy.ali_cuts("dev-clean"))}
+    shutil.copytree(paths.exp_dir, exp, copy_function=shutil.copy)  # cp -r: every file gets a new mtime
+    copy = RecipeLayout(data, exp)
     config = GmmConfig(**json_config(paths))
-    with caplog.at_level(logging.INFO, logger="asr_kd.gmm.stage"):
+    record = read_record(copy.gmm)
+    assert record is not None and record.config["gmm"]["num_leaves"] == config.num_leaves
+    with caplog.at_level(logging.INFO):
         again = run_gmm_stage(data, lang.lang_dir, exp, config, "train-clean-100", PARTS[1:], num_jobs=1)
-    assert {p: p.stat().st_mtime_ns for p in before} == before
-    assert "monophone system exists" in caplog.text and "triphone system exists" in caplog.text
+    assert "up to date" in caplog.text and again.wers == summary.wers
+    assert read_record(copy.gmm) == record
+
+    # As a kill leaves it: the in-progress note of these settings, no record, one decode missing.
+    (copy.gmm / IN_PROGRESS_NAME).write_text(json.dumps({"config_fingerprint": record.config_fingerprint, "inputs": record.inputs}))
+    (copy.gmm / RECORD_NAME).unlink()
+    shutil.rmtree(copy.gmm_decode("tri", "test-clean"))
+    before = {p: p.read_bytes() for p in (copy.gmm_model("mono"), copy.gmm_model("tri"), copy.ali_cuts("dev-clean"))}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = run_gmm_stage(data, lang.lang_dir, exp, config, "train-clean-100", PARTS[1:], num_jobs=1)
+    assert "resuming an interrupted run" in caplog.text
+    assert "monophone system of this run exists" in caplog.text and "triphone system of this run exists" in caplog.text
+    assert {p: p.read_bytes() for p in before} == before
     assert again.wers["tri"]["test-clean"]["wer"] == pytest.approx(summary.wers["tri"]["test-clean"]["wer"])
-    assert again.wers["mono"] == summary.wers["mono"]
-    assert (copy.decode("tri", "test-clean") / "hyp.txt").is_file()
-
-    # A retrained triphone system (a newer final.pkl) invalidates its graph, alignments and
-    # decodings, and nothing of the monophone system.
-    mono_hyp = copy.decode("mono", "dev-clean") / "hyp.txt"
-    mono_hyp_time = mono_hyp.stat().st_mtime_ns
-    GmmSystem.load(copy.model("tri")).save(copy.model("tri"))  # as if retrained just now
-    newer = copy.model("tri").stat().st_mtime_ns
-    run_gmm_stage(data, lang.lang_dir, exp, config, "train-clean-100", PARTS[1:], num_jobs=1)
-    assert copy.graph("tri").joinpath("HCLG.fst").stat().st_mtime_ns >= newer
-    assert copy.ali_cuts("dev-clean").stat().st_mtime_ns >= newer
-    assert copy.decode("tri", "dev-clean").joinpath("hyp.txt").stat().st_mtime_ns >= newer
-    assert copy.model("mono").stat().st_mtime_ns == before[copy.model("mono")]
-    assert mono_hyp.stat().st_mtime_ns == mono_hyp_time
+    assert (copy.gmm_decode("tri", "test-clean") / "hyp.txt").is_file() and read_record(copy.gmm) is not None
 
 
-def json_config(paths: Stage3Paths) -> dict:
+def json_config(paths: RecipeLayout) -> dict:
     """Return the GmmConfig fields the stage recorded in gmm.yaml."""
     import yaml
 
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in yaml.safe_load((paths.root / "gmm.yaml").read_text()).items()}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in yaml.safe_load((paths.gmm / "gmm.yaml").read_text()).items()}
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     for model in ("teachers/teacher1", "teachers_shared15/teacher1", "teachers_guided1/teacher1", "students/baseline",
                   "students/sequence", "students/frame", "students/frame_shared15", "students/frame_guided1.0"):
         assert (ctc_dir / model / "final.pt").is_file(), model
-    assert set(json.loads((ctc_dir / "spike_report.json").read_text())) == {"independent", "shared init 15 steps", "independent, guided 1"}
+    assert set(json.loads((ctc_dir / "spikes" / "spike_report.json").read_text())) == {"independent", "shared init 15 steps", "independent, guided 1"}
     text = (exp / "RESULTS.md").read_text()
     assert "./run.sh --preset tiny" in text and "--model-type ctc" in text
     assert "CTC" in text

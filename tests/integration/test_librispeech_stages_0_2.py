@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from lhotse import load_manifest
 
 from asr_kd.kaldi import kaldifst
 from asr_kd.lang.lang_dir import Lang
-from tests.conftest import run_librispeech_recipe
+from asr_kd.stages.provenance import read_record
+from tests.conftest import REPO_ROOT, run_librispeech_recipe
 
 PARTS = ("train-clean-100", "dev-clean", "test-clean")
 
@@ -27,7 +29,8 @@ def recipe(tmp_path_factory: pytest.TempPathFactory):
 
 def test_manifests_are_written_and_valid(recipe) -> None:
     data, _, _ = recipe
-    assert (data / "manifests" / ".done").is_file()
+    record = read_record(data / "manifests")
+    assert record is not None and record.config == {"parts": list(PARTS)} and set(record.inputs) == {"corpus_files", "synthetic_corpus"}
     for part in PARTS:
         sups = load_manifest(data / "manifests" / f"librispeech_supervisions_{part}.jsonl.gz")
         recs = load_manifest(data / "manifests" / f"librispeech_recordings_{part}.jsonl.gz")
@@ -91,7 +94,7 @@ def test_words_compose_with_L_to_their_phones(recipe) -> None:
 def test_lang_outputs_and_summary(recipe) -> None:
     data, _, out = recipe
     lang_dir = data / "lang"
-    for name in ("lexicon.txt", "words.txt", "phones.txt", "L.fst", "L_disambig.fst", "G.fst", "lang.json", ".done"):
+    for name in ("lexicon.txt", "words.txt", "phones.txt", "L.fst", "L_disambig.fst", "G.fst", "lang.json", "provenance.json"):
         assert (lang_dir / name).is_file(), name
     summary = json.loads((lang_dir / "lang.json").read_text())
     assert summary["vocab_size"] > 50
@@ -104,19 +107,32 @@ def test_lang_outputs_and_summary(recipe) -> None:
 
 def test_later_stage_does_not_redo_earlier_ones(recipe) -> None:
     data, exp, _ = recipe
-    manifest = data / "manifests" / "librispeech_supervisions_train-clean-100.jsonl.gz"
-    before = manifest.stat().st_mtime_ns
-    feats_before = (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns
-    out = run_librispeech_recipe(data, exp, "--stage", "0", "--stop-stage", "1")
-    assert "Stage 0: manifests exist" in out.stderr and "Stage 1: features exist" in out.stderr
-    assert manifest.stat().st_mtime_ns == before
-    assert (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns == feats_before
-    # Removing a stage's marker redoes that stage alone.
-    (data / "fbank" / ".done").unlink()
+    records = {d: read_record(data / d) for d in ("manifests", "fbank", "lang")}
+    out = run_librispeech_recipe(data, exp, "--stage", "0", "--stop-stage", "2")
+    log = out.stdout + out.stderr  # run.sh shows each command's log on stdout
+    assert log.count("up to date (") >= 4, log[-3000:]  # corpus, manifests, features, lang
+    assert {d: read_record(data / d) for d in records} == records
+    # Deleting a stage's record redoes that stage (and nothing before it).
+    (data / "fbank" / "provenance.json").unlink()
     out = run_librispeech_recipe(data, exp, "--stage", "1", "--stop-stage", "1")
-    assert "Stage 1: fbank and MFCC features" in out.stderr
-    assert manifest.stat().st_mtime_ns == before
-    assert (data / "fbank" / "cuts_dev-clean.jsonl.gz").stat().st_mtime_ns > feats_before
+    assert "stage 1 (features): finished" in out.stdout + out.stderr
+    assert read_record(data / "manifests") == records["manifests"]
+    assert read_record(data / "fbank").config == records["fbank"].config
+    # A changed feature option is a changed config: the stage is redone with it and says so.
+    out = run_librispeech_recipe(data, exp, "--stage", "1", "--stop-stage", "1", "--feature-config", str(_features_yaml(data, num_ceps=12)))
+    assert "settings differ from the finished run (features.num_ceps: 13 -> 12)" in out.stdout + out.stderr
+    assert read_record(data / "fbank").config["features"]["num_ceps"] == 12
+    out = run_librispeech_recipe(data, exp, "--stage", "1", "--stop-stage", "1")  # back to the recipe's config
+    assert read_record(data / "fbank").config == records["fbank"].config
+
+
+def _features_yaml(data: Path, **changes: object) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((REPO_ROOT / "recipes" / "librispeech" / "conf" / "features.yaml").read_text()) or {}
+    path = data.parent / "features_changed.yaml"
+    path.write_text(yaml.safe_dump({**cfg, **changes}))
+    return path
 
 
 def test_stage_2_with_an_existing_arpa_lm(recipe, tmp_path) -> None:

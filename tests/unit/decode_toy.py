@@ -41,7 +41,9 @@ def make_lang(root: Path, silence_prob: float = 0.5) -> Lang:
     """Prepare and load the toy lang directory under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "lexicon.txt").write_text(LEXICON)
-    prepare_lang({"train": TRAIN, "dev": DEV}, root / "lang", LangConfig(silence_prob=silence_prob), root / "lexicon.txt", train_split="train", dev_split="dev")
+    # The toy lexicon is the whole world: it replaces CMUdict, so the phone set stays its own.
+    config = LangConfig(silence_prob=silence_prob, lexicon_mode="replace")
+    prepare_lang({"train": TRAIN, "dev": DEV}, root / "lang", config, root / "lexicon.txt", train_split="train", dev_split="dev")
     return Lang.load(root / "lang")
 
 

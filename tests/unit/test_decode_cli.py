@@ -11,7 +11,7 @@ from asr_kd.bin.cli import main
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hlg import load_hlg
 from asr_kd.gmm.topology import topology_text
-from asr_kd.gmm.train import GmmSystem
+from asr_kd.gmm.system import GmmSystem
 from asr_kd.gmm.tree import monophone_tree
 from asr_kd.kaldi import khg
 
@@ -35,7 +35,7 @@ def _monophone_system(lang) -> GmmSystem:
 
 def test_make_graphs_from_the_command_line(tmp_path, capsys) -> None:
     lang = make_lang(tmp_path / "data")
-    model = tmp_path / "mono.pkl"
+    model = tmp_path / "mono.npz"
     _monophone_system(lang).save(model)
     assert main(["make-hclg", "--lang-dir", str(lang.lang_dir), "--model", str(model), "--graph-dir", str(tmp_path / "graph")]) == 0
     info = json.loads((tmp_path / "graph" / "hclg.json").read_text())
@@ -45,9 +45,9 @@ def test_make_graphs_from_the_command_line(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "HCLG.fst:" in out and "HLG.fst:" in out
     # A missing model is a one-line user error, exit status 1.
-    assert main(["make-hclg", "--lang-dir", str(lang.lang_dir), "--model", str(tmp_path / "nope.pkl"), "--graph-dir", str(tmp_path / "g2")]) == 1
+    assert main(["make-hclg", "--lang-dir", str(lang.lang_dir), "--model", str(tmp_path / "nope.npz"), "--graph-dir", str(tmp_path / "g2")]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "nope.pkl does not exist" in err
+    assert len(err.splitlines()) == 1 and "nope.npz does not exist" in err
 
 
 def test_compute_wer_command(tmp_path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""GMM-HMM training on synthetic data: monophone flat start, alignments, triphones, pickling."""
+"""GMM-HMM training on synthetic data: monophone flat start, alignments, triphones, model files."""
 
 from __future__ import annotations
 
@@ -130,9 +130,9 @@ def test_training_is_deterministic_given_the_seed(corpus, mono) -> None:
     assert other.log_likelihood_history != mono.log_likelihood_history  # the seed is used
 
 
-def test_system_pickle_round_trip(tmp_path, corpus, mono) -> None:
+def test_system_file_round_trip(tmp_path, corpus, mono) -> None:
     utts, _ = corpus
-    path = tmp_path / "mono.pkl"
+    path = tmp_path / "mono.npz"
     mono.system.save(path)
     loaded = GmmSystem.load(path)
     assert loaded.tree.to_kaldi_bytes() == mono.system.tree.to_kaldi_bytes()
@@ -149,7 +149,74 @@ def test_system_pickle_round_trip(tmp_path, corpus, mono) -> None:
     final, failed = align_utterances(loaded, graph_inputs(), utts[:2], CONFIG)
     assert failed == 0 and alis[0] == alis[1] == final[utts[1].id]
     with pytest.raises(DataError, match="does not exist"):
-        GmmSystem.load(tmp_path / "missing.pkl")
+        GmmSystem.load(tmp_path / "missing.npz")
+
+
+def test_triphone_system_file_gives_the_same_log_likelihoods(tmp_path, corpus, tri) -> None:
+    utts, _ = corpus
+    path = tmp_path / "tri.npz"
+    tri.system.save(path)
+    loaded = GmmSystem.load(path)
+    assert loaded.tree == tri.system.tree  # splits, phone sets and leaf numbers
+    assert loaded.tm.__getstate__()[6] == tri.system.tm.__getstate__()[6]  # trained transition log-probs
+    assert loaded.am.num_gauss == tri.system.am.num_gauss > loaded.num_pdfs  # mixed up
+    feats = utts[3].feats
+    for pdf in range(tri.system.num_pdfs):
+        for frame in feats[::7]:
+            assert loaded.am.log_likelihood(pdf, frame) == tri.system.am.log_likelihood(pdf, frame)  # bit-identical
+    assert align_utterances(loaded, graph_inputs(), utts[:3], CONFIG) == align_utterances(tri.system, graph_inputs(), utts[:3], CONFIG)
+
+
+class _RunsAShellCommand:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickled_or_malformed_system_file_runs_no_code_and_gets_one_line(tmp_path, mono) -> None:
+    import pickle
+
+    marker = tmp_path / "code-ran"
+    crafted = tmp_path / "final.pkl"
+    crafted.write_bytes(pickle.dumps(_RunsAShellCommand(marker)))
+    with pytest.raises(DataError) as err:
+        GmmSystem.load(crafted)
+    assert not marker.exists()
+    assert str(err.value) == (
+        f"GMM system {crafted} is not a GMM system file (an .npz of arrays; pickles are never loaded); use a GMM system (final.mdl) written by this "
+        "version of asr-kd (older versions wrote pickles, which are not loaded) or retrain with recipe stage 3"
+    )
+    good = tmp_path / "mono.npz"
+    mono.system.save(good)
+    with np.load(good) as npz:
+        arrays = dict(npz)
+    # An .npz whose array is a pickled object is refused by numpy without unpickling it.
+    sneaky = tmp_path / "sneaky.npz"
+    np.savez(sneaky, **{**arrays, "meta": np.array([_RunsAShellCommand(marker)], dtype=object)})
+    with pytest.raises(DataError, match="sneaky.npz holds pickled objects, which are never loaded"):
+        GmmSystem.load(sneaky)
+    assert not marker.exists()
+    (tmp_path / "junk.npz").write_bytes(b"PK not a zip")
+    with pytest.raises(DataError, match=r"junk.npz is not a GMM system file \(an .npz of arrays"):
+        GmmSystem.load(tmp_path / "junk.npz")
+    # A tree that asks about a context position outside its window is refused before Kaldi sees it.
+    import json
+
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["tree"]["nodes"][0] = {"key": 7, "yes_phones": [1], "yes": 1, "no": 2}
+    np.savez(tmp_path / "bad_tree.npz", **{**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)})
+    with pytest.raises(DataError, match=r"bad_tree.npz is malformed \(tree node 0 asks about window position 7, outside a window of 1\)"):
+        GmmSystem.load(tmp_path / "bad_tree.npz")
+    # A real file with a damaged array: one line naming the array and the expected shape.
+    arrays["am_weights"] = arrays["am_weights"][:-1]
+    np.savez(tmp_path / "damaged.npz", **arrays)
+    with pytest.raises(DataError, match=r"damaged.npz is malformed \(Gaussian arrays have shapes \(\d+,\)") as err:
+        GmmSystem.load(tmp_path / "damaged.npz")
+    assert len(str(err.value).splitlines()) == 1
 
 
 def test_triphone_tree_captures_the_planted_context(corpus, tri) -> None:

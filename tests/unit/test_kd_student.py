@@ -23,7 +23,7 @@ from asr_kd.kd.ensemble import TeacherEnsemble, fuse_logits
 from asr_kd.kd.losses import distillation_loss, logit_matching_loss
 from asr_kd.kd.soft_targets import expand_topk, store_soft_targets, topk_compress
 from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss, frame_mask
-from asr_kd.kd.three_percent import subset_cuts
+from asr_kd.stages.s8_three_percent import subset_cuts
 from asr_kd.kd.topk_loss import topk_distillation_loss
 from asr_kd.models.dnn import SplicedDnn, dnn_preset
 from tests.unit.test_train_corpus import NUM_CLASSES, FrameCorpus, make_frame_corpus

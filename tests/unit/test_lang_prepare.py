@@ -32,6 +32,7 @@ TRAIN = [
 ]
 DEV = ["THE DOG SAT ON A BOOK", "THE CAT READ FOOBARXQ"]
 TEST = ["A CAT AND A DOG"]
+NO_G2P = LangConfig(g2p="none", max_oov_rate=1.0)
 
 
 def supervisions(texts: list[str], prefix: str) -> SupervisionSet:
@@ -46,7 +47,8 @@ def supervisions(texts: list[str], prefix: str) -> SupervisionSet:
 def prepared(tmp_path_factory):
     out = tmp_path_factory.mktemp("lang_prep") / "lang"
     sups = {"train-clean-100": supervisions(TRAIN, "tr"), "dev-clean": supervisions(DEV, "dv"), "test-clean": supervisions(TEST, "te")}
-    summary = prepare_lang(sups, out, LangConfig())
+    # No G2P and no OOV limit: these tests follow the words that stay without pronunciation.
+    summary = prepare_lang(sups, out, NO_G2P)
     return summary, Lang.load(out)
 
 
@@ -162,12 +164,22 @@ def test_position_dependent_phones(tmp_path) -> None:
 def test_librispeech_lexicon_file(tmp_path) -> None:
     lex = tmp_path / "librispeech-lexicon.txt"
     lex.write_text("HELLO\tHH AH0 L OW1\nHELLO\tHH EH0 L OW1\nWORLD\tW ER1 L D\nUNUSED\tAH0 N Y UW1 Z D\n")
-    summary = prepare_lang({"train": ["hello world", "hello there"]}, tmp_path / "lang", LangConfig(), lex, "train", None)
+    # lexicon_mode=replace: only the file's words have pronunciations.
+    replace = LangConfig(lexicon_mode="replace", g2p="none", max_oov_rate=0.5)
+    summary = prepare_lang({"train": ["hello world", "hello there"]}, tmp_path / "lang", replace, lex, "train", None)
     lang = Lang.load(tmp_path / "lang")
     assert lang.lexicon == {"<UNK>": [("SPN",)], "HELLO": [("HH", "AH", "L", "OW"), ("HH", "EH", "L", "OW")], "WORLD": [("W", "ER", "L", "D")]}
     # The phone set is the lexicon file's, including phones only UNUSED has.
     assert set(lang.nonsilence_phones) == {"HH", "AH", "L", "OW", "EH", "W", "ER", "D", "N", "Y", "UW", "Z"}
     assert summary.oov["train"]["num_oov"] == 1 and summary.dev_perplexity is None
+    assert (lang.lang_dir / "oov_train.txt").read_text() == "THERE\t1\t<UNK>\n"
+    # The default, extend: the file's pronunciations win, CMUdict fills in THERE, the phone set is
+    # CMUdict's (the file's phones are all ARPAbet).
+    summary = prepare_lang({"train": ["hello world", "hello there"]}, tmp_path / "ext", LangConfig(), lex, "train", None)
+    lang = Lang.load(tmp_path / "ext")
+    assert lang.lexicon["HELLO"] == [("HH", "AH", "L", "OW"), ("HH", "EH", "L", "OW")]  # the file's entries
+    assert lang.lexicon["THERE"] == [("DH", "EH", "R")] and summary.oov["train"]["num_oov"] == 0
+    assert len(lang.nonsilence_phones) == 39 and summary.lexicon_source == f"{lex} + CMUdict"
 
 
 def test_helpers() -> None:
@@ -184,7 +196,7 @@ def test_empty_training_split_is_a_one_line_error(tmp_path) -> None:
     with pytest.raises(DataError, match="training split 'train-other' is not among"):
         prepare_lang({"dev-clean": ["A CAT"]}, tmp_path, LangConfig(), train_split="train-other")
     with pytest.raises(DataError, match="out of the lexicon"):
-        prepare_lang({"train": ["QQXQ ZZXZ"]}, tmp_path, LangConfig(), train_split="train", dev_split=None)
+        prepare_lang({"train": ["QQXQ ZZXZ"]}, tmp_path, NO_G2P, train_split="train", dev_split=None)
 
 
 def test_lang_load_errors(tmp_path, prepared) -> None:
@@ -287,13 +299,15 @@ def test_extra_lm_text_joins_the_training_transcripts(tmp_path) -> None:
     import gzip
 
     text = tmp_path / "lm.txt.gz"
-    text.write_bytes(gzip.compress(("\n".join(LM_TEXT) + "\n\n").encode()))
+    messy = ["The frog jumped, on the \u201ccat\u201d."] + LM_TEXT[1:]  # normalised like the transcripts
+    text.write_bytes(gzip.compress(("\n".join(messy) + "\n\n").encode()))
     summary = prepare_lang(_sups(), tmp_path / "lang", LangConfig(), lm_text=text)
     lang = Lang.load(tmp_path / "lang")
     assert "FROG" in lang.words and "ZZQXWV" not in lang.words
     train_txt = (lang.lang_dir / "lm" / "train.txt").read_text().splitlines()
+    # G2P gave every transcript word a pronunciation, but not ZZQXWV, which only the LM text has.
     assert "THE FROG JUMPED ON THE CAT" in train_txt and "THE <UNK> SAT" in train_txt
-    assert summary.lm_train_sentences == len(TRAIN) - 1 + len(LM_TEXT)  # one all-OOV transcript skipped
+    assert summary.lm_train_sentences == len(TRAIN) + len(LM_TEXT) and "XYZZYQ QWRTXZ" in train_txt
     assert "extra text" in summary.lm_source and "FROG" in (lang.lang_dir / "lm" / "lm.arpa").read_text()
 
 

@@ -242,7 +242,7 @@ def test_refuses_a_folder_with_foreign_audio(tmp_path: Path) -> None:
         synthesize_corpus(tmp_path / "corpus", SynthConfig(preset="tiny"), preset=MICRO)
 
 
-def test_cli_prints_the_summary(tiny: tuple[Path, synth.SynthSummary], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_the_summary(tiny: tuple[Path, synth.SynthSummary], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from asr_kd.bin.cli import main
 
     corpus, summary = tiny
@@ -251,8 +251,11 @@ def test_cli_prints_the_summary(tiny: tuple[Path, synth.SynthSummary], capsys: p
     assert f"vocabulary {summary.vocabulary_size} words" in out
     assert f"{OOD_PART} {summary.perplexity[OOD_PART]:.0f}" in out and summary.perplexity[OOD_PART] > 1.0
     assert all(p in out for p in PARTS)
+    # Other settings on a finished corpus: redone by default; refused in one line under "stop".
+    monkeypatch.setenv("ASR_KD_ON_CHANGE", "stop")
     assert main(["synth-corpus", "--output-dir", str(corpus), "--preset", "tiny", "--seed", "9"]) == 1
-    assert "different settings" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed: 0 -> 9" in err[0] and "--on-change redo" in err[0]
 
 
 def test_presets_have_the_planned_sizes() -> None:

@@ -83,6 +83,43 @@ def test_checkpoints_are_atomic_pruned_and_ordered(tmp_path: Path, monkeypatch: 
         ckpt.load_checkpoint(target)
 
 
+class _RunsAShellCommand:
+    """Unpickling this calls os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_runs_no_code_and_is_refused_in_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": _RunsAShellCommand(marker)}, crafted)
+    with pytest.raises(DataError) as err:
+        ckpt.load_checkpoint(crafted)
+    assert not marker.exists()  # the command did not run
+    message = str(err.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"checkpoint {crafted} names Python objects other than tensors and plain values, so it was not loaded")
+
+
+def test_generator_states_survive_a_safe_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    from asr_kd.train.state import rng_state, set_rng_state
+
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    random.gauss(0, 1), np.random.standard_normal()  # leave cached Gaussians in both generators
+    path = ckpt.save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    set_rng_state(ckpt.load_checkpoint(path)["rng"])  # read back with weights_only=True
+    assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == expected
+
+
 def test_train_state_round_trip_and_improvement() -> None:
     state = TrainState(step=7, epoch=2, batch_in_epoch=1, best_metric=0.5, history=[{"step": 3, "loss": 1.0}])
     assert TrainState.from_dict(state.to_dict()) == state

@@ -9,7 +9,8 @@ posteriors at T = 1) are
   processes), then scored against the cuts' transcripts (jiwer WER with S/D/I).
 
 Writes ``<exp>/decode/<system>_<part>/`` (``hyp.txt``, ``wer_details`` + ``.json``,
-``scores.json``), ``<exp>/decode/table1.json`` and the Table 1 analogue in RESULTS.md.
+``scores.json``), ``<exp>/decode/table1.json`` and the Table 1 analogue in RESULTS.md, rendered from
+``table1.json`` (also when the stage is skipped because its ``provenance.json`` matches).
 """
 
 from __future__ import annotations
@@ -31,15 +32,18 @@ from asr_kd.data.alignments import has_alignment, load_alignment
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hybrid import decode_posteriors_batch
 from asr_kd.decode.priors import load_priors
-from asr_kd.errors import DataError
-from asr_kd.kd.stages import KdLayout, ensemble_log_posteriors, load_teachers, model_checkpoint, read_senones
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.symbols import SymbolTable
 from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
 from asr_kd.metrics.wer import compute_wer, write_transcripts, write_wer_report
 from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SystemScore, format_table1
 from asr_kd.train.frame_classifier import load_frame_classifier
-from asr_kd.utils import write_text_atomic
+from asr_kd.stages.common import gmm_record, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +64,12 @@ class PartScore:
     failed: int = 0
     decode_seconds: float = 0.0
     audio_seconds: float = 0.0
+    utterances: int = 0  # decoded (every cut of the part with features, aligned or not)
+    aligned_utterances: int = 0  # with a stage-3 alignment: the frame accuracy's utterances
 
 
 def score_system(
-    name: str, models: Sequence[torch.nn.Module], layout: KdLayout, part: str, decode: bool,
+    name: str, models: Sequence[torch.nn.Module], layout: RecipeLayout, part: str, decode: bool,
     decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 20.0, max_cuts: int | None = None,
 ) -> PartScore:
     """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part`` (its
@@ -71,25 +77,30 @@ def score_system(
     ``decode``, HCLG decoding and WER; the hypotheses and the per-utterance WER details go to
     ``<exp>/decode/<name>_<part>/``."""
     senones = read_senones(layout)
-    cuts = layout.open_cuts(layout.ali_cuts(part))
+    # Every cut of the part is decoded (decoding needs no alignment), so that every system of a
+    # table, the GMM's too, is scored on the same utterances; frame accuracy is over the cuts that
+    # stage 3 could align, and the table says how many.
+    cuts = layout.open_cuts(layout.fbank_cuts(part))
     if max_cuts is not None:
         cuts = CutSet.from_cuts(itertools.islice(cuts, max_cuts))
+    aligned = {c.id: c for c in layout.open_cuts(layout.ali_cuts(part)) if has_alignment(c)}
     cmvn = layout.open_cmvn(part)
-    out_dir = layout.exp_dir / "decode" / f"{name}_{part}"
+    out_dir = layout.decode / f"{name}_{part}"
     posteriors: dict[str, np.ndarray] = {}
     references: dict[str, np.ndarray] = {}
     texts: dict[str, str] = {}
     audio = 0.0
     for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, 1.0, fusion, max_duration):
         posteriors[cut.id] = log_probs.numpy()
-        if has_alignment(cut):
-            references[cut.id] = load_alignment(cut)
+        if cut.id in aligned:
+            references[cut.id] = load_alignment(aligned[cut.id])
         texts[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
         audio += cut.duration
     if not posteriors:
-        raise DataError(f"{layout.ali_cuts(part)} holds no cut; rerun stage 3 for {part}")
+        raise DataError(f"{layout.fbank_cuts(part)} holds no cut; rerun stage 1 for {part}")
     acc = corpus_frame_accuracy(posteriors, references)
-    score = PartScore(name, part, acc.accuracy, acc.counted, audio_seconds=round(audio, 2))
+    score = PartScore(name, part, acc.accuracy, acc.counted, audio_seconds=round(audio, 2), utterances=len(posteriors),
+                      aligned_utterances=len(references))
     if decode:
         hclg = load_hclg(senones.graph)
         from asr_kd.gmm.train import GmmSystem  # the transition model of the senones
@@ -116,7 +127,7 @@ def score_system(
 
 
 def evaluate_systems(
-    layout: KdLayout, decode_config: DecodeConfig, fusion: str = "arithmetic", num_teachers: int | None = None,
+    layout: RecipeLayout, decode_config: DecodeConfig, fusion: str = "arithmetic", num_teachers: int | None = None,
     decode_parts: Sequence[str] | None = None, score_teachers: bool = True, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", corpus: str = "", decode_teachers: bool = False,
 ) -> dict[str, dict[str, PartScore]]:
@@ -125,25 +136,41 @@ def evaluate_systems(
     (default: test). With ``score_teachers`` each teacher's frame accuracy is scored too, and
     with ``decode_teachers`` each teacher is also decoded (N more decodings). Writes
     ``<exp>/decode/table1.json`` and the Table 1 section of ``results_md``; returns
-    ``{system: {part: PartScore}}``."""
+    ``{system: {part: PartScore}}``. Skipped (the table re-rendered from ``table1.json``) when
+    the stage's record matches its settings and the records of stages 3, 4 and 6."""
     decode_parts = [layout.test_part] if decode_parts is None else list(decode_parts)
-    teachers = load_teachers(layout, num_teachers)
-    n = len(teachers)
-    systems: list[tuple[str, list[torch.nn.Module]]] = [
-        ("baseline", [load_frame_classifier(model_checkpoint(layout.student_dir("hard")))]),
-        ("ensemble", list(teachers)),
-        ("distilled", [load_frame_classifier(model_checkpoint(layout.student_dir("distilled")))]),
-    ]
-    if score_teachers:
-        systems += [(f"teacher{i}", [t]) for i, t in enumerate(teachers)]
-    scores: dict[str, dict[str, PartScore]] = {}
-    for name, models in systems:
-        scores[name] = {}
-        for part in (layout.dev_part, layout.test_part):
-            decode = part in decode_parts and (decode_teachers or not name.startswith("teacher"))
-            scores[name][part] = score_system(name, models, layout, part, decode, decode_config, fusion, max_duration)
-    write_text_atomic(layout.exp_dir / "decode" / "table1.json",
-                      json.dumps({k: {p: dataclasses.asdict(s) for p, s in v.items()} for k, v in scores.items()}, indent=1) + "\n")
+    unknown = [p for p in decode_parts if p not in (layout.dev_part, layout.test_part)]
+    if unknown:
+        raise ConfigError(f"--decode-parts {' '.join(unknown)}: stage 7 decodes the dev part ({layout.dev_part}) and the test part "
+                          f"({layout.test_part}) only; decode another part with asr-kd decode-part")
+    teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+    n = int(teachers_rec.config["num_teachers"]) if num_teachers is None else num_teachers
+    inputs = {"gmm": gmm_record(layout).fingerprint, "teachers": teachers_rec.fingerprint,
+              **{f"student_{k}": require_record(layout.student_dir(k), f"stage 6 ({k} student)").fingerprint for k in ("hard", "distilled")}}
+    config = {"decode": decode_config, "fusion": fusion, "num_teachers": n, "decode_parts": decode_parts, "score_teachers": score_teachers,
+              "decode_teachers": decode_teachers, "dev_part": layout.dev_part, "test_part": layout.test_part}
+    guard = StageGuard("stage 7 (decoding, Table 1)", layout.decode, config, inputs, command)
+    table = layout.decode / "table1.json"
+    if guard.needs_work():
+        teachers = load_teachers(layout, n)
+        systems: list[tuple[str, list[torch.nn.Module]]] = [
+            ("baseline", [load_frame_classifier(model_checkpoint(layout.student_dir("hard")))]),
+            ("ensemble", list(teachers)),
+            ("distilled", [load_frame_classifier(model_checkpoint(layout.student_dir("distilled")))]),
+        ]
+        if score_teachers:
+            systems += [(f"teacher{i}", [t]) for i, t in enumerate(teachers)]
+        computed: dict[str, dict[str, PartScore]] = {}
+        for name, models in systems:
+            computed[name] = {}
+            for part in (layout.dev_part, layout.test_part):
+                decode = part in decode_parts and (decode_teachers or not name.startswith("teacher"))
+                computed[name][part] = score_system(name, models, layout, part, decode, decode_config, fusion, max_duration)
+        write_json_atomic(table, {k: {p: dataclasses.asdict(s) for p, s in v.items()} for k, v in computed.items()})
+        guard.finish([table])
+    stored = read_json(table)
+    assert isinstance(stored, dict)
+    scores = {k: {p: PartScore(**s) for p, s in v.items()} for k, v in stored.items()}
     if results_md is not None:
         rows = {name: _row(name, scores[name], layout) for name in scores}
         extra = []
@@ -155,6 +182,9 @@ def evaluate_systems(
             if decode_teachers:
                 extra += [_row(f"teacher{i}", scores[f"teacher{i}"], layout) for i in range(n)]
         text = format_table1(rows["baseline"], rows["ensemble"], rows["distilled"], n, extra, corpus=corpus, command=command)
+        test = scores["baseline"][layout.test_part]
+        text += (f"\nEvery system is decoded on all {test.utterances} {layout.test_part} utterances ({test.ref_words} words); frame "
+                 f"accuracy is over the {test.aligned_utterances} of them that stage 3 aligned ({test.frames} frames).\n")
         text += (f"\nHybrid decoding: log posteriors minus log senone priors (stage 3 train alignments) times acoustic scale "
                  f"{decode_config.acoustic_scale:g}, HCLG beam {decode_config.beam:g}, {decode_config.decoder} decoder; "
                  "frame accuracy against the stage-3 senone alignments. Per-utterance details: `exp/decode/<system>_<part>/wer_details`.\n")
@@ -162,7 +192,7 @@ def evaluate_systems(
     return scores
 
 
-def _row(name: str, by_part: dict[str, PartScore], layout: KdLayout) -> SystemScore:
+def _row(name: str, by_part: dict[str, PartScore], layout: RecipeLayout) -> SystemScore:
     test, dev = by_part[layout.test_part], by_part[layout.dev_part]
     return SystemScore(name, test.frame_accuracy, test.wer, test.substitutions, test.deletions, test.insertions,
                        test.ref_words, dev.frame_accuracy)

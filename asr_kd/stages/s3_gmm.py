@@ -36,15 +36,16 @@ from asr_kd.gmm.features import gmm_features
 from asr_kd.gmm.train import GmmSystem, GraphInputs, Utterance, align_utterances, train_monophone, train_triphone
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
+from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, RecipeLayout
+from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.utils import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS = ("mono", "tri")
 RESULTS_HEADING = "## GMM-HMM (stage 3)"
 OUTPUT_LAYOUT = """\
 <exp>/gmm/
-  mono/final.pkl, tri/final.pkl        GmmSystem pickles (monophone; tied triphones on our tree)
+  mono/final.mdl, tri/final.mdl        GMM systems, arrays + JSON in an .npz (monophone; tied triphones on our tree)
   mono/ali_train.txt                   monophone alignments of the training part (for the tree)
   <mono|tri>/graph/HCLG.fst            decoding graphs (+ words.txt, hclg.json)
   ali/cuts_<part>.jsonl.gz             fbank cuts with custom field "senones" (tri alignment)
@@ -54,69 +55,8 @@ OUTPUT_LAYOUT = """\
   ali/senones.json                     senone count, model, graph, per-part cuts/frames/skipped
   decode_<mono|tri>_<part>/            hyp.txt, wer_details, wer_details.json
   stage3.json                          timings, WERs, senone counts, log-likelihood histories
+  provenance.json                      config, input fingerprints, output hashes (written last)
 """
-
-
-# --------------------------------------------------------------------------------------------
-# Paths
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage3Paths:
-    """Where stage 3 writes under ``<exp>/gmm``."""
-
-    root: Path
-
-    @classmethod
-    def of(cls, exp_dir: Path | str) -> "Stage3Paths":
-        """Return the paths of ``<exp_dir>/gmm``."""
-        return cls(Path(exp_dir) / "gmm")
-
-    def model(self, system: str) -> Path:
-        """Return ``<system>/final.pkl``."""
-        return self.root / system / "final.pkl"
-
-    def graph(self, system: str) -> Path:
-        """Return the graph directory ``<system>/graph``."""
-        return self.root / system / "graph"
-
-    @property
-    def mono_alignments(self) -> Path:
-        """Return the monophone training alignments (what the triphone tree is built from)."""
-        return self.root / "mono" / "ali_train.txt"
-
-    @property
-    def ali(self) -> Path:
-        """Return the alignment directory ``ali``."""
-        return self.root / "ali"
-
-    @property
-    def senones_json(self) -> Path:
-        """Number of senones, model and graph paths, per-part alignment counts."""
-        return self.ali / "senones.json"
-
-    @property
-    def log_priors(self) -> Path:
-        """Log senone priors counted from the training alignments (``save_priors`` text format)."""
-        return self.ali / "log_priors.npy"
-
-    def ali_cuts(self, part: str) -> Path:
-        """Return ``ali/cuts_<part>.jsonl.gz``."""
-        return self.ali / f"cuts_{part}.jsonl.gz"
-
-    def tids(self, part: str) -> Path:
-        """Return ``ali/tids_<part>.txt``."""
-        return self.ali / f"tids_{part}.txt"
-
-    def decode(self, system: str, part: str) -> Path:
-        """Return ``decode_<system>_<part>``."""
-        return self.root / f"decode_{system}_{part}"
-
-    @property
-    def summary(self) -> Path:
-        """Return ``stage3.json``."""
-        return self.root / "stage3.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +230,7 @@ def results_section(summary: Stage3Summary, command: str) -> str:
     eval_parts = [p for p in summary.parts if p != summary.train_part]
     head = ["system", "senones", "Gaussians", "train time"] + [f"WER {p}" for p in eval_parts] + ["align time"]
     rows = []
-    for name in SYSTEMS:
+    for name in GMM_SYSTEMS:
         info = summary.systems.get(name)
         if info is None:
             continue
@@ -334,58 +274,56 @@ def _timed(timings: dict[str, float], key: str, start: float) -> None:
     timings[key] = round(time.perf_counter() - start, 2)
 
 
-def _fresh(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
-    """Return whether every output exists and is no older than every input: a sub-step is
-    skipped only then, so that retraining a model (deleting final.pkl) redoes what used it."""
-    if not all(p.exists() for p in outputs):
-        return False
-    newest_input = max((p.stat().st_mtime_ns for p in inputs if p.exists()), default=0)
-    return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
+def _done(*outputs: Path) -> bool:
+    """Return whether every output of a sub-step exists. Only called inside a stage run guarded by
+    :class:`StageGuard`, which empties the folder whenever the settings or inputs change: files
+    present then were written (atomically) by a run of the same settings, so an interrupted stage
+    resumes after its last finished sub-step."""
+    return all(p.exists() for p in outputs)
 
 
-def _train_systems(paths: Stage3Paths, inputs: GraphInputs, train: PartData, config: GmmConfig, timings: dict[str, float], history: dict[str, list[float]], num_jobs: int) -> GmmSystem:
-    """Train (or load) the monophone and triphone systems in ``num_jobs`` processes (training
-    graphs in a temporary folder under ``<exp>/gmm``); return the triphone system."""
-    if _fresh([paths.model("mono"), paths.mono_alignments], []):
-        logger.info("monophone system exists (%s), skipping its training", paths.model("mono"))
-        mono = GmmSystem.load(paths.model("mono"))
-        mono_ali = read_tids(paths.mono_alignments)
+def _train_systems(layout: RecipeLayout, inputs: GraphInputs, train: PartData, config: GmmConfig, timings: dict[str, float], history: dict[str, list[float]], num_jobs: int) -> GmmSystem:
+    """Train (or load, when an interrupted run finished them) the monophone and triphone systems in
+    ``num_jobs`` processes (training graphs in a temporary folder under ``<exp>/gmm``); return the
+    triphone system."""
+    if _done(layout.gmm_model("mono"), layout.mono_alignments):
+        logger.info("monophone system of this run exists (%s), skipping its training", layout.gmm_model("mono"))
+        mono = GmmSystem.load(layout.gmm_model("mono"))
+        mono_ali = read_tids(layout.mono_alignments)
     else:
         start = time.perf_counter()
-        result = train_monophone(inputs, train.utterances, config, num_jobs, paths.root)
+        result = train_monophone(inputs, train.utterances, config, num_jobs, layout.gmm)
         mono, mono_ali = result.system, result.alignments
-        write_tids(paths.mono_alignments, mono_ali)
-        mono.save(paths.model("mono"))  # last: its presence means the step finished
+        write_tids(layout.mono_alignments, mono_ali)
+        mono.save(layout.gmm_model("mono"))  # last: its presence means the step finished
         _timed(timings, "train_mono", start)
         history["mono"] = [float(x) for x in result.log_likelihood_history]
-    if _fresh([paths.model("tri")], [paths.model("mono")]):
-        logger.info("triphone system exists (%s), skipping its training", paths.model("tri"))
-        return GmmSystem.load(paths.model("tri"))
+    if _done(layout.gmm_model("tri")):
+        logger.info("triphone system of this run exists (%s), skipping its training", layout.gmm_model("tri"))
+        return GmmSystem.load(layout.gmm_model("tri"))
     start = time.perf_counter()
-    result = train_triphone(inputs, train.utterances, mono, mono_ali, config, num_jobs=num_jobs, tmp_dir=paths.root)
-    result.system.save(paths.model("tri"))
+    result = train_triphone(inputs, train.utterances, mono, mono_ali, config, num_jobs=num_jobs, tmp_dir=layout.gmm)
+    result.system.save(layout.gmm_model("tri"))
     _timed(timings, "train_tri", start)
     history["tri"] = [float(x) for x in result.log_likelihood_history]
     return result.system
 
 
-def _align_part(paths: Stage3Paths, system: GmmSystem, inputs: GraphInputs, data: PartData, config: GmmConfig, num_jobs: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    """Align one part (or read its existing alignments); write tids, storage and cuts.
-
-    Returns the part's ``{"cuts", "frames", "skipped"}`` and its senone alignments.
-    """
-    if _fresh([paths.ali_cuts(data.name), paths.tids(data.name)], [paths.model("tri")]):
-        logger.info("alignments of %s exist (%s), skipping", data.name, paths.ali_cuts(data.name))
-        tids = read_tids(paths.tids(data.name))
+def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, data: PartData, config: GmmConfig, num_jobs: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """Align one part (or read the alignments this run already wrote); write tids, storage and
+    cuts. Returns the part's ``{"cuts", "frames", "skipped"}`` and its senone alignments."""
+    if _done(layout.ali_cuts(data.name), layout.tids(data.name)):
+        logger.info("alignments of %s exist (%s), skipping", data.name, layout.ali_cuts(data.name))
+        tids = read_tids(layout.tids(data.name))
     else:
         tids = align_parallel(system, inputs, data.utterances, config, num_jobs, desc=f"align {data.name}")
         if not tids:
-            raise DataError(f"part {data.name}: no utterance could be aligned with {paths.model('tri')}; check its transcripts or raise gmm.retry_beam")
-        write_tids(paths.tids(data.name), tids)
+            raise DataError(f"part {data.name}: no utterance could be aligned with {layout.gmm_model('tri')}; check its transcripts or raise gmm.retry_beam")
         senones = senone_alignments(system.tm, tids)
-        cuts = store_alignments(data.fbank_cuts, senones, paths.ali / f"storage_{data.name}", name="senones")
-        with atomic_path(paths.ali_cuts(data.name)) as tmp:
+        cuts = store_alignments(data.fbank_cuts, senones, layout.ali / f"storage_{data.name}", name=SENONES_FIELD)
+        with atomic_path(layout.ali_cuts(data.name)) as tmp:
             cuts.to_file(tmp)
+        write_tids(layout.tids(data.name), tids)  # last: with the cuts, marks the part aligned
     senones = senone_alignments(system.tm, tids)
     frames = int(sum(len(s) for s in senones.values()))
     skipped = len(data.fbank_cuts) - len(senones)
@@ -393,28 +331,28 @@ def _align_part(paths: Stage3Paths, system: GmmSystem, inputs: GraphInputs, data
     return {"cuts": len(senones), "frames": frames, "skipped": skipped}, senones
 
 
-def _decode_part(paths: Stage3Paths, system_name: str, lang: Lang, data: PartData, decode_config: DecodeConfig) -> tuple[dict[str, float], bool]:
-    """Decode one part with one GMM system (or read its existing scoring); return its WER entry
-    and whether it was decoded now (False: read back)."""
+def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, data: PartData, decode_config: DecodeConfig) -> tuple[dict[str, float], bool]:
+    """Decode one part with one GMM system (or read the scoring this run already wrote); return its
+    WER entry and whether it was decoded now (False: read back)."""
     from asr_kd.decode.gmm_decode import decode_gmm_batch
     from asr_kd.decode.hclg import load_hclg
 
-    out_dir = paths.decode(system_name, data.name)
+    out_dir = layout.gmm_decode(system_name, data.name)
     details = out_dir / "wer_details.json"
-    if _fresh([details, out_dir / "hyp.txt"], [paths.model(system_name), paths.graph(system_name) / "HCLG.fst"]):
+    if _done(details, out_dir / "hyp.txt"):
         logger.info("decoding %s with %s exists (%s), skipping", data.name, system_name, out_dir)
         d = json.loads(details.read_text())
         entry = {k: d[k] if d[k] is not None else float("inf") for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
         return entry | {"failed": len(d["missing"])}, False
-    system = GmmSystem.load(paths.model(system_name))
-    hclg = load_hclg(paths.graph(system_name))
+    system = GmmSystem.load(layout.gmm_model(system_name))
+    hclg = load_hclg(layout.gmm_graph(system_name))
     feats = {u.id: u.feats for u in data.utterances}
     batch = decode_gmm_batch(hclg, system.am, system.tm, feats, decode_config)
     hyps = batch.texts(lang.words)
     result = compute_wer(data.refs, hyps)
-    write_transcripts(out_dir / "hyp.txt", hyps)
     write_transcripts(out_dir / "ref.txt", data.refs)
     write_wer_report(result, out_dir / "wer_details")
+    write_transcripts(out_dir / "hyp.txt", hyps)  # last: with wer_details.json, marks the decode done
     logger.info("%s %s: %s", system_name, data.name, result.summary())
     return _wer_entry(result, len(batch.failed)), True
 
@@ -438,20 +376,40 @@ def run_gmm_stage(
     alignments to stage 1's fbank cuts, counts the senone priors on the training alignments,
     builds HCLG for both systems, decodes every other part with both and scores the WER. With
     ``results_md``, writes the stage's section of that RESULTS.md (``command`` is quoted there).
-    Sub-steps whose outputs exist are skipped.
+    The stage is skipped when ``<exp>/gmm/provenance.json`` matches its settings and the records
+    of stages 1 and 2; otherwise redone (see :mod:`asr_kd.stages.provenance`).
     """
-    from asr_kd.decode.hclg import make_hclg_for_model
-    from asr_kd.decode.priors import priors_from_alignments, save_priors
-
     data_dir, exp_dir = Path(data_dir), Path(exp_dir)
     parts = list(dict.fromkeys([train_part, *parts]))
     if num_jobs < 1:
         raise ConfigError(f"num_jobs must be >= 1, got {num_jobs}")
     decode_config = decode_config or DecodeConfig(acoustic_scale=config.acoustic_scale, num_jobs=num_jobs)
-    paths = Stage3Paths.of(exp_dir)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    save_config(config, paths.root / "gmm.yaml")
-    old = Stage3Summary.from_json(paths.summary) if paths.summary.is_file() else None
+    layout = RecipeLayout(data_dir, exp_dir, train_part)
+    features = require_record(layout.features("fbank"), "stage 1 (features)")
+    lang_rec = require_record(lang_dir, "stage 2 (lang)")
+    guard = StageGuard("stage 3 (GMM-HMM)", layout.gmm, {"gmm": config, "decode": decode_config, "train_part": train_part, "parts": parts},
+                       {"features": features.fingerprint, "lang": lang_rec.fingerprint}, command)
+    if guard.needs_work():
+        summary = _run_gmm_work(layout, Path(lang_dir), config, train_part, parts, num_jobs, decode_config)
+        outputs = [layout.gmm_summary, layout.senones_json, layout.log_priors, *(layout.gmm_model(s) for s in GMM_SYSTEMS),
+                   *(layout.gmm_graph(s) / "HCLG.fst" for s in GMM_SYSTEMS), *(layout.ali_cuts(p) for p in parts)]
+        guard.finish(outputs)
+    else:
+        summary = Stage3Summary.from_json(layout.gmm_summary)
+    if results_md is not None:
+        from asr_kd.report.results_md import write_section
+
+        write_section(results_md, RESULTS_HEADING, results_section(summary, command))
+    return summary
+
+
+def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train_part: str, parts: list[str], num_jobs: int,
+                  decode_config: DecodeConfig) -> Stage3Summary:
+    from asr_kd.decode.hclg import make_hclg
+    from asr_kd.decode.priors import priors_from_alignments, save_priors
+
+    save_config(config, layout.gmm / "gmm.yaml")
+    old = Stage3Summary.from_json(layout.gmm_summary) if layout.gmm_summary.is_file() else None
     timings: dict[str, float] = dict(old.timings) if old else {}
     history: dict[str, list[float]] = dict(old.log_likelihood_history) if old else {}
     total_start = time.perf_counter()
@@ -459,58 +417,56 @@ def run_gmm_stage(
     lang = Lang.load(lang_dir)
     inputs = GraphInputs.from_lang(lang)
     start = time.perf_counter()
-    data = {p: load_part(data_dir, p, lang, config) for p in parts}
+    data = {p: load_part(layout.data_dir, p, lang, config) for p in parts}
     _timed(timings, "load_features", start)
 
-    tri = _train_systems(paths, inputs, data[train_part], config, timings, history, num_jobs)
+    tri = _train_systems(layout, inputs, data[train_part], config, timings, history, num_jobs)
 
-    for name in SYSTEMS:
-        if _fresh([paths.graph(name) / "HCLG.fst"], [paths.model(name), Path(lang_dir) / "G.fst", Path(lang_dir) / "L_disambig.fst"]):
-            logger.info("%s graph exists (%s), skipping", name, paths.graph(name))
+    for name in GMM_SYSTEMS:
+        if _done(layout.gmm_graph(name) / "HCLG.fst"):
+            logger.info("%s graph of this run exists (%s), skipping", name, layout.gmm_graph(name))
             continue
         start = time.perf_counter()
-        make_hclg_for_model(lang_dir, paths.model(name), paths.graph(name), decode_config.transition_scale, decode_config.self_loop_scale)
+        system = GmmSystem.load(layout.gmm_model(name))  # its tree and transition model also serve the hybrid networks
+        make_hclg(lang, system.ctx_dep, system.tm, layout.gmm_graph(name), decode_config.transition_scale, decode_config.self_loop_scale)
         _timed(timings, f"hclg_{name}", start)
 
     start = time.perf_counter()
     part_info: dict[str, dict[str, int]] = {}
     train_senones: dict[str, np.ndarray] = {}
-    need_align = not all(_fresh([paths.ali_cuts(p), paths.tids(p)], [paths.model("tri")]) for p in parts)
+    need_align = not all(_done(layout.ali_cuts(p), layout.tids(p)) for p in parts)
     for p in parts:
-        part_info[p], senones = _align_part(paths, tri, inputs, data[p], config, num_jobs)
+        part_info[p], senones = _align_part(layout, tri, inputs, data[p], config, num_jobs)
         if p == train_part:
             train_senones = senones
     if need_align:
         _timed(timings, "align", start)
-    save_priors(paths.log_priors, priors_from_alignments(train_senones.values(), tri.num_pdfs, decode_config.prior_smoothing, decode_config.prior_floor))
+    save_priors(layout.log_priors, priors_from_alignments(train_senones.values(), tri.num_pdfs, decode_config.prior_smoothing, decode_config.prior_floor))
+    # Paths relative to the gmm folder, so that a copied or moved experiment folder stays valid.
     meta = {
         "num_senones": tri.num_pdfs,
-        "model": str(paths.model("tri")),
-        "graph": str(paths.graph("tri")),
+        "model": str(layout.gmm_model("tri").relative_to(layout.gmm)),
+        "graph": str(layout.gmm_graph("tri").relative_to(layout.gmm)),
         "train_part": train_part,
-        "priors": str(paths.log_priors),
+        "priors": str(layout.log_priors.relative_to(layout.gmm)),
         "parts": part_info,
     }
-    write_text_atomic(paths.senones_json, json.dumps(meta, indent=1) + "\n")
+    write_text_atomic(layout.senones_json, json.dumps(meta, indent=1) + "\n")
 
     wers: dict[str, dict[str, dict[str, float]]] = {}
-    for name in SYSTEMS:
+    for name in GMM_SYSTEMS:
         for p in parts:
             if p == train_part:
                 continue
             start = time.perf_counter()
-            wers.setdefault(name, {})[p], decoded = _decode_part(paths, name, lang, data[p], decode_config)
+            wers.setdefault(name, {})[p], decoded = _decode_part(layout, name, lang, data[p], decode_config)
             if decoded:
                 _timed(timings, f"decode_{name}_{p}", start)
 
-    mono = GmmSystem.load(paths.model("mono"))
+    mono = GmmSystem.load(layout.gmm_model("mono"))
     systems = {n: {"pdfs": s.num_pdfs, "gaussians": s.am.num_gauss} for n, s in (("mono", mono), ("tri", tri))}
     timings["last_run_total"] = round(time.perf_counter() - total_start, 2)
-    summary = Stage3Summary(str(exp_dir), tri.num_pdfs, systems, part_info, wers, timings, history, train_part, _corpus_name(data_dir))
-    write_text_atomic(paths.summary, summary.to_json())
-    if results_md is not None:
-        from asr_kd.report.results_md import write_section
-
-        write_section(results_md, RESULTS_HEADING, results_section(summary, command))
-    logger.info("stage 3 done: %d senones, summary in %s", summary.num_senones, paths.summary)
+    summary = Stage3Summary(str(layout.exp_dir), tri.num_pdfs, systems, part_info, wers, timings, history, train_part, _corpus_name(layout.data_dir))
+    write_text_atomic(layout.gmm_summary, summary.to_json())
+    logger.info("stage 3 done: %d senones, summary in %s", summary.num_senones, layout.gmm_summary)
     return summary

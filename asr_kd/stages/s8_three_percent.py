@@ -12,7 +12,6 @@ frame accuracy over training and the Table 5 section of RESULTS.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
@@ -23,14 +22,18 @@ from lhotse import CutSet
 from asr_kd.config import DnnConfig, KdConfig, TrainConfig
 from asr_kd.data.alignments import load_alignment
 from asr_kd.errors import ConfigError, DataError
-from asr_kd.kd.stages import STUDENT_SEED_OFFSET, KdLayout, ensemble_log_posteriors, model_checkpoint, read_senones
+from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.kd.student import StoredDistillationLoss
 from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
 from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
-from asr_kd.utils import atomic_path, write_text_atomic
+from asr_kd.stages.common import STUDENT_SEED_OFFSET, gmm_record, model_checkpoint, read_senones
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.s5_soft_targets import find_soft_targets
+from asr_kd.utils import atomic_path, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def subset_cuts(cuts: CutSet, fraction: float, seed: int) -> CutSet:
     return CutSet.from_cuts(c for c in cut_list if c.id in chosen)
 
 
-def frame_accuracy_of(checkpoint: Path, cuts: CutSet, layout: KdLayout, part: str, max_duration: float = 20.0) -> float:
+def frame_accuracy_of(checkpoint: Path, cuts: CutSet, layout: RecipeLayout, part: str, max_duration: float = 20.0) -> float:
     """Return the frame accuracy of the model in ``checkpoint`` on ``cuts`` (with ``part``'s
     CMVN) against their senone alignments."""
     model = load_frame_classifier(checkpoint)
@@ -66,31 +69,62 @@ def _history(exp_dir: Path) -> tuple[list[dict], str, int]:
 
 
 def run_three_percent(
-    layout: KdLayout, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig, fraction: float = 0.03,
-    subset_seed: int = 0, num_teachers: int = 0, max_duration: float = 20.0,
+    layout: RecipeLayout, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig, fraction: float = 0.03,
+    subset_seed: int = 0, num_teachers: int | None = None, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", corpus: str = "",
 ) -> dict[str, SubsetRun]:
     """Train the hard (early stopping, patience ``train_config.early_stopping_patience`` or 3)
     and soft (no early stopping) models on the same ``fraction`` of the training cuts (drawn with
     ``subset_seed``); score them and the stage-6 hard baseline on their own training cuts and on
-    the test part. Returns ``{"hard_100", "hard_3", "soft_3"}`` -> :class:`SubsetRun`."""
+    the test part. The soft targets are stage 5's for ``kd`` and ``num_teachers`` (default: stage
+    4's count), checked against their record. Returns ``{"hard_100", "hard_3", "soft_3"}`` ->
+    :class:`SubsetRun`; skipped (the table re-rendered from ``table5.json``) when the record matches."""
     senones = read_senones(layout)
-    if not layout.soft_cuts.is_file():
-        raise DataError(f"{layout.soft_cuts} does not exist; run stage 5 (asr-kd make-soft-targets) first")
-    out = layout.exp_dir / "three_percent"
+    soft_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 8 (3% experiment)")
+    n = int(soft_record.config["num_teachers"])
+    out = layout.three_percent
+    baseline_dir = layout.student_dir("hard")
+    guard = StageGuard("stage 8 (3% of the data)", out,
+                       {"dnn": model_config, "train": train_config, "kd": kd, "fraction": fraction, "subset_seed": subset_seed,
+                        "train_part": layout.train_part, "dev_part": layout.dev_part, "test_part": layout.test_part},
+                       {"gmm": gmm_record(layout).fingerprint, "soft_targets": soft_record.fingerprint,
+                        "student_hard": require_record(baseline_dir, "stage 6 (hard student)").fingerprint}, command)
+    if guard.needs_work():
+        _three_percent_work(layout, out, senones.num_senones, soft_cuts, baseline_dir, model_config, train_config, kd, fraction,
+                            subset_seed, max_duration)
+        guard.finish([out / "table5.json", out / "hard" / "final.pt", out / "soft" / "final.pt"])
+    stored = read_json(out / "table5.json")
+    assert isinstance(stored, dict)
+    results = {k: SubsetRun(**v) for k, v in stored["runs"].items()}
+    title = f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data"
+    plot = plot_dev_accuracy(stored["histories"], out / "dev_accuracy.png", title, stored["frames"])
+    if results_md is not None:
+        plot_name = "table5_dev_accuracy.png"
+        plot_dev_accuracy(stored["histories"], Path(results_md).parent / plot_name, title, stored["frames"])
+        text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command)
+        write_section(results_md, "## Table 5 analogue", text)
+    log.info("dev accuracy plot: %s", plot)
+    return results
+
+
+def _three_percent_work(
+    layout: RecipeLayout, out: Path, num_senones: int, soft_cuts: Path, baseline_dir: Path, model_config: DnnConfig,
+    train_config: TrainConfig, kd: KdConfig, fraction: float, subset_seed: int, max_duration: float,
+) -> None:
+    """Train and score the three runs of stage 8; write ``table5.json`` (runs, dev histories, frames)."""
     full_train = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
     subset = subset_cuts(full_train, fraction, subset_seed)
     chosen = frozenset(subset.ids)
-    soft_subset = CutSet.from_cuts(c for c in layout.open_cuts(layout.soft_cuts) if c.id in chosen)
+    soft_subset = CutSet.from_cuts(c for c in layout.open_cuts(soft_cuts) if c.id in chosen)
     if len(soft_subset) != len(subset):
-        raise DataError(f"{len(subset) - len(soft_subset)} of the {len(subset)} subset cuts lack soft targets in {layout.soft_cuts}; rerun stage 5")
+        raise DataError(f"{len(subset) - len(soft_subset)} of the {len(subset)} subset cuts lack soft targets in {soft_cuts}; rerun stage 5")
     log.info("%g of the training data: %d of %d cuts, %d frames", fraction, len(subset), len(full_train), sum(c.num_frames for c in subset))
     for name, cuts in (("subset", subset), ("soft_subset", soft_subset)):
         with atomic_path(out / f"cuts_{name}.jsonl.gz") as tmp:
             cuts.to_file(tmp)
     seed = train_config.seed + STUDENT_SEED_OFFSET
     patience = train_config.early_stopping_patience or 3
-    common = (layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part), senones.num_senones, model_config)
+    common = (layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part), num_senones, model_config)
     # lhotse's bucketing sampler needs at least as many cuts as buckets.
     small = dataclasses.replace(train_config, seed=seed, num_buckets=min(train_config.num_buckets, len(subset)))
     hard_cfg = dataclasses.replace(small, early_stopping_patience=patience)
@@ -100,7 +134,6 @@ def run_three_percent(
                            compute_loss=StoredDistillationLoss(kd))
 
     test_cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.test_part)))
-    baseline_dir = layout.student_dir("hard")
     runs: dict[str, tuple[Path, Path, CutSet]] = {
         # (checkpoint scored, run directory, its training cuts)
         "hard_100": (model_checkpoint(baseline_dir), baseline_dir, full_train),
@@ -117,15 +150,5 @@ def run_three_percent(
         test_acc = frame_accuracy_of(ckpt, test_cuts, layout, layout.test_part, max_duration)
         results[key] = SubsetRun(labels[key], train_acc, test_acc, epochs, stop)
         log.info("%s: train frame accuracy %.4f, test %.4f (%s)", labels[key], train_acc, test_acc, stop)
-    write_text_atomic(out / "table5.json", json.dumps({k: dataclasses.asdict(v) for k, v in results.items()}, indent=1) + "\n")
     frames = {labels[k]: sum(c.num_frames for c in cuts) for k, (_, _, cuts) in runs.items()}
-    title = f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data"
-    plot = plot_dev_accuracy(histories, out / "dev_accuracy.png", title, frames)
-    if results_md is not None:
-        plot_name = "table5_dev_accuracy.png"
-        plot_dev_accuracy(histories, Path(results_md).parent / plot_name, title, frames)
-        n = num_teachers or len(list((layout.exp_dir / "teachers").glob("teacher*")))
-        text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command)
-        write_section(results_md, "## Table 5 analogue", text)
-    log.info("dev accuracy plot: %s", plot)
-    return results
+    write_json_atomic(out / "table5.json", {"runs": {k: dataclasses.asdict(v) for k, v in results.items()}, "histories": histories, "frames": frames})

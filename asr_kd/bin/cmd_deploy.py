@@ -1,0 +1,185 @@
+"""Deployment commands: make-model-dir, transcribe, export, deploy-report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``make-model-dir``, ``transcribe``, ``export`` and ``deploy-report`` to ``sub``."""
+    from asr_kd.config import DEFAULT_TRAIN_PART
+    from asr_kd.deploy.recipe_paths import SYSTEM_HELP
+
+    p = sub.add_parser(
+        "make-model-dir", help="gather a trained system of the recipe into a self-contained model directory",
+        description="Copy the network, its decoding graph and symbol tables, the senone priors (hybrid) or units (CTC), "
+                    "the feature config and global CMVN statistics (pooled over the training part's speakers) into one "
+                    "folder that `asr-kd transcribe` and `asr-kd export` read and that can be copied to another machine.",
+    )
+    p.add_argument("--exp", type=Path, required=True, help="the recipe's experiment folder")
+    p.add_argument("--data", type=Path, required=True, help="the recipe's data folder")
+    p.add_argument("--system", required=True, help=SYSTEM_HELP)
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--train-part", default=DEFAULT_TRAIN_PART, help=f"training part whose CMVN statistics are pooled (default {DEFAULT_TRAIN_PART})")
+    p.add_argument("--units", default="phone", help="CTC units of a ctc-* system: phone or bpe (default phone)")
+    p.add_argument("--normalization", default="global", choices=["global", "utterance"],
+                   help="global CMVN from the training part, or each utterance's own mean and variance (default global)")
+    p.set_defaults(func=run_make_model_dir)
+
+    p = sub.add_parser(
+        "transcribe", help="transcribe audio files or a lhotse manifest with a model directory",
+        description="Audio in any format libsndfile reads (wav, flac, ogg, mp3), any sample rate (resampled), mono or "
+                    "multi-channel (averaged). An unreadable file gets an error line and the others are still transcribed; "
+                    "the exit status is 1 if any input failed.",
+    )
+    p.add_argument("files", nargs="*", type=Path, help="audio files")
+    p.add_argument("--model-dir", type=Path, required=True, help="model directory (asr-kd make-model-dir)")
+    p.add_argument("--manifest", type=Path, default=None, help="a lhotse cuts or recordings manifest instead of files")
+    p.add_argument("--format", default="text", choices=["text", "jsonl", "ctm"], help="text ('<id> words'), JSON lines, or CTM word timings (default text)")
+    p.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="acoustic model runtime (default torch)")
+    p.add_argument("--method", default=None, help="search: hclg (hybrid); hlg, greedy or beam (CTC). Default: the graph")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="files per acoustic-model batch (default 8)")
+    p.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    p.add_argument("--beam", type=float, default=None, help="graph search beam (default DecodeConfig's)")
+    p.add_argument("--acoustic-scale", type=float, default=None, help="hybrid acoustic scale (default DecodeConfig's 0.1)")
+    p.set_defaults(func=run_transcribe)
+
+    p = sub.add_parser(
+        "export", help="export a model directory's network to ONNX (fp32 and int8), and a CTC model for sherpa-onnx",
+        description="Writes acoustic.onnx and acoustic.int8.onnx (dynamic int8 quantisation of MatMul/Gemm weights) into the "
+                    "model directory: normalised features in, log-probabilities out, dynamic batch and time axes. With "
+                    "--sherpa-dir, also a folder that sherpa-onnx's offline CTC recognizer loads (CMVN folded into the graph, "
+                    "tokens.txt, HLG.fst, words.txt); CTC models only.",
+    )
+    p.add_argument("--model-dir", type=Path, required=True, help="model directory (asr-kd make-model-dir)")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 export")
+    p.add_argument("--sherpa-dir", type=Path, default=None, help="also write a sherpa-onnx folder here (CTC models)")
+    p.set_defaults(func=run_export)
+
+    p = sub.add_parser(
+        "sherpa-transcribe", help="transcribe audio files with sherpa-onnx's offline CTC recognizer (an `export --sherpa-dir` folder)",
+        description="sherpa-onnx computes the fbank itself, runs model.onnx (CMVN folded in) and searches HLG.fst; the word "
+                    "ids it returns are mapped with words.txt. Prints '<file id> <words>' lines.",
+    )
+    p.add_argument("files", nargs="+", type=Path, help="audio files (any libsndfile format; resampled to 16 kHz, mixed to mono)")
+    p.add_argument("--sherpa-dir", type=Path, required=True, help="folder written by `asr-kd export --sherpa-dir`")
+    p.add_argument("--feature-dim", type=int, default=40, help="fbank bins the model was trained on (default 40)")
+    p.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    p.set_defaults(func=run_sherpa_transcribe)
+    register_report(sub)
+
+
+def _decode_config(args: argparse.Namespace):
+    import dataclasses
+
+    from asr_kd.config import DecodeConfig
+
+    cfg = DecodeConfig()
+    changes = {k: v for k, v in (("beam", args.beam), ("acoustic_scale", args.acoustic_scale)) if v is not None}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def run_make_model_dir(args: argparse.Namespace) -> int:
+    """Assemble the model directory and print its path."""
+    from asr_kd.deploy.recipe_paths import make_model_dir_from_recipe
+
+    out = make_model_dir_from_recipe(args.exp, args.data, args.system, args.out, args.train_part, args.units, args.normalization)
+    print(out)
+    return 0
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    """Transcribe; return 1 if any input failed."""
+    from asr_kd.deploy.transcribe import Transcriber, file_items, manifest_items, transcribe_to
+    from asr_kd.errors import ConfigError
+
+    if bool(args.files) == bool(args.manifest):
+        raise ConfigError("pass audio files or --manifest (one of them)")
+    tr = Transcriber(args.model_dir, args.backend, args.method, _decode_config(args), args.device, args.num_threads)
+    if args.manifest:
+        items, total = manifest_items(args.manifest, tr.sampling_rate), None
+    else:
+        items, total = file_items(args.files, tr.sampling_rate, tr.timings), len(args.files)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        summary = transcribe_to(tr, items, out, args.format, args.batch_size, total)
+    finally:
+        if args.output:
+            out.close()
+    print(f"transcribed {summary.transcribed} of {summary.transcribed + len(summary.failed)} inputs "
+          f"({summary.audio_seconds:.1f} s of audio); {len(summary.failed)} failed", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export and print the files written."""
+    from asr_kd.deploy.onnx_export import export_onnx
+
+    for kind, path in export_onnx(args.model_dir, int8=not args.no_int8).items():
+        print(f"{kind}: {path}")
+    if args.sherpa_dir is not None:
+        from asr_kd.deploy.sherpa import export_sherpa
+
+        print(f"sherpa-onnx: {export_sherpa(args.model_dir, args.sherpa_dir)}")
+    return 0
+
+
+def run_sherpa_transcribe(args: argparse.Namespace) -> int:
+    """Decode the readable files with sherpa-onnx; return 1 if any file could not be read."""
+    import logging
+
+    from asr_kd.deploy.audio import load_audio
+    from asr_kd.deploy.sherpa import SherpaCtc
+    from asr_kd.errors import DataError
+
+    recognizer = SherpaCtc(args.sherpa_dir, args.feature_dim, num_threads=args.num_threads)
+    failed = 0
+    for path in args.files:
+        try:
+            samples = load_audio(path, recognizer.sampling_rate)
+        except DataError as err:
+            logging.getLogger(__name__).error("%s", err)
+            failed += 1
+            continue
+        print(f"{path.stem} {' '.join(recognizer([samples])[0])}".rstrip())
+    return 1 if failed else 0
+
+
+def register_report(sub: argparse._SubParsersAction) -> None:
+    """Add ``deploy-report`` to ``sub``."""
+    p = sub.add_parser(
+        "deploy-report", help="measure systems side by side (cost table) and gate int8 against fp32; write a RESULTS.md section",
+        description="Every system transcribes the test manifest in one run with one thread: parameters, multiply-adds per "
+                    "second of audio, acoustic and search real-time factors per core, peak memory, size on disk, test WER. "
+                    "The quantisation gate fails (exit 1) when the --gate system's int8 WER is more than --max-relative "
+                    "worse than its fp32 ONNX WER.",
+    )
+    p.add_argument("--test-manifest", type=Path, required=True, help="lhotse cuts of the test part (audio and transcripts)")
+    p.add_argument("--system", action="append", required=True, metavar="NAME=DIR[,DIR...][@BACKEND]",
+                   help="a system to measure; several dirs form an ensemble; backend torch (default), onnx or onnx-int8")
+    p.add_argument("--gate", default=None, help="system whose onnx and onnx-int8 rows the quantisation gate compares")
+    p.add_argument("--max-relative", type=float, default=0.02, help="largest allowed relative WER increase of int8 (default 0.02)")
+    p.add_argument("--baseline", default=None, help="system whose acoustic RTF the speed-up column divides by")
+    p.add_argument("--max-cuts", type=int, default=None, help="measure on the first N cuts only")
+    p.add_argument("--speaker-cmvn", type=Path, default=None,
+                   help="the test part's per-speaker CMVN statistics: also score each single torch system with per-speaker, "
+                        "global and per-utterance normalisation (the test manifest must carry fbank features)")
+    p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section to")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG of test WER against acoustic RTF here (linked when beside --results)")
+    p.set_defaults(func=run_deploy_report)
+
+
+def run_deploy_report(args: argparse.Namespace) -> int:
+    """Measure, print the section, and return 1 if the gate failed."""
+    from asr_kd.deploy.report import SystemSpec, deploy_report
+
+    command = "asr-kd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "asr-kd deploy-report"
+    _, gate, text = deploy_report([SystemSpec.parse(s) for s in args.system], args.test_manifest, args.gate, args.max_relative,
+                                  args.baseline, max_cuts=args.max_cuts, results_md=args.results, command=command,
+                                  speaker_cmvn=args.speaker_cmvn, plot=args.plot)
+    print(text)
+    return 0 if gate is None or gate.passed else 1

@@ -1,0 +1,88 @@
+"""Acoustic-model back ends for transcription: the PyTorch network of a model directory, or its
+ONNX export run by onnxruntime. Both take normalised features and return per-frame
+log-probabilities (log posteriors over senones, or CTC log-probs over tokens)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from asr_kd.errors import DataError
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx": "acoustic.onnx", "onnx-int8": "acoustic.int8.onnx"}
+INPUT_NAMES = ("x", "x_lens")
+OUTPUT_NAMES = ("log_probs", "log_probs_len")
+
+
+class AcousticModel(Protocol):
+    def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Return one (T' x V) float32 log-probability matrix per (T x D) feature matrix."""
+        ...
+
+
+def pad_batch(feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(x [B, T_max, D] float32, lengths [B] int64)``, padding with zeros."""
+    lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
+    x = np.zeros((len(feats), int(lengths.max()), feats[0].shape[1]), dtype=np.float32)
+    for i, f in enumerate(feats):
+        x[i, : f.shape[0]] = f
+    return x, lengths
+
+
+def output_lengths(model: torch.nn.Module, lengths: torch.Tensor) -> torch.Tensor:
+    """Output frames per utterance: subsampled for a CTC encoder, unchanged for a spliced DNN."""
+    fn = getattr(model, "output_lengths", None)
+    return fn(lengths) if fn is not None else lengths
+
+
+class TorchAcoustic:
+    """The PyTorch network of a model directory on ``device``."""
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        x, lengths = pad_batch(feats)
+        xt, lt = torch.from_numpy(x).to(self.device), torch.from_numpy(lengths).to(self.device)
+        logp = torch.log_softmax(self.model(xt, lt).float(), dim=-1).cpu().numpy()
+        out_lens = output_lengths(self.model, torch.from_numpy(lengths)).tolist()
+        return [logp[i, : int(n)] for i, n in enumerate(out_lens)]
+
+
+class OnnxAcoustic:
+    """An ONNX export (:func:`asr_kd.deploy.onnx_export.export_onnx`) run by onnxruntime."""
+
+    def __init__(self, path: Path | str, num_threads: int = 1, device: str = "cpu") -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path} does not exist; export the model first with `asr-kd export --model-dir {path.parent}`")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads
+        opts.inter_op_num_threads = 1
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+
+    def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        x, lengths = pad_batch(feats)
+        logp, out_lens = self.session.run(list(OUTPUT_NAMES), {INPUT_NAMES[0]: x, INPUT_NAMES[1]: lengths})
+        return [logp[i, : int(n)] for i, n in enumerate(out_lens)]
+
+
+def make_acoustic(model_dir: Path | str, backend: str = "torch", device: str = "cpu", num_threads: int = 1) -> AcousticModel:
+    """Return the ``backend`` (``torch``, ``onnx`` or ``onnx-int8``) acoustic model of ``model_dir``."""
+    from asr_kd.deploy.model_dir import load_network
+    from asr_kd.errors import ConfigError
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return TorchAcoustic(load_network(model_dir), device)
+    return OnnxAcoustic(Path(model_dir) / ONNX_FILES[backend], num_threads, device)

@@ -1,0 +1,239 @@
+"""A self-contained model directory: everything that turns audio into words, copyable to another
+machine, loaded without executing code.
+
+```
+model.json        kind (hybrid | ctc), feature config, normalisation, frame shift, subsampling
+model.pt          the network: {"model": state dict, "extra": what rebuilds it} (weights_only)
+cmvn.npz          global CMVN statistics (normalisation "global"; absent for "utterance")
+hybrid:  log_priors.txt (senone log priors), HCLG.fst, words.txt, tid2pdf.npy, tid2phone.npy
+ctc:     tokens.txt, units.json (bpe.model), HLG.fst, words.txt
+```
+
+Per-speaker CMVN cannot follow a model to arbitrary audio (the speaker is unknown), so a model
+directory normalises with global statistics, pooled from the training part's per-speaker ones,
+or per utterance (each file with its own mean and variance).
+
+The hybrid HMM's transition model lives in the recipe as a pickled :class:`GmmSystem`; only the
+two tables decoding needs (transition-id -> pdf, transition-id -> phone) are copied, as arrays,
+so the model directory holds no pickle. Decoding uses ``FasterDecoder`` (best path only), which
+needs nothing else of the transition model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asr_kd.config import DnnConfig, FeatureConfig, config_from_dict
+from asr_kd.data.features import CmvnStats
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.utils import atomic_path, write_text_atomic
+
+MODEL_JSON = "model.json"
+MODEL_PT = "model.pt"
+CMVN_FILE = "cmvn.npz"
+PRIORS_FILE = "log_priors.txt"
+TID2PDF_FILE = "tid2pdf.npy"
+TID2PHONE_FILE = "tid2phone.npy"
+WORDS_FILE = "words.txt"
+MODEL_KINDS = ("hybrid", "ctc")
+NORMALIZATIONS = ("global", "utterance")
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What ``model.json`` says: the kind of model and how its input features are made."""
+
+    kind: str
+    features: FeatureConfig
+    normalization: str
+    subsampling: int = 1
+    units: str = ""  # ctc: "phone" or "bpe"
+    silence_phones: tuple[int, ...] = ()  # hybrid: phone ids trimmed from word ends in CTM output
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per network output frame."""
+        return self.features.frame_shift * self.subsampling
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["silence_phones"] = list(self.silence_phones)
+        return json.dumps({"format": FORMAT_VERSION, **d}, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, path: Path) -> "ModelSpec":
+        try:
+            d = json.loads(path.read_text())
+            d.pop("format", None)
+            d["features"] = config_from_dict(FeatureConfig, d["features"], str(path))
+            d["silence_phones"] = tuple(d.get("silence_phones", ()))
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{path} is not a valid model description ({err}); rebuild the model directory with `asr-kd make-model-dir`") from None
+
+
+def pooled_cmvn(stats: CmvnStats) -> CmvnStats:
+    """Return one ``"global"`` key holding the sums of every key of ``stats`` (e.g. the training
+    part's speakers): the statistics of all its frames together."""
+    if not stats.keys:
+        raise DataError("CMVN statistics hold no key; recompute the training part's features (stage 1)")
+    return CmvnStats(["global"], stats.count.sum(keepdims=True), stats.sum.sum(0, keepdims=True), stats.sumsq.sum(0, keepdims=True))
+
+
+def normalize_features(feats: np.ndarray, normalization: str, cmvn: CmvnStats | None) -> np.ndarray:
+    """Return ``feats`` (T x D) with mean removed and variance scaled to one: by the global
+    statistics ``cmvn``, or by the utterance's own (``normalization == "utterance"``)."""
+    if normalization == "global":
+        assert cmvn is not None
+        return cmvn.normalize(feats, "global")
+    utt = CmvnStats.empty(feats.shape[1])
+    utt.accumulate("global", feats)
+    return utt.normalize(feats, "global")
+
+
+def _copy(src: Path | str, dst: Path) -> None:
+    src = Path(src)
+    if not src.is_file():
+        raise DataError(f"{src} does not exist; it is needed for the model directory (train or build it first)")
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+
+def _save_network(checkpoint: Path | str, out: Path, kind: str) -> None:
+    """Copy only the weights and the model description of a training checkpoint (no optimizer,
+    no RNG state) so that ``torch.load(weights_only=True)`` reads it."""
+    from asr_kd.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    extra = ckpt.get("extra", {})
+    need = "ctc_model" if kind == "ctc" else "model_config"
+    if need not in extra:
+        raise DataError(f"checkpoint {checkpoint} holds no {kind} model description ({need}); pass a checkpoint of a {kind} model")
+    keep = {k: extra[k] for k in ("ctc_model", "model_config", "num_classes") if k in extra}
+    with atomic_path(out) as tmp:
+        torch.save({"model": ckpt["model"], "extra": keep}, tmp)
+
+
+def assemble_hybrid_model_dir(
+    out_dir: Path | str, *, checkpoint: Path | str, log_priors: Path | str, graph_dir: Path | str, gmm_model: Path | str,
+    lang_dir: Path | str, features: FeatureConfig, train_cmvn: Path | str | None, normalization: str = "global", description: str = "",
+) -> Path:
+    """Write a hybrid model directory at ``out_dir`` from explicit paths: the DNN ``checkpoint``,
+    the senone ``log_priors`` (text, :func:`asr_kd.decode.priors.save_priors`), ``graph_dir``
+    (HCLG.fst, words.txt), the GMM system whose transition model built HCLG, the lang directory
+    (silence phones), the feature config and the training part's CMVN statistics (pooled into
+    global ones). Returns ``out_dir``."""
+    from asr_kd.decode.hybrid import tid_to_pdf
+    from asr_kd.decode.priors import load_priors
+    from asr_kd.gmm.train import GmmSystem
+    from asr_kd.lang.lang_dir import Lang
+
+    out = _start(out_dir, normalization, train_cmvn)
+    tm = GmmSystem.load(gmm_model).tm
+    priors = load_priors(log_priors, tm.num_pdfs)
+    _save_network(checkpoint, out / MODEL_PT, "hybrid")
+    np.savetxt(out / PRIORS_FILE, priors.astype(np.float64), fmt="%.8g")
+    _save_array(out / TID2PDF_FILE, tid_to_pdf(tm).astype(np.int32))
+    _save_array(out / TID2PHONE_FILE, np.array([tm.transition_id_to_phone(t) for t in range(1, tm.num_transition_ids + 1)], dtype=np.int32))
+    _copy(Path(graph_dir) / "HCLG.fst", out / "HCLG.fst")
+    _copy(Path(graph_dir) / WORDS_FILE, out / WORDS_FILE)
+    silence = tuple(Lang.load(lang_dir).silence_phone_ids)
+    spec = ModelSpec("hybrid", features, normalization, 1, silence_phones=silence, description=description)
+    write_text_atomic(out / MODEL_JSON, spec.to_json())
+    return out
+
+
+def assemble_ctc_model_dir(
+    out_dir: Path | str, *, checkpoint: Path | str, units_dir: Path | str, hlg: Path | str, words: Path | str,
+    features: FeatureConfig, train_cmvn: Path | str | None, normalization: str = "global", description: str = "",
+) -> Path:
+    """Write a CTC model directory at ``out_dir`` from explicit paths: the CTC ``checkpoint``,
+    the units directory (tokens.txt, units.json, bpe.model), the HLG graph and its words.txt, the
+    feature config and the training part's CMVN statistics. Returns ``out_dir``."""
+    out = _start(out_dir, normalization, train_cmvn)
+    _save_network(checkpoint, out / MODEL_PT, "ctc")
+    units_dir = Path(units_dir)
+    _copy(units_dir / "tokens.txt", out / "tokens.txt")
+    _copy(units_dir / "units.json", out / "units.json")
+    kind = json.loads((units_dir / "units.json").read_text())["kind"]
+    if kind == "bpe":
+        _copy(units_dir / "bpe.model", out / "bpe.model")
+    _copy(hlg, out / "HLG.fst")
+    _copy(words, out / WORDS_FILE)
+    subsampling = int(torch.load(out / MODEL_PT, weights_only=True)["extra"]["ctc_model"]["subsampling"])
+    spec = ModelSpec("ctc", features, normalization, subsampling, units=kind, description=description)
+    write_text_atomic(out / MODEL_JSON, spec.to_json())
+    return out
+
+
+def _start(out_dir: Path | str, normalization: str, train_cmvn: Path | str | None) -> Path:
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if normalization == "global":
+        if train_cmvn is None:
+            raise ConfigError("global normalisation needs the training part's CMVN statistics (cmvn_<train part>.npz)")
+        pooled_cmvn(CmvnStats.load(train_cmvn)).save(out / CMVN_FILE)
+    else:
+        (out / CMVN_FILE).unlink(missing_ok=True)
+    return out
+
+
+def load_spec(model_dir: Path | str) -> ModelSpec:
+    """Return the :class:`ModelSpec` of ``model_dir``; DataError if it is not a model directory."""
+    path = Path(model_dir) / MODEL_JSON
+    if not path.is_file():
+        raise DataError(f"{model_dir} is not a model directory (no {MODEL_JSON}); build one with `asr-kd make-model-dir`")
+    return ModelSpec.from_json(path)
+
+
+def load_network(model_dir: Path | str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Return the network of ``model_dir`` in eval mode (read with ``weights_only=True``)."""
+    from asr_kd.ctc.model import CtcEncoder
+    from asr_kd.models.dnn import SplicedDnn
+
+    path = Path(model_dir) / MODEL_PT
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; rebuild the model directory with `asr-kd make-model-dir`")
+    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    extra = payload["extra"]
+    if "ctc_model" in extra:
+        model: torch.nn.Module = CtcEncoder.from_description(extra)
+    else:
+        model = SplicedDnn(config_from_dict(DnnConfig, extra["model_config"], str(path)), int(extra["num_classes"]))
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval()
+
+
+def load_cmvn(model_dir: Path | str, spec: ModelSpec) -> CmvnStats | None:
+    """Return the global CMVN statistics of ``model_dir`` (None for per-utterance normalisation)."""
+    return CmvnStats.load(Path(model_dir) / CMVN_FILE) if spec.normalization == "global" else None
+
+
+def load_int_array(path: Path) -> np.ndarray:
+    """Read an integer table written by the model directory (never a pickle)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; rebuild the model directory with `asr-kd make-model-dir`")
+    return np.load(path, allow_pickle=False)

@@ -1,0 +1,54 @@
+"""Where today's recipe (recipes/librispeech/run.sh) keeps what a model directory needs.
+
+:func:`recipe_model_paths` is the ONLY place in :mod:`asr_kd.deploy` that knows the recipe's
+folder layout, and it asks :class:`asr_kd.stages.layout.RecipeLayout`; everything else takes
+explicit paths.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from asr_kd.config import DEFAULT_TRAIN_PART, FeatureConfig, load_config
+from asr_kd.deploy.model_dir import assemble_ctc_model_dir, assemble_hybrid_model_dir
+from asr_kd.errors import ConfigError, DataError
+
+SYSTEM_HELP = "distilled, hard (the hybrid students), teacher<i>, or ctc-<student> (ctc-baseline, ctc-frame, ctc-sequence, ...)"
+
+
+def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_part: str = DEFAULT_TRAIN_PART, units: str = "phone") -> dict[str, Path]:
+    """Return the paths a model directory of ``system`` is assembled from, in the recipe's
+    folders ``exp`` and ``data`` (through :class:`RecipeLayout`): ``features`` (the FeatureConfig
+    YAML stage 1 saved) and the keyword arguments of :func:`assemble_hybrid_model_dir` or
+    :func:`assemble_ctc_model_dir`."""
+    from asr_kd.stages.common import model_checkpoint, read_senones
+    from asr_kd.stages.layout import RecipeLayout
+
+    layout = RecipeLayout(Path(data), Path(exp), train_part=train_part, ctc_units=units)
+    common = {"features": layout.data_dir / "features.yaml", "train_cmvn": layout.cmvn(train_part)}
+    if system in ("distilled", "hard") or re.fullmatch(r"teacher\d+", system):
+        run = layout.student_dir(system) if system in ("distilled", "hard") else layout.teacher_dir(int(system[7:]))
+        senones = read_senones(layout)
+        return {**common, "checkpoint": model_checkpoint(run), "log_priors": layout.log_priors, "graph_dir": senones.graph,
+                "gmm_model": senones.model, "lang_dir": layout.lang}
+    if system.startswith("ctc-"):
+        return {**common, "checkpoint": model_checkpoint(layout.ctc_student_dir(system[4:])), "units_dir": layout.ctc_units_dir,
+                "hlg": layout.ctc_graph / "HLG.fst", "words": layout.lang / "words.txt"}
+    raise ConfigError(f"unknown system {system!r}; use {SYSTEM_HELP}")
+
+
+def make_model_dir_from_recipe(
+    exp: Path | str, data: Path | str, system: str, out_dir: Path | str, train_part: str = DEFAULT_TRAIN_PART, units: str = "phone",
+    normalization: str = "global",
+) -> Path:
+    """Assemble the model directory of the recipe's ``system`` at ``out_dir``; return it."""
+    paths = recipe_model_paths(exp, data, system, train_part, units)
+    feature_yaml = paths.pop("features")
+    if not feature_yaml.is_file():
+        raise DataError(f"{feature_yaml} does not exist; run recipe stage 1 (features), which records the feature config there")
+    features = load_config(FeatureConfig, feature_yaml)
+    desc = f"{system} from {Path(exp).resolve()}"
+    if "units_dir" in paths:
+        return assemble_ctc_model_dir(out_dir, features=features, normalization=normalization, description=desc, **paths)
+    return assemble_hybrid_model_dir(out_dir, features=features, normalization=normalization, description=desc, **paths)

@@ -1,0 +1,372 @@
+"""What deployment costs and whether int8 may ship: the quantisation gate and the cost table.
+
+:func:`measure_system` runs one system (one model directory, or several fused as an ensemble) on
+a test set with one intra-op thread and returns a :class:`CostRow`: parameters, multiply-adds
+per second of audio, acoustic and search real-time factors per core, peak memory, size on disk
+and WER. :func:`cost_table` and :func:`quantisation_gate` turn rows into data and Markdown;
+``asr-kd deploy-report`` writes them as a RESULTS.md section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from asr_kd.config import DecodeConfig
+from asr_kd.deploy.acoustic import ONNX_FILES, TorchAcoustic
+from asr_kd.data.features import CmvnStats
+from asr_kd.deploy.model_dir import MODEL_PT, load_network, normalize_features, pooled_cmvn
+from asr_kd.deploy.transcribe import Transcriber
+from asr_kd.errors import AsrKdError, ConfigError
+from asr_kd.metrics.wer import WerResult, compute_wer
+
+DEFAULT_MAX_RELATIVE = 0.02  # the issue's target: int8 within 2% relative of fp32
+
+
+@dataclasses.dataclass(frozen=True)
+class CostRow:
+    """One system's deployment cost, measured in one run, and its test WER."""
+
+    system: str
+    runtime: str
+    params: int
+    macs_per_second: float
+    acoustic_rtf: float
+    search_rtf: float
+    peak_memory_mb: float
+    size_mb: float
+    wer: float
+    errors: int
+    ref_words: int
+    failed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GateResult:
+    """The quantisation gate's verdict: int8's WER against fp32's."""
+
+    fp32_wer: float
+    int8_wer: float
+    relative: float
+    max_relative: float
+    passed: bool
+
+    def markdown(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"Quantisation gate: {verdict}: int8 WER {100 * self.int8_wer:.2f}% vs fp32 {100 * self.fp32_wer:.2f}% "
+                f"({100 * self.relative:+.1f}% relative; the gate allows at most +{100 * self.max_relative:.1f}%).")
+
+
+def quantisation_gate(fp32: WerResult, int8: WerResult, max_relative: float = DEFAULT_MAX_RELATIVE) -> GateResult:
+    """Return the gate of ``int8`` against ``fp32`` (same references): it passes when int8's WER
+    is at most ``max_relative`` above fp32's, relative. With an fp32 WER of 0 one word error
+    stands in for the denominator, so a single new error on a tiny test set is measurable."""
+    if max_relative < 0:
+        raise ConfigError(f"the quantisation gate's max_relative must be >= 0, got {max_relative}")
+    base = max(fp32.errors, 1)
+    relative = (int8.errors - fp32.errors) / base
+    return GateResult(fp32.wer, int8.wer, relative, max_relative, relative <= max_relative)
+
+
+def macs_per_frame(model: torch.nn.Module, feature_dim: int, frames: int = 200) -> float:
+    """Return the network's multiply-adds per input frame, counted by torch's FLOP counter on a
+    ``frames``-frame input (matrix products and convolutions; 1 MAC = 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, lengths = torch.zeros(1, frames, feature_dim), torch.tensor([frames])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, lengths)
+    return counter.get_total_flops() / 2 / frames
+
+
+def _proc_kb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def reset_peak_memory() -> float:
+    """Reset the process's resident-memory high-water mark (Linux) and return the current
+    resident size in MB; NaN where /proc is unavailable."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:  # hand freed heap pages back to the OS so that they do not hide the next system's peak
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_kb("VmRSS") / 1024
+    except OSError:
+        return float("nan")
+
+
+def peak_memory_since(base_mb: float) -> float:
+    """Return the resident-memory peak above ``base_mb`` since :func:`reset_peak_memory` (MB)."""
+    try:
+        return _proc_kb("VmHWM") / 1024 - base_mb
+    except OSError:
+        return float("nan")
+
+
+class EnsembleAcoustic:
+    """Several model directories' networks fused by the arithmetic mean of their posteriors (the
+    ensemble of the paper): ``log(mean_i p_i)``."""
+
+    def __init__(self, members: Sequence[TorchAcoustic]) -> None:
+        self.members = list(members)
+
+    def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        outs = [m(feats) for m in self.members]
+        fused = []
+        for i in range(len(feats)):
+            stack = np.stack([o[i] for o in outs])
+            top = stack.max(axis=0)
+            fused.append((top + np.log(np.exp(stack - top).mean(axis=0))).astype(np.float32))
+        return fused
+
+
+def _file_mb(paths: Sequence[Path]) -> float:
+    return sum(p.stat().st_size for p in paths) / 1e6
+
+
+def measure_system(
+    name: str, model_dirs: Sequence[Path | str], backend: str, audio: Mapping[str, np.ndarray], refs: Mapping[str, str],
+    decode_config: DecodeConfig | None = None, method: str | None = None, repeats: int = 3,
+) -> tuple[CostRow, WerResult]:
+    """Transcribe ``audio`` (``{utt_id: samples at the model's rate}``) with ``model_dirs`` (one
+    model, or several fused as an ensemble; ``backend`` torch, onnx or onnx-int8) on one thread
+    and return its :class:`CostRow` and WER details against ``refs``. The first model directory
+    provides features, priors and graph. The acoustic time is the best of ``repeats`` passes
+    over the test set, one utterance per call; the search runs once."""
+    if not model_dirs:
+        raise ConfigError(f"system {name}: no model directory given")
+    if len(model_dirs) > 1 and backend != "torch":
+        raise ConfigError(f"system {name}: an ensemble runs with the torch backend only")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = reset_peak_memory()
+        nets = [load_network(d) for d in model_dirs]
+        acoustic = EnsembleAcoustic([TorchAcoustic(n) for n in nets]) if len(nets) > 1 else None
+        tr = Transcriber(model_dirs[0], backend, method, decode_config, num_threads=1, acoustic=acoustic)
+        feats = {u: tr.features(x) for u, x in audio.items()}
+        # CPU time of this process (one thread), best of ``repeats`` passes: wall time would also
+        # count waiting for other processes on a shared machine.
+        acoustic_s = float("inf")
+        for _ in range(repeats):
+            start = time.process_time()
+            log_probs = {u: tr.acoustic([f])[0] for u, f in feats.items()}
+            acoustic_s = min(acoustic_s, time.process_time() - start)
+        hyps: dict[str, str] = {}
+        failed = 0
+        start = time.process_time()
+        for utt_id, lp in log_probs.items():
+            try:
+                hyps[utt_id] = tr.search(lp, utt_id).text
+            except AsrKdError:
+                failed += 1
+        search_s = time.process_time() - start
+        peak = peak_memory_since(base)
+    finally:
+        torch.set_num_threads(before)
+    seconds = sum(len(s) for s in audio.values()) / tr.sampling_rate
+    dim = tr.spec.features.num_mel_bins
+    frames_per_second = 1.0 / tr.spec.features.frame_shift
+    macs = sum(macs_per_frame(n, dim) for n in nets) * frames_per_second
+    files = [Path(d) / (MODEL_PT if backend == "torch" else ONNX_FILES[backend]) for d in model_dirs]
+    wer = compute_wer(refs, hyps)
+    row = CostRow(name, backend, sum(sum(p.numel() for p in n.parameters()) for n in nets), macs, acoustic_s / seconds,
+                  search_s / seconds, peak, _file_mb(files), wer.wer, wer.errors, wer.ref_words, failed)
+    return row, wer
+
+
+def cost_table(rows: Sequence[CostRow], baseline: str | None = None) -> str:
+    """Return the Markdown cost table of ``rows``; with ``baseline`` (a system name), a column of
+    each row's acoustic speed-up over that system's first row."""
+    base = next((r for r in rows if r.system == baseline), None)
+    head = ("| System | Runtime | Params | MMACs / s audio | Acoustic RTF / core | Search RTF / core | Peak memory (MB) | "
+            "Size (MB) | Test WER |" + (f" Acoustic speed-up vs {baseline} |" if base else ""))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [r.system, r.runtime, f"{r.params:,}", f"{r.macs_per_second / 1e6:.2f}", f"{r.acoustic_rtf:.4f}", f"{r.search_rtf:.4f}",
+                 f"{r.peak_memory_mb:.0f}", f"{r.size_mb:.2f}", f"{100 * r.wer:.2f}% ({r.errors}/{r.ref_words})"]
+        if base:
+            cells.append(f"{base.acoustic_rtf / max(r.acoustic_rtf, 1e-12):.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemSpec:
+    """A system to measure: a name, its model directories (several: an ensemble) and a runtime."""
+
+    name: str
+    model_dirs: tuple[Path, ...]
+    backend: str = "torch"
+
+    @classmethod
+    def parse(cls, text: str) -> "SystemSpec":
+        """Parse ``NAME=DIR[,DIR...][@BACKEND]``; ConfigError naming the expected form."""
+        name, sep, rest = text.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"--system {text!r}: expected NAME=MODEL_DIR[,MODEL_DIR...][@torch|onnx|onnx-int8]")
+        dirs, _, backend = rest.partition("@")
+        return cls(name, tuple(Path(d) for d in dirs.split(",") if d), backend or "torch")
+
+
+def load_test_audio(manifest: Path | str, sampling_rate: int, max_cuts: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Return ``({cut id: samples}, {cut id: transcript})`` of a lhotse cut manifest's first
+    ``max_cuts`` cuts; a cut whose audio cannot be read raises its DataError."""
+    from lhotse import load_manifest_lazy
+
+    from asr_kd.deploy.transcribe import manifest_items
+
+    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).strip() for c in load_manifest_lazy(manifest)}
+    audio: dict[str, np.ndarray] = {}
+    for utt_id, _, samples in manifest_items(manifest, sampling_rate):
+        if isinstance(samples, Exception):
+            raise samples
+        audio[utt_id] = samples
+        if max_cuts is not None and len(audio) >= max_cuts:
+            break
+    return audio, {k: refs[k] for k in audio}
+
+
+def deploy_report(
+    systems: Sequence[SystemSpec], test_manifest: Path | str, gate_system: str | None = None, max_relative: float = DEFAULT_MAX_RELATIVE,
+    baseline: str | None = None, decode_config: DecodeConfig | None = None, max_cuts: int | None = None,
+    results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
+    plot: Path | str | None = None,
+) -> tuple[list[CostRow], GateResult | None, str]:
+    """Measure every system on the test manifest in one run and return ``(rows, gate, markdown)``;
+    the gate compares ``gate_system``'s onnx and onnx-int8 rows (both must be among ``systems``).
+    With ``speaker_cmvn`` (the test part's per-speaker statistics), each single-model torch system
+    is also scored with per-speaker, global and per-utterance normalisation (test_manifest must
+    then carry stored features). With ``results_md``, writes the markdown as its
+    ``## Deployment`` section; with ``plot``, a PNG of WER against acoustic cost, linked from it
+    when it lies beside ``results_md``."""
+    from asr_kd.deploy.model_dir import load_spec
+    from asr_kd.report.results_md import write_section
+
+    rate = load_spec(systems[0].model_dirs[0]).features.sampling_rate
+    audio, refs = load_test_audio(test_manifest, rate, max_cuts)
+    rows, wers = [], {}
+    for s in systems:
+        row, wer = measure_system(s.name, s.model_dirs, s.backend, audio, refs, decode_config)
+        rows.append(row)
+        wers[(s.name, s.backend)] = wer
+    gate = None
+    if gate_system is not None:
+        missing = [b for b in ("onnx", "onnx-int8") if (gate_system, b) not in wers]
+        if missing:
+            raise ConfigError(f"the quantisation gate needs --system {gate_system}=DIR@{missing[0]}; add it")
+        gate = quantisation_gate(wers[(gate_system, "onnx")], wers[(gate_system, "onnx-int8")], max_relative)
+    seconds = sum(len(a) for a in audio.values()) / rate
+    text = ("## Deployment: cost table and quantisation gate\n\n" + (f"Produced by `{command}`.\n\n" if command else "")
+            + f"{len(audio)} utterances ({seconds:.1f} s) of `{Path(test_manifest).name}`, one thread (torch and onnxruntime), "
+            "one utterance per call, RTF = CPU time / audio time (acoustic: best of 3 passes), features excluded; MACs counted by torch's FLOP counter; peak memory = resident-set high-water mark "
+            "above the process before loading the system; size = model.pt or the ONNX file(s).\n\n" + cost_table(rows, baseline))
+    if gate is not None:
+        text += "\n" + gate.markdown() + "\n"
+    if plot is not None:
+        plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
+        if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:
+            text += f"\n![WER against acoustic cost]({Path(plot).name})\n"
+    if speaker_cmvn is not None:
+        norm = {s.name: normalisation_wers(s.model_dirs[0], test_manifest, speaker_cmvn, decode_config, max_cuts)
+                for s in systems if len(s.model_dirs) == 1 and s.backend == "torch"}
+        text += ("\nWhat normalisation costs: a model directory cannot know a new file's speaker, so it normalises with "
+                 "global statistics (pooled over the training speakers) or per utterance; the recipe's own scores use the "
+                 "test speakers' statistics. Same stored features, same network and search:\n\n" + normalisation_table(norm))
+    if results_md is not None:
+        write_section(results_md, "## Deployment", text)
+    return rows, gate, text
+
+
+def normalisation_wers(
+    model_dir: Path | str, test_cuts: Path | str, speaker_cmvn: Path | str, decode_config: DecodeConfig | None = None,
+    max_cuts: int | None = None,
+) -> dict[str, WerResult]:
+    """Return the test WER of ``model_dir``'s network with each input normalisation: per speaker
+    (``speaker_cmvn``, the test part's own statistics, as the recipe scores), the model
+    directory's global statistics, and per utterance. Features are the cuts' stored fbank, so
+    only the normalisation differs between the three."""
+    import itertools
+
+    from lhotse import load_manifest_lazy
+
+    from asr_kd.data.features import cmvn_key
+    from asr_kd.deploy.model_dir import load_cmvn, load_spec
+    from asr_kd.deploy.search import Searcher
+
+    spec = load_spec(model_dir)
+    speaker = CmvnStats.load(speaker_cmvn)
+    pooled = load_cmvn(model_dir, spec) or pooled_cmvn(speaker)
+    acoustic = TorchAcoustic(load_network(model_dir))
+    search = Searcher(model_dir, spec, None, decode_config)
+    cuts = list(itertools.islice(load_manifest_lazy(test_cuts), max_cuts))
+    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).strip() for c in cuts}
+    modes = {
+        "per speaker": lambda c, f: speaker.normalize(f, cmvn_key(c, "speaker")),
+        "global": lambda c, f: pooled.normalize(f, "global"),
+        "per utterance": lambda c, f: normalize_features(f, "utterance", None),
+    }
+    out: dict[str, WerResult] = {}
+    for mode, norm in modes.items():
+        hyps = {}
+        for c in cuts:
+            (lp,) = acoustic([norm(c, c.load_features().astype(np.float32))])
+            try:
+                hyps[c.id] = search(lp, c.id).text
+            except AsrKdError:
+                pass
+        out[mode] = compute_wer(refs, hyps)
+    return out
+
+
+def normalisation_table(results: Mapping[str, Mapping[str, WerResult]]) -> str:
+    """Return the Markdown table of :func:`normalisation_wers` results per system."""
+    lines = ["| System | WER, per-speaker CMVN | WER, global CMVN | WER, per-utterance |", "|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r[m].wer:.2f}% ({r[m].errors}/{r[m].ref_words})"
+                                                for m in ("per speaker", "global", "per utterance")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "") -> Path:
+    """Plot each row's test WER against its acoustic real-time factor per core (log scale),
+    one labelled point per system and runtime; write a PNG (Agg backend) to ``path`` and return
+    it. The paper's claim reads off it: the student sits at the ensemble's height, 1/N to its
+    left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr_kd.utils import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for r in rows:
+        x = max(r.acoustic_rtf, 1e-6)  # a log axis has no zero
+        ax.scatter([x], [100 * r.wer], s=25)
+        ax.annotate(f"{r.system} ({r.runtime})", (x, 100 * r.wer), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("acoustic model real-time factor per core (CPU time / audio time)")
+    ax.set_ylabel("test WER (%)")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,104 @@
+"""Export a CTC model directory for sherpa-onnx's offline CTC recognizer, and run it.
+
+sherpa-onnx computes its own features (kaldi-native-fbank: Kaldi's povey-window log-mel fbank,
+no dither, no edge snipping, the same as stage 1's lhotse fbank) but normalises nothing for the
+model type used here: its "zipformer CTC" model (icefall's export-onnx-ctc.py interface) takes
+raw fbank ``x [N, T, C]`` and ``x_lens [N]`` (int64) and returns ``log_probs [N, T', V]`` and
+``log_probs_len [N]``; V is read from the output's static last axis and the subsampling factor is
+fixed at 4 (it only scales timestamps). NeMo CTC models would have sherpa-onnx normalise per
+feature, but they get librosa-style (Slaney, hann window) filter banks, which our models never
+saw. So the global CMVN of the model directory is folded into the exported graph.
+
+With ``ctc_graph`` (``OfflineCtcFstDecoderConfig``) sherpa-onnx searches the HLG with
+kaldi-decoder's FasterDecoder, reading column ``ilabel - 1`` as ours does, and returns word ids
+(``result.words``), mapped to words here with the model directory's words.txt. It reports a word
+only on an arc that reads a new non-blank token; a word label that determinisation left on a
+blank or repeat arc is dropped, one cause of disagreement with our own decoder.
+
+The hybrid DNN student cannot run in sherpa-onnx: it has no HMM transition model, no senone
+priors and no HCLG search (its FST decoder is the CTC one above, whose decodable reads network
+outputs by token id), so hybrid models keep onnxruntime + kaldi-decoder
+(``asr-kd transcribe --backend onnx``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from asr_kd.deploy.model_dir import WORDS_FILE, load_cmvn, load_network, load_spec
+from asr_kd.deploy.onnx_export import ExportableAcoustic, add_metadata, export_module, quantize_int8
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.lang.symbols import SymbolTable
+
+log = logging.getLogger(__name__)
+
+SHERPA_MODEL = "model.onnx"
+SHERPA_MODEL_INT8 = "model.int8.onnx"
+SHERPA_SUBSAMPLING = 4  # hard-coded by sherpa-onnx for this model type
+
+
+def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = False) -> Path:
+    """Write ``model.onnx`` (``model.int8.onnx`` too with ``int8``), ``tokens.txt``, ``HLG.fst`` and
+    ``words.txt`` for sherpa-onnx under ``out_dir``; return ``out_dir``. ConfigError for a hybrid
+    model or one normalised per utterance (sherpa-onnx would need the normalisation in the graph
+    over the utterance, which this export does not do)."""
+    model_dir, out = Path(model_dir), Path(out_dir)
+    spec = load_spec(model_dir)
+    if spec.kind != "ctc":
+        raise ConfigError("sherpa-onnx runs CTC models only: its FST decoder has no HMM transitions, senone priors or HCLG "
+                          "search; transcribe hybrid models with `asr-kd transcribe --backend onnx`")
+    if spec.normalization != "global":
+        raise ConfigError(f"{model_dir} normalises per utterance; rebuild it with --normalization global for sherpa-onnx")
+    cmvn = load_cmvn(model_dir, spec)
+    assert cmvn is not None
+    mean, std = cmvn.mean_std("global")
+    module = ExportableAcoustic(load_network(model_dir), torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+    out.mkdir(parents=True, exist_ok=True)
+    path = export_module(module, spec.features.num_mel_bins, out / SHERPA_MODEL)
+    # sherpa-onnx picks the model class from its config (zipformer_ctc), not from metadata: these
+    # keys only describe the file.
+    add_metadata(path, {"model_type": "asr-kd-ctc", "comment": "asr-kd CTC encoder, global CMVN folded in; load as sherpa-onnx zipformer_ctc",
+                        "subsampling_factor": spec.subsampling, "feature_dim": spec.features.num_mel_bins})
+    if int8:
+        quantize_int8(path, out / SHERPA_MODEL_INT8)
+    for name in ("tokens.txt", "HLG.fst", WORDS_FILE):
+        shutil.copyfile(model_dir / name, out / name)
+    if spec.subsampling != SHERPA_SUBSAMPLING:
+        # Only sherpa-onnx's timestamps use the factor; the words are unaffected.
+        log.warning("model subsamples by %d but sherpa-onnx assumes %d: its timestamps will be off",
+                    spec.subsampling, SHERPA_SUBSAMPLING)
+    return out
+
+
+class SherpaCtc:
+    """sherpa-onnx's offline CTC recognizer over an :func:`export_sherpa` folder, HLG search."""
+
+    def __init__(self, sherpa_dir: Path | str, feature_dim: int, sampling_rate: int = 16000, num_threads: int = 1, int8: bool = False) -> None:
+        import sherpa_onnx
+
+        d = Path(sherpa_dir)
+        model = d / (SHERPA_MODEL_INT8 if int8 else SHERPA_MODEL)
+        for p in (model, d / "tokens.txt", d / "HLG.fst", d / WORDS_FILE):
+            if not p.is_file():
+                raise DataError(f"{p} does not exist; run `asr-kd export --sherpa-dir {d}` first")
+        self.sampling_rate = sampling_rate
+        self.words = SymbolTable.from_file(d / WORDS_FILE)
+        self.recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
+            model=str(model), tokens=str(d / "tokens.txt"), num_threads=num_threads, sample_rate=sampling_rate,
+            feature_dim=feature_dim, ctc_graph=str(d / "HLG.fst"))
+
+    def __call__(self, samples: Sequence[np.ndarray]) -> list[list[str]]:
+        """Return the words of each 1-D float32 signal (at ``sampling_rate``)."""
+        streams = []
+        for s in samples:
+            stream = self.recognizer.create_stream()
+            stream.accept_waveform(self.sampling_rate, np.asarray(s, dtype=np.float32))
+            streams.append(stream)
+        self.recognizer.decode_streams(streams)
+        return [[self.words.name(int(w)) for w in st.result.words] for st in streams]

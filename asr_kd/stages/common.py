@@ -1,0 +1,89 @@
+"""What the hybrid stages 4-8 share: the stage-3 senone record, trained models, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from asr_kd.config import DnnConfig
+from asr_kd.errors import DataError
+from asr_kd.models.dnn import SplicedDnn
+from asr_kd.report.results_md import write_section
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import StageRecord, require_record
+from asr_kd.train.frame_classifier import load_frame_classifier
+
+# Students start from other seeds than the teachers: a baseline with teacher 0's seed would be
+# teacher 0 itself (training is deterministic on CPU).
+STUDENT_SEED_OFFSET = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class SenoneInfo:
+    """What stage 3 says about its senones: their number, the GMM system and its HCLG."""
+
+    num_senones: int
+    model: Path
+    graph: Path
+
+
+def read_senones(layout: RecipeLayout) -> SenoneInfo:
+    """Return the :class:`SenoneInfo` of ``<exp>/gmm/ali/senones.json`` (paths resolved against
+    the gmm folder); DataError if stage 3 has not run or the file lacks a field."""
+    path = layout.senones_json
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run stage 3 (asr-kd train-gmm) first")
+    try:
+        info = json.loads(path.read_text())
+        return SenoneInfo(int(info["num_senones"]), layout.gmm / info["model"], layout.gmm / info["graph"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise DataError(f"{path} lacks a valid {err} field; rerun stage 3 (asr-kd train-gmm)") from None
+
+
+def gmm_record(layout: RecipeLayout) -> StageRecord:
+    """Return stage 3's provenance record; DataError naming stage 3 if it has not finished."""
+    return require_record(layout.gmm, "stage 3 (asr-kd train-gmm)")
+
+
+def model_checkpoint(exp_dir: Path) -> Path:
+    """Return ``exp_dir/best.pt`` (best dev frame accuracy) if it exists, else ``final.pt``;
+    DataError if the run never finished."""
+    for name in ("best.pt", "final.pt"):
+        if (exp_dir / name).is_file():
+            return exp_dir / name
+    raise DataError(f"{exp_dir} holds no best.pt or final.pt; train that model first (stages 4 and 6)")
+
+
+def recorded_num_teachers(layout: RecipeLayout) -> int:
+    """Return the number of teachers stage 4 trained, from its record."""
+    return int(require_record(layout.teachers, "stage 4 (asr-kd train-teachers)").config["num_teachers"])
+
+
+def load_teachers(layout: RecipeLayout, num_teachers: int | None = None, device: str | torch.device = "cpu") -> list[SplicedDnn]:
+    """Return the first ``num_teachers`` (default: all that stage 4 recorded) trained teachers, in
+    eval mode; DataError if stage 4 has not produced them."""
+    recorded = recorded_num_teachers(layout)
+    n = recorded if num_teachers is None else num_teachers
+    if not 1 <= n <= recorded:
+        raise DataError(f"{n} teachers asked for, but stage 4 trained {recorded} in {layout.teachers}; "
+                        f"pass --num-teachers 1..{recorded} or rerun stage 4 with --num-teachers {n}")
+    return [load_frame_classifier(model_checkpoint(layout.teacher_dir(i)), device) for i in range(n)]
+
+
+def describe_dnn(cfg: DnnConfig) -> str:
+    return (f"{cfg.num_hidden_layers} x {cfg.hidden_dim} ReLU, window {cfg.left_context} + 1 + {cfg.right_context} "
+            f"frames of {cfg.feature_dim} fbank")
+
+
+def fmt_pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def write_results(results_md: Path | None, heading: str, body: str, command: str) -> None:
+    """(Re)write the RESULTS.md section ``heading``, quoting the command that produced it."""
+    if results_md is not None:
+        text = f"{heading}\n\n" + (f"Produced by `{command}`.\n\n" if command else "") + body
+        write_section(results_md, heading, text)

@@ -1,0 +1,169 @@
+"""Decode any part, a user's own test set, with any trained hybrid system, without touching the
+recipe's stages or Table 1 (``asr-kd decode-part``).
+
+The part is read from a LibriSpeech-layout folder (``<corpus>/<part>/<speaker>/<chapter>/``); its
+manifests and features (the recipe's stage-1 feature config, its own per-speaker CMVN) go to
+``<exp>/decode_parts/<part>/data``, and every system to ``<exp>/decode_parts/<part>/<system>/``
+(``hyp.txt``, ``ref.txt``, ``wer_details`` with per-utterance and per-speaker WER). Systems: the
+GMMs of stage 3 (``tri``, ``mono``), the students of stage 6 (``baseline``, ``distilled``), the
+stage-4 ensemble (``ensemble``) and its members (``teacher<i>``). The folder's
+``provenance.json`` records the part's files and the records of every system decoded, so a
+retrained model redoes the decoding and a rerun with nothing changed is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from asr_kd.config import DecodeConfig, FeatureConfig, GmmConfig, config_from_dict, load_config
+from asr_kd.data.features import CmvnStats, cmvn_path, compute_features_for_parts, cuts_path
+from asr_kd.data.librispeech import prepare_manifests
+from asr_kd.decode.hclg import load_hclg
+from asr_kd.decode.priors import load_priors
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.gmm.align import senone_alignments
+from asr_kd.gmm.train import GmmSystem, GraphInputs, align_utterances
+from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
+from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
+from asr_kd.stages.common import gmm_record, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.layout import GMM_SYSTEMS, RecipeLayout
+from asr_kd.stages.provenance import StageGuard, listing_fingerprint, require_record
+from asr_kd.stages.s3_gmm import load_part, write_tids
+from asr_kd.train.frame_classifier import load_frame_classifier
+from asr_kd.utils import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+STUDENTS = {"baseline": "hard", "distilled": "distilled"}
+
+
+def _system_inputs(layout: RecipeLayout, systems: Sequence[str]) -> dict[str, str]:
+    """Return the records' fingerprints of what ``systems`` are made of; ConfigError for an
+    unknown system name."""
+    inputs = {"gmm": gmm_record(layout).fingerprint}
+    for name in systems:
+        if name in GMM_SYSTEMS:
+            continue
+        if name in STUDENTS:
+            inputs[f"student_{STUDENTS[name]}"] = require_record(layout.student_dir(STUDENTS[name]), f"stage 6 ({STUDENTS[name]} student)").fingerprint
+        elif name == "ensemble" or (name.startswith("teacher") and name[7:].isdigit()):
+            inputs["teachers"] = require_record(layout.teachers, "stage 4 (teachers)").fingerprint
+        else:
+            raise ConfigError(f"unknown system {name!r}; choose from tri, mono, baseline, distilled, ensemble, teacher<i>")
+    return inputs
+
+
+def per_speaker_wer(result: WerResult, speakers: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """Return ``{speaker: {"wer", "errors", "ref_words", "utterances"}}`` from the per-utterance
+    details of ``result`` (``speakers`` maps utterance ids to speakers)."""
+    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for utt in result.utterances:
+        s = sums[speakers.get(utt.utt_id, "?")]
+        s[0] += utt.errors
+        s[1] += len(utt.ref)
+        s[2] += 1
+    return {spk: {"wer": e / max(n, 1), "errors": e, "ref_words": n, "utterances": u} for spk, (e, n, u) in sorted(sums.items())}
+
+
+def decode_part(
+    layout: RecipeLayout, corpus_dir: Path | str, part: str, systems: Sequence[str], decode_config: DecodeConfig,
+    num_jobs: int = 2, command: str = "", align: bool = False,
+) -> dict[str, dict]:
+    """Decode ``part`` of ``corpus_dir`` with each of ``systems``; return ``{system: {"wer",
+    "substitutions", "deletions", "insertions", "ref_words", "utterances", "failed",
+    "per_speaker"}}`` (also ``scores.json``). With ``align``, the part is first aligned with the
+    stage-3 triphone system (``data/tids_<part>.txt``) and the networks also get
+    ``"frame_accuracy"`` and ``"aligned_utterances"``. Skipped when the folder's record matches."""
+    if not systems:
+        raise ConfigError("name at least one system to decode (--systems tri distilled ...)")
+    out = layout.exp_dir / "decode_parts" / part
+    inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), **_system_inputs(layout, systems),
+              "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}
+    feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
+    guard = StageGuard(f"decode-part {part}", out, {"part": part, "systems": list(systems), "decode": decode_config,
+                                                    "features": feature_config, "align": align}, inputs, command)
+    scores_path = out / "scores.json"
+    if guard.needs_work():
+        data = out / "data"
+        reports = prepare_manifests(corpus_dir, data / "manifests", [part], num_jobs=num_jobs)
+        if reports[part].utterances == 0:
+            raise DataError(f"{Path(corpus_dir) / part} holds no utterance with audio and a transcript; check the folder")
+        compute_features_for_parts(data / "manifests", data, [part], feature_config)
+        lang = Lang.load(layout.lang)
+        senones = _align(layout, data, part, lang, num_jobs) if align else None
+        scores = {name: _decode_system(layout, data, part, name, lang, out / name, decode_config, senones) for name in systems}
+        write_json_atomic(scores_path, scores)
+        guard.finish([scores_path])
+    scores = read_json(scores_path)
+    assert isinstance(scores, dict)
+    return scores
+
+
+def _gmm_config(layout: RecipeLayout) -> GmmConfig:
+    """The GmmConfig stage 3 ran with, from its record."""
+    return config_from_dict(GmmConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in gmm_record(layout).config["gmm"].items()})
+
+
+def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: int) -> dict[str, np.ndarray]:
+    """Align the part with the stage-3 triphone system (Viterbi, Kaldi's align_si); write
+    ``data/tids_<part>.txt`` and return the senone alignment of every aligned utterance."""
+    config = _gmm_config(layout)
+    part_data = load_part(data, part, lang, config)
+    system = GmmSystem.load(layout.gmm_model("tri"))
+    tids, failed = align_utterances(system, GraphInputs.from_lang(lang), part_data.utterances, config, num_jobs, desc=f"align {part}")
+    write_tids(data / f"tids_{part}.txt", tids)
+    log.info("%s: %d of %d utterances aligned with %s", part, len(tids), len(part_data.utterances), layout.gmm_model("tri"))
+    return senone_alignments(system.tm, tids)
+
+
+def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang: Lang, out_dir: Path, decode_config: DecodeConfig,
+                   senones_ali: Mapping[str, np.ndarray] | None = None) -> dict:
+    from asr_kd.decode.gmm_decode import decode_gmm_batch
+    from asr_kd.decode.hybrid import decode_posteriors_batch
+
+    senones = read_senones(layout)
+    if name in GMM_SYSTEMS:
+        part_data = load_part(data, part, lang, _gmm_config(layout))
+        system = GmmSystem.load(layout.gmm_model(name))
+        batch = decode_gmm_batch(load_hclg(layout.gmm_graph(name)), system.am, system.tm, {u.id: u.feats for u in part_data.utterances},
+                                 decode_config)
+        refs = part_data.refs
+        speakers = {c.id: c.supervisions[0].speaker for c in part_data.fbank_cuts}
+    else:
+        if name in STUDENTS:
+            models = [load_frame_classifier(model_checkpoint(layout.student_dir(STUDENTS[name])))]
+        elif name == "ensemble":
+            models = load_teachers(layout)
+        else:
+            models = [load_teachers(layout)[int(name[7:])]]
+        cuts = layout.open_cuts(cuts_path(data / "fbank", part))
+        cmvn = CmvnStats.load(cmvn_path(data / "fbank", part))
+        posteriors: dict[str, np.ndarray] = {}
+        refs, speakers = {}, {}
+        for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, 1.0):
+            posteriors[cut.id] = log_probs.numpy()
+            refs[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
+            speakers[cut.id] = cut.supervisions[0].speaker
+        trans_model = GmmSystem.load(senones.model).tm
+        batch = decode_posteriors_batch(load_hclg(senones.graph), trans_model, posteriors,
+                                        load_priors(layout.log_priors, trans_model.num_pdfs), decode_config)
+    extra: dict = {}
+    if senones_ali is not None and name not in GMM_SYSTEMS:
+        acc = corpus_frame_accuracy(posteriors, senones_ali)
+        extra = {"frame_accuracy": acc.accuracy, "aligned_utterances": len(senones_ali), "frames": acc.counted}
+    hyps = batch.texts(lang.words)
+    result = compute_wer(refs, hyps)
+    write_transcripts(out_dir / "ref.txt", refs)
+    write_wer_report(result, out_dir / "wer_details")
+    write_transcripts(out_dir / "hyp.txt", hyps)
+    by_speaker = per_speaker_wer(result, speakers)
+    write_json_atomic(out_dir / "per_speaker.json", by_speaker)
+    log.info("%s on %s: %s", name, part, result.summary())
+    return {"wer": result.wer, "substitutions": result.substitutions, "deletions": result.deletions, "insertions": result.insertions,
+            "ref_words": result.ref_words, "utterances": len(refs), "failed": len(batch.failed), "per_speaker": by_speaker, **extra}

@@ -1,0 +1,210 @@
+"""One home for every folder and file name that recipe stages share, and for the field names that
+stages store on cuts.
+
+:class:`RecipeLayout` is built from a recipe's data and experiment folders and its part names; each
+stage module asks it where to read and write, so a folder name appears here and nowhere else.
+
+```
+<data>/manifests/                      stage 0: lhotse recordings + supervisions per part
+<data>/corpus/                         stage 0: the synthetic corpus (offline default)
+<data>/fbank/, <data>/mfcc/            stage 1: cuts_<part>.jsonl.gz, feats, cmvn_<part>.npz
+<data>/lang/                           stage 2: lexicon, L/G FSTs, words.txt, lang.json
+<exp>/gmm/                             stage 3: mono/, tri/ (final.mdl, graph/), ali/, decode_*
+<exp>/teachers/teacher<i>/             stage 4: the hybrid teacher DNNs
+<exp>/soft_targets/<settings>/         stage 5: top-k soft targets, the folder named by their settings
+<exp>/students/<hard|distilled>/       stage 6
+<exp>/decode/                          stage 7: per-system decodes, table1.json
+<exp>/three_percent/                   stage 8
+<exp>/ctc/<units>/                     the CTC path (units/, teachers*/, soft_targets/, students/, graph/, decode/)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from lhotse import CutSet, load_manifest_lazy
+
+from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART
+from asr_kd.data.features import CmvnStats, cmvn_path, cuts_path
+from asr_kd.errors import DataError
+
+# Custom fields that stages store on cuts: stage 3's senone alignment (the soft-target fields are
+# asr_kd.kd.soft_targets.SOFT_IDS / SOFT_PROBS / SOFT_TEMPERATURE).
+SENONES_FIELD = "senones"
+GMM_SYSTEMS = ("mono", "tri")
+GMM_MODEL_NAME = "final.mdl"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeLayout:
+    """Where every stage of the main recipe reads and writes."""
+
+    data_dir: Path
+    exp_dir: Path
+    train_part: str = DEFAULT_TRAIN_PART
+    dev_part: str = DEFAULT_DEV_PART
+    test_part: str = DEFAULT_TEST_PART
+    ctc_units: str = "phone"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "exp_dir", Path(self.exp_dir))
+
+    # ---- stages 0-2 ----------------------------------------------------------------------
+    @property
+    def manifests(self) -> Path:
+        return self.data_dir / "manifests"
+
+    @property
+    def synthetic_corpus(self) -> Path:
+        return self.data_dir / "corpus"
+
+    def features(self, kind: str) -> Path:
+        """Stage 1's folder of ``kind`` ("fbank" or "mfcc")."""
+        return self.data_dir / kind
+
+    def fbank_cuts(self, part: str) -> Path:
+        return cuts_path(self.features("fbank"), part)
+
+    def cmvn(self, part: str) -> Path:
+        """Stage 1's fbank CMVN statistics of ``part``."""
+        return cmvn_path(self.features("fbank"), part)
+
+    @property
+    def lang(self) -> Path:
+        return self.data_dir / "lang"
+
+    # ---- stage 3 -------------------------------------------------------------------------
+    @property
+    def gmm(self) -> Path:
+        return self.exp_dir / "gmm"
+
+    def gmm_model(self, system: str) -> Path:
+        return self.gmm / system / GMM_MODEL_NAME
+
+    def gmm_graph(self, system: str) -> Path:
+        return self.gmm / system / "graph"
+
+    @property
+    def mono_alignments(self) -> Path:
+        """The monophone training alignments (what the triphone tree is built from)."""
+        return self.gmm / "mono" / "ali_train.txt"
+
+    @property
+    def ali(self) -> Path:
+        return self.gmm / "ali"
+
+    @property
+    def senones_json(self) -> Path:
+        """Number of senones, model and graph (relative to the gmm folder), per-part counts."""
+        return self.ali / "senones.json"
+
+    @property
+    def log_priors(self) -> Path:
+        return self.ali / "log_priors.npy"
+
+    def ali_cuts(self, part: str) -> Path:
+        """Stage 3's fbank cuts of ``part`` with senone alignments."""
+        return self.ali / f"cuts_{part}.jsonl.gz"
+
+    def tids(self, part: str) -> Path:
+        return self.ali / f"tids_{part}.txt"
+
+    def gmm_decode(self, system: str, part: str) -> Path:
+        return self.gmm / f"decode_{system}_{part}"
+
+    @property
+    def gmm_summary(self) -> Path:
+        return self.gmm / "stage3.json"
+
+    # ---- stages 4-8 (hybrid) --------------------------------------------------------------
+    @property
+    def teachers(self) -> Path:
+        return self.exp_dir / "teachers"
+
+    def teacher_dir(self, i: int) -> Path:
+        return self.teachers / f"teacher{i}"
+
+    def soft_dir(self, num_teachers: int, fusion: str, temperature: float, top_k: int) -> Path:
+        """Stage 5's folder of the soft targets made with these settings."""
+        return self.exp_dir / "soft_targets" / soft_targets_name(num_teachers, fusion, temperature, top_k)
+
+    def soft_cuts(self, soft_dir: Path) -> Path:
+        """The training cuts carrying top-k soft targets in ``soft_dir``."""
+        return soft_dir / f"cuts_{self.train_part}.jsonl.gz"
+
+    def student_dir(self, kind: str) -> Path:
+        return self.exp_dir / "students" / kind
+
+    @property
+    def decode(self) -> Path:
+        return self.exp_dir / "decode"
+
+    @property
+    def three_percent(self) -> Path:
+        return self.exp_dir / "three_percent"
+
+    # ---- the CTC path ----------------------------------------------------------------------
+    @property
+    def ctc_root(self) -> Path:
+        return self.exp_dir / "ctc" / self.ctc_units
+
+    @property
+    def ctc_units_dir(self) -> Path:
+        return self.ctc_root / "units"
+
+    def ctc_teacher_set(self, shared_init_steps: int, guide_weight: float = 0.0) -> Path:
+        """The folder of the CTC teachers trained with ``shared_init_steps`` and ``guide_weight``."""
+        return self.ctc_root / ctc_teacher_set_name(shared_init_steps, guide_weight)
+
+    def ctc_soft_dir(self, set_name: str, fusion: str, temperature: float, top_k: int) -> Path:
+        return self.ctc_root / "soft_targets" / f"{set_name}_{fusion}_T{temperature:g}_k{top_k}"
+
+    def ctc_student_dir(self, name: str) -> Path:
+        return self.ctc_root / "students" / name
+
+    @property
+    def ctc_graph(self) -> Path:
+        return self.ctc_root / "graph"
+
+    @property
+    def ctc_decode(self) -> Path:
+        return self.ctc_root / "decode"
+
+    # ---- readers with one-line errors --------------------------------------------------------
+    def open_cuts(self, path: Path) -> CutSet:
+        """Return the lazily opened cut manifest ``path``; DataError naming the stage to run."""
+        if not Path(path).is_file():
+            raise DataError(f"cut manifest {path} does not exist; run the stage that writes it first "
+                            "(stage 1 features, stage 3 alignments, stage 5 soft targets)")
+        return load_manifest_lazy(path)
+
+    def open_cmvn(self, part: str) -> CmvnStats:
+        """Return the fbank CMVN statistics of ``part``; DataError if stage 1 did not write them."""
+        path = self.cmvn(part)
+        if not path.is_file():
+            raise DataError(f"CMVN statistics {path} do not exist; run stage 1 (features) for {part}")
+        return CmvnStats.load(path)
+
+
+def soft_targets_name(num_teachers: int, fusion: str, temperature: float, top_k: int) -> str:
+    """Return the folder name of hybrid soft targets: ``teachers<N>_<fusion>_T<T>_k<k>``."""
+    return f"teachers{num_teachers}_{fusion}_T{temperature:g}_k{top_k}"
+
+
+_SET_NAME = re.compile(r"teachers(?:_shared(\d+))?(?:_guided([0-9.e+-]+))?")
+
+
+def ctc_teacher_set_name(shared_init_steps: int, guide_weight: float = 0.0) -> str:
+    """Return the folder name of a CTC teacher set: ``teachers[_shared<N>][_guided<w>]``."""
+    return ("teachers" + (f"_shared{shared_init_steps}" if shared_init_steps > 0 else "")
+            + (f"_guided{guide_weight:g}" if guide_weight > 0 else ""))
+
+
+def parse_ctc_teacher_set_name(name: str) -> tuple[int, float] | None:
+    """Return ``(shared_init_steps, guide_weight)`` of a CTC teacher-set folder name, or None."""
+    m = _SET_NAME.fullmatch(name)
+    return None if m is None else (int(m.group(1) or 0), float(m.group(2) or 0.0))

@@ -1,0 +1,365 @@
+"""Stage provenance: what a stage made, from what, with which settings, and the one skip/redo rule.
+
+Every recipe stage writes ``provenance.json`` into its output folder, last and atomically, once
+its work has succeeded (it replaces the old ``.done`` markers):
+
+- ``config``: the resolved settings the stage ran with (configs as dicts, part names, sizes);
+  never folder paths, so that a copied or moved experiment folder still matches;
+- ``config_fingerprint``: a hash of that config;
+- ``inputs``: the fingerprints of what it read (upstream stages' records, a corpus listing);
+- ``outputs``: the size and SHA-256 of its key output files;
+- ``fingerprint``: a hash of all three, the value downstream stages record as their input;
+- ``code_version`` (``git describe`` or the package version) and ``command``, for the reader.
+
+:class:`StageGuard` applies the single rule: a stage is skipped only when its record exists, its
+config and input fingerprints equal the ones it would run with now, and its recorded outputs are
+intact. Otherwise the stage's folders are emptied and the work redone (``on_change="redo"``, the
+default), or the stage stops with one line naming the differing keys (``on_change="stop"``; the
+environment variable ``ASR_KD_ON_CHANGE`` sets it for every stage of a recipe run). An
+interrupted run leaves ``.in_progress.json`` naming its fingerprints: a rerun with the same ones
+resumes (checkpoints, finished sub-steps), any other empties the folders first. Modification
+times are never consulted, and an output that merely exists is never reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.utils import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "provenance.json"
+IN_PROGRESS_NAME = ".in_progress.json"
+ON_CHANGE_ENV = "ASR_KD_ON_CHANGE"
+ON_CHANGE_CHOICES = ("redo", "stop")
+# Settings that change how fast a stage runs or how much it logs, never what it makes.
+NEUTRAL_KEYS = frozenset({"num_jobs", "num_workers", "log_every_steps", "checkpoint_every_steps", "keep_last_checkpoints"})
+# Output files up to this size are hashed when a stage is skipped; larger ones are checked by size.
+HASH_ON_SKIP_BYTES = 64 << 20
+
+
+def _canonical(value: Any) -> Any:
+    """Return ``value`` as plain JSON types (dataclasses as dicts, tuples as lists, paths as str)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_dict(value: Any) -> dict[str, Any]:
+    """Return the JSON form of a stage's config (dataclasses and mappings, nested), without the
+    :data:`NEUTRAL_KEYS` at any depth."""
+
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in NEUTRAL_KEYS}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    out = strip(_canonical(value))
+    if not isinstance(out, dict):
+        raise TypeError(f"a stage config must be a mapping or dataclass, got {type(value).__name__}")
+    return out
+
+
+def fingerprint(value: Any) -> str:
+    """Return a 16-hex-digit SHA-256 of ``value``'s canonical JSON."""
+    text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Return the SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def listing_fingerprint(root: Path | str, parts: Sequence[str] = ()) -> str:
+    """Return the fingerprint of the files below ``root`` (or its ``parts`` folders): their
+    relative paths and sizes, so a changed or added file changes it and a copy does not."""
+    root = Path(root)
+    entries = []
+    for top in [root / p for p in parts] or [root]:
+        if not top.exists():
+            entries.append([str(top.relative_to(root)), None])
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                entries.append([str(p.relative_to(root)), p.stat().st_size])
+    return fingerprint(entries)
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Return ``git describe --always --dirty`` of the asr-kd checkout, else the package version."""
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                return "git " + out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        from importlib.metadata import version
+
+        return "asr-kd " + version("asr-kd")
+    except Exception:  # noqa: BLE001 - not installed: say so rather than fail a stage
+        return "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecord:
+    """The contents of a stage's ``provenance.json``."""
+
+    stage: str
+    config: dict[str, Any]
+    config_fingerprint: str
+    inputs: dict[str, str]
+    outputs: dict[str, dict[str, Any]]
+    fingerprint: str
+    code_version: str = ""
+    command: str = ""
+    finished: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> "StageRecord":
+        """Read a record; DataError naming the file if it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as err:
+            raise DataError(f"{path} is not a readable stage record ({type(err).__name__}); delete it to redo that stage") from None
+
+
+def read_record(folder: Path | str) -> StageRecord | None:
+    """Return the record of the stage whose output folder is ``folder``, or None if unfinished."""
+    path = Path(folder) / RECORD_NAME
+    return StageRecord.read(path) if path.is_file() else None
+
+
+def require_record(folder: Path | str, stage_hint: str) -> StageRecord:
+    """Return the record of ``folder``; DataError naming ``stage_hint`` when it is missing."""
+    rec = read_record(folder)
+    if rec is None:
+        raise DataError(f"{Path(folder)} holds no finished stage ({RECORD_NAME} is missing); run {stage_hint} first")
+    return rec
+
+
+def input_fingerprint(folder: Path | str, files: Iterable[Path | str] = ()) -> str:
+    """Return the fingerprint of an input folder: its stage record's, or, for a folder that no
+    stage of ours made (manifests prepared elsewhere), a hash of ``files`` that exist there
+    (contents), so that changed inputs still redo what used them."""
+    rec = read_record(folder)
+    if rec is not None:
+        return rec.fingerprint
+    return fingerprint([[str(Path(f).name), file_sha256(f)] for f in files if Path(f).is_file()])
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def differences(old_config: Mapping[str, Any], new_config: Mapping[str, Any], old_inputs: Mapping[str, str],
+                new_inputs: Mapping[str, str]) -> list[str]:
+    """Return ``["key: old -> new", ...]`` for every differing config key and input fingerprint."""
+    a, b = _flatten(old_config), _flatten(new_config)
+    diffs = [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b)) if a.get(k, "?") != b.get(k, "?")]
+    diffs += [f"input {k}: {old_inputs.get(k, '(absent)')} -> {new_inputs.get(k, '(absent)')}"
+              for k in sorted(set(old_inputs) | set(new_inputs)) if old_inputs.get(k) != new_inputs.get(k)]
+    return diffs
+
+
+def _check_outputs(root: Path, outputs: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Return why the recorded outputs below ``root`` are not intact, or None if they are."""
+    for rel, info in outputs.items():
+        p = root / rel
+        if not p.is_file():
+            return f"{p} is missing"
+        if p.stat().st_size != info["bytes"]:
+            return f"{p} has {p.stat().st_size} bytes, {info['bytes']} were recorded (truncated or replaced)"
+        if info["bytes"] <= HASH_ON_SKIP_BYTES and file_sha256(p) != info["sha256"]:
+            return f"{p} differs from the recorded SHA-256 (changed since the stage finished)"
+    return None
+
+
+def on_change_policy(value: str | None = None) -> str:
+    """Return the change policy: ``value``, else ``$ASR_KD_ON_CHANGE``, else "redo"."""
+    policy = value or os.environ.get(ON_CHANGE_ENV) or "redo"
+    if policy not in ON_CHANGE_CHOICES:
+        raise ConfigError(f"{ON_CHANGE_ENV}={policy!r}: must be one of {ON_CHANGE_CHOICES}")
+    return policy
+
+
+class StageGuard:
+    """The skip/redo/refuse rule of one stage whose outputs live in ``folder`` (and, if the stage
+    writes elsewhere too, ``extra_folders``, emptied with it on a redo).
+
+    Use::
+
+        guard = StageGuard("s5_soft_targets", out, config=kd, inputs={"s4": teachers_fp})
+        if guard.needs_work():
+            ... work ...
+            guard.finish(["cuts_train.jsonl.gz", "stats.json"])
+        record = guard.record
+    """
+
+    def __init__(
+        self, stage: str, folder: Path | str, config: Any, inputs: Mapping[str, str] | None = None, command: str = "",
+        on_change: str | None = None, extra_folders: Iterable[Path | str] = (), redo_hint: str = "",
+        adopt_unrecorded: bool = False,
+    ) -> None:
+        self.stage = stage
+        self.folder = Path(folder)
+        self.extra_folders = [Path(p) for p in extra_folders]
+        self.config = config_dict(config)
+        self.config_fingerprint = fingerprint(self.config)
+        self.inputs = dict(sorted((inputs or {}).items()))
+        self.command = command
+        self.on_change = on_change_policy(on_change)
+        self.redo_hint = redo_hint
+        # True: a folder with contents but neither record nor in-progress note (made before
+        # records existed, or by hand) is left to the work to reuse or refuse, never emptied.
+        self.adopt_unrecorded = adopt_unrecorded
+        self.record: StageRecord | None = None
+
+    @property
+    def record_path(self) -> Path:
+        return self.folder / RECORD_NAME
+
+    @property
+    def in_progress_path(self) -> Path:
+        return self.folder / IN_PROGRESS_NAME
+
+    def _wanted(self) -> dict[str, Any]:
+        return {"config_fingerprint": self.config_fingerprint, "inputs": self.inputs}
+
+    def _empty_folders(self, why: str) -> None:
+        log.info("%s: %s; emptying %s and redoing it", self.stage, why, ", ".join(str(f) for f in [self.folder, *self.extra_folders]))
+        self.record_path.unlink(missing_ok=True)  # first: a crash below leaves an unfinished stage, never a stale record
+        for folder in [self.folder, *self.extra_folders]:
+            if folder.is_symlink():
+                folder.unlink()
+            elif folder.is_dir():
+                for child in folder.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+
+    def _remove_temporaries(self) -> None:
+        """Delete what a killed writer left half-written: the ``.<name>.tmp*`` files and folders of
+        :func:`asr_kd.utils.atomic_path` and the archive writer (never part of a finished output)."""
+        for folder in [self.folder, *self.extra_folders]:
+            for p in sorted(folder.rglob(".*.tmp*"), reverse=True) if folder.is_dir() else []:
+                log.info("%s: removing %s, left by an interrupted writer", self.stage, p)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+    def needs_work(self) -> bool:
+        """Decide: return False when the finished record matches (``self.record`` is set), True
+        when the work must run (the folders were emptied unless an interrupted run of the same
+        settings is resumed). Raises ConfigError under ``on_change="stop"`` when settings differ."""
+        old = read_record(self.folder)
+        if old is not None:
+            diffs = differences(old.config, self.config, old.inputs, self.inputs)
+            if not diffs:
+                broken = _check_outputs(self.folder, old.outputs)
+                if broken is None:
+                    log.info("%s: up to date (%s matches its config and inputs); skipping", self.stage, self.record_path)
+                    self.record = old
+                    return False
+                self._empty_folders(broken)
+            elif self.on_change == "stop":
+                shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+                raise ConfigError(
+                    f"{self.stage}: {self.folder} was made with other settings ({shown}); rerun with --on-change redo to redo it"
+                    + (f" ({self.redo_hint})" if self.redo_hint else "") + ", or with the settings it was made with")
+            else:
+                self._empty_folders("settings differ from the finished run (" + "; ".join(diffs[:4]) + ")")
+        else:
+            wanted = self._wanted()
+            try:
+                resumable = json.loads(self.in_progress_path.read_text()) == wanted
+            except (OSError, ValueError):
+                resumable = False
+            if resumable:
+                log.info("%s: resuming an interrupted run with the same settings in %s", self.stage, self.folder)
+                self._remove_temporaries()
+            elif self.folder.is_dir() and any(self.folder.iterdir()) and not self.adopt_unrecorded:
+                self._empty_folders("unfinished outputs of other or unknown settings")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.in_progress_path, json.dumps(self._wanted()) + "\n")
+        return True
+
+    def all_files(self) -> list[Path]:
+        """Return every file below the stage's folder (not the record, not symbolic links): the
+        outputs of a stage whose whole folder is its output."""
+        skip = {self.record_path, self.in_progress_path}
+        files = []
+        for dirpath, dirnames, filenames in os.walk(self.folder):  # os.walk does not enter linked folders
+            files += [p for p in (Path(dirpath) / n for n in filenames) if not p.is_symlink() and p not in skip]
+        return sorted(files)
+
+    def finish(self, outputs: Iterable[Path | str]) -> StageRecord:
+        """Record the finished stage: ``outputs`` (files, relative to the folder or absolute) are
+        hashed, and ``.pt`` checkpoints must load (a truncated file stops here, before a record
+        could vouch for it); the record is written last and atomically. Returns it."""
+        files: dict[str, dict[str, Any]] = {}
+        for out in outputs:
+            p = Path(out)
+            p = p if p.is_absolute() else self.folder / p
+            if not p.is_file():
+                raise DataError(f"{self.stage}: expected output {p} was not written; the stage failed, rerun it")
+            if p.suffix == ".pt":
+                from asr_kd.train.checkpoint import load_checkpoint  # DataError naming the file if unreadable
+
+                load_checkpoint(p)
+            # Relative to the folder ("../mfcc/x" for an extra folder), so a copied tree still matches.
+            files[os.path.relpath(p, self.folder)] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        record = StageRecord(
+            stage=self.stage, config=self.config, config_fingerprint=self.config_fingerprint, inputs=self.inputs,
+            outputs=dict(sorted(files.items())), fingerprint=fingerprint([self.config_fingerprint, self.inputs, files]),
+            code_version=code_version(), command=self.command,
+            finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        write_text_atomic(self.record_path, record.to_json())
+        self.in_progress_path.unlink(missing_ok=True)
+        self.record = record
+        log.info("%s: finished; %s written", self.stage, self.record_path)
+        return record

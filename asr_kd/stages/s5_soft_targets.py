@@ -1,0 +1,116 @@
+"""Stage 5: the teacher ensemble's soft targets, its fused posteriors at temperature T for every
+training frame, stored top-k on the training cuts.
+
+Writes ``<exp>/soft_targets/teachers<N>_<fusion>_T<T>_k<k>/`` (the folder is named by the
+settings, so targets made with other settings never stand in for these): ``cuts_<train>.jsonl.gz``,
+``storage_<train>/``, ``stats.json`` and ``provenance.json``, which records T, k, the fusion, the
+number of teachers and the fingerprints of stage 4's teachers and stage 3's cuts. Stages 6 and 8
+read that record through :func:`find_soft_targets` and refuse targets that do not match their
+own kd settings or today's teachers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from lhotse import CutSet
+from tqdm import tqdm
+
+from asr_kd.config import KdConfig, save_config
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.kd.soft_targets import SoftTargetStats, store_soft_targets, topk_compress
+from asr_kd.stages.common import gmm_record, load_teachers, recorded_num_teachers, write_results
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import StageGuard, StageRecord, config_dict, read_record, require_record
+from asr_kd.utils import atomic_path, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+HEADING = "## Soft targets (stage 5)"
+
+
+def soft_target_settings(kd: KdConfig, num_teachers: int, train_part: str) -> dict:
+    """The settings that make soft targets what they are (the stage-5 config)."""
+    return {"temperature": kd.temperature, "top_k": kd.top_k, "fusion": kd.fusion, "num_teachers": num_teachers, "train_part": train_part}
+
+
+def make_soft_targets(
+    layout: RecipeLayout, kd: KdConfig, num_teachers: int | None = None, max_duration: float = 20.0,
+    results_md: Path | None = None, command: str = "",
+) -> dict[str, float]:
+    """Store the ensemble's posteriors at ``kd.temperature`` (``kd.fusion``) of the first
+    ``num_teachers`` teachers (default: all of stage 4) as top-``kd.top_k`` soft targets; write
+    ``stats.json`` and return it: frames, bytes per frame stored vs dense float32, the mean
+    KL(stored || full), the mass kept and the settings. Skipped when the record matches."""
+    n = recorded_num_teachers(layout) if num_teachers is None else num_teachers
+    if n < 1:
+        raise ConfigError(f"--num-teachers must be >= 1, got {n}")
+    out = layout.soft_dir(n, kd.fusion, kd.temperature, kd.top_k)
+    teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+    guard = StageGuard("stage 5 (soft targets)", out, soft_target_settings(kd, n, layout.train_part),
+                       {"teachers": teachers_rec.fingerprint, "gmm": gmm_record(layout).fingerprint}, command)
+    stats_path = out / "stats.json"
+    if guard.needs_work():
+        teachers = load_teachers(layout, n)
+        cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
+        cmvn = layout.open_cmvn(layout.train_part)
+        stats = SoftTargetStats()
+        start = time.time()
+
+        def targets() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+            posteriors = ensemble_log_posteriors(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration)
+            for cut, log_probs in tqdm(posteriors, total=len(cuts), desc="ensemble soft targets", unit="cut", leave=False):
+                full = log_probs.exp()
+                ids, probs = topk_compress(full, kd.top_k)
+                stats.update(full.numpy(), ids, probs)
+                yield cut.id, ids, probs
+
+        stored = store_soft_targets(cuts, targets(), out / f"storage_{layout.train_part}", kd.top_k, kd.temperature)
+        with atomic_path(layout.soft_cuts(out)) as tmp:
+            stored.to_file(tmp)
+        summary = {**stats.summary(), "num_teachers": n, "temperature": kd.temperature, "top_k": kd.top_k,
+                   "fusion": kd.fusion, "cuts": len(stored), "seconds": round(time.time() - start, 1)}
+        save_config(kd, out / "kd.yaml")
+        write_json_atomic(stats_path, summary)
+        guard.finish([stats_path, layout.soft_cuts(out), out / f"storage_{layout.train_part}" / "arrays.npa"])
+    summary = read_json(stats_path)
+    assert isinstance(summary, dict)
+    log.info("soft targets: %d frames, %d bytes/frame stored vs %d dense float32, mean KL(stored || full) %.4f nats, mass kept %.3f",
+             summary["frames"], summary["bytes_per_frame"], summary["dense_float32_bytes_per_frame"],
+             summary["mean_kl_stored_vs_full"], summary["mean_mass_kept"])
+    body = (f"Ensemble of {n} teachers ({kd.fusion} mean) at T = {kd.temperature:g}, top-{kd.top_k} per frame "
+            f"(int32 ids + float16 probabilities, renormalised), {summary['frames']} training frames in {summary['cuts']} cuts, "
+            f"stored in `{out.name}`.\n\n"
+            "| Bytes per frame stored | Dense float32 | Ratio | Mean mass kept | Mean KL(stored ‖ full), nats |\n|---|---|---|---|---|\n"
+            f"| {summary['bytes_per_frame']} | {summary['dense_float32_bytes_per_frame']} | "
+            f"{summary['dense_float32_bytes_per_frame'] / max(summary['bytes_per_frame'], 1):.0f}x | {summary['mean_mass_kept']:.4f} | "
+            f"{summary['mean_kl_stored_vs_full']:.4f} |\n")
+    write_results(results_md, HEADING, body, command)
+    return summary
+
+
+def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | None, user: str) -> tuple[Path, StageRecord]:
+    """Return ``(cuts manifest, record)`` of the stored soft targets that match ``kd`` (T, top-k,
+    fusion) and ``num_teachers`` (default: stage 4's count), made from today's teachers.
+
+    DataError in one line, for ``user`` (e.g. "stage 6"), when none match: naming the settings
+    asked for, the soft targets that exist, and the stage to run."""
+    n = recorded_num_teachers(layout) if num_teachers is None else num_teachers
+    out = layout.soft_dir(n, kd.fusion, kd.temperature, kd.top_k)
+    record = read_record(out)
+    if record is None:
+        existing = sorted(p.name for p in (layout.exp_dir / "soft_targets").glob("*") if read_record(p) is not None)
+        raise DataError(
+            f"{user}: no soft targets with T={kd.temperature:g}, top-{kd.top_k}, {kd.fusion} fusion of {n} teachers ({out} is unfinished; "
+            f"finished: {', '.join(existing) or 'none'}); run stage 5 with the same kd config and --num-teachers first")
+    teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+    if record.inputs.get("teachers") != teachers.fingerprint:
+        raise DataError(f"{user}: the soft targets in {out} were made from other teachers than those of {layout.teachers} "
+                        "(stage 4 was redone since); rerun stage 5")
+    if record.config != config_dict(soft_target_settings(kd, n, layout.train_part)):
+        raise DataError(f"{user}: {out}/provenance.json records settings {record.config}, not those asked for; rerun stage 5")
+    return layout.soft_cuts(out), record

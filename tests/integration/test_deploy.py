@@ -1,0 +1,227 @@
+"""Deployment end to end on the 'tiny' corpus: a hybrid DNN and a CTC encoder trained briefly,
+gathered into model directories from the recipe's folders, transcribed from audio files (torch,
+ONNX fp32 and int8), exported for sherpa-onnx and decoded there, and measured in the cost table.
+
+The tiny models are poor recognisers (the recipe's own tiny Table 1 has WERs near 90%); these
+tests check that every runtime computes the same thing, not that the words are right.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from lhotse import load_manifest_lazy
+
+from asr_kd.bin.cli import main as cli_main
+from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig, load_config
+from asr_kd.data.features import CmvnStats, cmvn_path, cuts_path
+from asr_kd.deploy.model_dir import load_network, load_spec, pooled_cmvn
+from asr_kd.deploy.onnx_export import export_onnx
+from asr_kd.deploy.recipe_paths import make_model_dir_from_recipe
+from asr_kd.deploy.report import SystemSpec, deploy_report, normalisation_wers
+from asr_kd.deploy.sherpa import SherpaCtc, export_sherpa
+from asr_kd.deploy.transcribe import Transcriber, manifest_items
+from asr_kd.errors import ConfigError
+from asr_kd.metrics.wer import compute_wer
+from asr_kd.models.dnn import dnn_preset
+from asr_kd.report.results_md import read_section
+from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
+from tests.conftest import REPO_ROOT
+
+# Set-up (stages 0-3 on tiny when no other test ran them, two trainings) takes minutes on a busy CPU.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.usefixtures("one_torch_thread")]
+
+TEST = "test-clean"
+# The tiny example's DNN schedule (about ten seconds on one thread).
+DNN_TRAIN = load_config(TrainConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "train.yaml")
+# A CTC encoder needs many more updates than the recipe's tiny 40 steps before it emits anything
+# but blanks; short batches and a constant rate get there on the 80 training utterances.
+CTC_TRAIN = TrainConfig(max_duration=8.0, num_epochs=1000, max_steps=800, warmup_steps=20, lr=5e-3, lr_schedule="constant",
+                        log_every_steps=100, checkpoint_every_steps=100000, amp="none", device="cpu", bucketing=False,
+                        best_metric="token_error_rate", best_mode="min")
+CTC = CtcConfig(units="phone", model_size="tiny", dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_stage3, tmp_path_factory, one_torch_thread) -> tuple[Path, Path]:
+    """``(data, exp)``: the session's stage 3 on 'tiny' plus, where the recipe keeps them, a DNN
+    student (``students/distilled``) and a CTC student (``ctc/phone/students/frame``) with its HLG."""
+    from asr_kd.stages.common import read_senones
+    from asr_kd.ctc.training import train_ctc_model
+    from asr_kd.stages.ctc_stages import build_ctc_graph, prepare_units
+    from asr_kd.stages.layout import RecipeLayout
+
+    data, _lang, exp3 = tiny_stage3
+    exp = tmp_path_factory.mktemp("deploy") / "exp"
+    exp.mkdir()
+    (exp / "gmm").symlink_to(Path(exp3) / "gmm")
+    layout = RecipeLayout(Path(data), exp)
+    train, dev = layout.train_part, layout.dev_part
+    train_frame_classifier(layout.ali_cuts(train), layout.ali_cuts(dev), layout.cmvn(train), layout.cmvn(dev),
+                           read_senones(layout).num_senones, dnn_preset("tiny"), DNN_TRAIN, layout.student_dir("distilled"))
+    units = prepare_units(layout, CTC)
+    train_ctc_model(layout.open_cuts(layout.fbank_cuts(train)), layout.open_cuts(layout.fbank_cuts(dev)), layout.open_cmvn(train),
+                    layout.open_cmvn(dev), units, CTC, CTC_TRAIN, layout.ctc_student_dir("frame"))
+    build_ctc_graph(layout, units)
+    return layout.data_dir, exp
+
+
+@pytest.fixture(scope="module")
+def model_dirs(recipe, tmp_path_factory) -> dict[str, Path]:
+    """Model directories of the hybrid and the CTC student, with their ONNX exports."""
+    data, exp = recipe
+    root = tmp_path_factory.mktemp("model_dirs")
+    dirs = {"hybrid": make_model_dir_from_recipe(exp, data, "distilled", root / "hybrid"),
+            "ctc": make_model_dir_from_recipe(exp, data, "ctc-frame", root / "ctc")}
+    for d in dirs.values():
+        export_onnx(d, int8=True)
+    return dirs
+
+
+def _test_audio(data: Path, n: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    cuts = list(load_manifest_lazy(cuts_path(data / "fbank", TEST)))[:n]
+    refs = {c.id: " ".join(s.text for s in c.supervisions) for c in cuts}
+    audio = {u: s for u, _, s in manifest_items(cuts_path(data / "fbank", TEST), 16000) if u in refs}
+    return audio, refs
+
+
+def _texts(tr: Transcriber, audio: dict[str, np.ndarray]) -> dict[str, str]:
+    return {t.utt_id: t.hypothesis.text for t in tr.transcribe(((u, u, s) for u, s in audio.items()), batch_size=4) if t.hypothesis}
+
+
+def test_model_dir_is_self_contained_and_safe(model_dirs) -> None:
+    hybrid, ctc = model_dirs["hybrid"], model_dirs["ctc"]
+    assert {p.name for p in hybrid.iterdir()} >= {"model.json", "model.pt", "cmvn.npz", "log_priors.txt", "HCLG.fst", "words.txt",
+                                                  "tid2pdf.npy", "tid2phone.npy", "acoustic.onnx", "acoustic.int8.onnx"}
+    assert {p.name for p in ctc.iterdir()} >= {"model.json", "model.pt", "cmvn.npz", "tokens.txt", "units.json", "HLG.fst", "words.txt"}
+    for d in (hybrid, ctc):
+        torch.load(d / "model.pt", weights_only=True)  # no pickled objects
+        assert not any(p.is_symlink() for p in d.iterdir())
+    assert load_spec(ctc).subsampling == 4 and load_spec(hybrid).subsampling == 1
+
+
+def test_transcribe_command_formats_and_a_bad_file(recipe, model_dirs, tmp_path, capsys) -> None:
+    data, _ = recipe
+    flacs = sorted((data / "corpus" / TEST).rglob("*.flac"))[:3]
+    x, rate = sf.read(flacs[0], dtype="float32")
+    stereo = tmp_path / "stereo8k.wav"
+    from asr_kd.deploy.audio import resample
+
+    y = resample(x, rate, 8000)
+    sf.write(stereo, np.stack([y, y], axis=1), 8000)
+    bad = tmp_path / "broken.flac"
+    bad.write_bytes(b"fLaC but not really")
+    files = [str(p) for p in (*flacs, bad, stereo)]
+    out = tmp_path / "hyp.txt"
+    rc = cli_main(["transcribe", "--model-dir", str(model_dirs["hybrid"]), "--output", str(out), *files])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "broken.flac: cannot read audio" in err and "transcribed 4 of 5 inputs" in err
+    lines = out.read_text().splitlines()
+    assert [ln.split()[0] for ln in lines] == [p.stem for p in flacs] + ["stereo8k"]
+    assert cli_main(["transcribe", "--model-dir", str(model_dirs["hybrid"]), "--format", "jsonl", "--output", str(tmp_path / "h.jsonl"), *files[:3]]) == 0
+    assert cli_main(["transcribe", "--model-dir", str(model_dirs["hybrid"]), "--format", "ctm", "--output", str(tmp_path / "h.ctm"), *files[:3]]) == 0
+    records = [json.loads(ln) for ln in (tmp_path / "h.jsonl").read_text().splitlines()]
+    ctm = [ln.split() for ln in (tmp_path / "h.ctm").read_text().splitlines()]
+    assert [r["text"] for r in records] == [" ".join(ln.split()[1:]) for ln in lines[:3]]
+    words = [(r["id"], w) for r in records for w in r["words"]]
+    assert [c[4] for c in ctm] == [w["word"] for _, w in words] and len(ctm) > 0
+    for r in records:  # word times lie inside the file, in order, each at least one frame long
+        starts = [w["start"] for w in r["words"]]
+        assert starts == sorted(starts)
+        assert all(0 <= w["start"] < w["end"] <= r["duration"] + 0.011 for w in r["words"])
+
+
+def test_model_dir_decodes_like_the_recipe_path(recipe, model_dirs) -> None:
+    """Same network and HCLG as stage 7 (decode_posteriors_batch) on the stored features with
+    the pooled global CMVN: the model directory's search must give the same words on the same
+    posteriors; from audio (features recomputed, not lilcom-compressed) nearly always."""
+    from asr_kd.decode.hclg import load_hclg
+    from asr_kd.decode.hybrid import decode_posteriors_batch
+    from asr_kd.decode.priors import load_priors
+    from asr_kd.gmm.train import GmmSystem
+    from asr_kd.lang.symbols import SymbolTable
+    from asr_kd.stages.common import read_senones
+    from asr_kd.stages.layout import RecipeLayout
+
+    data, exp = recipe
+    layout = RecipeLayout(data, exp)
+    senones = read_senones(layout)
+    tm = GmmSystem.load(senones.model).tm
+    cfg = DecodeConfig()
+    stats = pooled_cmvn(CmvnStats.load(layout.cmvn(layout.train_part)))
+    model = load_frame_classifier(layout.student_dir("distilled") / "best.pt")
+    tr = Transcriber(model_dirs["hybrid"], decode_config=cfg)
+    cuts = list(load_manifest_lazy(cuts_path(data / "fbank", TEST)))
+    posteriors = {}
+    with torch.no_grad():
+        for c in cuts:
+            f = torch.from_numpy(stats.normalize(c.load_features(), "global"))[None]
+            posteriors[c.id] = torch.log_softmax(model(f, torch.tensor([f.shape[1]])), -1)[0].numpy()
+    words = SymbolTable.from_file(senones.graph / "words.txt")
+    reference = decode_posteriors_batch(load_hclg(senones.graph), tm, posteriors, load_priors(layout.log_priors), cfg).texts(words)
+    ours = {u: tr.search(lp, u).text for u, lp in posteriors.items()}
+    assert ours == reference
+    from_audio = _texts(tr, _test_audio(data)[0])
+    same = sum(from_audio[u] == reference[u] for u in reference)
+    assert same >= 0.8 * len(reference), f"{same} of {len(reference)} utterances decode alike from audio and from stored features"
+
+
+@pytest.mark.parametrize("kind", ["hybrid", "ctc"])
+def test_onnx_backends_decode_like_pytorch(recipe, model_dirs, kind) -> None:
+    audio, refs = _test_audio(recipe[0], 10)
+    d = model_dirs[kind]
+    torch_hyps = _texts(Transcriber(d, "torch"), audio)
+    onnx_hyps = _texts(Transcriber(d, "onnx"), audio)
+    int8_hyps = _texts(Transcriber(d, "onnx-int8"), audio)
+    assert onnx_hyps == torch_hyps
+    # int8 may change some words of a poor model; against fp32's words as the reference it must
+    # keep most of them.
+    drift = compute_wer({u: t for u, t in torch_hyps.items() if t}, int8_hyps)
+    assert drift.ref_words == 0 or drift.wer <= 0.25, drift.summary()
+
+
+def test_sherpa_onnx_transcribes_like_our_decoder(recipe, model_dirs, tmp_path) -> None:
+    """sherpa-onnx computes its own fbank and reads the CMVN folded into the graph; its HLG
+    search must give our decoder's words on at least 95% of the test utterances."""
+    audio, _ = _test_audio(recipe[0])
+    ours = _texts(Transcriber(model_dirs["ctc"], "torch"), audio)
+    sherpa_dir = export_sherpa(model_dirs["ctc"], tmp_path / "sherpa")
+    sherpa = SherpaCtc(sherpa_dir, feature_dim=40)
+    theirs = dict(zip(audio, (" ".join(w) for w in sherpa(list(audio.values())))))
+    differ = {u: (ours[u], theirs[u]) for u in audio if ours[u] != theirs[u]}
+    assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"
+    assert sum(bool(t) for t in ours.values()) >= len(audio) // 2, "the CTC model emits words for too few utterances to compare"
+
+
+def test_sherpa_export_refuses_the_hybrid_model(model_dirs, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="sherpa-onnx runs CTC models only"):
+        export_sherpa(model_dirs["hybrid"], tmp_path / "s")
+
+
+def test_deploy_report_cost_table_and_gate(recipe, model_dirs, tmp_path) -> None:
+    data, _ = recipe
+    h = model_dirs["hybrid"]
+    systems = [SystemSpec("ensemble", (h, h)), SystemSpec("distilled", (h,)), SystemSpec("distilled", (h,), "onnx"),
+               SystemSpec("distilled", (h,), "onnx-int8"), SystemSpec("ctc", (model_dirs["ctc"],))]
+    md = tmp_path / "RESULTS.md"
+    rows, gate, _ = deploy_report(systems, cuts_path(data / "fbank", TEST), gate_system="distilled", baseline="ensemble",
+                                  max_cuts=6, results_md=md, command="test", plot=tmp_path / "wer_cost.png")
+    by = {(r.system, r.runtime): r for r in rows}
+    params = sum(p.numel() for p in load_network(h).parameters())
+    assert by[("distilled", "torch")].params == params
+    assert by[("ensemble", "torch")].params == 2 * params
+    assert by[("ensemble", "torch")].macs_per_second == pytest.approx(2 * by[("distilled", "torch")].macs_per_second)
+    assert by[("distilled", "onnx-int8")].size_mb < 0.6 * by[("distilled", "onnx")].size_mb
+    assert all(r.acoustic_rtf > 0 and r.search_rtf > 0 and r.ref_words == by[("ensemble", "torch")].ref_words for r in rows)
+    assert gate is not None and gate.passed == (gate.relative <= 0.02)
+    section = read_section(md, "## Deployment")
+    assert section is not None and gate.markdown() in section and section.count("\n| ") == 1 + len(rows)
+    assert "![WER against acoustic cost](wer_cost.png)" in section
+    wers = normalisation_wers(h, cuts_path(data / "fbank", TEST), cmvn_path(data / "fbank", TEST), max_cuts=6)
+    assert set(wers) == {"per speaker", "global", "per utterance"}
+    assert len({w.ref_words for w in wers.values()}) == 1 and wers["global"].ref_words == by[("distilled", "torch")].ref_words

@@ -1,0 +1,159 @@
+"""The deployment pieces on small real inputs: audio reading (formats, rates, channels), CMVN
+pooling, word spans, ONNX export (PyTorch vs onnxruntime posteriors, int8), CMVN folded into the
+sherpa-onnx graph, the quantisation gate and the cost table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asr_kd.ctc.model import CtcEncoder
+from asr_kd.data.features import CmvnStats
+from asr_kd.deploy.acoustic import OnnxAcoustic, TorchAcoustic
+from asr_kd.deploy.audio import load_audio
+from asr_kd.deploy.model_dir import normalize_features, pooled_cmvn
+from asr_kd.deploy.onnx_export import ExportableAcoustic, export_module, quantize_int8
+from asr_kd.deploy.report import CostRow, SystemSpec, cost_table, macs_per_frame, plot_wer_vs_cost, quantisation_gate
+from asr_kd.deploy.search import word_spans
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.metrics.wer import compute_wer
+from asr_kd.models.dnn import SplicedDnn, dnn_preset
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Largest |log p_onnx - log p_torch| accepted for fp32 exports: float32 rounding of a few
+# thousand multiply-adds per output; measured about 1e-6 on these models.
+FP32_TOLERANCE = 1e-4
+
+
+def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_stereo_8k_wav_is_mixed_down_and_resampled(tmp_path: Path) -> None:
+    left = _tone(1.0, 8000)
+    stereo = np.stack([left, 0.5 * left], axis=1)
+    sf.write(tmp_path / "a.wav", stereo, 8000)
+    x = load_audio(tmp_path / "a.wav", 16000)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - 16000) <= 1
+    # The mix is the channel mean: a 440 Hz tone of amplitude 0.75 * 0.3 after resampling.
+    assert abs(np.abs(x[1000:15000]).max() - 0.225) < 0.01
+    spectrum = np.abs(np.fft.rfft(x))
+    assert abs(np.argmax(spectrum) * 16000 / len(x) - 440) < 2
+
+
+def test_flac_and_mp3_read_at_the_model_rate(tmp_path: Path) -> None:
+    sig = _tone(0.5, 16000, 300.0)
+    sf.write(tmp_path / "a.flac", sig, 16000)
+    np.testing.assert_allclose(load_audio(tmp_path / "a.flac", 16000), sig, atol=1e-4)
+    sf.write(tmp_path / "a.mp3", _tone(0.5, 22050, 300.0), 22050, format="MP3")
+    x = load_audio(tmp_path / "a.mp3", 16000)
+    assert abs(len(x) - 8000) < 2000  # mp3 encoders pad a little
+    assert abs(np.argmax(np.abs(np.fft.rfft(x))) * 16000 / len(x) - 300) < 5
+
+
+def test_unreadable_and_missing_files_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    with pytest.raises(DataError, match=r"bad\.wav: cannot read audio"):
+        load_audio(bad, 16000)
+    with pytest.raises(DataError, match=r"nothere\.flac: no such audio file"):
+        load_audio(tmp_path / "nothere.flac", 16000)
+
+
+def test_pooled_cmvn_is_the_statistics_of_all_frames() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 2.0, (50, 4)), rng.normal(-3.0, 0.5, (30, 4))
+    stats = CmvnStats.empty(4)
+    stats.accumulate("spk1", a)
+    stats.accumulate("spk2", b)
+    mean, std = pooled_cmvn(stats).mean_std("global")
+    both = np.vstack([a, b])
+    np.testing.assert_allclose(mean, both.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, both.std(0), rtol=1e-6)
+    utt = normalize_features(b.astype(np.float32), "utterance", None)
+    np.testing.assert_allclose(utt.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(utt.std(0), 1.0, atol=1e-4)
+
+
+def test_word_spans_trim_fillers_and_keep_all_filler_words() -> None:
+    filler = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    # word A starts (graph label) at frame 0, B at 4, C at 8 (only filler frames left for C)
+    assert word_spans(12, [(0, 7), (4, 8), (8, 9)], filler) == [(2, 4), (5, 8), (8, 12)]
+
+
+def _models() -> list[torch.nn.Module]:
+    torch.manual_seed(0)
+    return [SplicedDnn(dnn_preset("tiny"), 30).eval(), CtcEncoder(40, 20, "tiny", 4, 0.0).eval()]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["dnn", "ctc"])
+def test_onnx_matches_pytorch_on_other_batch_and_time_sizes(tmp_path: Path, index: int) -> None:
+    model = _models()[index]
+    path = export_module(ExportableAcoustic(model), 40, tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    feats = [rng.standard_normal((n, 40)).astype(np.float32) for n in (173, 57, 9)]  # traced at 2 x 64 frames
+    ours, theirs = TorchAcoustic(model)(feats), OnnxAcoustic(path)(feats)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() < FP32_TOLERANCE
+    int8 = OnnxAcoustic(quantize_int8(path, tmp_path / "m.int8.onnx"))(feats)
+    assert (tmp_path / "m.int8.onnx").stat().st_size < 0.6 * path.stat().st_size
+    # int8 weights move the posteriors, but not far: most frames keep their best class.
+    agree = np.mean(np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(ours, int8)]))
+    assert agree > 0.8
+    assert max(np.abs(a - b).max() for a, b in zip(ours, int8)) > 1e-6  # it did quantise
+
+
+def test_folded_cmvn_equals_normalising_first(tmp_path: Path) -> None:
+    model = _models()[1]
+    rng = np.random.default_rng(2)
+    mean, std = rng.normal(0, 3, 40).astype(np.float32), rng.uniform(0.5, 4, 40).astype(np.float32)
+    folded = export_module(ExportableAcoustic(model, torch.from_numpy(mean), torch.from_numpy(std)), 40, tmp_path / "f.onnx")
+    raw = [rng.normal(mean, std, (n, 40)).astype(np.float32) for n in (120, 80)]
+    # Batched: the shorter input is padded, and the padding must not leak into its output.
+    got = OnnxAcoustic(folded)(raw)
+    want = TorchAcoustic(model)([(r - mean) / std for r in raw])
+    for a, b in zip(got, want):
+        assert np.abs(a - b).max() < FP32_TOLERANCE
+
+
+def test_macs_of_the_dnn_are_its_weight_count_per_frame() -> None:
+    model = _models()[0]
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert macs_per_frame(model, 40) == pytest.approx(weights, rel=1e-6)
+
+
+def test_quantisation_gate_cost_table_and_plot(tmp_path: Path) -> None:
+    refs = {f"u{i}": "a b c d e f g h i j" for i in range(10)}  # 100 words
+    fp32 = compute_wer(refs, {**refs, "u0": "a b c d e f g h i x"})  # 1 error
+    ok = quantisation_gate(fp32, compute_wer(refs, {**refs, "u0": "a b c d e f g h i x"}), 0.02)
+    bad = quantisation_gate(fp32, compute_wer(refs, {**refs, "u0": "a b c d e f g h y x"}), 0.02)
+    assert ok.passed and ok.relative == 0.0
+    assert not bad.passed and bad.relative == pytest.approx(1.0)
+    assert "FAIL" in bad.markdown() and "+100.0% relative" in bad.markdown()
+    with pytest.raises(ConfigError, match="max_relative must be >= 0"):
+        quantisation_gate(fp32, fp32, -0.1)
+    rows = [CostRow("ensemble", "torch", 200, 4e6, 0.02, 0.01, 50, 0.8, 0.1, 10, 100, 0),
+            CostRow("distilled", "onnx-int8", 100, 2e6, 0.005, 0.01, 20, 0.1, 0.11, 11, 100, 0)]
+    png = plot_wer_vs_cost(rows, Path(tmp_path) / "wer_cost.png")
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[:2] == (400, 640)
+    table = cost_table(rows, baseline="ensemble").splitlines()
+    assert table[2].endswith("| 1.00x |") and table[3].endswith("| 4.00x |")
+    assert "| distilled | onnx-int8 | 100 | 2.00 | 0.0050 |" in table[3]
+
+
+def test_system_spec_parsing() -> None:
+    s = SystemSpec.parse("ensemble=a,b@torch")
+    assert s.name == "ensemble" and s.model_dirs == (Path("a"), Path("b")) and s.backend == "torch"
+    assert SystemSpec.parse("x=d@onnx-int8").backend == "onnx-int8"
+    with pytest.raises(ConfigError, match="expected NAME=MODEL_DIR"):
+        SystemSpec.parse("just-a-dir")

@@ -1,0 +1,147 @@
+"""The stage engine's one skip/redo rule (asr_kd/stages/provenance.py) on small real folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from asr_kd.config import KdConfig, TrainConfig
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.stages.provenance import (
+    IN_PROGRESS_NAME, RECORD_NAME, StageGuard, config_dict, differences, fingerprint, listing_fingerprint, read_record,
+)
+
+
+def _run(folder: Path, config: object, inputs: dict[str, str] | None = None, on_change: str = "redo", payload: str = "x") -> tuple[bool, StageGuard]:
+    """One stage run: returns whether the work ran, and the guard."""
+    guard = StageGuard("test stage", folder, config, inputs or {}, "cmd", on_change=on_change)
+    ran = guard.needs_work()
+    if ran:
+        (folder / "out.txt").write_text(payload)
+        guard.finish(["out.txt"])
+    return ran, guard
+
+
+def test_fingerprint_ignores_key_order_and_neutral_keys_but_not_values() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    # num_jobs and logging cadence change speed, never results: not part of the config.
+    assert config_dict(TrainConfig(log_every_steps=5)) == config_dict(TrainConfig(log_every_steps=50))
+    assert config_dict(TrainConfig(lr=1e-3)) != config_dict(TrainConfig(lr=2e-3))
+    assert "num_jobs" not in config_dict({"num_jobs": 4, "x": 1})
+
+
+def test_matching_record_is_skipped_and_changed_config_is_redone(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    assert _run(folder, KdConfig(temperature=2.0))[0]
+    rec = read_record(folder)
+    assert rec is not None and rec.config["temperature"] == 2.0 and rec.outputs["out.txt"]["bytes"] == 1
+    assert not _run(folder, KdConfig(temperature=2.0))[0]
+    # A changed T redoes the stage, and the record then says what ran.
+    (folder / "stale.bin").write_bytes(b"old")
+    assert _run(folder, KdConfig(temperature=5.0), payload="yy")[0]
+    rec = read_record(folder)
+    assert rec is not None and rec.config["temperature"] == 5.0 and rec.outputs["out.txt"]["bytes"] == 2
+    assert not (folder / "stale.bin").exists(), "outputs of the old settings must be removed on a redo"
+
+
+def test_stop_policy_names_the_differing_keys_in_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    _run(folder, KdConfig(temperature=2.0, top_k=20))
+    with pytest.raises(ConfigError) as err:
+        _run(folder, KdConfig(temperature=5.0, top_k=20), on_change="stop")
+    msg = str(err.value)
+    assert "\n" not in msg and "temperature: 2.0 -> 5.0" in msg and "--on-change redo" in msg and "top_k" not in msg
+    assert read_record(folder).config["temperature"] == 2.0  # nothing was touched
+
+
+def test_changed_input_fingerprint_redoes(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    _run(folder, {"a": 1}, {"upstream": "aaaa"})
+    assert not _run(folder, {"a": 1}, {"upstream": "aaaa"})[0]
+    ran, guard = _run(folder, {"a": 1}, {"upstream": "bbbb"})
+    assert ran and guard.record is not None and guard.record.inputs == {"upstream": "bbbb"}
+    assert differences({"a": 1}, {"a": 1}, {"upstream": "aaaa"}, {"upstream": "bbbb"}) == ["input upstream: aaaa -> bbbb"]
+
+
+def test_deleted_record_redoes_with_new_config_and_saves_what_ran(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    _run(folder, {"T": 2})
+    (folder / RECORD_NAME).unlink()
+    ran, _ = _run(folder, {"T": 5}, payload="new")
+    assert ran and read_record(folder).config == {"T": 5} and (folder / "out.txt").read_text() == "new"
+
+
+def test_copied_folder_with_new_mtimes_is_not_redone(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    _run(folder, {"T": 2})
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, copy_function=shutil.copy)  # plain copy: new modification times
+    assert not _run(copy, {"T": 2})[0]
+
+
+def test_truncated_output_is_detected_and_redone(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    _run(folder, {"T": 2}, payload="abcdef")
+    (folder / "out.txt").write_text("abc")  # truncated after the stage finished
+    ran, _ = _run(folder, {"T": 2}, payload="abcdef")
+    assert ran and (folder / "out.txt").read_text() == "abcdef"
+
+
+def test_interrupted_run_resumes_only_with_the_same_settings(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    guard = StageGuard("s", folder, {"T": 2}, {})
+    assert guard.needs_work()
+    (folder / "checkpoint.pt").write_text("half")  # killed here: no record
+    assert json.loads((folder / IN_PROGRESS_NAME).read_text())["config_fingerprint"] == guard.config_fingerprint
+    # Same settings: the partial work stays for the resume.
+    assert StageGuard("s", folder, {"T": 2}, {}).needs_work() and (folder / "checkpoint.pt").is_file()
+    # Other settings: the partial work of T=2 is removed before T=5 starts.
+    assert StageGuard("s", folder, {"T": 5}, {}).needs_work() and not (folder / "checkpoint.pt").exists()
+
+
+def test_finish_refuses_a_missing_output(tmp_path: Path) -> None:
+    guard = StageGuard("s", tmp_path / "stage", {"T": 2}, {})
+    guard.needs_work()
+    with pytest.raises(DataError, match="was not written"):
+        guard.finish(["never.txt"])
+    assert read_record(tmp_path / "stage") is None
+
+
+def test_listing_fingerprint_sees_a_changed_file_but_not_a_copy(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    (corpus / "p" / "1").mkdir(parents=True)
+    (corpus / "p" / "1" / "a.flac").write_bytes(b"1234")
+    before = listing_fingerprint(corpus, ["p"])
+    shutil.copytree(corpus, tmp_path / "copy")
+    assert listing_fingerprint(tmp_path / "copy", ["p"]) == before
+    (corpus / "p" / "1" / "a.flac").write_bytes(b"12345")
+    assert listing_fingerprint(corpus, ["p"]) != before
+
+
+def test_all_files_leaves_out_linked_folders_and_the_record(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "theirs.pt").write_text("not ours")
+    guard = StageGuard("s", tmp_path / "stage", {"T": 2}, {})
+    guard.needs_work()
+    (guard.folder / "sub").mkdir()
+    (guard.folder / "sub" / "ours.txt").write_text("1")
+    (guard.folder / "linked").symlink_to(other, target_is_directory=True)
+    assert guard.all_files() == [guard.folder / "sub" / "ours.txt"]
+    guard.finish(guard.all_files())
+    assert set(read_record(guard.folder).outputs) == {"sub/ours.txt"}
+
+
+def test_unrecorded_contents_are_emptied_unless_adopted(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "made_by_hand.txt").write_text("keep?")
+    assert StageGuard("s", folder, {"T": 2}, {}, adopt_unrecorded=True).needs_work()
+    assert (folder / "made_by_hand.txt").is_file()  # left to the stage's own reuse-or-refuse logic
+    (folder / IN_PROGRESS_NAME).unlink()
+    assert StageGuard("s", folder, {"T": 2}, {}).needs_work()
+    assert not (folder / "made_by_hand.txt").exists()

@@ -1,0 +1,78 @@
+"""The transcript normaliser (LibriSpeech convention) and its use at stage 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from lhotse import load_manifest
+
+from asr_kd.data.librispeech import manifest_path, normalization_record_path, prepare_manifests
+from asr_kd.data.text_norm import NORMALIZER, normalize_transcript
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("HELLO WORLD", "HELLO WORLD"),
+        ("Hello, world!", "HELLO WORLD"),
+        ("  don't   stop. ", "DON'T STOP"),
+        ("I don\u2019t know\u2026 \u201cReally?\u201d", "I DON'T KNOW REALLY"),  # typographic quotes and ellipsis
+        ("the boys' caps and 'quoted' words", "THE BOYS' CAPS AND QUOTED WORDS"),
+        ("well-known \u2014 a dash\u2013here", "WELL KNOWN A DASH HERE"),
+        ("Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00c5ngstr\u00f6m", "CAFE NAIVE RESUME ANGSTROM"),
+        ("\u00c6sop's stra\u00dfe \u00f8re", "AESOP'S STRASSE ORE"),
+        ("\uff28\uff25\uff2c\uff2c\uff2f", "HELLO"),  # full-width letters fold by NFKD
+        ("chapter 12; section 3b", "CHAPTER 12 SECTION 3B"),
+    ],
+)
+def test_transcripts_follow_the_librispeech_convention(raw: str, expected: str) -> None:
+    assert normalize_transcript(raw).text == expected
+    assert normalize_transcript(raw).unfoldable == ""
+
+
+def test_letters_without_an_ascii_fold_are_reported() -> None:
+    norm = normalize_transcript("hello \u043c\u0438\u0440 world \u4e16\u754c")
+    assert norm.unfoldable == "\u043c\u0438\u0440\u4e16\u754c"
+    assert norm.text == "HELLO WORLD"
+
+
+@given(st.text(max_size=60))
+def test_normalised_text_is_plain_and_normalising_again_changes_nothing(raw: str) -> None:
+    text = normalize_transcript(raw).text
+    assert all(c.isascii() and (c.isupper() or c.isdigit() or c in "' ") for c in text), text
+    assert "  " not in text and text == text.strip()
+    assert normalize_transcript(text).text == text
+
+
+def test_stage0_normalises_once_and_records_it(tone_corpus: Path, tmp_path: Path) -> None:
+    clean = prepare_manifests(tone_corpus, tmp_path / "clean", ["train-clean-100"])
+    clean_text = {s.id: s.text for s in load_manifest(manifest_path(tmp_path / "clean", "supervisions", "train-clean-100"))}
+    # The same audio with lowercase, punctuated, typographic transcripts ...
+    numbers = {"ONE": "One", "TWO": "two!", "THREE": "three\u2026", "FOUR": "four?", "FIVE": "five;", "SIX": "six."}
+    for trans in (tone_corpus / "train-clean-100").glob("*/*/*.trans.txt"):
+        lines = []
+        for line in trans.read_text().splitlines():
+            utt, *words = line.split()
+            lines.append(f"{utt} \u201cHello,\u201d  world \u2014 {numbers[words[2]]}")
+        lines.append(f"{utt[:-4]}0099 \u041f\u0440\u0438\u0432\u0435\u0442 world")  # Cyrillic: no ASCII fold
+        lines.append(f"{utt[:-4]}0098 ... !!")  # nothing left
+        trans.write_text("\n".join(lines) + "\n")
+        (trans.parent / f"{utt[:-4]}0099.flac").write_bytes((trans.parent / f"{utt}.flac").read_bytes())
+        (trans.parent / f"{utt[:-4]}0098.flac").write_bytes((trans.parent / f"{utt}.flac").read_bytes())
+    out = tmp_path / "messy"
+    reports = prepare_manifests(tone_corpus, out, ["train-clean-100"])
+    sups = load_manifest(manifest_path(out, "supervisions", "train-clean-100"))
+    # ... gives exactly the same supervision texts, the originals kept beside them.
+    assert {s.id: s.text for s in sups} == clean_text
+    assert all(s.custom["original_text"].startswith("\u201cHello,") for s in sups)
+    assert reports["train-clean-100"].utterances == clean["train-clean-100"].utterances == 6
+    assert reports["train-clean-100"].skipped == {"transcript has characters with no ASCII spelling": 2, "utterance has no word left after normalisation": 2}
+    skipped = (out / "skipped_train-clean-100.txt").read_text()
+    assert "transcript has characters with no ASCII spelling (\u041f\u0440\u0438\u0432\u0435\u0442); transliterate them" in skipped
+    record = json.loads(normalization_record_path(out, "train-clean-100").read_text())
+    assert record == {**NORMALIZER, "part": "train-clean-100", "utterances": 6, "changed": 6, "rejected_unfoldable": 2}
+    assert json.loads(normalization_record_path(tmp_path / "clean", "train-clean-100").read_text())["changed"] == 0
