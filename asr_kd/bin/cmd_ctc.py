@@ -82,7 +82,7 @@ def _setup(args: argparse.Namespace, name: str) -> tuple[Any, dict[str, Any]]:
 
         torch.set_num_threads(args.num_threads)
     cfg = load_config(CtcConfig, args.ctc_config, parse_overrides(args.ctc_overrides))
-    layout = RecipeLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set, ctc_units=cfg.units)
+    layout = RecipeLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set, ctc_units=cfg.units, ood_part=args.ood_set)
     command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
     return cfg, {"layout": layout, "results_md": args.results_md, "command": command}
 

@@ -133,7 +133,7 @@ def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
         torch.set_num_threads(args.num_threads)
     command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
-    layout = RecipeLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set)
+    layout = RecipeLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set, ood_part=args.ood_set)
     return {"layout": layout, "results_md": args.results_md, "command": command}
 
 

@@ -21,3 +21,5 @@ def add_part_args(p: argparse.ArgumentParser, dev: bool = True, test: bool = Tru
         p.add_argument("--dev-set", default=DEFAULT_DEV_PART, help=f"dev part (default {DEFAULT_DEV_PART})")
     if test:
         p.add_argument("--test-set", default=DEFAULT_TEST_PART, help=f"test part (default {DEFAULT_TEST_PART})")
+        p.add_argument("--ood-set", default="", help="an out-of-domain test part scored beside the test part in every table "
+                       "(the synthetic corpus's test-ood; e.g. test-other on LibriSpeech); default: none")

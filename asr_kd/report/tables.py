@@ -47,6 +47,9 @@ class SystemScore:
     insertions: int = 0
     ref_words: int = 0
     dev_frame_accuracy: float | None = None
+    # The out-of-domain test part's WER (with its word count), when the table has one.
+    ood_wer: float | None = None
+    ood_ref_words: int = 0
 
 
 def gain_kept(baseline: float, ensemble: float, student: float) -> float:
@@ -63,25 +66,27 @@ def _pct(x: float | None, digits: int = 1) -> str:
 
 def format_table1(
     baseline: SystemScore, ensemble: SystemScore, distilled: SystemScore, num_teachers: int,
-    extra_rows: Sequence[SystemScore] = (), corpus: str = "", command: str = "",
+    extra_rows: Sequence[SystemScore] = (), corpus: str = "", command: str = "", ood_part: str = "",
 ) -> str:
     """Return the markdown section ``## Table 1 analogue ...``: our rows beside the paper's, and
     the share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model."""
     lines = ["## Table 1 analogue: baseline, ensemble, distilled (stage 7)", ""]
     if command:
         lines += [f"Produced by `{command}`" + (f" on {corpus}." if corpus else "."), ""]
+    ood_head = f" {ood_part} WER | Relative WER increase, {ood_part} vs test |" if ood_part else ""
     lines += [
-        "| System | Test frame accuracy | Test WER (S/D/I) | Dev frame accuracy | Paper: frame accuracy | Paper: WER |",
-        "|---|---|---|---|---|---|",
+        "| System | Test frame accuracy | Test WER (S/D/I) | Dev frame accuracy |" + ood_head + " Paper: frame accuracy | Paper: WER |",
+        "|---|---|---|---|" + ("---|---|" if ood_part else "") + "---|---|",
     ]
     paper = {"baseline": PAPER_TABLE1["baseline"], "ensemble": PAPER_TABLE1["ensemble"], "distilled": PAPER_TABLE1["distilled"]}
     labels = [("baseline", "Baseline (hard targets)", baseline), ("ensemble", f"{num_teachers} x Ensemble", ensemble),
               ("distilled", "Distilled single model", distilled)]
     for key, label, row in labels:
         p_acc, p_wer = paper[key]
-        lines.append(f"| {label} | {_pct(row.frame_accuracy)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} | {p_acc}% | {p_wer}% |")
+        lines.append(f"| {label} | {_pct(row.frame_accuracy)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} |{_ood_cells(row, ood_part)} "
+                     f"{p_acc}% | {p_wer}% |")
     for row in extra_rows:
-        lines.append(f"| {row.name} | {_pct(row.frame_accuracy)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} | | |")
+        lines.append(f"| {row.name} | {_pct(row.frame_accuracy)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} |{_ood_cells(row, ood_part)} | |")
     kept = gain_kept(baseline.frame_accuracy, ensemble.frame_accuracy, distilled.frame_accuracy)
     paper_kept = gain_kept(PAPER_TABLE1["baseline"][0], PAPER_TABLE1["ensemble"][0], PAPER_TABLE1["distilled"][0])
     lines += ["", f"Share of the ensemble's test frame-accuracy gain kept by the distilled model: **{_pct(kept, 0)}** "
@@ -94,6 +99,16 @@ def format_table1(
     lines += ["", f"Paper numbers: {PAPER_CITATION}, Table 1 (Google voice search, 10 DNNs of 8 x 2,560 units, "
               "~14,000 senones); ours are measured by this recipe and are not comparable in absolute terms."]
     return "\n".join(lines) + "\n"
+
+
+def _ood_cells(row: SystemScore, ood_part: str) -> str:
+    """The out-of-domain columns of a Table 1 row: its WER and the relative increase over test."""
+    if not ood_part:
+        return ""
+    if row.ood_wer is None or row.wer is None:
+        return " not decoded | |"
+    increase = f"{row.ood_wer / row.wer - 1:+.0%}" if row.wer > 0 else "n/a"
+    return f" {_pct(row.ood_wer, 2)} (of {row.ood_ref_words}) | {increase} |"
 
 
 def _wer_cell(row: SystemScore) -> str:

@@ -462,7 +462,7 @@ def decode_ctc_systems(
     sets = [cfg, *(o for o in trained_teacher_sets(layout, cfg) if teachers_of(layout, o) != teachers_of(layout, cfg))]
     students = sorted((d for d in (layout.ctc_root / "students").glob("*") if read_record(d) is not None),
                       key=lambda p: (p.name not in STUDENT_KINDS, p.name))  # baseline, frame, sequence first, then variants
-    parts = list(parts or [layout.dev_part, layout.test_part])
+    parts = list(parts or [layout.dev_part, *layout.test_parts])
     inputs = {"graph": require_record(layout.ctc_graph, "the CTC graph").fingerprint,
               **{f"set {teachers_of(layout, c).name}": teacher_set_record(layout, c).fingerprint for c in sets},
               **{f"student {d.name}": require_record(d, "asr-kd ctc-train-student").fingerprint for d in students}}

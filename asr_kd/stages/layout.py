@@ -48,10 +48,18 @@ class RecipeLayout:
     dev_part: str = DEFAULT_DEV_PART
     test_part: str = DEFAULT_TEST_PART
     ctc_units: str = "phone"
+    # An out-of-domain test part scored beside test_part in every table ("" = none): the synthetic
+    # corpus's test-ood (a synthesiser family no training part uses), or e.g. test-other.
+    ood_part: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "exp_dir", Path(self.exp_dir))
+
+    @property
+    def test_parts(self) -> list[str]:
+        """The parts every table scores: the test part, then the out-of-domain one if any."""
+        return [self.test_part, *([self.ood_part] if self.ood_part else [])]
 
     # ---- stages 0-2 ----------------------------------------------------------------------
     @property

@@ -16,7 +16,8 @@ from typing import Sequence
 from asr_kd.config import SynthConfig
 from asr_kd.data.librispeech import PartReport, manifest_path, prepare_manifests, source_parts
 from asr_kd.data.synth import MARKER_NAME, SynthSummary, synthesize_corpus
-from asr_kd.stages.provenance import StageGuard, StageRecord, listing_fingerprint, read_record
+from asr_kd.data.voices import plan_engines
+from asr_kd.stages.provenance import StageGuard, StageRecord, fingerprint, listing_fingerprint, read_record
 
 
 def synthesize(corpus_dir: Path | str, config: SynthConfig, command: str = "") -> SynthSummary | StageRecord:
@@ -25,7 +26,11 @@ def synthesize(corpus_dir: Path | str, config: SynthConfig, command: str = "") -
     corpus_dir = Path(corpus_dir)
     # A corpus without a record (an older version's, or a folder of the user's) is never emptied:
     # synthesize_corpus reuses it when its SYNTHETIC.json matches and refuses it otherwise.
-    guard = StageGuard("stage 0 (synthetic corpus)", corpus_dir, dataclasses.asdict(config), {}, command, adopt_unrecorded=True)
+    # The engines that will actually speak (installed or not) are an input: installing Festival or
+    # Kokoro later makes a new corpus rather than keep the espeak-only one.
+    plan = plan_engines(config.engines, config.ood_engine)
+    guard = StageGuard("stage 0 (synthetic corpus)", corpus_dir, dataclasses.asdict(config),
+                       {"engines": fingerprint([plan.train, plan.ood, plan.ood_accents])}, command, adopt_unrecorded=True)
     if not guard.needs_work():
         assert guard.record is not None
         return guard.record

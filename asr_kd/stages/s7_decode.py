@@ -138,17 +138,17 @@ def evaluate_systems(
     ``<exp>/decode/table1.json`` and the Table 1 section of ``results_md``; returns
     ``{system: {part: PartScore}}``. Skipped (the table re-rendered from ``table1.json``) when
     the stage's record matches its settings and the records of stages 3, 4 and 6."""
-    decode_parts = [layout.test_part] if decode_parts is None else list(decode_parts)
-    unknown = [p for p in decode_parts if p not in (layout.dev_part, layout.test_part)]
+    decode_parts = layout.test_parts if decode_parts is None else list(decode_parts)
+    unknown = [p for p in decode_parts if p not in (layout.dev_part, *layout.test_parts)]
     if unknown:
-        raise ConfigError(f"--decode-parts {' '.join(unknown)}: stage 7 decodes the dev part ({layout.dev_part}) and the test part "
-                          f"({layout.test_part}) only; decode another part with asr-kd decode-part")
+        raise ConfigError(f"--decode-parts {' '.join(unknown)}: stage 7 decodes the dev part ({layout.dev_part}) and the test parts "
+                          f"({', '.join(layout.test_parts)}) only; decode another part with asr-kd decode-part")
     teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
     n = int(teachers_rec.config["num_teachers"]) if num_teachers is None else num_teachers
     inputs = {"gmm": gmm_record(layout).fingerprint, "teachers": teachers_rec.fingerprint,
               **{f"student_{k}": require_record(layout.student_dir(k), f"stage 6 ({k} student)").fingerprint for k in ("hard", "distilled")}}
     config = {"decode": decode_config, "fusion": fusion, "num_teachers": n, "decode_parts": decode_parts, "score_teachers": score_teachers,
-              "decode_teachers": decode_teachers, "dev_part": layout.dev_part, "test_part": layout.test_part}
+              "decode_teachers": decode_teachers, "dev_part": layout.dev_part, "test_parts": layout.test_parts}
     guard = StageGuard("stage 7 (decoding, Table 1)", layout.decode, config, inputs, command)
     table = layout.decode / "table1.json"
     if guard.needs_work():
@@ -163,7 +163,7 @@ def evaluate_systems(
         computed: dict[str, dict[str, PartScore]] = {}
         for name, models in systems:
             computed[name] = {}
-            for part in (layout.dev_part, layout.test_part):
+            for part in (layout.dev_part, *layout.test_parts):
                 decode = part in decode_parts and (decode_teachers or not name.startswith("teacher"))
                 computed[name][part] = score_system(name, models, layout, part, decode, decode_config, fusion, max_duration)
         write_json_atomic(table, {k: {p: dataclasses.asdict(s) for p, s in v.items()} for k, v in computed.items()})
@@ -181,7 +181,8 @@ def evaluate_systems(
                                      float(np.mean(accs)), dev_frame_accuracy=float(np.mean(dev_accs))))
             if decode_teachers:
                 extra += [_row(f"teacher{i}", scores[f"teacher{i}"], layout) for i in range(n)]
-        text = format_table1(rows["baseline"], rows["ensemble"], rows["distilled"], n, extra, corpus=corpus, command=command)
+        text = format_table1(rows["baseline"], rows["ensemble"], rows["distilled"], n, extra, corpus=corpus, command=command,
+                             ood_part=layout.ood_part)
         test = scores["baseline"][layout.test_part]
         text += (f"\nEvery system is decoded on all {test.utterances} {layout.test_part} utterances ({test.ref_words} words); frame "
                  f"accuracy is over the {test.aligned_utterances} of them that stage 3 aligned ({test.frames} frames).\n")
@@ -194,5 +195,6 @@ def evaluate_systems(
 
 def _row(name: str, by_part: dict[str, PartScore], layout: RecipeLayout) -> SystemScore:
     test, dev = by_part[layout.test_part], by_part[layout.dev_part]
+    ood = by_part.get(layout.ood_part) if layout.ood_part else None
     return SystemScore(name, test.frame_accuracy, test.wer, test.substitutions, test.deletions, test.insertions,
-                       test.ref_words, dev.frame_accuracy)
+                       test.ref_words, dev.frame_accuracy, ood.wer if ood else None, ood.ref_words if ood else 0)

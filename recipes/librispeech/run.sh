@@ -19,6 +19,7 @@ difficulty=1.0         # synthetic corpus noise/reverberation level, 0 (clean) .
 train_set=train-clean-100
 dev_set=dev-clean
 test_set=test-clean
+ood_set=auto           # out-of-domain test part scored in every table; auto: test-ood on the synthetic corpus, none on real data
 lexicon=""             # LibriSpeech's librispeech-lexicon.txt; empty: CMUdict
 lm_text=""             # extra LM training text (one sentence per line, .gz allowed) beside the training transcripts
 lm_arpa=""             # an existing ARPA LM (.gz allowed, e.g. openslr.org/11's 3-gram.pruned.1e-7.arpa.gz) instead of training one
@@ -96,6 +97,9 @@ Options (default in brackets):
   --train-set NAME     training part; train-960, train-clean-460 or a+b combine parts [$train_set]
   --dev-set NAME       development part [$dev_set]
   --test-set NAME      test part [$test_set]
+  --ood-set NAME       out-of-domain test part, a column in every table; auto: the synthetic corpus's
+                       test-ood (a synthesiser family no training part uses), none on real LibriSpeech
+                       (pass test-other there); none: no such part [$ood_set]
   --lexicon FILE       pronunciation lexicon in LibriSpeech's format; empty means CMUdict [$lexicon]
   --lm-text FILE       extra LM training text, one sentence per line (.gz allowed) [$lm_text]
   --lm-arpa FILE       existing ARPA LM (.gz allowed) used instead of training one [$lm_arpa]
@@ -164,7 +168,13 @@ mkdir -p "$exp/log"
 printf '%s\n' "$0 $*" "stage=$stage stop_stage=$stop_stage corpus_dir=$corpus_dir download=$download preset=$preset seed=$seed difficulty=$difficulty train_set=$train_set dev_set=$dev_set test_set=$test_set lexicon=$lexicon nj=$nj data=$data exp=$exp" \
   > "$exp/log/run.$(date '+%Y%m%d-%H%M%S').options"
 
+if [ "$ood_set" = auto ]; then
+  ood_set=test-ood
+  [ -z "$corpus_dir" ] && [ "$download" = false ] || ood_set=""
+fi
+[ "$ood_set" != none ] || ood_set=""
 parts=("$train_set" "$dev_set" "$test_set")
+[ -z "$ood_set" ] || parts+=("$ood_set")
 
 # Stage 0: asr_kd/stages/s0_corpus.py
 if in_stages 0; then
@@ -217,7 +227,7 @@ fi
 export OMP_NUM_THREADS="$num_threads"
 corpus_name="the synthetic '$preset' corpus"
 [ -z "$corpus_dir" ] && [ "$download" = false ] || corpus_name="LibriSpeech ($train_set)"
-kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set"
+kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set" --ood-set "$ood_set"
            --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
 
 # Stage 4: asr_kd/stages/s4_teachers.py
@@ -293,7 +303,7 @@ if [ "$ctc" = true ]; then
   if awk -v w="$ctc_guide_weight" 'BEGIN { exit !(w + 0 > 0) }'; then
     ctc_extra_names+=("guided$ctc_guide_weight") ctc_extra_sets+=("guide_weight=$ctc_guide_weight")
   fi
-  ctc_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set"
+  ctc_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set" --ood-set "$ood_set"
               --ctc-config "$ctc_config" --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
   # CTC stages 4-7: asr_kd/stages/ctc_stages.py. Each teacher set, student, the units, the graph
   # and the decoding keep their own provenance.json and are skipped while it matches.
