@@ -205,3 +205,19 @@ def test_tables_show_ours_beside_the_papers_and_the_gain_kept(tmp_path: Path) ->
     assert "3% of the training set" in text5 and "| 70.0% | 20.0% | 5 (early stopping) | 67.3% | 44.5% |" in text5
     png = plot_dev_accuracy({"a": [{"epoch": 1, "frame_accuracy": 0.2}, {"epoch": 2, "frame_accuracy": 0.3}]}, tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table1_has_the_out_of_domain_column_with_the_relative_increase() -> None:
+    import dataclasses
+
+    from asr_kd.report.tables import SystemScore, format_table1
+
+    rows = [SystemScore(n, 0.4, wer, 3, 2, 1, 100, 0.41, ood, 120) for n, wer, ood in
+            (("baseline", 0.30, 0.60), ("ensemble", 0.25, 0.45), ("distilled", 0.20, None))]
+    text = format_table1(*rows, num_teachers=4, ood_part="test-ood")
+    assert "| test-ood WER | Relative WER increase, test-ood vs test |" in text
+    assert "| 60.00% (of 120) | +100% |" in text and "| 45.00% (of 120) | +80% |" in text
+    assert "| 41.0% | not decoded | |" in text  # the distilled row has no test-ood decode
+    # Without an out-of-domain part the table keeps its six columns.
+    plain = format_table1(*[dataclasses.replace(r, ood_wer=None) for r in rows], num_teachers=4)
+    assert "test-ood" not in plain and plain.splitlines()[2].count("|") == 7
