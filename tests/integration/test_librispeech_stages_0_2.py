@@ -14,7 +14,7 @@ from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.provenance import read_record
 from tests.conftest import REPO_ROOT, run_librispeech_recipe
 
-PARTS = ("train-clean-100", "dev-clean", "test-clean")
+PARTS = ("train-clean-100", "dev-clean", "test-clean", "test-ood")  # test-ood: the synthetic corpus's out-of-domain part
 
 pytestmark = pytest.mark.slow
 
