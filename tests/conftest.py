@@ -110,7 +110,7 @@ def tiny_stage3(tiny_stage2: tuple[Path, Path], tmp_path_factory: pytest.TempPat
     data, _ = tiny_stage2
     exp = tmp_path_factory.mktemp("tiny_stage3") / "exp"
     config = load_config(GmmConfig, TINY_GMM_CONFIG)
-    parts = ["train-clean-100", "dev-clean", "test-clean"]
+    parts = ["train-clean-100", "dev-clean", "test-clean", "test-ood"]  # every part of the recipe, as run.sh passes them
     run_gmm_stage(data, data / "lang", exp, config, "train-clean-100", parts, num_jobs=2, results_md=exp / "RESULTS.md",
                   command="run_gmm_stage (tests/conftest.py tiny_stage3)")
     return data, data / "lang", exp

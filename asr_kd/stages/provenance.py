@@ -254,6 +254,8 @@ class StageGuard:
         # True: a folder with contents but neither record nor in-progress note (made before
         # records existed, or by hand) is left to the work to reuse or refuse, never emptied.
         self.adopt_unrecorded = adopt_unrecorded
+        # Under torchrun every rank runs the stage; only rank 0 empties folders and writes records.
+        self.is_main = os.environ.get("RANK", "0") == "0"
         self.record: StageRecord | None = None
 
     @property
@@ -296,6 +298,10 @@ class StageGuard:
         when the work must run (the folders were emptied unless an interrupted run of the same
         settings is resumed). Raises ConfigError under ``on_change="stop"`` when settings differ."""
         old = read_record(self.folder)
+        if not self.is_main:  # decide as rank 0 does, touch nothing
+            matches = old is not None and not differences(old.config, self.config, old.inputs, self.inputs)
+            self.record = old if matches else None
+            return not matches
         if old is not None:
             diffs = differences(old.config, self.config, old.inputs, self.inputs)
             if not diffs:
@@ -358,8 +364,9 @@ class StageGuard:
             code_version=code_version(), command=self.command,
             finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
-        write_text_atomic(self.record_path, record.to_json())
-        self.in_progress_path.unlink(missing_ok=True)
+        if self.is_main:
+            write_text_atomic(self.record_path, record.to_json())
+            self.in_progress_path.unlink(missing_ok=True)
         self.record = record
         log.info("%s: finished; %s written", self.stage, self.record_path)
         return record

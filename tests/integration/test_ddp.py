@@ -121,9 +121,10 @@ def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_ctc_teachers_under_torchrun_split_the_data_and_share_the_guide(tiny_stage2, tmp_path: Path) -> None:
-    # The CTC path through its command line under torchrun: an independent teacher 0 (the guide)
-    # and a guided teacher 1, each a DDP job of two gloo ranks, one after the other in the same
-    # processes; every rank links the guide into the guided set (one wins).
+    # The CTC path through its command line under torchrun: the independent set (teachers 0 and 1,
+    # two DDP models one after the other in the same processes), then the guided set, whose
+    # teacher 0 is the independent set's (the guide, linked by every rank: one wins) and whose
+    # teacher 1 is trained with guided CTC. Each run is a DDP job of two gloo ranks.
     data, _ = tiny_stage2
     exp = tmp_path / "exp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
@@ -131,10 +132,11 @@ def test_ctc_teachers_under_torchrun_split_the_data_and_share_the_guide(tiny_sta
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "asr_kd",
         "ctc-train-teachers", "--data-dir", str(data), "--exp-dir", str(exp), "--ctc-config", str(conf / "ctc_tiny.yaml"),
-        "--ctc-set", "guide_weight=1.0", "--config", str(conf / "ctc_train_tiny.yaml"), "--set", "num_epochs=1",
+        "--config", str(conf / "ctc_train_tiny.yaml"), "--set", "num_epochs=1",
         "--set", "max_steps=0", "--set", "device=cpu", "--num-threads", "1",
     ]
     run_torchrun(cmd, env, timeout=300)
+    run_torchrun([*cmd, "--ctc-set", "guide_weight=1.0"], env, timeout=300)
     root = exp / "ctc" / "phone"
     guided = root / "teachers_guided1"
     assert (guided / "teacher0").is_symlink() and (guided / "teacher0").resolve() == (root / "teachers" / "teacher0").resolve()

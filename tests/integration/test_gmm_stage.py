@@ -31,10 +31,11 @@ from asr_kd.gmm.train import GmmSystem
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.report.results_md import read_section
 
-PARTS = ("train-clean-100", "dev-clean", "test-clean")
-# Measured on the tiny corpus (seed 0): tri dev WER about 66%, mono about 83%; a system that does
-# not learn (or a broken graph) stays near or above 100%.
-TRI_DEV_WER_BOUND = 0.80
+PARTS = ("train-clean-100", "dev-clean", "test-clean", "test-ood")  # as the tiny_stage3 fixture aligns them
+# Measured on the tiny corpus (seed 0): tri dev WER 86.6%, mono 87.4% since the corpus mixes three
+# synthesiser families with speaker and room perturbation (66% and 83% on espeak alone); a system
+# that does not learn (or a broken graph) stays near or above 100%.
+TRI_DEV_WER_BOUND = 0.93
 
 
 @pytest.fixture(scope="module")

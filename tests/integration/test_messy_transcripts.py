@@ -52,5 +52,6 @@ def test_messy_transcripts_give_the_same_text_and_the_same_gmm_wer(tiny_stage3, 
         assert messy == clean, part
     clean_wers = json.loads((clean_exp / "gmm" / "stage3.json").read_text())["wers"]
     messy_wers = json.loads((messy_exp / "gmm" / "stage3.json").read_text())["wers"]
-    assert messy_wers == clean_wers
+    # The fixture's stage 3 also decoded test-ood (the synthetic corpus's extra part); compare the parts both ran.
+    assert messy_wers == {system: {p: w for p, w in by_part.items() if p in PARTS} for system, by_part in clean_wers.items()}
     assert clean_wers["tri"]["test-clean"]["ref_words"] > 100

@@ -145,3 +145,17 @@ def test_unrecorded_contents_are_emptied_unless_adopted(tmp_path: Path) -> None:
     (folder / IN_PROGRESS_NAME).unlink()
     assert StageGuard("s", folder, {"T": 2}, {}).needs_work()
     assert not (folder / "made_by_hand.txt").exists()
+
+
+def test_only_rank_0_of_a_torchrun_job_touches_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "stage"
+    _run(folder, {"T": 2})
+    (folder / "extra.bin").write_bytes(b"1")
+    monkeypatch.setenv("RANK", "1")
+    other = StageGuard("s", folder, {"T": 5}, {})
+    assert other.needs_work() and (folder / "extra.bin").is_file() and read_record(folder).config == {"T": 2}
+    (folder / "out.txt").write_text("rank 1")
+    other.finish(["out.txt"])
+    assert read_record(folder).config == {"T": 2}  # rank 0 writes the record, not rank 1
+    monkeypatch.setenv("RANK", "0")
+    assert StageGuard("s", folder, {"T": 5}, {}).needs_work() and not (folder / "extra.bin").exists()
