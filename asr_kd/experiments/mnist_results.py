@@ -58,6 +58,21 @@ def produced_by(records: dict[str, dict[str, Any]], command: str) -> list[str]:
     return [f"    {cmd}    # stages: {', '.join(stages)}" for cmd, stages in by_command.items()]
 
 
+def section_preamble(heading: str, records: dict[str, dict[str, Any]], command: str, exp_dir: Path, results_file: Path) -> list[str]:
+    """Return a RESULTS.md section's first lines: its heading, the command(s) that produced the
+    records, the experiment folder (relative to the results file) and the time of writing."""
+    return [
+        heading,
+        "",
+        "Produced by:",
+        "",
+        *produced_by(records, command),
+        "",
+        f"Experiment directory: `{relative_path(exp_dir, results_file.parent)}`. Last update: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "",
+    ]
+
+
 def _pct(errors: int, total: int) -> str:
     return f"{100.0 * errors / total:.2f}%" if total else "n/a"
 
@@ -77,16 +92,7 @@ def write_mnist_results(exp_dir: Path, results_file: Path, command: str) -> None
     info = dataset_of(rec)
     cfg_text = (exp_dir / "config.yaml").read_text() if (exp_dir / "config.yaml").is_file() else ""
     heading = f"## Data set: {info.title}"
-    lines = [
-        heading,
-        "",
-        "Produced by:",
-        "",
-        *produced_by(rec, command),
-        "",
-        f"Experiment directory: `{relative_path(exp_dir, results_file.parent)}`. Last update: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        "",
-    ]
+    lines = section_preamble(heading, rec, command, exp_dir, results_file)
     if "prepare" in rec:
         sizes = rec["prepare"]["sizes"]
         lines += [f"Data: {rec['prepare']['source']}; {sizes['train']} training, {sizes['val']} validation, {sizes['test']} test images.", ""]
