@@ -17,6 +17,8 @@ from asr_kd.experiments.mnist import check_teacher_premise
 from asr_kd.experiments.mnist_results import _omit_table, _transfer_table, gap_sentence
 from asr_kd.metrics.paired import mcnemar_exact, mean_interval
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FASHION = DatasetInfo("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_NAMES, False)
 
 
@@ -101,3 +103,33 @@ def test_seed_interval_and_mcnemar_values() -> None:
     assert "distillation helps" in gap_sentence({"rows": rows, "mean_gap": 9.5, "gap_ci95": 6.35})
     assert "within noise: the interval includes zero" in gap_sentence({"rows": rows, "mean_gap": 1.0, "gap_ci95": 3.0})
     assert "distillation hurts" in gap_sentence({"rows": rows, "mean_gap": -5.0, "gap_ci95": 3.0})
+
+
+def _write_splits(path: Path, rng: np.random.Generator) -> None:
+    """Tiny splits of 8x8 images whose class is the bright row (easy to learn)."""
+    arrays = {}
+    for split, n in (("train", 200), ("val", 50), ("test", 50)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, (n, 8, 8)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, c % 8, :] = 255 if c < 8 else 0
+            images[i, :, 7] = 255 if c >= 8 else images[i, :, 7]
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, source=np.array("synthetic"), **arrays)
+
+
+def test_teacher_grid_keeps_the_best_on_validation_and_averages_an_ensemble(tmp_path: Path) -> None:
+    from asr_kd.experiments.mnist import _teacher_logits, train_teacher
+
+    _write_splits(tmp_path / "data" / "splits.npz", np.random.default_rng(0))
+    # the second candidate cannot learn in one epoch with 95% dropout on inputs and units
+    cfg = MnistConfig(teacher_hidden=(32,), teacher_grid=("0/0/0/8", "0.95/0.95/0/1"), teacher_ensemble=2, batch_size=20, learning_rate=0.01)
+    record = train_teacher(cfg, tmp_path)
+    val = [g["val_errors"] for g in record["grid"]]
+    assert record["chosen"] == 0 and val[0] < val[1] and val[0] <= 5
+    assert record["setting"] == "dropout 0, input dropout 0, jitter 0 px, 8 epochs" and record["ensemble"] == 2
+    logits = _teacher_logits(tmp_path)
+    assert tuple(logits["train"].shape) == (2, 200, 10)  # two members of the chosen setting
+    assert not np.allclose(logits["train"][0].numpy(), logits["train"][1].numpy())  # different seeds
+    assert (tmp_path / "teacher" / "model_1.pt").is_file()
