@@ -172,7 +172,8 @@ def train_small_nets(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
 
 def distill_temperature_sweep(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
     """Distil the teacher into both student sizes at every temperature (the whole training set
-    is the transfer set); return the test errors and draw the error-against-T plot."""
+    is the transfer set); return the validation and test errors, and the temperature with the
+    fewest validation errors for ``cfg.student_hidden`` (the seeds stage distils at it)."""
     splits = _splits(exp_dir)
     teacher = _teacher_logits(exp_dir)
     _warn_if_premise_fails(exp_dir)
@@ -181,10 +182,22 @@ def distill_temperature_sweep(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]
     for hidden in (cfg.student_hidden, cfg.tiny_student_hidden):
         for t in temperatures:
             model, _ = _train_student(cfg, exp_dir, splits, hidden, teacher["train"], t)
-            errors = count_errors(predict_logits(model, splits["test"].inputs()), splits["test"].targets())
-            rows.append({"hidden": list(hidden), "temperature": t, "test_errors": errors})
-            logger.info("distilled %s at T=%g: %d test errors", hidden, t, errors)
-    return {"rows": rows, "num_test": len(splits["test"]), "hard_weight": cfg.hard_weight, "epochs": cfg.student_epochs, "temperature": cfg.temperature}
+            errors = {f"{k}_errors": count_errors(predict_logits(model, splits[k].inputs()), splits[k].targets()) for k in ("val", "test")}
+            rows.append({"hidden": list(hidden), "temperature": t, **errors})
+            logger.info("distilled %s at T=%g: %d validation, %d test errors", hidden, t, errors["val_errors"], errors["test_errors"])
+    big = [r for r in rows if r["hidden"] == list(cfg.student_hidden)]
+    # fewest validation errors; ties go to the configured T, then to the higher T
+    chosen = min(big, key=lambda r: (r["val_errors"], r["temperature"] != cfg.temperature, -r["temperature"]))["temperature"]
+    logger.info("temperature chosen on validation for %s: T=%g", cfg.student_hidden, chosen)
+    return {
+        "rows": rows,
+        "num_test": len(splits["test"]),
+        "num_val": len(splits["val"]),
+        "hard_weight": cfg.hard_weight,
+        "epochs": cfg.student_epochs,
+        "temperature": cfg.temperature,
+        "chosen_temperature": chosen,
+    }
 
 
 def omitted_class_experiment(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
@@ -212,19 +225,25 @@ def restricted_transfer_experiment(cfg: MnistConfig, exp_dir: Path) -> dict[str,
 
 
 def distillation_gap_over_seeds(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
-    """Train the hard-label and the distilled (at ``cfg.temperature``) ``cfg.student_hidden``
-    net for ``cfg.gap_seeds`` seeds (initial weights and batch order); return each seed's test
-    errors with McNemar's paired test over the test examples, and the mean gap (hard minus
-    distilled errors) with its 95% t interval over seeds."""
+    """Train the hard-label and the distilled ``cfg.student_hidden`` net for ``cfg.gap_seeds``
+    seeds (initial weights and batch order); return each seed's test errors with McNemar's
+    paired test over the test examples, and the mean gap (hard minus distilled errors) with its
+    95% t interval over seeds. The temperature is the one the distill stage chose on validation
+    when its record exists, else ``cfg.temperature``."""
     splits = _splits(exp_dir)
     teacher = _teacher_logits(exp_dir)
     premise = _warn_if_premise_fails(exp_dir)
+    distill = _record_if_present(exp_dir, "distill")
+    if distill is not None and "chosen_temperature" in distill:
+        temperature, source = float(distill["chosen_temperature"]), "chosen on validation by the distill stage"
+    else:
+        temperature, source = cfg.temperature, "configured (no distill stage record)"
     labels = splits["test"].targets()
     rows = []
     for k in range(cfg.gap_seeds):
         seed = cfg.seed * 100 + _STUDENT_SEED + k * _GAP_SEED_STEP
         correct = {}
-        for kind, logits, t in (("hard", None, None), ("distilled", teacher["train"], cfg.temperature)):
+        for kind, logits, t in (("hard", None, None), ("distilled", teacher["train"], temperature)):
             model, _ = _train_student(cfg, exp_dir, splits, cfg.student_hidden, logits, t, tag=f"seed{k}", seed=seed)
             correct[kind] = (predict_logits(model, splits["test"].inputs()).argmax(dim=-1) == labels).numpy()
         paired = mcnemar_exact(correct["distilled"], correct["hard"])
@@ -232,7 +251,17 @@ def distillation_gap_over_seeds(cfg: MnistConfig, exp_dir: Path) -> dict[str, An
         logger.info("seed %d: hard %d, distilled %d test errors (McNemar p=%.3g)", seed, row["hard_errors"], row["distilled_errors"], paired.p_value)
         rows.append(row)
     mean, half = mean_interval([r["hard_errors"] - r["distilled_errors"] for r in rows])
-    return {"rows": rows, "hidden": list(cfg.student_hidden), "temperature": cfg.temperature, "hard_weight": cfg.hard_weight, "num_test": len(splits["test"]), "mean_gap": mean, "gap_ci95": half, "premise": premise}
+    return {
+        "rows": rows,
+        "hidden": list(cfg.student_hidden),
+        "temperature": temperature,
+        "temperature_source": source,
+        "hard_weight": cfg.hard_weight,
+        "num_test": len(splits["test"]),
+        "mean_gap": mean,
+        "gap_ci95": half,
+        "premise": premise,
+    }
 
 
 def check_teacher_premise(teacher: dict[str, Any], small: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,11 @@ def test_teacher_is_chosen_on_validation_and_the_gap_is_measured_over_seeds(reci
     assert teacher["chosen"] == val.index(min(val)) and teacher["val_errors"] == min(val)
     small = _record(recipe, "small")
     assert small["premise"]["holds"] is True and small["premise"]["teacher_val_errors"] == min(val)
+    distill = _record(recipe, "distill")
+    big = {r["temperature"]: r["val_errors"] for r in distill["rows"] if r["hidden"] == [128, 128]}
+    assert big[distill["chosen_temperature"]] == min(big.values())  # T chosen on validation
     seeds = _record(recipe, "seeds")
+    assert seeds["temperature"] == distill["chosen_temperature"] and seeds["temperature_source"].startswith("chosen on validation")
     assert [r["seed"] for r in seeds["rows"]] == [2, 12]
     gaps = [r["hard_errors"] - r["distilled_errors"] for r in seeds["rows"]]
     assert seeds["mean_gap"] == pytest.approx(sum(gaps) / 2) and seeds["mean_gap"] > 0
