@@ -50,7 +50,7 @@ Options (default in brackets):
 Examples:
   $0                                        # everything, offline, default preset
   $0 --preset tiny --exp /tmp/mnist_tiny --results /tmp/mnist_tiny/RESULTS.md
-  $0 --preset fashion --exp exp_fashion      # Fashion-MNIST (apt-get install dataset-fashion-mnist)
+  $0 --preset fashion --exp exp/fashion      # Fashion-MNIST (apt-get install dataset-fashion-mnist)
   $0 --stage 3 --stop-stage 3 --set 'temperatures=1,2,5,10,20,40'
 "
 
