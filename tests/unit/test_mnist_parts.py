@@ -1,0 +1,135 @@
+"""The MNIST recipe's parts that need no training: the teacher grid, data set names, the premise
+check, the seeds statistics and the tables that name classes."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr_kd.config import MnistConfig, TeacherSetting
+from asr_kd.data.mnist import FASHION_MNIST_NAMES, MNIST_5K, DatasetInfo, describe_dataset
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.experiments.mnist import check_teacher_premise
+from asr_kd.experiments.mnist_results import _omit_table, _transfer_table, gap_sentence
+from asr_kd.metrics.paired import mcnemar_exact, mean_interval
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FASHION = DatasetInfo("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_NAMES, False)
+
+
+def test_teacher_grid_parses_and_rejects_bad_candidates() -> None:
+    cfg = MnistConfig(teacher_grid=("0.5/0.2/2/40", "0/0/0/15"))
+    assert cfg.teacher_candidates == (TeacherSetting(0.5, 0.2, 2, 40), TeacherSetting(0.0, 0.0, 0, 15))
+    assert cfg.teacher_candidates[0].label == "dropout 0.5, input dropout 0.2, jitter 2 px, 40 epochs"
+    with pytest.raises(ConfigError, match=r"^mnist.teacher_grid: '0.5/0.2/2' is not 'dropout/input_dropout/jitter/epochs'"):
+        MnistConfig(teacher_grid=("0.5/0.2/2",))
+    with pytest.raises(ConfigError, match=r"'1.0/0/0/5': dropout rates must be in \[0, 1\)"):
+        MnistConfig(teacher_grid=("1.0/0/0/5",))
+    with pytest.raises(ConfigError, match="needs at least one candidate"):
+        MnistConfig(teacher_grid=())
+    with pytest.raises(ConfigError, match="teacher_ensemble and mnist.gap_seeds must be >= 1"):
+        MnistConfig(gap_seeds=0)
+
+
+def _write_labels(folder: Path, labels: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = bytes([0, 0, 0x08, 1]) + len(labels).to_bytes(4, "big") + labels.astype(np.uint8).tobytes()
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw))
+
+
+def test_class_names_come_from_the_data(tmp_path: Path) -> None:
+    assert describe_dataset(None) == MNIST_5K and MNIST_5K.is_mnist
+    labels = np.arange(30) % 3
+    plain = tmp_path / "plain"
+    _write_labels(plain, labels)
+    info = describe_dataset(plain)
+    # unknown IDX data: classes by number, and it is not MNIST (no paper numbers)
+    assert info.class_names == ("0", "1", "2") and not info.is_mnist and info.key == "plain"
+    named = tmp_path / "named"
+    _write_labels(named, labels)
+    (named / "class_names.txt").write_text("cat\ndog\n\nbird\n")
+    assert describe_dataset(named).class_names == ("cat", "dog", "bird")
+    (named / "class_names.txt").write_text("cat\ndog\n")
+    with pytest.raises(DataError, match=r"class_names.txt names 2 classes but the labels in .*train-labels-idx1-ubyte.gz run 0..2"):
+        describe_dataset(named)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_is_recognised_by_its_labels() -> None:
+    info = describe_dataset("/usr/share/datasets/fashion-mnist")
+    assert info.title == "Fashion-MNIST" and not info.is_mnist
+    assert [info.class_label(c) for c in (3, 7, 8)] == ["3 (Dress)", "7 (Sneaker)", "8 (Bag)"]
+
+
+def test_omitted_class_and_transfer_tables_name_the_classes_and_show_paper_numbers_only_for_mnist() -> None:
+    omit = {"omitted_class": 3, "transfer_size": 900, "bias_step": 0.1, "errors": 70, "errors_after": 60, "num_test": 1000, "shifted_class_errors": 30, "shifted_class_errors_after": 10, "num_shifted_test": 100, "bias": 2.0}
+    text = "\n".join(_omit_table(omit, FASHION))
+    assert "### Class 3 (Dress) left out of the transfer set" in text and "errors on class 3 (Dress)" in text
+    assert "paper" not in text
+    mnist_text = "\n".join(_omit_table(omit, MNIST_5K))
+    assert "### Class 3 left out" in mnist_text and "| paper (full MNIST) | 206 -> 109 |" in mnist_text
+    transfer = {**omit, "transfer_classes": [7, 8]}
+    assert _transfer_table(transfer, FASHION)[0] == "### Transfer set of only 7 (Sneaker) and 8 (Bag)"
+    assert "paper" not in "\n".join(_transfer_table(transfer, FASHION))
+
+
+def test_premise_check_flags_a_teacher_that_is_not_better() -> None:
+    small = {"rows": [{"hidden": [800, 800], "val_errors": 580}], "num_val": 5000}
+    worse = check_teacher_premise({"val_errors": 650}, small)
+    assert worse["holds"] is False
+    assert worse["text"].startswith("WARNING: the teacher is NOT better than the small net on validation (650 against 580 errors of 5000)")
+    assert check_teacher_premise({"val_errors": 580}, small)["holds"] is False  # a tie is not better
+    better = check_teacher_premise({"val_errors": 450}, small)
+    assert better["holds"] is True and "the premise of distillation holds" in better["text"]
+
+
+def test_seed_interval_and_mcnemar_values() -> None:
+    mean, half = mean_interval([10, 12, 14])
+    # sd 2, sem 2/sqrt(3), t(0.975, 2) = 4.3027
+    assert mean == 12 and half == pytest.approx(4.3027 * 2 / math.sqrt(3), rel=1e-4)
+    assert math.isnan(mean_interval([5])[1])
+    a = np.array([True] * 10 + [False] * 2 + [True] * 5)
+    b = np.array([False] * 10 + [True] * 2 + [True] * 5)
+    paired = mcnemar_exact(a, b)
+    assert (paired.only_a, paired.only_b) == (10, 2)
+    assert paired.p_value == pytest.approx(0.03857, abs=1e-4)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
+    assert mcnemar_exact(a, a).p_value == 1.0
+    rows = [{"hard_errors": 60, "distilled_errors": 50}, {"hard_errors": 58, "distilled_errors": 49}]
+    assert "distillation helps" in gap_sentence({"rows": rows, "mean_gap": 9.5, "gap_ci95": 6.35})
+    assert "within noise: the interval includes zero" in gap_sentence({"rows": rows, "mean_gap": 1.0, "gap_ci95": 3.0})
+    assert "distillation hurts" in gap_sentence({"rows": rows, "mean_gap": -5.0, "gap_ci95": 3.0})
+
+
+def _write_splits(path: Path, rng: np.random.Generator) -> None:
+    """Tiny splits of 8x8 images whose class is the bright row (easy to learn)."""
+    arrays = {}
+    for split, n in (("train", 200), ("val", 50), ("test", 50)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, (n, 8, 8)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, c % 8, :] = 255 if c < 8 else 0
+            images[i, :, 7] = 255 if c >= 8 else images[i, :, 7]
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, source=np.array("synthetic"), **arrays)
+
+
+def test_teacher_grid_keeps_the_best_on_validation_and_averages_an_ensemble(tmp_path: Path) -> None:
+    from asr_kd.experiments.mnist import _teacher_logits, train_teacher
+
+    _write_splits(tmp_path / "data" / "splits.npz", np.random.default_rng(0))
+    # the second candidate cannot learn in one epoch with 95% dropout on inputs and units
+    cfg = MnistConfig(teacher_hidden=(32,), teacher_grid=("0/0/0/8", "0.95/0.95/0/1"), teacher_ensemble=2, batch_size=20, learning_rate=0.01)
+    record = train_teacher(cfg, tmp_path)
+    val = [g["val_errors"] for g in record["grid"]]
+    assert record["chosen"] == 0 and val[0] < val[1] and val[0] <= 5
+    assert record["setting"] == "dropout 0, input dropout 0, jitter 0 px, 8 epochs" and record["ensemble"] == 2
+    logits = _teacher_logits(tmp_path)
+    assert tuple(logits["train"].shape) == (2, 200, 10)  # two members of the chosen setting
+    assert not np.allclose(logits["train"][0].numpy(), logits["train"][1].numpy())  # different seeds
+    assert (tmp_path / "teacher" / "model_1.pt").is_file()
