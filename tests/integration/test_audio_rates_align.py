@@ -72,9 +72,10 @@ def test_other_rates_and_stereo_align_like_the_16k_original(tiny_stage3, tmp_pat
             same += sum(a == b for a, b in zip(phones, ref))
             total += len(ref)
         agreement[variant] = same / total
-    # Measured on the tiny corpus: stereo 100% (identical features), 44.1 kHz 99.6%, 8 kHz 86.8%
+    # Measured on the tiny corpus: stereo 100% (identical features), 44.1 kHz 99.6-99.7%, 8 kHz
+    # 86.8% on espeak alone and 68.7% on the three-family corpus with perturbed speakers and rooms
     # (the model saw 16 kHz audio; 8 kHz lacks everything above 4 kHz). Unresampled audio would
     # not even have the original's number of frames.
     assert agreement["stereo"] == 1.0
     assert agreement["rate-44100"] > 0.97
-    assert agreement["rate-8000"] > 0.75, agreement
+    assert agreement["rate-8000"] > 0.6, agreement
