@@ -333,6 +333,19 @@ class StageGuard:
         write_text_atomic(self.in_progress_path, json.dumps(self._wanted()) + "\n")
         return True
 
+    def _wait_for_rank_0(self, timeout: float = 3600.0) -> StageRecord:
+        """On another rank of a torchrun job: wait for rank 0's record of these settings (what
+        follows may read it: the next stage's inputs) and return it."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rec = read_record(self.folder) if self.record_path.is_file() else None
+            if rec is not None and rec.config_fingerprint == self.config_fingerprint and rec.inputs == self.inputs:
+                return rec
+            time.sleep(0.2)
+        raise DataError(f"{self.stage}: rank 0 wrote no record to {self.record_path} within {timeout:.0f} s; see its log")
+
     def all_files(self) -> list[Path]:
         """Return every file below the stage's folder (not the record, not symbolic links): the
         outputs of a stage whose whole folder is its output."""
@@ -367,6 +380,8 @@ class StageGuard:
         if self.is_main:
             write_text_atomic(self.record_path, record.to_json())
             self.in_progress_path.unlink(missing_ok=True)
+        else:
+            record = self._wait_for_rank_0()
         self.record = record
         log.info("%s: finished; %s written", self.stage, self.record_path)
         return record

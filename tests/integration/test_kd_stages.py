@@ -113,7 +113,8 @@ def test_trained_models_beat_an_untrained_one(egs_run: tuple[Path, Path, Path]) 
     the WER bound is checked on 20 training utterances, where decoding must recover the words,
     and dev/test on frame accuracy. Measured on tiny_stage3 (150 triphone senones): untrained
     99% WER on the training utterances, 2% frame accuracy; the students 6% (hard) and 14% WER
-    there, about 30% dev and 17% test frame accuracy (and 88-91% test WER).
+    there on the espeak-only corpus, 51% (hard) on the three-family corpus with perturbed
+    speakers and rooms; about 30% dev and 17% test frame accuracy (and 88-91% test WER).
     """
     data, exp, _ = egs_run
     layout = RecipeLayout(data, exp)
@@ -128,7 +129,7 @@ def test_trained_models_beat_an_untrained_one(egs_run: tuple[Path, Path, Path]) 
     for kind in ("hard", "distilled"):
         model = load_frame_classifier(model_checkpoint(layout.student_dir(kind)))
         trained = score_system(kind, [model], layout, train_part, True, decode, max_cuts=20)
-        assert trained.wer is not None and trained.wer < 0.5 < untrained.wer, (kind, trained.wer, untrained.wer)
+        assert trained.wer is not None and trained.wer < 0.65 < untrained.wer, (kind, trained.wer, untrained.wer)
     chance = {part: score_system("untrained", [random_model], layout, part, False, decode).frame_accuracy
               for part in ("dev-clean", "test-clean")}
     for system in ("baseline", "ensemble", "distilled"):

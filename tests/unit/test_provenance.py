@@ -155,7 +155,8 @@ def test_only_rank_0_of_a_torchrun_job_touches_the_folder(tmp_path: Path, monkey
     other = StageGuard("s", folder, {"T": 5}, {})
     assert other.needs_work() and (folder / "extra.bin").is_file() and read_record(folder).config == {"T": 2}
     (folder / "out.txt").write_text("rank 1")
-    other.finish(["out.txt"])
-    assert read_record(folder).config == {"T": 2}  # rank 0 writes the record, not rank 1
+    with pytest.raises(DataError, match="rank 0 wrote no record"):
+        other._wait_for_rank_0(timeout=0.5)  # what finish() does on rank 1: wait for rank 0's record
+    assert read_record(folder).config == {"T": 2}  # rank 1 wrote nothing
     monkeypatch.setenv("RANK", "0")
     assert StageGuard("s", folder, {"T": 5}, {}).needs_work() and not (folder / "extra.bin").exists()
