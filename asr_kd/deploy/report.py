@@ -352,7 +352,7 @@ def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from asr_kd.utils import atomic_path
+    from asr_kd.report.tables import save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for r in rows:
@@ -365,8 +365,4 @@ def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "")
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

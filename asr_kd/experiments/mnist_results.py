@@ -13,7 +13,7 @@ from typing import Any
 from asr_kd.data.mnist import MNIST_5K, DatasetInfo
 from asr_kd.experiments.mnist import check_teacher_premise, load_records
 from asr_kd.report.results_md import write_section
-from asr_kd.utils import atomic_path
+from asr_kd.report.tables import save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,4 @@ def plot_error_vs_temperature(rec: dict[str, dict[str, Any]], path: Path, title:
     ax.set_ylabel("test error (%)")
     ax.set_title(f"{title}: distilled students against temperature")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -176,8 +176,6 @@ def plot_dev_accuracy(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from asr_kd.utils import atomic_path
-
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for name, history in histories.items():
         scale = frames_per_epoch[name] if frames_per_epoch else 1
@@ -195,11 +193,7 @@ def plot_dev_accuracy(
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_spike_timings(
@@ -214,8 +208,6 @@ def plot_spike_timings(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from asr_kd.utils import atomic_path
 
     fig, axes = plt.subplots(len(per_set), 1, figsize=(9.0, 1.9 * len(per_set) + 0.6), dpi=100, sharex=True, squeeze=False)
     for ax, (name, models) in zip(axes[:, 0], per_set.items()):
@@ -234,8 +226,18 @@ def plot_spike_timings(
     axes[-1, 0].set_xlabel("time (ms); ticks: spikes (first frame of each non-blank arg-max run)")
     if title:
         fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path | str, dpi: float | None = None) -> Path:
+    """Lay out the matplotlib figure ``fig``, write it as PNG to ``path`` atomically, close it;
+    return ``path``."""
+    import matplotlib.pyplot as plt
+
+    from asr_kd.utils import atomic_path
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", **({"dpi": dpi} if dpi else {}))
     plt.close(fig)
     return Path(path)
