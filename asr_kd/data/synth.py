@@ -423,15 +423,13 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
 def _render_all(jobs: list[UtteranceJob], config: SynthConfig, babble_texts: list[str], plan: EnginePlan) -> Iterator[UtteranceResult]:
     """Yield the results of ``jobs`` (in completion order) using ``config.num_jobs`` processes."""
     initargs = (config, babble_texts, plan.train)
-    if config.num_jobs == 1 or len(jobs) <= 1:
-        _init_worker(*initargs)
-        yield from map(render_utterance, jobs)
-        return
-    # 'fork' starts workers in milliseconds and shares the loaded modules; each worker then
-    # initialises its own espeak-ng engine (the library is a process-wide singleton) and, for
-    # test-ood, its own single-threaded Kokoro session.
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(config.num_jobs, initializer=_init_worker, initargs=initargs) as pool:
+    # Workers start from a 'forkserver' that never touched espeak-ng, even with one job: libespeak-ng
+    # is a process-wide singleton whose state (pitch-flutter phase, filter memories) survives a
+    # fork, so a worker forked from a process that already spoke or phonemised (stage 2's G2P, a
+    # test before this one) would render other samples. Each worker initialises its own engine
+    # and, for test-ood, its own single-threaded Kokoro session.
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(max(1, min(config.num_jobs, len(jobs))), initializer=_init_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(render_utterance, jobs, chunksize=4)
 
 
