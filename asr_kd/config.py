@@ -531,7 +531,8 @@ class TrainConfig:
     shuffle: bool = True
     num_workers: int = 0  # DataLoader worker processes
     # Optimiser and learning-rate schedule: linear warm-up, then constant, inverse square root
-    # or cosine decay (to lr * final_lr_ratio at cosine_steps).
+    # or cosine decay (to lr * final_lr_ratio at cosine_steps; 0: at the end of the run, counted
+    # from the training sampler before training starts, so the rate reaches its floor).
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -564,8 +565,8 @@ class TrainConfig:
         _check(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        _check(self.lr_schedule != "cosine" or self.cosine_steps > self.warmup_steps,
-               f"train.lr_schedule=cosine needs train.cosine_steps > train.warmup_steps, got {self.cosine_steps}")
+        _check(self.lr_schedule != "cosine" or self.cosine_steps == 0 or self.cosine_steps > self.warmup_steps,
+               f"train.lr_schedule=cosine needs train.cosine_steps > train.warmup_steps (or 0: the whole run), got {self.cosine_steps}")
         _check(0 <= self.final_lr_ratio <= 1, f"train.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         _check(self.amp in ("bf16", "none"), f"train.amp must be 'bf16' or 'none', got {self.amp!r}")
@@ -592,6 +593,10 @@ class DecodeConfig:
     lattice_beam: float = 6.0
     # Scale on hybrid/GMM acoustic log-likelihoods relative to the graph (Kaldi's acwt 0.1).
     acoustic_scale: float = 0.1
+    # Non-empty: the recipe's stages decode the dev part at each of these scales, keep the one with
+    # the fewest word errors per system and decode the test parts with it (asr_kd/decode/tuning.py;
+    # Kaldi's score.sh sweeps the LM weight, its inverse, the same way). Empty: acoustic_scale.
+    acoustic_scales: tuple[float, ...] = ()
     # CTC log-probabilities are usually used unscaled against HLG.
     ctc_acoustic_scale: float = 1.0
     # Graph construction (Kaldi's mkgraph.sh defaults).
@@ -611,6 +616,7 @@ class DecodeConfig:
         _check(self.beam > 0 and self.lattice_beam > 0, f"decode.beam and decode.lattice_beam must be > 0, got {self.beam}, {self.lattice_beam}")
         _check(1 <= self.min_active <= self.max_active, f"decode needs 1 <= min_active <= max_active, got {self.min_active}, {self.max_active}")
         _check(self.acoustic_scale > 0 and self.ctc_acoustic_scale > 0, "decode.acoustic_scale and decode.ctc_acoustic_scale must be > 0")
+        _check(all(s > 0 for s in self.acoustic_scales), f"decode.acoustic_scales must all be > 0, got {list(self.acoustic_scales)}")
         _check(self.transition_scale >= 0 and self.self_loop_scale >= 0, "decode.transition_scale and decode.self_loop_scale must be >= 0")
         _check(self.prior_smoothing >= 0, f"decode.prior_smoothing must be >= 0, got {self.prior_smoothing}")
         _check(0 < self.prior_floor < 1, f"decode.prior_floor must be in (0, 1), got {self.prior_floor}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from asr_kd.bin.common import add_part_args
-from asr_kd.config import GmmConfig, load_config, parse_overrides
+from asr_kd.config import DecodeConfig, GmmConfig, load_config, parse_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, required=True, help="data directory of stages 1-2 (mfcc/, fbank/)")
     p.add_argument("--lang-dir", type=Path, required=True, help="lang directory of stage 2 (e.g. data/lang)")
     p.add_argument("--exp-dir", type=Path, required=True, help="experiment directory; outputs go to EXP/gmm")
-    add_part_args(p, dev=False, test=False)
+    add_part_args(p, test=False)
     p.add_argument("--parts", nargs="+", required=True, help="parts to align (and, except the training part, decode)")
+    p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields (beam, max_active, acoustic_scales: "
+                   "the grid each system's acoustic scale is tuned from on --dev-set); default: gmm.acoustic_scale, not tuned")
+    p.add_argument("--decode-set", dest="decode_overrides", action="append", default=[], metavar="KEY=VALUE", help="override a DecodeConfig field")
     p.add_argument("--config", type=Path, default=None, help="YAML file with GmmConfig fields (e.g. conf/gmm.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a GmmConfig field")
     p.add_argument("--num-jobs", type=int, default=2, help="processes for training passes (alignment, statistics), final alignment and decoding (default 2)")
@@ -42,7 +45,11 @@ def run_train_gmm(args: argparse.Namespace) -> int:
     from asr_kd.stages.s3_gmm import run_gmm_stage  # heavy imports only when used
 
     config = load_config(GmmConfig, args.config, parse_overrides(args.overrides))
+    # Without a decode config the GMMs decode at the scale they were aligned with (gmm.acoustic_scale).
+    default_scale = {} if args.decode_config else {"acoustic_scale": config.acoustic_scale}
+    decode_config = load_config(DecodeConfig, args.decode_config, {**default_scale, "num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     command = args.recipe_command or "asr-kd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary = run_gmm_stage(args.data_dir, args.lang_dir, args.exp_dir, config, args.train_set, args.parts, args.num_jobs, args.results_md, command=command)
+    summary = run_gmm_stage(args.data_dir, args.lang_dir, args.exp_dir, config, args.train_set, args.parts, args.num_jobs, args.results_md,
+                            decode_config, command=command, dev_part=args.dev_set)
     print(summary.format())
     return 0

@@ -40,6 +40,16 @@ def _teachers_arg(p: argparse.ArgumentParser, default: int | None) -> None:
                    help=f"number of teachers{' (default: every trained teacher)' if default is None else f' (default {default})'}")
 
 
+def _jobs_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--jobs", type=int, default=1,
+                   help=f"{what} trained at once, one process each with --num-threads torch threads (default 1); the results do not depend on it")
+
+
+def _seeds_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-seeds", type=int, default=1,
+                   help="students per kind, differing only in their seed: students/<kind> and students/<kind>_seed<k> (default 1)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the stage 4-8 commands to ``sub``."""
     p = sub.add_parser("train-teachers", help="stage 4: train N DNN teachers differing only in their seed",
@@ -49,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _layout_args(p)
     _model_args(p)
     _teachers_arg(p, 4)
+    _jobs_arg(p, "teachers")
     p.set_defaults(func=_train_teachers)
 
     p = sub.add_parser("make-soft-targets", help="stage 5: store the ensemble's top-k soft targets at temperature T on the training cuts",
@@ -72,7 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     _kd_args(p)
     _teachers_arg(p, None)
-    p.add_argument("--kind", choices=("hard", "distilled"), required=True, help="which student")
+    p.add_argument("--kind", choices=("hard", "distilled"), nargs="+", required=True, help="which students (one or both)")
+    _seeds_arg(p)
+    _jobs_arg(p, "students")
     p.set_defaults(func=_train_student)
 
     p = sub.add_parser("decode-hybrid", help="stage 7: HCLG decoding, WER and frame accuracy of baseline, ensemble and distilled (Table 1)",
@@ -88,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-parts", nargs="+", default=None, help="parts to decode (default: the test set)")
     p.add_argument("--no-teachers", action="store_true", help="skip the per-teacher frame accuracies")
     p.add_argument("--decode-teachers", action="store_true", help="also decode each teacher on --decode-parts (N more decodings)")
+    _seeds_arg(p)
     p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md (e.g. \"the synthetic 'mini' corpus\")")
     p.set_defaults(func=_decode_hybrid)
 
@@ -119,6 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-jobs", type=int, default=2, help="parallel decoding processes (default 2)")
     p.add_argument("--align", action="store_true", help="also align the part with the stage-3 triphone GMM (data/tids_<part>.txt) and "
                    "score the networks' frame accuracy against it")
+    p.add_argument("--fixed-scale", action="store_true", help="decode every system at the decode config's acoustic_scale instead of "
+                   "the scale the recipe tuned for it on dev (stages 3 and 7)")
     p.set_defaults(func=_decode_part)
 
 
@@ -155,7 +171,8 @@ def _train_teachers(args: argparse.Namespace) -> int:
 
     common = _setup(args, "train_teachers")
     model_cfg, train_cfg = _configs(args)
-    summary = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, **common)
+    summary = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, jobs=args.jobs,
+                             num_threads=max(args.num_threads, 1), **common)
     for i, t in enumerate(summary["teachers"]):
         print(f"teacher{i} (seed {t['seed']}): best dev frame accuracy {t['best_dev_frame_accuracy']}")
     return 0
@@ -171,12 +188,15 @@ def _make_soft_targets(args: argparse.Namespace) -> int:
 
 
 def _train_student(args: argparse.Namespace) -> int:
-    from asr_kd.stages.s6_students import train_student
+    from asr_kd.stages.s6_students import train_students
 
-    common = _setup(args, f"train_student_{args.kind}")
+    common = _setup(args, f"train_student_{'_'.join(args.kind)}")
     model_cfg, train_cfg = _configs(args)
-    r = train_student(kind=args.kind, model_config=model_cfg, train_config=train_cfg, kd=_kd(args), num_teachers=args.num_teachers, **common)
-    print(f"{args.kind} student ({r['stop_reason']}); best dev frame accuracy {r['best_dev_frame_accuracy']}")
+    runs = train_students(kinds=args.kind, model_config=model_cfg, train_config=train_cfg, kd=_kd(args), num_teachers=args.num_teachers,
+                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), **common)
+    for kind, summaries in runs.items():
+        for r in summaries:
+            print(f"{kind} student, seed {r.get('seed')} ({r['stop_reason']}); best dev frame accuracy {r['best_dev_frame_accuracy']}")
     return 0
 
 
@@ -188,7 +208,7 @@ def _decode_hybrid(args: argparse.Namespace) -> int:
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     scores = evaluate_systems(decode_config=decode_cfg, fusion=_kd(args).fusion, num_teachers=args.num_teachers,
                               decode_parts=args.decode_parts, score_teachers=not args.no_teachers, corpus=args.corpus,
-                              decode_teachers=args.decode_teachers, **common)
+                              decode_teachers=args.decode_teachers, num_seeds=args.num_seeds, **common)
     for name, by_part in scores.items():
         print(name + ": " + ", ".join(f"{p} frame accuracy {s.frame_accuracy:.4f}" + (f" WER {s.wer:.4f}" if s.wer is not None else "")
                                       for p, s in by_part.items()))
@@ -213,7 +233,8 @@ def _decode_part(args: argparse.Namespace) -> int:
 
     common = _setup(args, f"decode_part_{args.part}")
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
-    scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"], args.align)
+    scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"], args.align,
+                         tune_scale=not args.fixed_scale)
     for name, s in scores.items():
         worst = max(s["per_speaker"].items(), key=lambda kv: kv[1]["wer"])
         print(f"{name}: {args.part} WER {100 * s['wer']:.2f}% ({s['substitutions']}/{s['deletions']}/{s['insertions']} of {s['ref_words']}), "

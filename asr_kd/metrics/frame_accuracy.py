@@ -41,6 +41,8 @@ class FrameAccuracyResult:
     counted: int
     missing: tuple[str, ...]  # references without a prediction (not counted)
     length_mismatch: tuple[str, ...]  # predictions with another number of frames (not counted)
+    # {utt_id: (correct, counted)} of every compared utterance: what a paired bootstrap resamples.
+    per_utterance: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def accuracy(self) -> float:
@@ -59,6 +61,7 @@ def corpus_frame_accuracy(
     """
     correct = counted = 0
     missing, mismatch = [], []
+    per_utt: dict[str, tuple[int, int]] = {}
     for utt_id, ref in references.items():
         if utt_id not in predictions:
             missing.append(utt_id)
@@ -71,14 +74,16 @@ def corpus_frame_accuracy(
             mismatch.append(utt_id)
             continue
         mask = labels != ignore_index
-        correct += int(((pred.long() == labels) & mask).sum())
-        counted += int(mask.sum())
+        utt_correct, utt_counted = int(((pred.long() == labels) & mask).sum()), int(mask.sum())
+        per_utt[utt_id] = (utt_correct, utt_counted)
+        correct += utt_correct
+        counted += utt_counted
     if missing or mismatch:
         logger.warning(
             "frame accuracy: %d utterances without prediction (e.g. %s), %d with a different frame count (e.g. %s); not counted",
             len(missing), missing[:3], len(mismatch), mismatch[:3],
         )
-    return FrameAccuracyResult(correct, counted, tuple(missing), tuple(mismatch))
+    return FrameAccuracyResult(correct, counted, tuple(missing), tuple(mismatch), per_utt)
 
 
 __all__ = ["frame_accuracy", "frame_accuracy_counts", "corpus_frame_accuracy", "FrameAccuracyResult"]

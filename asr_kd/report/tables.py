@@ -50,6 +50,13 @@ class SystemScore:
     # The out-of-domain test part's WER (with its word count), when the table has one.
     ood_wer: float | None = None
     ood_ref_words: int = 0
+    # A student over several seeds: the numbers above are means, these their standard deviations.
+    seeds: int = 1
+    frame_accuracy_std: float = 0.0
+    wer_std: float = 0.0
+    # Decoding tuned on dev: the dev WER at the chosen scale, and the scale(s) (one per seed).
+    dev_wer: float | None = None
+    acoustic_scales: tuple[float, ...] = ()
 
 
 def gain_kept(baseline: float, ensemble: float, student: float) -> float:
@@ -67,29 +74,35 @@ def _pct(x: float | None, digits: int = 1) -> str:
 def format_table1(
     baseline: SystemScore, ensemble: SystemScore, distilled: SystemScore, num_teachers: int,
     extra_rows: Sequence[SystemScore] = (), corpus: str = "", command: str = "", ood_part: str = "",
+    share_interval: Mapping[str, Any] | None = None,
 ) -> str:
     """Return the markdown section ``## Table 1 analogue ...``: our rows beside the paper's, and
-    the share of the ensemble's frame-accuracy (and WER) gain kept by the distilled model."""
+    the share of the ensemble's frame-accuracy gain kept by the distilled model (with its
+    bootstrap interval when ``share_interval`` is given)."""
     lines = ["## Table 1 analogue: baseline, ensemble, distilled (stage 7)", ""]
     if command:
         lines += [f"Produced by `{command}`" + (f" on {corpus}." if corpus else "."), ""]
     ood_head = f" {ood_part} WER | Relative WER increase, {ood_part} vs test |" if ood_part else ""
+    tuned = any(r.dev_wer is not None for r in (baseline, ensemble, distilled))
+    dev_head = " Dev WER (acoustic scale) |" if tuned else ""
     lines += [
-        "| System | Test frame accuracy | Test WER (S/D/I) | Dev frame accuracy |" + ood_head + " Paper: frame accuracy | Paper: WER |",
-        "|---|---|---|---|" + ("---|---|" if ood_part else "") + "---|---|",
+        "| System | Test frame accuracy | Test WER (S/D/I) | Dev frame accuracy |" + dev_head + ood_head + " Paper: frame accuracy | Paper: WER |",
+        "|---|---|---|---|" + ("---|" if tuned else "") + ("---|---|" if ood_part else "") + "---|---|",
     ]
     paper = {"baseline": PAPER_TABLE1["baseline"], "ensemble": PAPER_TABLE1["ensemble"], "distilled": PAPER_TABLE1["distilled"]}
     labels = [("baseline", "Baseline (hard targets)", baseline), ("ensemble", f"{num_teachers} x Ensemble", ensemble),
               ("distilled", "Distilled single model", distilled)]
     for key, label, row in labels:
         p_acc, p_wer = paper[key]
-        lines.append(f"| {label} | {_pct(row.frame_accuracy)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} |{_ood_cells(row, ood_part)} "
-                     f"{p_acc}% | {p_wer}% |")
+        lines.append(f"| {_label(label, row)} | {_acc_cell(row)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} |{_dev_cell(row, tuned)}"
+                     f"{_ood_cells(row, ood_part)} {p_acc}% | {p_wer}% |")
     for row in extra_rows:
-        lines.append(f"| {row.name} | {_pct(row.frame_accuracy)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} |{_ood_cells(row, ood_part)} | |")
+        lines.append(f"| {_label(row.name, row)} | {_acc_cell(row)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} |{_dev_cell(row, tuned)}"
+                     f"{_ood_cells(row, ood_part)} | |")
     kept = gain_kept(baseline.frame_accuracy, ensemble.frame_accuracy, distilled.frame_accuracy)
     paper_kept = gain_kept(PAPER_TABLE1["baseline"][0], PAPER_TABLE1["ensemble"][0], PAPER_TABLE1["distilled"][0])
-    lines += ["", f"Share of the ensemble's test frame-accuracy gain kept by the distilled model: **{_pct(kept, 0)}** "
+    shown = f"**{_pct(kept, 0)}**" if share_interval is None else f"**{format_share(share_interval)}**"
+    lines += ["", f"Share of the ensemble's test frame-accuracy gain kept by the distilled model: {shown} "
               f"(paper: {_pct(paper_kept, 0)}, \"more than 80%\")."]
     if baseline.wer is not None and ensemble.wer is not None and distilled.wer is not None:
         # A share of a WER gain is meaningless when the gain is a fraction of a point (as in the
@@ -111,10 +124,80 @@ def _ood_cells(row: SystemScore, ood_part: str) -> str:
     return f" {_pct(row.ood_wer, 2)} (of {row.ood_ref_words}) | {increase} |"
 
 
+def _label(label: str, row: SystemScore) -> str:
+    return f"{label}, mean of {row.seeds} seeds" if row.seeds > 1 else label
+
+
+def _acc_cell(row: SystemScore) -> str:
+    return f"{100 * row.frame_accuracy:.1f} ± {100 * row.frame_accuracy_std:.1f}%" if row.seeds > 1 else _pct(row.frame_accuracy)
+
+
+def _dev_cell(row: SystemScore, tuned: bool) -> str:
+    if not tuned:
+        return ""
+    if row.dev_wer is None:
+        return " not decoded |"
+    return f" {_pct(row.dev_wer, 2)} ({', '.join(f'{s:g}' for s in row.acoustic_scales)}) |"
+
+
 def _wer_cell(row: SystemScore) -> str:
     if row.wer is None:
         return "not decoded"
+    if row.seeds > 1:  # per-seed S/D/I: exp/decode/table1.json
+        return f"{100 * row.wer:.2f} ± {100 * row.wer_std:.2f}% (of {row.ref_words})"
     return f"{_pct(row.wer, 2)} ({row.substitutions}/{row.deletions}/{row.insertions} of {row.ref_words})"
+
+
+def _interval(iv: Mapping[str, Any], scale: float = 100.0, digits: int = 2, unit: str = "") -> str:
+    """``+1.23 [+0.40, +2.05]`` of a stored :class:`asr_kd.metrics.paired.BootstrapInterval`."""
+    if iv["value"] is None or (isinstance(iv["value"], float) and math.isnan(iv["value"])):
+        return "n/a"
+    v, lo, hi = (scale * float(iv[k]) for k in ("value", "low", "high"))
+    return f"{v:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _verdict(iv: Mapping[str, Any] | None, better_if_negative: bool) -> str:
+    if iv is None:
+        return "not decoded"
+    if not iv["excludes_zero"]:
+        return "no: within noise (the interval contains 0)"
+    better = (iv["high"] < 0) == better_if_negative
+    return "yes, " + ("better" if better else "worse") + " than the baseline"
+
+
+def format_comparisons(comparisons: Mapping[str, Any], test_part: str, ood_part: str = "", num_seeds: int = 1) -> str:
+    """Return the paragraph under Table 1 that says which differences are significant: WER and
+    frame-accuracy differences from the baseline with 95% paired bootstrap intervals (from
+    ``<exp>/decode/comparisons.json``, :func:`asr_kd.stages.s7_decode.compare_groups`)."""
+    parts = [p for p in (test_part, ood_part) if p and p in comparisons["parts"]]
+    if not parts:
+        return ""
+    first = comparisons["parts"][parts[0]]
+    level = next((iv["level"] for d in first["differences"].values() for iv in d.values()), 0.95)
+    resamples = next((iv["resamples"] for d in first["differences"].values() for iv in d.values()), 0)
+    seeds = (f" The students' per-utterance counts are averaged over their {num_seeds} seeds first; ± is the standard deviation over seeds."
+             if num_seeds > 1 else " One seed per student: the intervals cover the choice of test utterances, not of the seed.")
+    lines = ["", f"Differences from the baseline, with {100 * level:.0f}% confidence intervals from a paired bootstrap over utterances "
+             f"({resamples} resamples; Bisani & Ney 2004).{seeds}", "",
+             "| Part | Comparison | WER difference, points | Significant? | Frame accuracy difference, points | Significant? |",
+             "|---|---|---|---|---|---|"]
+    for part in parts:
+        for key, label in (("ensemble-baseline", "Ensemble − baseline"), ("distilled-baseline", "Distilled − baseline")):
+            d = comparisons["parts"][part]["differences"].get(key, {})
+            wer, acc = d.get("wer"), d.get("frame_accuracy")
+            lines.append(f"| {part} | {label} | {_interval(wer) if wer else 'not decoded'} | {_verdict(wer, True)} | "
+                         f"{_interval(acc) if acc else 'n/a'} | {_verdict(acc, False) if acc else 'n/a'} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_share(iv: Mapping[str, Any]) -> str:
+    """``61% (95% CI 40% to 85%)`` of a stored share interval (resamples in which the reference
+    gained nothing have no share and are left out)."""
+    if iv["value"] is None or (isinstance(iv["value"], float) and math.isnan(iv["value"])):
+        return "n/a (no gain to share)"
+    if iv["low"] is None or (isinstance(iv["low"], float) and math.isnan(iv["low"])):
+        return f"{100 * iv['value']:.0f}%"
+    return f"{100 * iv['value']:.0f}% ({100 * iv['level']:.0f}% CI {100 * iv['low']:.0f}% to {100 * iv['high']:.0f}%)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +213,12 @@ class SubsetRun:
 
 def format_table5(
     hard_100: SubsetRun, hard_3: SubsetRun, soft_3: SubsetRun, fraction: float, num_teachers: int,
-    plot_name: str = "", corpus: str = "", command: str = "",
+    plot_name: str = "", corpus: str = "", command: str = "", comparisons: Mapping[str, Any] | None = None,
 ) -> str:
     """Return the markdown section ``## Table 5 analogue ...`` with the paper's numbers beside
-    ours and, if given, a link to the dev-accuracy plot (relative to RESULTS.md)."""
+    ours and, if given, a link to the dev-accuracy plot (relative to RESULTS.md) and the paired
+    bootstrap intervals of ``comparisons`` (``soft_vs_hard``: soft minus hard on the subset;
+    ``gap_recovered``: the share of the hard subset-to-full gap the soft targets recover)."""
     pct = f"{100 * fraction:g}%"
     lines = [f"## Table 5 analogue: {pct} of the training data, hard vs soft targets (stage 8)", ""]
     if command:
@@ -154,6 +239,14 @@ def format_table5(
     lines += ["", "Train frame accuracy is measured on each model's own training cuts. The paper's point: the "
               f"soft targets let a model trained on {pct} of the data generalise almost as well as the full "
               "baseline without early stopping, while hard targets overfit."]
+    if comparisons:
+        diff, share = comparisons["soft_vs_hard"], comparisons["gap_recovered"]
+        paper_share = (PAPER_TABLE5["soft_3"][1] - PAPER_TABLE5["hard_3"][1]) / (PAPER_TABLE5["hard_100"][1] - PAPER_TABLE5["hard_3"][1])
+        lines += ["", f"Test frame accuracy, soft minus hard targets on {pct}: {_interval(diff)} points, "
+                  f"{_verdict(diff, False).replace(' than the baseline', ' than hard targets')}. Share of the gap between {pct} hard and "
+                  f"100% hard that the soft targets recover: **{format_share(share)}** (paper: {100 * paper_share:.0f}%). "
+                  f"{100 * diff['level']:.0f}% confidence intervals from a paired bootstrap over the test utterances "
+                  f"({diff['resamples']} resamples; Bisani & Ney 2004), one seed per model."]
     if plot_name:
         lines += ["", f"![dev frame accuracy during training]({plot_name})"]
     lines += ["", f"Paper numbers: {PAPER_CITATION}, Table 5 (3% of the voice-search training frames)."]

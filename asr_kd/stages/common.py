@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -13,7 +14,7 @@ from asr_kd.errors import DataError
 from asr_kd.models.dnn import SplicedDnn
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageRecord, require_record
+from asr_kd.stages.provenance import StageRecord, describe_environment, read_record, require_record
 from asr_kd.train.frame_classifier import load_frame_classifier
 
 # Students start from other seeds than the teachers: a baseline with teacher 0's seed would be
@@ -82,8 +83,15 @@ def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def write_results(results_md: Path | None, heading: str, body: str, command: str) -> None:
-    """(Re)write the RESULTS.md section ``heading``, quoting the command that produced it."""
+def write_results(results_md: Path | None, heading: str, body: str, command: str, stage_dirs: Sequence[Path] = ()) -> None:
+    """(Re)write the RESULTS.md section ``heading``, quoting the command that produced it and
+    where the stages of ``stage_dirs`` ran (from their records)."""
     if results_md is not None:
-        text = f"{heading}\n\n" + (f"Produced by `{command}`.\n\n" if command else "") + body
+        text = f"{heading}\n\n" + (f"Produced by `{command}`.\n\n" if command else "") + body + environment_lines(stage_dirs)
         write_section(results_md, heading, text)
+
+
+def environment_lines(stage_dirs: Sequence[Path]) -> str:
+    """Return the distinct "Ran on ..." lines of the records in ``stage_dirs`` ("" when none)."""
+    lines = dict.fromkeys(describe_environment(read_record(d)) for d in stage_dirs)
+    return "".join(f"\n{line}\n" for line in lines if line)

@@ -13,6 +13,7 @@ retrained model redoes the decoding and a rerun with nothing changed is skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -59,6 +60,21 @@ def _system_inputs(layout: RecipeLayout, systems: Sequence[str]) -> dict[str, st
     return inputs
 
 
+def tuned_scale(layout: RecipeLayout, name: str) -> float | None:
+    """Return the acoustic scale the recipe tuned on dev for system ``name`` (stage 3 for the
+    GMMs, stage 7 for the networks), or None when it was not tuned or has not run."""
+    if name in GMM_SYSTEMS:
+        path, key = layout.gmm_summary, "wers"
+    else:
+        path, key = layout.decode / "table1.json", ""
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    assert isinstance(data, dict)
+    entries = (data.get(key, {}) if key else data).get(name, {})
+    return next((float(e["acoustic_scale"]) for e in entries.values() if isinstance(e, dict) and e.get("sweep")), None)
+
+
 def per_speaker_wer(result: WerResult, speakers: Mapping[str, str]) -> dict[str, dict[str, float]]:
     """Return ``{speaker: {"wer", "errors", "ref_words", "utterances"}}`` from the per-utterance
     details of ``result`` (``speakers`` maps utterance ids to speakers)."""
@@ -73,20 +89,24 @@ def per_speaker_wer(result: WerResult, speakers: Mapping[str, str]) -> dict[str,
 
 def decode_part(
     layout: RecipeLayout, corpus_dir: Path | str, part: str, systems: Sequence[str], decode_config: DecodeConfig,
-    num_jobs: int = 2, command: str = "", align: bool = False,
+    num_jobs: int = 2, command: str = "", align: bool = False, tune_scale: bool = True,
 ) -> dict[str, dict]:
     """Decode ``part`` of ``corpus_dir`` with each of ``systems``; return ``{system: {"wer",
     "substitutions", "deletions", "insertions", "ref_words", "utterances", "failed",
     "per_speaker"}}`` (also ``scores.json``). With ``align``, the part is first aligned with the
     stage-3 triphone system (``data/tids_<part>.txt``) and the networks also get
-    ``"frame_accuracy"`` and ``"aligned_utterances"``. Skipped when the folder's record matches."""
+    ``"frame_accuracy"`` and ``"aligned_utterances"``. With ``tune_scale`` each system decodes at
+    the acoustic scale the recipe tuned for it on dev (stages 3 and 7), where there is one, else at
+    ``decode_config.acoustic_scale``; ``"acoustic_scale"`` says which. Skipped when the folder's
+    record matches."""
     if not systems:
         raise ConfigError("name at least one system to decode (--systems tri distilled ...)")
     out = layout.exp_dir / "decode_parts" / part
     inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), **_system_inputs(layout, systems),
               "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}
     feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
-    guard = StageGuard(f"decode-part {part}", out, {"part": part, "systems": list(systems), "decode": decode_config,
+    scales = {name: tuned_scale(layout, name) for name in systems} if tune_scale else {}
+    guard = StageGuard(f"decode-part {part}", out, {"part": part, "systems": list(systems), "decode": decode_config, "tuned_scales": scales,
                                                     "features": feature_config, "align": align}, inputs, command)
     scores_path = out / "scores.json"
     if guard.needs_work():
@@ -97,7 +117,14 @@ def decode_part(
         compute_features_for_parts(data / "manifests", data, [part], feature_config)
         lang = Lang.load(layout.lang)
         senones = _align(layout, data, part, lang, num_jobs) if align else None
-        scores = {name: _decode_system(layout, data, part, name, lang, out / name, decode_config, senones) for name in systems}
+        scores = {}
+        for name in systems:
+            # Each system at the scale the recipe chose for it on dev (tables and this part agree).
+            scale = scales.get(name)
+            config = decode_config if scale is None else dataclasses.replace(decode_config, acoustic_scale=scale)
+            log.info("%s: acoustic scale %g (%s)", name, config.acoustic_scale, "tuned on dev by the recipe" if scale is not None else "as configured")
+            scores[name] = {**_decode_system(layout, data, part, name, lang, out / name, config, senones),
+                            "acoustic_scale": config.acoustic_scale}
         write_json_atomic(scores_path, scores)
         guard.finish([scores_path])
     scores = read_json(scores_path)

@@ -12,7 +12,7 @@ stage module asks it where to read and write, so a folder name appears here and 
 <exp>/gmm/                             stage 3: mono/, tri/ (final.mdl, graph/), ali/, decode_*
 <exp>/teachers/teacher<i>/             stage 4: the hybrid teacher DNNs
 <exp>/soft_targets/<settings>/         stage 5: top-k soft targets, the folder named by their settings
-<exp>/students/<hard|distilled>/       stage 6
+<exp>/students/<hard|distilled>[_seed<k>]/ stage 6 (no suffix: the first seed)
 <exp>/decode/                          stage 7: per-system decodes, table1.json
 <exp>/three_percent/                   stage 8
 <exp>/ctc/<units>/                     the CTC path (units/, teachers*/, soft_targets/, students/, graph/, decode/)
@@ -144,8 +144,9 @@ class RecipeLayout:
         """The training cuts carrying top-k soft targets in ``soft_dir``."""
         return soft_dir / f"cuts_{self.train_part}.jsonl.gz"
 
-    def student_dir(self, kind: str) -> Path:
-        return self.exp_dir / "students" / kind
+    def student_dir(self, kind: str, seed_index: int = 0) -> Path:
+        """Stage 6's student ``kind`` (hard, distilled) of its first seed, or of seed ``seed_index``."""
+        return self.exp_dir / "students" / (kind if seed_index == 0 else f"{kind}_seed{seed_index}")
 
     @property
     def decode(self) -> Path:

@@ -131,6 +131,54 @@ def code_version() -> str:
         return "unknown"
 
 
+# The libraries whose versions can change a number in a table (BLAS and kernels through torch and
+# numpy, the decoders, the feature code).
+_LIBRARIES = ("torch", "numpy", "lhotse", "kaldi-hmm-gmm", "kaldifst", "kaldi-decoder", "jiwer")
+
+
+def environment() -> dict[str, str]:
+    """Return what a stage ran on: CPU model and count, Python, torch threads and the versions of
+    the libraries that can change its numbers (results can differ across machines through BLAS
+    kernels and thread counts; the README says so)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {"cpu": f"{cpu}, {os.cpu_count()} CPUs", "python": platform.python_version()}
+    for lib in _LIBRARIES:
+        try:
+            env[lib] = version(lib)
+        except PackageNotFoundError:
+            continue
+    try:
+        import torch
+
+        env["torch_threads"] = str(torch.get_num_threads())
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return env
+
+
+def describe_environment(record: "StageRecord | None") -> str:
+    """Return the line a RESULTS.md section prints about where its stage ran ("" if unknown)."""
+    if record is None or not record.environment:
+        return ""
+    env = dict(record.environment)
+    head = [env.pop("cpu", "")] + ([f"GPU {env.pop('gpu')}"] if "gpu" in env else []) + [f"Python {env.pop('python', '?')}"]
+    threads = env.pop("torch_threads", "")
+    libs = ", ".join(f"{k} {v}" for k, v in env.items())
+    return f"Ran on {', '.join(h for h in head if h)}; {libs}" + (f"; {threads} torch thread(s)" if threads else "") + f" ({record.code_version})."
+
+
 @dataclasses.dataclass(frozen=True)
 class StageRecord:
     """The contents of a stage's ``provenance.json``."""
@@ -144,6 +192,7 @@ class StageRecord:
     code_version: str = ""
     command: str = ""
     finished: str = ""
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
@@ -375,7 +424,7 @@ class StageGuard:
             stage=self.stage, config=self.config, config_fingerprint=self.config_fingerprint, inputs=self.inputs,
             outputs=dict(sorted(files.items())), fingerprint=fingerprint([self.config_fingerprint, self.inputs, files]),
             code_version=code_version(), command=self.command,
-            finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), environment=environment(),
         )
         if self.is_main:
             write_text_atomic(self.record_path, record.to_json())

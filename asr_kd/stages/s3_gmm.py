@@ -188,6 +188,8 @@ class Stage3Summary:
     log_likelihood_history: dict[str, list[float]]
     train_part: str = ""
     corpus: str = ""
+    decode: dict = dataclasses.field(default_factory=dict)  # the DecodeConfig of the decodes
+    dev_part: str = ""  # where each system's acoustic scale was tuned ("" without tuning)
 
     def to_json(self) -> str:
         """Return the summary as indented JSON."""
@@ -228,17 +230,30 @@ def _wer_entry(result: WerResult, failed: int) -> dict[str, float]:
 def results_section(summary: Stage3Summary, command: str) -> str:
     """Return the RESULTS.md section of stage 3 (starting with :data:`RESULTS_HEADING`)."""
     eval_parts = [p for p in summary.parts if p != summary.train_part]
-    head = ["system", "senones", "Gaussians", "train time"] + [f"WER {p}" for p in eval_parts] + ["align time"]
+    # No wall-clock times here (they are in stage3.json): the same command on the same machine must
+    # give the same RESULTS.md.
+    head = ["system", "senones", "Gaussians"] + [f"WER {p}" for p in eval_parts] + ["acoustic scale"]
     rows = []
     for name in GMM_SYSTEMS:
         info = summary.systems.get(name)
         if info is None:
             continue
         wers = [_fmt_wer(summary.wers[name][p]) if p in summary.wers.get(name, {}) else "-" for p in eval_parts]
-        align = f"{summary.timings['align']:.0f} s" if name == "tri" and "align" in summary.timings else "-"
-        rows.append([name, str(info["pdfs"]), str(info["gaussians"]), f"{summary.timings.get(f'train_{name}', 0.0):.0f} s", *wers, align])
+        scale = next((f"{w['acoustic_scale']:g}" + (" (tuned on " + w["sweep"]["part"] + ")" if w.get("sweep") else "")
+                      for w in sorted(summary.wers.get(name, {}).values(), key=lambda w: not w.get("sweep"))
+                      if w.get("acoustic_scale") is not None), "-")
+        rows.append([name, str(info["pdfs"]), str(info["gaussians"]), *wers, scale])
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     frames = ", ".join(f"{p} {v['cuts']} cuts / {v['frames']} frames ({v['skipped']} not aligned)" for p, v in summary.parts.items())
+    decoding: list[str] = []
+    if summary.decode:
+        from asr_kd.config import config_from_dict
+        from asr_kd.decode.tuning import ScaleSweep, describe_decoding
+
+        decode_config = config_from_dict(DecodeConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in summary.decode.items()})
+        decoding = ["", describe_decoding(decode_config, summary.dev_part or "dev", networks=False)]
+        decoding += [f"- {name}: {ScaleSweep.from_dict(w['sweep']).describe()}" for name in GMM_SYSTEMS
+                     for w in summary.wers.get(name, {}).values() if w.get("sweep")]
     return "\n".join(
         [
             RESULTS_HEADING,
@@ -246,11 +261,11 @@ def results_section(summary: Stage3Summary, command: str) -> str:
             f"Produced by `{command}` on {summary.corpus or 'the corpus in ' + summary.exp_dir}.",
             "Monophone flat start, then tied triphones on our own decision tree; features MFCC + per-speaker",
             "CMN + deltas; HCLG with the stage-2 n-gram LM; WER with (S)ubstitutions, (D)eletions, (I)nsertions.",
-            "Align time: final triphone alignment of every part (the senone targets of the later stages).",
             "",
             *table,
             "",
             f"Senone alignments: {frames}.",
+            *decoding,
         ]
     )
 
@@ -331,30 +346,46 @@ def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, da
     return {"cuts": len(senones), "frames": frames, "skipped": skipped}, senones
 
 
-def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, data: PartData, decode_config: DecodeConfig) -> tuple[dict[str, float], bool]:
-    """Decode one part with one GMM system (or read the scoring this run already wrote); return its
-    WER entry and whether it was decoded now (False: read back)."""
+def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, data: PartData, decode_config: DecodeConfig,
+                 scales: Sequence[float]) -> tuple[dict, bool]:
+    """Decode one part with one GMM system at the one acoustic scale of ``scales``, or at each of
+    several keeping the best (a sweep on dev), or read the scoring this run already wrote; return
+    its WER entry (with ``acoustic_scale`` and, for a sweep, ``sweep``) and whether it was decoded
+    now (False: read back)."""
     from asr_kd.decode.gmm_decode import decode_gmm_batch
     from asr_kd.decode.hclg import load_hclg
+    from asr_kd.decode.tuning import sweep_scales
 
     out_dir = layout.gmm_decode(system_name, data.name)
-    details = out_dir / "wer_details.json"
-    if _done(details, out_dir / "hyp.txt"):
+    scoring = out_dir / "scoring.json"
+    if _done(scoring, out_dir / "hyp.txt"):
         logger.info("decoding %s with %s exists (%s), skipping", data.name, system_name, out_dir)
-        d = json.loads(details.read_text())
-        entry = {k: d[k] if d[k] is not None else float("inf") for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
-        return entry | {"failed": len(d["missing"])}, False
+        return json.loads(scoring.read_text()), False
     system = GmmSystem.load(layout.gmm_model(system_name))
     hclg = load_hclg(layout.gmm_graph(system_name))
     feats = {u.id: u.feats for u in data.utterances}
-    batch = decode_gmm_batch(hclg, system.am, system.tm, feats, decode_config)
-    hyps = batch.texts(lang.words)
-    result = compute_wer(data.refs, hyps)
+    decoded: dict[float, tuple[dict[str, str], int]] = {}
+
+    def decode_at(scale: float) -> WerResult:
+        batch = decode_gmm_batch(hclg, system.am, system.tm, feats, dataclasses.replace(decode_config, acoustic_scale=scale))
+        decoded[scale] = (batch.texts(lang.words), len(batch.failed))
+        return compute_wer(data.refs, decoded[scale][0])
+
+    sweep = None
+    if len(scales) > 1:
+        sweep, results = sweep_scales(data.name, scales, decode_at, decode_config.acoustic_scale)
+        scale, result = sweep.best, results[sweep.best]
+    else:
+        scale = float(scales[0])
+        result = decode_at(scale)
+    hyps, failed = decoded[scale]
+    entry = {**_wer_entry(result, failed), "acoustic_scale": scale, "sweep": sweep.to_dict() if sweep else None}
     write_transcripts(out_dir / "ref.txt", data.refs)
     write_wer_report(result, out_dir / "wer_details")
-    write_transcripts(out_dir / "hyp.txt", hyps)  # last: with wer_details.json, marks the decode done
-    logger.info("%s %s: %s", system_name, data.name, result.summary())
-    return _wer_entry(result, len(batch.failed)), True
+    write_text_atomic(scoring, json.dumps(entry, indent=1) + "\n")
+    write_transcripts(out_dir / "hyp.txt", hyps)  # last: with scoring.json, marks the decode done
+    logger.info("%s %s: %s at acoustic scale %g", system_name, data.name, result.summary(), scale)
+    return entry, True
 
 
 def run_gmm_stage(
@@ -368,13 +399,16 @@ def run_gmm_stage(
     results_md: Path | str | None = None,
     decode_config: DecodeConfig | None = None,
     command: str = "asr-kd train-gmm",
+    dev_part: str | None = None,
 ) -> Stage3Summary:
     """Run stage 3 and return its :class:`Stage3Summary` (also written to ``stage3.json``).
 
     Trains monophone then triphone GMM-HMMs on ``train_part``, aligns every part of ``parts``
     (the training part is added if missing) with the triphone system and attaches the senone
     alignments to stage 1's fbank cuts, counts the senone priors on the training alignments,
-    builds HCLG for both systems, decodes every other part with both and scores the WER. With
+    builds HCLG for both systems, decodes every other part with both and scores the WER (with
+    ``decode_config.acoustic_scales``: each system's scale tuned on ``dev_part``, default the
+    first part after the training part, and the other parts decoded with it). With
     ``results_md``, writes the stage's section of that RESULTS.md (``command`` is quoted there).
     The stage is skipped when ``<exp>/gmm/provenance.json`` matches its settings and the records
     of stages 1 and 2; otherwise redone (see :mod:`asr_kd.stages.provenance`).
@@ -387,10 +421,17 @@ def run_gmm_stage(
     layout = RecipeLayout(data_dir, exp_dir, train_part)
     features = require_record(layout.features("fbank"), "stage 1 (features)")
     lang_rec = require_record(lang_dir, "stage 2 (lang)")
-    guard = StageGuard("stage 3 (GMM-HMM)", layout.gmm, {"gmm": config, "decode": decode_config, "train_part": train_part, "parts": parts},
-                       {"features": features.fingerprint, "lang": lang_rec.fingerprint}, command)
+    eval_parts = [p for p in parts if p != train_part]
+    dev_part = dev_part or (eval_parts[0] if eval_parts else None)
+    if decode_config.acoustic_scales and dev_part not in eval_parts:
+        raise ConfigError(f"decode.acoustic_scales tunes each system on the dev part, but {dev_part!r} is not among --parts {' '.join(parts)}; "
+                          "add it, or set decode.acoustic_scales=[] for a fixed scale")
+    config_record = {"gmm": config, "decode": decode_config, "train_part": train_part, "parts": parts}
+    if decode_config.acoustic_scales:
+        config_record["dev_part"] = dev_part
+    guard = StageGuard("stage 3 (GMM-HMM)", layout.gmm, config_record, {"features": features.fingerprint, "lang": lang_rec.fingerprint}, command)
     if guard.needs_work():
-        summary = _run_gmm_work(layout, Path(lang_dir), config, train_part, parts, num_jobs, decode_config)
+        summary = _run_gmm_work(layout, Path(lang_dir), config, train_part, parts, num_jobs, decode_config, dev_part)
         outputs = [layout.gmm_summary, layout.senones_json, layout.log_priors, *(layout.gmm_model(s) for s in GMM_SYSTEMS),
                    *(layout.gmm_graph(s) / "HCLG.fst" for s in GMM_SYSTEMS), *(layout.ali_cuts(p) for p in parts)]
         guard.finish(outputs)
@@ -399,12 +440,15 @@ def run_gmm_stage(
     if results_md is not None:
         from asr_kd.report.results_md import write_section
 
-        write_section(results_md, RESULTS_HEADING, results_section(summary, command))
+        from asr_kd.stages.provenance import describe_environment, read_record
+
+        env = describe_environment(read_record(layout.gmm))
+        write_section(results_md, RESULTS_HEADING, results_section(summary, command) + (f"\n\n{env}\n" if env else ""))
     return summary
 
 
 def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train_part: str, parts: list[str], num_jobs: int,
-                  decode_config: DecodeConfig) -> Stage3Summary:
+                  decode_config: DecodeConfig, dev_part: str | None) -> Stage3Summary:
     from asr_kd.decode.hclg import make_hclg
     from asr_kd.decode.priors import priors_from_alignments, save_priors
 
@@ -453,20 +497,27 @@ def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train
     }
     write_text_atomic(layout.senones_json, json.dumps(meta, indent=1) + "\n")
 
-    wers: dict[str, dict[str, dict[str, float]]] = {}
+    wers: dict[str, dict[str, dict]] = {}
+    tune = bool(decode_config.acoustic_scales)
+    # With tuning, the dev part first: its best scale is the one the other parts are decoded with.
+    eval_parts = sorted((p for p in parts if p != train_part), key=lambda p: not (tune and p == dev_part))
     for name in GMM_SYSTEMS:
-        for p in parts:
-            if p == train_part:
-                continue
+        chosen = decode_config.acoustic_scale
+        for p in eval_parts:
             start = time.perf_counter()
-            wers.setdefault(name, {})[p], decoded = _decode_part(layout, name, lang, data[p], decode_config)
+            scales = decode_config.acoustic_scales if tune and p == dev_part else (chosen,)
+            entry, decoded = _decode_part(layout, name, lang, data[p], decode_config, scales)
+            wers.setdefault(name, {})[p] = entry
+            if tune and p == dev_part:
+                chosen = entry["acoustic_scale"]
             if decoded:
                 _timed(timings, f"decode_{name}_{p}", start)
 
     mono = GmmSystem.load(layout.gmm_model("mono"))
     systems = {n: {"pdfs": s.num_pdfs, "gaussians": s.am.num_gauss} for n, s in (("mono", mono), ("tri", tri))}
     timings["last_run_total"] = round(time.perf_counter() - total_start, 2)
-    summary = Stage3Summary(str(layout.exp_dir), tri.num_pdfs, systems, part_info, wers, timings, history, train_part, _corpus_name(layout.data_dir))
+    summary = Stage3Summary(str(layout.exp_dir), tri.num_pdfs, systems, part_info, wers, timings, history, train_part, _corpus_name(layout.data_dir),
+                            dataclasses.asdict(decode_config), dev_part if tune and dev_part else "")
     write_text_atomic(layout.gmm_summary, summary.to_json())
     logger.info("stage 3 done: %d senones, summary in %s", summary.num_senones, layout.gmm_summary)
     return summary

@@ -18,6 +18,7 @@ from asr_kd.config import DnnConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
 from asr_kd.stages.common import describe_dnn, fmt_pct, gmm_record, read_senones, write_results
 from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.parallel import run_jobs
 from asr_kd.stages.provenance import StageGuard
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import train_frame_classifier
@@ -27,13 +28,30 @@ log = logging.getLogger(__name__)
 HEADING = "## Teacher ensemble (stage 4)"
 
 
+def _train_teacher(layout: RecipeLayout, i: int, num_teachers: int, num_senones: int, model_config: DnnConfig, train_config: TrainConfig) -> dict:
+    """Train (or resume) teacher ``i`` with seed ``train_config.seed + i``; return its summary entry."""
+    cfg = dataclasses.replace(train_config, seed=train_config.seed + i)
+    start = time.time()
+    log.info("teacher %d of %d: seed %d -> %s", i + 1, num_teachers, cfg.seed, layout.teacher_dir(i))
+    result = train_frame_classifier(
+        layout.ali_cuts(layout.train_part), layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part),
+        layout.cmvn(layout.dev_part), num_senones, model_config, cfg, layout.teacher_dir(i), resume=True,
+    )
+    seconds = time.time() - start
+    log.info("teacher %d: %s, best dev frame accuracy %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, seconds)
+    load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
+    return {"seed": cfg.seed, "steps": result.state.step, "best_dev_frame_accuracy": result.state.best_metric,
+            "stop_reason": result.state.stop_reason, "train_seconds": round(seconds, 1)}
+
+
 def train_teachers(
     layout: RecipeLayout, num_teachers: int, model_config: DnnConfig, train_config: TrainConfig,
-    results_md: Path | None = None, command: str = "",
+    results_md: Path | None = None, command: str = "", jobs: int = 1, num_threads: int = 1,
 ) -> dict:
-    """Train ``num_teachers`` DNNs (seeds ``train_config.seed + i``) in ``<exp>/teachers``, or skip
-    them when the stage's record matches. Returns ``{"teachers": [{"seed", "steps",
-    "best_dev_frame_accuracy", "stop_reason"}, ...]}`` (also stored in ``summary.json``)."""
+    """Train ``num_teachers`` DNNs (seeds ``train_config.seed + i``) in ``<exp>/teachers``, ``jobs``
+    at a time in separate processes of ``num_threads`` torch threads, or skip them when the
+    stage's record matches. Returns ``{"teachers": [{"seed", "steps", "best_dev_frame_accuracy",
+    "stop_reason", "train_seconds"}, ...]}`` (also stored in ``summary.json``)."""
     if num_teachers < 1:
         raise ConfigError(f"--num-teachers must be >= 1, got {num_teachers}")
     senones = read_senones(layout)
@@ -43,19 +61,10 @@ def train_teachers(
                        {"gmm": gmm_record(layout).fingerprint}, command)
     summary_path = layout.teachers / "summary.json"
     if guard.needs_work():
-        teachers = []
-        for i in range(num_teachers):
-            cfg = dataclasses.replace(train_config, seed=train_config.seed + i)
-            start = time.time()
-            log.info("teacher %d of %d: seed %d -> %s", i + 1, num_teachers, cfg.seed, layout.teacher_dir(i))
-            result = train_frame_classifier(
-                layout.ali_cuts(layout.train_part), layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part),
-                layout.cmvn(layout.dev_part), senones.num_senones, model_config, cfg, layout.teacher_dir(i), resume=True,
-            )
-            log.info("teacher %d: %s, best dev frame accuracy %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, time.time() - start)
-            load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
-            teachers.append({"seed": cfg.seed, "steps": result.state.step, "best_dev_frame_accuracy": result.state.best_metric,
-                             "stop_reason": result.state.stop_reason})
+        start = time.time()
+        teachers = run_jobs(_train_teacher, [(layout, i, num_teachers, senones.num_senones, model_config, train_config) for i in range(num_teachers)],
+                            jobs, num_threads)
+        log.info("%d teachers trained in %.0f s with %d job(s)", num_teachers, time.time() - start, jobs)
         save_config(model_config, layout.teachers / "dnn.yaml")
         save_config(train_config, layout.teachers / "train.yaml")
         summary = {"num_senones": senones.num_senones, "teachers": teachers}
@@ -66,6 +75,6 @@ def train_teachers(
     rows = [f"| teacher{i} | {t['seed']} | {t['steps']} | {fmt_pct(t['best_dev_frame_accuracy'])} |" for i, t in enumerate(summary["teachers"])]
     body = (f"{num_teachers} DNNs ({describe_dnn(model_config)}), {summary['num_senones']} senones, differing only in the seed.\n\n"
             "| Teacher | Seed | Steps | Best dev frame accuracy |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    write_results(results_md, HEADING, body, command)
+    write_results(results_md, HEADING, body, command, [layout.teachers])
     return summary
 

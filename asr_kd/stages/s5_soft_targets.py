@@ -89,7 +89,7 @@ def make_soft_targets(
             f"| {summary['bytes_per_frame']} | {summary['dense_float32_bytes_per_frame']} | "
             f"{summary['dense_float32_bytes_per_frame'] / max(summary['bytes_per_frame'], 1):.0f}x | {summary['mean_mass_kept']:.4f} | "
             f"{summary['mean_kl_stored_vs_full']:.4f} |\n")
-    write_results(results_md, HEADING, body, command)
+    write_results(results_md, HEADING, body, command, [out])
     return summary
 
 

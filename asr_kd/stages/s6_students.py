@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 from asr_kd.config import DnnConfig, KdConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
@@ -20,6 +21,7 @@ from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, describe_dnn, fmt_pct, gmm_record, load_teachers, read_senones, write_results
 from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.parallel import run_jobs
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
 from asr_kd.train.checkpoint import load_checkpoint
@@ -30,18 +32,42 @@ log = logging.getLogger(__name__)
 STUDENT_KINDS = ("hard", "distilled")
 
 
+def train_students(
+    layout: RecipeLayout, kinds: Sequence[str], model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
+    num_teachers: int | None = None, results_md: Path | None = None, command: str = "", num_seeds: int = 1, jobs: int = 1,
+    num_threads: int = 1,
+) -> dict[str, list[dict]]:
+    """Train every student of ``kinds`` over ``num_seeds`` seeds (:func:`train_student`), ``jobs``
+    at a time in separate processes, then write each kind's RESULTS.md section. Returns ``{kind:
+    [summary of seed 0, seed 1, ...]}``."""
+    if num_seeds < 1:
+        raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
+    runs = [(kind, i) for kind in kinds for i in range(num_seeds)]
+    summaries = run_jobs(train_student, [(layout, kind, model_config, train_config, kd, num_teachers, None, command, i) for kind, i in runs],
+                         jobs, num_threads)
+    out: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for (kind, _), summary in zip(runs, summaries):
+        out[kind].append(summary)
+    for kind in kinds:
+        _write_section(kind, model_config, kd, out[kind], results_md, command, [layout.student_dir(kind, i) for i in range(num_seeds)])
+    return out
+
+
 def train_student(
     layout: RecipeLayout, kind: str, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
-    num_teachers: int | None = None, results_md: Path | None = None, command: str = "",
+    num_teachers: int | None = None, results_md: Path | None = None, command: str = "", seed_index: int = 0,
 ) -> dict:
-    """Train the student ``kind`` ("hard" or "distilled") with seed ``train_config.seed + 1000`` in
-    ``<exp>/students/<kind>``, or skip it when its record matches. Returns its summary
-    (``{"steps", "stop_reason", "best_dev_frame_accuracy", "kd"}``, also in ``summary.json``)."""
+    """Train the student ``kind`` ("hard" or "distilled") with seed ``train_config.seed + 1000 +
+    seed_index`` in ``<exp>/students/<kind>[_seed<k>]``, or skip it when its record matches.
+    Returns its summary (``{"steps", "stop_reason", "best_dev_frame_accuracy", "soft_targets",
+    "seed", "soft_targets_dir"}``, also in ``summary.json``)."""
     if kind not in STUDENT_KINDS:
         raise ConfigError(f"student kind must be one of {STUDENT_KINDS}, got {kind!r}")
+    if seed_index < 0:
+        raise ConfigError(f"seed index must be >= 0, got {seed_index}")
     senones = read_senones(layout)
-    cfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET)
-    exp_dir = layout.student_dir(kind)
+    cfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
+    exp_dir = layout.student_dir(kind, seed_index)
     train_cuts: Path = layout.ali_cuts(layout.train_part)
     config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}
     inputs = {"gmm": gmm_record(layout).fingerprint}
@@ -55,7 +81,7 @@ def train_student(
             teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
             inputs["teachers"] = teachers.fingerprint
             config["num_teachers"] = num_teachers
-    guard = StageGuard(f"stage 6 ({kind} student)", exp_dir, config, inputs, command)
+    guard = StageGuard(f"stage 6 ({kind} student, seed {seed_index})", exp_dir, config, inputs, command)
     summary_path = exp_dir / "summary.json"
     if guard.needs_work():
         loss = None
@@ -74,15 +100,25 @@ def train_student(
         log.info("student %s: %s, best dev frame accuracy %s (%.0f s)", kind, result.state.stop_reason, result.state.best_metric, time.time() - start)
         load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
         summary = {"steps": result.state.step, "stop_reason": result.state.stop_reason, "best_dev_frame_accuracy": result.state.best_metric,
-                   "soft_targets": None if soft_record is None else soft_record.config}
+                   "soft_targets": None if soft_record is None else soft_record.config, "seed": cfg.seed,
+                   "soft_targets_dir": None if soft_record is None else Path(train_cuts).parent.name, "train_seconds": round(time.time() - start, 1)}
         write_json_atomic(summary_path, summary)
         guard.finish([summary_path, exp_dir / "final.pt"])
     summary = read_json(summary_path)
     assert isinstance(summary, dict)
+    if results_md is not None:
+        _write_section(kind, model_config, kd, [summary], results_md, command, [exp_dir])
+    return summary
+
+
+def _write_section(kind: str, model_config: DnnConfig, kd: KdConfig, summaries: Sequence[dict], results_md: Path | None, command: str,
+                   dirs: Sequence[Path]) -> None:
+    """The RESULTS.md section of the ``kind`` students, one line per seed, from their summaries."""
+    first = summaries[0]
     how = "hard targets (senone alignments)" if kind == "hard" else (
         f"distilled, kd.mode={kd.mode}, loss={kd.loss}, T={kd.temperature:g}, soft weight {kd.soft_weight:g}, hard weight {kd.hard_weight:g}"
-        + (f", from `{soft_record and Path(train_cuts).parent.name}`" if soft_record is not None else ""))
-    body = (f"{describe_dnn(model_config)}; {how}; {summary['steps']} steps ({summary['stop_reason']}); "
-            f"best dev frame accuracy {fmt_pct(summary['best_dev_frame_accuracy'])}.\n")
-    write_results(results_md, f"## Student: {kind} (stage 6)", body, command)
-    return summary
+        + (f", from `{first.get('soft_targets_dir')}`" if first.get("soft_targets_dir") else ""))
+    seeds = "; ".join(f"seed {s.get('seed', '?')}: {s['steps']} steps ({s['stop_reason']}), best dev frame accuracy "
+                      f"{fmt_pct(s['best_dev_frame_accuracy'])}" for s in summaries)
+    body = f"{describe_dnn(model_config)}; {how}. {seeds}.\n"
+    write_results(results_md, f"## Student: {kind} (stage 6)", body, command, dirs)

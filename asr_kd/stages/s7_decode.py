@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,16 +31,19 @@ from asr_kd.config import DecodeConfig
 from asr_kd.data.alignments import has_alignment, load_alignment
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hybrid import decode_posteriors_batch
+from asr_kd.decode.tuning import describe_decoding, sweep_scales
 from asr_kd.decode.priors import load_priors
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.symbols import SymbolTable
 from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
-from asr_kd.metrics.wer import compute_wer, write_transcripts, write_wer_report
+from asr_kd.metrics.paired import bootstrap_difference, bootstrap_gain_share
+from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
 from asr_kd.report.results_md import write_section
-from asr_kd.report.tables import SystemScore, format_table1
+from asr_kd.report.tables import SystemScore, format_comparisons, format_table1
+from asr_kd.gmm.train import GmmSystem  # the transition model of the senones
 from asr_kd.train.frame_classifier import load_frame_classifier
-from asr_kd.stages.common import gmm_record, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.common import environment_lines, gmm_record, load_teachers, model_checkpoint, read_senones
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
@@ -50,7 +53,9 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class PartScore:
-    """A system's scores on one part: frame accuracy and, when decoded, the WER with S/D/I."""
+    """A system's scores on one part: frame accuracy and, when decoded, the WER with S/D/I at the
+    acoustic scale used (on the dev part with tuning: the best of the sweep, which ``sweep``
+    records)."""
 
     system: str
     part: str
@@ -66,16 +71,25 @@ class PartScore:
     audio_seconds: float = 0.0
     utterances: int = 0  # decoded (every cut of the part with features, aligned or not)
     aligned_utterances: int = 0  # with a stage-3 alignment: the frame accuracy's utterances
+    acoustic_scale: float | None = None
+    sweep: dict | None = None  # ScaleSweep.to_dict() of the dev part's tuning
+
+
+def per_utterance_path(layout: RecipeLayout, system: str, part: str) -> Path:
+    """``{utt_id: [word errors, reference words, correct frames, aligned frames]}`` of one system
+    on one part: what the paired bootstrap resamples."""
+    return layout.decode / f"{system}_{part}" / "per_utt.json"
 
 
 def score_system(
-    name: str, models: Sequence[torch.nn.Module], layout: RecipeLayout, part: str, decode: bool,
+    name: str, models: Sequence[torch.nn.Module], layout: RecipeLayout, part: str, scales: Sequence[float],
     decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 20.0, max_cuts: int | None = None,
 ) -> PartScore:
     """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part`` (its
-    first ``max_cuts`` cuts, if given): frame accuracy against the senone alignments and, if
-    ``decode``, HCLG decoding and WER; the hypotheses and the per-utterance WER details go to
-    ``<exp>/decode/<name>_<part>/``."""
+    first ``max_cuts`` cuts, if given): frame accuracy against the senone alignments and, when
+    ``scales`` is not empty, HCLG decoding and WER: at the one scale given, or at each of several
+    (a tuning sweep, normally on dev) keeping the one with the fewest errors. The hypotheses, the
+    per-utterance WER details and counts go to ``<exp>/decode/<name>_<part>/``."""
     senones = read_senones(layout)
     # Every cut of the part is decoded (decoding needs no alignment), so that every system of a
     # table, the GMM's too, is scored on the same utterances; frame accuracy is over the cuts that
@@ -101,78 +115,125 @@ def score_system(
     acc = corpus_frame_accuracy(posteriors, references)
     score = PartScore(name, part, acc.accuracy, acc.counted, audio_seconds=round(audio, 2), utterances=len(posteriors),
                       aligned_utterances=len(references))
-    if decode:
+    per_utt: dict[str, list[int]] = {u: [0, 0, *acc.per_utterance.get(u, (0, 0))] for u in posteriors}
+    if scales:
         hclg = load_hclg(senones.graph)
-        from asr_kd.gmm.train import GmmSystem  # the transition model of the senones
-
         trans_model = GmmSystem.load(senones.model).tm
         priors = load_priors(layout.log_priors, trans_model.num_pdfs)
         words = SymbolTable.from_file(senones.graph / "words.txt")
+        decoded: dict[float, tuple[dict[str, str], int]] = {}
         start = time.time()
-        batch = decode_posteriors_batch(hclg, trans_model, posteriors, priors, decode_config)
+
+        def decode_at(scale: float) -> WerResult:
+            batch = decode_posteriors_batch(hclg, trans_model, posteriors, priors, dataclasses.replace(decode_config, acoustic_scale=scale))
+            decoded[scale] = (batch.texts(words), len(batch.failed))
+            return compute_wer(texts, decoded[scale][0])
+
+        sweep = None
+        if len(scales) > 1:
+            sweep, results = sweep_scales(part, scales, decode_at, decode_config.acoustic_scale)
+            scale, wer = sweep.best, results[sweep.best]
+        else:
+            scale = float(scales[0])
+            wer = decode_at(scale)
         seconds = time.time() - start
-        hyps = batch.texts(words)
-        wer = compute_wer(texts, hyps)
+        hyps, failed = decoded[scale]
         write_transcripts(out_dir / "hyp.txt", hyps)
         write_transcripts(out_dir / "ref.txt", texts)
         write_wer_report(wer, out_dir / "wer_details")
+        for u in wer.utterances:
+            per_utt[u.utt_id][:2] = [u.errors, len(u.ref)]
         score = dataclasses.replace(score, wer=wer.wer, substitutions=wer.substitutions, deletions=wer.deletions,
-                                    insertions=wer.insertions, ref_words=wer.ref_words, failed=len(batch.failed),
-                                    decode_seconds=round(seconds, 2))
-        log.info("%s on %s: frame accuracy %.4f, %s (%.0f s decoding)", name, part, score.frame_accuracy, wer.summary(), seconds)
+                                    insertions=wer.insertions, ref_words=wer.ref_words, failed=failed,
+                                    decode_seconds=round(seconds, 2), acoustic_scale=scale, sweep=sweep.to_dict() if sweep else None)
+        log.info("%s on %s: frame accuracy %.4f, %s at acoustic scale %g (%.0f s decoding)", name, part, score.frame_accuracy, wer.summary(),
+                 scale, seconds)
     else:
         log.info("%s on %s: frame accuracy %.4f", name, part, score.frame_accuracy)
+    write_json_atomic(per_utterance_path(layout, name, part), per_utt)
     write_text_atomic(out_dir / "scores.json", json.dumps(dataclasses.asdict(score), indent=1) + "\n")
     return score
+
+
+def student_system_name(kind: str, seed_index: int = 0) -> str:
+    """Return the Table 1 name of a stage-6 student: ``baseline`` / ``distilled`` for the first
+    seed, ``baseline_seed<k>`` / ``distilled_seed<k>`` for the others."""
+    base = "baseline" if kind == "hard" else "distilled"
+    return base if seed_index == 0 else f"{base}_seed{seed_index}"
 
 
 def evaluate_systems(
     layout: RecipeLayout, decode_config: DecodeConfig, fusion: str = "arithmetic", num_teachers: int | None = None,
     decode_parts: Sequence[str] | None = None, score_teachers: bool = True, max_duration: float = 20.0,
-    results_md: Path | None = None, command: str = "", corpus: str = "", decode_teachers: bool = False,
+    results_md: Path | None = None, command: str = "", corpus: str = "", decode_teachers: bool = False, num_seeds: int = 1,
 ) -> dict[str, dict[str, PartScore]]:
     """Score the hard baseline, the N-teacher ensemble (fused posteriors) and the distilled
-    student on the dev and test parts: frame accuracy everywhere, WER on ``decode_parts``
-    (default: test). With ``score_teachers`` each teacher's frame accuracy is scored too, and
-    with ``decode_teachers`` each teacher is also decoded (N more decodings). Writes
-    ``<exp>/decode/table1.json`` and the Table 1 section of ``results_md``; returns
-    ``{system: {part: PartScore}}``. Skipped (the table re-rendered from ``table1.json``) when
-    the stage's record matches its settings and the records of stages 3, 4 and 6."""
+    student (each student over ``num_seeds`` seeds of stage 6) on the dev and test parts: frame
+    accuracy everywhere, WER on ``decode_parts`` (default: the test parts). With
+    ``decode_config.acoustic_scales``, each system's acoustic scale is tuned on the dev part and
+    the test parts are decoded with it. With ``score_teachers`` each teacher's frame accuracy is
+    scored too, and with ``decode_teachers`` each teacher is also decoded. Paired bootstrap
+    intervals of the differences go to ``<exp>/decode/comparisons.json``. Writes
+    ``<exp>/decode/table1.json`` and the Table 1 section of ``results_md``; returns ``{system:
+    {part: PartScore}}``. Skipped (the table re-rendered from the JSON) when the stage's record
+    matches its settings and the records of stages 3, 4 and 6."""
     decode_parts = layout.test_parts if decode_parts is None else list(decode_parts)
     unknown = [p for p in decode_parts if p not in (layout.dev_part, *layout.test_parts)]
     if unknown:
         raise ConfigError(f"--decode-parts {' '.join(unknown)}: stage 7 decodes the dev part ({layout.dev_part}) and the test parts "
                           f"({', '.join(layout.test_parts)}) only; decode another part with asr-kd decode-part")
+    if num_seeds < 1:
+        raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
     teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
     n = int(teachers_rec.config["num_teachers"]) if num_teachers is None else num_teachers
+    students = [(student_system_name(k, i), k, i) for k in ("hard", "distilled") for i in range(num_seeds)]
     inputs = {"gmm": gmm_record(layout).fingerprint, "teachers": teachers_rec.fingerprint,
-              **{f"student_{k}": require_record(layout.student_dir(k), f"stage 6 ({k} student)").fingerprint for k in ("hard", "distilled")}}
+              **{f"student_{name}": require_record(layout.student_dir(k, i), f"stage 6 ({k} student, seed {i})").fingerprint
+                 for name, k, i in students}}
     config = {"decode": decode_config, "fusion": fusion, "num_teachers": n, "decode_parts": decode_parts, "score_teachers": score_teachers,
-              "decode_teachers": decode_teachers, "dev_part": layout.dev_part, "test_parts": layout.test_parts}
+              "decode_teachers": decode_teachers, "dev_part": layout.dev_part, "test_parts": layout.test_parts, "num_seeds": num_seeds}
     guard = StageGuard("stage 7 (decoding, Table 1)", layout.decode, config, inputs, command)
     table = layout.decode / "table1.json"
+    comparisons_path = layout.decode / "comparisons.json"
+    groups = {"baseline": [student_system_name("hard", i) for i in range(num_seeds)], "ensemble": ["ensemble"],
+              "distilled": [student_system_name("distilled", i) for i in range(num_seeds)]}
     if guard.needs_work():
         teachers = load_teachers(layout, n)
-        systems: list[tuple[str, list[torch.nn.Module]]] = [
-            ("baseline", [load_frame_classifier(model_checkpoint(layout.student_dir("hard")))]),
-            ("ensemble", list(teachers)),
-            ("distilled", [load_frame_classifier(model_checkpoint(layout.student_dir("distilled")))]),
-        ]
+        systems: list[tuple[str, list[torch.nn.Module]]] = [("ensemble", list(teachers))]
+        systems += [(name, [load_frame_classifier(model_checkpoint(layout.student_dir(k, i)))]) for name, k, i in students]
         if score_teachers:
             systems += [(f"teacher{i}", [t]) for i, t in enumerate(teachers)]
+        tune = bool(decode_config.acoustic_scales)
+        # The other seeds of a student decode with the scale tuned for its first seed: one dev
+        # search per kind of model, not per seed (each search is several decodings of dev).
+        first_seed = {name: student_system_name(k, 0) for name, k, i in students if i > 0}
+        chosen: dict[str, float] = {}
         computed: dict[str, dict[str, PartScore]] = {}
         for name, models in systems:
+            decoded = decode_teachers or not name.startswith("teacher")
             computed[name] = {}
             for part in (layout.dev_part, *layout.test_parts):
-                decode = part in decode_parts and (decode_teachers or not name.startswith("teacher"))
-                computed[name][part] = score_system(name, models, layout, part, decode, decode_config, fusion, max_duration)
+                tuning_here = tune and part == layout.dev_part and name not in first_seed
+                if not decoded or (part not in decode_parts and not tuning_here):
+                    scales: tuple[float, ...] = ()
+                elif tuning_here:
+                    scales = decode_config.acoustic_scales
+                else:
+                    scales = (chosen.get(first_seed.get(name, name), decode_config.acoustic_scale),)
+                score = score_system(name, models, layout, part, scales, decode_config, fusion, max_duration)
+                if tuning_here and score.acoustic_scale is not None:
+                    chosen[name] = score.acoustic_scale
+                computed[name][part] = score
         write_json_atomic(table, {k: {p: dataclasses.asdict(s) for p, s in v.items()} for k, v in computed.items()})
-        guard.finish([table])
+        write_json_atomic(comparisons_path, compare_groups(layout, groups, computed))
+        guard.finish([table, comparisons_path])
     stored = read_json(table)
     assert isinstance(stored, dict)
     scores = {k: {p: PartScore(**s) for p, s in v.items()} for k, v in stored.items()}
     if results_md is not None:
-        rows = {name: _row(name, scores[name], layout) for name in scores}
+        comparisons = read_json(comparisons_path)
+        assert isinstance(comparisons, dict)
+        rows = {g: _group_row(g, [scores[m] for m in members], layout) for g, members in groups.items()}
         extra = []
         if score_teachers:
             accs = [scores[f"teacher{i}"][layout.test_part].frame_accuracy for i in range(n)]
@@ -180,21 +241,83 @@ def evaluate_systems(
             extra.append(SystemScore(f"Single teacher (mean of {n}, min {100 * min(accs):.1f}%, max {100 * max(accs):.1f}%)",
                                      float(np.mean(accs)), dev_frame_accuracy=float(np.mean(dev_accs))))
             if decode_teachers:
-                extra += [_row(f"teacher{i}", scores[f"teacher{i}"], layout) for i in range(n)]
+                extra += [_group_row(f"teacher{i}", [scores[f"teacher{i}"]], layout) for i in range(n)]
         text = format_table1(rows["baseline"], rows["ensemble"], rows["distilled"], n, extra, corpus=corpus, command=command,
-                             ood_part=layout.ood_part)
+                             ood_part=layout.ood_part, share_interval=comparisons["parts"][layout.test_part].get("gain_share"))
+        text += format_comparisons(comparisons, layout.test_part, layout.ood_part, num_seeds)
         test = scores["baseline"][layout.test_part]
         text += (f"\nEvery system is decoded on all {test.utterances} {layout.test_part} utterances ({test.ref_words} words); frame "
                  f"accuracy is over the {test.aligned_utterances} of them that stage 3 aligned ({test.frames} frames).\n")
-        text += (f"\nHybrid decoding: log posteriors minus log senone priors (stage 3 train alignments) times acoustic scale "
-                 f"{decode_config.acoustic_scale:g}, HCLG beam {decode_config.beam:g}, {decode_config.decoder} decoder; "
-                 "frame accuracy against the stage-3 senone alignments. Per-utterance details: `exp/decode/<system>_<part>/wer_details`.\n")
+        text += "\n" + describe_decoding(decode_config, layout.dev_part) + " Frame accuracy is against the stage-3 senone alignments. " \
+            "Per-utterance details: `exp/decode/<system>_<part>/wer_details`.\n"
+        text += environment_lines([layout.decode])
         write_section(results_md, "## Table 1 analogue", text)
     return scores
 
 
-def _row(name: str, by_part: dict[str, PartScore], layout: RecipeLayout) -> SystemScore:
-    test, dev = by_part[layout.test_part], by_part[layout.dev_part]
-    ood = by_part.get(layout.ood_part) if layout.ood_part else None
-    return SystemScore(name, test.frame_accuracy, test.wer, test.substitutions, test.deletions, test.insertions,
-                       test.ref_words, dev.frame_accuracy, ood.wer if ood else None, ood.ref_words if ood else 0)
+def _per_utterance(layout: RecipeLayout, members: Sequence[str], part: str) -> dict[str, np.ndarray]:
+    """Return the per-utterance counts of a group of systems (seeds of one student) on ``part``,
+    averaged over the members: ``{"errors", "ref_words", "correct", "frames"}`` arrays in the
+    order of the sorted utterance ids."""
+    tables = []
+    for m in members:
+        data = read_json(per_utterance_path(layout, m, part))
+        assert isinstance(data, dict)
+        tables.append(data)
+    ids = sorted(tables[0])
+    counts = np.array([[t[u] for u in ids] for t in tables], dtype=np.float64)  # members x utts x 4
+    mean = counts.mean(axis=0)
+    return {"ids": np.array(ids), "errors": mean[:, 0], "ref_words": counts[0, :, 1], "correct": mean[:, 2], "frames": counts[0, :, 3]}
+
+
+def compare_groups(layout: RecipeLayout, groups: Mapping[str, Sequence[str]], scores: Mapping[str, Mapping[str, PartScore]]) -> dict:
+    """Return, per test part, each group's mean and standard deviation over its seeds and the
+    paired bootstrap intervals (over utterances, Bisani & Ney 2004) of the ensemble's and the
+    distilled model's differences from the baseline in WER and frame accuracy, and of the share
+    of the ensemble's frame-accuracy gain the distilled model keeps. Students' per-utterance
+    counts are averaged over their seeds first."""
+    out: dict = {"groups": {g: list(m) for g, m in groups.items()}, "parts": {}}
+    for part in layout.test_parts:
+        part_out: dict = {"groups": {}, "differences": {}}
+        for g, members in groups.items():
+            by_seed = [scores[m][part] for m in members]
+            wers = [s.wer for s in by_seed if s.wer is not None]
+            accs = [s.frame_accuracy for s in by_seed]
+            part_out["groups"][g] = {"seeds": len(members), "frame_accuracy_mean": float(np.mean(accs)),
+                                     "frame_accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+                                     "wer_mean": float(np.mean(wers)) if len(wers) == len(by_seed) else None,
+                                     "wer_std": float(np.std(wers, ddof=1)) if len(wers) > 1 and len(wers) == len(by_seed) else 0.0}
+        counts = {g: _per_utterance(layout, members, part) for g, members in groups.items()}
+        base = counts["baseline"]
+        for g in ("ensemble", "distilled"):
+            diff: dict = {}
+            if all(part_out["groups"][k]["wer_mean"] is not None for k in (g, "baseline")) and base["ref_words"].sum() > 0:
+                diff["wer"] = bootstrap_difference(base["errors"], counts[g]["errors"], base["ref_words"]).to_dict()
+            if base["frames"].sum() > 0:
+                diff["frame_accuracy"] = bootstrap_difference(base["correct"], counts[g]["correct"], base["frames"]).to_dict()
+            part_out["differences"][f"{g}-baseline"] = diff
+        if base["frames"].sum() > 0:
+            part_out["gain_share"] = bootstrap_gain_share(base["correct"], counts["ensemble"]["correct"], counts["distilled"]["correct"],
+                                                          base["frames"]).to_dict()
+        out["parts"][part] = part_out
+    return out
+
+
+def _group_row(name: str, members: Sequence[Mapping[str, PartScore]], layout: RecipeLayout) -> SystemScore:
+    """One Table 1 row: a system, or the mean over the seeds of a student."""
+    test = [m[layout.test_part] for m in members]
+    dev = [m[layout.dev_part] for m in members]
+    ood = [m[layout.ood_part] for m in members] if layout.ood_part else []
+    first = test[0]
+
+    def mean(values: Sequence[float | None]) -> float | None:
+        return None if not values or any(v is None for v in values) else float(np.mean([v for v in values if v is not None]))
+
+    def std(values: Sequence[float | None]) -> float:
+        return float(np.std([v for v in values if v is not None], ddof=1)) if len(values) > 1 and all(v is not None for v in values) else 0.0
+
+    return SystemScore(name, float(np.mean([t.frame_accuracy for t in test])), mean([t.wer for t in test]), first.substitutions, first.deletions,
+                       first.insertions, first.ref_words, mean([d.frame_accuracy for d in dev]), mean([o.wer for o in ood]) if ood else None,
+                       ood[0].ref_words if ood else 0, seeds=len(members), frame_accuracy_std=std([t.frame_accuracy for t in test]),
+                       wer_std=std([t.wer for t in test]), dev_wer=mean([d.wer for d in dev if d.wer is not None]),
+                       acoustic_scales=tuple(dict.fromkeys(t.acoustic_scale for t in test if t.acoustic_scale is not None)))

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from lhotse import CutSet
@@ -24,12 +25,13 @@ from asr_kd.data.alignments import load_alignment
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.kd.student import StoredDistillationLoss
-from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
+from asr_kd.metrics.frame_accuracy import FrameAccuracyResult, corpus_frame_accuracy
+from asr_kd.metrics.paired import bootstrap_difference, bootstrap_gain_share
 from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
-from asr_kd.stages.common import STUDENT_SEED_OFFSET, gmm_record, model_checkpoint, read_senones
+from asr_kd.stages.common import STUDENT_SEED_OFFSET, environment_lines, gmm_record, model_checkpoint, read_senones
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
@@ -52,15 +54,15 @@ def subset_cuts(cuts: CutSet, fraction: float, seed: int) -> CutSet:
     return CutSet.from_cuts(c for c in cut_list if c.id in chosen)
 
 
-def frame_accuracy_of(checkpoint: Path, cuts: CutSet, layout: RecipeLayout, part: str, max_duration: float = 20.0) -> float:
+def frame_accuracy_of(checkpoint: Path, cuts: CutSet, layout: RecipeLayout, part: str, max_duration: float = 20.0) -> FrameAccuracyResult:
     """Return the frame accuracy of the model in ``checkpoint`` on ``cuts`` (with ``part``'s
-    CMVN) against their senone alignments."""
+    CMVN) against their senone alignments, with its per-utterance counts."""
     model = load_frame_classifier(checkpoint)
     preds, refs = {}, {}
     for cut, log_probs in ensemble_log_posteriors([model], cuts, layout.open_cmvn(part), max_duration=max_duration):
         preds[cut.id] = log_probs.argmax(-1).numpy()
         refs[cut.id] = load_alignment(cut)
-    return corpus_frame_accuracy(preds, refs).accuracy
+    return corpus_frame_accuracy(preds, refs)
 
 
 def _history(exp_dir: Path) -> tuple[list[dict], str, int]:
@@ -101,8 +103,9 @@ def run_three_percent(
     if results_md is not None:
         plot_name = "table5_dev_accuracy.png"
         plot_dev_accuracy(stored["histories"], Path(results_md).parent / plot_name, title, stored["frames"])
-        text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command)
-        write_section(results_md, "## Table 5 analogue", text)
+        text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command,
+                             stored.get("comparisons"))
+        write_section(results_md, "## Table 5 analogue", text + environment_lines([out]))
     log.info("dev accuracy plot: %s", plot)
     return results
 
@@ -141,14 +144,22 @@ def _three_percent_work(
         "soft_3": (out / "soft" / "final.pt", out / "soft", subset),
     }
     results: dict[str, SubsetRun] = {}
+    per_utt: dict[str, Mapping[str, tuple[int, int]]] = {}
     histories: dict[str, list[dict]] = {}
     labels = {"hard_100": "100% hard", "hard_3": f"{100 * fraction:g}% hard", "soft_3": f"{100 * fraction:g}% soft"}
     for key, (ckpt, run_dir, train_cuts) in runs.items():
         history, stop, epochs = _history(run_dir)
         histories[labels[key]] = history
-        train_acc = frame_accuracy_of(ckpt, train_cuts, layout, layout.train_part, max_duration)
-        test_acc = frame_accuracy_of(ckpt, test_cuts, layout, layout.test_part, max_duration)
+        train_acc = frame_accuracy_of(ckpt, train_cuts, layout, layout.train_part, max_duration).accuracy
+        test = frame_accuracy_of(ckpt, test_cuts, layout, layout.test_part, max_duration)
+        test_acc, per_utt[key] = test.accuracy, test.per_utterance
         results[key] = SubsetRun(labels[key], train_acc, test_acc, epochs, stop)
         log.info("%s: train frame accuracy %.4f, test %.4f (%s)", labels[key], train_acc, test_acc, stop)
     frames = {labels[k]: sum(c.num_frames for c in cuts) for k, (_, _, cuts) in runs.items()}
-    write_json_atomic(out / "table5.json", {"runs": {k: dataclasses.asdict(v) for k, v in results.items()}, "histories": histories, "frames": frames})
+    ids = sorted(per_utt["hard_100"])
+    correct = {k: np.array([per_utt[k][u][0] for u in ids], dtype=np.float64) for k in per_utt}
+    test_frames = np.array([per_utt["hard_100"][u][1] for u in ids], dtype=np.float64)
+    comparisons = {"soft_vs_hard": bootstrap_difference(correct["hard_3"], correct["soft_3"], test_frames).to_dict(),
+                   "gap_recovered": bootstrap_gain_share(correct["hard_3"], correct["hard_100"], correct["soft_3"], test_frames).to_dict()}
+    write_json_atomic(out / "table5.json", {"runs": {k: dataclasses.asdict(v) for k, v in results.items()}, "histories": histories, "frames": frames,
+                                            "comparisons": comparisons})

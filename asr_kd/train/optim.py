@@ -3,7 +3,9 @@ scheduler state)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -37,6 +39,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     if cfg.lr_schedule == "inv_sqrt":
         return cfg.lr * math.sqrt(max(cfg.warmup_steps, 1) / s)
+    if cfg.cosine_steps <= 0:
+        raise ValueError("lr_schedule=cosine with cosine_steps=0: resolve the run's length first (resolve_schedule)")
     progress = min(1.0, (s - cfg.warmup_steps) / max(cfg.cosine_steps - cfg.warmup_steps, 1))
     floor = cfg.lr * cfg.final_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -46,3 +50,15 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate to ``lr``."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def resolve_schedule(cfg: TrainConfig, batches_per_epoch: Callable[[], int]) -> TrainConfig:
+    """Return ``cfg`` with ``cosine_steps`` set to the run's length when it is 0 under the cosine
+    schedule: ``num_epochs`` times ``batches_per_epoch()`` (capped by ``max_steps``), so the
+    learning rate reaches its floor at the last step. Other configs are returned unchanged."""
+    if cfg.lr_schedule != "cosine" or cfg.cosine_steps > 0:
+        return cfg
+    total = cfg.num_epochs * max(int(batches_per_epoch()), 1)
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    return dataclasses.replace(cfg, cosine_steps=max(total, cfg.warmup_steps + 1))

@@ -35,7 +35,9 @@ dnn_config=""          # DnnConfig preset or YAML; empty: the preset's
 train_config=""        # TrainConfig YAML; empty: the preset's
 train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
 kd_config=""           # KdConfig YAML; empty: the preset's
-decode_beam=8          # HCLG beam of the hybrid decoding (stage 7)
+decode_config=""       # DecodeConfig YAML of stages 3 and 7 (beam, max-active, the acoustic-scale grid tuned on dev); empty: the preset's
+decode_beam=""         # overrides the decode config's beam (stages 3 and 7) when set
+num_seeds=""           # students per kind (stage 6), differing in their seed; empty: the preset's
 num_threads=1          # torch threads per process (small networks train faster on one)
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
 ctc_config=""          # CtcConfig YAML; empty: the preset's
@@ -115,7 +117,10 @@ Options (default in brackets):
   --train-config F     TrainConfig YAML of teachers and students; empty: the preset's [$train_config]
   --train-3pct-config F  TrainConfig YAML of the 3% runs [$train_3pct_config]
   --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: the preset's [$kd_config]
-  --decode-beam X      HCLG decoding beam of stage 7 [$decode_beam]
+  --decode-config F    DecodeConfig YAML of stages 3 and 7: one beam and max-active for every system,
+                       each system's acoustic scale tuned on the dev part; empty: the preset's [$decode_config]
+  --decode-beam X      override the decode config's beam [$decode_beam]
+  --num-seeds N        students per kind (stage 6), for means, deviations and intervals; empty: the preset's [$num_seeds]
   --num-threads N      torch threads per process [$num_threads]
   --model-type T       hybrid, ctc or both [$model_type]
   --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
@@ -157,7 +162,7 @@ while IFS= read -r line; do
   case "$line" in ""|"#"*) continue ;; esac
   key="${line%%:*}" value="${line#*:}"
   value="${value#"${value%%[! ]*}"}"
-  case "$key" in gmm_config|dnn_config|train_config|kd_config|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
+  case "$key" in gmm_config|dnn_config|train_config|kd_config|decode_config|num_seeds|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
     *) die "$preset_file: unknown option '$key'" ;; esac
   case "$value" in */*|*.yaml) value="$recipe_dir/$value" ;; esac
   [ -n "${!key}" ] || printf -v "$key" '%s' "$value"
@@ -175,6 +180,9 @@ fi
 [ "$ood_set" != none ] || ood_set=""
 parts=("$train_set" "$dev_set" "$test_set")
 [ -z "$ood_set" ] || parts+=("$ood_set")
+case "$num_seeds" in ""|*[!0-9]*|0) die "--num-seeds takes an integer >= 1, got '$num_seeds'" ;; esac
+decode_beam_set=()
+[ -z "$decode_beam" ] || decode_beam_set=(--decode-set "beam=$decode_beam")
 
 # Stage 0: asr_kd/stages/s0_corpus.py
 if in_stages 0; then
@@ -220,7 +228,8 @@ fi
 if [ "$hybrid" = true ] && in_stages 3; then
   log "Stage 3: GMM-HMM (monophone, tied triphones), senone alignments, HCLG, WER ($gmm_config)"
   run_logged "$exp/log/stage3_gmm.log" asr-kd train-gmm --data-dir "$data" --lang-dir "$data/lang" \
-    --exp-dir "$exp" --train-set "$train_set" --parts "${parts[@]}" --config "$gmm_config" \
+    --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --parts "${parts[@]}" --config "$gmm_config" \
+    --decode-config "$decode_config" "${decode_beam_set[@]}" \
     --num-jobs "$nj" --results-md "$results" --recipe-command "$recipe_command"
 fi
 
@@ -234,7 +243,7 @@ kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-se
 if [ "$hybrid" = true ] && in_stages 4; then
   log "Stage 4: $num_teachers teachers ($dnn_config, $train_config)"
   run_logged "$exp/log/stage4_teachers.log" asr-kd train-teachers "${kd_common[@]}" \
-    --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config"
+    --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" --jobs "$nj"
 fi
 
 # Stage 5: asr_kd/stages/s5_soft_targets.py
@@ -246,18 +255,17 @@ fi
 
 # Stage 6: asr_kd/stages/s6_students.py
 if [ "$hybrid" = true ] && in_stages 6; then
-  for kind in hard distilled; do
-    log "Stage 6: $kind student"
-    run_logged "$exp/log/stage6_$kind.log" asr-kd train-student "${kd_common[@]}" --kind "$kind" \
-      --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" --kd-config "$kd_config"
-  done
+  log "Stage 6: hard-target and distilled students, $num_seeds seed(s) each"
+  run_logged "$exp/log/stage6_students.log" asr-kd train-student "${kd_common[@]}" --kind hard distilled \
+    --num-seeds "$num_seeds" --jobs "$nj" --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" \
+    --kd-config "$kd_config"
 fi
 
 # Stage 7: asr_kd/stages/s7_decode.py
 if [ "$hybrid" = true ] && in_stages 7; then
   log "Stage 7: hybrid decoding, WER and frame accuracy (Table 1)"
   run_logged "$exp/log/stage7_decode.log" asr-kd decode-hybrid "${kd_common[@]}" --num-teachers "$num_teachers" \
-    --kd-config "$kd_config" --num-jobs "$nj" --decode-set "beam=$decode_beam" --decode-set max_active=3000 \
+    --kd-config "$kd_config" --num-jobs "$nj" --decode-config "$decode_config" "${decode_beam_set[@]}" --num-seeds "$num_seeds" \
     --corpus "$corpus_name"
   sed -n '/^## Table 1 analogue/,/^Paper numbers/p' "$results"
 fi

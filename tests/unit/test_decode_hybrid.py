@@ -127,6 +127,30 @@ def test_gmm_decoding_of_sampled_features(setup) -> None:
         decode_gmm(hclg, am, tm, np.zeros((9, 5)), DecodeConfig())
 
 
+def test_gmm_scorer_equals_kaldis_decodable(setup) -> None:
+    """The numpy matrix path scores every (frame, transition-id) as Kaldi's DecodableAmDiagGmmScaled,
+    with several Gaussians per pdf (a logsumexp over components)."""
+    from asr_kd.decode.gmm_decode import GmmScorer
+    from asr_kd.decode.hybrid import tid_to_pdf
+
+    _, _, tm, _, _ = setup
+    rng = np.random.default_rng(3)
+    am = khg.AmDiagGmm()
+    for _ in range(tm.num_pdfs):
+        k = int(rng.integers(1, 4))
+        g = khg.DiagGmm(nmix=k, dim=4)
+        g.set_weights((rng.dirichlet(np.ones(k))).astype(np.float32))
+        g.set_means(rng.normal(0, 2, size=(k, 4)).astype(np.float32))
+        g.set_invvars(rng.uniform(0.5, 2.0, size=(k, 4)).astype(np.float32))
+        g.compute_gconsts()
+        am.add_pdf(g)
+    feats = rng.normal(0, 2, size=(7, 4)).astype(np.float32)
+    ours = 0.3 * GmmScorer(am).loglikes(feats)[:, tid_to_pdf(tm)]
+    kaldi = khg.DecodableAmDiagGmmScaled(am=am, tm=tm, feats=feats, scale=0.3)
+    expected = np.array([[kaldi.log_likelihood(t, tid) for tid in range(1, tm.num_transition_ids + 1)] for t in range(7)])
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
+
+
 # ---- priors ------------------------------------------------------------------------------------
 
 

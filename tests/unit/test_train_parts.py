@@ -20,7 +20,7 @@ from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, SkipBatches, make_sam
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.metrics.frame_accuracy import frame_accuracy
 from asr_kd.train import checkpoint as ckpt
-from asr_kd.train.optim import lr_at
+from asr_kd.train.optim import lr_at, resolve_schedule
 from asr_kd.train.state import TrainState
 from tests.unit.test_train_corpus import FrameCorpus, make_frame_corpus
 
@@ -42,7 +42,15 @@ def test_lr_schedules() -> None:
     assert lr_at(8, cos) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the decay
     assert lr_at(100, dataclasses.replace(cfg, lr_schedule="constant")) == 1.0
     with pytest.raises(ConfigError, match="train.lr_schedule=cosine needs train.cosine_steps > train.warmup_steps"):
-        dataclasses.replace(cfg, lr_schedule="cosine")
+        dataclasses.replace(cfg, lr_schedule="cosine", cosine_steps=3)
+    # cosine_steps=0: the whole run, counted before training (resolve_schedule); unresolved it refuses.
+    whole = dataclasses.replace(cfg, lr_schedule="cosine", cosine_steps=0, num_epochs=3, final_lr_ratio=0.1)
+    with pytest.raises(ValueError, match="resolve"):
+        lr_at(10, whole)
+    resolved = resolve_schedule(whole, lambda: 10)
+    assert resolved.cosine_steps == 30 and lr_at(29, resolved) == pytest.approx(0.1) and lr_at(16, resolved) == pytest.approx(0.55)
+    assert resolve_schedule(dataclasses.replace(whole, max_steps=12), lambda: 10).cosine_steps == 12
+    assert resolve_schedule(cfg, lambda: 1 / 0) is cfg  # other schedules: nothing to count
 
 
 @settings(max_examples=50, deadline=None)
