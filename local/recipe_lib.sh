@@ -1,6 +1,15 @@
 # Sourced by recipe scripts: logging, stage selection and logged commands. Whether a stage's
 # work is skipped or redone is decided by its provenance record in Python (asr_kd/stages/provenance.py).
 
+# The --help paragraph of recipes whose stages keep provenance.json in $exp/<name>/ (recipes/mnist,
+# recipes/specialists; the decision itself: asr_kd/experiments/stage_records.py).
+stage_records_help='Each writes into $exp/<name>/ and, when it finishes, provenance.json there: the
+settings it ran with (the config fields it reads), the fingerprints of the records of the stages
+it reads and of its outputs. A stage is skipped only when that record matches what it would run
+with now; otherwise it is redone (--on-change redo) or stops naming the differing keys
+(--on-change stop), and the stages after it see the changed fingerprint and follow. A copied
+$exp (cp -r) matches as it is. Delete $exp/<name>/provenance.json to redo a stage.'
+
 # log MESSAGE...: a timestamped line on stderr naming the script and line.
 log() {
   local caller="${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}"

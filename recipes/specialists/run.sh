@@ -24,14 +24,11 @@ on_change=redo         # a finished stage whose settings or upstream stages chan
 exp=""                 # empty: $recipe_dir/exp (mnist-pairs) or $recipe_dir/exp/senones
 results="$recipe_dir/RESULTS.md"
 
+. "$root_dir/local/recipe_lib.sh"  # before the help text, which quotes its stage_records_help
+
 help_message="Usage: $0 [options]
 
-Stages. Each writes into \$exp/<name>/ and, when it finishes, provenance.json there: the
-settings it ran with (the config fields it reads), the fingerprints of the records of the stages
-it reads and of its outputs. A stage is skipped only when that record matches what it would run
-with now; otherwise it is redone (--on-change redo) or stops naming the differing keys
-(--on-change stop), and the stages after it see the changed fingerprint and follow. A copied
-\$exp (cp -r) matches as it is. Delete \$exp/<name>/provenance.json to redo a stage.
+Stages. $stage_records_help
   0  prepare      the task: by default 100 classes, two MNIST digits side by side (class
                   10 x left + right); task=single uses the IDX images' own classes; --task
                   senones: spliced fbank frames of the speech recipe labelled with its stage-3
@@ -72,7 +69,6 @@ Examples:
 "
 
 . "$root_dir/local/parse_options.sh"
-. "$root_dir/local/recipe_lib.sh"
 
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (try --help)" >&2; exit 1; }
 case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take integers" >&2; exit 1 ;; esac
