@@ -91,9 +91,12 @@ def finished_result(exp_dir: Path | str, stage: str) -> dict[str, Any] | None:
     folder = stage_dir(exp_dir, stage)
     if read_record(folder) is None:
         return None
-    result = read_json(folder / RESULT_NAME)
+    try:
+        result = read_json(folder / RESULT_NAME)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{folder / RESULT_NAME} cannot be read ({type(err).__name__}); rerun that stage to redo it") from None
     if not isinstance(result, dict):
-        raise DataError(f"{folder / RESULT_NAME} is not a JSON object; delete {folder} to redo that stage")
+        raise DataError(f"{folder / RESULT_NAME} is not a JSON object; rerun that stage to redo it")
     return result
 
 

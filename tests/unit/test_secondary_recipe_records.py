@@ -125,3 +125,15 @@ def test_specialists_changed_setting_redoes_only_the_stages_that_read_it(tmp_pat
     with pytest.raises(ConfigError, match=r"^specialists stage 2 \(clusters\): .*num_clusters: 3 -> 4[^\n]*$"):
         specialists.run_specialists_stage("clusters", dataclasses.replace(changed, num_clusters=4), exp, on_change="stop")
     assert _state(exp, "clusters") == before["clusters"]
+
+
+def test_a_damaged_result_is_named_and_its_stage_redone(tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    _mnist(exp, TINY_MNIST, ("prepare",))
+    result = exp / "prepare" / RESULT_NAME
+    result.write_text("{")
+    with pytest.raises(DataError, match=r"prepare/result.json cannot be read \(JSONDecodeError\); rerun that stage"):
+        mnist.finished_result(exp, "prepare")
+    # the record no longer vouches for the file: the stage is redone, not skipped
+    assert mnist.run_mnist_stage("prepare", TINY_MNIST, exp)["sizes"] == {"train": 200, "val": 100, "test": 200}
+    assert json.loads(result.read_text())["sizes"]["train"] == 200
