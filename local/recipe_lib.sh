@@ -1,4 +1,14 @@
-# Sourced by recipe scripts: logging, stage guards and completion markers.
+# Sourced by recipe scripts: logging, stage selection and logged commands. Whether a stage's
+# work is skipped or redone is decided by its provenance record in Python (asr_kd/stages/provenance.py).
+
+# The --help paragraph of recipes whose stages keep provenance.json in $exp/<name>/ (recipes/mnist,
+# recipes/specialists; the decision itself: asr_kd/experiments/stage_records.py).
+stage_records_help='Each writes into $exp/<name>/ and, when it finishes, provenance.json there: the
+settings it ran with (the config fields it reads), the fingerprints of the records of the stages
+it reads and of its outputs. A stage is skipped only when that record matches what it would run
+with now; otherwise it is redone (--on-change redo) or stops naming the differing keys
+(--on-change stop), and the stages after it see the changed fingerprint and follow. A copied
+$exp (cp -r) matches as it is. Delete $exp/<name>/provenance.json to redo a stage.'
 
 # log MESSAGE...: a timestamped line on stderr naming the script and line.
 log() {
@@ -15,17 +25,6 @@ die() {
 # in_stages N: true when stage N lies within --stage .. --stop-stage.
 in_stages() {
   [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]
-}
-
-# is_done DIR: true when DIR holds a .done marker (written only after the work succeeded).
-is_done() {
-  [ -f "$1/.done" ]
-}
-
-# mark_done DIR: record that the work writing DIR finished.
-mark_done() {
-  mkdir -p "$1"
-  date '+%Y-%m-%d %H:%M:%S' > "$1/.done"
 }
 
 # run_logged LOGFILE CMD...: run CMD, its output shown and kept in LOGFILE; fail if CMD fails.
@@ -47,19 +46,14 @@ run_logged() {
   fi
 }
 
-# run_marked_stage N NAME DESCRIPTION DIR CMD...: within --stage .. --stop-stage, run CMD (logged
-# to DIR/log/stageN_NAME.log) unless DIR/stages/NAME/.done exists; mark it done after success.
-run_marked_stage() {
-  local n="$1" name="$2" desc="$3" dir="$4"
+# run_stage_logged N NAME DESCRIPTION LOGDIR CMD...: within --stage .. --stop-stage, run CMD,
+# logged to LOGDIR/stageN_NAME.log. CMD itself skips, redoes or refuses the stage by its record.
+run_stage_logged() {
+  local n="$1" name="$2" desc="$3" logdir="$4"
   shift 4
   in_stages "$n" || return 0
-  if is_done "$dir/stages/$name"; then
-    log "Stage $n ($name): finished before ($dir/stages/$name/.done), skipping"
-    return 0
-  fi
   log "Stage $n ($name): $desc"
-  run_logged "$dir/log/stage${n}_$name.log" "$@"
-  mark_done "$dir/stages/$name"
+  run_logged "$logdir/stage${n}_$name.log" "$@"
 }
 
 # The terminal sees progress bars move; the log keeps only each line's final state.

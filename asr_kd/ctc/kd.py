@@ -6,7 +6,7 @@ posteriors are mostly blank with a one-frame "spike" per label, and two CTC mode
 different initialisations may put the spike of the same label at different frames; averaging
 such teachers blurs their spikes, and a student matching the blur learns neither timing. The
 options here: ``blank_handling`` (include / exclude / down-weight frames whose fused teacher
-argmax is blank), teachers that share an initial checkpoint (:mod:`asr_kd.stages.ctc_stages`), teachers
+argmax is blank), teachers that share an initial checkpoint (:mod:`asr_kd.stages.ctc_s4_teachers`), teachers
 whose spikes are guided onto one guide model's frames (:class:`GuidedCtcLoss`), and a measurement
 of the misalignment (:func:`spike_misalignment`).
 

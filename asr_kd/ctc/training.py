@@ -1,7 +1,7 @@
 """Training and running one CTC model: the shared training loop with CTC losses, dev scoring
 (greedy token error rate), loading a trained model, (fused) log-probabilities of cuts, and the
 greedy / prefix-beam / HLG scores of a set of log-probabilities. Library code: the CTC stages
-(:mod:`asr_kd.stages.ctc_stages`) and deployment call it; it knows no recipe folder.
+(``asr_kd/stages/ctc_s*.py``) and deployment call it; it knows no recipe folder.
 """
 
 from __future__ import annotations

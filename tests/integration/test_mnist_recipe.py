@@ -37,12 +37,12 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _record(exp: Path, stage: str) -> dict:
-    return json.loads((exp / "results" / f"{stage}.json").read_text())
+    return json.loads((exp / stage / "result.json").read_text())
 
 
 @pytest.mark.slow
 def test_splits_are_fixed_stratified_and_disjoint(recipe: Path) -> None:
-    splits = load_splits(recipe / "data" / "splits.npz")
+    splits = load_splits(recipe / "prepare" / "splits.npz")
     assert {k: len(v) for k, v in splits.items()} == {"train": 1000, "val": 300, "test": 500}
     assert np.bincount(splits["test"].labels).tolist() == [50] * 10
     rows = {k: {v.images[i].tobytes() for i in range(len(v))} for k, v in splits.items()}
@@ -62,7 +62,7 @@ def test_distillation_beats_the_small_net_and_small_students_prefer_low_t(recipe
     assert errors[((128, 128), 20.0)] < small_big["test_errors"]
     # ... and its remark that a very small student does better at a low temperature
     assert errors[((16, 16), 1.0)] < errors[((16, 16), 20.0)]
-    assert (recipe / "tensorboard" / "teacher_0").is_dir()
+    assert (recipe / "teacher" / "tensorboard" / "teacher_0").is_dir()
 
 
 @pytest.mark.slow
@@ -121,10 +121,30 @@ def test_results_file_holds_the_tables_plot_and_command(recipe: Path) -> None:
 
 @pytest.mark.slow
 def test_finished_stages_are_skipped_on_a_rerun(recipe: Path) -> None:
-    before = (recipe / "results" / "teacher.json").stat().st_mtime_ns
+    before = (recipe / "teacher" / "result.json").stat().st_mtime_ns
     out = run_recipe(recipe)
-    assert out.stderr.count("skipping") == 7
-    assert (recipe / "results" / "teacher.json").stat().st_mtime_ns == before
+    assert (out.stdout + out.stderr).count("matches its config and inputs); skipping") == 7
+    assert (recipe / "teacher" / "result.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_changed_setting_stops_the_recipe_in_one_line_and_a_copy_is_not_redone(recipe: Path, tmp_path: Path) -> None:
+    before = (recipe / "distill" / "result.json").read_bytes()
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--preset", "tiny", "--exp", str(recipe), "--results", str(recipe / "RESULTS.md"), "--stage", "3",
+         "--stop-stage", "3", "--on-change", "stop", "--set", "temperatures=1,5"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 1
+    refusals = [line for line in (out.stdout + out.stderr).splitlines() if "was made with other settings" in line]
+    assert len(refusals) == 1 and "MNIST stage 3 (distill)" in refusals[0] and "temperatures: [1.0, 5.0, 20.0] -> [1.0, 5.0]" in refusals[0]
+    assert (recipe / "distill" / "result.json").read_bytes() == before
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(recipe), str(copy)], check=True)  # new modification times
+    out = run_recipe(copy)
+    assert (out.stdout + out.stderr).count("matches its config and inputs); skipping") == 7
+    assert (copy / "distill" / "result.json").read_bytes() == before
 
 
 def test_help_and_bad_options(tmp_path: Path) -> None:
@@ -132,6 +152,8 @@ def test_help_and_bad_options(tmp_path: Path) -> None:
     assert out.returncode == 0 and "Stages" in out.stdout and "--preset" in out.stdout
     out = subprocess.run(["bash", str(RUN_SH), "--no-such-option", "1"], capture_output=True, text=True)
     assert out.returncode != 0 and "unknown option --no-such-option" in out.stderr
+    out = subprocess.run(["bash", str(RUN_SH), "--on-change", "maybe"], capture_output=True, text=True)
+    assert out.returncode == 1 and "--on-change takes redo or stop, got 'maybe'" in out.stderr
     out = subprocess.run(["bash", str(RUN_SH), "--data-dir", str(tmp_path / "missing"), "--exp", str(tmp_path / "e")], capture_output=True, text=True)
     assert out.returncode != 0 and "is not a folder" in out.stderr and "apt-get install dataset-fashion-mnist" in out.stderr
 

@@ -33,12 +33,12 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _record(exp: Path, stage: str) -> dict:
-    return json.loads((exp / "results" / f"{stage}.json").read_text())
+    return json.loads((exp / stage / "result.json").read_text())
 
 
 def test_pairs_task_uses_each_splits_own_digits(recipe: Path) -> None:
-    images = load_splits(recipe / "data" / "images.npz")
-    task = load_splits(recipe / "data" / "task.npz")
+    images = load_splits(recipe / "prepare" / "images.npz")
+    task = load_splits(recipe / "prepare" / "task.npz")
     assert task["test"].images.shape[1:] == (28, 56)
     assert _record(recipe, "prepare")["num_classes"] == 100
     train_digits = {images["train"].images[i].tobytes() for i in range(len(images["train"]))}
@@ -52,7 +52,7 @@ def test_pairs_task_uses_each_splits_own_digits(recipe: Path) -> None:
 
 
 def test_clusters_are_partitions_within_size_limits(recipe: Path) -> None:
-    sets = json.loads((recipe / "clusters.json").read_text())
+    sets = json.loads((recipe / "clusters" / "clusters.json").read_text())
     assert sets == _record(recipe, "clusters")["class_sets"]
     assert all(2 <= len(s) <= 40 and s == sorted(set(s)) for s in sets)
     assert len({tuple(s) for s in sets}) == len(sets)
@@ -65,7 +65,7 @@ def test_combination_is_normalised_and_only_changes_rows_with_active_specialists
     assert np.allclose(q.sum(1), 1.0) and np.all(q >= 0)
     idle = ~active.any(1)
     assert np.array_equal(q[idle], p_g[idle])
-    sets = json.loads((recipe / "clusters.json").read_text())
+    sets = json.loads((recipe / "clusters" / "clusters.json").read_text())
     with np.load(recipe / "specialists" / "probs.npz") as sp:
         spec = [torch.from_numpy(sp[f"test_{m}"]) for m in range(len(sets))]
     args = (torch.from_numpy(p_g), spec, sets, torch.from_numpy(active))

@@ -38,13 +38,13 @@ def recipe(tiny_stage3: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPa
 
 
 def _record(exp: Path, stage: str) -> dict:
-    return json.loads((exp / "results" / f"{stage}.json").read_text())
+    return json.loads((exp / stage / "result.json").read_text())
 
 
 def test_frames_are_spliced_normalised_and_labelled_with_senones(recipe: tuple[Path, Path], tiny_stage3: tuple[Path, Path, Path]) -> None:
     exp, _ = recipe
     _, _, gmm_exp = tiny_stage3
-    task, k = load_frame_task(exp / "data" / "task.npz")
+    task, k = load_frame_task(exp / "prepare" / "task.npz")
     assert k == json.loads((gmm_exp / "gmm" / "ali" / "senones.json").read_text())["num_senones"]
     prep = _record(exp, "prepare")
     context = prep["context"]
@@ -75,7 +75,7 @@ def test_combination_is_normalised_and_lowers_the_objective(recipe: tuple[Path, 
     assert np.allclose(p_g.sum(1), 1.0)
     idle = ~active.any(1)
     assert np.array_equal(q[idle], p_g[idle])
-    sets = json.loads((exp / "clusters.json").read_text())
+    sets = json.loads((exp / "clusters" / "clusters.json").read_text())
     assert sets and all(2 <= len(s) <= 60 and s == sorted(set(s)) for s in sets)
     with np.load(exp / "specialists" / "probs.npz") as sp:
         spec = [torch.from_numpy(sp[f"test_{m}"]) for m in range(len(sets))]
@@ -115,7 +115,7 @@ def test_rerun_skips_finished_stages_and_keeps_one_section(recipe: tuple[Path, P
     data, _, gmm_exp = tiny_stage3
     before = (exp / "combine" / "test.npz").stat().st_mtime_ns
     out = _run("--task", "senones", "--preset", "tiny", "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--exp", str(exp), "--results", str(results))
-    assert out.returncode == 0 and out.stderr.count("skipping") == 5
+    assert out.returncode == 0 and (out.stdout + out.stderr).count("matches its config and inputs); skipping") == 5
     assert (exp / "combine" / "test.npz").stat().st_mtime_ns == before
     assert results.read_text().count("## Task: senones") == 1
 

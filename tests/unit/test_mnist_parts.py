@@ -122,7 +122,7 @@ def _write_splits(path: Path, rng: np.random.Generator) -> None:
 def test_teacher_grid_keeps_the_best_on_validation_and_averages_an_ensemble(tmp_path: Path) -> None:
     from asr_kd.experiments.mnist import _teacher_logits, train_teacher
 
-    _write_splits(tmp_path / "data" / "splits.npz", np.random.default_rng(0))
+    _write_splits(tmp_path / "prepare" / "splits.npz", np.random.default_rng(0))
     # the second candidate cannot learn in one epoch with 95% dropout on inputs and units
     cfg = MnistConfig(teacher_hidden=(32,), teacher_grid=("0/0/0/8", "0.95/0.95/0/1"), teacher_ensemble=2, batch_size=20, learning_rate=0.01)
     record = train_teacher(cfg, tmp_path)

@@ -1,0 +1,123 @@
+"""What the CTC stages (``--model-type ctc``, stages 4-7) share: where a teacher set and its
+stored soft targets live, the CTC units, finished teacher sets and their records.
+
+Everything of the CTC path is written under ``<exp>/ctc/<units>/``:
+
+```
+units/                 tokens.txt, units.json (and bpe.model)                  (this module)
+teachers/teacher<i>/   independent teachers (seeds seed+i), or, with ctc.shared_init_steps = N,
+teachers_shared<N>/    init/ (one run of N steps) and teacher<i>/ started from it; with
+teachers[_shared<N>]_guided<w>/   ctc.guide_weight = w, teacher0 links to the unguided set's
+                       teacher0 (the guide) and teacher1... are trained with guided CTC
+                                                                               (ctc_s4_teachers)
+spikes/                the spike misalignment report and plot                  (ctc_s5_spikes)
+soft_targets/<set>_<fusion>_T<T>_k<k>/   the ensemble's top-k CTC posteriors on the training cuts
+students/<name>/       baseline (CTC on the transcripts), frame (frame-level KD), sequence (pseudo-labels),
+                       or a named variant of one of them (e.g. frame_exclude)  (ctc_s6_students)
+graph/HLG.fst          the CTC decoding graph of the units
+decode/                per-system scores.json                                  (ctc_s7_decode)
+```
+
+Input: stages 0-2 (``<data>/fbank/cuts_<part>.jsonl.gz`` and ``cmvn_<part>.npz``, ``<data>/lang``
+with ``G.fst``). Each of those folders (every teacher set, soft-target set and student, the units,
+the graph, the spike report and the decoding) keeps its own ``provenance.json`` and is skipped
+only while it matches (:mod:`asr_kd.stages.provenance`); an interrupted run of the same settings
+resumes. With ``results_md``, each stage function (re)writes its own section of RESULTS.md from
+its recorded outputs. Training and running one model is library code (:mod:`asr_kd.ctc.training`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from asr_kd.config import CtcConfig
+from asr_kd.ctc.model import CtcEncoder
+from asr_kd.ctc.training import load_ctc_model
+from asr_kd.ctc.units import CtcUnits, load_units, make_units
+from asr_kd.data.ctc_data import cut_text
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.stages.layout import RecipeLayout, parse_ctc_teacher_set_name
+from asr_kd.stages.provenance import StageGuard, StageRecord, read_record, require_record
+
+STUDENT_KINDS = ("baseline", "frame", "sequence")
+
+
+def teachers_of(layout: RecipeLayout, cfg: CtcConfig) -> Path:
+    """The folder of ``cfg``'s CTC teacher set."""
+    return layout.ctc_teacher_set(cfg.shared_init_steps, cfg.guide_weight)
+
+
+def ctc_soft_dir(layout: RecipeLayout, cfg: CtcConfig) -> Path:
+    """Stored CTC soft targets of ``cfg``'s teacher set, fusion, temperature and top-k."""
+    return layout.ctc_soft_dir(teachers_of(layout, cfg).name, cfg.fusion, cfg.temperature, cfg.top_k)
+
+
+def ctc_soft_cuts(layout: RecipeLayout, cfg: CtcConfig) -> Path:
+    return layout.soft_cuts(ctc_soft_dir(layout, cfg))
+
+
+def prepare_units(layout: RecipeLayout, cfg: CtcConfig) -> CtcUnits:
+    """Return the CTC units of ``cfg.units`` (made once per lang and setting, saved with their
+    record in ``<root>/units``)."""
+    if cfg.units != layout.ctc_units:
+        raise ConfigError(f"ctc.units={cfg.units} but the layout is for {layout.ctc_units} units; pass the same units to both")
+    lang_rec = require_record(layout.lang, "stage 2 (lang)")
+    settings = {"units": cfg.units, "bpe_vocab_size": cfg.bpe_vocab_size if cfg.units == "bpe" else None, "train_part": layout.train_part}
+    inputs = {"lang": lang_rec.fingerprint}
+    if cfg.units == "bpe":
+        inputs["features"] = require_record(layout.features("fbank"), "stage 1 (features)").fingerprint
+    guard = StageGuard("CTC units", layout.ctc_units_dir, settings, inputs)
+    if guard.needs_work():
+        texts: Iterable[str] = ()
+        if cfg.units == "bpe":  # read only if the BPE model must be trained
+            texts = (cut_text(c) for c in layout.open_cuts(layout.fbank_cuts(layout.train_part)))
+        make_units(cfg.units, Lang.load(layout.lang), layout.ctc_units_dir, texts, cfg.bpe_vocab_size)
+        guard.finish(guard.all_files())
+    return load_units(layout.ctc_units_dir, Lang.load(layout.lang))
+
+
+def units_record_fingerprint(layout: RecipeLayout) -> str:
+    return require_record(layout.ctc_units_dir, "the CTC teachers (asr-kd ctc-train-teachers)").fingerprint
+
+
+def describe_teacher_set(shared_init_steps: int, guide_weight: float = 0.0) -> str:
+    """Return how a teacher set was trained, in words: "independent" or "shared init N steps",
+    then ", guided w" for a guided set."""
+    name = "independent" if shared_init_steps == 0 else f"shared init {shared_init_steps} steps"
+    return name + (f", guided {guide_weight:g}" if guide_weight > 0 else "")
+
+
+def teacher_set_record(layout: RecipeLayout, cfg: CtcConfig) -> StageRecord:
+    """Return the record of ``cfg``'s finished teacher set; DataError naming the command if it is
+    unfinished or holds fewer teachers than ``cfg.num_teachers``."""
+    set_dir = teachers_of(layout, cfg)
+    rec = require_record(set_dir, "asr-kd ctc-train-teachers with the same ctc config")
+    trained = int(rec.config["ctc"]["num_teachers"])
+    if trained < cfg.num_teachers:
+        raise DataError(f"{set_dir} holds {trained} CTC teachers, {cfg.num_teachers} asked for; rerun asr-kd ctc-train-teachers with ctc.num_teachers={cfg.num_teachers}")
+    return rec
+
+
+def load_ctc_teachers(layout: RecipeLayout, cfg: CtcConfig, device: str | torch.device = "cpu") -> list[CtcEncoder]:
+    """Return the ``cfg.num_teachers`` teachers of ``cfg``'s finished set, in eval mode."""
+    teacher_set_record(layout, cfg)
+    set_dir = teachers_of(layout, cfg)
+    return [load_ctc_model(set_dir / f"teacher{i}", device) for i in range(cfg.num_teachers)]
+
+
+def trained_teacher_sets(layout: RecipeLayout, cfg: CtcConfig) -> list[CtcConfig]:
+    """Return ``cfg`` adapted to each finished teacher set under ``layout`` with two or more
+    teachers (``shared_init_steps``, ``guide_weight`` and ``num_teachers`` from its record), in
+    name order."""
+    sets = []
+    for set_dir in sorted(p for p in layout.ctc_root.glob("teachers*") if p.is_dir()):
+        parsed, rec = parse_ctc_teacher_set_name(set_dir.name), read_record(set_dir)
+        if parsed is None or rec is None or int(rec.config["ctc"]["num_teachers"]) < 2:
+            continue
+        sets.append(dataclasses.replace(cfg, shared_init_steps=parsed[0], guide_weight=parsed[1], num_teachers=int(rec.config["ctc"]["num_teachers"])))
+    return sets

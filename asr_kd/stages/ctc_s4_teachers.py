@@ -1,0 +1,111 @@
+"""CTC stage 4: a teacher set of ``ctc.num_teachers`` CTC encoders, independent, sharing their
+first steps (``shared_init_steps``) or guided towards the unguided set's teacher 0
+(``guide_weight``). Folders: :mod:`asr_kd.stages.ctc_common`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from asr_kd.config import CtcConfig, TrainConfig
+from asr_kd.ctc.kd import GuidedCtcLoss, ctc_hard_loss
+from asr_kd.ctc.model import CtcEncoder
+from asr_kd.ctc.training import load_ctc_model, train_ctc_model
+from asr_kd.errors import DataError
+from asr_kd.stages.common import fmt_pct, write_results
+from asr_kd.stages.ctc_common import describe_teacher_set, prepare_units, teachers_of, units_record_fingerprint
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.train.checkpoint import load_checkpoint
+from asr_kd.train.loop import LossFn
+from asr_kd.utils import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def teacher_set_settings(cfg: CtcConfig, train_config: TrainConfig, layout: RecipeLayout) -> dict:
+    """The settings that make a CTC teacher set what it is (its stage-4 config)."""
+    model = {k: getattr(cfg, k) for k in ("units", "bpe_vocab_size", "model_size", "subsampling", "dropout", "num_teachers",
+                                          "shared_init_steps", "guide_weight")}
+    return {"ctc": model, "train": train_config, "train_part": layout.train_part, "dev_part": layout.dev_part}
+
+
+def train_ctc_teachers(
+    layout: RecipeLayout, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
+) -> list[dict]:
+    """Train ``cfg.num_teachers`` CTC teachers (seeds ``seed + i``) in ``teachers_of(layout, cfg)``,
+    or skip them when the set's record matches.
+
+    With ``shared_init_steps`` > 0, one run of that many steps (seed ``seed``) is trained first in
+    the set's ``init/`` and every teacher starts from its weights. With ``guide_weight`` > 0,
+    teacher 0 is the finished unguided set's teacher 0 (linked here; train that set first) and
+    guides the others (:class:`GuidedCtcLoss`). Returns the teachers' summaries in order."""
+    units = prepare_units(layout, cfg)
+    base_dir, set_dir = layout.ctc_teacher_set(cfg.shared_init_steps), teachers_of(layout, cfg)
+    inputs = {"units": units_record_fingerprint(layout), "features": require_record(layout.features("fbank"), "stage 1 (features)").fingerprint}
+    if cfg.guide_weight > 0:
+        inputs["guide_set"] = require_record(base_dir, f"the unguided teacher set {base_dir.name} (asr-kd ctc-train-teachers without guide_weight)").fingerprint
+    guard = StageGuard(f"CTC stage 4 ({set_dir.name})", set_dir, teacher_set_settings(cfg, train_config, layout), inputs, command)
+    summary_path = set_dir / "summary.json"
+    if guard.needs_work():
+        train_cuts, dev_cuts = layout.open_cuts(layout.fbank_cuts(layout.train_part)), layout.open_cuts(layout.fbank_cuts(layout.dev_part))
+        train_cmvn, dev_cmvn = layout.open_cmvn(layout.train_part), layout.open_cmvn(layout.dev_part)
+        init = None
+        if cfg.shared_init_steps > 0:
+            init_cfg = dataclasses.replace(train_config, max_steps=cfg.shared_init_steps, num_epochs=max(train_config.num_epochs, 1000))
+            if cfg.guide_weight > 0:
+                init = base_dir / "init" / "final.pt"  # the unguided shared set's, finished with it
+            else:
+                log.info("shared initial alignment: %d steps -> %s", cfg.shared_init_steps, set_dir / "init")
+                init = train_ctc_model(train_cuts, None, train_cmvn, None, units, cfg, init_cfg, set_dir / "init").final_path
+        teachers: list[dict] = []
+        guide: CtcEncoder | None = None
+        for i in range(cfg.num_teachers):
+            tcfg = dataclasses.replace(train_config, seed=train_config.seed + i)
+            start = time.time()
+            if cfg.guide_weight > 0 and i == 0:
+                # The guide is the unguided set's teacher 0, shared by link (not retrained).
+                _link_dir(set_dir / "teacher0", base_dir / "teacher0")
+                guide = load_ctc_model(base_dir / "teacher0")
+                state = load_checkpoint(base_dir / "teacher0" / "final.pt")["train_state"]
+                teachers.append({"seed": tcfg.seed, "steps": int(state["step"]), "best_dev_ter": state.get("best_metric"), "guide": True})
+                continue
+            loss: LossFn = ctc_hard_loss if guide is None else GuidedCtcLoss(guide, cfg.guide_weight)
+            result = train_ctc_model(train_cuts, dev_cuts, train_cmvn, dev_cmvn, units, cfg, tcfg, set_dir / f"teacher{i}", loss,
+                                     init_checkpoint=init)
+            load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
+            log.info("CTC teacher %d: %s, best dev TER %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, time.time() - start)
+            teachers.append({"seed": tcfg.seed, "steps": result.state.step, "best_dev_ter": result.state.best_metric, "guide": False})
+        write_text_atomic(summary_path, json.dumps({"num_tokens": units.num_tokens, "teachers": teachers}, indent=1) + "\n")
+        own = [set_dir / f"teacher{i}" / "final.pt" for i in range(cfg.num_teachers) if not (cfg.guide_weight > 0 and i == 0)]
+        guard.finish([summary_path, *own])
+    summary = json.loads(summary_path.read_text())
+    rows = [f"| teacher{i}{' (guide)' if t['guide'] else ''} | {t['seed']} | {t['steps']} | {fmt_pct(t['best_dev_ter'])} |"
+            for i, t in enumerate(summary["teachers"])]
+    init_note = (f"all started from one checkpoint trained {cfg.shared_init_steps} steps (shared initial alignment)"
+                 if cfg.shared_init_steps else "independent initialisations")
+    if cfg.guide_weight > 0:
+        init_note += (f"; teachers 1+ trained with guided CTC (weight {cfg.guide_weight:g}) towards teacher0's spikes "
+                      "(Kurata & Audhkhasi 2019)")
+    body = (f"{cfg.num_teachers} CTC {cfg.model_size} encoders over {summary['num_tokens']} {cfg.units} tokens (blank included), "
+            f"subsampling x{cfg.subsampling}, {init_note}.\n\n"
+            "| Teacher | Seed | Steps | Best dev greedy token error rate |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    write_results(results_md, f"## CTC teachers ({cfg.units}, {describe_teacher_set(cfg.shared_init_steps, cfg.guide_weight)})", body, command)
+    return summary["teachers"]
+
+
+def _link_dir(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symbolic link to the folder ``target`` (kept if it already is;
+    under DDP every rank may try, and one of them wins)."""
+    if not (link.exists() or link.is_symlink()):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+        except FileExistsError:
+            pass
+    if not (link.is_symlink() and link.resolve() == target.resolve()):
+        raise DataError(f"{link} exists and is not a link to {target}; remove it and rerun")

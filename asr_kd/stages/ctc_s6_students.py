@@ -1,0 +1,174 @@
+"""CTC stage 6: the students, baseline (CTC on the transcripts), frame-level KD (online, or from
+the teachers' stored top-k soft targets, made here on first use) and sequence-level KD (the
+ensemble's pseudo-labels). Folders: :mod:`asr_kd.stages.ctc_common`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from lhotse import CutSet, load_manifest_lazy
+from lhotse.array import seconds_to_frames
+from tqdm import tqdm
+
+from asr_kd.config import CtcConfig, TrainConfig
+from asr_kd.ctc.kd import CtcFrameKdLoss, CtcSequenceKdLoss, ctc_hard_loss, pseudo_labels
+from asr_kd.ctc.training import ctc_log_probs, token_error_rate, train_ctc_model
+from asr_kd.ctc.units import CtcUnits
+from asr_kd.data.ctc_data import cut_text
+from asr_kd.errors import ConfigError
+from asr_kd.kd.ensemble import TeacherEnsemble
+from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
+from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, write_results
+from asr_kd.stages.ctc_common import (
+    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, load_ctc_teachers, prepare_units, teacher_set_record, teachers_of, units_record_fingerprint,
+)
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.train.checkpoint import load_checkpoint
+from asr_kd.train.loop import LossFn
+from asr_kd.utils import atomic_path, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Stored soft targets (top-k storage of the hybrid path, at the CTC output frame rate)
+# --------------------------------------------------------------------------------------------
+
+
+def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float = 200.0) -> Path:
+    """Store the teachers' fused CTC posteriors at ``cfg.temperature`` as top-``cfg.top_k`` soft
+    targets (:mod:`asr_kd.kd.soft_targets`) on the training cuts, at the output frame rate
+    (``subsampling`` x 10 ms); return the cut manifest (skipped when it exists; the folder name
+    records the teacher set, fusion, T and k). ``stats.json`` beside it: bytes per frame stored
+    vs dense and the mean KL(stored || full), as in the hybrid path. The folder's record holds
+    the settings and the teacher set's fingerprint; a mismatch redoes it."""
+    out_path = ctc_soft_cuts(layout, cfg)
+    settings = {"temperature": cfg.temperature, "top_k": cfg.top_k, "fusion": cfg.fusion, "num_teachers": cfg.num_teachers,
+                "teacher_set": teachers_of(layout, cfg).name, "train_part": layout.train_part}
+    guard = StageGuard("CTC soft targets", out_path.parent, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint})
+    if not guard.needs_work():
+        return out_path
+    teachers = load_ctc_teachers(layout, cfg)
+    cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
+    shift = 0.01 * cfg.subsampling
+    k = min(cfg.top_k, teachers[0].num_tokens)
+    stats = SoftTargetStats()
+
+    def targets() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), cfg.temperature, cfg.fusion, max_duration)
+        for cut, lp in tqdm(fused, total=len(cuts), desc="CTC soft targets", unit="cut", leave=False):
+            probs = _fit_frames(np.exp(lp), seconds_to_frames(cut.duration, shift))
+            ids, p = topk_compress(probs, k)
+            stats.update(probs, ids, p)
+            yield cut.id, ids, p
+
+    # Storage checks frames against the cut's duration at ``shift`` (features are at 10 ms).
+    stored = store_soft_targets(CutSet.from_cuts(c.drop_features() for c in cuts), targets(), ctc_soft_dir(layout, cfg) / "storage",
+                                k, cfg.temperature, shift)
+    by_id = {c.id: c for c in stored}
+    out = [c.with_custom(SOFT_IDS, by_id[c.id].custom[SOFT_IDS]).with_custom(SOFT_PROBS, by_id[c.id].custom[SOFT_PROBS])
+           .with_custom(SOFT_TEMPERATURE, cfg.temperature) for c in cuts if c.id in by_id]
+    write_text_atomic(out_path.with_name("stats.json"), json.dumps({**stats.summary(), "top_k": k, "temperature": cfg.temperature,
+                                                                    "cuts": len(out)}, indent=1) + "\n")
+    with atomic_path(out_path) as tmp:
+        CutSet.from_cuts(out).to_file(tmp)
+    guard.finish([out_path, out_path.with_name("stats.json"), ctc_soft_dir(layout, cfg) / "storage" / "arrays.npa"])
+    return out_path
+
+
+def _fit_frames(probs: np.ndarray, frames: int) -> np.ndarray:
+    """Return ``probs`` cut or padded (with blank-certain frames) to ``frames`` rows."""
+    if probs.shape[0] >= frames:
+        return probs[:frames]
+    pad = np.zeros((frames - probs.shape[0], probs.shape[1]), dtype=probs.dtype)
+    pad[:, 0] = 1.0
+    return np.concatenate([probs, pad])
+
+
+# --------------------------------------------------------------------------------------------
+# Students
+# --------------------------------------------------------------------------------------------
+
+
+def make_pseudo_labels(
+    layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, out_dir: Path, max_duration: float = 200.0,
+) -> dict[str, list[tuple[list[int], float]]]:
+    """Return (and save as ``pseudo_labels_<mode>.json`` in ``out_dir``) the ensemble's hypotheses
+    for every training cut: greedy or n-best (``cfg.pseudo_labels``) from the fused posteriors at
+    T = 1. Reuses the file when it exists."""
+    path = out_dir / f"pseudo_labels_{cfg.pseudo_labels}.json"
+    if path.is_file():
+        return {k: [(list(t), float(w)) for t, w in v] for k, v in json.loads(path.read_text()).items()}
+    teachers = load_ctc_teachers(layout, cfg)
+    cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
+    fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), 1.0, cfg.fusion, max_duration)
+    labels = {cut.id: pseudo_labels(lp, cfg.pseudo_labels, cfg.nbest, cfg.beam_size)
+              for cut, lp in tqdm(fused, total=len(cuts), desc="pseudo-labels", unit="cut", leave=False)}
+    refs = {c.id: units.encode(cut_text(c)) for c in cuts}
+    ter = token_error_rate(refs, {k: v[0][0] for k, v in labels.items()})
+    log.info("pseudo-labels (%s) of %d cuts: token error rate of the best hypothesis vs the transcripts %.2f%%", cfg.pseudo_labels, len(labels), 100 * ter)
+    write_text_atomic(path, json.dumps(labels) + "\n")
+    write_text_atomic(path.with_suffix(".stats.json"), json.dumps({"token_error_rate": ter, "cuts": len(labels)}) + "\n")
+    return labels
+
+
+def train_ctc_student(
+    layout: RecipeLayout, kind: str, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
+    name: str | None = None,
+) -> dict:
+    """Train the CTC student ``kind`` in ``<root>/students/<name>`` (``name`` defaults to ``kind``;
+    give variants, e.g. another blank handling, their own name) with seed ``seed + 1000``:
+    "baseline" (CTC on the transcripts), "frame" (frame-level KD, :class:`CtcFrameKdLoss`; online
+    or from stored soft targets) or "sequence" (the ensemble's pseudo-labels,
+    :class:`CtcSequenceKdLoss`). Skipped when its record matches. Returns its summary (steps,
+    best dev TER, stop reason)."""
+    if kind not in STUDENT_KINDS:
+        raise ConfigError(f"CTC student kind must be one of {STUDENT_KINDS}, got {kind!r}")
+    name = name or kind
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"CTC student name {name!r} must be a plain folder name")
+    exp_dir = layout.ctc_student_dir(name)
+    units = prepare_units(layout, cfg)
+    scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET)
+    inputs = {"units": units_record_fingerprint(layout), "features": require_record(layout.features("fbank"), "stage 1 (features)").fingerprint}
+    if kind != "baseline":
+        inputs["teachers"] = teacher_set_record(layout, cfg).fingerprint
+    guard = StageGuard(f"CTC stage 6 (student {name})", exp_dir, {"ctc": cfg, "train": scfg, "kind": kind, "train_part": layout.train_part,
+                                                                 "dev_part": layout.dev_part}, inputs, command)
+    summary_path = exp_dir / "summary.json"
+    if guard.needs_work():
+        train_cuts: CutSet = layout.open_cuts(layout.fbank_cuts(layout.train_part))
+        loss: LossFn = ctc_hard_loss
+        pseudo, soft = None, False
+        if kind == "frame":
+            if cfg.kd_source == "stored":
+                train_cuts, soft = load_manifest_lazy(make_ctc_soft_targets(layout, cfg)), True
+                loss = CtcFrameKdLoss(cfg)
+            else:
+                loss = CtcFrameKdLoss(cfg, TeacherEnsemble(load_ctc_teachers(layout, cfg), cfg.fusion))
+        elif kind == "sequence":
+            pseudo = make_pseudo_labels(layout, cfg, units, exp_dir)
+            loss = CtcSequenceKdLoss(cfg)
+        start = time.time()
+        result = train_ctc_model(train_cuts, layout.open_cuts(layout.fbank_cuts(layout.dev_part)), layout.open_cmvn(layout.train_part),
+                                 layout.open_cmvn(layout.dev_part), units, cfg, scfg, exp_dir, loss, pseudo, soft)
+        log.info("CTC student %s: %s, best dev TER %s (%.0f s)", name, result.state.stop_reason, result.state.best_metric, time.time() - start)
+        load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
+        write_text_atomic(summary_path, json.dumps({"steps": result.state.step, "best_dev_ter": result.state.best_metric,
+                                                    "stop_reason": result.state.stop_reason}, indent=1) + "\n")
+        guard.finish([summary_path, result.final_path])
+    summary = json.loads(summary_path.read_text())
+    how = {"baseline": "CTC on the transcripts",
+           "frame": (f"frame-level KD ({cfg.kd_source}): {cfg.kd_weight:g} x T^2 KL at T={cfg.temperature:g}, blank {cfg.blank_handling}"
+                     f"{f' (weight {cfg.blank_weight:g})' if cfg.blank_handling == 'downweight' else ''} + {cfg.ctc_weight:g} x CTC"),
+           "sequence": f"sequence-level KD: {cfg.kd_weight:g} x CTC on the ensemble's {cfg.pseudo_labels} hypotheses + {cfg.ctc_weight:g} x CTC"}[kind]
+    body = f"CTC {cfg.model_size}, {cfg.units} units; {how}; {summary['steps']} steps; best dev greedy TER {fmt_pct(summary['best_dev_ter'])}.\n"
+    write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command)
+    return summary
