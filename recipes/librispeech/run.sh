@@ -54,7 +54,7 @@ with, the fingerprints of its inputs (the records of the stages before it) and o
 A stage is skipped only when that record matches what it would run with now; otherwise it is
 redone (--on-change redo) or stops naming the differences (--on-change stop), and the stages
 after it see the changed fingerprint and follow. Delete a provenance.json to redo that stage.
-The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_stages.py).
+The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN_*.py, shared: ctc_common.py).
   0  corpus: the synthetic LibriSpeech-layout corpus (default, offline), an existing LibriSpeech
      folder (--corpus-dir) or a download (--download true) -> lhotse manifests in \$data/manifests
   1  features: 40-dim log-mel fbank (networks) and 13-dim MFCC (GMMs), lilcom storage, CMVN
@@ -313,7 +313,7 @@ if [ "$ctc" = true ]; then
   fi
   ctc_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set" --ood-set "$ood_set"
               --ctc-config "$ctc_config" --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
-  # CTC stages 4-7: asr_kd/stages/ctc_stages.py. Each teacher set, student, the units, the graph
+  # CTC stages 4-7: asr_kd/stages/ctc_s4_teachers.py ... ctc_s7_decode.py. Each teacher set, student, the units, the graph
   # and the decoding keep their own provenance.json and are skipped while it matches.
   if in_stages 4; then
     log "Stage 4 (CTC): teachers ($ctc_config, $ctc_train_config)"
