@@ -118,6 +118,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md")
     p.set_defaults(func=_three_percent)
 
+    p = sub.add_parser("temperature-sweep", help="stage 10 (opt-in): one distilled student per temperature T, scored beside the baseline",
+                       description="For each --temperatures T: stage 5's soft targets at T and a distilled student trained on them "
+                       "(<exp>/temperature_sweep/T<T>/), scored on dev and test frame accuracy and test WER at the distilled student's "
+                       "dev-tuned scale, with paired bootstrap intervals against the stage-7 baseline; writes sweep.json and its "
+                       "RESULTS.md section (asr_kd/stages/s10_temperature_sweep.py). Needs stages 4-7.")
+    _layout_args(p)
+    _model_args(p)
+    _kd_args(p)
+    _teachers_arg(p, None)
+    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0], help="temperatures (default 1 2 4 8)")
+    p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields (the beam of stage 7)")
+    p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
+    _jobs_arg(p, "students")
+    p.set_defaults(func=_temperature_sweep)
+
     p = sub.add_parser("decode-part", help="decode any part (your own test set) with trained systems, beside the recipe's tables",
                        description="Prepare manifests and features of --part from --corpus-dir (LibriSpeech layout: "
                        "<corpus>/<part>/<speaker>/<chapter>/*.flac + .trans.txt) and decode it with each of --systems (tri, mono: the "
@@ -224,6 +239,21 @@ def _three_percent(args: argparse.Namespace) -> int:
                              subset_seed=args.subset_seed, corpus=args.corpus, **common)
     for run in runs.values():
         print(f"{run.name}: train frame accuracy {run.train_frame_accuracy:.4f}, test {run.test_frame_accuracy:.4f}")
+    return 0
+
+
+def _temperature_sweep(args: argparse.Namespace) -> int:
+    from asr_kd.config import DecodeConfig, load_config, parse_overrides
+    from asr_kd.stages.s10_temperature_sweep import temperature_sweep
+
+    common = _setup(args, "temperature_sweep")
+    model_cfg, train_cfg = _configs(args)
+    decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": 1, **parse_overrides(args.decode_overrides)})
+    result = temperature_sweep(temperatures=args.temperatures, model_config=model_cfg, train_config=train_cfg, kd=_kd(args),
+                               decode_config=decode_cfg, num_teachers=args.num_teachers, jobs=args.jobs,
+                               num_threads=max(args.num_threads, 1), **common)
+    for t, row in result["rows"].items():
+        print(f"T={t}: test frame accuracy {row['test_frame_accuracy']:.4f}, test WER {row['test_wer']:.4f}")
     return 0
 
 

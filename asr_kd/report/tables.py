@@ -148,7 +148,7 @@ def _wer_cell(row: SystemScore) -> str:
     return f"{_pct(row.wer, 2)} ({row.substitutions}/{row.deletions}/{row.insertions} of {row.ref_words})"
 
 
-def _interval(iv: Mapping[str, Any], scale: float = 100.0, digits: int = 2, unit: str = "") -> str:
+def format_interval(iv: Mapping[str, Any], scale: float = 100.0, digits: int = 2, unit: str = "") -> str:
     """``+1.23 [+0.40, +2.05]`` of a stored :class:`asr_kd.metrics.paired.BootstrapInterval`."""
     if iv["value"] is None or (isinstance(iv["value"], float) and math.isnan(iv["value"])):
         return "n/a"
@@ -156,7 +156,7 @@ def _interval(iv: Mapping[str, Any], scale: float = 100.0, digits: int = 2, unit
     return f"{v:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def _verdict(iv: Mapping[str, Any] | None, better_if_negative: bool) -> str:
+def significance(iv: Mapping[str, Any] | None, better_if_negative: bool) -> str:
     if iv is None:
         return "not decoded"
     if not iv["excludes_zero"]:
@@ -185,8 +185,8 @@ def format_comparisons(comparisons: Mapping[str, Any], test_part: str, ood_part:
         for key, label in (("ensemble-baseline", "Ensemble − baseline"), ("distilled-baseline", "Distilled − baseline")):
             d = comparisons["parts"][part]["differences"].get(key, {})
             wer, acc = d.get("wer"), d.get("frame_accuracy")
-            lines.append(f"| {part} | {label} | {_interval(wer) if wer else 'not decoded'} | {_verdict(wer, True)} | "
-                         f"{_interval(acc) if acc else 'n/a'} | {_verdict(acc, False) if acc else 'n/a'} |")
+            lines.append(f"| {part} | {label} | {format_interval(wer) if wer else 'not decoded'} | {significance(wer, True)} | "
+                         f"{format_interval(acc) if acc else 'n/a'} | {significance(acc, False) if acc else 'n/a'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -242,8 +242,8 @@ def format_table5(
     if comparisons:
         diff, share = comparisons["soft_vs_hard"], comparisons["gap_recovered"]
         paper_share = (PAPER_TABLE5["soft_3"][1] - PAPER_TABLE5["hard_3"][1]) / (PAPER_TABLE5["hard_100"][1] - PAPER_TABLE5["hard_3"][1])
-        lines += ["", f"Test frame accuracy, soft minus hard targets on {pct}: {_interval(diff)} points, "
-                  f"{_verdict(diff, False).replace(' than the baseline', ' than hard targets')}. Share of the gap between {pct} hard and "
+        lines += ["", f"Test frame accuracy, soft minus hard targets on {pct}: {format_interval(diff)} points, "
+                  f"{significance(diff, False).replace(' than the baseline', ' than hard targets')}. Share of the gap between {pct} hard and "
                   f"100% hard that the soft targets recover: **{format_share(share)}** (paper: {100 * paper_share:.0f}%). "
                   f"{100 * diff['level']:.0f}% confidence intervals from a paired bootstrap over the test utterances "
                   f"({diff['resamples']} resamples; Bisani & Ney 2004), one seed per model."]

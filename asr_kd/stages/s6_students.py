@@ -56,9 +56,11 @@ def train_students(
 def train_student(
     layout: RecipeLayout, kind: str, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
     num_teachers: int | None = None, results_md: Path | None = None, command: str = "", seed_index: int = 0,
+    out_dir: Path | None = None,
 ) -> dict:
     """Train the student ``kind`` ("hard" or "distilled") with seed ``train_config.seed + 1000 +
-    seed_index`` in ``<exp>/students/<kind>[_seed<k>]``, or skip it when its record matches.
+    seed_index`` in ``<exp>/students/<kind>[_seed<k>]`` (or ``out_dir``), or skip it when its
+    record matches.
     Returns its summary (``{"steps", "stop_reason", "best_dev_frame_accuracy", "soft_targets",
     "seed", "soft_targets_dir"}``, also in ``summary.json``)."""
     if kind not in STUDENT_KINDS:
@@ -67,7 +69,7 @@ def train_student(
         raise ConfigError(f"seed index must be >= 0, got {seed_index}")
     senones = read_senones(layout)
     cfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
-    exp_dir = layout.student_dir(kind, seed_index)
+    exp_dir = out_dir or layout.student_dir(kind, seed_index)
     train_cuts: Path = layout.ali_cuts(layout.train_part)
     config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}
     inputs = {"gmm": gmm_record(layout).fingerprint}

@@ -75,21 +75,22 @@ class PartScore:
     sweep: dict | None = None  # ScaleSweep.to_dict() of the dev part's tuning
 
 
-def per_utterance_path(layout: RecipeLayout, system: str, part: str) -> Path:
+def per_utterance_path(layout: RecipeLayout, system: str, part: str, root: Path | None = None) -> Path:
     """``{utt_id: [word errors, reference words, correct frames, aligned frames]}`` of one system
-    on one part: what the paired bootstrap resamples."""
-    return layout.decode / f"{system}_{part}" / "per_utt.json"
+    on one part (under ``root``, default ``<exp>/decode``): what the paired bootstrap resamples."""
+    return (root or layout.decode) / f"{system}_{part}" / "per_utt.json"
 
 
 def score_system(
     name: str, models: Sequence[torch.nn.Module], layout: RecipeLayout, part: str, scales: Sequence[float],
     decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 20.0, max_cuts: int | None = None,
+    root: Path | None = None,
 ) -> PartScore:
     """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part`` (its
     first ``max_cuts`` cuts, if given): frame accuracy against the senone alignments and, when
     ``scales`` is not empty, HCLG decoding and WER: at the one scale given, or at each of several
     (a tuning sweep, normally on dev) keeping the one with the fewest errors. The hypotheses, the
-    per-utterance WER details and counts go to ``<exp>/decode/<name>_<part>/``."""
+    per-utterance WER details and counts go to ``<exp>/decode/<name>_<part>/`` (or ``root/...``)."""
     senones = read_senones(layout)
     # Every cut of the part is decoded (decoding needs no alignment), so that every system of a
     # table, the GMM's too, is scored on the same utterances; frame accuracy is over the cuts that
@@ -99,7 +100,7 @@ def score_system(
         cuts = CutSet.from_cuts(itertools.islice(cuts, max_cuts))
     aligned = {c.id: c for c in layout.open_cuts(layout.ali_cuts(part)) if has_alignment(c)}
     cmvn = layout.open_cmvn(part)
-    out_dir = layout.decode / f"{name}_{part}"
+    out_dir = (root or layout.decode) / f"{name}_{part}"
     posteriors: dict[str, np.ndarray] = {}
     references: dict[str, np.ndarray] = {}
     texts: dict[str, str] = {}
@@ -150,7 +151,7 @@ def score_system(
                  scale, seconds)
     else:
         log.info("%s on %s: frame accuracy %.4f", name, part, score.frame_accuracy)
-    write_json_atomic(per_utterance_path(layout, name, part), per_utt)
+    write_json_atomic(per_utterance_path(layout, name, part, root), per_utt)
     write_text_atomic(out_dir / "scores.json", json.dumps(dataclasses.asdict(score), indent=1) + "\n")
     return score
 
@@ -255,13 +256,13 @@ def evaluate_systems(
     return scores
 
 
-def _per_utterance(layout: RecipeLayout, members: Sequence[str], part: str) -> dict[str, np.ndarray]:
+def per_utterance_counts(layout: RecipeLayout, members: Sequence[str], part: str, root: Path | None = None) -> dict[str, np.ndarray]:
     """Return the per-utterance counts of a group of systems (seeds of one student) on ``part``,
     averaged over the members: ``{"errors", "ref_words", "correct", "frames"}`` arrays in the
     order of the sorted utterance ids."""
     tables = []
     for m in members:
-        data = read_json(per_utterance_path(layout, m, part))
+        data = read_json(per_utterance_path(layout, m, part, root))
         assert isinstance(data, dict)
         tables.append(data)
     ids = sorted(tables[0])
@@ -287,7 +288,7 @@ def compare_groups(layout: RecipeLayout, groups: Mapping[str, Sequence[str]], sc
                                      "frame_accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
                                      "wer_mean": float(np.mean(wers)) if len(wers) == len(by_seed) else None,
                                      "wer_std": float(np.std(wers, ddof=1)) if len(wers) > 1 and len(wers) == len(by_seed) else 0.0}
-        counts = {g: _per_utterance(layout, members, part) for g, members in groups.items()}
+        counts = {g: per_utterance_counts(layout, members, part) for g, members in groups.items()}
         base = counts["baseline"]
         for g in ("ensemble", "distilled"):
             diff: dict = {}

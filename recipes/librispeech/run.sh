@@ -38,6 +38,7 @@ kd_config=""           # KdConfig YAML; empty: the preset's
 decode_config=""       # DecodeConfig YAML of stages 3 and 7 (beam, max-active, the acoustic-scale grid tuned on dev); empty: the preset's
 decode_beam=""         # overrides the decode config's beam (stages 3 and 7) when set
 num_seeds=""           # students per kind (stage 6), differing in their seed; empty: the preset's
+temperatures="1 2 4 8" # stage 10 (opt-in): one distilled student per temperature
 num_threads=1          # torch threads per process (small networks train faster on one)
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
 ctc_config=""          # CtcConfig YAML; empty: the preset's
@@ -79,6 +80,8 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      and students (\$exp/deploy), the distilled student exported to ONNX fp32 and int8, the cost
      table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
      int8 quality gate (fails above --int8-max-relative) in \$results
+ 10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and one distilled
+     student per --temperatures T, test frame accuracy and WER with intervals against the baseline
 With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path in \$exp/ctc:
   4  CTC teachers (independent seeds; a set sharing its first --ctc-shared-init-steps; a set
      guided by teacher0's spikes with weight --ctc-guide-weight)
@@ -121,6 +124,7 @@ Options (default in brackets):
                        each system's acoustic scale tuned on the dev part; empty: the preset's [$decode_config]
   --decode-beam X      override the decode config's beam [$decode_beam]
   --num-seeds N        students per kind (stage 6), for means, deviations and intervals; empty: the preset's [$num_seeds]
+  --temperatures "T.." stage 10: the temperatures of the sweep [$temperatures]
   --num-threads N      torch threads per process [$num_threads]
   --model-type T       hybrid, ctc or both [$model_type]
   --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
@@ -300,6 +304,16 @@ if [ "$hybrid" = true ] && in_stages 9; then
     --gate distilled --max-relative "$int8_max_relative" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" \
     --results "$results" --plot "$(dirname "$results")/wer_vs_cost.png"
   sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
+fi
+
+# Stage 10: asr_kd/stages/s10_temperature_sweep.py (opt-in)
+if [ "$hybrid" = true ] && in_stages 10; then
+  log "Stage 10: the distilled student at T = $temperatures"
+  # shellcheck disable=SC2086  # one argument per temperature
+  run_logged "$exp/log/stage10_temperature_sweep.log" asr-kd temperature-sweep "${kd_common[@]}" --num-teachers "$num_teachers" \
+    --model-config "$dnn_config" --config "$train_config" --kd-config "$kd_config" --decode-config "$decode_config" "${decode_beam_set[@]}" \
+    --temperatures $temperatures --jobs "$nj"
+  sed -n '/^## Temperature sweep/,/^## /p' "$results" | sed '$d'
 fi
 
 if [ "$ctc" = true ]; then

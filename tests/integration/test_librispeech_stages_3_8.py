@@ -182,7 +182,7 @@ def test_copied_experiment_folder_redoes_nothing(recipe, tmp_path: Path) -> None
     assert {f: read_record(exp / f) for f in STAGE_FOLDERS} == before
     # RESULTS.md is rendered from the recorded outputs: the same numbers.
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
-    assert f"{100 * table1['distilled']['test-clean']['frame_accuracy']:.1f}%" in (exp / "RESULTS.md").read_text()
+    assert f"| 2 x Ensemble | {100 * table1['ensemble']['test-clean']['frame_accuracy']:.1f}% |" in (exp / "RESULTS.md").read_text()
 
 
 def test_student_refuses_soft_targets_of_another_temperature(recipe, tmp_path: Path) -> None:
@@ -314,3 +314,25 @@ def test_the_same_command_writes_the_same_results(recipe, tmp_path: Path) -> Non
 
     assert sections(new / "RESULTS.md", new) == sections(exp / "RESULTS.md", exp)
     assert json.loads((new / "decode" / "comparisons.json").read_text()) == json.loads((exp / "decode" / "comparisons.json").read_text())
+
+
+def test_temperature_sweep_trains_one_student_per_temperature(recipe, tmp_path: Path) -> None:
+    """Stage 10 (opt-in): soft targets and a distilled student per T, each trained at its own T,
+    scored against the stage-7 baseline; RESULTS.md shows the recorded numbers."""
+    data, exp = _copy(recipe, tmp_path)
+    run_librispeech_recipe(data, exp, "--stage", "10", "--stop-stage", "10", "--num-teachers", "2", "--temperatures", "1 3")
+    sweep = json.loads((exp / "temperature_sweep" / "sweep.json").read_text())
+    assert sorted(sweep["rows"]) == ["1", "3"]
+    for t in (1, 3):
+        student = read_record(exp / "temperature_sweep" / f"T{t}")
+        soft = read_record(exp / "soft_targets" / f"teachers2_arithmetic_T{t}_k10")
+        assert student.config["kd"]["temperature"] == t and student.inputs["soft_targets"] == soft.fingerprint
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    assert sweep["acoustic_scale"] == table1["distilled"]["test-clean"]["acoustic_scale"]
+    section = (exp / "RESULTS.md").read_text().split("## Temperature sweep")[1]
+    for t, row in sweep["rows"].items():
+        assert row["wer_vs_baseline"]["low"] <= row["wer_vs_baseline"]["value"] <= row["wer_vs_baseline"]["high"]
+        assert f"| {t} | {row['mass_kept']:.3f} | {row['kl_stored_vs_full']:.3f} | {100 * row['dev_frame_accuracy']:.1f}% | " \
+               f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% |" in section
+    # A softer distribution keeps less of its mass in the top-k.
+    assert sweep["rows"]["3"]["mass_kept"] < sweep["rows"]["1"]["mass_kept"]

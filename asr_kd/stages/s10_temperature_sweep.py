@@ -1,0 +1,112 @@
+"""Stage 10 (opt-in): the distilled student at several temperatures (Hinton, Vinyals & Dean 2015,
+section 2: raising T softens the ensemble's distribution and carries more of its similarity
+structure; the T^2 factor keeps the soft term's gradients comparable across temperatures).
+
+For each T of the sweep, stage 5's soft targets at that T (their own folder, checked by their
+record) and one distilled student trained on them with the recipe's settings otherwise (seed of
+the first stage-6 student) in ``<exp>/temperature_sweep/T<T>/``, trained ``jobs`` at a time. Each is
+scored on dev and test frame accuracy and decoded on the test part at the acoustic scale stage 7
+chose for the distilled student, and compared with the stage-7 baseline (its seeds averaged) by a
+paired bootstrap over utterances. Writes ``<exp>/temperature_sweep/sweep.json`` and its RESULTS.md
+section; skipped (re-rendered) when the record matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from asr_kd.config import DecodeConfig, DnnConfig, KdConfig, TrainConfig
+from asr_kd.errors import ConfigError
+from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.report.results_md import write_section
+from asr_kd.stages.common import environment_lines, model_checkpoint
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.parallel import run_jobs
+from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.s5_soft_targets import make_soft_targets
+from asr_kd.stages.s6_students import train_student
+from asr_kd.stages.s7_decode import per_utterance_counts, score_system
+from asr_kd.train.frame_classifier import load_frame_classifier
+from asr_kd.utils import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+HEADING = "## Temperature sweep: the distilled student at several T (stage 10)"
+
+
+def temperature_sweep(
+    layout: RecipeLayout, temperatures: Sequence[float], model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
+    decode_config: DecodeConfig, num_teachers: int | None = None, jobs: int = 1, num_threads: int = 1,
+    results_md: Path | None = None, command: str = "",
+) -> dict:
+    """Run the sweep over ``temperatures`` (``kd`` otherwise as stage 6's) and return ``sweep.json``'s
+    contents: per T the soft targets' statistics, the student's dev and test frame accuracy, its
+    test WER and the paired bootstrap intervals of its differences from the baseline."""
+    temps = sorted({float(t) for t in temperatures})
+    if not temps or temps[0] <= 0:
+        raise ConfigError(f"--temperatures takes numbers > 0, got {list(temperatures)}")
+    table1 = layout.decode / "table1.json"
+    decode_rec = require_record(layout.decode, "stage 7 (decode-hybrid: the baseline and the distilled student's scale)")
+    out = layout.exp_dir / "temperature_sweep"
+    # Soft targets first (stage 5's code and folders; each is its own recorded stage).
+    soft = {t: make_soft_targets(layout, dataclasses.replace(kd, temperature=t), num_teachers, command=command) for t in temps}
+    guard = StageGuard("stage 10 (temperature sweep)", out,
+                       {"temperatures": temps, "kd": kd, "dnn": model_config, "train": train_config, "decode": decode_config,
+                        "num_teachers": num_teachers},
+                       {"decode": decode_rec.fingerprint, **{f"soft_targets_T{t:g}": require_record(
+                           layout.soft_dir(int(soft[t]["num_teachers"]), kd.fusion, t, kd.top_k), "stage 5").fingerprint for t in temps}},
+                       command)
+    sweep_path = out / "sweep.json"
+    if guard.needs_work():
+        runs = [(layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t), num_teachers, None, command, 0,
+                 out / f"T{t:g}") for t in temps]
+        summaries = run_jobs(train_student, runs, jobs, num_threads)
+        stored = read_json(table1)
+        assert isinstance(stored, dict)
+        scale = stored["distilled"][layout.test_part]["acoustic_scale"]
+        base_members = [n for n in stored if n == "baseline" or n.startswith("baseline_seed")]
+        base = per_utterance_counts(layout, base_members, layout.test_part)
+        rows = {}
+        for t, summary in zip(temps, summaries):
+            model = [load_frame_classifier(model_checkpoint(out / f"T{t:g}"))]
+            name = f"distilled_T{t:g}"
+            dev = score_system(name, model, layout, layout.dev_part, (), decode_config, root=out)
+            test = score_system(name, model, layout, layout.test_part, (scale,), decode_config, root=out)
+            mine = per_utterance_counts(layout, [name], layout.test_part, root=out)
+            rows[f"{t:g}"] = {"temperature": t, "mass_kept": soft[t]["mean_mass_kept"], "kl_stored_vs_full": soft[t]["mean_kl_stored_vs_full"],
+                              "dev_frame_accuracy": dev.frame_accuracy, "test_frame_accuracy": test.frame_accuracy, "test_wer": test.wer,
+                              "steps": summary["steps"],
+                              "wer_vs_baseline": bootstrap_difference(base["errors"], mine["errors"], base["ref_words"]).to_dict(),
+                              "frame_accuracy_vs_baseline": bootstrap_difference(base["correct"], mine["correct"], base["frames"]).to_dict()}
+        write_json_atomic(sweep_path, {"acoustic_scale": scale, "baseline_seeds": len(base_members), "rows": rows})
+        guard.finish([sweep_path, *(out / f"T{t:g}" / "final.pt" for t in temps)])
+    result = read_json(sweep_path)
+    assert isinstance(result, dict)
+    if results_md is not None:
+        write_section(results_md, HEADING, format_sweep(result, kd, layout.test_part, command) + environment_lines([out]))
+    return result
+
+
+def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> str:
+    """The RESULTS.md section of the sweep."""
+    from asr_kd.report.tables import format_interval, significance
+
+    lines = [HEADING, ""]
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    lines += [f"One distilled student per T (seed of the first stage-6 student; soft weight {kd.soft_weight:g}, hard weight "
+              f"{kd.hard_weight:g}, top-{kd.top_k}), {test_part} decoded at the distilled student's dev-tuned acoustic scale "
+              f"{result['acoustic_scale']:g}; differences from the baseline (mean of its {result['baseline_seeds']} seeds) with 95% "
+              "paired bootstrap intervals over utterances. One seed per T: differences between temperatures smaller than the "
+              "intervals are noise.", "",
+              "| T | soft-target mass kept (top-k) | KL(stored ‖ full), nats | dev frame accuracy | test frame accuracy | "
+              "test WER | WER − baseline, points | frame accuracy − baseline, points |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"].values():
+        wer, acc = row["wer_vs_baseline"], row["frame_accuracy_vs_baseline"]
+        lines.append(f"| {row['temperature']:g} | {row['mass_kept']:.3f} | {row['kl_stored_vs_full']:.3f} | {100 * row['dev_frame_accuracy']:.1f}% | "
+                     f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% | {format_interval(wer)} ({significance(wer, True)}) | "
+                     f"{format_interval(acc)} ({significance(acc, False)}) |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,117 @@
+"""Decoding beams of a finished recipe run: WER and CPU time of the dev part at two (beam,
+max-active) settings, for the triphone GMM and the networks, side by side in one run.
+
+The recipe decodes every system with one beam and max-active (recipes/librispeech/conf/decode.yaml)
+and searches each system's acoustic scale on dev, so decoding is run many times; this measures
+what the narrower setting costs in word errors against Kaldi's usual beam 13 / max-active 7000.
+Each system is decoded at the acoustic scale the recipe chose for it. CPU time is the process's
+(other load on the machine does not count); the ratio is measured in the same run.
+
+    python bench/decode_beams.py --data recipes/librispeech/data --exp recipes/librispeech/exp \
+        [--settings 13:7000 11:2000] [--systems tri baseline distilled ensemble] [--max-utts N]
+
+Needs stages 3 and 7 of a recipe run (``make demo``); without one it says so and exits 0 (so
+that ``make bench`` on a fresh clone skips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from asr_kd.config import DecodeConfig, GmmConfig, config_from_dict
+from asr_kd.decode.gmm_decode import decode_gmm_batch
+from asr_kd.decode.hclg import load_hclg
+from asr_kd.decode.hybrid import decode_posteriors_batch
+from asr_kd.decode.priors import load_priors
+from asr_kd.gmm.train import GmmSystem
+from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.metrics.wer import compute_wer
+from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.decode_part import tuned_scale
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.provenance import read_record
+from asr_kd.stages.s3_gmm import load_part
+from asr_kd.train.frame_classifier import load_frame_classifier
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
+STUDENTS = {"baseline": "hard", "distilled": "distilled"}
+
+
+def _inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | None):
+    """Return ``(refs, decode(config) -> hyps)`` of system ``name`` on the dev part."""
+    senones = read_senones(layout)
+    if name in ("mono", "tri"):
+        gmm_cfg = config_from_dict(GmmConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in read_record(layout.gmm).config["gmm"].items()})
+        part = load_part(layout.data_dir, layout.dev_part, lang, gmm_cfg)
+        utts = part.utterances[:max_utts]
+        system = GmmSystem.load(layout.gmm_model(name))
+        hclg = load_hclg(layout.gmm_graph(name))
+        feats = {u.id: u.feats for u in utts}
+        return {u.id: part.refs[u.id] for u in utts}, lambda cfg: decode_gmm_batch(hclg, system.am, system.tm, feats, cfg).texts(lang.words)
+    models = load_teachers(layout) if name == "ensemble" else [load_frame_classifier(model_checkpoint(layout.student_dir(STUDENTS[name])))]
+    cuts = layout.open_cuts(layout.fbank_cuts(layout.dev_part))
+    posteriors, refs = {}, {}
+    for cut, log_probs in ensemble_log_posteriors(models, cuts, layout.open_cmvn(layout.dev_part), 1.0):
+        if max_utts is not None and len(posteriors) >= max_utts:
+            break
+        posteriors[cut.id] = log_probs.numpy()
+        refs[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
+    trans_model = GmmSystem.load(senones.model).tm
+    hclg = load_hclg(senones.graph)
+    priors = load_priors(layout.log_priors, trans_model.num_pdfs)
+    return refs, lambda cfg: decode_posteriors_batch(hclg, trans_model, posteriors, priors, cfg).texts(lang.words)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("recipes/librispeech/data"), help="the recipe's data folder")
+    p.add_argument("--exp", type=Path, default=Path("recipes/librispeech/exp"), help="the recipe's experiment folder (stages 3 and 7 done)")
+    p.add_argument("--settings", nargs="+", default=["13:7000", "11:2000"], help="beam:max_active pairs (default 13:7000 11:2000)")
+    p.add_argument("--systems", nargs="+", default=["tri", "baseline", "distilled"], help="systems (tri, mono, baseline, distilled, ensemble)")
+    p.add_argument("--max-utts", type=int, default=None, help="the first N dev utterances only")
+    p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    args = p.parse_args(argv)
+    layout = RecipeLayout(args.data, args.exp)
+    if read_record(layout.gmm) is None or not (layout.decode / "table1.json").is_file():
+        print(f"decode_beams: no finished recipe run under {args.exp} (stages 3 and 7); run `make demo` first. Skipped.")
+        return 0
+    lang = Lang.load(layout.lang)
+    settings = [tuple(float(x) for x in s.split(":")) for s in args.settings]
+    rows = []
+    for name in args.systems:
+        refs, decode = _inputs(layout, name, lang, args.max_utts)
+        scale = tuned_scale(layout, name) or 0.1
+        cells = []
+        for beam, max_active in settings:
+            cfg = DecodeConfig(beam=beam, max_active=int(max_active), acoustic_scale=scale, num_jobs=1)
+            start = time.process_time()
+            hyps = decode(cfg)
+            cpu = time.process_time() - start
+            wer = compute_wer(refs, hyps)
+            cells.append((wer.errors, wer.ref_words, cpu))
+            print(f"{name} beam {beam:g} max-active {int(max_active)}: {wer.summary()}, {cpu:.1f} s CPU", flush=True)
+        rows.append((name, scale, len(refs), cells))
+    head = " | ".join(f"beam {b:g} / {int(m)}: errors (WER), CPU s" for b, m in settings)
+    lines = ["## Decoding beams on a recipe run (bench/decode_beams.py)", "",
+             f"`python bench/decode_beams.py --data {args.data} --exp {args.exp} --settings {' '.join(args.settings)} --systems "
+             f"{' '.join(args.systems)}`" + (f" --max-utts {args.max_utts}" if args.max_utts else "") + ": the dev part of that run, each "
+             "system at its dev-tuned acoustic scale, one process (CPU seconds of this process).", "",
+             f"| system | scale | utterances | {head} | CPU ratio, first / last |", "|---|---|---|" + "---|" * len(settings) + "---|"]
+    for name, scale, n, cells in rows:
+        body = " | ".join(f"{e} ({100 * e / max(w, 1):.2f}%), {c:.0f}" for e, w, c in cells)
+        lines.append(f"| {name} | {scale:g} | {n} | {body} | {cells[0][2] / max(cells[-1][2], 1e-9):.1f}x |")
+    write_section(args.results, "## Decoding beams on a recipe run", "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
