@@ -112,15 +112,30 @@ def listing_fingerprint(root: Path | str, parts: Sequence[str] = ()) -> str:
     return fingerprint(entries)
 
 
+# What "-dirty" looks at: the code and the recipes' scripts and configs, not the RESULTS.md files
+# and plots that the stages themselves rewrite (which made every later stage of a run "dirty").
+_CODE_PATHS = ("asr_kd", "local", "recipes", "egs", "pyproject.toml", "Makefile",
+               ":(exclude,glob)**/RESULTS.md", ":(exclude,glob)**/*.png", ":(exclude,glob)recipes/*/data/**", ":(exclude,glob)recipes/*/exp/**")
+
+
+def code_is_modified(repo: Path) -> bool:
+    """Return whether tracked code, recipe scripts or configs of the git checkout ``repo`` differ
+    from its commit (RESULTS.md files, plots and recipe data/exp folders do not count)."""
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", *_CODE_PATHS],
+                            capture_output=True, text=True, timeout=10)
+    return status.returncode != 0 or bool(status.stdout.strip())
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Return ``git describe --always --dirty`` of the asr-kd checkout, else the package version."""
+    """Return ``git <commit>`` of the asr-kd checkout (``-dirty`` when tracked code, recipe scripts
+    or configs differ from it), else the package version."""
     repo = Path(__file__).resolve().parents[2]
     if (repo / ".git").exists():
         try:
-            out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
+            out = subprocess.run(["git", "-C", str(repo), "describe", "--always"], capture_output=True, text=True, timeout=10)
             if out.returncode == 0 and out.stdout.strip():
-                return "git " + out.stdout.strip()
+                return "git " + out.stdout.strip() + ("-dirty" if code_is_modified(repo) else "")
         except (OSError, subprocess.SubprocessError):
             pass
     try:

@@ -160,3 +160,27 @@ def test_only_rank_0_of_a_torchrun_job_touches_the_folder(tmp_path: Path, monkey
     assert read_record(folder).config == {"T": 2}  # rank 1 wrote nothing
     monkeypatch.setenv("RANK", "0")
     assert StageGuard("s", folder, {"T": 5}, {}).needs_work() and not (folder / "extra.bin").exists()
+
+
+def test_results_files_written_by_the_stages_do_not_make_the_code_dirty(tmp_path: Path) -> None:
+    """A run rewrites recipes/*/RESULTS.md and its plots as it goes; only code, scripts and configs
+    count as local modifications in a record's code version."""
+    import subprocess
+
+    from asr_kd.stages.provenance import code_is_modified
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    for rel in ("asr_kd/a.py", "recipes/r/run.sh", "recipes/r/RESULTS.md", "recipes/r/plot.png", "recipes/r/conf/x.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("v1\n")
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    assert not code_is_modified(tmp_path)
+    (tmp_path / "recipes/r/RESULTS.md").write_text("v2\n")
+    (tmp_path / "recipes/r/plot.png").write_text("v2\n")
+    assert not code_is_modified(tmp_path)
+    (tmp_path / "recipes/r/conf/x.yaml").write_text("v2\n")
+    assert code_is_modified(tmp_path)
