@@ -94,7 +94,7 @@ def train_ctc_teachers(
     body = (f"{cfg.num_teachers} CTC {cfg.model_size} encoders over {summary['num_tokens']} {cfg.units} tokens (blank included), "
             f"subsampling x{cfg.subsampling}, {init_note}.\n\n"
             "| Teacher | Seed | Steps | Best dev greedy token error rate |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    write_results(results_md, f"## CTC teachers ({cfg.units}, {describe_teacher_set(cfg.shared_init_steps, cfg.guide_weight)})", body, command)
+    write_results(results_md, f"## CTC teachers ({cfg.units}, {describe_teacher_set(cfg.shared_init_steps, cfg.guide_weight)})", body, command, [set_dir])
     return summary["teachers"]
 
 

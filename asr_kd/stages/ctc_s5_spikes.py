@@ -65,5 +65,5 @@ def spike_report(
             "| Teacher set | Teachers | Mean abs offset of matched spikes (frames) | Spikes matched | Argmax disagreement | Blank frames |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
             f"![The teachers' non-blank probability on one {part} utterance, per teacher set]({plot_name})\n")
-    write_results(results_md, f"## CTC spike misalignment ({cfg.units})", body, command)
+    write_results(results_md, f"## CTC spike misalignment ({cfg.units})", body, command, [out])
     return report

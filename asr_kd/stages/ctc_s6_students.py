@@ -170,5 +170,5 @@ def train_ctc_student(
                      f"{f' (weight {cfg.blank_weight:g})' if cfg.blank_handling == 'downweight' else ''} + {cfg.ctc_weight:g} x CTC"),
            "sequence": f"sequence-level KD: {cfg.kd_weight:g} x CTC on the ensemble's {cfg.pseudo_labels} hypotheses + {cfg.ctc_weight:g} x CTC"}[kind]
     body = f"CTC {cfg.model_size}, {cfg.units} units; {how}; {summary['steps']} steps; best dev greedy TER {fmt_pct(summary['best_dev_ter'])}.\n"
-    write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command)
+    write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command, [exp_dir])
     return summary

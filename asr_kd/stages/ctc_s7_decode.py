@@ -91,5 +91,5 @@ def decode_ctc_systems(
     body = (f"CTC {cfg.model_size} encoders, {units.num_tokens} {cfg.units} tokens{f', on {corpus}' if corpus else ''}; "
             f"teachers: {describe_teacher_set(cfg.shared_init_steps, cfg.guide_weight)}; each student's settings are in its own section. TER = token error rate "
             "(prefix beam search without LM); HLG WER = kaldi-decoder over H o L o G with the recipe's n-gram LM.\n\n" + header + "\n".join(rows) + "\n")
-    write_results(results_md, f"## CTC results ({cfg.units})", body, command)
+    write_results(results_md, f"## CTC results ({cfg.units})", body, command, [layout.ctc_decode])
     return scores

@@ -85,6 +85,9 @@ def test_teachers_lower_the_ctc_loss(ctc_run) -> None:
     assert read_record(layout.ctc_teacher_set(15)).config["ctc"]["shared_init_steps"] == 15
     section = read_section(md, "## CTC teachers (phone, independent)")
     assert section and "| teacher1 | 1 | 40 |" in section
+    # Where the stage ran, from its record (the same line as the hybrid sections).
+    record = read_record(layout.ctc_teacher_set(0))
+    assert f"torch {record.environment['torch']}" in section and f"({record.code_version})." in section
     assert read_section(md, "## CTC teachers (phone, shared init 15 steps)")
 
 
