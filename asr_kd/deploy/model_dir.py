@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr_kd.config import DnnConfig, FeatureConfig, config_from_dict
+from asr_kd.config import DecodeConfig, DnnConfig, FeatureConfig, config_from_dict
 from asr_kd.data.features import CmvnStats
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.utils import atomic_path, write_text_atomic
@@ -58,12 +58,19 @@ class ModelSpec:
     units: str = ""  # ctc: "phone" or "bpe"
     silence_phones: tuple[int, ...] = ()  # hybrid: phone ids trimmed from word ends in CTM output
     description: str = ""
+    # hybrid: the decoding the system's table WER was measured with (beam, max_active and the
+    # acoustic scale tuned on dev by the recipe); empty: DecodeConfig's defaults.
+    decoding: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ConfigError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+
+    def decode_config(self) -> DecodeConfig:
+        """Return the DecodeConfig this model is decoded with (its recorded ``decoding`` over the defaults)."""
+        return config_from_dict(DecodeConfig, self.decoding, "model.json decoding")
 
     @property
     def frame_seconds(self) -> float:
@@ -138,12 +145,14 @@ def _save_network(checkpoint: Path | str, out: Path, kind: str) -> None:
 def assemble_hybrid_model_dir(
     out_dir: Path | str, *, checkpoint: Path | str, log_priors: Path | str, graph_dir: Path | str, gmm_model: Path | str,
     lang_dir: Path | str, features: FeatureConfig, train_cmvn: Path | str | None, normalization: str = "global", description: str = "",
+    decoding: dict | None = None,
 ) -> Path:
     """Write a hybrid model directory at ``out_dir`` from explicit paths: the DNN ``checkpoint``,
     the senone ``log_priors`` (text, :func:`asr_kd.decode.priors.save_priors`), ``graph_dir``
     (HCLG.fst, words.txt), the GMM system whose transition model built HCLG, the lang directory
     (silence phones), the feature config and the training part's CMVN statistics (pooled into
-    global ones). Returns ``out_dir``."""
+    global ones); ``decoding`` (DecodeConfig fields, e.g. the tuned acoustic scale) goes into
+    ``model.json``. Returns ``out_dir``."""
     from asr_kd.decode.hybrid import tid_to_pdf
     from asr_kd.decode.priors import load_priors
     from asr_kd.gmm.train import GmmSystem
@@ -159,7 +168,8 @@ def assemble_hybrid_model_dir(
     _copy(Path(graph_dir) / "HCLG.fst", out / "HCLG.fst")
     _copy(Path(graph_dir) / WORDS_FILE, out / WORDS_FILE)
     silence = tuple(Lang.load(lang_dir).silence_phone_ids)
-    spec = ModelSpec("hybrid", features, normalization, 1, silence_phones=silence, description=description)
+    spec = ModelSpec("hybrid", features, normalization, 1, silence_phones=silence, description=description, decoding=dict(decoding or {}))
+    spec.decode_config()  # a bad field stops here, not when the directory is used
     write_text_atomic(out / MODEL_JSON, spec.to_json())
     return out
 

@@ -31,11 +31,28 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
         run = layout.student_dir(system) if system in ("distilled", "hard") else layout.teacher_dir(int(system[7:]))
         senones = read_senones(layout)
         return {**common, "checkpoint": model_checkpoint(run), "log_priors": layout.log_priors, "graph_dir": senones.graph,
-                "gmm_model": senones.model, "lang_dir": layout.lang}
+                "gmm_model": senones.model, "lang_dir": layout.lang, "decoding": recipe_decoding(layout, system)}
     if system.startswith("ctc-"):
         return {**common, "checkpoint": model_checkpoint(layout.ctc_student_dir(system[4:])), "units_dir": layout.ctc_units_dir,
                 "hlg": layout.ctc_graph / "HLG.fst", "words": layout.lang / "words.txt"}
     raise ConfigError(f"unknown system {system!r}; use {SYSTEM_HELP}")
+
+
+def recipe_decoding(layout, system: str) -> dict:
+    """Return the DecodeConfig fields stage 7 decoded ``system`` with: its beam and max-active and,
+    for a student, the acoustic scale tuned on dev (``{}`` before stage 7 has run)."""
+    from asr_kd.stages.decode_part import tuned_scale
+    from asr_kd.stages.provenance import read_record
+
+    record = read_record(layout.decode)
+    if record is None:
+        return {}
+    decode = record.config["decode"]
+    out = {k: decode[k] for k in ("beam", "max_active", "min_active", "lattice_beam", "acoustic_scale", "decoder") if k in decode}
+    scale = tuned_scale(layout, {"hard": "baseline"}.get(system, system))
+    if scale is not None:
+        out["acoustic_scale"] = scale
+    return out
 
 
 def make_model_dir_from_recipe(

@@ -104,7 +104,8 @@ class Searcher:
         self.method = method or SEARCH_METHODS[spec.kind][0]
         if self.method not in SEARCH_METHODS[spec.kind]:
             raise ConfigError(f"a {spec.kind} model decodes with {SEARCH_METHODS[spec.kind]}, not {self.method!r}")
-        self.config = decode_config or DecodeConfig()
+        # The decoding the model directory records (the recipe's beam and tuned scale), unless overridden.
+        self.config = decode_config or spec.decode_config()
         self.words = SymbolTable.from_file(model_dir / WORDS_FILE)
         if spec.kind == "hybrid":
             from asr_kd.decode.decoder import make_decoder

@@ -152,6 +152,13 @@ def test_deployment_section_and_model_directories(recipe) -> None:
     rows = {(r[0], r[1]): r for r in cells}
     # The ensemble has exactly twice one teacher's parameters; the int8 row's WER is the gate's.
     assert rows[("ensemble", "torch")][2] == f"{2 * int(rows[('teacher0', 'torch')][2].replace(',', '')):,}"
+    # A model directory decodes as Table 1 did: stage 7's beam and the system's dev-tuned scale.
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    decode7 = read_record(exp / "decode").config["decode"]
+    for name, system in (("distilled", "distilled"), ("hard", "baseline")):
+        decoding = json.loads((exp / "deploy" / name / "model.json").read_text())["decoding"]
+        assert decoding["acoustic_scale"] == table1[system]["test-clean"]["acoustic_scale"], name
+        assert (decoding["beam"], decoding["max_active"]) == (decode7["beam"], decode7["max_active"])
     int8_wer = rows[("distilled", "onnx-int8")][8].split(" ")[0]
     assert f"int8 WER {int8_wer}" in section and ("Quantisation gate: PASS" in section) != ("Quantisation gate: FAIL" in section)
 
