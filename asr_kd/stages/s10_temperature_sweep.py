@@ -26,7 +26,7 @@ from asr_kd.stages.common import environment_lines, model_checkpoint
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.parallel import run_jobs
 from asr_kd.stages.provenance import StageGuard, require_record
-from asr_kd.stages.s5_soft_targets import make_soft_targets
+from asr_kd.stages.s5_soft_targets import make_soft_targets, soft_dir_of
 from asr_kd.stages.s6_students import train_student
 from asr_kd.stages.s7_decode import per_utterance_counts, score_system
 from asr_kd.train.frame_classifier import load_frame_classifier
@@ -56,7 +56,8 @@ def temperature_sweep(
                        {"temperatures": temps, "kd": kd, "dnn": model_config, "train": train_config, "decode": decode_config,
                         "num_teachers": num_teachers},
                        {"decode": decode_rec.fingerprint, **{f"soft_targets_T{t:g}": require_record(
-                           layout.soft_dir(int(soft[t]["num_teachers"]), kd.fusion, t, kd.top_k), "stage 5").fingerprint for t in temps}},
+                           soft_dir_of(layout, dataclasses.replace(kd, temperature=t), int(soft[t]["num_teachers"])), "stage 5").fingerprint
+                           for t in temps}},
                        command)
     sweep_path = out / "sweep.json"
     if guard.needs_work():
