@@ -172,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             d_wer, verdict, d_acc = "", "reference", ""
         else:
             d_wer = f"{100 * diff.value:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
-            ok = abs(delta) <= noise and diff.low <= 0 <= diff.high
-            better = diff.high < 0 or delta > noise
-            verdict = "within noise" if ok else ("better" if better and not (diff.low > 0 or delta < -noise) else "worse")
+            acc = "within noise" if abs(delta) <= noise else ("better" if delta > 0 else "worse")
+            wer = "within noise" if diff.low <= 0 <= diff.high else ("better" if diff.high < 0 else "worse")
+            verdict = "within noise" if acc == wer == "within noise" else f"frame acc. {acc}, WER {wer}"
             d_acc = f"{100 * delta:+.2f}"
         lines.append(f"| {label} | {bpf} | {disk:.1f} GB | {kept or ' | '} | "
                      f"{100 * dev_acc:.2f}% | {d_acc} | {100 * test['wer']:.2f}% | {d_wer} | {verdict} |")

@@ -49,6 +49,11 @@ def soft_dir_of(layout: RecipeLayout, kd: KdConfig, num_teachers: int) -> Path:
     return layout.soft_dir(num_teachers, kd.fusion, kd.temperature, kd.top_k, kd.storage, kd.codebooks)
 
 
+def storage_label(kd: KdConfig) -> str:
+    """``kd.storage`` in a few words: ``rvq x8`` (8 codebooks), ``uint16-uint8``, ``int32-fp16``."""
+    return f"rvq x{kd.codebooks}" if kd.storage == "rvq" else kd.storage
+
+
 STORAGE_WORDS = {
     "int32-fp16": "int32 ids + float16 probabilities, renormalised",
     "uint16-uint8": "uint16 ids + uint8 log-probabilities in 1/16-nat steps, renormalised",
@@ -139,7 +144,7 @@ def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | No
     if record is None:
         existing = sorted(p.name for p in (layout.exp_dir / "soft_targets").glob("*") if read_record(p) is not None)
         raise DataError(
-            f"{user}: no soft targets with T={kd.temperature:g}, top-{kd.top_k}, storage {kd.storage}, {kd.fusion} fusion of {n} teachers ({out} is unfinished; "
+            f"{user}: no soft targets with T={kd.temperature:g}, top-{kd.top_k}, storage {storage_label(kd)}, {kd.fusion} fusion of {n} teachers ({out} is unfinished; "
             f"finished: {', '.join(existing) or 'none'}); run stage 5 with the same kd config and --num-teachers first")
     teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
     if record.inputs.get("teachers") != teachers.fingerprint:

@@ -231,5 +231,5 @@ def test_compact_storage_formats_through_stages_5_and_6(egs_run: tuple[Path, Pat
     summary = train_student(layout, "distilled", dnn_preset("tiny"),
                             TrainConfig(num_epochs=1, max_duration=10.0, warmup_steps=5, lr=3e-3, lr_schedule="constant", seed=0), kd)
     assert summary["steps"] > 0 and summary["soft_targets"]["storage"] == "rvq"
-    with pytest.raises(DataError, match="storage rvq"):
+    with pytest.raises(DataError, match="storage rvq x8"):
         find_soft_targets(layout, dataclasses.replace(kd, codebooks=8), None, "stage 6")
