@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -16,12 +17,47 @@ from typing import Iterator, TextIO
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 
 
+class LogFileHandler(logging.FileHandler):
+    """A log file that a full disk (or a quota, a read-only folder) silences with one line on
+    stderr naming the file, instead of Python's traceback for every later record; the console
+    log goes on, and the stage's own writes report the condition when they fail."""
+
+    def __init__(self, filename: Path | str) -> None:
+        super().__init__(filename)
+        self.stopped = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.stopped:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            self.stopped = True
+            sys.stderr.write(f"log file {self.baseFilename}: {err.strerror}; logging there stopped (the console log goes on)\n")
+            return
+        super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as err:  # the records left in the buffer cannot be flushed either
+            if err.errno not in STORAGE_ERRNOS:
+                raise
+            stream, self.stream = self.stream, None  # type: ignore[assignment]
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+            logging.Handler.close(self)
+
+
 def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
-    """Log to stderr and, if given, to ``log_file`` (its directory is created)."""
+    """Log to stderr and, if given, to ``log_file`` (its directory is created; see
+    :class:`LogFileHandler` for what a full disk does)."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        handlers.append(LogFileHandler(log_file))
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
 
 

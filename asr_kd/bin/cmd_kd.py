@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -137,7 +138,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode-part", help="decode any part (your own test set) with trained systems, beside the recipe's tables",
                        description="Prepare manifests and features of --part from --corpus-dir (LibriSpeech layout: "
                        "<corpus>/<part>/<speaker>/<chapter>/*.flac + .trans.txt) and decode it with each of --systems (tri, mono: the "
-                       "stage-3 GMMs; baseline, distilled: the stage-6 students; ensemble, teacher<i>: stage 4) through the stage-3 HCLG. "
+                       "stage-3 GMMs; baseline, distilled: the stage-6 students; ensemble, teacher<i>: stage 4) through the stage-3 HCLG, "
+                       "and CTC students (ctc-<name>, e.g. ctc-frame: <exp>/ctc/<units>/students/<name>) through the CTC HLG. "
                        "Writes <exp>/decode_parts/<part>/<system>/ (hyp.txt, wer_details, per_speaker.json) and scores.json; the "
                        "recipe's stages and RESULTS.md are not touched (asr_kd/stages/decode_part.py).")
     _layout_args(p)
@@ -150,8 +152,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--align", action="store_true", help="also align the part with the stage-3 triphone GMM (data/tids_<part>.txt) and "
                    "score the networks' frame accuracy against it")
     p.add_argument("--fixed-scale", action="store_true", help="decode every system at the decode config's acoustic_scale instead of "
-                   "the scale the recipe tuned for it on dev (stages 3 and 7)")
+                   "the scale the recipe tuned for it on dev (stages 3 and 7; CTC students: the CTC decoding stage's settings)")
+    p.add_argument("--ctc-units", choices=("phone", "bpe"), default="phone", help="units of the ctc-<name> systems (default phone)")
     p.set_defaults(func=_decode_part)
+
+    p = sub.add_parser("align", help="align any part (e.g. new training data) with the stage-3 triphone GMM, into cuts to train on",
+                       description="Prepare manifests and features of --part from --corpus-dir (LibriSpeech layout) and align it with "
+                       "the stage-3 triphone GMM (Viterbi, Kaldi's align_si): <exp>/align_parts/<part>/cuts_<part>.jsonl.gz carries "
+                       "each aligned cut's senone alignment (field 'senones', as exp/gmm/ali/cuts_<part>.jsonl.gz), tids_<part>.txt "
+                       "its transition ids; the recipe's own folders are not touched (asr_kd/stages/decode_part.py).")
+    _layout_args(p)
+    p.add_argument("--corpus-dir", type=Path, required=True, help="folder holding <part>/ in LibriSpeech's layout")
+    p.add_argument("--part", required=True, help="the part's folder name")
+    p.add_argument("--num-jobs", type=int, default=2, help="parallel alignment processes (default 2)")
+    p.set_defaults(func=_align_part)
 
 
 def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -258,11 +272,22 @@ def _temperature_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _align_part(args: argparse.Namespace) -> int:
+    from asr_kd.stages.decode_part import align_part
+
+    common = _setup(args, f"align_{args.part}")
+    summary = align_part(common["layout"], args.corpus_dir, args.part, args.num_jobs, common["command"])
+    print(f"{args.part}: {summary['aligned']} of {summary['cuts']} cuts aligned ({summary['frames']} frames) -> "
+          f"{args.exp_dir / 'align_parts' / args.part / f'cuts_{args.part}.jsonl.gz'}")
+    return 0
+
+
 def _decode_part(args: argparse.Namespace) -> int:
     from asr_kd.config import DecodeConfig, load_config, parse_overrides
     from asr_kd.stages.decode_part import decode_part
 
     common = _setup(args, f"decode_part_{args.part}")
+    common["layout"] = dataclasses.replace(common["layout"], ctc_units=args.ctc_units)
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"], args.align,
                          tune_scale=not args.fixed_scale)

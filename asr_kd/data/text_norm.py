@@ -14,6 +14,14 @@ upper-case twin (before this, lowercase transcripts aligned to ``<UNK>`` everywh
 * upper case;
 * hyphens, dashes and every other punctuation mark become word breaks; apostrophes stay inside
   a word (``DON'T``) and after a final S (``BOYS'``), other edge apostrophes are quotes and go;
+* numbers written in digits are spelled out as they are read (:func:`spell_numbers`): cardinals
+  (``1,250`` -> ``ONE THOUSAND TWO HUNDRED FIFTY``), years (``1995`` -> ``NINETEEN NINETY FIVE``,
+  ``1900`` -> ``NINETEEN HUNDRED``, ``1905`` -> ``NINETEEN OH FIVE``, for 1100-1999 and 2010-2099),
+  ordinals (``21st`` -> ``TWENTY FIRST``), decimals (``3.25`` -> ``THREE POINT TWO FIVE``) and
+  numbers with leading zeros digit by digit (``007`` -> ``ZERO ZERO SEVEN``); digits inside a word
+  (``3B``, ``MP3``) are left as they are. LibriSpeech's own text has no digits: its books' numbers
+  were already words, and the audio says words, so a corpus with digits in its transcripts would
+  otherwise score correct recognitions as errors;
 * a letter that has no ASCII fold (Cyrillic, CJK, ...) makes the transcript unusable: the
   result carries those characters in ``unfoldable`` and stage 0 skips the utterance (counted,
   logged and listed in ``skipped_<part>.txt``), since its words could never be pronounced.
@@ -28,7 +36,7 @@ import dataclasses
 import re
 import unicodedata
 
-NORMALIZER = {"name": "librispeech", "version": 1}
+NORMALIZER = {"name": "librispeech", "version": 2}  # 2: numbers in digits spelled out
 
 # Letters that NFKD does not decompose into ASCII, spelled as English readers spell them.
 _LETTER_FOLDS = str.maketrans({
@@ -71,8 +79,73 @@ def _clean_token(token: str) -> str:
     return token + "'" if keep_final and token else token
 
 
+_ONES = ("ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE TEN ELEVEN TWELVE THIRTEEN FOURTEEN FIFTEEN SIXTEEN "
+         "SEVENTEEN EIGHTEEN NINETEEN").split()
+_TENS = "_ _ TWENTY THIRTY FORTY FIFTY SIXTY SEVENTY EIGHTY NINETY".split()
+_SCALES = ((10**12, "TRILLION"), (10**9, "BILLION"), (10**6, "MILLION"), (10**3, "THOUSAND"))
+_ORDINAL_WORDS = {"ONE": "FIRST", "TWO": "SECOND", "THREE": "THIRD", "FIVE": "FIFTH", "EIGHT": "EIGHTH", "NINE": "NINTH", "TWELVE": "TWELFTH"}
+# A number in digits standing alone (not inside a word such as 3B or MP3): optional thousands
+# separators, decimals and an ordinal suffix.
+_NUMBER = re.compile(r"(?<![A-Za-z0-9])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+)(?![.,]?\d))?(st|nd|rd|th)?(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def _cardinal(n: int) -> list[str]:
+    """The words of ``n`` (0 <= n < 10**15) as read in English, without "and"."""
+    if n < 20:
+        return [_ONES[n]]
+    if n < 100:
+        return [_TENS[n // 10]] + ([_ONES[n % 10]] if n % 10 else [])
+    if n < 1000:
+        return [_ONES[n // 100], "HUNDRED"] + (_cardinal(n % 100) if n % 100 else [])
+    for value, name in _SCALES:
+        if n >= value:
+            return _cardinal(n // value) + [name] + (_cardinal(n % value) if n % value else [])
+    raise AssertionError(n)
+
+
+def _year(n: int) -> list[str]:
+    """1995 -> NINETEEN NINETY FIVE; 1900 -> NINETEEN HUNDRED; 1905 -> NINETEEN OH FIVE."""
+    high, low = divmod(n, 100)
+    if low == 0:
+        return _cardinal(high) + ["HUNDRED"]
+    return _cardinal(high) + (["OH"] if low < 10 else []) + _cardinal(low)
+
+
+def _ordinal(words: list[str]) -> list[str]:
+    last = words[-1]
+    if last in _ORDINAL_WORDS:
+        last = _ORDINAL_WORDS[last]
+    elif last.endswith("Y"):
+        last = last[:-1] + "IETH"
+    else:
+        last += "TH"
+    return words[:-1] + [last]
+
+
+def _spell(match: re.Match[str]) -> str:
+    digits, decimals, suffix = match.group(1), match.group(2), match.group(3)
+    plain = digits.replace(",", "")
+    if (len(plain) > 1 and plain.startswith("0")) or len(plain) > 15:
+        words = [_ONES[int(d)] for d in plain]  # an id or a code: read digit by digit
+    elif "," not in digits and decimals is None and suffix is None and len(plain) == 4 and (1100 <= int(plain) <= 1999 or 2010 <= int(plain) <= 2099):
+        words = _year(int(plain))
+    else:
+        words = _cardinal(int(plain))
+    if decimals is not None:
+        words += ["POINT"] + [_ONES[int(d)] for d in decimals]
+    elif suffix is not None:
+        words = _ordinal(words)
+    return f" {' '.join(words)} "
+
+
+def spell_numbers(text: str) -> str:
+    """Return ``text`` with its stand-alone numbers in digits spelled out (module docstring)."""
+    return _NUMBER.sub(_spell, text)
+
+
 def normalize_transcript(text: str) -> NormalizedText:
     """Return ``text`` in LibriSpeech's convention (see the module docstring)."""
     folded, unfoldable = _fold_to_ascii(text)
+    folded = spell_numbers(folded)
     tokens = (_clean_token(t) for t in _NOT_WORD.split(folded.upper()))
     return NormalizedText(" ".join(t for t in tokens if t), unfoldable)

@@ -3,7 +3,8 @@
 :func:`prepare_lang` runs the steps in order: vocabulary of every split (plus the words of
 extra LM text or of an existing ARPA LM) -> lexicon restricted to it (a LibriSpeech lexicon file
 extending CMUdict, or replacing it with ``lang.lexicon_mode=replace``; or CMUdict) -> espeak-ng
-G2P pronunciations for the transcript words still without one (``lexicon_g2p.txt``) -> OOV lists
+G2P pronunciations for the words still without one (``lexicon_g2p.txt``; the LM-only words too
+unless ``lang.g2p_lm_words`` is off) -> OOV lists
 per split (``oov_<split>.txt``) and the OOV-rate limit (``lang.max_oov_rate``, a one-line error
 above it) -> disambiguation symbols -> symbol tables and phone sets -> L.fst and L_disambig.fst ->
 Kneser-Ney LM on the training transcripts (plus the extra text), or the existing ARPA LM
@@ -383,9 +384,14 @@ def prepare_lang(
 
     transcript_words = {w for sents in sentences.values() for s in sents for w in s}
     vocabulary = transcript_words | {w for s in extra_text for w in s} | set(arpa_words)
-    # G2P reads the transcripts' words only: words that only the extra LM text or ARPA LM has
-    # stay without pronunciation (and out of G), as an LM's vocabulary can be 200k words.
-    built = build_lexicon(vocabulary, config, lexicon_path, g2p_words=transcript_words)
+    # G2P reads the transcripts' words and, with lang.g2p_lm_words, the LM's own: without it a word
+    # that only the extra LM text or ARPA LM has stays without pronunciation, and out of G.
+    built = build_lexicon(vocabulary, config, lexicon_path, g2p_words=vocabulary if config.g2p_lm_words else transcript_words)
+    lm_only = vocabulary - transcript_words
+    if lm_only:
+        logger.info("%d words only the LM text/ARPA LM has: %d with a pronunciation (%d from G2P)%s", len(lm_only),
+                    sum(w in built.lexicon for w in lm_only), sum(w in built.generated for w in lm_only),
+                    "" if config.g2p_lm_words else "; lang.g2p_lm_words=false leaves the others out of L and G")
     lexicon, nonsilence, source = built.lexicon, built.nonsilence_phones, built.source
     logger.info("lexicon from %s: %d of %d corpus words have pronunciations", source, len(lexicon) - 1, len(vocabulary))
 

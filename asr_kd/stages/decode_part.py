@@ -6,15 +6,21 @@ manifests and features (the recipe's stage-1 feature config, its own per-speaker
 ``<exp>/decode_parts/<part>/data``, and every system to ``<exp>/decode_parts/<part>/<system>/``
 (``hyp.txt``, ``ref.txt``, ``wer_details`` with per-utterance and per-speaker WER). Systems: the
 GMMs of stage 3 (``tri``, ``mono``), the students of stage 6 (``baseline``, ``distilled``), the
-stage-4 ensemble (``ensemble``) and its members (``teacher<i>``). The folder's
+stage-4 ensemble (``ensemble``) and its members (``teacher<i>``), and the CTC path's students
+(``ctc-<name>`` for ``<exp>/ctc/<units>/students/<name>``, e.g. ``ctc-frame``) through the CTC
+HLG, with the decoding settings the CTC decoding stage used. The folder's
 ``provenance.json`` records the part's files and the records of every system decoded, so a
 retrained model redoes the decoding and a rerun with nothing changed is skipped.
+
+:func:`align_part` (``asr-kd align``) prepares a part the same way and aligns it with the stage-3
+triphone GMM into ``<exp>/align_parts/<part>/``: cuts carrying senone alignments, ready to train on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -34,29 +40,39 @@ from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
 from asr_kd.stages.common import gmm_record, load_teachers, model_checkpoint, read_senones
-from asr_kd.stages.layout import GMM_SYSTEMS, RecipeLayout
+from asr_kd.data.alignments import store_alignments
+from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, listing_fingerprint, require_record
 from asr_kd.stages.s3_gmm import load_part, write_tids
 from asr_kd.train.frame_classifier import load_frame_classifier
-from asr_kd.utils import read_json, write_json_atomic
+from asr_kd.utils import atomic_path, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 STUDENTS = {"baseline": "hard", "distilled": "distilled"}
+CTC_PREFIX = "ctc-"  # ctc-<student folder name>: a CTC student, decoded through the CTC HLG
 
 
 def _system_inputs(layout: RecipeLayout, systems: Sequence[str]) -> dict[str, str]:
     """Return the records' fingerprints of what ``systems`` are made of; ConfigError for an
     unknown system name."""
-    inputs = {"gmm": gmm_record(layout).fingerprint}
+    inputs = {}
+    if any(not name.startswith(CTC_PREFIX) for name in systems):
+        inputs["gmm"] = gmm_record(layout).fingerprint
     for name in systems:
         if name in GMM_SYSTEMS:
+            continue
+        if name.startswith(CTC_PREFIX):
+            student = name[len(CTC_PREFIX):]
+            inputs[f"ctc_student_{student}"] = require_record(
+                layout.ctc_student_dir(student), f"the {layout.ctc_units} CTC student {student!r} (asr-kd ctc-train-student)").fingerprint
+            inputs["ctc_decode"] = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)").fingerprint
             continue
         if name in STUDENTS:
             inputs[f"student_{STUDENTS[name]}"] = require_record(layout.student_dir(STUDENTS[name]), f"stage 6 ({STUDENTS[name]} student)").fingerprint
         elif name == "ensemble" or (name.startswith("teacher") and name[7:].isdigit()):
             inputs["teachers"] = require_record(layout.teachers, "stage 4 (teachers)").fingerprint
         else:
-            raise ConfigError(f"unknown system {name!r}; choose from tri, mono, baseline, distilled, ensemble, teacher<i>")
+            raise ConfigError(f"unknown system {name!r}; choose from tri, mono, baseline, distilled, ensemble, teacher<i>, ctc-<CTC student>")
     return inputs
 
 
@@ -105,24 +121,27 @@ def decode_part(
     inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), **_system_inputs(layout, systems),
               "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}
     feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
-    scales = {name: tuned_scale(layout, name) for name in systems} if tune_scale else {}
+    scales = {name: tuned_scale(layout, name) for name in systems if not name.startswith(CTC_PREFIX)} if tune_scale else {}
     guard = StageGuard(f"decode-part {part}", out, {"part": part, "systems": list(systems), "decode": decode_config, "tuned_scales": scales,
                                                     "features": feature_config, "align": align}, inputs, command)
     scores_path = out / "scores.json"
     if guard.needs_work():
         data = out / "data"
-        reports = prepare_manifests(corpus_dir, data / "manifests", [part], num_jobs=num_jobs)
-        if reports[part].utterances == 0:
-            raise DataError(f"{Path(corpus_dir) / part} holds no utterance with audio and a transcript; check the folder")
-        compute_features_for_parts(data / "manifests", data, [part], feature_config)
+        _prepare_part(corpus_dir, part, data, feature_config, num_jobs)
         lang = Lang.load(layout.lang)
         senones = _align(layout, data, part, lang, num_jobs) if align else None
         scores = {}
         for name in systems:
-            # Each system at the scale the recipe chose for it on dev (tables and this part agree).
+            # Each system at the scale the recipe chose for it on dev (tables and this part agree);
+            # a CTC student with the settings of the CTC decoding stage.
             scale = scales.get(name)
-            config = decode_config if scale is None else dataclasses.replace(decode_config, acoustic_scale=scale)
-            log.info("%s: acoustic scale %g (%s)", name, config.acoustic_scale, "tuned on dev by the recipe" if scale is not None else "as configured")
+            if name.startswith(CTC_PREFIX) and tune_scale:
+                config = ctc_decode_config(layout)
+                how = "as the CTC decoding stage"
+            else:
+                config = decode_config if scale is None else dataclasses.replace(decode_config, acoustic_scale=scale)
+                how = "tuned on dev by the recipe" if scale is not None else "as configured"
+            log.info("%s: acoustic scale %g (%s)", name, config.acoustic_scale, how)
             scores[name] = {**_decode_system(layout, data, part, name, lang, out / name, config, senones),
                             "acoustic_scale": config.acoustic_scale}
         write_json_atomic(scores_path, scores)
@@ -130,6 +149,45 @@ def decode_part(
     scores = read_json(scores_path)
     assert isinstance(scores, dict)
     return scores
+
+
+def _prepare_part(corpus_dir: Path | str, part: str, data: Path, feature_config: FeatureConfig, num_jobs: int) -> None:
+    """Manifests and features (the recipe's feature config, the part's own CMVN) of ``part``."""
+    reports = prepare_manifests(corpus_dir, data / "manifests", [part], num_jobs=num_jobs)
+    if reports[part].utterances == 0:
+        raise DataError(f"{Path(corpus_dir) / part} holds no utterance with audio and a transcript; check the folder")
+    compute_features_for_parts(data / "manifests", data, [part], feature_config)
+
+
+def align_part(layout: RecipeLayout, corpus_dir: Path | str, part: str, num_jobs: int = 2, command: str = "") -> dict[str, int]:
+    """Align ``part`` of ``corpus_dir`` with the stage-3 triphone GMM (``asr-kd align``): its
+    manifests and features go to ``<exp>/align_parts/<part>/data``, its senone alignments on its
+    cuts to ``<exp>/align_parts/<part>/cuts_<part>.jsonl.gz`` (field ``senones``, as stage 3's
+    ``exp/gmm/ali``: ready to train on) and its transition ids to ``tids_<part>.txt``. Returns
+    ``{"cuts", "aligned", "frames"}``; skipped when the folder's record matches."""
+    out = layout.exp_dir / "align_parts" / part
+    feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
+    inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), "gmm": gmm_record(layout).fingerprint,
+              "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}
+    guard = StageGuard(f"align {part}", out, {"part": part, "features": feature_config}, inputs, command)
+    cuts_file, summary_path = out / f"cuts_{part}.jsonl.gz", out / "summary.json"
+    if guard.needs_work():
+        data = out / "data"
+        _prepare_part(corpus_dir, part, data, feature_config, num_jobs)
+        senones = _align(layout, data, part, Lang.load(layout.lang), num_jobs)
+        if not senones:
+            raise DataError(f"part {part}: no utterance could be aligned with {layout.gmm_model('tri')}; check its transcripts")
+        cuts = layout.open_cuts(cuts_path(data / "fbank", part))
+        stored = store_alignments(cuts, senones, out / f"storage_{part}", name=SENONES_FIELD)
+        with atomic_path(cuts_file) as tmp:
+            stored.to_file(tmp)
+        shutil.copyfile(data / f"tids_{part}.txt", out / f"tids_{part}.txt")
+        summary = {"cuts": sum(1 for _ in cuts), "aligned": len(senones), "frames": int(sum(len(a) for a in senones.values()))}
+        write_json_atomic(summary_path, summary)
+        guard.finish([summary_path, cuts_file, out / f"tids_{part}.txt", out / f"storage_{part}" / "arrays.npa"])
+    summary = read_json(summary_path)
+    assert isinstance(summary, dict)
+    return summary
 
 
 def _gmm_config(layout: RecipeLayout) -> GmmConfig:
@@ -149,11 +207,32 @@ def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: in
     return senone_alignments(system.tm, tids)
 
 
+def ctc_decode_config(layout: RecipeLayout) -> DecodeConfig:
+    """The DecodeConfig the CTC decoding stage used (its record), so a part decodes as its table did."""
+    record = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)")
+    return config_from_dict(DecodeConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in record.config["decode"].items()})
+
+
 def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang: Lang, out_dir: Path, decode_config: DecodeConfig,
                    senones_ali: Mapping[str, np.ndarray] | None = None) -> dict:
     from asr_kd.decode.gmm_decode import decode_gmm_batch
     from asr_kd.decode.hybrid import decode_posteriors_batch
 
+    if name.startswith(CTC_PREFIX):
+        from asr_kd.ctc.training import ctc_log_probs, load_ctc_model
+        from asr_kd.decode.ctc import decode_ctc_batch
+        from asr_kd.decode.hlg import load_hlg
+
+        model = load_ctc_model(layout.ctc_student_dir(name[len(CTC_PREFIX):]))
+        cuts = layout.open_cuts(cuts_path(data / "fbank", part))
+        log_probs, refs, speakers = {}, {}, {}
+        for cut, lp in ctc_log_probs([model], cuts, CmvnStats.load(cmvn_path(data / "fbank", part)), 1.0):
+            log_probs[cut.id] = lp
+            refs[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
+            speakers[cut.id] = cut.supervisions[0].speaker
+        batch = decode_ctc_batch(load_hlg(layout.ctc_graph / "HLG.fst"), log_probs, decode_config)
+        hyps = {k: " ".join(lang.words.name(w) for w in d.word_ids) for k, d in batch.decoded.items()}
+        return _score(name, part, refs, hyps, speakers, out_dir, len(batch.failed))
     senones = read_senones(layout)
     if name in GMM_SYSTEMS:
         part_data = load_part(data, part, lang, _gmm_config(layout))
@@ -184,7 +263,13 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
     if senones_ali is not None and name not in GMM_SYSTEMS:
         acc = corpus_frame_accuracy(posteriors, senones_ali)
         extra = {"frame_accuracy": acc.accuracy, "aligned_utterances": len(senones_ali), "frames": acc.counted}
-    hyps = batch.texts(lang.words)
+    return {**_score(name, part, refs, batch.texts(lang.words), speakers, out_dir, len(batch.failed)), **extra}
+
+
+def _score(name: str, part: str, refs: Mapping[str, str], hyps: Mapping[str, str], speakers: Mapping[str, str], out_dir: Path,
+           failed: int) -> dict:
+    """Score and write one system's hypotheses (hyp.txt, ref.txt, wer_details, per_speaker.json);
+    return its scores."""
     result = compute_wer(refs, hyps)
     write_transcripts(out_dir / "ref.txt", refs)
     write_wer_report(result, out_dir / "wer_details")
@@ -193,4 +278,4 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
     write_json_atomic(out_dir / "per_speaker.json", by_speaker)
     log.info("%s on %s: %s", name, part, result.summary())
     return {"wer": result.wer, "substitutions": result.substitutions, "deletions": result.deletions, "insertions": result.insertions,
-            "ref_words": result.ref_words, "utterances": len(refs), "failed": len(batch.failed), "per_speaker": by_speaker, **extra}
+            "ref_words": result.ref_words, "utterances": len(refs), "failed": failed, "per_speaker": by_speaker}

@@ -43,6 +43,7 @@ from asr_kd.train.checkpoint import (
 from asr_kd.train.ddp import DistInfo, barrier, broadcast_flag
 from asr_kd.train.optim import lr_at, make_optimizer, set_lr
 from asr_kd.train.state import TrainState, rng_state, set_rng_state
+from asr_kd.train.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +197,8 @@ def train(
     if info.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
         # purge_step drops events a crashed run logged after its last checkpoint.
-        run.writer = SummaryWriter(str(exp_dir / "tensorboard"), purge_step=run.state.step or None)
+        run.writer = TensorBoardLog(exp_dir / "tensorboard", purge_step=run.state.step or None)
     try:
         _train_epochs(run, wrapped, make_train_loader, compute_loss, evaluate)
         if evaluate is not None and (not run.state.history or run.state.history[-1]["step"] != run.state.step):

@@ -210,3 +210,26 @@ def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:
         assert " ".join(units.lang.words.name(w) for w in words) == text
         checked += 1
     assert checked >= 2
+
+
+def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
+    """`asr-kd decode-part --systems ctc-frame`: a user's own part (test-clean's audio under
+    another name) decoded by a CTC student through the HLG, as the CTC table decoded test-clean."""
+    import shutil
+
+    layout, md, _, _, _ = ctc_run
+    scores = decode_ctc_systems(layout, CTC, DecodeConfig(), results_md=md, command="test", corpus="tiny")
+    corpus = tmp_path / "corpus"
+    shutil.copytree(layout.data_dir / "corpus" / "test-clean", corpus / "my-test")
+    rc = cli_main(["decode-part", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir), "--corpus-dir", str(corpus),
+                   "--part", "my-test", "--systems", "ctc-frame", "ctc-baseline", "--num-threads", "1"])
+    assert rc == 0
+    part = json.loads((layout.exp_dir / "decode_parts" / "my-test" / "scores.json").read_text())
+    for name, student in (("ctc-frame", "frame"), ("ctc-baseline", "baseline")):
+        assert part[name]["wer"] == pytest.approx(scores[f"student: {student}"]["test-clean"]["hlg_wer"])
+        assert part[name]["utterances"] == sum(1 for _ in layout.open_cuts(layout.fbank_cuts("test-clean")))
+        errors = part[name]["substitutions"] + part[name]["deletions"] + part[name]["insertions"]
+        assert sum(v["errors"] for v in part[name]["per_speaker"].values()) == errors
+    # A CTC student that was never trained is named in one line.
+    assert cli_main(["decode-part", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir), "--corpus-dir", str(corpus),
+                     "--part", "my-test", "--systems", "ctc-nosuch"]) == 1

@@ -305,6 +305,30 @@ def test_decode_a_part_that_is_neither_dev_nor_test(recipe, tmp_path: Path) -> N
     assert {f: read_record(exp / f) for f in STAGE_FOLDERS} == before
 
 
+def test_align_a_new_part_into_cuts_to_train_on(recipe, tmp_path: Path) -> None:
+    """`asr-kd align`: a new part (test-clean's audio under another name) aligned with the stage-3
+    triphone GMM gets the same senone alignments as stage 3 gave test-clean, on cuts to train on."""
+    from asr_kd.bin.cli import main as cli_main
+    from asr_kd.data.alignments import load_alignment
+    from asr_kd.stages.layout import RecipeLayout
+
+    data, exp = _copy(recipe, tmp_path)
+    corpus = tmp_path / "corpus"
+    shutil.copytree(data / "corpus" / "test-clean", corpus / "new-train")
+    before = {f: read_record(exp / f) for f in STAGE_FOLDERS}
+    rc = cli_main(["align", "--data-dir", str(data), "--exp-dir", str(exp), "--corpus-dir", str(corpus), "--part", "new-train",
+                   "--num-threads", "1"])
+    assert rc == 0
+    layout = RecipeLayout(data, exp)
+    ours = {c.id: load_alignment(c) for c in layout.open_cuts(exp / "align_parts" / "new-train" / "cuts_new-train.jsonl.gz")}
+    theirs = {c.id: load_alignment(c) for c in layout.open_cuts(layout.ali_cuts("test-clean")) if c.has_custom("senones")}
+    assert ours.keys() == theirs.keys() and len(ours) >= 15
+    assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    summary = json.loads((exp / "align_parts" / "new-train" / "summary.json").read_text())
+    assert summary == {"cuts": 20, "aligned": len(ours), "frames": sum(len(a) for a in ours.values())}
+    assert {f: read_record(exp / f) for f in STAGE_FOLDERS} == before
+
+
 def test_the_same_command_writes_the_same_results(recipe, tmp_path: Path) -> None:
     """Reproducibility on one machine: stages 4-8 run again from stage 3's outputs with the same
     command write the same RESULTS.md, numbers, intervals and environment lines included (the

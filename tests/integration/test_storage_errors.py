@@ -107,3 +107,35 @@ def test_training_graphs_on_a_full_disk_name_the_archive(small_disk: Path) -> No
         store.write(range(0, 10), {i: graph for i in range(10)})
     assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(small_disk / "graphs" / "graphs.0-10.ark"))
 
+
+
+def test_a_log_file_on_a_full_device_stops_with_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    """/dev/full takes every write and fails it with ENOSPC, as a full disk does."""
+    import logging
+
+    from asr_kd.utils import setup_logging
+
+    setup_logging(Path("/dev/full"))
+    try:
+        for i in range(3):
+            logging.getLogger("asr_kd.test").info("record %d", i)
+    finally:
+        setup_logging()  # back to the console only
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    assert err.count("log file /dev/full: No space left on device; logging there stopped (the console log goes on)") == 1
+    assert "record 2" in err  # the console log went on
+
+
+def test_tensorboard_on_a_full_disk_stops_logging_and_training_goes_on(small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from asr_kd.train.tensorboard import TensorBoardLog
+
+    board = TensorBoardLog(small_disk / "exp" / "tensorboard")
+    for step in range(20_000):  # ~1 MB of events: far more than the 16 KiB left
+        board.add_scalar("train/loss", 1.0 / (step + 1), step)
+        if step % 1000 == 0:
+            board.flush()
+    board.close()
+    assert board.stopped is not None and "No space left on device" in board.stopped and str(small_disk / "exp" / "tensorboard") in board.stopped
+    warnings = [r.getMessage() for r in caplog.records if "TensorBoard logging stopped" in r.getMessage()]
+    assert len(warnings) == 1

@@ -275,9 +275,10 @@ def test_existing_arpa_lm_is_restricted_to_the_lexicon(tmp_path) -> None:
     train_ngram_lm(LM_TEXT, 3, source)
     gz = tmp_path / "other.arpa.gz"
     gz.write_bytes(gzip.compress(source.read_bytes()))
-    summary = prepare_lang(_sups(), tmp_path / "lang", LangConfig(), lm_arpa=gz)
+    summary = prepare_lang(_sups(), tmp_path / "lang", LangConfig(g2p_lm_words=False), lm_arpa=gz)
     lang = Lang.load(tmp_path / "lang")
-    # The LM's words with a pronunciation join the vocabulary; the one without is dropped.
+    # Without G2P of the LM's words: those with a pronunciation join the vocabulary; the one
+    # without is dropped.
     assert "FROG" in lang.words and "JUMPED" in lang.words and "ZZQXWV" not in lang.words
     assert "CAT" in lang.words and "BOOK" in lang.words  # the transcripts' words stay (alignment needs them)
     arpa = (lang.lang_dir / "lm" / "lm.arpa").read_text()
@@ -293,6 +294,14 @@ def test_existing_arpa_lm_is_restricted_to_the_lexicon(tmp_path) -> None:
     g_words = {arc.olabel for s in kaldifst.StateIterator(lang.load_fst("G")) for arc in kaldifst.ArcIterator(lang.load_fst("G"), s)}
     assert lang.words.id("FROG") in g_words and lang.words.id("BOOK") not in g_words
     assert "from ARPA" in summary.format()
+    # By default (lang.g2p_lm_words) G2P reads the LM's words too: nothing of the LM is dropped.
+    prepare_lang(_sups(), tmp_path / "lang_g2p", LangConfig(), lm_arpa=gz)
+    lang = Lang.load(tmp_path / "lang_g2p")
+    counts, _ = _arpa_sections((lang.lang_dir / "lm" / "lm.arpa").read_text())
+    assert "ZZQXWV" in lang.words and counts == {n: len(original[n]) for n in (1, 2, 3)}
+    assert "ZZQXWV" in (lang.lang_dir / "lexicon_g2p.txt").read_text()
+    g = lang.load_fst("G")
+    assert lang.words.id("ZZQXWV") in {arc.olabel for st in kaldifst.StateIterator(g) for arc in kaldifst.ArcIterator(g, st)}
 
 
 def test_extra_lm_text_joins_the_training_transcripts(tmp_path) -> None:
@@ -301,7 +310,7 @@ def test_extra_lm_text_joins_the_training_transcripts(tmp_path) -> None:
     text = tmp_path / "lm.txt.gz"
     messy = ["The frog jumped, on the \u201ccat\u201d."] + LM_TEXT[1:]  # normalised like the transcripts
     text.write_bytes(gzip.compress(("\n".join(messy) + "\n\n").encode()))
-    summary = prepare_lang(_sups(), tmp_path / "lang", LangConfig(), lm_text=text)
+    summary = prepare_lang(_sups(), tmp_path / "lang", LangConfig(g2p_lm_words=False), lm_text=text)
     lang = Lang.load(tmp_path / "lang")
     assert "FROG" in lang.words and "ZZQXWV" not in lang.words
     train_txt = (lang.lang_dir / "lm" / "train.txt").read_text().splitlines()
@@ -309,6 +318,10 @@ def test_extra_lm_text_joins_the_training_transcripts(tmp_path) -> None:
     assert "THE FROG JUMPED ON THE CAT" in train_txt and "THE <UNK> SAT" in train_txt
     assert summary.lm_train_sentences == len(TRAIN) + len(LM_TEXT) and "XYZZYQ QWRTXZ" in train_txt
     assert "extra text" in summary.lm_source and "FROG" in (lang.lang_dir / "lm" / "lm.arpa").read_text()
+    # By default the LM text's own words are read by G2P too, so ZZQXWV can be decoded.
+    prepare_lang(_sups(), tmp_path / "lang_g2p", LangConfig(), lm_text=text)
+    lang = Lang.load(tmp_path / "lang_g2p")
+    assert "ZZQXWV" in lang.words and "THE ZZQXWV SAT" in (lang.lang_dir / "lm" / "train.txt").read_text().splitlines()
 
 
 def test_lm_options_reject_bad_input(tmp_path) -> None:
@@ -328,4 +341,4 @@ def test_lm_options_reject_bad_input(tmp_path) -> None:
     alien = tmp_path / "alien.arpa"
     alien.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-1\t<s>\t-0.5\n-1\t</s>\n-1\tZZQXWV\n\n\\end\\\n")
     with pytest.raises(DataError, match="no word of the ARPA LM"):
-        prepare_lang(_sups(), tmp_path / "e", LangConfig(), lm_arpa=alien)
+        prepare_lang(_sups(), tmp_path / "e", LangConfig(g2p_lm_words=False), lm_arpa=alien)

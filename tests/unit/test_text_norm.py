@@ -26,7 +26,13 @@ from asr_kd.data.text_norm import NORMALIZER, normalize_transcript
         ("Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00c5ngstr\u00f6m", "CAFE NAIVE RESUME ANGSTROM"),
         ("\u00c6sop's stra\u00dfe \u00f8re", "AESOP'S STRASSE ORE"),
         ("\uff28\uff25\uff2c\uff2c\uff2f", "HELLO"),  # full-width letters fold by NFKD
-        ("chapter 12; section 3b", "CHAPTER 12 SECTION 3B"),
+        ("chapter 12; section 3b", "CHAPTER TWELVE SECTION 3B"),  # digits inside a word stay
+        ("In 1995 he paid 1,250 for 3 books", "IN NINETEEN NINETY FIVE HE PAID ONE THOUSAND TWO HUNDRED FIFTY FOR THREE BOOKS"),
+        ("the 21st, 2nd, 3rd, 11th, 12th and 100th", "THE TWENTY FIRST SECOND THIRD ELEVENTH TWELFTH AND ONE HUNDREDTH"),
+        ("in 1900, 1905, 2005 and 2024", "IN NINETEEN HUNDRED NINETEEN OH FIVE TWO THOUSAND FIVE AND TWENTY TWENTY FOUR"),
+        ("agent 007 ran 3.25 miles, then 40", "AGENT ZERO ZERO SEVEN RAN THREE POINT TWO FIVE MILES THEN FORTY"),
+        ("12,345,678 and 1000000 and 0", "TWELVE MILLION THREE HUNDRED FORTY FIVE THOUSAND SIX HUNDRED SEVENTY EIGHT AND ONE MILLION AND ZERO"),
+        ("MP3 files and 10x zoom", "MP3 FILES AND 10X ZOOM"),
     ],
 )
 def test_transcripts_follow_the_librispeech_convention(raw: str, expected: str) -> None:
