@@ -76,7 +76,8 @@ def test_egs_writes_models_soft_targets_and_table1(egs_run: tuple[Path, Path, Pa
     # Soft targets: every training cut, one row per frame, ids in range, rows summing to 1.
     soft_dir = exp / "soft_targets" / "teachers2_arithmetic_T2_k10"  # named by its settings (egs/tiny_kd/conf/kd.yaml)
     stats = json.loads((soft_dir / "stats.json").read_text())
-    assert read_record(soft_dir).config == {"fusion": "arithmetic", "num_teachers": 2, "temperature": 2.0, "top_k": 10, "train_part": "train-clean-100"}
+    assert read_record(soft_dir).config == {"fusion": "arithmetic", "num_teachers": 2, "temperature": 2.0, "top_k": 10, "train_part": "train-clean-100",
+                                         "storage": "int32-fp16"}
     soft = load_manifest(layout.soft_cuts(soft_dir))
     ali = load_manifest(layout.ali_cuts("train-clean-100"))
     assert sorted(soft.ids) == sorted(ali.ids) and stats["frames"] == sum(c.num_frames for c in ali)
