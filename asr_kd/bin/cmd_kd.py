@@ -41,8 +41,22 @@ def _teachers_arg(p: argparse.ArgumentParser, default: int | None) -> None:
 
 
 def _jobs_arg(p: argparse.ArgumentParser, what: str) -> None:
+    from asr_kd.launch import BACKENDS
+
     p.add_argument("--jobs", type=int, default=1,
                    help=f"{what} trained at once, one process each with --num-threads torch threads (default 1); the results do not depend on it")
+    p.add_argument("--cmd", choices=BACKENDS, default="local",
+                   help="where each training runs: local processes (default), a Slurm job array through submitit (slurm), or "
+                   "submitit's local executor (submitit-local: the Slurm path on this machine); the results do not depend on it")
+    p.add_argument("--cmd-config", type=Path, default=None,
+                   help="YAML of ClusterConfig fields for --cmd slurm (partition, time_min, mem_gb, cpus_per_task, gpus_per_node, "
+                   "array_parallelism, account, qos, setup): recipes/librispeech/conf/slurm.yaml")
+
+
+def _launcher(args: argparse.Namespace) -> Any:
+    from asr_kd.launch import load_launcher
+
+    return load_launcher(args.cmd, args.cmd_config)
 
 
 def _seeds_arg(p: argparse.ArgumentParser) -> None:
@@ -187,7 +201,7 @@ def _train_teachers(args: argparse.Namespace) -> int:
     common = _setup(args, "train_teachers")
     model_cfg, train_cfg = _configs(args)
     summary = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, jobs=args.jobs,
-                             num_threads=max(args.num_threads, 1), **common)
+                             num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
     for i, t in enumerate(summary["teachers"]):
         print(f"teacher{i} (seed {t['seed']}): best dev frame accuracy {t['best_dev_frame_accuracy']}")
     return 0
@@ -208,7 +222,7 @@ def _train_student(args: argparse.Namespace) -> int:
     common = _setup(args, f"train_student_{'_'.join(args.kind)}")
     model_cfg, train_cfg = _configs(args)
     runs = train_students(kinds=args.kind, model_config=model_cfg, train_config=train_cfg, kd=_kd(args), num_teachers=args.num_teachers,
-                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), **common)
+                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
     for kind, summaries in runs.items():
         for r in summaries:
             print(f"{kind} student, seed {r.get('seed')} ({r['stop_reason']}); best dev frame accuracy {r['best_dev_frame_accuracy']}")
@@ -251,7 +265,7 @@ def _temperature_sweep(args: argparse.Namespace) -> int:
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": 1, **parse_overrides(args.decode_overrides)})
     result = temperature_sweep(temperatures=args.temperatures, model_config=model_cfg, train_config=train_cfg, kd=_kd(args),
                                decode_config=decode_cfg, num_teachers=args.num_teachers, jobs=args.jobs,
-                               num_threads=max(args.num_threads, 1), **common)
+                               num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
     for t, row in result["rows"].items():
         print(f"T={t}: test frame accuracy {row['test_frame_accuracy']:.4f}, test WER {row['test_wer']:.4f}")
     return 0
