@@ -85,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _kd_args(p)
     _teachers_arg(p, None)
     p.add_argument("--max-duration", type=float, default=20.0, help="seconds of audio per inference batch (default 20: small batches keep the fusion in cache)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where the teachers score (default cpu; under torchrun, cuda means each rank's own GPU)")
     p.set_defaults(func=_make_soft_targets)
 
     p = sub.add_parser("train-student", help="stage 6: train the hard-target baseline or the distilled student",
@@ -210,10 +212,34 @@ def _train_teachers(args: argparse.Namespace) -> int:
 def _make_soft_targets(args: argparse.Namespace) -> int:
     from asr_kd.stages.s5_soft_targets import make_soft_targets
 
-    summary = make_soft_targets(kd=_kd(args), num_teachers=args.num_teachers, max_duration=args.max_duration, **_setup(args, "make_soft_targets"))
+    from asr_kd.kd.sharded_targets import ShardedPosteriors, serve_posteriors
+    from asr_kd.train.ddp import init_distributed
+
+    common, kd = _setup(args, "make_soft_targets"), _kd(args)
+    # Under torchrun every rank scores a share of the training cuts; rank 0 stores the targets.
+    info = init_distributed(args.device)
+    if info.rank > 0:
+        scored = serve_posteriors(lambda: _stage5_inputs(common["layout"], args.num_teachers), kd.temperature, kd.fusion, args.max_duration, info)
+        print(f"rank {info.rank}: scored {scored} training cuts for rank 0")
+        return 0
+    posteriors = ShardedPosteriors(info)
+    try:
+        summary = make_soft_targets(kd=kd, num_teachers=args.num_teachers, max_duration=args.max_duration, posteriors_fn=posteriors, **common)
+    finally:
+        posteriors.release()
     print(f"{summary['frames']} frames: {summary['bytes_per_frame']} bytes/frame stored vs {summary['dense_float32_bytes_per_frame']} dense; "
           f"mean KL(stored || full) {summary['mean_kl_stored_vs_full']:.4f} nats")
     return 0
+
+
+def _stage5_inputs(layout: Any, num_teachers: int | None) -> tuple[Any, Any, Any]:
+    """Stage 5's teachers, training cuts and CMVN, as :func:`make_soft_targets` reads them (for the other ranks)."""
+    from lhotse import CutSet
+
+    from asr_kd.stages.common import load_teachers
+
+    cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
+    return load_teachers(layout, num_teachers), cuts, layout.open_cmvn(layout.train_part)
 
 
 def _train_student(args: argparse.Namespace) -> int:
