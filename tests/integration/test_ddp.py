@@ -240,8 +240,8 @@ def _free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_multi_node_command_form_runs_as_two_nodes_of_one_process(tmp_path: Path) -> None:
-    # README's multi-node form (torchrun --nnodes 2 --node_rank R --rdzv_backend c10d
-    # --rdzv_endpoint HOST:PORT) with both "nodes" on this machine: two torchrun agents meet at
+    # README's multi-node form (torchrun --nnodes 2 --rdzv_backend c10d --rdzv_endpoint HOST:PORT
+    # --rdzv_id ID, the same command on every node) with both "nodes" on this machine: two torchrun agents meet at
     # the endpoint and their processes form one gloo group of 2, here stage 5's sharded inference.
     corpus = make_frame_corpus(tmp_path / "data", train_speakers=(11, 12))
     driver = tmp_path / "driver.py"
@@ -250,11 +250,11 @@ def test_the_multi_node_command_form_runs_as_two_nodes_of_one_process(tmp_path: 
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     endpoint = f"127.0.0.1:{_free_port()}"
-    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                 "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "asr-kd-test", str(driver),
                                 str(corpus.train_cuts), str(corpus.train_cmvn), str(out)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-              for node in (0, 1)]
+              for _node in range(2)]
     try:
         errors = [a.communicate(timeout=240)[1] for a in agents]
     finally:
