@@ -10,7 +10,9 @@ backend chosen like Kaldi's ``cmd.sh`` (``run.sh --cmd``):
   GPUs, how many array tasks run at once). Needs ``srun`` on PATH and an experiment folder that
   the compute nodes share.
 - ``submitit-local``: the very path of ``slurm``, on this machine (submitit's ``LocalExecutor``),
-  every job at once: a check of a set-up, and what the tests run, without a cluster.
+  every job at once and on the CPU (the executor hides the GPUs): a check of a set-up, and what
+  the tests run, without a cluster. ``jobs`` (``--nj``) applies to ``local`` only; a Slurm array
+  runs ``array_parallelism`` tasks at once.
 
 What crosses a job boundary, whatever the backend: the function's name (a module-level function
 of ``asr_kd``) and its arguments as JSON (plain values, lists, tuples, dicts, paths and the

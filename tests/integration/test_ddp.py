@@ -17,7 +17,7 @@ import torch
 from lhotse import CutSet
 
 from tests.conftest import REPO_ROOT
-from tests.unit.test_train_corpus import NUM_CLASSES, make_frame_corpus
+from tests.unit.test_train_corpus import NUM_CLASSES, FrameCorpus, make_frame_corpus
 
 # Runs in each of the two processes: trains through the library entry point, recording which cuts
 # each step of this rank used and, at the end, this rank's weights.
@@ -82,14 +82,19 @@ def run_torchrun(cmd: list[str], env: dict[str, str], timeout: int) -> None:
     assert proc.returncode == 0, stderr[-4000:]
 
 
-@pytest.mark.slow
-def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> None:
-    corpus = make_frame_corpus(tmp_path / "data", train_speakers=(11, 12, 13, 14))
+def prepare_driver(tmp_path: Path, text: str, train_speakers: tuple[int, ...] = (11, 12, 13, 14)) -> tuple[FrameCorpus, Path, Path, dict[str, str]]:
+    """Return ``(corpus, driver script, empty output folder, environment)`` of a torchrun test."""
+    corpus = make_frame_corpus(tmp_path / "data", train_speakers=train_speakers)
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(text)
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return corpus, driver, out, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.mark.slow
+def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> None:
+    corpus, driver, out, env = prepare_driver(tmp_path, DRIVER)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(driver), str(corpus.train_cuts), str(corpus.dev_cuts), str(corpus.train_cmvn), str(corpus.dev_cmvn),
@@ -199,12 +204,7 @@ def test_stage5_posteriors_under_torchrun_equal_the_single_process_ones(tmp_path
     from asr_kd.kd.ensemble import ensemble_log_posteriors
     from asr_kd.models.dnn import SplicedDnn, dnn_preset
 
-    corpus = make_frame_corpus(tmp_path / "data", train_speakers=(11, 12, 13, 14))
-    driver = tmp_path / "driver.py"
-    driver.write_text(SHARDED_DRIVER)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    corpus, driver, out, env = prepare_driver(tmp_path, SHARDED_DRIVER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
            str(corpus.train_cuts), str(corpus.train_cmvn), str(out)]
     run_torchrun(cmd, env, timeout=240)
@@ -243,12 +243,7 @@ def test_the_multi_node_command_form_runs_as_two_nodes_of_one_process(tmp_path: 
     # README's multi-node form (torchrun --nnodes 2 --rdzv_backend c10d --rdzv_endpoint HOST:PORT
     # --rdzv_id ID, the same command on every node) with both "nodes" on this machine: two torchrun agents meet at
     # the endpoint and their processes form one gloo group of 2, here stage 5's sharded inference.
-    corpus = make_frame_corpus(tmp_path / "data", train_speakers=(11, 12))
-    driver = tmp_path / "driver.py"
-    driver.write_text(SHARDED_DRIVER)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    corpus, driver, out, env = prepare_driver(tmp_path, SHARDED_DRIVER, train_speakers=(11, 12))
     endpoint = f"127.0.0.1:{_free_port()}"
     agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                 "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "asr-kd-test", str(driver),

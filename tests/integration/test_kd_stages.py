@@ -6,6 +6,7 @@ online (teachers in the loop) student. Stage 3 comes from the session's ``tiny_s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -192,3 +193,41 @@ def test_online_logit_matching_student_trains(egs_run: tuple[Path, Path, Path], 
 
     accs = [h["frame_accuracy"] for h in load_checkpoint(final)["train_state"]["history"]]
     assert accs[-1] > accs[0] and accs[-1] > 5 / read_senones(layout).num_senones, accs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m asr_kd make-soft-targets``: both ranks score teachers
+    (asr_kd/kd/sharded_targets.py), rank 0 stores; the stored archive equals a single process's."""
+    import os
+    import sys
+
+    from asr_kd.config import load_config
+    from asr_kd.stages.s5_soft_targets import make_soft_targets
+    from tests.integration.test_ddp import run_torchrun
+
+    data, exp, _ = egs_run
+    kd_yaml = EGS.parent / "conf" / "kd.yaml"
+    exps = {}
+    for name in ("single", "torchrun"):
+        exps[name] = tmp_path / name
+        exps[name].mkdir()
+        for sub in ("gmm", "teachers"):  # read-only inputs of stage 5
+            (exps[name] / sub).symlink_to(exp / sub)
+    # Small batches, so that the ranks share several.
+    single = make_soft_targets(RecipeLayout(data, exps["single"]), load_config(KdConfig, kd_yaml), max_duration=5.0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "asr_kd", "make-soft-targets",
+                  "--data-dir", str(data), "--exp-dir", str(exps["torchrun"]), "--kd-config", str(kd_yaml), "--max-duration", "5",
+                  "--num-threads", "1"], env, timeout=300)
+    records = {name: read_record(RecipeLayout(data, e).soft_dir(2, "arithmetic", 2.0, 10)) for name, e in exps.items()}
+    assert records["torchrun"].config == records["single"].config and records["torchrun"].inputs == records["single"].inputs
+    # Every stored file but the cut manifest (which names its own folder) is byte-identical.
+    stored = {name: {k: v for k, v in r.outputs.items() if not k.startswith("cuts_") and k != "stats.json"} for name, r in records.items()}
+    assert stored["torchrun"] == stored["single"] and stored["single"]
+    merged = json.loads((RecipeLayout(data, exps["torchrun"]).soft_dir(2, "arithmetic", 2.0, 10) / "stats.json").read_text())
+    assert {k: v for k, v in merged.items() if k != "seconds"} == {k: v for k, v in single.items() if k != "seconds"}
+    log = (exps["torchrun"] / "log" / "make_soft_targets.log").read_text()
+    scored = int(re.search(r"rank 1 scored (\d+) of (\d+) cuts", log).group(1))
+    assert 0 < scored < single["cuts"]
