@@ -231,3 +231,32 @@ def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[
     log = (exps["torchrun"] / "log" / "make_soft_targets.log").read_text()
     scored = int(re.search(r"rank 1 scored (\d+) of (\d+) cuts", log).group(1))
     assert 0 < scored < single["cuts"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stage4_through_submitit_gives_the_local_teachers(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``--cmd submitit-local`` (the Slurm backend's path: submitit, job files, JSON answers) from
+    the recipe's command line: the same teachers, bit for bit, as egs_run's local processes, and
+    the same stage record settings (the backend is no setting)."""
+    import torch
+
+    data, exp, _ = egs_run
+    other = tmp_path / "exp"
+    other.mkdir()
+    (other / "gmm").symlink_to(exp / "gmm")
+    out = subprocess.run(["bash", str(EGS), "--data", str(data), "--exp", str(other), "--results-md", str(tmp_path / "RESULTS.md"),
+                          "--stage", "4", "--stop-stage", "4", "--cmd", "submitit-local"], capture_output=True, text=True, timeout=500)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-4000:]}"
+    mine, theirs = read_record(other / "teachers"), read_record(exp / "teachers")
+    assert mine.config_fingerprint == theirs.config_fingerprint and mine.inputs == theirs.inputs
+    summaries = [json.loads((e / "teachers" / "summary.json").read_text()) for e in (other, exp)]
+    for s in summaries:
+        for t in s["teachers"]:
+            t.pop("train_seconds")
+    assert summaries[0] == summaries[1]
+    for i in range(2):
+        a, b = (torch.load(e / "teachers" / f"teacher{i}" / "final.pt", weights_only=True)["model"] for e in (other, exp))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # submitit ran them: one log per job, in the stage's log folder.
+    assert len(list((other / "log" / "stage4_teachers").glob("*_0_log.err"))) == 2
