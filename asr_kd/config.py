@@ -451,6 +451,10 @@ class MnistConfig:
 KD_FUSIONS = ("arithmetic", "geometric")
 KD_MODES = ("stored", "online")
 KD_LOSSES = ("soft_ce", "logit_l2")
+# How stage 5 stores each frame (asr_kd.data.stored_targets): top-k int32 ids + float16
+# probabilities (6 k bytes), top-k uint16 ids + uint8 log-probabilities (3 k bytes), or the codes
+# of a residual vector quantiser of the whole posterior (kd.codebooks bytes).
+KD_STORAGES = ("int32-fp16", "uint16-uint8", "rvq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,6 +466,8 @@ class KdConfig:
     soft targets attached to the cuts (stage 5); "online" runs the teachers in the student's loop.
     ``loss``: "soft_ce" is ``soft_weight * T^2 * CE(soft targets, student at T) + hard_weight *
     CE(labels, student at 1)``; "logit_l2" regresses the student's logits on the teachers'.
+    ``storage``: how stage 5 stores a frame (:data:`KD_STORAGES`); ``top_k`` senones are kept per
+    frame, and with "rvq" the frame is ``codebooks`` one-byte codes whose decoding keeps ``top_k``.
     """
 
     temperature: float = 2.0
@@ -471,6 +477,10 @@ class KdConfig:
     fusion: str = "arithmetic"
     mode: str = "stored"
     loss: str = "soft_ce"
+    # 8 one-byte codes a frame: within noise of 120-byte top-20 targets on mini (bench/RESULTS.md,
+    # "Compact teacher storage against accuracy"); 2.8 GB instead of 41 GB for 960 h.
+    storage: str = "rvq"
+    codebooks: int = 8  # bytes per frame of storage "rvq"
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"kd.temperature must be > 0, got {self.temperature}")
@@ -480,6 +490,8 @@ class KdConfig:
         _check(self.fusion in KD_FUSIONS, f"kd.fusion must be one of {KD_FUSIONS}, got {self.fusion!r}")
         _check(self.mode in KD_MODES, f"kd.mode must be one of {KD_MODES}, got {self.mode!r}")
         _check(self.loss in KD_LOSSES, f"kd.loss must be one of {KD_LOSSES}, got {self.loss!r}")
+        _check(self.storage in KD_STORAGES, f"kd.storage must be one of {KD_STORAGES}, got {self.storage!r}")
+        _check(1 <= self.codebooks <= 64, f"kd.codebooks must be in 1..64 (bytes per frame of storage rvq), got {self.codebooks}")
         # Stored targets keep top-k probabilities only; the teachers' logits cannot be recovered.
         _check(self.loss != "logit_l2" or self.mode == "online",
                "kd.loss=logit_l2 needs the teachers' logits: set kd.mode=online (stored targets keep top-k probabilities only)")

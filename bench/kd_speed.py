@@ -91,7 +91,8 @@ def main() -> None:
     layout = RecipeLayout(args.data, args.exp)
     summary = layout.student_dir("distilled") / "summary.json"
     made = json.loads(summary.read_text()).get("soft_targets") if read_record(layout.student_dir("distilled")) else None
-    soft_dir = None if not made else layout.soft_dir(made["num_teachers"], made["fusion"], made["temperature"], made["top_k"])
+    soft_dir = None if not made else layout.soft_dir(made["num_teachers"], made["fusion"], made["temperature"], made["top_k"],
+                                                     made.get("storage", "int32-fp16"), made.get("codebooks", 8))
     if soft_dir is None or not layout.soft_cuts(soft_dir).is_file():
         print(f"kd_speed: skipped, the distilled student (stored soft targets) of {layout.exp_dir} is missing: run `make demo` (stages 0-6) first")
         return
@@ -146,7 +147,7 @@ def main() -> None:
         + "".join(f"| {k} | {per_step[k]:.1f} | {frames[k] / med[k]:.0f} | {100 * (med[k] / med['hard'] - 1):+.1f}% |\n" for k in kinds)
         + f"\nStored soft targets cost {overhead:+.1f}% per step over hard labels only (goal: under 10%); online teachers "
         f"{online:+.1f}% ({len(teachers)} teacher forward passes per step).\n\n"
-        f"Storage: {stats['bytes_per_frame']} bytes per frame payload (top-{stats['top_k']}: int32 id + float16 probability), "
+        f"Storage: {stats['bytes_per_frame']} bytes per frame payload (top-{stats['top_k']}, kd.storage {stats.get('storage', 'int32-fp16')}), "
         f"{on_disk:.1f} bytes per frame on disk (with .npy headers), vs {dense} bytes per frame dense float32 "
         f"({dense / stats['bytes_per_frame']:.0f}x); mean KL(stored || full) {stats['mean_kl_stored_vs_full']:.4f} nats, "
         f"mass kept {stats['mean_mass_kept']:.3f}.\n\n"

@@ -78,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("make-soft-targets", help="stage 5: store the ensemble's top-k soft targets at temperature T on the training cuts",
                        description="Fuse the teachers' posteriors at kd.temperature for every training frame, keep the top kd.top_k "
-                       "(int32 ids, float16 probabilities) on the cuts: <exp>/soft_targets/teachers<N>_<fusion>_T<T>_k<k>/ with "
+                       "on the cuts in format kd.storage (rvq: kd.codebooks one-byte codes of the whole posterior; uint16-uint8 or int32-fp16: the "
+                       "top-k ids and probabilities): <exp>/soft_targets/teachers<N>_<fusion>_T<T>_k<k>[_rvq<n>|_u16u8]/ with "
                        "cuts_<train>.jsonl.gz, stats.json (bytes per frame, KL stored vs full) and provenance.json "
                        "(asr_kd/stages/s5_soft_targets.py).")
     _layout_args(p)

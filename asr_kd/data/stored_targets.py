@@ -1,9 +1,22 @@
 """The custom fields that stored soft targets occupy on cuts, and how batches read them back.
 
-Stage 5 (:mod:`asr_kd.kd.soft_targets` writes them) attaches to every training cut ``soft_ids``
-(int32) and ``soft_probs`` (float16), each (frames x k), stored in one ``npy_archive`` per folder,
-plus ``soft_temperature``. This module is the data layer's side: loading one cut's targets and
-collating a batch, so that :mod:`asr_kd.data.frames` needs nothing from the KD package.
+Stage 5 (:mod:`asr_kd.kd.soft_targets` writes them) attaches to every training cut its soft
+targets in one of three formats (``kd.storage``), stored in one ``npy_archive`` per folder, plus
+``soft_temperature``:
+
+- ``int32-fp16``: ``soft_ids`` int32 and ``soft_probs`` float16, each (frames x k): 6 k bytes a
+  frame.
+- ``uint16-uint8``: ``soft_ids`` uint16 and ``soft_probs`` uint8, the negative natural log of each
+  kept probability in steps of :data:`LOGPROB_STEP` nats (0..255, so down to about 1e-7): 3 k
+  bytes a frame. Rounding moves a probability by at most 3.2% of itself before renormalising.
+- ``rvq``: ``soft_codes`` uint8 (frames x n), one index per codebook of a residual vector
+  quantiser of the square root of the whole posterior (n bytes a frame, like icefall's MVQ codes),
+  ``soft_codebook`` (n x 256 x C, float16, one record shared by all cuts of the folder) and
+  ``soft_decode_k``, the senones a decoded frame keeps.
+
+This module is the data layer's side: loading one cut's targets, always as top-k ``(ids, probs)``
+whatever the format, and collating a batch, so that :mod:`asr_kd.data.frames` and the losses need
+nothing from the KD package and nothing about formats.
 """
 
 from __future__ import annotations
@@ -22,23 +35,86 @@ from asr_kd.errors import DataError
 SOFT_IDS = "soft_ids"
 SOFT_PROBS = "soft_probs"
 SOFT_TEMPERATURE = "soft_temperature"
+SOFT_CODES = "soft_codes"
+SOFT_CODEBOOK = "soft_codebook"
+SOFT_DECODE_K = "soft_decode_k"
+# uint8 quantised log-probabilities: stored value q means p = exp(-q * LOGPROB_STEP) before the
+# row is renormalised. 1/16 nat keeps every kept probability within 3.2% of itself and reaches
+# exp(-255/16) = 1.2e-7, far below anything a top-k of a trained ensemble keeps.
+LOGPROB_STEP = 1.0 / 16.0
+CODEBOOK_SIZE = 256  # entries per codebook: one uint8 code each
+_CODEBOOK_CACHE: dict[tuple[str, str], np.ndarray] = {}
 
 
 def has_soft_targets(cut: Cut) -> bool:
-    """Return whether ``cut`` carries stored soft targets."""
-    return cut.has_custom(SOFT_IDS) and cut.has_custom(SOFT_PROBS)
+    """Return whether ``cut`` carries stored soft targets (top-k or codes)."""
+    return (cut.has_custom(SOFT_IDS) and cut.has_custom(SOFT_PROBS)) or (cut.has_custom(SOFT_CODES) and cut.has_custom(SOFT_CODEBOOK))
+
+
+def quantise_log_probs(probs: np.ndarray) -> np.ndarray:
+    """Return ``probs`` (positive, any shape) as uint8 steps of :data:`LOGPROB_STEP` nats of
+    ``-log p`` (the ``uint16-uint8`` format); probabilities below exp(-255 step) become 255."""
+    with np.errstate(divide="ignore"):
+        steps = np.rint(-np.log(np.asarray(probs, dtype=np.float64)) / LOGPROB_STEP)
+    return np.clip(steps, 0, 255).astype(np.uint8)
+
+
+def dequantise_log_probs(steps: np.ndarray) -> np.ndarray:
+    """Return float32 probabilities from :func:`quantise_log_probs`' steps, each row renormalised
+    to sum to 1."""
+    p = np.exp(-np.asarray(steps, dtype=np.float64) * LOGPROB_STEP)
+    return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the top-``k`` ``(ids int32, probs float32)`` (frames x k) of the distributions that
+    the residual codes ``codes`` (frames x n, uint8) stand for: the sum of each frame's codewords
+    of ``codebook`` (n x 256 x C) approximates the square root of its posterior, so its positive
+    part squared and renormalised is the posterior."""
+    codes = np.asarray(codes)
+    n, size, num_classes = codebook.shape
+    if codes.ndim != 2 or codes.shape[1] != n:
+        raise ValueError(f"codes must be (frames x {n}), got shape {codes.shape}")
+    k = min(k, num_classes)
+    if codes.shape[0] == 0:
+        return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+    books = torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
+    index = torch.from_numpy(codes.astype(np.int64))
+    root = books[torch.arange(n), index].sum(dim=1)  # [frames, n, C] -> [frames, C]
+    p = root.clamp_min(0.0).square()
+    values, ids = torch.topk(p, k, dim=1)
+    mass = values.sum(dim=1, keepdim=True)
+    values = values / mass.clamp_min(1e-30)
+    values[mass.squeeze(1) <= 0, 0] = 1.0  # a reconstruction that is all <= 0 keeps only its first id
+    return ids.to(torch.int32).numpy(), values.numpy()
+
+
+def _codebook(cut: Cut) -> np.ndarray:
+    """The codebook of ``cut`` (shared by every cut of its folder: read once per process)."""
+    manifest = cut.custom[SOFT_CODEBOOK]
+    key = (str(manifest.storage_path), str(manifest.storage_key))
+    if key not in _CODEBOOK_CACHE:
+        if len(_CODEBOOK_CACHE) >= 8:
+            _CODEBOOK_CACHE.clear()
+        _CODEBOOK_CACHE[key] = cut.load_custom(SOFT_CODEBOOK).astype(np.float32)
+    return _CODEBOOK_CACHE[key]
 
 
 def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
-    """Return the stored ``(ids int32, probs float16)`` of ``cut``, each (frames x k), for the
-    cut's own time span (a truncated cut gets the matching frames).
+    """Return the stored targets of ``cut`` as top-k ``(ids, probs)``, each (frames x k), for the
+    cut's own time span (a truncated cut gets the matching frames): ids int32 or uint16, probs
+    float16 or float32 whose rows sum to 1, whatever the stored format (module docstring).
 
     Raises :class:`DataError` (one line naming the cut and the file) when the cut has no stored
     targets or their storage is missing, truncated or corrupt."""
     if not has_soft_targets(cut):
         raise DataError(f"cut {cut.id} has no stored soft targets; run stage 5 (soft targets) on these cuts or set kd.mode=online")
     try:
-        return cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
+        if cut.has_custom(SOFT_CODES):
+            k = int(cut.custom.get(SOFT_DECODE_K, CODEBOOK_SIZE))
+            return decode_codes(cut.load_custom(SOFT_CODES), _codebook(cut), k)
+        ids, probs = cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
+        return ids, (dequantise_log_probs(probs) if probs.dtype == np.uint8 else probs)
     except ArchiveError as err:  # its message names the archive and the fix
         raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
     except (OSError, ValueError) as err:

@@ -3,7 +3,8 @@
 A dense posterior over a few thousand senones costs kilobytes per 10 ms frame; the ensemble's
 posteriors are peaky, so nearly all of their mass sits in a handful of senones. Each frame is
 stored as its ``k`` most probable senone ids (int32) and their probabilities (float16),
-renormalised to sum to 1: ``6 k`` bytes instead of ``4 C``.
+renormalised to sum to 1: ``6 k`` bytes instead of ``4 C``. That is the default format;
+:mod:`asr_kd.kd.target_formats` has the compact ones (``kd.storage``).
 
 Storage goes through lhotse's array manifests: both arrays of every cut are appended, as their
 exact ``.npy`` bytes, to one archive per storage directory, ``<dir>/arrays.npa``
@@ -25,12 +26,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from lhotse import CutSet
-from lhotse.array import TemporalArray
 from lhotse.cut import Cut
 from tqdm import tqdm
 
@@ -43,6 +43,7 @@ from asr_kd.data.stored_targets import (  # noqa: F401
 )
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import TeacherEnsemble
+from asr_kd.kd.target_formats import encode_topk
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +182,13 @@ class SoftTargetStats:
         self.kl_sum += float(kl_stored_vs_full(full_probs, ids, probs).sum())
         self.mass_sum += float(topk_mass(full_probs, ids).sum())
 
-    def summary(self) -> dict[str, float]:
-        """Return frames, stored and dense float32 bytes per frame, the mean KL(stored || full)
-        and the mean mass kept."""
+    def summary(self, stored_bytes_per_frame: int | None = None) -> dict[str, float]:
+        """Return frames, stored (default: int32 + float16 top-k) and dense float32 bytes per
+        frame, the mean KL(stored || full) and the mean mass kept."""
         n = max(self.frames, 1)
         return {
             "frames": self.frames,
-            "bytes_per_frame": bytes_per_frame(self.k),
+            "bytes_per_frame": bytes_per_frame(self.k) if stored_bytes_per_frame is None else stored_bytes_per_frame,
             "dense_float32_bytes_per_frame": bytes_per_frame(self.num_classes, ["float32"]),
             "mean_kl_stored_vs_full": self.kl_sum / n,
             "mean_mass_kept": self.mass_sum / n,
@@ -206,30 +207,55 @@ def store_soft_targets(
     k: int,
     temperature: float | None = None,
     frame_shift: float = 0.01,
+    storage: str = "int32-fp16",
 ) -> CutSet:
-    """Write the soft targets ``(cut_id, ids, probs)`` into one archive,
-    ``storage_path/arrays.npa``, and attach them to the cuts.
+    """Write the top-k soft targets ``(cut_id, ids, probs)`` in format ``storage``
+    (``int32-fp16`` or ``uint16-uint8``, :mod:`asr_kd.kd.target_formats`) into one archive,
+    ``storage_path/arrays.npa``, and attach them to the cuts (:func:`store_target_arrays`).
 
-    ``ids`` (frames x ``k``, int32) and ``probs`` (frames x ``k``, float16) come from
-    :func:`topk_compress`; frames must match the cut's feature frames (or, for a cut without
-    features, its duration at ``frame_shift``). ``temperature``, if given, is recorded on each
-    cut as ``soft_temperature``. The directory ``storage_path`` is written under a temporary name
-    and renamed on success, replacing an older one (also one of per-cut ``.npy`` files); the
-    manifests name the final path.
-
-    Returns the cuts that received targets, in the order of ``cuts``, each with custom fields
-    ``soft_ids`` and ``soft_probs``. Targets for unknown cut ids are skipped, and cuts without
-    targets are left out; both are counted and logged. A cut id seen twice, or frames that do
-    not match the cut, raise :class:`DataError`.
-    """
+    ``ids`` and ``probs`` (frames x ``k``) come from :func:`topk_compress`. Returns the cuts that
+    received targets, each with custom fields ``soft_ids`` and ``soft_probs``."""
     if k < 1:
         raise ConfigError(f"top-k size must be >= 1, got {k}; set kd.top_k accordingly")
+
+    def arrays() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        for cut_id, ids, probs in targets:
+            ids, probs = _checked_shapes(cut_id, ids, probs, k)
+            yield cut_id, encode_topk(ids, probs, storage)
+
+    custom = {} if temperature is None else {SOFT_TEMPERATURE: float(temperature)}
+    return store_target_arrays(cuts, arrays(), storage_path, custom=custom, frame_shift=frame_shift)
+
+
+def store_target_arrays(
+    cuts: CutSet,
+    targets: Iterable[tuple[str, dict[str, np.ndarray]]],
+    storage_path: Path | str,
+    shared: dict[str, np.ndarray] | None = None,
+    custom: dict[str, float | int | str] | None = None,
+    frame_shift: float = 0.01,
+) -> CutSet:
+    """Write each cut's target arrays ``(cut_id, {field: array})`` (frames first) into one
+    archive, ``storage_path/arrays.npa``, and attach them to the cuts as temporal custom fields;
+    the ``shared`` arrays (e.g. a codebook) are stored once and attached to every cut, and the
+    ``custom`` values (e.g. the temperature) are set on every cut.
+
+    Every array's frames must match the cut's feature frames (or, for a cut without features,
+    its duration at ``frame_shift``). The directory ``storage_path`` is written under a temporary
+    name and renamed on success, replacing an older one (also one of per-cut ``.npy`` files); the
+    manifests name the final path.
+
+    Returns the cuts that received targets, in the order of ``cuts``. Targets for unknown cut ids
+    are skipped, and cuts without targets are left out; both are counted and logged. A cut id seen
+    twice, or frames that do not match the cut, raise :class:`DataError`.
+    """
     storage_path = Path(storage_path)
     by_id = {cut.id: cut for cut in cuts}
-    fields: dict[str, dict[str, TemporalArray]] = {}
+    fields: dict[str, dict[str, Any]] = {}
     unknown = 0
     with atomic_archive_dir(storage_path) as writer:
-        for cut_id, ids, probs in tqdm(targets, desc="storing soft targets", unit="cut", leave=False):
+        shared_fields = {name: writer.store_array(f"shared.{name}", value) for name, value in (shared or {}).items()}
+        for cut_id, arrays in tqdm(targets, desc="storing soft targets", unit="cut", leave=False):
             cut = by_id.get(cut_id)
             if cut is None:
                 unknown += 1
@@ -237,42 +263,40 @@ def store_soft_targets(
                 continue
             if cut_id in fields:
                 raise DataError(f"soft targets for cut {cut_id} were given twice; pass each cut's targets once")
-            ids, probs = _checked_targets(cut, ids, probs, k, frame_shift)
+            expected = _expected_frames(cut, frame_shift)
             shift = cut.features.frame_shift if cut.has_features else frame_shift
-            fields[cut_id] = {
-                name: writer.store_array(f"{cut_id}.{name}", value, frame_shift=shift, temporal_dim=0, start=cut.start)
-                for name, value in ((SOFT_IDS, ids), (SOFT_PROBS, probs))
-            }
+            fields[cut_id] = {}
+            for name, value in arrays.items():
+                if value.shape[0] != expected:
+                    raise DataError(
+                        f"soft targets for cut {cut_id} have {value.shape[0]} frames but the cut has {expected}; "
+                        "compute the targets from these cuts' features"
+                    )
+                fields[cut_id][name] = writer.store_array(f"{cut_id}.{name}", value, frame_shift=shift, temporal_dim=0, start=cut.start)
     out = []
     for cut in cuts:
         arrays = fields.get(cut.id)
         if arrays is None:
             continue
-        cut = cut.with_custom(SOFT_IDS, arrays[SOFT_IDS]).with_custom(SOFT_PROBS, arrays[SOFT_PROBS])
-        if temperature is not None:
-            cut = cut.with_custom(SOFT_TEMPERATURE, float(temperature))
+        for name, manifest in {**arrays, **shared_fields, **(custom or {})}.items():
+            cut = cut.with_custom(name, manifest)
         out.append(cut)
     missing = len(by_id) - len(fields)
     if unknown or missing:
         log.warning("soft targets: %d cut(s) without targets left out, %d target(s) for unknown cuts skipped", missing, unknown)
-    log.info("soft targets for %d cut(s), k=%d, written to %s", len(out), k, storage_path)
+    log.info("soft targets for %d cut(s) written to %s", len(out), storage_path)
     return CutSet.from_cuts(out)
 
 
-def _checked_targets(cut: Cut, ids: np.ndarray, probs: np.ndarray, k: int, frame_shift: float) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(ids, probs)`` as int32 / float16 after checking their shapes against the cut."""
+def _checked_shapes(cut_id: str, ids: ArrayLike, probs: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(ids, probs)`` as numpy arrays after checking that they are integer ids and
+    probabilities of one shape (frames x k)."""
     ids, probs = np.asarray(_numpy(ids)), np.asarray(_numpy(probs))
     if ids.ndim != 2 or ids.shape != probs.shape or ids.shape[1] != k:
-        raise DataError(f"soft targets for cut {cut.id}: expected ids and probs of shape (frames x {k}), got {ids.shape} and {probs.shape}")
+        raise DataError(f"soft targets for cut {cut_id}: expected ids and probs of shape (frames x {k}), got {ids.shape} and {probs.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
-        raise DataError(f"soft targets for cut {cut.id}: ids must be integers, got {ids.dtype}")
-    expected = _expected_frames(cut, frame_shift)
-    if ids.shape[0] != expected:
-        raise DataError(
-            f"soft targets for cut {cut.id} have {ids.shape[0]} frames but the cut has {expected}; "
-            "compute the targets from these cuts' features"
-        )
-    return ids.astype(ID_DTYPE, copy=False), probs.astype(PROB_DTYPE, copy=False)
+        raise DataError(f"soft targets for cut {cut_id}: ids must be integers, got {ids.dtype}")
+    return ids, probs
 
 
 def _expected_frames(cut: Cut, frame_shift: float) -> int:

@@ -136,9 +136,10 @@ class RecipeLayout:
     def teacher_dir(self, i: int) -> Path:
         return self.teachers / f"teacher{i}"
 
-    def soft_dir(self, num_teachers: int, fusion: str, temperature: float, top_k: int) -> Path:
+    def soft_dir(self, num_teachers: int, fusion: str, temperature: float, top_k: int, storage: str = "int32-fp16",
+                 codebooks: int = 8) -> Path:
         """Stage 5's folder of the soft targets made with these settings."""
-        return self.exp_dir / "soft_targets" / soft_targets_name(num_teachers, fusion, temperature, top_k)
+        return self.exp_dir / "soft_targets" / soft_targets_name(num_teachers, fusion, temperature, top_k, storage, codebooks)
 
     def soft_cuts(self, soft_dir: Path) -> Path:
         """The training cuts carrying top-k soft targets in ``soft_dir``."""
@@ -199,9 +200,12 @@ class RecipeLayout:
         return CmvnStats.load(path)
 
 
-def soft_targets_name(num_teachers: int, fusion: str, temperature: float, top_k: int) -> str:
-    """Return the folder name of hybrid soft targets: ``teachers<N>_<fusion>_T<T>_k<k>``."""
-    return f"teachers{num_teachers}_{fusion}_T{temperature:g}_k{top_k}"
+def soft_targets_name(num_teachers: int, fusion: str, temperature: float, top_k: int, storage: str = "int32-fp16",
+                      codebooks: int = 8) -> str:
+    """Return the folder name of hybrid soft targets: ``teachers<N>_<fusion>_T<T>_k<k>``, then
+    ``_u16u8`` or ``_rvq<n>`` for the compact storage formats (kd.storage)."""
+    suffix = {"int32-fp16": "", "uint16-uint8": "_u16u8", "rvq": f"_rvq{codebooks}"}[storage]
+    return f"teachers{num_teachers}_{fusion}_T{temperature:g}_k{top_k}{suffix}"
 
 
 _SET_NAME = re.compile(r"teachers(?:_shared(\d+))?(?:_guided([0-9.e+-]+))?")

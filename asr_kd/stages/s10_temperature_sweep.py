@@ -26,7 +26,7 @@ from asr_kd.report.results_md import write_section
 from asr_kd.stages.common import environment_lines, model_checkpoint
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
-from asr_kd.stages.s5_soft_targets import make_soft_targets
+from asr_kd.stages.s5_soft_targets import make_soft_targets, soft_dir_of, storage_label
 from asr_kd.stages.s6_students import train_student
 from asr_kd.stages.s7_decode import per_utterance_counts, score_system
 from asr_kd.train.frame_classifier import load_frame_classifier
@@ -56,7 +56,8 @@ def temperature_sweep(
                        {"temperatures": temps, "kd": kd, "dnn": model_config, "train": train_config, "decode": decode_config,
                         "num_teachers": num_teachers},
                        {"decode": decode_rec.fingerprint, **{f"soft_targets_T{t:g}": require_record(
-                           layout.soft_dir(int(soft[t]["num_teachers"]), kd.fusion, t, kd.top_k), "stage 5").fingerprint for t in temps}},
+                           soft_dir_of(layout, dataclasses.replace(kd, temperature=t), int(soft[t]["num_teachers"])), "stage 5").fingerprint
+                           for t in temps}},
                        command)
     sweep_path = out / "sweep.json"
     if guard.needs_work():
@@ -97,7 +98,7 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
     if command:
         lines += [f"Produced by `{command}`.", ""]
     lines += [f"One distilled student per T (seed of the first stage-6 student; soft weight {kd.soft_weight:g}, hard weight "
-              f"{kd.hard_weight:g}, top-{kd.top_k}), {test_part} decoded at the distilled student's dev-tuned acoustic scale "
+              f"{kd.hard_weight:g}, top-{kd.top_k}, storage {storage_label(kd)}), {test_part} decoded at the distilled student's dev-tuned acoustic scale "
               f"{result['acoustic_scale']:g}; differences from the baseline (mean of its {result['baseline_seeds']} seeds) with 95% "
               "paired bootstrap intervals over utterances. One seed per T: differences between temperatures smaller than the "
               "intervals are noise.", "",

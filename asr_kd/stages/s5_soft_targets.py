@@ -22,8 +22,10 @@ from tqdm import tqdm
 
 from asr_kd.config import KdConfig, save_config
 from asr_kd.errors import ConfigError, DataError
+from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TEMPERATURE
 from asr_kd.kd.ensemble import ensemble_log_posteriors
-from asr_kd.kd.soft_targets import SoftTargetStats, store_soft_targets, topk_compress
+from asr_kd.kd.soft_targets import SoftTargetStats, store_target_arrays, topk_compress
+from asr_kd.kd.target_formats import ResidualQuantiser, decode_topk, encode_topk, fit_quantiser, sample_for_fitting, storage_bytes_per_frame
 from asr_kd.stages.common import gmm_record, load_teachers, recorded_num_teachers, write_results
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, StageRecord, config_dict, read_record, require_record
@@ -35,7 +37,28 @@ HEADING = "## Soft targets (stage 5)"
 
 def soft_target_settings(kd: KdConfig, num_teachers: int, train_part: str) -> dict:
     """The settings that make soft targets what they are (the stage-5 config)."""
-    return {"temperature": kd.temperature, "top_k": kd.top_k, "fusion": kd.fusion, "num_teachers": num_teachers, "train_part": train_part}
+    settings = {"temperature": kd.temperature, "top_k": kd.top_k, "fusion": kd.fusion, "num_teachers": num_teachers,
+                "train_part": train_part, "storage": kd.storage}
+    if kd.storage == "rvq":
+        settings["codebooks"] = kd.codebooks
+    return settings
+
+
+def soft_dir_of(layout: RecipeLayout, kd: KdConfig, num_teachers: int) -> Path:
+    """Stage 5's folder for ``kd``'s settings and ``num_teachers`` teachers."""
+    return layout.soft_dir(num_teachers, kd.fusion, kd.temperature, kd.top_k, kd.storage, kd.codebooks)
+
+
+def storage_label(kd: KdConfig) -> str:
+    """``kd.storage`` in a few words: ``rvq x8`` (8 codebooks), ``uint16-uint8``, ``int32-fp16``."""
+    return f"rvq x{kd.codebooks}" if kd.storage == "rvq" else kd.storage
+
+
+STORAGE_WORDS = {
+    "int32-fp16": "int32 ids + float16 probabilities, renormalised",
+    "uint16-uint8": "uint16 ids + uint8 log-probabilities in 1/16-nat steps, renormalised",
+    "rvq": "residual VQ codes of the whole posterior, decoded to the top k",
+}
 
 
 def make_soft_targets(
@@ -43,15 +66,15 @@ def make_soft_targets(
     results_md: Path | None = None, command: str = "", posteriors_fn: Callable[..., Iterator] = ensemble_log_posteriors,
 ) -> dict[str, float]:
     """Store the ensemble's posteriors at ``kd.temperature`` (``kd.fusion``) of the first
-    ``num_teachers`` teachers (default: all of stage 4) as top-``kd.top_k`` soft targets; write
-    ``stats.json`` and return it: frames, bytes per frame stored vs dense float32, the mean
-    KL(stored || full), the mass kept and the settings. Skipped when the record matches.
-    ``posteriors_fn``: the ensemble's inference (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors`
-    under torchrun)."""
+    ``num_teachers`` teachers (default: all of stage 4) as top-``kd.top_k`` soft targets in
+    format ``kd.storage``; write ``stats.json`` and return it: frames, bytes per frame stored vs
+    dense float32, the mean KL(stored || full) and mass kept of what a student reads back, and the
+    settings. Skipped when the record matches. ``posteriors_fn``: the ensemble's inference over the
+    training cuts (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors` under torchrun)."""
     n = recorded_num_teachers(layout) if num_teachers is None else num_teachers
     if n < 1:
         raise ConfigError(f"--num-teachers must be >= 1, got {n}")
-    out = layout.soft_dir(n, kd.fusion, kd.temperature, kd.top_k)
+    out = soft_dir_of(layout, kd, n)
     teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
     guard = StageGuard("stage 5 (soft targets)", out, soft_target_settings(kd, n, layout.train_part),
                        {"teachers": teachers_rec.fingerprint, "gmm": gmm_record(layout).fingerprint}, command)
@@ -62,20 +85,33 @@ def make_soft_targets(
         cmvn = layout.open_cmvn(layout.train_part)
         stats = SoftTargetStats()
         start = time.time()
+        quantiser = _fit_quantiser(teachers, cuts, cmvn, kd, max_duration) if kd.storage == "rvq" else None
 
-        def targets() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        def targets() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
             posteriors = posteriors_fn(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration)
             for cut, log_probs in tqdm(posteriors, total=len(cuts), desc="ensemble soft targets", unit="cut", leave=False):
                 full = log_probs.exp()
-                ids, probs = topk_compress(full, kd.top_k)
-                stats.update(full.numpy(), ids, probs)
-                yield cut.id, ids, probs
+                if quantiser is not None:
+                    arrays = quantiser.arrays(full)
+                    ids, probs = quantiser.decode(arrays[SOFT_CODES], kd.top_k)
+                else:
+                    arrays = encode_topk(*topk_compress(full, kd.top_k), kd.storage)
+                    ids, probs = decode_topk(arrays)
+                stats.update(full.numpy(), ids, probs)  # what the student will read back
+                yield cut.id, arrays
 
-        stored = store_soft_targets(cuts, targets(), out / f"storage_{layout.train_part}", kd.top_k, kd.temperature)
+        custom: dict = {SOFT_TEMPERATURE: float(kd.temperature)}
+        shared = None
+        if quantiser is not None:
+            shared, custom[SOFT_DECODE_K] = {SOFT_CODEBOOK: quantiser.codebooks}, kd.top_k
+        stored = store_target_arrays(cuts, targets(), out / f"storage_{layout.train_part}", shared=shared, custom=custom)
         with atomic_path(layout.soft_cuts(out)) as tmp:
             stored.to_file(tmp)
-        summary = {**stats.summary(), "num_teachers": n, "temperature": kd.temperature, "top_k": kd.top_k,
-                   "fusion": kd.fusion, "cuts": len(stored), "seconds": round(time.time() - start, 1)}
+        summary = {**stats.summary(storage_bytes_per_frame(kd.storage, kd.top_k, kd.codebooks)), "num_teachers": n,
+                   "temperature": kd.temperature, "top_k": kd.top_k, "fusion": kd.fusion, "storage": kd.storage,
+                   "cuts": len(stored), "seconds": round(time.time() - start, 1)}
+        if quantiser is not None:
+            summary.update(codebooks=kd.codebooks, codebook_bytes=int(quantiser.codebooks.nbytes))
         save_config(kd, out / "kd.yaml")
         write_json_atomic(stats_path, summary)
         guard.finish([stats_path, layout.soft_cuts(out), out / f"storage_{layout.train_part}" / "arrays.npa"])
@@ -84,8 +120,10 @@ def make_soft_targets(
     log.info("soft targets: %d frames, %d bytes/frame stored vs %d dense float32, mean KL(stored || full) %.4f nats, mass kept %.3f",
              summary["frames"], summary["bytes_per_frame"], summary["dense_float32_bytes_per_frame"],
              summary["mean_kl_stored_vs_full"], summary["mean_mass_kept"])
+    storage = summary.get("storage", "int32-fp16")
+    codes = f"{kd.codebooks} one-byte codes, " if storage == "rvq" else ""
     body = (f"Ensemble of {n} teachers ({kd.fusion} mean) at T = {kd.temperature:g}, top-{kd.top_k} per frame "
-            f"(int32 ids + float16 probabilities, renormalised), {summary['frames']} training frames in {summary['cuts']} cuts, "
+            f"({codes}{STORAGE_WORDS[storage]}; kd.storage={storage}), {summary['frames']} training frames in {summary['cuts']} cuts, "
             f"stored in `{out.name}`.\n\n"
             "| Bytes per frame stored | Dense float32 | Ratio | Mean mass kept | Mean KL(stored ‖ full), nats |\n|---|---|---|---|---|\n"
             f"| {summary['bytes_per_frame']} | {summary['dense_float32_bytes_per_frame']} | "
@@ -102,12 +140,12 @@ def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | No
     DataError in one line, for ``user`` (e.g. "stage 6"), when none match: naming the settings
     asked for, the soft targets that exist, and the stage to run."""
     n = recorded_num_teachers(layout) if num_teachers is None else num_teachers
-    out = layout.soft_dir(n, kd.fusion, kd.temperature, kd.top_k)
+    out = soft_dir_of(layout, kd, n)
     record = read_record(out)
     if record is None:
         existing = sorted(p.name for p in (layout.exp_dir / "soft_targets").glob("*") if read_record(p) is not None)
         raise DataError(
-            f"{user}: no soft targets with T={kd.temperature:g}, top-{kd.top_k}, {kd.fusion} fusion of {n} teachers ({out} is unfinished; "
+            f"{user}: no soft targets with T={kd.temperature:g}, top-{kd.top_k}, storage {storage_label(kd)}, {kd.fusion} fusion of {n} teachers ({out} is unfinished; "
             f"finished: {', '.join(existing) or 'none'}); run stage 5 with the same kd config and --num-teachers first")
     teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
     if record.inputs.get("teachers") != teachers.fingerprint:
@@ -116,3 +154,13 @@ def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | No
     if record.config != config_dict(soft_target_settings(kd, n, layout.train_part)):
         raise DataError(f"{user}: {out}/provenance.json records settings {record.config}, not those asked for; rerun stage 5")
     return layout.soft_cuts(out), record
+
+
+def _fit_quantiser(teachers: list, cuts: CutSet, cmvn, kd: KdConfig, max_duration: float) -> ResidualQuantiser:
+    """Fit the ``rvq`` codebooks on the ensemble's posteriors of a seeded random sample of the
+    training cuts (:func:`asr_kd.kd.target_formats.sample_for_fitting`)."""
+    num_classes = int(next(ensemble_log_posteriors(teachers, [next(iter(cuts))], cmvn, kd.temperature, kd.fusion, max_duration))[1].shape[1])
+    sample = sample_for_fitting(list(cuts), num_classes)
+    log.info("fitting %d codebooks of 256 entries on %d sampled cuts", kd.codebooks, len(sample))
+    posteriors = (lp.exp() for _, lp in ensemble_log_posteriors(teachers, sample, cmvn, kd.temperature, kd.fusion, max_duration))
+    return fit_quantiser(posteriors, kd.codebooks)

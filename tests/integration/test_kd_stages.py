@@ -196,10 +196,54 @@ def test_online_logit_matching_student_trains(egs_run: tuple[Path, Path, Path], 
 
 
 @pytest.mark.slow
+def test_compact_storage_formats_through_stages_5_and_6(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """kd.storage: the compact formats are made by stage 5 beside the default one, read by a
+    student, and a student asking for a format that was not made is refused by name."""
+    import dataclasses
+
+    from asr_kd.config import load_config
+    from asr_kd.errors import DataError
+    from asr_kd.stages.s5_soft_targets import find_soft_targets, make_soft_targets
+    from asr_kd.stages.s6_students import train_student
+
+    data, exp, _ = egs_run
+    other = tmp_path / "exp"
+    other.mkdir()
+    for name in ("gmm", "teachers"):
+        (other / name).symlink_to(exp / name)
+    layout = RecipeLayout(data, other)
+    base = load_config(KdConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml")
+    default = make_soft_targets(layout, base)
+    compact = make_soft_targets(layout, dataclasses.replace(base, storage="uint16-uint8"))
+    rvq = make_soft_targets(layout, dataclasses.replace(base, storage="rvq", codebooks=4))
+    assert (default["bytes_per_frame"], compact["bytes_per_frame"], rvq["bytes_per_frame"]) == (6 * base.top_k, 3 * base.top_k, 4)
+    assert default["frames"] == compact["frames"] == rvq["frames"] > 0
+    # Quantising the log-probabilities to 1/16 nat leaves the same top k, within 0.01 nats of KL.
+    assert compact["mean_mass_kept"] == pytest.approx(default["mean_mass_kept"], abs=1e-6)
+    assert abs(compact["mean_kl_stored_vs_full"] - default["mean_kl_stored_vs_full"]) < 0.01
+    # The codes stand for the whole posterior: their decoded top k keep less mass than the exact
+    # top k (which keeps the most any k senones can) but far more than k of 150 senones taken at
+    # random (6.7%). Measured on tiny's weak teachers at T = 2 with 4 codebooks: 36%.
+    assert rvq["codebook_bytes"] == 4 * 256 * read_senones(layout).num_senones * 2
+    assert 0.25 < rvq["mean_mass_kept"] <= default["mean_mass_kept"], (rvq, default)
+    kd = dataclasses.replace(base, storage="rvq", codebooks=4)
+    cuts, _ = find_soft_targets(layout, kd, None, "test")
+    assert cuts.parent.name.endswith("_rvq4")
+    summary = train_student(layout, "distilled", dnn_preset("tiny"),
+                            TrainConfig(num_epochs=1, max_duration=10.0, warmup_steps=5, lr=3e-3, lr_schedule="constant", seed=0), kd)
+    assert summary["steps"] > 0 and summary["soft_targets"]["storage"] == "rvq"
+    with pytest.raises(DataError, match="storage rvq x8"):
+        find_soft_targets(layout, dataclasses.replace(kd, codebooks=8), None, "stage 6")
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["int32-fp16", "rvq"])
+def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[Path, Path, Path], tmp_path: Path, storage: str) -> None:
     """``torchrun --nproc_per_node 2 -m asr_kd make-soft-targets``: both ranks score teachers
-    (asr_kd/kd/sharded_targets.py), rank 0 stores; the stored archive equals a single process's."""
+    (asr_kd/kd/sharded_targets.py), rank 0 stores; the stored archive equals a single process's,
+    in the top-k format and in rvq (whose codebooks rank 0 fits first, alone)."""
+    import dataclasses
     import os
     import sys
 
@@ -209,6 +253,7 @@ def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[
 
     data, exp, _ = egs_run
     kd_yaml = EGS.parent / "conf" / "kd.yaml"
+    kd = dataclasses.replace(load_config(KdConfig, kd_yaml), storage=storage)
     exps = {}
     for name in ("single", "torchrun"):
         exps[name] = tmp_path / name
@@ -216,17 +261,18 @@ def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[
         for sub in ("gmm", "teachers"):  # read-only inputs of stage 5
             (exps[name] / sub).symlink_to(exp / sub)
     # Small batches, so that the ranks share several.
-    single = make_soft_targets(RecipeLayout(data, exps["single"]), load_config(KdConfig, kd_yaml), max_duration=5.0)
+    single = make_soft_targets(RecipeLayout(data, exps["single"]), kd, max_duration=5.0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "asr_kd", "make-soft-targets",
-                  "--data-dir", str(data), "--exp-dir", str(exps["torchrun"]), "--kd-config", str(kd_yaml), "--max-duration", "5",
-                  "--num-threads", "1"], env, timeout=300)
-    records = {name: read_record(RecipeLayout(data, e).soft_dir(2, "arithmetic", 2.0, 10)) for name, e in exps.items()}
+                  "--data-dir", str(data), "--exp-dir", str(exps["torchrun"]), "--kd-config", str(kd_yaml), "--kd-set", f"storage={storage}",
+                  "--max-duration", "5", "--num-threads", "1"], env, timeout=300)
+    dirs = {name: RecipeLayout(data, e).soft_dir(2, kd.fusion, kd.temperature, kd.top_k, kd.storage, kd.codebooks) for name, e in exps.items()}
+    records = {name: read_record(d) for name, d in dirs.items()}
     assert records["torchrun"].config == records["single"].config and records["torchrun"].inputs == records["single"].inputs
     # Every stored file but the cut manifest (which names its own folder) is byte-identical.
     stored = {name: {k: v for k, v in r.outputs.items() if not k.startswith("cuts_") and k != "stats.json"} for name, r in records.items()}
     assert stored["torchrun"] == stored["single"] and stored["single"]
-    merged = json.loads((RecipeLayout(data, exps["torchrun"]).soft_dir(2, "arithmetic", 2.0, 10) / "stats.json").read_text())
+    merged = json.loads((dirs["torchrun"] / "stats.json").read_text())
     assert {k: v for k, v in merged.items() if k != "seconds"} == {k: v for k, v in single.items() if k != "seconds"}
     log = (exps["torchrun"] / "log" / "make_soft_targets.log").read_text()
     scored = int(re.search(r"rank 1 scored (\d+) of (\d+) cuts", log).group(1))

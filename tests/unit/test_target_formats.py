@@ -1,0 +1,156 @@
+"""Compact soft-target formats (asr_kd.kd.target_formats, read back by asr_kd.data.stored_targets):
+uint16 ids + uint8 log-probabilities, and residual VQ codes of the whole posterior."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, load_manifest
+
+from asr_kd.config import KdConfig
+from asr_kd.data.array_archive import ARCHIVE_NAME
+from asr_kd.data.stored_targets import (
+    LOGPROB_STEP, SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, collate_soft_targets, dequantise_log_probs, has_soft_targets,
+    load_soft_targets, quantise_log_probs,
+)
+from asr_kd.errors import ConfigError
+from asr_kd.kd.soft_targets import kl_stored_vs_full, store_soft_targets, store_target_arrays, topk_compress
+from asr_kd.kd.target_formats import ResidualQuantiser, encode_topk, sample_for_fitting, storage_bytes_per_frame
+from asr_kd.stages.layout import soft_targets_name
+
+NUM_CLASSES = 60
+K = 5
+
+
+def _posteriors(seed: int, frames: int, classes: int = NUM_CLASSES, scale: float = 4.0) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(scale * torch.randn(frames, classes, generator=g, dtype=torch.float64), -1).numpy()
+
+
+def _clustered_posteriors(seed: int, frames: int, classes: int = NUM_CLASSES, prototypes: int = 12) -> np.ndarray:
+    """Posteriors like an acoustic model's: each frame near one of a few senone-like prototypes."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 5.0 * torch.randn(prototypes, classes, generator=g, dtype=torch.float64)
+    which = torch.randint(prototypes, (frames,), generator=g)
+    return torch.softmax(centres[which] + 0.5 * torch.randn(frames, classes, generator=g, dtype=torch.float64), -1).numpy()
+
+
+@pytest.fixture(scope="module")
+def fbank_cuts(tmp_path_factory) -> CutSet:
+    """Cuts of real (noise) audio with real fbank features."""
+    root = tmp_path_factory.mktemp("cuts")
+    rng = np.random.default_rng(0)
+    recordings = []
+    for i, seconds in enumerate((0.53, 1.0, 1.37)):
+        path = root / f"utt{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(round(seconds * 16000))).astype(np.float32), 16000)
+        recordings.append(Recording.from_file(path, recording_id=f"spk0-utt{i}"))
+    cuts = CutSet.from_manifests(recordings=recordings)
+    with LilcomChunkyWriter(root / "feats") as writer:
+        return CutSet.from_cuts(c.compute_and_store_features(Fbank(FbankConfig(num_filters=40)), writer) for c in cuts)
+
+
+def test_log_probability_quantisation_keeps_each_probability_within_its_step():
+    p = _posteriors(0, 200)
+    ids, probs = topk_compress(p, K)
+    kept = np.take_along_axis(p, ids.astype(np.int64), 1)
+    kept = kept / kept.sum(1, keepdims=True)
+    q = quantise_log_probs(kept)
+    assert q.dtype == np.uint8
+    back = np.exp(-q.astype(np.float64) * LOGPROB_STEP)
+    # Before renormalising, each value is within half a step (1/32 nat) of the original.
+    assert np.all(np.abs(np.log(back) - np.log(kept)) <= LOGPROB_STEP / 2 + 1e-9)
+    restored = dequantise_log_probs(q)
+    assert restored.dtype == np.float32 and np.allclose(restored.sum(1), 1.0, atol=1e-5)
+    # After renormalising, within 2 half-steps: about 6.5% of each probability at most.
+    assert np.all(np.abs(np.log(restored) - np.log(kept)) <= LOGPROB_STEP + 1e-6)
+    assert quantise_log_probs(np.array([1.0, 1e-12]))[1] == 255  # far below the range: the last step
+
+
+def test_compact_top_k_round_trips_through_storage_at_half_the_bytes(fbank_cuts, tmp_path):
+    targets = {c.id: topk_compress(_posteriors(i, c.num_frames), K) for i, c in enumerate(fbank_cuts)}
+    sizes = {}
+    for storage in ("int32-fp16", "uint16-uint8"):
+        stored = store_soft_targets(fbank_cuts, ((cid, *t) for cid, t in targets.items()), tmp_path / storage, K, temperature=1.0,
+                                    storage=storage)
+        stored.to_file(tmp_path / f"{storage}.jsonl.gz")
+        sizes[storage] = (tmp_path / storage / ARCHIVE_NAME).stat().st_size
+        for cut in load_manifest(tmp_path / f"{storage}.jsonl.gz"):
+            ids, probs = load_soft_targets(cut)
+            want_ids, want_probs = targets[cut.id]
+            assert np.array_equal(ids.astype(np.int32), want_ids)
+            assert np.allclose(probs.sum(1), 1.0, atol=1e-3)
+            tolerance = 1e-3 if storage == "int32-fp16" else 0.07
+            assert np.allclose(probs.astype(np.float64), want_probs.astype(np.float64), rtol=tolerance, atol=1e-4)
+            if storage == "uint16-uint8":
+                assert ids.dtype == np.uint16 and probs.dtype == np.float32
+    frames = sum(c.num_frames for c in fbank_cuts)
+    payload = {s: storage_bytes_per_frame(s, K, 8) * frames for s in sizes}
+    assert payload == {"int32-fp16": 30 * frames, "uint16-uint8": 15 * frames}
+    # The archive is the payload plus one .npy header per array: the compact one is about half.
+    assert sizes["uint16-uint8"] - payload["uint16-uint8"] == pytest.approx(sizes["int32-fp16"] - payload["int32-fp16"], abs=64)
+
+
+def test_uint16_ids_refuse_more_than_65536_senones():
+    with pytest.raises(ConfigError, match="uint16-uint8"):
+        encode_topk(np.array([[70_000]]), np.array([[1.0]]), "uint16-uint8")
+    with pytest.raises(ConfigError, match="kd.storage"):
+        KdConfig(storage="int4")
+    with pytest.raises(ConfigError, match="kd.codebooks"):
+        KdConfig(storage="rvq", codebooks=0)
+
+
+def test_residual_codes_approach_the_posteriors_as_codebooks_are_added():
+    frames = torch.from_numpy(_clustered_posteriors(0, 3500))
+    train, held_out = frames[:3000], frames[3000:]
+    kls = []
+    for books in (1, 2, 4):
+        quantiser = ResidualQuantiser.fit(train, books, seed=0)
+        assert quantiser.codebooks.shape == (books, 256, NUM_CLASSES) and quantiser.codebooks.dtype == np.float16
+        codes = quantiser.encode(held_out)
+        assert codes.dtype == np.uint8 and codes.shape == (500, books)
+        ids, probs = quantiser.decode(codes, NUM_CLASSES)
+        kls.append(float(kl_stored_vs_full(held_out.numpy(), ids, probs).mean()))
+    assert kls[0] > kls[1] > kls[2]
+    # A broken quantiser (codes ignored, or decoding to the mean posterior) stays near the KL of
+    # the mean: here far above what 4 codebooks reach.
+    mean = held_out.mean(0, keepdim=True).expand_as(held_out).numpy()
+    mean_ids, mean_probs = topk_compress(mean, NUM_CLASSES)
+    assert kls[2] < 0.2 * float(kl_stored_vs_full(held_out.numpy(), mean_ids, mean_probs).mean())
+
+
+def test_codes_stored_on_cuts_decode_to_the_quantisers_top_k(fbank_cuts, tmp_path):
+    posteriors = {c.id: torch.from_numpy(_clustered_posteriors(i, c.num_frames)) for i, c in enumerate(fbank_cuts)}
+    quantiser = ResidualQuantiser.fit(torch.cat(list(posteriors.values())), 3, seed=0)
+    stored = store_target_arrays(fbank_cuts, ((cid, quantiser.arrays(p)) for cid, p in posteriors.items()), tmp_path / "rvq",
+                                 shared={SOFT_CODEBOOK: quantiser.codebooks}, custom={SOFT_DECODE_K: K})
+    stored.to_file(tmp_path / "rvq.jsonl.gz")
+    cuts = load_manifest(tmp_path / "rvq.jsonl.gz").shuffle(random.Random(0))
+    # The codebook is stored once for all cuts.
+    assert len({c.custom[SOFT_CODEBOOK].storage_key for c in cuts}) == 1
+    for cut in cuts:
+        assert has_soft_targets(cut) and cut.custom[SOFT_CODES].shape == [cut.num_frames, 3]
+        ids, probs = load_soft_targets(cut)
+        want_ids, want_probs = quantiser.decode(quantiser.encode(posteriors[cut.id]), K)
+        assert np.array_equal(ids, want_ids) and np.allclose(probs, want_probs)
+        assert ids.shape == (cut.num_frames, K)
+    batch_ids, batch_probs = collate_soft_targets(list(cuts))
+    assert batch_ids.shape[2] == K and torch.allclose(batch_probs.sum(-1)[batch_probs.sum(-1) > 0], torch.tensor(1.0), atol=1e-5)
+
+
+def test_fitting_sample_is_seeded_and_bounded(fbank_cuts):
+    cuts = list(fbank_cuts)
+    a, b = sample_for_fitting(cuts, 500, seed=3), sample_for_fitting(cuts, 500, seed=3)
+    assert [c.id for c in a] == [c.id for c in b] and len(a) == len(cuts)  # 3 short cuts fit the budget
+    # Many classes shrink the budget to one cut at least.
+    assert len(sample_for_fitting(cuts, 10**9)) == 1
+
+
+def test_soft_target_folders_are_named_by_their_format():
+    assert soft_targets_name(4, "arithmetic", 1.0, 20) == "teachers4_arithmetic_T1_k20"
+    assert soft_targets_name(4, "arithmetic", 1.0, 5, "uint16-uint8") == "teachers4_arithmetic_T1_k5_u16u8"
+    assert soft_targets_name(4, "arithmetic", 1.0, 20, "rvq", 8) == "teachers4_arithmetic_T1_k20_rvq8"
