@@ -42,8 +42,22 @@ def _teachers_arg(p: argparse.ArgumentParser, default: int | None) -> None:
 
 
 def _jobs_arg(p: argparse.ArgumentParser, what: str) -> None:
+    from asr_kd.launch import BACKENDS
+
     p.add_argument("--jobs", type=int, default=1,
                    help=f"{what} trained at once, one process each with --num-threads torch threads (default 1); the results do not depend on it")
+    p.add_argument("--cmd", choices=BACKENDS, default="local",
+                   help="where each training runs: local processes (default), a Slurm job array through submitit (slurm), or "
+                   "submitit's local executor (submitit-local: the Slurm path on this machine); the results do not depend on it")
+    p.add_argument("--cmd-config", type=Path, default=None,
+                   help="YAML of ClusterConfig fields for --cmd slurm (partition, time_min, mem_gb, cpus_per_task, gpus_per_node, "
+                   "array_parallelism, account, qos, setup): recipes/librispeech/conf/slurm.yaml")
+
+
+def _launcher(args: argparse.Namespace) -> Any:
+    from asr_kd.launch import load_launcher
+
+    return load_launcher(args.cmd, args.cmd_config)
 
 
 def _seeds_arg(p: argparse.ArgumentParser) -> None:
@@ -73,6 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _kd_args(p)
     _teachers_arg(p, None)
     p.add_argument("--max-duration", type=float, default=20.0, help="seconds of audio per inference batch (default 20: small batches keep the fusion in cache)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where the teachers score (default cpu; under torchrun, cuda means each rank's own GPU)")
     p.set_defaults(func=_make_soft_targets)
 
     p = sub.add_parser("train-student", help="stage 6: train the hard-target baseline or the distilled student",
@@ -202,7 +218,7 @@ def _train_teachers(args: argparse.Namespace) -> int:
     common = _setup(args, "train_teachers")
     model_cfg, train_cfg = _configs(args)
     summary = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, jobs=args.jobs,
-                             num_threads=max(args.num_threads, 1), **common)
+                             num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
     for i, t in enumerate(summary["teachers"]):
         print(f"teacher{i} (seed {t['seed']}): best dev frame accuracy {t['best_dev_frame_accuracy']}")
     return 0
@@ -211,10 +227,34 @@ def _train_teachers(args: argparse.Namespace) -> int:
 def _make_soft_targets(args: argparse.Namespace) -> int:
     from asr_kd.stages.s5_soft_targets import make_soft_targets
 
-    summary = make_soft_targets(kd=_kd(args), num_teachers=args.num_teachers, max_duration=args.max_duration, **_setup(args, "make_soft_targets"))
+    from asr_kd.kd.sharded_targets import ShardedPosteriors, serve_posteriors
+    from asr_kd.train.ddp import init_distributed
+
+    common, kd = _setup(args, "make_soft_targets"), _kd(args)
+    # Under torchrun every rank scores a share of the training cuts; rank 0 stores the targets.
+    info = init_distributed(args.device)
+    if info.rank > 0:
+        scored = serve_posteriors(lambda: _stage5_inputs(common["layout"], args.num_teachers), kd.temperature, kd.fusion, args.max_duration, info)
+        print(f"rank {info.rank}: scored {scored} training cuts for rank 0")
+        return 0
+    posteriors = ShardedPosteriors(info)
+    try:
+        summary = make_soft_targets(kd=kd, num_teachers=args.num_teachers, max_duration=args.max_duration, posteriors_fn=posteriors, **common)
+    finally:
+        posteriors.release()
     print(f"{summary['frames']} frames: {summary['bytes_per_frame']} bytes/frame stored vs {summary['dense_float32_bytes_per_frame']} dense; "
           f"mean KL(stored || full) {summary['mean_kl_stored_vs_full']:.4f} nats")
     return 0
+
+
+def _stage5_inputs(layout: Any, num_teachers: int | None) -> tuple[Any, Any, Any]:
+    """Stage 5's teachers, training cuts and CMVN, as :func:`make_soft_targets` reads them (for the other ranks)."""
+    from lhotse import CutSet
+
+    from asr_kd.stages.common import load_teachers
+
+    cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
+    return load_teachers(layout, num_teachers), cuts, layout.open_cmvn(layout.train_part)
 
 
 def _train_student(args: argparse.Namespace) -> int:
@@ -223,7 +263,7 @@ def _train_student(args: argparse.Namespace) -> int:
     common = _setup(args, f"train_student_{'_'.join(args.kind)}")
     model_cfg, train_cfg = _configs(args)
     runs = train_students(kinds=args.kind, model_config=model_cfg, train_config=train_cfg, kd=_kd(args), num_teachers=args.num_teachers,
-                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), **common)
+                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
     for kind, summaries in runs.items():
         for r in summaries:
             print(f"{kind} student, seed {r.get('seed')} ({r['stop_reason']}); best dev frame accuracy {r['best_dev_frame_accuracy']}")
@@ -266,7 +306,7 @@ def _temperature_sweep(args: argparse.Namespace) -> int:
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": 1, **parse_overrides(args.decode_overrides)})
     result = temperature_sweep(temperatures=args.temperatures, model_config=model_cfg, train_config=train_cfg, kd=_kd(args),
                                decode_config=decode_cfg, num_teachers=args.num_teachers, jobs=args.jobs,
-                               num_threads=max(args.num_threads, 1), **common)
+                               num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
     for t, row in result["rows"].items():
         print(f"T={t}: test frame accuracy {row['test_frame_accuracy']:.4f}, test WER {row['test_wer']:.4f}")
     return 0

@@ -45,7 +45,8 @@ IN_PROGRESS_NAME = ".in_progress.json"
 ON_CHANGE_ENV = "ASR_KD_ON_CHANGE"
 ON_CHANGE_CHOICES = ("redo", "stop")
 # Settings that change how fast a stage runs or how much it logs, never what it makes.
-NEUTRAL_KEYS = frozenset({"num_jobs", "num_workers", "log_every_steps", "checkpoint_every_steps", "keep_last_checkpoints"})
+# "launcher": where jobs run (asr_kd.launch: local processes or Slurm) never changes what they make.
+NEUTRAL_KEYS = frozenset({"num_jobs", "num_workers", "log_every_steps", "checkpoint_every_steps", "keep_last_checkpoints", "launcher"})
 # Output files up to this size are hashed when a stage is skipped; larger ones are checked by size.
 HASH_ON_SKIP_BYTES = 64 << 20
 

@@ -20,11 +20,11 @@ from typing import Sequence
 
 from asr_kd.config import DecodeConfig, DnnConfig, KdConfig, TrainConfig
 from asr_kd.errors import ConfigError
+from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.common import environment_lines, model_checkpoint
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.parallel import run_jobs
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import make_soft_targets, soft_dir_of, storage_label
 from asr_kd.stages.s6_students import train_student
@@ -39,7 +39,7 @@ HEADING = "## Temperature sweep: the distilled student at several T (stage 10)"
 def temperature_sweep(
     layout: RecipeLayout, temperatures: Sequence[float], model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
     decode_config: DecodeConfig, num_teachers: int | None = None, jobs: int = 1, num_threads: int = 1,
-    results_md: Path | None = None, command: str = "",
+    results_md: Path | None = None, command: str = "", launcher: Launcher | None = None,
 ) -> dict:
     """Run the sweep over ``temperatures`` (``kd`` otherwise as stage 6's) and return ``sweep.json``'s
     contents: per T the soft targets' statistics, the student's dev and test frame accuracy, its
@@ -63,7 +63,7 @@ def temperature_sweep(
     if guard.needs_work():
         runs = [(layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t), num_teachers, None, command, 0,
                  out / f"T{t:g}") for t in temps]
-        summaries = run_jobs(train_student, runs, jobs, num_threads)
+        summaries = launch_jobs(train_student, runs, launcher, jobs, num_threads, layout.exp_dir / "log", "stage10_students")
         stored = read_json(table1)
         assert isinstance(stored, dict)
         scale = stored["distilled"][layout.test_part]["acoustic_scale"]

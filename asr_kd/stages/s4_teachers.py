@@ -16,9 +16,9 @@ from pathlib import Path
 
 from asr_kd.config import DnnConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
+from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.stages.common import describe_dnn, fmt_pct, gmm_record, read_senones, write_results
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.parallel import run_jobs
 from asr_kd.stages.provenance import StageGuard
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import train_frame_classifier
@@ -46,11 +46,11 @@ def _train_teacher(layout: RecipeLayout, i: int, num_teachers: int, num_senones:
 
 def train_teachers(
     layout: RecipeLayout, num_teachers: int, model_config: DnnConfig, train_config: TrainConfig,
-    results_md: Path | None = None, command: str = "", jobs: int = 1, num_threads: int = 1,
+    results_md: Path | None = None, command: str = "", jobs: int = 1, num_threads: int = 1, launcher: Launcher | None = None,
 ) -> dict:
-    """Train ``num_teachers`` DNNs (seeds ``train_config.seed + i``) in ``<exp>/teachers``, ``jobs``
-    at a time in separate processes of ``num_threads`` torch threads, or skip them when the
-    stage's record matches. Returns ``{"teachers": [{"seed", "steps", "best_dev_frame_accuracy",
+    """Train ``num_teachers`` DNNs (seeds ``train_config.seed + i``) in ``<exp>/teachers``, one
+    job each of ``launcher`` (default: local processes, ``jobs`` at a time, of ``num_threads`` torch
+    threads), or skip them when the stage's record matches. Returns ``{"teachers": [{"seed", "steps", "best_dev_frame_accuracy",
     "stop_reason", "train_seconds"}, ...]}`` (also stored in ``summary.json``)."""
     if num_teachers < 1:
         raise ConfigError(f"--num-teachers must be >= 1, got {num_teachers}")
@@ -62,8 +62,8 @@ def train_teachers(
     summary_path = layout.teachers / "summary.json"
     if guard.needs_work():
         start = time.time()
-        teachers = run_jobs(_train_teacher, [(layout, i, num_teachers, senones.num_senones, model_config, train_config) for i in range(num_teachers)],
-                            jobs, num_threads)
+        teachers = launch_jobs(_train_teacher, [(layout, i, num_teachers, senones.num_senones, model_config, train_config) for i in range(num_teachers)],
+                               launcher, jobs, num_threads, layout.exp_dir / "log", "stage4_teachers")
         log.info("%d teachers trained in %.0f s with %d job(s)", num_teachers, time.time() - start, jobs)
         save_config(model_config, layout.teachers / "dnn.yaml")
         save_config(train_config, layout.teachers / "train.yaml")

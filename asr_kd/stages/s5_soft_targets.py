@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from lhotse import CutSet
@@ -63,13 +63,14 @@ STORAGE_WORDS = {
 
 def make_soft_targets(
     layout: RecipeLayout, kd: KdConfig, num_teachers: int | None = None, max_duration: float = 20.0,
-    results_md: Path | None = None, command: str = "",
+    results_md: Path | None = None, command: str = "", posteriors_fn: Callable[..., Iterator] = ensemble_log_posteriors,
 ) -> dict[str, float]:
     """Store the ensemble's posteriors at ``kd.temperature`` (``kd.fusion``) of the first
     ``num_teachers`` teachers (default: all of stage 4) as top-``kd.top_k`` soft targets in
     format ``kd.storage``; write ``stats.json`` and return it: frames, bytes per frame stored vs
     dense float32, the mean KL(stored || full) and mass kept of what a student reads back, and the
-    settings. Skipped when the record matches."""
+    settings. Skipped when the record matches. ``posteriors_fn``: the ensemble's inference over the
+    training cuts (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors` under torchrun)."""
     n = recorded_num_teachers(layout) if num_teachers is None else num_teachers
     if n < 1:
         raise ConfigError(f"--num-teachers must be >= 1, got {n}")
@@ -87,7 +88,7 @@ def make_soft_targets(
         quantiser = _fit_quantiser(teachers, cuts, cmvn, kd, max_duration) if kd.storage == "rvq" else None
 
         def targets() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-            posteriors = ensemble_log_posteriors(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration)
+            posteriors = posteriors_fn(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration)
             for cut, log_probs in tqdm(posteriors, total=len(cuts), desc="ensemble soft targets", unit="cut", leave=False):
                 full = log_probs.exp()
                 if quantiser is not None:

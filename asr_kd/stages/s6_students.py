@@ -19,9 +19,9 @@ from asr_kd.config import DnnConfig, KdConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
 from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
+from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, describe_dnn, fmt_pct, gmm_record, load_teachers, read_senones, write_results
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.parallel import run_jobs
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
 from asr_kd.train.checkpoint import load_checkpoint
@@ -35,16 +35,16 @@ STUDENT_KINDS = ("hard", "distilled")
 def train_students(
     layout: RecipeLayout, kinds: Sequence[str], model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
     num_teachers: int | None = None, results_md: Path | None = None, command: str = "", num_seeds: int = 1, jobs: int = 1,
-    num_threads: int = 1,
+    num_threads: int = 1, launcher: Launcher | None = None,
 ) -> dict[str, list[dict]]:
-    """Train every student of ``kinds`` over ``num_seeds`` seeds (:func:`train_student`), ``jobs``
-    at a time in separate processes, then write each kind's RESULTS.md section. Returns ``{kind:
+    """Train every student of ``kinds`` over ``num_seeds`` seeds (:func:`train_student`), one job
+    each of ``launcher`` (default: local processes, ``jobs`` at a time), then write each kind's RESULTS.md section. Returns ``{kind:
     [summary of seed 0, seed 1, ...]}``."""
     if num_seeds < 1:
         raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
     runs = [(kind, i) for kind in kinds for i in range(num_seeds)]
-    summaries = run_jobs(train_student, [(layout, kind, model_config, train_config, kd, num_teachers, None, command, i) for kind, i in runs],
-                         jobs, num_threads)
+    summaries = launch_jobs(train_student, [(layout, kind, model_config, train_config, kd, num_teachers, None, command, i) for kind, i in runs],
+                            launcher, jobs, num_threads, layout.exp_dir / "log", "stage6_students")
     out: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for (kind, _), summary in zip(runs, summaries):
         out[kind].append(summary)

@@ -16,6 +16,7 @@ data=""                # recipe data folder (fbank/, lang/ of stages 1-2)
 exp=""                 # experiment folder holding gmm/ (stage 3); stages 4-7 write into it
 num_teachers=2
 nj=2
+cmd=local              # where the trainings run: local, slurm or submitit-local (run.sh --cmd)
 num_threads=1          # torch threads per process: small networks train faster on one thread
 model_config=tiny      # DNN preset or YAML (DnnConfig)
 train_config="$egs_dir/conf/train.yaml"
@@ -38,6 +39,8 @@ Options (default in brackets):
   --exp DIR            experiment folder with stage 3's gmm/ (required)
   --num-teachers N     teachers in the ensemble [$num_teachers]
   --nj N               parallel decoding jobs [$nj]
+  --cmd NAME           where stages 4 and 6 train: local, slurm (with recipes/librispeech/conf/slurm.yaml)
+                       or submitit-local [$cmd]
   --num-threads N      torch (OpenMP) threads per process [$num_threads]
   --model-config C     DNN preset (paper, mini, tiny) or DnnConfig YAML [$model_config]
   --train-config F     TrainConfig YAML [$train_config]
@@ -56,6 +59,6 @@ Options (default in brackets):
 [ -n "$results_md" ] || results_md="$exp/RESULTS.md"
 
 "$root_dir/recipes/librispeech/run.sh" --preset tiny --model-type hybrid --stage "$stage" --stop-stage "$stop_stage" \
-  --data "$data" --exp "$exp" --results "$results_md" --num-teachers "$num_teachers" --nj "$nj" --num-threads "$num_threads" \
+  --data "$data" --exp "$exp" --results "$results_md" --num-teachers "$num_teachers" --nj "$nj" --cmd "$cmd" --num-threads "$num_threads" \
   --dnn-config "$model_config" --train-config "$train_config" --kd-config "$kd_config"
 log "Done: stages $stage to $stop_stage; results in $results_md"

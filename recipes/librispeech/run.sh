@@ -24,6 +24,8 @@ lexicon=""             # LibriSpeech's librispeech-lexicon.txt; empty: CMUdict
 lm_text=""             # extra LM training text (one sentence per line, .gz allowed) beside the training transcripts
 lm_arpa=""             # an existing ARPA LM (.gz allowed, e.g. openslr.org/11's 3-gram.pruned.1e-7.arpa.gz) instead of training one
 nj=2                   # parallel jobs
+cmd=local              # where the trainings of stages 4, 6 and 10 run: local, slurm or submitit-local (like Kaldi's cmd.sh)
+cmd_config="$recipe_dir/conf/slurm.yaml"  # ClusterConfig of --cmd slurm: partition, time, memory, CPUs, GPUs, array parallelism
 data="$recipe_dir/data"
 exp="$recipe_dir/exp"
 feature_config="$recipe_dir/conf/features.yaml"
@@ -109,6 +111,11 @@ Options (default in brackets):
   --lm-text FILE       extra LM training text, one sentence per line (.gz allowed) [$lm_text]
   --lm-arpa FILE       existing ARPA LM (.gz allowed) used instead of training one [$lm_arpa]
   --nj N               parallel jobs [$nj]
+  --cmd NAME           where the trainings of stages 4, 6 and 10 run, one job per model: local (processes on this
+                       machine, --nj at a time), slurm (a Slurm job array through submitit, sized by --cmd-config)
+                       or submitit-local (the Slurm path on this machine, to check a set-up) [$cmd]
+  --cmd-config F       ClusterConfig YAML of --cmd slurm (partition, time_min, mem_gb, cpus_per_task, gpus_per_node,
+                       array_parallelism, account, qos, setup) [$cmd_config]
   --data DIR           data folder [$data]
   --exp DIR            experiment folder (logs, models) [$exp]
   --feature-config F   FeatureConfig YAML [$feature_config]
@@ -150,6 +157,7 @@ for v in "$stage" "$stop_stage"; do
 done
 [ "$stage" -le "$stop_stage" ] || { echo "$0: --stage $stage is after --stop-stage $stop_stage: nothing would run" >&2; exit 1; }
 case "$preset" in tiny|mini|small) ;; *) echo "$0: --preset takes tiny, mini or small, got '$preset'" >&2; exit 1 ;; esac
+case "$cmd" in local|slurm|submitit-local) ;; *) echo "$0: --cmd takes local, slurm or submitit-local, got '$cmd'" >&2; exit 1 ;; esac
 case "$on_change" in redo|stop) ;; *) echo "$0: --on-change takes redo or stop, got '$on_change'" >&2; exit 1 ;; esac
 export ASR_KD_ON_CHANGE="$on_change"
 case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
@@ -242,12 +250,13 @@ corpus_name="the synthetic '$preset' corpus"
 [ -z "$corpus_dir" ] && [ "$download" = false ] || corpus_name="LibriSpeech ($train_set)"
 kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set" --ood-set "$ood_set"
            --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
+cmd_opts=(--cmd "$cmd" --cmd-config "$cmd_config")  # where stages 4, 6 and 10 train their models
 
 # Stage 4: asr_kd/stages/s4_teachers.py
 if [ "$hybrid" = true ] && in_stages 4; then
   log "Stage 4: $num_teachers teachers ($dnn_config, $train_config)"
   run_logged "$exp/log/stage4_teachers.log" asr-kd train-teachers "${kd_common[@]}" \
-    --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" --jobs "$nj"
+    --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" --jobs "$nj" "${cmd_opts[@]}"
 fi
 
 # Stage 5: asr_kd/stages/s5_soft_targets.py
@@ -261,7 +270,7 @@ fi
 if [ "$hybrid" = true ] && in_stages 6; then
   log "Stage 6: hard-target and distilled students, $num_seeds seed(s) each"
   run_logged "$exp/log/stage6_students.log" asr-kd train-student "${kd_common[@]}" --kind hard distilled \
-    --num-seeds "$num_seeds" --jobs "$nj" --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" \
+    --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" \
     --kd-config "$kd_config"
 fi
 
@@ -312,7 +321,7 @@ if [ "$hybrid" = true ] && in_stages 10; then
   # shellcheck disable=SC2086  # one argument per temperature
   run_logged "$exp/log/stage10_temperature_sweep.log" asr-kd temperature-sweep "${kd_common[@]}" --num-teachers "$num_teachers" \
     --model-config "$dnn_config" --config "$train_config" --kd-config "$kd_config" --decode-config "$decode_config" "${decode_beam_set[@]}" \
-    --temperatures $temperatures --jobs "$nj"
+    --temperatures $temperatures --jobs "$nj" "${cmd_opts[@]}"
   sed -n '/^## Temperature sweep/,/^## /p' "$results" | sed '$d'
 fi
 

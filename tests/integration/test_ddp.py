@@ -17,7 +17,7 @@ import torch
 from lhotse import CutSet
 
 from tests.conftest import REPO_ROOT
-from tests.unit.test_train_corpus import NUM_CLASSES, make_frame_corpus
+from tests.unit.test_train_corpus import NUM_CLASSES, FrameCorpus, make_frame_corpus
 
 # Runs in each of the two processes: trains through the library entry point, recording which cuts
 # each step of this rank used and, at the end, this rank's weights.
@@ -82,14 +82,19 @@ def run_torchrun(cmd: list[str], env: dict[str, str], timeout: int) -> None:
     assert proc.returncode == 0, stderr[-4000:]
 
 
-@pytest.mark.slow
-def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> None:
-    corpus = make_frame_corpus(tmp_path / "data", train_speakers=(11, 12, 13, 14))
+def prepare_driver(tmp_path: Path, text: str, train_speakers: tuple[int, ...] = (11, 12, 13, 14)) -> tuple[FrameCorpus, Path, Path, dict[str, str]]:
+    """Return ``(corpus, driver script, empty output folder, environment)`` of a torchrun test."""
+    corpus = make_frame_corpus(tmp_path / "data", train_speakers=train_speakers)
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(text)
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return corpus, driver, out, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.mark.slow
+def test_two_ranks_see_disjoint_batches_and_agree_on_weights(tmp_path: Path) -> None:
+    corpus, driver, out, env = prepare_driver(tmp_path, DRIVER)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(driver), str(corpus.train_cuts), str(corpus.dev_cuts), str(corpus.train_cmvn), str(corpus.dev_cmvn),
@@ -150,3 +155,111 @@ def test_ctc_teachers_under_torchrun_split_the_data_and_share_the_guide(tiny_sta
         state = torch.load(teacher / "final.pt", weights_only=True)["train_state"]
         assert single >= 4 and abs(state["step"] - single / 2) <= 1, (state["step"], single)
     assert "rank 1 of 2" in (exp / "log" / "ctc_train_teachers.log").read_text()
+
+
+# Stage 5's inference under torchrun (asr_kd/kd/sharded_targets.py): rank 0 merges, the other rank
+# serves; first a request-less round (the stage was up to date), then the posteriors of every cut.
+SHARDED_DRIVER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import torch
+    from lhotse import CutSet
+    from asr_kd.data.features import CmvnStats
+    from asr_kd.kd.sharded_targets import ShardedPosteriors, serve_posteriors
+    from asr_kd.models.dnn import SplicedDnn, dnn_preset
+    from asr_kd.train.ddp import init_distributed
+
+    cuts_path, cmvn_path, out = sys.argv[1:4]
+    torch.set_num_threads(1)
+
+    def load():
+        models = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            models.append(SplicedDnn(dnn_preset("tiny"), 7).eval())
+        return models, CutSet.from_file(cuts_path), CmvnStats.load(cmvn_path)
+
+    info = init_distributed("cpu")
+    if info.rank == 0:
+        ShardedPosteriors(info).release()
+        merged = ShardedPosteriors(info)
+        got = {cut.id: lp.numpy() for cut, lp in merged(*load(), 2.0, "arithmetic", 4.0)}
+        merged.release()  # a no-op after a request
+        np.savez(f"{out}/merged.npz", order=np.array(list(got)), **got)
+    else:
+        assert serve_posteriors(load, 2.0, "arithmetic", 4.0, info) == 0
+        scored = serve_posteriors(load, 2.0, "arithmetic", 4.0, info)
+        open(f"{out}/rank{info.rank}.txt", "w").write(str(scored))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_stage5_posteriors_under_torchrun_equal_the_single_process_ones(tmp_path: Path) -> None:
+    import numpy as np
+
+    from asr_kd.data.features import CmvnStats
+    from asr_kd.kd.ensemble import ensemble_log_posteriors
+    from asr_kd.models.dnn import SplicedDnn, dnn_preset
+
+    corpus, driver, out, env = prepare_driver(tmp_path, SHARDED_DRIVER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
+           str(corpus.train_cuts), str(corpus.train_cmvn), str(out)]
+    run_torchrun(cmd, env, timeout=240)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            models.append(SplicedDnn(dnn_preset("tiny"), 7).eval())
+        cuts = CutSet.from_file(corpus.train_cuts)
+        single = {c.id: lp.numpy() for c, lp in ensemble_log_posteriors(models, cuts, CmvnStats.load(corpus.train_cmvn), 2.0, "arithmetic", 4.0)}
+    finally:
+        torch.set_num_threads(before)
+    merged = np.load(out / "merged.npz", allow_pickle=False)
+    assert list(merged["order"]) == list(cuts.ids) == list(single)  # manifest order, every cut once
+    for cut_id, lp in single.items():
+        assert np.array_equal(merged[cut_id], lp), cut_id  # the same batches: bit-identical posteriors
+    # Rank 1 scored the odd batches: a real share, neither nothing nor everything.
+    scored = int((out / "rank1.txt").read_text())
+    assert 0 < scored < len(cuts), scored
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_multi_node_command_form_runs_as_two_nodes_of_one_process(tmp_path: Path) -> None:
+    # README's multi-node form (torchrun --nnodes 2 --rdzv_backend c10d --rdzv_endpoint HOST:PORT
+    # --rdzv_id ID, the same command on every node) with both "nodes" on this machine: two torchrun agents meet at
+    # the endpoint and their processes form one gloo group of 2, here stage 5's sharded inference.
+    corpus, driver, out, env = prepare_driver(tmp_path, SHARDED_DRIVER, train_speakers=(11, 12))
+    endpoint = f"127.0.0.1:{_free_port()}"
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                                "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "asr-kd-test", str(driver),
+                                str(corpus.train_cuts), str(corpus.train_cmvn), str(out)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+              for _node in range(2)]
+    try:
+        errors = [a.communicate(timeout=240)[1] for a in agents]
+    finally:
+        for a in (a for a in agents if a.poll() is None):  # hung: kill its workers, then the agent
+            for pid in [*_descendants(a.pid), a.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert [a.returncode for a in agents] == [0, 0], [e[-3000:] for e in errors]
+    import numpy as np
+
+    merged = np.load(out / "merged.npz", allow_pickle=False)
+    assert list(merged["order"]) == list(CutSet.from_file(corpus.train_cuts).ids)
+    assert 0 < int((out / "rank1.txt").read_text()) < len(merged["order"])

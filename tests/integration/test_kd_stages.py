@@ -6,6 +6,7 @@ online (teachers in the loop) student. Stage 3 comes from the session's ``tiny_s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -234,3 +235,75 @@ def test_compact_storage_formats_through_stages_5_and_6(egs_run: tuple[Path, Pat
     assert summary["steps"] > 0 and summary["soft_targets"]["storage"] == "rvq"
     with pytest.raises(DataError, match="storage rvq x8"):
         find_soft_targets(layout, dataclasses.replace(kd, codebooks=8), None, "stage 6")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("storage", ["int32-fp16", "rvq"])
+def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[Path, Path, Path], tmp_path: Path, storage: str) -> None:
+    """``torchrun --nproc_per_node 2 -m asr_kd make-soft-targets``: both ranks score teachers
+    (asr_kd/kd/sharded_targets.py), rank 0 stores; the stored archive equals a single process's,
+    in the top-k format and in rvq (whose codebooks rank 0 fits first, alone)."""
+    import dataclasses
+    import os
+    import sys
+
+    from asr_kd.config import load_config
+    from asr_kd.stages.s5_soft_targets import make_soft_targets
+    from tests.integration.test_ddp import run_torchrun
+
+    data, exp, _ = egs_run
+    kd_yaml = EGS.parent / "conf" / "kd.yaml"
+    kd = dataclasses.replace(load_config(KdConfig, kd_yaml), storage=storage)
+    exps = {}
+    for name in ("single", "torchrun"):
+        exps[name] = tmp_path / name
+        exps[name].mkdir()
+        for sub in ("gmm", "teachers"):  # read-only inputs of stage 5
+            (exps[name] / sub).symlink_to(exp / sub)
+    # Small batches, so that the ranks share several.
+    single = make_soft_targets(RecipeLayout(data, exps["single"]), kd, max_duration=5.0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "asr_kd", "make-soft-targets",
+                  "--data-dir", str(data), "--exp-dir", str(exps["torchrun"]), "--kd-config", str(kd_yaml), "--kd-set", f"storage={storage}",
+                  "--max-duration", "5", "--num-threads", "1"], env, timeout=300)
+    dirs = {name: RecipeLayout(data, e).soft_dir(2, kd.fusion, kd.temperature, kd.top_k, kd.storage, kd.codebooks) for name, e in exps.items()}
+    records = {name: read_record(d) for name, d in dirs.items()}
+    assert records["torchrun"].config == records["single"].config and records["torchrun"].inputs == records["single"].inputs
+    # Every stored file but the cut manifest (which names its own folder) is byte-identical.
+    stored = {name: {k: v for k, v in r.outputs.items() if not k.startswith("cuts_") and k != "stats.json"} for name, r in records.items()}
+    assert stored["torchrun"] == stored["single"] and stored["single"]
+    merged = json.loads((dirs["torchrun"] / "stats.json").read_text())
+    assert {k: v for k, v in merged.items() if k != "seconds"} == {k: v for k, v in single.items() if k != "seconds"}
+    log = (exps["torchrun"] / "log" / "make_soft_targets.log").read_text()
+    scored = int(re.search(r"rank 1 scored (\d+) of (\d+) cuts", log).group(1))
+    assert 0 < scored < single["cuts"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stage4_through_submitit_gives_the_local_teachers(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``--cmd submitit-local`` (the Slurm backend's path: submitit, job files, JSON answers) from
+    the recipe's command line: the same teachers, bit for bit, as egs_run's local processes, and
+    the same stage record settings (the backend is no setting)."""
+    import torch
+
+    data, exp, _ = egs_run
+    other = tmp_path / "exp"
+    other.mkdir()
+    (other / "gmm").symlink_to(exp / "gmm")
+    out = subprocess.run(["bash", str(EGS), "--data", str(data), "--exp", str(other), "--results-md", str(tmp_path / "RESULTS.md"),
+                          "--stage", "4", "--stop-stage", "4", "--cmd", "submitit-local"], capture_output=True, text=True, timeout=500)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-4000:]}"
+    mine, theirs = read_record(other / "teachers"), read_record(exp / "teachers")
+    assert mine.config_fingerprint == theirs.config_fingerprint and mine.inputs == theirs.inputs
+    summaries = [json.loads((e / "teachers" / "summary.json").read_text()) for e in (other, exp)]
+    for s in summaries:
+        for t in s["teachers"]:
+            t.pop("train_seconds")
+    assert summaries[0] == summaries[1]
+    for i in range(2):
+        a, b = (torch.load(e / "teachers" / f"teacher{i}" / "final.pt", weights_only=True)["model"] for e in (other, exp))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # submitit ran them: one log per job, in the stage's log folder.
+    assert len(list((other / "log" / "stage4_teachers").glob("*_0_log.err"))) == 2

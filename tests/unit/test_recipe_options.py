@@ -40,6 +40,7 @@ def test_help_documents_every_stage_and_option() -> None:
         (["--download", "yes"], "option --download takes true or false"),
         (["--stage", "x"], "--stage and --stop-stage take integers"),
         (["extra"], "unexpected argument 'extra'"),
+        (["--cmd", "sge"], "--cmd takes local, slurm or submitit-local, got 'sge'"),
     ],
 )
 def test_bad_options_fail_with_a_message(args: list[str], message: str) -> None:
