@@ -42,7 +42,7 @@ from asr_kd.config import DecodeConfig, DnnConfig, KdConfig, TrainConfig
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.stages.decode_part import tuned_scale
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.parallel import run_jobs
+from asr_kd.launch import launch_jobs
 from asr_kd.stages.provenance import read_record
 from asr_kd.stages.s5_soft_targets import make_soft_targets
 from asr_kd.stages.s6_students import train_student
@@ -82,13 +82,6 @@ def shadow_layout(ref: RecipeLayout, work: Path) -> RecipeLayout:
     return dataclasses.replace(ref, exp_dir=exp)
 
 
-def _train_one(layout: RecipeLayout, dnn: DnnConfig, train: TrainConfig, kd: KdConfig) -> dict:
-    stats = make_soft_targets(layout, kd, command="bench/soft_target_storage.py")
-    summary = train_student(layout, "distilled", dnn, train, kd, command="bench/soft_target_storage.py",
-                            out_dir=layout.exp_dir / "students" / format_name(kd))
-    return {"stats": stats, "student": summary}
-
-
 def _typed(cls, data: dict):
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields})
@@ -120,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     scale = tuned_scale(ref, "distilled") or decode.acoustic_scale
     layout = shadow_layout(ref, args.work or args.exp / "storage_bench")
     kds = [kd for kd in (parse_format(s, base_kd) for s in args.formats) if format_name(kd) != format_name(base_kd)]
-    results = run_jobs(_train_one, [(layout, dnn, train, kd) for kd in kds], args.jobs, 1)
+    command = "bench/soft_target_storage.py"
+    stats = [make_soft_targets(layout, kd, command=command) for kd in kds]
+    students = launch_jobs(train_student, [(layout, "distilled", dnn, train, kd, None, None, command, 0,
+                                            layout.exp_dir / "students" / format_name(kd)) for kd in kds], jobs=args.jobs)
+    results = [{"stats": st, "student": su} for st, su in zip(stats, students)]
 
     stored = read_json(table1)
     seeds = sorted(n for n in stored if n == "distilled" or n.startswith("distilled_seed"))
