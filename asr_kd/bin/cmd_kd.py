@@ -155,7 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Prepare manifests and features of --part from --corpus-dir (LibriSpeech layout: "
                        "<corpus>/<part>/<speaker>/<chapter>/*.flac + .trans.txt) and decode it with each of --systems (tri, mono: the "
                        "stage-3 GMMs; baseline, distilled: the stage-6 students; ensemble, teacher<i>: stage 4) through the stage-3 HCLG, "
-                       "and CTC students (ctc-<name>, e.g. ctc-frame: <exp>/ctc/<units>/students/<name>) through the CTC HLG. "
+                       "and the CTC path's systems through the CTC HLG (ctc-<name> for the student <exp>/ctc/<units>/students/<name>, e.g. "
+                       "ctc-frame; ctc-teacher<i> and ctc-ensemble for the independently trained teachers). "
                        "Writes <exp>/decode_parts/<part>/<system>/ (hyp.txt, wer_details, per_speaker.json) and scores.json; the "
                        "recipe's stages and RESULTS.md are not touched (asr_kd/stages/decode_part.py).")
     _layout_args(p)

@@ -6,9 +6,10 @@ manifests and features (the recipe's stage-1 feature config, its own per-speaker
 ``<exp>/decode_parts/<part>/data``, and every system to ``<exp>/decode_parts/<part>/<system>/``
 (``hyp.txt``, ``ref.txt``, ``wer_details`` with per-utterance and per-speaker WER). Systems: the
 GMMs of stage 3 (``tri``, ``mono``), the students of stage 6 (``baseline``, ``distilled``), the
-stage-4 ensemble (``ensemble``) and its members (``teacher<i>``), and the CTC path's students
-(``ctc-<name>`` for ``<exp>/ctc/<units>/students/<name>``, e.g. ``ctc-frame``) through the CTC
-HLG, with the decoding settings the CTC decoding stage used. The folder's
+stage-4 ensemble (``ensemble``) and its members (``teacher<i>``), and the CTC path's systems
+through the CTC HLG, with the decoding settings (and fusion) the CTC decoding stage used: its
+students (``ctc-<name>`` for ``<exp>/ctc/<units>/students/<name>``, e.g. ``ctc-frame``), the
+independently trained teachers (``ctc-teacher<i>``) and their ensemble (``ctc-ensemble``). The folder's
 ``provenance.json`` records the part's files and the records of every system decoded, so a
 retrained model redoes the decoding and a rerun with nothing changed is skipped.
 
@@ -62,9 +63,12 @@ def _system_inputs(layout: RecipeLayout, systems: Sequence[str]) -> dict[str, st
         if name in GMM_SYSTEMS:
             continue
         if name.startswith(CTC_PREFIX):
-            student = name[len(CTC_PREFIX):]
-            inputs[f"ctc_student_{student}"] = require_record(
-                layout.ctc_student_dir(student), f"the {layout.ctc_units} CTC student {student!r} (asr-kd ctc-train-student)").fingerprint
+            inner = name[len(CTC_PREFIX):]
+            if inner == "ensemble" or (inner.startswith("teacher") and inner[7:].isdigit()):
+                inputs["ctc_teachers"] = require_record(layout.ctc_teacher_set(0), f"the {layout.ctc_units} CTC teachers (asr-kd ctc-train-teachers)").fingerprint
+            else:
+                inputs[f"ctc_student_{inner}"] = require_record(
+                    layout.ctc_student_dir(inner), f"the {layout.ctc_units} CTC student {inner!r} (asr-kd ctc-train-student)").fingerprint
             inputs["ctc_decode"] = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)").fingerprint
             continue
         if name in STUDENTS:
@@ -72,7 +76,7 @@ def _system_inputs(layout: RecipeLayout, systems: Sequence[str]) -> dict[str, st
         elif name == "ensemble" or (name.startswith("teacher") and name[7:].isdigit()):
             inputs["teachers"] = require_record(layout.teachers, "stage 4 (teachers)").fingerprint
         else:
-            raise ConfigError(f"unknown system {name!r}; choose from tri, mono, baseline, distilled, ensemble, teacher<i>, ctc-<CTC student>")
+            raise ConfigError(f"unknown system {name!r}; choose from tri, mono, baseline, distilled, ensemble, teacher<i>, ctc-<CTC student>, ctc-teacher<i>, ctc-ensemble")
     return inputs
 
 
@@ -223,10 +227,18 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
         from asr_kd.decode.ctc import decode_ctc_batch
         from asr_kd.decode.hlg import load_hlg
 
-        model = load_ctc_model(layout.ctc_student_dir(name[len(CTC_PREFIX):]))
+        inner = name[len(CTC_PREFIX):]
+        teachers = layout.ctc_teacher_set(0)
+        if inner == "ensemble":
+            models = [load_ctc_model(d) for d in sorted(teachers.glob("teacher*"), key=lambda d: int(d.name[7:])) if d.name[7:].isdigit()]
+        elif inner.startswith("teacher") and inner[7:].isdigit():
+            models = [load_ctc_model(teachers / inner)]
+        else:
+            models = [load_ctc_model(layout.ctc_student_dir(inner))]
+        fusion = str(require_record(layout.ctc_decode, "the CTC decoding stage").config["ctc"]["fusion"])
         cuts = layout.open_cuts(cuts_path(data / "fbank", part))
         log_probs, refs, speakers = {}, {}, {}
-        for cut, lp in ctc_log_probs([model], cuts, CmvnStats.load(cmvn_path(data / "fbank", part)), 1.0):
+        for cut, lp in ctc_log_probs(models, cuts, CmvnStats.load(cmvn_path(data / "fbank", part)), 1.0, fusion):
             log_probs[cut.id] = lp
             refs[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
             speakers[cut.id] = cut.supervisions[0].speaker

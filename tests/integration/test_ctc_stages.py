@@ -222,11 +222,12 @@ def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(layout.data_dir / "corpus" / "test-clean", corpus / "my-test")
     rc = cli_main(["decode-part", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir), "--corpus-dir", str(corpus),
-                   "--part", "my-test", "--systems", "ctc-frame", "ctc-baseline", "--num-threads", "1"])
+                   "--part", "my-test", "--systems", "ctc-frame", "ctc-baseline", "ctc-teacher1", "ctc-ensemble", "--num-threads", "1"])
     assert rc == 0
     part = json.loads((layout.exp_dir / "decode_parts" / "my-test" / "scores.json").read_text())
-    for name, student in (("ctc-frame", "frame"), ("ctc-baseline", "baseline")):
-        assert part[name]["wer"] == pytest.approx(scores[f"student: {student}"]["test-clean"]["hlg_wer"])
+    for name, row in (("ctc-frame", "student: frame"), ("ctc-baseline", "student: baseline"), ("ctc-teacher1", "teacher1"),
+                      ("ctc-ensemble", "ensemble of 2")):
+        assert part[name]["wer"] == pytest.approx(scores[row]["test-clean"]["hlg_wer"])
         assert part[name]["utterances"] == sum(1 for _ in layout.open_cuts(layout.fbank_cuts("test-clean")))
         errors = part[name]["substitutions"] + part[name]["deletions"] + part[name]["insertions"]
         assert sum(v["errors"] for v in part[name]["per_speaker"].values()) == errors
