@@ -644,6 +644,9 @@ class DecodeConfig:
 # --------------------------------------------------------------------------------------------
 
 SPECIALIST_TASKS = ("pairs", "single", "senones")
+# how the combination weighs each active specialist's KL term (asr_kd/kd/specialists.py,
+# specialist_term_weights): "sum" (the paper: 1 each) or "mean" (1 / active specialists)
+SPECIALIST_COMBINE_WEIGHTINGS = ("sum", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -680,6 +683,10 @@ class SpecialistConfig:
     top_n: int = 1  # specialists are active when they cover one of the generalist's top-n classes
     combine_steps: int = 300
     combine_learning_rate: float = 0.1
+    # "mean": each active specialist's KL term weighs 1 / (active specialists), so overlapping
+    # clusterings do not count a class's specialists twice against the generalist (issue 16:
+    # with "sum", the paper's, the doubly covered MNIST-pair examples lost 77 correct answers)
+    combine_weighting: str = "mean"
     # task "senones" (asr_kd/experiments/senone_task.py): frames of the speech recipe's parts,
     # spliced with splice_context frames on each side, at most max_*_frames per split (0: all)
     train_part: str = DEFAULT_TRAIN_PART
@@ -702,6 +709,7 @@ class SpecialistConfig:
         _check(self.num_clusters >= 1 and self.num_clusterings >= 1, "specialists.num_clusters and num_clusterings must be >= 1")
         _check(1 <= self.min_cluster_size <= self.max_cluster_size, "specialists needs 1 <= min_cluster_size <= max_cluster_size")
         _check(self.top_n >= 1 and self.combine_steps >= 1 and self.combine_learning_rate > 0, "specialists.top_n, combine_steps and combine_learning_rate must be positive")
+        _check(self.combine_weighting in SPECIALIST_COMBINE_WEIGHTINGS, f"specialists.combine_weighting must be one of {SPECIALIST_COMBINE_WEIGHTINGS}, got {self.combine_weighting!r}")
         _check(self.specialist_soft_temperature >= 0 and self.specialist_hard_weight >= 0, "specialists.specialist_soft_temperature and specialist_hard_weight must be >= 0")
 
 

@@ -59,8 +59,10 @@ from asr_kd.kd.specialists import (
     specialist_labels,
     specialist_output_init,
     specialist_soft_targets,
+    specialist_term_weights,
     specialist_training_indices,
 )
+from asr_kd.metrics.paired import mcnemar_exact
 from asr_kd.models.mlp import MLP
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.provenance import input_fingerprint
@@ -87,7 +89,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "clusters": ("seed", "num_clusters", "num_clusterings", "min_cluster_size", "max_cluster_size"),
     "specialists": ("seed", "generalist_hidden", "generalist_dropout", "specialist_epochs", "batch_size", "specialist_learning_rate",
                     "specialist_soft_temperature", "specialist_hard_weight"),
-    "combine": ("top_n", "combine_steps", "combine_learning_rate"),
+    "combine": ("top_n", "combine_steps", "combine_learning_rate", "combine_weighting"),
 }
 # The upstream stages each stage reads; their record fingerprints are the stage's inputs.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
@@ -277,7 +279,8 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
 
 def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """Combine the generalist with the active specialists on the test set; save the
-    distributions; return the overall accuracies and the Table 4 analogue."""
+    distributions; return the overall accuracies, McNemar's paired test of the combination
+    against the generalist on the test examples, and the Table 4 analogue."""
     task, _ = _task(exp_dir)
     sets = _class_sets(exp_dir)
     p_g = torch.softmax(_generalist_logits(exp_dir)["test"].double(), -1)
@@ -285,16 +288,21 @@ def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         p_spec = [torch.from_numpy(z[f"test_{m}"]).double() for m in range(len(sets))]
     labels = task["test"].targets()
     active = active_specialists(p_g, sets, cfg.top_n)
-    q = combine_with_specialists(p_g, p_spec, sets, active, cfg.combine_steps, cfg.combine_learning_rate)
+    weights = specialist_term_weights(active, cfg.combine_weighting)
+    q = combine_with_specialists(p_g, p_spec, sets, weights, cfg.combine_steps, cfg.combine_learning_rate)
     with atomic_path(stage_dir(exp_dir, "combine") / "test.npz") as tmp:
         np.savez(tmp, generalist=p_g.numpy(), combined=q.numpy(), labels=labels.numpy(), active=active.numpy())
-    gen_acc = float((p_g.argmax(-1) == labels).double().mean())
-    comb_acc = float((q.argmax(-1) == labels).double().mean())
+    gen_ok, comb_ok = (p_g.argmax(-1) == labels).numpy(), (q.argmax(-1) == labels).numpy()
+    paired = mcnemar_exact(comb_ok, gen_ok)
     return {
         "num_test": len(labels),
         "top_n": cfg.top_n,
-        "generalist_accuracy": gen_acc,
-        "combined_accuracy": comb_acc,
+        "weighting": cfg.combine_weighting,
+        "generalist_accuracy": float(gen_ok.mean()),
+        "combined_accuracy": float(comb_ok.mean()),
+        "only_combined_right": paired.only_a,
+        "only_generalist_right": paired.only_b,
+        "p_value": paired.p_value,
         "examples_with_active_specialist": int(active.any(1).sum()),
         "coverage": coverage_table(p_g, q, labels, sets, active),
         "dustbin": [dustbin_comparison(m, classes, p_spec[m], p_g, labels) for m, classes in enumerate(sets)],
@@ -468,7 +476,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             "",
             f"For each test example the specialists covering one of the generalist's top-{r['top_n']} classes are active "
             f"({r['examples_with_active_specialist']} of {r['num_test']} examples have one); q minimises "
-            "KL(p_generalist || q) + sum over active m of KL(p_m || q_m), by Adam on q's logits.",
+            f"KL(p_generalist || q) + sum over active m of w_m KL(p_m || q_m), by Adam on q's logits, {_WEIGHTING_WORDS[r.get('weighting', 'sum')]}.",
             "",
             "| system | test top-1 accuracy | relative change |",
             "|---|---|---|",
@@ -476,6 +484,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             f"| generalist + specialists | {c:.2f}% | {100 * (c - g) / g:+.1f}% |",
             f"| paper, JFT (61 specialists) | {PAPER_TOP1[0]}% -> {PAPER_TOP1[1]}% | +4.4% |",
             "",
+            *([combination_verdict(r), ""] if "p_value" in r else []),
             "### Accuracy change by the number of active specialists covering the correct class (Table 4 analogue)",
             "",
             "| active specialists covering the correct class | test examples | delta in top-1 correct | relative accuracy change |",
@@ -513,6 +522,30 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         results_file.unlink()  # this recipe's older, single-task layout: start afresh
     write_section(results_file, f"## Task: {task} ", "\n".join(lines), header=RESULTS_HEADER)
     logger.info("wrote the %s section of %s", task, results_file)
+
+
+_WEIGHTING_WORDS = {
+    "sum": "w_m = 1 (the paper's objective)",
+    "mean": "w_m = 1 / (number of active specialists), so overlapping specialists weigh as much as one",
+}
+
+
+def combination_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
+    """Return the combine record's paired comparison in words: the test examples only the
+    combination and only the generalist get right, McNemar's exact p, and whether the
+    specialists earn their place (a significant gain at ``alpha``), cost (a significant loss)
+    or are within noise."""
+    gain, loss, p = r["only_combined_right"], r["only_generalist_right"], r["p_value"]
+    if p < alpha and gain > loss:
+        verdict = f"a significant gain (p < {alpha:g}): the specialists earn their place"
+    elif p < alpha:
+        verdict = f"a significant loss (p < {alpha:g}): the specialists cost accuracy"
+    else:
+        verdict = f"within noise (p >= {alpha:g}): no evidence that the specialists help"
+    return (
+        f"Paired test on the {r['num_test']} test examples: {gain} only the combination gets right, {loss} only the generalist "
+        f"(net {gain - loss:+d}), McNemar exact p={p:.2g}; {verdict}."
+    )
 
 
 def _task_lines(r: dict[str, Any]) -> list[str]:
