@@ -647,6 +647,7 @@ SPECIALIST_TASKS = ("pairs", "single", "senones")
 # how the combination weighs each active specialist's KL term (asr_kd/kd/specialists.py,
 # specialist_term_weights): "sum" (the paper: 1 each) or "mean" (1 / active specialists)
 SPECIALIST_COMBINE_WEIGHTINGS = ("sum", "mean")
+SPECIALIST_INITS = ("generalist", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -680,6 +681,11 @@ class SpecialistConfig:
     # 0: hard labels only
     specialist_soft_temperature: float = 0.0
     specialist_hard_weight: float = 0.5  # weight of the hard labels when soft targets are used
+    # examples from outside a specialist's classes (its dustbin) per example inside them: the
+    # dustbin's share of its training set is r / (1 + r); 1 is the paper's "half"
+    specialist_outside_ratio: float = 1.0
+    # "generalist": start from the generalist's weights (the paper); "random": the control
+    specialist_init: str = "generalist"
     top_n: int = 1  # specialists are active when they cover one of the generalist's top-n classes
     combine_steps: int = 300
     combine_learning_rate: float = 0.1
@@ -709,6 +715,8 @@ class SpecialistConfig:
         _check(self.num_clusters >= 1 and self.num_clusterings >= 1, "specialists.num_clusters and num_clusterings must be >= 1")
         _check(1 <= self.min_cluster_size <= self.max_cluster_size, "specialists needs 1 <= min_cluster_size <= max_cluster_size")
         _check(self.top_n >= 1 and self.combine_steps >= 1 and self.combine_learning_rate > 0, "specialists.top_n, combine_steps and combine_learning_rate must be positive")
+        _check(self.specialist_outside_ratio > 0, f"specialists.specialist_outside_ratio must be > 0, got {self.specialist_outside_ratio}")
+        _check(self.specialist_init in SPECIALIST_INITS, f"specialists.specialist_init must be one of {SPECIALIST_INITS}, got {self.specialist_init!r}")
         _check(self.combine_weighting in SPECIALIST_COMBINE_WEIGHTINGS, f"specialists.combine_weighting must be one of {SPECIALIST_COMBINE_WEIGHTINGS}, got {self.combine_weighting!r}")
         _check(self.specialist_soft_temperature >= 0 and self.specialist_hard_weight >= 0, "specialists.specialist_soft_temperature and specialist_hard_weight must be >= 0")
 

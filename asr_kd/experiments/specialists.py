@@ -88,7 +88,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "generalist": ("seed", "generalist_hidden", "generalist_dropout", "generalist_epochs", "batch_size", "learning_rate"),
     "clusters": ("seed", "num_clusters", "num_clusterings", "min_cluster_size", "max_cluster_size"),
     "specialists": ("seed", "generalist_hidden", "generalist_dropout", "specialist_epochs", "batch_size", "specialist_learning_rate",
-                    "specialist_soft_temperature", "specialist_hard_weight"),
+                    "specialist_soft_temperature", "specialist_hard_weight", "specialist_outside_ratio", "specialist_init"),
     "combine": ("top_n", "combine_steps", "combine_learning_rate", "combine_weighting"),
 }
 # The upstream stages each stage reads; their record fingerprints are the stage's inputs.
@@ -257,24 +257,35 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     probs: dict[str, np.ndarray] = {}
     rows = []
     for m, classes in enumerate(tqdm(sets, desc="specialists", mininterval=5.0)):
-        idx = torch.from_numpy(specialist_training_indices(task["train"].labels, classes, cfg.seed + m))
-        w, b = specialist_output_init(generalist.output.weight, generalist.output.bias, classes)
-        model = generalist.with_output_layer(w, b)
+        idx = torch.from_numpy(specialist_training_indices(task["train"].labels, classes, cfg.seed + m, cfg.specialist_outside_ratio))
+        if cfg.specialist_init == "generalist":
+            w, b = specialist_output_init(generalist.output.weight, generalist.output.bias, classes)
+            model = generalist.with_output_layer(w, b)
+        else:  # "random": the control for initialising from the generalist
+            torch.manual_seed(cfg.seed + 1000 + m)
+            model = MLP(_input_dim(task), cfg.generalist_hidden, len(classes) + 1, dropout=cfg.generalist_dropout)
         t = cfg.specialist_soft_temperature
         spec = TrainSpec(cfg.specialist_epochs, cfg.batch_size, cfg.specialist_learning_rate, cfg.seed + 1000 + m, temperature=t or 1.0, hard_weight=cfg.specialist_hard_weight)
         share = float(np.isin(task["train"].labels, classes).mean())
-        soft = specialist_soft_targets(gen_train[idx], classes, t, share) if gen_train is not None else None
+        soft = specialist_soft_targets(gen_train[idx], classes, t, share, cfg.specialist_outside_ratio) if gen_train is not None else None
         with _writer(out, f"specialist{m:02d}") as writer:
             train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
         # undo the oversampling of the specialist's classes: restore the natural dustbin prior
         with torch.no_grad():
-            model.output.bias[-1] += dustbin_prior_correction(share)
+            model.output.bias[-1] += dustbin_prior_correction(share, cfg.specialist_outside_ratio)
         for split in ("val", "test"):
             probs[f"{split}_{m}"] = torch.softmax(predict_logits(model, task[split].inputs()), -1).numpy()
         rows.append(_specialist_row(m, classes, torch.from_numpy(probs[f"test_{m}"]), gen_test, task["test"].targets()))
     with atomic_path(out / "probs.npz") as tmp:
         np.savez(tmp, **probs)
-    return {"rows": rows, "epochs": cfg.specialist_epochs, "soft_temperature": cfg.specialist_soft_temperature, "hard_weight": cfg.specialist_hard_weight}
+    return {
+        "rows": rows,
+        "epochs": cfg.specialist_epochs,
+        "soft_temperature": cfg.specialist_soft_temperature,
+        "hard_weight": cfg.specialist_hard_weight,
+        "outside_ratio": cfg.specialist_outside_ratio,
+        "init": cfg.specialist_init,
+    }
 
 
 def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
@@ -447,8 +458,9 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         lines += [
             "### Specialists on their own classes",
             "",
-            f"Each initialised from the generalist, trained {r['epochs']} epochs on data half from its classes, half from the rest "
-            f"(dustbin), on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) for its classes' share f of the data. "
+            f"Each {_INIT_WORDS[r.get('init', 'generalist')]}, trained {r['epochs']} epochs on {_mix_words(r.get('outside_ratio', 1.0))}, "
+            f"on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) - log(r) for its classes' share f of the data "
+            "and r dustbin examples per example of its classes. "
             "Accuracy on test examples of its classes: the specialist's arg-max over its classes and dustbin, the generalist's over all classes; "
             "'within' columns: both models' arg-max over the specialist's classes only (telling the confusable classes apart).",
             "",
@@ -522,6 +534,16 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         results_file.unlink()  # this recipe's older, single-task layout: start afresh
     write_section(results_file, f"## Task: {task} ", "\n".join(lines), header=RESULTS_HEADER)
     logger.info("wrote the %s section of %s", task, results_file)
+
+
+_INIT_WORDS = {"generalist": "initialised from the generalist", "random": "initialised at random (the control)"}
+
+
+def _mix_words(outside_ratio: float) -> str:
+    """Return how a specialist's training set mixes its classes with the rest (the dustbin)."""
+    if outside_ratio == 1.0:
+        return "data half from its classes, half from the rest (dustbin)"
+    return f"data {100 / (1 + outside_ratio):.0f}% from its classes, {100 * outside_ratio / (1 + outside_ratio):.0f}% from the rest (dustbin)"
 
 
 _WEIGHTING_WORDS = {

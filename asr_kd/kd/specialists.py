@@ -145,17 +145,21 @@ def specialist_labels(labels: Tensor, classes: Sequence[int]) -> Tensor:
     return lookup[labels]
 
 
-def specialist_training_indices(labels: np.ndarray, classes: Sequence[int], seed: int) -> np.ndarray:
-    """Return indices of a specialist's training set: every example of its ``classes`` plus as
-    many drawn at random (without replacement where possible) from the remaining examples, so
-    half the set is from its classes. Sorted; deterministic given ``seed``."""
+def specialist_training_indices(labels: np.ndarray, classes: Sequence[int], seed: int, outside_ratio: float = 1.0) -> np.ndarray:
+    """Return indices of a specialist's training set: every example of its ``classes`` plus
+    ``round(outside_ratio * inside)`` drawn at random (without replacement where possible) from
+    the remaining examples: with the default ratio 1 (the paper's), half the set is from its
+    classes. Sorted; deterministic given ``seed``."""
     labels = np.asarray(labels)
     inside = np.flatnonzero(np.isin(labels, classes))
     outside = np.flatnonzero(~np.isin(labels, classes))
     if len(inside) == 0 or len(outside) == 0:
         raise ConfigError(f"a specialist needs training examples inside and outside its classes {list(classes)}")
+    if outside_ratio <= 0:
+        raise ConfigError(f"a specialist's outside_ratio must be > 0, got {outside_ratio}")
     rng = np.random.default_rng(seed)
-    extra = rng.choice(outside, size=len(inside), replace=len(inside) > len(outside))
+    size = max(1, int(round(outside_ratio * len(inside))))
+    extra = rng.choice(outside, size=size, replace=size > len(outside))
     return np.sort(np.concatenate([inside, extra]))
 
 
@@ -179,16 +183,20 @@ def aggregate_to_specialist(probs: Tensor, classes: Sequence[int]) -> Tensor:
     return torch.cat([inside, (1.0 - inside.sum(dim=-1, keepdim=True)).clamp(min=0.0)], dim=-1)
 
 
-def dustbin_prior_correction(class_fraction: float) -> float:
-    """Return the amount to add to the dustbin's logit after training on a set that is half
-    specialist classes, when those classes make up ``class_fraction`` of the natural data:
-    ``log((1 - f) / f)``, which restores the natural ratio of dustbin to specialist classes."""
+def dustbin_prior_correction(class_fraction: float, outside_ratio: float = 1.0) -> float:
+    """Return the amount to add to the dustbin's logit after training on a set with
+    ``outside_ratio`` dustbin examples per example of the specialist's classes (1: half and
+    half), when those classes make up ``class_fraction`` f of the natural data:
+    ``log((1 - f) / f) - log(outside_ratio)``, which restores the natural ratio of dustbin to
+    specialist classes."""
     if not 0.0 < class_fraction < 1.0:
         raise ConfigError(f"the specialist classes' share of the data must be in (0, 1), got {class_fraction}")
-    return float(np.log((1.0 - class_fraction) / class_fraction))
+    return float(np.log((1.0 - class_fraction) / class_fraction) - np.log(outside_ratio))
 
 
-def specialist_soft_targets(generalist_logits: Tensor, classes: Sequence[int], temperature: float, class_fraction: float | None = None) -> Tensor:
+def specialist_soft_targets(
+    generalist_logits: Tensor, classes: Sequence[int], temperature: float, class_fraction: float | None = None, outside_ratio: float = 1.0
+) -> Tensor:
     """Return a specialist's soft targets ``[N, |S| + 1]`` from the generalist's logits
     ``[N, K]``: the generalist's distribution aggregated to ``classes`` plus dustbin at
     temperature 1, then softened at ``temperature``.
@@ -197,9 +205,9 @@ def specialist_soft_targets(generalist_logits: Tensor, classes: Sequence[int], t
     classes would give the dustbin far more mass than the generalist does (each small
     probability grows under softening), and the specialist would learn that inflated dustbin.
     With ``class_fraction`` (the classes' share f of the natural data) the dustbin's log-odds
-    are lowered by ``log((1 - f) / f)`` before softening, so that the targets match the
-    specialist's training set, half from its classes; :func:`dustbin_prior_correction` undoes
-    exactly that shift after training.
+    are lowered by :func:`dustbin_prior_correction` (``log((1 - f) / f)`` for a training set
+    half from its classes, ``outside_ratio`` 1) before softening, so that the targets match the
+    specialist's training set; adding it back after training undoes exactly that shift.
     """
     if temperature <= 0:
         raise ConfigError(f"the soft targets' temperature must be > 0, got {temperature}")
@@ -209,7 +217,7 @@ def specialist_soft_targets(generalist_logits: Tensor, classes: Sequence[int], t
     others[idx] = False
     dustbin = torch.logsumexp(log_p[:, others], dim=-1, keepdim=True)
     if class_fraction is not None:
-        dustbin = dustbin - dustbin_prior_correction(class_fraction)
+        dustbin = dustbin - dustbin_prior_correction(class_fraction, outside_ratio)
     aggregated = torch.cat([log_p[:, idx], dustbin], dim=-1)
     return torch.softmax(aggregated / temperature, dim=-1).to(generalist_logits.dtype)
 

@@ -248,3 +248,14 @@ def test_dustbin_comparison_puts_both_models_on_the_same_footing() -> None:
     uniform = torch.full((8, 6), 1 / 6, dtype=torch.float64)
     row = dustbin_comparison(0, classes, always_dustbin, uniform, labels)
     assert row["generalist_aggregated_accuracy"] == 0.0 and row["generalist_mean_dustbin"] == pytest.approx(4 / 6)
+
+
+def test_dustbin_share_of_the_training_set_and_its_prior_correction():
+    labels = np.repeat(np.arange(10), 100)  # class 0 is 10% of the data
+    idx = specialist_training_indices(labels, [0], seed=0, outside_ratio=3.0)
+    assert len(idx) == 400 and int((labels[idx] == 0).sum()) == 100  # 300 from the dustbin: three quarters
+    # trained with 3 dustbin examples per class example, the natural odds are 9:1, so the
+    # dustbin logit gains log(9) - log(3) = log(3)
+    assert dustbin_prior_correction(0.1, 3.0) == pytest.approx(np.log(3.0))
+    with pytest.raises(ConfigError, match="outside_ratio must be > 0, got 0"):
+        specialist_training_indices(labels, [0], seed=0, outside_ratio=0)
