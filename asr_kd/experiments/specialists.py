@@ -373,8 +373,8 @@ def _targets(r: dict[str, Any]) -> str:
     if not t:
         return "hard labels"
     return (
-        f"the generalist's distribution aggregated to its classes plus dustbin, the dustbin's log-odds lowered by log((1 - f) / f) "
-        f"to match the half-and-half training set, softened at T={t:g} (T^2-scaled), plus hard labels with weight {r['hard_weight']}"
+        f"the generalist's distribution aggregated to its classes plus dustbin, the dustbin's log-odds lowered by the same shift "
+        f"to match the training set's mix, softened at T={t:g} (T^2-scaled), plus hard labels with weight {r['hard_weight']}"
     )
 
 
@@ -460,7 +460,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             "",
             f"Each {_INIT_WORDS[r.get('init', 'generalist')]}, trained {r['epochs']} epochs on {_mix_words(r.get('outside_ratio', 1.0))}, "
             f"on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) - log(r) for its classes' share f of the data "
-            "and r dustbin examples per example of its classes. "
+            f"and r = {r.get('outside_ratio', 1.0):g} dustbin examples per example of its classes. "
             "Accuracy on test examples of its classes: the specialist's arg-max over its classes and dustbin, the generalist's over all classes; "
             "'within' columns: both models' arg-max over the specialist's classes only (telling the confusable classes apart).",
             "",
