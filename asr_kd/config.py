@@ -356,33 +356,46 @@ class GmmConfig:
 # --------------------------------------------------------------------------------------------
 
 
+TEACHER_ARCHS = ("mlp", "conv")
+
+
 @dataclasses.dataclass(frozen=True)
 class TeacherSetting:
-    """One candidate of the MNIST teacher's regularisation and training length."""
+    """One candidate of the MNIST teacher: its kind (``mlp``: the 784-1200-1200-10 net of
+    ``teacher_hidden``; ``conv``: :class:`asr_kd.models.convnet.ConvNet`), regularisation and
+    training length."""
 
     dropout: float
     input_dropout: float
     jitter_pixels: int
     epochs: int
+    arch: str = "mlp"
 
     @classmethod
     def parse(cls, text: str) -> TeacherSetting:
-        """Return the setting written as ``"dropout/input_dropout/jitter_pixels/epochs"``."""
-        parts = str(text).split("/")
+        """Return the setting written as ``"[conv:]dropout/input_dropout/jitter_pixels/epochs"``
+        (no prefix: an MLP teacher)."""
+        arch, _, body = str(text).rpartition(":")
+        arch = arch or "mlp"
+        parts = body.split("/")
         try:
-            if len(parts) != 4:
+            if len(parts) != 4 or arch not in TEACHER_ARCHS:
                 raise ValueError
-            out = cls(float(parts[0]), float(parts[1]), int(parts[2]), int(parts[3]))
+            out = cls(float(parts[0]), float(parts[1]), int(parts[2]), int(parts[3]), arch)
         except ValueError:
-            raise ConfigError(f"mnist.teacher_grid: {text!r} is not 'dropout/input_dropout/jitter/epochs', e.g. '0.5/0.2/2/40'") from None
+            raise ConfigError(
+                f"mnist.teacher_grid: {text!r} is not '[conv:]dropout/input_dropout/jitter/epochs', e.g. '0.5/0.2/2/40' or 'conv:0.3/0/1/20'"
+            ) from None
         _check(0.0 <= out.dropout < 1.0 and 0.0 <= out.input_dropout < 1.0, f"mnist.teacher_grid {text!r}: dropout rates must be in [0, 1)")
         _check(0 <= out.jitter_pixels <= 8 and out.epochs >= 1, f"mnist.teacher_grid {text!r}: jitter must be 0..8 pixels and epochs >= 1")
         return out
 
     @property
     def label(self) -> str:
-        """Return the setting in words, e.g. ``dropout 0.5, input dropout 0.2, jitter 2 px, 40 epochs``."""
-        return f"dropout {self.dropout:g}, input dropout {self.input_dropout:g}, jitter {self.jitter_pixels} px, {self.epochs} epochs"
+        """Return the setting in words, e.g. ``dropout 0.5, input dropout 0.2, jitter 2 px, 40 epochs``
+        (``convnet, ...`` for a convolutional teacher)."""
+        kind = "convnet, " if self.arch == "conv" else ""
+        return f"{kind}dropout {self.dropout:g}, input dropout {self.input_dropout:g}, jitter {self.jitter_pixels} px, {self.epochs} epochs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +413,9 @@ class MnistConfig:
     # "dropout/input_dropout/jitter_pixels/epochs" per candidate (jitter: inputs translated by up
     # to that many pixels). The paper's setting (dropout 0.5, input dropout 0.2, 2-pixel jitter)
     # suits digits; on Fashion-MNIST it left the teacher worse than the unregularised small net
-    # (issue 16), so lighter settings compete with it. Ties go to the earlier candidate.
+    # (issue 16), so lighter settings compete with it. A "conv:" prefix makes the candidate a small
+    # convnet (asr_kd/models/convnet.py) instead of the teacher_hidden MLP: on Fashion-MNIST an MLP
+    # teacher has no headroom over the 800-800 MLP student. Ties go to the earlier candidate.
     teacher_grid: tuple[str, ...] = ("0.5/0.2/2/40", "0.3/0.1/1/30", "0.2/0/0/20")
     # > 1: that many teachers of the chosen setting (different seeds), probabilities averaged
     teacher_ensemble: int = 1
@@ -427,7 +442,7 @@ class MnistConfig:
         for name in ("teacher_hidden", "student_hidden", "tiny_student_hidden"):
             sizes = getattr(self, name)
             _check(len(sizes) >= 1 and all(h > 0 for h in sizes), f"mnist.{name} must be a non-empty list of positive sizes, got {sizes}")
-        _check(len(self.teacher_grid) >= 1, "mnist.teacher_grid needs at least one candidate 'dropout/input_dropout/jitter/epochs'")
+        _check(len(self.teacher_grid) >= 1, "mnist.teacher_grid needs at least one candidate '[conv:]dropout/input_dropout/jitter/epochs'")
         for text in self.teacher_grid:
             TeacherSetting.parse(text)  # a one-line error naming a bad candidate
         _check(self.teacher_ensemble >= 1 and self.gap_seeds >= 1, "mnist.teacher_ensemble and mnist.gap_seeds must be >= 1")
@@ -645,6 +660,10 @@ class DecodeConfig:
 # --------------------------------------------------------------------------------------------
 
 SPECIALIST_TASKS = ("pairs", "single", "senones")
+# how the combination weighs each active specialist's KL term (asr_kd/kd/specialists.py,
+# specialist_term_weights): "sum" (the paper: 1 each) or "mean" (1 / active specialists)
+SPECIALIST_COMBINE_WEIGHTINGS = ("sum", "mean")
+SPECIALIST_INITS = ("generalist", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -678,9 +697,18 @@ class SpecialistConfig:
     # 0: hard labels only
     specialist_soft_temperature: float = 0.0
     specialist_hard_weight: float = 0.5  # weight of the hard labels when soft targets are used
+    # examples from outside a specialist's classes (its dustbin) per example inside them: the
+    # dustbin's share of its training set is r / (1 + r); 1 is the paper's "half"
+    specialist_outside_ratio: float = 1.0
+    # "generalist": start from the generalist's weights (the paper); "random": the control
+    specialist_init: str = "generalist"
     top_n: int = 1  # specialists are active when they cover one of the generalist's top-n classes
     combine_steps: int = 300
     combine_learning_rate: float = 0.1
+    # "mean": each active specialist's KL term weighs 1 / (active specialists), so overlapping
+    # clusterings do not count a class's specialists twice against the generalist (issue 16:
+    # with "sum", the paper's, the doubly covered MNIST-pair examples lost 77 correct answers)
+    combine_weighting: str = "mean"
     # task "senones" (asr_kd/experiments/senone_task.py): frames of the speech recipe's parts,
     # spliced with splice_context frames on each side, at most max_*_frames per split (0: all)
     train_part: str = DEFAULT_TRAIN_PART
@@ -703,6 +731,9 @@ class SpecialistConfig:
         _check(self.num_clusters >= 1 and self.num_clusterings >= 1, "specialists.num_clusters and num_clusterings must be >= 1")
         _check(1 <= self.min_cluster_size <= self.max_cluster_size, "specialists needs 1 <= min_cluster_size <= max_cluster_size")
         _check(self.top_n >= 1 and self.combine_steps >= 1 and self.combine_learning_rate > 0, "specialists.top_n, combine_steps and combine_learning_rate must be positive")
+        _check(self.specialist_outside_ratio > 0, f"specialists.specialist_outside_ratio must be > 0, got {self.specialist_outside_ratio}")
+        _check(self.specialist_init in SPECIALIST_INITS, f"specialists.specialist_init must be one of {SPECIALIST_INITS}, got {self.specialist_init!r}")
+        _check(self.combine_weighting in SPECIALIST_COMBINE_WEIGHTINGS, f"specialists.combine_weighting must be one of {SPECIALIST_COMBINE_WEIGHTINGS}, got {self.combine_weighting!r}")
         _check(self.specialist_soft_temperature >= 0 and self.specialist_hard_weight >= 0, "specialists.specialist_soft_temperature and specialist_hard_weight must be >= 0")
 
 

@@ -59,8 +59,10 @@ from asr_kd.kd.specialists import (
     specialist_labels,
     specialist_output_init,
     specialist_soft_targets,
+    specialist_term_weights,
     specialist_training_indices,
 )
+from asr_kd.metrics.paired import mcnemar_exact
 from asr_kd.models.mlp import MLP
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.provenance import input_fingerprint
@@ -86,8 +88,8 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "generalist": ("seed", "generalist_hidden", "generalist_dropout", "generalist_epochs", "batch_size", "learning_rate"),
     "clusters": ("seed", "num_clusters", "num_clusterings", "min_cluster_size", "max_cluster_size"),
     "specialists": ("seed", "generalist_hidden", "generalist_dropout", "specialist_epochs", "batch_size", "specialist_learning_rate",
-                    "specialist_soft_temperature", "specialist_hard_weight"),
-    "combine": ("top_n", "combine_steps", "combine_learning_rate"),
+                    "specialist_soft_temperature", "specialist_hard_weight", "specialist_outside_ratio", "specialist_init"),
+    "combine": ("top_n", "combine_steps", "combine_learning_rate", "combine_weighting"),
 }
 # The upstream stages each stage reads; their record fingerprints are the stage's inputs.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
@@ -255,29 +257,41 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     probs: dict[str, np.ndarray] = {}
     rows = []
     for m, classes in enumerate(tqdm(sets, desc="specialists", mininterval=5.0)):
-        idx = torch.from_numpy(specialist_training_indices(task["train"].labels, classes, cfg.seed + m))
-        w, b = specialist_output_init(generalist.output.weight, generalist.output.bias, classes)
-        model = generalist.with_output_layer(w, b)
+        idx = torch.from_numpy(specialist_training_indices(task["train"].labels, classes, cfg.seed + m, cfg.specialist_outside_ratio))
+        if cfg.specialist_init == "generalist":
+            w, b = specialist_output_init(generalist.output.weight, generalist.output.bias, classes)
+            model = generalist.with_output_layer(w, b)
+        else:  # "random": the control for initialising from the generalist
+            torch.manual_seed(cfg.seed + 1000 + m)
+            model = MLP(_input_dim(task), cfg.generalist_hidden, len(classes) + 1, dropout=cfg.generalist_dropout)
         t = cfg.specialist_soft_temperature
         spec = TrainSpec(cfg.specialist_epochs, cfg.batch_size, cfg.specialist_learning_rate, cfg.seed + 1000 + m, temperature=t or 1.0, hard_weight=cfg.specialist_hard_weight)
         share = float(np.isin(task["train"].labels, classes).mean())
-        soft = specialist_soft_targets(gen_train[idx], classes, t, share) if gen_train is not None else None
+        soft = specialist_soft_targets(gen_train[idx], classes, t, share, cfg.specialist_outside_ratio) if gen_train is not None else None
         with _writer(out, f"specialist{m:02d}") as writer:
             train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
         # undo the oversampling of the specialist's classes: restore the natural dustbin prior
         with torch.no_grad():
-            model.output.bias[-1] += dustbin_prior_correction(share)
+            model.output.bias[-1] += dustbin_prior_correction(share, cfg.specialist_outside_ratio)
         for split in ("val", "test"):
             probs[f"{split}_{m}"] = torch.softmax(predict_logits(model, task[split].inputs()), -1).numpy()
         rows.append(_specialist_row(m, classes, torch.from_numpy(probs[f"test_{m}"]), gen_test, task["test"].targets()))
     with atomic_path(out / "probs.npz") as tmp:
         np.savez(tmp, **probs)
-    return {"rows": rows, "epochs": cfg.specialist_epochs, "soft_temperature": cfg.specialist_soft_temperature, "hard_weight": cfg.specialist_hard_weight}
+    return {
+        "rows": rows,
+        "epochs": cfg.specialist_epochs,
+        "soft_temperature": cfg.specialist_soft_temperature,
+        "hard_weight": cfg.specialist_hard_weight,
+        "outside_ratio": cfg.specialist_outside_ratio,
+        "init": cfg.specialist_init,
+    }
 
 
 def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """Combine the generalist with the active specialists on the test set; save the
-    distributions; return the overall accuracies and the Table 4 analogue."""
+    distributions; return the overall accuracies, McNemar's paired test of the combination
+    against the generalist on the test examples, and the Table 4 analogue."""
     task, _ = _task(exp_dir)
     sets = _class_sets(exp_dir)
     p_g = torch.softmax(_generalist_logits(exp_dir)["test"].double(), -1)
@@ -285,16 +299,21 @@ def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         p_spec = [torch.from_numpy(z[f"test_{m}"]).double() for m in range(len(sets))]
     labels = task["test"].targets()
     active = active_specialists(p_g, sets, cfg.top_n)
-    q = combine_with_specialists(p_g, p_spec, sets, active, cfg.combine_steps, cfg.combine_learning_rate)
+    weights = specialist_term_weights(active, cfg.combine_weighting)
+    q = combine_with_specialists(p_g, p_spec, sets, weights, cfg.combine_steps, cfg.combine_learning_rate)
     with atomic_path(stage_dir(exp_dir, "combine") / "test.npz") as tmp:
         np.savez(tmp, generalist=p_g.numpy(), combined=q.numpy(), labels=labels.numpy(), active=active.numpy())
-    gen_acc = float((p_g.argmax(-1) == labels).double().mean())
-    comb_acc = float((q.argmax(-1) == labels).double().mean())
+    gen_ok, comb_ok = (p_g.argmax(-1) == labels).numpy(), (q.argmax(-1) == labels).numpy()
+    paired = mcnemar_exact(comb_ok, gen_ok)
     return {
         "num_test": len(labels),
         "top_n": cfg.top_n,
-        "generalist_accuracy": gen_acc,
-        "combined_accuracy": comb_acc,
+        "weighting": cfg.combine_weighting,
+        "generalist_accuracy": float(gen_ok.mean()),
+        "combined_accuracy": float(comb_ok.mean()),
+        "only_combined_right": paired.only_a,
+        "only_generalist_right": paired.only_b,
+        "p_value": paired.p_value,
         "examples_with_active_specialist": int(active.any(1).sum()),
         "coverage": coverage_table(p_g, q, labels, sets, active),
         "dustbin": [dustbin_comparison(m, classes, p_spec[m], p_g, labels) for m, classes in enumerate(sets)],
@@ -354,8 +373,8 @@ def _targets(r: dict[str, Any]) -> str:
     if not t:
         return "hard labels"
     return (
-        f"the generalist's distribution aggregated to its classes plus dustbin, the dustbin's log-odds lowered by log((1 - f) / f) "
-        f"to match the half-and-half training set, softened at T={t:g} (T^2-scaled), plus hard labels with weight {r['hard_weight']}"
+        f"the generalist's distribution aggregated to its classes plus dustbin, the dustbin's log-odds lowered by the same shift "
+        f"to match the training set's mix, softened at T={t:g} (T^2-scaled), plus hard labels with weight {r['hard_weight']}"
     )
 
 
@@ -439,8 +458,9 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         lines += [
             "### Specialists on their own classes",
             "",
-            f"Each initialised from the generalist, trained {r['epochs']} epochs on data half from its classes, half from the rest "
-            f"(dustbin), on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) for its classes' share f of the data. "
+            f"Each {_INIT_WORDS[r.get('init', 'generalist')]}, trained {r['epochs']} epochs on {_mix_words(r.get('outside_ratio', 1.0))}, "
+            f"on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) - log(r) for its classes' share f of the data "
+            f"and r = {r.get('outside_ratio', 1.0):g} dustbin examples per example of its classes. "
             "Accuracy on test examples of its classes: the specialist's arg-max over its classes and dustbin, the generalist's over all classes; "
             "'within' columns: both models' arg-max over the specialist's classes only (telling the confusable classes apart).",
             "",
@@ -468,7 +488,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             "",
             f"For each test example the specialists covering one of the generalist's top-{r['top_n']} classes are active "
             f"({r['examples_with_active_specialist']} of {r['num_test']} examples have one); q minimises "
-            "KL(p_generalist || q) + sum over active m of KL(p_m || q_m), by Adam on q's logits.",
+            f"KL(p_generalist || q) + sum over active m of w_m KL(p_m || q_m), by Adam on q's logits, {_WEIGHTING_WORDS[r.get('weighting', 'sum')]}.",
             "",
             "| system | test top-1 accuracy | relative change |",
             "|---|---|---|",
@@ -476,6 +496,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             f"| generalist + specialists | {c:.2f}% | {100 * (c - g) / g:+.1f}% |",
             f"| paper, JFT (61 specialists) | {PAPER_TOP1[0]}% -> {PAPER_TOP1[1]}% | +4.4% |",
             "",
+            *([combination_verdict(r), ""] if "p_value" in r else []),
             "### Accuracy change by the number of active specialists covering the correct class (Table 4 analogue)",
             "",
             "| active specialists covering the correct class | test examples | delta in top-1 correct | relative accuracy change |",
@@ -513,6 +534,40 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         results_file.unlink()  # this recipe's older, single-task layout: start afresh
     write_section(results_file, f"## Task: {task} ", "\n".join(lines), header=RESULTS_HEADER)
     logger.info("wrote the %s section of %s", task, results_file)
+
+
+_INIT_WORDS = {"generalist": "initialised from the generalist", "random": "initialised at random (the control)"}
+
+
+def _mix_words(outside_ratio: float) -> str:
+    """Return how a specialist's training set mixes its classes with the rest (the dustbin)."""
+    if outside_ratio == 1.0:
+        return "data half from its classes, half from the rest (dustbin)"
+    return f"data {100 / (1 + outside_ratio):.0f}% from its classes, {100 * outside_ratio / (1 + outside_ratio):.0f}% from the rest (dustbin)"
+
+
+_WEIGHTING_WORDS = {
+    "sum": "w_m = 1 (the paper's objective)",
+    "mean": "w_m = 1 / (number of active specialists), so overlapping specialists weigh as much as one",
+}
+
+
+def combination_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
+    """Return the combine record's paired comparison in words: the test examples only the
+    combination and only the generalist get right, McNemar's exact p, and whether the
+    specialists earn their place (a significant gain at ``alpha``), cost (a significant loss)
+    or are within noise."""
+    gain, loss, p = r["only_combined_right"], r["only_generalist_right"], r["p_value"]
+    if p < alpha and gain > loss:
+        verdict = f"a significant gain (p < {alpha:g}): the specialists earn their place"
+    elif p < alpha:
+        verdict = f"a significant loss (p < {alpha:g}): the specialists cost accuracy"
+    else:
+        verdict = f"within noise (p >= {alpha:g}): no evidence that the specialists help"
+    return (
+        f"Paired test on the {r['num_test']} test examples: {gain} only the combination gets right, {loss} only the generalist "
+        f"(net {gain - loss:+d}), McNemar exact p={p:.2g}; {verdict}."
+    )
 
 
 def _task_lines(r: dict[str, Any]) -> list[str]:

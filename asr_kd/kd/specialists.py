@@ -10,8 +10,9 @@ Task-agnostic building blocks for any classifier with many classes:
   :func:`specialist_soft_targets`: the data, initial output layer, prior correction and soft
   targets of a specialist that predicts its classes plus a dustbin class;
 * :func:`active_specialists`, :func:`combine_with_specialists`: at test time, the distribution
-  ``q`` minimising ``KL(p_g || q) + sum_m KL(p_m || q_m)`` over the active specialists, where
-  ``q_m`` is ``q`` restricted to specialist m's classes with the rest summed into its dustbin;
+  ``q`` minimising ``KL(p_g || q) + sum_m w_m KL(p_m || q_m)`` over the active specialists, where
+  ``q_m`` is ``q`` restricted to specialist m's classes with the rest summed into its dustbin
+  and ``w_m`` 1 (the paper) or 1 / active specialists (:func:`specialist_term_weights`);
 * :func:`combination_objective`: that objective, per example;
 * :func:`coverage_table`: the Table 4 analogue (accuracy change grouped by how many active
   specialists cover the correct class).
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asr_kd.config import SPECIALIST_COMBINE_WEIGHTINGS
 from asr_kd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -143,17 +145,21 @@ def specialist_labels(labels: Tensor, classes: Sequence[int]) -> Tensor:
     return lookup[labels]
 
 
-def specialist_training_indices(labels: np.ndarray, classes: Sequence[int], seed: int) -> np.ndarray:
-    """Return indices of a specialist's training set: every example of its ``classes`` plus as
-    many drawn at random (without replacement where possible) from the remaining examples, so
-    half the set is from its classes. Sorted; deterministic given ``seed``."""
+def specialist_training_indices(labels: np.ndarray, classes: Sequence[int], seed: int, outside_ratio: float = 1.0) -> np.ndarray:
+    """Return indices of a specialist's training set: every example of its ``classes`` plus
+    ``round(outside_ratio * inside)`` drawn at random (without replacement where possible) from
+    the remaining examples: with the default ratio 1 (the paper's), half the set is from its
+    classes. Sorted; deterministic given ``seed``."""
     labels = np.asarray(labels)
     inside = np.flatnonzero(np.isin(labels, classes))
     outside = np.flatnonzero(~np.isin(labels, classes))
     if len(inside) == 0 or len(outside) == 0:
         raise ConfigError(f"a specialist needs training examples inside and outside its classes {list(classes)}")
+    if outside_ratio <= 0:
+        raise ConfigError(f"a specialist's outside_ratio must be > 0, got {outside_ratio}")
     rng = np.random.default_rng(seed)
-    extra = rng.choice(outside, size=len(inside), replace=len(inside) > len(outside))
+    size = max(1, int(round(outside_ratio * len(inside))))
+    extra = rng.choice(outside, size=size, replace=size > len(outside))
     return np.sort(np.concatenate([inside, extra]))
 
 
@@ -177,16 +183,20 @@ def aggregate_to_specialist(probs: Tensor, classes: Sequence[int]) -> Tensor:
     return torch.cat([inside, (1.0 - inside.sum(dim=-1, keepdim=True)).clamp(min=0.0)], dim=-1)
 
 
-def dustbin_prior_correction(class_fraction: float) -> float:
-    """Return the amount to add to the dustbin's logit after training on a set that is half
-    specialist classes, when those classes make up ``class_fraction`` of the natural data:
-    ``log((1 - f) / f)``, which restores the natural ratio of dustbin to specialist classes."""
+def dustbin_prior_correction(class_fraction: float, outside_ratio: float = 1.0) -> float:
+    """Return the amount to add to the dustbin's logit after training on a set with
+    ``outside_ratio`` dustbin examples per example of the specialist's classes (1: half and
+    half), when those classes make up ``class_fraction`` f of the natural data:
+    ``log((1 - f) / f) - log(outside_ratio)``, which restores the natural ratio of dustbin to
+    specialist classes."""
     if not 0.0 < class_fraction < 1.0:
         raise ConfigError(f"the specialist classes' share of the data must be in (0, 1), got {class_fraction}")
-    return float(np.log((1.0 - class_fraction) / class_fraction))
+    return float(np.log((1.0 - class_fraction) / class_fraction) - np.log(outside_ratio))
 
 
-def specialist_soft_targets(generalist_logits: Tensor, classes: Sequence[int], temperature: float, class_fraction: float | None = None) -> Tensor:
+def specialist_soft_targets(
+    generalist_logits: Tensor, classes: Sequence[int], temperature: float, class_fraction: float | None = None, outside_ratio: float = 1.0
+) -> Tensor:
     """Return a specialist's soft targets ``[N, |S| + 1]`` from the generalist's logits
     ``[N, K]``: the generalist's distribution aggregated to ``classes`` plus dustbin at
     temperature 1, then softened at ``temperature``.
@@ -195,9 +205,9 @@ def specialist_soft_targets(generalist_logits: Tensor, classes: Sequence[int], t
     classes would give the dustbin far more mass than the generalist does (each small
     probability grows under softening), and the specialist would learn that inflated dustbin.
     With ``class_fraction`` (the classes' share f of the natural data) the dustbin's log-odds
-    are lowered by ``log((1 - f) / f)`` before softening, so that the targets match the
-    specialist's training set, half from its classes; :func:`dustbin_prior_correction` undoes
-    exactly that shift after training.
+    are lowered by :func:`dustbin_prior_correction` (``log((1 - f) / f)`` for a training set
+    half from its classes, ``outside_ratio`` 1) before softening, so that the targets match the
+    specialist's training set; adding it back after training undoes exactly that shift.
     """
     if temperature <= 0:
         raise ConfigError(f"the soft targets' temperature must be > 0, got {temperature}")
@@ -207,7 +217,7 @@ def specialist_soft_targets(generalist_logits: Tensor, classes: Sequence[int], t
     others[idx] = False
     dustbin = torch.logsumexp(log_p[:, others], dim=-1, keepdim=True)
     if class_fraction is not None:
-        dustbin = dustbin - dustbin_prior_correction(class_fraction)
+        dustbin = dustbin - dustbin_prior_correction(class_fraction, outside_ratio)
     aggregated = torch.cat([log_p[:, idx], dustbin], dim=-1)
     return torch.softmax(aggregated / temperature, dim=-1).to(generalist_logits.dtype)
 
@@ -229,6 +239,22 @@ def active_specialists(generalist_probs: Tensor, class_sets: Sequence[Sequence[i
     return member[:, top].any(dim=-1).T.contiguous()
 
 
+def specialist_term_weights(active: Tensor, weighting: str) -> Tensor:
+    """Return the weight ``[N, M]`` (float64) of each specialist's KL term in the combination
+    objective from the boolean ``active`` matrix: 1 for every active specialist (``"sum"``, the
+    paper's objective) or 1 / (number of active specialists in the row) (``"mean"``).
+
+    Why "mean": with overlapping clusterings a class covered by two active specialists has its
+    evidence counted twice against the generalist's once; on the MNIST pairs those examples lost
+    77 correct answers (issue 16). With one active specialist per row both are the same."""
+    if weighting not in SPECIALIST_COMBINE_WEIGHTINGS:
+        raise ConfigError(f"the specialists' combination weighting must be one of {SPECIALIST_COMBINE_WEIGHTINGS}, got {weighting!r}")
+    weights = active.to(torch.float64)
+    if weighting == "mean":
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return weights
+
+
 def combine_with_specialists(
     generalist_probs: Tensor,
     specialist_probs: Sequence[Tensor],
@@ -239,11 +265,12 @@ def combine_with_specialists(
 ) -> Tensor:
     """Return the full distributions ``q`` ``[N, K]`` that minimise, row by row,
 
-    ``KL(p_g || q) + sum_{m active} KL(p_m || q_m)``
+    ``KL(p_g || q) + sum_{m active} w_m KL(p_m || q_m)``
 
     where ``p_g`` is the generalist's distribution, ``p_m`` (``[N, |S_m| + 1]``, dustbin last)
     specialist m's, and ``q_m`` is ``q`` on S_m with the mass of every other class summed into
-    the dustbin. Found by Adam on the logits of ``q``, started from ``log p_g``: a row with no
+    the dustbin. ``active`` is boolean ``[N, M]`` (every weight 1, the paper's objective) or the
+    weights ``w`` themselves (:func:`specialist_term_weights`; 0 where inactive). Found by Adam on the logits of ``q``, started from ``log p_g``: a row with no
     active specialist is at the optimum already and is returned unchanged.
     """
     if len(specialist_probs) != len(class_sets) or active.shape != (generalist_probs.shape[0], len(class_sets)):
@@ -291,8 +318,9 @@ def combination_objective(
     class_sets: Sequence[Sequence[int]],
     active: Tensor,
 ) -> Tensor:
-    """Return, per row, ``KL(p_g || q) + sum_{m active} KL(p_m || q_m)`` (``[N]``): the quantity
-    that :func:`combine_with_specialists` minimises."""
+    """Return, per row, ``KL(p_g || q) + sum_{m active} w_m KL(p_m || q_m)`` (``[N]``): the
+    quantity that :func:`combine_with_specialists` minimises (``active``: boolean, or the
+    weights ``w``)."""
     eps = 1e-300
     q = q.to(torch.float64).clamp(min=eps)
     p_g = generalist_probs.to(torch.float64)

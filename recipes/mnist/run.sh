@@ -74,6 +74,8 @@ fi
 command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make venv' in $root_dir (or activate its .venv)"
 
 mkdir -p "$exp/log"
+# absolute: the stage records resolve their outputs against it (a relative --exp exp/x failed there)
+exp="$(cd "$exp" && pwd)"
 printf '%s\n' "$cmdline" "stage=$stage stop_stage=$stop_stage preset=$preset config=$config set=$set data_dir=$data_dir num_threads=$num_threads on_change=$on_change exp=$exp results=$results" \
   > "$exp/log/run.$(date '+%Y%m%d-%H%M%S').options"
 

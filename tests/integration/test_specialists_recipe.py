@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from asr_kd.data.mnist import load_splits
-from asr_kd.kd.specialists import combination_objective
+from asr_kd.experiments.specialists import combination_verdict
+from asr_kd.kd.specialists import combination_objective, specialist_term_weights
 from tests.conftest import REPO_ROOT
 
 RUN_SH = REPO_ROOT / "recipes" / "specialists" / "run.sh"
@@ -68,7 +69,8 @@ def test_combination_is_normalised_and_only_changes_rows_with_active_specialists
     sets = json.loads((recipe / "clusters" / "clusters.json").read_text())
     with np.load(recipe / "specialists" / "probs.npz") as sp:
         spec = [torch.from_numpy(sp[f"test_{m}"]) for m in range(len(sets))]
-    args = (torch.from_numpy(p_g), spec, sets, torch.from_numpy(active))
+    # the tiny preset weighs each active specialist's term by 1 / (active specialists)
+    args = (torch.from_numpy(p_g), spec, sets, specialist_term_weights(torch.from_numpy(active), "mean"))
     # the optimiser lowers the KL objective on every row that has an active specialist
     before = combination_objective(torch.from_numpy(p_g), *args)
     after = combination_objective(torch.from_numpy(q), *args)
@@ -87,6 +89,9 @@ def test_results_tables(recipe: Path) -> None:
     text = (recipe / "RESULTS.md").read_text()
     assert "run.sh --preset tiny" in text
     assert "## Combination (Table 3 analogue)" in text and "(Table 4 analogue)" in text
+    # the paired test: its discordant counts explain the change in correct answers exactly
+    assert combine["only_combined_right"] - combine["only_generalist_right"] == delta and 0 < combine["p_value"] <= 1
+    assert combination_verdict(combine) in text and combine["weighting"] == "mean"
     rows = _record(recipe, "specialists")["rows"]
     assert len(rows) == _record(recipe, "clusters")["num_specialists"]
     assert all(0.0 <= r["specialist_accuracy"] <= 1.0 for r in rows)

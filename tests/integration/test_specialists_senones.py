@@ -12,7 +12,8 @@ import torch
 
 from asr_kd.data.alignments import load_alignment
 from asr_kd.experiments.senone_task import load_frame_task
-from asr_kd.kd.specialists import combination_objective
+from asr_kd.experiments.specialists import combination_verdict
+from asr_kd.kd.specialists import combination_objective, specialist_term_weights
 from tests.conftest import REPO_ROOT
 
 RUN_SH = REPO_ROOT / "recipes" / "specialists" / "run.sh"
@@ -80,7 +81,8 @@ def test_combination_is_normalised_and_lowers_the_objective(recipe: tuple[Path, 
     with np.load(exp / "specialists" / "probs.npz") as sp:
         spec = [torch.from_numpy(sp[f"test_{m}"]) for m in range(len(sets))]
     assert all(np.allclose(p.sum(1).numpy(), 1.0) and p.shape == (len(labels), len(s) + 1) for p, s in zip(spec, sets))
-    args = (torch.from_numpy(p_g), spec, sets, torch.from_numpy(active))
+    # the preset weighs each active specialist's term by 1 / (active specialists)
+    args = (torch.from_numpy(p_g), spec, sets, specialist_term_weights(torch.from_numpy(active), "mean"))
     before, after = combination_objective(torch.from_numpy(p_g), *args), combination_objective(torch.from_numpy(q), *args)
     on = torch.from_numpy(active.any(1))
     assert bool(on.any()) and torch.all(after <= before + 1e-9) and torch.all(after[on] < before[on])
@@ -106,7 +108,7 @@ def test_results_section_and_accuracies(recipe: tuple[Path, Path]) -> None:
     assert text.count("## Task: senones") == 1 and "--task senones --preset tiny" in text
     senones = text[text.index("## Task: senones"):]
     assert f"Task: {k} classes" in senones and "### Combination (Table 3 analogue)" in senones
-    assert f"| generalist | {100 * gen:.2f}% |" in senones
+    assert f"| generalist | {100 * gen:.2f}% |" in senones and combination_verdict(combine) in senones
     assert "| specialist | classes | test examples | specialist accuracy | generalist accuracy | specialist within | generalist within |" in senones
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from asr_kd.config import MnistConfig, TeacherSetting
 from asr_kd.data.mnist import FASHION_MNIST_NAMES, MNIST_5K, DatasetInfo, describe_dataset
@@ -26,8 +27,12 @@ def test_teacher_grid_parses_and_rejects_bad_candidates() -> None:
     cfg = MnistConfig(teacher_grid=("0.5/0.2/2/40", "0/0/0/15"))
     assert cfg.teacher_candidates == (TeacherSetting(0.5, 0.2, 2, 40), TeacherSetting(0.0, 0.0, 0, 15))
     assert cfg.teacher_candidates[0].label == "dropout 0.5, input dropout 0.2, jitter 2 px, 40 epochs"
-    with pytest.raises(ConfigError, match=r"^mnist.teacher_grid: '0.5/0.2/2' is not 'dropout/input_dropout/jitter/epochs'"):
+    with pytest.raises(ConfigError, match=r"^mnist.teacher_grid: '0.5/0.2/2' is not '\[conv:\]dropout/input_dropout/jitter/epochs'"):
         MnistConfig(teacher_grid=("0.5/0.2/2",))
+    conv = MnistConfig(teacher_grid=("conv:0.3/0/1/20",)).teacher_candidates[0]
+    assert conv == TeacherSetting(0.3, 0.0, 1, 20, "conv") and conv.label == "convnet, dropout 0.3, input dropout 0, jitter 1 px, 20 epochs"
+    with pytest.raises(ConfigError, match=r"'cnn:0.3/0/1/20' is not '\[conv:\]dropout"):
+        MnistConfig(teacher_grid=("cnn:0.3/0/1/20",))
     with pytest.raises(ConfigError, match=r"'1.0/0/0/5': dropout rates must be in \[0, 1\)"):
         MnistConfig(teacher_grid=("1.0/0/0/5",))
     with pytest.raises(ConfigError, match="needs at least one candidate"):
@@ -78,14 +83,39 @@ def test_omitted_class_and_transfer_tables_name_the_classes_and_show_paper_numbe
     assert "paper" not in "\n".join(_transfer_table(transfer, FASHION))
 
 
-def test_premise_check_flags_a_teacher_that_is_not_better() -> None:
-    small = {"rows": [{"hidden": [800, 800], "val_errors": 580}], "num_val": 5000}
-    worse = check_teacher_premise({"val_errors": 650}, small)
-    assert worse["holds"] is False
-    assert worse["text"].startswith("WARNING: the teacher is NOT better than the small net on validation (650 against 580 errors of 5000)")
-    assert check_teacher_premise({"val_errors": 580}, small)["holds"] is False  # a tie is not better
-    better = check_teacher_premise({"val_errors": 450}, small)
-    assert better["holds"] is True and "the premise of distillation holds" in better["text"]
+def _paired(only_teacher: int, only_small: int, both_wrong: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example correctness of a teacher and a small net: the given discordant and
+    both-wrong counts, every other example right for both."""
+    teacher = np.ones(n, dtype=bool)
+    small = np.ones(n, dtype=bool)
+    small[:only_teacher] = False
+    teacher[only_teacher : only_teacher + only_small] = False
+    both = slice(only_teacher + only_small, only_teacher + only_small + both_wrong)
+    teacher[both] = small[both] = False
+    return teacher, small
+
+
+def test_premise_check_is_a_paired_test_on_validation() -> None:
+    # issue 16's Fashion-MNIST counts: 565 against 580 errors of 5000 is not a significant gain
+    teacher, small = _paired(only_teacher=115, only_small=100, both_wrong=465, n=5000)
+    noise = check_teacher_premise(teacher, small)
+    assert (noise["teacher_val_errors"], noise["small_val_errors"]) == (565, 580)
+    assert noise["holds"] is False and noise["verdict"] == "within noise"
+    assert noise["p_value"] == pytest.approx(0.3398, abs=1e-3)  # 2 * P(X <= 100), X ~ Bin(215, 1/2)
+    assert noise["text"].startswith(
+        "WARNING: the teacher is better than the small net on validation only within noise (565 against 580 errors of 5000; "
+        "115 examples only the teacher got right, 100 only the small net, McNemar exact p=0.34 >= 0.05)"
+    )
+    # the same 15-error difference on 30 discordant examples is significant: 2 * P(X <= 7), X ~ Bin(29, 1/2)
+    teacher, small = _paired(only_teacher=22, only_small=7, both_wrong=0, n=500)
+    better = check_teacher_premise(teacher, small)
+    assert better["holds"] is True and better["verdict"] == "holds" and better["p_value"] == pytest.approx(0.00813, abs=1e-4)
+    assert better["text"].endswith("McNemar exact p=0.0081 < 0.05): the premise of distillation holds.")
+    teacher, small = _paired(only_teacher=30, only_small=45, both_wrong=5, n=500)
+    worse = check_teacher_premise(teacher, small)
+    assert worse["verdict"] == "fails" and worse["text"].startswith("WARNING: the teacher is NOT better than the small net on validation (50 against 35 errors of 500;")
+    tie = check_teacher_premise(*_paired(only_teacher=10, only_small=10, both_wrong=0, n=100))
+    assert tie["verdict"] == "fails" and tie["p_value"] == 1.0  # a tie is not better
 
 
 def test_seed_interval_and_mcnemar_values() -> None:
@@ -133,3 +163,17 @@ def test_teacher_grid_keeps_the_best_on_validation_and_averages_an_ensemble(tmp_
     assert tuple(logits["train"].shape) == (2, 200, 10)  # two members of the chosen setting
     assert not np.allclose(logits["train"][0].numpy(), logits["train"][1].numpy())  # different seeds
     assert (tmp_path / "teacher" / "model_1.pt").is_file()
+
+
+def test_a_conv_candidate_trains_a_convnet_teacher_that_learns(tmp_path: Path) -> None:
+    from asr_kd.experiments.mnist import _teacher_logits, train_teacher
+
+    _write_splits(tmp_path / "prepare" / "splits.npz", np.random.default_rng(1))
+    cfg = MnistConfig(teacher_hidden=(32,), teacher_grid=("0.95/0.95/0/1", "conv:0/0/0/8"), batch_size=20, learning_rate=0.01)
+    record = train_teacher(cfg, tmp_path)
+    assert record["chosen"] == 1 and record["arch"] == "conv"
+    assert record["setting"] == "convnet, dropout 0, input dropout 0, jitter 0 px, 8 epochs"
+    assert record["val_errors"] <= 5  # of 50; an untrained net gets ~45 wrong
+    state = torch.load(tmp_path / "teacher" / "model.pt", weights_only=True)
+    assert any(w.ndim == 4 for w in state.values())  # convolution kernels were saved
+    assert tuple(_teacher_logits(tmp_path)["val"].shape) == (1, 50, 10)

@@ -32,13 +32,13 @@ def test_targets_are_distributions_that_keep_the_aggregated_arg_max(seed: int, t
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 1000), st.floats(0.01, 0.9))
-def test_at_temperature_one_the_prior_shift_is_exactly_undone_by_the_correction(seed: int, fraction: float) -> None:
+@given(st.integers(0, 1000), st.floats(0.01, 0.9), st.sampled_from([1.0, 0.5, 3.0]))
+def test_at_temperature_one_the_prior_shift_is_exactly_undone_by_the_correction(seed: int, fraction: float, outside_ratio: float) -> None:
     logits, classes = _case(seed)
     aggregated = aggregate_to_specialist(torch.softmax(logits, -1), classes)
     assert torch.allclose(specialist_soft_targets(logits, classes, 1.0), aggregated)
-    shifted = torch.log(specialist_soft_targets(logits, classes, 1.0, fraction))
-    shifted[:, -1] += dustbin_prior_correction(fraction)
+    shifted = torch.log(specialist_soft_targets(logits, classes, 1.0, fraction, outside_ratio))
+    shifted[:, -1] += dustbin_prior_correction(fraction, outside_ratio)
     assert torch.allclose(torch.softmax(shifted, -1), aggregated)
 
 

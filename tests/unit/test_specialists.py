@@ -22,6 +22,7 @@ from asr_kd.kd.specialists import (
     specialist_class_sets,
     specialist_labels,
     specialist_output_init,
+    specialist_term_weights,
     specialist_training_indices,
 )
 from asr_kd.models.mlp import MLP
@@ -146,6 +147,39 @@ def test_confident_correct_specialist_moves_mass_to_the_correct_class():
     assert (q[0, 0] / q[0, 4]).item() == pytest.approx((p_g[0, 0] / p_g[0, 4]).item(), rel=1e-3)
 
 
+def test_mean_weighting_does_not_count_overlapping_specialists_twice():
+    # Two clusterings gave the same confusable pair two specialists; with the paper's sum their
+    # shared opinion outweighs the generalist twice, with "mean" it weighs as much as one.
+    active = torch.tensor([[True, True, False], [False, False, False], [True, False, False]])
+    assert specialist_term_weights(active, "sum").tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    assert specialist_term_weights(active, "mean").tolist() == [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    with pytest.raises(ConfigError, match=r"weighting must be one of \('sum', 'mean'\), got 'max'"):
+        specialist_term_weights(active, "max")
+    p_g = torch.tensor([[0.05, 0.05, 0.48, 0.40, 0.02]], dtype=torch.float64)
+    p_spec = torch.tensor([[0.2, 0.7, 0.1]], dtype=torch.float64)  # classes 2, 3, dustbin
+    both = torch.tensor([[True, True]])
+    one = combine_with_specialists(p_g, [p_spec], [[2, 3]], torch.tensor([[True]]), steps=800)
+    mean = combine_with_specialists(p_g, [p_spec, p_spec], [[2, 3], [2, 3]], specialist_term_weights(both, "mean"), steps=800)
+    summed = combine_with_specialists(p_g, [p_spec, p_spec], [[2, 3], [2, 3]], specialist_term_weights(both, "sum"), steps=800)
+    assert torch.allclose(mean, one, atol=1e-6)
+    assert summed[0, 3] > one[0, 3] + 0.02  # the doubled term pulls q further towards the specialist
+
+
+def test_combination_verdict_says_gain_loss_or_noise():
+    from asr_kd.experiments.specialists import combination_verdict
+
+    base = {"num_test": 5000}
+    noise = combination_verdict({**base, "only_combined_right": 60, "only_generalist_right": 56, "p_value": 0.78})
+    assert noise == (
+        "Paired test on the 5000 test examples: 60 only the combination gets right, 56 only the generalist (net +4), "
+        "McNemar exact p=0.78; within noise (p >= 0.05): no evidence that the specialists help."
+    )
+    gain = combination_verdict({**base, "only_combined_right": 90, "only_generalist_right": 50, "p_value": 0.00095})
+    assert gain.endswith("(net +40), McNemar exact p=0.00095; a significant gain (p < 0.05): the specialists earn their place.")
+    loss = combination_verdict({**base, "only_combined_right": 50, "only_generalist_right": 127, "p_value": 1e-8})
+    assert "(net -77)" in loss and loss.endswith("a significant loss (p < 0.05): the specialists cost accuracy.")
+
+
 def test_coverage_table_counts_every_example():
     p_g = torch.tensor([[0.6, 0.4, 0.0], [0.2, 0.8, 0.0], [0.1, 0.1, 0.8]], dtype=torch.float64)
     q = torch.tensor([[0.3, 0.7, 0.0], [0.2, 0.8, 0.0], [0.1, 0.1, 0.8]], dtype=torch.float64)
@@ -214,3 +248,14 @@ def test_dustbin_comparison_puts_both_models_on_the_same_footing() -> None:
     uniform = torch.full((8, 6), 1 / 6, dtype=torch.float64)
     row = dustbin_comparison(0, classes, always_dustbin, uniform, labels)
     assert row["generalist_aggregated_accuracy"] == 0.0 and row["generalist_mean_dustbin"] == pytest.approx(4 / 6)
+
+
+def test_dustbin_share_of_the_training_set_and_its_prior_correction():
+    labels = np.repeat(np.arange(10), 100)  # class 0 is 10% of the data
+    idx = specialist_training_indices(labels, [0], seed=0, outside_ratio=3.0)
+    assert len(idx) == 400 and int((labels[idx] == 0).sum()) == 100  # 300 from the dustbin: three quarters
+    # trained with 3 dustbin examples per class example, the natural odds are 9:1, so the
+    # dustbin logit gains log(9) - log(3) = log(3)
+    assert dustbin_prior_correction(0.1, 3.0) == pytest.approx(np.log(3.0))
+    with pytest.raises(ConfigError, match="outside_ratio must be > 0, got 0"):
+        specialist_training_indices(labels, [0], seed=0, outside_ratio=0)
