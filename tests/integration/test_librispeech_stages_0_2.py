@@ -137,7 +137,8 @@ def _features_yaml(data: Path, **changes: object) -> Path:
 
 def test_stage_2_with_an_existing_arpa_lm(recipe, tmp_path) -> None:
     # --lm-arpa: stage 2 uses an ARPA LM trained elsewhere (here on the dev transcripts, a
-    # stand-in for openslr's LibriSpeech LM), restricted to the words with a pronunciation.
+    # stand-in for openslr's LibriSpeech LM); its words without a lexicon entry get G2P
+    # pronunciations (lang.g2p_lm_words), so the LM keeps them and they can be decoded.
     import shutil
 
     from asr_kd.lang.lm import train_ngram_lm
@@ -153,5 +154,6 @@ def test_stage_2_with_an_existing_arpa_lm(recipe, tmp_path) -> None:
     summary = json.loads((new_data / "lang" / "lang.json").read_text())
     assert summary["lm_source"] == f"ARPA {arpa}" and summary["lm_order"] == 2 and summary["lm_train_sentences"] == 0
     lang = Lang.load(new_data / "lang")
-    assert "QQZZXV" not in lang.words  # no pronunciation: dropped with its n-grams
-    assert "QQZZXV" not in (new_data / "lang" / "lm" / "lm.arpa").read_text()
+    assert "QQZZXV" in lang.words  # only the LM has it: a G2P pronunciation, kept with its n-grams
+    assert "QQZZXV" in (new_data / "lang" / "lm" / "lm.arpa").read_text()
+    assert any(line.split()[0] == "QQZZXV" for line in (new_data / "lang" / "lexicon_g2p.txt").read_text().splitlines())
