@@ -14,9 +14,12 @@ from asr_kd.errors import DataError
 
 def summarize_data(manifest_dir: Path | str, lang_dir: Path | str | None, parts: Sequence[str]) -> str:
     """Return a short text table: hours, utterances and speakers per part, then (when
-    ``lang_dir/lang.json`` exists) vocabulary, lexicon size, OOV rate per part, dev perplexity."""
+    ``lang_dir/lang.json`` exists) vocabulary, lexicon size, OOV rate per part, dev perplexity.
+    A part that stage 2 did not see (a user's own test set) gets its OOV rate counted now against
+    the lang's ``words.txt``, marked with ``*``."""
     lines = [f"{'part':<18}{'hours':>8}{'utts':>8}{'speakers':>10}{'OOV %':>8}"]
     lang = None
+    unseen = False
     if lang_dir is not None and (Path(lang_dir) / "lang.json").is_file():
         lang = json.loads((Path(lang_dir) / "lang.json").read_text())
     for part in parts:
@@ -28,6 +31,11 @@ def summarize_data(manifest_dir: Path | str, lang_dir: Path | str | None, parts:
         oov = ""
         if lang is not None and part in lang["oov"]:
             oov = f"{100 * float(lang['oov'][part]['oov_rate']):.2f}"
+        elif lang is not None:
+            words = _lang_words(Path(lang_dir)) if lang_dir is not None else set()
+            tokens = [w for s in sups for w in (s.text or "").split()]
+            oov = f"{100 * sum(w not in words for w in tokens) / max(len(tokens), 1):.2f}*"
+            unseen = True
         lines.append(f"{part:<18}{hours:>8.2f}{len(sups):>8d}{len({s.speaker for s in sups}):>10d}{oov:>8}")
     if lang is not None:
         lines.append(
@@ -36,4 +44,15 @@ def summarize_data(manifest_dir: Path | str, lang_dir: Path | str | None, parts:
         )
         if lang.get("dev_perplexity") is not None:
             lines.append(f"{lang['lm_order']}-gram LM perplexity on {lang['dev_split']}: {lang['dev_perplexity']:.1f}")
+    if unseen:
+        lines.append(f"* a part stage 2 did not see: running words not in {Path(str(lang_dir)) / 'words.txt'} (stage 2 gave none of them a "
+                     "G2P pronunciation; rerun stage 2 with the part to include them)")
     return "\n".join(lines)
+
+
+def _lang_words(lang_dir: Path) -> set[str]:
+    """The words of ``lang_dir/words.txt`` (first column)."""
+    path = lang_dir / "words.txt"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run stage 2 first")
+    return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
