@@ -80,7 +80,9 @@ def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int) -> tuple[np.nd
         return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
     books = torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
     index = torch.from_numpy(codes.astype(np.int64))
-    root = books[torch.arange(n), index].sum(dim=1)  # [frames, n, C] -> [frames, C]
+    root = books[0][index[:, 0]]  # one codebook at a time: never a (frames x n x C) tensor
+    for b in range(1, n):
+        root += books[b][index[:, b]]
     p = root.clamp_min(0.0).square()
     values, ids = torch.topk(p, k, dim=1)
     mass = values.sum(dim=1, keepdim=True)

@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 
 KMEANS_ITERATIONS = 15
 # The sample the codebooks are fitted on: at most this many frames (about 200 per codebook entry),
-# and at most this many bytes of float32 posteriors (14,000 senones: about 27,000 frames).
+# and at most this many bytes of float32 posteriors (14,000 senones: about 18,000 frames; the fit
+# holds about three such arrays at once).
 FIT_MAX_FRAMES = 50_000
-FIT_MAX_BYTES = 1_500_000_000
+FIT_MAX_BYTES = 1_000_000_000
 
 
 def storage_bytes_per_frame(storage: str, top_k: int, codebooks: int) -> int:
