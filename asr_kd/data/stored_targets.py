@@ -66,6 +66,12 @@ def dequantise_log_probs(steps: np.ndarray) -> np.ndarray:
     return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def stored_probs(probs: np.ndarray) -> np.ndarray:
+    """Stored top-k probabilities as rows that sum to 1: float16 as stored, uint8 log-probability
+    steps dequantised (:func:`dequantise_log_probs`)."""
+    return dequantise_log_probs(probs) if probs.dtype == np.uint8 else probs
+
+
 def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Return the top-``k`` ``(ids int32, probs float32)`` (frames x k) of the distributions that
     the residual codes ``codes`` (frames x n, uint8) stand for: the sum of each frame's codewords
@@ -116,7 +122,7 @@ def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
             k = int(cut.custom.get(SOFT_DECODE_K, CODEBOOK_SIZE))
             return decode_codes(cut.load_custom(SOFT_CODES), _codebook(cut), k)
         ids, probs = cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
-        return ids, (dequantise_log_probs(probs) if probs.dtype == np.uint8 else probs)
+        return ids, stored_probs(probs)
     except ArchiveError as err:  # its message names the archive and the fix
         raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
     except (OSError, ValueError) as err:

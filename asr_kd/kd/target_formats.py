@@ -32,7 +32,7 @@ import torch
 from lhotse.cut import Cut
 
 from asr_kd.data.stored_targets import (
-    CODEBOOK_SIZE, SOFT_CODES, SOFT_IDS, SOFT_PROBS, decode_codes, dequantise_log_probs, quantise_log_probs,
+    CODEBOOK_SIZE, SOFT_CODES, SOFT_IDS, SOFT_PROBS, decode_codes, quantise_log_probs, stored_probs,
 )
 from asr_kd.errors import ConfigError
 
@@ -70,9 +70,8 @@ def encode_topk(ids: np.ndarray, probs: np.ndarray, storage: str) -> dict[str, n
 
 
 def decode_topk(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(ids, probs float32)`` as a student will read ``arrays`` back from storage."""
-    probs = arrays[SOFT_PROBS]
-    return arrays[SOFT_IDS], dequantise_log_probs(probs) if probs.dtype == np.uint8 else probs.astype(np.float32)
+    """Return ``(ids, probs)`` as a student will read ``arrays`` back from storage."""
+    return arrays[SOFT_IDS], stored_probs(arrays[SOFT_PROBS])
 
 
 def sample_for_fitting(cuts: Sequence[Cut], num_classes: int, seed: int = 0) -> list[Cut]:

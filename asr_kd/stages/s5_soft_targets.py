@@ -26,7 +26,7 @@ from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K,
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.kd.soft_targets import SoftTargetStats, store_target_arrays, topk_compress
 from asr_kd.kd.target_formats import ResidualQuantiser, decode_topk, encode_topk, fit_quantiser, sample_for_fitting, storage_bytes_per_frame
-from asr_kd.stages.common import gmm_record, load_teachers, recorded_num_teachers, write_results
+from asr_kd.stages.common import gmm_record, load_teachers, read_senones, recorded_num_teachers, write_results
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, StageRecord, config_dict, read_record, require_record
 from asr_kd.utils import atomic_path, read_json, write_json_atomic
@@ -85,7 +85,7 @@ def make_soft_targets(
         cmvn = layout.open_cmvn(layout.train_part)
         stats = SoftTargetStats()
         start = time.time()
-        quantiser = _fit_quantiser(teachers, cuts, cmvn, kd, max_duration) if kd.storage == "rvq" else None
+        quantiser = _fit_quantiser(teachers, cuts, cmvn, kd, max_duration, read_senones(layout).num_senones) if kd.storage == "rvq" else None
 
         def targets() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
             posteriors = posteriors_fn(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration)
@@ -156,10 +156,9 @@ def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | No
     return layout.soft_cuts(out), record
 
 
-def _fit_quantiser(teachers: list, cuts: CutSet, cmvn, kd: KdConfig, max_duration: float) -> ResidualQuantiser:
-    """Fit the ``rvq`` codebooks on the ensemble's posteriors of a seeded random sample of the
-    training cuts (:func:`asr_kd.kd.target_formats.sample_for_fitting`)."""
-    num_classes = int(next(ensemble_log_posteriors(teachers, [next(iter(cuts))], cmvn, kd.temperature, kd.fusion, max_duration))[1].shape[1])
+def _fit_quantiser(teachers: list, cuts: CutSet, cmvn, kd: KdConfig, max_duration: float, num_classes: int) -> ResidualQuantiser:
+    """Fit the ``rvq`` codebooks on the ensemble's posteriors (over ``num_classes`` senones) of a
+    seeded random sample of the training cuts (:func:`asr_kd.kd.target_formats.sample_for_fitting`)."""
     sample = sample_for_fitting(list(cuts), num_classes)
     log.info("fitting %d codebooks of 256 entries on %d sampled cuts", kd.codebooks, len(sample))
     posteriors = (lp.exp() for _, lp in ensemble_log_posteriors(teachers, sample, cmvn, kd.temperature, kd.fusion, max_duration))
