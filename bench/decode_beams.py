@@ -50,7 +50,7 @@ def _inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | None):
     """Return ``(refs, decode(config) -> hyps)`` of system ``name`` on the dev part."""
     senones = read_senones(layout)
     if name in ("mono", "tri"):
-        gmm_cfg = config_from_dict(GmmConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in read_record(layout.gmm).config["gmm"].items()})
+        gmm_cfg = config_from_dict(GmmConfig, read_record(layout.gmm).config["gmm"])
         part = load_part(layout.data_dir, layout.dev_part, lang, gmm_cfg)
         utts = part.utterances[:max_utts]
         system = GmmSystem.load(layout.gmm_model(name))
