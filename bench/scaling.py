@@ -11,11 +11,13 @@ bench/RESULTS.md.
     python bench/scaling.py [--presets tiny mini] [--work bench/_scaling] [--stop-stage 7] [--nj 2]
     python bench/scaling.py --read NAME=DATA_DIR,EXP_DIR ...   # tabulate finished runs only
 
-The projection to train-clean-100 (100.6 h) and all of LibriSpeech (961 h) scales the largest
-run's cost per hour of training audio linearly (the growth exponents show where that is
-optimistic), and divides CPU time by the cores of the target machine for the stages that run as
-parallel jobs. The training stages (4, 5, 6, 8) on GPUs are not projected from CPU time:
-no GPU has been measured (bench/dnn_gpu.py), so the table gives their CPU cost and says so.
+The projection to train-clean-100 (100.6 h) and all of LibriSpeech (960.9 h) scales each stage
+of the largest run linearly in what drives it (:data:`DRIVERS`: the training hours, all hours, the
+dev and test hours, or nothing: the lexicon and LM, the networks' size), fits peak memory as a
+straight line through the two largest runs, and divides CPU time by the cores of the target
+machine for the stages that run as parallel CPU jobs. The network stages (4, 5, 6, 8) are not
+projected onto GPUs: none has been measured (bench/dnn_gpu.py), so the table gives the CPU time
+they would take at the measured rate, with the same (mini) network sizes, and says so.
 """
 
 from __future__ import annotations
@@ -39,9 +41,19 @@ from _results import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "librispeech"
 HEADING = "## Recipe scaling: cost per stage against hours of audio"
-# Hours of training audio of LibriSpeech's train-clean-100 and of all three training parts
-# (Panayotov et al. 2015, Table 1: 100.6 h, 363.6 h and 496.7 h).
+# Hours of LibriSpeech (Panayotov et al. 2015, Table 1): train-clean-100 100.6 h, train-clean-360
+# 363.6 h, train-other-500 496.7 h; the recipe's dev and test parts, dev-clean and test-clean,
+# 5.4 h each.
+EVAL_HOURS = 5.4 + 5.4
+# The download sizes of openslr.org/12 (train-clean-100 6.3 GB, train-clean-360 23 GB,
+# train-other-500 30 GB; flac), which stage 0 reads instead of synthesising audio.
+LIBRISPEECH_DOWNLOAD = {"train-clean-100": "6.3 GB of flac", "960 h": "59 GB of flac"}
 LIBRISPEECH_HOURS = {"train-clean-100": 100.6, "960 h": 100.6 + 363.6 + 496.7}
+# What each stage's cost grows with: "train" hours, "all" hours (train + eval), "eval" hours
+# (the dev and test parts), or "fixed" (the lexicon and LM, not the audio).
+DRIVERS = {0: "all", 1: "all", 2: "fixed", 3: "train", 4: "train", 5: "train", 6: "train", 7: "eval", 8: "train"}
+# Disk that does not grow with the audio: models and graphs.
+FIXED_DISK = {2, 4, 6, 7, 8}
 STAGE_NAMES = {0: "corpus", 1: "features", 2: "lang", 3: "GMM-HMM", 4: "teachers", 5: "soft targets", 6: "students",
                7: "decoding", 8: "3% experiment"}
 # Stages whose work is shared among parallel CPU jobs (features, GMM accumulation and alignment,
@@ -93,14 +105,14 @@ def stage_costs(folders: Iterable[Path]) -> dict[int, StageCost]:
     return costs
 
 
-def training_hours(data_dir: Path, train_part: str = "train-clean-100") -> float:
-    """Return the hours of audio of the training part's cuts (stage 1's fbank manifest)."""
+def part_hours(data_dir: Path) -> dict[str, float]:
+    """Return the hours of audio of each part's cuts (stage 1's fbank manifests ``cuts_<part>``)."""
     from lhotse import load_manifest_lazy
 
-    path = Path(data_dir) / "fbank" / f"cuts_{train_part}.jsonl.gz"
-    if not path.is_file():
-        raise SystemExit(f"{path} does not exist: the run has no stage 1 output for {train_part}")
-    return sum(c.duration for c in load_manifest_lazy(path)) / 3600
+    paths = sorted((Path(data_dir) / "fbank").glob("cuts_*.jsonl.gz"))
+    if not paths:
+        raise SystemExit(f"{Path(data_dir) / 'fbank'} holds no cuts_<part>.jsonl.gz: the run has no stage 1 output")
+    return {p.name[len("cuts_"):-len(".jsonl.gz")]: sum(c.duration for c in load_manifest_lazy(p)) / 3600 for p in paths}
 
 
 def growth_exponent(h1: float, c1: float, h2: float, c2: float) -> float:
@@ -113,9 +125,26 @@ def growth_exponent(h1: float, c1: float, h2: float, c2: float) -> float:
 @dataclasses.dataclass
 class Run:
     name: str
-    hours: float
+    parts: dict[str, float]  # hours of audio per part
     costs: dict[int, StageCost]
+    train_part: str = "train-clean-100"
     wall_total_s: float | None = None  # the run.sh process's own wall time, when this script ran it
+
+    @property
+    def hours(self) -> float:
+        """Hours of training audio."""
+        return self.parts[self.train_part]
+
+    def driver_hours(self, driver: str) -> float:
+        """Return the hours that drive a stage's cost (see :data:`DRIVERS`)."""
+        total = sum(self.parts.values())
+        return {"train": self.hours, "all": total, "eval": total - self.hours, "fixed": 1.0}[driver]
+
+
+def target_hours(name: str, driver: str) -> float:
+    """Return the hours of LibriSpeech target ``name`` that drive a stage's cost."""
+    train = LIBRISPEECH_HOURS[name]
+    return {"train": train, "all": train + EVAL_HOURS, "eval": EVAL_HOURS, "fixed": 1.0}[driver]
 
 
 def run_recipe(preset: str, work: Path, stop_stage: int, nj: int) -> Run:
@@ -137,7 +166,7 @@ def run_recipe(preset: str, work: Path, stop_stage: int, nj: int) -> Run:
 
 
 def read_run(name: str, data: Path, exp: Path) -> Run:
-    return Run(name, training_hours(data), stage_costs([data, exp]))
+    return Run(name, part_hours(data), stage_costs([data, exp]))
 
 
 def _fmt_s(s: float) -> str:
@@ -171,37 +200,60 @@ def tables(runs: list[Run], cores: int = 16) -> str:
     lines.append("Hours of training audio: " + ", ".join(f"{r.name} {r.hours:.2f} h" for r in runs) + ".")
     if len(runs) >= 2:
         a, b = runs[-2], runs[-1]
-        lines += ["", f"Growth from {a.name} to {b.name} ({b.hours / a.hours:.1f}x the audio), exponent b of cost ~ hours^b "
-                  "(1 = linear; below 1, fixed costs still dominate the smaller run):", "",
+        lines += ["", f"Growth from {a.name} to {b.name} ({b.hours / a.hours:.1f}x the training audio): exponent b of cost ~ hours^b, "
+                  "hours being what drives the stage (training, all, or dev+test audio); 1 = linear, below 1 fixed costs still "
+                  "dominate the smaller run, above 1 the stage grows faster than its data:", "",
                   "| stage | CPU time b | disk b | peak RSS ratio |", "|---|---|---|---|"]
         for n in stages:
             ca, cb = a.costs.get(n), b.costs.get(n)
             if ca is None or cb is None or ca.unmeasured or cb.unmeasured:
                 continue
-            bc = growth_exponent(a.hours, ca.cpu_s, b.hours, cb.cpu_s)
-            bd = growth_exponent(a.hours, ca.disk_bytes, b.hours, cb.disk_bytes)
+            d = DRIVERS[n]
+            if d == "fixed":
+                lines.append(f"| {n} {STAGE_NAMES[n]} | CPU x{cb.cpu_s / max(ca.cpu_s, 1e-9):.2f} (grows with the lexicon and LM, not the audio) | "
+                             f"x{cb.disk_bytes / max(ca.disk_bytes, 1):.2f} | {cb.peak_rss_mb / ca.peak_rss_mb:.2f} |")
+                continue
+            ha, hb = a.driver_hours(d), b.driver_hours(d)
+            bc = growth_exponent(ha, ca.cpu_s, hb, cb.cpu_s)
+            bd = growth_exponent(ha, ca.disk_bytes, hb, cb.disk_bytes)
             ratio = cb.peak_rss_mb / ca.peak_rss_mb if ca.peak_rss_mb else math.nan
             lines.append(f"| {n} {STAGE_NAMES[n]} | {bc:.2f} | {bd:.2f} | {ratio:.2f} |")
     big = runs[-1]
-    lines += ["", f"Projection (not a measurement): {big.name}'s cost per hour of training audio, scaled linearly; "
-              f"the CPU-parallel stages ({', '.join(str(s) for s in sorted(CPU_PARALLEL_STAGES))}) divided over {cores} cores. "
-              "The network stages are shown as the CPU time they would take here; on GPUs they are not projected "
-              "(no GPU was measured).", "",
-              "| stage | " + " | ".join(f"{k} ({h:.0f} h): {cores}-core wall, disk" for k, h in LIBRISPEECH_HOURS.items()) + " |",
+    small = runs[-2] if len(runs) >= 2 else None
+    lines += ["", f"Projection (not a measurement) from {big.name}: each stage's CPU time and disk scaled linearly in what drives it "
+              f"(training hours; all hours; dev + test hours, LibriSpeech's dev-clean and test-clean being {EVAL_HOURS:g} h; models, "
+              "lexicon and LM do not grow with the audio), with the same configs (mini's networks); peak memory a straight line "
+              f"through {small.name if small else big.name} and {big.name} in the training hours"
+              f"{'' if small else ' (one run: held constant)'}. Wall time: the CPU-parallel stages "
+              f"({', '.join(str(s) for s in sorted(CPU_PARALLEL_STAGES))}) spread over {cores} cores; the network stages at the CPU rate "
+              "measured here, one core, as no GPU was measured; the lang stage as measured (it depends on the lexicon and LM: "
+              "see the graph-building bench).", "",
+              "| stage | " + " | ".join(f"{k}: {cores}-core wall / peak RSS / disk" for k in LIBRISPEECH_HOURS) + " |",
               "|---|" + "---|" * len(LIBRISPEECH_HOURS)]
     for n in stages:
         c = big.costs.get(n)
         if c is None or c.unmeasured or big.hours <= 0:
             continue
+        d = DRIVERS[n]
         cells = []
-        for hours in LIBRISPEECH_HOURS.values():
-            f = hours / big.hours
-            if n in CPU_PARALLEL_STAGES:
-                cells.append(f"{_fmt_s(c.cpu_s * f / cores)}, {_fmt_bytes(c.disk_bytes * f)}")
+        for target in LIBRISPEECH_HOURS:
+            f = target_hours(target, d) / big.driver_hours(d)
+            disk = c.disk_bytes * (1.0 if n in FIXED_DISK else f)
+            rss = c.peak_rss_mb
+            cs = small.costs.get(n) if small else None
+            if cs is not None and not cs.unmeasured and big.hours > small.hours:
+                slope = (c.peak_rss_mb - cs.peak_rss_mb) / (big.hours - small.hours)
+                rss = c.peak_rss_mb + max(slope, 0.0) * (LIBRISPEECH_HOURS[target] - big.hours)
+            if n == 0:
+                cells.append(f"real data: the corpus itself ({LIBRISPEECH_DOWNLOAD[target]}), manifests in minutes")
+                continue
+            elif n in CPU_PARALLEL_STAGES:
+                wall = _fmt_s(c.cpu_s * f / cores)
             elif n in GPU_STAGES:
-                cells.append(f"GPU (unmeasured; {_fmt_s(c.cpu_s * f)} of CPU here), {_fmt_bytes(c.disk_bytes * f)}")
+                wall = f"{_fmt_s(c.cpu_s * f)} CPU (GPU unmeasured)"
             else:
-                cells.append(f"{_fmt_s(c.wall_s * f)}, {_fmt_bytes(c.disk_bytes * f)}")
+                wall = _fmt_s(c.wall_s)
+            cells.append(f"{wall} / {rss / 1024:.1f} GB / {_fmt_bytes(disk)}")
         lines.append(f"| {n} {STAGE_NAMES[n]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
