@@ -101,7 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     _kd_args(p)
     _teachers_arg(p, None)
-    p.add_argument("--kind", choices=("hard", "distilled"), nargs="+", required=True, help="which students (one or both)")
+    p.add_argument("--kind", choices=("hard", "distilled", "compressed"), nargs="+", required=True,
+                   help="which students: hard targets, distilled, or compressed (distilled, meant for a smaller --model-config)")
     _seeds_arg(p)
     _jobs_arg(p, "students")
     p.set_defaults(func=_train_student)
@@ -120,6 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-teachers", action="store_true", help="skip the per-teacher frame accuracies")
     p.add_argument("--decode-teachers", action="store_true", help="also decode each teacher on --decode-parts (N more decodings)")
     _seeds_arg(p)
+    p.add_argument("--compressed", action="store_true", help="also score stage 6's compressed distilled student (students/compressed*)")
     p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md (e.g. \"the synthetic 'mini' corpus\")")
     p.set_defaults(func=_decode_hybrid)
 
@@ -279,7 +281,7 @@ def _decode_hybrid(args: argparse.Namespace) -> int:
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     scores = evaluate_systems(decode_config=decode_cfg, fusion=_kd(args).fusion, num_teachers=args.num_teachers,
                               decode_parts=args.decode_parts, score_teachers=not args.no_teachers, corpus=args.corpus,
-                              decode_teachers=args.decode_teachers, num_seeds=args.num_seeds, **common)
+                              decode_teachers=args.decode_teachers, num_seeds=args.num_seeds, compressed=args.compressed, **common)
     for name, by_part in scores.items():
         print(name + ": " + ", ".join(f"{p} frame accuracy {s.frame_accuracy:.4f}" + (f" WER {s.wer:.4f}" if s.wer is not None else "")
                                       for p, s in by_part.items()))

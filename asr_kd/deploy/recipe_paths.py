@@ -14,7 +14,8 @@ from asr_kd.config import DEFAULT_TRAIN_PART, FeatureConfig, load_config
 from asr_kd.deploy.model_dir import assemble_ctc_model_dir, assemble_hybrid_model_dir
 from asr_kd.errors import ConfigError, DataError
 
-SYSTEM_HELP = "distilled, hard (the hybrid students), teacher<i>, or ctc-<student> (ctc-baseline, ctc-frame, ctc-sequence, ...)"
+SYSTEM_HELP = "distilled, hard, compressed (the hybrid students), teacher<i>, or ctc-<student> (ctc-baseline, ctc-frame, ctc-sequence, ...)"
+HYBRID_STUDENTS = ("distilled", "hard", "compressed")
 
 
 def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_part: str = DEFAULT_TRAIN_PART, units: str = "phone") -> dict[str, Path]:
@@ -27,8 +28,8 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
 
     layout = RecipeLayout(Path(data), Path(exp), train_part=train_part, ctc_units=units)
     common = {"features": layout.data_dir / "features.yaml", "train_cmvn": layout.cmvn(train_part)}
-    if system in ("distilled", "hard") or re.fullmatch(r"teacher\d+", system):
-        run = layout.student_dir(system) if system in ("distilled", "hard") else layout.teacher_dir(int(system[7:]))
+    if system in HYBRID_STUDENTS or re.fullmatch(r"teacher\d+", system):
+        run = layout.student_dir(system) if system in HYBRID_STUDENTS else layout.teacher_dir(int(system[7:]))
         senones = read_senones(layout)
         return {**common, "checkpoint": model_checkpoint(run), "log_priors": layout.log_priors, "graph_dir": senones.graph,
                 "gmm_model": senones.model, "lang_dir": layout.lang, "decoding": recipe_decoding(layout, system)}

@@ -189,6 +189,25 @@ def measure_system(
     return row, wer
 
 
+COMPRESSION_TARGET = 0.25  # issue 15: a compressed student at most a quarter of one teacher's multiply-adds
+
+
+def compression_line(rows: Sequence[CostRow], student: str = "compressed", teacher: str = "teacher0", baseline: str = "baseline") -> str:
+    """Return the sentence on the compressed student (its torch row against one teacher's and the
+    full-size hard baseline's torch rows): its share of a teacher's multiply-adds against the
+    target and its test WER beside the baseline's; ``""`` when a row is missing."""
+    torch_rows = {r.system: r for r in rows if r.runtime == "torch"}
+    if not all(k in torch_rows for k in (student, teacher, baseline)):
+        return ""
+    s, t, b = torch_rows[student], torch_rows[teacher], torch_rows[baseline]
+    share = s.macs_per_second / t.macs_per_second
+    verdict = "no worse than" if s.errors <= b.errors else "worse than"
+    return (f"Compressed student: {100 * share:.1f}% of one teacher's multiply-adds (target: at most {100 * COMPRESSION_TARGET:.0f}%"
+            f"{'' if share <= COMPRESSION_TARGET else ', MISSED'}); test WER {100 * s.wer:.2f}% ({s.errors} errors), {verdict} the "
+            f"full-size hard-target baseline's {100 * b.wer:.2f}% ({b.errors}) on these utterances (Table 1 gives the paired interval "
+            "over seeds).")
+
+
 def cost_table(rows: Sequence[CostRow], baseline: str | None = None) -> str:
     """Return the Markdown cost table of ``rows``; with ``baseline`` (a system name), a column of
     each row's acoustic speed-up over that system's first row."""
@@ -277,6 +296,8 @@ def deploy_report(
             "above the process before loading the system; size = model.pt or the ONNX file(s).\n\n" + cost_table(rows, baseline))
     if gate is not None:
         text += "\n" + gate.markdown() + "\n"
+    if compression_line(rows):
+        text += "\n" + compression_line(rows) + "\n"
     if plot is not None:
         plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
         if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:

@@ -182,8 +182,12 @@ def format_comparisons(comparisons: Mapping[str, Any], test_part: str, ood_part:
              "| Part | Comparison | WER difference, points | Significant? | Frame accuracy difference, points | Significant? |",
              "|---|---|---|---|---|---|"]
     for part in parts:
-        for key, label in (("ensemble-baseline", "Ensemble − baseline"), ("distilled-baseline", "Distilled − baseline")):
-            d = comparisons["parts"][part]["differences"].get(key, {})
+        diffs = comparisons["parts"][part]["differences"]
+        for key, label in (("ensemble-baseline", "Ensemble − baseline"), ("distilled-baseline", "Distilled − baseline"),
+                           ("compressed-baseline", "Compressed distilled − baseline")):
+            if key not in diffs and key == "compressed-baseline":
+                continue  # a run without the compressed student
+            d = diffs.get(key, {})
             wer, acc = d.get("wer"), d.get("frame_accuracy")
             lines.append(f"| {part} | {label} | {format_interval(wer) if wer else 'not decoded'} | {significance(wer, True)} | "
                          f"{format_interval(acc) if acc else 'n/a'} | {significance(acc, False) if acc else 'n/a'} |")

@@ -49,7 +49,7 @@ from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.utils import atomic_path, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
-STUDENTS = {"baseline": "hard", "distilled": "distilled"}
+STUDENTS = {"baseline": "hard", "distilled": "distilled", "compressed": "compressed"}
 CTC_PREFIX = "ctc-"  # ctc-<student folder name>: a CTC student, decoded through the CTC HLG
 
 

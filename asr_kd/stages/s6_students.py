@@ -29,7 +29,10 @@ from asr_kd.train.frame_classifier import train_frame_classifier
 from asr_kd.utils import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
-STUDENT_KINDS = ("hard", "distilled")
+STUDENT_KINDS = ("hard", "distilled", "compressed")
+# Students trained on the ensemble's soft targets: "compressed" is a distilled student of a
+# smaller network (a quarter of a teacher's compute or less; run.sh --compressed-config).
+DISTILLED_KINDS = ("distilled", "compressed")
 
 
 def train_students(
@@ -58,7 +61,8 @@ def train_student(
     num_teachers: int | None = None, results_md: Path | None = None, command: str = "", seed_index: int = 0,
     out_dir: Path | None = None,
 ) -> dict:
-    """Train the student ``kind`` ("hard" or "distilled") with seed ``train_config.seed + 1000 +
+    """Train the student ``kind`` ("hard", "distilled" or "compressed": distilled too, meant for a
+    smaller ``model_config``) with seed ``train_config.seed + 1000 +
     seed_index`` in ``<exp>/students/<kind>[_seed<k>]`` (or ``out_dir``), or skip it when its
     record matches.
     Returns its summary (``{"steps", "stop_reason", "best_dev_frame_accuracy", "soft_targets",
@@ -74,7 +78,7 @@ def train_student(
     config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}
     inputs = {"gmm": gmm_record(layout).fingerprint}
     soft_record = None
-    if kind == "distilled":
+    if kind in DISTILLED_KINDS:
         config["kd"] = kd
         if kd.mode == "stored":
             train_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 6 (distilled student)")
@@ -87,7 +91,7 @@ def train_student(
     summary_path = exp_dir / "summary.json"
     if guard.needs_work():
         loss = None
-        if kind == "distilled":
+        if kind in DISTILLED_KINDS:
             save_config(kd, exp_dir / "kd.yaml")
             if kd.mode == "stored":
                 loss = StoredDistillationLoss(kd)

@@ -157,19 +157,36 @@ def score_system(
 
 
 def student_system_name(kind: str, seed_index: int = 0) -> str:
-    """Return the Table 1 name of a stage-6 student: ``baseline`` / ``distilled`` for the first
-    seed, ``baseline_seed<k>`` / ``distilled_seed<k>`` for the others."""
-    base = "baseline" if kind == "hard" else "distilled"
+    """Return the Table 1 name of a stage-6 student: ``baseline`` / ``distilled`` / ``compressed``
+    for the first seed, ``baseline_seed<k>`` / ... for the others."""
+    base = "baseline" if kind == "hard" else kind
     return base if seed_index == 0 else f"{base}_seed{seed_index}"
+
+
+def compressed_label(layout: RecipeLayout, n: int) -> str:
+    """Return the Table 1 label of the compressed student: its multiply-adds per frame as a share
+    of one teacher's (both networks as trained; the label is empty of a share when either is
+    missing)."""
+    from asr_kd.deploy.report import macs_per_frame
+
+    try:
+        teacher = load_frame_classifier(model_checkpoint(layout.teacher_dir(0)))
+        student = load_frame_classifier(model_checkpoint(layout.student_dir("compressed")))
+    except DataError:
+        return "Compressed distilled model"
+    share = macs_per_frame(student, student.cfg.feature_dim) / macs_per_frame(teacher, teacher.cfg.feature_dim)
+    return f"Compressed distilled model ({100 * share:.1f}% of a teacher's multiply-adds)"
 
 
 def evaluate_systems(
     layout: RecipeLayout, decode_config: DecodeConfig, fusion: str = "arithmetic", num_teachers: int | None = None,
     decode_parts: Sequence[str] | None = None, score_teachers: bool = True, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", corpus: str = "", decode_teachers: bool = False, num_seeds: int = 1,
+    compressed: bool = False,
 ) -> dict[str, dict[str, PartScore]]:
     """Score the hard baseline, the N-teacher ensemble (fused posteriors) and the distilled
-    student (each student over ``num_seeds`` seeds of stage 6) on the dev and test parts: frame
+    student (each student over ``num_seeds`` seeds of stage 6; with ``compressed`` also stage 6's
+    compressed distilled student, a smaller network, as a row of its own) on the dev and test parts: frame
     accuracy everywhere, WER on ``decode_parts`` (default: the test parts). With
     ``decode_config.acoustic_scales``, each system's acoustic scale is tuned on the dev part and
     the test parts are decoded with it. With ``score_teachers`` each teacher's frame accuracy is
@@ -187,17 +204,19 @@ def evaluate_systems(
         raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
     teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
     n = int(teachers_rec.config["num_teachers"]) if num_teachers is None else num_teachers
-    students = [(student_system_name(k, i), k, i) for k in ("hard", "distilled") for i in range(num_seeds)]
+    kinds = ("hard", "distilled", "compressed") if compressed else ("hard", "distilled")
+    students = [(student_system_name(k, i), k, i) for k in kinds for i in range(num_seeds)]
     inputs = {"gmm": gmm_record(layout).fingerprint, "teachers": teachers_rec.fingerprint,
               **{f"student_{name}": require_record(layout.student_dir(k, i), f"stage 6 ({k} student, seed {i})").fingerprint
                  for name, k, i in students}}
     config = {"decode": decode_config, "fusion": fusion, "num_teachers": n, "decode_parts": decode_parts, "score_teachers": score_teachers,
-              "decode_teachers": decode_teachers, "dev_part": layout.dev_part, "test_parts": layout.test_parts, "num_seeds": num_seeds}
+              "decode_teachers": decode_teachers, "dev_part": layout.dev_part, "test_parts": layout.test_parts, "num_seeds": num_seeds,
+              "compressed": compressed}
     guard = StageGuard("stage 7 (decoding, Table 1)", layout.decode, config, inputs, command)
     table = layout.decode / "table1.json"
     comparisons_path = layout.decode / "comparisons.json"
     groups = {"baseline": [student_system_name("hard", i) for i in range(num_seeds)], "ensemble": ["ensemble"],
-              "distilled": [student_system_name("distilled", i) for i in range(num_seeds)]}
+              **{k: [student_system_name(k, i) for i in range(num_seeds)] for k in kinds if k != "hard"}}
     if guard.needs_work():
         teachers = load_teachers(layout, n)
         systems: list[tuple[str, list[torch.nn.Module]]] = [("ensemble", list(teachers))]
@@ -236,6 +255,8 @@ def evaluate_systems(
         assert isinstance(comparisons, dict)
         rows = {g: _group_row(g, [scores[m] for m in members], layout) for g, members in groups.items()}
         extra = []
+        if compressed:
+            extra.append(dataclasses.replace(rows["compressed"], name=compressed_label(layout, n)))
         if score_teachers:
             accs = [scores[f"teacher{i}"][layout.test_part].frame_accuracy for i in range(n)]
             dev_accs = [scores[f"teacher{i}"][layout.dev_part].frame_accuracy for i in range(n)]
@@ -273,8 +294,8 @@ def per_utterance_counts(layout: RecipeLayout, members: Sequence[str], part: str
 
 def compare_groups(layout: RecipeLayout, groups: Mapping[str, Sequence[str]], scores: Mapping[str, Mapping[str, PartScore]]) -> dict:
     """Return, per test part, the paired bootstrap intervals (over utterances, Bisani & Ney 2004)
-    of the ensemble's and the distilled model's differences from the baseline in WER and frame
-    accuracy, and of the share of the ensemble's frame-accuracy gain the distilled model keeps.
+    of every group's difference from the baseline (the ensemble's, the distilled model's, the
+    compressed model's when it is a group) in WER and frame accuracy, and of the share of the ensemble's frame-accuracy gain the distilled model keeps.
     Students' per-utterance counts are averaged over their seeds first. (The seeds' means and
     deviations are the table's own, computed from ``table1.json``.)"""
     out: dict = {"groups": {g: list(m) for g, m in groups.items()}, "parts": {}}
@@ -283,7 +304,7 @@ def compare_groups(layout: RecipeLayout, groups: Mapping[str, Sequence[str]], sc
         decoded = {g: all(scores[m][part].wer is not None for m in members) for g, members in groups.items()}
         counts = {g: per_utterance_counts(layout, members, part) for g, members in groups.items()}
         base = counts["baseline"]
-        for g in ("ensemble", "distilled"):
+        for g in (g for g in groups if g != "baseline"):
             diff: dict = {}
             if decoded[g] and decoded["baseline"] and base["ref_words"].sum() > 0:
                 diff["wer"] = bootstrap_difference(base["errors"], counts[g]["errors"], base["ref_words"]).to_dict()

@@ -34,6 +34,7 @@ gmm_config=""          # GmmConfig YAML; empty: the preset's (conf/presets/<pres
 results="$recipe_dir/RESULTS.md"
 num_teachers=4         # teachers in the ensemble (the paper: 10)
 dnn_config=""          # DnnConfig preset or YAML; empty: the preset's
+compressed_config=""   # DnnConfig of the compressed distilled student (a quarter of a teacher's compute or less); empty: the preset's; none: no such student
 train_config=""        # TrainConfig YAML; empty: the preset's
 train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
 kd_config=""           # KdConfig YAML; empty: the preset's
@@ -124,6 +125,8 @@ Options (default in brackets):
   --results FILE       RESULTS.md that stages 3+ write their tables to [$results]
   --num-teachers N     teachers in the ensemble [$num_teachers]
   --dnn-config C       DNN preset (paper, mini, tiny) or DnnConfig YAML; empty: the preset's [$dnn_config]
+  --compressed-config C  DNN preset or DnnConfig YAML of a compressed distilled student (stage 6; a row in stage 7's
+                       Table 1 and stage 9's cost table); empty: the preset's; none: none [$compressed_config]
   --train-config F     TrainConfig YAML of teachers and students; empty: the preset's [$train_config]
   --train-3pct-config F  TrainConfig YAML of the 3% runs [$train_3pct_config]
   --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: the preset's [$kd_config]
@@ -174,7 +177,7 @@ while IFS= read -r line; do
   case "$line" in ""|"#"*) continue ;; esac
   key="${line%%:*}" value="${line#*:}"
   value="${value#"${value%%[! ]*}"}"
-  case "$key" in gmm_config|dnn_config|train_config|kd_config|decode_config|num_seeds|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
+  case "$key" in gmm_config|dnn_config|compressed_config|train_config|kd_config|decode_config|num_seeds|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
     *) die "$preset_file: unknown option '$key'" ;; esac
   case "$value" in */*|*.yaml) value="$recipe_dir/$value" ;; esac
   [ -n "${!key}" ] || printf -v "$key" '%s' "$value"
@@ -195,6 +198,10 @@ parts=("$train_set" "$dev_set" "$test_set")
 case "$num_seeds" in ""|*[!0-9]*|0) die "--num-seeds takes an integer >= 1, got '$num_seeds'" ;; esac
 decode_beam_set=()
 [ -z "$decode_beam" ] || decode_beam_set=(--decode-set "beam=$decode_beam")
+compressed_opt=()
+[ "$compressed_config" = none ] || compressed_opt=(--compressed)
+student_kinds=(hard distilled)
+[ "$compressed_config" = none ] || student_kinds+=(compressed)
 
 # Stage 0: asr_kd/stages/s0_corpus.py
 if in_stages 0; then
@@ -272,6 +279,12 @@ if [ "$hybrid" = true ] && in_stages 6; then
   run_logged "$exp/log/stage6_students.log" asr-kd train-student "${kd_common[@]}" --kind hard distilled \
     --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" \
     --kd-config "$kd_config"
+  if [ "$compressed_config" != none ]; then
+    log "Stage 6: the compressed distilled student ($compressed_config), $num_seeds seed(s)"
+    run_logged "$exp/log/stage6_compressed.log" asr-kd train-student "${kd_common[@]}" --kind compressed \
+      --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$compressed_config" \
+      --config "$train_config" --kd-config "$kd_config"
+  fi
 fi
 
 # Stage 7: asr_kd/stages/s7_decode.py
@@ -279,7 +292,7 @@ if [ "$hybrid" = true ] && in_stages 7; then
   log "Stage 7: hybrid decoding, WER and frame accuracy (Table 1)"
   run_logged "$exp/log/stage7_decode.log" asr-kd decode-hybrid "${kd_common[@]}" --num-teachers "$num_teachers" \
     --kd-config "$kd_config" --num-jobs "$nj" --decode-config "$decode_config" "${decode_beam_set[@]}" --num-seeds "$num_seeds" \
-    --corpus "$corpus_name"
+    --corpus "$corpus_name" "${compressed_opt[@]}"
   sed -n '/^## Table 1 analogue/,/^Paper numbers/p' "$results"
 fi
 
@@ -301,16 +314,21 @@ if [ "$hybrid" = true ] && in_stages 9; then
       --out "$deploy/teacher$i" --train-part "$train_set"
     ensemble_dirs+=("$deploy/teacher$i")
   done
-  for kind in hard distilled; do
+  compressed_systems=()
+  for kind in "${student_kinds[@]}"; do
     run_logged "$exp/log/stage9_model_dir_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "$kind" \
       --out "$deploy/$kind" --train-part "$train_set"
   done
   run_logged "$exp/log/stage9_export.log" asr-kd export --model-dir "$deploy/distilled"
+  if [ "$compressed_config" != none ]; then
+    run_logged "$exp/log/stage9_export_compressed.log" asr-kd export --model-dir "$deploy/compressed"
+    compressed_systems=(--system "compressed=$deploy/compressed" --system "compressed=$deploy/compressed@onnx-int8")
+  fi
   ensemble_list=$(IFS=,; echo "${ensemble_dirs[*]}")
   run_logged "$exp/log/stage9_deploy_report.log" asr-kd deploy-report --test-manifest "$data/fbank/cuts_$test_set.jsonl.gz" \
     --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard" \
     --system "distilled=$deploy/distilled" --system "distilled=$deploy/distilled@onnx" --system "distilled=$deploy/distilled@onnx-int8" \
-    --gate distilled --max-relative "$int8_max_relative" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" \
+    "${compressed_systems[@]}" --gate distilled --max-relative "$int8_max_relative" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" \
     --results "$results" --plot "$(dirname "$results")/wer_vs_cost.png"
   sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
 fi

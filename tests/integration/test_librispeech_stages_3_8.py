@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -132,6 +133,13 @@ def test_differences_carry_paired_bootstrap_intervals(recipe) -> None:
     assert ens["value"] == pytest.approx(table1["ensemble"]["test-clean"]["frame_accuracy"] - base_acc)
     assert ("within noise" in section) == (not all(d[k]["excludes_zero"] for d in test["differences"].values() for k in d))
     assert "test-ood" in comparisons["parts"] and "| test-ood | Ensemble − baseline |" in section
+    # The compressed distilled student (preset tiny-compressed): its own row and difference.
+    comp_wer = np.mean([table1[n]["test-clean"]["wer"] for n in ("compressed", "compressed_seed1")])
+    comp = test["differences"]["compressed-baseline"]["wer"]
+    assert comp["value"] == pytest.approx(comp_wer - base_wer)
+    assert f"| test-clean | Compressed distilled − baseline | {100 * comp['value']:+.2f} [" in section
+    share = re.search(r"\| Compressed distilled model \(([\d.]+)% of a teacher's multiply-adds\), mean of 2 seeds \| ", section)
+    assert share is not None and 0 < float(share.group(1)) <= 25
     table5 = json.loads((exp / "three_percent" / "table5.json").read_text())
     soft = table5["comparisons"]["soft_vs_hard"]
     runs = table5["runs"]
@@ -145,7 +153,7 @@ def test_deployment_section_and_model_directories(recipe) -> None:
     data, exp, _ = recipe
     text = (exp / "RESULTS.md").read_text()
     section = text[text.index("## Deployment"):]
-    for name in ("teacher0", "teacher1", "hard", "distilled"):
+    for name in ("teacher0", "teacher1", "hard", "distilled", "compressed"):
         assert (exp / "deploy" / name / "model.pt").is_file() and (exp / "deploy" / name / "HCLG.fst").is_file(), name
     assert (exp / "deploy" / "distilled" / "acoustic.int8.onnx").stat().st_size < (exp / "deploy" / "distilled" / "acoustic.onnx").stat().st_size
     cells = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
@@ -159,6 +167,11 @@ def test_deployment_section_and_model_directories(recipe) -> None:
         decoding = json.loads((exp / "deploy" / name / "model.json").read_text())["decoding"]
         assert decoding["acoustic_scale"] == table1[system]["test-clean"]["acoustic_scale"], name
         assert (decoding["beam"], decoding["max_active"]) == (decode7["beam"], decode7["max_active"])
+    # The compressed student's row and its verdict line agree with its measured costs.
+    share = float(rows[("compressed", "torch")][3]) / float(rows[("teacher0", "torch")][3])
+    m = re.search(r"Compressed student: ([\d.]+)% of one teacher's multiply-adds", section)
+    assert m is not None and float(m.group(1)) == pytest.approx(100 * share, abs=1.0) and float(m.group(1)) <= 25
+    assert ("compressed", "onnx-int8") in rows
     int8_wer = rows[("distilled", "onnx-int8")][8].split(" ")[0]
     assert f"int8 WER {int8_wer}" in section and ("Quantisation gate: PASS" in section) != ("Quantisation gate: FAIL" in section)
 

@@ -180,3 +180,18 @@ def test_log_axis_labels_are_plain_and_do_not_crowd() -> None:
     assert major == ["0.0005", "0.001", "0.002", "0.005"]
     assert all(not t.get_text() for t in ax.xaxis.get_minorticklabels())
     plt.close(fig)
+
+
+def test_compression_line_compares_the_compressed_student_with_a_teacher_and_the_baseline() -> None:
+    from asr_kd.deploy.report import compression_line
+
+    def row(system: str, macs: float, errors: int, runtime: str = "torch") -> CostRow:
+        return CostRow(system, runtime, 1, macs, 0.01, 0.01, 10, 0.1, errors / 100, errors, 100, 0)
+
+    rows = [row("teacher0", 4e6, 30), row("baseline", 4e6, 32), row("compressed", 1e6, 31), row("compressed", 1e6, 40, "onnx-int8")]
+    line = compression_line(rows)
+    assert line.startswith("Compressed student: 25.0% of one teacher's multiply-adds (target: at most 25%);")
+    assert "test WER 31.00% (31 errors), no worse than the full-size hard-target baseline's 32.00% (32)" in line
+    over = compression_line([row("teacher0", 4e6, 30), row("baseline", 4e6, 30), row("compressed", 1.2e6, 31)])
+    assert "30.0% of one teacher's multiply-adds (target: at most 25%, MISSED)" in over and "worse than the full-size" in over
+    assert compression_line(rows[:2]) == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +119,28 @@ def test_gpu_benchmark_script_runs(capsys: pytest.CaptureFixture[str]) -> None:
                             "--steps", "2", "--warmup", "1", "--amp", "none"])
     assert set(result) >= {"frames_per_second", "peak_fraction", "final_loss"} and math.isfinite(result["final_loss"])
     assert "| 60 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("teacher,student,senones", [("mini", "mini-compressed", 500), ("tiny", "tiny-compressed", 60)])
+def test_compressed_presets_cost_at_most_a_quarter_of_their_teacher(teacher: str, student: str, senones: int) -> None:
+    from asr_kd.deploy.report import macs_per_frame
+    from asr_kd.models.dnn import DNN_PRESETS, SplicedDnn
+
+    t, s = SplicedDnn(DNN_PRESETS[teacher], senones), SplicedDnn(DNN_PRESETS[student], senones)
+    share = macs_per_frame(s, 40) / macs_per_frame(t, 40)
+    assert share <= 0.25
+    if teacher == "mini":  # the figures the preset's comment gives: 525,312 and 124,000 MACs a frame
+        assert macs_per_frame(t, 40) == pytest.approx(525_312) and macs_per_frame(s, 40) == pytest.approx(124_000)
+
+
+def test_compressed_paper_config_is_under_a_quarter_of_the_paper_dnn_at_tri4b_size() -> None:
+    from asr_kd.models.dnn import load_dnn_config
+
+    paper = load_dnn_config(str(Path(__file__).resolve().parents[2] / "recipes/librispeech/conf/dnn_paper.yaml"))
+    small = load_dnn_config(str(Path(__file__).resolve().parents[2] / "recipes/librispeech/conf/dnn_compressed_paper.yaml"))
+
+    def macs(c, senones: int = 4200) -> int:  # the layers' matrix sizes
+        width = (c.left_context + 1 + c.right_context) * c.feature_dim
+        return width * c.hidden_dim + (c.num_hidden_layers - 1) * c.hidden_dim ** 2 + c.hidden_dim * senones
+
+    assert macs(small) / macs(paper) <= 0.25
