@@ -46,6 +46,9 @@ def _child(write_fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict, max
             # which on a shared machine may pick someone else's process.
             limit = int(max_data_mb * 2**20)
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+            # And should memory run out anyway, the kernel takes this step first.
+            with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
+                f.write("1000")
         wall, cpu = time.perf_counter(), time.process_time()
         result = fn(*args, **kwargs)
         message = {"result": result, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
@@ -67,7 +70,8 @@ def _child(write_fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict, max
 def run_measured(fn: Callable[..., Any], *args: Any, max_data_mb: float | None = None, **kwargs: Any) -> tuple[Any, StepUsage]:
     """Run ``fn(*args, **kwargs)`` in a forked child; return its result (which must be
     JSON-serialisable: it comes back as JSON, so tuples return as lists) and the :class:`StepUsage`.
-    ``max_data_mb`` caps the child's data memory (``RLIMIT_DATA``); beyond it the step fails.
+    ``max_data_mb`` caps the child's data memory (``RLIMIT_DATA``; beyond it the step fails) and
+    makes the child the out-of-memory killer's first choice.
 
     A DataError or ConfigError raised by ``fn`` is raised again here with its message; any other
     exception, or a child killed by a signal (e.g. the kernel's out-of-memory killer), raises

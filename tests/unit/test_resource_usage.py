@@ -64,3 +64,13 @@ def test_memory_cap_makes_a_step_fail_instead_of_the_machine() -> None:
         run_measured(_allocate, 2048, max_data_mb=1024)
     # Under the cap the same kind of step runs.
     assert run_measured(_allocate, 50, max_data_mb=1024)[0] == 50 * 2**20
+
+
+def _oom_score_adj() -> int:
+    with open("/proc/self/oom_score_adj", encoding="ascii") as f:
+        return int(f.read())
+
+
+def test_a_capped_step_is_the_oom_killers_first_choice() -> None:
+    assert run_measured(_oom_score_adj, max_data_mb=1024)[0] == 1000
+    assert run_measured(_oom_score_adj)[0] == _oom_score_adj()

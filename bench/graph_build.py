@@ -1,0 +1,165 @@
+"""Decoding graphs at LibriSpeech size: time, CPU time, peak memory and size of every step of
+HCLG (hybrid, the recipe's triphone tree) and HLG (phone CTC), at growing vocabulary and LM sizes.
+
+Each size is a seeded random subset of CMUdict (0 = all of it, about 126k words, the size of
+LibriSpeech's lexicon without its G2P words) and a trigram Kneser-Ney LM trained with kaldingram on
+synthetic text over those words (asr_kd.lang.synthetic_text: the right size of LM, not realistic
+statistics). Every step runs in a forked child process of its own, reading its inputs from the
+work folder and writing its output there (asr_kd.decode.graph_build); peak memory is the child's
+``ru_maxrss``. Writes its section of bench/RESULTS.md after every size.
+
+    python bench/graph_build.py [--data recipes/librispeech/data --exp recipes/librispeech/exp] \
+        [--sizes 10000:20000 40000:70000 0:220000] [--work-dir DIR] [--no-hlg]
+
+``--sizes`` takes WORDS:SENTENCES pairs. Needs the triphone GMM of stage 3 (``make demo``); without
+it, says so and exits 0 (so that ``make bench`` on a fresh clone skips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from asr_kd.config import LangConfig, config_from_dict
+from asr_kd.decode.graph_build import GraphBuild, StepRecord, build_graphs, choose_words
+from asr_kd.errors import DataError
+from asr_kd.lang.lexicon import cmudict_words
+from asr_kd.lang.symbols import SymbolTable
+from asr_kd.lang.synthetic_text import SyntheticTextConfig
+from asr_kd.resource_usage import StepFailed, run_measured
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.utils import read_json, write_json_atomic
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
+HEADING = "## Decoding graphs at LibriSpeech size (bench/graph_build.py)"
+DEFAULT_SIZES = ("10000:20000", "40000:70000", "0:220000")
+MIB = 2**20
+
+
+def recipe_inputs(data: Path, exp: Path) -> tuple[Path, LangConfig, SymbolTable]:
+    """Return the stage-3 triphone model, the lang config it was trained with and its phone table;
+    DataError naming what is missing."""
+    layout = RecipeLayout(data, exp)
+    model = layout.gmm_model("tri")
+    if not model.is_file():
+        raise DataError(f"the triphone model {model} does not exist; run `make demo` first (or pass --data/--exp of a recipe run)")
+    lang_json = layout.lang / "lang.json"
+    if not lang_json.is_file():
+        raise DataError(f"{lang_json} does not exist; run `make demo` first (or pass --data of a recipe run)")
+    config = dict(read_json(lang_json)["config"])
+    known = {f.name for f in dataclasses.fields(LangConfig)}
+    lang_config = config_from_dict(LangConfig, {k: v for k, v in config.items() if k in known}, str(lang_json))
+    return model, lang_config, SymbolTable.from_file(layout.lang / "phones.txt")
+
+
+def check_same_phones(reference: SymbolTable, built: SymbolTable, where: Path) -> None:
+    """DataError unless every phone of ``reference`` (but ``#k``) has the same id in ``built``."""
+    ref = {n: reference.id(n) for n in reference.names() if not n.startswith("#")}
+    new = {n: built.id(n) for n in built.names() if not n.startswith("#")}
+    if ref != new:
+        raise DataError(f"{where}/phones.txt numbers the phones differently from the model's lang; the graphs would not fit the model")
+
+
+def _mb(n: int) -> str:
+    return f"{n / MIB:.1f}"
+
+
+def format_section(command: str, runs: list[dict], floor_mb: float) -> str:
+    """Return the RESULTS.md section for the measured ``runs`` (one dict per size)."""
+    lines = [HEADING, "", f"`{command}` on {platform.processor() or platform.machine()}, a shared 2-core machine with 24 GB; "
+             "one step at a time, each in a forked child process that reads its inputs from disk and writes its output "
+             "(as Kaldi's tools do). Wall and CPU seconds are the step's own; peak memory is the child's `ru_maxrss` "
+             f"(a step that does nothing peaks at {floor_mb:.0f} MiB: the parent's memory the child shares). The LM is trained on **synthetic** "
+             "text over the lexicon (asr_kd.lang.synthetic_text): G has the size of a real LM of those n-gram counts, "
+             "not realistic statistics, so LG/HCLG sizes are indicative only.", ""]
+    for run in runs:
+        facts = run["facts"]
+        f = {k: facts.get(k, "?") for k in ("words", "prons", "disambig", "sentences", "tokens", "ngrams", "pdfs", "context_width")}
+        lines += [f"**{f['words']} words** ({f['prons']} pronunciations, {f['disambig']} disambiguation symbols); LM: "
+                  f"{f['sentences']} sentences, {f['tokens']} words of text, n-grams per order {f['ngrams']}; "
+                  f"tree: {f['pdfs']} senones, context width {f['context_width']}.", "",
+                  "| step | wall s | CPU s | peak MiB | states | arcs | MiB on disk |", "|---|---|---|---|---|---|---|"]
+        for step in run["steps"]:
+            out = step["output"]
+            sizes = [str(out.get("states", "")), str(out.get("arcs", "")), _mb(out["bytes"]) if "bytes" in out else ""]
+            lines.append(f"| {step['name']} | {step['wall_s']:.1f} | {step['cpu_s']:.1f} | {step['peak_rss_mb']:.0f} | " + " | ".join(sizes) + " |")
+        total_wall = sum(s["wall_s"] for s in run["steps"])
+        peak = max(s["peak_rss_mb"] for s in run["steps"])
+        lines += ["", f"All steps: {total_wall:.0f} s wall, peak {peak:.0f} MiB."
+                  + (f" **Stopped:** {run['failure']} (cap {run['max_memory_gb']:g} GB per step)." if run.get("failure") else ""), ""]
+    return "\n".join(lines)
+
+
+def _run_record(records: list[StepRecord]) -> dict:
+    """Return one size's JSON record: the steps and the facts their outputs reported."""
+    facts: dict = {}
+    for r in records:
+        for key in ("words", "prons", "disambig", "sentences", "tokens", "ngrams", "pdfs", "context_width"):
+            if key in r.output:
+                facts[key] = r.output[key]
+    steps = [{"name": r.name, **dataclasses.asdict(r.usage), "output": r.output} for r in records]
+    return {"facts": facts, "steps": steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("recipes/librispeech/data"), help="the recipe's data folder (for data/lang's phones)")
+    p.add_argument("--exp", type=Path, default=Path("recipes/librispeech/exp"), help="the recipe's experiment folder (stage 3's tri model)")
+    p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="WORDS:SENTENCES pairs; WORDS 0 = all of CMUdict")
+    p.add_argument("--work-dir", type=Path, default=None, help="where the graphs are written and kept (default: a temporary folder, removed)")
+    p.add_argument("--no-hlg", action="store_true", help="build HCLG only")
+    p.add_argument("--max-memory-gb", type=float, default=16.0, help="data memory cap of each step (RLIMIT_DATA); a step beyond it fails and is reported")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    args = p.parse_args(argv)
+    try:
+        model, lang_config, phones = recipe_inputs(args.data, args.exp)
+    except DataError as err:
+        print(f"graph_build: {err}. Skipped.")
+        return 0
+    sizes = [tuple(int(x) for x in s.split(":")) for s in args.sizes]
+    command = "python bench/graph_build.py " + " ".join(
+        [f"--data {args.data}", f"--exp {args.exp}", "--sizes " + " ".join(args.sizes)] + (["--no-hlg"] if args.no_hlg else []))
+    vocabulary = cmudict_words()
+    work_root = args.work_dir or Path(tempfile.mkdtemp(prefix="graph_build-"))
+    runs = []
+    floor_mb = run_measured(lambda: None)[1].peak_rss_mb
+    try:
+        for num_words, num_sentences in sizes:
+            words = choose_words(vocabulary, num_words, seed=args.seed)
+            work = work_root / f"{len(words)}w-{num_sentences}s"
+            build = GraphBuild(work, words, SyntheticTextConfig(num_sentences=num_sentences, seed=args.seed), model, lang_config)
+            print(f"== {len(words)} words, {num_sentences} sentences in {work}", flush=True)
+
+            def show(record: StepRecord, work: Path = work) -> None:
+                u = record.usage
+                print(f"  {record.name}: {u.wall_s:.1f} s wall, {u.cpu_s:.1f} s CPU, peak {u.peak_rss_mb:.0f} MiB; {record.output}", flush=True)
+                if record.name.startswith("lexicon"):
+                    check_same_phones(phones, SymbolTable.from_file(work / "lang" / "phones.txt"), work / "lang")
+
+            done: list[StepRecord] = []
+            failure = None
+            try:
+                build_graphs(build, hlg=not args.no_hlg, max_data_mb=args.max_memory_gb * 1024, on_step=lambda r: (show(r), done.append(r)))
+            except StepFailed as err:
+                failure = str(err)
+                print(f"  FAILED: {failure}", flush=True)
+            runs.append({**_run_record(done), "failure": failure, "max_memory_gb": args.max_memory_gb})
+            write_json_atomic(work_root / "graph_build.json", {"command": command, "floor_mb": floor_mb, "runs": runs})
+            write_section(args.results, HEADING, format_section(command, runs, floor_mb) + "\n")
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work_root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
