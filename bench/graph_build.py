@@ -27,8 +27,10 @@ import tempfile
 from pathlib import Path
 
 from asr_kd.config import LangConfig, config_from_dict
-from asr_kd.decode.graph_build import GraphBuild, StepRecord, build_graphs, choose_words
+from asr_kd.decode.graph_build import GraphBuild, StepRecord, build_graphs, choose_words, random_split_tree, system_with_tree
 from asr_kd.errors import DataError
+from asr_kd.gmm.system import GmmSystem
+from asr_kd.gmm.topology import make_topology
 from asr_kd.lang.lexicon import cmudict_words
 from asr_kd.lang.symbols import SymbolTable
 from asr_kd.lang.synthetic_text import SyntheticTextConfig
@@ -41,6 +43,8 @@ from _results import write_section  # noqa: E402
 
 HEADING = "## Decoding graphs at LibriSpeech size (bench/graph_build.py)"
 DEFAULT_SIZES = ("10000:20000", "40000:70000", "0:220000")
+DEFAULT_TREE_SIZE = "5000:10000"
+TREE_HEADING = "## HCLG size against the tree (bench/graph_build.py)"
 MIB = 2**20
 
 
@@ -109,11 +113,56 @@ def _run_record(records: list[StepRecord]) -> dict:
     return {"facts": facts, "steps": steps}
 
 
+HCLG_ONLY = ("CLG", "Ha", "HCLGa", "HCLG (self-loops)")
+
+
+def compare_trees(build: GraphBuild, exp: Path, depth: int, max_data_mb: float) -> list[tuple[str, dict, list[StepRecord]]]:
+    """Build HCLG for one lexicon and G with the recipe's monophone and triphone models and a
+    random triphone tree of ``depth`` splits per root; return ``(tree, facts, records)`` per tree."""
+    layout = RecipeLayout(Path("."), exp)
+    tri = GmmSystem.load(build.model)
+    topo = make_topology(tri.topology_text)
+    num_classes = {p: topo.num_pdf_classes(p) for p in topo.phones}
+    big = build.work_dir / f"random-depth{depth}.npz"
+    build.work_dir.mkdir(parents=True, exist_ok=True)
+    system_with_tree(tri.topology_text, random_split_tree(num_classes, topo.phones, depth)).save(big)
+    models = [("monophone (recipe)", layout.gmm_model("mono")), ("triphone (recipe)", build.model), (f"triphone, random splits (depth {depth})", big)]
+    print(f"== trees: {len(build.words)} words, {build.text.num_sentences} sentences in {build.work_dir}", flush=True)
+    build_graphs(build, hlg=False, max_data_mb=max_data_mb, only=("lexicon + L_disambig", "LM (synthetic text + KN)", "G", "LG"))
+    rows = []
+    for name, model in models:
+        if not model.is_file():
+            print(f"  {name}: {model} missing, skipped", flush=True)
+            continue
+        system = GmmSystem.load(model)
+        records = build_graphs(dataclasses.replace(build, model=model), hlg=False, max_data_mb=max_data_mb, only=HCLG_ONLY)
+        facts = {"pdfs": system.tm.num_pdfs, "tids": system.tm.num_transition_ids, "context_width": system.ctx_dep.context_width}
+        print(f"  {name}: {facts}; HCLG {records[-1].output}", flush=True)
+        rows.append((name, facts, records))
+    return rows
+
+
+def format_tree_section(command: str, build: GraphBuild, rows: list[tuple[str, dict, list[StepRecord]]]) -> str:
+    """Return the RESULTS.md section comparing HCLG across trees (same lexicon and G)."""
+    lines = [TREE_HEADING, "", f"`{command}`: one lexicon ({len(build.words)} CMUdict words) and one synthetic-text trigram G, "
+             "HCLG built with each tree (steps as in the section above; CPU s and peak of the HCLGa step, the largest).", "",
+             "| tree | context width | senones | transition-ids | CLG arcs | HCLGa arcs | HCLG states | HCLG arcs | HCLG MiB | HCLGa CPU s | HCLGa peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, facts, records in rows:
+        by = {r.name: r for r in records}
+        clg, hclga, hclg = by["CLG"].output, by["HCLGa"], by["HCLG (self-loops)"].output
+        lines.append(f"| {name} | {facts['context_width']} | {facts['pdfs']} | {facts['tids']} | {clg['arcs']} | {hclga.output['arcs']} | "
+                     f"{hclg['states']} | {hclg['arcs']} | {_mb(hclg['bytes'])} | {hclga.usage.cpu_s:.1f} | {hclga.usage.peak_rss_mb:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("recipes/librispeech/data"), help="the recipe's data folder (for data/lang's phones)")
     p.add_argument("--exp", type=Path, default=Path("recipes/librispeech/exp"), help="the recipe's experiment folder (stage 3's tri model)")
-    p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="WORDS:SENTENCES pairs; WORDS 0 = all of CMUdict")
+    p.add_argument("--sizes", nargs="*", default=list(DEFAULT_SIZES), help="WORDS:SENTENCES pairs; WORDS 0 = all of CMUdict (none: skip)")
+    p.add_argument("--tree-size", default=DEFAULT_TREE_SIZE, help="WORDS:SENTENCES of the HCLG-against-tree comparison ('none': skip)")
+    p.add_argument("--tree-depth", type=int, default=5, help="splits per root of the random tree (5: about 4,000 senones, like tri4b)")
     p.add_argument("--work-dir", type=Path, default=None, help="where the graphs are written and kept (default: a temporary folder, removed)")
     p.add_argument("--no-hlg", action="store_true", help="build HCLG only")
     p.add_argument("--max-memory-gb", type=float, default=16.0, help="data memory cap of each step (RLIMIT_DATA); a step beyond it fails and is reported")
@@ -127,12 +176,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [tuple(int(x) for x in s.split(":")) for s in args.sizes]
     command = "python bench/graph_build.py " + " ".join(
-        [f"--data {args.data}", f"--exp {args.exp}", "--sizes " + " ".join(args.sizes)] + (["--no-hlg"] if args.no_hlg else []))
+        [f"--data {args.data}", f"--exp {args.exp}", "--sizes " + " ".join(args.sizes), "--tree-size none"] + (["--no-hlg"] if args.no_hlg else []))
     vocabulary = cmudict_words()
     work_root = args.work_dir or Path(tempfile.mkdtemp(prefix="graph_build-"))
     runs = []
     floor_mb = run_measured(lambda: None)[1].peak_rss_mb
     try:
+        if args.tree_size != "none":
+            num_words, num_sentences = (int(x) for x in args.tree_size.split(":"))
+            words = choose_words(vocabulary, num_words, seed=args.seed)
+            build = GraphBuild(work_root / "trees", words, SyntheticTextConfig(num_sentences=num_sentences, seed=args.seed), model, lang_config)
+            rows = compare_trees(build, args.exp, args.tree_depth, args.max_memory_gb * 1024)
+            tree_command = f"python bench/graph_build.py --data {args.data} --exp {args.exp} --tree-size {args.tree_size} --tree-depth {args.tree_depth}"
+            write_section(args.results, TREE_HEADING, format_tree_section(tree_command, build, rows) + "\n")
         for num_words, num_sentences in sizes:
             words = choose_words(vocabulary, num_words, seed=args.seed)
             work = work_root / f"{len(words)}w-{num_sentences}s"

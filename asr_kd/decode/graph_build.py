@@ -29,13 +29,14 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from asr_kd.config import LangConfig
 from asr_kd.decode.fst_utils import num_arcs, read_fst, write_fst
 from asr_kd.decode.hclg import DEFAULT_SELF_LOOP_SCALE, DEFAULT_TRANSITION_SCALE, add_self_loops, compose_clg, compose_hclga, compose_lg, make_ha
 from asr_kd.decode.hlg import compose_hlg, ctc_topology, phone_tokens, token_lexicon_fst
 from asr_kd.errors import DataError
+from asr_kd.gmm.tree import Leaf, Node, Split, Tree
 from asr_kd.kaldi import kaldifst
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.lang.lexicon import add_disambig_symbols, lexicon_entries
@@ -202,14 +203,17 @@ class StepRecord:
 
 
 def build_graphs(build: GraphBuild, hclg: bool = True, hlg: bool = True, max_data_mb: float | None = None,
-                 on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
-    """Run the steps of ``build`` in order, each in a forked child with at most ``max_data_mb`` of
-    data memory (:func:`~asr_kd.resource_usage.run_measured`); return a :class:`StepRecord` per
-    step. ``on_step`` sees each record as it is done. A failed step raises (StepFailed, or the
-    step's DataError) after the records of the steps before it went to ``on_step``."""
+                 on_step: Callable[[StepRecord], None] | None = None, only: Sequence[str] | None = None) -> list[StepRecord]:
+    """Run the steps of ``build`` in order (those named in ``only``, if given: the files of the
+    others must be there), each in a forked child with at most ``max_data_mb`` of data memory
+    (:func:`~asr_kd.resource_usage.run_measured`); return a :class:`StepRecord` per step.
+    ``on_step`` sees each record as it is done. A failed step raises (StepFailed, or the step's
+    DataError) after the records of the steps before it went to ``on_step``."""
     build.work_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for name, step in build.steps(hclg=hclg, hlg=hlg):
+        if only is not None and name not in only:
+            continue
         output, usage = run_measured(step, max_data_mb=max_data_mb)
         record = StepRecord(name, usage, output)
         logger.info("%s: %.1f s wall, %.1f s CPU, peak %.0f MiB; %s", name, usage.wall_s, usage.cpu_s, usage.peak_rss_mb, output)
@@ -229,3 +233,48 @@ def choose_words(vocabulary: Sequence[str], num_words: int, seed: int = 0) -> tu
         return tuple(vocab)
     picked = np.random.default_rng(seed).choice(len(vocab), size=num_words, replace=False)
     return tuple(sorted(vocab[i] for i in picked))
+
+
+def random_split_tree(num_pdf_classes: Mapping[int, int], phones: Sequence[int], depth: int, seed: int = 0) -> Tree:
+    """Return a triphone tree (window 3) in which every (phone, pdf-class) root splits ``depth``
+    times on a random half of ``phones`` at the left or right position, so it has
+    ``2 ** depth`` leaves per root. Not a trained tree: it gives graphs of a chosen number of
+    senones (e.g. Kaldi tri4b's 4,200) to measure how HCLG grows with the tree."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    phone_list = sorted(phones)
+    next_pdf = 0
+
+    def grow(level: int) -> Node:
+        nonlocal next_pdf
+        if level == depth:
+            next_pdf += 1
+            return Leaf(next_pdf - 1)
+        half = frozenset(int(p) for p in rng.choice(phone_list, size=len(phone_list) // 2, replace=False))
+        key = int(rng.choice([0, 2]))
+        return Split(key=key, yes_phones=half, yes=grow(level + 1), no=grow(level + 1))
+
+    roots = {(p, c): grow(0) for p in sorted(num_pdf_classes) for c in range(num_pdf_classes[p])}
+    return Tree(context_width=3, central_position=1, num_pdf_classes=dict(num_pdf_classes), roots=roots)
+
+
+def system_with_tree(topology: str, tree: Tree, feature_dim: int = 1):
+    """Return a :class:`~asr_kd.gmm.system.GmmSystem` of ``tree`` with one standard-normal
+    Gaussian per pdf: a real tree and transition model, enough to build graphs (not to decode)."""
+    import numpy as np
+
+    from asr_kd.gmm.system import GmmSystem
+    from asr_kd.gmm.topology import make_topology
+    from asr_kd.kaldi import khg
+
+    tm = khg.TransitionModel(ctx_dep=tree.to_context_dependency(), hmm_topo=make_topology(topology))
+    am = khg.AmDiagGmm()
+    for _ in range(tree.num_pdfs):
+        g = khg.DiagGmm(nmix=1, dim=feature_dim)
+        g.set_weights(np.ones(1, dtype=np.float32))
+        g.set_means(np.zeros((1, feature_dim), dtype=np.float32))
+        g.set_invvars(np.ones((1, feature_dim), dtype=np.float32))
+        g.compute_gconsts()
+        am.add_pdf(g)
+    return GmmSystem(topology, tree, tm, am)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from asr_kd.config import LangConfig
 from asr_kd.decode.fst_utils import input_labels, num_arcs, read_fst
-from asr_kd.decode.graph_build import GraphBuild, build_graphs, check_model_phones, choose_words
+from asr_kd.decode.graph_build import GraphBuild, build_graphs, check_model_phones, choose_words, random_split_tree, system_with_tree
 from asr_kd.decode.hclg import compile_hclg
 from asr_kd.errors import DataError
 from asr_kd.gmm.system import GmmSystem
 from asr_kd.gmm.topology import make_topology, topology_text
-from asr_kd.gmm.tree import Leaf, Tree, monophone_tree
+from asr_kd.gmm.tree import monophone_tree
 from asr_kd.kaldi import khg
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.lang.lexicon import cmudict_words
@@ -28,23 +27,11 @@ HLG_STEPS = ["L (tokens)", "LG (tokens)", "HLG"]
 
 
 def _triphone_system(lang: Lang) -> GmmSystem:
-    """A context-width-3 tree with one leaf per (phone, pdf-class) and one standard-normal
-    Gaussian per pdf: a real tree and transition model, enough to build graphs."""
+    """A context-width-3 tree with one leaf per (phone, pdf-class), one Gaussian per pdf."""
     text = topology_text(lang.nonsilence_phone_ids, lang.silence_phone_ids)
     topo = make_topology(text)
     num_classes = {p: topo.num_pdf_classes(p) for p in topo.phones}
-    leaves = [(p, c) for p in sorted(num_classes) for c in range(num_classes[p])]
-    tree = Tree(context_width=3, central_position=1, num_pdf_classes=num_classes, roots={pc: Leaf(i) for i, pc in enumerate(leaves)})
-    tm = khg.TransitionModel(ctx_dep=tree.to_context_dependency(), hmm_topo=topo)
-    am = khg.AmDiagGmm()
-    for _ in range(tree.num_pdfs):
-        g = khg.DiagGmm(nmix=1, dim=2)
-        g.set_weights(np.ones(1, dtype=np.float32))
-        g.set_means(np.zeros((1, 2), dtype=np.float32))
-        g.set_invvars(np.ones((1, 2), dtype=np.float32))
-        g.compute_gconsts()
-        am.add_pdf(g)
-    return GmmSystem(text, tree, tm, am)
+    return system_with_tree(text, random_split_tree(num_classes, lang.real_phone_ids, depth=0))
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +135,15 @@ def test_cmudict_words_are_the_whole_dictionary_in_lexicon_spelling() -> None:
     words = cmudict_words()
     assert len(words) > 120_000 and words == sorted(words)
     assert "HELLO" in words and all(w == w.upper() for w in words)
+
+
+def test_random_split_tree_has_the_leaves_asked_for(built) -> None:
+    _, lang, system, _, _ = built
+    topo = make_topology(system.topology_text)
+    num_classes = {p: topo.num_pdf_classes(p) for p in topo.phones}
+    tree = random_split_tree(num_classes, lang.real_phone_ids, depth=3, seed=2)
+    roots = sum(num_classes.values())
+    assert tree.num_pdfs == 8 * roots == 8 * system.tm.num_pdfs  # the depth-0 tree has one leaf per root
+    bigger = system_with_tree(system.topology_text, tree)
+    assert bigger.tm.num_pdfs == tree.num_pdfs and bigger.am.num_pdfs == tree.num_pdfs
+    assert bigger.ctx_dep.context_width == 3 and bigger.ctx_dep.central_position == 1
