@@ -99,7 +99,31 @@ def format_section(command: str, runs: list[dict], floor_mb: float) -> str:
         peak = max(s["peak_rss_mb"] for s in run["steps"])
         lines += ["", f"All steps: {total_wall:.0f} s wall, peak {peak:.0f} MiB."
                   + (f" **Stopped:** {run['failure']} (cap {run['max_memory_gb']:g} GB per step)." if run.get("failure") else ""), ""]
+    lines += growth_lines(runs)
     return "\n".join(lines)
+
+
+def _total_ngrams(run: dict) -> int:
+    return sum(run["facts"].get("ngrams", {}).values())
+
+
+def growth_lines(runs: list[dict]) -> list[str]:
+    """Return lines saying how each size's HCLG, HLG and their largest step grew over the
+    previous size's, against the growth of the LM's n-grams (for sizes whose steps all ran)."""
+    done = [r for r in runs if not r.get("failure")]
+    out = []
+    for prev, cur in zip(done, done[1:]):
+        a = {s["name"]: s for s in prev["steps"]}
+        b = {s["name"]: s for s in cur["steps"]}
+        parts = [f"n-grams x{_total_ngrams(cur) / max(_total_ngrams(prev), 1):.1f}"]
+        for name in ("HLG", "HCLG (self-loops)"):
+            if name in a and name in b:
+                parts.append(f"{name.split()[0]} arcs x{b[name]['output']['arcs'] / a[name]['output']['arcs']:.1f}")
+        for name in ("HLG", "HCLGa"):
+            if name in a and name in b:
+                parts.append(f"{name} CPU x{b[name]['cpu_s'] / max(a[name]['cpu_s'], 1e-9):.1f}, peak x{b[name]['peak_rss_mb'] / a[name]['peak_rss_mb']:.1f}")
+        out.append(f"From {prev['facts'].get('words', '?')} to {cur['facts'].get('words', '?')} words: " + "; ".join(parts) + ".")
+    return (["Growth between sizes (ratios of the measurements above):", ""] + [f"- {line}" for line in out] + [""]) if out else []
 
 
 def _run_record(records: list[StepRecord]) -> dict:
@@ -168,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-memory-gb", type=float, default=16.0, help="data memory cap of each step (RLIMIT_DATA); a step beyond it fails and is reported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="write the section again from the graph_build.json of an earlier run (its measurements and command), measuring nothing")
     args = p.parse_args(argv)
+    if args.from_json is not None:
+        saved = read_json(args.from_json)
+        write_section(args.results, HEADING, format_section(saved["command"], saved["runs"], saved["floor_mb"]) + "\n")
+        return 0
     try:
         model, lang_config, phones = recipe_inputs(args.data, args.exp)
     except DataError as err:
