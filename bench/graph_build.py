@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             words = choose_words(vocabulary, num_words, seed=args.seed)
             build = GraphBuild(work_root / "trees", words, SyntheticTextConfig(num_sentences=num_sentences, seed=args.seed), model, lang_config)
             rows = compare_trees(build, args.exp, args.tree_depth, args.max_memory_gb * 1024)
-            tree_command = f"python bench/graph_build.py --data {args.data} --exp {args.exp} --tree-size {args.tree_size} --tree-depth {args.tree_depth}"
+            tree_command = f"python bench/graph_build.py --data {args.data} --exp {args.exp} --sizes --tree-size {args.tree_size} --tree-depth {args.tree_depth}"
             write_section(args.results, TREE_HEADING, format_tree_section(tree_command, build, rows) + "\n")
         for num_words, num_sentences in sizes:
             words = choose_words(vocabulary, num_words, seed=args.seed)
