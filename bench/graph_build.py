@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import platform
 import shutil
 import sys
@@ -31,7 +31,8 @@ from asr_kd.decode.graph_build import GraphBuild, StepRecord, build_graphs, choo
 from asr_kd.errors import DataError
 from asr_kd.gmm.system import GmmSystem
 from asr_kd.gmm.topology import make_topology
-from asr_kd.lang.lexicon import cmudict_words
+from asr_kd.lang.lexicon import cmudict_words, normalize_word
+from asr_kd.lang.lm import arpa_unigrams
 from asr_kd.lang.symbols import SymbolTable
 from asr_kd.lang.synthetic_text import SyntheticTextConfig
 from asr_kd.resource_usage import StepFailed, run_measured
@@ -78,12 +79,17 @@ def _mb(n: int) -> str:
 
 def format_section(command: str, runs: list[dict], floor_mb: float) -> str:
     """Return the RESULTS.md section for the measured ``runs`` (one dict per size)."""
-    lines = [HEADING, "", f"`{command}` on {platform.processor() or platform.machine()}, a shared 2-core machine with 24 GB; "
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    lines = [HEADING, "", f"`{command}` on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {memory_gib:.0f} GiB; "
              "one step at a time, each in a forked child process that reads its inputs from disk and writes its output "
              "(as Kaldi's tools do). Wall and CPU seconds are the step's own; peak memory is the child's `ru_maxrss` "
-             f"(a step that does nothing peaks at {floor_mb:.0f} MiB: the parent's memory the child shares). The LM is trained on **synthetic** "
-             "text over the lexicon (asr_kd.lang.synthetic_text): G has the size of a real LM of those n-gram counts, "
-             "not realistic statistics, so LG/HCLG sizes are indicative only. For scale: LibriSpeech's tgsmall "
+             f"(a step that does nothing peaks at {floor_mb:.0f} MiB: the parent's memory the child shares). "
+             + ("The LM is trained on **synthetic** "
+                "text over the lexicon (asr_kd.lang.synthetic_text): G has the size of a real LM of those n-gram counts, "
+                "not realistic statistics, so LG/HCLG sizes are indicative only. "
+                if all("sentences" in r["facts"] for r in runs) else
+                "The LM is the given ARPA file restricted to the words with a pronunciation (no G2P). ")
+             + "For scale: LibriSpeech's tgsmall "
              "(`3-gram.pruned.1e-7.arpa`) has 200k unigrams and about 3.8M n-grams in all (a comment in a public NeMo "
              "diarization script), and icefall's LibriSpeech BPE-500 HLG.fst built with OpenFst from its 3-gram is 334 MB "
              "(k2-fsa/icefall PR #1275). Not done here, as in asr_kd.decode.hclg: Kaldi's `fstrmepslocal` and "
@@ -92,7 +98,8 @@ def format_section(command: str, runs: list[dict], floor_mb: float) -> str:
         facts = run["facts"]
         f = {k: facts.get(k, "?") for k in ("words", "prons", "disambig", "sentences", "tokens", "ngrams", "pdfs", "context_width")}
         lines += [f"**{f['words']} words** ({f['prons']} pronunciations, {f['disambig']} disambiguation symbols); LM: "
-                  f"{f['sentences']} sentences, {f['tokens']} words of text, n-grams per order {f['ngrams']}; "
+                  + (f"{f['sentences']} sentences, {f['tokens']} words of text, " if "sentences" in facts else "")
+                  + f"n-grams per order {f['ngrams']}; "
                   f"tree: {f['pdfs']} senones, context width {f['context_width']}.", "",
                   "| step | wall s | CPU s | peak MiB | states | arcs | MiB on disk |", "|---|---|---|---|---|---|---|"]
         for step in run["steps"]:
@@ -194,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree-depth", type=int, default=5, help="splits per root of the random tree (5: about 4,000 senones, like tri4b)")
     p.add_argument("--work-dir", type=Path, default=None, help="where the graphs are written and kept (default: a temporary folder, removed)")
     p.add_argument("--no-hlg", action="store_true", help="build HCLG only")
+    p.add_argument("--lm-arpa", type=Path, default=None,
+                   help="an existing ARPA LM (e.g. LibriSpeech's 3-gram.pruned.1e-7.arpa.gz): one build with its words and n-grams instead of --sizes")
+    p.add_argument("--lexicon", type=Path, default=None, help="a LibriSpeech-format lexicon extending CMUdict (with --lm-arpa)")
     p.add_argument("--max-memory-gb", type=float, default=16.0, help="data memory cap of each step (RLIMIT_DATA); a step beyond it fails and is reported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
@@ -209,15 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"graph_build: {err}. Skipped.")
         return 0
-    sizes = [tuple(int(x) for x in s.split(":")) for s in args.sizes]
+    sizes = [tuple(int(x) for x in s.split(":")) for s in args.sizes] if args.lm_arpa is None else [(0, 0)]
     command = "python bench/graph_build.py " + " ".join(
-        [f"--data {args.data}", f"--exp {args.exp}", "--sizes " + " ".join(args.sizes), "--tree-size none"] + (["--no-hlg"] if args.no_hlg else []))
+        [f"--data {args.data}", f"--exp {args.exp}"]
+        + ([f"--lm-arpa {args.lm_arpa}"] + ([f"--lexicon {args.lexicon}"] if args.lexicon else []) if args.lm_arpa else ["--sizes " + " ".join(args.sizes)])
+        + ["--tree-size none"] + (["--no-hlg"] if args.no_hlg else []))
     vocabulary = cmudict_words()
     work_root = args.work_dir or Path(tempfile.mkdtemp(prefix="graph_build-"))
     runs = []
     floor_mb = run_measured(lambda: None)[1].peak_rss_mb
     try:
-        if args.tree_size != "none":
+        if args.tree_size != "none" and args.lm_arpa is None:
             num_words, num_sentences = (int(x) for x in args.tree_size.split(":"))
             words = choose_words(vocabulary, num_words, seed=args.seed)
             build = GraphBuild(work_root / "trees", words, SyntheticTextConfig(num_sentences=num_sentences, seed=args.seed), model, lang_config)
@@ -225,10 +237,15 @@ def main(argv: list[str] | None = None) -> int:
             tree_command = f"python bench/graph_build.py --data {args.data} --exp {args.exp} --sizes --tree-size {args.tree_size} --tree-depth {args.tree_depth}"
             write_section(args.results, TREE_HEADING, format_tree_section(tree_command, build, rows) + "\n")
         for num_words, num_sentences in sizes:
-            words = choose_words(vocabulary, num_words, seed=args.seed)
-            work = work_root / f"{len(words)}w-{num_sentences}s"
-            build = GraphBuild(work, words, SyntheticTextConfig(num_sentences=num_sentences, seed=args.seed), model, lang_config)
-            print(f"== {len(words)} words, {num_sentences} sentences in {work}", flush=True)
+            if args.lm_arpa is not None:
+                words = tuple(w for w in arpa_unigrams(args.lm_arpa, normalize_word) if w != lang_config.oov_word)
+                work = work_root / "arpa"
+                build = GraphBuild(work, words, None, model, lang_config, arpa=args.lm_arpa, lexicon_file=args.lexicon)
+            else:
+                words = choose_words(vocabulary, num_words, seed=args.seed)
+                work = work_root / f"{len(words)}w-{num_sentences}s"
+                build = GraphBuild(work, words, SyntheticTextConfig(num_sentences=num_sentences, seed=args.seed), model, lang_config)
+            print(f"== {len(words)} words, {num_sentences or args.lm_arpa} sentences in {work}", flush=True)
 
             def show(record: StepRecord, work: Path = work) -> None:
                 u = record.usage

@@ -8,7 +8,8 @@ tools do), so that a step can run in a child process of its own and its peak mem
 ====================  ==========================================================================
 lexicon + L_disambig  the words' CMUdict pronunciations, the lang tables and ``L_disambig.fst``
 LM                    synthetic text over the words (:mod:`asr_kd.lang.synthetic_text`) and a
-                      Kneser-Ney n-gram LM trained on it (kaldingram) -> ``lm.arpa``
+                      Kneser-Ney n-gram LM trained on it (kaldingram), or an existing ARPA LM
+                      restricted to the lexicon -> ``lm.arpa``
 G                     ``G.fst`` from the ARPA file (kaldilm's arpa2fst)
 L (tokens)            the phone-CTC lexicon (token labels, no optional silence)
 LG (tokens)           ``min(det(L_tokens o G))``
@@ -35,13 +36,13 @@ from asr_kd.config import LangConfig
 from asr_kd.decode.fst_utils import num_arcs, read_fst, write_fst
 from asr_kd.decode.hclg import DEFAULT_SELF_LOOP_SCALE, DEFAULT_TRANSITION_SCALE, add_self_loops, compose_clg, compose_hclga, compose_lg, make_ha
 from asr_kd.decode.hlg import compose_hlg, ctc_topology, phone_tokens, token_lexicon_fst
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.gmm.tree import Leaf, Node, Split, Tree
 from asr_kd.kaldi import kaldifst
 from asr_kd.lang.lang_dir import Lang
-from asr_kd.lang.lexicon import add_disambig_symbols, lexicon_entries
+from asr_kd.lang.lexicon import add_disambig_symbols, lexicon_entries, normalize_word
 from asr_kd.lang.lexicon_fst import make_lexicon_fst_disambig
-from asr_kd.lang.lm import arpa_ngram_counts, compile_grammar_fst, train_ngram_lm
+from asr_kd.lang.lm import arpa_ngram_counts, compile_grammar_fst, filter_arpa, train_ngram_lm
 from asr_kd.lang.synthetic_text import SyntheticTextConfig, synthetic_sentences
 from asr_kd.resource_usage import StepUsage, run_measured
 from asr_kd.utils import write_text_atomic
@@ -79,15 +80,19 @@ def check_model_phones(lang: Lang, trans_model, model: Path | str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class GraphBuild:
-    """One graph build: the words (CMUdict spellings), the LM text, the acoustic model file (a
-    :class:`~asr_kd.gmm.system.GmmSystem`), the lang settings, and the folder the steps write in."""
+    """One graph build: the words (lexicon spellings), the LM (synthetic text, or an existing ARPA
+    file restricted to the lexicon), the acoustic model file (a
+    :class:`~asr_kd.gmm.system.GmmSystem`), the lang settings, and the folder the steps write in.
+    Pronunciations come from CMUdict, or from ``lexicon_file`` (LibriSpeech format) extending it."""
 
     work_dir: Path
     words: tuple[str, ...]
-    text: SyntheticTextConfig
+    text: SyntheticTextConfig | None
     model: Path
     lang_config: LangConfig
     lm_order: int = 3
+    arpa: Path | None = None  # an existing LM (e.g. LibriSpeech's tgsmall) instead of synthetic text
+    lexicon_file: Path | None = None
     transition_scale: float = DEFAULT_TRANSITION_SCALE
     self_loop_scale: float = DEFAULT_SELF_LOOP_SCALE
 
@@ -101,8 +106,9 @@ class GraphBuild:
         """Write the lang folder (tables, phone sets, lexicon) and ``L_disambig.fst``."""
         from asr_kd.lang.prepare import build_lexicon, write_lang_tables
 
-        config = dataclasses.replace(self.lang_config, g2p="none")  # CMUdict words only: nothing to generate
-        built = build_lexicon(self.words, config)
+        # No G2P: a word without a pronunciation stays out of L and G (the ARPA LM is restricted too).
+        config = dataclasses.replace(self.lang_config, g2p="none")
+        built = build_lexicon(self.words, config, self.lexicon_file)
         entries = lexicon_entries(built.lexicon)
         disambig_entries, max_disambig = add_disambig_symbols(entries)
         lang_dir = self.path(LANG_DIR)
@@ -113,8 +119,15 @@ class GraphBuild:
         return {**sizes, "words": len(built.lexicon), "prons": len(entries), "disambig": max_disambig + 1}
 
     def lm(self) -> dict[str, Any]:
-        """Write ``lm.arpa``: a Kneser-Ney LM on synthetic text over the lexicon's words."""
+        """Write ``lm.arpa``: the existing ARPA LM restricted to the lexicon's words, or a
+        Kneser-Ney LM on synthetic text over them."""
         lang = Lang.load(self.path(LANG_DIR))
+        if self.arpa is not None:
+            stats = filter_arpa(self.arpa, self.path("lm.arpa"), set(lang.lexicon), normalize_word)
+            return {"bytes": self.path("lm.arpa").stat().st_size, "ngrams": {str(n): c for n, c in stats.ngrams_kept.items()},
+                    "lm_words_dropped": stats.words_dropped}
+        if self.text is None:
+            raise ConfigError("a graph build needs an ARPA LM or the settings of its synthetic LM text")
         vocab = sorted(w for w in lang.lexicon if w != lang.oov_word)
         sentences = list(synthetic_sentences(vocab, self.text))
         arpa = self.path("lm.arpa")
@@ -184,7 +197,8 @@ class GraphBuild:
 
     def steps(self, hclg: bool = True, hlg: bool = True) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         """Return ``(name, step)`` in build order: the lang and G steps, then HLG's and/or HCLG's."""
-        out = [("lexicon + L_disambig", self.lexicon), ("LM (synthetic text + KN)", self.lm), ("G", self.grammar)]
+        lm_name = "LM (ARPA, restricted to the lexicon)" if self.arpa is not None else "LM (synthetic text + KN)"
+        out = [("lexicon + L_disambig", self.lexicon), (lm_name, self.lm), ("G", self.grammar)]
         # HLG first: its steps are cheaper, and a size whose HCLG does not fit still measures HLG.
         if hlg:
             out += [("L (tokens)", self.token_lexicon), ("LG (tokens)", self.token_lg), ("HLG", self.hlg)]

@@ -15,10 +15,10 @@ from asr_kd.errors import DataError
 from asr_kd.gmm.system import GmmSystem
 from asr_kd.gmm.topology import make_topology, topology_text
 from asr_kd.gmm.tree import monophone_tree
-from asr_kd.kaldi import khg
+from asr_kd.kaldi import kaldifst, khg
 from asr_kd.lang.lang_dir import Lang
-from asr_kd.lang.lexicon import cmudict_words
-from asr_kd.lang.lm import arpa_ngram_counts
+from asr_kd.lang.lexicon import cmudict_words, normalize_word
+from asr_kd.lang.lm import arpa_ngram_counts, arpa_unigrams, train_ngram_lm
 from asr_kd.lang.synthetic_text import SyntheticTextConfig
 
 NUM_WORDS = 300
@@ -147,3 +147,22 @@ def test_random_split_tree_has_the_leaves_asked_for(built) -> None:
     bigger = system_with_tree(system.topology_text, tree)
     assert bigger.tm.num_pdfs == tree.num_pdfs and bigger.am.num_pdfs == tree.num_pdfs
     assert bigger.ctx_dep.context_width == 3 and bigger.ctx_dep.central_position == 1
+
+
+def test_an_existing_arpa_lm_and_lexicon_file(tmp_path) -> None:
+    arpa = tmp_path / "tg.arpa"
+    train_ngram_lm(["the cat sat", "the zyxword sat on the mat", "qqqnopron the cat"], 3, arpa)
+    lexicon = tmp_path / "librispeech-lexicon.txt"
+    lexicon.write_text("ZYXWORD Z IH1 K S\nCAT K AE1 T\n")
+    words = tuple(w for w in arpa_unigrams(arpa, normalize_word) if w not in ("<UNK>",))
+    build = GraphBuild(tmp_path / "g", words, None, tmp_path / "unused.npz", LangConfig(), arpa=arpa, lexicon_file=lexicon)
+    records = build_graphs(build, hclg=False, hlg=False)
+    assert [r.name for r in records] == ["lexicon + L_disambig", "LM (ARPA, restricted to the lexicon)", "G"]
+    lang = Lang.load(build.path("lang"))
+    assert lang.lexicon["ZYXWORD"] == [("Z", "IH", "K", "S")]  # the file's pronunciation, stress removed
+    assert "QQQNOPRON" not in lang.lexicon  # neither the file nor CMUdict has it, and there is no G2P
+    lm = records[1].output
+    assert lm["lm_words_dropped"] == 1 and lm["ngrams"] == {str(n): c for n, c in arpa_ngram_counts(build.path("lm.arpa")).items()}
+    G = read_fst(build.path("G.fst"))
+    olabels = {a.olabel for s in kaldifst.StateIterator(G) for a in kaldifst.ArcIterator(G, s)}
+    assert lang.words.id("ZYXWORD") in olabels and lang.words.id("CAT") in olabels
