@@ -11,7 +11,9 @@ work folder and writing its output there (asr_kd.decode.graph_build); peak memor
     python bench/graph_build.py [--data recipes/librispeech/data --exp recipes/librispeech/exp] \
         [--sizes 10000:20000 40000:70000 0:220000] [--work-dir DIR] [--no-hlg]
 
-``--sizes`` takes WORDS:SENTENCES pairs. Needs the triphone GMM of stage 3 (``make demo``); without
+``--sizes`` takes WORDS:SENTENCES pairs. With the real LM at hand, ``--lm-arpa
+3-gram.pruned.1e-7.arpa.gz [--lexicon librispeech-lexicon.txt]`` measures one build with its words
+and n-grams instead. Needs the triphone GMM of stage 3 (``make demo``); without
 it, says so and exits 0 (so that ``make bench`` on a fresh clone skips it).
 """
 
