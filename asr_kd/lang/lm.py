@@ -265,3 +265,21 @@ def filter_arpa(src: Path | str, dst: Path | str, vocabulary: set[str], normaliz
     logger.info("ARPA LM %s: kept %s of %s n-grams per order; %d words without a pronunciation dropped, e.g. %s",
                 src, stats.ngrams_kept, stats.ngrams_in, stats.words_dropped, stats.examples_dropped[:5])
     return stats
+
+
+def arpa_ngram_counts(path: Path | str) -> dict[int, int]:
+    """Return the n-gram counts per order from the ``\\data\\`` header of an ARPA file (``.gz``
+    allowed), without reading the n-grams. DataError naming the file if it has no such header."""
+    counts: dict[int, int] = {}
+    header = re.compile(r"ngram (\d+)\s*=\s*(\d+)")
+    for lineno, line in _arpa_lines(path):
+        m = header.fullmatch(line)
+        if m:
+            counts[int(m.group(1))] = int(m.group(2))
+        elif line.startswith("\\") and line != "\\data\\":
+            break  # the first n-gram section: the header is over
+        if lineno > 100 and not counts:
+            break
+    if not counts:
+        raise DataError(f"{path} has no '\\data\\' header with 'ngram N=count' lines; pass an ARPA language model")
+    return counts
