@@ -135,6 +135,14 @@ def graph_lm(lang: Lang) -> FstLm:
     return FstLm(lang.load_fst("G"), lang.words.id(WORD_DISAMBIG))
 
 
+def check_rescoring_arpa(config: RescoreConfig) -> Path:
+    """Return the path of ``config``'s ARPA LM; DataError naming it if it does not exist."""
+    arpa = Path(config.arpa)
+    if not arpa.is_file():
+        raise DataError(f"rescoring ARPA LM {arpa} does not exist; build one with `asr-kd train-lm` or download one (e.g. openslr.org/11)")
+    return arpa
+
+
 def load_rescoring_lm(config: RescoreConfig, lang: Lang, old_lm: FstLm, work_dir: Path | str) -> LmScorer:
     """Return the scorer of ``config.arpa`` for hypotheses over ``lang``'s words.
 
@@ -143,9 +151,7 @@ def load_rescoring_lm(config: RescoreConfig, lang: Lang, old_lm: FstLm, work_dir
     the ARPA LM outside words.txt are ignored (counted in the log): no lattice can contain them.
     ``work_dir`` receives the vocabulary-filtered ARPA that ``method="fst"`` compiles.
     """
-    arpa = Path(config.arpa)
-    if not arpa.is_file():
-        raise DataError(f"rescoring ARPA LM {arpa} does not exist; build one with `asr-kd train-lm` or download one (e.g. openslr.org/11)")
+    arpa = check_rescoring_arpa(config)
     vocabulary = set(arpa_unigrams(arpa, lambda w: w))
     graph_words = {lang.words.name(i) for i in input_labels(old_lm.grammar) if i not in (0, old_lm.disambig_id)}
     missing = sorted(graph_words - vocabulary)

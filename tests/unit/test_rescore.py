@@ -153,3 +153,24 @@ def test_train_lang_lm_writes_a_4gram_over_the_lang_vocabulary(toy) -> None:
     unigrams = {line.split("\t")[1] for line in text.split("\\1-grams:\n")[1].split("\n\n")[0].splitlines()}
     assert unigrams - {"<s>", "</s>"} <= set(lang.words.names())
     assert np.isfinite(ArpaLm(root / "4gram.arpa", lang).cost(lang.word_ids(REFS["u2"].split())))
+
+
+def test_train_lm_command_and_paired_wer_difference(toy, tmp_path, capsys) -> None:
+    from asr_kd.bin.cli import main
+    from asr_kd.metrics.paired import wer_difference
+
+    _, lang, _, _, _ = toy
+    text = tmp_path / "extra.txt"
+    text.write_text("the read cat sat\nthe zebra sat\n")  # ZEBRA is outside words.txt: it becomes the OOV word
+    assert main(["train-lm", "--lang-dir", str(lang.lang_dir), "--order", "3", "--out", str(tmp_path / "3gram.arpa"), "--text", str(text)]) == 0
+    assert capsys.readouterr().out.strip() == f"{tmp_path / '3gram.arpa'}: 3-gram LM on {len(_train_lines(lang)) + 2} sentences"
+    arpa = (tmp_path / "3gram.arpa").read_text()
+    assert "\t<UNK>" in arpa and "ZEBRA" not in arpa
+    first = compute_wer(REFS, {u: SPOKEN[u] for u in REFS})
+    rescored = compute_wer(REFS, dict(REFS))
+    diff = wer_difference(first, rescored)
+    assert diff.value == pytest.approx(-3 / 14) and diff.low <= diff.value <= diff.high <= 0  # 3 utterances: a resample may hold only u3
+
+
+def _train_lines(lang) -> list[str]:
+    return (lang.lang_dir / "lm" / "train.txt").read_text().splitlines()
