@@ -46,6 +46,16 @@ from _results import write_section  # noqa: E402
 STUDENTS = {"baseline": "hard", "distilled": "distilled"}
 
 
+def finished_run(data: Path, exp: Path, script: str) -> tuple[RecipeLayout, Lang] | None:
+    """Return the layout and lang of the recipe run in ``data``/``exp``, or None (said in one line,
+    so that ``make bench`` on a fresh clone skips ``script``) when stages 3 and 7 have not run."""
+    layout = RecipeLayout(data, exp)
+    if read_record(layout.gmm) is None or not (layout.decode / "table1.json").is_file():
+        print(f"{script}: no finished recipe run under {exp} (stages 3 and 7); run `make demo` first. Skipped.")
+        return None
+    return layout, Lang.load(layout.lang)
+
+
 def system_inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | None, part: str | None = None):
     """Return ``(refs, hclg, decode)`` of system ``name`` on ``part`` (default: the dev part):
     ``decode(config, utterance_decoder=None)`` decodes it and returns the BatchResult."""
@@ -83,11 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-utts", type=int, default=None, help="the first N dev utterances only")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = p.parse_args(argv)
-    layout = RecipeLayout(args.data, args.exp)
-    if read_record(layout.gmm) is None or not (layout.decode / "table1.json").is_file():
-        print(f"decode_beams: no finished recipe run under {args.exp} (stages 3 and 7); run `make demo` first. Skipped.")
+    run = finished_run(args.data, args.exp, "decode_beams")
+    if run is None:
         return 0
-    lang = Lang.load(layout.lang)
+    layout, lang = run
     settings = [tuple(float(x) for x in s.split(":")) for s in args.settings]
     rows = []
     for name in args.systems:
