@@ -62,7 +62,7 @@ def system_inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | N
     part = part or layout.dev_part
     senones = read_senones(layout)
     if name in ("mono", "tri"):
-        gmm_cfg = config_from_dict(GmmConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in read_record(layout.gmm).config["gmm"].items()})
+        gmm_cfg = config_from_dict(GmmConfig, read_record(layout.gmm).config["gmm"])
         data = load_part(layout.data_dir, part, lang, gmm_cfg)
         utts = data.utterances[:max_utts]
         system = GmmSystem.load(layout.gmm_model(name))

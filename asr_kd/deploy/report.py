@@ -352,7 +352,7 @@ def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from asr_kd.report.tables import save_figure
+    from asr_kd.report.tables import plain_log_ticks, save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for r in rows:
@@ -360,6 +360,7 @@ def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "")
         ax.scatter([x], [100 * r.wer], s=25)
         ax.annotate(f"{r.system} ({r.runtime})", (x, 100 * r.wer), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis)
     ax.set_xlabel("acoustic model real-time factor per core (CPU time / audio time)")
     ax.set_ylabel("test WER (%)")
     ax.grid(True, alpha=0.3)

@@ -17,7 +17,7 @@ from asr_kd.experiments.stage_records import finished_stages, settings_table
 from asr_kd.experiments.stages import MNIST_STAGES
 from asr_kd.models.convnet import CONVNET_WORDS
 from asr_kd.report.results_md import write_section
-from asr_kd.report.tables import save_figure
+from asr_kd.report.tables import plain_log_ticks, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +307,7 @@ def plot_error_vs_temperature(rec: dict[str, dict[str, Any]], path: Path, title:
     if "teacher" in rec:
         ax.axhline(100.0 * rec["teacher"]["test_errors"] / rec["teacher"]["num_test"], color="black", linestyle=":", label="teacher")
     ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis)
     ax.set_xlabel("temperature T")
     ax.set_ylabel("test error (%)")
     ax.set_title(f"{title}: distilled students against temperature")

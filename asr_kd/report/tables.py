@@ -278,6 +278,7 @@ def plot_dev_accuracy(
             ax.plot(xs, ys, marker="o", markersize=3, label=name)
     if frames_per_epoch:
         ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis)
         ax.set_xlabel("training frames processed (epochs x the run's training frames)")
     else:
         ax.set_xlabel("epoch (passes over the run's own training cuts)")
@@ -320,6 +321,26 @@ def plot_spike_timings(
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def plain_number(v: float) -> str:
+    """Return a tick label for ``v`` without exponents where one reads well: ``0.0004``, ``2``,
+    ``500``, ``200k``, ``3M``."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= 10 * size or (abs(v) >= size and suffix != "k"):
+            return f"{v / size:g}{suffix}"
+    return f"{v:g}"
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Label a matplotlib log ``axis`` (``ax.xaxis``) at 1, 2 and 5 times powers of ten with
+    :func:`plain_number` and leave the other minor ticks unlabelled: matplotlib's default labels
+    every minor tick of a short log axis in 10^x form, and the labels overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: plain_number(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def save_figure(fig: Any, path: Path | str, dpi: float | None = None) -> Path:

@@ -210,7 +210,7 @@ def align_part(layout: RecipeLayout, corpus_dir: Path | str, part: str, num_jobs
 
 def _gmm_config(layout: RecipeLayout) -> GmmConfig:
     """The GmmConfig stage 3 ran with, from its record."""
-    return config_from_dict(GmmConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in gmm_record(layout).config["gmm"].items()})
+    return config_from_dict(GmmConfig, gmm_record(layout).config["gmm"])
 
 
 def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: int) -> dict[str, np.ndarray]:
@@ -228,7 +228,7 @@ def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: in
 def ctc_decode_config(layout: RecipeLayout) -> DecodeConfig:
     """The DecodeConfig the CTC decoding stage used (its record), so a part decodes as its table did."""
     record = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)")
-    return config_from_dict(DecodeConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in record.config["decode"].items()})
+    return config_from_dict(DecodeConfig, record.config["decode"])
 
 
 def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang: Lang, out_dir: Path, decode_config: DecodeConfig,

@@ -9,7 +9,9 @@ its work has succeeded (it replaces the old ``.done`` markers):
 - ``inputs``: the fingerprints of what it read (upstream stages' records, a corpus listing);
 - ``outputs``: the size and SHA-256 of its key output files;
 - ``fingerprint``: a hash of all three, the value downstream stages record as their input;
-- ``code_version`` (``git describe`` or the package version) and ``command``, for the reader.
+- ``code_version`` (``git describe`` or the package version) and ``command``, for the reader;
+- ``resources``: what the work cost (wall and CPU seconds, peak memory, disk), for the reader and
+  ``bench/scaling.py``; never part of a fingerprint.
 
 :class:`StageGuard` applies the single rule: a stage is skipped only when its record exists, its
 config and input fingerprints equal the ones it would run with now, and its recorded outputs are
@@ -30,8 +32,10 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -184,6 +188,47 @@ def environment() -> dict[str, str]:
     return env
 
 
+@dataclasses.dataclass(frozen=True)
+class _Usage:
+    """A snapshot of the clocks and of this process's and its waited-for children's CPU time."""
+
+    wall: float
+    cpu: float
+
+    @classmethod
+    def now(cls) -> "_Usage":
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cls(time.monotonic(), me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime)
+
+
+def folder_bytes(folders: Iterable[Path | str], skip: Iterable[Path] = ()) -> int:
+    """Return the total size of the files below ``folders`` other than ``skip`` (symbolic links
+    not followed)."""
+    total, skip = 0, set(skip)
+    for folder in folders:
+        for dirpath, _, filenames in os.walk(folder):
+            total += sum(p.stat().st_size for p in (Path(dirpath) / n for n in filenames) if not p.is_symlink() and p not in skip)
+    return total
+
+
+def resource_usage(start: "_Usage", folders: Iterable[Path | str], resumed: bool, skip: Iterable[Path] = ()) -> dict[str, Any]:
+    """Return what a stage's work cost since ``start``: ``wall_s``, ``cpu_s`` (user + system of
+    this process and of the child processes it waited for: job pools, torchrun, launched jobs;
+    not Slurm jobs on other machines), ``peak_rss_mb`` (the largest resident set of this process
+    or of any one such child, over its life), ``disk_bytes`` of the stage's folders (without the
+    ``skip`` files: the stage's bookkeeping), and
+    ``resumed`` (the times then cover only the last, resumed run)."""
+    end = _Usage.now()
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "wall_s": round(end.wall - start.wall, 2),
+        "cpu_s": round(end.cpu - start.cpu, 2),
+        "peak_rss_mb": round(max(me.ru_maxrss, kids.ru_maxrss) / 1024, 1),  # Linux reports KiB
+        "disk_bytes": folder_bytes(folders, skip),
+        "resumed": resumed,
+    }
+
+
 def describe_environment(record: "StageRecord | None") -> str:
     """Return the line a RESULTS.md section prints about where its stage ran ("" if unknown)."""
     if record is None or not record.environment:
@@ -209,6 +254,7 @@ class StageRecord:
     command: str = ""
     finished: str = ""
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)  # resource_usage(); empty in older records
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
@@ -322,6 +368,8 @@ class StageGuard:
         # Under torchrun every rank runs the stage; only rank 0 empties folders and writes records.
         self.is_main = os.environ.get("RANK", "0") == "0"
         self.record: StageRecord | None = None
+        self._started: _Usage | None = None  # set when the work starts (needs_work returns True)
+        self._resumed = False
 
     @property
     def record_path(self) -> Path:
@@ -392,10 +440,12 @@ class StageGuard:
             if resumable:
                 log.info("%s: resuming an interrupted run with the same settings in %s", self.stage, self.folder)
                 self._remove_temporaries()
+                self._resumed = True
             elif self.folder.is_dir() and any(self.folder.iterdir()) and not self.adopt_unrecorded:
                 self._empty_folders("unfinished outputs of other or unknown settings")
         self.folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.in_progress_path, json.dumps(self._wanted()) + "\n")
+        self._started = _Usage.now()
         return True
 
     def _wait_for_rank_0(self, timeout: float = 3600.0) -> StageRecord:
@@ -441,6 +491,8 @@ class StageGuard:
             outputs=dict(sorted(files.items())), fingerprint=fingerprint([self.config_fingerprint, self.inputs, files]),
             code_version=code_version(), command=self.command,
             finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), environment=environment(),
+            resources=resource_usage(self._started, [self.folder, *self.extra_folders], self._resumed, [self.in_progress_path])
+            if self._started else {},
         )
         if self.is_main:
             write_text_atomic(self.record_path, record.to_json())

@@ -250,7 +250,7 @@ def results_section(summary: Stage3Summary, command: str) -> str:
         from asr_kd.config import config_from_dict
         from asr_kd.decode.tuning import ScaleSweep, describe_decoding
 
-        decode_config = config_from_dict(DecodeConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in summary.decode.items()})
+        decode_config = config_from_dict(DecodeConfig, summary.decode)
         decoding = ["", describe_decoding(decode_config, summary.dev_part or "dev", networks=False)]
         decoding += [f"- {name}: {ScaleSweep.from_dict(w['sweep']).describe()}" for name in GMM_SYSTEMS
                      for w in summary.wers.get(name, {}).values() if w.get("sweep")]

@@ -157,3 +157,26 @@ def test_system_spec_parsing() -> None:
     assert SystemSpec.parse("x=d@onnx-int8").backend == "onnx-int8"
     with pytest.raises(ConfigError, match="expected NAME=MODEL_DIR"):
         SystemSpec.parse("just-a-dir")
+
+
+def test_log_axis_labels_are_plain_and_do_not_crowd() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr_kd.report.tables import plain_log_ticks, plain_number
+
+    assert [plain_number(v) for v in (0.0004, 2.0, 500.0, 2e5, 3e6, 1e3)] == ["0.0004", "2", "500", "200k", "3M", "1000"]
+    # The deployment plot's range (as in the mini demo): default matplotlib labelled every minor
+    # tick here ("2x10^-3", "3x10^-3", "4x10^-3" ran into each other).
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(3.5e-4, 6.5e-3)
+    plain_log_ticks(ax.xaxis)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    major = [t.get_text() for t in ax.xaxis.get_majorticklabels() if lo <= t.get_position()[0] <= hi]
+    assert major == ["0.0005", "0.001", "0.002", "0.005"]
+    assert all(not t.get_text() for t in ax.xaxis.get_minorticklabels())
+    plt.close(fig)

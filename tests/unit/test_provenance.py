@@ -184,3 +184,37 @@ def test_results_files_written_by_the_stages_do_not_make_the_code_dirty(tmp_path
     assert not code_is_modified(tmp_path)
     (tmp_path / "recipes/r/conf/x.yaml").write_text("v2\n")
     assert code_is_modified(tmp_path)
+
+
+def test_record_says_what_the_work_cost_including_child_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = tmp_path / "stage"
+    guard = StageGuard("s", folder, {"T": 2}, {})
+    assert guard.needs_work()
+    # The work runs in a child (as the job pools and torchrun do): 0.3 s of CPU and 300 MiB touched.
+    burn = "x = b'\\x01' * (300 << 20)\nimport time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    (folder / "out.bin").write_bytes(b"z" * 1000)
+    res = guard.finish(["out.bin"]).resources
+    assert res["cpu_s"] >= 0.3 and res["peak_rss_mb"] >= 300 and res["wall_s"] >= 0.3
+    assert res["disk_bytes"] == 1000 and res["resumed"] is False
+    # A skipped rerun keeps the record (and the costs) of the run that made the outputs.
+    again = StageGuard("s", folder, {"T": 2}, {})
+    assert not again.needs_work() and again.record is not None and again.record.resources == res
+
+
+def test_resumed_run_is_marked_and_old_records_without_costs_still_read(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    assert StageGuard("s", folder, {"T": 2}, {}).needs_work()  # killed before finishing
+    guard = StageGuard("s", folder, {"T": 2}, {})
+    assert guard.needs_work()
+    (folder / "out.txt").write_text("x")
+    assert guard.finish(["out.txt"]).resources["resumed"] is True
+    data = json.loads((folder / RECORD_NAME).read_text())
+    del data["resources"]  # a record written before costs were recorded
+    (folder / RECORD_NAME).write_text(json.dumps(data))
+    rec = read_record(folder)
+    assert rec is not None and rec.resources == {}
+    assert not StageGuard("s", folder, {"T": 2}, {}).needs_work()

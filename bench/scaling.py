@@ -1,0 +1,292 @@
+"""Measured scaling of the recipe: per stage, wall time, CPU time, peak memory and disk on synthetic
+presets of growing size, how each grows with hours of audio, and a projection to LibriSpeech.
+
+Every stage records what its work cost in its ``provenance.json`` (``resources``: wall and CPU
+seconds of the stage's process and of the child processes it waited for, peak resident memory,
+bytes on disk; asr_kd/stages/provenance.py). This script runs the recipe on each preset into its
+own folder (or reads a finished run: a stage whose record matches is skipped, and its record keeps
+the costs of the run that made it), sums the records per stage, and writes the table to
+bench/RESULTS.md.
+
+    python bench/scaling.py [--presets tiny mini] [--work bench/_scaling] [--stop-stage 7] [--nj 2]
+    python bench/scaling.py --read NAME=DATA_DIR,EXP_DIR ...   # tabulate finished runs only
+
+The projection to train-clean-100 (100.6 h) and all of LibriSpeech (960.9 h) scales each stage
+of the largest run linearly in what drives it (:data:`DRIVERS`: the training hours, all hours, the
+dev and test hours, or nothing: the lexicon and LM, the networks' size), fits peak memory as a
+straight line through the two largest runs, and divides CPU time by the cores of the target
+machine for the stages that run as parallel CPU jobs. The network stages (4, 5, 6, 8) are not
+projected onto GPUs: none has been measured (bench/dnn_gpu.py), so the table gives the CPU time
+they would take at the measured rate, with the same (mini) network sizes, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from asr_kd.stages.provenance import RECORD_NAME, StageRecord
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "librispeech"
+HEADING = "## Recipe scaling: cost per stage against hours of audio"
+# Hours of LibriSpeech (Panayotov et al. 2015, Table 1): train-clean-100 100.6 h, train-clean-360
+# 363.6 h, train-other-500 496.7 h; the recipe's dev and test parts, dev-clean and test-clean,
+# 5.4 h each.
+EVAL_HOURS = 5.4 + 5.4
+# The download sizes of openslr.org/12 (train-clean-100 6.3 GB, train-clean-360 23 GB,
+# train-other-500 30 GB; flac), which stage 0 reads instead of synthesising audio.
+LIBRISPEECH_DOWNLOAD = {"train-clean-100": "6.3 GB of flac", "960 h": "59 GB of flac"}
+LIBRISPEECH_HOURS = {"train-clean-100": 100.6, "960 h": 100.6 + 363.6 + 496.7}
+# What each stage's cost grows with: "train" hours, "all" hours (train + eval), "eval" hours
+# (the dev and test parts), or "fixed" (the lexicon and LM, not the audio).
+DRIVERS = {0: "all", 1: "all", 2: "fixed", 3: "train", 4: "train", 5: "train", 6: "train", 7: "eval", 8: "train"}
+# Disk that does not grow with the audio: models and graphs.
+FIXED_DISK = {2, 4, 6, 7, 8}
+STAGE_NAMES = {0: "corpus", 1: "features", 2: "lang", 3: "GMM-HMM", 4: "teachers", 5: "soft targets", 6: "students",
+               7: "decoding", 8: "3% experiment"}
+# Stages whose work is shared among parallel CPU jobs (features, GMM accumulation and alignment,
+# decoding): a 16-core machine runs them about 16 ways. The others are network training or
+# teacher inference, for a GPU.
+CPU_PARALLEL_STAGES = {0, 1, 3, 7}
+GPU_STAGES = {4, 5, 6, 8}
+_STAGE = re.compile(r"^stage (\d+)\b")
+
+
+@dataclasses.dataclass
+class StageCost:
+    """The summed costs of one recipe stage (all its records: a stage may keep several)."""
+
+    stage: int
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    disk_bytes: int = 0
+    records: int = 0
+    unmeasured: int = 0  # records without costs (written before costs were recorded)
+
+    def add(self, resources: dict) -> None:
+        self.records += 1
+        if not resources:
+            self.unmeasured += 1
+            return
+        self.wall_s += float(resources["wall_s"])
+        self.cpu_s += float(resources["cpu_s"])
+        self.peak_rss_mb = max(self.peak_rss_mb, float(resources["peak_rss_mb"]))
+        self.disk_bytes += int(resources["disk_bytes"])
+
+
+def stage_costs(folders: Iterable[Path]) -> dict[int, StageCost]:
+    """Return the costs of the recipe stages (0-8) recorded below ``folders`` (a run's data and exp
+    folders), by stage number. Records of other commands (decode-part, CTC stages) are left out."""
+    costs: dict[int, StageCost] = {}
+    seen: set[Path] = set()
+    for folder in folders:
+        for path in sorted(Path(folder).rglob(RECORD_NAME)):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            rec = StageRecord.read(path)
+            m = _STAGE.match(rec.stage)
+            if m and int(m.group(1)) in STAGE_NAMES:
+                n = int(m.group(1))
+                costs.setdefault(n, StageCost(n)).add(rec.resources)
+    return costs
+
+
+def part_hours(data_dir: Path) -> dict[str, float]:
+    """Return the hours of audio of each part's cuts (stage 1's fbank manifests ``cuts_<part>``)."""
+    from lhotse import load_manifest_lazy
+
+    paths = sorted((Path(data_dir) / "fbank").glob("cuts_*.jsonl.gz"))
+    if not paths:
+        raise SystemExit(f"{Path(data_dir) / 'fbank'} holds no cuts_<part>.jsonl.gz: the run has no stage 1 output")
+    return {p.name[len("cuts_"):-len(".jsonl.gz")]: sum(c.duration for c in load_manifest_lazy(p)) / 3600 for p in paths}
+
+
+def growth_exponent(h1: float, c1: float, h2: float, c2: float) -> float:
+    """Return ``b`` in ``cost ~ hours^b`` through two points (nan when a cost is 0)."""
+    if c1 <= 0 or c2 <= 0 or h1 == h2:
+        return math.nan
+    return math.log(c2 / c1) / math.log(h2 / h1)
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    parts: dict[str, float]  # hours of audio per part
+    costs: dict[int, StageCost]
+    train_part: str = "train-clean-100"
+    wall_total_s: float | None = None  # the run.sh process's own wall time, when this script ran it
+
+    @property
+    def hours(self) -> float:
+        """Hours of training audio."""
+        return self.parts[self.train_part]
+
+    def driver_hours(self, driver: str) -> float:
+        """Return the hours that drive a stage's cost (see :data:`DRIVERS`)."""
+        total = sum(self.parts.values())
+        return {"train": self.hours, "all": total, "eval": total - self.hours, "fixed": 1.0}[driver]
+
+
+def target_hours(name: str, driver: str) -> float:
+    """Return the hours of LibriSpeech target ``name`` that drive a stage's cost."""
+    train = LIBRISPEECH_HOURS[name]
+    return {"train": train, "all": train + EVAL_HOURS, "eval": EVAL_HOURS, "fixed": 1.0}[driver]
+
+
+def run_recipe(preset: str, work: Path, stop_stage: int, nj: int) -> Run:
+    """Run ``run.sh --preset preset`` (stages 0..stop_stage) into ``work/preset``; return its costs."""
+    import time
+
+    data, exp = work / preset / "data", work / preset / "exp"
+    cmd = ["./run.sh", "--preset", preset, "--stop-stage", str(stop_stage), "--nj", str(nj), "--data", str(data), "--exp", str(exp),
+           "--results", str(work / preset / "RESULTS.md")]
+    print(f"[{preset}] {' '.join(cmd)} (in {RECIPE})", flush=True)
+    start = time.monotonic()
+    with open(work / f"{preset}.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=RECIPE, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"the {preset} run failed (exit {proc.returncode}); see {work / f'{preset}.log'}")
+    run = read_run(preset, data, exp)
+    run.wall_total_s = time.monotonic() - start
+    return run
+
+
+def read_run(name: str, data: Path, exp: Path) -> Run:
+    return Run(name, part_hours(data), stage_costs([data, exp]))
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 * 1.5 else (f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s")
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= size:
+            return f"{b / size:.1f} {unit}"
+    return f"{b:.0f} B"
+
+
+def tables(runs: list[Run], cores: int = 16) -> str:
+    """Return the markdown of the per-stage table, the growth exponents and the projection."""
+    stages = sorted({n for r in runs for n in r.costs})
+    head = "| stage | " + " | ".join(f"{r.name}: wall / CPU / peak RSS / disk" for r in runs) + " |"
+    lines = [head, "|---|" + "---|" * len(runs)]
+    for n in stages:
+        cells = []
+        for r in runs:
+            c = r.costs.get(n)
+            if c is None or c.records == c.unmeasured:
+                cells.append("not measured")
+            else:
+                cells.append(f"{_fmt_s(c.wall_s)} / {_fmt_s(c.cpu_s)} / {c.peak_rss_mb / 1024:.2f} GB / {_fmt_bytes(c.disk_bytes)}")
+        lines.append(f"| {n} {STAGE_NAMES[n]} | " + " | ".join(cells) + " |")
+    tot = [sum(c.wall_s for c in r.costs.values()) for r in runs]
+    lines.append("| sum of stages | " + " | ".join(f"{_fmt_s(t)} wall" for t in tot) + " |")
+    lines.append("")
+    lines.append("Hours of training audio: " + ", ".join(f"{r.name} {r.hours:.2f} h" for r in runs) + ".")
+    if len(runs) >= 2:
+        a, b = runs[-2], runs[-1]
+        lines += ["", f"Growth from {a.name} to {b.name} ({b.hours / a.hours:.1f}x the training audio): exponent b of cost ~ hours^b, "
+                  "hours being what drives the stage (training, all, or dev+test audio); 1 = linear, below 1 fixed costs still "
+                  "dominate the smaller run, above 1 the stage grows faster than its data:", "",
+                  "| stage | CPU time b | disk b | peak RSS ratio |", "|---|---|---|---|"]
+        for n in stages:
+            ca, cb = a.costs.get(n), b.costs.get(n)
+            if ca is None or cb is None or ca.unmeasured or cb.unmeasured:
+                continue
+            d = DRIVERS[n]
+            if d == "fixed":
+                lines.append(f"| {n} {STAGE_NAMES[n]} | CPU x{cb.cpu_s / max(ca.cpu_s, 1e-9):.2f} (grows with the lexicon and LM, not the audio) | "
+                             f"x{cb.disk_bytes / max(ca.disk_bytes, 1):.2f} | {cb.peak_rss_mb / ca.peak_rss_mb:.2f} |")
+                continue
+            ha, hb = a.driver_hours(d), b.driver_hours(d)
+            bc = growth_exponent(ha, ca.cpu_s, hb, cb.cpu_s)
+            bd = growth_exponent(ha, ca.disk_bytes, hb, cb.disk_bytes)
+            ratio = cb.peak_rss_mb / ca.peak_rss_mb if ca.peak_rss_mb else math.nan
+            lines.append(f"| {n} {STAGE_NAMES[n]} | {bc:.2f} | {bd:.2f} | {ratio:.2f} |")
+    big = runs[-1]
+    small = runs[-2] if len(runs) >= 2 else None
+    lines += ["", f"Projection (not a measurement) from {big.name}: each stage's CPU time and disk scaled linearly in what drives it "
+              f"(training hours; all hours; dev + test hours, LibriSpeech's dev-clean and test-clean being {EVAL_HOURS:g} h; models, "
+              "lexicon and LM do not grow with the audio), with the same configs (mini's networks); peak memory a straight line "
+              f"through {small.name if small else big.name} and {big.name} in the training hours"
+              f"{'' if small else ' (one run: held constant)'}. Wall time: the CPU-parallel stages "
+              f"({', '.join(str(s) for s in sorted(CPU_PARALLEL_STAGES))}) spread over {cores} cores; the network stages at the CPU rate "
+              "measured here, one core, as no GPU was measured; the lang stage as measured (it depends on the lexicon and LM: "
+              "see the graph-building bench).", "",
+              "| stage | " + " | ".join(f"{k}: {cores}-core wall / peak RSS / disk" for k in LIBRISPEECH_HOURS) + " |",
+              "|---|" + "---|" * len(LIBRISPEECH_HOURS)]
+    for n in stages:
+        c = big.costs.get(n)
+        if c is None or c.unmeasured or big.hours <= 0:
+            continue
+        d = DRIVERS[n]
+        cells = []
+        for target in LIBRISPEECH_HOURS:
+            f = target_hours(target, d) / big.driver_hours(d)
+            disk = c.disk_bytes * (1.0 if n in FIXED_DISK else f)
+            rss = c.peak_rss_mb
+            cs = small.costs.get(n) if small else None
+            if cs is not None and not cs.unmeasured and big.hours > small.hours:
+                slope = (c.peak_rss_mb - cs.peak_rss_mb) / (big.hours - small.hours)
+                rss = c.peak_rss_mb + max(slope, 0.0) * (LIBRISPEECH_HOURS[target] - big.hours)
+            if n == 0:
+                cells.append(f"real data: the corpus itself ({LIBRISPEECH_DOWNLOAD[target]}), manifests in minutes")
+                continue
+            elif n in CPU_PARALLEL_STAGES:
+                wall = _fmt_s(c.cpu_s * f / cores)
+            elif n in GPU_STAGES:
+                wall = f"{_fmt_s(c.cpu_s * f)} CPU (GPU unmeasured)"
+            else:
+                wall = _fmt_s(c.wall_s)
+            cells.append(f"{wall} / {rss / 1024:.1f} GB / {_fmt_bytes(disk)}")
+        lines.append(f"| {n} {STAGE_NAMES[n]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "mini"], help="synthetic presets to run, smallest first")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "_scaling", help="one folder per preset is made here")
+    ap.add_argument("--stop-stage", type=int, default=7)
+    ap.add_argument("--nj", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--read", nargs="*", default=[], metavar="NAME=DATA,EXP", help="tabulate finished runs instead of running presets")
+    ap.add_argument("--cores", type=int, default=16, help="cores of the machine the projection is for")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = ap.parse_args(argv)
+    if args.read:
+        runs = []
+        for spec in args.read:
+            name, _, dirs = spec.partition("=")
+            data, _, exp = dirs.partition(",")
+            runs.append(read_run(name, Path(data), Path(exp)))
+        command = "python bench/scaling.py --read " + " ".join(args.read)
+    else:
+        args.work.mkdir(parents=True, exist_ok=True)
+        runs = [run_recipe(p, args.work, args.stop_stage, args.nj) for p in args.presets]
+        command = f"python bench/scaling.py --presets {' '.join(args.presets)} --stop-stage {args.stop_stage} --nj {args.nj}"
+    runs.sort(key=lambda r: r.hours)
+    walls = [f"{r.name} {_fmt_s(r.wall_total_s)}" for r in runs if r.wall_total_s is not None]
+    text = (f"{HEADING}\n\n`{command}` (stages 0-{args.stop_stage}; costs from each stage's provenance record; "
+            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}):\n\n{tables(runs, args.cores)}")
+    print(text)
+    (args.work / "scaling.json").write_text(json.dumps([{"name": r.name, "hours": r.hours, "costs": {n: dataclasses.asdict(c) for n, c in r.costs.items()}} for r in runs], indent=1)) if not args.read else None
+    write_section(args.results, HEADING, text)
+
+
+if __name__ == "__main__":
+    main()

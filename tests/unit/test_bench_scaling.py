@@ -1,0 +1,64 @@
+"""bench/scaling.py's arithmetic on real stage records: costs summed per stage, growth exponents,
+and the projection's linear scaling in what drives each stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from asr_kd.stages.provenance import RECORD_NAME, StageGuard
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_scaling", ROOT / "bench" / "scaling.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_scaling"] = mod  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _stage(folder: Path, name: str, cpu_s: float, disk: int, rss_mb: float) -> None:
+    guard = StageGuard(name, folder, {"x": 1}, {})
+    assert guard.needs_work()
+    (folder / "out.bin").write_bytes(b"x")
+    guard.finish(["out.bin"])
+    data = json.loads((folder / RECORD_NAME).read_text())
+    data["resources"] = {"wall_s": cpu_s, "cpu_s": cpu_s, "peak_rss_mb": rss_mb, "disk_bytes": disk, "resumed": False}
+    (folder / RECORD_NAME).write_text(json.dumps(data))
+
+
+def test_costs_are_summed_per_stage_and_projected_in_their_driver(tmp_path: Path) -> None:
+    sc = _bench()
+    runs = []
+    for name, hours, factor in (("small", 1.0, 1.0), ("big", 4.0, 4.0)):
+        root = tmp_path / name
+        _stage(root / "exp" / "gmm", "stage 3 (GMM-HMM)", 100 * factor, int(1e6 * factor), 500 + 100 * factor)
+        _stage(root / "exp" / "students" / "hard", "stage 6 (hard student, seed 0)", 50 * factor, 1000, 600)
+        _stage(root / "exp" / "students" / "distilled", "stage 6 (distilled student, seed 0)", 70 * factor, 1000, 700)
+        _stage(root / "exp" / "decode_x", "decode-part dev", 999, 1, 1)  # not a recipe stage: left out
+        costs = sc.stage_costs([root / "exp"])
+        assert sorted(costs) == [3, 6]
+        assert costs[6].cpu_s == pytest.approx(120 * factor) and costs[6].records == 2 and costs[6].peak_rss_mb == 700
+        runs.append(sc.Run(name, {"train-clean-100": hours, "dev-clean": 0.5}, costs))
+    assert sc.growth_exponent(1.0, 100.0, 4.0, 400.0) == pytest.approx(1.0)
+    assert sc.growth_exponent(1.0, 100.0, 4.0, 1600.0) == pytest.approx(2.0)
+    assert math.isnan(sc.growth_exponent(1.0, 0.0, 4.0, 5.0))
+    text = sc.tables(runs, cores=16)
+    # GMM: 400 CPU-s for 4 h -> 100.6 h takes 10060 s of CPU, over 16 cores 629 s = 10.5 min;
+    # peak RSS: 600 MB at 1 h, 900 MB at 4 h -> 900 + 100 * 96.6 MB = 10.3 GB; disk 4 MB -> 100.6 MB.
+    measured, rest = text.split("Growth from")
+    growth, projection = rest.split("Projection (not a measurement)")
+    assert "| 3 GMM-HMM | 1.7 min / 1.7 min / 0.59 GB / 1.0 MB | 6.7 min / 6.7 min / 0.88 GB / 4.0 MB |" in measured
+    row = next(line for line in projection.splitlines() if line.startswith("| 3 GMM-HMM"))
+    assert row.split("|")[2].strip() == "10.5 min / 10.3 GB / 100.6 MB"
+    # Students: models do not grow with the audio (disk stays 2 kB); CPU 480 s per 4 h -> 3.4 h for 100.6 h.
+    row = next(line for line in projection.splitlines() if line.startswith("| 6 students"))
+    assert row.split("|")[2].strip() == "3.4 h CPU (GPU unmeasured) / 0.7 GB / 2.0 kB"
+    assert "| 3 GMM-HMM | 1.00 | 1.00 | 1.50 |" in growth.splitlines()
