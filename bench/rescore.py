@@ -10,7 +10,7 @@ exact back-off alone). WER differences carry paired-bootstrap 95% intervals (asr
 against the lattice's own first-pass best path. CPU seconds are this process's.
 
     python bench/rescore.py --data recipes/librispeech/data --exp recipes/librispeech/exp \
-        [--out /tmp/rescore] [--systems tri distilled] [--parts dev-clean test-clean] [--lattice-beam 8]
+        [--out /tmp/rescore] [--systems tri distilled] [--parts dev-clean test-clean] [--lattice-beams 8 10]
 
 Needs stages 3 and 7 of a recipe run (``make demo``); without one it says so and exits 0.
 """
@@ -81,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", nargs="+", default=["tri", "distilled"], help="systems (tri, mono, baseline, distilled, ensemble)")
     p.add_argument("--parts", nargs="+", default=["dev-clean", "test-clean"], help="parts to decode")
     p.add_argument("--order", type=int, default=4, help="order of the larger LM (default 4)")
-    p.add_argument("--lattice-beam", type=float, default=8.0, help="search beam of the lattice pass (default 8; no max-active)")
+    p.add_argument("--lattice-beams", "--lattice-beam", type=float, nargs="+", default=[8.0], help="search beams of the lattice pass, one row each (default 8; no max-active)")
     p.add_argument("--nbest", type=int, default=100, help="word sequences rescored per lattice (default 100)")
     p.add_argument("--max-utts", type=int, default=None, help="the first N utterances of each part only")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md", help="where to write the section")
+    p.add_argument("--section", default="", help="suffix of the section's heading, so that a second measurement gets its own section")
     args = p.parse_args(argv)
 
     run = finished_run(args.data, args.exp, "rescore")
@@ -113,20 +114,21 @@ def main(argv: list[str] | None = None) -> int:
             t = time.process_time()
             recipe = compute_wer(refs, decode(recipe_cfg).texts(lang.words))
             recipe_cpu = time.process_time() - t
-            lat_cfg = dataclasses.replace(recipe_cfg, beam=args.lattice_beam)
-            rescorer = MultiLmRescorer(hclg, lat_cfg, args.nbest, old_lm, new_lms)
-            batch = decode(lat_cfg, rescorer)
-            texts = {k: {u: " ".join(lang.words.name(w) for w in v) for u, v in chosen.items()} for k, chosen in rescorer.chosen.items()}
-            first = compute_wer(refs, texts["first pass"])
-            row = {"system": name, "part": part, "scale": scale, "utterances": len(refs), "failed": len(batch.failed),
-                   "recipe_first_pass": {"beam": recipe_cfg.beam, "errors": recipe.errors, "wer": recipe.wer, "cpu_s": recipe_cpu},
-                   "lattice_first_pass": {"beam": args.lattice_beam, "errors": first.errors, "wer": first.wer},
-                   "cpu_s": rescorer.cpu, "nbest_mean": float(np.mean(rescorer.nbest_sizes)), "rescored": {}}
-            for lm_name in new_lms:
-                res = compute_wer(refs, texts[lm_name])
-                row["rescored"][lm_name] = {"errors": res.errors, "wer": res.wer, "vs_first": wer_difference(first, res).to_dict()}
-            print(json.dumps(row), flush=True)
-            report["runs"].append(row)
+            for beam in args.lattice_beams:
+                lat_cfg = dataclasses.replace(recipe_cfg, beam=beam)
+                rescorer = MultiLmRescorer(hclg, lat_cfg, args.nbest, old_lm, new_lms)
+                batch = decode(lat_cfg, rescorer)
+                texts = {k: {u: " ".join(lang.words.name(w) for w in v) for u, v in chosen.items()} for k, chosen in rescorer.chosen.items()}
+                first = compute_wer(refs, texts["first pass"])
+                row = {"system": name, "part": part, "scale": scale, "utterances": len(refs), "failed": len(batch.failed),
+                       "recipe_first_pass": {"beam": recipe_cfg.beam, "errors": recipe.errors, "wer": recipe.wer, "cpu_s": recipe_cpu},
+                       "lattice_first_pass": {"beam": beam, "errors": first.errors, "wer": first.wer},
+                       "cpu_s": rescorer.cpu, "nbest_mean": float(np.mean(rescorer.nbest_sizes)), "rescored": {}}
+                for lm_name in new_lms:
+                    res = compute_wer(refs, texts[lm_name])
+                    row["rescored"][lm_name] = {"errors": res.errors, "wer": res.wer, "vs_first": wer_difference(first, res).to_dict()}
+                print(json.dumps(row), flush=True)
+                report["runs"].append(row)
     (args.out / "rescore.json").write_text(json.dumps(report, indent=1))
     _write(args, report, list(new_lms))
     return 0
@@ -134,15 +136,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(args: argparse.Namespace, report: dict, lm_names: list[str]) -> None:
     command = (f"python bench/rescore.py --data {args.data} --exp {args.exp} --out {args.out} --systems {' '.join(args.systems)} "
-               f"--parts {' '.join(args.parts)} --order {args.order} --lattice-beam {args.lattice_beam:g} --nbest {args.nbest}"
-               + (f" --max-utts {args.max_utts}" if args.max_utts else ""))
+               f"--parts {' '.join(args.parts)} --order {args.order} --lattice-beams {' '.join(f'{b:g}' for b in args.lattice_beams)} "
+               f"--nbest {args.nbest}" + (f" --max-utts {args.max_utts}" if args.max_utts else "")
+               + (f" --section '{args.section}'" if args.section else ""))
+    heading = "## LM rescoring of lattices" + (f": {args.section}" if args.section else "")
     lm = report["lm"]
     ppl = "; ".join(f"{k[4:]}: {v['first']:.1f} -> {v['larger']:.1f}" for k, v in lm.items() if k.startswith("ppl_"))
-    lines = ["## LM rescoring of lattices (bench/rescore.py)", "", f"`{command}`", "",
+    lines = [f"{heading} (bench/rescore.py)", "", f"`{command}`", "",
              f"Larger LM: a {lm['order']}-gram trained (`asr-kd train-lm`) on the lang's LM text, {lm['sentences']} training "
              f"transcripts of the synthetic corpus, the same text as the first pass's 3-gram, so the gain it can bring is small "
              f"by construction (perplexity first-pass LM -> larger: {ppl}). Lattices: LatticeSimpleDecoder at the beam shown "
-             "(no max-active), lattice beam 6, n-best as below; each system at its dev-tuned acoustic scale; one process. "
+             f"(no max-active), lattice beam {DecodeConfig().lattice_beam:g}, n-best as below; each system at its dev-tuned acoustic scale; one process. "
              "Differences: rescored minus the lattice's own first-pass best path, WER points with a paired-bootstrap 95% interval.", "",
              "| system | part | first pass, recipe beam 13: WER, CPU s | lattice first pass: beam, WER | "
              + " | ".join(f"rescored, {n}: WER, diff [95% CI]" for n in lm_names) + " | CPU s: lattices, n-best, LM scoring | mean n-best |",
@@ -155,7 +159,7 @@ def _write(args: argparse.Namespace, report: dict, lm_names: list[str]) -> None:
                      f"{r['recipe_first_pass']['cpu_s']:.0f} | {r['lattice_first_pass']['beam']:g}, {100 * r['lattice_first_pass']['wer']:.2f}% | "
                      f"{cells} | {cpu['lattice']:.0f}, {cpu['nbest']:.0f}, {sum(v for k, v in cpu.items() if k not in ('lattice', 'nbest')):.1f} | "
                      f"{r['nbest_mean']:.1f} |")
-    write_section(args.results, "## LM rescoring of lattices", "\n".join(lines) + "\n")
+    write_section(args.results, f"{heading} (bench/rescore.py)", "\n".join(lines) + "\n")  # the full heading: one is a prefix of the other
 
 
 if __name__ == "__main__":

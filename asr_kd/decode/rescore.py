@@ -13,8 +13,11 @@ Choices and their limits:
 - Lattices come from ``kaldi_decoder.LatticeSimpleDecoder`` (``get_raw_lattice``): the installed
   ``kaldi-hmm-gmm`` 1.1.4 runs ``LatticeFasterDecoder`` but returns only its best path, and
   ``kaldi-decoder`` (0.2.11 here, 0.3.2 the newest on PyPI, checked 2026-11-30) has no other
-  lattice decoder. The simple decoder has a beam but no max-active, so it is much slower than
-  the first pass at the same beam (bench/rescore.py measures it); a smaller ``beam`` is the dial.
+  lattice decoder. The simple decoder has a beam but no max-active, so its cost grows steeply
+  with the beam: on mini (bench/RESULTS.md, "LM rescoring of lattices") a lattice pass at beam 8
+  costs about what the first pass costs at beam 13 (and its best path is 0.7-1.9 WER points
+  worse); on 10 dev utterances of the triphone GMM, beam 10 costs 4 times beam 8 and beam 13
+  about 20 times (the first pass at beam 13 costs what beam 8 does). A smaller ``beam`` is the dial.
 - The raw (state-level) lattice keeps each arc's weight as a pair (graph cost, acoustic cost); the
   acoustic part is stored unscaled (divided by the decoding scale, Kaldi's convention), so
   rescoring may apply another acoustic scale without decoding again.
