@@ -46,21 +46,34 @@ from _results import write_section  # noqa: E402
 STUDENTS = {"baseline": "hard", "distilled": "distilled"}
 
 
-def _inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | None):
-    """Return ``(refs, decode(config) -> hyps)`` of system ``name`` on the dev part."""
+def finished_run(data: Path, exp: Path, script: str) -> tuple[RecipeLayout, Lang] | None:
+    """Return the layout and lang of the recipe run in ``data``/``exp``, or None (said in one line,
+    so that ``make bench`` on a fresh clone skips ``script``) when stages 3 and 7 have not run."""
+    layout = RecipeLayout(data, exp)
+    if read_record(layout.gmm) is None or not (layout.decode / "table1.json").is_file():
+        print(f"{script}: no finished recipe run under {exp} (stages 3 and 7); run `make demo` first. Skipped.")
+        return None
+    return layout, Lang.load(layout.lang)
+
+
+def system_inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | None, part: str | None = None):
+    """Return ``(refs, hclg, decode)`` of system ``name`` on ``part`` (default: the dev part):
+    ``decode(config, utterance_decoder=None)`` decodes it and returns the BatchResult."""
+    part = part or layout.dev_part
     senones = read_senones(layout)
     if name in ("mono", "tri"):
         gmm_cfg = config_from_dict(GmmConfig, read_record(layout.gmm).config["gmm"])
-        part = load_part(layout.data_dir, layout.dev_part, lang, gmm_cfg)
-        utts = part.utterances[:max_utts]
+        data = load_part(layout.data_dir, part, lang, gmm_cfg)
+        utts = data.utterances[:max_utts]
         system = GmmSystem.load(layout.gmm_model(name))
         hclg = load_hclg(layout.gmm_graph(name))
         feats = {u.id: u.feats for u in utts}
-        return {u.id: part.refs[u.id] for u in utts}, lambda cfg: decode_gmm_batch(hclg, system.am, system.tm, feats, cfg).texts(lang.words)
+        return ({u.id: data.refs[u.id] for u in utts}, hclg,
+                lambda cfg, utterance_decoder=None: decode_gmm_batch(hclg, system.am, system.tm, feats, cfg, utterance_decoder))
     models = load_teachers(layout) if name == "ensemble" else [load_frame_classifier(model_checkpoint(layout.student_dir(STUDENTS[name])))]
-    cuts = layout.open_cuts(layout.fbank_cuts(layout.dev_part))
+    cuts = layout.open_cuts(layout.fbank_cuts(part))
     posteriors, refs = {}, {}
-    for cut, log_probs in ensemble_log_posteriors(models, cuts, layout.open_cmvn(layout.dev_part), 1.0):
+    for cut, log_probs in ensemble_log_posteriors(models, cuts, layout.open_cmvn(part), 1.0):
         if max_utts is not None and len(posteriors) >= max_utts:
             break
         posteriors[cut.id] = log_probs.numpy()
@@ -68,7 +81,7 @@ def _inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | None):
     trans_model = GmmSystem.load(senones.model).tm
     hclg = load_hclg(senones.graph)
     priors = load_priors(layout.log_priors, trans_model.num_pdfs)
-    return refs, lambda cfg: decode_posteriors_batch(hclg, trans_model, posteriors, priors, cfg).texts(lang.words)
+    return refs, hclg, lambda cfg, utterance_decoder=None: decode_posteriors_batch(hclg, trans_model, posteriors, priors, cfg, utterance_decoder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,21 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-utts", type=int, default=None, help="the first N dev utterances only")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = p.parse_args(argv)
-    layout = RecipeLayout(args.data, args.exp)
-    if read_record(layout.gmm) is None or not (layout.decode / "table1.json").is_file():
-        print(f"decode_beams: no finished recipe run under {args.exp} (stages 3 and 7); run `make demo` first. Skipped.")
+    run = finished_run(args.data, args.exp, "decode_beams")
+    if run is None:
         return 0
-    lang = Lang.load(layout.lang)
+    layout, lang = run
     settings = [tuple(float(x) for x in s.split(":")) for s in args.settings]
     rows = []
     for name in args.systems:
-        refs, decode = _inputs(layout, name, lang, args.max_utts)
+        refs, _, decode = system_inputs(layout, name, lang, args.max_utts)
         scale = tuned_scale(layout, name) or 0.1
         cells = []
         for beam, max_active in settings:
             cfg = DecodeConfig(beam=beam, max_active=int(max_active), acoustic_scale=scale, num_jobs=1)
             start = time.process_time()
-            hyps = decode(cfg)
+            hyps = decode(cfg).texts(lang.words)
             cpu = time.process_time() - start
             wer = compute_wer(refs, hyps)
             cells.append((wer.errors, wer.ref_words, cpu))

@@ -1,4 +1,4 @@
-"""Decoding commands: build HCLG / HLG graphs, and score transcripts (WER)."""
+"""Decoding commands: build HCLG / HLG graphs, train a larger LM for lattice rescoring, and score transcripts (WER)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``make-hclg``, ``make-hlg`` and ``compute-wer`` to ``sub``."""
+    """Add ``make-hclg``, ``make-hlg``, ``train-lm`` and ``compute-wer`` to ``sub``."""
     p = sub.add_parser(
         "make-hclg",
         help="build the hybrid decoding graph HCLG.fst for a lang directory and a GMM system",
@@ -32,6 +32,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--graph-dir", type=Path, required=True, help="output directory (e.g. exp/ctc/graph)")
     p.add_argument("--silence-prob", type=float, default=0.0, help="optional SIL between words (> 0 only if the CTC targets contain SIL)")
     p.set_defaults(func=run_make_hlg)
+
+    p = sub.add_parser(
+        "train-lm",
+        help="train a larger n-gram LM (e.g. a 4-gram) over a lang directory's vocabulary, for lattice rescoring",
+        description=(
+            "Kneser-Ney on the text the lang's own LM was trained on (<lang>/lm/train.txt: the training transcripts) plus, "
+            "with --text, a text file (one sentence a line; words outside words.txt become the OOV word). Writes an ARPA file "
+            "to pass to `asr-kd decode-part --rescore-arpa`."
+        ),
+    )
+    p.add_argument("--lang-dir", type=Path, required=True, help="lang directory (stage 2: data/lang)")
+    p.add_argument("--order", type=int, default=4, help="n-gram order (default 4)")
+    p.add_argument("--out", type=Path, required=True, help="ARPA file to write")
+    p.add_argument("--text", type=Path, default=None, help="extra training text (plain or .gz), one sentence a line")
+    p.set_defaults(func=run_train_lm)
 
     p = sub.add_parser(
         "compute-wer",
@@ -67,6 +82,17 @@ def run_make_hlg(args: argparse.Namespace) -> int:
     setup_logging()
     info = make_phone_hlg(Lang.load(args.lang_dir), args.graph_dir, args.silence_prob)
     print(f"{args.graph_dir}/HLG.fst: {info.num_states} states, {info.num_arcs} arcs ({info.seconds:.1f} s)")
+    return 0
+
+
+def run_train_lm(args: argparse.Namespace) -> int:
+    """Train the LM and say what was written."""
+    from asr_kd.lang.lm import train_lang_lm
+    from asr_kd.utils import setup_logging
+
+    setup_logging()
+    used = train_lang_lm(args.lang_dir, args.order, args.out, args.text)
+    print(f"{args.out}: {args.order}-gram LM on {used} sentences")
     return 0
 
 

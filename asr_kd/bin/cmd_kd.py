@@ -173,6 +173,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fixed-scale", action="store_true", help="decode every system at the decode config's acoustic_scale instead of "
                    "the scale the recipe tuned for it on dev (stages 3 and 7; CTC students: the CTC decoding stage's settings)")
     p.add_argument("--ctc-units", choices=("phone", "bpe"), default="phone", help="units of the ctc-<name> systems (default phone)")
+    p.add_argument("--rescore-arpa", type=Path, default=None, help="rescore lattices of the HCLG systems with this larger ARPA LM "
+                   "(e.g. from `asr-kd train-lm --order 4`, or LibriSpeech's 4-gram); the lattice pass uses the decode config's beam "
+                   "and lattice_beam, without max-active (asr_kd/decode/rescore.py)")
+    p.add_argument("--rescore-method", choices=("arpa", "fst"), default="arpa", help="new LM scores: exact ARPA back-off (default) or its G.fst")
+    p.add_argument("--rescore-nbest", type=int, default=100, help="word sequences rescored per lattice (default 100)")
     p.set_defaults(func=_decode_part)
 
     p = sub.add_parser("align", help="align any part (e.g. new training data) with the stage-3 triphone GMM, into cuts to train on",
@@ -332,11 +337,19 @@ def _decode_part(args: argparse.Namespace) -> int:
     common = _setup(args, f"decode_part_{args.part}")
     common["layout"] = dataclasses.replace(common["layout"], ctc_units=args.ctc_units)
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
+    rescore = None
+    if args.rescore_arpa is not None:
+        from asr_kd.decode.rescore import RescoreConfig
+
+        rescore = RescoreConfig(str(args.rescore_arpa), args.rescore_method, args.rescore_nbest)
     scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"], args.align,
-                         tune_scale=not args.fixed_scale)
+                         tune_scale=not args.fixed_scale, rescore=rescore)
     for name, s in scores.items():
         worst = max(s["per_speaker"].items(), key=lambda kv: kv[1]["wer"])
         print(f"{name}: {args.part} WER {100 * s['wer']:.2f}% ({s['substitutions']}/{s['deletions']}/{s['insertions']} of {s['ref_words']}), "
               f"{s['utterances']} utterances; worst speaker {worst[0]} {100 * worst[1]['wer']:.1f}%"
-              + (f"; frame accuracy {100 * s['frame_accuracy']:.1f}% on {s['aligned_utterances']} aligned" if "frame_accuracy" in s else ""))
+              + (f"; frame accuracy {100 * s['frame_accuracy']:.1f}% on {s['aligned_utterances']} aligned" if "frame_accuracy" in s else "")
+              + (f"; first pass {100 * s['first_pass']['wer']:.2f}%, rescored minus first pass "
+                 f"{100 * s['rescored_minus_first_pass']['value']:+.2f} [{100 * s['rescored_minus_first_pass']['low']:+.2f}, "
+                 f"{100 * s['rescored_minus_first_pass']['high']:+.2f}]" if "first_pass" in s else ""))
     return 0

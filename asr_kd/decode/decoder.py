@@ -5,6 +5,8 @@ frames; both go through :func:`decode_one` and :func:`decode_batch` here. Two ka
 decoders are available (``DecodeConfig.decoder``): ``FasterDecoder`` keeps only what the best
 path needs, ``LatticeFasterDecoder`` (through ``decode_utterance_lattice_faster``) also builds
 the lattice. Both give the same best path: words, transition-id alignment and log-likelihood.
+:func:`decode_batch` can instead hand each utterance to a lattice rescorer
+(:class:`asr_kd.decode.rescore.LatticeRescorer`: a lattice, rescored with a larger LM).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing as mp
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Protocol, Sequence, TypeVar, Union
 
 from tqdm import tqdm
 
@@ -33,10 +35,20 @@ class Decoded(NamedTuple):
     word_ids: list[int]
     alignment: list[int]
     score: float
+    first_pass: Optional[list[int]] = None  # the first pass's best words, when the utterance was rescored
 
 
 class DecodeFailure(AsrKdError):
     """The decoder found no path for an utterance (all tokens pruned, or an empty input)."""
+
+
+class UtteranceDecoder(Protocol):
+    """Decodes one utterance by other means than :func:`decode_one` (e.g. a lattice rescorer):
+    ``decodable_type`` is the decodable class it reads."""
+
+    decodable_type: type
+
+    def decode(self, decodable: Any, utt_id: str) -> Decoded: ...
 
 
 def lattice_decoder_config(config: DecodeConfig) -> khg.LatticeFasterDecoderConfig:
@@ -107,6 +119,11 @@ class BatchResult:
         which :func:`asr_kd.metrics.wer.compute_wer` then scores as all deletions)."""
         return {u: ids_to_text(d.word_ids, words) for u, d in self.decoded.items()}
 
+    def first_pass_texts(self, words: SymbolTable) -> dict[str, str]:
+        """Return ``{utt_id: transcript}`` of the first pass of rescored utterances (the others:
+        their only pass)."""
+        return {u: ids_to_text(d.word_ids if d.first_pass is None else d.first_pass, words) for u, d in self.decoded.items()}
+
 
 def ids_to_text(word_ids: Sequence[int], words: SymbolTable) -> str:
     """Return the words of ``word_ids`` joined by spaces (ids unknown to ``words`` are shown as
@@ -129,10 +146,12 @@ def _decode_item(item: tuple[str, Any]) -> tuple[str, Decoded | None, str]:
     reason it failed."""
     utt_id, x = item
     st = _WORKER
-    if "decoder" not in st:
-        st["decoder"] = make_decoder(st["hclg"], st["config"])
     try:
         decodable = st["make_decodable"](utt_id, x)
+        if st["utterance_decoder"] is not None:
+            return utt_id, st["utterance_decoder"].decode(decodable, utt_id), ""
+        if "decoder" not in st:
+            st["decoder"] = make_decoder(st["hclg"], st["config"])
         return utt_id, decode_one(st["decoder"], decodable, st["trans_model"], utt_id, st["config"].allow_partial), ""
     except AsrKdError as err:
         return utt_id, None, str(err)
@@ -154,16 +173,19 @@ def decode_batch(
     make_decodable: Callable[[str, X], khg.DecodableInterface],
     config: DecodeConfig,
     desc: str = "decode",
+    utterance_decoder: UtteranceDecoder | None = None,
 ) -> BatchResult:
     """Decode every utterance of ``inputs`` (``{utt_id: input}``) with a progress bar.
 
     ``make_decodable(utt_id, input)`` turns one input into a decodable (it may raise an
     AsrKdError for bad input, which is counted as a failure). With ``config.num_jobs > 1`` the
     utterances are shared among forked worker processes. Returns a :class:`BatchResult`; failures
-    are logged and listed, never dropped silently.
+    are logged and listed, never dropped silently. With ``utterance_decoder`` (e.g. a lattice
+    rescorer) each utterance goes to its ``decode`` instead, and ``make_decodable`` must return
+    its ``decodable_type``.
     """
     _WORKER.clear()
-    _WORKER.update(hclg=hclg, trans_model=trans_model, make_decodable=make_decodable, config=config)
+    _WORKER.update(hclg=hclg, trans_model=trans_model, make_decodable=make_decodable, config=config, utterance_decoder=utterance_decoder)
     decoded: dict[str, Decoded] = {}
     failed: list[str] = []
     try:

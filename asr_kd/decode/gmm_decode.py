@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from asr_kd.config import DecodeConfig
-from asr_kd.decode.decoder import BatchResult, Decoded, decode_batch, decode_one, make_decoder
+from asr_kd.decode.decoder import BatchResult, Decoded, UtteranceDecoder, decode_batch, decode_one, make_decoder
 from asr_kd.decode.hybrid import tid_to_pdf
 from asr_kd.errors import DataError
 from asr_kd.kaldi import kaldifst, khg
@@ -79,15 +79,18 @@ def decode_gmm_batch(
     trans_model: khg.TransitionModel,
     feats: Mapping[str, np.ndarray],
     config: DecodeConfig,
+    utterance_decoder: UtteranceDecoder | None = None,
 ) -> BatchResult:
     """Decode ``{utt_id: features}`` with a progress bar (``config.num_jobs`` processes);
-    failures are counted, logged and listed in the result."""
+    failures are counted, logged and listed in the result. With ``utterance_decoder`` (a lattice
+    rescorer) it decodes each utterance instead."""
 
     scorer = GmmScorer(am)
     tid2pdf = tid_to_pdf(trans_model)
+    kind = khg.DecodableCtc if utterance_decoder is None else utterance_decoder.decodable_type
 
     def make(utt_id: str, x: np.ndarray) -> khg.DecodableCtc:
         loglikes = config.acoustic_scale * scorer.loglikes(x, utt_id)
-        return khg.DecodableCtc(np.ascontiguousarray(loglikes[:, tid2pdf]))
+        return kind(np.ascontiguousarray(loglikes[:, tid2pdf]))
 
-    return decode_batch(hclg, trans_model, feats, make, config, desc="GMM decode")
+    return decode_batch(hclg, trans_model, feats, make, config, desc="GMM decode", utterance_decoder=utterance_decoder)

@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from asr_kd.config import DecodeConfig
-from asr_kd.decode.decoder import BatchResult, Decoded, decode_batch, decode_one, make_decoder
+from asr_kd.decode.decoder import BatchResult, Decoded, UtteranceDecoder, decode_batch, decode_one, make_decoder
 from asr_kd.errors import DataError
 from asr_kd.kaldi import kaldifst, khg
 
@@ -54,14 +54,16 @@ def scaled_loglikes(log_posteriors: np.ndarray, log_priors: np.ndarray, acoustic
 
 
 def hybrid_decodable(
-    log_posteriors: np.ndarray, log_priors: np.ndarray, tid2pdf: np.ndarray, acoustic_scale: float, utt_id: str = "utt"
+    log_posteriors: np.ndarray, log_priors: np.ndarray, tid2pdf: np.ndarray, acoustic_scale: float, utt_id: str = "utt",
+    decodable_type: type = khg.DecodableCtc,
 ) -> khg.DecodableCtc:
-    """Return the decodable of one utterance: scaled log-likelihoods expanded to transition-ids."""
+    """Return the decodable of one utterance: scaled log-likelihoods expanded to transition-ids
+    (``decodable_type``: kaldi-hmm-gmm's, or kaldi-decoder's for its lattice decoder)."""
     x = check_log_posteriors(log_posteriors, log_priors.shape[0], utt_id)
     loglikes = scaled_loglikes(x, log_priors, acoustic_scale)
     # -inf would survive as NaN after arithmetic in the decoder; a very low finite score is safe.
     loglikes = np.maximum(loglikes, -1e10)
-    return khg.DecodableCtc(np.ascontiguousarray(loglikes[:, tid2pdf]))
+    return decodable_type(np.ascontiguousarray(loglikes[:, tid2pdf]))
 
 
 def _check_priors(log_priors: np.ndarray, trans_model: khg.TransitionModel) -> np.ndarray:
@@ -98,13 +100,16 @@ def decode_posteriors_batch(
     log_posteriors: Mapping[str, np.ndarray],
     log_priors: np.ndarray,
     config: DecodeConfig,
+    utterance_decoder: UtteranceDecoder | None = None,
 ) -> BatchResult:
     """Decode ``{utt_id: (T x num_pdfs) log-posteriors}`` with a progress bar (and
-    ``config.num_jobs`` processes); utterances that fail are counted, logged and listed."""
+    ``config.num_jobs`` processes); utterances that fail are counted, logged and listed. With
+    ``utterance_decoder`` (a lattice rescorer) it decodes each utterance instead."""
     priors = _check_priors(log_priors, trans_model)
     tid2pdf = tid_to_pdf(trans_model)
+    kind = khg.DecodableCtc if utterance_decoder is None else utterance_decoder.decodable_type
 
     def make(utt_id: str, x: np.ndarray) -> khg.DecodableCtc:
-        return hybrid_decodable(x, priors, tid2pdf, config.acoustic_scale, utt_id)
+        return hybrid_decodable(x, priors, tid2pdf, config.acoustic_scale, utt_id, kind)
 
-    return decode_batch(hclg, trans_model, log_posteriors, make, config, desc="hybrid decode")
+    return decode_batch(hclg, trans_model, log_posteriors, make, config, desc="hybrid decode", utterance_decoder=utterance_decoder)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 from kaldingram.prune import ArpaParser
 from kaldingram.train import NgramCounts
 
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst, load_kaldilm, plain_native_logs
 from asr_kd.utils import atomic_path, open_text
 
@@ -283,3 +283,36 @@ def arpa_ngram_counts(path: Path | str) -> dict[int, int]:
     if not counts:
         raise DataError(f"{path} has no '\\data\\' header with 'ngram N=count' lines; pass an ARPA language model")
     return counts
+
+
+# --------------------------------------------------------------------------------------------
+# A larger LM for lattice rescoring, on the text of a lang directory's own LM
+# --------------------------------------------------------------------------------------------
+
+
+def train_lang_lm(lang_dir: Path | str, order: int, arpa_path: Path | str, extra_text: Path | str | None = None) -> int:
+    """Train an ``order``-gram Kneser-Ney LM on the text stage 2 trained the lang's LM on
+    (``<lang>/lm/train.txt``: the training transcripts, OOV words already mapped) plus, with
+    ``extra_text``, the lines of that file (normalized like transcripts, words outside
+    ``words.txt`` mapped to the lang's OOV word); write it as ARPA to ``arpa_path``.
+
+    This is the larger LM of lattice rescoring (e.g. a 4-gram over a first pass with a 3-gram):
+    its vocabulary is the lang's. Returns the number of sentences used. DataError naming the
+    file when ``lm/train.txt`` is missing (a lang built from an existing ARPA LM has none: pass
+    ``extra_text``); ConfigError for ``order`` < 1.
+    """
+    from asr_kd.data.text_norm import normalize_transcript  # here: the module is otherwise free of data/ imports
+
+    lang_dir = Path(lang_dir)
+    if order < 1:
+        raise ConfigError(f"LM order must be >= 1, got {order}")
+    train = lang_dir / "lm" / "train.txt"
+    if not train.is_file() and extra_text is None:
+        raise DataError(f"{train} does not exist (the lang's LM came from an ARPA file); pass a text file to train on")
+    sentences = train.read_text(encoding="utf-8").splitlines() if train.is_file() else []
+    if extra_text is not None:
+        words = {line.split()[0] for line in (lang_dir / "words.txt").read_text(encoding="utf-8").splitlines() if line.strip()}
+        oov = (lang_dir / "oov.txt").read_text(encoding="utf-8").strip()
+        sentences += [" ".join(w if w in words else oov for w in s)
+                      for s in read_text_sentences(extra_text, lambda line: normalize_transcript(line).text)]
+    return train_ngram_lm(sentences, order, arpa_path)

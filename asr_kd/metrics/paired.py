@@ -137,3 +137,16 @@ def bootstrap_gain_share(
 
     return bootstrap_rates({"baseline": baseline, "reference": reference, "candidate": candidate}, denominator, share,
                            resamples, level, seed)
+
+
+def wer_difference(a, b, resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95, seed: int = 0) -> BootstrapInterval:
+    """Return WER(b) - WER(a) with its paired bootstrap interval, from two
+    :class:`asr_kd.metrics.wer.WerResult` of the same utterances (e.g. first pass and rescored)."""
+    errors_a = {u.utt_id: u.errors for u in a.utterances}
+    errors_b = {u.utt_id: u.errors for u in b.utterances}
+    if set(errors_a) != set(errors_b):
+        raise ValueError(f"wer_difference needs the same utterances, got {len(errors_a)} and {len(errors_b)} (differing ids)")
+    ids = sorted(errors_a)
+    words = {u.utt_id: len(u.ref) for u in a.utterances}
+    return bootstrap_difference(np.array([errors_a[u] for u in ids]), np.array([errors_b[u] for u in ids]), np.array([words[u] for u in ids]),
+                                resamples, level, seed)

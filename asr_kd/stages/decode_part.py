@@ -13,6 +13,11 @@ independently trained teachers (``ctc-teacher<i>``) and their ensemble (``ctc-en
 ``provenance.json`` records the part's files and the records of every system decoded, so a
 retrained model redoes the decoding and a rerun with nothing changed is skipped.
 
+With a :class:`~asr_kd.decode.rescore.RescoreConfig` (``--rescore-arpa``) the HCLG systems decode
+into lattices rescored with that larger LM (asr_kd/decode/rescore.py): ``hyp.txt`` is then the
+rescored answer, ``hyp_first_pass.txt`` the lattice's first-pass best path, and the scores carry
+both WERs and the paired-bootstrap interval of their difference.
+
 :func:`align_part` (``asr-kd align``) prepares a part the same way and aligns it with the stage-3
 triphone GMM into ``<exp>/align_parts/<part>/``: cuts carrying senone alignments, ready to train on.
 """
@@ -33,17 +38,19 @@ from asr_kd.data.features import CmvnStats, cmvn_path, compute_features_for_part
 from asr_kd.data.librispeech import prepare_manifests
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.priors import load_priors
+from asr_kd.decode.rescore import LatticeRescorer, RescoreConfig, check_rescoring_arpa, make_rescorer
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.gmm.align import senone_alignments
 from asr_kd.gmm.train import GmmSystem, GraphInputs, align_utterances
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
+from asr_kd.metrics.paired import wer_difference
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
 from asr_kd.stages.common import gmm_record, load_teachers, model_checkpoint, read_senones
 from asr_kd.data.alignments import store_alignments
 from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, RecipeLayout
-from asr_kd.stages.provenance import StageGuard, listing_fingerprint, require_record
+from asr_kd.stages.provenance import StageGuard, file_sha256, listing_fingerprint, require_record
 from asr_kd.stages.s3_gmm import load_part, write_tids
 from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.utils import atomic_path, read_json, write_json_atomic
@@ -109,7 +116,7 @@ def per_speaker_wer(result: WerResult, speakers: Mapping[str, str]) -> dict[str,
 
 def decode_part(
     layout: RecipeLayout, corpus_dir: Path | str, part: str, systems: Sequence[str], decode_config: DecodeConfig,
-    num_jobs: int = 2, command: str = "", align: bool = False, tune_scale: bool = True,
+    num_jobs: int = 2, command: str = "", align: bool = False, tune_scale: bool = True, rescore: RescoreConfig | None = None,
 ) -> dict[str, dict]:
     """Decode ``part`` of ``corpus_dir`` with each of ``systems``; return ``{system: {"wer",
     "substitutions", "deletions", "insertions", "ref_words", "utterances", "failed",
@@ -117,17 +124,24 @@ def decode_part(
     stage-3 triphone system (``data/tids_<part>.txt``) and the networks also get
     ``"frame_accuracy"`` and ``"aligned_utterances"``. With ``tune_scale`` each system decodes at
     the acoustic scale the recipe tuned for it on dev (stages 3 and 7), where there is one, else at
-    ``decode_config.acoustic_scale``; ``"acoustic_scale"`` says which. Skipped when the folder's
-    record matches."""
+    ``decode_config.acoustic_scale``; ``"acoustic_scale"`` says which. With ``rescore`` the HCLG
+    systems' lattices are rescored with its LM and each also gets ``"first_pass"`` (its scores)
+    and ``"rescored_minus_first_pass"`` (WER difference, paired-bootstrap interval). Skipped when
+    the folder's record matches."""
     if not systems:
         raise ConfigError("name at least one system to decode (--systems tri distilled ...)")
     out = layout.exp_dir / "decode_parts" / part
     inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), **_system_inputs(layout, systems),
               "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}
+    if rescore is not None:
+        if any(name.startswith(CTC_PREFIX) for name in systems):
+            raise ConfigError("lattice rescoring applies to the HCLG systems (tri, mono, students, teachers); decode the ctc-* systems without --rescore-arpa")
+        inputs["rescore_arpa"] = file_sha256(check_rescoring_arpa(rescore))
     feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
     scales = {name: tuned_scale(layout, name) for name in systems if not name.startswith(CTC_PREFIX)} if tune_scale else {}
     guard = StageGuard(f"decode-part {part}", out, {"part": part, "systems": list(systems), "decode": decode_config, "tuned_scales": scales,
-                                                    "features": feature_config, "align": align}, inputs, command)
+                                                    "features": feature_config, "align": align,
+                                                    **({"rescore": rescore} if rescore is not None else {})}, inputs, command)
     scores_path = out / "scores.json"
     if guard.needs_work():
         data = out / "data"
@@ -146,7 +160,7 @@ def decode_part(
                 config = decode_config if scale is None else dataclasses.replace(decode_config, acoustic_scale=scale)
                 how = "tuned on dev by the recipe" if scale is not None else "as configured"
             log.info("%s: acoustic scale %g (%s)", name, config.acoustic_scale, how)
-            scores[name] = {**_decode_system(layout, data, part, name, lang, out / name, config, senones),
+            scores[name] = {**_decode_system(layout, data, part, name, lang, out / name, config, senones, rescore),
                             "acoustic_scale": config.acoustic_scale}
         write_json_atomic(scores_path, scores)
         guard.finish([scores_path])
@@ -218,7 +232,7 @@ def ctc_decode_config(layout: RecipeLayout) -> DecodeConfig:
 
 
 def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang: Lang, out_dir: Path, decode_config: DecodeConfig,
-                   senones_ali: Mapping[str, np.ndarray] | None = None) -> dict:
+                   senones_ali: Mapping[str, np.ndarray] | None = None, rescore: RescoreConfig | None = None) -> dict:
     from asr_kd.decode.gmm_decode import decode_gmm_batch
     from asr_kd.decode.hybrid import decode_posteriors_batch
 
@@ -249,8 +263,9 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
     if name in GMM_SYSTEMS:
         part_data = load_part(data, part, lang, _gmm_config(layout))
         system = GmmSystem.load(layout.gmm_model(name))
-        batch = decode_gmm_batch(load_hclg(layout.gmm_graph(name)), system.am, system.tm, {u.id: u.feats for u in part_data.utterances},
-                                 decode_config)
+        hclg = load_hclg(layout.gmm_graph(name))
+        batch = decode_gmm_batch(hclg, system.am, system.tm, {u.id: u.feats for u in part_data.utterances}, decode_config,
+                                 _rescorer(hclg, lang, decode_config, rescore, out_dir))
         refs = part_data.refs
         speakers = {c.id: c.supervisions[0].speaker for c in part_data.fbank_cuts}
     else:
@@ -269,13 +284,34 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
             refs[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
             speakers[cut.id] = cut.supervisions[0].speaker
         trans_model = GmmSystem.load(senones.model).tm
-        batch = decode_posteriors_batch(load_hclg(senones.graph), trans_model, posteriors,
-                                        load_priors(layout.log_priors, trans_model.num_pdfs), decode_config)
+        hclg = load_hclg(senones.graph)
+        batch = decode_posteriors_batch(hclg, trans_model, posteriors, load_priors(layout.log_priors, trans_model.num_pdfs), decode_config,
+                                        _rescorer(hclg, lang, decode_config, rescore, out_dir))
     extra: dict = {}
+    if rescore is not None:
+        extra = _first_pass_scores(refs, batch.first_pass_texts(lang.words), batch.texts(lang.words), out_dir)
     if senones_ali is not None and name not in GMM_SYSTEMS:
         acc = corpus_frame_accuracy(posteriors, senones_ali)
-        extra = {"frame_accuracy": acc.accuracy, "aligned_utterances": len(senones_ali), "frames": acc.counted}
+        extra = {**extra, "frame_accuracy": acc.accuracy, "aligned_utterances": len(senones_ali), "frames": acc.counted}
     return {**_score(name, part, refs, batch.texts(lang.words), speakers, out_dir, len(batch.failed)), **extra}
+
+
+def _rescorer(hclg, lang: Lang, decode_config: DecodeConfig, rescore: RescoreConfig | None, out_dir: Path) -> LatticeRescorer | None:
+    """The lattice rescorer of ``rescore`` over ``hclg`` (None without rescoring)."""
+    if rescore is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return make_rescorer(hclg, lang, decode_config, rescore, out_dir)
+
+
+def _first_pass_scores(refs: Mapping[str, str], first: Mapping[str, str], rescored: Mapping[str, str], out_dir: Path) -> dict:
+    """Write ``hyp_first_pass.txt``; return the first pass's scores and the rescored minus
+    first-pass WER with its paired-bootstrap interval."""
+    write_transcripts(out_dir / "hyp_first_pass.txt", first)
+    a = compute_wer(refs, first)
+    diff = wer_difference(a, compute_wer(refs, rescored))
+    log.info("rescoring: first pass %s; rescored minus first pass %+.2f%% [%+.2f, %+.2f]", a.summary(), 100 * diff.value, 100 * diff.low, 100 * diff.high)
+    return {"first_pass": {"wer": a.wer, "errors": a.errors, "ref_words": a.ref_words}, "rescored_minus_first_pass": diff.to_dict()}
 
 
 def _score(name: str, part: str, refs: Mapping[str, str], hyps: Mapping[str, str], speakers: Mapping[str, str], out_dir: Path,
