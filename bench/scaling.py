@@ -54,6 +54,11 @@ LIBRISPEECH_HOURS = {"train-clean-100": 100.6, "960 h": 100.6 + 363.6 + 496.7}
 DRIVERS = {0: "all", 1: "all", 2: "fixed", 3: "train", 4: "train", 5: "train", 6: "train", 7: "eval", 8: "train"}
 # Disk that does not grow with the audio: models and graphs.
 FIXED_DISK = {2, 4, 6, 7, 8}
+# Stages whose peak memory grows with what drives them, from the code: stage 3 holds the
+# training features and alignments in memory, stage 7 a whole part's posteriors (frames x
+# senones float32). The others stream cuts (features, training) or cap their sample (stage 5's
+# codebook fit: 50,000 frames), so their peak stays near the largest run's.
+GROWING_MEMORY = {3, 7}
 STAGE_NAMES = {0: "corpus", 1: "features", 2: "lang", 3: "GMM-HMM", 4: "teachers", 5: "soft targets", 6: "students",
                7: "decoding", 8: "3% experiment"}
 # Stages whose work is shared among parallel CPU jobs (features, GMM accumulation and alignment,
@@ -223,8 +228,9 @@ def tables(runs: list[Run], cores: int = 16) -> str:
     lines += ["", f"Projection (not a measurement) from {big.name}: each stage's CPU time and disk scaled linearly in what drives it "
               f"(training hours; all hours; dev + test hours, LibriSpeech's dev-clean and test-clean being {EVAL_HOURS:g} h; models, "
               "lexicon and LM do not grow with the audio), with the same configs (mini's networks); peak memory a straight line "
-              f"through {small.name if small else big.name} and {big.name} in the training hours"
-              f"{'' if small else ' (one run: held constant)'}. Wall time: the CPU-parallel stages "
+              f"through {small.name if small else big.name} and {big.name} in those hours for the stages that hold their data in memory "
+              f"({', '.join(str(s) for s in sorted(GROWING_MEMORY))}: the training features, a part's posteriors), "
+              f"{big.name}'s peak for the others (they stream cuts or cap their samples). Wall time: the CPU-parallel stages "
               f"({', '.join(str(s) for s in sorted(CPU_PARALLEL_STAGES))}) spread over {cores} cores; the network stages at the CPU rate "
               "measured here, one core, as no GPU was measured; the lang stage as measured (it depends on the lexicon and LM: "
               "see the graph-building bench).", "",
@@ -241,9 +247,9 @@ def tables(runs: list[Run], cores: int = 16) -> str:
             disk = c.disk_bytes * (1.0 if n in FIXED_DISK else f)
             rss = c.peak_rss_mb
             cs = small.costs.get(n) if small else None
-            if cs is not None and not cs.unmeasured and big.hours > small.hours:
-                slope = (c.peak_rss_mb - cs.peak_rss_mb) / (big.hours - small.hours)
-                rss = c.peak_rss_mb + max(slope, 0.0) * (LIBRISPEECH_HOURS[target] - big.hours)
+            if n in GROWING_MEMORY and cs is not None and not cs.unmeasured and big.driver_hours(d) > small.driver_hours(d):
+                slope = (c.peak_rss_mb - cs.peak_rss_mb) / (big.driver_hours(d) - small.driver_hours(d))
+                rss = c.peak_rss_mb + max(slope, 0.0) * (target_hours(target, d) - big.driver_hours(d))
             if n == 0:
                 cells.append(f"real data: the corpus itself ({LIBRISPEECH_DOWNLOAD[target]}), manifests in minutes")
                 continue
@@ -282,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     runs.sort(key=lambda r: r.hours)
     walls = [f"{r.name} {_fmt_s(r.wall_total_s)}" for r in runs if r.wall_total_s is not None]
     text = (f"{HEADING}\n\n`{command}` (stages 0-{args.stop_stage}; costs from each stage's provenance record; "
-            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}):\n\n{tables(runs, args.cores)}")
+            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). CPU time counts the stage's process "
+            "and the children it waited for; stage 0's synthesis workers run under a multiprocessing forkserver, whose CPU time "
+            f"is not counted, so its CPU column is too low (its wall time stands).\n\n{tables(runs, args.cores)}")
     print(text)
     (args.work / "scaling.json").write_text(json.dumps([{"name": r.name, "hours": r.hours, "costs": {n: dataclasses.asdict(c) for n, c in r.costs.items()}} for r in runs], indent=1)) if not args.read else None
     write_section(args.results, HEADING, text)
