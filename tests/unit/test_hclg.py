@@ -56,7 +56,8 @@ def test_oracle_posteriors_decode_to_transcript(lang, model, sentence) -> None:
     ctx_dep, tm, hclg, _ = model
     words = sentence.upper().split()
     ali = oracle_alignment(lang, ctx_dep, tm, words, num_frames=12 * len(words) + 10, seed=len(words))
-    word_ids, alignment, score = decode_posteriors(hclg, tm, oracle_log_posteriors(tm, ali), uniform_log_priors(tm), DecodeConfig())
+    d = decode_posteriors(hclg, tm, oracle_log_posteriors(tm, ali), uniform_log_priors(tm), DecodeConfig())
+    word_ids, alignment, score = d.word_ids, d.alignment, d.score
     assert word_ids == lang.word_ids(words)
     assert alignment == ali  # the oracle path is the best path, frame for frame
     assert isinstance(score, float)
