@@ -35,7 +35,7 @@ from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import compute_wer
 from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
 from asr_kd.stages.decode_part import tuned_scale
-from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import read_record
 from asr_kd.stages.s3_gmm import load_part
 from asr_kd.train.frame_classifier import load_frame_classifier
@@ -43,7 +43,6 @@ from asr_kd.train.frame_classifier import load_frame_classifier
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 
-STUDENTS = {"baseline": "hard", "distilled": "distilled"}
 
 
 def finished_run(data: Path, exp: Path, script: str) -> tuple[RecipeLayout, Lang] | None:
@@ -70,7 +69,7 @@ def system_inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | N
         feats = {u.id: u.feats for u in utts}
         return ({u.id: data.refs[u.id] for u in utts}, hclg,
                 lambda cfg, utterance_decoder=None: decode_gmm_batch(hclg, system.am, system.tm, feats, cfg, utterance_decoder))
-    models = load_teachers(layout) if name == "ensemble" else [load_frame_classifier(model_checkpoint(layout.student_dir(STUDENTS[name])))]
+    models = load_teachers(layout) if name == "ensemble" else [load_frame_classifier(model_checkpoint(layout.student_dir(STUDENT_SYSTEMS[name])))]
     cuts = layout.open_cuts(layout.fbank_cuts(part))
     posteriors, refs = {}, {}
     for cut, log_probs in ensemble_log_posteriors(models, cuts, layout.open_cmvn(part), 1.0):

@@ -207,7 +207,9 @@ def tables(runs: list[Run], cores: int = 16) -> str:
         a, b = runs[-2], runs[-1]
         lines += ["", f"Growth from {a.name} to {b.name} ({b.hours / a.hours:.1f}x the training audio): exponent b of cost ~ hours^b, "
                   "hours being what drives the stage (training, all, or dev+test audio); 1 = linear, below 1 fixed costs still "
-                  "dominate the smaller run, above 1 the stage grows faster than its data:", "",
+                  "dominate the smaller run, above 1 the stage grows faster than its data. Only runs with the same configs measure "
+                  "growth: tiny has smaller networks, GMMs and training runs than mini and small (conf/presets/), so from tiny the "
+                  "exponents of stages 3-8 mix data growth with model growth; mini and small share their configs.", "",
                   "| stage | CPU time b | disk b | peak RSS ratio |", "|---|---|---|---|"]
         for n in stages:
             ca, cb = a.costs.get(n), b.costs.get(n)
@@ -292,7 +294,9 @@ def main(argv: list[str] | None = None) -> None:
             "and the children it waited for; stage 0's synthesis workers run under a multiprocessing forkserver, whose CPU time "
             f"is not counted, so its CPU column is too low (its wall time stands).\n\n{tables(runs, args.cores)}")
     print(text)
-    (args.work / "scaling.json").write_text(json.dumps([{"name": r.name, "hours": r.hours, "costs": {n: dataclasses.asdict(c) for n, c in r.costs.items()}} for r in runs], indent=1)) if not args.read else None
+    if not args.read:  # what was measured, beside the runs
+        costs = [{"name": r.name, "parts": r.parts, "costs": {n: dataclasses.asdict(c) for n, c in r.costs.items()}} for r in runs]
+        (args.work / "scaling.json").write_text(json.dumps(costs, indent=1))
     write_section(args.results, HEADING, text)
 
 

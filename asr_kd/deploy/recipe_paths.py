@@ -15,7 +15,6 @@ from asr_kd.deploy.model_dir import assemble_ctc_model_dir, assemble_hybrid_mode
 from asr_kd.errors import ConfigError, DataError
 
 SYSTEM_HELP = "distilled, hard, compressed (the hybrid students), teacher<i>, or ctc-<student> (ctc-baseline, ctc-frame, ctc-sequence, ...)"
-HYBRID_STUDENTS = ("distilled", "hard", "compressed")
 
 
 def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_part: str = DEFAULT_TRAIN_PART, units: str = "phone") -> dict[str, Path]:
@@ -24,12 +23,12 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
     YAML stage 1 saved) and the keyword arguments of :func:`assemble_hybrid_model_dir` or
     :func:`assemble_ctc_model_dir`."""
     from asr_kd.stages.common import model_checkpoint, read_senones
-    from asr_kd.stages.layout import RecipeLayout
+    from asr_kd.stages.layout import STUDENT_KINDS, RecipeLayout
 
     layout = RecipeLayout(Path(data), Path(exp), train_part=train_part, ctc_units=units)
     common = {"features": layout.data_dir / "features.yaml", "train_cmvn": layout.cmvn(train_part)}
-    if system in HYBRID_STUDENTS or re.fullmatch(r"teacher\d+", system):
-        run = layout.student_dir(system) if system in HYBRID_STUDENTS else layout.teacher_dir(int(system[7:]))
+    if system in STUDENT_KINDS or re.fullmatch(r"teacher\d+", system):
+        run = layout.student_dir(system) if system in STUDENT_KINDS else layout.teacher_dir(int(system[7:]))
         senones = read_senones(layout)
         return {**common, "checkpoint": model_checkpoint(run), "log_priors": layout.log_priors, "graph_dir": senones.graph,
                 "gmm_model": senones.model, "lang_dir": layout.lang, "decoding": recipe_decoding(layout, system)}
@@ -43,6 +42,7 @@ def recipe_decoding(layout, system: str) -> dict:
     """Return the DecodeConfig fields stage 7 decoded ``system`` with: its beam and max-active and,
     for a student, the acoustic scale tuned on dev (``{}`` before stage 7 has run)."""
     from asr_kd.stages.decode_part import tuned_scale
+    from asr_kd.stages.layout import STUDENT_SYSTEMS
     from asr_kd.stages.provenance import read_record
 
     record = read_record(layout.decode)
@@ -50,7 +50,8 @@ def recipe_decoding(layout, system: str) -> dict:
         return {}
     decode = record.config["decode"]
     out = {k: decode[k] for k in ("beam", "max_active", "min_active", "lattice_beam", "acoustic_scale", "decoder") if k in decode}
-    scale = tuned_scale(layout, {"hard": "baseline"}.get(system, system))
+    names = {kind: name for name, kind in STUDENT_SYSTEMS.items()}  # a student's folder name -> its table name
+    scale = tuned_scale(layout, names.get(system, system))
     if scale is not None:
         out["acoustic_scale"] = scale
     return out

@@ -296,8 +296,9 @@ def deploy_report(
             "above the process before loading the system; size = model.pt or the ONNX file(s).\n\n" + cost_table(rows, baseline))
     if gate is not None:
         text += "\n" + gate.markdown() + "\n"
-    if compression_line(rows):
-        text += "\n" + compression_line(rows) + "\n"
+    compression = compression_line(rows)
+    if compression:
+        text += "\n" + compression + "\n"
     if plot is not None:
         plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
         if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:

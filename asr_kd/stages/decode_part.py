@@ -49,14 +49,13 @@ from asr_kd.metrics.paired import wer_difference
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
 from asr_kd.stages.common import gmm_record, load_teachers, model_checkpoint, read_senones
 from asr_kd.data.alignments import store_alignments
-from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, RecipeLayout
+from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, file_sha256, listing_fingerprint, require_record
 from asr_kd.stages.s3_gmm import load_part, write_tids
 from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.utils import atomic_path, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
-STUDENTS = {"baseline": "hard", "distilled": "distilled", "compressed": "compressed"}
 CTC_PREFIX = "ctc-"  # ctc-<student folder name>: a CTC student, decoded through the CTC HLG
 
 
@@ -78,8 +77,8 @@ def _system_inputs(layout: RecipeLayout, systems: Sequence[str]) -> dict[str, st
                     layout.ctc_student_dir(inner), f"the {layout.ctc_units} CTC student {inner!r} (asr-kd ctc-train-student)").fingerprint
             inputs["ctc_decode"] = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)").fingerprint
             continue
-        if name in STUDENTS:
-            inputs[f"student_{STUDENTS[name]}"] = require_record(layout.student_dir(STUDENTS[name]), f"stage 6 ({STUDENTS[name]} student)").fingerprint
+        if name in STUDENT_SYSTEMS:
+            inputs[f"student_{STUDENT_SYSTEMS[name]}"] = require_record(layout.student_dir(STUDENT_SYSTEMS[name]), f"stage 6 ({STUDENT_SYSTEMS[name]} student)").fingerprint
         elif name == "ensemble" or (name.startswith("teacher") and name[7:].isdigit()):
             inputs["teachers"] = require_record(layout.teachers, "stage 4 (teachers)").fingerprint
         else:
@@ -269,8 +268,8 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
         refs = part_data.refs
         speakers = {c.id: c.supervisions[0].speaker for c in part_data.fbank_cuts}
     else:
-        if name in STUDENTS:
-            models = [load_frame_classifier(model_checkpoint(layout.student_dir(STUDENTS[name])))]
+        if name in STUDENT_SYSTEMS:
+            models = [load_frame_classifier(model_checkpoint(layout.student_dir(STUDENT_SYSTEMS[name])))]
         elif name == "ensemble":
             models = load_teachers(layout)
         else:

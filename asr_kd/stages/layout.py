@@ -35,6 +35,11 @@ from asr_kd.errors import DataError
 # asr_kd.kd.soft_targets.SOFT_IDS / SOFT_PROBS / SOFT_TEMPERATURE).
 SENONES_FIELD = "senones"
 GMM_SYSTEMS = ("mono", "tri")
+# Stage 6's students: their names in the tables (and decode-part, deploy) -> their kinds (the
+# folder students/<kind>, train-student --kind). "compressed" is a distilled student of a smaller
+# network.
+STUDENT_SYSTEMS = {"baseline": "hard", "distilled": "distilled", "compressed": "compressed"}
+STUDENT_KINDS = tuple(STUDENT_SYSTEMS.values())
 GMM_MODEL_NAME = "final.mdl"
 
 

@@ -190,43 +190,38 @@ def environment() -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class _Usage:
-    """A snapshot of the clocks and of this process's and its waited-for children's CPU time."""
+    """A snapshot of the clock and of the resource usage of this process and of the child
+    processes it waited for (job pools, torchrun, launched jobs; not Slurm jobs elsewhere)."""
 
     wall: float
-    cpu: float
+    cpu: float  # user + system seconds
+    peak_rss_mb: float  # the largest resident set of this process or of any one such child, over its life
 
     @classmethod
     def now(cls) -> "_Usage":
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return cls(time.monotonic(), me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime)
+        cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        return cls(time.monotonic(), cpu, max(me.ru_maxrss, kids.ru_maxrss) / 1024)  # Linux reports KiB
 
 
-def folder_bytes(folders: Iterable[Path | str], skip: Iterable[Path] = ()) -> int:
-    """Return the total size of the files below ``folders`` other than ``skip`` (symbolic links
-    not followed)."""
-    total, skip = 0, set(skip)
+def files_below(folders: Iterable[Path | str], skip: Iterable[Path] = ()) -> list[Path]:
+    """Return, sorted, every file below ``folders`` other than ``skip``; symbolic links are neither
+    listed nor followed (os.walk does not enter linked folders)."""
+    skip = set(skip)
+    files: list[Path] = []
     for folder in folders:
         for dirpath, _, filenames in os.walk(folder):
-            total += sum(p.stat().st_size for p in (Path(dirpath) / n for n in filenames) if not p.is_symlink() and p not in skip)
-    return total
+            files += [p for p in (Path(dirpath) / n for n in filenames) if not p.is_symlink() and p not in skip]
+    return sorted(files)
 
 
-def resource_usage(start: "_Usage", folders: Iterable[Path | str], resumed: bool, skip: Iterable[Path] = ()) -> dict[str, Any]:
-    """Return what a stage's work cost since ``start``: ``wall_s``, ``cpu_s`` (user + system of
-    this process and of the child processes it waited for: job pools, torchrun, launched jobs;
-    not Slurm jobs on other machines), ``peak_rss_mb`` (the largest resident set of this process
-    or of any one such child, over its life), ``disk_bytes`` of the stage's folders (without the
-    ``skip`` files: the stage's bookkeeping), and
-    ``resumed`` (the times then cover only the last, resumed run)."""
+def work_costs(start: _Usage, files: Iterable[Path], resumed: bool) -> dict[str, Any]:
+    """Return what a stage's work cost since ``start`` (a record's ``resources``): ``wall_s``,
+    ``cpu_s``, ``peak_rss_mb`` (see :class:`_Usage`), ``disk_bytes`` of ``files`` and ``resumed``
+    (the times then cover only the last, resumed run)."""
     end = _Usage.now()
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "wall_s": round(end.wall - start.wall, 2),
-        "cpu_s": round(end.cpu - start.cpu, 2),
-        "peak_rss_mb": round(max(me.ru_maxrss, kids.ru_maxrss) / 1024, 1),  # Linux reports KiB
-        "disk_bytes": folder_bytes(folders, skip),
-        "resumed": resumed,
-    }
+    return {"wall_s": round(end.wall - start.wall, 2), "cpu_s": round(end.cpu - start.cpu, 2), "peak_rss_mb": round(end.peak_rss_mb, 1),
+            "disk_bytes": sum(p.stat().st_size for p in files), "resumed": resumed}
 
 
 def describe_environment(record: "StageRecord | None") -> str:
@@ -254,7 +249,7 @@ class StageRecord:
     command: str = ""
     finished: str = ""
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
-    resources: dict[str, Any] = dataclasses.field(default_factory=dict)  # resource_usage(); empty in older records
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)  # work_costs(); empty in older records
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
@@ -464,11 +459,7 @@ class StageGuard:
     def all_files(self) -> list[Path]:
         """Return every file below the stage's folder (not the record, not symbolic links): the
         outputs of a stage whose whole folder is its output."""
-        skip = {self.record_path, self.in_progress_path}
-        files = []
-        for dirpath, dirnames, filenames in os.walk(self.folder):  # os.walk does not enter linked folders
-            files += [p for p in (Path(dirpath) / n for n in filenames) if not p.is_symlink() and p not in skip]
-        return sorted(files)
+        return files_below([self.folder], {self.record_path, self.in_progress_path})
 
     def finish(self, outputs: Iterable[Path | str]) -> StageRecord:
         """Record the finished stage: ``outputs`` (files, relative to the folder or absolute) are
@@ -491,7 +482,7 @@ class StageGuard:
             outputs=dict(sorted(files.items())), fingerprint=fingerprint([self.config_fingerprint, self.inputs, files]),
             code_version=code_version(), command=self.command,
             finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), environment=environment(),
-            resources=resource_usage(self._started, [self.folder, *self.extra_folders], self._resumed, [self.in_progress_path])
+            resources=work_costs(self._started, files_below([self.folder, *self.extra_folders], [self.in_progress_path]), self._resumed)
             if self._started else {},
         )
         if self.is_main:

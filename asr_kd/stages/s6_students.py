@@ -21,7 +21,7 @@ from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
 from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, describe_dnn, fmt_pct, gmm_record, load_teachers, read_senones, write_results
-from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.layout import STUDENT_KINDS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
 from asr_kd.train.checkpoint import load_checkpoint
@@ -29,7 +29,6 @@ from asr_kd.train.frame_classifier import train_frame_classifier
 from asr_kd.utils import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
-STUDENT_KINDS = ("hard", "distilled", "compressed")
 # Students trained on the ensemble's soft targets: "compressed" is a distilled student of a
 # smaller network (a quarter of a teacher's compute or less; run.sh --compressed-config).
 DISTILLED_KINDS = ("distilled", "compressed")

@@ -44,7 +44,7 @@ from asr_kd.report.tables import SystemScore, format_comparisons, format_table1
 from asr_kd.gmm.train import GmmSystem  # the transition model of the senones
 from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.stages.common import environment_lines, gmm_record, load_teachers, model_checkpoint, read_senones
-from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
 
@@ -159,7 +159,7 @@ def score_system(
 def student_system_name(kind: str, seed_index: int = 0) -> str:
     """Return the Table 1 name of a stage-6 student: ``baseline`` / ``distilled`` / ``compressed``
     for the first seed, ``baseline_seed<k>`` / ... for the others."""
-    base = "baseline" if kind == "hard" else kind
+    base = next(name for name, k in STUDENT_SYSTEMS.items() if k == kind)
     return base if seed_index == 0 else f"{base}_seed{seed_index}"
 
 

@@ -144,3 +144,4 @@ def test_compressed_paper_config_is_under_a_quarter_of_the_paper_dnn_at_tri4b_si
         return width * c.hidden_dim + (c.num_hidden_layers - 1) * c.hidden_dim ** 2 + c.hidden_dim * senones
 
     assert macs(small) / macs(paper) <= 0.25
+    assert macs(paper) == 59_289_600  # the README's "Real LibriSpeech" section quotes it
