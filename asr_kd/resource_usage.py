@@ -37,6 +37,15 @@ class StepFailed(RuntimeError):
     """A measured step raised an exception other than DataError/ConfigError, or its process died."""
 
 
+def _data_bytes() -> int:
+    """This process's data memory as the kernel counts it against ``RLIMIT_DATA`` (VmData)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _child(write_fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict, max_data_mb: float | None) -> None:
     """Run ``fn`` and send ``{"result", "wall_s", "cpu_s"}`` or ``{"error", "kind"}`` as JSON."""
     try:
@@ -44,7 +53,10 @@ def _child(write_fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict, max
             # RLIMIT_DATA bounds the heap and private anonymous mappings (not the shared libraries),
             # so a step that outgrows it fails with MemoryError instead of waking the OOM killer,
             # which on a shared machine may pick someone else's process.
-            limit = int(max_data_mb * 2**20)
+            # The cap counts from what the child already holds (the parent's heap, thread stacks and
+            # the libraries' private data it inherited at the fork, which in a long-lived process
+            # such as a test runner can exceed a gigabyte), so it bounds the step's own growth.
+            limit = _data_bytes() + int(max_data_mb * 2**20)
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
             # And should memory run out anyway, the kernel takes this step first.
             with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
@@ -70,7 +82,8 @@ def _child(write_fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict, max
 def run_measured(fn: Callable[..., Any], *args: Any, max_data_mb: float | None = None, **kwargs: Any) -> tuple[Any, StepUsage]:
     """Run ``fn(*args, **kwargs)`` in a forked child; return its result (which must be
     JSON-serialisable: it comes back as JSON, so tuples return as lists) and the :class:`StepUsage`.
-    ``max_data_mb`` caps the child's data memory (``RLIMIT_DATA``; beyond it the step fails) and
+    ``max_data_mb`` caps the data memory the child may add to what it inherited at the fork
+    (``RLIMIT_DATA``; beyond it the step fails) and
     makes the child the out-of-memory killer's first choice.
 
     A DataError or ConfigError raised by ``fn`` is raised again here with its message; any other

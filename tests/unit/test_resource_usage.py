@@ -66,6 +66,17 @@ def test_memory_cap_makes_a_step_fail_instead_of_the_machine() -> None:
     assert run_measured(_allocate, 50, max_data_mb=1024)[0] == 50 * 2**20
 
 
+def test_the_cap_counts_from_what_the_parent_holds() -> None:
+    # A long-lived parent (a test runner that has loaded torch, a recipe) may hold more data memory
+    # than the cap itself; the step's own growth is what the cap bounds. np.empty reserves 1.5 GiB
+    # of data memory without touching it, so it costs no resident memory here.
+    held = np.empty(1536 * 2**20, dtype=np.uint8)
+    assert run_measured(_allocate, 50, max_data_mb=1024)[0] == 50 * 2**20
+    with pytest.raises(StepFailed, match="MemoryError"):
+        run_measured(_allocate, 2048, max_data_mb=1024)
+    del held
+
+
 def _oom_score_adj() -> int:
     with open("/proc/self/oom_score_adj", encoding="ascii") as f:
         return int(f.read())
