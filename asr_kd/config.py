@@ -274,6 +274,33 @@ def save_config(cfg: Any, path: Path | str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Kaldi's graph scales: one class for HCLG building, alignment and decoding
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphScales:
+    """The three scales Kaldi puts on an HMM graph's scores, in one place for HCLG building
+    (transition and self-loop), GMM alignment (all three) and decoding (the acoustic scale).
+
+    ``acoustic``: on acoustic log-likelihoods, relative to the graph (Kaldi's ``acwt``, 0.1).
+    ``transition``: on the HMM's non-self-loop transition log-probabilities (mkgraph.sh: 1.0).
+    ``self_loop``: on the self-loop log-probabilities (mkgraph.sh: 0.1).
+    GmmConfig and DecodeConfig keep them as flat fields (their recorded form); ``graph_scales``
+    on either returns them as this class.
+    """
+
+    acoustic: float = 0.1
+    transition: float = 1.0
+    self_loop: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.acoustic > 0, f"the acoustic scale must be > 0, got {self.acoustic}")
+        _check(self.transition >= 0 and self.self_loop >= 0,
+               f"the transition and self-loop scales must be >= 0, got {self.transition}, {self.self_loop}")
+
+
+# --------------------------------------------------------------------------------------------
 # Stage 3: GMM-HMM (monophone flat start, tied triphones with our own decision tree)
 # --------------------------------------------------------------------------------------------
 
@@ -309,9 +336,9 @@ class GmmConfig:
     # Alignment and graph scales (Kaldi conventions).
     beam: float = 10.0
     retry_beam: float = 40.0
-    acoustic_scale: float = 0.1
-    self_loop_scale: float = 0.1
-    transition_scale: float = 1.0
+    acoustic_scale: float = GraphScales.acoustic
+    self_loop_scale: float = GraphScales.self_loop
+    transition_scale: float = GraphScales.transition
     # ML update and mixing up.
     power: float = 0.25  # Gaussians per state grow as occupancy ** power
     perturb_factor: float = 0.01
@@ -349,6 +376,11 @@ class GmmConfig:
         _check(self.min_gaussian_occupancy > 0, "gmm.min_gaussian_occupancy must be > 0")
         _check(self.delta_order in (0, 1, 2, 3), f"gmm.delta_order must be 0..3, got {self.delta_order}")
         _check(self.delta_window >= 1, f"gmm.delta_window must be >= 1, got {self.delta_window}")
+
+    @property
+    def graph_scales(self) -> GraphScales:
+        """The acoustic, transition and self-loop scales of alignment (training graphs)."""
+        return GraphScales(self.acoustic_scale, self.transition_scale, self.self_loop_scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,7 +655,7 @@ class DecodeConfig:
     min_active: int = 200
     lattice_beam: float = 6.0
     # Scale on hybrid/GMM acoustic log-likelihoods relative to the graph (Kaldi's acwt 0.1).
-    acoustic_scale: float = 0.1
+    acoustic_scale: float = GraphScales.acoustic
     # Non-empty: the recipe's stages decode the dev part at each of these scales, keep the one with
     # the fewest word errors per system and decode the test parts with it (asr_kd/decode/tuning.py;
     # Kaldi's score.sh sweeps the LM weight, its inverse, the same way). Empty: acoustic_scale.
@@ -631,8 +663,8 @@ class DecodeConfig:
     # CTC log-probabilities are usually used unscaled against HLG.
     ctc_acoustic_scale: float = 1.0
     # Graph construction (Kaldi's mkgraph.sh defaults).
-    transition_scale: float = 1.0
-    self_loop_scale: float = 0.1
+    transition_scale: float = GraphScales.transition
+    self_loop_scale: float = GraphScales.self_loop
     # Senone priors: add-count smoothing per senone, then a floor on the probability.
     prior_smoothing: float = 1.0
     prior_floor: float = 1e-8
@@ -645,7 +677,8 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         _check(self.beam > 0 and self.lattice_beam > 0, f"decode.beam and decode.lattice_beam must be > 0, got {self.beam}, {self.lattice_beam}")
-        _check(1 <= self.min_active <= self.max_active, f"decode needs 1 <= min_active <= max_active, got {self.min_active}, {self.max_active}")
+        # Kaldi's decoders check min_active < max_active (an equal pair aborts in C++).
+        _check(1 <= self.min_active < self.max_active, f"decode needs 1 <= min_active < max_active, got {self.min_active}, {self.max_active}")
         _check(self.acoustic_scale > 0 and self.ctc_acoustic_scale > 0, "decode.acoustic_scale and decode.ctc_acoustic_scale must be > 0")
         _check(all(s > 0 for s in self.acoustic_scales), f"decode.acoustic_scales must all be > 0, got {list(self.acoustic_scales)}")
         _check(self.transition_scale >= 0 and self.self_loop_scale >= 0, "decode.transition_scale and decode.self_loop_scale must be >= 0")
@@ -653,6 +686,11 @@ class DecodeConfig:
         _check(0 < self.prior_floor < 1, f"decode.prior_floor must be in (0, 1), got {self.prior_floor}")
         _check(self.num_jobs >= 1, f"decode.num_jobs must be >= 1, got {self.num_jobs}")
         _check(self.decoder in ("faster", "lattice"), f"decode.decoder must be 'faster' or 'lattice', got {self.decoder!r}")
+
+    @property
+    def graph_scales(self) -> GraphScales:
+        """The acoustic, transition and self-loop scales of HCLG building and decoding."""
+        return GraphScales(self.acoustic_scale, self.transition_scale, self.self_loop_scale)
 
 
 # --------------------------------------------------------------------------------------------

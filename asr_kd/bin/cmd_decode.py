@@ -8,6 +8,8 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``make-hclg``, ``make-hlg``, ``train-lm`` and ``compute-wer`` to ``sub``."""
+    from asr_kd.config import GraphScales
+
     p = sub.add_parser(
         "make-hclg",
         help="build the hybrid decoding graph HCLG.fst for a lang directory and a GMM system",
@@ -19,8 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lang-dir", type=Path, required=True, help="lang directory (words.txt, L_disambig.fst, G.fst, ...)")
     p.add_argument("--model", type=Path, required=True, help="GMM system written by GMM training (exp/gmm/tri/final.mdl: tree + transition model)")
     p.add_argument("--graph-dir", type=Path, required=True, help="output directory (e.g. exp/tri/graph)")
-    p.add_argument("--transition-scale", type=float, default=1.0, help="scale on transition probabilities (default 1.0)")
-    p.add_argument("--self-loop-scale", type=float, default=0.1, help="scale on self-loop probabilities (default 0.1)")
+    p.add_argument("--transition-scale", type=float, default=GraphScales.transition,
+                   help=f"scale on transition probabilities (default {GraphScales.transition})")
+    p.add_argument("--self-loop-scale", type=float, default=GraphScales.self_loop,
+                   help=f"scale on self-loop probabilities (default {GraphScales.self_loop})")
     p.set_defaults(func=run_make_hclg)
 
     p = sub.add_parser(
@@ -61,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_make_hclg(args: argparse.Namespace) -> int:
     """Build HCLG and print its size."""
+    from asr_kd.config import GraphScales
     from asr_kd.decode.hclg import make_hclg
     from asr_kd.gmm.train import GmmSystem
     from asr_kd.lang.lang_dir import Lang
@@ -68,7 +73,8 @@ def run_make_hclg(args: argparse.Namespace) -> int:
 
     setup_logging()
     system = GmmSystem.load(args.model)  # its tree and transition model
-    info = make_hclg(Lang.load(args.lang_dir), system.ctx_dep, system.tm, args.graph_dir, args.transition_scale, args.self_loop_scale)
+    info = make_hclg(Lang.load(args.lang_dir), system.ctx_dep, system.tm, args.graph_dir,
+                     GraphScales(transition=args.transition_scale, self_loop=args.self_loop_scale))
     print(f"{args.graph_dir}/HCLG.fst: {info.num_states} states, {info.num_arcs} arcs ({info.seconds:.1f} s)")
     return 0
 

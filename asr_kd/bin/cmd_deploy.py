@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the exit status is 1 if any input failed.",
     )
     p.add_argument("files", nargs="*", type=Path, help="audio files")
-    p.add_argument("--model-dir", type=Path, required=True, help="model directory (asr-kd make-model-dir)")
+    p.add_argument("--model-dir", required=True, metavar="DIR[,DIR...]",
+                   help="model directory (asr-kd make-model-dir); several hybrid ones, comma-separated, decode as their "
+                        "ensemble (the mean of their posteriors; torch backend; the first gives priors and graph)")
     p.add_argument("--manifest", type=Path, default=None, help="a lhotse cuts or recordings manifest instead of files")
     p.add_argument("--format", default="text", choices=["text", "jsonl", "ctm"], help="text ('<id> words'), JSON lines, or CTM word timings (default text)")
     p.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
@@ -44,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="files per acoustic-model batch (default 8)")
     p.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads (default 1)")
-    p.add_argument("--beam", type=float, default=None, help="graph search beam (default DecodeConfig's)")
-    p.add_argument("--acoustic-scale", type=float, default=None, help="hybrid acoustic scale (default DecodeConfig's 0.1)")
+    p.add_argument("--beam", type=float, default=None, help="graph search beam (default: the model directory's, the recipe's tables')")
+    p.add_argument("--max-active", type=int, default=None, help="most active states per frame (default: the model directory's)")
+    p.add_argument("--acoustic-scale", type=float, default=None, help="hybrid acoustic scale (default: the model directory's, tuned on dev)")
     p.set_defaults(func=run_transcribe)
 
     p = sub.add_parser(
@@ -73,14 +76,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_report(sub)
 
 
-def _decode_config(args: argparse.Namespace):
-    import dataclasses
+def decode_config_for(model_dir: Path, beam: float | None = None, max_active: int | None = None, acoustic_scale: float | None = None):
+    """Return the DecodeConfig a model directory records (the recipe's beam, max-active and tuned
+    acoustic scale), with the given options replacing its values."""
+    from asr_kd.deploy.model_dir import load_spec
+    from asr_kd.deploy.speed import SearchSetting, with_setting
 
-    from asr_kd.config import DecodeConfig
+    cfg = load_spec(model_dir).decode_config()
+    if beam is not None or max_active is not None:
+        cfg = with_setting(cfg, SearchSetting(cfg.beam if beam is None else beam, cfg.max_active if max_active is None else max_active))
+    if acoustic_scale is not None:
+        import dataclasses
 
-    cfg = DecodeConfig()
-    changes = {k: v for k, v in (("beam", args.beam), ("acoustic_scale", args.acoustic_scale)) if v is not None}
-    return dataclasses.replace(cfg, **changes) if changes else cfg
+        cfg = dataclasses.replace(cfg, acoustic_scale=acoustic_scale)
+    return cfg
 
 
 def run_make_model_dir(args: argparse.Namespace) -> int:
@@ -99,7 +108,18 @@ def run_transcribe(args: argparse.Namespace) -> int:
 
     if bool(args.files) == bool(args.manifest):
         raise ConfigError("pass audio files or --manifest (one of them)")
-    tr = Transcriber(args.model_dir, args.backend, args.method, _decode_config(args), args.device, args.num_threads)
+    dirs = [Path(d) for d in args.model_dir.split(",") if d]
+    if not dirs:
+        raise ConfigError("--model-dir names no model directory")
+    acoustic = None
+    if len(dirs) > 1:
+        from asr_kd.deploy.acoustic import ensemble_acoustic
+
+        if args.backend != "torch":
+            raise ConfigError(f"an ensemble runs with the torch backend, not --backend {args.backend}")
+        acoustic = ensemble_acoustic(dirs, args.device)
+    tr = Transcriber(dirs[0], args.backend, args.method, decode_config_for(dirs[0], args.beam, args.max_active, args.acoustic_scale),
+                     args.device, args.num_threads, acoustic=acoustic)
     if args.manifest:
         items, total = manifest_items(args.manifest, tr.sampling_rate), None
     else:
@@ -168,6 +188,14 @@ def register_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speaker-cmvn", type=Path, default=None,
                    help="the test part's per-speaker CMVN statistics: also score each single torch system with per-speaker, "
                         "global and per-utterance normalisation (the test manifest must carry fbank features)")
+    p.add_argument("--speed", default=None, metavar="NAME@BACKEND",
+                   help="a system of --system (one model directory) to measure end to end (features + network + search) with "
+                        "the search pruning chosen on --dev-manifest, e.g. distilled@onnx-int8")
+    p.add_argument("--dev-manifest", type=Path, default=None, help="lhotse cuts of the dev part, where --speed chooses the pruning")
+    p.add_argument("--search-grid", default=None, metavar="BEAM:MAX_ACTIVE,...",
+                   help="settings --speed tries besides the model directory's own (default: asr_kd.deploy.speed.DEFAULT_GRID)")
+    p.add_argument("--search-tolerance", type=float, default=None,
+                   help="largest relative increase of dev word errors over the model directory's own setting (default 0.02)")
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section to")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of test WER against acoustic RTF here (linked when beside --results)")
     p.set_defaults(func=run_deploy_report)
@@ -177,9 +205,21 @@ def run_deploy_report(args: argparse.Namespace) -> int:
     """Measure, print the section, and return 1 if the gate failed."""
     from asr_kd.deploy.report import SystemSpec, deploy_report
 
+    from asr_kd.deploy.speed import parse_search_grid
+    from asr_kd.errors import ConfigError
+
     command = "asr-kd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "asr-kd deploy-report"
-    _, gate, text = deploy_report([SystemSpec.parse(s) for s in args.system], args.test_manifest, args.gate, args.max_relative,
+    systems = [SystemSpec.parse(s) for s in args.system]
+    speed = None
+    if args.speed is not None:
+        name, _, backend = args.speed.partition("@")
+        speed = next((s for s in systems if s.name == name and s.backend == (backend or "torch")), None)
+        if speed is None:
+            raise ConfigError(f"--speed {args.speed}: no such --system (NAME@BACKEND of one of them, e.g. distilled@onnx-int8)")
+    grid = parse_search_grid(args.search_grid) if args.search_grid else ()
+    _, gate, text = deploy_report(systems, args.test_manifest, args.gate, args.max_relative,
                                   args.baseline, max_cuts=args.max_cuts, results_md=args.results, command=command,
-                                  speaker_cmvn=args.speaker_cmvn, plot=args.plot)
+                                  speaker_cmvn=args.speaker_cmvn, plot=args.plot, speed_system=speed, dev_manifest=args.dev_manifest,
+                                  search_grid=grid, search_tolerance=args.search_tolerance)
     print(text)
     return 0 if gate is None or gate.passed else 1

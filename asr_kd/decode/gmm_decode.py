@@ -53,8 +53,16 @@ class GmmScorer:
 def gmm_decodable(scorer: GmmScorer, trans_model: khg.TransitionModel, feats: np.ndarray, acoustic_scale: float, utt_id: str = "utt") -> khg.DecodableCtc:
     """Return the decodable scoring ``feats`` (frames x dim) with the GMMs of ``scorer``, scaled
     by ``acoustic_scale``; DataError naming the utterance for a wrong dimension or no frame."""
-    loglikes = acoustic_scale * scorer.loglikes(feats, utt_id)
-    return khg.DecodableCtc(np.ascontiguousarray(loglikes[:, tid_to_pdf(trans_model)]))
+    return loglike_decodable(scorer.loglikes(feats, utt_id), tid_to_pdf(trans_model), acoustic_scale, utt_id)
+
+
+def loglike_decodable(loglikes: np.ndarray, tid2pdf: np.ndarray, acoustic_scale: float, utt_id: str = "utt") -> khg.DecodableCtc:
+    """Return the decodable of per-pdf log-likelihoods (frames x pdfs, e.g. :meth:`GmmScorer.loglikes`)
+    scaled by ``acoustic_scale`` and expanded to transition-ids (``tid2pdf``, index 0 = id 1)."""
+    x = np.asarray(loglikes, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] <= int(tid2pdf.max()):
+        raise DataError(f"utterance {utt_id}: log-likelihoods have shape {x.shape}; the graph needs frames x {int(tid2pdf.max()) + 1} pdfs")
+    return khg.DecodableCtc(np.ascontiguousarray(acoustic_scale * x[:, tid2pdf]))
 
 
 def decode_gmm(

@@ -32,9 +32,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from asr_kd.config import LangConfig
+from asr_kd.config import GraphScales, LangConfig
 from asr_kd.decode.fst_utils import num_arcs, read_fst, write_fst
-from asr_kd.decode.hclg import DEFAULT_SELF_LOOP_SCALE, DEFAULT_TRANSITION_SCALE, add_self_loops, compose_clg, compose_hclga, compose_lg, make_ha
+from asr_kd.decode.hclg import add_self_loops, compose_clg, compose_hclga, compose_lg, make_ha
 from asr_kd.decode.hlg import compose_hlg, ctc_topology, phone_tokens, token_lexicon_fst
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.gmm.tree import Leaf, Node, Split, Tree
@@ -93,8 +93,7 @@ class GraphBuild:
     lm_order: int = 3
     arpa: Path | None = None  # an existing LM (e.g. LibriSpeech's tgsmall) instead of synthetic text
     lexicon_file: Path | None = None
-    transition_scale: float = DEFAULT_TRANSITION_SCALE
-    self_loop_scale: float = DEFAULT_SELF_LOOP_SCALE
+    scales: GraphScales = GraphScales()
 
     def path(self, name: str) -> Path:
         """Return the path of file ``name`` in the work folder."""
@@ -159,7 +158,7 @@ class GraphBuild:
         """Write ``Ha.fst`` and the disambiguation transition-ids ``disambig_tids.json``."""
         ctx_dep, tm = _load_model(self.model)
         ilabel_info = json.loads(self.path("ilabels.json").read_text())
-        Ha, disambig_tids = make_ha(ilabel_info, ctx_dep, tm, self.transition_scale)
+        Ha, disambig_tids = make_ha(ilabel_info, ctx_dep, tm, self.scales.transition)
         write_text_atomic(self.path("disambig_tids.json"), json.dumps(disambig_tids))
         return {**_written(Ha, self.path("Ha.fst")), "pdfs": tm.num_pdfs}
 
@@ -172,7 +171,7 @@ class GraphBuild:
     def hclg(self) -> dict[str, Any]:
         """Write ``HCLG.fst``: HCLGa with self-loops."""
         _, tm = _load_model(self.model)
-        return _written(add_self_loops(read_fst(self.path("HCLGa.fst")), tm, self.self_loop_scale), self.path("HCLG.fst"))
+        return _written(add_self_loops(read_fst(self.path("HCLGa.fst")), tm, self.scales.self_loop), self.path("HCLG.fst"))
 
     def token_lexicon(self) -> dict[str, Any]:
         """Write the phone-CTC lexicon ``L_tokens.fst`` and its disambiguation labels."""

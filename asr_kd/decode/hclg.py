@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from asr_kd.config import GraphScales
 from asr_kd.decode.fst_utils import input_labels, nondeterministic_states, num_arcs, read_fst, write_fst, zero_input_labels
 from asr_kd.errors import DataError
 from asr_kd.kaldi import kaldifst, khg
@@ -37,9 +38,6 @@ logger = logging.getLogger(__name__)
 
 HCLG_FILE = "HCLG.fst"
 INFO_FILE = "hclg.json"
-# Kaldi's mkgraph.sh defaults.
-DEFAULT_TRANSITION_SCALE = 1.0
-DEFAULT_SELF_LOOP_SCALE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +91,7 @@ def compose_clg(LG: kaldifst.StdVectorFst, disambig_phones: Sequence[int], ctx_d
 
 
 def make_ha(
-    ilabel_info: Sequence[Sequence[int]], ctx_dep: khg.ContextDependency, trans_model: khg.TransitionModel, transition_scale: float = DEFAULT_TRANSITION_SCALE
+    ilabel_info: Sequence[Sequence[int]], ctx_dep: khg.ContextDependency, trans_model: khg.TransitionModel, transition_scale: float = GraphScales.transition
 ) -> tuple[kaldifst.StdVectorFst, list[int]]:
     """Return ``Ha``, the HMM transducer without self-loops for CLG's ilabel table (arc-sorted by
     output label), and the transition-ids it made for the disambiguation symbols."""
@@ -115,7 +113,7 @@ def compose_hclga(Ha: kaldifst.StdVectorFst, CLG: kaldifst.StdVectorFst, disambi
     return HCLGa, removed
 
 
-def add_self_loops(HCLGa: kaldifst.StdVectorFst, trans_model: khg.TransitionModel, self_loop_scale: float = DEFAULT_SELF_LOOP_SCALE) -> kaldifst.StdVectorFst:
+def add_self_loops(HCLGa: kaldifst.StdVectorFst, trans_model: khg.TransitionModel, self_loop_scale: float = GraphScales.self_loop) -> kaldifst.StdVectorFst:
     """Return HCLG: ``HCLGa`` with the HMM self-loops added (reordered as Kaldi does), arc-sorted
     by input label."""
     HCLG = khg.add_self_loops(self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True, trans_model=trans_model, ifst=HCLGa)
@@ -129,15 +127,16 @@ def compile_hclg(
     disambig_phones: Sequence[int],
     ctx_dep: khg.ContextDependency,
     trans_model: khg.TransitionModel,
-    transition_scale: float = DEFAULT_TRANSITION_SCALE,
-    self_loop_scale: float = DEFAULT_SELF_LOOP_SCALE,
+    scales: GraphScales = GraphScales(),
 ) -> tuple[kaldifst.StdVectorFst, GraphInfo]:
     """Build HCLG from a disambiguated lexicon, a grammar and an acoustic model's tree and
     transition model (any context width).
 
     ``disambig_phones`` are the ids of ``#0 .. #K`` in the phone table of L. Returns the graph
     (input labels transition-ids, output labels word ids, arc-sorted by input label) and its
-    :class:`GraphInfo`. Raises DataError when a step produces an empty graph.
+    :class:`GraphInfo`. ``scales``: the transition and self-loop scales put on the HMM's
+    probabilities (the acoustic scale plays no part in building). Raises DataError when a step
+    produces an empty graph.
     """
     start = time.perf_counter()
     sizes: dict[str, dict[str, int]] = {}
@@ -145,11 +144,11 @@ def compile_hclg(
     sizes["LG"] = _size(LG)
     CLG, ilabel_info = compose_clg(LG, disambig_phones, ctx_dep)
     sizes["CLG"] = _size(CLG)
-    Ha, disambig_tids = make_ha(ilabel_info, ctx_dep, trans_model, transition_scale)
+    Ha, disambig_tids = make_ha(ilabel_info, ctx_dep, trans_model, scales.transition)
     sizes["Ha"] = _size(Ha)
     HCLGa, removed = compose_hclga(Ha, CLG, disambig_tids)
     sizes["HCLGa"] = _size(HCLGa)
-    HCLG = add_self_loops(HCLGa, trans_model, self_loop_scale)
+    HCLG = add_self_loops(HCLGa, trans_model, scales.self_loop)
     elapsed = time.perf_counter() - start
     info = GraphInfo(
         num_states=HCLG.num_states,
@@ -161,8 +160,8 @@ def compile_hclg(
             "central_position": ctx_dep.central_position,
             "num_pdfs": trans_model.num_pdfs,
             "num_transition_ids": trans_model.num_transition_ids,
-            "transition_scale": transition_scale,
-            "self_loop_scale": self_loop_scale,
+            "transition_scale": scales.transition,
+            "self_loop_scale": scales.self_loop,
             "disambig_arcs_removed": removed,
         },
     )
@@ -187,8 +186,7 @@ def make_hclg(
     ctx_dep: khg.ContextDependency,
     trans_model: khg.TransitionModel,
     graph_dir: Path | str,
-    transition_scale: float = DEFAULT_TRANSITION_SCALE,
-    self_loop_scale: float = DEFAULT_SELF_LOOP_SCALE,
+    scales: GraphScales = GraphScales(),
 ) -> GraphInfo:
     """Build HCLG for ``lang`` and the model, write ``graph_dir/HCLG.fst``, ``hclg.json`` (sizes,
     time, settings) and a copy of ``words.txt``; return the :class:`GraphInfo`."""
@@ -199,8 +197,7 @@ def make_hclg(
         lang.disambig_phone_ids,
         ctx_dep,
         trans_model,
-        transition_scale=transition_scale,
-        self_loop_scale=self_loop_scale,
+        scales,
     )
     write_fst(hclg, graph_dir / HCLG_FILE)
     lang.words.to_file(graph_dir / "words.txt")

@@ -76,13 +76,67 @@ class OnnxAcoustic:
         return [logp[i, : int(n)] for i, n in enumerate(out_lens)]
 
 
+class EnsembleAcoustic:
+    """Several model directories' networks fused by the arithmetic mean of their posteriors (the
+    ensemble of the paper): ``log(mean_i p_i)``."""
+
+    def __init__(self, members: Sequence[TorchAcoustic]) -> None:
+        self.members = list(members)
+
+    def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        outs = [m(feats) for m in self.members]
+        fused = []
+        for i in range(len(feats)):
+            stack = np.stack([o[i] for o in outs])
+            top = stack.max(axis=0)
+            fused.append((top + np.log(np.exp(stack - top).mean(axis=0))).astype(np.float32))
+        return fused
+
+
+def ensemble_acoustic(model_dirs: Sequence[Path | str], device: str = "cpu") -> EnsembleAcoustic:
+    """Return the ensemble of several hybrid model directories' networks (PyTorch); ConfigError
+    unless they are all hybrid models over the same senones (equal transition-id -> pdf tables),
+    so that the first directory's priors and graph serve them all."""
+    from asr_kd.deploy.model_dir import TID2PDF_FILE, load_int_array, load_network, load_spec
+    from asr_kd.errors import ConfigError
+
+    first = Path(model_dirs[0])
+    table = load_int_array(first / TID2PDF_FILE) if load_spec(first).kind == "hybrid" else None
+    for d in model_dirs:
+        if load_spec(d).kind != "hybrid" or table is None:
+            raise ConfigError(f"an ensemble fuses hybrid DNN model directories; {d} is a {load_spec(d).kind} model")
+        if not np.array_equal(load_int_array(Path(d) / TID2PDF_FILE), table):
+            raise ConfigError(f"{d} and {first} model different senones; an ensemble needs models of one GMM's alignments")
+    return EnsembleAcoustic([TorchAcoustic(load_network(d), device) for d in model_dirs])
+
+
+class GmmAcoustic:
+    """The GMMs of a GMM-HMM model directory: per-pdf log-likelihoods (frames x pdfs) of each
+    utterance's MFCC + deltas, computed with numpy (:class:`asr_kd.decode.gmm_decode.GmmScorer`)."""
+
+    def __init__(self, model_dir: Path | str) -> None:
+        from asr_kd.decode.gmm_decode import GmmScorer
+        from asr_kd.deploy.model_dir import GMM_FILE
+        from asr_kd.gmm.train import GmmSystem
+
+        self.scorer = GmmScorer(GmmSystem.load(Path(model_dir) / GMM_FILE).am)
+
+    def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.scorer.loglikes(f) for f in feats]
+
+
 def make_acoustic(model_dir: Path | str, backend: str = "torch", device: str = "cpu", num_threads: int = 1) -> AcousticModel:
-    """Return the ``backend`` (``torch``, ``onnx`` or ``onnx-int8``) acoustic model of ``model_dir``."""
-    from asr_kd.deploy.model_dir import load_network
+    """Return the ``backend`` (``torch``, ``onnx`` or ``onnx-int8``) acoustic model of ``model_dir``
+    (a GMM-HMM directory: its GMMs, with the torch backend, the default, only)."""
+    from asr_kd.deploy.model_dir import load_network, load_spec
     from asr_kd.errors import ConfigError
 
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    if load_spec(model_dir).kind == "gmm":
+        if backend != "torch":
+            raise ConfigError(f"{model_dir} is a GMM-HMM model: it runs with numpy; --backend {backend} applies to networks")
+        return GmmAcoustic(model_dir)
     if backend == "torch":
         return TorchAcoustic(load_network(model_dir), device)
     return OnnxAcoustic(Path(model_dir) / ONNX_FILES[backend], num_threads, device)

@@ -6,16 +6,20 @@ model.json        kind (hybrid | ctc), feature config, normalisation, frame shif
 model.pt          the network: {"model": state dict, "extra": what rebuilds it} (weights_only)
 cmvn.npz          global CMVN statistics (normalisation "global"; absent for "utterance")
 hybrid:  log_priors.txt (senone log priors), HCLG.fst, words.txt, tid2pdf.npy, tid2phone.npy
+gmm:     gmm.npz (the GMM-HMM, arrays and JSON, no model.pt), HCLG.fst, words.txt, tid2pdf.npy, tid2phone.npy
 ctc:     tokens.txt, units.json (bpe.model), HLG.fst, words.txt
 ```
+
+A GMM directory's features are MFCC (the FeatureConfig's ``num_ceps``) with the mean removed
+(global or per utterance; no variance normalisation, as the recipe's stage 3) and deltas
+(``gmm_features`` in ``model.json``).
 
 Per-speaker CMVN cannot follow a model to arbitrary audio (the speaker is unknown), so a model
 directory normalises with global statistics, pooled from the training part's per-speaker ones,
 or per utterance (each file with its own mean and variance).
 
-The hybrid HMM's transition model lives in the recipe as a pickled :class:`GmmSystem`; only the
-two tables decoding needs (transition-id -> pdf, transition-id -> phone) are copied, as arrays,
-so the model directory holds no pickle. Decoding uses ``FasterDecoder`` (best path only), which
+The hybrid HMM's transition model lives in the recipe's :class:`GmmSystem` file; only the two
+tables decoding needs (transition-id -> pdf, transition-id -> phone) are copied, as arrays. Decoding uses ``FasterDecoder`` (best path only), which
 needs nothing else of the transition model.
 """
 
@@ -42,7 +46,8 @@ PRIORS_FILE = "log_priors.txt"
 TID2PDF_FILE = "tid2pdf.npy"
 TID2PHONE_FILE = "tid2phone.npy"
 WORDS_FILE = "words.txt"
-MODEL_KINDS = ("hybrid", "ctc")
+GMM_FILE = "gmm.npz"
+MODEL_KINDS = ("hybrid", "gmm", "ctc")
 NORMALIZATIONS = ("global", "utterance")
 FORMAT_VERSION = 1
 
@@ -61,6 +66,9 @@ class ModelSpec:
     # hybrid: the decoding the system's table WER was measured with (beam, max_active and the
     # acoustic scale tuned on dev by the recipe); empty: DecodeConfig's defaults.
     decoding: dict = dataclasses.field(default_factory=dict)
+    # gmm: how MFCCs become the GMMs' input after mean removal (delta_order, delta_window,
+    # utterance_cmvn: GmmConfig's fields, :func:`asr_kd.gmm.features.gmm_features`).
+    gmm_features: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -102,15 +110,15 @@ def pooled_cmvn(stats: CmvnStats) -> CmvnStats:
     return CmvnStats(["global"], stats.count.sum(keepdims=True), stats.sum.sum(0, keepdims=True), stats.sumsq.sum(0, keepdims=True))
 
 
-def normalize_features(feats: np.ndarray, normalization: str, cmvn: CmvnStats | None) -> np.ndarray:
-    """Return ``feats`` (T x D) with mean removed and variance scaled to one: by the global
-    statistics ``cmvn``, or by the utterance's own (``normalization == "utterance"``)."""
+def normalize_features(feats: np.ndarray, normalization: str, cmvn: CmvnStats | None, variance: bool = True) -> np.ndarray:
+    """Return ``feats`` (T x D) with mean removed and (with ``variance``) variance scaled to one:
+    by the global statistics ``cmvn``, or by the utterance's own (``normalization == "utterance"``)."""
     if normalization == "global":
         assert cmvn is not None
-        return cmvn.normalize(feats, "global")
+        return cmvn.normalize(feats, "global", variance)
     utt = CmvnStats.empty(feats.shape[1])
     utt.accumulate("global", feats)
-    return utt.normalize(feats, "global")
+    return utt.normalize(feats, "global", variance)
 
 
 def _copy(src: Path | str, dst: Path) -> None:
@@ -153,23 +161,55 @@ def assemble_hybrid_model_dir(
     (silence phones), the feature config and the training part's CMVN statistics (pooled into
     global ones); ``decoding`` (DecodeConfig fields, e.g. the tuned acoustic scale) goes into
     ``model.json``. Returns ``out_dir``."""
-    from asr_kd.decode.hybrid import tid_to_pdf
     from asr_kd.decode.priors import load_priors
     from asr_kd.gmm.train import GmmSystem
-    from asr_kd.lang.lang_dir import Lang
 
     out = _start(out_dir, normalization, train_cmvn)
     tm = GmmSystem.load(gmm_model).tm
     priors = load_priors(log_priors, tm.num_pdfs)
     _save_network(checkpoint, out / MODEL_PT, "hybrid")
     np.savetxt(out / PRIORS_FILE, priors.astype(np.float64), fmt="%.8g")
+    silence = _write_hmm_search(out, tm, graph_dir, lang_dir)
+    spec = ModelSpec("hybrid", features, normalization, 1, silence_phones=silence, description=description, decoding=dict(decoding or {}))
+    spec.decode_config()  # a bad field stops here, not when the directory is used
+    write_text_atomic(out / MODEL_JSON, spec.to_json())
+    return out
+
+
+def _write_hmm_search(out: Path, tm, graph_dir: Path | str, lang_dir: Path | str) -> tuple[int, ...]:
+    """Write what an HCLG search needs of the HMM (transition-id -> pdf and -> phone tables), the
+    graph and its words; return the silence phone ids (trimmed from CTM word ends)."""
+    from asr_kd.decode.hybrid import tid_to_pdf
+    from asr_kd.lang.lang_dir import Lang
+
     _save_array(out / TID2PDF_FILE, tid_to_pdf(tm).astype(np.int32))
     _save_array(out / TID2PHONE_FILE, np.array([tm.transition_id_to_phone(t) for t in range(1, tm.num_transition_ids + 1)], dtype=np.int32))
     _copy(Path(graph_dir) / "HCLG.fst", out / "HCLG.fst")
     _copy(Path(graph_dir) / WORDS_FILE, out / WORDS_FILE)
-    silence = tuple(Lang.load(lang_dir).silence_phone_ids)
-    spec = ModelSpec("hybrid", features, normalization, 1, silence_phones=silence, description=description, decoding=dict(decoding or {}))
-    spec.decode_config()  # a bad field stops here, not when the directory is used
+    return tuple(Lang.load(lang_dir).silence_phone_ids)
+
+
+def assemble_gmm_model_dir(
+    out_dir: Path | str, *, gmm_model: Path | str, graph_dir: Path | str, lang_dir: Path | str, features: FeatureConfig,
+    train_cmvn: Path | str | None, delta_order: int, delta_window: int, utterance_cmvn: bool = False, normalization: str = "global",
+    description: str = "", decoding: dict | None = None,
+) -> Path:
+    """Write a GMM-HMM model directory at ``out_dir``: the GMM system (its own safe ``.npz``
+    format), ``graph_dir``'s HCLG and words, the transition tables, the feature config, the
+    training part's MFCC statistics (pooled into a global mean) and the deltas the GMMs expect
+    (GmmConfig's ``delta_order``, ``delta_window``, ``utterance_cmvn``).
+    Returns ``out_dir``."""
+    from asr_kd.gmm.train import GmmSystem
+
+    out = _start(out_dir, normalization, train_cmvn)
+    system = GmmSystem.load(gmm_model)  # a malformed file stops here, with its one-line error
+    _copy(gmm_model, out / GMM_FILE)
+    (out / MODEL_PT).unlink(missing_ok=True)
+    silence = _write_hmm_search(out, system.tm, graph_dir, lang_dir)
+    spec = ModelSpec("gmm", features, normalization, 1, silence_phones=silence, description=description, decoding=dict(decoding or {}),
+                     gmm_features={"delta_order": int(delta_order), "delta_window": int(delta_window),
+                                   "utterance_cmvn": bool(utterance_cmvn)})
+    spec.decode_config()
     write_text_atomic(out / MODEL_JSON, spec.to_json())
     return out
 
@@ -225,6 +265,8 @@ def load_network(model_dir: Path | str, device: str | torch.device = "cpu") -> t
     from asr_kd.models.dnn import SplicedDnn
 
     path = Path(model_dir) / MODEL_PT
+    if (Path(model_dir) / GMM_FILE).is_file() and not path.is_file():
+        raise ConfigError(f"{model_dir} is a GMM-HMM model directory: it has no network to load or export")
     if not path.is_file():
         raise DataError(f"{path} does not exist; rebuild the model directory with `asr-kd make-model-dir`")
     payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)

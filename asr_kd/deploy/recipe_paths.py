@@ -11,22 +11,31 @@ import re
 from pathlib import Path
 
 from asr_kd.config import DEFAULT_TRAIN_PART, FeatureConfig, load_config
-from asr_kd.deploy.model_dir import assemble_ctc_model_dir, assemble_hybrid_model_dir
+from asr_kd.data.features import cmvn_path
+from asr_kd.deploy.model_dir import assemble_ctc_model_dir, assemble_gmm_model_dir, assemble_hybrid_model_dir
 from asr_kd.errors import ConfigError, DataError
 
-SYSTEM_HELP = "distilled, hard, compressed (the hybrid students), teacher<i>, or ctc-<student> (ctc-baseline, ctc-frame, ctc-sequence, ...)"
+SYSTEM_HELP = ("distilled, hard, compressed (the hybrid students), teacher<i>, mono or tri (the GMM-HMMs of stage 3), "
+               "or ctc-<student> (ctc-baseline, ctc-frame, ctc-sequence, ...)")
 
 
 def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_part: str = DEFAULT_TRAIN_PART, units: str = "phone") -> dict[str, Path]:
     """Return the paths a model directory of ``system`` is assembled from, in the recipe's
     folders ``exp`` and ``data`` (through :class:`RecipeLayout`): ``features`` (the FeatureConfig
     YAML stage 1 saved) and the keyword arguments of :func:`assemble_hybrid_model_dir` or
-    :func:`assemble_ctc_model_dir`."""
-    from asr_kd.stages.common import model_checkpoint, read_senones
-    from asr_kd.stages.layout import STUDENT_KINDS, RecipeLayout
+    :func:`assemble_ctc_model_dir` (or, for a GMM, :func:`assemble_gmm_model_dir`)."""
+    from asr_kd.stages.common import gmm_record, model_checkpoint, read_senones
+    from asr_kd.stages.layout import GMM_SYSTEMS, STUDENT_KINDS, RecipeLayout
 
     layout = RecipeLayout(Path(data), Path(exp), train_part=train_part, ctc_units=units)
     common = {"features": layout.data_dir / "features.yaml", "train_cmvn": layout.cmvn(train_part)}
+    if system in GMM_SYSTEMS:
+        record = gmm_record(layout)
+        gmm = record.config["gmm"]
+        return {"features": common["features"], "train_cmvn": cmvn_path(layout.data_dir / "mfcc", train_part),
+                "gmm_model": layout.gmm_model(system), "graph_dir": layout.gmm_graph(system), "lang_dir": layout.lang,
+                "delta_order": gmm["delta_order"], "delta_window": gmm["delta_window"], "utterance_cmvn": gmm["utterance_cmvn"],
+                "decoding": gmm_decoding(layout, record, system)}
     if system in STUDENT_KINDS or re.fullmatch(r"teacher\d+", system):
         run = layout.student_dir(system) if system in STUDENT_KINDS else layout.teacher_dir(int(system[7:]))
         senones = read_senones(layout)
@@ -36,6 +45,19 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
         return {**common, "checkpoint": model_checkpoint(layout.ctc_student_dir(system[4:])), "units_dir": layout.ctc_units_dir,
                 "hlg": layout.ctc_graph / "HLG.fst", "words": layout.lang / "words.txt"}
     raise ConfigError(f"unknown system {system!r}; use {SYSTEM_HELP}")
+
+
+def gmm_decoding(layout, record, system: str) -> dict:
+    """Return the DecodeConfig fields stage 3 decoded the GMM ``system`` with: its beam, max-active
+    and the acoustic scale it tuned on dev."""
+    from asr_kd.stages.decode_part import tuned_scale
+
+    decode = record.config["decode"]
+    out = {k: decode[k] for k in ("beam", "max_active", "min_active", "lattice_beam", "acoustic_scale", "decoder") if k in decode}
+    scale = tuned_scale(layout, system)
+    if scale is not None:
+        out["acoustic_scale"] = scale
+    return out
 
 
 def recipe_decoding(layout, system: str) -> dict:
@@ -70,4 +92,6 @@ def make_model_dir_from_recipe(
     desc = f"{system} from {Path(exp).resolve()}"
     if "units_dir" in paths:
         return assemble_ctc_model_dir(out_dir, features=features, normalization=normalization, description=desc, **paths)
+    if "gmm_model" in paths and "checkpoint" not in paths:
+        return assemble_gmm_model_dir(out_dir, features=features, normalization=normalization, description=desc, **paths)
     return assemble_hybrid_model_dir(out_dir, features=features, normalization=normalization, description=desc, **paths)

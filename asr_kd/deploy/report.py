@@ -12,18 +12,21 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from asr_kd.config import DecodeConfig
-from asr_kd.deploy.acoustic import ONNX_FILES, TorchAcoustic
+from asr_kd.deploy.acoustic import ONNX_FILES, EnsembleAcoustic, TorchAcoustic
 from asr_kd.data.features import CmvnStats
 from asr_kd.deploy.model_dir import MODEL_PT, load_network, normalize_features, pooled_cmvn
 from asr_kd.deploy.transcribe import Transcriber
 from asr_kd.errors import AsrKdError, ConfigError
 from asr_kd.metrics.wer import WerResult, compute_wer
+
+if TYPE_CHECKING:
+    from asr_kd.deploy.speed import SearchSetting
 
 DEFAULT_MAX_RELATIVE = 0.02  # the issue's target: int8 within 2% relative of fp32
 
@@ -115,23 +118,6 @@ def peak_memory_since(base_mb: float) -> float:
         return _proc_kb("VmHWM") / 1024 - base_mb
     except OSError:
         return float("nan")
-
-
-class EnsembleAcoustic:
-    """Several model directories' networks fused by the arithmetic mean of their posteriors (the
-    ensemble of the paper): ``log(mean_i p_i)``."""
-
-    def __init__(self, members: Sequence[TorchAcoustic]) -> None:
-        self.members = list(members)
-
-    def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
-        outs = [m(feats) for m in self.members]
-        fused = []
-        for i in range(len(feats)):
-            stack = np.stack([o[i] for o in outs])
-            top = stack.max(axis=0)
-            fused.append((top + np.log(np.exp(stack - top).mean(axis=0))).astype(np.float32))
-        return fused
 
 
 def _file_mb(paths: Sequence[Path]) -> float:
@@ -264,7 +250,8 @@ def deploy_report(
     systems: Sequence[SystemSpec], test_manifest: Path | str, gate_system: str | None = None, max_relative: float = DEFAULT_MAX_RELATIVE,
     baseline: str | None = None, decode_config: DecodeConfig | None = None, max_cuts: int | None = None,
     results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
-    plot: Path | str | None = None,
+    plot: Path | str | None = None, speed_system: SystemSpec | None = None, dev_manifest: Path | str | None = None,
+    search_grid: Sequence["SearchSetting"] = (), search_tolerance: float | None = None,
 ) -> tuple[list[CostRow], GateResult | None, str]:
     """Measure every system on the test manifest in one run and return ``(rows, gate, markdown)``;
     the gate compares ``gate_system``'s onnx and onnx-int8 rows (both must be among ``systems``).
@@ -272,7 +259,9 @@ def deploy_report(
     is also scored with per-speaker, global and per-utterance normalisation (test_manifest must
     then carry stored features). With ``results_md``, writes the markdown as its
     ``## Deployment`` section; with ``plot``, a PNG of WER against acoustic cost, linked from it
-    when it lies beside ``results_md``."""
+    when it lies beside ``results_md``. With ``speed_system`` (one model directory and a runtime)
+    and ``dev_manifest``, the search pruning for deployment is chosen on dev from ``search_grid``
+    and the test part is measured end to end (:mod:`asr_kd.deploy.speed`)."""
     from asr_kd.deploy.model_dir import load_spec
     from asr_kd.report.results_md import write_section
 
@@ -299,6 +288,8 @@ def deploy_report(
     compression = compression_line(rows)
     if compression:
         text += "\n" + compression + "\n"
+    if speed_system is not None:
+        text += "\n" + _speed_section(speed_system, dev_manifest, audio, refs, search_grid, search_tolerance, max_cuts, test_manifest)
     if plot is not None:
         plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
         if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:
@@ -312,6 +303,31 @@ def deploy_report(
     if results_md is not None:
         write_section(results_md, "## Deployment", text)
     return rows, gate, text
+
+
+def _speed_section(system: SystemSpec, dev_manifest: Path | str | None, test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str],
+                   grid: Sequence["SearchSetting"], tolerance: float | None, max_cuts: int | None, test_manifest: Path | str) -> str:
+    """Choose the deployment search on dev and measure ``system`` end to end on the test audio."""
+    from asr_kd.deploy.model_dir import load_spec
+    from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE, measure_speed, parse_search_grid, speed_markdown
+
+    if len(system.model_dirs) != 1:
+        raise ConfigError(f"the speed measurement needs one model directory, got {len(system.model_dirs)} for {system.name}")
+    if dev_manifest is None:
+        raise ConfigError("the deployment search is chosen on dev: pass the dev part's cuts (--dev-manifest)")
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    dev_audio, dev_refs = load_test_audio(dev_manifest, load_spec(system.model_dirs[0]).features.sampling_rate, max_cuts)
+    result = measure_speed(system.model_dirs[0], system.backend, dev_audio, dev_refs, test_audio, test_refs,
+                           grid or parse_search_grid(DEFAULT_GRID), tolerance)
+    return speed_markdown(result, f"{system.name} ({system.backend})", _part_name(dev_manifest), _part_name(test_manifest), tolerance)
+
+
+def _part_name(manifest: Path | str) -> str:
+    """``cuts_dev-clean.jsonl.gz`` -> ``dev-clean``; other names as they are."""
+    name = Path(manifest).name
+    for suffix in (".jsonl.gz", ".jsonl"):
+        name = name.removesuffix(suffix)
+    return name.removeprefix("cuts_")
 
 
 def normalisation_wers(

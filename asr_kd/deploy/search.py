@@ -28,7 +28,7 @@ from asr_kd.lang.symbols import SymbolTable
 
 log = logging.getLogger(__name__)
 
-SEARCH_METHODS = {"hybrid": ("hclg",), "ctc": ("hlg", "greedy", "beam")}
+SEARCH_METHODS = {"hybrid": ("hclg",), "gmm": ("hclg",), "ctc": ("hlg", "greedy", "beam")}
 
 
 class WordTiming(NamedTuple):
@@ -107,13 +107,14 @@ class Searcher:
         # The decoding the model directory records (the recipe's beam and tuned scale), unless overridden.
         self.config = decode_config or spec.decode_config()
         self.words = SymbolTable.from_file(model_dir / WORDS_FILE)
-        if spec.kind == "hybrid":
+        if spec.kind in ("hybrid", "gmm"):
             from asr_kd.decode.decoder import make_decoder
             from asr_kd.decode.hclg import load_hclg
             from asr_kd.decode.priors import load_priors
 
             self.tid2pdf = load_int_array(model_dir / TID2PDF_FILE).astype(np.int64)
-            self.priors = load_priors(model_dir / PRIORS_FILE)
+            # A GMM gives likelihoods already; a network's posteriors are divided by the priors.
+            self.priors = load_priors(model_dir / PRIORS_FILE) if spec.kind == "hybrid" else None
             tid2phone = load_int_array(model_dir / TID2PHONE_FILE)
             # Filler per transition-id + 1 (index 0 unused): frames on silence phones.
             self.tid_is_silence = np.concatenate([[False], np.isin(tid2phone, list(spec.silence_phones))])
@@ -138,7 +139,7 @@ class Searcher:
     def __call__(self, log_probs: np.ndarray, utt_id: str = "utt") -> Hypothesis:
         """Return the hypothesis of one utterance; DecodeFailure if no path survives, DataError
         for a malformed matrix."""
-        if self.spec.kind == "hybrid":
+        if self.spec.kind in ("hybrid", "gmm"):
             return self._hybrid(log_probs, utt_id)
         if self.method == "hlg":
             return self._hlg(log_probs, utt_id)
@@ -154,7 +155,12 @@ class Searcher:
     def _hybrid(self, log_probs: np.ndarray, utt_id: str) -> Hypothesis:
         from asr_kd.decode.hybrid import hybrid_decodable
 
-        decodable = hybrid_decodable(log_probs, self.priors, self.tid2pdf, self.config.acoustic_scale, utt_id)
+        if self.priors is None:  # GMM log-likelihoods (frames x pdfs), scaled as stage 3 does
+            from asr_kd.decode.gmm_decode import loglike_decodable
+
+            decodable = loglike_decodable(log_probs, self.tid2pdf, self.config.acoustic_scale, utt_id)
+        else:
+            decodable = hybrid_decodable(log_probs, self.priors, self.tid2pdf, self.config.acoustic_scale, utt_id)
         frames, starts = _walk_best_path(self.decoder, decodable, utt_id)
         return self._timed(len(frames), starts, self.tid_is_silence[np.asarray(frames, dtype=np.int64)])
 

@@ -62,7 +62,7 @@ class Transcriber:
         self.model_dir = Path(model_dir)
         self.spec: ModelSpec = load_spec(model_dir)
         self.cmvn = load_cmvn(model_dir, self.spec)
-        self.extract = make_extractor("fbank", self.spec.features)
+        self.extract = make_extractor("mfcc" if self.spec.kind == "gmm" else "fbank", self.spec.features)
         self.acoustic = acoustic or make_acoustic(model_dir, backend, device, num_threads)
         self.search = Searcher(model_dir, self.spec, method, decode_config)
         self.timings = Timings()
@@ -72,12 +72,20 @@ class Transcriber:
         return self.spec.features.sampling_rate
 
     def features(self, samples: np.ndarray) -> np.ndarray:
-        """Return the normalised fbank features (T x D) of 1-D samples at the model's rate."""
+        """Return the normalised features (T x D) of 1-D samples at the model's rate: fbank for a
+        network, MFCC with the mean removed and deltas for a GMM-HMM."""
         start = time.perf_counter()
         feats = self.extract(samples)
         if feats.shape[0] == 0:
             raise DataError("audio too short for one frame")
-        out = normalize_features(feats, self.spec.normalization, self.cmvn)
+        if self.spec.kind == "gmm":  # mean removal only, then deltas: stage 3's GMM input
+            from asr_kd.gmm.features import gmm_features
+
+            g = self.spec.gmm_features
+            out = gmm_features(normalize_features(feats, self.spec.normalization, self.cmvn, variance=False),
+                               int(g.get("delta_order", 2)), int(g.get("delta_window", 2)), bool(g.get("utterance_cmvn", False)))
+        else:
+            out = normalize_features(feats, self.spec.normalization, self.cmvn)
         self.timings.features += time.perf_counter() - start
         return out
 

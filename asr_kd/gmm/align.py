@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from asr_kd.config import GraphScales
 from asr_kd.gmm.topology import pdf_class_to_hmm_state
 from asr_kd.gmm.tree import Tree, TreeStats
 from asr_kd.kaldi import kaldifst, khg
@@ -28,9 +29,7 @@ class AlignOptions:
 
     beam: float = 10.0
     retry_beam: float = 40.0
-    acoustic_scale: float = 0.1
-    transition_scale: float = 1.0
-    self_loop_scale: float = 0.1
+    scales: GraphScales = GraphScales()
 
 
 class GraphCompiler:
@@ -148,11 +147,11 @@ def viterbi_align(
     """Return (transition-ids, log-likelihood) of the best path, or (None, 0.0) if alignment
     failed even with the retry beam. The log-likelihood includes transition log-probabilities."""
     fst = graph.copy()  # add_transition_probs edits the graph in place
-    khg.add_transition_probs(trans_model=tm, transition_scale=opts.transition_scale, self_loop_scale=opts.self_loop_scale, fst=fst)
-    decodable = khg.DecodableAmDiagGmmScaled(am=am, tm=tm, feats=np.ascontiguousarray(feats, dtype=np.float32), scale=opts.acoustic_scale)
+    khg.add_transition_probs(trans_model=tm, transition_scale=opts.scales.transition, self_loop_scale=opts.scales.self_loop, fst=fst)
+    decodable = khg.DecodableAmDiagGmmScaled(am=am, tm=tm, feats=np.ascontiguousarray(feats, dtype=np.float32), scale=opts.scales.acoustic)
     config = khg.AlignConfig(beam=opts.beam, retry_beam=opts.retry_beam, careful=False)
     num_done, _, _, tot_like, _, ali, _ = khg.align_utterance_wrapper(
-        config=config, utt=utt_id, acoustic_scale=opts.acoustic_scale, fst=fst, decodable=decodable,
+        config=config, utt=utt_id, acoustic_scale=opts.scales.acoustic, fst=fst, decodable=decodable,
         num_done=0, num_error=0, num_retried=0, tot_like=0.0, frame_count=0,
     )
     if num_done != 1 or len(ali) != feats.shape[0]:

@@ -226,7 +226,7 @@ def _compile_graphs(compiler: GraphCompiler, data: _Data, desc: str) -> int:
 
 
 def _align_options(config: GmmConfig, beam: float) -> AlignOptions:
-    return AlignOptions(beam, config.retry_beam, config.acoustic_scale, config.transition_scale, config.self_loop_scale)
+    return AlignOptions(beam, config.retry_beam, config.graph_scales)
 
 
 def _align_chunk(system: GmmSystem, utterances: Sequence[Utterance], graphs: Mapping[int, kaldifst.StdVectorFst], chunk: range, opts: AlignOptions) -> tuple[dict[int, np.ndarray], int]:

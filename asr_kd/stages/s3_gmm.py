@@ -472,7 +472,7 @@ def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train
             continue
         start = time.perf_counter()
         system = GmmSystem.load(layout.gmm_model(name))  # its tree and transition model also serve the hybrid networks
-        make_hclg(lang, system.ctx_dep, system.tm, layout.gmm_graph(name), decode_config.transition_scale, decode_config.self_loop_scale)
+        make_hclg(lang, system.ctx_dep, system.tm, layout.gmm_graph(name), decode_config.graph_scales)
         _timed(timings, f"hclg_{name}", start)
 
     start = time.perf_counter()

@@ -82,7 +82,8 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
   9  (after the default --stop-stage) deployment: self-contained model directories of the teachers
      and students (\$exp/deploy), the distilled student exported to ONNX fp32 and int8, the cost
      table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
-     int8 quality gate (fails above --int8-max-relative) in \$results
+     int8 quality gate (fails above --int8-max-relative), and the int8 student end to end
+     (features + network + search) with a search beam / max-active chosen on the dev part, in \$results
  10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and one distilled
      student per --temperatures T, test frame accuracy and WER with intervals against the baseline
 With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path in \$exp/ctc:
@@ -329,6 +330,7 @@ if [ "$hybrid" = true ] && in_stages 9; then
     --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard" \
     --system "distilled=$deploy/distilled" --system "distilled=$deploy/distilled@onnx" --system "distilled=$deploy/distilled@onnx-int8" \
     "${compressed_systems[@]}" --gate distilled --max-relative "$int8_max_relative" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" \
+    --speed distilled@onnx-int8 --dev-manifest "$data/fbank/cuts_$dev_set.jsonl.gz" \
     --results "$results" --plot "$(dirname "$results")/wer_vs_cost.png"
   sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
 fi

@@ -90,8 +90,8 @@ def _test_audio(data: Path, n: int | None = None) -> tuple[dict[str, np.ndarray]
     return audio, refs
 
 
-def _texts(tr: Transcriber, audio: dict[str, np.ndarray]) -> dict[str, str]:
-    return {t.utt_id: t.hypothesis.text for t in tr.transcribe(((u, u, s) for u, s in audio.items()), batch_size=4) if t.hypothesis}
+def _texts(tr: Transcriber, audio: dict[str, np.ndarray], batch_size: int = 4) -> dict[str, str]:
+    return {t.utt_id: t.hypothesis.text for t in tr.transcribe(((u, u, s) for u, s in audio.items()), batch_size=batch_size) if t.hypothesis}
 
 
 def test_model_dir_is_self_contained_and_safe(model_dirs) -> None:
@@ -226,3 +226,108 @@ def test_deploy_report_cost_table_and_gate(recipe, model_dirs, tmp_path) -> None
     wers = normalisation_wers(h, cuts_path(data / "fbank", TEST), cmvn_path(data / "fbank", TEST), max_cuts=6)
     assert set(wers) == {"per speaker", "global", "per utterance"}
     assert len({w.ref_words for w in wers.values()}) == 1 and wers["global"].ref_words == by[("distilled", "torch")].ref_words
+
+
+def test_deployment_search_is_chosen_on_dev_and_measured_end_to_end(recipe, model_dirs) -> None:
+    from asr_kd.deploy.report import load_test_audio
+    from asr_kd.deploy.speed import SearchSetting, choose_setting, measure_speed, parse_search_grid, speed_markdown, with_setting
+    from asr_kd.stages.layout import RecipeLayout
+
+    data, exp = recipe
+    h = model_dirs["hybrid"]
+    layout = RecipeLayout(data, exp)
+    dev_audio, dev_refs = load_test_audio(layout.fbank_cuts(layout.dev_part), 16000, 6)
+    test_audio, test_refs = _test_audio(data, 6)
+    result = measure_speed(h, "onnx-int8", dev_audio, dev_refs, test_audio, test_refs, parse_search_grid("9:500,5:20"), tolerance=0.5)
+    spec_cfg = load_spec(h).decode_config()
+    # The measurement runs one utterance per call, as the cost table does; so does transcription
+    # here (dynamic int8 quantises each batch's activations with its own scale, so a batch of
+    # four gives slightly different posteriors, and at a narrow beam, different words).
+    # The first dev point is the model directory's own decoding: the errors transcription makes with it.
+    assert result.dev_points[0].setting == result.reference == SearchSetting(spec_cfg.beam, spec_cfg.max_active)
+    assert result.dev_points[0].errors == compute_wer(dev_refs, _texts(Transcriber(h, "onnx-int8"), dev_audio, 1)).errors
+    narrow = Transcriber(h, "onnx-int8", decode_config=with_setting(spec_cfg, SearchSetting(5.0, 20)))
+    assert result.dev_points[2].errors == compute_wer(dev_refs, _texts(narrow, dev_audio, 1)).errors
+    assert result.chosen == choose_setting(result.dev_points, result.reference, 0.5)
+    # Test at the tables' setting and at the chosen one: what transcription gives with each.
+    assert result.test_reference.errors == compute_wer(test_refs, _texts(Transcriber(h, "onnx-int8"), test_audio, 1)).errors
+    chosen = Transcriber(h, "onnx-int8", decode_config=with_setting(spec_cfg, result.chosen.setting))
+    assert result.test_chosen.errors == compute_wer(test_refs, _texts(chosen, test_audio, 1)).errors
+    assert min(result.features_rtf, result.acoustic_rtf, result.search_rtf_chosen) > 0
+    text = speed_markdown(result, "distilled (onnx-int8)", "dev-clean", TEST, 0.5)
+    assert f"Test WER {100 * result.test_chosen.wer:.2f}% against {100 * result.test_reference.wer:.2f}%" in text
+    assert f"**{result.end_to_end_rtf:.4f}**" in text
+
+
+def test_gmm_model_dir_decodes_like_stage_3(recipe, tmp_path) -> None:
+    """A GMM-HMM model directory (stage 3's tri system): fed the recipe's own features (per-speaker
+    CMN), its GMMs and search give stage 3's test hypotheses word for word; from audio, its MFCCs
+    are the stored ones; it refuses what only networks do."""
+    from asr_kd.data.features import cmvn_key
+    from asr_kd.deploy.acoustic import GmmAcoustic
+    from asr_kd.deploy.search import Searcher
+    from asr_kd.gmm.features import gmm_features
+    from asr_kd.metrics.wer import read_transcripts
+
+    data, exp = recipe
+    d = make_model_dir_from_recipe(exp, data, "tri", tmp_path / "tri")
+    spec = load_spec(d)
+    assert spec.kind == "gmm" and not (d / "model.pt").exists() and (d / "gmm.npz").is_file()
+    g = spec.gmm_features
+    acoustic, search = GmmAcoustic(d), Searcher(d, spec)
+    stats = CmvnStats.load(cmvn_path(data / "mfcc", TEST))
+    cuts = list(load_manifest_lazy(cuts_path(data / "mfcc", TEST)))
+    hyps = {}
+    for cut in cuts:
+        x = gmm_features(stats.normalize(cut.load_features(), cmvn_key(cut, "speaker"), variance=False),
+                         g["delta_order"], g["delta_window"], g["utterance_cmvn"])
+        hyps[cut.id] = search(acoustic([x])[0], cut.id).text
+    stage3 = read_transcripts(exp / "gmm" / f"decode_tri_{TEST}" / "hyp.txt")
+    assert hyps == {u: stage3.get(u, "") for u in hyps} and len(hyps) == len(stage3)
+    # From audio: the model directory computes the MFCCs stage 1 stored.
+    tr = Transcriber(d)
+    (_, _, samples), = [i for i in manifest_items(cuts_path(data / "fbank", TEST), 16000) if i[0] == cuts[0].id]
+    stored = cuts[0].load_features()  # lilcom-compressed on disk: equal to a small fraction of the range
+    assert np.abs(tr.extract(samples) - stored).max() < 0.01 * np.abs(stored).max()
+    assert tr.features(samples).shape == (cuts[0].num_frames, 13 * (1 + g["delta_order"]))
+    with pytest.raises(ConfigError, match="GMM-HMM model directory: it has no network"):
+        export_onnx(d)
+    with pytest.raises(ConfigError, match="runs with numpy; --backend onnx applies to networks"):
+        Transcriber(d, "onnx")
+
+
+def test_transcribe_an_ensemble_of_model_dirs(recipe, model_dirs, tmp_path, capsys) -> None:
+    """`transcribe --model-dir A,B` decodes the mean of the two networks' posteriors."""
+    import shutil
+
+    from asr_kd.deploy.acoustic import TorchAcoustic
+
+    data, _ = recipe
+    a = model_dirs["hybrid"]
+    b = tmp_path / "other"
+    shutil.copytree(a, b)
+    payload = torch.load(b / "model.pt", weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    payload["model"] = {k: v + 0.3 * v.std() * torch.randn(v.shape, generator=gen) if v.is_floating_point() and v.numel() > 1 else v
+                        for k, v in payload["model"].items()}
+    torch.save(payload, b / "model.pt")
+    audio, _ = _test_audio(data, 4)
+    files = []
+    for u, x in audio.items():
+        sf.write(tmp_path / f"{u}.wav", x, 16000)
+        files.append(str(tmp_path / f"{u}.wav"))
+    out = tmp_path / "ens.txt"
+    assert cli_main(["transcribe", "--model-dir", f"{a},{b}", "--output", str(out), *files]) == 0
+    got = {ln.split()[0]: " ".join(ln.split()[1:]) for ln in out.read_text().splitlines()}
+    tr = Transcriber(a)
+    nets = [TorchAcoustic(load_network(d)) for d in (a, b)]
+    expected = {}
+    for f in files:
+        feats = tr.features(sf.read(f, dtype="float32")[0])
+        stack = np.stack([n([feats])[0] for n in nets])
+        fused = np.log(np.exp(stack).mean(axis=0)).astype(np.float32)
+        expected[Path(f).stem] = tr.search(fused, Path(f).stem).text
+    assert got == expected
+    capsys.readouterr()
+    assert cli_main(["transcribe", "--model-dir", f"{a},{model_dirs['ctc']}", *files[:1]]) != 0
+    assert f"an ensemble fuses hybrid DNN model directories; {model_dirs['ctc']} is a ctc model" in capsys.readouterr().err

@@ -174,6 +174,15 @@ def test_deployment_section_and_model_directories(recipe) -> None:
     assert ("compressed", "onnx-int8") in rows
     int8_wer = rows[("distilled", "onnx-int8")][8].split(" ")[0]
     assert f"int8 WER {int8_wer}" in section and ("Quantisation gate: PASS" in section) != ("Quantisation gate: FAIL" in section)
+    # The end-to-end line: at the tables' search setting the int8 student makes the cost table's
+    # errors (the same decoding); the chosen setting is one of the dev rows, within 2% of its errors.
+    m = re.search(r"Test WER ([\d.]+%) against ([\d.]+%): ", section)
+    assert m is not None and m.group(2) == int8_wer
+    dev = {(r[0].split(" ")[0], r[1]): (int(r[2].split("(")[1].split("/")[0]), r[0]) for r in cells if r[0].split(" ")[0].replace(".", "").isdigit()}
+    tables = next(e for (_, _), (e, label) in dev.items() if label.endswith("(tables)"))
+    chosen = [e for (_, _), (e, label) in dev.items() if label.endswith("(chosen)")]
+    assert len(chosen) <= 1 and all(e <= tables + 0.02 * max(tables, 1) for e in chosen)
+    assert re.search(r"end-to-end RTF per core \*\*[\d.]+\*\* = features [\d.]+ \+ acoustic model [\d.]+ \+ search [\d.]+", section)
 
 
 def _copy(recipe, tmp_path: Path) -> tuple[Path, Path]:

@@ -1,0 +1,214 @@
+"""Search pruning for deployment, chosen on dev, and the end-to-end real-time factor.
+
+The recipe's tables decode every system with one beam and max-active (stage 7's DecodeConfig), wide
+enough that the comparison between systems is not a comparison of search errors. A deployed model
+is decoded alone, and there the search dominates the cost: on mini the distilled int8 network
+takes about 0.0004 of real time per core and the HCLG search at the tables' beam 11 / max-active
+2000 about 0.02-0.03. Kaldi users narrow the beam and max-active for deployment and check what it
+costs in accuracy; this module does that the way the recipe tunes the acoustic scale: on the dev
+part, never on test.
+
+:func:`choose_setting` picks, from a grid of (beam, max-active) settings decoded on dev, the
+narrowest (smallest max-active, then smallest beam) whose dev word errors are at most
+``tolerance`` (relative) above the tables' setting. It looks at word errors only, so the choice
+does not depend on timing noise. :func:`speed_report` then measures the test part end to end
+(features + acoustic model + search, CPU time of one thread per second of audio) at both the
+tables' setting and the chosen one, with the WER difference's paired bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from asr_kd.config import DecodeConfig
+from asr_kd.deploy.transcribe import Transcriber
+from asr_kd.errors import AsrKdError, ConfigError
+from asr_kd.metrics.paired import wer_difference
+from asr_kd.metrics.wer import WerResult, compute_wer
+
+# Issue 15's target for the distilled int8 student on mini: features + network + search.
+END_TO_END_TARGET = 0.02
+DEFAULT_TOLERANCE = 0.02
+# Tried narrowest-last; the tables' own setting (mini: beam 11, max-active 2000) is always added.
+DEFAULT_GRID = "10:1000,9:1000,9:500,8:500,8:300"
+
+
+class SearchSetting(NamedTuple):
+    """A graph search's pruning: the beam and the most active states per frame."""
+
+    beam: float
+    max_active: int
+
+    def __str__(self) -> str:
+        return f"beam {self.beam:g}, max-active {self.max_active}"
+
+
+def parse_search_grid(text: str) -> tuple[SearchSetting, ...]:
+    """Parse ``"BEAM:MAX_ACTIVE,..."`` (e.g. ``"10:1000,9:500"``); ConfigError naming the form."""
+    settings = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        beam, sep, active = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            setting = SearchSetting(float(beam), int(active))
+        except ValueError:
+            raise ConfigError(f"search grid item {item!r}: expected BEAM:MAX_ACTIVE, e.g. 10:1000") from None
+        if setting.beam <= 0 or setting.max_active < 2:
+            raise ConfigError(f"search grid item {item!r}: the beam must be > 0 and max-active >= 2")
+        settings.append(setting)
+    if not settings:
+        raise ConfigError(f"search grid {text!r} holds no BEAM:MAX_ACTIVE setting")
+    return tuple(settings)
+
+
+def with_setting(config: DecodeConfig, setting: SearchSetting) -> DecodeConfig:
+    """Return ``config`` searching with ``setting`` (min-active lowered below max-active where needed,
+    as Kaldi's decoders require ``min_active < max_active``)."""
+    return dataclasses.replace(config, beam=setting.beam, max_active=setting.max_active,
+                               min_active=min(config.min_active, setting.max_active - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchPoint:
+    """One setting decoded on a part: its word errors and its search CPU time per audio second."""
+
+    setting: SearchSetting
+    errors: int
+    ref_words: int
+    search_rtf: float
+
+    @property
+    def wer(self) -> float:
+        return self.errors / max(self.ref_words, 1)
+
+
+def choose_setting(points: Sequence[SearchPoint], reference: SearchSetting, tolerance: float = DEFAULT_TOLERANCE) -> SearchPoint:
+    """Return the narrowest point (smallest max-active, then smallest beam) whose word errors are
+    at most ``tolerance`` (relative) above the ``reference`` point's; the reference itself
+    qualifies, so there is always an answer. With no reference error, one error stands in for the
+    denominator (as the quantisation gate does)."""
+    if tolerance < 0:
+        raise ConfigError(f"the search tolerance must be >= 0, got {tolerance}")
+    ref = next((p for p in points if p.setting == reference), None)
+    if ref is None:
+        raise ConfigError(f"the search grid must include the reference setting ({reference})")
+    allowed = ref.errors + tolerance * max(ref.errors, 1)
+    return min((p for p in points if p.errors <= allowed), key=lambda p: (p.setting.max_active, p.setting.beam))
+
+
+class _Prepared(NamedTuple):
+    log_probs: dict[str, np.ndarray]
+    features_s: float
+    acoustic_s: float
+    audio_s: float
+
+
+def _prepare(tr: Transcriber, audio: Mapping[str, np.ndarray]) -> _Prepared:
+    """Features and acoustic model over ``audio``, one utterance per call; CPU seconds of each."""
+    start = time.process_time()
+    feats = {u: tr.features(x) for u, x in audio.items()}
+    features_s = time.process_time() - start
+    start = time.process_time()
+    log_probs = {u: tr.acoustic([f])[0] for u, f in feats.items()}
+    acoustic_s = time.process_time() - start
+    return _Prepared(log_probs, features_s, acoustic_s, sum(len(x) for x in audio.values()) / tr.sampling_rate)
+
+
+def _search(tr: Transcriber, prepared: _Prepared, refs: Mapping[str, str], config: DecodeConfig) -> tuple[WerResult, float]:
+    """Decode the prepared log-probabilities with ``config``; return the WER details and the search
+    CPU seconds per audio second. An utterance that fails to decode counts as all deletions."""
+    from asr_kd.deploy.search import Searcher
+
+    searcher = Searcher(tr.model_dir, tr.spec, tr.search.method, config)
+    hyps: dict[str, str] = {}
+    start = time.process_time()
+    for utt_id, lp in prepared.log_probs.items():
+        try:
+            hyps[utt_id] = searcher(lp, utt_id).text
+        except AsrKdError:
+            pass
+    return compute_wer(refs, hyps), (time.process_time() - start) / prepared.audio_s
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedResult:
+    """Dev search points, the chosen setting, and the test part measured end to end at the tables'
+    setting and at the chosen one (CPU seconds per audio second, one thread)."""
+
+    reference: SearchSetting
+    dev_points: list[SearchPoint]
+    chosen: SearchPoint
+    features_rtf: float
+    acoustic_rtf: float
+    test_reference: WerResult
+    test_chosen: WerResult
+    search_rtf_reference: float
+    search_rtf_chosen: float
+
+    @property
+    def end_to_end_rtf(self) -> float:
+        return self.features_rtf + self.acoustic_rtf + self.search_rtf_chosen
+
+    @property
+    def end_to_end_rtf_reference(self) -> float:
+        return self.features_rtf + self.acoustic_rtf + self.search_rtf_reference
+
+
+def measure_speed(
+    model_dir: Path | str, backend: str, dev_audio: Mapping[str, np.ndarray], dev_refs: Mapping[str, str],
+    test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str], grid: Sequence[SearchSetting],
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> SpeedResult:
+    """Decode dev at the model directory's own setting (the tables') and at each of ``grid``,
+    choose with :func:`choose_setting`, and measure test end to end at both settings, on one
+    thread (torch and onnxruntime)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tr = Transcriber(model_dir, backend, num_threads=1)
+        base = tr.search.config
+        reference = SearchSetting(base.beam, base.max_active)
+        settings = list(dict.fromkeys([reference, *grid]))
+        dev = _prepare(tr, dev_audio)
+        points = []
+        for s in settings:
+            wer, rtf = _search(tr, dev, dev_refs, with_setting(base, s))
+            points.append(SearchPoint(s, wer.errors, wer.ref_words, rtf))
+        chosen = choose_setting(points, reference, tolerance)
+        test = _prepare(tr, test_audio)
+        test_ref, rtf_ref = _search(tr, test, test_refs, base)
+        test_chosen, rtf_chosen = _search(tr, test, test_refs, with_setting(base, chosen.setting))
+    finally:
+        torch.set_num_threads(before)
+    return SpeedResult(reference, points, chosen, test.features_s / test.audio_s, test.acoustic_s / test.audio_s,
+                       test_ref, test_chosen, rtf_ref, rtf_chosen)
+
+
+def speed_markdown(result: SpeedResult, system: str, dev_name: str, test_name: str, tolerance: float = DEFAULT_TOLERANCE,
+                   target: float = END_TO_END_TARGET) -> str:
+    """Return the Markdown paragraph, dev table and verdict of a :class:`SpeedResult`."""
+    r = result
+    lines = [f"Search pruning for deployment, {system}: each setting decodes {dev_name} (never the test part); the chosen one is the "
+             f"narrowest (smallest max-active, then beam) with at most {100 * tolerance:g}% more word errors than the tables' "
+             f"{r.reference}. CPU time of one thread per second of audio.", "",
+             f"| Beam | Max-active | {dev_name} WER | Search RTF / core |", "|---|---|---|---|"]
+    for p in r.dev_points:
+        mark = " (tables)" if p.setting == r.reference else (" (chosen)" if p.setting == r.chosen.setting else "")
+        lines.append(f"| {p.setting.beam:g}{mark} | {p.setting.max_active} | {100 * p.wer:.2f}% ({p.errors}/{p.ref_words}) | {p.search_rtf:.4f} |")
+    diff = wer_difference(r.test_reference, r.test_chosen)
+    verdict = "within noise (the interval contains 0)" if not diff.excludes_zero else ("worse" if diff.value > 0 else "better")
+    met = "met" if r.end_to_end_rtf <= target else "NOT met"
+    lines += ["", f"On {test_name} at the chosen {r.chosen.setting}: end-to-end RTF per core **{r.end_to_end_rtf:.4f}** = features "
+              f"{r.features_rtf:.4f} + acoustic model {r.acoustic_rtf:.4f} + search {r.search_rtf_chosen:.4f} (target at most {target:g}: "
+              f"{met}); at the tables' {r.reference}: {r.end_to_end_rtf_reference:.4f} (search {r.search_rtf_reference:.4f}). "
+              f"Test WER {100 * r.test_chosen.wer:.2f}% against {100 * r.test_reference.wer:.2f}%: "
+              f"{100 * diff.value:+.2f} points [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] (95% paired bootstrap), {verdict}. "
+              f"`asr-kd transcribe --beam {r.chosen.setting.beam:g} --max-active {r.chosen.setting.max_active}` decodes with it."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,73 @@
+"""Deployment search pruning: the grid, the choice on dev, and the model directory's decoding."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from asr_kd.bin.cmd_deploy import decode_config_for
+from asr_kd.config import DecodeConfig, FeatureConfig
+from asr_kd.deploy.model_dir import MODEL_JSON, ModelSpec
+from asr_kd.deploy.speed import SearchPoint, SearchSetting, choose_setting, parse_search_grid, with_setting
+from asr_kd.errors import ConfigError
+
+REF = SearchSetting(11.0, 2000)
+
+
+def _point(beam: float, active: int, errors: int, rtf: float = 0.01) -> SearchPoint:
+    return SearchPoint(SearchSetting(beam, active), errors, 1000, rtf)
+
+
+def test_grid_parses_and_names_a_bad_item() -> None:
+    assert parse_search_grid(" 10:1000, 9:500 ,") == (SearchSetting(10.0, 1000), SearchSetting(9.0, 500))
+    with pytest.raises(ConfigError, match=r"search grid item '10-1000': expected BEAM:MAX_ACTIVE"):
+        parse_search_grid("10-1000")
+    with pytest.raises(ConfigError, match=r"search grid item '0:500': the beam must be > 0"):
+        parse_search_grid("0:500")
+    with pytest.raises(ConfigError, match="holds no BEAM:MAX_ACTIVE"):
+        parse_search_grid(" , ")
+
+
+def test_the_narrowest_setting_within_tolerance_is_chosen() -> None:
+    points = [_point(11, 2000, 500), _point(10, 1000, 505), _point(9, 1000, 510), _point(9, 500, 511), _point(8, 500, 540)]
+    # 2% of 500 errors: at most 510. 9/500 has 511: out; the narrowest left is 9/1000.
+    assert choose_setting(points, REF, 0.02).setting == SearchSetting(9, 1000)
+    # Speed plays no part: a slower-measured narrow setting is still the choice.
+    timed = [dataclasses.replace(p, search_rtf=1.0 / p.setting.max_active) for p in points]
+    assert choose_setting(timed, REF, 0.03).setting == SearchSetting(9, 500)
+    # Nothing narrower qualifies: the tables' own setting.
+    assert choose_setting([_point(11, 2000, 500), _point(8, 300, 600)], REF, 0.02).setting == REF
+    # A setting with fewer errors than the reference always qualifies.
+    assert choose_setting([_point(11, 2000, 500), _point(8, 300, 499)], REF, 0.0).setting == SearchSetting(8, 300)
+
+
+def test_choice_needs_the_reference_and_a_sane_tolerance() -> None:
+    with pytest.raises(ConfigError, match=r"must include the reference setting \(beam 11, max-active 2000\)"):
+        choose_setting([_point(10, 1000, 5)], REF)
+    with pytest.raises(ConfigError, match="tolerance must be >= 0"):
+        choose_setting([_point(11, 2000, 5)], REF, -0.1)
+    # No error at the reference: one error stands in for the denominator, so 2% allows none.
+    assert choose_setting([_point(11, 2000, 0), _point(9, 500, 1)], REF, 0.02).setting == REF
+
+
+def test_min_active_stays_below_max_active() -> None:
+    cfg = with_setting(DecodeConfig(min_active=200), SearchSetting(8.0, 150))
+    assert (cfg.beam, cfg.max_active, cfg.min_active) == (8.0, 150, 149)
+    assert with_setting(DecodeConfig(min_active=200), SearchSetting(8.0, 500)).min_active == 200
+    # Kaldi's decoders abort on min_active == max_active; the config says so in one line first.
+    with pytest.raises(ConfigError, match="1 <= min_active < max_active, got 200, 200"):
+        DecodeConfig(min_active=200, max_active=200)
+
+
+def test_transcribe_decodes_with_the_model_directorys_settings(tmp_path: Path) -> None:
+    recorded = {"beam": 11.0, "max_active": 2000, "min_active": 200, "acoustic_scale": 0.125}
+    spec = ModelSpec("hybrid", FeatureConfig(), "utterance", decoding=recorded)
+    (tmp_path / MODEL_JSON).write_text(spec.to_json())
+    cfg = decode_config_for(tmp_path)
+    # Not DecodeConfig's defaults (beam 13, 7000, scale 0.1): what the recipe's tables used.
+    assert (cfg.beam, cfg.max_active, cfg.acoustic_scale) == (11.0, 2000, 0.125)
+    cfg = decode_config_for(tmp_path, beam=9.0, max_active=100)
+    assert (cfg.beam, cfg.max_active, cfg.min_active, cfg.acoustic_scale) == (9.0, 100, 99, 0.125)
+    assert decode_config_for(tmp_path, acoustic_scale=0.2).acoustic_scale == 0.2
