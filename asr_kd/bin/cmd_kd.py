@@ -123,6 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _seeds_arg(p)
     p.add_argument("--compressed", action="store_true", help="also score stage 6's compressed distilled student (students/compressed*)")
     p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md (e.g. \"the synthetic 'mini' corpus\")")
+    p.add_argument("--max-posterior-mb", type=float, default=None,
+                   help="largest log-posteriors of one part held in memory for the decoding passes; a larger part is decoded in "
+                        "chunks, computing them again per pass (same results; default asr_kd.stages.s7_decode.MAX_POSTERIOR_MB)")
     p.set_defaults(func=_decode_hybrid)
 
     p = sub.add_parser("three-percent", help="stage 8: hard vs soft targets on 3%% of the training data (Table 5)",
@@ -286,7 +289,8 @@ def _decode_hybrid(args: argparse.Namespace) -> int:
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     scores = evaluate_systems(decode_config=decode_cfg, fusion=_kd(args).fusion, num_teachers=args.num_teachers,
                               decode_parts=args.decode_parts, score_teachers=not args.no_teachers, corpus=args.corpus,
-                              decode_teachers=args.decode_teachers, num_seeds=args.num_seeds, compressed=args.compressed, **common)
+                              decode_teachers=args.decode_teachers, num_seeds=args.num_seeds, compressed=args.compressed,
+                              **({} if args.max_posterior_mb is None else {"max_posterior_mb": args.max_posterior_mb}), **common)
     for name, by_part in scores.items():
         print(name + ": " + ", ".join(f"{p} frame accuracy {s.frame_accuracy:.4f}" + (f" WER {s.wer:.4f}" if s.wer is not None else "")
                                       for p, s in by_part.items()))

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -81,16 +81,44 @@ def per_utterance_path(layout: RecipeLayout, system: str, part: str, root: Path 
     return (root or layout.decode) / f"{system}_{part}" / "per_utt.json"
 
 
+# A part's log-posteriors are held in memory up to this size (dev-clean of mini: about 100 MB);
+# beyond it they are computed again for each decoding pass, one chunk of this size at a time
+# (LibriSpeech's dev-clean at 4,200 senones would need about 32 GB held).
+MAX_POSTERIOR_MB = 4096.0
+
+
+def _posterior_chunks(
+    models: Sequence[torch.nn.Module], cuts: CutSet, cmvn, fusion: str, max_duration: float, max_bytes: float,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{cut id: log-posteriors}`` of the cuts in order, in chunks of at most about
+    ``max_bytes`` (at least one cut each)."""
+    chunk: dict[str, np.ndarray] = {}
+    size = 0
+    for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, 1.0, fusion, max_duration):
+        x = log_probs.numpy()
+        if chunk and size + x.nbytes > max_bytes:
+            yield chunk
+            chunk, size = {}, 0
+        chunk[cut.id] = x
+        size += x.nbytes
+    if chunk:
+        yield chunk
+
+
 def score_system(
     name: str, models: Sequence[torch.nn.Module], layout: RecipeLayout, part: str, scales: Sequence[float],
     decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 20.0, max_cuts: int | None = None,
-    root: Path | None = None,
+    root: Path | None = None, max_posterior_mb: float = MAX_POSTERIOR_MB,
 ) -> PartScore:
     """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part`` (its
     first ``max_cuts`` cuts, if given): frame accuracy against the senone alignments and, when
     ``scales`` is not empty, HCLG decoding and WER: at the one scale given, or at each of several
     (a tuning sweep, normally on dev) keeping the one with the fewest errors. The hypotheses, the
-    per-utterance WER details and counts go to ``<exp>/decode/<name>_<part>/`` (or ``root/...``)."""
+    per-utterance WER details and counts go to ``<exp>/decode/<name>_<part>/`` (or ``root/...``).
+
+    The part's log-posteriors are held for the decoding passes while they fit ``max_posterior_mb``;
+    a larger part is decoded in chunks of that size, its posteriors computed again for each pass
+    (the network is cheap beside the search), with the same results."""
     senones = read_senones(layout)
     # Every cut of the part is decoded (decoding needs no alignment), so that every system of a
     # table, the GMM's too, is scored on the same utterances; frame accuracy is over the cuts that
@@ -101,22 +129,35 @@ def score_system(
     aligned = {c.id: c for c in layout.open_cuts(layout.ali_cuts(part)) if has_alignment(c)}
     cmvn = layout.open_cmvn(part)
     out_dir = (root or layout.decode) / f"{name}_{part}"
-    posteriors: dict[str, np.ndarray] = {}
+    max_bytes = max_posterior_mb * 2**20
+    # Every cut's best senone per frame (for frame accuracy); the whole posteriors while they fit.
+    predictions: dict[str, np.ndarray] = {}
+    held: dict[str, np.ndarray] | None = {}
+    held_bytes = 0
     references: dict[str, np.ndarray] = {}
     texts: dict[str, str] = {}
     audio = 0.0
     for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, 1.0, fusion, max_duration):
-        posteriors[cut.id] = log_probs.numpy()
+        x = log_probs.numpy()
+        predictions[cut.id] = x.argmax(axis=-1)
+        if held is not None:
+            held_bytes += x.nbytes
+            if held_bytes > max_bytes:
+                held = None  # too large to hold: each decoding pass streams it in chunks
+            else:
+                held[cut.id] = x
         if cut.id in aligned:
             references[cut.id] = load_alignment(aligned[cut.id])
         texts[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
         audio += cut.duration
-    if not posteriors:
+    if not predictions:
         raise DataError(f"{layout.fbank_cuts(part)} holds no cut; rerun stage 1 for {part}")
-    acc = corpus_frame_accuracy(posteriors, references)
-    score = PartScore(name, part, acc.accuracy, acc.counted, audio_seconds=round(audio, 2), utterances=len(posteriors),
+    if held is None:
+        log.info("%s on %s: posteriors beyond %g MB; decoding in chunks, computing them again for each pass", name, part, max_posterior_mb)
+    acc = corpus_frame_accuracy(predictions, references)
+    score = PartScore(name, part, acc.accuracy, acc.counted, audio_seconds=round(audio, 2), utterances=len(predictions),
                       aligned_utterances=len(references))
-    per_utt: dict[str, list[int]] = {u: [0, 0, *acc.per_utterance.get(u, (0, 0))] for u in posteriors}
+    per_utt: dict[str, list[int]] = {u: [0, 0, *acc.per_utterance.get(u, (0, 0))] for u in predictions}
     if scales:
         hclg = load_hclg(senones.graph)
         trans_model = GmmSystem.load(senones.model).tm
@@ -126,9 +167,16 @@ def score_system(
         start = time.time()
 
         def decode_at(scale: float) -> WerResult:
-            batch = decode_posteriors_batch(hclg, trans_model, posteriors, priors, dataclasses.replace(decode_config, acoustic_scale=scale))
-            decoded[scale] = (batch.texts(words), len(batch.failed))
-            return compute_wer(texts, decoded[scale][0])
+            config = dataclasses.replace(decode_config, acoustic_scale=scale)
+            chunks = [held] if held is not None else _posterior_chunks(models, cuts, cmvn, fusion, max_duration, max_bytes)
+            hyps: dict[str, str] = {}
+            failed = 0
+            for chunk in chunks:
+                batch = decode_posteriors_batch(hclg, trans_model, chunk, priors, config)
+                hyps.update(batch.texts(words))
+                failed += len(batch.failed)
+            decoded[scale] = (hyps, failed)
+            return compute_wer(texts, hyps)
 
         sweep = None
         if len(scales) > 1:
@@ -182,7 +230,7 @@ def evaluate_systems(
     layout: RecipeLayout, decode_config: DecodeConfig, fusion: str = "arithmetic", num_teachers: int | None = None,
     decode_parts: Sequence[str] | None = None, score_teachers: bool = True, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", corpus: str = "", decode_teachers: bool = False, num_seeds: int = 1,
-    compressed: bool = False,
+    compressed: bool = False, max_posterior_mb: float = MAX_POSTERIOR_MB,
 ) -> dict[str, dict[str, PartScore]]:
     """Score the hard baseline, the N-teacher ensemble (fused posteriors) and the distilled
     student (each student over ``num_seeds`` seeds of stage 6; with ``compressed`` also stage 6's
@@ -194,7 +242,8 @@ def evaluate_systems(
     intervals of the differences go to ``<exp>/decode/comparisons.json``. Writes
     ``<exp>/decode/table1.json`` and the Table 1 section of ``results_md``; returns ``{system:
     {part: PartScore}}``. Skipped (the table re-rendered from the JSON) when the stage's record
-    matches its settings and the records of stages 3, 4 and 6."""
+    matches its settings and the records of stages 3, 4 and 6. ``max_posterior_mb`` bounds the
+    posteriors held per part (:func:`score_system`); it changes memory, never results."""
     decode_parts = layout.test_parts if decode_parts is None else list(decode_parts)
     unknown = [p for p in decode_parts if p not in (layout.dev_part, *layout.test_parts)]
     if unknown:
@@ -240,7 +289,8 @@ def evaluate_systems(
                     scales = decode_config.acoustic_scales
                 else:
                     scales = (chosen.get(first_seed.get(name, name), decode_config.acoustic_scale),)
-                score = score_system(name, models, layout, part, scales, decode_config, fusion, max_duration)
+                score = score_system(name, models, layout, part, scales, decode_config, fusion, max_duration,
+                                     max_posterior_mb=max_posterior_mb)
                 if tuning_here and score.acoustic_scale is not None:
                     chosen[name] = score.acoustic_scale
                 computed[name][part] = score

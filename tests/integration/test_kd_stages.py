@@ -145,6 +145,25 @@ def test_trained_models_beat_an_untrained_one(egs_run: tuple[Path, Path, Path]) 
 
 
 @pytest.mark.slow
+def test_a_part_too_large_to_hold_decodes_in_chunks_with_the_same_results(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Stage 7 with a posterior budget below one cut: every decoding pass of a scale sweep
+    recomputes the posteriors one cut at a time; scores, chosen scale and hypotheses are those of
+    the part held in memory."""
+    data, exp, _ = egs_run
+    layout = RecipeLayout(data, exp)
+    model = load_frame_classifier(model_checkpoint(layout.student_dir("distilled")))
+    decode = DecodeConfig(num_jobs=1, beam=9.0, max_active=1000)
+    args = ("distilled", [model], layout, "dev-clean", (0.08, 0.1, 0.125), decode)
+    held = score_system(*args, root=tmp_path / "held")
+    streamed = score_system(*args, root=tmp_path / "streamed", max_posterior_mb=1e-6)
+    assert held.sweep is not None and len(held.sweep["scales"]) >= 2  # several passes over the part
+    skip = {"decode_seconds"}
+    assert {k: v for k, v in vars(streamed).items() if k not in skip} == {k: v for k, v in vars(held).items() if k not in skip}
+    for name in ("hyp.txt", "wer_details"):
+        assert (tmp_path / "streamed" / "distilled_dev-clean" / name).read_text() == (tmp_path / "held" / "distilled_dev-clean" / name).read_text()
+
+
+@pytest.mark.slow
 def test_three_percent_stage_writes_table5_and_plot(egs_run: tuple[Path, Path, Path]) -> None:
     data, exp, results = egs_run
     layout = RecipeLayout(data, exp)
