@@ -579,6 +579,9 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("constant", "inv_sqrt", "cosine")
 
 
+AMP_MODES = ("bf16", "bf16-cpu", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of the shared training loop (never mutable training state: that is
@@ -605,7 +608,10 @@ class TrainConfig:
     cosine_steps: int = 0
     final_lr_ratio: float = 0.01
     grad_clip: float = 5.0  # max gradient norm; 0 = no clipping
-    amp: str = "bf16"  # "bf16": autocast on CUDA (a no-op on CPU); "none": float32 everywhere
+    # "bf16": autocast on CUDA (a no-op on CPU); "bf16-cpu": autocast on CPU too (on CPUs with
+    # AMX or AVX512-BF16 about 2.4x faster for mini's DNN; elsewhere it may be slower: see
+    # bench/RESULTS.md "bf16 training on the CPU"); "none": float32 everywhere.
+    amp: str = "bf16"
     # Checkpoints: every N steps and at each epoch's end, the last K kept.
     checkpoint_every_steps: int = 1000
     keep_last_checkpoints: int = 3
@@ -632,7 +638,7 @@ class TrainConfig:
                f"train.lr_schedule=cosine needs train.cosine_steps > train.warmup_steps (or 0: the whole run), got {self.cosine_steps}")
         _check(0 <= self.final_lr_ratio <= 1, f"train.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        _check(self.amp in ("bf16", "none"), f"train.amp must be 'bf16' or 'none', got {self.amp!r}")
+        _check(self.amp in AMP_MODES, f"train.amp must be one of {AMP_MODES}, got {self.amp!r}")
         _check(self.checkpoint_every_steps >= 1, f"train.checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}")
         _check(self.keep_last_checkpoints >= 1, f"train.keep_last_checkpoints must be >= 1, got {self.keep_last_checkpoints}")
         _check(self.log_every_steps >= 1, f"train.log_every_steps must be >= 1, got {self.log_every_steps}")

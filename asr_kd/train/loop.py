@@ -74,10 +74,11 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def autocast_context(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``cfg.amp == "bf16"``; nothing elsewhere (CPU runs stay float32,
-    which keeps them bit-for-bit reproducible)."""
-    if cfg.amp == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA when ``cfg.amp == "bf16"``, on CUDA and the CPU when it is
+    ``"bf16-cpu"``; nothing otherwise (CPU runs stay float32 unless asked, which keeps the
+    recipe's default results what they were)."""
+    if (cfg.amp == "bf16" and device.type == "cuda") or (cfg.amp == "bf16-cpu" and device.type in ("cuda", "cpu")):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

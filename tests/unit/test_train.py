@@ -72,6 +72,24 @@ def test_training_learns_and_writes_its_outputs(corpus: FrameCorpus, tmp_path: P
         _train(corpus, BASE, exp)
 
 
+def test_bf16_on_the_cpu_is_asked_for_and_learns(corpus: FrameCorpus, tmp_path: Path) -> None:
+    from asr_kd.train.loop import autocast_context
+
+    layer, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    cpu = torch.device("cpu")
+    # "bf16" means CUDA only: CPU runs stay float32 (what the recipe's records were made with).
+    with autocast_context(dataclasses.replace(BASE, amp="bf16"), cpu):
+        assert layer(x).dtype == torch.float32
+    with autocast_context(dataclasses.replace(BASE, amp="bf16-cpu"), cpu):
+        assert layer(x).dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match=r"train.amp must be one of \('bf16', 'bf16-cpu', 'none'\), got 'fp16'"):
+        TrainConfig(amp="fp16")
+    fp32 = _train(corpus, BASE, tmp_path / "fp32").state.history
+    bf16 = _train(corpus, dataclasses.replace(BASE, amp="bf16-cpu"), tmp_path / "bf16").state.history
+    assert bf16[-1]["frame_accuracy"] > 0.8 and abs(bf16[-1]["frame_accuracy"] - fp32[-1]["frame_accuracy"]) < 0.1
+    assert bf16[-1]["loss"] != fp32[-1]["loss"]  # it did run in bf16
+
+
 def test_predict_log_posteriors_matches_dev_accuracy(corpus: FrameCorpus, tmp_path: Path) -> None:
     result = _train(corpus, dataclasses.replace(BASE, num_epochs=4), tmp_path / "exp")
     model = load_frame_classifier(result.final_path)
