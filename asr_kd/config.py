@@ -612,6 +612,14 @@ class TrainConfig:
     # AMX or AVX512-BF16 about 2.4x faster for mini's DNN; elsewhere it may be slower: see
     # bench/RESULTS.md "bf16 training on the CPU"); "none": float32 everywhere.
     amp: str = "bf16"
+    # SpecAugment (Park et al. 2019) on training batches only (never dev): per utterance, this many
+    # masks of up to specaug_freq_width feature bins and of up to specaug_time_width frames (at
+    # most a fifth of the utterance each), set to 0, the mean after CMVN (online teachers see the
+    # same masked input). 0 masks: off. asr_kd/train/augment.py.
+    specaug_freq_masks: int = 0
+    specaug_freq_width: int = 8
+    specaug_time_masks: int = 0
+    specaug_time_width: int = 20
     # Checkpoints: every N steps and at each epoch's end, the last K kept.
     checkpoint_every_steps: int = 1000
     keep_last_checkpoints: int = 3
@@ -639,6 +647,8 @@ class TrainConfig:
         _check(0 <= self.final_lr_ratio <= 1, f"train.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         _check(self.amp in AMP_MODES, f"train.amp must be one of {AMP_MODES}, got {self.amp!r}")
+        for name in ("specaug_freq_masks", "specaug_freq_width", "specaug_time_masks", "specaug_time_width"):
+            _check(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}")
         _check(self.checkpoint_every_steps >= 1, f"train.checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}")
         _check(self.keep_last_checkpoints >= 1, f"train.keep_last_checkpoints must be >= 1, got {self.keep_last_checkpoints}")
         _check(self.log_every_steps >= 1, f"train.log_every_steps must be >= 1, got {self.log_every_steps}")

@@ -42,6 +42,7 @@ from asr_kd.train.checkpoint import (
 )
 from asr_kd.train.ddp import DistInfo, barrier, broadcast_flag
 from asr_kd.train.optim import lr_at, make_optimizer, set_lr
+from asr_kd.train.augment import spec_augment, spec_augment_enabled, step_generator
 from asr_kd.train.state import TrainState, rng_state, set_rng_state
 from asr_kd.train.tensorboard import TensorBoardLog
 
@@ -232,6 +233,8 @@ def _train_epochs(run: _Run, wrapped: nn.Module, make_train_loader: LoaderFactor
         for batch in bar:
             if isinstance(batch, dict) and "lengths" in batch:
                 frames_seen += int(batch["lengths"].sum())  # on the CPU copy: no device sync
+            if spec_augment_enabled(cfg) and isinstance(batch, dict) and "features" in batch and "lengths" in batch:
+                batch = {**batch, "features": spec_augment(batch["features"], batch["lengths"], cfg, step_generator(cfg, state.step))}
             batch = to_device(batch, info.device)
             lr = lr_at(state.step, cfg)
             set_lr(run.optimizer, lr)

@@ -107,11 +107,15 @@ def test_predict_log_posteriors_matches_dev_accuracy(corpus: FrameCorpus, tmp_pa
     assert correct / total == pytest.approx(result.state.history[-1]["frame_accuracy"], abs=1e-9)
 
 
-def test_resumed_run_equals_uninterrupted_run(corpus: FrameCorpus, tmp_path: Path) -> None:
+@pytest.mark.parametrize("specaug", [False, True])
+def test_resumed_run_equals_uninterrupted_run(corpus: FrameCorpus, tmp_path: Path, specaug: bool) -> None:
     # Dropout makes the generator states matter; 10 steps cross epoch boundaries (3 steps each),
     # and the crash comes mid-epoch, right after the checkpoint at step 4 and one more step.
+    # SpecAugment's masks must come out the same after the resume too.
     model_cfg = dataclasses.replace(dnn_preset("tiny"), dropout=0.2)
     cfg = dataclasses.replace(BASE, max_steps=10, num_epochs=5, warmup_steps=3, checkpoint_every_steps=4, keep_last_checkpoints=5)
+    if specaug:
+        cfg = dataclasses.replace(cfg, specaug_freq_masks=2, specaug_time_masks=2, specaug_time_width=10)
     straight = _train(corpus, cfg, tmp_path / "straight", model_cfg)
 
     class Crash(Exception):
@@ -139,6 +143,36 @@ def test_resumed_run_equals_uninterrupted_run(corpus: FrameCorpus, tmp_path: Pat
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     assert resumed.state.history == straight.state.history
+    if specaug:  # the masks were applied: the same run without them ends elsewhere
+        plain = _train(corpus, dataclasses.replace(cfg, specaug_freq_masks=0, specaug_time_masks=0), tmp_path / "plain", model_cfg)
+        assert plain.state.history != straight.state.history
+
+
+def test_spec_augment_masks_stay_inside_each_utterance() -> None:
+    from asr_kd.train.augment import spec_augment, spec_augment_enabled, step_generator
+
+    cfg = dataclasses.replace(BASE, specaug_freq_masks=2, specaug_freq_width=5, specaug_time_masks=2, specaug_time_width=30)
+    assert spec_augment_enabled(cfg) and not spec_augment_enabled(BASE)
+    x = torch.randn(3, 100, 20) + 10.0  # no feature is 0 before masking
+    lengths = torch.tensor([100, 60, 40])
+    before = x.clone()
+    masked = spec_augment(x, lengths, cfg, step_generator(cfg, 7))
+    assert torch.equal(x, before)  # a copy is masked, not the batch
+    zero = masked == 0
+    for b, n in enumerate(lengths.tolist()):
+        assert not zero[b, n:].any()  # padding untouched
+        frames = zero[b, :n].all(dim=1)  # whole frames masked: time masks
+        bins = zero[b, :n].all(dim=0)  # whole bins masked: frequency masks
+        assert int(frames.sum()) <= 2 * min(30, int(0.2 * n))
+        assert int(bins.sum()) <= 2 * 5
+        # Every zero lies in a masked frame or a masked bin.
+        assert not (zero[b, :n] & ~frames[:, None] & ~bins[None, :]).any()
+    assert zero.any()
+    # The same step draws the same masks; another step others.
+    assert torch.equal(masked, spec_augment(x, lengths, cfg, step_generator(cfg, 7)))
+    assert not torch.equal(masked, spec_augment(x, lengths, cfg, step_generator(cfg, 8)))
+    with pytest.raises(ConfigError, match="train.specaug_time_width must be >= 0, got -1"):
+        TrainConfig(specaug_time_width=-1)
 
 
 def test_early_stopping(corpus: FrameCorpus, tmp_path: Path) -> None:
