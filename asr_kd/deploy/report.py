@@ -20,7 +20,7 @@ import torch
 from asr_kd.config import DecodeConfig
 from asr_kd.deploy.acoustic import ONNX_FILES, EnsembleAcoustic, TorchAcoustic
 from asr_kd.data.features import CmvnStats
-from asr_kd.deploy.model_dir import MODEL_PT, load_network, normalize_features, pooled_cmvn
+from asr_kd.deploy.model_dir import GMM_FILE, MODEL_PT, load_network, load_spec, normalize_features, pooled_cmvn
 from asr_kd.deploy.transcribe import Transcriber
 from asr_kd.errors import AsrKdError, ConfigError
 from asr_kd.metrics.wer import WerResult, compute_wer
@@ -137,11 +137,14 @@ def measure_system(
         raise ConfigError(f"system {name}: no model directory given")
     if len(model_dirs) > 1 and backend != "torch":
         raise ConfigError(f"system {name}: an ensemble runs with the torch backend only")
+    is_gmm = load_spec(model_dirs[0]).kind == "gmm"
+    if is_gmm and (len(model_dirs) > 1 or backend != "torch"):
+        raise ConfigError(f"system {name}: a GMM-HMM model directory runs alone, with the torch (numpy) backend")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         base = reset_peak_memory()
-        nets = [load_network(d) for d in model_dirs]
+        nets = [] if is_gmm else [load_network(d) for d in model_dirs]
         acoustic = EnsembleAcoustic([TorchAcoustic(n) for n in nets]) if len(nets) > 1 else None
         tr = Transcriber(model_dirs[0], backend, method, decode_config, num_threads=1, acoustic=acoustic)
         feats = {u: tr.features(x) for u, x in audio.items()}
@@ -167,11 +170,19 @@ def measure_system(
     seconds = sum(len(s) for s in audio.values()) / tr.sampling_rate
     dim = tr.spec.features.num_mel_bins
     frames_per_second = 1.0 / tr.spec.features.frame_shift
-    macs = sum(macs_per_frame(n, dim) for n in nets) * frames_per_second
-    files = [Path(d) / (MODEL_PT if backend == "torch" else ONNX_FILES[backend]) for d in model_dirs]
+    if is_gmm:
+        # Each Gaussian of each frame: a dot product with the means/variances and one with the
+        # variances (2 x dim multiply-adds); its parameters are the two vectors and a constant.
+        gauss, gdim = int(tr.acoustic.scorer.sizes.sum()), tr.acoustic.scorer.dim
+        params, macs = gauss * (2 * gdim + 1), gauss * 2 * gdim * frames_per_second
+        files = [Path(model_dirs[0]) / GMM_FILE]
+    else:
+        params = sum(sum(p.numel() for p in n.parameters()) for n in nets)
+        macs = sum(macs_per_frame(n, dim) for n in nets) * frames_per_second
+        files = [Path(d) / (MODEL_PT if backend == "torch" else ONNX_FILES[backend]) for d in model_dirs]
     wer = compute_wer(refs, hyps)
-    row = CostRow(name, backend, sum(sum(p.numel() for p in n.parameters()) for n in nets), macs, acoustic_s / seconds,
-                  search_s / seconds, peak, _file_mb(files), wer.wer, wer.errors, wer.ref_words, failed)
+    row = CostRow(name, backend, params, macs, acoustic_s / seconds, search_s / seconds, peak, _file_mb(files), wer.wer, wer.errors,
+                  wer.ref_words, failed)
     return row, wer
 
 
@@ -262,7 +273,6 @@ def deploy_report(
     when it lies beside ``results_md``. With ``speed_system`` (one model directory and a runtime)
     and ``dev_manifest``, the search pruning for deployment is chosen on dev from ``search_grid``
     and the test part is measured end to end (:mod:`asr_kd.deploy.speed`)."""
-    from asr_kd.deploy.model_dir import load_spec
     from asr_kd.report.results_md import write_section
 
     rate = load_spec(systems[0].model_dirs[0]).features.sampling_rate
@@ -296,7 +306,7 @@ def deploy_report(
             text += f"\n![WER against acoustic cost]({Path(plot).name})\n"
     if speaker_cmvn is not None:
         norm = {s.name: normalisation_wers(s.model_dirs[0], test_manifest, speaker_cmvn, decode_config, max_cuts)
-                for s in systems if len(s.model_dirs) == 1 and s.backend == "torch"}
+                for s in systems if len(s.model_dirs) == 1 and s.backend == "torch" and load_spec(s.model_dirs[0]).kind != "gmm"}
         text += ("\nWhat normalisation costs: a model directory cannot know a new file's speaker, so it normalises with "
                  "global statistics (pooled over the training speakers) or per utterance; the recipe's own scores use the "
                  "test speakers' statistics. Same stored features, same network and search:\n\n" + normalisation_table(norm))
@@ -308,7 +318,6 @@ def deploy_report(
 def _speed_section(system: SystemSpec, dev_manifest: Path | str | None, test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str],
                    grid: Sequence["SearchSetting"], tolerance: float | None, max_cuts: int | None, test_manifest: Path | str) -> str:
     """Choose the deployment search on dev and measure ``system`` end to end on the test audio."""
-    from asr_kd.deploy.model_dir import load_spec
     from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE, measure_speed, parse_search_grid, speed_markdown
 
     if len(system.model_dirs) != 1:
@@ -343,7 +352,7 @@ def normalisation_wers(
     from lhotse import load_manifest_lazy
 
     from asr_kd.data.features import cmvn_key
-    from asr_kd.deploy.model_dir import load_cmvn, load_spec
+    from asr_kd.deploy.model_dir import load_cmvn
     from asr_kd.deploy.search import Searcher
 
     spec = load_spec(model_dir)

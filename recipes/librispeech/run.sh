@@ -315,6 +315,8 @@ if [ "$hybrid" = true ] && in_stages 9; then
       --out "$deploy/teacher$i" --train-part "$train_set"
     ensemble_dirs+=("$deploy/teacher$i")
   done
+  run_logged "$exp/log/stage9_model_dir_tri.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system tri \
+    --out "$deploy/tri" --train-part "$train_set"
   compressed_systems=()
   for kind in "${student_kinds[@]}"; do
     run_logged "$exp/log/stage9_model_dir_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "$kind" \
@@ -327,7 +329,7 @@ if [ "$hybrid" = true ] && in_stages 9; then
   fi
   ensemble_list=$(IFS=,; echo "${ensemble_dirs[*]}")
   run_logged "$exp/log/stage9_deploy_report.log" asr-kd deploy-report --test-manifest "$data/fbank/cuts_$test_set.jsonl.gz" \
-    --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard" \
+    --system "tri=$deploy/tri" --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard" \
     --system "distilled=$deploy/distilled" --system "distilled=$deploy/distilled@onnx" --system "distilled=$deploy/distilled@onnx-int8" \
     "${compressed_systems[@]}" --gate distilled --max-relative "$int8_max_relative" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" \
     --speed distilled@onnx-int8 --dev-manifest "$data/fbank/cuts_$dev_set.jsonl.gz" \

@@ -290,6 +290,14 @@ def test_gmm_model_dir_decodes_like_stage_3(recipe, tmp_path) -> None:
     stored = cuts[0].load_features()  # lilcom-compressed on disk: equal to a small fraction of the range
     assert np.abs(tr.extract(samples) - stored).max() < 0.01 * np.abs(stored).max()
     assert tr.features(samples).shape == (cuts[0].num_frames, 13 * (1 + g["delta_order"]))
+    # Its cost-table row: every Gaussian costs 2 x dim multiply-adds a frame; the WER is transcription's.
+    from asr_kd.deploy.report import measure_system
+
+    audio, refs = _test_audio(data, 4)
+    row, _ = measure_system("tri", [d], "torch", audio, refs)
+    gauss, dim = int(acoustic.scorer.sizes.sum()), acoustic.scorer.dim
+    assert row.params == gauss * (2 * dim + 1) and row.macs_per_second == pytest.approx(100 * gauss * 2 * dim)
+    assert row.errors == compute_wer(refs, _texts(Transcriber(d), audio, 1)).errors and row.acoustic_rtf > 0
     with pytest.raises(ConfigError, match="GMM-HMM model directory: it has no network"):
         export_onnx(d)
     with pytest.raises(ConfigError, match="runs with numpy; --backend onnx applies to networks"):
