@@ -116,3 +116,35 @@ def run_measured(fn: Callable[..., Any], *args: Any, max_data_mb: float | None =
     # ru_maxrss is in KiB on Linux.
     return message["result"], StepUsage(wall_s=message["wall_s"], cpu_s=message["cpu_s"], peak_rss_mb=usage.ru_maxrss / 1024)
 
+
+
+# CPU seconds of worker processes that this process never waits for (a multiprocessing pool
+# started from a forkserver: its workers are the forkserver's children, so RUSAGE_CHILDREN never
+# counts them). Pools that know this add their workers' CPU here before they end; the stage
+# records' ``resources`` include it.
+_DETACHED_CPU_S = [0.0]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU seconds of process ``pid`` and of the children it waited for
+    (``/proc/<pid>/stat``); 0.0 where it cannot be read (not Linux, the process has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # After the command name: state is field 3, utime..cstime are fields 14..17 (proc(5)).
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def note_detached_cpu(pids: list[int]) -> float:
+    """Add the CPU seconds of the processes ``pids`` (a pool's workers, read just before the pool
+    ends) to :func:`detached_cpu_seconds`; return the seconds added."""
+    seconds = sum(process_cpu_seconds(p) for p in pids)
+    _DETACHED_CPU_S[0] += seconds
+    return seconds
+
+
+def detached_cpu_seconds() -> float:
+    """Return the CPU seconds noted by :func:`note_detached_cpu` in this process so far."""
+    return _DETACHED_CPU_S[0]

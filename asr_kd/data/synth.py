@@ -44,6 +44,7 @@ from asr_kd.data.espeak import get_synthesizer
 from asr_kd.data.synth_text import SentenceSplit, bigram_perplexity, load_markov_chain, split_sentences, wordnet_sentences
 from asr_kd.data.voices import ESPEAK_ACCENTS, FEMALE_VARIANTS, KOKORO_TALKERS, MALE_VARIANTS, EnginePlan, Talker
 from asr_kd.errors import DataError
+from asr_kd.resource_usage import note_detached_cpu
 from asr_kd.utils import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -431,6 +432,8 @@ def _render_all(jobs: list[UtteranceJob], config: SynthConfig, babble_texts: lis
     ctx = multiprocessing.get_context("forkserver")
     with ctx.Pool(max(1, min(config.num_jobs, len(jobs))), initializer=_init_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(render_utterance, jobs, chunksize=4)
+        # The workers are the forkserver's children: count their CPU (and Festival's) before they end.
+        note_detached_cpu([p.pid for p in pool._pool if p.pid is not None])
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from asr_kd.errors import ConfigError, DataError
+from asr_kd.resource_usage import detached_cpu_seconds
 from asr_kd.utils import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,9 @@ def environment() -> dict[str, str]:
 @dataclasses.dataclass(frozen=True)
 class _Usage:
     """A snapshot of the clock and of the resource usage of this process and of the child
-    processes it waited for (job pools, torchrun, launched jobs; not Slurm jobs elsewhere)."""
+    processes it waited for (job pools, torchrun, launched jobs; not Slurm jobs elsewhere), plus
+    the CPU of pool workers it does not wait for that noted theirs
+    (:func:`asr_kd.resource_usage.note_detached_cpu`: stage 0's forkserver pool)."""
 
     wall: float
     cpu: float  # user + system seconds
@@ -200,7 +203,7 @@ class _Usage:
     @classmethod
     def now(cls) -> "_Usage":
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + detached_cpu_seconds()
         return cls(time.monotonic(), cpu, max(me.ru_maxrss, kids.ru_maxrss) / 1024)  # Linux reports KiB
 
 
