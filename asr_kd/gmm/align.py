@@ -159,6 +159,35 @@ def viterbi_align(
     return list(ali), float(tot_like)
 
 
+def viterbi_align_loglikes(
+    graph: kaldifst.StdVectorFst,
+    tm: khg.TransitionModel,
+    loglikes: np.ndarray,
+    tid2pdf: np.ndarray,
+    opts: AlignOptions,
+    utt_id: str = "utt",
+) -> tuple[list[int] | None, float]:
+    """:func:`viterbi_align` with any acoustic model: ``loglikes`` (frames x pdfs, unscaled) are
+    per-pdf log-likelihoods, e.g. a DNN's log posteriors minus the log priors (Kaldi's nnet
+    alignment, ``align.sh`` with a DNN) or :meth:`asr_kd.decode.gmm_decode.GmmScorer.loglikes`;
+    ``tid2pdf`` maps transition-id - 1 to its pdf. Returns (transition-ids, log-likelihood), or
+    (None, 0.0) if alignment failed even with the retry beam."""
+    x = np.asarray(loglikes, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] <= int(tid2pdf.max()):
+        raise ValueError(f"utterance {utt_id}: log-likelihoods of shape {x.shape} do not cover the model's {int(tid2pdf.max()) + 1} pdfs")
+    fst = graph.copy()  # add_transition_probs edits the graph in place
+    khg.add_transition_probs(trans_model=tm, transition_scale=opts.scales.transition, self_loop_scale=opts.scales.self_loop, fst=fst)
+    decodable = khg.DecodableCtc(np.ascontiguousarray(opts.scales.acoustic * x[:, tid2pdf]))
+    config = khg.AlignConfig(beam=opts.beam, retry_beam=opts.retry_beam, careful=False)
+    num_done, _, _, tot_like, _, ali, _ = khg.align_utterance_wrapper(
+        config=config, utt=utt_id, acoustic_scale=opts.scales.acoustic, fst=fst, decodable=decodable,
+        num_done=0, num_error=0, num_retried=0, tot_like=0.0, frame_count=0,
+    )
+    if num_done != 1 or len(ali) != x.shape[0]:
+        return None, 0.0
+    return list(ali), float(tot_like)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading alignments
 # --------------------------------------------------------------------------------------------

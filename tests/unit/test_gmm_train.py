@@ -152,6 +152,31 @@ def test_system_file_round_trip(tmp_path, corpus, mono) -> None:
         GmmSystem.load(tmp_path / "missing.npz")
 
 
+def test_alignment_from_a_loglikelihood_matrix_equals_the_gmms(corpus, tri) -> None:
+    """The aligner that takes any model's per-pdf log-likelihoods (a DNN's, for realignment),
+    fed the GMM's own, gives the GMM aligner's path; other scores give another path."""
+    from asr_kd.decode.gmm_decode import GmmScorer
+    from asr_kd.decode.hybrid import tid_to_pdf
+    from asr_kd.gmm.align import viterbi_align_loglikes
+
+    utts, _ = corpus
+    system = tri.system
+    opts = AlignOptions(beam=CONFIG.beam, retry_beam=CONFIG.retry_beam)
+    scorer, tid2pdf = GmmScorer(system.am), tid_to_pdf(system.tm)
+    compiler = GraphCompiler(system.tm, system.ctx_dep, graph_inputs().lexicon_fst, [6])
+    for utt in utts[:4]:
+        graph = compiler.compile(utt.word_ids)
+        ali, like = viterbi_align(graph, system.am, system.tm, utt.feats, opts)
+        ali2, like2 = viterbi_align_loglikes(graph, system.tm, scorer.loglikes(utt.feats), tid2pdf, opts)
+        assert ali is not None and ali2 == ali and like2 == pytest.approx(like, rel=1e-4)
+    flat = np.zeros((utts[0].feats.shape[0], system.num_pdfs), dtype=np.float32)
+    flat[:, 0] = 50.0  # one pdf scores far above the others: the path changes
+    graph = compiler.compile(utts[0].word_ids)
+    assert viterbi_align_loglikes(graph, system.tm, flat, tid2pdf, opts)[0] != viterbi_align(graph, system.am, system.tm, utts[0].feats, opts)[0]
+    with pytest.raises(ValueError, match="do not cover the model's"):
+        viterbi_align_loglikes(graph, system.tm, flat[:, :3], tid2pdf, opts)
+
+
 def test_triphone_system_file_gives_the_same_log_likelihoods(tmp_path, corpus, tri) -> None:
     utts, _ = corpus
     path = tmp_path / "tri.npz"
