@@ -1,0 +1,147 @@
+"""Kaldi's DNN realignment, as a measurement: align every part again with the teacher ensemble
+instead of the triphone GMM, through the same training graphs, and write a copy of the run whose
+stage-3 alignments and senone priors are the new ones.
+
+Why: on the synthetic mini corpus the hybrid DNNs reach about 32% dev frame accuracy against the
+GMM's alignments whatever their size (bench/RESULTS.md, "Hybrid DNN capacity"), while their
+training frame accuracy keeps rising: the labels, made by a GMM at 64% WER, may be what limits
+them. Kaldi's recipes realign with the first DNN and retrain. This script makes the realigned
+copy; train and score a DNN on it with ``bench/hybrid_capacity.py --exp OUT`` and compare its WER
+with the same variant on the original run (frame accuracies are against different labels, so only
+WER compares).
+
+The copy (``--out``) links ``--exp``'s stage-3 folder except ``gmm/ali``, its teachers and stage 7's
+record (:func:`link_run`; never run the recipe on it), and writes ``gmm/ali``: per part
+the cuts with the new senone alignments, the transition-ids, and ``log_priors.npy`` counted on
+the new training alignments. The ensemble's posteriors are divided by stage 3's priors for the
+alignment (scaled likelihoods), with stage 3's beams and graph scales. Writes its section of
+bench/RESULTS.md: per part, utterances aligned and the share of frames whose senone changed.
+
+    python bench/dnn_realign.py --data recipes/librispeech/data --exp recipes/librispeech/exp --out /tmp/exp_realigned
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from asr_kd.config import DecodeConfig, GmmConfig, config_from_dict
+from asr_kd.data.alignments import load_alignment, store_alignments
+from asr_kd.decode.hybrid import tid_to_pdf
+from asr_kd.decode.priors import load_priors, priors_from_alignments, save_priors
+from asr_kd.gmm.align import AlignOptions, GraphCompiler, senone_alignments, viterbi_align_loglikes
+from asr_kd.gmm.train import GmmSystem, GraphInputs
+from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.stages.common import gmm_record, load_teachers, read_senones
+from asr_kd.stages.layout import SENONES_FIELD, RecipeLayout
+from asr_kd.stages.s3_gmm import write_tids
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADING = "## DNN realignment (bench/dnn_realign.py)"
+
+
+def link_run(exp: Path, out: Path) -> None:
+    """Make ``out`` the copy benches read: links to ``exp``'s stage-3 folder (all but ``ali``, left
+    empty), its teachers, and stage 7's record (how the recipe decodes). Nothing else is linked,
+    so no stage can write into ``exp`` through the copy; do not run the recipe on it."""
+    out.mkdir(parents=True, exist_ok=False)
+    (out / "teachers").symlink_to((exp / "teachers").resolve())
+    if (exp / "decode" / "provenance.json").is_file():
+        (out / "decode").mkdir()
+        (out / "decode" / "provenance.json").symlink_to((exp / "decode" / "provenance.json").resolve())
+    (out / "gmm").mkdir()
+    for p in (exp / "gmm").iterdir():
+        if p.name != "ali":
+            (out / "gmm" / p.name).symlink_to(p.resolve())
+    (out / "gmm" / "ali").mkdir()
+    (out / "gmm" / "ali" / "senones.json").write_bytes((exp / "gmm" / "ali" / "senones.json").read_bytes())
+
+
+def realign(data: Path, exp: Path, out: Path, num_teachers: int | None = None, max_duration: float = 20.0, ood_part: str = "") -> list[dict]:
+    """Write the realigned copy of the run (see the module docstring); return per-part statistics."""
+    old = RecipeLayout(data, exp, ood_part=ood_part)
+    link_run(exp, out)
+    new = RecipeLayout(data, out, ood_part=ood_part)
+    record = gmm_record(old)
+    gmm_cfg = config_from_dict(GmmConfig, record.config["gmm"], "stage 3 record")
+    decode_cfg = config_from_dict(DecodeConfig, record.config["decode"], "stage 3 record")
+    senones = read_senones(old)
+    system = GmmSystem.load(senones.model)
+    tm = system.tm
+    lang = Lang.load(old.lang)
+    inputs = GraphInputs.from_lang(lang)
+    compiler = GraphCompiler(tm, system.ctx_dep, inputs.lexicon_fst, inputs.disambig_phones)
+    opts = AlignOptions(gmm_cfg.beam, gmm_cfg.retry_beam, gmm_cfg.graph_scales)
+    priors = load_priors(old.log_priors, tm.num_pdfs)
+    tid2pdf = tid_to_pdf(tm)
+    models = load_teachers(old, num_teachers)
+    stats = []
+    for part in (old.train_part, old.dev_part, *old.test_parts):
+        start = time.process_time()
+        cuts = list(old.open_cuts(old.fbank_cuts(part)))
+        gmm_labels = {c.id: load_alignment(c) for c in old.open_cuts(old.ali_cuts(part))}
+        tids: dict[str, list[int]] = {}
+        failed = 0
+        for cut, log_probs in tqdm(ensemble_log_posteriors(models, cuts, old.open_cmvn(part), 1.0, "arithmetic", max_duration),
+                                   total=len(cuts), desc=f"realign {part}", leave=False):
+            text = " ".join(s.text or "" for s in cut.supervisions).split()
+            try:
+                graph = compiler.compile(lang.word_ids(text))
+            except RuntimeError:
+                failed += 1
+                continue
+            ali, _ = viterbi_align_loglikes(graph, tm, log_probs.numpy() - priors, tid2pdf, opts, cut.id)
+            if ali is None:
+                failed += 1
+            else:
+                tids[cut.id] = ali
+        labels = senone_alignments(tm, tids)
+        stored = store_alignments(cuts, labels, new.ali / f"storage_{part}", name=SENONES_FIELD)
+        stored.to_file(new.ali_cuts(part))
+        write_tids(new.tids(part), tids)
+        if part == old.train_part:
+            save_priors(new.log_priors, priors_from_alignments(labels.values(), tm.num_pdfs, decode_cfg.prior_smoothing, decode_cfg.prior_floor))
+        both = [u for u in labels if u in gmm_labels]
+        frames = sum(len(labels[u]) for u in both)
+        changed = sum(int((labels[u] != gmm_labels[u]).sum()) for u in both)
+        stats.append({"part": part, "cuts": len(cuts), "aligned": len(labels), "gmm_aligned": len(gmm_labels), "failed": failed,
+                      "frames": frames, "changed": changed, "cpu_s": round(time.process_time() - start, 1)})
+        print(f"{part}: {len(labels)} of {len(cuts)} cuts aligned, {100 * changed / max(frames, 1):.1f}% of frames changed senone", flush=True)
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "recipes" / "librispeech" / "data")
+    parser.add_argument("--exp", type=Path, default=ROOT / "recipes" / "librispeech" / "exp", help="a run finished through stage 4")
+    parser.add_argument("--out", type=Path, required=True, help="the realigned copy to write (must not exist)")
+    parser.add_argument("--num-teachers", type=int, default=None, help="teachers in the aligning ensemble (default: all of stage 4)")
+    parser.add_argument("--ood-part", default="test-ood", help="the out-of-domain test part, realigned too where its cuts exist (default test-ood)")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    ood = args.ood_part if (args.data / "fbank" / f"cuts_{args.ood_part}.jsonl.gz").is_file() else ""
+    stats = realign(args.data.resolve(), args.exp.resolve(), args.out.resolve(), args.num_teachers, ood_part=ood)
+    lines = [HEADING, "", f"Produced by `python bench/dnn_realign.py --data {args.data} --exp {args.exp} --out {args.out}`: every part "
+             "aligned again through stage 3's training graphs with the teacher ensemble's posteriors divided by stage 3's priors "
+             "(stage 3's beams and graph scales), against the triphone GMM's alignments.", "",
+             "| Part | Cuts | Aligned (GMM) | Aligned (ensemble) | Frames compared | Senone changed | CPU s |", "|---|---|---|---|---|---|---|"]
+    for s in stats:
+        lines.append(f"| {s['part']} | {s['cuts']} | {s['gmm_aligned']} | {s['aligned']} | {s['frames']} | "
+                     f"{100 * s['changed'] / max(s['frames'], 1):.1f}% | {s['cpu_s']} |")
+    lines += ["", "What the new labels do to a DNN trained on them is measured by `bench/hybrid_capacity.py --exp <the copy>` "
+              "(WER only: frame accuracies are against different labels).", ""]
+    write_section(args.results, HEADING, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
