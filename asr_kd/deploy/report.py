@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from asr_kd.config import DecodeConfig
-from asr_kd.deploy.acoustic import ONNX_FILES, EnsembleAcoustic, TorchAcoustic
+from asr_kd.deploy.acoustic import ONNX_FILES, TorchAcoustic, ensemble_acoustic
 from asr_kd.data.features import CmvnStats
 from asr_kd.deploy.model_dir import GMM_FILE, MODEL_PT, load_network, load_spec, normalize_features, pooled_cmvn
 from asr_kd.deploy.transcribe import Transcriber
@@ -144,8 +144,14 @@ def measure_system(
     torch.set_num_threads(1)
     try:
         base = reset_peak_memory()
-        nets = [] if is_gmm else [load_network(d) for d in model_dirs]
-        acoustic = EnsembleAcoustic([TorchAcoustic(n) for n in nets]) if len(nets) > 1 else None
+        # An ensemble is checked (same senones, features and normalisation) as transcription checks it.
+        acoustic = ensemble_acoustic(model_dirs) if len(model_dirs) > 1 else None
+        if is_gmm:
+            nets = []
+        elif acoustic is not None:
+            nets = [m.model for m in acoustic.members]
+        else:
+            nets = [load_network(model_dirs[0])]
         tr = Transcriber(model_dirs[0], backend, method, decode_config, num_threads=1, acoustic=acoustic)
         feats = {u: tr.features(x) for u, x in audio.items()}
         # CPU time of this process (one thread), best of ``repeats`` passes: wall time would also

@@ -71,3 +71,25 @@ def test_transcribe_decodes_with_the_model_directorys_settings(tmp_path: Path) -
     cfg = decode_config_for(tmp_path, beam=9.0, max_active=100)
     assert (cfg.beam, cfg.max_active, cfg.min_active, cfg.acoustic_scale) == (9.0, 100, 99, 0.125)
     assert decode_config_for(tmp_path, acoustic_scale=0.2).acoustic_scale == 0.2
+
+
+def test_an_ensemble_refuses_members_fed_other_features(tmp_path: Path) -> None:
+    import numpy as np
+
+    from asr_kd.deploy.acoustic import ensemble_acoustic
+    from asr_kd.deploy.model_dir import TID2PDF_FILE
+
+    dirs = {}
+    for name, features in (("a", FeatureConfig()), ("b", FeatureConfig(num_mel_bins=80))):
+        d = tmp_path / name
+        d.mkdir()
+        (d / MODEL_JSON).write_text(ModelSpec("hybrid", features, "utterance").to_json())
+        np.save(d / TID2PDF_FILE, np.arange(10, dtype=np.int32))
+        dirs[name] = d
+    # Checked before any network loads (these directories hold none).
+    with pytest.raises(ConfigError, match=rf"{dirs['b']} and {dirs['a']} normalise different features"):
+        ensemble_acoustic([dirs["a"], dirs["b"]])
+    (dirs["b"] / MODEL_JSON).write_text(ModelSpec("hybrid", FeatureConfig(), "utterance").to_json())
+    np.save(dirs["b"] / TID2PDF_FILE, np.arange(1, 11, dtype=np.int32))
+    with pytest.raises(ConfigError, match="model different senones"):
+        ensemble_acoustic([dirs["a"], dirs["b"]])
