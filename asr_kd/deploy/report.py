@@ -247,19 +247,20 @@ class SystemSpec:
 
 def load_test_audio(manifest: Path | str, sampling_rate: int, max_cuts: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Return ``({cut id: samples}, {cut id: transcript})`` of a lhotse cut manifest's first
-    ``max_cuts`` cuts; a cut whose audio cannot be read raises its DataError."""
+    ``max_cuts`` cuts; a cut whose audio cannot be read raises its DataError, and so does a
+    missing or empty manifest (:func:`asr_kd.deploy.transcribe.manifest_items`)."""
     from lhotse import load_manifest_lazy
 
     from asr_kd.deploy.transcribe import manifest_items
 
-    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).strip() for c in load_manifest_lazy(manifest)}
     audio: dict[str, np.ndarray] = {}
-    for utt_id, _, samples in manifest_items(manifest, sampling_rate):
+    for utt_id, _, samples in manifest_items(manifest, sampling_rate):  # first: it names a missing or empty manifest
         if isinstance(samples, Exception):
             raise samples
         audio[utt_id] = samples
         if max_cuts is not None and len(audio) >= max_cuts:
             break
+    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).strip() for c in load_manifest_lazy(manifest)}
     return audio, {k: refs[k] for k in audio}
 
 

@@ -93,3 +93,15 @@ def test_an_ensemble_refuses_members_fed_other_features(tmp_path: Path) -> None:
     np.save(dirs["b"] / TID2PDF_FILE, np.arange(1, 11, dtype=np.int32))
     with pytest.raises(ConfigError, match="model different senones"):
         ensemble_acoustic([dirs["a"], dirs["b"]])
+
+
+def test_an_empty_part_is_named_not_divided_by(tmp_path: Path) -> None:
+    from lhotse import CutSet
+
+    from asr_kd.deploy.report import load_test_audio
+    from asr_kd.errors import DataError
+
+    empty = tmp_path / "cuts_dev-clean.jsonl.gz"
+    CutSet([]).to_file(empty)
+    with pytest.raises(DataError, match=rf"manifest {empty} holds no cut or recording; pass the manifest of a part that has audio"):
+        load_test_audio(empty, 16000)
