@@ -282,6 +282,8 @@ def deploy_report(
     and the test part is measured end to end (:mod:`asr_kd.deploy.speed`)."""
     from asr_kd.report.results_md import write_section
 
+    if speed_system is not None:  # refused before the systems are measured, not after
+        _check_speed_request(speed_system, dev_manifest, search_tolerance)
     rate = load_spec(systems[0].model_dirs[0]).features.sampling_rate
     audio, refs = load_test_audio(test_manifest, rate, max_cuts)
     rows, wers = [], {}
@@ -324,18 +326,29 @@ def deploy_report(
 
 def _speed_section(system: SystemSpec, dev_manifest: Path | str | None, test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str],
                    grid: Sequence["SearchSetting"], tolerance: float | None, max_cuts: int | None, test_manifest: Path | str) -> str:
-    """Choose the deployment search on dev and measure ``system`` end to end on the test audio."""
+    """Choose the deployment search on dev and measure ``system`` end to end on the test audio;
+    return the Markdown of :func:`asr_kd.deploy.speed.speed_markdown`."""
     from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE, measure_speed, parse_search_grid, speed_markdown
 
-    if len(system.model_dirs) != 1:
-        raise ConfigError(f"the speed measurement needs one model directory, got {len(system.model_dirs)} for {system.name}")
-    if dev_manifest is None:
-        raise ConfigError("the deployment search is chosen on dev: pass the dev part's cuts (--dev-manifest)")
+    _check_speed_request(system, dev_manifest, tolerance)
+    assert dev_manifest is not None
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     dev_audio, dev_refs = load_test_audio(dev_manifest, load_spec(system.model_dirs[0]).features.sampling_rate, max_cuts)
     result = measure_speed(system.model_dirs[0], system.backend, dev_audio, dev_refs, test_audio, test_refs,
                            grid or parse_search_grid(DEFAULT_GRID), tolerance)
     return speed_markdown(result, f"{system.name} ({system.backend})", _part_name(dev_manifest), _part_name(test_manifest), tolerance)
+
+
+def _check_speed_request(system: SystemSpec, dev_manifest: Path | str | None, tolerance: float | None) -> None:
+    """ConfigError, in one line, for a speed measurement that cannot run (checked before anything is measured)."""
+    if len(system.model_dirs) != 1:
+        raise ConfigError(f"the speed measurement needs one model directory, got {len(system.model_dirs)} for {system.name}")
+    if dev_manifest is None:
+        raise ConfigError("the deployment search is chosen on dev: pass the dev part's cuts (--dev-manifest)")
+    if tolerance is not None and tolerance < 0:
+        raise ConfigError(f"the search tolerance must be >= 0, got {tolerance}")
+    if not Path(dev_manifest).is_file():
+        raise ConfigError(f"--dev-manifest {dev_manifest} does not exist; pass the dev part's cuts (data/fbank/cuts_<dev part>.jsonl.gz)")
 
 
 def _part_name(manifest: Path | str) -> str:

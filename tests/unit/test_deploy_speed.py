@@ -73,6 +73,56 @@ def test_transcribe_decodes_with_the_model_directorys_settings(tmp_path: Path) -
     assert decode_config_for(tmp_path, acoustic_scale=0.2).acoustic_scale == 0.2
 
 
+def test_speed_options_are_refused_before_anything_is_measured(tmp_path: Path, capsys) -> None:
+    from asr_kd.bin.cli import main as cli_main
+
+    # No model directory exists here: a refusal about them would mean the options were checked late.
+    base = ["deploy-report", "--test-manifest", str(tmp_path / "cuts_test.jsonl.gz"), "--system", f"int8={tmp_path / 'none'}@onnx-int8"]
+    cases = [
+        (["--dev-manifest", "dev.jsonl.gz"], "--dev-manifest applies to the speed measurement: add --speed NAME@BACKEND"),
+        (["--search-grid", "9:500"], "--search-grid applies to the speed measurement"),
+        (["--speed", "int8@onnx-int8"], "the deployment search is chosen on dev: pass the dev part's cuts (--dev-manifest)"),
+        (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz", "--search-tolerance", "-0.1"],
+         "the search tolerance must be >= 0, got -0.1"),
+        (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz"], "--dev-manifest d.jsonl.gz does not exist"),
+        (["--speed", "int8"], "--speed int8: no such --system"),  # BACKEND left out means torch
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        assert cli_main(base + extra) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_empty_part_is_named_not_divided_by(tmp_path: Path) -> None:
+    from lhotse import CutSet
+
+    from asr_kd.deploy.report import load_test_audio
+    from asr_kd.errors import DataError
+
+    empty = tmp_path / "cuts_dev-clean.jsonl.gz"
+    CutSet([]).to_file(empty)
+    with pytest.raises(DataError, match=rf"manifest {empty} holds no cut or recording; pass the manifest of a part that has audio"):
+        load_test_audio(empty, 16000)
+
+
+def test_failed_searches_are_counted_in_the_section() -> None:
+    from asr_kd.deploy.speed import SpeedResult, speed_markdown
+    from asr_kd.metrics.wer import compute_wer
+
+    refs = {"u1": "a b c", "u2": "d e", "u3": "f"}
+    full = compute_wer(refs, refs)
+    one_lost = compute_wer(refs, {"u1": "a b c", "u3": "f"})  # u2's search failed: two deletions
+    points = [SearchPoint(REF, 0, 6, 0.02), SearchPoint(SearchSetting(8, 300), 2, 6, 0.01, failed=1)]
+    result = SpeedResult(REF, points, points[0], 0.001, 0.001, full, one_lost, 0.02, 0.01, failed_reference=0, failed_chosen=1)
+    text = speed_markdown(result, "distilled (onnx-int8)", "dev-clean", "test-clean")
+    assert "| 8 | 300 | 33.33% (2/6, 1 failed) | 0.0100 |" in text
+    assert "| 11 (tables) | 2000 | 0.00% (0/6) | 0.0200 |" in text
+    assert "The search failed on 1 test utterance(s) at the chosen setting and 0 at the tables'" in text
+    clean = dataclasses.replace(result, dev_points=[points[0], dataclasses.replace(points[1], failed=0)], failed_chosen=0, test_chosen=full)
+    assert "failed" not in speed_markdown(clean, "s", "dev", "test")
+
+
 def test_an_ensemble_refuses_members_fed_other_features(tmp_path: Path) -> None:
     import numpy as np
 
@@ -93,15 +143,3 @@ def test_an_ensemble_refuses_members_fed_other_features(tmp_path: Path) -> None:
     np.save(dirs["b"] / TID2PDF_FILE, np.arange(1, 11, dtype=np.int32))
     with pytest.raises(ConfigError, match="model different senones"):
         ensemble_acoustic([dirs["a"], dirs["b"]])
-
-
-def test_an_empty_part_is_named_not_divided_by(tmp_path: Path) -> None:
-    from lhotse import CutSet
-
-    from asr_kd.deploy.report import load_test_audio
-    from asr_kd.errors import DataError
-
-    empty = tmp_path / "cuts_dev-clean.jsonl.gz"
-    CutSet([]).to_file(empty)
-    with pytest.raises(DataError, match=rf"manifest {empty} holds no cut or recording; pass the manifest of a part that has audio"):
-        load_test_audio(empty, 16000)
