@@ -73,7 +73,9 @@ def parse_search_grid(text: str) -> tuple[SearchSetting, ...]:
 
 def with_setting(config: DecodeConfig, setting: SearchSetting) -> DecodeConfig:
     """Return ``config`` searching with ``setting`` (min-active lowered below max-active where needed,
-    as Kaldi's decoders require ``min_active < max_active``)."""
+    as Kaldi's decoders require ``min_active < max_active``); ConfigError for a max-active below 2."""
+    if setting.max_active < 2:  # min-active must stay >= 1 below it
+        raise ConfigError(f"max-active must be >= 2 (Kaldi's min-active, at least 1, stays below it), got {setting.max_active}")
     return dataclasses.replace(config, beam=setting.beam, max_active=setting.max_active,
                                min_active=min(config.min_active, setting.max_active - 1))
 

@@ -56,6 +56,9 @@ def test_min_active_stays_below_max_active() -> None:
     cfg = with_setting(DecodeConfig(min_active=200), SearchSetting(8.0, 150))
     assert (cfg.beam, cfg.max_active, cfg.min_active) == (8.0, 150, 149)
     assert with_setting(DecodeConfig(min_active=200), SearchSetting(8.0, 500)).min_active == 200
+    # `transcribe --max-active 1` is named as such, not as a min-active of 0 the user never set.
+    with pytest.raises(ConfigError, match="max-active must be >= 2 .* got 1"):
+        with_setting(DecodeConfig(), SearchSetting(8.0, 1))
     # Kaldi's decoders abort on min_active == max_active; the config says so in one line first.
     with pytest.raises(ConfigError, match="1 <= min_active < max_active, got 200, 200"):
         DecodeConfig(min_active=200, max_active=200)
