@@ -14,9 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "make-model-dir", help="gather a trained system of the recipe into a self-contained model directory",
-        description="Copy the network, its decoding graph and symbol tables, the senone priors (hybrid) or units (CTC), "
-                    "the feature config and global CMVN statistics (pooled over the training part's speakers) into one "
-                    "folder that `asr-kd transcribe` and `asr-kd export` read and that can be copied to another machine.",
+        description="Copy the network (or, for mono and tri, the GMMs and their MFCC + deltas settings), its decoding graph "
+                    "and symbol tables, the senone priors (hybrid) or units (CTC), the feature config and global CMVN statistics "
+                    "(pooled over the training part's speakers) into one folder that `asr-kd transcribe` and `asr-kd export` "
+                    "read and that can be copied to another machine. A hybrid or GMM-HMM directory decodes with the beam, "
+                    "max-active and dev-tuned acoustic scale of the recipe's tables.",
     )
     p.add_argument("--exp", type=Path, required=True, help="the recipe's experiment folder")
     p.add_argument("--data", type=Path, required=True, help="the recipe's data folder")
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-part", default=DEFAULT_TRAIN_PART, help=f"training part whose CMVN statistics are pooled (default {DEFAULT_TRAIN_PART})")
     p.add_argument("--units", default="phone", help="CTC units of a ctc-* system: phone or bpe (default phone)")
     p.add_argument("--normalization", default="global", choices=["global", "utterance"],
-                   help="global CMVN from the training part, or each utterance's own mean and variance (default global)")
+                   help="global CMVN from the training part, or each utterance's own mean and variance (a GMM-HMM: the mean only) "
+                        "(default global)")
     p.set_defaults(func=run_make_model_dir)
 
     p = sub.add_parser(
