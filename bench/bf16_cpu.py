@@ -84,7 +84,10 @@ def measure(name: str, num_classes: int, rounds: int, steps: int) -> dict:
         fp32.append(step_seconds(model, opt, x, lens, y, steps, False))
         bf16.append(step_seconds(model, opt, x, lens, y, steps, True))
     a, b = statistics.median(fp32), statistics.median(bf16)
-    return {"network": name, "classes": num_classes, "fp32_ms": 1000 * a, "bf16_ms": 1000 * b, "speedup": a / b}
+    # Each round's own ratio (its float32 and bf16 steps ran back to back): their spread is the noise.
+    ratios = [f / g for f, g in zip(fp32, bf16)]
+    return {"network": name, "classes": num_classes, "fp32_ms": 1000 * a, "bf16_ms": 1000 * b, "speedup": a / b,
+            "speedup_min": min(ratios), "speedup_max": max(ratios)}
 
 
 def main() -> None:
@@ -102,13 +105,14 @@ def main() -> None:
         rows.append(measure(name, classes, args.rounds, 2 if name == "paper" else args.steps))
         r = rows[-1]
         print(f"{name}: float32 {r['fp32_ms']:.1f} ms/step, bf16 {r['bf16_ms']:.1f} ms/step, {r['speedup']:.2f}x", flush=True)
-    command = "python bench/bf16_cpu.py" + (" --no-paper" if args.no_paper else "")
+    command = " ".join(["python bench/bf16_cpu.py", *sys.argv[1:]])
     lines = [HEADING, "", f"Produced by `{command}` on {cpu_name()} (flags: {cpu_flags()}), one thread, torch {torch.__version__}. "
              f"A training step on random features of a 20-second batch ({BATCH} x {FRAMES} frames): forward, cross-entropy, backward, "
              f"AdamW; median of {args.rounds} alternating rounds; float32 against bf16 autocast (`train.amp: bf16-cpu`).", "",
-             "| Network | Senones | float32 ms / step | bf16 ms / step | Speed-up |", "|---|---|---|---|---|"]
+             "| Network | Senones | float32 ms / step | bf16 ms / step | Speed-up | Rounds' speed-ups (min-max) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['network']} | {r['classes']} | {r['fp32_ms']:.1f} | {r['bf16_ms']:.1f} | {r['speedup']:.2f}x |")
+        lines.append(f"| {r['network']} | {r['classes']} | {r['fp32_ms']:.1f} | {r['bf16_ms']:.1f} | {r['speedup']:.2f}x "
+                     f"| {r['speedup_min']:.2f}-{r['speedup_max']:.2f}x |")
     lines += ["", "The speed-up holds on CPUs that run bf16 natively (the flags above); elsewhere measure before choosing "
               "`bf16-cpu`. The recipe's configs train in float32 unless a config says `amp: bf16-cpu`. Random features and "
               "weights: this measures speed only, not what bf16 does to accuracy.", ""]

@@ -14,9 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "make-model-dir", help="gather a trained system of the recipe into a self-contained model directory",
-        description="Copy the network, its decoding graph and symbol tables, the senone priors (hybrid) or units (CTC), "
-                    "the feature config and global CMVN statistics (pooled over the training part's speakers) into one "
-                    "folder that `asr-kd transcribe` and `asr-kd export` read and that can be copied to another machine.",
+        description="Copy the network (or, for mono and tri, the GMMs and their MFCC + deltas settings), its decoding graph "
+                    "and symbol tables, the senone priors (hybrid) or units (CTC), the feature config and global CMVN statistics "
+                    "(pooled over the training part's speakers) into one folder that `asr-kd transcribe` and `asr-kd export` "
+                    "read and that can be copied to another machine. A hybrid or GMM-HMM directory decodes with the beam, "
+                    "max-active and dev-tuned acoustic scale of the recipe's tables.",
     )
     p.add_argument("--exp", type=Path, required=True, help="the recipe's experiment folder")
     p.add_argument("--data", type=Path, required=True, help="the recipe's data folder")
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-part", default=DEFAULT_TRAIN_PART, help=f"training part whose CMVN statistics are pooled (default {DEFAULT_TRAIN_PART})")
     p.add_argument("--units", default="phone", help="CTC units of a ctc-* system: phone or bpe (default phone)")
     p.add_argument("--normalization", default="global", choices=["global", "utterance"],
-                   help="global CMVN from the training part, or each utterance's own mean and variance (default global)")
+                   help="global CMVN from the training part, or each utterance's own mean and variance (a GMM-HMM: the mean only) "
+                        "(default global)")
     p.set_defaults(func=run_make_model_dir)
 
     p = sub.add_parser(
@@ -36,19 +39,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("files", nargs="*", type=Path, help="audio files")
     p.add_argument("--model-dir", required=True, metavar="DIR[,DIR...]",
-                   help="model directory (asr-kd make-model-dir); several hybrid ones, comma-separated, decode as their "
-                        "ensemble (the mean of their posteriors; torch backend; the first gives priors and graph)")
+                   help="model directory (asr-kd make-model-dir: a hybrid DNN, a GMM-HMM or a CTC model); several hybrid "
+                        "ones over the same senones, comma-separated, decode as their ensemble (the mean of their posteriors; "
+                        "torch backend; the first gives features, priors, graph and decoding settings: the acoustic scale "
+                        "is the first member's, not one tuned for the ensemble)")
     p.add_argument("--manifest", type=Path, default=None, help="a lhotse cuts or recordings manifest instead of files")
     p.add_argument("--format", default="text", choices=["text", "jsonl", "ctm"], help="text ('<id> words'), JSON lines, or CTM word timings (default text)")
     p.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="acoustic model runtime (default torch)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="acoustic model runtime (default torch; a GMM-HMM directory runs its GMMs with numpy under torch only)")
     p.add_argument("--method", default=None, help="search: hclg (hybrid); hlg, greedy or beam (CTC). Default: the graph")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="files per acoustic-model batch (default 8)")
     p.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads (default 1)")
     p.add_argument("--beam", type=float, default=None, help="graph search beam (default: the model directory's, the recipe's tables')")
-    p.add_argument("--max-active", type=int, default=None, help="most active states per frame (default: the model directory's)")
-    p.add_argument("--acoustic-scale", type=float, default=None, help="hybrid acoustic scale (default: the model directory's, tuned on dev)")
+    p.add_argument("--max-active", type=int, default=None,
+                   help="most active states per frame (default: the model directory's; its min-active is lowered below it where needed)")
+    p.add_argument("--acoustic-scale", type=float, default=None, help="acoustic scale of a hybrid or GMM-HMM model (default: the model directory's, tuned on dev)")
     p.set_defaults(func=run_transcribe)
 
     p = sub.add_parser(
@@ -171,6 +177,8 @@ def run_sherpa_transcribe(args: argparse.Namespace) -> int:
 
 def register_report(sub: argparse._SubParsersAction) -> None:
     """Add ``deploy-report`` to ``sub``."""
+    from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE
+
     p = sub.add_parser(
         "deploy-report", help="measure systems side by side (cost table) and gate int8 against fp32; write a RESULTS.md section",
         description="Every system transcribes the test manifest in one run with one thread: parameters, multiply-adds per "
@@ -180,7 +188,8 @@ def register_report(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--test-manifest", type=Path, required=True, help="lhotse cuts of the test part (audio and transcripts)")
     p.add_argument("--system", action="append", required=True, metavar="NAME=DIR[,DIR...][@BACKEND]",
-                   help="a system to measure; several dirs form an ensemble; backend torch (default), onnx or onnx-int8")
+                   help="a system to measure; several hybrid dirs form an ensemble; backend torch (default), onnx or onnx-int8 "
+                        "(a GMM-HMM dir: alone, torch)")
     p.add_argument("--gate", default=None, help="system whose onnx and onnx-int8 rows the quantisation gate compares")
     p.add_argument("--max-relative", type=float, default=0.02, help="largest allowed relative WER increase of int8 (default 0.02)")
     p.add_argument("--baseline", default=None, help="system whose acoustic RTF the speed-up column divides by")
@@ -189,13 +198,13 @@ def register_report(sub: argparse._SubParsersAction) -> None:
                    help="the test part's per-speaker CMVN statistics: also score each single torch system with per-speaker, "
                         "global and per-utterance normalisation (the test manifest must carry fbank features)")
     p.add_argument("--speed", default=None, metavar="NAME@BACKEND",
-                   help="a system of --system (one model directory) to measure end to end (features + network + search) with "
-                        "the search pruning chosen on --dev-manifest, e.g. distilled@onnx-int8")
+                   help="a system of --system (one model directory; BACKEND torch when left out) to measure end to end "
+                        "(features + network + search) with the search pruning chosen on --dev-manifest, e.g. distilled@onnx-int8")
     p.add_argument("--dev-manifest", type=Path, default=None, help="lhotse cuts of the dev part, where --speed chooses the pruning")
     p.add_argument("--search-grid", default=None, metavar="BEAM:MAX_ACTIVE,...",
-                   help="settings --speed tries besides the model directory's own (default: asr_kd.deploy.speed.DEFAULT_GRID)")
+                   help=f"settings --speed tries besides the model directory's own (default {DEFAULT_GRID})")
     p.add_argument("--search-tolerance", type=float, default=None,
-                   help="largest relative increase of dev word errors over the model directory's own setting (default 0.02)")
+                   help=f"largest relative increase of dev word errors over the model directory's own setting (default {DEFAULT_TOLERANCE})")
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section to")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of test WER against acoustic RTF here (linked when beside --results)")
     p.set_defaults(func=run_deploy_report)
@@ -216,6 +225,11 @@ def run_deploy_report(args: argparse.Namespace) -> int:
         speed = next((s for s in systems if s.name == name and s.backend == (backend or "torch")), None)
         if speed is None:
             raise ConfigError(f"--speed {args.speed}: no such --system (NAME@BACKEND of one of them, e.g. distilled@onnx-int8)")
+    else:
+        given = [f for f, v in (("--dev-manifest", args.dev_manifest), ("--search-grid", args.search_grid),
+                                ("--search-tolerance", args.search_tolerance)) if v is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies to the speed measurement: add --speed NAME@BACKEND (one of the --system entries)")
     grid = parse_search_grid(args.search_grid) if args.search_grid else ()
     _, gate, text = deploy_report(systems, args.test_manifest, args.gate, args.max_relative,
                                   args.baseline, max_cuts=args.max_cuts, results_md=args.results, command=command,

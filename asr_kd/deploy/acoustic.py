@@ -95,18 +95,29 @@ class EnsembleAcoustic:
 
 def ensemble_acoustic(model_dirs: Sequence[Path | str], device: str = "cpu") -> EnsembleAcoustic:
     """Return the ensemble of several hybrid model directories' networks (PyTorch); ConfigError
-    unless they are all hybrid models over the same senones (equal transition-id -> pdf tables),
-    so that the first directory's priors and graph serve them all."""
-    from asr_kd.deploy.model_dir import TID2PDF_FILE, load_int_array, load_network, load_spec
+    unless they are all hybrid models over the same senones (equal transition-id -> pdf tables)
+    with the same features and normalisation, so that the first directory's features, priors and
+    graph serve them all."""
+    from asr_kd.deploy.model_dir import TID2PDF_FILE, load_cmvn, load_int_array, load_network, load_spec
     from asr_kd.errors import ConfigError
 
     first = Path(model_dirs[0])
-    table = load_int_array(first / TID2PDF_FILE) if load_spec(first).kind == "hybrid" else None
+    spec0 = load_spec(first)
+    table = load_int_array(first / TID2PDF_FILE) if spec0.kind == "hybrid" else None
+    cmvn0 = load_cmvn(first, spec0)
     for d in model_dirs:
-        if load_spec(d).kind != "hybrid" or table is None:
-            raise ConfigError(f"an ensemble fuses hybrid DNN model directories; {d} is a {load_spec(d).kind} model")
+        spec = load_spec(d)
+        if spec.kind != "hybrid" or table is None:
+            raise ConfigError(f"an ensemble fuses hybrid DNN model directories; {d} is a {spec.kind} model")
         if not np.array_equal(load_int_array(Path(d) / TID2PDF_FILE), table):
             raise ConfigError(f"{d} and {first} model different senones; an ensemble needs models of one GMM's alignments")
+        # Every member is fed the first one's features: they must be what each was trained on.
+        cmvn = load_cmvn(d, spec)
+        same_cmvn = (cmvn is None) == (cmvn0 is None) and (cmvn is None or (np.array_equal(cmvn.sum, cmvn0.sum)
+                                                                            and np.array_equal(cmvn.sumsq, cmvn0.sumsq)))
+        if spec.features != spec0.features or spec.normalization != spec0.normalization or not same_cmvn:
+            raise ConfigError(f"{d} and {first} normalise different features (feature config, normalisation or CMVN statistics); "
+                              "an ensemble feeds every member the first one's: rebuild them with the same make-model-dir options")
     return EnsembleAcoustic([TorchAcoustic(load_network(d), device) for d in model_dirs])
 
 

@@ -2,9 +2,9 @@
 machine, loaded without executing code.
 
 ```
-model.json        kind (hybrid | ctc), feature config, normalisation, frame shift, subsampling
-model.pt          the network: {"model": state dict, "extra": what rebuilds it} (weights_only)
-cmvn.npz          global CMVN statistics (normalisation "global"; absent for "utterance")
+model.json        kind (hybrid | gmm | ctc), feature config, normalisation, frame shift, subsampling, decoding
+model.pt          hybrid, ctc: the network: {"model": state dict, "extra": what rebuilds it} (weights_only)
+cmvn.npz          global CMVN statistics (normalisation "global"; absent for "utterance"; MFCC ones for gmm)
 hybrid:  log_priors.txt (senone log priors), HCLG.fst, words.txt, tid2pdf.npy, tid2phone.npy
 gmm:     gmm.npz (the GMM-HMM, arrays and JSON, no model.pt), HCLG.fst, words.txt, tid2pdf.npy, tid2phone.npy
 ctc:     tokens.txt, units.json (bpe.model), HLG.fst, words.txt

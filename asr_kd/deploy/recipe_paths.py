@@ -47,36 +47,35 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
     raise ConfigError(f"unknown system {system!r}; use {SYSTEM_HELP}")
 
 
-def gmm_decoding(layout, record, system: str) -> dict:
-    """Return the DecodeConfig fields stage 3 decoded the GMM ``system`` with: its beam, max-active
-    and the acoustic scale it tuned on dev."""
+def _recorded_decoding(layout, decode: dict, table_name: str) -> dict:
+    """Return the search fields of a stage's recorded DecodeConfig ``decode``, with the acoustic
+    scale the recipe tuned on dev for ``table_name`` where it tuned one."""
     from asr_kd.stages.decode_part import tuned_scale
 
-    decode = record.config["decode"]
     out = {k: decode[k] for k in ("beam", "max_active", "min_active", "lattice_beam", "acoustic_scale", "decoder") if k in decode}
-    scale = tuned_scale(layout, system)
+    scale = tuned_scale(layout, table_name)
     if scale is not None:
         out["acoustic_scale"] = scale
     return out
 
 
+def gmm_decoding(layout, record, system: str) -> dict:
+    """Return the DecodeConfig fields stage 3 decoded the GMM ``system`` with: its beam, max-active
+    and the acoustic scale it tuned on dev."""
+    return _recorded_decoding(layout, record.config["decode"], system)
+
+
 def recipe_decoding(layout, system: str) -> dict:
     """Return the DecodeConfig fields stage 7 decoded ``system`` with: its beam and max-active and,
     for a student, the acoustic scale tuned on dev (``{}`` before stage 7 has run)."""
-    from asr_kd.stages.decode_part import tuned_scale
     from asr_kd.stages.layout import STUDENT_SYSTEMS
     from asr_kd.stages.provenance import read_record
 
     record = read_record(layout.decode)
     if record is None:
         return {}
-    decode = record.config["decode"]
-    out = {k: decode[k] for k in ("beam", "max_active", "min_active", "lattice_beam", "acoustic_scale", "decoder") if k in decode}
     names = {kind: name for name, kind in STUDENT_SYSTEMS.items()}  # a student's folder name -> its table name
-    scale = tuned_scale(layout, names.get(system, system))
-    if scale is not None:
-        out["acoustic_scale"] = scale
-    return out
+    return _recorded_decoding(layout, record.config["decode"], names.get(system, system))
 
 
 def make_model_dir_from_recipe(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from asr_kd.config import DecodeConfig
-from asr_kd.deploy.acoustic import ONNX_FILES, EnsembleAcoustic, TorchAcoustic
+from asr_kd.deploy.acoustic import ONNX_FILES, TorchAcoustic, ensemble_acoustic
 from asr_kd.data.features import CmvnStats
 from asr_kd.deploy.model_dir import GMM_FILE, MODEL_PT, load_network, load_spec, normalize_features, pooled_cmvn
 from asr_kd.deploy.transcribe import Transcriber
@@ -144,8 +144,14 @@ def measure_system(
     torch.set_num_threads(1)
     try:
         base = reset_peak_memory()
-        nets = [] if is_gmm else [load_network(d) for d in model_dirs]
-        acoustic = EnsembleAcoustic([TorchAcoustic(n) for n in nets]) if len(nets) > 1 else None
+        # An ensemble is checked (same senones, features and normalisation) as transcription checks it.
+        acoustic = ensemble_acoustic(model_dirs) if len(model_dirs) > 1 else None
+        if is_gmm:
+            nets = []
+        elif acoustic is not None:
+            nets = [m.model for m in acoustic.members]
+        else:
+            nets = [load_network(model_dirs[0])]
         tr = Transcriber(model_dirs[0], backend, method, decode_config, num_threads=1, acoustic=acoustic)
         feats = {u: tr.features(x) for u, x in audio.items()}
         # CPU time of this process (one thread), best of ``repeats`` passes: wall time would also
@@ -241,19 +247,20 @@ class SystemSpec:
 
 def load_test_audio(manifest: Path | str, sampling_rate: int, max_cuts: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Return ``({cut id: samples}, {cut id: transcript})`` of a lhotse cut manifest's first
-    ``max_cuts`` cuts; a cut whose audio cannot be read raises its DataError."""
+    ``max_cuts`` cuts; a cut whose audio cannot be read raises its DataError, and so does a
+    missing or empty manifest (:func:`asr_kd.deploy.transcribe.manifest_items`)."""
     from lhotse import load_manifest_lazy
 
     from asr_kd.deploy.transcribe import manifest_items
 
-    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).strip() for c in load_manifest_lazy(manifest)}
     audio: dict[str, np.ndarray] = {}
-    for utt_id, _, samples in manifest_items(manifest, sampling_rate):
+    for utt_id, _, samples in manifest_items(manifest, sampling_rate):  # first: it names a missing or empty manifest
         if isinstance(samples, Exception):
             raise samples
         audio[utt_id] = samples
         if max_cuts is not None and len(audio) >= max_cuts:
             break
+    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).strip() for c in load_manifest_lazy(manifest)}
     return audio, {k: refs[k] for k in audio}
 
 
@@ -275,6 +282,8 @@ def deploy_report(
     and the test part is measured end to end (:mod:`asr_kd.deploy.speed`)."""
     from asr_kd.report.results_md import write_section
 
+    if speed_system is not None:  # refused before the systems are measured, not after
+        _check_speed_request(speed_system, dev_manifest, search_tolerance)
     rate = load_spec(systems[0].model_dirs[0]).features.sampling_rate
     audio, refs = load_test_audio(test_manifest, rate, max_cuts)
     rows, wers = [], {}
@@ -317,18 +326,29 @@ def deploy_report(
 
 def _speed_section(system: SystemSpec, dev_manifest: Path | str | None, test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str],
                    grid: Sequence["SearchSetting"], tolerance: float | None, max_cuts: int | None, test_manifest: Path | str) -> str:
-    """Choose the deployment search on dev and measure ``system`` end to end on the test audio."""
+    """Choose the deployment search on dev and measure ``system`` end to end on the test audio;
+    return the Markdown of :func:`asr_kd.deploy.speed.speed_markdown`."""
     from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE, measure_speed, parse_search_grid, speed_markdown
 
-    if len(system.model_dirs) != 1:
-        raise ConfigError(f"the speed measurement needs one model directory, got {len(system.model_dirs)} for {system.name}")
-    if dev_manifest is None:
-        raise ConfigError("the deployment search is chosen on dev: pass the dev part's cuts (--dev-manifest)")
+    _check_speed_request(system, dev_manifest, tolerance)
+    assert dev_manifest is not None
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     dev_audio, dev_refs = load_test_audio(dev_manifest, load_spec(system.model_dirs[0]).features.sampling_rate, max_cuts)
     result = measure_speed(system.model_dirs[0], system.backend, dev_audio, dev_refs, test_audio, test_refs,
                            grid or parse_search_grid(DEFAULT_GRID), tolerance)
     return speed_markdown(result, f"{system.name} ({system.backend})", _part_name(dev_manifest), _part_name(test_manifest), tolerance)
+
+
+def _check_speed_request(system: SystemSpec, dev_manifest: Path | str | None, tolerance: float | None) -> None:
+    """ConfigError, in one line, for a speed measurement that cannot run (checked before anything is measured)."""
+    if len(system.model_dirs) != 1:
+        raise ConfigError(f"the speed measurement needs one model directory, got {len(system.model_dirs)} for {system.name}")
+    if dev_manifest is None:
+        raise ConfigError("the deployment search is chosen on dev: pass the dev part's cuts (--dev-manifest)")
+    if tolerance is not None and tolerance < 0:
+        raise ConfigError(f"the search tolerance must be >= 0, got {tolerance}")
+    if not Path(dev_manifest).is_file():
+        raise ConfigError(f"--dev-manifest {dev_manifest} does not exist; pass the dev part's cuts (data/fbank/cuts_<dev part>.jsonl.gz)")
 
 
 def _part_name(manifest: Path | str) -> str:

@@ -11,7 +11,7 @@ part, never on test.
 :func:`choose_setting` picks, from a grid of (beam, max-active) settings decoded on dev, the
 narrowest (smallest max-active, then smallest beam) whose dev word errors are at most
 ``tolerance`` (relative) above the tables' setting. It looks at word errors only, so the choice
-does not depend on timing noise. :func:`speed_report` then measures the test part end to end
+does not depend on timing noise. :func:`measure_speed` then measures the test part end to end
 (features + acoustic model + search, CPU time of one thread per second of audio) at both the
 tables' setting and the chosen one, with the WER difference's paired bootstrap interval.
 """
@@ -19,18 +19,21 @@ tables' setting and the chosen one, with the WER difference's paired bootstrap i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 import numpy as np
-import torch
 
 from asr_kd.config import DecodeConfig
-from asr_kd.deploy.transcribe import Transcriber
 from asr_kd.errors import AsrKdError, ConfigError
-from asr_kd.metrics.paired import wer_difference
 from asr_kd.metrics.wer import WerResult, compute_wer
+
+if TYPE_CHECKING:  # torch and the runtimes load when something is measured, not for `asr-kd --help`
+    from asr_kd.deploy.transcribe import Transcriber
+
+log = logging.getLogger(__name__)
 
 # Issue 15's target for the distilled int8 student on mini: features + network + search.
 END_TO_END_TARGET = 0.02
@@ -70,19 +73,23 @@ def parse_search_grid(text: str) -> tuple[SearchSetting, ...]:
 
 def with_setting(config: DecodeConfig, setting: SearchSetting) -> DecodeConfig:
     """Return ``config`` searching with ``setting`` (min-active lowered below max-active where needed,
-    as Kaldi's decoders require ``min_active < max_active``)."""
+    as Kaldi's decoders require ``min_active < max_active``); ConfigError for a max-active below 2."""
+    if setting.max_active < 2:  # min-active must stay >= 1 below it
+        raise ConfigError(f"max-active must be >= 2 (Kaldi's min-active, at least 1, stays below it), got {setting.max_active}")
     return dataclasses.replace(config, beam=setting.beam, max_active=setting.max_active,
                                min_active=min(config.min_active, setting.max_active - 1))
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchPoint:
-    """One setting decoded on a part: its word errors and its search CPU time per audio second."""
+    """One setting decoded on a part: its word errors (an utterance the search failed on counts
+    as all deletions; ``failed`` says how many), and its search CPU time per audio second."""
 
     setting: SearchSetting
     errors: int
     ref_words: int
     search_rtf: float
+    failed: int = 0
 
     @property
     def wer(self) -> float:
@@ -121,20 +128,32 @@ def _prepare(tr: Transcriber, audio: Mapping[str, np.ndarray]) -> _Prepared:
     return _Prepared(log_probs, features_s, acoustic_s, sum(len(x) for x in audio.values()) / tr.sampling_rate)
 
 
-def _search(tr: Transcriber, prepared: _Prepared, refs: Mapping[str, str], config: DecodeConfig) -> tuple[WerResult, float]:
-    """Decode the prepared log-probabilities with ``config``; return the WER details and the search
-    CPU seconds per audio second. An utterance that fails to decode counts as all deletions."""
+class _Searched(NamedTuple):
+    wer: WerResult
+    rtf: float
+    failed: int
+
+
+def _search(tr: Transcriber, prepared: _Prepared, refs: Mapping[str, str], config: DecodeConfig) -> _Searched:
+    """Decode the prepared log-probabilities with ``config``; return the WER details, the search
+    CPU seconds per audio second and the number of utterances whose search failed (each counts as
+    all deletions, and is logged)."""
     from asr_kd.deploy.search import Searcher
 
     searcher = Searcher(tr.model_dir, tr.spec, tr.search.method, config)
     hyps: dict[str, str] = {}
+    failed: list[str] = []
     start = time.process_time()
     for utt_id, lp in prepared.log_probs.items():
         try:
             hyps[utt_id] = searcher(lp, utt_id).text
-        except AsrKdError:
-            pass
-    return compute_wer(refs, hyps), (time.process_time() - start) / prepared.audio_s
+        except AsrKdError as err:
+            failed.append(utt_id)
+            log.warning("%s: %s (scored as all deletions)", utt_id, err)
+    rtf = (time.process_time() - start) / prepared.audio_s
+    if failed:
+        log.warning("%s, max-active %d: the search failed on %d utterance(s)", f"beam {config.beam:g}", config.max_active, len(failed))
+    return _Searched(compute_wer(refs, hyps), rtf, len(failed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +170,9 @@ class SpeedResult:
     test_chosen: WerResult
     search_rtf_reference: float
     search_rtf_chosen: float
+    # Test utterances the search failed on (scored as all deletions) at each setting.
+    failed_reference: int = 0
+    failed_chosen: int = 0
 
     @property
     def end_to_end_rtf(self) -> float:
@@ -169,6 +191,10 @@ def measure_speed(
     """Decode dev at the model directory's own setting (the tables') and at each of ``grid``,
     choose with :func:`choose_setting`, and measure test end to end at both settings, on one
     thread (torch and onnxruntime)."""
+    import torch
+
+    from asr_kd.deploy.transcribe import Transcriber
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -179,21 +205,23 @@ def measure_speed(
         dev = _prepare(tr, dev_audio)
         points = []
         for s in settings:
-            wer, rtf = _search(tr, dev, dev_refs, with_setting(base, s))
-            points.append(SearchPoint(s, wer.errors, wer.ref_words, rtf))
+            wer, rtf, failed = _search(tr, dev, dev_refs, with_setting(base, s))
+            points.append(SearchPoint(s, wer.errors, wer.ref_words, rtf, failed))
         chosen = choose_setting(points, reference, tolerance)
         test = _prepare(tr, test_audio)
-        test_ref, rtf_ref = _search(tr, test, test_refs, base)
-        test_chosen, rtf_chosen = _search(tr, test, test_refs, with_setting(base, chosen.setting))
+        at_reference = _search(tr, test, test_refs, base)
+        at_chosen = _search(tr, test, test_refs, with_setting(base, chosen.setting))
     finally:
         torch.set_num_threads(before)
     return SpeedResult(reference, points, chosen, test.features_s / test.audio_s, test.acoustic_s / test.audio_s,
-                       test_ref, test_chosen, rtf_ref, rtf_chosen)
+                       at_reference.wer, at_chosen.wer, at_reference.rtf, at_chosen.rtf, at_reference.failed, at_chosen.failed)
 
 
 def speed_markdown(result: SpeedResult, system: str, dev_name: str, test_name: str, tolerance: float = DEFAULT_TOLERANCE,
                    target: float = END_TO_END_TARGET) -> str:
     """Return the Markdown paragraph, dev table and verdict of a :class:`SpeedResult`."""
+    from asr_kd.metrics.paired import wer_difference
+
     r = result
     lines = [f"Search pruning for deployment, {system}: each setting decodes {dev_name} (never the test part); the chosen one is the "
              f"narrowest (smallest max-active, then beam) with at most {100 * tolerance:g}% more word errors than the tables' "
@@ -201,7 +229,8 @@ def speed_markdown(result: SpeedResult, system: str, dev_name: str, test_name: s
              f"| Beam | Max-active | {dev_name} WER | Search RTF / core |", "|---|---|---|---|"]
     for p in r.dev_points:
         mark = " (tables)" if p.setting == r.reference else (" (chosen)" if p.setting == r.chosen.setting else "")
-        lines.append(f"| {p.setting.beam:g}{mark} | {p.setting.max_active} | {100 * p.wer:.2f}% ({p.errors}/{p.ref_words}) | {p.search_rtf:.4f} |")
+        failed = f", {p.failed} failed" if p.failed else ""
+        lines.append(f"| {p.setting.beam:g}{mark} | {p.setting.max_active} | {100 * p.wer:.2f}% ({p.errors}/{p.ref_words}{failed}) | {p.search_rtf:.4f} |")
     diff = wer_difference(r.test_reference, r.test_chosen)
     verdict = "within noise (the interval contains 0)" if not diff.excludes_zero else ("worse" if diff.value > 0 else "better")
     met = "met" if r.end_to_end_rtf <= target else "NOT met"
@@ -210,5 +239,7 @@ def speed_markdown(result: SpeedResult, system: str, dev_name: str, test_name: s
               f"{met}); at the tables' {r.reference}: {r.end_to_end_rtf_reference:.4f} (search {r.search_rtf_reference:.4f}). "
               f"Test WER {100 * r.test_chosen.wer:.2f}% against {100 * r.test_reference.wer:.2f}%: "
               f"{100 * diff.value:+.2f} points [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] (95% paired bootstrap), {verdict}. "
+              + (f"The search failed on {r.failed_chosen} test utterance(s) at the chosen setting and {r.failed_reference} at the "
+                 "tables' (scored as all deletions). " if r.failed_chosen or r.failed_reference else "") +
               f"`asr-kd transcribe --beam {r.chosen.setting.beam:g} --max-active {r.chosen.setting.max_active}` decodes with it."]
     return "\n".join(lines) + "\n"

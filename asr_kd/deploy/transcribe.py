@@ -148,13 +148,16 @@ def file_items(paths: Sequence[Path | str], sampling_rate: int, timings: Timings
 
 def manifest_items(manifest: Path | str, sampling_rate: int) -> Iterator[tuple[str, str, np.ndarray | Exception]]:
     """Yield ``(cut id, manifest, samples or the error)`` per cut of a lhotse cut (or recording)
-    manifest, channels averaged and resampled to ``sampling_rate``."""
+    manifest, channels averaged and resampled to ``sampling_rate``; DataError for a missing or
+    empty manifest."""
     from lhotse import CutSet, RecordingSet, load_manifest_lazy
 
     path = Path(manifest)
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist; pass a lhotse cuts or recordings .jsonl.gz")
     m = load_manifest_lazy(path)
+    if m is None:  # lhotse's answer for a file with no line
+        raise DataError(f"manifest {path} holds no cut or recording; pass the manifest of a part that has audio")
     cuts = CutSet.from_manifests(recordings=m) if isinstance(m, RecordingSet) else m
     for cut in cuts:
         try:

@@ -244,6 +244,8 @@ def evaluate_systems(
     {part: PartScore}}``. Skipped (the table re-rendered from the JSON) when the stage's record
     matches its settings and the records of stages 3, 4 and 6. ``max_posterior_mb`` bounds the
     posteriors held per part (:func:`score_system`); it changes memory, never results."""
+    if not max_posterior_mb > 0:  # refused before any work: 0 or less is no size to hold posteriors up to
+        raise ConfigError(f"--max-posterior-mb must be > 0, got {max_posterior_mb}")
     decode_parts = layout.test_parts if decode_parts is None else list(decode_parts)
     unknown = [p for p in decode_parts if p not in (layout.dev_part, *layout.test_parts)]
     if unknown:

@@ -56,6 +56,9 @@ def test_min_active_stays_below_max_active() -> None:
     cfg = with_setting(DecodeConfig(min_active=200), SearchSetting(8.0, 150))
     assert (cfg.beam, cfg.max_active, cfg.min_active) == (8.0, 150, 149)
     assert with_setting(DecodeConfig(min_active=200), SearchSetting(8.0, 500)).min_active == 200
+    # `transcribe --max-active 1` is named as such, not as a min-active of 0 the user never set.
+    with pytest.raises(ConfigError, match="max-active must be >= 2 .* got 1"):
+        with_setting(DecodeConfig(), SearchSetting(8.0, 1))
     # Kaldi's decoders abort on min_active == max_active; the config says so in one line first.
     with pytest.raises(ConfigError, match="1 <= min_active < max_active, got 200, 200"):
         DecodeConfig(min_active=200, max_active=200)
@@ -71,3 +74,75 @@ def test_transcribe_decodes_with_the_model_directorys_settings(tmp_path: Path) -
     cfg = decode_config_for(tmp_path, beam=9.0, max_active=100)
     assert (cfg.beam, cfg.max_active, cfg.min_active, cfg.acoustic_scale) == (9.0, 100, 99, 0.125)
     assert decode_config_for(tmp_path, acoustic_scale=0.2).acoustic_scale == 0.2
+
+
+def test_speed_options_are_refused_before_anything_is_measured(tmp_path: Path, capsys) -> None:
+    from asr_kd.bin.cli import main as cli_main
+
+    # No model directory exists here: a refusal about them would mean the options were checked late.
+    base = ["deploy-report", "--test-manifest", str(tmp_path / "cuts_test.jsonl.gz"), "--system", f"int8={tmp_path / 'none'}@onnx-int8"]
+    cases = [
+        (["--dev-manifest", "dev.jsonl.gz"], "--dev-manifest applies to the speed measurement: add --speed NAME@BACKEND"),
+        (["--search-grid", "9:500"], "--search-grid applies to the speed measurement"),
+        (["--speed", "int8@onnx-int8"], "the deployment search is chosen on dev: pass the dev part's cuts (--dev-manifest)"),
+        (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz", "--search-tolerance", "-0.1"],
+         "the search tolerance must be >= 0, got -0.1"),
+        (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz"], "--dev-manifest d.jsonl.gz does not exist"),
+        (["--speed", "int8"], "--speed int8: no such --system"),  # BACKEND left out means torch
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        assert cli_main(base + extra) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_empty_part_is_named_not_divided_by(tmp_path: Path) -> None:
+    from lhotse import CutSet
+
+    from asr_kd.deploy.report import load_test_audio
+    from asr_kd.errors import DataError
+
+    empty = tmp_path / "cuts_dev-clean.jsonl.gz"
+    CutSet([]).to_file(empty)
+    with pytest.raises(DataError, match=rf"manifest {empty} holds no cut or recording; pass the manifest of a part that has audio"):
+        load_test_audio(empty, 16000)
+
+
+def test_failed_searches_are_counted_in_the_section() -> None:
+    from asr_kd.deploy.speed import SpeedResult, speed_markdown
+    from asr_kd.metrics.wer import compute_wer
+
+    refs = {"u1": "a b c", "u2": "d e", "u3": "f"}
+    full = compute_wer(refs, refs)
+    one_lost = compute_wer(refs, {"u1": "a b c", "u3": "f"})  # u2's search failed: two deletions
+    points = [SearchPoint(REF, 0, 6, 0.02), SearchPoint(SearchSetting(8, 300), 2, 6, 0.01, failed=1)]
+    result = SpeedResult(REF, points, points[0], 0.001, 0.001, full, one_lost, 0.02, 0.01, failed_reference=0, failed_chosen=1)
+    text = speed_markdown(result, "distilled (onnx-int8)", "dev-clean", "test-clean")
+    assert "| 8 | 300 | 33.33% (2/6, 1 failed) | 0.0100 |" in text
+    assert "| 11 (tables) | 2000 | 0.00% (0/6) | 0.0200 |" in text
+    assert "The search failed on 1 test utterance(s) at the chosen setting and 0 at the tables'" in text
+    clean = dataclasses.replace(result, dev_points=[points[0], dataclasses.replace(points[1], failed=0)], failed_chosen=0, test_chosen=full)
+    assert "failed" not in speed_markdown(clean, "s", "dev", "test")
+
+
+def test_an_ensemble_refuses_members_fed_other_features(tmp_path: Path) -> None:
+    import numpy as np
+
+    from asr_kd.deploy.acoustic import ensemble_acoustic
+    from asr_kd.deploy.model_dir import TID2PDF_FILE
+
+    dirs = {}
+    for name, features in (("a", FeatureConfig()), ("b", FeatureConfig(num_mel_bins=80))):
+        d = tmp_path / name
+        d.mkdir()
+        (d / MODEL_JSON).write_text(ModelSpec("hybrid", features, "utterance").to_json())
+        np.save(d / TID2PDF_FILE, np.arange(10, dtype=np.int32))
+        dirs[name] = d
+    # Checked before any network loads (these directories hold none).
+    with pytest.raises(ConfigError, match=rf"{dirs['b']} and {dirs['a']} normalise different features"):
+        ensemble_acoustic([dirs["a"], dirs["b"]])
+    (dirs["b"] / MODEL_JSON).write_text(ModelSpec("hybrid", FeatureConfig(), "utterance").to_json())
+    np.save(dirs["b"] / TID2PDF_FILE, np.arange(1, 11, dtype=np.int32))
+    with pytest.raises(ConfigError, match="model different senones"):
+        ensemble_acoustic([dirs["a"], dirs["b"]])
