@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _mnist_stage(args: argparse.Namespace) -> int:
-    from asr_kd.config import MnistConfig
+    from asr_kd.config_secondary import MnistConfig
     from asr_kd.experiments.mnist import run_mnist_stage
 
     _setup(args)
@@ -76,7 +76,7 @@ def _mnist_stage(args: argparse.Namespace) -> int:
 
 
 def _specialists_stage(args: argparse.Namespace) -> int:
-    from asr_kd.config import SpecialistConfig
+    from asr_kd.config_secondary import SpecialistConfig
     from asr_kd.experiments.specialists import run_specialists_stage
 
     _setup(args)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from asr_kd.config import MnistConfig, TeacherSetting
+from asr_kd.config_secondary import MnistConfig, TeacherSetting
 from asr_kd.data.mnist import ImageSet, describe_dataset, load_splits, prepare_splits
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, choose_bias_shift, count_errors, predict_logits, shift_bias, train_classifier

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from asr_kd.config import SpecialistConfig
+from asr_kd.config_secondary import SpecialistConfig
 from asr_kd.data.mnist import ImageSet, load_splits, prepare_splits
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, predict_logits, train_classifier

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr_kd.config import SPECIALIST_COMBINE_WEIGHTINGS
+from asr_kd.config_secondary import SPECIALIST_COMBINE_WEIGHTINGS
 from asr_kd.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr_kd.config import MnistConfig, TeacherSetting
+from asr_kd.config_secondary import MnistConfig, TeacherSetting
 from asr_kd.data.mnist import FASHION_MNIST_NAMES, MNIST_5K, DatasetInfo, describe_dataset
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.experiments.mnist import check_teacher_premise

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_kd.config import MnistConfig, SpecialistConfig
+from asr_kd.config_secondary import MnistConfig, SpecialistConfig
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.experiments import mnist, specialists
 from asr_kd.experiments.stage_records import RESULT_NAME
