@@ -38,6 +38,8 @@ from asr_kd.gmm.align import AlignOptions, GraphCompiler, senone_alignments, vit
 from asr_kd.gmm.train import GmmSystem, GraphInputs
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.lang_dir import Lang
+from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.metrics.wer import score_transcript_files
 from asr_kd.stages.common import gmm_record, load_teachers, read_senones
 from asr_kd.stages.layout import SENONES_FIELD, RecipeLayout
 from asr_kd.stages.s3_gmm import write_tids
@@ -47,6 +49,7 @@ from _results import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## DNN realignment (bench/dnn_realign.py)"
+COMPARE_HEADING = "## DNN realignment: the same DNN trained on both labels (bench/dnn_realign.py --compare)"
 
 
 def link_run(exp: Path, out: Path) -> None:
@@ -119,15 +122,52 @@ def realign(data: Path, exp: Path, out: Path, num_teachers: int | None = None, m
     return stats
 
 
+def seed_runs(out: Path, variant: str) -> list[Path]:
+    """Return the run folders of ``variant`` in a ``bench/hybrid_capacity.py --out`` folder
+    (``variant``, ``variant_seed1``, ...), in seed order."""
+    runs = [out / variant] + sorted(out.glob(f"{variant}_seed*"), key=lambda p: int(p.name.rsplit("seed", 1)[1]))
+    return [r for r in runs if (r / "decode").is_dir()]
+
+
+def compare(gmm_runs: Path, realigned_runs: Path, variant: str, parts: list[str]) -> list[dict]:
+    """Per part: each seed's WER with GMM labels and with realigned labels, and the difference of
+    the seed-averaged per-utterance errors with its paired bootstrap interval."""
+    rows = []
+    for part in parts:
+        sides = {}
+        for name, out in (("gmm", gmm_runs), ("realigned", realigned_runs)):
+            results = [score_transcript_files(r / "decode" / f"{r.name}_{part}" / "ref.txt", r / "decode" / f"{r.name}_{part}" / "hyp.txt")
+                       for r in seed_runs(out, variant)]
+            if not results:
+                raise SystemExit(f"{out} holds no decoded run of {variant} on {part}; run bench/hybrid_capacity.py --out {out} first")
+            ids = sorted(u.utt_id for u in results[0].utterances)
+            errors = np.mean([[{u.utt_id: u.errors for u in r.utterances}[i] for i in ids] for r in results], axis=0)
+            words = np.array([{u.utt_id: len(u.ref) for u in results[0].utterances}[i] for i in ids])
+            sides[name] = (ids, errors, words, [r.wer for r in results])
+        assert sides["gmm"][0] == sides["realigned"][0], f"{part}: the two runs scored different utterances"
+        diff = bootstrap_difference(sides["gmm"][1], sides["realigned"][1], sides["gmm"][2])
+        rows.append({"part": part, "gmm": sides["gmm"][3], "realigned": sides["realigned"][3], "diff": diff})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "recipes" / "librispeech" / "data")
     parser.add_argument("--exp", type=Path, default=ROOT / "recipes" / "librispeech" / "exp", help="a run finished through stage 4")
-    parser.add_argument("--out", type=Path, required=True, help="the realigned copy to write (must not exist)")
+    parser.add_argument("--out", type=Path, default=None, help="the realigned copy to write (must not exist)")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("GMM_RUNS", "REALIGNED_RUNS"), default=None,
+                        help="instead: compare two bench/hybrid_capacity.py --out folders, one trained on the run's GMM labels, one on "
+                             "the realigned copy (per seed WER, and the seed-averaged difference with a paired bootstrap interval)")
+    parser.add_argument("--variant", default="base", help="the hybrid_capacity variant --compare reads (default base)")
     parser.add_argument("--num-teachers", type=int, default=None, help="teachers in the aligning ensemble (default: all of stage 4)")
     parser.add_argument("--ood-part", default="test-ood", help="the out-of-domain test part, realigned too where its cuts exist (default test-ood)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
+    if args.compare:
+        main_compare(args)
+        return
+    if args.out is None:
+        parser.error("--out is required (or --compare)")
     ood = args.ood_part if (args.data / "fbank" / f"cuts_{args.ood_part}.jsonl.gz").is_file() else ""
     stats = realign(args.data.resolve(), args.exp.resolve(), args.out.resolve(), args.num_teachers, ood_part=ood)
     lines = [HEADING, "", f"Produced by `python bench/dnn_realign.py --data {args.data} --exp {args.exp} --out {args.out}`: every part "
@@ -140,6 +180,30 @@ def main() -> None:
     lines += ["", "What the new labels do to a DNN trained on them is measured by `bench/hybrid_capacity.py --exp <the copy>` "
               "(WER only: frame accuracies are against different labels).", ""]
     write_section(args.results, HEADING, "\n".join(lines))
+    print("\n".join(lines))
+
+
+
+def main_compare(args: argparse.Namespace) -> None:
+    """``--compare``: write the comparison section."""
+    gmm_runs, realigned_runs = args.compare
+    parts = [RecipeLayout(args.data, args.exp).dev_part, RecipeLayout(args.data, args.exp).test_part, args.ood_part]
+    rows = compare(gmm_runs, realigned_runs, args.variant, parts)
+    lines = [COMPARE_HEADING, "", f"Produced by `python bench/dnn_realign.py --compare {gmm_runs} {realigned_runs} --variant {args.variant}`: "
+             f"the `{args.variant}` DNN of bench/hybrid_capacity.py trained on the run's triphone-GMM alignments and on the ensemble's "
+             "realignment (each scored with its own priors and its own dev-tuned acoustic scale). Difference: realigned − GMM labels, "
+             "per-utterance errors averaged over the seeds first, 95% paired bootstrap over utterances (2000 resamples); it does not "
+             "include seed-to-seed variation beyond the averaging.", "",
+             "| Part | WER per seed, GMM labels | WER per seed, realigned | Mean, GMM labels | Mean, realigned | Realigned − GMM, points | Significant? |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["diff"]
+        verdict = "no: within noise" if not d.excludes_zero else ("yes, better" if d.value < 0 else "yes, worse")
+        lines.append(f"| {r['part']} | {', '.join(f'{100 * w:.2f}%' for w in r['gmm'])} | {', '.join(f'{100 * w:.2f}%' for w in r['realigned'])} | "
+                     f"{100 * np.mean(r['gmm']):.2f}% | {100 * np.mean(r['realigned']):.2f}% | {100 * d.value:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] | {verdict} |")
+    lines += ["", "The dev part chose each model's epoch and acoustic scale, so dev flatters both sides alike; test-clean and the "
+              "out-of-domain part are the fair comparison.", ""]
+    write_section(args.results, COMPARE_HEADING, "\n".join(lines))
     print("\n".join(lines))
 
 
