@@ -19,9 +19,11 @@ test WER difference from the first variant with its paired-bootstrap 95% interva
 added by later runs and the last run, naming them all, writes the whole table). Also writes
 ``<out>/hybrid_capacity.json`` (every number) and its section of bench/RESULTS.md.
 
-Cost on mini (370k training frames, 10 epochs, one torch thread): about 3.5 CPU minutes to train
-the demo's 3 x 256 DNN plus 1.5 minutes of decoding, about 3 times that training time for 4 x 512.
-So it is not part of ``make bench``; run it by hand after ``make demo``.
+Cost on mini (370k training frames, one torch thread), measured: the demo's 3 x 256 DNN trains in
+10-16 CPU seconds per epoch (100 s for 10 epochs on a quiet machine), 4 x 512 in 26 and 3 x 1024
+in 57; scoring a run (the dev scale search and the test decodes) takes 1.5-2 minutes. One 3 x 256
+variant at 10 epochs is about 5 minutes; the table in bench/RESULTS.md took over an hour on 2
+cores. So it is not part of ``make bench``: run it by hand after ``make demo``.
 """
 
 from __future__ import annotations
@@ -114,13 +116,18 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def decode_seconds(result: dict) -> float:
+    """Seconds a run's decoding took: its dev scale search and its test parts."""
+    return float(result["dev"]["decode_seconds"] + sum(t["decode_seconds"] for t in result["test"].values()))
+
+
 def format_section(results: list[dict], command: str, layout: RecipeLayout, decode: DecodeConfig, sample_cuts: int, env: str) -> str:
     """The RESULTS.md section: one row per run, then how it was measured."""
     test, ood = layout.test_part, layout.ood_part
     lines = [HEADING, "", f"Produced by `{command}`.", "",
              f"| variant | overrides | network | MMACs / frame | epochs (best) | train-sample frame acc. | dev frame acc. | test frame acc. "
              f"| train − dev, points | dev frame acc. by epoch | dev WER (scale) | test WER | {ood + ' WER | ' if ood else ''}"
-             f"test WER / GMM tri | test WER − {results[0]['run']}, points [95% CI] | CPU s / epoch |",
+             f"test WER / GMM tri | test WER − {results[0]['run']}, points [95% CI] | training CPU s / epoch (total) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if ood else "") + "---|---|---|"]
     for r in results:
         t, tr, dev = r["test"][test], r["training"], r["dev"]
@@ -133,7 +140,7 @@ def format_section(results: list[dict], command: str, layout: RecipeLayout, deco
             f"| {r['run']} | {', '.join(r['overrides']) or '(none)'} | {r['network']} | {r['macs_per_frame'] / 1e6:.3f} | {tr['epochs']} "
             f"({tr['best_epoch']}) | {_pct(r['train_sample']['frame_accuracy'])} | {_pct(dev['frame_accuracy'])} | {_pct(t['frame_accuracy'])} "
             f"| {gap:+.1f} | {curve} | {_pct(dev['wer'])} ({dev['acoustic_scale']:g}) | {_pct(t['wer'])} (of {t['ref_words']}) | "
-            + (f"{_pct(r['test'][ood]['wer'])} | " if ood else "") + f"{ratio} | {diff_cell} | {tr['cpu_seconds_per_epoch']:.0f} |")
+            + (f"{_pct(r['test'][ood]['wer'])} | " if ood else "") + f"{ratio} | {diff_cell} | {tr['cpu_seconds_per_epoch']:.0f} ({tr['cpu_seconds']:.0f}) |")
     gmm = results[0]["gmm_tri_wer"]
     lines += ["", f"Each network is scored at its best dev epoch (best.pt), as stage 7 scores the students. Train-sample frame accuracy: "
               f"{sample_cuts} {layout.train_part} cuts evenly spaced through its manifest (seen in training); dev and test frame "
@@ -143,7 +150,11 @@ def format_section(results: list[dict], command: str, layout: RecipeLayout, deco
               "`_seed<k>`).", "",
               describe_decoding_line(decode, layout.dev_part), "",
               "CPU seconds: the training process's own, dev scoring after each epoch included, one torch thread unless the "
-              "environment line says otherwise. Every number: `<out>/hybrid_capacity.json`.", ""]
+              "environment line says otherwise; they grow with the load on the machine (other processes share its caches and "
+              "cores), so compare runs made side by side. Every number: `<out>/hybrid_capacity.json`.", "",
+              f"Cost of this table: {sum(r['training']['cpu_seconds'] for r in results) / 60:.0f} CPU minutes of training and "
+              f"{sum(decode_seconds(r) for r in results) / 60:.0f} minutes of decoding (each run's dev scale search and test "
+              f"decodes) over {len(results)} runs.", ""]
     if env:
         lines += [env, ""]
     return "\n".join(lines)
