@@ -1,0 +1,71 @@
+"""Variants of the hard-target DNN (asr_kd/train/capacity.py): parsing, the label-smoothed loss and
+the fixed training sample of bench/hybrid_capacity.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lhotse import CutSet
+from lhotse.testing.dummies import dummy_cut
+
+from asr_kd.config import DnnConfig, TrainConfig
+from asr_kd.errors import ConfigError
+from asr_kd.models.dnn import SplicedDnn, dnn_preset
+from asr_kd.train.capacity import label_smoothed_frame_cross_entropy, parse_variant, spread_sample
+from asr_kd.train.frame_classifier import frame_cross_entropy
+
+BASE_DNN, BASE_TRAIN = dnn_preset("mini"), TrainConfig(num_epochs=10, lr=0.003)
+
+
+def test_a_variant_overrides_the_model_the_training_and_the_smoothing() -> None:
+    v = parse_variant("wide4x512:hidden_dim=512,num_hidden_layers=4,num_epochs=6,lr=0.001,label_smoothing=0.1", BASE_DNN, BASE_TRAIN)
+    assert (v.name, v.dnn.hidden_dim, v.dnn.num_hidden_layers, v.dnn.left_context) == ("wide4x512", 512, 4, 20)
+    assert (v.train.num_epochs, v.train.lr, v.train.seed, v.label_smoothing) == (6, 0.001, 0, 0.1)
+    assert v.overrides == ("hidden_dim=512", "num_hidden_layers=4", "num_epochs=6", "lr=0.001", "label_smoothing=0.1")
+    base = parse_variant("base", BASE_DNN, BASE_TRAIN)
+    assert (base.dnn, base.train, base.label_smoothing, base.overrides) == (BASE_DNN, BASE_TRAIN, 0.0, ())
+
+
+def test_bad_variants_are_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['width'\]; known: DnnConfig \[") as err:
+        parse_variant("w:width=512", BASE_DNN, BASE_TRAIN)
+    assert "\n" not in str(err.value) and "label_smoothing" in str(err.value)
+    with pytest.raises(ConfigError, match="model.dropout must be in"):
+        parse_variant("d:dropout=1.5", BASE_DNN, BASE_TRAIN)
+    with pytest.raises(ConfigError, match="label_smoothing must be a number, got 'lots'"):
+        parse_variant("s:label_smoothing=lots", BASE_DNN, BASE_TRAIN)
+    with pytest.raises(ConfigError, match=r"label_smoothing must be in \[0, 1\)"):
+        parse_variant("s:label_smoothing=1", BASE_DNN, BASE_TRAIN)
+    with pytest.raises(ConfigError, match="names a folder"):
+        parse_variant("../up:lr=0.1", BASE_DNN, BASE_TRAIN)
+
+
+def test_label_smoothing_mixes_the_cross_entropy_with_the_uniform_one() -> None:
+    torch.manual_seed(0)
+    model = SplicedDnn(DnnConfig(feature_dim=4, left_context=1, right_context=1, hidden_dim=8, num_hidden_layers=1), 6)
+    labels = torch.tensor([[0, 3, 5, -100], [2, 2, -100, -100]])
+    batch = {"features": torch.randn(2, 4, 4), "lengths": torch.tensor([3, 2]), "labels": labels}
+    plain, plain_logs = frame_cross_entropy(model, batch)
+    zero, zero_logs = label_smoothed_frame_cross_entropy(model, batch, 0.0)
+    assert zero.item() == pytest.approx(plain.item(), rel=1e-6) and zero_logs["frame_accuracy"] == plain_logs["frame_accuracy"]
+    eps = 0.2
+    smoothed, _ = label_smoothed_frame_cross_entropy(model, batch, eps)
+    logp = torch.log_softmax(model(batch["features"], batch["lengths"]), -1)
+    mask = labels != -100
+    uniform = -logp[mask].mean(-1).mean()
+    assert smoothed.item() == pytest.approx((1 - eps) * plain.item() + eps * uniform.item(), rel=1e-5)
+    assert smoothed.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_the_training_sample_spans_the_manifest_and_skips_unaligned_cuts() -> None:
+    cuts = [dummy_cut(i) for i in range(20)]
+    for i, c in enumerate(cuts):
+        if i != 3:
+            c.custom = {"senones": "stand-in"}  # only its presence matters to the sample
+    ids = [c.id for c in spread_sample(CutSet.from_cuts(cuts), 5)]
+    aligned = [c.id for i, c in enumerate(cuts) if i != 3]
+    assert ids == [aligned[i * 19 // 5] for i in range(5)] and ids[0] == cuts[0].id and cuts[3].id not in ids
+    assert ids == [c.id for c in spread_sample(CutSet.from_cuts(cuts), 5)]  # fixed, not random
+    assert len(spread_sample(CutSet.from_cuts(cuts), 50)) == 19
+    with pytest.raises(ConfigError, match="at least 1 cut"):
+        spread_sample(CutSet.from_cuts(cuts), 0)
