@@ -496,9 +496,10 @@ class TrainConfig:
     cosine_steps: int = 0
     final_lr_ratio: float = 0.01
     grad_clip: float = 5.0  # max gradient norm; 0 = no clipping
-    # "bf16": autocast on CUDA (a no-op on CPU); "bf16-cpu": autocast on CPU too (on CPUs with
-    # AMX or AVX512-BF16 2.3x faster steps for mini's DNN, measured; elsewhere it may be slower: see
-    # bench/RESULTS.md "bf16 training on the CPU"); "none": float32 everywhere.
+    # "bf16": autocast on CUDA (a no-op on CPU); "bf16-cpu": autocast on CPU too (with AMX or
+    # AVX512-BF16, 2.3x faster steps for mini's DNN on one fixed batch shape, bench/RESULTS.md "bf16
+    # training on the CPU"; but a whole mini training run, whose batch shapes vary, was no faster);
+    # "none": float32 everywhere.
     amp: str = "bf16"
     # SpecAugment (Park et al. 2019) on training batches only (never dev): per utterance, this many
     # masks of up to specaug_freq_width feature bins and of up to specaug_time_width frames (at

@@ -121,10 +121,11 @@ def decode_seconds(result: dict) -> float:
     return float(result["dev"]["decode_seconds"] + sum(t["decode_seconds"] for t in result["test"].values()))
 
 
-def format_section(results: list[dict], command: str, layout: RecipeLayout, decode: DecodeConfig, sample_cuts: int, env: str) -> str:
+def format_section(results: list[dict], command: str, layout: RecipeLayout, decode: DecodeConfig, sample_cuts: int, env: str,
+                   heading: str = HEADING) -> str:
     """The RESULTS.md section: one row per run, then how it was measured."""
     test, ood = layout.test_part, layout.ood_part
-    lines = [HEADING, "", f"Produced by `{command}`.", "",
+    lines = [heading, "", f"Produced by `{command}`.", "",
              f"| variant | overrides | network | MMACs / frame | epochs (best) | train-sample frame acc. | dev frame acc. | test frame acc. "
              f"| train − dev, points | dev frame acc. by epoch | dev WER (scale) | test WER | {ood + ' WER | ' if ood else ''}"
              f"test WER / GMM tri | test WER − {results[0]['run']}, points [95% CI] | training CPU s / epoch (total) |",
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-part", default="test-clean")
     p.add_argument("--ood-part", default="test-ood", help="a second test part, if stage 3 aligned it ('' for none)")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    p.add_argument("--title", default=None,
+                   help="the section's title, to keep several studies side by side (default: 'Hybrid DNN capacity on a recipe run')")
     args = p.parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
@@ -259,7 +262,8 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
     write_json_atomic(out / "hybrid_capacity.json", {"command": command, "decode": dataclasses.asdict(decode), "gmm_tri_wer": gmm,
                                                      "runs": results})
     env = describe_environment(read_record(runs[0].folder))
-    write_section(args.results, HEADING, format_section(results, command, layout, decode, args.train_sample, env))
+    heading = HEADING if args.title is None else f"## {args.title} (bench/hybrid_capacity.py)"
+    write_section(args.results, heading, format_section(results, command, layout, decode, args.train_sample, env, heading))
     for r in results:
         print(f"{r['run']}: dev frame accuracy {_pct(r['dev']['frame_accuracy'])}, test WER {_pct(r['test'][layout.test_part]['wer'])}, "
               f"{r['training']['cpu_seconds_per_epoch']:.0f} CPU s / epoch")
