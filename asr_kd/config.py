@@ -497,7 +497,7 @@ class TrainConfig:
     final_lr_ratio: float = 0.01
     grad_clip: float = 5.0  # max gradient norm; 0 = no clipping
     # "bf16": autocast on CUDA (a no-op on CPU); "bf16-cpu": autocast on CPU too (with AMX or
-    # AVX512-BF16, 2.3x faster steps for mini's DNN on one fixed batch shape, bench/RESULTS.md "bf16
+    # AVX512-BF16, 2.0-2.3x faster steps for mini's DNN on one fixed batch shape, bench/RESULTS.md "bf16
     # training on the CPU"; but a whole mini training run, whose batch shapes vary, was no faster);
     # "none": float32 everywhere.
     amp: str = "bf16"
