@@ -23,6 +23,7 @@ bench/RESULTS.md: per part, utterances aligned and the share of frames whose sen
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.metrics.wer import score_transcript_files
+from asr_kd.report.tables import format_interval, significance
 from asr_kd.stages.common import gmm_record, load_teachers, read_senones
 from asr_kd.stages.layout import SENONES_FIELD, RecipeLayout
 from asr_kd.stages.s3_gmm import write_tids
@@ -170,7 +172,7 @@ def main() -> None:
         parser.error("--out is required (or --compare)")
     ood = args.ood_part if (args.data / "fbank" / f"cuts_{args.ood_part}.jsonl.gz").is_file() else ""
     stats = realign(args.data.resolve(), args.exp.resolve(), args.out.resolve(), args.num_teachers, ood_part=ood)
-    lines = [HEADING, "", f"Produced by `python bench/dnn_realign.py --data {args.data} --exp {args.exp} --out {args.out}`: every part "
+    lines = [HEADING, "", f"Produced by `{command_line()}`: every part "
              "aligned again through stage 3's training graphs with the teacher ensemble's posteriors divided by stage 3's priors "
              "(stage 3's beams and graph scales), against the triphone GMM's alignments.", "",
              "| Part | Cuts | Aligned (GMM) | Aligned (ensemble) | Frames compared | Senone changed | CPU s |", "|---|---|---|---|---|---|---|"]
@@ -179,7 +181,17 @@ def main() -> None:
                      f"{100 * s['changed'] / max(s['frames'], 1):.1f}% | {s['cpu_s']} |")
     lines += ["", "What the new labels do to a DNN trained on them is measured by `bench/hybrid_capacity.py --exp <the copy>` "
               "(WER only: frame accuracies are against different labels).", ""]
-    write_section(args.results, HEADING, "\n".join(lines))
+    publish(args.results, HEADING, lines)
+
+
+def command_line() -> str:
+    """The command this script was run with, as the sections quote it."""
+    return "python bench/dnn_realign.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def publish(results: Path, heading: str, lines: list[str]) -> None:
+    """Write the section to ``results`` and print it."""
+    write_section(results, heading, "\n".join(lines))
     print("\n".join(lines))
 
 
@@ -187,9 +199,10 @@ def main() -> None:
 def main_compare(args: argparse.Namespace) -> None:
     """``--compare``: write the comparison section."""
     gmm_runs, realigned_runs = args.compare
-    parts = [RecipeLayout(args.data, args.exp).dev_part, RecipeLayout(args.data, args.exp).test_part, args.ood_part]
+    layout = RecipeLayout(args.data, args.exp)
+    parts = [layout.dev_part, layout.test_part, args.ood_part]
     rows = compare(gmm_runs, realigned_runs, args.variant, parts)
-    lines = [COMPARE_HEADING, "", f"Produced by `python bench/dnn_realign.py --compare {gmm_runs} {realigned_runs} --variant {args.variant}`: "
+    lines = [COMPARE_HEADING, "", f"Produced by `{command_line()}`: "
              f"the `{args.variant}` DNN of bench/hybrid_capacity.py trained on the run's triphone-GMM alignments and on the ensemble's "
              "realignment (each scored with its own priors and its own dev-tuned acoustic scale). Difference: realigned − GMM labels, "
              "per-utterance errors averaged over the seeds first, 95% paired bootstrap over utterances (2000 resamples); it does not "
@@ -197,14 +210,13 @@ def main_compare(args: argparse.Namespace) -> None:
              "| Part | WER per seed, GMM labels | WER per seed, realigned | Mean, GMM labels | Mean, realigned | Realigned − GMM, points | Significant? |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        d = r["diff"]
-        verdict = "no: within noise" if not d.excludes_zero else ("yes, better" if d.value < 0 else "yes, worse")
+        d = r["diff"].to_dict()
+        verdict = significance(d, better_if_negative=True).replace(" than the baseline", " than GMM labels")
         lines.append(f"| {r['part']} | {', '.join(f'{100 * w:.2f}%' for w in r['gmm'])} | {', '.join(f'{100 * w:.2f}%' for w in r['realigned'])} | "
-                     f"{100 * np.mean(r['gmm']):.2f}% | {100 * np.mean(r['realigned']):.2f}% | {100 * d.value:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] | {verdict} |")
+                     f"{100 * np.mean(r['gmm']):.2f}% | {100 * np.mean(r['realigned']):.2f}% | {format_interval(d)} | {verdict} |")
     lines += ["", "The dev part chose each model's epoch and acoustic scale, so dev flatters both sides alike; test-clean and the "
               "out-of-domain part are the fair comparison.", ""]
-    write_section(args.results, COMPARE_HEADING, "\n".join(lines))
-    print("\n".join(lines))
+    publish(args.results, COMPARE_HEADING, lines)
 
 
 if __name__ == "__main__":

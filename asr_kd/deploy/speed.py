@@ -29,6 +29,7 @@ import numpy as np
 from asr_kd.config import DecodeConfig
 from asr_kd.errors import AsrKdError, ConfigError
 from asr_kd.metrics.wer import WerResult, compute_wer
+from asr_kd.report.tables import format_interval, significance
 
 if TYPE_CHECKING:  # torch and the runtimes load when something is measured, not for `asr-kd --help`
     from asr_kd.deploy.transcribe import Transcriber
@@ -232,13 +233,13 @@ def speed_markdown(result: SpeedResult, system: str, dev_name: str, test_name: s
         failed = f", {p.failed} failed" if p.failed else ""
         lines.append(f"| {p.setting.beam:g}{mark} | {p.setting.max_active} | {100 * p.wer:.2f}% ({p.errors}/{p.ref_words}{failed}) | {p.search_rtf:.4f} |")
     diff = wer_difference(r.test_reference, r.test_chosen)
-    verdict = "within noise (the interval contains 0)" if not diff.excludes_zero else ("worse" if diff.value > 0 else "better")
+    verdict = significance(diff.to_dict(), better_if_negative=True).replace(" than the baseline", " than the tables' setting")
     met = "met" if r.end_to_end_rtf <= target else "NOT met"
     lines += ["", f"On {test_name} at the chosen {r.chosen.setting}: end-to-end RTF per core **{r.end_to_end_rtf:.4f}** = features "
               f"{r.features_rtf:.4f} + acoustic model {r.acoustic_rtf:.4f} + search {r.search_rtf_chosen:.4f} (target at most {target:g}: "
               f"{met}); at the tables' {r.reference}: {r.end_to_end_rtf_reference:.4f} (search {r.search_rtf_reference:.4f}). "
               f"Test WER {100 * r.test_chosen.wer:.2f}% against {100 * r.test_reference.wer:.2f}%: "
-              f"{100 * diff.value:+.2f} points [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] (95% paired bootstrap), {verdict}. "
+              f"{format_interval(diff.to_dict())} points (95% paired bootstrap); significant? {verdict}. "
               + (f"The search failed on {r.failed_chosen} test utterance(s) at the chosen setting and {r.failed_reference} at the "
                  "tables' (scored as all deletions). " if r.failed_chosen or r.failed_reference else "") +
               f"`asr-kd transcribe --beam {r.chosen.setting.beam:g} --max-active {r.chosen.setting.max_active}` decodes with it."]

@@ -146,15 +146,22 @@ def viterbi_align(
 ) -> tuple[list[int] | None, float]:
     """Return (transition-ids, log-likelihood) of the best path, or (None, 0.0) if alignment
     failed even with the retry beam. The log-likelihood includes transition log-probabilities."""
+    decodable = khg.DecodableAmDiagGmmScaled(am=am, tm=tm, feats=np.ascontiguousarray(feats, dtype=np.float32), scale=opts.scales.acoustic)
+    return _align(graph, tm, decodable, feats.shape[0], opts, utt_id)
+
+
+def _align(graph: kaldifst.StdVectorFst, tm: khg.TransitionModel, decodable: khg.DecodableInterface, num_frames: int,
+           opts: AlignOptions, utt_id: str) -> tuple[list[int] | None, float]:
+    """The Viterbi alignment both aligners share: the training graph with the model's transition
+    log-probabilities, searched with ``opts``' beams; (None, 0.0) unless every frame is aligned."""
     fst = graph.copy()  # add_transition_probs edits the graph in place
     khg.add_transition_probs(trans_model=tm, transition_scale=opts.scales.transition, self_loop_scale=opts.scales.self_loop, fst=fst)
-    decodable = khg.DecodableAmDiagGmmScaled(am=am, tm=tm, feats=np.ascontiguousarray(feats, dtype=np.float32), scale=opts.scales.acoustic)
     config = khg.AlignConfig(beam=opts.beam, retry_beam=opts.retry_beam, careful=False)
     num_done, _, _, tot_like, _, ali, _ = khg.align_utterance_wrapper(
         config=config, utt=utt_id, acoustic_scale=opts.scales.acoustic, fst=fst, decodable=decodable,
         num_done=0, num_error=0, num_retried=0, tot_like=0.0, frame_count=0,
     )
-    if num_done != 1 or len(ali) != feats.shape[0]:
+    if num_done != 1 or len(ali) != num_frames:
         return None, 0.0
     return list(ali), float(tot_like)
 
@@ -175,17 +182,8 @@ def viterbi_align_loglikes(
     x = np.asarray(loglikes, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] <= int(tid2pdf.max()):
         raise ValueError(f"utterance {utt_id}: log-likelihoods of shape {x.shape} do not cover the model's {int(tid2pdf.max()) + 1} pdfs")
-    fst = graph.copy()  # add_transition_probs edits the graph in place
-    khg.add_transition_probs(trans_model=tm, transition_scale=opts.scales.transition, self_loop_scale=opts.scales.self_loop, fst=fst)
     decodable = khg.DecodableCtc(np.ascontiguousarray(opts.scales.acoustic * x[:, tid2pdf]))
-    config = khg.AlignConfig(beam=opts.beam, retry_beam=opts.retry_beam, careful=False)
-    num_done, _, _, tot_like, _, ali, _ = khg.align_utterance_wrapper(
-        config=config, utt=utt_id, acoustic_scale=opts.scales.acoustic, fst=fst, decodable=decodable,
-        num_done=0, num_error=0, num_retried=0, tot_like=0.0, frame_count=0,
-    )
-    if num_done != 1 or len(ali) != x.shape[0]:
-        return None, 0.0
-    return list(ali), float(tot_like)
+    return _align(graph, tm, decodable, x.shape[0], opts, utt_id)
 
 
 # --------------------------------------------------------------------------------------------
