@@ -33,7 +33,7 @@ from asr_kd.gmm.train import GmmSystem
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import compute_wer
-from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones, with_recorded_alignments
 from asr_kd.stages.decode_part import tuned_scale
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import read_record
@@ -48,7 +48,7 @@ from _results import write_section  # noqa: E402
 def finished_run(data: Path, exp: Path, script: str) -> tuple[RecipeLayout, Lang] | None:
     """Return the layout and lang of the recipe run in ``data``/``exp``, or None (said in one line,
     so that ``make bench`` on a fresh clone skips ``script``) when stages 3 and 7 have not run."""
-    layout = RecipeLayout(data, exp)
+    layout = with_recorded_alignments(RecipeLayout(data, exp))
     if read_record(layout.gmm) is None or not (layout.decode / "table1.json").is_file():
         print(f"{script}: no finished recipe run under {exp} (stages 3 and 7); run `make demo` first. Skipped.")
         return None

@@ -25,26 +25,16 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from asr_kd.config import DecodeConfig, GmmConfig, config_from_dict
-from asr_kd.data.alignments import load_alignment, store_alignments
-from asr_kd.decode.hybrid import tid_to_pdf
-from asr_kd.decode.priors import load_priors, priors_from_alignments, save_priors
-from asr_kd.gmm.align import AlignOptions, GraphCompiler, senone_alignments, viterbi_align_loglikes
-from asr_kd.gmm.train import GmmSystem, GraphInputs
-from asr_kd.kd.ensemble import ensemble_log_posteriors
-from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.metrics.wer import score_transcript_files
 from asr_kd.report.tables import format_interval, significance
-from asr_kd.stages.common import gmm_record, load_teachers, read_senones
-from asr_kd.stages.layout import SENONES_FIELD, RecipeLayout
-from asr_kd.stages.s3_gmm import write_tids
+from asr_kd.stages.common import load_teachers
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.s3_realign import realign_parts
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
@@ -68,60 +58,15 @@ def link_run(exp: Path, out: Path) -> None:
         if p.name != "ali":
             (out / "gmm" / p.name).symlink_to(p.resolve())
     (out / "gmm" / "ali").mkdir()
-    (out / "gmm" / "ali" / "senones.json").write_bytes((exp / "gmm" / "ali" / "senones.json").read_bytes())
 
 
 def realign(data: Path, exp: Path, out: Path, num_teachers: int | None = None, max_duration: float = 20.0, ood_part: str = "") -> list[dict]:
-    """Write the realigned copy of the run (see the module docstring); return per-part statistics."""
+    """Write the realigned copy of the run (see the module docstring); return per-part statistics
+    (:func:`asr_kd.stages.s3_realign.realign_parts`, the recipe's realignment)."""
     old = RecipeLayout(data, exp, ood_part=ood_part)
     link_run(exp, out)
     new = RecipeLayout(data, out, ood_part=ood_part)
-    record = gmm_record(old)
-    gmm_cfg = config_from_dict(GmmConfig, record.config["gmm"], "stage 3 record")
-    decode_cfg = config_from_dict(DecodeConfig, record.config["decode"], "stage 3 record")
-    senones = read_senones(old)
-    system = GmmSystem.load(senones.model)
-    tm = system.tm
-    lang = Lang.load(old.lang)
-    inputs = GraphInputs.from_lang(lang)
-    compiler = GraphCompiler(tm, system.ctx_dep, inputs.lexicon_fst, inputs.disambig_phones)
-    opts = AlignOptions(gmm_cfg.beam, gmm_cfg.retry_beam, gmm_cfg.graph_scales)
-    priors = load_priors(old.log_priors, tm.num_pdfs)
-    tid2pdf = tid_to_pdf(tm)
-    models = load_teachers(old, num_teachers)
-    stats = []
-    for part in (old.train_part, old.dev_part, *old.test_parts):
-        start = time.process_time()
-        cuts = list(old.open_cuts(old.fbank_cuts(part)))
-        gmm_labels = {c.id: load_alignment(c) for c in old.open_cuts(old.ali_cuts(part))}
-        tids: dict[str, list[int]] = {}
-        failed = 0
-        for cut, log_probs in tqdm(ensemble_log_posteriors(models, cuts, old.open_cmvn(part), 1.0, "arithmetic", max_duration),
-                                   total=len(cuts), desc=f"realign {part}", leave=False):
-            text = " ".join(s.text or "" for s in cut.supervisions).split()
-            try:
-                graph = compiler.compile(lang.word_ids(text))
-            except RuntimeError:
-                failed += 1
-                continue
-            ali, _ = viterbi_align_loglikes(graph, tm, log_probs.numpy() - priors, tid2pdf, opts, cut.id)
-            if ali is None:
-                failed += 1
-            else:
-                tids[cut.id] = ali
-        labels = senone_alignments(tm, tids)
-        stored = store_alignments(cuts, labels, new.ali / f"storage_{part}", name=SENONES_FIELD)
-        stored.to_file(new.ali_cuts(part))
-        write_tids(new.tids(part), tids)
-        if part == old.train_part:
-            save_priors(new.log_priors, priors_from_alignments(labels.values(), tm.num_pdfs, decode_cfg.prior_smoothing, decode_cfg.prior_floor))
-        both = [u for u in labels if u in gmm_labels]
-        frames = sum(len(labels[u]) for u in both)
-        changed = sum(int((labels[u] != gmm_labels[u]).sum()) for u in both)
-        stats.append({"part": part, "cuts": len(cuts), "aligned": len(labels), "gmm_aligned": len(gmm_labels), "failed": failed,
-                      "frames": frames, "changed": changed, "cpu_s": round(time.process_time() - start, 1)})
-        print(f"{part}: {len(labels)} of {len(cuts)} cuts aligned, {100 * changed / max(frames, 1):.1f}% of frames changed senone", flush=True)
-    return stats
+    return realign_parts(old, load_teachers(old, num_teachers), new.ali, (old.train_part, old.dev_part, *old.test_parts), max_duration)
 
 
 def seed_runs(out: Path, variant: str) -> list[Path]:
@@ -160,6 +105,9 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("GMM_RUNS", "REALIGNED_RUNS"), default=None,
                         help="instead: compare two bench/hybrid_capacity.py --out folders, one trained on the run's GMM labels, one on "
                              "the realigned copy (per seed WER, and the seed-averaged difference with a paired bootstrap interval)")
+    parser.add_argument("--title", default=None, help="--compare: a section of its own, '## DNN realignment: TITLE (...)' "
+                        "(default: the section of the ensemble's realignment)")
+    parser.add_argument("--aligner", default="ensemble's", help="--compare: who realigned, as the section says it (default ensemble's)")
     parser.add_argument("--variant", default="base", help="the hybrid_capacity variant --compare reads (default base)")
     parser.add_argument("--num-teachers", type=int, default=None, help="teachers in the aligning ensemble (default: all of stage 4)")
     parser.add_argument("--ood-part", default="test-ood", help="the out-of-domain test part, realigned too where its cuts exist (default test-ood)")
@@ -202,8 +150,10 @@ def main_compare(args: argparse.Namespace) -> None:
     layout = RecipeLayout(args.data, args.exp)
     parts = [layout.dev_part, layout.test_part, args.ood_part]
     rows = compare(gmm_runs, realigned_runs, args.variant, parts)
-    lines = [COMPARE_HEADING, "", f"Produced by `{command_line()}`: "
-             f"the `{args.variant}` DNN of bench/hybrid_capacity.py trained on the run's triphone-GMM alignments and on the ensemble's "
+    heading = COMPARE_HEADING if args.title is None else f"## DNN realignment: {args.title} (bench/dnn_realign.py --compare)"
+    lines = [heading, "", f"Produced by `{command_line()}`: "
+             f"the `{args.variant}` DNN of bench/hybrid_capacity.py trained on the run's triphone-GMM alignments and on the "
+             f"{args.aligner} "
              "realignment (each scored with its own priors and its own dev-tuned acoustic scale). Difference: realigned − GMM labels, "
              "per-utterance errors averaged over the seeds first, 95% paired bootstrap over utterances (2000 resamples); it does not "
              "include seed-to-seed variation beyond the averaging.", "",
@@ -216,7 +166,7 @@ def main_compare(args: argparse.Namespace) -> None:
                      f"{100 * np.mean(r['gmm']):.2f}% | {100 * np.mean(r['realigned']):.2f}% | {format_interval(d)} | {verdict} |")
     lines += ["", "The dev part chose each model's epoch and acoustic scale, so dev flatters both sides alike; test-clean and the "
               "out-of-domain part are the fair comparison.", ""]
-    publish(args.results, COMPARE_HEADING, lines)
+    publish(args.results, heading, lines)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from asr_kd.errors import ConfigError, DataError
 from asr_kd.launch import launch_jobs
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.models.dnn import load_dnn_config, num_linear_params
-from asr_kd.stages.common import describe_dnn, gmm_record, model_checkpoint, read_senones
+from asr_kd.stages.common import describe_dnn, gmm_record, model_checkpoint, read_senones, with_recorded_alignments
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, describe_environment, read_record
 from asr_kd.stages.s7_decode import per_utterance_path, score_system
@@ -206,7 +206,7 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
     """Train what needs training, score it, write the JSON and the section; return 0."""
     if args.seeds < 1 or args.jobs < 1:
         raise ConfigError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
-    layout = RecipeLayout(args.data, args.exp, args.train_part, args.dev_part, args.test_part)
+    layout = with_recorded_alignments(RecipeLayout(args.data, args.exp, args.train_part, args.dev_part, args.test_part))
     senones = read_senones(layout)  # DataError naming stage 3 when it has not run
     aligned = read_json(layout.senones_json)
     assert isinstance(aligned, dict)

@@ -35,7 +35,7 @@ from asr_kd.gmm.train import GmmSystem
 from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.soft_targets import bytes_per_frame
 from asr_kd.kd.ensemble import ensemble_log_posteriors
-from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones, with_recorded_alignments
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import read_record
 from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: per-core numbers)")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = parser.parse_args()
-    layout = RecipeLayout(args.data, args.exp)
+    layout = with_recorded_alignments(RecipeLayout(args.data, args.exp))
     summary = layout.student_dir("distilled") / "summary.json"
     made = json.loads(summary.read_text()).get("soft_targets") if read_record(layout.student_dir("distilled")) else None
     soft_dir = None if not made else layout.soft_dir(made["num_teachers"], made["fusion"], made["temperature"], made["top_k"],

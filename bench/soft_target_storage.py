@@ -40,6 +40,7 @@ import numpy as np
 
 from asr_kd.config import DecodeConfig, DnnConfig, KdConfig, TrainConfig
 from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.stages.common import with_recorded_alignments
 from asr_kd.stages.decode_part import tuned_scale
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.launch import launch_jobs
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="students trained at once (one torch thread each)")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = p.parse_args(argv)
-    ref = RecipeLayout(args.data, args.exp)
+    ref = with_recorded_alignments(RecipeLayout(args.data, args.exp))
     table1 = ref.decode / "table1.json"
     student_rec = read_record(ref.student_dir("distilled"))
     decode_rec = read_record(ref.decode)

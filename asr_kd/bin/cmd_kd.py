@@ -1,4 +1,4 @@
-"""Recipe stages 4-8: ``train-teachers``, ``make-soft-targets``, ``train-student``,
+"""Recipe stages 3 (second half) to 8: ``realign`` (``--alignments dnn``), ``train-teachers``, ``make-soft-targets``, ``train-student``,
 ``decode-hybrid`` (Table 1) and ``three-percent`` (Table 5); the stage code is in
 :mod:`asr_kd.stages` (s4_teachers ... s8_three_percent)."""
 
@@ -22,6 +22,10 @@ def _layout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results-command", default=None, help="command recorded in RESULTS.md (default: this asr-kd command line)")
     p.add_argument("--num-threads", type=int, default=0,
                    help="torch threads (default 0: torch's own choice); 1 is faster for small DNNs on a busy machine")
+    p.add_argument("--alignments", choices=("gmm", "dnn"), default=None,
+                   help="the senone alignments and priors to train and score on: gmm (stage 3's triphone GMM, <exp>/gmm/ali) or dnn "
+                   "(stage 3's first-pass DNN realignment, <exp>/realign/ali; asr-kd realign); default: those stage 4's teachers "
+                   "were trained on (gmm before stage 4 has run). A stage after 4 refuses alignments other than the teachers'")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +71,16 @@ def _seeds_arg(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the stage 4-8 commands to ``sub``."""
+    p = sub.add_parser("realign", help="stage 3 (--alignments dnn): a first-pass DNN on the GMM's alignments realigns every part",
+                       description="Train one DNN (--model-config, --config; seed + 500) on stage 3's triphone-GMM senone alignments, then "
+                       "align the training, dev and test parts again through stage 3's training graphs with its posteriors divided by "
+                       "stage 3's priors (Kaldi's DNN realignment): <exp>/realign/aligner/ and <exp>/realign/ali/ (cuts with the new "
+                       "senones, transition ids, priors), summary.json with the share of frames whose senone changed "
+                       "(asr_kd/stages/s3_realign.py). Stages 4-10 use them with --alignments dnn. Skipped when its record matches.")
+    _layout_args(p)
+    _model_args(p)
+    p.set_defaults(func=_realign)
+
     p = sub.add_parser("train-teachers", help="stage 4: train N DNN teachers differing only in their seed",
                        description="Train --num-teachers DNNs on the stage-3 senone alignments (seeds seed, seed+1, ...) in "
                        "<exp>/teachers/teacher<i> (asr_kd/stages/s4_teachers.py). Skipped when <exp>/teachers/provenance.json matches the "
@@ -171,8 +185,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")
     p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
     p.add_argument("--num-jobs", type=int, default=2, help="parallel decoding processes (default 2)")
-    p.add_argument("--align", action="store_true", help="also align the part with the stage-3 triphone GMM (data/tids_<part>.txt) and "
-                   "score the networks' frame accuracy against it")
+    p.add_argument("--align", action="store_true", help="also align the part as stage 3 aligned the recipe's parts (the triphone "
+                   "GMM, or its first-pass DNN with --alignments dnn; data/tids_<part>.txt) and score the networks' frame accuracy against it")
     p.add_argument("--fixed-scale", action="store_true", help="decode every system at the decode config's acoustic_scale instead of "
                    "the scale the recipe tuned for it on dev (stages 3 and 7; CTC students: the CTC decoding stage's settings)")
     p.add_argument("--ctc-units", choices=("phone", "bpe"), default="phone", help="units of the ctc-<name> systems (default phone)")
@@ -185,7 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("align", help="align any part (e.g. new training data) with the stage-3 triphone GMM, into cuts to train on",
                        description="Prepare manifests and features of --part from --corpus-dir (LibriSpeech layout) and align it with "
-                       "the stage-3 triphone GMM (Viterbi, Kaldi's align_si): <exp>/align_parts/<part>/cuts_<part>.jsonl.gz carries "
+                       "the stage-3 triphone GMM (Viterbi, Kaldi's align_si), or, where the teachers were trained on DNN-realigned labels "
+                       "(--alignments dnn), with stage 3's first-pass DNN: <exp>/align_parts/<part>/cuts_<part>.jsonl.gz carries "
                        "each aligned cut's senone alignment (field 'senones', as exp/gmm/ali/cuts_<part>.jsonl.gz), tids_<part>.txt "
                        "its transition ids; the recipe's own folders are not touched (asr_kd/stages/decode_part.py).")
     _layout_args(p)
@@ -197,6 +212,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """Log to <exp>/log/<name>.log; return the layout and RESULTS.md arguments common to all stages."""
+    from asr_kd.stages.common import check_alignments, recorded_alignments
     from asr_kd.stages.layout import RecipeLayout
     from asr_kd.utils import setup_logging
 
@@ -207,6 +223,9 @@ def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
         torch.set_num_threads(args.num_threads)
     command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
     layout = RecipeLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set, ood_part=args.ood_set)
+    layout = dataclasses.replace(layout, alignments=args.alignments or recorded_alignments(layout))
+    if name not in ("train_teachers", "realign"):  # the stages after 4 use the teachers' alignments
+        check_alignments(layout)
     return {"layout": layout, "results_md": args.results_md, "command": command}
 
 
@@ -221,6 +240,18 @@ def _kd(args: argparse.Namespace) -> Any:
     from asr_kd.config import KdConfig, load_config, parse_overrides
 
     return load_config(KdConfig, args.kd_config, parse_overrides(args.kd_overrides))
+
+
+def _realign(args: argparse.Namespace) -> int:
+    from asr_kd.stages.s3_realign import realign_with_dnn
+
+    common = _setup(args, "realign")
+    model_cfg, train_cfg = _configs(args)
+    summary = realign_with_dnn(model_config=model_cfg, train_config=train_cfg, **common)
+    for part in summary["parts"]:
+        print(f"{part['part']}: {part['aligned']} of {part['cuts']} cuts realigned, "
+              f"{100 * part['changed'] / max(part['frames'], 1):.1f}% of frames changed senone")
+    return 0
 
 
 def _train_teachers(args: argparse.Namespace) -> int:

@@ -24,10 +24,12 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
     folders ``exp`` and ``data`` (through :class:`RecipeLayout`): ``features`` (the FeatureConfig
     YAML stage 1 saved) and the keyword arguments of :func:`assemble_hybrid_model_dir` or
     :func:`assemble_ctc_model_dir` (or, for a GMM, :func:`assemble_gmm_model_dir`)."""
-    from asr_kd.stages.common import gmm_record, model_checkpoint, read_senones
+    from asr_kd.stages.common import gmm_record, model_checkpoint, read_senones, with_recorded_alignments
     from asr_kd.stages.layout import GMM_SYSTEMS, STUDENT_KINDS, RecipeLayout
 
     layout = RecipeLayout(Path(data), Path(exp), train_part=train_part, ctc_units=units)
+    # The networks' priors and labels are those stage 4's teachers were trained on (GMM or DNN realignment).
+    layout = with_recorded_alignments(layout)
     common = {"features": layout.data_dir / "features.yaml", "train_cmvn": layout.cmvn(train_part)}
     if system in GMM_SYSTEMS:
         record = gmm_record(layout)

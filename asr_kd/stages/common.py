@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from asr_kd.config import DnnConfig
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.models.dnn import SplicedDnn
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.layout import RecipeLayout
@@ -47,6 +47,45 @@ def read_senones(layout: RecipeLayout) -> SenoneInfo:
 def gmm_record(layout: RecipeLayout) -> StageRecord:
     """Return stage 3's provenance record; DataError naming stage 3 if it has not finished."""
     return require_record(layout.gmm, "stage 3 (asr-kd train-gmm)")
+
+
+def alignment_inputs(layout: RecipeLayout) -> dict[str, str]:
+    """Return the input fingerprints of the senone alignments ``layout`` trains on: stage 3's
+    record, and with ``alignments="dnn"`` the DNN realignment's record too (DataError naming the
+    stage to run when it has not finished)."""
+    inputs = {"gmm": gmm_record(layout).fingerprint}
+    if layout.alignments == "dnn":
+        inputs["realign"] = require_record(layout.realign, "the DNN realignment (run.sh --alignments dnn --stage 3)").fingerprint
+    return inputs
+
+
+def recorded_alignments(layout: RecipeLayout) -> str:
+    """Return the alignments ("gmm" or "dnn") stage 4's teachers were trained on, from its record
+    ("gmm" when stage 4 has not run): what model directories and later decodes must use."""
+    record = read_record(layout.teachers)
+    return "dnn" if record is not None and "realign" in record.inputs else "gmm"
+
+
+def describe_alignments(layout: RecipeLayout) -> str:
+    """Return whose senone alignments ``layout`` trains and scores on, for the tables."""
+    return ("the first-pass DNN's realignment (stage 3, --alignments dnn)" if layout.alignments == "dnn"
+            else "the triphone GMM's senone alignments (stage 3)")
+
+
+def with_recorded_alignments(layout: RecipeLayout) -> RecipeLayout:
+    """Return ``layout`` reading the alignments stage 4's teachers were trained on
+    (:func:`recorded_alignments`): what tools outside the recipe's own run use."""
+    return dataclasses.replace(layout, alignments=recorded_alignments(layout))
+
+
+def check_alignments(layout: RecipeLayout) -> None:
+    """ConfigError when stage 4's teachers were trained on other alignments than ``layout``'s: a
+    later stage would mix labels (and priors) of two aligners."""
+    recorded = recorded_alignments(layout)
+    if read_record(layout.teachers) is not None and recorded != layout.alignments:
+        raise ConfigError(f"the teachers in {layout.teachers} were trained on the {recorded.upper()} alignments, this stage was asked "
+                          f"for the {layout.alignments.upper()} ones; pass --alignments {recorded}, or rerun stage 4 "
+                          f"(and stage 3 for dnn) with --alignments {layout.alignments}")
 
 
 def model_checkpoint(exp_dir: Path) -> Path:

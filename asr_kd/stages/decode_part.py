@@ -18,8 +18,9 @@ into lattices rescored with that larger LM (asr_kd/decode/rescore.py): ``hyp.txt
 rescored answer, ``hyp_first_pass.txt`` the lattice's first-pass best path, and the scores carry
 both WERs and the paired-bootstrap interval of their difference.
 
-:func:`align_part` (``asr-kd align``) prepares a part the same way and aligns it with the stage-3
-triphone GMM into ``<exp>/align_parts/<part>/``: cuts carrying senone alignments, ready to train on.
+:func:`align_part` (``asr-kd align``) prepares a part the same way and aligns it as stage 3 aligned
+the recipe's parts (the triphone GMM, or its first-pass DNN where the teachers were trained on
+realigned labels) into ``<exp>/align_parts/<part>/``: cuts carrying senone alignments, ready to train on.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
 from asr_kd.metrics.paired import wer_difference
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
-from asr_kd.stages.common import gmm_record, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.common import alignment_inputs, gmm_record, load_teachers, model_checkpoint, read_senones
 from asr_kd.data.alignments import store_alignments
 from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, file_sha256, listing_fingerprint, require_record
@@ -64,7 +65,7 @@ def _system_inputs(layout: RecipeLayout, systems: Sequence[str]) -> dict[str, st
     unknown system name."""
     inputs = {}
     if any(not name.startswith(CTC_PREFIX) for name in systems):
-        inputs["gmm"] = gmm_record(layout).fingerprint
+        inputs.update(alignment_inputs(layout))
     for name in systems:
         if name in GMM_SYSTEMS:
             continue
@@ -184,7 +185,7 @@ def align_part(layout: RecipeLayout, corpus_dir: Path | str, part: str, num_jobs
     ``{"cuts", "aligned", "frames"}``; skipped when the folder's record matches."""
     out = layout.exp_dir / "align_parts" / part
     feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
-    inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), "gmm": gmm_record(layout).fingerprint,
+    inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), **alignment_inputs(layout),
               "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}
     guard = StageGuard(f"align {part}", out, {"part": part, "features": feature_config}, inputs, command)
     cuts_file, summary_path = out / f"cuts_{part}.jsonl.gz", out / "summary.json"
@@ -216,11 +217,20 @@ def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: in
     """Align the part with the stage-3 triphone system (Viterbi, Kaldi's align_si); write
     ``data/tids_<part>.txt`` and return the senone alignment of every aligned utterance."""
     config = _gmm_config(layout)
-    part_data = load_part(data, part, lang, config)
     system = GmmSystem.load(layout.gmm_model("tri"))
-    tids, failed = align_utterances(system, GraphInputs.from_lang(lang), part_data.utterances, config, num_jobs, desc=f"align {part}")
+    if layout.alignments == "dnn":  # the labels the networks were trained on: stage 3's first-pass DNN realigns
+        from asr_kd.stages.s3_realign import Realigner, load_aligner
+
+        cuts = list(layout.open_cuts(cuts_path(data / "fbank", part)))
+        tids, failed = Realigner(dataclasses.replace(layout, alignments="gmm"), [load_aligner(layout)]).align(
+            cuts, CmvnStats.load(cmvn_path(data / "fbank", part)), f"realign {part}")
+        aligner = layout.realign / "aligner"
+    else:
+        part_data = load_part(data, part, lang, config)
+        tids, failed = align_utterances(system, GraphInputs.from_lang(lang), part_data.utterances, config, num_jobs, desc=f"align {part}")
+        aligner = layout.gmm_model("tri")
     write_tids(data / f"tids_{part}.txt", tids)
-    log.info("%s: %d of %d utterances aligned with %s", part, len(tids), len(part_data.utterances), layout.gmm_model("tri"))
+    log.info("%s: %d utterances aligned with %s, %d failed", part, len(tids), aligner, failed)
     return senone_alignments(system.tm, tids)
 
 

@@ -10,6 +10,7 @@ stage module asks it where to read and write, so a folder name appears here and 
 <data>/fbank/, <data>/mfcc/            stage 1: cuts_<part>.jsonl.gz, feats, cmvn_<part>.npz
 <data>/lang/                           stage 2: lexicon, L/G FSTs, words.txt, lang.json
 <exp>/gmm/                             stage 3: mono/, tri/ (final.mdl, graph/), ali/, decode_*
+<exp>/realign/                         stage 3 with --alignments dnn: aligner/ (first-pass DNN), ali/ (as gmm/ali)
 <exp>/teachers/teacher<i>/             stage 4: the hybrid teacher DNNs
 <exp>/soft_targets/<settings>/         stage 5: top-k soft targets, the folder named by their settings
 <exp>/students/<hard|distilled>[_seed<k>]/ stage 6 (no suffix: the first seed)
@@ -29,7 +30,7 @@ from lhotse import CutSet, load_manifest_lazy
 
 from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART
 from asr_kd.data.features import CmvnStats, cmvn_path, cuts_path
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 
 # Custom fields that stages store on cuts: stage 3's senone alignment (the soft-target fields are
 # asr_kd.kd.soft_targets.SOFT_IDS / SOFT_PROBS / SOFT_TEMPERATURE).
@@ -41,6 +42,7 @@ GMM_SYSTEMS = ("mono", "tri")
 STUDENT_SYSTEMS = {"baseline": "hard", "distilled": "distilled", "compressed": "compressed"}
 STUDENT_KINDS = tuple(STUDENT_SYSTEMS.values())
 GMM_MODEL_NAME = "final.mdl"
+ALIGNMENT_SOURCES = ("gmm", "dnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +58,15 @@ class RecipeLayout:
     # An out-of-domain test part scored beside test_part in every table ("" = none): the synthetic
     # corpus's test-ood (a synthesiser family no training part uses), or e.g. test-other.
     ood_part: str = ""
+    # Whose senone alignments (and priors) stages 4-10 train and score on: "gmm" (stage 3's
+    # triphone GMM, <exp>/gmm/ali) or "dnn" (stage 3's first-pass DNN realignment, <exp>/realign/ali).
+    alignments: str = "gmm"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "exp_dir", Path(self.exp_dir))
+        if self.alignments not in ALIGNMENT_SOURCES:
+            raise ConfigError(f"alignments must be one of {', '.join(ALIGNMENT_SOURCES)}, got {self.alignments!r}")
 
     @property
     def test_parts(self) -> list[str]:
@@ -107,8 +114,14 @@ class RecipeLayout:
         return self.gmm / "mono" / "ali_train.txt"
 
     @property
+    def realign(self) -> Path:
+        """Stage 3's DNN realignment (asr_kd/stages/s3_realign.py)."""
+        return self.exp_dir / "realign"
+
+    @property
     def ali(self) -> Path:
-        return self.gmm / "ali"
+        """The senone alignments, priors and ``senones.json`` of :attr:`alignments`."""
+        return self.realign / "ali" if self.alignments == "dnn" else self.gmm / "ali"
 
     @property
     def senones_json(self) -> Path:
@@ -120,7 +133,7 @@ class RecipeLayout:
         return self.ali / "log_priors.npy"
 
     def ali_cuts(self, part: str) -> Path:
-        """Stage 3's fbank cuts of ``part`` with senone alignments."""
+        """Stage 3's fbank cuts of ``part`` with senone alignments (the GMM's or the realigned ones)."""
         return self.ali / f"cuts_{part}.jsonl.gz"
 
     def tids(self, part: str) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 from asr_kd.config import DnnConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
 from asr_kd.launch import Launcher, launch_jobs
-from asr_kd.stages.common import describe_dnn, fmt_pct, gmm_record, read_senones, write_results
+from asr_kd.stages.common import alignment_inputs, describe_alignments, describe_dnn, fmt_pct, read_senones, write_results
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard
 from asr_kd.train.checkpoint import load_checkpoint
@@ -58,7 +58,7 @@ def train_teachers(
     guard = StageGuard("stage 4 (teachers)", layout.teachers,
                        {"dnn": model_config, "train": train_config, "num_teachers": num_teachers, "train_part": layout.train_part,
                         "dev_part": layout.dev_part},
-                       {"gmm": gmm_record(layout).fingerprint}, command)
+                       alignment_inputs(layout), command)
     summary_path = layout.teachers / "summary.json"
     if guard.needs_work():
         start = time.time()
@@ -73,7 +73,8 @@ def train_teachers(
     summary = read_json(summary_path)
     assert isinstance(summary, dict)
     rows = [f"| teacher{i} | {t['seed']} | {t['steps']} | {fmt_pct(t['best_dev_frame_accuracy'])} |" for i, t in enumerate(summary["teachers"])]
-    body = (f"{num_teachers} DNNs ({describe_dnn(model_config)}), {summary['num_senones']} senones, differing only in the seed.\n\n"
+    body = (f"{num_teachers} DNNs ({describe_dnn(model_config)}), {summary['num_senones']} senones, differing only in the seed, trained on "
+            f"{describe_alignments(layout)}.\n\n"
             "| Teacher | Seed | Steps | Best dev frame accuracy |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
     write_results(results_md, HEADING, body, command, [layout.teachers])
     return summary

@@ -26,7 +26,7 @@ from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K,
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.kd.soft_targets import SoftTargetStats, store_target_arrays, topk_compress
 from asr_kd.kd.target_formats import ResidualQuantiser, decode_topk, encode_topk, fit_quantiser, sample_for_fitting, storage_bytes_per_frame
-from asr_kd.stages.common import gmm_record, load_teachers, read_senones, recorded_num_teachers, write_results
+from asr_kd.stages.common import alignment_inputs, load_teachers, read_senones, recorded_num_teachers, write_results
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, StageRecord, config_dict, read_record, require_record
 from asr_kd.utils import atomic_path, read_json, write_json_atomic
@@ -77,7 +77,7 @@ def make_soft_targets(
     out = soft_dir_of(layout, kd, n)
     teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
     guard = StageGuard("stage 5 (soft targets)", out, soft_target_settings(kd, n, layout.train_part),
-                       {"teachers": teachers_rec.fingerprint, "gmm": gmm_record(layout).fingerprint}, command)
+                       {"teachers": teachers_rec.fingerprint, **alignment_inputs(layout)}, command)
     stats_path = out / "stats.json"
     if guard.needs_work():
         teachers = load_teachers(layout, n)

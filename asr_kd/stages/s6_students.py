@@ -20,7 +20,7 @@ from asr_kd.errors import ConfigError
 from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
 from asr_kd.launch import Launcher, launch_jobs
-from asr_kd.stages.common import STUDENT_SEED_OFFSET, describe_dnn, fmt_pct, gmm_record, load_teachers, read_senones, write_results
+from asr_kd.stages.common import STUDENT_SEED_OFFSET, alignment_inputs, describe_dnn, fmt_pct, load_teachers, read_senones, write_results
 from asr_kd.stages.layout import STUDENT_KINDS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
@@ -75,7 +75,7 @@ def train_student(
     exp_dir = out_dir or layout.student_dir(kind, seed_index)
     train_cuts: Path = layout.ali_cuts(layout.train_part)
     config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}
-    inputs = {"gmm": gmm_record(layout).fingerprint}
+    inputs = alignment_inputs(layout)
     soft_record = None
     if kind in DISTILLED_KINDS:
         config["kd"] = kd

@@ -43,7 +43,7 @@ from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SystemScore, format_comparisons, format_table1
 from asr_kd.gmm.train import GmmSystem  # the transition model of the senones
 from asr_kd.train.frame_classifier import load_frame_classifier
-from asr_kd.stages.common import environment_lines, gmm_record, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.common import alignment_inputs, describe_alignments, environment_lines, load_teachers, model_checkpoint, read_senones
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
@@ -257,7 +257,7 @@ def evaluate_systems(
     n = int(teachers_rec.config["num_teachers"]) if num_teachers is None else num_teachers
     kinds = ("hard", "distilled", "compressed") if compressed else ("hard", "distilled")
     students = [(student_system_name(k, i), k, i) for k in kinds for i in range(num_seeds)]
-    inputs = {"gmm": gmm_record(layout).fingerprint, "teachers": teachers_rec.fingerprint,
+    inputs = {**alignment_inputs(layout), "teachers": teachers_rec.fingerprint,
               **{f"student_{name}": require_record(layout.student_dir(k, i), f"stage 6 ({k} student, seed {i})").fingerprint
                  for name, k, i in students}}
     config = {"decode": decode_config, "fusion": fusion, "num_teachers": n, "decode_parts": decode_parts, "score_teachers": score_teachers,
@@ -322,7 +322,7 @@ def evaluate_systems(
         test = scores["baseline"][layout.test_part]
         text += (f"\nEvery system is decoded on all {test.utterances} {layout.test_part} utterances ({test.ref_words} words); frame "
                  f"accuracy is over the {test.aligned_utterances} of them that stage 3 aligned ({test.frames} frames).\n")
-        text += "\n" + describe_decoding(decode_config, layout.dev_part) + " Frame accuracy is against the stage-3 senone alignments. " \
+        text += "\n" + describe_decoding(decode_config, layout.dev_part) + f" Frame accuracy is against {describe_alignments(layout)}. " \
             "Per-utterance details: `exp/decode/<system>_<part>/wer_details`.\n"
         text += environment_lines([layout.decode])
         write_section(results_md, "## Table 1 analogue", text)

@@ -31,7 +31,7 @@ from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
-from asr_kd.stages.common import STUDENT_SEED_OFFSET, environment_lines, gmm_record, model_checkpoint, read_senones
+from asr_kd.stages.common import STUDENT_SEED_OFFSET, alignment_inputs, environment_lines, model_checkpoint, read_senones
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
@@ -89,7 +89,7 @@ def run_three_percent(
     guard = StageGuard("stage 8 (3% of the data)", out,
                        {"dnn": model_config, "train": train_config, "kd": kd, "fraction": fraction, "subset_seed": subset_seed,
                         "train_part": layout.train_part, "dev_part": layout.dev_part, "test_part": layout.test_part},
-                       {"gmm": gmm_record(layout).fingerprint, "soft_targets": soft_record.fingerprint,
+                       {**alignment_inputs(layout), "soft_targets": soft_record.fingerprint,
                         "student_hard": require_record(baseline_dir, "stage 6 (hard student)").fingerprint}, command)
     if guard.needs_work():
         _three_percent_work(layout, out, senones.num_senones, soft_cuts, baseline_dir, model_config, train_config, kd, fraction,

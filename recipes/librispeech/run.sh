@@ -40,6 +40,7 @@ train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
 kd_config=""           # KdConfig YAML; empty: the preset's
 decode_config=""       # DecodeConfig YAML of stages 3 and 7 (beam, max-active, the acoustic-scale grid tuned on dev); empty: the preset's
 decode_beam=""         # overrides the decode config's beam (stages 3 and 7) when set
+alignments=""          # senone labels of stages 4-10: gmm (stage 3's triphone GMM) or dnn (a first-pass DNN realigns them, end of stage 3); empty: the preset's
 num_seeds=""           # students per kind (stage 6), differing in their seed; empty: the preset's
 temperatures="1 2 4 8" # stage 10 (opt-in): one distilled student per temperature
 num_threads=1          # torch threads per process (small networks train faster on one)
@@ -69,6 +70,9 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
   3  GMM-HMM: monophone flat start, tied triphones on our own decision tree, senone
      alignments of every cut of every part, HCLG, GMM decoding and WER -> \$exp/gmm,
      its section of \$results
+     With --alignments dnn (the presets' choice), then Kaldi's DNN realignment: one DNN (the
+     teachers' configs) trained on those alignments aligns every part again -> \$exp/realign;
+     stages 4-10 train on its labels and priors
   4  teachers: --num-teachers DNNs (the paper's spliced-frame DNN, a smaller config on 'mini')
      differing only in their seed, trained on the senone alignments -> \$exp/teachers
   5  soft targets: the ensemble's posteriors at temperature T, top-k stored on the training cuts,
@@ -134,6 +138,8 @@ Options (default in brackets):
   --decode-config F    DecodeConfig YAML of stages 3 and 7: one beam and max-active for every system,
                        each system's acoustic scale tuned on the dev part; empty: the preset's [$decode_config]
   --decode-beam X      override the decode config's beam [$decode_beam]
+  --alignments A       senone labels and priors of stages 4-10: gmm (stage 3's triphone GMM) or dnn (realigned by a
+                       first-pass DNN at the end of stage 3); empty: the preset's [$alignments]
   --num-seeds N        students per kind (stage 6), for means, deviations and intervals; empty: the preset's [$num_seeds]
   --temperatures "T.." stage 10: the temperatures of the sweep [$temperatures]
   --num-threads N      torch threads per process [$num_threads]
@@ -178,7 +184,7 @@ while IFS= read -r line; do
   case "$line" in ""|"#"*) continue ;; esac
   key="${line%%:*}" value="${line#*:}"
   value="${value#"${value%%[! ]*}"}"
-  case "$key" in gmm_config|dnn_config|compressed_config|train_config|kd_config|decode_config|num_seeds|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
+  case "$key" in gmm_config|dnn_config|compressed_config|train_config|kd_config|decode_config|num_seeds|alignments|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
     *) die "$preset_file: unknown option '$key'" ;; esac
   case "$value" in */*|*.yaml) value="$recipe_dir/$value" ;; esac
   [ -n "${!key}" ] || printf -v "$key" '%s' "$value"
@@ -197,6 +203,7 @@ fi
 parts=("$train_set" "$dev_set" "$test_set")
 [ -z "$ood_set" ] || parts+=("$ood_set")
 case "$num_seeds" in ""|*[!0-9]*|0) die "--num-seeds takes an integer >= 1, got '$num_seeds'" ;; esac
+case "$alignments" in gmm|dnn) ;; *) die "--alignments takes gmm or dnn, got '$alignments'" ;; esac
 decode_beam_set=()
 [ -z "$decode_beam" ] || decode_beam_set=(--decode-set "beam=$decode_beam")
 compressed_opt=()
@@ -244,21 +251,28 @@ if in_stages 2; then
   asr-kd data-summary --manifest-dir "$data/manifests" --lang-dir "$data/lang" --parts "${parts[@]}"
 fi
 
-# Stage 3: asr_kd/stages/s3_gmm.py
+corpus_name="the synthetic '$preset' corpus"
+[ -z "$corpus_dir" ] && [ "$download" = false ] || corpus_name="LibriSpeech ($train_set)"
+# What the hybrid stages 3 (realignment) to 10 share; --alignments makes each of them use (or, after stage 4, check) the same labels.
+kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set" --ood-set "$ood_set"
+           --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads" --alignments "$alignments")
+cmd_opts=(--cmd "$cmd" --cmd-config "$cmd_config")  # where stages 4, 6 and 10 train their models
+
+# Stage 3: asr_kd/stages/s3_gmm.py, then (--alignments dnn) asr_kd/stages/s3_realign.py
 if [ "$hybrid" = true ] && in_stages 3; then
   log "Stage 3: GMM-HMM (monophone, tied triphones), senone alignments, HCLG, WER ($gmm_config)"
   run_logged "$exp/log/stage3_gmm.log" asr-kd train-gmm --data-dir "$data" --lang-dir "$data/lang" \
     --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --parts "${parts[@]}" --config "$gmm_config" \
     --decode-config "$decode_config" "${decode_beam_set[@]}" \
     --num-jobs "$nj" --results-md "$results" --recipe-command "$recipe_command"
+  if [ "$alignments" = dnn ]; then
+    log "Stage 3: DNN realignment, a first-pass DNN ($dnn_config, $train_config) aligns every part again"
+    run_logged "$exp/log/stage3_realign.log" asr-kd realign "${kd_common[@]}" \
+      --model-config "$dnn_config" --config "$train_config"
+  fi
 fi
 
 export OMP_NUM_THREADS="$num_threads"
-corpus_name="the synthetic '$preset' corpus"
-[ -z "$corpus_dir" ] && [ "$download" = false ] || corpus_name="LibriSpeech ($train_set)"
-kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set" --ood-set "$ood_set"
-           --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads")
-cmd_opts=(--cmd "$cmd" --cmd-config "$cmd_config")  # where stages 4, 6 and 10 train their models
 
 # Stage 4: asr_kd/stages/s4_teachers.py
 if [ "$hybrid" = true ] && in_stages 4; then

@@ -33,7 +33,7 @@ def recipe(tiny_stage2: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
     return data, exp, out
 
 
-STAGE_FOLDERS = ("gmm", "teachers", "soft_targets/teachers2_arithmetic_T2_k10", "students/hard", "students/distilled", "students/hard_seed1",
+STAGE_FOLDERS = ("gmm", "realign", "teachers", "soft_targets/teachers2_arithmetic_T2_k10", "students/hard", "students/distilled", "students/hard_seed1",
                  "students/distilled_seed1", "decode", "three_percent")
 RECIPE_ARGS = ("--stage", "3", "--stop-stage", "9", "--num-teachers", "2", "--int8-max-relative", "0.2")
 
@@ -43,7 +43,10 @@ def test_every_stage_records_how_it_was_made(recipe) -> None:
     records = {f: read_record(exp / f) for f in STAGE_FOLDERS}
     assert all(records.values()), [f for f, r in records.items() if r is None]
     # Each stage names the fingerprints of what it read; downstream records chain to upstream ones.
-    assert records["teachers"].inputs == {"gmm": records["gmm"].fingerprint}
+    # The tiny preset realigns with a first-pass DNN (--alignments dnn): every later stage names both records.
+    assert records["realign"].inputs == {"gmm": records["gmm"].fingerprint}
+    assert records["teachers"].inputs == {"gmm": records["gmm"].fingerprint, "realign": records["realign"].fingerprint}
+    assert all(records[f].inputs["realign"] == records["realign"].fingerprint for f in STAGE_FOLDERS[3:])
     soft = records["soft_targets/teachers2_arithmetic_T2_k10"]
     assert soft.inputs["teachers"] == records["teachers"].fingerprint and soft.config["temperature"] == 2.0
     assert records["students/distilled"].inputs["soft_targets"] == soft.fingerprint
@@ -247,6 +250,17 @@ def test_changed_config_is_refused_or_redone_and_recorded(recipe, tmp_path: Path
     assert json.loads((exp / "students" / "distilled" / "summary.json").read_text())["soft_targets"]["top_k"] == 4
 
 
+def test_a_stage_refuses_other_alignments_than_the_teachers(recipe, tmp_path: Path) -> None:
+    data, exp = _copy(recipe, tmp_path)
+    soft = read_record(exp / "soft_targets" / "teachers2_arithmetic_T2_k10")
+    out = subprocess.run(["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--num-teachers", "2",
+                          "--stage", "5", "--stop-stage", "5", "--alignments", "gmm"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stdout[-2000:]
+    line = next(x for x in (out.stdout + out.stderr).splitlines() if "error:" in x)
+    assert "trained on the DNN alignments" in line and "--alignments dnn" in line, line
+    assert read_record(exp / "soft_targets" / "teachers2_arithmetic_T2_k10") == soft
+
+
 def test_killed_stage_resumes_to_the_same_model(recipe, tmp_path: Path) -> None:
     import random
     import signal
@@ -328,8 +342,9 @@ def test_decode_a_part_that_is_neither_dev_nor_test(recipe, tmp_path: Path) -> N
 
 
 def test_align_a_new_part_into_cuts_to_train_on(recipe, tmp_path: Path) -> None:
-    """`asr-kd align`: a new part (test-clean's audio under another name) aligned with the stage-3
-    triphone GMM gets the same senone alignments as stage 3 gave test-clean, on cuts to train on."""
+    """`asr-kd align`: a new part (test-clean's audio under another name) aligned as stage 3 aligned
+    the recipe's parts (tiny: the GMM, then the first-pass DNN's realignment, the labels the teachers
+    learnt) gets the same senone alignments as stage 3 gave test-clean, on cuts to train on."""
     from asr_kd.bin.cli import main as cli_main
     from asr_kd.data.alignments import load_alignment
     from asr_kd.stages.layout import RecipeLayout
@@ -341,7 +356,7 @@ def test_align_a_new_part_into_cuts_to_train_on(recipe, tmp_path: Path) -> None:
     rc = cli_main(["align", "--data-dir", str(data), "--exp-dir", str(exp), "--corpus-dir", str(corpus), "--part", "new-train",
                    "--num-threads", "1"])
     assert rc == 0
-    layout = RecipeLayout(data, exp)
+    layout = RecipeLayout(data, exp, alignments="dnn")
     ours = {c.id: load_alignment(c) for c in layout.open_cuts(exp / "align_parts" / "new-train" / "cuts_new-train.jsonl.gz")}
     theirs = {c.id: load_alignment(c) for c in layout.open_cuts(layout.ali_cuts("test-clean")) if c.has_custom("senones")}
     assert ours.keys() == theirs.keys() and len(ours) >= 15
