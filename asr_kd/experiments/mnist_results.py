@@ -175,6 +175,8 @@ def _main_table(rec: dict[str, dict[str, Any]], info: DatasetInfo, premise: dict
         how = " (chosen on validation)" if "chosen_temperature" in r else ""
         jitter = f", jittered transfer set ({r['jitter']} px)" if r.get("jitter") else ""
         lines.append(row(f"distilled 784-{h}-10, T={t:g}{how}, hard weight {r['hard_weight']}{jitter}", e, r["num_test"], PAPER["distilled"]))
+        if jitter:
+            lines += ["", "The distilled net learned from jittered images and the small net did not: the seeds stage below separates jitter's gain from distillation's."]
     return lines + [""]
 
 
