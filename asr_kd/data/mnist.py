@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -218,12 +219,39 @@ def load_splits(path: Path | str) -> dict[str, ImageSet]:
 def jitter(inputs: torch.Tensor, height: int, width: int, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Return ``inputs`` ``[N, H * W]`` with each image translated by a random whole number of
     pixels in [-max_shift, max_shift] along each axis (vacated pixels are 0)."""
+    return jitter_with_shifts(inputs, height, width, max_shift, generator)[0]
+
+
+def jitter_with_shifts(inputs: torch.Tensor, height: int, width: int, max_shift: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return :func:`jitter`'s translated images and each image's shift index ``[N]``:
+    ``dy * (2 * max_shift + 1) + dx`` with ``dy, dx`` in ``0 .. 2 * max_shift`` (``max_shift``
+    is no shift), the order of :func:`translate_all`. ``max_shift`` 0: the inputs, index 0."""
+    n = inputs.shape[0]
+    if max_shift <= 0:
+        return inputs, torch.zeros(n, dtype=torch.long)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    return _translate(inputs, height, width, max_shift, dy, dx), dy * (2 * max_shift + 1) + dx
+
+
+def translate_all(inputs: torch.Tensor, height: int, width: int, max_shift: int) -> Iterator[torch.Tensor]:
+    """Yield every whole-pixel translation of ``inputs`` ``[N, H * W]`` by at most ``max_shift``
+    along each axis, ``(2 * max_shift + 1) ** 2`` tensors in the order of the shift index of
+    :func:`jitter_with_shifts` (so a teacher's outputs on them can be looked up per jittered
+    image); one at a time, as all of them at once would not fit in memory for 55,000 images."""
+    n, side = inputs.shape[0], 2 * max_shift + 1
+    for dy in range(side):
+        for dx in range(side):
+            yield _translate(inputs, height, width, max_shift, torch.full((n,), dy), torch.full((n,), dx))
+
+
+def _translate(inputs: torch.Tensor, height: int, width: int, max_shift: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Return ``inputs`` ``[N, H * W]`` with image i cropped at offset ``(dy[i], dx[i])`` from
+    the ``max_shift``-padded image (``dy = dx = max_shift``: unmoved; vacated pixels are 0)."""
     if max_shift <= 0:
         return inputs
     n = inputs.shape[0]
     padded = torch.nn.functional.pad(inputs.view(n, height, width), (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
     rows = (dy[:, None] + torch.arange(height))[:, :, None]
     cols = (dx[:, None] + torch.arange(width))[:, None, :]
     return padded[torch.arange(n)[:, None, None], rows, cols].reshape(n, height * width)

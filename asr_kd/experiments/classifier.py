@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from asr_kd.data.mnist import jitter
+from asr_kd.data.mnist import jitter_with_shifts
 from asr_kd.kd.losses import distillation_loss
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,14 @@ def train_classifier(
 
     Without ``teacher_probs`` the loss is the cross entropy with ``labels``; with them (``[N, K]``,
     softened at ``spec.temperature``) it is the distillation loss with hard weight
-    ``spec.hard_weight``. ``row_weight`` (``[N]``) optionally weights examples. ``writer`` is a
-    TensorBoard ``SummaryWriter`` (or None). Deterministic given ``spec.seed``.
+    ``spec.hard_weight``. With ``spec.jitter_pixels`` the soft targets must be given per shift,
+    ``[S, N, K]`` in the shift order of :func:`asr_kd.data.mnist.translate_all`: each jittered
+    image is taught the teacher's output on that same shifted image (:func:`jittered_batch`).
+    ``row_weight`` (``[N]``) optionally weights examples. ``writer`` is a TensorBoard
+    ``SummaryWriter`` (or None). Deterministic given ``spec.seed``.
     """
-    if teacher_probs is not None and spec.jitter_pixels:
-        raise ValueError("soft targets are computed on the unjittered inputs: use jitter_pixels=0 with teacher_probs")
+    if teacher_probs is not None and teacher_probs.ndim != (3 if spec.jitter_pixels else 2):
+        raise ValueError(f"teacher_probs must be [shifts, N, K] with jitter and [N, K] without, got shape {tuple(teacher_probs.shape)}")
     torch.manual_seed(spec.seed)  # dropout masks draw from the global generator
     gen = torch.Generator().manual_seed(spec.seed)
     n = inputs.shape[0]
@@ -74,16 +77,14 @@ def train_classifier(
         total = 0.0
         for start in range(0, n, spec.batch_size):
             idx = order[start : start + spec.batch_size]
-            x = inputs[idx]
-            if spec.jitter_pixels:
-                x = jitter(x, spec.image_shape[0], spec.image_shape[1], spec.jitter_pixels, gen)
+            x, targets = jittered_batch(inputs, teacher_probs, idx, spec, gen)
             logits = model(x)
             w = row_weight[idx] if row_weight is not None else None
             if teacher_probs is None:
                 per_row = F.cross_entropy(logits, labels[idx], reduction="none")
                 loss = (per_row * w).sum() / w.sum().clamp(min=1e-12) if w is not None else per_row.mean()
             else:
-                loss = distillation_loss(logits, teacher_probs[idx], labels[idx], spec.temperature, spec.hard_weight, weight=w)
+                loss = distillation_loss(logits, targets, labels[idx], spec.temperature, spec.hard_weight, weight=w)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -95,6 +96,17 @@ def train_classifier(
     model.eval()
     logger.info("%s: %d epochs, final loss %.4f", desc, spec.epochs, losses[-1])
     return losses
+
+
+def jittered_batch(inputs: Tensor, teacher_probs: Tensor | None, idx: Tensor, spec: TrainSpec, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """Return the training batch of rows ``idx``, each image randomly shifted by up to
+    ``spec.jitter_pixels`` (none when 0), and its soft targets: ``teacher_probs[idx]`` without
+    jitter, else each row's entry ``teacher_probs[shift, row]`` for the shift that image got (the
+    teacher's output on the same shifted image, not on the original). None without teacher."""
+    x, shift = jitter_with_shifts(inputs[idx], spec.image_shape[0], spec.image_shape[1], spec.jitter_pixels, gen)
+    if teacher_probs is None:
+        return x, None
+    return x, (teacher_probs[shift, idx] if spec.jitter_pixels else teacher_probs[idx])
 
 
 @torch.no_grad()

@@ -19,7 +19,9 @@ matches the stages that have run):
 ``omit``     class 3 left out of the transfer set; its bias raised by a held-out-chosen amount
 ``transfer`` a transfer set of only 7s and 8s; the other classes' biases raised
 ``seeds``    the hard-label and the distilled 800-800 net over several seeds: the gap and its
-             uncertainty
+             uncertainty; with ``student_jitter`` the same pair again on jittered images (the
+             distilled one taught the teacher's outputs on the shifted images), the hard-label
+             one the control for jitter's own gain
 ============ ===================================================================================
 
 RESULTS.md is written by :mod:`asr_kd.experiments.mnist_results`, one section per data set.
@@ -37,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from asr_kd.config_secondary import MnistConfig, TeacherSetting
-from asr_kd.data.mnist import ImageSet, describe_dataset, load_splits, prepare_splits
+from asr_kd.data.mnist import ImageSet, describe_dataset, load_splits, prepare_splits, translate_all
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, choose_bias_shift, count_errors, predict_logits, shift_bias, train_classifier
 from asr_kd.experiments.stage_records import (
@@ -79,10 +81,10 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "num_test", "num_val", "max_train"),
     "teacher": ("seed", "teacher_hidden", "teacher_grid", "teacher_ensemble", "batch_size", "learning_rate"),
     "small": (*_STUDENT, "tiny_student_hidden"),
-    "distill": (*_DISTILLED, "tiny_student_hidden", "temperatures"),
+    "distill": (*_DISTILLED, "tiny_student_hidden", "temperatures", "student_jitter"),
     "omit": (*_DISTILLED, "omitted_class", "bias_max", "bias_step"),
     "transfer": (*_DISTILLED, "transfer_classes", "bias_max", "bias_step"),
-    "seeds": (*_DISTILLED, "gap_seeds"),
+    "seeds": (*_DISTILLED, "gap_seeds", "student_jitter"),
 }
 # The upstream stages each stage reads: required, and read when finished (a premise check, the
 # temperature the distill stage chose). Their record fingerprints are the stage's inputs.
@@ -202,16 +204,47 @@ def train_teacher(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
 
 def _fit_teacher(cfg: MnistConfig, out: Path, splits: dict[str, ImageSet], setting: TeacherSetting, seed: int, name: str) -> tuple[nn.Module, dict[str, Tensor], float]:
     """Train one teacher of ``setting``; return it, its logits on every split and its final loss."""
-    if setting.arch == "conv":
-        torch.manual_seed(seed)  # the initial weights
-        height, width = _shape(splits)
-        model: nn.Module = ConvNet(height, width, 10, dropout=setting.dropout, input_dropout=setting.input_dropout)
-    else:
-        model = _mlp(splits["train"], cfg.teacher_hidden, seed, setting.dropout, setting.input_dropout)
+    model = _new_teacher(setting, cfg.teacher_hidden, splits, seed)
     spec = TrainSpec(setting.epochs, cfg.batch_size, cfg.learning_rate, seed, jitter_pixels=setting.jitter_pixels, image_shape=_shape(splits))
     with _writer(out, name) as writer:
         losses = train_classifier(model, splits["train"].inputs(), splits["train"].targets(), spec, writer=writer, desc=name)
     return model, {k: predict_logits(model, v.inputs()) for k, v in splits.items()}, losses[-1]
+
+
+def _new_teacher(setting: TeacherSetting, hidden: tuple[int, ...], splits: dict[str, ImageSet], seed: int) -> nn.Module:
+    """Return an untrained teacher of ``setting``'s architecture (a convnet, or an MLP of
+    ``hidden``), its initial weights drawn from ``seed``."""
+    if setting.arch == "conv":
+        torch.manual_seed(seed)  # the initial weights
+        height, width = _shape(splits)
+        return ConvNet(height, width, 10, dropout=setting.dropout, input_dropout=setting.input_dropout)
+    return _mlp(splits["train"], hidden, seed, setting.dropout, setting.input_dropout)
+
+
+def teacher_models(exp_dir: Path, splits: dict[str, ImageSet], record: dict[str, Any] | None = None) -> list[nn.Module]:
+    """Return the teacher stage's kept models (all ensemble members), rebuilt from its record
+    (``record``, else its finished ``result.json``) and loaded from ``teacher/model*.pt``
+    (weights only), in evaluation mode."""
+    record = record if record is not None else finished_result(exp_dir, "teacher")
+    if record is None:
+        raise DataError(f"{stage_dir(exp_dir, 'teacher')} holds no finished teacher; run the teacher stage (stage 1) first")
+    setting = TeacherSetting.parse(record["grid"][record["chosen"]]["grid_entry"])
+    models = []
+    for m in range(int(record.get("ensemble", 1))):
+        model = _new_teacher(setting, tuple(record["hidden"]), splits, seed=0)
+        path = stage_dir(exp_dir, "teacher") / ("model.pt" if m == 0 else f"model_{m}.pt")
+        model.load_state_dict(torch.load(path, weights_only=True))
+        models.append(model.eval())
+    return models
+
+
+def shifted_teacher_logits(models: list[nn.Module], images: ImageSet, max_shift: int) -> Tensor:
+    """Return the teachers' logits on every translation of ``images`` by up to ``max_shift``
+    pixels, ``[shifts, members, N, classes]`` in the shift order of
+    :func:`asr_kd.data.mnist.translate_all` (the soft targets of a jittered transfer set)."""
+    height, width = int(images.images.shape[1]), int(images.images.shape[2])
+    shifted = translate_all(images.inputs(), height, width, max_shift)
+    return torch.stack([torch.stack([predict_logits(m, x) for m in models]) for x in shifted])
 
 
 def train_small_nets(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]:
@@ -241,13 +274,13 @@ def distill_temperature_sweep(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]
     is the transfer set); return the validation and test errors, and the temperature with the
     fewest validation errors for ``cfg.student_hidden`` (the seeds stage distils at it)."""
     splits = _splits(exp_dir)
-    teacher = _teacher_logits(exp_dir)
+    transfer = _transfer_logits(cfg, exp_dir, splits)
     _warn_if_premise_fails(exp_dir)
     temperatures = sorted(set(cfg.temperatures) | {cfg.temperature})
     rows = []
     for hidden in (cfg.student_hidden, cfg.tiny_student_hidden):
         for t in temperatures:
-            model, _ = _train_student(cfg, stage_dir(exp_dir, "distill"), splits, hidden, teacher["train"], t)
+            model, _ = _train_student(cfg, stage_dir(exp_dir, "distill"), splits, hidden, transfer, t, jitter=cfg.student_jitter)
             errors = {f"{k}_errors": count_errors(predict_logits(model, splits[k].inputs()), splits[k].targets()) for k in ("val", "test")}
             rows.append({"hidden": list(hidden), "temperature": t, **errors})
             logger.info("distilled %s at T=%g: %d validation, %d test errors", hidden, t, errors["val_errors"], errors["test_errors"])
@@ -261,6 +294,7 @@ def distill_temperature_sweep(cfg: MnistConfig, exp_dir: Path) -> dict[str, Any]
         "num_val": len(splits["val"]),
         "hard_weight": cfg.hard_weight,
         "epochs": cfg.student_epochs,
+        "jitter": cfg.student_jitter,
         "temperature": cfg.temperature,
         "chosen_temperature": chosen,
     }
@@ -295,39 +329,59 @@ def distillation_gap_over_seeds(cfg: MnistConfig, exp_dir: Path) -> dict[str, An
     seeds (initial weights and batch order); return each seed's test errors with McNemar's
     paired test over the test examples, and the mean gap (hard minus distilled errors) with its
     95% t interval over seeds. The temperature is the one the distill stage chose on validation
-    when its record exists, else ``cfg.temperature``."""
+    when its record exists, else ``cfg.temperature``. With ``cfg.student_jitter`` the same pair
+    is trained again on jittered images (``hard_jitter``, ``distilled_jitter``, the distilled
+    one taught the teacher's soft targets on the shifted images; their gap is ``jitter_mean_gap``):
+    the hard-label net with jitter is the control that keeps jitter's own gain from being
+    credited to distillation."""
     splits = _splits(exp_dir)
-    teacher = _teacher_logits(exp_dir)
+    jitter = cfg.student_jitter
     premise = _warn_if_premise_fails(exp_dir)
     distill = finished_result(exp_dir, "distill")
     if distill is not None and "chosen_temperature" in distill:
         temperature, source = float(distill["chosen_temperature"]), "chosen on validation by the distill stage"
     else:
         temperature, source = cfg.temperature, "configured (no distill stage record)"
+    plain = _teacher_logits(exp_dir)["train"]
+    pairs = [("", plain, 0)] + ([("_jitter", _transfer_logits(cfg, exp_dir, splits), jitter)] if jitter else [])
     labels = splits["test"].targets()
     rows = []
     for k in range(cfg.gap_seeds):
         seed = cfg.seed * 100 + _STUDENT_SEED + k * _GAP_SEED_STEP
-        correct = {}
-        for kind, logits, t in (("hard", None, None), ("distilled", teacher["train"], temperature)):
-            model, _ = _train_student(cfg, stage_dir(exp_dir, "seeds"), splits, cfg.student_hidden, logits, t, tag=f"seed{k}", seed=seed)
-            correct[kind] = (predict_logits(model, splits["test"].inputs()).argmax(dim=-1) == labels).numpy()
-        paired = mcnemar_exact(correct["distilled"], correct["hard"])
-        row = {"seed": seed, "hard_errors": int((~correct["hard"]).sum()), "distilled_errors": int((~correct["distilled"]).sum()), "only_distilled_right": paired.only_a, "only_hard_right": paired.only_b, "p_value": paired.p_value}
-        logger.info("seed %d: hard %d, distilled %d test errors (McNemar p=%.3g)", seed, row["hard_errors"], row["distilled_errors"], paired.p_value)
+        row: dict[str, Any] = {"seed": seed}
+        for suffix, transfer, shift in pairs:
+            correct = {}
+            for kind, logits, t in (("hard", None, None), ("distilled", transfer, temperature)):
+                model, _ = _train_student(cfg, stage_dir(exp_dir, "seeds"), splits, cfg.student_hidden, logits, t, tag=f"seed{k}", seed=seed, jitter=shift)
+                correct[kind] = (predict_logits(model, splits["test"].inputs()).argmax(dim=-1) == labels).numpy()
+            paired = mcnemar_exact(correct["distilled"], correct["hard"])
+            prefix = suffix[1:] + "_" if suffix else ""
+            row.update(
+                {
+                    f"hard{suffix}_errors": int((~correct["hard"]).sum()),
+                    f"distilled{suffix}_errors": int((~correct["distilled"]).sum()),
+                    f"{prefix}only_distilled_right": paired.only_a,
+                    f"{prefix}only_hard_right": paired.only_b,
+                    f"{prefix}p_value": paired.p_value,
+                }
+            )
+        logger.info("seed %d: %s test errors", seed, ", ".join(f"{key[:-7]} {v}" for key, v in row.items() if key.endswith("_errors")))
         rows.append(row)
-    mean, half = mean_interval([r["hard_errors"] - r["distilled_errors"] for r in rows])
-    return {
+    record = {
         "rows": rows,
         "hidden": list(cfg.student_hidden),
         "temperature": temperature,
         "temperature_source": source,
         "hard_weight": cfg.hard_weight,
+        "epochs": cfg.student_epochs,
+        "jitter": jitter,
         "num_test": len(splits["test"]),
-        "mean_gap": mean,
-        "gap_ci95": half,
         "premise": premise,
     }
+    record["mean_gap"], record["gap_ci95"] = mean_interval([r["hard_errors"] - r["distilled_errors"] for r in rows])
+    if jitter:
+        record["jitter_mean_gap"], record["jitter_gap_ci95"] = mean_interval([r["hard_jitter_errors"] - r["distilled_jitter_errors"] for r in rows])
+    return record
 
 
 def check_teacher_premise(teacher_correct: np.ndarray, small_correct: np.ndarray, alpha: float = PREMISE_ALPHA) -> dict[str, Any]:
@@ -439,26 +493,43 @@ def _train_student(
     keep: np.ndarray | None = None,
     tag: str = "",
     seed: int | None = None,
+    jitter: int = 0,
 ) -> tuple[MLP, list[float]]:
     """Train one unregularised student, on hard labels (``teacher_logits`` None) or distilled at
     ``temperature`` from ``teacher_logits`` ``[members, N, classes]`` (the members' softened
     probabilities averaged, the paper's ensemble), on the training rows selected by ``keep``;
-    return it and its losses (TensorBoard curves under ``out/tensorboard``). ``seed`` defaults to the recipe's student seed."""
+    return it and its losses (TensorBoard curves under ``out/tensorboard``). ``seed`` defaults to
+    the recipe's student seed. ``jitter`` > 0 shifts each training image by up to that many
+    pixels every epoch; the teacher's logits must then be :func:`shifted_teacher_logits`'s
+    ``[shifts, members, N, classes]`` for that shift."""
     seed = cfg.seed * 100 + _STUDENT_SEED if seed is None else seed
     train = splits["train"] if keep is None else splits["train"].subset(keep)
     probs = None
     if teacher_logits is not None:
         assert temperature is not None
-        logits = teacher_logits if keep is None else teacher_logits[:, torch.from_numpy(keep)]
-        probs = soften(logits, temperature).mean(dim=0)
+        logits = teacher_logits if keep is None else teacher_logits[..., torch.from_numpy(keep), :]
+        probs = soften(logits, temperature).mean(dim=-3)  # the members' average
     name = "x".join(str(h) for h in hidden)
     name = f"{tag}_{name}" if tag else name
     name = f"{name}_T{temperature:g}" if probs is not None else f"{name}_hard"
+    name = f"{name}_jitter{jitter}" if jitter else name
     model = _mlp(train, hidden, seed)
-    spec = TrainSpec(cfg.student_epochs, cfg.batch_size, cfg.learning_rate, seed, temperature=temperature or 1.0, hard_weight=cfg.hard_weight)
+    spec = TrainSpec(
+        cfg.student_epochs, cfg.batch_size, cfg.learning_rate, seed, jitter, _shape(splits), temperature=temperature or 1.0, hard_weight=cfg.hard_weight
+    )
     with _writer(out, name) as writer:
         losses = train_classifier(model, train.inputs(), train.targets(), spec, teacher_probs=probs, writer=writer, desc=name)
     return model, losses
+
+
+def _transfer_logits(cfg: MnistConfig, exp_dir: Path, splits: dict[str, ImageSet]) -> Tensor:
+    """Return the teacher's logits on the transfer set (the training split): ``[members, N,
+    classes]``, or with ``cfg.student_jitter`` ``[shifts, members, N, classes]`` on each shifted
+    copy (computed from the saved teacher models; :func:`shifted_teacher_logits`)."""
+    if not cfg.student_jitter:
+        return _teacher_logits(exp_dir)["train"]
+    logger.info("teacher logits on the %d translations (up to %d px) of the training images", (2 * cfg.student_jitter + 1) ** 2, cfg.student_jitter)
+    return shifted_teacher_logits(teacher_models(exp_dir, splits), splits["train"], cfg.student_jitter)
 
 
 def _mlp(data: ImageSet, hidden: tuple[int, ...], seed: int, dropout: float = 0.0, input_dropout: float = 0.0) -> MLP:

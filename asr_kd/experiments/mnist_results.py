@@ -173,45 +173,73 @@ def _main_table(rec: dict[str, dict[str, Any]], info: DatasetInfo, premise: dict
         e = next(x["test_errors"] for x in big if x["temperature"] == t)
         h = "-".join(str(x) for x in big[0]["hidden"])
         how = " (chosen on validation)" if "chosen_temperature" in r else ""
-        lines.append(row(f"distilled 784-{h}-10, T={t:g}{how}, hard weight {r['hard_weight']}", e, r["num_test"], PAPER["distilled"]))
+        jitter = f", jittered transfer set ({r['jitter']} px)" if r.get("jitter") else ""
+        lines.append(row(f"distilled 784-{h}-10, T={t:g}{how}, hard weight {r['hard_weight']}{jitter}", e, r["num_test"], PAPER["distilled"]))
+        if jitter:
+            lines += ["", "The distilled net learned from jittered images and the small net did not: the seeds stage below separates jitter's gain from distillation's."]
     return lines + [""]
 
 
 def _gap_table(r: dict[str, Any]) -> list[str]:
     h = "784-" + "-".join(map(str, r["hidden"])) + "-10"
     n = r["num_test"]
+    jitter = r.get("jitter", 0)
+    epochs = f"; {r['epochs']} epochs" if "epochs" in r else ""
     lines = [
         "### Distillation gap over seeds",
         "",
-        f"The hard-label and the distilled (T={r['temperature']:g}, {r.get('temperature_source', 'configured')}; hard weight {r['hard_weight']}) {h} net, trained with the same seed "
+        f"The hard-label and the distilled (T={r['temperature']:g}, {r.get('temperature_source', 'configured')}; hard weight {r['hard_weight']}) {h} net{epochs}, trained with the same seed "
         "(initial weights, batch order) per row. McNemar's exact test pairs the two on the test examples where exactly one is right.",
-        "",
-        "| seed | hard-label test errors | distilled test errors | only distilled right | only hard right | McNemar p |",
-        "|---|---|---|---|---|---|",
     ]
+    if jitter:
+        lines += [
+            "",
+            f"The same pair is trained again with jitter: every epoch each training image is shifted by up to {jitter} px (the same shifts for both), the distilled "
+            "net taught the teacher's soft targets on the same shifted image. The hard-label net with jitter is the control: the jittered gap is what "
+            "distillation adds to jitter, so jitter's own gain is not credited to distillation.",
+        ]
+    cells = [("hard", "hard-label"), ("distilled", "distilled")]
+    head = "| seed | hard-label test errors | distilled test errors | only distilled right | only hard right | McNemar p |"
+    if jitter:
+        cells += [("hard_jitter", "hard-label + jitter"), ("distilled_jitter", "distilled + jitter")]
+        head = "| seed | hard-label | distilled | McNemar p | hard-label + jitter (control) | distilled + jitter | McNemar p |"
+    lines += ["", head, "|---|" + "---|" * (head.count("|") - 2)]
     for x in r["rows"]:
-        lines.append(
-            f"| {x['seed']} | {x['hard_errors']} ({_pct(x['hard_errors'], n)}) | {x['distilled_errors']} ({_pct(x['distilled_errors'], n)}) "
-            f"| {x['only_distilled_right']} | {x['only_hard_right']} | {x['p_value']:.2g} |"
-        )
-    lines += ["", gap_sentence(r), ""]
-    return lines
+        errors = {k: f"{x[k + '_errors']} ({_pct(x[k + '_errors'], n)})" for k, _ in cells}
+        if jitter:
+            lines.append(
+                f"| {x['seed']} | {errors['hard']} | {errors['distilled']} | {x['p_value']:.2g} "
+                f"| {errors['hard_jitter']} | {errors['distilled_jitter']} | {x['jitter_p_value']:.2g} |"
+            )
+        else:
+            lines.append(f"| {x['seed']} | {errors['hard']} | {errors['distilled']} | {x['only_distilled_right']} | {x['only_hard_right']} | {x['p_value']:.2g} |")
+    lines += ["", gap_sentence(r)]
+    if jitter:
+        lines += ["", gap_sentence(r, jittered=True)]
+        mean = {k: sum(x[k + "_errors"] for x in r["rows"]) / len(r["rows"]) for k, _ in cells}
+        lines += ["", "Mean test errors over seeds: " + ", ".join(f"{name} {mean[k]:.1f}" for k, name in cells) + "."]
+    return lines + [""]
 
 
-def gap_sentence(r: dict[str, Any]) -> str:
+def gap_sentence(r: dict[str, Any], jittered: bool = False) -> str:
     """Return the seeds stage's conclusion in words: the mean gap (hard minus distilled test
-    errors) with its 95% interval over seeds, and whether it excludes zero."""
-    mean, half, seeds = r["mean_gap"], r["gap_ci95"], len(r["rows"])
+    errors) with its 95% interval over seeds, and whether it excludes zero. ``jittered``: the gap
+    of the pair trained with jitter (what distillation adds to jitter) instead."""
+    seeds = len(r["rows"])
+    if jittered:
+        mean, half, what, gain = r["jitter_mean_gap"], r["jitter_gap_ci95"], "hard-label + jitter minus distilled + jitter test errors", "distillation adds to jitter"
+    else:
+        mean, half, what, gain = r["mean_gap"], r["gap_ci95"], "hard minus distilled test errors", "distillation helps"
     if math.isnan(half):
-        return f"Gap (hard minus distilled test errors) on {seeds} seed: {mean:+.1f}; one seed gives no interval."
+        return f"Gap ({what}) on {seeds} seed: {mean:+.1f}; one seed gives no interval."
     lo, hi = mean - half, mean + half
     if lo > 0:
-        verdict = "distillation helps: the interval excludes zero"
+        verdict = f"{gain}: the interval excludes zero"
     elif hi < 0:
         verdict = "distillation hurts: the interval excludes zero"
     else:
         verdict = "within noise: the interval includes zero"
-    return f"Mean gap (hard minus distilled test errors) over {seeds} seeds: {mean:+.1f} errors, 95% t interval [{lo:+.1f}, {hi:+.1f}] ({verdict})."
+    return f"Mean gap ({what}) over {seeds} seeds: {mean:+.1f} errors, 95% t interval [{lo:+.1f}, {hi:+.1f}] ({verdict})."
 
 
 def _sweep_table(rec: dict[str, dict[str, Any]]) -> list[str]:
@@ -225,6 +253,15 @@ def _sweep_table(rec: dict[str, dict[str, Any]]) -> list[str]:
         "",
         f"Each student distilled from the teacher's soft targets at T (T^2-scaled), plus hard labels with weight {r['hard_weight']}; "
         f"{r['epochs']} epochs, the same initial weights for every T. The paper finds that very small students prefer lower T.",
+        *(
+            [
+                "",
+                f"The distilled students learn from a jittered transfer set (each training image shifted by up to {r['jitter']} px every epoch, the teacher's soft targets "
+                "on the same shifted image); the hard-label row is the small stage's unjittered net (the seeds stage trains its jittered control).",
+            ]
+            if r.get("jitter")
+            else []
+        ),
         "",
         "| T | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),

@@ -33,7 +33,10 @@ Stages. $stage_records_help
   3  distill   distilled small nets for T in {1,2,5,10,20}; table and error-against-T plot
   4  omit      class 3 left out of the transfer set; errors before / after raising its bias
   5  transfer  transfer set of only 7s and 8s; errors before / after raising the other biases
-  6  seeds     hard-label against distilled 784-800-800-10 over gap_seeds seeds: gap, 95% interval
+  6  seeds     hard-label against distilled 784-800-800-10 over gap_seeds seeds: gap, 95% interval;
+               with student_jitter > 0 the distilled students (stages 3, 6) learn from jittered
+               images with the teacher's soft targets on them, and a hard-label net with the same
+               jitter is the control
 Every stage rewrites its data set's section of --results from the records of all finished stages
 (\$exp/<name>/result.json); other data sets' sections stay.
 TensorBoard logs: \$exp/<name>/tensorboard; logs: \$exp/log.

@@ -203,6 +203,31 @@ def test_a_teacher_better_only_within_noise_is_flagged(tmp_path: Path) -> None:
     _assert_flagged(exp, out, premise, warning)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_jittered_students_are_measured_against_a_jittered_hard_label_control(tmp_path: Path) -> None:
+    from asr_kd.experiments.mnist_results import gap_sentence
+
+    exp = tmp_path / "exp"
+    run_recipe(exp, "--stop-stage", "3", "--set", "student_jitter=1")
+    run_recipe(exp, "--stage", "6", "--set", "student_jitter=1")
+    assert _record(exp, "distill")["jitter"] == 1
+    seeds = _record(exp, "seeds")
+    assert seeds["jitter"] == 1 and len(seeds["rows"]) == 2
+    for r in seeds["rows"]:
+        assert r["jitter_only_distilled_right"] - r["jitter_only_hard_right"] == r["hard_jitter_errors"] - r["distilled_jitter_errors"]
+        assert 0 < r["jitter_p_value"] <= 1
+    # jitter changed the training: the jittered pair is not the unjittered one again
+    assert any((r["hard_jitter_errors"], r["distilled_jitter_errors"]) != (r["hard_errors"], r["distilled_errors"]) for r in seeds["rows"])
+    gaps = [r["hard_jitter_errors"] - r["distilled_jitter_errors"] for r in seeds["rows"]]
+    assert seeds["jitter_mean_gap"] == pytest.approx(sum(gaps) / 2)
+    text = (exp / "RESULTS.md").read_text()
+    assert gap_sentence(seeds, jittered=True) in text and gap_sentence(seeds) in text
+    assert "| hard-label + jitter (control) | distilled + jitter |" in text
+    # the main table's distilled row (jittered) is not compared with the unjittered small net unqualified
+    assert "The distilled net learned from jittered images and the small net did not" in text.split("### Distillation gap over seeds")[0]
+
+
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     raw = header + array.astype(np.uint8).tobytes()

@@ -177,3 +177,55 @@ def test_a_conv_candidate_trains_a_convnet_teacher_that_learns(tmp_path: Path) -
     state = torch.load(tmp_path / "teacher" / "model.pt", weights_only=True)
     assert any(w.ndim == 4 for w in state.values())  # convolution kernels were saved
     assert tuple(_teacher_logits(tmp_path)["val"].shape) == (1, 50, 10)
+
+
+def test_student_jitter_is_validated_in_one_line() -> None:
+    assert MnistConfig().student_jitter == 0  # MNIST's default: the paper's unjittered transfer set
+    assert MnistConfig(student_jitter=2).student_jitter == 2
+    for bad in (-1, 5):
+        with pytest.raises(ConfigError, match=rf"^mnist.student_jitter must be 0..4 pixels, got {bad}$"):
+            MnistConfig(student_jitter=bad)
+
+
+def test_jittered_soft_targets_are_the_teachers_on_the_shifted_images(tmp_path: Path) -> None:
+    from asr_kd.experiments.classifier import TrainSpec, jittered_batch, predict_logits, train_classifier
+    from asr_kd.experiments.mnist import _splits, _teacher_logits, shifted_teacher_logits, teacher_models, train_teacher
+    from asr_kd.kd.losses import soften
+
+    _write_splits(tmp_path / "prepare" / "splits.npz", np.random.default_rng(2))
+    record = train_teacher(MnistConfig(teacher_hidden=(32,), teacher_grid=("conv:0/0/0/3",), batch_size=20, learning_rate=0.01), tmp_path)
+    splits = _splits(tmp_path)
+    models = teacher_models(tmp_path, splits, record)  # rebuilt from the teacher stage's files
+    shifted = shifted_teacher_logits(models, splits["train"], 2)
+    assert tuple(shifted.shape) == (25, 1, 200, 10)
+    # the middle shift is no shift: the saved model reproduces the teacher stage's own logits
+    assert torch.allclose(shifted[12], _teacher_logits(tmp_path)["train"], atol=1e-5)
+    probs = soften(shifted, 2.0).mean(dim=1)  # [shifts, N, K], as the students get them
+    inputs, idx = splits["train"].inputs(), torch.arange(40, 80)
+    spec = TrainSpec(1, 40, 0.01, seed=0, jitter_pixels=2, image_shape=(8, 8), temperature=2.0)
+    x, targets = jittered_batch(inputs, probs, idx, spec, torch.Generator().manual_seed(3))
+    assert targets is not None and tuple(targets.shape) == (40, 10)
+    assert not torch.equal(x, inputs[idx])  # the images were moved
+    on_shifted = soften(predict_logits(models[0], x), 2.0)
+    assert torch.allclose(targets, on_shifted, atol=1e-5)
+    # ... and the targets of the originals would differ for the moved images
+    assert not torch.allclose(targets, soften(predict_logits(models[0], inputs[idx]), 2.0), atol=1e-3)
+    with pytest.raises(ValueError, match=r"teacher_probs must be \[shifts, N, K\] with jitter"):
+        train_classifier(torch.nn.Linear(64, 10), inputs, splits["train"].targets(), spec, teacher_probs=probs[12])
+
+
+def test_gap_table_with_jitter_reports_the_jittered_hard_label_control() -> None:
+    from asr_kd.experiments.mnist_results import _gap_table
+
+    def row(seed: int, hard: int, distilled: int, hard_jitter: int, distilled_jitter: int) -> dict:
+        errors = {"hard_errors": hard, "distilled_errors": distilled, "hard_jitter_errors": hard_jitter, "distilled_jitter_errors": distilled_jitter}
+        return {"seed": seed, **errors, "p_value": 0.04, "jitter_p_value": 0.5}
+
+    rows = [row(2, 130, 120, 110, 105), row(12, 128, 119, 112, 110)]
+    record = {"rows": rows, "hidden": [800, 800], "num_test": 1000, "temperature": 2.0, "hard_weight": 0.1, "epochs": 40, "jitter": 1}
+    record.update(mean_gap=9.5, gap_ci95=6.35, jitter_mean_gap=3.5, jitter_gap_ci95=19.1)
+    text = "\n".join(_gap_table(record))
+    assert "| 2 | 130 (13.00%) | 120 (12.00%) | 0.04 | 110 (11.00%) | 105 (10.50%) | 0.5 |" in text
+    assert "Mean gap (hard minus distilled test errors) over 2 seeds: +9.5 errors, 95% t interval [+3.2, +15.8] (distillation helps" in text
+    assert "Mean gap (hard-label + jitter minus distilled + jitter test errors) over 2 seeds: +3.5 errors, 95% t interval [-15.6, +22.6] (within noise" in text
+    assert "hard-label 129.0, distilled 119.5, hard-label + jitter 111.0, distilled + jitter 107.5." in text
