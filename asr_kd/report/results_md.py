@@ -12,9 +12,10 @@ from pathlib import Path
 from asr_kd.utils import write_text_atomic
 
 
-def write_section(path: Path | str, heading: str, text: str, header: str = "# Results\n") -> None:
+def write_section(path: Path | str, heading: str, text: str, header: str = "# Results\n", after: str | None = None) -> None:
     """Replace, where it stands, the section of ``path`` whose heading line starts with
-    ``heading`` (or append it when there is none; duplicates of it are dropped).
+    ``heading`` (or, when there is none, put it right after the section whose heading starts with
+    ``after``, else at the end; duplicates of it are dropped).
 
     ``text`` must itself start with the heading line; ``header`` is the file's first lines when
     the file does not exist yet.
@@ -31,7 +32,8 @@ def write_section(path: Path | str, heading: str, text: str, header: str = "# Re
             out.append(text)
             placed = True
     if not placed:
-        out.append(text)
+        anchor = next((i for i, sec in enumerate(out) if i > 0 and after is not None and sec.startswith(after)), len(out) - 1)
+        out.insert(anchor + 1, text)
     write_text_atomic(path, "\n".join(s.rstrip("\n") + "\n" for s in out))
 
 

@@ -122,12 +122,14 @@ def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def write_results(results_md: Path | None, heading: str, body: str, command: str, stage_dirs: Sequence[Path] = ()) -> None:
+def write_results(results_md: Path | None, heading: str, body: str, command: str, stage_dirs: Sequence[Path] = (),
+                  after: str | None = None) -> None:
     """(Re)write the RESULTS.md section ``heading``, quoting the command that produced it and
-    where the stages of ``stage_dirs`` ran (from their records)."""
+    where the stages of ``stage_dirs`` ran (from their records); a new section goes right after
+    the one headed ``after`` when given."""
     if results_md is not None:
         text = f"{heading}\n\n" + (f"Produced by `{command}`.\n\n" if command else "") + body + environment_lines(stage_dirs)
-        write_section(results_md, heading, text)
+        write_section(results_md, heading, text, after=after)
 
 
 def environment_lines(stage_dirs: Sequence[Path]) -> str:

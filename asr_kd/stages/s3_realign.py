@@ -41,7 +41,7 @@ from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.common import describe_dnn, fmt_pct, gmm_record, model_checkpoint, read_senones, write_results
 from asr_kd.stages.layout import SENONES_FIELD, RecipeLayout
 from asr_kd.stages.provenance import StageGuard
-from asr_kd.stages.s3_gmm import write_tids
+from asr_kd.stages.s3_gmm import RESULTS_HEADING as GMM_HEADING, write_tids
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
 
@@ -161,7 +161,7 @@ def realign_with_dnn(layout: RecipeLayout, model_config: DnnConfig, train_config
         guard.finish([summary_path, dnn_layout.log_priors, *(dnn_layout.ali_cuts(p) for p in parts), *(dnn_layout.tids(p) for p in parts)])
     summary = read_json(summary_path)
     assert isinstance(summary, dict)
-    write_results(results_md, HEADING, _section(summary, model_config), command, [out])
+    write_results(results_md, HEADING, _section(summary, model_config), command, [out], after=GMM_HEADING)
     return summary
 
 

@@ -62,6 +62,11 @@ def test_results_md_holds_every_table_with_its_command(recipe) -> None:
     text = (exp / "RESULTS.md").read_text()
     for heading in ("## GMM-HMM (stage 3)", "## Table 1 analogue", "## Table 5 analogue"):
         assert heading in text, heading
+    # The realignment's section follows the GMM's, in the order of the stages.
+    assert text.index("## GMM-HMM (stage 3)") < text.index("## DNN realignment (stage 3)") < text.index("## Teacher ensemble (stage 4)")
+    realign = json.loads((exp / "realign" / "summary.json").read_text())
+    dev = next(p for p in realign["parts"] if p["part"] == "dev-clean")
+    assert f"| dev-clean | {dev['cuts']} | {dev['gmm_aligned']} | {dev['aligned']} | {dev['failed']} | {100 * dev['changed'] / dev['frames']:.1f}% |" in text
     assert "./run.sh --preset tiny" in text  # the command that produced the numbers
     # The recipe prints both tables at the end of stages 7 and 8.
     assert "Table 1 analogue" in out.stdout and "Table 5 analogue" in out.stdout

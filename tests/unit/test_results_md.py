@@ -21,3 +21,14 @@ def test_sections_are_replaced_in_place_and_appended_when_new(tmp_path: Path) ->
     md.write_text(text + "\n## A\n\nstale a\n")
     write_section(md, "## A", "## A\n\nthird a\n")
     assert md.read_text() == "# Results\n\n## A\n\nthird a\n\n## B (x)\n\nfirst b\n\n## B (x, y)\n\nb with y\n"
+
+
+def test_a_new_section_goes_after_its_anchor_and_then_stays_where_it_stands(tmp_path: Path) -> None:
+    md = tmp_path / "RESULTS.md"
+    for h in ("## A", "## B", "## C"):
+        write_section(md, h, f"{h}\n\n{h[3:].lower()}\n")
+    write_section(md, "## A2", "## A2\n\na2\n", after="## A")
+    assert md.read_text() == "# Results\n\n## A\n\na\n\n## A2\n\na2\n\n## B\n\nb\n\n## C\n\nc\n"
+    write_section(md, "## A2", "## A2\n\nnew a2\n", after="## C")  # an existing section is replaced in place
+    write_section(md, "## D", "## D\n\nd\n", after="## missing")  # no anchor: at the end
+    assert md.read_text() == "# Results\n\n## A\n\na\n\n## A2\n\nnew a2\n\n## B\n\nb\n\n## C\n\nc\n\n## D\n\nd\n"
