@@ -70,7 +70,7 @@ def _seeds_arg(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the stage 4-8 commands to ``sub``."""
+    """Add the commands of stage 3's realignment and stages 4-8 to ``sub``."""
     p = sub.add_parser("realign", help="stage 3 (--alignments dnn): a first-pass DNN on the GMM's alignments realigns every part",
                        description="Train one DNN (--model-config, --config; seed + 500) on stage 3's triphone-GMM senone alignments, then "
                        "align the training, dev and test parts again through stage 3's training graphs with its posteriors divided by "
@@ -210,8 +210,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_align_part)
 
 
-def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """Log to <exp>/log/<name>.log; return the layout and RESULTS.md arguments common to all stages."""
+def _setup(args: argparse.Namespace, name: str, after_teachers: bool = True) -> dict[str, Any]:
+    """Log to <exp>/log/<name>.log; return the layout and RESULTS.md arguments common to all
+    stages. ``after_teachers``: a stage that uses stage 4's teachers, refused (ConfigError) when
+    --alignments names other labels than theirs."""
     from asr_kd.stages.common import check_alignments, recorded_alignments
     from asr_kd.stages.layout import RecipeLayout
     from asr_kd.utils import setup_logging
@@ -223,8 +225,8 @@ def _setup(args: argparse.Namespace, name: str) -> dict[str, Any]:
         torch.set_num_threads(args.num_threads)
     command = args.results_command or shlex.join(["asr-kd", *sys.argv[1:]])
     layout = RecipeLayout(args.data_dir, args.exp_dir, args.train_set, args.dev_set, args.test_set, ood_part=args.ood_set)
-    layout = dataclasses.replace(layout, alignments=args.alignments or recorded_alignments(layout))
-    if name not in ("train_teachers", "realign"):  # the stages after 4 use the teachers' alignments
+    layout = dataclasses.replace(layout, alignments=args.alignments or recorded_alignments(layout) or "gmm")
+    if after_teachers:
         check_alignments(layout)
     return {"layout": layout, "results_md": args.results_md, "command": command}
 
@@ -245,7 +247,7 @@ def _kd(args: argparse.Namespace) -> Any:
 def _realign(args: argparse.Namespace) -> int:
     from asr_kd.stages.s3_realign import realign_with_dnn
 
-    common = _setup(args, "realign")
+    common = _setup(args, "realign", after_teachers=False)
     model_cfg, train_cfg = _configs(args)
     summary = realign_with_dnn(model_config=model_cfg, train_config=train_cfg, **common)
     for part in summary["parts"]:
@@ -257,7 +259,7 @@ def _realign(args: argparse.Namespace) -> int:
 def _train_teachers(args: argparse.Namespace) -> int:
     from asr_kd.stages.s4_teachers import train_teachers
 
-    common = _setup(args, "train_teachers")
+    common = _setup(args, "train_teachers", after_teachers=False)
     model_cfg, train_cfg = _configs(args)
     summary = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, jobs=args.jobs,
                              num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)

@@ -36,7 +36,9 @@ def read_senones(layout: RecipeLayout) -> SenoneInfo:
     the gmm folder); DataError if stage 3 has not run or the file lacks a field."""
     path = layout.senones_json
     if not path.is_file():
-        raise DataError(f"{path} does not exist; run stage 3 (asr-kd train-gmm) first")
+        stage = ("stage 3's DNN realignment (run.sh --alignments dnn --stage 3, or asr-kd realign)" if layout.alignments == "dnn"
+                 else "stage 3 (asr-kd train-gmm)")
+        raise DataError(f"{path} does not exist; run {stage} first")
     try:
         info = json.loads(path.read_text())
         return SenoneInfo(int(info["num_senones"]), layout.gmm / info["model"], layout.gmm / info["graph"])
@@ -59,11 +61,11 @@ def alignment_inputs(layout: RecipeLayout) -> dict[str, str]:
     return inputs
 
 
-def recorded_alignments(layout: RecipeLayout) -> str:
+def recorded_alignments(layout: RecipeLayout) -> str | None:
     """Return the alignments ("gmm" or "dnn") stage 4's teachers were trained on, from its record
-    ("gmm" when stage 4 has not run): what model directories and later decodes must use."""
+    (None when stage 4 has not run): what model directories and later decodes must use."""
     record = read_record(layout.teachers)
-    return "dnn" if record is not None and "realign" in record.inputs else "gmm"
+    return None if record is None else "dnn" if "realign" in record.inputs else "gmm"
 
 
 def describe_alignments(layout: RecipeLayout) -> str:
@@ -74,15 +76,16 @@ def describe_alignments(layout: RecipeLayout) -> str:
 
 def with_recorded_alignments(layout: RecipeLayout) -> RecipeLayout:
     """Return ``layout`` reading the alignments stage 4's teachers were trained on
-    (:func:`recorded_alignments`): what tools outside the recipe's own run use."""
-    return dataclasses.replace(layout, alignments=recorded_alignments(layout))
+    (:func:`recorded_alignments`; the GMM's before stage 4 has run): what tools outside the
+    recipe's own run use."""
+    return dataclasses.replace(layout, alignments=recorded_alignments(layout) or "gmm")
 
 
 def check_alignments(layout: RecipeLayout) -> None:
     """ConfigError when stage 4's teachers were trained on other alignments than ``layout``'s: a
     later stage would mix labels (and priors) of two aligners."""
     recorded = recorded_alignments(layout)
-    if read_record(layout.teachers) is not None and recorded != layout.alignments:
+    if recorded is not None and recorded != layout.alignments:
         raise ConfigError(f"the teachers in {layout.teachers} were trained on the {recorded.upper()} alignments, this stage was asked "
                           f"for the {layout.alignments.upper()} ones; pass --alignments {recorded}, or rerun stage 4 "
                           f"(and stage 3 for dnn) with --alignments {layout.alignments}")

@@ -214,24 +214,26 @@ def _gmm_config(layout: RecipeLayout) -> GmmConfig:
 
 
 def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: int) -> dict[str, np.ndarray]:
-    """Align the part with the stage-3 triphone system (Viterbi, Kaldi's align_si); write
-    ``data/tids_<part>.txt`` and return the senone alignment of every aligned utterance."""
-    config = _gmm_config(layout)
-    system = GmmSystem.load(layout.gmm_model("tri"))
-    if layout.alignments == "dnn":  # the labels the networks were trained on: stage 3's first-pass DNN realigns
+    """Align the part as stage 3 aligned the recipe's parts: with the triphone system (Viterbi,
+    Kaldi's align_si), or with ``alignments="dnn"`` through the same training graphs with stage 3's
+    first-pass DNN; write ``data/tids_<part>.txt`` and return the senone alignment of every
+    aligned utterance."""
+    if layout.alignments == "dnn":  # the labels the networks were trained on
         from asr_kd.stages.s3_realign import Realigner, load_aligner
 
+        realigner = Realigner(dataclasses.replace(layout, alignments="gmm"), [load_aligner(layout)])
         cuts = list(layout.open_cuts(cuts_path(data / "fbank", part)))
-        tids, failed = Realigner(dataclasses.replace(layout, alignments="gmm"), [load_aligner(layout)]).align(
-            cuts, CmvnStats.load(cmvn_path(data / "fbank", part)), f"realign {part}")
-        aligner = layout.realign / "aligner"
+        tids, failed = realigner.align(cuts, CmvnStats.load(cmvn_path(data / "fbank", part)), f"realign {part}")
+        tm, aligner = realigner.tm, layout.realign / "aligner"
     else:
+        config = _gmm_config(layout)
+        system = GmmSystem.load(layout.gmm_model("tri"))
         part_data = load_part(data, part, lang, config)
         tids, failed = align_utterances(system, GraphInputs.from_lang(lang), part_data.utterances, config, num_jobs, desc=f"align {part}")
-        aligner = layout.gmm_model("tri")
+        tm, aligner = system.tm, layout.gmm_model("tri")
     write_tids(data / f"tids_{part}.txt", tids)
     log.info("%s: %d utterances aligned with %s, %d failed", part, len(tids), aligner, failed)
-    return senone_alignments(system.tm, tids)
+    return senone_alignments(tm, tids)
 
 
 def ctc_decode_config(layout: RecipeLayout) -> DecodeConfig:

@@ -154,11 +154,11 @@ def realign_with_dnn(layout: RecipeLayout, model_config: DnnConfig, train_config
         result = train_frame_classifier(gmm_layout.ali_cuts(layout.train_part), gmm_layout.ali_cuts(layout.dev_part),
                                         layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part), senones.num_senones,
                                         model_config, cfg, aligner_dir, resume=True)
-        stats = realign_parts(gmm_layout, [load_aligner(layout)], dnn_layout.ali, parts, max_duration)
+        stats = realign_parts(gmm_layout, [load_aligner(dnn_layout)], dnn_layout.ali, parts, max_duration)
         summary = {"aligner": {"seed": cfg.seed, "steps": result.state.step, "best_dev_frame_accuracy": result.state.best_metric,
                                "stop_reason": result.state.stop_reason}, "parts": stats}
         write_json_atomic(summary_path, summary)
-        guard.finish([summary_path, dnn_layout.log_priors, *(dnn_layout.ali_cuts(p) for p in parts), *(dnn_layout.tids(p) for p in parts)])
+        guard.finish([summary_path, model_checkpoint(aligner_dir), dnn_layout.log_priors, *(dnn_layout.ali_cuts(p) for p in parts), *(dnn_layout.tids(p) for p in parts)])
     summary = read_json(summary_path)
     assert isinstance(summary, dict)
     write_results(results_md, HEADING, _section(summary, model_config), command, [out], after=GMM_HEADING)

@@ -22,6 +22,7 @@ model_config=tiny      # DNN preset or YAML (DnnConfig)
 train_config="$egs_dir/conf/train.yaml"
 kd_config="$egs_dir/conf/kd.yaml"
 results_md=""          # default: $exp/RESULTS.md
+alignments=gmm         # labels the stages train on: gmm (stage 3's gmm/ali, this example's input) or dnn (run.sh --alignments dnn --stage 3 made exp/realign)
 
 help_message="Usage: $0 --data DIR --exp DIR [options]
 
@@ -46,6 +47,7 @@ Options (default in brackets):
   --train-config F     TrainConfig YAML [$train_config]
   --kd-config F        KdConfig YAML [$kd_config]
   --results-md F       RESULTS.md to write the sections to [\$exp/RESULTS.md]
+  --alignments A       gmm (stage 3's triphone-GMM labels) or dnn (its DNN realignment in \$exp/realign) [$alignments]
   -h, --help           show this help
 "
 
@@ -60,5 +62,5 @@ Options (default in brackets):
 
 "$root_dir/recipes/librispeech/run.sh" --preset tiny --model-type hybrid --stage "$stage" --stop-stage "$stop_stage" \
   --data "$data" --exp "$exp" --results "$results_md" --num-teachers "$num_teachers" --nj "$nj" --cmd "$cmd" --num-threads "$num_threads" \
-  --dnn-config "$model_config" --train-config "$train_config" --kd-config "$kd_config"
+  --dnn-config "$model_config" --train-config "$train_config" --kd-config "$kd_config" --alignments "$alignments"
 log "Done: stages $stage to $stop_stage; results in $results_md"

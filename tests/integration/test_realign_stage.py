@@ -100,3 +100,13 @@ def test_the_record_chains_to_stage_3_and_a_changed_config_redoes_it(realigned) 
     assert read_record(layout.realign).config["train"]["num_epochs"] == 2 != record.config["train"]["num_epochs"]
     assert json.loads((layout.realign / "summary.json").read_text()) == again
     assert again["aligner"]["steps"] < summary["aligner"]["steps"]
+
+
+def test_dnn_labels_that_were_never_made_name_the_realignment(tiny_stage3: tuple[Path, Path, Path]) -> None:
+    from asr_kd.errors import DataError
+
+    data, _, gmm_exp = tiny_stage3  # stage 3's GMM only: no exp/realign
+    with pytest.raises(DataError, match=r"realign/ali/senones.json does not exist; run stage 3's DNN realignment .*asr-kd realign"):
+        read_senones(RecipeLayout(data, gmm_exp, alignments="dnn"))
+    with pytest.raises(DataError, match=r"run the DNN realignment \(run.sh --alignments dnn --stage 3\)"):
+        alignment_inputs(RecipeLayout(data, gmm_exp, alignments="dnn"))
