@@ -31,6 +31,18 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+# Field metadata of an option added to a config after runs were recorded with it: at its default
+# (the old behaviour) it is left out of the stage records' configs and fingerprints
+# (asr_kd.stages.provenance), so adding it does not make every finished run redo its stages.
+OMIT_AT_DEFAULT = "omit_at_default"
+
+
+def later_option(default: Any) -> Any:
+    """Return a dataclass field with ``default`` that stage records omit while it equals
+    ``default`` (see :data:`OMIT_AT_DEFAULT`); set to anything else, it is recorded as usual."""
+    return dataclasses.field(default=default, metadata={OMIT_AT_DEFAULT: True})
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 0: the synthetic corpus
 # --------------------------------------------------------------------------------------------

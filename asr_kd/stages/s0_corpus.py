@@ -9,7 +9,6 @@ manifests and every stage after them.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +28,7 @@ def synthesize(corpus_dir: Path | str, config: SynthConfig, command: str = "") -
     # The engines that will actually speak (installed or not) are an input: installing Festival or
     # Kokoro later makes a new corpus rather than keep the espeak-only one.
     plan = plan_engines(config.engines, config.ood_engine)
-    guard = StageGuard("stage 0 (synthetic corpus)", corpus_dir, dataclasses.asdict(config),
+    guard = StageGuard("stage 0 (synthetic corpus)", corpus_dir, config,
                        {"engines": fingerprint([plan.train, plan.ood, plan.ood_accents])}, command, adopt_unrecorded=True)
     if not guard.needs_work():
         assert guard.record is not None

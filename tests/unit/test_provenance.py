@@ -34,6 +34,30 @@ def test_fingerprint_ignores_key_order_and_neutral_keys_but_not_values() -> None
     assert "num_jobs" not in config_dict({"num_jobs": 4, "x": 1})
 
 
+def test_an_option_added_later_is_recorded_only_away_from_its_default(tmp_path: Path) -> None:
+    import dataclasses
+
+    from asr_kd.config import later_option
+
+    @dataclasses.dataclass(frozen=True)
+    class Before:
+        lr: float = 0.1
+
+    @dataclasses.dataclass(frozen=True)
+    class After:
+        lr: float = 0.1
+        width: int = later_option(0)
+
+    # A run recorded before the option existed matches the same settings after it was added...
+    assert config_dict(After()) == config_dict(Before()) == {"lr": 0.1}
+    assert fingerprint(After()) == fingerprint(Before())
+    assert _run(tmp_path, Before())[0] and not _run(tmp_path, After())[0]
+    # ...and setting it is a changed config, recorded by value.
+    assert config_dict(After(width=8)) == {"lr": 0.1, "width": 8}
+    ran, guard = _run(tmp_path, After(width=8))
+    assert ran and read_record(tmp_path).config == {"lr": 0.1, "width": 8}
+
+
 def test_matching_record_is_skipped_and_changed_config_is_redone(tmp_path: Path) -> None:
     folder = tmp_path / "stage"
     assert _run(folder, KdConfig(temperature=2.0))[0]
