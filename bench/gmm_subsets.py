@@ -7,7 +7,7 @@ the dev and test parts at one fixed acoustic scale (no sweep, to keep the bench 
 is a flag). The data folder is only read; everything is written under ``--out``.
 
     python bench/gmm_subsets.py --data /work/scale/mini/data --out /tmp/gmm_subsets \\
-        --variant all: --variant mono500:mono_subset=500 --variant mono500_tri600:mono_subset=500,tri_subset=600
+        --variant all: --variant mono500:mono_subset=500 --variant mono500_tri600:mono_subset=500,tri_subset=600,align_chunk=100
 
 writes bench/RESULTS.md, section "GMM training subsets".
 """
@@ -45,6 +45,8 @@ def run_variant(args: argparse.Namespace, name: str, overrides: dict[str, str]) 
     from asr_kd.stages.layout import RecipeLayout
     from asr_kd.stages.s3_gmm import PartSource, _align_part, _decode_part, _train_systems
 
+    overrides = dict(overrides)
+    align_chunk = int(overrides.pop("align_chunk", args.align_chunk))  # a stage option, not a GmmConfig field
     config = load_config(GmmConfig, args.config, overrides)
     decode_config = load_config(DecodeConfig, args.decode_config, {"num_jobs": 1, "acoustic_scales": [], "acoustic_scale": args.acoustic_scale})
     layout = RecipeLayout(args.data, args.out / name, args.train_part)
@@ -60,18 +62,21 @@ def run_variant(args: argparse.Namespace, name: str, overrides: dict[str, str]) 
     sources = {p: PartSource(args.data, p) for p in parts}
     tri = _train_systems(layout, inputs, lang, sources[args.train_part], config, timings, history, subsets, num_jobs=1)
     counts = np.zeros(tri.num_pdfs)
-    aligned = {p: _align_part(layout, tri, inputs, lang, sources[p], config, 1, args.align_chunk, counts if p == args.train_part else None)
+    aligned = {p: _align_part(layout, tri, inputs, lang, sources[p], config, 1, align_chunk, counts if p == args.train_part else None)
                for p in parts}
     train_align = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu, 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
                    "rss_before_mb": rss_before}
     make_hclg(lang, tri.ctx_dep, tri.tm, layout.gmm_graph("tri"), decode_config.graph_scales)
     wers = {}
     for p in (args.dev_part, args.test_part):
-        entry, _ = _decode_part(layout, "tri", lang, sources[p], config, decode_config, (args.acoustic_scale,), args.align_chunk)
+        entry, _ = _decode_part(layout, "tri", lang, sources[p], config, decode_config, (args.acoustic_scale,), align_chunk)
         wers[p] = {k: entry[k] for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
-    # What EM holds: the training features of each system (all of the training part without subsets).
-    em_frames = {s: info["frames"] for s, info in subsets.items()} or {"mono": aligned[args.train_part]["frames"], "tri": aligned[args.train_part]["frames"]}
-    return {"name": name, "overrides": overrides, "train_align": train_align, "timings": timings, "em_frames": em_frames,
+    # The frames of each system's training utterances, whose features EM holds (without subsets,
+    # every usable utterance of the training part).
+    train = sources[args.train_part]
+    every = sum(train.mfcc[c].num_frames for c in train.refs)
+    em_frames = {s: info["frames"] for s, info in subsets.items()} or {"mono": every, "tri": every}
+    return {"name": name, "overrides": overrides, "align_chunk": align_chunk, "train_align": train_align, "timings": timings, "em_frames": em_frames,
             "subsets": subsets, "aligned": aligned, "tri_wer": wers, "num_senones": tri.num_pdfs, "peak_rss_mb_total": round(_peak_rss_mb(), 1)}
 
 
@@ -82,29 +87,45 @@ def _ci(errors: int, words: int) -> str:
     return f"{100 * p:.2f}% (+-{100 * half:.1f})"
 
 
+def _difference(args: argparse.Namespace, first: str, name: str, part: str) -> str:
+    """Return WER(name) - WER(first) on ``part`` in points with its 95% paired bootstrap interval."""
+    from asr_kd.metrics.paired import wer_difference
+    from asr_kd.metrics.wer import score_transcript_files
+
+    def scored(variant: str):
+        out = args.out / variant / "gmm" / f"decode_tri_{part}"
+        return score_transcript_files(out / "ref.txt", out / "hyp.txt")
+
+    diff = wer_difference(scored(first), scored(name))
+    return f"{100 * diff.value:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
+
+
 def section(results: list[dict], args: argparse.Namespace, command: str) -> str:
     """Return the bench/RESULTS.md section of ``results``."""
-    head = ["variant", "GmmConfig", "mono EM frames", "tri EM frames", "EM features (MB)", "train+align wall s", "CPU s", "peak RSS MB (before)",
-            f"tri WER {args.dev_part}", f"tri WER {args.test_part}"]
+    head = ["variant", "settings", "align chunk", "mono EM frames", "tri EM frames", "EM features (MB)", "train+align wall s", "CPU s", "peak RSS MB (before)",
+            f"tri WER {args.dev_part}", f"tri WER {args.test_part}", f"difference {args.dev_part}", f"difference {args.test_part}"]
     rows = []
     for r in results:
         mb = max(r["em_frames"].values()) * BYTES_PER_FEATURE_FRAME / 2**20
         w = r["tri_wer"]
-        rows.append([r["name"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(no subsets)",
+        settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k != "align_chunk") or "(no subsets)"
+        rows.append([r["name"], settings, str(r["align_chunk"]),
                      str(r["em_frames"]["mono"]), str(r["em_frames"]["tri"]), f"{mb:.0f}", f"{r['train_align']['wall_s']:.0f}",
                      f"{r['train_align']['cpu_s']:.0f}",
                      f"{r['train_align']['peak_rss_mb']:.0f} ({r['train_align']['rss_before_mb']:.0f})",
-                     *(_ci(int(w[p]["substitutions"] + w[p]["deletions"] + w[p]["insertions"]), int(w[p]["ref_words"])) for p in (args.dev_part, args.test_part))])
+                     *(_ci(int(w[p]["substitutions"] + w[p]["deletions"] + w[p]["insertions"]), int(w[p]["ref_words"])) for p in (args.dev_part, args.test_part)),
+                     *(_difference(args, results[0]["name"], r["name"], p) if r is not results[0] else "-" for p in (args.dev_part, args.test_part))])
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join([
         HEADING, "",
         f"Produced by `{command}` (one process, `nice`, one torch thread, on a 2-core machine shared with other work: times are rough).",
-        f"Stage 3's training and alignment of {args.train_part}, {args.dev_part} and {args.test_part} ({args.align_chunk} cuts a chunk), then the "
+        f"Stage 3's training and alignment of {args.train_part}, {args.dev_part} and {args.test_part} (align chunk: cuts aligned and decoded at a time), then the "
         f"triphones decode {args.dev_part} and {args.test_part} at acoustic scale {args.acoustic_scale:g} (fixed, not tuned per variant). "
         "EM features: the largest training set's MFCC + deltas that EM holds in memory (39 float32 a frame); peak RSS: the process's "
         "peak resident memory after training and alignment, and in brackets before any feature was read (the interpreter, the libraries, "
         "the lang), which on this small corpus is most of it. "
-        "WER intervals: binomial 95%, a rough guide (word errors are not independent).",
+        "WER intervals: binomial 95%, a rough guide (word errors are not independent); differences: WER minus the first row's, "
+        "in points, with the 95% paired bootstrap interval over utterances (an interval that includes 0 is within noise).",
         "", *table, ""])
 
 
@@ -112,7 +133,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="data folder of a finished recipe (stages 1-2); only read")
     parser.add_argument("--out", type=Path, required=True, help="folder for the variants' experiment folders and results.json")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...", help="GmmConfig overrides of one variant")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...", help="GmmConfig overrides of one variant (and align_chunk, the stage's option)")
     parser.add_argument("--config", type=Path, default=REPO / "recipes/librispeech/conf/gmm.yaml")
     parser.add_argument("--decode-config", type=Path, default=REPO / "recipes/librispeech/conf/decode.yaml")
     parser.add_argument("--acoustic-scale", type=float, default=0.0714, help="the triphones' decoding scale (mini's tuned choice)")

@@ -11,6 +11,12 @@ statistics, then deltas and delta-deltas (39 dims). Mean only, as Kaldi's GMM re
 (``apply-cmvn --norm-vars=false``): the diagonal Gaussians model each dimension's variance
 themselves, and a per-speaker variance estimated from a few minutes of speech is noisy, which
 the mean is much less.
+
+Memory: the monophone and the triphones train on subsets of the training part when
+``gmm.mono_subset`` / ``gmm.tri_subset`` are set (Kaldi's LibriSpeech recipe), and only the
+features of the subset being trained are in memory; every part is then aligned and decoded
+``align_chunk`` cuts at a time, each chunk's alignments written before the next chunk is loaded.
+The part's manifests (cuts, transcripts) stay in memory, its features do not.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ RESULTS_HEADING = "## GMM-HMM (stage 3)"
 OUTPUT_LAYOUT = """\
 <exp>/gmm/
   mono/final.mdl, tri/final.mdl        GMM systems, arrays + JSON in an .npz (monophone; tied triphones on our tree)
-  mono/ali_train.txt                   monophone alignments of the training part (for the tree)
+  mono/ali_train.txt                   monophone alignments of the triphones' training utterances (for the tree)
   <mono|tri>/graph/HCLG.fst            decoding graphs (+ words.txt, hclg.json)
   ali/cuts_<part>.jsonl.gz             fbank cuts with custom field "senones" (tri alignment)
   ali/storage_<part>/                  the senone arrays (store_alignments)
