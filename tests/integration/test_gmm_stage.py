@@ -212,6 +212,7 @@ def _usable_training_cuts(data: Path) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_monophone_em_counts_exactly_the_shortest_utterances(subset_stage3):
     data, _, summary = subset_stage3
     usable = _usable_training_cuts(data)
@@ -229,14 +230,20 @@ def test_monophone_em_counts_exactly_the_shortest_utterances(subset_stage3):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_every_training_utterance_is_aligned_by_the_subset_trained_system(subset_stage3, stage3):
     data, layout, summary = subset_stage3
     fbank = load_manifest(data / "fbank" / "cuts_train-clean-100.jsonl.gz")
     info = summary.parts["train-clean-100"]
     cuts = load_manifest(layout.ali_cuts("train-clean-100"))
-    assert info["cuts"] == len(cuts) == len(fbank) and info["skipped"] == 0
-    assert set(read_tids(layout.tids("train-clean-100"))) == set(cuts.ids) == set(fbank.ids)
-    assert info["frames"] == sum(c.num_frames for c in fbank)
+    # Every cut went through the triphones' alignment, not only the 60 they trained on; a system
+    # trained on less data may fail one (here 1 of 80, at beam 10 and retry beam 40), counted.
+    assert info["cuts"] == len(cuts) and info["cuts"] + info["skipped"] == len(fbank) and info["skipped"] <= 2
+    assert set(read_tids(layout.tids("train-clean-100"))) == set(cuts.ids) <= set(fbank.ids)
+    assert info["frames"] == sum(c.num_frames for c in cuts)
+    tri_training = set(read_tids(layout.mono_alignments))  # the monophone's alignments of the triphones' subset
+    assert 0 < len(tri_training) <= TRI_SUBSET
+    assert len(set(cuts.ids) - tri_training) >= len(fbank) - TRI_SUBSET - 2
     # The settings are recorded when set, and only then (a run without subsets records no key).
     assert read_record(layout.gmm).config["gmm"]["mono_subset"] == MONO_SUBSET
     assert "mono_subset" not in read_record(stage3[2].gmm).config["gmm"]
@@ -247,6 +254,7 @@ def test_every_training_utterance_is_aligned_by_the_subset_trained_system(subset
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_alignment_and_decoding_in_chunks_equal_one_chunk(stage3, tmp_path):
     """tiny_stage3 aligned and decoded dev-clean (20 cuts) in one chunk; 3 cuts at a time must give
     the same alignments, files and transcripts."""
@@ -266,7 +274,7 @@ def test_alignment_and_decoding_in_chunks_equal_one_chunk(stage3, tmp_path):
     assert info == summary.parts["dev-clean"]
     assert copy.tids("dev-clean").read_text() == paths.tids("dev-clean").read_text()
     ours, theirs = load_manifest(copy.ali_cuts("dev-clean")), load_manifest(paths.ali_cuts("dev-clean"))
-    assert ours.ids == theirs.ids
+    assert list(ours.ids) == list(theirs.ids)
     for a, b in zip(ours, theirs):
         np.testing.assert_array_equal(load_alignment(a), load_alignment(b))
     assert counts.sum() == info["frames"]
