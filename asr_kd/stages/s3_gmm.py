@@ -39,9 +39,8 @@ from asr_kd.config import GMM_ALIGN_CHUNK, DecodeConfig, GmmConfig, save_config
 from asr_kd.data.alignments import store_alignment_chunks
 from asr_kd.data.features import CmvnStats, cmvn_key, cmvn_path, cuts_path
 from asr_kd.errors import ConfigError, DataError
-from asr_kd.gmm.align import senone_alignment, senone_alignments
-from asr_kd.gmm.subsets import shortest_utterances, spread_over_speakers
 from asr_kd.gmm.features import gmm_features
+from asr_kd.gmm.subsets import shortest_utterances, spread_over_speakers
 from asr_kd.gmm.train import GmmSystem, GraphInputs, TrainingResult, Utterance, align_utterances, train_monophone, train_triphone
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
@@ -458,6 +457,7 @@ def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, la
     ``{"cuts", "frames", "skipped"}``."""
     name = source.name
     totals = {"cuts": 0, "frames": 0}
+    tid_to_pdf = np.asarray(system.tm.transition_id_to_pdf_array(), dtype=np.int32)  # senone_alignment's table, made once
 
     def count(senones: Mapping[str, np.ndarray]) -> None:
         for ali in senones.values():
@@ -469,7 +469,7 @@ def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, la
     if _done(layout.ali_cuts(name), layout.tids(name)):
         logger.info("alignments of %s exist (%s), skipping", name, layout.ali_cuts(name))
         for utt, tids in iter_tids(layout.tids(name)):
-            count({utt: senone_alignment(system.tm, tids)})
+            count({utt: tid_to_pdf[tids]})
     else:
         layout.ali.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".tids_{name}.", dir=layout.ali) as tmp:
@@ -481,7 +481,7 @@ def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, la
                     tids = align_parallel(system, inputs, chunk.utterances, config, num_jobs, desc) if chunk.utterances else {}
                     pieces.append(Path(tmp) / f"tids.{k}.txt")
                     write_tids(pieces[-1], tids)
-                    senones = senone_alignments(system.tm, tids)
+                    senones = {utt: tid_to_pdf[np.asarray(ali, dtype=np.int64)] for utt, ali in tids.items()}
                     count(senones)
                     yield chunk.fbank_cuts, senones
 

@@ -27,7 +27,7 @@ from asr_kd.errors import DataError
 from asr_kd.gmm.align import alignment_to_phones, senone_alignment
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import IN_PROGRESS_NAME, RECORD_NAME, read_record
-from asr_kd.stages.s3_gmm import RESULTS_HEADING, Stage3Summary, read_tids, run_gmm_stage, write_tids
+from asr_kd.stages.s3_gmm import RESULTS_HEADING, Stage3Summary, merge_tids, read_tids, run_gmm_stage, write_tids
 from asr_kd.gmm.train import GmmSystem
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.report.results_md import read_section
@@ -316,6 +316,21 @@ def test_tids_text_round_trip(tmp_path_factory, alignments):
     path = tmp_path_factory.mktemp("tids") / "tids.txt"
     write_tids(path, alignments)
     assert read_tids(path) == alignments
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True), st.lists(st.integers(1, 10**6), min_size=1, max_size=20), max_size=12),
+       st.lists(st.integers(0, 3), min_size=12, max_size=12))
+def test_merged_chunk_files_are_the_file_of_all_alignments(tmp_path_factory, alignments, piece_of):
+    """Chunks of a part are aligned in fbank-cut order, each written sorted; merged, they must be
+    the one sorted file that write_tids writes for the whole part."""
+    folder = tmp_path_factory.mktemp("merge")
+    pieces = [folder / f"tids.{k}.txt" for k in range(4)]
+    for k, piece in enumerate(pieces):
+        write_tids(piece, {u: a for i, (u, a) in enumerate(alignments.items()) if piece_of[i % 12] == k})
+    merge_tids(folder / "merged.txt", pieces)
+    write_tids(folder / "whole.txt", alignments)
+    assert (folder / "merged.txt").read_text() == (folder / "whole.txt").read_text()
 
 
 def test_bad_tids_file_names_the_line(tmp_path):

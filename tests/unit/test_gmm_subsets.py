@@ -84,3 +84,11 @@ def test_subsets_enter_the_stage_record_only_when_set() -> None:
     assert fingerprint(base) == fingerprint({"gmm": GmmConfig(mono_subset=0, tri_subset=0)})
     assert config_dict({"gmm": GmmConfig(mono_subset=2000)})["gmm"]["mono_subset"] == 2000
     assert fingerprint(base) != fingerprint({"gmm": GmmConfig(mono_subset=2000)}) != fingerprint({"gmm": GmmConfig(tri_subset=2000)})
+
+
+def test_align_chunk_below_one_is_a_one_line_config_error(tmp_path) -> None:
+    from asr_kd.stages.s3_gmm import run_gmm_stage
+
+    with pytest.raises(ConfigError) as err:
+        run_gmm_stage(tmp_path, tmp_path, tmp_path, GmmConfig(), "train-clean-100", [], align_chunk=0)
+    assert str(err.value) == "align_chunk must be >= 1 cuts, got 0"
