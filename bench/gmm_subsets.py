@@ -102,7 +102,7 @@ def _difference(args: argparse.Namespace, first: str, name: str, part: str) -> s
 
 def section(results: list[dict], args: argparse.Namespace, command: str) -> str:
     """Return the bench/RESULTS.md section of ``results``."""
-    head = ["variant", "settings", "align chunk", "mono EM frames", "tri EM frames", "EM features (MB)", "train+align wall s", "CPU s", "peak RSS MB (before)",
+    head = ["variant", "settings", "align chunk", "mono training frames", "tri training frames", "EM features (MB)", "train+align wall s", "CPU s", "peak RSS MB (before)",
             f"tri WER {args.dev_part}", f"tri WER {args.test_part}", f"difference {args.dev_part}", f"difference {args.test_part}"]
     rows = []
     for r in results:
