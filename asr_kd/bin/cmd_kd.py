@@ -191,9 +191,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the scale the recipe tuned for it on dev (stages 3 and 7; CTC students: the CTC decoding stage's settings)")
     p.add_argument("--ctc-units", choices=("phone", "bpe"), default="phone", help="units of the ctc-<name> systems (default phone)")
     p.add_argument("--rescore-arpa", type=Path, default=None, help="rescore lattices of the HCLG systems with this larger ARPA LM "
-                   "(e.g. from `asr-kd train-lm --order 4`, or LibriSpeech's 4-gram); the lattice pass uses the decode config's beam "
-                   "and lattice_beam, without max-active (asr_kd/decode/rescore.py)")
-    p.add_argument("--rescore-method", choices=("arpa", "fst"), default="arpa", help="new LM scores: exact ARPA back-off (default) or its G.fst")
+                   "(e.g. from `asr-kd train-lm --order 4`, or LibriSpeech's 4-gram) or, with --rescore-method const, a folder of "
+                   "`asr-kd arpa-to-const`; the lattice pass uses the decode config's beam and lattice_beam, without max-active "
+                   "(asr_kd/decode/rescore.py)")
+    p.add_argument("--rescore-method", choices=("arpa", "fst", "const"), default="arpa",
+                   help="new LM scores: exact ARPA back-off read into memory (default), the same from memory-mapped arrays built "
+                        "once (const: for LibriSpeech's tglarge/fglarge), or its G.fst")
     p.add_argument("--rescore-nbest", type=int, default=100, help="word sequences rescored per lattice (default 100)")
     p.set_defaults(func=_decode_part)
 
