@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from asr_kd.errors import DataError
-from asr_kd.lang.lm import BOS, EOS, _NGRAM_HEADER, open_input
+from asr_kd.lang.lm import BOS, EOS, arpa_ngrams
 from asr_kd.lang.symbols import SymbolTable
 from asr_kd.stages.provenance import file_sha256
 from asr_kd.utils import write_text_atomic
@@ -94,45 +94,26 @@ def build_const_lm(arpa_path: Path | str, words_txt: Path | str, out_dir: Path |
     uni_bo = np.zeros(vocab, dtype=np.float32)
     orders: dict[int, _Order] = {}
     dropped: dict[int, int] = {}
-    section, seen_data = None, False
-    with open_input(arpa_path) as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            if line == "\\data\\":
-                seen_data = True
-                continue
-            m = _NGRAM_HEADER.fullmatch(line)
-            if m:
-                section = int(m.group(1))
-                dropped[section] = 0
-                if section > 1:
-                    orders[section] = _Order(section)
-                continue
-            if line == "\\end\\":
-                break
-            if section is None:
-                continue
-            fields = line.split()
-            if len(fields) < section + 1:
-                raise DataError(f"{arpa_path}:{lineno}: a {section}-gram line needs a log-probability and {section} words; is this an ARPA file?")
-            try:
-                word_ids = [ids[w] for w in fields[1 : section + 1]]
-            except KeyError:
-                dropped[section] += 1
-                continue
-            logprob = float(fields[0])
-            backoff = float(fields[section + 1]) if len(fields) > section + 1 else 0.0
-            if section == 1:
-                uni_lp[word_ids[0]], uni_bo[word_ids[0]] = logprob, backoff
-            else:
-                o = orders[section]
-                o.ids.extend(word_ids)
-                o.logprob.append(logprob)
-                o.backoff.append(backoff)
-    if not seen_data or section is None:
-        raise DataError(f"{arpa_path} is not an ARPA language model (no \\data\\ section or no n-gram section); pass an ARPA file")
+    for section, fields in arpa_ngrams(arpa_path):
+        if fields is None:
+            dropped[section] = 0
+            if section > 1:
+                orders[section] = _Order(section)
+            continue
+        try:
+            word_ids = [ids[w] for w in fields[1 : section + 1]]
+        except KeyError:
+            dropped[section] += 1
+            continue
+        logprob = float(fields[0])
+        backoff = float(fields[section + 1]) if len(fields) > section + 1 else 0.0
+        if section == 1:
+            uni_lp[word_ids[0]], uni_bo[word_ids[0]] = logprob, backoff
+        else:
+            o = orders[section]
+            o.ids.extend(word_ids)
+            o.logprob.append(logprob)
+            o.backoff.append(backoff)
     if not np.isfinite(uni_lp[[i for w, i in ids.items() if w not in (BOS, EOS)]]).any():
         raise DataError(f"no word of the ARPA LM {arpa_path} is in {words_txt}; check that both use the same spelling (upper case)")
     order = max(dropped)
