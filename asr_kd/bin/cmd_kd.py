@@ -159,7 +159,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="For each --temperatures T: stage 5's soft targets at T and a distilled student trained on them "
                        "(<exp>/temperature_sweep/T<T>/), scored on dev and test frame accuracy and test WER at the distilled student's "
                        "dev-tuned scale, with paired bootstrap intervals against the stage-7 baseline; writes sweep.json and its "
-                       "RESULTS.md section (asr_kd/stages/s10_temperature_sweep.py). Needs stages 4-7.")
+                       "RESULTS.md section (asr_kd/stages/s10_temperature_sweep.py). With --kd-set mode=online nothing is stored: each "
+                       "student learns the ensemble's whole distribution at its T in the training loop (<exp>/temperature_sweep_online/, "
+                       "its own section). Needs stages 4-7.")
     _layout_args(p)
     _model_args(p)
     _kd_args(p)
