@@ -107,14 +107,14 @@ class SearchPoint:
 
 def compare_to_reference(points: Sequence[SearchPoint], reference: SearchSetting) -> list[SearchPoint]:
     """Return ``points`` with ``versus_reference`` set (WER difference to the ``reference`` point
-    and its paired bootstrap interval) where both carry per-utterance details."""
+    and its paired bootstrap interval) where both carry per-utterance details and it is not set yet."""
     from asr_kd.metrics.paired import wer_difference
 
     ref = _reference_point(points, reference)
     if ref.details is None:
         return list(points)
-    return [dataclasses.replace(p, versus_reference=wer_difference(ref.details, p.details)) if p.details is not None else p
-            for p in points]
+    return [dataclasses.replace(p, versus_reference=wer_difference(ref.details, p.details))
+            if p.details is not None and p.versus_reference is None else p for p in points]
 
 
 def _reference_point(points: Sequence[SearchPoint], reference: SearchSetting) -> SearchPoint:
