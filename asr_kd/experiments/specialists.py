@@ -372,6 +372,14 @@ def _specialist_row(m: int, classes: list[int], probs: Tensor, gen_logits: Tenso
     }
 
 
+def within_gain(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """Return how many more of their test examples the specialists tell apart within their own
+    classes than the generalist does (summed over specialists, an example counted once per
+    specialist covering it), and that number of examples."""
+    gained = sum(round((x["specialist_within_accuracy"] - x["generalist_within_accuracy"]) * x["num_test"]) for x in rows if "specialist_within_accuracy" in x)
+    return gained, sum(x["num_test"] for x in rows if "specialist_within_accuracy" in x)
+
+
 def _targets(r: dict[str, Any]) -> str:
     t = r.get("soft_temperature", 0.0)
     if not t:
@@ -507,10 +515,12 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         ]
         better = sum(x["specialist_accuracy"] > x["generalist_accuracy"] for x in r["rows"])
         within = sum(x.get("specialist_within_accuracy", 0.0) > x.get("generalist_within_accuracy", 1.0) for x in r["rows"])
+        gained, examples = within_gain(r["rows"])
         lines += [
             "",
             f"Specialists more accurate than the generalist on their own classes: {better} of {len(r['rows'])}; "
-            f"at telling their classes apart: {within} of {len(r['rows'])}.",
+            f"at telling their classes apart: {within} of {len(r['rows'])}, net {gained:+d} of the {examples} test examples "
+            "they cover (counted once per specialist), what telling confusable classes apart can add to the generalist.",
             "",
         ]
     if "combine" in rec:

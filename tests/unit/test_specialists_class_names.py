@@ -10,7 +10,7 @@ import numpy as np
 from asr_kd.config import load_config
 from asr_kd.config_secondary import SpecialistConfig
 from asr_kd.data.mnist import CLASS_NAMES_FILE, FASHION_MNIST_NAMES, MNIST_5K, DatasetInfo
-from asr_kd.experiments.specialists import class_label, class_set_line, run_specialists_stage, task_title
+from asr_kd.experiments.specialists import class_label, class_set_line, run_specialists_stage, task_title, within_gain
 
 FASHION = DatasetInfo("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_NAMES, False)
 
@@ -70,3 +70,12 @@ def test_fashion_preset_uses_all_images_and_needs_the_data(tmp_path: Path) -> No
     out = subprocess.run(["bash", str(RECIPE / "run.sh"), "--preset", "fashion", "--exp", str(tmp_path / "exp")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "--preset fashion needs --data-dir" in out.stderr
     assert not (tmp_path / "exp").exists()  # refused before anything was written
+
+
+def test_within_gain_counts_examples_the_specialists_tell_apart_better() -> None:
+    rows = [
+        {"num_test": 2000, "specialist_within_accuracy": 0.887, "generalist_within_accuracy": 0.878},  # +18
+        {"num_test": 3000, "specialist_within_accuracy": 0.870, "generalist_within_accuracy": 0.8767},  # -20.1
+        {"num_test": 100, "specialist_accuracy": 0.5, "generalist_accuracy": 0.4},  # an old record: no within columns
+    ]
+    assert within_gain(rows) == (-2, 5000)
