@@ -69,3 +69,20 @@ def test_the_training_sample_spans_the_manifest_and_skips_unaligned_cuts() -> No
     assert len(spread_sample(CutSet.from_cuts(cuts), 50)) == 19
     with pytest.raises(ConfigError, match="at least 1 cut"):
         spread_sample(CutSet.from_cuts(cuts), 0)
+
+
+def test_a_distilled_variant_trains_with_stage_6s_stored_target_loss() -> None:
+    from asr_kd.config import KdConfig
+    from asr_kd.kd.student import StoredDistillationLoss
+    from asr_kd.train.capacity import variant_loss
+
+    kd = KdConfig(temperature=1.0, mode="stored")
+    plain = parse_variant("bn:bottleneck_dim=64,frame_projection_dim=16", BASE_DNN, BASE_TRAIN)
+    assert (plain.dnn.bottleneck_dim, plain.dnn.frame_projection_dim) == (64, 16)
+    loss = variant_loss(plain, kd)
+    assert isinstance(loss, StoredDistillationLoss) and loss.kd == kd
+    assert variant_loss(plain) is frame_cross_entropy
+    with pytest.raises(ConfigError, match="distilled variants learn from stored soft targets; set kd.mode=stored, got 'online'"):
+        variant_loss(plain, KdConfig(mode="online"))
+    with pytest.raises(ConfigError, match="label_smoothing applies to hard targets only"):
+        variant_loss(parse_variant("s:label_smoothing=0.1", BASE_DNN, BASE_TRAIN), kd)
