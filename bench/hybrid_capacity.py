@@ -176,7 +176,7 @@ def format_comparison(rows: list[dict], layout: RecipeLayout, teacher_macs: int)
     ref = rows[0]
     ref_mean, ref_half = mean_interval(ref["reference_test_wer"])
     lines = [f"Against stage 7's `{ref['reference']}` ({len(ref['reference_seeds'])} seeds, test WER {100 * ref_mean:.2f}"
-             f" ± {100 * ref_half:.2f}%; one teacher: {teacher_macs:,} MACs / frame):", "",
+             f" ± {100 * ref_half:.2f}%, mean ± 95% t over seeds; one teacher: {teacher_macs:,} MACs / frame):", "",
              f"| variant | MACs / frame (share of a teacher) | seeds | dev WER by seed | {layout.test_part} WER, mean ± 95% t (by seed) "
              f"| − {ref['reference']}, points [95% paired bootstrap CI] |", "|---|---|---|---|---|---|"]
     for r in rows:
