@@ -218,3 +218,17 @@ def test_compressed_model_exports_to_onnx_with_the_same_posteriors(tmp_path: Pat
     feats = [rng.standard_normal((n, 40)).astype(np.float32) for n in (97, 5)]  # traced at 2 x 64 frames
     for a, b in zip(TorchAcoustic(model)(feats), OnnxAcoustic(path)(feats)):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+
+
+def test_a_compressed_checkpoint_loads_back_as_the_same_network(tmp_path: Path) -> None:
+    from asr_kd.train.checkpoint import save_checkpoint
+    from asr_kd.train.frame_classifier import load_frame_classifier
+
+    torch.manual_seed(5)
+    model = SplicedDnn(DNN_PRESETS["mini-compressed-v2"], 50).eval()
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "extra": model.describe()})  # as the training loop writes it
+    loaded = load_frame_classifier(tmp_path / "best.pt")
+    assert loaded.cfg == DNN_PRESETS["mini-compressed-v2"] and loaded.cfg.frame_projection_dim == 20
+    x, lengths = torch.randn(2, 30, 40), torch.tensor([30, 12])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, lengths), model(x, lengths), rtol=0, atol=0)
