@@ -32,7 +32,9 @@ Cost on mini (370k training frames, one torch thread), measured: the demo's 3 x 
 10-16 CPU seconds per epoch (100 s for 10 epochs on a quiet machine), 4 x 512 in 26 and 3 x 1024
 in 57; scoring a run (the dev scale search and the test decodes) takes 1.5-2 minutes. One 3 x 256
 variant at 10 epochs is about 5 minutes; the table in bench/RESULTS.md took over an hour on 2
-cores. So it is not part of ``make bench``: run it by hand after ``make demo``.
+cores. A compressed student (124-130k MACs a frame, ``--kd-config``) takes 7-8 CPU seconds an
+epoch, about 4 CPU minutes for 30 epochs, and 1-1.5 minutes of scoring. So it is not part of
+``make bench``: run it by hand after ``make demo``.
 """
 
 from __future__ import annotations
