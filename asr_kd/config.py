@@ -317,6 +317,12 @@ class GraphScales:
 # --------------------------------------------------------------------------------------------
 
 
+# Cuts that stage 3 aligns or decodes at a time (Kaldi splits a part into jobs for the same
+# reason; `asr-kd train-gmm --align-chunk`): the features of 5,000 LibriSpeech utterances (12.3 s
+# on average, 39 float32 a frame) take about 1 GB; a part of that size or less is loaded once.
+GMM_ALIGN_CHUNK = 5000
+
+
 @dataclasses.dataclass(frozen=True)
 class GmmConfig:
     """GMM-HMM training: topology, EM schedule, mixing up, decision tree, alignment beams.
@@ -362,8 +368,20 @@ class GmmConfig:
     delta_window: int = 2
     utterance_cmvn: bool = False
     seed: int = 0
+    # Training subsets (Kaldi's LibriSpeech recipe: utils/subset_data_dir.sh). 0 = every training
+    # utterance. mono_subset = N: the monophone trains on the N shortest utterances (ties broken by
+    # id; Kaldi's --shortest). tri_subset = N: the triphones train on N utterances drawn with
+    # ``seed``, spread evenly over the speakers, after the monophone has aligned them (align_si.sh).
+    # Only the subsets' features are held in memory; every utterance is still aligned by the
+    # triphones. A subset larger than the part is the whole part.
+    mono_subset: int = later_option(0)
+    tri_subset: int = later_option(0)
 
     def __post_init__(self) -> None:
+        for name in ("mono_subset", "tri_subset"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                   f"gmm.{name} must be 0 (every training utterance) or a number of utterances >= 1, got {value!r}")
         _check(self.num_nonsil_states >= 1, f"gmm.num_nonsil_states must be >= 1, got {self.num_nonsil_states}")
         _check(self.num_sil_states >= 2, f"gmm.num_sil_states must be >= 2 (Kaldi's silence topology), got {self.num_sil_states}")
         for name in ("mono_num_iters", "tri_num_iters"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``make-hclg``, ``make-hlg``, ``train-lm`` and ``compute-wer`` to ``sub``."""
+    """Add ``make-hclg``, ``make-hlg``, ``train-lm``, ``arpa-to-const`` and ``compute-wer`` to ``sub``."""
     from asr_kd.config import GraphScales
 
     p = sub.add_parser(
@@ -51,6 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="ARPA file to write")
     p.add_argument("--text", type=Path, default=None, help="extra training text (plain or .gz), one sentence a line")
     p.set_defaults(func=run_train_lm)
+
+    p = sub.add_parser(
+        "arpa-to-const",
+        help="store an ARPA LM over a lang's words as memory-mapped arrays, for rescoring with LMs too large to read (tglarge)",
+        description=(
+            "Kaldi's const-ARPA idea (asr_kd/lang/const_lm.py): n-grams with a word outside words.txt are dropped and counted; "
+            "the folder is what `asr-kd decode-part --rescore-method const --rescore-arpa` reads, with the same scores as the ARPA."
+        ),
+    )
+    p.add_argument("arpa", type=Path, help="ARPA LM (plain or .gz), e.g. LibriSpeech's 3-gram.arpa.gz (tglarge)")
+    p.add_argument("--lang-dir", type=Path, required=True, help="lang directory whose words.txt gives the word ids (stage 2: data/lang)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (the arrays and const_lm.json)")
+    p.set_defaults(func=run_arpa_to_const)
 
     p = sub.add_parser(
         "compute-wer",
@@ -99,6 +112,17 @@ def run_train_lm(args: argparse.Namespace) -> int:
     setup_logging()
     used = train_lang_lm(args.lang_dir, args.order, args.out, args.text)
     print(f"{args.out}: {args.order}-gram LM on {used} sentences")
+    return 0
+
+
+def run_arpa_to_const(args: argparse.Namespace) -> int:
+    """Build the const LM and say what it holds."""
+    from asr_kd.lang.const_lm import build_const_lm
+    from asr_kd.utils import setup_logging
+
+    setup_logging()
+    info = build_const_lm(args.arpa, Path(args.lang_dir) / "words.txt", args.out)
+    print(f"{args.out}: {info.order}-gram const LM, n-grams per order {info.kept} (dropped, words outside words.txt: {info.dropped})")
     return 0
 
 

@@ -204,7 +204,8 @@ def register_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search-grid", default=None, metavar="BEAM:MAX_ACTIVE,...",
                    help=f"settings --speed tries besides the model directory's own (default {DEFAULT_GRID})")
     p.add_argument("--search-tolerance", type=float, default=None,
-                   help=f"largest relative increase of dev word errors over the model directory's own setting (default {DEFAULT_TOLERANCE})")
+                   help=f"largest relative increase of dev word errors over the model directory's own setting, for the count and for the "
+                        f"upper end of the paired 95%% bootstrap interval of the WER difference (default {DEFAULT_TOLERANCE})")
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section to")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of test WER against acoustic RTF here (linked when beside --results)")
     p.set_defaults(func=run_deploy_report)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from asr_kd.bin.common import add_part_args
-from asr_kd.config import DecodeConfig, GmmConfig, load_config, parse_overrides
+from asr_kd.config import GMM_ALIGN_CHUNK, DecodeConfig, GmmConfig, load_config, parse_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML file with GmmConfig fields (e.g. conf/gmm.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a GmmConfig field")
     p.add_argument("--num-jobs", type=int, default=2, help="processes for training passes (alignment, statistics), final alignment and decoding (default 2)")
+    p.add_argument("--align-chunk", type=int, default=GMM_ALIGN_CHUNK, metavar="CUTS",
+                   help="align and decode each part this many cuts at a time, so that memory holds one chunk's features "
+                        f"(default {GMM_ALIGN_CHUNK}; the results do not depend on it)")
     p.add_argument("--results-md", type=Path, default=None, help="RESULTS.md whose GMM section to write")
     p.add_argument("--recipe-command", default=None, help="the command to quote in RESULTS.md (default: this asr-kd command line)")
     p.set_defaults(func=run_train_gmm)
@@ -50,6 +53,6 @@ def run_train_gmm(args: argparse.Namespace) -> int:
     decode_config = load_config(DecodeConfig, args.decode_config, {**default_scale, "num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     command = args.recipe_command or "asr-kd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_gmm_stage(args.data_dir, args.lang_dir, args.exp_dir, config, args.train_set, args.parts, args.num_jobs, args.results_md,
-                            decode_config, command=command, dev_part=args.dev_set)
+                            decode_config, command=command, dev_part=args.dev_set, align_chunk=args.align_chunk)
     print(summary.format())
     return 0

@@ -159,7 +159,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="For each --temperatures T: stage 5's soft targets at T and a distilled student trained on them "
                        "(<exp>/temperature_sweep/T<T>/), scored on dev and test frame accuracy and test WER at the distilled student's "
                        "dev-tuned scale, with paired bootstrap intervals against the stage-7 baseline; writes sweep.json and its "
-                       "RESULTS.md section (asr_kd/stages/s10_temperature_sweep.py). Needs stages 4-7.")
+                       "RESULTS.md section (asr_kd/stages/s10_temperature_sweep.py). With --kd-set mode=online nothing is stored: each "
+                       "student learns the ensemble's whole distribution at its T in the training loop (<exp>/temperature_sweep_online/, "
+                       "its own section). Needs stages 4-7.")
     _layout_args(p)
     _model_args(p)
     _kd_args(p)
@@ -191,9 +193,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the scale the recipe tuned for it on dev (stages 3 and 7; CTC students: the CTC decoding stage's settings)")
     p.add_argument("--ctc-units", choices=("phone", "bpe"), default="phone", help="units of the ctc-<name> systems (default phone)")
     p.add_argument("--rescore-arpa", type=Path, default=None, help="rescore lattices of the HCLG systems with this larger ARPA LM "
-                   "(e.g. from `asr-kd train-lm --order 4`, or LibriSpeech's 4-gram); the lattice pass uses the decode config's beam "
-                   "and lattice_beam, without max-active (asr_kd/decode/rescore.py)")
-    p.add_argument("--rescore-method", choices=("arpa", "fst"), default="arpa", help="new LM scores: exact ARPA back-off (default) or its G.fst")
+                   "(e.g. from `asr-kd train-lm --order 4`, or LibriSpeech's 4-gram) or, with --rescore-method const, a folder of "
+                   "`asr-kd arpa-to-const`; the lattice pass uses the decode config's beam and lattice_beam, without max-active "
+                   "(asr_kd/decode/rescore.py)")
+    p.add_argument("--rescore-method", choices=("arpa", "fst", "const"), default="arpa",
+                   help="new LM scores: exact ARPA back-off read into memory (default), the same from memory-mapped arrays built "
+                        "once (const: for LibriSpeech's tglarge/fglarge), or its G.fst")
     p.add_argument("--rescore-nbest", type=int, default=100, help="word sequences rescored per lattice (default 100)")
     p.set_defaults(func=_decode_part)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 from lhotse import CutSet
@@ -67,24 +67,41 @@ def store_alignments(
     replacing an older one (also one of per-cut ``.npy`` files); the manifests name the final
     path.
     """
+    return store_alignment_chunks([(cuts, alignments)], storage_path, name, frame_shift)
+
+
+def store_alignment_chunks(
+    chunks: Iterable[tuple[Iterable[Cut], Mapping[str, np.ndarray]]],
+    storage_path: Path | str,
+    name: str = "senones",
+    frame_shift: float = 0.01,
+) -> CutSet:
+    """:func:`store_alignments` for alignments that come a chunk of cuts at a time: ``chunks``
+    yields ``(cuts, alignments)`` pairs (it may be a generator that computes each chunk when asked,
+    so that only one chunk's alignments are in memory), all written into one archive in order.
+    Returns every stored cut; the archive is the one :func:`store_alignments` writes for the
+    concatenated cuts and alignments."""
     out: list[Cut] = []
     missing: list[str] = []
+    total = 0
     with atomic_archive_dir(storage_path) as writer:
-        for cut in tqdm(cuts, desc=f"store {name}", leave=False):
-            labels = alignments.get(cut.id)
-            if labels is None:
-                missing.append(cut.id)
-                continue
-            labels = np.asarray(labels)
-            if not np.issubdtype(labels.dtype, np.integer):
-                raise DataError(f"cut {cut.id}: {name} must be integers, got dtype {labels.dtype}; pass integer label ids")
-            _check_length(cut, labels, name)
-            if labels.size and (labels.min() < np.iinfo(LABEL_DTYPE).min or labels.max() > np.iinfo(LABEL_DTYPE).max):
-                raise DataError(f"cut {cut.id}: {name} values do not fit in int32; use label ids below 2**31")
-            array = writer.store_array(cut.id, labels.astype(LABEL_DTYPE), frame_shift=frame_shift, temporal_dim=0, start=0.0)
-            out.append(cut.with_custom(name, array))
+        for cuts, alignments in chunks:
+            for cut in tqdm(cuts, desc=f"store {name}", leave=False):
+                total += 1
+                labels = alignments.get(cut.id)
+                if labels is None:
+                    missing.append(cut.id)
+                    continue
+                labels = np.asarray(labels)
+                if not np.issubdtype(labels.dtype, np.integer):
+                    raise DataError(f"cut {cut.id}: {name} must be integers, got dtype {labels.dtype}; pass integer label ids")
+                _check_length(cut, labels, name)
+                if labels.size and (labels.min() < np.iinfo(LABEL_DTYPE).min or labels.max() > np.iinfo(LABEL_DTYPE).max):
+                    raise DataError(f"cut {cut.id}: {name} values do not fit in int32; use label ids below 2**31")
+                array = writer.store_array(cut.id, labels.astype(LABEL_DTYPE), frame_shift=frame_shift, temporal_dim=0, start=0.0)
+                out.append(cut.with_custom(name, array))
     if missing:
-        log.warning("%s: %d of %d cuts have no alignment and were dropped (first: %s)", name, len(missing), len(cuts), missing[0])
+        log.warning("%s: %d of %d cuts have no alignment and were dropped (first: %s)", name, len(missing), total, missing[0])
     return CutSet.from_cuts(out)
 
 

@@ -56,13 +56,15 @@ from asr_kd.decode.decoder import Decoded, DecodeFailure
 from asr_kd.decode.fst_utils import input_labels
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldi_decoder, kaldifst
+from asr_kd.lang.const_lm import ConstArpaLm, build_const_lm, read_const_lm_info
 from asr_kd.lang.lang_dir import BOS, EOS, EPS, WORD_DISAMBIG, Lang
 from asr_kd.lang.lm import arpa_unigrams, compile_grammar_fst, filter_arpa, load_arpa, sentence_logprob10
+from asr_kd.stages.provenance import file_sha256
 
 logger = logging.getLogger(__name__)
 
 LN10 = math.log(10.0)
-RESCORE_METHODS = ("arpa", "fst")
+RESCORE_METHODS = ("arpa", "fst", "const")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +74,11 @@ class RescoreConfig:
     Its own config (not DecodeConfig, whose fields the recipe's stages fingerprint); the lattice's
     beams are DecodeConfig's ``beam`` and ``lattice_beam``."""
 
-    arpa: str  # the larger ARPA LM (plain or .gz), with the lang's spelling of words
-    method: str = "arpa"  # "arpa": exact back-off scores (Kaldi's const-ARPA); "fst": its G.fst, tropical
+    arpa: str  # the larger ARPA LM (plain or .gz), with the lang's spelling of words, or a const LM folder
+    # "arpa": exact back-off scores (kaldingram, the ARPA read into memory); "const": the same scores
+    # from memory-mapped arrays (asr_kd.lang.const_lm, Kaldi's const-ARPA idea: for tglarge-size LMs);
+    # "fst": its G.fst, tropical
+    method: str = "arpa"
     nbest: int = 100  # word sequences per lattice that are rescored
 
     def __post_init__(self) -> None:
@@ -139,8 +144,11 @@ def graph_lm(lang: Lang) -> FstLm:
 
 
 def check_rescoring_arpa(config: RescoreConfig) -> Path:
-    """Return the path of ``config``'s ARPA LM; DataError naming it if it does not exist."""
+    """Return the path of ``config``'s ARPA LM (or const LM folder, for method "const"); DataError
+    naming it if it does not exist."""
     arpa = Path(config.arpa)
+    if config.method == "const" and read_const_lm_info(arpa) is not None:
+        return arpa
     if not arpa.is_file():
         raise DataError(f"rescoring ARPA LM {arpa} does not exist; build one with `asr-kd train-lm` or download one (e.g. openslr.org/11)")
     return arpa
@@ -155,8 +163,10 @@ def load_rescoring_lm(config: RescoreConfig, lang: Lang, old_lm: FstLm, work_dir
     ``work_dir`` receives the vocabulary-filtered ARPA that ``method="fst"`` compiles.
     """
     arpa = check_rescoring_arpa(config)
-    vocabulary = set(arpa_unigrams(arpa, lambda w: w))
     graph_words = {lang.words.name(i) for i in input_labels(old_lm.grammar) if i not in (0, old_lm.disambig_id)}
+    if config.method == "const":
+        return _const_lm(arpa, lang, graph_words, Path(work_dir))
+    vocabulary = set(arpa_unigrams(arpa, lambda w: w))
     missing = sorted(graph_words - vocabulary)
     if missing:
         raise DataError(f"rescoring ARPA LM {arpa} has no unigram for {len(missing)} of the {len(graph_words)} words the first-pass "
@@ -170,6 +180,27 @@ def load_rescoring_lm(config: RescoreConfig, lang: Lang, old_lm: FstLm, work_dir
     filtered = Path(work_dir) / "rescore_lm.arpa"
     filter_arpa(arpa, filtered, known, lambda w: w)
     return FstLm(compile_grammar_fst(filtered, lang.lang_dir / "words.txt"), lang.words.id(WORD_DISAMBIG))
+
+
+def _const_lm(source: Path, lang: Lang, graph_words: set[str], work_dir: Path) -> ConstArpaLm:
+    """The const LM of ``source``: a const LM folder as it is, or an ARPA file built once into
+    ``<work_dir>/const_lm`` (rebuilt when the ARPA file's or words.txt's content differs). DataError
+    when it was built over another words.txt or lacks a word the first pass can output."""
+    words_txt = lang.lang_dir / "words.txt"
+    folder = source if source.is_dir() else work_dir / "const_lm"
+    info = read_const_lm_info(folder)
+    if not source.is_dir() and (info is None or info.arpa_sha256 != file_sha256(source) or info.words_sha256 != file_sha256(words_txt)):
+        info = build_const_lm(source, words_txt, folder)
+    assert info is not None
+    if info.words_sha256 != file_sha256(words_txt):
+        raise DataError(f"const LM {folder} was built over another words.txt than {words_txt}; build it again with "
+                        f"`asr-kd arpa-to-const --lang-dir {lang.lang_dir}`")
+    lm = ConstArpaLm(folder, lang.words)
+    missing = sorted(w for w in graph_words if not lm.has_word(lang.words.id(w)))
+    if missing:
+        raise DataError(f"rescoring LM {source} has no unigram for {len(missing)} of the {len(graph_words)} words the first-pass "
+                        f"graph can output (e.g. {', '.join(missing[:5])}); use an LM over the lang's vocabulary (same spelling), e.g. `asr-kd train-lm`")
+    return lm
 
 
 # --------------------------------------------------------------------------------------------

@@ -96,12 +96,14 @@ class GraphInputs:
 @dataclasses.dataclass
 class TrainingResult:
     """A trained system, its final alignments (transition-ids per utterance id), the average
-    per-frame GMM log-likelihood of every iteration, and how many utterances were skipped."""
+    per-frame GMM log-likelihood of every iteration, how many utterances were skipped, and the
+    frames that each iteration's EM statistics counted."""
 
     system: GmmSystem
     alignments: dict[str, list[int]]
     log_likelihood_history: list[float]
     num_skipped: int
+    frames_history: list[int] = dataclasses.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +304,7 @@ def _run_em(system: GmmSystem, data: _Data, alignments: Alignments, schedule: _S
     rng = np.random.default_rng(config.seed)  # mixing up perturbs means with it
     start_gauss = system.am.num_gauss
     history: list[float] = []
+    frames: list[int] = []
     utterances = data.utterances
     beam = schedule.first_beam
     for it in tqdm(range(schedule.num_iters), desc=name, disable=None):
@@ -321,13 +324,14 @@ def _run_em(system: GmmSystem, data: _Data, alignments: Alignments, schedule: _S
         ml_update(system.am, system.tm, stats, min_occ, config.min_variance)
         like = stats.log_like / max(stats.frames, 1)  # under the model before this update
         history.append(like)
+        frames.append(int(stats.frames))
         frac = min(it + 1, schedule.max_iter_inc) / schedule.max_iter_inc if schedule.max_iter_inc else 1.0
         target = int(round(start_gauss + (schedule.total_gauss - start_gauss) * frac))
         if target > system.am.num_gauss:
             mix_up(system.am, stats.pdf_frames, target, config.power, config.perturb_factor, MIXUP_MIN_COUNT, rng)
         logger.info("%s iter %d: avg log-likelihood %.4f per frame, %d Gaussians, %d utterances skipped", name, it, like, system.am.num_gauss, skipped)
     final = {utterances[i].id: a.tolist() for i, a in enumerate(alignments) if a is not None}
-    return TrainingResult(system, final, history, len(utterances) - len(final))
+    return TrainingResult(system, final, history, len(utterances) - len(final), frames)
 
 
 # --------------------------------------------------------------------------------------------

@@ -191,6 +191,34 @@ def _arpa_lines(path: Path | str) -> Iterator[tuple[int, str]]:
             yield lineno, line.strip()
 
 
+def arpa_ngrams(path: Path | str) -> Iterator[tuple[int, list[str] | None]]:
+    """Yield ``(order, fields)`` for each n-gram line of an ARPA file (``.gz`` allowed), after a
+    ``(order, None)`` at the start of each ``\\N-grams:`` section; the fields are the
+    log-probability, the words and the back-off weight if any. DataError naming the file (and
+    line) for a line too short for its order, and for a file with no ``\\data\\`` or n-gram section."""
+    section: int | None = None
+    seen_data = False
+    for lineno, line in _arpa_lines(path):
+        if line == "\\data\\":
+            seen_data = True
+            continue
+        m = _NGRAM_HEADER.fullmatch(line)
+        if m:
+            section = int(m.group(1))
+            yield section, None
+            continue
+        if line == "\\end\\":
+            break
+        if section is None or not line:
+            continue
+        fields = line.split()
+        if len(fields) < section + 1:
+            raise DataError(f"{path}:{lineno}: a {section}-gram line needs a log-probability and {section} words; is this an ARPA file?")
+        yield section, fields
+    if not seen_data or section is None:
+        raise DataError(f"{path} is not an ARPA language model (no \\data\\ section or no n-gram section)")
+
+
 def arpa_unigrams(path: Path | str, normalize: Callable[[str], str]) -> list[str]:
     """Return the normalized words of an ARPA file's unigram section, without ``<s>``/``</s>``.
     DataError naming the file if it has no ``\\1-grams:`` section."""
@@ -227,32 +255,16 @@ def filter_arpa(src: Path | str, dst: Path | str, vocabulary: set[str], normaliz
     kept: dict[int, list[str]] = {}
     counts_in: dict[int, int] = {}
     dropped: list[str] = []
-    section: int | None = None
-    seen_data = False
-    for lineno, line in _arpa_lines(src):
-        if line == "\\data\\":
-            seen_data = True
-            continue
-        m = _NGRAM_HEADER.fullmatch(line)
-        if m:
-            section = int(m.group(1))
+    for section, fields in arpa_ngrams(src):
+        if fields is None:
             kept[section], counts_in[section] = [], 0
             continue
-        if line == "\\end\\":
-            break
-        if section is None or not line:
-            continue
-        fields = line.split()
-        if len(fields) < section + 1:
-            raise DataError(f"{src}:{lineno}: a {section}-gram line needs a log-probability and {section} words; is this an ARPA file?")
         counts_in[section] += 1
         words = [w if w in (BOS, EOS) else normalize(w) for w in fields[1 : section + 1]]
         if all(w in keep for w in words):
             kept[section].append("\t".join([fields[0], " ".join(words), *fields[section + 1 :]]))  # SRILM's layout
         elif section == 1:
             dropped.append(words[0])
-    if not seen_data or not kept:
-        raise DataError(f"{src} is not an ARPA language model (no \\data\\ section or no n-gram section)")
     if not any(line.split("\t")[1] not in (BOS, EOS) for line in kept.get(1, [])):
         raise DataError(f"no word of the ARPA LM {src} is in the lexicon; check that both use the same spelling (upper case)")
     order = max(kept)

@@ -44,6 +44,7 @@ from asr_kd.errors import ConfigError, DataError
 from asr_kd.gmm.align import senone_alignments
 from asr_kd.gmm.train import GmmSystem, GraphInputs, align_utterances
 from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.lang.const_lm import META_NAME as CONST_META, build_const_lm
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
 from asr_kd.metrics.paired import wer_difference
@@ -136,7 +137,9 @@ def decode_part(
     if rescore is not None:
         if any(name.startswith(CTC_PREFIX) for name in systems):
             raise ConfigError("lattice rescoring applies to the HCLG systems (tri, mono, students, teachers); decode the ctc-* systems without --rescore-arpa")
-        inputs["rescore_arpa"] = file_sha256(check_rescoring_arpa(rescore))
+        source = check_rescoring_arpa(rescore)
+        # A const LM folder is vouched for by its const_lm.json (the fingerprints it was built from).
+        inputs["rescore_arpa"] = file_sha256(source / CONST_META if source.is_dir() else source)
     feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
     scales = {name: tuned_scale(layout, name) for name in systems if not name.startswith(CTC_PREFIX)} if tune_scale else {}
     guard = StageGuard(f"decode-part {part}", out, {"part": part, "systems": list(systems), "decode": decode_config, "tuned_scales": scales,
@@ -148,6 +151,10 @@ def decode_part(
         _prepare_part(corpus_dir, part, data, feature_config, num_jobs)
         lang = Lang.load(layout.lang)
         senones = _align(layout, data, part, lang, num_jobs) if align else None
+        if rescore is not None and rescore.method == "const" and not Path(rescore.arpa).is_dir():
+            # Built once for every system of the part (a tglarge-size LM takes minutes), not per system.
+            build_const_lm(rescore.arpa, layout.lang / "words.txt", out / "const_lm")
+            rescore = dataclasses.replace(rescore, arpa=str(out / "const_lm"))
         scores = {}
         for name in systems:
             # Each system at the scale the recipe chose for it on dev (tables and this part agree);

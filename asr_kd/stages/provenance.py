@@ -234,11 +234,16 @@ def describe_environment(record: "StageRecord | None") -> str:
     """Return the line a RESULTS.md section prints about where its stage ran ("" if unknown)."""
     if record is None or not record.environment:
         return ""
-    env = dict(record.environment)
+    return environment_text(record.environment, record.code_version)
+
+
+def environment_text(environment_: Mapping[str, str], version: str) -> str:
+    """Return the "Ran on ..." line of an :func:`environment` dict and a :func:`code_version`."""
+    env = dict(environment_)
     head = [env.pop("cpu", "")] + ([f"GPU {env.pop('gpu')}"] if "gpu" in env else []) + [f"Python {env.pop('python', '?')}"]
     threads = env.pop("torch_threads", "")
     libs = ", ".join(f"{k} {v}" for k, v in env.items())
-    return f"Ran on {', '.join(h for h in head if h)}; {libs}" + (f"; {threads} torch thread(s)" if threads else "") + f" ({record.code_version})."
+    return f"Ran on {', '.join(h for h in head if h)}; {libs}" + (f"; {threads} torch thread(s)" if threads else "") + f" ({version})."
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,13 @@ scored on dev and test frame accuracy and decoded on the test part at the acoust
 chose for the distilled student, and compared with the stage-7 baseline (its seeds averaged) by a
 paired bootstrap over utterances. Writes ``<exp>/temperature_sweep/sweep.json`` and its RESULTS.md
 section; skipped (re-rendered) when the record matches.
+
+With ``kd.mode=online`` (``--kd-set mode=online``) no soft targets are stored: each student
+learns from the whole ensemble distribution at its T, computed in the training loop. Stored
+targets keep the top-k senones (or a codebook), which at T >= 2 loses much of the soft
+distribution (their mass kept and KL are in the table); the online sweep shows what T does without
+that loss. It writes ``<exp>/temperature_sweep_online/`` and its own RESULTS.md section, so both
+sweeps can stand side by side.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from asr_kd.utils import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 HEADING = "## Temperature sweep: the distilled student at several T (stage 10)"
+ONLINE_HEADING = "## Temperature sweep with online teachers: the whole soft distribution at several T (stage 10)"
 
 
 def temperature_sweep(
@@ -49,16 +57,19 @@ def temperature_sweep(
         raise ConfigError(f"--temperatures takes numbers > 0, got {list(temperatures)}")
     table1 = layout.decode / "table1.json"
     decode_rec = require_record(layout.decode, "stage 7 (decode-hybrid: the baseline and the distilled student's scale)")
-    out = layout.exp_dir / "temperature_sweep"
-    # Soft targets first (stage 5's code and folders; each is its own recorded stage).
-    soft = {t: make_soft_targets(layout, dataclasses.replace(kd, temperature=t), num_teachers, command=command) for t in temps}
+    online = kd.mode == "online"
+    out = layout.exp_dir / ("temperature_sweep_online" if online else "temperature_sweep")
+    if online:  # the whole distribution, from the teachers in the loop: nothing stored, nothing lost
+        soft: dict[float, dict] = {t: {"mean_mass_kept": None, "mean_kl_stored_vs_full": None} for t in temps}
+        upstream = {"teachers": require_record(layout.teachers, "stage 4 (asr-kd train-teachers)").fingerprint}
+    else:  # soft targets first (stage 5's code and folders; each is its own recorded stage)
+        soft = {t: make_soft_targets(layout, dataclasses.replace(kd, temperature=t), num_teachers, command=command) for t in temps}
+        upstream = {f"soft_targets_T{t:g}": require_record(soft_dir_of(layout, dataclasses.replace(kd, temperature=t),
+                                                                       int(soft[t]["num_teachers"])), "stage 5").fingerprint for t in temps}
     guard = StageGuard("stage 10 (temperature sweep)", out,
                        {"temperatures": temps, "kd": kd, "dnn": model_config, "train": train_config, "decode": decode_config,
                         "num_teachers": num_teachers},
-                       {"decode": decode_rec.fingerprint, **{f"soft_targets_T{t:g}": require_record(
-                           soft_dir_of(layout, dataclasses.replace(kd, temperature=t), int(soft[t]["num_teachers"])), "stage 5").fingerprint
-                           for t in temps}},
-                       command)
+                       {"decode": decode_rec.fingerprint, **upstream}, command)
     sweep_path = out / "sweep.json"
     if guard.needs_work():
         runs = [(layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t), num_teachers, None, command, 0,
@@ -86,7 +97,8 @@ def temperature_sweep(
     result = read_json(sweep_path)
     assert isinstance(result, dict)
     if results_md is not None:
-        write_section(results_md, HEADING, format_sweep(result, kd, layout.test_part, command) + environment_lines([out]))
+        heading = ONLINE_HEADING if online else HEADING
+        write_section(results_md, heading, format_sweep(result, kd, layout.test_part, command) + environment_lines([out]))
     return result
 
 
@@ -94,11 +106,13 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
     """The RESULTS.md section of the sweep."""
     from asr_kd.report.tables import format_interval, significance
 
-    lines = [HEADING, ""]
+    online = kd.mode == "online"
+    lines = [ONLINE_HEADING if online else HEADING, ""]
     if command:
         lines += [f"Produced by `{command}`.", ""]
+    targets = "the ensemble's whole distribution computed in the training loop (online)" if online else f"top-{kd.top_k}, storage {storage_label(kd)}"
     lines += [f"One distilled student per T (seed of the first stage-6 student; soft weight {kd.soft_weight:g}, hard weight "
-              f"{kd.hard_weight:g}, top-{kd.top_k}, storage {storage_label(kd)}), {test_part} decoded at the distilled student's dev-tuned acoustic scale "
+              f"{kd.hard_weight:g}, {targets}), {test_part} decoded at the distilled student's dev-tuned acoustic scale "
               f"{result['acoustic_scale']:g}; differences from the baseline (mean of its {result['baseline_seeds']} seeds) with 95% "
               "paired bootstrap intervals over utterances. One seed per T: differences between temperatures smaller than the "
               "intervals are noise.", "",
@@ -107,7 +121,9 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
               "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"].values():
         wer, acc = row["wer_vs_baseline"], row["frame_accuracy_vs_baseline"]
-        lines.append(f"| {row['temperature']:g} | {row['mass_kept']:.3f} | {row['kl_stored_vs_full']:.3f} | {100 * row['dev_frame_accuracy']:.1f}% | "
+        kept = "1 (all)" if row["mass_kept"] is None else f"{row['mass_kept']:.3f}"
+        kl = "0 (all)" if row["kl_stored_vs_full"] is None else f"{row['kl_stored_vs_full']:.3f}"
+        lines.append(f"| {row['temperature']:g} | {kept} | {kl} | {100 * row['dev_frame_accuracy']:.1f}% | "
                      f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% | {format_interval(wer)} ({significance(wer, True)}) | "
                      f"{format_interval(acc)} ({significance(acc, False)}) |")
     return "\n".join(lines) + "\n"

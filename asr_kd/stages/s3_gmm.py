@@ -11,29 +11,37 @@ statistics, then deltas and delta-deltas (39 dims). Mean only, as Kaldi's GMM re
 (``apply-cmvn --norm-vars=false``): the diagonal Gaussians model each dimension's variance
 themselves, and a per-speaker variance estimated from a few minutes of speech is noisy, which
 the mean is much less.
+
+Memory: the monophone and the triphones train on subsets of the training part when
+``gmm.mono_subset`` / ``gmm.tri_subset`` are set (Kaldi's LibriSpeech recipe), and only the
+features of the subset being trained are in memory; every part is then aligned and decoded
+``align_chunk`` cuts at a time, each chunk's alignments written before the next chunk is loaded.
+The part's manifests (cuts, transcripts) stay in memory, its features do not.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 from lhotse import CutSet, load_manifest
 from lhotse.cut import Cut
 from tqdm import tqdm
 
-from asr_kd.config import DecodeConfig, GmmConfig, save_config
-from asr_kd.data.alignments import store_alignments
+from asr_kd.config import GMM_ALIGN_CHUNK, DecodeConfig, GmmConfig, save_config
+from asr_kd.data.alignments import store_alignment_chunks
 from asr_kd.data.features import CmvnStats, cmvn_key, cmvn_path, cuts_path
 from asr_kd.errors import ConfigError, DataError
-from asr_kd.gmm.align import senone_alignments
 from asr_kd.gmm.features import gmm_features
-from asr_kd.gmm.train import GmmSystem, GraphInputs, Utterance, align_utterances, train_monophone, train_triphone
+from asr_kd.gmm.subsets import shortest_utterances, spread_over_speakers
+from asr_kd.gmm.train import GmmSystem, GraphInputs, TrainingResult, Utterance, align_utterances, train_monophone, train_triphone
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
 from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, RecipeLayout
@@ -46,7 +54,7 @@ RESULTS_HEADING = "## GMM-HMM (stage 3)"
 OUTPUT_LAYOUT = """\
 <exp>/gmm/
   mono/final.mdl, tri/final.mdl        GMM systems, arrays + JSON in an .npz (monophone; tied triphones on our tree)
-  mono/ali_train.txt                   monophone alignments of the training part (for the tree)
+  mono/ali_train.txt                   monophone alignments of the triphones' training utterances (for the tree)
   <mono|tri>/graph/HCLG.fst            decoding graphs (+ words.txt, hclg.json)
   ali/cuts_<part>.jsonl.gz             fbank cuts with custom field "senones" (tri alignment)
   ali/storage_<part>/                  the senone arrays (store_alignments)
@@ -99,37 +107,75 @@ def _cmvn_key(cut: Cut, stats: CmvnStats) -> str:
     return "global"
 
 
-def load_part(data_dir: Path | str, part: str, lang: Lang, config: GmmConfig) -> PartData:
-    """Return the GMM inputs of ``part``: MFCC + per-speaker CMN + deltas, word ids (OOV words
-    map to the lang's OOV word), and the matching fbank cuts of stage 1.
+class PartSource:
+    """Where one part's GMM inputs come from (stage 1's MFCC and fbank cuts, CMVN statistics),
+    with features loaded only when asked: all of them (:meth:`load`), some (``cut_ids``), or a
+    chunk of cuts at a time (:meth:`chunks`), so that stage 3 need not hold a whole part.
 
     A cut whose MFCC frame count differs from its fbank cut's, or without a transcript, is
-    skipped (counted and logged): its alignment could not be attached to the fbank cut.
+    skipped (counted and logged when the source is opened): its alignment could not be attached
+    to the fbank cut. ``refs`` holds the transcripts of the other (usable) cuts.
     """
-    data_dir = Path(data_dir)
-    mfcc_cuts = _load_cuts(cuts_path(data_dir / "mfcc", part), "MFCC cuts")
-    fbank_cuts = _load_cuts(cuts_path(data_dir / "fbank", part), "fbank cuts")
-    stats = CmvnStats.load(cmvn_path(data_dir / "mfcc", part))
-    fbank_frames = {c.id: c.num_frames for c in fbank_cuts}
-    utterances: list[Utterance] = []
-    refs: dict[str, str] = {}
-    skipped: list[str] = []
-    for cut in tqdm(mfcc_cuts, desc=f"GMM features {part}", leave=False, disable=None):
-        text = _cut_text(cut)
-        if cut.id not in fbank_frames or fbank_frames[cut.id] != cut.num_frames or not text:
-            logger.warning("%s: cut %s skipped (%s)", part, cut.id, "no transcript" if not text else "no fbank cut with the same frame count")
-            skipped.append(cut.id)
-            continue
-        mfcc = cut.load_features()
-        x = stats.normalize(mfcc, _cmvn_key(cut, stats), variance=False)
-        feats = gmm_features(x, config.delta_order, config.delta_window, config.utterance_cmvn)
-        utterances.append(Utterance(cut.id, feats, tuple(lang.word_ids(text.split()))))
-        refs[cut.id] = text
-    if skipped:
-        logger.warning("%s: %d of %d cuts skipped before alignment (first: %s)", part, len(skipped), len(mfcc_cuts), skipped[0])
-    if not utterances:
-        raise DataError(f"part {part}: no cut has MFCC features, a transcript and a matching fbank cut; rerun stage 1 for it")
-    return PartData(part, utterances, refs, fbank_cuts, len(skipped))
+
+    def __init__(self, data_dir: Path | str, part: str) -> None:
+        data_dir = Path(data_dir)
+        self.name = part
+        mfcc_cuts = _load_cuts(cuts_path(data_dir / "mfcc", part), "MFCC cuts")
+        self.fbank_cuts = _load_cuts(cuts_path(data_dir / "fbank", part), "fbank cuts")
+        self.stats = CmvnStats.load(cmvn_path(data_dir / "mfcc", part))
+        fbank_frames = {c.id: c.num_frames for c in self.fbank_cuts}
+        self.mfcc: dict[str, Cut] = {}
+        self.refs: dict[str, str] = {}  # usable cuts, in the MFCC cuts' order
+        self.skipped: list[str] = []
+        for cut in mfcc_cuts:
+            text = _cut_text(cut)
+            if cut.id not in fbank_frames or fbank_frames[cut.id] != cut.num_frames or not text:
+                logger.warning("%s: cut %s skipped (%s)", part, cut.id, "no transcript" if not text else "no fbank cut with the same frame count")
+                self.skipped.append(cut.id)
+                continue
+            self.mfcc[cut.id] = cut
+            self.refs[cut.id] = text
+        if self.skipped:
+            logger.warning("%s: %d of %d cuts skipped before alignment (first: %s)", part, len(self.skipped), len(mfcc_cuts), self.skipped[0])
+        if not self.refs:
+            raise DataError(f"part {part}: no cut has MFCC features, a transcript and a matching fbank cut; rerun stage 1 for it")
+
+    def utterances(self, cut_ids: Sequence[str], lang: Lang, config: GmmConfig) -> list[Utterance]:
+        """Return the GMM utterances of the usable ``cut_ids``, in that order: MFCC + per-speaker
+        CMN + deltas, word ids (OOV words map to the lang's OOV word)."""
+        out: list[Utterance] = []
+        for cut_id in tqdm(cut_ids, desc=f"GMM features {self.name}", leave=False, disable=None):
+            cut = self.mfcc[cut_id]
+            x = self.stats.normalize(cut.load_features(), _cmvn_key(cut, self.stats), variance=False)
+            feats = gmm_features(x, config.delta_order, config.delta_window, config.utterance_cmvn)
+            out.append(Utterance(cut_id, feats, tuple(lang.word_ids(self.refs[cut_id].split()))))
+        return out
+
+    def load(self, lang: Lang, config: GmmConfig, cut_ids: Collection[str] | None = None) -> PartData:
+        """Return the part's inputs with the features of every usable cut (of ``cut_ids`` only,
+        when given), in the MFCC cuts' order."""
+        ids = [c for c in self.refs if cut_ids is None or c in cut_ids]
+        return PartData(self.name, self.utterances(ids, lang, config), {c: self.refs[c] for c in ids}, self.fbank_cuts, len(self.skipped))
+
+    def num_chunks(self, chunk_size: int) -> int:
+        """Return how many chunks :meth:`chunks` yields for ``chunk_size``."""
+        return -(-len(self.fbank_cuts) // chunk_size)
+
+    def chunks(self, lang: Lang, config: GmmConfig, chunk_size: int) -> Iterator[PartData]:
+        """Yield the part in chunks of ``chunk_size`` fbank cuts (in their order), each with the
+        features of its usable cuts only, loaded when the chunk is asked for."""
+        fbank = list(self.fbank_cuts)
+        for start in range(0, len(fbank), chunk_size):
+            cuts = fbank[start : start + chunk_size]
+            ids = [c.id for c in cuts if c.id in self.refs]
+            yield PartData(self.name, self.utterances(ids, lang, config), {c: self.refs[c] for c in ids}, CutSet.from_cuts(cuts), 0)
+
+
+def load_part(data_dir: Path | str, part: str, lang: Lang, config: GmmConfig, cut_ids: Collection[str] | None = None) -> PartData:
+    """Return the GMM inputs of ``part`` (of its cuts ``cut_ids`` only, when given): MFCC +
+    per-speaker CMN + deltas, word ids (OOV words map to the lang's OOV word), and the fbank cuts
+    of stage 1. Cuts that cannot be aligned are skipped (see :class:`PartSource`)."""
+    return PartSource(data_dir, part).load(lang, config, cut_ids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,19 +190,38 @@ def write_tids(path: Path | str, alignments: Mapping[str, Sequence[int]]) -> Non
 
 def read_tids(path: Path | str) -> dict[str, list[int]]:
     """Read alignments written by :func:`write_tids`; DataError naming the file if it is bad."""
+    return {utt: tids.tolist() for utt, tids in iter_tids(path)}
+
+
+def iter_tids(path: Path | str) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(utterance id, int32 transition-ids)`` from a file written by :func:`write_tids`, a
+    line at a time (a part's alignments need not fit in memory); DataError naming the file and
+    line if it is bad."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"alignment file {path} does not exist; rerun stage 3 (delete its model to retrain)")
-    out: dict[str, list[int]] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            out[fields[0]] = [int(t) for t in fields[1:]]
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: transition-ids must be integers; delete the file to realign") from None
-    return out
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                yield fields[0], np.array([int(t) for t in fields[1:]], dtype=np.int32)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: transition-ids must be integers; delete the file to realign") from None
+
+
+def merge_tids(path: Path | str, pieces: Sequence[Path]) -> None:
+    """Write to ``path`` (atomically) the lines of the :func:`write_tids` files ``pieces``, merged
+    in utterance-id order: the file :func:`write_tids` writes for all their alignments together,
+    without holding them in memory."""
+    files = [p.open() for p in pieces]
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w") as out:
+            out.writelines(heapq.merge(*files, key=lambda line: line.split(" ", 1)[0]))
+    finally:
+        for f in files:
+            f.close()
 
 
 def align_parallel(system: GmmSystem, inputs: GraphInputs, utterances: Sequence[Utterance], config: GmmConfig, num_jobs: int, desc: str = "align") -> dict[str, list[int]]:
@@ -190,10 +255,17 @@ class Stage3Summary:
     corpus: str = ""
     decode: dict = dataclasses.field(default_factory=dict)  # the DecodeConfig of the decodes
     dev_part: str = ""  # where each system's acoustic scale was tuned ("" without tuning)
+    # With gmm.mono_subset or gmm.tri_subset set: what each system trained on, {system:
+    # {"utterances", "frames", "em_frames": frames counted by each EM iteration}}; absent otherwise.
+    training_subsets: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
-        """Return the summary as indented JSON."""
-        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
+        """Return the summary as indented JSON (without ``training_subsets`` when there are none,
+        so that a run without subsets writes what it wrote before they existed)."""
+        data = dataclasses.asdict(self)
+        if not self.training_subsets:
+            del data["training_subsets"]
+        return json.dumps(data, indent=1) + "\n"
 
     @classmethod
     def from_json(cls, path: Path | str) -> "Stage3Summary":
@@ -245,6 +317,8 @@ def results_section(summary: Stage3Summary, command: str) -> str:
         rows.append([name, str(info["pdfs"]), str(info["gaussians"]), *wers, scale])
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     frames = ", ".join(f"{p} {v['cuts']} cuts / {v['frames']} frames ({v['skipped']} not aligned)" for p, v in summary.parts.items())
+    trained_on = ", ".join(f"{name} on {info['utterances']} utterances ({info['frames']} frames)" for name, info in summary.training_subsets.items())
+    subsets = [f"Training subsets (gmm.mono_subset: the shortest utterances; gmm.tri_subset: spread over speakers): {trained_on}."] if trained_on else []
     decoding: list[str] = []
     if summary.decode:
         from asr_kd.config import config_from_dict
@@ -265,6 +339,7 @@ def results_section(summary: Stage3Summary, command: str) -> str:
             *table,
             "",
             f"Senone alignments: {frames}.",
+            *subsets,
             *decoding,
         ]
     )
@@ -297,94 +372,176 @@ def _done(*outputs: Path) -> bool:
     return all(p.exists() for p in outputs)
 
 
-def _train_systems(layout: RecipeLayout, inputs: GraphInputs, train: PartData, config: GmmConfig, timings: dict[str, float], history: dict[str, list[float]], num_jobs: int) -> GmmSystem:
+def training_subsets(source: PartSource, config: GmmConfig) -> tuple[set[str] | None, set[str] | None]:
+    """Return the ids of the usable training cuts that the monophone and the triphones train on
+    (``gmm.mono_subset``: the shortest; ``gmm.tri_subset``: spread over speakers), None for all."""
+    ids = list(source.refs)
+    mono = shortest_utterances(ids, [source.mfcc[c].num_frames for c in ids], config.mono_subset) if config.mono_subset else None
+    speakers = [source.mfcc[c].supervisions[0].speaker or "" for c in ids]
+    tri = spread_over_speakers(ids, speakers, config.tri_subset, config.seed) if config.tri_subset else None
+    return mono, tri
+
+
+def _subset_record(data: PartData, result: TrainingResult) -> dict:
+    return {"utterances": len(data.utterances), "frames": data.num_frames, "em_frames": result.frames_history}
+
+
+def _train_systems(layout: RecipeLayout, inputs: GraphInputs, lang: Lang, train: PartSource, config: GmmConfig, timings: dict[str, float],
+                   history: dict[str, list[float]], subsets: dict[str, dict], num_jobs: int) -> GmmSystem:
     """Train (or load, when an interrupted run finished them) the monophone and triphone systems in
-    ``num_jobs`` processes (training graphs in a temporary folder under ``<exp>/gmm``); return the
-    triphone system."""
+    ``num_jobs`` processes (training graphs in a temporary folder under ``<exp>/gmm``) on their
+    training subsets, holding only those subsets' features; return the triphone system. With
+    subsets, ``subsets`` receives what each system trained on (:class:`Stage3Summary`)."""
+    mono_ids, tri_ids = training_subsets(train, config)
+    with_subsets = mono_ids is not None or tri_ids is not None
+    loaded: dict[str, PartData] = {}
+
+    def training_data(ids: set[str] | None) -> PartData:
+        # Loaded when first needed, once: the monophone's subset is let go before the
+        # triphones' is loaded, so only one subset's features are in memory at a time.
+        key = "all" if ids is None else ("mono" if ids is mono_ids else "tri")
+        if key not in loaded:
+            start = time.perf_counter()
+            loaded.clear()
+            loaded[key] = train.load(lang, config, ids)
+            timings["load_features"] = round(timings.get("load_features", 0.0) + time.perf_counter() - start, 2)
+            if ids is not None:
+                logger.info("%s training subset: %d utterances, %d frames", key, len(loaded[key].utterances), loaded[key].num_frames)
+        return loaded[key]
+
+    timings.pop("load_features", None)
     if _done(layout.gmm_model("mono"), layout.mono_alignments):
         logger.info("monophone system of this run exists (%s), skipping its training", layout.gmm_model("mono"))
         mono = GmmSystem.load(layout.gmm_model("mono"))
         mono_ali = read_tids(layout.mono_alignments)
     else:
         start = time.perf_counter()
-        result = train_monophone(inputs, train.utterances, config, num_jobs, layout.gmm)
+        mono_data = training_data(mono_ids)
+        result = train_monophone(inputs, mono_data.utterances, config, num_jobs, layout.gmm)
         mono, mono_ali = result.system, result.alignments
-        write_tids(layout.mono_alignments, mono_ali)
-        mono.save(layout.gmm_model("mono"))  # last: its presence means the step finished
+        if with_subsets:
+            subsets["mono"] = _subset_record(mono_data, result)
+        del mono_data
         _timed(timings, "train_mono", start)
         history["mono"] = [float(x) for x in result.log_likelihood_history]
+        if mono_ids is not None:
+            # The triphones' utterances were not all in the monophone's training: align them with
+            # the final monophone system first (Kaldi's align_si.sh between subsets).
+            start = time.perf_counter()
+            tri_utterances = training_data(tri_ids).utterances
+            mono_ali = align_parallel(mono, inputs, tri_utterances, config, num_jobs, desc="align the triphone subset with mono")
+            _timed(timings, "align_tri_subset", start)
+        elif tri_ids is not None:
+            mono_ali = {u: mono_ali[u] for u in sorted(tri_ids) if u in mono_ali}
+        write_tids(layout.mono_alignments, mono_ali)
+        mono.save(layout.gmm_model("mono"))  # last: its presence means the step finished
     if _done(layout.gmm_model("tri")):
         logger.info("triphone system of this run exists (%s), skipping its training", layout.gmm_model("tri"))
         return GmmSystem.load(layout.gmm_model("tri"))
+    tri_data = training_data(tri_ids)
     start = time.perf_counter()
-    result = train_triphone(inputs, train.utterances, mono, mono_ali, config, num_jobs=num_jobs, tmp_dir=layout.gmm)
+    result = train_triphone(inputs, tri_data.utterances, mono, mono_ali, config, num_jobs=num_jobs, tmp_dir=layout.gmm)
+    if with_subsets:
+        subsets["tri"] = _subset_record(tri_data, result)
     result.system.save(layout.gmm_model("tri"))
     _timed(timings, "train_tri", start)
     history["tri"] = [float(x) for x in result.log_likelihood_history]
     return result.system
 
 
-def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, data: PartData, config: GmmConfig, num_jobs: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    """Align one part (or read the alignments this run already wrote); write tids, storage and
-    cuts. Returns the part's ``{"cuts", "frames", "skipped"}`` and its senone alignments."""
-    if _done(layout.ali_cuts(data.name), layout.tids(data.name)):
-        logger.info("alignments of %s exist (%s), skipping", data.name, layout.ali_cuts(data.name))
-        tids = read_tids(layout.tids(data.name))
+def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, lang: Lang, source: PartSource, config: GmmConfig,
+                num_jobs: int, align_chunk: int, counts: np.ndarray | None = None) -> dict[str, int]:
+    """Align one part, ``align_chunk`` cuts at a time, writing each chunk's alignments before the
+    next chunk's features are loaded (or read the alignments this run already wrote); write tids,
+    storage and cuts. Adds each senone's frames to ``counts`` when given. Returns the part's
+    ``{"cuts", "frames", "skipped"}``."""
+    name = source.name
+    totals = {"cuts": 0, "frames": 0}
+    tid_to_pdf = np.asarray(system.tm.transition_id_to_pdf_array(), dtype=np.int32)  # senone_alignment's table, made once
+
+    def count(senones: Mapping[str, np.ndarray]) -> None:
+        for ali in senones.values():
+            totals["cuts"] += 1
+            totals["frames"] += len(ali)
+            if counts is not None:
+                np.add(counts, np.bincount(ali, minlength=len(counts)), out=counts)
+
+    if _done(layout.ali_cuts(name), layout.tids(name)):
+        logger.info("alignments of %s exist (%s), skipping", name, layout.ali_cuts(name))
+        for utt, tids in iter_tids(layout.tids(name)):
+            count({utt: tid_to_pdf[tids]})
     else:
-        tids = align_parallel(system, inputs, data.utterances, config, num_jobs, desc=f"align {data.name}")
-        if not tids:
-            raise DataError(f"part {data.name}: no utterance could be aligned with {layout.gmm_model('tri')}; check its transcripts or raise gmm.retry_beam")
-        senones = senone_alignments(system.tm, tids)
-        cuts = store_alignments(data.fbank_cuts, senones, layout.ali / f"storage_{data.name}", name=SENONES_FIELD)
-        with atomic_path(layout.ali_cuts(data.name)) as tmp:
-            cuts.to_file(tmp)
-        write_tids(layout.tids(data.name), tids)  # last: with the cuts, marks the part aligned
-    senones = senone_alignments(system.tm, tids)
-    frames = int(sum(len(s) for s in senones.values()))
-    skipped = len(data.fbank_cuts) - len(senones)
-    logger.info("%s: %d cuts aligned (%d frames), %d skipped", data.name, len(senones), frames, skipped)
-    return {"cuts": len(senones), "frames": frames, "skipped": skipped}, senones
+        layout.ali.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".tids_{name}.", dir=layout.ali) as tmp:
+            pieces: list[Path] = []
+
+            def aligned_chunks() -> Iterator[tuple[CutSet, dict[str, np.ndarray]]]:
+                for k, chunk in enumerate(source.chunks(lang, config, align_chunk)):
+                    desc = f"align {name}" + (f" ({k + 1}/{source.num_chunks(align_chunk)})" if k or align_chunk < len(source.fbank_cuts) else "")
+                    tids = align_parallel(system, inputs, chunk.utterances, config, num_jobs, desc) if chunk.utterances else {}
+                    pieces.append(Path(tmp) / f"tids.{k}.txt")
+                    write_tids(pieces[-1], tids)
+                    senones = {utt: tid_to_pdf[np.asarray(ali, dtype=np.int64)] for utt, ali in tids.items()}
+                    count(senones)
+                    yield chunk.fbank_cuts, senones
+
+            cuts = store_alignment_chunks(aligned_chunks(), layout.ali / f"storage_{name}", name=SENONES_FIELD)
+            if not totals["cuts"]:
+                raise DataError(f"part {name}: no utterance could be aligned with {layout.gmm_model('tri')}; check its transcripts or raise gmm.retry_beam")
+            with atomic_path(layout.ali_cuts(name)) as path:
+                cuts.to_file(path)
+            merge_tids(layout.tids(name), pieces)  # last: with the cuts, marks the part aligned
+    info = {**totals, "skipped": len(source.fbank_cuts) - totals["cuts"]}
+    logger.info("%s: %d cuts aligned (%d frames), %d skipped", name, info["cuts"], info["frames"], info["skipped"])
+    return info
 
 
-def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, data: PartData, decode_config: DecodeConfig,
-                 scales: Sequence[float]) -> tuple[dict, bool]:
+def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, source: PartSource, config: GmmConfig, decode_config: DecodeConfig,
+                 scales: Sequence[float], align_chunk: int) -> tuple[dict, bool]:
     """Decode one part with one GMM system at the one acoustic scale of ``scales``, or at each of
     several keeping the best (a sweep on dev), or read the scoring this run already wrote; return
     its WER entry (with ``acoustic_scale`` and, for a sweep, ``sweep``) and whether it was decoded
-    now (False: read back)."""
+    now (False: read back). A part of more than ``align_chunk`` cuts is decoded a chunk at a time
+    (its features loaded again for each scale of a sweep)."""
     from asr_kd.decode.gmm_decode import decode_gmm_batch
     from asr_kd.decode.hclg import load_hclg
     from asr_kd.decode.tuning import sweep_scales
 
-    out_dir = layout.gmm_decode(system_name, data.name)
+    out_dir = layout.gmm_decode(system_name, source.name)
     scoring = out_dir / "scoring.json"
     if _done(scoring, out_dir / "hyp.txt"):
-        logger.info("decoding %s with %s exists (%s), skipping", data.name, system_name, out_dir)
+        logger.info("decoding %s with %s exists (%s), skipping", source.name, system_name, out_dir)
         return json.loads(scoring.read_text()), False
     system = GmmSystem.load(layout.gmm_model(system_name))
     hclg = load_hclg(layout.gmm_graph(system_name))
-    feats = {u.id: u.feats for u in data.utterances}
+    one_chunk = list(source.chunks(lang, config, align_chunk)) if source.num_chunks(align_chunk) == 1 else None
     decoded: dict[float, tuple[dict[str, str], int]] = {}
 
     def decode_at(scale: float) -> WerResult:
-        batch = decode_gmm_batch(hclg, system.am, system.tm, feats, dataclasses.replace(decode_config, acoustic_scale=scale))
-        decoded[scale] = (batch.texts(lang.words), len(batch.failed))
-        return compute_wer(data.refs, decoded[scale][0])
+        hyps: dict[str, str] = {}
+        failed = 0
+        for chunk in one_chunk or source.chunks(lang, config, align_chunk):
+            feats = {u.id: u.feats for u in chunk.utterances}
+            batch = decode_gmm_batch(hclg, system.am, system.tm, feats, dataclasses.replace(decode_config, acoustic_scale=scale))
+            hyps.update(batch.texts(lang.words))
+            failed += len(batch.failed)
+        decoded[scale] = (hyps, failed)
+        return compute_wer(source.refs, hyps)
 
     sweep = None
     if len(scales) > 1:
-        sweep, results = sweep_scales(data.name, scales, decode_at, decode_config.acoustic_scale)
+        sweep, results = sweep_scales(source.name, scales, decode_at, decode_config.acoustic_scale)
         scale, result = sweep.best, results[sweep.best]
     else:
         scale = float(scales[0])
         result = decode_at(scale)
     hyps, failed = decoded[scale]
     entry = {**_wer_entry(result, failed), "acoustic_scale": scale, "sweep": sweep.to_dict() if sweep else None}
-    write_transcripts(out_dir / "ref.txt", data.refs)
+    write_transcripts(out_dir / "ref.txt", source.refs)
     write_wer_report(result, out_dir / "wer_details")
     write_text_atomic(scoring, json.dumps(entry, indent=1) + "\n")
     write_transcripts(out_dir / "hyp.txt", hyps)  # last: with scoring.json, marks the decode done
-    logger.info("%s %s: %s at acoustic scale %g", system_name, data.name, result.summary(), scale)
+    logger.info("%s %s: %s at acoustic scale %g", system_name, source.name, result.summary(), scale)
     return entry, True
 
 
@@ -400,6 +557,7 @@ def run_gmm_stage(
     decode_config: DecodeConfig | None = None,
     command: str = "asr-kd train-gmm",
     dev_part: str | None = None,
+    align_chunk: int = GMM_ALIGN_CHUNK,
 ) -> Stage3Summary:
     """Run stage 3 and return its :class:`Stage3Summary` (also written to ``stage3.json``).
 
@@ -408,7 +566,9 @@ def run_gmm_stage(
     alignments to stage 1's fbank cuts, counts the senone priors on the training alignments,
     builds HCLG for both systems, decodes every other part with both and scores the WER (with
     ``decode_config.acoustic_scales``: each system's scale tuned on ``dev_part``, default the
-    first part after the training part, and the other parts decoded with it). With
+    first part after the training part, and the other parts decoded with it). The systems train
+    on ``gmm.mono_subset`` / ``gmm.tri_subset`` of the training part when set; parts are aligned
+    and decoded ``align_chunk`` cuts at a time (the results do not depend on it). With
     ``results_md``, writes the stage's section of that RESULTS.md (``command`` is quoted there).
     The stage is skipped when ``<exp>/gmm/provenance.json`` matches its settings and the records
     of stages 1 and 2; otherwise redone (see :mod:`asr_kd.stages.provenance`).
@@ -417,6 +577,8 @@ def run_gmm_stage(
     parts = list(dict.fromkeys([train_part, *parts]))
     if num_jobs < 1:
         raise ConfigError(f"num_jobs must be >= 1, got {num_jobs}")
+    if align_chunk < 1:
+        raise ConfigError(f"align_chunk must be >= 1 cuts, got {align_chunk}")
     decode_config = decode_config or DecodeConfig(acoustic_scale=config.acoustic_scale, num_jobs=num_jobs)
     layout = RecipeLayout(data_dir, exp_dir, train_part)
     features = require_record(layout.features("fbank"), "stage 1 (features)")
@@ -431,7 +593,7 @@ def run_gmm_stage(
         config_record["dev_part"] = dev_part
     guard = StageGuard("stage 3 (GMM-HMM)", layout.gmm, config_record, {"features": features.fingerprint, "lang": lang_rec.fingerprint}, command)
     if guard.needs_work():
-        summary = _run_gmm_work(layout, Path(lang_dir), config, train_part, parts, num_jobs, decode_config, dev_part)
+        summary = _run_gmm_work(layout, Path(lang_dir), config, train_part, parts, num_jobs, decode_config, dev_part, align_chunk)
         outputs = [layout.gmm_summary, layout.senones_json, layout.log_priors, *(layout.gmm_model(s) for s in GMM_SYSTEMS),
                    *(layout.gmm_graph(s) / "HCLG.fst" for s in GMM_SYSTEMS), *(layout.ali_cuts(p) for p in parts)]
         guard.finish(outputs)
@@ -448,23 +610,22 @@ def run_gmm_stage(
 
 
 def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train_part: str, parts: list[str], num_jobs: int,
-                  decode_config: DecodeConfig, dev_part: str | None) -> Stage3Summary:
+                  decode_config: DecodeConfig, dev_part: str | None, align_chunk: int) -> Stage3Summary:
     from asr_kd.decode.hclg import make_hclg
-    from asr_kd.decode.priors import priors_from_alignments, save_priors
+    from asr_kd.decode.priors import log_priors_from_counts, save_priors
 
     save_config(config, layout.gmm / "gmm.yaml")
     old = Stage3Summary.from_json(layout.gmm_summary) if layout.gmm_summary.is_file() else None
     timings: dict[str, float] = dict(old.timings) if old else {}
     history: dict[str, list[float]] = dict(old.log_likelihood_history) if old else {}
+    subsets: dict[str, dict] = dict(old.training_subsets) if old else {}
     total_start = time.perf_counter()
 
     lang = Lang.load(lang_dir)
     inputs = GraphInputs.from_lang(lang)
-    start = time.perf_counter()
-    data = {p: load_part(layout.data_dir, p, lang, config) for p in parts}
-    _timed(timings, "load_features", start)
+    sources = {p: PartSource(layout.data_dir, p) for p in parts}  # manifests only; features are loaded when used
 
-    tri = _train_systems(layout, inputs, data[train_part], config, timings, history, num_jobs)
+    tri = _train_systems(layout, inputs, lang, sources[train_part], config, timings, history, subsets, num_jobs)
 
     for name in GMM_SYSTEMS:
         if _done(layout.gmm_graph(name) / "HCLG.fst"):
@@ -477,15 +638,13 @@ def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train
 
     start = time.perf_counter()
     part_info: dict[str, dict[str, int]] = {}
-    train_senones: dict[str, np.ndarray] = {}
+    train_counts = np.zeros(tri.num_pdfs, dtype=np.float64)
     need_align = not all(_done(layout.ali_cuts(p), layout.tids(p)) for p in parts)
     for p in parts:
-        part_info[p], senones = _align_part(layout, tri, inputs, data[p], config, num_jobs)
-        if p == train_part:
-            train_senones = senones
+        part_info[p] = _align_part(layout, tri, inputs, lang, sources[p], config, num_jobs, align_chunk, train_counts if p == train_part else None)
     if need_align:
         _timed(timings, "align", start)
-    save_priors(layout.log_priors, priors_from_alignments(train_senones.values(), tri.num_pdfs, decode_config.prior_smoothing, decode_config.prior_floor))
+    save_priors(layout.log_priors, log_priors_from_counts(train_counts, decode_config.prior_smoothing, decode_config.prior_floor))
     # Paths relative to the gmm folder, so that a copied or moved experiment folder stays valid.
     meta = {
         "num_senones": tri.num_pdfs,
@@ -506,7 +665,7 @@ def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train
         for p in eval_parts:
             start = time.perf_counter()
             scales = decode_config.acoustic_scales if tune and p == dev_part else (chosen,)
-            entry, decoded = _decode_part(layout, name, lang, data[p], decode_config, scales)
+            entry, decoded = _decode_part(layout, name, lang, sources[p], config, decode_config, scales, align_chunk)
             wers.setdefault(name, {})[p] = entry
             if tune and p == dev_part:
                 chosen = entry["acoustic_scale"]
@@ -517,7 +676,7 @@ def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train
     systems = {n: {"pdfs": s.num_pdfs, "gaussians": s.am.num_gauss} for n, s in (("mono", mono), ("tri", tri))}
     timings["last_run_total"] = round(time.perf_counter() - total_start, 2)
     summary = Stage3Summary(str(layout.exp_dir), tri.num_pdfs, systems, part_info, wers, timings, history, train_part, _corpus_name(layout.data_dir),
-                            dataclasses.asdict(decode_config), dev_part if tune and dev_part else "")
+                            dataclasses.asdict(decode_config), dev_part if tune and dev_part else "", subsets)
     write_text_atomic(layout.gmm_summary, summary.to_json())
     logger.info("stage 3 done: %d senones, summary in %s", summary.num_senones, layout.gmm_summary)
     return summary

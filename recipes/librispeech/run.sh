@@ -43,6 +43,7 @@ decode_beam=""         # overrides the decode config's beam (stages 3 and 7) whe
 alignments=""          # senone labels of stages 4-10: gmm (stage 3's triphone GMM) or dnn (a first-pass DNN realigns them, end of stage 3); empty: the preset's
 num_seeds=""           # students per kind (stage 6), differing in their seed; empty: the preset's
 temperatures="1 2 4 8" # stage 10 (opt-in): one distilled student per temperature
+sweep_targets=stored   # stage 10: stored soft targets (stage 5's, top-k) or online (the whole distribution in the loop)
 num_threads=1          # torch threads per process (small networks train faster on one)
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
 ctc_config=""          # CtcConfig YAML; empty: the preset's
@@ -142,6 +143,8 @@ Options (default in brackets):
                        first-pass DNN at the end of stage 3); empty: the preset's [$alignments]
   --num-seeds N        students per kind (stage 6), for means, deviations and intervals; empty: the preset's [$num_seeds]
   --temperatures "T.." stage 10: the temperatures of the sweep [$temperatures]
+  --sweep-targets S    stage 10: stored (stage 5's soft targets at each T) or online (each student learns the
+                       ensemble's whole distribution in the loop; nothing stored, its own section) [$sweep_targets]
   --num-threads N      torch threads per process [$num_threads]
   --model-type T       hybrid, ctc or both [$model_type]
   --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
@@ -169,6 +172,7 @@ done
 case "$preset" in tiny|mini|small) ;; *) echo "$0: --preset takes tiny, mini or small, got '$preset'" >&2; exit 1 ;; esac
 case "$cmd" in local|slurm|submitit-local) ;; *) echo "$0: --cmd takes local, slurm or submitit-local, got '$cmd'" >&2; exit 1 ;; esac
 case "$on_change" in redo|stop) ;; *) echo "$0: --on-change takes redo or stop, got '$on_change'" >&2; exit 1 ;; esac
+case "$sweep_targets" in stored|online) ;; *) echo "$0: --sweep-targets takes stored or online, got '$sweep_targets'" >&2; exit 1 ;; esac
 export ASR_KD_ON_CHANGE="$on_change"
 case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
 case "$ctc_guide_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --ctc-guide-weight takes a number >= 0, got '$ctc_guide_weight'" >&2; exit 1 ;; esac
@@ -357,8 +361,10 @@ if [ "$hybrid" = true ] && in_stages 10; then
   # shellcheck disable=SC2086  # one argument per temperature
   run_logged "$exp/log/stage10_temperature_sweep.log" asr-kd temperature-sweep "${kd_common[@]}" --num-teachers "$num_teachers" \
     --model-config "$dnn_config" --config "$train_config" --kd-config "$kd_config" --decode-config "$decode_config" "${decode_beam_set[@]}" \
-    --temperatures $temperatures --jobs "$nj" "${cmd_opts[@]}"
-  sed -n '/^## Temperature sweep/,/^## /p' "$results" | sed '$d'
+    --kd-set "mode=$sweep_targets" --temperatures $temperatures --jobs "$nj" "${cmd_opts[@]}"
+  sweep_heading='^## Temperature sweep:'
+  [ "$sweep_targets" = stored ] || sweep_heading='^## Temperature sweep with online'
+  awk -v h="$sweep_heading" '$0 ~ h {p = 1; print; next} /^## / {p = 0} p' "$results"
 fi
 
 if [ "$ctc" = true ]; then

@@ -6,6 +6,7 @@ these tests check what it wrote against the stage-3 output contract.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -26,7 +27,7 @@ from asr_kd.errors import DataError
 from asr_kd.gmm.align import alignment_to_phones, senone_alignment
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import IN_PROGRESS_NAME, RECORD_NAME, read_record
-from asr_kd.stages.s3_gmm import RESULTS_HEADING, Stage3Summary, read_tids, run_gmm_stage, write_tids
+from asr_kd.stages.s3_gmm import RESULTS_HEADING, Stage3Summary, merge_tids, read_tids, run_gmm_stage, write_tids
 from asr_kd.gmm.train import GmmSystem
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.report.results_md import read_section
@@ -182,6 +183,109 @@ def test_copied_stage_is_skipped_and_an_interrupted_one_resumes(stage3, tmp_path
     assert (copy.gmm_decode("tri", "test-clean") / "hyp.txt").is_file() and read_record(copy.gmm) is not None
 
 
+# ---- training subsets and chunked alignment --------------------------------------------------
+
+# tiny's training part has 80 utterances: the monophone trains on the 40 shortest, the triphones on
+# 60 spread over the speakers, and every part is aligned and decoded 7 cuts at a time.
+MONO_SUBSET, TRI_SUBSET, ALIGN_CHUNK = 40, 60, 7
+
+
+@pytest.fixture(scope="module")
+def subset_stage3(tiny_stage3, tmp_path_factory):
+    """Stage 3 on tiny's data with both training subsets, aligned and decoded in chunks."""
+    from asr_kd.config import load_config
+    from tests.conftest import TINY_GMM_CONFIG
+
+    data, lang_dir, _ = tiny_stage3
+    exp = tmp_path_factory.mktemp("subset_stage3") / "exp"
+    config = dataclasses.replace(load_config(GmmConfig, TINY_GMM_CONFIG), mono_subset=MONO_SUBSET, tri_subset=TRI_SUBSET)
+    summary = run_gmm_stage(data, lang_dir, exp, config, "train-clean-100", ["dev-clean"], num_jobs=2, results_md=exp / "RESULTS.md",
+                            command="subset_stage3", align_chunk=ALIGN_CHUNK)
+    return data, RecipeLayout(data, exp), summary
+
+
+def _usable_training_cuts(data: Path) -> list:
+    """The training cuts stage 3 can align: with a transcript and an fbank cut of equal length."""
+    fbank = {c.id: c.num_frames for c in load_manifest(data / "fbank" / "cuts_train-clean-100.jsonl.gz")}
+    return [c for c in load_manifest(data / "mfcc" / "cuts_train-clean-100.jsonl.gz")
+            if fbank.get(c.id) == c.num_frames and any(s.text for s in c.supervisions)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_monophone_em_counts_exactly_the_shortest_utterances(subset_stage3):
+    data, _, summary = subset_stage3
+    usable = _usable_training_cuts(data)
+    shortest = sorted(usable, key=lambda c: (c.num_frames, c.id))[:MONO_SUBSET]
+    expected = sum(c.num_frames for c in shortest)
+    mono = summary.training_subsets["mono"]
+    assert mono["utterances"] == MONO_SUBSET and mono["frames"] == expected
+    # Flat start aligns every one of them, and no iteration counts a frame outside them.
+    assert mono["em_frames"][0] == expected == max(mono["em_frames"])
+    assert len(mono["em_frames"]) == len(summary.log_likelihood_history["mono"])
+    all_frames = sum(c.num_frames for c in usable)
+    assert expected < all_frames * MONO_SUBSET / len(usable)  # shorter than the average subset of that size
+    tri = summary.training_subsets["tri"]
+    assert tri["utterances"] == TRI_SUBSET and 0 < max(tri["em_frames"]) <= tri["frames"] < all_frames
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_every_training_utterance_is_aligned_by_the_subset_trained_system(subset_stage3, stage3):
+    data, layout, summary = subset_stage3
+    fbank = load_manifest(data / "fbank" / "cuts_train-clean-100.jsonl.gz")
+    info = summary.parts["train-clean-100"]
+    cuts = load_manifest(layout.ali_cuts("train-clean-100"))
+    # Every cut went through the triphones' alignment, not only the 60 they trained on; a system
+    # trained on less data may fail one (here 1 of 80, at beam 10 and retry beam 40), counted.
+    assert info["cuts"] == len(cuts) and info["cuts"] + info["skipped"] == len(fbank) and info["skipped"] <= 2
+    assert set(read_tids(layout.tids("train-clean-100"))) == set(cuts.ids) <= set(fbank.ids)
+    assert info["frames"] == sum(c.num_frames for c in cuts)
+    tri_training = set(read_tids(layout.mono_alignments))  # the monophone's alignments of the triphones' subset
+    assert 0 < len(tri_training) <= TRI_SUBSET
+    assert len(set(cuts.ids) - tri_training) >= len(fbank) - TRI_SUBSET - 2
+    # The settings are recorded when set, and only then (a run without subsets records no key).
+    assert read_record(layout.gmm).config["gmm"]["mono_subset"] == MONO_SUBSET
+    assert "mono_subset" not in read_record(stage3[2].gmm).config["gmm"]
+    section = read_section(layout.exp_dir / "RESULTS.md", RESULTS_HEADING)
+    assert f"mono on {MONO_SUBSET} utterances" in section and f"tri on {TRI_SUBSET} utterances" in section
+    assert "Training subsets" not in read_section(stage3[2].exp_dir / "RESULTS.md", RESULTS_HEADING)
+    assert "training_subsets" not in json.loads(stage3[2].gmm_summary.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_alignment_and_decoding_in_chunks_equal_one_chunk(stage3, tmp_path):
+    """tiny_stage3 aligned and decoded dev-clean (20 cuts) in one chunk; 3 cuts at a time must give
+    the same alignments, files and transcripts."""
+    from asr_kd.config import config_from_dict
+    from asr_kd.gmm.train import GraphInputs
+    from asr_kd.stages.s3_gmm import PartSource, _align_part, _decode_part
+
+    data, lang, paths, summary = stage3
+    config = GmmConfig(**json_config(paths))
+    copy = RecipeLayout(data, tmp_path / "exp")
+    shutil.copytree(paths.gmm / "tri", copy.gmm / "tri")
+    tri = GmmSystem.load(copy.gmm_model("tri"))
+    source = PartSource(data, "dev-clean")
+    assert source.num_chunks(3) == 7
+    counts = np.zeros(tri.num_pdfs)
+    info = _align_part(copy, tri, GraphInputs.from_lang(lang), lang, source, config, 1, 3, counts)
+    assert info == summary.parts["dev-clean"]
+    assert copy.tids("dev-clean").read_text() == paths.tids("dev-clean").read_text()
+    ours, theirs = load_manifest(copy.ali_cuts("dev-clean")), load_manifest(paths.ali_cuts("dev-clean"))
+    assert list(ours.ids) == list(theirs.ids)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(load_alignment(a), load_alignment(b))
+    assert counts.sum() == info["frames"]
+
+    decode_config = config_from_dict(DecodeConfig, summary.decode)
+    scale = summary.wers["tri"]["dev-clean"]["acoustic_scale"]
+    entry, decoded = _decode_part(copy, "tri", lang, source, config, decode_config, (scale,), 3)
+    assert decoded and entry["wer"] == summary.wers["tri"]["dev-clean"]["wer"]
+    assert (copy.gmm_decode("tri", "dev-clean") / "hyp.txt").read_text() == (paths.gmm_decode("tri", "dev-clean") / "hyp.txt").read_text()
+
+
 def json_config(paths: RecipeLayout) -> dict:
     """Return the GmmConfig fields the stage recorded in gmm.yaml."""
     import yaml
@@ -212,6 +316,21 @@ def test_tids_text_round_trip(tmp_path_factory, alignments):
     path = tmp_path_factory.mktemp("tids") / "tids.txt"
     write_tids(path, alignments)
     assert read_tids(path) == alignments
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True), st.lists(st.integers(1, 10**6), min_size=1, max_size=20), max_size=12),
+       st.lists(st.integers(0, 3), min_size=12, max_size=12))
+def test_merged_chunk_files_are_the_file_of_all_alignments(tmp_path_factory, alignments, piece_of):
+    """Chunks of a part are aligned in fbank-cut order, each written sorted; merged, they must be
+    the one sorted file that write_tids writes for the whole part."""
+    folder = tmp_path_factory.mktemp("merge")
+    pieces = [folder / f"tids.{k}.txt" for k in range(4)]
+    for k, piece in enumerate(pieces):
+        write_tids(piece, {u: a for i, (u, a) in enumerate(alignments.items()) if piece_of[i % 12] == k})
+    merge_tids(folder / "merged.txt", pieces)
+    write_tids(folder / "whole.txt", alignments)
+    assert (folder / "merged.txt").read_text() == (folder / "whole.txt").read_text()
 
 
 def test_bad_tids_file_names_the_line(tmp_path):

@@ -409,3 +409,60 @@ def test_temperature_sweep_trains_one_student_per_temperature(recipe, tmp_path: 
                f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% |" in section
     # A softer distribution keeps less of its mass in the top-k.
     assert sweep["rows"]["3"]["mass_kept"] < sweep["rows"]["1"]["mass_kept"]
+
+
+def test_fractions_bench_reproduces_stage_8_and_writes_only_its_own_folders(recipe, tmp_path: Path) -> None:
+    """bench/three_percent_fractions.py runs stage 8's code at each fraction: at the recipe's 3%
+    it trains and scores the same models (equal numbers), its rows quote them, and the finished
+    run's folders are only read."""
+    import runpy
+
+    data, exp, _ = recipe
+    before = {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()}
+    results = tmp_path / "RESULTS.md"
+    main = runpy.run_path(str(REPO_ROOT / "bench" / "three_percent_fractions.py"))["main"]
+    assert main(["--data", str(data), "--exp", str(exp), "--out", str(tmp_path / "out"), "--fraction", "0.03", "--fraction", "0.5",
+                 "--model-config", "tiny", "--kd-config", str(REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml"),
+                 "--results", str(results)]) == 0
+    assert {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()} == before
+    stage8 = json.loads((exp / "three_percent" / "table5.json").read_text())
+    ours = json.loads((tmp_path / "out" / "f0.03" / "exp" / "three_percent" / "table5.json").read_text())
+    assert ours["runs"] == stage8["runs"] and ours["comparisons"] == stage8["comparisons"]
+    half = json.loads((tmp_path / "out" / "f0.5" / "exp" / "three_percent" / "table5.json").read_text())
+    assert half["frames"]["50% hard"] > 10 * stage8["frames"]["3% hard"]
+    text = results.read_text()
+    for fraction, t5 in (("3%", stage8), ("50%", half)):
+        gap = t5["comparisons"]["gap_recovered"]
+        soft = t5["runs"]["soft_3"]
+        assert (f"| {100 * soft['train_frame_accuracy']:.1f}% / {100 * soft['test_frame_accuracy']:.1f}% ({soft['epochs']}) | "
+                in text.split(f"\n| {fraction} |")[1].split("\n")[0])
+        assert f"{100 * gap['value']:+.0f}% [{100 * gap['low']:+.0f}, {100 * gap['high']:+.0f}] |" in text.split(f"\n| {fraction} |")[1].split("\n")[0]
+
+
+def test_online_temperature_sweep_learns_from_the_whole_distribution(recipe, tmp_path: Path) -> None:
+    """Stage 10 with kd.mode=online: no soft targets are stored, each student's record names the
+    teachers and its T, and the section (beside the stored sweep's) shows the recorded numbers."""
+    import dataclasses
+
+    from asr_kd.config import DecodeConfig, KdConfig, TrainConfig, load_config
+    from asr_kd.models.dnn import load_dnn_config
+    from asr_kd.stages.layout import RecipeLayout
+    from asr_kd.stages.s10_temperature_sweep import ONLINE_HEADING, temperature_sweep
+
+    data, exp = _copy(recipe, tmp_path)
+    soft_before = sorted(p.name for p in (exp / "soft_targets").iterdir())
+    kd = dataclasses.replace(load_config(KdConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml"), mode="online")
+    train = dataclasses.replace(load_config(TrainConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "train.yaml"), num_epochs=1)
+    layout = RecipeLayout(data, exp, alignments="dnn")
+    result = temperature_sweep(layout, [3.0], load_dnn_config("tiny"), train, kd,
+                               load_config(DecodeConfig, REPO_ROOT / "recipes" / "librispeech" / "conf" / "decode_tiny.yaml"),
+                               results_md=exp / "RESULTS.md", command="sweep-online")
+    assert sorted(p.name for p in (exp / "soft_targets").iterdir()) == soft_before  # nothing stored
+    record = read_record(exp / "temperature_sweep_online" / "T3")
+    assert record.config["kd"]["mode"] == "online" and record.config["kd"]["temperature"] == 3.0
+    assert record.inputs["teachers"] == read_record(exp / "teachers").fingerprint
+    row = result["rows"]["3"]
+    text = (exp / "RESULTS.md").read_text()
+    section = text.split(ONLINE_HEADING)[1]
+    assert f"| 3 | 1 (all) | 0 (all) | {100 * row['dev_frame_accuracy']:.1f}% | {100 * row['test_frame_accuracy']:.1f}% | " \
+           f"{100 * row['test_wer']:.2f}% |" in section

@@ -51,3 +51,12 @@ def test_decode_part_rescores_the_triphone_lattices(tiny_stage3, tmp_path: Path)
     assert better["first_pass"]["wer"] == same["first_pass"]["wer"]  # the same lattices
     assert better["wer"] < better["first_pass"]["wer"]
     assert better["rescored_minus_first_pass"]["value"] < 0  # (20 utterances: too few for the interval to exclude 0)
+
+    # The same LM as a memory-mapped const LM (built once for the part) gives the same answers.
+    exact_hyps = (out / "hyp.txt").read_text()
+    const = _decode(data, exp, corpus, "--rescore-arpa", str(arpa), "--rescore-method", "const")
+    assert const["wer"] == better["wer"] and (out / "hyp.txt").read_text() == exact_hyps
+    assert (exp / "decode_parts" / "my-test" / "const_lm" / "const_lm.json").is_file() and not (out / "const_lm").exists()
+    folder = tmp_path / "4gram_const"
+    assert cli_main(["arpa-to-const", str(arpa), "--lang-dir", str(lang_dir), "--out", str(folder)]) == 0
+    assert _decode(data, exp, corpus, "--rescore-arpa", str(folder), "--rescore-method", "const")["wer"] == better["wer"]

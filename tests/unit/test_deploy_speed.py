@@ -43,6 +43,39 @@ def test_the_narrowest_setting_within_tolerance_is_chosen() -> None:
     assert choose_setting([_point(11, 2000, 500), _point(8, 300, 499)], REF, 0.0).setting == SearchSetting(8, 300)
 
 
+def _detailed(setting: SearchSetting, errors_per_utt: list[int], words: int = 10) -> SearchPoint:
+    """A point over len(errors_per_utt) utterances of ``words`` words, the first ``e`` of each wrong."""
+    from asr_kd.metrics.wer import compute_wer
+
+    refs = {f"u{i:03d}": " ".join(f"w{j}" for j in range(words)) for i in range(len(errors_per_utt))}
+    hyps = {u: " ".join(("x" if j < e else f"w{j}") for j in range(words)) for (u, e) in zip(sorted(refs), errors_per_utt)}
+    wer = compute_wer(refs, hyps)
+    return SearchPoint(setting, wer.errors, wer.ref_words, 0.01, details=wer)
+
+
+def test_dev_must_show_a_narrow_setting_is_no_worse_not_just_look_it() -> None:
+    from asr_kd.deploy.speed import compare_to_reference, speed_markdown, SpeedResult
+
+    base = [5] * 100  # 500 errors of 1000 words; 2% allows 10 more errors, 1.0 WER point
+    ref = _detailed(REF, base)
+    # +9 errors, piled on 3 utterances: the point estimate is within 2%, but the paired interval's
+    # upper end is not (dev cannot tell this from a real loss): refused.
+    lucky = _detailed(SearchSetting(9, 1000), [8, 8, 8] + base[3:])
+    # +4 errors spread over 4 utterances: shown to be within 2%, and narrower than the reference: chosen.
+    steady = _detailed(SearchSetting(10, 1500), [6, 6, 6, 6] + base[4:])
+    points = compare_to_reference([ref, lucky, steady], REF)
+    assert lucky.errors - ref.errors == 9 and points[1].versus_reference.high > 0.01 >= points[2].versus_reference.high
+    assert choose_setting([ref, lucky, steady], REF, 0.02).setting == SearchSetting(10, 1500)
+    # Without per-utterance details the old point-estimate rule applies, and the lucky one wins.
+    assert choose_setting([_point(11, 2000, 500), _point(9, 1000, 509), _point(10, 1500, 504)], REF, 0.02).setting == SearchSetting(9, 1000)
+    # The section prints each setting's dev difference with its interval.
+    chosen = choose_setting(points, REF, 0.02)
+    result = SpeedResult(REF, points, chosen, 0.001, 0.001, ref.details, steady.details, 0.02, 0.01)
+    text = speed_markdown(result, "s", "dev", "test")
+    assert f"| 9 | 1000 | 50.90% (509/1000) | +0.90 [{100 * points[1].versus_reference.low:+.2f}, {100 * points[1].versus_reference.high:+.2f}] |" in text
+    assert "within 1.00 points" in text
+
+
 def test_choice_needs_the_reference_and_a_sane_tolerance() -> None:
     with pytest.raises(ConfigError, match=r"must include the reference setting \(beam 11, max-active 2000\)"):
         choose_setting([_point(10, 1000, 5)], REF)
@@ -119,8 +152,8 @@ def test_failed_searches_are_counted_in_the_section() -> None:
     points = [SearchPoint(REF, 0, 6, 0.02), SearchPoint(SearchSetting(8, 300), 2, 6, 0.01, failed=1)]
     result = SpeedResult(REF, points, points[0], 0.001, 0.001, full, one_lost, 0.02, 0.01, failed_reference=0, failed_chosen=1)
     text = speed_markdown(result, "distilled (onnx-int8)", "dev-clean", "test-clean")
-    assert "| 8 | 300 | 33.33% (2/6, 1 failed) | 0.0100 |" in text
-    assert "| 11 (tables) | 2000 | 0.00% (0/6) | 0.0200 |" in text
+    assert "| 8 | 300 | 33.33% (2/6, 1 failed) | – | 0.0100 |" in text
+    assert "| 11 (tables) | 2000 | 0.00% (0/6) | – | 0.0200 |" in text
     assert "The search failed on 1 test utterance(s) at the chosen setting and 0 at the tables'" in text
     clean = dataclasses.replace(result, dev_points=[points[0], dataclasses.replace(points[1], failed=0)], failed_chosen=0, test_chosen=full)
     assert "failed" not in speed_markdown(clean, "s", "dev", "test")

@@ -112,7 +112,7 @@ def test_exact_arpa_scores_are_minus_ln_p(toy) -> None:
     assert fst_lm.cost(ids) == pytest.approx(4 * math.log(10), rel=1e-5)
 
 
-@pytest.mark.parametrize("method", ["arpa", "fst"])
+@pytest.mark.parametrize("method", ["arpa", "fst", "const"])
 def test_an_lm_that_knows_the_references_lowers_the_wer(toy, method) -> None:
     root, lang, tm, hclg, posteriors = toy
     rescorer = make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(root / "4gram.arpa"), method=method), root)
@@ -138,7 +138,7 @@ def test_bad_rescoring_lms_give_one_line_errors(toy) -> None:
     lower.write_text((root / "4gram.arpa").read_text().replace("THE", "the"))
     with pytest.raises(DataError, match="has no unigram for 1 of"):
         make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(lower)), root)
-    with pytest.raises(ConfigError, match="rescore method must be one of arpa, fst, got 'lattice'"):
+    with pytest.raises(ConfigError, match="rescore method must be one of arpa, fst, const, got 'lattice'"):
         RescoreConfig(str(small), method="lattice")
     with pytest.raises(ConfigError, match="LM order must be >= 1, got 0"):
         train_lang_lm(lang.lang_dir, 0, root / "x.arpa")
@@ -174,3 +174,78 @@ def test_train_lm_command_and_paired_wer_difference(toy, tmp_path, capsys) -> No
 
 def _train_lines(lang) -> list[str]:
     return (lang.lang_dir / "lm" / "train.txt").read_text().splitlines()
+
+
+def test_const_lm_scores_every_sentence_as_the_arpa_lm(toy, tmp_path) -> None:
+    """The memory-mapped const LM gives kaldingram's back-off costs: for the trained 4-gram, on
+    the references, the first pass's text and random word strings (unseen n-grams, so every
+    back-off path is taken)."""
+    from asr_kd.lang.const_lm import ConstArpaLm, build_const_lm
+
+    root, lang, _, _, _ = toy
+    arpa = root / "4gram.arpa"
+    info = build_const_lm(arpa, lang.lang_dir / "words.txt", tmp_path / "const")
+    header = dict(line.split("=") for line in arpa.read_text().split("\n\n")[0].splitlines()[1:])
+    assert info.order == 4 and info.kept == {n: int(header[f"ngram {n}"]) for n in range(1, 5)}
+    assert info.dropped == {1: 0, 2: 0, 3: 0, 4: 0} and info.bytes_per_ngram == {1: 8, 2: 16, 3: 16, 4: 12}
+    exact, const = ArpaLm(arpa, lang), ConstArpaLm(tmp_path / "const", lang.words)
+    words = [w for w in lang.words.names() if w not in ("<eps>", "#0", "<s>", "</s>")]
+    rng = np.random.default_rng(0)
+    sentences = [s.split() for s in (*REFS.values(), *_train_lines(lang))]
+    sentences += [list(rng.choice(words, size=rng.integers(1, 9))) for _ in range(200)]
+    for s in sentences:
+        ids = lang.word_ids(s)
+        assert const.cost(ids) == pytest.approx(exact.cost(ids), abs=1e-4), s
+    # The back-off paths are exercised: most random strings' trigrams are not in the LM.
+    unseen = sum(const._index(lang.word_ids(s[i:i + 3])) < 0 for s in sentences[-200:] for i in range(len(s) - 2))
+    assert unseen > 300
+
+
+def test_const_lm_refuses_broken_arpa_files_and_other_vocabularies(toy, tmp_path) -> None:
+    from asr_kd.lang.const_lm import build_const_lm
+
+    root, lang, tm, hclg, _ = toy
+    words_txt = lang.lang_dir / "words.txt"
+    text = (root / "4gram.arpa").read_text()
+    # A trigram whose bigram prefix is missing: not a back-off LM.
+    bigrams = text.split("\\2-grams:\n")[1].split("\n\n")[0].splitlines()
+    trigram = text.split("\\3-grams:\n")[1].splitlines()[0]
+    prefix = " ".join(trigram.split("\t")[1].split()[:2])
+    orphan = text.replace(next(b for b in bigrams if b.split("\t")[1] == prefix) + "\n", "")
+    (tmp_path / "orphan.arpa").write_text(orphan)
+    with pytest.raises(DataError, match=rf"orphan\.arpa: the 3-gram '{prefix} \S+' has no 2-gram prefix in the LM"):
+        build_const_lm(tmp_path / "orphan.arpa", words_txt, tmp_path / "c1")
+    (tmp_path / "words.arpa").write_text("just some words\n")
+    with pytest.raises(DataError, match=r"words\.arpa is not an ARPA language model"):
+        build_const_lm(tmp_path / "words.arpa", words_txt, tmp_path / "c2")
+    # Words outside words.txt are dropped and counted, per order.
+    (tmp_path / "zebra.arpa").write_text(text.replace("\\2-grams:\n", "\\2-grams:\n-1.5\tZEBRA THE\n").replace(
+        "\\1-grams:\n", "\\1-grams:\n-3.0\tZEBRA\t-0.2\n"))
+    info = build_const_lm(tmp_path / "zebra.arpa", words_txt, tmp_path / "c3")
+    assert info.dropped[1] == 1 and info.dropped[2] == 1 and info.dropped[3] == 0
+    # A const LM folder made over another words.txt is refused when rescoring.
+    other = tmp_path / "other_words.txt"
+    other.write_text(words_txt.read_text() + f"ZEBRA {lang.words.max_id() + 1}\n")
+    build_const_lm(root / "4gram.arpa", other, tmp_path / "c4")
+    with pytest.raises(DataError, match=r"const LM .*c4 was built over another words\.txt"):
+        make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(tmp_path / "c4"), method="const"), tmp_path)
+
+
+def test_const_lm_from_an_arpa_file_is_built_once_and_again_when_the_file_changes(toy, tmp_path, capsys) -> None:
+    from asr_kd.bin.cli import main
+    from asr_kd.lang.const_lm import read_const_lm_info
+
+    root, lang, tm, hclg, _ = toy
+    arpa = tmp_path / "lm.arpa"
+    arpa.write_text((root / "4gram.arpa").read_text())
+    make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(arpa), method="const"), tmp_path / "work")
+    built = (tmp_path / "work" / "const_lm" / "order2_keys.npy").stat().st_ino
+    make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(arpa), method="const"), tmp_path / "work")
+    assert (tmp_path / "work" / "const_lm" / "order2_keys.npy").stat().st_ino == built  # the same content: reused
+    train_lang_lm(lang.lang_dir, 2, arpa)
+    make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(arpa), method="const"), tmp_path / "work")
+    assert read_const_lm_info(tmp_path / "work" / "const_lm").order == 2  # another LM: built again
+    # The command writes a folder that rescoring reads as it is.
+    assert main(["arpa-to-const", str(root / "4gram.arpa"), "--lang-dir", str(lang.lang_dir), "--out", str(tmp_path / "cmd")]) == 0
+    assert "4-gram const LM" in capsys.readouterr().out
+    make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(tmp_path / "cmd"), method="const"), tmp_path / "unused")
