@@ -484,8 +484,19 @@ class DnnConfig:
     hidden_dim: int = 2560
     num_hidden_layers: int = 8
     dropout: float = 0.0
+    # Compression (issue 15), both off at 0. bottleneck_dim: a linear layer of that many units
+    # (no bias, no nonlinearity) between the last hidden layer and the senones, a low-rank
+    # factorisation of the output matrix (Sainath et al. 2013, "Low-rank matrix factorization for
+    # DNN training with high-dimensional output targets"), which is most of a small net's cost.
+    # frame_projection_dim: each frame's feature_dim features are first projected linearly to that
+    # many, once per frame and shared by every window that holds it, so a long window costs
+    # window x frame_projection_dim inputs to the first hidden layer instead of window x feature_dim.
+    bottleneck_dim: int = later_option(0)
+    frame_projection_dim: int = later_option(0)
 
     def __post_init__(self) -> None:
+        _check(self.bottleneck_dim >= 0, f"model.bottleneck_dim must be >= 0 (0: no bottleneck), got {self.bottleneck_dim}")
+        _check(self.frame_projection_dim >= 0, f"model.frame_projection_dim must be >= 0 (0: no projection), got {self.frame_projection_dim}")
         _check(self.feature_dim >= 1, f"model.feature_dim must be >= 1, got {self.feature_dim}")
         _check(self.left_context >= 0 and self.right_context >= 0, f"model.left_context and model.right_context must be >= 0, got {self.left_context}, {self.right_context}")
         _check(self.hidden_dim >= 1, f"model.hidden_dim must be >= 1, got {self.hidden_dim}")

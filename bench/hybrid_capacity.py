@@ -19,11 +19,22 @@ test WER difference from the first variant with its paired-bootstrap 95% interva
 added by later runs and the last run, naming them all, writes the whole table). Also writes
 ``<out>/hybrid_capacity.json`` (every number) and its section of bench/RESULTS.md.
 
+With ``--kd-config`` every variant is distilled instead, as stage 6 trains its distilled and
+compressed students: from the stored soft targets of stage 5 that match the kd config (the ensemble
+of ``--num-teachers``), with its loss. That measures compressed students (issue 15).
+``--compare-to baseline`` adds a table of each variant over its seeds against a system stage 7
+decoded (``baseline`` and its seeds ``baseline_seed<k>``, read from ``<exp>/decode``): the mean
+test WER with its t interval over seeds, and the paired bootstrap of the difference of the
+per-utterance errors averaged over each side's seeds (as stage 7 compares its groups). Stage 7's
+systems were decoded at their own dev-chosen scales with the same DecodeConfig as read here.
+
 Cost on mini (370k training frames, one torch thread), measured: the demo's 3 x 256 DNN trains in
 10-16 CPU seconds per epoch (100 s for 10 epochs on a quiet machine), 4 x 512 in 26 and 3 x 1024
 in 57; scoring a run (the dev scale search and the test decodes) takes 1.5-2 minutes. One 3 x 256
 variant at 10 epochs is about 5 minutes; the table in bench/RESULTS.md took over an hour on 2
-cores. So it is not part of ``make bench``: run it by hand after ``make demo``.
+cores. A compressed student (124-130k MACs a frame, ``--kd-config``) takes 7-8 CPU seconds an
+epoch, about 4 CPU minutes for 30 epochs, and 1-1.5 minutes of scoring. So it is not part of
+``make bench``: run it by hand after ``make demo``.
 """
 
 from __future__ import annotations
@@ -39,16 +50,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asr_kd.config import DecodeConfig, TrainConfig, config_from_dict, load_config
+from asr_kd.config import DecodeConfig, KdConfig, TrainConfig, config_from_dict, load_config
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.launch import launch_jobs
-from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.metrics.paired import bootstrap_difference, mean_interval
 from asr_kd.models.dnn import load_dnn_config, num_linear_params
 from asr_kd.stages.common import describe_dnn, gmm_record, model_checkpoint, read_senones, with_recorded_alignments
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, describe_environment, read_record
+from asr_kd.stages.s5_soft_targets import find_soft_targets
 from asr_kd.stages.s7_decode import per_utterance_path, score_system
-from asr_kd.train.capacity import FrameVariant, frame_scores, parse_variant, spread_sample, train_variant
+from asr_kd.train.capacity import FrameVariant, frame_scores, parse_variant, spread_sample, train_variant, variant_loss
 from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.utils import read_json, setup_logging, write_json_atomic
 
@@ -110,6 +122,75 @@ def wer_difference(first: Run, run: Run, layout: RecipeLayout, part: str) -> dic
     ids = sorted(a)
     return bootstrap_difference(np.array([a[u][0] for u in ids], float), np.array([b[u][0] for u in ids], float),
                                 np.array([a[u][1] for u in ids], float)).to_dict()
+
+
+def per_utterance_errors(paths: list[Path]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Return ``(utterance ids, word errors averaged over the files, reference words)`` of the
+    per_utt.json files of the seeds of one system on one part, ids sorted."""
+    tables = []
+    for path in paths:
+        table = read_json(path)
+        assert isinstance(table, dict)
+        tables.append(table)
+    ids = sorted(tables[0])
+    if any(sorted(t) != ids for t in tables):
+        raise DataError(f"{paths} do not score the same utterances; decode every seed on the same part")
+    return ids, np.mean([[t[u][0] for u in ids] for t in tables], axis=0), np.array([tables[0][u][1] for u in ids], float)
+
+
+def recipe_seeds(layout: RecipeLayout, system: str, part: str) -> list[str]:
+    """The stage-7 systems ``system``, ``system_seed1``, ... with per-utterance counts on ``part``;
+    DataError when stage 7 has not decoded ``system``."""
+    names = [system]
+    while per_utterance_path(layout, f"{system}_seed{len(names)}", part).is_file():
+        names.append(f"{system}_seed{len(names)}")
+    if not per_utterance_path(layout, system, part).is_file():
+        raise DataError(f"--compare-to {system}: {per_utterance_path(layout, system, part)} does not exist; "
+                        "name a system stage 7 decoded (baseline, distilled, compressed)")
+    return names
+
+
+def compare_to_recipe(layout: RecipeLayout, runs: list[Run], results: list[dict], system: str, teacher_macs: int) -> list[dict]:
+    """Per variant over its seeds: MACs (and share of one teacher's), mean dev and test WER with
+    the test WER's t interval over seeds, and the paired bootstrap of its seed-averaged test errors
+    minus those of stage 7's ``system`` (averaged over its seeds)."""
+    part = layout.test_part
+    ref_names = recipe_seeds(layout, system, part)
+    ref_ids, ref_errors, ref_words = per_utterance_errors([per_utterance_path(layout, n, part) for n in ref_names])
+    ref_test = [float(read_json(layout.decode / f"{n}_{part}" / "scores.json")["wer"]) for n in ref_names]  # type: ignore[index]
+    rows = []
+    for name in dict.fromkeys(r.variant.name for r in runs):
+        members = [(run, res) for run, res in zip(runs, results) if run.variant.name == name]
+        ids, errors, _ = per_utterance_errors([per_utterance_path(layout, run.name, part, run.folder / "decode") for run, _ in members])
+        if ids != ref_ids:
+            raise DataError(f"variant {name} and stage 7's {system} were decoded on different utterances of {part}")
+        test = [res["test"][part]["wer"] for _, res in members]
+        mean, half = mean_interval(test)
+        rows.append({"variant": name, "seeds": [res["seed"] for _, res in members], "macs_per_frame": members[0][1]["macs_per_frame"],
+                     "teacher_share": members[0][1]["macs_per_frame"] / teacher_macs, "dev_wer": [res["dev"]["wer"] for _, res in members],
+                     "test_wer": test, "test_wer_mean": mean, "test_wer_half_width": half, "reference": system, "reference_seeds": ref_names,
+                     "reference_test_wer": ref_test, "minus_reference": bootstrap_difference(ref_errors, errors, ref_words).to_dict()})
+    return rows
+
+
+def format_comparison(rows: list[dict], layout: RecipeLayout, teacher_macs: int) -> list[str]:
+    """The section's table of variants (over their seeds) against the recipe's system."""
+    ref = rows[0]
+    ref_mean, ref_half = mean_interval(ref["reference_test_wer"])
+    lines = [f"Against stage 7's `{ref['reference']}` ({len(ref['reference_seeds'])} seeds, test WER {100 * ref_mean:.2f}"
+             f" ± {100 * ref_half:.2f}%, mean ± 95% t over seeds; one teacher: {teacher_macs:,} MACs / frame):", "",
+             f"| variant | MACs / frame (share of a teacher) | seeds | dev WER by seed | {layout.test_part} WER, mean ± 95% t (by seed) "
+             f"| − {ref['reference']}, points [95% paired bootstrap CI] |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["minus_reference"]
+        half = "" if np.isnan(r["test_wer_half_width"]) else f" ± {100 * r['test_wer_half_width']:.2f}"
+        verdict = "below 0" if d["high"] < 0 else ("above 0" if d["low"] > 0 else "holds 0: within noise")
+        lines.append(f"| {r['variant']} | {r['macs_per_frame']:,} ({100 * r['teacher_share']:.1f}%) | {len(r['seeds'])} | "
+                     f"{' '.join(_pct(w) for w in r['dev_wer'])} | {100 * r['test_wer_mean']:.2f}{half}% ({' '.join(_pct(w) for w in r['test_wer'])}) | "
+                     f"{100 * d['value']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}], {verdict} |")
+    lines += ["", "Each side's per-utterance word errors are averaged over its seeds before the bootstrap (stage 7's comparison); "
+              "the interval covers the test utterances, the seeds enter through the averaging.", ""]
+    return lines
 
 
 def _pct(x: float | None) -> str:
@@ -180,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-config", type=Path, default=REPO / "recipes" / "librispeech" / "conf" / "train_mini.yaml",
                    help="TrainConfig YAML the variants start from (default recipes/librispeech/conf/train_mini.yaml)")
     p.add_argument("--decode-config", type=Path, default=None, help="DecodeConfig YAML (default: stage 7's record, else stage 3's)")
+    p.add_argument("--kd-config", type=Path, default=None,
+                   help="KdConfig YAML (kd.mode stored): distil every variant from stage 5's matching soft targets, as stage 6 does")
+    p.add_argument("--num-teachers", type=int, default=None, help="with --kd-config: the ensemble's size (default: stage 4's count)")
+    p.add_argument("--compare-to", default=None, metavar="SYSTEM",
+                   help="a system stage 7 decoded (e.g. baseline): compare each variant, over its seeds, with it and its seeds")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant (train seed + 0, 1, ...)")
     p.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
@@ -226,21 +312,30 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
     runs = [Run(v.name if k == 0 else f"{v.name}_seed{k}", dataclasses.replace(v, train=dataclasses.replace(v.train, seed=v.train.seed + k)),
                 k, out / (v.name if k == 0 else f"{v.name}_seed{k}")) for v in variants for k in range(args.seeds)]
     train_sample = spread_sample(layout.open_cuts(layout.ali_cuts(layout.train_part)), args.train_sample)
+    kd = load_config(KdConfig, args.kd_config) if args.kd_config else None
+    train_cuts, inputs = layout.ali_cuts(layout.train_part), {"gmm": stage3}
+    if kd is not None:
+        for v in variants:
+            variant_loss(v, kd)  # a ConfigError now, not in a training process
+        train_cuts, soft = find_soft_targets(layout, kd, args.num_teachers, "hybrid_capacity --kd-config")
+        inputs["soft_targets"] = soft.fingerprint
     guards = {}
     for run in runs:
         config = {"variant": run.variant, "decode": decode, "train_sample": args.train_sample, "parts": [layout.train_part, layout.dev_part, *layout.test_parts]}
-        guard = StageGuard(f"hybrid_capacity {run.name}", run.folder, config, {"gmm": stage3}, command)
+        if kd is not None:
+            config["kd"] = kd
+        guard = StageGuard(f"hybrid_capacity {run.name}", run.folder, config, inputs, command)
         if guard.needs_work():
             guards[run.name] = guard
     todo = [r for r in runs if r.name in guards]
     log.info("%d of %d runs to train (%s)", len(todo), len(runs), ", ".join(r.name for r in todo) or "none")
     start = time.time()
-    trained = launch_jobs(train_variant, [(r.variant, layout.ali_cuts(layout.train_part), layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part),
-                                           layout.cmvn(layout.dev_part), senones.num_senones, r.folder) for r in todo],
+    trained = launch_jobs(train_variant, [(r.variant, train_cuts, layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part),
+                                           layout.cmvn(layout.dev_part), senones.num_senones, r.folder, kd) for r in todo],
                           None, args.jobs, args.threads, out / "log", "hybrid_capacity")
     for run, training in zip(todo, trained):
         result = {"run": run.name, "variant": run.variant.name, "overrides": list(run.variant.overrides), "seed": run.variant.train.seed,
-                  "label_smoothing": run.variant.label_smoothing, "dnn": dataclasses.asdict(run.variant.dnn),
+                  "label_smoothing": run.variant.label_smoothing, "kd": None if kd is None else dataclasses.asdict(kd), "dnn": dataclasses.asdict(run.variant.dnn),
                   "train": dataclasses.asdict(run.variant.train), "network": describe_dnn(run.variant.dnn),
                   "macs_per_frame": num_linear_params(run.variant.dnn, senones.num_senones), "training": training,
                   **evaluate_run(run, layout, decode, train_sample, senones.num_senones)}
@@ -259,11 +354,18 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
         r["test_wer_over_gmm"] = None if t is None or not r["gmm_tri_wer"] else t / r["gmm_tri_wer"]
         r["test_wer_minus_first"] = None if run is runs[0] else wer_difference(runs[0], run, layout, layout.test_part)
         results.append(r)
+    comparison, extra = None, []
+    if args.compare_to:
+        teacher = load_frame_classifier(model_checkpoint(layout.teacher_dir(0)))
+        teacher_macs = num_linear_params(teacher.cfg, senones.num_senones)
+        comparison = compare_to_recipe(layout, runs, results, args.compare_to, teacher_macs)
+        extra = format_comparison(comparison, layout, teacher_macs)
     write_json_atomic(out / "hybrid_capacity.json", {"command": command, "decode": dataclasses.asdict(decode), "gmm_tri_wer": gmm,
-                                                     "runs": results})
+                                                     "runs": results, "comparison": comparison})
     env = describe_environment(read_record(runs[0].folder))
     heading = HEADING if args.title is None else f"## {args.title} (bench/hybrid_capacity.py)"
-    write_section(args.results, heading, format_section(results, command, layout, decode, args.train_sample, env, heading))
+    section = format_section(results, command, layout, decode, args.train_sample, env, heading)
+    write_section(args.results, heading, section + ("\n" + "\n".join(extra) if extra else ""))
     for r in results:
         print(f"{r['run']}: dev frame accuracy {_pct(r['dev']['frame_accuracy'])}, test WER {_pct(r['test'][layout.test_part]['wer'])}, "
               f"{r['training']['cpu_seconds_per_epoch']:.0f} CPU s / epoch")

@@ -118,7 +118,9 @@ def load_teachers(layout: RecipeLayout, num_teachers: int | None = None, device:
 
 def describe_dnn(cfg: DnnConfig) -> str:
     return (f"{cfg.num_hidden_layers} x {cfg.hidden_dim} ReLU, window {cfg.left_context} + 1 + {cfg.right_context} "
-            f"frames of {cfg.feature_dim} fbank")
+            f"frames of {cfg.feature_dim} fbank"
+            + (f" projected to {cfg.frame_projection_dim}" if cfg.frame_projection_dim else "")
+            + (f", linear bottleneck of {cfg.bottleneck_dim}" if cfg.bottleneck_dim else ""))
 
 
 def fmt_pct(x: float | None) -> str:

@@ -7,7 +7,9 @@ command line as ``name:key=value,key=value`` (e.g. ``wide4x512:hidden_dim=512,nu
 :func:`train_variant` trains one (a job of :func:`asr_kd.launch.launch_jobs`) and returns its
 training record with the CPU time it took; :func:`frame_scores` scores a model's frame accuracy
 on any cuts with senone alignments, e.g. the fixed sample of training cuts that
-:func:`spread_sample` draws, so that a train/dev gap shows over- or underfitting.
+:func:`spread_sample` draws, so that a train/dev gap shows over- or underfitting. Given a
+:class:`~asr_kd.config.KdConfig`, a variant is distilled instead, from the stored soft targets of
+stage 5 (the loss stage 6 trains its distilled and compressed students with).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import torch.nn.functional as F
 from lhotse import CutSet
 from torch import Tensor, nn
 
-from asr_kd.config import DnnConfig, TrainConfig, _check, config_from_dict, parse_overrides
+from asr_kd.config import DnnConfig, KdConfig, TrainConfig, _check, config_from_dict, parse_overrides
 from asr_kd.data.alignments import has_alignment
 from asr_kd.data.features import CmvnStats
 from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, make_loader, make_sampler
 from asr_kd.errors import ConfigError
+from asr_kd.kd.student import StoredDistillationLoss
 from asr_kd.train.frame_classifier import evaluate_frame_classifier, frame_cross_entropy, train_frame_classifier
 
 LABEL_SMOOTHING = "label_smoothing"  # the one override that is neither a DnnConfig nor a TrainConfig field
@@ -85,16 +88,29 @@ def label_smoothed_frame_cross_entropy(model: nn.Module, batch: Mapping[str, Any
     return loss, {"frame_accuracy": acc}
 
 
+def variant_loss(variant: FrameVariant, kd: KdConfig | None = None) -> Any:
+    """Return the ``compute_loss`` that trains ``variant``: stage 6's stored-target distillation
+    loss when ``kd`` is given (``kd.mode`` must be "stored"; the variant's label smoothing must be
+    0, the hard term being kd's), else the (label-smoothed) hard-target cross entropy."""
+    if kd is None:
+        return frame_cross_entropy if variant.label_smoothing == 0 else functools.partial(
+            label_smoothed_frame_cross_entropy, smoothing=variant.label_smoothing)
+    _check(kd.mode == "stored", f"variant {variant.name}: distilled variants learn from stored soft targets; set kd.mode=stored, got {kd.mode!r}")
+    _check(variant.label_smoothing == 0, f"variant {variant.name}: label_smoothing applies to hard targets only; drop it or the kd config")
+    return StoredDistillationLoss(kd)
+
+
 def train_variant(
     variant: FrameVariant, train_cuts: Path, dev_cuts: Path, train_cmvn: Path, dev_cmvn: Path, num_classes: int, exp_dir: Path,
+    kd: KdConfig | None = None,
 ) -> dict:
     """Train ``variant`` from scratch in ``exp_dir`` (train_frame_classifier's layout: best.pt,
     final.pt, ...); return ``{"steps", "epochs", "stop_reason", "best_dev_frame_accuracy",
     "history" (dev loss and frame accuracy after each epoch, "epoch" counting the epochs done), "cpu_seconds",
     "wall_seconds", "cpu_seconds_per_epoch"}``. CPU seconds are this process's (other load on the
-    machine does not count), the dev scoring after each epoch included."""
-    loss = frame_cross_entropy if variant.label_smoothing == 0 else functools.partial(
-        label_smoothed_frame_cross_entropy, smoothing=variant.label_smoothing)
+    machine does not count), the dev scoring after each epoch included. With ``kd`` it is distilled
+(:func:`variant_loss`) and ``train_cuts`` must be stage 5's cuts with the stored soft targets."""
+    loss = variant_loss(variant, kd)
     cpu, wall = time.process_time(), time.time()
     result = train_frame_classifier(train_cuts, dev_cuts, train_cmvn, dev_cmvn, num_classes, variant.dnn, variant.train, exp_dir,
                                     resume=False, compute_loss=loss)

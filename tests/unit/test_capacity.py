@@ -9,7 +9,7 @@ from lhotse import CutSet
 from lhotse.testing.dummies import dummy_cut
 
 from asr_kd.config import DnnConfig, TrainConfig
-from asr_kd.errors import ConfigError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.models.dnn import SplicedDnn, dnn_preset
 from asr_kd.train.capacity import label_smoothed_frame_cross_entropy, parse_variant, spread_sample
 from asr_kd.train.frame_classifier import frame_cross_entropy
@@ -69,3 +69,63 @@ def test_the_training_sample_spans_the_manifest_and_skips_unaligned_cuts() -> No
     assert len(spread_sample(CutSet.from_cuts(cuts), 50)) == 19
     with pytest.raises(ConfigError, match="at least 1 cut"):
         spread_sample(CutSet.from_cuts(cuts), 0)
+
+
+def test_a_distilled_variant_trains_with_stage_6s_stored_target_loss() -> None:
+    from asr_kd.config import KdConfig
+    from asr_kd.kd.student import StoredDistillationLoss
+    from asr_kd.train.capacity import variant_loss
+
+    kd = KdConfig(temperature=1.0, mode="stored")
+    plain = parse_variant("bn:bottleneck_dim=64,frame_projection_dim=16", BASE_DNN, BASE_TRAIN)
+    assert (plain.dnn.bottleneck_dim, plain.dnn.frame_projection_dim) == (64, 16)
+    loss = variant_loss(plain, kd)
+    assert isinstance(loss, StoredDistillationLoss) and loss.kd == kd
+    assert variant_loss(plain) is frame_cross_entropy
+    with pytest.raises(ConfigError, match="distilled variants learn from stored soft targets; set kd.mode=stored, got 'online'"):
+        variant_loss(plain, KdConfig(mode="online"))
+    with pytest.raises(ConfigError, match="label_smoothing applies to hard targets only"):
+        variant_loss(parse_variant("s:label_smoothing=0.1", BASE_DNN, BASE_TRAIN), kd)
+
+
+def test_variants_over_seeds_are_compared_with_the_recipes_baseline_over_its_seeds(tmp_path) -> None:
+    import json
+    import runpy
+
+    import numpy as np
+
+    from asr_kd.metrics.paired import bootstrap_difference
+    from asr_kd.stages.layout import RecipeLayout
+    from tests.conftest import REPO_ROOT
+
+    bench = runpy.run_path(str(REPO_ROOT / "bench" / "hybrid_capacity.py"))
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp")
+    rng = np.random.default_rng(0)
+    ids, words = [f"u{i:02d}" for i in range(30)], rng.integers(3, 12, 30)
+
+    def write(folder, errors, wer=None) -> None:
+        folder.mkdir(parents=True)
+        (folder / "per_utt.json").write_text(json.dumps({u: [int(e), int(w), 0, 0] for u, e, w in zip(ids, errors, words)}))
+        if wer is not None:
+            (folder / "scores.json").write_text(json.dumps({"wer": wer}))
+
+    base = [rng.integers(0, 6, 30) for _ in range(3)]
+    for k, e in enumerate(base):  # stage 7's baseline and its seeds
+        write(layout.decode / f"{'baseline' if k == 0 else f'baseline_seed{k}'}_test-clean", e, e.sum() / words.sum())
+    ours = [np.maximum(e - 1, 0) for e in base[:2]]  # a variant of two seeds, one error fewer per utterance
+    runs, results = [], []
+    for k, e in enumerate(ours):
+        name = "v" if k == 0 else f"v_seed{k}"
+        write(tmp_path / "out" / name / "decode" / f"{name}_test-clean", e)
+        variant = parse_variant("v:bottleneck_dim=8", BASE_DNN, BASE_TRAIN)
+        runs.append(bench["Run"](name, variant, k, tmp_path / "out" / name))
+        results.append({"seed": 1000 + k, "macs_per_frame": 1000, "dev": {"wer": 0.5}, "test": {"test-clean": {"wer": e.sum() / words.sum()}}})
+    (row,) = bench["compare_to_recipe"](layout, runs, results, "baseline", 4000)
+    assert row["reference_seeds"] == ["baseline", "baseline_seed1", "baseline_seed2"] and row["seeds"] == [1000, 1001]
+    assert row["teacher_share"] == 0.25 and row["test_wer_mean"] == pytest.approx(np.mean([e.sum() for e in ours]) / words.sum())
+    want = bootstrap_difference(np.mean(base, axis=0), np.mean(ours, axis=0), words.astype(float)).to_dict()
+    assert row["minus_reference"] == want and want["value"] < 0
+    table = "\n".join(bench["format_comparison"]([row], layout, 4000))
+    assert f"{100 * want['value']:+.2f} [{100 * want['low']:+.2f}, {100 * want['high']:+.2f}]" in table and "1,000 (25.0%)" in table
+    with pytest.raises(DataError, match="name a system stage 7 decoded"):
+        bench["compare_to_recipe"](layout, runs, results, "distilled", 4000)
