@@ -35,6 +35,7 @@ results="$recipe_dir/RESULTS.md"
 num_teachers=4         # teachers in the ensemble (the paper: 10)
 dnn_config=""          # DnnConfig preset or YAML; empty: the preset's
 compressed_config=""   # DnnConfig of the compressed distilled student (a quarter of a teacher's compute or less); empty: the preset's; none: no such student
+compressed_train_config="" # TrainConfig of the compressed student; empty: the preset's, or --train-config
 train_config=""        # TrainConfig YAML; empty: the preset's
 train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
 kd_config=""           # KdConfig YAML; empty: the preset's
@@ -133,6 +134,8 @@ Options (default in brackets):
   --dnn-config C       DNN preset (paper, mini, tiny) or DnnConfig YAML; empty: the preset's [$dnn_config]
   --compressed-config C  DNN preset or DnnConfig YAML of a compressed distilled student (stage 6; a row in stage 7's
                        Table 1 and stage 9's cost table); empty: the preset's; none: none [$compressed_config]
+  --compressed-train-config F  TrainConfig YAML of the compressed student; empty: the preset's, else
+                       --train-config [$compressed_train_config]
   --train-config F     TrainConfig YAML of teachers and students; empty: the preset's [$train_config]
   --train-3pct-config F  TrainConfig YAML of the 3% runs [$train_3pct_config]
   --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: the preset's [$kd_config]
@@ -188,7 +191,7 @@ while IFS= read -r line; do
   case "$line" in ""|"#"*) continue ;; esac
   key="${line%%:*}" value="${line#*:}"
   value="${value#"${value%%[! ]*}"}"
-  case "$key" in gmm_config|dnn_config|compressed_config|train_config|kd_config|decode_config|num_seeds|alignments|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
+  case "$key" in gmm_config|dnn_config|compressed_config|compressed_train_config|train_config|kd_config|decode_config|num_seeds|alignments|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
     *) die "$preset_file: unknown option '$key'" ;; esac
   case "$value" in */*|*.yaml) value="$recipe_dir/$value" ;; esac
   [ -n "${!key}" ] || printf -v "$key" '%s' "$value"
@@ -302,7 +305,7 @@ if [ "$hybrid" = true ] && in_stages 6; then
     log "Stage 6: the compressed distilled student ($compressed_config), $num_seeds seed(s)"
     run_logged "$exp/log/stage6_compressed.log" asr-kd train-student "${kd_common[@]}" --kind compressed \
       --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$compressed_config" \
-      --config "$train_config" --kd-config "$kd_config"
+      --config "${compressed_train_config:-$train_config}" --kd-config "$kd_config"
   fi
 fi
 
