@@ -54,39 +54,48 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
 
 
-def measure(num_words: int, num_sentences: int, order: int, num_test: int, work: Path) -> dict:
-    """Train, build, load and score one LM size; return the row's numbers."""
+def _make_lm(num_words: int, num_sentences: int, order: int, num_test: int, work: str) -> int:
+    """Write ``lm.arpa``, ``words.txt`` and the held-out ``test.txt`` to ``work``; return the words."""
     words = choose_words(cmudict_words(), num_words)
     text = list(synthetic_sentences(words, SyntheticTextConfig(num_sentences + num_test, seed=1)))
+    train_ngram_lm(text[:num_sentences], order, Path(work) / "lm.arpa")
+    SymbolTable.from_names(["<eps>", *words, BOS, EOS, "#0"]).to_file(Path(work) / "words.txt")
+    (Path(work) / "test.txt").write_text("".join(f"{s}\n" for s in text[num_sentences:]))
+    return len(words)
+
+
+def measure(num_words: int, num_sentences: int, order: int, num_test: int, work: Path) -> dict:
+    """Train (in a child, so that this process stays small and every step's peak is its own),
+    build, load and score one LM size; return the row's numbers."""
     work.mkdir(parents=True, exist_ok=True)
-    arpa = work / "lm.arpa"
-    train_ngram_lm(text[:num_sentences], order, arpa)
-    words_txt = work / "words.txt"
-    SymbolTable.from_names(["<eps>", *words, BOS, EOS, "#0"]).to_file(words_txt)
-    test = [s.split() for s in text[num_sentences:]]
+    arpa, words_txt = work / "lm.arpa", work / "words.txt"
+    num_words, _ = run_measured(_make_lm, num_words, num_sentences, order, num_test, str(work))
+    test = [line.split() for line in (work / "test.txt").read_text().splitlines()]
+    floor = run_measured(lambda: None)[1].peak_rss_mb  # what a step that does nothing peaks at, now
     arpa_scores, arpa_use = run_measured(_score_arpa, str(arpa), test)
     kept, build_use = run_measured(_build, str(arpa), str(words_txt), str(work / "const"))
     const_scores, const_use = run_measured(_score_const, str(work / "const"), str(words_txt), test)
     worst = max(abs(a - b) for a, b in zip(arpa_scores, const_scores))
     counts = arpa_ngram_counts(arpa)
-    return {"words": len(words), "sentences": num_sentences, "ngrams": counts, "total": sum(counts.values()),
+    return {"words": num_words, "sentences": num_sentences, "ngrams": counts, "total": sum(counts.values()),
             "arpa_bytes": _du(arpa), "const_bytes": _du(work / "const"), "arpa": arpa_use, "build": build_use, "const": const_use,
-            "max_diff_log10": worst, "test": len(test), "kept": kept}
+            "max_diff_log10": worst, "test": len(test), "kept": kept, "floor": floor}
 
 
-def format_section(command: str, rows: list[dict], floor_mb: float) -> str:
-    lines = [HEADING, "", f"Produced by `{command}`. Each step ran in a forked child process (peak = its `ru_maxrss`; a step that "
-             f"does nothing peaks at {floor_mb:.0f} MiB, the parent's memory the child shares). The LMs are trained on synthetic text "
-             "over CMUdict words: real sizes, not real statistics.", "",
+def format_section(command: str, rows: list[dict]) -> str:
+    lines = [HEADING, "", f"Produced by `{command}`. Each step ran in a forked child process (peak = its `ru_maxrss`, which "
+             "includes the parent's memory the child shares: the last column is what a step that does nothing peaks at). The LMs "
+             "are trained on synthetic text over CMUdict words: real sizes, not real statistics.", "",
              "| LM | n-grams | ARPA on disk | kaldingram: load + score, wall s / peak MiB | const: build, wall s / peak MiB | "
-             "const on disk (bytes / n-gram) | const: load + score, wall s / peak MiB | largest score difference, log10 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "const on disk (bytes / n-gram) | const: load + score, wall s / peak MiB | largest score difference, log10 | "
+             "do-nothing step, peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mb = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
         lines.append(f"| {r['words']:,} words, {r['sentences']:,} sentences | {r['total']:,} ({', '.join(f'{n}: {c:,}' for n, c in r['ngrams'].items())}) | "
                      f"{mb(r['arpa_bytes'])} | {r['arpa'].wall_s:.1f} / {r['arpa'].peak_rss_mb:.0f} | {r['build'].wall_s:.1f} / {r['build'].peak_rss_mb:.0f} | "
                      f"{mb(r['const_bytes'])} ({r['const_bytes'] / r['total']:.1f}) | {r['const'].wall_s:.1f} / {r['const'].peak_rss_mb:.0f} | "
-                     f"{r['max_diff_log10']:.1e} |")
+                     f"{r['max_diff_log10']:.1e} | {r['floor']:.0f} |")
     lines += ["", f"Scores: the log10 probability of each of {rows[-1]['test'] if rows else 0} held-out sentences of the same synthetic "
               "text, both ways. The const LM stores float32 (Kaldi's const-ARPA does too), hence differences of order 1e-6 per word. "
               "Memory of the const LM is the pages the scoring touches: its arrays are memory-mapped, not read. "
@@ -104,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = p.parse_args(argv)
     command = "python bench/const_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    floor_mb = run_measured(lambda: None)[1].peak_rss_mb
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
         rows = []
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             print(f"{size}: {r['total']:,} n-grams; kaldingram {r['arpa'].wall_s:.1f} s / {r['arpa'].peak_rss_mb:.0f} MiB; "
                   f"const {r['const'].wall_s:.1f} s / {r['const'].peak_rss_mb:.0f} MiB; max diff {r['max_diff_log10']:.1e}", flush=True)
-            write_section(args.results, HEADING, format_section(command, rows, floor_mb))
+            write_section(args.results, HEADING, format_section(command, rows))
     return 0
 
 
