@@ -46,9 +46,11 @@ def link_exp(exp: Path, out: Path) -> None:
     """Make ``out`` an experiment folder whose stage folders are links to ``exp``'s."""
     out.mkdir(parents=True, exist_ok=True)
     for name in LINKED:
-        link = out / name
-        if (exp / name).exists() and not link.exists():
-            link.symlink_to((exp / name).resolve())
+        link, target = out / name, (exp / name).resolve()
+        if link.is_symlink() and link.resolve() != target:
+            link.unlink()  # a link to another run (or a deleted one): stage 8's records would describe that run
+        if target.exists() and not link.is_symlink():
+            link.symlink_to(target)
 
 
 def _pct(x: float) -> str:

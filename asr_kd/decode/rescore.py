@@ -56,7 +56,7 @@ from asr_kd.decode.decoder import Decoded, DecodeFailure
 from asr_kd.decode.fst_utils import input_labels
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldi_decoder, kaldifst
-from asr_kd.lang.const_lm import ConstArpaLm, build_const_lm, read_const_lm_info
+from asr_kd.lang.const_lm import META_NAME, ConstArpaLm, build_const_lm, read_const_lm_info
 from asr_kd.lang.lang_dir import BOS, EOS, EPS, WORD_DISAMBIG, Lang
 from asr_kd.lang.lm import arpa_unigrams, compile_grammar_fst, filter_arpa, load_arpa, sentence_logprob10
 from asr_kd.stages.provenance import file_sha256
@@ -149,6 +149,11 @@ def check_rescoring_arpa(config: RescoreConfig) -> Path:
     arpa = Path(config.arpa)
     if config.method == "const" and read_const_lm_info(arpa) is not None:
         return arpa
+    if arpa.is_dir():
+        hint = ("build one with `asr-kd arpa-to-const`" if read_const_lm_info(arpa) is None
+                else "a const LM folder needs --rescore-method const")
+        raise DataError(f"rescoring LM {arpa} is a folder without a const LM of this version ({META_NAME}); {hint}, or pass an ARPA file"
+                        if read_const_lm_info(arpa) is None else f"rescoring LM {arpa} is a const LM folder; {hint}")
     if not arpa.is_file():
         raise DataError(f"rescoring ARPA LM {arpa} does not exist; build one with `asr-kd train-lm` or download one (e.g. openslr.org/11)")
     return arpa

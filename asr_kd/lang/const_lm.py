@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -105,8 +106,12 @@ def build_const_lm(arpa_path: Path | str, words_txt: Path | str, out_dir: Path |
         except KeyError:
             dropped[section] += 1
             continue
-        logprob = float(fields[0])
-        backoff = float(fields[section + 1]) if len(fields) > section + 1 else 0.0
+        try:
+            logprob = float(fields[0])
+            backoff = float(fields[section + 1]) if len(fields) > section + 1 else 0.0
+        except ValueError:
+            raise DataError(f"{arpa_path}: the {section}-gram line '{' '.join(fields)}' has a log-probability or back-off that is not "
+                            "a number; is this an ARPA file?") from None
         if section == 1:
             uni_lp[word_ids[0]], uni_bo[word_ids[0]] = logprob, backoff
         else:
@@ -117,7 +122,27 @@ def build_const_lm(arpa_path: Path | str, words_txt: Path | str, out_dir: Path |
     if not np.isfinite(uni_lp[[i for w, i in ids.items() if w not in (BOS, EOS)]]).any():
         raise DataError(f"no word of the ARPA LM {arpa_path} is in {words_txt}; check that both use the same spelling (upper case)")
     order = max(dropped)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Built in a folder of its own and swapped in whole at the end: a failed rebuild leaves the old
+    # LM as it was, and a process that has the old arrays memory-mapped keeps reading them.
+    final_dir, out_dir = out_dir, out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    try:
+        info = _write_orders(arpa_path, words, words_txt, out_dir, order, uni_lp, uni_bo, orders, dropped)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(final_dir, ignore_errors=True)
+    out_dir.rename(final_dir)
+    logger.info("const LM %s from %s: order %d, kept %s n-grams per order, dropped %s (words outside %s)",
+                final_dir, arpa_path, order, info.kept, dropped, words_txt)
+    return info
+
+
+def _write_orders(arpa_path: Path, words: SymbolTable, words_txt: Path | str, out_dir: Path, order: int, uni_lp: np.ndarray,
+                  uni_bo: np.ndarray, orders: dict[int, "_Order"], dropped: dict[int, int]) -> ConstLmInfo:
+    """Write the arrays of every order and then ``const_lm.json`` to ``out_dir``; DataError for an
+    n-gram without its prefix or one that appears twice."""
     np.save(out_dir / "order1_logprob.npy", uni_lp)
     np.save(out_dir / "order1_backoff.npy", uni_bo)
     kept = {1: int(np.isfinite(uni_lp).sum())}
@@ -150,8 +175,6 @@ def build_const_lm(arpa_path: Path | str, words_txt: Path | str, out_dir: Path |
         kept[n] = len(keys)
     info = ConstLmInfo(order, kept, dropped, str(arpa_path), file_sha256(arpa_path), file_sha256(words_txt))
     write_text_atomic(out_dir / META_NAME, json.dumps(dataclasses.asdict(info), indent=1) + "\n")
-    logger.info("const LM %s from %s: order %d, kept %s n-grams per order, dropped %s (words outside %s)",
-                out_dir, arpa_path, order, kept, dropped, words_txt)
     return info
 
 

@@ -376,9 +376,10 @@ def training_subsets(source: PartSource, config: GmmConfig) -> tuple[set[str] | 
     """Return the ids of the usable training cuts that the monophone and the triphones train on
     (``gmm.mono_subset``: the shortest; ``gmm.tri_subset``: spread over speakers), None for all."""
     ids = list(source.refs)
-    mono = shortest_utterances(ids, [source.mfcc[c].num_frames for c in ids], config.mono_subset) if config.mono_subset else None
+    # A subset as large as the part is the whole part: trained exactly as with 0.
+    mono = shortest_utterances(ids, [source.mfcc[c].num_frames for c in ids], config.mono_subset) if 0 < config.mono_subset < len(ids) else None
     speakers = [source.mfcc[c].supervisions[0].speaker or "" for c in ids]
-    tri = spread_over_speakers(ids, speakers, config.tri_subset, config.seed) if config.tri_subset else None
+    tri = spread_over_speakers(ids, speakers, config.tri_subset, config.seed) if 0 < config.tri_subset < len(ids) else None
     return mono, tri
 
 

@@ -134,8 +134,8 @@ Options (default in brackets):
   --dnn-config C       DNN preset (paper, mini, tiny) or DnnConfig YAML; empty: the preset's [$dnn_config]
   --compressed-config C  DNN preset or DnnConfig YAML of a compressed distilled student (stage 6; a row in stage 7's
                        Table 1 and stage 9's cost table); empty: the preset's; none: none [$compressed_config]
-  --compressed-train-config F  TrainConfig YAML of the compressed student; empty: the preset's, else
-                       --train-config [$compressed_train_config]
+  --compressed-train-config F  TrainConfig YAML of the compressed student; empty: the preset's (mini and
+                       small name one, so --train-config alone does not reach it), else --train-config [$compressed_train_config]
   --train-config F     TrainConfig YAML of teachers and students; empty: the preset's [$train_config]
   --train-3pct-config F  TrainConfig YAML of the 3% runs [$train_3pct_config]
   --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: the preset's [$kd_config]

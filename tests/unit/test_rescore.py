@@ -202,7 +202,7 @@ def test_const_lm_scores_every_sentence_as_the_arpa_lm(toy, tmp_path) -> None:
 
 
 def test_const_lm_refuses_broken_arpa_files_and_other_vocabularies(toy, tmp_path) -> None:
-    from asr_kd.lang.const_lm import build_const_lm
+    from asr_kd.lang.const_lm import build_const_lm, read_const_lm_info
 
     root, lang, tm, hclg, _ = toy
     words_txt = lang.lang_dir / "words.txt"
@@ -215,6 +215,21 @@ def test_const_lm_refuses_broken_arpa_files_and_other_vocabularies(toy, tmp_path
     (tmp_path / "orphan.arpa").write_text(orphan)
     with pytest.raises(DataError, match=rf"orphan\.arpa: the 3-gram '{prefix} \S+' has no 2-gram prefix in the LM"):
         build_const_lm(tmp_path / "orphan.arpa", words_txt, tmp_path / "c1")
+    # A failed rebuild leaves the LM that was there intact (and nothing half-written beside it).
+    good = build_const_lm(root / "4gram.arpa", words_txt, tmp_path / "c1")
+    keys = np.load(tmp_path / "c1" / "order3_keys.npy")
+    with pytest.raises(DataError, match="has no 2-gram prefix"):
+        build_const_lm(tmp_path / "orphan.arpa", words_txt, tmp_path / "c1")
+    assert read_const_lm_info(tmp_path / "c1") == good and np.array_equal(np.load(tmp_path / "c1" / "order3_keys.npy"), keys)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c1")) == ["c1"]
+    (tmp_path / "nan.arpa").write_text(text.replace("\\1-grams:\n", "\\1-grams:\nabc\tTHE\n", 1))
+    with pytest.raises(DataError, match=r"nan\.arpa: the 1-gram line 'abc THE' has a log-probability or back-off that is not a number"):
+        build_const_lm(tmp_path / "nan.arpa", words_txt, tmp_path / "c5")
+    (tmp_path / "c5").mkdir()  # the failed build left nothing; an empty folder is what a user might pass
+    with pytest.raises(DataError, match=r"is a folder without a const LM of this version \(const_lm\.json\); build one with `asr-kd arpa-to-const`"):
+        make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(tmp_path / "c5"), method="const"), tmp_path)
+    with pytest.raises(DataError, match=r"c1 is a const LM folder; a const LM folder needs --rescore-method const"):
+        make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(tmp_path / "c1")), tmp_path)
     (tmp_path / "words.arpa").write_text("just some words\n")
     with pytest.raises(DataError, match=r"words\.arpa is not an ARPA language model"):
         build_const_lm(tmp_path / "words.arpa", words_txt, tmp_path / "c2")
@@ -239,9 +254,10 @@ def test_const_lm_from_an_arpa_file_is_built_once_and_again_when_the_file_change
     arpa = tmp_path / "lm.arpa"
     arpa.write_text((root / "4gram.arpa").read_text())
     make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(arpa), method="const"), tmp_path / "work")
-    built = (tmp_path / "work" / "const_lm" / "order2_keys.npy").stat().st_ino
+    meta = tmp_path / "work" / "const_lm" / "const_lm.json"
+    built = (meta.stat().st_ino, meta.stat().st_mtime_ns)
     make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(arpa), method="const"), tmp_path / "work")
-    assert (tmp_path / "work" / "const_lm" / "order2_keys.npy").stat().st_ino == built  # the same content: reused
+    assert (meta.stat().st_ino, meta.stat().st_mtime_ns) == built  # the same content: reused, not written again
     train_lang_lm(lang.lang_dir, 2, arpa)
     make_rescorer(hclg, lang, CONFIG, RescoreConfig(str(arpa), method="const"), tmp_path / "work")
     assert read_const_lm_info(tmp_path / "work" / "const_lm").order == 2  # another LM: built again
