@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from asr_kd.decode.graph_build import choose_words
-from asr_kd.lang.const_lm import ConstArpaLm, build_const_lm
+from asr_kd.lang.const_lm import LN10, ConstArpaLm, build_const_lm
 from asr_kd.lang.lexicon import cmudict_words
 from asr_kd.lang.lm import BOS, EOS, arpa_ngram_counts, load_arpa, sentence_logprob10, train_ngram_lm
 from asr_kd.lang.symbols import SymbolTable
@@ -43,7 +43,7 @@ def _score_arpa(arpa: str, sentences: list[list[str]]) -> list[float]:
 def _score_const(folder: str, words_txt: str, sentences: list[list[str]]) -> list[float]:
     words = SymbolTable.from_file(words_txt)
     lm = ConstArpaLm(folder, words)
-    return [-lm.cost([words.id(w) for w in s]) / 2.302585092994046 for s in sentences]
+    return [-lm.cost([words.id(w) for w in s]) / LN10 for s in sentences]
 
 
 def _build(arpa: str, words_txt: str, folder: str) -> dict:

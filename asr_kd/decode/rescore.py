@@ -147,13 +147,13 @@ def check_rescoring_arpa(config: RescoreConfig) -> Path:
     """Return the path of ``config``'s ARPA LM (or const LM folder, for method "const"); DataError
     naming it if it does not exist."""
     arpa = Path(config.arpa)
-    if config.method == "const" and read_const_lm_info(arpa) is not None:
-        return arpa
     if arpa.is_dir():
-        hint = ("build one with `asr-kd arpa-to-const`" if read_const_lm_info(arpa) is None
-                else "a const LM folder needs --rescore-method const")
-        raise DataError(f"rescoring LM {arpa} is a folder without a const LM of this version ({META_NAME}); {hint}, or pass an ARPA file"
-                        if read_const_lm_info(arpa) is None else f"rescoring LM {arpa} is a const LM folder; {hint}")
+        if read_const_lm_info(arpa) is None:
+            raise DataError(f"rescoring LM {arpa} is a folder without a const LM of this version ({META_NAME}); build one with "
+                            "`asr-kd arpa-to-const`, or pass an ARPA file")
+        if config.method != "const":
+            raise DataError(f"rescoring LM {arpa} is a const LM folder; a const LM folder needs --rescore-method const")
+        return arpa
     if not arpa.is_file():
         raise DataError(f"rescoring ARPA LM {arpa} does not exist; build one with `asr-kd train-lm` or download one (e.g. openslr.org/11)")
     return arpa
@@ -170,12 +170,11 @@ def load_rescoring_lm(config: RescoreConfig, lang: Lang, old_lm: FstLm, work_dir
     arpa = check_rescoring_arpa(config)
     graph_words = {lang.words.name(i) for i in input_labels(old_lm.grammar) if i not in (0, old_lm.disambig_id)}
     if config.method == "const":
-        return _const_lm(arpa, lang, graph_words, Path(work_dir))
+        lm = _const_lm(arpa, lang, Path(work_dir))
+        _require_graph_words(arpa, graph_words, {w for w in graph_words if lm.has_word(lang.words.id(w))})
+        return lm
     vocabulary = set(arpa_unigrams(arpa, lambda w: w))
-    missing = sorted(graph_words - vocabulary)
-    if missing:
-        raise DataError(f"rescoring ARPA LM {arpa} has no unigram for {len(missing)} of the {len(graph_words)} words the first-pass "
-                        f"graph can output (e.g. {', '.join(missing[:5])}); use an LM over the lang's vocabulary (same spelling), e.g. `asr-kd train-lm`")
+    _require_graph_words(arpa, graph_words, vocabulary)
     known = {w for w in lang.words.names() if w not in (EPS, WORD_DISAMBIG, BOS, EOS)}
     outside = len(vocabulary - known)
     if outside:
@@ -187,25 +186,30 @@ def load_rescoring_lm(config: RescoreConfig, lang: Lang, old_lm: FstLm, work_dir
     return FstLm(compile_grammar_fst(filtered, lang.lang_dir / "words.txt"), lang.words.id(WORD_DISAMBIG))
 
 
-def _const_lm(source: Path, lang: Lang, graph_words: set[str], work_dir: Path) -> ConstArpaLm:
+def _require_graph_words(lm_path: Path, graph_words: set[str], covered: set[str]) -> None:
+    """DataError (one line) unless the rescoring LM at ``lm_path`` has every word the first-pass
+    graph can output (``covered``: those it has)."""
+    missing = sorted(graph_words - covered)
+    if missing:
+        raise DataError(f"rescoring LM {lm_path} has no unigram for {len(missing)} of the {len(graph_words)} words the first-pass "
+                        f"graph can output (e.g. {', '.join(missing[:5])}); use an LM over the lang's vocabulary (same spelling), e.g. `asr-kd train-lm`")
+
+
+def _const_lm(source: Path, lang: Lang, work_dir: Path) -> ConstArpaLm:
     """The const LM of ``source``: a const LM folder as it is, or an ARPA file built once into
     ``<work_dir>/const_lm`` (rebuilt when the ARPA file's or words.txt's content differs). DataError
-    when it was built over another words.txt or lacks a word the first pass can output."""
+    when it was built over another words.txt."""
     words_txt = lang.lang_dir / "words.txt"
+    words_sha = file_sha256(words_txt)
     folder = source if source.is_dir() else work_dir / "const_lm"
     info = read_const_lm_info(folder)
-    if not source.is_dir() and (info is None or info.arpa_sha256 != file_sha256(source) or info.words_sha256 != file_sha256(words_txt)):
+    if not source.is_dir() and (info is None or info.words_sha256 != words_sha or info.arpa_sha256 != file_sha256(source)):
         info = build_const_lm(source, words_txt, folder)
     assert info is not None
-    if info.words_sha256 != file_sha256(words_txt):
+    if info.words_sha256 != words_sha:
         raise DataError(f"const LM {folder} was built over another words.txt than {words_txt}; build it again with "
                         f"`asr-kd arpa-to-const --lang-dir {lang.lang_dir}`")
-    lm = ConstArpaLm(folder, lang.words)
-    missing = sorted(w for w in graph_words if not lm.has_word(lang.words.id(w)))
-    if missing:
-        raise DataError(f"rescoring LM {source} has no unigram for {len(missing)} of the {len(graph_words)} words the first-pass "
-                        f"graph can output (e.g. {', '.join(missing[:5])}); use an LM over the lang's vocabulary (same spelling), e.g. `asr-kd train-lm`")
-    return lm
+    return ConstArpaLm(folder, lang.words)
 
 
 # --------------------------------------------------------------------------------------------
