@@ -40,7 +40,7 @@ DNN_PRESETS: dict[str, DnnConfig] = {
     # "Compressed students"): each frame's 40 fbank projected to 20 once (800), the window of 26
     # projections into 3 layers of 128 (520 x 128 + 2 x 128 x 128), a linear bottleneck of 48
     # before the 500 senones (128 x 48 + 48 x 500): 130,272 MACs a frame, 24.8% of the teacher's.
-    # Measured with 30 training epochs (recipes/librispeech/conf/train_compressed_mini.yaml).
+    # Measured with 30 training epochs (recipes/librispeech/conf/train_students_mini.yaml).
     # Chosen on dev over 5 variants; over 3 seeds an 11-frame window into 3 x 128 with a bottleneck
     # of 64 (129,280 MACs) was worse on dev and better on test, both within noise (bench/RESULTS.md).
     "mini-compressed-v2": DnnConfig(feature_dim=40, left_context=20, right_context=5, hidden_dim=128, num_hidden_layers=3,

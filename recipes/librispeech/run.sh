@@ -37,6 +37,7 @@ dnn_config=""          # DnnConfig preset or YAML; empty: the preset's
 compressed_config=""   # DnnConfig of the compressed distilled student (a quarter of a teacher's compute or less); empty: the preset's; none: no such student
 compressed_train_config="" # TrainConfig of the compressed student; empty: the preset's, or --train-config
 train_config=""        # TrainConfig YAML; empty: the preset's
+student_train_config="" # TrainConfig of stage 6's hard and distilled students and stage 10's; empty: the preset's, or --train-config
 train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
 kd_config=""           # KdConfig YAML; empty: the preset's
 decode_config=""       # DecodeConfig YAML of stages 3 and 7 (beam, max-active, the acoustic-scale grid tuned on dev); empty: the preset's
@@ -137,6 +138,9 @@ Options (default in brackets):
   --compressed-train-config F  TrainConfig YAML of the compressed student; empty: the preset's (mini and
                        small name one, so --train-config alone does not reach it), else --train-config [$compressed_train_config]
   --train-config F     TrainConfig YAML of teachers and students; empty: the preset's [$train_config]
+  --student-train-config F  TrainConfig YAML of stage 6's hard-target and distilled students (the same for both
+                       kinds) and of stage 10's; empty: the preset's unless --train-config is given, else
+                       --train-config [$student_train_config]
   --train-3pct-config F  TrainConfig YAML of the 3% runs [$train_3pct_config]
   --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: the preset's [$kd_config]
   --decode-config F    DecodeConfig YAML of stages 3 and 7: one beam and max-active for every system,
@@ -187,12 +191,15 @@ command -v asr-kd >/dev/null 2>&1 || die "asr-kd is not installed: run 'make ven
 # Configs an option left empty come from the preset's file (real LibriSpeech: librispeech.yaml).
 preset_file="$recipe_dir/conf/presets/$preset.yaml"
 [ -z "$corpus_dir" ] && [ "$download" = false ] || preset_file="$recipe_dir/conf/presets/librispeech.yaml"
+train_config_given="$train_config"
 while IFS= read -r line; do
   case "$line" in ""|"#"*) continue ;; esac
   key="${line%%:*}" value="${line#*:}"
   value="${value#"${value%%[! ]*}"}"
-  case "$key" in gmm_config|dnn_config|compressed_config|compressed_train_config|train_config|kd_config|decode_config|num_seeds|alignments|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
+  case "$key" in gmm_config|dnn_config|compressed_config|compressed_train_config|train_config|student_train_config|kd_config|decode_config|num_seeds|alignments|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
     *) die "$preset_file: unknown option '$key'" ;; esac
+  # A --train-config given on the command line trains the students too, unless --student-train-config is given.
+  [ "$key" != student_train_config ] || [ -z "$train_config_given" ] || continue
   case "$value" in */*|*.yaml) value="$recipe_dir/$value" ;; esac
   [ -n "${!key}" ] || printf -v "$key" '%s' "$value"
 done < "$preset_file"
@@ -297,15 +304,15 @@ fi
 
 # Stage 6: asr_kd/stages/s6_students.py
 if [ "$hybrid" = true ] && in_stages 6; then
-  log "Stage 6: hard-target and distilled students, $num_seeds seed(s) each"
+  log "Stage 6: hard-target and distilled students, $num_seeds seed(s) each (${student_train_config:-$train_config})"
   run_logged "$exp/log/stage6_students.log" asr-kd train-student "${kd_common[@]}" --kind hard distilled \
-    --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" \
-    --kd-config "$kd_config"
+    --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" \
+    --config "${student_train_config:-$train_config}" --kd-config "$kd_config"
   if [ "$compressed_config" != none ]; then
     log "Stage 6: the compressed distilled student ($compressed_config), $num_seeds seed(s)"
     run_logged "$exp/log/stage6_compressed.log" asr-kd train-student "${kd_common[@]}" --kind compressed \
       --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$compressed_config" \
-      --config "${compressed_train_config:-$train_config}" --kd-config "$kd_config"
+      --config "${compressed_train_config:-${student_train_config:-$train_config}}" --kd-config "$kd_config"
   fi
 fi
 
@@ -363,7 +370,7 @@ if [ "$hybrid" = true ] && in_stages 10; then
   log "Stage 10: the distilled student at T = $temperatures"
   # shellcheck disable=SC2086  # one argument per temperature
   run_logged "$exp/log/stage10_temperature_sweep.log" asr-kd temperature-sweep "${kd_common[@]}" --num-teachers "$num_teachers" \
-    --model-config "$dnn_config" --config "$train_config" --kd-config "$kd_config" --decode-config "$decode_config" "${decode_beam_set[@]}" \
+    --model-config "$dnn_config" --config "${student_train_config:-$train_config}" --kd-config "$kd_config" --decode-config "$decode_config" "${decode_beam_set[@]}" \
     --kd-set "mode=$sweep_targets" --temperatures $temperatures --jobs "$nj" "${cmd_opts[@]}"
   sweep_heading='^## Temperature sweep:'
   [ "$sweep_targets" = stored ] || sweep_heading='^## Temperature sweep with online'

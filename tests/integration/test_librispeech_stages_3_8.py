@@ -53,6 +53,9 @@ def test_every_stage_records_how_it_was_made(recipe) -> None:
     assert records["students/distilled"].config["kd"]["temperature"] == 2.0 and "kd" not in records["students/hard"].config
     assert records["three_percent"].inputs["soft_targets"] == soft.fingerprint
     assert records["teachers"].config["num_teachers"] == 2 and len(list((exp / "teachers").glob("teacher*/final.pt"))) == 2
+    # The students train with the preset's student_train_config (12 epochs on tiny), the teachers with its train_config (10).
+    assert records["teachers"].config["train"]["num_epochs"] == 10
+    assert [records[f"students/{s}"].config["train"]["num_epochs"] for s in ("hard", "distilled", "hard_seed1", "distilled_seed1")] == [12] * 4
     assert records["gmm"].code_version and records["gmm"].command.startswith("./run.sh --preset tiny")
     assert not list(exp.rglob(".*.tmp*")), "no temporary file may survive a finished stage"
 

@@ -61,3 +61,22 @@ echo "$foo_bar $flag $#"
     out = subprocess.run(["bash", str(script), "--foo-bar=x y", "--flag", "true", "rest"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "x y true 1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        # A --train-config given on the command line trains the students too (the preset's student file is not used).
+        (["--train-config", "/tmp/teachers_and_students.yaml"], "/tmp/teachers_and_students.yaml"),
+        (["--train-config", "/tmp/teachers.yaml", "--student-train-config", "/tmp/students.yaml"], "/tmp/students.yaml"),
+        ([], str(REPO_ROOT / "recipes" / "librispeech" / "conf" / "train_students_tiny.yaml")),
+    ],
+)
+def test_stage6_trains_the_students_with_the_student_train_config(tmp_path: Path, args: list[str], expected: str) -> None:
+    # Stage 6 on an empty experiment folder: run.sh logs the students' TrainConfig, then stage 6 stops for want of stage 3.
+    out = run("--preset", "tiny", "--stage", "6", "--stop-stage", "6", "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"),
+              "--results", str(tmp_path / "RESULTS.md"), *args)
+    assert out.returncode != 0
+    assert f"Stage 6: hard-target and distilled students, 2 seed(s) each ({expected})" in out.stdout + out.stderr
+    assert f"--config {expected} --kd-config" in out.stdout + out.stderr
