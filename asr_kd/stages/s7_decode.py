@@ -226,6 +226,20 @@ def compressed_label(layout: RecipeLayout, n: int) -> str:
     return f"Compressed distilled model ({100 * share:.1f}% of a teacher's multiply-adds)"
 
 
+def describe_training(layout: RecipeLayout, kinds: Sequence[str]) -> str:
+    """Return one sentence on how long each network of Table 1 trained, from the stage records:
+    the teachers' epochs and each student kind's (its first seed's record)."""
+    def epochs(record) -> str:
+        return str(record.config["train"]["num_epochs"])
+
+    parts = [f"teachers {epochs(require_record(layout.teachers, 'stage 4 (asr-kd train-teachers)'))}"]
+    by_kind = {k: epochs(require_record(layout.student_dir(k, 0), f"stage 6 ({k} student)")) for k in kinds}
+    names = {"hard": "baseline", "distilled": "distilled", "compressed": "compressed"}
+    parts += [f"{names[k]} {n}" for k, n in by_kind.items()]
+    return ("Training epochs (stage 4 and 6 records; each student kind's TrainConfig is run.sh's --student-train-config, "
+            "the compressed student's --compressed-train-config): " + ", ".join(parts) + ".")
+
+
 def evaluate_systems(
     layout: RecipeLayout, decode_config: DecodeConfig, fusion: str = "arithmetic", num_teachers: int | None = None,
     decode_parts: Sequence[str] | None = None, score_teachers: bool = True, max_duration: float = 20.0,
@@ -322,6 +336,7 @@ def evaluate_systems(
         test = scores["baseline"][layout.test_part]
         text += (f"\nEvery system is decoded on all {test.utterances} {layout.test_part} utterances ({test.ref_words} words); frame "
                  f"accuracy is over the {test.aligned_utterances} of them that stage 3 aligned ({test.frames} frames).\n")
+        text += "\n" + describe_training(layout, kinds) + "\n"
         text += "\n" + describe_decoding(decode_config, layout.dev_part) + f" Frame accuracy is against {describe_alignments(layout)}. " \
             "Per-utterance details: `exp/decode/<system>_<part>/wer_details`.\n"
         text += environment_lines([layout.decode])

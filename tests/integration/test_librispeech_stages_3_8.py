@@ -76,6 +76,8 @@ def test_results_md_holds_every_table_with_its_command(recipe) -> None:
     # Every number comes from the stage's own record of its outputs.
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
     section1 = text[text.index("## Table 1 analogue"):]
+    # How long each network trained, from the records (tiny: the teachers' 10 epochs, the students' file 12).
+    assert "teachers 10, baseline 12, distilled 12, compressed 12." in section1[:section1.index("## Table 5")]
     test = table1["ensemble"]["test-clean"]
     assert f"| {100 * test['frame_accuracy']:.1f}% | {100 * test['wer']:.2f}% ({test['substitutions']}/" in section1
     for student in ("baseline", "distilled"):  # two seeds on tiny: means and standard deviations
