@@ -743,7 +743,7 @@ def longer_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
     the extra training alone changed."""
     x = r["longer"]["longer_vs_generalist"]
     gain, loss, p = x["only_a_right"], x["only_b_right"], x["p_value"]
-    words = "significant" if p < alpha else f"within noise (p >= {alpha:g})"
+    words = f"within noise (p >= {alpha:g})" if p >= alpha else f"a significant {'gain' if gain > loss else 'loss'} (p < {alpha:g})"
     return (
         f"The extra training alone (the control against the generalist): {gain} only the longer generalist gets right, {loss} only "
         f"the generalist (net {gain - loss:+d}), McNemar exact p={p:.2g}; {words}."

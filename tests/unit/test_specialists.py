@@ -308,4 +308,6 @@ def test_longer_verdict_reports_what_the_extra_training_alone_changed():
         "generalist (net +5), McNemar exact p=0.8; within noise (p >= 0.05)."
     )
     r["longer"]["longer_vs_generalist"]["p_value"] = 0.01
-    assert longer_verdict(r).endswith("p=0.01; significant.")
+    assert longer_verdict(r).endswith("p=0.01; a significant gain (p < 0.05).")
+    r["longer"]["longer_vs_generalist"]["only_a_right"] = 90
+    assert longer_verdict(r).endswith("(net -35), McNemar exact p=0.01; a significant loss (p < 0.05).")
