@@ -357,7 +357,9 @@ def train_longer_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, A
 def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """Combine the generalist with the active specialists on the test set; save the
     distributions; return the overall accuracies, McNemar's paired test of the combination
-    against the generalist on the test examples, and the Table 4 analogue."""
+    against the generalist on the test examples, and the Table 4 analogue; when the control
+    (stage ``longer``) has finished, also its accuracy and the paired tests of the combination
+    against it and of it against the generalist (under ``"longer"``)."""
     task, _ = _task(exp_dir)
     sets = _class_sets(exp_dir)
     p_g = torch.softmax(_generalist_logits(exp_dir)["test"].double(), -1)
@@ -371,7 +373,7 @@ def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         np.savez(tmp, generalist=p_g.numpy(), combined=q.numpy(), labels=labels.numpy(), active=active.numpy())
     gen_ok, comb_ok = (p_g.argmax(-1) == labels).numpy(), (q.argmax(-1) == labels).numpy()
     paired = mcnemar_exact(comb_ok, gen_ok)
-    control = {}
+    control: dict[str, Any] = {}
     if finished_result(exp_dir, "longer") is not None:  # the control ran: compare with it too
         with np.load(_need(stage_dir(exp_dir, "longer") / "logits.npz", "longer")) as z:
             longer_ok = (torch.from_numpy(z["test"]).argmax(-1) == labels).numpy()
