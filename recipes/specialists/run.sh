@@ -11,7 +11,7 @@ cmdline="$0 $*"  # recorded in RESULTS.md (captured before option parsing consum
 
 # ---- options (every one has its default here, before parsing) -------------------------------
 stage=0
-stop_stage=4
+stop_stage=5
 task=mnist-pairs       # mnist-pairs (images; also task=single via --set) or senones (speech frames)
 preset=default         # conf/<preset>.yaml (senones: conf/senones[_tiny].yaml): default (minutes on 2 CPU cores), tiny (seconds)
                        # or fashion (Fashion-MNIST's 10 classes, all its images; needs --data-dir)
@@ -38,8 +38,11 @@ Stages. $stage_records_help
   2  clusters     k-means on the covariance of the generalist's validation predictions
   3  specialists  one net per class set: its classes plus a dustbin, initialised from the
                   generalist, trained on data half from its classes
-  4  combine      KL combination of generalist and active specialists on the test set;
-                  accuracy and the Table 4 analogue
+  4  longer       the control: the generalist continued from its weights for as many
+                  minibatch steps as the specialists took together (the same extra training)
+  5  combine      KL combination of generalist and active specialists on the test set,
+                  compared with the generalist and with the control (McNemar); accuracy and
+                  the Table 4 analogue
 Every stage rewrites its task's section of --results from the records of all finished stages
 (\$exp/<name>/result.json), keeping the other tasks' sections.
 TensorBoard logs: \$exp/<name>/tensorboard; logs: \$exp/log.
@@ -67,7 +70,7 @@ Examples:
   $0 --preset tiny --exp /tmp/specialists_tiny --results /tmp/specialists_tiny/RESULTS.md
   $0 --data-dir DIR --set 'task=single num_test_images=0 num_val_images=5000 num_clusters=3'
   $0 --preset fashion --data-dir /usr/share/datasets/fashion-mnist   # Debian's dataset-fashion-mnist
-  $0 --stage 4 --stop-stage 4 --set 'top_n=2'   # redoes the combine stage only
+  $0 --stage 5 --stop-stage 5 --set 'top_n=2'   # redoes the combine stage only
   $0 --task senones --gmm-exp ../librispeech/exp --data-dir ../librispeech/data
 "
 
@@ -120,6 +123,7 @@ run_stage 0 prepare "the many-class task ($task)"
 run_stage 1 generalist "the generalist over all classes"
 run_stage 2 clusters "confusable class sets"
 run_stage 3 specialists "specialists with a dustbin class"
-run_stage 4 combine "KL combination and the Table 4 analogue"
+run_stage 4 longer "the control: the generalist trained longer by the specialists' budget"
+run_stage 5 combine "KL combination against both baselines and the Table 4 analogue"
 
 log "Done: stages $stage to $stop_stage; results in $results"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 from asr_kd.data.mnist import load_splits
-from asr_kd.experiments.specialists import combination_verdict
+from asr_kd.experiments.classifier import predict_logits
+from asr_kd.experiments.specialists import both_baselines_verdict, combination_verdict, control_verdict, longer_verdict
 from asr_kd.kd.specialists import combination_objective, specialist_term_weights
+from asr_kd.models.mlp import MLP
 from tests.conftest import REPO_ROOT
 
 RUN_SH = REPO_ROOT / "recipes" / "specialists" / "run.sh"
@@ -105,3 +108,57 @@ def test_results_tables(recipe: Path) -> None:
     mean_gap = np.mean([d["generalist_mean_dustbin"] - d["outside_share"] for d in dust])
     assert abs(mean_gap) < 0.1
     assert "### Specialists against the generalist on the same footing" in text
+
+
+def _load_mlp(path: Path, hidden: list[int], num_classes: int) -> MLP:
+    model = MLP(2 * 28 * 28, hidden, num_classes)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+def test_control_trained_the_specialists_budget_and_results_show_its_numbers(recipe: Path) -> None:
+    longer, combine, gen = _record(recipe, "longer"), _record(recipe, "combine"), _record(recipe, "generalist")
+    rows = _record(recipe, "specialists")["rows"]
+    task = load_splits(recipe / "prepare" / "task.npz")
+    # the specialists' steps, counted as they trained, are their epochs over their training sets
+    assert [r["steps"] for r in rows] == [3 * math.ceil(r["train_examples"] / 100) for r in rows]  # tiny: 3 epochs, batch 100
+    sets = json.loads((recipe / "clusters" / "clusters.json").read_text())
+    # each trains on its classes' examples plus as many from the rest (the dustbin)
+    assert [r["train_examples"] for r in rows] == [2 * int(np.isin(task["train"].labels, s).sum()) for s in sets]
+    # the control took exactly that many steps more than the generalist's 6 epochs
+    per_epoch = math.ceil(len(task["train"]) / 100)
+    assert longer["steps"] == longer["budget_steps"] == sum(r["steps"] for r in rows) > per_epoch
+    assert longer["generalist_steps"] == 6 * per_epoch == gen["epochs"] * per_epoch
+    assert longer["total_steps"] == longer["generalist_steps"] + longer["steps"]
+    # its accuracy and the paired counts are those of the saved model
+    assert gen["hidden"] == [128]
+    model = _load_mlp(recipe / "longer" / "model.pt", gen["hidden"], 100)
+    logits = predict_logits(model, task["test"].inputs())
+    with np.load(recipe / "longer" / "logits.npz") as z:
+        assert np.allclose(z["test"], logits.numpy(), atol=1e-5)
+    longer_ok = (logits.argmax(-1) == task["test"].targets()).numpy()
+    assert longer["test_accuracy"] == pytest.approx(longer_ok.mean()) and combine["longer"]["accuracy"] == pytest.approx(longer_ok.mean())
+    z = np.load(recipe / "combine" / "test.npz")
+    comb_ok, gen_ok = z["combined"].argmax(1) == z["labels"], z["generalist"].argmax(1) == z["labels"]
+    vs = combine["longer"]["combined_vs_longer"]
+    assert (vs["only_a_right"], vs["only_b_right"]) == (int((comb_ok & ~longer_ok).sum()), int((longer_ok & ~comb_ok).sum()))
+    assert 0 < vs["p_value"] <= 1
+    vs_gen = combine["longer"]["longer_vs_generalist"]
+    assert vs_gen["only_a_right"] - vs_gen["only_b_right"] == int(longer_ok.sum()) - int(gen_ok.sum())
+    # RESULTS.md and the combine log say it, with the record's numbers
+    text = (recipe / "RESULTS.md").read_text()
+    assert f"| generalist trained longer (the control, stage 4) | {100 * longer_ok.mean():.2f}% |" in text
+    assert f"for {longer['steps']} more minibatch steps" in text and f"{longer['total_steps']} steps in all" in text
+    assert control_verdict(combine) in text and both_baselines_verdict(combine) in text and longer_verdict(combine) in text
+    log = (recipe / "log" / "stage5_combine.log").read_text()
+    assert control_verdict(combine) in log and both_baselines_verdict(combine) in log
+
+
+def test_control_is_trained_not_a_copy_of_the_generalist(recipe: Path) -> None:
+    # a control that silently reused the generalist would have its weights and its predictions
+    gen = torch.load(recipe / "generalist" / "model.pt", weights_only=True)
+    longer = torch.load(recipe / "longer" / "model.pt", weights_only=True)
+    assert gen.keys() == longer.keys()
+    assert all((gen[k] - longer[k]).abs().max() > 1e-3 for k in gen)
+    with np.load(recipe / "generalist" / "logits.npz") as g, np.load(recipe / "longer" / "logits.npz") as c:
+        assert (g["test"].argmax(1) != c["test"].argmax(1)).sum() > 0

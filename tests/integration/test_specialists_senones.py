@@ -117,7 +117,7 @@ def test_rerun_skips_finished_stages_and_keeps_one_section(recipe: tuple[Path, P
     data, _, gmm_exp = tiny_stage3
     before = (exp / "combine" / "test.npz").stat().st_mtime_ns
     out = _run("--task", "senones", "--preset", "tiny", "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--exp", str(exp), "--results", str(results))
-    assert out.returncode == 0 and (out.stdout + out.stderr).count("matches its config and inputs); skipping") == 5
+    assert out.returncode == 0 and (out.stdout + out.stderr).count("matches its config and inputs); skipping") == 6
     assert (exp / "combine" / "test.npz").stat().st_mtime_ns == before
     assert results.read_text().count("## Task: senones") == 1
 

@@ -259,3 +259,55 @@ def test_dustbin_share_of_the_training_set_and_its_prior_correction():
     assert dustbin_prior_correction(0.1, 3.0) == pytest.approx(np.log(3.0))
     with pytest.raises(ConfigError, match="outside_ratio must be > 0, got 0"):
         specialist_training_indices(labels, [0], seed=0, outside_ratio=0)
+
+
+def test_control_verdicts_need_a_significant_gain_over_both_baselines():
+    from asr_kd.experiments.specialists import both_baselines_verdict, control_verdict
+
+    # Fashion-MNIST-like: a gain over the generalist, none over the generalist trained longer
+    r = {"num_test": 10000, "only_combined_right": 190, "only_generalist_right": 120, "p_value": 8.6e-5,
+         "longer": {"accuracy": 0.885, "combined_vs_longer": {"only_a_right": 100, "only_b_right": 130, "p_value": 0.056}}}
+    assert control_verdict(r) == (
+        "Against the generalist trained longer: 100 only the combination gets right, 130 only the longer generalist (net -30), "
+        "McNemar exact p=0.056; within noise (p >= 0.05): the specialists add nothing that training the generalist as long does not."
+    )
+    assert both_baselines_verdict(r) == "The combination does not significantly beat the generalist trained longer: the specialists do not earn their place here."
+    r["longer"]["combined_vs_longer"] = {"only_a_right": 160, "only_b_right": 100, "p_value": 2.5e-4}
+    assert control_verdict(r).endswith("a significant gain (p < 0.05): the specialists add more than the same extra training of the generalist.")
+    assert both_baselines_verdict(r) == "The combination significantly beats both baselines: the specialists earn their place."
+    r["p_value"] = 0.3
+    assert both_baselines_verdict(r).startswith("The combination does not significantly beat the generalist:")
+    r["longer"]["combined_vs_longer"] = {"only_a_right": 50, "only_b_right": 120, "p_value": 1e-7}
+    assert control_verdict(r).endswith("a significant loss (p < 0.05): training the generalist longer beats adding the specialists.")
+    assert both_baselines_verdict(r).startswith("The combination does not significantly beat the generalist or the generalist trained longer:")
+
+
+def test_a_step_budget_trains_exactly_that_many_steps_with_a_partial_last_epoch():
+    from asr_kd.experiments.classifier import TrainSpec, train_classifier
+    from asr_kd.experiments.specialists import counting_steps
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(250, 6, generator=g), torch.randint(0, 3, (250,), generator=g)
+    model = MLP(6, [8], 3)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with counting_steps(model) as steps:
+        losses = train_classifier(model, x, y, TrainSpec(1, 100, 1e-2, 0, max_steps=7))  # 3 steps an epoch: 3 + 3 + 1
+    assert steps[0] == 7 and len(losses) == 3 and all(np.isfinite(losses))
+    assert any(not torch.equal(start[k], v) for k, v in model.state_dict().items())
+    with counting_steps(model) as steps:
+        train_classifier(model, x, y, TrainSpec(2, 100, 1e-2, 0))  # without a budget: whole epochs
+    assert steps[0] == 6
+
+
+def test_longer_verdict_reports_what_the_extra_training_alone_changed():
+    from asr_kd.experiments.specialists import longer_verdict
+
+    r = {"longer": {"longer_vs_generalist": {"only_a_right": 130, "only_b_right": 125, "p_value": 0.8}}}
+    assert longer_verdict(r) == (
+        "The extra training alone (the control against the generalist): 130 only the longer generalist gets right, 125 only the "
+        "generalist (net +5), McNemar exact p=0.8; within noise (p >= 0.05)."
+    )
+    r["longer"]["longer_vs_generalist"]["p_value"] = 0.01
+    assert longer_verdict(r).endswith("p=0.01; a significant gain (p < 0.05).")
+    r["longer"]["longer_vs_generalist"]["only_a_right"] = 90
+    assert longer_verdict(r).endswith("(net -35), McNemar exact p=0.01; a significant loss (p < 0.05).")
