@@ -22,8 +22,9 @@ writes into ``exp_dir/<stage>/`` and is skipped, redone or refused by its proven
 The control answers whether the specialists earn their place or only add training: on
 Fashion-MNIST every significant gain of the combination over a generalist vanished when the
 generalist was trained longer (issue 16). ``longer`` continues the generalist from its weights for
-exactly as many minibatch steps as the specialists took together (the same examples seen through
-the same hidden layers, so about the same compute), with the generalist's own learning rate and
+exactly as many minibatch steps as the specialists took together (as many minibatches through the
+same hidden layers, so about the same compute; the specialists see their own classes and dustbin
+examples, the control the whole training set), with the generalist's own learning rate and
 cosine schedule.
 """
 

@@ -236,8 +236,7 @@ def describe_training(layout: RecipeLayout, kinds: Sequence[str]) -> str:
     by_kind = {k: epochs(require_record(layout.student_dir(k, 0), f"stage 6 ({k} student)")) for k in kinds}
     names = {"hard": "baseline", "distilled": "distilled", "compressed": "compressed"}
     parts += [f"{names[k]} {n}" for k, n in by_kind.items()]
-    return ("Training epochs (stage 4 and 6 records; each student kind's TrainConfig is run.sh's --student-train-config, "
-            "the compressed student's --compressed-train-config): " + ", ".join(parts) + ".")
+    return "Training epochs (num_epochs of each network's TrainConfig, from the stage 4 and stage 6 records): " + ", ".join(parts) + "."
 
 
 def evaluate_systems(

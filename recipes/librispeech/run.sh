@@ -35,8 +35,8 @@ results="$recipe_dir/RESULTS.md"
 num_teachers=4         # teachers in the ensemble (the paper: 10)
 dnn_config=""          # DnnConfig preset or YAML; empty: the preset's
 compressed_config=""   # DnnConfig of the compressed distilled student (a quarter of a teacher's compute or less); empty: the preset's; none: no such student
-compressed_train_config="" # TrainConfig of the compressed student; empty: the preset's, or --train-config
-train_config=""        # TrainConfig YAML; empty: the preset's
+compressed_train_config="" # TrainConfig of the compressed student; empty: the preset's, else --student-train-config, else --train-config
+train_config=""        # TrainConfig YAML of the teachers and the realignment DNN (given here: the students' too); empty: the preset's
 student_train_config="" # TrainConfig of stage 6's hard and distilled students and stage 10's; empty: the preset's, or --train-config
 train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
 kd_config=""           # KdConfig YAML; empty: the preset's
@@ -135,9 +135,10 @@ Options (default in brackets):
   --dnn-config C       DNN preset (paper, mini, tiny) or DnnConfig YAML; empty: the preset's [$dnn_config]
   --compressed-config C  DNN preset or DnnConfig YAML of a compressed distilled student (stage 6; a row in stage 7's
                        Table 1 and stage 9's cost table); empty: the preset's; none: none [$compressed_config]
-  --compressed-train-config F  TrainConfig YAML of the compressed student; empty: the preset's (mini and
-                       small name one, so --train-config alone does not reach it), else --train-config [$compressed_train_config]
-  --train-config F     TrainConfig YAML of teachers and students; empty: the preset's [$train_config]
+  --compressed-train-config F  TrainConfig YAML of the compressed student; empty: the preset's if it names one,
+                       else --student-train-config, else --train-config [$compressed_train_config]
+  --train-config F     TrainConfig YAML of the teachers and stage 3's realignment DNN, and of the students unless
+                       --student-train-config is given; empty: the preset's [$train_config]
   --student-train-config F  TrainConfig YAML of stage 6's hard-target and distilled students (the same for both
                        kinds) and of stage 10's; empty: the preset's unless --train-config is given, else
                        --train-config [$student_train_config]
@@ -304,7 +305,8 @@ fi
 
 # Stage 6: asr_kd/stages/s6_students.py
 if [ "$hybrid" = true ] && in_stages 6; then
-  log "Stage 6: hard-target and distilled students, $num_seeds seed(s) each (${student_train_config:-$train_config})"
+  log "Stage 6: TrainConfig of the hard-target and distilled students: ${student_train_config:-$train_config}; of the compressed student: ${compressed_train_config:-${student_train_config:-$train_config}}"
+  log "Stage 6: hard-target and distilled students, $num_seeds seed(s) each"
   run_logged "$exp/log/stage6_students.log" asr-kd train-student "${kd_common[@]}" --kind hard distilled \
     --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" \
     --config "${student_train_config:-$train_config}" --kd-config "$kd_config"
@@ -367,7 +369,7 @@ fi
 
 # Stage 10: asr_kd/stages/s10_temperature_sweep.py (opt-in)
 if [ "$hybrid" = true ] && in_stages 10; then
-  log "Stage 10: the distilled student at T = $temperatures"
+  log "Stage 10: the distilled student at T = $temperatures (${student_train_config:-$train_config})"
   # shellcheck disable=SC2086  # one argument per temperature
   run_logged "$exp/log/stage10_temperature_sweep.log" asr-kd temperature-sweep "${kd_common[@]}" --num-teachers "$num_teachers" \
     --model-config "$dnn_config" --config "${student_train_config:-$train_config}" --kd-config "$kd_config" --decode-config "$decode_config" "${decode_beam_set[@]}" \
