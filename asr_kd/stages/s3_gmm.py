@@ -38,7 +38,7 @@ from lhotse.cut import Cut
 from tqdm import tqdm
 
 from asr_kd.config import GMM_ALIGN_CHUNK, DecodeConfig, GmmConfig, save_config
-from asr_kd.data.alignments import store_alignment_chunks
+from asr_kd.data.alignments import write_alignment_chunks
 from asr_kd.data.features import CmvnStats, cmvn_key, cmvn_path, cuts_path
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.gmm.features import gmm_features
@@ -552,11 +552,11 @@ def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, la
                     count(senones)
                     yield chunk.fbank_cuts, senones
 
-            cuts = store_alignment_chunks(aligned_chunks(), layout.ali / f"storage_{name}", name=SENONES_FIELD)
+            # The cuts go to their manifest as they are stored: never a part's Cuts in memory.
+            write_alignment_chunks(aligned_chunks(), layout.ali / f"storage_{name}", layout.ali_cuts(name), name=SENONES_FIELD)
             if not totals["cuts"]:
+                layout.ali_cuts(name).unlink()
                 raise DataError(f"part {name}: no utterance could be aligned with {layout.gmm_model('tri')}; check its transcripts or raise gmm.retry_beam")
-            with atomic_path(layout.ali_cuts(name)) as path:
-                cuts.to_file(path)
             merge_tids(layout.tids(name), pieces)  # last: with the cuts, marks the part aligned
     info = {**totals, "skipped": source.num_cuts - totals["cuts"]}
     logger.info("%s: %d cuts aligned (%d frames), %d skipped", name, info["cuts"], info["frames"], info["skipped"])

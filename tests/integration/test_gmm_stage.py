@@ -7,6 +7,7 @@ these tests check what it wrote against the stage-3 output contract.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 import shutil
@@ -322,6 +323,13 @@ def test_written_alignments_equal_those_of_list_alignments(stage3, tmp_path):
         assert a.id == b.id
         np.testing.assert_array_equal(load_alignment(a), np.asarray([tri.tm.transition_id_to_pdf(t) for t in lists[a.id]]))
         np.testing.assert_array_equal(load_alignment(a), load_alignment(b))
+    # The stage streamed its cuts to their manifest (write_alignment_chunks): the manifest the
+    # in-memory CutSet writes, but for the archive's folder.
+    ours.to_file(tmp_path / "cuts.jsonl.gz")
+    with gzip.open(tmp_path / "cuts.jsonl.gz", "rt") as f:
+        expected = f.read().replace(str(tmp_path / "storage"), "STORAGE")
+    with gzip.open(paths.ali_cuts("dev-clean"), "rt") as f:
+        assert f.read().replace(str(paths.ali / "storage_dev-clean"), "STORAGE") == expected
 
 
 @pytest.mark.slow
