@@ -74,7 +74,7 @@ def run_variant(args: argparse.Namespace, name: str, overrides: dict[str, str]) 
     # The frames of each system's training utterances, whose features EM holds (without subsets,
     # every usable utterance of the training part).
     train = sources[args.train_part]
-    every = sum(train.mfcc[c].num_frames for c in train.refs)
+    every = int(train.num_frames.sum())
     em_frames = {s: info["frames"] for s, info in subsets.items()} or {"mono": every, "tri": every}
     return {"name": name, "overrides": overrides, "align_chunk": align_chunk, "train_align": train_align, "timings": timings, "em_frames": em_frames,
             "subsets": subsets, "aligned": aligned, "tri_wer": wers, "num_senones": tri.num_pdfs, "peak_rss_mb_total": round(_peak_rss_mb(), 1)}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from lhotse import CutSet
@@ -33,6 +33,7 @@ from tqdm import tqdm
 # imports this module, so manifests that name ``npy_archive`` can always be loaded.
 from asr_kd.data.array_archive import ArchiveError, atomic_archive_dir
 from asr_kd.errors import DataError
+from asr_kd.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,41 @@ def store_alignment_chunks(
     yields ``(cuts, alignments)`` pairs (it may be a generator that computes each chunk when asked,
     so that only one chunk's alignments are in memory), all written into one archive in order.
     Returns every stored cut; the archive is the one :func:`store_alignments` writes for the
-    concatenated cuts and alignments."""
+    concatenated cuts and alignments. :func:`write_alignment_chunks` writes the cuts to a manifest
+    instead of returning them."""
     out: list[Cut] = []
+    _store_chunks(chunks, storage_path, name, frame_shift, out.append)
+    return CutSet.from_cuts(out)
+
+
+def write_alignment_chunks(
+    chunks: Iterable[tuple[Iterable[Cut], Mapping[str, np.ndarray]]],
+    storage_path: Path | str,
+    manifest_path: Path | str,
+    name: str = "senones",
+    frame_shift: float = 0.01,
+) -> int:
+    """:func:`store_alignment_chunks` that writes the stored cuts to the cut manifest
+    ``manifest_path`` (atomically) a cut at a time as they are stored, so that no more than a
+    chunk's Cuts are ever in memory (a part's would take about 5 KB each: bench/gmm_memory.py).
+    The manifest holds what ``store_alignment_chunks(...).to_file(manifest_path)`` writes; returns
+    the number of stored cuts."""
+    stored = 0
+    with atomic_path(manifest_path) as tmp, CutSet.open_writer(tmp) as writer:
+
+        def write(cut: Cut) -> None:
+            nonlocal stored
+            writer.write(cut)
+            stored += 1
+
+        _store_chunks(chunks, storage_path, name, frame_shift, write)
+    return stored
+
+
+def _store_chunks(chunks: Iterable[tuple[Iterable[Cut], Mapping[str, np.ndarray]]], storage_path: Path | str, name: str, frame_shift: float,
+                  stored: Callable[[Cut], None]) -> None:
+    """Write the alignments of ``chunks`` into one archive and pass each stored cut (with its
+    custom field ``name``) to ``stored``, in order."""
     missing: list[str] = []
     total = 0
     with atomic_archive_dir(storage_path) as writer:
@@ -99,10 +133,9 @@ def store_alignment_chunks(
                 if labels.size and (labels.min() < np.iinfo(LABEL_DTYPE).min or labels.max() > np.iinfo(LABEL_DTYPE).max):
                     raise DataError(f"cut {cut.id}: {name} values do not fit in int32; use label ids below 2**31")
                 array = writer.store_array(cut.id, labels.astype(LABEL_DTYPE), frame_shift=frame_shift, temporal_dim=0, start=0.0)
-                out.append(cut.with_custom(name, array))
+                stored(cut.with_custom(name, array))
     if missing:
         log.warning("%s: %d of %d cuts have no alignment and were dropped (first: %s)", name, len(missing), total, missing[0])
-    return CutSet.from_cuts(out)
 
 
 def has_alignment(cut: Cut, name: str = "senones") -> bool:

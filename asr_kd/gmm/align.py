@@ -199,6 +199,8 @@ def phone_segments(tm: khg.TransitionModel, tids: Sequence[int]) -> list[tuple[i
     into the HMM's final state *and* the self-loops of that same state that follow it (Kaldi's
     SplitToPhones rule); this also separates two instances of the same phone in a row.
     """
+    if isinstance(tids, np.ndarray):
+        tids = tids.tolist()  # the binding's calls take Python ints (stage 3 keeps alignments as int32 arrays)
     out: list[tuple[int, int, int]] = []
     start = 0
     final_state = -1  # transition state whose exit to the final state has been seen
@@ -329,6 +331,7 @@ def convert_alignments(
             first_tid[(int(new.phone[tid]), new_pdfs[tid])] = tid
     out: dict[str, list[int]] = {}
     for utt_id, tids in alignments.items():
+        tids = np.asarray(tids).tolist()
         segs = phone_segments(old_tm, tids)
         windows = context_windows([p for p, _, _ in segs], new_tree.context_width, new_tree.central_position)
         conv: list[int] = []

@@ -95,12 +95,12 @@ class GraphInputs:
 
 @dataclasses.dataclass
 class TrainingResult:
-    """A trained system, its final alignments (transition-ids per utterance id), the average
-    per-frame GMM log-likelihood of every iteration, how many utterances were skipped, and the
-    frames that each iteration's EM statistics counted."""
+    """A trained system, its final alignments (int32 transition-ids per utterance id), the
+    average per-frame GMM log-likelihood of every iteration, how many utterances were skipped,
+    and the frames that each iteration's EM statistics counted."""
 
     system: GmmSystem
-    alignments: dict[str, list[int]]
+    alignments: dict[str, np.ndarray]
     log_likelihood_history: list[float]
     num_skipped: int
     frames_history: list[int] = dataclasses.field(default_factory=list)
@@ -330,7 +330,7 @@ def _run_em(system: GmmSystem, data: _Data, alignments: Alignments, schedule: _S
         if target > system.am.num_gauss:
             mix_up(system.am, stats.pdf_frames, target, config.power, config.perturb_factor, MIXUP_MIN_COUNT, rng)
         logger.info("%s iter %d: avg log-likelihood %.4f per frame, %d Gaussians, %d utterances skipped", name, it, like, system.am.num_gauss, skipped)
-    final = {utterances[i].id: a.tolist() for i, a in enumerate(alignments) if a is not None}
+    final = {utterances[i].id: a for i, a in enumerate(alignments) if a is not None}
     return TrainingResult(system, final, history, len(utterances) - len(final), frames)
 
 
@@ -430,7 +430,7 @@ def _tree_stats(mono: GmmSystem, utterances: Sequence[Utterance], alignments: Ma
     return TreeStats.from_dict(3, 1, table, have[0].feats.shape[1] if have else 0)
 
 
-def build_triphone_tree(mono: GmmSystem, utterances: Sequence[Utterance], alignments: dict[str, list[int]], inputs: GraphInputs, config: GmmConfig, extra_questions: Iterable[Iterable[int]] = (), num_jobs: int = 1) -> tuple[Tree, TreeStats]:
+def build_triphone_tree(mono: GmmSystem, utterances: Sequence[Utterance], alignments: Mapping[str, Sequence[int]], inputs: GraphInputs, config: GmmConfig, extra_questions: Iterable[Iterable[int]] = (), num_jobs: int = 1) -> tuple[Tree, TreeStats]:
     """Return a triphone tree (window of 3) built from monophone alignments, and its statistics
     (gathered in ``num_jobs`` processes)."""
     stats = _tree_stats(mono, utterances, alignments, num_jobs)
@@ -454,7 +454,7 @@ def _convert_alignments(data: _Data, alignments: Mapping[str, Sequence[int]], ol
     return out
 
 
-def train_triphone(inputs: GraphInputs, utterances: Sequence[Utterance], mono: GmmSystem, mono_alignments: dict[str, list[int]], config: GmmConfig, extra_questions: Iterable[Iterable[int]] = (), num_jobs: int = 1, tmp_dir: Path | str | None = None) -> TrainingResult:
+def train_triphone(inputs: GraphInputs, utterances: Sequence[Utterance], mono: GmmSystem, mono_alignments: Mapping[str, Sequence[int]], config: GmmConfig, extra_questions: Iterable[Iterable[int]] = (), num_jobs: int = 1, tmp_dir: Path | str | None = None) -> TrainingResult:
     """Return a tied-triphone system: tree from the monophone alignments, then EM training
     (``num_jobs`` and ``tmp_dir`` as in :func:`train_monophone`)."""
     _check_utterances(utterances)
@@ -479,8 +479,8 @@ def _graph_dir(tmp_dir: Path | str | None) -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="asr_kd_graphs_", dir=tmp_dir)
 
 
-def align_utterances(system: GmmSystem, inputs: GraphInputs, utterances: Sequence[Utterance], config: GmmConfig, num_jobs: int = 1, desc: str = "align") -> tuple[dict[str, list[int]], int]:
-    """Return the final model's Viterbi alignments (transition-ids per utterance id) and the
+def align_utterances(system: GmmSystem, inputs: GraphInputs, utterances: Sequence[Utterance], config: GmmConfig, num_jobs: int = 1, desc: str = "align") -> tuple[dict[str, np.ndarray], int]:
+    """Return the final model's Viterbi alignments (int32 transition-ids per utterance id) and the
     number of utterances that could not be aligned (logged and left out), computed in
     ``num_jobs`` processes.
 
@@ -496,11 +496,13 @@ def align_utterances(system: GmmSystem, inputs: GraphInputs, utterances: Sequenc
         graphs = {i: g for i in chunk if (g := _compile_one(compiler, utterances[i])) is not None}
         return _align_chunk(system, utterances, graphs, chunk, opts)
 
-    alignments: dict[str, list[int]] = {}
+    # int32 arrays as the workers return them: 4 bytes a frame, where Python lists of ints took
+    # about 36 (bench/gmm_memory.py).
+    alignments: dict[str, np.ndarray] = {}
     failed = [0]
 
     def consume(part: tuple[dict[int, np.ndarray], int]) -> None:
-        alignments.update((utterances[i].id, ali.tolist()) for i, ali in part[0].items())
+        alignments.update((utterances[i].id, ali) for i, ali in part[0].items())
         failed[0] += part[1]
 
     chunks = frame_chunks([u.feats.shape[0] for u in utterances], max(TRAIN_CHUNKS, 4 * num_jobs))

@@ -16,13 +16,15 @@ Memory: the monophone and the triphones train on subsets of the training part wh
 ``gmm.mono_subset`` / ``gmm.tri_subset`` are set (Kaldi's LibriSpeech recipe), and only the
 features of the subset being trained are in memory; every part is then aligned and decoded
 ``align_chunk`` cuts at a time, each chunk's alignments written before the next chunk is loaded.
-The part's manifests (cuts, transcripts) stay in memory, its features do not.
+Of a part's manifests, only ids, transcripts, frame counts and speakers stay in memory (the
+cuts are read lazily, a chunk at a time), and alignments are int32 arrays, never lists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import json
 import logging
 import tempfile
@@ -31,12 +33,12 @@ from pathlib import Path
 from typing import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
-from lhotse import CutSet, load_manifest
+from lhotse import CutSet, load_manifest_lazy
 from lhotse.cut import Cut
 from tqdm import tqdm
 
 from asr_kd.config import GMM_ALIGN_CHUNK, DecodeConfig, GmmConfig, save_config
-from asr_kd.data.alignments import store_alignment_chunks
+from asr_kd.data.alignments import write_alignment_chunks
 from asr_kd.data.features import CmvnStats, cmvn_key, cmvn_path, cuts_path
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.gmm.features import gmm_features
@@ -88,10 +90,15 @@ class PartData:
         return sum(u.feats.shape[0] for u in self.utterances)
 
 
-def _load_cuts(path: Path, what: str) -> CutSet:
+def _check_cuts(path: Path, what: str) -> Path:
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist; run stage 1 (features) for this part first")
-    return load_manifest(path)
+    return path
+
+
+def _lazy_cuts(path: Path) -> Iterator[Cut]:
+    """Yield the cuts of a manifest one at a time, read from the file as they are asked for."""
+    return iter(load_manifest_lazy(path))
 
 
 def _cut_text(cut: Cut) -> str:
@@ -107,10 +114,41 @@ def _cmvn_key(cut: Cut, stats: CmvnStats) -> str:
     return "global"
 
 
+class _CutFinder:
+    """Finds cuts by id in a manifest read once, lazily, from start to end: cuts read past on the
+    way to a wanted one are kept (only those of ``wanted_ids``) until they are asked for. When the
+    manifest's order is the order they are asked for in (stage 1 writes the MFCC and fbank
+    manifests in one order), almost nothing is kept."""
+
+    def __init__(self, path: Path, wanted_ids: Collection[str]) -> None:
+        self.path = path
+        self._cuts = _lazy_cuts(path)
+        self._wanted = wanted_ids
+        self._kept: dict[str, Cut] = {}
+
+    def take(self, ids: Sequence[str]) -> list[Cut]:
+        """Return the cuts ``ids``, in that order (each id once per finder); DataError if the
+        manifest does not hold one of them."""
+        for cut_id in ids:
+            while cut_id not in self._kept:
+                cut = next(self._cuts, None)
+                if cut is None:
+                    raise DataError(f"{self.path} has no cut {cut_id} (or it was asked for twice); "
+                                    "the manifest changed while stage 3 ran: rerun stage 3")
+                if cut.id in self._wanted:
+                    self._kept[cut.id] = cut
+        return [self._kept.pop(cut_id) for cut_id in ids]
+
+
 class PartSource:
     """Where one part's GMM inputs come from (stage 1's MFCC and fbank cuts, CMVN statistics),
     with features loaded only when asked: all of them (:meth:`load`), some (``cut_ids``), or a
     chunk of cuts at a time (:meth:`chunks`), so that stage 3 need not hold a whole part.
+
+    The cut manifests are read lazily (``lhotse.load_manifest_lazy``) every time cuts are needed:
+    held in memory are the usable cuts' ids, transcripts (``refs``), frame counts and speakers
+    (201 bytes a cut on tiny's cuts against the Cut objects' 4,826: bench/gmm_memory.py), never
+    the Cuts of a part.
 
     A cut whose MFCC frame count differs from its fbank cut's, or without a transcript, is
     skipped (counted and logged when the source is opened): its alignment could not be attached
@@ -120,55 +158,79 @@ class PartSource:
     def __init__(self, data_dir: Path | str, part: str) -> None:
         data_dir = Path(data_dir)
         self.name = part
-        mfcc_cuts = _load_cuts(cuts_path(data_dir / "mfcc", part), "MFCC cuts")
-        self.fbank_cuts = _load_cuts(cuts_path(data_dir / "fbank", part), "fbank cuts")
+        self.mfcc_path = _check_cuts(cuts_path(data_dir / "mfcc", part), "MFCC cuts")
+        self.fbank_path = _check_cuts(cuts_path(data_dir / "fbank", part), "fbank cuts")
         self.stats = CmvnStats.load(cmvn_path(data_dir / "mfcc", part))
-        fbank_frames = {c.id: c.num_frames for c in self.fbank_cuts}
-        self.mfcc: dict[str, Cut] = {}
+        fbank_frames = {c.id: c.num_frames for c in _lazy_cuts(self.fbank_path)}  # let go once the MFCC cuts are read
+        self.num_cuts = len(fbank_frames)  # fbank cuts: what the part's alignments are attached to
         self.refs: dict[str, str] = {}  # usable cuts, in the MFCC cuts' order
+        frames: list[int] = []
+        speakers: list[str] = []
         self.skipped: list[str] = []
-        for cut in mfcc_cuts:
+        num_mfcc = 0
+        for cut in _lazy_cuts(self.mfcc_path):
+            num_mfcc += 1
             text = _cut_text(cut)
             if cut.id not in fbank_frames or fbank_frames[cut.id] != cut.num_frames or not text:
                 logger.warning("%s: cut %s skipped (%s)", part, cut.id, "no transcript" if not text else "no fbank cut with the same frame count")
                 self.skipped.append(cut.id)
                 continue
-            self.mfcc[cut.id] = cut
             self.refs[cut.id] = text
+            frames.append(cut.num_frames)
+            speakers.append(cut.supervisions[0].speaker or "")
+        del fbank_frames
         if self.skipped:
-            logger.warning("%s: %d of %d cuts skipped before alignment (first: %s)", part, len(self.skipped), len(mfcc_cuts), self.skipped[0])
+            logger.warning("%s: %d of %d cuts skipped before alignment (first: %s)", part, len(self.skipped), num_mfcc, self.skipped[0])
         if not self.refs:
             raise DataError(f"part {part}: no cut has MFCC features, a transcript and a matching fbank cut; rerun stage 1 for it")
+        self.num_frames = np.asarray(frames, dtype=np.int32)  # per usable cut, in refs' order
+        # Speakers as indices into one list: a part has thousands of cuts per speaker name.
+        names, index = np.unique(np.asarray(speakers, dtype=object), return_inverse=True)
+        self._speaker_names, self._speaker_index = [str(n) for n in names], index.astype(np.int32)
 
-    def utterances(self, cut_ids: Sequence[str], lang: Lang, config: GmmConfig) -> list[Utterance]:
-        """Return the GMM utterances of the usable ``cut_ids``, in that order: MFCC + per-speaker
-        CMN + deltas, word ids (OOV words map to the lang's OOV word)."""
+    @property
+    def speakers(self) -> list[str]:
+        """The speaker of every usable cut, in ``refs``' order ("" where the cut names none)."""
+        return [self._speaker_names[i] for i in self._speaker_index]
+
+    def _features(self, cuts: Sequence[Cut], lang: Lang, config: GmmConfig) -> list[Utterance]:
+        """Return the GMM utterances of MFCC ``cuts``: MFCC + per-speaker CMN + deltas, word ids
+        (OOV words map to the lang's OOV word)."""
         out: list[Utterance] = []
-        for cut_id in tqdm(cut_ids, desc=f"GMM features {self.name}", leave=False, disable=None):
-            cut = self.mfcc[cut_id]
+        for cut in tqdm(cuts, desc=f"GMM features {self.name}", leave=False, disable=None):
             x = self.stats.normalize(cut.load_features(), _cmvn_key(cut, self.stats), variance=False)
             feats = gmm_features(x, config.delta_order, config.delta_window, config.utterance_cmvn)
-            out.append(Utterance(cut_id, feats, tuple(lang.word_ids(self.refs[cut_id].split()))))
+            out.append(Utterance(cut.id, feats, tuple(lang.word_ids(self.refs[cut.id].split()))))
         return out
+
+    def utterances(self, cut_ids: Sequence[str], lang: Lang, config: GmmConfig) -> list[Utterance]:
+        """Return the GMM utterances of the usable ``cut_ids``, in that order (the MFCC manifest
+        read once)."""
+        ids = [c for c in cut_ids if c in self.refs]
+        wanted = set(ids)
+        cuts = {c.id: c for c in _lazy_cuts(self.mfcc_path) if c.id in wanted}
+        return self._features([cuts[c] for c in ids], lang, config)
 
     def load(self, lang: Lang, config: GmmConfig, cut_ids: Collection[str] | None = None) -> PartData:
         """Return the part's inputs with the features of every usable cut (of ``cut_ids`` only,
-        when given), in the MFCC cuts' order."""
+        when given), in the MFCC cuts' order, and the fbank cuts (those of ``cut_ids`` when given)."""
         ids = [c for c in self.refs if cut_ids is None or c in cut_ids]
-        return PartData(self.name, self.utterances(ids, lang, config), {c: self.refs[c] for c in ids}, self.fbank_cuts, len(self.skipped))
+        fbank = CutSet.from_cuts([c for c in _lazy_cuts(self.fbank_path) if cut_ids is None or c.id in cut_ids])
+        return PartData(self.name, self.utterances(ids, lang, config), {c: self.refs[c] for c in ids}, fbank, len(self.skipped))
 
     def num_chunks(self, chunk_size: int) -> int:
         """Return how many chunks :meth:`chunks` yields for ``chunk_size``."""
-        return -(-len(self.fbank_cuts) // chunk_size)
+        return -(-self.num_cuts // chunk_size)
 
     def chunks(self, lang: Lang, config: GmmConfig, chunk_size: int) -> Iterator[PartData]:
         """Yield the part in chunks of ``chunk_size`` fbank cuts (in their order), each with the
-        features of its usable cuts only, loaded when the chunk is asked for."""
-        fbank = list(self.fbank_cuts)
-        for start in range(0, len(fbank), chunk_size):
-            cuts = fbank[start : start + chunk_size]
+        features of its usable cuts only, loaded when the chunk is asked for. Both manifests are
+        read once, lazily, alongside the chunks: only one chunk's Cuts are in memory."""
+        fbank = _lazy_cuts(self.fbank_path)
+        mfcc = _CutFinder(self.mfcc_path, self.refs)
+        while cuts := list(itertools.islice(fbank, chunk_size)):
             ids = [c.id for c in cuts if c.id in self.refs]
-            yield PartData(self.name, self.utterances(ids, lang, config), {c: self.refs[c] for c in ids}, CutSet.from_cuts(cuts), 0)
+            yield PartData(self.name, self._features(mfcc.take(ids), lang, config), {c: self.refs[c] for c in ids}, CutSet.from_cuts(cuts), 0)
 
 
 def load_part(data_dir: Path | str, part: str, lang: Lang, config: GmmConfig, cut_ids: Collection[str] | None = None) -> PartData:
@@ -183,14 +245,20 @@ def load_part(data_dir: Path | str, part: str, lang: Lang, config: GmmConfig, cu
 # --------------------------------------------------------------------------------------------
 
 
-def write_tids(path: Path | str, alignments: Mapping[str, Sequence[int]]) -> None:
-    """Write transition-id alignments in Kaldi's text format (``utt tid tid ...``), sorted."""
-    write_text_atomic(path, "".join(f"{u} {' '.join(map(str, alignments[u]))}\n" for u in sorted(alignments)))
+def _ints(tids: Sequence[int] | np.ndarray) -> Sequence[int]:
+    return tids.tolist() if isinstance(tids, np.ndarray) else tids
 
 
-def read_tids(path: Path | str) -> dict[str, list[int]]:
-    """Read alignments written by :func:`write_tids`; DataError naming the file if it is bad."""
-    return {utt: tids.tolist() for utt, tids in iter_tids(path)}
+def write_tids(path: Path | str, alignments: Mapping[str, Sequence[int] | np.ndarray]) -> None:
+    """Write transition-id alignments (integer arrays or lists) in Kaldi's text format
+    (``utt tid tid ...``), sorted."""
+    write_text_atomic(path, "".join(f"{u} {' '.join(map(str, _ints(alignments[u])))}\n" for u in sorted(alignments)))
+
+
+def read_tids(path: Path | str) -> dict[str, np.ndarray]:
+    """Read alignments written by :func:`write_tids` (int32 transition-ids per utterance id);
+    DataError naming the file if it is bad."""
+    return dict(iter_tids(path))
 
 
 def iter_tids(path: Path | str) -> Iterator[tuple[str, np.ndarray]]:
@@ -224,8 +292,8 @@ def merge_tids(path: Path | str, pieces: Sequence[Path]) -> None:
             f.close()
 
 
-def align_parallel(system: GmmSystem, inputs: GraphInputs, utterances: Sequence[Utterance], config: GmmConfig, num_jobs: int, desc: str = "align") -> dict[str, list[int]]:
-    """Return the Viterbi alignments (transition-ids) of ``utterances`` with the final model,
+def align_parallel(system: GmmSystem, inputs: GraphInputs, utterances: Sequence[Utterance], config: GmmConfig, num_jobs: int, desc: str = "align") -> dict[str, np.ndarray]:
+    """Return the Viterbi alignments (int32 transition-ids) of ``utterances`` with the final model,
     computed in ``num_jobs`` forked processes; utterances that fail are absent (logged)."""
     alignments, _ = align_utterances(system, inputs, utterances, config, num_jobs, desc)
     return alignments
@@ -377,9 +445,8 @@ def training_subsets(source: PartSource, config: GmmConfig) -> tuple[set[str] | 
     (``gmm.mono_subset``: the shortest; ``gmm.tri_subset``: spread over speakers), None for all."""
     ids = list(source.refs)
     # A subset as large as the part is the whole part: trained exactly as with 0.
-    mono = shortest_utterances(ids, [source.mfcc[c].num_frames for c in ids], config.mono_subset) if 0 < config.mono_subset < len(ids) else None
-    speakers = [source.mfcc[c].supervisions[0].speaker or "" for c in ids]
-    tri = spread_over_speakers(ids, speakers, config.tri_subset, config.seed) if 0 < config.tri_subset < len(ids) else None
+    mono = shortest_utterances(ids, source.num_frames.tolist(), config.mono_subset) if 0 < config.mono_subset < len(ids) else None
+    tri = spread_over_speakers(ids, source.speakers, config.tri_subset, config.seed) if 0 < config.tri_subset < len(ids) else None
     return mono, tri
 
 
@@ -478,21 +545,21 @@ def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, la
 
             def aligned_chunks() -> Iterator[tuple[CutSet, dict[str, np.ndarray]]]:
                 for k, chunk in enumerate(source.chunks(lang, config, align_chunk)):
-                    desc = f"align {name}" + (f" ({k + 1}/{source.num_chunks(align_chunk)})" if k or align_chunk < len(source.fbank_cuts) else "")
+                    desc = f"align {name}" + (f" ({k + 1}/{source.num_chunks(align_chunk)})" if k or align_chunk < source.num_cuts else "")
                     tids = align_parallel(system, inputs, chunk.utterances, config, num_jobs, desc) if chunk.utterances else {}
                     pieces.append(Path(tmp) / f"tids.{k}.txt")
                     write_tids(pieces[-1], tids)
-                    senones = {utt: tid_to_pdf[np.asarray(ali, dtype=np.int64)] for utt, ali in tids.items()}
+                    senones = {utt: tid_to_pdf[ali] for utt, ali in tids.items()}
                     count(senones)
                     yield chunk.fbank_cuts, senones
 
-            cuts = store_alignment_chunks(aligned_chunks(), layout.ali / f"storage_{name}", name=SENONES_FIELD)
+            # The cuts go to their manifest as they are stored: never a part's Cuts in memory.
+            write_alignment_chunks(aligned_chunks(), layout.ali / f"storage_{name}", layout.ali_cuts(name), name=SENONES_FIELD)
             if not totals["cuts"]:
+                layout.ali_cuts(name).unlink()
                 raise DataError(f"part {name}: no utterance could be aligned with {layout.gmm_model('tri')}; check its transcripts or raise gmm.retry_beam")
-            with atomic_path(layout.ali_cuts(name)) as path:
-                cuts.to_file(path)
             merge_tids(layout.tids(name), pieces)  # last: with the cuts, marks the part aligned
-    info = {**totals, "skipped": len(source.fbank_cuts) - totals["cuts"]}
+    info = {**totals, "skipped": source.num_cuts - totals["cuts"]}
     logger.info("%s: %d cuts aligned (%d frames), %d skipped", name, info["cuts"], info["frames"], info["skipped"])
     return info
 
@@ -504,6 +571,13 @@ def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, source: Par
     its WER entry (with ``acoustic_scale`` and, for a sweep, ``sweep``) and whether it was decoded
     now (False: read back). A part of more than ``align_chunk`` cuts is decoded a chunk at a time
     (its features loaded again for each scale of a sweep)."""
+    # Why a multi-chunk sweep reloads features rather than decoding every scale on each chunk: the
+    # search is adaptive (which scales it decodes depends on the part's totals at the scales before),
+    # so decoding all of them per chunk would decode scales it never needs; and loading costs little
+    # next to decoding (timed once on the tests' tiny run: 0.02 CPU s to load dev-clean's features
+    # against 0.08 to decode them with tiny's toy graph, about 4 us a frame to load; mini's graph
+    # decodes at RTF 0.03, about 300 us a frame: bench/RESULTS.md, gmm_speed). LibriSpeech's
+    # dev-clean (2,703 cuts) is one chunk at the default 5,000 anyway: its features load once.
     from asr_kd.decode.gmm_decode import decode_gmm_batch
     from asr_kd.decode.hclg import load_hclg
     from asr_kd.decode.tuning import sweep_scales

@@ -7,6 +7,7 @@ these tests check what it wrote against the stage-3 output contract.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 import shutil
@@ -286,6 +287,91 @@ def test_alignment_and_decoding_in_chunks_equal_one_chunk(stage3, tmp_path):
     assert (copy.gmm_decode("tri", "dev-clean") / "hyp.txt").read_text() == (paths.gmm_decode("tri", "dev-clean") / "hyp.txt").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_written_alignments_equal_those_of_list_alignments(stage3, tmp_path):
+    """Stage 3 keeps alignments as int32 arrays from the aligner to the archive; what it wrote for
+    dev-clean must be, byte for byte, what the list-based path writes: each utterance aligned
+    alone by viterbi_align (Python lists), its tids written from lists and its senones stored from
+    senone_alignment of the lists."""
+    from asr_kd.data.alignments import store_alignments
+    from asr_kd.gmm.align import AlignOptions, GraphCompiler, viterbi_align
+    from asr_kd.gmm.train import GraphInputs
+    from asr_kd.stages.s3_gmm import PartSource
+
+    data, lang, paths, _ = stage3
+    config = GmmConfig(**json_config(paths))
+    tri = GmmSystem.load(paths.gmm_model("tri"))
+    inputs = GraphInputs.from_lang(lang)
+    compiler = GraphCompiler(tri.tm, tri.ctx_dep, inputs.lexicon_fst, inputs.disambig_phones)
+    opts = AlignOptions(config.beam, config.retry_beam, config.graph_scales)
+    lists: dict[str, list[int]] = {}
+    for u in PartSource(data, "dev-clean").load(lang, config).utterances:
+        ali, _ = viterbi_align(compiler.compile(u.word_ids), tri.am, tri.tm, u.feats, opts, u.id)
+        if ali is not None:
+            assert isinstance(ali, list)
+            lists[u.id] = ali
+    assert len(lists) >= 18
+    write_tids(tmp_path / "tids.txt", lists)
+    assert (tmp_path / "tids.txt").read_bytes() == paths.tids("dev-clean").read_bytes()
+    written = read_tids(paths.tids("dev-clean"))
+    assert all(a.dtype == np.int32 for a in written.values())
+    fbank = load_manifest(data / "fbank" / "cuts_dev-clean.jsonl.gz")
+    ours = store_alignments(fbank, {u: senone_alignment(tri.tm, a) for u, a in lists.items()}, tmp_path / "storage")
+    assert (tmp_path / "storage" / "arrays.npa").read_bytes() == (paths.ali / "storage_dev-clean" / "arrays.npa").read_bytes()
+    for a, b in zip(ours, load_manifest(paths.ali_cuts("dev-clean")), strict=True):
+        assert a.id == b.id
+        np.testing.assert_array_equal(load_alignment(a), np.asarray([tri.tm.transition_id_to_pdf(t) for t in lists[a.id]]))
+        np.testing.assert_array_equal(load_alignment(a), load_alignment(b))
+    # The stage streamed its cuts to their manifest (write_alignment_chunks): the manifest the
+    # in-memory CutSet writes, but for the archive's folder.
+    ours.to_file(tmp_path / "cuts.jsonl.gz")
+    with gzip.open(tmp_path / "cuts.jsonl.gz", "rt") as f:
+        expected = f.read().replace(str(tmp_path / "storage"), "STORAGE")
+    with gzip.open(paths.ali_cuts("dev-clean"), "rt") as f:
+        assert f.read().replace(str(paths.ali / "storage_dev-clean"), "STORAGE") == expected
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_lazy_chunks_find_every_cut_whatever_the_manifest_order(stage3, tmp_path):
+    """PartSource reads the manifests lazily and pairs each fbank chunk with its MFCC cuts while
+    streaming the MFCC manifest: with the MFCC cuts in reverse order (the worst case for that
+    stream), every chunk must still hold all its usable cuts, with the features and transcripts
+    that loading the whole part gives."""
+    from lhotse import CutSet
+
+    from asr_kd.data.features import cmvn_path, cuts_path
+    from asr_kd.stages.s3_gmm import PartSource
+
+    data, lang, paths, _ = stage3
+    config = GmmConfig(**json_config(paths))
+    copy = tmp_path / "data"
+    for kind in ("mfcc", "fbank"):
+        (copy / kind).mkdir(parents=True)
+        cuts = list(load_manifest(cuts_path(data / kind, "dev-clean")))
+        CutSet.from_cuts(cuts[::-1] if kind == "mfcc" else cuts).to_file(cuts_path(copy / kind, "dev-clean"))
+        shutil.copy(cmvn_path(data / kind, "dev-clean"), cmvn_path(copy / kind, "dev-clean"))
+    whole = PartSource(data, "dev-clean").load(lang, config)
+    source = PartSource(copy, "dev-clean")
+    assert source.refs == whole.refs and source.num_cuts == len(whole.fbank_cuts) == 20
+    fbank_order = [c.id for c in whole.fbank_cuts]
+    seen: list[str] = []
+    by_id = {u.id: u for u in whole.utterances}
+    for chunk in source.chunks(lang, config, 3):
+        assert [c.id for c in chunk.fbank_cuts] == fbank_order[len(seen) : len(seen) + len(chunk.fbank_cuts)]
+        assert [u.id for u in chunk.utterances] == [c.id for c in chunk.fbank_cuts if c.id in whole.refs]
+        for u in chunk.utterances:
+            np.testing.assert_array_equal(u.feats, by_id[u.id].feats)
+            assert u.word_ids == by_id[u.id].word_ids and chunk.refs[u.id] == whole.refs[u.id]
+        seen += [c.id for c in chunk.fbank_cuts]
+    assert seen == fbank_order
+    # The per-cut facts the training subsets are chosen from.
+    mfcc = {c.id: c for c in load_manifest(cuts_path(data / "mfcc", "dev-clean"))}
+    assert source.num_frames.tolist() == [mfcc[c].num_frames for c in source.refs]
+    assert source.speakers == [mfcc[c].supervisions[0].speaker for c in source.refs]
+
+
 def json_config(paths: RecipeLayout) -> dict:
     """Return the GmmConfig fields the stage recorded in gmm.yaml."""
     import yaml
@@ -315,7 +401,12 @@ def test_cli_reports_config_errors_in_one_line(tiny_stage3, tmp_path, capsys):
 def test_tids_text_round_trip(tmp_path_factory, alignments):
     path = tmp_path_factory.mktemp("tids") / "tids.txt"
     write_tids(path, alignments)
-    assert read_tids(path) == alignments
+    back = read_tids(path)
+    assert {u: a.tolist() for u, a in back.items()} == alignments and all(a.dtype == np.int32 for a in back.values())
+    # int32 arrays (what the aligner returns now) are written as the lists they hold were.
+    array_path = path.with_name("arrays.txt")
+    write_tids(array_path, {u: np.asarray(a, dtype=np.int32) for u, a in alignments.items()})
+    assert array_path.read_bytes() == path.read_bytes()
 
 
 @settings(max_examples=30, deadline=None)

@@ -160,3 +160,28 @@ def test_rewriting_replaces_the_old_storage(fbank_cuts: CutSet, tmp_path: Path) 
     for cut in out:
         np.testing.assert_array_equal(load_alignment(cut), second[cut.id])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_streamed_manifest_is_the_stored_cutsets_file(fbank_cuts: CutSet, tmp_path: Path) -> None:
+    """write_alignment_chunks (stage 3: cuts written as they are stored, never a part in memory)
+    writes the manifest and archive that store_alignment_chunks's CutSet and archive are."""
+    from asr_kd.data.alignments import store_alignment_chunks, write_alignment_chunks
+
+    cuts = list(fbank_cuts)
+    ali = _random_alignments(fbank_cuts, seed=5)
+    del ali[cuts[1].id]  # a cut the aligner left out is dropped from both
+    chunks = [(cuts[:2], {c.id: ali[c.id] for c in cuts[:2] if c.id in ali}), (cuts[2:], {c.id: ali[c.id] for c in cuts[2:]})]
+    stored = store_alignment_chunks(chunks, tmp_path / "a")
+    stored.to_file(tmp_path / "a.jsonl.gz")
+    assert write_alignment_chunks(chunks, tmp_path / "b", tmp_path / "b.jsonl.gz") == len(stored) == len(cuts) - 1
+    assert (tmp_path / "a" / ARCHIVE_NAME).read_bytes() == (tmp_path / "b" / ARCHIVE_NAME).read_bytes()
+    streamed = list(load_manifest_lazy(tmp_path / "b.jsonl.gz"))
+    assert [c.id for c in streamed] == [c.id for c in stored]
+    for a, b in zip(stored, streamed):
+        np.testing.assert_array_equal(load_alignment(a), load_alignment(b))
+        np.testing.assert_array_equal(load_alignment(b), ali[b.id])
+    # A failed write leaves neither manifest nor archive behind.
+    bad = [(cuts, {c.id: ali.get(c.id, np.zeros(3, np.int32)) for c in cuts})]
+    with pytest.raises(DataError):
+        write_alignment_chunks(bad, tmp_path / "c", tmp_path / "c.jsonl.gz")
+    assert not (tmp_path / "c.jsonl.gz").exists() and not (tmp_path / "c").exists()
