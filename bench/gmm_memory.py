@@ -204,7 +204,6 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
              "| cuts | frames | cuts: eager (before) | cuts: lazy PartSource (now) | chunks pass: peak | storing: one CutSet, peak (before) | storing: streamed, peak (now) | alignments: lists (before) | lists, large model (before) | int32 arrays (now) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for n in sizes:
-        ch = rss[("chunks", n)]
         def peak(kind: str) -> str:
             r = rss[(kind, n)]
             traced_peak = f" / {traced[(kind, n)]['traced_peak_bytes'] / 2**20:.1f}" if (kind, n) in traced else ""

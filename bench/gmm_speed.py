@@ -122,7 +122,7 @@ def _model_difference(a: TrainingResult, b: TrainingResult) -> dict[str, float]:
     if a.system.am.num_gauss != b.system.am.num_gauss:
         return {"ali_diff": float("nan"), "mean_diff": float("nan"), "var_diff": float("nan")}
     (ma, va), (mb, vb) = _parameters(a.system.am), _parameters(b.system.am)
-    ali = sum(a.alignments.get(k) != b.alignments.get(k) for k in set(a.alignments) | set(b.alignments))
+    ali = sum(not np.array_equal(a.alignments.get(k), b.alignments.get(k)) for k in set(a.alignments) | set(b.alignments))
     return {"ali_diff": ali, "mean_diff": float(np.max(np.abs(ma - mb) / np.sqrt(va))), "var_diff": float(np.max(np.abs(va - vb) / va))}
 
 

@@ -200,7 +200,7 @@ def phone_segments(tm: khg.TransitionModel, tids: Sequence[int]) -> list[tuple[i
     SplitToPhones rule); this also separates two instances of the same phone in a row.
     """
     if isinstance(tids, np.ndarray):
-        tids = tids.tolist()  # the binding's calls take Python ints (stage 3 keeps alignments as int32 arrays)
+        tids = tids.tolist()  # one conversion: the per-frame calls below are slower on numpy scalars
     out: list[tuple[int, int, int]] = []
     start = 0
     final_state = -1  # transition state whose exit to the final state has been seen
