@@ -119,7 +119,11 @@ def test_trained_models_beat_an_untrained_one(egs_run: tuple[Path, Path, Path]) 
     and dev/test on frame accuracy. Measured on tiny_stage3 (150 triphone senones): untrained
     99% WER on the training utterances, 2% frame accuracy; the students 6% (hard) and 14% WER
     there on the espeak-only corpus, 51% (hard) on the three-family corpus with perturbed
-    speakers and rooms; about 30% dev and 17% test frame accuracy (and 88-91% test WER).
+    speakers and rooms; about 30% dev and 17% test frame accuracy (and 88-91% test WER). The
+    same code on another CPU (AMD EPYC against Intel Xeon, 2026-12-01) gave 70% (hard) and 67%
+    (distilled): the synthesised corpus itself differs across machines (mini's training part by
+    247 of 369,600 frames), and 20 utterances swing far; hence the bound of 80%, still far from
+    the untrained network's 99-100%.
     """
     data, exp, _ = egs_run
     layout = RecipeLayout(data, exp)
@@ -134,7 +138,7 @@ def test_trained_models_beat_an_untrained_one(egs_run: tuple[Path, Path, Path]) 
     for kind in ("hard", "distilled"):
         model = load_frame_classifier(model_checkpoint(layout.student_dir(kind)))
         trained = score_system(kind, [model], layout, train_part, (0.1,), decode, max_cuts=20)
-        assert trained.wer is not None and trained.wer < 0.65 < untrained.wer, (kind, trained.wer, untrained.wer)
+        assert trained.wer is not None and trained.wer < 0.8 < untrained.wer, (kind, trained.wer, untrained.wer)
     chance = {part: score_system("untrained", [random_model], layout, part, (), decode).frame_accuracy
               for part in ("dev-clean", "test-clean")}
     for system in ("baseline", "ensemble", "distilled"):
