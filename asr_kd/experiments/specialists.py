@@ -232,6 +232,17 @@ def _prepare_senones(cfg: SpecialistConfig, exp_dir: Path, data_dir: Path | str 
     return {"task": cfg.task, "source": source, "num_classes": k, "sizes": {s: len(v) for s, v in task.items()}, **info}
 
 
+def _save_model_and_logits(model: torch.nn.Module, task: dict, out: Path) -> float:
+    """Save a trained generalist-shaped ``model`` and its validation and test logits in ``out``;
+    return its test accuracy."""
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    logits = {s: predict_logits(model, task[s].inputs()) for s in ("val", "test")}
+    with atomic_path(out / "logits.npz") as tmp:
+        np.savez(tmp, **{s: v.numpy() for s, v in logits.items()})
+    return float((logits["test"].argmax(-1) == task["test"].targets()).double().mean())
+
+
 def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """Train the generalist on all classes; save it and its val / test logits; return its
     test accuracy."""
@@ -242,12 +253,7 @@ def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     out = stage_dir(exp_dir, "generalist")
     with _writer(out, "generalist") as writer:
         train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist")
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
-    logits = {s: predict_logits(model, task[s].inputs()) for s in ("val", "test")}
-    with atomic_path(out / "logits.npz") as tmp:
-        np.savez(tmp, **{s: v.numpy() for s, v in logits.items()})
-    acc = float((logits["test"].argmax(-1) == task["test"].targets()).double().mean())
+    acc = _save_model_and_logits(model, task, out)
     return {"num_classes": k, "hidden": list(cfg.generalist_hidden), "dropout": cfg.generalist_dropout, "epochs": cfg.generalist_epochs, "test_accuracy": acc}
 
 
@@ -341,12 +347,7 @@ def train_longer_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, A
     spec = TrainSpec(1, cfg.batch_size, cfg.learning_rate, cfg.seed + LONGER_SEED_OFFSET, max_steps=budget)
     with _writer(out, "longer") as writer, counting_steps(model) as steps:
         train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="longer generalist")
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
-    logits = {s: predict_logits(model, task[s].inputs()) for s in ("val", "test")}
-    with atomic_path(out / "logits.npz") as tmp:
-        np.savez(tmp, **{s: v.numpy() for s, v in logits.items()})
-    acc = float((logits["test"].argmax(-1) == task["test"].targets()).double().mean())
+    acc = _save_model_and_logits(model, task, out)
     generalist_steps = int(generalist["epochs"]) * per_epoch
     return {
         "num_specialists": len(sets), "budget_steps": budget, "steps": steps[0], "generalist_steps": generalist_steps,
