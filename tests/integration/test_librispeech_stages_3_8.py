@@ -90,7 +90,11 @@ def test_results_md_holds_every_table_with_its_command(recipe) -> None:
     stage3 = json.loads((exp / "gmm" / "stage3.json").read_text())
     test = table1["baseline"]["test-clean"]
     assert test["ref_words"] == stage3["wers"]["tri"]["test-clean"]["ref_words"]
-    assert test["aligned_utterances"] == stage3["parts"]["test-clean"]["cuts"] <= test["utterances"]
+    # Tiny realigns with the first-pass DNN (--alignments dnn): frame accuracy is over the cuts it
+    # aligned, which can be more than the GMM's (on an AMD EPYC the GMM failed on 1 of 20 test cuts).
+    realigned = next(p for p in realign["parts"] if p["part"] == "test-clean")
+    assert test["aligned_utterances"] == realigned["aligned"] <= test["utterances"]
+    assert realigned["gmm_aligned"] == stage3["parts"]["test-clean"]["cuts"]
     assert f"all {test['utterances']} test-clean utterances ({test['ref_words']} words)" in section1
     table5 = json.loads((exp / "three_percent" / "table5.json").read_text())
     section5 = text[text.index("## Table 5 analogue"):]
