@@ -724,34 +724,42 @@ _WEIGHTING_WORDS = {
 }
 
 
+def _outcome(gain: int, loss: int, p: float, alpha: float) -> str:
+    """Return "gain", "loss" or "noise": a McNemar comparison's outcome at level ``alpha``."""
+    if p >= alpha:
+        return "noise"
+    return "gain" if gain > loss else "loss"
+
+
+def _mcnemar_sentence(what: str, gain: int, loss: int, p: float, verdicts: dict[str, str], alpha: float) -> str:
+    """Return one paired comparison in words: ``what`` names the two sides' counts, ``verdicts``
+    the words for each outcome of :func:`_outcome`, after its significance."""
+    outcome = _outcome(gain, loss, p, alpha)
+    level = f"within noise (p >= {alpha:g})" if outcome == "noise" else f"a significant {outcome} (p < {alpha:g})"
+    words = verdicts[outcome]
+    return f"{what.format(gain=gain, loss=loss)} (net {gain - loss:+d}), McNemar exact p={p:.2g}; {level}{': ' + words if words else ''}."
+
+
 def control_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
     """Return the combine record's paired comparison of the combination with the control (the
     generalist trained longer by the specialists' budget) in words, as
     :func:`combination_verdict` does for the generalist."""
     x = r["longer"]["combined_vs_longer"]
-    gain, loss, p = x["only_a_right"], x["only_b_right"], x["p_value"]
-    if p < alpha and gain > loss:
-        verdict = f"a significant gain (p < {alpha:g}): the specialists add more than the same extra training of the generalist"
-    elif p < alpha:
-        verdict = f"a significant loss (p < {alpha:g}): training the generalist longer beats adding the specialists"
-    else:
-        verdict = f"within noise (p >= {alpha:g}): the specialists add nothing that training the generalist as long does not"
-    return (
-        f"Against the generalist trained longer: {gain} only the combination gets right, {loss} only the longer generalist "
-        f"(net {gain - loss:+d}), McNemar exact p={p:.2g}; {verdict}."
-    )
+    return _mcnemar_sentence(
+        "Against the generalist trained longer: {gain} only the combination gets right, {loss} only the longer generalist",
+        x["only_a_right"], x["only_b_right"], x["p_value"],
+        {"gain": "the specialists add more than the same extra training of the generalist",
+         "loss": "training the generalist longer beats adding the specialists",
+         "noise": "the specialists add nothing that training the generalist as long does not"}, alpha)
 
 
 def longer_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
     """Return the combine record's paired comparison of the control with the generalist: what
     the extra training alone changed."""
     x = r["longer"]["longer_vs_generalist"]
-    gain, loss, p = x["only_a_right"], x["only_b_right"], x["p_value"]
-    words = f"within noise (p >= {alpha:g})" if p >= alpha else f"a significant {'gain' if gain > loss else 'loss'} (p < {alpha:g})"
-    return (
-        f"The extra training alone (the control against the generalist): {gain} only the longer generalist gets right, {loss} only "
-        f"the generalist (net {gain - loss:+d}), McNemar exact p={p:.2g}; {words}."
-    )
+    return _mcnemar_sentence(
+        "The extra training alone (the control against the generalist): {gain} only the longer generalist gets right, {loss} only "
+        "the generalist", x["only_a_right"], x["only_b_right"], x["p_value"], {"gain": "", "loss": "", "noise": ""}, alpha)
 
 
 def both_baselines_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
@@ -760,7 +768,7 @@ def both_baselines_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
     vs = {"the generalist": (r["only_combined_right"], r["only_generalist_right"], r["p_value"])}
     x = r["longer"]["combined_vs_longer"]
     vs["the generalist trained longer"] = (x["only_a_right"], x["only_b_right"], x["p_value"])
-    beaten = [name for name, (gain, loss, p) in vs.items() if p < alpha and gain > loss]
+    beaten = [name for name, (gain, loss, p) in vs.items() if _outcome(gain, loss, p, alpha) == "gain"]
     if len(beaten) == 2:
         return "The combination significantly beats both baselines: the specialists earn their place."
     missed = [name for name in vs if name not in beaten]
@@ -785,17 +793,11 @@ def combination_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
     combination and only the generalist get right, McNemar's exact p, and whether the
     specialists earn their place (a significant gain at ``alpha``), cost (a significant loss)
     or are within noise."""
-    gain, loss, p = r["only_combined_right"], r["only_generalist_right"], r["p_value"]
-    if p < alpha and gain > loss:
-        verdict = f"a significant gain (p < {alpha:g}): the specialists earn their place"
-    elif p < alpha:
-        verdict = f"a significant loss (p < {alpha:g}): the specialists cost accuracy"
-    else:
-        verdict = f"within noise (p >= {alpha:g}): no evidence that the specialists help"
-    return (
-        f"Paired test on the {r['num_test']} test examples: {gain} only the combination gets right, {loss} only the generalist "
-        f"(net {gain - loss:+d}), McNemar exact p={p:.2g}; {verdict}."
-    )
+    return _mcnemar_sentence(
+        f"Paired test on the {r['num_test']} test examples: {{gain}} only the combination gets right, {{loss}} only the generalist",
+        r["only_combined_right"], r["only_generalist_right"], r["p_value"],
+        {"gain": "the specialists earn their place", "loss": "the specialists cost accuracy",
+         "noise": "no evidence that the specialists help"}, alpha)
 
 
 def _task_lines(r: dict[str, Any]) -> list[str]:
