@@ -211,11 +211,13 @@ class PartSource:
         cuts = {c.id: c for c in _lazy_cuts(self.mfcc_path) if c.id in wanted}
         return self._features([cuts[c] for c in ids], lang, config)
 
-    def load(self, lang: Lang, config: GmmConfig, cut_ids: Collection[str] | None = None) -> PartData:
+    def load(self, lang: Lang, config: GmmConfig, cut_ids: Collection[str] | None = None, with_fbank: bool = True) -> PartData:
         """Return the part's inputs with the features of every usable cut (of ``cut_ids`` only,
-        when given), in the MFCC cuts' order, and the fbank cuts (those of ``cut_ids`` when given)."""
+        when given), in the MFCC cuts' order, and the fbank cuts (those of ``cut_ids`` when given;
+        none with ``with_fbank=False``: GMM training never reads them, and the fbank manifest
+        is not read)."""
         ids = [c for c in self.refs if cut_ids is None or c in cut_ids]
-        fbank = CutSet.from_cuts([c for c in _lazy_cuts(self.fbank_path) if cut_ids is None or c.id in cut_ids])
+        fbank = CutSet.from_cuts([c for c in _lazy_cuts(self.fbank_path) if cut_ids is None or c.id in cut_ids] if with_fbank else [])
         return PartData(self.name, self.utterances(ids, lang, config), {c: self.refs[c] for c in ids}, fbank, len(self.skipped))
 
     def num_chunks(self, chunk_size: int) -> int:
@@ -471,7 +473,7 @@ def _train_systems(layout: RecipeLayout, inputs: GraphInputs, lang: Lang, train:
         if key not in loaded:
             start = time.perf_counter()
             loaded.clear()
-            loaded[key] = train.load(lang, config, ids)
+            loaded[key] = train.load(lang, config, ids, with_fbank=False)
             timings["load_features"] = round(timings.get("load_features", 0.0) + time.perf_counter() - start, 2)
             if ids is not None:
                 logger.info("%s training subset: %d utterances, %d frames", key, len(loaded[key].utterances), loaded[key].num_frames)
