@@ -36,7 +36,8 @@ num_teachers=4         # teachers in the ensemble (the paper: 10)
 dnn_config=""          # DnnConfig preset or YAML; empty: the preset's
 compressed_config=""   # DnnConfig of the compressed distilled student (a quarter of a teacher's compute or less); empty: the preset's; none: no such student
 compressed_train_config="" # TrainConfig of the compressed student; empty: the preset's, else --student-train-config, else --train-config
-train_config=""        # TrainConfig YAML of the teachers and the realignment DNN (given here: the students' too); empty: the preset's
+train_config=""        # TrainConfig YAML of the realignment DNN (given here: the teachers' and students' too); empty: the preset's
+teacher_train_config="" # TrainConfig of stage 4's teachers; empty: the preset's, or --train-config
 student_train_config="" # TrainConfig of stage 6's hard and distilled students and stage 10's; empty: the preset's, or --train-config
 train_3pct_config="$recipe_dir/conf/train_3pct_mini.yaml"
 kd_config=""           # KdConfig YAML; empty: the preset's
@@ -137,8 +138,10 @@ Options (default in brackets):
                        Table 1 and stage 9's cost table); empty: the preset's; none: none [$compressed_config]
   --compressed-train-config F  TrainConfig YAML of the compressed student; empty: the preset's if it names one,
                        else --student-train-config, else --train-config [$compressed_train_config]
-  --train-config F     TrainConfig YAML of the teachers and stage 3's realignment DNN, and of the students unless
-                       --student-train-config is given; empty: the preset's [$train_config]
+  --train-config F     TrainConfig YAML of stage 3's realignment DNN, and of the teachers and students unless
+                       --teacher-train-config / --student-train-config is given; empty: the preset's [$train_config]
+  --teacher-train-config F  TrainConfig YAML of stage 4's teachers; empty: the preset's unless --train-config is
+                       given, else --train-config [$teacher_train_config]
   --student-train-config F  TrainConfig YAML of stage 6's hard-target and distilled students (the same for both
                        kinds) and of stage 10's; empty: the preset's unless --train-config is given, else
                        --train-config [$student_train_config]
@@ -197,10 +200,11 @@ while IFS= read -r line; do
   case "$line" in ""|"#"*) continue ;; esac
   key="${line%%:*}" value="${line#*:}"
   value="${value#"${value%%[! ]*}"}"
-  case "$key" in gmm_config|dnn_config|compressed_config|compressed_train_config|train_config|student_train_config|kd_config|decode_config|num_seeds|alignments|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
+  case "$key" in gmm_config|dnn_config|compressed_config|compressed_train_config|train_config|teacher_train_config|student_train_config|kd_config|decode_config|num_seeds|alignments|ctc_config|ctc_train_config|ctc_shared_init_steps) ;;
     *) die "$preset_file: unknown option '$key'" ;; esac
-  # A --train-config given on the command line trains the students too, unless --student-train-config is given.
-  [ "$key" != student_train_config ] || [ -z "$train_config_given" ] || continue
+  # A --train-config given on the command line trains the teachers and students too, unless
+  # --teacher-train-config / --student-train-config is given.
+  case "$key" in teacher_train_config|student_train_config) [ -z "$train_config_given" ] || continue ;; esac
   case "$value" in */*|*.yaml) value="$recipe_dir/$value" ;; esac
   [ -n "${!key}" ] || printf -v "$key" '%s' "$value"
 done < "$preset_file"
@@ -291,9 +295,9 @@ export OMP_NUM_THREADS="$num_threads"
 
 # Stage 4: asr_kd/stages/s4_teachers.py
 if [ "$hybrid" = true ] && in_stages 4; then
-  log "Stage 4: $num_teachers teachers ($dnn_config, $train_config)"
+  log "Stage 4: $num_teachers teachers ($dnn_config, ${teacher_train_config:-$train_config})"
   run_logged "$exp/log/stage4_teachers.log" asr-kd train-teachers "${kd_common[@]}" \
-    --num-teachers "$num_teachers" --model-config "$dnn_config" --config "$train_config" --jobs "$nj" "${cmd_opts[@]}"
+    --num-teachers "$num_teachers" --model-config "$dnn_config" --config "${teacher_train_config:-$train_config}" --jobs "$nj" "${cmd_opts[@]}"
 fi
 
 # Stage 5: asr_kd/stages/s5_soft_targets.py

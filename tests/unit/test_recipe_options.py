@@ -107,6 +107,31 @@ def test_stage6_trains_the_students_with_the_student_train_config(tmp_path: Path
     assert "--kind compressed " in small and config_of(small) == compressed
 
 
+@pytest.mark.parametrize(
+    "args, teachers",
+    [
+        # tiny names no teacher_train_config: its teachers train with train_config.
+        (["--preset", "tiny"], str(REPO_ROOT / "egs" / "tiny_kd" / "conf" / "train.yaml")),
+        (["--preset", "mini"], str(CONF / "train_teachers_mini.yaml")),
+        (["--preset", "small"], str(CONF / "train_teachers_mini.yaml")),
+        # A --train-config given on the command line trains the teachers too, unless --teacher-train-config is given.
+        (["--preset", "mini", "--train-config", "/tmp/a.yaml"], "/tmp/a.yaml"),
+        (["--preset", "mini", "--train-config", "/tmp/a.yaml", "--teacher-train-config", "/tmp/t.yaml"], "/tmp/t.yaml"),
+        (["--preset", "tiny", "--teacher-train-config", "/tmp/t.yaml", "--student-train-config", "/tmp/b.yaml"], "/tmp/t.yaml"),
+    ],
+)
+def test_stage4_trains_the_teachers_with_the_teacher_train_config(tmp_path: Path, args: list[str], teachers: str) -> None:
+    calls = recorded_calls(tmp_path, "--stage", "4", "--stop-stage", "4", *args)
+    assert [c.split()[1] for c in calls] == ["train-teachers"], calls
+    assert str(Path(config_of(calls[0])).resolve()) == str(Path(teachers).resolve())
+
+
+def test_stage3_realigns_with_the_train_config_not_the_teachers(tmp_path: Path) -> None:
+    calls = recorded_calls(tmp_path, "--preset", "mini", "--stage", "3", "--stop-stage", "3", "--teacher-train-config", "/tmp/t.yaml")
+    assert [c.split()[1] for c in calls] == ["train-gmm", "realign"], calls
+    assert config_of(calls[1]) == str(CONF / "train_mini.yaml")
+
+
 def test_stage4_and_stage10_use_the_teachers_and_the_students_files(tmp_path: Path) -> None:
     (tmp_path / "s4").mkdir()
     (tmp_path / "s10").mkdir()
