@@ -119,7 +119,7 @@ def ensemble_soft_targets(
         full = log_probs.exp()
         ids, probs = topk_compress(full, k)
         if stats is not None:
-            stats.update(full, ids, probs)
+            stats.update(full, ids, probs, log_probs)
         yield cut.id, ids, probs
 
 
@@ -137,7 +137,7 @@ def bytes_per_frame(k: int, dtypes: Sequence[np.dtype | str | type] = (ID_DTYPE,
     return k * sum(np.dtype(d).itemsize for d in dtypes)
 
 
-def kl_stored_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike) -> np.ndarray:
+def kl_stored_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None = None) -> np.ndarray:
     """Return, per frame, ``KL(stored || full)`` in nats (float64, shape (frames,)).
 
     This direction is the finite one: the stored distribution is zero outside its top k, so
@@ -146,6 +146,12 @@ def kl_stored_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike) -
     float16 rounding of the stored values is included (they are renormalised in float64 first,
     so the result is >= 0). It is 0 for ``k = C`` up to float16 rounding, and shrinks as ``k``
     grows.
+
+    ``full_log_probs`` (the same frames as log-probabilities, e.g. the ensemble's log-posteriors)
+    is used for ``log(full)`` where given. A codebook (``kd.storage=rvq``) can store mass on a
+    class that a confident ensemble gives a probability below float32's smallest value; from
+    ``full_probs`` alone that term is ``log(0)`` and the mean infinite, from the log-probabilities
+    it is the finite cost of that mass.
     """
     full = np.asarray(_numpy(full_probs), dtype=np.float64)
     ids_np = np.asarray(_numpy(ids)).astype(np.int64)
@@ -153,9 +159,16 @@ def kl_stored_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike) -
     if full.ndim != 2 or ids_np.shape != stored.shape or ids_np.shape[0] != full.shape[0]:
         raise ValueError(f"expected full (frames x C), ids and probs (frames x k); got {full.shape}, {ids_np.shape}, {stored.shape}")
     stored = stored / stored.sum(axis=1, keepdims=True)
-    full_at_ids = np.take_along_axis(full, ids_np, axis=1)
+    if full_log_probs is None:
+        with np.errstate(divide="ignore"):
+            log_full_at_ids = np.log(np.take_along_axis(full, ids_np, axis=1))
+    else:
+        log_full = np.asarray(_numpy(full_log_probs), dtype=np.float64)
+        if log_full.shape != full.shape:
+            raise ValueError(f"full_log_probs {log_full.shape} must have the shape of full_probs {full.shape}")
+        log_full_at_ids = np.take_along_axis(log_full, ids_np, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(stored > 0, stored * (np.log(stored) - np.log(full_at_ids)), 0.0)
+        terms = np.where(stored > 0, stored * (np.log(stored) - log_full_at_ids), 0.0)
     return terms.sum(axis=1)
 
 
@@ -175,11 +188,12 @@ class SoftTargetStats:
     kl_sum: float = 0.0  # sum over frames of KL(stored || full), nats
     mass_sum: float = 0.0  # sum over frames of the full distribution's mass kept
 
-    def update(self, full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike) -> None:
-        """Add the frames of one cut: its full posteriors and their stored top-k form."""
+    def update(self, full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None = None) -> None:
+        """Add the frames of one cut: its full posteriors (and, where known, their logarithms;
+        see :func:`kl_stored_vs_full`) and their stored top-k form."""
         self.frames += int(np.shape(ids)[0])
         self.k, self.num_classes = int(np.shape(ids)[1]), int(np.shape(full_probs)[1])
-        self.kl_sum += float(kl_stored_vs_full(full_probs, ids, probs).sum())
+        self.kl_sum += float(kl_stored_vs_full(full_probs, ids, probs, full_log_probs).sum())
         self.mass_sum += float(topk_mass(full_probs, ids).sum())
 
     def summary(self, stored_bytes_per_frame: int | None = None) -> dict[str, float]:

@@ -97,7 +97,7 @@ def make_soft_targets(
                 else:
                     arrays = encode_topk(*topk_compress(full, kd.top_k), kd.storage)
                     ids, probs = decode_topk(arrays)
-                stats.update(full.numpy(), ids, probs)  # what the student will read back
+                stats.update(full.numpy(), ids, probs, log_probs.numpy())  # what the student will read back
                 yield cut.id, arrays
 
         custom: dict = {SOFT_TEMPERATURE: float(kd.temperature)}

@@ -83,7 +83,7 @@ def test_egs_writes_models_soft_targets_and_table1(egs_run: tuple[Path, Path, Pa
     ali = load_manifest(layout.ali_cuts("train-clean-100"))
     assert sorted(soft.ids) == sorted(ali.ids) and stats["frames"] == sum(c.num_frames for c in ali)
     assert stats["bytes_per_frame"] == 6 * stats["top_k"] < stats["dense_float32_bytes_per_frame"]
-    assert 0 <= stats["mean_kl_stored_vs_full"] and 0 < stats["mean_mass_kept"] <= 1.0001
+    assert 0 <= stats["mean_kl_stored_vs_full"] < float("inf") and 0 < stats["mean_mass_kept"] <= 1.0001
     cut = next(iter(soft))
     ids, probs = load_soft_targets(cut)
     assert ids.shape == (cut.num_frames, stats["top_k"]) and 0 <= ids.min() and ids.max() < senones.num_senones

@@ -81,6 +81,27 @@ def test_k_equal_to_classes_reproduces_the_full_distribution():
     assert np.allclose(topk_mass(full, ids), 1.0)
 
 
+def test_kl_is_finite_from_log_probs_where_a_stored_class_underflows_in_float32():
+    # A confident ensemble: class 2's log-probability (-120) is below float32's smallest value, so
+    # its probability is 0. A codebook (kd.storage=rvq) can still store mass there.
+    log_full = torch.log_softmax(torch.tensor([[0.0, -1.0, -120.0, -3.0]], dtype=torch.float64), dim=1).float()
+    full = log_full.exp()
+    assert full[0, 2].item() == 0.0
+    ids = np.array([[0, 1, 2]])
+    probs = np.array([[0.6, 0.3, 0.1]], dtype=np.float16)
+    assert np.isinf(kl_stored_vs_full(full, ids, probs)[0])  # from probabilities alone: log(0)
+    kl = kl_stored_vs_full(full, ids, probs, log_full)
+    stored = probs.astype(np.float64)[0] / probs.astype(np.float64).sum()
+    expected = float(np.sum(stored * (np.log(stored) - log_full.double().numpy()[0, [0, 1, 2]])))
+    assert np.isfinite(kl[0]) and kl[0] == pytest.approx(expected, rel=1e-6)
+    assert kl[0] > 11.0  # about 0.1 x 120 nats: the cost of the stored mass the ensemble rules out
+    stats = SoftTargetStats()
+    stats.update(full, ids, probs, log_full)
+    assert stats.summary()["mean_kl_stored_vs_full"] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="shape of full_probs"):
+        kl_stored_vs_full(full, ids, probs, log_full[:, :3])
+
+
 def test_kl_shrinks_as_k_grows_and_matches_the_dropped_mass():
     full = _posteriors(1, 200, 500, scale=3.0, temperature=2.0)
     kls = []
