@@ -28,7 +28,7 @@ A ``--model`` is a stage-7 student (baseline, distilled, compressed; its dev-tun
 from stage 7) or NAME=FOLDER (a training folder with best.pt or final.pt; its scale from
 FOLDER/result.json as bench/hybrid_capacity.py writes it), unless ``--scale`` sets one for all.
 Needs stages 3 and 7 of a recipe run; without one it says so and exits 0. Cost on mini (160 dev
-utterances, 508 s of audio): about 15 CPU seconds per model, setting and run (280 CPU s in all for the section in bench/RESULTS.md), plus the lookup
+utterances, 508 s of audio): about 15 CPU seconds per model, setting and run (270-280 CPU s in all for the section in bench/RESULTS.md, two full runs), plus the lookup
 counts (a Python call per lookup: keep ``--count-utts`` small).
 """
 
@@ -297,7 +297,8 @@ def report(args, models: list[Model], settings: list[SearchSetting], cells, shar
     first = models[0]
     for m in models[1:]:
         lines += ["", f"Search time of {m.name} over {first.name}, same utterances and setting (95% bootstrap interval over "
-                  "utterances, per run); lookups per frame, the same ratio:", "",
+                  "utterances, per run: it covers the choice of utterances, not the load on the machine, which changes between runs); "
+                  "lookups per frame, the same ratio:", "",
                   "| Beam / max-active | " + " | ".join(f"run {r + 1}" for r in runs) + " | Lookups |", "|---|" + "---|" * args.repeats + "---|"]
         for s in settings:
             a, b = cells[first.name][s], cells[m.name][s]
