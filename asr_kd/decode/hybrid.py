@@ -59,11 +59,19 @@ def hybrid_decodable(
 ) -> khg.DecodableCtc:
     """Return the decodable of one utterance: scaled log-likelihoods expanded to transition-ids
     (``decodable_type``: kaldi-hmm-gmm's, or kaldi-decoder's for its lattice decoder)."""
+    return decodable_type(transition_loglikes(log_posteriors, log_priors, tid2pdf, acoustic_scale, utt_id))
+
+
+def transition_loglikes(
+    log_posteriors: np.ndarray, log_priors: np.ndarray, tid2pdf: np.ndarray, acoustic_scale: float, utt_id: str = "utt",
+) -> np.ndarray:
+    """Return the (T x num_transition_ids) matrix a hybrid decodable reads (column ``tid - 1``):
+    the scaled log-likelihoods of :func:`scaled_loglikes`, floored at -1e10, per transition-id."""
     x = check_log_posteriors(log_posteriors, log_priors.shape[0], utt_id)
     loglikes = scaled_loglikes(x, log_priors, acoustic_scale)
     # -inf would survive as NaN after arithmetic in the decoder; a very low finite score is safe.
     loglikes = np.maximum(loglikes, -1e10)
-    return decodable_type(np.ascontiguousarray(loglikes[:, tid2pdf]))
+    return np.ascontiguousarray(loglikes[:, tid2pdf])
 
 
 def _check_priors(log_priors: np.ndarray, trans_model: khg.TransitionModel) -> np.ndarray:

@@ -149,6 +149,15 @@ def choose_setting(points: Sequence[SearchPoint], reference: SearchSetting, tole
                key=lambda p: (p.setting.max_active, p.setting.beam))
 
 
+def tolerance_for_points(points: float, reference: SearchPoint) -> float:
+    """Return the relative tolerance with which :func:`choose_setting` allows ``points`` WER
+    points (absolute) over ``reference``: for a tolerance stated in points rather than in percent
+    of the reference's word errors (the same allowance then holds at any WER)."""
+    if points < 0:
+        raise ConfigError(f"a tolerance in WER points must be >= 0, got {points}")
+    return points / 100.0 * max(reference.ref_words, 1) / max(reference.errors, 1)
+
+
 class _Prepared(NamedTuple):
     log_probs: dict[str, np.ndarray]
     features_s: float
