@@ -1,0 +1,147 @@
+"""Two finished recipe runs on the same corpus, compared system by system: test WER and frame
+accuracy of each run's stage-7 systems, and run B minus run A with a paired bootstrap interval
+over the utterances (Bisani & Ney 2004), as Table 1 does within one run.
+
+Use it for an A/B of a setting that Table 1 cannot show by itself (teachers trained longer, another
+kd config): copy the experiment folder, change the setting, rerun the stages it invalidates, then
+
+    python bench/compare_runs.py --exp-a /work/runs/a/exp --exp-b /work/runs/b/exp \
+        --label-a "teachers 10 epochs" --label-b "teachers 30 epochs" \
+        [--parts test-clean test-ood] [--systems baseline ensemble distilled compressed] [--title ...]
+
+A student kind's seeds (``distilled``, ``distilled_seed1``, ...) are averaged utterance by utterance
+first, as Table 1 does. Both runs must have decoded the same utterances with the same references
+and alignments (the same stages 0-3): otherwise it stops with the first difference. Without
+stage-7 outputs it says so and exits 0 (``make bench`` on a fresh clone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from asr_kd.metrics.paired import bootstrap_difference
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402
+
+MAX_SEEDS = 100
+
+
+def system_counts(decode_dir: Path, system: str, part: str) -> tuple[list[str], np.ndarray, int] | None:
+    """Return ``(utterance ids, counts, seeds)`` of ``system`` on ``part`` under a run's
+    ``exp/decode``: counts (utterances x 4: word errors, reference words, correct frames,
+    aligned frames) averaged over the system's seeds (``system``, ``system_seed1``, ...), or None
+    when the run did not decode it. Seeds must cover the same utterances."""
+    names = [system] + [f"{system}_seed{k}" for k in range(1, MAX_SEEDS)]
+    tables = []
+    for name in names:
+        path = decode_dir / f"{name}_{part}" / "per_utt.json"
+        if not path.is_file():
+            break
+        tables.append((path, json.loads(path.read_text())))
+    if not tables:
+        return None
+    ids = sorted(tables[0][1])
+    for path, table in tables[1:]:
+        if sorted(table) != ids:
+            raise SystemExit(f"{path}: its utterances differ from {tables[0][0]}'s; rerun stage 7 of that run")
+    counts = np.mean([[table[u] for u in ids] for _, table in tables], axis=0, dtype=np.float64)
+    return ids, counts, len(tables)
+
+
+def compare_system(a: tuple[list[str], np.ndarray, int], b: tuple[list[str], np.ndarray, int], what: str) -> dict:
+    """Return both runs' test WER and frame accuracy of one system and B − A with paired bootstrap
+    intervals (percentage points); ``what`` names the system and part in errors."""
+    (ids_a, ca, seeds_a), (ids_b, cb, seeds_b) = a, b
+    if ids_a != ids_b:
+        raise SystemExit(f"{what}: the two runs decoded different utterances ({len(ids_a)} against {len(ids_b)}); "
+                         "compare runs that share stages 0-3")
+    for col, name in ((1, "reference words"), (3, "aligned frames")):
+        diff = np.flatnonzero(ca[:, col] != cb[:, col])
+        if diff.size:
+            raise SystemExit(f"{what}: {name} differ at utterance {ids_a[diff[0]]} ({ca[diff[0], col]:g} against "
+                             f"{cb[diff[0], col]:g}); compare runs that share stages 0-3")
+    wer = bootstrap_difference(ca[:, 0], cb[:, 0], ca[:, 1])
+    fa = bootstrap_difference(ca[:, 2], cb[:, 2], ca[:, 3])
+    return {
+        "seeds_a": seeds_a, "seeds_b": seeds_b, "utterances": len(ids_a), "words": int(ca[:, 1].sum()),
+        "wer_a": 100 * ca[:, 0].sum() / ca[:, 1].sum(), "wer_b": 100 * cb[:, 0].sum() / cb[:, 1].sum(),
+        "fa_a": 100 * ca[:, 2].sum() / ca[:, 3].sum(), "fa_b": 100 * cb[:, 2].sum() / cb[:, 3].sum(),
+        "wer_diff": {k: 100 * v if isinstance(v, float) else v for k, v in wer.to_dict().items()},
+        "fa_diff": {k: 100 * v if isinstance(v, float) else v for k, v in fa.to_dict().items()},
+    }
+
+
+def _interval(d: dict) -> str:
+    return f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def _verdict(d: dict, lower_is_better: bool) -> str:
+    if not d["excludes_zero"]:
+        return "within noise"
+    better = (d["high"] < 0) == lower_is_better
+    return "B better" if better else "B worse"
+
+
+def section(rows: list[tuple[str, str, dict]], label_a: str, label_b: str, command: str, title: str) -> str:
+    lines = [
+        f"## {title}", "",
+        f"`{command}`", "",
+        f"A: {label_a}. B: {label_b}. Differences are B − A in percentage points with 95% intervals from a paired "
+        "bootstrap over the utterances (2000 resamples; Bisani & Ney 2004); a student kind's seeds are averaged "
+        "utterance by utterance first.", "",
+        "| Part | System | Seeds A / B | WER A | WER B | WER B − A | | Frame acc. A | Frame acc. B | Frame acc. B − A | |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for part, system, r in rows:
+        lines.append(
+            f"| {part} | {system} | {r['seeds_a']} / {r['seeds_b']} | {r['wer_a']:.2f}% | {r['wer_b']:.2f}% | "
+            f"{_interval(r['wer_diff'])} | {_verdict(r['wer_diff'], True)} | {r['fa_a']:.1f}% | {r['fa_b']:.1f}% | "
+            f"{_interval(r['fa_diff'])} | {_verdict(r['fa_diff'], False)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp-a", type=Path, required=True, help="experiment folder of run A (its decode/ holds stage 7's outputs)")
+    p.add_argument("--exp-b", type=Path, required=True, help="experiment folder of run B, on the same corpus")
+    p.add_argument("--label-a", required=True, help="what run A is, for the table")
+    p.add_argument("--label-b", required=True, help="what run B is, for the table")
+    p.add_argument("--parts", nargs="+", default=["test-clean", "test-ood"], help="parts to compare [%(default)s]")
+    p.add_argument("--systems", nargs="+", default=["baseline", "ensemble", "distilled", "compressed"],
+                   help="stage-7 systems to compare [%(default)s]")
+    p.add_argument("--title", default="Two recipe runs compared", help="the bench/RESULTS.md section heading")
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md",
+                   help="where the section goes [%(default)s]")
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    args = p.parse_args(argv)
+    rows = []
+    for part in args.parts:
+        for system in args.systems:
+            a = system_counts(args.exp_a / "decode", system, part)
+            b = system_counts(args.exp_b / "decode", system, part)
+            if a is None or b is None:
+                missing = args.exp_a if a is None else args.exp_b
+                print(f"compare_runs: {missing}/decode has no {system} on {part} (run stage 7 there); skipped")
+                continue
+            rows.append((part, system, compare_system(a, b, f"{system} on {part}")))
+    if not rows:
+        print("compare_runs: nothing to compare (no stage-7 outputs in both runs); skipping")
+        return 0
+    command = "python bench/compare_runs.py " + " ".join(
+        f"'{x}'" if (" " in x or x == "") else x for x in (argv if argv is not None else sys.argv[1:]))
+    text = section(rows, args.label_a, args.label_b, command, args.title)
+    print(text)
+    write_section(args.results, f"## {args.title}", text)
+    if args.json:
+        args.json.write_text(json.dumps([{"part": p_, "system": s, **r} for p_, s, r in rows], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

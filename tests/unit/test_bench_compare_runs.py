@@ -1,0 +1,96 @@
+"""bench/compare_runs.py on hand-made stage-7 per-utterance counts: seeds averaged utterance by
+utterance, B − A equal to the counts' rates, its interval, and runs on different corpora refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_compare_runs", ROOT / "bench" / "compare_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_compare_runs"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write(exp: Path, name: str, part: str, table: dict[str, list[int]]) -> None:
+    folder = exp / "decode" / f"{name}_{part}"
+    folder.mkdir(parents=True)
+    (folder / "per_utt.json").write_text(json.dumps(table))
+
+
+def _table(errors: list[int], correct: list[int]) -> dict[str, list[int]]:
+    # 40 utterances of 10 words and 100 aligned frames each.
+    return {f"u{i:02d}": [e, 10, c, 100] for i, (e, c) in enumerate(zip(errors, correct))}
+
+
+def test_b_minus_a_averages_seeds_and_matches_the_counts(tmp_path: Path) -> None:
+    bench = _bench()
+    rng = np.random.default_rng(0)
+    a_err = rng.integers(3, 8, 40).tolist()
+    a_cor = rng.integers(30, 40, 40).tolist()
+    _write(tmp_path / "a", "distilled", "test-clean", _table(a_err, a_cor))
+    # B: two seeds, each 2 errors fewer on every utterance than A (one seed 1 fewer, the other 3).
+    _write(tmp_path / "b", "distilled", "test-clean", _table([e - 1 for e in a_err], [c + 5 for c in a_cor]))
+    _write(tmp_path / "b", "distilled_seed1", "test-clean", _table([e - 3 for e in a_err], [c + 5 for c in a_cor]))
+    a = bench.system_counts(tmp_path / "a" / "decode", "distilled", "test-clean")
+    b = bench.system_counts(tmp_path / "b" / "decode", "distilled", "test-clean")
+    assert a[2] == 1 and b[2] == 2
+    r = bench.compare_system(a, b, "distilled on test-clean")
+    assert r["wer_a"] == pytest.approx(100 * sum(a_err) / 400)
+    assert r["wer_b"] == pytest.approx(100 * (sum(a_err) - 80) / 400)
+    assert r["wer_diff"]["value"] == pytest.approx(-20.0)  # 2 errors per 10 words
+    # Every utterance improves by exactly 2 of 10 words: every resample's difference is -20 points.
+    assert r["wer_diff"]["low"] == pytest.approx(-20.0) and r["wer_diff"]["high"] == pytest.approx(-20.0)
+    assert r["fa_diff"]["value"] == pytest.approx(5.0) and r["fa_diff"]["excludes_zero"]
+    text = bench.section([("test-clean", "distilled", r)], "A run", "B run", "python bench/compare_runs.py ...", "T")
+    assert "| test-clean | distilled | 1 / 2 | " in text and "-20.00 [-20.00, -20.00] | B better |" in text
+    assert "+5.00 [+5.00, +5.00] | B better |" in text
+
+
+def test_noise_is_called_noise(tmp_path: Path) -> None:
+    bench = _bench()
+    errs = [5] * 40
+    _write(tmp_path / "a", "baseline", "test-clean", _table(errs, [30] * 40))
+    # B: one more error on half the utterances, one fewer on the other half: no difference overall.
+    _write(tmp_path / "b", "baseline", "test-clean", _table([6, 4] * 20, [30] * 40))
+    r = bench.compare_system(bench.system_counts(tmp_path / "a" / "decode", "baseline", "test-clean"),
+                             bench.system_counts(tmp_path / "b" / "decode", "baseline", "test-clean"), "baseline")
+    assert r["wer_diff"]["value"] == pytest.approx(0.0) and not r["wer_diff"]["excludes_zero"]
+    assert bench._verdict(r["wer_diff"], True) == "within noise"
+
+
+def test_runs_on_different_corpora_are_refused(tmp_path: Path) -> None:
+    bench = _bench()
+    _write(tmp_path / "a", "ensemble", "test-clean", _table([5] * 40, [30] * 40))
+    other = _table([5] * 40, [30] * 40)
+    other["u07"] = [5, 11, 30, 100]  # another reference
+    _write(tmp_path / "b", "ensemble", "test-clean", other)
+    a = bench.system_counts(tmp_path / "a" / "decode", "ensemble", "test-clean")
+    b = bench.system_counts(tmp_path / "b" / "decode", "ensemble", "test-clean")
+    with pytest.raises(SystemExit, match="reference words differ at utterance u07"):
+        bench.compare_system(a, b, "ensemble on test-clean")
+    assert bench.system_counts(tmp_path / "a" / "decode", "compressed", "test-clean") is None
+
+
+def test_main_skips_without_runs_and_writes_its_section(tmp_path: Path, capsys) -> None:
+    bench = _bench()
+    results = tmp_path / "RESULTS.md"
+    assert bench.main(["--exp-a", str(tmp_path / "x"), "--exp-b", str(tmp_path / "y"), "--label-a", "a", "--label-b", "b",
+                       "--results", str(results)]) == 0
+    assert "nothing to compare" in capsys.readouterr().out and not results.exists()
+    _write(tmp_path / "a", "ensemble", "test-clean", _table([5] * 40, [30] * 40))
+    _write(tmp_path / "b", "ensemble", "test-clean", _table([4] * 40, [30] * 40))
+    assert bench.main(["--exp-a", str(tmp_path / "a"), "--exp-b", str(tmp_path / "b"), "--label-a", "10 epochs",
+                       "--label-b", "30 epochs", "--parts", "test-clean", "--title", "AB", "--results", str(results)]) == 0
+    text = results.read_text()
+    assert "## AB" in text and "| test-clean | ensemble | 1 / 1 | 50.00% | 40.00% | -10.00 [-10.00, -10.00] | B better |" in text
