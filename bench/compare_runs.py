@@ -12,13 +12,15 @@ kd config): copy the experiment folder, change the setting, rerun the stages it 
 A student kind's seeds (``distilled``, ``distilled_seed1``, ...) are averaged utterance by utterance
 first, as Table 1 does. Both runs must have decoded the same utterances with the same references
 and alignments (the same stages 0-3): otherwise it stops with the first difference. Without
-stage-7 outputs it says so and exits 0 (``make bench`` on a fresh clone).
+stage-7 outputs in both runs it says so and exits 0. Not part of ``make bench`` (it needs two
+runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,28 +31,36 @@ from asr_kd.metrics.paired import bootstrap_difference
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section  # noqa: E402
 
-MAX_SEEDS = 100
+def system_members(decode_dir: Path, system: str) -> list[str]:
+    """Return the decodes that make up ``system`` in a run: its seeds as stage 7 grouped them
+    (``decode/comparisons.json``: ``distilled``, ``distilled_seed1``, ...), else ``system`` alone.
+    Taken from the run's own record, so a leftover folder of a seed the run no longer has is not
+    averaged in."""
+    path = decode_dir / "comparisons.json"
+    groups = json.loads(path.read_text()).get("groups", {}) if path.is_file() else {}
+    return list(groups.get(system, [system]))
 
 
 def system_counts(decode_dir: Path, system: str, part: str) -> tuple[list[str], np.ndarray, int] | None:
     """Return ``(utterance ids, counts, seeds)`` of ``system`` on ``part`` under a run's
     ``exp/decode``: counts (utterances x 4: word errors, reference words, correct frames,
-    aligned frames) averaged over the system's seeds (``system``, ``system_seed1``, ...), or None
-    when the run did not decode it. Seeds must cover the same utterances."""
-    names = [system] + [f"{system}_seed{k}" for k in range(1, MAX_SEEDS)]
+    aligned frames) averaged over the system's seeds (:func:`system_members`), or None when the
+    run did not decode it. Seeds must cover the same utterances."""
     tables = []
-    for name in names:
+    for name in system_members(decode_dir, system):
         path = decode_dir / f"{name}_{part}" / "per_utt.json"
         if not path.is_file():
-            break
+            if tables:
+                raise SystemExit(f"{path} is missing, but stage 7 grouped {name} into {system}; rerun stage 7 of that run")
+            return None
         tables.append((path, json.loads(path.read_text())))
-    if not tables:
-        return None
     ids = sorted(tables[0][1])
     for path, table in tables[1:]:
         if sorted(table) != ids:
             raise SystemExit(f"{path}: its utterances differ from {tables[0][0]}'s; rerun stage 7 of that run")
     counts = np.mean([[table[u] for u in ids] for _, table in tables], axis=0, dtype=np.float64)
+    if counts[:, 1].sum() <= 0:
+        raise SystemExit(f"{tables[0][0]}: no reference words (was {system} decoded with WER?)")
     return ids, counts, len(tables)
 
 
@@ -133,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print("compare_runs: nothing to compare (no stage-7 outputs in both runs); skipping")
         return 0
-    command = "python bench/compare_runs.py " + " ".join(
-        f"'{x}'" if (" " in x or x == "") else x for x in (argv if argv is not None else sys.argv[1:]))
+    command = shlex.join(["python", "bench/compare_runs.py", *(argv if argv is not None else sys.argv[1:])])
     text = section(rows, args.label_a, args.label_b, command, args.title)
     print(text)
     write_section(args.results, f"## {args.title}", text)

@@ -75,7 +75,7 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      alignments of every cut of every part, HCLG, GMM decoding and WER -> \$exp/gmm,
      its section of \$results
      With --alignments dnn (the synthetic presets' choice; real LibriSpeech: gmm), then Kaldi's DNN realignment: one DNN (the
-     teachers' configs) trained on those alignments aligns every part again -> \$exp/realign;
+     teachers' DNN config, --train-config's TrainConfig) trained on those alignments aligns every part again -> \$exp/realign;
      stages 4-10 train on its labels and priors
   4  teachers: --num-teachers DNNs (the paper's spliced-frame DNN, a smaller config on 'mini')
      differing only in their seed, trained on the senone alignments -> \$exp/teachers

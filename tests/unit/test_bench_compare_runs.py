@@ -42,6 +42,9 @@ def test_b_minus_a_averages_seeds_and_matches_the_counts(tmp_path: Path) -> None
     # B: two seeds, each 2 errors fewer on every utterance than A (one seed 1 fewer, the other 3).
     _write(tmp_path / "b", "distilled", "test-clean", _table([e - 1 for e in a_err], [c + 5 for c in a_cor]))
     _write(tmp_path / "b", "distilled_seed1", "test-clean", _table([e - 3 for e in a_err], [c + 5 for c in a_cor]))
+    # Stage 7's record groups B's two seeds; a leftover third seed's folder is not averaged in.
+    (tmp_path / "b" / "decode" / "comparisons.json").write_text(json.dumps({"groups": {"distilled": ["distilled", "distilled_seed1"]}}))
+    _write(tmp_path / "b", "distilled_seed2", "test-clean", _table([0] * 40, [100] * 40))
     a = bench.system_counts(tmp_path / "a" / "decode", "distilled", "test-clean")
     b = bench.system_counts(tmp_path / "b" / "decode", "distilled", "test-clean")
     assert a[2] == 1 and b[2] == 2
@@ -94,3 +97,4 @@ def test_main_skips_without_runs_and_writes_its_section(tmp_path: Path, capsys) 
                        "--label-b", "30 epochs", "--parts", "test-clean", "--title", "AB", "--results", str(results)]) == 0
     text = results.read_text()
     assert "## AB" in text and "| test-clean | ensemble | 1 / 1 | 50.00% | 40.00% | -10.00 [-10.00, -10.00] | B better |" in text
+    assert "--label-a '10 epochs'" in text  # a command that pastes into a shell
