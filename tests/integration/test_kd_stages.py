@@ -261,6 +261,39 @@ def test_compact_storage_formats_through_stages_5_and_6(egs_run: tuple[Path, Pat
 
 
 @pytest.mark.slow
+def test_stage5_kl_is_finite_when_confident_teachers_underflow(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Stage 5 with kd.storage=rvq on an ensemble so confident that most senones' probabilities
+    are 0 in float32 (log-probabilities near -200; mini's 30-epoch teachers gave stats.json an
+    infinite mean KL): the codebook's decoded top k puts mass on some of them, and the KL, taken
+    from the log-probabilities, stays finite and positive."""
+    import dataclasses
+
+    from asr_kd.config import load_config
+    from asr_kd.kd.ensemble import ensemble_log_posteriors
+    from asr_kd.stages.s5_soft_targets import make_soft_targets
+
+    data, exp, _ = egs_run
+    other = tmp_path / "exp"
+    other.mkdir()
+    for name in ("gmm", "teachers"):
+        (other / name).symlink_to(exp / name)
+    layout = RecipeLayout(data, other)
+    base = load_config(KdConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml")
+    underflowed = []
+
+    def confident(*args, **kwargs):
+        # The real teachers' posteriors, sharpened 100-fold: the best senone keeps nearly all the mass.
+        for cut, lp in ensemble_log_posteriors(*args, **kwargs):
+            sharp = torch.log_softmax(100.0 * lp.double(), dim=-1).float()
+            underflowed.append(float((sharp.exp() == 0).float().mean()))
+            yield cut, sharp
+
+    stats = make_soft_targets(layout, dataclasses.replace(base, storage="rvq", codebooks=4), posteriors_fn=confident)
+    assert stats["frames"] > 0 and min(underflowed) > 0.5  # most senones are exactly 0 in float32
+    assert 0 < stats["mean_kl_stored_vs_full"] < float("inf"), stats
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("storage", ["int32-fp16", "rvq"])
 def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[Path, Path, Path], tmp_path: Path, storage: str) -> None:
