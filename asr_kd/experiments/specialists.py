@@ -22,25 +22,24 @@ writes into ``exp_dir/<stage>/`` and is skipped, redone or refused by its proven
 The control answers whether the specialists earn their place or only add training: on
 Fashion-MNIST every significant gain of the combination over a generalist vanished when the
 generalist was trained longer (issue 16). ``longer`` continues the generalist from its weights for
-exactly as many minibatch steps as the specialists took together (as many minibatches through the
-same hidden layers, so about the same compute; the specialists see their own classes and dustbin
-examples, the control the whole training set), with the generalist's own learning rate and
-cosine schedule.
+exactly as many minibatch steps as the specialists took together, as their stage recorded them
+while they trained (as many minibatches through the same hidden layers, so about the same compute;
+the specialists see their own classes and dustbin examples, the control the whole training set),
+with the generalist's own learning rate and cosine schedule.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from asr_kd.config_secondary import SpecialistConfig
@@ -102,8 +101,8 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "clusters": ("seed", "num_clusters", "num_clusterings", "min_cluster_size", "max_cluster_size"),
     "specialists": ("seed", "generalist_hidden", "generalist_dropout", "specialist_epochs", "batch_size", "specialist_learning_rate",
                     "specialist_soft_temperature", "specialist_hard_weight", "specialist_outside_ratio", "specialist_init"),
-    # the generalist's recipe, continued for the budget the specialists' settings give
-    "longer": ("seed", "generalist_hidden", "generalist_dropout", "batch_size", "learning_rate", "specialist_epochs", "specialist_outside_ratio"),
+    # the generalist's recipe, continued for the steps the specialists' record counts (an input)
+    "longer": ("seed", "generalist_hidden", "generalist_dropout", "batch_size", "learning_rate"),
     "combine": ("top_n", "combine_steps", "combine_learning_rate", "combine_weighting"),
 }
 # The upstream stages each stage reads; their record fingerprints are the stage's inputs.
@@ -112,7 +111,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "generalist": ("prepare",),
     "clusters": ("generalist",),
     "specialists": ("prepare", "generalist", "clusters"),
-    "longer": ("prepare", "generalist", "clusters"),
+    "longer": ("prepare", "generalist", "specialists"),
     "combine": ("prepare", "generalist", "clusters", "specialists"),
 }
 # Upstream stages read when they have finished: combine compares with the control when it ran.
@@ -252,9 +251,10 @@ def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     spec = TrainSpec(cfg.generalist_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed)
     out = stage_dir(exp_dir, "generalist")
     with _writer(out, "generalist") as writer:
-        train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist")
+        steps = train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist").steps
     acc = _save_model_and_logits(model, task, out)
-    return {"num_classes": k, "hidden": list(cfg.generalist_hidden), "dropout": cfg.generalist_dropout, "epochs": cfg.generalist_epochs, "test_accuracy": acc}
+    return {"num_classes": k, "hidden": list(cfg.generalist_hidden), "dropout": cfg.generalist_dropout, "epochs": cfg.generalist_epochs,
+            "steps": steps, "test_accuracy": acc}
 
 
 def find_clusters(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
@@ -298,15 +298,15 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         spec = TrainSpec(cfg.specialist_epochs, cfg.batch_size, cfg.specialist_learning_rate, cfg.seed + 1000 + m, temperature=t or 1.0, hard_weight=cfg.specialist_hard_weight)
         share = float(np.isin(task["train"].labels, classes).mean())
         soft = specialist_soft_targets(gen_train[idx], classes, t, share, cfg.specialist_outside_ratio) if gen_train is not None else None
-        with _writer(out, f"specialist{m:02d}") as writer, counting_steps(model) as steps:
-            train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
+        with _writer(out, f"specialist{m:02d}") as writer:
+            trained = train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
         # undo the oversampling of the specialist's classes: restore the natural dustbin prior
         with torch.no_grad():
             model.output.bias[-1] += dustbin_prior_correction(share, cfg.specialist_outside_ratio)
         for split in ("val", "test"):
             probs[f"{split}_{m}"] = torch.softmax(predict_logits(model, task[split].inputs()), -1).numpy()
         row = _specialist_row(m, classes, torch.from_numpy(probs[f"test_{m}"]), gen_test, task["test"].targets())
-        rows.append({**row, "train_examples": len(idx), "steps": steps[0]})
+        rows.append({**row, "train_examples": len(idx), "steps": trained.steps})
     with atomic_path(out / "probs.npz") as tmp:
         np.savez(tmp, **probs)
     return {
@@ -319,39 +319,42 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     }
 
 
-def specialist_budget(cfg: SpecialistConfig, train_labels: np.ndarray, sets: list[list[int]]) -> int:
-    """Return the minibatch steps the specialists of ``sets`` take together: for each,
-    ``specialist_epochs`` times its training examples (its classes plus dustbin data) over
-    ``batch_size``, rounded up, as :func:`train_specialists` trains them."""
-    return sum(cfg.specialist_epochs * math.ceil(len(_specialist_indices(cfg, train_labels, m, c)) / cfg.batch_size) for m, c in enumerate(sets))
+def specialist_budget(exp_dir: Path) -> tuple[int, int]:
+    """Return the minibatch steps the specialists took together, as :func:`train_specialists`
+    recorded each one's (the steps its training took), and the number of specialists."""
+    result = finished_result(exp_dir, "specialists")
+    assert result is not None  # an input of the longer stage: its record exists
+    if any("steps" not in row for row in result["rows"]):  # a record from before steps were recorded
+        raise DataError(f"{stage_dir(exp_dir, 'specialists') / 'result.json'} does not record the specialists' steps; redo {_stage_hint('specialists')}")
+    return sum(int(row["steps"]) for row in result["rows"]), len(result["rows"])
 
 
 def train_longer_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """The control: continue the generalist from its weights for the specialists' training
-    budget (:func:`specialist_budget`, in minibatch steps over the whole training set, with the
-    generalist's learning rate and a fresh cosine decay); save it and its val / test logits;
-    return its step counts and test accuracy.
+    budget (:func:`specialist_budget`: the steps they took, in minibatch steps over the whole
+    training set, with the generalist's learning rate and a fresh cosine decay); save it and its
+    val / test logits; return its step counts and test accuracy.
 
     Steps rather than epochs: each specialist has the generalist's hidden layers, so a step costs
     about what the generalist's step costs, and the specialists together take far more steps
     than ``specialist_epochs`` of the generalist (several specialists, each over data half from
     the rest)."""
     task, k = _task(exp_dir)
-    sets = _class_sets(exp_dir)
-    budget = specialist_budget(cfg, task["train"].labels, sets)
+    budget, num_specialists = specialist_budget(exp_dir)
     model = _load_generalist(cfg, exp_dir, _input_dim(task), k)
     per_epoch = math.ceil(len(task["train"]) / cfg.batch_size)
     generalist = finished_result(exp_dir, "generalist")
     assert generalist is not None  # an input of this stage: its record exists
     out = stage_dir(exp_dir, "longer")
     spec = TrainSpec(1, cfg.batch_size, cfg.learning_rate, cfg.seed + LONGER_SEED_OFFSET, max_steps=budget)
-    with _writer(out, "longer") as writer, counting_steps(model) as steps:
-        train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="longer generalist")
+    with _writer(out, "longer") as writer:
+        steps = train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="longer generalist").steps
     acc = _save_model_and_logits(model, task, out)
-    generalist_steps = int(generalist["epochs"]) * per_epoch
+    # the steps its training took (records from before they were kept: its whole epochs)
+    generalist_steps = int(generalist.get("steps", int(generalist["epochs"]) * per_epoch))
     return {
-        "num_specialists": len(sets), "budget_steps": budget, "steps": steps[0], "generalist_steps": generalist_steps,
-        "total_steps": generalist_steps + steps[0], "steps_per_epoch": per_epoch, "learning_rate": cfg.learning_rate,
+        "num_specialists": num_specialists, "budget_steps": budget, "steps": steps, "generalist_steps": generalist_steps,
+        "total_steps": generalist_steps + steps, "steps_per_epoch": per_epoch, "learning_rate": cfg.learning_rate,
         "test_accuracy": acc,
     }
 
@@ -492,23 +495,6 @@ def _load_generalist(cfg: SpecialistConfig, exp_dir: Path, input_dim: int, num_c
     return model
 
 
-@contextlib.contextmanager
-def counting_steps(model: nn.Module) -> Iterator[list[int]]:
-    """Yield a one-element list that counts ``model``'s forward passes in training mode: the
-    minibatch steps :func:`train_classifier` takes (evaluation runs in eval mode)."""
-    count = [0]
-
-    def hook(module: nn.Module, args: Any) -> None:
-        if module.training:
-            count[0] += 1
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        yield count
-    finally:
-        handle.remove()
-
-
 def _need(path: Path, stage: str) -> Path:
     if not path.is_file():
         raise DataError(f"{path} does not exist; run the {stage} stage of recipes/specialists first")
@@ -640,8 +626,8 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             "### Control: the generalist trained longer",
             "",
             f"The generalist continued from its weights for {r['steps']} more minibatch steps ({r['steps'] / r['steps_per_epoch']:.1f} epochs "
-            f"of the training set): the steps the {r['num_specialists']} specialists took together (each: specialist_epochs times "
-            f"its training examples over the batch size), {r['total_steps']} steps in all against the generalist's {r['generalist_steps']}; "
+            f"of the training set): the steps the {r['num_specialists']} specialists took together (each: its epochs over its training "
+            f"examples in minibatches, as counted while it trained), {r['total_steps']} steps in all against the generalist's {r['generalist_steps']}; "
             f"its own learning rate ({r['learning_rate']:g}) with a fresh cosine decay to zero. Measured in steps, not epochs: a specialist "
             "has the generalist's hidden layers, so a step of either costs about the same, and this is the extra training the "
             "combination got. If the specialists only add training, this control gains as much. "
