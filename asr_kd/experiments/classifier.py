@@ -43,6 +43,16 @@ class TrainSpec:
     max_steps: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What :func:`train_classifier` did: the mean loss of each epoch and the minibatch steps it
+    took (the optimiser steps, counted as they were taken: the budget one model's training
+    hands to another's, as the specialists' to the generalist trained longer)."""
+
+    losses: list[float]
+    steps: int
+
+
 def train_classifier(
     model: nn.Module,
     inputs: Tensor,
@@ -52,8 +62,9 @@ def train_classifier(
     writer: Any | None = None,
     desc: str = "train",
     row_weight: Tensor | None = None,
-) -> list[float]:
-    """Train ``model`` in place on ``inputs`` ``[N, D]`` and return the mean loss of each epoch.
+) -> Training:
+    """Train ``model`` in place on ``inputs`` ``[N, D]``; return the mean loss of each epoch and
+    the number of minibatch steps taken (:class:`Training`).
 
     Without ``teacher_probs`` the loss is the cross entropy with ``labels``; with them (``[N, K]``,
     softened at ``spec.temperature``) it is the distillation loss with hard weight
@@ -106,7 +117,7 @@ def train_classifier(
             writer.add_scalar(f"{desc}/loss", losses[-1], epoch)
     model.eval()
     logger.info("%s: %d epochs (%d steps), final loss %.4f", desc, epochs, step, losses[-1])
-    return losses
+    return Training(losses, step)
 
 
 def jittered_batch(inputs: Tensor, teacher_probs: Tensor | None, idx: Tensor, spec: TrainSpec, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:

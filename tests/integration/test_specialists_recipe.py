@@ -125,10 +125,11 @@ def test_control_trained_the_specialists_budget_and_results_show_its_numbers(rec
     sets = json.loads((recipe / "clusters" / "clusters.json").read_text())
     # each trains on its classes' examples plus as many from the rest (the dustbin)
     assert [r["train_examples"] for r in rows] == [2 * int(np.isin(task["train"].labels, s).sum()) for s in sets]
-    # the control took exactly that many steps more than the generalist's 6 epochs
+    # the control took exactly that many steps more than the generalist's 6 epochs (its training's
+    # own count, against the budget it read from the specialists' record)
     per_epoch = math.ceil(len(task["train"]) / 100)
     assert longer["steps"] == longer["budget_steps"] == sum(r["steps"] for r in rows) > per_epoch
-    assert longer["generalist_steps"] == 6 * per_epoch == gen["epochs"] * per_epoch
+    assert longer["generalist_steps"] == gen["steps"] == 6 * per_epoch == gen["epochs"] * per_epoch
     assert longer["total_steps"] == longer["generalist_steps"] + longer["steps"]
     # its accuracy and the paired counts are those of the saved model
     assert gen["hidden"] == [128]
@@ -162,3 +163,64 @@ def test_control_is_trained_not_a_copy_of_the_generalist(recipe: Path) -> None:
     assert all((gen[k] - longer[k]).abs().max() > 1e-3 for k in gen)
     with np.load(recipe / "generalist" / "logits.npz") as g, np.load(recipe / "longer" / "logits.npz") as c:
         assert (g["test"].argmax(1) != c["test"].argmax(1)).sum() > 0
+
+
+def _run(exp: Path, *args: str) -> None:
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--preset", "tiny", "--exp", str(exp), "--results", str(exp / "RESULTS.md"), *args],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, f"run.sh {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+
+
+def _combination_section(text: str) -> tuple[dict[str, str], str]:
+    """The combination section of RESULTS.md: its table's accuracy by system, and its text."""
+    section = text.split("### Combination (Table 3 analogue)")[1].split("### Accuracy change")[0]
+    rows = {cells[1].strip(): cells[2].strip() for cells in (line.split("|") for line in section.splitlines() if line.startswith("| "))}
+    rows.pop("system")
+    return rows, section
+
+
+def test_results_stay_consistent_when_the_control_runs_after_the_combination(recipe: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    subprocess.run(["cp", "-r", str(recipe), str(exp)], check=True)  # stages 0-3 match as they are
+    subprocess.run(["rm", "-r", str(exp / "longer"), str(exp / "combine")], check=True)
+    _run(exp, "--stage", "5", "--stop-stage", "5")  # the combination, before any control
+    _run(exp, "--stage", "4", "--stop-stage", "4")  # then the control
+    combine, longer = _record(exp, "combine"), _record(exp, "longer")
+    text = (exp / "RESULTS.md").read_text()
+    acc = f"{100 * longer['test_accuracy']:.2f}%"
+    assert f"Test accuracy {acc}." in text  # the control's section
+    rows, section = _combination_section(text)
+    # the combination ran without the control: its table and verdicts are against the generalist
+    # only, and it says it predates the control above, not that the control has not run
+    assert rows == {"generalist": f"{100 * combine['generalist_accuracy']:.2f}%",
+                    "generalist + specialists": f"{100 * combine['combined_accuracy']:.2f}%",
+                    "paper, JFT (61 specialists)": "25.0% -> 26.1%"}
+    assert "has not run" not in text and "The combination (stage 5) ran before the control (stage 4, above) finished" in section
+    assert "Against the generalist trained longer" not in section and "Out of date" not in text
+    log = (exp / "log" / "stage4_longer.log").read_text()  # and the control's log warns in the same words
+    assert "The combination (stage 5) ran before the control (stage 4, above) finished" in log and "Out of date" not in log
+
+    # the combination redone: compared with this control, its number in both sections
+    _run(exp, "--stage", "5", "--stop-stage", "5")
+    combine = _record(exp, "combine")
+    assert combine["longer"]["accuracy"] == pytest.approx(longer["test_accuracy"])
+    text = (exp / "RESULTS.md").read_text()
+    rows, section = _combination_section(text)
+    assert rows["generalist trained longer (the control, stage 4)"] == acc and f"Test accuracy {acc}." in text
+    assert control_verdict(combine) in section and "ran before the control" not in text and "has been redone" not in text
+
+    # the control redone with another learning rate: the combination's comparisons were with the
+    # earlier control, so they are left out, and its number appears only where it was measured
+    _run(exp, "--stage", "4", "--stop-stage", "4", "--set", "learning_rate=0.005")
+    redone = _record(exp, "longer")
+    assert redone["learning_rate"] == 0.005 and redone["steps"] == longer["steps"]
+    text = (exp / "RESULTS.md").read_text()
+    rows, section = _combination_section(text)
+    assert f"Test accuracy {100 * redone['test_accuracy']:.2f}%." in text
+    assert set(rows) == {"generalist", "generalist + specialists", "paper, JFT (61 specialists)"}
+    assert "was compared with a control (stage 4) that has been redone or removed since" in section
+    assert control_verdict(combine) not in section and both_baselines_verdict(combine) not in section
+    if redone["test_accuracy"] != longer["test_accuracy"]:
+        assert acc not in section and f"Test accuracy {acc}." not in text  # the earlier control's accuracy is gone

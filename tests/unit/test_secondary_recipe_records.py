@@ -137,3 +137,37 @@ def test_a_damaged_result_is_named_and_its_stage_redone(tmp_path: Path) -> None:
     # the record no longer vouches for the file: the stage is redone, not skipped
     assert mnist.run_mnist_stage("prepare", TINY_MNIST, exp)["sizes"] == {"train": 200, "val": 100, "test": 200}
     assert json.loads(result.read_text())["sizes"]["train"] == 200
+
+
+def test_specialists_results_say_which_stages_are_out_of_date(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    exp, md = tmp_path / "exp", tmp_path / "RESULTS.md"
+    for s in specialists.SPECIALIST_STAGES:
+        specialists.run_specialists_stage(s, TINY_SPECIALISTS, exp, results_file=md)
+    assert "Out of date" not in md.read_text()
+    # the specialists redone alone: the control (its budget) and the combination are built on
+    # the earlier specialists, the stages before them are not
+    caplog.set_level(logging.WARNING)
+    changed = dataclasses.replace(TINY_SPECIALISTS, specialist_learning_rate=0.003)
+    specialists.run_specialists_stage("specialists", changed, exp, results_file=md)
+    text = md.read_text()
+    notes = [line for line in text.splitlines() if line.startswith("Out of date: ")]
+    assert notes == [
+        "Out of date: stage 4 (longer) ran on results of stage 3 (specialists) that have changed since, so its numbers may not "
+        "follow from the results shown for it; rerun the recipe from stage 4 (`--stage 4`) to bring it up to date.",
+        "Out of date: stage 5 (combine) ran on results of stage 3 (specialists) that have changed since and builds on stage 4 "
+        "(longer), out of date itself, so its numbers here and in the two tables after it may not follow from the results shown "
+        "for them; rerun the recipe from stage 4 (`--stage 4`) to bring it up to date.",
+    ]
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Out of date")] == notes
+    # the control's comparisons are still shown: the combination ran with the control shown
+    assert "| generalist trained longer (the control, stage 4) |" in text
+    # a redone generalist puts every later stage out of date, each telling where to rerun from
+    specialists.run_specialists_stage("generalist", dataclasses.replace(changed, generalist_epochs=2), exp, results_file=md)
+    notes = [line for line in md.read_text().splitlines() if line.startswith("Out of date: ")]
+    assert [n.split(")")[0] for n in notes] == ["Out of date: stage 2 (clusters", "Out of date: stage 3 (specialists",
+                                               "Out of date: stage 4 (longer", "Out of date: stage 5 (combine"]
+    assert all(n.endswith("rerun the recipe from stage 2 (`--stage 2`) to bring it up to date.") for n in notes)
+    # the later stages rerun: nothing is out of date
+    for s in specialists.SPECIALIST_STAGES[2:]:
+        specialists.run_specialists_stage(s, dataclasses.replace(changed, generalist_epochs=2), exp, results_file=md)
+    assert "Out of date" not in md.read_text()
