@@ -142,7 +142,8 @@ class Cell:
 
 def search(posteriors, refs, words, hclg, tm, priors, tid2pdf, config: DecodeConfig) -> tuple[WerResult, int, dict[str, float]]:
     """Decode every utterance with ``config``; return the WER, the failures (all deletions) and
-    each utterance's search CPU seconds (scores, search and best path, as stage 9 times them)."""
+    each utterance's search CPU seconds (scores, search and the best path's word ids; stage 9's
+    Searcher also builds word timings from the best path, so its times can read a little higher)."""
     decoder = make_decoder(hclg, config)
     hyps, cpu, failed = {}, {}, 0
     for utt, lp in posteriors.items():
