@@ -219,24 +219,30 @@ def test_online_logit_matching_student_trains(egs_run: tuple[Path, Path, Path], 
     assert accs[-1] > accs[0] and accs[-1] > 5 / read_senones(layout).num_senones, accs
 
 
-@pytest.mark.slow
-def test_compact_storage_formats_through_stages_5_and_6(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    """kd.storage: the compact formats are made by stage 5 beside the default one, read by a
-    student, and a student asking for a format that was not made is refused by name."""
-    import dataclasses
-
+def _beside_egs_teachers(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> tuple[RecipeLayout, KdConfig]:
+    """A new experiment folder that links the egs run's stage 3 and teachers, so stage 5 can be
+    run there with other settings; and egs/tiny_kd's KdConfig."""
     from asr_kd.config import load_config
-    from asr_kd.errors import DataError
-    from asr_kd.stages.s5_soft_targets import find_soft_targets, make_soft_targets
-    from asr_kd.stages.s6_students import train_student
 
     data, exp, _ = egs_run
     other = tmp_path / "exp"
     other.mkdir()
     for name in ("gmm", "teachers"):
         (other / name).symlink_to(exp / name)
-    layout = RecipeLayout(data, other)
-    base = load_config(KdConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml")
+    return RecipeLayout(data, other), load_config(KdConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml")
+
+
+@pytest.mark.slow
+def test_compact_storage_formats_through_stages_5_and_6(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """kd.storage: the compact formats are made by stage 5 beside the default one, read by a
+    student, and a student asking for a format that was not made is refused by name."""
+    import dataclasses
+
+    from asr_kd.errors import DataError
+    from asr_kd.stages.s5_soft_targets import find_soft_targets, make_soft_targets
+    from asr_kd.stages.s6_students import train_student
+
+    layout, base = _beside_egs_teachers(egs_run, tmp_path)
     default = make_soft_targets(layout, base)
     compact = make_soft_targets(layout, dataclasses.replace(base, storage="uint16-uint8"))
     rvq = make_soft_targets(layout, dataclasses.replace(base, storage="rvq", codebooks=4))
@@ -268,17 +274,10 @@ def test_stage5_kl_is_finite_when_confident_teachers_underflow(egs_run: tuple[Pa
     from the log-probabilities, stays finite and positive."""
     import dataclasses
 
-    from asr_kd.config import load_config
     from asr_kd.kd.ensemble import ensemble_log_posteriors
     from asr_kd.stages.s5_soft_targets import make_soft_targets
 
-    data, exp, _ = egs_run
-    other = tmp_path / "exp"
-    other.mkdir()
-    for name in ("gmm", "teachers"):
-        (other / name).symlink_to(exp / name)
-    layout = RecipeLayout(data, other)
-    base = load_config(KdConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml")
+    layout, base = _beside_egs_teachers(egs_run, tmp_path)
     underflowed = []
 
     def confident(*args, **kwargs):
