@@ -1,5 +1,6 @@
-"""bench/compare_runs.py on hand-made stage-7 per-utterance counts: seeds averaged utterance by
-utterance, B − A equal to the counts' rates, its interval, and runs on different corpora refused."""
+"""bench/compare_runs.py on hand-made stage-7 per-utterance counts (seeds averaged utterance by
+utterance, B − A equal to the counts' rates, its interval, runs on different corpora refused), and
+bench/decode_sharpness.py's skip without a finished run."""
 
 from __future__ import annotations
 
@@ -98,3 +99,16 @@ def test_main_skips_without_runs_and_writes_its_section(tmp_path: Path, capsys) 
     text = results.read_text()
     assert "## AB" in text and "| test-clean | ensemble | 1 / 1 | 50.00% | 40.00% | -10.00 [-10.00, -10.00] | B better |" in text
     assert "--label-a '10 epochs'" in text  # a command that pastes into a shell
+
+
+def test_decode_sharpness_skips_without_a_run_and_leaves_results_alone(tmp_path: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("bench_decode_sharpness", ROOT / "bench" / "decode_sharpness.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_decode_sharpness"] = mod
+    spec.loader.exec_module(mod)
+    results = tmp_path / "RESULTS.md"
+    assert mod.main(["--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"), "--results", str(results)]) == 0
+    out = capsys.readouterr()
+    assert "decode_sharpness" in out.out + out.err and not results.exists()
+    with pytest.raises(SystemExit):
+        mod.main(["--repeats", "0", "--exp", str(tmp_path / "exp")])
