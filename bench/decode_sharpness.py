@@ -176,7 +176,7 @@ def rule_choices(cells: dict[SearchSetting, Cell], reference: SearchSetting, poi
     out = [(f"stage 9's: {100 * DEFAULT_TOLERANCE:g}% of dev errors", choose_setting(pts, reference, DEFAULT_TOLERANCE).setting,
             100 * DEFAULT_TOLERANCE * max(ref.errors, 1) / max(ref.ref_words, 1))]
     for p in points:
-        out.append((f"{p:g} WER points", choose_setting(pts, reference, tolerance_for_points(p, ref)).setting, p))
+        out.append((f"{p:g} WER points", choose_setting(pts, reference, tolerance_for_points(p, pts, reference)).setting, p))
     return out
 
 

@@ -149,13 +149,16 @@ def choose_setting(points: Sequence[SearchPoint], reference: SearchSetting, tole
                key=lambda p: (p.setting.max_active, p.setting.beam))
 
 
-def tolerance_for_points(points: float, reference: SearchPoint) -> float:
+def tolerance_for_points(points: float, grid: Sequence[SearchPoint], reference: SearchSetting) -> float:
     """Return the relative tolerance with which :func:`choose_setting` allows ``points`` WER
-    points (absolute) over ``reference``: for a tolerance stated in points rather than in percent
-    of the reference's word errors (the same allowance then holds at any WER)."""
+    points (absolute) over the ``reference`` setting's point of ``grid``: for a tolerance stated in
+    points rather than in percent of the reference's word errors (the same allowance then holds at
+    any WER). The reference is looked up in the grid, as :func:`choose_setting` does, so the two
+    cannot disagree on which point the allowance is measured from."""
     if points < 0:
         raise ConfigError(f"a tolerance in WER points must be >= 0, got {points}")
-    return points / 100.0 * max(reference.ref_words, 1) / max(reference.errors, 1)
+    ref = _reference_point(grid, reference)
+    return points / 100.0 * max(ref.ref_words, 1) / max(ref.errors, 1)
 
 
 class _Prepared(NamedTuple):

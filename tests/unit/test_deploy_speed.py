@@ -81,21 +81,24 @@ def test_a_tolerance_in_points_allows_that_many_points_at_any_wer() -> None:
 
     # 250 errors of 1000 words (25% WER): 1 point is 10 more errors, 4% of the reference's.
     ref = _point(11, 2000, 250)
-    assert tolerance_for_points(1.0, ref) == pytest.approx(0.04)
-    assert choose_setting([ref, _point(10, 1500, 260), _point(9, 500, 261)], REF, tolerance_for_points(1.0, ref)).setting == SearchSetting(10, 1500)
+    points = [_point(10, 1500, 260), ref, _point(9, 500, 261)]
+    assert tolerance_for_points(1.0, points, REF) == pytest.approx(0.04)
+    assert choose_setting(points, REF, tolerance_for_points(1.0, points, REF)).setting == SearchSetting(10, 1500)
     # At 60% WER the same 1 point is 10 errors too (1.67% relative), where 2% relative would allow 12.
     ref = _point(11, 2000, 600)
     points = [ref, _point(10, 1500, 610), _point(9, 500, 611)]
-    assert choose_setting(points, REF, tolerance_for_points(1.0, ref)).setting == SearchSetting(10, 1500)
+    assert choose_setting(points, REF, tolerance_for_points(1.0, points, REF)).setting == SearchSetting(10, 1500)
     assert choose_setting(points, REF, 0.02).setting == SearchSetting(9, 500)
     # The paired interval's upper end is held to the same points.
     base = [5] * 100
     detailed = compare_to_reference([_detailed(REF, base), _detailed(SearchSetting(10, 1500), [6, 6, 6, 6] + base[4:])], REF)
     high = detailed[1].versus_reference.high
-    assert choose_setting(detailed, REF, tolerance_for_points(100 * high + 0.001, detailed[0])).setting == SearchSetting(10, 1500)
-    assert choose_setting(detailed, REF, tolerance_for_points(100 * high - 0.01, detailed[0])).setting == REF
+    assert choose_setting(detailed, REF, tolerance_for_points(100 * high + 0.001, detailed, REF)).setting == SearchSetting(10, 1500)
+    assert choose_setting(detailed, REF, tolerance_for_points(100 * high - 0.01, detailed, REF)).setting == REF
     with pytest.raises(ConfigError, match="tolerance in WER points must be >= 0"):
-        tolerance_for_points(-1.0, ref)
+        tolerance_for_points(-1.0, points, REF)
+    with pytest.raises(ConfigError, match="must include the reference setting"):
+        tolerance_for_points(1.0, points[1:], REF)
 
 
 def test_choice_needs_the_reference_and_a_sane_tolerance() -> None:
