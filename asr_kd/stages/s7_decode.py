@@ -346,14 +346,20 @@ def evaluate_systems(
 def per_utterance_counts(layout: RecipeLayout, members: Sequence[str], part: str, root: Path | None = None) -> dict[str, np.ndarray]:
     """Return the per-utterance counts of a group of systems (seeds of one student) on ``part``,
     averaged over the members: ``{"errors", "ref_words", "correct", "frames"}`` arrays in the
-    order of the sorted utterance ids."""
+    order of the sorted utterance ids. Members that cover different utterances are refused (a
+    one-line error naming the file), never averaged by position."""
     tables = []
     for m in members:
-        data = read_json(per_utterance_path(layout, m, part, root))
-        assert isinstance(data, dict)
-        tables.append(data)
-    ids = sorted(tables[0])
-    counts = np.array([[t[u] for u in ids] for t in tables], dtype=np.float64)  # members x utts x 4
+        path = per_utterance_path(layout, m, part, root)
+        data = read_json(path)
+        if not isinstance(data, dict) or not data:
+            raise DataError(f"{path}: no per-utterance counts; rerun stage 7")
+        if tables and sorted(data) != sorted(tables[0][1]):
+            raise DataError(f"{path}: its utterances differ from {tables[0][0]}'s, so the seeds cannot be averaged "
+                            "utterance by utterance; rerun stage 7")
+        tables.append((path, data))
+    ids = sorted(tables[0][1])
+    counts = np.array([[t[u] for u in ids] for _, t in tables], dtype=np.float64)  # members x utts x 4
     mean = counts.mean(axis=0)
     return {"ids": np.array(ids), "errors": mean[:, 0], "ref_words": counts[0, :, 1], "correct": mean[:, 2], "frames": counts[0, :, 3]}
 

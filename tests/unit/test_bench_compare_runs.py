@@ -1,6 +1,7 @@
 """bench/compare_runs.py on hand-made stage-7 per-utterance counts (seeds averaged utterance by
 utterance, B − A equal to the counts' rates, its interval, runs on different corpora refused), and
-bench/decode_sharpness.py's skip without a finished run."""
+bench/decode_sharpness.py's skip without a finished run, and stage 7's own seed averaging
+(per_utterance_counts) on the same counts."""
 
 from __future__ import annotations
 
@@ -112,3 +113,23 @@ def test_decode_sharpness_skips_without_a_run_and_leaves_results_alone(tmp_path:
     assert "decode_sharpness" in out.out + out.err and not results.exists()
     with pytest.raises(SystemExit):
         mod.main(["--repeats", "0", "--exp", str(tmp_path / "exp")])
+
+
+def test_stage7_per_utterance_counts_average_seeds_by_utterance_and_refuse_other_utterances(tmp_path: Path) -> None:
+    from asr_kd.errors import DataError
+    from asr_kd.stages.layout import RecipeLayout
+    from asr_kd.stages.s7_decode import per_utterance_counts
+
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp")
+    first, second = _table([2] * 40, [50] * 40), _table([4] * 40, [70] * 40)
+    second = dict(reversed(list(second.items())))  # the same utterances, written in another order
+    second["u00"] = [8, 10, 90, 100]
+    _write(layout.exp_dir, "distilled", "test-clean", first)
+    _write(layout.exp_dir, "distilled_seed1", "test-clean", second)
+    counts = per_utterance_counts(layout, ["distilled", "distilled_seed1"], "test-clean")
+    assert counts["ids"][0] == "u00" and counts["errors"][0] == 5.0 and counts["correct"][0] == 70.0
+    assert counts["errors"][1:].tolist() == [3.0] * 39 and counts["ref_words"].sum() == 400
+    del second["u39"]
+    (layout.exp_dir / "decode" / "distilled_seed1_test-clean" / "per_utt.json").write_text(json.dumps(second))
+    with pytest.raises(DataError, match=r"distilled_seed1_test-clean/per_utt.json: its utterances differ"):
+        per_utterance_counts(layout, ["distilled", "distilled_seed1"], "test-clean")
