@@ -13,7 +13,7 @@ import torch
 
 from asr_kd.data.mnist import load_splits
 from asr_kd.experiments.classifier import predict_logits
-from asr_kd.experiments.specialists import both_baselines_verdict, combination_verdict, control_verdict, longer_verdict
+from asr_kd.experiments.specialists_report import both_baselines_verdict, combination_verdict, control_verdict, longer_verdict
 from asr_kd.kd.specialists import combination_objective, specialist_term_weights
 from asr_kd.models.mlp import MLP
 from tests.conftest import REPO_ROOT

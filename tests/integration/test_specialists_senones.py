@@ -12,7 +12,7 @@ import torch
 
 from asr_kd.data.alignments import load_alignment
 from asr_kd.experiments.senone_task import load_frame_task
-from asr_kd.experiments.specialists import combination_verdict
+from asr_kd.experiments.specialists_report import combination_verdict
 from asr_kd.kd.specialists import combination_objective, specialist_term_weights
 from tests.conftest import REPO_ROOT
 

@@ -166,7 +166,7 @@ def test_mean_weighting_does_not_count_overlapping_specialists_twice():
 
 
 def test_combination_verdict_says_gain_loss_or_noise():
-    from asr_kd.experiments.specialists import combination_verdict
+    from asr_kd.experiments.specialists_report import combination_verdict
 
     base = {"num_test": 5000}
     noise = combination_verdict({**base, "only_combined_right": 60, "only_generalist_right": 56, "p_value": 0.78})
@@ -262,7 +262,7 @@ def test_dustbin_share_of_the_training_set_and_its_prior_correction():
 
 
 def test_control_verdicts_need_a_significant_gain_over_both_baselines():
-    from asr_kd.experiments.specialists import both_baselines_verdict, control_verdict
+    from asr_kd.experiments.specialists_report import both_baselines_verdict, control_verdict
 
     # Fashion-MNIST-like: a gain over the generalist, none over the generalist trained longer
     r = {"num_test": 10000, "only_combined_right": 190, "only_generalist_right": 120, "p_value": 8.6e-5,
@@ -304,7 +304,7 @@ def test_a_step_budget_trains_exactly_that_many_steps_with_a_partial_last_epoch(
 
 
 def test_longer_verdict_reports_what_the_extra_training_alone_changed():
-    from asr_kd.experiments.specialists import longer_verdict
+    from asr_kd.experiments.specialists_report import longer_verdict
 
     r = {"longer": {"longer_vs_generalist": {"only_a_right": 130, "only_b_right": 125, "p_value": 0.8}}}
     assert longer_verdict(r) == (

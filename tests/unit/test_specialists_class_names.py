@@ -10,7 +10,8 @@ import numpy as np
 from asr_kd.config import load_config
 from asr_kd.config_secondary import SpecialistConfig
 from asr_kd.data.mnist import CLASS_NAMES_FILE, FASHION_MNIST_NAMES, MNIST_5K, DatasetInfo
-from asr_kd.experiments.specialists import class_label, class_set_line, run_specialists_stage, task_title, within_gain
+from asr_kd.experiments.specialists import run_specialists_stage
+from asr_kd.experiments.specialists_report import class_label, class_set_line, task_title, within_gain
 
 FASHION = DatasetInfo("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_NAMES, False)
 
