@@ -157,11 +157,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("temperature-sweep", help="stage 10 (opt-in): one distilled student per temperature T, scored beside the baseline",
                        description="For each --temperatures T: stage 5's soft targets at T and a distilled student trained on them "
-                       "(<exp>/temperature_sweep/T<T>/), scored on dev and test frame accuracy and test WER at the distilled student's "
-                       "dev-tuned scale, with paired bootstrap intervals against the stage-7 baseline; writes sweep.json and its "
-                       "RESULTS.md section (asr_kd/stages/s10_temperature_sweep.py). With --kd-set mode=online nothing is stored: each "
-                       "student learns the ensemble's whole distribution at its T in the training loop (<exp>/temperature_sweep_online/, "
-                       "its own section). Needs stages 4-7.")
+                       "(<exp>/students/sweep_T<T>/), scored on dev and test frame accuracy and test WER at its own acoustic scale chosen "
+                       "on dev, with paired bootstrap intervals against the stage-7 baseline; writes <exp>/temperature_sweep/sweep.json "
+                       "and its RESULTS.md section (asr_kd/stages/s10_temperature_sweep.py). With --kd-set mode=online nothing is "
+                       "stored: each student learns the ensemble's whole distribution at its T in the training loop "
+                       "(<exp>/students/sweep_online_T<T>/, scored in <exp>/temperature_sweep_online/, its own section). "
+                       "Needs stages 4-7.")
     _layout_args(p)
     _model_args(p)
     _kd_args(p)

@@ -167,6 +167,11 @@ class RecipeLayout:
         """Stage 6's student ``kind`` (hard, distilled) of its first seed, or of seed ``seed_index``."""
         return self.exp_dir / "students" / (kind if seed_index == 0 else f"{kind}_seed{seed_index}")
 
+    def sweep_student_dir(self, temperature: float, online: bool = False) -> Path:
+        """Stage 10's distilled student at ``temperature`` (stored or online soft targets): beside
+        stage 6's students, outside the sweep's scoring folder, so a rescoring keeps it."""
+        return self.exp_dir / "students" / f"sweep{'_online' if online else ''}_T{temperature:g}"
+
     @property
     def decode(self) -> Path:
         return self.exp_dir / "decode"

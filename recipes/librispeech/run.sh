@@ -93,7 +93,8 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      int8 quality gate (fails above --int8-max-relative), and the int8 student end to end
      (features + network + search) with a search beam / max-active chosen on the dev part, in \$results
  10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and one distilled
-     student per --temperatures T, test frame accuracy and WER with intervals against the baseline
+     student per --temperatures T (\$exp/students/sweep_T<T>), each decoded at its own dev-tuned
+     acoustic scale; test frame accuracy and WER with intervals against the baseline
 With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path in \$exp/ctc:
   4  CTC teachers (independent seeds; a set sharing its first --ctc-shared-init-steps; a set
      guided by teacher0's spikes with weight --ctc-guide-weight)

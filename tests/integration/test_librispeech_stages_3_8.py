@@ -400,24 +400,40 @@ def test_the_same_command_writes_the_same_results(recipe, tmp_path: Path) -> Non
 
 def test_temperature_sweep_trains_one_student_per_temperature(recipe, tmp_path: Path) -> None:
     """Stage 10 (opt-in): soft targets and a distilled student per T, each trained at its own T,
-    scored against the stage-7 baseline; RESULTS.md shows the recorded numbers."""
+    decoded at its own acoustic scale chosen on dev and scored against the stage-7 baseline;
+    RESULTS.md shows the recorded numbers; a new decode config rescores without retraining."""
     data, exp = _copy(recipe, tmp_path)
     run_librispeech_recipe(data, exp, "--stage", "10", "--stop-stage", "10", "--num-teachers", "2", "--temperatures", "1 3")
     sweep = json.loads((exp / "temperature_sweep" / "sweep.json").read_text())
     assert sorted(sweep["rows"]) == ["1", "3"]
+    students = {}
     for t in (1, 3):
-        student = read_record(exp / "temperature_sweep" / f"T{t}")
+        student = read_record(exp / "students" / f"sweep_T{t}")
         soft = read_record(exp / "soft_targets" / f"teachers2_arithmetic_T{t}_k10")
         assert student.config["kd"]["temperature"] == t and student.inputs["soft_targets"] == soft.fingerprint
-    table1 = json.loads((exp / "decode" / "table1.json").read_text())
-    assert sweep["acoustic_scale"] == table1["distilled"]["test-clean"]["acoustic_scale"]
+        students[t] = (student.finished, (exp / "students" / f"sweep_T{t}" / "final.pt").stat().st_mtime_ns)
+    for t, row in sweep["rows"].items():
+        # The scale is each student's own: the dev sweep's fewest errors, and the test part decoded at it.
+        dev = json.loads((exp / "temperature_sweep" / f"distilled_T{t}_dev-clean" / "scores.json").read_text())
+        test = json.loads((exp / "temperature_sweep" / f"distilled_T{t}_test-clean" / "scores.json").read_text())
+        tried = dict(zip(dev["sweep"]["scales"], dev["sweep"]["errors"]))
+        assert len(tried) >= 2 and tried[row["acoustic_scale"]] == min(tried.values())
+        assert dev["acoustic_scale"] == test["acoustic_scale"] == row["acoustic_scale"] and test["wer"] == row["test_wer"]
     section = (exp / "RESULTS.md").read_text().split("## Temperature sweep")[1]
     for t, row in sweep["rows"].items():
         assert row["wer_vs_baseline"]["low"] <= row["wer_vs_baseline"]["value"] <= row["wer_vs_baseline"]["high"]
         assert f"| {t} | {row['mass_kept']:.3f} | {row['kl_stored_vs_full']:.3f} | {100 * row['dev_frame_accuracy']:.1f}% | " \
-               f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% |" in section
+               f"{100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}) | {100 * row['test_frame_accuracy']:.1f}% | " \
+               f"{100 * row['test_wer']:.2f}% |" in section
     # A softer distribution keeps less of its mass in the top-k.
     assert sweep["rows"]["3"]["mass_kept"] < sweep["rows"]["1"]["mass_kept"]
+    # Another beam: the sweep is scored again, the students are not trained again.
+    run_librispeech_recipe(data, exp, "--stage", "10", "--stop-stage", "10", "--num-teachers", "2", "--temperatures", "1 3",
+                           "--decode-beam", "6")
+    assert read_record(exp / "temperature_sweep").config["decode"]["beam"] == 6
+    for t in (1, 3):
+        assert (read_record(exp / "students" / f"sweep_T{t}").finished,
+                (exp / "students" / f"sweep_T{t}" / "final.pt").stat().st_mtime_ns) == students[t]
 
 
 def test_fractions_bench_reproduces_stage_8_and_writes_only_its_own_folders(recipe, tmp_path: Path) -> None:
@@ -467,11 +483,11 @@ def test_online_temperature_sweep_learns_from_the_whole_distribution(recipe, tmp
                                load_config(DecodeConfig, REPO_ROOT / "recipes" / "librispeech" / "conf" / "decode_tiny.yaml"),
                                results_md=exp / "RESULTS.md", command="sweep-online")
     assert sorted(p.name for p in (exp / "soft_targets").iterdir()) == soft_before  # nothing stored
-    record = read_record(exp / "temperature_sweep_online" / "T3")
+    record = read_record(exp / "students" / "sweep_online_T3")
     assert record.config["kd"]["mode"] == "online" and record.config["kd"]["temperature"] == 3.0
     assert record.inputs["teachers"] == read_record(exp / "teachers").fingerprint
     row = result["rows"]["3"]
     text = (exp / "RESULTS.md").read_text()
     section = text.split(ONLINE_HEADING)[1]
-    assert f"| 3 | 1 (all) | 0 (all) | {100 * row['dev_frame_accuracy']:.1f}% | {100 * row['test_frame_accuracy']:.1f}% | " \
-           f"{100 * row['test_wer']:.2f}% |" in section
+    assert f"| 3 | 1 (all) | 0 (all) | {100 * row['dev_frame_accuracy']:.1f}% | {100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}) | " \
+           f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% |" in section
