@@ -41,10 +41,17 @@ class ScaleSweep:
         """Return the dev WER (a fraction) of each scale of :attr:`scales`."""
         return tuple(e / self.ref_words if self.ref_words else math.nan for e in self.errors)
 
+    @property
+    def at_grid_edge(self) -> bool:
+        """True when the best scale is the first or last one decoded: :func:`sweep_scales` only
+        stops there at the end of the grid, so the best scale may lie beyond the grid."""
+        return len(self.scales) > 1 and self.best in (self.scales[0], self.scales[-1])
+
     def describe(self) -> str:
         """Return a one-line account, e.g. ``dev-clean WER 31.2% at 0.0625 ... best 0.1``."""
         cells = ", ".join(f"{s:g}: {100 * w:.1f}%" for s, w in zip(self.scales, self.wers))
-        return f"acoustic scale on {self.part} ({cells}): best {self.best:g}"
+        edge = " (at the edge of decode.acoustic_scales: the best may lie beyond it; widen the grid)" if self.at_grid_edge else ""
+        return f"acoustic scale on {self.part} ({cells}): best {self.best:g}{edge}"
 
     def to_dict(self) -> dict:
         """Return the sweep as JSON-serialisable data (read back by :meth:`from_dict`)."""

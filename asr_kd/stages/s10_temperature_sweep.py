@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from asr_kd.config import DecodeConfig, DnnConfig, KdConfig, TrainConfig
+from asr_kd.decode.tuning import ScaleSweep
 from asr_kd.errors import ConfigError
 from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.metrics.paired import bootstrap_difference
@@ -99,6 +100,7 @@ def temperature_sweep(
             rows[f"{t:g}"] = {"temperature": t, "mass_kept": soft[t]["mean_mass_kept"], "kl_stored_vs_full": soft[t]["mean_kl_stored_vs_full"],
                               "dev_frame_accuracy": dev.frame_accuracy, "test_frame_accuracy": test.frame_accuracy,
                               "dev_wer": dev.wer, "acoustic_scale": dev.acoustic_scale, "test_wer": test.wer, "steps": summary["steps"],
+                              "scale_at_grid_edge": dev.sweep is not None and ScaleSweep.from_dict(dev.sweep).at_grid_edge,
                               "wer_vs_baseline": bootstrap_difference(base["errors"], mine["errors"], base["ref_words"]).to_dict(),
                               "frame_accuracy_vs_baseline": bootstrap_difference(base["correct"], mine["correct"], base["frames"]).to_dict()}
         write_json_atomic(sweep_path, {"baseline_seeds": len(base_members), "rows": rows})
@@ -133,7 +135,10 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
         kept = "1 (all)" if row["mass_kept"] is None else f"{row['mass_kept']:.3f}"
         kl = "0 (all)" if row["kl_stored_vs_full"] is None else f"{row['kl_stored_vs_full']:.3f}"
         lines.append(f"| {row['temperature']:g} | {kept} | {kl} | {100 * row['dev_frame_accuracy']:.1f}% | "
-                     f"{100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}) | "
+                     f"{100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}{', grid edge' if row.get('scale_at_grid_edge') else ''}) | "
                      f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% | {format_interval(wer)} ({significance(wer, True)}) | "
                      f"{format_interval(acc)} ({significance(acc, False)}) |")
+    if any(row.get("scale_at_grid_edge") for row in result["rows"].values()):
+        lines += ["", "A scale marked \"grid edge\" is the smallest or largest of the decode config's acoustic_scales: that "
+                  "student's best scale may lie beyond the grid, so its WERs are at most what a wider grid would give."]
     return "\n".join(lines) + "\n"

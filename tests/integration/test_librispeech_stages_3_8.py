@@ -418,12 +418,14 @@ def test_temperature_sweep_trains_one_student_per_temperature(recipe, tmp_path: 
         test = json.loads((exp / "temperature_sweep" / f"distilled_T{t}_test-clean" / "scores.json").read_text())
         tried = dict(zip(dev["sweep"]["scales"], dev["sweep"]["errors"]))
         assert len(tried) >= 2 and tried[row["acoustic_scale"]] == min(tried.values())
+        assert row["scale_at_grid_edge"] == (row["acoustic_scale"] in (min(tried), max(tried)))
         assert dev["acoustic_scale"] == test["acoustic_scale"] == row["acoustic_scale"] and test["wer"] == row["test_wer"]
     section = (exp / "RESULTS.md").read_text().split("## Temperature sweep")[1]
     for t, row in sweep["rows"].items():
         assert row["wer_vs_baseline"]["low"] <= row["wer_vs_baseline"]["value"] <= row["wer_vs_baseline"]["high"]
         assert f"| {t} | {row['mass_kept']:.3f} | {row['kl_stored_vs_full']:.3f} | {100 * row['dev_frame_accuracy']:.1f}% | " \
-               f"{100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}) | {100 * row['test_frame_accuracy']:.1f}% | " \
+               f"{100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}{', grid edge' if row['scale_at_grid_edge'] else ''}) | " \
+               f"{100 * row['test_frame_accuracy']:.1f}% | " \
                f"{100 * row['test_wer']:.2f}% |" in section
     # A softer distribution keeps less of its mass in the top-k.
     assert sweep["rows"]["3"]["mass_kept"] < sweep["rows"]["1"]["mass_kept"]
@@ -489,5 +491,6 @@ def test_online_temperature_sweep_learns_from_the_whole_distribution(recipe, tmp
     row = result["rows"]["3"]
     text = (exp / "RESULTS.md").read_text()
     section = text.split(ONLINE_HEADING)[1]
-    assert f"| 3 | 1 (all) | 0 (all) | {100 * row['dev_frame_accuracy']:.1f}% | {100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}) | " \
+    edge = ", grid edge" if row["scale_at_grid_edge"] else ""
+    assert f"| 3 | 1 (all) | 0 (all) | {100 * row['dev_frame_accuracy']:.1f}% | {100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}{edge}) | " \
            f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% |" in section

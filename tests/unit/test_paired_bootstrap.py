@@ -99,7 +99,11 @@ def test_the_search_walks_downhill_and_skips_the_far_end_of_the_grid() -> None:
     sweep, _ = sweep_scales("dev", grid, decode)
     assert sweep.best == 0.0833 and sorted(calls) == [0.0714, 0.0833, 0.1, 0.125]
     assert sweep.scales == (0.0714, 0.0833, 0.1, 0.125) and sweep.errors == (6, 5, 7, 8)
-    # The minimum at the end of the grid is reached too.
+    assert not sweep.at_grid_edge and "edge" not in sweep.describe()
+    # The minimum at the end of the grid is reached too, and said to be at its edge.
     errors.update({0.0625: 1, 0.0714: 4})  # falling all the way to the end
     calls.clear()
-    assert sweep_scales("dev", grid, decode)[0].best == 0.0625 and 0.1667 not in calls
+    sweep, _ = sweep_scales("dev", grid, decode)
+    assert sweep.best == 0.0625 and 0.1667 not in calls
+    assert sweep.at_grid_edge and "at the edge of decode.acoustic_scales" in sweep.describe()
+    assert ScaleSweep.from_dict(sweep.to_dict()).at_grid_edge
