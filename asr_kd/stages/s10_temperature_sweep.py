@@ -11,9 +11,9 @@ config's ``acoustic_scales`` (never on test; with no grid, the decode config's o
 part decoded at that scale, and compared with the stage-7 baseline (its seeds averaged) by a
 paired bootstrap over utterances. (Decoding every student at the scale stage 7 chose for the
 recipe's own distilled student favoured the T it was trained at: on mini, the T = 1 student's
-test WER was 56.38% at the T = 2 student's scale 0.0714 and 54.40% at its own, 0.1.) Writes ``<exp>/temperature_sweep/sweep.json`` and
-its RESULTS.md section; skipped (re-rendered) when the record matches. A changed decode config
-rescores the students without training them again.
+test WER was 56.38% at the T = 2 student's scale 0.0714 and 54.40% at its own, 0.1.) Writes
+``<exp>/temperature_sweep/sweep.json`` and its RESULTS.md section; skipped (re-rendered) when the
+record matches. A changed decode config rescores the students without training them again.
 
 With ``kd.mode=online`` (``--kd-set mode=online``) no soft targets are stored: each student
 learns from the whole ensemble distribution at its T, computed in the training loop. Stored
@@ -140,5 +140,6 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
                      f"{format_interval(acc)} ({significance(acc, False)}) |")
     if any(row.get("scale_at_grid_edge") for row in result["rows"].values()):
         lines += ["", "A scale marked \"grid edge\" is the smallest or largest of the decode config's acoustic_scales: that "
-                  "student's best scale may lie beyond the grid, so its WERs are at most what a wider grid would give."]
+                  "student's best scale may lie beyond the grid, where its dev WER could only be lower, so its row may "
+                  "understate it."]
     return "\n".join(lines) + "\n"
