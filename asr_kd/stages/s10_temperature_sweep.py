@@ -13,7 +13,9 @@ paired bootstrap over utterances. (Decoding every student at the scale stage 7 c
 recipe's own distilled student favoured the T it was trained at: on mini, the T = 1 student's
 test WER was 56.38% at the T = 2 student's scale 0.0714 and 54.40% at its own, 0.1.) Writes
 ``<exp>/temperature_sweep/sweep.json`` and its RESULTS.md section; skipped (re-rendered) when the
-record matches. A changed decode config rescores the students without training them again.
+record matches. The students are decoded with stage 7's decode config (another is refused: each
+difference from the baseline would compare two searches); after stage 7 is rerun with a new one,
+stage 10 rescores the students without training them again.
 
 With ``kd.mode=online`` (``--kd-set mode=online``) no soft targets are stored: each student
 learns from the whole ensemble distribution at its T, computed in the training loop. Stored
@@ -30,15 +32,17 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from asr_kd.config import DecodeConfig, DnnConfig, KdConfig, TrainConfig
 from asr_kd.decode.tuning import ScaleSweep
-from asr_kd.errors import ConfigError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.common import environment_lines, model_checkpoint
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.provenance import StageGuard, config_dict, require_record
 from asr_kd.stages.s5_soft_targets import make_soft_targets, soft_dir_of, storage_label
 from asr_kd.stages.s6_students import train_student
 from asr_kd.stages.s7_decode import per_utterance_counts, score_system
@@ -63,6 +67,7 @@ def temperature_sweep(
         raise ConfigError(f"--temperatures takes numbers > 0, got {list(temperatures)}")
     table1 = layout.decode / "table1.json"
     decode_rec = require_record(layout.decode, "stage 7 (decode-hybrid: the baseline and the distilled student's scale)")
+    _check_same_decoding(decode_rec.config.get("decode"), decode_config)
     online = kd.mode == "online"
     out = layout.exp_dir / ("temperature_sweep_online" if online else "temperature_sweep")
     if online:  # the whole distribution, from the teachers in the loop: nothing stored, nothing lost
@@ -97,6 +102,9 @@ def temperature_sweep(
                                decode_config, root=out)
             test = score_system(name, model, layout, layout.test_part, (dev.acoustic_scale,), decode_config, root=out)
             mine = per_utterance_counts(layout, [name], layout.test_part, root=out)
+            if not np.array_equal(base["ids"], mine["ids"]):
+                raise DataError(f"{out / (name + '_' + layout.test_part)}: its utterances differ from the stage-7 baseline's on "
+                                f"{layout.test_part}; rerun stage 7, then stage 10")
             rows[f"{t:g}"] = {"temperature": t, "mass_kept": soft[t]["mean_mass_kept"], "kl_stored_vs_full": soft[t]["mean_kl_stored_vs_full"],
                               "dev_frame_accuracy": dev.frame_accuracy, "test_frame_accuracy": test.frame_accuracy,
                               "dev_wer": dev.wer, "acoustic_scale": dev.acoustic_scale, "test_wer": test.wer, "steps": summary["steps"],
@@ -111,6 +119,20 @@ def temperature_sweep(
         heading = ONLINE_HEADING if online else HEADING
         write_section(results_md, heading, format_sweep(result, kd, layout.test_part, command) + environment_lines([out]))
     return result
+
+
+def _check_same_decoding(recorded: dict | None, decode_config: DecodeConfig) -> None:
+    """ConfigError unless stage 10 decodes as stage 7 decoded the baseline it is compared with
+    (``recorded``: stage 7's decode config): otherwise each difference from the baseline would
+    compare two search settings, not two models."""
+    if recorded is None:
+        return
+    mine = config_dict({"decode": decode_config})["decode"]
+    differing = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
+    if differing:
+        changes = "; ".join(f"{k}: {recorded.get(k)!r} -> {mine.get(k)!r}" for k in differing)
+        raise ConfigError(f"stage 10 would decode with other settings than stage 7's baseline ({changes}); rerun stage 7 "
+                          "with the same decode config first, or give stage 10 stage 7's")
 
 
 def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> str:
@@ -140,6 +162,6 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
                      f"{format_interval(acc)} ({significance(acc, False)}) |")
     if any(row.get("scale_at_grid_edge") for row in result["rows"].values()):
         lines += ["", "A scale marked \"grid edge\" is the smallest or largest of the decode config's acoustic_scales: that "
-                  "student's best scale may lie beyond the grid, where its dev WER could only be lower, so its row may "
-                  "understate it."]
+                  "student's best scale may lie beyond the grid: its dev WER there would be no higher than the row's, its "
+                  "test WER could move either way."]
     return "\n".join(lines) + "\n"

@@ -429,7 +429,13 @@ def test_temperature_sweep_trains_one_student_per_temperature(recipe, tmp_path: 
                f"{100 * row['test_wer']:.2f}% |" in section
     # A softer distribution keeps less of its mass in the top-k.
     assert sweep["rows"]["3"]["mass_kept"] < sweep["rows"]["1"]["mass_kept"]
-    # Another beam: the sweep is scored again, the students are not trained again.
+    # Another beam than stage 7's baseline was decoded with: refused, naming the key.
+    refused = subprocess.run(["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--results",
+                              str(exp / "RESULTS.md"), "--nj", "2", "--stage", "10", "--stop-stage", "10", "--num-teachers", "2",
+                              "--temperatures", "1 3", "--decode-beam", "6"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "other settings than stage 7's baseline (beam: 11.0 -> 6.0)" in refused.stdout + refused.stderr
+    # Stage 7 decoded at that beam too: the sweep is scored again, the students are not trained again.
+    run_librispeech_recipe(data, exp, "--stage", "7", "--stop-stage", "7", "--num-teachers", "2", "--decode-beam", "6")
     run_librispeech_recipe(data, exp, "--stage", "10", "--stop-stage", "10", "--num-teachers", "2", "--temperatures", "1 3",
                            "--decode-beam", "6")
     assert read_record(exp / "temperature_sweep").config["decode"]["beam"] == 6
