@@ -42,7 +42,7 @@ from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.common import environment_lines, model_checkpoint
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, config_dict, require_record
+from asr_kd.stages.provenance import StageGuard, config_dict, differences, require_record
 from asr_kd.stages.s5_soft_targets import make_soft_targets, soft_dir_of, storage_label
 from asr_kd.stages.s6_students import train_student
 from asr_kd.stages.s7_decode import per_utterance_counts, score_system
@@ -127,10 +127,8 @@ def _check_same_decoding(recorded: dict | None, decode_config: DecodeConfig) -> 
     compare two search settings, not two models."""
     if recorded is None:
         return
-    mine = config_dict({"decode": decode_config})["decode"]
-    differing = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
-    if differing:
-        changes = "; ".join(f"{k}: {recorded.get(k)!r} -> {mine.get(k)!r}" for k in differing)
+    changes = "; ".join(differences(recorded, config_dict({"decode": decode_config})["decode"], {}, {}))
+    if changes:
         raise ConfigError(f"stage 10 would decode with other settings than stage 7's baseline ({changes}); rerun stage 7 "
                           "with the same decode config first, or give stage 10 stage 7's")
 
