@@ -168,6 +168,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _kd_args(p)
     _teachers_arg(p, None)
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0], help="temperatures (default 1 2 4 8)")
+    p.add_argument("--num-seeds", type=int, default=1,
+                   help="students per T, with stage 6's seeds (default 1); at the recipe's own T, stage 6's students are used")
+    p.add_argument("--extra-scales", type=float, nargs="+", default=[],
+                   help="acoustic scales beyond the ends of the decode config's grid that the students' dev search may also visit "
+                   "(refused when a baseline seed's own search stopped at its grid's edge)")
     p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields (the beam of stage 7)")
     p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
     _jobs_arg(p, "students")
@@ -356,7 +361,8 @@ def _temperature_sweep(args: argparse.Namespace) -> int:
     model_cfg, train_cfg = _configs(args)
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": 1, **parse_overrides(args.decode_overrides)})
     result = temperature_sweep(temperatures=args.temperatures, model_config=model_cfg, train_config=train_cfg, kd=_kd(args),
-                               decode_config=decode_cfg, num_teachers=args.num_teachers, jobs=args.jobs,
+                               decode_config=decode_cfg, num_teachers=args.num_teachers, jobs=args.jobs, num_seeds=args.num_seeds,
+                               extra_scales=args.extra_scales,
                                num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
     for t, row in result["rows"].items():
         print(f"T={t}: test frame accuracy {row['test_frame_accuracy']:.4f}, test WER {row['test_wer']:.4f}")

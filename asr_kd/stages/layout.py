@@ -167,10 +167,12 @@ class RecipeLayout:
         """Stage 6's student ``kind`` (hard, distilled) of its first seed, or of seed ``seed_index``."""
         return self.exp_dir / "students" / (kind if seed_index == 0 else f"{kind}_seed{seed_index}")
 
-    def sweep_student_dir(self, temperature: float, online: bool = False) -> Path:
-        """Stage 10's distilled student at ``temperature`` (stored or online soft targets): beside
-        stage 6's students, outside the sweep's scoring folder, so a rescoring keeps it."""
-        return self.exp_dir / "students" / f"sweep{'_online' if online else ''}_T{temperature:g}"
+    def sweep_student_dir(self, temperature: float, online: bool = False, seed_index: int = 0) -> Path:
+        """Stage 10's distilled student at ``temperature`` (stored or online soft targets) of its
+        first seed, or of seed ``seed_index``: beside stage 6's students, outside the sweep's scoring
+        folder, so a rescoring keeps it."""
+        name = f"sweep{'_online' if online else ''}_T{temperature:g}"
+        return self.exp_dir / "students" / (name if seed_index == 0 else f"{name}_seed{seed_index}")
 
     @property
     def decode(self) -> Path:

@@ -320,7 +320,7 @@ def differences(old_config: Mapping[str, Any], new_config: Mapping[str, Any], ol
     return diffs
 
 
-def _check_outputs(root: Path, outputs: Mapping[str, Mapping[str, Any]]) -> str | None:
+def check_outputs(root: Path, outputs: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Return why the recorded outputs below ``root`` are not intact, or None if they are."""
     for rel, info in outputs.items():
         p = root / rel
@@ -424,7 +424,7 @@ class StageGuard:
         if old is not None:
             diffs = differences(old.config, self.config, old.inputs, self.inputs)
             if not diffs:
-                broken = _check_outputs(self.folder, old.outputs)
+                broken = check_outputs(self.folder, old.outputs)
                 if broken is None:
                     log.info("%s: up to date (%s matches its config and inputs); skipping", self.stage, self.record_path)
                     self.record = old

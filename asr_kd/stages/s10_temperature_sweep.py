@@ -3,15 +3,19 @@ section 2: raising T softens the ensemble's distribution and carries more of its
 structure; the T^2 factor keeps the soft term's gradients comparable across temperatures).
 
 For each T of the sweep, stage 5's soft targets at that T (their own folder, checked by their
-record) and one distilled student trained on them with the recipe's settings otherwise (seed of
-the first stage-6 student) in ``<exp>/students/sweep_T<T>/`` (its own record, as stage 6's
-students have), trained ``jobs`` at a time. Each student is scored on dev and test frame accuracy
-and decoded as stage 7 decodes every system: its acoustic scale chosen on dev from the decode
-config's ``acoustic_scales`` (never on test; with no grid, the decode config's one scale), the test
-part decoded at that scale, and compared with the stage-7 baseline (its seeds averaged) by a
-paired bootstrap over utterances. (Decoding every student at the scale stage 7 chose for the
-recipe's own distilled student favoured the T it was trained at: on mini, the T = 1 student's
-test WER was 56.38% at the T = 2 student's scale 0.0714 and 54.40% at its own, 0.1.) Writes
+record) and ``num_seeds`` distilled students trained on them with the recipe's settings otherwise
+(seed k as stage 6's student of seed k) in ``<exp>/students/sweep_T<T>[_seed<k>]/`` (each its own
+record, as stage 6's students have), trained ``jobs`` at a time; a student whose settings and
+inputs equal those of stage 6's distilled student of its seed (the recipe's own T) is that
+student, not trained again. Each student is scored on dev and test frame accuracy and decoded as
+stage 7 decodes every system: its acoustic scale chosen on dev from the decode config's
+``acoustic_scales`` (never on test; with no grid, the decode config's one scale), the test part
+decoded at that scale. Each T's students (their per-utterance counts averaged over the seeds, as
+in Table 1) are compared with the stage-7 baseline (its seeds averaged) by a paired bootstrap over
+utterances, and, when the recipe's own T is swept, with the students at that T the same way.
+(Decoding every student at the scale stage 7 chose for the recipe's own distilled student
+favoured the T it was trained at: on mini, the T = 1 student's test WER was 56.38% at the T = 2
+student's scale 0.0714 and 54.40% at its own, 0.1.) Writes
 ``<exp>/temperature_sweep/sweep.json`` and its RESULTS.md section; skipped (re-rendered) when the
 record matches. The students are decoded with stage 7's decode config (another is refused: each
 difference from the baseline would compare two searches); after stage 7 is rerun with a new one,
@@ -44,7 +48,7 @@ from asr_kd.stages.common import environment_lines, model_checkpoint
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, config_dict, differences, require_record
 from asr_kd.stages.s5_soft_targets import make_soft_targets, soft_dir_of, storage_label
-from asr_kd.stages.s6_students import train_student
+from asr_kd.stages.s6_students import student_matches, train_student
 from asr_kd.stages.s7_decode import per_utterance_counts, score_system
 from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.utils import read_json, write_json_atomic
@@ -57,17 +61,24 @@ ONLINE_HEADING = "## Temperature sweep with online teachers: the whole soft dist
 def temperature_sweep(
     layout: RecipeLayout, temperatures: Sequence[float], model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
     decode_config: DecodeConfig, num_teachers: int | None = None, jobs: int = 1, num_threads: int = 1,
-    results_md: Path | None = None, command: str = "", launcher: Launcher | None = None,
+    results_md: Path | None = None, command: str = "", launcher: Launcher | None = None, num_seeds: int = 1,
+    extra_scales: Sequence[float] = (),
 ) -> dict:
-    """Run the sweep over ``temperatures`` (``kd`` otherwise as stage 6's) and return ``sweep.json``'s
-    contents: per T the soft targets' statistics, the student's dev and test frame accuracy, its
-    test WER and the paired bootstrap intervals of its differences from the baseline."""
+    """Run the sweep over ``temperatures`` (``kd`` otherwise as stage 6's), ``num_seeds`` students
+    per T, and return ``sweep.json``'s contents: per T the soft targets' statistics, each seed's dev
+    and test frame accuracy, dev WER, acoustic scale and test WER, their means, and the paired
+    bootstrap intervals of the seeds' mean differences from the baseline (and from the student at
+    ``kd``'s own T when it is swept). ``extra_scales``: acoustic scales beyond both ends of the
+    decode config's grid, searched for the students only (:func:`_students_grid`)."""
     temps = sorted({float(t) for t in temperatures})
     if not temps or temps[0] <= 0:
         raise ConfigError(f"--temperatures takes numbers > 0, got {list(temperatures)}")
+    if num_seeds < 1:
+        raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
     table1 = layout.decode / "table1.json"
     decode_rec = require_record(layout.decode, "stage 7 (decode-hybrid: the baseline and the distilled student's scale)")
     _check_same_decoding(decode_rec.config.get("decode"), decode_config)
+    grid = _students_grid(decode_config, extra_scales, read_json(table1), layout.dev_part)
     online = kd.mode == "online"
     out = layout.exp_dir / ("temperature_sweep_online" if online else "temperature_sweep")
     if online:  # the whole distribution, from the teachers in the loop: nothing stored, nothing lost
@@ -79,14 +90,33 @@ def temperature_sweep(
                                                                        int(soft[t]["num_teachers"])), "stage 5").fingerprint for t in temps}
     # The students are trained first, each skipped when its own record matches; the sweep's record
     # covers the scoring (their final.pt among its inputs), so a new decode config only rescores.
-    student_dirs = {t: layout.sweep_student_dir(t, online) for t in temps}
-    runs = [(layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t), num_teachers, None, command, 0,
-             student_dirs[t]) for t in temps]
-    summaries = launch_jobs(train_student, runs, launcher, jobs, num_threads, layout.exp_dir / "log", "stage10_students")
-    students = {f"student_T{t:g}": require_record(student_dirs[t], f"stage 10's student at T = {t:g}").fingerprint for t in temps}
+    # Seed k of a T is trained with stage 6's seed k; where stage 6's distilled student of that seed
+    # was made with exactly these settings (the recipe's own T), it is used, not trained again.
+    # Only students whose folder has no matching record are launched (a re-rendering starts no job).
+    runs = [(t, k) for t in temps for k in range(num_seeds)]
+    student_dirs: dict[tuple[float, int], Path] = {}
+    to_train = []
+    for t, k in runs:
+        stage6 = layout.student_dir("distilled", k)
+        student_dirs[t, k] = layout.sweep_student_dir(t, online, k)
+        if student_matches(stage6, layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t), num_teachers, k):
+            log.info("stage 10: T = %g, seed %d is stage 6's distilled student (%s, same settings); not trained again", t, k, stage6)
+            student_dirs[t, k] = stage6
+        elif not student_matches(student_dirs[t, k], layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t),
+                                 num_teachers, k):
+            to_train.append((t, k))
+    if to_train:
+        launch_jobs(train_student, [(layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t), num_teachers,
+                                     None, command, k, student_dirs[t, k], f"stage 10 (distilled student at T = {t:g}, seed {k})") for t, k in to_train],
+                    launcher, jobs, num_threads, layout.exp_dir / "log", "stage10_students")
+    students = {_seed_name("student", t, k): require_record(student_dirs[t, k], f"stage 10's student at T = {t:g}, seed {k}").fingerprint
+                for t, k in runs}
     guard = StageGuard("stage 10 (temperature sweep)", out,
                        {"temperatures": temps, "kd": kd, "dnn": model_config, "train": train_config, "decode": decode_config,
-                        "num_teachers": num_teachers, "scale": "each student's own, chosen on dev"},
+                        "num_teachers": num_teachers, "scale": "each student's own, chosen on dev",
+                        # Named only when set, so a finished one-seed sweep keeps its fingerprint.
+                        **({"num_seeds": num_seeds} if num_seeds > 1 else {}),
+                        **({"extra_scales": sorted(float(x) for x in extra_scales)} if extra_scales else {})},
                        {"decode": decode_rec.fingerprint, **upstream, **students}, command)
     sweep_path = out / "sweep.json"
     if guard.needs_work():
@@ -94,24 +124,43 @@ def temperature_sweep(
         assert isinstance(stored, dict)
         base_members = [n for n in stored if n == "baseline" or n.startswith("baseline_seed")]
         base = per_utterance_counts(layout, base_members, layout.test_part)
-        rows = {}
-        for t, summary in zip(temps, summaries):
-            model = [load_frame_classifier(model_checkpoint(student_dirs[t]))]
-            name = f"distilled_T{t:g}"
-            dev = score_system(name, model, layout, layout.dev_part, decode_config.acoustic_scales or (decode_config.acoustic_scale,),
-                               decode_config, root=out)
-            test = score_system(name, model, layout, layout.test_part, (dev.acoustic_scale,), decode_config, root=out)
-            mine = per_utterance_counts(layout, [name], layout.test_part, root=out)
+        rows, counts = {}, {}
+        for t in temps:
+            seeds = []
+            for k in range(num_seeds):
+                model = [load_frame_classifier(model_checkpoint(student_dirs[t, k]))]
+                name = _seed_name("distilled", t, k)
+                dev = score_system(name, model, layout, layout.dev_part, grid, decode_config, root=out)
+                test = score_system(name, model, layout, layout.test_part, (dev.acoustic_scale,), decode_config, root=out)
+                summary = read_json(student_dirs[t, k] / "summary.json")
+                assert isinstance(summary, dict)
+                seeds.append({"seed": summary["seed"], "student": student_dirs[t, k].relative_to(layout.exp_dir).as_posix(),
+                              "steps": summary["steps"], "dev_frame_accuracy": dev.frame_accuracy, "test_frame_accuracy": test.frame_accuracy,
+                              "dev_wer": dev.wer, "acoustic_scale": dev.acoustic_scale, "test_wer": test.wer,
+                              "scale_at_grid_edge": dev.sweep is not None and ScaleSweep.from_dict(dev.sweep).at_grid_edge})
+            names = [_seed_name("distilled", t, k) for k in range(num_seeds)]
+            counts[t] = mine = per_utterance_counts(layout, names, layout.test_part, root=out)
             if not np.array_equal(base["ids"], mine["ids"]):
-                raise DataError(f"{out / (name + '_' + layout.test_part)}: its utterances differ from the stage-7 baseline's on "
+                raise DataError(f"{out / (names[0] + '_' + layout.test_part)}: its utterances differ from the stage-7 baseline's on "
                                 f"{layout.test_part}; rerun stage 7, then stage 10")
             rows[f"{t:g}"] = {"temperature": t, "mass_kept": soft[t]["mean_mass_kept"], "kl_stored_vs_full": soft[t]["mean_kl_stored_vs_full"],
-                              "dev_frame_accuracy": dev.frame_accuracy, "test_frame_accuracy": test.frame_accuracy,
-                              "dev_wer": dev.wer, "acoustic_scale": dev.acoustic_scale, "test_wer": test.wer, "steps": summary["steps"],
-                              "scale_at_grid_edge": dev.sweep is not None and ScaleSweep.from_dict(dev.sweep).at_grid_edge,
+                              **{key: _mean([s[key] for s in seeds]) for key in ("dev_frame_accuracy", "test_frame_accuracy", "dev_wer", "test_wer")},
+                              "test_wer_std": _std([s["test_wer"] for s in seeds]),
+                              "test_frame_accuracy_std": _std([s["test_frame_accuracy"] for s in seeds]),
+                              "acoustic_scales": [s["acoustic_scale"] for s in seeds],
+                              "scale_at_grid_edge": any(s["scale_at_grid_edge"] for s in seeds), "seeds": seeds,
                               "wer_vs_baseline": bootstrap_difference(base["errors"], mine["errors"], base["ref_words"]).to_dict(),
                               "frame_accuracy_vs_baseline": bootstrap_difference(base["correct"], mine["correct"], base["frames"]).to_dict()}
-        write_json_atomic(sweep_path, {"baseline_seeds": len(base_members), "rows": rows})
+        own = kd.temperature if kd.temperature in counts and len(temps) > 1 else None
+        for t in temps if own is not None else ():
+            if t != own:  # each T against the recipe's own, paired over the same utterances, seeds averaged
+                rows[f"{t:g}"]["wer_vs_own_temperature"] = bootstrap_difference(counts[own]["errors"], counts[t]["errors"],
+                                                                                base["ref_words"]).to_dict()
+                rows[f"{t:g}"]["frame_accuracy_vs_own_temperature"] = bootstrap_difference(counts[own]["correct"], counts[t]["correct"],
+                                                                                           base["frames"]).to_dict()
+        write_json_atomic(sweep_path, {"baseline_seeds": len(base_members), "num_seeds": num_seeds, "own_temperature": own,
+                                       "beam": decode_config.beam, "max_active": decode_config.max_active,
+                                       "extra_scales": sorted(float(x) for x in extra_scales), "rows": rows})
         guard.finish([sweep_path])
     result = read_json(sweep_path)
     assert isinstance(result, dict)
@@ -119,6 +168,43 @@ def temperature_sweep(
         heading = ONLINE_HEADING if online else HEADING
         write_section(results_md, heading, format_sweep(result, kd, layout.test_part, command) + environment_lines([out]))
     return result
+
+
+def _seed_name(prefix: str, temperature: float, seed_index: int) -> str:
+    return f"{prefix}_T{temperature:g}" + (f"_seed{seed_index}" if seed_index else "")
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def _std(values: Sequence[float | None]) -> float:
+    """The seeds' standard deviation (ddof 1, as Table 1's); 0 for one seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 and all(v is not None for v in values) else 0.0
+
+
+def _students_grid(decode_config: DecodeConfig, extra_scales: Sequence[float], table1: object, dev_part: str) -> tuple[float, ...]:
+    """The acoustic scales the students' dev search may visit: the decode config's grid (stage 7's)
+    and ``extra_scales``. An extra scale must lie beyond an end of that grid, and every baseline seed's
+    own search must have stopped inside it: the search starts at the default scale and moves on only
+    while the dev errors fall, so it would have stopped at the same scale on the wider grid, and the
+    baseline the students are compared with stays the one stage 7 tuned. Otherwise ConfigError."""
+    grid = tuple(decode_config.acoustic_scales) or (decode_config.acoustic_scale,)
+    extra = sorted({float(x) for x in extra_scales})
+    if not extra:
+        return grid
+    inside = [x for x in extra if min(grid) <= x <= max(grid)]
+    if inside or extra[0] <= 0:
+        raise ConfigError(f"--extra-scales {extra}: each must be > 0 and beyond the ends of decode.acoustic_scales ({min(grid):g} .. "
+                          f"{max(grid):g}); to change scales inside it, change the decode config and rerun stage 7")
+    assert isinstance(table1, dict)
+    for name in (n for n in table1 if n == "baseline" or n.startswith("baseline_seed")):
+        sweep = (table1[name].get(dev_part) or {}).get("sweep")
+        if sweep is None or ScaleSweep.from_dict(sweep).at_grid_edge:
+            why = f"was not tuned on {dev_part}" if sweep is None else "chose a scale at the edge of its grid"
+            raise ConfigError(f"--extra-scales: stage 7's {name} {why}, so a wider grid could change the baseline too; widen "
+                              "decode.acoustic_scales and rerun stage 7 instead")
+    return tuple(sorted(set(grid) | set(extra)))
 
 
 def _check_same_decoding(recorded: dict | None, decode_config: DecodeConfig) -> None:
@@ -138,15 +224,25 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
     from asr_kd.report.tables import format_interval, significance
 
     online = kd.mode == "online"
+    n = int(result.get("num_seeds", 1))
     lines = [ONLINE_HEADING if online else HEADING, ""]
     if command:
         lines += [f"Produced by `{command}`.", ""]
     targets = "the ensemble's whole distribution computed in the training loop (online)" if online else f"top-{kd.top_k}, storage {storage_label(kd)}"
-    lines += [f"One distilled student per T (seed of the first stage-6 student; soft weight {kd.soft_weight:g}, hard weight "
-              f"{kd.hard_weight:g}, {targets}), each decoded as stage 7 decodes every system: its acoustic scale chosen on dev, "
-              f"{test_part} decoded at it; differences from the baseline (mean of its {result['baseline_seeds']} seeds) with 95% "
-              "paired bootstrap intervals over utterances. One seed per T: differences between temperatures smaller than the "
-              "intervals are noise.", "",
+    seeds = ("One distilled student per T (seed of the first stage-6 student" if n == 1 else
+             f"{n} distilled students per T (the seeds of stage 6's students; a student with exactly stage 6's settings, at the "
+             "recipe's own T, is stage 6's, not trained again")
+    search = f" at beam {result['beam']:g}, max-active {result['max_active']}" if "beam" in result else ""
+    extra = result.get("extra_scales") or []
+    if extra:
+        search += (f" (the students' scale search could also visit {', '.join(f'{x:g}' for x in extra)}, beyond stage 7's grid; "
+                   "every baseline seed's own search stopped inside that grid, so a wider one leaves the baseline as it is)")
+    noise = ("One seed per T: differences between temperatures smaller than the intervals are noise." if n == 1 else
+             f"Frame accuracy and test WER: mean ± standard deviation over the {n} seeds; the intervals are over utterances of the "
+             "seeds' averaged counts, as Table 1's.")
+    lines += [f"{seeds}; soft weight {kd.soft_weight:g}, hard weight {kd.hard_weight:g}, {targets}), each decoded as stage 7 decodes "
+              f"every system{',' if search else ''}{search}: its acoustic scale chosen on dev, {test_part} decoded at it; differences from the baseline (mean "
+              f"of its {result['baseline_seeds']} seeds) with 95% paired bootstrap intervals over utterances. {noise}", "",
               "| T | soft-target mass kept (top-k) | KL(stored ‖ full), nats | dev frame accuracy | dev WER (acoustic scale) | "
               "test frame accuracy | test WER | WER − baseline, points | frame accuracy − baseline, points |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -154,12 +250,31 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
         wer, acc = row["wer_vs_baseline"], row["frame_accuracy_vs_baseline"]
         kept = "1 (all)" if row["mass_kept"] is None else f"{row['mass_kept']:.3f}"
         kl = "0 (all)" if row["kl_stored_vs_full"] is None else f"{row['kl_stored_vs_full']:.3f}"
+        scales = "/".join(f"{s:g}" for s in row.get("acoustic_scales", [row.get("acoustic_scale")]))
+        test_acc = f"{100 * row['test_frame_accuracy']:.1f}%" if n == 1 else \
+            f"{100 * row['test_frame_accuracy']:.1f} ± {100 * row['test_frame_accuracy_std']:.1f}%"
+        test_wer = f"{100 * row['test_wer']:.2f}%" if n == 1 else f"{100 * row['test_wer']:.2f} ± {100 * row['test_wer_std']:.2f}%"
         lines.append(f"| {row['temperature']:g} | {kept} | {kl} | {100 * row['dev_frame_accuracy']:.1f}% | "
-                     f"{100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}{', grid edge' if row.get('scale_at_grid_edge') else ''}) | "
-                     f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% | {format_interval(wer)} ({significance(wer, True)}) | "
+                     f"{100 * row['dev_wer']:.2f}% ({scales}{', grid edge' if row.get('scale_at_grid_edge') else ''}) | "
+                     f"{test_acc} | {test_wer} | {format_interval(wer)} ({significance(wer, True)}) | "
                      f"{format_interval(acc)} ({significance(acc, False)}) |")
+    own = result.get("own_temperature")
+    if own is not None:
+        lines += ["", f"Against the student at the recipe's own T = {own:g} (the same paired bootstrap; negative WER, positive frame "
+                  "accuracy: better than it):", ""]
+        for row in result["rows"].values():
+            if "wer_vs_own_temperature" in row:
+                wer, acc = row["wer_vs_own_temperature"], row["frame_accuracy_vs_own_temperature"]
+                lines.append(f"- T = {row['temperature']:g}: WER {format_interval(wer)} points ({_verdict(wer, True)}), frame accuracy "
+                             f"{format_interval(acc)} points ({_verdict(acc, False)})")
     if any(row.get("scale_at_grid_edge") for row in result["rows"].values()):
-        lines += ["", "A scale marked \"grid edge\" is the smallest or largest of the decode config's acoustic_scales: that "
-                  "student's best scale may lie beyond the grid: its dev WER there would be no higher than the row's, its "
-                  "test WER could move either way."]
+        lines += ["", "A row marked \"grid edge\" has a student whose scale is the smallest or largest of the grid searched "
+                  f"(the decode config's acoustic_scales{' and the extra scales' if extra else ''}): its best scale may lie beyond "
+                  "the grid: its dev WER there would be no higher, its test WER could move either way."]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(iv: dict, better_if_negative: bool) -> str:
+    if not iv["excludes_zero"]:
+        return "noise: the interval contains 0"
+    return "better" if (iv["high"] < 0) == better_if_negative else "worse"

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from asr_kd.config import DnnConfig, KdConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
@@ -22,7 +22,7 @@ from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
 from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, alignment_inputs, describe_dnn, fmt_pct, load_teachers, read_senones, write_results
 from asr_kd.stages.layout import STUDENT_KINDS, RecipeLayout
-from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.provenance import StageGuard, check_outputs, config_dict, differences, read_record, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import train_frame_classifier
@@ -58,35 +58,18 @@ def train_students(
 def train_student(
     layout: RecipeLayout, kind: str, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
     num_teachers: int | None = None, results_md: Path | None = None, command: str = "", seed_index: int = 0,
-    out_dir: Path | None = None,
+    out_dir: Path | None = None, stage: str = "",
 ) -> dict:
     """Train the student ``kind`` ("hard", "distilled" or "compressed": distilled too, meant for a
     smaller ``model_config``) with seed ``train_config.seed + 1000 +
     seed_index`` in ``<exp>/students/<kind>[_seed<k>]`` (or ``out_dir``), or skip it when its
-    record matches.
+    record matches. ``stage`` names it in the log and its record (default: stage 6's name).
     Returns its summary (``{"steps", "stop_reason", "best_dev_frame_accuracy", "soft_targets",
     "seed", "soft_targets_dir"}``, also in ``summary.json``)."""
-    if kind not in STUDENT_KINDS:
-        raise ConfigError(f"student kind must be one of {STUDENT_KINDS}, got {kind!r}")
-    if seed_index < 0:
-        raise ConfigError(f"seed index must be >= 0, got {seed_index}")
-    senones = read_senones(layout)
-    cfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
+    cfg, config, inputs, train_cuts, soft_record = _student_settings(layout, kind, train_config, model_config, kd, num_teachers, seed_index)
     exp_dir = out_dir or layout.student_dir(kind, seed_index)
-    train_cuts: Path = layout.ali_cuts(layout.train_part)
-    config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}
-    inputs = alignment_inputs(layout)
-    soft_record = None
-    if kind in DISTILLED_KINDS:
-        config["kd"] = kd
-        if kd.mode == "stored":
-            train_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 6 (distilled student)")
-            inputs["soft_targets"] = soft_record.fingerprint
-        else:
-            teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
-            inputs["teachers"] = teachers.fingerprint
-            config["num_teachers"] = num_teachers
-    guard = StageGuard(f"stage 6 ({kind} student, seed {seed_index})", exp_dir, config, inputs, command)
+    senones = read_senones(layout)
+    guard = StageGuard(stage or f"stage 6 ({kind} student, seed {seed_index})", exp_dir, config, inputs, command)
     summary_path = exp_dir / "summary.json"
     if guard.needs_work():
         loss = None
@@ -114,6 +97,47 @@ def train_student(
     if results_md is not None:
         _write_section(kind, model_config, kd, [summary], results_md, command, [exp_dir])
     return summary
+
+
+def _student_settings(
+    layout: RecipeLayout, kind: str, train_config: TrainConfig, model_config: DnnConfig, kd: KdConfig, num_teachers: int | None,
+    seed_index: int,
+) -> tuple[TrainConfig, dict, dict, Path, Any]:
+    """What the student ``kind`` of seed ``seed_index`` is made from: its TrainConfig (the seed
+    set), the config and inputs its record holds, its training cuts and the soft targets' record."""
+    if kind not in STUDENT_KINDS:
+        raise ConfigError(f"student kind must be one of {STUDENT_KINDS}, got {kind!r}")
+    if seed_index < 0:
+        raise ConfigError(f"seed index must be >= 0, got {seed_index}")
+    cfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
+    train_cuts: Path = layout.ali_cuts(layout.train_part)
+    config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}
+    inputs = alignment_inputs(layout)
+    soft_record = None
+    if kind in DISTILLED_KINDS:
+        config["kd"] = kd
+        if kd.mode == "stored":
+            train_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 6 (distilled student)")
+            inputs["soft_targets"] = soft_record.fingerprint
+        else:
+            teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+            inputs["teachers"] = teachers.fingerprint
+            config["num_teachers"] = num_teachers
+    return cfg, config, inputs, train_cuts, soft_record
+
+
+def student_matches(
+    folder: Path, layout: RecipeLayout, kind: str, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
+    num_teachers: int | None = None, seed_index: int = 0,
+) -> bool:
+    """True when ``folder`` holds a finished student whose record names exactly the settings and
+    inputs :func:`train_student` would train ``kind`` of seed ``seed_index`` with now, its outputs
+    intact (the rule of :class:`StageGuard`), so another stage can use it without training it again."""
+    record = read_record(folder)
+    if record is None:
+        return False
+    _, config, inputs, _, _ = _student_settings(layout, kind, train_config, model_config, kd, num_teachers, seed_index)
+    return not differences(record.config, config_dict(config), record.inputs, inputs) and check_outputs(folder, record.outputs) is None
 
 
 def _write_section(kind: str, model_config: DnnConfig, kd: KdConfig, summaries: Sequence[dict], results_md: Path | None, command: str,

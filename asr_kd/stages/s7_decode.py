@@ -351,6 +351,9 @@ def per_utterance_counts(layout: RecipeLayout, members: Sequence[str], part: str
     tables = []
     for m in members:
         path = per_utterance_path(layout, m, part, root)
+        if not path.is_file():
+            raise DataError(f"{path}: missing, so {m} cannot be compared utterance by utterance on {part}; rerun the stage "
+                            "that decodes it (stage 7, or stage 10 for its students)")
         data = read_json(path)
         if not isinstance(data, dict) or not data:
             raise DataError(f"{path}: no per-utterance counts; rerun stage 7")

@@ -45,7 +45,9 @@ decode_config=""       # DecodeConfig YAML of stages 3 and 7 (beam, max-active, 
 decode_beam=""         # overrides the decode config's beam (stages 3 and 7) when set
 alignments=""          # senone labels of stages 4-10: gmm (stage 3's triphone GMM) or dnn (a first-pass DNN realigns them, end of stage 3); empty: the preset's
 num_seeds=""           # students per kind (stage 6), differing in their seed; empty: the preset's
-temperatures="1 2 4 8" # stage 10 (opt-in): one distilled student per temperature
+temperatures="1 2 4 8" # stage 10 (opt-in): distilled students per temperature
+sweep_extra_scales=""   # stage 10: acoustic scales beyond the decode grid's ends that the students' dev search may visit
+sweep_seeds=1          # stage 10: students per temperature (stage 6's seeds; at the recipe's own T, stage 6's students)
 sweep_targets=stored   # stage 10: stored soft targets (stage 5's, top-k) or online (the whole distribution in the loop)
 num_threads=1          # torch threads per process (small networks train faster on one)
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
@@ -92,9 +94,10 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
      int8 quality gate (fails above --int8-max-relative), and the int8 student end to end
      (features + network + search) with a search beam / max-active chosen on the dev part, in \$results
- 10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and one distilled
-     student per --temperatures T (\$exp/students/sweep_T<T>), each decoded at its own dev-tuned
-     acoustic scale; test frame accuracy and WER with intervals against the baseline
+ 10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and --sweep-seeds
+     distilled students per --temperatures T (\$exp/students/sweep_T<T>[_seed<k>]; at the recipe's
+     own T, stage 6's students), each decoded at its own dev-tuned acoustic scale; test frame
+     accuracy and WER with intervals against the baseline and against the recipe's own T
 With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path in \$exp/ctc:
   4  CTC teachers (independent seeds; a set sharing its first --ctc-shared-init-steps; a set
      guided by teacher0's spikes with weight --ctc-guide-weight)
@@ -155,6 +158,9 @@ Options (default in brackets):
                        first-pass DNN at the end of stage 3); empty: the preset's [$alignments]
   --num-seeds N        students per kind (stage 6), for means, deviations and intervals; empty: the preset's [$num_seeds]
   --temperatures "T.." stage 10: the temperatures of the sweep [$temperatures]
+  --sweep-seeds N      stage 10: students per temperature, with stage 6's seeds [$sweep_seeds]
+  --sweep-extra-scales "S.."  stage 10: acoustic scales beyond both ends of the decode config's grid that the
+                       students' dev search may also visit (the baseline keeps stage 7's) [$sweep_extra_scales]
   --sweep-targets S    stage 10: stored (stage 5's soft targets at each T) or online (each student learns the
                        ensemble's whole distribution in the loop; nothing stored, its own section) [$sweep_targets]
   --num-threads N      torch threads per process [$num_threads]
@@ -223,6 +229,7 @@ fi
 parts=("$train_set" "$dev_set" "$test_set")
 [ -z "$ood_set" ] || parts+=("$ood_set")
 case "$num_seeds" in ""|*[!0-9]*|0) die "--num-seeds takes an integer >= 1, got '$num_seeds'" ;; esac
+case "$sweep_seeds" in ""|*[!0-9]*|0) die "--sweep-seeds takes an integer >= 1, got '$sweep_seeds'" ;; esac
 case "$alignments" in gmm|dnn) ;; *) die "--alignments takes gmm or dnn, got '$alignments'" ;; esac
 decode_beam_set=()
 [ -z "$decode_beam" ] || decode_beam_set=(--decode-set "beam=$decode_beam")
@@ -374,11 +381,11 @@ fi
 
 # Stage 10: asr_kd/stages/s10_temperature_sweep.py (opt-in)
 if [ "$hybrid" = true ] && in_stages 10; then
-  log "Stage 10: the distilled student at T = $temperatures (${student_train_config:-$train_config})"
+  log "Stage 10: $sweep_seeds distilled student(s) at each T = $temperatures (${student_train_config:-$train_config})"
   # shellcheck disable=SC2086  # one argument per temperature
   run_logged "$exp/log/stage10_temperature_sweep.log" asr-kd temperature-sweep "${kd_common[@]}" --num-teachers "$num_teachers" \
     --model-config "$dnn_config" --config "${student_train_config:-$train_config}" --kd-config "$kd_config" --decode-config "$decode_config" "${decode_beam_set[@]}" \
-    --kd-set "mode=$sweep_targets" --temperatures $temperatures --jobs "$nj" "${cmd_opts[@]}"
+    --kd-set "mode=$sweep_targets" --temperatures $temperatures --num-seeds "$sweep_seeds" ${sweep_extra_scales:+--extra-scales $sweep_extra_scales} --jobs "$nj" "${cmd_opts[@]}"
   sweep_heading='^## Temperature sweep:'
   [ "$sweep_targets" = stored ] || sweep_heading='^## Temperature sweep with online'
   awk -v h="$sweep_heading" '$0 ~ h {p = 1; print; next} /^## / {p = 0} p' "$results"

@@ -317,9 +317,9 @@ def test_truncated_checkpoint_is_caught_before_a_record_vouches_for_it(recipe, t
         guard.finish(["final.pt"])
     assert read_record(tmp_path / "s") is None
     # And a finished stage whose checkpoint was truncated later is not skipped.
-    from asr_kd.stages.provenance import _check_outputs
+    from asr_kd.stages.provenance import check_outputs
 
-    assert "truncated" in _check_outputs(exp / "students" / "hard", read_record(exp / "students" / "hard").outputs)
+    assert "truncated" in check_outputs(exp / "students" / "hard", read_record(exp / "students" / "hard").outputs)
 
 
 def test_decode_a_part_that_is_neither_dev_nor_test(recipe, tmp_path: Path) -> None:
@@ -398,50 +398,72 @@ def test_the_same_command_writes_the_same_results(recipe, tmp_path: Path) -> Non
     assert json.loads((new / "decode" / "comparisons.json").read_text()) == json.loads((exp / "decode" / "comparisons.json").read_text())
 
 
-def test_temperature_sweep_trains_one_student_per_temperature(recipe, tmp_path: Path) -> None:
-    """Stage 10 (opt-in): soft targets and a distilled student per T, each trained at its own T,
-    decoded at its own acoustic scale chosen on dev and scored against the stage-7 baseline;
-    RESULTS.md shows the recorded numbers; a new decode config rescores without retraining."""
+def test_temperature_sweep_trains_seeded_students_per_temperature(recipe, tmp_path: Path) -> None:
+    """Stage 10 (opt-in): soft targets and --sweep-seeds distilled students per T, each trained at
+    its own T with stage 6's seeds (at the recipe's own T, stage 6's students, not trained again),
+    decoded at its own acoustic scale chosen on dev and scored against the stage-7 baseline and the
+    recipe's T; RESULTS.md shows the recorded numbers; a new decode config rescores without
+    retraining."""
     data, exp = _copy(recipe, tmp_path)
-    run_librispeech_recipe(data, exp, "--stage", "10", "--stop-stage", "10", "--num-teachers", "2", "--temperatures", "1 3")
+    stage6 = {k: read_record(exp / "students" / d) for k, d in enumerate(("distilled", "distilled_seed1"))}
+    run_librispeech_recipe(data, exp, "--stage", "10", "--stop-stage", "10", "--num-teachers", "2", "--temperatures", "1 2",
+                           "--sweep-seeds", "2")
     sweep = json.loads((exp / "temperature_sweep" / "sweep.json").read_text())
-    assert sorted(sweep["rows"]) == ["1", "3"]
+    assert sorted(sweep["rows"]) == ["1", "2"] and sweep["num_seeds"] == 2 and sweep["own_temperature"] == 2
+    # At the recipe's T = 2 the students are stage 6's own (same settings), untouched.
+    assert [s["student"] for s in sweep["rows"]["2"]["seeds"]] == ["students/distilled", "students/distilled_seed1"]
+    assert not (exp / "students" / "sweep_T2").exists()
+    assert {k: read_record(exp / "students" / d) for k, d in enumerate(("distilled", "distilled_seed1"))} == stage6
     students = {}
-    for t in (1, 3):
-        student = read_record(exp / "students" / f"sweep_T{t}")
-        soft = read_record(exp / "soft_targets" / f"teachers2_arithmetic_T{t}_k10")
-        assert student.config["kd"]["temperature"] == t and student.inputs["soft_targets"] == soft.fingerprint
-        students[t] = (student.finished, (exp / "students" / f"sweep_T{t}" / "final.pt").stat().st_mtime_ns)
+    soft = read_record(exp / "soft_targets" / "teachers2_arithmetic_T1_k10")
+    for k, folder in enumerate(("sweep_T1", "sweep_T1_seed1")):
+        student = read_record(exp / "students" / folder)
+        assert student.stage == f"stage 10 (distilled student at T = 1, seed {k})"
+        assert student.config["kd"]["temperature"] == 1 and student.inputs["soft_targets"] == soft.fingerprint
+        assert student.config["train"]["seed"] == stage6[k].config["train"]["seed"]  # stage 6's seed k
+        students[folder] = (student.finished, (exp / "students" / folder / "final.pt").stat().st_mtime_ns)
     for t, row in sweep["rows"].items():
-        # The scale is each student's own: the dev sweep's fewest errors, and the test part decoded at it.
-        dev = json.loads((exp / "temperature_sweep" / f"distilled_T{t}_dev-clean" / "scores.json").read_text())
-        test = json.loads((exp / "temperature_sweep" / f"distilled_T{t}_test-clean" / "scores.json").read_text())
-        tried = dict(zip(dev["sweep"]["scales"], dev["sweep"]["errors"]))
-        assert len(tried) >= 2 and tried[row["acoustic_scale"]] == min(tried.values())
-        assert row["scale_at_grid_edge"] == (row["acoustic_scale"] in (min(tried), max(tried)))
-        assert dev["acoustic_scale"] == test["acoustic_scale"] == row["acoustic_scale"] and test["wer"] == row["test_wer"]
+        for k, seed in enumerate(row["seeds"]):
+            # The scale is each student's own: the dev sweep's fewest errors, and the test part decoded at it.
+            name = f"distilled_T{t}" + (f"_seed{k}" if k else "")
+            dev = json.loads((exp / "temperature_sweep" / f"{name}_dev-clean" / "scores.json").read_text())
+            test = json.loads((exp / "temperature_sweep" / f"{name}_test-clean" / "scores.json").read_text())
+            tried = dict(zip(dev["sweep"]["scales"], dev["sweep"]["errors"]))
+            assert len(tried) >= 2 and tried[seed["acoustic_scale"]] == min(tried.values())
+            assert seed["scale_at_grid_edge"] == (seed["acoustic_scale"] in (min(tried), max(tried)))
+            assert dev["acoustic_scale"] == test["acoustic_scale"] == seed["acoustic_scale"] and test["wer"] == seed["test_wer"]
+        wers = [s["test_wer"] for s in row["seeds"]]
+        assert row["test_wer"] == pytest.approx(sum(wers) / 2) and row["test_wer_std"] == pytest.approx(abs(wers[0] - wers[1]) / 2 ** 0.5)
+        assert row["acoustic_scales"] == [s["acoustic_scale"] for s in row["seeds"]]
+    # T = 1 against T = 2, paired over the same utterances with the seeds averaged: the point
+    # estimate is the difference of the two rows' mean test WERs.
+    own = sweep["rows"]["1"]["wer_vs_own_temperature"]
+    assert own["value"] == pytest.approx(sweep["rows"]["1"]["test_wer"] - sweep["rows"]["2"]["test_wer"], abs=1e-9)
+    assert own["low"] <= own["value"] <= own["high"] and "wer_vs_own_temperature" not in sweep["rows"]["2"]
     section = (exp / "RESULTS.md").read_text().split("## Temperature sweep")[1]
+    assert "2 distilled students per T" in section and f"at beam {sweep['beam']:g}, max-active {sweep['max_active']}" in section
     for t, row in sweep["rows"].items():
         assert row["wer_vs_baseline"]["low"] <= row["wer_vs_baseline"]["value"] <= row["wer_vs_baseline"]["high"]
+        scales = "/".join(f"{s:g}" for s in row["acoustic_scales"])
         assert f"| {t} | {row['mass_kept']:.3f} | {row['kl_stored_vs_full']:.3f} | {100 * row['dev_frame_accuracy']:.1f}% | " \
-               f"{100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}{', grid edge' if row['scale_at_grid_edge'] else ''}) | " \
-               f"{100 * row['test_frame_accuracy']:.1f}% | " \
-               f"{100 * row['test_wer']:.2f}% |" in section
+               f"{100 * row['dev_wer']:.2f}% ({scales}{', grid edge' if row['scale_at_grid_edge'] else ''}) | " \
+               f"{100 * row['test_frame_accuracy']:.1f} ± {100 * row['test_frame_accuracy_std']:.1f}% | " \
+               f"{100 * row['test_wer']:.2f} ± {100 * row['test_wer_std']:.2f}% |" in section
+    assert f"- T = 1: WER {100 * own['value']:+.2f} [{100 * own['low']:+.2f}, {100 * own['high']:+.2f}] points" in section
     # A softer distribution keeps less of its mass in the top-k.
-    assert sweep["rows"]["3"]["mass_kept"] < sweep["rows"]["1"]["mass_kept"]
+    assert sweep["rows"]["2"]["mass_kept"] < sweep["rows"]["1"]["mass_kept"]
     # Another beam than stage 7's baseline was decoded with: refused, naming the key.
     refused = subprocess.run(["bash", str(RUN_SH), "--preset", "tiny", "--data", str(data), "--exp", str(exp), "--results",
                               str(exp / "RESULTS.md"), "--nj", "2", "--stage", "10", "--stop-stage", "10", "--num-teachers", "2",
-                              "--temperatures", "1 3", "--decode-beam", "6"], capture_output=True, text=True, timeout=600)
+                              "--temperatures", "1 2", "--sweep-seeds", "2", "--decode-beam", "6"], capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "other settings than stage 7's baseline (beam: 11.0 -> 6.0)" in refused.stdout + refused.stderr
     # Stage 7 decoded at that beam too: the sweep is scored again, the students are not trained again.
     run_librispeech_recipe(data, exp, "--stage", "7", "--stop-stage", "7", "--num-teachers", "2", "--decode-beam", "6")
-    run_librispeech_recipe(data, exp, "--stage", "10", "--stop-stage", "10", "--num-teachers", "2", "--temperatures", "1 3",
-                           "--decode-beam", "6")
+    run_librispeech_recipe(data, exp, "--stage", "10", "--stop-stage", "10", "--num-teachers", "2", "--temperatures", "1 2",
+                           "--sweep-seeds", "2", "--decode-beam", "6")
     assert read_record(exp / "temperature_sweep").config["decode"]["beam"] == 6
-    for t in (1, 3):
-        assert (read_record(exp / "students" / f"sweep_T{t}").finished,
-                (exp / "students" / f"sweep_T{t}" / "final.pt").stat().st_mtime_ns) == students[t]
+    for folder in students:
+        assert (read_record(exp / "students" / folder).finished, (exp / "students" / folder / "final.pt").stat().st_mtime_ns) == students[folder]
 
 
 def test_fractions_bench_reproduces_stage_8_and_writes_only_its_own_folders(recipe, tmp_path: Path) -> None:
@@ -498,5 +520,5 @@ def test_online_temperature_sweep_learns_from_the_whole_distribution(recipe, tmp
     text = (exp / "RESULTS.md").read_text()
     section = text.split(ONLINE_HEADING)[1]
     edge = ", grid edge" if row["scale_at_grid_edge"] else ""
-    assert f"| 3 | 1 (all) | 0 (all) | {100 * row['dev_frame_accuracy']:.1f}% | {100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}{edge}) | " \
+    assert f"| 3 | 1 (all) | 0 (all) | {100 * row['dev_frame_accuracy']:.1f}% | {100 * row['dev_wer']:.2f}% ({row['acoustic_scales'][0]:g}{edge}) | " \
            f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% |" in section

@@ -135,3 +135,13 @@ def test_stage3_realigns_with_the_train_config_not_the_teachers(tmp_path: Path) 
 def test_stage10_trains_with_the_students_file(tmp_path: Path) -> None:
     sweep = recorded_calls(tmp_path, "--preset", "tiny", "--stage", "10", "--stop-stage", "10", "--student-train-config", "/tmp/b.yaml")
     assert [c.split()[1] for c in sweep] == ["temperature-sweep"] and config_of(sweep[0]) == "/tmp/b.yaml"
+    assert " --num-seeds 1 " in sweep[0] and "--extra-scales" not in sweep[0]  # one student per T unless asked
+
+
+def test_stage10_passes_its_seeds_and_extra_scales(tmp_path: Path) -> None:
+    sweep = recorded_calls(tmp_path, "--preset", "mini", "--stage", "10", "--stop-stage", "10", "--sweep-seeds", "3",
+                           "--sweep-extra-scales", "0.05 0.0556", "--temperatures", "2 4")
+    assert " --temperatures 2 4 --num-seeds 3 --extra-scales 0.05 0.0556 --jobs " in sweep[0], sweep
+    refused = subprocess.run(["bash", str(RUN_SH), "--stage", "10", "--stop-stage", "10", "--sweep-seeds", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--sweep-seeds takes an integer >= 1, got '0'" in refused.stderr + refused.stdout
