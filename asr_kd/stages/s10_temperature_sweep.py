@@ -8,9 +8,9 @@ record) and ``num_seeds`` distilled students trained on them with the recipe's s
 record, as stage 6's students have), trained ``jobs`` at a time; a student whose settings and
 inputs equal those of stage 6's distilled student of its seed (the recipe's own T) is that
 student, not trained again. Each student is scored on dev and test frame accuracy and decoded as
-stage 7 decodes every system: its acoustic scale chosen on dev from the decode config's
-``acoustic_scales`` (never on test; with no grid, the decode config's one scale), the test part
-decoded at that scale. Each T's students (their per-utterance counts averaged over the seeds, as
+stage 7 decodes every system: the acoustic scale of a T's first seed chosen on dev from the decode
+config's ``acoustic_scales`` (never on test; with no grid, the decode config's one scale), and the
+test part of every seed decoded at that scale (as stage 7 decodes the seeds of a system). Each T's students (their per-utterance counts averaged over the seeds, as
 in Table 1) are compared with the stage-7 baseline (its seeds averaged) by a paired bootstrap over
 utterances, and, when the recipe's own T is swept, with the students at that T the same way.
 (Decoding every student at the scale stage 7 chose for the recipe's own distilled student
@@ -39,9 +39,10 @@ from typing import Sequence
 import numpy as np
 
 from asr_kd.config import DecodeConfig, DnnConfig, KdConfig, TrainConfig
-from asr_kd.decode.tuning import ScaleSweep
+from asr_kd.decode.tuning import ScaleSweep, sweep_scales
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.launch import Launcher, launch_jobs
+from asr_kd.metrics.wer import WerResult
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.common import environment_lines, model_checkpoint
@@ -130,34 +131,41 @@ def temperature_sweep(
             for k in range(num_seeds):
                 model = [load_frame_classifier(model_checkpoint(student_dirs[t, k]))]
                 name = _seed_name("distilled", t, k)
-                dev = score_system(name, model, layout, layout.dev_part, grid, decode_config, root=out)
-                test = score_system(name, model, layout, layout.test_part, (dev.acoustic_scale,), decode_config, root=out)
+                # As stage 7 does: the first seed's scale is tuned on dev, the other seeds are decoded
+                # at it (their dev part scored for frame accuracy only), as the baseline's seeds were.
+                dev = score_system(name, model, layout, layout.dev_part, grid if k == 0 else (), decode_config, root=out)
+                if k == 0:
+                    scale, edge = dev.acoustic_scale, dev.sweep is not None and ScaleSweep.from_dict(dev.sweep).at_grid_edge
+                test = score_system(name, model, layout, layout.test_part, (scale,), decode_config, root=out)
                 summary = read_json(student_dirs[t, k] / "summary.json")
                 assert isinstance(summary, dict)
                 seeds.append({"seed": summary["seed"], "student": student_dirs[t, k].relative_to(layout.exp_dir).as_posix(),
                               "steps": summary["steps"], "dev_frame_accuracy": dev.frame_accuracy, "test_frame_accuracy": test.frame_accuracy,
-                              "dev_wer": dev.wer, "acoustic_scale": dev.acoustic_scale, "test_wer": test.wer,
-                              "scale_at_grid_edge": dev.sweep is not None and ScaleSweep.from_dict(dev.sweep).at_grid_edge})
+                              "dev_wer": dev.wer, "acoustic_scale": scale, "test_wer": test.wer})
+            first = seeds[0]
             names = [_seed_name("distilled", t, k) for k in range(num_seeds)]
             counts[t] = mine = per_utterance_counts(layout, names, layout.test_part, root=out)
             if not np.array_equal(base["ids"], mine["ids"]):
                 raise DataError(f"{out / (names[0] + '_' + layout.test_part)}: its utterances differ from the stage-7 baseline's on "
                                 f"{layout.test_part}; rerun stage 7, then stage 10")
             rows[f"{t:g}"] = {"temperature": t, "mass_kept": soft[t]["mean_mass_kept"], "kl_stored_vs_full": soft[t]["mean_kl_stored_vs_full"],
-                              **{key: _mean([s[key] for s in seeds]) for key in ("dev_frame_accuracy", "test_frame_accuracy", "dev_wer", "test_wer")},
+                              **{key: _mean([s[key] for s in seeds]) for key in ("dev_frame_accuracy", "test_frame_accuracy", "test_wer")},
+                              "dev_wer": first["dev_wer"], "acoustic_scale": first["acoustic_scale"],
+                              "scale_at_grid_edge": edge,
                               "test_wer_std": _std([s["test_wer"] for s in seeds]),
-                              "test_frame_accuracy_std": _std([s["test_frame_accuracy"] for s in seeds]),
-                              "acoustic_scales": [s["acoustic_scale"] for s in seeds],
-                              "scale_at_grid_edge": any(s["scale_at_grid_edge"] for s in seeds), "seeds": seeds,
+                              "test_frame_accuracy_std": _std([s["test_frame_accuracy"] for s in seeds]), "seeds": seeds,
                               "wer_vs_baseline": bootstrap_difference(base["errors"], mine["errors"], base["ref_words"]).to_dict(),
                               "frame_accuracy_vs_baseline": bootstrap_difference(base["correct"], mine["correct"], base["frames"]).to_dict()}
         own = kd.temperature if kd.temperature in counts and len(temps) > 1 else None
         for t in temps if own is not None else ():
             if t != own:  # each T against the recipe's own, paired over the same utterances, seeds averaged
-                rows[f"{t:g}"]["wer_vs_own_temperature"] = bootstrap_difference(counts[own]["errors"], counts[t]["errors"],
-                                                                                base["ref_words"]).to_dict()
-                rows[f"{t:g}"]["frame_accuracy_vs_own_temperature"] = bootstrap_difference(counts[own]["correct"], counts[t]["correct"],
-                                                                                           base["frames"]).to_dict()
+                row, mine = rows[f"{t:g}"], rows[f"{own:g}"]
+                row["wer_vs_own_temperature"] = bootstrap_difference(counts[own]["errors"], counts[t]["errors"], base["ref_words"]).to_dict()
+                row["frame_accuracy_vs_own_temperature"] = bootstrap_difference(counts[own]["correct"], counts[t]["correct"],
+                                                                                base["frames"]).to_dict()
+                # and seed k against seed k (same initial seed): the training variance the bootstrap leaves out
+                for key in ("test_wer", "test_frame_accuracy"):
+                    row[f"{key}_seed_differences_vs_own"] = [a[key] - b[key] for a, b in zip(row["seeds"], mine["seeds"])]
         write_json_atomic(sweep_path, {"baseline_seeds": len(base_members), "num_seeds": num_seeds, "own_temperature": own,
                                        "beam": decode_config.beam, "max_active": decode_config.max_active,
                                        "extra_scales": sorted(float(x) for x in extra_scales), "rows": rows})
@@ -185,26 +193,42 @@ def _std(values: Sequence[float | None]) -> float:
 
 def _students_grid(decode_config: DecodeConfig, extra_scales: Sequence[float], table1: object, dev_part: str) -> tuple[float, ...]:
     """The acoustic scales the students' dev search may visit: the decode config's grid (stage 7's)
-    and ``extra_scales``. An extra scale must lie beyond an end of that grid, and every baseline seed's
-    own search must have stopped inside it: the search starts at the default scale and moves on only
-    while the dev errors fall, so it would have stopped at the same scale on the wider grid, and the
-    baseline the students are compared with stays the one stage 7 tuned. Otherwise ConfigError."""
+    and ``extra_scales``, each beyond an end of that grid. Allowed only when stage 7's own search
+    for the baseline, replayed on the wider grid with the dev errors stage 7 recorded, visits no
+    scale stage 7 did not decode and picks the same one: then the baseline the students are
+    compared with is what the wider grid would have given it too. Otherwise ConfigError."""
     grid = tuple(decode_config.acoustic_scales) or (decode_config.acoustic_scale,)
     extra = sorted({float(x) for x in extra_scales})
     if not extra:
         return grid
-    inside = [x for x in extra if min(grid) <= x <= max(grid)]
-    if inside or extra[0] <= 0:
+    if extra[0] <= 0 or any(min(grid) <= x <= max(grid) for x in extra):
         raise ConfigError(f"--extra-scales {extra}: each must be > 0 and beyond the ends of decode.acoustic_scales ({min(grid):g} .. "
                           f"{max(grid):g}); to change scales inside it, change the decode config and rerun stage 7")
+    wider = tuple(sorted(set(grid) | set(extra)))
     assert isinstance(table1, dict)
-    for name in (n for n in table1 if n == "baseline" or n.startswith("baseline_seed")):
-        sweep = (table1[name].get(dev_part) or {}).get("sweep")
-        if sweep is None or ScaleSweep.from_dict(sweep).at_grid_edge:
-            why = f"was not tuned on {dev_part}" if sweep is None else "chose a scale at the edge of its grid"
-            raise ConfigError(f"--extra-scales: stage 7's {name} {why}, so a wider grid could change the baseline too; widen "
-                              "decode.acoustic_scales and rerun stage 7 instead")
-    return tuple(sorted(set(grid) | set(extra)))
+    # Stage 7 tunes a student's first seed; its other seeds are decoded at that scale (no dev sweep).
+    tuned = {n: (table1[n].get(dev_part) or {}).get("sweep") for n in table1 if n == "baseline" or n.startswith("baseline_seed")}
+    if not any(tuned.values()):
+        raise ConfigError(f"--extra-scales: stage 7's baseline was not tuned on {dev_part} (no acoustic_scales grid), so a wider grid "
+                          "could change it; widen decode.acoustic_scales and rerun stage 7 instead")
+    for name, recorded in tuned.items():
+        if recorded is None:
+            continue
+        old = ScaleSweep.from_dict(recorded)
+        errors = dict(zip(old.scales, old.errors))
+
+        def replay(scale: float, errors: dict = errors, name: str = name) -> WerResult:
+            if scale not in errors:
+                raise ConfigError(f"--extra-scales: on the wider grid the search for stage 7's {name} would also decode scale {scale:g}, "
+                                  "which stage 7 did not, so the baseline could change; widen decode.acoustic_scales and rerun stage 7 "
+                                  "instead")
+            return WerResult(errors[scale] / max(old.ref_words, 1), errors[scale], 0, 0, 0, old.ref_words, (), (), ())
+
+        again, _ = sweep_scales(dev_part, wider, replay, default=decode_config.acoustic_scale)
+        if again.best != old.best:
+            raise ConfigError(f"--extra-scales: on the wider grid stage 7's {name} would choose scale {again.best:g}, not {old.best:g}; "
+                              "widen decode.acoustic_scales and rerun stage 7 instead")
+    return wider
 
 
 def _check_same_decoding(recorded: dict | None, decode_config: DecodeConfig) -> None:
@@ -229,20 +253,25 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
     if command:
         lines += [f"Produced by `{command}`.", ""]
     targets = "the ensemble's whole distribution computed in the training loop (online)" if online else f"top-{kd.top_k}, storage {storage_label(kd)}"
+    reused = sum(not s["student"].startswith("students/sweep") for row in result["rows"].values() for s in row.get("seeds", []))
     seeds = ("One distilled student per T (seed of the first stage-6 student" if n == 1 else
-             f"{n} distilled students per T (the seeds of stage 6's students; a student with exactly stage 6's settings, at the "
-             "recipe's own T, is stage 6's, not trained again")
+             f"{n} distilled students per T (stage 6's seeds")
+    if reused:
+        seeds += f"; {reused} of them stage 6's own distilled students, made with exactly these settings, not trained again"
     search = f" at beam {result['beam']:g}, max-active {result['max_active']}" if "beam" in result else ""
     extra = result.get("extra_scales") or []
     if extra:
         search += (f" (the students' scale search could also visit {', '.join(f'{x:g}' for x in extra)}, beyond stage 7's grid; "
-                   "every baseline seed's own search stopped inside that grid, so a wider one leaves the baseline as it is)")
-    noise = ("One seed per T: differences between temperatures smaller than the intervals are noise." if n == 1 else
-             f"Frame accuracy and test WER: mean ± standard deviation over the {n} seeds; the intervals are over utterances of the "
-             "seeds' averaged counts, as Table 1's.")
+                   "stage 7's search for the baseline, replayed on that wider grid with its recorded dev errors, picks the same scale)")
+    noise = ("One seed per T: the intervals cover the sampling of utterances, not the variance of training." if n == 1 else
+             f"Test frame accuracy and test WER: mean ± standard deviation over the {n} seeds (dev frame accuracy: "
+             "their mean); dev WER and acoustic scale: the first seed's, the other seeds decoded at its scale, as stage 7 decodes the "
+             "baseline's seeds; the intervals are "
+             "over utterances of the seeds' averaged counts, as Table 1's.")
     lines += [f"{seeds}; soft weight {kd.soft_weight:g}, hard weight {kd.hard_weight:g}, {targets}), each decoded as stage 7 decodes "
-              f"every system{',' if search else ''}{search}: its acoustic scale chosen on dev, {test_part} decoded at it; differences from the baseline (mean "
-              f"of its {result['baseline_seeds']} seeds) with 95% paired bootstrap intervals over utterances. {noise}", "",
+              f"every system{',' if search else ''}{search}: its acoustic scale chosen on dev, {test_part} decoded at it; differences "
+              f"from the baseline (mean of its {result['baseline_seeds']} seeds) with 95% paired bootstrap intervals over utterances. "
+              f"{noise}", "",
               "| T | soft-target mass kept (top-k) | KL(stored ‖ full), nats | dev frame accuracy | dev WER (acoustic scale) | "
               "test frame accuracy | test WER | WER − baseline, points | frame accuracy − baseline, points |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -250,7 +279,7 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
         wer, acc = row["wer_vs_baseline"], row["frame_accuracy_vs_baseline"]
         kept = "1 (all)" if row["mass_kept"] is None else f"{row['mass_kept']:.3f}"
         kl = "0 (all)" if row["kl_stored_vs_full"] is None else f"{row['kl_stored_vs_full']:.3f}"
-        scales = "/".join(f"{s:g}" for s in row.get("acoustic_scales", [row.get("acoustic_scale")]))
+        scales = f"{row['acoustic_scale']:g}"
         test_acc = f"{100 * row['test_frame_accuracy']:.1f}%" if n == 1 else \
             f"{100 * row['test_frame_accuracy']:.1f} ± {100 * row['test_frame_accuracy_std']:.1f}%"
         test_wer = f"{100 * row['test_wer']:.2f}%" if n == 1 else f"{100 * row['test_wer']:.2f} ± {100 * row['test_wer_std']:.2f}%"
@@ -260,21 +289,32 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
                      f"{format_interval(acc)} ({significance(acc, False)}) |")
     own = result.get("own_temperature")
     if own is not None:
-        lines += ["", f"Against the student at the recipe's own T = {own:g} (the same paired bootstrap; negative WER, positive frame "
-                  "accuracy: better than it):", ""]
+        lines += ["", f"Against the students at the recipe's own T = {own:g}: the same paired bootstrap over utterances (negative WER, "
+                  "positive frame accuracy: better than it)" + (", and seed k against seed k, which carries the training variance the "
+                  "bootstrap leaves out; a difference counts only when its interval excludes 0 and every seed pair agrees in sign:" if n > 1
+                  else "; one seed per T, so the variance of training is in neither:"), ""]
         for row in result["rows"].values():
             if "wer_vs_own_temperature" in row:
-                wer, acc = row["wer_vs_own_temperature"], row["frame_accuracy_vs_own_temperature"]
-                lines.append(f"- T = {row['temperature']:g}: WER {format_interval(wer)} points ({_verdict(wer, True)}), frame accuracy "
-                             f"{format_interval(acc)} points ({_verdict(acc, False)})")
+                parts = []
+                for what, key, better_if_negative in (("WER", "test_wer", True), ("frame accuracy", "test_frame_accuracy", False)):
+                    iv = row[f"{'wer' if key == 'test_wer' else 'frame_accuracy'}_vs_own_temperature"]
+                    pairs = row.get(f"{key}_seed_differences_vs_own") or []
+                    seeds_text = f", seed pairs {', '.join(f'{100 * d:+.2f}' for d in pairs)}" if len(pairs) > 1 else ""
+                    parts.append(f"{what} {format_interval(iv)} points{seeds_text} ({_verdict(iv, better_if_negative, pairs)})")
+                lines.append(f"- T = {row['temperature']:g}: " + "; ".join(parts))
     if any(row.get("scale_at_grid_edge") for row in result["rows"].values()):
-        lines += ["", "A row marked \"grid edge\" has a student whose scale is the smallest or largest of the grid searched "
+        lines += ["", "A row marked \"grid edge\" chose the smallest or largest scale of the grid searched "
                   f"(the decode config's acoustic_scales{' and the extra scales' if extra else ''}): its best scale may lie beyond "
                   "the grid: its dev WER there would be no higher, its test WER could move either way."]
     return "\n".join(lines) + "\n"
 
 
-def _verdict(iv: dict, better_if_negative: bool) -> str:
+def _verdict(iv: dict, better_if_negative: bool, pairs: Sequence[float] = ()) -> str:
+    """"better"/"worse" when the interval excludes 0 and, with several seeds, every seed pair's
+    difference has the interval's sign; otherwise why it is noise."""
     if not iv["excludes_zero"]:
         return "noise: the interval contains 0"
-    return "better" if (iv["high"] < 0) == better_if_negative else "worse"
+    sign = 1.0 if iv["low"] > 0 else -1.0
+    if len(pairs) > 1 and any(d * sign <= 0 for d in pairs):
+        return "within seed noise: the seed pairs disagree in sign"
+    return "better" if (sign < 0) == better_if_negative else "worse"
