@@ -43,7 +43,7 @@ from asr_kd.decode.tuning import ScaleSweep, sweep_scales
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.metrics.wer import WerResult
-from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.metrics.paired import bootstrap_difference, bootstrap_gain_share
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.common import environment_lines, model_checkpoint
 from asr_kd.stages.layout import RecipeLayout
@@ -125,6 +125,10 @@ def temperature_sweep(
         assert isinstance(stored, dict)
         base_members = [n for n in stored if n == "baseline" or n.startswith("baseline_seed")]
         base = per_utterance_counts(layout, base_members, layout.test_part)
+        # The ensemble's frame-accuracy gain over the baseline: the share each T's students keep.
+        ens = per_utterance_counts(layout, ["ensemble"], layout.test_part) if "ensemble" in stored else None
+        if ens is not None and not np.array_equal(base["ids"], ens["ids"]):
+            raise DataError(f"{layout.decode}: the ensemble's and the baseline's {layout.test_part} utterances differ; rerun stage 7")
         rows, counts = {}, {}
         for t in temps:
             seeds = []
@@ -155,7 +159,9 @@ def temperature_sweep(
                               "test_wer_std": _std([s["test_wer"] for s in seeds]),
                               "test_frame_accuracy_std": _std([s["test_frame_accuracy"] for s in seeds]), "seeds": seeds,
                               "wer_vs_baseline": bootstrap_difference(base["errors"], mine["errors"], base["ref_words"]).to_dict(),
-                              "frame_accuracy_vs_baseline": bootstrap_difference(base["correct"], mine["correct"], base["frames"]).to_dict()}
+                              "frame_accuracy_vs_baseline": bootstrap_difference(base["correct"], mine["correct"], base["frames"]).to_dict(),
+                              "gain_share": None if ens is None else
+                              bootstrap_gain_share(base["correct"], ens["correct"], mine["correct"], base["frames"]).to_dict()}
         own = kd.temperature if kd.temperature in counts and len(temps) > 1 else None
         for t in temps if own is not None else ():
             if t != own:  # each T against the recipe's own, paired over the same utterances, seeds averaged
@@ -245,7 +251,7 @@ def _check_same_decoding(recorded: dict | None, decode_config: DecodeConfig) -> 
 
 def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> str:
     """The RESULTS.md section of the sweep."""
-    from asr_kd.report.tables import format_interval, significance
+    from asr_kd.report.tables import format_interval, format_share, significance
 
     online = kd.mode == "online"
     n = int(result.get("num_seeds", 1))
@@ -270,11 +276,13 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
              "over utterances of the seeds' averaged counts, as Table 1's.")
     lines += [f"{seeds}; soft weight {kd.soft_weight:g}, hard weight {kd.hard_weight:g}, {targets}), each decoded as stage 7 decodes "
               f"every system{',' if search else ''}{search}: its acoustic scale chosen on dev, {test_part} decoded at it; differences "
-              f"from the baseline (mean of its {result['baseline_seeds']} seeds) with 95% paired bootstrap intervals over utterances. "
+              f"from the baseline (mean of its {result['baseline_seeds']} seeds) with 95% paired bootstrap intervals over utterances, and the "
+              "share of the stage-7 ensemble's test frame-accuracy gain over the baseline that the students keep (Table 1's measure). "
               f"{noise}", "",
               "| T | soft-target mass kept (top-k) | KL(stored ‖ full), nats | dev frame accuracy | dev WER (acoustic scale) | "
-              "test frame accuracy | test WER | WER − baseline, points | frame accuracy − baseline, points |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "test frame accuracy | test WER | WER − baseline, points | frame accuracy − baseline, points | share of the ensemble's "
+              "frame-accuracy gain kept |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"].values():
         wer, acc = row["wer_vs_baseline"], row["frame_accuracy_vs_baseline"]
         kept = "1 (all)" if row["mass_kept"] is None else f"{row['mass_kept']:.3f}"
@@ -286,7 +294,8 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
         lines.append(f"| {row['temperature']:g} | {kept} | {kl} | {100 * row['dev_frame_accuracy']:.1f}% | "
                      f"{100 * row['dev_wer']:.2f}% ({scales}{', grid edge' if row.get('scale_at_grid_edge') else ''}) | "
                      f"{test_acc} | {test_wer} | {format_interval(wer)} ({significance(wer, True)}) | "
-                     f"{format_interval(acc)} ({significance(acc, False)}) |")
+                     f"{format_interval(acc)} ({significance(acc, False)}) | "
+                     f"{'n/a' if row.get('gain_share') is None else format_share(row['gain_share'])} |")
     own = result.get("own_temperature")
     if own is not None:
         lines += ["", f"Against the students at the recipe's own T = {own:g}: the same paired bootstrap over utterances (negative WER, "

@@ -442,6 +442,11 @@ def test_temperature_sweep_trains_seeded_students_per_temperature(recipe, tmp_pa
     # Decoded as stage 7 decodes: stage 6's students at the recipe's T get Table 1's test WERs back.
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
     assert [s["test_wer"] for s in sweep["rows"]["2"]["seeds"]] == [table1[n]["test-clean"]["wer"] for n in ("distilled", "distilled_seed1")]
+    # The share of the ensemble's frame-accuracy gain each T keeps (Table 1's measure), from the rates.
+    base_acc = np.mean([table1[n]["test-clean"]["frame_accuracy"] for n in table1 if n == "baseline" or n.startswith("baseline_seed")])
+    for row in sweep["rows"].values():
+        expected = (row["test_frame_accuracy"] - base_acc) / (table1["ensemble"]["test-clean"]["frame_accuracy"] - base_acc)
+        assert row["gain_share"]["value"] == pytest.approx(expected, abs=1e-9)
     # T = 1 against T = 2, paired over the same utterances with the seeds averaged: the point
     # estimate is the difference of the two rows' mean test WERs.
     own = sweep["rows"]["1"]["wer_vs_own_temperature"]
@@ -456,6 +461,8 @@ def test_temperature_sweep_trains_seeded_students_per_temperature(recipe, tmp_pa
                f"{100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}{', grid edge' if row['scale_at_grid_edge'] else ''}) | " \
                f"{100 * row['test_frame_accuracy']:.1f} ± {100 * row['test_frame_accuracy_std']:.1f}% | " \
                f"{100 * row['test_wer']:.2f} ± {100 * row['test_wer_std']:.2f}% |" in section
+        share = row["gain_share"]
+        assert f"| {100 * share['value']:.0f}% (95% CI {100 * share['low']:.0f}% to {100 * share['high']:.0f}%) |" in section
     pairs = sweep["rows"]["1"]["test_wer_seed_differences_vs_own"]
     assert pairs == pytest.approx([a["test_wer"] - b["test_wer"] for a, b in zip(sweep["rows"]["1"]["seeds"], sweep["rows"]["2"]["seeds"])])
     assert (f"- T = 1: WER {100 * own['value']:+.2f} [{100 * own['low']:+.2f}, {100 * own['high']:+.2f}] points, seed pairs "
