@@ -66,9 +66,10 @@ def train_student(
     record matches. ``stage`` names it in the log and its record (default: stage 6's name).
     Returns its summary (``{"steps", "stop_reason", "best_dev_frame_accuracy", "soft_targets",
     "seed", "soft_targets_dir"}``, also in ``summary.json``)."""
+    _check_student(kind, seed_index)
+    senones = read_senones(layout)  # before the inputs: without stage 3, the error names its senones.json
     cfg, config, inputs, train_cuts, soft_record = _student_settings(layout, kind, train_config, model_config, kd, num_teachers, seed_index)
     exp_dir = out_dir or layout.student_dir(kind, seed_index)
-    senones = read_senones(layout)
     guard = StageGuard(stage or f"stage 6 ({kind} student, seed {seed_index})", exp_dir, config, inputs, command)
     summary_path = exp_dir / "summary.json"
     if guard.needs_work():
@@ -99,16 +100,20 @@ def train_student(
     return summary
 
 
+def _check_student(kind: str, seed_index: int) -> None:
+    if kind not in STUDENT_KINDS:
+        raise ConfigError(f"student kind must be one of {STUDENT_KINDS}, got {kind!r}")
+    if seed_index < 0:
+        raise ConfigError(f"seed index must be >= 0, got {seed_index}")
+
+
 def _student_settings(
     layout: RecipeLayout, kind: str, train_config: TrainConfig, model_config: DnnConfig, kd: KdConfig, num_teachers: int | None,
     seed_index: int,
 ) -> tuple[TrainConfig, dict, dict, Path, Any]:
     """What the student ``kind`` of seed ``seed_index`` is made from: its TrainConfig (the seed
     set), the config and inputs its record holds, its training cuts and the soft targets' record."""
-    if kind not in STUDENT_KINDS:
-        raise ConfigError(f"student kind must be one of {STUDENT_KINDS}, got {kind!r}")
-    if seed_index < 0:
-        raise ConfigError(f"seed index must be >= 0, got {seed_index}")
+    _check_student(kind, seed_index)
     cfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
     train_cuts: Path = layout.ali_cuts(layout.train_part)
     config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}
