@@ -49,8 +49,8 @@ from asr_kd.stages.common import environment_lines, model_checkpoint
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, config_dict, differences, require_record
 from asr_kd.stages.s5_soft_targets import make_soft_targets, soft_dir_of, storage_label
-from asr_kd.stages.s6_students import student_matches, train_student
-from asr_kd.stages.s7_decode import per_utterance_counts, score_system
+from asr_kd.stages.s6_students import matching_student, train_student
+from asr_kd.stages.s7_decode import per_utterance_counts, score_system, seed_mean, seed_std
 from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.utils import read_json, write_json_atomic
 
@@ -79,7 +79,9 @@ def temperature_sweep(
     table1 = layout.decode / "table1.json"
     decode_rec = require_record(layout.decode, "stage 7 (decode-hybrid: the baseline and the distilled student's scale)")
     _check_same_decoding(decode_rec.config.get("decode"), decode_config)
-    grid = _students_grid(decode_config, extra_scales, read_json(table1), layout.dev_part)
+    stored = read_json(table1)
+    assert isinstance(stored, dict)
+    grid = _students_grid(decode_config, extra_scales, stored, layout.dev_part)
     online = kd.mode == "online"
     out = layout.exp_dir / ("temperature_sweep_online" if online else "temperature_sweep")
     if online:  # the whole distribution, from the teachers in the loop: nothing stored, nothing lost
@@ -98,13 +100,13 @@ def temperature_sweep(
     student_dirs: dict[tuple[float, int], Path] = {}
     to_train = []
     for t, k in runs:
-        stage6 = layout.student_dir("distilled", k)
-        student_dirs[t, k] = layout.sweep_student_dir(t, online, k)
-        if student_matches(stage6, layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t), num_teachers, k):
+        stage6, own = layout.student_dir("distilled", k), layout.sweep_student_dir(t, online, k)
+        found = matching_student([stage6, own], layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t),
+                                 num_teachers, k)
+        if found == stage6:
             log.info("stage 10: T = %g, seed %d is stage 6's distilled student (%s, same settings); not trained again", t, k, stage6)
-            student_dirs[t, k] = stage6
-        elif not student_matches(student_dirs[t, k], layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t),
-                                 num_teachers, k):
+        student_dirs[t, k] = found or own
+        if found is None:
             to_train.append((t, k))
     if to_train:
         launch_jobs(train_student, [(layout, "distilled", model_config, train_config, dataclasses.replace(kd, temperature=t), num_teachers,
@@ -121,8 +123,6 @@ def temperature_sweep(
                        {"decode": decode_rec.fingerprint, **upstream, **students}, command)
     sweep_path = out / "sweep.json"
     if guard.needs_work():
-        stored = read_json(table1)
-        assert isinstance(stored, dict)
         base_members = [n for n in stored if n == "baseline" or n.startswith("baseline_seed")]
         base = per_utterance_counts(layout, base_members, layout.test_part)
         # The ensemble's frame-accuracy gain over the baseline: the share each T's students keep.
@@ -153,11 +153,11 @@ def temperature_sweep(
                 raise DataError(f"{out / (names[0] + '_' + layout.test_part)}: its utterances differ from the stage-7 baseline's on "
                                 f"{layout.test_part}; rerun stage 7, then stage 10")
             rows[f"{t:g}"] = {"temperature": t, "mass_kept": soft[t]["mean_mass_kept"], "kl_stored_vs_full": soft[t]["mean_kl_stored_vs_full"],
-                              **{key: _mean([s[key] for s in seeds]) for key in ("dev_frame_accuracy", "test_frame_accuracy", "test_wer")},
+                              **{key: seed_mean([s[key] for s in seeds]) for key in ("dev_frame_accuracy", "test_frame_accuracy", "test_wer")},
                               "dev_wer": first["dev_wer"], "acoustic_scale": first["acoustic_scale"],
                               "scale_at_grid_edge": edge,
-                              "test_wer_std": _std([s["test_wer"] for s in seeds]),
-                              "test_frame_accuracy_std": _std([s["test_frame_accuracy"] for s in seeds]), "seeds": seeds,
+                              "test_wer_std": seed_std([s["test_wer"] for s in seeds]),
+                              "test_frame_accuracy_std": seed_std([s["test_frame_accuracy"] for s in seeds]), "seeds": seeds,
                               "wer_vs_baseline": bootstrap_difference(base["errors"], mine["errors"], base["ref_words"]).to_dict(),
                               "frame_accuracy_vs_baseline": bootstrap_difference(base["correct"], mine["correct"], base["frames"]).to_dict(),
                               "gain_share": None if ens is None else
@@ -188,16 +188,7 @@ def _seed_name(prefix: str, temperature: float, seed_index: int) -> str:
     return f"{prefix}_T{temperature:g}" + (f"_seed{seed_index}" if seed_index else "")
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    return None if any(v is None for v in values) else float(np.mean(values))
-
-
-def _std(values: Sequence[float | None]) -> float:
-    """The seeds' standard deviation (ddof 1, as Table 1's); 0 for one seed."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 and all(v is not None for v in values) else 0.0
-
-
-def _students_grid(decode_config: DecodeConfig, extra_scales: Sequence[float], table1: object, dev_part: str) -> tuple[float, ...]:
+def _students_grid(decode_config: DecodeConfig, extra_scales: Sequence[float], table1: dict, dev_part: str) -> tuple[float, ...]:
     """The acoustic scales the students' dev search may visit: the decode config's grid (stage 7's)
     and ``extra_scales``, each beyond an end of that grid. Allowed only when stage 7's own search
     for the baseline, replayed on the wider grid with the dev errors stage 7 recorded, visits no
@@ -211,7 +202,6 @@ def _students_grid(decode_config: DecodeConfig, extra_scales: Sequence[float], t
         raise ConfigError(f"--extra-scales {extra}: each must be > 0 and beyond the ends of decode.acoustic_scales ({min(grid):g} .. "
                           f"{max(grid):g}); to change scales inside it, change the decode config and rerun stage 7")
     wider = tuple(sorted(set(grid) | set(extra)))
-    assert isinstance(table1, dict)
     # Stage 7 tunes a student's first seed; its other seeds are decoded at that scale (no dev sweep).
     tuned = {n: (table1[n].get(dev_part) or {}).get("sweep") for n in table1 if n == "baseline" or n.startswith("baseline_seed")}
     if not any(tuned.values()):

@@ -131,18 +131,21 @@ def _student_settings(
     return cfg, config, inputs, train_cuts, soft_record
 
 
-def student_matches(
-    folder: Path, layout: RecipeLayout, kind: str, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
+def matching_student(
+    folders: Sequence[Path], layout: RecipeLayout, kind: str, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
     num_teachers: int | None = None, seed_index: int = 0,
-) -> bool:
-    """True when ``folder`` holds a finished student whose record names exactly the settings and
-    inputs :func:`train_student` would train ``kind`` of seed ``seed_index`` with now, its outputs
-    intact (the rule of :class:`StageGuard`), so another stage can use it without training it again."""
-    record = read_record(folder)
-    if record is None:
-        return False
+) -> Path | None:
+    """The first of ``folders`` that holds a finished student whose record names exactly the
+    settings and inputs :func:`train_student` would train ``kind`` of seed ``seed_index`` with now,
+    its outputs intact (the rule of :class:`StageGuard`), so another stage can use it without
+    training it again; None when none does."""
     _, config, inputs, _, _ = _student_settings(layout, kind, train_config, model_config, kd, num_teachers, seed_index)
-    return not differences(record.config, config_dict(config), record.inputs, inputs) and check_outputs(folder, record.outputs) is None
+    wanted = config_dict(config)
+    for folder in folders:
+        record = read_record(folder)
+        if record is not None and not differences(record.config, wanted, record.inputs, inputs) and check_outputs(folder, record.outputs) is None:
+            return folder
+    return None
 
 
 def _write_section(kind: str, model_config: DnnConfig, kd: KdConfig, summaries: Sequence[dict], results_md: Path | None, command: str,

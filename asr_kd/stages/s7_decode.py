@@ -393,19 +393,23 @@ def compare_groups(layout: RecipeLayout, groups: Mapping[str, Sequence[str]], sc
     return out
 
 
+def seed_mean(values: Sequence[float | None]) -> float | None:
+    """The mean of a number over a student's seeds; None when any seed has none (not decoded)."""
+    return None if not values or any(v is None for v in values) else float(np.mean([v for v in values if v is not None]))
+
+
+def seed_std(values: Sequence[float | None]) -> float:
+    """The standard deviation (ddof 1) of a number over a student's seeds; 0 for one seed or a missing value."""
+    return float(np.std([v for v in values if v is not None], ddof=1)) if len(values) > 1 and all(v is not None for v in values) else 0.0
+
+
 def _group_row(name: str, members: Sequence[Mapping[str, PartScore]], layout: RecipeLayout) -> SystemScore:
     """One Table 1 row: a system, or the mean over the seeds of a student."""
     test = [m[layout.test_part] for m in members]
     dev = [m[layout.dev_part] for m in members]
     ood = [m[layout.ood_part] for m in members] if layout.ood_part else []
     first = test[0]
-
-    def mean(values: Sequence[float | None]) -> float | None:
-        return None if not values or any(v is None for v in values) else float(np.mean([v for v in values if v is not None]))
-
-    def std(values: Sequence[float | None]) -> float:
-        return float(np.std([v for v in values if v is not None], ddof=1)) if len(values) > 1 and all(v is not None for v in values) else 0.0
-
+    mean, std = seed_mean, seed_std
     return SystemScore(name, float(np.mean([t.frame_accuracy for t in test])), mean([t.wer for t in test]), first.substitutions, first.deletions,
                        first.insertions, first.ref_words, mean([d.frame_accuracy for d in dev]), mean([o.wer for o in ood]) if ood else None,
                        ood[0].ref_words if ood else 0, seeds=len(members), frame_accuracy_std=std([t.frame_accuracy for t in test]),
