@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from asr_kd.errors import DataError
 from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.stages.s7_decode import per_utterance_counts, per_utterance_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section  # noqa: E402
@@ -46,22 +48,19 @@ def system_counts(decode_dir: Path, system: str, part: str) -> tuple[list[str], 
     ``exp/decode``: counts (utterances x 4: word errors, reference words, correct frames,
     aligned frames) averaged over the system's seeds (:func:`system_members`), or None when the
     run did not decode it. Seeds must cover the same utterances."""
-    tables = []
-    for name in system_members(decode_dir, system):
-        path = decode_dir / f"{name}_{part}" / "per_utt.json"
-        if not path.is_file():
-            if tables:
-                raise SystemExit(f"{path} is missing, but stage 7 grouped {name} into {system}; rerun stage 7 of that run")
-            return None
-        tables.append((path, json.loads(path.read_text())))
-    ids = sorted(tables[0][1])
-    for path, table in tables[1:]:
-        if sorted(table) != ids:
-            raise SystemExit(f"{path}: its utterances differ from {tables[0][0]}'s; rerun stage 7 of that run")
-    counts = np.mean([[table[u] for u in ids] for _, table in tables], axis=0, dtype=np.float64)
+    members = system_members(decode_dir, system)
+    if not per_utterance_path(None, members[0], part, root=decode_dir).is_file():
+        return None
+    try:  # stage 7's own reader: the same averaging and the same refusals as Table 1's intervals
+        c = per_utterance_counts(None, members, part, root=decode_dir)
+    except DataError as e:
+        raise SystemExit(f"{e} (in the run whose decodes are under {decode_dir})") from None
+    ids = [str(u) for u in c["ids"]]
+    counts = np.stack([c["errors"], c["ref_words"], c["correct"], c["frames"]], axis=1)
     if counts[:, 1].sum() <= 0:
-        raise SystemExit(f"{tables[0][0]}: no reference words (was {system} decoded with WER?)")
-    return ids, counts, len(tables)
+        raise SystemExit(f"{per_utterance_path(None, members[0], part, root=decode_dir)}: no reference words (was {system} decoded "
+                         "with WER?)")
+    return ids, counts, len(members)
 
 
 def compare_system(a: tuple[list[str], np.ndarray, int], b: tuple[list[str], np.ndarray, int], what: str) -> dict:

@@ -10,7 +10,9 @@ inputs equal those of stage 6's distilled student of its seed (the recipe's own 
 student, not trained again. Each student is scored on dev and test frame accuracy and decoded as
 stage 7 decodes every system: the acoustic scale of a T's first seed chosen on dev from the decode
 config's ``acoustic_scales`` (never on test; with no grid, the decode config's one scale), and the
-test part of every seed decoded at that scale (as stage 7 decodes the seeds of a system). Each T's students (their per-utterance counts averaged over the seeds, as
+test part of every seed decoded at that scale (as stage 7 decodes the seeds of a system), and
+so is the out-of-domain test part when the layout has one (issue 12: does T move the students'
+generalisation to unseen voices?). Each T's students (their per-utterance counts averaged over the seeds, as
 in Table 1) are compared with the stage-7 baseline (its seeds averaged) by a paired bootstrap over
 utterances, and, when the recipe's own T is swept, with the students at that T the same way.
 (Decoding every student at the scale stage 7 chose for the recipe's own distilled student
@@ -119,7 +121,10 @@ def temperature_sweep(
                         "num_teachers": num_teachers, "scale": "each student's own, chosen on dev",
                         # Named only when set, so a finished one-seed sweep keeps its fingerprint.
                         **({"num_seeds": num_seeds} if num_seeds > 1 else {}),
-                        **({"extra_scales": sorted(float(x) for x in extra_scales)} if extra_scales else {})},
+                        **({"extra_scales": sorted(float(x) for x in extra_scales)} if extra_scales else {}),
+                        # Named only when there is one (a sweep without it keeps its fingerprint); a sweep
+                        # finished before the out-of-domain part was scored is scored again, not retrained.
+                        **({"ood_part": layout.ood_part} if layout.ood_part else {})},
                        {"decode": decode_rec.fingerprint, **upstream, **students}, command)
     sweep_path = out / "sweep.json"
     if guard.needs_work():
@@ -129,7 +134,11 @@ def temperature_sweep(
         ens = per_utterance_counts(layout, ["ensemble"], layout.test_part) if "ensemble" in stored else None
         if ens is not None and not np.array_equal(base["ids"], ens["ids"]):
             raise DataError(f"{layout.decode}: the ensemble's and the baseline's {layout.test_part} utterances differ; rerun stage 7")
-        rows, counts = {}, {}
+        ood_part = layout.ood_part or None
+        base_ood = per_utterance_counts(layout, base_members, ood_part) if ood_part else None
+        # The baseline's out-of-domain WER exists only where stage 7 decoded that part (--decode-parts).
+        ood_decoded = ood_part is not None and all((stored[n].get(ood_part) or {}).get("wer") is not None for n in base_members)
+        rows, counts, ood_counts = {}, {}, {}
         for t in temps:
             seeds = []
             for k in range(num_seeds):
@@ -141,11 +150,13 @@ def temperature_sweep(
                 if k == 0:
                     scale, edge = dev.acoustic_scale, dev.sweep is not None and ScaleSweep.from_dict(dev.sweep).at_grid_edge
                 test = score_system(name, model, layout, layout.test_part, (scale,), decode_config, root=out)
+                ood = score_system(name, model, layout, ood_part, (scale,), decode_config, root=out) if ood_part else None
                 summary = read_json(student_dirs[t, k] / "summary.json")
                 assert isinstance(summary, dict)
                 seeds.append({"seed": summary["seed"], "student": student_dirs[t, k].relative_to(layout.exp_dir).as_posix(),
                               "steps": summary["steps"], "dev_frame_accuracy": dev.frame_accuracy, "test_frame_accuracy": test.frame_accuracy,
-                              "dev_wer": dev.wer, "acoustic_scale": scale, "test_wer": test.wer})
+                              "dev_wer": dev.wer, "acoustic_scale": scale, "test_wer": test.wer,
+                              **({"ood_wer": ood.wer, "ood_frame_accuracy": ood.frame_accuracy} if ood is not None else {})})
             first = seeds[0]
             names = [_seed_name("distilled", t, k) for k in range(num_seeds)]
             counts[t] = mine = per_utterance_counts(layout, names, layout.test_part, root=out)
@@ -162,6 +173,18 @@ def temperature_sweep(
                               "frame_accuracy_vs_baseline": bootstrap_difference(base["correct"], mine["correct"], base["frames"]).to_dict(),
                               "gain_share": None if ens is None else
                               bootstrap_gain_share(base["correct"], ens["correct"], mine["correct"], base["frames"]).to_dict()}
+            if ood_part:
+                ood_counts[t] = theirs = per_utterance_counts(layout, names, ood_part, root=out)
+                if not np.array_equal(base_ood["ids"], theirs["ids"]):
+                    raise DataError(f"{out / (names[0] + '_' + ood_part)}: its utterances differ from the stage-7 baseline's on "
+                                    f"{ood_part}; rerun stage 7, then stage 10")
+                rows[f"{t:g}"].update({
+                    "ood_wer": seed_mean([s["ood_wer"] for s in seeds]), "ood_wer_std": seed_std([s["ood_wer"] for s in seeds]),
+                    "ood_frame_accuracy": seed_mean([s["ood_frame_accuracy"] for s in seeds]),
+                    "ood_wer_vs_baseline": bootstrap_difference(base_ood["errors"], theirs["errors"], base_ood["ref_words"]).to_dict()
+                    if ood_decoded else None,
+                    "ood_frame_accuracy_vs_baseline": bootstrap_difference(base_ood["correct"], theirs["correct"],
+                                                                           base_ood["frames"]).to_dict()})
         own = kd.temperature if kd.temperature in counts and len(temps) > 1 else None
         for t in temps if own is not None else ():
             if t != own:  # each T against the recipe's own, paired over the same utterances, seeds averaged
@@ -172,7 +195,13 @@ def temperature_sweep(
                 # and seed k against seed k (same initial seed): the training variance the bootstrap leaves out
                 for key in ("test_wer", "test_frame_accuracy"):
                     row[f"{key}_seed_differences_vs_own"] = [a[key] - b[key] for a, b in zip(row["seeds"], mine["seeds"])]
+                if ood_part:  # the out-of-domain WER too: does T move generalisation to unseen voices?
+                    a, b = ood_counts[own], ood_counts[t]
+                    row["ood_wer_vs_own_temperature"] = bootstrap_difference(a["errors"], b["errors"], a["ref_words"]).to_dict()
+                    row["ood_wer_seed_differences_vs_own"] = [x["ood_wer"] - y["ood_wer"] for x, y in zip(row["seeds"], mine["seeds"])]
+        base_ood_wer = seed_mean([stored[n][ood_part]["wer"] for n in base_members]) if ood_decoded else None
         write_json_atomic(sweep_path, {"baseline_seeds": len(base_members), "num_seeds": num_seeds, "own_temperature": own,
+                                       "test_part": layout.test_part, "ood_part": ood_part, "baseline_ood_wer": base_ood_wer,
                                        "beam": decode_config.beam, "max_active": decode_config.max_active,
                                        "extra_scales": sorted(float(x) for x in extra_scales), "rows": rows})
         guard.finish([sweep_path])
@@ -286,6 +315,21 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
                      f"{test_acc} | {test_wer} | {format_interval(wer)} ({significance(wer, True)}) | "
                      f"{format_interval(acc)} ({significance(acc, False)}) | "
                      f"{'n/a' if row.get('gain_share') is None else format_share(row['gain_share'])} |")
+    ood = result.get("ood_part")
+    if ood:
+        base_ood = result.get("baseline_ood_wer")
+        lines += ["", f"On {ood}, the out-of-domain test part, each T's students decoded at the scale "
+                  f"above; the baseline's {ood} WER (stage 7, mean of its {result['baseline_seeds']} seeds) is "
+                  f"{'not decoded' if base_ood is None else f'{100 * base_ood:.2f}%'}:", "",
+                  f"| T | {ood} frame accuracy | {ood} WER | relative WER increase, {ood} vs {test_part} | WER − baseline on {ood}, points | "
+                  f"frame accuracy − baseline on {ood}, points |", "|---|---|---|---|---|---|"]
+        for row in result["rows"].values():
+            wer, acc = row.get("ood_wer_vs_baseline"), row["ood_frame_accuracy_vs_baseline"]
+            ood_wer = f"{100 * row['ood_wer']:.2f}%" if n == 1 else f"{100 * row['ood_wer']:.2f} ± {100 * row['ood_wer_std']:.2f}%"
+            increase = f"{row['ood_wer'] / row['test_wer'] - 1:+.0%}" if row["test_wer"] else "n/a"
+            lines.append(f"| {row['temperature']:g} | {100 * row['ood_frame_accuracy']:.1f}% | {ood_wer} | {increase} | "
+                         f"{'not decoded' if wer is None else f'{format_interval(wer)} ({significance(wer, True)})'} | "
+                         f"{format_interval(acc)} ({significance(acc, False)}) |")
     own = result.get("own_temperature")
     if own is not None:
         lines += ["", f"Against the students at the recipe's own T = {own:g}: the same paired bootstrap over utterances (negative WER, "
@@ -295,8 +339,11 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
         for row in result["rows"].values():
             if "wer_vs_own_temperature" in row:
                 parts = []
-                for what, key, better_if_negative in (("WER", "test_wer", True), ("frame accuracy", "test_frame_accuracy", False)):
-                    iv = row[f"{'wer' if key == 'test_wer' else 'frame_accuracy'}_vs_own_temperature"]
+                measures = [("WER", "test_wer", "wer", True), ("frame accuracy", "test_frame_accuracy", "frame_accuracy", False)]
+                if "ood_wer_vs_own_temperature" in row:
+                    measures.append((f"{ood} WER", "ood_wer", "ood_wer", True))
+                for what, key, compared, better_if_negative in measures:
+                    iv = row[f"{compared}_vs_own_temperature"]
                     pairs = row.get(f"{key}_seed_differences_vs_own") or []
                     seeds_text = f", seed pairs {', '.join(f'{100 * d:+.2f}' for d in pairs)}" if len(pairs) > 1 else ""
                     parts.append(f"{what} {format_interval(iv)} points{seeds_text} ({_verdict(iv, better_if_negative, pairs)})")

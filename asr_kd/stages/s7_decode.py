@@ -75,10 +75,14 @@ class PartScore:
     sweep: dict | None = None  # ScaleSweep.to_dict() of the dev part's tuning
 
 
-def per_utterance_path(layout: RecipeLayout, system: str, part: str, root: Path | None = None) -> Path:
+def per_utterance_path(layout: RecipeLayout | None, system: str, part: str, root: Path | None = None) -> Path:
     """``{utt_id: [word errors, reference words, correct frames, aligned frames]}`` of one system
-    on one part (under ``root``, default ``<exp>/decode``): what the paired bootstrap resamples."""
-    return (root or layout.decode) / f"{system}_{part}" / "per_utt.json"
+    on one part (under ``root``, default ``<exp>/decode``; ``layout`` may be None when ``root`` is
+    given): what the paired bootstrap resamples."""
+    if root is None:
+        assert layout is not None, "per_utterance_path needs a layout or a root"
+        root = layout.decode
+    return root / f"{system}_{part}" / "per_utt.json"
 
 
 # A part's log-posteriors are held in memory up to this size (dev-clean of mini: about 100 MB);
@@ -343,11 +347,12 @@ def evaluate_systems(
     return scores
 
 
-def per_utterance_counts(layout: RecipeLayout, members: Sequence[str], part: str, root: Path | None = None) -> dict[str, np.ndarray]:
+def per_utterance_counts(layout: RecipeLayout | None, members: Sequence[str], part: str, root: Path | None = None) -> dict[str, np.ndarray]:
     """Return the per-utterance counts of a group of systems (seeds of one student) on ``part``,
-    averaged over the members: ``{"errors", "ref_words", "correct", "frames"}`` arrays in the
-    order of the sorted utterance ids. Members that cover different utterances are refused (a
-    one-line error naming the file), never averaged by position."""
+    averaged over the members: ``{"ids", "errors", "ref_words", "correct", "frames"}`` arrays in the
+    order of the sorted utterance ids (``root``/``layout``: as :func:`per_utterance_path`). Members
+    that cover different utterances are refused (a one-line error naming the file), never averaged
+    by position."""
     tables = []
     for m in members:
         path = per_utterance_path(layout, m, part, root)

@@ -447,6 +447,19 @@ def test_temperature_sweep_trains_seeded_students_per_temperature(recipe, tmp_pa
     for row in sweep["rows"].values():
         expected = (row["test_frame_accuracy"] - base_acc) / (table1["ensemble"]["test-clean"]["frame_accuracy"] - base_acc)
         assert row["gain_share"]["value"] == pytest.approx(expected, abs=1e-9)
+    # The out-of-domain part (issue 12), decoded at each T's scale: at the recipe's T, stage 6's
+    # students get Table 1's test-ood WERs back; each row's difference from the baseline there is
+    # its seeds' mean minus the baseline seeds' mean (Table 1's).
+    base_ood = np.mean([table1[n]["test-ood"]["wer"] for n in table1 if n == "baseline" or n.startswith("baseline_seed")])
+    assert sweep["ood_part"] == "test-ood" and sweep["baseline_ood_wer"] == pytest.approx(base_ood, abs=1e-12)
+    assert [s["ood_wer"] for s in sweep["rows"]["2"]["seeds"]] == [table1[n]["test-ood"]["wer"] for n in ("distilled", "distilled_seed1")]
+    for t, row in sweep["rows"].items():
+        for k, seed in enumerate(row["seeds"]):
+            name = f"distilled_T{t}" + (f"_seed{k}" if k else "")
+            ood = json.loads((exp / "temperature_sweep" / f"{name}_test-ood" / "scores.json").read_text())
+            assert ood["acoustic_scale"] == row["acoustic_scale"] and ood["wer"] == seed["ood_wer"] is not None
+        assert row["ood_wer"] == pytest.approx(np.mean([s["ood_wer"] for s in row["seeds"]]))
+        assert row["ood_wer_vs_baseline"]["value"] == pytest.approx(row["ood_wer"] - base_ood, abs=1e-9)
     # T = 1 against T = 2, paired over the same utterances with the seeds averaged: the point
     # estimate is the difference of the two rows' mean test WERs.
     own = sweep["rows"]["1"]["wer_vs_own_temperature"]
@@ -463,6 +476,13 @@ def test_temperature_sweep_trains_seeded_students_per_temperature(recipe, tmp_pa
                f"{100 * row['test_wer']:.2f} ± {100 * row['test_wer_std']:.2f}% |" in section
         share = row["gain_share"]
         assert f"| {100 * share['value']:.0f}% (95% CI {100 * share['low']:.0f}% to {100 * share['high']:.0f}%) |" in section
+        ood_iv = row["ood_wer_vs_baseline"]
+        assert (f"| {t} | {100 * row['ood_frame_accuracy']:.1f}% | {100 * row['ood_wer']:.2f} ± {100 * row['ood_wer_std']:.2f}% | "
+                f"{row['ood_wer'] / row['test_wer'] - 1:+.0%} | {100 * ood_iv['value']:+.2f} [{100 * ood_iv['low']:+.2f}, "
+                f"{100 * ood_iv['high']:+.2f}] (") in section
+    ood_own = sweep["rows"]["1"]["ood_wer_vs_own_temperature"]
+    assert ood_own["value"] == pytest.approx(sweep["rows"]["1"]["ood_wer"] - sweep["rows"]["2"]["ood_wer"], abs=1e-9)
+    assert f"; test-ood WER {100 * ood_own['value']:+.2f} [" in section.split("\n- T = 1: ")[1].split("\n")[0]
     pairs = sweep["rows"]["1"]["test_wer_seed_differences_vs_own"]
     assert pairs == pytest.approx([a["test_wer"] - b["test_wer"] for a, b in zip(sweep["rows"]["1"]["seeds"], sweep["rows"]["2"]["seeds"])])
     assert (f"- T = 1: WER {100 * own['value']:+.2f} [{100 * own['low']:+.2f}, {100 * own['high']:+.2f}] points, seed pairs "

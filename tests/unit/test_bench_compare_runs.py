@@ -60,6 +60,11 @@ def test_b_minus_a_averages_seeds_and_matches_the_counts(tmp_path: Path) -> None
     text = bench.section([("test-clean", "distilled", r)], "A run", "B run", "python bench/compare_runs.py ...", "T")
     assert "| test-clean | distilled | 1 / 2 | " in text and "-20.00 [-20.00, -20.00] | B better |" in text
     assert "+5.00 [+5.00, +5.00] | B better |" in text
+    # A seed stage 7 grouped but whose counts are gone: refused with stage 7's own message, naming the file.
+    (tmp_path / "b" / "decode" / "distilled_seed1_test-clean" / "per_utt.json").unlink()
+    with pytest.raises(SystemExit, match=r"distilled_seed1_test-clean/per_utt.json: missing, so distilled_seed1 cannot be compared.* "
+                                         r"\(in the run whose decodes are under .*/b/decode\)"):
+        bench.system_counts(tmp_path / "b" / "decode", "distilled", "test-clean")
 
 
 def test_noise_is_called_noise(tmp_path: Path) -> None:
