@@ -67,6 +67,42 @@ def test_b_minus_a_averages_seeds_and_matches_the_counts(tmp_path: Path) -> None
         bench.system_counts(tmp_path / "b" / "decode", "distilled", "test-clean")
 
 
+def test_sweep_folders_pair_their_seeds(tmp_path: Path) -> None:
+    """Two stage-10 sweep folders: a T's seeds come from sweep.json's num_seeds (a leftover seed is
+    not averaged in), seed k is compared with seed k, and a difference whose seed pairs disagree in
+    sign is not called better even when its interval excludes 0."""
+    bench = _bench()
+    for d in ("temperature_sweep", "temperature_sweep_online"):
+        (tmp_path / "exp" / d).mkdir(parents=True)
+        (tmp_path / "exp" / d / "sweep.json").write_text(json.dumps({"num_seeds": 2, "rows": {}}))
+
+    def write(d: str, name: str, errors: list[int]) -> None:
+        folder = tmp_path / "exp" / d / f"{name}_test-clean"
+        folder.mkdir()
+        (folder / "per_utt.json").write_text(json.dumps(_table(errors, [30] * 40)))
+
+    write("temperature_sweep", "distilled_T2", [5] * 40)
+    write("temperature_sweep", "distilled_T2_seed1", [5] * 40)
+    write("temperature_sweep", "distilled_T2_seed2", [0] * 40)  # not in sweep.json's 2 seeds
+    # B: seed 0 four errors fewer per utterance, seed 1 one error more: the mean is 1.5 fewer.
+    write("temperature_sweep_online", "distilled_T2", [1] * 40)
+    write("temperature_sweep_online", "distilled_T2_seed1", [6] * 40)
+    a = bench.system_counts(tmp_path / "exp" / "temperature_sweep", "distilled_T2", "test-clean")
+    b = bench.system_counts(tmp_path / "exp" / "temperature_sweep_online", "distilled_T2", "test-clean")
+    assert a[2] == b[2] == 2 and a[3] == [(50.0, 30.0), (50.0, 30.0)]
+    r = bench.compare_system(a, b, "distilled_T2")
+    assert r["wer_diff"]["value"] == pytest.approx(-15.0) and r["wer_diff"]["excludes_zero"]
+    assert r["wer_seed_differences"] == pytest.approx([-40.0, 10.0]) and r["fa_seed_differences"] == [0.0, 0.0]
+    assert bench._verdict(r["wer_diff"], True, r["wer_seed_differences"]) == "within seed noise (the seed pairs disagree in sign)"
+    results = tmp_path / "RESULTS.md"
+    assert bench.main(["--exp-a", str(tmp_path / "exp"), "--dir-a", "temperature_sweep", "--exp-b", str(tmp_path / "exp"),
+                       "--dir-b", "temperature_sweep_online", "--systems", "distilled_T2", "distilled_T4", "--parts", "test-clean",
+                       "--label-a", "stored", "--label-b", "online", "--title", "S", "--results", str(results)]) == 0
+    assert ("| test-clean | distilled_T2 | 2 / 2 | 50.00% | 35.00% | -15.00 [-15.00, -15.00]<br>seed pairs -40.00, +10.00 | "
+            "within seed noise (the seed pairs disagree in sign) |") in results.read_text()
+    assert "| test-clean | distilled_T4 |" not in results.read_text()  # not decoded: skipped, said in the log
+
+
 def test_noise_is_called_noise(tmp_path: Path) -> None:
     bench = _bench()
     errs = [5] * 40
