@@ -15,6 +15,11 @@ Each fraction gets ``<out>/f<fraction>/exp``, whose stage folders are links to `
 
     python bench/three_percent_fractions.py --data recipes/librispeech/data --exp recipes/librispeech/exp \\
         --out /tmp/fractions --fraction 0.03 --fraction 0.1 --fraction 0.3
+
+``--kd-variant NAME:key=value,...`` (repeat) instead trains the soft model of each fraction once
+per variant of the kd config (``hard_weight=0``, ``mode=online``: the ensemble's whole
+distribution computed in the loop, not stage 5's stored top-k), each in ``<out>/f<fraction>_<NAME>``,
+one row per fraction and variant; give such a table its own ``--title``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from asr_kd.config import KdConfig, TrainConfig, load_config
+from asr_kd.config import KdConfig, TrainConfig, load_config, parse_overrides
 from asr_kd.models.dnn import load_dnn_config
 from asr_kd.report.tables import format_interval
 from asr_kd.stages.common import environment_lines, read_senones
@@ -57,12 +62,20 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def fraction_row(fraction: float, table5: dict, num_senones: int) -> str:
-    """One Markdown row of the section from a stage-8 ``table5.json``."""
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME:key=value,key=value`` (or ``NAME`` alone: the kd config unchanged) -> (name, overrides)."""
+    name, _, rest = spec.partition(":")
+    if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise SystemExit(f"--kd-variant {spec!r}: give NAME:key=value,... with a plain NAME (letters, digits, _ - .)")
+    return name, parse_overrides([item for item in rest.split(",") if item]) if rest else {}
+
+
+def fraction_row(fraction: float, table5: dict, num_senones: int, variant: str = "") -> str:
+    """One Markdown row of the section from a stage-8 ``table5.json`` (``variant``: a first cell naming the kd variant)."""
     runs, comp, frames = table5["runs"], table5["comparisons"], table5["frames"]
     hard, soft, full = runs["hard_3"], runs["soft_3"], runs["hard_100"]
     subset_frames = next(v for k, v in frames.items() if k.endswith("hard") and not k.startswith("100%"))
-    return (f"| {100 * fraction:g}% | {subset_frames:,} | {subset_frames / num_senones:.0f} | {_pct(full['test_frame_accuracy'])} | "
+    return (f"|{f' {variant} |' if variant else ''} {100 * fraction:g}% | {subset_frames:,} | {subset_frames / num_senones:.0f} | {_pct(full['test_frame_accuracy'])} | "
             f"{_pct(hard['train_frame_accuracy'])} / {_pct(hard['test_frame_accuracy'])} ({hard['epochs']}) | "
             f"{_pct(soft['train_frame_accuracy'])} / {_pct(soft['test_frame_accuracy'])} ({soft['epochs']}) | "
             f"{format_interval(comp['soft_vs_hard'])} | {format_interval(comp['gap_recovered'], digits=0, unit='%')} |")
@@ -78,31 +91,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-config", default="mini", help="DNN preset or YAML (the recipe's dnn_config)")
     p.add_argument("--config", type=Path, default=CONF / "train_3pct_mini.yaml", help="stage 8's TrainConfig YAML")
     p.add_argument("--kd-config", type=Path, default=CONF / "kd.yaml", help="the KdConfig of stage 5's soft targets")
+    p.add_argument("--kd-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="a variant of --kd-config for the soft model (repeat; e.g. online:mode=online or soft_only:hard_weight=0)")
+    p.add_argument("--title", default=HEADING[3:], help="the bench/RESULTS.md section heading [%(default)s]")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = p.parse_args(argv)
+    variants = [parse_variant(v) for v in args.kd_variant] or [("", {})]
 
-    model, train, kd = load_dnn_config(args.model_config), load_config(TrainConfig, args.config), load_config(KdConfig, args.kd_config)
-    rows, stage_dirs = [], []
+    model, train = load_dnn_config(args.model_config), load_config(TrainConfig, args.config)
+    rows, stage_dirs, described = [], [], []
     num_senones = 0
-    for fraction in sorted(set(args.fraction)):
-        exp = args.out / f"f{fraction:g}" / "exp"
-        link_exp(args.exp.resolve(), exp)
-        layout = RecipeLayout(args.data, exp, alignments=args.alignments)
-        num_senones = read_senones(layout).num_senones
-        run_three_percent(layout, model, train, kd, fraction=fraction)
-        table5 = read_json(layout.three_percent / "table5.json")
-        rows.append(fraction_row(fraction, table5, num_senones))
-        stage_dirs.append(layout.three_percent)
-        print(rows[-1], flush=True)
+    for name, overrides in variants:
+        kd = load_config(KdConfig, args.kd_config, overrides)
+        if name:
+            targets = "the whole distribution, online" if kd.mode == "online" else f"stored top-{kd.top_k}, {kd.storage}"
+            described.append(f"`{name}`: T = {kd.temperature:g}, soft weight {kd.soft_weight:g}, hard weight {kd.hard_weight:g}, {targets}")
+        for fraction in sorted(set(args.fraction)):
+            exp = args.out / (f"f{fraction:g}" + (f"_{name}" if name else "")) / "exp"
+            link_exp(args.exp.resolve(), exp)
+            layout = RecipeLayout(args.data, exp, alignments=args.alignments)
+            num_senones = read_senones(layout).num_senones
+            run_three_percent(layout, model, train, kd, fraction=fraction)
+            table5 = read_json(layout.three_percent / "table5.json")
+            rows.append(fraction_row(fraction, table5, num_senones, name))
+            stage_dirs.append(layout.three_percent)
+            print(rows[-1], flush=True)
 
     command = "python bench/three_percent_fractions.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    heading = f"## {args.title}"
+    with_variants = variants[0][0] != ""
     text = "\n".join([
-        HEADING, "",
-        f"Produced by `{command}`: stage 8's code and configs (`{args.config.name}`, DNN `{args.model_config}`, the ensemble's stored "
-        f"soft targets) on the run's training cuts, one draw (subset seed 0) per fraction.", "",
-        "| Fraction | Frames | Frames / senone | 100% hard: test | Hard: train / test (epochs) | Soft: train / test (epochs) | "
-        "Soft − hard, test points | Gap recovered |",
-        "|---|---|---|---|---|---|---|---|",
+        heading, "",
+        f"Produced by `{command}`: stage 8's code and configs (`{args.config.name}`, DNN `{args.model_config}`, "
+        + (f"the soft model's kd config `{args.kd_config.name}` with each variant's changes: {'; '.join(described)}" if with_variants else
+           "the ensemble's stored soft targets")
+        + ") on the run's training cuts, one draw (subset seed 0) per fraction"
+        + (", the same for every variant (so the hard model is the same too)." if with_variants else "."), "",
+        ("| Soft targets " if with_variants else "") + "| Fraction | Frames | Frames / senone | 100% hard: test | Hard: train / test (epochs) | "
+        "Soft: train / test (epochs) | Soft − hard, test points | Gap recovered |",
+        ("|---" if with_variants else "") + "|---|---|---|---|---|---|---|---|",
         *rows, "",
         f"Frame accuracies against the run's labels ({num_senones} senones); the hard model stops early on dev and its best "
         "checkpoint is scored, the soft one trains every epoch (the paper's Table 5 protocol). Gap recovered: (soft − hard) / "
@@ -111,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "about 2,000 hours, soft targets recover 87% of the gap.",
         environment_lines(stage_dirs).rstrip(), "",
     ])
-    write_section(args.results, HEADING, text)
-    print(f"wrote {HEADING!r} to {args.results}")
+    write_section(args.results, heading, text)
+    print(f"wrote {heading!r} to {args.results}")
     return 0
 
 

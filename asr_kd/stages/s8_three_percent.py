@@ -7,6 +7,10 @@ stopping. Three runs are compared: the stage-6 hard baseline (100%), ``<exp>/thr
 (early stopping on dev, its best checkpoint scored) and ``<exp>/three_percent/soft`` (no early
 stopping, its final checkpoint scored). Writes ``<exp>/three_percent/table5.json``, a plot of dev
 frame accuracy over training and the Table 5 section of RESULTS.md.
+
+The soft model learns from stage 5's stored targets (top-k or a codebook) or, with
+``kd.mode=online``, from the ensemble's whole distribution computed in the training loop (the
+teachers run forward on the subset's batches: cheap at 3%).
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ from asr_kd.config import DnnConfig, KdConfig, TrainConfig
 from asr_kd.data.alignments import load_alignment
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
-from asr_kd.kd.student import StoredDistillationLoss
+from asr_kd.kd.ensemble import TeacherEnsemble
+from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
 from asr_kd.metrics.frame_accuracy import FrameAccuracyResult, corpus_frame_accuracy
 from asr_kd.metrics.paired import bootstrap_difference, bootstrap_gain_share
 from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
-from asr_kd.stages.common import STUDENT_SEED_OFFSET, alignment_inputs, environment_lines, model_checkpoint, read_senones
+from asr_kd.stages.common import STUDENT_SEED_OFFSET, alignment_inputs, environment_lines, load_teachers, model_checkpoint, read_senones
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
@@ -79,21 +84,30 @@ def run_three_percent(
     and soft (no early stopping) models on the same ``fraction`` of the training cuts (drawn with
     ``subset_seed``); score them and the stage-6 hard baseline on their own training cuts and on
     the test part. The soft targets are stage 5's for ``kd`` and ``num_teachers`` (default: stage
-    4's count), checked against their record. Returns ``{"hard_100", "hard_3", "soft_3"}`` ->
+    4's count), checked against their record; with ``kd.mode=online`` the ensemble of stage 4's
+    first ``num_teachers`` teachers itself (its record an input instead). Returns ``{"hard_100", "hard_3", "soft_3"}`` ->
     :class:`SubsetRun`; skipped (the table re-rendered from ``table5.json``) when the record matches."""
     senones = read_senones(layout)
-    soft_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 8 (3% experiment)")
-    n = int(soft_record.config["num_teachers"])
+    if kd.mode == "online":  # the whole distribution from the teachers in the loop: nothing stored
+        teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+        n = int(teachers.config["num_teachers"]) if num_teachers is None else num_teachers
+        soft_cuts, soft_input = None, {"teachers": teachers.fingerprint}
+    else:
+        soft_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 8 (3% experiment)")
+        n = int(soft_record.config["num_teachers"])
+        soft_input = {"soft_targets": soft_record.fingerprint}
     out = layout.three_percent
     baseline_dir = layout.student_dir("hard")
     guard = StageGuard("stage 8 (3% of the data)", out,
                        {"dnn": model_config, "train": train_config, "kd": kd, "fraction": fraction, "subset_seed": subset_seed,
-                        "train_part": layout.train_part, "dev_part": layout.dev_part, "test_part": layout.test_part},
-                       {**alignment_inputs(layout), "soft_targets": soft_record.fingerprint,
+                        "train_part": layout.train_part, "dev_part": layout.dev_part, "test_part": layout.test_part,
+                        # Named only online, so a finished stored run keeps its fingerprint.
+                        **({"num_teachers": n} if kd.mode == "online" else {})},
+                       {**alignment_inputs(layout), **soft_input,
                         "student_hard": require_record(baseline_dir, "stage 6 (hard student)").fingerprint}, command)
     if guard.needs_work():
         _three_percent_work(layout, out, senones.num_senones, soft_cuts, baseline_dir, model_config, train_config, kd, fraction,
-                            subset_seed, max_duration)
+                            subset_seed, max_duration, n)
         guard.finish([out / "table5.json", out / "hard" / "final.pt", out / "soft" / "final.pt"])
     stored = read_json(out / "table5.json")
     assert isinstance(stored, dict)
@@ -104,21 +118,23 @@ def run_three_percent(
         plot_name = "table5_dev_accuracy.png"
         plot_dev_accuracy(stored["histories"], Path(results_md).parent / plot_name, title, stored["frames"])
         text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command,
-                             stored.get("comparisons"))
+                             stored.get("comparisons"), online=kd.mode == "online")
         write_section(results_md, "## Table 5 analogue", text + environment_lines([out]))
     log.info("dev accuracy plot: %s", plot)
     return results
 
 
 def _three_percent_work(
-    layout: RecipeLayout, out: Path, num_senones: int, soft_cuts: Path, baseline_dir: Path, model_config: DnnConfig,
-    train_config: TrainConfig, kd: KdConfig, fraction: float, subset_seed: int, max_duration: float,
+    layout: RecipeLayout, out: Path, num_senones: int, soft_cuts: Path | None, baseline_dir: Path, model_config: DnnConfig,
+    train_config: TrainConfig, kd: KdConfig, fraction: float, subset_seed: int, max_duration: float, num_teachers: int,
 ) -> None:
-    """Train and score the three runs of stage 8; write ``table5.json`` (runs, dev histories, frames)."""
+    """Train and score the three runs of stage 8; write ``table5.json`` (runs, dev histories, frames).
+    ``soft_cuts`` None: the soft model learns online from the first ``num_teachers`` teachers."""
     full_train = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
     subset = subset_cuts(full_train, fraction, subset_seed)
     chosen = frozenset(subset.ids)
-    soft_subset = CutSet.from_cuts(c for c in layout.open_cuts(soft_cuts) if c.id in chosen)
+    # Online, the soft model trains on the subset's own cuts (the teachers label them in the loop).
+    soft_subset = subset if soft_cuts is None else CutSet.from_cuts(c for c in layout.open_cuts(soft_cuts) if c.id in chosen)
     if len(soft_subset) != len(subset):
         raise DataError(f"{len(subset) - len(soft_subset)} of the {len(subset)} subset cuts lack soft targets in {soft_cuts}; rerun stage 5")
     log.info("%g of the training data: %d of %d cuts, %d frames", fraction, len(subset), len(full_train), sum(c.num_frames for c in subset))
@@ -133,8 +149,9 @@ def _three_percent_work(
     hard_cfg = dataclasses.replace(small, early_stopping_patience=patience)
     soft_cfg = dataclasses.replace(small, early_stopping_patience=0)
     train_frame_classifier(out / "cuts_subset.jsonl.gz", *common, hard_cfg, out / "hard", resume=True)
-    train_frame_classifier(out / "cuts_soft_subset.jsonl.gz", *common, soft_cfg, out / "soft", resume=True,
-                           compute_loss=StoredDistillationLoss(kd))
+    soft_loss = StoredDistillationLoss(kd) if soft_cuts is not None else \
+        OnlineDistillationLoss(TeacherEnsemble(load_teachers(layout, num_teachers), kd.fusion), kd)
+    train_frame_classifier(out / "cuts_soft_subset.jsonl.gz", *common, soft_cfg, out / "soft", resume=True, compute_loss=soft_loss)
 
     test_cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.test_part)))
     runs: dict[str, tuple[Path, Path, CutSet]] = {

@@ -531,6 +531,38 @@ def test_fractions_bench_reproduces_stage_8_and_writes_only_its_own_folders(reci
         assert f"{100 * gap['value']:+.0f}% [{100 * gap['low']:+.0f}, {100 * gap['high']:+.0f}] |" in text.split(f"\n| {fraction} |")[1].split("\n")[0]
 
 
+def test_fractions_bench_kd_variants_and_online_stage_8(recipe, tmp_path: Path) -> None:
+    """--kd-variant: the unchanged variant reproduces stage 8; with mode=online stage 8's soft model
+    learns from the teachers in the loop (their record an input, no soft targets read), against the
+    same hard model; each variant has its row."""
+    import runpy
+
+    data, exp, _ = recipe
+    before = {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()}
+    results = tmp_path / "RESULTS.md"
+    main = runpy.run_path(str(REPO_ROOT / "bench" / "three_percent_fractions.py"))["main"]
+    assert main(["--data", str(data), "--exp", str(exp), "--out", str(tmp_path / "out"), "--fraction", "0.03", "--model-config", "tiny",
+                 "--kd-config", str(REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml"), "--kd-variant", "stored",
+                 "--kd-variant", "online:mode=online", "--title", "Variants", "--results", str(results)]) == 0
+    assert {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()} == before
+    stage8 = json.loads((exp / "three_percent" / "table5.json").read_text())
+    stored = json.loads((tmp_path / "out" / "f0.03_stored" / "exp" / "three_percent" / "table5.json").read_text())
+    online = json.loads((tmp_path / "out" / "f0.03_online" / "exp" / "three_percent" / "table5.json").read_text())
+    assert stored["runs"] == stage8["runs"]
+    record = read_record(tmp_path / "out" / "f0.03_online" / "exp" / "three_percent")
+    assert record.config["kd"]["mode"] == "online" and record.config["num_teachers"] == 2
+    assert record.inputs["teachers"] == read_record(exp / "teachers").fingerprint and "soft_targets" not in record.inputs
+    assert online["runs"]["hard_3"] == stage8["runs"]["hard_3"] and online["runs"]["hard_100"] == stage8["runs"]["hard_100"]
+    assert online["runs"]["soft_3"]["test_frame_accuracy"] != stage8["runs"]["soft_3"]["test_frame_accuracy"]
+    text = results.read_text()
+    assert "`online`: T = 2, soft weight 1, hard weight 0.5, the whole distribution, online" in text
+    for name, t5 in (("stored", stored), ("online", online)):
+        soft, gap = t5["runs"]["soft_3"], t5["comparisons"]["gap_recovered"]
+        row = text.split(f"\n| {name} | 3% |")[1].split("\n")[0]
+        assert f"| {100 * soft['train_frame_accuracy']:.1f}% / {100 * soft['test_frame_accuracy']:.1f}% ({soft['epochs']}) | " in row
+        assert f"{100 * gap['value']:+.0f}% [{100 * gap['low']:+.0f}, {100 * gap['high']:+.0f}] |" in row
+
+
 def test_online_temperature_sweep_learns_from_the_whole_distribution(recipe, tmp_path: Path) -> None:
     """Stage 10 with kd.mode=online: no soft targets are stored, each student's record names the
     teachers and its T, and the section (beside the stored sweep's) shows the recorded numbers."""
