@@ -35,6 +35,7 @@ import numpy as np
 
 from asr_kd.errors import DataError
 from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.report.tables import seed_agreement
 from asr_kd.stages.s7_decode import per_utterance_counts, per_utterance_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,13 +71,11 @@ def system_counts(decode_dir: Path, system: str, part: str) -> tuple[list[str], 
         raise SystemExit(f"{e} (in the run whose decodes are under {decode_dir})") from None
     ids = [str(u) for u in c["ids"]]
     counts = np.stack([c["errors"], c["ref_words"], c["correct"], c["frames"]], axis=1)
-    if counts[:, 1].sum() <= 0:
-        raise SystemExit(f"{per_utterance_path(None, members[0], part, root=decode_dir)}: no reference words (was {system} decoded "
-                         "with WER?)")
     rates = []
     for m in members:  # each seed alone: the seed-k-against-seed-k differences the bootstrap leaves out
         one = per_utterance_counts(None, [m], part, root=decode_dir)
-        rates.append((100 * one["errors"].sum() / one["ref_words"].sum(), 100 * one["correct"].sum() / max(one["frames"].sum(), 1)))
+        words = one["ref_words"].sum()  # 0 where stage 7 scored the part for frame accuracy only (--decode-parts)
+        rates.append((100 * one["errors"].sum() / words if words > 0 else None, 100 * one["correct"].sum() / max(one["frames"].sum(), 1)))
     return ids, counts, len(members), rates
 
 
@@ -93,32 +92,40 @@ def compare_system(a: tuple, b: tuple, what: str) -> dict:
         if diff.size:
             raise SystemExit(f"{what}: {name} differ at utterance {ids_a[diff[0]]} ({ca[diff[0], col]:g} against "
                              f"{cb[diff[0], col]:g}); compare runs that share stages 0-3")
-    wer = bootstrap_difference(ca[:, 0], cb[:, 0], ca[:, 1])
+    # WER only where both runs decoded the part (a part scored for frame accuracy only has no reference words).
+    decoded = ca[:, 1].sum() > 0 and cb[:, 1].sum() > 0
+    wer = bootstrap_difference(ca[:, 0], cb[:, 0], ca[:, 1]) if decoded else None
     fa = bootstrap_difference(ca[:, 2], cb[:, 2], ca[:, 3])
+    paired = seeds_a == seeds_b > 1
     return {
         "seeds_a": seeds_a, "seeds_b": seeds_b, "utterances": len(ids_a), "words": int(ca[:, 1].sum()),
-        "wer_a": 100 * ca[:, 0].sum() / ca[:, 1].sum(), "wer_b": 100 * cb[:, 0].sum() / cb[:, 1].sum(),
+        "wer_a": 100 * ca[:, 0].sum() / ca[:, 1].sum() if decoded else None, "wer_b": 100 * cb[:, 0].sum() / cb[:, 1].sum() if decoded else None,
         "fa_a": 100 * ca[:, 2].sum() / ca[:, 3].sum(), "fa_b": 100 * cb[:, 2].sum() / cb[:, 3].sum(),
-        "wer_diff": {k: 100 * v if isinstance(v, float) else v for k, v in wer.to_dict().items()},
+        "wer_diff": None if wer is None else {k: 100 * v if isinstance(v, float) else v for k, v in wer.to_dict().items()},
         "fa_diff": {k: 100 * v if isinstance(v, float) else v for k, v in fa.to_dict().items()},
-        "wer_seed_differences": [rb[0] - ra[0] for ra, rb in zip(rates_a, rates_b)] if seeds_a == seeds_b > 1 else [],
-        "fa_seed_differences": [rb[1] - ra[1] for ra, rb in zip(rates_a, rates_b)] if seeds_a == seeds_b > 1 else [],
+        "wer_seed_differences": [rb[0] - ra[0] for ra, rb in zip(rates_a, rates_b)] if paired and decoded else [],
+        "fa_seed_differences": [rb[1] - ra[1] for ra, rb in zip(rates_a, rates_b)] if paired else [],
     }
 
 
-def _interval(d: dict) -> str:
-    return f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+def _interval(d: dict | None) -> str:
+    return "not decoded" if d is None else f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
 
-def _verdict(d: dict, lower_is_better: bool, pairs: list[float] = ()) -> str:
+def _rate(x: float | None, digits: int) -> str:
+    return "not decoded" if x is None else f"{x:.{digits}f}%"
+
+
+def _verdict(d: dict | None, lower_is_better: bool, pairs: list[float] = ()) -> str:
     """"B better"/"B worse" when the interval excludes 0 and every seed pair (if any) has its sign."""
-    if not d["excludes_zero"]:
+    if d is None:
+        return "not decoded"
+    outcome = seed_agreement(d, pairs)
+    if outcome == "noise":
         return "within noise"
-    sign = 1.0 if d["low"] > 0 else -1.0
-    if any(x * sign <= 0 for x in pairs):
+    if outcome == "seed noise":
         return "within seed noise (the seed pairs disagree in sign)"
-    better = (d["high"] < 0) == lower_is_better
-    return "B better" if better else "B worse"
+    return "B better" if (outcome == "lower") == lower_is_better else "B worse"
 
 
 def _pairs(values: list[float]) -> str:
@@ -133,13 +140,14 @@ def section(rows: list[tuple[str, str, dict]], label_a: str, label_b: str, comma
         "bootstrap over the utterances (2000 resamples; Bisani & Ney 2004); a student kind's seeds are averaged "
         "utterance by utterance first. With as many seeds in B as in A (more than one), seed k of B minus seed k of A is shown "
         "too (the training variance the bootstrap leaves out), and a difference counts only when its interval excludes 0 and "
-        "every seed pair agrees in sign.", "",
+        "every seed pair agrees in sign (with unequal seed counts, the interval alone decides). WER is \"not decoded\" where a "
+        "run scored the part for frame accuracy only.", "",
         "| Part | System | Seeds A / B | WER A | WER B | WER B − A | | Frame acc. A | Frame acc. B | Frame acc. B − A | |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for part, system, r in rows:
         lines.append(
-            f"| {part} | {system} | {r['seeds_a']} / {r['seeds_b']} | {r['wer_a']:.2f}% | {r['wer_b']:.2f}% | "
+            f"| {part} | {system} | {r['seeds_a']} / {r['seeds_b']} | {_rate(r['wer_a'], 2)} | {_rate(r['wer_b'], 2)} | "
             f"{_interval(r['wer_diff'])}{_pairs(r.get('wer_seed_differences', []))} | "
             f"{_verdict(r['wer_diff'], True, r.get('wer_seed_differences', []))} | {r['fa_a']:.1f}% | {r['fa_b']:.1f}% | "
             f"{_interval(r['fa_diff'])}{_pairs(r.get('fa_seed_differences', []))} | "
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-b", required=True, help="what run B is, for the table")
     p.add_argument("--parts", nargs="+", default=["test-clean", "test-ood"], help="parts to compare [%(default)s]")
     p.add_argument("--systems", nargs="+", default=["baseline", "ensemble", "distilled", "compressed"],
-                   help="stage-7 systems to compare [%(default)s]")
+                   help="systems to compare: stage 7's, or distilled_T<T> in a stage-10 sweep folder [%(default)s]")
     p.add_argument("--title", default="Two recipe runs compared", help="the bench/RESULTS.md section heading")
     p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md",
                    help="where the section goes [%(default)s]")
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append((part, system, compare_system(a, b, f"{system} on {part}")))
     if not rows:
-        print("compare_runs: nothing to compare (no stage-7 outputs in both runs); skipping")
+        print("compare_runs: nothing to compare (no stage-7 or stage-10 outputs of these systems in both folders); skipping")
         return 0
     command = shlex.join(["python", "bench/compare_runs.py", *(argv if argv is not None else sys.argv[1:])])
     text = section(rows, args.label_a, args.label_b, command, args.title)

@@ -34,6 +34,7 @@ from asr_kd.models.dnn import load_dnn_config
 from asr_kd.report.tables import format_interval
 from asr_kd.stages.common import environment_lines, read_senones
 from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.s5_soft_targets import storage_label
 from asr_kd.stages.s8_three_percent import run_three_percent
 from asr_kd.utils import read_json
 
@@ -93,10 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kd-config", type=Path, default=CONF / "kd.yaml", help="the KdConfig of stage 5's soft targets")
     p.add_argument("--kd-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a variant of --kd-config for the soft model (repeat; e.g. online:mode=online or soft_only:hard_weight=0)")
-    p.add_argument("--title", default=HEADING[3:], help="the bench/RESULTS.md section heading [%(default)s]")
+    p.add_argument("--title", default="", help="the bench/RESULTS.md section heading [the fractions section's; with --kd-variant "
+                   "required, so a table of variants never replaces that section]")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = p.parse_args(argv)
     variants = [parse_variant(v) for v in args.kd_variant] or [("", {})]
+    names = [n for n, _ in variants]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--kd-variant: each NAME once (its folder is <out>/f<fraction>_<NAME>), got {' '.join(names)}")
+    if args.kd_variant and not args.title:
+        raise SystemExit("--kd-variant: give the table its own --title (else it would replace the fractions section of bench/RESULTS.md)")
 
     model, train = load_dnn_config(args.model_config), load_config(TrainConfig, args.config)
     rows, stage_dirs, described = [], [], []
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, overrides in variants:
         kd = load_config(KdConfig, args.kd_config, overrides)
         if name:
-            targets = "the whole distribution, online" if kd.mode == "online" else f"stored top-{kd.top_k}, {kd.storage}"
+            targets = "the whole distribution, online" if kd.mode == "online" else f"stored top-{kd.top_k}, {storage_label(kd)}"
             described.append(f"`{name}`: T = {kd.temperature:g}, soft weight {kd.soft_weight:g}, hard weight {kd.hard_weight:g}, {targets}")
         for fraction in sorted(set(args.fraction)):
             exp = args.out / (f"f{fraction:g}" + (f"_{name}" if name else "")) / "exp"
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
 
     command = "python bench/three_percent_fractions.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    heading = f"## {args.title}"
+    heading = f"## {args.title}" if args.title else HEADING
     with_variants = variants[0][0] != ""
     text = "\n".join([
         heading, "",
@@ -126,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f"the soft model's kd config `{args.kd_config.name}` with each variant's changes: {'; '.join(described)}" if with_variants else
            "the ensemble's stored soft targets")
         + ") on the run's training cuts, one draw (subset seed 0) per fraction"
-        + (", the same for every variant (so the hard model is the same too)." if with_variants else "."), "",
+        + (", the same for every variant (each variant's hard model is trained again on it with the same seed)." if with_variants
+           else "."), "",
         ("| Soft targets " if with_variants else "") + "| Fraction | Frames | Frames / senone | 100% hard: test | Hard: train / test (epochs) | "
         "Soft: train / test (epochs) | Soft − hard, test points | Gap recovered |",
         ("|---" if with_variants else "") + "|---|---|---|---|---|---|---|---|",

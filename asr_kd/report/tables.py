@@ -165,6 +165,18 @@ def significance(iv: Mapping[str, Any] | None, better_if_negative: bool) -> str:
     return "yes, " + ("better" if better else "worse") + " than the baseline"
 
 
+def seed_agreement(iv: Mapping[str, Any], pairs: Sequence[float] = ()) -> str:
+    """Whether a paired difference counts: "noise" when its interval contains 0, "seed noise" when
+    some seed pair (seed k minus seed k, the training variance the bootstrap leaves out) differs in
+    sign from the interval (a pair of exactly 0 disagrees), else "higher" or "lower"."""
+    if not iv["excludes_zero"]:
+        return "noise"
+    sign = 1.0 if iv["low"] > 0 else -1.0
+    if any(x * sign <= 0 for x in pairs):
+        return "seed noise"
+    return "higher" if sign > 0 else "lower"
+
+
 def format_comparisons(comparisons: Mapping[str, Any], test_part: str, ood_part: str = "", num_seeds: int = 1) -> str:
     """Return the paragraph under Table 1 that says which differences are significant: WER and
     frame-accuracy differences from the baseline with 95% paired bootstrap intervals (from
@@ -235,8 +247,8 @@ def format_table5(
     rows = [
         ("hard_100", "Baseline, 100% of the training set, hard targets", hard_100),
         ("hard_3", f"Baseline, {pct} of the training set, hard targets (early stopping on dev)", hard_3),
-        ("soft_3", f"{pct} of the training set, soft targets of the {num_teachers} x ensemble"
-                   f"{' (its whole distribution, computed in the training loop)' if online else ''} (no early stopping)", soft_3),
+        ("soft_3", f"{pct} of the training set, soft targets of the {num_teachers} x ensemble ("
+                   f"{'its whole distribution, computed in the training loop; ' if online else ''}no early stopping)", soft_3),
     ]
     for key, label, run in rows:
         p_train, p_test = PAPER_TABLE5[key]

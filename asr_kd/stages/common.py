@@ -105,14 +105,21 @@ def recorded_num_teachers(layout: RecipeLayout) -> int:
     return int(require_record(layout.teachers, "stage 4 (asr-kd train-teachers)").config["num_teachers"])
 
 
-def load_teachers(layout: RecipeLayout, num_teachers: int | None = None, device: str | torch.device = "cpu") -> list[SplicedDnn]:
-    """Return the first ``num_teachers`` (default: all that stage 4 recorded) trained teachers, in
-    eval mode; DataError if stage 4 has not produced them."""
+def checked_num_teachers(layout: RecipeLayout, num_teachers: int | None = None) -> int:
+    """Return ``num_teachers`` (default: all that stage 4 recorded); DataError if stage 4 did not
+    train that many."""
     recorded = recorded_num_teachers(layout)
     n = recorded if num_teachers is None else num_teachers
     if not 1 <= n <= recorded:
         raise DataError(f"{n} teachers asked for, but stage 4 trained {recorded} in {layout.teachers}; "
                         f"pass --num-teachers 1..{recorded} or rerun stage 4 with --num-teachers {n}")
+    return n
+
+
+def load_teachers(layout: RecipeLayout, num_teachers: int | None = None, device: str | torch.device = "cpu") -> list[SplicedDnn]:
+    """Return the first ``num_teachers`` (default: all that stage 4 recorded) trained teachers, in
+    eval mode; DataError if stage 4 has not produced them."""
+    n = checked_num_teachers(layout, num_teachers)
     return [load_frame_classifier(model_checkpoint(layout.teacher_dir(i)), device) for i in range(n)]
 
 

@@ -318,9 +318,10 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
     ood = result.get("ood_part")
     if ood:
         base_ood = result.get("baseline_ood_wer")
-        lines += ["", f"On {ood}, the out-of-domain test part, each T's students decoded at the scale "
-                  f"above; the baseline's {ood} WER (stage 7, mean of its {result['baseline_seeds']} seeds) is "
-                  f"{'not decoded' if base_ood is None else f'{100 * base_ood:.2f}%'}:", "",
+        baseline_text = (f"the baseline's {ood} WER (stage 7, mean of its {result['baseline_seeds']} seeds) is {100 * base_ood:.2f}%"
+                         if base_ood is not None else f"stage 7 did not decode the baseline on {ood} (--decode-parts), so the WER "
+                         f"differences from it are missing; rerun stage 7 with {ood} among its decode parts for them")
+        lines += ["", f"On {ood}, the out-of-domain test part, each T's students decoded at the scale above; {baseline_text}:", "",
                   f"| T | {ood} frame accuracy | {ood} WER | relative WER increase, {ood} vs {test_part} | WER − baseline on {ood}, points | "
                   f"frame accuracy − baseline on {ood}, points |", "|---|---|---|---|---|---|"]
         for row in result["rows"].values():
@@ -328,7 +329,7 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
             ood_wer = f"{100 * row['ood_wer']:.2f}%" if n == 1 else f"{100 * row['ood_wer']:.2f} ± {100 * row['ood_wer_std']:.2f}%"
             increase = f"{row['ood_wer'] / row['test_wer'] - 1:+.0%}" if row["test_wer"] else "n/a"
             lines.append(f"| {row['temperature']:g} | {100 * row['ood_frame_accuracy']:.1f}% | {ood_wer} | {increase} | "
-                         f"{'not decoded' if wer is None else f'{format_interval(wer)} ({significance(wer, True)})'} | "
+                         f"{'baseline not decoded' if wer is None else f'{format_interval(wer)} ({significance(wer, True)})'} | "
                          f"{format_interval(acc)} ({significance(acc, False)}) |")
     own = result.get("own_temperature")
     if own is not None:
@@ -358,9 +359,11 @@ def format_sweep(result: dict, kd: KdConfig, test_part: str, command: str) -> st
 def _verdict(iv: dict, better_if_negative: bool, pairs: Sequence[float] = ()) -> str:
     """"better"/"worse" when the interval excludes 0 and, with several seeds, every seed pair's
     difference has the interval's sign; otherwise why it is noise."""
-    if not iv["excludes_zero"]:
+    from asr_kd.report.tables import seed_agreement
+
+    outcome = seed_agreement(iv, pairs if len(pairs) > 1 else ())
+    if outcome == "noise":
         return "noise: the interval contains 0"
-    sign = 1.0 if iv["low"] > 0 else -1.0
-    if len(pairs) > 1 and any(d * sign <= 0 for d in pairs):
+    if outcome == "seed noise":
         return "within seed noise: the seed pairs disagree in sign"
-    return "better" if (sign < 0) == better_if_negative else "worse"
+    return "better" if (outcome == "lower") == better_if_negative else "worse"

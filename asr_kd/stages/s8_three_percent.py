@@ -36,7 +36,8 @@ from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
-from asr_kd.stages.common import STUDENT_SEED_OFFSET, alignment_inputs, environment_lines, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.common import (STUDENT_SEED_OFFSET, alignment_inputs, checked_num_teachers, environment_lines, load_teachers,
+                                  model_checkpoint, read_senones)
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
@@ -89,9 +90,8 @@ def run_three_percent(
     :class:`SubsetRun`; skipped (the table re-rendered from ``table5.json``) when the record matches."""
     senones = read_senones(layout)
     if kd.mode == "online":  # the whole distribution from the teachers in the loop: nothing stored
-        teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
-        n = int(teachers.config["num_teachers"]) if num_teachers is None else num_teachers
-        soft_cuts, soft_input = None, {"teachers": teachers.fingerprint}
+        n = checked_num_teachers(layout, num_teachers)  # before any training: a count stage 4 did not train is refused now
+        soft_cuts, soft_input = None, {"teachers": require_record(layout.teachers, "stage 4 (asr-kd train-teachers)").fingerprint}
     else:
         soft_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 8 (3% experiment)")
         n = int(soft_record.config["num_teachers"])

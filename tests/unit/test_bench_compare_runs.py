@@ -103,6 +103,28 @@ def test_sweep_folders_pair_their_seeds(tmp_path: Path) -> None:
     assert "| test-clean | distilled_T4 |" not in results.read_text()  # not decoded: skipped, said in the log
 
 
+def test_agreeing_seed_pairs_decide_and_a_part_without_wer_keeps_its_frame_accuracy(tmp_path: Path) -> None:
+    bench = _bench()
+    for run, errs in (("a", (5, 5)), ("b", (1, 4))):  # B: seed 0 four errors fewer, seed 1 one fewer: every pair agrees
+        for k, e in enumerate(errs):
+            _write(tmp_path / run, "distilled" + (f"_seed{k}" if k else ""), "test-clean", _table([e] * 40, [30] * 40))
+            # test-ood scored for frame accuracy only (stage 7's --decode-parts without it): no reference words
+            _write(tmp_path / run, "distilled" + (f"_seed{k}" if k else ""), "test-ood",
+                   {f"u{i:02d}": [0, 0, 30 + (5 if run == "b" else 0), 100] for i in range(40)})
+        (tmp_path / run / "decode" / "comparisons.json").write_text(json.dumps({"groups": {"distilled": ["distilled", "distilled_seed1"]}}))
+    a = bench.system_counts(tmp_path / "a" / "decode", "distilled", "test-clean")
+    b = bench.system_counts(tmp_path / "b" / "decode", "distilled", "test-clean")
+    r = bench.compare_system(a, b, "distilled")
+    assert r["wer_seed_differences"] == pytest.approx([-40.0, -10.0])
+    assert bench._verdict(r["wer_diff"], True, r["wer_seed_differences"]) == "B better"
+    ood = bench.compare_system(bench.system_counts(tmp_path / "a" / "decode", "distilled", "test-ood"),
+                               bench.system_counts(tmp_path / "b" / "decode", "distilled", "test-ood"), "distilled on test-ood")
+    assert ood["wer_diff"] is None and ood["wer_a"] is None and ood["wer_seed_differences"] == []
+    assert ood["fa_diff"]["value"] == pytest.approx(5.0) and ood["fa_seed_differences"] == pytest.approx([5.0, 5.0])
+    text = bench.section([("test-ood", "distilled", ood)], "A", "B", "cmd", "T")
+    assert "| test-ood | distilled | 2 / 2 | not decoded | not decoded | not decoded | not decoded | 30.0% | 35.0% | +5.00 [+5.00, +5.00]" in text
+
+
 def test_noise_is_called_noise(tmp_path: Path) -> None:
     bench = _bench()
     errs = [5] * 40
