@@ -127,3 +127,29 @@ def test_missing_stage3_is_a_one_line_error(tmp_path: Path, tiny_stage3: tuple[P
     out = _run("--task", "senones", "--gmm-exp", str(tmp_path), "--data-dir", str(data), "--exp", str(tmp_path / "exp"))
     assert out.returncode == 1
     assert "--gmm-exp" in out.stderr and "stage 3" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_scale_bench_runs_the_recipe_per_size_and_quotes_its_records(tiny_stage3: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """bench/specialists_scale.py: one whole senone run per --train-frames budget, each drawing
+    that many training frames, and a row per size holding the numbers of that run's records."""
+    import runpy
+
+    data, _, gmm_exp = tiny_stage3
+    results = tmp_path / "RESULTS.md"
+    main = runpy.run_path(str(REPO_ROOT / "bench" / "specialists_scale.py"))["main"]
+    assert main(["--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "out"), "--preset", "tiny",
+                 "--train-frames", "6000", "--train-frames", "2000", "--results", str(results)]) == 0
+    text = results.read_text()
+    for frames in (2000, 6000):
+        exp = tmp_path / "out" / f"frames{frames}"
+        prep, comb = _record(exp, "prepare"), _record(exp, "combine")
+        assert prep["sizes"]["train"] == frames == prep["counts"]["train"]["sampled"]
+        row = text.split(f"\n| {frames:,} of {prep['counts']['train']['frames']:,} |")[1].split("\n")[0]
+        change = comb["combined_accuracy"] / comb["generalist_accuracy"] - 1
+        assert (f" {100 * comb['generalist_accuracy']:.2f}% | {100 * comb['longer']['accuracy']:.2f}% | "
+                f"{100 * comb['combined_accuracy']:.2f}% | {change:+.1%} | "
+                f"{comb['only_combined_right']} / {comb['only_generalist_right']}, p={comb['p_value']:.2g} (") in row
+    assert text.index("\n| 2,000 of ") < text.index("\n| 6,000 of ")  # rows in size order
+    with pytest.raises(SystemExit, match="give the sizes with --train-frames"):
+        main(["--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "x"), "--train-frames", "10",
+              "--set", "max_train_frames=5"])

@@ -1,0 +1,132 @@
+"""Specialists against the size of the training set (issue 16): does the senone task's generalist
++ specialists combination gain on the generalist alone as the training frames grow?
+
+The paper's specialists (Hinton, Vinyals & Dean 2015, section 5) served 15,000 classes and were
+trained on JFT's 100 million images; on mini's 500 senones with 120,000 training frames they lose
+to the generalist. This bench runs the real recipe, ``recipes/specialists/run.sh --task senones``
+(every stage, one folder ``<out>/frames<N>`` per size, its own RESULTS.md there), once per
+``--train-frames`` budget with the same config otherwise, and writes one row per size to
+bench/RESULTS.md: the training frames drawn (and per class), the generalist's test accuracy, the
+control's (the generalist trained on for the specialists' budget), the combination's and its
+relative change with McNemar's exact test against the generalist, and how many specialists tell
+their own classes apart better than the generalist does (the net test examples that adds).
+
+    python bench/specialists_scale.py --gmm-exp recipes/librispeech/exp \\
+        --data-dir recipes/librispeech/data --out /tmp/spec_scale \\
+        --train-frames 30000 --train-frames 120000 --train-frames 400000
+
+A budget above the training part's frames takes them all (the row says how many were drawn).
+Not part of ``make bench``: each size is a whole recipe run (minutes on mini, 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from asr_kd.experiments.specialists_report import within_gain
+from asr_kd.experiments.stage_records import finished_result, stage_dir
+from asr_kd.stages.common import environment_lines
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_SH = ROOT / "recipes" / "specialists" / "run.sh"
+HEADING = "## Specialists against the size of the training set (bench/specialists_scale.py)"
+
+
+def run_size(frames: int, args: argparse.Namespace) -> Path:
+    """Run the senone recipe with ``max_train_frames=frames`` into its own folder; return it."""
+    exp = args.out / f"frames{frames}"
+    exp.mkdir(parents=True, exist_ok=True)
+    overrides = " ".join([f"max_train_frames={frames}", *args.set])
+    cmd = ["bash", str(RUN_SH), "--task", "senones", "--preset", args.preset, "--gmm-exp", str(args.gmm_exp), "--data-dir",
+           str(args.data_dir), "--exp", str(exp), "--results", str(exp / "RESULTS.md"), "--set", overrides,
+           "--num-threads", str(args.num_threads)]
+    print(f"specialists_scale: {shlex.join(cmd)}", flush=True)
+    done = subprocess.run(cmd)
+    if done.returncode != 0:
+        raise SystemExit(f"specialists_scale: the recipe failed for --train-frames {frames} (exit {done.returncode}); "
+                         f"its log is under {exp / 'log'}")
+    return exp
+
+
+def size_row(exp: Path) -> dict[str, Any]:
+    """The numbers of one finished senone run (its prepare, specialists and combine records)."""
+    results = {stage: finished_result(exp, stage) for stage in ("prepare", "specialists", "combine")}
+    missing = [stage for stage, r in results.items() if r is None]
+    if missing:
+        raise SystemExit(f"{exp}: stage(s) {', '.join(missing)} have not finished; rerun the recipe there")
+    prep, spec, comb = results["prepare"], results["specialists"], results["combine"]
+    rows = spec["rows"]
+    gained, examples = within_gain(rows)
+    return {
+        "train_frames": int(prep["sizes"]["train"]), "available_frames": int(prep["counts"]["train"]["frames"]),
+        "num_classes": int(prep["num_classes"]), "num_test": int(comb["num_test"]),
+        "generalist": float(comb["generalist_accuracy"]), "combined": float(comb["combined_accuracy"]),
+        "longer": float(comb["longer"]["accuracy"]) if "longer" in comb else None,
+        "only_combined_right": int(comb["only_combined_right"]), "only_generalist_right": int(comb["only_generalist_right"]),
+        "p_value": float(comb["p_value"]), "specialists": len(rows),
+        "better_within": sum(x.get("specialist_within_accuracy", 0.0) > x.get("generalist_within_accuracy", 1.0) for x in rows),
+        "within_net": gained, "within_examples": examples,
+    }
+
+
+def format_row(r: dict[str, Any], alpha: float = 0.05) -> str:
+    change = r["combined"] / r["generalist"] - 1 if r["generalist"] > 0 else float("nan")
+    net = r["only_combined_right"] - r["only_generalist_right"]
+    verdict = "within noise" if r["p_value"] >= alpha else ("gain" if net > 0 else "loss")
+    longer = "n/a" if r["longer"] is None else f"{100 * r['longer']:.2f}%"
+    return (f"| {r['train_frames']:,} of {r['available_frames']:,} | {r['train_frames'] / r['num_classes']:.0f} | "
+            f"{100 * r['generalist']:.2f}% | {longer} | {100 * r['combined']:.2f}% | {change:+.1%} | "
+            f"{r['only_combined_right']} / {r['only_generalist_right']}, p={r['p_value']:.2g} ({verdict}) | "
+            f"{r['better_within']} of {r['specialists']}, net {r['within_net']:+d} of {r['within_examples']} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gmm-exp", type=Path, required=True, help="the speech recipe's exp folder after stage 3")
+    p.add_argument("--data-dir", type=Path, required=True, help="the speech recipe's data folder after stage 1")
+    p.add_argument("--out", type=Path, required=True, help="where each size's experiment folder goes (frames<N>/)")
+    p.add_argument("--train-frames", type=int, action="append", required=True, help="a max_train_frames budget (repeat)")
+    p.add_argument("--preset", default="default", help="the senone preset of recipes/specialists (default or tiny) [%(default)s]")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another config override for every size (repeat)")
+    p.add_argument("--num-threads", type=int, default=1, help="torch threads of each run [%(default)s]")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = p.parse_args(argv)
+    sizes = sorted(set(args.train_frames))
+    if sizes[0] < 1:
+        raise SystemExit(f"--train-frames takes budgets >= 1, got {sizes}")
+    if any(s.split("=", 1)[0] == "max_train_frames" for s in args.set):
+        raise SystemExit("--set max_train_frames=...: give the sizes with --train-frames")
+    exps = [run_size(n, args) for n in sizes]
+    rows = [size_row(exp) for exp in exps]
+    command = "python bench/specialists_scale.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    text = "\n".join([
+        HEADING, "",
+        f"Produced by `{command}`: `recipes/specialists/run.sh --task senones --preset {args.preset}` (all its stages) once per "
+        f"training budget (`max_train_frames`), the same config otherwise{' (' + ' '.join(args.set) + ')' if args.set else ''}; "
+        f"each run's own RESULTS.md and records are in `<out>/frames<N>/`.", "",
+        "| training frames drawn | frames per class | generalist | generalist trained longer (control) | generalist + specialists | "
+        "relative change | only combination / only generalist right, McNemar exact p | specialists better within their classes |",
+        "|---|---|---|---|---|---|---|---|",
+        *(format_row(r) for r in rows), "",
+        f"Test top-1 accuracy over {rows[0]['num_test']:,} test frames ({rows[0]['num_classes']} senones). \"Within their classes\": "
+        "a specialist's and the generalist's arg-max over the specialist's classes only, on the test frames of those classes "
+        "(telling confusable classes apart, what the specialists are for); net: the test frames that adds, counted once per "
+        "specialist. One seed per size; the draw of the frames changes with the budget. Paper (Hinton, Vinyals & Dean 2015, "
+        "Table 4): 61 specialists on JFT (100 million images, 15,000 classes), +4.4% relative top-1 accuracy.",
+        environment_lines([stage_dir(exp, "combine") for exp in exps]).rstrip(), "",
+    ])
+    print(text)
+    write_section(args.results, HEADING, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
