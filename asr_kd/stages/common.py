@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from asr_kd.config import DnnConfig
+from asr_kd.config import DnnConfig, KdConfig
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.models.dnn import SplicedDnn
 from asr_kd.report.results_md import write_section
@@ -121,6 +121,17 @@ def load_teachers(layout: RecipeLayout, num_teachers: int | None = None, device:
     eval mode; DataError if stage 4 has not produced them."""
     n = checked_num_teachers(layout, num_teachers)
     return [load_frame_classifier(model_checkpoint(layout.teacher_dir(i)), device) for i in range(n)]
+
+
+def distillation_loss_of(layout: RecipeLayout, kd: KdConfig, num_teachers: int | None = None):
+    """The ``compute_loss`` of a distilled student: stage 5's stored targets (``kd.mode=stored``,
+    read from the batches) or the first ``num_teachers`` teachers run in the loop (``online``)."""
+    from asr_kd.kd.ensemble import TeacherEnsemble
+    from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
+
+    if kd.mode == "stored":
+        return StoredDistillationLoss(kd)
+    return OnlineDistillationLoss(TeacherEnsemble(load_teachers(layout, num_teachers), kd.fusion), kd)
 
 
 def describe_dnn(cfg: DnnConfig) -> str:

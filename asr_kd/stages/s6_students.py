@@ -17,10 +17,9 @@ from typing import Any, Sequence
 
 from asr_kd.config import DnnConfig, KdConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
-from asr_kd.kd.ensemble import TeacherEnsemble
-from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
 from asr_kd.launch import Launcher, launch_jobs
-from asr_kd.stages.common import STUDENT_SEED_OFFSET, alignment_inputs, describe_dnn, fmt_pct, load_teachers, read_senones, write_results
+from asr_kd.stages.common import (STUDENT_SEED_OFFSET, alignment_inputs, describe_dnn, distillation_loss_of, fmt_pct, read_senones,
+                                  write_results)
 from asr_kd.stages.layout import STUDENT_KINDS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, check_outputs, config_dict, differences, read_record, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
@@ -76,10 +75,7 @@ def train_student(
         loss = None
         if kind in DISTILLED_KINDS:
             save_config(kd, exp_dir / "kd.yaml")
-            if kd.mode == "stored":
-                loss = StoredDistillationLoss(kd)
-            else:
-                loss = OnlineDistillationLoss(TeacherEnsemble(load_teachers(layout, num_teachers), kd.fusion), kd)
+            loss = distillation_loss_of(layout, kd, num_teachers)
         start = time.time()
         kwargs = {"compute_loss": loss} if loss is not None else {}
         result = train_frame_classifier(

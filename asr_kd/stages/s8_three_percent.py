@@ -28,15 +28,13 @@ from asr_kd.config import DnnConfig, KdConfig, TrainConfig
 from asr_kd.data.alignments import load_alignment
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
-from asr_kd.kd.ensemble import TeacherEnsemble
-from asr_kd.kd.student import OnlineDistillationLoss, StoredDistillationLoss
 from asr_kd.metrics.frame_accuracy import FrameAccuracyResult, corpus_frame_accuracy
 from asr_kd.metrics.paired import bootstrap_difference, bootstrap_gain_share
 from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
-from asr_kd.stages.common import (STUDENT_SEED_OFFSET, alignment_inputs, checked_num_teachers, environment_lines, load_teachers,
+from asr_kd.stages.common import (STUDENT_SEED_OFFSET, alignment_inputs, checked_num_teachers, distillation_loss_of, environment_lines,
                                   model_checkpoint, read_senones)
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
@@ -149,9 +147,8 @@ def _three_percent_work(
     hard_cfg = dataclasses.replace(small, early_stopping_patience=patience)
     soft_cfg = dataclasses.replace(small, early_stopping_patience=0)
     train_frame_classifier(out / "cuts_subset.jsonl.gz", *common, hard_cfg, out / "hard", resume=True)
-    soft_loss = StoredDistillationLoss(kd) if soft_cuts is not None else \
-        OnlineDistillationLoss(TeacherEnsemble(load_teachers(layout, num_teachers), kd.fusion), kd)
-    train_frame_classifier(out / "cuts_soft_subset.jsonl.gz", *common, soft_cfg, out / "soft", resume=True, compute_loss=soft_loss)
+    train_frame_classifier(out / "cuts_soft_subset.jsonl.gz", *common, soft_cfg, out / "soft", resume=True,
+                           compute_loss=distillation_loss_of(layout, kd, num_teachers))
 
     test_cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.test_part)))
     runs: dict[str, tuple[Path, Path, CutSet]] = {
