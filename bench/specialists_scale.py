@@ -16,6 +16,12 @@ their own classes apart better than the generalist does (the net test examples t
         --train-frames 30000 --train-frames 120000 --train-frames 400000
 
 A budget above the training part's frames takes them all (the row says how many were drawn).
+
+With ``--gmm-exp`` given more than once (stage-3 folders whose decision trees have different
+numbers of leaves, e.g. ``run.sh --stage 3 --stop-stage 3 --gmm-config`` with another
+``num_leaves`` into another ``--exp``), the axis is the number of classes: each (senone
+inventory, budget) is a run in ``<out>/senones<K>/frames<N>`` and the rows go to their own
+section, "Specialists against the number of classes".
 Not part of ``make bench``: each size is a whole recipe run (minutes on mini, 2 cores).
 """
 
@@ -38,14 +44,24 @@ from _results import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SH = ROOT / "recipes" / "specialists" / "run.sh"
 HEADING = "## Specialists against the size of the training set (bench/specialists_scale.py)"
+HEADING_CLASSES = "## Specialists against the number of classes (bench/specialists_scale.py)"
 
 
-def run_size(frames: int, args: argparse.Namespace) -> Path:
-    """Run the senone recipe with ``max_train_frames=frames`` into its own folder; return it."""
-    exp = args.out / f"frames{frames}"
+def num_senones(gmm_exp: Path, data_dir: Path) -> int:
+    """The number of senones of the stage-3 folder ``gmm_exp`` (its senones.json)."""
+    from asr_kd.stages.common import read_senones
+    from asr_kd.stages.layout import RecipeLayout
+
+    return read_senones(RecipeLayout(data_dir, gmm_exp)).num_senones
+
+
+def run_size(frames: int, gmm_exp: Path, out: Path, args: argparse.Namespace) -> Path:
+    """Run the senone recipe on ``gmm_exp``'s senones with ``max_train_frames=frames`` into
+    ``out/frames<frames>``; return that folder."""
+    exp = out / f"frames{frames}"
     exp.mkdir(parents=True, exist_ok=True)
     overrides = " ".join([f"max_train_frames={frames}", *args.set])
-    cmd = ["bash", str(RUN_SH), "--task", "senones", "--preset", args.preset, "--gmm-exp", str(args.gmm_exp), "--data-dir",
+    cmd = ["bash", str(RUN_SH), "--task", "senones", "--preset", args.preset, "--gmm-exp", str(gmm_exp), "--data-dir",
            str(args.data_dir), "--exp", str(exp), "--results", str(exp / "RESULTS.md"), "--set", overrides,
            "--num-threads", str(args.num_threads)]
     print(f"specialists_scale: {shlex.join(cmd)}", flush=True)
@@ -77,12 +93,14 @@ def size_row(exp: Path) -> dict[str, Any]:
     }
 
 
-def format_row(r: dict[str, Any], alpha: float = 0.05) -> str:
+def format_row(r: dict[str, Any], alpha: float = 0.05, classes: bool = False) -> str:
+    """One table row; ``classes``: begin with the number of senones (the class-count section)."""
     change = r["combined"] / r["generalist"] - 1 if r["generalist"] > 0 else float("nan")
     net = r["only_combined_right"] - r["only_generalist_right"]
     verdict = "within noise" if r["p_value"] >= alpha else ("gain" if net > 0 else "loss")
     longer = "n/a" if r["longer"] is None else f"{100 * r['longer']:.2f}%"
-    return (f"| {r['train_frames']:,} of {r['available_frames']:,} | {r['train_frames'] / r['num_classes']:.0f} | "
+    first = f"| {r['num_classes']:,} " if classes else ""
+    return (f"{first}| {r['train_frames']:,} of {r['available_frames']:,} | {r['train_frames'] / r['num_classes']:.0f} | "
             f"{100 * r['generalist']:.2f}% | {longer} | {100 * r['combined']:.2f}% | {change:+.1%} | "
             f"{r['only_combined_right']} / {r['only_generalist_right']}, p={r['p_value']:.2g} ({verdict}) | "
             f"{r['better_within']} of {r['specialists']}, net {r['within_net']:+d} of {r['within_examples']} |")
@@ -90,9 +108,10 @@ def format_row(r: dict[str, Any], alpha: float = 0.05) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gmm-exp", type=Path, required=True, help="the speech recipe's exp folder after stage 3")
+    p.add_argument("--gmm-exp", type=Path, action="append", required=True,
+                   help="the speech recipe's exp folder after stage 3; repeat with folders of other senone counts for the class axis")
     p.add_argument("--data-dir", type=Path, required=True, help="the speech recipe's data folder after stage 1")
-    p.add_argument("--out", type=Path, required=True, help="where each size's experiment folder goes (frames<N>/)")
+    p.add_argument("--out", type=Path, required=True, help="where each run's experiment folder goes ([senones<K>/]frames<N>/)")
     p.add_argument("--train-frames", type=int, action="append", required=True, help="a max_train_frames budget (repeat)")
     p.add_argument("--preset", default="default", help="the senone preset of recipes/specialists (default or tiny) [%(default)s]")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another config override for every size (repeat)")
@@ -104,19 +123,37 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--train-frames takes budgets >= 1, got {sizes}")
     if any(s.split("=", 1)[0] == "max_train_frames" for s in args.set):
         raise SystemExit("--set max_train_frames=...: give the sizes with --train-frames")
-    exps = [run_size(n, args) for n in sizes]
+    by_classes = len(args.gmm_exp) > 1
+    inventories = {num_senones(g, args.data_dir): g for g in args.gmm_exp}
+    if len(inventories) < len(args.gmm_exp):
+        raise SystemExit(f"--gmm-exp: {len(args.gmm_exp)} folders but only {len(inventories)} different senone counts "
+                         f"({', '.join(map(str, sorted(inventories)))}); give stage-3 folders whose trees differ in size")
+    exps = [run_size(n, gmm_exp, args.out / f"senones{k}" if by_classes else args.out, args)
+            for k, gmm_exp in sorted(inventories.items()) for n in sizes]
     rows = [size_row(exp) for exp in exps]
     command = "python bench/specialists_scale.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    overrides = f" ({' '.join(args.set)})" if args.set else ""
+    if by_classes:
+        heading, what = HEADING_CLASSES, (
+            f"once per senone inventory (the stage-3 folders {', '.join(f'`{g}`' for g in args.gmm_exp)}: decision trees of "
+            f"{', '.join(map(str, sorted(inventories)))} leaves on the same corpus) and training budget (`max_train_frames`), "
+            f"the same config otherwise{overrides}; each run's own RESULTS.md and records are in `<out>/senones<K>/frames<N>/`.")
+        columns, rule = "| senones | training frames drawn ", "|---|---"
+        classes = f"{rows[0]['num_test']:,} test frames per run"
+    else:
+        heading, what = HEADING, (
+            f"once per training budget (`max_train_frames`), the same config otherwise{overrides}; each run's own RESULTS.md and "
+            "records are in `<out>/frames<N>/`.")
+        columns, rule = "| training frames drawn ", "|---"
+        classes = f"{rows[0]['num_test']:,} test frames ({rows[0]['num_classes']} senones)"
     text = "\n".join([
-        HEADING, "",
-        f"Produced by `{command}`: `recipes/specialists/run.sh --task senones --preset {args.preset}` (all its stages) once per "
-        f"training budget (`max_train_frames`), the same config otherwise{' (' + ' '.join(args.set) + ')' if args.set else ''}; "
-        f"each run's own RESULTS.md and records are in `<out>/frames<N>/`.", "",
-        "| training frames drawn | frames per class | generalist | generalist trained longer (control) | generalist + specialists | "
+        heading, "",
+        f"Produced by `{command}`: `recipes/specialists/run.sh --task senones --preset {args.preset}` (all its stages) {what}", "",
+        f"{columns}| frames per class | generalist | generalist trained longer (control) | generalist + specialists | "
         "relative change | only combination / only generalist right, McNemar exact p | specialists better within their classes |",
-        "|---|---|---|---|---|---|---|---|",
-        *(format_row(r) for r in rows), "",
-        f"Test top-1 accuracy over {rows[0]['num_test']:,} test frames ({rows[0]['num_classes']} senones). \"Within their classes\": "
+        f"{rule}|---|---|---|---|---|---|---|",
+        *(format_row(r, classes=by_classes) for r in rows), "",
+        f"Test top-1 accuracy over {classes}. \"Within their classes\": "
         "a specialist's and the generalist's arg-max over the specialist's classes only, on the test frames of those classes "
         "(telling confusable classes apart, what the specialists are for); net: the test frames that adds, counted once per "
         "specialist. One seed per size; the draw of the frames changes with the budget. Paper (Hinton, Vinyals & Dean 2015, "
@@ -124,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         environment_lines([stage_dir(exp, "combine") for exp in exps]).rstrip(), "",
     ])
     print(text)
-    write_section(args.results, HEADING, text)
+    write_section(args.results, heading, text)
     return 0
 
 

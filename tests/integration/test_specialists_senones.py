@@ -153,3 +153,45 @@ def test_scale_bench_runs_the_recipe_per_size_and_quotes_its_records(tiny_stage3
     with pytest.raises(SystemExit, match="give the sizes with --train-frames"):
         main(["--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "x"), "--train-frames", "10",
               "--set", "max_train_frames=5"])
+
+
+def test_scale_bench_class_axis_runs_each_senone_inventory(tiny_stage3: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """bench/specialists_scale.py with two stage-3 folders (decision trees of different sizes on
+    the same corpus): one run per inventory in senones<K>/, each labelled with its own tree's
+    senones, and a row per inventory in the class-count section, in class order."""
+    import dataclasses
+    import runpy
+
+    from asr_kd.config import GmmConfig, load_config
+    from asr_kd.stages.s3_gmm import run_gmm_stage
+    from tests.conftest import TINY_GMM_CONFIG
+
+    data, _, gmm_exp = tiny_stage3
+    # a larger tree on the same corpus: twice the leaves, half the occupancy each leaf needs
+    base = load_config(GmmConfig, TINY_GMM_CONFIG)
+    big_exp = tmp_path / "big" / "exp"
+    big = dataclasses.replace(base, num_leaves=2 * base.num_leaves, min_leaf_count=base.min_leaf_count / 4,
+                              tri_total_gauss=2 * base.tri_total_gauss)
+    run_gmm_stage(data, data / "lang", big_exp, big, "train-clean-100", ["train-clean-100", "dev-clean", "test-clean"], num_jobs=2)
+    senones = {exp: json.loads((exp / "gmm" / "ali" / "senones.json").read_text())["num_senones"] for exp in (gmm_exp, big_exp)}
+    assert senones[big_exp] > senones[gmm_exp], senones
+
+    results = tmp_path / "RESULTS.md"
+    main = runpy.run_path(str(REPO_ROOT / "bench" / "specialists_scale.py"))["main"]
+    assert main(["--gmm-exp", str(big_exp), "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                 "--preset", "tiny", "--train-frames", "3000", "--results", str(results)]) == 0
+    text = results.read_text()
+    assert "## Specialists against the number of classes" in text and "## Specialists against the size" not in text
+    starts = []
+    for exp_dir, k in senones.items():
+        exp = tmp_path / "out" / f"senones{k}" / "frames3000"
+        prep, comb = _record(exp, "prepare"), _record(exp, "combine")
+        task, classes = load_frame_task(exp / "prepare" / "task.npz")
+        assert prep["num_classes"] == classes == k and task["train"].labels.max() < k
+        starts.append(text.index(f"\n| {k:,} | 3,000 of {prep['counts']['train']['frames']:,} |"))
+        row = text[starts[-1]:].split("\n")[1]
+        assert f" {100 * comb['generalist_accuracy']:.2f}% | {100 * comb['longer']['accuracy']:.2f}% | {100 * comb['combined_accuracy']:.2f}% |" in row
+    assert starts[0] < starts[1]  # the smaller inventory (tiny_stage3's) row first
+    with pytest.raises(SystemExit, match="only 1 different senone counts"):
+        main(["--gmm-exp", str(gmm_exp), "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "x"),
+              "--train-frames", "10"])
