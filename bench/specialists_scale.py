@@ -55,12 +55,13 @@ def num_senones(gmm_exp: Path, data_dir: Path) -> int:
     return read_senones(RecipeLayout(data_dir, gmm_exp)).num_senones
 
 
-def run_size(frames: int, gmm_exp: Path, out: Path, args: argparse.Namespace) -> Path:
+def run_size(frames: int, gmm_exp: Path, out: Path, args: argparse.Namespace, seed: int = 0) -> Path:
     """Run the senone recipe on ``gmm_exp``'s senones with ``max_train_frames=frames`` into
-    ``out/frames<frames>``; return that folder."""
-    exp = out / f"frames{frames}"
+    ``out/frames<frames>`` (seed > 0: with ``seed=<seed>``, into ``out/frames<frames>_seed<seed>``);
+    return that folder. A finished folder with the same settings is reused: the recipe skips its stages."""
+    exp = out / (f"frames{frames}" + (f"_seed{seed}" if seed else ""))
     exp.mkdir(parents=True, exist_ok=True)
-    overrides = " ".join([f"max_train_frames={frames}", *args.set])
+    overrides = " ".join([f"max_train_frames={frames}", *args.set, *([f"seed={seed}"] if seed else [])])
     cmd = ["bash", str(RUN_SH), "--task", "senones", "--preset", args.preset, "--gmm-exp", str(gmm_exp), "--data-dir",
            str(args.data_dir), "--exp", str(exp), "--results", str(exp / "RESULTS.md"), "--set", overrides,
            "--num-threads", str(args.num_threads)]
@@ -93,17 +94,36 @@ def size_row(exp: Path) -> dict[str, Any]:
     }
 
 
-def format_row(r: dict[str, Any], alpha: float = 0.05, classes: bool = False) -> str:
-    """One table row; ``classes``: begin with the number of senones (the class-count section)."""
+def format_row(r: dict[str, Any], alpha: float = 0.05, classes: bool = False, seeds: bool = False) -> str:
+    """One table row; ``classes``: begin with the number of senones (the class-count section);
+    ``seeds``: a seed column after the training frames."""
     change = r["combined"] / r["generalist"] - 1 if r["generalist"] > 0 else float("nan")
     net = r["only_combined_right"] - r["only_generalist_right"]
     verdict = "within noise" if r["p_value"] >= alpha else ("gain" if net > 0 else "loss")
     longer = "n/a" if r["longer"] is None else f"{100 * r['longer']:.2f}%"
     first = f"| {r['num_classes']:,} " if classes else ""
-    return (f"{first}| {r['train_frames']:,} of {r['available_frames']:,} | {r['train_frames'] / r['num_classes']:.0f} | "
+    seed = f" {r['seed']} |" if seeds else ""
+    return (f"{first}| {r['train_frames']:,} of {r['available_frames']:,} |{seed} {r['train_frames'] / r['num_classes']:.0f} | "
             f"{100 * r['generalist']:.2f}% | {longer} | {100 * r['combined']:.2f}% | {change:+.1%} | "
             f"{r['only_combined_right']} / {r['only_generalist_right']}, p={r['p_value']:.2g} ({verdict}) | "
             f"{r['better_within']} of {r['specialists']}, net {r['within_net']:+d} of {r['within_examples']} |")
+
+
+def mean_changes(rows: list[dict[str, Any]], by_classes: bool, alpha: float = 0.05) -> str:
+    """One sentence: per (inventory, budget), the combination's relative change over the seeds and
+    how many seeds' McNemar tests found a significant gain or loss."""
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["num_classes"], r["train_frames"]), []).append(r)
+    parts = []
+    for (k, n), rs in groups.items():
+        changes = [r["combined"] / r["generalist"] - 1 for r in rs]
+        gains = sum(r["p_value"] < alpha and r["only_combined_right"] > r["only_generalist_right"] for r in rs)
+        losses = sum(r["p_value"] < alpha and r["only_combined_right"] < r["only_generalist_right"] for r in rs)
+        name = ", ".join([f"{k:,} senones"] * by_classes + [f"{n:,} frames"] * (not by_classes or len({g[1] for g in groups}) > 1))
+        parts.append(f"{name}: {sum(changes) / len(changes):+.1%} ({', '.join(f'{c:+.1%}' for c in changes)}; "
+                     f"significant gain in {gains}, loss in {losses} of {len(rs)} seeds)")
+    return "Combination against the generalist, mean relative change over the seeds: " + "; ".join(parts) + "."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-frames", type=int, action="append", required=True, help="a max_train_frames budget (repeat)")
     p.add_argument("--preset", default="default", help="the senone preset of recipes/specialists (default or tiny) [%(default)s]")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another config override for every size (repeat)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per (inventory, budget), config seed 0 .. N-1 [%(default)s]")
     p.add_argument("--num-threads", type=int, default=1, help="torch threads of each run [%(default)s]")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = p.parse_args(argv)
@@ -123,40 +144,49 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--train-frames takes budgets >= 1, got {sizes}")
     if any(s.split("=", 1)[0] == "max_train_frames" for s in args.set):
         raise SystemExit("--set max_train_frames=...: give the sizes with --train-frames")
+    if args.seeds < 1 or (args.seeds > 1 and any(s.split("=", 1)[0] == "seed" for s in args.set)):
+        raise SystemExit(f"--seeds {args.seeds}: give at least 1, and no --set seed=... beside more than one (they are seeds 0 .. N-1)")
     by_classes = len(args.gmm_exp) > 1
     inventories = {num_senones(g, args.data_dir): g for g in args.gmm_exp}
     if len(inventories) < len(args.gmm_exp):
         raise SystemExit(f"--gmm-exp: {len(args.gmm_exp)} folders but only {len(inventories)} different senone counts "
                          f"({', '.join(map(str, sorted(inventories)))}); give stage-3 folders whose trees differ in size")
-    exps = [run_size(n, gmm_exp, args.out / f"senones{k}" if by_classes else args.out, args)
-            for k, gmm_exp in sorted(inventories.items()) for n in sizes]
-    rows = [size_row(exp) for exp in exps]
+    runs = [(run_size(n, gmm_exp, args.out / f"senones{k}" if by_classes else args.out, args, seed), seed)
+            for k, gmm_exp in sorted(inventories.items()) for n in sizes for seed in range(args.seeds)]
+    exps = [exp for exp, _ in runs]
+    rows = [{**size_row(exp), "seed": seed} for exp, seed in runs]
+    with_seeds = args.seeds > 1
     command = "python bench/specialists_scale.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     overrides = f" ({' '.join(args.set)})" if args.set else ""
+    folder_seed = "[_seed<S>]" if with_seeds else ""
     if by_classes:
         heading, what = HEADING_CLASSES, (
             f"once per senone inventory (the stage-3 folders {', '.join(f'`{g}`' for g in args.gmm_exp)}: decision trees of "
             f"{', '.join(map(str, sorted(inventories)))} leaves on the same corpus) and training budget (`max_train_frames`), "
-            f"the same config otherwise{overrides}; each run's own RESULTS.md and records are in `<out>/senones<K>/frames<N>/`.")
+            f"the same config otherwise{overrides}; each run's own RESULTS.md and records are in `<out>/senones<K>/frames<N>{folder_seed}/`.")
         columns, rule = "| senones | training frames drawn ", "|---|---"
         classes = f"{rows[0]['num_test']:,} test frames per run"
     else:
         heading, what = HEADING, (
             f"once per training budget (`max_train_frames`), the same config otherwise{overrides}; each run's own RESULTS.md and "
-            "records are in `<out>/frames<N>/`.")
+            f"records are in `<out>/frames<N>{folder_seed}/`.")
         columns, rule = "| training frames drawn ", "|---"
         classes = f"{rows[0]['num_test']:,} test frames ({rows[0]['num_classes']} senones)"
+    if with_seeds:
+        columns, rule = columns + "| seed ", rule + "|---"
     text = "\n".join([
         heading, "",
         f"Produced by `{command}`: `recipes/specialists/run.sh --task senones --preset {args.preset}` (all its stages) {what}", "",
         f"{columns}| frames per class | generalist | generalist trained longer (control) | generalist + specialists | "
         "relative change | only combination / only generalist right, McNemar exact p | specialists better within their classes |",
         f"{rule}|---|---|---|---|---|---|---|",
-        *(format_row(r, classes=by_classes) for r in rows), "",
+        *(format_row(r, classes=by_classes, seeds=with_seeds) for r in rows), "",
+        *([mean_changes(rows, by_classes), ""] if with_seeds else []),
         f"Test top-1 accuracy over {classes}. \"Within their classes\": "
         "a specialist's and the generalist's arg-max over the specialist's classes only, on the test frames of those classes "
         "(telling confusable classes apart, what the specialists are for); net: the test frames that adds, counted once per "
-        "specialist. One seed per size; the draw of the frames changes with the budget. Paper (Hinton, Vinyals & Dean 2015, "
+        "specialist. " + (f"{args.seeds} seeds per row group (config `seed`: the draw of the frames, the initialisation and the order); "
+        if with_seeds else "One seed per size; ") + "the draw of the frames changes with the budget. Paper (Hinton, Vinyals & Dean 2015, "
         "Table 4): 61 specialists on JFT (100 million images, 15,000 classes), +4.4% relative top-1 accuracy.",
         environment_lines([stage_dir(exp, "combine") for exp in exps]).rstrip(), "",
     ])

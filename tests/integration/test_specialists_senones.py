@@ -157,8 +157,9 @@ def test_scale_bench_runs_the_recipe_per_size_and_quotes_its_records(tiny_stage3
 
 def test_scale_bench_class_axis_runs_each_senone_inventory(tiny_stage3: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """bench/specialists_scale.py with two stage-3 folders (decision trees of different sizes on
-    the same corpus): one run per inventory in senones<K>/, each labelled with its own tree's
-    senones, and a row per inventory in the class-count section, in class order."""
+    the same corpus) and two seeds: one run per inventory and seed in senones<K>/frames<N>[_seed1],
+    each labelled with its own tree's senones, a row per run in the class-count section, in class
+    order, and the mean relative change over the seeds computed from the runs' records."""
     import dataclasses
     import runpy
 
@@ -179,19 +180,24 @@ def test_scale_bench_class_axis_runs_each_senone_inventory(tiny_stage3: tuple[Pa
     results = tmp_path / "RESULTS.md"
     main = runpy.run_path(str(REPO_ROOT / "bench" / "specialists_scale.py"))["main"]
     assert main(["--gmm-exp", str(big_exp), "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "out"),
-                 "--preset", "tiny", "--train-frames", "3000", "--results", str(results)]) == 0
+                 "--preset", "tiny", "--train-frames", "3000", "--seeds", "2", "--results", str(results)]) == 0
     text = results.read_text()
     assert "## Specialists against the number of classes" in text and "## Specialists against the size" not in text
     starts = []
     for exp_dir, k in senones.items():
-        exp = tmp_path / "out" / f"senones{k}" / "frames3000"
-        prep, comb = _record(exp, "prepare"), _record(exp, "combine")
-        task, classes = load_frame_task(exp / "prepare" / "task.npz")
-        assert prep["num_classes"] == classes == k and task["train"].labels.max() < k
-        starts.append(text.index(f"\n| {k:,} | 3,000 of {prep['counts']['train']['frames']:,} |"))
-        row = text[starts[-1]:].split("\n")[1]
-        assert f" {100 * comb['generalist_accuracy']:.2f}% | {100 * comb['longer']['accuracy']:.2f}% | {100 * comb['combined_accuracy']:.2f}% |" in row
-    assert starts[0] < starts[1]  # the smaller inventory (tiny_stage3's) row first
+        changes = []
+        for seed in (0, 1):
+            exp = tmp_path / "out" / f"senones{k}" / ("frames3000" + ("_seed1" if seed else ""))
+            prep, comb = _record(exp, "prepare"), _record(exp, "combine")
+            task, classes = load_frame_task(exp / "prepare" / "task.npz")
+            assert prep["num_classes"] == classes == k and task["train"].labels.max() < k
+            assert json.loads((exp / "prepare" / "provenance.json").read_text())["config"]["seed"] == seed
+            starts.append(text.index(f"\n| {k:,} | 3,000 of {prep['counts']['train']['frames']:,} | {seed} |"))
+            row = text[starts[-1]:].split("\n")[1]
+            assert f" {100 * comb['generalist_accuracy']:.2f}% | {100 * comb['longer']['accuracy']:.2f}% | {100 * comb['combined_accuracy']:.2f}% |" in row
+            changes.append(comb["combined_accuracy"] / comb["generalist_accuracy"] - 1)
+        assert f"{k:,} senones: {sum(changes) / 2:+.1%} ({changes[0]:+.1%}, {changes[1]:+.1%}; significant gain in " in text
+    assert starts == sorted(starts)  # the smaller inventory (tiny_stage3's) first, seed 0 before seed 1
     with pytest.raises(SystemExit, match="only 1 different senone counts"):
         main(["--gmm-exp", str(gmm_exp), "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "x"),
               "--train-frames", "10"])
