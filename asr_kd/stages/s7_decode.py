@@ -368,6 +368,12 @@ def per_utterance_counts(layout: RecipeLayout | None, members: Sequence[str], pa
         tables.append((path, data))
     ids = sorted(tables[0][1])
     counts = np.array([[t[u] for u in ids] for _, t in tables], dtype=np.float64)  # members x utts x 4
+    # The references and frames are the part's own: a member whose counts differ was scored otherwise
+    # (frame accuracy only: no reference words, so zero errors would pull the mean down).
+    for (path, _), c in zip(tables[1:], counts[1:]):
+        if not (np.array_equal(c[:, 1], counts[0, :, 1]) and np.array_equal(c[:, 3], counts[0, :, 3])):
+            raise DataError(f"{path}: its reference-word or frame counts differ from {tables[0][0]}'s (one decoded, the other scored for "
+                            "frame accuracy only?), so the seeds cannot be averaged; decode every seed on the part alike (rerun stage 7)")
     mean = counts.mean(axis=0)
     return {"ids": np.array(ids), "errors": mean[:, 0], "ref_words": counts[0, :, 1], "correct": mean[:, 2], "frames": counts[0, :, 3]}
 

@@ -196,6 +196,11 @@ def test_stage7_per_utterance_counts_average_seeds_by_utterance_and_refuse_other
     (layout.exp_dir / "decode" / "distilled_seed1_test-clean" / "per_utt.json").write_text(json.dumps(second))
     with pytest.raises(DataError, match=r"distilled_seed1_test-clean/per_utt.json: its utterances differ"):
         per_utterance_counts(layout, ["distilled", "distilled_seed1"], "test-clean")
+    # A member scored for frame accuracy only (no reference words): refused, not averaged in as zero errors.
+    second["u39"] = [0, 0, 70, 100]
+    (layout.exp_dir / "decode" / "distilled_seed1_test-clean" / "per_utt.json").write_text(json.dumps(second))
+    with pytest.raises(DataError, match=r"distilled_seed1_test-clean/per_utt.json: its reference-word or frame counts differ"):
+        per_utterance_counts(layout, ["distilled", "distilled_seed1"], "test-clean")
     # A member that was never decoded: one line naming its file and the stage to rerun.
     with pytest.raises(DataError, match=r"distilled_seed2_test-clean/per_utt.json: missing, so distilled_seed2 cannot be compared.*rerun"):
         per_utterance_counts(layout, ["distilled", "distilled_seed2"], "test-clean")
