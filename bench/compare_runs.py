@@ -87,13 +87,13 @@ def compare_system(a: tuple, b: tuple, what: str) -> dict:
     if ids_a != ids_b:
         raise SystemExit(f"{what}: the two runs decoded different utterances ({len(ids_a)} against {len(ids_b)}); "
                          "compare runs that share stages 0-3")
-    for col, name in ((1, "reference words"), (3, "aligned frames")):
+    # WER only where both runs decoded the part (a part scored for frame accuracy only has no reference words).
+    decoded = ca[:, 1].sum() > 0 and cb[:, 1].sum() > 0
+    for col, name in ((1, "reference words"), (3, "aligned frames"))[0 if decoded else 1:]:
         diff = np.flatnonzero(ca[:, col] != cb[:, col])
         if diff.size:
             raise SystemExit(f"{what}: {name} differ at utterance {ids_a[diff[0]]} ({ca[diff[0], col]:g} against "
                              f"{cb[diff[0], col]:g}); compare runs that share stages 0-3")
-    # WER only where both runs decoded the part (a part scored for frame accuracy only has no reference words).
-    decoded = ca[:, 1].sum() > 0 and cb[:, 1].sum() > 0
     wer = bootstrap_difference(ca[:, 0], cb[:, 0], ca[:, 1]) if decoded else None
     fa = bootstrap_difference(ca[:, 2], cb[:, 2], ca[:, 3])
     paired = seeds_a == seeds_b > 1

@@ -351,8 +351,9 @@ def per_utterance_counts(layout: RecipeLayout | None, members: Sequence[str], pa
     """Return the per-utterance counts of a group of systems (seeds of one student) on ``part``,
     averaged over the members: ``{"ids", "errors", "ref_words", "correct", "frames"}`` arrays in the
     order of the sorted utterance ids (``root``/``layout``: as :func:`per_utterance_path`). Members
-    that cover different utterances are refused (a one-line error naming the file), never averaged
-    by position."""
+    that cover different utterances, or whose aligned frames or (where decoded) reference words
+    differ, are refused (a one-line error naming the file), never averaged by position. Where a
+    member was scored for frame accuracy only, ``ref_words`` is all zeros: the group has no WER."""
     tables = []
     for m in members:
         path = per_utterance_path(layout, m, part, root)
@@ -368,14 +369,22 @@ def per_utterance_counts(layout: RecipeLayout | None, members: Sequence[str], pa
         tables.append((path, data))
     ids = sorted(tables[0][1])
     counts = np.array([[t[u] for u in ids] for _, t in tables], dtype=np.float64)  # members x utts x 4
-    # The references and frames are the part's own: a member whose counts differ was scored otherwise
-    # (frame accuracy only: no reference words, so zero errors would pull the mean down).
-    for (path, _), c in zip(tables[1:], counts[1:]):
-        if not (np.array_equal(c[:, 1], counts[0, :, 1]) and np.array_equal(c[:, 3], counts[0, :, 3])):
-            raise DataError(f"{path}: its reference-word or frame counts differ from {tables[0][0]}'s (one decoded, the other scored for "
-                            "frame accuracy only?), so the seeds cannot be averaged; decode every seed on the part alike (rerun stage 7)")
+    # The aligned frames and the reference words are the part's own, the same for every member.
+    decoded = [c[:, 1].sum() > 0 for c in counts]  # no reference words: scored for frame accuracy only
+    first_decoded = decoded.index(True) if any(decoded) else 0
+    for (path, _), c, dec in zip(tables, counts, decoded):
+        if not np.array_equal(c[:, 3], counts[0, :, 3]):
+            raise DataError(f"{path}: its aligned-frame counts differ from {tables[0][0]}'s, so the seeds cannot be averaged "
+                            "utterance by utterance; they were scored on other alignments (rerun stage 7)")
+        if dec and not np.array_equal(c[:, 1], counts[first_decoded, :, 1]):
+            raise DataError(f"{path}: its reference-word counts differ from {tables[first_decoded][0]}'s, so the seeds cannot be "
+                            "averaged utterance by utterance; they were scored against other transcripts (rerun stage 7)")
     mean = counts.mean(axis=0)
-    return {"ids": np.array(ids), "errors": mean[:, 0], "ref_words": counts[0, :, 1], "correct": mean[:, 2], "frames": counts[0, :, 3]}
+    # A member scored for frame accuracy only (stage 7 decodes the dev part for the first seed alone)
+    # has no word errors to average: the group has no WER there (zero reference words), never one
+    # pulled down by that member's zeros.
+    words = counts[0, :, 1] if all(decoded) else np.zeros(len(ids))
+    return {"ids": np.array(ids), "errors": mean[:, 0], "ref_words": words, "correct": mean[:, 2], "frames": counts[0, :, 3]}
 
 
 def compare_groups(layout: RecipeLayout, groups: Mapping[str, Sequence[str]], scores: Mapping[str, Mapping[str, PartScore]]) -> dict:

@@ -125,6 +125,21 @@ def test_agreeing_seed_pairs_decide_and_a_part_without_wer_keeps_its_frame_accur
     assert "| test-ood | distilled | 2 / 2 | not decoded | not decoded | not decoded | not decoded | 30.0% | 35.0% | +5.00 [+5.00, +5.00]" in text
 
 
+def test_dev_with_only_the_first_seed_decoded_has_no_wer_and_keeps_its_frame_accuracy(tmp_path: Path) -> None:
+    """Stage 7 decodes dev for a student's first seed and scores the others for frame accuracy only:
+    compared with a one-seed run, the WER is "not decoded" (the other seeds' zero errors never
+    enter it) and the frame accuracy is compared."""
+    bench = _bench()
+    _write(tmp_path / "a", "distilled", "dev-clean", _table([5] * 40, [30] * 40))  # run A: one seed, decoded
+    _write(tmp_path / "b", "distilled", "dev-clean", _table([5] * 40, [30] * 40))
+    _write(tmp_path / "b", "distilled_seed1", "dev-clean", {f"u{i:02d}": [0, 0, 40, 100] for i in range(40)})
+    (tmp_path / "b" / "decode" / "comparisons.json").write_text(json.dumps({"groups": {"distilled": ["distilled", "distilled_seed1"]}}))
+    r = bench.compare_system(bench.system_counts(tmp_path / "a" / "decode", "distilled", "dev-clean"),
+                             bench.system_counts(tmp_path / "b" / "decode", "distilled", "dev-clean"), "distilled on dev-clean")
+    assert r["wer_diff"] is None and r["wer_a"] is None and r["wer_b"] is None
+    assert r["fa_diff"]["value"] == pytest.approx(5.0) and r["seeds_b"] == 2
+
+
 def test_noise_is_called_noise(tmp_path: Path) -> None:
     bench = _bench()
     errs = [5] * 40
@@ -196,11 +211,17 @@ def test_stage7_per_utterance_counts_average_seeds_by_utterance_and_refuse_other
     (layout.exp_dir / "decode" / "distilled_seed1_test-clean" / "per_utt.json").write_text(json.dumps(second))
     with pytest.raises(DataError, match=r"distilled_seed1_test-clean/per_utt.json: its utterances differ"):
         per_utterance_counts(layout, ["distilled", "distilled_seed1"], "test-clean")
-    # A member scored for frame accuracy only (no reference words): refused, not averaged in as zero errors.
-    second["u39"] = [0, 0, 70, 100]
-    (layout.exp_dir / "decode" / "distilled_seed1_test-clean" / "per_utt.json").write_text(json.dumps(second))
-    with pytest.raises(DataError, match=r"distilled_seed1_test-clean/per_utt.json: its reference-word or frame counts differ"):
-        per_utterance_counts(layout, ["distilled", "distilled_seed1"], "test-clean")
+    # A seed scored for frame accuracy only (no reference words, as stage 7 scores dev for seeds > 0):
+    # the frame accuracy is averaged, and the group has no WER (its zeros are never averaged into one).
+    fa_only = {u: [0, 0, c, f] for u, (_, _, c, f) in _table([4] * 40, [70] * 40).items()}
+    (layout.exp_dir / "decode" / "distilled_seed1_test-clean" / "per_utt.json").write_text(json.dumps(fa_only))
+    counts = per_utterance_counts(layout, ["distilled", "distilled_seed1"], "test-clean")
+    assert counts["ref_words"].sum() == 0 and counts["correct"].tolist() == [60.0] * 40 and counts["frames"].sum() == 4000
+    # Aligned frames, or reference words of two decoded seeds, that differ: refused in one line.
+    for bad, what in (({**first, "u05": [2, 10, 50, 90]}, "aligned-frame"), ({**first, "u05": [2, 12, 50, 100]}, "reference-word")):
+        (layout.exp_dir / "decode" / "distilled_seed1_test-clean" / "per_utt.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=rf"distilled_seed1_test-clean/per_utt.json: its {what} counts differ from .*distilled_test-clean"):
+            per_utterance_counts(layout, ["distilled", "distilled_seed1"], "test-clean")
     # A member that was never decoded: one line naming its file and the stage to rerun.
     with pytest.raises(DataError, match=r"distilled_seed2_test-clean/per_utt.json: missing, so distilled_seed2 cannot be compared.*rerun"):
         per_utterance_counts(layout, ["distilled", "distilled_seed2"], "test-clean")
