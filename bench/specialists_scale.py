@@ -21,7 +21,14 @@ With ``--gmm-exp`` given more than once (stage-3 folders whose decision trees ha
 numbers of leaves, e.g. ``run.sh --stage 3 --stop-stage 3 --gmm-config`` with another
 ``num_leaves`` into another ``--exp``), the axis is the number of classes: each (senone
 inventory, budget) is a run in ``<out>/senones<K>/frames<N>`` and the rows go to their own
-section, "Specialists against the number of classes".
+section, "Specialists against the number of classes". The folders must come from one corpus (the
+same stage-1 features and stage-2 lang in their stage-3 records). A single-folder run's
+``<out>/frames<N>`` is not reused there: pass another ``--out`` or move it.
+
+With ``--seeds N`` each (inventory, budget) runs N times with config seeds 0 .. N-1 (the draw of
+the training, validation and test frames, the initialisation and the data order), seed S > 0 in
+``frames<N>_seed<S>``, and the section adds each group's mean relative change. A finished run
+with the same settings is reused (the recipe skips its stages), so a bench can be extended.
 Not part of ``make bench``: each size is a whole recipe run (minutes on mini, 2 cores).
 """
 
@@ -48,11 +55,24 @@ HEADING_CLASSES = "## Specialists against the number of classes (bench/specialis
 
 
 def num_senones(gmm_exp: Path, data_dir: Path) -> int:
-    """The number of senones of the stage-3 folder ``gmm_exp`` (its senones.json)."""
+    """The number of senones of the stage-3 folder ``gmm_exp`` (its senones.json); SystemExit naming
+    the folder when stage 3 has not finished there."""
+    from asr_kd.errors import DataError
     from asr_kd.stages.common import read_senones
     from asr_kd.stages.layout import RecipeLayout
 
-    return read_senones(RecipeLayout(data_dir, gmm_exp)).num_senones
+    try:
+        return read_senones(RecipeLayout(data_dir, gmm_exp)).num_senones
+    except DataError as e:
+        raise SystemExit(f"specialists_scale: --gmm-exp {gmm_exp}: {e}") from None
+
+
+def corpus_inputs(gmm_exp: Path) -> dict[str, str]:
+    """The input fingerprints of ``gmm_exp``'s stage-3 record (stage 1's features, stage 2's lang)."""
+    from asr_kd.stages.provenance import read_record
+
+    rec = read_record(gmm_exp / "gmm")
+    return dict(rec.inputs) if rec is not None else {}
 
 
 def run_size(frames: int, gmm_exp: Path, out: Path, args: argparse.Namespace, seed: int = 0) -> Path:
@@ -113,14 +133,14 @@ def mean_changes(rows: list[dict[str, Any]], by_classes: bool, alpha: float = 0.
     """One sentence: per (inventory, budget), the combination's relative change over the seeds and
     how many seeds' McNemar tests found a significant gain or loss."""
     groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["num_classes"], r["train_frames"]), []).append(r)
+    for r in rows:  # by the budget asked for: two budgets above the part's frames draw the same frames
+        groups.setdefault((r["num_classes"], r["budget"]), []).append(r)
     parts = []
     for (k, n), rs in groups.items():
-        changes = [r["combined"] / r["generalist"] - 1 for r in rs]
+        changes = [r["combined"] / r["generalist"] - 1 if r["generalist"] > 0 else float("nan") for r in rs]
         gains = sum(r["p_value"] < alpha and r["only_combined_right"] > r["only_generalist_right"] for r in rs)
         losses = sum(r["p_value"] < alpha and r["only_combined_right"] < r["only_generalist_right"] for r in rs)
-        name = ", ".join([f"{k:,} senones"] * by_classes + [f"{n:,} frames"] * (not by_classes or len({g[1] for g in groups}) > 1))
+        name = ", ".join([f"{k:,} senones"] * by_classes + [f"budget {n:,} frames"] * (not by_classes or len({g[1] for g in groups}) > 1))
         parts.append(f"{name}: {sum(changes) / len(changes):+.1%} ({', '.join(f'{c:+.1%}' for c in changes)}; "
                      f"significant gain in {gains}, loss in {losses} of {len(rs)} seeds)")
     return "Combination against the generalist, mean relative change over the seeds: " + "; ".join(parts) + "."
@@ -142,30 +162,39 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(set(args.train_frames))
     if sizes[0] < 1:
         raise SystemExit(f"--train-frames takes budgets >= 1, got {sizes}")
-    if any(s.split("=", 1)[0] == "max_train_frames" for s in args.set):
+    keys = {kv.split("=", 1)[0] for s in args.set for kv in s.split()}  # run.sh splits --set on spaces
+    if "max_train_frames" in keys:
         raise SystemExit("--set max_train_frames=...: give the sizes with --train-frames")
-    if args.seeds < 1 or (args.seeds > 1 and any(s.split("=", 1)[0] == "seed" for s in args.set)):
+    if args.seeds < 1 or (args.seeds > 1 and "seed" in keys):
         raise SystemExit(f"--seeds {args.seeds}: give at least 1, and no --set seed=... beside more than one (they are seeds 0 .. N-1)")
     by_classes = len(args.gmm_exp) > 1
-    inventories = {num_senones(g, args.data_dir): g for g in args.gmm_exp}
+    counts = {g: num_senones(g, args.data_dir) for g in args.gmm_exp}
+    inventories = {k: g for g, k in counts.items()}
     if len(inventories) < len(args.gmm_exp):
         raise SystemExit(f"--gmm-exp: {len(args.gmm_exp)} folders but only {len(inventories)} different senone counts "
-                         f"({', '.join(map(str, sorted(inventories)))}); give stage-3 folders whose trees differ in size")
-    runs = [(run_size(n, gmm_exp, args.out / f"senones{k}" if by_classes else args.out, args, seed), seed)
+                         f"({', '.join(f'{g}: {k}' for g, k in counts.items())}); give stage-3 folders whose trees differ in size")
+    if by_classes and len({tuple(sorted(corpus_inputs(g).items())) for g in args.gmm_exp}) > 1:
+        raise SystemExit("--gmm-exp: the stage-3 folders were made from different features or lang (their provenance.json "
+                         "inputs differ); the class axis needs one corpus")
+    runs = [(run_size(n, gmm_exp, args.out / f"senones{k}" if by_classes else args.out, args, seed), n, seed)
             for k, gmm_exp in sorted(inventories.items()) for n in sizes for seed in range(args.seeds)]
-    exps = [exp for exp, _ in runs]
-    rows = [{**size_row(exp), "seed": seed} for exp, seed in runs]
+    exps = [exp for exp, _, _ in runs]
+    rows = [{**size_row(exp), "budget": n, "seed": seed} for exp, n, seed in runs]
+    tests = sorted({r["num_test"] for r in rows})
     with_seeds = args.seeds > 1
     command = "python bench/specialists_scale.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     overrides = f" ({' '.join(args.set)})" if args.set else ""
     folder_seed = "[_seed<S>]" if with_seeds else ""
     if by_classes:
         heading, what = HEADING_CLASSES, (
-            f"once per senone inventory (the stage-3 folders {', '.join(f'`{g}`' for g in args.gmm_exp)}: decision trees of "
-            f"{', '.join(map(str, sorted(inventories)))} leaves on the same corpus) and training budget (`max_train_frames`), "
-            f"the same config otherwise{overrides}; each run's own RESULTS.md and records are in `<out>/senones<K>/frames<N>{folder_seed}/`.")
+            f"once per senone inventory (decision trees of one corpus's stage 3: "
+            f"{', '.join(f'`{g}` ({k} senones)' for k, g in sorted(inventories.items()))}) and training budget "
+            f"(`max_train_frames`), the same config otherwise{overrides}; each run's own RESULTS.md and records are in "
+            f"`<out>/senones<K>/frames<N>{folder_seed}/`.")
         columns, rule = "| senones | training frames drawn ", "|---|---"
-        classes = f"{rows[0]['num_test']:,} test frames per run"
+        classes = (f"{tests[0]:,} test frames per run" if len(tests) == 1 else f"{' / '.join(f'{t:,}' for t in tests)} test frames (runs differ)") + (
+            ". Frames per class: the budget over the senones, a mean over skewed senone frequencies; at one budget it falls as the "
+            "senones grow, so the rows change the class count and the data per class together")
     else:
         heading, what = HEADING, (
             f"once per training budget (`max_train_frames`), the same config otherwise{overrides}; each run's own RESULTS.md and "
@@ -185,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Test top-1 accuracy over {classes}. \"Within their classes\": "
         "a specialist's and the generalist's arg-max over the specialist's classes only, on the test frames of those classes "
         "(telling confusable classes apart, what the specialists are for); net: the test frames that adds, counted once per "
-        "specialist. " + (f"{args.seeds} seeds per row group (config `seed`: the draw of the frames, the initialisation and the order); "
+        "specialist. " + (f"{args.seeds} seeds per row group (config `seed`: the draw of the training, validation and test frames, the "
+        "initialisation and the data order, so each seed's McNemar test is on its own test frames); "
         if with_seeds else "One seed per size; ") + "the draw of the frames changes with the budget. Paper (Hinton, Vinyals & Dean 2015, "
         "Table 4): 61 specialists on JFT (100 million images, 15,000 classes), +4.4% relative top-1 accuracy.",
         environment_lines([stage_dir(exp, "combine") for exp in exps]).rstrip(), "",

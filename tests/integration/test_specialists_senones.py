@@ -192,12 +192,16 @@ def test_scale_bench_class_axis_runs_each_senone_inventory(tiny_stage3: tuple[Pa
             task, classes = load_frame_task(exp / "prepare" / "task.npz")
             assert prep["num_classes"] == classes == k and task["train"].labels.max() < k
             assert json.loads((exp / "prepare" / "provenance.json").read_text())["config"]["seed"] == seed
-            starts.append(text.index(f"\n| {k:,} | 3,000 of {prep['counts']['train']['frames']:,} | {seed} |"))
+            starts.append(text.index(f"\n| {k:,} | 3,000 of {prep['counts']['train']['frames']:,} | {seed} | {3000 / k:.0f} |"))
             row = text[starts[-1]:].split("\n")[1]
             assert f" {100 * comb['generalist_accuracy']:.2f}% | {100 * comb['longer']['accuracy']:.2f}% | {100 * comb['combined_accuracy']:.2f}% |" in row
             changes.append(comb["combined_accuracy"] / comb["generalist_accuracy"] - 1)
         assert f"{k:,} senones: {sum(changes) / 2:+.1%} ({changes[0]:+.1%}, {changes[1]:+.1%}; significant gain in " in text
     assert starts == sorted(starts)  # the smaller inventory (tiny_stage3's) first, seed 0 before seed 1
+    assert f"`{gmm_exp}` ({senones[gmm_exp]} senones), `{big_exp}` ({senones[big_exp]} senones)" in text
+    for bad in (["--seeds", "0"], ["--seeds", "2", "--set", "specialist_epochs=1 seed=3"]):
+        with pytest.raises(SystemExit, match="--seeds"):
+            main(["--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "x"), "--train-frames", "10", *bad])
     with pytest.raises(SystemExit, match="only 1 different senone counts"):
         main(["--gmm-exp", str(gmm_exp), "--gmm-exp", str(gmm_exp), "--data-dir", str(data), "--out", str(tmp_path / "x"),
               "--train-frames", "10"])
