@@ -379,7 +379,10 @@ def _task_lines(r: dict[str, Any]) -> list[str]:
             f"Frames drawn uniformly at random within each part: {per_split}.",
             f"The paper's specialists served 15,000 classes (JFT; its speech model had 14,000 HMM-state targets); "
             f"this corpus's stage 3 made {r['num_classes']} senones (the leaves of its decision tree, num_leaves in the GMM config), "
-            "so the task is smaller than the paper's.",
+            "so the task is smaller than the paper's. Whether more training frames or more senones would let the specialists "
+            "help: bench/specialists_scale.py runs this task at several training sizes and on trees of several sizes "
+            "(bench/RESULTS.md: \"Specialists against the size of the training set\" and \"Specialists against the number "
+            "of classes\").",
             "",
         ]
     what = "two digits side by side, class = 10 x left + right; pairs drawn within each split's images" if r["task"] == "pairs" else "the images' own classes"
