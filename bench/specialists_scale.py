@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asr_kd.experiments.specialists_report import within_gain
+from asr_kd.experiments.specialists_report import better_within, mcnemar_outcome, within_gain
 from asr_kd.experiments.stage_records import finished_result, stage_dir
 from asr_kd.stages.common import environment_lines
 
@@ -109,17 +109,27 @@ def size_row(exp: Path) -> dict[str, Any]:
         "longer": float(comb["longer"]["accuracy"]) if "longer" in comb else None,
         "only_combined_right": int(comb["only_combined_right"]), "only_generalist_right": int(comb["only_generalist_right"]),
         "p_value": float(comb["p_value"]), "specialists": len(rows),
-        "better_within": sum(x.get("specialist_within_accuracy", 0.0) > x.get("generalist_within_accuracy", 1.0) for x in rows),
+        "better_within": better_within(rows),
         "within_net": gained, "within_examples": examples,
     }
+
+
+def relative_change(r: dict[str, Any]) -> float:
+    """The combination's top-1 accuracy relative to the generalist's, minus 1 (NaN for a 0% generalist)."""
+    return r["combined"] / r["generalist"] - 1 if r["generalist"] > 0 else float("nan")
+
+
+def outcome(r: dict[str, Any], alpha: float = 0.05) -> str:
+    """The row's McNemar outcome against the generalist: "gain", "loss" or "noise" (the recipe's rule)."""
+    return mcnemar_outcome(r["only_combined_right"], r["only_generalist_right"], r["p_value"], alpha)
 
 
 def format_row(r: dict[str, Any], alpha: float = 0.05, classes: bool = False, seeds: bool = False) -> str:
     """One table row; ``classes``: begin with the number of senones (the class-count section);
     ``seeds``: a seed column after the training frames."""
-    change = r["combined"] / r["generalist"] - 1 if r["generalist"] > 0 else float("nan")
-    net = r["only_combined_right"] - r["only_generalist_right"]
-    verdict = "within noise" if r["p_value"] >= alpha else ("gain" if net > 0 else "loss")
+    change = relative_change(r)
+    o = outcome(r, alpha)
+    verdict = "within noise" if o == "noise" else o
     longer = "n/a" if r["longer"] is None else f"{100 * r['longer']:.2f}%"
     first = f"| {r['num_classes']:,} " if classes else ""
     seed = f" {r['seed']} |" if seeds else ""
@@ -137,9 +147,8 @@ def mean_changes(rows: list[dict[str, Any]], by_classes: bool, alpha: float = 0.
         groups.setdefault((r["num_classes"], r["budget"]), []).append(r)
     parts = []
     for (k, n), rs in groups.items():
-        changes = [r["combined"] / r["generalist"] - 1 if r["generalist"] > 0 else float("nan") for r in rs]
-        gains = sum(r["p_value"] < alpha and r["only_combined_right"] > r["only_generalist_right"] for r in rs)
-        losses = sum(r["p_value"] < alpha and r["only_combined_right"] < r["only_generalist_right"] for r in rs)
+        changes = [relative_change(r) for r in rs]
+        gains, losses = (sum(outcome(r, alpha) == o for r in rs) for o in ("gain", "loss"))
         name = ", ".join([f"{k:,} senones"] * by_classes + [f"budget {n:,} frames"] * (not by_classes or len({g[1] for g in groups}) > 1))
         parts.append(f"{name}: {sum(changes) / len(changes):+.1%} ({', '.join(f'{c:+.1%}' for c in changes)}; "
                      f"significant gain in {gains}, loss in {losses} of {len(rs)} seeds)")

@@ -115,7 +115,7 @@ def write_specialists_results(exp_dir: Path, results_file: Path, command: str, t
             for x in r["rows"]
         ]
         better = sum(x["specialist_accuracy"] > x["generalist_accuracy"] for x in r["rows"])
-        within = sum(x.get("specialist_within_accuracy", 0.0) > x.get("generalist_within_accuracy", 1.0) for x in r["rows"])
+        within = better_within(r["rows"])
         gained, examples = within_gain(r["rows"])
         lines += [
             "",
@@ -289,7 +289,7 @@ _WEIGHTING_WORDS = {
 }
 
 
-def _outcome(gain: int, loss: int, p: float, alpha: float) -> str:
+def mcnemar_outcome(gain: int, loss: int, p: float, alpha: float) -> str:
     """Return "gain", "loss" or "noise": a McNemar comparison's outcome at level ``alpha``."""
     if p >= alpha:
         return "noise"
@@ -298,8 +298,8 @@ def _outcome(gain: int, loss: int, p: float, alpha: float) -> str:
 
 def _mcnemar_sentence(what: str, gain: int, loss: int, p: float, verdicts: dict[str, str], alpha: float) -> str:
     """Return one paired comparison in words: ``what`` names the two sides' counts, ``verdicts``
-    the words for each outcome of :func:`_outcome`, after its significance."""
-    outcome = _outcome(gain, loss, p, alpha)
+    the words for each outcome of :func:`mcnemar_outcome`, after its significance."""
+    outcome = mcnemar_outcome(gain, loss, p, alpha)
     level = f"within noise (p >= {alpha:g})" if outcome == "noise" else f"a significant {outcome} (p < {alpha:g})"
     words = verdicts[outcome]
     return f"{what.format(gain=gain, loss=loss)} (net {gain - loss:+d}), McNemar exact p={p:.2g}; {level}{': ' + words if words else ''}."
@@ -333,7 +333,7 @@ def both_baselines_verdict(r: dict[str, Any], alpha: float = 0.05) -> str:
     vs = {"the generalist": (r["only_combined_right"], r["only_generalist_right"], r["p_value"])}
     x = r["longer"]["combined_vs_longer"]
     vs["the generalist trained longer"] = (x["only_a_right"], x["only_b_right"], x["p_value"])
-    beaten = [name for name, (gain, loss, p) in vs.items() if _outcome(gain, loss, p, alpha) == "gain"]
+    beaten = [name for name, (gain, loss, p) in vs.items() if mcnemar_outcome(gain, loss, p, alpha) == "gain"]
     if len(beaten) == 2:
         return "The combination significantly beats both baselines: the specialists earn their place."
     missed = [name for name in vs if name not in beaten]
@@ -391,6 +391,11 @@ def _task_lines(r: dict[str, Any]) -> list[str]:
         f"Images per split: {r['image_sizes']}; examples per split: {r['sizes']}.",
         "",
     ]
+
+
+def better_within(rows: list[dict[str, Any]]) -> int:
+    """Return how many specialists tell their own classes apart better than the generalist does."""
+    return sum(x.get("specialist_within_accuracy", 0.0) > x.get("generalist_within_accuracy", 1.0) for x in rows)
 
 
 def within_gain(rows: list[dict[str, Any]]) -> tuple[int, int]:
