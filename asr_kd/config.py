@@ -608,6 +608,9 @@ class DecodeConfig:
     acoustic_scales: tuple[float, ...] = ()
     # CTC log-probabilities are usually used unscaled against HLG.
     ctc_acoustic_scale: float = 1.0
+    # The same search for the CTC systems' scale on HLG (CTC stage 7): non-empty, each system's
+    # scale is chosen on the dev part from these; empty: ctc_acoustic_scale.
+    ctc_acoustic_scales: tuple[float, ...] = later_option(())
     # Graph construction (Kaldi's mkgraph.sh defaults).
     transition_scale: float = GraphScales.transition
     self_loop_scale: float = GraphScales.self_loop
@@ -627,6 +630,7 @@ class DecodeConfig:
         _check(1 <= self.min_active < self.max_active, f"decode needs 1 <= min_active < max_active, got {self.min_active}, {self.max_active}")
         _check(self.acoustic_scale > 0 and self.ctc_acoustic_scale > 0, "decode.acoustic_scale and decode.ctc_acoustic_scale must be > 0")
         _check(all(s > 0 for s in self.acoustic_scales), f"decode.acoustic_scales must all be > 0, got {list(self.acoustic_scales)}")
+        _check(all(s > 0 for s in self.ctc_acoustic_scales), f"decode.ctc_acoustic_scales must all be > 0, got {list(self.ctc_acoustic_scales)}")
         _check(self.transition_scale >= 0 and self.self_loop_scale >= 0, "decode.transition_scale and decode.self_loop_scale must be >= 0")
         _check(self.prior_smoothing >= 0, f"decode.prior_smoothing must be >= 0, got {self.prior_smoothing}")
         _check(0 < self.prior_floor < 1, f"decode.prior_floor must be in (0, 1), got {self.prior_floor}")

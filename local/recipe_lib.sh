@@ -46,6 +46,31 @@ run_logged() {
   fi
 }
 
+# run_logged_bg MAXJOBS LOGFILE CMD...: run_logged in the background, at most MAXJOBS at a time
+# (waits for the oldest first); wait_logged waits for all of them. A failed job fails the recipe
+# when it is waited for, with its own log named.
+__asr_kd_bg_pids=()
+run_logged_bg() {
+  local maxjobs="$1"
+  shift
+  run_logged "$@" &
+  __asr_kd_bg_pids+=("$!")
+  if [ "${#__asr_kd_bg_pids[@]}" -ge "$maxjobs" ]; then
+    local first="${__asr_kd_bg_pids[0]}"
+    __asr_kd_bg_pids=("${__asr_kd_bg_pids[@]:1}")
+    wait "$first"
+  fi
+}
+
+wait_logged() {
+  local pid
+  while [ "${#__asr_kd_bg_pids[@]}" -gt 0 ]; do
+    pid="${__asr_kd_bg_pids[0]}"
+    __asr_kd_bg_pids=("${__asr_kd_bg_pids[@]:1}")
+    wait "$pid"
+  done
+}
+
 # run_stage_logged N NAME DESCRIPTION LOGDIR CMD...: within --stage .. --stop-stage, run CMD,
 # logged to LOGDIR/stageN_NAME.log. CMD itself skips, redoes or refuses the stage by its record.
 run_stage_logged() {

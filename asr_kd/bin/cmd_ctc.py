@@ -51,17 +51,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="--kind baseline: CTC on the transcripts. --kind frame: ctc.kd_weight * T^2 * KL(ensemble_T || "
                        "student_T) per output frame (blank frames included, excluded or down-weighted: ctc.blank_handling) + "
                        "ctc.ctc_weight * CTC; teachers online or stored top-k targets (ctc.kd_source). --kind sequence: CTC on the "
-                       "ensemble's greedy or n-best hypotheses (ctc.pseudo_labels). Output: <exp>/ctc/<units>/students/<kind>.")
+                       "ensemble's greedy or n-best hypotheses (ctc.pseudo_labels). Output: <exp>/ctc/<units>/students/<kind>[_seed<k>].")
     _common_args(p)
     _train_args(p)
     p.add_argument("--kind", choices=("baseline", "frame", "sequence"), required=True, help="which student")
     p.add_argument("--name", default=None, help="folder and RESULTS.md name of this student (default: --kind); e.g. frame_exclude")
+    p.add_argument("--seed-index", type=int, default=0,
+                   help="k > 0: another seed of this student (seed + 1000 + k) in students/<name>_seed<k>; ctc-decode averages a "
+                   "student's seeds in one row, with intervals against the baseline [0]")
     p.set_defaults(func=_train_student)
 
     p = sub.add_parser("ctc-decode", help="greedy, prefix-beam and HLG decoding of every CTC system; WER table",
                        description="Builds HLG for the units (kaldifst) and scores each teacher, the ensemble and the trained "
-                       "students on --decode-parts: greedy and prefix-beam token error rates (and WERs for BPE), HLG WER "
-                       "(kaldi-decoder); writes <exp>/ctc/<units>/decode/scores.json and the CTC table of --results-md.")
+                       "students (every seed) on --decode-parts: greedy and prefix-beam token error rates (and WERs for BPE), HLG "
+                       "WER (kaldi-decoder) at each system's scale chosen on the dev part from decode.ctc_acoustic_scales; a "
+                       "student's seeds make one row (mean and deviation) and every ensemble and student is compared with the "
+                       "baseline student by a paired bootstrap. Writes <exp>/ctc/<units>/decode/ (scores.json, comparisons.json, "
+                       "per-utterance counts) and the CTC table of --results-md.")
     _common_args(p)
     p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")
     p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
@@ -115,8 +121,8 @@ def _train_student(args: argparse.Namespace) -> int:
     from asr_kd.stages.ctc_s6_students import train_ctc_student
 
     cfg, common = _setup(args, f"ctc_train_student_{args.kind}")
-    r = train_ctc_student(kind=args.kind, name=args.name, cfg=cfg, train_config=_train_config(args), **common)
-    print(f"{args.name or args.kind} ({r['stop_reason']}); best dev token error rate {r['best_dev_ter']}")
+    r = train_ctc_student(kind=args.kind, name=args.name, cfg=cfg, train_config=_train_config(args), seed_index=args.seed_index, **common)
+    print(f"{args.name or args.kind} seed {r['seed']} ({r['stop_reason']}); best dev token error rate {r['best_dev_ter']}")
     return 0
 
 

@@ -28,7 +28,7 @@ from asr_kd.data.frames import SkipBatches, make_loader, make_sampler
 from asr_kd.decode.ctc import decode_ctc_batch, greedy_ctc
 from asr_kd.errors import DataError
 from asr_kd.kd.ensemble import TeacherEnsemble
-from asr_kd.metrics.wer import compute_wer
+from asr_kd.metrics.wer import WerResult, compute_wer
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.ddp import DistInfo, init_distributed
 from asr_kd.train.loop import LossFn, TrainResult, to_device, train
@@ -158,20 +158,42 @@ def ctc_log_probs(
             yield cut, logp[i, : int(out_lengths[i])]
 
 
-def score_log_probs(
-    log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, hlg: Any, decode_config: DecodeConfig, beam_size: int,
-) -> dict[str, float]:
-    """Return greedy and prefix-beam token error rates, their WERs (BPE units) and the HLG WER of
-    ``{cut_id: (T', V) log-probs}`` against the transcripts ``refs``."""
+@dataclasses.dataclass(frozen=True)
+class TokenScores:
+    """Greedy and prefix-beam token error rates of a part (and their WERs with BPE units), and the
+    greedy token errors and reference tokens of each utterance (what a paired bootstrap resamples)."""
+
+    rates: dict[str, float]
+    token_errors: dict[str, int]
+    ref_tokens: dict[str, int]
+
+
+def token_scores(log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, beam_size: int) -> TokenScores:
+    """Return the :class:`TokenScores` of ``{cut_id: (T', V) log-probs}`` against the transcripts
+    ``refs`` (no LM: greedy and prefix-beam search over the units)."""
+    as_text = lambda seqs: {k: " ".join(str(t) for t in v) for k, v in seqs.items()}  # noqa: E731
     ref_tokens = {k: units.encode(refs[k]) for k in log_probs}
     greedy = {k: greedy_ctc(v) for k, v in log_probs.items()}
     beam = {k: list(prefix_beam_search(v, beam_size=beam_size)[0].tokens) for k, v in log_probs.items()}
-    out = {"greedy_ter": token_error_rate(ref_tokens, greedy), "beam_ter": token_error_rate(ref_tokens, beam)}
+    greedy_result = compute_wer(as_text(ref_tokens), as_text(greedy))
+    rates = {"greedy_ter": greedy_result.wer, "beam_ter": token_error_rate(ref_tokens, beam)}
     if units.kind == "bpe":
-        out["greedy_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in greedy.items()}).wer
-        out["beam_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in beam.items()}).wer
+        rates["greedy_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in greedy.items()}).wer
+        rates["beam_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in beam.items()}).wer
+    return TokenScores(rates, {u.utt_id: u.errors for u in greedy_result.utterances},
+                       {u.utt_id: len(u.ref) for u in greedy_result.utterances})
+
+
+def hlg_wer(
+    log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, hlg: Any, decode_config: DecodeConfig,
+    scale: float | None = None,
+) -> WerResult:
+    """Return the WER of HLG decoding (kaldi-decoder) of ``{cut_id: (T', V) log-probs}`` against
+    ``refs``, with the log-probs times ``scale`` (default ``decode_config.ctc_acoustic_scale``)."""
+    if scale is not None:
+        decode_config = dataclasses.replace(decode_config, ctc_acoustic_scale=scale)
     decoded = decode_ctc_batch(hlg, dict(log_probs), decode_config)
     words = units.lang.words
     hyps = {k: " ".join(words.name(w) for w in d.word_ids) for k, d in decoded.decoded.items()}
-    out["hlg_wer"] = compute_wer({k: refs[k] for k in log_probs}, hyps).wer
-    return out
+    return compute_wer({k: refs[k] for k in log_probs}, hyps)
+

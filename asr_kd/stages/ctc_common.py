@@ -12,10 +12,11 @@ teachers[_shared<N>]_guided<w>/   ctc.guide_weight = w, teacher0 links to the un
                                                                                (ctc_s4_teachers)
 spikes/                the spike misalignment report and plot                  (ctc_s5_spikes)
 soft_targets/<set>_<fusion>_T<T>_k<k>/   the ensemble's top-k CTC posteriors on the training cuts
-students/<name>/       baseline (CTC on the transcripts), frame (frame-level KD), sequence (pseudo-labels),
-                       or a named variant of one of them (e.g. frame_exclude)  (ctc_s6_students)
+students/<name>[_seed<k>]/  baseline (CTC on the transcripts), frame (frame-level KD), sequence (pseudo-labels),
+                       or a named variant of one of them (e.g. frame_exclude); _seed<k>: its seed k > 0
+                                                                               (ctc_s6_students)
 graph/HLG.fst          the CTC decoding graph of the units
-decode/                per-system scores.json                                  (ctc_s7_decode)
+decode/                scores.json, comparisons.json, <system>_<part>/per_utt.json  (ctc_s7_decode)
 ```
 
 Input: stages 0-2 (``<data>/fbank/cuts_<part>.jsonl.gz`` and ``cmvn_<part>.npz``, ``<data>/lang``
@@ -29,8 +30,9 @@ its recorded outputs. Training and running one model is library code (:mod:`asr_
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -45,6 +47,7 @@ from asr_kd.stages.layout import RecipeLayout, parse_ctc_teacher_set_name
 from asr_kd.stages.provenance import StageGuard, StageRecord, read_record, require_record
 
 STUDENT_KINDS = ("baseline", "frame", "sequence")
+_SEED_SUFFIX = re.compile(r"^(?P<base>.+)_seed(?P<k>[1-9][0-9]*)$")
 
 
 def teachers_of(layout: RecipeLayout, cfg: CtcConfig) -> Path:
@@ -121,3 +124,28 @@ def trained_teacher_sets(layout: RecipeLayout, cfg: CtcConfig) -> list[CtcConfig
             continue
         sets.append(dataclasses.replace(cfg, shared_init_steps=parsed[0], guide_weight=parsed[1], num_teachers=int(rec.config["ctc"]["num_teachers"])))
     return sets
+
+
+def ctc_student_folder(name: str, seed_index: int = 0) -> str:
+    """The folder name of student ``name``'s seed ``seed_index`` under ``<root>/students``: the name
+    itself for the first seed, ``<name>_seed<k>`` for the others (CTC stage 7 reads them as one row)."""
+    return name if seed_index == 0 else f"{name}_seed{seed_index}"
+
+
+def trained_students(layout: RecipeLayout) -> list[str]:
+    """The folder names of the finished CTC students (those with a record), in name order."""
+    return sorted(d.name for d in (layout.ctc_root / "students").glob("*") if read_record(d) is not None)
+
+
+def student_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """Group student folder names by seed: ``{"baseline": ["baseline", "baseline_seed1"], ...}``,
+    the baseline, frame and sequence students first, each group's seeds in order. A ``_seed<k>``
+    folder without its first seed's folder is a group of its own (it cannot be averaged with
+    anything)."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        m = _SEED_SUFFIX.match(name)
+        base, k = (m["base"], int(m["k"])) if m and m["base"] in names else (name, 0)
+        groups.setdefault(base, []).append((k, name))
+    order = sorted(groups, key=lambda b: (b not in STUDENT_KINDS, STUDENT_KINDS.index(b) if b in STUDENT_KINDS else 0, b))
+    return {b: [n for _, n in sorted(groups[b])] for b in order}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +27,8 @@ from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
-    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, load_ctc_teachers, prepare_units, teacher_set_record, teachers_of, units_record_fingerprint,
+    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, ctc_student_folder, load_ctc_teachers, prepare_units, student_groups, teacher_set_record,
+    teachers_of, trained_students, units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
@@ -121,22 +123,24 @@ def make_pseudo_labels(
 
 def train_ctc_student(
     layout: RecipeLayout, kind: str, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
-    name: str | None = None,
+    name: str | None = None, seed_index: int = 0,
 ) -> dict:
     """Train the CTC student ``kind`` in ``<root>/students/<name>`` (``name`` defaults to ``kind``;
-    give variants, e.g. another blank handling, their own name) with seed ``seed + 1000``:
-    "baseline" (CTC on the transcripts), "frame" (frame-level KD, :class:`CtcFrameKdLoss`; online
-    or from stored soft targets) or "sequence" (the ensemble's pseudo-labels,
-    :class:`CtcSequenceKdLoss`). Skipped when its record matches. Returns its summary (steps,
-    best dev TER, stop reason)."""
+    give variants, e.g. another blank handling, their own name; seed ``seed_index`` > 0 in
+    ``<name>_seed<k>``) with seed ``seed + 1000 + seed_index``: "baseline" (CTC on the
+    transcripts), "frame" (frame-level KD, :class:`CtcFrameKdLoss`; online or from stored soft
+    targets) or "sequence" (the ensemble's pseudo-labels, :class:`CtcSequenceKdLoss`). Skipped
+    when its record matches. Returns its summary (steps, best dev TER, stop reason, seed)."""
     if kind not in STUDENT_KINDS:
         raise ConfigError(f"CTC student kind must be one of {STUDENT_KINDS}, got {kind!r}")
     name = name or kind
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"CTC student name {name!r} must be a plain folder name")
-    exp_dir = layout.ctc_student_dir(name)
+    if not name or "/" in name or name.startswith(".") or re.search(r"_seed[0-9]+$", name):
+        raise ConfigError(f"CTC student name {name!r} must be a plain folder name not ending in _seed<k> (give --seed-index instead)")
+    if seed_index < 0:
+        raise ConfigError(f"seed index must be >= 0, got {seed_index}")
+    exp_dir = layout.ctc_student_dir(ctc_student_folder(name, seed_index))
     units = prepare_units(layout, cfg)
-    scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET)
+    scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
     inputs = {"units": units_record_fingerprint(layout), "features": require_record(layout.features("fbank"), "stage 1 (features)").fingerprint}
     if kind != "baseline":
         inputs["teachers"] = teacher_set_record(layout, cfg).fingerprint
@@ -159,16 +163,22 @@ def train_ctc_student(
         start = time.time()
         result = train_ctc_model(train_cuts, layout.open_cuts(layout.fbank_cuts(layout.dev_part)), layout.open_cmvn(layout.train_part),
                                  layout.open_cmvn(layout.dev_part), units, cfg, scfg, exp_dir, loss, pseudo, soft)
-        log.info("CTC student %s: %s, best dev TER %s (%.0f s)", name, result.state.stop_reason, result.state.best_metric, time.time() - start)
+        log.info("CTC student %s: %s, best dev TER %s (%.0f s)", exp_dir.name, result.state.stop_reason, result.state.best_metric, time.time() - start)
         load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
         write_text_atomic(summary_path, json.dumps({"steps": result.state.step, "best_dev_ter": result.state.best_metric,
-                                                    "stop_reason": result.state.stop_reason}, indent=1) + "\n")
+                                                    "stop_reason": result.state.stop_reason, "seed": scfg.seed}, indent=1) + "\n")
         guard.finish([summary_path, result.final_path])
     summary = json.loads(summary_path.read_text())
     how = {"baseline": "CTC on the transcripts",
            "frame": (f"frame-level KD ({cfg.kd_source}): {cfg.kd_weight:g} x T^2 KL at T={cfg.temperature:g}, blank {cfg.blank_handling}"
                      f"{f' (weight {cfg.blank_weight:g})' if cfg.blank_handling == 'downweight' else ''} + {cfg.ctc_weight:g} x CTC"),
            "sequence": f"sequence-level KD: {cfg.kd_weight:g} x CTC on the ensemble's {cfg.pseudo_labels} hypotheses + {cfg.ctc_weight:g} x CTC"}[kind]
-    body = f"CTC {cfg.model_size}, {cfg.units} units; {how}; {summary['steps']} steps; best dev greedy TER {fmt_pct(summary['best_dev_ter'])}.\n"
-    write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command, [exp_dir])
+    # One section per student: a line for each of its seeds trained so far (their own summaries).
+    folders = student_groups(trained_students(layout)).get(name) or [exp_dir.name]
+    seeds = []
+    for d in (layout.ctc_student_dir(f) for f in folders):
+        info = json.loads((d / "summary.json").read_text())
+        seeds.append((d, f"seed {info.get('seed', '?')}: {info['steps']} steps, best dev greedy TER {fmt_pct(info['best_dev_ter'])}"))
+    body = f"CTC {cfg.model_size}, {cfg.units} units; {how}. " + "; ".join(line for _, line in seeds) + ".\n"
+    write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command, [d for d, _ in seeds])
     return summary

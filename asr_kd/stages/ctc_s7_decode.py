@@ -1,32 +1,53 @@
 """CTC stage 7: the HLG graph of the units, and greedy, prefix-beam and HLG decoding of every
-trained CTC system (teachers, ensembles, students). Folders: :mod:`asr_kd.stages.ctc_common`."""
+trained CTC system (teachers, ensembles, students and their seeds). Folders:
+:mod:`asr_kd.stages.ctc_common`.
+
+Decoding follows the hybrid Table 1 (:mod:`asr_kd.stages.s7_decode`): each system's scale on its
+log-probabilities against HLG is chosen on the dev part (``decode.ctc_acoustic_scales``; a
+student's other seeds use its first seed's scale), the test parts are decoded once at it, and
+every system of the table gets the same beam and max-active. A student's seeds (folders
+``students/<name>_seed<k>``, CTC stage 6) form one row: mean and standard deviation over the
+seeds, and differences from the baseline student with paired bootstrap intervals over utterances
+(the seeds' per-utterance counts averaged first).
+
+Writes ``<root>/decode/scores.json`` (per trained model and part), ``<root>/decode/<system>_<part>/
+per_utt.json`` (``{utt: [HLG word errors, reference words, greedy token errors, reference
+tokens]}``), ``<root>/decode/comparisons.json`` and the RESULTS.md table, rendered from those
+files (also when the stage is skipped because its record matches)."""
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from lhotse import CutSet
 
 from asr_kd.config import CtcConfig, DecodeConfig
 from asr_kd.ctc.model import CtcEncoder
-from asr_kd.ctc.training import ctc_log_probs, load_ctc_model, score_log_probs
+from asr_kd.ctc.training import ctc_log_probs, hlg_wer, load_ctc_model, token_scores
 from asr_kd.ctc.units import CtcUnits
 from asr_kd.data.ctc_data import cut_text
 from asr_kd.decode.fst_utils import write_fst
 from asr_kd.decode.hlg import compile_hlg, load_hlg
+from asr_kd.decode.tuning import ScaleSweep, sweep_scales
+from asr_kd.metrics.paired import BOOTSTRAP_RESAMPLES, bootstrap_difference
+from asr_kd.report.tables import format_interval, significance
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
-    STUDENT_KINDS, describe_teacher_set, load_ctc_teachers, prepare_units, teacher_set_record, teachers_of, trained_teacher_sets,
+    describe_teacher_set, load_ctc_teachers, prepare_units, student_groups, teacher_set_record, teachers_of, trained_students,
+    trained_teacher_sets,
     units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, read_record, require_record
-from asr_kd.utils import write_text_atomic
+from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.s7_decode import per_utterance_counts, seed_mean, seed_std
+from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+BASELINE = "student: baseline"
 
 
 def build_ctc_graph(layout: RecipeLayout, units: CtcUnits) -> Path:
@@ -44,52 +65,180 @@ def build_ctc_graph(layout: RecipeLayout, units: CtcUnits) -> Path:
     return path
 
 
+def system_slug(name: str) -> str:
+    """The folder name of system ``name`` under ``<root>/decode`` (``student: frame_seed1`` ->
+    ``student_frame_seed1``)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_")
+
+
+def system_scale(layout: RecipeLayout, name: str) -> float | None:
+    """The scale CTC stage 7 decoded system ``name`` (a row name of its table, e.g. ``student:
+    frame``) with, from its ``scores.json``; None when the stage has not scored it."""
+    path = layout.ctc_decode / "scores.json"
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    entries = data.get(name, {}) if isinstance(data, dict) else {}
+    return next((float(e["acoustic_scale"]) for e in entries.values() if isinstance(e, dict) and "acoustic_scale" in e), None)
+
+
 def decode_ctc_systems(
     layout: RecipeLayout, cfg: CtcConfig, decode_config: DecodeConfig, parts: Sequence[str] | None = None, results_md: Path | None = None,
     command: str = "", corpus: str = "",
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> dict[str, dict[str, dict]]:
     """Score every trained CTC system on ``parts`` (default dev and test): each teacher of
     ``cfg``'s set, its ensemble (arithmetic/geometric per ``cfg.fusion``, T = 1), the ensembles of
-    the other trained teacher sets, and the students that exist. Writes
-    ``<root>/decode/scores.json`` and the RESULTS.md table; returns ``{system: {part: scores}}``."""
+    the other trained teacher sets, and every seed of the students that exist. With
+    ``decode_config.ctc_acoustic_scales``, each system's HLG scale is chosen on the dev part first
+    (decoded even when ``parts`` leaves it out). Writes the files named in the module docstring
+    and the RESULTS.md table; returns ``{system: {part: scores}}``."""
     units = prepare_units(layout, cfg)
     graph = build_ctc_graph(layout, units)
     sets = [cfg, *(o for o in trained_teacher_sets(layout, cfg) if teachers_of(layout, o) != teachers_of(layout, cfg))]
-    students = sorted((d for d in (layout.ctc_root / "students").glob("*") if read_record(d) is not None),
-                      key=lambda p: (p.name not in STUDENT_KINDS, p.name))  # baseline, frame, sequence first, then variants
+    groups = student_groups(trained_students(layout))
+    tune = bool(decode_config.ctc_acoustic_scales)
     parts = list(parts or [layout.dev_part, *layout.test_parts])
+    if tune and layout.dev_part not in parts:
+        parts.insert(0, layout.dev_part)
     inputs = {"graph": require_record(layout.ctc_graph, "the CTC graph").fingerprint,
               **{f"set {teachers_of(layout, c).name}": teacher_set_record(layout, c).fingerprint for c in sets},
-              **{f"student {d.name}": require_record(d, "asr-kd ctc-train-student").fingerprint for d in students}}
-    guard = StageGuard("CTC stage 7 (decoding)", layout.ctc_decode, {"decode": decode_config, "ctc": cfg, "parts": parts}, inputs, command)
-    scores_path = layout.ctc_decode / "scores.json"
+              **{f"student {name}": require_record(layout.ctc_student_dir(name), "asr-kd ctc-train-student").fingerprint
+                 for members in groups.values() for name in members}}
+    settings = {"decode": decode_config, "ctc": cfg, "parts": parts, "tuned_on": layout.dev_part if tune else None}
+    guard = StageGuard("CTC stage 7 (decoding)", layout.ctc_decode, settings, inputs, command)
+    scores_path, comparisons_path = layout.ctc_decode / "scores.json", layout.ctc_decode / "comparisons.json"
+    # Rows of the table: a teacher or an ensemble is a group of one; a student's seeds are one group.
+    other_sets = {f"ensemble of {o.num_teachers} ({describe_teacher_set(o.shared_init_steps, o.guide_weight)})": o for o in sets[1:]}
+    rows: dict[str, list[str]] = {f"teacher{i}": [f"teacher{i}"] for i in range(cfg.num_teachers)}
+    rows[f"ensemble of {cfg.num_teachers}"] = [f"ensemble of {cfg.num_teachers}"]
+    rows.update({name: [name] for name in other_sets})  # the other sets' ensembles: does aligning spikes help fusion?
+    rows.update({f"student: {base}": [f"student: {m}" for m in members] for base, members in groups.items()})
     if guard.needs_work():
-        hlg = load_hlg(graph)
         teachers = load_ctc_teachers(layout, cfg)
-        systems: dict[str, list[CtcEncoder]] = {f"teacher{i}": [t] for i, t in enumerate(teachers)}
-        systems[f"ensemble of {len(teachers)}"] = teachers
-        for other in sets[1:]:  # the other sets' ensembles: does aligning spikes help fusion?
-            systems[f"ensemble of {other.num_teachers} ({describe_teacher_set(other.shared_init_steps, other.guide_weight)})"] = load_ctc_teachers(layout, other)
-        for d in students:
-            systems[f"student: {d.name}"] = [load_ctc_model(d)]
-        computed: dict[str, dict[str, dict[str, float]]] = {}
-        for part in parts:
-            cuts, cmvn = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(part))), layout.open_cmvn(part)
-            refs = {c.id: cut_text(c) for c in cuts}
-            for name, models in systems.items():
-                lps = {cut.id: lp for cut, lp in ctc_log_probs(models, cuts, cmvn, 1.0, cfg.fusion)}
-                computed.setdefault(name, {})[part] = score_log_probs(lps, refs, units, hlg, decode_config, cfg.beam_size)
-                log.info("%s on %s: %s", name, part, computed[name][part])
-        write_text_atomic(scores_path, json.dumps(computed, indent=1) + "\n")
-        guard.finish([scores_path])
-    scores: dict[str, dict[str, dict[str, float]]] = json.loads(scores_path.read_text())
+        models: dict[str, list[CtcEncoder]] = {f"teacher{i}": [t] for i, t in enumerate(teachers)}
+        models[f"ensemble of {cfg.num_teachers}"] = teachers
+        models.update({name: load_ctc_teachers(layout, o) for name, o in other_sets.items()})
+        models.update({f"student: {m}": [load_ctc_model(layout.ctc_student_dir(m))] for members in groups.values() for m in members})
+        computed = _score_rows(layout, cfg, decode_config, units, load_hlg(graph), rows, models, parts)
+        write_json_atomic(scores_path, computed)
+        write_json_atomic(comparisons_path, _compare_rows(layout, rows, [p for p in layout.test_parts if p in parts]))
+        guard.finish([scores_path, comparisons_path, *sorted(layout.ctc_decode.glob("*/per_utt.json"))])
+    scores = read_json(scores_path)
+    assert isinstance(scores, dict)
+    comparisons = read_json(comparisons_path)
+    assert isinstance(comparisons, dict)
+    body = _render(layout, cfg, decode_config, units, corpus, rows, scores, comparisons)
+    write_results(results_md, f"## CTC results ({cfg.units})", body, command, [layout.ctc_decode])
+    return scores
+
+
+def _score_rows(
+    layout: RecipeLayout, cfg: CtcConfig, decode_config: DecodeConfig, units: CtcUnits, hlg, rows: Mapping[str, Sequence[str]],
+    models: Mapping[str, Sequence[CtcEncoder]], parts: Sequence[str],
+) -> dict[str, dict[str, dict]]:
+    """Decode and score every member of every row on ``parts`` (the dev part first when tuning);
+    write each member's per-utterance counts; return ``{member: {part: scores}}``."""
+    grid = decode_config.ctc_acoustic_scales
+    scale_of: dict[str, float] = {}  # row -> the scale its first member chose on dev
+    computed: dict[str, dict[str, dict]] = {}
+    for part in parts:
+        cuts, cmvn = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(part))), layout.open_cmvn(part)
+        refs = {c.id: cut_text(c) for c in cuts}
+        for row, members in rows.items():
+            for i, member in enumerate(members):
+                lps = {cut.id: lp for cut, lp in ctc_log_probs(models[member], cuts, cmvn, 1.0, cfg.fusion)}
+                tokens = token_scores(lps, refs, units, cfg.beam_size)
+                entry: dict = dict(tokens.rates)
+                if grid and part == layout.dev_part and i == 0:
+                    sweep, results = sweep_scales(part, grid, lambda s: hlg_wer(lps, refs, units, hlg, decode_config, s),
+                                                  decode_config.ctc_acoustic_scale)
+                    scale_of[row], words = sweep.best, results[sweep.best]
+                    entry["sweep"] = sweep.to_dict()
+                else:
+                    words = hlg_wer(lps, refs, units, hlg, decode_config, scale_of.get(row, decode_config.ctc_acoustic_scale))
+                entry.update(hlg_wer=words.wer, acoustic_scale=scale_of.get(row, decode_config.ctc_acoustic_scale),
+                             ref_words=words.ref_words, utterances=len(words.utterances))
+                per_utt = {u.utt_id: [u.errors, len(u.ref), tokens.token_errors[u.utt_id], tokens.ref_tokens[u.utt_id]]
+                           for u in words.utterances}
+                write_json_atomic(layout.ctc_decode / f"{system_slug(member)}_{part}" / "per_utt.json", per_utt)
+                computed.setdefault(member, {})[part] = entry
+                log.info("%s on %s: %s", member, part, {k: v for k, v in entry.items() if k != "sweep"})
+    return computed
+
+
+def _compare_rows(layout: RecipeLayout, rows: Mapping[str, Sequence[str]], parts: Sequence[str]) -> dict:
+    """Per test part, each ensemble's and student group's HLG WER and greedy TER minus the
+    baseline student's, with paired bootstrap intervals over utterances (a group's seeds'
+    per-utterance counts averaged first); empty without a baseline student."""
+    out: dict = {"parts": {}}
+    if BASELINE not in rows:
+        return out
+    others = [r for r in rows if r != BASELINE and not r.startswith("teacher")]
+    for part in parts:
+        # per_utt.json columns: HLG word errors, reference words, greedy token errors, reference
+        # tokens; per_utterance_counts calls the last two "correct" and "frames" (its hybrid names).
+        counts = {r: per_utterance_counts(None, [system_slug(m) for m in rows[r]], part, layout.ctc_decode) for r in [BASELINE, *others]}
+        base = counts[BASELINE]
+        out["parts"][part] = {
+            f"{r} - baseline": {"hlg_wer": bootstrap_difference(base["errors"], counts[r]["errors"], base["ref_words"]).to_dict(),
+                                "greedy_ter": bootstrap_difference(base["correct"], counts[r]["correct"], base["frames"]).to_dict()}
+            for r in others}
+    return out
+
+
+def _render(
+    layout: RecipeLayout, cfg: CtcConfig, decode_config: DecodeConfig, units: CtcUnits, corpus: str, rows: Mapping[str, Sequence[str]],
+    scores: Mapping[str, Mapping[str, Mapping]], comparisons: Mapping,
+) -> str:
+    """The RESULTS.md section: one line per row and part (means ± standard deviations over a
+    student's seeds), how the scales were chosen, and the differences from the baseline."""
     wer_cols = ["greedy_wer", "beam_wer"] if units.kind == "bpe" else []
     cols = ["greedy_ter", "beam_ter", *wer_cols, "hlg_wer"]
     names = {"greedy_ter": "Greedy TER", "beam_ter": f"Beam-{cfg.beam_size} TER", "greedy_wer": "Greedy WER", "beam_wer": "Beam WER", "hlg_wer": "HLG WER"}
-    header = "| System | Part | " + " | ".join(names[c] for c in cols) + " |\n|" + "---|" * (len(cols) + 2) + "\n"
-    rows = [f"| {name} | {part} | " + " | ".join(fmt_pct(s[c]) for c in cols) + " |" for name, by_part in scores.items() for part, s in by_part.items()]
+    header = "| System | Seeds | Part | " + " | ".join(names[c] for c in cols) + " | Scale |\n|" + "---|" * (len(cols) + 4) + "\n"
+    lines, edges = [], []
+    parts = list(next(iter(scores.values()), {}))
+    for row, members in rows.items():
+        if any(m not in scores for m in members):
+            continue
+        for part in parts:
+            cells = []
+            for c in cols:
+                values = [scores[m][part].get(c) for m in members]
+                mean, std = seed_mean(values), seed_std(values)
+                cells.append(fmt_pct(mean) + (f" ± {100 * std:.1f}" if len(members) > 1 and mean is not None else ""))
+            first = scores[members[0]][part]
+            lines.append(f"| {row} | {len(members)} | {part} | " + " | ".join(cells) + f" | {first.get('acoustic_scale', decode_config.ctc_acoustic_scale):g} |")
+            if "sweep" in first and ScaleSweep.from_dict(first["sweep"]).at_grid_edge:
+                edges.append(row)
+    grid = decode_config.ctc_acoustic_scales
+    how = (f"the scale on the log-probabilities (1 / the LM weight) chosen per system on {layout.dev_part} by searching "
+           f"{{{', '.join(f'{s:g}' for s in grid)}}} (the fewest word errors; a student's other seeds use its first seed's scale; "
+           "the test parts are never used to choose it)" if grid else f"scale {decode_config.ctc_acoustic_scale:g} on the log-probabilities (not tuned)")
+    edge = (f" At the edge of the grid (the best may lie beyond it): {', '.join(edges)}." if edges else "")
     body = (f"CTC {cfg.model_size} encoders, {units.num_tokens} {cfg.units} tokens{f', on {corpus}' if corpus else ''}; "
             f"teachers: {describe_teacher_set(cfg.shared_init_steps, cfg.guide_weight)}; each student's settings are in its own section. TER = token error rate "
-            "(prefix beam search without LM); HLG WER = kaldi-decoder over H o L o G with the recipe's n-gram LM.\n\n" + header + "\n".join(rows) + "\n")
-    write_results(results_md, f"## CTC results ({cfg.units})", body, command, [layout.ctc_decode])
-    return scores
+            "(prefix beam search without LM); HLG WER = kaldi-decoder over H o L o G with the recipe's n-gram LM, "
+            f"beam {decode_config.beam:g}, max-active {decode_config.max_active}, {how}.{edge} "
+            "A student with several seeds is one row: mean ± standard deviation (points) over its seeds.\n\n" + header + "\n".join(lines) + "\n")
+    return body + _format_ctc_comparisons(comparisons, max((len(m) for r, m in rows.items() if r.startswith("student")), default=1))
+
+
+def _format_ctc_comparisons(comparisons: Mapping, num_seeds: int) -> str:
+    """The paragraph under the CTC table: differences from the baseline student with intervals."""
+    diffs = [(part, key, d) for part, by_key in comparisons.get("parts", {}).items() for key, d in by_key.items()]
+    if not diffs:
+        return ""
+    seeds = (f" A student's per-utterance counts are averaged over its seeds first (up to {num_seeds})." if num_seeds > 1 else
+             " One seed per student: the intervals cover the choice of test utterances, not of the seed.")
+    level = diffs[0][2]["hlg_wer"]["level"]
+    lines = ["", f"Differences from the baseline student, with {100 * level:.0f}% confidence intervals from a paired bootstrap over "
+             f"utterances ({diffs[0][2]['hlg_wer'].get('resamples', BOOTSTRAP_RESAMPLES)} resamples; Bisani & Ney 2004).{seeds}", "",
+             "| Part | Comparison | HLG WER difference, points | Significant? | Greedy TER difference, points | Significant? |",
+             "|---|---|---|---|---|---|"]
+    for part, key, d in diffs:
+        label = key.replace(" - baseline", " − baseline")
+        lines.append(f"| {part} | {label} | {format_interval(d['hlg_wer'])} | {significance(d['hlg_wer'], True)} | "
+                     f"{format_interval(d['greedy_ter'])} | {significance(d['greedy_ter'], True)} |")
+    return "\n".join(lines) + "\n"
+

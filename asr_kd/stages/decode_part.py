@@ -50,6 +50,7 @@ from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
 from asr_kd.metrics.paired import wer_difference
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
 from asr_kd.stages.common import alignment_inputs, gmm_record, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.ctc_s7_decode import system_scale
 from asr_kd.data.alignments import store_alignments
 from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, file_sha256, listing_fingerprint, require_record
@@ -162,13 +163,16 @@ def decode_part(
             scale = scales.get(name)
             if name.startswith(CTC_PREFIX) and tune_scale:
                 config = ctc_decode_config(layout)
+                ctc_scale = system_scale(layout, ctc_table_name(layout, name[len(CTC_PREFIX):]))
+                if ctc_scale is not None:  # the scale the CTC decoding stage chose for it on dev
+                    config = dataclasses.replace(config, ctc_acoustic_scale=ctc_scale)
                 how = "as the CTC decoding stage"
             else:
                 config = decode_config if scale is None else dataclasses.replace(decode_config, acoustic_scale=scale)
                 how = "tuned on dev by the recipe" if scale is not None else "as configured"
-            log.info("%s: acoustic scale %g (%s)", name, config.acoustic_scale, how)
-            scores[name] = {**_decode_system(layout, data, part, name, lang, out / name, config, senones, rescore),
-                            "acoustic_scale": config.acoustic_scale}
+            used = config.ctc_acoustic_scale if name.startswith(CTC_PREFIX) else config.acoustic_scale
+            log.info("%s: acoustic scale %g (%s)", name, used, how)
+            scores[name] = {**_decode_system(layout, data, part, name, lang, out / name, config, senones, rescore), "acoustic_scale": used}
         write_json_atomic(scores_path, scores)
         guard.finish([scores_path])
     scores = read_json(scores_path)
@@ -243,6 +247,19 @@ def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: in
     return senone_alignments(tm, tids)
 
 
+def ctc_table_name(layout: RecipeLayout, inner: str) -> str:
+    """The CTC table's row of decode-part's ``ctc-<inner>`` system: ``ensemble`` (every teacher of
+    the independent set), ``teacher<i>``, or a student folder."""
+    if inner == "ensemble":
+        return f"ensemble of {len(_ctc_teacher_dirs(layout))}"
+    return inner if inner.startswith("teacher") and inner[7:].isdigit() else f"student: {inner}"
+
+
+def _ctc_teacher_dirs(layout: RecipeLayout) -> list[Path]:
+    """The independent CTC teacher set's teacher folders, in index order."""
+    return sorted((d for d in layout.ctc_teacher_set(0).glob("teacher*") if d.name[7:].isdigit()), key=lambda d: int(d.name[7:]))
+
+
 def ctc_decode_config(layout: RecipeLayout) -> DecodeConfig:
     """The DecodeConfig the CTC decoding stage used (its record), so a part decodes as its table did."""
     record = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)")
@@ -260,11 +277,10 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
         from asr_kd.decode.hlg import load_hlg
 
         inner = name[len(CTC_PREFIX):]
-        teachers = layout.ctc_teacher_set(0)
         if inner == "ensemble":
-            models = [load_ctc_model(d) for d in sorted(teachers.glob("teacher*"), key=lambda d: int(d.name[7:])) if d.name[7:].isdigit()]
+            models = [load_ctc_model(d) for d in _ctc_teacher_dirs(layout)]
         elif inner.startswith("teacher") and inner[7:].isdigit():
-            models = [load_ctc_model(teachers / inner)]
+            models = [load_ctc_model(layout.ctc_teacher_set(0) / inner)]
         else:
             models = [load_ctc_model(layout.ctc_student_dir(inner))]
         fusion = str(require_record(layout.ctc_decode, "the CTC decoding stage").config["ctc"]["fusion"])

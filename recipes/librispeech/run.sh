@@ -53,6 +53,7 @@ num_threads=1          # torch threads per process (small networks train faster 
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
 ctc_config=""          # CtcConfig YAML; empty: the preset's
 ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: the preset's
+ctc_decode_config="$recipe_dir/conf/decode_ctc.yaml" # DecodeConfig of CTC stage 7: beam, max-active, the scale grid tuned on dev
 ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first steps; empty: the preset's
 ctc_guide_weight=1.0   # > 0: also train a teacher set whose spikes are guided by teacher0's (guided CTC); 0: none
 on_change=redo         # a finished stage whose settings or inputs changed: redo it, or stop with the differences
@@ -102,9 +103,10 @@ With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path i
   4  CTC teachers (independent seeds; a set sharing its first --ctc-shared-init-steps; a set
      guided by teacher0's spikes with weight --ctc-guide-weight)
   5  the teachers' spike misalignment report, every teacher set
-  6  CTC students: baseline, frame-level KD (KL at T, blank handling), sequence-level KD
-     (the ensemble's pseudo-labels), and a frame-level KD student of each extra teacher set
-  7  greedy, prefix-beam and HLG decoding; token error rates and WER rows in \$results
+  6  CTC students, --num-seeds of each: baseline, frame-level KD (KL at T, blank handling), sequence-level
+     KD (the ensemble's pseudo-labels); and a frame-level KD student of each extra teacher set
+  7  greedy, prefix-beam and HLG decoding (each system's scale chosen on the dev part); token error
+     rates and WER rows in \$results, a student's seeds averaged, intervals against the baseline
 Stage 3 (GMM-HMM) is only needed by the hybrid path.
 
 Options (default in brackets):
@@ -167,6 +169,8 @@ Options (default in brackets):
   --model-type T       hybrid, ctc or both [$model_type]
   --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
   --ctc-train-config F TrainConfig YAML of the CTC models; empty: the preset's [$ctc_train_config]
+  --ctc-decode-config F  DecodeConfig YAML of CTC stage 7 (beam, max-active, ctc_acoustic_scales: each system's HLG
+                       scale chosen on the dev part) [$ctc_decode_config]
   --ctc-shared-init-steps N  steps shared by the second CTC teacher set; 0: none [$ctc_shared_init_steps]
   --ctc-guide-weight W guided-CTC weight of the third CTC teacher set; 0: none [$ctc_guide_weight]
   --on-change redo|stop  a finished stage whose settings changed: redo it, or stop [$on_change]
@@ -418,21 +422,29 @@ if [ "$ctc" = true ]; then
     run_logged "$exp/log/stage5_ctc_spikes.log" asr-kd ctc-spike-report "${ctc_common[@]}"
   fi
   if in_stages 6; then
-    for kind in baseline frame sequence; do
-      log "Stage 6 (CTC): $kind student"
-      run_logged "$exp/log/stage6_ctc_$kind.log" asr-kd ctc-train-student "${ctc_common[@]}" --config "$ctc_train_config" --kind "$kind"
+    # --num-seeds students per kind (as the hybrid students), --nj at a time. Seed 0 of every kind
+    # finishes first: it makes what the other seeds reuse (stored soft targets).
+    for k in $(seq 0 $((num_seeds - 1))); do
+      for kind in baseline frame sequence; do
+        log "Stage 6 (CTC): $kind student, seed $k"
+        run_logged_bg "$nj" "$exp/log/stage6_ctc_${kind}_seed$k.log" asr-kd ctc-train-student "${ctc_common[@]}" \
+          --config "$ctc_train_config" --kind "$kind" --seed-index "$k"
+      done
+      [ "$k" -gt 0 ] || wait_logged
     done
     # Does a teacher set with aligned spikes distil better? One frame-level student per extra set.
     for i in "${!ctc_extra_sets[@]}"; do
       name=frame_${ctc_extra_names[$i]}
       log "Stage 6 (CTC): $name student (teachers with ${ctc_extra_sets[$i]})"
-      run_logged "$exp/log/stage6_ctc_$name.log" asr-kd ctc-train-student "${ctc_common[@]}" --config "$ctc_train_config" \
+      run_logged_bg "$nj" "$exp/log/stage6_ctc_$name.log" asr-kd ctc-train-student "${ctc_common[@]}" --config "$ctc_train_config" \
         --kind frame --name "$name" --ctc-set "${ctc_extra_sets[$i]}"
     done
+    wait_logged
   fi
   if in_stages 7; then
-    log "Stage 7 (CTC): greedy, prefix-beam and HLG decoding"
-    run_logged "$exp/log/stage7_ctc_decode.log" asr-kd ctc-decode "${ctc_common[@]}" --corpus "$corpus_name"
+    log "Stage 7 (CTC): greedy, prefix-beam and HLG decoding, each system's scale chosen on $dev_set"
+    run_logged "$exp/log/stage7_ctc_decode.log" asr-kd ctc-decode "${ctc_common[@]}" --corpus "$corpus_name" \
+      --decode-config "$ctc_decode_config"
   fi
 fi
 

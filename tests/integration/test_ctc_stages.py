@@ -18,6 +18,7 @@ from lhotse import load_manifest_lazy
 
 from asr_kd.bin.cli import main as cli_main
 from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig
+from asr_kd.errors import ConfigError
 from asr_kd.ctc.kd import CtcFrameKdLoss
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.training import evaluate_ctc, load_ctc_model
@@ -59,6 +60,8 @@ def ctc_run(tiny_stage2, tmp_path_factory):
         student_train = dataclasses.replace(TRAIN, max_steps=20)
         students = {kind: train_ctc_student(layout, kind, CTC, student_train, results_md=md, command="test")
                     for kind in ("baseline", "frame", "sequence")}
+        # A second seed of the baseline: CTC stage 7 makes the two one row.
+        students["baseline_seed1"] = train_ctc_student(layout, "baseline", CTC, student_train, results_md=md, command="test", seed_index=1)
     finally:
         torch.set_num_threads(before)
     return layout, md, teachers, students, guided
@@ -127,7 +130,15 @@ def test_students_and_pseudo_labels(ctc_run) -> None:
     layout, md, _, students, _ = ctc_run
     for kind, summary in students.items():
         assert summary["steps"] == 20 and (layout.ctc_student_dir(kind) / "final.pt").is_file()
+    for kind in ("frame", "sequence"):
         assert read_section(md, f"## CTC student: {kind} (phone)")
+    # Seeds: seed + 1000 + k, recorded; the baseline's section lists both.
+    assert [students["baseline"]["seed"], students["baseline_seed1"]["seed"]] == [TRAIN.seed + 1000, TRAIN.seed + 1001]
+    assert read_record(layout.ctc_student_dir("baseline_seed1")).config["train"]["seed"] == TRAIN.seed + 1001
+    section = read_section(md, "## CTC student: baseline (phone)")
+    assert section and f"seed {TRAIN.seed + 1000}: 20 steps" in section and f"seed {TRAIN.seed + 1001}: 20 steps" in section
+    with pytest.raises(ConfigError, match="_seed<k>"):
+        train_ctc_student(layout, "baseline", CTC, TRAIN, name="baseline_seed2")
     assert "teachers" not in read_record(layout.ctc_student_dir("baseline")).inputs
     assert read_record(layout.ctc_student_dir("frame")).inputs["teachers"] == read_record(layout.ctc_teacher_set(0)).fingerprint
     labels = json.loads((layout.ctc_student_dir("sequence") / "pseudo_labels_greedy.json").read_text())
@@ -159,18 +170,71 @@ def test_stored_soft_targets_give_the_online_loss(ctc_run) -> None:
     assert math.isclose(float(stored), float(online), rel_tol=0.02, abs_tol=0.02)
 
 
+# Without 1.0 (the default scale): on a tie (the tiny models' 100% WER) the smaller scale is chosen, so the
+# tests see that the chosen scale, not the default, reaches test-clean and decode-part.
+DECODE = DecodeConfig(ctc_acoustic_scales=(0.5, 2.0))
+
+
 def test_decoding_writes_the_ctc_rows(ctc_run, capsys) -> None:
+    from asr_kd.ctc.training import ctc_log_probs, hlg_wer
+    from asr_kd.data.ctc_data import cut_text
+    from asr_kd.decode.hlg import load_hlg
+    from asr_kd.stages.ctc_s7_decode import system_slug
+
     layout, md, _, _, _ = ctc_run
-    scores = decode_ctc_systems(layout, CTC, DecodeConfig(), results_md=md, command="test", corpus="tiny")
+    scores = decode_ctc_systems(layout, CTC, DECODE, results_md=md, command="test", corpus="tiny")
     assert set(scores) == {"teacher0", "teacher1", "ensemble of 2", "ensemble of 2 (independent, guided 1)",
-                           "ensemble of 2 (shared init 15 steps)", "student: baseline", "student: frame", "student: sequence"}
-    for by_part in scores.values():
+                           "ensemble of 2 (shared init 15 steps)", "student: baseline", "student: baseline_seed1", "student: frame",
+                           "student: sequence"}
+    for name, by_part in scores.items():
         assert set(by_part) == {"dev-clean", "test-clean"}
-        for s in by_part.values():
-            assert set(s) == {"greedy_ter", "beam_ter", "hlg_wer"} and all(v >= 0 and math.isfinite(v) for v in s.values())
+        for part, s in by_part.items():
+            assert {"greedy_ter", "beam_ter", "hlg_wer", "acoustic_scale"} <= set(s)
+            assert all(0 <= s[k] and math.isfinite(s[k]) for k in ("greedy_ter", "beam_ter", "hlg_wer"))
+            # The per-utterance counts add up to the part's rates (what the bootstrap resamples).
+            per_utt = json.loads((layout.ctc_decode / f"{system_slug(name)}_{part}" / "per_utt.json").read_text())
+            counts = [sum(v[i] for v in per_utt.values()) for i in range(4)]
+            assert counts[0] / counts[1] == pytest.approx(s["hlg_wer"]) and counts[2] / counts[3] == pytest.approx(s["greedy_ter"])
+        # The scale is chosen on dev and used on test; the other seed uses its first seed's.
+        assert by_part["dev-clean"]["acoustic_scale"] == by_part["test-clean"]["acoustic_scale"] in DECODE.ctc_acoustic_scales
+        assert ("sweep" in by_part["dev-clean"]) == (name != "student: baseline_seed1") and "sweep" not in by_part["test-clean"]
+    assert scores["student: baseline_seed1"]["test-clean"]["acoustic_scale"] == scores["student: baseline"]["dev-clean"]["acoustic_scale"]
+    # The sweep's errors are the dev WERs at those scales, and the chosen scale has the fewest;
+    # test-clean was decoded at it (decoded again here).
+    hlg = load_hlg(layout.ctc_graph / "HLG.fst")
+    units = prepare_units(layout, CTC)
+    frame = [load_ctc_model(layout.ctc_student_dir("frame"))]
+    for part in ("dev-clean", "test-clean"):
+        cuts = layout.open_cuts(layout.fbank_cuts(part))
+        refs = {c.id: cut_text(c) for c in cuts}
+        lps = {c.id: lp for c, lp in ctc_log_probs(frame, cuts, layout.open_cmvn(part), 1.0, CTC.fusion)}
+        if part == "dev-clean":
+            sweep = scores["student: frame"][part]["sweep"]
+            assert [hlg_wer(lps, refs, units, hlg, DECODE, s).errors for s in sweep["scales"]] == sweep["errors"]
+            assert sweep["errors"][sweep["scales"].index(sweep["best"])] == min(sweep["errors"])
+        else:
+            assert hlg_wer(lps, refs, units, hlg, DECODE, scores["student: frame"][part]["acoustic_scale"]).wer == pytest.approx(
+                scores["student: frame"][part]["hlg_wer"])
+    # Differences from the baseline: its two seeds averaged utterance by utterance (same words, so
+    # the difference of WERs is the frame student's minus the seeds' mean).
+    comparisons = json.loads((layout.ctc_decode / "comparisons.json").read_text())
+    diffs = comparisons["parts"]["test-clean"]
+    assert set(diffs) == {"ensemble of 2 - baseline", "ensemble of 2 (independent, guided 1) - baseline",
+                          "ensemble of 2 (shared init 15 steps) - baseline", "student: frame - baseline", "student: sequence - baseline"}
+    base = (scores["student: baseline"]["test-clean"]["hlg_wer"] + scores["student: baseline_seed1"]["test-clean"]["hlg_wer"]) / 2
+    d = diffs["student: frame - baseline"]["hlg_wer"]
+    assert d["value"] == pytest.approx(scores["student: frame"]["test-clean"]["hlg_wer"] - base) and d["low"] <= d["value"] <= d["high"]
     assert (layout.ctc_graph / "HLG.fst").is_file() and read_record(layout.ctc_graph) is not None
     section = read_section(md, "## CTC results (phone)")
-    assert section and "| student: sequence | test-clean |" in section and "| ensemble of 2 | dev-clean |" in section
+    assert section and "| student: sequence | 1 | test-clean |" in section and "| ensemble of 2 | 1 | dev-clean |" in section
+    mean_ter = (scores["student: baseline"]["test-clean"]["greedy_ter"] + scores["student: baseline_seed1"]["test-clean"]["greedy_ter"]) / 2
+    assert f"| student: baseline | 2 | test-clean | {100 * mean_ter:.1f}% ± " in section
+    assert "| test-clean | student: frame − baseline | " + f"{100 * d['value']:+.2f}" in section
+    # A changed grid redoes the decoding (the record holds the decode config).
+    record = read_record(layout.ctc_decode)
+    decode_ctc_systems(layout, CTC, dataclasses.replace(DECODE, ctc_acoustic_scales=(0.5,)))
+    assert read_record(layout.ctc_decode) != record
+    decode_ctc_systems(layout, CTC, DECODE, results_md=md, command="test", corpus="tiny")
     # The command line reaches the same library function (spike report: cheap, already tested above).
     rc = cli_main(["ctc-spike-report", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir),
                    "--ctc-set", "model_size=tiny", "--num-threads", "1"])
@@ -218,7 +282,7 @@ def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
     import shutil
 
     layout, md, _, _, _ = ctc_run
-    scores = decode_ctc_systems(layout, CTC, DecodeConfig(), results_md=md, command="test", corpus="tiny")
+    scores = decode_ctc_systems(layout, CTC, DECODE, results_md=md, command="test", corpus="tiny")
     corpus = tmp_path / "corpus"
     shutil.copytree(layout.data_dir / "corpus" / "test-clean", corpus / "my-test")
     rc = cli_main(["decode-part", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir), "--corpus-dir", str(corpus),
@@ -228,6 +292,7 @@ def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
     for name, row in (("ctc-frame", "student: frame"), ("ctc-baseline", "student: baseline"), ("ctc-teacher1", "teacher1"),
                       ("ctc-ensemble", "ensemble of 2")):
         assert part[name]["wer"] == pytest.approx(scores[row]["test-clean"]["hlg_wer"])
+        assert part[name]["acoustic_scale"] == scores[row]["test-clean"]["acoustic_scale"] == scores[row]["dev-clean"]["sweep"]["best"]
         assert part[name]["utterances"] == sum(1 for _ in layout.open_cuts(layout.fbank_cuts("test-clean")))
         errors = part[name]["substitutions"] + part[name]["deletions"] + part[name]["insertions"]
         assert sum(v["errors"] for v in part[name]["per_speaker"].values()) == errors

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_librispeech_recipe
+from asr_kd.report.results_md import read_section
+from tests.conftest import RUN_SH, run_librispeech_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +24,27 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
                  "Stage 6 (CTC): frame student", "frame_guided1.0 student", "Stage 7 (CTC)"):
         assert line in out.stderr, line
     ctc_dir = exp / "ctc" / "phone"
+    # tiny's preset asks for 2 seeds per student kind; the extra teacher sets' students get one.
     for model in ("teachers/teacher1", "teachers_shared15/teacher1", "teachers_guided1/teacher1", "students/baseline",
-                  "students/sequence", "students/frame", "students/frame_shared15", "students/frame_guided1.0"):
+                  "students/sequence", "students/frame", "students/baseline_seed1", "students/sequence_seed1", "students/frame_seed1",
+                  "students/frame_shared15", "students/frame_guided1.0"):
         assert (ctc_dir / model / "final.pt").is_file(), model
+    assert not (ctc_dir / "students" / "frame_seed2").exists() and not (ctc_dir / "students" / "frame_guided1.0_seed1").exists()
     assert set(json.loads((ctc_dir / "spikes" / "spike_report.json").read_text())) == {"independent", "shared init 15 steps", "independent, guided 1"}
     text = (exp / "RESULTS.md").read_text()
     assert "./run.sh --preset tiny" in text and "--model-type ctc" in text
-    assert "CTC" in text
+    # Stage 7 decoded with conf/decode_ctc.yaml: its grid searched on dev, a student's seeds one row.
+    from asr_kd.config import DecodeConfig, load_config
+    from asr_kd.stages.provenance import read_record
+
+    grid = load_config(DecodeConfig, RUN_SH.parent / "conf" / "decode_ctc.yaml").ctc_acoustic_scales
+    assert len(grid) > 2 and read_record(ctc_dir / "decode").config["decode"]["ctc_acoustic_scales"] == list(grid)
+    scores = json.loads((ctc_dir / "decode" / "scores.json").read_text())
+    assert scores["student: frame_seed1"]["test-clean"]["acoustic_scale"] == scores["student: frame"]["dev-clean"]["sweep"]["best"] in grid
+    section = read_section(exp / "RESULTS.md", "## CTC results (phone)")
+    for row in ("student: baseline", "student: frame", "student: sequence"):
+        assert f"| {row} | 2 | test-clean |" in section, row
+    assert "| test-clean | student: frame − baseline |" in section and "| student: frame_guided1.0 | 1 | test-clean |" in section
 
 
 def test_unknown_model_type_is_rejected(tmp_path: Path) -> None:
