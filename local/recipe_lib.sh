@@ -47,8 +47,9 @@ run_logged() {
 }
 
 # run_logged_bg MAXJOBS LOGFILE CMD...: run_logged in the background, at most MAXJOBS at a time
-# (waits for the oldest first); wait_logged waits for all of them. A failed job fails the recipe
-# when it is waited for, with its own log named.
+# (waits for the oldest first); wait_logged waits for all of them. When a job fails, the jobs still
+# running are waited for (they write records and RESULTS.md), then the recipe stops with the first
+# failure's status (its log was named by run_logged).
 __asr_kd_bg_pids=()
 run_logged_bg() {
   local maxjobs="$1"
@@ -56,19 +57,23 @@ run_logged_bg() {
   run_logged "$@" &
   __asr_kd_bg_pids+=("$!")
   if [ "${#__asr_kd_bg_pids[@]}" -ge "$maxjobs" ]; then
-    local first="${__asr_kd_bg_pids[0]}"
+    local first="${__asr_kd_bg_pids[0]}" rc=0
     __asr_kd_bg_pids=("${__asr_kd_bg_pids[@]:1}")
-    wait "$first"
+    wait "$first" || rc=$?
+    [ "$rc" -eq 0 ] || { wait_logged || true; exit "$rc"; }
   fi
 }
 
 wait_logged() {
-  local pid
+  local pid rc=0 first_rc=0
   while [ "${#__asr_kd_bg_pids[@]}" -gt 0 ]; do
     pid="${__asr_kd_bg_pids[0]}"
     __asr_kd_bg_pids=("${__asr_kd_bg_pids[@]:1}")
-    wait "$pid"
+    rc=0
+    wait "$pid" || rc=$?
+    [ "$first_rc" -ne 0 ] || first_rc=$rc
   done
+  [ "$first_rc" -eq 0 ] || exit "$first_rc"
 }
 
 # run_stage_logged N NAME DESCRIPTION LOGDIR CMD...: within --stage .. --stop-stage, run CMD,

@@ -64,9 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ctc-decode", help="greedy, prefix-beam and HLG decoding of every CTC system; WER table",
                        description="Builds HLG for the units (kaldifst) and scores each teacher, the ensemble and the trained "
                        "students (every seed) on --decode-parts: greedy and prefix-beam token error rates (and WERs for BPE), HLG "
-                       "WER (kaldi-decoder) at each system's scale chosen on the dev part from decode.ctc_acoustic_scales; a "
-                       "student's seeds make one row (mean and deviation) and every ensemble and student is compared with the "
-                       "baseline student by a paired bootstrap. Writes <exp>/ctc/<units>/decode/ (scores.json, comparisons.json, "
+                       "WER (kaldi-decoder); when decode.ctc_acoustic_scales is set (run.sh passes conf/decode_ctc.yaml) at each "
+                       "system's scale chosen on the dev part from it, else at decode.ctc_acoustic_scale. A student's seeds make "
+                       "one row (mean and deviation) and every ensemble and student is compared with the baseline student by a "
+                       "paired bootstrap. Writes <exp>/ctc/<units>/decode/ (scores.json, comparisons.json, "
                        "per-utterance counts) and the CTC table of --results-md.")
     _common_args(p)
     p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")
@@ -120,9 +121,10 @@ def _spike_report(args: argparse.Namespace) -> int:
 def _train_student(args: argparse.Namespace) -> int:
     from asr_kd.stages.ctc_s6_students import train_ctc_student
 
-    cfg, common = _setup(args, f"ctc_train_student_{args.kind}")
+    name = args.name or args.kind
+    cfg, common = _setup(args, f"ctc_train_student_{name}" + (f"_seed{args.seed_index}" if args.seed_index else ""))
     r = train_ctc_student(kind=args.kind, name=args.name, cfg=cfg, train_config=_train_config(args), seed_index=args.seed_index, **common)
-    print(f"{args.name or args.kind} seed {r['seed']} ({r['stop_reason']}); best dev token error rate {r['best_dev_ter']}")
+    print(f"{name} seed {r['seed']} ({r['stop_reason']}); best dev token error rate {r['best_dev_ter']}")
     return 0
 
 

@@ -7,6 +7,8 @@ benchmarks can update their own tables independently.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 from asr_kd.utils import write_text_atomic
@@ -21,6 +23,18 @@ def write_section(path: Path | str, heading: str, text: str, header: str = "# Re
     the file does not exist yet.
     """
     path = Path(path)
+    # Stages may finish side by side (CTC stage 6 trains --nj students at once): the read, edit and
+    # rename below run under a lock on the folder, so no writer drops another's section.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        _replace_section(path, heading, text, header, after)
+    finally:
+        os.close(folder)  # releases the lock
+
+
+def _replace_section(path: Path, heading: str, text: str, header: str, after: str | None) -> None:
     old = path.read_text() if path.exists() else header
     sections = old.split("\n## ")
     out = [sections[0]]

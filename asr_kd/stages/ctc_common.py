@@ -30,6 +30,7 @@ its recorded outputs. Training and running one model is library code (:mod:`asr_
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -149,3 +150,25 @@ def student_groups(names: Sequence[str]) -> dict[str, list[str]]:
         groups.setdefault(base, []).append((k, name))
     order = sorted(groups, key=lambda b: (b not in STUDENT_KINDS, STUDENT_KINDS.index(b) if b in STUDENT_KINDS else 0, b))
     return {b: [n for _, n in sorted(groups[b])] for b in order}
+
+
+def seed_groups(layout: RecipeLayout) -> tuple[dict[str, list[str]], list[str]]:
+    """The finished CTC students grouped by seed (:func:`student_groups`), keeping in each group
+    only the seeds whose record (settings and inputs) equals the first seed's apart from the
+    training seed, and the folders left out for differing (e.g. a ``_seed2`` kept from a run with
+    other settings after ``--num-seeds`` went down): they are never averaged into a row."""
+    groups, left_out = {}, []
+    for base, members in student_groups(trained_students(layout)).items():
+        first = _seedless(read_record(layout.ctc_student_dir(members[0])))
+        keep = [m for m in members if _seedless(read_record(layout.ctc_student_dir(m))) == first]
+        left_out += [m for m in members if m not in keep]
+        groups[base] = keep
+    return groups, left_out
+
+
+def _seedless(record: StageRecord | None) -> tuple:
+    """A student's record as a comparable value without its training seed."""
+    assert record is not None
+    config = json.loads(json.dumps(record.config))
+    config.get("train", {}).pop("seed", None)
+    return json.dumps(config, sort_keys=True), json.dumps(record.inputs, sort_keys=True)

@@ -5,7 +5,9 @@ ensemble's pseudo-labels). Folders: :mod:`asr_kd.stages.ctc_common`."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import logging
 import re
 import time
@@ -27,8 +29,8 @@ from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
-    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, ctc_student_folder, load_ctc_teachers, prepare_units, student_groups, teacher_set_record,
-    teachers_of, trained_students, units_record_fingerprint,
+    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, ctc_student_folder, load_ctc_teachers, prepare_units, seed_groups, teacher_set_record,
+    teachers_of, units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
@@ -51,6 +53,19 @@ def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: fl
     records the teacher set, fusion, T and k). ``stats.json`` beside it: bytes per frame stored
     vs dense and the mean KL(stored || full), as in the hybrid path. The folder's record holds
     the settings and the teacher set's fingerprint; a mismatch redoes it."""
+    # Students trained side by side (CTC stage 6, --nj) may all ask for them: one makes them while the
+    # others wait on a lock, then find them finished.
+    lock_dir = ctc_soft_dir(layout, cfg).parent
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(lock_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _make_ctc_soft_targets(layout, cfg, max_duration)
+    finally:
+        os.close(lock)
+
+
+def _make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float) -> Path:
     out_path = ctc_soft_cuts(layout, cfg)
     settings = {"temperature": cfg.temperature, "top_k": cfg.top_k, "fusion": cfg.fusion, "num_teachers": cfg.num_teachers,
                 "teacher_set": teachers_of(layout, cfg).name, "train_part": layout.train_part}
@@ -169,16 +184,18 @@ def train_ctc_student(
                                                     "stop_reason": result.state.stop_reason, "seed": scfg.seed}, indent=1) + "\n")
         guard.finish([summary_path, result.final_path])
     summary = json.loads(summary_path.read_text())
+    summary.setdefault("seed", scfg.seed)  # a student trained before seeds were recorded (its seed is the record's)
     how = {"baseline": "CTC on the transcripts",
            "frame": (f"frame-level KD ({cfg.kd_source}): {cfg.kd_weight:g} x T^2 KL at T={cfg.temperature:g}, blank {cfg.blank_handling}"
                      f"{f' (weight {cfg.blank_weight:g})' if cfg.blank_handling == 'downweight' else ''} + {cfg.ctc_weight:g} x CTC"),
            "sequence": f"sequence-level KD: {cfg.kd_weight:g} x CTC on the ensemble's {cfg.pseudo_labels} hypotheses + {cfg.ctc_weight:g} x CTC"}[kind]
-    # One section per student: a line for each of its seeds trained so far (their own summaries).
-    folders = student_groups(trained_students(layout)).get(name) or [exp_dir.name]
+    # One section per student: a line for each of its seeds trained so far with the same settings.
+    folders = seed_groups(layout)[0].get(name) or [exp_dir.name]
     seeds = []
     for d in (layout.ctc_student_dir(f) for f in folders):
         info = json.loads((d / "summary.json").read_text())
-        seeds.append((d, f"seed {info.get('seed', '?')}: {info['steps']} steps, best dev greedy TER {fmt_pct(info['best_dev_ter'])}"))
+        seed = info.get("seed", require_record(d, "asr-kd ctc-train-student").config["train"]["seed"])
+        seeds.append((d, f"seed {seed}: {info['steps']} steps, best dev greedy TER {fmt_pct(info['best_dev_ter'])}"))
     body = f"CTC {cfg.model_size}, {cfg.units} units; {how}. " + "; ".join(line for _, line in seeds) + ".\n"
     write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command, [d for d, _ in seeds])
     return summary

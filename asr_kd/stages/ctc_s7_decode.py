@@ -36,8 +36,7 @@ from asr_kd.metrics.paired import BOOTSTRAP_RESAMPLES, bootstrap_difference
 from asr_kd.report.tables import format_interval, significance
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
-    describe_teacher_set, load_ctc_teachers, prepare_units, student_groups, teacher_set_record, teachers_of, trained_students,
-    trained_teacher_sets,
+    describe_teacher_set, load_ctc_teachers, prepare_units, seed_groups, teacher_set_record, teachers_of, trained_teacher_sets,
     units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
@@ -95,11 +94,14 @@ def decode_ctc_systems(
     units = prepare_units(layout, cfg)
     graph = build_ctc_graph(layout, units)
     sets = [cfg, *(o for o in trained_teacher_sets(layout, cfg) if teachers_of(layout, o) != teachers_of(layout, cfg))]
-    groups = student_groups(trained_students(layout))
+    groups, left_out = seed_groups(layout)
+    for m in left_out:
+        log.warning("CTC stage 7: student %s left out: its settings differ from its first seed's (retrain it with "
+                    "ctc-train-student --seed-index, or delete %s)", m, layout.ctc_student_dir(m))
     tune = bool(decode_config.ctc_acoustic_scales)
     parts = list(parts or [layout.dev_part, *layout.test_parts])
-    if tune and layout.dev_part not in parts:
-        parts.insert(0, layout.dev_part)
+    if tune:  # the dev part first: every other part is decoded at the scale chosen there
+        parts = [layout.dev_part, *(p for p in parts if p != layout.dev_part)]
     inputs = {"graph": require_record(layout.ctc_graph, "the CTC graph").fingerprint,
               **{f"set {teachers_of(layout, c).name}": teacher_set_record(layout, c).fingerprint for c in sets},
               **{f"student {name}": require_record(layout.ctc_student_dir(name), "asr-kd ctc-train-student").fingerprint
@@ -127,7 +129,7 @@ def decode_ctc_systems(
     assert isinstance(scores, dict)
     comparisons = read_json(comparisons_path)
     assert isinstance(comparisons, dict)
-    body = _render(layout, cfg, decode_config, units, corpus, rows, scores, comparisons)
+    body = _render(layout, cfg, decode_config, units, corpus, rows, scores, comparisons, left_out)
     write_results(results_md, f"## CTC results ({cfg.units})", body, command, [layout.ctc_decode])
     return scores
 
@@ -188,7 +190,7 @@ def _compare_rows(layout: RecipeLayout, rows: Mapping[str, Sequence[str]], parts
 
 def _render(
     layout: RecipeLayout, cfg: CtcConfig, decode_config: DecodeConfig, units: CtcUnits, corpus: str, rows: Mapping[str, Sequence[str]],
-    scores: Mapping[str, Mapping[str, Mapping]], comparisons: Mapping,
+    scores: Mapping[str, Mapping[str, Mapping]], comparisons: Mapping, left_out: Sequence[str] = (),
 ) -> str:
     """The RESULTS.md section: one line per row and part (means ± standard deviations over a
     student's seeds), how the scales were chosen, and the differences from the baseline."""
@@ -216,6 +218,8 @@ def _render(
            f"{{{', '.join(f'{s:g}' for s in grid)}}} (the fewest word errors; a student's other seeds use its first seed's scale; "
            "the test parts are never used to choose it)" if grid else f"scale {decode_config.ctc_acoustic_scale:g} on the log-probabilities (not tuned)")
     edge = (f" At the edge of the grid (the best may lie beyond it): {', '.join(edges)}." if edges else "")
+    if left_out:
+        edge += f" Left out, their settings differing from their first seed's: {', '.join(left_out)}."
     body = (f"CTC {cfg.model_size} encoders, {units.num_tokens} {cfg.units} tokens{f', on {corpus}' if corpus else ''}; "
             f"teachers: {describe_teacher_set(cfg.shared_init_steps, cfg.guide_weight)}; each student's settings are in its own section. TER = token error rate "
             "(prefix beam search without LM); HLG WER = kaldi-decoder over H o L o G with the recipe's n-gram LM, "

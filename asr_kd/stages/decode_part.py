@@ -163,9 +163,13 @@ def decode_part(
             scale = scales.get(name)
             if name.startswith(CTC_PREFIX) and tune_scale:
                 config = ctc_decode_config(layout)
-                ctc_scale = system_scale(layout, ctc_table_name(layout, name[len(CTC_PREFIX):]))
+                row = ctc_table_name(layout, name[len(CTC_PREFIX):])
+                ctc_scale = system_scale(layout, row)
                 if ctc_scale is not None:  # the scale the CTC decoding stage chose for it on dev
                     config = dataclasses.replace(config, ctc_acoustic_scale=ctc_scale)
+                elif config.ctc_acoustic_scales:
+                    raise DataError(f"{layout.ctc_decode / 'scores.json'} has no scale for {row!r}, which {name} names; rerun CTC stage 7 "
+                                    "(asr-kd ctc-decode) after training it")
                 how = "as the CTC decoding stage"
             else:
                 config = decode_config if scale is None else dataclasses.replace(decode_config, acoustic_scale=scale)
@@ -250,8 +254,9 @@ def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: in
 def ctc_table_name(layout: RecipeLayout, inner: str) -> str:
     """The CTC table's row of decode-part's ``ctc-<inner>`` system: ``ensemble`` (every teacher of
     the independent set), ``teacher<i>``, or a student folder."""
-    if inner == "ensemble":
-        return f"ensemble of {len(_ctc_teacher_dirs(layout))}"
+    if inner == "ensemble":  # the ensemble of the teachers the CTC decoding stage used
+        record = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)")
+        return f"ensemble of {record.config['ctc']['num_teachers']}"
     return inner if inner.startswith("teacher") and inner[7:].isdigit() else f"student: {inner}"
 
 
@@ -278,7 +283,8 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
 
         inner = name[len(CTC_PREFIX):]
         if inner == "ensemble":
-            models = [load_ctc_model(d) for d in _ctc_teacher_dirs(layout)]
+            num = int(require_record(layout.ctc_decode, "the CTC decoding stage").config["ctc"]["num_teachers"])
+            models = [load_ctc_model(d) for d in _ctc_teacher_dirs(layout)[:num]]
         elif inner.startswith("teacher") and inner[7:].isdigit():
             models = [load_ctc_model(layout.ctc_teacher_set(0) / inner)]
         else:

@@ -53,7 +53,7 @@ num_threads=1          # torch threads per process (small networks train faster 
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
 ctc_config=""          # CtcConfig YAML; empty: the preset's
 ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: the preset's
-ctc_decode_config="$recipe_dir/conf/decode_ctc.yaml" # DecodeConfig of CTC stage 7: beam, max-active, the scale grid tuned on dev
+ctc_decode_config="$recipe_dir/conf/decode_ctc.yaml" # DecodeConfig of CTC stage 7: beam, max-active (--decode-beam applies), the scale grid tuned on dev
 ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first steps; empty: the preset's
 ctc_guide_weight=1.0   # > 0: also train a teacher set whose spikes are guided by teacher0's (guided CTC); 0: none
 on_change=redo         # a finished stage whose settings or inputs changed: redo it, or stop with the differences
@@ -170,7 +170,7 @@ Options (default in brackets):
   --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
   --ctc-train-config F TrainConfig YAML of the CTC models; empty: the preset's [$ctc_train_config]
   --ctc-decode-config F  DecodeConfig YAML of CTC stage 7 (beam, max-active, ctc_acoustic_scales: each system's HLG
-                       scale chosen on the dev part) [$ctc_decode_config]
+                       scale chosen on the dev part; --decode-beam overrides its beam too) [$ctc_decode_config]
   --ctc-shared-init-steps N  steps shared by the second CTC teacher set; 0: none [$ctc_shared_init_steps]
   --ctc-guide-weight W guided-CTC weight of the third CTC teacher set; 0: none [$ctc_guide_weight]
   --on-change redo|stop  a finished stage whose settings changed: redo it, or stop [$on_change]
@@ -422,8 +422,9 @@ if [ "$ctc" = true ]; then
     run_logged "$exp/log/stage5_ctc_spikes.log" asr-kd ctc-spike-report "${ctc_common[@]}"
   fi
   if in_stages 6; then
-    # --num-seeds students per kind (as the hybrid students), --nj at a time. Seed 0 of every kind
-    # finishes first: it makes what the other seeds reuse (stored soft targets).
+    # --num-seeds students per kind (as the hybrid students), --nj local processes at a time (--cmd is
+    # not used here). Seed 0 of every kind finishes first: it makes what the other seeds reuse
+    # (stored soft targets, under a lock as well).
     for k in $(seq 0 $((num_seeds - 1))); do
       for kind in baseline frame sequence; do
         log "Stage 6 (CTC): $kind student, seed $k"
@@ -444,7 +445,7 @@ if [ "$ctc" = true ]; then
   if in_stages 7; then
     log "Stage 7 (CTC): greedy, prefix-beam and HLG decoding, each system's scale chosen on $dev_set"
     run_logged "$exp/log/stage7_ctc_decode.log" asr-kd ctc-decode "${ctc_common[@]}" --corpus "$corpus_name" \
-      --decode-config "$ctc_decode_config"
+      --decode-config "$ctc_decode_config" "${decode_beam_set[@]}"
   fi
 fi
 

@@ -62,6 +62,8 @@ def ctc_run(tiny_stage2, tmp_path_factory):
                     for kind in ("baseline", "frame", "sequence")}
         # A second seed of the baseline: CTC stage 7 makes the two one row.
         students["baseline_seed1"] = train_ctc_student(layout, "baseline", CTC, student_train, results_md=md, command="test", seed_index=1)
+        # A seed made with other settings (as after a config change with fewer --num-seeds): never averaged in.
+        train_ctc_student(layout, "sequence", CTC, dataclasses.replace(student_train, max_steps=10), results_md=md, command="test", seed_index=1)
     finally:
         torch.set_num_threads(before)
     return layout, md, teachers, students, guided
@@ -230,11 +232,15 @@ def test_decoding_writes_the_ctc_rows(ctc_run, capsys) -> None:
     mean_ter = (scores["student: baseline"]["test-clean"]["greedy_ter"] + scores["student: baseline_seed1"]["test-clean"]["greedy_ter"]) / 2
     assert f"| student: baseline | 2 | test-clean | {100 * mean_ter:.1f}% ± " in section
     assert "| test-clean | student: frame − baseline | " + f"{100 * d['value']:+.2f}" in section
+    assert "Left out, their settings differing from their first seed's: sequence_seed1." in section
+    assert f"seed {TRAIN.seed + 1001}" not in read_section(md, "## CTC student: sequence (phone)")
     # A changed grid redoes the decoding (the record holds the decode config).
     record = read_record(layout.ctc_decode)
-    decode_ctc_systems(layout, CTC, dataclasses.replace(DECODE, ctc_acoustic_scales=(0.5,)))
+    decode_ctc_systems(layout, CTC, dataclasses.replace(DECODE, ctc_acoustic_scales=(1.0,)))
     assert read_record(layout.ctc_decode) != record
-    decode_ctc_systems(layout, CTC, DECODE, results_md=md, command="test", corpus="tiny")
+    # Parts given test first: dev is still decoded first, and test-clean gets the scale chosen there.
+    again = decode_ctc_systems(layout, CTC, DECODE, parts=["test-clean", "dev-clean"], results_md=md, command="test", corpus="tiny")
+    assert again["student: frame"]["test-clean"]["acoustic_scale"] == again["student: frame"]["dev-clean"]["sweep"]["best"] == 0.5
     # The command line reaches the same library function (spike report: cheap, already tested above).
     rc = cli_main(["ctc-spike-report", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir),
                    "--ctc-set", "model_size=tiny", "--num-threads", "1"])

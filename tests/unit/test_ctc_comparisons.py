@@ -1,0 +1,39 @@
+"""CTC stage 7's differences from the baseline student, on hand-written per-utterance counts (the
+tiny corpus's CTC models output only blanks, so the integration test cannot tell the columns or
+the seeds apart)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from asr_kd.stages.ctc_s7_decode import _compare_rows, system_slug
+from asr_kd.stages.layout import RecipeLayout
+
+# {utt: [HLG word errors, reference words, greedy token errors, reference tokens]}
+BASE0 = {"u1": [2, 10, 5, 30], "u2": [0, 5, 1, 15], "u3": [4, 8, 6, 20]}
+BASE1 = {"u1": [4, 10, 3, 30], "u2": [2, 5, 1, 15], "u3": [2, 8, 8, 20]}
+FRAME = {"u1": [1, 10, 2, 30], "u2": [0, 5, 0, 15], "u3": [1, 8, 4, 20]}
+
+
+def _write(layout: RecipeLayout, system: str, part: str, counts: dict) -> None:
+    path = layout.ctc_decode / f"{system_slug(system)}_{part}" / "per_utt.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(counts))
+
+
+def test_differences_average_the_baseline_seeds_and_keep_the_columns_apart(tmp_path) -> None:
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp", ctc_units="phone")
+    rows = {"teacher0": ["teacher0"], "student: baseline": ["student: baseline", "student: baseline_seed1"], "student: frame": ["student: frame"]}
+    for system, counts in (("teacher0", FRAME), ("student: baseline", BASE0), ("student: baseline_seed1", BASE1), ("student: frame", FRAME)):
+        _write(layout, system, "test-clean", counts)
+    out = _compare_rows(layout, rows, ["test-clean"])
+    assert set(out["parts"]["test-clean"]) == {"student: frame - baseline"}  # teachers are not compared
+    d = out["parts"]["test-clean"]["student: frame - baseline"]
+    # Word errors: baseline seeds 6 and 8 of 23 words (mean 7), frame 2; tokens: 12 and 12 of 65, frame 6.
+    assert d["hlg_wer"]["value"] == pytest.approx(2 / 23 - 7 / 23)
+    assert d["greedy_ter"]["value"] == pytest.approx(6 / 65 - 12 / 65)
+    assert d["hlg_wer"]["low"] <= d["hlg_wer"]["value"] <= d["hlg_wer"]["high"] < 0
+    # Without a baseline student there is nothing to compare with.
+    assert _compare_rows(layout, {"teacher0": ["teacher0"]}, ["test-clean"]) == {"parts": {}}
