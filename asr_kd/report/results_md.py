@@ -7,11 +7,9 @@ benchmarks can update their own tables independently.
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 
-from asr_kd.utils import write_text_atomic
+from asr_kd.utils import folder_lock, write_text_atomic
 
 
 def write_section(path: Path | str, heading: str, text: str, header: str = "# Results\n", after: str | None = None) -> None:
@@ -25,13 +23,8 @@ def write_section(path: Path | str, heading: str, text: str, header: str = "# Re
     path = Path(path)
     # Stages may finish side by side (CTC stage 6 trains --nj students at once): the read, edit and
     # rename below run under a lock on the folder, so no writer drops another's section.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
+    with folder_lock(path.parent):
         _replace_section(path, heading, text, header, after)
-    finally:
-        os.close(folder)  # releases the lock
 
 
 def _replace_section(path: Path, heading: str, text: str, header: str, after: str | None) -> None:

@@ -5,9 +5,7 @@ ensemble's pseudo-labels). Folders: :mod:`asr_kd.stages.ctc_common`."""
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
-import os
 import logging
 import re
 import time
@@ -36,7 +34,7 @@ from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.loop import LossFn
-from asr_kd.utils import atomic_path, write_text_atomic
+from asr_kd.utils import atomic_path, folder_lock, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +53,8 @@ def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: fl
     the settings and the teacher set's fingerprint; a mismatch redoes it."""
     # Students trained side by side (CTC stage 6, --nj) may all ask for them: one makes them while the
     # others wait on a lock, then find them finished.
-    lock_dir = ctc_soft_dir(layout, cfg).parent
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = os.open(lock_dir, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with folder_lock(ctc_soft_dir(layout, cfg).parent):
         return _make_ctc_soft_targets(layout, cfg, max_duration)
-    finally:
-        os.close(lock)
 
 
 def _make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float) -> Path:

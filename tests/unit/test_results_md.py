@@ -32,3 +32,23 @@ def test_a_new_section_goes_after_its_anchor_and_then_stays_where_it_stands(tmp_
     write_section(md, "## A2", "## A2\n\nnew a2\n", after="## C")  # an existing section is replaced in place
     write_section(md, "## D", "## D\n\nd\n", after="## missing")  # no anchor: at the end
     assert md.read_text() == "# Results\n\n## A\n\na\n\n## A2\n\nnew a2\n\n## B\n\nb\n\n## C\n\nc\n\n## D\n\nd\n"
+
+
+def _write_many(path: str, worker: int) -> None:
+    from asr_kd.report.results_md import write_section
+
+    for i in range(40):
+        write_section(path, f"## worker {worker} section {i}", f"## worker {worker} section {i}\n\n{'x' * 2000}\n")
+
+
+def test_sections_written_side_by_side_are_all_kept(tmp_path) -> None:
+    # CTC stage 6 trains several students at once, each writing its own section when it ends: the
+    # read-edit-rename of one writer must not drop another's section.
+    import concurrent.futures
+    import multiprocessing
+
+    path = tmp_path / "RESULTS.md"
+    with concurrent.futures.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_write_many, [str(path)] * 4, range(4)))
+    text = path.read_text()
+    assert all(f"## worker {w} section {i}\n" in text for w in range(4) for i in range(40))
