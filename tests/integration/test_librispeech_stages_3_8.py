@@ -444,9 +444,12 @@ def test_temperature_sweep_trains_seeded_students_per_temperature(recipe, tmp_pa
     assert [s["test_wer"] for s in sweep["rows"]["2"]["seeds"]] == [table1[n]["test-clean"]["wer"] for n in ("distilled", "distilled_seed1")]
     # The share of the ensemble's frame-accuracy gain each T keeps (Table 1's measure), from the rates.
     base_acc = np.mean([table1[n]["test-clean"]["frame_accuracy"] for n in table1 if n == "baseline" or n.startswith("baseline_seed")])
+    gain = table1["ensemble"]["test-clean"]["frame_accuracy"] - base_acc
     for row in sweep["rows"].values():
-        expected = (row["test_frame_accuracy"] - base_acc) / (table1["ensemble"]["test-clean"]["frame_accuracy"] - base_acc)
-        assert row["gain_share"]["value"] == pytest.approx(expected, abs=1e-9)
+        if gain > 0:
+            assert row["gain_share"]["value"] == pytest.approx((row["test_frame_accuracy"] - base_acc) / gain, abs=1e-9)
+        else:  # tiny's ensemble can lose to the baseline (it did on an Intel Xeon): no gain, no share
+            assert np.isnan(row["gain_share"]["value"])
     # The out-of-domain part (issue 12), decoded at each T's scale: at the recipe's T, stage 6's
     # students get Table 1's test-ood WERs back; each row's difference from the baseline there is
     # its seeds' mean minus the baseline seeds' mean (Table 1's).
@@ -475,7 +478,9 @@ def test_temperature_sweep_trains_seeded_students_per_temperature(recipe, tmp_pa
                f"{100 * row['test_frame_accuracy']:.1f} ± {100 * row['test_frame_accuracy_std']:.1f}% | " \
                f"{100 * row['test_wer']:.2f} ± {100 * row['test_wer_std']:.2f}% |" in section
         share = row["gain_share"]
-        assert f"| {100 * share['value']:.0f}% (95% CI {100 * share['low']:.0f}% to {100 * share['high']:.0f}%) |" in section
+        cell = (f"{100 * share['value']:.0f}% (95% CI {100 * share['low']:.0f}% to {100 * share['high']:.0f}%)" if gain > 0
+                else "n/a (no gain to share)")
+        assert f"| {cell} |" in section
         ood_iv = row["ood_wer_vs_baseline"]
         assert (f"| {t} | {100 * row['ood_frame_accuracy']:.1f}% | {100 * row['ood_wer']:.2f} ± {100 * row['ood_wer_std']:.2f}% | "
                 f"{row['ood_wer'] / row['test_wer'] - 1:+.0%} | {100 * ood_iv['value']:+.2f} [{100 * ood_iv['low']:+.2f}, "
