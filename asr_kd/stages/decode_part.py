@@ -252,8 +252,9 @@ def _align(layout: RecipeLayout, data: Path, part: str, lang: Lang, num_jobs: in
 
 
 def ctc_table_name(layout: RecipeLayout, inner: str) -> str:
-    """The CTC table's row of decode-part's ``ctc-<inner>`` system: ``ensemble`` (every teacher of
-    the independent set), ``teacher<i>``, or a student folder."""
+    """The CTC table's row of decode-part's ``ctc-<inner>`` system: ``ensemble`` (the independent
+    set's first ``ctc.num_teachers`` teachers, as CTC stage 7 fused them), ``teacher<i>``, or a
+    student folder."""
     if inner == "ensemble":  # the ensemble of the teachers the CTC decoding stage used
         record = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)")
         return f"ensemble of {record.config['ctc']['num_teachers']}"
