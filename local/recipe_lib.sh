@@ -60,12 +60,13 @@ run_logged_bg() {
     local first="${__asr_kd_bg_pids[0]}" rc=0
     __asr_kd_bg_pids=("${__asr_kd_bg_pids[@]:1}")
     wait "$first" || rc=$?
-    [ "$rc" -eq 0 ] || { wait_logged || true; exit "$rc"; }
+    [ "$rc" -eq 0 ] || wait_logged "$rc"
   fi
 }
 
+# wait_logged [RC]: RC, a failure seen before, is the status to stop with after the wait.
 wait_logged() {
-  local pid rc=0 first_rc=0
+  local pid rc=0 first_rc="${1:-0}"
   while [ "${#__asr_kd_bg_pids[@]}" -gt 0 ]; do
     pid="${__asr_kd_bg_pids[0]}"
     __asr_kd_bg_pids=("${__asr_kd_bg_pids[@]:1}")

@@ -168,6 +168,11 @@ def test_background_jobs_fail_the_recipe_after_the_others_end(tmp_path: Path) ->
                                f"run_logged_bg 2 {tmp_path}/b.log bash -c 'sleep 1; echo slow >> {marks}'\n"
                                f"run_logged_bg 2 {tmp_path}/c.log bash -c 'echo never >> {marks}'\nwait_logged")
     assert out.returncode == 4 and marks.read_text() == "slow\nexit\n"
+    # Two failures: the first one's status.
+    marks.unlink()
+    out = _bg_script(tmp_path, f"run_logged_bg 2 {tmp_path}/a.log bash -c 'exit 5'\n"
+                               f"run_logged_bg 2 {tmp_path}/b.log bash -c 'sleep 1; echo slow >> {marks}; exit 6'\nwait_logged")
+    assert out.returncode == 5 and marks.read_text() == "slow\nexit\n"
     marks.unlink()
     out = _bg_script(tmp_path, f"run_logged_bg 2 {tmp_path}/a.log true\nrun_logged_bg 2 {tmp_path}/b.log true\n"
                                f"run_logged_bg 2 {tmp_path}/c.log true\nwait_logged")
