@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=float, default=None, help="graph search beam (default: the model directory's, the recipe's tables')")
     p.add_argument("--max-active", type=int, default=None,
                    help="most active states per frame (default: the model directory's; its min-active is lowered below it where needed)")
-    p.add_argument("--acoustic-scale", type=float, default=None, help="acoustic scale of a hybrid or GMM-HMM model (default: the model directory's, tuned on dev)")
+    p.add_argument("--acoustic-scale", type=float, default=None, help="acoustic scale of a hybrid or GMM-HMM model, or a CTC model's HLG scale (1 / LM weight) "
+                        "(default: the model directory's, tuned on dev)")
     p.set_defaults(func=run_transcribe)
 
     p = sub.add_parser(
@@ -88,13 +89,15 @@ def decode_config_for(model_dir: Path, beam: float | None = None, max_active: in
     from asr_kd.deploy.model_dir import load_spec
     from asr_kd.deploy.speed import SearchSetting, with_setting
 
-    cfg = load_spec(model_dir).decode_config()
+    spec = load_spec(model_dir)
+    cfg = spec.decode_config()
     if beam is not None or max_active is not None:
         cfg = with_setting(cfg, SearchSetting(cfg.beam if beam is None else beam, cfg.max_active if max_active is None else max_active))
     if acoustic_scale is not None:
         import dataclasses
 
-        cfg = dataclasses.replace(cfg, acoustic_scale=acoustic_scale)
+        # A CTC model's HLG search reads ctc_acoustic_scale (1 / LM weight), a hybrid's acoustic_scale.
+        cfg = dataclasses.replace(cfg, **{"ctc_acoustic_scale" if spec.kind == "ctc" else "acoustic_scale": acoustic_scale})
     return cfg
 
 

@@ -63,8 +63,8 @@ class ModelSpec:
     units: str = ""  # ctc: "phone" or "bpe"
     silence_phones: tuple[int, ...] = ()  # hybrid: phone ids trimmed from word ends in CTM output
     description: str = ""
-    # hybrid: the decoding the system's table WER was measured with (beam, max_active and the
-    # acoustic scale tuned on dev by the recipe); empty: DecodeConfig's defaults.
+    # the decoding the system's table WER was measured with (beam, max_active and the acoustic
+    # scale, or for CTC the HLG scale, tuned on dev by the recipe); empty: DecodeConfig's defaults.
     decoding: dict = dataclasses.field(default_factory=dict)
     # gmm: how MFCCs become the GMMs' input after mean removal (delta_order, delta_window,
     # utterance_cmvn: GmmConfig's fields, :func:`asr_kd.gmm.features.gmm_features`).
@@ -217,10 +217,13 @@ def assemble_gmm_model_dir(
 def assemble_ctc_model_dir(
     out_dir: Path | str, *, checkpoint: Path | str, units_dir: Path | str, hlg: Path | str, words: Path | str,
     features: FeatureConfig, train_cmvn: Path | str | None, normalization: str = "global", description: str = "",
+    decoding: dict | None = None,
 ) -> Path:
     """Write a CTC model directory at ``out_dir`` from explicit paths: the CTC ``checkpoint``,
     the units directory (tokens.txt, units.json, bpe.model), the HLG graph and its words.txt, the
-    feature config and the training part's CMVN statistics. Returns ``out_dir``."""
+    feature config and the training part's CMVN statistics; ``decoding`` (DecodeConfig fields,
+    e.g. the HLG scale ``ctc_acoustic_scale`` tuned on dev) goes into ``model.json``. Returns
+    ``out_dir``."""
     out = _start(out_dir, normalization, train_cmvn)
     _save_network(checkpoint, out / MODEL_PT, "ctc")
     units_dir = Path(units_dir)
@@ -232,7 +235,7 @@ def assemble_ctc_model_dir(
     _copy(hlg, out / "HLG.fst")
     _copy(words, out / WORDS_FILE)
     subsampling = int(torch.load(out / MODEL_PT, weights_only=True)["extra"]["ctc_model"]["subsampling"])
-    spec = ModelSpec("ctc", features, normalization, subsampling, units=kind, description=description)
+    spec = ModelSpec("ctc", features, normalization, subsampling, units=kind, description=description, decoding=dict(decoding or {}))
     write_text_atomic(out / MODEL_JSON, spec.to_json())
     return out
 

@@ -54,10 +54,12 @@ class _TraceableAttention(nn.Module):
 class ExportableAcoustic(nn.Module):
     """``(x, x_lens) -> (log_probs, log_probs_len)`` around a network; with ``mean``/``std`` the
     global CMVN is applied inside the graph first (for runtimes that feed raw fbank) and padding
-    frames are zeroed after it, as our own batches pad with zeros."""
+    frames are zeroed after it, as our own batches pad with zeros. ``output_scale`` multiplies the
+    log-probabilities (an acoustic scale, for runtimes whose search has no scale option)."""
 
-    def __init__(self, model: nn.Module, mean: Tensor | None = None, std: Tensor | None = None) -> None:
+    def __init__(self, model: nn.Module, mean: Tensor | None = None, std: Tensor | None = None, output_scale: float = 1.0) -> None:
         super().__init__()
+        self.output_scale = float(output_scale)
         self.model = copy.deepcopy(model).eval()
         for block in getattr(self.model, "blocks", []):
             if isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
@@ -70,7 +72,10 @@ class ExportableAcoustic(nn.Module):
         if self.normalize:
             keep = torch.arange(x.shape[1], device=x.device)[None, :] < x_lens[:, None]
             x = ((x - self.mean) * self.inv_std) * keep[:, :, None].to(x.dtype)
-        return torch.log_softmax(self.model(x, x_lens), dim=-1), output_lengths(self.model, x_lens)
+        log_probs = torch.log_softmax(self.model(x, x_lens), dim=-1)
+        if self.output_scale != 1.0:
+            log_probs = log_probs * self.output_scale
+        return log_probs, output_lengths(self.model, x_lens)
 
 
 def export_module(module: ExportableAcoustic, feature_dim: int, path: Path | str, output_names: tuple[str, str] = OUTPUT_NAMES) -> Path:

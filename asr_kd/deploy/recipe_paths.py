@@ -7,6 +7,7 @@ explicit paths.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from asr_kd.config import DEFAULT_TRAIN_PART, FeatureConfig, load_config
 from asr_kd.data.features import cmvn_path
 from asr_kd.deploy.model_dir import assemble_ctc_model_dir, assemble_gmm_model_dir, assemble_hybrid_model_dir
 from asr_kd.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 SYSTEM_HELP = ("distilled, hard, compressed (the hybrid students), teacher<i>, mono or tri (the GMM-HMMs of stage 3), "
                "or ctc-<student> (ctc-baseline, ctc-frame, ctc-sequence, ...)")
@@ -45,7 +48,7 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
                 "gmm_model": senones.model, "lang_dir": layout.lang, "decoding": recipe_decoding(layout, system)}
     if system.startswith("ctc-"):
         return {**common, "checkpoint": model_checkpoint(layout.ctc_student_dir(system[4:])), "units_dir": layout.ctc_units_dir,
-                "hlg": layout.ctc_graph / "HLG.fst", "words": layout.lang / "words.txt"}
+                "hlg": layout.ctc_graph / "HLG.fst", "words": layout.lang / "words.txt", "decoding": ctc_decoding(layout, system[4:])}
     raise ConfigError(f"unknown system {system!r}; use {SYSTEM_HELP}")
 
 
@@ -78,6 +81,31 @@ def recipe_decoding(layout, system: str) -> dict:
         return {}
     names = {kind: name for name, kind in STUDENT_SYSTEMS.items()}  # a student's folder name -> its table name
     return _recorded_decoding(layout, record.config["decode"], names.get(system, system))
+
+
+def ctc_decoding(layout, student: str) -> dict:
+    """Return the DecodeConfig fields CTC stage 7 decoded the CTC student folder ``student`` with:
+    its beam and max-active and, as ``ctc_acoustic_scale``, the HLG scale it chose on dev. ``{}``
+    (the defaults) before that stage has run, and, with a warning, when the student was retrained
+    after it: its scale was tuned for other weights."""
+    from asr_kd.stages.ctc_s7_decode import system_scale
+    from asr_kd.stages.decode_part import ctc_table_name
+    from asr_kd.stages.provenance import read_record
+
+    record = read_record(layout.ctc_decode)
+    if record is None:
+        return {}
+    student_record = read_record(layout.ctc_student_dir(student))
+    if student_record is None or record.inputs.get(f"student {student}") != student_record.fingerprint:
+        log.warning("CTC stage 7 (%s) did not decode the CTC student %s as it is now; its model directory decodes at the "
+                    "default beam and scale (rerun CTC stage 7 to tune them)", layout.ctc_decode, student)
+        return {}
+    decode = record.config["decode"]
+    out = {k: decode[k] for k in ("beam", "max_active", "min_active", "ctc_acoustic_scale") if k in decode}
+    scale = system_scale(layout, ctc_table_name(layout, student))
+    if scale is not None:
+        out["ctc_acoustic_scale"] = scale
+    return out
 
 
 def make_model_dir_from_recipe(

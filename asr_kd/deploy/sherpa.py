@@ -15,6 +15,12 @@ kaldi-decoder's FasterDecoder, reading column ``ilabel - 1`` as ours does, and r
 only on an arc that reads a new non-blank token; a word label that determinisation left on a
 blank or repeat arc is dropped, one cause of disagreement with our own decoder.
 
+sherpa-onnx's HLG search takes the network's outputs as they are, with no acoustic scale, and
+only its max-active is an option (its beam is kaldi-decoder's default, 16). So the HLG scale the
+model directory records (``ctc_acoustic_scale``, tuned on dev by CTC stage 7) is folded into the
+exported graph, which returns scale x log-probabilities (greedy search is unchanged by it), and
+the recorded max-active is written into the model's metadata, where :class:`SherpaCtc` reads it.
+
 The hybrid DNN student cannot run in sherpa-onnx: it has no HMM transition model, no senone
 priors and no HCLG search (its FST decoder is the CTC one above, whose decodable reads network
 outputs by token id), so hybrid models keep onnxruntime + kaldi-decoder
@@ -31,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from asr_kd.config import DecodeConfig
 from asr_kd.deploy.model_dir import WORDS_FILE, load_cmvn, load_network, load_spec
 from asr_kd.deploy.onnx_export import ExportableAcoustic, add_metadata, export_module, quantize_int8
 from asr_kd.errors import ConfigError, DataError
@@ -58,13 +65,17 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = False
     cmvn = load_cmvn(model_dir, spec)
     assert cmvn is not None
     mean, std = cmvn.mean_std("global")
-    module = ExportableAcoustic(load_network(model_dir), torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+    decoding = spec.decode_config()
+    module = ExportableAcoustic(load_network(model_dir), torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32),
+                                output_scale=decoding.ctc_acoustic_scale)
     out.mkdir(parents=True, exist_ok=True)
     path = export_module(module, spec.features.num_mel_bins, out / SHERPA_MODEL)
     # sherpa-onnx picks the model class from its config (zipformer_ctc), not from metadata: these
-    # keys only describe the file.
-    add_metadata(path, {"model_type": "asr-kd-ctc", "comment": "asr-kd CTC encoder, global CMVN folded in; load as sherpa-onnx zipformer_ctc",
-                        "subsampling_factor": spec.subsampling, "feature_dim": spec.features.num_mel_bins})
+    # keys describe the file, and SherpaCtc reads the max-active from them.
+    add_metadata(path, {"model_type": "asr-kd-ctc",
+                        "comment": "asr-kd CTC encoder, global CMVN and HLG scale folded in; load as sherpa-onnx zipformer_ctc",
+                        "subsampling_factor": spec.subsampling, "feature_dim": spec.features.num_mel_bins,
+                        "ctc_acoustic_scale": decoding.ctc_acoustic_scale, "ctc_max_active": decoding.max_active})
     if int8:
         quantize_int8(path, out / SHERPA_MODEL_INT8)
     for name in ("tokens.txt", "HLG.fst", WORDS_FILE):
@@ -76,22 +87,31 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = False
     return out
 
 
+def sherpa_metadata(path: Path | str) -> dict[str, str]:
+    """Return the metadata :func:`export_sherpa` wrote into the ONNX file ``path``."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
 class SherpaCtc:
-    """sherpa-onnx's offline CTC recognizer over an :func:`export_sherpa` folder, HLG search."""
+    """sherpa-onnx's offline CTC recognizer over an :func:`export_sherpa` folder, HLG search with
+    the max-active :func:`export_sherpa` recorded in the fp32 model's metadata."""
 
     def __init__(self, sherpa_dir: Path | str, feature_dim: int, sampling_rate: int = 16000, num_threads: int = 1, int8: bool = False) -> None:
         import sherpa_onnx
 
         d = Path(sherpa_dir)
         model = d / (SHERPA_MODEL_INT8 if int8 else SHERPA_MODEL)
-        for p in (model, d / "tokens.txt", d / "HLG.fst", d / WORDS_FILE):
+        for p in (model, d / SHERPA_MODEL, d / "tokens.txt", d / "HLG.fst", d / WORDS_FILE):
             if not p.is_file():
                 raise DataError(f"{p} does not exist; run `asr-kd export --sherpa-dir {d}` first")
         self.sampling_rate = sampling_rate
         self.words = SymbolTable.from_file(d / WORDS_FILE)
+        self.max_active = int(sherpa_metadata(d / SHERPA_MODEL).get("ctc_max_active", DecodeConfig().max_active))
         self.recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
             model=str(model), tokens=str(d / "tokens.txt"), num_threads=num_threads, sample_rate=sampling_rate,
-            feature_dim=feature_dim, ctc_graph=str(d / "HLG.fst"))
+            feature_dim=feature_dim, ctc_graph=str(d / "HLG.fst"), ctc_max_active=self.max_active)
 
     def __call__(self, samples: Sequence[np.ndarray]) -> list[list[str]]:
         """Return the words of each 1-D float32 signal (at ``sampling_rate``)."""

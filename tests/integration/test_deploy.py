@@ -199,6 +199,36 @@ def test_sherpa_onnx_transcribes_like_our_decoder(recipe, model_dirs, tmp_path) 
     assert sum(bool(t) for t in ours.values()) >= len(audio) // 2, "the CTC model emits words for too few utterances to compare"
 
 
+def test_sherpa_onnx_decodes_at_the_model_directorys_hlg_scale(recipe, model_dirs, tmp_path) -> None:
+    """sherpa-onnx's HLG search has no scale option: the model directory's ctc_acoustic_scale is
+    folded into the exported graph and its max-active handed over, so sherpa-onnx still gives our
+    decoder's words when the recorded scale is far from 1."""
+    import dataclasses
+    import shutil
+
+    import onnxruntime as ort
+
+    audio, _ = _test_audio(recipe[0])
+    scaled = tmp_path / "ctc_scaled"
+    shutil.copytree(model_dirs["ctc"], scaled)
+    spec = dataclasses.replace(load_spec(scaled), decoding={"ctc_acoustic_scale": 0.1, "max_active": 2000, "beam": 16.0})
+    (scaled / "model.json").write_text(spec.to_json())
+    at_one = _texts(Transcriber(model_dirs["ctc"], "torch", decode_config=DecodeConfig(beam=16.0, max_active=2000)), audio)
+    ours = _texts(Transcriber(scaled, "torch"), audio)
+    # The test has power only if the scale changes our own words on many utterances.
+    assert sum(at_one[u] != ours[u] for u in audio) > 0.1 * len(audio)
+    plain, folded = export_sherpa(model_dirs["ctc"], tmp_path / "s1"), export_sherpa(scaled, tmp_path / "s2")
+    x = np.random.default_rng(0).normal(size=(1, 50, 40)).astype(np.float32)
+    feeds = {"x": x, "x_lens": np.array([50], dtype=np.int64)}
+    lp1, lp2 = (ort.InferenceSession(str(d / "model.onnx")).run(None, feeds)[0] for d in (plain, folded))
+    np.testing.assert_allclose(lp2, 0.1 * lp1, rtol=1e-4, atol=1e-5)
+    sherpa = SherpaCtc(folded, feature_dim=40)
+    assert sherpa.max_active == 2000
+    theirs = dict(zip(audio, (" ".join(w) for w in sherpa(list(audio.values())))))
+    differ = {u: (ours[u], theirs[u]) for u in audio if ours[u] != theirs[u]}
+    assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"
+
+
 def test_sherpa_export_refuses_the_hybrid_model(model_dirs, tmp_path) -> None:
     with pytest.raises(ConfigError, match="sherpa-onnx runs CTC models only"):
         export_sherpa(model_dirs["hybrid"], tmp_path / "s")

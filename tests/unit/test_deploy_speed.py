@@ -132,6 +132,15 @@ def test_transcribe_decodes_with_the_model_directorys_settings(tmp_path: Path) -
     cfg = decode_config_for(tmp_path, beam=9.0, max_active=100)
     assert (cfg.beam, cfg.max_active, cfg.min_active, cfg.acoustic_scale) == (9.0, 100, 99, 0.125)
     assert decode_config_for(tmp_path, acoustic_scale=0.2).acoustic_scale == 0.2
+    # A CTC model directory records its HLG scale; --acoustic-scale replaces that one.
+    ctc = tmp_path / "ctc"
+    ctc.mkdir()
+    (ctc / MODEL_JSON).write_text(ModelSpec("ctc", FeatureConfig(), "utterance", 4, units="phone",
+                                            decoding={"beam": 11.0, "max_active": 2000, "ctc_acoustic_scale": 0.5}).to_json())
+    cfg = decode_config_for(ctc)
+    assert (cfg.beam, cfg.max_active, cfg.ctc_acoustic_scale) == (11.0, 2000, 0.5)
+    cfg = decode_config_for(ctc, acoustic_scale=2.0)
+    assert (cfg.ctc_acoustic_scale, cfg.acoustic_scale) == (2.0, DecodeConfig().acoustic_scale)
 
 
 def test_speed_options_are_refused_before_anything_is_measured(tmp_path: Path, capsys) -> None:
