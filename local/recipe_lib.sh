@@ -46,37 +46,6 @@ run_logged() {
   fi
 }
 
-# run_logged_bg MAXJOBS LOGFILE CMD...: run_logged in the background, at most MAXJOBS at a time
-# (waits for the oldest first); wait_logged waits for all of them. When a job fails, the jobs still
-# running are waited for (they write records and RESULTS.md), then the recipe stops with the first
-# failure's status (its log was named by run_logged).
-__asr_kd_bg_pids=()
-run_logged_bg() {
-  local maxjobs="$1"
-  shift
-  run_logged "$@" &
-  __asr_kd_bg_pids+=("$!")
-  if [ "${#__asr_kd_bg_pids[@]}" -ge "$maxjobs" ]; then
-    local first="${__asr_kd_bg_pids[0]}" rc=0
-    __asr_kd_bg_pids=("${__asr_kd_bg_pids[@]:1}")
-    wait "$first" || rc=$?
-    [ "$rc" -eq 0 ] || wait_logged "$rc"
-  fi
-}
-
-# wait_logged [RC]: RC, a failure seen before, is the status to stop with after the wait.
-wait_logged() {
-  local pid rc=0 first_rc="${1:-0}"
-  while [ "${#__asr_kd_bg_pids[@]}" -gt 0 ]; do
-    pid="${__asr_kd_bg_pids[0]}"
-    __asr_kd_bg_pids=("${__asr_kd_bg_pids[@]:1}")
-    rc=0
-    wait "$pid" || rc=$?
-    [ "$first_rc" -ne 0 ] || first_rc=$rc
-  done
-  [ "$first_rc" -eq 0 ] || exit "$first_rc"
-}
-
 # run_stage_logged N NAME DESCRIPTION LOGDIR CMD...: within --stage .. --stop-stage, run CMD,
 # logged to LOGDIR/stageN_NAME.log. CMD itself skips, redoes or refuses the stage by its record.
 run_stage_logged() {

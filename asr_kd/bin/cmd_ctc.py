@@ -1,5 +1,6 @@
-"""The CTC path: ``ctc-train-teachers``, ``ctc-spike-report``, ``ctc-train-student`` and
-``ctc-decode`` (stage code: :mod:`asr_kd.stages.ctc_s4_teachers` ... :mod:`asr_kd.stages.ctc_s7_decode`)."""
+"""The CTC path: ``ctc-train-teachers``, ``ctc-spike-report``, ``ctc-train-student`` (one student),
+``ctc-train-students`` (all of them, as jobs of a launcher) and ``ctc-decode`` (stage code:
+:mod:`asr_kd.stages.ctc_s4_teachers` ... :mod:`asr_kd.stages.ctc_s7_decode`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asr_kd.bin.common import add_part_args
+from asr_kd.bin.common import add_jobs_args, add_part_args, launcher_from_args
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -60,6 +61,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="k > 0: another seed of this student (seed + 1000 + k) in students/<name>_seed<k>; ctc-decode averages a "
                    "student's seeds in one row, with intervals against the baseline [0]")
     p.set_defaults(func=_train_student)
+
+    p = sub.add_parser("ctc-train-students", help="train every CTC student over --num-seeds seeds, as jobs of a launcher (CTC stage 6)",
+                       description="ctc-train-student for each --kinds and seed (students/<kind>[_seed<k>]) and one frame-level "
+                       "student per --extra-frame, each a job: --jobs local processes at a time, or a Slurm job array (--cmd "
+                       "slurm). Seed 0 of every student runs first, since it makes the stored soft targets and the pseudo-labels "
+                       "that the other seeds reuse. Then (re)writes each student's RESULTS.md section.")
+    _common_args(p)
+    _train_args(p)
+    p.add_argument("--kinds", nargs="+", choices=("baseline", "frame", "sequence"), default=["baseline", "frame", "sequence"],
+                   help="which students (default all three)")
+    p.add_argument("--num-seeds", type=int, default=1, help="seeds per student kind (default 1)")
+    p.add_argument("--extra-frame", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE...]",
+                   help="also a frame-level student students/NAME (one seed) with these CtcConfig overrides, e.g. "
+                   "frame_shared15:shared_init_steps=15 for the teachers of that set; repeatable")
+    add_jobs_args(p, "students")
+    p.set_defaults(func=_train_students)
 
     p = sub.add_parser("ctc-decode", help="greedy, prefix-beam and HLG decoding of every CTC system; WER table",
                        description="Builds HLG for the units (kaldifst) and scores each teacher, the ensemble and the trained "
@@ -125,6 +142,25 @@ def _train_student(args: argparse.Namespace) -> int:
     cfg, common = _setup(args, f"ctc_train_student_{name}" + (f"_seed{args.seed_index}" if args.seed_index else ""))
     r = train_ctc_student(kind=args.kind, name=args.name, cfg=cfg, train_config=_train_config(args), seed_index=args.seed_index, **common)
     print(f"{name} seed {r['seed']} ({r['stop_reason']}); best dev token error rate {r['best_dev_ter']}")
+    return 0
+
+
+def _train_students(args: argparse.Namespace) -> int:
+    from asr_kd.config import CtcConfig, load_config, parse_overrides
+    from asr_kd.errors import ConfigError
+    from asr_kd.stages.ctc_s6_students import train_ctc_students
+
+    cfg, common = _setup(args, "ctc_train_students")
+    extra = {}
+    for spec in args.extra_frame:
+        name, sep, sets = spec.partition(":")
+        if not sep or not name or not sets:
+            raise ConfigError(f"--extra-frame {spec!r}: give NAME:KEY=VALUE[,KEY=VALUE...], e.g. frame_shared15:shared_init_steps=15")
+        extra[name] = load_config(CtcConfig, args.ctc_config, parse_overrides([*(args.ctc_overrides or []), *sets.split(",")]))
+    out = train_ctc_students(cfg=cfg, train_config=_train_config(args), kinds=args.kinds, num_seeds=args.num_seeds, extra_frame=extra,
+                             jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)
+    for name, summaries in out.items():
+        print(f"{name}: best dev token error rate " + ", ".join(f"{r['best_dev_ter']} (seed {r['seed']})" for r in summaries))
     return 0
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asr_kd.bin.common import add_part_args
+from asr_kd.bin.common import add_jobs_args, add_part_args, launcher_from_args
 
 
 def _layout_args(p: argparse.ArgumentParser) -> None:
@@ -45,25 +45,6 @@ def _teachers_arg(p: argparse.ArgumentParser, default: int | None) -> None:
                    help=f"number of teachers{' (default: every trained teacher)' if default is None else f' (default {default})'}")
 
 
-def _jobs_arg(p: argparse.ArgumentParser, what: str) -> None:
-    from asr_kd.launch import BACKENDS
-
-    p.add_argument("--jobs", type=int, default=1,
-                   help=f"{what} trained at once, one process each with --num-threads torch threads (default 1); the results do not depend on it")
-    p.add_argument("--cmd", choices=BACKENDS, default="local",
-                   help="where each training runs: local processes (default), a Slurm job array through submitit (slurm), or "
-                   "submitit's local executor (submitit-local: the Slurm path on this machine); the results do not depend on it")
-    p.add_argument("--cmd-config", type=Path, default=None,
-                   help="YAML of ClusterConfig fields for --cmd slurm (partition, time_min, mem_gb, cpus_per_task, gpus_per_node, "
-                   "array_parallelism, account, qos, setup): recipes/librispeech/conf/slurm.yaml")
-
-
-def _launcher(args: argparse.Namespace) -> Any:
-    from asr_kd.launch import load_launcher
-
-    return load_launcher(args.cmd, args.cmd_config)
-
-
 def _seeds_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-seeds", type=int, default=1,
                    help="students per kind, differing only in their seed: students/<kind> and students/<kind>_seed<k> (default 1)")
@@ -88,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _layout_args(p)
     _model_args(p)
     _teachers_arg(p, 4)
-    _jobs_arg(p, "teachers")
+    add_jobs_args(p, "teachers")
     p.set_defaults(func=_train_teachers)
 
     p = sub.add_parser("make-soft-targets", help="stage 5: store the ensemble's top-k soft targets at temperature T on the training cuts",
@@ -118,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=("hard", "distilled", "compressed"), nargs="+", required=True,
                    help="which students: hard targets, distilled, or compressed (distilled, meant for a smaller --model-config)")
     _seeds_arg(p)
-    _jobs_arg(p, "students")
+    add_jobs_args(p, "students")
     p.set_defaults(func=_train_student)
 
     p = sub.add_parser("decode-hybrid", help="stage 7: HCLG decoding, WER and frame accuracy of baseline, ensemble and distilled (Table 1)",
@@ -176,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(refused when a baseline seed's own search stopped at its grid's edge)")
     p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields (the beam of stage 7)")
     p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
-    _jobs_arg(p, "students")
+    add_jobs_args(p, "students")
     p.set_defaults(func=_temperature_sweep)
 
     p = sub.add_parser("decode-part", help="decode any part (your own test set) with trained systems, beside the recipe's tables",
@@ -274,7 +255,7 @@ def _train_teachers(args: argparse.Namespace) -> int:
     common = _setup(args, "train_teachers", after_teachers=False)
     model_cfg, train_cfg = _configs(args)
     summary = train_teachers(num_teachers=args.num_teachers, model_config=model_cfg, train_config=train_cfg, jobs=args.jobs,
-                             num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
+                             num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)
     for i, t in enumerate(summary["teachers"]):
         print(f"teacher{i} (seed {t['seed']}): best dev frame accuracy {t['best_dev_frame_accuracy']}")
     return 0
@@ -319,7 +300,7 @@ def _train_student(args: argparse.Namespace) -> int:
     common = _setup(args, f"train_student_{'_'.join(args.kind)}")
     model_cfg, train_cfg = _configs(args)
     runs = train_students(kinds=args.kind, model_config=model_cfg, train_config=train_cfg, kd=_kd(args), num_teachers=args.num_teachers,
-                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
+                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)
     for kind, summaries in runs.items():
         for r in summaries:
             print(f"{kind} student, seed {r.get('seed')} ({r['stop_reason']}); best dev frame accuracy {r['best_dev_frame_accuracy']}")
@@ -364,7 +345,7 @@ def _temperature_sweep(args: argparse.Namespace) -> int:
     result = temperature_sweep(temperatures=args.temperatures, model_config=model_cfg, train_config=train_cfg, kd=_kd(args),
                                decode_config=decode_cfg, num_teachers=args.num_teachers, jobs=args.jobs, num_seeds=args.num_seeds,
                                extra_scales=args.extra_scales,
-                               num_threads=max(args.num_threads, 1), launcher=_launcher(args), **common)
+                               num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)
     for t, row in result["rows"].items():
         print(f"T={t}: test frame accuracy {row['test_frame_accuracy']:.4f}, test WER {row['test_wer']:.4f}")
     return 0

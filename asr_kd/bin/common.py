@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
+from typing import Any
 
 from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART
 
@@ -23,3 +25,24 @@ def add_part_args(p: argparse.ArgumentParser, dev: bool = True, test: bool = Tru
         p.add_argument("--test-set", default=DEFAULT_TEST_PART, help=f"test part (default {DEFAULT_TEST_PART})")
         p.add_argument("--ood-set", default="", help="an out-of-domain test part scored beside the test part in every table "
                        "(the synthetic corpus's test-ood; e.g. test-other on LibriSpeech); default: none")
+
+
+def add_jobs_args(p: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--jobs``, ``--cmd`` and ``--cmd-config`` (the launcher of :mod:`asr_kd.launch`) for ``what``."""
+    from asr_kd.launch import BACKENDS
+
+    p.add_argument("--jobs", type=int, default=1,
+                   help=f"{what} trained at once, one process each with --num-threads torch threads (default 1); the results do not depend on it")
+    p.add_argument("--cmd", choices=BACKENDS, default="local",
+                   help="where each training runs: local processes (default), a Slurm job array through submitit (slurm), or "
+                   "submitit's local executor (submitit-local: the Slurm path on this machine); the results do not depend on it")
+    p.add_argument("--cmd-config", type=Path, default=None,
+                   help="YAML of ClusterConfig fields for --cmd slurm (partition, time_min, mem_gb, cpus_per_task, gpus_per_node, "
+                   "array_parallelism, account, qos, setup): recipes/librispeech/conf/slurm.yaml")
+
+
+def launcher_from_args(args: argparse.Namespace) -> Any:
+    """Return the launcher that :func:`add_jobs_args`'s options choose."""
+    from asr_kd.launch import load_launcher
+
+    return load_launcher(args.cmd, args.cmd_config)

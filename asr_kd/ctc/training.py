@@ -39,10 +39,18 @@ log = logging.getLogger(__name__)
 BEST_METRIC = "token_error_rate"
 
 
+def token_errors(refs: Mapping[str, Sequence[int]], hyps: Mapping[str, Sequence[int]]) -> WerResult:
+    """Return the edit distance of the token sequences ``hyps`` against ``refs``, scored as words
+    (one word per token id), with the per-utterance details."""
+    def as_text(seqs: Mapping[str, Sequence[int]]) -> dict[str, str]:
+        return {k: " ".join(str(t) for t in v) for k, v in seqs.items()}
+
+    return compute_wer(as_text(refs), as_text(hyps))
+
+
 def token_error_rate(refs: Mapping[str, Sequence[int]], hyps: Mapping[str, Sequence[int]]) -> float:
     """Return the token error rate (edit distance over reference tokens) of ``hyps``."""
-    as_text = lambda seqs: {k: " ".join(str(t) for t in v) for k, v in seqs.items()}  # noqa: E731
-    return compute_wer(as_text(refs), as_text(hyps)).wer
+    return token_errors(refs, hyps).wer
 
 
 def evaluate_ctc(model: CtcEncoder, loader: Iterable[Mapping[str, Any]], device: torch.device) -> dict[str, float]:
@@ -171,11 +179,10 @@ class TokenScores:
 def token_scores(log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, beam_size: int) -> TokenScores:
     """Return the :class:`TokenScores` of ``{cut_id: (T', V) log-probs}`` against the transcripts
     ``refs`` (no LM: greedy and prefix-beam search over the units)."""
-    as_text = lambda seqs: {k: " ".join(str(t) for t in v) for k, v in seqs.items()}  # noqa: E731
     ref_tokens = {k: units.encode(refs[k]) for k in log_probs}
     greedy = {k: greedy_ctc(v) for k, v in log_probs.items()}
     beam = {k: list(prefix_beam_search(v, beam_size=beam_size)[0].tokens) for k, v in log_probs.items()}
-    greedy_result = compute_wer(as_text(ref_tokens), as_text(greedy))
+    greedy_result = token_errors(ref_tokens, greedy)
     rates = {"greedy_ter": greedy_result.wer, "beam_ter": token_error_rate(ref_tokens, beam)}
     if units.kind == "bpe":
         rates["greedy_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in greedy.items()}).wer

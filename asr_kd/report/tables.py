@@ -177,6 +177,16 @@ def seed_agreement(iv: Mapping[str, Any], pairs: Sequence[float] = ()) -> str:
     return "higher" if sign > 0 else "lower"
 
 
+ONE_SEED = " One seed per student: the intervals cover the choice of test utterances, not of the seed."
+
+
+def comparison_intro(reference: str, level: float, resamples: int, seeds: str) -> str:
+    """The sentence above a table of differences from ``reference`` (e.g. "the baseline") with
+    paired bootstrap intervals, followed by ``seeds`` (how seeds were pooled, or :data:`ONE_SEED`)."""
+    return (f"Differences from {reference}, with {100 * level:.0f}% confidence intervals from a paired bootstrap over utterances "
+            f"({resamples} resamples; Bisani & Ney 2004).{seeds}")
+
+
 def format_comparisons(comparisons: Mapping[str, Any], test_part: str, ood_part: str = "", num_seeds: int = 1) -> str:
     """Return the paragraph under Table 1 that says which differences are significant: WER and
     frame-accuracy differences from the baseline with 95% paired bootstrap intervals (from
@@ -188,9 +198,8 @@ def format_comparisons(comparisons: Mapping[str, Any], test_part: str, ood_part:
     level = next((iv["level"] for d in first["differences"].values() for iv in d.values()), 0.95)
     resamples = next((iv["resamples"] for d in first["differences"].values() for iv in d.values()), 0)
     seeds = (f" The students' per-utterance counts are averaged over their {num_seeds} seeds first; ± is the standard deviation over seeds."
-             if num_seeds > 1 else " One seed per student: the intervals cover the choice of test utterances, not of the seed.")
-    lines = ["", f"Differences from the baseline, with {100 * level:.0f}% confidence intervals from a paired bootstrap over utterances "
-             f"({resamples} resamples; Bisani & Ney 2004).{seeds}", "",
+             if num_seeds > 1 else ONE_SEED)
+    lines = ["", comparison_intro("the baseline", level, resamples, seeds), "",
              "| Part | Comparison | WER difference, points | Significant? | Frame accuracy difference, points | Significant? |",
              "|---|---|---|---|---|---|"]
     for part in parts:

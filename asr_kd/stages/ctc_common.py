@@ -12,6 +12,8 @@ teachers[_shared<N>]_guided<w>/   ctc.guide_weight = w, teacher0 links to the un
                                                                                (ctc_s4_teachers)
 spikes/                the spike misalignment report and plot                  (ctc_s5_spikes)
 soft_targets/<set>_<fusion>_T<T>_k<k>/   the ensemble's top-k CTC posteriors on the training cuts
+pseudo_labels/<set>_<fusion>_<greedy|nbest<n>_beam<b>>/   the ensemble's hypotheses on the training
+                       cuts (labels.json, stats.json), shared by every seed of the sequence students
 students/<name>[_seed<k>]/  baseline (CTC on the transcripts), frame (frame-level KD), sequence (pseudo-labels),
                        or a named variant of one of them (e.g. frame_exclude); _seed<k>: its seed k > 0
                                                                                (ctc_s6_students)
@@ -20,7 +22,7 @@ decode/                scores.json, comparisons.json, <system>_<part>/per_utt.js
 ```
 
 Input: stages 0-2 (``<data>/fbank/cuts_<part>.jsonl.gz`` and ``cmvn_<part>.npz``, ``<data>/lang``
-with ``G.fst``). Each of those folders (every teacher set, soft-target set and student, the units,
+with ``G.fst``). Each of those folders (every teacher set, soft-target set, pseudo-label set and student, the units,
 the graph, the spike report and the decoding) keeps its own ``provenance.json`` and is skipped
 only while it matches (:mod:`asr_kd.stages.provenance`); an interrupted run of the same settings
 resumes. With ``results_md``, each stage function (re)writes its own section of RESULTS.md from

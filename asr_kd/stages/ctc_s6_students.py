@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from lhotse import CutSet, load_manifest_lazy
@@ -24,6 +24,7 @@ from asr_kd.ctc.units import CtcUnits
 from asr_kd.data.ctc_data import cut_text
 from asr_kd.errors import ConfigError
 from asr_kd.kd.ensemble import TeacherEnsemble
+from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
@@ -107,25 +108,45 @@ def _fit_frames(probs: np.ndarray, frames: int) -> np.ndarray:
 
 
 def make_pseudo_labels(
-    layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, out_dir: Path, max_duration: float = 200.0,
+    layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float = 200.0,
 ) -> dict[str, list[tuple[list[int], float]]]:
-    """Return (and save as ``pseudo_labels_<mode>.json`` in ``out_dir``) the ensemble's hypotheses
-    for every training cut: greedy or n-best (``cfg.pseudo_labels``) from the fused posteriors at
-    T = 1. Reuses the file when it exists."""
-    path = out_dir / f"pseudo_labels_{cfg.pseudo_labels}.json"
-    if path.is_file():
-        return {k: [(list(t), float(w)) for t, w in v] for k, v in json.loads(path.read_text()).items()}
-    teachers = load_ctc_teachers(layout, cfg)
-    cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
-    fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), 1.0, cfg.fusion, max_duration)
-    labels = {cut.id: pseudo_labels(lp, cfg.pseudo_labels, cfg.nbest, cfg.beam_size)
-              for cut, lp in tqdm(fused, total=len(cuts), desc="pseudo-labels", unit="cut", leave=False)}
-    refs = {c.id: units.encode(cut_text(c)) for c in cuts}
-    ter = token_error_rate(refs, {k: v[0][0] for k, v in labels.items()})
-    log.info("pseudo-labels (%s) of %d cuts: token error rate of the best hypothesis vs the transcripts %.2f%%", cfg.pseudo_labels, len(labels), 100 * ter)
-    write_text_atomic(path, json.dumps(labels) + "\n")
-    write_text_atomic(path.with_suffix(".stats.json"), json.dumps({"token_error_rate": ter, "cuts": len(labels)}) + "\n")
-    return labels
+    """Return the ensemble's hypotheses for every training cut: greedy or n-best
+    (``cfg.pseudo_labels``) from the fused posteriors at T = 1, saved as ``labels.json`` (and
+    ``stats.json``: their token error rate against the transcripts) in :func:`ctc_pseudo_dir`,
+    made once for all the sequence students (every seed) of a teacher set. The folder's record
+    holds the settings and the teacher set's and units' fingerprints; a mismatch redoes it."""
+    # Seeds trained side by side (CTC stage 6, --nj) all ask for them: one makes them while the
+    # others wait on the lock, then find them finished.
+    with folder_lock(ctc_pseudo_dir(layout, cfg).parent):
+        return _make_pseudo_labels(layout, cfg, units, max_duration)
+
+
+def ctc_pseudo_dir(layout: RecipeLayout, cfg: CtcConfig) -> Path:
+    """The pseudo-labels of ``cfg``'s teacher set, fusion and hypothesis settings."""
+    return layout.ctc_pseudo_dir(teachers_of(layout, cfg).name, cfg.fusion, cfg.pseudo_labels, cfg.nbest, cfg.beam_size)
+
+
+def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float) -> dict[str, list[tuple[list[int], float]]]:
+    folder = ctc_pseudo_dir(layout, cfg)
+    path = folder / "labels.json"
+    settings = {"mode": cfg.pseudo_labels, "nbest": cfg.nbest, "beam_size": cfg.beam_size, "fusion": cfg.fusion,
+                "num_teachers": cfg.num_teachers, "teacher_set": teachers_of(layout, cfg).name, "train_part": layout.train_part}
+    guard = StageGuard("CTC pseudo-labels", folder, settings,
+                       {"teachers": teacher_set_record(layout, cfg).fingerprint, "units": units_record_fingerprint(layout)})
+    if guard.needs_work():
+        teachers = load_ctc_teachers(layout, cfg)
+        cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
+        fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), 1.0, cfg.fusion, max_duration)
+        labels = {cut.id: pseudo_labels(lp, cfg.pseudo_labels, cfg.nbest, cfg.beam_size)
+                  for cut, lp in tqdm(fused, total=len(cuts), desc="pseudo-labels", unit="cut", leave=False)}
+        refs = {c.id: units.encode(cut_text(c)) for c in cuts}
+        ter = token_error_rate(refs, {k: v[0][0] for k, v in labels.items()})
+        log.info("pseudo-labels (%s) of %d cuts: token error rate of the best hypothesis vs the transcripts %.2f%%",
+                 cfg.pseudo_labels, len(labels), 100 * ter)
+        write_text_atomic(path, json.dumps(labels) + "\n")
+        write_text_atomic(folder / "stats.json", json.dumps({"token_error_rate": ter, "cuts": len(labels)}) + "\n")
+        guard.finish([path, folder / "stats.json"])
+    return {k: [(list(t), float(w)) for t, w in v] for k, v in json.loads(path.read_text()).items()}
 
 
 def train_ctc_student(
@@ -165,7 +186,7 @@ def train_ctc_student(
             else:
                 loss = CtcFrameKdLoss(cfg, TeacherEnsemble(load_ctc_teachers(layout, cfg), cfg.fusion))
         elif kind == "sequence":
-            pseudo = make_pseudo_labels(layout, cfg, units, exp_dir)
+            pseudo = make_pseudo_labels(layout, cfg, units)
             loss = CtcSequenceKdLoss(cfg)
         start = time.time()
         result = train_ctc_model(train_cuts, layout.open_cuts(layout.fbank_cuts(layout.dev_part)), layout.open_cmvn(layout.train_part),
@@ -177,12 +198,23 @@ def train_ctc_student(
         guard.finish([summary_path, result.final_path])
     summary = json.loads(summary_path.read_text())
     summary.setdefault("seed", scfg.seed)  # a student trained before seeds were recorded (its seed is the record's)
+    write_student_section(layout, kind, name, cfg, results_md, command, exp_dir)
+    return summary
+
+
+def write_student_section(layout: RecipeLayout, kind: str, name: str, cfg: CtcConfig, results_md: Path | None, command: str,
+                          first: Path | None = None) -> None:
+    """(Re)write the RESULTS.md section of the CTC student ``name`` (of ``kind``): what it is and
+    a line for each of its seeds trained so far with its first seed's settings (``first``: the
+    folder to list when the seed groups do not name it yet)."""
+    if results_md is None:
+        return
     how = {"baseline": "CTC on the transcripts",
            "frame": (f"frame-level KD ({cfg.kd_source}): {cfg.kd_weight:g} x T^2 KL at T={cfg.temperature:g}, blank {cfg.blank_handling}"
                      f"{f' (weight {cfg.blank_weight:g})' if cfg.blank_handling == 'downweight' else ''} + {cfg.ctc_weight:g} x CTC"),
            "sequence": f"sequence-level KD: {cfg.kd_weight:g} x CTC on the ensemble's {cfg.pseudo_labels} hypotheses + {cfg.ctc_weight:g} x CTC"}[kind]
     # One section per student: a line for each of its seeds trained so far with the same settings.
-    folders = seed_groups(layout)[0].get(name) or [exp_dir.name]
+    folders = seed_groups(layout)[0].get(name) or [(first or layout.ctc_student_dir(name)).name]
     seeds = []
     for d in (layout.ctc_student_dir(f) for f in folders):
         info = json.loads((d / "summary.json").read_text())
@@ -190,4 +222,36 @@ def train_ctc_student(
         seeds.append((d, f"seed {seed}: {info['steps']} steps, best dev greedy TER {fmt_pct(info['best_dev_ter'])}"))
     body = f"CTC {cfg.model_size}, {cfg.units} units; {how}. " + "; ".join(line for _, line in seeds) + ".\n"
     write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command, [d for d, _ in seeds])
-    return summary
+
+
+def train_ctc_students(
+    layout: RecipeLayout, cfg: CtcConfig, train_config: TrainConfig, kinds: Sequence[str] = STUDENT_KINDS, num_seeds: int = 1,
+    extra_frame: Mapping[str, CtcConfig] | None = None, results_md: Path | None = None, command: str = "", jobs: int = 1,
+    num_threads: int = 1, launcher: Launcher | None = None,
+) -> dict[str, list[dict]]:
+    """Train ``num_seeds`` seeds of every student of ``kinds`` (:func:`train_ctc_student`), and one
+    frame-level student ``name`` per entry of ``extra_frame`` (``{name: CtcConfig}``, e.g. the
+    teachers of another set), each a job of ``launcher`` (default: local processes, ``jobs`` at a
+    time). Seed 0 of every student runs first: it makes what the other seeds reuse (the stored
+    soft targets, the pseudo-labels), so no two jobs make them at once even where the file system
+    cannot lock. Then writes each student's RESULTS.md section. Returns ``{name: [summary of
+    seed 0, seed 1, ...]}``."""
+    if num_seeds < 1:
+        raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
+    for kind in kinds:
+        if kind not in STUDENT_KINDS:
+            raise ConfigError(f"CTC student kind must be one of {STUDENT_KINDS}, got {kind!r}")
+    extra = dict(extra_frame or {})
+    runs = [[(kind, kind, cfg, 0) for kind in kinds] + [("frame", name, c, 0) for name, c in extra.items()],
+            [(kind, kind, cfg, k) for k in range(1, num_seeds) for kind in kinds]]
+    out: dict[str, list[dict]] = {}
+    for wave, batch in enumerate(runs):
+        if not batch:
+            continue
+        summaries = launch_jobs(train_ctc_student, [(layout, kind, c, train_config, None, command, name, k) for kind, name, c, k in batch],
+                                launcher, jobs, num_threads, layout.exp_dir / "log", f"ctc_stage6_students_{wave}")
+        for (_, name, _, _), summary in zip(batch, summaries):
+            out.setdefault(name, []).append(summary)
+    for kind, name, c, _ in runs[0]:
+        write_student_section(layout, kind, name, c, results_md, command)
+    return out

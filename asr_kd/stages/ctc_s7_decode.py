@@ -33,7 +33,7 @@ from asr_kd.decode.fst_utils import write_fst
 from asr_kd.decode.hlg import compile_hlg, load_hlg
 from asr_kd.decode.tuning import ScaleSweep, sweep_scales
 from asr_kd.metrics.paired import BOOTSTRAP_RESAMPLES, bootstrap_difference
-from asr_kd.report.tables import format_interval, significance
+from asr_kd.report.tables import ONE_SEED, comparison_intro, format_interval, significance
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
     describe_teacher_set, load_ctc_teachers, prepare_units, seed_groups, teacher_set_record, teachers_of, trained_teacher_sets,
@@ -233,11 +233,9 @@ def _format_ctc_comparisons(comparisons: Mapping, num_seeds: int) -> str:
     diffs = [(part, key, d) for part, by_key in comparisons.get("parts", {}).items() for key, d in by_key.items()]
     if not diffs:
         return ""
-    seeds = (f" A student's per-utterance counts are averaged over its seeds first (up to {num_seeds})." if num_seeds > 1 else
-             " One seed per student: the intervals cover the choice of test utterances, not of the seed.")
-    level = diffs[0][2]["hlg_wer"]["level"]
-    lines = ["", f"Differences from the baseline student, with {100 * level:.0f}% confidence intervals from a paired bootstrap over "
-             f"utterances ({diffs[0][2]['hlg_wer'].get('resamples', BOOTSTRAP_RESAMPLES)} resamples; Bisani & Ney 2004).{seeds}", "",
+    seeds = f" A student's per-utterance counts are averaged over its seeds first (up to {num_seeds})." if num_seeds > 1 else ONE_SEED
+    first = diffs[0][2]["hlg_wer"]
+    lines = ["", comparison_intro("the baseline student", first["level"], first.get("resamples", BOOTSTRAP_RESAMPLES), seeds), "",
              "| Part | Comparison | HLG WER difference, points | Significant? | Greedy TER difference, points | Significant? |",
              "|---|---|---|---|---|---|"]
     for part, key, d in diffs:

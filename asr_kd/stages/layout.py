@@ -198,6 +198,10 @@ class RecipeLayout:
     def ctc_soft_dir(self, set_name: str, fusion: str, temperature: float, top_k: int) -> Path:
         return self.ctc_root / "soft_targets" / f"{set_name}_{fusion}_T{temperature:g}_k{top_k}"
 
+    def ctc_pseudo_dir(self, set_name: str, fusion: str, mode: str, nbest: int, beam_size: int) -> Path:
+        how = mode if mode == "greedy" else f"{mode}{nbest}_beam{beam_size}"
+        return self.ctc_root / "pseudo_labels" / f"{set_name}_{fusion}_{how}"
+
     def ctc_student_dir(self, name: str) -> Path:
         return self.ctc_root / "students" / name
 

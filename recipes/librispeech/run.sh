@@ -422,25 +422,17 @@ if [ "$ctc" = true ]; then
     run_logged "$exp/log/stage5_ctc_spikes.log" asr-kd ctc-spike-report "${ctc_common[@]}"
   fi
   if in_stages 6; then
-    # --num-seeds students per kind (as the hybrid students), --nj local processes at a time (--cmd is
-    # not used here). Seed 0 of every kind finishes first: it makes what the other seeds reuse
-    # (stored soft targets, under a lock as well).
-    for k in $(seq 0 $((num_seeds - 1))); do
-      for kind in baseline frame sequence; do
-        log "Stage 6 (CTC): $kind student, seed $k"
-        run_logged_bg "$nj" "$exp/log/stage6_ctc_${kind}_seed$k.log" asr-kd ctc-train-student "${ctc_common[@]}" \
-          --config "$ctc_train_config" --kind "$kind" --seed-index "$k"
-      done
-      [ "$k" -gt 0 ] || wait_logged
-    done
-    # Does a teacher set with aligned spikes distil better? One frame-level student per extra set.
+    # --num-seeds students per kind (as the hybrid students) and one frame-level student per extra teacher
+    # set (does a set with aligned spikes distil better?), each a job of --cmd (--nj local processes at a
+    # time, or a Slurm array). Seed 0 of every student runs first: it makes what the other seeds reuse.
+    ctc_extra_opts=()
     for i in "${!ctc_extra_sets[@]}"; do
-      name=frame_${ctc_extra_names[$i]}
-      log "Stage 6 (CTC): $name student (teachers with ${ctc_extra_sets[$i]})"
-      run_logged_bg "$nj" "$exp/log/stage6_ctc_$name.log" asr-kd ctc-train-student "${ctc_common[@]}" --config "$ctc_train_config" \
-        --kind frame --name "$name" --ctc-set "${ctc_extra_sets[$i]}"
+      log "Stage 6 (CTC): frame_${ctc_extra_names[$i]} student (teachers with ${ctc_extra_sets[$i]})"
+      ctc_extra_opts+=(--extra-frame "frame_${ctc_extra_names[$i]}:${ctc_extra_sets[$i]}")
     done
-    wait_logged
+    log "Stage 6 (CTC): students baseline, frame and sequence, $num_seeds seeds each"
+    run_logged "$exp/log/stage6_ctc_students.log" asr-kd ctc-train-students "${ctc_common[@]}" --config "$ctc_train_config" \
+      --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" ${ctc_extra_opts[@]+"${ctc_extra_opts[@]}"}
   fi
   if in_stages 7; then
     log "Stage 7 (CTC): greedy, prefix-beam and HLG decoding, each system's scale chosen on $dev_set"

@@ -22,10 +22,11 @@ from asr_kd.errors import ConfigError
 from asr_kd.ctc.kd import CtcFrameKdLoss
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.training import evaluate_ctc, load_ctc_model
+from asr_kd.launch import Launcher
 from asr_kd.stages.ctc_common import load_ctc_teachers, prepare_units
 from asr_kd.stages.ctc_s4_teachers import train_ctc_teachers
 from asr_kd.stages.ctc_s5_spikes import spike_report
-from asr_kd.stages.ctc_s6_students import make_ctc_soft_targets, train_ctc_student
+from asr_kd.stages.ctc_s6_students import ctc_pseudo_dir, make_ctc_soft_targets, make_pseudo_labels, train_ctc_student, train_ctc_students
 from asr_kd.stages.ctc_s7_decode import decode_ctc_systems
 from asr_kd.data.ctc_data import CtcDataset
 from asr_kd.data.frames import make_loader, make_sampler
@@ -60,8 +61,12 @@ def ctc_run(tiny_stage2, tmp_path_factory):
         student_train = dataclasses.replace(TRAIN, max_steps=20)
         students = {kind: train_ctc_student(layout, kind, CTC, student_train, results_md=md, command="test")
                     for kind in ("baseline", "frame", "sequence")}
-        # A second seed of the baseline: CTC stage 7 makes the two one row.
-        students["baseline_seed1"] = train_ctc_student(layout, "baseline", CTC, student_train, results_md=md, command="test", seed_index=1)
+        # A second seed of the baseline (CTC stage 7 makes the two one row), through the launcher's
+        # Slurm path on this machine: seed 0 is up to date and skipped, seed 1 is a submitit job.
+        launched = train_ctc_students(layout, CTC, student_train, kinds=["baseline"], num_seeds=2, results_md=md, command="test",
+                                      launcher=Launcher("submitit-local"))
+        assert launched["baseline"][0] == students["baseline"]
+        students["baseline_seed1"] = launched["baseline"][1]
         # A seed made with other settings (as after a config change with fewer --num-seeds): never averaged in.
         train_ctc_student(layout, "sequence", CTC, dataclasses.replace(student_train, max_steps=10), results_md=md, command="test", seed_index=1)
     finally:
@@ -143,10 +148,23 @@ def test_students_and_pseudo_labels(ctc_run) -> None:
         train_ctc_student(layout, "baseline", CTC, TRAIN, name="baseline_seed2")
     assert "teachers" not in read_record(layout.ctc_student_dir("baseline")).inputs
     assert read_record(layout.ctc_student_dir("frame")).inputs["teachers"] == read_record(layout.ctc_teacher_set(0)).fingerprint
-    labels = json.loads((layout.ctc_student_dir("sequence") / "pseudo_labels_greedy.json").read_text())
+    # The pseudo-labels are made once, beside the students, for both sequence seeds.
+    folder = ctc_pseudo_dir(layout, CTC)
+    assert folder == layout.ctc_root / "pseudo_labels" / "teachers_arithmetic_greedy"
+    labels = json.loads((folder / "labels.json").read_text())
     train_ids = {c.id for c in layout.open_cuts(layout.fbank_cuts(layout.train_part))}
     assert set(labels) == train_ids
     assert all(len(hyps) == 1 and hyps[0][1] == 1.0 and 0 not in hyps[0][0] for hyps in labels.values())
+    record = read_record(folder)
+    assert record.inputs["teachers"] == read_record(layout.ctc_teacher_set(0)).fingerprint
+    made = record.finished
+    assert made < read_record(layout.ctc_student_dir("sequence_seed1")).finished  # not remade for the second seed
+    assert not any(p.name.startswith("pseudo") for kind in ("sequence", "sequence_seed1") for p in layout.ctc_student_dir(kind).iterdir())
+    units = prepare_units(layout, CTC)
+    again = make_pseudo_labels(layout, CTC, units)
+    assert read_record(folder).finished == made and {k: v[0][0] for k, v in again.items()} == {k: v[0][0] for k, v in labels.items()}
+    # Other hypothesis settings: their own folder.
+    assert ctc_pseudo_dir(layout, dataclasses.replace(CTC, pseudo_labels="nbest", nbest=3)).name == "teachers_arithmetic_nbest3_beam8"
 
 
 def test_stored_soft_targets_give_the_online_loss(ctc_run) -> None:
@@ -288,7 +306,9 @@ def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
     import shutil
 
     layout, md, _, _, _ = ctc_run
-    scores = decode_ctc_systems(layout, CTC, DECODE, results_md=md, command="test", corpus="tiny")
+    # Not the default beam and max-active, so that a model directory shows whose settings it took.
+    decode = dataclasses.replace(DECODE, beam=12.0, max_active=3000)
+    scores = decode_ctc_systems(layout, CTC, decode, results_md=md, command="test", corpus="tiny")
     corpus = tmp_path / "corpus"
     shutil.copytree(layout.data_dir / "corpus" / "test-clean", corpus / "my-test")
     rc = cli_main(["decode-part", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir), "--corpus-dir", str(corpus),
@@ -302,6 +322,18 @@ def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
         assert part[name]["utterances"] == sum(1 for _ in layout.open_cuts(layout.fbank_cuts("test-clean")))
         errors = part[name]["substitutions"] + part[name]["deletions"] + part[name]["insertions"]
         assert sum(v["errors"] for v in part[name]["per_speaker"].values()) == errors
+    # A model directory of a CTC student decodes as CTC stage 7 did: its beam, max-active and the
+    # HLG scale chosen on dev (a later seed: its first seed's). A student the stage left out (its
+    # settings differ from its first seed's) gets the defaults, not a scale tuned for other weights.
+    from asr_kd.deploy.model_dir import load_spec
+    from asr_kd.deploy.recipe_paths import make_model_dir_from_recipe
+
+    for inner, row in (("frame", "student: frame"), ("baseline_seed1", "student: baseline")):
+        d = make_model_dir_from_recipe(layout.exp_dir, layout.data_dir, f"ctc-{inner}", tmp_path / f"md_{inner}")
+        cfg = load_spec(d).decode_config()
+        assert (cfg.beam, cfg.max_active, cfg.min_active) == (12.0, 3000, DECODE.min_active)
+        assert cfg.ctc_acoustic_scale == scores[row]["dev-clean"]["sweep"]["best"] == scores[f"student: {inner}"]["test-clean"]["acoustic_scale"]
+    assert load_spec(make_model_dir_from_recipe(layout.exp_dir, layout.data_dir, "ctc-sequence_seed1", tmp_path / "md_left")).decoding == {}
     # A CTC student that was never trained is named in one line.
     assert cli_main(["decode-part", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir), "--corpus-dir", str(corpus),
                      "--part", "my-test", "--systems", "ctc-nosuch"]) == 1

@@ -21,7 +21,7 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     out = run_librispeech_recipe(data, exp, "--stage", "4", "--stop-stage", "7", "--model-type", "ctc", timeout=1200)
     assert not (exp / "gmm").exists() and not (exp / "teachers").exists()  # the hybrid path did not run
     for line in ("Stage 4 (CTC): teachers", "teachers with shared_init_steps=15", "teachers with guide_weight=1.0", "Stage 5 (CTC)",
-                 "Stage 6 (CTC): frame student", "frame_guided1.0 student", "Stage 7 (CTC)"):
+                 "Stage 6 (CTC): students baseline, frame and sequence, 2 seeds each", "frame_guided1.0 student", "Stage 7 (CTC)"):
         assert line in out.stderr, line
     ctc_dir = exp / "ctc" / "phone"
     # tiny's preset asks for 2 seeds per student kind; the extra teacher sets' students get one.

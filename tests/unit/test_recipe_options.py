@@ -147,33 +147,15 @@ def test_stage10_passes_its_seeds_and_extra_scales(tmp_path: Path) -> None:
     assert refused.returncode != 0 and "--sweep-seeds takes an integer >= 1, got '0'" in refused.stderr + refused.stdout
 
 
-def _bg_script(tmp_path: Path, jobs: str) -> subprocess.CompletedProcess:
-    script = tmp_path / "bg.sh"
-    marks = tmp_path / "marks"
-    script.write_text(f"set -euo pipefail\n. {REPO_ROOT / 'local' / 'recipe_lib.sh'}\ntrap 'echo exit >> {marks}' EXIT\n{jobs}\n"
-                      f"echo after >> {marks}\n")
-    return subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
-
-
-def test_background_jobs_fail_the_recipe_after_the_others_end(tmp_path: Path) -> None:
-    # CTC stage 6 trains --nj students at once (run_logged_bg / wait_logged). A failed job stops the
-    # recipe with its status, and only after the jobs still running have ended (they write records).
-    marks = tmp_path / "marks"
-    out = _bg_script(tmp_path, f"run_logged_bg 3 {tmp_path}/a.log bash -c 'exit 3'\n"
-                               f"run_logged_bg 3 {tmp_path}/b.log bash -c 'sleep 1; echo slow >> {marks}'\nwait_logged")
-    assert out.returncode == 3 and marks.read_text() == "slow\nexit\n" and "failed with status 3" in out.stderr
-    # Throttled: the third job waits for the first; the first failing stops there, after the second ends.
-    marks.unlink()
-    out = _bg_script(tmp_path, f"run_logged_bg 2 {tmp_path}/a.log bash -c 'exit 4'\n"
-                               f"run_logged_bg 2 {tmp_path}/b.log bash -c 'sleep 1; echo slow >> {marks}'\n"
-                               f"run_logged_bg 2 {tmp_path}/c.log bash -c 'echo never >> {marks}'\nwait_logged")
-    assert out.returncode == 4 and marks.read_text() == "slow\nexit\n"
-    # Two failures: the first one's status.
-    marks.unlink()
-    out = _bg_script(tmp_path, f"run_logged_bg 2 {tmp_path}/a.log bash -c 'exit 5'\n"
-                               f"run_logged_bg 2 {tmp_path}/b.log bash -c 'sleep 1; echo slow >> {marks}; exit 6'\nwait_logged")
-    assert out.returncode == 5 and marks.read_text() == "slow\nexit\n"
-    marks.unlink()
-    out = _bg_script(tmp_path, f"run_logged_bg 2 {tmp_path}/a.log true\nrun_logged_bg 2 {tmp_path}/b.log true\n"
-                               f"run_logged_bg 2 {tmp_path}/c.log true\nwait_logged")
-    assert out.returncode == 0 and marks.read_text() == "after\nexit\n"
+def test_ctc_stage6_trains_every_student_through_the_launcher(tmp_path: Path) -> None:
+    # One ctc-train-students call: the preset's seeds, --nj and --cmd (a Slurm array reaches the CTC
+    # students too), and one frame-level student per extra teacher set.
+    calls = recorded_calls(tmp_path, "--preset", "tiny", "--model-type", "ctc", "--stage", "6", "--stop-stage", "6",
+                           "--cmd", "submitit-local", "--nj", "3", "--ctc-shared-init-steps", "15", "--ctc-guide-weight", "1.0")
+    assert [c.split()[1] for c in calls] == ["ctc-train-students"], calls
+    assert " --num-seeds 2 --jobs 3 --cmd submitit-local --cmd-config " in calls[0]
+    assert calls[0].endswith(" --extra-frame frame_shared15:shared_init_steps=15 --extra-frame frame_guided1.0:guide_weight=1.0"), calls[0]
+    (tmp_path / "none").mkdir()
+    calls = recorded_calls(tmp_path / "none", "--preset", "tiny", "--model-type", "ctc", "--stage", "6", "--stop-stage", "6",
+                           "--ctc-shared-init-steps", "0", "--ctc-guide-weight", "0")
+    assert "--extra-frame" not in calls[0] and calls[0].endswith(" --cmd local --cmd-config " + str(CONF / "slurm.yaml")), calls[0]
