@@ -156,6 +156,8 @@ def _train_students(args: argparse.Namespace) -> int:
         name, sep, sets = spec.partition(":")
         if not sep or not name or not sets:
             raise ConfigError(f"--extra-frame {spec!r}: give NAME:KEY=VALUE[,KEY=VALUE...], e.g. frame_shared15:shared_init_steps=15")
+        if name in extra:
+            raise ConfigError(f"--extra-frame names {name!r} twice; give each extra student its own name")
         extra[name] = load_config(CtcConfig, args.ctc_config, parse_overrides([*(args.ctc_overrides or []), *sets.split(",")]))
     out = train_ctc_students(cfg=cfg, train_config=_train_config(args), kinds=args.kinds, num_seeds=args.num_seeds, extra_frame=extra,
                              jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)

@@ -86,19 +86,22 @@ def recipe_decoding(layout, system: str) -> dict:
 def ctc_decoding(layout, student: str) -> dict:
     """Return the DecodeConfig fields CTC stage 7 decoded the CTC student folder ``student`` with:
     its beam and max-active and, as ``ctc_acoustic_scale``, the HLG scale it chose on dev. ``{}``
-    (the defaults) before that stage has run, and, with a warning, when the student was retrained
-    after it: its scale was tuned for other weights."""
+    (the defaults), with a warning, before that stage has run and when the student or the HLG was
+    remade after it: its scale was tuned for other weights or another graph."""
     from asr_kd.stages.ctc_s7_decode import system_scale
     from asr_kd.stages.decode_part import ctc_table_name
     from asr_kd.stages.provenance import read_record
 
     record = read_record(layout.ctc_decode)
     if record is None:
+        log.warning("CTC stage 7 has not run in %s: the model directory of the CTC student %s decodes at the default beam "
+                    "and HLG scale 1 (run CTC stage 7 first to tune them on dev)", layout.ctc_root, student)
         return {}
-    student_record = read_record(layout.ctc_student_dir(student))
-    if student_record is None or record.inputs.get(f"student {student}") != student_record.fingerprint:
-        log.warning("CTC stage 7 (%s) did not decode the CTC student %s as it is now; its model directory decodes at the "
-                    "default beam and scale (rerun CTC stage 7 to tune them)", layout.ctc_decode, student)
+    student_record, graph_record = read_record(layout.ctc_student_dir(student)), read_record(layout.ctc_graph)
+    if (student_record is None or record.inputs.get(f"student {student}") != student_record.fingerprint
+            or graph_record is None or record.inputs.get("graph") != graph_record.fingerprint):
+        log.warning("CTC stage 7 (%s) did not decode the CTC student %s with its HLG as they are now; its model directory "
+                    "decodes at the default beam and HLG scale 1 (rerun CTC stage 7 to tune them)", layout.ctc_decode, student)
         return {}
     decode = record.config["decode"]
     out = {k: decode[k] for k in ("beam", "max_active", "min_active", "ctc_acoustic_scale") if k in decode}

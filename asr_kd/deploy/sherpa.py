@@ -72,12 +72,12 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = False
     path = export_module(module, spec.features.num_mel_bins, out / SHERPA_MODEL)
     # sherpa-onnx picks the model class from its config (zipformer_ctc), not from metadata: these
     # keys describe the file, and SherpaCtc reads the max-active from them.
-    add_metadata(path, {"model_type": "asr-kd-ctc",
-                        "comment": "asr-kd CTC encoder, global CMVN and HLG scale folded in; load as sherpa-onnx zipformer_ctc",
-                        "subsampling_factor": spec.subsampling, "feature_dim": spec.features.num_mel_bins,
-                        "ctc_acoustic_scale": decoding.ctc_acoustic_scale, "ctc_max_active": decoding.max_active})
+    metadata = {"model_type": "asr-kd-ctc", "comment": "asr-kd CTC encoder, global CMVN and HLG scale folded in; load as sherpa-onnx zipformer_ctc",
+                "subsampling_factor": spec.subsampling, "feature_dim": spec.features.num_mel_bins,
+                "ctc_acoustic_scale": decoding.ctc_acoustic_scale, "ctc_max_active": decoding.max_active}
+    add_metadata(path, metadata)
     if int8:
-        quantize_int8(path, out / SHERPA_MODEL_INT8)
+        add_metadata(quantize_int8(path, out / SHERPA_MODEL_INT8), metadata)
     for name in ("tokens.txt", "HLG.fst", WORDS_FILE):
         shutil.copyfile(model_dir / name, out / name)
     if spec.subsampling != SHERPA_SUBSAMPLING:
@@ -96,19 +96,19 @@ def sherpa_metadata(path: Path | str) -> dict[str, str]:
 
 class SherpaCtc:
     """sherpa-onnx's offline CTC recognizer over an :func:`export_sherpa` folder, HLG search with
-    the max-active :func:`export_sherpa` recorded in the fp32 model's metadata."""
+    the max-active :func:`export_sherpa` recorded in the model's metadata."""
 
     def __init__(self, sherpa_dir: Path | str, feature_dim: int, sampling_rate: int = 16000, num_threads: int = 1, int8: bool = False) -> None:
         import sherpa_onnx
 
         d = Path(sherpa_dir)
         model = d / (SHERPA_MODEL_INT8 if int8 else SHERPA_MODEL)
-        for p in (model, d / SHERPA_MODEL, d / "tokens.txt", d / "HLG.fst", d / WORDS_FILE):
+        for p in (model, d / "tokens.txt", d / "HLG.fst", d / WORDS_FILE):
             if not p.is_file():
                 raise DataError(f"{p} does not exist; run `asr-kd export --sherpa-dir {d}` first")
         self.sampling_rate = sampling_rate
         self.words = SymbolTable.from_file(d / WORDS_FILE)
-        self.max_active = int(sherpa_metadata(d / SHERPA_MODEL).get("ctc_max_active", DecodeConfig().max_active))
+        self.max_active = int(sherpa_metadata(model).get("ctc_max_active", DecodeConfig().max_active))
         self.recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
             model=str(model), tokens=str(d / "tokens.txt"), num_threads=num_threads, sample_rate=sampling_rate,
             feature_dim=feature_dim, ctc_graph=str(d / "HLG.fst"), ctc_max_active=self.max_active)

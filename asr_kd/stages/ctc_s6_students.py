@@ -32,7 +32,7 @@ from asr_kd.stages.ctc_common import (
     teachers_of, units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.provenance import StageGuard, read_record, require_record
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.loop import LossFn
 from asr_kd.utils import atomic_path, folder_lock, write_text_atomic
@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Stored soft targets (top-k storage of the hybrid path, at the CTC output frame rate)
 # --------------------------------------------------------------------------------------------
+
+
+def _features_fingerprint(layout: RecipeLayout) -> str:
+    """Stage 1's fingerprint: the cuts and features the teachers read for soft targets and pseudo-labels."""
+    return require_record(layout.features("fbank"), "stage 1 (features)").fingerprint
 
 
 def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float = 200.0) -> Path:
@@ -62,7 +67,8 @@ def _make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: f
     out_path = ctc_soft_cuts(layout, cfg)
     settings = {"temperature": cfg.temperature, "top_k": cfg.top_k, "fusion": cfg.fusion, "num_teachers": cfg.num_teachers,
                 "teacher_set": teachers_of(layout, cfg).name, "train_part": layout.train_part}
-    guard = StageGuard("CTC soft targets", out_path.parent, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint})
+    guard = StageGuard("CTC soft targets", out_path.parent, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
+                                                                       "features": _features_fingerprint(layout)})
     if not guard.needs_work():
         return out_path
     teachers = load_ctc_teachers(layout, cfg)
@@ -129,10 +135,12 @@ def ctc_pseudo_dir(layout: RecipeLayout, cfg: CtcConfig) -> Path:
 def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float) -> dict[str, list[tuple[list[int], float]]]:
     folder = ctc_pseudo_dir(layout, cfg)
     path = folder / "labels.json"
-    settings = {"mode": cfg.pseudo_labels, "nbest": cfg.nbest, "beam_size": cfg.beam_size, "fusion": cfg.fusion,
-                "num_teachers": cfg.num_teachers, "teacher_set": teachers_of(layout, cfg).name, "train_part": layout.train_part}
-    guard = StageGuard("CTC pseudo-labels", folder, settings,
-                       {"teachers": teacher_set_record(layout, cfg).fingerprint, "units": units_record_fingerprint(layout)})
+    nbest = cfg.pseudo_labels != "greedy"  # greedy hypotheses do not depend on the n-best settings
+    settings = {"mode": cfg.pseudo_labels, "nbest": cfg.nbest if nbest else None, "beam_size": cfg.beam_size if nbest else None,
+                "fusion": cfg.fusion, "num_teachers": cfg.num_teachers, "teacher_set": teachers_of(layout, cfg).name,
+                "train_part": layout.train_part}
+    guard = StageGuard("CTC pseudo-labels", folder, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
+                                                              "units": units_record_fingerprint(layout), "features": _features_fingerprint(layout)})
     if guard.needs_work():
         teachers = load_ctc_teachers(layout, cfg)
         cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
@@ -149,6 +157,17 @@ def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, m
     return {k: [(list(t), float(w)) for t, w in v] for k, v in json.loads(path.read_text()).items()}
 
 
+def _check_student(kind: str, name: str | None) -> str:
+    """Return the student's folder name (``name``, default ``kind``); ConfigError for an unknown
+    kind or a name that is not a plain folder name."""
+    if kind not in STUDENT_KINDS:
+        raise ConfigError(f"CTC student kind must be one of {STUDENT_KINDS}, got {kind!r}")
+    name = name or kind
+    if not name or "/" in name or name.startswith(".") or re.search(r"_seed[0-9]+$", name):
+        raise ConfigError(f"CTC student name {name!r} must be a plain folder name not ending in _seed<k> (give --seed-index instead)")
+    return name
+
+
 def train_ctc_student(
     layout: RecipeLayout, kind: str, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
     name: str | None = None, seed_index: int = 0,
@@ -159,17 +178,13 @@ def train_ctc_student(
     transcripts), "frame" (frame-level KD, :class:`CtcFrameKdLoss`; online or from stored soft
     targets) or "sequence" (the ensemble's pseudo-labels, :class:`CtcSequenceKdLoss`). Skipped
     when its record matches. Returns its summary (steps, best dev TER, stop reason, seed)."""
-    if kind not in STUDENT_KINDS:
-        raise ConfigError(f"CTC student kind must be one of {STUDENT_KINDS}, got {kind!r}")
-    name = name or kind
-    if not name or "/" in name or name.startswith(".") or re.search(r"_seed[0-9]+$", name):
-        raise ConfigError(f"CTC student name {name!r} must be a plain folder name not ending in _seed<k> (give --seed-index instead)")
+    name = _check_student(kind, name)
     if seed_index < 0:
         raise ConfigError(f"seed index must be >= 0, got {seed_index}")
     exp_dir = layout.ctc_student_dir(ctc_student_folder(name, seed_index))
     units = prepare_units(layout, cfg)
     scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
-    inputs = {"units": units_record_fingerprint(layout), "features": require_record(layout.features("fbank"), "stage 1 (features)").fingerprint}
+    inputs = {"units": units_record_fingerprint(layout), "features": _features_fingerprint(layout)}
     if kind != "baseline":
         inputs["teachers"] = teacher_set_record(layout, cfg).fingerprint
     guard = StageGuard(f"CTC stage 6 (student {name})", exp_dir, {"ctc": cfg, "train": scfg, "kind": kind, "train_part": layout.train_part,
@@ -232,26 +247,33 @@ def train_ctc_students(
     """Train ``num_seeds`` seeds of every student of ``kinds`` (:func:`train_ctc_student`), and one
     frame-level student ``name`` per entry of ``extra_frame`` (``{name: CtcConfig}``, e.g. the
     teachers of another set), each a job of ``launcher`` (default: local processes, ``jobs`` at a
-    time). Seed 0 of every student runs first: it makes what the other seeds reuse (the stored
-    soft targets, the pseudo-labels), so no two jobs make them at once even where the file system
-    cannot lock. Then writes each student's RESULTS.md section. Returns ``{name: [summary of
-    seed 0, seed 1, ...]}``."""
+    time). Seed 0 of every student runs first: it makes what the other seeds of its kind reuse
+    (the stored soft targets of ``kd_source: stored``, the pseudo-labels), so no two seeds make
+    them at once even where the file system cannot lock (seed 0 of an extra frame student of the
+    same teacher set relies on the lock). Then (re)writes the RESULTS.md section of each student
+    whose first seed finished, also when a job failed. Returns ``{name: [summary of seed 0,
+    seed 1, ...]}``."""
     if num_seeds < 1:
         raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
-    for kind in kinds:
-        if kind not in STUDENT_KINDS:
-            raise ConfigError(f"CTC student kind must be one of {STUDENT_KINDS}, got {kind!r}")
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(f"CTC student kinds repeat: {list(kinds)}")
     extra = dict(extra_frame or {})
+    for name in extra:
+        if _check_student("frame", name) in STUDENT_KINDS:
+            raise ConfigError(f"an extra frame-level student cannot be named {name!r}, the folder of the {name} students")
     runs = [[(kind, kind, cfg, 0) for kind in kinds] + [("frame", name, c, 0) for name, c in extra.items()],
             [(kind, kind, cfg, k) for k in range(1, num_seeds) for kind in kinds]]
     out: dict[str, list[dict]] = {}
-    for wave, batch in enumerate(runs):
-        if not batch:
-            continue
-        summaries = launch_jobs(train_ctc_student, [(layout, kind, c, train_config, None, command, name, k) for kind, name, c, k in batch],
-                                launcher, jobs, num_threads, layout.exp_dir / "log", f"ctc_stage6_students_{wave}")
-        for (_, name, _, _), summary in zip(batch, summaries):
-            out.setdefault(name, []).append(summary)
-    for kind, name, c, _ in runs[0]:
-        write_student_section(layout, kind, name, c, results_md, command)
+    try:
+        for wave, batch in enumerate(runs):
+            if not batch:
+                continue
+            summaries = launch_jobs(train_ctc_student, [(layout, kind, c, train_config, None, command, name, k) for kind, name, c, k in batch],
+                                    launcher, jobs, num_threads, layout.exp_dir / "log", f"ctc_{layout.ctc_units}_stage6_students_{wave}")
+            for (_, name, _, _), summary in zip(batch, summaries):
+                out.setdefault(name, []).append(summary)
+    finally:
+        for kind, name, c, _ in runs[0]:
+            if (layout.ctc_student_dir(name) / "summary.json").is_file() and read_record(layout.ctc_student_dir(name)) is not None:
+                write_student_section(layout, kind, name, c, results_md, command)
     return out

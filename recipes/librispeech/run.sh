@@ -107,6 +107,9 @@ With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path i
      KD (the ensemble's pseudo-labels); and a frame-level KD student of each extra teacher set
   7  greedy, prefix-beam and HLG decoding (each system's scale chosen on the dev part); token error
      rates and WER rows in \$results, a student's seeds averaged, intervals against the baseline
+  9  (after all of the above) the CTC baseline and frame-level students join stage 9's cost table, at
+     their dev-tuned HLG scales, the frame-level one also as ONNX fp32 and int8 (the gate's system
+     when the hybrid path does not run)
 Stage 3 (GMM-HMM) is only needed by the hybrid path.
 
 Options (default in brackets):
@@ -351,38 +354,6 @@ if [ "$hybrid" = true ] && in_stages 8; then
   sed -n '/^## Table 5 analogue/,/^Paper numbers/p' "$results"
 fi
 
-# Stage 9: asr_kd/deploy (model directories, ONNX export, the cost table and the int8 gate)
-if [ "$hybrid" = true ] && in_stages 9; then
-  log "Stage 9: model directories, ONNX fp32 and int8, cost of ensemble vs student (deployment)"
-  deploy="$exp/deploy"
-  ensemble_dirs=()
-  for i in $(seq 0 $((num_teachers - 1))); do
-    run_logged "$exp/log/stage9_model_dir_teacher$i.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "teacher$i" \
-      --out "$deploy/teacher$i" --train-part "$train_set"
-    ensemble_dirs+=("$deploy/teacher$i")
-  done
-  run_logged "$exp/log/stage9_model_dir_tri.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system tri \
-    --out "$deploy/tri" --train-part "$train_set"
-  compressed_systems=()
-  for kind in "${student_kinds[@]}"; do
-    run_logged "$exp/log/stage9_model_dir_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "$kind" \
-      --out "$deploy/$kind" --train-part "$train_set"
-  done
-  run_logged "$exp/log/stage9_export.log" asr-kd export --model-dir "$deploy/distilled"
-  if [ "$compressed_config" != none ]; then
-    run_logged "$exp/log/stage9_export_compressed.log" asr-kd export --model-dir "$deploy/compressed"
-    compressed_systems=(--system "compressed=$deploy/compressed" --system "compressed=$deploy/compressed@onnx-int8")
-  fi
-  ensemble_list=$(IFS=,; echo "${ensemble_dirs[*]}")
-  run_logged "$exp/log/stage9_deploy_report.log" asr-kd deploy-report --test-manifest "$data/fbank/cuts_$test_set.jsonl.gz" \
-    --system "tri=$deploy/tri" --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard" \
-    --system "distilled=$deploy/distilled" --system "distilled=$deploy/distilled@onnx" --system "distilled=$deploy/distilled@onnx-int8" \
-    "${compressed_systems[@]}" --gate distilled --max-relative "$int8_max_relative" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" \
-    --speed distilled@onnx-int8 --dev-manifest "$data/fbank/cuts_$dev_set.jsonl.gz" \
-    --results "$results" --plot "$(dirname "$results")/wer_vs_cost.png"
-  sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
-fi
-
 # Stage 10: asr_kd/stages/s10_temperature_sweep.py (opt-in)
 if [ "$hybrid" = true ] && in_stages 10; then
   log "Stage 10: $sweep_seeds distilled student(s) at each T = $temperatures (${student_train_config:-$train_config})"
@@ -439,6 +410,55 @@ if [ "$ctc" = true ]; then
     run_logged "$exp/log/stage7_ctc_decode.log" asr-kd ctc-decode "${ctc_common[@]}" --corpus "$corpus_name" \
       --decode-config "$ctc_decode_config" "${decode_beam_set[@]}"
   fi
+fi
+
+# Stage 9: asr_kd/deploy (model directories, ONNX fp32 and int8, the cost table and the int8 gate). After the
+# CTC stages, so that with --model-type both the CTC students are measured in the same run as the hybrid systems.
+if in_stages 9; then
+  log "Stage 9: model directories, ONNX fp32 and int8, cost of ensemble vs student (deployment)"
+  deploy="$exp/deploy"
+  systems=() report_opts=()
+  if [ "$hybrid" = true ]; then
+    ensemble_dirs=()
+    for i in $(seq 0 $((num_teachers - 1))); do
+      run_logged "$exp/log/stage9_model_dir_teacher$i.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "teacher$i" \
+        --out "$deploy/teacher$i" --train-part "$train_set"
+      ensemble_dirs+=("$deploy/teacher$i")
+    done
+    run_logged "$exp/log/stage9_model_dir_tri.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system tri \
+      --out "$deploy/tri" --train-part "$train_set"
+    for kind in "${student_kinds[@]}"; do
+      run_logged "$exp/log/stage9_model_dir_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "$kind" \
+        --out "$deploy/$kind" --train-part "$train_set"
+    done
+    run_logged "$exp/log/stage9_export.log" asr-kd export --model-dir "$deploy/distilled"
+    ensemble_list=$(IFS=,; echo "${ensemble_dirs[*]}")
+    systems+=(--system "tri=$deploy/tri" --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard"
+              --system "distilled=$deploy/distilled" --system "distilled=$deploy/distilled@onnx" --system "distilled=$deploy/distilled@onnx-int8")
+    if [ "$compressed_config" != none ]; then
+      run_logged "$exp/log/stage9_export_compressed.log" asr-kd export --model-dir "$deploy/compressed"
+      systems+=(--system "compressed=$deploy/compressed" --system "compressed=$deploy/compressed@onnx-int8")
+    fi
+    report_opts=(--gate distilled --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" --speed distilled@onnx-int8
+                 --dev-manifest "$data/fbank/cuts_$dev_set.jsonl.gz")
+  fi
+  if [ "$ctc" = true ]; then
+    # The CTC baseline and frame-level students (seed 0), each at the HLG scale CTC stage 7 tuned on dev; the
+    # frame-level one also as ONNX fp32 and int8 (its gate when the hybrid path did not run).
+    ctc_units=$(awk '/^units:/ {gsub(/["\047]/, "", $2); print $2}' "$ctc_config")  # CtcConfig's units; its default: phone
+    for kind in baseline frame; do
+      run_logged "$exp/log/stage9_model_dir_ctc_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "ctc-$kind" \
+        --out "$deploy/ctc_$kind" --train-part "$train_set" --units "${ctc_units:-phone}"
+    done
+    run_logged "$exp/log/stage9_export_ctc.log" asr-kd export --model-dir "$deploy/ctc_frame"
+    systems+=(--system "ctc-baseline=$deploy/ctc_baseline" --system "ctc-frame=$deploy/ctc_frame"
+              --system "ctc-frame=$deploy/ctc_frame@onnx" --system "ctc-frame=$deploy/ctc_frame@onnx-int8")
+    [ "$hybrid" = true ] || report_opts=(--gate ctc-frame --baseline ctc-baseline)
+  fi
+  run_logged "$exp/log/stage9_deploy_report.log" asr-kd deploy-report --test-manifest "$data/fbank/cuts_$test_set.jsonl.gz" \
+    "${systems[@]}" "${report_opts[@]}" --max-relative "$int8_max_relative" \
+    --results "$results" --plot "$(dirname "$results")/wer_vs_cost.png"
+  sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
 fi
 
 log "Done: stages $stage to $stop_stage"

@@ -158,11 +158,16 @@ def test_students_and_pseudo_labels(ctc_run) -> None:
     record = read_record(folder)
     assert record.inputs["teachers"] == read_record(layout.ctc_teacher_set(0)).fingerprint
     made = record.finished
-    assert made < read_record(layout.ctc_student_dir("sequence_seed1")).finished  # not remade for the second seed
+    assert made <= read_record(layout.ctc_student_dir("sequence")).finished  # made by seed 0, not remade by seed 1 after it
     assert not any(p.name.startswith("pseudo") for kind in ("sequence", "sequence_seed1") for p in layout.ctc_student_dir(kind).iterdir())
     units = prepare_units(layout, CTC)
     again = make_pseudo_labels(layout, CTC, units)
     assert read_record(folder).finished == made and {k: v[0][0] for k, v in again.items()} == {k: v[0][0] for k, v in labels.items()}
+    # Students that would share a folder are refused before any job runs.
+    for kinds, extra, match in ((["frame", "frame"], {}, "kinds repeat"), (["baseline"], {"frame": CTC}, "cannot be named 'frame'"),
+                                (["baseline"], {"x_seed1": CTC}, "_seed<k>")):
+        with pytest.raises(ConfigError, match=match):
+            train_ctc_students(layout, CTC, TRAIN, kinds=kinds, extra_frame=extra)
     # Other hypothesis settings: their own folder.
     assert ctc_pseudo_dir(layout, dataclasses.replace(CTC, pseudo_labels="nbest", nbest=3)).name == "teachers_arithmetic_nbest3_beam8"
 

@@ -217,13 +217,16 @@ def test_sherpa_onnx_decodes_at_the_model_directorys_hlg_scale(recipe, model_dir
     ours = _texts(Transcriber(scaled, "torch"), audio)
     # The test has power only if the scale changes our own words on many utterances.
     assert sum(at_one[u] != ours[u] for u in audio) > 0.1 * len(audio)
-    plain, folded = export_sherpa(model_dirs["ctc"], tmp_path / "s1"), export_sherpa(scaled, tmp_path / "s2")
+    plain, folded = export_sherpa(model_dirs["ctc"], tmp_path / "s1"), export_sherpa(scaled, tmp_path / "s2", int8=True)
     x = np.random.default_rng(0).normal(size=(1, 50, 40)).astype(np.float32)
     feeds = {"x": x, "x_lens": np.array([50], dtype=np.int64)}
     lp1, lp2 = (ort.InferenceSession(str(d / "model.onnx")).run(None, feeds)[0] for d in (plain, folded))
     np.testing.assert_allclose(lp2, 0.1 * lp1, rtol=1e-4, atol=1e-5)
     sherpa = SherpaCtc(folded, feature_dim=40)
-    assert sherpa.max_active == 2000
+    # The int8 model carries the settings too, and loads without the fp32 file beside it.
+    (folded / "model.onnx").rename(folded / "fp32.onnx")
+    assert sherpa.max_active == SherpaCtc(folded, feature_dim=40, int8=True).max_active == 2000
+    (folded / "fp32.onnx").rename(folded / "model.onnx")
     theirs = dict(zip(audio, (" ".join(w) for w in sherpa(list(audio.values())))))
     differ = {u: (ours[u], theirs[u]) for u in audio if ours[u] != theirs[u]}
     assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"

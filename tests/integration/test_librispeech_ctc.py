@@ -18,7 +18,8 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     src_data, _ = tiny_stage2
     data, exp = tmp_path / "data", tmp_path / "exp"
     shutil.copytree(src_data, data, symlinks=True)
-    out = run_librispeech_recipe(data, exp, "--stage", "4", "--stop-stage", "7", "--model-type", "ctc", timeout=1200)
+    out = run_librispeech_recipe(data, exp, "--stage", "4", "--stop-stage", "9", "--model-type", "ctc", "--int8-max-relative", "0.5",
+                                 timeout=1500)
     assert not (exp / "gmm").exists() and not (exp / "teachers").exists()  # the hybrid path did not run
     for line in ("Stage 4 (CTC): teachers", "teachers with shared_init_steps=15", "teachers with guide_weight=1.0", "Stage 5 (CTC)",
                  "Stage 6 (CTC): students baseline, frame and sequence, 2 seeds each", "frame_guided1.0 student", "Stage 7 (CTC)"):
@@ -45,6 +46,20 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     for row in ("student: baseline", "student: frame", "student: sequence"):
         assert f"| {row} | 2 | test-clean |" in section, row
     assert "| test-clean | student: frame − baseline |" in section and "| student: frame_guided1.0 | 1 | test-clean |" in section
+    # Stage 9 without the hybrid path: the CTC students' model directories decode at the scale CTC
+    # stage 7 chose on dev, the frame-level student is exported and gated, and the cost table has them.
+    decode7 = read_record(ctc_dir / "decode").config["decode"]
+    for kind in ("baseline", "frame"):
+        decoding = json.loads((exp / "deploy" / f"ctc_{kind}" / "model.json").read_text())["decoding"]
+        assert decoding["ctc_acoustic_scale"] == scores[f"student: {kind}"]["dev-clean"]["sweep"]["best"], kind
+        assert (decoding["beam"], decoding["max_active"]) == (decode7["beam"], decode7["max_active"])
+    deploy = read_section(exp / "RESULTS.md", "## Deployment: cost table and quantisation gate")
+    rows = {tuple(r.strip("| ").split(" | ")[:2]): r.strip("| ").split(" | ") for r in deploy.splitlines() if r.startswith("| ctc-")}
+    assert set(rows) == {("ctc-baseline", "torch"), ("ctc-frame", "torch"), ("ctc-frame", "onnx"), ("ctc-frame", "onnx-int8")}
+    assert rows[("ctc-frame", "onnx")][8] == rows[("ctc-frame", "torch")][8]  # same network, same search: same errors
+    int8_wer = rows[("ctc-frame", "onnx-int8")][8].split(" ")[0]
+    assert f"int8 WER {int8_wer} vs fp32 {rows[('ctc-frame', 'onnx')][8].split(' ')[0]}" in deploy
+    assert rows[("ctc-baseline", "torch")][9] == "1.00x"  # the speed-up column divides by the CTC baseline
 
 
 def test_unknown_model_type_is_rejected(tmp_path: Path) -> None:
