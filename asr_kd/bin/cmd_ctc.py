@@ -73,8 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which students (default all three)")
     p.add_argument("--num-seeds", type=int, default=1, help="seeds per student kind (default 1)")
     p.add_argument("--extra-frame", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE...]",
-                   help="also a frame-level student students/NAME (one seed) with these CtcConfig overrides, e.g. "
-                   "frame_shared15:shared_init_steps=15 for the teachers of that set; repeatable")
+                   help="also a frame-level student students/NAME[_seed<k>] (--num-seeds seeds) with these CtcConfig overrides, "
+                   "e.g. frame_shared15:shared_init_steps=15 for the teachers of that set; ctc-decode compares a "
+                   "frame_<x> student with the frame student; repeatable")
     add_jobs_args(p, "students")
     p.set_defaults(func=_train_students)
 

@@ -244,7 +244,7 @@ def train_ctc_students(
     extra_frame: Mapping[str, CtcConfig] | None = None, results_md: Path | None = None, command: str = "", jobs: int = 1,
     num_threads: int = 1, launcher: Launcher | None = None,
 ) -> dict[str, list[dict]]:
-    """Train ``num_seeds`` seeds of every student of ``kinds`` (:func:`train_ctc_student`), and one
+    """Train ``num_seeds`` seeds of every student of ``kinds`` (:func:`train_ctc_student`) and of a
     frame-level student ``name`` per entry of ``extra_frame`` (``{name: CtcConfig}``, e.g. the
     teachers of another set), each a job of ``launcher`` (default: local processes, ``jobs`` at a
     time). Seed 0 of every student runs first: it makes what the other seeds of its kind reuse
@@ -262,7 +262,8 @@ def train_ctc_students(
         if _check_student("frame", name) in STUDENT_KINDS:
             raise ConfigError(f"an extra frame-level student cannot be named {name!r}, the folder of the {name} students")
     runs = [[(kind, kind, cfg, 0) for kind in kinds] + [("frame", name, c, 0) for name, c in extra.items()],
-            [(kind, kind, cfg, k) for k in range(1, num_seeds) for kind in kinds]]
+            [(kind, kind, cfg, k) for k in range(1, num_seeds) for kind in kinds]
+            + [("frame", name, c, k) for k in range(1, num_seeds) for name, c in extra.items()]]
     out: dict[str, list[dict]] = {}
     try:
         for wave, batch in enumerate(runs):

@@ -47,6 +47,7 @@ from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
 log = logging.getLogger(__name__)
 
 BASELINE = "student: baseline"
+FRAME = "student: frame"  # its variants (student: frame_<x>) are also compared with it
 
 
 def build_ctc_graph(layout: RecipeLayout, units: CtcUnits) -> Path:
@@ -170,21 +171,25 @@ def _score_rows(
 
 def _compare_rows(layout: RecipeLayout, rows: Mapping[str, Sequence[str]], parts: Sequence[str]) -> dict:
     """Per test part, each ensemble's and student group's HLG WER and greedy TER minus the
-    baseline student's, with paired bootstrap intervals over utterances (a group's seeds'
-    per-utterance counts averaged first); empty without a baseline student."""
+    baseline student's, and each variant of the frame-level student (``student: frame_<x>``: the
+    students of the other teacher sets, named variants) minus the frame-level student's, with
+    paired bootstrap intervals over utterances (a group's seeds' per-utterance counts averaged
+    first); empty without a baseline student."""
     out: dict = {"parts": {}}
     if BASELINE not in rows:
         return out
     others = [r for r in rows if r != BASELINE and not r.startswith("teacher")]
+    pairs = [(r, BASELINE, f"{r} - baseline") for r in others]
+    if FRAME in rows:
+        pairs += [(r, FRAME, f"{r} - {FRAME}") for r in others if r.startswith(f"{FRAME}_")]
     for part in parts:
         # per_utt.json columns: HLG word errors, reference words, greedy token errors, reference
         # tokens; per_utterance_counts calls the last two "correct" and "frames" (its hybrid names).
         counts = {r: per_utterance_counts(None, [system_slug(m) for m in rows[r]], part, layout.ctc_decode) for r in [BASELINE, *others]}
-        base = counts[BASELINE]
         out["parts"][part] = {
-            f"{r} - baseline": {"hlg_wer": bootstrap_difference(base["errors"], counts[r]["errors"], base["ref_words"]).to_dict(),
-                                "greedy_ter": bootstrap_difference(base["correct"], counts[r]["correct"], base["frames"]).to_dict()}
-            for r in others}
+            key: {"hlg_wer": bootstrap_difference(counts[ref]["errors"], counts[r]["errors"], counts[ref]["ref_words"]).to_dict(),
+                  "greedy_ter": bootstrap_difference(counts[ref]["correct"], counts[r]["correct"], counts[ref]["frames"]).to_dict()}
+            for r, ref, key in pairs}
     return out
 
 
@@ -235,11 +240,14 @@ def _format_ctc_comparisons(comparisons: Mapping, num_seeds: int) -> str:
         return ""
     seeds = f" A student's per-utterance counts are averaged over its seeds first (up to {num_seeds})." if num_seeds > 1 else ONE_SEED
     first = diffs[0][2]["hlg_wer"]
-    lines = ["", comparison_intro("the baseline student", first["level"], first.get("resamples", BOOTSTRAP_RESAMPLES), seeds), "",
+    reference = "the baseline student"
+    if any(not key.endswith(" - baseline") for _, key, _ in diffs):
+        reference += " (and of each variant of the frame-level student from that student: which teacher set distils better)"
+    lines = ["", comparison_intro(reference, first["level"], first.get("resamples", BOOTSTRAP_RESAMPLES), seeds), "",
              "| Part | Comparison | HLG WER difference, points | Significant? | Greedy TER difference, points | Significant? |",
              "|---|---|---|---|---|---|"]
     for part, key, d in diffs:
-        label = key.replace(" - baseline", " − baseline")
+        label = key.replace(" - ", " − ")
         lines.append(f"| {part} | {label} | {format_interval(d['hlg_wer'])} | {significance(d['hlg_wer'], True)} | "
                      f"{format_interval(d['greedy_ter'])} | {significance(d['greedy_ter'], True)} |")
     return "\n".join(lines) + "\n"

@@ -104,7 +104,7 @@ With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path i
      guided by teacher0's spikes with weight --ctc-guide-weight)
   5  the teachers' spike misalignment report, every teacher set
   6  CTC students, --num-seeds of each: baseline, frame-level KD (KL at T, blank handling), sequence-level
-     KD (the ensemble's pseudo-labels); and a frame-level KD student of each extra teacher set
+     KD (the ensemble's pseudo-labels); and --num-seeds frame-level KD students of each extra teacher set
   7  greedy, prefix-beam and HLG decoding (each system's scale chosen on the dev part); token error
      rates and WER rows in \$results, a student's seeds averaged, intervals against the baseline
   9  (after all of the above) the CTC baseline and frame-level students join stage 9's cost table, at
@@ -393,15 +393,15 @@ if [ "$ctc" = true ]; then
     run_logged "$exp/log/stage5_ctc_spikes.log" asr-kd ctc-spike-report "${ctc_common[@]}"
   fi
   if in_stages 6; then
-    # --num-seeds students per kind (as the hybrid students) and one frame-level student per extra teacher
-    # set (does a set with aligned spikes distil better?), each a job of --cmd (--nj local processes at a
+    # --num-seeds students per kind (as the hybrid students) and of a frame-level student per extra teacher
+    # set (does a set with aligned spikes distil better? stage 7 compares it with the frame student), each a job of --cmd (--nj local processes at a
     # time, or a Slurm array). Seed 0 of every student runs first: it makes what the other seeds reuse.
     ctc_extra_opts=()
     for i in "${!ctc_extra_sets[@]}"; do
       log "Stage 6 (CTC): frame_${ctc_extra_names[$i]} student (teachers with ${ctc_extra_sets[$i]})"
       ctc_extra_opts+=(--extra-frame "frame_${ctc_extra_names[$i]}:${ctc_extra_sets[$i]}")
     done
-    log "Stage 6 (CTC): students baseline, frame and sequence, $num_seeds seeds each"
+    log "Stage 6 (CTC): students baseline, frame and sequence (and the extra sets' frame students), $num_seeds seeds each"
     run_logged "$exp/log/stage6_ctc_students.log" asr-kd ctc-train-students "${ctc_common[@]}" --config "$ctc_train_config" \
       --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" ${ctc_extra_opts[@]+"${ctc_extra_opts[@]}"}
   fi

@@ -22,15 +22,15 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
                                  timeout=1500)
     assert not (exp / "gmm").exists() and not (exp / "teachers").exists()  # the hybrid path did not run
     for line in ("Stage 4 (CTC): teachers", "teachers with shared_init_steps=15", "teachers with guide_weight=1.0", "Stage 5 (CTC)",
-                 "Stage 6 (CTC): students baseline, frame and sequence, 2 seeds each", "frame_guided1.0 student", "Stage 7 (CTC)"):
+                 "Stage 6 (CTC): students baseline, frame and sequence (and the extra sets' frame students), 2 seeds each", "frame_guided1.0 student", "Stage 7 (CTC)"):
         assert line in out.stderr, line
     ctc_dir = exp / "ctc" / "phone"
     # tiny's preset asks for 2 seeds per student kind; the extra teacher sets' students get one.
     for model in ("teachers/teacher1", "teachers_shared15/teacher1", "teachers_guided1/teacher1", "students/baseline",
                   "students/sequence", "students/frame", "students/baseline_seed1", "students/sequence_seed1", "students/frame_seed1",
-                  "students/frame_shared15", "students/frame_guided1.0"):
+                  "students/frame_shared15", "students/frame_guided1.0", "students/frame_shared15_seed1", "students/frame_guided1.0_seed1"):
         assert (ctc_dir / model / "final.pt").is_file(), model
-    assert not (ctc_dir / "students" / "frame_seed2").exists() and not (ctc_dir / "students" / "frame_guided1.0_seed1").exists()
+    assert not (ctc_dir / "students" / "frame_seed2").exists() and not (ctc_dir / "students" / "frame_guided1.0_seed2").exists()
     assert set(json.loads((ctc_dir / "spikes" / "spike_report.json").read_text())) == {"independent", "shared init 15 steps", "independent, guided 1"}
     text = (exp / "RESULTS.md").read_text()
     assert "./run.sh --preset tiny" in text and "--model-type ctc" in text
@@ -45,7 +45,13 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     section = read_section(exp / "RESULTS.md", "## CTC results (phone)")
     for row in ("student: baseline", "student: frame", "student: sequence"):
         assert f"| {row} | 2 | test-clean |" in section, row
-    assert "| test-clean | student: frame − baseline |" in section and "| student: frame_guided1.0 | 1 | test-clean |" in section
+    assert "| test-clean | student: frame − baseline |" in section and "| student: frame_guided1.0 | 2 | test-clean |" in section
+    # Which teacher set distils better: each extra set's frame student against the frame student.
+    diffs = json.loads((ctc_dir / "decode" / "comparisons.json").read_text())["parts"]["test-clean"]
+    d = diffs["student: frame_guided1.0 - student: frame"]["hlg_wer"]
+    mean = lambda row: sum(scores[f"student: {m}"]["test-clean"]["hlg_wer"] for m in (row, f"{row}_seed1")) / 2  # noqa: E731
+    assert d["value"] == pytest.approx(mean("frame_guided1.0") - mean("frame"))
+    assert "| test-clean | student: frame_shared15 − student: frame |" in section
     # Stage 9 without the hybrid path: the CTC students' model directories decode at the scale CTC
     # stage 7 chose on dev, the frame-level student is exported and gated, and the cost table has them.
     decode7 = read_record(ctc_dir / "decode").config["decode"]

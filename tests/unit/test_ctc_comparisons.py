@@ -37,3 +37,25 @@ def test_differences_average_the_baseline_seeds_and_keep_the_columns_apart(tmp_p
     assert d["hlg_wer"]["low"] <= d["hlg_wer"]["value"] <= d["hlg_wer"]["high"] < 0
     # Without a baseline student there is nothing to compare with.
     assert _compare_rows(layout, {"teacher0": ["teacher0"]}, ["test-clean"]) == {"parts": {}}
+
+
+def test_frame_variants_are_also_compared_with_the_frame_student(tmp_path) -> None:
+    # Which teacher set distils better: student: frame_<x> (another set's frame-level student) minus
+    # student: frame, besides both against the baseline; other students only against the baseline.
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp", ctc_units="phone")
+    rows = {"student: baseline": ["student: baseline"], "student: frame": ["student: frame"],
+            "student: frame_guided1": ["student: frame_guided1", "student: frame_guided1_seed1"], "student: sequence": ["student: sequence"]}
+    for system, counts in (("student: baseline", BASE0), ("student: frame", FRAME), ("student: frame_guided1", BASE1),
+                           ("student: frame_guided1_seed1", BASE0), ("student: sequence", BASE1)):
+        _write(layout, system, "test-clean", counts)
+    out = _compare_rows(layout, rows, ["test-clean"])["parts"]["test-clean"]
+    assert set(out) == {"student: frame - baseline", "student: frame_guided1 - baseline", "student: sequence - baseline",
+                        "student: frame_guided1 - student: frame"}
+    # frame_guided1's seeds: 8 and 6 word errors of 23 (mean 7), frame 2; tokens 12 and 12, frame 6.
+    d = out["student: frame_guided1 - student: frame"]
+    assert d["hlg_wer"]["value"] == pytest.approx(7 / 23 - 2 / 23) and d["greedy_ter"]["value"] == pytest.approx(12 / 65 - 6 / 65)
+    assert out["student: frame_guided1 - baseline"]["hlg_wer"]["value"] == pytest.approx(7 / 23 - 6 / 23)  # baseline: 6
+    # Without the frame student, its variants are compared with the baseline only.
+    del rows["student: frame"]
+    assert set(_compare_rows(layout, rows, ["test-clean"])["parts"]["test-clean"]) == {
+        "student: frame_guided1 - baseline", "student: sequence - baseline"}
