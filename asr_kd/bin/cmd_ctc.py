@@ -84,8 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "students (every seed) on --decode-parts: greedy and prefix-beam token error rates (and WERs for BPE), HLG "
                        "WER (kaldi-decoder); when decode.ctc_acoustic_scales is set (run.sh passes conf/decode_ctc.yaml) at each "
                        "system's scale chosen on the dev part from it, else at decode.ctc_acoustic_scale. A student's seeds make "
-                       "one row (mean and deviation) and every ensemble and student is compared with the baseline student by a "
-                       "paired bootstrap. Writes <exp>/ctc/<units>/decode/ (scores.json, comparisons.json, "
+                       "one row (mean and deviation) and every ensemble and student is compared with the baseline student (and "
+                       "each frame_<x> student with the frame student) by a paired bootstrap. Writes <exp>/ctc/<units>/decode/ (scores.json, comparisons.json, "
                        "per-utterance counts) and the CTC table of --results-md.")
     _common_args(p)
     p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields")

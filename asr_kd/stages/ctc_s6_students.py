@@ -32,7 +32,7 @@ from asr_kd.stages.ctc_common import (
     teachers_of, units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, read_record, require_record
+from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.loop import LossFn
 from asr_kd.utils import atomic_path, folder_lock, write_text_atomic
@@ -250,9 +250,9 @@ def train_ctc_students(
     time). Seed 0 of every student runs first: it makes what the other seeds of its kind reuse
     (the stored soft targets of ``kd_source: stored``, the pseudo-labels), so no two seeds make
     them at once even where the file system cannot lock (seed 0 of an extra frame student of the
-    same teacher set relies on the lock). Then (re)writes the RESULTS.md section of each student
-    whose first seed finished, also when a job failed. Returns ``{name: [summary of seed 0,
-    seed 1, ...]}``."""
+    same teacher set relies on the lock). Then (re)writes each student's RESULTS.md section (when a
+    job failed: of the students whose first seed finished in this call). Returns ``{name:
+    [summary of seed 0, seed 1, ...]}``."""
     if num_seeds < 1:
         raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
     if len(set(kinds)) != len(kinds):
@@ -273,8 +273,16 @@ def train_ctc_students(
                                     launcher, jobs, num_threads, layout.exp_dir / "log", f"ctc_{layout.ctc_units}_stage6_students_{wave}")
             for (_, name, _, _), summary in zip(batch, summaries):
                 out.setdefault(name, []).append(summary)
-    finally:
+    except BaseException:
+        # A job failed: the sections of the students whose first seed finished in this call (so with
+        # these settings) are still written; the others keep what they said. The job's error goes on.
         for kind, name, c, _ in runs[0]:
-            if (layout.ctc_student_dir(name) / "summary.json").is_file() and read_record(layout.ctc_student_dir(name)) is not None:
-                write_student_section(layout, kind, name, c, results_md, command)
+            if name in out:
+                try:
+                    write_student_section(layout, kind, name, c, results_md, command)
+                except Exception as err:  # never hide the job's error behind this one
+                    log.error("could not write the RESULTS.md section of CTC student %s: %s", name, err)
+        raise
+    for kind, name, c, _ in runs[0]:
+        write_student_section(layout, kind, name, c, results_md, command)
     return out

@@ -7,8 +7,9 @@ log-probabilities against HLG is chosen on the dev part (``decode.ctc_acoustic_s
 student's other seeds use its first seed's scale), the test parts are decoded once at it, and
 every system of the table gets the same beam and max-active. A student's seeds (folders
 ``students/<name>_seed<k>``, CTC stage 6) form one row: mean and standard deviation over the
-seeds, and differences from the baseline student with paired bootstrap intervals over utterances
-(the seeds' per-utterance counts averaged first).
+seeds, and differences from the baseline student (and of each ``frame_<x>`` student, another
+teacher set's, from the frame student) with paired bootstrap intervals over utterances (the
+seeds' per-utterance counts averaged first).
 
 Writes ``<root>/decode/scores.json`` (per trained model and part), ``<root>/decode/<system>_<part>/
 per_utt.json`` (``{utt: [HLG word errors, reference words, greedy token errors, reference
@@ -242,7 +243,7 @@ def _format_ctc_comparisons(comparisons: Mapping, num_seeds: int) -> str:
     first = diffs[0][2]["hlg_wer"]
     reference = "the baseline student"
     if any(not key.endswith(" - baseline") for _, key, _ in diffs):
-        reference += " (and of each variant of the frame-level student from that student: which teacher set distils better)"
+        reference += ", and of each frame_<x> student from the frame student (which teacher set distils better)"
     lines = ["", comparison_intro(reference, first["level"], first.get("resamples", BOOTSTRAP_RESAMPLES), seeds), "",
              "| Part | Comparison | HLG WER difference, points | Significant? | Greedy TER difference, points | Significant? |",
              "|---|---|---|---|---|---|"]

@@ -106,7 +106,8 @@ With --model-type ctc (or both), stages 4-7 also (or instead) run the CTC path i
   6  CTC students, --num-seeds of each: baseline, frame-level KD (KL at T, blank handling), sequence-level
      KD (the ensemble's pseudo-labels); and --num-seeds frame-level KD students of each extra teacher set
   7  greedy, prefix-beam and HLG decoding (each system's scale chosen on the dev part); token error
-     rates and WER rows in \$results, a student's seeds averaged, intervals against the baseline
+     rates and WER rows in \$results, a student's seeds averaged, intervals against the baseline (and
+     of each extra set's frame student against the frame student)
   9  (after all of the above) the CTC baseline and frame-level students join stage 9's cost table, at
      their dev-tuned HLG scales, the frame-level one also as ONNX fp32 and int8 (the gate's system
      when the hybrid path does not run)

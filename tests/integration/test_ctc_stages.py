@@ -157,17 +157,21 @@ def test_students_and_pseudo_labels(ctc_run) -> None:
     assert all(len(hyps) == 1 and hyps[0][1] == 1.0 and 0 not in hyps[0][0] for hyps in labels.values())
     record = read_record(folder)
     assert record.inputs["teachers"] == read_record(layout.ctc_teacher_set(0)).fingerprint
+    assert record.inputs["features"] == read_record(layout.features("fbank")).fingerprint
     made = record.finished
     assert made <= read_record(layout.ctc_student_dir("sequence")).finished  # made by seed 0, not remade by seed 1 after it
     assert not any(p.name.startswith("pseudo") for kind in ("sequence", "sequence_seed1") for p in layout.ctc_student_dir(kind).iterdir())
     units = prepare_units(layout, CTC)
     again = make_pseudo_labels(layout, CTC, units)
     assert read_record(folder).finished == made and {k: v[0][0] for k, v in again.items()} == {k: v[0][0] for k, v in labels.items()}
-    # Students that would share a folder are refused before any job runs.
+    # Students that would share a folder are refused before any job runs (a job would stop first on
+    # this empty experiment's missing stages).
+    empty = RecipeLayout(layout.data_dir, layout.exp_dir.parent / "empty_exp", ctc_units="phone")
     for kinds, extra, match in ((["frame", "frame"], {}, "kinds repeat"), (["baseline"], {"frame": CTC}, "cannot be named 'frame'"),
                                 (["baseline"], {"x_seed1": CTC}, "_seed<k>")):
         with pytest.raises(ConfigError, match=match):
-            train_ctc_students(layout, CTC, TRAIN, kinds=kinds, extra_frame=extra)
+            train_ctc_students(empty, CTC, TRAIN, kinds=kinds, extra_frame=extra)
+    assert not empty.exp_dir.exists()
     # Other hypothesis settings: their own folder.
     assert ctc_pseudo_dir(layout, dataclasses.replace(CTC, pseudo_labels="nbest", nbest=3)).name == "teachers_arithmetic_nbest3_beam8"
 

@@ -232,6 +232,14 @@ def test_sherpa_onnx_decodes_at_the_model_directorys_hlg_scale(recipe, model_dir
     assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"
 
 
+def test_ctc_model_dir_before_ctc_stage_7_says_it_is_untuned(recipe, tmp_path, caplog) -> None:
+    # This recipe trained a CTC student but never ran CTC stage 7: the defaults, and a warning.
+    data, exp = recipe
+    with caplog.at_level("WARNING"):
+        d = make_model_dir_from_recipe(exp, data, "ctc-frame", tmp_path / "ctc")
+    assert load_spec(d).decoding == {} and "CTC stage 7 has not run" in caplog.text
+
+
 def test_sherpa_export_refuses_the_hybrid_model(model_dirs, tmp_path) -> None:
     with pytest.raises(ConfigError, match="sherpa-onnx runs CTC models only"):
         export_sherpa(model_dirs["hybrid"], tmp_path / "s")

@@ -62,7 +62,6 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     deploy = read_section(exp / "RESULTS.md", "## Deployment: cost table and quantisation gate")
     rows = {tuple(r.strip("| ").split(" | ")[:2]): r.strip("| ").split(" | ") for r in deploy.splitlines() if r.startswith("| ctc-")}
     assert set(rows) == {("ctc-baseline", "torch"), ("ctc-frame", "torch"), ("ctc-frame", "onnx"), ("ctc-frame", "onnx-int8")}
-    assert rows[("ctc-frame", "onnx")][8] == rows[("ctc-frame", "torch")][8]  # same network, same search: same errors
     int8_wer = rows[("ctc-frame", "onnx-int8")][8].split(" ")[0]
     assert f"int8 WER {int8_wer} vs fp32 {rows[('ctc-frame', 'onnx')][8].split(' ')[0]}" in deploy
     assert rows[("ctc-baseline", "torch")][9] == "1.00x"  # the speed-up column divides by the CTC baseline
