@@ -289,7 +289,7 @@ def speed_markdown(result: SpeedResult, system: str, dev_name: str, test_name: s
         lines.append(f"| {p.setting.beam:g}{mark} | {p.setting.max_active} | {100 * p.wer:.2f}% ({p.errors}/{p.ref_words}{failed}) | "
                      f"{versus} | {p.search_rtf:.4f} |")
     diff = wer_difference(r.test_reference, r.test_chosen)
-    verdict = significance(diff.to_dict(), better_if_negative=True).replace(" than the baseline", " than the tables' setting")
+    verdict = significance(diff.to_dict(), better_if_negative=True, reference="the tables' setting")
     met = "met" if r.end_to_end_rtf <= target else "NOT met"
     lines += ["", f"On {test_name} at the chosen {r.chosen.setting}: end-to-end RTF per core **{r.end_to_end_rtf:.4f}** = features "
               f"{r.features_rtf:.4f} + acoustic model {r.acoustic_rtf:.4f} + search {r.search_rtf_chosen:.4f} (target at most {target:g}: "

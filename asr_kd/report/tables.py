@@ -156,13 +156,14 @@ def format_interval(iv: Mapping[str, Any], scale: float = 100.0, digits: int = 2
     return f"{v:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def significance(iv: Mapping[str, Any] | None, better_if_negative: bool) -> str:
+def significance(iv: Mapping[str, Any] | None, better_if_negative: bool, reference: str = "the baseline") -> str:
+    """Whether the difference interval ``iv`` from ``reference`` excludes 0, and which way."""
     if iv is None:
         return "not decoded"
     if not iv["excludes_zero"]:
         return "no: within noise (the interval contains 0)"
     better = (iv["high"] < 0) == better_if_negative
-    return "yes, " + ("better" if better else "worse") + " than the baseline"
+    return "yes, " + ("better" if better else "worse") + f" than {reference}"
 
 
 def seed_agreement(iv: Mapping[str, Any], pairs: Sequence[float] = ()) -> str:
@@ -270,7 +271,7 @@ def format_table5(
         diff, share = comparisons["soft_vs_hard"], comparisons["gap_recovered"]
         paper_share = (PAPER_TABLE5["soft_3"][1] - PAPER_TABLE5["hard_3"][1]) / (PAPER_TABLE5["hard_100"][1] - PAPER_TABLE5["hard_3"][1])
         lines += ["", f"Test frame accuracy, soft minus hard targets on {pct}: {format_interval(diff)} points, "
-                  f"{significance(diff, False).replace(' than the baseline', ' than hard targets')}. Share of the gap between {pct} hard and "
+                  f"{significance(diff, False, 'hard targets')}. Share of the gap between {pct} hard and "
                   f"100% hard that the soft targets recover: **{format_share(share)}** (paper: {100 * paper_share:.0f}%). "
                   f"{100 * diff['level']:.0f}% confidence intervals from a paired bootstrap over the test utterances "
                   f"({diff['resamples']} resamples; Bisani & Ney 2004), one seed per model."]

@@ -249,7 +249,8 @@ def _format_ctc_comparisons(comparisons: Mapping, num_seeds: int) -> str:
              "|---|---|---|---|---|---|"]
     for part, key, d in diffs:
         label = key.replace(" - ", " − ")
-        lines.append(f"| {part} | {label} | {format_interval(d['hlg_wer'])} | {significance(d['hlg_wer'], True)} | "
-                     f"{format_interval(d['greedy_ter'])} | {significance(d['greedy_ter'], True)} |")
+        ref = "the frame student" if key.endswith(f" - {FRAME}") else "the baseline"
+        lines.append(f"| {part} | {label} | {format_interval(d['hlg_wer'])} | {significance(d['hlg_wer'], True, ref)} | "
+                     f"{format_interval(d['greedy_ter'])} | {significance(d['greedy_ter'], True, ref)} |")
     return "\n".join(lines) + "\n"
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from asr_kd.stages.ctc_s7_decode import _compare_rows, system_slug
+from asr_kd.stages.ctc_s7_decode import _compare_rows, _format_ctc_comparisons, system_slug
 from asr_kd.stages.layout import RecipeLayout
 
 # {utt: [HLG word errors, reference words, greedy token errors, reference tokens]}
@@ -55,6 +55,12 @@ def test_frame_variants_are_also_compared_with_the_frame_student(tmp_path) -> No
     d = out["student: frame_guided1 - student: frame"]
     assert d["hlg_wer"]["value"] == pytest.approx(7 / 23 - 2 / 23) and d["greedy_ter"]["value"] == pytest.approx(12 / 65 - 6 / 65)
     assert out["student: frame_guided1 - baseline"]["hlg_wer"]["value"] == pytest.approx(7 / 23 - 6 / 23)  # baseline: 6
+    # The paragraph names each comparison's reference in its verdict (every utterance has more
+    # errors with frame_guided1's seeds than with frame: worse, significantly).
+    text = _format_ctc_comparisons({"parts": {"test-clean": out}}, 2)
+    assert "| test-clean | student: frame_guided1 − student: frame | +21.74 [" in text
+    assert "| yes, worse than the frame student |" in text and "frame_<x> student from the frame student" in text
+    assert "| test-clean | student: frame − baseline | -17.39 [" in text and "than the frame student" not in text.split("frame − baseline")[1].split("\n")[0]
     # Without the frame student, its variants are compared with the baseline only.
     del rows["student: frame"]
     assert set(_compare_rows(layout, rows, ["test-clean"])["parts"]["test-clean"]) == {
