@@ -56,7 +56,8 @@ def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: fl
     (``subsampling`` x 10 ms); return the cut manifest (skipped when it exists; the folder name
     records the teacher set, fusion, T and k). ``stats.json`` beside it: bytes per frame stored
     vs dense and the mean KL(stored || full), as in the hybrid path. The folder's record holds
-    the settings and the teacher set's fingerprint; a mismatch redoes it."""
+    the settings and the fingerprints of the teacher set and of stage 1's features; a mismatch
+    redoes it."""
     # Students trained side by side (CTC stage 6, --nj) may all ask for them: one makes them while the
     # others wait on a lock, then find them finished.
     with folder_lock(ctc_soft_dir(layout, cfg).parent):
@@ -120,7 +121,8 @@ def make_pseudo_labels(
     (``cfg.pseudo_labels``) from the fused posteriors at T = 1, saved as ``labels.json`` (and
     ``stats.json``: their token error rate against the transcripts) in :func:`ctc_pseudo_dir`,
     made once for all the sequence students (every seed) of a teacher set. The folder's record
-    holds the settings and the teacher set's and units' fingerprints; a mismatch redoes it."""
+    holds the settings and the fingerprints of the teacher set, the units and stage 1's features;
+    a mismatch redoes it."""
     # Seeds trained side by side (CTC stage 6, --nj) all ask for them: one makes them while the
     # others wait on the lock, then find them finished.
     with folder_lock(ctc_pseudo_dir(layout, cfg).parent):

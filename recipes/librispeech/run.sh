@@ -394,9 +394,10 @@ if [ "$ctc" = true ]; then
     run_logged "$exp/log/stage5_ctc_spikes.log" asr-kd ctc-spike-report "${ctc_common[@]}"
   fi
   if in_stages 6; then
-    # --num-seeds students per kind (as the hybrid students) and of a frame-level student per extra teacher
-    # set (does a set with aligned spikes distil better? stage 7 compares it with the frame student), each a job of --cmd (--nj local processes at a
-    # time, or a Slurm array). Seed 0 of every student runs first: it makes what the other seeds reuse.
+    # --num-seeds students per kind (as the hybrid students) and of a frame-level student per extra
+    # teacher set (does a set with aligned spikes distil better? stage 7 compares it with the frame
+    # student), each a job of --cmd (--nj local processes at a time, or a Slurm array). Seed 0 of
+    # every student runs first: it makes what the other seeds reuse.
     ctc_extra_opts=()
     for i in "${!ctc_extra_sets[@]}"; do
       log "Stage 6 (CTC): frame_${ctc_extra_names[$i]} student (teachers with ${ctc_extra_sets[$i]})"
