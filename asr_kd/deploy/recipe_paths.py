@@ -57,10 +57,15 @@ def _recorded_decoding(layout, decode: dict, table_name: str) -> dict:
     scale the recipe tuned on dev for ``table_name`` where it tuned one."""
     from asr_kd.stages.decode_part import tuned_scale
 
-    out = {k: decode[k] for k in ("beam", "max_active", "min_active", "lattice_beam", "acoustic_scale", "decoder") if k in decode}
-    scale = tuned_scale(layout, table_name)
+    return _search_fields(decode, ("lattice_beam", "decoder"), "acoustic_scale", tuned_scale(layout, table_name))
+
+
+def _search_fields(decode: dict, extra: tuple[str, ...], scale_key: str, scale: float | None) -> dict:
+    """The beam, max-active, min-active, ``extra`` and ``scale_key`` fields of a recorded
+    DecodeConfig ``decode``, with ``scale`` (tuned on dev) replacing ``scale_key`` where given."""
+    out = {k: decode[k] for k in ("beam", "max_active", "min_active", *extra, scale_key) if k in decode}
     if scale is not None:
-        out["acoustic_scale"] = scale
+        out[scale_key] = scale
     return out
 
 
@@ -103,12 +108,7 @@ def ctc_decoding(layout, student: str) -> dict:
         log.warning("CTC stage 7 (%s) did not decode the CTC student %s with its HLG as they are now; its model directory "
                     "decodes at the default beam and HLG scale 1 (rerun CTC stage 7 to tune them)", layout.ctc_decode, student)
         return {}
-    decode = record.config["decode"]
-    out = {k: decode[k] for k in ("beam", "max_active", "min_active", "ctc_acoustic_scale") if k in decode}
-    scale = system_scale(layout, ctc_table_name(layout, student))
-    if scale is not None:
-        out["ctc_acoustic_scale"] = scale
-    return out
+    return _search_fields(record.config["decode"], (), "ctc_acoustic_scale", system_scale(layout, ctc_table_name(layout, student)))
 
 
 def make_model_dir_from_recipe(

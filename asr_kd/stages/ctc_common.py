@@ -67,6 +67,11 @@ def ctc_soft_cuts(layout: RecipeLayout, cfg: CtcConfig) -> Path:
     return layout.soft_cuts(ctc_soft_dir(layout, cfg))
 
 
+def features_fingerprint(layout: RecipeLayout) -> str:
+    """Stage 1's fingerprint: the cuts and features every CTC model and teacher output is made from."""
+    return require_record(layout.features("fbank"), "stage 1 (features)").fingerprint
+
+
 def prepare_units(layout: RecipeLayout, cfg: CtcConfig) -> CtcUnits:
     """Return the CTC units of ``cfg.units`` (made once per lang and setting, saved with their
     record in ``<root>/units``)."""
@@ -76,7 +81,7 @@ def prepare_units(layout: RecipeLayout, cfg: CtcConfig) -> CtcUnits:
     settings = {"units": cfg.units, "bpe_vocab_size": cfg.bpe_vocab_size if cfg.units == "bpe" else None, "train_part": layout.train_part}
     inputs = {"lang": lang_rec.fingerprint}
     if cfg.units == "bpe":
-        inputs["features"] = require_record(layout.features("fbank"), "stage 1 (features)").fingerprint
+        inputs["features"] = features_fingerprint(layout)
     guard = StageGuard("CTC units", layout.ctc_units_dir, settings, inputs)
     if guard.needs_work():
         texts: Iterable[str] = ()

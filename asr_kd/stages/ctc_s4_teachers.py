@@ -17,7 +17,7 @@ from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.training import load_ctc_model, train_ctc_model
 from asr_kd.errors import DataError
 from asr_kd.stages.common import fmt_pct, write_results
-from asr_kd.stages.ctc_common import describe_teacher_set, prepare_units, teachers_of, units_record_fingerprint
+from asr_kd.stages.ctc_common import describe_teacher_set, features_fingerprint, prepare_units, teachers_of, units_record_fingerprint
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.train.checkpoint import load_checkpoint
@@ -46,7 +46,7 @@ def train_ctc_teachers(
     guides the others (:class:`GuidedCtcLoss`). Returns the teachers' summaries in order."""
     units = prepare_units(layout, cfg)
     base_dir, set_dir = layout.ctc_teacher_set(cfg.shared_init_steps), teachers_of(layout, cfg)
-    inputs = {"units": units_record_fingerprint(layout), "features": require_record(layout.features("fbank"), "stage 1 (features)").fingerprint}
+    inputs = {"units": units_record_fingerprint(layout), "features": features_fingerprint(layout)}
     if cfg.guide_weight > 0:
         inputs["guide_set"] = require_record(base_dir, f"the unguided teacher set {base_dir.name} (asr-kd ctc-train-teachers without guide_weight)").fingerprint
     guard = StageGuard(f"CTC stage 4 ({set_dir.name})", set_dir, teacher_set_settings(cfg, train_config, layout), inputs, command)

@@ -28,8 +28,8 @@ from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
-    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, ctc_student_folder, load_ctc_teachers, prepare_units, seed_groups, teacher_set_record,
-    teachers_of, units_record_fingerprint,
+    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, ctc_student_folder, features_fingerprint, load_ctc_teachers, prepare_units, seed_groups,
+    teacher_set_record, teachers_of, units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
@@ -43,11 +43,6 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Stored soft targets (top-k storage of the hybrid path, at the CTC output frame rate)
 # --------------------------------------------------------------------------------------------
-
-
-def _features_fingerprint(layout: RecipeLayout) -> str:
-    """Stage 1's fingerprint: the cuts and features the teachers read for soft targets and pseudo-labels."""
-    return require_record(layout.features("fbank"), "stage 1 (features)").fingerprint
 
 
 def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float = 200.0) -> Path:
@@ -69,7 +64,7 @@ def _make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: f
     settings = {"temperature": cfg.temperature, "top_k": cfg.top_k, "fusion": cfg.fusion, "num_teachers": cfg.num_teachers,
                 "teacher_set": teachers_of(layout, cfg).name, "train_part": layout.train_part}
     guard = StageGuard("CTC soft targets", out_path.parent, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
-                                                                       "features": _features_fingerprint(layout)})
+                                                                       "features": features_fingerprint(layout)})
     if not guard.needs_work():
         return out_path
     teachers = load_ctc_teachers(layout, cfg)
@@ -142,7 +137,7 @@ def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, m
                 "fusion": cfg.fusion, "num_teachers": cfg.num_teachers, "teacher_set": teachers_of(layout, cfg).name,
                 "train_part": layout.train_part}
     guard = StageGuard("CTC pseudo-labels", folder, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
-                                                              "units": units_record_fingerprint(layout), "features": _features_fingerprint(layout)})
+                                                              "units": units_record_fingerprint(layout), "features": features_fingerprint(layout)})
     if guard.needs_work():
         teachers = load_ctc_teachers(layout, cfg)
         cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
@@ -186,7 +181,7 @@ def train_ctc_student(
     exp_dir = layout.ctc_student_dir(ctc_student_folder(name, seed_index))
     units = prepare_units(layout, cfg)
     scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
-    inputs = {"units": units_record_fingerprint(layout), "features": _features_fingerprint(layout)}
+    inputs = {"units": units_record_fingerprint(layout), "features": features_fingerprint(layout)}
     if kind != "baseline":
         inputs["teachers"] = teacher_set_record(layout, cfg).fingerprint
     guard = StageGuard(f"CTC stage 6 (student {name})", exp_dir, {"ctc": cfg, "train": scfg, "kind": kind, "train_part": layout.train_part,
