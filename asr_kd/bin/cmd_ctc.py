@@ -63,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_student)
 
     p = sub.add_parser("ctc-train-students", help="train every CTC student over --num-seeds seeds, as jobs of a launcher (CTC stage 6)",
-                       description="ctc-train-student for each --kinds and seed (students/<kind>[_seed<k>]) and one frame-level "
-                       "student per --extra-frame, each a job: --jobs local processes at a time, or a Slurm job array (--cmd "
+                       description="ctc-train-student for each --kinds and seed (students/<kind>[_seed<k>]) and --num-seeds "
+                       "frame-level students per --extra-frame, each a job: --jobs local processes at a time, or a Slurm job array (--cmd "
                        "slurm). Seed 0 of every student runs first, since it makes the stored soft targets and the pseudo-labels "
                        "that the other seeds reuse. Then (re)writes each student's RESULTS.md section.")
     _common_args(p)
