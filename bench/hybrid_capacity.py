@@ -25,8 +25,9 @@ of ``--num-teachers``), with its loss. That measures compressed students (issue 
 ``--compare-to baseline`` adds a table of each variant over its seeds against a system stage 7
 decoded (``baseline`` and its seeds ``baseline_seed<k>``, read from ``<exp>/decode``): the mean
 test WER with its t interval over seeds, and the paired bootstrap of the difference of the
-per-utterance errors averaged over each side's seeds (as stage 7 compares its groups). Stage 7's
-systems were decoded at their own dev-chosen scales with the same DecodeConfig as read here.
+per-utterance errors averaged over each side's seeds (as stage 7 compares its groups), on the test
+part and, with ``--ood-part``, on the out-of-domain part too where stage 7 decoded the system there.
+Stage 7's systems were decoded at their own dev-chosen scales with the same DecodeConfig as read here.
 
 Cost on mini (370k training frames, one torch thread), measured: the demo's 3 x 256 DNN trains in
 10-16 CPU seconds per epoch (100 s for 10 epochs on a quiet machine), 4 x 512 in 26 and 3 x 1024
@@ -153,41 +154,55 @@ def recipe_seeds(layout: RecipeLayout, system: str, part: str) -> list[str]:
 def compare_to_recipe(layout: RecipeLayout, runs: list[Run], results: list[dict], system: str, teacher_macs: int) -> list[dict]:
     """Per variant over its seeds: MACs (and share of one teacher's), mean dev and test WER with
     the test WER's t interval over seeds, and the paired bootstrap of its seed-averaged test errors
-    minus those of stage 7's ``system`` (averaged over its seeds)."""
+    minus those of stage 7's ``system`` (averaged over its seeds). The out-of-domain part, where
+    the layout has one and stage 7 decoded ``system`` on it, gets its own difference
+    (``minus_reference_ood``)."""
     part = layout.test_part
     ref_names = recipe_seeds(layout, system, part)
-    ref_ids, ref_errors, ref_words = per_utterance_errors([per_utterance_path(layout, n, part) for n in ref_names])
     ref_test = [float(read_json(layout.decode / f"{n}_{part}" / "scores.json")["wer"]) for n in ref_names]  # type: ignore[index]
+    parts = [part] + [p for p in layout.test_parts[1:] if all(per_utterance_path(layout, n, p).is_file() for n in ref_names)]
     rows = []
     for name in dict.fromkeys(r.variant.name for r in runs):
         members = [(run, res) for run, res in zip(runs, results) if run.variant.name == name]
-        ids, errors, _ = per_utterance_errors([per_utterance_path(layout, run.name, part, run.folder / "decode") for run, _ in members])
-        if ids != ref_ids:
-            raise DataError(f"variant {name} and stage 7's {system} were decoded on different utterances of {part}")
+        diffs = {}
+        for p in parts:
+            ref_ids, ref_errors, ref_words = per_utterance_errors([per_utterance_path(layout, n, p) for n in ref_names])
+            ids, errors, _ = per_utterance_errors([per_utterance_path(layout, run.name, p, run.folder / "decode") for run, _ in members])
+            if ids != ref_ids:
+                raise DataError(f"variant {name} and stage 7's {system} were decoded on different utterances of {p}")
+            diffs[p] = bootstrap_difference(ref_errors, errors, ref_words).to_dict()
         test = [res["test"][part]["wer"] for _, res in members]
         mean, half = mean_interval(test)
-        rows.append({"variant": name, "seeds": [res["seed"] for _, res in members], "macs_per_frame": members[0][1]["macs_per_frame"],
-                     "teacher_share": members[0][1]["macs_per_frame"] / teacher_macs, "dev_wer": [res["dev"]["wer"] for _, res in members],
-                     "test_wer": test, "test_wer_mean": mean, "test_wer_half_width": half, "reference": system, "reference_seeds": ref_names,
-                     "reference_test_wer": ref_test, "minus_reference": bootstrap_difference(ref_errors, errors, ref_words).to_dict()})
+        row = {"variant": name, "seeds": [res["seed"] for _, res in members], "macs_per_frame": members[0][1]["macs_per_frame"],
+               "teacher_share": members[0][1]["macs_per_frame"] / teacher_macs, "dev_wer": [res["dev"]["wer"] for _, res in members],
+               "test_wer": test, "test_wer_mean": mean, "test_wer_half_width": half, "reference": system, "reference_seeds": ref_names,
+               "reference_test_wer": ref_test, "minus_reference": diffs[part]}
+        if len(parts) > 1:
+            row.update(ood_part=parts[1], minus_reference_ood=diffs[parts[1]])
+        rows.append(row)
     return rows
+
+
+def _difference_cell(d: dict) -> str:
+    verdict = "below 0" if d["high"] < 0 else ("above 0" if d["low"] > 0 else "holds 0: within noise")
+    return f"{100 * d['value']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}], {verdict}"
 
 
 def format_comparison(rows: list[dict], layout: RecipeLayout, teacher_macs: int) -> list[str]:
     """The section's table of variants (over their seeds) against the recipe's system."""
     ref = rows[0]
     ref_mean, ref_half = mean_interval(ref["reference_test_wer"])
+    ood = ref.get("ood_part")
     lines = [f"Against stage 7's `{ref['reference']}` ({len(ref['reference_seeds'])} seeds, test WER {100 * ref_mean:.2f}"
              f" ± {100 * ref_half:.2f}%, mean ± 95% t over seeds; one teacher: {teacher_macs:,} MACs / frame):", "",
              f"| variant | MACs / frame (share of a teacher) | seeds | dev WER by seed | {layout.test_part} WER, mean ± 95% t (by seed) "
-             f"| − {ref['reference']}, points [95% paired bootstrap CI] |", "|---|---|---|---|---|---|"]
+             f"| − {ref['reference']}, points [95% paired bootstrap CI] |" + (f" {ood}: − {ref['reference']}, points [95% CI] |" if ood else ""),
+             "|---|---|---|---|---|---|" + ("---|" if ood else "")]
     for r in rows:
-        d = r["minus_reference"]
         half = "" if np.isnan(r["test_wer_half_width"]) else f" ± {100 * r['test_wer_half_width']:.2f}"
-        verdict = "below 0" if d["high"] < 0 else ("above 0" if d["low"] > 0 else "holds 0: within noise")
         lines.append(f"| {r['variant']} | {r['macs_per_frame']:,} ({100 * r['teacher_share']:.1f}%) | {len(r['seeds'])} | "
                      f"{' '.join(_pct(w) for w in r['dev_wer'])} | {100 * r['test_wer_mean']:.2f}{half}% ({' '.join(_pct(w) for w in r['test_wer'])}) | "
-                     f"{100 * d['value']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}], {verdict} |")
+                     f"{_difference_cell(r['minus_reference'])} |" + (f" {_difference_cell(r['minus_reference_ood'])} |" if ood else ""))
     lines += ["", "Each side's per-utterance word errors are averaged over its seeds before the bootstrap (stage 7's comparison); "
               "the interval covers the test utterances, the seeds enter through the averaging.", ""]
     return lines
@@ -265,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="KdConfig YAML (kd.mode stored): distil every variant from stage 5's matching soft targets, as stage 6 does")
     p.add_argument("--num-teachers", type=int, default=None, help="with --kd-config: the ensemble's size (default: stage 4's count)")
     p.add_argument("--compare-to", default=None, metavar="SYSTEM",
-                   help="a system stage 7 decoded (e.g. baseline): compare each variant, over its seeds, with it and its seeds")
+                   help="a system stage 7 decoded (e.g. baseline): compare each variant, over its seeds, with it and its seeds "
+                        "(on the test part, and on --ood-part where stage 7 decoded it there)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant (train seed + 0, 1, ...)")
     p.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")

@@ -63,10 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Writes acoustic.onnx and acoustic.int8.onnx (dynamic int8 quantisation of MatMul/Gemm weights) into the "
                     "model directory: normalised features in, log-probabilities out, dynamic batch and time axes. With "
                     "--sherpa-dir, also a folder that sherpa-onnx's offline CTC recognizer loads (CMVN folded into the graph, "
-                    "tokens.txt, HLG.fst, words.txt); CTC models only.",
+                    "tokens.txt, HLG.fst, words.txt; model.int8.onnx too unless --no-int8); CTC models only.",
     )
     p.add_argument("--model-dir", type=Path, required=True, help="model directory (asr-kd make-model-dir)")
-    p.add_argument("--no-int8", action="store_true", help="skip the int8 export")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 exports (acoustic.int8.onnx, and model.int8.onnx of --sherpa-dir)")
     p.add_argument("--sherpa-dir", type=Path, default=None, help="also write a sherpa-onnx folder here (CTC models)")
     p.set_defaults(func=run_export)
 
@@ -77,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("files", nargs="+", type=Path, help="audio files (any libsndfile format; resampled to 16 kHz, mixed to mono)")
     p.add_argument("--sherpa-dir", type=Path, required=True, help="folder written by `asr-kd export --sherpa-dir`")
-    p.add_argument("--feature-dim", type=int, default=40, help="fbank bins the model was trained on (default 40)")
+    p.add_argument("--feature-dim", type=int, default=None,
+                   help="fbank bins the model was trained on (default: the one the export records)")
+    p.add_argument("--int8", action="store_true", help="run model.int8.onnx (the dynamic int8 export) instead of model.onnx")
     p.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads (default 1)")
     p.set_defaults(func=run_sherpa_transcribe)
     register_report(sub)
@@ -153,7 +155,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.sherpa_dir is not None:
         from asr_kd.deploy.sherpa import export_sherpa
 
-        print(f"sherpa-onnx: {export_sherpa(args.model_dir, args.sherpa_dir)}")
+        print(f"sherpa-onnx: {export_sherpa(args.model_dir, args.sherpa_dir, int8=not args.no_int8)}")
     return 0
 
 
@@ -165,7 +167,7 @@ def run_sherpa_transcribe(args: argparse.Namespace) -> int:
     from asr_kd.deploy.sherpa import SherpaCtc
     from asr_kd.errors import DataError
 
-    recognizer = SherpaCtc(args.sherpa_dir, args.feature_dim, num_threads=args.num_threads)
+    recognizer = SherpaCtc(args.sherpa_dir, args.feature_dim, num_threads=args.num_threads, int8=args.int8)
     failed = 0
     for path in args.files:
         try:

@@ -96,9 +96,13 @@ def sherpa_metadata(path: Path | str) -> dict[str, str]:
 
 class SherpaCtc:
     """sherpa-onnx's offline CTC recognizer over an :func:`export_sherpa` folder, HLG search with
-    the max-active :func:`export_sherpa` recorded in the model's metadata."""
+    the max-active :func:`export_sherpa` recorded in the model's metadata.
 
-    def __init__(self, sherpa_dir: Path | str, feature_dim: int, sampling_rate: int = 16000, num_threads: int = 1, int8: bool = False) -> None:
+    ``feature_dim`` defaults to the fbank size the metadata records; a different one is refused,
+    since sherpa-onnx would feed the network features of the wrong width."""
+
+    def __init__(self, sherpa_dir: Path | str, feature_dim: int | None = None, sampling_rate: int = 16000, num_threads: int = 1,
+                 int8: bool = False) -> None:
         import sherpa_onnx
 
         d = Path(sherpa_dir)
@@ -108,10 +112,15 @@ class SherpaCtc:
                 raise DataError(f"{p} does not exist; run `asr-kd export --sherpa-dir {d}` first")
         self.sampling_rate = sampling_rate
         self.words = SymbolTable.from_file(d / WORDS_FILE)
-        self.max_active = int(sherpa_metadata(model).get("ctc_max_active", DecodeConfig().max_active))
+        meta = sherpa_metadata(model)
+        self.feature_dim = _recorded_int(meta, model, "feature_dim", feature_dim)
+        if feature_dim is not None and feature_dim != self.feature_dim:
+            raise ConfigError(f"{model} was exported for {self.feature_dim} fbank bins, not {feature_dim}; "
+                              f"drop --feature-dim (the model's own is used)")
+        self.max_active = _recorded_int(meta, model, "ctc_max_active", DecodeConfig().max_active)
         self.recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
             model=str(model), tokens=str(d / "tokens.txt"), num_threads=num_threads, sample_rate=sampling_rate,
-            feature_dim=feature_dim, ctc_graph=str(d / "HLG.fst"), ctc_max_active=self.max_active)
+            feature_dim=self.feature_dim, ctc_graph=str(d / "HLG.fst"), ctc_max_active=self.max_active)
 
     def __call__(self, samples: Sequence[np.ndarray]) -> list[list[str]]:
         """Return the words of each 1-D float32 signal (at ``sampling_rate``)."""
@@ -122,3 +131,15 @@ class SherpaCtc:
             streams.append(stream)
         self.recognizer.decode_streams(streams)
         return [[self.words.name(int(w)) for w in st.result.words] for st in streams]
+
+
+def _recorded_int(meta: dict[str, str], model: Path, key: str, fallback: int | None) -> int:
+    """``meta[key]`` as an int; where an older export lacks it, ``fallback`` with a warning (or a
+    ConfigError when there is none)."""
+    if key in meta:
+        return int(meta[key])
+    if fallback is None:
+        raise ConfigError(f"{model} records no {key}; re-export it with `asr-kd export --sherpa-dir` or pass --feature-dim")
+    log.warning("%s records no %s (an older export): using %d; re-export it with `asr-kd export --sherpa-dir` "
+                "to decode at the model directory's settings", model, key, fallback)
+    return fallback

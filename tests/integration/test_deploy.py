@@ -192,7 +192,7 @@ def test_sherpa_onnx_transcribes_like_our_decoder(recipe, model_dirs, tmp_path) 
     audio, _ = _test_audio(recipe[0])
     ours = _texts(Transcriber(model_dirs["ctc"], "torch"), audio)
     sherpa_dir = export_sherpa(model_dirs["ctc"], tmp_path / "sherpa")
-    sherpa = SherpaCtc(sherpa_dir, feature_dim=40)
+    sherpa = SherpaCtc(sherpa_dir)
     theirs = dict(zip(audio, (" ".join(w) for w in sherpa(list(audio.values())))))
     differ = {u: (ours[u], theirs[u]) for u in audio if ours[u] != theirs[u]}
     assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"
@@ -230,6 +230,49 @@ def test_sherpa_onnx_decodes_at_the_model_directorys_hlg_scale(recipe, model_dir
     theirs = dict(zip(audio, (" ".join(w) for w in sherpa(list(audio.values())))))
     differ = {u: (ours[u], theirs[u]) for u in audio if ours[u] != theirs[u]}
     assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"
+
+
+def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, capsys) -> None:
+    """`asr-kd export --sherpa-dir` writes the int8 model too (not with --no-int8), and
+    `asr-kd sherpa-transcribe --int8` runs it with the fbank size the export records. A wrong
+    --feature-dim is refused; an older export without the max-active is used with a warning."""
+    import dataclasses
+    import shutil
+
+    from asr_kd.deploy.onnx_export import add_metadata
+    from asr_kd.deploy.sherpa import sherpa_metadata
+
+    data, _ = recipe
+    ctc = tmp_path / "ctc"
+    shutil.copytree(model_dirs["ctc"], ctc)
+    # A recorded max-active other than the default, so the older export's fallback shows.
+    spec = dataclasses.replace(load_spec(ctc), decoding={"max_active": 2000, "beam": 16.0})
+    (ctc / "model.json").write_text(spec.to_json())
+    files = [str(p) for p in sorted((data / "corpus" / TEST).rglob("*.flac"))[:3]]
+    s, s0 = tmp_path / "s", tmp_path / "s0"
+    assert cli_main(["export", "--model-dir", str(ctc), "--sherpa-dir", str(s)]) == 0
+    assert cli_main(["export", "--model-dir", str(ctc), "--no-int8", "--sherpa-dir", str(s0)]) == 0
+    assert (s / "model.int8.onnx").is_file() and not (s0 / "model.int8.onnx").exists()
+    # Only the int8 model is left: --int8 must run it, and the fp32 default must say it is missing.
+    (s / "model.onnx").unlink()
+    capsys.readouterr()
+    assert cli_main(["sherpa-transcribe", "--sherpa-dir", str(s), "--int8", *files]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in out] == [Path(f).stem for f in files]
+    assert cli_main(["sherpa-transcribe", "--sherpa-dir", str(s), *files]) == 1
+    assert f"{s / 'model.onnx'} does not exist" in capsys.readouterr().err
+    assert cli_main(["sherpa-transcribe", "--sherpa-dir", str(s0), "--feature-dim", "80", *files]) == 1
+    assert "exported for 40 fbank bins, not 80" in capsys.readouterr().err
+    # An export made before the max-active was recorded.
+    meta = sherpa_metadata(s0 / "model.onnx")
+    del meta["ctc_max_active"]
+    add_metadata(s0 / "model.onnx", meta)
+    # cli_main set up logging to stderr above, so the warning is read there.
+    capsys.readouterr()
+    old = SherpaCtc(s0)
+    assert int(sherpa_metadata(s / "model.int8.onnx")["ctc_max_active"]) == 2000
+    assert old.max_active == DecodeConfig().max_active == 7000
+    assert "records no ctc_max_active (an older export): using 7000" in capsys.readouterr().err
 
 
 def test_ctc_model_dir_before_ctc_stage_7_says_it_is_untuned(recipe, tmp_path, caplog) -> None:

@@ -89,6 +89,7 @@ def test_a_distilled_variant_trains_with_stage_6s_stored_target_loss() -> None:
 
 
 def test_variants_over_seeds_are_compared_with_the_recipes_baseline_over_its_seeds(tmp_path) -> None:
+    import dataclasses
     import json
     import runpy
 
@@ -127,5 +128,22 @@ def test_variants_over_seeds_are_compared_with_the_recipes_baseline_over_its_see
     assert row["minus_reference"] == want and want["value"] < 0
     table = "\n".join(bench["format_comparison"]([row], layout, 4000))
     assert f"{100 * want['value']:+.2f} [{100 * want['low']:+.2f}, {100 * want['high']:+.2f}]" in table and "1,000 (25.0%)" in table
+    assert "minus_reference_ood" not in row and "test-ood" not in table
+    # An out-of-domain part that stage 7 decoded for every baseline seed gets its own difference;
+    # here the variant makes one error more per utterance there.
+    ood = dataclasses.replace(layout, ood_part="test-ood")
+    base_ood = [rng.integers(0, 6, 30) for _ in range(3)]
+    for k, e in enumerate(base_ood):
+        write(layout.decode / f"{'baseline' if k == 0 else f'baseline_seed{k}'}_test-ood", e)
+    for k, e in enumerate(base_ood[:2]):
+        name = "v" if k == 0 else f"v_seed{k}"
+        write(tmp_path / "out" / name / "decode" / f"{name}_test-ood", e + 1)
+    (row,) = bench["compare_to_recipe"](ood, runs, results, "baseline", 4000)
+    want_ood = bootstrap_difference(np.mean(base_ood, axis=0), np.mean(base_ood[:2], axis=0) + 1, words.astype(float)).to_dict()
+    assert row["minus_reference"] == want and row["ood_part"] == "test-ood" and row["minus_reference_ood"] == want_ood
+    assert want_ood["low"] > 0
+    table = "\n".join(bench["format_comparison"]([row], ood, 4000))
+    assert "| test-ood: − baseline, points [95% CI] |" in table
+    assert f"{100 * want_ood['value']:+.2f} [{100 * want_ood['low']:+.2f}, {100 * want_ood['high']:+.2f}], above 0 |" in table
     with pytest.raises(DataError, match="name a system stage 7 decoded"):
         bench["compare_to_recipe"](layout, runs, results, "distilled", 4000)
