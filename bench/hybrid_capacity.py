@@ -160,13 +160,20 @@ def compare_to_recipe(layout: RecipeLayout, runs: list[Run], results: list[dict]
     part = layout.test_part
     ref_names = recipe_seeds(layout, system, part)
     ref_test = [float(read_json(layout.decode / f"{n}_{part}" / "scores.json")["wer"]) for n in ref_names]  # type: ignore[index]
-    parts = [part] + [p for p in layout.test_parts[1:] if all(per_utterance_path(layout, n, p).is_file() for n in ref_names)]
+    parts = [part]
+    for p in layout.test_parts[1:]:
+        missing = [n for n in ref_names if not per_utterance_path(layout, n, p).is_file()]
+        if missing:
+            log.info("no %s column against %s: stage 7 did not decode %s on it", p, system, ", ".join(missing))
+        else:
+            parts.append(p)
+    refs = {p: per_utterance_errors([per_utterance_path(layout, n, p) for n in ref_names]) for p in parts}
     rows = []
     for name in dict.fromkeys(r.variant.name for r in runs):
         members = [(run, res) for run, res in zip(runs, results) if run.variant.name == name]
         diffs = {}
         for p in parts:
-            ref_ids, ref_errors, ref_words = per_utterance_errors([per_utterance_path(layout, n, p) for n in ref_names])
+            ref_ids, ref_errors, ref_words = refs[p]
             ids, errors, _ = per_utterance_errors([per_utterance_path(layout, run.name, p, run.folder / "decode") for run, _ in members])
             if ids != ref_ids:
                 raise DataError(f"variant {name} and stage 7's {system} were decoded on different utterances of {p}")
@@ -204,7 +211,8 @@ def format_comparison(rows: list[dict], layout: RecipeLayout, teacher_macs: int)
                      f"{' '.join(_pct(w) for w in r['dev_wer'])} | {100 * r['test_wer_mean']:.2f}{half}% ({' '.join(_pct(w) for w in r['test_wer'])}) | "
                      f"{_difference_cell(r['minus_reference'])} |" + (f" {_difference_cell(r['minus_reference_ood'])} |" if ood else ""))
     lines += ["", "Each side's per-utterance word errors are averaged over its seeds before the bootstrap (stage 7's comparison); "
-              "the interval covers the test utterances, the seeds enter through the averaging.", ""]
+              f"the interval covers the utterances of its part ({layout.test_part}{', ' + ood if ood else ''}), the seeds enter through "
+              "the averaging.", ""]
     return lines
 
 

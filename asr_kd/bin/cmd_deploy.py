@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "sherpa-transcribe", help="transcribe audio files with sherpa-onnx's offline CTC recognizer (an `export --sherpa-dir` folder)",
-        description="sherpa-onnx computes the fbank itself, runs model.onnx (CMVN folded in) and searches HLG.fst; the word "
+        description="sherpa-onnx computes the fbank itself, runs model.onnx (model.int8.onnx with --int8; CMVN folded in) and searches HLG.fst; the word "
                     "ids it returns are mapped with words.txt. Prints '<file id> <words>' lines.",
     )
     p.add_argument("files", nargs="+", type=Path, help="audio files (any libsndfile format; resampled to 16 kHz, mixed to mono)")

@@ -120,7 +120,8 @@ def add_metadata(path: Path | str, metadata: dict[str, str]) -> None:
 
 def export_onnx(model_dir: Path | str, int8: bool = True) -> dict[str, Path]:
     """Export the network of ``model_dir`` to ``acoustic.onnx`` (and ``acoustic.int8.onnx``)
-    inside it; return ``{"onnx": path, "onnx-int8": path}``."""
+    inside it; return ``{"onnx": path, "onnx-int8": path}``. Without ``int8``, an
+    ``acoustic.int8.onnx`` left by an earlier export is removed."""
     from asr_kd.deploy.model_dir import load_network, load_spec
 
     model_dir = Path(model_dir)
@@ -130,6 +131,8 @@ def export_onnx(model_dir: Path | str, int8: bool = True) -> dict[str, Path]:
     add_metadata(out["onnx"], {"model_type": f"asr-kd-{spec.kind}", "subsampling_factor": spec.subsampling, "normalization": spec.normalization})
     if int8:
         out["onnx-int8"] = quantize_int8(out["onnx"], model_dir / ONNX_FILES["onnx-int8"])
+    else:  # an int8 file of an earlier export would no longer match the fp32 one
+        (model_dir / ONNX_FILES["onnx-int8"]).unlink(missing_ok=True)
     for k, p in out.items():
         log.info("%s: %s (%.1f MB)", k, p, p.stat().st_size / 1e6)
     return out

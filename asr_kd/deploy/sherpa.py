@@ -50,9 +50,10 @@ SHERPA_MODEL_INT8 = "model.int8.onnx"
 SHERPA_SUBSAMPLING = 4  # hard-coded by sherpa-onnx for this model type
 
 
-def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = False) -> Path:
-    """Write ``model.onnx`` (``model.int8.onnx`` too with ``int8``), ``tokens.txt``, ``HLG.fst`` and
-    ``words.txt`` for sherpa-onnx under ``out_dir``; return ``out_dir``. ConfigError for a hybrid
+def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = True) -> Path:
+    """Write ``model.onnx`` (``model.int8.onnx`` too with ``int8``; without it, one left by an
+    earlier export is removed), ``tokens.txt``, ``HLG.fst`` and ``words.txt`` for sherpa-onnx
+    under ``out_dir``; return ``out_dir``. ConfigError for a hybrid
     model or one normalised per utterance (sherpa-onnx would need the normalisation in the graph
     over the utterance, which this export does not do)."""
     model_dir, out = Path(model_dir), Path(out_dir)
@@ -78,6 +79,8 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = False
     add_metadata(path, metadata)
     if int8:
         add_metadata(quantize_int8(path, out / SHERPA_MODEL_INT8), metadata)
+    else:  # an int8 model of an earlier export would no longer match the graph and words copied below
+        (out / SHERPA_MODEL_INT8).unlink(missing_ok=True)
     for name in ("tokens.txt", "HLG.fst", WORDS_FILE):
         shutil.copyfile(model_dir / name, out / name)
     if spec.subsampling != SHERPA_SUBSAMPLING:
@@ -109,7 +112,8 @@ class SherpaCtc:
         model = d / (SHERPA_MODEL_INT8 if int8 else SHERPA_MODEL)
         for p in (model, d / "tokens.txt", d / "HLG.fst", d / WORDS_FILE):
             if not p.is_file():
-                raise DataError(f"{p} does not exist; run `asr-kd export --sherpa-dir {d}` first")
+                raise DataError(f"{p} does not exist; run `asr-kd export --model-dir <model dir> --sherpa-dir {d}` first"
+                                + (" (without --no-int8)" if p == model and int8 else ""))
         self.sampling_rate = sampling_rate
         self.words = SymbolTable.from_file(d / WORDS_FILE)
         meta = sherpa_metadata(model)
@@ -139,7 +143,8 @@ def _recorded_int(meta: dict[str, str], model: Path, key: str, fallback: int | N
     if key in meta:
         return int(meta[key])
     if fallback is None:
-        raise ConfigError(f"{model} records no {key}; re-export it with `asr-kd export --sherpa-dir` or pass --feature-dim")
-    log.warning("%s records no %s (an older export): using %d; re-export it with `asr-kd export --sherpa-dir` "
+        raise ConfigError(f"{model} records no {key}; re-export it with `asr-kd export --model-dir <model dir> --sherpa-dir` "
+                          "or pass --feature-dim")
+    log.warning("%s records no %s (an older export): using %d; re-export it with `asr-kd export --model-dir <model dir> --sherpa-dir` "
                 "to decode at the model directory's settings", model, key, fallback)
     return fallback

@@ -191,7 +191,7 @@ def test_sherpa_onnx_transcribes_like_our_decoder(recipe, model_dirs, tmp_path) 
     search must give our decoder's words on at least 95% of the test utterances."""
     audio, _ = _test_audio(recipe[0])
     ours = _texts(Transcriber(model_dirs["ctc"], "torch"), audio)
-    sherpa_dir = export_sherpa(model_dirs["ctc"], tmp_path / "sherpa")
+    sherpa_dir = export_sherpa(model_dirs["ctc"], tmp_path / "sherpa", int8=False)
     sherpa = SherpaCtc(sherpa_dir)
     theirs = dict(zip(audio, (" ".join(w) for w in sherpa(list(audio.values())))))
     differ = {u: (ours[u], theirs[u]) for u in audio if ours[u] != theirs[u]}
@@ -217,7 +217,7 @@ def test_sherpa_onnx_decodes_at_the_model_directorys_hlg_scale(recipe, model_dir
     ours = _texts(Transcriber(scaled, "torch"), audio)
     # The test has power only if the scale changes our own words on many utterances.
     assert sum(at_one[u] != ours[u] for u in audio) > 0.1 * len(audio)
-    plain, folded = export_sherpa(model_dirs["ctc"], tmp_path / "s1"), export_sherpa(scaled, tmp_path / "s2", int8=True)
+    plain, folded = export_sherpa(model_dirs["ctc"], tmp_path / "s1", int8=False), export_sherpa(scaled, tmp_path / "s2")
     x = np.random.default_rng(0).normal(size=(1, 50, 40)).astype(np.float32)
     feeds = {"x": x, "x_lens": np.array([50], dtype=np.int64)}
     lp1, lp2 = (ort.InferenceSession(str(d / "model.onnx")).run(None, feeds)[0] for d in (plain, folded))
@@ -263,6 +263,11 @@ def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, cap
     assert f"{s / 'model.onnx'} does not exist" in capsys.readouterr().err
     assert cli_main(["sherpa-transcribe", "--sherpa-dir", str(s0), "--feature-dim", "80", *files]) == 1
     assert "exported for 40 fbank bins, not 80" in capsys.readouterr().err
+    assert cli_main(["sherpa-transcribe", "--sherpa-dir", str(s0), "--int8", *files]) == 1
+    assert "model.int8.onnx does not exist; run `asr-kd export --model-dir <model dir> --sherpa-dir" in capsys.readouterr().err
+    # Exporting again without int8 removes the int8 model, which would no longer match the folder.
+    assert cli_main(["export", "--model-dir", str(ctc), "--no-int8", "--sherpa-dir", str(s)]) == 0
+    assert (s / "model.onnx").is_file() and not (s / "model.int8.onnx").exists() and not (ctc / "acoustic.int8.onnx").exists()
     # An export made before the max-active was recorded.
     meta = sherpa_metadata(s0 / "model.onnx")
     del meta["ctc_max_active"]

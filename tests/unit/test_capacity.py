@@ -138,6 +138,11 @@ def test_variants_over_seeds_are_compared_with_the_recipes_baseline_over_its_see
     for k, e in enumerate(base_ood[:2]):
         name = "v" if k == 0 else f"v_seed{k}"
         write(tmp_path / "out" / name / "decode" / f"{name}_test-ood", e + 1)
+    # Not yet decoded there for one baseline seed: no column.
+    (layout.decode / "baseline_seed2_test-ood" / "per_utt.json").rename(tmp_path / "held.json")
+    (row,) = bench["compare_to_recipe"](ood, runs, results, "baseline", 4000)
+    assert "minus_reference_ood" not in row and row["minus_reference"] == want
+    (tmp_path / "held.json").rename(layout.decode / "baseline_seed2_test-ood" / "per_utt.json")
     (row,) = bench["compare_to_recipe"](ood, runs, results, "baseline", 4000)
     want_ood = bootstrap_difference(np.mean(base_ood, axis=0), np.mean(base_ood[:2], axis=0) + 1, words.astype(float)).to_dict()
     assert row["minus_reference"] == want and row["ood_part"] == "test-ood" and row["minus_reference_ood"] == want_ood
