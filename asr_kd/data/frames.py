@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from asr_kd.data.alignments import load_alignment
 from asr_kd.data.features import CmvnStats, cmvn_key
-from asr_kd.data.stored_targets import collate_soft_targets, has_soft_targets
+from asr_kd.data.stored_targets import DecodedTargetCache, collate_soft_targets, has_soft_targets
 from asr_kd.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class FrameDataset(Dataset):
     ``soft_targets``: True adds the stored soft targets to every batch (a cut without them is an
     error), False never reads them, None (default) adds them when every cut of the batch has them
     (so the distilled student's cuts bring them and plain senone cuts cost nothing extra).
+    Codebook-coded targets, once decoded, stay in memory for the next epochs (up to 2 GiB per
+    dataset copy, :class:`asr_kd.data.stored_targets.DecodedTargetCache`).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class FrameDataset(Dataset):
         self.labels_name = labels_name
         self.num_classes = num_classes
         self.soft_targets = soft_targets
+        self.target_cache = DecodedTargetCache()
 
     def _features(self, cut: Any) -> np.ndarray:
         try:
@@ -98,7 +101,7 @@ class FrameDataset(Dataset):
                 y[i, : labels.shape[0]] = torch.from_numpy(labels)
             batch["labels"] = y
         if self._wants_soft_targets(cut_list):
-            batch["soft_ids"], batch["soft_probs"] = collate_soft_targets(cut_list, batch_t)
+            batch["soft_ids"], batch["soft_probs"] = collate_soft_targets(cut_list, batch_t, self.target_cache)
         return batch
 
     def _wants_soft_targets(self, cuts: list[Any]) -> bool:

@@ -17,6 +17,11 @@ targets in one of three formats (``kd.storage``), stored in one ``npy_archive`` 
 This module is the data layer's side: loading one cut's targets, always as top-k ``(ids, probs)``
 whatever the format, and collating a batch, so that :mod:`asr_kd.data.frames` and the losses need
 nothing from the KD package and nothing about formats.
+
+Decoding ``rvq`` codes costs more than the student's step on a small network (a top-k over every
+senone of every frame), and a student reads the same cuts every epoch, so a
+:class:`DecodedTargetCache` keeps each cut's decoded top-k in memory for the epochs after its
+first, up to a size bound; the values are the same either way.
 """
 
 from __future__ import annotations
@@ -131,12 +136,47 @@ def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
         ) from None
 
 
-def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+class DecodedTargetCache:
+    """The decoded top-k targets of ``rvq``-coded cuts, kept in memory up to ``max_bytes``.
+
+    A cut's targets are added the first time they are decoded while there is room, and never
+    evicted: a training epoch reads every cut once, so a full cache still saves the decoding of
+    the cuts it holds, where an evicting one would drop each cut just before its next use. Cuts
+    stored as plain top-k are read from their archive each time (no decoding to save). The key
+    is the cut's id and span, since a truncated cut loads other frames."""
+
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: dict[tuple[str, float, float], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self, cut: Cut) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`load_soft_targets` of ``cut``, from memory where it was decoded before."""
+        key = (cut.id, cut.start, cut.duration)
+        hit = self._entries.get(key)
+        if hit is not None:
+            return hit
+        ids, probs = load_soft_targets(cut)
+        size = ids.nbytes + probs.nbytes
+        if cut.has_custom(SOFT_CODES) and self.bytes + size <= self.max_bytes:
+            ids.setflags(write=False)  # shared by every later batch: nothing may write into it
+            probs.setflags(write=False)
+            self._entries[key] = (ids, probs)
+            self.bytes += size
+        return ids, probs
+
+
+def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None,
+                         cache: DecodedTargetCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return a padded batch of the cuts' soft targets: ``ids`` int64 and ``probs`` float32, both
     ``[B, T, k]`` with ``T = num_frames`` (default: the longest cut). Padding frames have id 0
     and probability 0, so they add nothing to a top-k loss; frames beyond ``num_frames`` are
-    cut off (to match features padded or truncated to that length)."""
-    loaded = [load_soft_targets(c) for c in cuts]
+    cut off (to match features padded or truncated to that length). ``cache`` keeps decoded
+    targets between calls."""
+    loaded = [load_soft_targets(c) if cache is None else cache.load(c) for c in cuts]
     if not loaded:
         raise ValueError("cannot collate soft targets of an empty batch")
     ks = {ids.shape[1] for ids, _ in loaded}

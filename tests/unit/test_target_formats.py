@@ -14,9 +14,10 @@ from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, lo
 from asr_kd.config import KdConfig
 from asr_kd.data.array_archive import ARCHIVE_NAME
 from asr_kd.data.stored_targets import (
-    LOGPROB_STEP, SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, collate_soft_targets, dequantise_log_probs, has_soft_targets,
-    load_soft_targets, quantise_log_probs,
+    LOGPROB_STEP, SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, DecodedTargetCache, collate_soft_targets, dequantise_log_probs,
+    has_soft_targets, load_soft_targets, quantise_log_probs,
 )
+from asr_kd.data.frames import FrameDataset
 from asr_kd.errors import ConfigError
 from asr_kd.kd.soft_targets import kl_stored_vs_full, store_soft_targets, store_target_arrays, topk_compress
 from asr_kd.kd.target_formats import ResidualQuantiser, encode_topk, sample_for_fitting, storage_bytes_per_frame
@@ -140,6 +141,27 @@ def test_codes_stored_on_cuts_decode_to_the_quantisers_top_k(fbank_cuts, tmp_pat
         assert ids.shape == (cut.num_frames, K)
     batch_ids, batch_probs = collate_soft_targets(list(cuts))
     assert batch_ids.shape[2] == K and torch.allclose(batch_probs.sum(-1)[batch_probs.sum(-1) > 0], torch.tensor(1.0), atol=1e-5)
+
+    # Decoded once, then served from memory with the same values; read-only, since every later
+    # batch shares the arrays.
+    cache = DecodedTargetCache()
+    for _ in range(2):
+        ids_c, probs_c = collate_soft_targets(list(cuts), cache=cache)
+        assert torch.equal(ids_c, batch_ids) and torch.equal(probs_c, batch_probs)
+    frames = sum(c.num_frames for c in cuts)
+    assert len(cache) == len(cuts) and cache.bytes == frames * K * (4 + 4)
+    first = cache.load(cuts[0])
+    assert cache.load(cuts[0])[0] is first[0] and not first[0].flags.writeable and not first[1].flags.writeable
+    # A truncated cut is another entry, with its own frames.
+    short = cuts[0].truncate(duration=0.3)
+    assert np.array_equal(cache.load(short)[0], load_soft_targets(short)[0]) and len(cache) == len(cuts) + 1
+    # A bound that holds only the first cut: the others are decoded each time.
+    small = DecodedTargetCache(max_bytes=cuts[0].num_frames * K * 8)
+    collate_soft_targets(list(cuts), cache=small)
+    assert len(small) == 1 and small.load(cuts[0])[0] is not None and small.load(cuts[1])[0] is not small.load(cuts[1])[0]
+    # The frame dataset keeps its own cache.
+    dataset = FrameDataset(None, labels_name=None)
+    assert torch.equal(dataset[CutSet.from_cuts(cuts)]["soft_probs"], probs_c) and len(dataset.target_cache) == len(cuts)
 
 
 def test_fitting_sample_is_seeded_and_bounded(fbank_cuts):
