@@ -1,10 +1,11 @@
 """Distillation costs, side by side on one recipe run: student training step time with stored
-soft targets vs hard labels only vs online teachers, bytes per frame of the stored targets vs
+soft targets (a student's first epoch, and its later ones, which read the decoded targets from
+memory) vs hard labels only vs online teachers, bytes per frame of the stored targets vs
 dense float32, and the hybrid decoding real-time factor per core.
 
 Needs a finished recipe run through stage 6 (``make demo``, or ``run.sh --stop-stage 6``): it
 reads ``<exp>/soft_targets``, ``<exp>/teachers`` and ``<exp>/students/distilled``. Steps are
-timed on the same batches (same cuts, same order) for the three kinds, in interleaved rounds
+timed on the same batches (same cuts, same order) for the four kinds, in interleaved rounds
 (median of the rounds), data loading and collation included: a step is "batch from the cuts ->
 forward -> backward -> optimizer step". Decoding: the distilled student's test posteriors with
 one process, RTF = CPU seconds of the search / seconds of audio. Writes its section of

@@ -55,8 +55,8 @@ class FrameDataset(Dataset):
     ``soft_targets``: True adds the stored soft targets to every batch (a cut without them is an
     error), False never reads them, None (default) adds them when every cut of the batch has them
     (so the distilled student's cuts bring them and plain senone cuts cost nothing extra).
-    Codebook-coded targets, once decoded, stay in memory for the next epochs (up to 2 GiB per
-    dataset copy, :class:`asr_kd.data.stored_targets.DecodedTargetCache`).
+    Codebook-coded targets, once decoded, stay in memory for the next epochs when the dataset is
+    read without loader workers (up to 2 GiB, :class:`asr_kd.data.stored_targets.DecodedTargetCache`).
     """
 
     def __init__(

@@ -21,7 +21,9 @@ nothing from the KD package and nothing about formats.
 Decoding ``rvq`` codes costs more than the student's step on a small network (a top-k over every
 senone of every frame), and a student reads the same cuts every epoch, so a
 :class:`DecodedTargetCache` keeps each cut's decoded top-k in memory for the epochs after its
-first, up to a size bound; the values are the same either way.
+first, up to a size bound; the values are the same either way. Only a dataset read in its own
+process keeps them (``num_workers: 0``, the recipe's configs): a loader's worker processes live
+for one epoch, so they decode every epoch, beside training, and keep nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from lhotse.cut import Cut
+from torch.utils.data import get_worker_info
 
 # Importing the archive module registers its lhotse storage type, so manifests that name
 # ``npy_archive`` can be loaded by every reader of stored soft targets.
@@ -142,8 +145,10 @@ class DecodedTargetCache:
     A cut's targets are added the first time they are decoded while there is room, and never
     evicted: a training epoch reads every cut once, so a full cache still saves the decoding of
     the cuts it holds, where an evicting one would drop each cut just before its next use. Cuts
-    stored as plain top-k are read from their archive each time (no decoding to save). The key
-    is the cut's id and span, since a truncated cut loads other frames."""
+    stored as plain top-k are read from their archive each time (no decoding to save), and so is
+    every cut inside a DataLoader worker process, whose copy of the cache would go with it at the
+    end of the epoch. The key is the cut's id and span, since a truncated cut loads other frames.
+    Under DDP each rank keeps its own (up to ``max_bytes`` each)."""
 
     def __init__(self, max_bytes: int = 2 << 30) -> None:
         self.max_bytes = max_bytes
@@ -161,7 +166,7 @@ class DecodedTargetCache:
             return hit
         ids, probs = load_soft_targets(cut)
         size = ids.nbytes + probs.nbytes
-        if cut.has_custom(SOFT_CODES) and self.bytes + size <= self.max_bytes:
+        if cut.has_custom(SOFT_CODES) and self.bytes + size <= self.max_bytes and get_worker_info() is None:
             ids.setflags(write=False)  # shared by every later batch: nothing may write into it
             probs.setflags(write=False)
             self._entries[key] = (ids, probs)

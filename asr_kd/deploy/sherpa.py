@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SHERPA_MODEL = "model.onnx"
 SHERPA_MODEL_INT8 = "model.int8.onnx"
 SHERPA_SUBSAMPLING = 4  # hard-coded by sherpa-onnx for this model type
+EXPORT_COMMAND = "asr-kd export --model-dir <model dir> --sherpa-dir"  # how users (re)make a folder
 
 
 def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = True) -> Path:
@@ -72,7 +73,7 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = True)
     out.mkdir(parents=True, exist_ok=True)
     path = export_module(module, spec.features.num_mel_bins, out / SHERPA_MODEL)
     # sherpa-onnx picks the model class from its config (zipformer_ctc), not from metadata: these
-    # keys describe the file, and SherpaCtc reads the max-active from them.
+    # keys describe the file, and SherpaCtc reads the fbank size and the max-active from them.
     metadata = {"model_type": "asr-kd-ctc", "comment": "asr-kd CTC encoder, global CMVN and HLG scale folded in; load as sherpa-onnx zipformer_ctc",
                 "subsampling_factor": spec.subsampling, "feature_dim": spec.features.num_mel_bins,
                 "ctc_acoustic_scale": decoding.ctc_acoustic_scale, "ctc_max_active": decoding.max_active}
@@ -112,7 +113,7 @@ class SherpaCtc:
         model = d / (SHERPA_MODEL_INT8 if int8 else SHERPA_MODEL)
         for p in (model, d / "tokens.txt", d / "HLG.fst", d / WORDS_FILE):
             if not p.is_file():
-                raise DataError(f"{p} does not exist; run `asr-kd export --model-dir <model dir> --sherpa-dir {d}` first"
+                raise DataError(f"{p} does not exist; run `{EXPORT_COMMAND} {d}` first"
                                 + (" (without --no-int8)" if p == model and int8 else ""))
         self.sampling_rate = sampling_rate
         self.words = SymbolTable.from_file(d / WORDS_FILE)
@@ -143,8 +144,8 @@ def _recorded_int(meta: dict[str, str], model: Path, key: str, fallback: int | N
     if key in meta:
         return int(meta[key])
     if fallback is None:
-        raise ConfigError(f"{model} records no {key}; re-export it with `asr-kd export --model-dir <model dir> --sherpa-dir` "
+        raise ConfigError(f"{model} records no {key}; re-export it with `{EXPORT_COMMAND}` "
                           "or pass --feature-dim")
-    log.warning("%s records no %s (an older export): using %d; re-export it with `asr-kd export --model-dir <model dir> --sherpa-dir` "
-                "to decode at the model directory's settings", model, key, fallback)
+    log.warning("%s records no %s (an older export): using %d; re-export it with `%s` to decode at the model directory's "
+                "settings", model, key, fallback, EXPORT_COMMAND)
     return fallback

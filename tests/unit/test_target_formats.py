@@ -158,10 +158,16 @@ def test_codes_stored_on_cuts_decode_to_the_quantisers_top_k(fbank_cuts, tmp_pat
     # A bound that holds only the first cut: the others are decoded each time.
     small = DecodedTargetCache(max_bytes=cuts[0].num_frames * K * 8)
     collate_soft_targets(list(cuts), cache=small)
-    assert len(small) == 1 and small.load(cuts[0])[0] is not None and small.load(cuts[1])[0] is not small.load(cuts[1])[0]
-    # The frame dataset keeps its own cache.
+    assert len(small) == 1 and small.load(cuts[0])[0] is small.load(cuts[0])[0] and small.load(cuts[1])[0] is not small.load(cuts[1])[0]
+    # The frame dataset keeps its own cache, but not inside a loader's worker process, which ends
+    # with its epoch.
     dataset = FrameDataset(None, labels_name=None)
     assert torch.equal(dataset[CutSet.from_cuts(cuts)]["soft_probs"], probs_c) and len(dataset.target_cache) == len(cuts)
+    in_worker = FrameDataset(None, labels_name=None)
+    loader = torch.utils.data.DataLoader(in_worker, sampler=[CutSet.from_cuts(cuts)] * 2, batch_size=None, num_workers=1)
+    for batch in loader:
+        assert torch.equal(batch["soft_probs"], probs_c)
+    assert len(in_worker.target_cache) == 0
 
 
 def test_fitting_sample_is_seeded_and_bounded(fbank_cuts):
