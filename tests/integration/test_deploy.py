@@ -253,6 +253,7 @@ def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, cap
     assert cli_main(["export", "--model-dir", str(ctc), "--sherpa-dir", str(s)]) == 0
     assert cli_main(["export", "--model-dir", str(ctc), "--no-int8", "--sherpa-dir", str(s0)]) == 0
     assert (s / "model.int8.onnx").is_file() and not (s0 / "model.int8.onnx").exists()
+    assert int(sherpa_metadata(s / "model.int8.onnx")["ctc_max_active"]) == 2000
     # Only the int8 model is left: --int8 must run it, and the fp32 default must say it is missing.
     (s / "model.onnx").unlink()
     capsys.readouterr()
@@ -275,7 +276,6 @@ def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, cap
     # cli_main set up logging to stderr above, so the warning is read there.
     capsys.readouterr()
     old = SherpaCtc(s0)
-    assert int(sherpa_metadata(s / "model.int8.onnx")["ctc_max_active"]) == 2000
     assert old.max_active == DecodeConfig().max_active == 7000
     assert "records no ctc_max_active (an older export): using 7000" in capsys.readouterr().err
 
