@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from asr_kd.errors import AsrKdError
 from asr_kd.utils import STORAGE_ERRNOS, describe_storage_error, setup_logging
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    absolute_folders(args)
     setup_logging()
     try:
         rc = args.func(args)
@@ -61,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asr-kd {args.command}: error: {describe_storage_error(err)}", file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def absolute_folders(args: argparse.Namespace) -> None:
+    """Make every folder option (``--*-dir``, ``--*-dirs``) absolute, so ``--exp-dir exp`` means
+    the same folder to every path a stage derives from it (its outputs, its record's file list)."""
+    for name, value in vars(args).items():
+        if not name.endswith(("_dir", "_dirs")):
+            continue
+        if isinstance(value, Path):
+            setattr(args, name, value.absolute())
+        elif isinstance(value, list) and all(isinstance(v, Path) for v in value):
+            setattr(args, name, [v.absolute() for v in value])
 
 
 if __name__ == "__main__":

@@ -360,8 +360,9 @@ class StageGuard:
         adopt_unrecorded: bool = False,
     ) -> None:
         self.stage = stage
-        self.folder = Path(folder)
-        self.extra_folders = [Path(p) for p in extra_folders]
+        # Absolute: outputs listed by walking the folder, or given relative to it, resolve alike.
+        self.folder = Path(folder).absolute()
+        self.extra_folders = [Path(p).absolute() for p in extra_folders]
         self.config = config_dict(config)
         self.config_fingerprint = fingerprint(self.config)
         self.inputs = dict(sorted((inputs or {}).items()))

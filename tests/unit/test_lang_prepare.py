@@ -235,6 +235,20 @@ def test_manifests_and_cli(tmp_path, capsys) -> None:
     assert "\\3-grams:" not in (tmp_path / "lang" / "lm" / "lm.arpa").read_text()
 
 
+def test_relative_folders_on_the_command_line(tmp_path, monkeypatch) -> None:
+    # `--output-dir lang` from the folder above: the record lists the stage's files relative to
+    # the folder it made (a relative folder once sent it looking for lang/lang/G.fst and failed).
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    supervisions(TRAIN, "tr").to_file(supervision_manifest_path(manifests, "train-clean-100"))
+    supervisions(DEV, "dv").to_file(supervision_manifest_path(manifests, "dev-clean"))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["prepare-lang", "--manifest-dir", "manifests", "--output-dir", "lang", "--set", "lm_order=2"]) == 0
+    record = json.loads((tmp_path / "lang" / "provenance.json").read_text())
+    assert {"G.fst", "L.fst", "words.txt"} <= set(record["outputs"])
+    assert record["outputs"]["G.fst"]["bytes"] == (tmp_path / "lang" / "G.fst").stat().st_size
+
+
 # --------------------------------------------------------------------------------------------
 # An existing ARPA LM, extra LM text
 # --------------------------------------------------------------------------------------------
