@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fnmatch
 import functools
 import hashlib
 import json
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 RECORD_NAME = "provenance.json"
 IN_PROGRESS_NAME = ".in_progress.json"
+# What asr_kd.utils.atomic_path and the archive writer name a file or folder while writing it.
+TEMPORARY_PATTERN = ".*.tmp*"
 ON_CHANGE_ENV = "ASR_KD_ON_CHANGE"
 ON_CHANGE_CHOICES = ("redo", "stop")
 # Settings that change how fast a stage runs or how much it logs, never what it makes.
@@ -406,7 +409,7 @@ class StageGuard:
         """Delete what a killed writer left half-written: the ``.<name>.tmp*`` files and folders of
         :func:`asr_kd.utils.atomic_path` and the archive writer (never part of a finished output)."""
         for folder in [self.folder, *self.extra_folders]:
-            for p in sorted(folder.rglob(".*.tmp*"), reverse=True) if folder.is_dir() else []:
+            for p in sorted(folder.rglob(TEMPORARY_PATTERN), reverse=True) if folder.is_dir() else []:
                 log.info("%s: removing %s, left by an interrupted writer", self.stage, p)
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
@@ -455,28 +458,49 @@ class StageGuard:
         self._started = _Usage.now()
         return True
 
-    def _wait_for_rank_0(self, timeout: float = 3600.0) -> StageRecord:
+    def wait_for_main(self, timeout: float = 3600.0, disagree_after: float = 60.0) -> StageRecord:
         """On another rank of a torchrun job: wait for rank 0's record of these settings (what
-        follows may read it: the next stage's inputs) and return it."""
-        import time
+        follows may read it: the next stage's inputs), set ``self.record`` and return it. Work
+        that only rank 0 does (files every rank reads) is skipped by the other ranks with this.
 
+        A finished record of other settings or inputs that stays for ``disagree_after`` seconds
+        (rank 0 removes a stale record before it starts) means the ranks disagree on what the
+        stage is made from: a one-line error naming the differences, not an hour's wait."""
         deadline = time.monotonic() + timeout
+        disagree_since: float | None = None
         while time.monotonic() < deadline:
             rec = read_record(self.folder) if self.record_path.is_file() else None
             if rec is not None and rec.config_fingerprint == self.config_fingerprint and rec.inputs == self.inputs:
+                self.record = rec
                 return rec
+            if rec is None or self.in_progress_path.exists():
+                disagree_since = None
+            elif disagree_since is None:
+                disagree_since = time.monotonic()
+            elif time.monotonic() - disagree_since > disagree_after:
+                diffs = differences(rec.config, self.config, rec.inputs, self.inputs)
+                raise DataError(
+                    f"{self.stage}: rank 0's record {self.record_path} differs from this rank's settings ({'; '.join(diffs[:4])}); "
+                    "an upstream stage changed under the job: rerun the command")
             time.sleep(0.2)
         raise DataError(f"{self.stage}: rank 0 wrote no record to {self.record_path} within {timeout:.0f} s; see its log")
 
     def all_files(self) -> list[Path]:
         """Return every file below the stage's folder (not the record, not symbolic links): the
-        outputs of a stage whose whole folder is its output."""
-        return files_below([self.folder], {self.record_path, self.in_progress_path})
+        outputs of a stage whose whole folder is its output. A writer's temporary (``.<name>.tmp*``,
+        of another rank or process still writing) is never an output."""
+        return [p for p in files_below([self.folder], {self.record_path, self.in_progress_path})
+                if not any(fnmatch.fnmatch(part, TEMPORARY_PATTERN) for part in p.relative_to(self.folder).parts)]
 
     def finish(self, outputs: Iterable[Path | str]) -> StageRecord:
         """Record the finished stage: ``outputs`` (files, relative to the folder or absolute) are
         hashed, and ``.pt`` checkpoints must load (a truncated file stops here, before a record
-        could vouch for it); the record is written last and atomically. Returns it."""
+        could vouch for it); the record is written last and atomically. Returns it. Another rank
+        of a torchrun job hashes nothing (rank 0 may still be writing): it waits for rank 0's record."""
+        if not self.is_main:
+            record = self.wait_for_main()
+            log.info("%s: finished; rank 0 wrote %s", self.stage, self.record_path)
+            return record
         files: dict[str, dict[str, Any]] = {}
         for out in outputs:
             p = Path(out)
@@ -497,11 +521,8 @@ class StageGuard:
             resources=work_costs(self._started, files_below([self.folder, *self.extra_folders], [self.in_progress_path]), self._resumed)
             if self._started else {},
         )
-        if self.is_main:
-            write_text_atomic(self.record_path, record.to_json())
-            self.in_progress_path.unlink(missing_ok=True)
-        else:
-            record = self._wait_for_rank_0()
+        write_text_atomic(self.record_path, record.to_json())
+        self.in_progress_path.unlink(missing_ok=True)
         self.record = record
         log.info("%s: finished; %s written", self.stage, self.record_path)
         return record

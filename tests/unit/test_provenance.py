@@ -155,6 +155,10 @@ def test_all_files_leaves_out_linked_folders_and_the_record(tmp_path: Path) -> N
     (guard.folder / "sub").mkdir()
     (guard.folder / "sub" / "ours.txt").write_text("1")
     (guard.folder / "linked").symlink_to(other, target_is_directory=True)
+    # Another writer's temporaries (a file, a folder) are never outputs.
+    (guard.folder / ".units.tmp1a2b.json").write_text("{}")
+    (guard.folder / ".storage.tmp9").mkdir()
+    (guard.folder / ".storage.tmp9" / "part.npy").write_bytes(b"1")
     assert guard.all_files() == [guard.folder / "sub" / "ours.txt"]
     guard.finish(guard.all_files())
     assert set(read_record(guard.folder).outputs) == {"sub/ours.txt"}
@@ -180,8 +184,19 @@ def test_only_rank_0_of_a_torchrun_job_touches_the_folder(tmp_path: Path, monkey
     assert other.needs_work() and (folder / "extra.bin").is_file() and read_record(folder).config == {"T": 2}
     (folder / "out.txt").write_text("rank 1")
     with pytest.raises(DataError, match="rank 0 wrote no record"):
-        other._wait_for_rank_0(timeout=0.5)  # what finish() does on rank 1: wait for rank 0's record
+        other.wait_for_main(timeout=0.5)  # what finish() does on rank 1: wait for rank 0's record
+    # Rank 0's finished record of other settings, there for longer than disagree_after: the
+    # ranks disagree on what the stage is made of (an hour's silent wait before).
+    with pytest.raises(DataError, match=r"rank 0's record .* differs from this rank's settings \(T: 2 -> 5\)"):
+        other.wait_for_main(timeout=5.0, disagree_after=0.3)
+    (folder / IN_PROGRESS_NAME).write_text("{}")  # rank 0 at work: its old record is no disagreement yet
+    with pytest.raises(DataError, match="rank 0 wrote no record"):
+        other.wait_for_main(timeout=0.8, disagree_after=0.3)
+    (folder / IN_PROGRESS_NAME).unlink()
     assert read_record(folder).config == {"T": 2}  # rank 1 wrote nothing
+    # finish() on rank 1 hashes nothing (rank 0 may still be writing) and returns rank 0's record.
+    same = StageGuard("s", folder, {"T": 2}, {})
+    assert same.finish(["not_written_here.bin"]) == read_record(folder) == same.record
     monkeypatch.setenv("RANK", "0")
     assert StageGuard("s", folder, {"T": 5}, {}).needs_work() and not (folder / "extra.bin").exists()
 
