@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from asr_kd.stages.ctc_common import (
     teacher_set_record, teachers_of, units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.provenance import StageGuard, not_rank_0, require_record
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.loop import LossFn
 from asr_kd.utils import atomic_path, folder_lock, write_text_atomic
@@ -54,7 +55,10 @@ def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: fl
     the settings and the fingerprints of the teacher set and of stage 1's features; a mismatch
     redoes it."""
     # Students trained side by side (CTC stage 6, --nj) may all ask for them: one makes them while the
-    # others wait on a lock, then find them finished.
+    # others wait on a lock, then find them finished. Under torchrun, rank 0 makes them and the other
+    # ranks wait for its record outside the lock (inside, they would keep rank 0 out).
+    if not_rank_0():
+        return _make_ctc_soft_targets(layout, cfg, max_duration)
     with folder_lock(ctc_soft_dir(layout, cfg).parent):
         return _make_ctc_soft_targets(layout, cfg, max_duration)
 
@@ -66,6 +70,9 @@ def _make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: f
     guard = StageGuard("CTC soft targets", out_path.parent, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
                                                                        "features": features_fingerprint(layout)})
     if not guard.needs_work():
+        return out_path
+    if not guard.is_main:
+        guard.wait_for_main(timeout=math.inf)
         return out_path
     teachers = load_ctc_teachers(layout, cfg)
     cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
@@ -119,7 +126,9 @@ def make_pseudo_labels(
     holds the settings and the fingerprints of the teacher set, the units and stage 1's features;
     a mismatch redoes it."""
     # Seeds trained side by side (CTC stage 6, --nj) all ask for them: one makes them while the
-    # others wait on the lock, then find them finished.
+    # others wait on the lock, then find them finished (under torchrun: rank 0, as for soft targets).
+    if not_rank_0():
+        return _make_pseudo_labels(layout, cfg, units, max_duration)
     with folder_lock(ctc_pseudo_dir(layout, cfg).parent):
         return _make_pseudo_labels(layout, cfg, units, max_duration)
 
@@ -138,7 +147,10 @@ def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, m
                 "train_part": layout.train_part}
     guard = StageGuard("CTC pseudo-labels", folder, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
                                                               "units": units_record_fingerprint(layout), "features": features_fingerprint(layout)})
-    if guard.needs_work():
+    work = guard.needs_work()
+    if work and not guard.is_main:
+        guard.wait_for_main(timeout=math.inf)
+    elif work:
         teachers = load_ctc_teachers(layout, cfg)
         cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
         fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), 1.0, cfg.fusion, max_duration)

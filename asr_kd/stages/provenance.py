@@ -344,6 +344,12 @@ def on_change_policy(value: str | None = None) -> str:
     return policy
 
 
+def not_rank_0() -> bool:
+    """Return whether this process is another rank than 0 of a torchrun job (``RANK`` set, not 0):
+    one that leaves work done once for all ranks to rank 0 and waits for its record."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 class StageGuard:
     """The skip/redo/refuse rule of one stage whose outputs live in ``folder`` (and, if the stage
     writes elsewhere too, ``extra_folders``, emptied with it on a redo).
@@ -376,7 +382,7 @@ class StageGuard:
         # records existed, or by hand) is left to the work to reuse or refuse, never emptied.
         self.adopt_unrecorded = adopt_unrecorded
         # Under torchrun every rank runs the stage; only rank 0 empties folders and writes records.
-        self.is_main = os.environ.get("RANK", "0") == "0"
+        self.is_main = not not_rank_0()
         self.record: StageRecord | None = None
         self._started: _Usage | None = None  # set when the work starts (needs_work returns True)
         self._resumed = False

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -34,7 +36,8 @@ from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.kd.soft_targets import load_soft_targets
 from asr_kd.report.results_md import read_section
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import read_record
+from asr_kd.utils import folder_lock
+from asr_kd.stages.provenance import RECORD_NAME, read_record
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +136,7 @@ def test_spike_report_compares_every_teacher_set(ctc_run) -> None:
     assert "| independent, guided 1 | 2 |" in section and "(ctc_spike_timings_phone.png)" in section
 
 
-def test_students_and_pseudo_labels(ctc_run) -> None:
+def test_students_and_pseudo_labels(ctc_run, monkeypatch) -> None:
     layout, md, _, students, _ = ctc_run
     for kind, summary in students.items():
         assert summary["steps"] == 20 and (layout.ctc_student_dir(kind) / "final.pt").is_file()
@@ -164,6 +167,20 @@ def test_students_and_pseudo_labels(ctc_run) -> None:
     units = prepare_units(layout, CTC)
     again = make_pseudo_labels(layout, CTC, units)
     assert read_record(folder).finished == made and {k: v[0][0] for k, v in again.items()} == {k: v[0][0] for k, v in labels.items()}
+    # Under torchrun another rank waits for rank 0's record outside the folder's lock, which rank 0
+    # holds while it makes the labels (a rank waiting inside it kept rank 0 out: a deadlock).
+    monkeypatch.setenv("RANK", "1")
+    (folder / RECORD_NAME).rename(folder / "record.bak")  # rank 0 still at work: no record yet
+    got: dict = {}
+    with folder_lock(folder.parent):
+        waiting = threading.Thread(target=lambda: got.update(make_pseudo_labels(layout, CTC, units)), daemon=True)
+        waiting.start()
+        time.sleep(1.0)
+        assert waiting.is_alive() and not got  # waits for the record
+        (folder / "record.bak").rename(folder / RECORD_NAME)  # rank 0 finishes, still holding the lock
+        waiting.join(timeout=60)
+    assert not waiting.is_alive() and got == again and read_record(folder).finished == made
+    monkeypatch.delenv("RANK")
     # Students that would share a folder are refused before any job runs (a job would stop first on
     # this empty experiment's missing stages).
     empty = RecipeLayout(layout.data_dir, layout.exp_dir.parent / "empty_exp", ctc_units="phone")
