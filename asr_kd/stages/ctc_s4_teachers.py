@@ -80,7 +80,8 @@ def train_ctc_teachers(
             load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
             log.info("CTC teacher %d: %s, best dev TER %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, time.time() - start)
             teachers.append({"seed": tcfg.seed, "steps": result.state.step, "best_dev_ter": result.state.best_metric, "guide": False})
-        write_text_atomic(summary_path, json.dumps({"num_tokens": units.num_tokens, "teachers": teachers}, indent=1) + "\n")
+        if guard.is_main:  # under torchrun the other ranks read rank 0's summary (the record hashes it)
+            write_text_atomic(summary_path, json.dumps({"num_tokens": units.num_tokens, "teachers": teachers}, indent=1) + "\n")
         own = [set_dir / f"teacher{i}" / "final.pt" for i in range(cfg.num_teachers) if not (cfg.guide_weight > 0 and i == 0)]
         guard.finish([summary_path, *own])
     summary = json.loads(summary_path.read_text())

@@ -65,10 +65,10 @@ def train_teachers(
         teachers = launch_jobs(_train_teacher, [(layout, i, num_teachers, senones.num_senones, model_config, train_config) for i in range(num_teachers)],
                                launcher, jobs, num_threads, layout.exp_dir / "log", "stage4_teachers")
         log.info("%d teachers trained in %.0f s with %d job(s)", num_teachers, time.time() - start, jobs)
-        save_config(model_config, layout.teachers / "dnn.yaml")
-        save_config(train_config, layout.teachers / "train.yaml")
-        summary = {"num_senones": senones.num_senones, "teachers": teachers}
-        write_json_atomic(summary_path, summary)
+        if guard.is_main:  # under torchrun the other ranks read rank 0's files (the record hashes them)
+            save_config(model_config, layout.teachers / "dnn.yaml")
+            save_config(train_config, layout.teachers / "train.yaml")
+            write_json_atomic(summary_path, {"num_senones": senones.num_senones, "teachers": teachers})
         guard.finish([summary_path, *(layout.teacher_dir(i) / "final.pt" for i in range(num_teachers))])
     summary = read_json(summary_path)
     assert isinstance(summary, dict)

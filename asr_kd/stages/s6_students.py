@@ -74,7 +74,8 @@ def train_student(
     if guard.needs_work():
         loss = None
         if kind in DISTILLED_KINDS:
-            save_config(kd, exp_dir / "kd.yaml")
+            if guard.is_main:  # under torchrun the other ranks read rank 0's files (the record hashes them)
+                save_config(kd, exp_dir / "kd.yaml")
             loss = distillation_loss_of(layout, kd, num_teachers)
         start = time.time()
         kwargs = {"compute_loss": loss} if loss is not None else {}
@@ -87,7 +88,8 @@ def train_student(
         summary = {"steps": result.state.step, "stop_reason": result.state.stop_reason, "best_dev_frame_accuracy": result.state.best_metric,
                    "soft_targets": None if soft_record is None else soft_record.config, "seed": cfg.seed,
                    "soft_targets_dir": None if soft_record is None else Path(train_cuts).parent.name, "train_seconds": round(time.time() - start, 1)}
-        write_json_atomic(summary_path, summary)
+        if guard.is_main:
+            write_json_atomic(summary_path, summary)
         guard.finish([summary_path, exp_dir / "final.pt"])
     summary = read_json(summary_path)
     assert isinstance(summary, dict)
