@@ -86,6 +86,13 @@ def storage_error(err: BaseException, path: Path | str) -> OSError | None:
     return OSError(code, os.strerror(code), str(path))
 
 
+def not_rank_0() -> bool:
+    """Return whether this process is another rank than 0 of a torchrun job (``WORLD_SIZE`` > 1,
+    ``RANK`` not 0; a plain run with a stray ``RANK`` is rank 0):
+    one that leaves work done once for all ranks to rank 0 and waits for its record."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path | str) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created if missing) while the block runs, so that

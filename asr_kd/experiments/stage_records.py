@@ -80,7 +80,7 @@ def run_recorded_stage(
     if guard.needs_work():
         result = work(folder)
         write_json_atomic(folder / RESULT_NAME, result)
-        guard.finish([p for p in guard.all_files() if TENSORBOARD_DIR not in p.relative_to(folder).parts])
+        guard.finish([p for p in guard.all_files() if TENSORBOARD_DIR not in p.relative_to(guard.folder).parts])
     result = read_json(folder / RESULT_NAME)
     assert isinstance(result, dict)
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asr_kd.utils import folder_lock, write_text_atomic
+from asr_kd.utils import folder_lock, not_rank_0, write_text_atomic
 
 
 def write_section(path: Path | str, heading: str, text: str, header: str = "# Results\n", after: str | None = None) -> None:
@@ -20,6 +20,8 @@ def write_section(path: Path | str, heading: str, text: str, header: str = "# Re
     ``text`` must itself start with the heading line; ``header`` is the file's first lines when
     the file does not exist yet.
     """
+    if not_rank_0():  # under torchrun every rank runs the stage; rank 0 writes RESULTS.md
+        return
     path = Path(path)
     # Stages may finish side by side (CTC stage 6 trains --nj students at once): the read, edit and
     # rename below run under a lock on the folder, so no writer drops another's section.

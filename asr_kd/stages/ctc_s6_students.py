@@ -33,10 +33,10 @@ from asr_kd.stages.ctc_common import (
     teacher_set_record, teachers_of, units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, not_rank_0, require_record
+from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.loop import LossFn
-from asr_kd.utils import atomic_path, folder_lock, write_text_atomic
+from asr_kd.utils import atomic_path, folder_lock, not_rank_0, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,9 @@ def train_ctc_student(
                                  layout.open_cmvn(layout.dev_part), units, cfg, scfg, exp_dir, loss, pseudo, soft)
         log.info("CTC student %s: %s, best dev TER %s (%.0f s)", exp_dir.name, result.state.stop_reason, result.state.best_metric, time.time() - start)
         load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
-        write_text_atomic(summary_path, json.dumps({"steps": result.state.step, "best_dev_ter": result.state.best_metric,
-                                                    "stop_reason": result.state.stop_reason, "seed": scfg.seed}, indent=1) + "\n")
+        if guard.is_main:  # under torchrun the other ranks read rank 0's summary (the record hashes it)
+            write_text_atomic(summary_path, json.dumps({"steps": result.state.step, "best_dev_ter": result.state.best_metric,
+                                                        "stop_reason": result.state.stop_reason, "seed": scfg.seed}, indent=1) + "\n")
         guard.finish([summary_path, result.final_path])
     summary = json.loads(summary_path.read_text())
     summary.setdefault("seed", scfg.seed)  # a student trained before seeds were recorded (its seed is the record's)

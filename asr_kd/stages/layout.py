@@ -63,8 +63,9 @@ class RecipeLayout:
     alignments: str = "gmm"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_dir", Path(self.data_dir))
-        object.__setattr__(self, "exp_dir", Path(self.exp_dir))
+        # Absolute, so every path derived here names the same file from any working directory.
+        object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
+        object.__setattr__(self, "exp_dir", Path(self.exp_dir).absolute())
         if self.alignments not in ALIGNMENT_SOURCES:
             raise ConfigError(f"alignments must be one of {', '.join(ALIGNMENT_SOURCES)}, got {self.alignments!r}")
 

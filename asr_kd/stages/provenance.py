@@ -43,7 +43,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from asr_kd.config import OMIT_AT_DEFAULT
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.resource_usage import detached_cpu_seconds
-from asr_kd.utils import write_text_atomic
+from asr_kd.utils import not_rank_0, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -344,12 +344,6 @@ def on_change_policy(value: str | None = None) -> str:
     return policy
 
 
-def not_rank_0() -> bool:
-    """Return whether this process is another rank than 0 of a torchrun job (``RANK`` set, not 0):
-    one that leaves work done once for all ranks to rank 0 and waits for its record."""
-    return os.environ.get("RANK", "0") != "0"
-
-
 class StageGuard:
     """The skip/redo/refuse rule of one stage whose outputs live in ``folder`` (and, if the stage
     writes elsewhere too, ``extra_folders``, emptied with it on a redo).
@@ -386,6 +380,7 @@ class StageGuard:
         self.record: StageRecord | None = None
         self._started: _Usage | None = None  # set when the work starts (needs_work returns True)
         self._resumed = False
+        self._stale: str | None = None  # on another rank: the "finished" stamp of a record rank 0 will replace
 
     @property
     def record_path(self) -> Path:
@@ -429,6 +424,9 @@ class StageGuard:
         old = read_record(self.folder)
         if not self.is_main:  # decide as rank 0 does, touch nothing
             matches = old is not None and not differences(old.config, self.config, old.inputs, self.inputs)
+            if matches and check_outputs(self.folder, old.outputs) is not None:
+                self._stale = old.finished  # rank 0 redoes it: wait_for_main waits for a newer record
+                matches = False
             self.record = old if matches else None
             return not matches
         if old is not None:
@@ -470,16 +468,22 @@ class StageGuard:
         that only rank 0 does (files every rank reads) is skipped by the other ranks with this.
 
         A finished record of other settings or inputs that stays for ``disagree_after`` seconds
-        (rank 0 removes a stale record before it starts) means the ranks disagree on what the
-        stage is made from: a one-line error naming the differences, not an hour's wait."""
+        (rank 0 removes a stale record before it starts work, and a record is never there while
+        it works) means the ranks disagree on what the stage is made from: a one-line error
+        naming the differences, not an hour's wait."""
         deadline = time.monotonic() + timeout
         disagree_since: float | None = None
         while time.monotonic() < deadline:
-            rec = read_record(self.folder) if self.record_path.is_file() else None
+            try:
+                rec = read_record(self.folder) if self.record_path.is_file() else None
+            except (DataError, OSError):  # being replaced or removed by rank 0 right now
+                rec = None
+            if rec is not None and rec.finished == self._stale:
+                rec = None  # the record this rank found broken; rank 0 is redoing the stage
             if rec is not None and rec.config_fingerprint == self.config_fingerprint and rec.inputs == self.inputs:
                 self.record = rec
                 return rec
-            if rec is None or self.in_progress_path.exists():
+            if rec is None:
                 disagree_since = None
             elif disagree_since is None:
                 disagree_since = time.monotonic()

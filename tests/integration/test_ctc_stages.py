@@ -169,16 +169,21 @@ def test_students_and_pseudo_labels(ctc_run, monkeypatch) -> None:
     assert read_record(folder).finished == made and {k: v[0][0] for k, v in again.items()} == {k: v[0][0] for k, v in labels.items()}
     # Under torchrun another rank waits for rank 0's record outside the folder's lock, which rank 0
     # holds while it makes the labels (a rank waiting inside it kept rank 0 out: a deadlock).
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     (folder / RECORD_NAME).rename(folder / "record.bak")  # rank 0 still at work: no record yet
     got: dict = {}
-    with folder_lock(folder.parent):
-        waiting = threading.Thread(target=lambda: got.update(make_pseudo_labels(layout, CTC, units)), daemon=True)
-        waiting.start()
-        time.sleep(1.0)
-        assert waiting.is_alive() and not got  # waits for the record
-        (folder / "record.bak").rename(folder / RECORD_NAME)  # rank 0 finishes, still holding the lock
-        waiting.join(timeout=60)
+    try:
+        with folder_lock(folder.parent):
+            waiting = threading.Thread(target=lambda: got.update(make_pseudo_labels(layout, CTC, units)), daemon=True)
+            waiting.start()
+            time.sleep(1.0)
+            assert waiting.is_alive() and not got  # waits for the record
+            (folder / "record.bak").rename(folder / RECORD_NAME)  # rank 0 finishes, still holding the lock
+            waiting.join(timeout=60)
+    finally:  # the fixture's record stays for the other tests
+        if (folder / "record.bak").exists():
+            (folder / "record.bak").rename(folder / RECORD_NAME)
     assert not waiting.is_alive() and got == again and read_record(folder).finished == made
     monkeypatch.delenv("RANK")
     # Students that would share a folder are refused before any job runs (a job would stop first on

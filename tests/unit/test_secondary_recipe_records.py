@@ -171,3 +171,20 @@ def test_specialists_results_say_which_stages_are_out_of_date(tmp_path: Path, ca
     for s in specialists.SPECIALIST_STAGES[2:]:
         specialists.run_specialists_stage(s, dataclasses.replace(changed, generalist_epochs=2), exp, results_file=md)
     assert "Out of date" not in md.read_text()
+
+
+def test_a_relative_experiment_folder_is_recorded_like_an_absolute_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The record lists the stage's own files (not TensorBoard's), relative to its folder, however
+    # the experiment folder was named (a relative one once failed in Path.relative_to).
+    from asr_kd.experiments.stage_records import run_recorded_stage
+
+    def work(folder: Path) -> dict:
+        (folder / "tensorboard").mkdir()
+        (folder / "tensorboard" / "events").write_text("e")
+        (folder / "model.txt").write_text("m")
+        return {"accuracy": 0.5}
+
+    monkeypatch.chdir(tmp_path)
+    assert run_recorded_stage("relative", "exp", "train", {"a": 1}, {}, work) == {"accuracy": 0.5}
+    record = read_record(tmp_path / "exp" / "train")
+    assert set(record.outputs) == {"model.txt", RESULT_NAME}
