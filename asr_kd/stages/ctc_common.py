@@ -83,15 +83,12 @@ def prepare_units(layout: RecipeLayout, cfg: CtcConfig) -> CtcUnits:
     if cfg.units == "bpe":
         inputs["features"] = features_fingerprint(layout)
     guard = StageGuard("CTC units", layout.ctc_units_dir, settings, inputs)
-    if guard.needs_work():
-        if guard.is_main:  # under torchrun, rank 0 alone writes the units; the others wait for its record
-            texts: Iterable[str] = ()
-            if cfg.units == "bpe":  # read only if the BPE model must be trained
-                texts = (cut_text(c) for c in layout.open_cuts(layout.fbank_cuts(layout.train_part)))
-            make_units(cfg.units, Lang.load(layout.lang), layout.ctc_units_dir, texts, cfg.bpe_vocab_size)
-            guard.finish(guard.all_files())
-        else:
-            guard.wait_for_main()
+    if guard.needs_work_on_rank_0():  # under torchrun the other ranks wait for rank 0's units
+        texts: Iterable[str] = ()
+        if cfg.units == "bpe":  # read only if the BPE model must be trained
+            texts = (cut_text(c) for c in layout.open_cuts(layout.fbank_cuts(layout.train_part)))
+        make_units(cfg.units, Lang.load(layout.lang), layout.ctc_units_dir, texts, cfg.bpe_vocab_size)
+        guard.finish(guard.all_files())
     return load_units(layout.ctc_units_dir, Lang.load(layout.lang))
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -69,10 +68,7 @@ def _make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: f
                 "teacher_set": teachers_of(layout, cfg).name, "train_part": layout.train_part}
     guard = StageGuard("CTC soft targets", out_path.parent, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
                                                                        "features": features_fingerprint(layout)})
-    if not guard.needs_work():
-        return out_path
-    if not guard.is_main:
-        guard.wait_for_main(timeout=math.inf)
+    if not guard.needs_work_on_rank_0():
         return out_path
     teachers = load_ctc_teachers(layout, cfg)
     cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
@@ -147,10 +143,7 @@ def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, m
                 "train_part": layout.train_part}
     guard = StageGuard("CTC pseudo-labels", folder, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
                                                               "units": units_record_fingerprint(layout), "features": features_fingerprint(layout)})
-    work = guard.needs_work()
-    if work and not guard.is_main:
-        guard.wait_for_main(timeout=math.inf)
-    elif work:
+    if guard.needs_work_on_rank_0():
         teachers = load_ctc_teachers(layout, cfg)
         cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
         fused = ctc_log_probs(teachers, cuts, layout.open_cmvn(layout.train_part), 1.0, cfg.fusion, max_duration)

@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -461,6 +462,17 @@ class StageGuard:
         write_text_atomic(self.in_progress_path, json.dumps(self._wanted()) + "\n")
         self._started = _Usage.now()
         return True
+
+    def needs_work_on_rank_0(self) -> bool:
+        """:meth:`needs_work` for work that rank 0 alone does (files every rank reads): on another
+        rank of a torchrun job, wait for rank 0's record instead (as long as rank 0 works; torchrun
+        ends the job if it fails) and return False."""
+        if not self.needs_work():
+            return False
+        if self.is_main:
+            return True
+        self.wait_for_main(timeout=math.inf)
+        return False
 
     def wait_for_main(self, timeout: float = 3600.0, disagree_after: float = 60.0) -> StageRecord:
         """On another rank of a torchrun job: wait for rank 0's record of these settings (what
