@@ -124,7 +124,7 @@ def test_residual_codes_approach_the_posteriors_as_codebooks_are_added():
     assert kls[2] < 0.2 * float(kl_stored_vs_full(held_out.numpy(), mean_ids, mean_probs).mean())
 
 
-def test_codes_stored_on_cuts_decode_to_the_quantisers_top_k(fbank_cuts, tmp_path):
+def test_codes_stored_on_cuts_decode_to_the_quantisers_top_k(fbank_cuts, tmp_path, monkeypatch):
     posteriors = {c.id: torch.from_numpy(_clustered_posteriors(i, c.num_frames)) for i, c in enumerate(fbank_cuts)}
     quantiser = ResidualQuantiser.fit(torch.cat(list(posteriors.values())), 3, seed=0)
     stored = store_target_arrays(fbank_cuts, ((cid, quantiser.arrays(p)) for cid, p in posteriors.items()), tmp_path / "rvq",
@@ -168,6 +168,13 @@ def test_codes_stored_on_cuts_decode_to_the_quantisers_top_k(fbank_cuts, tmp_pat
     for batch in loader:
         assert torch.equal(batch["soft_probs"], probs_c)
     assert len(in_worker.target_cache) == 0
+    # The parent's copy above stays empty either way; inside a worker (as get_worker_info says)
+    # the cache keeps nothing.
+    import asr_kd.data.stored_targets as stored_targets
+
+    monkeypatch.setattr(stored_targets, "get_worker_info", lambda: object())
+    worker_cache = DecodedTargetCache()
+    assert np.array_equal(worker_cache.load(cuts[0])[1], first[1]) and len(worker_cache) == 0 and worker_cache.bytes == 0
 
 
 def test_fitting_sample_is_seeded_and_bounded(fbank_cuts):
