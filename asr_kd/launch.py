@@ -38,6 +38,7 @@ import importlib
 import json
 import logging
 import multiprocessing as mp
+import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -293,6 +294,12 @@ def launch_jobs(fn: Callable[..., Any], jobs_args: Sequence[tuple], launcher: La
     ``log_dir/name``; a job's DataError or ConfigError is raised here as such, naming its log.
     """
     launcher = launcher or Launcher()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and (launcher.backend != "local" or (jobs > 1 and len(jobs_args) > 1)):
+        # Each job would start processes of its own that join this job's process group as
+        # duplicate ranks (or submit every model once per rank): refuse before anything starts.
+        raise ConfigError(f"under torchrun (WORLD_SIZE={world}) every model is one DDP job across the ranks: "
+                          f"run the command with --jobs 1 --cmd local (got --jobs {jobs} --cmd {launcher.backend})")
     ref = function_ref(fn)
     payloads = [json.dumps(encode(tuple(args))["$tuple"]) for args in jobs_args]
     if launcher.backend == "local":

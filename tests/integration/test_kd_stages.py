@@ -362,3 +362,49 @@ def test_stage4_through_submitit_gives_the_local_teachers(egs_run: tuple[Path, P
         assert all(torch.equal(a[k], b[k]) for k in a)
     # submitit ran them: one log per job, in the stage's log folder.
     assert len(list((other / "log" / "stage4_teachers").glob("*_0_log.err"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_hybrid_teachers_and_students_under_torchrun(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Stages 4 and 6 through their command lines under ``torchrun --nproc_per_node 2`` (gloo):
+    each teacher and student is one DDP job of two ranks, so it takes half the steps of egs_run's
+    single-process model over the same epochs; rank 0 alone writes the records, whose settings and
+    inputs are the single-process stages' (the launcher is no setting)."""
+    import os
+    import sys
+
+    from tests.integration.test_ddp import run_torchrun
+
+    data, exp, _ = egs_run
+    other = tmp_path / "exp"
+    other.mkdir()
+    (other / "gmm").symlink_to(exp / "gmm")
+    conf = EGS.parent / "conf"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "asr_kd"]
+    common = ["--data-dir", str(data), "--exp-dir", str(other), "--num-threads", "1", "--num-teachers", "2",
+              "--model-config", "tiny", "--config", str(conf / "train.yaml")]
+    run_torchrun([*torchrun, "train-teachers", *common], env, timeout=300)
+    mine, single = read_record(other / "teachers"), read_record(exp / "teachers")
+    assert mine.config_fingerprint == single.config_fingerprint and mine.inputs == single.inputs
+    ours, theirs = (json.loads((e / "teachers" / "summary.json").read_text())["teachers"] for e in (other, exp))
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["seed"] == b["seed"] and abs(a["steps"] - b["steps"] / 2) <= 10, (a, b)  # 10 epochs: one odd batch each
+        assert a["best_dev_frame_accuracy"] > 0.5 * b["best_dev_frame_accuracy"]
+    log_text = (other / "log" / "train_teachers.log").read_text()
+    assert "rank 1 of 2" in log_text
+
+    # Stage 5 in one process (its torchrun form has its own test), then the distilled student.
+    kd = ["--kd-config", str(conf / "kd.yaml")]
+    out = subprocess.run([sys.executable, "-m", "asr_kd", "make-soft-targets", "--data-dir", str(data), "--exp-dir", str(other),
+                          "--num-teachers", "2", *kd], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_torchrun([*torchrun, "train-student", *common, "--kind", "distilled", *kd], env, timeout=300)
+    student = other / "students" / "distilled"
+    state = torch.load(student / "final.pt", weights_only=True)["train_state"]
+    alone = torch.load(exp / "students" / "distilled" / "final.pt", weights_only=True)["train_state"]
+    assert abs(state["step"] - alone["step"] / 2) <= 10, (state["step"], alone["step"])
+    assert read_record(student).config_fingerprint == read_record(exp / "students" / "distilled").config_fingerprint
+    # The student learnt: well above chance over tiny's senones on dev.
+    assert state["best_metric"] > 5.0 / read_senones(RecipeLayout(data, other)).num_senones, state

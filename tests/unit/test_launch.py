@@ -43,6 +43,19 @@ def test_job_arguments_survive_json_and_only_asr_kd_is_rebuilt() -> None:
         decode(bad)
 
 
+def test_several_jobs_under_torchrun_are_refused_before_any_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under torchrun each local job process would join the job's process group as a duplicate
+    # rank (and a submitit backend would submit every model once per rank).
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    for jobs, backend in ((2, "local"), (1, "submitit-local")):
+        with pytest.raises(ConfigError, match=f"WORLD_SIZE=2.*--jobs 1 --cmd local \\(got --jobs {jobs} --cmd {backend}\\)"):
+            launch_jobs(parse_overrides, [(["lr=0.5"],), (["seed=3"],)], Launcher(backend), jobs=jobs)
+    # One job at a time in this process is each rank's share of the DDP job: allowed.
+    assert launch_jobs(parse_overrides, [(["lr=0.5"],), (["seed=3"],)], jobs=1) == [{"lr": "0.5"}, {"seed": "3"}]
+    assert launch_jobs(parse_overrides, [(["lr=0.5"],)], jobs=4) == [{"lr": "0.5"}]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_submitit_local_returns_the_local_results_and_names_a_failed_jobs_log(tmp_path: Path) -> None:
