@@ -5,7 +5,8 @@ Two losses plug into the shared loop as ``compute_loss(model, batch) -> (loss, m
 - :class:`StoredDistillationLoss` reads the ensemble's top-k soft targets that
   :class:`asr_kd.data.frames.FrameDataset` adds to batches of cuts carrying them (stage 5), and
   minimises ``soft_weight * T^2 * CE(soft targets, student at T) + hard_weight * CE(senones,
-  student at 1)`` (:func:`asr_kd.kd.topk_loss.topk_distillation_loss`);
+  student at 1)`` (:func:`asr_kd.kd.topk_loss.topk_distillation_loss`, computed by its fused form
+  :func:`~asr_kd.kd.topk_loss.fused_topk_distillation_loss`);
 - :class:`OnlineDistillationLoss` runs a :class:`~asr_kd.kd.ensemble.TeacherEnsemble` on the same
   batch instead (``kd.mode=online``): the dense soft cross entropy of :mod:`asr_kd.kd.losses`, or
   with ``kd.loss=logit_l2`` the regression of the student's logits on the teachers' mean logits
@@ -29,7 +30,7 @@ from asr_kd.data.frames import IGNORE_INDEX
 from asr_kd.errors import DataError
 from asr_kd.kd.ensemble import TeacherEnsemble, fuse_logits, mean_logits
 from asr_kd.kd.losses import distillation_loss, logit_matching_loss
-from asr_kd.kd.topk_loss import topk_distillation_loss
+from asr_kd.kd.topk_loss import fused_topk_distillation_loss
 
 
 def frame_mask(lengths: Tensor, num_frames: int) -> Tensor:
@@ -76,27 +77,13 @@ class StoredDistillationLoss:
         logits = model(batch["features"], batch["lengths"]).float()
         mask = frame_mask(batch["lengths"], logits.shape[1])
         hard = _hard_labels(batch, self.kd.hard_weight)
-        if self.kd.temperature != 1.0:
-            loss = topk_distillation_loss(
-                logits, batch["soft_ids"], batch["soft_probs"], hard, self.kd.temperature, self.kd.hard_weight,
-                self.kd.soft_weight, mask=mask,
-            )
-        else:
-            loss = _topk_kd_loss_at_t1(logits, batch["soft_ids"], batch["soft_probs"], hard, self.kd, mask)
+        # The fused node: the value and gradient of topk_distillation_loss with both softmaxes
+        # written once (one at T = 1); the loss is a large share of a small student's step.
+        loss = fused_topk_distillation_loss(
+            logits, batch["soft_ids"], batch["soft_probs"], hard, self.kd.temperature, self.kd.hard_weight,
+            self.kd.soft_weight, mask=mask,
+        )
         return loss, {"frame_accuracy": _accuracy(logits, batch)}
-
-
-def _topk_kd_loss_at_t1(logits: Tensor, ids: Tensor, probs: Tensor, hard: Tensor | None, kd: KdConfig, mask: Tensor) -> Tensor:
-    """:func:`topk_distillation_loss` at T = 1 with one ``log_softmax`` shared by the soft and the
-    hard term (the general function computes it twice); the same value, about 10% less time per
-    student step on 'mini' (bench/kd_speed.py), where the softmax over the senones is a large
-    share of a small network's step."""
-    log_q = torch.log_softmax(logits, dim=-1)
-    per_row = -kd.soft_weight * (probs.to(log_q.dtype) * torch.gather(log_q, -1, ids.long())).sum(-1)
-    if hard is not None and kd.hard_weight != 0.0:
-        nll = -torch.gather(log_q, -1, hard.clamp(min=0).long()[..., None])[..., 0]
-        per_row = per_row + kd.hard_weight * torch.where(hard >= 0, nll, torch.zeros_like(nll))
-    return (per_row * mask).sum() / mask.sum().clamp(min=1e-12)
 
 
 class OnlineDistillationLoss:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from asr_kd.kd.losses import _check_temperature, _reduce, hard_cross_entropy
 
@@ -64,3 +65,89 @@ def topk_distillation_loss(
     if hard_labels is not None and hard_weight != 0.0:
         per_row = per_row + hard_weight * hard_cross_entropy(student_logits, hard_labels)
     return _reduce(per_row, mask, reduction)
+
+
+def fused_topk_distillation_loss(
+    student_logits: Tensor,
+    ids: Tensor,
+    probs: Tensor,
+    hard_labels: Tensor | None,
+    temperature: float,
+    hard_weight: float,
+    soft_weight: float = 1.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """:func:`topk_distillation_loss` with ``reduction="mean"``, the same value and gradient, in
+    one autograd node: both softmaxes (at T and at 1; one at T = 1) are computed once in place and
+    the gradient is written from them directly (``T * soft_weight * (psum * softmax(z/T) - p) +
+    hard_weight * (softmax(z) - onehot)`` per row), where autograd would build and walk a dozen
+    ``[rows, C]`` tensors. On 'mini' the loss is a large share of a small network's step
+    (bench/kd_speed.py). Not twice differentiable."""
+    _check_temperature(temperature)
+    if ids.shape != probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"top-k ids {tuple(ids.shape)} and probs {tuple(probs.shape)} must be [..., k] with the rows of the logits {tuple(student_logits.shape)}"
+        )
+    num_classes, k = student_logits.shape[-1], ids.shape[-1]
+    rows = student_logits.reshape(-1, num_classes)
+    weight = torch.ones(rows.shape[0], dtype=rows.dtype, device=rows.device) if mask is None else mask.reshape(-1).to(rows.dtype)
+    use_hard = hard_labels is not None and hard_weight != 0.0
+    if use_hard and hard_labels.shape != student_logits.shape[:-1]:
+        raise ValueError(f"hard labels {tuple(hard_labels.shape)} do not match logits {tuple(student_logits.shape)}")
+    labels = hard_labels.reshape(-1) if use_hard else None
+    return _FusedTopkDistillation.apply(rows, ids.reshape(-1, k).long(), probs.reshape(-1, k), labels, weight,
+                                        float(temperature), float(soft_weight), float(hard_weight))
+
+
+def _softmax_and_logsumexp(z: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Return ``(softmax(scale * z), logsumexp(scale * z))`` over the last dimension of ``z``
+    ``[rows, C]``, with one new ``[rows, C]`` tensor."""
+    e = z * scale if scale != 1.0 else z.clone()
+    top = e.amax(dim=-1, keepdim=True)
+    e.sub_(top).exp_()
+    total = e.sum(dim=-1, keepdim=True)
+    return e.div_(total), (top + total.log()).squeeze(-1)
+
+
+class _FusedTopkDistillation(torch.autograd.Function):
+    """The node of :func:`fused_topk_distillation_loss` (rows flattened)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, ids: Tensor, probs: Tensor, labels: Tensor | None, weight: Tensor,  # type: ignore[override]
+                temperature: float, soft_weight: float, hard_weight: float) -> Tensor:
+        z = z.detach()
+        p = probs.to(z.dtype)
+        psum = p.sum(dim=-1)
+        soft_t, lse_t = _softmax_and_logsumexp(z, 1.0 / temperature)
+        # -sum_j p_j log softmax(z/T)_j = psum * logsumexp(z/T) - sum_j p_j z_j / T, scaled by T^2.
+        per_row = (soft_weight * temperature**2) * (psum * lse_t - (p * z.gather(-1, ids)).sum(dim=-1) / temperature)
+        soft_1 = label_col = label_weight = None
+        if labels is not None:
+            label_col = labels.clamp(min=0).long().unsqueeze(-1)
+            label_weight = hard_weight * (labels >= 0).to(z.dtype)  # rows without a label: no hard term
+            if temperature == 1.0:
+                lse_1 = lse_t
+            else:
+                soft_1, lse_1 = _softmax_and_logsumexp(z, 1.0)
+            per_row = per_row + label_weight * (lse_1 - z.gather(-1, label_col).squeeze(-1))
+        denom = weight.sum().clamp(min=1e-12)  # an all-masked batch gives 0, not NaN
+        ctx.save_for_backward(soft_t, ids, p, psum, soft_1, label_col, label_weight, weight, denom)
+        ctx.soft_scale = soft_weight * temperature  # d/dz of T^2 * CE at T is T * (...)
+        return (per_row * weight).sum() / denom
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        soft_t, ids, p, psum, soft_1, label_col, label_weight, weight, denom = ctx.saved_tensors
+        c = ctx.soft_scale
+        coef = c * psum
+        if label_col is not None and soft_1 is None:  # T = 1: one softmax serves both terms
+            coef = coef + label_weight
+        grad = soft_t * coef.unsqueeze(-1)  # a new tensor: the saved ones stay valid for retain_graph
+        grad.scatter_add_(-1, ids, p * -c)
+        if label_col is not None:
+            if soft_1 is not None:
+                grad.addcmul_(soft_1, label_weight.unsqueeze(-1))
+            grad.scatter_add_(-1, label_col, -label_weight.unsqueeze(-1))
+        grad.mul_((weight * (grad_out / denom)).unsqueeze(-1))
+        return grad, None, None, None, None, None, None, None

@@ -33,7 +33,7 @@ from asr_kd.kd.soft_targets import (
     topk_compress,
     topk_mass,
 )
-from asr_kd.kd.topk_loss import topk_distillation_loss, topk_soft_cross_entropy
+from asr_kd.kd.topk_loss import fused_topk_distillation_loss, topk_distillation_loss, topk_soft_cross_entropy
 from asr_kd.models.mlp import MLP
 
 
@@ -387,6 +387,55 @@ def test_topk_distillation_loss_with_k_equal_classes_is_the_dense_objective():
         a = topk_distillation_loss(z, torch.from_numpy(ids), torch.from_numpy(probs), labels, reduction=reduction, **kwargs)
         b = distillation_loss(z, torch.from_numpy(expand_topk(ids, probs, classes)).double(), labels, reduction=reduction, **kwargs)
         assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+@pytest.mark.parametrize("hard", ["labels", "none", "weight 0"])
+def test_fused_topk_loss_equals_the_reference_in_value_and_gradient(temperature, hard):
+    # Padded [B, T, C] logits as a student gives them, float16 stored targets, a padding mask,
+    # unlabelled frames: the fused node against topk_distillation_loss's autograd graph.
+    gen = torch.Generator().manual_seed(int(temperature * 10) + len(hard))
+    b, t, classes, k = 3, 7, 40, 6
+    z = torch.randn(b, t, classes, dtype=torch.float64, generator=gen) * 4
+    ids = torch.stack([torch.randperm(classes, generator=gen)[:k] for _ in range(b * t)]).reshape(b, t, k).int()
+    probs = torch.rand(b, t, k, generator=gen)
+    probs = (probs / probs.sum(-1, keepdim=True) * 0.9).half()  # rows need not sum to 1
+    labels = torch.randint(0, classes, (b, t), generator=gen)
+    labels[0, 2] = labels[2, 0] = -1
+    mask = torch.ones(b, t)
+    mask[1, 5:] = 0
+    hard_labels, hard_weight = {"labels": (labels, 0.5), "none": (None, 0.5), "weight 0": (labels, 0.0)}[hard]
+    kwargs = dict(temperature=temperature, hard_weight=hard_weight, soft_weight=0.7, mask=mask)
+    values, grads = [], []
+    for fn in (topk_distillation_loss, fused_topk_distillation_loss):
+        x = z.clone().requires_grad_(True)
+        loss = fn(x, ids, probs, hard_labels, **kwargs)
+        (loss * 3.0).backward()  # an upstream gradient other than 1
+        values.append(loss.item())
+        grads.append(x.grad)
+    assert values[1] == pytest.approx(values[0], rel=1e-12)
+    assert torch.allclose(grads[1], grads[0], rtol=1e-10, atol=1e-14)
+    assert grads[1][1, 5:].abs().max() == 0  # padded frames get no gradient
+    # Without a mask: the plain mean over rows; an all-masked batch: 0 and no NaN.
+    x = z.clone().requires_grad_(True)
+    a = fused_topk_distillation_loss(x, ids, probs, labels, temperature, 0.5)
+    assert a.item() == pytest.approx(topk_distillation_loss(z, ids, probs, labels, temperature, 0.5).item(), rel=1e-12)
+    empty = fused_topk_distillation_loss(x, ids, probs, labels, temperature, 0.5, mask=torch.zeros(b, t))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.isfinite(x.grad).all()
+
+
+def test_fused_topk_loss_is_exact_for_extreme_logits():
+    # Logits far apart (a confident student): the reference's log_softmax and the fused
+    # logsumexp agree, with no inf or NaN in value or gradient.
+    z = torch.tensor([[300.0, -300.0, 0.0, 50.0]], dtype=torch.float32)
+    ids, probs = torch.tensor([[1, 2]]), torch.tensor([[0.5, 0.5]])
+    labels = torch.tensor([1])
+    ref = topk_distillation_loss(z, ids, probs, labels, 2.0, 0.5)
+    x = z.clone().requires_grad_(True)
+    got = fused_topk_distillation_loss(x, ids, probs, labels, 2.0, 0.5)
+    got.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6) and torch.isfinite(x.grad).all()
 
 
 def test_topk_loss_on_padded_batches_from_storage_shapes(fbank_cuts, tmp_path):
