@@ -424,6 +424,10 @@ KD_LOSSES = ("soft_ce", "logit_l2")
 # probabilities (6 k bytes), top-k uint16 ids + uint8 log-probabilities (3 k bytes), or the codes
 # of a residual vector quantiser of the whole posterior (kd.codebooks bytes).
 KD_STORAGES = ("int32-fp16", "uint16-uint8", "rvq")
+# What the student learns of the mass outside the stored top k: nothing, the kept probabilities
+# renormalised to sum to 1 (a sharper distribution than the ensemble's), or the rest as one more
+# target, "any other senone", which the student's probability outside the top k must match.
+KD_TAILS = ("renormalise", "bucket")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,6 +441,7 @@ class KdConfig:
     CE(labels, student at 1)``; "logit_l2" regresses the student's logits on the teachers'.
     ``storage``: how stage 5 stores a frame (:data:`KD_STORAGES`); ``top_k`` senones are kept per
     frame, and with "rvq" the frame is ``codebooks`` one-byte codes whose decoding keeps ``top_k``.
+    ``tail``: what the student learns of the mass outside the top k (:data:`KD_TAILS`).
     """
 
     temperature: float = 2.0
@@ -450,6 +455,7 @@ class KdConfig:
     # "Compact teacher storage against accuracy"); 2.8 GB instead of 41 GB for 960 h.
     storage: str = "rvq"
     codebooks: int = 8  # bytes per frame of storage "rvq"
+    tail: str = later_option("renormalise")  # recorded only when set: records made before it stay valid
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"kd.temperature must be > 0, got {self.temperature}")
@@ -461,6 +467,7 @@ class KdConfig:
         _check(self.loss in KD_LOSSES, f"kd.loss must be one of {KD_LOSSES}, got {self.loss!r}")
         _check(self.storage in KD_STORAGES, f"kd.storage must be one of {KD_STORAGES}, got {self.storage!r}")
         _check(1 <= self.codebooks <= 64, f"kd.codebooks must be in 1..64 (bytes per frame of storage rvq), got {self.codebooks}")
+        _check(self.tail in KD_TAILS, f"kd.tail must be one of {KD_TAILS}, got {self.tail!r}")
         # Stored targets keep top-k probabilities only; the teachers' logits cannot be recovered.
         _check(self.loss != "logit_l2" or self.mode == "online",
                "kd.loss=logit_l2 needs the teachers' logits: set kd.mode=online (stored targets keep top-k probabilities only)")

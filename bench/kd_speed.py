@@ -99,7 +99,7 @@ def main() -> None:
     summary = layout.student_dir("distilled") / "summary.json"
     made = json.loads(summary.read_text()).get("soft_targets") if read_record(layout.student_dir("distilled")) else None
     soft_dir = None if not made else layout.soft_dir(made["num_teachers"], made["fusion"], made["temperature"], made["top_k"],
-                                                     made.get("storage", "int32-fp16"), made.get("codebooks", 8))
+                                                     made.get("storage", "int32-fp16"), made.get("codebooks", 8), made.get("tail", "renormalise"))
     if soft_dir is None or not layout.soft_cuts(soft_dir).is_file():
         print(f"kd_speed: skipped, the distilled student (stored soft targets) of {layout.exp_dir} is missing: run `make demo` (stages 0-6) first")
         return

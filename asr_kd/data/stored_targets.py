@@ -14,6 +14,11 @@ targets in one of three formats (``kd.storage``), stored in one ``npy_archive`` 
   ``soft_codebook`` (n x 256 x C, float16, one record shared by all cuts of the folder) and
   ``soft_decode_k``, the senones a decoded frame keeps.
 
+With ``kd.tail: bucket`` the cuts also carry ``soft_tail: true``: their kept probabilities are the
+ensemble's own (an ``rvq`` frame's: shares of its whole reconstruction), so each row sums to the
+mass it keeps and ``1 - sum`` is the mass of every other senone, which the loss keeps as one more
+target. Without it, rows are renormalised to sum to 1.
+
 This module is the data layer's side: loading one cut's targets, always as top-k ``(ids, probs)``
 whatever the format, and collating a batch, so that :mod:`asr_kd.data.frames` and the losses need
 nothing from the KD package and nothing about formats.
@@ -46,6 +51,7 @@ SOFT_TEMPERATURE = "soft_temperature"
 SOFT_CODES = "soft_codes"
 SOFT_CODEBOOK = "soft_codebook"
 SOFT_DECODE_K = "soft_decode_k"
+SOFT_TAIL = "soft_tail"  # true: probabilities as kept, not renormalised (kd.tail=bucket)
 # uint8 quantised log-probabilities: stored value q means p = exp(-q * LOGPROB_STEP) before the
 # row is renormalised. 1/16 nat keeps every kept probability within 3.2% of itself and reaches
 # exp(-255/16) = 1.2e-7, far below anything a top-k of a trained ensemble keeps.
@@ -67,24 +73,26 @@ def quantise_log_probs(probs: np.ndarray) -> np.ndarray:
     return np.clip(steps, 0, 255).astype(np.uint8)
 
 
-def dequantise_log_probs(steps: np.ndarray) -> np.ndarray:
+def dequantise_log_probs(steps: np.ndarray, renormalise: bool = True) -> np.ndarray:
     """Return float32 probabilities from :func:`quantise_log_probs`' steps, each row renormalised
-    to sum to 1."""
+    to sum to 1 (or as stored: ``renormalise=False``)."""
     p = np.exp(-np.asarray(steps, dtype=np.float64) * LOGPROB_STEP)
-    return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return (p / p.sum(axis=-1, keepdims=True) if renormalise else p).astype(np.float32)
 
 
-def stored_probs(probs: np.ndarray) -> np.ndarray:
-    """Stored top-k probabilities as rows that sum to 1: float16 as stored, uint8 log-probability
-    steps dequantised (:func:`dequantise_log_probs`)."""
-    return dequantise_log_probs(probs) if probs.dtype == np.uint8 else probs
+def stored_probs(probs: np.ndarray, renormalise: bool = True) -> np.ndarray:
+    """Stored top-k probabilities as rows that sum to 1 (or to the mass they keep:
+    ``renormalise=False``, targets stored with :data:`SOFT_TAIL`): float16 as stored, uint8
+    log-probability steps dequantised (:func:`dequantise_log_probs`)."""
+    return dequantise_log_probs(probs, renormalise) if probs.dtype == np.uint8 else probs
 
 
-def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int, renormalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Return the top-``k`` ``(ids int32, probs float32)`` (frames x k) of the distributions that
     the residual codes ``codes`` (frames x n, uint8) stand for: the sum of each frame's codewords
     of ``codebook`` (n x 256 x C) approximates the square root of its posterior, so its positive
-    part squared and renormalised is the posterior."""
+    part squared and renormalised is the posterior. The top ``k`` are renormalised to sum to 1,
+    or with ``renormalise=False`` keep their shares of the whole reconstruction."""
     codes = np.asarray(codes)
     n, size, num_classes = codebook.shape
     if codes.ndim != 2 or codes.shape[1] != n:
@@ -99,7 +107,7 @@ def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int) -> tuple[np.nd
         root += books[b][index[:, b]]
     p = root.clamp_min(0.0).square()
     values, ids = torch.topk(p, k, dim=1)
-    mass = values.sum(dim=1, keepdim=True)
+    mass = (values if renormalise else p).sum(dim=1, keepdim=True)
     values = values / mass.clamp_min(1e-30)
     values[mass.squeeze(1) <= 0, 0] = 1.0  # a reconstruction that is all <= 0 keeps only its first id
     return ids.to(torch.int32).numpy(), values.numpy()
@@ -119,18 +127,20 @@ def _codebook(cut: Cut) -> np.ndarray:
 def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
     """Return the stored targets of ``cut`` as top-k ``(ids, probs)``, each (frames x k), for the
     cut's own time span (a truncated cut gets the matching frames): ids int32 or uint16, probs
-    float16 or float32 whose rows sum to 1, whatever the stored format (module docstring).
+    float16 or float32 whose rows sum to 1 (to the mass kept where the cut has
+    :data:`SOFT_TAIL`), whatever the stored format (module docstring).
 
     Raises :class:`DataError` (one line naming the cut and the file) when the cut has no stored
     targets or their storage is missing, truncated or corrupt."""
     if not has_soft_targets(cut):
         raise DataError(f"cut {cut.id} has no stored soft targets; run stage 5 (soft targets) on these cuts or set kd.mode=online")
     try:
+        renormalise = not (cut.custom or {}).get(SOFT_TAIL, False)
         if cut.has_custom(SOFT_CODES):
             k = int(cut.custom.get(SOFT_DECODE_K, CODEBOOK_SIZE))
-            return decode_codes(cut.load_custom(SOFT_CODES), _codebook(cut), k)
+            return decode_codes(cut.load_custom(SOFT_CODES), _codebook(cut), k, renormalise)
         ids, probs = cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
-        return ids, stored_probs(probs)
+        return ids, stored_probs(probs, renormalise)
     except ArchiveError as err:  # its message names the archive and the fix
         raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
     except (OSError, ValueError) as err:

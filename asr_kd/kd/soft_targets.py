@@ -58,12 +58,12 @@ ArrayLike = np.ndarray | torch.Tensor
 # --------------------------------------------------------------------------------------------
 
 
-def topk_compress(probs: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+def topk_compress(probs: ArrayLike, k: int, renormalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Keep the ``k`` most probable classes of each frame of ``probs`` (frames x classes).
 
     Returns ``(ids, p)``: ``ids`` int32 (frames x k) in decreasing order of probability and ``p``
     float16 (frames x k), the kept probabilities divided by their sum (so each row sums to 1
-    within float16 precision).
+    within float16 precision), or as they are with ``renormalise=False`` (``kd.tail=bucket``).
     """
     p = _as_tensor(probs)
     if p.dim() != 2:
@@ -81,7 +81,8 @@ def topk_compress(probs: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
     mass = values.sum(dim=1, keepdim=True)
     if bool((mass <= 0).any()):
         raise ValueError("a frame's posteriors are all zero; expected probabilities")
-    return ids.to(torch.int32).cpu().numpy(), (values / mass).to(torch.float16).cpu().numpy()
+    kept = values / mass if renormalise else values
+    return ids.to(torch.int32).cpu().numpy(), kept.to(torch.float16).cpu().numpy()
 
 
 def expand_topk(ids: ArrayLike, probs: ArrayLike, num_classes: int) -> np.ndarray:
@@ -172,6 +173,30 @@ def kl_stored_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, f
     return terms.sum(axis=1)
 
 
+def kl_bucketed_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None = None) -> np.ndarray:
+    """Return, per frame, ``KL(stored || full)`` in nats of targets kept with ``kd.tail=bucket``:
+    both distributions over the stored ids plus one class for every other senone (the stored
+    rest is ``1 - sum(probs)``, the full one the mass of the full distribution outside ``ids``).
+    Exact top-k targets give 0 up to float16 rounding, whatever ``k``: what such targets lose is
+    how the rest is spread, which this measure does not see (:func:`topk_mass` says how much)."""
+    full = np.asarray(_numpy(full_probs), dtype=np.float64)
+    ids_np = np.asarray(_numpy(ids)).astype(np.int64)
+    stored = np.asarray(_numpy(probs), dtype=np.float64)
+    if full.ndim != 2 or ids_np.shape != stored.shape or ids_np.shape[0] != full.shape[0]:
+        raise ValueError(f"expected full (frames x C), ids and probs (frames x k); got {full.shape}, {ids_np.shape}, {stored.shape}")
+    if full_log_probs is None:
+        with np.errstate(divide="ignore"):
+            log_full_at_ids = np.log(np.take_along_axis(full, ids_np, axis=1))
+    else:
+        log_full_at_ids = np.take_along_axis(np.asarray(_numpy(full_log_probs), dtype=np.float64), ids_np, axis=1)
+    full_rest = np.clip(1.0 - np.take_along_axis(full, ids_np, axis=1).sum(axis=1), 0.0, 1.0)
+    stored_rest = np.clip(1.0 - stored.sum(axis=1), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kept = np.where(stored > 0, stored * (np.log(stored) - log_full_at_ids), 0.0).sum(axis=1)
+        rest = np.where(stored_rest > 0, stored_rest * (np.log(stored_rest) - np.log(full_rest)), 0.0)
+    return kept + rest
+
+
 def topk_mass(full_probs: ArrayLike, ids: ArrayLike) -> np.ndarray:
     """Return, per frame, the share of the full distribution's mass at the stored ``ids``."""
     full = np.asarray(_numpy(full_probs), dtype=np.float64)
@@ -187,13 +212,15 @@ class SoftTargetStats:
     num_classes: int = 0
     kl_sum: float = 0.0  # sum over frames of KL(stored || full), nats
     mass_sum: float = 0.0  # sum over frames of the full distribution's mass kept
+    bucket: bool = False  # targets kept with kd.tail=bucket: KL with the rest as one class
 
     def update(self, full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None = None) -> None:
         """Add the frames of one cut: its full posteriors (and, where known, their logarithms;
         see :func:`kl_stored_vs_full`) and their stored top-k form."""
         self.frames += int(np.shape(ids)[0])
         self.k, self.num_classes = int(np.shape(ids)[1]), int(np.shape(full_probs)[1])
-        self.kl_sum += float(kl_stored_vs_full(full_probs, ids, probs, full_log_probs).sum())
+        kl = kl_bucketed_vs_full if self.bucket else kl_stored_vs_full
+        self.kl_sum += float(kl(full_probs, ids, probs, full_log_probs).sum())
         self.mass_sum += float(topk_mass(full_probs, ids).sum())
 
     def summary(self, stored_bytes_per_frame: int | None = None) -> dict[str, float]:

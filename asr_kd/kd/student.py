@@ -81,7 +81,7 @@ class StoredDistillationLoss:
         # written once (one at T = 1); the loss is a large share of a small student's step.
         loss = fused_topk_distillation_loss(
             logits, batch["soft_ids"], batch["soft_probs"], hard, self.kd.temperature, self.kd.hard_weight,
-            self.kd.soft_weight, mask=mask,
+            self.kd.soft_weight, mask=mask, bucket=self.kd.tail == "bucket",
         )
         return loss, {"frame_accuracy": _accuracy(logits, batch)}
 

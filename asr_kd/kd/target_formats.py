@@ -69,9 +69,9 @@ def encode_topk(ids: np.ndarray, probs: np.ndarray, storage: str) -> dict[str, n
     raise ConfigError(f"storage {storage!r} does not store top-k arrays")
 
 
-def decode_topk(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def decode_topk(arrays: dict[str, np.ndarray], renormalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(ids, probs)`` as a student will read ``arrays`` back from storage."""
-    return arrays[SOFT_IDS], stored_probs(arrays[SOFT_PROBS])
+    return arrays[SOFT_IDS], stored_probs(arrays[SOFT_PROBS], renormalise)
 
 
 def sample_for_fitting(cuts: Sequence[Cut], num_classes: int, seed: int = 0) -> list[Cut]:
@@ -131,9 +131,9 @@ class ResidualQuantiser:
             residual = residual - books[b][index]
         return codes.numpy()
 
-    def decode(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, codes: np.ndarray, k: int, renormalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Return the top-``k`` ``(ids, probs)`` a student reads for ``codes``."""
-        return decode_codes(codes, self.codebooks, k)
+        return decode_codes(codes, self.codebooks, k, renormalise)
 
     def arrays(self, posteriors: torch.Tensor) -> dict[str, np.ndarray]:
         """The stored arrays of one cut, by custom-field name."""

@@ -27,10 +27,15 @@ def topk_soft_cross_entropy(
     temperature: float,
     mask: Tensor | None = None,
     reduction: str = "mean",
+    bucket: bool = False,
 ) -> Tensor:
     """Return ``-sum_j probs_j * log softmax(student_logits / T)[ids_j]`` per row, reduced as
     ``reduction`` says. Not scaled by ``T^2`` (:func:`topk_distillation_loss` does that).
-    ``probs`` may be float16 (as stored); they are used in the logits' precision."""
+    ``probs`` may be float16 (as stored); they are used in the logits' precision.
+
+    ``bucket`` (``kd.tail=bucket``): ``probs`` are the teachers' own and ``r = 1 - sum_j probs_j``
+    is the mass of every other class, one more target: ``- r * log(1 - sum_j q_j)``, ``q`` the
+    student's softmax at T, so the student matches the kept probabilities and the rest's total."""
     _check_temperature(temperature)
     if ids.shape != probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(
@@ -38,7 +43,12 @@ def topk_soft_cross_entropy(
         )
     log_q = torch.log_softmax(student_logits / temperature, dim=-1)
     log_q_at_ids = torch.gather(log_q, -1, ids.long())
-    per_row = -(probs.to(log_q.dtype) * log_q_at_ids).sum(dim=-1)
+    p = probs.to(log_q.dtype)
+    per_row = -(p * log_q_at_ids).sum(dim=-1)
+    if bucket and ids.shape[-1] < student_logits.shape[-1]:  # with every class kept there is no rest
+        rest = (1.0 - p.sum(dim=-1)).clamp(min=0.0)
+        log_q_rest = torch.logsumexp(log_q.scatter(-1, ids.long(), float("-inf")), dim=-1)
+        per_row = per_row - torch.where(rest > 0, rest * log_q_rest, torch.zeros_like(rest))
     return _reduce(per_row, mask, reduction)
 
 
@@ -52,15 +62,17 @@ def topk_distillation_loss(
     soft_weight: float = 1.0,
     mask: Tensor | None = None,
     reduction: str = "mean",
+    bucket: bool = False,
 ) -> Tensor:
     """Return ``soft_weight * T^2 * CE(top-k targets, q_student(T)) + hard_weight *
     CE(hard_labels, q_student(1))``, the objective of
-    :func:`asr_kd.kd.losses.distillation_loss` with top-k soft targets.
+    :func:`asr_kd.kd.losses.distillation_loss` with top-k soft targets (``bucket``: the rest of
+    the mass as one more target, :func:`topk_soft_cross_entropy`).
 
     ``hard_labels`` (integers of the leading shape) may be None for a soft-only loss; rows with a
     negative label are left out of the hard term. ``mask`` weights both terms per row.
     """
-    soft = topk_soft_cross_entropy(student_logits, ids, probs, temperature, reduction="none")
+    soft = topk_soft_cross_entropy(student_logits, ids, probs, temperature, reduction="none", bucket=bucket)
     per_row = (soft_weight * temperature**2) * soft
     if hard_labels is not None and hard_weight != 0.0:
         per_row = per_row + hard_weight * hard_cross_entropy(student_logits, hard_labels)
@@ -76,6 +88,7 @@ def fused_topk_distillation_loss(
     hard_weight: float,
     soft_weight: float = 1.0,
     mask: Tensor | None = None,
+    bucket: bool = False,
 ) -> Tensor:
     """:func:`topk_distillation_loss` with ``reduction="mean"``, the same value and gradient, in
     one autograd node: both softmaxes (at T and at 1; one at T = 1) are computed once in place and
@@ -96,7 +109,8 @@ def fused_topk_distillation_loss(
         raise ValueError(f"hard labels {tuple(hard_labels.shape)} do not match logits {tuple(student_logits.shape)}")
     labels = hard_labels.reshape(-1) if use_hard else None
     return _FusedTopkDistillation.apply(rows, ids.reshape(-1, k).long(), probs.reshape(-1, k), labels, weight,
-                                        float(temperature), float(soft_weight), float(hard_weight))
+                                        float(temperature), float(soft_weight), float(hard_weight),
+                                        bool(bucket) and k < num_classes)  # with every class kept there is no rest
 
 
 def _softmax_and_logsumexp(z: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -114,13 +128,20 @@ class _FusedTopkDistillation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: Tensor, ids: Tensor, probs: Tensor, labels: Tensor | None, weight: Tensor,  # type: ignore[override]
-                temperature: float, soft_weight: float, hard_weight: float) -> Tensor:
+                temperature: float, soft_weight: float, hard_weight: float, bucket: bool) -> Tensor:
         z = z.detach()
         p = probs.to(z.dtype)
         psum = p.sum(dim=-1)
         soft_t, lse_t = _softmax_and_logsumexp(z, 1.0 / temperature)
         # -sum_j p_j log softmax(z/T)_j = psum * logsumexp(z/T) - sum_j p_j z_j / T, scaled by T^2.
-        per_row = (soft_weight * temperature**2) * (psum * lse_t - (p * z.gather(-1, ids)).sum(dim=-1) / temperature)
+        soft_rows = psum * lse_t - (p * z.gather(-1, ids)).sum(dim=-1) / temperature
+        rest = rest_soft = None
+        if bucket:  # - r log(sum of q outside the ids) = r * (logsumexp(z/T) - logsumexp(z/T outside the ids))
+            rest = (1.0 - psum).clamp(min=0.0)
+            outside = (z / temperature).scatter_(-1, ids, float("-inf"))
+            rest_soft, lse_rest = _softmax_and_logsumexp(outside, 1.0)
+            soft_rows = soft_rows + rest * (lse_t - lse_rest)
+        per_row = (soft_weight * temperature**2) * soft_rows
         soft_1 = label_col = label_weight = None
         if labels is not None:
             label_col = labels.clamp(min=0).long().unsqueeze(-1)
@@ -131,23 +152,26 @@ class _FusedTopkDistillation(torch.autograd.Function):
                 soft_1, lse_1 = _softmax_and_logsumexp(z, 1.0)
             per_row = per_row + label_weight * (lse_1 - z.gather(-1, label_col).squeeze(-1))
         denom = weight.sum().clamp(min=1e-12)  # an all-masked batch gives 0, not NaN
-        ctx.save_for_backward(soft_t, ids, p, psum, soft_1, label_col, label_weight, weight, denom)
+        ctx.save_for_backward(soft_t, ids, p, psum, soft_1, label_col, label_weight, weight, denom, rest, rest_soft)
         ctx.soft_scale = soft_weight * temperature  # d/dz of T^2 * CE at T is T * (...)
         return (per_row * weight).sum() / denom
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        soft_t, ids, p, psum, soft_1, label_col, label_weight, weight, denom = ctx.saved_tensors
+        soft_t, ids, p, psum, soft_1, label_col, label_weight, weight, denom, rest, rest_soft = ctx.saved_tensors
         c = ctx.soft_scale
-        coef = c * psum
+        # Soft term: c * (psum * q - p); with the bucket also c * r * (q - q outside the ids / their sum).
+        coef = c * psum if rest is None else c * (psum + rest)
         if label_col is not None and soft_1 is None:  # T = 1: one softmax serves both terms
             coef = coef + label_weight
         grad = soft_t * coef.unsqueeze(-1)  # a new tensor: the saved ones stay valid for retain_graph
         grad.scatter_add_(-1, ids, p * -c)
+        if rest is not None:
+            grad.addcmul_(rest_soft, (rest * -c).unsqueeze(-1))
         if label_col is not None:
             if soft_1 is not None:
                 grad.addcmul_(soft_1, label_weight.unsqueeze(-1))
             grad.scatter_add_(-1, label_col, -label_weight.unsqueeze(-1))
         grad.mul_((weight * (grad_out / denom)).unsqueeze(-1))
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None

@@ -156,9 +156,9 @@ class RecipeLayout:
         return self.teachers / f"teacher{i}"
 
     def soft_dir(self, num_teachers: int, fusion: str, temperature: float, top_k: int, storage: str = "int32-fp16",
-                 codebooks: int = 8) -> Path:
+                 codebooks: int = 8, tail: str = "renormalise") -> Path:
         """Stage 5's folder of the soft targets made with these settings."""
-        return self.exp_dir / "soft_targets" / soft_targets_name(num_teachers, fusion, temperature, top_k, storage, codebooks)
+        return self.exp_dir / "soft_targets" / soft_targets_name(num_teachers, fusion, temperature, top_k, storage, codebooks, tail)
 
     def soft_cuts(self, soft_dir: Path) -> Path:
         """The training cuts carrying top-k soft targets in ``soft_dir``."""
@@ -231,11 +231,12 @@ class RecipeLayout:
 
 
 def soft_targets_name(num_teachers: int, fusion: str, temperature: float, top_k: int, storage: str = "int32-fp16",
-                      codebooks: int = 8) -> str:
+                      codebooks: int = 8, tail: str = "renormalise") -> str:
     """Return the folder name of hybrid soft targets: ``teachers<N>_<fusion>_T<T>_k<k>``, then
-    ``_u16u8`` or ``_rvq<n>`` for the compact storage formats (kd.storage)."""
+    ``_u16u8`` or ``_rvq<n>`` for the compact storage formats (kd.storage) and ``_bucket`` where
+    the mass outside the top k is kept (kd.tail)."""
     suffix = {"int32-fp16": "", "uint16-uint8": "_u16u8", "rvq": f"_rvq{codebooks}"}[storage]
-    return f"teachers{num_teachers}_{fusion}_T{temperature:g}_k{top_k}{suffix}"
+    return f"teachers{num_teachers}_{fusion}_T{temperature:g}_k{top_k}{suffix}{'_bucket' if tail == 'bucket' else ''}"
 
 
 _SET_NAME = re.compile(r"teachers(?:_shared(\d+))?(?:_guided([0-9.e+-]+))?")

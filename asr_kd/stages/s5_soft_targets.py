@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from asr_kd.config import KdConfig, save_config
 from asr_kd.errors import ConfigError, DataError
-from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TEMPERATURE
+from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TAIL, SOFT_TEMPERATURE
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.kd.soft_targets import SoftTargetStats, store_target_arrays, topk_compress
 from asr_kd.kd.target_formats import ResidualQuantiser, decode_topk, encode_topk, fit_quantiser, sample_for_fitting, storage_bytes_per_frame
@@ -35,18 +35,24 @@ log = logging.getLogger(__name__)
 HEADING = "## Soft targets (stage 5)"
 
 
+BUCKET_WORDS = (" The kept probabilities are the ensemble's own and the rest of each frame's mass is one more target (kd.tail=bucket);"
+                " the KL is over the kept senones and that rest.")
+
+
 def soft_target_settings(kd: KdConfig, num_teachers: int, train_part: str) -> dict:
     """The settings that make soft targets what they are (the stage-5 config)."""
     settings = {"temperature": kd.temperature, "top_k": kd.top_k, "fusion": kd.fusion, "num_teachers": num_teachers,
                 "train_part": train_part, "storage": kd.storage}
     if kd.storage == "rvq":
         settings["codebooks"] = kd.codebooks
+    if kd.tail != "renormalise":  # named only when set: folders made before kd.tail keep their fingerprint
+        settings["tail"] = kd.tail
     return settings
 
 
 def soft_dir_of(layout: RecipeLayout, kd: KdConfig, num_teachers: int) -> Path:
     """Stage 5's folder for ``kd``'s settings and ``num_teachers`` teachers."""
-    return layout.soft_dir(num_teachers, kd.fusion, kd.temperature, kd.top_k, kd.storage, kd.codebooks)
+    return layout.soft_dir(num_teachers, kd.fusion, kd.temperature, kd.top_k, kd.storage, kd.codebooks, kd.tail)
 
 
 def storage_label(kd: KdConfig) -> str:
@@ -83,7 +89,8 @@ def make_soft_targets(
         teachers = load_teachers(layout, n)
         cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
         cmvn = layout.open_cmvn(layout.train_part)
-        stats = SoftTargetStats()
+        bucket = kd.tail == "bucket"
+        stats = SoftTargetStats(bucket=bucket)
         start = time.time()
         quantiser = _fit_quantiser(teachers, cuts, cmvn, kd, max_duration, read_senones(layout).num_senones) if kd.storage == "rvq" else None
 
@@ -93,14 +100,14 @@ def make_soft_targets(
                 full = log_probs.exp()
                 if quantiser is not None:
                     arrays = quantiser.arrays(full)
-                    ids, probs = quantiser.decode(arrays[SOFT_CODES], kd.top_k)
+                    ids, probs = quantiser.decode(arrays[SOFT_CODES], kd.top_k, renormalise=not bucket)
                 else:
-                    arrays = encode_topk(*topk_compress(full, kd.top_k), kd.storage)
-                    ids, probs = decode_topk(arrays)
+                    arrays = encode_topk(*topk_compress(full, kd.top_k, renormalise=not bucket), kd.storage)
+                    ids, probs = decode_topk(arrays, renormalise=not bucket)
                 stats.update(full.numpy(), ids, probs, log_probs.numpy())  # what the student will read back
                 yield cut.id, arrays
 
-        custom: dict = {SOFT_TEMPERATURE: float(kd.temperature)}
+        custom: dict = {SOFT_TEMPERATURE: float(kd.temperature), **({SOFT_TAIL: True} if bucket else {})}
         shared = None
         if quantiser is not None:
             shared, custom[SOFT_DECODE_K] = {SOFT_CODEBOOK: quantiser.codebooks}, kd.top_k
@@ -112,6 +119,8 @@ def make_soft_targets(
                    "cuts": len(stored), "seconds": round(time.time() - start, 1)}
         if quantiser is not None:
             summary.update(codebooks=kd.codebooks, codebook_bytes=int(quantiser.codebooks.nbytes))
+        if bucket:
+            summary["tail"] = kd.tail
         save_config(kd, out / "kd.yaml")
         write_json_atomic(stats_path, summary)
         guard.finish([stats_path, layout.soft_cuts(out), out / f"storage_{layout.train_part}" / "arrays.npa"])
@@ -124,7 +133,7 @@ def make_soft_targets(
     codes = f"{kd.codebooks} one-byte codes, " if storage == "rvq" else ""
     body = (f"Ensemble of {n} teachers ({kd.fusion} mean) at T = {kd.temperature:g}, top-{kd.top_k} per frame "
             f"({codes}{STORAGE_WORDS[storage]}; kd.storage={storage}), {summary['frames']} training frames in {summary['cuts']} cuts, "
-            f"stored in `{out.name}`.\n\n"
+            f"stored in `{out.name}`.{BUCKET_WORDS if summary.get('tail') == 'bucket' else ''}\n\n"
             "| Bytes per frame stored | Dense float32 | Ratio | Mean mass kept | Mean KL(stored ‖ full), nats |\n|---|---|---|---|---|\n"
             f"| {summary['bytes_per_frame']} | {summary['dense_float32_bytes_per_frame']} | "
             f"{summary['dense_float32_bytes_per_frame'] / max(summary['bytes_per_frame'], 1):.0f}x | {summary['mean_mass_kept']:.4f} | "

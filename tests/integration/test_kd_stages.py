@@ -267,6 +267,44 @@ def test_compact_storage_formats_through_stages_5_and_6(egs_run: tuple[Path, Pat
 
 
 @pytest.mark.slow
+def test_bucket_tail_through_stages_5_and_6(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """kd.tail=bucket: stage 5 stores the ensemble's own top-k probabilities in a folder of its
+    own (the renormalised targets' record untouched), rows summing to the mass kept as
+    stats.json reports it, and a student trains on them with the rest as a target."""
+    import dataclasses
+
+    from asr_kd.data.stored_targets import SOFT_TAIL
+    from asr_kd.stages.s5_soft_targets import find_soft_targets, make_soft_targets
+    from asr_kd.stages.s6_students import train_student
+
+    layout, base = _beside_egs_teachers(egs_run, tmp_path)
+    plain = make_soft_targets(layout, base)
+    for storage in ("int32-fp16", "rvq"):
+        kd = dataclasses.replace(base, tail="bucket", storage=storage, codebooks=4)
+        stats = make_soft_targets(layout, kd)
+        cuts_path, record = find_soft_targets(layout, kd, None, "test")
+        assert cuts_path.parent.name.endswith("_bucket") and record.config["tail"] == "bucket" and stats["tail"] == "bucket"
+        kept, frames = 0.0, 0
+        for cut in load_manifest(cuts_path):
+            assert cut.custom[SOFT_TAIL] is True
+            _, probs = load_soft_targets(cut)
+            kept += float(probs.astype(np.float64).sum())
+            frames += probs.shape[0]
+        # Rows sum to the mass kept: what stats.json says the top k keep (fp16 rounding aside; rvq:
+        # their share of the reconstruction, not of the posterior, within a few percent of it).
+        tolerance = 2e-3 if storage == "int32-fp16" else 0.05
+        assert kept / frames == pytest.approx(stats["mean_mass_kept"], rel=tolerance) and stats["mean_mass_kept"] < 0.99
+        if storage == "int32-fp16":  # the same top k as the renormalised targets; with the rest as a class, nothing lost
+            assert stats["mean_mass_kept"] == pytest.approx(plain["mean_mass_kept"], abs=1e-6)
+            assert stats["mean_kl_stored_vs_full"] < 1e-3 < plain["mean_kl_stored_vs_full"]
+    assert read_record(layout.soft_dir(2, base.fusion, base.temperature, base.top_k, base.storage)).config.get("tail") is None
+    summary = train_student(layout, "distilled", dnn_preset("tiny"),
+                            TrainConfig(num_epochs=1, max_duration=10.0, warmup_steps=5, lr=3e-3, lr_schedule="constant", seed=0), kd)
+    assert summary["steps"] > 0 and summary["soft_targets"]["tail"] == "bucket"
+    assert read_record(layout.student_dir("distilled")).config["kd"]["tail"] == "bucket"
+
+
+@pytest.mark.slow
 def test_stage5_kl_is_finite_when_confident_teachers_underflow(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """Stage 5 with kd.storage=rvq on an ensemble so confident that most senones' probabilities
     are 0 in float32 (log-probabilities near -200; mini's 30-epoch teachers gave stats.json an

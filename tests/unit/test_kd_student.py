@@ -5,6 +5,7 @@ deterministic function of the cut ids and the seed."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,19 @@ def test_batches_carry_padded_soft_targets(soft_cuts: CutSet, corpus: FrameCorpu
 @pytest.mark.parametrize("temperature", [1.0, 3.0])  # T = 1 takes the shared-softmax path
 def test_stored_loss_equals_topk_loss_on_the_batch(soft_cuts: CutSet, corpus: FrameCorpus, temperature: float) -> None:
     kd = KdConfig(temperature=temperature, hard_weight=0.3, soft_weight=0.8, top_k=K)
+    # kd.tail=bucket reaches the loss: on these (renormalised) rows the rest is 0 up to float16
+    # rounding and the value the plain one; on rows scaled to keep 0.7 the rest (0.3) is a target.
+    batch = _batch(soft_cuts.subset(first=4), corpus)
+    torch.manual_seed(0)
+    model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
+    bucket = dataclasses.replace(kd, tail="bucket")
+    torch.testing.assert_close(StoredDistillationLoss(bucket)(model, batch)[0], StoredDistillationLoss(kd)(model, batch)[0], rtol=1e-3, atol=0)
+    scaled = {**batch, "soft_probs": batch["soft_probs"] * 0.7}
+    logits = model(batch["features"], batch["lengths"])
+    mask = frame_mask(batch["lengths"], logits.shape[1])
+    torch.testing.assert_close(StoredDistillationLoss(bucket)(model, scaled)[0], topk_distillation_loss(
+        logits, batch["soft_ids"], scaled["soft_probs"], batch["labels"], temperature, 0.3, 0.8, mask=mask, bucket=True))
+    assert StoredDistillationLoss(bucket)(model, scaled)[0] > StoredDistillationLoss(kd)(model, scaled)[0]
     batch = _batch(soft_cuts.subset(first=4), corpus)
     torch.manual_seed(0)
     model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)

@@ -389,9 +389,10 @@ def test_topk_distillation_loss_with_k_equal_classes_is_the_dense_objective():
         assert torch.allclose(a, b, atol=1e-12)
 
 
+@pytest.mark.parametrize("bucket", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
 @pytest.mark.parametrize("hard", ["labels", "none", "weight 0"])
-def test_fused_topk_loss_equals_the_reference_in_value_and_gradient(temperature, hard):
+def test_fused_topk_loss_equals_the_reference_in_value_and_gradient(temperature, hard, bucket):
     # Padded [B, T, C] logits as a student gives them, float16 stored targets, a padding mask,
     # unlabelled frames: the fused node against topk_distillation_loss's autograd graph.
     gen = torch.Generator().manual_seed(int(temperature * 10) + len(hard))
@@ -405,7 +406,7 @@ def test_fused_topk_loss_equals_the_reference_in_value_and_gradient(temperature,
     mask = torch.ones(b, t)
     mask[1, 5:] = 0
     hard_labels, hard_weight = {"labels": (labels, 0.5), "none": (None, 0.5), "weight 0": (labels, 0.0)}[hard]
-    kwargs = dict(temperature=temperature, hard_weight=hard_weight, soft_weight=0.7, mask=mask)
+    kwargs = dict(temperature=temperature, hard_weight=hard_weight, soft_weight=0.7, mask=mask, bucket=bucket)
     values, grads = [], []
     for fn in (topk_distillation_loss, fused_topk_distillation_loss):
         x = z.clone().requires_grad_(True)
@@ -418,11 +419,34 @@ def test_fused_topk_loss_equals_the_reference_in_value_and_gradient(temperature,
     assert grads[1][1, 5:].abs().max() == 0  # padded frames get no gradient
     # Without a mask: the plain mean over rows; an all-masked batch: 0 and no NaN.
     x = z.clone().requires_grad_(True)
-    a = fused_topk_distillation_loss(x, ids, probs, labels, temperature, 0.5)
-    assert a.item() == pytest.approx(topk_distillation_loss(z, ids, probs, labels, temperature, 0.5).item(), rel=1e-12)
-    empty = fused_topk_distillation_loss(x, ids, probs, labels, temperature, 0.5, mask=torch.zeros(b, t))
+    a = fused_topk_distillation_loss(x, ids, probs, labels, temperature, 0.5, bucket=bucket)
+    assert a.item() == pytest.approx(topk_distillation_loss(z, ids, probs, labels, temperature, 0.5, bucket=bucket).item(), rel=1e-12)
+    empty = fused_topk_distillation_loss(x, ids, probs, labels, temperature, 0.5, mask=torch.zeros(b, t), bucket=bucket)
     empty.backward()
     assert empty.item() == 0.0 and torch.isfinite(x.grad).all()
+
+
+def test_bucket_tail_teaches_the_kept_probabilities_and_the_rest_renormalising_does_not():
+    # A student free to take any distribution (one row of logits), fitted to top-3 targets that
+    # keep 0.8 of the mass: with kd.tail=bucket it ends at the teacher's own probabilities on the
+    # kept ids and 0.2 on the rest; renormalised, it ends at the kept ones scaled to sum to 1.
+    ids = torch.tensor([[4, 0, 7]])
+    kept = torch.tensor([[0.5, 0.2, 0.1]])
+    for bucket, want_kept, want_rest in ((True, [0.5, 0.2, 0.1], 0.2), (False, [0.625, 0.25, 0.125], 0.0)):
+        probs = kept if bucket else kept / kept.sum()
+        z = torch.zeros(1, 10, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([z], lr=0.5, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+        def closure():
+            opt.zero_grad()
+            loss = fused_topk_distillation_loss(z, ids, probs, None, 2.0, 0.0, bucket=bucket)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        q = torch.softmax(z.detach() / 2.0, dim=-1)[0]
+        assert q[[4, 0, 7]].tolist() == pytest.approx(want_kept, abs=2e-3)
+        assert 1 - q[[4, 0, 7]].sum().item() == pytest.approx(want_rest, abs=2e-3)
 
 
 def test_fused_topk_loss_is_exact_for_extreme_logits():

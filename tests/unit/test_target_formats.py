@@ -14,12 +14,12 @@ from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, lo
 from asr_kd.config import KdConfig
 from asr_kd.data.array_archive import ARCHIVE_NAME
 from asr_kd.data.stored_targets import (
-    LOGPROB_STEP, SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, DecodedTargetCache, collate_soft_targets, dequantise_log_probs,
+    LOGPROB_STEP, SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TAIL, DecodedTargetCache, collate_soft_targets, dequantise_log_probs,
     has_soft_targets, load_soft_targets, quantise_log_probs,
 )
 from asr_kd.data.frames import FrameDataset
 from asr_kd.errors import ConfigError
-from asr_kd.kd.soft_targets import kl_stored_vs_full, store_soft_targets, store_target_arrays, topk_compress
+from asr_kd.kd.soft_targets import kl_bucketed_vs_full, kl_stored_vs_full, store_soft_targets, store_target_arrays, topk_compress, topk_mass
 from asr_kd.kd.target_formats import ResidualQuantiser, encode_topk, sample_for_fitting, storage_bytes_per_frame
 from asr_kd.stages.layout import soft_targets_name
 
@@ -189,3 +189,40 @@ def test_soft_target_folders_are_named_by_their_format():
     assert soft_targets_name(4, "arithmetic", 1.0, 20) == "teachers4_arithmetic_T1_k20"
     assert soft_targets_name(4, "arithmetic", 1.0, 5, "uint16-uint8") == "teachers4_arithmetic_T1_k5_u16u8"
     assert soft_targets_name(4, "arithmetic", 1.0, 20, "rvq", 8) == "teachers4_arithmetic_T1_k20_rvq8"
+    assert soft_targets_name(4, "arithmetic", 2.0, 20, "rvq", 8, "bucket") == "teachers4_arithmetic_T2_k20_rvq8_bucket"
+
+
+def test_bucket_targets_keep_the_ensembles_own_probabilities_in_every_format(fbank_cuts, tmp_path):
+    # kd.tail=bucket: rows are stored as kept (not renormalised) and read back so, from cuts
+    # marked soft_tail; each row sums to the mass it keeps, which the loss makes the rest of.
+    full = {c.id: _posteriors(i, c.num_frames, scale=1.5) for i, c in enumerate(fbank_cuts)}  # flat: top 5 keep well under 1
+    for storage in ("int32-fp16", "uint16-uint8"):
+        targets = {cid: topk_compress(p, K, renormalise=False) for cid, p in full.items()}
+        arrays = ((cid, encode_topk(*t, storage)) for cid, t in targets.items())
+        stored = store_target_arrays(fbank_cuts, arrays, tmp_path / storage, custom={SOFT_TAIL: True})
+        stored.to_file(tmp_path / f"{storage}.jsonl.gz")
+        for cut in load_manifest(tmp_path / f"{storage}.jsonl.gz"):
+            ids, probs = load_soft_targets(cut)
+            mass = topk_mass(full[cut.id], ids.astype(np.int64))
+            assert 0.2 < mass.mean() < 0.9  # a real rest to keep
+            assert np.allclose(probs.astype(np.float64).sum(1), mass, rtol=0.03 if storage == "uint16-uint8" else 2e-3)
+            # With the rest as one class, exact top-k targets lose nothing but rounding; renormalised
+            # ones lose -log(mass) per frame.
+            exact = kl_bucketed_vs_full(full[cut.id], ids, probs)
+            assert exact.max() < (2e-3 if storage == "int32-fp16" else 2e-2)
+            assert np.allclose(kl_stored_vs_full(full[cut.id], ids, probs), -np.log(mass), atol=2e-2)
+    # rvq: the kept senones' shares of the whole reconstruction.
+    posteriors = {c.id: torch.from_numpy(_clustered_posteriors(i, c.num_frames)) for i, c in enumerate(fbank_cuts)}
+    quantiser = ResidualQuantiser.fit(torch.cat(list(posteriors.values())), 3, seed=0)
+    stored = store_target_arrays(fbank_cuts, ((cid, quantiser.arrays(p)) for cid, p in posteriors.items()), tmp_path / "rvq",
+                                 shared={SOFT_CODEBOOK: quantiser.codebooks}, custom={SOFT_DECODE_K: K, SOFT_TAIL: True})
+    stored.to_file(tmp_path / "rvq.jsonl.gz")
+    for cut in load_manifest(tmp_path / "rvq.jsonl.gz"):
+        ids, probs = load_soft_targets(cut)
+        codes = quantiser.encode(posteriors[cut.id])
+        want_ids, renormalised = quantiser.decode(codes, K)
+        _, all_probs = quantiser.decode(codes, NUM_CLASSES)
+        assert np.array_equal(ids, want_ids)
+        whole = np.take_along_axis(all_probs, np.argsort(all_probs, axis=1)[:, ::-1][:, :K], axis=1)
+        assert np.allclose(probs, whole, atol=1e-6) and np.allclose(probs / probs.sum(1, keepdims=True), renormalised, atol=1e-6)
+        assert (probs.sum(1) < 1 - 1e-3).any()
