@@ -56,8 +56,10 @@ def soft_dir_of(layout: RecipeLayout, kd: KdConfig, num_teachers: int) -> Path:
 
 
 def storage_label(kd: KdConfig) -> str:
-    """``kd.storage`` in a few words: ``rvq x8`` (8 codebooks), ``uint16-uint8``, ``int32-fp16``."""
-    return f"rvq x{kd.codebooks}" if kd.storage == "rvq" else kd.storage
+    """``kd.storage`` in a few words: ``rvq x8`` (8 codebooks), ``uint16-uint8``, ``int32-fp16``,
+    then ``, rest as a target`` with ``kd.tail=bucket``."""
+    label = f"rvq x{kd.codebooks}" if kd.storage == "rvq" else kd.storage
+    return label + (", rest as a target" if kd.tail == "bucket" else "")
 
 
 STORAGE_WORDS = {

@@ -302,6 +302,10 @@ def test_bucket_tail_through_stages_5_and_6(egs_run: tuple[Path, Path, Path], tm
                             TrainConfig(num_epochs=1, max_duration=10.0, warmup_steps=5, lr=3e-3, lr_schedule="constant", seed=0), kd)
     assert summary["steps"] > 0 and summary["soft_targets"]["tail"] == "bucket"
     assert read_record(layout.student_dir("distilled")).config["kd"]["tail"] == "bucket"
+    from asr_kd.errors import DataError
+
+    with pytest.raises(DataError, match="storage uint16-uint8, rest as a target"):
+        find_soft_targets(layout, dataclasses.replace(kd, storage="uint16-uint8"), None, "stage 6")
 
 
 @pytest.mark.slow
