@@ -468,6 +468,12 @@ class KdConfig:
         _check(self.storage in KD_STORAGES, f"kd.storage must be one of {KD_STORAGES}, got {self.storage!r}")
         _check(1 <= self.codebooks <= 64, f"kd.codebooks must be in 1..64 (bytes per frame of storage rvq), got {self.codebooks}")
         _check(self.tail in KD_TAILS, f"kd.tail must be one of {KD_TAILS}, got {self.tail!r}")
+        _check(self.tail == "renormalise" or self.mode == "stored",
+               "kd.tail=bucket is about stored top-k targets; online teachers give the whole distribution: set kd.tail=renormalise")
+        # uint8 log-probability steps move each kept probability by up to 3.2% of itself, and the
+        # rest (1 - their sum) would inherit those errors: a confident frame's small rest drowns.
+        _check(self.tail == "renormalise" or self.storage != "uint16-uint8",
+               "kd.tail=bucket needs the kept probabilities to 0.1%: use kd.storage int32-fp16 or rvq, not uint16-uint8")
         # Stored targets keep top-k probabilities only; the teachers' logits cannot be recovered.
         _check(self.loss != "logit_l2" or self.mode == "online",
                "kd.loss=logit_l2 needs the teachers' logits: set kd.mode=online (stored targets keep top-k probabilities only)")

@@ -188,7 +188,8 @@ def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None,
                          cache: DecodedTargetCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return a padded batch of the cuts' soft targets: ``ids`` int64 and ``probs`` float32, both
     ``[B, T, k]`` with ``T = num_frames`` (default: the longest cut). Padding frames have id 0
-    and probability 0, so they add nothing to a top-k loss; frames beyond ``num_frames`` are
+    and probability 0, so they add nothing to a top-k loss (with ``kd.tail=bucket`` their rest
+    is 1: the loss's frame mask must leave them out, as the students' does); frames beyond ``num_frames`` are
     cut off (to match features padded or truncated to that length). ``cache`` keeps decoded
     targets between calls."""
     loaded = [load_soft_targets(c) if cache is None else cache.load(c) for c in cuts]

@@ -184,16 +184,23 @@ def kl_bucketed_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike,
     stored = np.asarray(_numpy(probs), dtype=np.float64)
     if full.ndim != 2 or ids_np.shape != stored.shape or ids_np.shape[0] != full.shape[0]:
         raise ValueError(f"expected full (frames x C), ids and probs (frames x k); got {full.shape}, {ids_np.shape}, {stored.shape}")
+    outside = np.ones(full.shape, dtype=bool)
+    np.put_along_axis(outside, ids_np, False, axis=1)
     if full_log_probs is None:
         with np.errstate(divide="ignore"):
-            log_full_at_ids = np.log(np.take_along_axis(full, ids_np, axis=1))
+            log_full = np.log(full)
     else:
-        log_full_at_ids = np.take_along_axis(np.asarray(_numpy(full_log_probs), dtype=np.float64), ids_np, axis=1)
-    full_rest = np.clip(1.0 - np.take_along_axis(full, ids_np, axis=1).sum(axis=1), 0.0, 1.0)
-    stored_rest = np.clip(1.0 - stored.sum(axis=1), 0.0, 1.0)
+        log_full = np.asarray(_numpy(full_log_probs), dtype=np.float64)
+    log_full_at_ids = np.take_along_axis(log_full, ids_np, axis=1)
+    # The full rest in log space (a sum of what is left, not 1 minus the kept, which rounds to 0
+    # for a confident ensemble while the stored rest keeps some rounding mass).
+    with np.errstate(divide="ignore"):
+        log_full_rest = np.logaddexp.reduce(np.where(outside, log_full, -np.inf), axis=1)
+    no_rest = ~outside.any(axis=1)  # every class kept: no rest to compare
+    stored_rest = np.where(no_rest, 0.0, np.clip(1.0 - stored.sum(axis=1), 0.0, 1.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         kept = np.where(stored > 0, stored * (np.log(stored) - log_full_at_ids), 0.0).sum(axis=1)
-        rest = np.where(stored_rest > 0, stored_rest * (np.log(stored_rest) - np.log(full_rest)), 0.0)
+        rest = np.where(stored_rest > 0, stored_rest * (np.log(stored_rest) - log_full_rest), 0.0)
     return kept + rest
 
 
@@ -212,28 +219,34 @@ class SoftTargetStats:
     num_classes: int = 0
     kl_sum: float = 0.0  # sum over frames of KL(stored || full), nats
     mass_sum: float = 0.0  # sum over frames of the full distribution's mass kept
-    bucket: bool = False  # targets kept with kd.tail=bucket: KL with the rest as one class
+    bucket: bool = False  # targets kept with kd.tail=bucket: also the KL with the rest as one class
+    kl_bucket_sum: float = 0.0
 
     def update(self, full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None = None) -> None:
         """Add the frames of one cut: its full posteriors (and, where known, their logarithms;
         see :func:`kl_stored_vs_full`) and their stored top-k form."""
         self.frames += int(np.shape(ids)[0])
         self.k, self.num_classes = int(np.shape(ids)[1]), int(np.shape(full_probs)[1])
-        kl = kl_bucketed_vs_full if self.bucket else kl_stored_vs_full
-        self.kl_sum += float(kl(full_probs, ids, probs, full_log_probs).sum())
+        self.kl_sum += float(kl_stored_vs_full(full_probs, ids, probs, full_log_probs).sum())  # rows renormalised
+        if self.bucket:
+            self.kl_bucket_sum += float(kl_bucketed_vs_full(full_probs, ids, probs, full_log_probs).sum())
         self.mass_sum += float(topk_mass(full_probs, ids).sum())
 
     def summary(self, stored_bytes_per_frame: int | None = None) -> dict[str, float]:
         """Return frames, stored (default: int32 + float16 top-k) and dense float32 bytes per
-        frame, the mean KL(stored || full) and the mean mass kept."""
+        frame, the mean KL(stored || full) of the rows renormalised, the mean mass kept, and for
+        ``bucket`` targets ``mean_kl_bucketed_vs_full`` (:func:`kl_bucketed_vs_full`)."""
         n = max(self.frames, 1)
-        return {
+        out = {
             "frames": self.frames,
             "bytes_per_frame": bytes_per_frame(self.k) if stored_bytes_per_frame is None else stored_bytes_per_frame,
             "dense_float32_bytes_per_frame": bytes_per_frame(self.num_classes, ["float32"]),
             "mean_kl_stored_vs_full": self.kl_sum / n,
             "mean_mass_kept": self.mass_sum / n,
         }
+        if self.bucket:
+            out["mean_kl_bucketed_vs_full"] = self.kl_bucket_sum / n
+        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -93,16 +93,22 @@ def fused_topk_distillation_loss(
     """:func:`topk_distillation_loss` with ``reduction="mean"``, the same value and gradient, in
     one autograd node: both softmaxes (at T and at 1; one at T = 1) are computed once in place and
     the gradient is written from them directly (``T * soft_weight * (psum * softmax(z/T) - p) +
-    hard_weight * (softmax(z) - onehot)`` per row), where autograd would build and walk a dozen
-    ``[rows, C]`` tensors. On 'mini' the loss is a large share of a small network's step
-    (bench/kd_speed.py). Not twice differentiable."""
+    hard_weight * (softmax(z) - onehot)`` per row; with ``bucket`` also ``T * soft_weight * r *
+    (softmax(z/T) - softmax of z/T over the classes outside the ids)``), where autograd would build
+    and walk a dozen ``[rows, C]`` tensors. On 'mini' the loss is a large share of a small
+    network's step (bench/kd_speed.py). Computed in float32 at least (float16 logits are cast).
+    Not twice differentiable."""
     _check_temperature(temperature)
     if ids.shape != probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(
             f"top-k ids {tuple(ids.shape)} and probs {tuple(probs.shape)} must be [..., k] with the rows of the logits {tuple(student_logits.shape)}"
         )
+    if mask is not None and mask.shape != student_logits.shape[:-1]:
+        raise ValueError(f"row weight {tuple(mask.shape)} does not match rows {tuple(student_logits.shape[:-1])}")
     num_classes, k = student_logits.shape[-1], ids.shape[-1]
     rows = student_logits.reshape(-1, num_classes)
+    if rows.dtype in (torch.float16, torch.bfloat16):  # sums over every row and class: not in half precision
+        rows = rows.float()
     weight = torch.ones(rows.shape[0], dtype=rows.dtype, device=rows.device) if mask is None else mask.reshape(-1).to(rows.dtype)
     use_hard = hard_labels is not None and hard_weight != 0.0
     if use_hard and hard_labels.shape != student_logits.shape[:-1]:

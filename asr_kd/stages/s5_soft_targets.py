@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 HEADING = "## Soft targets (stage 5)"
 
 
-BUCKET_WORDS = (" The kept probabilities are the ensemble's own and the rest of each frame's mass is one more target (kd.tail=bucket);"
-                " the KL is over the kept senones and that rest.")
+BUCKET_WORDS = (" The kept probabilities are the ensemble's own and the rest of each frame's mass is one more target (kd.tail=bucket):"
+                " the table's KL is of the kept senones renormalised, as without the rest; with the rest as one class,"
+                " what the student is taught, it is {:.4f} nats.")
 
 
 def soft_target_settings(kd: KdConfig, num_teachers: int, train_part: str) -> dict:
@@ -135,7 +136,7 @@ def make_soft_targets(
     codes = f"{kd.codebooks} one-byte codes, " if storage == "rvq" else ""
     body = (f"Ensemble of {n} teachers ({kd.fusion} mean) at T = {kd.temperature:g}, top-{kd.top_k} per frame "
             f"({codes}{STORAGE_WORDS[storage]}; kd.storage={storage}), {summary['frames']} training frames in {summary['cuts']} cuts, "
-            f"stored in `{out.name}`.{BUCKET_WORDS if summary.get('tail') == 'bucket' else ''}\n\n"
+            f"stored in `{out.name}`.{BUCKET_WORDS.format(summary['mean_kl_bucketed_vs_full']) if summary.get('tail') == 'bucket' else ''}\n\n"
             "| Bytes per frame stored | Dense float32 | Ratio | Mean mass kept | Mean KL(stored ‖ full), nats |\n|---|---|---|---|---|\n"
             f"| {summary['bytes_per_frame']} | {summary['dense_float32_bytes_per_frame']} | "
             f"{summary['dense_float32_bytes_per_frame'] / max(summary['bytes_per_frame'], 1):.0f}x | {summary['mean_mass_kept']:.4f} | "

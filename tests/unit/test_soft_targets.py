@@ -400,7 +400,9 @@ def test_fused_topk_loss_equals_the_reference_in_value_and_gradient(temperature,
     z = torch.randn(b, t, classes, dtype=torch.float64, generator=gen) * 4
     ids = torch.stack([torch.randperm(classes, generator=gen)[:k] for _ in range(b * t)]).reshape(b, t, k).int()
     probs = torch.rand(b, t, k, generator=gen)
-    probs = (probs / probs.sum(-1, keepdim=True) * 0.9).half()  # rows need not sum to 1
+    probs = (probs / probs.sum(-1, keepdim=True) * 0.9)  # rows need not sum to 1
+    probs[0, 1] = probs[0, 1] / 0.9  # one row with no rest
+    probs = probs.half()
     labels = torch.randint(0, classes, (b, t), generator=gen)
     labels[0, 2] = labels[2, 0] = -1
     mask = torch.ones(b, t)
@@ -424,6 +426,16 @@ def test_fused_topk_loss_equals_the_reference_in_value_and_gradient(temperature,
     empty = fused_topk_distillation_loss(x, ids, probs, labels, temperature, 0.5, mask=torch.zeros(b, t), bucket=bucket)
     empty.backward()
     assert empty.item() == 0.0 and torch.isfinite(x.grad).all()
+    # Every class kept (k = C): no rest to learn, with or without the bucket.
+    every = torch.argsort(torch.rand(b, t, classes, generator=gen), dim=-1)
+    full = torch.softmax(torch.randn(b, t, classes, generator=gen), -1) * 0.95
+    with_bucket = fused_topk_distillation_loss(z, every, full, labels, temperature, 0.5, bucket=True)
+    assert with_bucket.item() == pytest.approx(fused_topk_distillation_loss(z, every, full, labels, temperature, 0.5).item(), rel=1e-12)
+    # float16 logits (a student under autocast) give the float32 value, not an overflow.
+    half = fused_topk_distillation_loss(z.half(), ids, probs, labels, temperature, 0.5, bucket=bucket)
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(a.item(), rel=1e-2)
+    with pytest.raises(ValueError, match="row weight"):
+        fused_topk_distillation_loss(z, ids, probs, labels, temperature, 0.5, mask=torch.ones(b))
 
 
 def test_bucket_tail_teaches_the_kept_probabilities_and_the_rest_renormalising_does_not():

@@ -226,3 +226,24 @@ def test_bucket_targets_keep_the_ensembles_own_probabilities_in_every_format(fba
         whole = np.take_along_axis(all_probs, np.argsort(all_probs, axis=1)[:, ::-1][:, :K], axis=1)
         assert np.allclose(probs, whole, atol=1e-6) and np.allclose(probs / probs.sum(1, keepdims=True), renormalised, atol=1e-6)
         assert (probs.sum(1) < 1 - 1e-3).any()
+
+
+def test_bucket_kl_stays_finite_for_a_confident_ensemble_and_bucket_needs_precise_storage():
+    # A confident ensemble: the top 5 keep all but ~1e-12 of the mass, so 1 - their float32 sum is
+    # 0 while float16 rounding leaves the stored rows a rest of ~1e-4; the full rest, taken from the
+    # log-probabilities, is tiny but not 0, and the KL finite. With every class kept, no rest.
+    logits = torch.full((4, NUM_CLASSES), -30.0)
+    logits[:, :K] = torch.tensor([8.0, 1.0, 0.5, 0.3, 0.2])
+    log_full = torch.log_softmax(logits, dim=-1)
+    full = log_full.exp()
+    ids, probs = topk_compress(full, K, renormalise=False)
+    assert 1.0 - full[:, :K].sum(1).max().item() == 0.0 and (1.0 - probs.astype(np.float64).sum(1)).max() > 0
+    kl = kl_bucketed_vs_full(full.numpy(), ids, probs, log_full.numpy())
+    assert np.isfinite(kl).all() and (kl >= -1e-6).all()
+    every_ids, every_probs = topk_compress(full, NUM_CLASSES, renormalise=False)
+    assert np.isfinite(kl_bucketed_vs_full(full.numpy(), every_ids, every_probs, log_full.numpy())).all()
+    with pytest.raises(ConfigError, match="int32-fp16 or rvq"):
+        KdConfig(tail="bucket", storage="uint16-uint8")
+    with pytest.raises(ConfigError, match="kd.tail=renormalise"):
+        KdConfig(tail="bucket", mode="online")
+    assert KdConfig(tail="bucket").storage == "rvq"
