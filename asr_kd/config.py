@@ -447,7 +447,7 @@ class KdConfig:
     temperature: float = 2.0
     hard_weight: float = 0.5  # relative to the soft term; the paper keeps it well below 1
     soft_weight: float = 1.0
-    top_k: int = 20  # senones kept per frame in stored soft targets
+    top_k: int = 20  # senones kept per frame in stored soft targets (the recipe's conf/kd.yaml: 500, every senone of mini)
     fusion: str = "arithmetic"
     mode: str = "stored"
     loss: str = "soft_ce"

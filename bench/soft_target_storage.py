@@ -24,7 +24,9 @@ Disk for LibriSpeech's 960 h: bytes per frame x 345 million 10-ms frames (plus t
         [--formats int32-fp16:20 uint16-uint8:20 uint16-uint8:5 rvq:8 rvq:16] [--work DIR] [--jobs 2]
 
 A format is ``storage:k`` for top-k formats and ``rvq:n[:k]`` (n one-byte codes, decoded to the
-top k, default 20). Needs stages 3-7 of a recipe run; without one it says so and exits 0.
+top k, default the run's kd.top_k: 500 since the recipe decodes every senone of mini, when the
+default ``rvq:8`` is the reference itself and skipped: give ``rvq:8:20`` for the top 20). Needs
+stages 3-7 of a recipe run; without one it says so and exits 0.
 """
 
 from __future__ import annotations
