@@ -154,23 +154,31 @@ def kl_stored_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, f
     ``full_probs`` alone that term is ``log(0)`` and the mean infinite, from the log-probabilities
     it is the finite cost of that mass.
     """
+    ids_np, stored, log_full = _kl_inputs(full_probs, ids, probs, full_log_probs)
+    return _kept_kl(stored / stored.sum(axis=1, keepdims=True), np.take_along_axis(log_full, ids_np, axis=1))
+
+
+def _kl_inputs(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids int64, stored float64, log of the full distribution float64)`` of the KL measures,
+    their shapes checked; the log from ``full_log_probs`` where given."""
     full = np.asarray(_numpy(full_probs), dtype=np.float64)
     ids_np = np.asarray(_numpy(ids)).astype(np.int64)
     stored = np.asarray(_numpy(probs), dtype=np.float64)
     if full.ndim != 2 or ids_np.shape != stored.shape or ids_np.shape[0] != full.shape[0]:
         raise ValueError(f"expected full (frames x C), ids and probs (frames x k); got {full.shape}, {ids_np.shape}, {stored.shape}")
-    stored = stored / stored.sum(axis=1, keepdims=True)
     if full_log_probs is None:
         with np.errstate(divide="ignore"):
-            log_full_at_ids = np.log(np.take_along_axis(full, ids_np, axis=1))
-    else:
-        log_full = np.asarray(_numpy(full_log_probs), dtype=np.float64)
-        if log_full.shape != full.shape:
-            raise ValueError(f"full_log_probs {log_full.shape} must have the shape of full_probs {full.shape}")
-        log_full_at_ids = np.take_along_axis(log_full, ids_np, axis=1)
+            return ids_np, stored, np.log(full)
+    log_full = np.asarray(_numpy(full_log_probs), dtype=np.float64)
+    if log_full.shape != full.shape:
+        raise ValueError(f"full_log_probs {log_full.shape} must have the shape of full_probs {full.shape}")
+    return ids_np, stored, log_full
+
+
+def _kept_kl(stored: np.ndarray, log_full_at_ids: np.ndarray) -> np.ndarray:
+    """Per frame, ``sum_j stored_j * (log stored_j - log full_j)`` over the kept ids."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(stored > 0, stored * (np.log(stored) - log_full_at_ids), 0.0)
-    return terms.sum(axis=1)
+        return np.where(stored > 0, stored * (np.log(stored) - log_full_at_ids), 0.0).sum(axis=1)
 
 
 def kl_bucketed_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None = None) -> np.ndarray:
@@ -179,19 +187,9 @@ def kl_bucketed_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike,
     rest is ``1 - sum(probs)``, the full one the mass of the full distribution outside ``ids``).
     Exact top-k targets give 0 up to float16 rounding, whatever ``k``: what such targets lose is
     how the rest is spread, which this measure does not see (:func:`topk_mass` says how much)."""
-    full = np.asarray(_numpy(full_probs), dtype=np.float64)
-    ids_np = np.asarray(_numpy(ids)).astype(np.int64)
-    stored = np.asarray(_numpy(probs), dtype=np.float64)
-    if full.ndim != 2 or ids_np.shape != stored.shape or ids_np.shape[0] != full.shape[0]:
-        raise ValueError(f"expected full (frames x C), ids and probs (frames x k); got {full.shape}, {ids_np.shape}, {stored.shape}")
-    outside = np.ones(full.shape, dtype=bool)
+    ids_np, stored, log_full = _kl_inputs(full_probs, ids, probs, full_log_probs)
+    outside = np.ones(log_full.shape, dtype=bool)
     np.put_along_axis(outside, ids_np, False, axis=1)
-    if full_log_probs is None:
-        with np.errstate(divide="ignore"):
-            log_full = np.log(full)
-    else:
-        log_full = np.asarray(_numpy(full_log_probs), dtype=np.float64)
-    log_full_at_ids = np.take_along_axis(log_full, ids_np, axis=1)
     # The full rest in log space (a sum of what is left, not 1 minus the kept, which rounds to 0
     # for a confident ensemble while the stored rest keeps some rounding mass).
     with np.errstate(divide="ignore"):
@@ -199,9 +197,8 @@ def kl_bucketed_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike,
     no_rest = ~outside.any(axis=1)  # every class kept: no rest to compare
     stored_rest = np.where(no_rest, 0.0, np.clip(1.0 - stored.sum(axis=1), 0.0, 1.0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        kept = np.where(stored > 0, stored * (np.log(stored) - log_full_at_ids), 0.0).sum(axis=1)
         rest = np.where(stored_rest > 0, stored_rest * (np.log(stored_rest) - log_full_rest), 0.0)
-    return kept + rest
+    return _kept_kl(stored, np.take_along_axis(log_full, ids_np, axis=1)) + rest
 
 
 def topk_mass(full_probs: ArrayLike, ids: ArrayLike) -> np.ndarray:

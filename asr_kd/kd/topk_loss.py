@@ -20,6 +20,14 @@ from torch.autograd.function import once_differentiable
 from asr_kd.kd.losses import _check_temperature, _reduce, hard_cross_entropy
 
 
+def _check_topk_inputs(student_logits: Tensor, ids: Tensor, probs: Tensor, temperature: float) -> None:
+    _check_temperature(temperature)
+    if ids.shape != probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"top-k ids {tuple(ids.shape)} and probs {tuple(probs.shape)} must be [..., k] with the rows of the logits {tuple(student_logits.shape)}"
+        )
+
+
 def topk_soft_cross_entropy(
     student_logits: Tensor,
     ids: Tensor,
@@ -36,11 +44,7 @@ def topk_soft_cross_entropy(
     ``bucket`` (``kd.tail=bucket``): ``probs`` are the teachers' own and ``r = 1 - sum_j probs_j``
     is the mass of every other class, one more target: ``- r * log(1 - sum_j q_j)``, ``q`` the
     student's softmax at T, so the student matches the kept probabilities and the rest's total."""
-    _check_temperature(temperature)
-    if ids.shape != probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(
-            f"top-k ids {tuple(ids.shape)} and probs {tuple(probs.shape)} must be [..., k] with the rows of the logits {tuple(student_logits.shape)}"
-        )
+    _check_topk_inputs(student_logits, ids, probs, temperature)
     log_q = torch.log_softmax(student_logits / temperature, dim=-1)
     log_q_at_ids = torch.gather(log_q, -1, ids.long())
     p = probs.to(log_q.dtype)
@@ -98,11 +102,7 @@ def fused_topk_distillation_loss(
     and walk a dozen ``[rows, C]`` tensors. On 'mini' the loss is a large share of a small
     network's step (bench/kd_speed.py). Computed in float32 at least (float16 logits are cast).
     Not twice differentiable."""
-    _check_temperature(temperature)
-    if ids.shape != probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(
-            f"top-k ids {tuple(ids.shape)} and probs {tuple(probs.shape)} must be [..., k] with the rows of the logits {tuple(student_logits.shape)}"
-        )
+    _check_topk_inputs(student_logits, ids, probs, temperature)
     if mask is not None and mask.shape != student_logits.shape[:-1]:
         raise ValueError(f"row weight {tuple(mask.shape)} does not match rows {tuple(student_logits.shape[:-1])}")
     num_classes, k = student_logits.shape[-1], ids.shape[-1]
@@ -119,10 +119,11 @@ def fused_topk_distillation_loss(
                                         bool(bucket) and k < num_classes)  # with every class kept there is no rest
 
 
-def _softmax_and_logsumexp(z: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+def _softmax_and_logsumexp(z: Tensor, scale: float, in_place: bool = False) -> tuple[Tensor, Tensor]:
     """Return ``(softmax(scale * z), logsumexp(scale * z))`` over the last dimension of ``z``
-    ``[rows, C]``, with one new ``[rows, C]`` tensor."""
-    e = z * scale if scale != 1.0 else z.clone()
+    ``[rows, C]``, with one new ``[rows, C]`` tensor (none with ``in_place``: ``z`` becomes the
+    softmax)."""
+    e = z.mul_(scale) if in_place else z * scale if scale != 1.0 else z.clone()
     top = e.amax(dim=-1, keepdim=True)
     e.sub_(top).exp_()
     total = e.sum(dim=-1, keepdim=True)
@@ -144,8 +145,8 @@ class _FusedTopkDistillation(torch.autograd.Function):
         rest = rest_soft = None
         if bucket:  # - r log(sum of q outside the ids) = r * (logsumexp(z/T) - logsumexp(z/T outside the ids))
             rest = (1.0 - psum).clamp(min=0.0)
-            outside = (z / temperature).scatter_(-1, ids, float("-inf"))
-            rest_soft, lse_rest = _softmax_and_logsumexp(outside, 1.0)
+            outside = z.scatter(-1, ids, float("-inf"))
+            rest_soft, lse_rest = _softmax_and_logsumexp(outside, 1.0 / temperature, in_place=True)
             soft_rows = soft_rows + rest * (lse_t - lse_rest)
         per_row = (soft_weight * temperature**2) * soft_rows
         soft_1 = label_col = label_weight = None
