@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from asr_kd.report.results_md import write_section as _write_section
+from asr_kd.stages.provenance import code_version
 
 RESULTS_HEADER = "# Benchmarks\n\nWritten by the scripts under bench/ (`make bench`); each section names its command.\n"
 
 
 def write_section(path: Path, heading: str, text: str) -> None:
-    """Replace (or append) the section of ``path`` that starts with ``heading`` by ``text``."""
-    _write_section(path, heading, text, header=RESULTS_HEADER)
+    """Replace (or append) the section of ``path`` that starts with ``heading`` by ``text``, with
+    the code version that measured it (``-dirty``: uncommitted changes) as its last line."""
+    _write_section(path, heading, f"{text.rstrip()}\n\nMeasured with asr-kd at {code_version()}.\n", header=RESULTS_HEADER)

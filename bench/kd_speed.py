@@ -83,6 +83,12 @@ def time_steps(kind: str, batches_cuts: list[CutSet], layout: RecipeLayout, kd: 
     return time.perf_counter() - start, frames
 
 
+def _spread(seconds: list[float], hard: list[float]) -> str:
+    """Lowest, median and highest per-round overhead of ``seconds`` over ``hard`` (same rounds)."""
+    ratios = sorted(100 * (a / b - 1) for a, b in zip(seconds, hard))
+    return f"{ratios[0]:+.1f} / {statistics.median(ratios):+.1f} / {ratios[-1]:+.1f}%"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "recipes" / "librispeech" / "data")
@@ -120,6 +126,11 @@ def main() -> None:
     per_step = {k: 1000 * med[k] / len(batches) for k in kinds}
 
     stats = json.loads((soft_dir / "stats.json").read_text())
+    # What the decoded targets take in memory (DecodedTargetCache), per frame of the timed batches.
+    held = FrameDataset(layout.open_cmvn(layout.train_part), "senones", read_senones(layout).num_senones, soft_targets=True)
+    for cuts in batches:
+        held[cuts]
+    cache_bytes = held.target_cache.bytes / max(sum(c.num_frames for cuts in batches for c in cuts), 1)
     storage = soft_dir / f"storage_{layout.train_part}"
     on_disk = sum(p.stat().st_size for p in storage.rglob("*") if p.is_file()) / max(stats["frames"], 1)
     senones = read_senones(layout)
@@ -155,11 +166,15 @@ def main() -> None:
         + "".join(f"| {k} | {per_step[k]:.1f} | {frames[k] / med[k]:.0f} | {100 * (med[k] / med['hard'] - 1):+.1f}% |\n" for k in kinds)
         + f"\nStored soft targets cost {overhead:+.1f}% per step over hard labels only in a student's first epoch, "
         f"{later:+.1f}% in the later ones (`stored-later`: decoded targets kept in memory; goal: under 10%); online teachers "
-        f"{online:+.1f}% ({len(teachers)} teacher forward passes per step).\n\n"
+        f"{online:+.1f}% ({len(teachers)} teacher forward passes per step). Round to round (each kind's time against the "
+        f"hard labels' of the same round; lowest, median and highest of {args.rounds}): "
+        + "; ".join(f"{k} {_spread(times[k], times['hard'])}" for k in kinds[1:]) + ".\n\n"
         f"Storage: {stats['bytes_per_frame']} bytes per frame payload (top-{stats['top_k']}, kd.storage {stats.get('storage', 'int32-fp16')}), "
         f"{on_disk:.1f} bytes per frame on disk (with .npy headers), vs {dense} bytes per frame dense float32 "
         f"({dense / stats['bytes_per_frame']:.0f}x); mean KL(stored || full) {stats['mean_kl_stored_vs_full']:.4f} nats, "
-        f"mass kept {stats['mean_mass_kept']:.3f}.\n\n"
+        f"mass kept {stats['mean_mass_kept']:.3f}. Decoded targets kept in memory for the later epochs: "
+        f"{cache_bytes:.0f} bytes per frame ({cache_bytes * stats['frames'] / 1e9:.2f} GB for the {stats['frames']:,} training frames)."
+        "\n\n"
         f"Hybrid decoding of the distilled student's posteriors ({DecodeConfig().decoder} decoder, one process, acoustic scale "
         f"{DecodeConfig().acoustic_scale:g}): {len(posteriors)} test utterances, {audio:.0f} s of audio; RTF = CPU seconds / audio seconds.\n\n"
         "| beam | max active | RTF per core | x real time | failed |\n|---|---|---|---|---|\n" + "".join(decode_rows)

@@ -129,8 +129,9 @@ class CtcFrameKdLoss:
             self.ensemble.to(logits.device)
             teacher = self.ensemble(batch["features"], batch["lengths"], temperature=cfg.temperature, mask=mask).exp()
         else:
-            ids, probs = batch["soft_ids"][:, : logits.shape[1]], batch["soft_probs"][:, : logits.shape[1]]
-            teacher = topk_to_dense(ids, probs, logits.shape[-1])
+            ids, probs = batch["soft_ids"], batch["soft_probs"][:, : logits.shape[1]]
+            # Codes decoded to every token come dense (ids None, data.stored_targets).
+            teacher = probs if ids is None else topk_to_dense(ids[:, : logits.shape[1]], probs, logits.shape[-1])
             if teacher.shape[1] < logits.shape[1]:  # stored targets may be a frame short of T'
                 teacher = F.pad(teacher, (0, 0, 0, logits.shape[1] - teacher.shape[1]))
                 teacher[..., BLANK] += (teacher.sum(-1) == 0).to(teacher.dtype)

@@ -10,7 +10,8 @@ A batch is a dict:
 - ``cut_ids``: the cuts' ids, in batch order;
 - ``soft_ids`` int64 and ``soft_probs`` float32, both ``[B, T, k]`` (only when the cuts carry
   stored soft targets, :mod:`asr_kd.data.stored_targets`): the ensemble's top-k senones per frame,
-  id 0 and probability 0 beyond each cut's length.
+  id 0 and probability 0 beyond each cut's length; where the codes were decoded to every senone,
+  ``soft_ids`` is None and ``soft_probs`` is ``[B, T, C]`` in senone order.
 
 Splicing the context window happens in the model (:mod:`asr_kd.models.dnn`), so batches hold each
 frame once. Samplers are lhotse's (``DynamicBucketingSampler`` or ``SimpleCutSampler``), which

@@ -26,13 +26,18 @@ nothing from the KD package and nothing about formats.
 Decoding ``rvq`` codes costs more than the student's step on a small network (a top-k over every
 senone of every frame), and a student reads the same cuts every epoch, so a
 :class:`DecodedTargetCache` keeps each cut's decoded top-k in memory for the epochs after its
-first, up to a size bound; the values are the same either way. Only a dataset read in its own
+first, up to a size bound; the values are the same either way. Codes decoded to every senone
+(``soft_decode_k`` >= the number of senones, the recipe's default) are kept *dense*: float16
+probabilities in senone order and no ids (2 bytes per senone and frame, where ids and float32
+probabilities took 8), and a batch of them collates to ``ids = None`` with ``probs`` ``[B, T, C]``,
+which the losses read without a gather or a scatter. Only a dataset read in its own
 process keeps them (``num_workers: 0``, the recipe's configs): a loader's worker processes live
 for one epoch, so they decode every epoch, beside training, and keep nothing.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -113,6 +118,31 @@ def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int, renormalise: b
     return ids.to(torch.int32).numpy(), values.numpy()
 
 
+def decode_codes_dense(codes: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Return the whole distributions (frames x C, float16, in senone order) that the residual
+    codes ``codes`` (frames x n, uint8) stand for: :func:`decode_codes` with every senone kept
+    (then renormalising and keeping the shares of the whole reconstruction are the same), without
+    its sort. Float16 keeps every probability within 0.05% of itself (down to 6e-5; smaller ones
+    within 6e-8 absolute), as the ``int32-fp16`` format stores them."""
+    codes = np.asarray(codes)
+    n, size, num_classes = codebook.shape
+    if codes.ndim != 2 or codes.shape[1] != n:
+        raise ValueError(f"codes must be (frames x {n}), got shape {codes.shape}")
+    if codes.shape[0] == 0:
+        return np.zeros((0, num_classes), np.float16)
+    books = torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
+    index = torch.from_numpy(codes.astype(np.int64))
+    root = books[0][index[:, 0]]
+    for b in range(1, n):
+        root += books[b][index[:, b]]
+    empty = (root <= 0).all(dim=1)  # all <= 0: the least negative senone gets everything, as in decode_codes' top-k
+    first = root.argmax(dim=1)
+    p = root.clamp_(min=0.0).square_()
+    p /= p.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    p[empty, first[empty]] = 1.0
+    return p.to(torch.float16).numpy()
+
+
 def _codebook(cut: Cut) -> np.ndarray:
     """The codebook of ``cut`` (shared by every cut of its folder: read once per process)."""
     manifest = cut.custom[SOFT_CODEBOOK]
@@ -128,17 +158,30 @@ def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
     """Return the stored targets of ``cut`` as top-k ``(ids, probs)``, each (frames x k), for the
     cut's own time span (a truncated cut gets the matching frames): ids int32 or uint16, probs
     float16 or float32 whose rows sum to 1 (to the mass kept where the cut has
-    :data:`SOFT_TAIL`), whatever the stored format (module docstring).
+    :data:`SOFT_TAIL`), whatever the stored format (module docstring). Codes decoded to every
+    senone give ``k = C`` with the ids in senone order (a read-only view, no memory).
 
     Raises :class:`DataError` (one line naming the cut and the file) when the cut has no stored
     targets or their storage is missing, truncated or corrupt."""
+    ids, probs = load_targets(cut)
+    if ids is None:
+        ids = np.broadcast_to(np.arange(probs.shape[1], dtype=np.int32), probs.shape)
+    return ids, probs
+
+
+def load_targets(cut: Cut) -> tuple[np.ndarray | None, np.ndarray]:
+    """:func:`load_soft_targets` as batches read it: ``ids`` is None where the targets are dense
+    (codes decoded to every senone: ``probs`` frames x C float16, in senone order)."""
     if not has_soft_targets(cut):
         raise DataError(f"cut {cut.id} has no stored soft targets; run stage 5 (soft targets) on these cuts or set kd.mode=online")
     try:
         renormalise = not (cut.custom or {}).get(SOFT_TAIL, False)
         if cut.has_custom(SOFT_CODES):
             k = int(cut.custom.get(SOFT_DECODE_K, CODEBOOK_SIZE))
-            return decode_codes(cut.load_custom(SOFT_CODES), _codebook(cut), k, renormalise)
+            codebook = _codebook(cut)
+            if k >= codebook.shape[2]:
+                return None, decode_codes_dense(cut.load_custom(SOFT_CODES), codebook)
+            return decode_codes(cut.load_custom(SOFT_CODES), codebook, k, renormalise)
         ids, probs = cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
         return ids, stored_probs(probs, renormalise)
     except ArchiveError as err:  # its message names the archive and the fix
@@ -150,7 +193,8 @@ def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DecodedTargetCache:
-    """The decoded top-k targets of ``rvq``-coded cuts, kept in memory up to ``max_bytes``.
+    """The decoded targets of ``rvq``-coded cuts (as :func:`load_targets` gives them: dense where
+    every senone is decoded), kept in memory up to ``max_bytes``.
 
     A cut's targets are added the first time they are decoded while there is room, and never
     evicted: a training epoch reads every cut once, so a full cache still saves the decoding of
@@ -163,47 +207,56 @@ class DecodedTargetCache:
     def __init__(self, max_bytes: int = 2 << 30) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: dict[tuple[str, float, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._entries: dict[tuple[str, float, float], tuple[np.ndarray | None, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def load(self, cut: Cut) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`load_soft_targets` of ``cut``, from memory where it was decoded before."""
+    def load(self, cut: Cut) -> tuple[np.ndarray | None, np.ndarray]:
+        """:func:`load_targets` of ``cut``, from memory where it was decoded before."""
         key = (cut.id, cut.start, cut.duration)
         hit = self._entries.get(key)
         if hit is not None:
             return hit
-        ids, probs = load_soft_targets(cut)
-        size = ids.nbytes + probs.nbytes
+        ids, probs = load_targets(cut)
+        size = (0 if ids is None else ids.nbytes) + probs.nbytes
         if cut.has_custom(SOFT_CODES) and self.bytes + size <= self.max_bytes and get_worker_info() is None:
-            ids.setflags(write=False)  # shared by every later batch: nothing may write into it
-            probs.setflags(write=False)
+            for array in (ids, probs):  # shared by every later batch: nothing may write into them
+                if array is not None:
+                    array.setflags(write=False)
             self._entries[key] = (ids, probs)
             self.bytes += size
         return ids, probs
 
 
 def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None,
-                         cache: DecodedTargetCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         cache: DecodedTargetCache | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Return a padded batch of the cuts' soft targets: ``ids`` int64 and ``probs`` float32, both
-    ``[B, T, k]`` with ``T = num_frames`` (default: the longest cut). Padding frames have id 0
-    and probability 0, so they add nothing to a top-k loss (with ``kd.tail=bucket`` their rest
-    is 1: the loss's frame mask must leave them out, as the students' does); frames beyond ``num_frames`` are
-    cut off (to match features padded or truncated to that length). ``cache`` keeps decoded
-    targets between calls."""
-    loaded = [load_soft_targets(c) if cache is None else cache.load(c) for c in cuts]
+    ``[B, T, k]`` with ``T = num_frames`` (default: the longest cut); where every cut's targets
+    are dense (codes decoded to every senone) ``ids`` is None and ``probs`` is ``[B, T, C]`` in
+    senone order. Padding frames have id 0 and probability 0, so they add nothing to a top-k loss
+    (with ``kd.tail=bucket`` their rest is 1: the loss's frame mask must leave them out, as the
+    students' does); frames beyond ``num_frames`` are cut off (to match features padded or
+    truncated to that length). ``cache`` keeps decoded targets between calls."""
+    loaded = [load_targets(c) if cache is None else cache.load(c) for c in cuts]
     if not loaded:
         raise ValueError("cannot collate soft targets of an empty batch")
-    ks = {ids.shape[1] for ids, _ in loaded}
+    ks = {probs.shape[1] for _, probs in loaded}
     if len(ks) != 1:
         raise DataError(f"cuts in one batch carry soft targets of different k {sorted(ks)}; store all cuts with one kd.top_k")
     (k,) = ks
-    length = num_frames if num_frames is not None else max(ids.shape[0] for ids, _ in loaded)
-    ids_out = torch.zeros(len(loaded), length, k, dtype=torch.int64)
-    probs_out = torch.zeros(len(loaded), length, k, dtype=torch.float32)
-    for b, (ids, probs) in enumerate(loaded):
-        n = min(length, ids.shape[0])
-        ids_out[b, :n] = torch.from_numpy(ids[:n].astype(np.int64))
-        probs_out[b, :n] = torch.from_numpy(probs[:n].astype(np.float32))
+    length = num_frames if num_frames is not None else max(probs.shape[0] for _, probs in loaded)
+    dense = all(ids is None for ids, _ in loaded)
+    ids_out = None if dense else torch.zeros(len(loaded), length, k, dtype=torch.int64)
+    probs_out = torch.empty(len(loaded), length, k, dtype=torch.float32)  # each row written once below
+    with warnings.catch_warnings():  # the cache's arrays are read-only; these copies only read them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for b, (ids, probs) in enumerate(loaded):
+            n = min(length, probs.shape[0])
+            # torch converts float16 in hardware; numpy's conversion is 40x slower on the subnormal
+            # values of small probabilities.
+            probs_out[b, :n] = torch.from_numpy(probs[:n])
+            probs_out[b, n:] = 0.0
+            if ids_out is not None:  # a dense cut among top-k ones (k = C): its ids are the senones in order
+                ids_out[b, :n] = torch.arange(k) if ids is None else torch.from_numpy(ids[:n].astype(np.int64))
     return ids_out, probs_out

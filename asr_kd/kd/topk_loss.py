@@ -7,7 +7,8 @@ elsewhere). The soft cross entropy then needs the student's log-probabilities at
 equals :func:`asr_kd.kd.losses.soft_cross_entropy`, gradients included.
 
 Shapes: ``student_logits`` ``[..., C]`` (e.g. ``[N, C]`` or ``[B, T, C]``), ``ids`` and ``probs``
-``[..., k]``; ``mask`` is an optional per-row weight or 0/1 padding mask of the leading shape,
+``[..., k]``, or ``ids`` None and ``probs`` ``[..., C]`` in class order (dense targets: codes
+decoded to every senone, :mod:`asr_kd.data.stored_targets`); ``mask`` is an optional per-row weight or 0/1 padding mask of the leading shape,
 with the reductions of :mod:`asr_kd.kd.losses` (``"mean"`` is the mask-weighted mean).
 """
 
@@ -20,9 +21,12 @@ from torch.autograd.function import once_differentiable
 from asr_kd.kd.losses import _check_temperature, _reduce, hard_cross_entropy
 
 
-def _check_topk_inputs(student_logits: Tensor, ids: Tensor, probs: Tensor, temperature: float) -> None:
+def _check_topk_inputs(student_logits: Tensor, ids: Tensor | None, probs: Tensor, temperature: float) -> None:
     _check_temperature(temperature)
-    if ids.shape != probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
+    if ids is None:
+        if probs.shape != student_logits.shape:
+            raise ValueError(f"dense targets {tuple(probs.shape)} must have the shape of the logits {tuple(student_logits.shape)}")
+    elif ids.shape != probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(
             f"top-k ids {tuple(ids.shape)} and probs {tuple(probs.shape)} must be [..., k] with the rows of the logits {tuple(student_logits.shape)}"
         )
@@ -30,7 +34,7 @@ def _check_topk_inputs(student_logits: Tensor, ids: Tensor, probs: Tensor, tempe
 
 def topk_soft_cross_entropy(
     student_logits: Tensor,
-    ids: Tensor,
+    ids: Tensor | None,
     probs: Tensor,
     temperature: float,
     mask: Tensor | None = None,
@@ -46,10 +50,10 @@ def topk_soft_cross_entropy(
     student's softmax at T, so the student matches the kept probabilities and the rest's total."""
     _check_topk_inputs(student_logits, ids, probs, temperature)
     log_q = torch.log_softmax(student_logits / temperature, dim=-1)
-    log_q_at_ids = torch.gather(log_q, -1, ids.long())
+    log_q_at_ids = log_q if ids is None else torch.gather(log_q, -1, ids.long())
     p = probs.to(log_q.dtype)
     per_row = -(p * log_q_at_ids).sum(dim=-1)
-    if bucket and ids.shape[-1] < student_logits.shape[-1]:  # with every class kept there is no rest
+    if bucket and ids is not None and ids.shape[-1] < student_logits.shape[-1]:  # with every class kept there is no rest
         rest = (1.0 - p.sum(dim=-1)).clamp(min=0.0)
         log_q_rest = torch.logsumexp(log_q.scatter(-1, ids.long(), float("-inf")), dim=-1)
         per_row = per_row - torch.where(rest > 0, rest * log_q_rest, torch.zeros_like(rest))
@@ -58,7 +62,7 @@ def topk_soft_cross_entropy(
 
 def topk_distillation_loss(
     student_logits: Tensor,
-    ids: Tensor,
+    ids: Tensor | None,
     probs: Tensor,
     hard_labels: Tensor | None,
     temperature: float,
@@ -85,7 +89,7 @@ def topk_distillation_loss(
 
 def fused_topk_distillation_loss(
     student_logits: Tensor,
-    ids: Tensor,
+    ids: Tensor | None,
     probs: Tensor,
     hard_labels: Tensor | None,
     temperature: float,
@@ -100,12 +104,12 @@ def fused_topk_distillation_loss(
     hard_weight * (softmax(z) - onehot)`` per row; with ``bucket`` also ``T * soft_weight * r *
     (softmax(z/T) - softmax of z/T over the classes outside the ids)``), where autograd would build
     and walk a dozen ``[rows, C]`` tensors. On 'mini' the loss is a large share of a small
-    network's step (bench/kd_speed.py). Computed in float32 at least (float16 logits are cast).
-    Not twice differentiable."""
+    network's step (bench/kd_speed.py). Dense targets (``ids`` None) need neither the gather nor
+    the scatter. Computed in float32 at least (float16 logits are cast). Not twice differentiable."""
     _check_topk_inputs(student_logits, ids, probs, temperature)
     if mask is not None and mask.shape != student_logits.shape[:-1]:
         raise ValueError(f"row weight {tuple(mask.shape)} does not match rows {tuple(student_logits.shape[:-1])}")
-    num_classes, k = student_logits.shape[-1], ids.shape[-1]
+    num_classes, k = student_logits.shape[-1], probs.shape[-1]
     rows = student_logits.reshape(-1, num_classes)
     if rows.dtype in (torch.float16, torch.bfloat16):  # sums over every row and class: not in half precision
         rows = rows.float()
@@ -114,7 +118,8 @@ def fused_topk_distillation_loss(
     if use_hard and hard_labels.shape != student_logits.shape[:-1]:
         raise ValueError(f"hard labels {tuple(hard_labels.shape)} do not match logits {tuple(student_logits.shape)}")
     labels = hard_labels.reshape(-1) if use_hard else None
-    return _FusedTopkDistillation.apply(rows, ids.reshape(-1, k).long(), probs.reshape(-1, k), labels, weight,
+    flat_ids = None if ids is None else ids.reshape(-1, k).long()
+    return _FusedTopkDistillation.apply(rows, flat_ids, probs.reshape(-1, k), labels, weight,
                                         float(temperature), float(soft_weight), float(hard_weight),
                                         bool(bucket) and k < num_classes)  # with every class kept there is no rest
 
@@ -134,14 +139,15 @@ class _FusedTopkDistillation(torch.autograd.Function):
     """The node of :func:`fused_topk_distillation_loss` (rows flattened)."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, ids: Tensor, probs: Tensor, labels: Tensor | None, weight: Tensor,  # type: ignore[override]
+    def forward(ctx, z: Tensor, ids: Tensor | None, probs: Tensor, labels: Tensor | None, weight: Tensor,  # type: ignore[override]
                 temperature: float, soft_weight: float, hard_weight: float, bucket: bool) -> Tensor:
         z = z.detach()
         p = probs.to(z.dtype)
         psum = p.sum(dim=-1)
         soft_t, lse_t = _softmax_and_logsumexp(z, 1.0 / temperature)
         # -sum_j p_j log softmax(z/T)_j = psum * logsumexp(z/T) - sum_j p_j z_j / T, scaled by T^2.
-        soft_rows = psum * lse_t - (p * z.gather(-1, ids)).sum(dim=-1) / temperature
+        z_at_ids = z if ids is None else z.gather(-1, ids)
+        soft_rows = psum * lse_t - (p * z_at_ids).sum(dim=-1) / temperature
         rest = rest_soft = None
         if bucket:  # - r log(sum of q outside the ids) = r * (logsumexp(z/T) - logsumexp(z/T outside the ids))
             rest = (1.0 - psum).clamp(min=0.0)
@@ -173,7 +179,10 @@ class _FusedTopkDistillation(torch.autograd.Function):
         if label_col is not None and soft_1 is None:  # T = 1: one softmax serves both terms
             coef = coef + label_weight
         grad = soft_t * coef.unsqueeze(-1)  # a new tensor: the saved ones stay valid for retain_graph
-        grad.scatter_add_(-1, ids, p * -c)
+        if ids is None:
+            grad.add_(p, alpha=-c)
+        else:
+            grad.scatter_add_(-1, ids, p * -c)
         if rest is not None:
             grad.addcmul_(rest_soft, (rest * -c).unsqueeze(-1))
         if label_col is not None:

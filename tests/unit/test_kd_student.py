@@ -99,6 +99,9 @@ def test_stored_loss_equals_topk_loss_on_the_batch(soft_cuts: CutSet, corpus: Fr
     # The same number from the dense loss on the expanded (zero outside the top K) targets.
     dense = torch.stack([torch.from_numpy(expand_topk(i, p, NUM_CLASSES)) for i, p in zip(batch["soft_ids"], batch["soft_probs"])])
     torch.testing.assert_close(loss, distillation_loss(logits, dense, batch["labels"], temperature, 0.3, 0.8, weight=mask), rtol=1e-5, atol=1e-6)
+    # Dense batches (codes decoded to every senone: no ids, probabilities in senone order) give it too.
+    dense_batch = {**batch, "soft_ids": None, "soft_probs": dense}
+    torch.testing.assert_close(StoredDistillationLoss(kd)(model, dense_batch)[0], expected, rtol=1e-5, atol=1e-6)
     # And the same gradients for every weight.
     params = list(model.parameters())
     for g, g_ref in zip(torch.autograd.grad(loss, params, retain_graph=True), torch.autograd.grad(expected, params, retain_graph=True)):

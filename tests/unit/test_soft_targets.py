@@ -431,6 +431,20 @@ def test_fused_topk_loss_equals_the_reference_in_value_and_gradient(temperature,
     full = torch.softmax(torch.randn(b, t, classes, generator=gen), -1) * 0.95
     with_bucket = fused_topk_distillation_loss(z, every, full, labels, temperature, 0.5, bucket=True)
     assert with_bucket.item() == pytest.approx(fused_topk_distillation_loss(z, every, full, labels, temperature, 0.5).item(), rel=1e-12)
+    # Dense targets (ids None: every class in class order, as codes decoded to every senone come)
+    # give the sparse form's value and gradient, in both the fused node and the reference.
+    dense = torch.zeros_like(full).scatter_(-1, every, full)
+    outs = []
+    for fn, target_ids, target in ((fused_topk_distillation_loss, every, full), (fused_topk_distillation_loss, None, dense),
+                                   (topk_distillation_loss, None, dense)):
+        x = z.clone().requires_grad_(True)
+        loss = fn(x, target_ids, target, hard_labels, **kwargs)
+        loss.backward()
+        outs.append((loss.item(), x.grad))
+    for value, grad in outs[1:]:
+        assert value == pytest.approx(outs[0][0], rel=1e-12) and torch.allclose(grad, outs[0][1], rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="dense targets"):
+        fused_topk_distillation_loss(z, None, dense[..., :-1], labels, temperature, 0.5)
     # float16 logits (a student under autocast) give the float32 value, not an overflow.
     half = fused_topk_distillation_loss(z.half(), ids, probs, labels, temperature, 0.5, bucket=bucket)
     assert half.dtype == torch.float32 and half.item() == pytest.approx(a.item(), rel=1e-2)

@@ -15,7 +15,7 @@ from asr_kd.config import KdConfig
 from asr_kd.data.array_archive import ARCHIVE_NAME
 from asr_kd.data.stored_targets import (
     LOGPROB_STEP, SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TAIL, DecodedTargetCache, collate_soft_targets, dequantise_log_probs,
-    has_soft_targets, load_soft_targets, quantise_log_probs,
+    has_soft_targets, load_soft_targets, load_targets, quantise_log_probs,
 )
 from asr_kd.data.frames import FrameDataset
 from asr_kd.errors import ConfigError
@@ -175,6 +175,46 @@ def test_codes_stored_on_cuts_decode_to_the_quantisers_top_k(fbank_cuts, tmp_pat
     monkeypatch.setattr(stored_targets, "get_worker_info", lambda: object())
     worker_cache = DecodedTargetCache()
     assert np.array_equal(worker_cache.load(cuts[0])[1], first[1]) and len(worker_cache) == 0 and worker_cache.bytes == 0
+
+
+def test_codes_decoded_to_every_senone_come_dense_in_float16(fbank_cuts, tmp_path):
+    # soft_decode_k >= the senones (the recipe's default on mini): float16 probabilities in
+    # senone order and no ids, in memory and in batches; the values are the top-k decoding's.
+    posteriors = {c.id: torch.from_numpy(_clustered_posteriors(i, c.num_frames)) for i, c in enumerate(fbank_cuts)}
+    quantiser = ResidualQuantiser.fit(torch.cat(list(posteriors.values())), 3, seed=0)
+    for tail in (False, True):  # with every senone kept, renormalising and keeping the shares are the same
+        stored = store_target_arrays(fbank_cuts, ((cid, quantiser.arrays(p)) for cid, p in posteriors.items()), tmp_path / f"dense{tail}",
+                                     shared={SOFT_CODEBOOK: quantiser.codebooks}, custom={SOFT_DECODE_K: 500, SOFT_TAIL: tail})
+        cuts = list(stored)
+        for cut in cuts:
+            ids, probs = load_targets(cut)
+            assert ids is None and probs.dtype == np.float16 and probs.shape == (cut.num_frames, NUM_CLASSES)
+            top_ids, top_probs = quantiser.decode(quantiser.encode(posteriors[cut.id]), NUM_CLASSES)
+            want = np.zeros_like(top_probs)
+            np.put_along_axis(want, top_ids.astype(np.int64), top_probs, axis=1)
+            assert np.allclose(probs, want, rtol=1e-3, atol=1e-7) and np.allclose(probs.astype(np.float64).sum(1), 1.0, atol=2e-3)
+            # The public reader still gives k ids: every senone, in order.
+            all_ids, same = load_soft_targets(cut)
+            assert all_ids.shape == probs.shape and (all_ids == np.arange(NUM_CLASSES)).all() and np.array_equal(same, probs)
+        cache = DecodedTargetCache()
+        ids_b, probs_b = collate_soft_targets(cuts, cache=cache)
+        frames = sum(c.num_frames for c in cuts)
+        assert ids_b is None and probs_b.dtype == torch.float32 and probs_b.shape == (len(cuts), max(c.num_frames for c in cuts), NUM_CLASSES)
+        assert cache.bytes == frames * NUM_CLASSES * 2  # a quarter of an int32 id and a float32 probability per senone
+        for b, cut in enumerate(cuts):
+            n = cut.num_frames
+            assert torch.equal(probs_b[b, :n], torch.from_numpy(load_targets(cut)[1]).float()) and (probs_b[b, n:] == 0).all()
+        again = collate_soft_targets(cuts, num_frames=7, cache=cache)
+        assert again[0] is None and torch.equal(again[1], probs_b[:, :7]) and len(cache) == len(cuts)
+        assert FrameDataset(None, labels_name=None)[CutSet.from_cuts(cuts)]["soft_ids"] is None
+    # A dense cut batched with top-k cuts of k = C gets its ids written out in senone order.
+    top = store_target_arrays(fbank_cuts[:1], ((cid, encode_topk(*topk_compress(posteriors[cid].numpy(), NUM_CLASSES), "int32-fp16"))
+                                               for cid in [fbank_cuts[0].id]), tmp_path / "topk")
+    mixed_ids, mixed_probs = collate_soft_targets([top[0], cuts[1]])
+    n = cuts[1].num_frames
+    assert (mixed_ids[1, :n] == torch.arange(NUM_CLASSES)).all() and torch.equal(mixed_probs[1, :n], probs_b[1, :n])
+    dense_p = torch.zeros(mixed_probs.shape[1], NUM_CLASSES).scatter_(1, mixed_ids[0], mixed_probs[0])
+    assert torch.allclose(dense_p[: top[0].num_frames], posteriors[top[0].id].float(), atol=1e-3)
 
 
 def test_fitting_sample_is_seeded_and_bounded(fbank_cuts):
