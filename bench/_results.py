@@ -12,5 +12,8 @@ RESULTS_HEADER = "# Benchmarks\n\nWritten by the scripts under bench/ (`make ben
 
 def write_section(path: Path, heading: str, text: str) -> None:
     """Replace (or append) the section of ``path`` that starts with ``heading`` by ``text``, with
-    the code version that measured it (``-dirty``: uncommitted changes) as its last line."""
-    _write_section(path, heading, f"{text.rstrip()}\n\nMeasured with asr-kd at {code_version()}.\n", header=RESULTS_HEADER)
+    the code version that measured it (``-dirty``: uncommitted changes) as its last line unless
+    its environment lines (asr_kd.stages.common.environment_lines) already name it."""
+    if "(git " not in text:
+        text = f"{text.rstrip()}\n\nMeasured with asr-kd at {code_version()}.\n"
+    _write_section(path, heading, text, header=RESULTS_HEADER)

@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-config", default="mini", help="DNN preset or YAML (the recipe's dnn_config)")
     p.add_argument("--config", type=Path, default=CONF / "train_3pct_mini.yaml", help="stage 8's TrainConfig YAML")
     p.add_argument("--kd-config", type=Path, default=CONF / "kd.yaml", help="the KdConfig of stage 5's soft targets")
+    p.add_argument("--hard-weight", type=float, default=0.0,
+                   help="hard-label weight of the soft model, as run.sh's --three-percent-hard-weight (default 0: soft targets only); "
+                   "a --kd-variant's hard_weight overrides it")
     p.add_argument("--kd-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a variant of --kd-config for the soft model (repeat; e.g. online:mode=online or soft_only:hard_weight=0)")
     p.add_argument("--title", default="", help="the bench/RESULTS.md section heading [the fractions section's; with --kd-variant "
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, stage_dirs, described = [], [], []
     num_senones = 0
     for name, overrides in variants:
-        kd = load_config(KdConfig, args.kd_config, overrides)
+        kd = load_config(KdConfig, args.kd_config, {"hard_weight": args.hard_weight, **overrides})
         if name:
             targets = "the whole distribution, online" if kd.mode == "online" else f"stored top-{kd.top_k}, {storage_label(kd)}"
             described.append(f"`{name}`: T = {kd.temperature:g}, soft weight {kd.soft_weight:g}, hard weight {kd.hard_weight:g}, {targets}")
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         heading, "",
         f"Produced by `{command}`: stage 8's code and configs (`{args.config.name}`, DNN `{args.model_config}`, "
         + (f"the soft model's kd config `{args.kd_config.name}` with each variant's changes: {'; '.join(described)}" if with_variants else
-           "the ensemble's stored soft targets")
+           f"the ensemble's stored soft targets, hard weight {args.hard_weight:g}")
         + ") on the run's training cuts, one draw (subset seed 0) per fraction"
         + (", the same for every variant (each variant's hard model is trained again on it with the same seed)." if with_variants
            else "."), "",

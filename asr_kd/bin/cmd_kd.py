@@ -126,7 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("three-percent", help="stage 8: hard vs soft targets on 3%% of the training data (Table 5)",
                        description="Train on --fraction of the training cuts (seeded draw) with hard targets (early stopping on dev) "
                        "and with the ensemble's stored soft targets (no early stopping; with --kd-set mode=online its whole "
-                       "distribution, computed in the training loop); compare with the stage-6 hard baseline "
+                       "distribution, computed in the training loop; hard labels weighted by kd.hard_weight beside them: run.sh "
+                       "passes --kd-set hard_weight=0, soft targets only); compare with the stage-6 hard baseline "
                        "on train and test frame accuracy; write <exp>/three_percent/, a dev-accuracy plot and the Table 5 analogue.")
     _layout_args(p)
     _model_args(p)

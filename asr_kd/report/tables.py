@@ -240,12 +240,14 @@ class SubsetRun:
 def format_table5(
     hard_100: SubsetRun, hard_3: SubsetRun, soft_3: SubsetRun, fraction: float, num_teachers: int,
     plot_name: str = "", corpus: str = "", command: str = "", comparisons: Mapping[str, Any] | None = None, online: bool = False,
+    hard_weight: float = 0.0,
 ) -> str:
     """Return the markdown section ``## Table 5 analogue ...`` with the paper's numbers beside
     ours and, if given, a link to the dev-accuracy plot (relative to RESULTS.md) and the paired
     bootstrap intervals of ``comparisons`` (``soft_vs_hard``: soft minus hard on the subset;
     ``gap_recovered``: the share of the hard subset-to-full gap the soft targets recover).
-    ``online``: the soft targets were the ensemble's whole distribution, computed in the loop."""
+    ``online``: the soft targets were the ensemble's whole distribution, computed in the loop;
+    ``hard_weight``: the soft model's weight of the hard labels (0: soft targets only)."""
     pct = f"{100 * fraction:g}%"
     lines = [f"## Table 5 analogue: {pct} of the training data, hard vs soft targets (stage 8)", ""]
     if command:
@@ -257,8 +259,9 @@ def format_table5(
     rows = [
         ("hard_100", "Baseline, 100% of the training set, hard targets", hard_100),
         ("hard_3", f"Baseline, {pct} of the training set, hard targets (early stopping on dev)", hard_3),
-        ("soft_3", f"{pct} of the training set, soft targets of the {num_teachers} x ensemble ("
-                   f"{'its whole distribution, computed in the training loop; ' if online else ''}no early stopping)", soft_3),
+        ("soft_3", f"{pct} of the training set, soft targets of the {num_teachers} x ensemble "
+                   + ("only" if hard_weight == 0 else f"plus {hard_weight:g} x hard labels")
+                   + f" ({'its whole distribution, computed in the training loop; ' if online else ''}no early stopping)", soft_3),
     ]
     for key, label, run in rows:
         p_train, p_test = PAPER_TABLE5[key]

@@ -116,7 +116,7 @@ def run_three_percent(
         plot_name = "table5_dev_accuracy.png"
         plot_dev_accuracy(stored["histories"], Path(results_md).parent / plot_name, title, stored["frames"])
         text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command,
-                             stored.get("comparisons"), online=kd.mode == "online")
+                             stored.get("comparisons"), online=kd.mode == "online", hard_weight=kd.hard_weight)
         write_section(results_md, "## Table 5 analogue", text + environment_lines([out]))
     log.info("dev accuracy plot: %s", plot)
     return results

@@ -52,6 +52,10 @@ def test_every_stage_records_how_it_was_made(recipe) -> None:
     assert records["students/distilled"].inputs["soft_targets"] == soft.fingerprint
     assert records["students/distilled"].config["kd"]["temperature"] == 2.0 and "kd" not in records["students/hard"].config
     assert records["three_percent"].inputs["soft_targets"] == soft.fingerprint
+    # Stage 8's soft model learns from the soft targets only (run.sh --three-percent-hard-weight 0),
+    # stage 6's students with the kd config's hard weight; the tiny preset's short 3% config.
+    assert records["three_percent"].config["kd"]["hard_weight"] == 0.0 < records["students/distilled"].config["kd"]["hard_weight"]
+    assert records["three_percent"].config["train"]["num_epochs"] == 25
     assert records["teachers"].config["num_teachers"] == 2 and len(list((exp / "teachers").glob("teacher*/final.pt"))) == 2
     # The students train with the preset's student_train_config (12 epochs on tiny), the teachers with its train_config (10).
     assert records["teachers"].config["train"]["num_epochs"] == 10
@@ -99,6 +103,7 @@ def test_results_md_holds_every_table_with_its_command(recipe) -> None:
     table5 = json.loads((exp / "three_percent" / "table5.json").read_text())
     section5 = text[text.index("## Table 5 analogue"):]
     assert all(f"{100 * r['test_frame_accuracy']:.1f}%" in section5 for r in table5["runs"].values())
+    assert "soft targets of the 2 x ensemble only (no early stopping)" in section5
     tri_wer = stage3["wers"]["tri"]["test-clean"]["wer"]
     assert f"{100 * tri_wer:.2f}%" in text[text.index("## GMM-HMM (stage 3)"):]
 
@@ -520,6 +525,7 @@ def test_fractions_bench_reproduces_stage_8_and_writes_only_its_own_folders(reci
     main = runpy.run_path(str(REPO_ROOT / "bench" / "three_percent_fractions.py"))["main"]
     assert main(["--data", str(data), "--exp", str(exp), "--out", str(tmp_path / "out"), "--fraction", "0.03", "--fraction", "0.5",
                  "--model-config", "tiny", "--kd-config", str(REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml"),
+                 "--config", str(REPO_ROOT / "recipes" / "librispeech" / "conf" / "train_3pct_tiny.yaml"),
                  "--results", str(results)]) == 0
     assert {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()} == before
     stage8 = json.loads((exp / "three_percent" / "table5.json").read_text())
@@ -547,6 +553,7 @@ def test_fractions_bench_kd_variants_and_online_stage_8(recipe, tmp_path: Path) 
     results = tmp_path / "RESULTS.md"
     main = runpy.run_path(str(REPO_ROOT / "bench" / "three_percent_fractions.py"))["main"]
     assert main(["--data", str(data), "--exp", str(exp), "--out", str(tmp_path / "out"), "--fraction", "0.03", "--model-config", "tiny",
+                 "--config", str(REPO_ROOT / "recipes" / "librispeech" / "conf" / "train_3pct_tiny.yaml"),
                  "--kd-config", str(REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml"), "--kd-variant", "stored",
                  "--kd-variant", "online:mode=online", "--title", "Variants", "--results", str(results)]) == 0
     assert {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()} == before
