@@ -2,9 +2,9 @@
 small training set grows.
 
 The paper's 3% of about 2,000 hours is some 60 hours, about 1,500 frames per senone of its
-14,000; 3% of the synthetic mini corpus is about 31 utterances and 10,000 frames, some 20 frames
-per senone of 500. Stage 8 on mini recovers far less of the gap than the paper (28% against 87%).
-This bench asks whether that is the data size: it runs stage 8's own code
+14,000; 3% of the synthetic mini corpus is 32 utterances and 10,000 frames, some 20 frames per
+senone of 500. Stage 8 on mini recovers less of the gap than the paper (57% against 87%). This
+bench asks whether that is the data size: it runs stage 8's own code
 (:func:`asr_kd.stages.s8_three_percent.run_three_percent`, the recipe's configs) on a finished
 run at each ``--fraction``, and writes one row per fraction to bench/RESULTS.md: frames per
 senone, test frame accuracy of the hard and soft models, soft − hard and the share of the gap to
@@ -16,8 +16,12 @@ Each fraction gets ``<out>/f<fraction>/exp``, whose stage folders are links to `
     python bench/three_percent_fractions.py --data recipes/librispeech/data --exp recipes/librispeech/exp \\
         --out /tmp/fractions --fraction 0.03 --fraction 0.1 --fraction 0.3
 
+The soft model's hard-label weight is ``--hard-weight`` (default 0, as run.sh's
+``--three-percent-hard-weight``), and torch runs ``--num-threads`` (default 1, as the recipe), so
+that the bench's 3% models are stage 8's own, bit for bit.
+
 ``--kd-variant NAME:key=value,...`` (repeat) instead trains the soft model of each fraction once
-per variant of the kd config (``hard_weight=0``, ``mode=online``: the ensemble's whole
+per variant of the kd config (``hard_weight=0.5``, ``mode=online``: the ensemble's whole
 distribution computed in the loop, not stage 5's stored top-k), each in ``<out>/f<fraction>_<NAME>``,
 one row per fraction and variant; give such a table its own ``--title``.
 """
@@ -28,6 +32,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+import torch
 
 from asr_kd.config import KdConfig, TrainConfig, load_config, parse_overrides
 from asr_kd.models.dnn import load_dnn_config
@@ -96,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="hard-label weight of the soft model, as run.sh's --three-percent-hard-weight (default 0: soft targets only); "
                    "a --kd-variant's hard_weight overrides it")
     p.add_argument("--kd-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                   help="a variant of --kd-config for the soft model (repeat; e.g. online:mode=online or soft_only:hard_weight=0)")
+                   help="a variant of --kd-config for the soft model (repeat; e.g. online:mode=online or with_hard:hard_weight=0.5)")
     p.add_argument("--title", default="", help="the bench/RESULTS.md section heading [the fractions section's; with --kd-variant "
                    "required, so a table of variants never replaces that section]")
+    p.add_argument("--num-threads", type=int, default=1,
+                   help="torch threads, as the recipe's --num-threads (default 1: stage 8's own numbers, bit for bit)")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = p.parse_args(argv)
     variants = [parse_variant(v) for v in args.kd_variant] or [("", {})]
@@ -108,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kd_variant and not args.title:
         raise SystemExit("--kd-variant: give the table its own --title (else it would replace the fractions section of bench/RESULTS.md)")
 
+    torch.set_num_threads(args.num_threads)  # other thread counts sum in another order: other models than stage 8's
     model, train = load_dnn_config(args.model_config), load_config(TrainConfig, args.config)
     rows, stage_dirs, described = [], [], []
     num_senones = 0

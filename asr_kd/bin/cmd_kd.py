@@ -127,7 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train on --fraction of the training cuts (seeded draw) with hard targets (early stopping on dev) "
                        "and with the ensemble's stored soft targets (no early stopping; with --kd-set mode=online its whole "
                        "distribution, computed in the training loop; hard labels weighted by kd.hard_weight beside them: run.sh "
-                       "passes --kd-set hard_weight=0, soft targets only); compare with the stage-6 hard baseline "
+                       "passes --kd-set hard_weight=<its --three-percent-hard-weight, default 0: soft targets only>); compare "
+                       "with the stage-6 hard baseline "
                        "on train and test frame accuracy; write <exp>/three_percent/, a dev-accuracy plot and the Table 5 analogue.")
     _layout_args(p)
     _model_args(p)

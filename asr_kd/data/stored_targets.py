@@ -135,7 +135,9 @@ def decode_codes_dense(codes: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     root = books[0][index[:, 0]]
     for b in range(1, n):
         root += books[b][index[:, b]]
-    empty = (root <= 0).all(dim=1)  # all <= 0: the least negative senone gets everything, as in decode_codes' top-k
+    # All <= 0 (rare): the least negative senone gets everything (decode_codes' top-k picks one of
+    # the tied zeros instead, so such frames may differ between the two).
+    empty = (root <= 0).all(dim=1)
     first = root.argmax(dim=1)
     p = root.clamp_(min=0.0).square_()
     p /= p.sum(dim=1, keepdim=True).clamp_min(1e-30)

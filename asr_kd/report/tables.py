@@ -240,7 +240,7 @@ class SubsetRun:
 def format_table5(
     hard_100: SubsetRun, hard_3: SubsetRun, soft_3: SubsetRun, fraction: float, num_teachers: int,
     plot_name: str = "", corpus: str = "", command: str = "", comparisons: Mapping[str, Any] | None = None, online: bool = False,
-    hard_weight: float = 0.0,
+    *, hard_weight: float,
 ) -> str:
     """Return the markdown section ``## Table 5 analogue ...`` with the paper's numbers beside
     ours and, if given, a link to the dev-accuracy plot (relative to RESULTS.md) and the paired

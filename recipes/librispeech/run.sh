@@ -158,7 +158,7 @@ Options (default in brackets):
                        --train-config [$student_train_config]
   --train-3pct-config F  TrainConfig YAML of stage 8's 3% runs; empty: the preset's [$train_3pct_config]
   --three-percent-hard-weight W  stage 8: weight of the hard labels beside the soft targets in the 3% soft
-                       model (0: soft targets only, which recovered 58% of the gap on mini against 50% at the kd
+                       model (0: soft targets only, which recovered 57% of the gap on mini against 48% at the kd
                        config's 0.5; the kd config's weight stays stage 6's) [$three_percent_hard_weight]
   --kd-config F        KdConfig YAML (temperature, weights, top-k, fusion); empty: the preset's [$kd_config]
   --decode-config F    DecodeConfig YAML of stages 3 and 7: one beam and max-active for every system,
@@ -206,6 +206,7 @@ case "$sweep_targets" in stored|online) ;; *) echo "$0: --sweep-targets takes st
 export ASR_KD_ON_CHANGE="$on_change"
 case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
 case "$ctc_guide_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --ctc-guide-weight takes a number >= 0, got '$ctc_guide_weight'" >&2; exit 1 ;; esac
+case "$three_percent_hard_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --three-percent-hard-weight takes a number >= 0, got '$three_percent_hard_weight'" >&2; exit 1 ;; esac
 hybrid=true; ctc=false
 [ "$model_type" != ctc ] || hybrid=false
 [ "$model_type" = hybrid ] || ctc=true

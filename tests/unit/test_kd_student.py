@@ -218,8 +218,10 @@ def test_tables_show_ours_beside_the_papers_and_the_gain_kept(tmp_path: Path) ->
     assert "**75%**" in text and "(paper: 86%" in text and "`./run.sh --stage 7`" in text
     assert "ensemble -4.00 points, distilled -3.00 points" in text
     runs = [SubsetRun(n, a, b, 5, "early stopping") for n, a, b in (("100", 0.5, 0.4), ("3h", 0.7, 0.2), ("3s", 0.45, 0.35))]
-    text5 = format_table5(*runs, fraction=0.03, num_teachers=4, plot_name="p.png")
+    text5 = format_table5(*runs, fraction=0.03, num_teachers=4, plot_name="p.png", hard_weight=0.5)
     assert "3% of the training set" in text5 and "| 70.0% | 20.0% | 5 (early stopping) | 67.3% | 44.5% |" in text5
+    assert "soft targets of the 4 x ensemble plus 0.5 x hard labels (no early stopping)" in text5
+    assert "soft targets of the 4 x ensemble only (no early stopping)" in format_table5(*runs, fraction=0.03, num_teachers=4, hard_weight=0.0)
     png = plot_dev_accuracy({"a": [{"epoch": 1, "frame_accuracy": 0.2}, {"epoch": 2, "frame_accuracy": 0.3}]}, tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 

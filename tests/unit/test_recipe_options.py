@@ -42,6 +42,7 @@ def test_help_documents_every_stage_and_option() -> None:
         (["--stage", "x"], "--stage and --stop-stage take integers"),
         (["extra"], "unexpected argument 'extra'"),
         (["--cmd", "sge"], "--cmd takes local, slurm or submitit-local, got 'sge'"),
+        (["--three-percent-hard-weight", "-1"], "--three-percent-hard-weight takes a number >= 0, got '-1'"),
     ],
 )
 def test_bad_options_fail_with_a_message(args: list[str], message: str) -> None:
@@ -130,6 +131,22 @@ def test_stage3_realigns_with_the_train_config_not_the_teachers(tmp_path: Path) 
     calls = recorded_calls(tmp_path, "--preset", "mini", "--stage", "3", "--stop-stage", "3", "--teacher-train-config", "/tmp/t.yaml")
     assert [c.split()[1] for c in calls] == ["train-gmm", "realign"], calls
     assert config_of(calls[1]) == str(CONF / "train_mini.yaml")
+
+
+@pytest.mark.parametrize(
+    "args, config, hard_weight",
+    [
+        # Each preset names its 3% config (tiny: the short one the tests can afford); the soft model
+        # learns from the soft targets only unless --three-percent-hard-weight says otherwise.
+        (["--preset", "tiny"], str(CONF / "train_3pct_tiny.yaml"), "0"),
+        (["--preset", "mini"], str(CONF / "train_3pct_mini.yaml"), "0"),
+        (["--preset", "mini", "--train-3pct-config", "/tmp/p.yaml", "--three-percent-hard-weight", "0.5"], "/tmp/p.yaml", "0.5"),
+    ],
+)
+def test_stage8_trains_with_the_presets_3pct_config_and_hard_weight(tmp_path: Path, args: list[str], config: str, hard_weight: str) -> None:
+    calls = recorded_calls(tmp_path, "--stage", "8", "--stop-stage", "8", *args)
+    assert [c.split()[1] for c in calls] == ["three-percent"], calls
+    assert config_of(calls[0]) == config and f" --kd-set hard_weight={hard_weight} " in calls[0]
 
 
 def test_stage10_trains_with_the_students_file(tmp_path: Path) -> None:
