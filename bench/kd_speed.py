@@ -52,7 +52,8 @@ HEADING = "## Distillation step time, stored targets and decoding speed (bench/k
 
 
 def time_steps(kind: str, batches_cuts: list[CutSet], layout: RecipeLayout, kd: KdConfig, teachers: list[torch.nn.Module]) -> tuple[float, int]:
-    """Return (seconds, frames) of training steps of a fresh student on ``batches_cuts``. Kind
+    """Return (seconds, frames, bytes its dataset keeps of decoded targets) of training steps of a
+    fresh student on ``batches_cuts``. Kind
     ``stored-later`` is ``stored`` with the batches' decoded targets already in the dataset's
     memory (:class:`asr_kd.data.stored_targets.DecodedTargetCache`), as in every epoch after the
     first; the warm-up pass is not timed."""
@@ -80,7 +81,7 @@ def time_steps(kind: str, batches_cuts: list[CutSet], layout: RecipeLayout, kd: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return time.perf_counter() - start, frames
+    return time.perf_counter() - start, frames, dataset.target_cache.bytes
 
 
 def _spread(seconds: list[float], hard: list[float]) -> str:
@@ -117,20 +118,17 @@ def main() -> None:
 
     kinds = ("hard", "stored", "stored-later", "online")
     times: dict[str, list[float]] = {k: [] for k in kinds}
-    frames = {}
+    frames, held = {}, {}
     for _ in range(args.rounds):
         for kind in kinds:  # interleaved, so that load changes hit every kind alike
-            sec, frames[kind] = time_steps(kind, batches, layout, kd, teachers)
+            sec, frames[kind], held[kind] = time_steps(kind, batches, layout, kd, teachers)
             times[kind].append(sec)
     med = {k: statistics.median(v) for k, v in times.items()}
     per_step = {k: 1000 * med[k] / len(batches) for k in kinds}
 
     stats = json.loads((soft_dir / "stats.json").read_text())
     # What the decoded targets take in memory (DecodedTargetCache), per frame of the timed batches.
-    held = FrameDataset(layout.open_cmvn(layout.train_part), "senones", read_senones(layout).num_senones, soft_targets=True)
-    for cuts in batches:
-        held[cuts]
-    cache_bytes = held.target_cache.bytes / max(sum(c.num_frames for cuts in batches for c in cuts), 1)
+    cache_bytes = held["stored-later"] / max(sum(c.num_frames for cuts in batches for c in cuts), 1)
     storage = soft_dir / f"storage_{layout.train_part}"
     on_disk = sum(p.stat().st_size for p in storage.rglob("*") if p.is_file()) / max(stats["frames"], 1)
     senones = read_senones(layout)

@@ -92,24 +92,33 @@ def stored_probs(probs: np.ndarray, renormalise: bool = True) -> np.ndarray:
     return dequantise_log_probs(probs, renormalise) if probs.dtype == np.uint8 else probs
 
 
+def _reconstruct(codes: np.ndarray, codebook: np.ndarray) -> torch.Tensor | None:
+    """The sum of each frame's codewords (frames x C, float32), which approximates the square root
+    of its posterior; None for no frames. Checks that ``codes`` is (frames x n) for ``codebook``'s n."""
+    codes = np.asarray(codes)
+    n = codebook.shape[0]
+    if codes.ndim != 2 or codes.shape[1] != n:
+        raise ValueError(f"codes must be (frames x {n}), got shape {codes.shape}")
+    if codes.shape[0] == 0:
+        return None
+    books = torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
+    index = torch.from_numpy(codes.astype(np.int64))
+    root = books[0][index[:, 0]]  # one codebook at a time: never a (frames x n x C) tensor
+    for b in range(1, n):
+        root += books[b][index[:, b]]
+    return root
+
+
 def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int, renormalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Return the top-``k`` ``(ids int32, probs float32)`` (frames x k) of the distributions that
     the residual codes ``codes`` (frames x n, uint8) stand for: the sum of each frame's codewords
     of ``codebook`` (n x 256 x C) approximates the square root of its posterior, so its positive
     part squared and renormalised is the posterior. The top ``k`` are renormalised to sum to 1,
     or with ``renormalise=False`` keep their shares of the whole reconstruction."""
-    codes = np.asarray(codes)
-    n, size, num_classes = codebook.shape
-    if codes.ndim != 2 or codes.shape[1] != n:
-        raise ValueError(f"codes must be (frames x {n}), got shape {codes.shape}")
-    k = min(k, num_classes)
-    if codes.shape[0] == 0:
+    k = min(k, codebook.shape[2])
+    root = _reconstruct(codes, codebook)
+    if root is None:
         return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
-    books = torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
-    index = torch.from_numpy(codes.astype(np.int64))
-    root = books[0][index[:, 0]]  # one codebook at a time: never a (frames x n x C) tensor
-    for b in range(1, n):
-        root += books[b][index[:, b]]
     p = root.clamp_min(0.0).square()
     values, ids = torch.topk(p, k, dim=1)
     mass = (values if renormalise else p).sum(dim=1, keepdim=True)
@@ -124,17 +133,9 @@ def decode_codes_dense(codes: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     (then renormalising and keeping the shares of the whole reconstruction are the same), without
     its sort. Float16 keeps every probability within 0.05% of itself (down to 6e-5; smaller ones
     within 6e-8 absolute), as the ``int32-fp16`` format stores them."""
-    codes = np.asarray(codes)
-    n, size, num_classes = codebook.shape
-    if codes.ndim != 2 or codes.shape[1] != n:
-        raise ValueError(f"codes must be (frames x {n}), got shape {codes.shape}")
-    if codes.shape[0] == 0:
-        return np.zeros((0, num_classes), np.float16)
-    books = torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
-    index = torch.from_numpy(codes.astype(np.int64))
-    root = books[0][index[:, 0]]
-    for b in range(1, n):
-        root += books[b][index[:, b]]
+    root = _reconstruct(codes, codebook)
+    if root is None:
+        return np.zeros((0, codebook.shape[2]), np.float16)
     # All <= 0 (rare): the least negative senone gets everything (decode_codes' top-k picks one of
     # the tied zeros instead, so such frames may differ between the two).
     empty = (root <= 0).all(dim=1)
