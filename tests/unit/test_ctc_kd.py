@@ -271,3 +271,24 @@ def test_losses_take_bf16_logits_from_autocast() -> None:
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad), name
         full, _ = loss_fn(model, batch)
         assert math.isclose(float(low.detach()), float(full.detach()), rel_tol=0.05, abs_tol=0.02), (name, float(low), float(full))
+
+
+def test_stored_frame_kd_reads_dense_targets_as_their_top_k_form() -> None:
+    # Codes decoded to every token come dense (soft_ids None, data.stored_targets): the same loss
+    # as the same probabilities given as k = V ids, also when the targets are a frame short of T'.
+    from asr_kd.ctc.model import CtcEncoder
+
+    torch.manual_seed(0)
+    model = CtcEncoder(20, 6, "tiny", dropout=0.0)
+    features, lengths = torch.randn(2, 80, 20), torch.tensor([80, 60])
+    frames = model(features, lengths).shape[1]
+    probs = torch.softmax(torch.randn(2, frames - 1, 6), dim=-1)
+    batch = {"features": features, "lengths": lengths, "targets": torch.tensor([1, 2, 3, 4, 5]), "target_lengths": torch.tensor([3, 2])}
+    loss_fn = CtcFrameKdLoss(CtcConfig(model_size="tiny", temperature=2.0, kd_source="stored"))
+    sparse, _ = loss_fn(model, {**batch, "soft_ids": torch.arange(6).expand(2, frames - 1, 6), "soft_probs": probs})
+    dense, _ = loss_fn(model, {**batch, "soft_ids": None, "soft_probs": probs})
+    shuffled = torch.randperm(6)
+    permuted, _ = loss_fn(model, {**batch, "soft_ids": shuffled.expand(2, frames - 1, 6), "soft_probs": probs[..., shuffled]})
+    assert torch.allclose(dense, sparse) and torch.allclose(dense, permuted)
+    other, _ = loss_fn(model, {**batch, "soft_ids": None, "soft_probs": probs.flip(-1)})
+    assert not torch.allclose(dense, other)  # the dense targets are read, not ignored
