@@ -1,4 +1,4 @@
-"""One launcher for the recipe's independent jobs (the trainings of stages 4, 6 and 10), with a
+"""One launcher for the recipe's independent jobs (the trainings of stages 4, 6, 8 and 10), with a
 backend chosen like Kaldi's ``cmd.sh`` (``run.sh --cmd``):
 
 - ``local`` (the default): a pool of spawned processes on this machine, ``jobs`` at a time, each

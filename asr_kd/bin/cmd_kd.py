@@ -135,7 +135,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _kd_args(p)
     _teachers_arg(p, None)
     p.add_argument("--fraction", type=float, default=0.03, help="share of the training utterances (default 0.03)")
-    p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0; seed k draws with it + k)")
+    p.add_argument("--num-seeds", type=int, default=1,
+                   help="subset draws, each with its own hard and soft model (their own seed): three_percent and three_percent/seed<k> "
+                        "(default 1); the table gives means, standard deviations and each seed's share")
+    add_jobs_args(p, "3%% models")
     p.add_argument("--corpus", default="", help="what the numbers were measured on, for RESULTS.md")
     p.set_defaults(func=_three_percent)
 
@@ -331,7 +335,8 @@ def _three_percent(args: argparse.Namespace) -> int:
     common = _setup(args, "three_percent")
     model_cfg, train_cfg = _configs(args)
     runs = run_three_percent(model_config=model_cfg, train_config=train_cfg, kd=_kd(args), fraction=args.fraction, num_teachers=args.num_teachers,
-                             subset_seed=args.subset_seed, corpus=args.corpus, **common)
+                             subset_seed=args.subset_seed, corpus=args.corpus, num_seeds=args.num_seeds, jobs=args.jobs,
+                             num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)
     for run in runs.values():
         print(f"{run.name}: train frame accuracy {run.train_frame_accuracy:.4f}, test {run.test_frame_accuracy:.4f}")
     return 0

@@ -240,14 +240,18 @@ class SubsetRun:
 def format_table5(
     hard_100: SubsetRun, hard_3: SubsetRun, soft_3: SubsetRun, fraction: float, num_teachers: int,
     plot_name: str = "", corpus: str = "", command: str = "", comparisons: Mapping[str, Any] | None = None, online: bool = False,
-    *, hard_weight: float,
+    *, hard_weight: float, per_seed: Sequence[Mapping[str, SubsetRun]] = (),
 ) -> str:
     """Return the markdown section ``## Table 5 analogue ...`` with the paper's numbers beside
     ours and, if given, a link to the dev-accuracy plot (relative to RESULTS.md) and the paired
     bootstrap intervals of ``comparisons`` (``soft_vs_hard``: soft minus hard on the subset;
     ``gap_recovered``: the share of the hard subset-to-full gap the soft targets recover).
     ``online``: the soft targets were the ensemble's whole distribution, computed in the loop;
-    ``hard_weight``: the soft model's weight of the hard labels (0: soft targets only)."""
+    ``hard_weight``: the soft model's weight of the hard labels (0: soft targets only).
+    ``per_seed``: with two or more seeds, each seed's ``hard_3`` and ``soft_3`` runs; their rows
+    then give the mean ± standard deviation over seeds and every seed's epochs, and
+    ``comparisons["gap_recovered_per_seed"]`` each seed's share."""
+    seeds = len(per_seed) if len(per_seed) > 1 else 1
     pct = f"{100 * fraction:g}%"
     lines = [f"## Table 5 analogue: {pct} of the training data, hard vs soft targets (stage 8)", ""]
     if command:
@@ -265,11 +269,23 @@ def format_table5(
     ]
     for key, label, run in rows:
         p_train, p_test = PAPER_TABLE5[key]
+        train, test = _pct(run.train_frame_accuracy), _pct(run.test_frame_accuracy)
         stop = f"{run.epochs} ({run.stop_reason})" if run.stop_reason else str(run.epochs)
-        lines.append(f"| {label} | {_pct(run.train_frame_accuracy)} | {_pct(run.test_frame_accuracy)} | {stop} | {p_train}% | {p_test}% |")
+        if seeds > 1 and key != "hard_100":
+            runs = [s[key] for s in per_seed]
+            train = _mean_sd_pct([r.train_frame_accuracy for r in runs])
+            test = _mean_sd_pct([r.test_frame_accuracy for r in runs])
+            reasons = {r.stop_reason for r in runs}
+            stop = (" / ".join(str(r.epochs) for r in runs) + (f" ({reasons.pop()})" if reasons != {""} else "") if len(reasons) == 1
+                    else "; ".join(f"{r.epochs} ({r.stop_reason})" for r in runs))
+        lines.append(f"| {label} | {train} | {test} | {stop} | {p_train}% | {p_test}% |")
     lines += ["", "Train frame accuracy is measured on each model's own training cuts. The paper's point: the "
               f"soft targets let a model trained on {pct} of the data generalise almost as well as the full "
               "baseline without early stopping, while hard targets overfit."]
+    if seeds > 1:
+        lines += ["", f"{seeds} seeds of the {pct} models: seed k draws its own {pct} subset and initialises both models with its "
+                  "own seed; their rows give the mean ± standard deviation over seeds and each seed's epochs. The 100% baseline "
+                  "is stage 6's hard student of seed 0; the plot shows seed 0."]
     if comparisons:
         diff, share = comparisons["soft_vs_hard"], comparisons["gap_recovered"]
         paper_share = (PAPER_TABLE5["soft_3"][1] - PAPER_TABLE5["hard_3"][1]) / (PAPER_TABLE5["hard_100"][1] - PAPER_TABLE5["hard_3"][1])
@@ -277,11 +293,22 @@ def format_table5(
                   f"{significance(diff, False, 'hard targets')}. Share of the gap between {pct} hard and "
                   f"100% hard that the soft targets recover: **{format_share(share)}** (paper: {100 * paper_share:.0f}%). "
                   f"{100 * diff['level']:.0f}% confidence intervals from a paired bootstrap over the test utterances "
-                  f"({diff['resamples']} resamples; Bisani & Ney 2004), one seed per model."]
+                  f"({diff['resamples']} resamples; Bisani & Ney 2004), "
+                  + ("one seed per model." if seeds == 1 else f"the {seeds} seeds' correct frames per utterance averaged.")]
+        per = comparisons.get("gap_recovered_per_seed") or []
+        if seeds > 1 and per:
+            values = [100 * iv["value"] for iv in per]
+            lines += ["", "Share recovered by each seed: " + "; ".join(f"seed {k}: {format_share(iv)}" for k, iv in enumerate(per))
+                      + f". Mean {np.mean(values):.0f}%, standard deviation {np.std(values, ddof=1):.0f} points over seeds."]
     if plot_name:
         lines += ["", f"![dev frame accuracy during training]({plot_name})"]
     lines += ["", f"Paper numbers: {PAPER_CITATION}, Table 5 (3% of the voice-search training frames)."]
     return "\n".join(lines) + "\n"
+
+
+def _mean_sd_pct(values: Sequence[float]) -> str:
+    """``61.4% ± 1.2`` (mean and sample standard deviation over seeds, in points)."""
+    return f"{100 * np.mean(values):.1f}% ± {100 * np.std(values, ddof=1):.1f}"
 
 
 def plot_dev_accuracy(

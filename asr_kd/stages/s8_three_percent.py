@@ -8,6 +8,12 @@ stopping. Three runs are compared: the stage-6 hard baseline (100%), ``<exp>/thr
 stopping, its final checkpoint scored). Writes ``<exp>/three_percent/table5.json``, a plot of dev
 frame accuracy over training and the Table 5 section of RESULTS.md.
 
+With several seeds (run.sh's ``--num-seeds``, stage 6's), seed ``k`` draws its own subset
+(``subset_seed + k``) and initialises both of its models with its own seed, in
+``<exp>/three_percent/seed<k>`` (seed 0 in ``<exp>/three_percent`` itself). The table gives the
+mean and standard deviation over seeds; the intervals come from the seeds' per-utterance counts
+averaged (as Table 1's), and each seed's share of the gap recovered is listed.
+
 The soft model learns from stage 5's stored targets (top-k or a codebook) or, with
 ``kd.mode=online``, from the ensemble's whole distribution computed in the training loop (the
 teachers run forward on the subset's batches: cheap at 3%).
@@ -28,6 +34,7 @@ from asr_kd.config import DnnConfig, KdConfig, TrainConfig
 from asr_kd.data.alignments import load_alignment
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.metrics.frame_accuracy import FrameAccuracyResult, corpus_frame_accuracy
 from asr_kd.metrics.paired import bootstrap_difference, bootstrap_gain_share
 from asr_kd.report.results_md import write_section
@@ -77,7 +84,8 @@ def _history(exp_dir: Path) -> tuple[list[dict], str, int]:
 def run_three_percent(
     layout: RecipeLayout, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig, fraction: float = 0.03,
     subset_seed: int = 0, num_teachers: int | None = None, max_duration: float = 20.0,
-    results_md: Path | None = None, command: str = "", corpus: str = "",
+    results_md: Path | None = None, command: str = "", corpus: str = "", num_seeds: int = 1, jobs: int = 1, num_threads: int = 1,
+    launcher: Launcher | None = None,
 ) -> dict[str, SubsetRun]:
     """Train the hard (early stopping, patience ``train_config.early_stopping_patience`` or 3)
     and soft (no early stopping) models on the same ``fraction`` of the training cuts (drawn with
@@ -85,7 +93,11 @@ def run_three_percent(
     the test part. The soft targets are stage 5's for ``kd`` and ``num_teachers`` (default: stage
     4's count), checked against their record; with ``kd.mode=online`` the ensemble of stage 4's
     first ``num_teachers`` teachers itself (its record an input instead). Returns ``{"hard_100", "hard_3", "soft_3"}`` ->
-    :class:`SubsetRun`; skipped (the table re-rendered from ``table5.json``) when the record matches."""
+    :class:`SubsetRun` (``hard_3`` and ``soft_3`` the means over ``num_seeds`` seeds, each seed's
+    two models a job of ``launcher``, ``jobs`` at a time); skipped (the table re-rendered from
+    ``table5.json``) when the record matches."""
+    if num_seeds < 1:
+        raise ConfigError(f"stage 8 needs --num-seeds >= 1, got {num_seeds}")
     senones = read_senones(layout)
     if kd.mode == "online":  # the whole distribution from the teachers in the loop: nothing stored
         n = checked_num_teachers(layout, num_teachers)  # before any training: a count stage 4 did not train is refused now
@@ -99,14 +111,14 @@ def run_three_percent(
     guard = StageGuard("stage 8 (3% of the data)", out,
                        {"dnn": model_config, "train": train_config, "kd": kd, "fraction": fraction, "subset_seed": subset_seed,
                         "train_part": layout.train_part, "dev_part": layout.dev_part, "test_part": layout.test_part,
-                        # Named only online, so a finished stored run keeps its fingerprint.
-                        **({"num_teachers": n} if kd.mode == "online" else {})},
+                        # Named only online (and with several seeds), so a finished one-seed stored run keeps its fingerprint.
+                        **({"num_teachers": n} if kd.mode == "online" else {}), **({"seeds": num_seeds} if num_seeds > 1 else {})},
                        {**alignment_inputs(layout), **soft_input,
                         "student_hard": require_record(baseline_dir, "stage 6 (hard student)").fingerprint}, command)
     if guard.needs_work():
         _three_percent_work(layout, out, senones.num_senones, soft_cuts, baseline_dir, model_config, train_config, kd, fraction,
-                            subset_seed, max_duration, n)
-        guard.finish([out / "table5.json", out / "hard" / "final.pt", out / "soft" / "final.pt"])
+                            subset_seed, max_duration, n, num_seeds, jobs, num_threads, launcher)
+        guard.finish([out / "table5.json"] + [seed_dir(out, k) / m / "final.pt" for k in range(num_seeds) for m in ("hard", "soft")])
     stored = read_json(out / "table5.json")
     assert isinstance(stored, dict)
     results = {k: SubsetRun(**v) for k, v in stored["runs"].items()}
@@ -115,65 +127,120 @@ def run_three_percent(
     if results_md is not None:
         plot_name = "table5_dev_accuracy.png"
         plot_dev_accuracy(stored["histories"], Path(results_md).parent / plot_name, title, stored["frames"])
+        per_seed = [{k: SubsetRun(**v) for k, v in runs.items()} for runs in stored.get("per_seed", [])]
         text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command,
-                             stored.get("comparisons"), online=kd.mode == "online", hard_weight=kd.hard_weight)
+                             stored.get("comparisons"), online=kd.mode == "online", hard_weight=kd.hard_weight, per_seed=per_seed)
         write_section(results_md, "## Table 5 analogue", text + environment_lines([out]))
     log.info("dev accuracy plot: %s", plot)
     return results
 
 
+def seed_dir(out: Path, seed_index: int) -> Path:
+    """Where stage 8's seed ``seed_index`` keeps its subset and models: ``out`` itself for seed 0
+    (the one-seed layout), ``out/seed<k>`` for the others."""
+    return out if seed_index == 0 else out / f"seed{seed_index}"
+
+
+def train_subset_model(
+    layout: RecipeLayout, run_dir: Path, kind: str, num_senones: int, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
+    num_teachers: int,
+) -> str:
+    """One job of stage 8: train its ``kind`` model ("hard": the subset's senone labels; "soft":
+    the soft targets, ``kd``) on ``run_dir``'s subset into ``run_dir/<kind>``; return ``kind``."""
+    common = (layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part), num_senones, model_config)
+    if kind == "hard":
+        train_frame_classifier(run_dir / "cuts_subset.jsonl.gz", *common, train_config, run_dir / "hard", resume=True)
+    elif kind == "soft":
+        train_frame_classifier(run_dir / "cuts_soft_subset.jsonl.gz", *common, train_config, run_dir / "soft", resume=True,
+                               compute_loss=distillation_loss_of(layout, kd, num_teachers))
+    else:
+        raise ConfigError(f"stage 8 trains a hard or a soft model, not {kind!r}")
+    return kind
+
+
 def _three_percent_work(
     layout: RecipeLayout, out: Path, num_senones: int, soft_cuts: Path | None, baseline_dir: Path, model_config: DnnConfig,
     train_config: TrainConfig, kd: KdConfig, fraction: float, subset_seed: int, max_duration: float, num_teachers: int,
+    num_seeds: int = 1, jobs: int = 1, num_threads: int = 1, launcher: Launcher | None = None,
 ) -> None:
-    """Train and score the three runs of stage 8; write ``table5.json`` (runs, dev histories, frames).
-    ``soft_cuts`` None: the soft model learns online from the first ``num_teachers`` teachers."""
+    """Train and score the runs of stage 8; write ``table5.json`` (runs, dev histories, frames,
+    comparisons; with several seeds also ``per_seed``). ``soft_cuts`` None: the soft model learns
+    online from the first ``num_teachers`` teachers."""
     full_train = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
-    subset = subset_cuts(full_train, fraction, subset_seed)
-    chosen = frozenset(subset.ids)
-    # Online, the soft model trains on the subset's own cuts (the teachers label them in the loop).
-    soft_subset = subset if soft_cuts is None else CutSet.from_cuts(c for c in layout.open_cuts(soft_cuts) if c.id in chosen)
-    if len(soft_subset) != len(subset):
-        raise DataError(f"{len(subset) - len(soft_subset)} of the {len(subset)} subset cuts lack soft targets in {soft_cuts}; rerun stage 5")
-    log.info("%g of the training data: %d of %d cuts, %d frames", fraction, len(subset), len(full_train), sum(c.num_frames for c in subset))
-    for name, cuts in (("subset", subset), ("soft_subset", soft_subset)):
-        with atomic_path(out / f"cuts_{name}.jsonl.gz") as tmp:
-            cuts.to_file(tmp)
-    seed = train_config.seed + STUDENT_SEED_OFFSET
+    soft_all = None if soft_cuts is None else list(layout.open_cuts(soft_cuts))
+    subsets = []
+    for k in range(num_seeds):
+        subset = subset_cuts(full_train, fraction, subset_seed + k)
+        chosen = frozenset(subset.ids)
+        # Online, the soft model trains on the subset's own cuts (the teachers label them in the loop).
+        soft_subset = subset if soft_all is None else CutSet.from_cuts(c for c in soft_all if c.id in chosen)
+        if len(soft_subset) != len(subset):
+            raise DataError(f"{len(subset) - len(soft_subset)} of the {len(subset)} subset cuts lack soft targets in {soft_cuts}; rerun stage 5")
+        log.info("seed %d: %g of the training data: %d of %d cuts, %d frames", k, fraction, len(subset), len(full_train),
+                 sum(c.num_frames for c in subset))
+        seed_dir(out, k).mkdir(parents=True, exist_ok=True)
+        for name, cuts in (("subset", subset), ("soft_subset", soft_subset)):
+            with atomic_path(seed_dir(out, k) / f"cuts_{name}.jsonl.gz") as tmp:
+                cuts.to_file(tmp)
+        subsets.append(subset)
     patience = train_config.early_stopping_patience or 3
-    common = (layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part), num_senones, model_config)
-    # lhotse's bucketing sampler needs at least as many cuts as buckets.
-    small = dataclasses.replace(train_config, seed=seed, num_buckets=min(train_config.num_buckets, len(subset)))
-    hard_cfg = dataclasses.replace(small, early_stopping_patience=patience)
-    soft_cfg = dataclasses.replace(small, early_stopping_patience=0)
-    train_frame_classifier(out / "cuts_subset.jsonl.gz", *common, hard_cfg, out / "hard", resume=True)
-    train_frame_classifier(out / "cuts_soft_subset.jsonl.gz", *common, soft_cfg, out / "soft", resume=True,
-                           compute_loss=distillation_loss_of(layout, kd, num_teachers))
+    models = []
+    for k, subset in enumerate(subsets):
+        # lhotse's bucketing sampler needs at least as many cuts as buckets.
+        small = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + k,
+                                    num_buckets=min(train_config.num_buckets, len(subset)))
+        models += [(layout, seed_dir(out, k), "hard", num_senones, model_config, dataclasses.replace(small, early_stopping_patience=patience),
+                    kd, num_teachers),
+                   (layout, seed_dir(out, k), "soft", num_senones, model_config, dataclasses.replace(small, early_stopping_patience=0),
+                    kd, num_teachers)]
+    launch_jobs(train_subset_model, models, launcher, jobs, num_threads, layout.exp_dir / "log", "stage8_three_percent")
 
     test_cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.test_part)))
-    runs: dict[str, tuple[Path, Path, CutSet]] = {
-        # (checkpoint scored, run directory, its training cuts)
-        "hard_100": (model_checkpoint(baseline_dir), baseline_dir, full_train),
-        "hard_3": (model_checkpoint(out / "hard"), out / "hard", subset),
-        "soft_3": (out / "soft" / "final.pt", out / "soft", subset),
-    }
-    results: dict[str, SubsetRun] = {}
-    per_utt: dict[str, Mapping[str, tuple[int, int]]] = {}
-    histories: dict[str, list[dict]] = {}
     labels = {"hard_100": "100% hard", "hard_3": f"{100 * fraction:g}% hard", "soft_3": f"{100 * fraction:g}% soft"}
-    for key, (ckpt, run_dir, train_cuts) in runs.items():
+
+    def score(key: str, ckpt: Path, run_dir: Path, train_cuts: CutSet) -> tuple[SubsetRun, Mapping[str, tuple[int, int]], list[dict]]:
         history, stop, epochs = _history(run_dir)
-        histories[labels[key]] = history
         train_acc = frame_accuracy_of(ckpt, train_cuts, layout, layout.train_part, max_duration).accuracy
         test = frame_accuracy_of(ckpt, test_cuts, layout, layout.test_part, max_duration)
-        test_acc, per_utt[key] = test.accuracy, test.per_utterance
-        results[key] = SubsetRun(labels[key], train_acc, test_acc, epochs, stop)
-        log.info("%s: train frame accuracy %.4f, test %.4f (%s)", labels[key], train_acc, test_acc, stop)
-    frames = {labels[k]: sum(c.num_frames for c in cuts) for k, (_, _, cuts) in runs.items()}
-    ids = sorted(per_utt["hard_100"])
-    correct = {k: np.array([per_utt[k][u][0] for u in ids], dtype=np.float64) for k in per_utt}
-    test_frames = np.array([per_utt["hard_100"][u][1] for u in ids], dtype=np.float64)
-    comparisons = {"soft_vs_hard": bootstrap_difference(correct["hard_3"], correct["soft_3"], test_frames).to_dict(),
-                   "gap_recovered": bootstrap_gain_share(correct["hard_3"], correct["hard_100"], correct["soft_3"], test_frames).to_dict()}
-    write_json_atomic(out / "table5.json", {"runs": {k: dataclasses.asdict(v) for k, v in results.items()}, "histories": histories, "frames": frames,
-                                            "comparisons": comparisons})
+        log.info("%s: train frame accuracy %.4f, test %.4f (%s)", labels[key], train_acc, test.accuracy, stop)
+        return SubsetRun(labels[key], train_acc, test.accuracy, epochs, stop), test.per_utterance, history
+
+    hard_100, hard_100_utt, hard_100_history = score("hard_100", model_checkpoint(baseline_dir), baseline_dir, full_train)
+    ids = sorted(hard_100_utt)
+    test_frames = np.array([hard_100_utt[u][1] for u in ids], dtype=np.float64)
+    full_correct = np.array([hard_100_utt[u][0] for u in ids], dtype=np.float64)
+    per_seed: list[dict[str, SubsetRun]] = []
+    correct: dict[str, list[np.ndarray]] = {"hard_3": [], "soft_3": []}
+    seed_comparisons = []
+    histories: dict[str, list[dict]] = {labels["hard_100"]: hard_100_history}
+    for k, subset in enumerate(subsets):
+        runs = {}
+        for key, run_dir in (("hard_3", seed_dir(out, k) / "hard"), ("soft_3", seed_dir(out, k) / "soft")):
+            # The hard model's best dev checkpoint (early stopping), the soft model's last.
+            ckpt = model_checkpoint(run_dir) if key == "hard_3" else run_dir / "final.pt"
+            runs[key], per_utt, history = score(key, ckpt, run_dir, subset)
+            correct[key].append(np.array([per_utt[u][0] for u in ids], dtype=np.float64))
+            if k == 0:  # the plot shows seed 0
+                histories[labels[key]] = history
+        per_seed.append(runs)
+        seed_comparisons.append(bootstrap_gain_share(correct["hard_3"][k], full_correct, correct["soft_3"][k], test_frames).to_dict())
+    mean_correct = {key: np.mean(v, axis=0) for key, v in correct.items()}
+    comparisons = {"soft_vs_hard": bootstrap_difference(mean_correct["hard_3"], mean_correct["soft_3"], test_frames).to_dict(),
+                   "gap_recovered": bootstrap_gain_share(mean_correct["hard_3"], full_correct, mean_correct["soft_3"], test_frames).to_dict()}
+    results = {"hard_100": hard_100, **{key: _mean_run([runs[key] for runs in per_seed]) for key in ("hard_3", "soft_3")}}
+    frames = {labels["hard_100"]: sum(c.num_frames for c in full_train),
+              **{labels[key]: sum(c.num_frames for c in subsets[0]) for key in ("hard_3", "soft_3")}}
+    record = {"runs": {k: dataclasses.asdict(v) for k, v in results.items()}, "histories": histories, "frames": frames, "comparisons": comparisons}
+    if num_seeds > 1:
+        record["per_seed"] = [{k: dataclasses.asdict(v) for k, v in runs.items()} for runs in per_seed]
+        comparisons["gap_recovered_per_seed"] = seed_comparisons
+    write_json_atomic(out / "table5.json", record)
+
+
+def _mean_run(runs: list[SubsetRun]) -> SubsetRun:
+    """One seed's run as it is, or the mean over seeds (epochs rounded; the stop reason when all agree)."""
+    if len(runs) == 1:
+        return runs[0]
+    reasons = {r.stop_reason for r in runs}
+    return SubsetRun(runs[0].name, float(np.mean([r.train_frame_accuracy for r in runs])), float(np.mean([r.test_frame_accuracy for r in runs])),
+                     int(round(float(np.mean([r.epochs for r in runs])))), reasons.pop() if len(reasons) == 1 else "")

@@ -24,7 +24,7 @@ lexicon=""             # LibriSpeech's librispeech-lexicon.txt; empty: CMUdict
 lm_text=""             # extra LM training text (one sentence per line, .gz allowed) beside the training transcripts
 lm_arpa=""             # an existing ARPA LM (.gz allowed, e.g. openslr.org/11's 3-gram.pruned.1e-7.arpa.gz) instead of training one
 nj=2                   # parallel jobs
-cmd=local              # where the trainings of stages 4, 6 and 10 run: local, slurm or submitit-local (like Kaldi's cmd.sh)
+cmd=local              # where the trainings of stages 4, 6, 8 and 10 run: local, slurm or submitit-local (like Kaldi's cmd.sh)
 cmd_config="$recipe_dir/conf/slurm.yaml"  # ClusterConfig of --cmd slurm: partition, time, memory, CPUs, GPUs, array parallelism
 data="$recipe_dir/data"
 exp="$recipe_dir/exp"
@@ -90,7 +90,8 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
   7  hybrid decoding with HCLG (log posteriors minus log priors), WER (jiwer) and frame accuracy
      of baseline, ensemble and distilled: the paper's Table 1 analogue in \$results
   8  3% of the training data: hard targets (early stopping) vs the ensemble's soft targets, and
-     the 100% baseline: the paper's Table 5 analogue and a plot of dev accuracy in \$results
+     the 100% baseline: the paper's Table 5 analogue and a plot of dev accuracy in \$results;
+     --num-seeds subset draws, each with its own pair of models (means, deviations, each seed's share)
   9  (after the default --stop-stage) deployment: self-contained model directories of the teachers
      and students (\$exp/deploy), the distilled student exported to ONNX fp32 and int8, the cost
      table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
@@ -132,7 +133,7 @@ Options (default in brackets):
   --lm-text FILE       extra LM training text, one sentence per line (.gz allowed) [$lm_text]
   --lm-arpa FILE       existing ARPA LM (.gz allowed) used instead of training one [$lm_arpa]
   --nj N               parallel jobs [$nj]
-  --cmd NAME           where the trainings of stages 4, 6 and 10 run, one job per model: local (processes on this
+  --cmd NAME           where the trainings of stages 4, 6, 8 and 10 run, one job per model: local (processes on this
                        machine, --nj at a time), slurm (a Slurm job array through submitit, sized by --cmd-config)
                        or submitit-local (the Slurm path on this machine, to check a set-up) [$cmd]
   --cmd-config F       ClusterConfig YAML of --cmd slurm (partition, time_min, mem_gb, cpus_per_task, gpus_per_node,
@@ -166,7 +167,7 @@ Options (default in brackets):
   --decode-beam X      override the decode config's beam [$decode_beam]
   --alignments A       senone labels and priors of stages 4-10: gmm (stage 3's triphone GMM) or dnn (realigned by a
                        first-pass DNN at the end of stage 3); empty: the preset's [$alignments]
-  --num-seeds N        students per kind (stage 6), for means, deviations and intervals; empty: the preset's [$num_seeds]
+  --num-seeds N        students per kind (stage 6) and 3% subsets (stage 8), for means, deviations and intervals; empty: the preset's [$num_seeds]
   --temperatures "T.." stage 10: the temperatures of the sweep [$temperatures]
   --sweep-seeds N      stage 10: students per temperature, with stage 6's seeds [$sweep_seeds]
   --sweep-extra-scales "S.."  stage 10: acoustic scales beyond both ends of the decode config's grid that the
@@ -296,7 +297,7 @@ corpus_name="the synthetic '$preset' corpus"
 # What the hybrid stages 3 (realignment) to 10 share; --alignments makes each of them use (or, after stage 4, check) the same labels.
 kd_common=(--data-dir "$data" --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set" --ood-set "$ood_set"
            --results-md "$results" --results-command "$recipe_command" --num-threads "$num_threads" --alignments "$alignments")
-cmd_opts=(--cmd "$cmd" --cmd-config "$cmd_config")  # where stages 4, 6 and 10 train their models
+cmd_opts=(--cmd "$cmd" --cmd-config "$cmd_config")  # where stages 4, 6, 8 and 10 train their models
 
 # Stage 3: asr_kd/stages/s3_gmm.py, then (--alignments dnn) asr_kd/stages/s3_realign.py
 if [ "$hybrid" = true ] && in_stages 3; then
@@ -356,7 +357,7 @@ fi
 if [ "$hybrid" = true ] && in_stages 8; then
   log "Stage 8: 3% of the training data, hard vs soft targets (Table 5)"
   run_logged "$exp/log/stage8_three_percent.log" asr-kd three-percent "${kd_common[@]}" --num-teachers "$num_teachers" \
-    --model-config "$dnn_config" --config "$train_3pct_config" --kd-config "$kd_config" \
+    --num-seeds "$num_seeds" --jobs "$nj" "${cmd_opts[@]}" --model-config "$dnn_config" --config "$train_3pct_config" --kd-config "$kd_config" \
     --kd-set "hard_weight=$three_percent_hard_weight" --corpus "$corpus_name"
   sed -n '/^## Table 5 analogue/,/^Paper numbers/p' "$results"
 fi

@@ -196,6 +196,57 @@ def test_three_percent_stage_writes_table5_and_plot(egs_run: tuple[Path, Path, P
 
 
 @pytest.mark.slow
+def test_three_percent_seeds_draw_their_own_subsets_and_average(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Stage 8 with two seeds (two jobs at once): seed 0 is the one-seed run (same subset, same
+    models), seed 1 draws its own subset into three_percent/seed1; the table's 3% rows are the
+    seeds' means and it lists each seed's share."""
+    from asr_kd.config import load_config
+    from asr_kd.stages.s8_three_percent import subset_cuts
+
+    data, exp, _ = egs_run
+    train_cfg = TrainConfig(num_epochs=3, max_duration=20.0, warmup_steps=5, lr=3e-3, lr_schedule="constant",
+                            checkpoint_every_steps=1000, early_stopping_patience=2, seed=0)
+    kd = load_config(KdConfig, EGS.parent / "conf" / "kd.yaml")
+    outs = {}
+    for seeds in (1, 2):
+        other = tmp_path / f"exp{seeds}"
+        other.mkdir()
+        for name in ("gmm", "realign", "teachers", "soft_targets", "students"):  # stage 8's read-only inputs
+            if (exp / name).exists():
+                (other / name).symlink_to(exp / name)
+        results = tmp_path / f"RESULTS{seeds}.md"
+        runs = run_three_percent(RecipeLayout(data, other), dnn_preset("tiny"), train_cfg, kd, fraction=0.1, subset_seed=1,
+                                 results_md=results, command="pytest", num_seeds=seeds, jobs=seeds)
+        outs[seeds] = (other / "three_percent", runs, results.read_text())
+    one, two = outs[1][0], outs[2][0]
+    stored = json.loads((two / "table5.json").read_text())
+    assert len(stored["per_seed"]) == 2 and len(stored["comparisons"]["gap_recovered_per_seed"]) == 2
+    # Seed 0 of the two-seed run is the one-seed run: its subset and both of its models.
+    assert list(load_manifest(one / "cuts_subset.jsonl.gz").ids) == list(load_manifest(two / "cuts_subset.jsonl.gz").ids)
+    for model in ("hard", "soft"):
+        a, b = (torch.load(d / model / "final.pt", weights_only=True)["model"] for d in (one, two))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    one_runs = json.loads((one / "table5.json").read_text())["runs"]
+    assert stored["per_seed"][0] == {k: one_runs[k] for k in ("hard_3", "soft_3")} and stored["runs"]["hard_100"] == one_runs["hard_100"]
+    # Seed 1 draws with subset_seed + 1 and trains its own models.
+    full = CutSet.from_cuts(load_manifest(RecipeLayout(data, exp).ali_cuts("train-clean-100")))
+    seed1 = load_manifest(two / "seed1" / "cuts_subset.jsonl.gz")
+    assert sorted(seed1.ids) == sorted(subset_cuts(full, 0.1, 2).ids) != sorted(load_manifest(one / "cuts_subset.jsonl.gz").ids)
+    assert (two / "seed1" / "hard" / "final.pt").is_file() and (two / "seed1" / "soft" / "final.pt").is_file()
+    # The returned and stored 3% rows are the seeds' means; the table shows mean ± sd and each share.
+    runs, text = outs[2][1], outs[2][2]
+    for key in ("hard_3", "soft_3"):
+        tests = [s[key]["test_frame_accuracy"] for s in stored["per_seed"]]
+        assert runs[key].test_frame_accuracy == pytest.approx(np.mean(tests))
+        assert f"{100 * np.mean(tests):.1f}% ± {100 * np.std(tests, ddof=1):.1f}" in text
+    shares = stored["comparisons"]["gap_recovered_per_seed"]
+    assert "seed 1: " + (f"{100 * shares[1]['value']:.0f}%" if np.isfinite(shares[1]["value"]) else "n/a") in text
+    assert "2 seeds of the 10% models" in text
+    # The one-seed table keeps its form.
+    assert "one seed per model" in outs[1][2] and "Share recovered by each seed" not in outs[1][2]
+
+
+@pytest.mark.slow
 def test_online_logit_matching_student_trains(egs_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """kd.mode=online with the Caruana loss: the teachers run inside the student's loop."""
     from asr_kd.config import load_config

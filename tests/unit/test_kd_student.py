@@ -226,6 +226,29 @@ def test_tables_show_ours_beside_the_papers_and_the_gain_kept(tmp_path: Path) ->
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_table5_with_seeds_gives_means_deviations_epochs_and_each_seeds_share() -> None:
+    from asr_kd.report.tables import SubsetRun, format_table5
+
+    full = SubsetRun("100% hard", 0.6, 0.34, 30, "num_epochs=30")
+    seeds = [{"hard_3": SubsetRun("3% hard", tr, te, ep, "early stopping"), "soft_3": SubsetRun("3% soft", 0.6, st, 200, "num_epochs=200")}
+             for tr, te, ep, st in ((0.70, 0.12, 40, 0.24), (0.74, 0.14, 52, 0.26), (0.72, 0.13, 45, 0.25))]
+    share = {"value": 0.5, "low": 0.4, "high": 0.6, "level": 0.95, "resamples": 2000, "excludes_zero": True}
+    comparisons = {"soft_vs_hard": {**share, "value": 0.12, "low": 0.1, "high": 0.14}, "gap_recovered": share,
+                   "gap_recovered_per_seed": [{**share, "value": v} for v in (0.55, 0.57, 0.62)]}
+    mean = {k: SubsetRun(k, 0.0, 0.0, 0, "") for k in ("hard_3", "soft_3")}  # the rows come from per_seed
+    text = format_table5(full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds)
+    # hard: train 70/74/72 -> 72.0 ± 2.0; test 12/14/13 -> 13.0 ± 1.0; soft test 24/26/25 -> 25.0 ± 1.0
+    assert "| 72.0% ± 2.0 | 13.0% ± 1.0 | 40 / 52 / 45 (early stopping) | 67.3% | 44.5% |" in text
+    assert "| 60.0% ± 0.0 | 25.0% ± 1.0 | 200 / 200 / 200 (num_epochs=200) |" in text
+    assert "seed 0: 55% (95% CI 40% to 60%); seed 1: 57%" in text and "Mean 58%, standard deviation 4 points over seeds" in text
+    assert "the 3 seeds' correct frames per utterance averaged" in text and "one seed per model" not in text
+    seeds[1]["hard_3"] = dataclasses.replace(seeds[1]["hard_3"], stop_reason="num_epochs=200")
+    text = format_table5(full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds)
+    assert "| 40 (early stopping); 52 (num_epochs=200); 45 (early stopping) |" in text  # differing stops: each seed's
+    one = format_table5(full, seeds[0]["hard_3"], seeds[0]["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds[:1])
+    assert "| 70.0% | 12.0% | 40 (early stopping) |" in one and "one seed per model" in one and "Share recovered by each seed" not in one
+
+
 def test_table1_has_the_out_of_domain_column_with_the_relative_increase() -> None:
     import dataclasses
 

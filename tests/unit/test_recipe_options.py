@@ -134,19 +134,23 @@ def test_stage3_realigns_with_the_train_config_not_the_teachers(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    "args, config, hard_weight",
+    "args, config, hard_weight, seeds",
     [
         # Each preset names its 3% config (tiny: the short one the tests can afford); the soft model
-        # learns from the soft targets only unless --three-percent-hard-weight says otherwise.
-        (["--preset", "tiny"], str(CONF / "train_3pct_tiny.yaml"), "0"),
-        (["--preset", "mini"], str(CONF / "train_3pct_mini.yaml"), "0"),
-        (["--preset", "mini", "--train-3pct-config", "/tmp/p.yaml", "--three-percent-hard-weight", "0.5"], "/tmp/p.yaml", "0.5"),
+        # learns from the soft targets only unless --three-percent-hard-weight says otherwise; the
+        # 3% subsets are stage 6's seeds (the preset's, or --num-seeds), --nj trained at once.
+        (["--preset", "tiny"], str(CONF / "train_3pct_tiny.yaml"), "0", "2"),
+        (["--preset", "mini"], str(CONF / "train_3pct_mini.yaml"), "0", "3"),
+        (["--preset", "mini", "--train-3pct-config", "/tmp/p.yaml", "--three-percent-hard-weight", "0.5", "--num-seeds", "5"], "/tmp/p.yaml",
+         "0.5", "5"),
     ],
 )
-def test_stage8_trains_with_the_presets_3pct_config_and_hard_weight(tmp_path: Path, args: list[str], config: str, hard_weight: str) -> None:
-    calls = recorded_calls(tmp_path, "--stage", "8", "--stop-stage", "8", *args)
+def test_stage8_trains_with_the_presets_3pct_config_hard_weight_and_seeds(tmp_path: Path, args: list[str], config: str, hard_weight: str,
+                                                                          seeds: str) -> None:
+    calls = recorded_calls(tmp_path, "--stage", "8", "--stop-stage", "8", "--nj", "3", *args)
     assert [c.split()[1] for c in calls] == ["three-percent"], calls
     assert config_of(calls[0]) == config and f" --kd-set hard_weight={hard_weight} " in calls[0]
+    assert f" --num-seeds {seeds} --jobs 3 --cmd local " in calls[0], calls[0]
 
 
 def test_stage10_trains_with_the_students_file(tmp_path: Path) -> None:
