@@ -18,7 +18,9 @@ Each fraction gets ``<out>/f<fraction>/exp``, whose stage folders are links to `
 
 The soft model's hard-label weight is ``--hard-weight`` (default 0, as run.sh's
 ``--three-percent-hard-weight``), and torch runs ``--num-threads`` (default 1, as the recipe), so
-that the bench's 3% models are stage 8's own, bit for bit.
+that the bench's 3% models are stage 8's own, bit for bit: with ``--num-seeds 1`` (the default)
+stage 8's seed 0, with the recipe's ``--num-seeds`` all of its seeds (their means in the row).
+``--ood-set test-ood`` scores the out-of-domain part as the recipe does (not in the row).
 
 ``--kd-variant NAME:key=value,...`` (repeat) instead trains the soft model of each fraction once
 per variant of the kd config (``hard_weight=0.5``, ``mode=online``: the ensemble's whole
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                    "required, so a table of variants never replaces that section]")
     p.add_argument("--num-threads", type=int, default=1,
                    help="torch threads, as the recipe's --num-threads (default 1: stage 8's own numbers, bit for bit)")
+    p.add_argument("--num-seeds", type=int, default=1,
+                   help="subset draws per fraction, each with its own pair of models, as stage 8's --num-seeds (default 1: stage 8's seed 0)")
+    p.add_argument("--ood-set", default="", help="the run's out-of-domain test part, scored as stage 8 does (e.g. test-ood; default none)")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = p.parse_args(argv)
     variants = [parse_variant(v) for v in args.kd_variant] or [("", {})]
@@ -128,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         for fraction in sorted(set(args.fraction)):
             exp = args.out / (f"f{fraction:g}" + (f"_{name}" if name else "")) / "exp"
             link_exp(args.exp.resolve(), exp)
-            layout = RecipeLayout(args.data, exp, alignments=args.alignments)
+            layout = RecipeLayout(args.data, exp, alignments=args.alignments, ood_part=args.ood_set)
             num_senones = read_senones(layout).num_senones
-            run_three_percent(layout, model, train, kd, fraction=fraction)
+            run_three_percent(layout, model, train, kd, fraction=fraction, num_seeds=args.num_seeds)
             table5 = read_json(layout.three_percent / "table5.json")
             rows.append(fraction_row(fraction, table5, num_senones, name))
             stage_dirs.append(layout.three_percent)
@@ -144,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Produced by `{command}`: stage 8's code and configs (`{args.config.name}`, DNN `{args.model_config}`, "
         + (f"the soft model's kd config `{args.kd_config.name}` with each variant's changes: {'; '.join(described)}" if with_variants else
            f"the ensemble's stored soft targets, hard weight {args.hard_weight:g}")
-        + ") on the run's training cuts, one draw (subset seed 0) per fraction"
+        + ") on the run's training cuts, "
+        + ("one draw (subset seed 0) per fraction" if args.num_seeds == 1 else
+           f"{args.num_seeds} draws (subset seeds 0-{args.num_seeds - 1}, each with its own pair of models; the row gives their means) per fraction")
         + (", the same for every variant (each variant's hard model is trained again on it with the same seed)." if with_variants
            else "."), "",
         ("| Soft targets " if with_variants else "") + "| Fraction | Frames | Frames / senone | 100% hard: test | Hard: train / test (epochs) | "

@@ -228,19 +228,21 @@ def format_share(iv: Mapping[str, Any]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SubsetRun:
-    """One row of Table 5: train frame accuracy (on the run's own training cuts) and test."""
+    """One row of Table 5: train frame accuracy (on the run's own training cuts), test and (where
+    the recipe has one) the out-of-domain test part."""
 
     name: str
     train_frame_accuracy: float
     test_frame_accuracy: float
     epochs: int = 0
     stop_reason: str = ""
+    ood_frame_accuracy: float | None = None
 
 
 def format_table5(
     hard_100: SubsetRun, hard_3: SubsetRun, soft_3: SubsetRun, fraction: float, num_teachers: int,
     plot_name: str = "", corpus: str = "", command: str = "", comparisons: Mapping[str, Any] | None = None, online: bool = False,
-    *, hard_weight: float, per_seed: Sequence[Mapping[str, SubsetRun]] = (),
+    *, hard_weight: float, per_seed: Sequence[Mapping[str, SubsetRun]] = (), ood_part: str = "",
 ) -> str:
     """Return the markdown section ``## Table 5 analogue ...`` with the paper's numbers beside
     ours and, if given, a link to the dev-accuracy plot (relative to RESULTS.md) and the paired
@@ -250,15 +252,17 @@ def format_table5(
     ``hard_weight``: the soft model's weight of the hard labels (0: soft targets only).
     ``per_seed``: with two or more seeds, each seed's ``hard_3`` and ``soft_3`` runs; their rows
     then give the mean ± standard deviation over seeds and every seed's epochs, and
-    ``comparisons["gap_recovered_per_seed"]`` each seed's share."""
+    ``comparisons["gap_recovered_per_seed"]`` each seed's share. ``ood_part``: the out-of-domain
+    test part, a column of its frame accuracy and (``comparisons["ood"]``) its own intervals."""
     seeds = len(per_seed) if len(per_seed) > 1 else 1
     pct = f"{100 * fraction:g}%"
     lines = [f"## Table 5 analogue: {pct} of the training data, hard vs soft targets (stage 8)", ""]
     if command:
         lines += [f"Produced by `{command}`" + (f" on {corpus}." if corpus else "."), ""]
     lines += [
-        "| System and training set | Train frame accuracy | Test frame accuracy | Epochs (stop) | Paper: train | Paper: test |",
-        "|---|---|---|---|---|---|",
+        "| System and training set | Train frame accuracy | Test frame accuracy |" + (f" {ood_part} frame accuracy |" if ood_part else "")
+        + " Epochs (stop) | Paper: train | Paper: test |",
+        "|---|---|---|" + ("---|" if ood_part else "") + "---|---|---|",
     ]
     rows = [
         ("hard_100", "Baseline, 100% of the training set, hard targets", hard_100),
@@ -269,16 +273,18 @@ def format_table5(
     ]
     for key, label, run in rows:
         p_train, p_test = PAPER_TABLE5[key]
-        train, test = _pct(run.train_frame_accuracy), _pct(run.test_frame_accuracy)
+        train, test, ood = _pct(run.train_frame_accuracy), _pct(run.test_frame_accuracy), _pct(run.ood_frame_accuracy)
         stop = f"{run.epochs} ({run.stop_reason})" if run.stop_reason else str(run.epochs)
         if seeds > 1 and key != "hard_100":
             runs = [s[key] for s in per_seed]
             train = _mean_sd_pct([r.train_frame_accuracy for r in runs])
             test = _mean_sd_pct([r.test_frame_accuracy for r in runs])
+            if all(r.ood_frame_accuracy is not None for r in runs):
+                ood = _mean_sd_pct([r.ood_frame_accuracy for r in runs])
             reasons = {r.stop_reason for r in runs}
             stop = (" / ".join(str(r.epochs) for r in runs) + (f" ({reasons.pop()})" if reasons != {""} else "") if len(reasons) == 1
                     else "; ".join(f"{r.epochs} ({r.stop_reason})" for r in runs))
-        lines.append(f"| {label} | {train} | {test} | {stop} | {p_train}% | {p_test}% |")
+        lines.append(f"| {label} | {train} | {test} |" + (f" {ood} |" if ood_part else "") + f" {stop} | {p_train}% | {p_test}% |")
     lines += ["", "Train frame accuracy is measured on each model's own training cuts. The paper's point: the "
               f"soft targets let a model trained on {pct} of the data generalise almost as well as the full "
               "baseline without early stopping, while hard targets overfit."]
@@ -295,6 +301,11 @@ def format_table5(
                   f"{100 * diff['level']:.0f}% confidence intervals from a paired bootstrap over the test utterances "
                   f"({diff['resamples']} resamples; Bisani & Ney 2004), "
                   + ("one seed per model." if seeds == 1 else f"the {seeds} seeds' correct frames per utterance averaged.")]
+        other = comparisons.get("ood")
+        if ood_part and other:
+            lines += ["", f"On {ood_part}, soft minus hard targets: {format_interval(other['soft_vs_hard'])} "
+                      f"points, {significance(other['soft_vs_hard'], False, 'hard targets')}; share of the gap recovered there: "
+                      f"**{format_share(other['gap_recovered'])}**."]
         per = comparisons.get("gap_recovered_per_seed") or []
         if seeds > 1 and per:
             values = [100 * iv["value"] for iv in per]

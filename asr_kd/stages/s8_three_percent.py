@@ -111,6 +111,7 @@ def run_three_percent(
     guard = StageGuard("stage 8 (3% of the data)", out,
                        {"dnn": model_config, "train": train_config, "kd": kd, "fraction": fraction, "subset_seed": subset_seed,
                         "train_part": layout.train_part, "dev_part": layout.dev_part, "test_part": layout.test_part,
+                        **({"ood_part": layout.ood_part} if layout.ood_part else {}),
                         # Named only online (and with several seeds), so a finished one-seed stored run keeps its fingerprint.
                         **({"num_teachers": n} if kd.mode == "online" else {}), **({"seeds": num_seeds} if num_seeds > 1 else {})},
                        {**alignment_inputs(layout), **soft_input,
@@ -129,7 +130,8 @@ def run_three_percent(
         plot_dev_accuracy(stored["histories"], Path(results_md).parent / plot_name, title, stored["frames"])
         per_seed = [{k: SubsetRun(**v) for k, v in runs.items()} for runs in stored.get("per_seed", [])]
         text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command,
-                             stored.get("comparisons"), online=kd.mode == "online", hard_weight=kd.hard_weight, per_seed=per_seed)
+                             stored.get("comparisons"), online=kd.mode == "online", hard_weight=kd.hard_weight, per_seed=per_seed,
+                             ood_part=layout.ood_part if "ood" in stored.get("comparisons", {}) else "")
         write_section(results_md, "## Table 5 analogue", text + environment_lines([out]))
     log.info("dev accuracy plot: %s", plot)
     return results
@@ -195,22 +197,29 @@ def _three_percent_work(
                     kd, num_teachers)]
     launch_jobs(train_subset_model, models, launcher, jobs, num_threads, layout.exp_dir / "log", "stage8_three_percent")
 
-    test_cuts = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.test_part)))
+    parts = [layout.test_part, *([layout.ood_part] if layout.ood_part else [])]
+    part_cuts = {part: CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(part))) for part in parts}
     labels = {"hard_100": "100% hard", "hard_3": f"{100 * fraction:g}% hard", "soft_3": f"{100 * fraction:g}% soft"}
 
-    def score(key: str, ckpt: Path, run_dir: Path, train_cuts: CutSet) -> tuple[SubsetRun, Mapping[str, tuple[int, int]], list[dict]]:
+    def score(key: str, ckpt: Path, run_dir: Path, train_cuts: CutSet) -> tuple[SubsetRun, dict[str, Mapping[str, tuple[int, int]]], list[dict]]:
+        """The run's row, its per-utterance (correct, frames) of every scored part, its dev history."""
         history, stop, epochs = _history(run_dir)
         train_acc = frame_accuracy_of(ckpt, train_cuts, layout, layout.train_part, max_duration).accuracy
-        test = frame_accuracy_of(ckpt, test_cuts, layout, layout.test_part, max_duration)
-        log.info("%s: train frame accuracy %.4f, test %.4f (%s)", labels[key], train_acc, test.accuracy, stop)
-        return SubsetRun(labels[key], train_acc, test.accuracy, epochs, stop), test.per_utterance, history
+        scored = {part: frame_accuracy_of(ckpt, cuts, layout, part, max_duration) for part, cuts in part_cuts.items()}
+        test, ood = scored[layout.test_part].accuracy, scored[layout.ood_part].accuracy if layout.ood_part else None
+        log.info("%s: train frame accuracy %.4f, test %.4f%s (%s)", labels[key], train_acc, test,
+                 f", {layout.ood_part} {ood:.4f}" if ood is not None else "", stop)
+        return (SubsetRun(labels[key], train_acc, test, epochs, stop, ood), {part: r.per_utterance for part, r in scored.items()}, history)
 
     hard_100, hard_100_utt, hard_100_history = score("hard_100", model_checkpoint(baseline_dir), baseline_dir, full_train)
-    ids = sorted(hard_100_utt)
-    test_frames = np.array([hard_100_utt[u][1] for u in ids], dtype=np.float64)
-    full_correct = np.array([hard_100_utt[u][0] for u in ids], dtype=np.float64)
+    ids = {part: sorted(hard_100_utt[part]) for part in parts}
+    frames_of = {part: np.array([hard_100_utt[part][u][1] for u in ids[part]], dtype=np.float64) for part in parts}
+
+    def counts(per_utt: Mapping[str, Mapping[str, tuple[int, int]]], part: str) -> np.ndarray:
+        return np.array([per_utt[part][u][0] for u in ids[part]], dtype=np.float64)
+
     per_seed: list[dict[str, SubsetRun]] = []
-    correct: dict[str, list[np.ndarray]] = {"hard_3": [], "soft_3": []}
+    correct: dict[str, dict[str, list[np.ndarray]]] = {part: {"hard_3": [], "soft_3": []} for part in parts}
     seed_comparisons = []
     histories: dict[str, list[dict]] = {labels["hard_100"]: hard_100_history}
     for k, subset in enumerate(subsets):
@@ -219,14 +228,25 @@ def _three_percent_work(
             # The hard model's best dev checkpoint (early stopping), the soft model's last.
             ckpt = model_checkpoint(run_dir) if key == "hard_3" else run_dir / "final.pt"
             runs[key], per_utt, history = score(key, ckpt, run_dir, subset)
-            correct[key].append(np.array([per_utt[u][0] for u in ids], dtype=np.float64))
+            for part in parts:
+                correct[part][key].append(counts(per_utt, part))
             if k == 0:  # the plot shows seed 0
                 histories[labels[key]] = history
         per_seed.append(runs)
-        seed_comparisons.append(bootstrap_gain_share(correct["hard_3"][k], full_correct, correct["soft_3"][k], test_frames).to_dict())
-    mean_correct = {key: np.mean(v, axis=0) for key, v in correct.items()}
-    comparisons = {"soft_vs_hard": bootstrap_difference(mean_correct["hard_3"], mean_correct["soft_3"], test_frames).to_dict(),
-                   "gap_recovered": bootstrap_gain_share(mean_correct["hard_3"], full_correct, mean_correct["soft_3"], test_frames).to_dict()}
+        test = correct[layout.test_part]
+        seed_comparisons.append(bootstrap_gain_share(test["hard_3"][k], counts(hard_100_utt, layout.test_part), test["soft_3"][k],
+                                                     frames_of[layout.test_part]).to_dict())
+
+    def compare(part: str) -> dict[str, dict]:
+        """Soft minus hard on ``part`` and the share of the gap recovered, from the seeds' averaged counts."""
+        mean_correct = {key: np.mean(v, axis=0) for key, v in correct[part].items()}
+        return {"soft_vs_hard": bootstrap_difference(mean_correct["hard_3"], mean_correct["soft_3"], frames_of[part]).to_dict(),
+                "gap_recovered": bootstrap_gain_share(mean_correct["hard_3"], counts(hard_100_utt, part), mean_correct["soft_3"],
+                                                      frames_of[part]).to_dict()}
+
+    comparisons: dict[str, object] = compare(layout.test_part)
+    if layout.ood_part:
+        comparisons["ood"] = {"part": layout.ood_part, **compare(layout.ood_part)}
     results = {"hard_100": hard_100, **{key: _mean_run([runs[key] for runs in per_seed]) for key in ("hard_3", "soft_3")}}
     frames = {labels["hard_100"]: sum(c.num_frames for c in full_train),
               **{labels[key]: sum(c.num_frames for c in subsets[0]) for key in ("hard_3", "soft_3")}}
@@ -242,5 +262,7 @@ def _mean_run(runs: list[SubsetRun]) -> SubsetRun:
     if len(runs) == 1:
         return runs[0]
     reasons = {r.stop_reason for r in runs}
+    ood = [r.ood_frame_accuracy for r in runs if r.ood_frame_accuracy is not None]
     return SubsetRun(runs[0].name, float(np.mean([r.train_frame_accuracy for r in runs])), float(np.mean([r.test_frame_accuracy for r in runs])),
-                     int(round(float(np.mean([r.epochs for r in runs])))), reasons.pop() if len(reasons) == 1 else "")
+                     int(round(float(np.mean([r.epochs for r in runs])))), reasons.pop() if len(reasons) == 1 else "",
+                     float(np.mean(ood)) if len(ood) == len(runs) else None)

@@ -104,6 +104,16 @@ def test_results_md_holds_every_table_with_its_command(recipe) -> None:
     section5 = text[text.index("## Table 5 analogue"):]
     assert all(f"{100 * r['test_frame_accuracy']:.1f}%" in section5 for r in table5["runs"].values())
     assert "soft targets of the 2 x ensemble only (no early stopping)" in section5
+    # Tiny's two seeds (each its own subset) and the out-of-domain part's column and intervals.
+    assert len(table5["per_seed"]) == 2 and "2 seeds of the 3% models" in section5
+    for key in ("hard_3", "soft_3"):
+        per = [s[key]["ood_frame_accuracy"] for s in table5["per_seed"]]
+        assert table5["runs"][key]["ood_frame_accuracy"] == pytest.approx(np.mean(per))
+        assert f"{100 * np.mean(per):.1f}% ± {100 * np.std(per, ddof=1):.1f}" in section5
+    ood = table5["comparisons"]["ood"]
+    assert ood["part"] == "test-ood" and "| test-ood frame accuracy |" in section5
+    assert ood["soft_vs_hard"]["value"] == pytest.approx(table5["runs"]["soft_3"]["ood_frame_accuracy"] - table5["runs"]["hard_3"]["ood_frame_accuracy"])
+    assert f"On test-ood, soft minus hard targets: {100 * ood['soft_vs_hard']['value']:+.2f} [" in section5
     tri_wer = stage3["wers"]["tri"]["test-clean"]["wer"]
     assert f"{100 * tri_wer:.2f}%" in text[text.index("## GMM-HMM (stage 3)"):]
 
@@ -526,15 +536,18 @@ def test_fractions_bench_reproduces_stage_8_and_writes_only_its_own_folders(reci
     assert main(["--data", str(data), "--exp", str(exp), "--out", str(tmp_path / "out"), "--fraction", "0.03", "--fraction", "0.5",
                  "--model-config", "tiny", "--kd-config", str(REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml"),
                  "--config", str(REPO_ROOT / "recipes" / "librispeech" / "conf" / "train_3pct_tiny.yaml"),
-                 "--results", str(results)]) == 0
+                 "--ood-set", "test-ood", "--results", str(results)]) == 0
     assert {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()} == before
     stage8 = json.loads((exp / "three_percent" / "table5.json").read_text())
     ours = json.loads((tmp_path / "out" / "f0.03" / "exp" / "three_percent" / "table5.json").read_text())
-    assert ours["runs"] == stage8["runs"] and ours["comparisons"] == stage8["comparisons"]
+    # One seed: stage 8's seed 0 (tiny's recipe trains 2), its runs, out-of-domain scores and share.
+    assert ours["runs"] == {"hard_100": stage8["runs"]["hard_100"], **stage8["per_seed"][0]}
+    assert ours["comparisons"]["gap_recovered"] == stage8["comparisons"]["gap_recovered_per_seed"][0]
+    assert ours["runs"]["soft_3"]["ood_frame_accuracy"] is not None and ours["comparisons"]["ood"]["part"] == "test-ood"
     half = json.loads((tmp_path / "out" / "f0.5" / "exp" / "three_percent" / "table5.json").read_text())
     assert half["frames"]["50% hard"] > 10 * stage8["frames"]["3% hard"]
     text = results.read_text()
-    for fraction, t5 in (("3%", stage8), ("50%", half)):
+    for fraction, t5 in (("3%", ours), ("50%", half)):
         gap = t5["comparisons"]["gap_recovered"]
         soft = t5["runs"]["soft_3"]
         assert (f"| {100 * soft['train_frame_accuracy']:.1f}% / {100 * soft['test_frame_accuracy']:.1f}% ({soft['epochs']}) | "
@@ -555,17 +568,18 @@ def test_fractions_bench_kd_variants_and_online_stage_8(recipe, tmp_path: Path) 
     assert main(["--data", str(data), "--exp", str(exp), "--out", str(tmp_path / "out"), "--fraction", "0.03", "--model-config", "tiny",
                  "--config", str(REPO_ROOT / "recipes" / "librispeech" / "conf" / "train_3pct_tiny.yaml"),
                  "--kd-config", str(REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml"), "--kd-variant", "stored",
-                 "--kd-variant", "online:mode=online", "--title", "Variants", "--results", str(results)]) == 0
+                 "--kd-variant", "online:mode=online", "--title", "Variants", "--ood-set", "test-ood", "--results", str(results)]) == 0
     assert {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()} == before
     stage8 = json.loads((exp / "three_percent" / "table5.json").read_text())
     stored = json.loads((tmp_path / "out" / "f0.03_stored" / "exp" / "three_percent" / "table5.json").read_text())
     online = json.loads((tmp_path / "out" / "f0.03_online" / "exp" / "three_percent" / "table5.json").read_text())
-    assert stored["runs"] == stage8["runs"]
+    seed0 = {"hard_100": stage8["runs"]["hard_100"], **stage8["per_seed"][0]}  # the recipe's first of tiny's 2 seeds
+    assert stored["runs"] == seed0
     record = read_record(tmp_path / "out" / "f0.03_online" / "exp" / "three_percent")
     assert record.config["kd"]["mode"] == "online" and record.config["num_teachers"] == 2
     assert record.inputs["teachers"] == read_record(exp / "teachers").fingerprint and "soft_targets" not in record.inputs
-    assert online["runs"]["hard_3"] == stage8["runs"]["hard_3"] and online["runs"]["hard_100"] == stage8["runs"]["hard_100"]
-    assert online["runs"]["soft_3"]["test_frame_accuracy"] != stage8["runs"]["soft_3"]["test_frame_accuracy"]
+    assert online["runs"]["hard_3"] == seed0["hard_3"] and online["runs"]["hard_100"] == seed0["hard_100"]
+    assert online["runs"]["soft_3"]["test_frame_accuracy"] != seed0["soft_3"]["test_frame_accuracy"]
     text = results.read_text()
     # The variants start from stage 8's hard weight (--hard-weight, default 0 as run.sh's), not the kd config's 0.5.
     assert "`online`: T = 2, soft weight 1, hard weight 0, the whole distribution, online" in text

@@ -247,6 +247,15 @@ def test_table5_with_seeds_gives_means_deviations_epochs_and_each_seeds_share() 
     assert "| 40 (early stopping); 52 (num_epochs=200); 45 (early stopping) |" in text  # differing stops: each seed's
     one = format_table5(full, seeds[0]["hard_3"], seeds[0]["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds[:1])
     assert "| 70.0% | 12.0% | 40 (early stopping) |" in one and "one seed per model" in one and "Share recovered by each seed" not in one
+    # The out-of-domain part: its own column (mean ± sd over seeds) and its own intervals.
+    seeds = [{k: dataclasses.replace(r, ood_frame_accuracy=r.test_frame_accuracy / 2) for k, r in s.items()} for s in seeds]
+    ood = {"part": "test-ood", "soft_vs_hard": {**share, "value": 0.05, "low": 0.01, "high": 0.09}, "gap_recovered": {**share, "value": 0.31}}
+    full = dataclasses.replace(full, ood_frame_accuracy=0.2)
+    text = format_table5(full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons={**comparisons, "ood": ood}, hard_weight=0.0,
+                         per_seed=seeds, ood_part="test-ood")
+    assert "| Test frame accuracy | test-ood frame accuracy | Epochs (stop) |" in text
+    assert "| 60.0% | 34.0% | 20.0% | 30 (num_epochs=30) |" in text and "| 13.0% ± 1.0 | 6.5% ± 0.5 | 40 (early stopping); 52" in text
+    assert "On test-ood, soft minus hard targets: +5.00 [+1.00, +9.00] points" in text and "recovered there: **31% (95% CI 40% to 60%)**" in text
 
 
 def test_table1_has_the_out_of_domain_column_with_the_relative_increase() -> None:
