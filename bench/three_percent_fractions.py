@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         "Soft: train / test (epochs) | Soft − hard, test points | Gap recovered |",
         ("|---" if with_variants else "") + "|---|---|---|---|---|---|---|---|",
         *rows, "",
-        f"Frame accuracies against the run's labels ({num_senones} senones); the hard model stops early on dev and its best "
+        f"Frame accuracies against the run's labels ({num_senones} senones)"
+        + ("; Frames is seed 0's subset, the accuracies the seeds' means" if args.num_seeds > 1 else "")
+        + "; the hard model stops early on dev and its best "
         "checkpoint is scored, the soft one trains every epoch (the paper's Table 5 protocol). Gap recovered: (soft − hard) / "
         "(100% hard − hard) on test. Intervals: 95% paired bootstrap over the test utterances (2000 resamples); they cover "
         "utterance sampling, not the draw of the subset or the seed. Paper (Hinton, Vinyals & Dean 2015, Table 5): 3% of "

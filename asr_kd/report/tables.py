@@ -283,7 +283,7 @@ def format_table5(
                 ood = _mean_sd_pct([r.ood_frame_accuracy for r in runs])
             reasons = {r.stop_reason for r in runs}
             stop = (" / ".join(str(r.epochs) for r in runs) + (f" ({reasons.pop()})" if reasons != {""} else "") if len(reasons) == 1
-                    else "; ".join(f"{r.epochs} ({r.stop_reason})" for r in runs))
+                    else "; ".join(f"{r.epochs} ({r.stop_reason})" if r.stop_reason else str(r.epochs) for r in runs))
         lines.append(f"| {label} | {train} | {test} |" + (f" {ood} |" if ood_part else "") + f" {stop} | {p_train}% | {p_test}% |")
     lines += ["", "Train frame accuracy is measured on each model's own training cuts. The paper's point: the "
               f"soft targets let a model trained on {pct} of the data generalise almost as well as the full "
@@ -296,25 +296,48 @@ def format_table5(
         diff, share = comparisons["soft_vs_hard"], comparisons["gap_recovered"]
         paper_share = (PAPER_TABLE5["soft_3"][1] - PAPER_TABLE5["hard_3"][1]) / (PAPER_TABLE5["hard_100"][1] - PAPER_TABLE5["hard_3"][1])
         lines += ["", f"Test frame accuracy, soft minus hard targets on {pct}: {format_interval(diff)} points, "
-                  f"{significance(diff, False, 'hard targets')}. Share of the gap between {pct} hard and "
-                  f"100% hard that the soft targets recover: **{format_share(share)}** (paper: {100 * paper_share:.0f}%). "
-                  f"{100 * diff['level']:.0f}% confidence intervals from a paired bootstrap over the test utterances "
-                  f"({diff['resamples']} resamples; Bisani & Ney 2004), "
-                  + ("one seed per model." if seeds == 1 else f"the {seeds} seeds' correct frames per utterance averaged.")]
+                  f"{significance(diff, False, 'hard targets')}{_seed_clause(diff, per_seed, 'test_frame_accuracy')}. Share of the gap "
+                  f"between {pct} hard and 100% hard that the soft targets recover: **{format_share(share)}** (paper: "
+                  f"{100 * paper_share:.0f}%). {100 * diff['level']:.0f}% confidence intervals from a paired bootstrap over the test "
+                  f"utterances ({diff['resamples']} resamples; Bisani & Ney 2004), "
+                  + ("one seed per model: they cover the choice of test utterances, not of the subset or the seed." if seeds == 1 else
+                     f"the {seeds} seeds' correct frames per utterance averaged: they cover the choice of test utterances, not of the "
+                     "subset or the seed, whose spread the ± and the per-seed values show.")]
         other = comparisons.get("ood")
         if ood_part and other:
-            lines += ["", f"On {ood_part}, soft minus hard targets: {format_interval(other['soft_vs_hard'])} "
-                      f"points, {significance(other['soft_vs_hard'], False, 'hard targets')}; share of the gap recovered there: "
+            lines += ["", f"On {ood_part}, soft minus hard targets: {format_interval(other['soft_vs_hard'])} points, "
+                      f"{significance(other['soft_vs_hard'], False, 'hard targets')}"
+                      f"{_seed_clause(other['soft_vs_hard'], per_seed, 'ood_frame_accuracy')}; share of the gap recovered there: "
                       f"**{format_share(other['gap_recovered'])}**."]
         per = comparisons.get("gap_recovered_per_seed") or []
         if seeds > 1 and per:
-            values = [100 * iv["value"] for iv in per]
+            values = [100 * iv["value"] for iv in per if iv["value"] is not None and math.isfinite(iv["value"])]
+            spread = (f"; mean of the {len(values)} seeds' shares {np.mean(values):.0f}%, standard deviation {np.std(values, ddof=1):.0f} "
+                      "points (the bold share above is that of their averaged counts)" if len(values) > 1 else "")
             lines += ["", "Share recovered by each seed: " + "; ".join(f"seed {k}: {format_share(iv)}" for k, iv in enumerate(per))
-                      + f". Mean {np.mean(values):.0f}%, standard deviation {np.std(values, ddof=1):.0f} points over seeds."]
+                      + spread + "."]
     if plot_name:
         lines += ["", f"![dev frame accuracy during training]({plot_name})"]
     lines += ["", f"Paper numbers: {PAPER_CITATION}, Table 5 (3% of the voice-search training frames)."]
     return "\n".join(lines) + "\n"
+
+
+def _seed_clause(iv: Mapping[str, Any], per_seed: Sequence[Mapping[str, SubsetRun]], field: str) -> str:
+    """With two or more seeds, each seed's soft − hard difference of ``field`` (points) and whether
+    they agree with the interval ``iv`` in sign (:func:`seed_agreement`)."""
+    if len(per_seed) < 2:
+        return ""
+    pairs = [(getattr(s["soft_3"], field), getattr(s["hard_3"], field)) for s in per_seed]
+    if any(a is None or b is None for a, b in pairs):  # a seed without the part's scores
+        return ""
+    diffs = [a - b for a, b in pairs]
+    listed = ", ".join(f"{100 * d:+.2f}" for d in diffs)
+    verdict = seed_agreement(iv, diffs)
+    if verdict == "seed noise":
+        return f", but the seeds disagree in sign (per seed: {listed} points): seed noise"
+    if verdict == "noise":
+        return f" (per seed: {listed} points)"
+    return f", and so does every seed (per seed: {listed} points)"
 
 
 def _mean_sd_pct(values: Sequence[float]) -> str:

@@ -112,7 +112,8 @@ def run_three_percent(
                        {"dnn": model_config, "train": train_config, "kd": kd, "fraction": fraction, "subset_seed": subset_seed,
                         "train_part": layout.train_part, "dev_part": layout.dev_part, "test_part": layout.test_part,
                         **({"ood_part": layout.ood_part} if layout.ood_part else {}),
-                        # Named only online (and with several seeds), so a finished one-seed stored run keeps its fingerprint.
+                        # Named only where they apply (online; an ood part; several seeds): a one-seed stored run without an
+                        # ood part keeps the fingerprint it had before these keys existed, the others are redone.
                         **({"num_teachers": n} if kd.mode == "online" else {}), **({"seeds": num_seeds} if num_seeds > 1 else {})},
                        {**alignment_inputs(layout), **soft_input,
                         "student_hard": require_record(baseline_dir, "stage 6 (hard student)").fingerprint}, command)
@@ -123,7 +124,8 @@ def run_three_percent(
     stored = read_json(out / "table5.json")
     assert isinstance(stored, dict)
     results = {k: SubsetRun(**v) for k, v in stored["runs"].items()}
-    title = f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data"
+    title = f"dev frame accuracy, {100 * fraction:g}% vs 100% of the training data" + (
+        f" (seed 0 of {len(stored['per_seed'])})" if len(stored.get("per_seed", [])) > 1 else "")
     plot = plot_dev_accuracy(stored["histories"], out / "dev_accuracy.png", title, stored["frames"])
     if results_md is not None:
         plot_name = "table5_dev_accuracy.png"

@@ -241,7 +241,7 @@ def test_three_percent_seeds_draw_their_own_subsets_and_average(egs_run: tuple[P
         assert f"{100 * np.mean(tests):.1f}% ± {100 * np.std(tests, ddof=1):.1f}" in text
     shares = stored["comparisons"]["gap_recovered_per_seed"]
     assert "seed 1: " + (f"{100 * shares[1]['value']:.0f}%" if np.isfinite(shares[1]["value"]) else "n/a") in text
-    assert "2 seeds of the 10% models" in text
+    assert "2 seeds of the 10% models" in text and "frame accuracy | Epochs (stop) |" in text and "ood" not in text  # no ood part here
     # The one-seed table keeps its form.
     assert "one seed per model" in outs[1][2] and "Share recovered by each seed" not in outs[1][2]
 
