@@ -274,16 +274,14 @@ def format_table5(
     for key, label, run in rows:
         p_train, p_test = PAPER_TABLE5[key]
         train, test, ood = _pct(run.train_frame_accuracy), _pct(run.test_frame_accuracy), _pct(run.ood_frame_accuracy)
-        stop = f"{run.epochs} ({run.stop_reason})" if run.stop_reason else str(run.epochs)
+        stop = _epochs_and_stop([run])
         if seeds > 1 and key != "hard_100":
             runs = [s[key] for s in per_seed]
             train = _mean_sd_pct([r.train_frame_accuracy for r in runs])
             test = _mean_sd_pct([r.test_frame_accuracy for r in runs])
             if all(r.ood_frame_accuracy is not None for r in runs):
                 ood = _mean_sd_pct([r.ood_frame_accuracy for r in runs])
-            reasons = {r.stop_reason for r in runs}
-            stop = (" / ".join(str(r.epochs) for r in runs) + (f" ({reasons.pop()})" if reasons != {""} else "") if len(reasons) == 1
-                    else "; ".join(f"{r.epochs} ({r.stop_reason})" if r.stop_reason else str(r.epochs) for r in runs))
+            stop = _epochs_and_stop(runs)
         lines.append(f"| {label} | {train} | {test} |" + (f" {ood} |" if ood_part else "") + f" {stop} | {p_train}% | {p_test}% |")
     lines += ["", "Train frame accuracy is measured on each model's own training cuts. The paper's point: the "
               f"soft targets let a model trained on {pct} of the data generalise almost as well as the full "
@@ -338,6 +336,16 @@ def _seed_clause(iv: Mapping[str, Any], per_seed: Sequence[Mapping[str, SubsetRu
     if verdict == "noise":
         return f" (per seed: {listed} points)"
     return f", and so does every seed (per seed: {listed} points)"
+
+
+def _epochs_and_stop(runs: Sequence[SubsetRun]) -> str:
+    """``40 / 50 (early stopping ...)``: each seed's epochs and their stop reason when they share
+    one, else each seed's own (``40 (early stopping ...); 200 (num_epochs=200)``)."""
+    reasons = {r.stop_reason for r in runs}
+    if len(reasons) == 1:
+        reason = reasons.pop()
+        return " / ".join(str(r.epochs) for r in runs) + (f" ({reason})" if reason else "")
+    return "; ".join(f"{r.epochs} ({r.stop_reason})" if r.stop_reason else str(r.epochs) for r in runs)
 
 
 def _mean_sd_pct(values: Sequence[float]) -> str:
