@@ -26,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--train-part", default=DEFAULT_TRAIN_PART, help=f"training part whose CMVN statistics are pooled (default {DEFAULT_TRAIN_PART})")
     p.add_argument("--units", default="phone", help="CTC units of a ctc-* system: phone or bpe (default phone)")
-    p.add_argument("--normalization", default="global", choices=["global", "utterance"],
+    p.add_argument("--normalization", default=None, choices=["global", "utterance"],
                    help="global CMVN from the training part, or each utterance's own mean and variance (a GMM-HMM: the mean only) "
-                        "(default global)")
+                        "(default: utterance for a network trained on per-utterance CMVN, a *-uttcmvn system; else global)")
     p.set_defaults(func=run_make_model_dir)
 
     p = sub.add_parser(

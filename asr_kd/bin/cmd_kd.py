@@ -99,6 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=("hard", "distilled", "compressed"), nargs="+", required=True,
                    help="which students: hard targets, distilled, or compressed (distilled, meant for a smaller --model-config)")
     _seeds_arg(p)
+    p.add_argument("--utterance-cmvn", action="store_true",
+                   help="train on features normalised per utterance instead of per speaker, in <exp>/students/<kind>_uttcmvn (recipe "
+                        "stage 9's deployable students: a model directory cannot know a new file's speaker)")
     add_jobs_args(p, "students")
     p.set_defaults(func=_train_student)
 
@@ -303,10 +306,11 @@ def _stage5_inputs(layout: Any, num_teachers: int | None) -> tuple[Any, Any, Any
 def _train_student(args: argparse.Namespace) -> int:
     from asr_kd.stages.s6_students import train_students
 
-    common = _setup(args, f"train_student_{'_'.join(args.kind)}")
+    common = _setup(args, f"train_student_{'_'.join(args.kind)}{'_uttcmvn' if args.utterance_cmvn else ''}")
     model_cfg, train_cfg = _configs(args)
     runs = train_students(kinds=args.kind, model_config=model_cfg, train_config=train_cfg, kd=_kd(args), num_teachers=args.num_teachers,
-                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)
+                          num_seeds=args.num_seeds, jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args),
+                          per_utterance_cmvn=args.utterance_cmvn, **common)
     for kind, summaries in runs.items():
         for r in summaries:
             print(f"{kind} student, seed {r.get('seed')} ({r['stop_reason']}); best dev frame accuracy {r['best_dev_frame_accuracy']}")

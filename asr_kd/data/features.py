@@ -171,6 +171,15 @@ class CmvnStats:
         return cls([str(k) for k in d["keys"]], d["count"], d["sum"], d["sumsq"])
 
 
+def utterance_normalize(feats: np.ndarray, variance: bool = True) -> np.ndarray:
+    """Return ``feats`` (T x D) normalised by its own mean (and standard deviation): per-utterance
+    CMVN, which needs no statistics from elsewhere, so a model trained on it can be given any
+    file (the deployable students of recipe stage 9, :mod:`asr_kd.deploy`)."""
+    stats = CmvnStats.empty(feats.shape[1])
+    stats.accumulate("global", feats)
+    return stats.normalize(feats, "global", variance)
+
+
 def cmvn_key(cut: Cut, mode: str) -> str:
     """The CMVN statistics key of a cut: its speaker, or ``"global"``."""
     if mode == "global":

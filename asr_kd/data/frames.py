@@ -33,7 +33,7 @@ from lhotse.dataset.sampling.base import CutSampler
 from torch.utils.data import DataLoader, Dataset
 
 from asr_kd.data.alignments import load_alignment
-from asr_kd.data.features import CmvnStats, cmvn_key
+from asr_kd.data.features import CmvnStats, cmvn_key, utterance_normalize
 from asr_kd.data.stored_targets import DecodedTargetCache, collate_soft_targets, has_soft_targets
 from asr_kd.errors import DataError
 
@@ -51,7 +51,9 @@ class FrameDataset(Dataset):
     """Map a CutSet (one batch from a lhotse sampler) to a padded batch dict (module docstring).
 
     ``cmvn`` normalises each cut with its speaker's (or the global) statistics; ``None`` leaves
-    the features as stored. ``labels_name`` names the cuts' custom field of frame labels (see
+    the features as stored, or, with ``per_utterance``, normalises each cut by its own mean and
+    variance (:func:`asr_kd.data.features.utterance_normalize`, what a model directory of
+    normalisation "utterance" does to any file). ``labels_name`` names the cuts' custom field of frame labels (see
     :mod:`asr_kd.data.alignments`); ``None`` gives batches without labels (inference).
     ``soft_targets``: True adds the stored soft targets to every batch (a cut without them is an
     error), False never reads them, None (default) adds them when every cut of the batch has them
@@ -62,9 +64,12 @@ class FrameDataset(Dataset):
 
     def __init__(
         self, cmvn: CmvnStats | None, labels_name: str | None = "senones", num_classes: int | None = None,
-        soft_targets: bool | None = None,
+        soft_targets: bool | None = None, per_utterance: bool = False,
     ) -> None:
+        if per_utterance and cmvn is not None:
+            raise ValueError("per-utterance normalisation takes no CMVN statistics")
         self.cmvn = cmvn
+        self.per_utterance = per_utterance
         self.mode = cmvn_mode(cmvn) if cmvn is not None else "global"
         self.labels_name = labels_name
         self.num_classes = num_classes
@@ -78,6 +83,8 @@ class FrameDataset(Dataset):
             raise DataError(f"cut {cut.id}: cannot read its features ({err}); rerun stage 1 (features)") from None
         if self.cmvn is not None:
             feats = self.cmvn.normalize(feats, cmvn_key(cut, self.mode))
+        elif self.per_utterance:
+            feats = utterance_normalize(feats)
         return feats.astype(np.float32, copy=False)
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:

@@ -16,7 +16,8 @@ A GMM directory's features are MFCC (the FeatureConfig's ``num_ceps``) with the 
 
 Per-speaker CMVN cannot follow a model to arbitrary audio (the speaker is unknown), so a model
 directory normalises with global statistics, pooled from the training part's per-speaker ones,
-or per utterance (each file with its own mean and variance).
+or per utterance (each file with its own mean and variance). A network trained on per-utterance
+normalised features (recipe stage 9's ``*-uttcmvn`` students) always gets the latter.
 
 The hybrid HMM's transition model lives in the recipe's :class:`GmmSystem` file; only the two
 tables decoding needs (transition-id -> pdf, transition-id -> phone) are copied, as arrays. Decoding uses ``FasterDecoder`` (best path only), which
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from asr_kd.config import DecodeConfig, DnnConfig, FeatureConfig, config_from_dict
-from asr_kd.data.features import CmvnStats
+from asr_kd.data.features import CmvnStats, utterance_normalize
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.utils import atomic_path, write_text_atomic
 
@@ -116,9 +117,7 @@ def normalize_features(feats: np.ndarray, normalization: str, cmvn: CmvnStats | 
     if normalization == "global":
         assert cmvn is not None
         return cmvn.normalize(feats, "global", variance)
-    utt = CmvnStats.empty(feats.shape[1])
-    utt.accumulate("global", feats)
-    return utt.normalize(feats, "global", variance)
+    return utterance_normalize(feats, variance)
 
 
 def _copy(src: Path | str, dst: Path) -> None:
@@ -150,9 +149,26 @@ def _save_network(checkpoint: Path | str, out: Path, kind: str) -> None:
         torch.save({"model": ckpt["model"], "extra": keep}, tmp)
 
 
+def network_normalization(checkpoint: Path | str, normalization: str | None = None) -> str:
+    """Return the normalisation a model directory of the network ``checkpoint`` uses:
+    ``"utterance"`` for a network trained on per-utterance normalised features (its checkpoint's
+    ``input_normalization``, :func:`asr_kd.train.frame_classifier.train_frame_classifier`), else
+    ``normalization`` (default ``"global"``). ConfigError when ``normalization`` asks a network
+    trained per utterance for global statistics it never saw."""
+    from asr_kd.train.checkpoint import load_checkpoint
+
+    trained = load_checkpoint(checkpoint).get("extra", {}).get("input_normalization")
+    if trained == "utterance":
+        if normalization not in (None, "utterance"):
+            raise ConfigError(f"{checkpoint} was trained on features normalised per utterance; its model directory must normalise "
+                              f"per utterance too (drop --normalization {normalization})")
+        return "utterance"
+    return normalization or "global"
+
+
 def assemble_hybrid_model_dir(
     out_dir: Path | str, *, checkpoint: Path | str, log_priors: Path | str, graph_dir: Path | str, gmm_model: Path | str,
-    lang_dir: Path | str, features: FeatureConfig, train_cmvn: Path | str | None, normalization: str = "global", description: str = "",
+    lang_dir: Path | str, features: FeatureConfig, train_cmvn: Path | str | None, normalization: str | None = None, description: str = "",
     decoding: dict | None = None,
 ) -> Path:
     """Write a hybrid model directory at ``out_dir`` from explicit paths: the DNN ``checkpoint``,
@@ -160,10 +176,11 @@ def assemble_hybrid_model_dir(
     (HCLG.fst, words.txt), the GMM system whose transition model built HCLG, the lang directory
     (silence phones), the feature config and the training part's CMVN statistics (pooled into
     global ones); ``decoding`` (DecodeConfig fields, e.g. the tuned acoustic scale) goes into
-    ``model.json``. Returns ``out_dir``."""
+    ``model.json``. ``normalization``: :func:`network_normalization`. Returns ``out_dir``."""
     from asr_kd.decode.priors import load_priors
     from asr_kd.gmm.train import GmmSystem
 
+    normalization = network_normalization(checkpoint, normalization)
     out = _start(out_dir, normalization, train_cmvn)
     tm = GmmSystem.load(gmm_model).tm
     priors = load_priors(log_priors, tm.num_pdfs)
@@ -216,14 +233,15 @@ def assemble_gmm_model_dir(
 
 def assemble_ctc_model_dir(
     out_dir: Path | str, *, checkpoint: Path | str, units_dir: Path | str, hlg: Path | str, words: Path | str,
-    features: FeatureConfig, train_cmvn: Path | str | None, normalization: str = "global", description: str = "",
+    features: FeatureConfig, train_cmvn: Path | str | None, normalization: str | None = None, description: str = "",
     decoding: dict | None = None,
 ) -> Path:
     """Write a CTC model directory at ``out_dir`` from explicit paths: the CTC ``checkpoint``,
     the units directory (tokens.txt, units.json, bpe.model), the HLG graph and its words.txt, the
     feature config and the training part's CMVN statistics; ``decoding`` (DecodeConfig fields,
     e.g. the HLG scale ``ctc_acoustic_scale`` tuned on dev) goes into ``model.json``. Returns
-    ``out_dir``."""
+    ``out_dir``. ``normalization``: :func:`network_normalization`."""
+    normalization = network_normalization(checkpoint, normalization)
     out = _start(out_dir, normalization, train_cmvn)
     _save_network(checkpoint, out / MODEL_PT, "ctc")
     units_dir = Path(units_dir)

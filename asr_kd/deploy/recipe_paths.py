@@ -18,8 +18,10 @@ from asr_kd.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SYSTEM_HELP = ("distilled, hard, compressed (the hybrid students), teacher<i>, mono or tri (the GMM-HMMs of stage 3), "
+SYSTEM_HELP = ("distilled, hard, compressed (the hybrid students), distilled-uttcmvn, hard-uttcmvn, ... (those trained on "
+               "per-utterance CMVN, stage 9), teacher<i>, mono or tri (the GMM-HMMs of stage 3), "
                "or ctc-<student> (ctc-baseline, ctc-frame, ctc-sequence, ...)")
+UTTCMVN_SUFFIX = "-uttcmvn"
 
 
 def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_part: str = DEFAULT_TRAIN_PART, units: str = "phone") -> dict[str, Path]:
@@ -41,11 +43,13 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
                 "gmm_model": layout.gmm_model(system), "graph_dir": layout.gmm_graph(system), "lang_dir": layout.lang,
                 "delta_order": gmm["delta_order"], "delta_window": gmm["delta_window"], "utterance_cmvn": gmm["utterance_cmvn"],
                 "decoding": gmm_decoding(layout, record, system)}
-    if system in STUDENT_KINDS or re.fullmatch(r"teacher\d+", system):
-        run = layout.student_dir(system) if system in STUDENT_KINDS else layout.teacher_dir(int(system[7:]))
+    kind = system.removesuffix(UTTCMVN_SUFFIX)
+    if kind in STUDENT_KINDS or re.fullmatch(r"teacher\d+", system):
+        # A student on per-utterance CMVN (stage 9) decodes at the acoustic scale stage 7 tuned for its kind.
+        run = layout.student_dir(kind, per_utterance_cmvn=kind != system) if kind in STUDENT_KINDS else layout.teacher_dir(int(system[7:]))
         senones = read_senones(layout)
         return {**common, "checkpoint": model_checkpoint(run), "log_priors": layout.log_priors, "graph_dir": senones.graph,
-                "gmm_model": senones.model, "lang_dir": layout.lang, "decoding": recipe_decoding(layout, system)}
+                "gmm_model": senones.model, "lang_dir": layout.lang, "decoding": recipe_decoding(layout, kind)}
     if system.startswith("ctc-"):
         return {**common, "checkpoint": model_checkpoint(layout.ctc_student_dir(system[4:])), "units_dir": layout.ctc_units_dir,
                 "hlg": layout.ctc_graph / "HLG.fst", "words": layout.lang / "words.txt", "decoding": ctc_decoding(layout, system[4:])}
@@ -113,9 +117,11 @@ def ctc_decoding(layout, student: str) -> dict:
 
 def make_model_dir_from_recipe(
     exp: Path | str, data: Path | str, system: str, out_dir: Path | str, train_part: str = DEFAULT_TRAIN_PART, units: str = "phone",
-    normalization: str = "global",
+    normalization: str | None = None,
 ) -> Path:
-    """Assemble the model directory of the recipe's ``system`` at ``out_dir``; return it."""
+    """Assemble the model directory of the recipe's ``system`` at ``out_dir``; return it.
+    ``normalization`` (default: global, or per utterance for a network trained so):
+    :func:`asr_kd.deploy.model_dir.network_normalization`."""
     paths = recipe_model_paths(exp, data, system, train_part, units)
     feature_yaml = paths.pop("features")
     if not feature_yaml.is_file():
@@ -125,5 +131,5 @@ def make_model_dir_from_recipe(
     if "units_dir" in paths:
         return assemble_ctc_model_dir(out_dir, features=features, normalization=normalization, description=desc, **paths)
     if "gmm_model" in paths and "checkpoint" not in paths:
-        return assemble_gmm_model_dir(out_dir, features=features, normalization=normalization, description=desc, **paths)
+        return assemble_gmm_model_dir(out_dir, features=features, normalization=normalization or "global", description=desc, **paths)
     return assemble_hybrid_model_dir(out_dir, features=features, normalization=normalization, description=desc, **paths)

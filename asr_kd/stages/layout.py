@@ -164,9 +164,12 @@ class RecipeLayout:
         """The training cuts carrying top-k soft targets in ``soft_dir``."""
         return soft_dir / f"cuts_{self.train_part}.jsonl.gz"
 
-    def student_dir(self, kind: str, seed_index: int = 0) -> Path:
-        """Stage 6's student ``kind`` (hard, distilled) of its first seed, or of seed ``seed_index``."""
-        return self.exp_dir / "students" / (kind if seed_index == 0 else f"{kind}_seed{seed_index}")
+    def student_dir(self, kind: str, seed_index: int = 0, per_utterance_cmvn: bool = False) -> Path:
+        """Stage 6's student ``kind`` (hard, distilled) of its first seed, or of seed ``seed_index``;
+        with ``per_utterance_cmvn``, stage 9's deployable one trained on per-utterance normalised
+        features (``<kind>_uttcmvn``)."""
+        name = f"{kind}_uttcmvn" if per_utterance_cmvn else kind
+        return self.exp_dir / "students" / (name if seed_index == 0 else f"{name}_seed{seed_index}")
 
     def sweep_student_dir(self, temperature: float, online: bool = False, seed_index: int = 0) -> Path:
         """Stage 10's distilled student at ``temperature`` (stored or online soft targets) of its

@@ -36,20 +36,23 @@ DISTILLED_KINDS = ("distilled", "compressed")
 def train_students(
     layout: RecipeLayout, kinds: Sequence[str], model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
     num_teachers: int | None = None, results_md: Path | None = None, command: str = "", num_seeds: int = 1, jobs: int = 1,
-    num_threads: int = 1, launcher: Launcher | None = None,
+    num_threads: int = 1, launcher: Launcher | None = None, per_utterance_cmvn: bool = False,
 ) -> dict[str, list[dict]]:
     """Train every student of ``kinds`` over ``num_seeds`` seeds (:func:`train_student`), one job
     each of ``launcher`` (default: local processes, ``jobs`` at a time), then write each kind's RESULTS.md section. Returns ``{kind:
-    [summary of seed 0, seed 1, ...]}``."""
+    [summary of seed 0, seed 1, ...]}``. ``per_utterance_cmvn``: the deployable students of
+    stage 9 instead (:func:`train_student`), whose section stage 9's cost table is."""
     if num_seeds < 1:
         raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
     runs = [(kind, i) for kind in kinds for i in range(num_seeds)]
-    summaries = launch_jobs(train_student, [(layout, kind, model_config, train_config, kd, num_teachers, None, command, i) for kind, i in runs],
-                            launcher, jobs, num_threads, layout.exp_dir / "log", "stage6_students")
+    stage = "stage 9 ({kind} student on per-utterance CMVN, seed {i})" if per_utterance_cmvn else ""
+    summaries = launch_jobs(train_student, [(layout, kind, model_config, train_config, kd, num_teachers, None, command, i, None,
+                                             stage.format(kind=kind, i=i), per_utterance_cmvn) for kind, i in runs],
+                            launcher, jobs, num_threads, layout.exp_dir / "log", "stage9_uttcmvn_students" if per_utterance_cmvn else "stage6_students")
     out: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for (kind, _), summary in zip(runs, summaries):
         out[kind].append(summary)
-    for kind in kinds:
+    for kind in kinds if not per_utterance_cmvn else ():
         _write_section(kind, model_config, kd, out[kind], results_md, command, [layout.student_dir(kind, i) for i in range(num_seeds)])
     return out
 
@@ -57,18 +60,24 @@ def train_students(
 def train_student(
     layout: RecipeLayout, kind: str, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig,
     num_teachers: int | None = None, results_md: Path | None = None, command: str = "", seed_index: int = 0,
-    out_dir: Path | None = None, stage: str = "",
+    out_dir: Path | None = None, stage: str = "", per_utterance_cmvn: bool = False,
 ) -> dict:
     """Train the student ``kind`` ("hard", "distilled" or "compressed": distilled too, meant for a
     smaller ``model_config``) with seed ``train_config.seed + 1000 +
     seed_index`` in ``<exp>/students/<kind>[_seed<k>]`` (or ``out_dir``), or skip it when its
     record matches. ``stage`` names it in the log and its record (default: stage 6's name).
+    ``per_utterance_cmvn``: trained on features normalised per utterance (not with the training
+    part's per-speaker statistics), in ``<kind>_uttcmvn``: a student that a model directory can
+    give any file without losing accuracy to a normalisation it never saw (stage 9); the soft
+    targets stay the ensemble's on per-speaker normalised features, so distillation carries them
+    across the change of input.
     Returns its summary (``{"steps", "stop_reason", "best_dev_frame_accuracy", "soft_targets",
     "seed", "soft_targets_dir"}``, also in ``summary.json``)."""
     _check_student(kind, seed_index)
     senones = read_senones(layout)  # before the inputs: without stage 3, the error names its senones.json
-    cfg, config, inputs, train_cuts, soft_record = _student_settings(layout, kind, train_config, model_config, kd, num_teachers, seed_index)
-    exp_dir = out_dir or layout.student_dir(kind, seed_index)
+    cfg, config, inputs, train_cuts, soft_record = _student_settings(layout, kind, train_config, model_config, kd, num_teachers, seed_index,
+                                                                     per_utterance_cmvn)
+    exp_dir = out_dir or layout.student_dir(kind, seed_index, per_utterance_cmvn)
     guard = StageGuard(stage or f"stage 6 ({kind} student, seed {seed_index})", exp_dir, config, inputs, command)
     summary_path = exp_dir / "summary.json"
     if guard.needs_work():
@@ -79,9 +88,10 @@ def train_student(
             loss = distillation_loss_of(layout, kd, num_teachers)
         start = time.time()
         kwargs = {"compute_loss": loss} if loss is not None else {}
+        cmvns = (None, None) if per_utterance_cmvn else (layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part))
         result = train_frame_classifier(
-            train_cuts, layout.ali_cuts(layout.dev_part), layout.cmvn(layout.train_part), layout.cmvn(layout.dev_part),
-            senones.num_senones, model_config, cfg, exp_dir, resume=True, **kwargs,
+            train_cuts, layout.ali_cuts(layout.dev_part), *cmvns, senones.num_senones, model_config, cfg, exp_dir, resume=True,
+            per_utterance_cmvn=per_utterance_cmvn, **kwargs,
         )
         log.info("student %s: %s, best dev frame accuracy %s (%.0f s)", kind, result.state.stop_reason, result.state.best_metric, time.time() - start)
         load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
@@ -107,14 +117,19 @@ def _check_student(kind: str, seed_index: int) -> None:
 
 def _student_settings(
     layout: RecipeLayout, kind: str, train_config: TrainConfig, model_config: DnnConfig, kd: KdConfig, num_teachers: int | None,
-    seed_index: int,
+    seed_index: int, per_utterance_cmvn: bool = False,
 ) -> tuple[TrainConfig, dict, dict, Path, Any]:
     """What the student ``kind`` of seed ``seed_index`` is made from: its TrainConfig (the seed
     set), the config and inputs its record holds, its training cuts and the soft targets' record."""
     _check_student(kind, seed_index)
+    if per_utterance_cmvn and kind in DISTILLED_KINDS and kd.mode != "stored":
+        raise ConfigError("a student on per-utterance CMVN learns from stored soft targets (kd.mode=stored): teachers run in the loop "
+                          "would see its per-utterance normalised input, not the per-speaker one they were trained on")
     cfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
     train_cuts: Path = layout.ali_cuts(layout.train_part)
     config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}
+    if per_utterance_cmvn:  # only when set: stage 6's own students keep their records
+        config["cmvn"] = "utterance"
     inputs = alignment_inputs(layout)
     soft_record = None
     if kind in DISTILLED_KINDS:

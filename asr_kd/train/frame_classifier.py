@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from asr_kd.config import DnnConfig, TrainConfig, config_from_dict, save_config
 from asr_kd.data.features import CmvnStats
 from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, SkipBatches, make_loader, make_sampler
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.metrics.frame_accuracy import frame_accuracy_counts
 from asr_kd.models.dnn import SplicedDnn
 from asr_kd.train.checkpoint import load_checkpoint
@@ -90,6 +90,7 @@ def train_frame_classifier(
     resume: bool = False,
     info: DistInfo | None = None,
     compute_loss: LossFn = frame_cross_entropy,
+    per_utterance_cmvn: bool = False,
 ) -> TrainResult:
     """Train a :class:`SplicedDnn` on ``train_cuts``' frame labels ``labels_name`` (cross entropy),
     scoring frame accuracy on ``dev_cuts`` each epoch; return the run's :class:`TrainResult`
@@ -99,10 +100,15 @@ def train_frame_classifier(
     Started by ``torchrun``, each process joins the DDP job (``info`` overrides the detection).
     Different ``train_config.seed`` values give the different teachers of an ensemble.
     ``compute_loss`` replaces the hard-target cross entropy (e.g. by a distillation loss).
+    ``per_utterance_cmvn`` normalises every cut (train and dev) by its own statistics instead of
+    ``train_cmvn``/``dev_cmvn`` (pass None for those) and records ``input_normalization:
+    "utterance"`` in the checkpoints, which a model directory then follows.
     """
+    if per_utterance_cmvn and (train_cmvn is not None or dev_cmvn is not None):
+        raise ConfigError("per-utterance CMVN takes no CMVN statistics; pass train_cmvn=None and dev_cmvn=None")
     info = info or init_distributed(train_config.device)  # the group stays for the next model
     cuts = _open_cuts(train_cuts)
-    dataset = FrameDataset(_open_cmvn(train_cmvn), labels_name, num_classes)
+    dataset = FrameDataset(_open_cmvn(train_cmvn), labels_name, num_classes, per_utterance=per_utterance_cmvn)
     exp_dir = Path(exp_dir)
     if info.is_main:
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +131,7 @@ def train_frame_classifier(
     evaluate = None
     if dev_cuts is not None:
         dev_set = _open_cuts(dev_cuts)
-        dev_dataset = FrameDataset(_open_cmvn(dev_cmvn), labels_name, num_classes)
+        dev_dataset = FrameDataset(_open_cmvn(dev_cmvn), labels_name, num_classes, per_utterance=per_utterance_cmvn)
 
         def evaluate(model: nn.Module) -> dict[str, float]:
             # Every rank scores the whole dev set: identical weights give identical numbers,
@@ -138,7 +144,7 @@ def train_frame_classifier(
     n_params = sum(p.numel() for p in model.parameters())
     log.info("DNN %s: %d parameters, %d classes, window %d", model_config, n_params, num_classes, model.window)
     return train(model, make_train_loader, compute_loss, evaluate, train_config, exp_dir,
-                 info=info, resume=resume, extra=model.describe())
+                 info=info, resume=resume, extra={**model.describe(), **({"input_normalization": "utterance"} if per_utterance_cmvn else {})})
 
 
 def load_frame_classifier(checkpoint: Path | str, device: torch.device | str = "cpu") -> SplicedDnn:

@@ -59,6 +59,7 @@ ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first ste
 ctc_guide_weight=1.0   # > 0: also train a teacher set whose spikes are guided by teacher0's (guided CTC); 0: none
 on_change=redo         # a finished stage whose settings or inputs changed: redo it, or stop with the differences
 int8_max_relative=0.02 # stage 9: the largest relative test-WER increase of the int8 student over fp32 ONNX
+deploy_uttcmvn="hard distilled"  # stage 9: students trained again on per-utterance CMVN (what a model directory can give any file); none: skip
 
 help_message="Usage: $0 [options]
 
@@ -96,7 +97,9 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      and students (\$exp/deploy), the distilled student exported to ONNX fp32 and int8, the cost
      table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
      int8 quality gate (fails above --int8-max-relative), and the int8 student end to end
-     (features + network + search) with a search beam / max-active chosen on the dev part, in \$results
+     (features + network + search) with a search beam / max-active chosen on the dev part, in \$results;
+     --deploy-uttcmvn students trained again (seed 0) on per-utterance normalised features, the distilled one
+     from the same stored soft targets (\$exp/students/<kind>_uttcmvn), as rows of the cost table
  10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and --sweep-seeds
      distilled students per --temperatures T (\$exp/students/sweep_T<T>[_seed<k>]; at the recipe's
      own T, stage 6's students), each decoded at its own dev-tuned acoustic scale; test frame
@@ -184,6 +187,7 @@ Options (default in brackets):
   --ctc-guide-weight W guided-CTC weight of the third CTC teacher set; 0: none [$ctc_guide_weight]
   --on-change redo|stop  a finished stage whose settings changed: redo it, or stop [$on_change]
   --int8-max-relative X  stage 9: largest relative WER increase of int8 over fp32 [$int8_max_relative]
+  --deploy-uttcmvn \"K ...\"  stage 9: students (hard, distilled) trained again on per-utterance CMVN; none: skip [$deploy_uttcmvn]
   -h, --help           show this help
 
 Examples:
@@ -208,6 +212,9 @@ export ASR_KD_ON_CHANGE="$on_change"
 case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
 case "$ctc_guide_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --ctc-guide-weight takes a number >= 0, got '$ctc_guide_weight'" >&2; exit 1 ;; esac
 case "$three_percent_hard_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --three-percent-hard-weight takes a number >= 0, got '$three_percent_hard_weight'" >&2; exit 1 ;; esac
+[ "$deploy_uttcmvn" = none ] || for k in $deploy_uttcmvn; do
+  case "$k" in hard|distilled) ;; *) echo "$0: --deploy-uttcmvn takes hard and/or distilled (or none), got '$k'" >&2; exit 1 ;; esac
+done
 hybrid=true; ctc=false
 [ "$model_type" != ctc ] || hybrid=false
 [ "$model_type" = hybrid ] || ctc=true
@@ -447,6 +454,19 @@ if in_stages 9; then
     if [ "$compressed_config" != none ]; then
       run_logged "$exp/log/stage9_export_compressed.log" asr-kd export --model-dir "$deploy/compressed"
       systems+=(--system "compressed=$deploy/compressed" --system "compressed=$deploy/compressed@onnx-int8")
+    fi
+    if [ "$deploy_uttcmvn" != none ]; then
+      log "Stage 9: students on per-utterance CMVN: $deploy_uttcmvn (${student_train_config:-$train_config})"
+      # shellcheck disable=SC2086  # one argument per kind
+      run_logged "$exp/log/stage9_uttcmvn_students.log" asr-kd train-student "${kd_common[@]}" --kind $deploy_uttcmvn --utterance-cmvn \
+        --num-seeds 1 --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" \
+        --config "${student_train_config:-$train_config}" --kd-config "$kd_config"
+      for kind in $deploy_uttcmvn; do
+        run_logged "$exp/log/stage9_model_dir_${kind}_uttcmvn.log" asr-kd make-model-dir --exp "$exp" --data "$data" \
+          --system "$kind-uttcmvn" --out "$deploy/${kind}_uttcmvn" --train-part "$train_set"
+        name=$kind; [ "$kind" = hard ] && name=baseline
+        systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn")
+      done
     fi
     report_opts=(--gate distilled --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" --speed distilled@onnx-int8
                  --dev-manifest "$data/fbank/cuts_$dev_set.jsonl.gz")

@@ -219,3 +219,42 @@ def test_dataloader_workers_do_not_change_the_result(corpus: FrameCorpus, tmp_pa
     a = load_checkpoint(_train(corpus, cfg, tmp_path / "w0").final_path)["model"]
     b = load_checkpoint(_train(corpus, dataclasses.replace(cfg, num_workers=2), tmp_path / "w2").final_path)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_per_utterance_cmvn_trains_on_what_a_model_directory_feeds(corpus: FrameCorpus, tmp_path: Path) -> None:
+    """A network trained on per-utterance CMVN sees, frame for frame, what a model directory of
+    normalisation "utterance" gives it, learns, and says so in its checkpoint, which the model
+    directory then follows (and refuses global statistics for)."""
+    from asr_kd.data.frames import FrameDataset
+    from asr_kd.deploy.model_dir import network_normalization, normalize_features
+
+    cuts = list(CutSet.from_file(corpus.dev_cuts))
+    batch = FrameDataset(None, None, per_utterance=True)[CutSet.from_cuts(cuts[:1])]
+    feats = cuts[0].load_features()
+    expected = normalize_features(feats, "utterance", None)
+    assert torch.equal(batch["features"][0], torch.from_numpy(expected))  # bit for bit the deployment path
+    np.testing.assert_allclose(expected.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(expected.std(0), 1.0, atol=1e-3)
+    # The stored features are not normalised already: without per_utterance they differ.
+    assert not np.allclose(FrameDataset(None, None)[CutSet.from_cuts(cuts[:1])]["features"][0].numpy(), expected, atol=1e-2)
+    with pytest.raises(ValueError, match="takes no CMVN statistics"):
+        FrameDataset(corpus.dev_cmvn, None, per_utterance=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="per-utterance CMVN takes no CMVN statistics"):
+        _train(corpus, BASE, tmp_path / "both", per_utterance_cmvn=True)
+
+    exp = tmp_path / "utt"
+    result = train_frame_classifier(corpus.train_cuts, corpus.dev_cuts, None, None, NUM_CLASSES, dnn_preset("tiny"), BASE, exp,
+                                    per_utterance_cmvn=True)
+    # This corpus's label is a function of the whole utterance's spectrum, which per-utterance CMVN
+    # removes: the network stays at chance (1/3) on train and dev, where the speaker-normalised one
+    # below learns (> 0.8): the normalisation reached training and dev scoring both.
+    assert max(h["frame_accuracy"] for h in result.state.history) < 0.5
+    assert load_checkpoint(exp / "final.pt")["extra"]["input_normalization"] == "utterance"
+    assert network_normalization(exp / "final.pt") == "utterance" == network_normalization(exp / "final.pt", "utterance")
+    with pytest.raises(ConfigError, match=r"trained on features normalised per utterance; .* \(drop --normalization global\)"):
+        network_normalization(exp / "final.pt", "global")
+    # A network trained with the part's statistics records nothing and defaults to global.
+    speaker = _train(corpus, BASE, tmp_path / "spk")
+    assert speaker.state.history[-1]["frame_accuracy"] > 0.8
+    assert "input_normalization" not in load_checkpoint(speaker.final_path)["extra"]
+    assert network_normalization(speaker.final_path) == "global" and network_normalization(speaker.final_path, "utterance") == "utterance"
