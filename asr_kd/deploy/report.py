@@ -318,7 +318,8 @@ def deploy_report(
                 for s in systems if len(s.model_dirs) == 1 and s.backend == "torch" and load_spec(s.model_dirs[0]).kind != "gmm"}
         text += ("\nWhat normalisation costs: a model directory cannot know a new file's speaker, so it normalises with "
                  "global statistics (pooled over the training speakers) or per utterance; the recipe's own scores use the "
-                 "test speakers' statistics. Same stored features, same network and search:\n\n" + normalisation_table(norm))
+                 "test speakers' statistics. Same stored features, same network and search:\n\n" + normalisation_table(norm)
+                 + uttcmvn_comparisons(norm))
     if results_md is not None:
         write_section(results_md, "## Deployment", text)
     return rows, gate, text
@@ -407,6 +408,44 @@ def normalisation_table(results: Mapping[str, Mapping[str, WerResult]]) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{100 * r[m].wer:.2f}% ({r[m].errors}/{r[m].ref_words})"
                                                 for m in ("per speaker", "global", "per utterance")) + " |")
     return "\n".join(lines) + "\n"
+
+
+UTTCMVN = "-uttcmvn"
+
+
+def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
+    """Markdown lines on the students trained on per-utterance CMVN (systems named
+    ``<name>-uttcmvn``, recipe stage 9): each one's per-utterance WER (what its model directory
+    does) against ``<name>``'s global WER (what that one's model directory does) and against
+    ``<name>``'s per-speaker WER (the recipe's score, which no deployment can reproduce), and the
+    distilled and compressed ones against the hard-target one, all with 95% paired bootstrap intervals. ``""``
+    when there is no such system."""
+    from asr_kd.metrics.paired import wer_difference
+    from asr_kd.report.tables import format_interval, significance
+
+    def diff(a: WerResult, b: WerResult, reference: str) -> str:
+        iv = wer_difference(a, b).to_dict()
+        return f"{format_interval(iv)} points ({significance(iv, better_if_negative=True, reference=reference)})"
+
+    lines = []
+    for name, r in results.items():
+        base = name.removesuffix(UTTCMVN)
+        if base == name or base not in results:
+            continue
+        own, other = r["per utterance"], results[base]
+        lines.append(f"- {name}, trained on per-utterance CMVN: {100 * own.wer:.2f}% per utterance; minus {base}'s global-CMVN WER "
+                     f"(its model directory's) {diff(other['global'], own, base + ' with global CMVN')}; minus {base}'s per-speaker "
+                     f"WER (the recipe's score) {diff(other['per speaker'], own, base + ' with per-speaker CMVN')}.")
+    hard = "baseline" + UTTCMVN
+    for label, kd in (("Distillation", "distilled" + UTTCMVN), ("Compression (a quarter of a teacher's compute or less)", "compressed" + UTTCMVN)):
+        if hard in results and kd in results:
+            lines.append(f"- {label} on per-utterance CMVN: {kd} minus {hard} "
+                         f"{diff(results[hard]['per utterance'], results[kd]['per utterance'], hard)}.")
+    if not lines:
+        return ""
+    return ("\nStudents trained on features normalised per utterance (stage 9, seed 0; the distilled one from the same stored soft "
+            "targets, which the ensemble made on per-speaker features), so that their model directories feed them what they "
+            "were trained on; differences in WER points with 95% paired bootstrap intervals over utterances:\n\n" + "\n".join(lines) + "\n")
 
 
 def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "") -> Path:

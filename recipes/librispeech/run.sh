@@ -59,7 +59,7 @@ ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first ste
 ctc_guide_weight=1.0   # > 0: also train a teacher set whose spikes are guided by teacher0's (guided CTC); 0: none
 on_change=redo         # a finished stage whose settings or inputs changed: redo it, or stop with the differences
 int8_max_relative=0.02 # stage 9: the largest relative test-WER increase of the int8 student over fp32 ONNX
-deploy_uttcmvn="hard distilled"  # stage 9: students trained again on per-utterance CMVN (what a model directory can give any file); none: skip
+deploy_uttcmvn="hard distilled compressed"  # stage 9: students trained again on per-utterance CMVN (what a model directory can give any file); none: skip
 
 help_message="Usage: $0 [options]
 
@@ -187,7 +187,7 @@ Options (default in brackets):
   --ctc-guide-weight W guided-CTC weight of the third CTC teacher set; 0: none [$ctc_guide_weight]
   --on-change redo|stop  a finished stage whose settings changed: redo it, or stop [$on_change]
   --int8-max-relative X  stage 9: largest relative WER increase of int8 over fp32 [$int8_max_relative]
-  --deploy-uttcmvn \"K ...\"  stage 9: students (hard, distilled) trained again on per-utterance CMVN; none: skip [$deploy_uttcmvn]
+  --deploy-uttcmvn \"K ...\"  stage 9: students (hard, distilled, compressed) trained again on per-utterance CMVN; none: skip [$deploy_uttcmvn]
   -h, --help           show this help
 
 Examples:
@@ -213,7 +213,7 @@ case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid
 case "$ctc_guide_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --ctc-guide-weight takes a number >= 0, got '$ctc_guide_weight'" >&2; exit 1 ;; esac
 case "$three_percent_hard_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --three-percent-hard-weight takes a number >= 0, got '$three_percent_hard_weight'" >&2; exit 1 ;; esac
 [ "$deploy_uttcmvn" = none ] || for k in $deploy_uttcmvn; do
-  case "$k" in hard|distilled) ;; *) echo "$0: --deploy-uttcmvn takes hard and/or distilled (or none), got '$k'" >&2; exit 1 ;; esac
+  case "$k" in hard|distilled|compressed) ;; *) echo "$0: --deploy-uttcmvn takes hard, distilled, compressed (or none), got '$k'" >&2; exit 1 ;; esac
 done
 hybrid=true; ctc=false
 [ "$model_type" != ctc ] || hybrid=false
@@ -456,16 +456,36 @@ if in_stages 9; then
       systems+=(--system "compressed=$deploy/compressed" --system "compressed=$deploy/compressed@onnx-int8")
     fi
     if [ "$deploy_uttcmvn" != none ]; then
-      log "Stage 9: students on per-utterance CMVN: $deploy_uttcmvn (${student_train_config:-$train_config})"
-      # shellcheck disable=SC2086  # one argument per kind
-      run_logged "$exp/log/stage9_uttcmvn_students.log" asr-kd train-student "${kd_common[@]}" --kind $deploy_uttcmvn --utterance-cmvn \
-        --num-seeds 1 --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" \
-        --config "${student_train_config:-$train_config}" --kd-config "$kd_config"
+      # The deployable students: trained again (seed 0) on per-utterance CMVN, which their model directories reproduce
+      # on any file; the distilled and compressed ones from stage 5's soft targets, as in stage 6.
+      uttcmvn_full=() uttcmvn_kinds=()
       for kind in $deploy_uttcmvn; do
+        case "$kind" in
+          compressed) [ "$compressed_config" != none ] || { log "Stage 9: no compressed student (--compressed-config none): none on per-utterance CMVN"; continue; } ;;
+          *) uttcmvn_full+=("$kind") ;;
+        esac
+        uttcmvn_kinds+=("$kind")
+      done
+      log "Stage 9: students on per-utterance CMVN: ${uttcmvn_kinds[*]}"
+      if [ ${#uttcmvn_full[@]} -gt 0 ]; then
+        run_logged "$exp/log/stage9_uttcmvn_students.log" asr-kd train-student "${kd_common[@]}" --kind "${uttcmvn_full[@]}" --utterance-cmvn \
+          --num-seeds 1 --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" \
+          --config "${student_train_config:-$train_config}" --kd-config "$kd_config"
+      fi
+      if [[ " ${uttcmvn_kinds[*]} " == *" compressed "* ]]; then
+        run_logged "$exp/log/stage9_uttcmvn_compressed.log" asr-kd train-student "${kd_common[@]}" --kind compressed --utterance-cmvn \
+          --num-seeds 1 --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$compressed_config" \
+          --config "${compressed_train_config:-${student_train_config:-$train_config}}" --kd-config "$kd_config"
+      fi
+      for kind in "${uttcmvn_kinds[@]}"; do
         run_logged "$exp/log/stage9_model_dir_${kind}_uttcmvn.log" asr-kd make-model-dir --exp "$exp" --data "$data" \
           --system "$kind-uttcmvn" --out "$deploy/${kind}_uttcmvn" --train-part "$train_set"
         name=$kind; [ "$kind" = hard ] && name=baseline
         systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn")
+        if [ "$kind" != hard ]; then  # the deployable form: int8
+          run_logged "$exp/log/stage9_export_${kind}_uttcmvn.log" asr-kd export --model-dir "$deploy/${kind}_uttcmvn"
+          systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn@onnx-int8")
+        fi
       done
     fi
     report_opts=(--gate distilled --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" --speed distilled@onnx-int8

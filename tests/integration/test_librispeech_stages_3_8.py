@@ -217,6 +217,43 @@ def test_deployment_section_and_model_directories(recipe) -> None:
     assert re.search(r"end-to-end RTF per core \*\*[\d.]+\*\* = features [\d.]+ \+ acoustic model [\d.]+ \+ search [\d.]+", section)
 
 
+def test_deployable_students_on_per_utterance_cmvn(recipe) -> None:
+    """Stage 9 trains the hard, distilled and compressed students again on per-utterance CMVN (the
+    distilled ones from stage 5's soft targets), their model directories normalise per utterance,
+    and the cost table, the normalisation table and the comparison lines agree on their WERs."""
+    data, exp, _ = recipe
+    soft = read_record(exp / "soft_targets/teachers2_arithmetic_T2_k10")
+    records = {k: read_record(exp / "students" / f"{k}_uttcmvn") for k in ("hard", "distilled", "compressed")}
+    assert all(r is not None and r.config["cmvn"] == "utterance" for r in records.values())
+    assert records["distilled"].inputs["soft_targets"] == soft.fingerprint and "kd" not in records["hard"].config
+    # The compressed one has stage 6's compressed network, not the full-size one.
+    assert records["compressed"].config["dnn"] == read_record(exp / "students" / "compressed").config["dnn"] != records["distilled"].config["dnn"]
+    # Stage 6's own students keep records without the key (a new key would redo them everywhere).
+    assert "cmvn" not in read_record(exp / "students" / "distilled").config
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    for kind in ("hard", "distilled", "compressed"):
+        spec = json.loads((exp / "deploy" / f"{kind}_uttcmvn" / "model.json").read_text())
+        assert spec["normalization"] == "utterance" and not (exp / "deploy" / f"{kind}_uttcmvn" / "cmvn.npz").exists()
+        # It decodes at the acoustic scale stage 7 tuned on dev for the student of its kind.
+        assert spec["decoding"]["acoustic_scale"] == table1["baseline" if kind == "hard" else kind]["test-clean"]["acoustic_scale"]
+        # It learnt: dev frame accuracy within reach of the per-speaker student's (a broken normalisation stays near chance).
+        mine = json.loads((exp / "students" / f"{kind}_uttcmvn" / "summary.json").read_text())["best_dev_frame_accuracy"]
+        theirs = json.loads((exp / "students" / kind / "summary.json").read_text())["best_dev_frame_accuracy"]
+        assert mine > 0.7 * theirs, (kind, mine, theirs)
+    section = (exp / "RESULTS.md").read_text().split("## Deployment")[1].split("\n## ")[0]
+    cells = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    cost = {(r[0], r[1]): r for r in cells if len(r) > 8}
+    norm = {r[0]: r[1:] for r in cells if len(r) == 4}
+    for name in ("baseline-uttcmvn", "distilled-uttcmvn", "compressed-uttcmvn"):
+        # The model directory's decode (cost table) is the per-utterance column's.
+        assert cost[(name, "torch")][8] == norm[name][2], name
+    assert ("distilled-uttcmvn", "onnx-int8") in cost and ("compressed-uttcmvn", "onnx-int8") in cost
+    assert f"- distilled-uttcmvn, trained on per-utterance CMVN: {norm['distilled-uttcmvn'][2].split(' ')[0]} per utterance; " in section
+    m = re.search(r"- Distillation on per-utterance CMVN: distilled-uttcmvn minus baseline-uttcmvn ([+-][\d.]+) \[", section)
+    pct = {n: float(norm[n][2].split("%")[0]) for n in ("baseline-uttcmvn", "distilled-uttcmvn")}
+    assert m is not None and float(m.group(1)) == pytest.approx(pct["distilled-uttcmvn"] - pct["baseline-uttcmvn"], abs=0.011)
+
+
 def _copy(recipe, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the finished recipe's folders as `cp -r` makes it (every mtime new)."""
     data, exp, _ = recipe

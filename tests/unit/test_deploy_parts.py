@@ -195,3 +195,35 @@ def test_compression_line_compares_the_compressed_student_with_a_teacher_and_the
     over = compression_line([row("teacher0", 4e6, 30), row("baseline", 4e6, 30), row("compressed", 1.2e6, 31)])
     assert "30.0% of one teacher's multiply-adds (target: at most 25%, MISSED)" in over and "worse than the full-size" in over
     assert compression_line(rows[:2]) == ""
+
+
+def test_uttcmvn_comparisons_pair_each_deployable_student_with_its_counterpart() -> None:
+    """The lines under the normalisation table: a ``-uttcmvn`` student's per-utterance WER against
+    its counterpart's global and per-speaker WERs, and distilled against hard, each difference the
+    paired bootstrap's, with its verdict."""
+    from asr_kd.deploy.report import uttcmvn_comparisons
+    from asr_kd.metrics.paired import wer_difference
+
+    refs = {f"u{i:02d}": "a b c d" for i in range(40)}
+
+    def wer(wrong: int) -> object:  # the first ``wrong`` utterances lose every word
+        return compute_wer(refs, {u: ("" if i < wrong else r) for i, (u, r) in enumerate(sorted(refs.items()))})
+
+    results = {"distilled": {"per speaker": wer(4), "global": wer(20), "per utterance": wer(15)},
+               "distilled-uttcmvn": {"per speaker": wer(30), "global": wer(25), "per utterance": wer(5)},
+               "baseline-uttcmvn": {"per speaker": wer(30), "global": wer(25), "per utterance": wer(6)},
+               "compressed-uttcmvn": {"per speaker": wer(30), "global": wer(25), "per utterance": wer(9)},
+               "teacher0": {"per speaker": wer(1), "global": wer(1), "per utterance": wer(1)}}
+    text = uttcmvn_comparisons(results)
+    lines = [line for line in text.splitlines() if line.startswith("- ")]
+    # baseline-uttcmvn and compressed-uttcmvn have no counterpart rows here: only the lines against the baseline name them.
+    assert len(lines) == 3
+    assert lines[2].startswith("- Compression (a quarter of a teacher's compute or less) on per-utterance CMVN: compressed-uttcmvn minus "
+                               "baseline-uttcmvn +7.50 [")
+    vs_global = wer_difference(results["distilled"]["global"], results["distilled-uttcmvn"]["per utterance"])
+    assert vs_global.value == pytest.approx(-0.375)
+    assert f"{100 * vs_global.value:+.2f} [{100 * vs_global.low:+.2f}, {100 * vs_global.high:+.2f}] points (yes, better" in lines[0]
+    assert "12.50% per utterance" in lines[0] and "(its model directory's) -37.50" in lines[0]
+    assert "(the recipe's score) +2.50" in lines[0] and "no: within noise" in lines[0]
+    assert lines[1].startswith("- Distillation on per-utterance CMVN: distilled-uttcmvn minus baseline-uttcmvn -2.50 [")
+    assert uttcmvn_comparisons({"distilled": results["distilled"], "teacher0": results["teacher0"]}) == ""
