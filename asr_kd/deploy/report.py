@@ -320,6 +320,11 @@ def deploy_report(
                  "global statistics (pooled over the training speakers) or per utterance; the recipe's own scores use the "
                  "test speakers' statistics. Same stored features, same network and search:\n\n" + normalisation_table(norm)
                  + uttcmvn_comparisons(norm))
+    from asr_kd.stages.provenance import code_version, environment, environment_text
+
+    env = environment()
+    env.pop("torch_threads", None)  # the section says how many threads each measurement used
+    text += "\n" + environment_text(env, code_version()) + "\n"  # speeds depend on the CPU, WERs on the code
     if results_md is not None:
         write_section(results_md, "## Deployment", text)
     return rows, gate, text

@@ -312,6 +312,12 @@ def test_deploy_report_cost_table_and_gate(recipe, model_dirs, tmp_path) -> None
     section = read_section(md, "## Deployment")
     assert section is not None and gate.markdown() in section and section.count("\n| ") == 1 + len(rows)
     assert "![WER against acoustic cost](wer_cost.png)" in section
+    # Where and with which code it ran: speeds depend on the CPU, WERs on the code.
+    from asr_kd.stages.provenance import code_version, environment, environment_text
+
+    env = environment()
+    env.pop("torch_threads")
+    assert section.rstrip().endswith(environment_text(env, code_version())) and " torch thread(s)" not in section
     wers = normalisation_wers(h, cuts_path(data / "fbank", TEST), cmvn_path(data / "fbank", TEST), max_cuts=6)
     assert set(wers) == {"per speaker", "global", "per utterance"}
     assert len({w.ref_words for w in wers.values()}) == 1 and wers["global"].ref_words == by[("distilled", "torch")].ref_words

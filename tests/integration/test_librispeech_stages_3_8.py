@@ -244,14 +244,18 @@ def test_deployable_students_on_per_utterance_cmvn(recipe) -> None:
     cells = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     cost = {(r[0], r[1]): r for r in cells if len(r) > 8}
     norm = {r[0]: r[1:] for r in cells if len(r) == 4}
+    def pct(cell: str) -> float:
+        return float(cell.split("%")[0])
+
     for name in ("baseline-uttcmvn", "distilled-uttcmvn", "compressed-uttcmvn"):
-        # The model directory's decode (cost table) is the per-utterance column's.
-        assert cost[(name, "torch")][8] == norm[name][2], name
+        # The model directory (cost table; features from the audio) normalises per utterance: its WER is the
+        # per-utterance column's (stored lilcom features, so a word or two apart), not the global column's.
+        wer, utt, glob = pct(cost[(name, "torch")][8]), pct(norm[name][2]), pct(norm[name][1])
+        assert abs(wer - utt) < abs(wer - glob), (name, wer, utt, glob)
     assert ("distilled-uttcmvn", "onnx-int8") in cost and ("compressed-uttcmvn", "onnx-int8") in cost
     assert f"- distilled-uttcmvn, trained on per-utterance CMVN: {norm['distilled-uttcmvn'][2].split(' ')[0]} per utterance; " in section
     m = re.search(r"- Distillation on per-utterance CMVN: distilled-uttcmvn minus baseline-uttcmvn ([+-][\d.]+) \[", section)
-    pct = {n: float(norm[n][2].split("%")[0]) for n in ("baseline-uttcmvn", "distilled-uttcmvn")}
-    assert m is not None and float(m.group(1)) == pytest.approx(pct["distilled-uttcmvn"] - pct["baseline-uttcmvn"], abs=0.011)
+    assert m is not None and float(m.group(1)) == pytest.approx(pct(norm["distilled-uttcmvn"][2]) - pct(norm["baseline-uttcmvn"][2]), abs=0.011)
 
 
 def _copy(recipe, tmp_path: Path) -> tuple[Path, Path]:
