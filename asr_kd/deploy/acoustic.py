@@ -117,7 +117,8 @@ def ensemble_acoustic(model_dirs: Sequence[Path | str], device: str = "cpu") -> 
                                                                             and np.array_equal(cmvn.sumsq, cmvn0.sumsq)))
         if spec.features != spec0.features or spec.normalization != spec0.normalization or not same_cmvn:
             raise ConfigError(f"{d} and {first} normalise different features (feature config, normalisation or CMVN statistics); "
-                              "an ensemble feeds every member the first one's: rebuild them with the same make-model-dir options")
+                              "an ensemble feeds every member the first one's: rebuild them with the same make-model-dir options "
+                              "(a network trained on per-utterance CMVN, a *-uttcmvn system, only joins others normalised per utterance)")
     return EnsembleAcoustic([TorchAcoustic(load_network(d), device) for d in model_dirs])
 
 

@@ -144,7 +144,7 @@ def _save_network(checkpoint: Path | str, out: Path, kind: str) -> None:
     need = "ctc_model" if kind == "ctc" else "model_config"
     if need not in extra:
         raise DataError(f"checkpoint {checkpoint} holds no {kind} model description ({need}); pass a checkpoint of a {kind} model")
-    keep = {k: extra[k] for k in ("ctc_model", "model_config", "num_classes") if k in extra}
+    keep = {k: extra[k] for k in ("ctc_model", "model_config", "num_classes", "input_normalization") if k in extra}
     with atomic_path(out) as tmp:
         torch.save({"model": ckpt["model"], "extra": keep}, tmp)
 

@@ -47,6 +47,9 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
     if kind in STUDENT_KINDS or re.fullmatch(r"teacher\d+", system):
         # A student on per-utterance CMVN (stage 9) decodes at the acoustic scale stage 7 tuned for its kind.
         run = layout.student_dir(kind, per_utterance_cmvn=kind != system) if kind in STUDENT_KINDS else layout.teacher_dir(int(system[7:]))
+        if kind != system and not any((run / name).is_file() for name in ("best.pt", "final.pt")):
+            raise DataError(f"{run} holds no trained student; recipe stage 9 trains it (run.sh --stage 9 --deploy-uttcmvn {kind}, "
+                            f"or asr-kd train-student --kind {kind} --utterance-cmvn)")
         senones = read_senones(layout)
         return {**common, "checkpoint": model_checkpoint(run), "log_priors": layout.log_priors, "graph_dir": senones.graph,
                 "gmm_model": senones.model, "lang_dir": layout.lang, "decoding": recipe_decoding(layout, kind)}

@@ -448,9 +448,10 @@ def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
                          f"{diff(results[hard]['per utterance'], results[kd]['per utterance'], hard)}.")
     if not lines:
         return ""
-    return ("\nStudents trained on features normalised per utterance (stage 9, seed 0; the distilled one from the same stored soft "
-            "targets, which the ensemble made on per-speaker features), so that their model directories feed them what they "
-            "were trained on; differences in WER points with 95% paired bootstrap intervals over utterances:\n\n" + "\n".join(lines) + "\n")
+    return ("\nStudents trained on features normalised per utterance (stage 9, seed 0; the distilled and compressed ones from the same "
+            "stored soft targets, which the ensemble made on per-speaker features), so that their model directories feed them what they "
+            "were trained on; each decodes at the acoustic scale stage 7 tuned on dev for the student of its kind (not tuned again for "
+            "it); differences in WER points with 95% paired bootstrap intervals over utterances:\n\n" + "\n".join(lines) + "\n")
 
 
 def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "") -> Path:

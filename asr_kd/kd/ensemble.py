@@ -155,7 +155,12 @@ def ensemble_log_posteriors(
     fused posteriors of ``models`` at ``temperature`` (one model: its own ``log_softmax(z/T)``).
 
     Batches of whole cuts are run through every model once, padding masked out of the fusion.
+    Every model is fed ``cmvn``'s normalisation: a network trained on per-utterance CMVN
+    (:func:`asr_kd.train.frame_classifier.load_frame_classifier` marks it) is refused.
     """
+    if any(getattr(m, "input_normalization", None) == "utterance" for m in models):
+        raise ConfigError("an ensemble here is fed the part's CMVN statistics; a network trained on per-utterance CMVN (a *_uttcmvn "
+                          "student) cannot join it (decode it through its model directory: asr-kd make-model-dir --system <kind>-uttcmvn)")
     ensemble = TeacherEnsemble(list(models), fusion).to(device)
     dataset = FrameDataset(cmvn, labels_name=None, soft_targets=False)
     cutset = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)

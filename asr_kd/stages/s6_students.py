@@ -70,7 +70,7 @@ def train_student(
     part's per-speaker statistics), in ``<kind>_uttcmvn``: a student that a model directory can
     give any file without losing accuracy to a normalisation it never saw (stage 9); the soft
     targets stay the ensemble's on per-speaker normalised features, so distillation carries them
-    across the change of input.
+    across the change of input (whether they do is what stage 9 measures).
     Returns its summary (``{"steps", "stop_reason", "best_dev_frame_accuracy", "soft_targets",
     "seed", "soft_targets_dir"}``, also in ``summary.json``)."""
     _check_student(kind, seed_index)
@@ -124,7 +124,8 @@ def _student_settings(
     _check_student(kind, seed_index)
     if per_utterance_cmvn and kind in DISTILLED_KINDS and kd.mode != "stored":
         raise ConfigError("a student on per-utterance CMVN learns from stored soft targets (kd.mode=stored): teachers run in the loop "
-                          "would see its per-utterance normalised input, not the per-speaker one they were trained on")
+                          "would see its per-utterance normalised input, not the per-speaker one they were trained on; use a kd config "
+                          "with mode: stored, or train only --kind hard on it (run.sh --deploy-uttcmvn hard)")
     cfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
     train_cuts: Path = layout.ali_cuts(layout.train_part)
     config: dict = {"dnn": model_config, "train": cfg, "kind": kind, "train_part": layout.train_part, "dev_part": layout.dev_part}

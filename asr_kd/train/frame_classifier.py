@@ -156,6 +156,7 @@ def load_frame_classifier(checkpoint: Path | str, device: torch.device | str = "
         raise DataError(f"checkpoint {checkpoint} holds no DNN description; pass a checkpoint written by train-dnn")
     model = SplicedDnn(config_from_dict(DnnConfig, extra["model_config"], str(checkpoint)), int(extra["num_classes"]))
     model.load_state_dict(ckpt["model"])
+    model.input_normalization = extra.get("input_normalization")  # "utterance": :func:`predict_log_posteriors` follows it
     return model.to(device).eval()
 
 
@@ -172,10 +173,16 @@ def predict_log_posteriors(
     ``[num_frames, num_classes]`` array of ``log_softmax`` outputs.
 
     A generator, because a corpus' posteriors over thousands of senones do not fit in memory.
+    A network loaded by :func:`load_frame_classifier` that was trained on per-utterance CMVN is fed
+    per-utterance normalised features whatever ``cmvn`` says.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval().to(device)
-    dataset = FrameDataset(_open_cmvn(cmvn), labels_name=None)
+    if getattr(model, "input_normalization", None) == "utterance":
+        # A network trained on per-utterance CMVN (load_frame_classifier says so) is fed that, never ``cmvn``.
+        dataset = FrameDataset(None, labels_name=None, per_utterance=True)
+    else:
+        dataset = FrameDataset(_open_cmvn(cmvn), labels_name=None)
     sampler = make_sampler(_open_cuts(cuts), max_duration, shuffle=False, seed=0, bucketing=False)
     amp_cfg = dataclasses.replace(TrainConfig(), amp=amp)
     for cut_batch in sampler:

@@ -98,8 +98,8 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
      int8 quality gate (fails above --int8-max-relative), and the int8 student end to end
      (features + network + search) with a search beam / max-active chosen on the dev part, in \$results;
-     --deploy-uttcmvn students trained again (seed 0) on per-utterance normalised features, the distilled one
-     from the same stored soft targets (\$exp/students/<kind>_uttcmvn), as rows of the cost table
+     --deploy-uttcmvn students trained again (seed 0) on per-utterance normalised features, the distilled and
+     compressed ones from the same stored soft targets (\$exp/students/<kind>_uttcmvn), as rows of the cost table
  10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and --sweep-seeds
      distilled students per --temperatures T (\$exp/students/sweep_T<T>[_seed<k>]; at the recipe's
      own T, stage 6's students), each decoded at its own dev-tuned acoustic scale; test frame
@@ -212,8 +212,10 @@ export ASR_KD_ON_CHANGE="$on_change"
 case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
 case "$ctc_guide_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --ctc-guide-weight takes a number >= 0, got '$ctc_guide_weight'" >&2; exit 1 ;; esac
 case "$three_percent_hard_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --three-percent-hard-weight takes a number >= 0, got '$three_percent_hard_weight'" >&2; exit 1 ;; esac
+[ -n "${deploy_uttcmvn// /}" ] || { echo "$0: --deploy-uttcmvn takes hard, distilled, compressed or none, got an empty list" >&2; exit 1; }
 [ "$deploy_uttcmvn" = none ] || for k in $deploy_uttcmvn; do
   case "$k" in hard|distilled|compressed) ;; *) echo "$0: --deploy-uttcmvn takes hard, distilled, compressed (or none), got '$k'" >&2; exit 1 ;; esac
+  [ "$(tr ' ' '\n' <<< "$deploy_uttcmvn" | grep -cx "$k")" -eq 1 ] || { echo "$0: --deploy-uttcmvn names '$k' twice" >&2; exit 1; }
 done
 hybrid=true; ctc=false
 [ "$model_type" != ctc ] || hybrid=false
@@ -459,7 +461,12 @@ if in_stages 9; then
       # The deployable students: trained again (seed 0) on per-utterance CMVN, which their model directories reproduce
       # on any file; the distilled and compressed ones from stage 5's soft targets, as in stage 6.
       uttcmvn_full=() uttcmvn_kinds=()
+      kd_mode=$(awk '/^mode:/ {gsub(/["\047]/, "", $2); print $2}' "$kd_config")  # KdConfig's mode; its default: stored
       for kind in $deploy_uttcmvn; do
+        if [ "$kind" != hard ] && [ "${kd_mode:-stored}" != stored ]; then
+          log "Stage 9: no $kind student on per-utterance CMVN: it learns from stored soft targets, and $kd_config has mode: $kd_mode"
+          continue
+        fi
         case "$kind" in
           compressed) [ "$compressed_config" != none ] || { log "Stage 9: no compressed student (--compressed-config none): none on per-utterance CMVN"; continue; } ;;
           *) uttcmvn_full+=("$kind") ;;

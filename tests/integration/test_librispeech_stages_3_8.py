@@ -234,6 +234,10 @@ def test_deployable_students_on_per_utterance_cmvn(recipe) -> None:
     for kind in ("hard", "distilled", "compressed"):
         spec = json.loads((exp / "deploy" / f"{kind}_uttcmvn" / "model.json").read_text())
         assert spec["normalization"] == "utterance" and not (exp / "deploy" / f"{kind}_uttcmvn" / "cmvn.npz").exists()
+        # The directory's network keeps the mark, so a directory rebuilt from it still normalises per utterance.
+        import torch
+
+        assert torch.load(exp / "deploy" / f"{kind}_uttcmvn" / "model.pt", weights_only=True)["extra"]["input_normalization"] == "utterance"
         # It decodes at the acoustic scale stage 7 tuned on dev for the student of its kind.
         assert spec["decoding"]["acoustic_scale"] == table1["baseline" if kind == "hard" else kind]["test-clean"]["acoustic_scale"]
         # It learnt: dev frame accuracy within reach of the per-speaker student's (a broken normalisation stays near chance).

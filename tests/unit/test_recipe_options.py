@@ -43,6 +43,9 @@ def test_help_documents_every_stage_and_option() -> None:
         (["extra"], "unexpected argument 'extra'"),
         (["--cmd", "sge"], "--cmd takes local, slurm or submitit-local, got 'sge'"),
         (["--three-percent-hard-weight", "-1"], "--three-percent-hard-weight takes a number >= 0, got '-1'"),
+        (["--deploy-uttcmvn", ""], "--deploy-uttcmvn takes hard, distilled, compressed or none, got an empty list"),
+        (["--deploy-uttcmvn", "hard teacher0"], "--deploy-uttcmvn takes hard, distilled, compressed (or none), got 'teacher0'"),
+        (["--deploy-uttcmvn", "distilled hard distilled"], "--deploy-uttcmvn names 'distilled' twice"),
     ],
 )
 def test_bad_options_fail_with_a_message(args: list[str], message: str) -> None:
@@ -180,3 +183,37 @@ def test_ctc_stage6_trains_every_student_through_the_launcher(tmp_path: Path) ->
     calls = recorded_calls(tmp_path / "none", "--preset", "tiny", "--model-type", "ctc", "--stage", "6", "--stop-stage", "6",
                            "--ctc-shared-init-steps", "0", "--ctc-guide-weight", "0")
     assert "--extra-frame" not in calls[0] and calls[0].endswith(" --cmd local --cmd-config " + str(CONF / "slurm.yaml")), calls[0]
+
+
+@pytest.mark.parametrize(
+    "args, full, compressed",
+    [
+        (["--preset", "mini"], "hard distilled", True),
+        (["--preset", "mini", "--deploy-uttcmvn", "distilled"], "distilled", False),
+        (["--preset", "mini", "--deploy-uttcmvn", "none"], "", False),
+        (["--preset", "mini", "--compressed-config", "none"], "hard distilled", False),
+        # Teachers in the loop would see the student's per-utterance input: only the hard student is trained.
+        (["--preset", "mini", "--kd-config", "ONLINE"], "hard", False),
+    ],
+)
+def test_stage9_trains_the_deployable_students_on_per_utterance_cmvn(tmp_path: Path, args: list[str], full: str, compressed: bool) -> None:
+    online = tmp_path / "kd_online.yaml"
+    online.write_text((CONF / "kd.yaml").read_text().replace("mode: stored", "mode: online"))
+    calls = recorded_calls(tmp_path, "--stage", "9", "--stop-stage", "9", *[str(online) if a == "ONLINE" else a for a in args])
+    trains = [c for c in calls if c.split()[1] == "train-student"]
+    assert all("--utterance-cmvn" in c and "--num-seeds 1 " in c for c in trains)
+    kinds = [c.split(" --kind ")[1].split(" --utterance-cmvn")[0] for c in trains]
+    assert kinds == ([full] if full else []) + (["compressed"] if compressed else []), calls
+    # The full-size ones get the preset's DNN, the compressed one its compressed network (as in stage 6).
+    assert all("--model-config mini " in c for c in trains[:1] if full)
+    if compressed:
+        assert "--model-config mini-compressed-v2 " in trains[-1]
+    made = [c.split(" --system ")[1].split()[0] for c in calls if c.split()[1] == "make-model-dir" and "uttcmvn" in c]
+    assert made == [f"{k}-uttcmvn" for k in (full.split() + (["compressed"] if compressed else []))]
+    report = next(c for c in calls if c.split()[1] == "deploy-report")
+    expected = {("baseline" if k == "hard" else k) for k in made_kinds(made)}
+    assert {n.split("=")[0] for n in re.findall(r"--system (\S+)", report) if "uttcmvn" in n} == {f"{k}-uttcmvn" for k in expected}
+
+
+def made_kinds(systems: list[str]) -> list[str]:
+    return [s.removesuffix("-uttcmvn") for s in systems]

@@ -253,6 +253,19 @@ def test_per_utterance_cmvn_trains_on_what_a_model_directory_feeds(corpus: Frame
     assert network_normalization(exp / "final.pt") == "utterance" == network_normalization(exp / "final.pt", "utterance")
     with pytest.raises(ConfigError, match=r"trained on features normalised per utterance; .* \(drop --normalization global\)"):
         network_normalization(exp / "final.pt", "global")
+    # Loaded for recipe-style scoring, it is fed per-utterance CMVN whatever statistics are passed, and no
+    # ensemble fed a part's statistics takes it.
+    from asr_kd.kd.ensemble import ensemble_log_posteriors
+
+    model = load_frame_classifier(exp / "final.pt")
+    assert model.input_normalization == "utterance"
+    given = [lp for _, lp in predict_log_posteriors(model, corpus.dev_cuts, corpus.dev_cmvn, amp="none")]
+    none = [lp for _, lp in predict_log_posteriors(model, corpus.dev_cuts, None, amp="none")]
+    assert all(np.array_equal(a, b) for a, b in zip(given, none))
+    model.input_normalization = None  # what it would be fed without the mark: other posteriors
+    assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(given, (lp for _, lp in predict_log_posteriors(model, corpus.dev_cuts, corpus.dev_cmvn, amp="none"))))
+    with pytest.raises(ConfigError, match="a network trained on per-utterance CMVN .* cannot join it"):
+        next(ensemble_log_posteriors([load_frame_classifier(exp / "final.pt")], CutSet.from_file(corpus.dev_cuts), None))
     # A network trained with the part's statistics records nothing and defaults to global.
     speaker = _train(corpus, BASE, tmp_path / "spk")
     assert speaker.state.history[-1]["frame_accuracy"] > 0.8
