@@ -415,9 +415,6 @@ def normalisation_table(results: Mapping[str, Mapping[str, WerResult]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-UTTCMVN = "-uttcmvn"
-
-
 def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
     """Markdown lines on the students trained on per-utterance CMVN (systems named
     ``<name>-uttcmvn``, recipe stage 9): each one's per-utterance WER (what its model directory
@@ -425,6 +422,7 @@ def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
     ``<name>``'s per-speaker WER (the recipe's score, which no deployment can reproduce), and the
     distilled and compressed ones against the hard-target one, all with 95% paired bootstrap intervals. ``""``
     when there is no such system."""
+    from asr_kd.deploy.recipe_paths import UTTCMVN_SUFFIX as UTTCMVN
     from asr_kd.metrics.paired import wer_difference
     from asr_kd.report.tables import format_interval, significance
 
