@@ -188,14 +188,16 @@ def register_report(sub: argparse._SubParsersAction) -> None:
         "deploy-report", help="measure systems side by side (cost table) and gate int8 against fp32; write a RESULTS.md section",
         description="Every system transcribes the test manifest in one run with one thread: parameters, multiply-adds per "
                     "second of audio, acoustic and search real-time factors per core, peak memory, size on disk, test WER. "
-                    "The quantisation gate fails (exit 1) when the --gate system's int8 WER is more than --max-relative "
+                    "The quantisation gate fails (exit 1) when a --gate system's int8 WER is more than --max-relative "
                     "worse than its fp32 ONNX WER.",
     )
     p.add_argument("--test-manifest", type=Path, required=True, help="lhotse cuts of the test part (audio and transcripts)")
     p.add_argument("--system", action="append", required=True, metavar="NAME=DIR[,DIR...][@BACKEND]",
                    help="a system to measure; several hybrid dirs form an ensemble; backend torch (default), onnx or onnx-int8 "
                         "(a GMM-HMM dir: alone, torch)")
-    p.add_argument("--gate", default=None, help="system whose onnx and onnx-int8 rows the quantisation gate compares")
+    p.add_argument("--gate", action="append", default=[], metavar="NAME",
+                   help="system whose onnx and onnx-int8 rows the quantisation gate compares (repeat for several gates; "
+                        "exit 1 when any fails)")
     p.add_argument("--max-relative", type=float, default=0.02, help="largest allowed relative WER increase of int8 (default 0.02)")
     p.add_argument("--baseline", default=None, help="system whose acoustic RTF the speed-up column divides by")
     p.add_argument("--max-cuts", type=int, default=None, help="measure on the first N cuts only")
@@ -237,9 +239,9 @@ def run_deploy_report(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"{given[0]} applies to the speed measurement: add --speed NAME@BACKEND (one of the --system entries)")
     grid = parse_search_grid(args.search_grid) if args.search_grid else ()
-    _, gate, text = deploy_report(systems, args.test_manifest, args.gate, args.max_relative,
+    _, gates, text = deploy_report(systems, args.test_manifest, args.gate, args.max_relative,
                                   args.baseline, max_cuts=args.max_cuts, results_md=args.results, command=command,
                                   speaker_cmvn=args.speaker_cmvn, plot=args.plot, speed_system=speed, dev_manifest=args.dev_manifest,
                                   search_grid=grid, search_tolerance=args.search_tolerance)
     print(text)
-    return 0 if gate is None or gate.passed else 1
+    return 0 if all(g.passed for g in gates) else 1

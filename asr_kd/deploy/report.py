@@ -58,22 +58,24 @@ class GateResult:
     relative: float
     max_relative: float
     passed: bool
+    system: str = ""
 
     def markdown(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"Quantisation gate: {verdict}: int8 WER {100 * self.int8_wer:.2f}% vs fp32 {100 * self.fp32_wer:.2f}% "
+        return (f"Quantisation gate{f' ({self.system})' if self.system else ''}: {verdict}: int8 WER {100 * self.int8_wer:.2f}% vs fp32 {100 * self.fp32_wer:.2f}% "
                 f"({100 * self.relative:+.1f}% relative; the gate allows at most +{100 * self.max_relative:.1f}%).")
 
 
-def quantisation_gate(fp32: WerResult, int8: WerResult, max_relative: float = DEFAULT_MAX_RELATIVE) -> GateResult:
+def quantisation_gate(fp32: WerResult, int8: WerResult, max_relative: float = DEFAULT_MAX_RELATIVE, system: str = "") -> GateResult:
     """Return the gate of ``int8`` against ``fp32`` (same references): it passes when int8's WER
     is at most ``max_relative`` above fp32's, relative. With an fp32 WER of 0 one word error
-    stands in for the denominator, so a single new error on a tiny test set is measurable."""
+    stands in for the denominator, so a single new error on a tiny test set is measurable.
+    ``system`` names the gated system in the Markdown line."""
     if max_relative < 0:
         raise ConfigError(f"the quantisation gate's max_relative must be >= 0, got {max_relative}")
     base = max(fp32.errors, 1)
     relative = (int8.errors - fp32.errors) / base
-    return GateResult(fp32.wer, int8.wer, relative, max_relative, relative <= max_relative)
+    return GateResult(fp32.wer, int8.wer, relative, max_relative, relative <= max_relative, system)
 
 
 def macs_per_frame(model: torch.nn.Module, feature_dim: int, frames: int = 200) -> float:
@@ -195,20 +197,42 @@ def measure_system(
 COMPRESSION_TARGET = 0.25  # issue 15: a compressed student at most a quarter of one teacher's multiply-adds
 
 
-def compression_line(rows: Sequence[CostRow], student: str = "compressed", teacher: str = "teacher0", baseline: str = "baseline") -> str:
+def compression_line(rows: Sequence[CostRow], student: str = "compressed", teacher: str = "teacher0", baseline: str = "baseline",
+                     label: str = "Compressed student",
+                     interval: str = "Table 1 gives the paired interval over seeds") -> str:
     """Return the sentence on the compressed student (its torch row against one teacher's and the
     full-size hard baseline's torch rows): its share of a teacher's multiply-adds against the
-    target and its test WER beside the baseline's; ``""`` when a row is missing."""
+    target and its test WER beside the baseline's; ``""`` when a row is missing. ``label`` starts
+    the sentence and ``interval`` says where the WER difference's interval is."""
     torch_rows = {r.system: r for r in rows if r.runtime == "torch"}
     if not all(k in torch_rows for k in (student, teacher, baseline)):
         return ""
     s, t, b = torch_rows[student], torch_rows[teacher], torch_rows[baseline]
     share = s.macs_per_second / t.macs_per_second
     verdict = "no worse than" if s.errors <= b.errors else "worse than"
-    return (f"Compressed student: {100 * share:.1f}% of one teacher's multiply-adds (target: at most {100 * COMPRESSION_TARGET:.0f}%"
+    return (f"{label}: {100 * share:.1f}% of one teacher's multiply-adds (target: at most {100 * COMPRESSION_TARGET:.0f}%"
             f"{'' if share <= COMPRESSION_TARGET else ', MISSED'}); test WER {100 * s.wer:.2f}% ({s.errors} errors), {verdict} the "
-            f"full-size hard-target baseline's {100 * b.wer:.2f}% ({b.errors}) on these utterances (Table 1 gives the paired interval "
-            "over seeds).")
+            f"full-size hard-target {baseline}'s {100 * b.wer:.2f}% ({b.errors}) on these utterances ({interval}).")
+
+
+def ensemble_line(rows: Sequence[CostRow], num_models: int, student: str = "distilled", ensemble: str = "ensemble",
+                  baseline: str = "baseline") -> str:
+    """Return the sentence on issue 15's target for the student against the ensemble of
+    ``num_models`` (torch rows): an acoustic RTF at least ``num_models - 0.5`` times lower, and
+    test word errors no more than halfway between the baseline's and the ensemble's; ``""`` when
+    a row is missing."""
+    torch_rows = {r.system: r for r in rows if r.runtime == "torch"}
+    if not all(k in torch_rows for k in (student, ensemble, baseline)):
+        return ""
+    s, e, b = torch_rows[student], torch_rows[ensemble], torch_rows[baseline]
+    speedup = e.acoustic_rtf / max(s.acoustic_rtf, 1e-12)
+    target = num_models - 0.5
+    halfway = (b.errors + e.errors) / 2
+    return (f"Student against the {num_models}-model ensemble (torch rows): acoustic RTF {speedup:.2f}x lower (target: at least "
+            f"{target:g}x{'' if speedup >= target else ', MISSED'}); test WER {100 * s.wer:.2f}% ({s.errors} errors) against "
+            f"{halfway:g} errors halfway between the {baseline}'s {b.errors} and the {ensemble}'s {e.errors} "
+            f"({'met' if s.errors <= halfway else 'MISSED'} on these utterances and normalisations; Table 1 gives intervals over "
+            "seeds with per-speaker CMVN).")
 
 
 def cost_table(rows: Sequence[CostRow], baseline: str | None = None) -> str:
@@ -265,14 +289,16 @@ def load_test_audio(manifest: Path | str, sampling_rate: int, max_cuts: int | No
 
 
 def deploy_report(
-    systems: Sequence[SystemSpec], test_manifest: Path | str, gate_system: str | None = None, max_relative: float = DEFAULT_MAX_RELATIVE,
+    systems: Sequence[SystemSpec], test_manifest: Path | str, gate_system: str | Sequence[str] | None = None,
+    max_relative: float = DEFAULT_MAX_RELATIVE,
     baseline: str | None = None, decode_config: DecodeConfig | None = None, max_cuts: int | None = None,
     results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
     plot: Path | str | None = None, speed_system: SystemSpec | None = None, dev_manifest: Path | str | None = None,
     search_grid: Sequence["SearchSetting"] = (), search_tolerance: float | None = None,
 ) -> tuple[list[CostRow], GateResult | None, str]:
-    """Measure every system on the test manifest in one run and return ``(rows, gate, markdown)``;
-    the gate compares ``gate_system``'s onnx and onnx-int8 rows (both must be among ``systems``).
+    """Measure every system on the test manifest in one run and return ``(rows, gates, markdown)``;
+    each gate (one per name in ``gate_system``, a name or several) compares that system's onnx and
+    onnx-int8 rows (both must be among ``systems``).
     With ``speaker_cmvn`` (the test part's per-speaker statistics), each single-model torch system
     is also scored with per-speaker, global and per-utterance normalisation (test_manifest must
     then carry stored features). With ``results_md``, writes the markdown as its
@@ -282,7 +308,13 @@ def deploy_report(
     and the test part is measured end to end (:mod:`asr_kd.deploy.speed`)."""
     from asr_kd.report.results_md import write_section
 
-    if speed_system is not None:  # refused before the systems are measured, not after
+    gate_systems = [gate_system] if isinstance(gate_system, str) else list(gate_system or ())
+    measured = {(s.name, s.backend) for s in systems}
+    for name in gate_systems:  # refused before the systems are measured, not after
+        missing = [b for b in ("onnx", "onnx-int8") if (name, b) not in measured]
+        if missing:
+            raise ConfigError(f"the quantisation gate needs --system {name}=DIR@{missing[0]}; add it")
+    if speed_system is not None:
         _check_speed_request(speed_system, dev_manifest, search_tolerance)
     rate = load_spec(systems[0].model_dirs[0]).features.sampling_rate
     audio, refs = load_test_audio(test_manifest, rate, max_cuts)
@@ -291,22 +323,26 @@ def deploy_report(
         row, wer = measure_system(s.name, s.model_dirs, s.backend, audio, refs, decode_config)
         rows.append(row)
         wers[(s.name, s.backend)] = wer
-    gate = None
-    if gate_system is not None:
-        missing = [b for b in ("onnx", "onnx-int8") if (gate_system, b) not in wers]
-        if missing:
-            raise ConfigError(f"the quantisation gate needs --system {gate_system}=DIR@{missing[0]}; add it")
-        gate = quantisation_gate(wers[(gate_system, "onnx")], wers[(gate_system, "onnx-int8")], max_relative)
+    gates = [quantisation_gate(wers[(g, "onnx")], wers[(g, "onnx-int8")], max_relative, g if len(gate_systems) > 1 else "")
+             for g in gate_systems]
     seconds = sum(len(a) for a in audio.values()) / rate
     text = ("## Deployment: cost table and quantisation gate\n\n" + (f"Produced by `{command}`.\n\n" if command else "")
             + f"{len(audio)} utterances ({seconds:.1f} s) of `{Path(test_manifest).name}`, one thread (torch and onnxruntime), "
             "one utterance per call, RTF = CPU time / audio time (acoustic: best of 3 passes), features excluded; MACs counted by torch's FLOP counter; peak memory = resident-set high-water mark "
             "above the process before loading the system; size = model.pt or the ONNX file(s).\n\n" + cost_table(rows, baseline))
-    if gate is not None:
+    for gate in gates:
         text += "\n" + gate.markdown() + "\n"
-    compression = compression_line(rows)
-    if compression:
-        text += "\n" + compression + "\n"
+    ensemble = next((s for s in systems if s.name == baseline and len(s.model_dirs) > 1), None)
+    from asr_kd.deploy.recipe_paths import UTTCMVN_SUFFIX
+
+    for line in (ensemble_line(rows, len(ensemble.model_dirs), ensemble=ensemble.name) if ensemble else "",
+                 compression_line(rows),
+                 compression_line(rows, "compressed" + UTTCMVN_SUFFIX, baseline="baseline" + UTTCMVN_SUFFIX,
+                                  label="Deployable compressed student (trained on per-utterance CMVN)",
+                                  interval="the lines under the normalisation table give its paired interval" if speaker_cmvn
+                                  else "one seed")):
+        if line:
+            text += "\n" + line + "\n"
     if speed_system is not None:
         text += "\n" + _speed_section(speed_system, dev_manifest, audio, refs, search_grid, search_tolerance, max_cuts, test_manifest)
     if plot is not None:
@@ -327,7 +363,7 @@ def deploy_report(
     text += "\n" + environment_text(env, code_version()) + "\n"  # speeds depend on the CPU, WERs on the code
     if results_md is not None:
         write_section(results_md, "## Deployment", text)
-    return rows, gate, text
+    return rows, gates, text
 
 
 def _speed_section(system: SystemSpec, dev_manifest: Path | str | None, test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str],

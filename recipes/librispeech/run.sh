@@ -99,7 +99,8 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      int8 quality gate (fails above --int8-max-relative), and the int8 student end to end
      (features + network + search) with a search beam / max-active chosen on the dev part, in \$results;
      --deploy-uttcmvn students trained again (seed 0) on per-utterance normalised features, the distilled and
-     compressed ones from the same stored soft targets (\$exp/students/<kind>_uttcmvn), as rows of the cost table
+     compressed ones from the same stored soft targets (\$exp/students/<kind>_uttcmvn), as rows of the cost table;
+     the distilled one, what a user deploys, is gated too and is the one measured end to end
  10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and --sweep-seeds
      distilled students per --temperatures T (\$exp/students/sweep_T<T>[_seed<k>]; at the recipe's
      own T, stage 6's students), each decoded at its own dev-tuned acoustic scale; test frame
@@ -457,6 +458,7 @@ if in_stages 9; then
       run_logged "$exp/log/stage9_export_compressed.log" asr-kd export --model-dir "$deploy/compressed"
       systems+=(--system "compressed=$deploy/compressed" --system "compressed=$deploy/compressed@onnx-int8")
     fi
+    gates=(--gate distilled) speed=distilled@onnx-int8
     if [ "$deploy_uttcmvn" != none ]; then
       # The deployable students: trained again (seed 0) on per-utterance CMVN, which their model directories reproduce
       # on any file; the distilled and compressed ones from stage 5's soft targets, as in stage 6.
@@ -493,9 +495,13 @@ if in_stages 9; then
           run_logged "$exp/log/stage9_export_${kind}_uttcmvn.log" asr-kd export --model-dir "$deploy/${kind}_uttcmvn"
           systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn@onnx-int8")
         fi
+        if [ "$kind" = distilled ]; then  # the student users deploy: gated (fp32 ONNX too) and timed end to end
+          systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn@onnx")
+          gates+=(--gate distilled-uttcmvn) speed=distilled-uttcmvn@onnx-int8
+        fi
       done
     fi
-    report_opts=(--gate distilled --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" --speed distilled@onnx-int8
+    report_opts=("${gates[@]}" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" --speed "$speed"
                  --dev-manifest "$data/fbank/cuts_$dev_set.jsonl.gz")
   fi
   if [ "$ctc" = true ]; then

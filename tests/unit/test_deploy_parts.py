@@ -195,6 +195,34 @@ def test_compression_line_compares_the_compressed_student_with_a_teacher_and_the
     over = compression_line([row("teacher0", 4e6, 30), row("baseline", 4e6, 30), row("compressed", 1.2e6, 31)])
     assert "30.0% of one teacher's multiply-adds (target: at most 25%, MISSED)" in over and "worse than the full-size" in over
     assert compression_line(rows[:2]) == ""
+    # The deployable pair (per-utterance CMVN) reads its own rows and says where its interval is.
+    utt = rows + [row("baseline-uttcmvn", 4e6, 29), row("compressed-uttcmvn", 1e6, 33)]
+    line = compression_line(utt, "compressed-uttcmvn", baseline="baseline-uttcmvn", label="Deployable compressed student",
+                            interval="one seed")
+    assert line == ("Deployable compressed student: 25.0% of one teacher's multiply-adds (target: at most 25%); test WER 33.00% "
+                    "(33 errors), worse than the full-size hard-target baseline-uttcmvn's 29.00% (29) on these utterances (one seed).")
+
+
+def test_ensemble_line_judges_the_student_against_speed_and_the_halfway_point() -> None:
+    from asr_kd.deploy.report import ensemble_line
+
+    def row(system: str, rtf: float, errors: int, runtime: str = "torch") -> CostRow:
+        return CostRow(system, runtime, 1, 1e6, rtf, 0.01, 10, 0.1, errors / 100, errors, 100, 0)
+
+    rows = [row("ensemble", 0.004, 20), row("baseline", 0.001, 30), row("distilled", 0.001, 25), row("distilled", 0.0002, 90, "onnx-int8")]
+    line = ensemble_line(rows, 4)
+    assert "acoustic RTF 4.00x lower (target: at least 3.5x);" in line
+    assert "test WER 25.00% (25 errors) against 25 errors halfway between the baseline's 30 and the ensemble's 20 (met" in line
+    slow = ensemble_line([row("ensemble", 0.004, 20), row("baseline", 0.001, 30), row("distilled", 0.002, 26)], 4)
+    assert "2.00x lower (target: at least 3.5x, MISSED)" in slow and "(MISSED on these utterances" in slow
+    assert ensemble_line(rows[:2], 4) == ""
+
+
+def test_a_named_gate_says_which_system_it_judged() -> None:
+    refs = {f"u{i}": "a b c d e f g h i j" for i in range(10)}
+    fp32 = compute_wer(refs, refs)
+    gate = quantisation_gate(fp32, compute_wer(refs, {**refs, "u0": "a b c d e f g h i x"}), 0.02, system="distilled-uttcmvn")
+    assert not gate.passed and gate.markdown().startswith("Quantisation gate (distilled-uttcmvn): FAIL: int8 WER 1.00% vs fp32 0.00%")
 
 
 def test_uttcmvn_comparisons_pair_each_deployable_student_with_its_counterpart() -> None:

@@ -213,6 +213,12 @@ def test_stage9_trains_the_deployable_students_on_per_utterance_cmvn(tmp_path: P
     report = next(c for c in calls if c.split()[1] == "deploy-report")
     expected = {("baseline" if k == "hard" else k) for k in made_kinds(made)}
     assert {n.split("=")[0] for n in re.findall(r"--system (\S+)", report) if "uttcmvn" in n} == {f"{k}-uttcmvn" for k in expected}
+    # The deployable distilled student, when there is one, is gated (fp32 ONNX beside int8) and timed end to end.
+    deployable = "distilled" in full.split()
+    assert re.findall(r"--gate (\S+)", report) == ["distilled"] + (["distilled-uttcmvn"] if deployable else [])
+    assert re.findall(r"--speed (\S+)", report) == [("distilled-uttcmvn" if deployable else "distilled") + "@onnx-int8"]
+    onnx = [n for n in re.findall(r"--system (\S+)", report) if n.startswith("distilled-uttcmvn=") and n.endswith("@onnx")]
+    assert len(onnx) == int(deployable)
 
 
 def made_kinds(systems: list[str]) -> list[str]:
