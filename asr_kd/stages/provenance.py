@@ -131,6 +131,16 @@ _CODE_PATHS = ("asr_kd", "local", "recipes", "egs", "pyproject.toml", "Makefile"
                ":(exclude,glob)**/RESULTS.md", ":(exclude,glob)**/*.png", ":(exclude,glob)recipes/*/data/**", ":(exclude,glob)recipes/*/exp/**")
 
 
+def _older_code_note(record: "StageRecord", folder: Path) -> str:
+    """The clause a skipped stage's log line ends with when another code version made it: the skip
+    rule compares settings and inputs, not code, so the reader learns that the outputs kept are
+    older code's and how to redo them."""
+    now = code_version()
+    if not record.code_version or record.code_version == now:
+        return ""
+    return f" (made by {record.code_version}, the code is now {now}: remove {folder} to redo it with this code)"
+
+
 def code_is_modified(repo: Path) -> bool:
     """Return whether tracked code, recipe scripts or configs of the git checkout ``repo`` differ
     from its commit (RESULTS.md files, plots and recipe data/exp folders do not count)."""
@@ -435,7 +445,8 @@ class StageGuard:
             if not diffs:
                 broken = check_outputs(self.folder, old.outputs)
                 if broken is None:
-                    log.info("%s: up to date (%s matches its config and inputs); skipping", self.stage, self.record_path)
+                    log.info("%s: up to date (%s matches its config and inputs); skipping%s", self.stage, self.record_path,
+                             _older_code_note(old, self.folder))
                     self.record = old
                     return False
                 self._empty_folders(broken)

@@ -72,6 +72,25 @@ def test_matching_record_is_skipped_and_changed_config_is_redone(tmp_path: Path)
     assert not (folder / "stale.bin").exists(), "outputs of the old settings must be removed on a redo"
 
 
+def test_a_skip_says_when_older_code_made_the_outputs_it_keeps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+
+    from asr_kd.stages.provenance import code_version
+
+    folder = tmp_path / "stage"
+    _run(folder, {"T": 2})
+    with caplog.at_level("INFO", logger="asr_kd.stages.provenance"):
+        assert not _run(folder, {"T": 2})[0]
+    assert caplog.text.rstrip().endswith("skipping")  # made by this code: nothing to add
+    # The code version is recorded, not compared: a record of other code is still kept, and the log says so.
+    old = dataclasses.replace(read_record(folder), code_version="git 0000000")
+    (folder / RECORD_NAME).write_text(old.to_json())
+    caplog.clear()
+    with caplog.at_level("INFO", logger="asr_kd.stages.provenance"):
+        assert not _run(folder, {"T": 2})[0]
+    assert f"skipping (made by git 0000000, the code is now {code_version()}: remove {folder} to redo it with this code)" in caplog.text
+
+
 def test_stop_policy_names_the_differing_keys_in_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "stage"
     _run(folder, KdConfig(temperature=2.0, top_k=20))
