@@ -216,23 +216,26 @@ def compression_line(rows: Sequence[CostRow], student: str = "compressed", teach
 
 
 def ensemble_line(rows: Sequence[CostRow], num_models: int, student: str = "distilled", ensemble: str = "ensemble",
-                  baseline: str = "baseline") -> str:
+                  hard_baseline: str = "baseline") -> str:
     """Return the sentence on issue 15's target for the student against the ensemble of
     ``num_models`` (torch rows): an acoustic RTF at least ``num_models - 0.5`` times lower, and
-    test word errors no more than halfway between the baseline's and the ensemble's; ``""`` when
-    a row is missing."""
+    test word errors no more than halfway between the hard-target baseline's and the ensemble's
+    (never more than the baseline's: an ensemble no better than the baseline sets no easier
+    target); ``""`` when a row is missing."""
     torch_rows = {r.system: r for r in rows if r.runtime == "torch"}
-    if not all(k in torch_rows for k in (student, ensemble, baseline)):
+    if not all(k in torch_rows for k in (student, ensemble, hard_baseline)):
         return ""
-    s, e, b = torch_rows[student], torch_rows[ensemble], torch_rows[baseline]
+    s, e, b = torch_rows[student], torch_rows[ensemble], torch_rows[hard_baseline]
     speedup = e.acoustic_rtf / max(s.acoustic_rtf, 1e-12)
     target = num_models - 0.5
-    halfway = (b.errors + e.errors) / 2
+    halfway = min((b.errors + e.errors) / 2, b.errors)
+    where = (f"{halfway:g} errors, halfway between the {hard_baseline}'s {b.errors} and the {ensemble}'s {e.errors}"
+             if e.errors < b.errors else
+             f"the {hard_baseline}'s {b.errors} errors (the {ensemble}'s {e.errors} are no better, and halfway would be easier)")
     return (f"Student against the {num_models}-model ensemble (torch rows): acoustic RTF {speedup:.2f}x lower (target: at least "
             f"{target:g}x{'' if speedup >= target else ', MISSED'}); test WER {100 * s.wer:.2f}% ({s.errors} errors) against "
-            f"{halfway:g} errors halfway between the {baseline}'s {b.errors} and the {ensemble}'s {e.errors} "
-            f"({'met' if s.errors <= halfway else 'MISSED'} on these utterances and normalisations; Table 1 gives intervals over "
-            "seeds with per-speaker CMVN).")
+            f"{where}: {'met' if s.errors <= halfway else 'MISSED'} on these {s.ref_words} words, through the model directories "
+            "(Table 1 gives intervals over seeds with per-speaker CMVN).")
 
 
 def cost_table(rows: Sequence[CostRow], baseline: str | None = None) -> str:
@@ -295,7 +298,7 @@ def deploy_report(
     results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
     plot: Path | str | None = None, speed_system: SystemSpec | None = None, dev_manifest: Path | str | None = None,
     search_grid: Sequence["SearchSetting"] = (), search_tolerance: float | None = None,
-) -> tuple[list[CostRow], GateResult | None, str]:
+) -> tuple[list[CostRow], list[GateResult], str]:
     """Measure every system on the test manifest in one run and return ``(rows, gates, markdown)``;
     each gate (one per name in ``gate_system``, a name or several) compares that system's onnx and
     onnx-int8 rows (both must be among ``systems``).
@@ -340,7 +343,7 @@ def deploy_report(
                  compression_line(rows, "compressed" + UTTCMVN_SUFFIX, baseline="baseline" + UTTCMVN_SUFFIX,
                                   label="Deployable compressed student (trained on per-utterance CMVN)",
                                   interval="the lines under the normalisation table give its paired interval" if speaker_cmvn
-                                  else "one seed")):
+                                  else "one seed, no interval here")):
         if line:
             text += "\n" + line + "\n"
     if speed_system is not None:

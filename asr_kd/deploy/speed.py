@@ -291,6 +291,13 @@ def speed_markdown(result: SpeedResult, system: str, dev_name: str, test_name: s
     diff = wer_difference(r.test_reference, r.test_chosen)
     verdict = significance(diff.to_dict(), better_if_negative=True, reference="the tables' setting")
     met = "met" if r.end_to_end_rtf <= target else "NOT met"
+    if r.chosen.setting == r.reference:  # nothing narrower passed: one setting, no comparison to make
+        lines += ["", f"No narrower setting passed on {dev_name}, so the tables' {r.reference} stays. On {test_name}: end-to-end RTF per "
+                  f"core **{r.end_to_end_rtf:.4f}** = features {r.features_rtf:.4f} + acoustic model {r.acoustic_rtf:.4f} + search "
+                  f"{r.search_rtf_chosen:.4f} (target at most {target:g}: {met}). Test WER {100 * r.test_chosen.wer:.2f}%. "
+                  + (f"The search failed on {r.failed_chosen} test utterance(s) (scored as all deletions). " if r.failed_chosen else "")
+                  + "`asr-kd transcribe` decodes with it (the model directory's own setting)."]
+        return "\n".join(lines) + "\n"
     lines += ["", f"On {test_name} at the chosen {r.chosen.setting}: end-to-end RTF per core **{r.end_to_end_rtf:.4f}** = features "
               f"{r.features_rtf:.4f} + acoustic model {r.acoustic_rtf:.4f} + search {r.search_rtf_chosen:.4f} (target at most {target:g}: "
               f"{met}); at the tables' {r.reference}: {r.end_to_end_rtf_reference:.4f} (search {r.search_rtf_reference:.4f}). "

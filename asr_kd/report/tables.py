@@ -243,6 +243,7 @@ def format_table5(
     hard_100: SubsetRun, hard_3: SubsetRun, soft_3: SubsetRun, fraction: float, num_teachers: int,
     plot_name: str = "", corpus: str = "", command: str = "", comparisons: Mapping[str, Any] | None = None, online: bool = False,
     *, hard_weight: float, per_seed: Sequence[Mapping[str, SubsetRun]] = (), ood_part: str = "",
+    hard_100_seeds: Sequence[SubsetRun] = (),
 ) -> str:
     """Return the markdown section ``## Table 5 analogue ...`` with the paper's numbers beside
     ours and, if given, a link to the dev-accuracy plot (relative to RESULTS.md) and the paired
@@ -253,7 +254,9 @@ def format_table5(
     ``per_seed``: with two or more seeds, each seed's ``hard_3`` and ``soft_3`` runs; their rows
     then give the mean ± standard deviation over seeds and every seed's epochs, and
     ``comparisons["gap_recovered_per_seed"]`` each seed's share. ``ood_part``: the out-of-domain
-    test part, a column of its frame accuracy and (``comparisons["ood"]``) its own intervals."""
+    test part, a column of its frame accuracy and (``comparisons["ood"]``) its own intervals.
+    ``hard_100_seeds``: with two or more, stage 6's hard students whose mean ``hard_100`` is; the
+    100% row then gives their mean ± standard deviation."""
     seeds = len(per_seed) if len(per_seed) > 1 else 1
     pct = f"{100 * fraction:g}%"
     lines = [f"## Table 5 analogue: {pct} of the training data, hard vs soft targets (stage 8)", ""]
@@ -275,8 +278,8 @@ def format_table5(
         p_train, p_test = PAPER_TABLE5[key]
         train, test, ood = _pct(run.train_frame_accuracy), _pct(run.test_frame_accuracy), _pct(run.ood_frame_accuracy)
         stop = _epochs_and_stop([run])
-        if seeds > 1 and key != "hard_100":
-            runs = [s[key] for s in per_seed]
+        runs = list(hard_100_seeds) if key == "hard_100" else [s[key] for s in per_seed] if seeds > 1 else []
+        if len(runs) > 1:
             train = _mean_sd_pct([r.train_frame_accuracy for r in runs])
             test = _mean_sd_pct([r.test_frame_accuracy for r in runs])
             if all(r.ood_frame_accuracy is not None for r in runs):
@@ -289,7 +292,9 @@ def format_table5(
     if seeds > 1:
         lines += ["", f"{seeds} seeds of the {pct} models: seed k draws its own {pct} subset and initialises both models with its "
                   "own seed; their rows give the mean ± standard deviation over seeds and each seed's epochs. The 100% baseline "
-                  "is stage 6's hard student of seed 0; the plot shows seed 0."]
+                  + (f"is the mean of stage 6's hard students of seeds 0-{len(hard_100_seeds) - 1} (the shares below use their "
+                     "averaged correct frames per utterance)" if len(hard_100_seeds) > 1 else "is stage 6's hard student of seed 0")
+                  + "; the plot shows seed 0."]
     if comparisons:
         diff, share = comparisons["soft_vs_hard"], comparisons["gap_recovered"]
         paper_share = (PAPER_TABLE5["soft_3"][1] - PAPER_TABLE5["hard_3"][1]) / (PAPER_TABLE5["hard_100"][1] - PAPER_TABLE5["hard_3"][1])
@@ -312,7 +317,11 @@ def format_table5(
             values = [100 * iv["value"] for iv in per if iv["value"] is not None and math.isfinite(iv["value"])]
             spread = (f"; mean of the {len(values)} seeds' shares {np.mean(values):.0f}%, standard deviation {np.std(values, ddof=1):.0f} "
                       "points (the bold share above is that of their averaged counts)" if len(values) > 1 else "")
-            lines += ["", "Share recovered by each seed: " + "; ".join(f"seed {k}: {format_share(iv)}" for k, iv in enumerate(per))
+            paired = min(len(hard_100_seeds), len(per))
+            against = (f" (its {pct} models against stage 6's hard student of the same seed"
+                       + (f"; seeds {paired} and above against the mean of stage 6's {paired}" if paired < len(per) else "") + ")"
+                       if len(hard_100_seeds) > 1 else "")
+            lines += ["", f"Share recovered by each seed{against}: " + "; ".join(f"seed {k}: {format_share(iv)}" for k, iv in enumerate(per))
                       + spread + "."]
     if plot_name:
         lines += ["", f"![dev frame accuracy during training]({plot_name})"]

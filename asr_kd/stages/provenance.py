@@ -131,14 +131,34 @@ _CODE_PATHS = ("asr_kd", "local", "recipes", "egs", "pyproject.toml", "Makefile"
                ":(exclude,glob)**/RESULTS.md", ":(exclude,glob)**/*.png", ":(exclude,glob)recipes/*/data/**", ":(exclude,glob)recipes/*/exp/**")
 
 
+def code_differs_from(version: str) -> bool | None:
+    """Whether the code now (tracked code, recipe scripts and configs of this checkout, uncommitted
+    changes included) differs from what ``version`` (a :func:`code_version`) names: False when
+    ``version`` is a clean commit whose code equals today's (a commit of RESULTS.md or the README
+    alone changes nothing), True when it differs, None when that cannot be told (a ``-dirty``
+    version, another install, a commit this checkout lacks)."""
+    if not version.startswith("git ") or version.endswith("-dirty"):
+        return None if version != code_version() or version.endswith("-dirty") else False
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", version.removeprefix("git "), "--", *_CODE_PATHS],
+                             capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: False, 1: True}.get(out.returncode)
+
+
 def _older_code_note(record: "StageRecord", folder: Path) -> str:
-    """The clause a skipped stage's log line ends with when another code version made it: the skip
-    rule compares settings and inputs, not code, so the reader learns that the outputs kept are
-    older code's and how to redo them."""
-    now = code_version()
-    if not record.code_version or record.code_version == now:
+    """The clause a skipped stage's log line ends with when other code made it: the skip rule
+    compares settings and inputs, not code, so the reader learns that the outputs kept are another
+    code's and how to redo them."""
+    if not record.code_version or record.code_version == code_version():
         return ""
-    return f" (made by {record.code_version}, the code is now {now}: remove {folder} to redo it with this code)"
+    differs = code_differs_from(record.code_version)
+    if differs is False:
+        return ""
+    return (f" (made by {record.code_version}, whose code {'differs from' if differs else 'may differ from'} today's "
+            f"{code_version()}: remove {folder} to redo it with this code)")
 
 
 def code_is_modified(repo: Path) -> bool:

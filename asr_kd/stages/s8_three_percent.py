@@ -44,7 +44,7 @@ from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_cla
 from asr_kd.stages.common import (STUDENT_SEED_OFFSET, alignment_inputs, checked_num_teachers, distillation_loss_of, environment_lines,
                                   model_checkpoint, read_senones)
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.provenance import StageGuard, read_record, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
 from asr_kd.utils import atomic_path, read_json, write_json_atomic
 
@@ -107,7 +107,12 @@ def run_three_percent(
         n = int(soft_record.config["num_teachers"])
         soft_input = {"soft_targets": soft_record.fingerprint}
     out = layout.three_percent
-    baseline_dir = layout.student_dir("hard")
+    # The 100% row: stage 6's hard students of the first num_seeds seeds that stage 6 trained (seed 0 required).
+    baseline_dirs = [layout.student_dir("hard")]
+    while len(baseline_dirs) < num_seeds and read_record(layout.student_dir("hard", len(baseline_dirs))) is not None:
+        baseline_dirs.append(layout.student_dir("hard", len(baseline_dirs)))  # seeds 0, 1, ... up to the first missing one
+    if len(baseline_dirs) < num_seeds:
+        log.info("stage 8: stage 6 trained %d of the %d hard seeds; the 100%% row is their mean", len(baseline_dirs), num_seeds)
     guard = StageGuard("stage 8 (3% of the data)", out,
                        {"dnn": model_config, "train": train_config, "kd": kd, "fraction": fraction, "subset_seed": subset_seed,
                         "train_part": layout.train_part, "dev_part": layout.dev_part, "test_part": layout.test_part,
@@ -116,9 +121,11 @@ def run_three_percent(
                         # ood part keeps the fingerprint it had before these keys existed, the others are redone.
                         **({"num_teachers": n} if kd.mode == "online" else {}), **({"seeds": num_seeds} if num_seeds > 1 else {})},
                        {**alignment_inputs(layout), **soft_input,
-                        "student_hard": require_record(baseline_dir, "stage 6 (hard student)").fingerprint}, command)
+                        "student_hard": require_record(baseline_dirs[0], "stage 6 (hard student)").fingerprint,
+                        **{f"student_hard_seed{k}": require_record(d, "stage 6 (hard student)").fingerprint
+                           for k, d in enumerate(baseline_dirs) if k}}, command)
     if guard.needs_work():
-        _three_percent_work(layout, out, senones.num_senones, soft_cuts, baseline_dir, model_config, train_config, kd, fraction,
+        _three_percent_work(layout, out, senones.num_senones, soft_cuts, baseline_dirs, model_config, train_config, kd, fraction,
                             subset_seed, max_duration, n, num_seeds, jobs, num_threads, launcher)
         guard.finish([out / "table5.json"] + [seed_dir(out, k) / m / "final.pt" for k in range(num_seeds) for m in ("hard", "soft")])
     stored = read_json(out / "table5.json")
@@ -133,6 +140,7 @@ def run_three_percent(
         per_seed = [{k: SubsetRun(**v) for k, v in runs.items()} for runs in stored.get("per_seed", [])]
         text = format_table5(results["hard_100"], results["hard_3"], results["soft_3"], fraction, n, plot_name, corpus, command,
                              stored.get("comparisons"), online=kd.mode == "online", hard_weight=kd.hard_weight, per_seed=per_seed,
+                             hard_100_seeds=[SubsetRun(**v) for v in stored.get("hard_100_per_seed", [])],
                              ood_part=layout.ood_part if "ood" in stored.get("comparisons", {}) else "")
         write_section(results_md, "## Table 5 analogue", text + environment_lines([out]))
     log.info("dev accuracy plot: %s", plot)
@@ -163,13 +171,14 @@ def train_subset_model(
 
 
 def _three_percent_work(
-    layout: RecipeLayout, out: Path, num_senones: int, soft_cuts: Path | None, baseline_dir: Path, model_config: DnnConfig,
+    layout: RecipeLayout, out: Path, num_senones: int, soft_cuts: Path | None, baseline_dirs: list[Path], model_config: DnnConfig,
     train_config: TrainConfig, kd: KdConfig, fraction: float, subset_seed: int, max_duration: float, num_teachers: int,
     num_seeds: int = 1, jobs: int = 1, num_threads: int = 1, launcher: Launcher | None = None,
 ) -> None:
     """Train and score the runs of stage 8; write ``table5.json`` (runs, dev histories, frames,
-    comparisons; with several seeds also ``per_seed``). ``soft_cuts`` None: the soft model learns
-    online from the first ``num_teachers`` teachers."""
+    comparisons; with several seeds also ``per_seed``; with several of stage 6's hard students in
+    ``baseline_dirs``, ``hard_100_per_seed``, and the 100% row and the shares from their mean).
+    ``soft_cuts`` None: the soft model learns online from the first ``num_teachers`` teachers."""
     full_train = CutSet.from_cuts(layout.open_cuts(layout.ali_cuts(layout.train_part)))
     soft_all = None if soft_cuts is None else list(layout.open_cuts(soft_cuts))
     subsets = []
@@ -213,12 +222,16 @@ def _three_percent_work(
                  f", {layout.ood_part} {ood:.4f}" if ood is not None else "", stop)
         return (SubsetRun(labels[key], train_acc, test, epochs, stop, ood), {part: r.per_utterance for part, r in scored.items()}, history)
 
-    hard_100, hard_100_utt, hard_100_history = score("hard_100", model_checkpoint(baseline_dir), baseline_dir, full_train)
-    ids = {part: sorted(hard_100_utt[part]) for part in parts}
-    frames_of = {part: np.array([hard_100_utt[part][u][1] for u in ids[part]], dtype=np.float64) for part in parts}
+    baselines = [score("hard_100", model_checkpoint(d), d, full_train) for d in baseline_dirs]
+    hard_100_history = baselines[0][2]  # the plot shows seed 0
+    ids = {part: sorted(baselines[0][1][part]) for part in parts}
+    frames_of = {part: np.array([baselines[0][1][part][u][1] for u in ids[part]], dtype=np.float64) for part in parts}
 
     def counts(per_utt: Mapping[str, Mapping[str, tuple[int, int]]], part: str) -> np.ndarray:
         return np.array([per_utt[part][u][0] for u in ids[part]], dtype=np.float64)
+
+    # The 100% model's correct frames per utterance: the mean over stage 6's hard seeds (one seed: its own).
+    hard_100_counts = {part: np.mean([counts(utt, part) for _, utt, _ in baselines], axis=0) for part in parts}
 
     per_seed: list[dict[str, SubsetRun]] = []
     correct: dict[str, dict[str, list[np.ndarray]]] = {part: {"hard_3": [], "soft_3": []} for part in parts}
@@ -236,26 +249,32 @@ def _three_percent_work(
                 histories[labels[key]] = history
         per_seed.append(runs)
         test = correct[layout.test_part]
-        seed_comparisons.append(bootstrap_gain_share(test["hard_3"][k], counts(hard_100_utt, layout.test_part), test["soft_3"][k],
+        # Seed k's share: its 3% models against stage 6's hard student of seed k (a replicate of the whole
+        # experiment; seed 0 is the one-seed run's), or their mean where stage 6 has no seed k.
+        own_100 = counts(baselines[k][1], layout.test_part) if k < len(baselines) else hard_100_counts[layout.test_part]
+        seed_comparisons.append(bootstrap_gain_share(test["hard_3"][k], own_100, test["soft_3"][k],
                                                      frames_of[layout.test_part]).to_dict())
 
     def compare(part: str) -> dict[str, dict]:
         """Soft minus hard on ``part`` and the share of the gap recovered, from the seeds' averaged counts."""
         mean_correct = {key: np.mean(v, axis=0) for key, v in correct[part].items()}
         return {"soft_vs_hard": bootstrap_difference(mean_correct["hard_3"], mean_correct["soft_3"], frames_of[part]).to_dict(),
-                "gap_recovered": bootstrap_gain_share(mean_correct["hard_3"], counts(hard_100_utt, part), mean_correct["soft_3"],
+                "gap_recovered": bootstrap_gain_share(mean_correct["hard_3"], hard_100_counts[part], mean_correct["soft_3"],
                                                       frames_of[part]).to_dict()}
 
     comparisons: dict[str, object] = compare(layout.test_part)
     if layout.ood_part:
         comparisons["ood"] = {"part": layout.ood_part, **compare(layout.ood_part)}
-    results = {"hard_100": hard_100, **{key: _mean_run([runs[key] for runs in per_seed]) for key in ("hard_3", "soft_3")}}
+    results = {"hard_100": _mean_run([run for run, _, _ in baselines]),
+               **{key: _mean_run([runs[key] for runs in per_seed]) for key in ("hard_3", "soft_3")}}
     frames = {labels["hard_100"]: sum(c.num_frames for c in full_train),
               **{labels[key]: sum(c.num_frames for c in subsets[0]) for key in ("hard_3", "soft_3")}}
     record = {"runs": {k: dataclasses.asdict(v) for k, v in results.items()}, "histories": histories, "frames": frames, "comparisons": comparisons}
     if num_seeds > 1:
         record["per_seed"] = [{k: dataclasses.asdict(v) for k, v in runs.items()} for runs in per_seed]
         comparisons["gap_recovered_per_seed"] = seed_comparisons
+    if len(baselines) > 1:
+        record["hard_100_per_seed"] = [dataclasses.asdict(run) for run, _, _ in baselines]
     write_json_atomic(out / "table5.json", record)
 
 

@@ -106,6 +106,10 @@ def test_results_md_holds_every_table_with_its_command(recipe) -> None:
     assert "soft targets of the 2 x ensemble only (no early stopping)" in section5
     # Tiny's two seeds (each its own subset) and the out-of-domain part's column and intervals.
     assert len(table5["per_seed"]) == 2 and "2 seeds of the 3% models" in section5
+    # The 100% row: the mean of stage 6's two hard students (scored again by stage 8: the same test frame accuracy as Table 1's).
+    hard_100 = [r["test_frame_accuracy"] for r in table5["hard_100_per_seed"]]
+    assert len(hard_100) == 2 and table5["runs"]["hard_100"]["test_frame_accuracy"] == pytest.approx(np.mean(hard_100))
+    assert f"| {100 * np.mean(hard_100):.1f}% ± {100 * np.std(hard_100, ddof=1):.1f} |" in section5
     for key in ("hard_3", "soft_3"):
         per = [s[key]["ood_frame_accuracy"] for s in table5["per_seed"]]
         assert table5["runs"][key]["ood_frame_accuracy"] == pytest.approx(np.mean(per))
@@ -211,13 +215,15 @@ def test_deployment_section_and_model_directories(recipe) -> None:
     # Issue 15's student-against-ensemble line agrees with the torch rows (a 2-teacher ensemble on tiny).
     errors = {k: int(rows[(k, "torch")][8].split("(")[1].split("/")[0]) for k in ("baseline", "ensemble", "distilled")}
     assert ("Student against the 2-model ensemble (torch rows): acoustic RTF " in section
-            and f"({errors['distilled']} errors) against {(errors['baseline'] + errors['ensemble']) / 2:g} errors halfway between the "
-                f"baseline's {errors['baseline']} and the ensemble's {errors['ensemble']} " in section)
+            and f"({errors['distilled']} errors) against {min((errors['baseline'] + errors['ensemble']) / 2, errors['baseline']):g} errors, "
+                f"halfway between the baseline's {errors['baseline']} and the ensemble's {errors['ensemble']}: "
+                f"{'met' if errors['distilled'] <= (errors['baseline'] + errors['ensemble']) / 2 else 'MISSED'} on these " in section
+            if errors["ensemble"] < errors["baseline"] else f"against the baseline's {errors['baseline']} errors (the ensemble's" in section)
     # The end-to-end line is the deployable student's: at the tables' search setting its int8 model makes the
     # cost table's errors (the same decoding); the chosen setting is one of the dev rows, within 2% of its errors.
     assert "Search pruning for deployment, distilled-uttcmvn (onnx-int8)" in section
-    m = re.search(r"Test WER ([\d.]+%) against ([\d.]+%): ", section)
-    assert m is not None and m.group(2) == rows[("distilled-uttcmvn", "onnx-int8")][8].split(" ")[0]
+    m = re.search(r"Test WER ([\d.]+%)(?: against ([\d.]+%): |\. )", section)  # the second form: nothing narrower passed on dev
+    assert m is not None and (m.group(2) or m.group(1)) == rows[("distilled-uttcmvn", "onnx-int8")][8].split(" ")[0]
     dev = {(r[0].split(" ")[0], r[1]): (int(r[2].split("(")[1].split("/")[0]), r[0]) for r in cells if r[0].split(" ")[0].replace(".", "").isdigit()}
     tables = next(e for (_, _), (e, label) in dev.items() if label.endswith("(tables)"))
     chosen = [e for (_, _), (e, label) in dev.items() if label.endswith("(chosen)")]
@@ -598,8 +604,9 @@ def test_fractions_bench_reproduces_stage_8_and_writes_only_its_own_folders(reci
     assert {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()} == before
     stage8 = json.loads((exp / "three_percent" / "table5.json").read_text())
     ours = json.loads((tmp_path / "out" / "f0.03" / "exp" / "three_percent" / "table5.json").read_text())
-    # One seed: stage 8's seed 0 (tiny's recipe trains 2), its runs, out-of-domain scores and share.
-    assert ours["runs"] == {"hard_100": stage8["runs"]["hard_100"], **stage8["per_seed"][0]}
+    # One seed: stage 8's seed 0 (tiny's recipe trains 2), its runs (the 100% one stage 6's hard seed 0, where stage 8's
+    # row is the mean of both), out-of-domain scores and share.
+    assert ours["runs"] == {"hard_100": stage8["hard_100_per_seed"][0], **stage8["per_seed"][0]}
     assert ours["comparisons"]["gap_recovered"] == stage8["comparisons"]["gap_recovered_per_seed"][0]
     assert ours["runs"]["soft_3"]["ood_frame_accuracy"] is not None and ours["comparisons"]["ood"]["part"] == "test-ood"
     half = json.loads((tmp_path / "out" / "f0.5" / "exp" / "three_percent" / "table5.json").read_text())
@@ -631,7 +638,7 @@ def test_fractions_bench_kd_variants_and_online_stage_8(recipe, tmp_path: Path) 
     stage8 = json.loads((exp / "three_percent" / "table5.json").read_text())
     stored = json.loads((tmp_path / "out" / "f0.03_stored" / "exp" / "three_percent" / "table5.json").read_text())
     online = json.loads((tmp_path / "out" / "f0.03_online" / "exp" / "three_percent" / "table5.json").read_text())
-    seed0 = {"hard_100": stage8["runs"]["hard_100"], **stage8["per_seed"][0]}  # the recipe's first of tiny's 2 seeds
+    seed0 = {"hard_100": stage8["hard_100_per_seed"][0], **stage8["per_seed"][0]}  # the recipe's first of tiny's 2 seeds
     assert stored["runs"] == seed0
     record = read_record(tmp_path / "out" / "f0.03_online" / "exp" / "three_percent")
     assert record.config["kd"]["mode"] == "online" and record.config["num_teachers"] == 2

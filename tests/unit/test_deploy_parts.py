@@ -212,10 +212,24 @@ def test_ensemble_line_judges_the_student_against_speed_and_the_halfway_point() 
     rows = [row("ensemble", 0.004, 20), row("baseline", 0.001, 30), row("distilled", 0.001, 25), row("distilled", 0.0002, 90, "onnx-int8")]
     line = ensemble_line(rows, 4)
     assert "acoustic RTF 4.00x lower (target: at least 3.5x);" in line
-    assert "test WER 25.00% (25 errors) against 25 errors halfway between the baseline's 30 and the ensemble's 20 (met" in line
+    assert "test WER 25.00% (25 errors) against 25 errors, halfway between the baseline's 30 and the ensemble's 20: met on these 100 words" in line
     slow = ensemble_line([row("ensemble", 0.004, 20), row("baseline", 0.001, 30), row("distilled", 0.002, 26)], 4)
-    assert "2.00x lower (target: at least 3.5x, MISSED)" in slow and "(MISSED on these utterances" in slow
+    assert "2.00x lower (target: at least 3.5x, MISSED)" in slow and ": MISSED on these 100 words" in slow
+    # An ensemble worse than the baseline sets no easier target than the baseline itself.
+    worse = ensemble_line([row("ensemble", 0.004, 40), row("baseline", 0.001, 30), row("distilled", 0.001, 33)], 4)
+    assert "against the baseline's 30 errors (the ensemble's 40 are no better, and halfway would be easier): MISSED" in worse
     assert ensemble_line(rows[:2], 4) == ""
+
+
+def test_a_gate_without_its_onnx_rows_is_refused_before_anything_is_measured(tmp_path: Path) -> None:
+    from asr_kd.deploy.report import deploy_report
+
+    missing = tmp_path / "no-such-dir"  # never opened: the refusal comes first
+    systems = [SystemSpec("distilled", (missing,)), SystemSpec("distilled", (missing,), "onnx"),
+               SystemSpec("distilled", (missing,), "onnx-int8"), SystemSpec("uttcmvn", (missing,), "onnx-int8")]
+    for gates in ("uttcmvn", ["distilled", "uttcmvn"]):
+        with pytest.raises(ConfigError, match=r"the quantisation gate needs --system uttcmvn=DIR@onnx; add it"):
+            deploy_report(systems, tmp_path / "cuts.jsonl.gz", gate_system=gates)
 
 
 def test_a_named_gate_says_which_system_it_judged() -> None:

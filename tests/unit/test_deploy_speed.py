@@ -184,13 +184,27 @@ def test_failed_searches_are_counted_in_the_section() -> None:
     full = compute_wer(refs, refs)
     one_lost = compute_wer(refs, {"u1": "a b c", "u3": "f"})  # u2's search failed: two deletions
     points = [SearchPoint(REF, 0, 6, 0.02), SearchPoint(SearchSetting(8, 300), 2, 6, 0.01, failed=1)]
-    result = SpeedResult(REF, points, points[0], 0.001, 0.001, full, one_lost, 0.02, 0.01, failed_reference=0, failed_chosen=1)
+    result = SpeedResult(REF, points, points[1], 0.001, 0.001, full, one_lost, 0.02, 0.01, failed_reference=0, failed_chosen=1)
     text = speed_markdown(result, "distilled (onnx-int8)", "dev-clean", "test-clean")
-    assert "| 8 | 300 | 33.33% (2/6, 1 failed) | – | 0.0100 |" in text
+    assert "| 8 (chosen) | 300 | 33.33% (2/6, 1 failed) | – | 0.0100 |" in text
     assert "| 11 (tables) | 2000 | 0.00% (0/6) | – | 0.0200 |" in text
     assert "The search failed on 1 test utterance(s) at the chosen setting and 0 at the tables'" in text
     clean = dataclasses.replace(result, dev_points=[points[0], dataclasses.replace(points[1], failed=0)], failed_chosen=0, test_chosen=full)
     assert "failed" not in speed_markdown(clean, "s", "dev", "test")
+
+
+def test_when_nothing_narrower_passes_the_tables_setting_is_reported_once() -> None:
+    from asr_kd.deploy.speed import SpeedResult, speed_markdown
+    from asr_kd.metrics.wer import compute_wer
+
+    refs = {"u1": "a b c", "u2": "d e"}
+    wer = compute_wer(refs, {"u1": "a b c", "u2": "d x"})
+    points = [SearchPoint(REF, 1, 5, 0.02), SearchPoint(SearchSetting(8, 300), 3, 5, 0.01)]
+    text = speed_markdown(SpeedResult(REF, points, points[0], 0.0004, 0.0005, wer, wer, 0.025, 0.024), "s (onnx-int8)", "dev", "test")
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(f"No narrower setting passed on dev, so the tables' {REF} stays. On test: end-to-end RTF per core **")
+    assert "(target at most 0.02: NOT met). Test WER 20.00%. `asr-kd transcribe` decodes with it" in last
+    assert "against" not in last and "+0.00 [+0.00, +0.00]" not in text
 
 
 def test_an_ensemble_refuses_members_fed_other_features(tmp_path: Path) -> None:

@@ -267,6 +267,19 @@ def test_table5_with_seeds_gives_means_deviations_epochs_and_each_seeds_share() 
     assert "| Test frame accuracy | test-ood frame accuracy | Epochs (stop) |" in text
     assert "| 60.0% | 34.0% | 20.0% | 30 (num_epochs=30) |" in text and "| 13.0% ± 1.0 | 6.5% ± 0.5 | 40 (early stopping); 52" in text
     assert "On test-ood, soft minus hard targets: +5.00 [+1.00, +9.00] points" in text and "recovered there: **31% (95% CI 22% to 40%)**" in text
+    # Stage 6's hard seeds as the 100% row: their mean ± sd, each one's epochs, and the text names them.
+    fulls = [dataclasses.replace(full, train_frame_accuracy=tr, test_frame_accuracy=te, ood_frame_accuracy=o)
+             for tr, te, o in ((0.62, 0.33, 0.21), (0.64, 0.35, 0.23), (0.63, 0.34, 0.22))]
+    text = format_table5(full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds,
+                         ood_part="test-ood", hard_100_seeds=fulls)
+    assert "| Baseline, 100% of the training set, hard targets | 63.0% ± 1.0 | 34.0% ± 1.0 | 22.0% ± 1.0 | 30 / 30 / 30 (num_epochs=30) |" in text
+    assert "The 100% baseline is the mean of stage 6's hard students of seeds 0-2 (the shares below use their averaged" in text
+    assert "Share recovered by each seed (its 3% models against stage 6's hard student of the same seed): seed 0:" in text
+    two = format_table5(full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds,
+                        hard_100_seeds=fulls[:2])
+    assert "(its 3% models against stage 6's hard student of the same seed; seeds 2 and above against the mean of stage 6's 2)" in two
+    assert "The 100% baseline is stage 6's hard student of seed 0;" in format_table5(
+        full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds, hard_100_seeds=fulls[:1])
 
 
 def test_table1_has_the_out_of_domain_column_with_the_relative_increase() -> None:

@@ -88,7 +88,20 @@ def test_a_skip_says_when_older_code_made_the_outputs_it_keeps(tmp_path: Path, c
     caplog.clear()
     with caplog.at_level("INFO", logger="asr_kd.stages.provenance"):
         assert not _run(folder, {"T": 2})[0]
-    assert f"skipping (made by git 0000000, the code is now {code_version()}: remove {folder} to redo it with this code)" in caplog.text
+    assert (f"skipping (made by git 0000000, whose code may differ from today's {code_version()}: remove {folder} to redo it "
+            "with this code)") in caplog.text  # a commit this checkout lacks: it cannot tell
+    # The project's first commit had other code: it says so.
+    import subprocess
+
+    from tests.conftest import REPO_ROOT
+
+    first = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-list", "--max-parents=0", "HEAD"], capture_output=True, text=True)
+    if first.returncode == 0 and first.stdout.strip():
+        (folder / RECORD_NAME).write_text(dataclasses.replace(old, code_version="git " + first.stdout.split()[0][:7]).to_json())
+        caplog.clear()
+        with caplog.at_level("INFO", logger="asr_kd.stages.provenance"):
+            assert not _run(folder, {"T": 2})[0]
+        assert f"whose code differs from today's {code_version()}: remove {folder}" in caplog.text
 
 
 def test_stop_policy_names_the_differing_keys_in_one_line(tmp_path: Path) -> None:
