@@ -21,6 +21,7 @@ from asr_kd.config import DecodeConfig
 from asr_kd.deploy.acoustic import ONNX_FILES, TorchAcoustic, ensemble_acoustic
 from asr_kd.data.features import CmvnStats
 from asr_kd.deploy.model_dir import GMM_FILE, MODEL_PT, load_network, load_spec, normalize_features, pooled_cmvn
+from asr_kd.deploy.recipe_paths import UTTCMVN_SUFFIX
 from asr_kd.deploy.transcribe import Transcriber
 from asr_kd.errors import AsrKdError, ConfigError
 from asr_kd.metrics.wer import WerResult, compute_wer
@@ -336,8 +337,6 @@ def deploy_report(
     for gate in gates:
         text += "\n" + gate.markdown() + "\n"
     ensemble = next((s for s in systems if s.name == baseline and len(s.model_dirs) > 1), None)
-    from asr_kd.deploy.recipe_paths import UTTCMVN_SUFFIX
-
     for line in (ensemble_line(rows, len(ensemble.model_dirs), ensemble=ensemble.name) if ensemble else "",
                  compression_line(rows),
                  compression_line(rows, "compressed" + UTTCMVN_SUFFIX, baseline="baseline" + UTTCMVN_SUFFIX,
@@ -461,7 +460,6 @@ def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
     ``<name>``'s per-speaker WER (the recipe's score, which no deployment can reproduce), and the
     distilled and compressed ones against the hard-target one, all with 95% paired bootstrap intervals. ``""``
     when there is no such system."""
-    from asr_kd.deploy.recipe_paths import UTTCMVN_SUFFIX as UTTCMVN
     from asr_kd.metrics.paired import wer_difference
     from asr_kd.report.tables import format_interval, significance
 
@@ -471,15 +469,15 @@ def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
 
     lines = []
     for name, r in results.items():
-        base = name.removesuffix(UTTCMVN)
+        base = name.removesuffix(UTTCMVN_SUFFIX)
         if base == name or base not in results:
             continue
         own, other = r["per utterance"], results[base]
         lines.append(f"- {name}, trained on per-utterance CMVN: {100 * own.wer:.2f}% per utterance; minus {base}'s global-CMVN WER "
                      f"(its model directory's) {diff(other['global'], own, base + ' with global CMVN')}; minus {base}'s per-speaker "
                      f"WER (the recipe's score) {diff(other['per speaker'], own, base + ' with per-speaker CMVN')}.")
-    hard = "baseline" + UTTCMVN
-    for label, kd in (("Distillation", "distilled" + UTTCMVN), ("Compression (a quarter of a teacher's compute or less)", "compressed" + UTTCMVN)):
+    hard = "baseline" + UTTCMVN_SUFFIX
+    for label, kd in (("Distillation", "distilled" + UTTCMVN_SUFFIX), ("Compression (a quarter of a teacher's compute or less)", "compressed" + UTTCMVN_SUFFIX)):
         if hard in results and kd in results:
             lines.append(f"- {label} on per-utterance CMVN: {kd} minus {hard} "
                          f"{diff(results[hard]['per utterance'], results[kd]['per utterance'], hard)}.")

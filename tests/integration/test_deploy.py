@@ -353,6 +353,10 @@ def test_deployment_search_is_chosen_on_dev_and_measured_end_to_end(recipe, mode
     text = speed_markdown(result, "distilled (onnx-int8)", "dev-clean", TEST, 0.5)
     assert f"Test WER {100 * result.test_chosen.wer:.2f}% against {100 * result.test_reference.wer:.2f}%" in text
     assert f"**{result.end_to_end_rtf:.4f}**" in text
+    # With nothing narrower to try, the tables' setting is chosen and the test part is searched once, not twice.
+    same = measure_speed(h, "onnx-int8", dev_audio, dev_refs, test_audio, test_refs, (), tolerance=0.5)
+    assert same.chosen.setting == same.reference and same.test_chosen is same.test_reference
+    assert same.search_rtf_chosen == same.search_rtf_reference and same.test_reference.errors == result.test_reference.errors
 
 
 def test_gmm_model_dir_decodes_like_stage_3(recipe, tmp_path) -> None:
