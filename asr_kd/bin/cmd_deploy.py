@@ -204,9 +204,10 @@ def register_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speaker-cmvn", type=Path, default=None,
                    help="the test part's per-speaker CMVN statistics: also score each single torch system with per-speaker, "
                         "global and per-utterance normalisation (the test manifest must carry fbank features)")
-    p.add_argument("--speed", default=None, metavar="NAME@BACKEND",
+    p.add_argument("--speed", action="append", default=[], metavar="NAME@BACKEND",
                    help="a system of --system (one model directory; BACKEND torch when left out) to measure end to end "
-                        "(features + network + search) with the search pruning chosen on --dev-manifest, e.g. distilled@onnx-int8")
+                        "(features + network + search) with the search pruning chosen on --dev-manifest, e.g. distilled@onnx-int8 "
+                        "(repeat for several; each gets its own paragraph)")
     p.add_argument("--dev-manifest", type=Path, default=None, help="lhotse cuts of the dev part, where --speed chooses the pruning")
     p.add_argument("--search-grid", default=None, metavar="BEAM:MAX_ACTIVE,...",
                    help=f"settings --speed tries besides the model directory's own (default {DEFAULT_GRID})")
@@ -227,13 +228,14 @@ def run_deploy_report(args: argparse.Namespace) -> int:
 
     command = "asr-kd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "asr-kd deploy-report"
     systems = [SystemSpec.parse(s) for s in args.system]
-    speed = None
-    if args.speed is not None:
-        name, _, backend = args.speed.partition("@")
-        speed = next((s for s in systems if s.name == name and s.backend == (backend or "torch")), None)
-        if speed is None:
-            raise ConfigError(f"--speed {args.speed}: no such --system (NAME@BACKEND of one of them, e.g. distilled@onnx-int8)")
-    else:
+    speed = []
+    for request in dict.fromkeys(args.speed):  # each system once, in the order given
+        name, _, backend = request.partition("@")
+        found = next((s for s in systems if s.name == name and s.backend == (backend or "torch")), None)
+        if found is None:
+            raise ConfigError(f"--speed {request}: no such --system (NAME@BACKEND of one of them, e.g. distilled@onnx-int8)")
+        speed.append(found)
+    if not speed:
         given = [f for f, v in (("--dev-manifest", args.dev_manifest), ("--search-grid", args.search_grid),
                                 ("--search-tolerance", args.search_tolerance)) if v is not None]
         if given:

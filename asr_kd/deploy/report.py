@@ -297,7 +297,7 @@ def deploy_report(
     max_relative: float = DEFAULT_MAX_RELATIVE,
     baseline: str | None = None, decode_config: DecodeConfig | None = None, max_cuts: int | None = None,
     results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
-    plot: Path | str | None = None, speed_system: SystemSpec | None = None, dev_manifest: Path | str | None = None,
+    plot: Path | str | None = None, speed_system: SystemSpec | Sequence[SystemSpec] | None = None, dev_manifest: Path | str | None = None,
     search_grid: Sequence["SearchSetting"] = (), search_tolerance: float | None = None,
 ) -> tuple[list[CostRow], list[GateResult], str]:
     """Measure every system on the test manifest in one run and return ``(rows, gates, markdown)``;
@@ -307,9 +307,10 @@ def deploy_report(
     is also scored with per-speaker, global and per-utterance normalisation (test_manifest must
     then carry stored features). With ``results_md``, writes the markdown as its
     ``## Deployment`` section; with ``plot``, a PNG of WER against acoustic cost, linked from it
-    when it lies beside ``results_md``. With ``speed_system`` (one model directory and a runtime)
-    and ``dev_manifest``, the search pruning for deployment is chosen on dev from ``search_grid``
-    and the test part is measured end to end (:mod:`asr_kd.deploy.speed`)."""
+    when it lies beside ``results_md``. With ``speed_system`` (one model directory and a runtime,
+    or several) and ``dev_manifest``, each one's search pruning for deployment is chosen on dev
+    from ``search_grid`` and the test part is measured end to end (:mod:`asr_kd.deploy.speed`),
+    one paragraph per system."""
     from asr_kd.report.results_md import write_section
 
     gate_systems = [gate_system] if isinstance(gate_system, str) else list(gate_system or ())
@@ -318,8 +319,9 @@ def deploy_report(
         missing = [b for b in ("onnx", "onnx-int8") if (name, b) not in measured]
         if missing:
             raise ConfigError(f"the quantisation gate needs --system {name}=DIR@{missing[0]}; add it")
-    if speed_system is not None:
-        _check_speed_request(speed_system, dev_manifest, search_tolerance)
+    speed_systems = [speed_system] if isinstance(speed_system, SystemSpec) else list(speed_system or ())
+    for s in speed_systems:
+        _check_speed_request(s, dev_manifest, search_tolerance)
     rate = load_spec(systems[0].model_dirs[0]).features.sampling_rate
     audio, refs = load_test_audio(test_manifest, rate, max_cuts)
     rows, wers = [], {}
@@ -345,8 +347,8 @@ def deploy_report(
                                   else "one seed, no interval here")):
         if line:
             text += "\n" + line + "\n"
-    if speed_system is not None:
-        text += "\n" + _speed_section(speed_system, dev_manifest, audio, refs, search_grid, search_tolerance, max_cuts, test_manifest)
+    for s in speed_systems:
+        text += "\n" + _speed_section(s, dev_manifest, audio, refs, search_grid, search_tolerance, max_cuts, test_manifest)
     if plot is not None:
         plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
         if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:

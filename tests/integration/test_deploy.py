@@ -9,6 +9,7 @@ tests check that every runtime computes the same thing, not that the words are r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 import numpy as np
 import pytest
@@ -357,6 +358,31 @@ def test_deployment_search_is_chosen_on_dev_and_measured_end_to_end(recipe, mode
     same = measure_speed(h, "onnx-int8", dev_audio, dev_refs, test_audio, test_refs, (), tolerance=0.5)
     assert same.chosen.setting == same.reference and same.test_chosen is same.test_reference
     assert same.search_rtf_chosen == same.search_rtf_reference and same.test_reference.errors == result.test_reference.errors
+
+
+def test_deploy_report_times_the_hybrid_and_the_ctc_student_each_on_its_own_search(recipe, model_dirs, tmp_path) -> None:
+    """Two --speed systems: one paragraph each, in the order given, and the CTC one's HLG search at the
+    chosen pruning gives the errors its transcription gives there (what its paragraph reports)."""
+    from asr_kd.deploy.speed import SearchSetting, parse_search_grid, with_setting
+    from asr_kd.stages.layout import RecipeLayout
+
+    data, exp = recipe
+    h, c = model_dirs["hybrid"], model_dirs["ctc"]
+    layout = RecipeLayout(data, exp)
+    dev = layout.fbank_cuts(layout.dev_part)
+    speed = [SystemSpec("distilled", (h,), "onnx-int8"), SystemSpec("ctc-frame", (c,), "onnx-int8")]
+    _, _, text = deploy_report(speed, cuts_path(data / "fbank", TEST), max_cuts=4, speed_system=speed, dev_manifest=dev,
+                               search_grid=parse_search_grid("5:20"), search_tolerance=10.0)
+    paragraphs = re.findall(r"Search pruning for deployment, (\S+) \(onnx-int8\)", text)
+    assert paragraphs == ["distilled", "ctc-frame"]
+    # A tolerance of 10 (1000%) lets the narrow setting through for both: each paragraph's test WER is
+    # its own transcription's at beam 5, max-active 20.
+    test_audio, test_refs = _test_audio(data, 4)
+    for (system, d), part in zip((("distilled", h), ("ctc-frame", c)), text.split("Search pruning for deployment, ")[1:]):
+        assert "(chosen)" in part and "| 5 (chosen) | 20 |" in part, part
+        narrow = Transcriber(d, "onnx-int8", decode_config=with_setting(load_spec(d).decode_config(), SearchSetting(5.0, 20)))
+        wer = compute_wer(test_refs, _texts(narrow, test_audio, 1))
+        assert f"Test WER {100 * wer.wer:.2f}% against" in part, (system, part)
 
 
 def test_gmm_model_dir_decodes_like_stage_3(recipe, tmp_path) -> None:

@@ -156,6 +156,7 @@ def test_speed_options_are_refused_before_anything_is_measured(tmp_path: Path, c
          "the search tolerance must be >= 0, got -0.1"),
         (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz"], "--dev-manifest d.jsonl.gz does not exist"),
         (["--speed", "int8"], "--speed int8: no such --system"),  # BACKEND left out means torch
+        (["--speed", "ctc@onnx-int8", "--speed", "int8@onnx-int8"], "--speed ctc@onnx-int8: no such --system"),  # each one checked
     ]
     for extra, message in cases:
         capsys.readouterr()

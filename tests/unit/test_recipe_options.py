@@ -221,5 +221,20 @@ def test_stage9_trains_the_deployable_students_on_per_utterance_cmvn(tmp_path: P
     assert len(onnx) == int(deployable)
 
 
+@pytest.mark.parametrize("model_type", ["both", "ctc", "hybrid"])
+def test_stage9_times_each_distilled_student_it_deploys(tmp_path: Path, model_type: str) -> None:
+    """Both distilled students users deploy are timed end to end on dev-chosen pruning: the hybrid
+    one (on per-utterance CMVN) and the CTC frame-level one, each with the dev part to choose on."""
+    calls = recorded_calls(tmp_path, "--preset", "mini", "--model-type", model_type, "--stage", "9", "--stop-stage", "9")
+    report = next(c for c in calls if c.split()[1] == "deploy-report")
+    expected = {"both": ["distilled-uttcmvn@onnx-int8", "ctc-frame@onnx-int8"], "ctc": ["ctc-frame@onnx-int8"],
+                "hybrid": ["distilled-uttcmvn@onnx-int8"]}[model_type]
+    assert re.findall(r"--speed (\S+)", report) == expected
+    assert re.findall(r"--dev-manifest (\S+)", report) == [str(tmp_path / "data" / "fbank" / "cuts_dev-clean.jsonl.gz")]
+    # Every timed system is measured in the cost table too (deploy-report refuses a --speed it has no --system for).
+    systems = {n.split("=")[0] + ("@" + n.rsplit("@", 1)[1] if "@" in n else "") for n in re.findall(r"--system (\S+)", report)}
+    assert set(expected) <= systems
+
+
 def made_kinds(systems: list[str]) -> list[str]:
     return [s.removesuffix("-uttcmvn") for s in systems]
