@@ -298,7 +298,7 @@ def deploy_report(
     baseline: str | None = None, decode_config: DecodeConfig | None = None, max_cuts: int | None = None,
     results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
     plot: Path | str | None = None, speed_system: SystemSpec | Sequence[SystemSpec] | None = None, dev_manifest: Path | str | None = None,
-    search_grid: Sequence["SearchSetting"] = (), search_tolerance: float | None = None,
+    search_grid: Sequence["SearchSetting"] = (), search_tolerance: float | None = None, rtf_target: float | None = None,
 ) -> tuple[list[CostRow], list[GateResult], str]:
     """Measure every system on the test manifest in one run and return ``(rows, gates, markdown)``;
     each gate (one per name in ``gate_system``, a name or several) compares that system's onnx and
@@ -309,8 +309,9 @@ def deploy_report(
     ``## Deployment`` section; with ``plot``, a PNG of WER against acoustic cost, linked from it
     when it lies beside ``results_md``. With ``speed_system`` (one model directory and a runtime,
     or several) and ``dev_manifest``, each one's search pruning for deployment is chosen on dev
-    from ``search_grid`` and the test part is measured end to end (:mod:`asr_kd.deploy.speed`),
-    one paragraph per system."""
+    from ``search_grid`` (only when the tables' setting misses ``rtf_target`` end to end on dev;
+    default issue 15's 0.02, 0: always) and the test part is measured end to end
+    (:mod:`asr_kd.deploy.speed`), one paragraph per system."""
     from asr_kd.report.results_md import write_section
 
     gate_systems = [gate_system] if isinstance(gate_system, str) else list(gate_system or ())
@@ -322,6 +323,8 @@ def deploy_report(
     speed_systems = [speed_system] if isinstance(speed_system, SystemSpec) else list(speed_system or ())
     for s in speed_systems:
         _check_speed_request(s, dev_manifest, search_tolerance)
+    if rtf_target is not None and rtf_target < 0:
+        raise ConfigError(f"the end-to-end RTF target must be >= 0 (0: narrow the search as far as dev allows), got {rtf_target}")
     rate = load_spec(systems[0].model_dirs[0]).features.sampling_rate
     audio, refs = load_test_audio(test_manifest, rate, max_cuts)
     rows, wers = [], {}
@@ -348,7 +351,7 @@ def deploy_report(
         if line:
             text += "\n" + line + "\n"
     for s in speed_systems:
-        text += "\n" + _speed_section(s, dev_manifest, audio, refs, search_grid, search_tolerance, max_cuts, test_manifest)
+        text += "\n" + _speed_section(s, dev_manifest, audio, refs, search_grid, search_tolerance, max_cuts, test_manifest, rtf_target)
     if plot is not None:
         plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
         if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:
@@ -371,18 +374,21 @@ def deploy_report(
 
 
 def _speed_section(system: SystemSpec, dev_manifest: Path | str | None, test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str],
-                   grid: Sequence["SearchSetting"], tolerance: float | None, max_cuts: int | None, test_manifest: Path | str) -> str:
+                   grid: Sequence["SearchSetting"], tolerance: float | None, max_cuts: int | None, test_manifest: Path | str,
+                   target: float | None = None) -> str:
     """Choose the deployment search on dev and measure ``system`` end to end on the test audio;
     return the Markdown of :func:`asr_kd.deploy.speed.speed_markdown`."""
-    from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE, measure_speed, parse_search_grid, speed_markdown
+    from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE, END_TO_END_TARGET, measure_speed, parse_search_grid, speed_markdown
 
     _check_speed_request(system, dev_manifest, tolerance)
+    target = END_TO_END_TARGET if target is None else target
     assert dev_manifest is not None
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     dev_audio, dev_refs = load_test_audio(dev_manifest, load_spec(system.model_dirs[0]).features.sampling_rate, max_cuts)
     result = measure_speed(system.model_dirs[0], system.backend, dev_audio, dev_refs, test_audio, test_refs,
-                           grid or parse_search_grid(DEFAULT_GRID), tolerance)
-    return speed_markdown(result, f"{system.name} ({system.backend})", _part_name(dev_manifest), _part_name(test_manifest), tolerance)
+                           grid or parse_search_grid(DEFAULT_GRID), tolerance, target)
+    return speed_markdown(result, f"{system.name} ({system.backend})", _part_name(dev_manifest), _part_name(test_manifest), tolerance,
+                          target if target > 0 else END_TO_END_TARGET)
 
 
 def _check_speed_request(system: SystemSpec, dev_manifest: Path | str | None, tolerance: float | None) -> None:

@@ -155,6 +155,7 @@ def test_speed_options_are_refused_before_anything_is_measured(tmp_path: Path, c
         (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz", "--search-tolerance", "-0.1"],
          "the search tolerance must be >= 0, got -0.1"),
         (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz"], "--dev-manifest d.jsonl.gz does not exist"),
+        (["--rtf-target", "0.01"], "--rtf-target applies to the speed measurement"),
         (["--speed", "int8"], "--speed int8: no such --system"),  # BACKEND left out means torch
         (["--speed", "ctc@onnx-int8", "--speed", "int8@onnx-int8"], "--speed ctc@onnx-int8: no such --system"),  # each one checked
     ]
@@ -206,6 +207,21 @@ def test_when_nothing_narrower_passes_the_tables_setting_is_reported_once() -> N
     assert last.startswith(f"No narrower setting passed on dev, so the tables' {REF} stays. On test: end-to-end RTF per core **")
     assert "(target at most 0.02: NOT met). Test WER 20.00%. `asr-kd transcribe` decodes with it" in last
     assert "against" not in last and "+0.00 [+0.00, +0.00]" not in text
+
+
+def test_a_search_already_fast_enough_is_not_narrowed() -> None:
+    from asr_kd.deploy.speed import SpeedResult, speed_markdown
+    from asr_kd.metrics.wer import compute_wer
+
+    refs = {"u1": "a b c", "u2": "d e"}
+    wer = compute_wer(refs, refs)
+    points = [SearchPoint(REF, 0, 5, 0.0017), SearchPoint(SearchSetting(9, 500), 0, 5, 0.0015)]
+    result = SpeedResult(REF, points, points[0], 0.0005, 0.0012, wer, wer, 0.0016, 0.0016,
+                         dev_end_to_end_reference=0.0034, reference_meets_target=True)
+    last = speed_markdown(result, "ctc-frame (onnx-int8)", "dev", "test").strip().splitlines()[-1]
+    assert last.startswith(f"The tables' {REF} already meets the target on dev (end to end 0.0034), so it stays: ")
+    assert "end-to-end RTF per core **0.0033** = features 0.0005 + acoustic model 0.0012 + search 0.0016 (target at most 0.02: met)" in last
+    assert "No narrower setting passed" not in last and "(chosen)" not in speed_markdown(result, "s", "dev", "test")
 
 
 def test_an_ensemble_refuses_members_fed_other_features(tmp_path: Path) -> None:
