@@ -216,7 +216,7 @@ def register_report(sub: argparse._SubParsersAction) -> None:
                         f"upper end of the paired 95%% bootstrap interval of the WER difference (default {DEFAULT_TOLERANCE})")
     p.add_argument("--rtf-target", type=float, default=None,
                    help=f"end-to-end real-time factor per core that --speed checks; the search is narrowed only when the model "
-                        f"directory's own setting misses it on dev (default {END_TO_END_TARGET:g}, issue 15's target on mini; "
+                        f"directory's own setting misses it on dev (default {END_TO_END_TARGET:g}, the project's target on mini; "
                         "0: narrow as far as dev allows)")
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section to")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of test WER against acoustic RTF here (linked when beside --results)")
@@ -233,12 +233,13 @@ def run_deploy_report(args: argparse.Namespace) -> int:
     command = "asr-kd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "asr-kd deploy-report"
     systems = [SystemSpec.parse(s) for s in args.system]
     speed = []
-    for request in dict.fromkeys(args.speed):  # each system once, in the order given
+    for request in args.speed:
         name, _, backend = request.partition("@")
         found = next((s for s in systems if s.name == name and s.backend == (backend or "torch")), None)
         if found is None:
             raise ConfigError(f"--speed {request}: no such --system (NAME@BACKEND of one of them, e.g. distilled@onnx-int8)")
-        speed.append(found)
+        if found not in speed:  # each system once (NAME and NAME@torch are one), in the order given
+            speed.append(found)
     if not speed:
         given = [f for f, v in (("--dev-manifest", args.dev_manifest), ("--search-grid", args.search_grid),
                                 ("--search-tolerance", args.search_tolerance), ("--rtf-target", args.rtf_target)) if v is not None]

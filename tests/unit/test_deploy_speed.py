@@ -157,7 +157,8 @@ def test_speed_options_are_refused_before_anything_is_measured(tmp_path: Path, c
         (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz"], "--dev-manifest d.jsonl.gz does not exist"),
         (["--rtf-target", "0.01"], "--rtf-target applies to the speed measurement"),
         (["--speed", "int8"], "--speed int8: no such --system"),  # BACKEND left out means torch
-        (["--speed", "ctc@onnx-int8", "--speed", "int8@onnx-int8"], "--speed ctc@onnx-int8: no such --system"),  # each one checked
+        (["--speed", "int8@onnx-int8", "--speed", "ctc@onnx-int8"], "--speed ctc@onnx-int8: no such --system"),  # each one checked
+        (["--speed", "int8@onnx-int8", "--dev-manifest", "d.jsonl.gz", "--rtf-target", "-1"], "the end-to-end RTF target must be >= 0"),
     ]
     for extra, message in cases:
         capsys.readouterr()
@@ -222,6 +223,11 @@ def test_a_search_already_fast_enough_is_not_narrowed() -> None:
     assert last.startswith(f"The tables' {REF} already meets the target on dev (end to end 0.0034), so it stays: ")
     assert "end-to-end RTF per core **0.0033** = features 0.0005 + acoustic model 0.0012 + search 0.0016 (target at most 0.02: met)" in last
     assert "No narrower setting passed" not in last and "(chosen)" not in speed_markdown(result, "s", "dev", "test")
+    # The verdict and the rule name the target asked for; target 0 (always narrow) is judged against the default.
+    strict = speed_markdown(result, "s", "dev", "test", target=0.003)
+    assert "misses the end-to-end target (0.003) on dev" in strict and "(target at most 0.003: NOT met)" in strict
+    always = speed_markdown(dataclasses.replace(result, reference_meets_target=False), "s", "dev", "test", target=0)
+    assert "narrowed as far as dev allows" in always and "(target at most 0.02: met)" in always
 
 
 def test_an_ensemble_refuses_members_fed_other_features(tmp_path: Path) -> None:
