@@ -350,8 +350,13 @@ def deploy_report(
                                   else "one seed, no interval here")):
         if line:
             text += "\n" + line + "\n"
+    dev_parts: dict[int, tuple[dict[str, np.ndarray], dict[str, str]]] = {}  # the dev audio, read once per sampling rate
     for s in speed_systems:
-        text += "\n" + _speed_section(s, dev_manifest, audio, refs, search_grid, search_tolerance, max_cuts, test_manifest, rtf_target)
+        rate_s = load_spec(s.model_dirs[0]).features.sampling_rate
+        if rate_s not in dev_parts:
+            dev_parts[rate_s] = load_test_audio(dev_manifest, rate_s, max_cuts)
+        text += "\n" + _speed_section(s, dev_parts[rate_s], dev_manifest, audio, refs, search_grid, search_tolerance, test_manifest,
+                                       rtf_target)
     if plot is not None:
         plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
         if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:
@@ -373,18 +378,17 @@ def deploy_report(
     return rows, gates, text
 
 
-def _speed_section(system: SystemSpec, dev_manifest: Path | str | None, test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str],
-                   grid: Sequence["SearchSetting"], tolerance: float | None, max_cuts: int | None, test_manifest: Path | str,
-                   target: float | None = None) -> str:
-    """Choose the deployment search on dev and measure ``system`` end to end on the test audio;
-    return the Markdown of :func:`asr_kd.deploy.speed.speed_markdown`."""
+def _speed_section(system: SystemSpec, dev: tuple[Mapping[str, np.ndarray], Mapping[str, str]], dev_manifest: Path | str,
+                   test_audio: Mapping[str, np.ndarray], test_refs: Mapping[str, str], grid: Sequence["SearchSetting"],
+                   tolerance: float | None, test_manifest: Path | str, target: float | None = None) -> str:
+    """Choose the deployment search on ``dev`` (audio and transcripts, read from ``dev_manifest``)
+    and measure ``system`` end to end on the test audio; return the Markdown of
+    :func:`asr_kd.deploy.speed.speed_markdown`. The request was checked by :func:`deploy_report`."""
     from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE, END_TO_END_TARGET, measure_speed, parse_search_grid, speed_markdown
 
-    _check_speed_request(system, dev_manifest, tolerance)
     target = END_TO_END_TARGET if target is None else target
-    assert dev_manifest is not None
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    dev_audio, dev_refs = load_test_audio(dev_manifest, load_spec(system.model_dirs[0]).features.sampling_rate, max_cuts)
+    dev_audio, dev_refs = dev
     result = measure_speed(system.model_dirs[0], system.backend, dev_audio, dev_refs, test_audio, test_refs,
                            grid or parse_search_grid(DEFAULT_GRID), tolerance, target)
     return speed_markdown(result, f"{system.name} ({system.backend})", _part_name(dev_manifest), _part_name(test_manifest), tolerance,

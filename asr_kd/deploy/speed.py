@@ -269,9 +269,10 @@ def measure_speed(
             wer, rtf, failed = _search(tr, dev, dev_refs, with_setting(base, s))
             points.append(SearchPoint(s, wer.errors, wer.ref_words, rtf, failed, details=wer))
         points = compare_to_reference(points, reference)
-        dev_reference = (dev.features_s + dev.acoustic_s) / dev.audio_s + _reference_point(points, reference).search_rtf
+        at_tables = _reference_point(points, reference)
+        dev_reference = (dev.features_s + dev.acoustic_s) / dev.audio_s + at_tables.search_rtf
         fast_enough = target > 0 and dev_reference <= target
-        chosen = _reference_point(points, reference) if fast_enough else choose_setting(points, reference, tolerance)
+        chosen = at_tables if fast_enough else choose_setting(points, reference, tolerance)
         test = _prepare(tr, test_audio)
         at_reference = _search(tr, test, test_refs, base)
         # Nothing narrower passed on dev: the chosen setting is the tables', already measured.

@@ -152,13 +152,14 @@ def _older_code_note(record: "StageRecord", folder: Path) -> str:
     """The clause a skipped stage's log line ends with when other code made it: the skip rule
     compares settings and inputs, not code, so the reader learns that the outputs kept are another
     code's and how to redo them."""
-    if not record.code_version or record.code_version == code_version():
+    now = code_version()  # two git calls: once
+    if not record.code_version or record.code_version == now:
         return ""
     differs = code_differs_from(record.code_version)
     if differs is False:
         return ""
     return (f" (made by {record.code_version}, whose code {'differs from' if differs else 'may differ from'} today's "
-            f"{code_version()}: remove {folder} to redo it with this code)")
+            f"{now}: remove {folder} to redo it with this code)")
 
 
 def code_is_modified(repo: Path) -> bool:
