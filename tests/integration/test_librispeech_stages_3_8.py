@@ -620,6 +620,35 @@ def test_fractions_bench_reproduces_stage_8_and_writes_only_its_own_folders(reci
         assert f"{100 * gap['value']:+.0f}% [{100 * gap['low']:+.0f}, {100 * gap['high']:+.0f}] |" in text.split(f"\n| {fraction} |")[1].split("\n")[0]
 
 
+def test_frame_rate_bench_reproduces_stage_7_at_the_full_rate(recipe, tmp_path: Path) -> None:
+    """bench/hybrid_frame_rate.py: its full-rate row is stage 7's decode of the distilled student
+    (the same errors on dev and test), each reduced-rate row decodes one frame in two at the scale
+    that was best on its dev grid, and the finished run's folders are only read."""
+    import runpy
+
+    data, exp, _ = recipe
+    before = {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()}
+    results, out = tmp_path / "RESULTS.md", tmp_path / "rows.json"
+    main = runpy.run_path(str(REPO_ROOT / "bench" / "hybrid_frame_rate.py"))["main"]
+    assert main(["--data", str(data), "--exp", str(exp), "--multipliers", "1", "2", "--narrow", "8:300",
+                 "--results", str(results), "--json", str(out)]) == 0
+    assert {p: p.stat().st_size for p in exp.rglob("*") if p.is_file()} == before
+    stage7 = json.loads((exp / "decode" / "table1.json").read_text())["distilled"]
+    rows = json.loads(out.read_text())["rows"]
+    full, narrowed, reduced = rows[0], rows[1], rows[2:]
+    errors = {part: stage7[part]["substitutions"] + stage7[part]["deletions"] + stage7[part]["insertions"] for part in ("dev-clean", "test-clean")}
+    assert (full["dev_errors"], full["test_errors"]) == (errors["dev-clean"], errors["test-clean"])
+    assert full["acoustic_scale"] == stage7["dev-clean"]["acoustic_scale"] and narrowed["dev_frames"] == full["dev_frames"]
+    assert [(r["pooling"], r["graph"]) for r in reduced] == [("mean", "same"), ("pick", "same"), ("mean", "skip")]
+    utterances = stage7["dev-clean"]["utterances"]
+    for r in reduced:
+        assert full["dev_frames"] / 2 <= r["dev_frames"] <= full["dev_frames"] / 2 + utterances
+        assert [s for s, _ in r["dev_grid"]] == [round(2 * m * full["acoustic_scale"], 4) for m in (1, 2)]
+        assert r["acoustic_scale"] == min(r["dev_grid"], key=lambda g: (g[1], g[0]))[0]
+    text = results.read_text()
+    assert f"| full rate | {full['dev_frames']} | " in text and f"({full['test_errors']}/{full['test_ref_words']}) | – |" in text
+
+
 def test_fractions_bench_kd_variants_and_online_stage_8(recipe, tmp_path: Path) -> None:
     """--kd-variant: the unchanged variant reproduces stage 8; with mode=online stage 8's soft model
     learns from the teachers in the loop (their record an input, no soft targets read), against the
