@@ -110,14 +110,16 @@ def resolve_model(text: str, layout: RecipeLayout, common_scale: float | None) -
     return Model(name, checkpoint, float(scale), where)
 
 
-def dev_features(layout: RecipeLayout, cmvn: str, max_utts: int | None):
-    """Return ``(normalised fbank, reference text, audio seconds)`` per dev utterance (manifest order)."""
-    cuts = layout.open_cuts(layout.fbank_cuts(layout.dev_part))
+def dev_features(layout: RecipeLayout, cmvn: str, max_utts: int | None, part: str | None = None):
+    """Return ``(normalised fbank, reference text, audio seconds)`` per utterance of ``part``
+    (default: the dev part), in manifest order."""
+    part = part or layout.dev_part
+    cuts = layout.open_cuts(layout.fbank_cuts(part))
     if cmvn == "global":  # what a model directory does: the training speakers' statistics pooled
         stats = pooled_cmvn(CmvnStats.load(layout.cmvn(layout.train_part)))
         norm = lambda c, f: stats.normalize(f, "global")  # noqa: E731
     else:
-        stats = layout.open_cmvn(layout.dev_part)
+        stats = layout.open_cmvn(part)
         norm = lambda c, f: stats.normalize(f, cmvn_key(c, "speaker"))  # noqa: E731
     feats, refs, seconds = {}, {}, {}
     for cut in cuts:

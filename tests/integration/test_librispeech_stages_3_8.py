@@ -638,13 +638,17 @@ def test_frame_rate_bench_reproduces_stage_7_at_the_full_rate(recipe, tmp_path: 
     full, narrowed, reduced = rows[0], rows[1], rows[2:]
     errors = {part: stage7[part]["substitutions"] + stage7[part]["deletions"] + stage7[part]["insertions"] for part in ("dev-clean", "test-clean")}
     assert (full["dev_errors"], full["test_errors"]) == (errors["dev-clean"], errors["test-clean"])
-    assert full["acoustic_scale"] == stage7["dev-clean"]["acoustic_scale"] and narrowed["dev_frames"] == full["dev_frames"]
-    assert [(r["pooling"], r["graph"]) for r in reduced] == [("mean", "same"), ("pick", "same"), ("mean", "skip")]
+    assert full["acoustic_scale"] == stage7["dev-clean"]["acoustic_scale"] and (narrowed["beam"], narrowed["max_active"]) == (8, 300)
+    assert [(r["pooling"], r["graph"]) for r in reduced] == [("mean", "same"), ("pick", "same"), ("mean", "initial"), ("mean", "skip")]
     utterances = stage7["dev-clean"]["utterances"]
     for r in reduced:
         assert full["dev_frames"] / 2 <= r["dev_frames"] <= full["dev_frames"] / 2 + utterances
-        assert [s for s, _ in r["dev_grid"]] == [round(2 * m * full["acoustic_scale"], 4) for m in (1, 2)]
-        assert r["acoustic_scale"] == min(r["dev_grid"], key=lambda g: (g[1], g[0]))[0]
+        scales = [round(2 * m * full["acoustic_scale"], 4) for m in (1, 2)]
+        assert r["sweep"]["scales"] == scales and r["dev_errors"] == min(r["sweep"]["errors"])
+        # Ties go to the scale nearest twice the model's (the recipe's rule), here the first.
+        assert r["acoustic_scale"] == scales[r["sweep"]["errors"].index(min(r["sweep"]["errors"]))]
+        diff = r["test_difference"]
+        assert diff["value"] == pytest.approx((r["test_errors"] - full["test_errors"]) / full["test_ref_words"])
     text = results.read_text()
     assert f"| full rate | {full['dev_frames']} | " in text and f"({full['test_errors']}/{full['test_ref_words']}) | – |" in text
 

@@ -44,21 +44,29 @@ def _transitions(entry: str) -> dict[int, dict[int, float]]:
             for m in re.finditer(r"<State>\s*(\d+)\s*<PdfClass>\s*\d+(.*?)</State>", entry)}
 
 
-@pytest.mark.parametrize("states", [3, 4])
-def test_skip_topology_halves_the_shortest_phone_and_keeps_silence(states: int) -> None:
+@pytest.mark.parametrize("states, sil_states", [(3, 5), (4, 5), (3, 2)])
+def test_skip_topology_halves_the_shortest_phone_and_keeps_silence(states: int, sil_states: int) -> None:
     bench = _bench()
-    text = topology_text([1, 2, 3], [4], num_nonsil_states=states)
-    skipped = bench.skip_topology(text)
+    text = topology_text([1, 2, 3], [4], num_nonsil_states=states, num_sil_states=sil_states)
+    skipped = bench.skip_topology(text, silence_phones=[4])
     before, after = make_topology(text), make_topology(skipped)
     # Kaldi's own count: a phone of n states needs n frames; with jumps of two, ceil(n / 2).
-    assert [before.min_length(p) for p in (1, 2, 3, 4)] == [states] * 3 + [before.min_length(4)]
+    assert [before.min_length(p) for p in (1, 2, 3)] == [states] * 3
     assert [after.min_length(p) for p in (1, 2, 3)] == [(states + 1) // 2] * 3
+    # Silence keeps its HMM, also when it is left to right (2 states).
     assert after.min_length(4) == before.min_length(4) and after.num_pdf_classes(1) == states
     entries = re.findall(r"<TopologyEntry>.*?</TopologyEntry>", skipped, re.S)
-    assert entries[1] == re.findall(r"<TopologyEntry>.*?</TopologyEntry>", text, re.S)[1]  # silence as it was
+    assert entries[1] == re.findall(r"<TopologyEntry>.*?</TopologyEntry>", text, re.S)[1]
     arcs = _transitions(entries[0])
     assert all(abs(sum(a.values()) - 1) < 1e-6 for a in arcs.values())
+    # The topology's own 0.75 / 0.25 keep their ratio in the remaining 0.8.
     assert arcs[0] == {0: 0.6, 1: 0.2, 2: 0.2} and arcs[states - 1] == {states - 1: 0.75, states: 0.25}
+    assert _transitions(bench.skip_topology(text, [4], skip_probability=0.5).split("</TopologyEntry>")[0])[0] == {0: 0.375, 1: 0.125, 2: 0.5}
+
+
+def test_skip_topology_leaves_an_entry_naming_a_silence_phone() -> None:
+    text = topology_text([1, 2, 3], [4])
+    assert _bench().skip_topology(text, silence_phones=[2, 4]) == text
 
 
 def test_skips_without_a_run_and_refuses_a_factor_of_one(tmp_path: Path, capsys) -> None:
@@ -67,5 +75,7 @@ def test_skips_without_a_run_and_refuses_a_factor_of_one(tmp_path: Path, capsys)
     assert bench.main(["--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"), "--results", str(results)]) == 0
     out = capsys.readouterr()
     assert "hybrid_frame_rate" in out.out + out.err and not results.exists()
-    with pytest.raises(SystemExit):
-        bench.main(["--factors", "1", "--exp", str(tmp_path / "exp")])
+    for bad in (["--factors", "1"], ["--multipliers", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            bench.main([*bad, "--exp", str(tmp_path / "exp")])
+        assert exit_.value.code == 2
