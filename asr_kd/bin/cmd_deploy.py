@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalization", default=None, choices=["global", "utterance"],
                    help="global CMVN from the training part, or each utterance's own mean and variance (a GMM-HMM: the mean only) "
                         "(default: utterance for a network trained on per-utterance CMVN, a *-uttcmvn system; else global)")
+    p.add_argument("--tune-scale-on", type=Path, default=None, metavar="DEV_MANIFEST",
+                   help="a hybrid network: choose its acoustic scale again for this directory (its own normalisation) on this lhotse "
+                        "cut manifest of a dev part, never a test part; model.json keeps the sweep (default: the scale stage 7 "
+                        "tuned for the system of its kind)")
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="acoustic scales --tune-scale-on searches (default: the grid stage 7 searched)")
     p.set_defaults(func=run_make_model_dir)
 
     p = sub.add_parser(
@@ -107,7 +113,12 @@ def run_make_model_dir(args: argparse.Namespace) -> int:
     """Assemble the model directory and print its path."""
     from asr_kd.deploy.recipe_paths import make_model_dir_from_recipe
 
-    out = make_model_dir_from_recipe(args.exp, args.data, args.system, args.out, args.train_part, args.units, args.normalization)
+    if args.scales and args.tune_scale_on is None:
+        from asr_kd.errors import ConfigError
+
+        raise ConfigError("--scales is the grid of --tune-scale-on; pass a dev manifest with --tune-scale-on too")
+    out = make_model_dir_from_recipe(args.exp, args.data, args.system, args.out, args.train_part, args.units, args.normalization,
+                                     args.tune_scale_on, args.scales)
     print(out)
     return 0
 

@@ -70,6 +70,10 @@ class ModelSpec:
     # gmm: how MFCCs become the GMMs' input after mean removal (delta_order, delta_window,
     # utterance_cmvn: GmmConfig's fields, :func:`asr_kd.gmm.features.gmm_features`).
     gmm_features: dict = dataclasses.field(default_factory=dict)
+    # hybrid: the dev sweep that chose ``decoding``'s acoustic scale for this very network
+    # (:meth:`asr_kd.decode.tuning.ScaleSweep.to_dict`, :func:`record_tuned_scale`); empty: the
+    # scale came with ``decoding`` (the recipe's tables).
+    scale_sweep: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -270,6 +274,19 @@ def _start(out_dir: Path | str, normalization: str, train_cmvn: Path | str | Non
     else:
         (out / CMVN_FILE).unlink(missing_ok=True)
     return out
+
+
+def record_tuned_scale(model_dir: Path | str, sweep) -> ModelSpec:
+    """Make the best acoustic scale of ``sweep`` (a :class:`asr_kd.decode.tuning.ScaleSweep` of
+    this directory's network on a dev part) the hybrid ``model_dir``'s decoding scale, and keep the
+    sweep in ``model.json``; return the new spec."""
+    spec = load_spec(model_dir)
+    if spec.kind != "hybrid":
+        raise ConfigError(f"{model_dir} is a {spec.kind} model directory; only a hybrid one's acoustic scale is tuned this way")
+    spec = dataclasses.replace(spec, decoding={**spec.decoding, "acoustic_scale": sweep.best}, scale_sweep=sweep.to_dict())
+    spec.decode_config()
+    write_text_atomic(Path(model_dir) / MODEL_JSON, spec.to_json())
+    return spec
 
 
 def load_spec(model_dir: Path | str) -> ModelSpec:

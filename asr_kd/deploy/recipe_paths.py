@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Sequence
 
 from asr_kd.config import DEFAULT_TRAIN_PART, FeatureConfig, load_config
 from asr_kd.data.features import cmvn_path
@@ -45,7 +46,8 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
                 "decoding": gmm_decoding(layout, record, system)}
     kind = system.removesuffix(UTTCMVN_SUFFIX)
     if kind in STUDENT_KINDS or re.fullmatch(r"teacher\d+", system):
-        # A student on per-utterance CMVN (stage 9) decodes at the acoustic scale stage 7 tuned for its kind.
+        # A student on per-utterance CMVN (stage 9) starts from the acoustic scale stage 7 tuned for its kind
+        # (stage 9 then chooses its own on dev: make_model_dir_from_recipe's tune_on).
         run = layout.student_dir(kind, per_utterance_cmvn=kind != system) if kind in STUDENT_KINDS else layout.teacher_dir(int(system[7:]))
         if kind != system and not any((run / name).is_file() for name in ("best.pt", "final.pt")):
             raise DataError(f"{run} holds no trained student; recipe stage 9 trains it (run.sh --stage 9 --deploy-uttcmvn {kind}, "
@@ -120,11 +122,50 @@ def ctc_decoding(layout, student: str) -> dict:
 
 def make_model_dir_from_recipe(
     exp: Path | str, data: Path | str, system: str, out_dir: Path | str, train_part: str = DEFAULT_TRAIN_PART, units: str = "phone",
-    normalization: str | None = None,
+    normalization: str | None = None, tune_on: Path | str | None = None, scales: Sequence[float] | None = None,
 ) -> Path:
     """Assemble the model directory of the recipe's ``system`` at ``out_dir``; return it.
     ``normalization`` (default: global, or per utterance for a network trained so):
-    :func:`asr_kd.deploy.model_dir.network_normalization`."""
+    :func:`asr_kd.deploy.model_dir.network_normalization`. With ``tune_on`` (a lhotse cut
+    manifest of a dev part, never a test part) a hybrid network's acoustic scale is chosen again
+    for this directory on it, from ``scales`` (default: the grid stage 7 searched)."""
+    out = _assemble(exp, data, system, out_dir, train_part, units, normalization)
+    if tune_on is not None:
+        tune_model_dir_scale(out, tune_on, scales if scales else _recipe_scales(exp, data, train_part))
+    return out
+
+
+def tune_model_dir_scale(model_dir: Path, dev_manifest: Path | str, scales: Sequence[float]) -> None:
+    """Tune the hybrid ``model_dir``'s acoustic scale on ``dev_manifest`` and record it (and the
+    sweep) in its ``model.json``; the sweep is logged."""
+    from asr_kd.deploy.model_dir import load_spec, record_tuned_scale
+    from asr_kd.deploy.report import load_test_audio, part_name
+    from asr_kd.deploy.speed import tune_acoustic_scale
+
+    spec = load_spec(model_dir)
+    if spec.kind != "hybrid":
+        raise ConfigError(f"--tune-scale-on: {model_dir} is a {spec.kind} model directory; only a hybrid network's acoustic scale is tuned "
+                          "here (a GMM's and a CTC model's come from the recipe's tables)")
+    audio, refs = load_test_audio(dev_manifest, spec.features.sampling_rate)
+    sweep = tune_acoustic_scale(model_dir, audio, refs, scales, part_name(dev_manifest))
+    record_tuned_scale(model_dir, sweep)
+
+
+def _recipe_scales(exp: Path | str, data: Path | str, train_part: str) -> tuple[float, ...]:
+    """The acoustic scales stage 7 searched on dev (its recorded DecodeConfig); ConfigError when
+    stage 7 has not run or searched none."""
+    from asr_kd.stages.layout import RecipeLayout
+    from asr_kd.stages.provenance import read_record
+
+    record = read_record(RecipeLayout(Path(data), Path(exp), train_part=train_part).decode)
+    scales = tuple(record.config["decode"].get("acoustic_scales") or ()) if record is not None else ()
+    if not scales:
+        raise ConfigError(f"--tune-scale-on: no acoustic-scale grid recorded by stage 7 under {exp}; pass --scales")
+    return scales
+
+
+def _assemble(exp: Path | str, data: Path | str, system: str, out_dir: Path | str, train_part: str, units: str,
+              normalization: str | None) -> Path:
     paths = recipe_model_paths(exp, data, system, train_part, units)
     feature_yaml = paths.pop("features")
     if not feature_yaml.is_file():

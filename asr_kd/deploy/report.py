@@ -20,7 +20,7 @@ import torch
 from asr_kd.config import DecodeConfig
 from asr_kd.deploy.acoustic import ONNX_FILES, TorchAcoustic, ensemble_acoustic
 from asr_kd.data.features import CmvnStats
-from asr_kd.deploy.model_dir import GMM_FILE, MODEL_PT, load_network, load_spec, normalize_features, pooled_cmvn
+from asr_kd.deploy.model_dir import GMM_FILE, MODEL_PT, ModelSpec, load_network, load_spec, normalize_features, pooled_cmvn
 from asr_kd.deploy.recipe_paths import UTTCMVN_SUFFIX
 from asr_kd.deploy.transcribe import Transcriber
 from asr_kd.errors import AsrKdError, ConfigError
@@ -367,7 +367,7 @@ def deploy_report(
         text += ("\nWhat normalisation costs: a model directory cannot know a new file's speaker, so it normalises with "
                  "global statistics (pooled over the training speakers) or per utterance; the recipe's own scores use the "
                  "test speakers' statistics. Same stored features, same network and search:\n\n" + normalisation_table(norm)
-                 + uttcmvn_comparisons(norm))
+                 + uttcmvn_comparisons(norm, {s.name: scale_note(load_spec(s.model_dirs[0])) for s in systems if s.name in norm}))
     from asr_kd.stages.provenance import code_version, environment, environment_text
 
     env = environment()
@@ -391,7 +391,7 @@ def _speed_section(system: SystemSpec, dev: tuple[Mapping[str, np.ndarray], Mapp
     dev_audio, dev_refs = dev
     result = measure_speed(system.model_dirs[0], system.backend, dev_audio, dev_refs, test_audio, test_refs,
                            grid or parse_search_grid(DEFAULT_GRID), tolerance, target)
-    return speed_markdown(result, f"{system.name} ({system.backend})", _part_name(dev_manifest), _part_name(test_manifest), tolerance,
+    return speed_markdown(result, f"{system.name} ({system.backend})", part_name(dev_manifest), part_name(test_manifest), tolerance,
                           target)
 
 
@@ -407,7 +407,7 @@ def _check_speed_request(system: SystemSpec, dev_manifest: Path | str | None, to
         raise ConfigError(f"--dev-manifest {dev_manifest} does not exist; pass the dev part's cuts (data/fbank/cuts_<dev part>.jsonl.gz)")
 
 
-def _part_name(manifest: Path | str) -> str:
+def part_name(manifest: Path | str) -> str:
     """``cuts_dev-clean.jsonl.gz`` -> ``dev-clean``; other names as they are."""
     name = Path(manifest).name
     for suffix in (".jsonl.gz", ".jsonl"):
@@ -465,12 +465,26 @@ def normalisation_table(results: Mapping[str, Mapping[str, WerResult]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
+def scale_note(spec: ModelSpec) -> str:
+    """Where a hybrid model directory's acoustic scale came from, for the report's lines."""
+    scale = spec.decoding.get("acoustic_scale")
+    if not spec.scale_sweep:
+        return f"acoustic scale {scale:g}, the recipe tables' for its kind" if scale is not None else "the default acoustic scale"
+    from asr_kd.decode.tuning import ScaleSweep
+
+    sweep = ScaleSweep.from_dict(spec.scale_sweep)
+    cells = ", ".join(f"{s:g}: {e}" for s, e in zip(sweep.scales, sweep.errors))
+    edge = "; at the grid's edge" if sweep.at_grid_edge else ""
+    return f"acoustic scale {sweep.best:g}, tuned on {sweep.part} for it (word errors {cells}{edge})"
+
+
+def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]], scales: Mapping[str, str] | None = None) -> str:
     """Markdown lines on the students trained on per-utterance CMVN (systems named
     ``<name>-uttcmvn``, recipe stage 9): each one's per-utterance WER (what its model directory
     does) against ``<name>``'s global WER (what that one's model directory does) and against
     ``<name>``'s per-speaker WER (the recipe's score, which no deployment can reproduce), and the
-    distilled and compressed ones against the hard-target one, all with 95% paired bootstrap intervals. ``""``
+    distilled and compressed ones against the hard-target one, all with 95% paired bootstrap intervals;
+    ``scales``: per system, where its acoustic scale came from (:func:`scale_note`). ``""``
     when there is no such system."""
     from asr_kd.metrics.paired import wer_difference
     from asr_kd.report.tables import format_interval, significance
@@ -485,7 +499,8 @@ def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
         if base == name or base not in results:
             continue
         own, other = r["per utterance"], results[base]
-        lines.append(f"- {name}, trained on per-utterance CMVN: {100 * own.wer:.2f}% per utterance; minus {base}'s global-CMVN WER "
+        note = f" ({scales[name]})" if scales and name in scales else ""
+        lines.append(f"- {name}, trained on per-utterance CMVN: {100 * own.wer:.2f}% per utterance{note}; minus {base}'s global-CMVN WER "
                      f"(its model directory's) {diff(other['global'], own, base + ' with global CMVN')}; minus {base}'s per-speaker "
                      f"WER (the recipe's score) {diff(other['per speaker'], own, base + ' with per-speaker CMVN')}.")
     hard = "baseline" + UTTCMVN_SUFFIX
@@ -497,8 +512,9 @@ def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]]) -> str:
         return ""
     return ("\nStudents trained on features normalised per utterance (stage 9, seed 0; the distilled and compressed ones from the same "
             "stored soft targets, which the ensemble made on per-speaker features), so that their model directories feed them what they "
-            "were trained on; each decodes at the acoustic scale stage 7 tuned on dev for the student of its kind (not tuned again for "
-            "it); differences in WER points with 95% paired bootstrap intervals over utterances:\n\n" + "\n".join(lines) + "\n")
+            "were trained on; each decodes at its model directory's acoustic scale (in brackets: stage 9 chooses it again on dev for "
+            "each, `asr-kd make-model-dir --tune-scale-on`); differences in WER points with 95% paired bootstrap intervals over "
+            "utterances:\n\n" + "\n".join(lines) + "\n")
 
 
 def plot_wer_vs_cost(rows: Sequence[CostRow], path: Path | str, title: str = "") -> Path:

@@ -41,6 +41,7 @@ from asr_kd.metrics.wer import WerResult, compute_wer
 from asr_kd.report.tables import format_interval, significance
 
 if TYPE_CHECKING:  # torch, scipy and the runtimes load when something is measured, not for `asr-kd --help`
+    from asr_kd.decode.tuning import ScaleSweep
     from asr_kd.deploy.transcribe import Transcriber
     from asr_kd.metrics.paired import BootstrapInterval
 
@@ -211,6 +212,24 @@ def _search(tr: Transcriber, prepared: _Prepared, refs: Mapping[str, str], confi
     if failed:
         log.warning("%s, max-active %d: the search failed on %d utterance(s)", f"beam {config.beam:g}", config.max_active, len(failed))
     return _Searched(compute_wer(refs, hyps), rtf, len(failed))
+
+
+def tune_acoustic_scale(model_dir: Path | str, dev_audio: Mapping[str, np.ndarray], dev_refs: Mapping[str, str], scales: Sequence[float],
+                        part: str = "dev") -> ScaleSweep:
+    """Search ``scales`` for the acoustic scale with the fewest word errors when the hybrid
+    ``model_dir`` decodes ``dev_audio`` (its own features, normalisation, network in PyTorch and
+    search setting), as the recipe's stage 7 tunes every system
+    (:func:`asr_kd.decode.tuning.sweep_scales`, starting from the directory's own scale). The
+    features and the network run once; only the search is repeated."""
+    from asr_kd.decode.tuning import sweep_scales
+    from asr_kd.deploy.transcribe import Transcriber
+
+    tr = Transcriber(model_dir, "torch")
+    base = tr.search.config
+    prepared = _prepare(tr, dev_audio)
+    sweep, _ = sweep_scales(part, scales, lambda s: _search(tr, prepared, dev_refs, dataclasses.replace(base, acoustic_scale=s)).wer,
+                            default=base.acoustic_scale)
+    return sweep
 
 
 @dataclasses.dataclass(frozen=True)

@@ -487,8 +487,10 @@ if in_stages 9; then
           --config "${compressed_train_config:-${student_train_config:-$train_config}}" --kd-config "$kd_config"
       fi
       for kind in "${uttcmvn_kinds[@]}"; do
+        # Its acoustic scale chosen again on dev for it (stage 7 tuned its kind's on per-speaker features).
         run_logged "$exp/log/stage9_model_dir_${kind}_uttcmvn.log" asr-kd make-model-dir --exp "$exp" --data "$data" \
-          --system "$kind-uttcmvn" --out "$deploy/${kind}_uttcmvn" --train-part "$train_set"
+          --system "$kind-uttcmvn" --out "$deploy/${kind}_uttcmvn" --train-part "$train_set" \
+          --tune-scale-on "$data/fbank/cuts_$dev_set.jsonl.gz"
         name=$kind; [ "$kind" = hard ] && name=baseline
         systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn")
         if [ "$kind" != hard ]; then  # the deployable form: int8

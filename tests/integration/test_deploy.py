@@ -8,6 +8,7 @@ tests check that every runtime computes the same thing, not that the words are r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -279,6 +280,35 @@ def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, cap
     old = SherpaCtc(s0)
     assert old.max_active == DecodeConfig().max_active == 7000
     assert "records no ctc_max_active (an older export): using 7000" in capsys.readouterr().err
+
+
+def test_model_dir_tunes_its_acoustic_scale_on_dev(recipe, model_dirs, tmp_path) -> None:
+    """make-model-dir --tune-scale-on: the sweep's word errors are what the directory makes on the
+    dev audio at each scale (decoded here on their own), the recipe's rule picks among them, and
+    model.json then decodes at that scale; a CTC directory and a missing grid are refused."""
+    from asr_kd.decode.tuning import choose_scale
+
+    data, exp = recipe
+    dev = cuts_path(data / "fbank", "dev-clean")
+    with pytest.raises(ConfigError, match="--scales"):  # stage 7 has not run here: no recorded grid
+        make_model_dir_from_recipe(exp, data, "distilled", tmp_path / "no_grid", tune_on=dev)
+    out = make_model_dir_from_recipe(exp, data, "distilled", tmp_path / "tuned", tune_on=dev, scales=[0.2, 0.05, 0.1, 0.0667, 0.15])
+    spec = load_spec(out)
+    sweep = spec.scale_sweep
+    assert sweep["part"] == "dev-clean" and len(sweep["scales"]) >= 3 and sweep["scales"] == sorted(sweep["scales"])
+    default = load_spec(model_dirs["hybrid"]).decode_config().acoustic_scale
+    assert spec.decoding["acoustic_scale"] == sweep["best"] == choose_scale(sweep["scales"], sweep["errors"], default)
+    refs = {c.id: " ".join(s.text for s in c.supervisions) for c in load_manifest_lazy(dev)}
+    audio = {u: s for u, _, s in manifest_items(dev, 16000)}
+    for scale, errors in zip(sweep["scales"], sweep["errors"]):
+        tr = Transcriber(out, "torch", decode_config=dataclasses.replace(spec.decode_config(), acoustic_scale=scale))
+        assert compute_wer(refs, _texts(tr, audio)).errors == errors, scale
+    assert Transcriber(out, "torch").search.config.acoustic_scale == sweep["best"]
+    with pytest.raises(ConfigError, match="hybrid"):
+        make_model_dir_from_recipe(exp, data, "ctc-frame", tmp_path / "ctc", tune_on=dev, scales=[0.5, 1.0])
+    with pytest.raises(ConfigError, match="--tune-scale-on"):
+        cli_main(["make-model-dir", "--exp", str(exp), "--data", str(data), "--system", "distilled", "--out", str(tmp_path / "x"),
+                  "--scales", "0.1"])
 
 
 def test_ctc_model_dir_before_ctc_stage_7_says_it_is_untuned(recipe, tmp_path, caplog) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from asr_kd.decode.tuning import choose_scale
 from asr_kd.stages.provenance import read_record
 from tests.conftest import REPO_ROOT, RUN_SH, run_librispeech_recipe
 
@@ -252,8 +253,11 @@ def test_deployable_students_on_per_utterance_cmvn(recipe) -> None:
         import torch
 
         assert torch.load(exp / "deploy" / f"{kind}_uttcmvn" / "model.pt", weights_only=True)["extra"]["input_normalization"] == "utterance"
-        # It decodes at the acoustic scale stage 7 tuned on dev for the student of its kind.
-        assert spec["decoding"]["acoustic_scale"] == table1["baseline" if kind == "hard" else kind]["test-clean"]["acoustic_scale"]
+        # Its acoustic scale was chosen again on dev for it, from the grid stage 7 searched, starting at its kind's.
+        sweep, decode7 = spec["scale_sweep"], read_record(exp / "decode").config["decode"]
+        assert sweep["part"] == "dev-clean" and set(sweep["scales"]) <= set(decode7["acoustic_scales"])
+        kind_scale = table1["baseline" if kind == "hard" else kind]["test-clean"]["acoustic_scale"]
+        assert kind_scale in sweep["scales"] and spec["decoding"]["acoustic_scale"] == sweep["best"] == choose_scale(sweep["scales"], sweep["errors"], kind_scale)
         # It learnt: dev frame accuracy within reach of the per-speaker student's (a broken normalisation stays near chance).
         mine = json.loads((exp / "students" / f"{kind}_uttcmvn" / "summary.json").read_text())["best_dev_frame_accuracy"]
         theirs = json.loads((exp / "students" / kind / "summary.json").read_text())["best_dev_frame_accuracy"]

@@ -4,6 +4,7 @@ sherpa-onnx graph, the quantisation gate and the cost table."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,29 @@ def test_uttcmvn_comparisons_pair_each_deployable_student_with_its_counterpart()
     assert "(the recipe's score) +2.50" in lines[0] and "no: within noise" in lines[0]
     assert lines[1].startswith("- Distillation on per-utterance CMVN: distilled-uttcmvn minus baseline-uttcmvn -2.50 [")
     assert uttcmvn_comparisons({"distilled": results["distilled"], "teacher0": results["teacher0"]}) == ""
+    # Where a directory's acoustic scale came from goes on its line.
+    noted = uttcmvn_comparisons(results, {"distilled-uttcmvn": "acoustic scale 0.1, tuned on dev-clean for it (word errors 0.0833: 9, 0.1: 5)"})
+    assert "12.50% per utterance (acoustic scale 0.1, tuned on dev-clean for it (word errors 0.0833: 9, 0.1: 5)); minus" in noted
+
+
+def test_a_tuned_acoustic_scale_is_kept_with_its_sweep(tmp_path) -> None:
+    """record_tuned_scale: model.json decodes at the sweep's best scale and keeps the sweep, which
+    the report's note quotes; a directory without one says its scale is the tables'."""
+    from asr_kd.config import FeatureConfig
+    from asr_kd.decode.tuning import ScaleSweep
+    from asr_kd.deploy.model_dir import MODEL_JSON, ModelSpec, load_spec, record_tuned_scale
+    from asr_kd.deploy.report import scale_note
+
+    spec = ModelSpec("hybrid", FeatureConfig(), "utterance", decoding={"beam": 11.0, "max_active": 2000, "acoustic_scale": 0.0833})
+    (tmp_path / MODEL_JSON).write_text(spec.to_json())
+    assert scale_note(load_spec(tmp_path)) == "acoustic scale 0.0833, the recipe tables' for its kind"
+    sweep = ScaleSweep("dev-clean", (0.0714, 0.0833, 0.1), (610, 600, 590), 1219, 0.1)
+    record_tuned_scale(tmp_path, sweep)
+    back = load_spec(tmp_path)
+    assert back.decode_config().acoustic_scale == 0.1 and back.decode_config().beam == 11.0
+    assert ScaleSweep.from_dict(back.scale_sweep) == sweep
+    assert scale_note(back) == "acoustic scale 0.1, tuned on dev-clean for it (word errors 0.0714: 610, 0.0833: 600, 0.1: 590; at the grid's edge)"
+    gmm = dataclasses.replace(spec, kind="gmm")
+    (tmp_path / MODEL_JSON).write_text(gmm.to_json())
+    with pytest.raises(ConfigError, match="hybrid"):
+        record_tuned_scale(tmp_path, sweep)
