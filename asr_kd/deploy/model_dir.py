@@ -3,6 +3,7 @@ machine, loaded without executing code.
 
 ```
 model.json        kind (hybrid | gmm | ctc), feature config, normalisation, frame shift, subsampling, decoding
+                  (hybrid: and the dev sweep that chose its acoustic scale, when make-model-dir --tune-scale-on did)
 model.pt          hybrid, ctc: the network: {"model": state dict, "extra": what rebuilds it} (weights_only)
 cmvn.npz          global CMVN statistics (normalisation "global"; absent for "utterance"; MFCC ones for gmm)
 hybrid:  log_priors.txt (senone log priors), HCLG.fst, words.txt, tid2pdf.npy, tid2phone.npy

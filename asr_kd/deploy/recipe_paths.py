@@ -129,9 +129,12 @@ def make_model_dir_from_recipe(
     :func:`asr_kd.deploy.model_dir.network_normalization`. With ``tune_on`` (a lhotse cut
     manifest of a dev part, never a test part) a hybrid network's acoustic scale is chosen again
     for this directory on it, from ``scales`` (default: the grid stage 7 searched)."""
+    grid = _tuning_grid(exp, data, system, train_part, tune_on, scales) if tune_on is not None else ()
     out = _assemble(exp, data, system, out_dir, train_part, units, normalization)
-    if tune_on is not None:
-        tune_model_dir_scale(out, tune_on, scales if scales else _recipe_scales(exp, data, train_part))
+    if grid:
+        tune_model_dir_scale(out, tune_on, grid)
+    elif tune_on is not None:
+        log.info("%s: stage 7 decoded at one acoustic scale (decode.acoustic_scales is empty); keeping it", out)
     return out
 
 
@@ -143,25 +146,34 @@ def tune_model_dir_scale(model_dir: Path, dev_manifest: Path | str, scales: Sequ
     from asr_kd.deploy.speed import tune_acoustic_scale
 
     spec = load_spec(model_dir)
-    if spec.kind != "hybrid":
-        raise ConfigError(f"--tune-scale-on: {model_dir} is a {spec.kind} model directory; only a hybrid network's acoustic scale is tuned "
-                          "here (a GMM's and a CTC model's come from the recipe's tables)")
     audio, refs = load_test_audio(dev_manifest, spec.features.sampling_rate)
     sweep = tune_acoustic_scale(model_dir, audio, refs, scales, part_name(dev_manifest))
     record_tuned_scale(model_dir, sweep)
 
 
-def _recipe_scales(exp: Path | str, data: Path | str, train_part: str) -> tuple[float, ...]:
-    """The acoustic scales stage 7 searched on dev (its recorded DecodeConfig); ConfigError when
-    stage 7 has not run or searched none."""
-    from asr_kd.stages.layout import RecipeLayout
+def _tuning_grid(exp: Path | str, data: Path | str, system: str, train_part: str, tune_on: Path | str,
+                 scales: Sequence[float] | None) -> tuple[float, ...]:
+    """Check a ``--tune-scale-on`` request before anything is built: a hybrid network's system, a
+    manifest that is not one of the recipe's test parts, and a grid (``scales``, or the acoustic
+    scales stage 7 searched on dev: empty when it decoded at one fixed scale). ConfigError
+    naming the fix otherwise."""
+    from asr_kd.decode.tuning import check_scales
+    from asr_kd.deploy.report import part_name
+    from asr_kd.stages.layout import GMM_SYSTEMS, RecipeLayout
     from asr_kd.stages.provenance import read_record
 
-    record = read_record(RecipeLayout(Path(data), Path(exp), train_part=train_part).decode)
-    scales = tuple(record.config["decode"].get("acoustic_scales") or ()) if record is not None else ()
-    if not scales:
-        raise ConfigError(f"--tune-scale-on: no acoustic-scale grid recorded by stage 7 under {exp}; pass --scales")
-    return scales
+    if system in GMM_SYSTEMS or system.startswith("ctc-"):
+        raise ConfigError(f"--tune-scale-on: {system} is not a hybrid network; only a hybrid network's acoustic scale is tuned here "
+                          "(a GMM's and a CTC model's come from the recipe's tables)")
+    layout = RecipeLayout(Path(data), Path(exp), train_part=train_part)
+    if part_name(tune_on) in layout.test_parts:
+        raise ConfigError(f"--tune-scale-on {tune_on}: that is a test part; tune on the dev part ({layout.dev_part}), never on test")
+    if scales:
+        return check_scales(scales)
+    record = read_record(layout.decode)
+    if record is None:
+        raise ConfigError(f"--tune-scale-on: stage 7 has not run under {exp}, so there is no acoustic-scale grid to search; pass --scales")
+    return check_scales(record.config["decode"]["acoustic_scales"]) if record.config["decode"].get("acoustic_scales") else ()
 
 
 def _assemble(exp: Path | str, data: Path | str, system: str, out_dir: Path | str, train_part: str, units: str,

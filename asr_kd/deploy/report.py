@@ -367,7 +367,8 @@ def deploy_report(
         text += ("\nWhat normalisation costs: a model directory cannot know a new file's speaker, so it normalises with "
                  "global statistics (pooled over the training speakers) or per utterance; the recipe's own scores use the "
                  "test speakers' statistics. Same stored features, same network and search:\n\n" + normalisation_table(norm)
-                 + uttcmvn_comparisons(norm, {s.name: scale_note(load_spec(s.model_dirs[0])) for s in systems if s.name in norm}))
+                 + uttcmvn_comparisons(norm, {s.name: scale_note(load_spec(s.model_dirs[0])) for s in systems
+                                              if s.name in norm and s.name.endswith(UTTCMVN_SUFFIX)}))
     from asr_kd.stages.provenance import code_version, environment, environment_text
 
     env = environment()
@@ -512,8 +513,9 @@ def uttcmvn_comparisons(results: Mapping[str, Mapping[str, WerResult]], scales: 
         return ""
     return ("\nStudents trained on features normalised per utterance (stage 9, seed 0; the distilled and compressed ones from the same "
             "stored soft targets, which the ensemble made on per-speaker features), so that their model directories feed them what they "
-            "were trained on; each decodes at its model directory's acoustic scale (in brackets: stage 9 chooses it again on dev for "
-            "each, `asr-kd make-model-dir --tune-scale-on`); differences in WER points with 95% paired bootstrap intervals over "
+            "were trained on; each decodes at its model directory's acoustic scale (in brackets, where it came from: stage 9 chooses it "
+            "on dev for each with `asr-kd make-model-dir --tune-scale-on`, while the per-speaker students' directories keep the "
+            "scales stage 7 chose with per-speaker CMVN); differences in WER points with 95% paired bootstrap intervals over "
             "utterances:\n\n" + "\n".join(lines) + "\n")
 
 

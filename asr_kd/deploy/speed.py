@@ -218,9 +218,10 @@ def tune_acoustic_scale(model_dir: Path | str, dev_audio: Mapping[str, np.ndarra
                         part: str = "dev") -> ScaleSweep:
     """Search ``scales`` for the acoustic scale with the fewest word errors when the hybrid
     ``model_dir`` decodes ``dev_audio`` (its own features, normalisation, network in PyTorch and
-    search setting), as the recipe's stage 7 tunes every system
-    (:func:`asr_kd.decode.tuning.sweep_scales`, starting from the directory's own scale). The
-    features and the network run once; only the search is repeated."""
+    search setting), with the search stage 7 tunes every system with
+    (:func:`asr_kd.decode.tuning.sweep_scales`), started at the directory's own scale, which also
+    wins ties. The features and the network run once; only the search is repeated (an utterance
+    whose search fails counts as all deletions, and is logged)."""
     from asr_kd.decode.tuning import sweep_scales
     from asr_kd.deploy.transcribe import Transcriber
 

@@ -99,7 +99,8 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      int8 quality gate (fails above --int8-max-relative), and the int8 student end to end
      (features + network + search) with a search beam / max-active chosen on the dev part, in \$results;
      --deploy-uttcmvn students trained again (seed 0) on per-utterance normalised features, the distilled and
-     compressed ones from the same stored soft targets (\$exp/students/<kind>_uttcmvn), as rows of the cost table;
+     compressed ones from the same stored soft targets (\$exp/students/<kind>_uttcmvn), as rows of the cost table,
+     each at an acoustic scale chosen again on the dev part through its own model directory;
      the distilled one, what a user deploys, is gated too and is the one measured end to end
  10  (opt-in: --stage 10 --stop-stage 10) temperature sweep: soft targets and --sweep-seeds
      distilled students per --temperatures T (\$exp/students/sweep_T<T>[_seed<k>]; at the recipe's

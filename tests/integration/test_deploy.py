@@ -282,33 +282,42 @@ def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, cap
     assert "records no ctc_max_active (an older export): using 7000" in capsys.readouterr().err
 
 
-def test_model_dir_tunes_its_acoustic_scale_on_dev(recipe, model_dirs, tmp_path) -> None:
+def test_model_dir_tunes_its_acoustic_scale_on_dev(recipe, tmp_path, capsys) -> None:
     """make-model-dir --tune-scale-on: the sweep's word errors are what the directory makes on the
-    dev audio at each scale (decoded here on their own), the recipe's rule picks among them, and
-    model.json then decodes at that scale; a CTC directory and a missing grid are refused."""
+    dev audio at each scale (decoded here on their own), the search starts at the directory's own
+    scale, which wins ties, and model.json then decodes at the best; a CTC system, a test part and
+    a missing grid are refused before anything is built."""
     from asr_kd.decode.tuning import choose_scale
+    from asr_kd.deploy.model_dir import MODEL_JSON
+    from asr_kd.deploy.recipe_paths import tune_model_dir_scale
 
     data, exp = recipe
     dev = cuts_path(data / "fbank", "dev-clean")
-    with pytest.raises(ConfigError, match="--scales"):  # stage 7 has not run here: no recorded grid
-        make_model_dir_from_recipe(exp, data, "distilled", tmp_path / "no_grid", tune_on=dev)
-    out = make_model_dir_from_recipe(exp, data, "distilled", tmp_path / "tuned", tune_on=dev, scales=[0.2, 0.05, 0.1, 0.0667, 0.15])
+    for system, manifest, scales, match in (("distilled", dev, None, "--scales"),  # stage 7 has not run here: no recorded grid
+                                            ("distilled", cuts_path(data / "fbank", TEST), [0.1], "test part"),
+                                            ("ctc-frame", dev, [0.5, 1.0], "not a hybrid network")):
+        with pytest.raises(ConfigError, match=match):
+            make_model_dir_from_recipe(exp, data, system, tmp_path / "refused", tune_on=manifest, scales=scales)
+        assert not (tmp_path / "refused").exists()
+    out = make_model_dir_from_recipe(exp, data, "distilled", tmp_path / "tuned")
+    own = 0.15  # the directory's scale before tuning: where the search starts, and the winner of a tie
+    spec = load_spec(out)
+    (out / MODEL_JSON).write_text(dataclasses.replace(spec, decoding={**spec.decoding, "acoustic_scale": own}).to_json())
+    grid = [0.2, 0.05, 0.1, 0.0667, 0.15, 0.3]
+    tune_model_dir_scale(out, dev, grid)
     spec = load_spec(out)
     sweep = spec.scale_sweep
-    assert sweep["part"] == "dev-clean" and len(sweep["scales"]) >= 3 and sweep["scales"] == sorted(sweep["scales"])
-    default = load_spec(model_dirs["hybrid"]).decode_config().acoustic_scale
-    assert spec.decoding["acoustic_scale"] == sweep["best"] == choose_scale(sweep["scales"], sweep["errors"], default)
+    assert sweep["part"] == "dev-clean" and own in sweep["scales"] and 3 <= len(sweep["scales"]) <= len(grid)
+    assert spec.decoding["acoustic_scale"] == sweep["best"] == choose_scale(sweep["scales"], sweep["errors"], own)
     refs = {c.id: " ".join(s.text for s in c.supervisions) for c in load_manifest_lazy(dev)}
     audio = {u: s for u, _, s in manifest_items(dev, 16000)}
     for scale, errors in zip(sweep["scales"], sweep["errors"]):
         tr = Transcriber(out, "torch", decode_config=dataclasses.replace(spec.decode_config(), acoustic_scale=scale))
         assert compute_wer(refs, _texts(tr, audio)).errors == errors, scale
     assert Transcriber(out, "torch").search.config.acoustic_scale == sweep["best"]
-    with pytest.raises(ConfigError, match="hybrid"):
-        make_model_dir_from_recipe(exp, data, "ctc-frame", tmp_path / "ctc", tune_on=dev, scales=[0.5, 1.0])
-    with pytest.raises(ConfigError, match="--tune-scale-on"):
-        cli_main(["make-model-dir", "--exp", str(exp), "--data", str(data), "--system", "distilled", "--out", str(tmp_path / "x"),
-                  "--scales", "0.1"])
+    assert cli_main(["make-model-dir", "--exp", str(exp), "--data", str(data), "--system", "distilled", "--out", str(tmp_path / "x"),
+                     "--scales", "0.1"]) == 1
+    assert "--tune-scale-on" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_ctc_model_dir_before_ctc_stage_7_says_it_is_untuned(recipe, tmp_path, caplog) -> None:
