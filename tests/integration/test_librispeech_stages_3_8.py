@@ -271,9 +271,10 @@ def test_deployable_students_on_per_utterance_cmvn(recipe) -> None:
 
     for name in ("baseline-uttcmvn", "distilled-uttcmvn", "compressed-uttcmvn"):
         # The model directory (cost table; features from the audio) normalises per utterance: its WER is the
-        # per-utterance column's (stored lilcom features, so a word or two apart), not the global column's.
+        # per-utterance column's (stored lilcom features, so a word or two apart), not the global column's. On
+        # tiny's ~90% WERs the two columns can be equal (an AMD EPYC gave 91.67% in all three for baseline-uttcmvn).
         wer, utt, glob = pct(cost[(name, "torch")][8]), pct(norm[name][2]), pct(norm[name][1])
-        assert abs(wer - utt) < abs(wer - glob), (name, wer, utt, glob)
+        assert abs(wer - utt) <= abs(wer - glob), (name, wer, utt, glob)
     assert ("distilled-uttcmvn", "onnx-int8") in cost and ("compressed-uttcmvn", "onnx-int8") in cost
     m = re.search(r"Deployable compressed student \(trained on per-utterance CMVN\): [\d.]+% of one teacher's multiply-adds .*?"
                   r"test WER ([\d.]+%) \(\d+ errors\), (?:no worse than|worse than) the full-size hard-target baseline-uttcmvn's ([\d.]+%)",
