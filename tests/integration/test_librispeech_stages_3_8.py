@@ -281,7 +281,11 @@ def test_deployable_students_on_per_utterance_cmvn(recipe) -> None:
                   section)
     assert m is not None and (m.group(1), m.group(2)) == (cost[("compressed-uttcmvn", "torch")][8].split(" ")[0],
                                                           cost[("baseline-uttcmvn", "torch")][8].split(" ")[0])
-    assert f"- distilled-uttcmvn, trained on per-utterance CMVN: {norm['distilled-uttcmvn'][2].split(' ')[0]} per utterance; " in section
+    # Its line quotes where its acoustic scale came from: the dev sweep in its model.json.
+    sweep = json.loads((exp / "deploy" / "distilled_uttcmvn" / "model.json").read_text())["scale_sweep"]
+    errors = ", ".join(f"{s:g}: {e}" for s, e in zip(sweep["scales"], sweep["errors"]))
+    assert (f"- distilled-uttcmvn, trained on per-utterance CMVN: {norm['distilled-uttcmvn'][2].split(' ')[0]} per utterance (acoustic "
+            f"scale {sweep['best']:g}, tuned on dev-clean for it (word errors {errors}") in section
     m = re.search(r"- Distillation on per-utterance CMVN: distilled-uttcmvn minus baseline-uttcmvn ([+-][\d.]+) \[", section)
     assert m is not None and float(m.group(1)) == pytest.approx(pct(norm["distilled-uttcmvn"][2]) - pct(norm["baseline-uttcmvn"][2]), abs=0.011)
 
