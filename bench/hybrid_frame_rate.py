@@ -155,8 +155,7 @@ def part_posteriors(layout: RecipeLayout, part: str, checkpoint: Path, max_utts:
 @dataclasses.dataclass
 class Row:
     variant: Variant
-    scale: float
-    sweep: ScaleSweep  # the dev errors at each acoustic scale tried
+    sweep: ScaleSweep  # the dev errors at each acoustic scale tried; its best is the row's scale
     dev: WerResult
     dev_rtf: float
     test: WerResult
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     senones = read_senones(layout)
     system = GmmSystem.load(senones.model)
     priors = load_priors(layout.log_priors, system.tm.num_pdfs)
-    graphs = {"same": (load_hclg(senones.graph), system.tm)}
+    graphs = {"same": (load_hclg(senones.graph), system.tm, tid_to_pdf(system.tm))}
     compile_seconds = {}
     for name, text in (("initial", system.topology_text), ("skip", skip_topology(system.topology_text, lang.silence_phone_ids))):
         start = time.process_time()
@@ -204,20 +203,25 @@ def main(argv: list[str] | None = None) -> int:
         if tm.num_pdfs != system.tm.num_pdfs:
             raise RuntimeError(f"the {name} topology changed the pdfs: {tm.num_pdfs} against {system.tm.num_pdfs}")
         hclg, _ = compile_hclg(lang.load_fst("L_disambig"), lang.load_fst("G"), lang.disambig_phone_ids, system.ctx_dep, tm, base.graph_scales)
-        graphs[name] = (hclg, tm)
+        graphs[name] = (hclg, tm, tid_to_pdf(tm))
         compile_seconds[name] = time.process_time() - start
     parts = {name: part_posteriors(layout, part, model.checkpoint, args.max_utts) for name, part in
              (("dev", layout.dev_part), ("test", layout.test_part))}
     print(f"{model.name}: dev {len(parts['dev'][0])} and test {len(parts['test'][0])} utterances; HCLG states: "
           + ", ".join(f"{g} {graphs[g][0].num_states}" for g in GRAPHS), flush=True)
 
+    pooled_parts: dict[tuple[str, int, str], dict[str, np.ndarray]] = {}  # pooled once, decoded at every scale and graph
+
     def decode(variant: Variant, part: str, scale: float):
         post, refs, seconds = parts[part]
-        hclg, tm = graphs[variant.graph]
+        hclg, tm, tid2pdf = graphs[variant.graph]
         cfg = dataclasses.replace(base, acoustic_scale=scale)
         cfg = with_setting(cfg, variant.setting) if variant.setting is not None else cfg
-        pooled = {u: pool_frames(x, variant.factor, variant.pooling) for u, x in post.items()}
-        wer, failed, cpu = search(pooled, refs, lang.words, hclg, tm, priors, tid_to_pdf(tm), cfg)
+        key = (part, variant.factor, variant.pooling)
+        if key not in pooled_parts:
+            pooled_parts[key] = {u: pool_frames(x, variant.factor, variant.pooling) for u, x in post.items()}
+        pooled = pooled_parts[key]
+        wer, failed, cpu = search(pooled, refs, lang.words, hclg, tm, priors, tid2pdf, cfg)
         return wer, failed, sum(cpu.values()) / sum(seconds.values()), sum(len(x) for x in pooled.values())
 
     variants = [Variant(1, "mean", "same")] + [Variant(1, "mean", "same", s) for s in narrow]
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         dev, dev_failed, dev_rtf, frames = grid[best]
         sweep = ScaleSweep(layout.dev_part, tuple(scales), tuple(grid[s][0].errors for s in scales), dev.ref_words, best)
         test, test_failed, test_rtf, _ = decode(v, "test", best)
-        rows.append(Row(v, best, sweep, dev, dev_rtf, test, test_rtf, frames, dev_failed, test_failed))
+        rows.append(Row(v, sweep, dev, dev_rtf, test, test_rtf, frames, dev_failed, test_failed))
         print(f"{v.name}: scale {best:g}, test {test.summary()}, search RTF {test_rtf:.4f}", flush=True)
     text = report(args, model, rows, graphs, compile_seconds)
     print(text)
@@ -250,7 +254,7 @@ def row_dict(r: Row, ref: Row) -> dict:
     setting = r.variant.setting
     return {"name": r.variant.name, "factor": r.variant.factor, "pooling": r.variant.pooling, "graph": r.variant.graph,
             "beam": setting.beam if setting else None, "max_active": setting.max_active if setting else None,
-            "acoustic_scale": r.scale, "sweep": r.sweep.to_dict(), "dev_frames": r.frames,
+            "acoustic_scale": r.sweep.best, "sweep": r.sweep.to_dict(), "dev_frames": r.frames,
             "dev_errors": r.dev.errors, "dev_ref_words": r.dev.ref_words, "dev_failed": r.dev_failed, "dev_search_rtf": r.dev_rtf,
             "test_errors": r.test.errors, "test_ref_words": r.test.ref_words, "test_failed": r.test_failed, "test_search_rtf": r.test_rtf,
             "dev_difference": None if r is ref else wer_difference(ref.dev, r.dev).to_dict(),
@@ -283,7 +287,7 @@ def report(args, model, rows: list[Row], graphs, compile_seconds: dict[str, floa
         dd = "–" if r is ref else format_interval(wer_difference(ref.dev, r.dev).to_dict())
         td = "–" if r is ref else format_interval(wer_difference(ref.test, r.test).to_dict())
         failed = f" ({r.dev_failed} dev and {r.test_failed} test utterances failed)" if r.dev_failed or r.test_failed else ""
-        lines.append(f"| {r.variant.name}{failed} | {r.frames} | {r.scale:g} ({grid}) | {100 * r.dev.wer:.2f}% ({r.dev.errors}/{r.dev.ref_words}) | "
+        lines.append(f"| {r.variant.name}{failed} | {r.frames} | {r.sweep.best:g} ({grid}) | {100 * r.dev.wer:.2f}% ({r.dev.errors}/{r.dev.ref_words}) | "
                      f"{dd} | {r.dev_rtf:.4f} | {100 * r.test.wer:.2f}% ({r.test.errors}/{r.test.ref_words}) | {td} | {r.test_rtf:.4f} |")
     lines += ["", *summary(rows), "", environment_text(environment(), code_version())]
     return "\n".join(lines) + "\n"

@@ -468,8 +468,8 @@ def normalisation_table(results: Mapping[str, Mapping[str, WerResult]]) -> str:
 
 def scale_note(spec: ModelSpec) -> str:
     """Where a hybrid model directory's acoustic scale came from, for the report's lines."""
-    scale = spec.decoding.get("acoustic_scale")
     if not spec.scale_sweep:
+        scale = spec.decoding.get("acoustic_scale")
         return f"acoustic scale {scale:g}, the recipe tables' for its kind" if scale is not None else "the default acoustic scale"
     from asr_kd.decode.tuning import ScaleSweep
 
