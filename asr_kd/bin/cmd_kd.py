@@ -285,7 +285,8 @@ def _make_soft_targets(args: argparse.Namespace) -> int:
         return 0
     posteriors = ShardedPosteriors(info)
     try:
-        summary = make_soft_targets(kd=kd, num_teachers=args.num_teachers, max_duration=args.max_duration, posteriors_fn=posteriors, **common)
+        summary = make_soft_targets(kd=kd, num_teachers=args.num_teachers, max_duration=args.max_duration, posteriors_fn=posteriors,
+                                    device=info.device, **common)
     finally:
         posteriors.release()
     print(f"{summary['frames']} frames: {summary['bytes_per_frame']} bytes/frame stored vs {summary['dense_float32_bytes_per_frame']} dense; "

@@ -170,10 +170,15 @@ def code_is_modified(repo: Path) -> bool:
     return status.returncode != 0 or bool(status.stdout.strip())
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Return ``git <commit>`` of the asr-kd checkout (``-dirty`` when tracked code, recipe scripts
-    or configs differ from it), else the package version."""
+    or configs differ from it), else the package version. A copy of the tree without its ``.git``
+    (rsynced to a GPU machine or a cluster node) names its commit in ``ASR_KD_CODE_VERSION``."""
+    return os.environ.get("ASR_KD_CODE_VERSION", "").strip() or _checkout_version()
+
+
+@functools.lru_cache(maxsize=1)
+def _checkout_version() -> str:
     repo = Path(__file__).resolve().parents[2]
     if (repo / ".git").exists():
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import torch
 from lhotse import CutSet
 from tqdm import tqdm
 
@@ -73,13 +74,15 @@ STORAGE_WORDS = {
 def make_soft_targets(
     layout: RecipeLayout, kd: KdConfig, num_teachers: int | None = None, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", posteriors_fn: Callable[..., Iterator] = ensemble_log_posteriors,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Store the ensemble's posteriors at ``kd.temperature`` (``kd.fusion``) of the first
     ``num_teachers`` teachers (default: all of stage 4) as top-``kd.top_k`` soft targets in
     format ``kd.storage``; write ``stats.json`` and return it: frames, bytes per frame stored vs
     dense float32, the mean KL(stored || full) and mass kept of what a student reads back, and the
     settings. Skipped when the record matches. ``posteriors_fn``: the ensemble's inference over the
-    training cuts (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors` under torchrun)."""
+    training cuts (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors` under torchrun); ``device``:
+    where the ``rvq`` codebooks' sample is scored (``posteriors_fn`` brings its own)."""
     n = recorded_num_teachers(layout) if num_teachers is None else num_teachers
     if n < 1:
         raise ConfigError(f"--num-teachers must be >= 1, got {n}")
@@ -95,20 +98,13 @@ def make_soft_targets(
         bucket = kd.tail == "bucket"
         stats = SoftTargetStats(bucket=bucket)
         start = time.time()
-        quantiser = _fit_quantiser(teachers, cuts, cmvn, kd, max_duration, read_senones(layout).num_senones) if kd.storage == "rvq" else None
+        quantiser = (_fit_quantiser(teachers, cuts, cmvn, kd, max_duration, read_senones(layout).num_senones, device)
+                     if kd.storage == "rvq" else None)
 
         def targets() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
             posteriors = posteriors_fn(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration)
             for cut, log_probs in tqdm(posteriors, total=len(cuts), desc="ensemble soft targets", unit="cut", leave=False):
-                full = log_probs.exp()
-                if quantiser is not None:
-                    arrays = quantiser.arrays(full)
-                    ids, probs = quantiser.decode(arrays[SOFT_CODES], kd.top_k, renormalise=not bucket)
-                else:
-                    arrays = encode_topk(*topk_compress(full, kd.top_k, renormalise=not bucket), kd.storage)
-                    ids, probs = decode_topk(arrays, renormalise=not bucket)
-                stats.update(full.numpy(), ids, probs, log_probs.numpy())  # what the student will read back
-                yield cut.id, arrays
+                yield cut.id, cut_target_arrays(log_probs, kd, quantiser, stats)
 
         custom: dict = {SOFT_TEMPERATURE: float(kd.temperature), **({SOFT_TAIL: True} if bucket else {})}
         shared = None
@@ -168,10 +164,28 @@ def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | No
     return layout.soft_cuts(out), record
 
 
-def _fit_quantiser(teachers: list, cuts: CutSet, cmvn, kd: KdConfig, max_duration: float, num_classes: int) -> ResidualQuantiser:
-    """Fit the ``rvq`` codebooks on the ensemble's posteriors (over ``num_classes`` senones) of a
-    seeded random sample of the training cuts (:func:`asr_kd.kd.target_formats.sample_for_fitting`)."""
+def cut_target_arrays(log_probs: torch.Tensor, kd: KdConfig, quantiser: ResidualQuantiser | None, stats: SoftTargetStats) -> dict[str, np.ndarray]:
+    """The arrays stage 5 stores for one cut from the ensemble's ``log_probs`` ``[frames, C]`` at
+    ``kd.temperature`` (codes of ``quantiser`` for ``kd.storage`` rvq, else the top ``kd.top_k`` in
+    ``kd.storage``); ``stats`` is updated with what a student will read back from them."""
+    bucket = kd.tail == "bucket"
+    full = log_probs.exp()
+    if quantiser is not None:
+        arrays = quantiser.arrays(full)
+        ids, probs = quantiser.decode(arrays[SOFT_CODES], kd.top_k, renormalise=not bucket)
+    else:
+        arrays = encode_topk(*topk_compress(full, kd.top_k, renormalise=not bucket), kd.storage)
+        ids, probs = decode_topk(arrays, renormalise=not bucket)
+    stats.update(full.numpy(), ids, probs, log_probs.numpy())
+    return arrays
+
+
+def _fit_quantiser(teachers: list, cuts: CutSet, cmvn, kd: KdConfig, max_duration: float, num_classes: int,
+                   device: str | torch.device = "cpu") -> ResidualQuantiser:
+    """Fit the ``rvq`` codebooks on the ensemble's posteriors (over ``num_classes`` senones, scored
+    on ``device``, where the fit runs and the quantiser encodes) of a seeded random sample of the training cuts
+    (:func:`asr_kd.kd.target_formats.sample_for_fitting`)."""
     sample = sample_for_fitting(list(cuts), num_classes)
     log.info("fitting %d codebooks of 256 entries on %d sampled cuts", kd.codebooks, len(sample))
-    posteriors = (lp.exp() for _, lp in ensemble_log_posteriors(teachers, sample, cmvn, kd.temperature, kd.fusion, max_duration))
-    return fit_quantiser(posteriors, kd.codebooks)
+    posteriors = (lp.exp() for _, lp in ensemble_log_posteriors(teachers, sample, cmvn, kd.temperature, kd.fusion, max_duration, device))
+    return fit_quantiser(posteriors, kd.codebooks, device=device)

@@ -51,6 +51,7 @@ sweep_extra_scales=""   # stage 10: acoustic scales beyond the decode grid's end
 sweep_seeds=1          # stage 10: students per temperature (stage 6's seeds; at the recipe's own T, stage 6's students)
 sweep_targets=stored   # stage 10: stored soft targets (stage 5's, top-k) or online (the whole distribution in the loop)
 num_threads=1          # torch threads per process (small networks train faster on one)
+device=auto            # where stage 5's teachers score the training set: auto (CUDA if present), cpu or cuda
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
 ctc_config=""          # CtcConfig YAML; empty: the preset's
 ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: the preset's
@@ -180,6 +181,8 @@ Options (default in brackets):
   --sweep-targets S    stage 10: stored (stage 5's soft targets at each T) or online (each student learns the
                        ensemble's whole distribution in the loop; nothing stored, its own section) [$sweep_targets]
   --num-threads N      torch threads per process [$num_threads]
+  --device D           where stage 5's teachers score the training set: auto (CUDA if present), cpu or cuda
+                       (training picks its device from the train config's device, auto by default) [$device]
   --model-type T       hybrid, ctc or both [$model_type]
   --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
   --ctc-train-config F TrainConfig YAML of the CTC models; empty: the preset's [$ctc_train_config]
@@ -208,6 +211,7 @@ done
 [ "$stage" -le "$stop_stage" ] || { echo "$0: --stage $stage is after --stop-stage $stop_stage: nothing would run" >&2; exit 1; }
 case "$preset" in tiny|mini|small) ;; *) echo "$0: --preset takes tiny, mini or small, got '$preset'" >&2; exit 1 ;; esac
 case "$cmd" in local|slurm|submitit-local) ;; *) echo "$0: --cmd takes local, slurm or submitit-local, got '$cmd'" >&2; exit 1 ;; esac
+case "$device" in auto|cpu|cuda) ;; *) echo "$0: --device takes auto, cpu or cuda, got '$device'" >&2; exit 1 ;; esac
 case "$on_change" in redo|stop) ;; *) echo "$0: --on-change takes redo or stop, got '$on_change'" >&2; exit 1 ;; esac
 case "$sweep_targets" in stored|online) ;; *) echo "$0: --sweep-targets takes stored or online, got '$sweep_targets'" >&2; exit 1 ;; esac
 export ASR_KD_ON_CHANGE="$on_change"
@@ -337,7 +341,7 @@ fi
 if [ "$hybrid" = true ] && in_stages 5; then
   log "Stage 5: the ensemble's soft targets ($kd_config)"
   run_logged "$exp/log/stage5_soft_targets.log" asr-kd make-soft-targets "${kd_common[@]}" \
-    --num-teachers "$num_teachers" --kd-config "$kd_config"
+    --num-teachers "$num_teachers" --kd-config "$kd_config" --device "$device"
 fi
 
 # Stage 6: asr_kd/stages/s6_students.py

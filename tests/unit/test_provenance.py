@@ -300,3 +300,13 @@ def test_resumed_run_is_marked_and_old_records_without_costs_still_read(tmp_path
     rec = read_record(folder)
     assert rec is not None and rec.resources == {}
     assert not StageGuard("s", folder, {"T": 2}, {}).needs_work()
+
+
+def test_a_tree_copied_without_git_names_its_commit_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU machine or cluster node gets the tree without .git: ASR_KD_CODE_VERSION names the commit.
+    from asr_kd.stages.provenance import code_version
+
+    monkeypatch.setenv("ASR_KD_CODE_VERSION", "git abc1234")
+    assert code_version() == "git abc1234"
+    monkeypatch.setenv("ASR_KD_CODE_VERSION", "  ")
+    assert code_version().startswith(("git ", "asr-kd ")) and code_version() != "git abc1234"

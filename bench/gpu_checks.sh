@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The project's GPU checks in one run (issue 14, item 5), for a machine with one NVIDIA GPU:
+#   1. bench/dnn_gpu.py: the paper's DNN trained in bf16, eager and torch.compile, share of peak FLOP/s;
+#   2. bench/stage5_speed.py: stage 5 (the teachers' inference over the training set and the stored
+#      soft targets) in frames per second;
+#   3. a CUDA training smoke test: stages 4-7 of the `tiny` recipe, hybrid and CTC, on an experiment
+#      folder that stages 0-3 made elsewhere (a CPU machine); every network trains on the GPU
+#      (train.device auto) and stage 5 scores there (--device auto). Its RESULTS.md and its exp
+#      folder come back, to compare with the same stages run on the CPU (bench/compare_runs.py).
+# Each part has its own time limit and a failed part does not stop the next.
+#
+# Before them, tests/unit/test_cuda.py (the GPU's stage-5 targets against the CPU's).
+#
+# Usage, from the repository root of a copy of the tree:
+#   bench/gpu_checks.sh OUT [TINY]
+# OUT: a folder for what comes back (bench sections in OUT/RESULTS.md, logs, OUT/tiny_exp.tgz);
+# TINY: a folder holding data/ and exp/ of a tiny run after stage 3, whose manifests name it by
+# the absolute path they were made at (pass that path; bench/gpu_checks.sh does not move it).
+# Python: `python3` with torch; asr-kd need not be installed (the tree's root goes on PYTHONPATH,
+# and an `asr-kd` command that runs `python3 -m asr_kd` is put on PATH when there is none).
+set -u
+out=${1:?usage: bench/gpu_checks.sh OUT [TINY]}
+tiny=${2:-}
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+if ! command -v asr-kd >/dev/null 2>&1; then
+  mkdir -p "$out/.bin"
+  printf '#!/bin/sh\nexec python3 -m asr_kd "$@"\n' > "$out/.bin/asr-kd"
+  chmod +x "$out/.bin/asr-kd"
+  export PATH="$out/.bin:$PATH"
+fi
+part() {  # part NAME SECONDS COMMAND...: run with a time limit, log its status
+  local name=$1 limit=$2; shift 2
+  echo "=== $name: start $(date -u +%T), limit ${limit}s: $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@"
+  echo "=== $name: exit $? after $((SECONDS - t0))s"
+}
+cd "$root"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 -c "import torch, asr_kd; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+
+part cuda_tests 60 python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda.py
+part dnn_gpu 150 python3 bench/dnn_gpu.py --modes eager compile --utts 32 64 --steps 50 --warmup 10 --results "$out/RESULTS.md"
+part stage5_speed 100 python3 bench/stage5_speed.py --device cuda --cuts 64 --results "$out/RESULTS.md"
+
+if [ -n "$tiny" ]; then
+  (cd recipes/librispeech &&
+    part tiny_stages_4_7 250 ./run.sh --preset tiny --model-type both --stage 4 --stop-stage 7 --nj 8 \
+      --data "$tiny/data" --exp "$tiny/exp" --results "$out/tiny_RESULTS.md" > "$out/tiny_run.log" 2>&1)
+  tail -5 "$out/tiny_run.log"
+  tar -czf "$out/tiny_exp.tgz" -C "$tiny" --exclude='*.lca' --exclude='*.npa' --exclude='*.pt' --exclude='checkpoints' exp
+fi
+rm -rf "$out/.bin"

@@ -1,0 +1,46 @@
+"""What a CUDA device must give: the same stage-5 targets as the CPU (the teachers' fused
+posteriors, the rvq codebooks fitted and codes encoded on the GPU). Skipped without a CUDA device;
+bench/gpu_checks.sh runs this file on a GPU machine (bench/RESULTS.md, "GPU checks")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.kd.target_formats import ResidualQuantiser
+from asr_kd.models.dnn import SplicedDnn, dnn_preset
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _posteriors(frames: int, classes: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(4 * torch.randn(frames, classes, generator=g), dim=-1)
+
+
+def test_rvq_fitted_and_encoded_on_the_gpu_matches_the_cpu() -> None:
+    sample, held_out = _posteriors(6000, 300), _posteriors(2000, 300, seed=1)
+    cpu = ResidualQuantiser.fit(sample, 4, seed=0)
+    gpu = ResidualQuantiser.fit(sample, 4, seed=0, device="cuda")
+    assert gpu.codebooks.dtype == np.float16 and gpu.codebooks.shape == cpu.codebooks.shape
+    # Lloyd's iterations from the same starts: summation order may flip a rare tie, no more.
+    assert np.mean(np.abs(gpu.codebooks.astype(np.float32) - cpu.codebooks.astype(np.float32))) < 1e-3
+    codes_gpu, codes_cpu = gpu.encode(held_out), ResidualQuantiser(gpu.codebooks).encode(held_out)
+    assert codes_gpu.dtype == np.uint8 and np.mean(codes_gpu == codes_cpu) > 0.99
+
+
+def test_the_ensembles_posteriors_on_the_gpu_equal_the_cpus(tmp_path) -> None:
+    import runpy
+
+    from tests.conftest import REPO_ROOT
+
+    synthetic_cuts = runpy.run_path(str(REPO_ROOT / "bench" / "stage5_speed.py"))["synthetic_cuts"]
+    cuts = synthetic_cuts(tmp_path, 5, 300, 40)
+    torch.manual_seed(0)
+    teachers = [SplicedDnn(dnn_preset("mini"), 500).eval() for _ in range(3)]
+    cpu = [lp for _, lp in ensemble_log_posteriors(teachers, cuts, None, 2.0, "arithmetic", 20.0, "cpu")]
+    gpu = [lp for _, lp in ensemble_log_posteriors(teachers, cuts, None, 2.0, "arithmetic", 20.0, "cuda")]
+    assert [g.device.type for g in gpu] == ["cpu"] * 5  # handed back on the CPU, where they are stored
+    assert max(float((a - b).abs().max()) for a, b in zip(cpu, gpu)) < 1e-3
