@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"the CPU ({torch.get_num_threads()} torch threads)"
     storage_list = " ".join(args.storage)
     text = (
-        f"## Stage 5 throughput: teachers' inference and stored soft targets (bench/stage5_speed.py)\n\n"
+        f"## Stage 5 throughput on {'a GPU' if device.type == 'cuda' else 'the CPU'}, {args.model} teachers: inference and stored soft targets (bench/stage5_speed.py)\n\n"
         f"`python bench/stage5_speed.py --model {args.model} --num-classes {args.num_classes} --teachers {args.teachers} "
         f"--cuts {args.cuts} --frames {args.frames} --max-duration {' '.join(f'{m:g}' for m in args.max_duration)} "
         f"--storage {storage_list} --top-k {args.top_k} --device {args.device}` on {name}: {args.teachers} randomly initialised "
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.results is not None:
         from _results import write_section  # bench/_results.py, beside this script
 
-        write_section(args.results, "## Stage 5 throughput", text)
+        write_section(args.results, f"## Stage 5 throughput on {'a GPU' if device.type == 'cuda' else 'the CPU'}, {args.model} teachers", text)
     return {"inference": inference, "storing": storing}
 
 
