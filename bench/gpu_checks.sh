@@ -5,7 +5,7 @@
 #      soft targets) in frames per second;
 #   3. a CUDA training smoke test: stages 4-7 of the `tiny` recipe, hybrid and CTC, on an experiment
 #      folder that stages 0-3 made elsewhere (a CPU machine); every network trains on the GPU
-#      (train.device auto) and stage 5 scores there (--device auto). Its RESULTS.md and its exp
+#      (train.device auto) and so does the scoring (run.sh --device auto). Its RESULTS.md and its exp
 #      folder come back, to compare with the same stages run on the CPU (bench/compare_runs.py).
 # Each part has its own time limit and a failed part does not stop the next.
 #
@@ -43,8 +43,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c "import torch, asr_kd; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
 part cuda_tests 60 python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda.py
-part dnn_gpu 150 python3 bench/dnn_gpu.py --modes eager compile --utts 32 64 --steps 50 --warmup 10 --results "$out/RESULTS.md"
-part stage5_speed 100 python3 bench/stage5_speed.py --device cuda --cuts 64 --results "$out/RESULTS.md"
+part dnn_gpu 140 python3 bench/dnn_gpu.py --modes eager compile --utts 32 64 --steps 50 --warmup 10 --results "$out/RESULTS.md"
+part stage5_speed 120 python3 bench/stage5_speed.py --device cuda --cuts 64 --rounds 2 --results "$out/RESULTS.md"
 
 if [ -n "$tiny" ]; then
   (cd recipes/librispeech &&

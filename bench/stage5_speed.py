@@ -19,6 +19,7 @@ frames) on one device.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", nargs="+", default=["rvq", "uint16-uint8"], help="kd.storage formats to time (default rvq uint16-uint8)")
     p.add_argument("--top-k", type=int, default=20, help="kd.top_k (default 20)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the teachers score (default cuda if present)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds, every row once per round, interleaved; the median is shown (default 3)")
     p.add_argument("--results", type=Path, default=None, help="also write a section of this RESULTS.md")
     return p.parse_args(argv)
 
@@ -92,45 +94,51 @@ def main(argv: list[str] | None = None) -> dict:
         # Untimed: the first batch loads the kernels and fills the allocator.
         for _ in zip(range(1), ensemble_log_posteriors(teachers, cuts.subset(first=1), None, 2.0, "arithmetic", args.max_duration[0], device)):
             pass
-        inference = []
-        for max_duration in args.max_duration:
-            _sync(device)
+        inference_times: dict[float, list[float]] = {m: [] for m in args.max_duration}
+        store_times: dict[str, list[float]] = {storage: [] for storage in args.storage}
+        kds = {storage: KdConfig(temperature=2.0, top_k=args.top_k, storage=storage) for storage in args.storage}
+        quantisers, fit_seconds, mass = {}, {}, {}
+        for storage, kd in kds.items():
             start = time.perf_counter()
-            for _cut, log_probs in ensemble_log_posteriors(teachers, cuts, None, 2.0, "arithmetic", max_duration, device):
-                pass
-            _sync(device)
-            seconds = time.perf_counter() - start
-            inference.append({"max_duration": max_duration, "seconds": seconds, "frames_per_second": frames / seconds})
-        best = min(inference, key=lambda r: r["seconds"])["max_duration"]
-        storing = []
-        for storage in args.storage:
-            kd = KdConfig(temperature=2.0, top_k=args.top_k, storage=storage)
-            start = time.perf_counter()
-            quantiser = _fit_quantiser(teachers, cuts, None, kd, best, args.num_classes, device) if storage == "rvq" else None
-            fit_seconds = time.perf_counter() - start
-            stats = SoftTargetStats()
-            start = time.perf_counter()
-            posteriors = ensemble_log_posteriors(teachers, cuts, None, kd.temperature, kd.fusion, best, device)
-            stored = store_target_arrays(cuts, ((c.id, cut_target_arrays(lp, kd, quantiser, stats)) for c, lp in posteriors),
-                                         folder / f"targets_{storage}")
-            seconds = time.perf_counter() - start
-            assert len(stored) == args.cuts
-            storing.append({"storage": storage, "fit_seconds": fit_seconds, "seconds": seconds, "frames_per_second": frames / seconds,
-                            "mean_mass_kept": stats.summary(0)["mean_mass_kept"]})
+            quantisers[storage] = (_fit_quantiser(teachers, cuts, None, kd, args.max_duration[0], args.num_classes, device)
+                                   if storage == "rvq" else None)
+            fit_seconds[storage] = time.perf_counter() - start
+        for r in range(args.rounds):
+            for max_duration in args.max_duration:
+                _sync(device)
+                start = time.perf_counter()
+                for _cut, log_probs in ensemble_log_posteriors(teachers, cuts, None, 2.0, "arithmetic", max_duration, device):
+                    pass
+                _sync(device)
+                inference_times[max_duration].append(time.perf_counter() - start)
+            for storage, kd in kds.items():
+                stats = SoftTargetStats()
+                start = time.perf_counter()
+                posteriors = ensemble_log_posteriors(teachers, cuts, None, kd.temperature, kd.fusion, args.max_duration[0], device)
+                stored = store_target_arrays(cuts, ((c.id, cut_target_arrays(lp, kd, quantisers[storage], stats)) for c, lp in posteriors),
+                                             folder / f"targets_{storage}_{r}")
+                store_times[storage].append(time.perf_counter() - start)
+                assert len(stored) == args.cuts
+                mass[storage] = stats.summary(0)["mean_mass_kept"]
+        inference = [{"max_duration": m, "seconds": statistics.median(t), "frames_per_second": frames / statistics.median(t)}
+                     for m, t in inference_times.items()]
+        storing = [{"storage": st, "fit_seconds": fit_seconds[st], "seconds": statistics.median(t),
+                    "frames_per_second": frames / statistics.median(t), "mean_mass_kept": mass[st]} for st, t in store_times.items()]
+        best = args.max_duration[0]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"the CPU ({torch.get_num_threads()} torch threads)"
     storage_list = " ".join(args.storage)
     text = (
         f"## Stage 5 throughput on {'a GPU' if device.type == 'cuda' else 'the CPU'}, {args.model} teachers: inference and stored soft targets (bench/stage5_speed.py)\n\n"
         f"`python bench/stage5_speed.py --model {args.model} --num-classes {args.num_classes} --teachers {args.teachers} "
         f"--cuts {args.cuts} --frames {args.frames} --max-duration {' '.join(f'{m:g}' for m in args.max_duration)} "
-        f"--storage {storage_list} --top-k {args.top_k} --device {args.device}` on {name}: {args.teachers} randomly initialised "
+        f"--storage {storage_list} --top-k {args.top_k} --device {args.device} --rounds {args.rounds}` on {name}: {args.teachers} randomly initialised "
         f"{args.model} teachers over {args.num_classes} senones, fp32, {frames:,} synthetic feature frames in lhotse cuts. "
-        f"960 h: 345 million frames at the rate of the row, one device.\n\n"
+        f"Medians of {args.rounds} interleaved rounds. 960 h: 345 million frames at the rate of the row, one device.\n\n"
         "| inference batch | frames/s | 960 h would take |\n|---|---:|---:|\n"
     )
     for r in inference:
         text += f"| {r['max_duration']:g} s of audio | {r['frames_per_second']:,.0f} | {FRAMES_960H / r['frames_per_second'] / 3600:.2f} h |\n"
-    text += (f"\nThe whole per-cut work of stage 5 (inference in batches of {best:g} s, then encoding, statistics and the archive; "
+    text += (f"\nThe whole per-cut work of stage 5 (inference in batches of {best:g} s, the first --max-duration, then encoding, statistics and the archive; "
              f"rvq: after fitting its codebooks on a sample):\n\n"
              "| kd.storage | codebook fit | frames/s | 960 h would take | mean mass kept |\n|---|---:|---:|---:|---:|\n")
     for r in storing:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -82,8 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _kd_args(p)
     _teachers_arg(p, None)
     p.add_argument("--max-duration", type=float, default=20.0, help="seconds of audio per inference batch (default 20: small batches keep the fusion in cache)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
-                   help="where the teachers score (default cpu; under torchrun, cuda means each rank's own GPU)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None,
+                   help="where the teachers score (default: $ASR_KD_INFERENCE_DEVICE, which run.sh's --device sets, else cpu; "
+                        "under torchrun, cuda means each rank's own GPU)")
     p.set_defaults(func=_make_soft_targets)
 
     p = sub.add_parser("train-student", help="stage 6: train the hard-target baseline or the distilled student",
@@ -273,12 +275,13 @@ def _train_teachers(args: argparse.Namespace) -> int:
 def _make_soft_targets(args: argparse.Namespace) -> int:
     from asr_kd.stages.s5_soft_targets import make_soft_targets
 
+    from asr_kd.kd.ensemble import INFERENCE_DEVICE_ENV
     from asr_kd.kd.sharded_targets import ShardedPosteriors, serve_posteriors
     from asr_kd.train.ddp import init_distributed
 
     common, kd = _setup(args, "make_soft_targets"), _kd(args)
     # Under torchrun every rank scores a share of the training cuts; rank 0 stores the targets.
-    info = init_distributed(args.device)
+    info = init_distributed(args.device or os.environ.get(INFERENCE_DEVICE_ENV, "").strip() or "cpu")
     if info.rank > 0:
         scored = serve_posteriors(lambda: _stage5_inputs(common["layout"], args.num_teachers), kd.temperature, kd.fusion, args.max_duration, info)
         print(f"rank {info.rank}: scored {scored} training cuts for rank 0")

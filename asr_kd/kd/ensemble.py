@@ -15,6 +15,7 @@ teachers said there (padding may hold garbage, even NaN), so downstream losses n
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -146,13 +147,33 @@ def _uniform_where_masked(log_probs: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(mask.bool()[..., None], log_probs, uniform)
 
 
+INFERENCE_DEVICE_ENV = "ASR_KD_INFERENCE_DEVICE"
+
+
+def inference_device(device: str | torch.device | None = None) -> torch.device:
+    """Where networks score outside training: ``device`` if given, else the environment's
+    ``ASR_KD_INFERENCE_DEVICE`` (``auto``: CUDA if present; ``cpu``; ``cuda``; run.sh's --device
+    sets it for stages 3, 5, 7, 8 and 10), else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    name = os.environ.get(INFERENCE_DEVICE_ENV, "").strip() or "cpu"
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{INFERENCE_DEVICE_ENV} must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{INFERENCE_DEVICE_ENV}=cuda (run.sh --device cuda) but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
 @torch.no_grad()
 def ensemble_log_posteriors(
     models: Sequence[torch.nn.Module], cuts: Iterable[Cut] | CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
-    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device = "cpu",
+    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device | None = None,
 ) -> Iterator[tuple[Cut, torch.Tensor]]:
-    """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``[frames, C]``: the
-    fused posteriors of ``models`` at ``temperature`` (one model: its own ``log_softmax(z/T)``).
+    """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``[frames, C]`` on the
+    CPU: the fused posteriors of ``models`` at ``temperature`` (one model: its own ``log_softmax(z/T)``),
+    scored on ``device`` (default: :func:`inference_device`).
 
     Batches of whole cuts are run through every model once, padding masked out of the fusion.
     Every model is fed ``cmvn``'s normalisation: a network trained on per-utterance CMVN
@@ -161,6 +182,7 @@ def ensemble_log_posteriors(
     if any(getattr(m, "input_normalization", None) == "utterance" for m in models):
         raise ConfigError("an ensemble here is fed the part's CMVN statistics; a network trained on per-utterance CMVN (a *_uttcmvn "
                           "student) cannot join it (decode it through its model directory: asr-kd make-model-dir --system <kind>-uttcmvn)")
+    device = inference_device(device)
     ensemble = TeacherEnsemble(list(models), fusion).to(device)
     dataset = FrameDataset(cmvn, labels_name=None, soft_targets=False)
     cutset = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)

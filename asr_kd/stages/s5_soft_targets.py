@@ -24,7 +24,7 @@ from tqdm import tqdm
 from asr_kd.config import KdConfig, save_config
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TAIL, SOFT_TEMPERATURE
-from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.kd.ensemble import ensemble_log_posteriors, inference_device
 from asr_kd.kd.soft_targets import SoftTargetStats, store_target_arrays, topk_compress
 from asr_kd.kd.target_formats import ResidualQuantiser, decode_topk, encode_topk, fit_quantiser, sample_for_fitting, storage_bytes_per_frame
 from asr_kd.stages.common import alignment_inputs, load_teachers, read_senones, recorded_num_teachers, write_results
@@ -74,7 +74,7 @@ STORAGE_WORDS = {
 def make_soft_targets(
     layout: RecipeLayout, kd: KdConfig, num_teachers: int | None = None, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", posteriors_fn: Callable[..., Iterator] = ensemble_log_posteriors,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """Store the ensemble's posteriors at ``kd.temperature`` (``kd.fusion``) of the first
     ``num_teachers`` teachers (default: all of stage 4) as top-``kd.top_k`` soft targets in
@@ -82,7 +82,8 @@ def make_soft_targets(
     dense float32, the mean KL(stored || full) and mass kept of what a student reads back, and the
     settings. Skipped when the record matches. ``posteriors_fn``: the ensemble's inference over the
     training cuts (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors` under torchrun); ``device``:
-    where the ``rvq`` codebooks' sample is scored (``posteriors_fn`` brings its own)."""
+    where the ``rvq`` codebooks' sample is scored, fitted and encoded (default
+    :func:`asr_kd.kd.ensemble.inference_device`; ``posteriors_fn`` brings its own)."""
     n = recorded_num_teachers(layout) if num_teachers is None else num_teachers
     if n < 1:
         raise ConfigError(f"--num-teachers must be >= 1, got {n}")
@@ -98,7 +99,7 @@ def make_soft_targets(
         bucket = kd.tail == "bucket"
         stats = SoftTargetStats(bucket=bucket)
         start = time.time()
-        quantiser = (_fit_quantiser(teachers, cuts, cmvn, kd, max_duration, read_senones(layout).num_senones, device)
+        quantiser = (_fit_quantiser(teachers, cuts, cmvn, kd, max_duration, read_senones(layout).num_senones, inference_device(device))
                      if kd.storage == "rvq" else None)
 
         def targets() -> Iterator[tuple[str, dict[str, np.ndarray]]]:

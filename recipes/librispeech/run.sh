@@ -51,7 +51,7 @@ sweep_extra_scales=""   # stage 10: acoustic scales beyond the decode grid's end
 sweep_seeds=1          # stage 10: students per temperature (stage 6's seeds; at the recipe's own T, stage 6's students)
 sweep_targets=stored   # stage 10: stored soft targets (stage 5's, top-k) or online (the whole distribution in the loop)
 num_threads=1          # torch threads per process (small networks train faster on one)
-device=auto            # where stage 5's teachers score the training set: auto (CUDA if present), cpu or cuda
+device=auto            # where networks score outside training (stages 3, 5, 7, 8, 10): auto (CUDA if present), cpu or cuda
 model_type=hybrid      # hybrid (DNN-HMM, stages 3-8), ctc (CTC, stages 4-7) or both
 ctc_config=""          # CtcConfig YAML; empty: the preset's
 ctc_train_config=""    # TrainConfig YAML of the CTC models; empty: the preset's
@@ -181,8 +181,9 @@ Options (default in brackets):
   --sweep-targets S    stage 10: stored (stage 5's soft targets at each T) or online (each student learns the
                        ensemble's whole distribution in the loop; nothing stored, its own section) [$sweep_targets]
   --num-threads N      torch threads per process [$num_threads]
-  --device D           where stage 5's teachers score the training set: auto (CUDA if present), cpu or cuda
-                       (training picks its device from the train config's device, auto by default) [$device]
+  --device D           where networks score outside training: stage 3's realignment, stage 5's soft targets,
+                       stages 7 and 8's posteriors, stage 10's targets; auto (CUDA if present), cpu or cuda
+                       (training picks its own from the train config's device, auto by default) [$device]
   --model-type T       hybrid, ctc or both [$model_type]
   --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
   --ctc-train-config F TrainConfig YAML of the CTC models; empty: the preset's [$ctc_train_config]
@@ -215,6 +216,7 @@ case "$device" in auto|cpu|cuda) ;; *) echo "$0: --device takes auto, cpu or cud
 case "$on_change" in redo|stop) ;; *) echo "$0: --on-change takes redo or stop, got '$on_change'" >&2; exit 1 ;; esac
 case "$sweep_targets" in stored|online) ;; *) echo "$0: --sweep-targets takes stored or online, got '$sweep_targets'" >&2; exit 1 ;; esac
 export ASR_KD_ON_CHANGE="$on_change"
+export ASR_KD_INFERENCE_DEVICE="$device"  # asr_kd.kd.ensemble.inference_device
 case "$model_type" in hybrid|ctc|both) ;; *) echo "$0: --model-type takes hybrid, ctc or both, got '$model_type'" >&2; exit 1 ;; esac
 case "$ctc_guide_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --ctc-guide-weight takes a number >= 0, got '$ctc_guide_weight'" >&2; exit 1 ;; esac
 case "$three_percent_hard_weight" in ""|*[!0-9.]*|*.*.*) echo "$0: --three-percent-hard-weight takes a number >= 0, got '$three_percent_hard_weight'" >&2; exit 1 ;; esac

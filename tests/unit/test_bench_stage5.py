@@ -20,7 +20,7 @@ from tests.conftest import REPO_ROOT
 def test_the_stage5_bench_runs_on_the_cpu_and_keeps_what_the_targets_hold(capsys: pytest.CaptureFixture[str]) -> None:
     bench = runpy.run_path(str(REPO_ROOT / "bench" / "stage5_speed.py"))
     out = bench["main"](["--model", "tiny", "--num-classes", "30", "--teachers", "2", "--cuts", "3", "--frames", "150",
-                         "--max-duration", "1", "20", "--storage", "rvq", "uint16-uint8", "--top-k", "30", "--device", "cpu"])
+                         "--max-duration", "1", "20", "--storage", "rvq", "uint16-uint8", "--top-k", "30", "--device", "cpu", "--rounds", "2"])
     assert [r["max_duration"] for r in out["inference"]] == [1.0, 20.0]
     assert all(r["frames_per_second"] > 0 for r in out["inference"] + out["storing"])
     rows = {r["storage"]: r for r in out["storing"]}

@@ -44,3 +44,16 @@ def test_the_ensembles_posteriors_on_the_gpu_equal_the_cpus(tmp_path) -> None:
     gpu = [lp for _, lp in ensemble_log_posteriors(teachers, cuts, None, 2.0, "arithmetic", 20.0, "cuda")]
     assert [g.device.type for g in gpu] == ["cpu"] * 5  # handed back on the CPU, where they are stored
     assert max(float((a - b).abs().max()) for a, b in zip(cpu, gpu)) < 1e-3
+
+
+def test_run_sh_device_sends_the_scoring_to_the_gpu(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run.sh --device cuda exports ASR_KD_INFERENCE_DEVICE: stages 3, 7, 8 and 10 score there without an argument.
+    import runpy
+
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.setenv("ASR_KD_INFERENCE_DEVICE", "cuda")
+    cuts = runpy.run_path(str(REPO_ROOT / "bench" / "stage5_speed.py"))["synthetic_cuts"](tmp_path, 2, 100, 40)
+    model = SplicedDnn(dnn_preset("tiny"), 60).eval()
+    out = list(ensemble_log_posteriors([model], cuts, None))
+    assert next(model.parameters()).device.type == "cuda" and [lp.shape[0] for _, lp in out] == [100, 100]

@@ -151,3 +151,20 @@ def test_teacher_ensemble_fuses_frozen_teachers_in_eval_mode(fusion):
     assert not out.requires_grad
     assert all(not p.requires_grad for p in ensemble.parameters())
     assert ensemble.teacher_logits(x).shape == (3, 2, 7, 9)
+
+
+def test_the_inference_device_comes_from_the_argument_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from asr_kd.kd.ensemble import INFERENCE_DEVICE_ENV, inference_device
+
+    monkeypatch.delenv(INFERENCE_DEVICE_ENV, raising=False)
+    assert inference_device() == torch.device("cpu")
+    monkeypatch.setenv(INFERENCE_DEVICE_ENV, "auto")
+    assert inference_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert inference_device("cpu") == torch.device("cpu")  # an explicit device wins
+    monkeypatch.setenv(INFERENCE_DEVICE_ENV, "tpu")
+    with pytest.raises(ConfigError, match="ASR_KD_INFERENCE_DEVICE must be auto, cpu or cuda, got 'tpu'"):
+        inference_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(INFERENCE_DEVICE_ENV, "cuda")
+        with pytest.raises(ConfigError, match=r"ASR_KD_INFERENCE_DEVICE=cuda \(run.sh --device cuda\) but no CUDA device is visible"):
+            inference_device()

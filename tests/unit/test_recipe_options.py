@@ -46,6 +46,7 @@ def test_help_documents_every_stage_and_option() -> None:
         (["--deploy-uttcmvn", ""], "--deploy-uttcmvn takes hard, distilled, compressed or none, got an empty list"),
         (["--deploy-uttcmvn", "hard teacher0"], "--deploy-uttcmvn takes hard, distilled, compressed (or none), got 'teacher0'"),
         (["--deploy-uttcmvn", "distilled hard distilled"], "--deploy-uttcmvn names 'distilled' twice"),
+        (["--device", "tpu"], "--device takes auto, cpu or cuda, got 'tpu'"),
     ],
 )
 def test_bad_options_fail_with_a_message(args: list[str], message: str) -> None:
@@ -238,3 +239,20 @@ def test_stage9_times_each_distilled_student_it_deploys(tmp_path: Path, model_ty
 
 def made_kinds(systems: list[str]) -> list[str]:
     return [s.removesuffix("-uttcmvn") for s in systems]
+
+
+@pytest.mark.parametrize("args, device", [([], "auto"), (["--device", "cpu"], "cpu"), (["--device", "cuda"], "cuda")])
+def test_the_device_option_reaches_every_stage_that_scores(tmp_path: Path, args: list[str], device: str) -> None:
+    # run.sh exports it for asr_kd.kd.ensemble.inference_device (stages 3, 5, 7, 8 and 10) and names it to stage 5.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "asr-kd"
+    stub.write_text('#!/bin/sh\necho "asr-kd-call [$ASR_KD_INFERENCE_DEVICE] $*"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = run("--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"), "--results", str(tmp_path / "RESULTS.md"),
+              "--preset", "tiny", "--stage", "5", "--stop-stage", "7", *args, env=env)
+    calls = [line for line in out.stdout.splitlines() if line.startswith("asr-kd-call ")]
+    assert [c.split()[2] for c in calls] == ["make-soft-targets", "train-student", "train-student", "decode-hybrid"], calls
+    assert all(c.split()[1] == f"[{device}]" for c in calls), calls
+    assert f" --device {device}" in calls[0]
