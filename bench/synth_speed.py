@@ -8,6 +8,7 @@ and CPU time with the given number of workers. Engines that are not installed ar
 Appends (or replaces) its section of bench/RESULTS.md.
 
     python bench/synth_speed.py [--sentences 12] [--presets tiny,mini] [--num-jobs 2]
+    python bench/synth_speed.py --presets small --title 'Corpus build of the small preset'  # its own section
 """
 
 from __future__ import annotations
@@ -68,13 +69,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--presets", default="tiny,mini", help="corpora to build and time (comma-separated; empty: none)")
     parser.add_argument("--num-jobs", type=int, default=2, help="workers for the corpus builds")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--title", default="Synthesis speed",
+                        help="the section's title (another one keeps the default section, e.g. for a larger preset built alone)")
     args = parser.parse_args(argv)
     sentences = generate_candidates(args.sentences, seed=0, min_words=8, max_words=16)
     installed = voices.installed_engines()
     out: dict[str, float] = {}
     command = " ".join(["python", "bench/synth_speed.py", *(argv if argv is not None else sys.argv[1:])])
     lines = [
-        "## Synthesis speed (bench/synth_speed.py)",
+        f"## {args.title} (bench/synth_speed.py)",
         "",
         f"`{command}` on {platform.processor() or platform.machine()}; {len(sentences)} sentences of 8-16 words per engine, "
         "x real time per core = seconds of audio per CPU second (process and children).",
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     lines.append("")
     text = "\n".join(lines)
     print(text)
-    write_section(args.results, "## Synthesis speed", text)
+    write_section(args.results, f"## {args.title}", text)
     return out
 
 
