@@ -28,6 +28,7 @@ from asr_kd.config import SynthConfig
 from asr_kd.data import augment, voices
 from asr_kd.data.synth import PARTS, synthesize_corpus
 from asr_kd.data.synth_text import generate_candidates
+from asr_kd.resource_usage import detached_cpu_seconds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
@@ -42,9 +43,10 @@ TALKERS = {
 
 
 def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and its waited-for children so far."""
+    """CPU time (user + system) of this process, its waited-for children and the corpus builder's
+    forkserver workers (not this process's children: asr_kd.resource_usage notes them) so far."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + detached_cpu_seconds()
 
 
 def measure(work: Callable[[], float]) -> tuple[float, float, float]:
