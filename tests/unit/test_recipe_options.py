@@ -74,14 +74,14 @@ echo "$foo_bar $flag $#"
 CONF = REPO_ROOT / "recipes" / "librispeech" / "conf"
 
 
-def recorded_calls(tmp_path: Path, *args: str) -> list[str]:
+def recorded_calls(tmp_path: Path, *args: str, echo: str = "asr-kd-call $*") -> list[str]:
     """Run run.sh with ``args`` on an empty experiment folder, with an ``asr-kd`` first on PATH that
-    only prints its arguments: the option plumbing of the shell script, without its stages' work
-    (the recipe's integration tests run the real commands)."""
+    only prints ``echo`` (its arguments): the option plumbing of the shell script, without its
+    stages' work (the recipe's integration tests run the real commands)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stub = bin_dir / "asr-kd"
-    stub.write_text('#!/bin/sh\necho "asr-kd-call $*"\n')
+    stub.write_text(f'#!/bin/sh\necho "{echo}"\n')
     stub.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     out = run("--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"), "--results", str(tmp_path / "RESULTS.md"), *args, env=env)
@@ -244,15 +244,8 @@ def made_kinds(systems: list[str]) -> list[str]:
 @pytest.mark.parametrize("args, device", [([], "auto"), (["--device", "cpu"], "cpu"), (["--device", "cuda"], "cuda")])
 def test_the_device_option_reaches_every_stage_that_scores(tmp_path: Path, args: list[str], device: str) -> None:
     # run.sh exports it for asr_kd.kd.ensemble.inference_device (stages 3, 5, 7, 8 and 10) and names it to stage 5.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    stub = bin_dir / "asr-kd"
-    stub.write_text('#!/bin/sh\necho "asr-kd-call [$ASR_KD_INFERENCE_DEVICE] $*"\n')
-    stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    out = run("--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"), "--results", str(tmp_path / "RESULTS.md"),
-              "--preset", "tiny", "--stage", "5", "--stop-stage", "7", *args, env=env)
-    calls = [line for line in out.stdout.splitlines() if line.startswith("asr-kd-call ")]
+    calls = recorded_calls(tmp_path, "--preset", "tiny", "--stage", "5", "--stop-stage", "7", *args,
+                           echo="asr-kd-call [$ASR_KD_INFERENCE_DEVICE] $*")
     assert [c.split()[2] for c in calls] == ["make-soft-targets", "train-student", "train-student", "decode-hybrid"], calls
     assert all(c.split()[1] == f"[{device}]" for c in calls), calls
     assert f" --device {device}" in calls[0]
