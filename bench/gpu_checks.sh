@@ -5,7 +5,8 @@
 #      soft targets) in frames per second;
 #   3. a CUDA training smoke test: stages 4-7 of the `tiny` recipe, hybrid and CTC, on an experiment
 #      folder that stages 0-3 made elsewhere (a CPU machine); every network trains on the GPU
-#      (train.device auto) and so does the scoring (run.sh --device auto). Its RESULTS.md and its exp
+#      (train.device auto), and so does the hybrid networks' scoring (run.sh --device auto; CTC scoring stays on
+#      the CPU). Its RESULTS.md and its exp
 #      folder come back, to compare with the same stages run on the CPU (bench/compare_runs.py).
 # Each part has its own time limit and a failed part does not stop the next.
 #
@@ -16,6 +17,7 @@
 # OUT: a folder for what comes back (bench sections in OUT/RESULTS.md, logs, OUT/tiny_exp.tgz);
 # TINY: a folder holding data/ and exp/ of a tiny run after stage 3, whose manifests name it by
 # the absolute path they were made at (pass that path; bench/gpu_checks.sh does not move it).
+# A tree copied without .git must name its commit: ASR_KD_CODE_VERSION="git <commit>".
 # Python: `python3` with torch; asr-kd need not be installed (the tree's root goes on PYTHONPATH,
 # and an `asr-kd` command that runs `python3 -m asr_kd` is put on PATH when there is none).
 set -u
@@ -24,6 +26,9 @@ tiny=${2:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+[ -z "$tiny" ] || tiny=$(cd "$tiny" && pwd)
+# Without .git (a copied tree) the stage records and bench sections name the commit from here.
+[ -d "$root/.git" ] || : "${ASR_KD_CODE_VERSION:?set ASR_KD_CODE_VERSION to 'git <commit>' of the copied tree}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 if ! command -v asr-kd >/dev/null 2>&1; then
   mkdir -p "$out/.bin"

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         text += f"| {r['max_duration']:g} s of audio | {r['frames_per_second']:,.0f} | {FRAMES_960H / r['frames_per_second'] / 3600:.2f} h |\n"
     text += (f"\nThe whole per-cut work of stage 5 (inference in batches of {best:g} s, the first --max-duration, then encoding, statistics and the archive; "
              f"rvq: after fitting its codebooks on a sample):\n\n"
-             "| kd.storage | codebook fit | frames/s | 960 h would take | mean mass kept |\n|---|---:|---:|---:|---:|\n")
+             "| kd.storage | codebook fit (scoring its sample included) | frames/s | 960 h would take | mean mass kept |\n|---|---:|---:|---:|---:|\n")
     for r in storing:
         fit = f"{r['fit_seconds']:.1f} s" if r["storage"] == "rvq" else "-"
         text += (f"| {r['storage']} | {fit} | {r['frames_per_second']:,.0f} | {FRAMES_960H / r['frames_per_second'] / 3600:.2f} h | "

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -275,13 +274,13 @@ def _train_teachers(args: argparse.Namespace) -> int:
 def _make_soft_targets(args: argparse.Namespace) -> int:
     from asr_kd.stages.s5_soft_targets import make_soft_targets
 
-    from asr_kd.kd.ensemble import INFERENCE_DEVICE_ENV
+    from asr_kd.kd.ensemble import inference_device
     from asr_kd.kd.sharded_targets import ShardedPosteriors, serve_posteriors
     from asr_kd.train.ddp import init_distributed
 
     common, kd = _setup(args, "make_soft_targets"), _kd(args)
     # Under torchrun every rank scores a share of the training cuts; rank 0 stores the targets.
-    info = init_distributed(args.device or os.environ.get(INFERENCE_DEVICE_ENV, "").strip() or "cpu")
+    info = init_distributed(args.device or inference_device().type)  # the variable checked, auto resolved
     if info.rank > 0:
         scored = serve_posteriors(lambda: _stage5_inputs(common["layout"], args.num_teachers), kd.temperature, kd.fusion, args.max_duration, info)
         print(f"rank {info.rank}: scored {scored} training cuts for rank 0")

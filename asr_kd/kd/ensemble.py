@@ -193,4 +193,4 @@ def ensemble_log_posteriors(
         mask = torch.arange(feats.shape[1], device=device)[None, :] < lengths[:, None]
         log_probs = ensemble(feats, lengths, temperature=temperature, mask=mask).float().cpu()
         for i, cut in enumerate(cut_batch):
-            yield cut, log_probs[i, : int(lengths[i])]
+            yield cut, log_probs[i, : int(batch["lengths"][i])]  # the CPU copy: no device sync per cut

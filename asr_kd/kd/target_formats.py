@@ -167,7 +167,12 @@ def _kmeans(x: torch.Tensor, size: int, iterations: int, generator: torch.Genera
     centroids = x[start.to(x.device)].clone()
     for _ in range(iterations):
         assign = _nearest(x, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        if x.device.type == "cuda":  # index_add_ adds atomically there, in no fixed order: a one-hot product sums the same twice
+            onehot = torch.zeros(size, n, dtype=x.dtype, device=x.device)
+            onehot[assign, torch.arange(n, device=x.device)] = 1.0
+            sums = onehot @ x
+        else:
+            sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=size)
         filled = counts > 0
         centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)

@@ -206,6 +206,17 @@ def test_stage_commands_fail_with_one_line_naming_the_missing_stage(tmp_path: Pa
     assert "kd.mode=online" in capsys.readouterr().err  # logit matching needs the teachers' logits
 
 
+def test_make_soft_targets_checks_the_inference_device_it_inherits(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # run.sh exports ASR_KD_INFERENCE_DEVICE; a bad value stops stage 5 in one line, as it stops stages 3, 7, 8 and 10.
+    from asr_kd.bin.cli import main
+
+    monkeypatch.setenv("ASR_KD_INFERENCE_DEVICE", "tpu")
+    assert main(["make-soft-targets", "--data-dir", str(tmp_path / "data"), "--exp-dir", str(tmp_path / "exp")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ASR_KD_INFERENCE_DEVICE must be auto, cpu or cuda, got 'tpu'" in err
+
+
 def test_tables_show_ours_beside_the_papers_and_the_gain_kept(tmp_path: Path) -> None:
     from asr_kd.report.tables import SubsetRun, SystemScore, format_table1, format_table5, gain_kept, plot_dev_accuracy
 
