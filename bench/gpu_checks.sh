@@ -10,7 +10,7 @@
 #      folder come back, to compare with the same stages run on the CPU (bench/compare_runs.py).
 # Each part has its own time limit and a failed part does not stop the next.
 #
-# Before them, tests/unit/test_cuda.py (the GPU's stage-5 targets against the CPU's).
+# Before them, tests/unit/test_cuda.py (the GPU's stage-5 targets and CTC log-probabilities against the CPU's).
 #
 # Usage, from the repository root of a copy of the tree:
 #   bench/gpu_checks.sh OUT [TINY]

@@ -275,7 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--read", nargs="*", default=[], metavar="NAME=DATA,EXP", help="tabulate finished runs instead of running presets")
     ap.add_argument("--cores", type=int, default=16, help="cores of the machine the projection is for")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    ap.add_argument("--title", help="heading of the section written (default: the main scaling section's); another title "
+                    "keeps a partial run, such as stages 0-3 of larger presets, beside it")
     args = ap.parse_args(argv)
+    heading = f"## {args.title}" if args.title else HEADING
     if args.read:
         runs = []
         for spec in args.read:
@@ -287,17 +290,20 @@ def main(argv: list[str] | None = None) -> None:
         args.work.mkdir(parents=True, exist_ok=True)
         runs = [run_recipe(p, args.work, args.stop_stage, args.nj) for p in args.presets]
         command = f"python bench/scaling.py --presets {' '.join(args.presets)} --stop-stage {args.stop_stage} --nj {args.nj}"
+    if args.title:
+        command += f' --title "{args.title}"'
     runs.sort(key=lambda r: r.hours)
     walls = [f"{r.name} {_fmt_s(r.wall_total_s)}" for r in runs if r.wall_total_s is not None]
-    text = (f"{HEADING}\n\n`{command}` (stages 0-{args.stop_stage}; costs from each stage's provenance record; "
-            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). CPU time counts the stage's process "
-            "and the children it waited for; stage 0's synthesis workers run under a multiprocessing forkserver, whose CPU time "
-            f"is not counted, so its CPU column is too low (its wall time stands).\n\n{tables(runs, args.cores)}")
+    text = (f"{heading}\n\n`{command}` (stages 0-{args.stop_stage}; costs from each stage's provenance record; "
+            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). CPU time counts the stage's process, "
+            "the children it waited for, and stage 0's synthesis workers, which run under a multiprocessing forkserver and are "
+            "counted apart (asr_kd.resource_usage.note_detached_cpu; records written before 9e2ce6a missed them, so their "
+            f"stage-0 CPU is too low).\n\n{tables(runs, args.cores)}")
     print(text)
     if not args.read:  # what was measured, beside the runs
         costs = [{"name": r.name, "parts": r.parts, "costs": {n: dataclasses.asdict(c) for n, c in r.costs.items()}} for r in runs]
         (args.work / "scaling.json").write_text(json.dumps(costs, indent=1))
-    write_section(args.results, HEADING, text)
+    write_section(args.results, heading, text)
 
 
 if __name__ == "__main__":

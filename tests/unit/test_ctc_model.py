@@ -63,3 +63,49 @@ def test_ctc_loss_decreases_when_fitting_a_batch() -> None:
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def _cuts_of_lengths(folder, frames: list[int], dim: int = 40):
+    """Stored lhotse feature cuts, one of each length in ``frames`` (bench/stage5_speed.py's maker)."""
+    import runpy
+
+    from lhotse import CutSet
+
+    from tests.conftest import REPO_ROOT
+
+    synthetic_cuts = runpy.run_path(str(REPO_ROOT / "bench" / "stage5_speed.py"))["synthetic_cuts"]
+    cuts = []
+    for i, n in enumerate(frames):
+        (folder / str(i)).mkdir()
+        cuts += [c.with_id(f"len{n}-{i}") for c in synthetic_cuts(folder / str(i), 1, n, dim, seed=i)]
+    return CutSet.from_cuts(cuts)
+
+
+def test_ctc_log_probs_cut_each_utterance_to_its_own_output_length(tmp_path) -> None:
+    from asr_kd.ctc.training import ctc_log_probs
+
+    cuts = _cuts_of_lengths(tmp_path, [57, 120, 33, 90])
+    torch.manual_seed(0)
+    models = [CtcEncoder(40, 11, "tiny", 4, dropout=0.0).eval() for _ in range(2)]
+    batched = list(ctc_log_probs(models, cuts, None, 1.5, "arithmetic", 200.0, "cpu"))
+    alone = [lp for cut in cuts for _, lp in ctc_log_probs(models, [cut], None, 1.5, "arithmetic", 200.0, "cpu")]
+    assert [c.id for c, _ in batched] == [c.id for c in cuts]
+    assert [lp.shape for _, lp in batched] == [(int(subsampled_lengths(torch.tensor(n), 4)), 11) for n in (57, 120, 33, 90)]
+    assert max(float(abs(lp - a).max()) for (_, lp), a in zip(batched, alone)) < 1e-4  # padding masked out of the fusion
+
+
+def test_ctc_log_probs_score_where_run_sh_device_says(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run.sh --device exports ASR_KD_INFERENCE_DEVICE; CTC stages 5-7 and decode-part pass no device.
+    from asr_kd.ctc.training import ctc_log_probs
+
+    cuts = _cuts_of_lengths(tmp_path, [40])
+    model = CtcEncoder(40, 11, "tiny", 4, dropout=0.0).eval()
+    monkeypatch.setenv("ASR_KD_INFERENCE_DEVICE", "tpu")
+    with pytest.raises(ConfigError, match="ASR_KD_INFERENCE_DEVICE must be auto, cpu or cuda"):
+        next(ctc_log_probs([model], cuts, None))
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("ASR_KD_INFERENCE_DEVICE", "cuda")
+        with pytest.raises(ConfigError, match="no CUDA device is visible"):
+            next(ctc_log_probs([model], cuts, None))
+    monkeypatch.setenv("ASR_KD_INFERENCE_DEVICE", "cpu")
+    assert [lp.shape for _, lp in ctc_log_probs([model], cuts, None)] == [(10, 11)]

@@ -1,5 +1,6 @@
 """What a CUDA device must give: the same stage-5 targets as the CPU (the teachers' fused
-posteriors, the rvq codebooks fitted and codes encoded on the GPU). Skipped without a CUDA device;
+posteriors, the rvq codebooks fitted and codes encoded on the GPU) and the same CTC log-probabilities.
+Skipped without a CUDA device;
 bench/gpu_checks.sh runs this file first on a GPU machine."""
 
 from __future__ import annotations
@@ -59,3 +60,20 @@ def test_run_sh_device_sends_the_scoring_to_the_gpu(tmp_path, monkeypatch: pytes
     model = SplicedDnn(dnn_preset("tiny"), 60).eval()
     out = list(ensemble_log_posteriors([model], cuts, None))
     assert next(model.parameters()).device.type == "cuda" and [lp.shape[0] for _, lp in out] == [100, 100]
+
+
+def test_ctc_scoring_on_the_gpu_equals_the_cpus(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CTC stages 5-7 and decode-part score through ctc_log_probs without a device: run.sh --device cuda sends them here.
+    from asr_kd.ctc.model import CtcEncoder
+    from asr_kd.ctc.training import ctc_log_probs
+    from tests.unit.test_ctc_model import _cuts_of_lengths
+
+    cuts = _cuts_of_lengths(tmp_path, [57, 120, 33])
+    torch.manual_seed(0)
+    models = [CtcEncoder(40, 11, "tiny", 4, dropout=0.0).eval() for _ in range(2)]
+    cpu = [lp for _, lp in ctc_log_probs(models, cuts, None, 2.0, "arithmetic", 200.0, "cpu")]
+    monkeypatch.setenv("ASR_KD_INFERENCE_DEVICE", "cuda")
+    gpu = [lp for _, lp in ctc_log_probs(models, cuts, None, 2.0, "arithmetic")]
+    assert next(models[0].parameters()).device.type == "cuda"
+    assert [g.shape for g in gpu] == [c.shape for c in cpu]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(cpu, gpu)) < 1e-3
