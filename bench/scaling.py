@@ -28,10 +28,11 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from asr_kd.stages.provenance import RECORD_NAME, StageRecord
 
@@ -152,13 +153,14 @@ def target_hours(name: str, driver: str) -> float:
     return {"train": train, "all": train + EVAL_HOURS, "eval": EVAL_HOURS, "fixed": 1.0}[driver]
 
 
-def run_recipe(preset: str, work: Path, stop_stage: int, nj: int) -> Run:
-    """Run ``run.sh --preset preset`` (stages 0..stop_stage) into ``work/preset``; return its costs."""
+def run_recipe(preset: str, work: Path, stop_stage: int, nj: int, run_args: Sequence[str] = ()) -> Run:
+    """Run ``run.sh --preset preset`` (stages 0..stop_stage, and ``run_args``) into ``work/preset``;
+    return its costs."""
     import time
 
     data, exp = work / preset / "data", work / preset / "exp"
     cmd = ["./run.sh", "--preset", preset, "--stop-stage", str(stop_stage), "--nj", str(nj), "--data", str(data), "--exp", str(exp),
-           "--results", str(work / preset / "RESULTS.md")]
+           "--results", str(work / preset / "RESULTS.md"), *run_args]
     print(f"[{preset}] {' '.join(cmd)} (in {RECIPE})", flush=True)
     start = time.monotonic()
     with open(work / f"{preset}.log", "w") as log:
@@ -275,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--read", nargs="*", default=[], metavar="NAME=DATA,EXP", help="tabulate finished runs instead of running presets")
     ap.add_argument("--cores", type=int, default=16, help="cores of the machine the projection is for")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    ap.add_argument("--run-args", default="", help="more run.sh options for every preset, as one string (for example "
+                    "'--alignments gmm': stage 3 as on real LibriSpeech, without the synthetic presets' DNN realignment)")
     ap.add_argument("--title", help="heading of the section written (default: the main scaling section's); another title "
                     "keeps a partial run, such as stages 0-3 of larger presets, beside it")
     args = ap.parse_args(argv)
@@ -288,8 +292,10 @@ def main(argv: list[str] | None = None) -> None:
         command = "python bench/scaling.py --read " + " ".join(args.read)
     else:
         args.work.mkdir(parents=True, exist_ok=True)
-        runs = [run_recipe(p, args.work, args.stop_stage, args.nj) for p in args.presets]
+        runs = [run_recipe(p, args.work, args.stop_stage, args.nj, shlex.split(args.run_args)) for p in args.presets]
         command = f"python bench/scaling.py --presets {' '.join(args.presets)} --stop-stage {args.stop_stage} --nj {args.nj}"
+        if args.run_args:
+            command += f" --run-args {shlex.quote(args.run_args)}"
     if args.title:
         command += f' --title "{args.title}"'
     runs.sort(key=lambda r: r.hours)

@@ -62,3 +62,26 @@ def test_costs_are_summed_per_stage_and_projected_in_their_driver(tmp_path: Path
     row = next(line for line in projection.splitlines() if line.startswith("| 6 students"))
     assert row.split("|")[2].strip() == "3.4 h CPU (GPU unmeasured) / 0.7 GB / 2.0 kB"
     assert "| 3 GMM-HMM | 1.00 | 1.00 | 1.50 |" in growth.splitlines()
+
+
+def test_a_titled_run_gets_its_own_section_beside_the_main_one(tmp_path: Path) -> None:
+    from lhotse import CutSet, MonoCut
+
+    sc = _bench()
+    specs = []
+    for name, hours in (("mini", 1.0), ("small", 12.0)):
+        root = tmp_path / name
+        (root / "data" / "fbank").mkdir(parents=True)
+        for part, h in (("train-clean-100", hours), ("dev-clean", 0.1)):
+            cuts = [MonoCut(id=f"{part}-{i}", start=0.0, duration=h * 3600 / 4, channel=0) for i in range(4)]
+            CutSet.from_cuts(cuts).to_file(root / "data" / "fbank" / f"cuts_{part}.jsonl.gz")
+        _stage(root / "exp" / "gmm", "stage 3 (GMM-HMM)", 100 * hours, 1000, 500)
+        specs.append(f"{name}={root / 'data'},{root / 'exp'}")
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"{sc.HEADING}\n\nthe full run's table\n")
+    sc.main(["--read", *specs, "--results", str(results), "--title", "Recipe scaling, stages 0-3"])
+    text = results.read_text()
+    assert text.startswith(f"{sc.HEADING}\n\nthe full run's table\n")  # the main section is left as it was
+    section = text.split("## Recipe scaling, stages 0-3\n", 1)[1]
+    assert '--title "Recipe scaling, stages 0-3"' in section.splitlines()[1]
+    assert "| 3 GMM-HMM | 1.00 |" in section  # 100 CPU-s per training hour in both runs: linear
