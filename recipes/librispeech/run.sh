@@ -182,7 +182,8 @@ Options (default in brackets):
                        ensemble's whole distribution in the loop; nothing stored, its own section) [$sweep_targets]
   --num-threads N      torch threads per process [$num_threads]
   --device D           where networks score outside training: stage 3's realignment, stage 5's soft targets,
-                       stages 7 and 8's posteriors, stage 10's targets; auto (CUDA if present), cpu or cuda
+                       stages 7 and 8's posteriors, stage 10's targets, and CTC stages 5-7's log-probabilities;
+                       auto (CUDA if present), cpu or cuda
                        (training picks its own from the train config's device, auto by default) [$device]
   --model-type T       hybrid, ctc or both [$model_type]
   --ctc-config F       CtcConfig YAML; empty: the preset's [$ctc_config]
