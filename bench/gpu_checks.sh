@@ -5,8 +5,8 @@
 #      soft targets) in frames per second;
 #   3. a CUDA training smoke test: stages 4-7 of the `tiny` recipe, hybrid and CTC, on an experiment
 #      folder that stages 0-3 made elsewhere (a CPU machine); every network trains on the GPU
-#      (train.device auto), and so does the hybrid networks' scoring (run.sh --device auto; CTC scoring stays on
-#      the CPU). Its RESULTS.md and its exp
+#      (train.device auto), and so does the networks' scoring, hybrid and CTC (run.sh --device auto).
+#      Its RESULTS.md and its exp
 #      folder come back, to compare with the same stages run on the CPU (bench/compare_runs.py).
 # Each part has its own time limit and a failed part does not stop the next.
 #

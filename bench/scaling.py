@@ -153,14 +153,19 @@ def target_hours(name: str, driver: str) -> float:
     return {"train": train, "all": train + EVAL_HOURS, "eval": EVAL_HOURS, "fixed": 1.0}[driver]
 
 
+def recipe_command(preset: str, work: Path, stop_stage: int, nj: int, run_args: Sequence[str] = ()) -> list[str]:
+    """Return the run.sh command of ``preset`` (stages 0..stop_stage, and ``run_args``) into ``work/preset``."""
+    data, exp = work / preset / "data", work / preset / "exp"
+    return ["./run.sh", "--preset", preset, "--stop-stage", str(stop_stage), "--nj", str(nj), "--data", str(data), "--exp", str(exp),
+            "--results", str(work / preset / "RESULTS.md"), *run_args]
+
+
 def run_recipe(preset: str, work: Path, stop_stage: int, nj: int, run_args: Sequence[str] = ()) -> Run:
-    """Run ``run.sh --preset preset`` (stages 0..stop_stage, and ``run_args``) into ``work/preset``;
-    return its costs."""
+    """Run :func:`recipe_command` in the recipe folder; return the run's costs."""
     import time
 
+    cmd = recipe_command(preset, work, stop_stage, nj, run_args)
     data, exp = work / preset / "data", work / preset / "exp"
-    cmd = ["./run.sh", "--preset", preset, "--stop-stage", str(stop_stage), "--nj", str(nj), "--data", str(data), "--exp", str(exp),
-           "--results", str(work / preset / "RESULTS.md"), *run_args]
     print(f"[{preset}] {' '.join(cmd)} (in {RECIPE})", flush=True)
     start = time.monotonic()
     with open(work / f"{preset}.log", "w") as log:
@@ -278,10 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cores", type=int, default=16, help="cores of the machine the projection is for")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     ap.add_argument("--run-args", default="", help="more run.sh options for every preset, as one string (for example "
-                    "'--alignments gmm': stage 3 as on real LibriSpeech, without the synthetic presets' DNN realignment)")
+                    "'--alignments gmm': stage 3 as on real LibriSpeech, without the synthetic presets' DNN realignment); "
+                    "runs with other options need their own --work, or run.sh redoes the stages whose settings differ")
     ap.add_argument("--title", help="heading of the section written (default: the main scaling section's); another title "
-                    "keeps a partial run, such as stages 0-3 of larger presets, beside it")
+                    "keeps a partial run, such as stages 0-3 of larger presets, beside it in --results (give it its own --work)")
     args = ap.parse_args(argv)
+    if args.read and args.run_args:
+        ap.error("--run-args passes options to the runs this script makes; with --read it runs nothing")
     heading = f"## {args.title}" if args.title else HEADING
     if args.read:
         runs = []
@@ -297,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.run_args:
             command += f" --run-args {shlex.quote(args.run_args)}"
     if args.title:
-        command += f' --title "{args.title}"'
+        command += f" --title {shlex.quote(args.title)}"
     runs.sort(key=lambda r: r.hours)
     walls = [f"{r.name} {_fmt_s(r.wall_total_s)}" for r in runs if r.wall_total_s is not None]
     text = (f"{heading}\n\n`{command}` (stages 0-{args.stop_stage}; costs from each stage's provenance record; "

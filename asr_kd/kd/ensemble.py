@@ -153,7 +153,7 @@ INFERENCE_DEVICE_ENV = "ASR_KD_INFERENCE_DEVICE"
 def inference_device(device: str | torch.device | None = None) -> torch.device:
     """Where networks score outside training: ``device`` if given, else the environment's
     ``ASR_KD_INFERENCE_DEVICE`` (``auto``: CUDA if present; ``cpu``; ``cuda``; run.sh's --device
-    sets it for stages 3, 5, 7, 8 and 10), else the CPU."""
+    sets it for stages 3, 5, 7, 8 and 10 and CTC stages 5-7), else the CPU."""
     if device is not None:
         return torch.device(device)
     name = os.environ.get(INFERENCE_DEVICE_ENV, "").strip() or "cpu"

@@ -83,5 +83,14 @@ def test_a_titled_run_gets_its_own_section_beside_the_main_one(tmp_path: Path) -
     text = results.read_text()
     assert text.startswith(f"{sc.HEADING}\n\nthe full run's table\n")  # the main section is left as it was
     section = text.split("## Recipe scaling, stages 0-3\n", 1)[1]
-    assert '--title "Recipe scaling, stages 0-3"' in section.splitlines()[1]
+    assert "--title 'Recipe scaling, stages 0-3'" in section.splitlines()[1]
     assert "| 3 GMM-HMM | 1.00 |" in section  # 100 CPU-s per training hour in both runs: linear
+
+
+def test_run_args_reach_run_sh_and_need_runs(tmp_path: Path) -> None:
+    sc = _bench()
+    cmd = sc.recipe_command("small", tmp_path, 3, 2, ["--alignments", "gmm"])
+    assert cmd[:5] == ["./run.sh", "--preset", "small", "--stop-stage", "3"] and cmd[-2:] == ["--alignments", "gmm"]
+    assert cmd[cmd.index("--exp") + 1] == str(tmp_path / "small" / "exp")
+    with pytest.raises(SystemExit):  # --read runs nothing: options for run.sh would be silently dropped
+        sc.main(["--read", f"a={tmp_path},{tmp_path}", "--run-args", "--alignments gmm"])

@@ -91,7 +91,7 @@ def test_ctc_log_probs_cut_each_utterance_to_its_own_output_length(tmp_path) -> 
     alone = [lp for cut in cuts for _, lp in ctc_log_probs(models, [cut], None, 1.5, "arithmetic", 200.0, "cpu")]
     assert [c.id for c, _ in batched] == [c.id for c in cuts]
     assert [lp.shape for _, lp in batched] == [(int(subsampled_lengths(torch.tensor(n), 4)), 11) for n in (57, 120, 33, 90)]
-    assert max(float(abs(lp - a).max()) for (_, lp), a in zip(batched, alone)) < 1e-4  # padding masked out of the fusion
+    assert max(float(abs(lp - a).max()) for (_, lp), a in zip(batched, alone)) < 1e-4  # a cut's scores ignore its batch's padding
 
 
 def test_ctc_log_probs_score_where_run_sh_device_says(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
