@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                 stats = SoftTargetStats()
                 start = time.perf_counter()
                 posteriors = ensemble_log_posteriors(teachers, cuts, None, kd.temperature, kd.fusion, args.max_duration[0], device)
-                stored = store_target_arrays(cuts, ((c.id, cut_target_arrays(lp, kd, quantisers[storage], stats)) for c, lp in posteriors),
+                stored = store_target_arrays(cuts, ((c.id, cut_target_arrays(lp, kd, quantisers[storage], stats, device)) for c, lp in posteriors),
                                              folder / f"targets_{storage}_{r}")
                 store_times[storage].append(time.perf_counter() - start)
                 assert len(stored) == args.cuts

@@ -92,24 +92,25 @@ def stored_probs(probs: np.ndarray, renormalise: bool = True) -> np.ndarray:
     return dequantise_log_probs(probs, renormalise) if probs.dtype == np.uint8 else probs
 
 
-def _reconstruct(codes: np.ndarray, codebook: np.ndarray) -> torch.Tensor | None:
+def _reconstruct(codes: np.ndarray, codebook: np.ndarray | torch.Tensor) -> torch.Tensor | None:
     """The sum of each frame's codewords (frames x C, float32), which approximates the square root
-    of its posterior; None for no frames. Checks that ``codes`` is (frames x n) for ``codebook``'s n."""
+    of its posterior; None for no frames. Checks that ``codes`` is (frames x n) for ``codebook``'s n.
+    A ``codebook`` tensor (float32) is used where it is (stage 5's quantiser on a GPU)."""
     codes = np.asarray(codes)
     n = codebook.shape[0]
     if codes.ndim != 2 or codes.shape[1] != n:
         raise ValueError(f"codes must be (frames x {n}), got shape {codes.shape}")
     if codes.shape[0] == 0:
         return None
-    books = torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
-    index = torch.from_numpy(codes.astype(np.int64))
+    books = codebook if isinstance(codebook, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
+    index = torch.from_numpy(codes.astype(np.int64)).to(books.device)
     root = books[0][index[:, 0]]  # one codebook at a time: never a (frames x n x C) tensor
     for b in range(1, n):
         root += books[b][index[:, b]]
     return root
 
 
-def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int, renormalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def decode_codes(codes: np.ndarray, codebook: np.ndarray | torch.Tensor, k: int, renormalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Return the top-``k`` ``(ids int32, probs float32)`` (frames x k) of the distributions that
     the residual codes ``codes`` (frames x n, uint8) stand for: the sum of each frame's codewords
     of ``codebook`` (n x 256 x C) approximates the square root of its posterior, so its positive
@@ -124,7 +125,7 @@ def decode_codes(codes: np.ndarray, codebook: np.ndarray, k: int, renormalise: b
     mass = (values if renormalise else p).sum(dim=1, keepdim=True)
     values = values / mass.clamp_min(1e-30)
     values[mass.squeeze(1) <= 0, 0] = 1.0  # a reconstruction that is all <= 0 keeps only its first id
-    return ids.to(torch.int32).numpy(), values.numpy()
+    return ids.to(torch.int32).cpu().numpy(), values.cpu().numpy()
 
 
 def decode_codes_dense(codes: np.ndarray, codebook: np.ndarray) -> np.ndarray:

@@ -154,8 +154,36 @@ def kl_stored_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, f
     ``full_probs`` alone that term is ``log(0)`` and the mean infinite, from the log-probabilities
     it is the finite cost of that mass.
     """
-    ids_np, stored, log_full = _kl_inputs(full_probs, ids, probs, full_log_probs)
-    return _kept_kl(stored / stored.sum(axis=1, keepdims=True), np.take_along_axis(log_full, ids_np, axis=1))
+    ids_np, stored = _kept_inputs(full_probs, ids, probs, full_log_probs)
+    if full_log_probs is None:
+        with np.errstate(divide="ignore"):
+            log_full_at_ids = np.log(_at_ids(full_probs, ids_np))
+    else:
+        log_full_at_ids = _at_ids(full_log_probs, ids_np)
+    return _kept_kl(stored / stored.sum(axis=1, keepdims=True), log_full_at_ids)
+
+
+def _kept_inputs(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids int64, stored float64)`` of the KL measures, the shapes of all four checked; the full
+    distributions are not copied (:func:`_at_ids` reads them at the ids only)."""
+    ids_np = np.asarray(_numpy(ids)).astype(np.int64)
+    stored = np.asarray(_numpy(probs), dtype=np.float64)
+    full_shape = tuple(np.shape(full_probs))
+    if len(full_shape) != 2 or ids_np.shape != stored.shape or ids_np.shape[0] != full_shape[0]:
+        raise ValueError(f"expected full (frames x C), ids and probs (frames x k); got {full_shape}, {ids_np.shape}, {stored.shape}")
+    if full_log_probs is not None and tuple(np.shape(full_log_probs)) != full_shape:
+        raise ValueError(f"full_log_probs {tuple(np.shape(full_log_probs))} must have the shape of full_probs {full_shape}")
+    return ids_np, stored
+
+
+def _at_ids(x: ArrayLike, ids: np.ndarray) -> np.ndarray:
+    """``x`` (frames x C) at ``ids`` (frames x k, int64), as float64. The values are picked where
+    ``x`` is (a GPU tensor stays there and only frames x k values come back: stage 5's statistics
+    on 4,200 senones would otherwise copy and widen every posterior) and widened after the pick,
+    which gives the same numbers as widening first."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().gather(1, torch.from_numpy(ids).to(x.device)).cpu().numpy().astype(np.float64)
+    return np.take_along_axis(np.asarray(x), ids, axis=1).astype(np.float64)
 
 
 def _kl_inputs(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,8 +231,7 @@ def kl_bucketed_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike,
 
 def topk_mass(full_probs: ArrayLike, ids: ArrayLike) -> np.ndarray:
     """Return, per frame, the share of the full distribution's mass at the stored ``ids``."""
-    full = np.asarray(_numpy(full_probs), dtype=np.float64)
-    return np.take_along_axis(full, np.asarray(_numpy(ids)).astype(np.int64), axis=1).sum(axis=1)
+    return _at_ids(full_probs, np.asarray(_numpy(ids)).astype(np.int64)).sum(axis=1)
 
 
 @dataclasses.dataclass

@@ -1,5 +1,6 @@
 """What a CUDA device must give: the same stage-5 targets as the CPU (the teachers' fused
-posteriors, the rvq codebooks fitted and codes encoded on the GPU) and the same CTC log-probabilities.
+posteriors, the rvq codebooks fitted and codes encoded on the GPU, each cut's stored arrays and statistics) and the
+same CTC log-probabilities.
 Skipped without a CUDA device;
 bench/gpu_checks.sh runs this file first on a GPU machine."""
 
@@ -77,3 +78,28 @@ def test_ctc_scoring_on_the_gpu_equals_the_cpus(tmp_path, monkeypatch: pytest.Mo
     assert next(models[0].parameters()).device.type == "cuda"
     assert [g.shape for g in gpu] == [c.shape for c in cpu]
     assert max(float(np.abs(a - b).max()) for a, b in zip(cpu, gpu)) < 1e-3
+
+
+@pytest.mark.parametrize("storage", ["uint16-uint8", "rvq"])
+def test_stage5_per_cut_work_on_the_gpu_equals_the_cpus(storage: str) -> None:
+    # cut_target_arrays with device="cuda": the top-k, codes, decoding and statistics run on the GPU;
+    # the stored arrays and the statistics must be those of the CPU (a rare tie or 1/16-nat step aside).
+    from asr_kd.config import KdConfig
+    from asr_kd.kd.soft_targets import SoftTargetStats
+    from asr_kd.stages.s5_soft_targets import cut_target_arrays
+
+    kd = KdConfig(temperature=2.0, top_k=20, storage=storage, codebooks=4)
+    log_probs = torch.log(_posteriors(3000, 700, seed=2))
+    quantiser = ResidualQuantiser.fit(log_probs[:2000].exp(), 4, seed=0) if storage == "rvq" else None
+    on_gpu = ResidualQuantiser(quantiser.codebooks, "cuda") if quantiser is not None else None
+    stats_cpu, stats_gpu = SoftTargetStats(), SoftTargetStats()
+    cpu = cut_target_arrays(log_probs, kd, quantiser, stats_cpu)
+    gpu = cut_target_arrays(log_probs, kd, on_gpu, stats_gpu, "cuda")
+    assert cpu.keys() == gpu.keys()
+    for name in cpu:
+        assert cpu[name].dtype == gpu[name].dtype and cpu[name].shape == gpu[name].shape
+        assert np.mean(cpu[name] == gpu[name]) > 0.99
+    a, b = stats_cpu.summary(), stats_gpu.summary()
+    assert a["frames"] == b["frames"] == 3000
+    assert b["mean_mass_kept"] == pytest.approx(a["mean_mass_kept"], abs=1e-4)
+    assert b["mean_kl_stored_vs_full"] == pytest.approx(a["mean_kl_stored_vs_full"], abs=1e-4)

@@ -116,6 +116,26 @@ def test_kl_shrinks_as_k_grows_and_matches_the_dropped_mass():
     assert kls[0] > 0.1 and kls[-1] < 1e-5
 
 
+def test_statistics_read_tensors_at_the_ids_and_equal_the_numpy_ones():
+    # Stage 5 hands the statistics its posteriors as tensors (on a GPU, there): they read the kept
+    # ids only. The numbers must equal those of widened numpy arrays to the last bit.
+    log_full = torch.log_softmax(3 * torch.randn(40, 300, generator=torch.Generator().manual_seed(0)), dim=1)
+    full = log_full.exp()
+    ids, probs = topk_compress(full, 7)
+    for log_arg in (None, log_full):
+        from_tensors = kl_stored_vs_full(full, ids, probs, log_arg)
+        from_numpy = kl_stored_vs_full(full.numpy(), ids, probs, None if log_arg is None else log_arg.numpy())
+        assert from_tensors.dtype == np.float64 and np.array_equal(from_tensors, from_numpy)
+    widened = full.double().numpy()
+    assert np.array_equal(topk_mass(full, ids), np.take_along_axis(widened, ids.astype(np.int64), axis=1).sum(axis=1))
+    by_tensor, by_numpy = SoftTargetStats(), SoftTargetStats()
+    by_tensor.update(full, ids, probs, log_full)
+    by_numpy.update(full.numpy(), ids, probs, log_full.numpy())
+    assert by_tensor.summary() == by_numpy.summary() and by_tensor.summary()["frames"] == 40
+    with pytest.raises(ValueError, match="frames x C"):
+        kl_stored_vs_full(full[:39], ids, probs)
+
+
 def test_compress_accepts_tensors_and_rejects_bad_input():
     full = torch.from_numpy(_posteriors(2, 3, 10)).float()
     ids, probs = topk_compress(full, 3)

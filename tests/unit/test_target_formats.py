@@ -14,7 +14,7 @@ from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, lo
 from asr_kd.config import KdConfig
 from asr_kd.data.array_archive import ARCHIVE_NAME
 from asr_kd.data.stored_targets import (
-    LOGPROB_STEP, SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TAIL, DecodedTargetCache, collate_soft_targets, dequantise_log_probs,
+    LOGPROB_STEP, SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TAIL, DecodedTargetCache, collate_soft_targets, decode_codes, dequantise_log_probs,
     has_soft_targets, load_soft_targets, load_targets, quantise_log_probs,
 )
 from asr_kd.data.frames import FrameDataset
@@ -122,6 +122,19 @@ def test_residual_codes_approach_the_posteriors_as_codebooks_are_added():
     mean = held_out.mean(0, keepdim=True).expand_as(held_out).numpy()
     mean_ids, mean_probs = topk_compress(mean, NUM_CLASSES)
     assert kls[2] < 0.2 * float(kl_stored_vs_full(held_out.numpy(), mean_ids, mean_probs).mean())
+
+
+def test_quantiser_converts_its_codebooks_once_and_decodes_as_the_students_do():
+    frames = torch.from_numpy(_clustered_posteriors(1, 600))
+    quantiser = ResidualQuantiser.fit(frames[:500], 2, seed=0, iterations=3)
+    books = quantiser.books()
+    assert books is quantiser.books() and books.dtype == torch.float32  # once per stage, not once per cut
+    assert np.array_equal(books.numpy(), quantiser.codebooks.astype(np.float32))
+    codes = quantiser.encode(frames[500:])
+    ids, probs = quantiser.decode(codes, 20)
+    student_ids, student_probs = decode_codes(codes, quantiser.codebooks, 20)  # what a student reads from storage
+    assert np.array_equal(ids, student_ids) and np.array_equal(probs, student_probs)
+    assert ResidualQuantiser(quantiser.codebooks) == quantiser  # the cached tensor is not part of its value
 
 
 def test_codes_stored_on_cuts_decode_to_the_quantisers_top_k(fbank_cuts, tmp_path, monkeypatch):
