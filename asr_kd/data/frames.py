@@ -11,7 +11,11 @@ A batch is a dict:
 - ``soft_ids`` int64 and ``soft_probs`` float32, both ``[B, T, k]`` (only when the cuts carry
   stored soft targets, :mod:`asr_kd.data.stored_targets`): the ensemble's top-k senones per frame,
   id 0 and probability 0 beyond each cut's length; where the codes were decoded to every senone,
-  ``soft_ids`` is None and ``soft_probs`` is ``[B, T, C]`` in senone order.
+  ``soft_ids`` is None and ``soft_probs`` is ``[B, T, C]`` in senone order;
+- or, from a dataset made with ``codes_in_batch`` (a student training on a GPU) and cuts carrying
+  rvq codes, the codes undecoded (``soft_codes`` uint8 ``[B, T, n]`` and what decoding needs,
+  :func:`asr_kd.data.stored_targets.collate_soft_codes`), which the loss decodes on the device
+  into the same ``soft_ids``/``soft_probs`` (:func:`asr_kd.data.stored_targets.decode_batch_codes`).
 
 Splicing the context window happens in the model (:mod:`asr_kd.models.dnn`), so batches hold each
 frame once. Samplers are lhotse's (``DynamicBucketingSampler`` or ``SimpleCutSampler``), which
@@ -34,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from asr_kd.data.alignments import load_alignment
 from asr_kd.data.features import CmvnStats, cmvn_key, utterance_normalize
-from asr_kd.data.stored_targets import DecodedTargetCache, collate_soft_targets, has_soft_targets
+from asr_kd.data.stored_targets import DecodedTargetCache, collate_soft_codes, collate_soft_targets, has_soft_targets
 from asr_kd.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -60,11 +64,14 @@ class FrameDataset(Dataset):
     (so the distilled student's cuts bring them and plain senone cuts cost nothing extra).
     Codebook-coded targets, once decoded, stay in memory for the next epochs when the dataset is
     read without loader workers (up to 2 GiB, :class:`asr_kd.data.stored_targets.DecodedTargetCache`).
+    ``codes_in_batch``: leave such codes undecoded in the batch, for the loss to decode on its
+    device (module docstring; what a student training on a GPU wants: decoding is most of a loader
+    worker's work).
     """
 
     def __init__(
         self, cmvn: CmvnStats | None, labels_name: str | None = "senones", num_classes: int | None = None,
-        soft_targets: bool | None = None, per_utterance: bool = False,
+        soft_targets: bool | None = None, per_utterance: bool = False, codes_in_batch: bool = False,
     ) -> None:
         if per_utterance and cmvn is not None:
             raise ValueError("per-utterance normalisation takes no CMVN statistics")
@@ -74,6 +81,7 @@ class FrameDataset(Dataset):
         self.labels_name = labels_name
         self.num_classes = num_classes
         self.soft_targets = soft_targets
+        self.codes_in_batch = codes_in_batch
         self.target_cache = DecodedTargetCache()
 
     def _features(self, cut: Any) -> np.ndarray:
@@ -109,7 +117,11 @@ class FrameDataset(Dataset):
                 y[i, : labels.shape[0]] = torch.from_numpy(labels)
             batch["labels"] = y
         if self._wants_soft_targets(cut_list):
-            batch["soft_ids"], batch["soft_probs"] = collate_soft_targets(cut_list, batch_t, self.target_cache)
+            codes = collate_soft_codes(cut_list, batch_t) if self.codes_in_batch else None
+            if codes is not None:
+                batch.update(codes)
+            else:
+                batch["soft_ids"], batch["soft_probs"] = collate_soft_targets(cut_list, batch_t, self.target_cache)
         return batch
 
     def _wants_soft_targets(self, cuts: list[Any]) -> bool:

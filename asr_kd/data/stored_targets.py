@@ -92,22 +92,48 @@ def stored_probs(probs: np.ndarray, renormalise: bool = True) -> np.ndarray:
     return dequantise_log_probs(probs, renormalise) if probs.dtype == np.uint8 else probs
 
 
-def _reconstruct(codes: np.ndarray, codebook: np.ndarray | torch.Tensor) -> torch.Tensor | None:
+def _reconstruct(codes: np.ndarray | torch.Tensor, codebook: np.ndarray | torch.Tensor) -> torch.Tensor | None:
     """The sum of each frame's codewords (frames x C, float32), which approximates the square root
     of its posterior; None for no frames. Checks that ``codes`` is (frames x n) for ``codebook``'s n.
-    A ``codebook`` tensor (float32) is used where it is (stage 5's quantiser on a GPU)."""
-    codes = np.asarray(codes)
+    A ``codebook`` tensor (float32) is used where it is (stage 5's quantiser and a student's batch
+    on a GPU), and tensor ``codes`` are moved there."""
+    if not isinstance(codes, torch.Tensor):
+        codes = np.asarray(codes)
     n = codebook.shape[0]
     if codes.ndim != 2 or codes.shape[1] != n:
-        raise ValueError(f"codes must be (frames x {n}), got shape {codes.shape}")
+        raise ValueError(f"codes must be (frames x {n}), got shape {tuple(codes.shape)}")
     if codes.shape[0] == 0:
         return None
     books = codebook if isinstance(codebook, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
-    index = torch.from_numpy(codes.astype(np.int64)).to(books.device)
+    index = (codes.to(books.device, torch.int64) if isinstance(codes, torch.Tensor)
+             else torch.from_numpy(codes.astype(np.int64)).to(books.device))
     root = books[0][index[:, 0]]  # one codebook at a time: never a (frames x n x C) tensor
     for b in range(1, n):
         root += books[b][index[:, b]]
     return root
+
+
+def _topk_of_root(root: torch.Tensor, k: int, renormalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``k`` ``(ids int64, probs float32)`` of reconstructions ``root`` (:func:`decode_codes`)."""
+    p = root.clamp_min(0.0).square()
+    values, ids = torch.topk(p, k, dim=1)
+    mass = (values if renormalise else p).sum(dim=1, keepdim=True)
+    values = values / mass.clamp_min(1e-30)
+    values[mass.squeeze(1) <= 0, 0] = 1.0  # a reconstruction that is all <= 0 keeps only its first id
+    return ids, values
+
+
+def _dense_of_root(root: torch.Tensor) -> torch.Tensor:
+    """Every senone's probability (float16) of reconstructions ``root`` (:func:`decode_codes_dense`);
+    ``root`` is overwritten."""
+    # All <= 0 (rare): the least negative senone gets everything (decode_codes' top-k picks one of
+    # the tied zeros instead, so such frames may differ between the two).
+    empty = (root <= 0).all(dim=1)
+    first = root.argmax(dim=1)
+    p = root.clamp_(min=0.0).square_()
+    p /= p.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    p[empty, first[empty]] = 1.0
+    return p.to(torch.float16)
 
 
 def decode_codes(codes: np.ndarray, codebook: np.ndarray | torch.Tensor, k: int, renormalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -120,11 +146,7 @@ def decode_codes(codes: np.ndarray, codebook: np.ndarray | torch.Tensor, k: int,
     root = _reconstruct(codes, codebook)
     if root is None:
         return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
-    p = root.clamp_min(0.0).square()
-    values, ids = torch.topk(p, k, dim=1)
-    mass = (values if renormalise else p).sum(dim=1, keepdim=True)
-    values = values / mass.clamp_min(1e-30)
-    values[mass.squeeze(1) <= 0, 0] = 1.0  # a reconstruction that is all <= 0 keeps only its first id
+    ids, values = _topk_of_root(root, k, renormalise)
     return ids.to(torch.int32).cpu().numpy(), values.cpu().numpy()
 
 
@@ -137,14 +159,7 @@ def decode_codes_dense(codes: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     root = _reconstruct(codes, codebook)
     if root is None:
         return np.zeros((0, codebook.shape[2]), np.float16)
-    # All <= 0 (rare): the least negative senone gets everything (decode_codes' top-k picks one of
-    # the tied zeros instead, so such frames may differ between the two).
-    empty = (root <= 0).all(dim=1)
-    first = root.argmax(dim=1)
-    p = root.clamp_(min=0.0).square_()
-    p /= p.sum(dim=1, keepdim=True).clamp_min(1e-30)
-    p[empty, first[empty]] = 1.0
-    return p.to(torch.float16).numpy()
+    return _dense_of_root(root).cpu().numpy()
 
 
 def _codebook(cut: Cut) -> np.ndarray:
@@ -264,3 +279,90 @@ def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None,
             if ids_out is not None:  # a dense cut among top-k ones (k = C): its ids are the senones in order
                 ids_out[b, :n] = torch.arange(k) if ids is None else torch.from_numpy(ids[:n].astype(np.int64))
     return ids_out, probs_out
+
+
+# --------------------------------------------------------------------------------------------
+# Codes decoded where the student trains
+# --------------------------------------------------------------------------------------------
+
+SOFT_CODE_LENGTHS = "soft_code_lengths"
+SOFT_RENORMALISE = "soft_renormalise"
+_DEVICE_CODEBOOKS: dict[tuple[str, str, str], torch.Tensor] = {}
+
+
+def collate_soft_codes(cuts: Sequence[Cut], num_frames: int) -> dict | None:
+    """Return a batch's rvq codes undecoded, for :func:`decode_batch_codes` to decode on the
+    training device: ``soft_codes`` uint8 ``[B, num_frames, n]`` (padding 0), ``soft_code_lengths``
+    (each cut's frames that hold codes), ``soft_codebook`` (the cuts' shared codebook manifest,
+    read once per process where it is decoded), ``soft_decode_k`` and ``soft_renormalise``.
+    None unless every cut carries codes of one codebook with one decode k and one tail setting
+    (the batch then takes :func:`collate_soft_targets`' decoded form).
+
+    Decoding on the CPU costs a loader worker about 6,500 frames a second with 4,200 senones
+    decoded to the top 500 (bench/RESULTS.md "Data loader against the GPU"), where one GPU trains
+    the paper's network on a million: the codes are 8 bytes a frame, the decoded targets 6 kB."""
+    if not cuts or not all(c.has_custom(SOFT_CODES) and c.has_custom(SOFT_CODEBOOK) for c in cuts):
+        return None
+    def settings(cut: Cut) -> tuple:
+        book = cut.custom[SOFT_CODEBOOK]
+        return (str(book.storage_path), str(book.storage_key), int(cut.custom.get(SOFT_DECODE_K, CODEBOOK_SIZE)),
+                bool(cut.custom.get(SOFT_TAIL, False)))
+    first = settings(cuts[0])
+    if any(settings(c) != first for c in cuts[1:]):
+        return None
+    codes = []
+    for cut in cuts:
+        try:
+            codes.append(cut.load_custom(SOFT_CODES))
+        except ArchiveError as err:
+            raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
+        except (OSError, ValueError) as err:
+            raise DataError(f"cut {cut.id}: cannot read its stored soft targets ({err}); rerun the stage that stored them (soft targets)") from None
+    n = codes[0].shape[1]
+    out = torch.zeros(len(cuts), num_frames, n, dtype=torch.uint8)
+    lengths = torch.zeros(len(cuts), dtype=torch.int64)
+    for b, c in enumerate(codes):
+        m = min(num_frames, c.shape[0])
+        out[b, :m] = torch.from_numpy(np.ascontiguousarray(c[:m], dtype=np.uint8))
+        lengths[b] = m
+    return {SOFT_CODES: out, SOFT_CODE_LENGTHS: lengths, SOFT_CODEBOOK: cuts[0].custom[SOFT_CODEBOOK],
+            SOFT_DECODE_K: first[2], SOFT_RENORMALISE: not first[3]}
+
+
+def device_codebook(manifest, device: torch.device) -> torch.Tensor:
+    """The codebook of ``manifest`` (a cut's ``soft_codebook``) as float32 on ``device``, read and
+    copied once per process."""
+    key = (str(manifest.storage_path), str(manifest.storage_key), str(device))
+    if key not in _DEVICE_CODEBOOKS:
+        if len(_DEVICE_CODEBOOKS) >= 8:
+            _DEVICE_CODEBOOKS.clear()
+        try:
+            book = manifest.load()
+        except ArchiveError as err:
+            raise DataError(f"cannot read the soft targets' codebook: {err}") from None
+        _DEVICE_CODEBOOKS[key] = torch.from_numpy(np.asarray(book, dtype=np.float32)).to(device)
+    return _DEVICE_CODEBOOKS[key]
+
+
+def decode_batch_codes(batch: dict) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The ``(ids, probs)`` that :func:`collate_soft_targets` gives for a batch of
+    :func:`collate_soft_codes`, computed where ``batch["soft_codes"]`` is (the training device),
+    with the same arithmetic: the same values on the CPU, bit for bit."""
+    codes = batch[SOFT_CODES]
+    b, t, n = codes.shape
+    books = device_codebook(batch[SOFT_CODEBOOK], codes.device)
+    num_classes = books.shape[2]
+    k = min(int(batch[SOFT_DECODE_K]), num_classes)
+    valid = torch.arange(t, device=codes.device)[None, :] < batch[SOFT_CODE_LENGTHS].to(codes.device)[:, None]
+    root = _reconstruct(codes.reshape(b * t, n), books)
+    if root is None:
+        return (None if k >= num_classes else torch.zeros(b, t, k, dtype=torch.int64, device=codes.device)), \
+            torch.zeros(b, t, k, dtype=torch.float32, device=codes.device)
+    if k >= num_classes:
+        ids, probs = None, _dense_of_root(root).float().reshape(b, t, num_classes)
+    else:
+        ids, probs = _topk_of_root(root, k, bool(batch[SOFT_RENORMALISE]))
+        ids, probs = ids.reshape(b, t, k), probs.reshape(b, t, k)
+        ids[~valid] = 0
+    probs[~valid] = 0.0  # padding: id 0 and probability 0, as collate_soft_targets pads
+    return ids, probs

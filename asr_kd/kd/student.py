@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from asr_kd.config import KdConfig
 from asr_kd.data.frames import IGNORE_INDEX
+from asr_kd.data.stored_targets import SOFT_CODES, decode_batch_codes
 from asr_kd.errors import DataError
 from asr_kd.kd.ensemble import TeacherEnsemble, fuse_logits, mean_logits
 from asr_kd.kd.losses import distillation_loss, logit_matching_loss
@@ -63,12 +64,16 @@ class StoredDistillationLoss:
     """``compute_loss`` of a student trained on stored top-k soft targets (``kd.mode=stored``).
 
     Calling it returns ``(loss, {"frame_accuracy", "soft_frames"})``; the batch must carry
-    ``soft_ids``/``soft_probs`` (cuts written by stage 5).
+    ``soft_ids``/``soft_probs`` (cuts written by stage 5), or rvq codes that it decodes where the
+    batch is (:func:`asr_kd.data.stored_targets.decode_batch_codes`).
     """
 
     kd: KdConfig
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        if SOFT_CODES in batch:  # codes left for the device (FrameDataset codes_in_batch)
+            batch = {**batch}
+            batch["soft_ids"], batch["soft_probs"] = decode_batch_codes(batch)
         if "soft_ids" not in batch:
             raise DataError(
                 f"batch of cuts {list(batch.get('cut_ids', []))[:3]} has no stored soft targets; "

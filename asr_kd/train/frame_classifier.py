@@ -108,7 +108,10 @@ def train_frame_classifier(
         raise ConfigError("per-utterance CMVN takes no CMVN statistics; pass train_cmvn=None and dev_cmvn=None")
     info = info or init_distributed(train_config.device)  # the group stays for the next model
     cuts = _open_cuts(train_cuts)
-    dataset = FrameDataset(_open_cmvn(train_cmvn), labels_name, num_classes, per_utterance=per_utterance_cmvn)
+    # On a GPU, rvq-coded soft targets travel as codes and the loss decodes them there: a loader
+    # worker decodes only thousands of frames a second with thousands of senones.
+    dataset = FrameDataset(_open_cmvn(train_cmvn), labels_name, num_classes, per_utterance=per_utterance_cmvn,
+                           codes_in_batch=info.device.type == "cuda")
     exp_dir = Path(exp_dir)
     if info.is_main:
         exp_dir.mkdir(parents=True, exist_ok=True)

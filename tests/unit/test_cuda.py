@@ -103,3 +103,40 @@ def test_stage5_per_cut_work_on_the_gpu_equals_the_cpus(storage: str) -> None:
     assert a["frames"] == b["frames"] == 3000
     assert b["mean_mass_kept"] == pytest.approx(a["mean_mass_kept"], abs=1e-4)
     assert b["mean_kl_stored_vs_full"] == pytest.approx(a["mean_kl_stored_vs_full"], abs=1e-4)
+
+
+@pytest.mark.parametrize("decode_k", [5, 500])
+def test_a_students_batch_codes_decoded_on_the_gpu_equal_the_loaders(tmp_path, decode_k: int) -> None:
+    # train_frame_classifier on CUDA leaves rvq codes in the batch (FrameDataset codes_in_batch) and
+    # the loss decodes them on the GPU: the same targets and loss as the loader's CPU decoding.
+    import runpy
+
+    from lhotse import CutSet
+
+    from asr_kd.config import KdConfig
+    from asr_kd.data.frames import FrameDataset
+    from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_DECODE_K, decode_batch_codes
+    from asr_kd.kd.soft_targets import store_target_arrays
+    from asr_kd.kd.student import StoredDistillationLoss
+    from asr_kd.train.loop import to_device
+    from tests.conftest import REPO_ROOT
+
+    bench = runpy.run_path(str(REPO_ROOT / "bench" / "stage5_speed.py"))
+    cuts = bench["synthetic_cuts"](tmp_path, 3, 200, 40)
+    posteriors = {c.id: _posteriors(c.num_frames, 60, seed=i) for i, c in enumerate(cuts)}
+    quantiser = ResidualQuantiser.fit(torch.cat(list(posteriors.values())), 3, seed=0)
+    stored = CutSet.from_cuts(store_target_arrays(cuts, ((cid, quantiser.arrays(p)) for cid, p in posteriors.items()), tmp_path / "rvq",
+                                                  shared={SOFT_CODEBOOK: quantiser.codebooks}, custom={SOFT_DECODE_K: decode_k}))
+    plain = FrameDataset(None, labels_name=None)[stored]
+    coded = to_device(FrameDataset(None, labels_name=None, codes_in_batch=True)[stored], torch.device("cuda"))
+    ids, probs = decode_batch_codes(coded)
+    assert probs.device.type == "cuda"
+    assert (ids is None) == (plain["soft_ids"] is None)
+    if ids is not None:
+        assert np.mean((ids.cpu() == plain["soft_ids"]).numpy()) > 0.99
+    assert float((probs.cpu() - plain["soft_probs"]).abs().max()) < 1e-3
+    model = SplicedDnn(dnn_preset("tiny"), 60)
+    kd = KdConfig(temperature=2.0, hard_weight=0.0)
+    loss_cpu, _ = StoredDistillationLoss(kd)(model, plain)
+    loss_gpu, _ = StoredDistillationLoss(kd)(model.cuda(), coded)
+    assert abs(float(loss_gpu.detach()) - float(loss_cpu.detach())) < 1e-3 * max(1.0, abs(float(loss_cpu.detach())))

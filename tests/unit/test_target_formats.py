@@ -230,6 +230,44 @@ def test_codes_decoded_to_every_senone_come_dense_in_float16(fbank_cuts, tmp_pat
     assert torch.allclose(dense_p[: top[0].num_frames], posteriors[top[0].id].float(), atol=1e-3)
 
 
+@pytest.mark.parametrize("decode_k, tail", [(K, False), (K, True), (500, False)])
+def test_codes_left_in_the_batch_decode_where_the_loss_runs_to_the_loaders_targets(fbank_cuts, tmp_path, decode_k, tail):
+    # A student on a GPU gets its batches' rvq codes undecoded (FrameDataset codes_in_batch) and
+    # decodes them on the device: the targets and the loss must be those of the loader's decoding,
+    # bit for bit on the CPU, padding included (three cuts of different lengths in one batch).
+    from asr_kd.data.stored_targets import SOFT_CODE_LENGTHS, decode_batch_codes
+    from asr_kd.kd.student import StoredDistillationLoss
+    from asr_kd.models.dnn import SplicedDnn, dnn_preset
+
+    posteriors = {c.id: torch.from_numpy(_clustered_posteriors(i, c.num_frames)) for i, c in enumerate(fbank_cuts)}
+    quantiser = ResidualQuantiser.fit(torch.cat(list(posteriors.values())), 3, seed=0)
+    stored = store_target_arrays(fbank_cuts, ((cid, quantiser.arrays(p)) for cid, p in posteriors.items()), tmp_path / "rvq",
+                                 shared={SOFT_CODEBOOK: quantiser.codebooks}, custom={SOFT_DECODE_K: decode_k, SOFT_TAIL: tail})
+    batch_cuts = CutSet.from_cuts(list(stored))
+    plain = FrameDataset(None, labels_name=None)[batch_cuts]
+    coded = FrameDataset(None, labels_name=None, codes_in_batch=True)[batch_cuts]
+    assert "soft_ids" not in coded and coded[SOFT_CODES].dtype == torch.uint8 and coded[SOFT_CODES].shape[2] == 3
+    assert coded[SOFT_CODE_LENGTHS].tolist() == [c.num_frames for c in batch_cuts]
+    ids, probs = decode_batch_codes(coded)
+    if decode_k >= NUM_CLASSES:
+        assert ids is None and plain["soft_ids"] is None
+    else:
+        assert torch.equal(ids, plain["soft_ids"])
+    assert probs.dtype == torch.float32 and torch.equal(probs, plain["soft_probs"])
+    model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
+    kd = KdConfig(temperature=2.0, hard_weight=0.0, tail="bucket" if tail else "renormalise")
+    loss_plain, _ = StoredDistillationLoss(kd)(model, plain)
+    loss_coded, _ = StoredDistillationLoss(kd)(model, coded)
+    assert torch.equal(loss_plain, loss_coded) and float(loss_plain.detach()) > 0
+    # A batch that mixes coded cuts with top-k ones is decoded by the loader, as before.
+    k = min(decode_k, NUM_CLASSES)
+    top = store_target_arrays(fbank_cuts[:1], ((cid, encode_topk(*topk_compress(posteriors[cid].numpy(), k), "int32-fp16"))
+                                               for cid in [fbank_cuts[0].id]), tmp_path / "topk")
+    mixed_cuts = CutSet.from_cuts([top[0], list(stored)[1]])
+    mixed = FrameDataset(None, labels_name=None, codes_in_batch=True)[mixed_cuts]
+    assert SOFT_CODES not in mixed and torch.equal(mixed["soft_probs"], FrameDataset(None, labels_name=None)[mixed_cuts]["soft_probs"])
+
+
 def test_fitting_sample_is_seeded_and_bounded(fbank_cuts):
     cuts = list(fbank_cuts)
     a, b = sample_for_fitting(cuts, 500, seed=3), sample_for_fitting(cuts, 500, seed=3)
