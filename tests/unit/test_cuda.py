@@ -140,3 +140,37 @@ def test_a_students_batch_codes_decoded_on_the_gpu_equal_the_loaders(tmp_path, d
     loss_cpu, _ = StoredDistillationLoss(kd)(model, plain)
     loss_gpu, _ = StoredDistillationLoss(kd)(model.cuda(), coded)
     assert abs(float(loss_gpu.detach()) - float(loss_cpu.detach())) < 1e-3 * max(1.0, abs(float(loss_cpu.detach())))
+
+
+def test_a_student_trains_on_rvq_codes_decoded_on_the_gpu(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stage 6's path on a GPU with the recipe's default kd.storage: train_frame_classifier on CUDA
+    # sends the codes to the device and every training step's loss decodes them there.
+    import runpy
+
+    from lhotse import CutSet
+
+    import asr_kd.kd.student as student
+    from asr_kd.config import KdConfig, TrainConfig
+    from asr_kd.data.alignments import store_alignments
+    from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_DECODE_K
+    from asr_kd.kd.soft_targets import store_target_arrays
+    from asr_kd.train.frame_classifier import train_frame_classifier
+    from tests.conftest import REPO_ROOT
+
+    decoded = []
+    real = student.decode_batch_codes
+    monkeypatch.setattr(student, "decode_batch_codes", lambda batch: decoded.append(batch["soft_codes"].device.type) or real(batch))
+    cuts = runpy.run_path(str(REPO_ROOT / "bench" / "stage5_speed.py"))["synthetic_cuts"](tmp_path, 4, 300, 40)
+    rng = np.random.default_rng(0)
+    cuts = store_alignments(cuts, {c.id: rng.integers(0, 60, c.num_frames).astype(np.int32) for c in cuts}, tmp_path / "ali")
+    posteriors = {c.id: _posteriors(c.num_frames, 60, seed=i) for i, c in enumerate(cuts)}
+    quantiser = ResidualQuantiser.fit(torch.cat(list(posteriors.values())), 4, seed=0)
+    stored = CutSet.from_cuts(store_target_arrays(cuts, ((cid, quantiser.arrays(p)) for cid, p in posteriors.items()), tmp_path / "rvq",
+                                                  shared={SOFT_CODEBOOK: quantiser.codebooks}, custom={SOFT_DECODE_K: 20}))
+    kd = KdConfig(temperature=2.0, top_k=20, storage="rvq", codebooks=4)
+    cfg = TrainConfig(num_epochs=2, max_duration=6.0, device="cuda", warmup_steps=0, lr_schedule="constant", log_every_steps=1,
+                      bucketing=False, shuffle=False)
+    result = train_frame_classifier(stored, None, None, None, 60, dnn_preset("tiny"), cfg, tmp_path / "student",
+                                    compute_loss=student.StoredDistillationLoss(kd))
+    assert result.state.step == 4 and result.final_path.exists()  # 2 batches of 6 s a epoch
+    assert decoded == ["cuda"] * 4
