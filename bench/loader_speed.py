@@ -12,8 +12,8 @@ features, random senone labels, and random posteriors stored through stage 5's o
 of them); a fresh dataset per round, so codes are decoded each time (a loader worker keeps no
 decoded targets between epochs).
 
-    python bench/loader_speed.py                                  # 500 and 4,200 senones
-    python bench/loader_speed.py --num-classes 4200 --results bench/RESULTS.md
+    python bench/loader_speed.py                                  # 500 and 4,200 senones (make bench)
+    python bench/loader_speed.py --num-classes 4200 --results /tmp/RESULTS.md
     python bench/loader_speed.py --decode-device cuda                     # on a GPU machine
 """
 
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the GPU's training rate to feed (default: the paper DNN on one H200 in bf16)")
     p.add_argument("--decode-device", default="cpu",
                    help="where rvq-codes rows decode their batches' codes, as a student's loss does (cuda on a GPU machine; default cpu, one thread)")
-    p.add_argument("--results", type=Path, default=None, help="also write a section of this RESULTS.md")
+    p.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"), help="write a section of this RESULTS.md (default bench/RESULTS.md)")
     return p.parse_args(argv)
 
 
@@ -168,10 +168,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "workers_per_gpu": args.gpu_frames_per_second / rate})
     text = render(args, rows)
     print(text)
-    if args.results is not None:
-        from _results import write_section
+    from _results import write_section
 
-        write_section(args.results, "## Data loader against the GPU", text)
+    write_section(args.results, f"## Data loader against the GPU, codes decoded on {args.decode_device}", text)
     return rows
 
 
@@ -181,7 +180,7 @@ def render(args: argparse.Namespace, rows: list[dict]) -> str:
              "rvq-dense": "+ 8-byte rvq codes decoded to every senone",
              "rvq-codes": "+ 8-byte rvq codes left in the batch (a student on a GPU), top {k} decoded where the loss runs"}
     lines = [
-        "## Data loader against the GPU: frames a second per loader worker (bench/loader_speed.py)", "",
+        f"## Data loader against the GPU, codes decoded on {args.decode_device}: frames a second per loader worker (bench/loader_speed.py)", "",
         f"`python bench/loader_speed.py --num-classes {' '.join(map(str, args.num_classes))} --formats {' '.join(args.formats)} "
         f"--cuts {args.cuts} --frames {args.frames} --max-duration {args.max_duration:g} --rounds {args.rounds} "
         f"--gpu-frames-per-second {args.gpu_frames_per_second:g} --decode-device {args.decode_device}`: one torch thread (a DataLoader worker's), "

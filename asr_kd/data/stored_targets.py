@@ -298,9 +298,9 @@ def collate_soft_codes(cuts: Sequence[Cut], num_frames: int) -> dict | None:
     None unless every cut carries codes of one codebook with one decode k and one tail setting
     (the batch then takes :func:`collate_soft_targets`' decoded form).
 
-    Decoding on the CPU costs a loader worker about 6,500 frames a second with 4,200 senones
-    decoded to the top 500 (bench/RESULTS.md "Data loader against the GPU"), where one GPU trains
-    the paper's network on a million: the codes are 8 bytes a frame, the decoded targets 6 kB."""
+    A loader worker decodes about 10,000 frames a second with 4,200 senones decoded to the top 500
+    (bench/RESULTS.md "Data loader against the GPU"), where one GPU trains the paper's network on a
+    million; the codes are 8 bytes a frame, the decoded targets 6 kB."""
     if not cuts or not all(c.has_custom(SOFT_CODES) and c.has_custom(SOFT_CODEBOOK) for c in cuts):
         return None
     def settings(cut: Cut) -> tuple:

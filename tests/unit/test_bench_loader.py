@@ -10,10 +10,10 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 
-def test_the_loader_bench_reads_labels_and_targets_of_every_frame(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_loader_bench_reads_labels_and_targets_of_every_frame(tmp_path) -> None:
     bench = runpy.run_path(str(REPO_ROOT / "bench" / "loader_speed.py"))
     rows = bench["main"](["--num-classes", "40", "--cuts", "3", "--frames", "120", "--max-duration", "2", "--rounds", "2",
-                          "--gpu-frames-per-second", "1000"])
+                          "--gpu-frames-per-second", "1000", "--results", str(tmp_path / "RESULTS.md")])
     by_format = {r["format"]: r for r in rows}
     assert list(by_format) == ["hard", "int32-fp16", "uint16-uint8", "rvq", "rvq-dense", "rvq-codes"]
     for name, row in by_format.items():
@@ -24,5 +24,7 @@ def test_the_loader_bench_reads_labels_and_targets_of_every_frame(capsys: pytest
     assert by_format["rvq"]["top_k"] == by_format["rvq-dense"]["top_k"] == by_format["rvq-codes"]["top_k"] == 40  # 500 asked, 40 senones
     # Only the codes left in the batch are decoded apart (here on the CPU, as a student's loss would).
     assert [n for n, r in by_format.items() if r["decoded_per_second"] is not None] == ["rvq-codes"]
-    text = capsys.readouterr().out
-    assert "| 40 | + top 20, uint16-uint8 | 60 |" in text
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Data loader against the GPU, codes decoded on cpu:" in text
+    rate = f"{by_format['uint16-uint8']['frames_per_second']:,.0f}"
+    assert f"| 40 | + top 20, uint16-uint8 | 60 | {rate} | {1000 / by_format['uint16-uint8']['frames_per_second']:.1f} | - |" in text
