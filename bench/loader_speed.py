@@ -40,7 +40,8 @@ from asr_kd.kd.soft_targets import SoftTargetStats, store_target_arrays  # noqa:
 from asr_kd.kd.target_formats import ResidualQuantiser, storage_bytes_per_frame  # noqa: E402
 from asr_kd.stages.s5_soft_targets import cut_target_arrays  # noqa: E402
 
-from stage5_speed import synthetic_cuts  # noqa: E402
+from bf16_cpu import cpu_name  # noqa: E402
+from stage5_speed import _sync, synthetic_cuts  # noqa: E402
 
 # (label, kd.storage, kd.top_k: None is every senone); "hard": no soft targets (stage 4, the baseline).
 FORMATS = {
@@ -123,10 +124,6 @@ def pass_rate(cuts, num_classes: int, max_duration: float, codes_in_batch: bool,
     return seconds, decode_seconds, frames, labelled, with_targets
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark; return its rows."""
@@ -183,7 +180,9 @@ def render(args: argparse.Namespace, rows: list[dict]) -> str:
         f"## Data loader against the GPU, codes decoded on {args.decode_device}: frames a second per loader worker (bench/loader_speed.py)", "",
         f"`python bench/loader_speed.py --num-classes {' '.join(map(str, args.num_classes))} --formats {' '.join(args.formats)} "
         f"--cuts {args.cuts} --frames {args.frames} --max-duration {args.max_duration:g} --rounds {args.rounds} "
-        f"--gpu-frames-per-second {args.gpu_frames_per_second:g} --decode-device {args.decode_device}`: one torch thread (a DataLoader worker's), "
+        f"--gpu-frames-per-second {args.gpu_frames_per_second:g} --decode-device {args.decode_device}` on {cpu_name()}"
+        f"{' and ' + torch.cuda.get_device_name(torch.device(args.decode_device)) if args.decode_device.startswith('cuda') else ''}: "
+        "one torch thread (a DataLoader worker's), "
         f"batches of {args.max_duration:g} s from {args.cuts} synthetic cuts of {args.frames} frames (lilcom features, senone labels, "
         "stored soft targets), a fresh dataset per pass, median of the interleaved passes. Workers per GPU: the GPU's rate "
         f"({args.gpu_frames_per_second:,.0f} frames a second) over the row's.", "",

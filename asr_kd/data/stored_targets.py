@@ -37,8 +37,9 @@ for one epoch, so they decode every epoch, beside training, and keep nothing.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -114,8 +115,9 @@ def _reconstruct(codes: np.ndarray | torch.Tensor, codebook: np.ndarray | torch.
 
 
 def _topk_of_root(root: torch.Tensor, k: int, renormalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top-``k`` ``(ids int64, probs float32)`` of reconstructions ``root`` (:func:`decode_codes`)."""
-    p = root.clamp_min(0.0).square()
+    """The top-``k`` ``(ids int64, probs float32)`` of reconstructions ``root`` (:func:`decode_codes`);
+    ``root`` is overwritten (one frames x C tensor at a time)."""
+    p = root.clamp_(min=0.0).square_()
     values, ids = torch.topk(p, k, dim=1)
     mass = (values if renormalise else p).sum(dim=1, keepdim=True)
     values = values / mass.clamp_min(1e-30)
@@ -164,13 +166,35 @@ def decode_codes_dense(codes: np.ndarray, codebook: np.ndarray) -> np.ndarray:
 
 def _codebook(cut: Cut) -> np.ndarray:
     """The codebook of ``cut`` (shared by every cut of its folder: read once per process)."""
-    manifest = cut.custom[SOFT_CODEBOOK]
+    return _codebook_of(cut.custom[SOFT_CODEBOOK])
+
+
+def _codebook_of(manifest) -> np.ndarray:
+    """The float32 codebook that ``manifest`` (a cut's ``soft_codebook``) names, read once per process."""
     key = (str(manifest.storage_path), str(manifest.storage_key))
     if key not in _CODEBOOK_CACHE:
         if len(_CODEBOOK_CACHE) >= 8:
             _CODEBOOK_CACHE.clear()
-        _CODEBOOK_CACHE[key] = cut.load_custom(SOFT_CODEBOOK).astype(np.float32)
+        _CODEBOOK_CACHE[key] = np.asarray(manifest.load(), dtype=np.float32)
     return _CODEBOOK_CACHE[key]
+
+
+def _decode_settings(cut: Cut) -> tuple[int, bool]:
+    """``(k, renormalise)``: how many senones a coded cut decodes to, and whether its rows are
+    renormalised (not with :data:`SOFT_TAIL`)."""
+    return int(cut.custom.get(SOFT_DECODE_K, CODEBOOK_SIZE)), not (cut.custom or {}).get(SOFT_TAIL, False)
+
+
+@contextlib.contextmanager
+def _reading(cut: Cut) -> Iterator[None]:
+    """Turn a failure to read ``cut``'s stored soft targets into a one-line DataError naming the cut
+    (and, from the archive's own message, the file and the fix)."""
+    try:
+        yield
+    except ArchiveError as err:
+        raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"cut {cut.id}: cannot read its stored soft targets ({err}); rerun the stage that stored them (soft targets)") from None
 
 
 def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
@@ -193,22 +217,14 @@ def load_targets(cut: Cut) -> tuple[np.ndarray | None, np.ndarray]:
     (codes decoded to every senone: ``probs`` frames x C float16, in senone order)."""
     if not has_soft_targets(cut):
         raise DataError(f"cut {cut.id} has no stored soft targets; run stage 5 (soft targets) on these cuts or set kd.mode=online")
-    try:
-        renormalise = not (cut.custom or {}).get(SOFT_TAIL, False)
+    k, renormalise = _decode_settings(cut)
+    with _reading(cut):
         if cut.has_custom(SOFT_CODES):
-            k = int(cut.custom.get(SOFT_DECODE_K, CODEBOOK_SIZE))
             codebook = _codebook(cut)
             if k >= codebook.shape[2]:
                 return None, decode_codes_dense(cut.load_custom(SOFT_CODES), codebook)
             return decode_codes(cut.load_custom(SOFT_CODES), codebook, k, renormalise)
-        ids, probs = cut.load_custom(SOFT_IDS), cut.load_custom(SOFT_PROBS)
-        return ids, stored_probs(probs, renormalise)
-    except ArchiveError as err:  # its message names the archive and the fix
-        raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
-    except (OSError, ValueError) as err:
-        raise DataError(
-            f"cut {cut.id}: cannot read its stored soft targets ({err}); rerun the stage that stored them (soft targets)"
-        ) from None
+        return cut.load_custom(SOFT_IDS), stored_probs(cut.load_custom(SOFT_PROBS), renormalise)
 
 
 class DecodedTargetCache:
@@ -305,19 +321,14 @@ def collate_soft_codes(cuts: Sequence[Cut], num_frames: int) -> dict | None:
         return None
     def settings(cut: Cut) -> tuple:
         book = cut.custom[SOFT_CODEBOOK]
-        return (str(book.storage_path), str(book.storage_key), int(cut.custom.get(SOFT_DECODE_K, CODEBOOK_SIZE)),
-                bool(cut.custom.get(SOFT_TAIL, False)))
+        return (str(book.storage_path), str(book.storage_key), *_decode_settings(cut))
     first = settings(cuts[0])
     if any(settings(c) != first for c in cuts[1:]):
         return None
     codes = []
     for cut in cuts:
-        try:
+        with _reading(cut):
             codes.append(cut.load_custom(SOFT_CODES))
-        except ArchiveError as err:
-            raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
-        except (OSError, ValueError) as err:
-            raise DataError(f"cut {cut.id}: cannot read its stored soft targets ({err}); rerun the stage that stored them (soft targets)") from None
     n = codes[0].shape[1]
     out = torch.zeros(len(cuts), num_frames, n, dtype=torch.uint8)
     lengths = torch.zeros(len(cuts), dtype=torch.int64)
@@ -326,7 +337,7 @@ def collate_soft_codes(cuts: Sequence[Cut], num_frames: int) -> dict | None:
         out[b, :m] = torch.from_numpy(np.ascontiguousarray(c[:m], dtype=np.uint8))
         lengths[b] = m
     return {SOFT_CODES: out, SOFT_CODE_LENGTHS: lengths, SOFT_CODEBOOK: cuts[0].custom[SOFT_CODEBOOK],
-            SOFT_DECODE_K: first[2], SOFT_RENORMALISE: not first[3]}
+            SOFT_DECODE_K: first[2], SOFT_RENORMALISE: first[3]}
 
 
 def device_codebook(manifest, device: torch.device) -> torch.Tensor:
@@ -337,10 +348,12 @@ def device_codebook(manifest, device: torch.device) -> torch.Tensor:
         if len(_DEVICE_CODEBOOKS) >= 8:
             _DEVICE_CODEBOOKS.clear()
         try:
-            book = manifest.load()
+            book = _codebook_of(manifest)
         except ArchiveError as err:
             raise DataError(f"cannot read the soft targets' codebook: {err}") from None
-        _DEVICE_CODEBOOKS[key] = torch.from_numpy(np.asarray(book, dtype=np.float32)).to(device)
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read the soft targets' codebook {manifest.storage_path} ({err}); rerun stage 5 (soft targets)") from None
+        _DEVICE_CODEBOOKS[key] = torch.from_numpy(book).to(device)
     return _DEVICE_CODEBOOKS[key]
 
 

@@ -186,23 +186,6 @@ def _at_ids(x: ArrayLike, ids: np.ndarray) -> np.ndarray:
     return np.take_along_axis(np.asarray(x), ids, axis=1).astype(np.float64)
 
 
-def _kl_inputs(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike, full_log_probs: ArrayLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ids int64, stored float64, log of the full distribution float64)`` of the KL measures,
-    their shapes checked; the log from ``full_log_probs`` where given."""
-    full = np.asarray(_numpy(full_probs), dtype=np.float64)
-    ids_np = np.asarray(_numpy(ids)).astype(np.int64)
-    stored = np.asarray(_numpy(probs), dtype=np.float64)
-    if full.ndim != 2 or ids_np.shape != stored.shape or ids_np.shape[0] != full.shape[0]:
-        raise ValueError(f"expected full (frames x C), ids and probs (frames x k); got {full.shape}, {ids_np.shape}, {stored.shape}")
-    if full_log_probs is None:
-        with np.errstate(divide="ignore"):
-            return ids_np, stored, np.log(full)
-    log_full = np.asarray(_numpy(full_log_probs), dtype=np.float64)
-    if log_full.shape != full.shape:
-        raise ValueError(f"full_log_probs {log_full.shape} must have the shape of full_probs {full.shape}")
-    return ids_np, stored, log_full
-
-
 def _kept_kl(stored: np.ndarray, log_full_at_ids: np.ndarray) -> np.ndarray:
     """Per frame, ``sum_j stored_j * (log stored_j - log full_j)`` over the kept ids."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -214,19 +197,22 @@ def kl_bucketed_vs_full(full_probs: ArrayLike, ids: ArrayLike, probs: ArrayLike,
     both distributions over the stored ids plus one class for every other senone (the stored
     rest is ``1 - sum(probs)``, the full one the mass of the full distribution outside ``ids``).
     Exact top-k targets give 0 up to float16 rounding, whatever ``k``: what such targets lose is
-    how the rest is spread, which this measure does not see (:func:`topk_mass` says how much)."""
-    ids_np, stored, log_full = _kl_inputs(full_probs, ids, probs, full_log_probs)
-    outside = np.ones(log_full.shape, dtype=bool)
-    np.put_along_axis(outside, ids_np, False, axis=1)
+    how the rest is spread, which this measure does not see (:func:`topk_mass` says how much).
+    Computed where the full distributions are (a GPU tensor stays there), in float64."""
+    ids_np, stored = _kept_inputs(full_probs, ids, probs, full_log_probs)
+    log_full = _as_tensor(full_probs if full_log_probs is None else full_log_probs).double()
+    if full_log_probs is None:
+        log_full = log_full.log()
+    index = torch.from_numpy(ids_np).to(log_full.device)
+    outside = torch.ones(log_full.shape, dtype=torch.bool, device=log_full.device).scatter_(1, index, False)
     # The full rest in log space (a sum of what is left, not 1 minus the kept, which rounds to 0
     # for a confident ensemble while the stored rest keeps some rounding mass).
-    with np.errstate(divide="ignore"):
-        log_full_rest = np.logaddexp.reduce(np.where(outside, log_full, -np.inf), axis=1)
-    no_rest = ~outside.any(axis=1)  # every class kept: no rest to compare
+    log_full_rest = torch.logsumexp(log_full.masked_fill(~outside, -np.inf), dim=1).cpu().numpy()
+    no_rest = ~outside.any(dim=1).cpu().numpy()  # every class kept: no rest to compare
     stored_rest = np.where(no_rest, 0.0, np.clip(1.0 - stored.sum(axis=1), 0.0, 1.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         rest = np.where(stored_rest > 0, stored_rest * (np.log(stored_rest) - log_full_rest), 0.0)
-    return _kept_kl(stored, np.take_along_axis(log_full, ids_np, axis=1)) + rest
+    return _kept_kl(stored, log_full.gather(1, index).cpu().numpy()) + rest
 
 
 def topk_mass(full_probs: ArrayLike, ids: ArrayLike) -> np.ndarray:

@@ -19,7 +19,7 @@ still count in the soft term, which needs no label.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,8 @@ class StoredDistillationLoss:
     """
 
     kd: KdConfig
+    # Batches may bring rvq codes undecoded: train_frame_classifier asks its dataset for them on a GPU.
+    decodes_codes: ClassVar[bool] = True
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         if SOFT_CODES in batch:  # codes left for the device (FrameDataset codes_in_batch)

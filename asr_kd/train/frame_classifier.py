@@ -108,10 +108,11 @@ def train_frame_classifier(
         raise ConfigError("per-utterance CMVN takes no CMVN statistics; pass train_cmvn=None and dev_cmvn=None")
     info = info or init_distributed(train_config.device)  # the group stays for the next model
     cuts = _open_cuts(train_cuts)
-    # On a GPU, rvq-coded soft targets travel as codes and the loss decodes them there: a loader
-    # worker decodes only thousands of frames a second with thousands of senones.
+    # On a GPU, rvq-coded soft targets travel as codes and a loss that can decode them (its
+    # ``decodes_codes``) does so there: a loader worker decodes only about 10,000 frames a second
+    # with 4,200 senones (bench/RESULTS.md "Data loader against the GPU").
     dataset = FrameDataset(_open_cmvn(train_cmvn), labels_name, num_classes, per_utterance=per_utterance_cmvn,
-                           codes_in_batch=info.device.type == "cuda")
+                           codes_in_batch=info.device.type == "cuda" and getattr(compute_loss, "decodes_codes", False))
     exp_dir = Path(exp_dir)
     if info.is_main:
         exp_dir.mkdir(parents=True, exist_ok=True)

@@ -80,19 +80,19 @@ def test_ctc_scoring_on_the_gpu_equals_the_cpus(tmp_path, monkeypatch: pytest.Mo
     assert max(float(np.abs(a - b).max()) for a, b in zip(cpu, gpu)) < 1e-3
 
 
-@pytest.mark.parametrize("storage", ["uint16-uint8", "rvq"])
-def test_stage5_per_cut_work_on_the_gpu_equals_the_cpus(storage: str) -> None:
+@pytest.mark.parametrize("storage, tail", [("uint16-uint8", "renormalise"), ("rvq", "renormalise"), ("rvq", "bucket")])
+def test_stage5_per_cut_work_on_the_gpu_equals_the_cpus(storage: str, tail: str) -> None:
     # cut_target_arrays with device="cuda": the top-k, codes, decoding and statistics run on the GPU;
     # the stored arrays and the statistics must be those of the CPU (a rare tie or 1/16-nat step aside).
     from asr_kd.config import KdConfig
     from asr_kd.kd.soft_targets import SoftTargetStats
     from asr_kd.stages.s5_soft_targets import cut_target_arrays
 
-    kd = KdConfig(temperature=2.0, top_k=20, storage=storage, codebooks=4)
+    kd = KdConfig(temperature=2.0, top_k=20, storage=storage, codebooks=4, tail=tail)
     log_probs = torch.log(_posteriors(3000, 700, seed=2))
     quantiser = ResidualQuantiser.fit(log_probs[:2000].exp(), 4, seed=0) if storage == "rvq" else None
     on_gpu = ResidualQuantiser(quantiser.codebooks, "cuda") if quantiser is not None else None
-    stats_cpu, stats_gpu = SoftTargetStats(), SoftTargetStats()
+    stats_cpu, stats_gpu = SoftTargetStats(bucket=tail == "bucket"), SoftTargetStats(bucket=tail == "bucket")
     cpu = cut_target_arrays(log_probs, kd, quantiser, stats_cpu)
     gpu = cut_target_arrays(log_probs, kd, on_gpu, stats_gpu, "cuda")
     assert cpu.keys() == gpu.keys()
@@ -103,6 +103,8 @@ def test_stage5_per_cut_work_on_the_gpu_equals_the_cpus(storage: str) -> None:
     assert a["frames"] == b["frames"] == 3000
     assert b["mean_mass_kept"] == pytest.approx(a["mean_mass_kept"], abs=1e-4)
     assert b["mean_kl_stored_vs_full"] == pytest.approx(a["mean_kl_stored_vs_full"], abs=1e-4)
+    if tail == "bucket":  # the rest's KL, summed on the GPU
+        assert b["mean_kl_bucketed_vs_full"] == pytest.approx(a["mean_kl_bucketed_vs_full"], abs=1e-4)
 
 
 @pytest.mark.parametrize("decode_k", [5, 500])
@@ -173,4 +175,8 @@ def test_a_student_trains_on_rvq_codes_decoded_on_the_gpu(tmp_path, monkeypatch:
     result = train_frame_classifier(stored, None, None, None, 60, dnn_preset("tiny"), cfg, tmp_path / "student",
                                     compute_loss=student.StoredDistillationLoss(kd))
     assert result.state.step == 4 and result.final_path.exists()  # 2 batches of 6 s a epoch
+    from asr_kd.train.frame_classifier import load_frame_classifier
+
+    trained = load_frame_classifier(result.final_path)  # a NaN loss would have left NaN weights
+    assert all(bool(torch.isfinite(w).all()) for w in trained.state_dict().values())
     assert decoded == ["cuda"] * 4

@@ -27,6 +27,7 @@ from asr_kd.kd.soft_targets import (
     collate_soft_targets,
     ensemble_soft_targets,
     expand_topk,
+    kl_bucketed_vs_full,
     kl_stored_vs_full,
     load_soft_targets,
     store_soft_targets,
@@ -128,6 +129,26 @@ def test_statistics_read_tensors_at_the_ids_and_equal_the_numpy_ones():
         assert from_tensors.dtype == np.float64 and np.array_equal(from_tensors, from_numpy)
     widened = full.double().numpy()
     assert np.array_equal(topk_mass(full, ids), np.take_along_axis(widened, ids.astype(np.int64), axis=1).sum(axis=1))
+    # Against the formula written out from the widened arrays (what the statistics computed before
+    # they read the ids first): the same numbers.
+    stored = probs.astype(np.float64) / probs.astype(np.float64).sum(axis=1, keepdims=True)
+    assert np.array_equal(kl_stored_vs_full(full, ids, probs), np.where(stored > 0, stored * (np.log(stored) - np.take_along_axis(
+        np.log(widened), ids.astype(np.int64), axis=1)), 0.0).sum(axis=1))
+    assert np.array_equal(kl_stored_vs_full(full, ids, probs, log_full), np.where(stored > 0, stored * (np.log(stored) - np.take_along_axis(
+        log_full.double().numpy(), ids.astype(np.int64), axis=1)), 0.0).sum(axis=1))
+    # The bucketed KL (kd.tail=bucket) from tensors and from arrays, and against the rest summed in numpy.
+    kept, _ = topk_compress(full, 7, renormalise=False)
+    kept_probs = np.take_along_axis(widened, kept.astype(np.int64), axis=1).astype(np.float16)
+    bucket_t = kl_bucketed_vs_full(full, kept, kept_probs, log_full)
+    assert np.array_equal(bucket_t, kl_bucketed_vs_full(full.numpy(), kept, kept_probs, log_full.numpy()))
+    outside = np.ones(widened.shape, dtype=bool)
+    np.put_along_axis(outside, kept.astype(np.int64), False, axis=1)
+    log_rest = np.logaddexp.reduce(np.where(outside, log_full.double().numpy(), -np.inf), axis=1)
+    kept64 = kept_probs.astype(np.float64)
+    rest = 1.0 - kept64.sum(axis=1)
+    want = (np.where(kept64 > 0, kept64 * (np.log(kept64) - np.take_along_axis(log_full.double().numpy(), kept.astype(np.int64), axis=1)), 0.0).sum(axis=1)
+            + np.where(rest > 0, rest * (np.log(np.clip(rest, 1e-300, 1)) - log_rest), 0.0))
+    assert np.allclose(bucket_t, want, rtol=1e-9, atol=1e-12)
     by_tensor, by_numpy = SoftTargetStats(), SoftTargetStats()
     by_tensor.update(full, ids, probs, log_full)
     by_numpy.update(full.numpy(), ids, probs, log_full.numpy())

@@ -254,6 +254,13 @@ def test_codes_left_in_the_batch_decode_where_the_loss_runs_to_the_loaders_targe
     else:
         assert torch.equal(ids, plain["soft_ids"])
     assert probs.dtype == torch.float32 and torch.equal(probs, plain["soft_probs"])
+    # Through a DataLoader worker process (conf/train_paper.yaml reads with 4): the codes, their
+    # lengths and the codebook's manifest cross the process boundary and decode the same.
+    from asr_kd.data.frames import make_loader
+
+    (from_worker,) = list(make_loader(FrameDataset(None, labels_name=None, codes_in_batch=True), [batch_cuts], num_workers=1))
+    worker_ids, worker_probs = decode_batch_codes(from_worker)
+    assert torch.equal(worker_probs, probs) and (worker_ids is None if ids is None else torch.equal(worker_ids, ids))
     model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
     kd = KdConfig(temperature=2.0, hard_weight=0.0, tail="bucket" if tail else "renormalise")
     loss_plain, _ = StoredDistillationLoss(kd)(model, plain)
