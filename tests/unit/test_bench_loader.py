@@ -28,3 +28,16 @@ def test_the_loader_bench_reads_labels_and_targets_of_every_frame(tmp_path) -> N
     assert "## Data loader against the GPU, codes decoded on cpu:" in text
     rate = f"{by_format['uint16-uint8']['frames_per_second']:,.0f}"
     assert f"| 40 | + top 20, uint16-uint8 | 60 | {rate} | {1000 / by_format['uint16-uint8']['frames_per_second']:.1f} | - |" in text
+
+
+def test_the_gpu_checks_tiny_kd_config_is_tinys_with_rvq_codes() -> None:
+    # bench/gpu_checks.sh trains tiny's students from it on the GPU: it must differ from tiny's own
+    # kd config only in the storage, so that a CPU run with the same --kd-config is its control,
+    # and it must decode fewer senones than tiny's tree has (the top-k path of the GPU decoder).
+    from asr_kd.config import KdConfig, load_config
+
+    gpu = load_config(KdConfig, REPO_ROOT / "bench" / "gpu_tiny_kd.yaml")
+    tiny = load_config(KdConfig, REPO_ROOT / "egs" / "tiny_kd" / "conf" / "kd.yaml")
+    assert gpu.storage == "rvq" and tiny.storage != "rvq"
+    assert {**vars(gpu), "storage": tiny.storage, "codebooks": tiny.codebooks} == vars(tiny)
+    assert gpu.top_k < 150  # tiny's senones (conf/gmm_tiny.yaml)
