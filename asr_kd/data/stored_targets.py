@@ -304,6 +304,9 @@ def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None,
 SOFT_CODE_LENGTHS = "soft_code_lengths"
 SOFT_RENORMALISE = "soft_renormalise"
 _DEVICE_CODEBOOKS: dict[tuple[str, str, str], torch.Tensor] = {}
+# Frames decoded at once by decode_batch_codes: (CPU, GPU). 2,048 x 4,200 senones x 4 bytes is 34 MB;
+# a GPU takes 32,768 (550 MB), most of a 400-s batch.
+DECODE_CHUNK_FRAMES = (2048, 32768)
 
 
 def collate_soft_codes(cuts: Sequence[Cut], num_frames: int) -> dict | None:
@@ -360,22 +363,29 @@ def device_codebook(manifest, device: torch.device) -> torch.Tensor:
 def decode_batch_codes(batch: dict) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The ``(ids, probs)`` that :func:`collate_soft_targets` gives for a batch of
     :func:`collate_soft_codes`, computed where ``batch["soft_codes"]`` is (the training device),
-    with the same arithmetic: the same values on the CPU, bit for bit."""
+    with the same arithmetic: the same values on the CPU, bit for bit. Only the frames that hold
+    codes are decoded, :data:`DECODE_CHUNK_FRAMES` at a time (one chunk's frames x senones in
+    memory, not the batch's; on the CPU a chunk small enough for the caches)."""
     codes = batch[SOFT_CODES]
     b, t, n = codes.shape
-    books = device_codebook(batch[SOFT_CODEBOOK], codes.device)
+    device = codes.device
+    books = device_codebook(batch[SOFT_CODEBOOK], device)
     num_classes = books.shape[2]
     k = min(int(batch[SOFT_DECODE_K]), num_classes)
-    valid = torch.arange(t, device=codes.device)[None, :] < batch[SOFT_CODE_LENGTHS].to(codes.device)[:, None]
-    root = _reconstruct(codes.reshape(b * t, n), books)
-    if root is None:
-        return (None if k >= num_classes else torch.zeros(b, t, k, dtype=torch.int64, device=codes.device)), \
-            torch.zeros(b, t, k, dtype=torch.float32, device=codes.device)
-    if k >= num_classes:
-        ids, probs = None, _dense_of_root(root).float().reshape(b, t, num_classes)
-    else:
-        ids, probs = _topk_of_root(root, k, bool(batch[SOFT_RENORMALISE]))
-        ids, probs = ids.reshape(b, t, k), probs.reshape(b, t, k)
-        ids[~valid] = 0
-    probs[~valid] = 0.0  # padding: id 0 and probability 0, as collate_soft_targets pads
-    return ids, probs
+    dense = k >= num_classes
+    valid = torch.arange(t, device=device)[None, :] < batch[SOFT_CODE_LENGTHS].to(device)[:, None]
+    rows = valid.reshape(-1).nonzero().squeeze(1)
+    flat = codes.reshape(b * t, n)
+    # Padding stays id 0 and probability 0, as collate_soft_targets pads.
+    ids = None if dense else torch.zeros(b * t, k, dtype=torch.int64, device=device)
+    probs = torch.zeros(b * t, k, dtype=torch.float32, device=device)
+    chunk = DECODE_CHUNK_FRAMES[device.type == "cuda"]
+    for start in range(0, rows.numel(), chunk):
+        part = rows[start:start + chunk]
+        root = _reconstruct(flat[part], books)
+        if dense:
+            probs[part] = _dense_of_root(root).float()
+        else:
+            part_ids, part_probs = _topk_of_root(root, k, bool(batch[SOFT_RENORMALISE]))
+            ids[part], probs[part] = part_ids, part_probs
+    return (None if ids is None else ids.reshape(b, t, k)), probs.reshape(b, t, k)

@@ -231,7 +231,7 @@ def test_codes_decoded_to_every_senone_come_dense_in_float16(fbank_cuts, tmp_pat
 
 
 @pytest.mark.parametrize("decode_k, tail", [(K, False), (K, True), (500, False)])
-def test_codes_left_in_the_batch_decode_where_the_loss_runs_to_the_loaders_targets(fbank_cuts, tmp_path, decode_k, tail):
+def test_codes_left_in_the_batch_decode_where_the_loss_runs_to_the_loaders_targets(fbank_cuts, tmp_path, decode_k, tail, monkeypatch):
     # A student on a GPU gets its batches' rvq codes undecoded (FrameDataset codes_in_batch) and
     # decodes them on the device: the targets and the loss must be those of the loader's decoding,
     # bit for bit on the CPU, padding included (three cuts of different lengths in one batch).
@@ -254,6 +254,13 @@ def test_codes_left_in_the_batch_decode_where_the_loss_runs_to_the_loaders_targe
     else:
         assert torch.equal(ids, plain["soft_ids"])
     assert probs.dtype == torch.float32 and torch.equal(probs, plain["soft_probs"])
+    # Decoded a few frames at a time (chunks that end inside a cut and across cuts): the same.
+    import asr_kd.data.stored_targets as stored_targets
+
+    monkeypatch.setattr(stored_targets, "DECODE_CHUNK_FRAMES", (7, 7))
+    chunked_ids, chunked_probs = decode_batch_codes(coded)
+    assert torch.equal(chunked_probs, probs) and (chunked_ids is None if ids is None else torch.equal(chunked_ids, ids))
+    monkeypatch.undo()
     # Through a DataLoader worker process (conf/train_paper.yaml reads with 4): the codes, their
     # lengths and the codebook's manifest cross the process boundary and decode the same.
     from asr_kd.data.frames import make_loader
