@@ -91,7 +91,7 @@ def store_targets(cuts, folder: Path, num_classes: int, storage: str, top_k: int
 
 
 def pass_rate(cuts, num_classes: int, max_duration: float, codes_in_batch: bool,
-              decode_device: torch.device | None) -> tuple[float, float | None, int, int, int]:
+              decode_device: torch.device) -> tuple[float, float | None, int, int, int]:
     """One pass of a fresh FrameDataset over ``cuts`` in training batches: seconds, the seconds
     ``decode_device`` took to decode the codes of batches that carry them (else None), frames,
     frames that got a label, frames whose soft targets sum to 1 (the batches are checked after the
@@ -104,14 +104,13 @@ def pass_rate(cuts, num_classes: int, max_duration: float, codes_in_batch: bool,
     seconds = time.perf_counter() - start
     decode_seconds = None
     if any(SOFT_CODES in b for b in batches):
-        device = decode_device or torch.device("cpu")
-        on_device = [{**b, SOFT_CODES: b[SOFT_CODES].to(device)} for b in batches]
+        on_device = [{**b, SOFT_CODES: b[SOFT_CODES].to(decode_device)} for b in batches]
         decode_batch_codes(on_device[0])  # untimed: the codebook's copy and the kernels' first run
-        _sync(device)
+        _sync(decode_device)
         start = time.perf_counter()
         for b in on_device:
             b["soft_ids"], b["soft_probs"] = decode_batch_codes(b)
-        _sync(device)
+        _sync(decode_device)
         decode_seconds = time.perf_counter() - start
         batches = [{**b, "soft_probs": b["soft_probs"].cpu()} for b in on_device]
     frames = labelled = with_targets = 0
@@ -122,7 +121,6 @@ def pass_rate(cuts, num_classes: int, max_duration: float, codes_in_batch: bool,
         if "soft_probs" in batch:
             with_targets += int(((batch["soft_probs"].sum(-1) - 1.0).abs() < 1e-2)[mask].sum())
     return seconds, decode_seconds, frames, labelled, with_targets
-
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -139,10 +137,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             base = synthetic_cuts(sub, args.cuts, args.frames, 40)
             rng = np.random.default_rng(0)
             base = store_alignments(base, {c.id: rng.integers(0, num_classes, c.num_frames).astype(np.int32) for c in base}, sub / "ali")
-            sets = {}
+            sets, stored = {}, {}
+            ks = {name: min(FORMATS[name][1] or num_classes, num_classes) for name in args.formats}
             for name in args.formats:
-                storage, top_k = FORMATS[name]
-                sets[name] = base if storage is None else store_targets(base, sub, num_classes, storage, min(top_k or num_classes, num_classes))
+                storage = FORMATS[name][0]
+                if storage is not None and (storage, ks[name]) not in stored:  # rvq and rvq-codes read the same targets
+                    stored[storage, ks[name]] = store_targets(base, sub, num_classes, storage, ks[name])
+                sets[name] = base if storage is None else stored[storage, ks[name]]
             times: dict[str, list[float]] = {name: [] for name in sets}
             decode_times: dict[str, list[float]] = {name: [] for name in sets}
             counted: dict[str, tuple[int, int, int]] = {}
@@ -154,8 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         decode_times[name].append(decode_seconds)
                     counted[name] = tuple(counts)
             for name in sets:
-                storage, top_k = FORMATS[name]
-                k = min(top_k or num_classes, num_classes)
+                storage, k = FORMATS[name][0], ks[name]
                 frames, labelled, with_targets = counted[name]
                 rate = frames / statistics.median(times[name])
                 rows.append({"num_classes": num_classes, "format": name, "storage": storage, "top_k": k if storage else None,

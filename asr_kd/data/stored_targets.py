@@ -63,7 +63,7 @@ SOFT_TAIL = "soft_tail"  # true: probabilities as kept, not renormalised (kd.tai
 # exp(-255/16) = 1.2e-7, far below anything a top-k of a trained ensemble keeps.
 LOGPROB_STEP = 1.0 / 16.0
 CODEBOOK_SIZE = 256  # entries per codebook: one uint8 code each
-_CODEBOOK_CACHE: dict[tuple[str, str], np.ndarray] = {}
+_CODEBOOK_CACHE: dict[tuple[str, str, str | None], np.ndarray | torch.Tensor] = {}  # codebooks by file, key and device
 
 
 def has_soft_targets(cut: Cut) -> bool:
@@ -169,13 +169,16 @@ def _codebook(cut: Cut) -> np.ndarray:
     return _codebook_of(cut.custom[SOFT_CODEBOOK])
 
 
-def _codebook_of(manifest) -> np.ndarray:
-    """The float32 codebook that ``manifest`` (a cut's ``soft_codebook``) names, read once per process."""
-    key = (str(manifest.storage_path), str(manifest.storage_key))
+def _codebook_of(manifest, device: torch.device | None = None) -> np.ndarray | torch.Tensor:
+    """The float32 codebook that ``manifest`` (a cut's ``soft_codebook``) names: an array, or a
+    tensor on ``device``; read (and copied there) once per process."""
+    key = (str(manifest.storage_path), str(manifest.storage_key), None if device is None else str(device))
     if key not in _CODEBOOK_CACHE:
+        book = (np.asarray(manifest.load(), dtype=np.float32) if device is None
+                else torch.from_numpy(_codebook_of(manifest)).to(device))
         if len(_CODEBOOK_CACHE) >= 8:
             _CODEBOOK_CACHE.clear()
-        _CODEBOOK_CACHE[key] = np.asarray(manifest.load(), dtype=np.float32)
+        _CODEBOOK_CACHE[key] = book
     return _CODEBOOK_CACHE[key]
 
 
@@ -186,15 +189,15 @@ def _decode_settings(cut: Cut) -> tuple[int, bool]:
 
 
 @contextlib.contextmanager
-def _reading(cut: Cut) -> Iterator[None]:
-    """Turn a failure to read ``cut``'s stored soft targets into a one-line DataError naming the cut
-    (and, from the archive's own message, the file and the fix)."""
+def _reading(what: str) -> Iterator[None]:
+    """Turn a failure to read stored soft targets into a one-line DataError naming ``what`` (a cut,
+    a codebook) and, from the archive's own message, the file and the fix."""
     try:
         yield
     except ArchiveError as err:
-        raise DataError(f"cut {cut.id}: cannot read its stored soft targets: {err}") from None
+        raise DataError(f"{what}: cannot read its stored soft targets: {err}") from None
     except (OSError, ValueError) as err:
-        raise DataError(f"cut {cut.id}: cannot read its stored soft targets ({err}); rerun the stage that stored them (soft targets)") from None
+        raise DataError(f"{what}: cannot read its stored soft targets ({err}); rerun the stage that stored them (soft targets)") from None
 
 
 def load_soft_targets(cut: Cut) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +221,7 @@ def load_targets(cut: Cut) -> tuple[np.ndarray | None, np.ndarray]:
     if not has_soft_targets(cut):
         raise DataError(f"cut {cut.id} has no stored soft targets; run stage 5 (soft targets) on these cuts or set kd.mode=online")
     k, renormalise = _decode_settings(cut)
-    with _reading(cut):
+    with _reading(f"cut {cut.id}"):
         if cut.has_custom(SOFT_CODES):
             codebook = _codebook(cut)
             if k >= codebook.shape[2]:
@@ -303,7 +306,6 @@ def collate_soft_targets(cuts: Sequence[Cut], num_frames: int | None = None,
 
 SOFT_CODE_LENGTHS = "soft_code_lengths"
 SOFT_RENORMALISE = "soft_renormalise"
-_DEVICE_CODEBOOKS: dict[tuple[str, str, str], torch.Tensor] = {}
 # Frames decoded at once by decode_batch_codes: (CPU, GPU). 2,048 x 4,200 senones x 4 bytes is 34 MB;
 # a GPU takes 32,768 (550 MB), most of a 400-s batch.
 DECODE_CHUNK_FRAMES = (2048, 32768)
@@ -330,7 +332,7 @@ def collate_soft_codes(cuts: Sequence[Cut], num_frames: int) -> dict | None:
         return None
     codes = []
     for cut in cuts:
-        with _reading(cut):
+        with _reading(f"cut {cut.id}"):
             codes.append(cut.load_custom(SOFT_CODES))
     n = codes[0].shape[1]
     out = torch.zeros(len(cuts), num_frames, n, dtype=torch.uint8)
@@ -346,18 +348,8 @@ def collate_soft_codes(cuts: Sequence[Cut], num_frames: int) -> dict | None:
 def device_codebook(manifest, device: torch.device) -> torch.Tensor:
     """The codebook of ``manifest`` (a cut's ``soft_codebook``) as float32 on ``device``, read and
     copied once per process."""
-    key = (str(manifest.storage_path), str(manifest.storage_key), str(device))
-    if key not in _DEVICE_CODEBOOKS:
-        if len(_DEVICE_CODEBOOKS) >= 8:
-            _DEVICE_CODEBOOKS.clear()
-        try:
-            book = _codebook_of(manifest)
-        except ArchiveError as err:
-            raise DataError(f"cannot read the soft targets' codebook: {err}") from None
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read the soft targets' codebook {manifest.storage_path} ({err}); rerun stage 5 (soft targets)") from None
-        _DEVICE_CODEBOOKS[key] = torch.from_numpy(book).to(device)
-    return _DEVICE_CODEBOOKS[key]
+    with _reading(f"codebook {manifest.storage_path}"):
+        return _codebook_of(manifest, device)
 
 
 def decode_batch_codes(batch: dict) -> tuple[torch.Tensor | None, torch.Tensor]:
