@@ -27,7 +27,7 @@ from asr_kd.data.features import CmvnStats
 from asr_kd.data.frames import SkipBatches, make_loader, make_sampler
 from asr_kd.decode.ctc import decode_ctc_batch, greedy_ctc
 from asr_kd.errors import DataError
-from asr_kd.kd.ensemble import TeacherEnsemble, inference_device
+from asr_kd.kd.ensemble import score_cuts
 from asr_kd.metrics.wer import WerResult, compute_wer
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.ddp import DistInfo, init_distributed
@@ -146,7 +146,6 @@ def load_ctc_model(exp_dir_or_checkpoint: Path | str, device: str | torch.device
     return model.to(device).eval()
 
 
-@torch.no_grad()
 def ctc_log_probs(
     models: Sequence[CtcEncoder], cuts: CutSet | Iterable[Cut], cmvn: CmvnStats | None, temperature: float = 1.0,
     fusion: str = "arithmetic", max_duration: float = 200.0, device: str | torch.device | None = None,
@@ -154,19 +153,10 @@ def ctc_log_probs(
     """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``(T', V)`` on the CPU:
     one model's ``log_softmax(z / T)``, or the fusion of several models' (padding masked out),
     scored on ``device`` (default: :func:`asr_kd.kd.ensemble.inference_device`, which run.sh's
-    ``--device`` sets)."""
-    device = inference_device(device)
-    ensemble = TeacherEnsemble(list(models), fusion).to(device)
+    ``--device`` sets); :func:`asr_kd.kd.ensemble.score_cuts` with the first model's subsampling."""
     dataset = CtcDataset(cmvn, encode=None)
-    cutset = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
-    for cut_batch in make_sampler(cutset, max_duration, shuffle=False, seed=0, bucketing=False):
-        batch = dataset[cut_batch]
-        feats, lengths = batch["features"].to(device), batch["lengths"].to(device)
-        out_lengths = models[0].output_lengths(batch["lengths"])  # on the CPU: no device sync per cut
-        mask = torch.arange(int(out_lengths.max()), device=device)[None, :] < out_lengths.to(device)[:, None]
-        logp = ensemble(feats, lengths, temperature=temperature, mask=mask).float().cpu().numpy()
-        for i, cut in enumerate(cut_batch):
-            yield cut, logp[i, : int(out_lengths[i])]
+    for cut, log_probs in score_cuts(models, cuts, dataset.__getitem__, temperature, fusion, max_duration, device, models[0].output_lengths):
+        yield cut, log_probs.numpy()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -167,30 +167,51 @@ def inference_device(device: str | torch.device | None = None) -> torch.device:
 
 
 @torch.no_grad()
+def score_cuts(
+    models: Sequence[torch.nn.Module], cuts: Iterable[Cut] | CutSet, dataset: Callable[[CutSet], dict], temperature: float = 1.0,
+    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device | None = None,
+    output_lengths: Callable[[Tensor], Tensor] | None = None, on_device: bool = False,
+) -> Iterator[tuple[Cut, Tensor]]:
+    """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``[frames', C]``: the
+    fused posteriors of ``models`` at ``temperature`` (one model: its own ``log_softmax(z/T)``),
+    scored on ``device`` (default: :func:`inference_device`) in batches of whole cuts (``max_duration``
+    seconds) that ``dataset`` turns into padded ``features`` and their ``lengths``, padding masked
+    out of the fusion. The code shared by the frame classifiers' and the CTC models' inference.
+
+    ``output_lengths``: a model's output frames for its input frames (a CTC encoder's subsampling;
+    default: one output a frame). ``on_device``: leave ``log_probs`` where they were scored (stage
+    5 works on each cut there); by default they are on the CPU, copied once a batch."""
+    device = inference_device(device)
+    ensemble = TeacherEnsemble(list(models), fusion).to(device)
+    cutset = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
+    for cut_batch in make_sampler(cutset, max_duration, shuffle=False, seed=0, bucketing=False):
+        batch = dataset(cut_batch)
+        feats, lengths = batch["features"].to(device), batch["lengths"].to(device)
+        # Output lengths stay on the CPU: slicing a cut's rows then needs no device sync.
+        out_lengths = batch["lengths"] if output_lengths is None else output_lengths(batch["lengths"])
+        width = feats.shape[1] if output_lengths is None else int(out_lengths.max())
+        mask = torch.arange(width, device=device)[None, :] < out_lengths.to(device)[:, None]
+        log_probs = ensemble(feats, lengths, temperature=temperature, mask=mask).float()
+        if not on_device:
+            log_probs = log_probs.cpu()
+        for i, cut in enumerate(cut_batch):
+            yield cut, log_probs[i, : int(out_lengths[i])]
+
+
 def ensemble_log_posteriors(
     models: Sequence[torch.nn.Module], cuts: Iterable[Cut] | CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
-    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device | None = None,
+    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device | None = None, on_device: bool = False,
 ) -> Iterator[tuple[Cut, torch.Tensor]]:
     """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``[frames, C]`` on the
-    CPU: the fused posteriors of ``models`` at ``temperature`` (one model: its own ``log_softmax(z/T)``),
-    scored on ``device`` (default: :func:`inference_device`).
+    CPU (``on_device``: where they were scored): the fused posteriors of frame classifiers
+    ``models`` at ``temperature`` (:func:`score_cuts`), scored on ``device`` (default:
+    :func:`inference_device`).
 
-    Batches of whole cuts are run through every model once, padding masked out of the fusion.
     Every model is fed ``cmvn``'s normalisation: a network trained on per-utterance CMVN
     (:func:`asr_kd.train.frame_classifier.load_frame_classifier` marks it) is refused.
     """
     if any(getattr(m, "input_normalization", None) == "utterance" for m in models):
         raise ConfigError("an ensemble here is fed the part's CMVN statistics; a network trained on per-utterance CMVN (a *_uttcmvn "
                           "student) cannot join it (decode it through its model directory: asr-kd make-model-dir --system <kind>-uttcmvn)")
-    device = inference_device(device)
-    ensemble = TeacherEnsemble(list(models), fusion).to(device)
     dataset = FrameDataset(cmvn, labels_name=None, soft_targets=False)
-    cutset = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
-    sampler = make_sampler(cutset, max_duration, shuffle=False, seed=0, bucketing=False)
-    for cut_batch in sampler:
-        batch = dataset[cut_batch]
-        feats, lengths = batch["features"].to(device), batch["lengths"].to(device)
-        mask = torch.arange(feats.shape[1], device=device)[None, :] < lengths[:, None]
-        log_probs = ensemble(feats, lengths, temperature=temperature, mask=mask).float().cpu()
-        for i, cut in enumerate(cut_batch):
-            yield cut, log_probs[i, : int(batch["lengths"][i])]  # the CPU copy: no device sync per cut
+    return score_cuts(models, cuts, dataset.__getitem__, temperature, fusion, max_duration, device, on_device=on_device)

@@ -71,11 +71,11 @@ class ShardedPosteriors:
         self.started = False
 
     def __call__(self, models: Sequence[torch.nn.Module], cuts: CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
-                 fusion: str = "arithmetic", max_duration: float = 20.0) -> Iterator[tuple[Cut, torch.Tensor]]:
+                 fusion: str = "arithmetic", max_duration: float = 20.0, on_device: bool = False) -> Iterator[tuple[Cut, torch.Tensor]]:
         """Yield ``(cut, log_probs)`` for every cut of ``cuts`` in manifest order, rank ``r``'s
-        batches scored by rank ``r``."""
+        batches scored by rank ``r`` (``on_device``: rank 0's own on its device, the others' on the CPU)."""
         if not self.info.distributed:
-            yield from ensemble_log_posteriors(models, cuts, cmvn, temperature, fusion, max_duration, self.info.device)
+            yield from ensemble_log_posteriors(models, cuts, cmvn, temperature, fusion, max_duration, self.info.device, on_device)
             return
         if self.started:
             raise RuntimeError("ShardedPosteriors: one call per torchrun job (the other ranks serve one request)")
@@ -87,7 +87,7 @@ class ShardedPosteriors:
         for b, batch in enumerate(batches):
             owner = b % world
             if owner == 0:
-                yield from ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, self.info.device)
+                yield from ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, self.info.device, on_device)
                 continue
             for cut in batch:
                 shape = torch.zeros(2, dtype=torch.int64)

@@ -81,7 +81,8 @@ def make_soft_targets(
     format ``kd.storage``; write ``stats.json`` and return it: frames, bytes per frame stored vs
     dense float32, the mean KL(stored || full) and mass kept of what a student reads back, and the
     settings. Skipped when the record matches. ``posteriors_fn``: the ensemble's inference over the
-    training cuts (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors` under torchrun); ``device``:
+    training cuts (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors` under torchrun), called
+    as :func:`ensemble_log_posteriors` with ``on_device=True`` (posteriors may stay on the GPU); ``device``:
     where the ``rvq`` codebooks' sample is scored and fitted and where each cut's targets are
     computed from its posteriors (:func:`cut_target_arrays`; default
     :func:`asr_kd.kd.ensemble.inference_device`; ``posteriors_fn`` scores on its own)."""
@@ -105,7 +106,8 @@ def make_soft_targets(
                      if kd.storage == "rvq" else None)
 
         def targets() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-            posteriors = posteriors_fn(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration)
+            # on_device: the posteriors stay where they were scored, for the per-cut work there.
+            posteriors = posteriors_fn(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration, on_device=True)
             for cut, log_probs in tqdm(posteriors, total=len(cuts), desc="ensemble soft targets", unit="cut", leave=False):
                 yield cut.id, cut_target_arrays(log_probs, kd, quantiser, stats, work_device)
 
@@ -198,5 +200,6 @@ def _fit_quantiser(teachers: list, cuts: CutSet, cmvn, kd: KdConfig, max_duratio
     (:func:`asr_kd.kd.target_formats.sample_for_fitting`)."""
     sample = sample_for_fitting(list(cuts), num_classes)
     log.info("fitting %d codebooks of 256 entries on %d sampled cuts", kd.codebooks, len(sample))
-    posteriors = (lp.exp() for _, lp in ensemble_log_posteriors(teachers, sample, cmvn, kd.temperature, kd.fusion, max_duration, device))
+    posteriors = (lp.exp() for _, lp in ensemble_log_posteriors(teachers, sample, cmvn, kd.temperature, kd.fusion, max_duration, device,
+                                                                           on_device=True))
     return fit_quantiser(posteriors, kd.codebooks, device=device)

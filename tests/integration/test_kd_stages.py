@@ -401,6 +401,7 @@ def test_stage5_kl_is_finite_when_confident_teachers_underflow(egs_run: tuple[Pa
 
     def confident(*args, **kwargs):
         # The real teachers' posteriors, sharpened 100-fold: the best senone keeps nearly all the mass.
+        assert kwargs == {"on_device": True}  # stage 5 takes them where they were scored (no GPU round trip per cut)
         for cut, lp in ensemble_log_posteriors(*args, **kwargs):
             sharp = torch.log_softmax(100.0 * lp.double(), dim=-1).float()
             underflowed.append(float((sharp.exp() == 0).float().mean()))

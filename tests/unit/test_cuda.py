@@ -46,8 +46,12 @@ def test_the_ensembles_posteriors_on_the_gpu_equal_the_cpus(tmp_path) -> None:
     teachers = [SplicedDnn(dnn_preset("mini"), 500).eval() for _ in range(3)]
     cpu = [lp for _, lp in ensemble_log_posteriors(teachers, cuts, None, 2.0, "arithmetic", 20.0, "cpu")]
     gpu = [lp for _, lp in ensemble_log_posteriors(teachers, cuts, None, 2.0, "arithmetic", 20.0, "cuda")]
-    assert [g.device.type for g in gpu] == ["cpu"] * 5  # handed back on the CPU, where they are stored
+    assert [g.device.type for g in gpu] == ["cpu"] * 5  # handed back on the CPU by default
     assert max(float((a - b).abs().max()) for a, b in zip(cpu, gpu)) < 1e-3
+    # Stage 5 asks for them where they were scored (on_device): its per-cut work runs there, no round trip.
+    kept = [lp for _, lp in ensemble_log_posteriors(teachers, cuts, None, 2.0, "arithmetic", 20.0, "cuda", on_device=True)]
+    assert [k.device.type for k in kept] == ["cuda"] * 5
+    assert all(torch.equal(k.cpu(), g) for k, g in zip(kept, gpu))
 
 
 def test_run_sh_device_sends_the_scoring_to_the_gpu(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

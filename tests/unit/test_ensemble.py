@@ -168,3 +168,27 @@ def test_the_inference_device_comes_from_the_argument_then_the_environment(monke
         monkeypatch.setenv(INFERENCE_DEVICE_ENV, "cuda")
         with pytest.raises(ConfigError, match=r"ASR_KD_INFERENCE_DEVICE=cuda \(run.sh --device cuda\) but no CUDA device is visible"):
             inference_device()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_ensemble_log_posteriors_give_each_cut_its_own_frames_wherever_it_is_batched(tmp_path, fusion) -> None:
+    # Stage 5, 7 and 8 read the teachers through ensemble_log_posteriors; the CTC models share its batching
+    # (score_cuts). A cut's posteriors must not depend on the cuts padded into its batch.
+    from asr_kd.kd.ensemble import ensemble_log_posteriors
+    from asr_kd.models.dnn import SplicedDnn, dnn_preset
+    from tests.unit.test_ctc_model import _cuts_of_lengths
+
+    cuts = _cuts_of_lengths(tmp_path, [57, 120, 33])
+    torch.manual_seed(0)
+    teachers = [SplicedDnn(dnn_preset("tiny"), 60).eval() for _ in range(2)]
+    batched = list(ensemble_log_posteriors(teachers, cuts, None, 2.0, fusion, 20.0, "cpu"))
+    alone = [lp for cut in cuts for _, lp in ensemble_log_posteriors(teachers, [cut], None, 2.0, fusion, 20.0, "cpu")]
+    assert [c.id for c, _ in batched] == [c.id for c in cuts]
+    assert [tuple(lp.shape) for _, lp in batched] == [(57, 60), (120, 60), (33, 60)]
+    assert max(float((lp - a).abs().max()) for (_, lp), a in zip(batched, alone)) < 1e-5
+    assert max(float(torch.logsumexp(lp, -1).abs().max()) for _, lp in batched) < 1e-4  # distributions, padding unused
+    kept = list(ensemble_log_posteriors(teachers, cuts, None, 2.0, fusion, 20.0, "cpu", on_device=True))
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(kept, batched))
+    with pytest.raises(ConfigError, match="per-utterance CMVN"):  # refused when called, before any batch is scored
+        teachers[0].input_normalization = "utterance"
+        ensemble_log_posteriors(teachers, cuts, None)
