@@ -14,7 +14,9 @@ The steps follow Kaldi's mkgraph.sh, with the operations these packages bind:
    (``self_loop_scale``, reordered as Kaldi does) and the graph is arc-sorted by input label.
 
 Kaldi's mkgraph also runs ``fstrmepslocal`` and ``fstpushspecial``, which kaldifst does not
-bind; graphs are somewhat larger without them, and decoding results are unaffected.
+bind: graphs are somewhat larger without them, and their weights are not pushed. Pushing keeps
+every best path but changes what a beam search prunes; bench/graph_push.py measures a tropical
+push of HCLG against none (bench/RESULTS.md, "Pushing the decoding graph's weights").
 The input labels of HCLG are transition-ids (1-based), the output labels word ids.
 """
 
