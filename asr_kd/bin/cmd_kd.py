@@ -272,22 +272,23 @@ def _train_teachers(args: argparse.Namespace) -> int:
 
 
 def _make_soft_targets(args: argparse.Namespace) -> int:
-    from asr_kd.stages.s5_soft_targets import make_soft_targets
+    from asr_kd.stages.s5_soft_targets import make_soft_targets, stage5_work
 
     from asr_kd.kd.ensemble import inference_device
     from asr_kd.kd.sharded_targets import ShardedPosteriors, serve_posteriors
     from asr_kd.train.ddp import init_distributed
 
     common, kd = _setup(args, "make_soft_targets"), _kd(args)
-    # Under torchrun every rank scores a share of the training cuts; rank 0 stores the targets.
+    # Under torchrun every rank scores a share of the training cuts and works them into stored arrays; rank 0 stores.
     info = init_distributed(args.device or inference_device().type)  # the variable checked, auto resolved
     if info.rank > 0:
-        scored = serve_posteriors(lambda: _stage5_inputs(common["layout"], args.num_teachers), kd.temperature, kd.fusion, args.max_duration, info)
+        scored = serve_posteriors(lambda: _stage5_inputs(common["layout"], args.num_teachers), kd.temperature, kd.fusion, args.max_duration, info,
+                                  make_work=lambda shared: stage5_work(kd, shared, info.device))
         print(f"rank {info.rank}: scored {scored} training cuts for rank 0")
         return 0
     posteriors = ShardedPosteriors(info)
     try:
-        summary = make_soft_targets(kd=kd, num_teachers=args.num_teachers, max_duration=args.max_duration, posteriors_fn=posteriors,
+        summary = make_soft_targets(kd=kd, num_teachers=args.num_teachers, max_duration=args.max_duration, sharded=posteriors,
                                     device=info.device, **common)
     finally:
         posteriors.release()

@@ -1,30 +1,35 @@
 """Stage 5's teacher inference over the training set, data-parallel under ``torchrun``.
 
-The ensemble's forward passes are the cost of stage 5; storing the targets is cheap. So every rank
-scores a share of the cuts and rank 0, alone, turns the posteriors into stored targets with
-stage 5's own code, in manifest order: the archive is written once, by one process, whatever its
-format. :class:`ShardedPosteriors` (rank 0) has the signature of
-:func:`asr_kd.kd.ensemble.ensemble_log_posteriors` and yields what it yields; the other ranks run
-:func:`serve_posteriors`.
+The ensemble's forward passes are the cost of stage 5, and on a GPU so is the per-cut work that
+turns a cut's posteriors into its stored arrays (top-k, rvq codes, the statistics), when one
+process does it for all ranks. So every rank scores a share of the cuts *and* does that work on
+its own device, and rank 0, alone, writes the archive in manifest order: the archive is written
+once, by one process, whatever its format. :class:`ShardedPosteriors` (rank 0) has the signature
+of :func:`asr_kd.kd.ensemble.ensemble_log_posteriors` plus the per-cut ``work`` and the arrays it
+``shared`` with the other ranks (stage 5's rvq codebooks, which rank 0 fits first, alone); the
+other ranks run :func:`serve_posteriors`.
 
 The shares are whole batches: the batches a single process would make (the same sampler on the
 same cuts), batch ``b`` scored by rank ``b mod world_size``. Each batch is thus run exactly as in a
 single process (same cuts, same padding), and on the same device and thread count the merged
-posteriors equal the single-process ones bit for bit. Rank ``r`` sends the log-posteriors of its
-batches' cuts in order (a shape, then float32 values, point to point over gloo); rank 0 receives
-them where they fall in the manifest. A blocking send waits for rank 0's receive, so a rank runs at
-most one batch ahead of rank 0, and all ranks score at once.
+results equal the single-process ones bit for bit. Rank ``r`` sends each cut of its batches in
+order, as one ``.npz`` of plain arrays (its log-posteriors, or what ``work`` made of them; loaded
+with ``allow_pickle=False``), point to point over gloo; rank 0 receives them where they fall in
+the manifest. A blocking send waits for rank 0's receive, so a rank runs at most one batch ahead of
+rank 0, and all ranks score at once.
 
-Rank 0 first broadcasts whether there is work (the stage may be up to date) and how many cuts, so
-that the other ranks either score their share or leave; :meth:`ShardedPosteriors.release` sends
-"no work" when the stage asked for no posteriors.
+Rank 0 first broadcasts whether there is work (the stage may be up to date), how many cuts, and
+whether a per-cut work is asked for, with its shared arrays; :meth:`ShardedPosteriors.release`
+sends "no work" when the stage asked for no posteriors.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from lhotse import CutSet
@@ -39,6 +44,10 @@ from asr_kd.train.ddp import DistInfo
 log = logging.getLogger(__name__)
 
 _STOP, _GO = 0, 1
+
+Arrays = dict[str, np.ndarray]
+Work = Callable[[torch.Tensor], Arrays]  # a cut's log-posteriors -> the arrays rank 0 receives
+POSTERIORS = "log_probs"  # the one array sent for a cut when no work is asked for
 
 
 def _transfer_group(info: DistInfo) -> object | None:
@@ -55,10 +64,47 @@ def _batches(cuts: CutSet, max_duration: float) -> list[CutSet]:
 
 
 def _header(values: Sequence[int], group: object | None) -> list[int]:
-    """Broadcast rank 0's ``values`` (two integers) and return them on every rank."""
+    """Broadcast rank 0's ``values`` (three integers) and return them on every rank."""
     t = torch.tensor(list(values), dtype=torch.int64)
     dist.broadcast(t, src=0, group=group)
     return [int(v) for v in t.tolist()]
+
+
+def _pack(arrays: Mapping[str, np.ndarray]) -> torch.Tensor:
+    """``arrays`` as the bytes of one ``.npz`` (plain dtypes only), in a uint8 tensor."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def _unpack(packed: torch.Tensor) -> Arrays:
+    with np.load(io.BytesIO(packed.numpy().tobytes()), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def _send_arrays(arrays: Mapping[str, np.ndarray], group: object | None) -> None:
+    packed = _pack(arrays)
+    dist.send(torch.tensor([packed.numel()], dtype=torch.int64), dst=0, group=group)
+    dist.send(packed, dst=0, group=group)
+
+
+def _recv_arrays(src: int, group: object | None) -> Arrays:
+    size = torch.zeros(1, dtype=torch.int64)
+    dist.recv(size, src=src, group=group)
+    packed = torch.empty(int(size), dtype=torch.uint8)
+    dist.recv(packed, src=src, group=group)
+    return _unpack(packed)
+
+
+def _broadcast_arrays(arrays: Mapping[str, np.ndarray] | None, group: object | None) -> Arrays:
+    """Broadcast rank 0's ``arrays`` (None on the other ranks) and return them on every rank."""
+    packed = _pack(arrays) if arrays is not None else None
+    size = torch.tensor([0 if packed is None else packed.numel()], dtype=torch.int64)
+    dist.broadcast(size, src=0, group=group)
+    if packed is None:
+        packed = torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(packed, src=0, group=group)
+    return _unpack(packed)
 
 
 class ShardedPosteriors:
@@ -71,49 +117,64 @@ class ShardedPosteriors:
         self.started = False
 
     def __call__(self, models: Sequence[torch.nn.Module], cuts: CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
-                 fusion: str = "arithmetic", max_duration: float = 20.0, on_device: bool = False) -> Iterator[tuple[Cut, torch.Tensor]]:
+                 fusion: str = "arithmetic", max_duration: float = 20.0, on_device: bool = False, work: Work | None = None,
+                 shared: Mapping[str, np.ndarray] | None = None) -> Iterator[tuple[Cut, torch.Tensor | Arrays]]:
         """Yield ``(cut, log_probs)`` for every cut of ``cuts`` in manifest order, rank ``r``'s
-        batches scored by rank ``r`` (``on_device``: rank 0's own on its device, the others' on the CPU)."""
+        batches scored by rank ``r`` (``on_device``: rank 0's own on its device, the others' on
+        the CPU). With ``work``, yield ``(cut, work(log_probs))`` instead, each rank working on its
+        own cuts, where they were scored: the other ranks build their ``work`` from ``shared``
+        (:func:`serve_posteriors`)."""
+        on_device = on_device or work is not None
         if not self.info.distributed:
-            yield from ensemble_log_posteriors(models, cuts, cmvn, temperature, fusion, max_duration, self.info.device, on_device)
+            for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, temperature, fusion, max_duration, self.info.device, on_device):
+                yield cut, (log_probs if work is None else work(log_probs))
             return
         if self.started:
             raise RuntimeError("ShardedPosteriors: one call per torchrun job (the other ranks serve one request)")
         self.started = True
         batches = _batches(cuts, max_duration)
-        _header([_GO, sum(len(b) for b in batches)], self.group)
+        _header([_GO, sum(len(b) for b in batches), work is not None], self.group)
+        if work is not None:
+            _broadcast_arrays(dict(shared or {}), self.group)
         world = self.info.world_size
-        log.info("stage 5: %d batches of cuts over %d ranks (batch b on rank b mod %d)", len(batches), world, world)
+        log.info("stage 5: %d batches of cuts over %d ranks (batch b on rank b mod %d)%s", len(batches), world, world,
+                 ", each working on its own cuts" if work is not None else "")
         for b, batch in enumerate(batches):
             owner = b % world
             if owner == 0:
-                yield from ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, self.info.device, on_device)
+                for cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, self.info.device, on_device):
+                    yield cut, (log_probs if work is None else work(log_probs))
                 continue
             for cut in batch:
-                shape = torch.zeros(2, dtype=torch.int64)
-                dist.recv(shape, src=owner, group=self.group)
-                log_probs = torch.empty(int(shape[0]), int(shape[1]), dtype=torch.float32)
-                dist.recv(log_probs, src=owner, group=self.group)
-                yield cut, log_probs
+                arrays = _recv_arrays(owner, self.group)
+                yield cut, (torch.from_numpy(arrays[POSTERIORS]) if work is None else arrays)
 
     def release(self) -> None:
         """Tell the other ranks that no posteriors are wanted, if none were asked for (the stage
         was up to date, or failed before scoring); nothing otherwise."""
         if self.info.distributed and not self.started:
             self.started = True
-            _header([_STOP, 0], self.group)
+            _header([_STOP, 0, 0], self.group)
 
 
 def serve_posteriors(load: Callable[[], tuple[Sequence[torch.nn.Module], CutSet, CmvnStats | None]], temperature: float, fusion: str,
-                     max_duration: float, info: DistInfo) -> int:
+                     max_duration: float, info: DistInfo, make_work: Callable[[Arrays], Work] | None = None) -> int:
     """On rank ``r > 0``: wait for rank 0; when it asks for posteriors, ``load()`` the teachers,
     cuts and CMVN (the same as rank 0's), score batches ``r, r + world, ...`` and send them to rank
-    0. Returns the number of cuts scored (0 when rank 0 wanted none). DataError when this rank's
-    cuts are not rank 0's."""
+    0, or, when rank 0 asks for a per-cut work, what ``make_work(shared arrays)`` makes of them.
+    Returns the number of cuts scored (0 when rank 0 wanted none). DataError when this rank's cuts
+    are not rank 0's, or when rank 0 asks for a work and ``make_work`` is None."""
     group = _transfer_group(info)
-    go, num_cuts = _header([0, 0], group)
+    go, num_cuts, with_work = _header([0, 0, 0], group)
     if go != _GO:
         return 0
+    work = None
+    if with_work:
+        shared = _broadcast_arrays(None, group)
+        if make_work is None:
+            raise DataError(f"stage 5 under torchrun: rank 0 asks rank {info.rank} for per-cut work it was not given; "
+                            "every rank must run the same command")
+        work = make_work(shared)
     models, cuts, cmvn = load()
     batches = _batches(cuts, max_duration)
     mine = sum(len(b) for b in batches)
@@ -122,10 +183,8 @@ def serve_posteriors(load: Callable[[], tuple[Sequence[torch.nn.Module], CutSet,
                         "every rank must see the same data and exp folders")
     scored = 0
     for batch in batches[info.rank::info.world_size]:
-        for _cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, info.device):
-            log_probs = log_probs.to(torch.float32).cpu().contiguous()
-            dist.send(torch.tensor(log_probs.shape, dtype=torch.int64), dst=0, group=group)
-            dist.send(log_probs, dst=0, group=group)
+        for _cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, info.device, work is not None):
+            _send_arrays({POSTERIORS: log_probs.float().numpy()} if work is None else work(log_probs), group)
             scored += 1
     log.info("stage 5: rank %d scored %d of %d cuts for rank 0", info.rank, scored, num_cuts)
     return scored

@@ -242,6 +242,21 @@ class SoftTargetStats:
             self.kl_bucket_sum += float(kl_bucketed_vs_full(full_probs, ids, probs, full_log_probs).sum())
         self.mass_sum += float(topk_mass(full_probs, ids).sum())
 
+    def totals(self) -> np.ndarray:
+        """The running totals as one float64 array (frames, k, classes, KL, mass, bucketed KL),
+        what :meth:`add` takes: stage 5 under torchrun sends each cut's to rank 0."""
+        return np.array([self.frames, self.k, self.num_classes, self.kl_sum, self.mass_sum, self.kl_bucket_sum], dtype=np.float64)
+
+    def add(self, totals: np.ndarray) -> None:
+        """Add another :class:`SoftTargetStats`'s :meth:`totals` (one cut's: the sums then equal
+        those of :meth:`update` with that cut, bit for bit)."""
+        frames, k, classes, kl, mass, kl_bucket = (float(v) for v in totals)
+        self.frames += int(frames)
+        self.k, self.num_classes = int(k), int(classes)
+        self.kl_sum += kl
+        self.mass_sum += mass
+        self.kl_bucket_sum += kl_bucket
+
     def summary(self, stored_bytes_per_frame: int | None = None) -> dict[str, float]:
         """Return frames, stored (default: int32 + float16 top-k) and dense float32 bytes per
         frame, the mean KL(stored || full) of the rows renormalised, the mean mass kept, and for

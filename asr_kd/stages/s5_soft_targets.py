@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from asr_kd.config import KdConfig, save_config
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TAIL, SOFT_TEMPERATURE
 from asr_kd.kd.ensemble import ensemble_log_posteriors, inference_device
+from asr_kd.kd.sharded_targets import ShardedPosteriors, Work
 from asr_kd.kd.soft_targets import SoftTargetStats, store_target_arrays, topk_compress
 from asr_kd.kd.target_formats import ResidualQuantiser, decode_topk, encode_topk, fit_quantiser, sample_for_fitting, storage_bytes_per_frame
 from asr_kd.stages.common import alignment_inputs, load_teachers, read_senones, recorded_num_teachers, write_results
@@ -74,18 +75,20 @@ STORAGE_WORDS = {
 def make_soft_targets(
     layout: RecipeLayout, kd: KdConfig, num_teachers: int | None = None, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", posteriors_fn: Callable[..., Iterator] = ensemble_log_posteriors,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = None, sharded: ShardedPosteriors | None = None,
 ) -> dict[str, float]:
     """Store the ensemble's posteriors at ``kd.temperature`` (``kd.fusion``) of the first
     ``num_teachers`` teachers (default: all of stage 4) as top-``kd.top_k`` soft targets in
     format ``kd.storage``; write ``stats.json`` and return it: frames, bytes per frame stored vs
     dense float32, the mean KL(stored || full) and mass kept of what a student reads back, and the
     settings. Skipped when the record matches. ``posteriors_fn``: the ensemble's inference over the
-    training cuts (:class:`asr_kd.kd.sharded_targets.ShardedPosteriors` under torchrun), called
-    as :func:`ensemble_log_posteriors` with ``on_device=True`` (posteriors may stay on the GPU); ``device``:
+    training cuts, called as :func:`ensemble_log_posteriors` with ``on_device=True`` (posteriors
+    may stay on the GPU); ``device``:
     where the ``rvq`` codebooks' sample is scored and fitted and where each cut's targets are
     computed from its posteriors (:func:`cut_target_arrays`; default
-    :func:`asr_kd.kd.ensemble.inference_device`; ``posteriors_fn`` scores on its own)."""
+    :func:`asr_kd.kd.ensemble.inference_device`; ``posteriors_fn`` scores on its own).
+    ``sharded`` (under torchrun, in place of ``posteriors_fn``): every rank scores its share of the
+    cuts and does their per-cut work (:func:`stage5_work`), rank 0 stores."""
     n = recorded_num_teachers(layout) if num_teachers is None else num_teachers
     if n < 1:
         raise ConfigError(f"--num-teachers must be >= 1, got {n}")
@@ -105,17 +108,23 @@ def make_soft_targets(
         quantiser = (_fit_quantiser(teachers, cuts, cmvn, kd, max_duration, read_senones(layout).num_senones, work_device)
                      if kd.storage == "rvq" else None)
 
-        def targets() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-            # on_device: the posteriors stay where they were scored, for the per-cut work there.
-            posteriors = posteriors_fn(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration, on_device=True)
-            for cut, log_probs in tqdm(posteriors, total=len(cuts), desc="ensemble soft targets", unit="cut", leave=False):
-                yield cut.id, cut_target_arrays(log_probs, kd, quantiser, stats, work_device)
-
         custom: dict = {SOFT_TEMPERATURE: float(kd.temperature), **({SOFT_TAIL: True} if bucket else {})}
-        shared = None
+        shared = {}
         if quantiser is not None:
             shared, custom[SOFT_DECODE_K] = {SOFT_CODEBOOK: quantiser.codebooks}, kd.top_k
-        stored = store_target_arrays(cuts, targets(), out / f"storage_{layout.train_part}", shared=shared, custom=custom)
+        work = stage5_work(kd, shared, work_device)
+
+        def targets() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+            if sharded is not None:
+                worked = sharded(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration, work=work, shared=shared)
+            else:  # on_device: the posteriors stay where they were scored, for the per-cut work there
+                posteriors = posteriors_fn(teachers, cuts, cmvn, kd.temperature, kd.fusion, max_duration, on_device=True)
+                worked = ((cut, work(log_probs)) for cut, log_probs in posteriors)
+            for cut, arrays in tqdm(worked, total=len(cuts), desc="ensemble soft targets", unit="cut", leave=False):
+                stats.add(arrays.pop(CUT_STATS))  # in manifest order, whichever rank worked: the single process's sums
+                yield cut.id, arrays
+
+        stored = store_target_arrays(cuts, targets(), out / f"storage_{layout.train_part}", shared=shared or None, custom=custom)
         with atomic_path(layout.soft_cuts(out)) as tmp:
             stored.to_file(tmp)
         summary = {**stats.summary(storage_bytes_per_frame(kd.storage, kd.top_k, kd.codebooks)), "num_teachers": n,
@@ -167,6 +176,26 @@ def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | No
     if record.config != config_dict(soft_target_settings(kd, n, layout.train_part)):
         raise DataError(f"{user}: {out}/provenance.json records settings {record.config}, not those asked for; rerun stage 5")
     return layout.soft_cuts(out), record
+
+
+CUT_STATS = "cut_stats"  # the key of a cut's statistic totals in what stage5_work returns
+
+
+def stage5_work(kd: KdConfig, shared: Mapping[str, np.ndarray], device: str | torch.device | None = None) -> Work:
+    """Stage 5's work on one cut: its log-posteriors -> the arrays :func:`cut_target_arrays`
+    stores and, under :data:`CUT_STATS`, the cut's :meth:`SoftTargetStats.totals`; with the rvq
+    ``shared[SOFT_CODEBOOK]`` (rank 0's fitted codebooks) it encodes with them, on ``device``.
+    Rank 0 and, under torchrun, every other rank (:func:`asr_kd.kd.sharded_targets.serve_posteriors`)
+    build it from the same arguments."""
+    quantiser = ResidualQuantiser(shared[SOFT_CODEBOOK], inference_device(device)) if SOFT_CODEBOOK in shared else None
+    bucket = kd.tail == "bucket"
+
+    def work(log_probs: torch.Tensor) -> dict[str, np.ndarray]:
+        stats = SoftTargetStats(bucket=bucket)
+        arrays = cut_target_arrays(log_probs, kd, quantiser, stats, device)
+        return {**arrays, CUT_STATS: stats.totals()}
+
+    return work
 
 
 def cut_target_arrays(log_probs: torch.Tensor, kd: KdConfig, quantiser: ResidualQuantiser | None, stats: SoftTargetStats,

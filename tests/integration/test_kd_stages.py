@@ -416,8 +416,8 @@ def test_stage5_kl_is_finite_when_confident_teachers_underflow(egs_run: tuple[Pa
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("storage", ["int32-fp16", "rvq"])
 def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[Path, Path, Path], tmp_path: Path, storage: str) -> None:
-    """``torchrun --nproc_per_node 2 -m asr_kd make-soft-targets``: both ranks score teachers
-    (asr_kd/kd/sharded_targets.py), rank 0 stores; the stored archive equals a single process's,
+    """``torchrun --nproc_per_node 2 -m asr_kd make-soft-targets``: both ranks score teachers and
+    work their cuts into stored arrays (asr_kd/kd/sharded_targets.py), rank 0 stores; the stored archive equals a single process's,
     in the top-k format and in rvq (whose codebooks rank 0 fits first, alone)."""
     import dataclasses
     import os
@@ -453,6 +453,7 @@ def test_stage5_under_torchrun_stores_the_single_process_targets(egs_run: tuple[
     log = (exps["torchrun"] / "log" / "make_soft_targets.log").read_text()
     scored = int(re.search(r"rank 1 scored (\d+) of (\d+) cuts", log).group(1))
     assert 0 < scored < single["cuts"]
+    assert "each working on its own cuts" in log  # rank 1 sent stored arrays, not posteriors for rank 0 to work on
 
 
 @pytest.mark.slow

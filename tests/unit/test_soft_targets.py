@@ -565,3 +565,19 @@ def test_kd_config_validates_and_reads_overrides():
     for bad in ({"fusion": "harmonic"}, {"top_k": 0}, {"temperature": 0}, {"hard_weight": 0, "soft_weight": 0}):
         with pytest.raises(ConfigError, match="kd."):
             KdConfig(**bad)
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_per_cut_totals_added_in_order_equal_the_running_update_bit_for_bit(bucket) -> None:
+    # Stage 5 under torchrun: each rank sends its cuts' totals, rank 0 adds them in manifest order.
+    running, added = SoftTargetStats(bucket=bucket), SoftTargetStats(bucket=bucket)
+    for seed, frames in enumerate([7, 30, 1, 12]):
+        full = torch.from_numpy(_posteriors(seed, frames, 50)).float()
+        ids, probs = topk_compress(full, 5, renormalise=not bucket)
+        running.update(full, ids, probs, full.log())
+        one = SoftTargetStats(bucket=bucket)
+        one.update(full, ids, probs, full.log())
+        added.add(one.totals())
+    assert running.summary() == added.summary() and added.frames == 50 and (added.k, added.num_classes) == (5, 50)
+    assert running.totals().tobytes() == added.totals().tobytes()
+    assert (added.kl_bucket_sum > 0) == bucket
