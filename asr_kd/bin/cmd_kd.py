@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -281,12 +282,15 @@ def _make_soft_targets(args: argparse.Namespace) -> int:
     common, kd = _setup(args, "make_soft_targets"), _kd(args)
     # Under torchrun every rank scores a share of the training cuts and works them into stored arrays; rank 0 stores.
     info = init_distributed(args.device or inference_device().type)  # the variable checked, auto resolved
+    # What every rank must agree on (each builds its per-cut work from its own kd config): checked by serve_posteriors.
+    settings = json.dumps({"kd": dataclasses.asdict(kd), "num_teachers": args.num_teachers, "max_duration": args.max_duration},
+                          sort_keys=True, default=str)
     if info.rank > 0:
         scored = serve_posteriors(lambda: _stage5_inputs(common["layout"], args.num_teachers), kd.temperature, kd.fusion, args.max_duration, info,
-                                  make_work=lambda shared: stage5_work(kd, shared, info.device))
+                                  make_work=lambda shared: stage5_work(kd, shared, info.device), settings=settings)
         print(f"rank {info.rank}: scored {scored} training cuts for rank 0")
         return 0
-    posteriors = ShardedPosteriors(info)
+    posteriors = ShardedPosteriors(info, settings)
     try:
         summary = make_soft_targets(kd=kd, num_teachers=args.num_teachers, max_duration=args.max_duration, sharded=posteriors,
                                     device=info.device, **common)

@@ -200,7 +200,7 @@ def score_cuts(
 
 def ensemble_log_posteriors(
     models: Sequence[torch.nn.Module], cuts: Iterable[Cut] | CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
-    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device | None = None, on_device: bool = False,
+    fusion: str = "arithmetic", max_duration: float = 20.0, device: str | torch.device | None = None, *, on_device: bool = False,
 ) -> Iterator[tuple[Cut, torch.Tensor]]:
     """Yield ``(cut, log_probs)`` in manifest order, ``log_probs`` float32 ``[frames, C]`` on the
     CPU (``on_device``: where they were scored): the fused posteriors of frame classifiers

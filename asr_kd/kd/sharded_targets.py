@@ -19,8 +19,10 @@ the manifest. A blocking send waits for rank 0's receive, so a rank runs at most
 rank 0, and all ranks score at once.
 
 Rank 0 first broadcasts whether there is work (the stage may be up to date), how many cuts, and
-whether a per-cut work is asked for, with its shared arrays; :meth:`ShardedPosteriors.release`
-sends "no work" when the stage asked for no posteriors.
+whether a per-cut work is asked for, then its shared arrays and its settings (stage 5's kd config,
+as text): a rank started with other settings stops with a DataError rather than store targets
+made otherwise. :meth:`ShardedPosteriors.release` sends "no work" when the stage asked for no
+posteriors.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _STOP, _GO = 0, 1
 Arrays = dict[str, np.ndarray]
 Work = Callable[[torch.Tensor], Arrays]  # a cut's log-posteriors -> the arrays rank 0 receives
 POSTERIORS = "log_probs"  # the one array sent for a cut when no work is asked for
+_SETTINGS = "__settings__"  # rank 0's settings, broadcast with the shared arrays
 
 
 def _transfer_group(info: DistInfo) -> object | None:
@@ -109,15 +112,17 @@ def _broadcast_arrays(arrays: Mapping[str, np.ndarray] | None, group: object | N
 
 class ShardedPosteriors:
     """Rank 0's side: call it as :func:`ensemble_log_posteriors` (``device`` aside: the ranks
-    score on ``info.device``). Alone (not under torchrun), it is that function."""
+    score on ``info.device``). Alone (not under torchrun), it is that function. ``settings``: a text
+    every other rank's :func:`serve_posteriors` must have been given too (stage 5: its kd config)."""
 
-    def __init__(self, info: DistInfo) -> None:
+    def __init__(self, info: DistInfo, settings: str = "") -> None:
         self.info = info
+        self.settings = settings
         self.group = _transfer_group(info)
         self.started = False
 
     def __call__(self, models: Sequence[torch.nn.Module], cuts: CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
-                 fusion: str = "arithmetic", max_duration: float = 20.0, on_device: bool = False, work: Work | None = None,
+                 fusion: str = "arithmetic", max_duration: float = 20.0, *, on_device: bool = False, work: Work | None = None,
                  shared: Mapping[str, np.ndarray] | None = None) -> Iterator[tuple[Cut, torch.Tensor | Arrays]]:
         """Yield ``(cut, log_probs)`` for every cut of ``cuts`` in manifest order, rank ``r``'s
         batches scored by rank ``r`` (``on_device``: rank 0's own on its device, the others' on
@@ -126,23 +131,24 @@ class ShardedPosteriors:
         (:func:`serve_posteriors`)."""
         on_device = on_device or work is not None
         if not self.info.distributed:
-            for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, temperature, fusion, max_duration, self.info.device, on_device):
+            for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, temperature, fusion, max_duration, self.info.device,
+                                                          on_device=on_device):
                 yield cut, (log_probs if work is None else work(log_probs))
             return
         if self.started:
             raise RuntimeError("ShardedPosteriors: one call per torchrun job (the other ranks serve one request)")
-        self.started = True
-        batches = _batches(cuts, max_duration)
+        batches = _batches(cuts, max_duration)  # before the header: if this fails, release() still stops the other ranks
         _header([_GO, sum(len(b) for b in batches), work is not None], self.group)
-        if work is not None:
-            _broadcast_arrays(dict(shared or {}), self.group)
+        self.started = True
+        _broadcast_arrays({**(shared or {}), _SETTINGS: np.frombuffer(self.settings.encode(), dtype=np.uint8)}, self.group)
         world = self.info.world_size
         log.info("stage 5: %d batches of cuts over %d ranks (batch b on rank b mod %d)%s", len(batches), world, world,
                  ", each working on its own cuts" if work is not None else "")
         for b, batch in enumerate(batches):
             owner = b % world
             if owner == 0:
-                for cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, self.info.device, on_device):
+                for cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, self.info.device,
+                                                              on_device=on_device):
                     yield cut, (log_probs if work is None else work(log_probs))
                 continue
             for cut in batch:
@@ -158,19 +164,23 @@ class ShardedPosteriors:
 
 
 def serve_posteriors(load: Callable[[], tuple[Sequence[torch.nn.Module], CutSet, CmvnStats | None]], temperature: float, fusion: str,
-                     max_duration: float, info: DistInfo, make_work: Callable[[Arrays], Work] | None = None) -> int:
+                     max_duration: float, info: DistInfo, make_work: Callable[[Arrays], Work] | None = None, settings: str = "") -> int:
     """On rank ``r > 0``: wait for rank 0; when it asks for posteriors, ``load()`` the teachers,
     cuts and CMVN (the same as rank 0's), score batches ``r, r + world, ...`` and send them to rank
     0, or, when rank 0 asks for a per-cut work, what ``make_work(shared arrays)`` makes of them.
-    Returns the number of cuts scored (0 when rank 0 wanted none). DataError when this rank's cuts
-    are not rank 0's, or when rank 0 asks for a work and ``make_work`` is None."""
+    Returns the number of cuts scored (0 when rank 0 wanted none). DataError when this rank's
+    ``settings`` or cuts are not rank 0's, or when rank 0 asks for a work and ``make_work`` is None."""
     group = _transfer_group(info)
     go, num_cuts, with_work = _header([0, 0, 0], group)
     if go != _GO:
         return 0
+    shared = _broadcast_arrays(None, group)
+    theirs = shared.pop(_SETTINGS).tobytes().decode()
+    if theirs != settings:
+        raise DataError(f"stage 5 under torchrun: rank {info.rank} was started with settings {settings!r}, rank 0 with {theirs!r}; "
+                        "every rank must run the same command")
     work = None
     if with_work:
-        shared = _broadcast_arrays(None, group)
         if make_work is None:
             raise DataError(f"stage 5 under torchrun: rank 0 asks rank {info.rank} for per-cut work it was not given; "
                             "every rank must run the same command")
@@ -183,7 +193,8 @@ def serve_posteriors(load: Callable[[], tuple[Sequence[torch.nn.Module], CutSet,
                         "every rank must see the same data and exp folders")
     scored = 0
     for batch in batches[info.rank::info.world_size]:
-        for _cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, info.device, work is not None):
+        for _cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, info.device,
+                                                       on_device=work is not None):
             _send_arrays({POSTERIORS: log_probs.float().numpy()} if work is None else work(log_probs), group)
             scored += 1
     log.info("stage 5: rank %d scored %d of %d cuts for rank 0", info.rank, scored, num_cuts)

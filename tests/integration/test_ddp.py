@@ -229,6 +229,42 @@ def test_stage5_posteriors_under_torchrun_equal_the_single_process_ones(tmp_path
     assert 0 < scored < len(cuts), scored
 
 
+MISMATCH_DRIVER = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from lhotse import CutSet
+    from asr_kd.data.features import CmvnStats
+    from asr_kd.kd.sharded_targets import ShardedPosteriors, serve_posteriors
+    from asr_kd.models.dnn import SplicedDnn, dnn_preset
+    from asr_kd.train.ddp import init_distributed
+
+    cuts_path, cmvn_path = sys.argv[1:3]
+
+    def load():
+        return [SplicedDnn(dnn_preset("tiny"), 7).eval()], CutSet.from_file(cuts_path), CmvnStats.load(cmvn_path)
+
+    info = init_distributed("cpu")
+    if info.rank == 0:
+        list(ShardedPosteriors(info, "top_k=20")(*load(), 2.0, "arithmetic", 4.0, work=lambda lp: {"n": lp[:1].numpy()}))
+    else:
+        serve_posteriors(load, 2.0, "arithmetic", 4.0, info, make_work=lambda shared: (lambda lp: {"n": lp[:1].numpy()}), settings="top_k=500")
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_stage5_ranks_started_with_other_settings_stop_with_one_line(tmp_path: Path) -> None:
+    # Every rank builds its per-cut work from its own kd config: a rank whose settings are not rank 0's must not
+    # send targets made otherwise. It stops with a DataError, and torchrun ends the job (no hang).
+    corpus, driver, _out, env = prepare_driver(tmp_path, MISMATCH_DRIVER, train_speakers=(11, 12))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
+                           str(corpus.train_cuts), str(corpus.train_cmvn)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "rank 1 was started with settings 'top_k=500', rank 0 with 'top_k=20'; every rank must run the same command" in proc.stderr
+
+
 def _free_port() -> int:
     import socket
 

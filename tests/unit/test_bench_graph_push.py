@@ -53,3 +53,17 @@ def test_a_negative_cycle_is_refused() -> None:
     bench = runpy.run_path(str(REPO_ROOT / "bench" / "graph_push.py"))
     with pytest.raises(RuntimeError, match="negative-cost cycle"):
         bench["costs_to_end"](kaldifst.compile("0 1 1 1 1.0\n1 0 2 2 -2.0\n1 0.0\n"))
+
+
+def test_search_errors_allow_float32_rounding_and_the_verdict_reads_the_table() -> None:
+    bench = runpy.run_path(str(REPO_ROOT / "bench" / "graph_push.py"))
+    best = {"a": 10.0, "b": 20.0, "c": 30.0}
+    frames = {"a": 100, "b": 3000, "c": 100}
+    # Pushed costs are V(start) = 4 lower: b is 0.002 over after the shift, within 1e-3 + 3000 x 1e-6; c is a real error.
+    assert bench["search_errors"]({"a": 6.0, "b": 16.002, "c": 26.5}, best, frames, shift=4.0) == (1, 0)
+    assert bench["search_errors"]({"a": 10.0, "b": 20.0, "c": 30.0}, best, frames, shift=4.0) == (3, 0)  # the shift's sign matters
+    assert bench["search_errors"]({"a": 6.0, "b": 16.0, "c": 26.0}, best, frames, shift=-4.0) == (0, 3)
+    rows = [(10.0, {"plain": (1.00, 30, 0), "pushed": (0.80, 60, 0)}), (11.0, {"plain": (1.20, 28, 0), "pushed": (1.02, 50, 0)})]
+    text = bench["verdict"](rows)
+    assert "pushed at beam 10 (60 search errors): no unpushed row here is as fast" in text
+    assert "pushed at beam 11 (50 search errors) loses to unpushed at beam 10 (30 errors, 0.98 of its CPU time)" in text
