@@ -5,7 +5,7 @@ turns a cut's posteriors into its stored arrays (top-k, rvq codes, the statistic
 process does it for all ranks. So every rank scores a share of the cuts *and* does that work on
 its own device, and rank 0, alone, writes the archive in manifest order: the archive is written
 once, by one process, whatever its format. :class:`ShardedPosteriors` (rank 0) has the signature
-of :func:`asr_kd.kd.ensemble.ensemble_log_posteriors` plus the per-cut ``work`` and the arrays it
+of :func:`asr_kd.kd.ensemble.ensemble_log_posteriors` plus the per-cut ``work`` and the arrays
 ``shared`` with the other ranks (stage 5's rvq codebooks, which rank 0 fits first, alone); the
 other ranks run :func:`serve_posteriors`.
 
@@ -13,13 +13,13 @@ The shares are whole batches: the batches a single process would make (the same 
 same cuts), batch ``b`` scored by rank ``b mod world_size``. Each batch is thus run exactly as in a
 single process (same cuts, same padding), and on the same device and thread count the merged
 results equal the single-process ones bit for bit. Rank ``r`` sends each cut of its batches in
-order, as one ``.npz`` of plain arrays (its log-posteriors, or what ``work`` made of them; loaded
-with ``allow_pickle=False``), point to point over gloo; rank 0 receives them where they fall in
+order, as one ``.npz`` of plain arrays (what ``work`` made of its log-posteriors; loaded with
+``allow_pickle=False``), point to point over gloo; rank 0 receives them where they fall in
 the manifest. A blocking send waits for rank 0's receive, so a rank runs at most one batch ahead of
 rank 0, and all ranks score at once.
 
-Rank 0 first broadcasts whether there is work (the stage may be up to date), how many cuts, and
-whether a per-cut work is asked for, then its shared arrays and its settings (stage 5's kd config,
+Rank 0 first broadcasts whether there is work (the stage may be up to date) and how many cuts,
+then its shared arrays and its settings (stage 5's kd config,
 as text): a rank started with other settings stops with a DataError rather than store targets
 made otherwise. :meth:`ShardedPosteriors.release` sends "no work" when the stage asked for no
 posteriors.
@@ -49,7 +49,6 @@ _STOP, _GO = 0, 1
 
 Arrays = dict[str, np.ndarray]
 Work = Callable[[torch.Tensor], Arrays]  # a cut's log-posteriors -> the arrays rank 0 receives
-POSTERIORS = "log_probs"  # the one array sent for a cut when no work is asked for
 _SETTINGS = "__settings__"  # rank 0's settings, broadcast with the shared arrays
 
 
@@ -67,7 +66,7 @@ def _batches(cuts: CutSet, max_duration: float) -> list[CutSet]:
 
 
 def _header(values: Sequence[int], group: object | None) -> list[int]:
-    """Broadcast rank 0's ``values`` (three integers) and return them on every rank."""
+    """Broadcast rank 0's ``values`` (two integers) and return them on every rank."""
     t = torch.tensor(list(values), dtype=torch.int64)
     dist.broadcast(t, src=0, group=group)
     return [int(v) for v in t.tolist()]
@@ -111,9 +110,10 @@ def _broadcast_arrays(arrays: Mapping[str, np.ndarray] | None, group: object | N
 
 
 class ShardedPosteriors:
-    """Rank 0's side: call it as :func:`ensemble_log_posteriors` (``device`` aside: the ranks
-    score on ``info.device``). Alone (not under torchrun), it is that function. ``settings``: a text
-    every other rank's :func:`serve_posteriors` must have been given too (stage 5: its kd config)."""
+    """Rank 0's side: call it as :func:`ensemble_log_posteriors` with a per-cut ``work`` (``device``
+    aside: the ranks score on ``info.device``). Alone (not under torchrun), it is that function
+    followed by ``work``. ``settings``: a text every other rank's :func:`serve_posteriors` must have
+    been given too (stage 5: its kd config)."""
 
     def __init__(self, info: DistInfo, settings: str = "") -> None:
         self.info = info
@@ -122,56 +122,51 @@ class ShardedPosteriors:
         self.started = False
 
     def __call__(self, models: Sequence[torch.nn.Module], cuts: CutSet, cmvn: CmvnStats | None, temperature: float = 1.0,
-                 fusion: str = "arithmetic", max_duration: float = 20.0, *, on_device: bool = False, work: Work | None = None,
-                 shared: Mapping[str, np.ndarray] | None = None) -> Iterator[tuple[Cut, torch.Tensor | Arrays]]:
-        """Yield ``(cut, log_probs)`` for every cut of ``cuts`` in manifest order, rank ``r``'s
-        batches scored by rank ``r`` (``on_device``: rank 0's own on its device, the others' on
-        the CPU). With ``work``, yield ``(cut, work(log_probs))`` instead, each rank working on its
-        own cuts, where they were scored: the other ranks build their ``work`` from ``shared``
-        (:func:`serve_posteriors`)."""
-        on_device = on_device or work is not None
+                 fusion: str = "arithmetic", max_duration: float = 20.0, *, work: Work,
+                 shared: Mapping[str, np.ndarray] | None = None) -> Iterator[tuple[Cut, Arrays]]:
+        """Yield ``(cut, work(log_probs))`` for every cut of ``cuts`` in manifest order, rank
+        ``r``'s batches scored and worked by rank ``r`` on its device; the other ranks build their
+        ``work`` from ``shared`` (:func:`serve_posteriors`)."""
         if not self.info.distributed:
             for cut, log_probs in ensemble_log_posteriors(models, cuts, cmvn, temperature, fusion, max_duration, self.info.device,
-                                                          on_device=on_device):
-                yield cut, (log_probs if work is None else work(log_probs))
+                                                          on_device=True):
+                yield cut, work(log_probs)
             return
         if self.started:
             raise RuntimeError("ShardedPosteriors: one call per torchrun job (the other ranks serve one request)")
         batches = _batches(cuts, max_duration)  # before the header: if this fails, release() still stops the other ranks
-        _header([_GO, sum(len(b) for b in batches), work is not None], self.group)
+        _header([_GO, sum(len(b) for b in batches)], self.group)
         self.started = True
         _broadcast_arrays({**(shared or {}), _SETTINGS: np.frombuffer(self.settings.encode(), dtype=np.uint8)}, self.group)
         world = self.info.world_size
-        log.info("stage 5: %d batches of cuts over %d ranks (batch b on rank b mod %d)%s", len(batches), world, world,
-                 ", each working on its own cuts" if work is not None else "")
+        log.info("stage 5: %d batches of cuts over %d ranks (batch b on rank b mod %d), each working on its own cuts",
+                 len(batches), world, world)
         for b, batch in enumerate(batches):
             owner = b % world
             if owner == 0:
                 for cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, self.info.device,
-                                                              on_device=on_device):
-                    yield cut, (log_probs if work is None else work(log_probs))
+                                                              on_device=True):
+                    yield cut, work(log_probs)
                 continue
             for cut in batch:
-                arrays = _recv_arrays(owner, self.group)
-                yield cut, (torch.from_numpy(arrays[POSTERIORS]) if work is None else arrays)
+                yield cut, _recv_arrays(owner, self.group)
 
     def release(self) -> None:
         """Tell the other ranks that no posteriors are wanted, if none were asked for (the stage
         was up to date, or failed before scoring); nothing otherwise."""
         if self.info.distributed and not self.started:
             self.started = True
-            _header([_STOP, 0, 0], self.group)
+            _header([_STOP, 0], self.group)
 
 
 def serve_posteriors(load: Callable[[], tuple[Sequence[torch.nn.Module], CutSet, CmvnStats | None]], temperature: float, fusion: str,
-                     max_duration: float, info: DistInfo, make_work: Callable[[Arrays], Work] | None = None, settings: str = "") -> int:
+                     max_duration: float, info: DistInfo, make_work: Callable[[Arrays], Work], settings: str = "") -> int:
     """On rank ``r > 0``: wait for rank 0; when it asks for posteriors, ``load()`` the teachers,
-    cuts and CMVN (the same as rank 0's), score batches ``r, r + world, ...`` and send them to rank
-    0, or, when rank 0 asks for a per-cut work, what ``make_work(shared arrays)`` makes of them.
-    Returns the number of cuts scored (0 when rank 0 wanted none). DataError when this rank's
-    ``settings`` or cuts are not rank 0's, or when rank 0 asks for a work and ``make_work`` is None."""
+    cuts and CMVN (the same as rank 0's), score batches ``r, r + world, ...`` and send rank 0 what
+    ``make_work(rank 0's shared arrays)`` makes of each cut's. Returns the number of cuts scored (0
+    when rank 0 wanted none). DataError when this rank's ``settings`` or cuts are not rank 0's."""
     group = _transfer_group(info)
-    go, num_cuts, with_work = _header([0, 0, 0], group)
+    go, num_cuts = _header([0, 0], group)
     if go != _GO:
         return 0
     shared = _broadcast_arrays(None, group)
@@ -179,12 +174,7 @@ def serve_posteriors(load: Callable[[], tuple[Sequence[torch.nn.Module], CutSet,
     if theirs != settings:
         raise DataError(f"stage 5 under torchrun: rank {info.rank} was started with settings {settings!r}, rank 0 with {theirs!r}; "
                         "every rank must run the same command")
-    work = None
-    if with_work:
-        if make_work is None:
-            raise DataError(f"stage 5 under torchrun: rank 0 asks rank {info.rank} for per-cut work it was not given; "
-                            "every rank must run the same command")
-        work = make_work(shared)
+    work = make_work(shared)
     models, cuts, cmvn = load()
     batches = _batches(cuts, max_duration)
     mine = sum(len(b) for b in batches)
@@ -193,9 +183,8 @@ def serve_posteriors(load: Callable[[], tuple[Sequence[torch.nn.Module], CutSet,
                         "every rank must see the same data and exp folders")
     scored = 0
     for batch in batches[info.rank::info.world_size]:
-        for _cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, info.device,
-                                                       on_device=work is not None):
-            _send_arrays({POSTERIORS: log_probs.float().numpy()} if work is None else work(log_probs), group)
+        for _cut, log_probs in ensemble_log_posteriors(models, batch, cmvn, temperature, fusion, max_duration, info.device, on_device=True):
+            _send_arrays(work(log_probs), group)
             scored += 1
     log.info("stage 5: rank %d scored %d of %d cuts for rank 0", info.rank, scored, num_cuts)
     return scored

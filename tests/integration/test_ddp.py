@@ -180,16 +180,19 @@ SHARDED_DRIVER = textwrap.dedent(
             models.append(SplicedDnn(dnn_preset("tiny"), 7).eval())
         return models, CutSet.from_file(cuts_path), CmvnStats.load(cmvn_path)
 
+    def work(log_probs):  # the posteriors themselves, as every rank sends them
+        return {"log_probs": log_probs.numpy()}
+
     info = init_distributed("cpu")
     if info.rank == 0:
         ShardedPosteriors(info).release()
         merged = ShardedPosteriors(info)
-        got = {cut.id: lp.numpy() for cut, lp in merged(*load(), 2.0, "arithmetic", 4.0)}
+        got = {cut.id: arrays["log_probs"] for cut, arrays in merged(*load(), 2.0, "arithmetic", 4.0, work=work)}
         merged.release()  # a no-op after a request
         np.savez(f"{out}/merged.npz", order=np.array(list(got)), **got)
     else:
-        assert serve_posteriors(load, 2.0, "arithmetic", 4.0, info) == 0
-        scored = serve_posteriors(load, 2.0, "arithmetic", 4.0, info)
+        assert serve_posteriors(load, 2.0, "arithmetic", 4.0, info, lambda shared: work) == 0
+        scored = serve_posteriors(load, 2.0, "arithmetic", 4.0, info, lambda shared: work)
         open(f"{out}/rank{info.rank}.txt", "w").write(str(scored))
     """
 )
