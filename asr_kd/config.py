@@ -571,6 +571,10 @@ class TrainConfig:
     best_metric: str = "frame_accuracy"
     best_mode: str = "max"
     early_stopping_patience: int = 0  # > 0: stop after this many epochs without improvement
+    # Dev is evaluated after every N-th epoch and after the last one (N > 1 thins the dev curve and
+    # the best-checkpoint choice to every N-th epoch; early stopping still counts epochs). Training
+    # itself does not depend on it: the same weights at every N, bit for bit on the CPU.
+    eval_every_epochs: int = later_option(1)
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda"
 
     def __post_init__(self) -> None:
@@ -597,6 +601,7 @@ class TrainConfig:
         _check(self.log_every_steps >= 1, f"train.log_every_steps must be >= 1, got {self.log_every_steps}")
         _check(self.best_mode in ("max", "min"), f"train.best_mode must be 'max' or 'min', got {self.best_mode!r}")
         _check(self.early_stopping_patience >= 0, f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        _check(self.eval_every_epochs >= 1, f"train.eval_every_epochs must be >= 1, got {self.eval_every_epochs}")
         _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {self.device!r}")
 
 

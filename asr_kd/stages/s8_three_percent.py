@@ -87,8 +87,9 @@ def run_three_percent(
     results_md: Path | None = None, command: str = "", corpus: str = "", num_seeds: int = 1, jobs: int = 1, num_threads: int = 1,
     launcher: Launcher | None = None,
 ) -> dict[str, SubsetRun]:
-    """Train the hard (early stopping, patience ``train_config.early_stopping_patience`` or 3)
-    and soft (no early stopping) models on the same ``fraction`` of the training cuts (drawn with
+    """Train the hard (early stopping, patience ``train_config.early_stopping_patience`` or 3, dev
+    evaluated every epoch) and soft (no early stopping, dev every ``train_config.eval_every_epochs``
+    epochs: its curve is only plotted) models on the same ``fraction`` of the training cuts (drawn with
     ``subset_seed``); score them and the stage-6 hard baseline on their own training cuts and on
     the test part. The soft targets are stage 5's for ``kd`` and ``num_teachers`` (default: stage
     4's count), checked against their record; with ``kd.mode=online`` the ensemble of stage 4's
@@ -202,8 +203,10 @@ def _three_percent_work(
         # lhotse's bucketing sampler needs at least as many cuts as buckets.
         small = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + k,
                                     num_buckets=min(train_config.num_buckets, len(subset)))
-        models += [(layout, seed_dir(out, k), "hard", num_senones, model_config, dataclasses.replace(small, early_stopping_patience=patience),
-                    kd, num_teachers),
+        # The hard model's early stopping and best checkpoint look at every epoch; the soft model's last
+        # checkpoint is scored, so its dev curve (only plotted) may be thinned by train.eval_every_epochs.
+        hard = dataclasses.replace(small, early_stopping_patience=patience, eval_every_epochs=1)
+        models += [(layout, seed_dir(out, k), "hard", num_senones, model_config, hard, kd, num_teachers),
                    (layout, seed_dir(out, k), "soft", num_senones, model_config, dataclasses.replace(small, early_stopping_patience=0),
                     kd, num_teachers)]
     launch_jobs(train_subset_model, models, launcher, jobs, num_threads, layout.exp_dir / "log", "stage8_three_percent")

@@ -6,8 +6,9 @@
   batches left out (deterministic given the seed, so a resumed epoch continues where it stopped);
 - ``compute_loss(model, batch) -> (loss, metrics)``: a scalar loss to minimise and a dict of
   scalars (floats or 0-d tensors) to log;
-- ``evaluate(model) -> metrics``: dev-set metrics (e.g. ``frame_accuracy``), called at each
-  epoch's end on the unwrapped model in eval mode, or None.
+- ``evaluate(model) -> metrics``: dev-set metrics (e.g. ``frame_accuracy``), called at the end of
+  every ``eval_every_epochs``-th epoch and of the last one, on the unwrapped model in eval mode,
+  or None.
 
 It writes, under ``exp_dir``: ``train.yaml`` (the config), ``checkpoints/step-*.pt`` (every
 ``checkpoint_every_steps`` and at each epoch's end, the last ``keep_last_checkpoints`` kept),
@@ -145,6 +146,8 @@ class _Run:
         if self.cfg.best_metric not in metrics:
             raise KeyError(f"evaluate() returned {sorted(metrics)}, without train.best_metric={self.cfg.best_metric!r}")
         self.scalars("dev", metrics)
+        # Epochs since the last evaluation (1 unless train.eval_every_epochs > 1), for early stopping.
+        elapsed = self.state.epoch - (self.state.history[-1]["epoch"] if self.state.history else 0)
         self.state.history.append({"step": self.state.step, "epoch": self.state.epoch, **metrics})
         value = metrics[self.cfg.best_metric]
         log.info("dev after step %d (epoch %d): %s", self.state.step, self.state.epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -154,7 +157,7 @@ class _Run:
             if self.info.is_main:
                 save_checkpoint(self.exp_dir / "best.pt", self.payload())
         else:
-            self.state.epochs_without_improvement += 1
+            self.state.epochs_without_improvement += max(elapsed, 1)
 
 
 def train(
@@ -260,7 +263,8 @@ def _train_epochs(run: _Run, wrapped: nn.Module, make_train_loader: LoaderFactor
         bar.close()
         state.epoch += 1
         state.batch_in_epoch = 0
-        run.evaluate(evaluate)
+        if state.epoch % cfg.eval_every_epochs == 0 or state.epoch >= cfg.num_epochs:
+            run.evaluate(evaluate)
         stop = cfg.early_stopping_patience > 0 and state.epochs_without_improvement >= cfg.early_stopping_patience
         stop = broadcast_flag(stop, info)  # every rank must leave the loop at the same step
         run.checkpoint()

@@ -173,8 +173,9 @@ def test_three_percent_stage_writes_table5_and_plot(egs_run: tuple[Path, Path, P
     data, exp, results = egs_run
     layout = RecipeLayout(data, exp)
     train_cfg = TrainConfig(num_epochs=6, max_duration=20.0, warmup_steps=5, lr=3e-3, lr_schedule="constant",
-                            checkpoint_every_steps=1000, early_stopping_patience=2, seed=0)
+                            checkpoint_every_steps=1000, early_stopping_patience=2, seed=0, eval_every_epochs=4)
     from asr_kd.config import load_config
+    from asr_kd.train.checkpoint import load_checkpoint
 
     kd = load_config(KdConfig, EGS.parent / "conf" / "kd.yaml")  # the soft targets that egs/tiny_kd made
     runs = run_three_percent(layout, dnn_preset("tiny"), train_cfg, kd,
@@ -184,6 +185,11 @@ def test_three_percent_stage_writes_table5_and_plot(egs_run: tuple[Path, Path, P
     for run in runs.values():
         assert 0 < run.train_frame_accuracy <= 1 and 0 < run.test_frame_accuracy <= 1
     assert runs["soft_3"].epochs == 6  # no early stopping for the soft run
+    # train.eval_every_epochs thins only the soft model's dev curve (its last checkpoint is scored);
+    # the hard model's early stopping looks at every epoch.
+    history = {m: load_checkpoint(exp / "three_percent" / m / "final.pt")["train_state"]["history"] for m in ("hard", "soft")}
+    assert [h["epoch"] for h in history["soft"]] == [4, 6]
+    assert [h["epoch"] for h in history["hard"]] == list(range(1, runs["hard_3"].epochs + 1))
     png = results.parent / "table5_dev_accuracy.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = results.read_text()

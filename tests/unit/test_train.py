@@ -185,6 +185,30 @@ def test_early_stopping(corpus: FrameCorpus, tmp_path: Path) -> None:
     assert result.state.epochs_without_improvement == 2
 
 
+def test_dev_every_n_epochs_keeps_the_training_and_counts_epochs(corpus: FrameCorpus, tmp_path: Path) -> None:
+    # Dropout and SpecAugment draw from the generators: evaluating dev less often must not move them.
+    model_cfg = dataclasses.replace(dnn_preset("tiny"), dropout=0.2)
+    cfg = dataclasses.replace(BASE, specaug_freq_masks=2, specaug_time_masks=2, specaug_time_width=10)
+    every = _train(corpus, cfg, tmp_path / "every", model_cfg)
+    third = _train(corpus, dataclasses.replace(cfg, eval_every_epochs=3), tmp_path / "third", model_cfg)
+    a, b = load_checkpoint(every.final_path), load_checkpoint(third.final_path)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    # Dev after epochs 3 and 6, and after the last (8), with the values the every-epoch run saw there.
+    assert [h["epoch"] for h in third.state.history] == [3, 6, 8]
+    assert third.state.history == [h for h in every.state.history if h["epoch"] in (3, 6, 8)]
+    # Early stopping still counts epochs: patience 4 at one evaluation every 3 epochs stops after
+    # the second evaluation without improvement (6 epochs), not the fourth.
+    stuck = dataclasses.replace(BASE, num_epochs=20, lr=1e-12, early_stopping_patience=4, best_metric="loss", best_mode="min",
+                                eval_every_epochs=3)
+    result = _train(corpus, stuck, tmp_path / "stuck")
+    assert result.state.stop_reason.startswith("early stopping")
+    assert [h["epoch"] for h in result.state.history] == [3, 6, 9]
+    assert result.state.epochs_without_improvement == 6
+    with pytest.raises(ConfigError, match="train.eval_every_epochs must be >= 1, got 0"):
+        dataclasses.replace(BASE, eval_every_epochs=0)
+
+
 def test_missing_inputs_are_one_line_errors(corpus: FrameCorpus, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"cut manifest .*nope.jsonl.gz does not exist; run stage 1"):
         train_frame_classifier(tmp_path / "nope.jsonl.gz", None, None, None, 3, dnn_preset("tiny"), BASE, tmp_path / "e")
