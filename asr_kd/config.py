@@ -572,8 +572,9 @@ class TrainConfig:
     best_mode: str = "max"
     early_stopping_patience: int = 0  # > 0: stop after this many epochs without improvement
     # Dev is evaluated after every N-th epoch and after the last one (N > 1 thins the dev curve and
-    # the best-checkpoint choice to every N-th epoch; early stopping still counts epochs). Training
-    # itself does not depend on it: the same weights at every N, bit for bit on the CPU.
+    # the best-checkpoint choice to every N-th epoch; early stopping still counts epochs, so the
+    # patience is in effect rounded up to a multiple of N). Training itself does not depend on it:
+    # the same weights at every N, bit for bit on the CPU.
     eval_every_epochs: int = later_option(1)
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda"
 

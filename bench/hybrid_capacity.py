@@ -237,7 +237,10 @@ def format_section(results: list[dict], command: str, layout: RecipeLayout, deco
     for r in results:
         t, tr, dev = r["test"][test], r["training"], r["dev"]
         gap = 100 * (r["train_sample"]["frame_accuracy"] - dev["frame_accuracy"])
-        curve = " ".join(f"{100 * h['frame_accuracy']:.1f}" for h in tr["history"])
+        every_epoch = [h["epoch"] for h in tr["history"]] == list(range(1, len(tr["history"]) + 1))
+        # Epoch-labelled points when dev was not evaluated after every epoch (train.eval_every_epochs > 1).
+        curve = " ".join(f"{100 * h['frame_accuracy']:.1f}" if every_epoch else f"{h['epoch']}:{100 * h['frame_accuracy']:.1f}"
+                         for h in tr["history"])
         diff = r.get("test_wer_minus_first")
         diff_cell = "" if diff is None else f"{100 * diff['value']:+.2f} [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}]"
         ratio = "n/a" if r["test_wer_over_gmm"] is None else f"{r['test_wer_over_gmm']:.2f}"

@@ -117,9 +117,11 @@ class _Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState.from_dict(ckpt["train_state"])
         set_rng_state(ckpt["rng"])
-        changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items() if ckpt["config"].get(k) != v)
+        # A field missing from an older checkpoint's config had its default then (an option added later).
+        was = {f.name: ckpt["config"].get(f.name, f.default) for f in dataclasses.fields(self.cfg)}
+        changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items() if was[k] != v)
         if changed:  # allowed (e.g. more epochs), but batches or schedule may then differ
-            log.warning("resuming with changed settings %s (was %s)", changed, {k: ckpt["config"].get(k) for k in changed})
+            log.warning("resuming with changed settings %s (was %s)", changed, {k: was[k] for k in changed})
         log.info("resumed from %s: step %d, epoch %d, batch %d of the epoch", path, self.state.step, self.state.epoch, self.state.batch_in_epoch)
 
     def checkpoint(self) -> Path:

@@ -207,6 +207,31 @@ def test_dev_every_n_epochs_keeps_the_training_and_counts_epochs(corpus: FrameCo
     assert result.state.epochs_without_improvement == 6
     with pytest.raises(ConfigError, match="train.eval_every_epochs must be >= 1, got 0"):
         dataclasses.replace(BASE, eval_every_epochs=0)
+    # A max_steps stop mid-epoch still scores the final model: after epoch 2 (step 6), then at step 7.
+    cut = _train(corpus, dataclasses.replace(BASE, eval_every_epochs=2, max_steps=7), tmp_path / "cut")
+    assert [(h["epoch"], h["step"]) for h in cut.state.history] == [(2, 6), (2, 7)]
+
+
+def test_resuming_a_checkpoint_from_before_an_option_does_not_warn(corpus: FrameCorpus, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # A checkpoint written before train.eval_every_epochs existed lacks the key: its default, not a change.
+    from asr_kd.train.checkpoint import save_checkpoint
+
+    exp = tmp_path / "exp"
+    _train(corpus, dataclasses.replace(BASE, max_steps=4, checkpoint_every_steps=4), exp)
+    (exp / "final.pt").unlink()
+    for path in list_checkpoints(exp):
+        ckpt = load_checkpoint(path)
+        ckpt["config"].pop("eval_every_epochs")
+        ckpt["train_state"]["finished"] = False
+        save_checkpoint(path, ckpt)
+    caplog.set_level("WARNING", logger="asr_kd.train.loop")
+    _train(corpus, dataclasses.replace(BASE, max_steps=4, checkpoint_every_steps=4), exp, resume=True)
+    assert not [r for r in caplog.records if "changed settings" in r.getMessage()]
+    caplog.clear()
+    _train(corpus, dataclasses.replace(BASE, max_steps=6, checkpoint_every_steps=4), exp, resume=True)
+    assert [r.getMessage() for r in caplog.records if "changed settings" in r.getMessage()] == [
+        "resuming with changed settings ['max_steps'] (was {'max_steps': 4})"]
 
 
 def test_missing_inputs_are_one_line_errors(corpus: FrameCorpus, tmp_path: Path) -> None:
