@@ -19,10 +19,9 @@ the manifest. A blocking send waits for rank 0's receive, so a rank runs at most
 rank 0, and all ranks score at once.
 
 Rank 0 first broadcasts whether there is work (the stage may be up to date) and how many cuts,
-then its shared arrays and its settings (stage 5's kd config,
-as text): a rank started with other settings stops with a DataError rather than store targets
-made otherwise. :meth:`ShardedPosteriors.release` sends "no work" when the stage asked for no
-posteriors.
+then its shared arrays and its settings (stage 5's kd config, as text): a rank started with other
+settings stops with a DataError rather than store targets made otherwise.
+:meth:`ShardedPosteriors.release` sends "no work" when the stage asked for no posteriors.
 """
 
 from __future__ import annotations

@@ -120,9 +120,8 @@ def train_variant(
     # Epochs done, a partial last one (a max_steps stop) counted; not the evaluations, fewer with
     # train.eval_every_epochs > 1.
     epochs_done = result.state.epoch + (1 if result.state.batch_in_epoch else 0)
-    epochs = max(epochs_done, 1)
     return {"steps": result.state.step, "epochs": epochs_done, "stop_reason": result.state.stop_reason,
-            "best_dev_frame_accuracy": result.state.best_metric, "history": history, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1), "cpu_seconds_per_epoch": round(cpu / epochs, 1)}
+            "best_dev_frame_accuracy": result.state.best_metric, "history": history, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1), "cpu_seconds_per_epoch": round(cpu / max(epochs_done, 1), 1)}
 
 
 def spread_sample(cuts: CutSet, count: int) -> CutSet:
