@@ -35,9 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Make the CTC units (phones or BPE, ctc.units), then train ctc.num_teachers CTC encoders with "
                        "seeds seed, seed+1, ... in <exp>/ctc/<units>/teachers/ (or teachers_shared<N>/ when ctc.shared_init_steps=N: "
                        "every teacher then starts from one checkpoint trained N steps; a _guided<w> suffix when ctc.guide_weight=w: "
-                       "teacher0 of the unguided set guides the others' spikes with guided CTC). Finished teachers are skipped.")
+                       "teacher0 of the unguided set guides the others' spikes with guided CTC). Each teacher is a job: --jobs local "
+                       "processes at a time, or a Slurm job array (--cmd slurm). Finished teachers are skipped.")
     _common_args(p)
     _train_args(p)
+    add_jobs_args(p, "teachers")
     p.set_defaults(func=_train_teachers)
 
     p = sub.add_parser("ctc-spike-report", help="measure the CTC spike misalignment between teachers of every trained teacher set",
@@ -122,7 +124,9 @@ def _train_teachers(args: argparse.Namespace) -> int:
     from asr_kd.stages.ctc_s4_teachers import train_ctc_teachers
 
     cfg, common = _setup(args, "ctc_train_teachers")
-    for i, t in enumerate(train_ctc_teachers(cfg=cfg, train_config=_train_config(args), **common)):
+    teachers = train_ctc_teachers(cfg=cfg, train_config=_train_config(args), jobs=args.jobs, num_threads=max(args.num_threads, 1),
+                                  launcher=launcher_from_args(args), **common)
+    for i, t in enumerate(teachers):
         print(f"teacher{i}: best dev token error rate {t['best_dev_ter']}")
     return 0
 

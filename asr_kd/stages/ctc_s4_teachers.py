@@ -13,9 +13,9 @@ from pathlib import Path
 
 from asr_kd.config import CtcConfig, TrainConfig
 from asr_kd.ctc.kd import GuidedCtcLoss, ctc_hard_loss
-from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.training import load_ctc_model, train_ctc_model
 from asr_kd.errors import DataError
+from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import describe_teacher_set, features_fingerprint, prepare_units, teachers_of, units_record_fingerprint
 from asr_kd.stages.layout import RecipeLayout
@@ -34,11 +34,29 @@ def teacher_set_settings(cfg: CtcConfig, train_config: TrainConfig, layout: Reci
     return {"ctc": model, "train": train_config, "train_part": layout.train_part, "dev_part": layout.dev_part}
 
 
+def _train_ctc_teacher(layout: RecipeLayout, cfg: CtcConfig, train_config: TrainConfig, i: int, init: Path | None, guide_dir: Path | None) -> dict:
+    """Train (or resume) teacher ``i`` of ``teachers_of(layout, cfg)`` with seed ``train_config.seed + i``,
+    from the checkpoint ``init`` if given and guided by the teacher in ``guide_dir`` if given; return
+    its summary entry. A job of :func:`train_ctc_teachers`."""
+    units = prepare_units(layout, cfg)
+    tcfg = dataclasses.replace(train_config, seed=train_config.seed + i)
+    loss: LossFn = ctc_hard_loss if guide_dir is None else GuidedCtcLoss(load_ctc_model(guide_dir), cfg.guide_weight)
+    start = time.time()
+    result = train_ctc_model(layout.open_cuts(layout.fbank_cuts(layout.train_part)), layout.open_cuts(layout.fbank_cuts(layout.dev_part)),
+                             layout.open_cmvn(layout.train_part), layout.open_cmvn(layout.dev_part), units, cfg, tcfg,
+                             teachers_of(layout, cfg) / f"teacher{i}", loss, init_checkpoint=init)
+    load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
+    log.info("CTC teacher %d: %s, best dev TER %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, time.time() - start)
+    return {"seed": tcfg.seed, "steps": result.state.step, "best_dev_ter": result.state.best_metric, "guide": False}
+
+
 def train_ctc_teachers(
     layout: RecipeLayout, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
+    jobs: int = 1, num_threads: int = 1, launcher: Launcher | None = None,
 ) -> list[dict]:
     """Train ``cfg.num_teachers`` CTC teachers (seeds ``seed + i``) in ``teachers_of(layout, cfg)``,
-    or skip them when the set's record matches.
+    each a job of ``launcher`` (default: local processes, ``jobs`` at a time, of ``num_threads``
+    torch threads), or skip them when the set's record matches.
 
     With ``shared_init_steps`` > 0, one run of that many steps (seed ``seed``) is trained first in
     the set's ``init/`` and every teacher starts from its weights. With ``guide_weight`` > 0,
@@ -52,8 +70,6 @@ def train_ctc_teachers(
     guard = StageGuard(f"CTC stage 4 ({set_dir.name})", set_dir, teacher_set_settings(cfg, train_config, layout), inputs, command)
     summary_path = set_dir / "summary.json"
     if guard.needs_work():
-        train_cuts, dev_cuts = layout.open_cuts(layout.fbank_cuts(layout.train_part)), layout.open_cuts(layout.fbank_cuts(layout.dev_part))
-        train_cmvn, dev_cmvn = layout.open_cmvn(layout.train_part), layout.open_cmvn(layout.dev_part)
         init = None
         if cfg.shared_init_steps > 0:
             init_cfg = dataclasses.replace(train_config, max_steps=cfg.shared_init_steps, num_epochs=max(train_config.num_epochs, 1000))
@@ -61,29 +77,24 @@ def train_ctc_teachers(
                 init = base_dir / "init" / "final.pt"  # the unguided shared set's, finished with it
             else:
                 log.info("shared initial alignment: %d steps -> %s", cfg.shared_init_steps, set_dir / "init")
-                init = train_ctc_model(train_cuts, None, train_cmvn, None, units, cfg, init_cfg, set_dir / "init").final_path
+                init = train_ctc_model(layout.open_cuts(layout.fbank_cuts(layout.train_part)), None, layout.open_cmvn(layout.train_part), None,
+                                       units, cfg, init_cfg, set_dir / "init").final_path
+        guided = cfg.guide_weight > 0
         teachers: list[dict] = []
-        guide: CtcEncoder | None = None
-        for i in range(cfg.num_teachers):
-            tcfg = dataclasses.replace(train_config, seed=train_config.seed + i)
-            start = time.time()
-            if cfg.guide_weight > 0 and i == 0:
-                # The guide is the unguided set's teacher 0, shared by link (not retrained).
-                _link_dir(set_dir / "teacher0", base_dir / "teacher0")
-                guide = load_ctc_model(base_dir / "teacher0")
-                state = load_checkpoint(base_dir / "teacher0" / "final.pt")["train_state"]
-                teachers.append({"seed": tcfg.seed, "steps": int(state["step"]), "best_dev_ter": state.get("best_metric"), "guide": True})
-                continue
-            loss: LossFn = ctc_hard_loss if guide is None else GuidedCtcLoss(guide, cfg.guide_weight)
-            result = train_ctc_model(train_cuts, dev_cuts, train_cmvn, dev_cmvn, units, cfg, tcfg, set_dir / f"teacher{i}", loss,
-                                     init_checkpoint=init)
-            load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
-            log.info("CTC teacher %d: %s, best dev TER %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, time.time() - start)
-            teachers.append({"seed": tcfg.seed, "steps": result.state.step, "best_dev_ter": result.state.best_metric, "guide": False})
+        if guided:
+            # The guide is the unguided set's teacher 0, shared by link (not retrained).
+            _link_dir(set_dir / "teacher0", base_dir / "teacher0")
+            state = load_checkpoint(base_dir / "teacher0" / "final.pt")["train_state"]
+            teachers.append({"seed": train_config.seed, "steps": int(state["step"]), "best_dev_ter": state.get("best_metric"), "guide": True})
+        # The other teachers depend on nothing but the init and the guide: one job each.
+        own = list(range(1 if guided else 0, cfg.num_teachers))
+        start = time.time()
+        teachers += launch_jobs(_train_ctc_teacher, [(layout, cfg, train_config, i, init, base_dir / "teacher0" if guided else None) for i in own],
+                                launcher, jobs, num_threads, layout.exp_dir / "log", f"ctc_{layout.ctc_units}_stage4_{set_dir.name}")
+        log.info("%d CTC teachers trained in %.0f s with %d job(s)", len(own), time.time() - start, jobs)
         if guard.is_main:  # under torchrun the other ranks read rank 0's summary (the record hashes it)
             write_text_atomic(summary_path, json.dumps({"num_tokens": units.num_tokens, "teachers": teachers}, indent=1) + "\n")
-        own = [set_dir / f"teacher{i}" / "final.pt" for i in range(cfg.num_teachers) if not (cfg.guide_weight > 0 and i == 0)]
-        guard.finish([summary_path, *own])
+        guard.finish([summary_path, *(set_dir / f"teacher{i}" / "final.pt" for i in own)])
     summary = json.loads(summary_path.read_text())
     rows = [f"| teacher{i}{' (guide)' if t['guide'] else ''} | {t['seed']} | {t['steps']} | {fmt_pct(t['best_dev_ter'])} |"
             for i, t in enumerate(summary["teachers"])]

@@ -407,11 +407,12 @@ if [ "$ctc" = true ]; then
   # and the decoding keep their own provenance.json and are skipped while it matches.
   if in_stages 4; then
     log "Stage 4 (CTC): teachers ($ctc_config, $ctc_train_config)"
-    run_logged "$exp/log/stage4_ctc_teachers.log" asr-kd ctc-train-teachers "${ctc_common[@]}" --config "$ctc_train_config"
+    run_logged "$exp/log/stage4_ctc_teachers.log" asr-kd ctc-train-teachers "${ctc_common[@]}" --config "$ctc_train_config" \
+      --jobs "$nj" "${cmd_opts[@]}"
     for i in "${!ctc_extra_sets[@]}"; do
       log "Stage 4 (CTC): teachers with ${ctc_extra_sets[$i]}"
       run_logged "$exp/log/stage4_ctc_teachers_${ctc_extra_names[$i]}.log" asr-kd ctc-train-teachers "${ctc_common[@]}" \
-        --config "$ctc_train_config" --ctc-set "${ctc_extra_sets[$i]}"
+        --config "$ctc_train_config" --ctc-set "${ctc_extra_sets[$i]}" --jobs "$nj" "${cmd_opts[@]}"
     done
   fi
   if in_stages 5; then

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import threading
 import time
@@ -38,6 +39,7 @@ from asr_kd.report.results_md import read_section
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.utils import folder_lock
 from asr_kd.stages.provenance import RECORD_NAME, read_record
+from asr_kd.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +122,21 @@ def test_guided_teachers_share_the_guide(ctc_run) -> None:
     again = train_ctc_teachers(layout, dataclasses.replace(CTC, guide_weight=1.0), dataclasses.replace(TRAIN, max_steps=25))
     assert [t["steps"] for t in again] == [40, 25] and read_record(guided_dir) == record
     assert record.inputs["guide_set"] == read_record(layout.ctc_teacher_set(0)).fingerprint
+
+
+def test_teachers_in_two_processes_equal_those_trained_in_turn(ctc_run, tmp_path, caplog) -> None:
+    """--jobs 2 trains the set's teachers in two spawned processes: the same weights as the
+    fixture's teachers, trained one after another in this process."""
+    layout, _, teachers, _, _ = ctc_run
+    other = RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone")
+    with caplog.at_level(logging.INFO, logger="asr_kd.launch"):
+        parallel = train_ctc_teachers(other, CTC, TRAIN, jobs=2, num_threads=1)
+    assert "running 2 jobs in 2 local processes" in caplog.text
+    assert parallel == teachers
+    for i in range(CTC.num_teachers):
+        a = load_checkpoint(layout.ctc_teacher_set(0) / f"teacher{i}" / "final.pt")["model"]
+        b = load_checkpoint(other.ctc_teacher_set(0) / f"teacher{i}" / "final.pt")["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_spike_report_compares_every_teacher_set(ctc_run) -> None:
