@@ -8,20 +8,35 @@ rounds is reported with the ratio. Whether bf16 is faster depends on the CPU: wi
 Whether it trains as well is a separate measurement on real data: the dev frame accuracy of the
 same network trained both ways (bench/hybrid_capacity.py with a variant ``amp=bf16-cpu``).
 
+A fixed batch shape flatters bf16: oneDNN prepares its kernels per shape, and a recipe's batches
+(whole utterances, bucketed by duration) change shape at every step. With ``--data`` and ``--exp``
+(a recipe run's folders, stage 3 done) the script also times the real thing: the stage-4 training
+loop (``train_frame_classifier``, its data loader and sampler, ``--train-config``'s batches) of
+mini's DNN on that run's alignments, ``--loop-steps`` steps per round, float32 and bf16 rounds
+alternating, CPU seconds of the process (the loader runs in it: ``num_workers`` 0).
+
     python bench/bf16_cpu.py [--rounds 5] [--steps 10] [--no-paper]
+        [--data recipes/librispeech/data --exp recipes/librispeech/exp [--alignments dnn]]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from asr_kd.config import TrainConfig, load_config
 from asr_kd.models.dnn import SplicedDnn, dnn_preset
+from asr_kd.stages.common import read_senones
+from asr_kd.stages.layout import RecipeLayout
+from asr_kd.train.frame_classifier import train_frame_classifier
 from asr_kd.train.state import seed_everything
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -90,13 +105,49 @@ def measure(name: str, num_classes: int, rounds: int, steps: int) -> dict:
             "speedup_min": min(ratios), "speedup_max": max(ratios)}
 
 
+def loop_seconds(layout: RecipeLayout, num_classes: int, train_config: TrainConfig, steps: int, amp: str) -> float:
+    """Return the CPU seconds per step of ``steps`` steps of stage 4's training loop (mini's DNN,
+    no dev scoring, no checkpoint before the end) with ``train.amp`` = ``amp``."""
+    cfg = dataclasses.replace(train_config, amp=amp, num_epochs=1, max_steps=steps, num_workers=0, checkpoint_every_steps=10**9,
+                              log_every_steps=10**9, device="cpu")
+    with tempfile.TemporaryDirectory() as exp_dir:
+        start = time.process_time()
+        train_frame_classifier(layout.ali_cuts(layout.train_part), None, layout.cmvn(layout.train_part), None, num_classes,
+                               dnn_preset("mini"), cfg, exp_dir)
+        return (time.process_time() - start) / steps
+
+
+def measure_loop(layout: RecipeLayout, train_config: TrainConfig, rounds: int, steps: int) -> dict:
+    num_classes = read_senones(layout).num_senones
+    loop_seconds(layout, num_classes, train_config, 2, "none")  # warm-up: imports, manifests, both kernels
+    loop_seconds(layout, num_classes, train_config, 2, "bf16-cpu")
+    fp32, bf16 = [], []
+    for _ in range(rounds):
+        fp32.append(loop_seconds(layout, num_classes, train_config, steps, "none"))
+        bf16.append(loop_seconds(layout, num_classes, train_config, steps, "bf16-cpu"))
+    a, b = statistics.median(fp32), statistics.median(bf16)
+    ratios = [f / g for f, g in zip(fp32, bf16)]
+    return {"classes": num_classes, "fp32_ms": 1000 * a, "bf16_ms": 1000 * b, "speedup": a / b, "speedup_min": min(ratios),
+            "speedup_max": max(ratios)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating float32/bf16 rounds (median reported; default 5)")
     parser.add_argument("--steps", type=int, default=10, help="training steps per round (default 10; the paper DNN takes 2)")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper-sized DNN (about a minute)")
+    parser.add_argument("--data", type=Path, default=None, help="a recipe run's data folder: also time its real training loop")
+    parser.add_argument("--exp", type=Path, default=None, help="that run's experiment folder (stage 3 done)")
+    parser.add_argument("--alignments", choices=("gmm", "dnn"), default="dnn",
+                        help="whose alignments the loop trains on (run.sh's --alignments; default dnn, as the presets)")
+    parser.add_argument("--train-config", type=Path, default=ROOT / "recipes" / "librispeech" / "conf" / "train_students_mini.yaml",
+                        help="TrainConfig of the loop (its batches and optimiser; default the mini teachers' and students')")
+    parser.add_argument("--loop-rounds", type=int, default=3, help="alternating float32/bf16 rounds of the loop (default 3)")
+    parser.add_argument("--loop-steps", type=int, default=100, help="training steps per round of the loop (default 100)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
+    if (args.data is None) != (args.exp is None):
+        parser.error("--data and --exp go together")
     torch.set_num_threads(1)
     rows = []
     for name, classes in NETWORKS.items():
@@ -105,6 +156,12 @@ def main() -> None:
         rows.append(measure(name, classes, args.rounds, 2 if name == "paper" else args.steps))
         r = rows[-1]
         print(f"{name}: float32 {r['fp32_ms']:.1f} ms/step, bf16 {r['bf16_ms']:.1f} ms/step, {r['speedup']:.2f}x", flush=True)
+    loop = None
+    if args.data is not None:
+        logging.getLogger("asr_kd").setLevel(logging.WARNING)
+        layout = RecipeLayout(args.data, args.exp, alignments=args.alignments)
+        loop = measure_loop(layout, load_config(TrainConfig, args.train_config), args.loop_rounds, args.loop_steps)
+        print(f"training loop: float32 {loop['fp32_ms']:.1f} ms/step, bf16 {loop['bf16_ms']:.1f} ms/step, {loop['speedup']:.2f}x", flush=True)
     command = " ".join(["python bench/bf16_cpu.py", *sys.argv[1:]])
     lines = [HEADING, "", f"Produced by `{command}` on {cpu_name()} (flags: {cpu_flags()}), one thread, torch {torch.__version__}. "
              f"A training step on random features of a 20-second batch ({BATCH} x {FRAMES} frames): forward, cross-entropy, backward, "
@@ -113,6 +170,16 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['network']} | {r['classes']} | {r['fp32_ms']:.1f} | {r['bf16_ms']:.1f} | {r['speedup']:.2f}x "
                      f"| {r['speedup_min']:.2f}-{r['speedup_max']:.2f}x |")
+    if loop is not None:
+        rel = args.train_config.resolve().relative_to(ROOT) if args.train_config.resolve().is_relative_to(ROOT) else args.train_config
+        lines += ["", f"The real training loop: stage 4's `train_frame_classifier` with its data loader (in the process) on "
+                  f"{args.exp}'s {args.alignments} alignments of {layout.train_part}, mini's DNN, {loop['classes']} senones, `{rel}`'s "
+                  f"batches (whole utterances bucketed by duration, so the batch shape changes at every step); "
+                  f"{args.loop_steps} steps a round, median of {args.loop_rounds} alternating rounds, CPU ms per step.", "",
+                  "| Network | Senones | float32 ms / step | bf16 ms / step | Speed-up | Rounds' speed-ups (min-max) |",
+                  "|---|---|---|---|---|---|",
+                  f"| mini, training loop | {loop['classes']} | {loop['fp32_ms']:.1f} | {loop['bf16_ms']:.1f} | {loop['speedup']:.2f}x "
+                  f"| {loop['speedup_min']:.2f}-{loop['speedup_max']:.2f}x |"]
     lines += ["", "The speed-up holds on CPUs that run bf16 natively (the flags above); elsewhere measure before choosing "
               "`bf16-cpu`. The recipe's configs train in float32 unless a config says `amp: bf16-cpu`. Random features and "
               "weights: this measures speed only, not what bf16 does to accuracy.", ""]
