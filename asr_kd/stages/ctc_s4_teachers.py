@@ -50,6 +50,15 @@ def _train_ctc_teacher(layout: RecipeLayout, cfg: CtcConfig, train_config: Train
     return {"seed": tcfg.seed, "steps": result.state.step, "best_dev_ter": result.state.best_metric, "guide": False}
 
 
+def _train_shared_init(layout: RecipeLayout, cfg: CtcConfig, init_config: TrainConfig, out_dir: Path) -> Path:
+    """Train (or resume) the shared initial run of a teacher set in ``out_dir`` (no dev scoring);
+    return its final checkpoint. A job of :func:`train_ctc_teachers`."""
+    result = train_ctc_model(layout.open_cuts(layout.fbank_cuts(layout.train_part)), None, layout.open_cmvn(layout.train_part), None,
+                             prepare_units(layout, cfg), cfg, init_config, out_dir)
+    load_checkpoint(result.final_path)  # a truncated final.pt stops here, before a teacher starts from it
+    return result.final_path
+
+
 def train_ctc_teachers(
     layout: RecipeLayout, cfg: CtcConfig, train_config: TrainConfig, results_md: Path | None = None, command: str = "",
     jobs: int = 1, num_threads: int = 1, launcher: Launcher | None = None,
@@ -77,8 +86,9 @@ def train_ctc_teachers(
                 init = base_dir / "init" / "final.pt"  # the unguided shared set's, finished with it
             else:
                 log.info("shared initial alignment: %d steps -> %s", cfg.shared_init_steps, set_dir / "init")
-                init = train_ctc_model(layout.open_cuts(layout.fbank_cuts(layout.train_part)), None, layout.open_cmvn(layout.train_part), None,
-                                       units, cfg, init_cfg, set_dir / "init").final_path
+                # A job too, so that under --cmd slurm no training runs where run.sh runs.
+                init = launch_jobs(_train_shared_init, [(layout, cfg, init_cfg, set_dir / "init")], launcher, jobs, num_threads,
+                                   layout.exp_dir / "log", f"ctc_{layout.ctc_units}_stage4_{set_dir.name}_init")[0]
         guided = cfg.guide_weight > 0
         teachers: list[dict] = []
         if guided:

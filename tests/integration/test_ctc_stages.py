@@ -60,7 +60,9 @@ def ctc_run(tiny_stage2, tmp_path_factory):
     try:
         teachers = train_ctc_teachers(layout, CTC, TRAIN, results_md=md, command="test")
         shared = dataclasses.replace(CTC, shared_init_steps=15)
-        train_ctc_teachers(layout, shared, dataclasses.replace(TRAIN, max_steps=25), results_md=md, command="test")
+        # Through the launcher's Slurm path on this machine: the shared first steps are a job too.
+        train_ctc_teachers(layout, shared, dataclasses.replace(TRAIN, max_steps=25), results_md=md, command="test",
+                           launcher=Launcher("submitit-local"))
         guided = train_ctc_teachers(layout, dataclasses.replace(CTC, guide_weight=1.0), dataclasses.replace(TRAIN, max_steps=25),
                                     results_md=md, command="test")
         student_train = dataclasses.replace(TRAIN, max_steps=20)
@@ -97,6 +99,13 @@ def test_teachers_lower_the_ctc_loss(ctc_run) -> None:
             assert after["loss"] < 0.8 * before["loss"]
     assert [t["steps"] for t in teachers] == [40, 40]
     assert (layout.ctc_teacher_set(15) / "init" / "final.pt").is_file()
+    # The shared set's first steps and its teachers ran as submitit jobs (their answers), not in this process.
+    jobs = layout.exp_dir / "log"
+    name = layout.ctc_teacher_set(15).name
+    assert json.loads((jobs / f"ctc_phone_stage4_{name}_init" / "task0.result.json").read_text())["result"] == {
+        "$path": str(layout.ctc_teacher_set(15) / "init" / "final.pt")}
+    assert [json.loads((jobs / f"ctc_phone_stage4_{name}" / f"task{i}.result.json").read_text())["result"]["$dict"]["steps"]
+            for i in range(2)] == [25, 25]
     assert read_record(layout.ctc_teacher_set(15)).config["ctc"]["shared_init_steps"] == 15
     section = read_section(md, "## CTC teachers (phone, independent)")
     assert section and "| teacher1 | 1 | 40 |" in section
