@@ -283,6 +283,31 @@ def _run_submitit(launcher: Launcher, ref: str, payloads: list[str], num_threads
     return results
 
 
+def check_launch(launcher: Launcher | None, jobs: int, num_jobs: int) -> None:
+    """Refuse (ConfigError) to run ``num_jobs`` jobs ``jobs`` at a time through ``launcher`` under
+    torchrun, where each model is one DDP job across the ranks. :func:`launch_jobs` checks this; a
+    stage that launches several rounds of jobs calls it first with its largest round, so that it
+    stops before the first round trains anything."""
+    backend = (launcher or Launcher()).backend
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and (backend != "local" or (jobs > 1 and num_jobs > 1)):
+        # Each job would start processes of its own that join this job's process group as
+        # duplicate ranks (or submit every model once per rank): refuse before anything starts.
+        raise ConfigError(f"under torchrun (WORLD_SIZE={world}) every model is one DDP job across the ranks: "
+                          f"run the command with --jobs 1 --cmd local (got --jobs {jobs} --cmd {backend})")
+
+
+def describe_launch(launcher: Launcher | None, jobs: int, num_jobs: int) -> str:
+    """Return where :func:`launch_jobs` runs ``num_jobs`` jobs, for a stage's log line: "in this
+    process", "in 2 local processes" or "as a slurm job array"."""
+    backend = (launcher or Launcher()).backend
+    if backend != "local":
+        return f"as a {backend} job array"
+    if jobs <= 1 or num_jobs <= 1:
+        return "in this process"
+    return f"in {min(jobs, num_jobs)} local processes"
+
+
 def launch_jobs(fn: Callable[..., Any], jobs_args: Sequence[tuple], launcher: Launcher | None = None, jobs: int = 1, num_threads: int = 1,
                 log_dir: Path | None = None, name: str = "jobs") -> list[Any]:
     """Return ``[fn(*args) for args in jobs_args]``, each call a job of ``launcher`` (default: local).
@@ -294,12 +319,7 @@ def launch_jobs(fn: Callable[..., Any], jobs_args: Sequence[tuple], launcher: La
     ``log_dir/name``; a job's DataError or ConfigError is raised here as such, naming its log.
     """
     launcher = launcher or Launcher()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and (launcher.backend != "local" or (jobs > 1 and len(jobs_args) > 1)):
-        # Each job would start processes of its own that join this job's process group as
-        # duplicate ranks (or submit every model once per rank): refuse before anything starts.
-        raise ConfigError(f"under torchrun (WORLD_SIZE={world}) every model is one DDP job across the ranks: "
-                          f"run the command with --jobs 1 --cmd local (got --jobs {jobs} --cmd {launcher.backend})")
+    check_launch(launcher, jobs, len(jobs_args))
     ref = function_ref(fn)
     payloads = [json.dumps(encode(tuple(args))["$tuple"]) for args in jobs_args]
     if launcher.backend == "local":

@@ -94,15 +94,22 @@ def measure(name: str, num_classes: int, rounds: int, steps: int) -> dict:
     y = torch.randint(0, num_classes, (BATCH, FRAMES), generator=gen)
     step_seconds(model, opt, x, lens, y, 1, False)  # warm-up of both kernels
     step_seconds(model, opt, x, lens, y, 1, True)
+    return {"network": name, "classes": num_classes,
+            **alternate(rounds, lambda: step_seconds(model, opt, x, lens, y, steps, False),
+                        lambda: step_seconds(model, opt, x, lens, y, steps, True))}
+
+
+def alternate(rounds: int, fp32_round, bf16_round) -> dict:
+    """Run ``rounds`` float32 and bf16 rounds in turn (each returns seconds per step); return their
+    medians in ms, the ratio of the medians and the spread of the rounds' own ratios."""
     fp32, bf16 = [], []
     for _ in range(rounds):
-        fp32.append(step_seconds(model, opt, x, lens, y, steps, False))
-        bf16.append(step_seconds(model, opt, x, lens, y, steps, True))
+        fp32.append(fp32_round())
+        bf16.append(bf16_round())
     a, b = statistics.median(fp32), statistics.median(bf16)
     # Each round's own ratio (its float32 and bf16 steps ran back to back): their spread is the noise.
     ratios = [f / g for f, g in zip(fp32, bf16)]
-    return {"network": name, "classes": num_classes, "fp32_ms": 1000 * a, "bf16_ms": 1000 * b, "speedup": a / b,
-            "speedup_min": min(ratios), "speedup_max": max(ratios)}
+    return {"fp32_ms": 1000 * a, "bf16_ms": 1000 * b, "speedup": a / b, "speedup_min": min(ratios), "speedup_max": max(ratios)}
 
 
 def loop_seconds(layout: RecipeLayout, num_classes: int, train_config: TrainConfig, steps: int, amp: str) -> float:
@@ -122,14 +129,8 @@ def measure_loop(layout: RecipeLayout, train_config: TrainConfig, rounds: int, s
     num_classes = read_senones(layout).num_senones
     loop_seconds(layout, num_classes, train_config, 2, "none")  # warm-up: imports, manifests, both kernels
     loop_seconds(layout, num_classes, train_config, 2, "bf16-cpu")
-    fp32, bf16 = [], []
-    for _ in range(rounds):
-        fp32.append(loop_seconds(layout, num_classes, train_config, steps, "none"))
-        bf16.append(loop_seconds(layout, num_classes, train_config, steps, "bf16-cpu"))
-    a, b = statistics.median(fp32), statistics.median(bf16)
-    ratios = [f / g for f, g in zip(fp32, bf16)]
-    return {"classes": num_classes, "fp32_ms": 1000 * a, "bf16_ms": 1000 * b, "speedup": a / b, "speedup_min": min(ratios),
-            "speedup_max": max(ratios)}
+    return {"classes": num_classes, **alternate(rounds, lambda: loop_seconds(layout, num_classes, train_config, steps, "none"),
+                                                lambda: loop_seconds(layout, num_classes, train_config, steps, "bf16-cpu"))}
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from asr_kd.config import CtcConfig, TrainConfig
 from asr_kd.ctc.kd import GuidedCtcLoss, ctc_hard_loss
 from asr_kd.ctc.training import load_ctc_model, train_ctc_model
 from asr_kd.errors import DataError
-from asr_kd.launch import Launcher, launch_jobs
+from asr_kd.launch import Launcher, check_launch, describe_launch, launch_jobs
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import describe_teacher_set, features_fingerprint, prepare_units, teachers_of, units_record_fingerprint
 from asr_kd.stages.layout import RecipeLayout
@@ -79,6 +79,9 @@ def train_ctc_teachers(
     guard = StageGuard(f"CTC stage 4 ({set_dir.name})", set_dir, teacher_set_settings(cfg, train_config, layout), inputs, command)
     summary_path = set_dir / "summary.json"
     if guard.needs_work():
+        # The teachers' round is the largest: under torchrun it is refused before a shared init trains.
+        own = list(range(1 if cfg.guide_weight > 0 else 0, cfg.num_teachers))
+        check_launch(launcher, jobs, len(own))
         init = None
         if cfg.shared_init_steps > 0:
             init_cfg = dataclasses.replace(train_config, max_steps=cfg.shared_init_steps, num_epochs=max(train_config.num_epochs, 1000))
@@ -96,12 +99,11 @@ def train_ctc_teachers(
             _link_dir(set_dir / "teacher0", base_dir / "teacher0")
             state = load_checkpoint(base_dir / "teacher0" / "final.pt")["train_state"]
             teachers.append({"seed": train_config.seed, "steps": int(state["step"]), "best_dev_ter": state.get("best_metric"), "guide": True})
-        # The other teachers depend on nothing but the init and the guide: one job each.
-        own = list(range(1 if guided else 0, cfg.num_teachers))
+        # The other teachers (``own``) depend on nothing but the init and the guide: one job each.
         start = time.time()
         teachers += launch_jobs(_train_ctc_teacher, [(layout, cfg, train_config, i, init, base_dir / "teacher0" if guided else None) for i in own],
                                 launcher, jobs, num_threads, layout.exp_dir / "log", f"ctc_{layout.ctc_units}_stage4_{set_dir.name}")
-        log.info("%d CTC teachers trained in %.0f s with %d job(s)", len(own), time.time() - start, jobs)
+        log.info("%d CTC teachers trained in %.0f s %s", len(own), time.time() - start, describe_launch(launcher, jobs, len(own)))
         if guard.is_main:  # under torchrun the other ranks read rank 0's summary (the record hashes it)
             write_text_atomic(summary_path, json.dumps({"num_tokens": units.num_tokens, "teachers": teachers}, indent=1) + "\n")
         guard.finish([summary_path, *(set_dir / f"teacher{i}" / "final.pt" for i in own)])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from asr_kd.config import DnnConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
-from asr_kd.launch import Launcher, launch_jobs
+from asr_kd.launch import Launcher, describe_launch, launch_jobs
 from asr_kd.stages.common import alignment_inputs, describe_alignments, describe_dnn, fmt_pct, read_senones, write_results
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard
@@ -64,7 +64,7 @@ def train_teachers(
         start = time.time()
         teachers = launch_jobs(_train_teacher, [(layout, i, num_teachers, senones.num_senones, model_config, train_config) for i in range(num_teachers)],
                                launcher, jobs, num_threads, layout.exp_dir / "log", "stage4_teachers")
-        log.info("%d teachers trained in %.0f s with %d job(s)", num_teachers, time.time() - start, jobs)
+        log.info("%d teachers trained in %.0f s %s", num_teachers, time.time() - start, describe_launch(launcher, jobs, num_teachers))
         if guard.is_main:  # under torchrun the other ranks read rank 0's files (the record hashes them)
             save_config(model_config, layout.teachers / "dnn.yaml")
             save_config(train_config, layout.teachers / "train.yaml")

@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import math
+import re
+import shutil
 import threading
 import time
 
@@ -138,14 +140,45 @@ def test_teachers_in_two_processes_equal_those_trained_in_turn(ctc_run, tmp_path
     fixture's teachers, trained one after another in this process."""
     layout, _, teachers, _, _ = ctc_run
     other = RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone")
-    with caplog.at_level(logging.INFO, logger="asr_kd.launch"):
+    with caplog.at_level(logging.INFO, logger="asr_kd"):
         parallel = train_ctc_teachers(other, CTC, TRAIN, jobs=2, num_threads=1)
     assert "running 2 jobs in 2 local processes" in caplog.text
+    assert re.search(r"2 CTC teachers trained in \d+ s in 2 local processes", caplog.text)
     assert parallel == teachers
     for i in range(CTC.num_teachers):
         a = load_checkpoint(layout.ctc_teacher_set(0) / f"teacher{i}" / "final.pt")["model"]
         b = load_checkpoint(other.ctc_teacher_set(0) / f"teacher{i}" / "final.pt")["model"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_guided_set_trains_its_teachers_in_two_processes_each_loading_the_guide(ctc_run, tmp_path) -> None:
+    """A guided set of 3 with --jobs 2: teachers 1 and 2 are two processes, each loading the
+    guide; teacher 1 equals the fixture's guided teacher 1, trained in this process."""
+    layout, _, _, _, guided = ctc_run
+    other = RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone")
+    for folder in (layout.ctc_units_dir, layout.ctc_teacher_set(0)):  # copied: their records still match
+        shutil.copytree(folder, other.ctc_root / folder.name, symlinks=True)
+    three = dataclasses.replace(CTC, guide_weight=1.0, num_teachers=3)
+    got = train_ctc_teachers(other, three, dataclasses.replace(TRAIN, max_steps=25), jobs=2, num_threads=1)
+    assert [t["steps"] for t in got] == [40, 25, 25] and got[:2] == guided
+    a = load_checkpoint(layout.ctc_teacher_set(0, 1.0) / "teacher1" / "final.pt")["model"]
+    b = load_checkpoint(other.ctc_teacher_set(0, 1.0) / "teacher1" / "final.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = load_checkpoint(other.ctc_teacher_set(0, 1.0) / "teacher2" / "final.pt")["model"]
+    assert not torch.equal(b[next(iter(b))], c[next(iter(c))])  # its own seed
+
+
+def test_a_shared_set_under_torchrun_with_two_jobs_is_refused_before_its_first_steps(ctc_run, tmp_path, monkeypatch) -> None:
+    """Under torchrun every model is one DDP job across the ranks: --jobs 2 is refused before the
+    shared first steps train (they are one job, which alone would be allowed), not after them."""
+    layout, _, _, _, _ = ctc_run
+    other = RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    shared = dataclasses.replace(CTC, shared_init_steps=15)
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE=2.*--jobs 1 --cmd local \(got --jobs 2 --cmd local\)"):
+        train_ctc_teachers(other, shared, TRAIN, jobs=2)
+    assert not (other.ctc_teacher_set(15) / "init").exists()
 
 
 def test_spike_report_compares_every_teacher_set(ctc_run) -> None:
