@@ -16,8 +16,15 @@ of the largest run linearly in what drives it (:data:`DRIVERS`: the training hou
 dev and test hours, or nothing: the lexicon and LM, the networks' size), fits peak memory as a
 straight line through the two largest runs, and divides CPU time by the cores of the target
 machine for the stages that run as parallel CPU jobs. The network stages (4, 5, 6, 8) are not
-projected onto GPUs: none has been measured (bench/dnn_gpu.py), so the table gives the CPU time
-they would take at the measured rate, with the same (mini) network sizes, and says so.
+projected onto GPUs: no recipe stage above `tiny` has run on one (the H200 benches, bench/dnn_gpu.py
+and bench/stage5_speed.py, time paper-size networks, and the README projects from them), so the
+table gives the CPU time they would take at the measured rate, with the same (mini) network sizes,
+and says so. With ``--project-epochs``, runs whose networks trained fewer epochs than the recipe
+(bench/scaling_train_1epoch.yaml: one) are projected to the recipe's epochs:
+
+    python bench/scaling.py --presets mini small --run-args '--alignments gmm --teacher-train-config
+        bench/scaling_train_1epoch.yaml --student-train-config bench/scaling_train_1epoch.yaml'
+        --project-epochs 30 --title "..."
 """
 
 from __future__ import annotations
@@ -81,9 +88,18 @@ class StageCost:
     disk_bytes: int = 0
     records: int = 0
     unmeasured: int = 0  # records without costs (written before costs were recorded)
+    # The training epochs its networks ran (each record's train.num_epochs; empty where it trains none).
+    epochs: set = dataclasses.field(default_factory=set)
+    # What made its records: (code version, command) pairs.
+    made_by: set = dataclasses.field(default_factory=set)
 
-    def add(self, resources: dict) -> None:
+    def add(self, resources: dict, config: dict | None = None, made_by: tuple[str, str] | None = None) -> None:
         self.records += 1
+        train = (config or {}).get("train")
+        if isinstance(train, dict) and train.get("num_epochs"):
+            self.epochs.add(int(train["num_epochs"]))
+        if made_by is not None:
+            self.made_by.add(made_by)
         if not resources:
             self.unmeasured += 1
             return
@@ -107,7 +123,8 @@ def stage_costs(folders: Iterable[Path]) -> dict[int, StageCost]:
             m = _STAGE.match(rec.stage)
             if m and int(m.group(1)) in STAGE_NAMES:
                 n = int(m.group(1))
-                costs.setdefault(n, StageCost(n)).add(rec.resources)
+                costs.setdefault(n, StageCost(n)).add(rec.resources, rec.config if isinstance(rec.config, dict) else None,
+                                                      (rec.code_version, rec.command))
     return costs
 
 
@@ -192,8 +209,27 @@ def _fmt_bytes(b: float) -> str:
     return f"{b:.0f} B"
 
 
-def tables(runs: list[Run], cores: int = 16) -> str:
-    """Return the markdown of the per-stage table, the growth exponents and the projection."""
+def made_by(runs: list[Run]) -> str:
+    """Return, per run, the commands (and code versions) its stage records say made them, with their stages."""
+    lines = []
+    for r in runs:
+        by: dict[tuple[str, str], list[int]] = {}
+        for n, c in sorted(r.costs.items()):
+            for key in sorted(c.made_by):
+                by.setdefault(key, []).append(n)
+        for (version, command), stages in by.items():
+            lines.append(f"- {r.name}, stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))}: "
+                         f"`{command or 'no command recorded'}` ({version or 'no code version recorded'})")
+    return "\n".join(lines)
+
+
+def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) -> str:
+    """Return the markdown of the per-stage table, the growth exponents and the projection.
+
+    With ``project_epochs``, the projection scales the CPU time of a training stage whose networks
+    all ran the same number of epochs E (their records' ``train.num_epochs``) by ``project_epochs / E``:
+    runs trained for fewer epochs than the recipe's measure the growth with the audio, and the
+    projection is for the recipe's training length."""
     stages = sorted({n for r in runs for n in r.costs})
     head = "| stage | " + " | ".join(f"{r.name}: wall / CPU / peak RSS / disk" for r in runs) + " |"
     lines = [head, "|---|" + "---|" * len(runs)]
@@ -210,6 +246,10 @@ def tables(runs: list[Run], cores: int = 16) -> str:
     lines.append("| sum of stages | " + " | ".join(f"{_fmt_s(t)} wall" for t in tot) + " |")
     lines.append("")
     lines.append("Hours of training audio: " + ", ".join(f"{r.name} {r.hours:.2f} h" for r in runs) + ".")
+    trained = [f"{r.name} stage {n}: {'/'.join(map(str, sorted(c.epochs)))}" for r in runs for n, c in sorted(r.costs.items())
+               if c.epochs]
+    if trained:
+        lines.append("Epochs each network of a training stage ran (its record's train.num_epochs): " + "; ".join(trained) + ".")
     if len(runs) >= 2:
         a, b = runs[-2], runs[-1]
         lines += ["", f"Growth from {a.name} to {b.name} ({b.hours / a.hours:.1f}x the training audio): exponent b of cost ~ hours^b, "
@@ -241,8 +281,11 @@ def tables(runs: list[Run], cores: int = 16) -> str:
               f"({', '.join(str(s) for s in sorted(GROWING_MEMORY))}: the training features, a part's posteriors), "
               f"{big.name}'s peak for the others (they stream cuts or cap their samples). Wall time: the CPU-parallel stages "
               f"({', '.join(str(s) for s in sorted(CPU_PARALLEL_STAGES))}) spread over {cores} cores; the network stages at the CPU rate "
-              "measured here, one core, as no GPU was measured; the lang stage as measured (it depends on the lexicon and LM: "
-              "see the graph-building bench).", "",
+              "measured here, one core, as no recipe stage was measured on a GPU; the lang stage as measured (it depends on the lexicon and LM: "
+              "see the graph-building bench)."
+              + (f" The training stages' CPU time at {project_epochs} epochs a network: the measured time times {project_epochs} "
+                 "over the epochs the run trained (a training's steps, shapes and dev scoring repeat each epoch), where all of "
+                 "a stage's networks ran the same number." if project_epochs else ""), "",
               "| stage | " + " | ".join(f"{k}: {cores}-core wall / peak RSS / disk" for k in LIBRISPEECH_HOURS) + " |",
               "|---|" + "---|" * len(LIBRISPEECH_HOURS)]
     for n in stages:
@@ -264,6 +307,9 @@ def tables(runs: list[Run], cores: int = 16) -> str:
                 continue
             elif n in CPU_PARALLEL_STAGES:
                 wall = _fmt_s(c.cpu_s * f / cores)
+            elif n in GPU_STAGES and project_epochs and len(c.epochs) == 1 and next(iter(c.epochs)) != project_epochs:
+                e = next(iter(c.epochs))
+                wall = f"{_fmt_s(c.cpu_s * f * project_epochs / e)} CPU at {project_epochs} epochs (measured at {e}; GPU unmeasured)"
             elif n in GPU_STAGES:
                 wall = f"{_fmt_s(c.cpu_s * f)} CPU (GPU unmeasured)"
             else:
@@ -285,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-args", default="", help="more run.sh options for every preset, as one string (for example "
                     "'--alignments gmm': stage 3 as on real LibriSpeech, without the synthetic presets' DNN realignment); "
                     "runs with other options need their own --work, or run.sh redoes the stages whose settings differ")
+    ap.add_argument("--project-epochs", type=int, help="project the training stages (4, 6, 8) to this many epochs a "
+                    "network (the recipe's 30 on mini and small) when the runs trained fewer (bench/scaling_train_1epoch.yaml)")
     ap.add_argument("--title", help="heading of the section written (default: the main scaling section's); another title "
                     "keeps a partial run, such as stages 0-3 of larger presets, beside it in --results (give it its own --work)")
     args = ap.parse_args(argv)
@@ -304,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         command = f"python bench/scaling.py --presets {' '.join(args.presets)} --stop-stage {args.stop_stage} --nj {args.nj}"
         if args.run_args:
             command += f" --run-args {shlex.quote(args.run_args)}"
+    if args.project_epochs:
+        command += f" --project-epochs {args.project_epochs}"
     if args.title:
         command += f" --title {shlex.quote(args.title)}"
     runs.sort(key=lambda r: r.hours)
@@ -312,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). CPU time counts the stage's process, "
             "the children it waited for, and stage 0's synthesis workers, which run under a multiprocessing forkserver and are "
             "counted apart (asr_kd.resource_usage.note_detached_cpu; records written before 9e2ce6a missed them, so their "
-            f"stage-0 CPU is too low).\n\n{tables(runs, args.cores)}")
+            f"stage-0 CPU is too low).\n\nWhat made each stage's records (their command and code version):\n{made_by(runs)}\n\n"
+            f"{tables(runs, args.cores, args.project_epochs)}")
     print(text)
     if not args.read:  # what was measured, beside the runs
         costs = [{"name": r.name, "parts": r.parts, "costs": {n: dataclasses.asdict(c) for n, c in r.costs.items()}} for r in runs]

@@ -24,8 +24,9 @@ def _bench():
     return mod
 
 
-def _stage(folder: Path, name: str, cpu_s: float, disk: int, rss_mb: float) -> None:
-    guard = StageGuard(name, folder, {"x": 1}, {})
+def _stage(folder: Path, name: str, cpu_s: float, disk: int, rss_mb: float, config: dict | None = None,
+           command: str = "") -> None:
+    guard = StageGuard(name, folder, config or {"x": 1}, {}, command=command)
     assert guard.needs_work()
     (folder / "out.bin").write_bytes(b"x")
     guard.finish(["out.bin"])
@@ -85,6 +86,37 @@ def test_a_titled_run_gets_its_own_section_beside_the_main_one(tmp_path: Path) -
     section = text.split("## Recipe scaling, stages 0-3\n", 1)[1]
     assert "--title 'Recipe scaling, stages 0-3'" in section.splitlines()[1]
     assert "| 3 GMM-HMM | 1.00 |" in section  # 100 CPU-s per training hour in both runs: linear
+
+
+def test_training_stages_run_for_fewer_epochs_are_projected_to_the_recipes(tmp_path: Path) -> None:
+    # Runs whose networks trained 1 epoch (bench/scaling_train_1epoch.yaml) measure how stages 4
+    # and 6 grow with the audio; --project-epochs 30 multiplies their CPU time by 30 in the
+    # projection only, and a stage whose networks ran different epochs is left as measured.
+    sc = _bench()
+    runs = []
+    for name, hours in (("mini", 1.0), ("small", 10.0)):
+        root = tmp_path / name
+        cmd = f"./run.sh --preset {name} --teacher-train-config one_epoch.yaml"
+        _stage(root / "exp" / "teachers", "stage 4 (teachers)", 60 * hours, 1000, 500, {"train": {"num_epochs": 1}}, cmd)
+        _stage(root / "exp" / "students" / "hard", "stage 6 (hard student, seed 0)", 20 * hours, 1000, 500,
+               {"train": {"num_epochs": 1}}, cmd)
+        _stage(root / "exp" / "students" / "distilled", "stage 6 (distilled student, seed 0)", 30 * hours, 1000, 500,
+               {"train": {"num_epochs": 2}}, cmd)
+        costs = sc.stage_costs([root / "exp"])
+        assert costs[4].epochs == {1} and costs[6].epochs == {1, 2}
+        runs.append(sc.Run(name, {"train-clean-100": hours}, costs))
+    text = sc.tables(runs, cores=16, project_epochs=30)
+    assert "small stage 4: 1; small stage 6: 1/2" in text
+    projection = text.split("Projection (not a measurement)")[1]
+    # 600 CPU-s for 10 h at 1 epoch -> 100.6 h: 6036 s, times 30: 50.3 h of CPU.
+    row = next(line for line in projection.splitlines() if line.startswith("| 4 teachers"))
+    assert row.split("|")[2].strip() == "50.3 h CPU at 30 epochs (measured at 1; GPU unmeasured) / 0.5 GB / 1.0 kB"
+    row = next(line for line in projection.splitlines() if line.startswith("| 6 students"))
+    assert row.split("|")[2].strip() == "83.8 min CPU (GPU unmeasured) / 0.5 GB / 2.0 kB"  # 500 s x 10.06, not scaled
+    assert sc.tables(runs, cores=16).count("at 30 epochs") == 0
+    made = sc.made_by(runs)
+    assert made.splitlines()[1] == ("- small, stages 4, 6: `./run.sh --preset small --teacher-train-config one_epoch.yaml` "
+                                    f"({made.splitlines()[1].rsplit('(', 1)[1]}")
 
 
 def test_run_args_reach_run_sh_and_need_runs(tmp_path: Path) -> None:
