@@ -286,8 +286,9 @@ def _run_submitit(launcher: Launcher, ref: str, payloads: list[str], num_threads
 def check_launch(launcher: Launcher | None, jobs: int, num_jobs: int) -> None:
     """Refuse (ConfigError) to run ``num_jobs`` jobs ``jobs`` at a time through ``launcher`` under
     torchrun, where each model is one DDP job across the ranks. :func:`launch_jobs` checks this; a
-    stage that launches several rounds of jobs calls it first with its largest round, so that it
-    stops before the first round trains anything."""
+    stage that launches several rounds of jobs (CTC stage 4: a shared set's first steps, then the
+    teachers; CTC stage 6: every student's seed 0, then the other seeds) calls it first with its
+    largest round, so that it stops before the first round trains anything."""
     backend = (launcher or Launcher()).backend
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and (backend != "local" or (jobs > 1 and num_jobs > 1)):

@@ -19,12 +19,13 @@ machine for the stages that run as parallel CPU jobs. The network stages (4, 5, 
 projected onto GPUs: no recipe stage above `tiny` has run on one (the H200 benches, bench/dnn_gpu.py
 and bench/stage5_speed.py, time paper-size networks, and the README projects from them), so the
 table gives the CPU time they would take at the measured rate, with the same (mini) network sizes,
-and says so. With ``--project-epochs``, runs whose networks trained fewer epochs than the recipe
-(bench/scaling_train_1epoch.yaml: one) are projected to the recipe's epochs:
+and says so. With ``--project-epochs``, runs whose teachers and students (stages 4 and 6) were
+configured for fewer epochs than the recipe (bench/scaling_train_1epoch.yaml: one) are projected
+to the recipe's epochs (run.sh runs in recipes/librispeech, hence the paths):
 
-    python bench/scaling.py --presets mini small --run-args '--alignments gmm --teacher-train-config
-        bench/scaling_train_1epoch.yaml --student-train-config bench/scaling_train_1epoch.yaml'
-        --project-epochs 30 --title "..."
+    python bench/scaling.py --presets mini small --work /tmp/scaling_1epoch --run-args '--alignments gmm
+        --teacher-train-config ../../bench/scaling_train_1epoch.yaml
+        --student-train-config ../../bench/scaling_train_1epoch.yaml' --project-epochs 30 --title "..."
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ FIXED_DISK = {2, 4, 6, 7, 8}
 GROWING_MEMORY = {3, 7}
 STAGE_NAMES = {0: "corpus", 1: "features", 2: "lang", 3: "GMM-HMM", 4: "teachers", 5: "soft targets", 6: "students",
                7: "decoding", 8: "3% experiment"}
+# Stages whose networks' epochs --project-epochs scales (run.sh's --teacher-train-config and
+# --student-train-config); stage 8's 3% runs have their own config and early stopping.
+PROJECTED_STAGES = {4, 6}
 # Stages whose work is shared among parallel CPU jobs (features, GMM accumulation and alignment,
 # decoding): a 16-core machine runs them about 16 ways. The others are network training or
 # teacher inference, for a GPU.
@@ -88,18 +92,22 @@ class StageCost:
     disk_bytes: int = 0
     records: int = 0
     unmeasured: int = 0  # records without costs (written before costs were recorded)
-    # The training epochs its networks ran (each record's train.num_epochs; empty where it trains none).
-    epochs: set = dataclasses.field(default_factory=set)
+    # The epochs its networks were configured for (each record's train.num_epochs; early stopping
+    # may have ended one sooner), and how many of its records name none.
+    num_epochs: set = dataclasses.field(default_factory=set)
+    no_epochs: int = 0
     # What made its records: (code version, command) pairs.
-    made_by: set = dataclasses.field(default_factory=set)
+    sources: set = dataclasses.field(default_factory=set)
 
-    def add(self, resources: dict, config: dict | None = None, made_by: tuple[str, str] | None = None) -> None:
+    def add(self, resources: dict, config: dict | None = None, source: tuple[str, str] | None = None) -> None:
         self.records += 1
         train = (config or {}).get("train")
         if isinstance(train, dict) and train.get("num_epochs"):
-            self.epochs.add(int(train["num_epochs"]))
-        if made_by is not None:
-            self.made_by.add(made_by)
+            self.num_epochs.add(int(train["num_epochs"]))
+        else:
+            self.no_epochs += 1
+        if source is not None:
+            self.sources.add(source)
         if not resources:
             self.unmeasured += 1
             return
@@ -209,18 +217,27 @@ def _fmt_bytes(b: float) -> str:
     return f"{b:.0f} B"
 
 
-def made_by(runs: list[Run]) -> str:
+def record_sources(runs: list[Run]) -> str:
     """Return, per run, the commands (and code versions) its stage records say made them, with their stages."""
     lines = []
     for r in runs:
         by: dict[tuple[str, str], list[int]] = {}
         for n, c in sorted(r.costs.items()):
-            for key in sorted(c.made_by):
+            for key in sorted(c.sources):
                 by.setdefault(key, []).append(n)
         for (version, command), stages in by.items():
             lines.append(f"- {r.name}, stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))}: "
                          f"`{command or 'no command recorded'}` ({version or 'no code version recorded'})")
     return "\n".join(lines)
+
+
+def projectable_epochs(c: StageCost, project_epochs: int | None) -> int | None:
+    """Return the one epoch count E of stage ``c``'s networks when ``--project-epochs`` scales it
+    (stage 4 or 6, every record naming the same E < project_epochs), else None."""
+    if not project_epochs or c.stage not in PROJECTED_STAGES or c.no_epochs or len(c.num_epochs) != 1:
+        return None
+    e = next(iter(c.num_epochs))
+    return e if e < project_epochs else None
 
 
 def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) -> str:
@@ -229,7 +246,9 @@ def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) 
     With ``project_epochs``, the projection scales the CPU time of a training stage whose networks
     all ran the same number of epochs E (their records' ``train.num_epochs``) by ``project_epochs / E``:
     runs trained for fewer epochs than the recipe's measure the growth with the audio, and the
-    projection is for the recipe's training length."""
+    projection is for the recipe's training length (an upper bound: the first epoch also carries the
+    set-up and the final scoring, which do not repeat). Only stages 4 and 6, only when E is smaller
+    and every record names it; the others stay as measured, and say so."""
     stages = sorted({n for r in runs for n in r.costs})
     head = "| stage | " + " | ".join(f"{r.name}: wall / CPU / peak RSS / disk" for r in runs) + " |"
     lines = [head, "|---|" + "---|" * len(runs)]
@@ -246,17 +265,21 @@ def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) 
     lines.append("| sum of stages | " + " | ".join(f"{_fmt_s(t)} wall" for t in tot) + " |")
     lines.append("")
     lines.append("Hours of training audio: " + ", ".join(f"{r.name} {r.hours:.2f} h" for r in runs) + ".")
-    trained = [f"{r.name} stage {n}: {'/'.join(map(str, sorted(c.epochs)))}" for r in runs for n, c in sorted(r.costs.items())
-               if c.epochs]
+    trained = [f"{r.name} stage {n}: {'/'.join(map(str, sorted(c.num_epochs)))}" for r in runs for n, c in sorted(r.costs.items())
+               if c.num_epochs and n in GPU_STAGES]
     if trained:
-        lines.append("Epochs each network of a training stage ran (its record's train.num_epochs): " + "; ".join(trained) + ".")
+        lines.append("Epochs each network of a training stage was configured for (its record's train.num_epochs): "
+                     + "; ".join(trained) + ".")
     if len(runs) >= 2:
         a, b = runs[-2], runs[-1]
         lines += ["", f"Growth from {a.name} to {b.name} ({b.hours / a.hours:.1f}x the training audio): exponent b of cost ~ hours^b, "
                   "hours being what drives the stage (training, all, or dev+test audio); 1 = linear, below 1 fixed costs still "
                   "dominate the smaller run, above 1 the stage grows faster than its data. Only runs with the same configs measure "
                   "growth: tiny has smaller networks, GMMs and training runs than mini and small (conf/presets/), so from tiny the "
-                  "exponents of stages 3-8 mix data growth with model growth; mini and small share their configs.", "",
+                  "exponents of stages 3-8 mix data growth with model growth; mini and small share their configs."
+                  + "".join(f" Stage {n}'s networks were configured for other epochs in the two runs, so its exponent mixes "
+                            "training length in." for n in stages if n in a.costs and n in b.costs
+                            and a.costs[n].num_epochs != b.costs[n].num_epochs), "",
                   "| stage | CPU time b | disk b | peak RSS ratio |", "|---|---|---|---|"]
         for n in stages:
             ca, cb = a.costs.get(n), b.costs.get(n)
@@ -283,9 +306,11 @@ def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) 
               f"({', '.join(str(s) for s in sorted(CPU_PARALLEL_STAGES))}) spread over {cores} cores; the network stages at the CPU rate "
               "measured here, one core, as no recipe stage was measured on a GPU; the lang stage as measured (it depends on the lexicon and LM: "
               "see the graph-building bench)."
-              + (f" The training stages' CPU time at {project_epochs} epochs a network: the measured time times {project_epochs} "
-                 "over the epochs the run trained (a training's steps, shapes and dev scoring repeat each epoch), where all of "
-                 "a stage's networks ran the same number." if project_epochs else ""), "",
+              + (f" Stages {' and '.join(map(str, sorted(PROJECTED_STAGES)))} at {project_epochs} epochs a network: the "
+                 f"measured CPU time times {project_epochs} over the epochs the run's networks were configured for (a "
+                 "training's steps, shapes and dev scoring repeat each epoch), where every record names the same, smaller "
+                 "number; an upper bound, as the first epoch also carries the set-up and the final scoring, which do not "
+                 "repeat." if project_epochs else ""), "",
               "| stage | " + " | ".join(f"{k}: {cores}-core wall / peak RSS / disk" for k in LIBRISPEECH_HOURS) + " |",
               "|---|" + "---|" * len(LIBRISPEECH_HOURS)]
     for n in stages:
@@ -307,9 +332,13 @@ def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) 
                 continue
             elif n in CPU_PARALLEL_STAGES:
                 wall = _fmt_s(c.cpu_s * f / cores)
-            elif n in GPU_STAGES and project_epochs and len(c.epochs) == 1 and next(iter(c.epochs)) != project_epochs:
-                e = next(iter(c.epochs))
+            elif projectable_epochs(c, project_epochs):
+                e = projectable_epochs(c, project_epochs)
                 wall = f"{_fmt_s(c.cpu_s * f * project_epochs / e)} CPU at {project_epochs} epochs (measured at {e}; GPU unmeasured)"
+            elif n in GPU_STAGES and project_epochs and n in PROJECTED_STAGES and c.num_epochs != {project_epochs}:
+                why = ("epochs " + "/".join(map(str, sorted(c.num_epochs))) if c.num_epochs else "no epochs recorded") + (
+                    f", {c.no_epochs} record(s) without" if c.num_epochs and c.no_epochs else "")
+                wall = f"{_fmt_s(c.cpu_s * f)} CPU as measured (not projected: {why}; GPU unmeasured)"
             elif n in GPU_STAGES:
                 wall = f"{_fmt_s(c.cpu_s * f)} CPU (GPU unmeasured)"
             else:
@@ -331,8 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-args", default="", help="more run.sh options for every preset, as one string (for example "
                     "'--alignments gmm': stage 3 as on real LibriSpeech, without the synthetic presets' DNN realignment); "
                     "runs with other options need their own --work, or run.sh redoes the stages whose settings differ")
-    ap.add_argument("--project-epochs", type=int, help="project the training stages (4, 6, 8) to this many epochs a "
-                    "network (the recipe's 30 on mini and small) when the runs trained fewer (bench/scaling_train_1epoch.yaml)")
+    ap.add_argument("--project-epochs", type=int, help="project stages 4 and 6 (teachers, students) to this many epochs a "
+                    "network (the recipe's 30 on mini and small) when the runs' networks were configured for fewer "
+                    "(bench/scaling_train_1epoch.yaml)")
     ap.add_argument("--title", help="heading of the section written (default: the main scaling section's); another title "
                     "keeps a partial run, such as stages 0-3 of larger presets, beside it in --results (give it its own --work)")
     args = ap.parse_args(argv)
@@ -359,15 +389,17 @@ def main(argv: list[str] | None = None) -> None:
     runs.sort(key=lambda r: r.hours)
     walls = [f"{r.name} {_fmt_s(r.wall_total_s)}" for r in runs if r.wall_total_s is not None]
     text = (f"{heading}\n\n`{command}` (stages 0-{args.stop_stage}; costs from each stage's provenance record; "
-            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). CPU time counts the stage's process, "
+            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). A stage's wall time is the sum of its "
+            "records', so a stage whose jobs ran side by side (stage 4's teachers, stage 6's students) shows more than it took. "
+            "CPU time counts the stage's process, "
             "the children it waited for, and stage 0's synthesis workers, which run under a multiprocessing forkserver and are "
             "counted apart (asr_kd.resource_usage.note_detached_cpu; records written before 9e2ce6a missed them, so their "
-            f"stage-0 CPU is too low).\n\nWhat made each stage's records (their command and code version):\n{made_by(runs)}\n\n"
+            f"stage-0 CPU is too low).\n\nWhat made each stage's records (their command and code version):\n{record_sources(runs)}\n\n"
             f"{tables(runs, args.cores, args.project_epochs)}")
     print(text)
     if not args.read:  # what was measured, beside the runs
         costs = [{"name": r.name, "parts": r.parts, "costs": {n: dataclasses.asdict(c) for n, c in r.costs.items()}} for r in runs]
-        (args.work / "scaling.json").write_text(json.dumps(costs, indent=1))
+        (args.work / "scaling.json").write_text(json.dumps(costs, indent=1, default=sorted))  # the sets as sorted lists
     write_section(args.results, heading, text)
 
 

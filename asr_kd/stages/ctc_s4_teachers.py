@@ -79,20 +79,20 @@ def train_ctc_teachers(
     guard = StageGuard(f"CTC stage 4 ({set_dir.name})", set_dir, teacher_set_settings(cfg, train_config, layout), inputs, command)
     summary_path = set_dir / "summary.json"
     if guard.needs_work():
+        guided = cfg.guide_weight > 0
         # The teachers' round is the largest: under torchrun it is refused before a shared init trains.
-        own = list(range(1 if cfg.guide_weight > 0 else 0, cfg.num_teachers))
+        own = list(range(1 if guided else 0, cfg.num_teachers))
         check_launch(launcher, jobs, len(own))
         init = None
         if cfg.shared_init_steps > 0:
             init_cfg = dataclasses.replace(train_config, max_steps=cfg.shared_init_steps, num_epochs=max(train_config.num_epochs, 1000))
-            if cfg.guide_weight > 0:
+            if guided:
                 init = base_dir / "init" / "final.pt"  # the unguided shared set's, finished with it
             else:
                 log.info("shared initial alignment: %d steps -> %s", cfg.shared_init_steps, set_dir / "init")
                 # A job too, so that under --cmd slurm no training runs where run.sh runs.
                 init = launch_jobs(_train_shared_init, [(layout, cfg, init_cfg, set_dir / "init")], launcher, jobs, num_threads,
                                    layout.exp_dir / "log", f"ctc_{layout.ctc_units}_stage4_{set_dir.name}_init")[0]
-        guided = cfg.guide_weight > 0
         teachers: list[dict] = []
         if guided:
             # The guide is the unguided set's teacher 0, shared by link (not retrained).

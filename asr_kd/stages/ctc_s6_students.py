@@ -24,7 +24,7 @@ from asr_kd.ctc.units import CtcUnits
 from asr_kd.data.ctc_data import cut_text
 from asr_kd.errors import ConfigError
 from asr_kd.kd.ensemble import TeacherEnsemble
-from asr_kd.launch import Launcher, launch_jobs
+from asr_kd.launch import Launcher, check_launch, launch_jobs
 from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
@@ -267,6 +267,7 @@ def train_ctc_students(
     runs = [[(kind, kind, cfg, 0) for kind in kinds] + [("frame", name, c, 0) for name, c in extra.items()],
             [(kind, kind, cfg, k) for k in range(1, num_seeds) for kind in kinds]
             + [("frame", name, c, k) for k in range(1, num_seeds) for name, c in extra.items()]]
+    check_launch(launcher, jobs, max(len(batch) for batch in runs))  # under torchrun: before seed 0 of any student trains
     out: dict[str, list[dict]] = {}
     try:
         for wave, batch in enumerate(runs):

@@ -151,7 +151,7 @@ def test_teachers_in_two_processes_equal_those_trained_in_turn(ctc_run, tmp_path
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_guided_set_trains_its_teachers_in_two_processes_each_loading_the_guide(ctc_run, tmp_path) -> None:
+def test_a_guided_set_trains_its_teachers_in_two_processes_each_loading_the_guide(ctc_run, tmp_path, caplog) -> None:
     """A guided set of 3 with --jobs 2: teachers 1 and 2 are two processes, each loading the
     guide; teacher 1 equals the fixture's guided teacher 1, trained in this process."""
     layout, _, _, _, guided = ctc_run
@@ -159,8 +159,12 @@ def test_a_guided_set_trains_its_teachers_in_two_processes_each_loading_the_guid
     for folder in (layout.ctc_units_dir, layout.ctc_teacher_set(0)):  # copied: their records still match
         shutil.copytree(folder, other.ctc_root / folder.name, symlinks=True)
     three = dataclasses.replace(CTC, guide_weight=1.0, num_teachers=3)
-    got = train_ctc_teachers(other, three, dataclasses.replace(TRAIN, max_steps=25), jobs=2, num_threads=1)
+    with caplog.at_level(logging.INFO, logger="asr_kd"):
+        got = train_ctc_teachers(other, three, dataclasses.replace(TRAIN, max_steps=25), jobs=2, num_threads=1)
+    assert "running 2 jobs in 2 local processes" in caplog.text
     assert [t["steps"] for t in got] == [40, 25, 25] and got[:2] == guided
+    events = list((other.ctc_teacher_set(0, 1.0) / "teacher2" / "tensorboard").rglob("events.out.tfevents*"))
+    assert events and any(b"train/guide_loss" in e.read_bytes() for e in events)  # teacher 2 was guided too
     a = load_checkpoint(layout.ctc_teacher_set(0, 1.0) / "teacher1" / "final.pt")["model"]
     b = load_checkpoint(other.ctc_teacher_set(0, 1.0) / "teacher1" / "final.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -168,9 +172,10 @@ def test_a_guided_set_trains_its_teachers_in_two_processes_each_loading_the_guid
     assert not torch.equal(b[next(iter(b))], c[next(iter(c))])  # its own seed
 
 
-def test_a_shared_set_under_torchrun_with_two_jobs_is_refused_before_its_first_steps(ctc_run, tmp_path, monkeypatch) -> None:
+def test_a_shared_set_or_students_under_torchrun_with_two_jobs_are_refused_before_the_first_round(ctc_run, tmp_path, monkeypatch) -> None:
     """Under torchrun every model is one DDP job across the ranks: --jobs 2 is refused before the
-    shared first steps train (they are one job, which alone would be allowed), not after them."""
+    shared first steps train (one job, which alone would be allowed), and before the students'
+    seed 0 (one job for one kind) trains, not after them."""
     layout, _, _, _, _ = ctc_run
     other = RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -179,6 +184,10 @@ def test_a_shared_set_under_torchrun_with_two_jobs_is_refused_before_its_first_s
     with pytest.raises(ConfigError, match=r"WORLD_SIZE=2.*--jobs 1 --cmd local \(got --jobs 2 --cmd local\)"):
         train_ctc_teachers(other, shared, TRAIN, jobs=2)
     assert not (other.ctc_teacher_set(15) / "init").exists()
+    # The students the same way: seed 0 alone (one job) would be allowed, seeds 1 and 2 not; refused before seed 0.
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE=2.*\(got --jobs 2 --cmd local\)"):
+        train_ctc_students(other, CTC, TRAIN, kinds=["baseline"], num_seeds=3, jobs=2)
+    assert not other.ctc_student_dir("baseline").exists()
 
 
 def test_spike_report_compares_every_teacher_set(ctc_run) -> None:

@@ -88,10 +88,13 @@ def test_a_titled_run_gets_its_own_section_beside_the_main_one(tmp_path: Path) -
     assert "| 3 GMM-HMM | 1.00 |" in section  # 100 CPU-s per training hour in both runs: linear
 
 
-def test_training_stages_run_for_fewer_epochs_are_projected_to_the_recipes(tmp_path: Path) -> None:
+def test_training_stages_run_for_fewer_epochs_are_projected_to_the_recipes(tmp_path: Path, monkeypatch) -> None:
     # Runs whose networks trained 1 epoch (bench/scaling_train_1epoch.yaml) measure how stages 4
     # and 6 grow with the audio; --project-epochs 30 multiplies their CPU time by 30 in the
-    # projection only, and a stage whose networks ran different epochs is left as measured.
+    # projection only. A stage whose networks ran different epochs, and stage 8 (its own config,
+    # 200 epochs), stay as measured.
+    from asr_kd.stages.provenance import read_record
+
     sc = _bench()
     runs = []
     for name, hours in (("mini", 1.0), ("small", 10.0)):
@@ -102,21 +105,32 @@ def test_training_stages_run_for_fewer_epochs_are_projected_to_the_recipes(tmp_p
                {"train": {"num_epochs": 1}}, cmd)
         _stage(root / "exp" / "students" / "distilled", "stage 6 (distilled student, seed 0)", 30 * hours, 1000, 500,
                {"train": {"num_epochs": 2}}, cmd)
+        _stage(root / "exp" / "three_percent", "stage 8 (3% experiment)", 10 * hours, 1000, 500, {"train": {"num_epochs": 200}}, cmd)
         costs = sc.stage_costs([root / "exp"])
-        assert costs[4].epochs == {1} and costs[6].epochs == {1, 2}
+        assert costs[4].num_epochs == {1} and costs[6].num_epochs == {1, 2} and costs[8].num_epochs == {200}
         runs.append(sc.Run(name, {"train-clean-100": hours}, costs))
     text = sc.tables(runs, cores=16, project_epochs=30)
-    assert "small stage 4: 1; small stage 6: 1/2" in text
+    assert "small stage 4: 1; small stage 6: 1/2; small stage 8: 200" in text
     projection = text.split("Projection (not a measurement)")[1]
     # 600 CPU-s for 10 h at 1 epoch -> 100.6 h: 6036 s, times 30: 50.3 h of CPU.
     row = next(line for line in projection.splitlines() if line.startswith("| 4 teachers"))
     assert row.split("|")[2].strip() == "50.3 h CPU at 30 epochs (measured at 1; GPU unmeasured) / 0.5 GB / 1.0 kB"
-    row = next(line for line in projection.splitlines() if line.startswith("| 6 students"))
-    assert row.split("|")[2].strip() == "83.8 min CPU (GPU unmeasured) / 0.5 GB / 2.0 kB"  # 500 s x 10.06, not scaled
+    row = next(line for line in projection.splitlines() if line.startswith("| 6 students"))  # 500 s x 10.06, not scaled
+    assert row.split("|")[2].strip() == "83.8 min CPU as measured (not projected: epochs 1/2; GPU unmeasured) / 0.5 GB / 2.0 kB"
+    row = next(line for line in projection.splitlines() if line.startswith("| 8 3% experiment"))  # 100 s x 10.06
+    assert row.split("|")[2].strip() == "16.8 min CPU (GPU unmeasured) / 0.5 GB / 1.0 kB"
     assert sc.tables(runs, cores=16).count("at 30 epochs") == 0
-    made = sc.made_by(runs)
-    assert made.splitlines()[1] == ("- small, stages 4, 6: `./run.sh --preset small --teacher-train-config one_epoch.yaml` "
-                                    f"({made.splitlines()[1].rsplit('(', 1)[1]}")
+    version = read_record(tmp_path / "small" / "exp" / "teachers").code_version
+    assert sc.record_sources(runs).splitlines()[1] == (
+        f"- small, stages 4, 6, 8: `./run.sh --preset small --teacher-train-config one_epoch.yaml` ({version})")
+    # A run of the presets (run.sh replaced by the records above) writes the section and scaling.json.
+    monkeypatch.setattr(sc, "run_recipe", lambda preset, *a: next(r for r in runs if r.name == preset))
+    results = tmp_path / "RESULTS.md"
+    sc.main(["--presets", "mini", "small", "--work", str(tmp_path / "work"), "--results", str(results), "--project-epochs", "30"])
+    saved = json.loads((tmp_path / "work" / "scaling.json").read_text())
+    assert saved[1]["costs"]["4"]["num_epochs"] == [1]
+    assert saved[1]["costs"]["4"]["sources"] == [[version, "./run.sh --preset small --teacher-train-config one_epoch.yaml"]]
+    assert "50.3 h CPU at 30 epochs" in results.read_text() and "--project-epochs 30" in results.read_text()
 
 
 def test_run_args_reach_run_sh_and_need_runs(tmp_path: Path) -> None:
