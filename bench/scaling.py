@@ -98,8 +98,12 @@ class StageCost:
     no_epochs: int = 0
     # What made its records: (code version, command) pairs.
     sources: set = dataclasses.field(default_factory=set)
+    # Each measured record's (start, finish) in seconds since the epoch (finish minus its wall time),
+    # or None for a record without a finish stamp.
+    spans: list = dataclasses.field(default_factory=list)
 
-    def add(self, resources: dict, config: dict | None = None, source: tuple[str, str] | None = None) -> None:
+    def add(self, resources: dict, config: dict | None = None, source: tuple[str, str] | None = None,
+            finished: str = "") -> None:
         self.records += 1
         train = (config or {}).get("train")
         if isinstance(train, dict) and train.get("num_epochs"):
@@ -112,9 +116,37 @@ class StageCost:
             self.unmeasured += 1
             return
         self.wall_s += float(resources["wall_s"])
+        end = _timestamp(finished)
+        self.spans.append(None if end is None else (end - float(resources["wall_s"]), end))
         self.cpu_s += float(resources["cpu_s"])
         self.peak_rss_mb = max(self.peak_rss_mb, float(resources["peak_rss_mb"]))
         self.disk_bytes += int(resources["disk_bytes"])
+
+
+    @property
+    def elapsed_s(self) -> float:
+        """The time the stage took: the union of its records' (start, finish) spans, so that jobs
+        that ran side by side count once and records made at different times add up; their summed
+        wall time where a record has no finish stamp."""
+        if not self.spans or any(span is None for span in self.spans):
+            return self.wall_s
+        total, (cur_start, cur_end) = 0.0, sorted(self.spans)[0]
+        for start, end in sorted(self.spans)[1:]:
+            if start > cur_end:
+                total += cur_end - cur_start
+                cur_start, cur_end = start, end
+            else:
+                cur_end = max(cur_end, end)
+        return total + cur_end - cur_start
+
+
+def _timestamp(stamp: str) -> float | None:
+    """Return a record's ``finished`` stamp (ISO 8601, UTC) in seconds since the epoch, None if absent."""
+    if not stamp:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def stage_costs(folders: Iterable[Path]) -> dict[int, StageCost]:
@@ -132,7 +164,7 @@ def stage_costs(folders: Iterable[Path]) -> dict[int, StageCost]:
             if m and int(m.group(1)) in STAGE_NAMES:
                 n = int(m.group(1))
                 costs.setdefault(n, StageCost(n)).add(rec.resources, rec.config if isinstance(rec.config, dict) else None,
-                                                      (rec.code_version, rec.command))
+                                                      (rec.code_version, rec.command), rec.finished)
     return costs
 
 
@@ -259,9 +291,9 @@ def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) 
             if c is None or c.records == c.unmeasured:
                 cells.append("not measured")
             else:
-                cells.append(f"{_fmt_s(c.wall_s)} / {_fmt_s(c.cpu_s)} / {c.peak_rss_mb / 1024:.2f} GB / {_fmt_bytes(c.disk_bytes)}")
+                cells.append(f"{_fmt_s(c.elapsed_s)} / {_fmt_s(c.cpu_s)} / {c.peak_rss_mb / 1024:.2f} GB / {_fmt_bytes(c.disk_bytes)}")
         lines.append(f"| {n} {STAGE_NAMES[n]} | " + " | ".join(cells) + " |")
-    tot = [sum(c.wall_s for c in r.costs.values()) for r in runs]
+    tot = [sum(c.elapsed_s for c in r.costs.values()) for r in runs]
     lines.append("| sum of stages | " + " | ".join(f"{_fmt_s(t)} wall" for t in tot) + " |")
     lines.append("")
     lines.append("Hours of training audio: " + ", ".join(f"{r.name} {r.hours:.2f} h" for r in runs) + ".")
@@ -342,7 +374,7 @@ def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) 
             elif n in GPU_STAGES:
                 wall = f"{_fmt_s(c.cpu_s * f)} CPU (GPU unmeasured)"
             else:
-                wall = _fmt_s(c.wall_s)
+                wall = _fmt_s(c.elapsed_s)
             cells.append(f"{wall} / {rss / 1024:.1f} GB / {_fmt_bytes(disk)}")
         lines.append(f"| {n} {STAGE_NAMES[n]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -389,8 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     runs.sort(key=lambda r: r.hours)
     walls = [f"{r.name} {_fmt_s(r.wall_total_s)}" for r in runs if r.wall_total_s is not None]
     text = (f"{heading}\n\n`{command}` (stages 0-{args.stop_stage}; costs from each stage's provenance record; "
-            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). A stage's wall time is the sum of its "
-            "records', so a stage whose jobs ran side by side (stage 4's teachers, stage 6's students) shows more than it took. "
+            f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). A stage's wall time is the union of its "
+            "records' spans (each record's finish stamp minus its wall time), so jobs that ran side by side count once. "
             "CPU time counts the stage's process, "
             "the children it waited for, and stage 0's synthesis workers, which run under a multiprocessing forkserver and are "
             "counted apart (asr_kd.resource_usage.note_detached_cpu; records written before 9e2ce6a missed them, so their "

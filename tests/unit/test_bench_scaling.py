@@ -25,13 +25,15 @@ def _bench():
 
 
 def _stage(folder: Path, name: str, cpu_s: float, disk: int, rss_mb: float, config: dict | None = None,
-           command: str = "") -> None:
+           command: str = "", finished: str | None = None) -> None:
     guard = StageGuard(name, folder, config or {"x": 1}, {}, command=command)
     assert guard.needs_work()
     (folder / "out.bin").write_bytes(b"x")
     guard.finish(["out.bin"])
     data = json.loads((folder / RECORD_NAME).read_text())
     data["resources"] = {"wall_s": cpu_s, "cpu_s": cpu_s, "peak_rss_mb": rss_mb, "disk_bytes": disk, "resumed": False}
+    if finished is not None:
+        data["finished"] = finished
     (folder / RECORD_NAME).write_text(json.dumps(data))
 
 
@@ -131,6 +133,21 @@ def test_training_stages_run_for_fewer_epochs_are_projected_to_the_recipes(tmp_p
     assert saved[1]["costs"]["4"]["num_epochs"] == [1]
     assert saved[1]["costs"]["4"]["sources"] == [[version, "./run.sh --preset small --teacher-train-config one_epoch.yaml"]]
     assert "50.3 h CPU at 30 epochs" in results.read_text() and "--project-epochs 30" in results.read_text()
+
+
+def test_a_stages_wall_time_counts_side_by_side_jobs_once(tmp_path: Path) -> None:
+    # Two students of 100 s each that ran side by side (finished 50 s apart) took 150 s, not 200;
+    # a third made later (a rerun) adds its own 100 s.
+    sc = _bench()
+    for kind, finished in (("hard", "2026-12-05T10:00:00Z"), ("distilled", "2026-12-05T10:00:50Z"), ("compressed", "2026-12-05T11:00:00Z")):
+        _stage(tmp_path / "exp" / kind, f"stage 6 ({kind} student, seed 0)", 100.0, 1000, 500, finished=finished)
+    costs = sc.stage_costs([tmp_path / "exp"])
+    assert costs[6].wall_s == 300.0 and costs[6].elapsed_s == 250.0
+    text = sc.tables([sc.Run("mini", {"train-clean-100": 1.0}, costs)], cores=16)
+    assert "| 6 students | 4.2 min / 5.0 min /" in text and "| sum of stages | 4.2 min wall |" in text
+    _stage(tmp_path / "old" / "hard", "stage 6 (hard student, seed 0)", 100.0, 1000, 500, finished="")  # no stamp: the sum
+    costs = sc.stage_costs([tmp_path / "exp", tmp_path / "old"])
+    assert costs[6].elapsed_s == costs[6].wall_s == 400.0
 
 
 def test_run_args_reach_run_sh_and_need_runs(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from asr_kd.config import DnnConfig, TrainConfig, parse_overrides
 from asr_kd.errors import ConfigError
-from asr_kd.launch import BACKENDS, ClusterConfig, Launcher, build_executor, decode, encode, launch_jobs, load_launcher
+from asr_kd.launch import BACKENDS, ClusterConfig, Launcher, build_executor, decode, describe_launch, encode, launch_jobs, load_launcher
 from asr_kd.models.dnn import dnn_preset
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import config_dict, fingerprint
@@ -41,6 +41,15 @@ def test_job_arguments_survive_json_and_only_asr_kd_is_rebuilt() -> None:
     bad["fields"]["lr"] = -1.0
     with pytest.raises(ConfigError):
         decode(bad)
+
+
+def test_describe_launch_says_where_the_jobs_ran() -> None:
+    # A stage's log line: one job, or --jobs 1, in this process; several local jobs in at most
+    # --jobs processes; a submitit backend as a job array, whatever --jobs says.
+    assert describe_launch(None, 2, 1) == describe_launch(Launcher("local"), 1, 4) == "in this process"
+    assert describe_launch(Launcher("local"), 2, 4) == "in 2 local processes"
+    assert describe_launch(Launcher("local"), 8, 3) == "in 3 local processes"
+    assert describe_launch(Launcher("slurm"), 1, 4) == "as a slurm job array"
 
 
 def test_several_jobs_under_torchrun_are_refused_before_any_starts(monkeypatch: pytest.MonkeyPatch) -> None:
