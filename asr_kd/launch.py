@@ -226,10 +226,16 @@ def build_executor(launcher: Launcher, folder: Path, name: str) -> Any:
     return executor
 
 
+def _local_workers(jobs: int, num_jobs: int) -> int:
+    """Return how many processes the local backend spawns for ``num_jobs`` jobs, ``jobs`` at a
+    time: 0 where they run one after another in this process."""
+    return 0 if jobs <= 1 or num_jobs <= 1 else min(jobs, num_jobs)
+
+
 def _run_local(ref: str, payloads: list[str], jobs: int, num_threads: int) -> list[str]:
-    if jobs <= 1 or len(payloads) <= 1:
+    workers = _local_workers(jobs, len(payloads))
+    if not workers:
         return [run_encoded(ref, p) for p in payloads]
-    workers = min(jobs, len(payloads))
     log.info("running %d jobs in %d local processes (%d torch thread(s) each)", len(payloads), workers, num_threads)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_set_threads,
                              initargs=(num_threads,)) as pool:
@@ -304,9 +310,8 @@ def describe_launch(launcher: Launcher | None, jobs: int, num_jobs: int) -> str:
     backend = (launcher or Launcher()).backend
     if backend != "local":
         return f"as a {backend} job array"
-    if jobs <= 1 or num_jobs <= 1:
-        return "in this process"
-    return f"in {min(jobs, num_jobs)} local processes"
+    workers = _local_workers(jobs, num_jobs)
+    return f"in {workers} local processes" if workers else "in this process"
 
 
 def launch_jobs(fn: Callable[..., Any], jobs_args: Sequence[tuple], launcher: Launcher | None = None, jobs: int = 1, num_threads: int = 1,

@@ -39,6 +39,7 @@ import re
 import shlex
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -122,7 +123,6 @@ class StageCost:
         self.peak_rss_mb = max(self.peak_rss_mb, float(resources["peak_rss_mb"]))
         self.disk_bytes += int(resources["disk_bytes"])
 
-
     @property
     def elapsed_s(self) -> float:
         """The time the stage took: the union of its records' (start, finish) spans, so that jobs
@@ -144,8 +144,6 @@ def _timestamp(stamp: str) -> float | None:
     """Return a record's ``finished`` stamp (ISO 8601, UTC) in seconds since the epoch, None if absent."""
     if not stamp:
         return None
-    from datetime import datetime
-
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
@@ -364,10 +362,9 @@ def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) 
                 continue
             elif n in CPU_PARALLEL_STAGES:
                 wall = _fmt_s(c.cpu_s * f / cores)
-            elif projectable_epochs(c, project_epochs):
-                e = projectable_epochs(c, project_epochs)
+            elif e := projectable_epochs(c, project_epochs):
                 wall = f"{_fmt_s(c.cpu_s * f * project_epochs / e)} CPU at {project_epochs} epochs (measured at {e}; GPU unmeasured)"
-            elif n in GPU_STAGES and project_epochs and n in PROJECTED_STAGES and c.num_epochs != {project_epochs}:
+            elif project_epochs and n in PROJECTED_STAGES and c.num_epochs != {project_epochs}:
                 why = ("epochs " + "/".join(map(str, sorted(c.num_epochs))) if c.num_epochs else "no epochs recorded") + (
                     f", {c.no_epochs} record(s) without" if c.num_epochs and c.no_epochs else "")
                 wall = f"{_fmt_s(c.cpu_s * f)} CPU as measured (not projected: {why}; GPU unmeasured)"
