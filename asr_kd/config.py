@@ -576,6 +576,13 @@ class TrainConfig:
     # patience is in effect rounded up to a multiple of N). Training itself does not depend on it:
     # the same weights at every N, bit for bit on the CPU.
     eval_every_epochs: int = later_option(1)
+    # Frame-level training only (the hybrid DNNs): each training step computes the network's
+    # outputs, and the loss, at every N-th frame of its batch (a random phase per step; the input
+    # windows keep every frame), so a step costs about 1/N of the arithmetic. Adjacent 10 ms
+    # frames share 25 of a window's 26 input frames and mostly their senone; Kaldi's chain models
+    # likewise compute outputs at a third of the frame rate. Dev scoring and inference use every
+    # frame. 1: every frame (bench/RESULTS.md "Frame-subsampled training" measures 2).
+    frame_subsampling: int = later_option(1)
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda"
 
     def __post_init__(self) -> None:
@@ -603,6 +610,7 @@ class TrainConfig:
         _check(self.best_mode in ("max", "min"), f"train.best_mode must be 'max' or 'min', got {self.best_mode!r}")
         _check(self.early_stopping_patience >= 0, f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
         _check(self.eval_every_epochs >= 1, f"train.eval_every_epochs must be >= 1, got {self.eval_every_epochs}")
+        _check(self.frame_subsampling >= 1, f"train.frame_subsampling must be >= 1 (1 = every frame), got {self.frame_subsampling}")
         _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {self.device!r}")
 
 

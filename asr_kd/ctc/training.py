@@ -26,7 +26,7 @@ from asr_kd.data.ctc_data import CtcDataset, PseudoLabels
 from asr_kd.data.features import CmvnStats
 from asr_kd.data.frames import SkipBatches, make_loader, make_sampler
 from asr_kd.decode.ctc import decode_ctc_batch, greedy_ctc
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import score_cuts
 from asr_kd.metrics.wer import WerResult, compute_wer
 from asr_kd.train.checkpoint import load_checkpoint
@@ -87,6 +87,9 @@ def train_ctc_model(
     run's weights (the shared initial alignment of the teachers). Under ``torchrun`` every rank
     joins the DDP job; on CUDA ``train_config.amp=bf16`` runs the forward pass in bf16.
     """
+    if train_config.frame_subsampling != 1:
+        raise ConfigError(f"train.frame_subsampling={train_config.frame_subsampling} is for the frame-level (hybrid) DNNs; "
+                          "a CTC model's output rate is its encoder's (ctc.subsampling): set train.frame_subsampling=1")
     if train_config.best_metric != BEST_METRIC or train_config.best_mode != "min":
         log.info("CTC models are selected by the lowest dev %s (not train.best_metric=%s)", BEST_METRIC, train_config.best_metric)
         train_config = dataclasses.replace(train_config, best_metric=BEST_METRIC, best_mode="min")

@@ -38,7 +38,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from asr_kd.data.alignments import load_alignment
 from asr_kd.data.features import CmvnStats, cmvn_key, utterance_normalize
-from asr_kd.data.stored_targets import DecodedTargetCache, collate_soft_codes, collate_soft_targets, has_soft_targets
+from asr_kd.data.stored_targets import (
+    SOFT_CODE_LENGTHS, SOFT_CODES, SOFT_IDS, SOFT_PROBS, DecodedTargetCache, collate_soft_codes, collate_soft_targets,
+    has_soft_targets,
+)
 from asr_kd.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,50 @@ class FrameDataset(Dataset):
         if self.soft_targets:
             return True
         return all(has_soft_targets(c) for c in cuts)
+
+
+# A frame-subsampled training batch (:func:`subsample_frames`): the frames whose outputs the step
+# computes ([P] indices into the batch's frames) and, per cut, how many of them lie inside it.
+POSITIONS = "positions"
+OUTPUT_LENGTHS = "output_lengths"
+# Per-frame entries of a batch, [B, T, ...]: what subsample_frames keeps at the positions.
+_PER_FRAME = ("labels", SOFT_IDS, SOFT_PROBS, SOFT_CODES)
+
+
+def subsample_frames(batch: dict[str, Any], factor: int, offset: int) -> dict[str, Any]:
+    """Return ``batch`` whose outputs are computed at frames ``offset, offset + factor, ...`` only
+    (``TrainConfig.frame_subsampling``): its labels and soft targets (decoded or rvq codes) at
+    those frames, :data:`POSITIONS` for the network (:func:`frame_outputs`) and
+    :data:`OUTPUT_LENGTHS` for the loss masks (:func:`output_lengths`). The features and their
+    lengths are kept whole: each output's input window still sees every frame."""
+    if not 0 <= offset < factor:
+        raise ValueError(f"offset must be in [0, {factor}), got {offset}")
+    if POSITIONS in batch:
+        raise ValueError("the batch is already subsampled")
+    positions = torch.arange(offset, batch["features"].shape[1], factor)
+    out = {**batch, POSITIONS: positions,
+           OUTPUT_LENGTHS: torch.div(batch["lengths"] - offset + factor - 1, factor, rounding_mode="floor").clamp(min=0)}
+    for key in _PER_FRAME:
+        if out.get(key) is not None:
+            out[key] = out[key][:, positions]
+    if SOFT_CODE_LENGTHS in out:  # the frames that hold codes, counted at the positions
+        out[SOFT_CODE_LENGTHS] = torch.div(out[SOFT_CODE_LENGTHS] - offset + factor - 1, factor, rounding_mode="floor").clamp(min=0)
+    return out
+
+
+def frame_outputs(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """Return the network's logits for ``batch``: ``[B, T, C]``, or at its :data:`POSITIONS` only
+    (``[B, P, C]``) in a frame-subsampled training batch."""
+    positions = batch.get(POSITIONS)
+    if positions is None:
+        return model(batch["features"], batch["lengths"])
+    return model(batch["features"], batch["lengths"], positions=positions)
+
+
+def output_lengths(batch: dict[str, Any]) -> torch.Tensor:
+    """Return how many of each cut's outputs are real frames (the rest is padding): its length, or
+    in a frame-subsampled batch its count of positions."""
+    return batch.get(OUTPUT_LENGTHS, batch["lengths"])
 
 
 def make_sampler(

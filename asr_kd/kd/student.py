@@ -13,7 +13,8 @@ Two losses plug into the shared loop as ``compute_loss(model, batch) -> (loss, m
   (Caruana's alternative; section 2.1 of the paper shows it is the high-temperature limit).
 
 Padding frames are masked out of both terms; frames without a senone label (``IGNORE_INDEX``)
-still count in the soft term, which needs no label.
+still count in the soft term, which needs no label. Both follow a frame-subsampled batch
+(``train.frame_subsampling``): the student's outputs, the targets and the masks at its positions.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asr_kd.config import KdConfig
-from asr_kd.data.frames import IGNORE_INDEX
+from asr_kd.data.frames import IGNORE_INDEX, POSITIONS, frame_outputs, output_lengths
 from asr_kd.data.stored_targets import SOFT_CODES, decode_batch_codes
 from asr_kd.errors import DataError
 from asr_kd.kd.ensemble import TeacherEnsemble, fuse_logits, mean_logits
@@ -81,8 +82,8 @@ class StoredDistillationLoss:
                 f"batch of cuts {list(batch.get('cut_ids', []))[:3]} has no stored soft targets; "
                 "train the distilled student on the cuts written by make-soft-targets (stage 5) or set kd.mode=online"
             )
-        logits = model(batch["features"], batch["lengths"]).float()
-        mask = frame_mask(batch["lengths"], logits.shape[1])
+        logits = frame_outputs(model, batch).float()
+        mask = frame_mask(output_lengths(batch), logits.shape[1])
         hard = _hard_labels(batch, self.kd.hard_weight)
         # The fused node: the value and gradient of topk_distillation_loss with both softmaxes
         # written once (one at T = 1); the loss is a large share of a small student's step.
@@ -108,9 +109,11 @@ class OnlineDistillationLoss:
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         feats, lengths = batch["features"], batch["lengths"]
         self.ensemble.to(feats.device)
-        logits = model(feats, lengths).float()
-        mask = frame_mask(lengths, logits.shape[1])
+        logits = frame_outputs(model, batch).float()
+        mask = frame_mask(output_lengths(batch), logits.shape[1])
         teacher_logits = self.ensemble.teacher_logits(feats, lengths).float()  # [N, B, T, C], no grad
+        if POSITIONS in batch:  # a frame-subsampled batch: the student's frames only
+            teacher_logits = teacher_logits[:, :, batch[POSITIONS].to(teacher_logits.device)]
         hard = _hard_labels(batch, self.kd.hard_weight)
         if self.kd.loss == "logit_l2":
             target = mean_logits(teacher_logits, mask.bool())

@@ -67,14 +67,17 @@ def load_dnn_config(name_or_yaml: str, overrides: Mapping[str, Any] | None = Non
     return load_config(DnnConfig, name_or_yaml, overrides)
 
 
-def splice_frames(x: Tensor, lengths: Tensor, left: int, right: int) -> Tensor:
+def splice_frames(x: Tensor, lengths: Tensor, left: int, right: int, positions: Tensor | None = None) -> Tensor:
     """Return ``[B, T, (left + 1 + right) * D]``: for each frame, the frames ``t - left .. t + right``
     of ``x`` (``[B, T, D]``) concatenated oldest first, indices clamped to ``0 .. lengths[b] - 1``
     (edge replication per utterance). Frames at ``t >= lengths[b]`` are padding and hold
-    replicated edge frames."""
+    replicated edge frames. With ``positions`` (``[P]`` frame indices), only those frames'
+    windows: ``[B, P, (left + 1 + right) * D]``."""
     b, t, d = x.shape
     offsets = torch.arange(-left, right + 1, device=x.device)
-    idx = torch.arange(t, device=x.device)[None, :, None] + offsets[None, None, :]  # [1, T, W]
+    centres = torch.arange(t, device=x.device) if positions is None else positions.to(x.device)
+    t = centres.numel()
+    idx = centres[None, :, None] + offsets[None, None, :]  # [1, T, W]
     last = (lengths.to(x.device).clamp(min=1) - 1)[:, None, None]  # [B, 1, 1]
     idx = torch.minimum(idx.clamp(min=0), last)  # [B, T, W]
     rows = torch.arange(b, device=x.device)[:, None, None]
@@ -118,12 +121,14 @@ class SplicedDnn(nn.Module):
         """Frames per input window."""
         return self.cfg.left_context + 1 + self.cfg.right_context
 
-    def forward(self, features: Tensor, lengths: Tensor) -> Tensor:
-        """Return per-frame logits ``[B, T, num_classes]``."""
+    def forward(self, features: Tensor, lengths: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Return per-frame logits ``[B, T, num_classes]``; with ``positions`` (``[P]`` frame
+        indices, as :func:`asr_kd.data.frames.subsample_frames` picks them in training) only
+        those frames' logits, ``[B, P, num_classes]``, at about P / T of the arithmetic."""
         if features.shape[-1] != self.cfg.feature_dim:
             raise ValueError(f"expected {self.cfg.feature_dim} features per frame, got {features.shape[-1]}")
         # Projecting before splicing computes each frame's projection once, not once per window.
-        spliced = splice_frames(self.projection(features), lengths, self.cfg.left_context, self.cfg.right_context)
+        spliced = splice_frames(self.projection(features), lengths, self.cfg.left_context, self.cfg.right_context, positions)
         return self.output(self.bottleneck(self.hidden(spliced)))
 
     def describe(self) -> dict:

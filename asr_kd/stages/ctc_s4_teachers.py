@@ -103,7 +103,8 @@ def train_ctc_teachers(
         start = time.time()
         teachers += launch_jobs(_train_ctc_teacher, [(layout, cfg, train_config, i, init, base_dir / "teacher0" if guided else None) for i in own],
                                 launcher, jobs, num_threads, layout.exp_dir / "log", f"ctc_{layout.ctc_units}_stage4_{set_dir.name}")
-        log.info("%d CTC teachers trained in %.0f s %s", len(own), time.time() - start, describe_launch(launcher, jobs, len(own)))
+        log.info("%d CTC teacher%s trained in %.0f s %s", len(own), "" if len(own) == 1 else "s", time.time() - start,
+                 describe_launch(launcher, jobs, len(own)))
         if guard.is_main:  # under torchrun the other ranks read rank 0's summary (the record hashes it)
             write_text_atomic(summary_path, json.dumps({"num_tokens": units.num_tokens, "teachers": teachers}, indent=1) + "\n")
         guard.finish([summary_path, *(set_dir / f"teacher{i}" / "final.pt" for i in own)])

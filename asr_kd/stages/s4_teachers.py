@@ -64,7 +64,8 @@ def train_teachers(
         start = time.time()
         teachers = launch_jobs(_train_teacher, [(layout, i, num_teachers, senones.num_senones, model_config, train_config) for i in range(num_teachers)],
                                launcher, jobs, num_threads, layout.exp_dir / "log", "stage4_teachers")
-        log.info("%d teachers trained in %.0f s %s", num_teachers, time.time() - start, describe_launch(launcher, jobs, num_teachers))
+        log.info("%d teacher%s trained in %.0f s %s", num_teachers, "" if num_teachers == 1 else "s", time.time() - start,
+                 describe_launch(launcher, jobs, num_teachers))
         if guard.is_main:  # under torchrun the other ranks read rank 0's files (the record hashes them)
             save_config(model_config, layout.teachers / "dnn.yaml")
             save_config(train_config, layout.teachers / "train.yaml")

@@ -49,3 +49,12 @@ def spec_augment(features: torch.Tensor, lengths: torch.Tensor, cfg: TrainConfig
 def step_generator(cfg: TrainConfig, step: int) -> torch.Generator:
     """Return the generator of training step ``step``'s masks."""
     return torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+
+
+def frame_phase(cfg: TrainConfig, step: int) -> int:
+    """Return the first frame (0 .. ``cfg.frame_subsampling`` - 1) whose output training step
+    ``step`` computes under ``train.frame_subsampling``: drawn from the run's seed and the step,
+    like the masks (so a resumed run draws what an uninterrupted one would), but from a generator
+    of its own, so SpecAugment draws the same masks with or without subsampling."""
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919 * 1_000_003)
+    return int(torch.randint(0, cfg.frame_subsampling, (1,), generator=generator))

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from asr_kd.config import DnnConfig, TrainConfig, config_from_dict, save_config
 from asr_kd.data.features import CmvnStats
-from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, SkipBatches, make_loader, make_sampler
+from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, SkipBatches, frame_outputs, make_loader, make_sampler
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.metrics.frame_accuracy import frame_accuracy_counts
 from asr_kd.models.dnn import SplicedDnn
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def frame_cross_entropy(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Return the mean cross entropy over labelled frames and, to log, the batch's frame accuracy."""
-    logits = model(batch["features"], batch["lengths"])
+    """Return the mean cross entropy over labelled frames and, to log, the batch's frame accuracy
+    (at the batch's subsampled frames where it is one: :func:`asr_kd.data.frames.subsample_frames`)."""
+    logits = frame_outputs(model, batch)
     labels = batch["labels"]
     loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
     with torch.no_grad():

@@ -10,6 +10,10 @@
   every ``eval_every_epochs``-th epoch and of the last one, on the unwrapped model in eval mode,
   or None.
 
+With ``train.frame_subsampling`` > 1 the loop thins each training batch of a frame-level model to
+every N-th frame's outputs and targets (:func:`asr_kd.data.frames.subsample_frames`, a phase
+drawn per step) before ``compute_loss`` sees it.
+
 It writes, under ``exp_dir``: ``train.yaml`` (the config), ``checkpoints/step-*.pt`` (every
 ``checkpoint_every_steps`` and at each epoch's end, the last ``keep_last_checkpoints`` kept),
 ``best.pt`` (best dev metric), ``final.pt``, ``tensorboard/`` and ``log/train.log`` entries via
@@ -32,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from asr_kd.config import TrainConfig, save_config
+from asr_kd.data.frames import subsample_frames
 from asr_kd.errors import ConfigError
 from asr_kd.train.checkpoint import (
     copy_checkpoint,
@@ -43,7 +48,7 @@ from asr_kd.train.checkpoint import (
 )
 from asr_kd.train.ddp import DistInfo, barrier, broadcast_flag
 from asr_kd.train.optim import lr_at, make_optimizer, set_lr
-from asr_kd.train.augment import spec_augment, spec_augment_enabled, step_generator
+from asr_kd.train.augment import frame_phase, spec_augment, spec_augment_enabled, step_generator
 from asr_kd.train.state import TrainState, rng_state, set_rng_state
 from asr_kd.train.tensorboard import TensorBoardLog
 
@@ -240,6 +245,8 @@ def _train_epochs(run: _Run, wrapped: nn.Module, make_train_loader: LoaderFactor
                 frames_seen += int(batch["lengths"].sum())  # on the CPU copy: no device sync
             if spec_augment_enabled(cfg) and isinstance(batch, dict) and "features" in batch and "lengths" in batch:
                 batch = {**batch, "features": spec_augment(batch["features"], batch["lengths"], cfg, step_generator(cfg, state.step))}
+            if cfg.frame_subsampling > 1:  # frame-level models only (train_ctc_model refuses it)
+                batch = subsample_frames(batch, cfg.frame_subsampling, frame_phase(cfg, state.step))
             batch = to_device(batch, info.device)
             lr = lr_at(state.step, cfg)
             set_lr(run.optimizer, lr)

@@ -109,3 +109,13 @@ def test_ctc_log_probs_score_where_run_sh_device_says(tmp_path, monkeypatch: pyt
             next(ctc_log_probs([model], cuts, None))
     monkeypatch.setenv("ASR_KD_INFERENCE_DEVICE", "cpu")
     assert [lp.shape for _, lp in ctc_log_probs([model], cuts, None)] == [(10, 11)]
+
+
+def test_ctc_training_refuses_frame_subsampling(tmp_path) -> None:
+    # train.frame_subsampling thins frame-level (hybrid) batches; a CTC model's rate is its encoder's.
+    from asr_kd.config import CtcConfig, TrainConfig
+    from asr_kd.ctc.training import train_ctc_model
+
+    with pytest.raises(ConfigError, match=r"train.frame_subsampling=2 is for the frame-level \(hybrid\) DNNs; .*set train.frame_subsampling=1"):
+        train_ctc_model(None, None, None, None, None, CtcConfig(), TrainConfig(frame_subsampling=2), tmp_path / "ctc")
+    assert not (tmp_path / "ctc").exists()

@@ -99,6 +99,19 @@ def test_model_equals_naive_spliced_mlp() -> None:
         torch.testing.assert_close(model(x, lengths), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("projection", [0, 3])
+def test_outputs_at_positions_equal_the_full_outputs_there(projection: int) -> None:
+    # Frame-subsampled training (train.frame_subsampling) computes only the kept frames' outputs.
+    torch.manual_seed(2)
+    model = SplicedDnn(DnnConfig(feature_dim=5, left_context=3, right_context=2, hidden_dim=16, num_hidden_layers=2,
+                                 frame_projection_dim=projection), 7).eval()
+    x, lengths = torch.randn(2, 11, 5), torch.tensor([11, 6])
+    positions = torch.tensor([1, 4, 7, 10])  # the last one is padding in the short cut: its edge, as at full rate
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, lengths, positions=positions), model(x, lengths)[:, positions], rtol=1e-6, atol=1e-6)
+    assert splice_frames(x, lengths, 3, 2, positions).shape == (2, 4, 30)
+
+
 def test_bad_configs_are_rejected() -> None:
     with pytest.raises(ConfigError, match="unknown DNN preset 'huge'"):
         dnn_preset("huge")

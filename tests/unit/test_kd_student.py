@@ -18,7 +18,8 @@ from lhotse.testing.dummies import dummy_cut
 
 from asr_kd.config import KdConfig
 from asr_kd.data.features import CmvnStats
-from asr_kd.data.frames import IGNORE_INDEX, FrameDataset
+from asr_kd.data.frames import IGNORE_INDEX, OUTPUT_LENGTHS, POSITIONS, FrameDataset, subsample_frames
+from asr_kd.data.stored_targets import SOFT_CODE_LENGTHS, SOFT_CODES
 from asr_kd.errors import DataError
 from asr_kd.kd.ensemble import TeacherEnsemble, fuse_logits
 from asr_kd.kd.losses import distillation_loss, logit_matching_loss
@@ -157,6 +158,51 @@ def test_online_losses_match_the_dense_losses(corpus: FrameCorpus) -> None:
     # A student whose logits are the teachers' mean has nothing left to learn from logit matching.
     same = OnlineDistillationLoss(TeacherEnsemble([teachers[0]]), l2)(teachers[0], batch)[0]
     assert float(same) == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("factor,offset", [(2, 0), (2, 1), (3, 2)])
+def test_frame_subsampled_losses_are_the_losses_at_the_kept_frames(soft_cuts: CutSet, corpus: FrameCorpus, factor: int,
+                                                                   offset: int) -> None:
+    """train.frame_subsampling: each loss on a thinned batch equals that loss computed from the full
+    batch's outputs, targets and padding mask at the kept frames, and costs fewer outputs."""
+    from asr_kd.train.frame_classifier import frame_cross_entropy
+
+    batch = _batch(soft_cuts.subset(first=4), corpus)  # cuts of different lengths: padding at the kept frames too
+    thin = subsample_frames(batch, factor, offset)
+    t = batch["features"].shape[1]
+    pos = torch.arange(offset, t, factor)
+    assert torch.equal(thin[POSITIONS], pos) and thin["features"] is batch["features"] and thin["lengths"] is batch["lengths"]
+    full_mask = frame_mask(batch["lengths"], t)
+    assert torch.equal(frame_mask(thin[OUTPUT_LENGTHS], len(pos)), full_mask[:, pos])
+    torch.manual_seed(0)
+    model = SplicedDnn(dnn_preset("tiny"), NUM_CLASSES)
+    logits = model(batch["features"], batch["lengths"])[:, pos]
+    labels, ids, probs = batch["labels"][:, pos], batch["soft_ids"][:, pos], batch["soft_probs"][:, pos]
+    kd = KdConfig(temperature=2.0, hard_weight=0.5, top_k=K)
+    torch.testing.assert_close(StoredDistillationLoss(kd)(model, thin)[0], topk_distillation_loss(
+        logits, ids, probs, labels, 2.0, 0.5, 1.0, mask=full_mask[:, pos]))
+    torch.testing.assert_close(frame_cross_entropy(model, thin)[0], torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX))
+    teachers = TeacherEnsemble([SplicedDnn(dnn_preset("tiny"), NUM_CLASSES) for _ in range(2)], "arithmetic")
+    with torch.no_grad():
+        fused = fuse_logits(teachers.teacher_logits(batch["features"], batch["lengths"]), 2.0, "arithmetic", full_mask.bool()).exp()
+    torch.testing.assert_close(OnlineDistillationLoss(teachers, dataclasses.replace(kd, mode="online"))(model, thin)[0],
+                               distillation_loss(logits, fused[:, pos], labels, 2.0, 0.5, weight=full_mask[:, pos]))
+    with pytest.raises(ValueError, match="already subsampled"):
+        subsample_frames(thin, factor, offset)
+    with pytest.raises(ValueError, match=r"offset must be in \[0, 2\), got 2"):
+        subsample_frames(batch, 2, 2)
+
+
+def test_frame_subsampling_thins_undecoded_codes_and_counts_their_frames() -> None:
+    # The GPU path: rvq codes travel undecoded; the frames holding codes are counted at the kept frames.
+    codes = torch.arange(3 * 5 * 2, dtype=torch.uint8).reshape(3, 5, 2)
+    batch = {"features": torch.zeros(3, 5, 4), "lengths": torch.tensor([5, 4, 1]), SOFT_CODES: codes,
+             SOFT_CODE_LENGTHS: torch.tensor([5, 4, 1])}
+    thin = subsample_frames(batch, 2, 1)
+    assert torch.equal(thin[SOFT_CODES], codes[:, [1, 3]])
+    assert thin[SOFT_CODE_LENGTHS].tolist() == thin[OUTPUT_LENGTHS].tolist() == [2, 2, 0]
+    assert subsample_frames(batch, 2, 0)[OUTPUT_LENGTHS].tolist() == [3, 2, 1]
 
 
 def test_unlabelled_frames_only_drop_out_of_the_hard_term(soft_cuts: CutSet, corpus: FrameCorpus) -> None:

@@ -107,13 +107,14 @@ def test_predict_log_posteriors_matches_dev_accuracy(corpus: FrameCorpus, tmp_pa
     assert correct / total == pytest.approx(result.state.history[-1]["frame_accuracy"], abs=1e-9)
 
 
-@pytest.mark.parametrize("specaug", [False, True])
-def test_resumed_run_equals_uninterrupted_run(corpus: FrameCorpus, tmp_path: Path, specaug: bool) -> None:
+@pytest.mark.parametrize("specaug,subsampling", [(False, 1), (True, 1), (True, 2)])
+def test_resumed_run_equals_uninterrupted_run(corpus: FrameCorpus, tmp_path: Path, specaug: bool, subsampling: int) -> None:
     # Dropout makes the generator states matter; 10 steps cross epoch boundaries (3 steps each),
     # and the crash comes mid-epoch, right after the checkpoint at step 4 and one more step.
-    # SpecAugment's masks must come out the same after the resume too.
+    # SpecAugment's masks, and the frames a subsampled step keeps, must come out the same after the resume too.
     model_cfg = dataclasses.replace(dnn_preset("tiny"), dropout=0.2)
-    cfg = dataclasses.replace(BASE, max_steps=10, num_epochs=5, warmup_steps=3, checkpoint_every_steps=4, keep_last_checkpoints=5)
+    cfg = dataclasses.replace(BASE, max_steps=10, num_epochs=5, warmup_steps=3, checkpoint_every_steps=4, keep_last_checkpoints=5,
+                              frame_subsampling=subsampling)
     if specaug:
         cfg = dataclasses.replace(cfg, specaug_freq_masks=2, specaug_time_masks=2, specaug_time_width=10)
     straight = _train(corpus, cfg, tmp_path / "straight", model_cfg)
@@ -146,6 +147,34 @@ def test_resumed_run_equals_uninterrupted_run(corpus: FrameCorpus, tmp_path: Pat
     if specaug:  # the masks were applied: the same run without them ends elsewhere
         plain = _train(corpus, dataclasses.replace(cfg, specaug_freq_masks=0, specaug_time_masks=0), tmp_path / "plain", model_cfg)
         assert plain.state.history != straight.state.history
+
+
+def test_frame_subsampled_training_learns_from_every_nth_frame(corpus: FrameCorpus, tmp_path: Path) -> None:
+    from asr_kd.data.frames import POSITIONS
+    from asr_kd.train.augment import frame_phase
+
+    seen = []
+
+    def recording_loss(model, batch):  # noqa: ANN001, ANN202
+        positions = batch[POSITIONS]
+        seen.append((int(positions[0]), batch["features"].shape[1], batch["labels"].shape[1], positions.numel()))
+        return frame_cross_entropy(model, batch)
+
+    cfg = dataclasses.replace(BASE, frame_subsampling=2)
+    result = _train(corpus, cfg, tmp_path / "thin", compute_loss=recording_loss)
+    # Every step: outputs and labels at frames phase, phase + 2, ... of the whole-frame input,
+    # the phase that frame_phase draws for the step (both phases occur over the 24 steps).
+    assert len(seen) == result.state.step == 24
+    assert [phase for phase, *_ in seen] == [frame_phase(cfg, step) for step in range(24)]
+    assert {phase for phase, *_ in seen} == {0, 1}
+    assert all(labels == kept == len(range(phase, frames, 2)) for phase, frames, labels, kept in seen)
+    # It learns like the every-frame run (dev is scored on every frame), and is not that run.
+    full = _train(corpus, BASE, tmp_path / "full").state.history
+    thin = result.state.history
+    assert thin[-1]["frame_accuracy"] > 0.8 and thin != full
+    assert load_config(TrainConfig, tmp_path / "thin" / "train.yaml").frame_subsampling == 2
+    with pytest.raises(ConfigError, match="train.frame_subsampling must be >= 1"):
+        dataclasses.replace(BASE, frame_subsampling=0)
 
 
 def test_spec_augment_masks_stay_inside_each_utterance() -> None:
