@@ -100,9 +100,10 @@ class TeacherEnsemble(nn.Module):
         return self
 
     @torch.no_grad()
-    def teacher_logits(self, *inputs: Tensor) -> Tensor:
-        """Return every teacher's logits stacked, ``[N, ..., C]``."""
-        outs = [t(*inputs) for t in self.teachers]
+    def teacher_logits(self, *inputs: Tensor, **kwargs: Tensor) -> Tensor:
+        """Return every teacher's logits stacked, ``[N, ..., C]``; ``kwargs`` go to every teacher
+        (``positions`` of a frame-subsampled batch)."""
+        outs = [t(*inputs, **kwargs) for t in self.teachers]
         shapes = {tuple(o.shape) for o in outs}
         if len(shapes) != 1:
             raise ValueError(f"teachers disagree on the output shape: {sorted(shapes)}")

@@ -111,9 +111,9 @@ class OnlineDistillationLoss:
         self.ensemble.to(feats.device)
         logits = frame_outputs(model, batch).float()
         mask = frame_mask(output_lengths(batch), logits.shape[1])
-        teacher_logits = self.ensemble.teacher_logits(feats, lengths).float()  # [N, B, T, C], no grad
-        if POSITIONS in batch:  # a frame-subsampled batch: the student's frames only
-            teacher_logits = teacher_logits[:, :, batch[POSITIONS].to(teacher_logits.device)]
+        # [N, B, T, C], no grad; in a frame-subsampled batch the teachers too compute the kept frames only
+        kept = {"positions": batch[POSITIONS]} if POSITIONS in batch else {}
+        teacher_logits = self.ensemble.teacher_logits(feats, lengths, **kept).float()
         hard = _hard_labels(batch, self.kd.hard_weight)
         if self.kd.loss == "logit_l2":
             target = mean_logits(teacher_logits, mask.bool())
