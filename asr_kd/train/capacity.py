@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from asr_kd.config import DnnConfig, KdConfig, TrainConfig, _check, config_from_dict, parse_overrides
 from asr_kd.data.alignments import has_alignment
 from asr_kd.data.features import CmvnStats
-from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, make_loader, make_sampler
+from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, frame_outputs, make_loader, make_sampler
 from asr_kd.errors import ConfigError
 from asr_kd.kd.student import StoredDistillationLoss
 from asr_kd.train.frame_classifier import evaluate_frame_classifier, frame_cross_entropy, train_frame_classifier
@@ -79,7 +79,7 @@ def parse_variant(spec: str, dnn: DnnConfig, train: TrainConfig) -> FrameVariant
 def label_smoothed_frame_cross_entropy(model: nn.Module, batch: Mapping[str, Any], smoothing: float) -> tuple[Tensor, dict[str, Tensor]]:
     """Return the label-smoothed cross entropy over labelled frames (mass ``smoothing`` spread
     evenly over the senones) and, to log, the batch's frame accuracy."""
-    logits = model(batch["features"], batch["lengths"])
+    logits = frame_outputs(model, batch)
     labels = batch["labels"]
     loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, label_smoothing=smoothing)
     with torch.no_grad():

@@ -246,6 +246,9 @@ def _train_epochs(run: _Run, wrapped: nn.Module, make_train_loader: LoaderFactor
             if spec_augment_enabled(cfg) and isinstance(batch, dict) and "features" in batch and "lengths" in batch:
                 batch = {**batch, "features": spec_augment(batch["features"], batch["lengths"], cfg, step_generator(cfg, state.step))}
             if cfg.frame_subsampling > 1:  # frame-level models only (train_ctc_model refuses it)
+                if not (isinstance(batch, dict) and "features" in batch and "lengths" in batch):
+                    raise ConfigError(f"train.frame_subsampling={cfg.frame_subsampling} thins batches of frames (features and "
+                                      "lengths); this model's batches are not: set train.frame_subsampling=1")
                 batch = subsample_frames(batch, cfg.frame_subsampling, frame_phase(cfg, state.step))
             batch = to_device(batch, info.device)
             lr = lr_at(state.step, cfg)

@@ -55,6 +55,13 @@ def test_label_smoothing_mixes_the_cross_entropy_with_the_uniform_one() -> None:
     uniform = -logp[mask].mean(-1).mean()
     assert smoothed.item() == pytest.approx((1 - eps) * plain.item() + eps * uniform.item(), rel=1e-5)
     assert smoothed.item() != pytest.approx(plain.item(), rel=1e-3)
+    # A frame-subsampled batch (train.frame_subsampling=2, phase 1): the same loss at frames 1 and 3.
+    from asr_kd.data.frames import subsample_frames
+
+    thin, _ = label_smoothed_frame_cross_entropy(model, subsample_frames(batch, 2, 1), eps)
+    kept = torch.nn.functional.cross_entropy(model(batch["features"], batch["lengths"])[:, 1::2].flatten(0, 1), labels[:, 1::2].flatten(),
+                                             ignore_index=-100, label_smoothing=eps)
+    assert thin.item() == pytest.approx(kept.item(), rel=1e-6)
 
 
 def test_the_training_sample_spans_the_manifest_and_skips_unaligned_cuts() -> None:

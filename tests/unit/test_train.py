@@ -349,3 +349,19 @@ def test_per_utterance_cmvn_trains_on_what_a_model_directory_feeds(corpus: Frame
     assert speaker.state.history[-1]["frame_accuracy"] > 0.8
     assert "input_normalization" not in load_checkpoint(speaker.final_path)["extra"]
     assert network_normalization(speaker.final_path) == "global" and network_normalization(speaker.final_path, "utterance") == "utterance"
+
+
+def test_frame_subsampling_refuses_batches_that_are_not_frames(tmp_path: Path) -> None:
+    # The shared loop trains other models too (the MNIST MLPs): their batches have no frames to thin.
+    from asr_kd.train.loop import train
+
+    batches = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+
+    def loss(model, batch):  # noqa: ANN001, ANN202
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1]), {}
+
+    cfg = dataclasses.replace(BASE, frame_subsampling=2, num_epochs=1)
+    with pytest.raises(ConfigError, match="train.frame_subsampling=2 thins batches of frames .*set train.frame_subsampling=1"):
+        train(torch.nn.Linear(3, 2), lambda epoch, skip: batches, loss, None, cfg, tmp_path / "mlp")
+    assert train(torch.nn.Linear(3, 2), lambda epoch, skip: batches, loss, None, dataclasses.replace(cfg, frame_subsampling=1),
+                 tmp_path / "plain").state.step == 1
