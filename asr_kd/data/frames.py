@@ -153,14 +153,16 @@ def subsample_frames(batch: dict[str, Any], factor: int, offset: int) -> dict[st
         raise ValueError(f"offset must be in [0, {factor}), got {offset}")
     if POSITIONS in batch:
         raise ValueError("the batch is already subsampled")
+    def kept(lengths: torch.Tensor) -> torch.Tensor:  # positions below each length
+        return torch.div(lengths - offset + factor - 1, factor, rounding_mode="floor").clamp(min=0)
+
     positions = torch.arange(offset, batch["features"].shape[1], factor)
-    out = {**batch, POSITIONS: positions,
-           OUTPUT_LENGTHS: torch.div(batch["lengths"] - offset + factor - 1, factor, rounding_mode="floor").clamp(min=0)}
+    out = {**batch, POSITIONS: positions, OUTPUT_LENGTHS: kept(batch["lengths"])}
     for key in _PER_FRAME:
         if out.get(key) is not None:
             out[key] = out[key][:, positions]
     if SOFT_CODE_LENGTHS in out:  # the frames that hold codes, counted at the positions
-        out[SOFT_CODE_LENGTHS] = torch.div(out[SOFT_CODE_LENGTHS] - offset + factor - 1, factor, rounding_mode="floor").clamp(min=0)
+        out[SOFT_CODE_LENGTHS] = kept(out[SOFT_CODE_LENGTHS])
     return out
 
 
