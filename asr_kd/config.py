@@ -9,6 +9,7 @@ command line; ``save_config`` records the config actually used in the experiment
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -635,6 +636,11 @@ class DecodeConfig:
     # the fewest word errors per system and decode the test parts with it (asr_kd/decode/tuning.py;
     # Kaldi's score.sh sweeps the LM weight, its inverse, the same way). Empty: acoustic_scale.
     acoustic_scales: tuple[float, ...] = ()
+    # Non-empty: a word insertion penalty (a cost added to every word of HCLG; negative: a bonus)
+    # searched on the dev part beside the acoustic scale, per system, as Kaldi's score.sh sweeps
+    # word_ins_penalty (asr_kd/decode/penalty.py, tuning.py). Hybrid and GMM decoding in stages 3
+    # and 7 only; stages 9 and 10 and the CTC path refuse a stage 7 tuned with it. Empty: none.
+    insertion_penalties: tuple[float, ...] = later_option(())
     # CTC log-probabilities are usually used unscaled against HLG.
     ctc_acoustic_scale: float = 1.0
     # The same search for the CTC systems' scale on HLG (CTC stage 7): non-empty, each system's
@@ -660,6 +666,8 @@ class DecodeConfig:
         _check(self.acoustic_scale > 0 and self.ctc_acoustic_scale > 0, "decode.acoustic_scale and decode.ctc_acoustic_scale must be > 0")
         _check(all(s > 0 for s in self.acoustic_scales), f"decode.acoustic_scales must all be > 0, got {list(self.acoustic_scales)}")
         _check(all(s > 0 for s in self.ctc_acoustic_scales), f"decode.ctc_acoustic_scales must all be > 0, got {list(self.ctc_acoustic_scales)}")
+        _check(all(math.isfinite(p) for p in self.insertion_penalties),
+               f"decode.insertion_penalties must be finite numbers, got {list(self.insertion_penalties)}")
         _check(self.transition_scale >= 0 and self.self_loop_scale >= 0, "decode.transition_scale and decode.self_loop_scale must be >= 0")
         _check(self.prior_smoothing >= 0, f"decode.prior_smoothing must be >= 0, got {self.prior_smoothing}")
         _check(0 < self.prior_floor < 1, f"decode.prior_floor must be in (0, 1), got {self.prior_floor}")

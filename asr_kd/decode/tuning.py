@@ -10,6 +10,11 @@ is searched, not swept: from the grid point nearest the default, both neighbours
 the better direction while the dev errors fall (WER against the scale is close to unimodal). The
 scale with the fewest dev word errors is the system's, and the test parts are decoded once with
 it. Every system of a table (GMMs and networks) gets the same grid, beam and max-active.
+
+With a grid of word insertion penalties as well (``decode.insertion_penalties``; Kaldi's score.sh
+sweeps ``--word_ins_penalty`` beside the LM weight), the scale search runs at each penalty the
+penalty search reaches, searched the same way (from the penalty nearest 0, its neighbours, then
+onwards while the best errors fall): :func:`sweep_scales_and_penalties`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class ScaleSweep:
     errors: tuple[int, ...]
     ref_words: int
     best: float
+    # The word insertion penalty every decoding of this sweep used (asr_kd/decode/penalty.py), and,
+    # when penalties were searched too, the fewest errors reached at each penalty tried.
+    penalty: float = 0.0
+    penalty_errors: tuple[tuple[float, int], ...] = ()
 
     @property
     def wers(self) -> tuple[float, ...]:
@@ -51,17 +60,29 @@ class ScaleSweep:
         """Return a one-line account, e.g. ``dev-clean WER 31.2% at 0.0625 ... best 0.1``."""
         cells = ", ".join(f"{s:g}: {100 * w:.1f}%" for s, w in zip(self.scales, self.wers))
         edge = " (at the edge of decode.acoustic_scales: the best may lie beyond it; widen the grid)" if self.at_grid_edge else ""
-        return f"acoustic scale on {self.part} ({cells}): best {self.best:g}{edge}"
+        text = f"acoustic scale on {self.part} ({cells}): best {self.best:g}{edge}"
+        if self.penalty_errors:
+            tried = ", ".join(f"{p:g}: {100 * e / self.ref_words:.1f}%" if self.ref_words else f"{p:g}" for p, e in self.penalty_errors)
+            text += f"; word insertion penalty (each at its best scale: {tried}): best {self.penalty:g}"
+        elif self.penalty:
+            text += f" at word insertion penalty {self.penalty:g}"
+        return text
 
     def to_dict(self) -> dict:
-        """Return the sweep as JSON-serialisable data (read back by :meth:`from_dict`)."""
-        return {"part": self.part, "scales": list(self.scales), "errors": list(self.errors), "ref_words": self.ref_words, "best": self.best}
+        """Return the sweep as JSON-serialisable data (read back by :meth:`from_dict`); the
+        penalty keys only when a penalty was used, so sweeps without one read as they always did."""
+        data: dict = {"part": self.part, "scales": list(self.scales), "errors": list(self.errors), "ref_words": self.ref_words, "best": self.best}
+        if self.penalty or self.penalty_errors:
+            data["penalty"] = self.penalty
+            data["penalty_errors"] = [[p, e] for p, e in self.penalty_errors]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ScaleSweep:
         """Return the sweep stored by :meth:`to_dict`."""
         return cls(str(data["part"]), tuple(float(s) for s in data["scales"]), tuple(int(e) for e in data["errors"]),
-                   int(data["ref_words"]), float(data["best"]))
+                   int(data["ref_words"]), float(data["best"]), float(data.get("penalty", 0.0)),
+                   tuple((float(p), int(e)) for p, e in data.get("penalty_errors", ())))
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -113,6 +134,77 @@ def sweep_scales(part: str, scales: Sequence[float], decode: Callable[[float], W
     return sweep, results
 
 
+def check_penalties(penalties: Sequence[float]) -> tuple[float, ...]:
+    """Return ``penalties`` sorted and without repeats; ConfigError for a value that is not finite."""
+    grid = tuple(sorted({float(p) for p in penalties}))
+    if not all(math.isfinite(p) for p in grid):
+        raise ConfigError(f"decode.insertion_penalties must be finite numbers, got {list(penalties)}")
+    return grid
+
+
+def sweep_scales_and_penalties(part: str, scales: Sequence[float], penalties: Sequence[float], decode: Callable[[float, float], WerResult],
+                               default: float = 0.1) -> tuple[ScaleSweep, dict[tuple[float, float], WerResult]]:
+    """Search the word insertion penalties ``penalties`` the way :func:`sweep_scales` searches
+    scales (from the penalty nearest 0, both neighbours, then onwards from the best while it lies
+    at the edge of what was searched), each penalty with its own scale search over ``scales``
+    (``decode(scale, penalty)`` decodes ``part``). The pair with the fewest errors wins; among
+    equals, the penalty nearest 0. Returns the chosen penalty's :class:`ScaleSweep`, which records
+    the best errors of every penalty tried, and the :class:`WerResult` of every decoded pair."""
+    grid = check_penalties(penalties)
+    if not grid:
+        raise ConfigError("decode.insertion_penalties is empty: use sweep_scales")
+    sweeps: dict[float, ScaleSweep] = {}
+    results: dict[tuple[float, float], WerResult] = {}
+
+    def best_errors(i: int) -> int:
+        p = grid[i]
+        if p not in sweeps:
+            sweep, found = sweep_scales(part, scales, lambda s: decode(s, p), default)
+            sweeps[p] = sweep
+            results.update({(s, p): r for s, r in found.items()})
+        return min(sweeps[p].errors)
+
+    def pick(done: list[int]) -> int:
+        return min(done, key=lambda i: (best_errors(i), abs(grid[i]), grid[i]))
+
+    start = min(range(len(grid)), key=lambda i: (abs(grid[i]), grid[i]))
+    for i in (start, start - 1, start + 1):
+        if 0 <= i < len(grid):
+            best_errors(i)
+    while True:
+        done = sorted(i for i in range(len(grid)) if grid[i] in sweeps)
+        best = pick(done)
+        step = -1 if best == done[0] else (1 if best == done[-1] else 0)
+        if step == 0 or not 0 <= best + step < len(grid):
+            break
+        best_errors(best + step)
+    chosen = sweeps[grid[best]]
+    tried = tuple((p, min(sweeps[p].errors)) for p in grid if p in sweeps)
+    sweep = dataclasses.replace(chosen, penalty=grid[best], penalty_errors=tried)
+    log.info("%s", sweep.describe())
+    return sweep, results
+
+
+def tune_decoding(part: str, scales: Sequence[float], penalties: Sequence[float], decode: Callable[[float, float], WerResult],
+                  default: float = 0.1) -> tuple[ScaleSweep | None, float, float, dict[tuple[float, float], WerResult]]:
+    """Decode ``part`` at the one pair of ``scales`` x ``penalties`` when each holds one value, or
+    search them (:func:`sweep_scales` over the scales at the one penalty, or
+    :func:`sweep_scales_and_penalties`). Returns the sweep (None without a search), the chosen
+    scale and penalty, and the :class:`WerResult` of every decoded pair."""
+    if not scales or not penalties:
+        raise ValueError("tune_decoding needs at least one scale and one penalty")
+    if len(penalties) > 1:
+        sweep, results = sweep_scales_and_penalties(part, scales, penalties, decode, default)
+        return sweep, sweep.best, sweep.penalty, results
+    penalty = float(penalties[0])
+    if len(scales) > 1:
+        found_sweep, found = sweep_scales(part, scales, lambda s: decode(s, penalty), default)
+        sweep = dataclasses.replace(found_sweep, penalty=penalty) if penalty else found_sweep
+        return sweep, sweep.best, penalty, {(s, penalty): r for s, r in found.items()}
+    scale = float(scales[0])
+    return None, scale, penalty, {(scale, penalty): decode(scale, penalty)}
+
+
 def describe_decoding(decode_config: DecodeConfig, dev_part: str, networks: bool = True) -> str:
     """Return the sentences a table prints about how its systems were decoded (``networks``: and
     how network posteriors become acoustic scores)."""
@@ -120,6 +212,9 @@ def describe_decoding(decode_config: DecodeConfig, dev_part: str, networks: bool
     how = (f"acoustic scale chosen per system on {dev_part} by searching {{{', '.join(f'{s:g}' for s in decode_config.acoustic_scales)}}} "
            f"(the fewest word errors; the test parts are never used to choose it{seeds})" if decode_config.acoustic_scales
            else f"acoustic scale {decode_config.acoustic_scale:g} (not tuned)")
+    if decode_config.insertion_penalties:
+        how += (f"; with it a word insertion penalty (a cost on every word of the graph, Kaldi's word_ins_penalty) searched from "
+                f"{{{', '.join(f'{p:g}' for p in check_penalties(decode_config.insertion_penalties))}}} the same way")
     return (f"Decoding: HCLG with the stage-2 LM, beam {decode_config.beam:g}, max-active {decode_config.max_active}, "
             f"{decode_config.decoder} decoder, the same for every system of the table; {how}."
             + (" Networks: log posteriors minus log senone priors (stage 3 train alignments) times the acoustic scale." if networks else ""))

@@ -57,6 +57,8 @@ class SystemScore:
     # Decoding tuned on dev: the dev WER at the chosen scale, and the scale(s) (one per seed).
     dev_wer: float | None = None
     acoustic_scales: tuple[float, ...] = ()
+    # The word insertion penalty chosen with the scale (decode.insertion_penalties; 0: none).
+    insertion_penalty: float = 0.0
 
 
 def gain_kept(baseline: float, ensemble: float, student: float) -> float:
@@ -137,7 +139,8 @@ def _dev_cell(row: SystemScore, tuned: bool) -> str:
         return ""
     if row.dev_wer is None:
         return " not decoded |"
-    return f" {_pct(row.dev_wer, 2)} ({', '.join(f'{s:g}' for s in row.acoustic_scales)}) |"
+    penalty = f", word insertion penalty {row.insertion_penalty:g}" if row.insertion_penalty else ""
+    return f" {_pct(row.dev_wer, 2)} ({', '.join(f'{s:g}' for s in row.acoustic_scales)}{penalty}) |"
 
 
 def _wer_cell(row: SystemScore) -> str:

@@ -101,7 +101,14 @@ def tuned_scale(layout: RecipeLayout, name: str) -> float | None:
     data = read_json(path)
     assert isinstance(data, dict)
     entries = (data.get(key, {}) if key else data).get(name, {})
-    return next((float(e["acoustic_scale"]) for e in entries.values() if isinstance(e, dict) and e.get("sweep")), None)
+    tuned = next((e for e in entries.values() if isinstance(e, dict) and e.get("sweep")), None)
+    if tuned is None:
+        return None
+    if tuned.get("insertion_penalty"):
+        raise ConfigError(f"{name} was tuned on dev with a word insertion penalty ({tuned['insertion_penalty']:g}, decode.insertion_penalties), "
+                          "which decode-part and the model directories (stage 9) do not apply yet; rerun stages 3 and 7 with "
+                          "decode.insertion_penalties=[] to use its tuned scale here")
+    return float(tuned["acoustic_scale"])
 
 
 def per_speaker_wer(result: WerResult, speakers: Mapping[str, str]) -> dict[str, dict[str, float]]:

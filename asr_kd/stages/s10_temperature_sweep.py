@@ -81,6 +81,9 @@ def temperature_sweep(
     table1 = layout.decode / "table1.json"
     decode_rec = require_record(layout.decode, "stage 7 (decode-hybrid: the baseline and the distilled student's scale)")
     _check_same_decoding(decode_rec.config.get("decode"), decode_config)
+    if decode_config.insertion_penalties:
+        raise ConfigError(f"stage 10 does not search a word insertion penalty (decode.insertion_penalties {list(decode_config.insertion_penalties)}) "
+                          "for its students yet; rerun stage 7 with decode.insertion_penalties=[] and give stage 10 the same")
     stored = read_json(table1)
     assert isinstance(stored, dict)
     grid = _students_grid(decode_config, extra_scales, stored, layout.dev_part)

@@ -381,7 +381,8 @@ def results_section(summary: Stage3Summary, command: str) -> str:
         if info is None:
             continue
         wers = [_fmt_wer(summary.wers[name][p]) if p in summary.wers.get(name, {}) else "-" for p in eval_parts]
-        scale = next((f"{w['acoustic_scale']:g}" + (" (tuned on " + w["sweep"]["part"] + ")" if w.get("sweep") else "")
+        scale = next((f"{w['acoustic_scale']:g}" + (f", word insertion penalty {w['insertion_penalty']:g}" if w.get("insertion_penalty") else "")
+                      + (" (tuned on " + w["sweep"]["part"] + ")" if w.get("sweep") else "")
                       for w in sorted(summary.wers.get(name, {}).values(), key=lambda w: not w.get("sweep"))
                       if w.get("acoustic_scale") is not None), "-")
         rows.append([name, str(info["pdfs"]), str(info["gaussians"]), *wers, scale])
@@ -567,10 +568,11 @@ def _align_part(layout: RecipeLayout, system: GmmSystem, inputs: GraphInputs, la
 
 
 def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, source: PartSource, config: GmmConfig, decode_config: DecodeConfig,
-                 scales: Sequence[float], align_chunk: int) -> tuple[dict, bool]:
+                 scales: Sequence[float], align_chunk: int, penalties: Sequence[float] = (0.0,)) -> tuple[dict, bool]:
     """Decode one part with one GMM system at the one acoustic scale of ``scales``, or at each of
     several keeping the best (a sweep on dev), or read the scoring this run already wrote; return
-    its WER entry (with ``acoustic_scale`` and, for a sweep, ``sweep``) and whether it was decoded
+    its WER entry (with ``acoustic_scale``, for a sweep ``sweep``, and ``insertion_penalty`` when one
+    was used: one of ``penalties``, searched with the scales when several) and whether it was decoded
     now (False: read back). A part of more than ``align_chunk`` cuts is decoded a chunk at a time
     (its features loaded again for each scale of a sweep)."""
     # Why a multi-chunk sweep reloads features rather than decoding every scale on each chunk: the
@@ -582,7 +584,8 @@ def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, source: Par
     # dev-clean (2,703 cuts) is one chunk at the default 5,000 anyway: its features load once.
     from asr_kd.decode.gmm_decode import decode_gmm_batch
     from asr_kd.decode.hclg import load_hclg
-    from asr_kd.decode.tuning import sweep_scales
+    from asr_kd.decode.penalty import PenalisedGraphs
+    from asr_kd.decode.tuning import tune_decoding
 
     out_dir = layout.gmm_decode(system_name, source.name)
     scoring = out_dir / "scoring.json"
@@ -590,35 +593,33 @@ def _decode_part(layout: RecipeLayout, system_name: str, lang: Lang, source: Par
         logger.info("decoding %s with %s exists (%s), skipping", source.name, system_name, out_dir)
         return json.loads(scoring.read_text()), False
     system = GmmSystem.load(layout.gmm_model(system_name))
-    hclg = load_hclg(layout.gmm_graph(system_name))
+    graphs = PenalisedGraphs(load_hclg(layout.gmm_graph(system_name)), lang.words.ids())
     one_chunk = list(source.chunks(lang, config, align_chunk)) if source.num_chunks(align_chunk) == 1 else None
-    decoded: dict[float, tuple[dict[str, str], int]] = {}
+    decoded: dict[tuple[float, float], tuple[dict[str, str], int]] = {}
 
-    def decode_at(scale: float) -> WerResult:
+    def decode_at(scale: float, penalty: float) -> WerResult:
         hyps: dict[str, str] = {}
         failed = 0
         for chunk in one_chunk or source.chunks(lang, config, align_chunk):
             feats = {u.id: u.feats for u in chunk.utterances}
-            batch = decode_gmm_batch(hclg, system.am, system.tm, feats, dataclasses.replace(decode_config, acoustic_scale=scale))
+            batch = decode_gmm_batch(graphs.at(penalty), system.am, system.tm, feats, dataclasses.replace(decode_config, acoustic_scale=scale))
             hyps.update(batch.texts(lang.words))
             failed += len(batch.failed)
-        decoded[scale] = (hyps, failed)
+        decoded[scale, penalty] = (hyps, failed)
         return compute_wer(source.refs, hyps)
 
-    sweep = None
-    if len(scales) > 1:
-        sweep, results = sweep_scales(source.name, scales, decode_at, decode_config.acoustic_scale)
-        scale, result = sweep.best, results[sweep.best]
-    else:
-        scale = float(scales[0])
-        result = decode_at(scale)
-    hyps, failed = decoded[scale]
+    sweep, scale, penalty, results = tune_decoding(source.name, scales, penalties, decode_at, decode_config.acoustic_scale)
+    result = results[scale, penalty]
+    hyps, failed = decoded[scale, penalty]
     entry = {**_wer_entry(result, failed), "acoustic_scale": scale, "sweep": sweep.to_dict() if sweep else None}
+    if penalty:
+        entry["insertion_penalty"] = penalty
     write_transcripts(out_dir / "ref.txt", source.refs)
     write_wer_report(result, out_dir / "wer_details")
     write_text_atomic(scoring, json.dumps(entry, indent=1) + "\n")
     write_transcripts(out_dir / "hyp.txt", hyps)  # last: with scoring.json, marks the decode done
-    logger.info("%s %s: %s at acoustic scale %g", system_name, source.name, result.summary(), scale)
+    logger.info("%s %s: %s at acoustic scale %g%s", system_name, source.name, result.summary(), scale,
+                f", word insertion penalty {penalty:g}" if penalty else "")
     return entry, True
 
 
@@ -662,11 +663,11 @@ def run_gmm_stage(
     lang_rec = require_record(lang_dir, "stage 2 (lang)")
     eval_parts = [p for p in parts if p != train_part]
     dev_part = dev_part or (eval_parts[0] if eval_parts else None)
-    if decode_config.acoustic_scales and dev_part not in eval_parts:
+    if (decode_config.acoustic_scales or decode_config.insertion_penalties) and dev_part not in eval_parts:
         raise ConfigError(f"decode.acoustic_scales tunes each system on the dev part, but {dev_part!r} is not among --parts {' '.join(parts)}; "
                           "add it, or set decode.acoustic_scales=[] for a fixed scale")
     config_record = {"gmm": config, "decode": decode_config, "train_part": train_part, "parts": parts}
-    if decode_config.acoustic_scales:
+    if decode_config.acoustic_scales or decode_config.insertion_penalties:
         config_record["dev_part"] = dev_part
     guard = StageGuard("stage 3 (GMM-HMM)", layout.gmm, config_record, {"features": features.fingerprint, "lang": lang_rec.fingerprint}, command)
     if guard.needs_work():
@@ -734,18 +735,22 @@ def _run_gmm_work(layout: RecipeLayout, lang_dir: Path, config: GmmConfig, train
     write_text_atomic(layout.senones_json, json.dumps(meta, indent=1) + "\n")
 
     wers: dict[str, dict[str, dict]] = {}
-    tune = bool(decode_config.acoustic_scales)
+    tune = bool(decode_config.acoustic_scales or decode_config.insertion_penalties)
     # With tuning, the dev part first: its best scale is the one the other parts are decoded with.
     eval_parts = sorted((p for p in parts if p != train_part), key=lambda p: not (tune and p == dev_part))
     for name in GMM_SYSTEMS:
-        chosen = decode_config.acoustic_scale
+        chosen, chosen_penalty = decode_config.acoustic_scale, 0.0
         for p in eval_parts:
             start = time.perf_counter()
-            scales = decode_config.acoustic_scales if tune and p == dev_part else (chosen,)
-            entry, decoded = _decode_part(layout, name, lang, sources[p], config, decode_config, scales, align_chunk)
+            if tune and p == dev_part:
+                scales = decode_config.acoustic_scales or (decode_config.acoustic_scale,)
+                penalties = decode_config.insertion_penalties or (0.0,)
+            else:
+                scales, penalties = (chosen,), (chosen_penalty,)
+            entry, decoded = _decode_part(layout, name, lang, sources[p], config, decode_config, scales, align_chunk, penalties)
             wers.setdefault(name, {})[p] = entry
             if tune and p == dev_part:
-                chosen = entry["acoustic_scale"]
+                chosen, chosen_penalty = entry["acoustic_scale"], entry.get("insertion_penalty", 0.0)
             if decoded:
                 _timed(timings, f"decode_{name}_{p}", start)
 

@@ -31,7 +31,8 @@ from asr_kd.config import DecodeConfig
 from asr_kd.data.alignments import has_alignment, load_alignment
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hybrid import decode_posteriors_batch
-from asr_kd.decode.tuning import describe_decoding, sweep_scales
+from asr_kd.decode.penalty import PenalisedGraphs
+from asr_kd.decode.tuning import describe_decoding, tune_decoding
 from asr_kd.decode.priors import load_priors
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
@@ -73,6 +74,7 @@ class PartScore:
     aligned_utterances: int = 0  # with a stage-3 alignment: the frame accuracy's utterances
     acoustic_scale: float | None = None
     sweep: dict | None = None  # ScaleSweep.to_dict() of the dev part's tuning
+    insertion_penalty: float = 0.0  # the word insertion penalty decoded with (decode.insertion_penalties)
 
 
 def per_utterance_path(layout: RecipeLayout | None, system: str, part: str, root: Path | None = None) -> Path:
@@ -112,12 +114,13 @@ def _posterior_chunks(
 def score_system(
     name: str, models: Sequence[torch.nn.Module], layout: RecipeLayout, part: str, scales: Sequence[float],
     decode_config: DecodeConfig, fusion: str = "arithmetic", max_duration: float = 20.0, max_cuts: int | None = None,
-    root: Path | None = None, max_posterior_mb: float = MAX_POSTERIOR_MB,
+    root: Path | None = None, max_posterior_mb: float = MAX_POSTERIOR_MB, penalties: Sequence[float] = (0.0,),
 ) -> PartScore:
     """Return the :class:`PartScore` of the (fused, if several) ``models`` on ``part`` (its
     first ``max_cuts`` cuts, if given): frame accuracy against the senone alignments and, when
     ``scales`` is not empty, HCLG decoding and WER: at the one scale given, or at each of several
-    (a tuning sweep, normally on dev) keeping the one with the fewest errors. The hypotheses, the
+    (a tuning sweep, normally on dev) keeping the one with the fewest errors; likewise the word
+    insertion ``penalties`` (one, or a grid searched with the scales). The hypotheses, the
     per-utterance WER details and counts go to ``<exp>/decode/<name>_<part>/`` (or ``root/...``).
 
     The part's log-posteriors are held for the decoding passes while they fit ``max_posterior_mb``;
@@ -163,34 +166,29 @@ def score_system(
                       aligned_utterances=len(references))
     per_utt: dict[str, list[int]] = {u: [0, 0, *acc.per_utterance.get(u, (0, 0))] for u in predictions}
     if scales:
-        hclg = load_hclg(senones.graph)
         trans_model = GmmSystem.load(senones.model).tm
         priors = load_priors(layout.log_priors, trans_model.num_pdfs)
         words = SymbolTable.from_file(senones.graph / "words.txt")
-        decoded: dict[float, tuple[dict[str, str], int]] = {}
+        graphs = PenalisedGraphs(load_hclg(senones.graph), words.ids())
+        decoded: dict[tuple[float, float], tuple[dict[str, str], int]] = {}
         start = time.time()
 
-        def decode_at(scale: float) -> WerResult:
+        def decode_at(scale: float, penalty: float) -> WerResult:
             config = dataclasses.replace(decode_config, acoustic_scale=scale)
             chunks = [held] if held is not None else _posterior_chunks(models, cuts, cmvn, fusion, max_duration, max_bytes)
             hyps: dict[str, str] = {}
             failed = 0
             for chunk in chunks:
-                batch = decode_posteriors_batch(hclg, trans_model, chunk, priors, config)
+                batch = decode_posteriors_batch(graphs.at(penalty), trans_model, chunk, priors, config)
                 hyps.update(batch.texts(words))
                 failed += len(batch.failed)
-            decoded[scale] = (hyps, failed)
+            decoded[scale, penalty] = (hyps, failed)
             return compute_wer(texts, hyps)
 
-        sweep = None
-        if len(scales) > 1:
-            sweep, results = sweep_scales(part, scales, decode_at, decode_config.acoustic_scale)
-            scale, wer = sweep.best, results[sweep.best]
-        else:
-            scale = float(scales[0])
-            wer = decode_at(scale)
+        sweep, scale, penalty, results = tune_decoding(part, scales, penalties, decode_at, decode_config.acoustic_scale)
+        wer = results[scale, penalty]
         seconds = time.time() - start
-        hyps, failed = decoded[scale]
+        hyps, failed = decoded[scale, penalty]
         write_transcripts(out_dir / "hyp.txt", hyps)
         write_transcripts(out_dir / "ref.txt", texts)
         write_wer_report(wer, out_dir / "wer_details")
@@ -198,9 +196,10 @@ def score_system(
             per_utt[u.utt_id][:2] = [u.errors, len(u.ref)]
         score = dataclasses.replace(score, wer=wer.wer, substitutions=wer.substitutions, deletions=wer.deletions,
                                     insertions=wer.insertions, ref_words=wer.ref_words, failed=failed,
-                                    decode_seconds=round(seconds, 2), acoustic_scale=scale, sweep=sweep.to_dict() if sweep else None)
-        log.info("%s on %s: frame accuracy %.4f, %s at acoustic scale %g (%.0f s decoding)", name, part, score.frame_accuracy, wer.summary(),
-                 scale, seconds)
+                                    decode_seconds=round(seconds, 2), acoustic_scale=scale, sweep=sweep.to_dict() if sweep else None,
+                                    insertion_penalty=penalty)
+        log.info("%s on %s: frame accuracy %.4f, %s at acoustic scale %g%s (%.0f s decoding)", name, part, score.frame_accuracy, wer.summary(),
+                 scale, f", word insertion penalty {penalty:g}" if penalty else "", seconds)
     else:
         log.info("%s on %s: frame accuracy %.4f", name, part, score.frame_accuracy)
     write_json_atomic(per_utterance_path(layout, name, part, root), per_utt)
@@ -291,27 +290,30 @@ def evaluate_systems(
         systems += [(name, [load_frame_classifier(model_checkpoint(layout.student_dir(k, i)))]) for name, k, i in students]
         if score_teachers:
             systems += [(f"teacher{i}", [t]) for i, t in enumerate(teachers)]
-        tune = bool(decode_config.acoustic_scales)
+        tune = bool(decode_config.acoustic_scales or decode_config.insertion_penalties)
         # The other seeds of a student decode with the scale tuned for its first seed: one dev
         # search per kind of model, not per seed (each search is several decodings of dev).
         first_seed = {name: student_system_name(k, 0) for name, k, i in students if i > 0}
-        chosen: dict[str, float] = {}
+        chosen: dict[str, tuple[float, float]] = {}
         computed: dict[str, dict[str, PartScore]] = {}
         for name, models in systems:
             decoded = decode_teachers or not name.startswith("teacher")
             computed[name] = {}
             for part in (layout.dev_part, *layout.test_parts):
                 tuning_here = tune and part == layout.dev_part and name not in first_seed
+                penalties: tuple[float, ...] = (0.0,)
                 if not decoded or (part not in decode_parts and not tuning_here):
                     scales: tuple[float, ...] = ()
                 elif tuning_here:
-                    scales = decode_config.acoustic_scales
+                    scales = decode_config.acoustic_scales or (decode_config.acoustic_scale,)
+                    penalties = decode_config.insertion_penalties or (0.0,)
                 else:
-                    scales = (chosen.get(first_seed.get(name, name), decode_config.acoustic_scale),)
+                    scale, penalty = chosen.get(first_seed.get(name, name), (decode_config.acoustic_scale, 0.0))
+                    scales, penalties = (scale,), (penalty,)
                 score = score_system(name, models, layout, part, scales, decode_config, fusion, max_duration,
-                                     max_posterior_mb=max_posterior_mb)
+                                     max_posterior_mb=max_posterior_mb, penalties=penalties)
                 if tuning_here and score.acoustic_scale is not None:
-                    chosen[name] = score.acoustic_scale
+                    chosen[name] = (score.acoustic_scale, score.insertion_penalty)
                 computed[name][part] = score
         write_json_atomic(table, {k: {p: dataclasses.asdict(s) for p, s in v.items()} for k, v in computed.items()})
         write_json_atomic(comparisons_path, compare_groups(layout, groups, computed))
@@ -434,4 +436,5 @@ def _group_row(name: str, members: Sequence[Mapping[str, PartScore]], layout: Re
                        first.insertions, first.ref_words, mean([d.frame_accuracy for d in dev]), mean([o.wer for o in ood]) if ood else None,
                        ood[0].ref_words if ood else 0, seeds=len(members), frame_accuracy_std=std([t.frame_accuracy for t in test]),
                        wer_std=std([t.wer for t in test]), dev_wer=mean([d.wer for d in dev if d.wer is not None]),
-                       acoustic_scales=tuple(dict.fromkeys(t.acoustic_scale for t in test if t.acoustic_scale is not None)))
+                       acoustic_scales=tuple(dict.fromkeys(t.acoustic_scale for t in test if t.acoustic_scale is not None)),
+                       insertion_penalty=first.insertion_penalty)

@@ -429,3 +429,42 @@ def test_bad_tids_file_names_the_line(tmp_path):
     path.write_text("utt1 1 2 3\nutt2 4 x 6\n")
     with pytest.raises(DataError, match=r"tids\.txt:2"):
         read_tids(path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_word_insertion_penalty_is_searched_beside_the_scale(stage3, tmp_path):
+    """decode.insertion_penalties: stage 3's dev search tries penalties from 0 outwards, each with the
+    scale search; at penalty 0 it finds what the recipe's own sweep found, and it keeps the pair
+    with the fewest dev errors (never worse than the scale alone)."""
+    from asr_kd.config import config_from_dict
+    from asr_kd.decode.tuning import ScaleSweep
+    from asr_kd.stages.s3_gmm import PartSource, _decode_part, results_section
+
+    data, lang, paths, summary = stage3
+    config = GmmConfig(**json_config(paths))
+    copy = RecipeLayout(data, tmp_path / "exp")
+    shutil.copytree(paths.gmm / "tri", copy.gmm / "tri")
+    recipe_dev = summary.wers["tri"]["dev-clean"]
+    recipe_sweep = ScaleSweep.from_dict(recipe_dev["sweep"])
+    decode_config = dataclasses.replace(config_from_dict(DecodeConfig, summary.decode), insertion_penalties=(-1.0, 0.0, 1.0, 2.0))
+    source = PartSource(data, "dev-clean")
+    entry, decoded = _decode_part(copy, "tri", lang, source, config, decode_config, decode_config.acoustic_scales, 5000,
+                                  decode_config.insertion_penalties)
+    sweep = ScaleSweep.from_dict(entry["sweep"])
+    tried = dict(sweep.penalty_errors)
+    assert decoded and len(tried) >= 3 and tried[0.0] == min(recipe_sweep.errors)
+    best = min(tried.values())
+
+    def errors(e: dict) -> int:
+        return e["substitutions"] + e["deletions"] + e["insertions"]
+
+    assert tried[sweep.penalty] == best == errors(entry) <= errors(recipe_dev)
+    assert sweep.penalty == min((p for p, e in tried.items() if e == best), key=abs)
+    assert entry.get("insertion_penalty", 0.0) == sweep.penalty and entry["acoustic_scale"] == sweep.best
+    # The test part at the chosen pair, and the table cell that says which.
+    test, _ = _decode_part(copy, "tri", lang, PartSource(data, "test-clean"), config, decode_config, (sweep.best,), 5000, (sweep.penalty,))
+    assert test["acoustic_scale"] == sweep.best and test.get("insertion_penalty", 0.0) == sweep.penalty
+    changed = dataclasses.replace(summary, wers={**summary.wers, "tri": {"dev-clean": entry, "test-clean": test}})
+    row = next(line for line in results_section(changed, "cmd").splitlines() if line.startswith("| tri |"))
+    assert ("word insertion penalty" in row) == (sweep.penalty != 0)

@@ -1,0 +1,200 @@
+"""A word insertion penalty tuned on dev beside the acoustic scale, against the scale alone, on a
+finished recipe run: each system's dev search both ways, then the test parts at each choice, with
+paired bootstrap intervals of the WER difference (issue 13: Kaldi's score.sh tunes the LM weight
+and a word insertion penalty on dev).
+
+Stages 3 and 7 search the acoustic scale on dev (recipes/librispeech/conf/decode.yaml); with
+``decode.insertion_penalties`` they also search a penalty on every word of the graph
+(asr_kd/decode/penalty.py). This decodes the same models both ways in one run, with the recipe's
+beam, max-active and scale grid, so the difference is the penalty's alone. A student's other
+seeds are decoded at its first seed's choice, as stage 7 does, and its per-utterance errors are
+averaged over the seeds before the bootstrap.
+
+    python bench/decode_penalty.py --data recipes/librispeech/data --exp recipes/librispeech/exp \
+        [--penalties -2 -1 -0.5 0 0.5 1] [--systems tri baseline ensemble distilled] [--seeds 3]
+
+Needs stages 3 and 7 of a recipe run (``make demo``); without one it says so and exits 0.
+Writes nothing under ``--exp``; its numbers go to ``--json`` and the section of ``--results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from asr_kd.config import DecodeConfig, GmmConfig, config_from_dict
+from asr_kd.decode.gmm_decode import decode_gmm_batch
+from asr_kd.decode.hclg import load_hclg
+from asr_kd.decode.hybrid import decode_posteriors_batch
+from asr_kd.decode.penalty import PenalisedGraphs
+from asr_kd.decode.priors import load_priors
+from asr_kd.decode.tuning import check_penalties, tune_decoding
+from asr_kd.gmm.train import GmmSystem
+from asr_kd.kd.ensemble import ensemble_log_posteriors
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.metrics.wer import WerResult, compute_wer
+from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
+from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
+from asr_kd.stages.s3_gmm import load_part
+from asr_kd.train.frame_classifier import load_frame_classifier
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+from decode_beams import finished_run  # noqa: E402
+
+HEADING = "## Word insertion penalty tuned on dev beside the acoustic scale (bench/decode_penalty.py)"
+GMM_NAMES = ("mono", "tri")
+
+Decode = Callable[[float, float], dict[str, str]]
+
+
+def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: str, config: DecodeConfig,
+                 graphs: dict[str, PenalisedGraphs]) -> tuple[dict[str, str], Decode]:
+    """Return ``(refs, decode)`` of system ``name`` (a student: its seed ``seed``) on ``part``:
+    ``decode(scale, penalty)`` returns its hypotheses at that acoustic scale and word penalty."""
+    senones = read_senones(layout)
+    if name in GMM_NAMES:
+        gmm_cfg = config_from_dict(GmmConfig, read_record(layout.gmm).config["gmm"])
+        data = load_part(layout.data_dir, part, lang, gmm_cfg)
+        system = GmmSystem.load(layout.gmm_model(name))
+        key = f"gmm_{name}"
+        if key not in graphs:
+            graphs[key] = PenalisedGraphs(load_hclg(layout.gmm_graph(name)), lang.words.ids())
+        feats = {u.id: u.feats for u in data.utterances}
+        return dict(data.refs), lambda s, p: decode_gmm_batch(graphs[key].at(p), system.am, system.tm, feats,
+                                                              dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
+    if name == "ensemble":
+        models = load_teachers(layout)
+    else:
+        models = [load_frame_classifier(model_checkpoint(layout.student_dir(STUDENT_SYSTEMS[name], seed)))]
+    posteriors, refs = {}, {}
+    for cut, log_probs in ensemble_log_posteriors(models, layout.open_cuts(layout.fbank_cuts(part)), layout.open_cmvn(part), 1.0):
+        posteriors[cut.id] = log_probs.numpy()
+        refs[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
+    trans_model = GmmSystem.load(senones.model).tm
+    priors = load_priors(layout.log_priors, trans_model.num_pdfs)
+    if "hybrid" not in graphs:
+        graphs["hybrid"] = PenalisedGraphs(load_hclg(senones.graph), lang.words.ids())
+    return refs, lambda s, p: decode_posteriors_batch(graphs["hybrid"].at(p), trans_model, posteriors, priors,
+                                                      dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
+
+
+def per_utterance_errors(result: WerResult, ids: list[str]) -> np.ndarray:
+    errors = {u.utt_id: u.errors for u in result.utterances}
+    return np.array([errors[u] for u in ids], dtype=np.float64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("recipes/librispeech/data"), help="the recipe's data folder")
+    p.add_argument("--exp", type=Path, default=Path("recipes/librispeech/exp"), help="the recipe's experiment folder (stages 3 and 7 done)")
+    p.add_argument("--penalties", type=float, nargs="+", default=[-2.0, -1.0, -0.5, 0.0, 0.5, 1.0],
+                   help="the word insertion penalties searched (graph cost per word; negative: a bonus)")
+    p.add_argument("--systems", nargs="+", default=["tri", "baseline", "ensemble", "distilled"],
+                   help="systems (mono, tri, baseline, ensemble, distilled, compressed)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of each student (stage 6's; default 3)")
+    p.add_argument("--json", type=Path, default=None, help="write every number here too")
+    p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    args = p.parse_args(argv)
+    run = finished_run(args.data, args.exp, "decode_penalty")
+    if run is None:
+        return 0
+    layout, lang = run
+    penalties = check_penalties(args.penalties)
+    if 0.0 not in penalties:
+        p.error("--penalties must include 0 (the comparison is against no penalty)")
+    recorded = read_record(layout.decode).config["decode"]
+    config = dataclasses.replace(config_from_dict(DecodeConfig, recorded), num_jobs=2, insertion_penalties=())
+    scales = config.acoustic_scales or (config.acoustic_scale,)
+    parts = [layout.dev_part, *layout.test_parts]
+    graphs: dict[str, PenalisedGraphs] = {}
+    out: dict = {"penalties": list(penalties), "scales": list(scales), "beam": config.beam, "max_active": config.max_active, "systems": {}}
+    start = time.time()
+    for name in args.systems:
+        seeds = range(args.seeds) if name in STUDENT_SYSTEMS else range(1)
+        entry: dict = {"choices": {}, "parts": {}}
+        for way, grid in (("scale", (0.0,)), ("scale+penalty", penalties)):
+            refs, decode = part_decoder(layout, lang, name, 0, layout.dev_part, config, graphs)
+            sweep, scale, penalty, results = tune_decoding(layout.dev_part, scales, grid, lambda s, q: compute_wer(refs, decode(s, q)),
+                                                           config.acoustic_scale)
+            dev = results[scale, penalty]
+            entry["choices"][way] = {"scale": scale, "penalty": penalty, "dev_errors": dev.errors, "dev_ref_words": dev.ref_words,
+                                     "dev_wer": dev.wer, "sweep": sweep.to_dict() if sweep else None}
+            print(f"{name} ({way}): dev {dev.summary()} at scale {scale:g}, penalty {penalty:g}", flush=True)
+        for part in layout.test_parts:
+            counts: dict[str, list[np.ndarray]] = {"scale": [], "scale+penalty": []}
+            summary: dict[str, dict] = {}
+            ids: list[str] = []
+            for seed in seeds:
+                refs, decode = part_decoder(layout, lang, name, seed, part, config, graphs)
+                ids = sorted(refs)
+                for way, choice in entry["choices"].items():
+                    result = compute_wer(refs, decode(choice["scale"], choice["penalty"]))
+                    counts[way].append(per_utterance_errors(result, ids))
+                    s = summary.setdefault(way, {"wer": [], "substitutions": 0, "deletions": 0, "insertions": 0})
+                    s["wer"].append(result.wer)
+                    if seed == 0:
+                        s.update(substitutions=result.substitutions, deletions=result.deletions, insertions=result.insertions,
+                                 ref_words=result.ref_words)
+            words = np.array([len(refs[u].split()) for u in ids], dtype=np.float64)
+            iv = bootstrap_difference(np.mean(counts["scale"], axis=0), np.mean(counts["scale+penalty"], axis=0), words)
+            entry["parts"][part] = {**summary, "difference": iv.to_dict()}
+            print(f"{name} {part}: scale {100 * np.mean(summary['scale']['wer']):.2f}%, scale+penalty "
+                  f"{100 * np.mean(summary['scale+penalty']['wer']):.2f}%, difference {100 * iv.value:+.2f} [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]",
+                  flush=True)
+        entry["seeds"] = len(seeds)
+        out["systems"][name] = entry
+    out["seconds"] = round(time.time() - start, 1)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    write_section(args.results, HEADING, format_section(out, args, layout, parts))
+    return 0
+
+
+def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, parts: list[str]) -> str:
+    test_parts = parts[1:]
+    cmd = (f"python bench/decode_penalty.py --data {args.data} --exp {args.exp} --penalties {' '.join(f'{p:g}' for p in out['penalties'])} "
+           f"--systems {' '.join(args.systems)} --seeds {args.seeds}")
+    lines = [HEADING, "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
+             f"The recipe's decoding (beam {out['beam']:g}, max-active {out['max_active']}, the acoustic scales "
+             f"{{{', '.join(f'{s:g}' for s in out['scales'])}}} searched on {layout.dev_part}); \"scale\": that search alone, as the recipe "
+             f"decodes; \"+ penalty\": the same search at each word insertion penalty of {{{', '.join(f'{p:g}' for p in out['penalties'])}}} "
+             "that the penalty search reaches (asr_kd/decode/tuning.py), the pair with the fewest dev errors. The test parts are decoded "
+             "once at each choice; never used to choose.", ""]
+    head = ["system", "seeds", f"{layout.dev_part}: scale", "+ penalty"]
+    for part in test_parts:
+        head += [f"{part}: scale", "+ penalty", "difference, points [95% CI]"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in out["systems"].items():
+        a, b = e["choices"]["scale"], e["choices"]["scale+penalty"]
+        row = [name, str(e["seeds"]), f"{100 * a['dev_wer']:.2f}% ({a['scale']:g})",
+               f"{100 * b['dev_wer']:.2f}% ({b['scale']:g}, {b['penalty']:g})"]
+        for part in test_parts:
+            p = e["parts"][part]
+            iv = p["difference"]
+            verdict = "significant" if iv["excludes_zero"] else "within noise"
+
+            def cell(s: dict) -> str:
+                return f"{100 * np.mean(s['wer']):.2f}% (S {s['substitutions']}, D {s['deletions']}, I {s['insertions']})"
+
+            row += [cell(p["scale"]), cell(p["scale+penalty"]), f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}], {verdict}"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Dev cells: WER at the chosen acoustic scale (and penalty). Test cells: the mean WER over the seeds, and the first "
+              "seed's substitutions, deletions and insertions. Difference: penalty minus scale alone, paired bootstrap over the "
+              "utterances (2000 resamples; Bisani & Ney 2004), each student's errors per utterance averaged over its seeds first; "
+              f"it does not cover the seeds' training variance. Decoding took {out['seconds'] / 60:.0f} minutes (2 processes).", ""]
+    lines += [environment_text(environment(), code_version()), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

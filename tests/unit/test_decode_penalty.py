@@ -1,0 +1,132 @@
+"""Word insertion penalty: added to the graph's word arcs, searched on dev beside the acoustic scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from decode_toy import make_lang, monophone_model, oracle_alignment, oracle_log_posteriors, uniform_log_priors
+
+from asr_kd.config import DecodeConfig
+from asr_kd.decode.fst_utils import num_arcs
+from asr_kd.decode.hclg import compile_hclg
+from asr_kd.decode.hybrid import decode_posteriors
+from asr_kd.decode.penalty import PenalisedGraphs, add_word_penalty
+from asr_kd.decode.tuning import ScaleSweep, describe_decoding, sweep_scales_and_penalties, tune_decoding
+from asr_kd.errors import ConfigError, DataError
+from asr_kd.kaldi import kaldifst
+from asr_kd.metrics.wer import WerResult, compute_wer
+
+
+def _linear(labels: list[tuple[int, int, float]]) -> kaldifst.StdVectorFst:
+    fst = kaldifst.StdVectorFst()
+    states = [fst.add_state() for _ in range(len(labels) + 1)]
+    fst.start = states[0]
+    for i, (ilabel, olabel, w) in enumerate(labels):
+        fst.add_arc(states[i], kaldifst.StdArc(ilabel, olabel, w, states[i + 1]))
+    fst.set_final(states[-1], 0.25)
+    return fst
+
+
+def _arcs(fst: kaldifst.StdVectorFst) -> list[tuple[int, int, float]]:
+    return [(a.ilabel, a.olabel, round(a.weight.value, 4)) for s in kaldifst.StateIterator(fst) for a in kaldifst.ArcIterator(fst, s)]
+
+
+def test_the_penalty_lands_on_every_word_arc_and_nowhere_else() -> None:
+    graph = _linear([(1, 0, 0.5), (2, 7, 1.0), (3, 0, 0.0), (4, 9, 2.0)])
+    out = add_word_penalty(graph, -0.75, [0, 7, 9, 11])
+    assert _arcs(out) == [(1, 0, 0.5), (2, 7, 0.25), (3, 0, 0.0), (4, 9, 1.25)]
+    assert out.num_states == graph.num_states and num_arcs(out) == num_arcs(graph)
+    assert add_word_penalty(graph, 0.0, [7, 9]) is graph  # no penalty: the graph itself, no copy
+    with pytest.raises(DataError, match="output labels are not all in the word list"):
+        add_word_penalty(graph, 1.0, [7])  # word 9 missing: its path would be lost
+    with pytest.raises(ConfigError, match="finite"):
+        add_word_penalty(graph, float("inf"), [7, 9])
+    graphs = PenalisedGraphs(graph, [7, 9])
+    assert graphs.at(0) is graph and graphs.at(2.0) is graphs.at(2.0)
+    assert _arcs(graphs.at(2.0))[1] == (2, 7, 3.0)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    lang = make_lang(tmp_path_factory.mktemp("penalty"))
+    ctx_dep, tm = monophone_model(lang)
+    hclg, _ = compile_hclg(lang.load_fst("L_disambig"), lang.load_fst("G"), lang.disambig_phone_ids, ctx_dep, tm)
+    return lang, tm, hclg
+
+
+def test_a_penalty_moves_the_best_paths_cost_by_itself_per_word(toy) -> None:
+    lang, tm, hclg = toy
+    ali = oracle_alignment(lang, *monophone_model(lang), "THE CAT SAT".split(), num_frames=72)
+    posts = oracle_log_posteriors(tm, ali)
+    priors = uniform_log_priors(tm)
+    graphs = PenalisedGraphs(hclg, lang.words.ids())
+    base = decode_posteriors(hclg, tm, posts, priors, DecodeConfig())
+    assert base.word_ids == lang.word_ids("THE CAT SAT".split())
+    for penalty in (-1.5, 0.5, 3.0):
+        moved = decode_posteriors(graphs.at(penalty), tm, posts, priors, DecodeConfig())
+        # Clear posteriors: the same path, its score lower by the penalty on each of its 3 words.
+        assert moved.word_ids == base.word_ids and moved.alignment == base.alignment
+        assert moved.score == pytest.approx(base.score - 3 * penalty, abs=1e-3)
+
+
+def test_a_large_bonus_inserts_words_and_a_large_penalty_deletes_them(toy) -> None:
+    lang, tm, hclg = toy
+    ali = oracle_alignment(lang, *monophone_model(lang), "THE CAT SAT".split(), num_frames=72)
+    rng = np.random.default_rng(0)
+    # Flat, noisy posteriors: the graph decides, so the penalty does too.
+    noisy = oracle_log_posteriors(tm, ali, low=-0.3) + rng.normal(0, 0.2, size=(len(ali), tm.num_pdfs))
+    graphs = PenalisedGraphs(hclg, lang.words.ids())
+    counts = {p: len(decode_posteriors(graphs.at(p), tm, noisy, uniform_log_priors(tm), DecodeConfig(acoustic_scale=1.0)).word_ids)
+              for p in (-20.0, 0.0, 20.0)}
+    assert counts[-20.0] > counts[0.0] >= counts[20.0] and counts[20.0] <= 1
+
+
+def _result(errors: int, words: int = 100) -> WerResult:
+    refs = {"u": " ".join(["a"] * words)}
+    return compute_wer(refs, {"u": " ".join(["a"] * (words - errors))})
+
+
+# Dev word errors on a grid of scales (columns) and penalties (rows): the best pair is (0.1, -1).
+SCALES = (0.05, 0.1, 0.2)
+TABLE = {-2.0: (30, 26, 29), -1.0: (28, 21, 27), 0.0: (27, 24, 30), 1.0: (35, 33, 34), 2.0: (40, 39, 41)}
+
+
+def test_penalties_are_searched_from_zero_and_the_best_pair_wins() -> None:
+    calls: list[tuple[float, float]] = []
+
+    def decode(scale: float, penalty: float) -> WerResult:
+        calls.append((scale, penalty))
+        return _result(TABLE[penalty][SCALES.index(scale)])
+
+    sweep, results = sweep_scales_and_penalties("dev", SCALES, sorted(TABLE), decode, default=0.1)
+    assert (sweep.best, sweep.penalty) == (0.1, -1.0) and min(sweep.errors) == 21
+    # From 0: -1 and 1, then on to -2 (the best, -1, was at the edge); 2 is never decoded.
+    assert [p for p, _ in sweep.penalty_errors] == [-2.0, -1.0, 0.0, 1.0]
+    assert dict(sweep.penalty_errors) == {p: min(TABLE[p]) for p in (-2.0, -1.0, 0.0, 1.0)}
+    assert all(p != 2.0 for _, p in calls) and len(calls) == len(set(calls)) == len(results)
+    assert "word insertion penalty" in sweep.describe() and "best -1" in sweep.describe()
+    again = ScaleSweep.from_dict(sweep.to_dict())
+    assert again == sweep
+    # Equal errors: the penalty nearest 0 is kept.
+    tied, _ = sweep_scales_and_penalties("dev", (0.1,), (-1.0, 0.0, 1.0), lambda s, p: _result(20), default=0.1)
+    assert tied.penalty == 0.0
+
+
+def test_sweeps_without_a_penalty_read_and_write_as_before() -> None:
+    old = {"part": "dev", "scales": [0.1, 0.2], "errors": [5, 4], "ref_words": 10, "best": 0.2}
+    sweep = ScaleSweep.from_dict(old)
+    assert sweep.penalty == 0.0 and sweep.penalty_errors == () and sweep.to_dict() == old
+    # One value of each: one decoding, no sweep.
+    seen = []
+    assert tune_decoding("dev", (0.1,), (0.5,), lambda s, p: seen.append((s, p)) or _result(3))[:3] == (None, 0.1, 0.5) and seen == [(0.1, 0.5)]
+    # Scales searched at one fixed penalty: the sweep records that penalty.
+    sweep, scale, penalty, _ = tune_decoding("dev", SCALES, (-1.0,), lambda s, p: _result(TABLE[p][SCALES.index(s)]))
+    assert (scale, penalty, sweep.penalty, sweep.penalty_errors) == (0.1, -1.0, -1.0, ())
+
+
+def test_the_config_and_the_tables_say_so() -> None:
+    with pytest.raises(ConfigError, match="insertion_penalties must be finite"):
+        DecodeConfig(insertion_penalties=(float("nan"),))
+    text = describe_decoding(DecodeConfig(acoustic_scales=(0.1, 0.2), insertion_penalties=(1.0, -1.0, 0.0)), "dev-clean")
+    assert "word insertion penalty" in text and "{-1, 0, 1}" in text
+    assert "penalty" not in describe_decoding(DecodeConfig(acoustic_scales=(0.1, 0.2)), "dev-clean")
