@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     penalties = check_penalties(args.penalties)
     if 0.0 not in penalties:
         p.error("--penalties must include 0 (the comparison is against no penalty)")
-    recorded = read_record(layout.decode).config["decode"]
-    config = dataclasses.replace(config_from_dict(DecodeConfig, recorded), num_jobs=2, insertion_penalties=())
+    stage7 = read_record(layout.decode).config
+    # The parts stage 7 scored: its test part and, where the corpus has one, the out-of-domain part.
+    test_parts = stage7.get("test_parts") or [layout.test_part]
+    layout = dataclasses.replace(layout, test_part=test_parts[0], ood_part=test_parts[1] if len(test_parts) > 1 else "")
+    config = dataclasses.replace(config_from_dict(DecodeConfig, stage7["decode"]), num_jobs=2, insertion_penalties=())
     scales = config.acoustic_scales or (config.acoustic_scale,)
     parts = [layout.dev_part, *layout.test_parts]
     graphs: dict[str, PenalisedGraphs] = {}

@@ -81,9 +81,6 @@ def temperature_sweep(
     table1 = layout.decode / "table1.json"
     decode_rec = require_record(layout.decode, "stage 7 (decode-hybrid: the baseline and the distilled student's scale)")
     _check_same_decoding(decode_rec.config.get("decode"), decode_config)
-    if decode_config.insertion_penalties:
-        raise ConfigError(f"stage 10 does not search a word insertion penalty (decode.insertion_penalties {list(decode_config.insertion_penalties)}) "
-                          "for its students yet; rerun stage 7 with decode.insertion_penalties=[] and give stage 10 the same")
     stored = read_json(table1)
     assert isinstance(stored, dict)
     grid = _students_grid(decode_config, extra_scales, stored, layout.dev_part)
@@ -226,6 +223,9 @@ def _students_grid(decode_config: DecodeConfig, extra_scales: Sequence[float], t
     for the baseline, replayed on the wider grid with the dev errors stage 7 recorded, visits no
     scale stage 7 did not decode and picks the same one: then the baseline the students are
     compared with is what the wider grid would have given it too. Otherwise ConfigError."""
+    if decode_config.insertion_penalties:
+        raise ConfigError(f"stage 10 does not search a word insertion penalty (decode.insertion_penalties {list(decode_config.insertion_penalties)}) "
+                          "for its students yet; rerun stage 7 with decode.insertion_penalties=[] and give stage 10 the same")
     grid = tuple(decode_config.acoustic_scales) or (decode_config.acoustic_scale,)
     extra = sorted({float(x) for x in extra_scales})
     if not extra:

@@ -435,35 +435,37 @@ def test_bad_tids_file_names_the_line(tmp_path):
 @pytest.mark.timeout(600)
 def test_a_word_insertion_penalty_is_searched_beside_the_scale(stage3, tmp_path):
     """decode.insertion_penalties: stage 3's dev search tries penalties from 0 outwards, each with the
-    scale search; at penalty 0 it finds what the recipe's own sweep found, and it keeps the pair
+    scale search; at penalty 0 it finds what the scale search alone finds, and it keeps the pair
     with the fewest dev errors (never worse than the scale alone)."""
-    from asr_kd.config import config_from_dict
     from asr_kd.decode.tuning import ScaleSweep
     from asr_kd.stages.s3_gmm import PartSource, _decode_part, results_section
 
     data, lang, paths, summary = stage3
     config = GmmConfig(**json_config(paths))
-    copy = RecipeLayout(data, tmp_path / "exp")
-    shutil.copytree(paths.gmm / "tri", copy.gmm / "tri")
-    recipe_dev = summary.wers["tri"]["dev-clean"]
-    recipe_sweep = ScaleSweep.from_dict(recipe_dev["sweep"])
-    decode_config = dataclasses.replace(config_from_dict(DecodeConfig, summary.decode), insertion_penalties=(-1.0, 0.0, 1.0, 2.0))
+    layouts = {}
+    for name in ("scale", "penalty"):
+        layouts[name] = RecipeLayout(data, tmp_path / name / "exp")
+        shutil.copytree(paths.gmm / "tri", layouts[name].gmm / "tri")
+    decode_config = DecodeConfig(beam=11.0, max_active=2000, acoustic_scales=(0.0667, 0.1, 0.15), insertion_penalties=(-1.0, 0.0, 1.0, 2.0))
     source = PartSource(data, "dev-clean")
-    entry, decoded = _decode_part(copy, "tri", lang, source, config, decode_config, decode_config.acoustic_scales, 5000,
+    alone, _ = _decode_part(layouts["scale"], "tri", lang, source, config, decode_config, decode_config.acoustic_scales, 5000)
+    entry, decoded = _decode_part(layouts["penalty"], "tri", lang, source, config, decode_config, decode_config.acoustic_scales, 5000,
                                   decode_config.insertion_penalties)
+    assert "insertion_penalty" not in alone and "penalty" not in alone["sweep"]
     sweep = ScaleSweep.from_dict(entry["sweep"])
     tried = dict(sweep.penalty_errors)
-    assert decoded and len(tried) >= 3 and tried[0.0] == min(recipe_sweep.errors)
-    best = min(tried.values())
 
     def errors(e: dict) -> int:
         return e["substitutions"] + e["deletions"] + e["insertions"]
 
-    assert tried[sweep.penalty] == best == errors(entry) <= errors(recipe_dev)
+    assert decoded and len(tried) >= 3 and tried[0.0] == min(alone["sweep"]["errors"]) == errors(alone)
+    best = min(tried.values())
+    assert tried[sweep.penalty] == best == errors(entry) <= errors(alone)
     assert sweep.penalty == min((p for p, e in tried.items() if e == best), key=abs)
     assert entry.get("insertion_penalty", 0.0) == sweep.penalty and entry["acoustic_scale"] == sweep.best
     # The test part at the chosen pair, and the table cell that says which.
-    test, _ = _decode_part(copy, "tri", lang, PartSource(data, "test-clean"), config, decode_config, (sweep.best,), 5000, (sweep.penalty,))
+    test, _ = _decode_part(layouts["penalty"], "tri", lang, PartSource(data, "test-clean"), config, decode_config, (sweep.best,), 5000,
+                           (sweep.penalty,))
     assert test["acoustic_scale"] == sweep.best and test.get("insertion_penalty", 0.0) == sweep.penalty
     changed = dataclasses.replace(summary, wers={**summary.wers, "tri": {"dev-clean": entry, "test-clean": test}})
     row = next(line for line in results_section(changed, "cmd").splitlines() if line.startswith("| tri |"))

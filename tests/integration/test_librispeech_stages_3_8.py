@@ -725,3 +725,40 @@ def test_online_temperature_sweep_learns_from_the_whole_distribution(recipe, tmp
     edge = ", grid edge" if row["scale_at_grid_edge"] else ""
     assert f"| 3 | 1 (all) | 0 (all) | {100 * row['dev_frame_accuracy']:.1f}% | {100 * row['dev_wer']:.2f}% ({row['acoustic_scale']:g}{edge}) | " \
            f"{100 * row['test_frame_accuracy']:.1f}% | {100 * row['test_wer']:.2f}% |" in section
+
+
+@pytest.mark.timeout(900)
+def test_stage7_searches_a_word_insertion_penalty_beside_each_systems_scale(recipe, tmp_path) -> None:
+    """decode.insertion_penalties through run.sh: each system's dev search tries the penalties from 0
+    outwards, each with the scale search; at penalty 0 it finds what the recipe's own search found;
+    the pair with the fewest dev errors is kept and used on the test parts (a student's other seed
+    at its first seed's pair), and the table says which."""
+    data, exp, _ = recipe
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy, symlinks=True)
+    config = tmp_path / "decode.yaml"
+    config.write_text((REPO_ROOT / "recipes" / "librispeech" / "conf" / "decode_tiny.yaml").read_text() + "insertion_penalties: [-2.0, 0.0, 2.0]\n")
+    run_librispeech_recipe(data, copy, "--stage", "7", "--stop-stage", "7", "--num-teachers", "2", "--decode-config", str(config))
+    before = json.loads((exp / "decode" / "table1.json").read_text())
+    table1 = json.loads((copy / "decode" / "table1.json").read_text())
+    assert read_record(copy / "decode").config["decode"]["insertion_penalties"] == [-2.0, 0.0, 2.0]
+    section = (copy / "RESULTS.md").read_text().split("## Table 1 analogue")[1].split("\n## ")[0]
+    assert "word insertion penalty (a cost on every word of the graph, Kaldi's word_ins_penalty) searched from {-2, 0, 2}" in section
+    for name in ("baseline", "ensemble", "distilled"):
+        dev = table1[name]["dev-clean"]
+        tried = {p: e for p, e in dev["sweep"]["penalty_errors"]}
+        assert set(tried) == {-2.0, 0.0, 2.0}, name
+        assert tried[0.0] == min(before[name]["dev-clean"]["sweep"]["errors"]), name
+        best = min(tried.values())
+        penalty = min((p for p, e in tried.items() if e == best), key=abs)
+        assert dev["insertion_penalty"] == dev["sweep"]["penalty"] == penalty, name
+        assert dev["wer"] <= before[name]["dev-clean"]["wer"], name
+        for part in ("test-clean", "test-ood"):
+            assert (table1[name][part]["acoustic_scale"], table1[name][part]["insertion_penalty"]) == (dev["acoustic_scale"], penalty), (name, part)
+        row = next(line for line in section.splitlines() if line.startswith(("| Baseline", "| 2 x Ensemble", "| Distilled"))
+                   and {"baseline": "Baseline", "ensemble": "Ensemble", "distilled": "Distilled"}[name] in line)
+        assert (f"word insertion penalty {penalty:g})" in row) == (penalty != 0), row
+    for student in ("baseline", "distilled"):
+        seed1 = table1[f"{student}_seed1"]["test-clean"]
+        assert seed1["insertion_penalty"] == table1[student]["dev-clean"]["insertion_penalty"]
+        assert seed1["acoustic_scale"] == table1[student]["dev-clean"]["acoustic_scale"]

@@ -130,3 +130,23 @@ def test_the_config_and_the_tables_say_so() -> None:
     text = describe_decoding(DecodeConfig(acoustic_scales=(0.1, 0.2), insertion_penalties=(1.0, -1.0, 0.0)), "dev-clean")
     assert "word insertion penalty" in text and "{-1, 0, 1}" in text
     assert "penalty" not in describe_decoding(DecodeConfig(acoustic_scales=(0.1, 0.2)), "dev-clean")
+
+
+def test_a_system_tuned_with_a_penalty_is_refused_where_none_is_applied(tmp_path) -> None:
+    """decode-part and the model directories (stage 9) reuse a system's dev-tuned acoustic scale
+    but decode without a penalty: a system whose tuning chose one is refused, one that chose 0 is not."""
+    import json
+
+    from asr_kd.stages.decode_part import tuned_scale
+    from asr_kd.stages.layout import RecipeLayout
+
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp")
+    layout.decode.mkdir(parents=True)
+    sweep = {"part": "dev-clean", "scales": [0.08, 0.1], "errors": [5, 6], "ref_words": 10, "best": 0.08}
+    (layout.decode / "table1.json").write_text(json.dumps({
+        "baseline": {"dev-clean": {"acoustic_scale": 0.08, "sweep": sweep, "insertion_penalty": -0.5}},
+        "distilled": {"dev-clean": {"acoustic_scale": 0.08, "sweep": sweep, "insertion_penalty": 0.0}},
+    }))
+    assert tuned_scale(layout, "distilled") == 0.08
+    with pytest.raises(ConfigError, match=r"baseline was tuned on dev with a word insertion penalty \(-0.5"):
+        tuned_scale(layout, "baseline")

@@ -91,3 +91,10 @@ def test_sweep_section_without_a_decoded_baseline_on_the_ood_part_and_from_an_ol
     old["rows"] = {t: {k: v for k, v in r.items() if not k.startswith("ood_")} for t, r in rows.items()}
     old_text = format_sweep(old, KdConfig(temperature=2.0), "test-clean", "cmd")
     assert "test-ood" not in old_text and "- T = 1: WER +1.00 [+0.20, +2.00] points" in old_text
+
+
+def test_a_decode_config_with_word_insertion_penalties_is_refused() -> None:
+    """Stage 10 searches its students' acoustic scale only: with decode.insertion_penalties its
+    students and stage 7's baseline would be tuned differently, so it refuses in one line."""
+    with pytest.raises(ConfigError, match=r"stage 10 does not search a word insertion penalty \(decode.insertion_penalties \[-1.0, 0.0\]\)"):
+        _students_grid(DecodeConfig(acoustic_scales=GRID, insertion_penalties=(-1.0, 0.0)), (), MINI, "dev-clean")
