@@ -5,13 +5,16 @@ Kaldi adds the penalty to every word of a lattice after scaling its acoustic cos
 keep the best path only, so the penalty goes into the graph instead: the graph is composed with
 a one-state acceptor whose self-loops carry ``penalty`` for every word, which adds ``penalty``
 (a cost, natural-log units like the graph's) to each arc that emits a word and leaves every other
-arc, every state and the arc order as they were. The best path then minimises
+arc, each state's arcs in their order and the final weights as they were; the states are numbered
+again in the order the composition reaches them from the start (no decoder depends on the
+numbers). The best path then minimises
 
     graph cost + acoustic_scale * acoustic cost + penalty * number of words,
 
 Kaldi's criterion. A negative penalty is a bonus: it trades deletions for insertions. The
 composed graph is a second copy in memory while it is used (a LibriSpeech HCLG of several GB
-needs that much again); composing mini's tri HCLG (245k states, 574k arcs) takes about 0.2 s.
+needs that much again; :class:`PenalisedGraphs` keeps one such copy at a time); composing mini's
+tri HCLG (245k states, 574k arcs) takes about 0.2 s.
 """
 
 from __future__ import annotations
@@ -54,17 +57,22 @@ def add_word_penalty(graph: kaldifst.StdVectorFst, penalty: float, word_ids: Ite
 
 
 class PenalisedGraphs:
-    """One decoding graph at several word insertion penalties, each composed on first use and kept
-    (a sweep decodes each penalty several times); 0 is the graph itself."""
+    """One decoding graph at several word insertion penalties: 0 is the graph itself, another
+    penalty a composed copy, made on first use and kept until another penalty is asked for (a
+    search decodes each penalty several times in a row, then moves on), so at most two graphs are
+    held at once."""
 
     def __init__(self, graph: kaldifst.StdVectorFst, word_ids: Iterable[int]) -> None:
         self.graph = graph
         self.word_ids = sorted({int(w) for w in word_ids if int(w) != 0})
-        self._made: dict[float, kaldifst.StdVectorFst] = {0.0: graph}
+        self._last: tuple[float, kaldifst.StdVectorFst] | None = None
 
     def at(self, penalty: float) -> kaldifst.StdVectorFst:
         """Return the graph with ``penalty`` on every word."""
         key = float(penalty)
-        if key not in self._made:
-            self._made[key] = add_word_penalty(self.graph, key, self.word_ids)
-        return self._made[key]
+        if key == 0.0:
+            return self.graph
+        if self._last is None or self._last[0] != key:
+            self._last = None  # the previous copy goes before the next one is made
+            self._last = (key, add_word_penalty(self.graph, key, self.word_ids))
+        return self._last[1]

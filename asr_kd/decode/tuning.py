@@ -63,7 +63,10 @@ class ScaleSweep:
         text = f"acoustic scale on {self.part} ({cells}): best {self.best:g}{edge}"
         if self.penalty_errors:
             tried = ", ".join(f"{p:g}: {100 * e / self.ref_words:.1f}%" if self.ref_words else f"{p:g}" for p, e in self.penalty_errors)
-            text += f"; word insertion penalty (each at its best scale: {tried}): best {self.penalty:g}"
+            ends = (self.penalty_errors[0][0], self.penalty_errors[-1][0])
+            edge = (" (at the edge of decode.insertion_penalties: the best may lie beyond it; widen the grid)"
+                    if len(self.penalty_errors) > 1 and self.penalty in ends else "")
+            text += f"; word insertion penalty (each at its best scale: {tried}): best {self.penalty:g}{edge}"
         elif self.penalty:
             text += f" at word insertion penalty {self.penalty:g}"
         return text

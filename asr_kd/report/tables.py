@@ -86,7 +86,8 @@ def format_table1(
         lines += [f"Produced by `{command}`" + (f" on {corpus}." if corpus else "."), ""]
     ood_head = f" {ood_part} WER | Relative WER increase, {ood_part} vs test |" if ood_part else ""
     tuned = any(r.dev_wer is not None for r in (baseline, ensemble, distilled))
-    dev_head = " Dev WER (acoustic scale) |" if tuned else ""
+    penalised = any(r.insertion_penalty for r in (baseline, ensemble, distilled, *extra_rows))
+    dev_head = (" Dev WER (acoustic scale, word insertion penalty where not 0) |" if penalised else " Dev WER (acoustic scale) |") if tuned else ""
     lines += [
         "| System | Test frame accuracy | Test WER (S/D/I) | Dev frame accuracy |" + dev_head + ood_head + " Paper: frame accuracy | Paper: WER |",
         "|---|---|---|---|" + ("---|" if tuned else "") + ("---|---|" if ood_part else "") + "---|---|",

@@ -33,6 +33,7 @@ from asr_kd.data.ctc_data import cut_text
 from asr_kd.decode.fst_utils import write_fst
 from asr_kd.decode.hlg import compile_hlg, load_hlg
 from asr_kd.decode.tuning import ScaleSweep, sweep_scales
+from asr_kd.errors import ConfigError
 from asr_kd.metrics.paired import BOOTSTRAP_RESAMPLES, bootstrap_difference
 from asr_kd.report.tables import ONE_SEED, comparison_intro, format_interval, significance
 from asr_kd.stages.common import fmt_pct, write_results
@@ -93,6 +94,9 @@ def decode_ctc_systems(
     ``decode_config.ctc_acoustic_scales``, each system's HLG scale is chosen on the dev part first
     (decoded even when ``parts`` leaves it out). Writes the files named in the module docstring
     and the RESULTS.md table; returns ``{system: {part: scores}}``."""
+    if decode_config.insertion_penalties:
+        raise ConfigError(f"CTC stage 7 does not search a word insertion penalty on HLG (decode.insertion_penalties "
+                          f"{list(decode_config.insertion_penalties)} is for HCLG, stages 3 and 7); set decode.insertion_penalties=[] in the CTC decode config")
     units = prepare_units(layout, cfg)
     graph = build_ctc_graph(layout, units)
     sets = [cfg, *(o for o in trained_teacher_sets(layout, cfg) if teachers_of(layout, o) != teachers_of(layout, cfg))]

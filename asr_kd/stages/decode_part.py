@@ -101,14 +101,12 @@ def tuned_scale(layout: RecipeLayout, name: str) -> float | None:
     data = read_json(path)
     assert isinstance(data, dict)
     entries = (data.get(key, {}) if key else data).get(name, {})
-    tuned = next((e for e in entries.values() if isinstance(e, dict) and e.get("sweep")), None)
-    if tuned is None:
-        return None
-    if tuned.get("insertion_penalty"):
-        raise ConfigError(f"{name} was tuned on dev with a word insertion penalty ({tuned['insertion_penalty']:g}, decode.insertion_penalties), "
+    penalised = next((e for e in entries.values() if isinstance(e, dict) and e.get("insertion_penalty")), None)
+    if penalised is not None:  # tuned or fixed: either way the recipe's numbers include it
+        raise ConfigError(f"{name} was decoded with a word insertion penalty ({penalised['insertion_penalty']:g}, decode.insertion_penalties), "
                           "which decode-part and the model directories (stage 9) do not apply yet; rerun stages 3 and 7 with "
-                          "decode.insertion_penalties=[] to use its tuned scale here")
-    return float(tuned["acoustic_scale"])
+                          "decode.insertion_penalties=[] to decode it here as the recipe did")
+    return next((float(e["acoustic_scale"]) for e in entries.values() if isinstance(e, dict) and e.get("sweep")), None)
 
 
 def per_speaker_wer(result: WerResult, speakers: Mapping[str, str]) -> dict[str, dict[str, float]]:
@@ -139,6 +137,9 @@ def decode_part(
     the folder's record matches."""
     if not systems:
         raise ConfigError("name at least one system to decode (--systems tri distilled ...)")
+    if decode_config.insertion_penalties:
+        raise ConfigError(f"decode-part does not apply a word insertion penalty (decode.insertion_penalties {list(decode_config.insertion_penalties)}); "
+                          "set decode.insertion_penalties=[]")
     out = layout.exp_dir / "decode_parts" / part
     inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), **_system_inputs(layout, systems),
               "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}

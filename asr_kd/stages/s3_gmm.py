@@ -664,8 +664,8 @@ def run_gmm_stage(
     eval_parts = [p for p in parts if p != train_part]
     dev_part = dev_part or (eval_parts[0] if eval_parts else None)
     if (decode_config.acoustic_scales or decode_config.insertion_penalties) and dev_part not in eval_parts:
-        raise ConfigError(f"decode.acoustic_scales tunes each system on the dev part, but {dev_part!r} is not among --parts {' '.join(parts)}; "
-                          "add it, or set decode.acoustic_scales=[] for a fixed scale")
+        raise ConfigError(f"decode.acoustic_scales / decode.insertion_penalties tune each system on the dev part, but {dev_part!r} is not among "
+                          f"--parts {' '.join(parts)}; add it, or set both to [] for a fixed scale and no penalty")
     config_record = {"gmm": config, "decode": decode_config, "train_part": train_part, "parts": parts}
     if decode_config.acoustic_scales or decode_config.insertion_penalties:
         config_record["dev_part"] = dev_part

@@ -32,8 +32,8 @@ from asr_kd.data.alignments import has_alignment, load_alignment
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hybrid import decode_posteriors_batch
 from asr_kd.decode.penalty import PenalisedGraphs
-from asr_kd.decode.tuning import describe_decoding, tune_decoding
 from asr_kd.decode.priors import load_priors
+from asr_kd.decode.tuning import describe_decoding, tune_decoding
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.symbols import SymbolTable

@@ -470,3 +470,9 @@ def test_a_word_insertion_penalty_is_searched_beside_the_scale(stage3, tmp_path)
     changed = dataclasses.replace(summary, wers={**summary.wers, "tri": {"dev-clean": entry, "test-clean": test}})
     row = next(line for line in results_section(changed, "cmd").splitlines() if line.startswith("| tri |"))
     assert ("word insertion penalty" in row) == (sweep.penalty != 0)
+    # A fixed penalty (one value, no search) is recorded and printed too.
+    fixed, _ = _decode_part(layouts["scale"], "tri", lang, PartSource(data, "test-clean"), config, decode_config, (sweep.best,), 5000, (1.0,))
+    assert fixed["insertion_penalty"] == 1.0 and fixed["sweep"] is None
+    row = next(line for line in results_section(dataclasses.replace(summary, wers={**summary.wers, "tri": {"test-clean": fixed}}), "cmd")
+               .splitlines() if line.startswith("| tri |"))
+    assert "word insertion penalty 1" in row

@@ -148,5 +148,45 @@ def test_a_system_tuned_with_a_penalty_is_refused_where_none_is_applied(tmp_path
         "distilled": {"dev-clean": {"acoustic_scale": 0.08, "sweep": sweep, "insertion_penalty": 0.0}},
     }))
     assert tuned_scale(layout, "distilled") == 0.08
-    with pytest.raises(ConfigError, match=r"baseline was tuned on dev with a word insertion penalty \(-0.5"):
+    with pytest.raises(ConfigError, match=r"baseline was decoded with a word insertion penalty \(-0.5"):
         tuned_scale(layout, "baseline")
+
+
+def test_a_fixed_penalty_without_a_sweep_is_refused_too_and_the_grid_where_none_is_applied(tmp_path) -> None:
+    """A penalty given as one value (no dev search) still changed the recipe's numbers: decode-part
+    and stage 9 refuse that system as well; decode-part and CTC stage 7 refuse a penalty grid."""
+    import json
+
+    from asr_kd.config import CtcConfig
+    from asr_kd.stages.ctc_s7_decode import decode_ctc_systems
+    from asr_kd.stages.decode_part import decode_part, tuned_scale
+    from asr_kd.stages.layout import RecipeLayout
+
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp")
+    layout.decode.mkdir(parents=True)
+    (layout.decode / "table1.json").write_text(json.dumps({
+        "baseline": {"dev-clean": {"acoustic_scale": 0.1, "sweep": None, "insertion_penalty": 1.0},
+                     "test-clean": {"acoustic_scale": 0.1, "sweep": None, "insertion_penalty": 1.0}},
+        "ensemble": {"test-clean": {"acoustic_scale": 0.1, "sweep": None, "insertion_penalty": 0.0}},
+    }))
+    assert tuned_scale(layout, "ensemble") is None
+    with pytest.raises(ConfigError, match=r"baseline was decoded with a word insertion penalty \(1,"):
+        tuned_scale(layout, "baseline")
+    grid = DecodeConfig(insertion_penalties=(0.0, 1.0))
+    with pytest.raises(ConfigError, match=r"decode-part does not apply a word insertion penalty \(decode.insertion_penalties \[0.0, 1.0\]\)"):
+        decode_part(layout, tmp_path / "corpus", "dev-clean", ["tri"], grid)
+    with pytest.raises(ConfigError, match="CTC stage 7 does not search a word insertion penalty on HLG"):
+        decode_ctc_systems(layout, CtcConfig(), grid)
+
+
+def test_table1_names_a_chosen_penalty_in_its_dev_column() -> None:
+    from asr_kd.report.tables import SystemScore, format_table1
+
+    def row(name: str, penalty: float) -> SystemScore:
+        return SystemScore(name, 0.4, 0.5, 10, 5, 2, 100, 0.41, dev_wer=0.48, acoustic_scales=(0.0833,), insertion_penalty=penalty)
+
+    plain = format_table1(row("b", 0.0), row("e", 0.0), row("d", 0.0), num_teachers=4)
+    assert "| Dev WER (acoustic scale) |" in plain and "48.00% (0.0833) |" in plain and "penalty" not in plain
+    text = format_table1(row("b", 0.0), row("e", -0.5), row("d", 0.0), num_teachers=4)
+    assert "| Dev WER (acoustic scale, word insertion penalty where not 0) |" in text
+    assert "48.00% (0.0833, word insertion penalty -0.5) |" in text and text.count("word insertion penalty -0.5") == 1
