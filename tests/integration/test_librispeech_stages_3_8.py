@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -762,3 +763,31 @@ def test_stage7_searches_a_word_insertion_penalty_beside_each_systems_scale(reci
         seed1 = table1[f"{student}_seed1"]["test-clean"]
         assert seed1["insertion_penalty"] == table1[student]["dev-clean"]["insertion_penalty"]
         assert seed1["acoustic_scale"] == table1[student]["dev-clean"]["acoustic_scale"]
+
+
+@pytest.mark.timeout(900)
+def test_penalty_bench_reproduces_the_recipes_decoding_and_reports_each_choice(recipe, tmp_path) -> None:
+    """bench/decode_penalty.py on the tiny run: its scale-only side is the recipe's own decoding
+    (the same dev choice and test WERs as stages 3 and 7), its penalty side never has more dev
+    errors, and the section prints the JSON's numbers."""
+    data, exp, _ = recipe
+    out_json, results = tmp_path / "pen.json", tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "decode_penalty.py"), "--data", str(data), "--exp", str(exp),
+                           "--systems", "tri", "baseline", "--seeds", "2", "--penalties", "-1", "0", "1", "--json", str(out_json),
+                           "--results", str(results)], capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out_json.read_text())
+    stage3 = json.loads((exp / "gmm" / "stage3.json").read_text())
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    tri, base = got["systems"]["tri"], got["systems"]["baseline"]
+    assert tri["choices"]["scale"]["scale"] == stage3["wers"]["tri"]["dev-clean"]["acoustic_scale"]
+    assert tri["parts"]["test-clean"]["scale"]["wer"] == [pytest.approx(stage3["wers"]["tri"]["test-clean"]["wer"])]
+    assert base["choices"]["scale"]["scale"] == table1["baseline"]["dev-clean"]["acoustic_scale"]
+    assert base["parts"]["test-clean"]["scale"]["wer"] == pytest.approx([table1[n]["test-clean"]["wer"] for n in ("baseline", "baseline_seed1")])
+    for e in (tri, base):
+        assert e["choices"]["scale+penalty"]["dev_errors"] <= e["choices"]["scale"]["dev_errors"]
+        assert {p for p, _ in e["choices"]["scale+penalty"]["sweep"]["penalty_errors"]} == {-1.0, 0.0, 1.0}
+    text = results.read_text()
+    iv = base["parts"]["test-clean"]["difference"]
+    assert f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]" in text
+    assert f"| baseline | 2 | {100 * base['choices']['scale']['dev_wer']:.2f}% (" in text
