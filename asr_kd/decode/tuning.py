@@ -106,6 +106,23 @@ def choose_scale(scales: Sequence[float], errors: Sequence[int], default: float)
     return min(tied, key=lambda s: (abs(math.log(s / default)), s))
 
 
+def _grid_search(size: int, start: int, key: Callable[[int], tuple]) -> int:
+    """Return the index of the grid point with the smallest ``key(i)`` (errors first, then the tie
+    rule) that the search reaches: ``start`` and its neighbours, then onwards from the best while it
+    lies at an end of what was visited. ``key`` is called once per visited index."""
+    keys: dict[int, tuple] = {}
+    for i in (start, start - 1, start + 1):
+        if 0 <= i < size:
+            keys[i] = key(i)
+    while True:
+        done = sorted(keys)
+        best = min(done, key=keys.__getitem__)
+        step = -1 if best == done[0] else (1 if best == done[-1] else 0)
+        if step == 0 or not 0 <= best + step < size:
+            return best
+        keys[best + step] = key(best + step)
+
+
 def sweep_scales(part: str, scales: Sequence[float], decode: Callable[[float], WerResult], default: float = 0.1) -> tuple[ScaleSweep, dict[float, WerResult]]:
     """Search the grid ``scales`` for the scale with the fewest errors on ``part`` (``decode(scale)``
     decodes it and returns its scoring): the point nearest ``default`` and its neighbours first,
@@ -114,22 +131,11 @@ def sweep_scales(part: str, scales: Sequence[float], decode: Callable[[float], W
     grid = check_scales(scales)
     results: dict[float, WerResult] = {}
 
-    def errors_at(i: int) -> int:
-        if grid[i] not in results:
-            results[grid[i]] = decode(grid[i])
-        return results[grid[i]].errors
+    def key(i: int) -> tuple:  # fewest errors; among equals choose_scale's rule: nearest the default
+        results[grid[i]] = decode(grid[i])
+        return (results[grid[i]].errors, abs(math.log(grid[i] / default)), grid[i])
 
-    start = min(range(len(grid)), key=lambda i: abs(math.log(grid[i] / default)))
-    for i in (start, start - 1, start + 1):
-        if 0 <= i < len(grid):
-            errors_at(i)
-    while True:
-        done = sorted(i for i in range(len(grid)) if grid[i] in results)
-        best = grid.index(choose_scale([grid[i] for i in done], [results[grid[i]].errors for i in done], default))
-        step = -1 if best == done[0] else (1 if best == done[-1] else 0)
-        if step == 0 or not 0 <= best + step < len(grid):
-            break
-        errors_at(best + step)
+    best = _grid_search(len(grid), min(range(len(grid)), key=lambda i: abs(math.log(grid[i] / default))), key)
     done_scales = tuple(s for s in grid if s in results)
     sweep = ScaleSweep(part, done_scales, tuple(results[s].errors for s in done_scales), results[done_scales[0]].ref_words,
                        grid[best])
@@ -159,28 +165,13 @@ def sweep_scales_and_penalties(part: str, scales: Sequence[float], penalties: Se
     sweeps: dict[float, ScaleSweep] = {}
     results: dict[tuple[float, float], WerResult] = {}
 
-    def best_errors(i: int) -> int:
+    def key(i: int) -> tuple:  # the fewest errors of this penalty's scale search; among equals, nearest 0
         p = grid[i]
-        if p not in sweeps:
-            sweep, found = sweep_scales(part, scales, lambda s: decode(s, p), default)
-            sweeps[p] = sweep
-            results.update({(s, p): r for s, r in found.items()})
-        return min(sweeps[p].errors)
+        sweeps[p], found = sweep_scales(part, scales, lambda s: decode(s, p), default)
+        results.update({(s, p): r for s, r in found.items()})
+        return (min(sweeps[p].errors), abs(p), p)
 
-    def pick(done: list[int]) -> int:
-        return min(done, key=lambda i: (best_errors(i), abs(grid[i]), grid[i]))
-
-    start = min(range(len(grid)), key=lambda i: (abs(grid[i]), grid[i]))
-    for i in (start, start - 1, start + 1):
-        if 0 <= i < len(grid):
-            best_errors(i)
-    while True:
-        done = sorted(i for i in range(len(grid)) if grid[i] in sweeps)
-        best = pick(done)
-        step = -1 if best == done[0] else (1 if best == done[-1] else 0)
-        if step == 0 or not 0 <= best + step < len(grid):
-            break
-        best_errors(best + step)
+    best = _grid_search(len(grid), min(range(len(grid)), key=lambda i: (abs(grid[i]), grid[i])), key)
     chosen = sweeps[grid[best]]
     tried = tuple((p, min(sweeps[p].errors)) for p in grid if p in sweeps)
     sweep = dataclasses.replace(chosen, penalty=grid[best], penalty_errors=tried)
