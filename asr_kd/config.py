@@ -638,8 +638,8 @@ class DecodeConfig:
     acoustic_scales: tuple[float, ...] = ()
     # Non-empty: a word insertion penalty (a cost added to every word of HCLG; negative: a bonus)
     # searched on the dev part beside the acoustic scale, per system, as Kaldi's score.sh sweeps
-    # word_ins_penalty (asr_kd/decode/penalty.py, tuning.py). HCLG decoding in stages 3 and 7 only:
-    # CTC stage 7, decode-part and stage 10 refuse a grid, decode-part and stage 9 a system decoded
+    # word_ins_penalty (asr_kd/decode/penalty.py, tuning.py): stages 3 and 7 on HCLG, CTC stage 7
+    # on HLG. decode-part and stage 10 refuse a grid, decode-part and stage 9 a system decoded
     # with a penalty other than 0. Empty: none.
     insertion_penalties: tuple[float, ...] = later_option(())
     # CTC log-probabilities are usually used unscaled against HLG.

@@ -13,8 +13,17 @@ averaged over the seeds before the bootstrap.
     python bench/decode_penalty.py --data recipes/librispeech/data --exp recipes/librispeech/exp \
         [--penalties -2 -1 -0.5 0 0.5 1] [--systems tri baseline ensemble distilled] [--seeds 3]
 
-Needs stages 3 and 7 of a recipe run (``make demo``); without one it says so and exits 0.
-Writes nothing under ``--exp``; its numbers go to ``--json`` and the section of ``--results``.
+With ``--ctc`` the systems are the CTC path's (CTC stage 7 searches ``decode.insertion_penalties``
+on HLG the same way): ``ensemble`` (the ensemble of the decoded teacher set), ``teacher<i>``, and
+the students by their stage-6 names (``baseline``, ``frame``, ``sequence``...), decoded with CTC
+stage 7's recorded beam, max-active and HLG scale grid:
+
+    python bench/decode_penalty.py --ctc --data recipes/librispeech/data --exp recipes/librispeech/exp \
+        --systems baseline frame ensemble [--units phone]
+
+Needs stages 3 and 7 of a recipe run (``make demo``; with ``--ctc``, CTC stage 7); without one
+it says so and exits 0. Writes nothing under ``--exp``; its numbers go to ``--json`` and the
+section of ``--results``.
 """
 
 from __future__ import annotations
@@ -29,9 +38,14 @@ from typing import Callable
 
 import numpy as np
 
-from asr_kd.config import DecodeConfig, GmmConfig, config_from_dict
+from asr_kd.config import CtcConfig, DecodeConfig, GmmConfig, config_from_dict
+from asr_kd.ctc.training import ctc_log_probs, load_ctc_model
+from asr_kd.ctc.units import CtcUnits
+from asr_kd.data.ctc_data import cut_text
+from asr_kd.decode.ctc import decode_ctc_batch
 from asr_kd.decode.gmm_decode import decode_gmm_batch
 from asr_kd.decode.hclg import load_hclg
+from asr_kd.decode.hlg import load_hlg
 from asr_kd.decode.hybrid import decode_posteriors_batch
 from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.decode.priors import load_priors
@@ -42,6 +56,7 @@ from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.metrics.wer import WerResult, compute_wer
 from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.ctc_common import load_ctc_teachers, prepare_units
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
 from asr_kd.stages.s3_gmm import load_part
@@ -52,6 +67,7 @@ from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
 
 HEADING = "## Word insertion penalty tuned on dev beside the acoustic scale (bench/decode_penalty.py)"
+CTC_HEADING = "## Word insertion penalty on HLG tuned on dev beside the scale: the CTC systems (bench/decode_penalty.py --ctc)"
 GMM_NAMES = ("mono", "tri")
 
 Decode = Callable[[float, float], dict[str, str]]
@@ -88,6 +104,39 @@ def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: s
                                                       dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
 
 
+def ctc_part_decoder(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, name: str, seed: int, part: str, config: DecodeConfig,
+                     graphs: dict[str, PenalisedGraphs]) -> tuple[dict[str, str], Decode]:
+    """Return ``(refs, decode)`` of the CTC system ``name`` (``ensemble``, ``teacher<i>`` or a
+    stage-6 student: its seed ``seed``) on ``part``, as CTC stage 7 decodes it: ``decode(scale,
+    penalty)`` returns its HLG hypotheses at that scale on the log-probabilities and word penalty."""
+    if name == "ensemble":
+        models = load_ctc_teachers(layout, cfg)
+    elif name.startswith("teacher"):
+        models = [load_ctc_teachers(layout, cfg)[int(name[len("teacher"):])]]
+    else:
+        models = [load_ctc_model(layout.ctc_student_dir(name if seed == 0 else f"{name}_seed{seed}"))]
+    cuts = layout.open_cuts(layout.fbank_cuts(part))
+    refs = {c.id: cut_text(c) for c in cuts}
+    log_probs = {c.id: lp for c, lp in ctc_log_probs(models, cuts, layout.open_cmvn(part), 1.0, cfg.fusion)}
+    if "hlg" not in graphs:
+        graphs["hlg"] = PenalisedGraphs(load_hlg(layout.ctc_graph / "HLG.fst"), units.lang.words.ids())
+    words = units.lang.words
+
+    def decode(scale: float, penalty: float) -> dict[str, str]:
+        batch = decode_ctc_batch(graphs["hlg"].at(penalty), log_probs, dataclasses.replace(config, ctc_acoustic_scale=scale))
+        return {k: " ".join(words.name(w) for w in d.word_ids) for k, d in batch.decoded.items()}
+
+    return refs, decode
+
+
+def has_seeds(name: str, ctc: bool) -> bool:
+    """Whether ``name`` is a student trained once per seed (CTC: every system but the teachers and
+    their ensemble)."""
+    if ctc:
+        return name != "ensemble" and not name.startswith("teacher")
+    return name in STUDENT_SYSTEMS
+
+
 def per_utterance_errors(result: WerResult, ids: list[str]) -> np.ndarray:
     errors = {u.utt_id: u.errors for u in result.utterances}
     return np.array([errors[u] for u in ids], dtype=np.float64)
@@ -102,33 +151,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", nargs="+", default=["tri", "baseline", "ensemble", "distilled"],
                    help="systems (mono, tri, baseline, ensemble, distilled, compressed)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of each student (stage 6's; default 3)")
+    p.add_argument("--ctc", action="store_true", help="the CTC path's systems on HLG (CTC stage 7 done), not the hybrid ones")
+    p.add_argument("--units", default="phone", help="with --ctc: the CTC units of the run (phone or bpe; default phone)")
     p.add_argument("--json", type=Path, default=None, help="write every number here too")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = p.parse_args(argv)
-    run = finished_run(args.data, args.exp, "decode_penalty")
-    if run is None:
-        return 0
-    layout, lang = run
     penalties = check_penalties(args.penalties)
     if 0.0 not in penalties:
         p.error("--penalties must include 0 (the comparison is against no penalty)")
-    stage7 = read_record(layout.decode).config
-    # The parts stage 7 scored: its test part and, where the corpus has one, the out-of-domain part.
-    test_parts = stage7.get("test_parts") or [layout.test_part]
-    layout = dataclasses.replace(layout, test_part=test_parts[0], ood_part=test_parts[1] if len(test_parts) > 1 else "")
-    config = dataclasses.replace(config_from_dict(DecodeConfig, stage7["decode"]), num_jobs=2, insertion_penalties=())
-    scales = config.acoustic_scales or (config.acoustic_scale,)
-    parts = [layout.dev_part, *layout.test_parts]
     graphs: dict[str, PenalisedGraphs] = {}
-    out: dict = {"penalties": list(penalties), "scales": list(scales), "beam": config.beam, "max_active": config.max_active, "systems": {}}
+    if args.ctc:
+        layout = RecipeLayout(args.data, args.exp, ctc_units=args.units)
+        record = read_record(layout.ctc_decode)
+        if record is None:
+            print(f"decode_penalty: no CTC stage 7 ({args.units} units) under {args.exp}; run it first "
+                  "(./run.sh --model-type ctc --stage 4 --stop-stage 7). Skipped.")
+            return 0
+        cfg = config_from_dict(CtcConfig, record.config["ctc"])
+        units = prepare_units(layout, cfg)
+        config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=())
+        scales, default = config.ctc_acoustic_scales or (config.ctc_acoustic_scale,), config.ctc_acoustic_scale
+        test_parts = [q for q in record.config["parts"] if q != layout.dev_part]
+
+        def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
+            return ctc_part_decoder(layout, cfg, units, name, seed, part, config, graphs)
+    else:
+        run = finished_run(args.data, args.exp, "decode_penalty")
+        if run is None:
+            return 0
+        layout, lang = run
+        stage7 = read_record(layout.decode).config
+        # The parts stage 7 scored: its test part and, where the corpus has one, the out-of-domain part.
+        test_parts = stage7.get("test_parts") or [layout.test_part]
+        config = dataclasses.replace(config_from_dict(DecodeConfig, stage7["decode"]), num_jobs=2, insertion_penalties=())
+        scales, default = config.acoustic_scales or (config.acoustic_scale,), config.acoustic_scale
+
+        def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
+            return part_decoder(layout, lang, name, seed, part, config, graphs)
+    layout = dataclasses.replace(layout, test_part=test_parts[0], ood_part=test_parts[1] if len(test_parts) > 1 else "")
+    parts = [layout.dev_part, *layout.test_parts]
+    out: dict = {"penalties": list(penalties), "scales": list(scales), "beam": config.beam, "max_active": config.max_active,
+                 "ctc": args.ctc, "systems": {}}
     start = time.time()
     for name in args.systems:
-        seeds = range(args.seeds) if name in STUDENT_SYSTEMS else range(1)
+        seeds = range(args.seeds) if has_seeds(name, args.ctc) else range(1)
         entry: dict = {"choices": {}, "parts": {}}
         for way, grid in (("scale", (0.0,)), ("scale+penalty", penalties)):
-            refs, decode = part_decoder(layout, lang, name, 0, layout.dev_part, config, graphs)
+            refs, decode = decoder(name, 0, layout.dev_part)
             sweep, scale, penalty, results = tune_decoding(layout.dev_part, scales, grid, lambda s, q: compute_wer(refs, decode(s, q)),
-                                                           config.acoustic_scale)
+                                                           default)
             dev = results[scale, penalty]
             entry["choices"][way] = {"scale": scale, "penalty": penalty, "dev_errors": dev.errors, "dev_ref_words": dev.ref_words,
                                      "dev_wer": dev.wer, "sweep": sweep.to_dict() if sweep else None}
@@ -138,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             summary: dict[str, dict] = {}
             ids: list[str] = []
             for seed in seeds:
-                refs, decode = part_decoder(layout, lang, name, seed, part, config, graphs)
+                refs, decode = decoder(name, seed, part)
                 ids = sorted(refs)
                 for way, choice in entry["choices"].items():
                     result = compute_wer(refs, decode(choice["scale"], choice["penalty"]))
@@ -159,17 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     out["seconds"] = round(time.time() - start, 1)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
-    write_section(args.results, HEADING, format_section(out, args, layout, parts))
+    write_section(args.results, CTC_HEADING if args.ctc else HEADING, format_section(out, args, layout, parts))
     return 0
 
 
 def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, parts: list[str]) -> str:
     test_parts = parts[1:]
-    cmd = (f"python bench/decode_penalty.py --data {args.data} --exp {args.exp} --penalties {' '.join(f'{p:g}' for p in out['penalties'])} "
+    ctc = f" --ctc --units {args.units}" if args.ctc else ""
+    cmd = (f"python bench/decode_penalty.py{ctc} --data {args.data} --exp {args.exp} --penalties {' '.join(f'{p:g}' for p in out['penalties'])} "
            f"--systems {' '.join(args.systems)} --seeds {args.seeds}")
-    lines = [HEADING, "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
-             f"The recipe's decoding (beam {out['beam']:g}, max-active {out['max_active']}, the acoustic scales "
-             f"{{{', '.join(f'{s:g}' for s in out['scales'])}}} searched on {layout.dev_part}); \"scale\": that search alone, as the recipe "
+    what = ("CTC stage 7's decoding over HLG" + f" ({args.units} units; the scales on the log-probabilities" if args.ctc
+            else "The recipe's decoding (the acoustic scales")
+    lines = [CTC_HEADING if args.ctc else HEADING, "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
+             f"{what} {{{', '.join(f'{s:g}' for s in out['scales'])}}} searched on {layout.dev_part}, beam {out['beam']:g}, max-active "
+             f"{out['max_active']}); \"scale\": that search alone, as the recipe "
              f"decodes; \"+ penalty\": the same search at each word insertion penalty of {{{', '.join(f'{p:g}' for p in out['penalties'])}}} "
              "that the penalty search reaches (asr_kd/decode/tuning.py), the pair with the fewest dev errors. The test parts are decoded "
              "once at each choice; never used to choose.", ""]
@@ -194,7 +268,8 @@ def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, pa
     lines += ["", "Dev cells: WER at the chosen acoustic scale (and penalty). Test cells: the mean WER over the seeds, and the first "
               "seed's substitutions, deletions and insertions. Difference: penalty minus scale alone, paired bootstrap over the "
               "utterances (2000 resamples; Bisani & Ney 2004), each student's errors per utterance averaged over its seeds first; "
-              f"it does not cover the seeds' training variance. Decoding took {out['seconds'] / 60:.0f} minutes (2 processes).", ""]
+              f"it does not cover the seeds' training variance. Decoding took {out['seconds'] / 60:.0f} minutes "
+              f"({'one process' if out.get('ctc') else '2 processes'}).", ""]
     lines += [environment_text(environment(), code_version()), ""]
     return "\n".join(lines)
 

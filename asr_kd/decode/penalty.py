@@ -11,7 +11,8 @@ numbers). The best path then minimises
 
     graph cost + acoustic_scale * acoustic cost + penalty * number of words,
 
-Kaldi's criterion. A negative penalty is a bonus: it trades deletions for insertions. The
+Kaldi's criterion (for HLG, CTC stage 7, the scale is on the log-probabilities: the same form).
+A negative penalty is a bonus: it trades deletions for insertions. The
 composed graph is a second copy in memory while it is used (a LibriSpeech HCLG of several GB
 needs that much again; :class:`PenalisedGraphs` keeps one such copy at a time); composing mini's
 tri HCLG (245k states, 574k arcs) takes about 0.2 s.

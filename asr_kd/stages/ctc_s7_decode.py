@@ -4,8 +4,10 @@ trained CTC system (teachers, ensembles, students and their seeds). Folders:
 
 Decoding follows the hybrid Table 1 (:mod:`asr_kd.stages.s7_decode`): each system's scale on its
 log-probabilities against HLG is chosen on the dev part (``decode.ctc_acoustic_scales``; a
-student's other seeds use its first seed's scale), the test parts are decoded once at it, and
-every system of the table gets the same beam and max-active. A student's seeds (folders
+student's other seeds use its first seed's scale), with ``decode.insertion_penalties`` a word
+insertion penalty on every word of HLG searched beside it (:func:`asr_kd.decode.tuning.tune_decoding`,
+as for HCLG), the test parts are decoded once at the choice, and every system of the table gets
+the same beam and max-active. A student's seeds (folders
 ``students/<name>_seed<k>``, CTC stage 6) form one row: mean and standard deviation over the
 seeds, and differences from the baseline student (and of each ``frame_<x>`` student, another
 teacher set's, from the frame student) with paired bootstrap intervals over utterances (the
@@ -32,7 +34,8 @@ from asr_kd.ctc.units import CtcUnits
 from asr_kd.data.ctc_data import cut_text
 from asr_kd.decode.fst_utils import write_fst
 from asr_kd.decode.hlg import compile_hlg, load_hlg
-from asr_kd.decode.tuning import ScaleSweep, sweep_scales
+from asr_kd.decode.penalty import PenalisedGraphs
+from asr_kd.decode.tuning import ScaleSweep, check_penalties, tune_decoding
 from asr_kd.errors import ConfigError
 from asr_kd.metrics.paired import BOOTSTRAP_RESAMPLES, bootstrap_difference
 from asr_kd.report.tables import ONE_SEED, comparison_intro, format_interval, significance
@@ -75,12 +78,19 @@ def system_slug(name: str) -> str:
 
 def system_scale(layout: RecipeLayout, name: str) -> float | None:
     """The scale CTC stage 7 decoded system ``name`` (a row name of its table, e.g. ``student:
-    frame``) with, from its ``scores.json``; None when the stage has not scored it."""
+    frame``) with, from its ``scores.json``; None when the stage has not scored it. A system it
+    decoded with a word insertion penalty is refused (ConfigError): the callers, decode-part and
+    the model directories of stage 9, decode without one, so they would not match the table."""
     path = layout.ctc_decode / "scores.json"
     if not path.is_file():
         return None
     data = read_json(path)
     entries = data.get(name, {}) if isinstance(data, dict) else {}
+    penalised = next((e for e in entries.values() if isinstance(e, dict) and e.get("insertion_penalty")), None)
+    if penalised is not None:
+        raise ConfigError(f"{name} was decoded by CTC stage 7 with a word insertion penalty ({penalised['insertion_penalty']:g}, "
+                          "decode.insertion_penalties), which decode-part and the model directories (stage 9) do not apply yet; rerun "
+                          "CTC stage 7 with decode.insertion_penalties=[] to decode it here as the table did")
     return next((float(e["acoustic_scale"]) for e in entries.values() if isinstance(e, dict) and "acoustic_scale" in e), None)
 
 
@@ -94,9 +104,6 @@ def decode_ctc_systems(
     ``decode_config.ctc_acoustic_scales``, each system's HLG scale is chosen on the dev part first
     (decoded even when ``parts`` leaves it out). Writes the files named in the module docstring
     and the RESULTS.md table; returns ``{system: {part: scores}}``."""
-    if decode_config.insertion_penalties:
-        raise ConfigError(f"CTC stage 7 does not search a word insertion penalty on HLG (decode.insertion_penalties "
-                          f"{list(decode_config.insertion_penalties)} is for HCLG, stages 3 and 7); set decode.insertion_penalties=[] in the CTC decode config")
     units = prepare_units(layout, cfg)
     graph = build_ctc_graph(layout, units)
     sets = [cfg, *(o for o in trained_teacher_sets(layout, cfg) if teachers_of(layout, o) != teachers_of(layout, cfg))]
@@ -104,7 +111,7 @@ def decode_ctc_systems(
     for m in left_out:
         log.warning("CTC stage 7: student %s left out: its settings differ from its first seed's (retrain it with "
                     "ctc-train-student --seed-index, or delete %s)", m, layout.ctc_student_dir(m))
-    tune = bool(decode_config.ctc_acoustic_scales)
+    tune = bool(decode_config.ctc_acoustic_scales) or len(check_penalties(decode_config.insertion_penalties)) > 1
     parts = list(parts or [layout.dev_part, *layout.test_parts])
     if tune:  # the dev part first: every other part is decoded at the scale chosen there
         parts = [layout.dev_part, *(p for p in parts if p != layout.dev_part)]
@@ -147,7 +154,11 @@ def _score_rows(
     """Decode and score every member of every row on ``parts`` (the dev part first when tuning);
     write each member's per-utterance counts; return ``{member: {part: scores}}``."""
     grid = decode_config.ctc_acoustic_scales
-    scale_of: dict[str, float] = {}  # row -> the scale its first member chose on dev
+    penalties = check_penalties(decode_config.insertion_penalties) or (0.0,)
+    search = bool(grid) or len(penalties) > 1
+    graphs = PenalisedGraphs(hlg, units.lang.words.ids())
+    fixed = (decode_config.ctc_acoustic_scale, penalties[0])  # without a search: the configured scale and penalty
+    chosen: dict[str, tuple[float, float]] = {}  # row -> the scale and penalty its first member chose on dev
     computed: dict[str, dict[str, dict]] = {}
     for part in parts:
         cuts, cmvn = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(part))), layout.open_cmvn(part)
@@ -157,15 +168,19 @@ def _score_rows(
                 lps = {cut.id: lp for cut, lp in ctc_log_probs(models[member], cuts, cmvn, 1.0, cfg.fusion)}
                 tokens = token_scores(lps, refs, units, cfg.beam_size)
                 entry: dict = dict(tokens.rates)
-                if grid and part == layout.dev_part and i == 0:
-                    sweep, results = sweep_scales(part, grid, lambda s: hlg_wer(lps, refs, units, hlg, decode_config, s),
-                                                  decode_config.ctc_acoustic_scale)
-                    scale_of[row], words = sweep.best, results[sweep.best]
-                    entry["sweep"] = sweep.to_dict()
+                if search and part == layout.dev_part and i == 0:
+                    sweep, scale, penalty, results = tune_decoding(
+                        part, grid or (decode_config.ctc_acoustic_scale,), penalties,
+                        lambda s, p: hlg_wer(lps, refs, units, graphs.at(p), decode_config, s), decode_config.ctc_acoustic_scale)
+                    chosen[row], words = (scale, penalty), results[scale, penalty]
+                    if sweep is not None:
+                        entry["sweep"] = sweep.to_dict()
                 else:
-                    words = hlg_wer(lps, refs, units, hlg, decode_config, scale_of.get(row, decode_config.ctc_acoustic_scale))
-                entry.update(hlg_wer=words.wer, acoustic_scale=scale_of.get(row, decode_config.ctc_acoustic_scale),
-                             ref_words=words.ref_words, utterances=len(words.utterances))
+                    scale, penalty = chosen.get(row, fixed)
+                    words = hlg_wer(lps, refs, units, graphs.at(penalty), decode_config, scale)
+                entry.update(hlg_wer=words.wer, acoustic_scale=scale, ref_words=words.ref_words, utterances=len(words.utterances))
+                if penalty:  # only where one was used: records made without a penalty read as before
+                    entry["insertion_penalty"] = penalty
                 per_utt = {u.utt_id: [u.errors, len(u.ref), tokens.token_errors[u.utt_id], tokens.ref_tokens[u.utt_id]]
                            for u in words.utterances}
                 write_json_atomic(layout.ctc_decode / f"{system_slug(member)}_{part}" / "per_utt.json", per_utt)
@@ -207,8 +222,8 @@ def _render(
     wer_cols = ["greedy_wer", "beam_wer"] if units.kind == "bpe" else []
     cols = ["greedy_ter", "beam_ter", *wer_cols, "hlg_wer"]
     names = {"greedy_ter": "Greedy TER", "beam_ter": f"Beam-{cfg.beam_size} TER", "greedy_wer": "Greedy WER", "beam_wer": "Beam WER", "hlg_wer": "HLG WER"}
-    header = "| System | Seeds | Part | " + " | ".join(names[c] for c in cols) + " | Scale |\n|" + "---|" * (len(cols) + 4) + "\n"
     lines, edges = [], []
+    penalised = False
     parts = list(next(iter(scores.values()), {}))
     for row, members in rows.items():
         if any(m not in scores for m in members):
@@ -220,13 +235,24 @@ def _render(
                 mean, std = seed_mean(values), seed_std(values)
                 cells.append(fmt_pct(mean) + (f" ± {100 * std:.1f}" if len(members) > 1 and mean is not None else ""))
             first = scores[members[0]][part]
-            lines.append(f"| {row} | {len(members)} | {part} | " + " | ".join(cells) + f" | {first.get('acoustic_scale', decode_config.ctc_acoustic_scale):g} |")
+            penalty = f", {first['insertion_penalty']:g}" if first.get("insertion_penalty") else ""
+            lines.append(f"| {row} | {len(members)} | {part} | " + " | ".join(cells)
+                         + f" | {first.get('acoustic_scale', decode_config.ctc_acoustic_scale):g}{penalty} |")
+            penalised = penalised or bool(penalty)
             if "sweep" in first and ScaleSweep.from_dict(first["sweep"]).at_grid_edge:
                 edges.append(row)
+    scale_head = "Scale, word insertion penalty where not 0" if penalised else "Scale"
+    header = "| System | Seeds | Part | " + " | ".join(names[c] for c in cols) + f" | {scale_head} |\n|" + "---|" * (len(cols) + 4) + "\n"
     grid = decode_config.ctc_acoustic_scales
     how = (f"the scale on the log-probabilities (1 / the LM weight) chosen per system on {layout.dev_part} by searching "
            f"{{{', '.join(f'{s:g}' for s in grid)}}} (the fewest word errors; a student's other seeds use its first seed's scale; "
            "the test parts are never used to choose it)" if grid else f"scale {decode_config.ctc_acoustic_scale:g} on the log-probabilities (not tuned)")
+    penalties = check_penalties(decode_config.insertion_penalties)
+    if len(penalties) > 1:
+        how += (f"; with it a word insertion penalty (a cost on every word of HLG, Kaldi's word_ins_penalty) searched on {layout.dev_part} "
+                f"from {{{', '.join(f'{p:g}' for p in penalties)}}} the same way")
+    elif penalties and penalties[0]:
+        how += f"; a word insertion penalty of {penalties[0]:g} on every word of HLG (not tuned)"
     edge = (f" At the edge of the grid (the best may lie beyond it): {', '.join(edges)}." if edges else "")
     if left_out:
         edge += f" Left out, their settings differing from their first seed's: {', '.join(left_out)}."

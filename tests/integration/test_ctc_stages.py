@@ -365,6 +365,94 @@ def test_decoding_writes_the_ctc_rows(ctc_run, capsys) -> None:
     assert cli_main(["ctc-decode", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir / "nowhere")]) == 1
 
 
+def test_a_word_insertion_penalty_on_hlg_is_searched_on_dev_and_applied_to_test(ctc_run) -> None:
+    """decode.insertion_penalties on HLG: a fixed bonus reaches every system and part (its WER equals
+    a decoding of the penalised graph, and inserts words the plain graph does not), the table prints
+    it, and the tools that decode without a penalty refuse those systems; a grid is searched on dev
+    at each penalty's best scale and the test part decoded at the chosen pair."""
+    from asr_kd.ctc.training import ctc_log_probs, hlg_wer
+    from asr_kd.data.ctc_data import cut_text
+    from asr_kd.decode.hlg import load_hlg
+    from asr_kd.decode.penalty import add_word_penalty
+    from asr_kd.stages.ctc_s7_decode import build_ctc_graph, system_scale
+
+    layout, md, _, _, _ = ctc_run
+    units = prepare_units(layout, CTC)
+    frame = [load_ctc_model(layout.ctc_student_dir("frame"))]
+    lps, refs = {}, {}
+    for part in ("dev-clean", "test-clean"):
+        cuts = layout.open_cuts(layout.fbank_cuts(part))
+        refs[part] = {c.id: cut_text(c) for c in cuts}
+        lps[part] = {c.id: lp for c, lp in ctc_log_probs(frame, cuts, layout.open_cmvn(part), 1.0, CTC.fusion)}
+    hlg = load_hlg(build_ctc_graph(layout, units))
+
+    # The tiny models' HLG output is empty at penalty 0; a bonus of 20 per word fills it with words at both scales.
+    fixed = dataclasses.replace(DECODE, insertion_penalties=(-20.0,))
+    scores = decode_ctc_systems(layout, CTC, fixed, results_md=md, command="test", corpus="tiny")
+    bonus = add_word_penalty(hlg, -20.0, units.lang.words.ids())
+    for part in ("dev-clean", "test-clean"):
+        entry = scores["student: frame"][part]
+        assert entry["insertion_penalty"] == -20.0
+        with_bonus = hlg_wer(lps[part], refs[part], units, bonus, DECODE, entry["acoustic_scale"])
+        plain = hlg_wer(lps[part], refs[part], units, hlg, DECODE, entry["acoustic_scale"])
+        assert entry["hlg_wer"] == pytest.approx(with_bonus.wer) and with_bonus.insertions > plain.insertions
+    assert all(s["insertion_penalty"] == -20.0 for by_part in scores.values() for s in by_part.values())
+    section = read_section(md, "## CTC results (phone)")
+    assert "| Scale, word insertion penalty where not 0 |" in section and "a word insertion penalty of -20 on every word of HLG" in section
+    row = f"| student: frame | 1 | test-clean | {100 * scores['student: frame']['test-clean']['greedy_ter']:.1f}% |"
+    assert row in section and f"| {scores['student: frame']['test-clean']['acoustic_scale']:g}, -20 |" in section
+    with pytest.raises(ConfigError, match=r"student: frame was decoded by CTC stage 7 with a word insertion penalty \(-20,"):
+        system_scale(layout, "student: frame")
+
+    grid = dataclasses.replace(DECODE, insertion_penalties=(-20.0, 0.0, 4.0))
+    scores = decode_ctc_systems(layout, CTC, grid, results_md=md, command="test", corpus="tiny")
+    dev, test = scores["student: frame"]["dev-clean"], scores["student: frame"]["test-clean"]
+    sweep = dev["sweep"]
+    tried = dict((p, e) for p, e in sweep["penalty_errors"])
+    assert 0.0 in tried and set(tried) <= {-20.0, 0.0, 4.0} and len(tried) >= 2
+    for penalty, errors in tried.items():  # each penalty's fewest dev errors over the scale grid
+        graph = add_word_penalty(hlg, penalty, units.lang.words.ids())
+        assert errors == min(hlg_wer(lps["dev-clean"], refs["dev-clean"], units, graph, DECODE, s).errors for s in DECODE.ctc_acoustic_scales)
+    assert sweep["penalty"] == dev.get("insertion_penalty", 0.0) == test.get("insertion_penalty", 0.0)
+    assert tried[sweep["penalty"]] == min(tried.values()) and test["acoustic_scale"] == dev["acoustic_scale"] == sweep["best"]
+    graph = add_word_penalty(hlg, sweep["penalty"], units.lang.words.ids())
+    assert test["hlg_wer"] == pytest.approx(hlg_wer(lps["test-clean"], refs["test-clean"], units, graph, DECODE, test["acoustic_scale"]).wer)
+    assert "searched on dev-clean from {-20, 0, 4} the same way" in read_section(md, "## CTC results (phone)")
+
+
+def test_the_penalty_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path) -> None:
+    """bench/decode_penalty.py --ctc on the tiny run: its scale-only side is CTC stage 7's own
+    decoding (the same dev choice and test WERs, a student's two seeds), its penalty side never
+    has more dev errors, and the section prints the JSON's numbers."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    layout, md, _, _, _ = ctc_run
+    scores = decode_ctc_systems(layout, CTC, DECODE, results_md=md, command="test", corpus="tiny")
+    out_json, results = tmp_path / "pen.json", tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "decode_penalty.py"), "--ctc", "--data", str(layout.data_dir),
+                           "--exp", str(layout.exp_dir), "--systems", "baseline", "ensemble", "--seeds", "2", "--penalties", "-20", "0",
+                           "--json", str(out_json), "--results", str(results)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out_json.read_text())
+    for name, row in (("baseline", "student: baseline"), ("ensemble", "ensemble of 2")):
+        e = got["systems"][name]
+        assert e["choices"]["scale"]["scale"] == scores[row]["dev-clean"]["acoustic_scale"]
+        assert e["choices"]["scale"]["dev_errors"] == min(scores[row]["dev-clean"]["sweep"]["errors"])
+        assert e["choices"]["scale+penalty"]["dev_errors"] <= e["choices"]["scale"]["dev_errors"]
+        assert {p for p, _ in e["choices"]["scale+penalty"]["sweep"]["penalty_errors"]} == {-20.0, 0.0}
+    seeds = [scores[m]["test-clean"]["hlg_wer"] for m in ("student: baseline", "student: baseline_seed1")]
+    assert got["systems"]["baseline"]["parts"]["test-clean"]["scale"]["wer"] == pytest.approx(seeds)
+    assert got["systems"]["ensemble"]["parts"]["test-clean"]["scale"]["wer"] == [pytest.approx(scores["ensemble of 2"]["test-clean"]["hlg_wer"])]
+    text = results.read_text()
+    iv = got["systems"]["baseline"]["parts"]["test-clean"]["difference"]
+    assert "the CTC systems (bench/decode_penalty.py --ctc)" in text
+    assert f"| baseline | 2 | {100 * got['systems']['baseline']['choices']['scale']['dev_wer']:.2f}% (" in text
+    assert f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]" in text
+
+
 def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:
     # BPE pieces trained on tiny's transcripts spell them, and the HLG built over tiny's lexicon and
     # LM decodes oracle posteriors of those pieces back into the words. (Training transcripts: a

@@ -152,13 +152,11 @@ def test_a_system_tuned_with_a_penalty_is_refused_where_none_is_applied(tmp_path
         tuned_scale(layout, "baseline")
 
 
-def test_a_fixed_penalty_without_a_sweep_is_refused_too_and_the_grid_where_none_is_applied(tmp_path) -> None:
+def test_a_fixed_penalty_without_a_sweep_is_refused_too_and_a_grid_by_decode_part(tmp_path) -> None:
     """A penalty given as one value (no dev search) still changed the recipe's numbers: decode-part
-    and stage 9 refuse that system as well; decode-part and CTC stage 7 refuse a penalty grid."""
+    and stage 9 refuse that system as well; decode-part refuses a penalty grid."""
     import json
 
-    from asr_kd.config import CtcConfig
-    from asr_kd.stages.ctc_s7_decode import decode_ctc_systems
     from asr_kd.stages.decode_part import decode_part, tuned_scale
     from asr_kd.stages.layout import RecipeLayout
 
@@ -175,8 +173,6 @@ def test_a_fixed_penalty_without_a_sweep_is_refused_too_and_the_grid_where_none_
     grid = DecodeConfig(insertion_penalties=(0.0, 1.0))
     with pytest.raises(ConfigError, match=r"decode-part does not apply a word insertion penalty \(decode.insertion_penalties \[0.0, 1.0\]\)"):
         decode_part(layout, tmp_path / "corpus", "dev-clean", ["tri"], grid)
-    with pytest.raises(ConfigError, match="CTC stage 7 does not search a word insertion penalty on HLG"):
-        decode_ctc_systems(layout, CtcConfig(), grid)
 
 
 def test_table1_names_a_chosen_penalty_in_its_dev_column() -> None:
