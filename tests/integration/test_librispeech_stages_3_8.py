@@ -791,3 +791,35 @@ def test_penalty_bench_reproduces_the_recipes_decoding_and_reports_each_choice(r
     iv = base["parts"]["test-clean"]["difference"]
     assert f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]" in text
     assert f"| baseline | 2 | {100 * base['choices']['scale']['dev_wer']:.2f}% (" in text
+
+
+@pytest.mark.timeout(900)
+def test_scale_transfer_bench_reproduces_stage_7_at_its_dev_choice(recipe, tmp_path) -> None:
+    """bench/scale_transfer.py on the tiny run: at stage 7's dev choice each student's test WER is
+    the mean of its seeds' stage-7 WERs, the part's best scale is never worse, and the pair's
+    difference at the dev choices is distilled's mean minus baseline's (same utterances). (Stage 7
+    decodes the dev part for a student's first seed only, so dev has no mean to compare.)"""
+    data, exp, _ = recipe
+    out_json, results = tmp_path / "transfer.json", tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "scale_transfer.py"), "--data", str(data), "--exp", f"tiny={exp}",
+                           "--systems", "baseline", "distilled", "--seeds", "2", "--parts", "dev-clean", "test-clean",
+                           "--json", str(out_json), "--results", str(results)], capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(out_json.read_text())["tiny"]
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    means = {}
+    for name in ("baseline", "distilled"):
+        e = run["systems"][name]
+        assert e["dev_choice"] == table1[name]["dev-clean"]["acoustic_scale"] and e["seeds"] == 2
+        at = run["scales"].index(e["dev_choice"])
+        for part in ("dev-clean", "test-clean"):
+            wers = e["parts"][part]["wer"]
+            assert min(wers) <= wers[at] and len(wers) == len(run["scales"]) > 1
+        means[name, "test-clean"] = (table1[name]["test-clean"]["wer"] + table1[f"{name}_seed1"]["test-clean"]["wer"]) / 2
+        assert e["parts"]["test-clean"]["wer"][at] == pytest.approx(means[name, "test-clean"]), name
+    d = run["pairs"]["test-clean"]["dev_choice"]
+    assert d["value"] == pytest.approx(means["distilled", "test-clean"] - means["baseline", "test-clean"])
+    text = results.read_text()
+    assert f"{100 * d['value']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]" in text
+    at = run["scales"].index(run["systems"]["distilled"]["dev_choice"])
+    assert f"| tiny | distilled | 2 | test-clean | {100 * run['systems']['distilled']['parts']['test-clean']['wer'][at]:.2f}% (" in text
