@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -121,7 +122,7 @@ def pair_differences(run: dict, b: str, a: str, part: str) -> dict:
 
 
 def format_section(runs: dict[str, dict], args: argparse.Namespace) -> str:
-    exps = " ".join(f"--exp {label}={path}" for label, path in args.exp)
+    exps = " ".join(f"--exp {shlex.quote(f'{label}={path}')}" for label, path in args.exp)
     cmd = (f"python bench/scale_transfer.py --data {args.data} {exps} --systems {' '.join(args.systems)} --seeds {args.seeds}"
            + (f" --parts {' '.join(args.parts)}" if args.parts else "") + f" --pair {' '.join(args.pair)}")
     first = next(iter(runs.values()))
