@@ -636,11 +636,12 @@ class DecodeConfig:
     # the fewest word errors per system and decode the test parts with it (asr_kd/decode/tuning.py;
     # Kaldi's score.sh sweeps the LM weight, its inverse, the same way). Empty: acoustic_scale.
     acoustic_scales: tuple[float, ...] = ()
-    # Non-empty: a word insertion penalty (a cost added to every word of HCLG; negative: a bonus)
-    # searched on the dev part beside the acoustic scale, per system, as Kaldi's score.sh sweeps
-    # word_ins_penalty (asr_kd/decode/penalty.py, tuning.py): stages 3 and 7 on HCLG, CTC stage 7
-    # on HLG. decode-part and stage 10 refuse a grid, decode-part and stage 9 a system decoded
-    # with a penalty other than 0. Empty: none.
+    # Non-empty: a word insertion penalty (a cost added to every word of the decoding graph;
+    # negative: a bonus) searched on the dev part beside the acoustic scale, per system, as Kaldi's
+    # score.sh sweeps word_ins_penalty (asr_kd/decode/penalty.py, tuning.py): stages 3 and 7 on
+    # HCLG, CTC stage 7 on HLG; one value: that penalty, not searched. decode-part and stage 10
+    # refuse any value here, decode-part and stage 9 a system decoded with a penalty other than 0.
+    # Empty: none.
     insertion_penalties: tuple[float, ...] = later_option(())
     # CTC log-probabilities are usually used unscaled against HLG.
     ctc_acoustic_scale: float = 1.0

@@ -148,14 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exp", type=Path, default=Path("recipes/librispeech/exp"), help="the recipe's experiment folder (stages 3 and 7 done)")
     p.add_argument("--penalties", type=float, nargs="+", default=[-2.0, -1.0, -0.5, 0.0, 0.5, 1.0],
                    help="the word insertion penalties searched (graph cost per word; negative: a bonus)")
-    p.add_argument("--systems", nargs="+", default=["tri", "baseline", "ensemble", "distilled"],
-                   help="systems (mono, tri, baseline, ensemble, distilled, compressed)")
+    p.add_argument("--systems", nargs="+", default=None,
+                   help="systems (mono, tri, baseline, ensemble, distilled, compressed; default tri baseline ensemble distilled); "
+                        "with --ctc: ensemble, teacher<i> and the CTC students (default baseline frame ensemble)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of each student (stage 6's; default 3)")
     p.add_argument("--ctc", action="store_true", help="the CTC path's systems on HLG (CTC stage 7 done), not the hybrid ones")
     p.add_argument("--units", default="phone", help="with --ctc: the CTC units of the run (phone or bpe; default phone)")
     p.add_argument("--json", type=Path, default=None, help="write every number here too")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = p.parse_args(argv)
+    if args.systems is None:
+        args.systems = ["baseline", "frame", "ensemble"] if args.ctc else ["tri", "baseline", "ensemble", "distilled"]
     penalties = check_penalties(args.penalties)
     if 0.0 not in penalties:
         p.error("--penalties must include 0 (the comparison is against no penalty)")
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         units = prepare_units(layout, cfg)
         config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=())
         scales, default = config.ctc_acoustic_scales or (config.ctc_acoustic_scale,), config.ctc_acoustic_scale
+        # The part CTC stage 7 tuned on (its record), the others its test parts.
+        layout = dataclasses.replace(layout, dev_part=record.config.get("tuned_on") or layout.dev_part)
         test_parts = [q for q in record.config["parts"] if q != layout.dev_part]
 
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:

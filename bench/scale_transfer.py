@@ -74,6 +74,10 @@ def measure_run(data: Path, exp: Path, systems: list[str], seeds: int, parts: li
         if name not in table1:
             raise SystemExit(f"scale_transfer: {exp} has no stage-7 system {name!r} (it has {sorted(table1)})")
         entry: dict = {"dev_choice": float(table1[name][layout.dev_part]["acoustic_scale"]), "parts": {}}
+        penalty = table1[name][layout.dev_part].get("insertion_penalty") or 0.0
+        if penalty:
+            raise SystemExit(f"scale_transfer: stage 7 decoded {name} with a word insertion penalty ({penalty:g}), which this bench "
+                             "does not apply; rerun stage 7 with decode.insertion_penalties=[] (or compare with bench/decode_penalty.py)")
         if entry["dev_choice"] not in scales:
             raise SystemExit(f"scale_transfer: stage 7 decoded {name} at {entry['dev_choice']:g}, outside its grid {scales} (not tuned); nothing to compare")
         kept = range(seeds) if name in STUDENT_SYSTEMS else range(1)
@@ -125,10 +129,13 @@ def format_section(runs: dict[str, dict], args: argparse.Namespace) -> str:
     exps = " ".join(f"--exp {shlex.quote(f'{label}={path}')}" for label, path in args.exp)
     cmd = (f"python bench/scale_transfer.py --data {args.data} {exps} --systems {' '.join(args.systems)} --seeds {args.seeds}"
            + (f" --parts {' '.join(args.parts)}" if args.parts else "") + f" --pair {' '.join(args.pair)}")
-    first = next(iter(runs.values()))
+    def search(run: dict) -> str:
+        return f"beam {run['beam']:g}, max-active {run['max_active']}, grid {{{', '.join(f'{s:g}' for s in run['scales'])}}}"
+
+    settings = {search(r) for r in runs.values()}
+    how = (next(iter(settings)) if len(settings) == 1 else "; ".join(f"{label}: {search(r)}" for label, r in runs.items()))
     lines = [HEADING, "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
-             f"Stage 7's decoding (beam {first['beam']:g}, max-active {first['max_active']}) at every acoustic scale of its grid "
-             f"{{{', '.join(f'{s:g}' for s in first['scales'])}}}. \"Dev choice\": the scale stage 7 chose on the dev part (a student's "
+             f"Stage 7's decoding ({how}) at every acoustic scale of its grid. \"Dev choice\": the scale stage 7 chose on the dev part (a student's "
              "seeds share it); \"best on the part\": the part's own lowest WER over the grid, an oracle chosen on the data it scores, "
              "never a table's protocol: the gap between the two is what the dev choice costs on that part at most. A student's WER is "
              "the mean over its seeds.", "",

@@ -101,8 +101,9 @@ def decode_ctc_systems(
     """Score every trained CTC system on ``parts`` (default dev and test): each teacher of
     ``cfg``'s set, its ensemble (arithmetic/geometric per ``cfg.fusion``, T = 1), the ensembles of
     the other trained teacher sets, and every seed of the students that exist. With
-    ``decode_config.ctc_acoustic_scales``, each system's HLG scale is chosen on the dev part first
-    (decoded even when ``parts`` leaves it out). Writes the files named in the module docstring
+    ``decode_config.ctc_acoustic_scales`` (or several ``insertion_penalties``), each system's HLG
+    scale (and word insertion penalty) is chosen on the dev part first (decoded even when
+    ``parts`` leaves it out). Writes the files named in the module docstring
     and the RESULTS.md table; returns ``{system: {part: scores}}``."""
     units = prepare_units(layout, cfg)
     graph = build_ctc_graph(layout, units)

@@ -403,6 +403,14 @@ def test_a_word_insertion_penalty_on_hlg_is_searched_on_dev_and_applied_to_test(
     assert row in section and f"| {scores['student: frame']['test-clean']['acoustic_scale']:g}, -20 |" in section
     with pytest.raises(ConfigError, match=r"student: frame was decoded by CTC stage 7 with a word insertion penalty \(-20,"):
         system_scale(layout, "student: frame")
+    # One penalty and no scale grid: nothing is searched; every part at ctc_acoustic_scale with that penalty.
+    untuned = DecodeConfig(insertion_penalties=(-20.0,))
+    scores = decode_ctc_systems(layout, CTC, untuned, results_md=md, command="test", corpus="tiny")
+    for part in ("dev-clean", "test-clean"):
+        entry = scores["student: frame"][part]
+        assert "sweep" not in entry and (entry["acoustic_scale"], entry["insertion_penalty"]) == (untuned.ctc_acoustic_scale, -20.0)
+        assert entry["hlg_wer"] == pytest.approx(hlg_wer(lps[part], refs[part], units, bonus, untuned, untuned.ctc_acoustic_scale).wer)
+        assert entry["hlg_wer"] != pytest.approx(hlg_wer(lps[part], refs[part], units, hlg, untuned, untuned.ctc_acoustic_scale).wer)
 
     grid = dataclasses.replace(DECODE, insertion_penalties=(-20.0, 0.0, 4.0))
     scores = decode_ctc_systems(layout, CTC, grid, results_md=md, command="test", corpus="tiny")
@@ -414,7 +422,10 @@ def test_a_word_insertion_penalty_on_hlg_is_searched_on_dev_and_applied_to_test(
         graph = add_word_penalty(hlg, penalty, units.lang.words.ids())
         assert errors == min(hlg_wer(lps["dev-clean"], refs["dev-clean"], units, graph, DECODE, s).errors for s in DECODE.ctc_acoustic_scales)
     assert sweep["penalty"] == dev.get("insertion_penalty", 0.0) == test.get("insertion_penalty", 0.0)
-    assert tried[sweep["penalty"]] == min(tried.values()) and test["acoustic_scale"] == dev["acoustic_scale"] == sweep["best"]
+    # The fewest errors, ties to the penalty nearest 0: on tiny no penalty beats the empty output's
+    # errors (a word put in is at best a substitution), so 0 is kept and the system is not refused.
+    assert sweep["penalty"] == min(tried, key=lambda p: (tried[p], abs(p))) == 0.0
+    assert test["acoustic_scale"] == dev["acoustic_scale"] == sweep["best"] == system_scale(layout, "student: frame")
     graph = add_word_penalty(hlg, sweep["penalty"], units.lang.words.ids())
     assert test["hlg_wer"] == pytest.approx(hlg_wer(lps["test-clean"], refs["test-clean"], units, graph, DECODE, test["acoustic_scale"]).wer)
     assert "searched on dev-clean from {-20, 0, 4} the same way" in read_section(md, "## CTC results (phone)")

@@ -819,6 +819,12 @@ def test_scale_transfer_bench_reproduces_stage_7_at_its_dev_choice(recipe, tmp_p
         assert e["parts"]["test-clean"]["wer"][at] == pytest.approx(means[name, "test-clean"]), name
     d = run["pairs"]["test-clean"]["dev_choice"]
     assert d["value"] == pytest.approx(means["distilled", "test-clean"] - means["baseline", "test-clean"])
+    # At each one's own best scale on the part: the lowest WER of each, differenced.
+    best = {n: min(run["systems"][n]["parts"]["test-clean"]["wer"]) for n in ("baseline", "distilled")}
+    own = run["pairs"]["test-clean"]["own_best"]
+    assert own["value"] == pytest.approx(best["distilled"] - best["baseline"])
+    assert run["pairs"]["test-clean"]["scales_best"] == [run["scales"][run["systems"][n]["parts"]["test-clean"]["wer"].index(best[n])]
+                                                         for n in ("baseline", "distilled")]
     text = results.read_text()
     assert f"{100 * d['value']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]" in text
     at = run["scales"].index(run["systems"]["distilled"]["dev_choice"])
