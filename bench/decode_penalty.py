@@ -39,10 +39,9 @@ from typing import Callable
 import numpy as np
 
 from asr_kd.config import CtcConfig, DecodeConfig, GmmConfig, config_from_dict
-from asr_kd.ctc.training import ctc_log_probs, load_ctc_model
+from asr_kd.ctc.training import ctc_log_probs, hlg_hypotheses, load_ctc_model
 from asr_kd.ctc.units import CtcUnits
 from asr_kd.data.ctc_data import cut_text
-from asr_kd.decode.ctc import decode_ctc_batch
 from asr_kd.decode.gmm_decode import decode_gmm_batch
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hlg import load_hlg
@@ -120,13 +119,7 @@ def ctc_part_decoder(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, name
     log_probs = {c.id: lp for c, lp in ctc_log_probs(models, cuts, layout.open_cmvn(part), 1.0, cfg.fusion)}
     if "hlg" not in graphs:
         graphs["hlg"] = PenalisedGraphs(load_hlg(layout.ctc_graph / "HLG.fst"), units.lang.words.ids())
-    words = units.lang.words
-
-    def decode(scale: float, penalty: float) -> dict[str, str]:
-        batch = decode_ctc_batch(graphs["hlg"].at(penalty), log_probs, dataclasses.replace(config, ctc_acoustic_scale=scale))
-        return {k: " ".join(words.name(w) for w in d.word_ids) for k, d in batch.decoded.items()}
-
-    return refs, decode
+    return refs, lambda scale, penalty: hlg_hypotheses(log_probs, units, graphs["hlg"].at(penalty), config, scale)
 
 
 def has_seeds(name: str, ctc: bool) -> bool:

@@ -187,16 +187,23 @@ def token_scores(log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], u
                        {u.utt_id: len(u.ref) for u in greedy_result.utterances})
 
 
-def hlg_wer(
-    log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, hlg: Any, decode_config: DecodeConfig,
-    scale: float | None = None,
-) -> WerResult:
-    """Return the WER of HLG decoding (kaldi-decoder) of ``{cut_id: (T', V) log-probs}`` against
-    ``refs``, with the log-probs times ``scale`` (default ``decode_config.ctc_acoustic_scale``)."""
+def hlg_hypotheses(
+    log_probs: Mapping[str, np.ndarray], units: CtcUnits, hlg: Any, decode_config: DecodeConfig, scale: float | None = None,
+) -> dict[str, str]:
+    """Return ``{cut_id: words}`` of HLG decoding (kaldi-decoder) of ``{cut_id: (T', V) log-probs}``
+    with the log-probs times ``scale`` (default ``decode_config.ctc_acoustic_scale``); an utterance
+    whose decoding failed (counted and logged) is left out."""
     if scale is not None:
         decode_config = dataclasses.replace(decode_config, ctc_acoustic_scale=scale)
     decoded = decode_ctc_batch(hlg, dict(log_probs), decode_config)
     words = units.lang.words
-    hyps = {k: " ".join(words.name(w) for w in d.word_ids) for k, d in decoded.decoded.items()}
-    return compute_wer({k: refs[k] for k in log_probs}, hyps)
+    return {k: " ".join(words.name(w) for w in d.word_ids) for k, d in decoded.decoded.items()}
+
+
+def hlg_wer(
+    log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, hlg: Any, decode_config: DecodeConfig,
+    scale: float | None = None,
+) -> WerResult:
+    """Return the WER of :func:`hlg_hypotheses` against ``refs``."""
+    return compute_wer({k: refs[k] for k in log_probs}, hlg_hypotheses(log_probs, units, hlg, decode_config, scale))
 
