@@ -44,7 +44,7 @@ from asr_kd.utils import read_json
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
-from decode_penalty import part_decoder  # noqa: E402
+from decode_penalty import part_decoder, per_utterance_errors  # noqa: E402
 
 HEADING = "## Acoustic scale chosen on dev against each part's own best scale (bench/scale_transfer.py)"
 
@@ -91,8 +91,7 @@ def measure_run(data: Path, exp: Path, systems: list[str], seeds: int, parts: li
                 ids = sorted(refs)
                 for i, s in enumerate(scales):
                     result = compute_wer(refs, decode(s, 0.0))
-                    errors = {u.utt_id: u.errors for u in result.utterances}
-                    per_scale[i].append(np.array([errors[u] for u in ids], dtype=np.float64))
+                    per_scale[i].append(per_utterance_errors(result, ids))
             words = [len(refs[u].split()) for u in ids]
             errors = [np.mean(e, axis=0) for e in per_scale]
             entry["parts"][part] = {"wer": [float(e.sum() / sum(words)) for e in errors], "errors": [e.tolist() for e in errors],
