@@ -29,6 +29,7 @@ import gc
 import json
 import logging
 import multiprocessing
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +39,12 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from asr_kd.config import SynthConfig
+from asr_kd.config import SynthConfig, config_from_dict
 from asr_kd.data import augment, festival, kokoro, voices
 from asr_kd.data.espeak import get_synthesizer
-from asr_kd.data.synth_text import SentenceSplit, bigram_perplexity, load_markov_chain, split_sentences, wordnet_sentences
+from asr_kd.data.synth_text import (
+    SentenceSplit, bigram_perplexity, generate_candidates, load_markov_chain, split_sentences, wordnet_sentences,
+)
 from asr_kd.data.voices import ESPEAK_ACCENTS, FEMALE_VARIANTS, KOKORO_TALKERS, MALE_VARIANTS, EnginePlan, Talker
 from asr_kd.errors import DataError
 from asr_kd.resource_usage import note_detached_cpu
@@ -611,3 +614,97 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
     summary = _summary_from_marker(corpus_dir, marker)
     logger.info("%s", summary.format())
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# More of the unseen voices, for measurements
+# --------------------------------------------------------------------------------------------
+
+
+def _corpus_texts(corpus_dir: Path) -> tuple[set[str], list[str]]:
+    """Return every transcript of the corpus in ``corpus_dir`` and those of its training part (in file order)."""
+    used: set[str] = set()
+    train: list[str] = []
+    for path in sorted(corpus_dir.glob("*/*/*/*.trans.txt")):
+        for line in path.read_text().splitlines():
+            text = line.split(" ", 1)[1] if " " in line else ""
+            used.add(text)
+            if path.parts[-4] == TRAIN_PART:
+                train.append(text)
+    return used, train
+
+
+def unseen_sentences(corpus_dir: Path, count: int, seed: int, min_words: int, max_words: int, wordnet_share: float) -> list[str]:
+    """Return ``count`` distinct sentences that no part of the corpus in ``corpus_dir`` speaks and
+    whose words all occur in its training text (so the recipe's LM can decode every word),
+    ``wordnet_share`` of them from WordNet's usage examples where WordNet has enough such
+    sentences, the rest from the same generator as the corpus; deterministic given the arguments.
+    DataError when the candidates run out."""
+    used, train = _corpus_texts(corpus_dir)
+    train_words = {w for s in train for w in s.split()}
+    if not train_words:
+        raise DataError(f"{corpus_dir} has no {TRAIN_PART} transcripts; point it at a finished synthetic corpus (stage 0)")
+
+    def fits(s: str) -> bool:
+        return s not in used and all(w in train_words for w in s.split())
+
+    examples = [s for s in wordnet_sentences(min_words, max_words) if fits(s)] if wordnet_share > 0 else []
+    picked = random.Random(seed + 2).sample(examples, min(len(examples), int(round(wordnet_share * count))))
+    rest: list[str] = []
+    pool = 20 * count + 1000
+    for attempt in range(4):  # about one candidate in ten fits mini's 2,000 training words
+        candidates = generate_candidates(pool, seed + attempt, min_words, max_words)
+        rest = [s for s in dict.fromkeys(candidates) if fits(s) and s not in picked]
+        if len(rest) >= count - len(picked):
+            break
+        pool *= 2
+    else:
+        raise DataError(f"only {len(rest) + len(picked)} unseen sentences within the training words of {corpus_dir} for {count}; ask for fewer")
+    out = picked + rest[: count - len(picked)]
+    random.Random(seed + 1).shuffle(out)
+    return out
+
+
+def synthesize_ood_part(corpus_dir: Path, out_dir: Path, part: str, num_speakers: int, utts_per_speaker: int, seed: int,
+                        num_jobs: int = 2) -> PartSummary:
+    """Write ``part`` into ``out_dir`` (LibriSpeech's layout): more speech of the out-of-domain
+    family of the finished synthetic corpus in ``corpus_dir``, for measurements on a larger sample
+    than its test-ood. ``num_speakers`` talkers drawn as test-ood's are (its engine, its voices
+    with fresh prosody; Kokoro has 8 voices, so more speakers repeat voices), each reading
+    ``utts_per_speaker`` sentences from :func:`unseen_sentences`, degraded as the corpus' parts
+    are (its difficulty). Deterministic given the arguments and the corpus; an interrupted run
+    resumes (each utterance is written atomically). DataError when the corpus is unfinished or the
+    family that spoke its test-ood is not installed."""
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    marker_path = corpus_dir / MARKER_NAME
+    if not marker_path.is_file():
+        raise DataError(f"{marker_path} does not exist: {corpus_dir} is not a finished synthetic corpus (run stage 0 first)")
+    marker = json.loads(marker_path.read_text())
+    config = dataclasses.replace(config_from_dict(SynthConfig, marker["config"], str(marker_path)), num_jobs=num_jobs)
+    sizes = SynthPreset(**marker["preset"])
+    plan = voices.plan_engines(config.engines, config.ood_engine)
+    if plan.ood != marker["engines"]["ood"]:
+        raise DataError(f"{corpus_dir}'s {OOD_PART} was spoken by {marker['engines']['ood']}, which is not installed here "
+                        f"({'; '.join(plan.notes) or 'another engine replaces it'})")
+    only_ood = dataclasses.replace(sizes, train_speakers=0, dev_speakers=0, test_speakers=0, ood_speakers=num_speakers,
+                                   ood_utts_per_speaker=utts_per_speaker, train_chapters_per_speaker=1)
+    speakers = [dataclasses.replace(s, part=part) for s in make_speakers(only_ood, seed, config, plan)]
+    texts = iter(unseen_sentences(corpus_dir, num_speakers * utts_per_speaker, seed, sizes.min_words, sizes.max_words,
+                                  float(marker.get("wordnet_share", 0.0))))
+    jobs = []
+    for spk in speakers:
+        (chapter,) = spk.chapters
+        for utt in range(utts_per_speaker):
+            utt_id = f"{spk.speaker_id}-{chapter}-{utt:04d}"
+            path = out_dir / part / str(spk.speaker_id) / str(chapter) / f"{utt_id}.flac"
+            jobs.append(UtteranceJob(utt_id, path, next(texts), spk, (seed, PARTS.index(OOD_PART), spk.speaker_id, chapter, utt)))
+    todo = [j for j in jobs if not j.path.is_file()]
+    babble_texts = _corpus_texts(corpus_dir)[1][:20]  # babble of training sentences, as in the corpus
+    for _ in tqdm(_render_all(todo, config, babble_texts, plan), total=len(todo), desc=f"synthesising {part}", unit="utt"):
+        pass
+    _write_transcripts(jobs)
+    seconds: dict[int, float] = {}
+    for j in jobs:
+        seconds[j.speaker.speaker_id] = seconds.get(j.speaker.speaker_id, 0.0) + soundfile.info(str(j.path)).duration
+    write_text_atomic(out_dir / "SPEAKERS.TXT", _speakers_txt(speakers, seconds))
+    return PartSummary(name=part, utterances=len(jobs), hours=sum(seconds.values()) / 3600.0, speakers=len(speakers))
