@@ -11,7 +11,8 @@ per-speaker CMVN, as stage 1 does), decodes every system (a student: each of its
 and reports each system's WER there beside Table 1's test-clean and test-ood, the ratio to
 test-clean (issue 12's target: at most 2 for the distilled student), and ``--pair B A`` (default
 distilled baseline; ensemble minus baseline too) with paired bootstrap intervals over utterances
-on the new part and on the new part pooled with the recipe's test-ood. The recipe's test-ood is
+on the new part and on the new part pooled with the recipe's test-ood, per talker of the new part
+and seed by seed. The recipe's test-ood is
 decoded again here, and its WER checked against Table 1's.
 
     python bench/ood_more.py --data recipes/librispeech/data --exp recipes/librispeech/exp \\
@@ -104,7 +105,7 @@ def decode_systems(layout, lang, work: Path, systems: list[str], seeds: int) -> 
             entry["ids"], entry["words"] = ids, [len(refs[u].split()) for u in ids]
             errors = np.mean(per_seed, axis=0)
             entry["systems"][name] = {"wer": float(errors.sum() / sum(entry["words"])), "errors": errors.tolist(), "seeds": len(per_seed),
-                                      "scale": scale}
+                                      "scale": scale, "seed_wers": [float(e.sum() / sum(entry["words"])) for e in per_seed]}
             print(f"{name} {part}: {100 * entry['systems'][name]['wer']:.2f}% at {scale:g} ({len(per_seed)} seeds)", flush=True)
         out["parts"][part] = entry
     return out
@@ -120,6 +121,28 @@ def differences(run: dict, pairs: list[tuple[str, str]], parts: list[str]) -> di
             words = np.concatenate([run["parts"][p]["words"] for p in members]).astype(np.float64)
             out[f"{b} - {a} | {label}"] = {**bootstrap_difference(ea, eb, words).to_dict(), "words": int(words.sum()), "utterances": len(words)}
     return out
+
+
+def talkers(work: Path) -> dict[str, str]:
+    """Speaker id -> voice (engine and voice name) of the new part, from its SPEAKERS.TXT."""
+    out = {}
+    for line in (work / "corpus" / "SPEAKERS.TXT").read_text().splitlines():
+        if not line.startswith(";"):
+            fields = [f.strip() for f in line.split("|")]
+            out[fields[0]] = " ".join(fields[4].split()[1:3])
+    return out
+
+
+def per_talker(run: dict, voices: dict[str, str], systems: list[str], pair: tuple[str, str]) -> list[dict]:
+    """Per talker of the new part: utterances, words, each system's WER (seeds' mean) and B - A."""
+    new = run["parts"][PART]
+    rows = []
+    for spk, voice in sorted(voices.items(), key=lambda kv: kv[1]):
+        idx = [i for i, u in enumerate(new["ids"]) if u.split("-")[0] == spk]
+        words = sum(new["words"][i] for i in idx)
+        wer = {n: sum(new["systems"][n]["errors"][i] for i in idx) / words for n in systems}
+        rows.append({"speaker": spk, "voice": voice, "utterances": len(idx), "words": words, "wer": wer, "difference": wer[pair[0]] - wer[pair[1]]})
+    return rows
 
 
 def format_section(run: dict, table1: dict, layout, args: argparse.Namespace) -> str:
@@ -139,8 +162,9 @@ def format_section(run: dict, table1: dict, layout, args: argparse.Namespace) ->
         e = new["systems"][name]
         rows = [n if s == 0 else f"{n}_seed{s}" for n in [name] for s in range(e["seeds"])]
         clean = float(np.mean([table1[r][test]["wer"] for r in rows]))
+        seeds = f" ({', '.join(f'{100 * w:.2f}' for w in e['seed_wers'])})" if e["seeds"] > 1 else ""
         lines.append(f"| {name} | {e['seeds']} | {e['scale']:g} | {100 * clean:.2f}% | {100 * run['parts'][ood]['systems'][name]['wer']:.2f}% | "
-                     f"{100 * e['wer']:.2f}% | {e['wer'] / clean:.2f} |")
+                     f"{100 * e['wer']:.2f}%{seeds} | {e['wer'] / clean:.2f} |")
     lines += ["", "WER differences in points with a 95% paired bootstrap interval over utterances (2000 resamples; Bisani & Ney 2004; the "
               "seeds' per-utterance errors averaged first; it does not cover the seeds' training variance):", "",
               "| difference | utterances (words) | WER points, 95% CI | |", "|---|---|---|---|"]
@@ -150,6 +174,19 @@ def format_section(run: dict, table1: dict, layout, args: argparse.Namespace) ->
         verdict = "significant" if d["excludes_zero"] else "within noise"
         lines.append(f"| {pair}, {where} | {d['utterances']} ({d['words']}) | {100 * d['value']:+.2f} [{100 * d['low']:+.2f}, "
                      f"{100 * d['high']:+.2f}] | {verdict} |")
+    b, a = args.pair
+    rows = run["talkers"]
+    better = sum(r["difference"] < 0 for r in rows)
+    lines += ["", f"Per talker of {PART} (the bootstrap above resamples utterances, not talkers; a student's WER is its seeds' mean); "
+              f"{b} better than {a} for {better} of {len(rows)} talkers:", "",
+              "| talker (voice) | utterances (words) | " + " | ".join(args.systems) + f" | {b} - {a}, points |",
+              "|---|---|" + "---|" * len(args.systems) + "---|"]
+    for r in rows:
+        lines.append(f"| {r['speaker']} ({r['voice']}) | {r['utterances']} ({r['words']}) | "
+                     + " | ".join(f"{100 * r['wer'][n]:.2f}%" for n in args.systems) + f" | {100 * r['difference']:+.2f} |")
+    if run["parts"][PART]["systems"][a]["seeds"] == run["parts"][PART]["systems"][b]["seeds"] > 1:
+        diffs = [100 * (wb - wa) for wa, wb in zip(run["parts"][PART]["systems"][a]["seed_wers"], run["parts"][PART]["systems"][b]["seed_wers"])]
+        lines += ["", f"Seed by seed on {PART} ({b} seed i − {a} seed i, points): {', '.join(f'{d:+.2f}' for d in diffs)}."]
     lines += ["", f"Synthesis, features and decoding took {run['seconds'] / 60:.0f} minutes (2 processes).", "",
               environment_text(environment(), code_version()), ""]
     return "\n".join(lines)
@@ -187,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     run["made"] = made
     pairs = [tuple(args.pair)] + ([("ensemble", args.pair[1])] if "ensemble" in args.systems and "ensemble" not in args.pair else [])
     run["differences"] = differences(run, pairs, [layout.ood_part, PART])
+    run["talkers"] = per_talker(run, talkers(args.work), args.systems, tuple(args.pair))
     run["seconds"] = round(time.time() - start, 1)
     if args.json:
         args.json.write_text(json.dumps(run, indent=1) + "\n")

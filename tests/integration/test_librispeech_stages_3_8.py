@@ -829,3 +829,39 @@ def test_scale_transfer_bench_reproduces_stage_7_at_its_dev_choice(recipe, tmp_p
     assert f"{100 * d['value']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]" in text
     at = run["scales"].index(run["systems"]["distilled"]["dev_choice"])
     assert f"| tiny | distilled | 2 | test-clean | {100 * run['systems']['distilled']['parts']['test-clean']['wer'][at]:.2f}% (" in text
+
+
+@pytest.mark.timeout(900)
+def test_ood_more_bench_decodes_as_stage_7_and_pools_with_test_ood(recipe, tmp_path) -> None:
+    """bench/ood_more.py on the tiny run: the recipe's test-ood decodes to Table 1's WER for every
+    seed (the bench exits non-zero otherwise), the new part's transcripts are unseen and within the
+    training words, and each reported difference is the seeds' mean WER of B minus A over the
+    utterances it names (the pooled one over test-ood's and the new part's together)."""
+    data, exp, _ = recipe
+    out_json, results, work = tmp_path / "ood.json", tmp_path / "RESULTS.md", tmp_path / "work"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--data", str(data), "--exp", str(exp),
+                           "--speakers", "2", "--utts-per-speaker", "3", "--seeds", "2", "--systems", "baseline", "distilled", "ensemble",
+                           "--work", str(work), "--json", str(out_json), "--results", str(results)], capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(out_json.read_text())
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    ood, new = run["parts"]["test-ood"], run["parts"]["test-ood-more"]
+    assert len(new["ids"]) == 6 and run["made"]["utterances"] == 6
+    mean_ood = (table1["distilled"]["test-ood"]["wer"] + table1["distilled_seed1"]["test-ood"]["wer"]) / 2
+    assert ood["systems"]["distilled"]["wer"] == pytest.approx(mean_ood) and ood["systems"]["distilled"]["seeds"] == 2
+    assert new["systems"]["ensemble"]["seeds"] == 1
+    assert new["systems"]["baseline"]["scale"] == table1["baseline"]["dev-clean"]["acoustic_scale"]
+    for b in ("distilled", "ensemble"):
+        d_new, d_pool = run["differences"][f"{b} - baseline | new part"], run["differences"][f"{b} - baseline | pooled"]
+        assert d_new["value"] == pytest.approx(new["systems"][b]["wer"] - new["systems"]["baseline"]["wer"])
+        words = sum(ood["words"]) + sum(new["words"])
+        pooled = {n: (sum(ood["systems"][n]["errors"]) + sum(new["systems"][n]["errors"])) / words for n in (b, "baseline")}
+        assert d_pool["value"] == pytest.approx(pooled[b] - pooled["baseline"]) and d_pool["words"] == words
+        assert d_pool["utterances"] == len(ood["ids"]) + 6
+    corpus_texts = {ln.split(" ", 1)[1] for p in (data / "corpus").glob("*/*/*/*.trans.txt") for ln in p.read_text().splitlines()}
+    new_texts = [ln.split(" ", 1)[1] for p in (work / "corpus").glob("*/*/*/*.trans.txt") for ln in p.read_text().splitlines()]
+    assert len(new_texts) == 6 and not set(new_texts) & corpus_texts
+    text = results.read_text()
+    d = run["differences"]["distilled - baseline | pooled"]
+    assert f"| distilled - baseline, test-ood-more and test-ood | {d['utterances']} ({d['words']}) | {100 * d['value']:+.2f} [" in text
+    assert f"{100 * new['systems']['distilled']['wer']:.2f}% |" in text

@@ -270,3 +270,56 @@ def test_presets_have_the_planned_sizes() -> None:
     assert {s.sex for s in speakers} == {"M", "F"}
     assert speakers == synth.make_speakers(mini, seed=0)
     assert speakers != synth.make_speakers(mini, seed=1)
+
+
+def test_more_ood_speech_is_the_ood_family_reading_unseen_sentences(tiny: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
+    """synthesize_ood_part: the corpus' out-of-domain engine, its voices, sentences that no part
+    speaks and whose words the training text holds; deterministic and resumable."""
+    corpus, _ = tiny
+    out = tmp_path / "more"
+    summary = synth.synthesize_ood_part(corpus, out, "test-ood-more", num_speakers=2, utts_per_speaker=3, seed=4, num_jobs=2)
+    assert (summary.utterances, summary.speakers) == (6, 2)
+    marker = json.loads((corpus / "SYNTHETIC.json").read_text())
+    lines = [ln.split("|") for ln in (out / "SPEAKERS.TXT").read_text().splitlines() if not ln.startswith(";")]
+    assert len(lines) == 2 and all(f[2].strip() == "test-ood-more" and f[4].split()[1] == marker["engines"]["ood"] for f in lines)
+    assert sum(float(f[3]) for f in lines) == pytest.approx(60 * summary.hours, abs=0.011)  # minutes, 2 decimals each
+    texts = read_transcripts(out, "test-ood-more")
+    assert len(texts) == 6 and len(set(texts.values())) == 6
+    corpus_texts = {t for p in PARTS for t in read_transcripts(corpus, p).values()}
+    train_words = {w for t in read_transcripts(corpus, TRAIN_PART).values() for w in t.split()}
+    assert not set(texts.values()) & corpus_texts
+    assert all(w in train_words for t in texts.values() for w in t.split())
+    audio = read_audio(out)
+    assert audio.keys() == texts.keys() and all(len(a) > 16000 for a in audio.values())
+    # Interrupted and resumed: the missing utterance is rendered again, identically.
+    victim = sorted(out.glob("test-ood-more/*/*/*.flac"))[0]
+    victim.unlink()
+    again = synth.synthesize_ood_part(corpus, out, "test-ood-more", num_speakers=2, utts_per_speaker=3, seed=4, num_jobs=1)
+    assert again == summary and np.array_equal(audio[victim.stem], sf.read(str(victim), dtype="int16")[0])
+    with pytest.raises(DataError, match="not a finished synthetic corpus"):
+        synth.synthesize_ood_part(tmp_path / "nowhere", out, "x", 1, 1, seed=0)
+
+
+def test_unseen_sentences_keep_to_the_training_words_and_say_when_they_run_out(tmp_path: Path) -> None:
+    """unseen_sentences: distinct, none spoken by the corpus, every word in its training text,
+    deterministic; a DataError naming the corpus when the training words are too few."""
+    from asr_kd.data.synth_text import generate_candidates
+
+    def write(corpus: Path, part: str, sentences: list[str]) -> None:
+        chapter = corpus / part / "1" / "2"
+        chapter.mkdir(parents=True)
+        (chapter / "1-2.trans.txt").write_text("".join(f"1-2-{i:04d} {s}\n" for i, s in enumerate(sentences)))
+
+    corpus = tmp_path / "corpus"
+    train = generate_candidates(1500, seed=9, min_words=5, max_words=12)
+    write(corpus, TRAIN_PART, train)
+    write(corpus, TEST_PART, train[:5] + ["A SENTENCE ONLY THE TEST PART READS"])
+    got = synth.unseen_sentences(corpus, 40, seed=2, min_words=5, max_words=12, wordnet_share=0.0)
+    assert got == synth.unseen_sentences(corpus, 40, seed=2, min_words=5, max_words=12, wordnet_share=0.0)
+    assert len(got) == len(set(got)) == 40 and not set(got) & set(train)
+    train_words = {w for s in train for w in s.split()}
+    assert all(w in train_words and 5 <= len(s.split()) <= 12 for s in got for w in s.split())
+    small = tmp_path / "small"
+    write(small, TRAIN_PART, ["THE CAT SAT ON THE MAT"])
+    with pytest.raises(DataError, match=f"unseen sentences within the training words of {small}"):
+        synth.unseen_sentences(small, 5, seed=0, min_words=5, max_words=12, wordnet_share=0.0)
