@@ -858,6 +858,10 @@ def test_ood_more_bench_decodes_as_stage_7_and_pools_with_test_ood(recipe, tmp_p
         pooled = {n: (sum(ood["systems"][n]["errors"]) + sum(new["systems"][n]["errors"])) / words for n in (b, "baseline")}
         assert d_pool["value"] == pytest.approx(pooled[b] - pooled["baseline"]) and d_pool["words"] == words
         assert d_pool["utterances"] == len(ood["ids"]) + 6
+    # Per talker: the talkers' words and errors add up to the part's.
+    assert sum(r["utterances"] for r in run["talkers"]) == 6 and len(run["talkers"]) == 2
+    assert sum(r["wer"]["distilled"] * r["words"] for r in run["talkers"]) / sum(new["words"]) == pytest.approx(new["systems"]["distilled"]["wer"])
+    assert new["systems"]["distilled"]["wer"] == pytest.approx(sum(new["systems"]["distilled"]["seed_wers"]) / 2)
     corpus_texts = {ln.split(" ", 1)[1] for p in (data / "corpus").glob("*/*/*/*.trans.txt") for ln in p.read_text().splitlines()}
     new_texts = [ln.split(" ", 1)[1] for p in (work / "corpus").glob("*/*/*/*.trans.txt") for ln in p.read_text().splitlines()]
     assert len(new_texts) == 6 and not set(new_texts) & corpus_texts
