@@ -130,6 +130,24 @@ def has_seeds(name: str, ctc: bool) -> bool:
     return name in STUDENT_SYSTEMS
 
 
+def seed_errors(layout: RecipeLayout, lang: Lang, name: str, seeds: int, part: str, config: DecodeConfig, scales: list[float],
+                graphs: dict[str, PenalisedGraphs]) -> tuple[list[str], list[int], list[list[np.ndarray]]]:
+    """Decode the hybrid or GMM system ``name`` on ``part`` at each of ``scales`` (no penalty), a
+    student once per seed (its first ``seeds``), another system once; return the sorted utterance
+    ids, their reference word counts and, per scale, each seed's per-utterance errors."""
+    per_scale: list[list[np.ndarray]] = [[] for _ in scales]
+    ids: list[str] = []
+    refs: dict[str, str] = {}
+    for seed in range(seeds) if has_seeds(name, False) else range(1):
+        refs, decode = part_decoder(layout, lang, name, seed, part, config, graphs)
+        if ids and sorted(refs) != ids:
+            raise SystemExit(f"{name} seed {seed} was scored on other utterances of {part} than its seed 0")
+        ids = sorted(refs)
+        for i, scale in enumerate(scales):
+            per_scale[i].append(per_utterance_errors(compute_wer(refs, decode(scale, 0.0)), ids))
+    return ids, [len(refs[u].split()) for u in ids], per_scale
+
+
 def per_utterance_errors(result: WerResult, ids: list[str]) -> np.ndarray:
     errors = {u.utt_id: u.errors for u in result.utterances}
     return np.array([errors[u] for u in ids], dtype=np.float64)

@@ -3,24 +3,24 @@ synthetic corpus' out-of-domain family, decoded at stage 7's dev-chosen scales.
 
 The recipe's test-ood is small (mini: 60 utterances, 452 words), so a difference between two
 systems there has a wide interval. This writes another part of the same family
-(``asr_kd.data.synth.synthesize_ood_part``: the engine that spoke test-ood, each of its voices with
-fresh prosody, the corpus' degradations, sentences no part of the corpus speaks whose words all
-occur in the training text), computes its features with the recipe's feature config (its own
+(``asr_kd.data.synth.synthesize_ood_part``: the engine that spoke test-ood, its voices, each with
+a fresh speaking rate and channel, the corpus' degradations, sentences no part of the corpus
+speaks whose words all occur in the training text), computes its features with the recipe's feature config (its own
 per-speaker CMVN, as stage 1 does), decodes every system (a student: each of its seeds) as stage
 7 decoded the test parts (its beam, max-active and the scale it chose on dev for the system),
 and reports each system's WER there beside Table 1's test-clean and test-ood, the ratio to
 test-clean (issue 12's target: at most 2 for the distilled student), and ``--pair B A`` (default
 distilled baseline; ensemble minus baseline too) with paired bootstrap intervals over utterances
 on the new part and on the new part pooled with the recipe's test-ood, per talker of the new part
-and seed by seed. The recipe's test-ood is
-decoded again here, and its WER checked against Table 1's.
+and seed by seed. The recipe's test-ood is decoded again here, and its WER checked against
+Table 1's for every seed.
 
     python bench/ood_more.py --data recipes/librispeech/data --exp recipes/librispeech/exp \\
-        [--speakers 8] [--utts-per-speaker 30] [--seed 1] [--work /tmp/ood_more] [--seeds 3]
+        [--speakers 8] [--utts-per-speaker 50] [--seed 1] [--work /tmp/ood_more] [--seeds 3]
 
 Needs stages 0-7 of a run on the synthetic corpus (``make demo``); without them it says so and
 exits 0. Writes nothing under ``--data`` or ``--exp``: the audio and features go to ``--work``
-(reused when rerun with the same arguments).
+(reused when rerun with the same arguments, refused when made with others).
 """
 
 from __future__ import annotations
@@ -35,44 +35,54 @@ from pathlib import Path
 import numpy as np
 
 from asr_kd.config import DecodeConfig, FeatureConfig, config_from_dict, load_config
-from asr_kd.data.features import compute_features_for_parts
-from asr_kd.data.librispeech import prepare_manifests
 from asr_kd.data.synth import synthesize_ood_part
 from asr_kd.decode.penalty import PenalisedGraphs
+from asr_kd.errors import DataError
 from asr_kd.metrics.paired import bootstrap_difference
-from asr_kd.metrics.wer import compute_wer
 from asr_kd.stages.layout import STUDENT_SYSTEMS
+from asr_kd.stages.decode_part import prepare_part
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
-from asr_kd.utils import read_json
+from asr_kd.utils import read_json, write_json_atomic
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
-from decode_penalty import part_decoder, per_utterance_errors  # noqa: E402
+from decode_penalty import seed_errors  # noqa: E402
 
 HEADING = "## Table 1's systems on a larger sample of the unseen voices (bench/ood_more.py, issue 12)"
 PART = "test-ood-more"
 
 
 def make_part(layout, work: Path, speakers: int, utts_per_speaker: int, seed: int) -> dict:
-    """Synthesise the part into ``work``/corpus and compute its features into ``work``/data (skipped
-    where finished for the same arguments); return what was made."""
-    corpus = work / "corpus"
+    """Synthesise the part into ``work``/corpus (``synthesize_ood_part``: reused where made with
+    the same arguments, refused where made with others) and compute its features into
+    ``work``/data (redone unless ``made.json`` there names the same part and feature config);
+    return its size and what this run did, with the seconds each step took."""
+    corpus, data = work / "corpus", work / "data"
+    before = len(list((corpus / PART).glob("*/*/*.flac")))
+    start = time.time()
     summary = synthesize_ood_part(layout.synthetic_corpus, corpus, PART, speakers, utts_per_speaker, seed)
-    data = work / "data"
-    done = data / "made.json"
-    made = {"corpus": str(layout.synthetic_corpus), "speakers": speakers, "utts_per_speaker": utts_per_speaker, "seed": seed,
-            "features": dataclasses.asdict(load_config(FeatureConfig, layout.data_dir / "features.yaml"))}
-    if not done.is_file() or read_json(done) != json.loads(json.dumps(made)):
-        prepare_manifests(corpus, data / "manifests", [PART], num_jobs=2)
-        compute_features_for_parts(data / "manifests", data, [PART], load_config(FeatureConfig, layout.data_dir / "features.yaml"))
-        done.write_text(json.dumps(made, indent=1) + "\n")
-    return {"utterances": summary.utterances, "hours": summary.hours, "speakers": summary.speakers}
+    out = {"utterances": summary.utterances, "hours": summary.hours, "speakers": summary.speakers,
+           "synthesised": summary.utterances - before, "synthesis_seconds": round(time.time() - start, 1)}
+    feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
+    made = json.loads(json.dumps({"part": json.loads((corpus / f"{PART}.synth.json").read_text()),
+                                  "features": dataclasses.asdict(feature_config)}))
+    start = time.time()
+    out["features_reused"] = (data / "made.json").is_file() and read_json(data / "made.json") == made
+    if not out["features_reused"]:
+        prepare_part(corpus, PART, data, feature_config, num_jobs=2)
+        write_json_atomic(data / "made.json", made)
+    out["features_seconds"] = round(time.time() - start, 1)
+    return out
 
 
 def decode_systems(layout, lang, work: Path, systems: list[str], seeds: int) -> dict:
-    """Decode each system (a student: each seed) on the recipe's test-ood and on the new part at
-    stage 7's dev choice; return ``{part: {"ids", "words", "systems": {name: {"wer", "errors"}}}}``."""
+    """Decode each system (a student: each of its first ``seeds`` seeds) on the recipe's test-ood
+    and on the new part as stage 7 decoded the test parts: its beam and max-active, each system at
+    the scale stage 7 chose for it on dev. Return ``{"beam", "max_active", "parts": {part: {"ids",
+    "words", "systems": {name: {"wer" (seeds' mean), "errors" (per utterance, seeds' mean),
+    "seeds", "scale", "seed_wers"}}}}}``. Stops when the recipe's test-ood does not decode to
+    Table 1's WER for every seed."""
     stage7 = read_record(layout.decode).config
     config = dataclasses.replace(config_from_dict(DecodeConfig, stage7["decode"]), num_jobs=2, insertion_penalties=())
     table1 = read_json(layout.decode / "table1.json")
@@ -83,32 +93,38 @@ def decode_systems(layout, lang, work: Path, systems: list[str], seeds: int) -> 
     for part, part_layout in where.items():
         entry: dict = {"systems": {}}
         for name in systems:
-            if name not in table1:
-                raise SystemExit(f"ood_more: {layout.exp_dir} has no stage-7 system {name!r} (it has {sorted(table1)})")
-            dev = table1[name][layout.dev_part]
-            if dev.get("insertion_penalty"):
-                raise SystemExit(f"ood_more: stage 7 decoded {name} with a word insertion penalty, which this bench does not apply; "
-                                 "rerun stage 7 with decode.insertion_penalties=[]")
-            scale = float(dev["acoustic_scale"])
-            per_seed = []
-            for seed in range(seeds) if name in STUDENT_SYSTEMS else range(1):
-                refs, decode = part_decoder(part_layout, lang, name, seed, part, config, graphs)
-                ids = sorted(refs)
-                result = compute_wer(refs, decode(scale, 0.0))
-                per_seed.append(per_utterance_errors(result, ids))
-                if part == layout.ood_part:  # the recipe's own part: must give Table 1's number
+            scale = float(table1[name][layout.dev_part]["acoustic_scale"])
+            ids, words, (per_seed,) = seed_errors(part_layout, lang, name, seeds, part, config, [scale], graphs)
+            if entry.setdefault("ids", ids) != ids:
+                raise SystemExit(f"ood_more: {name} was scored on other utterances of {part} than {systems[0]}")
+            entry["words"] = words
+            seed_wers = [float(e.sum() / sum(words)) for e in per_seed]
+            if part == layout.ood_part:  # the recipe's own part: must give Table 1's numbers
+                for seed, wer in enumerate(seed_wers):
                     row = name if seed == 0 else f"{name}_seed{seed}"
-                    recorded = table1[row][part]["wer"]
-                    if abs(result.wer - recorded) > 1e-9:
-                        raise SystemExit(f"ood_more: {row} on {part} decodes to {100 * result.wer:.2f}% here, Table 1 says "
-                                         f"{100 * recorded:.2f}%; the bench does not decode as stage 7 did")
-            entry["ids"], entry["words"] = ids, [len(refs[u].split()) for u in ids]
+                    if abs(wer - table1[row][part]["wer"]) > 1e-9:
+                        raise SystemExit(f"ood_more: {row} on {part} decodes to {100 * wer:.2f}% here, Table 1 says "
+                                         f"{100 * table1[row][part]['wer']:.2f}%; the bench does not decode as stage 7 did")
             errors = np.mean(per_seed, axis=0)
-            entry["systems"][name] = {"wer": float(errors.sum() / sum(entry["words"])), "errors": errors.tolist(), "seeds": len(per_seed),
-                                      "scale": scale, "seed_wers": [float(e.sum() / sum(entry["words"])) for e in per_seed]}
+            entry["systems"][name] = {"wer": float(errors.sum() / sum(words)), "errors": errors.tolist(), "seeds": len(per_seed),
+                                      "scale": scale, "seed_wers": seed_wers}
             print(f"{name} {part}: {100 * entry['systems'][name]['wer']:.2f}% at {scale:g} ({len(per_seed)} seeds)", flush=True)
         out["parts"][part] = entry
     return out
+
+
+def check_systems(table1: dict, layout, systems: list[str], seeds: int) -> None:
+    """SystemExit in one line for a system stage 7 did not decode, one decoded with a word
+    insertion penalty, or more seeds than stage 6 trained."""
+    for name in systems:
+        if name not in table1:
+            raise SystemExit(f"ood_more: {layout.exp_dir} has no stage-7 system {name!r} (it has {sorted(table1)})")
+        if table1[name][layout.dev_part].get("insertion_penalty"):
+            raise SystemExit(f"ood_more: stage 7 decoded {name} with a word insertion penalty, which this bench does not apply; "
+                             "rerun stage 7 with decode.insertion_penalties=[]")
+        if name in STUDENT_SYSTEMS and f"{name}_seed{seeds - 1}" not in table1 and seeds > 1:
+            trained = 1 + sum(f"{name}_seed{i}" in table1 for i in range(1, 100))
+            raise SystemExit(f"ood_more: stage 7 scored {trained} seed(s) of {name}; pass --seeds {trained} or fewer")
 
 
 def differences(run: dict, pairs: list[tuple[str, str]], parts: list[str]) -> dict:
@@ -152,11 +168,11 @@ def format_section(run: dict, table1: dict, layout, args: argparse.Namespace) ->
     new = run["parts"][PART]
     lines = [HEADING, "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
              f"{PART}: {made['utterances']} utterances ({sum(new['words'])} words, {60 * made['hours']:.1f} min) from {made['speakers']} "
-             f"talkers of the family that speaks the recipe's {ood} (`synthesize_ood_part`: each voice with fresh prosody, the corpus' "
-             f"degradations; sentences that no part of the corpus speaks, every word in the training text). The recipe's {ood}: "
+             f"talkers of the family that speaks the recipe's {ood} (`synthesize_ood_part`: its voices, each with a fresh speaking rate and "
+             f"channel, the corpus' degradations; sentences that no part of the corpus speaks, every word in the training text). The recipe's {ood}: "
              f"{len(run['parts'][ood]['ids'])} utterances, {sum(run['parts'][ood]['words'])} words, decoded again here to Table 1's WER. "
              f"Stage 7's beam {run['beam']:g}, max-active {run['max_active']}, each system at the acoustic scale stage 7 chose for it on "
-             f"dev; a student's WER is the mean over its seeds.", "",
+             f"dev; a student's WER is the mean over its seeds (Table 1's columns: the same seeds).", "",
              f"| system | seeds | scale | {test} (Table 1) | {ood} (Table 1) | {PART} | {PART} / {test} |", "|---|---|---|---|---|---|---|"]
     for name in args.systems:
         e = new["systems"][name]
@@ -187,7 +203,11 @@ def format_section(run: dict, table1: dict, layout, args: argparse.Namespace) ->
     if run["parts"][PART]["systems"][a]["seeds"] == run["parts"][PART]["systems"][b]["seeds"] > 1:
         diffs = [100 * (wb - wa) for wa, wb in zip(run["parts"][PART]["systems"][a]["seed_wers"], run["parts"][PART]["systems"][b]["seed_wers"])]
         lines += ["", f"Seed by seed on {PART} ({b} seed i − {a} seed i, points): {', '.join(f'{d:+.2f}' for d in diffs)}."]
-    lines += ["", f"Synthesis, features and decoding took {run['seconds'] / 60:.0f} minutes (2 processes).", "",
+    synth = (f"synthesised {made['synthesised']} utterances in {made['synthesis_seconds'] / 60:.1f} min (2 processes, "
+             f"{made['synthesis_seconds'] / made['synthesised']:.2f} s of wall time per utterance)" if made["synthesised"]
+             else "reused the audio of an earlier run")
+    feats = "reused the features" if made["features_reused"] else f"computed the features in {made['features_seconds'] / 60:.1f} min"
+    lines += ["", f"This run {synth}, {feats} and decoded in {run['decode_seconds'] / 60:.1f} min.", "",
               environment_text(environment(), code_version()), ""]
     return "\n".join(lines)
 
@@ -197,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("recipes/librispeech/data"), help="the recipe's data folder (its corpus/ is stage 0's)")
     p.add_argument("--exp", type=Path, default=Path("recipes/librispeech/exp"), help="the recipe's experiment folder (stages 3-7 finished)")
     p.add_argument("--speakers", type=int, default=8, help="talkers of the out-of-domain family (Kokoro has 8 voices; default 8)")
-    p.add_argument("--utts-per-speaker", type=int, default=30, help="sentences each talker reads (default 30)")
+    p.add_argument("--utts-per-speaker", type=int, default=50, help="sentences each talker reads (default 50)")
     p.add_argument("--seed", type=int, default=1, help="draws the talkers' prosody, the sentences and the degradations (default 1)")
     p.add_argument("--work", type=Path, default=Path("/tmp/ood_more"), help="where the audio and features go (reused when rerun)")
     p.add_argument("--systems", nargs="+", default=["baseline", "distilled", "ensemble"], help="stage-7 systems (baseline, ensemble, distilled, compressed)")
@@ -218,17 +238,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ood_more: stage 7 of {args.exp} scored no out-of-domain part of a synthetic corpus (stage 0's test-ood). Skipped.")
         return 0
     layout = dataclasses.replace(layout, ood_part=ood[0])
+    table1 = read_json(layout.decode / "table1.json")
+    assert isinstance(table1, dict)
+    check_systems(table1, layout, args.systems, args.seeds)
+    try:
+        made = make_part(layout, args.work, args.speakers, args.utts_per_speaker, args.seed)
+    except DataError as err:
+        raise SystemExit(f"ood_more: {err}") from None
     start = time.time()
-    made = make_part(layout, args.work, args.speakers, args.utts_per_speaker, args.seed)
     run = decode_systems(layout, lang, args.work, args.systems, args.seeds)
     run["made"] = made
     pairs = [tuple(args.pair)] + ([("ensemble", args.pair[1])] if "ensemble" in args.systems and "ensemble" not in args.pair else [])
     run["differences"] = differences(run, pairs, [layout.ood_part, PART])
     run["talkers"] = per_talker(run, talkers(args.work), args.systems, tuple(args.pair))
-    run["seconds"] = round(time.time() - start, 1)
+    run["decode_seconds"] = round(time.time() - start, 1)
     if args.json:
         args.json.write_text(json.dumps(run, indent=1) + "\n")
-    table1 = read_json(layout.decode / "table1.json")
     write_section(args.results, HEADING, format_section(run, table1, layout, args))
     print(f"ood_more: wrote {args.results}")
     return 0

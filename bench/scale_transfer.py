@@ -36,7 +36,6 @@ import numpy as np
 from asr_kd.config import DecodeConfig, config_from_dict
 from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.metrics.paired import bootstrap_difference
-from asr_kd.metrics.wer import compute_wer
 from asr_kd.stages.layout import STUDENT_SYSTEMS
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
 from asr_kd.utils import read_json
@@ -44,7 +43,7 @@ from asr_kd.utils import read_json
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
-from decode_penalty import part_decoder, per_utterance_errors  # noqa: E402
+from decode_penalty import seed_errors  # noqa: E402
 
 HEADING = "## Acoustic scale chosen on dev against each part's own best scale (bench/scale_transfer.py)"
 
@@ -80,19 +79,9 @@ def measure_run(data: Path, exp: Path, systems: list[str], seeds: int, parts: li
                              "does not apply; rerun stage 7 with decode.insertion_penalties=[] (or compare with bench/decode_penalty.py)")
         if entry["dev_choice"] not in scales:
             raise SystemExit(f"scale_transfer: stage 7 decoded {name} at {entry['dev_choice']:g}, outside its grid {scales} (not tuned); nothing to compare")
-        kept = range(seeds) if name in STUDENT_SYSTEMS else range(1)
-        entry["seeds"] = len(kept)
+        entry["seeds"] = seeds if name in STUDENT_SYSTEMS else 1
         for part in parts:
-            per_scale: list[list[np.ndarray]] = [[] for _ in scales]
-            ids: list[str] = []
-            refs: dict[str, str] = {}
-            for seed in kept:
-                refs, decode = part_decoder(layout, lang, name, seed, part, config, graphs)
-                ids = sorted(refs)
-                for i, s in enumerate(scales):
-                    result = compute_wer(refs, decode(s, 0.0))
-                    per_scale[i].append(per_utterance_errors(result, ids))
-            words = [len(refs[u].split()) for u in ids]
+            ids, words, per_scale = seed_errors(layout, lang, name, seeds, part, config, scales, graphs)
             errors = [np.mean(e, axis=0) for e in per_scale]
             entry["parts"][part] = {"wer": [float(e.sum() / sum(words)) for e in errors], "errors": [e.tolist() for e in errors],
                                     "words": words, "ids": ids}

