@@ -130,16 +130,17 @@ def has_seeds(name: str, ctc: bool) -> bool:
     return name in STUDENT_SYSTEMS
 
 
-def seed_errors(layout: RecipeLayout, lang: Lang, name: str, seeds: int, part: str, config: DecodeConfig, scales: list[float],
-                graphs: dict[str, PenalisedGraphs]) -> tuple[list[str], list[int], list[list[np.ndarray]]]:
-    """Decode the hybrid or GMM system ``name`` on ``part`` at each of ``scales`` (no penalty), a
-    student once per seed (its first ``seeds``), another system once; return the sorted utterance
-    ids, their reference word counts and, per scale, each seed's per-utterance errors."""
+def seed_errors(decoder: Callable[[str, int, str], tuple[dict[str, str], Decode]], name: str, seeds: int, part: str, scales: list[float],
+                ctc: bool = False) -> tuple[list[str], list[int], list[list[np.ndarray]]]:
+    """Decode system ``name`` on ``part`` with ``decoder(name, seed, part)`` (:func:`part_decoder`
+    or :func:`ctc_part_decoder` bound to a run) at each of ``scales``, no penalty: a student once
+    per seed (its first ``seeds``), another system once. Return the sorted utterance ids, their
+    reference word counts and, per scale, each seed's per-utterance errors."""
     per_scale: list[list[np.ndarray]] = [[] for _ in scales]
     ids: list[str] = []
     refs: dict[str, str] = {}
-    for seed in range(seeds) if has_seeds(name, False) else range(1):
-        refs, decode = part_decoder(layout, lang, name, seed, part, config, graphs)
+    for seed in range(seeds) if has_seeds(name, ctc) else range(1):
+        refs, decode = decoder(name, seed, part)
         if ids and sorted(refs) != ids:
             raise SystemExit(f"{name} seed {seed} was scored on other utterances of {part} than its seed 0")
         ids = sorted(refs)

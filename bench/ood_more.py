@@ -18,8 +18,12 @@ Table 1's for every seed.
     python bench/ood_more.py --data recipes/librispeech/data --exp recipes/librispeech/exp \\
         [--speakers 8] [--utts-per-speaker 50] [--seed 1] [--work /tmp/ood_more] [--seeds 3]
 
-Needs stages 0-7 of a run on the synthetic corpus (``make demo``); without them it says so and
-exits 0. Writes nothing under ``--data`` or ``--exp``: the audio and features go to ``--work``
+With ``--ctc [--units phone]`` the systems are the CTC path's (default baseline, frame and the
+ensemble; pair frame baseline), decoded on HLG as CTC stage 7 decoded them and checked against
+its table; the same ``--work`` serves both.
+
+Needs stages 0-7 of a run on the synthetic corpus (``make demo``; with ``--ctc``, CTC stage 7
+too); without them it says so and exits 0. Writes nothing under ``--data`` or ``--exp``: the audio and features go to ``--work``
 (reused when rerun with the same arguments, refused when made with others).
 """
 
@@ -31,25 +35,29 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from asr_kd.config import DecodeConfig, FeatureConfig, config_from_dict, load_config
+from asr_kd.config import CtcConfig, DecodeConfig, FeatureConfig, config_from_dict, load_config
 from asr_kd.data.synth import synthesize_ood_part
 from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.errors import DataError
 from asr_kd.metrics.paired import bootstrap_difference
-from asr_kd.stages.layout import STUDENT_SYSTEMS
-from asr_kd.stages.decode_part import prepare_part
+from asr_kd.lang.lang_dir import Lang
+from asr_kd.stages.ctc_common import prepare_units
+from asr_kd.stages.decode_part import ctc_table_name, prepare_part
+from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
 from asr_kd.utils import read_json, write_json_atomic
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
-from decode_penalty import seed_errors  # noqa: E402
+from decode_penalty import ctc_part_decoder, has_seeds, part_decoder, seed_errors  # noqa: E402
 
 HEADING = "## Table 1's systems on a larger sample of the unseen voices (bench/ood_more.py, issue 12)"
+CTC_HEADING = "## The CTC systems on a larger sample of the unseen voices (bench/ood_more.py --ctc, issue 12)"
 PART = "test-ood-more"
 
 
@@ -76,55 +84,104 @@ def make_part(layout, work: Path, speakers: int, utts_per_speaker: int, seed: in
     return out
 
 
-def decode_systems(layout, lang, work: Path, systems: list[str], seeds: int) -> dict:
-    """Decode each system (a student: each of its first ``seeds`` seeds) on the recipe's test-ood
-    and on the new part as stage 7 decoded the test parts: its beam and max-active, each system at
-    the scale stage 7 chose for it on dev. Return ``{"beam", "max_active", "parts": {part: {"ids",
-    "words", "systems": {name: {"wer" (seeds' mean), "errors" (per utterance, seeds' mean),
-    "seeds", "scale", "seed_wers"}}}}}``. Stops when the recipe's test-ood does not decode to
-    Table 1's WER for every seed."""
+@dataclasses.dataclass
+class Recorded:
+    """What a run's decoding stage recorded, per system and part: stage 7's ``table1.json`` (hybrid)
+    or CTC stage 7's ``scores.json``, and how to decode a system as it did."""
+
+    layout: RecipeLayout
+    entries: dict
+    ctc: bool
+    dev_part: str
+    config: DecodeConfig
+    # decoder(layout whose data_dir holds the part, system, seed, part) -> (refs, decode(scale, penalty))
+    decoder: Callable[[RecipeLayout, str, int, str], tuple[dict[str, str], Callable[[float, float], dict[str, str]]]]
+
+    @property
+    def table(self) -> str:
+        return "the CTC table" if self.ctc else "Table 1"
+
+    @property
+    def column(self) -> str:
+        return "CTC table" if self.ctc else "Table 1"
+
+    @property
+    def stage(self) -> str:
+        return "CTC stage 7" if self.ctc else "stage 7"
+
+    def row(self, name: str, seed: int = 0) -> str:
+        inner = name if seed == 0 else f"{name}_seed{seed}"
+        return ctc_table_name(self.layout, inner) if self.ctc else inner
+
+    def wer(self, name: str, seed: int, part: str) -> float:
+        return float(self.entries[self.row(name, seed)][part]["hlg_wer" if self.ctc else "wer"])
+
+    def scale(self, name: str) -> float:
+        return float(self.entries[self.row(name)][self.dev_part]["acoustic_scale"])
+
+    def check(self, systems: list[str], seeds: int) -> None:
+        """SystemExit in one line for a system the stage did not decode, one decoded with a word
+        insertion penalty, or more seeds than were trained."""
+        for name in systems:
+            if self.row(name) not in self.entries:
+                raise SystemExit(f"ood_more: {self.stage} of {self.layout.exp_dir} has no system {name!r} (its rows: {sorted(self.entries)})")
+            if self.entries[self.row(name)][self.dev_part].get("insertion_penalty"):
+                raise SystemExit(f"ood_more: {self.stage} decoded {name} with a word insertion penalty, which this bench does not apply; "
+                                 f"rerun {self.stage} with decode.insertion_penalties=[]")
+            if has_seeds(name, self.ctc) and seeds > 1 and self.row(name, seeds - 1) not in self.entries:
+                trained = 1 + sum(self.row(name, i) in self.entries for i in range(1, 100))
+                raise SystemExit(f"ood_more: {self.stage} scored {trained} seed(s) of {name}; pass --seeds {trained} or fewer")
+
+
+def hybrid_recorded(layout: RecipeLayout, lang: Lang) -> Recorded:
     stage7 = read_record(layout.decode).config
     config = dataclasses.replace(config_from_dict(DecodeConfig, stage7["decode"]), num_jobs=2, insertion_penalties=())
-    table1 = read_json(layout.decode / "table1.json")
-    assert isinstance(table1, dict)
     graphs: dict[str, PenalisedGraphs] = {}
+    return Recorded(layout, read_json(layout.decode / "table1.json"), False, layout.dev_part, config,
+                    lambda part_layout, n, seed, q: part_decoder(part_layout, lang, n, seed, q, config, graphs))
+
+
+def ctc_recorded(layout: RecipeLayout) -> Recorded:
+    record = read_record(layout.ctc_decode)
+    cfg = config_from_dict(CtcConfig, record.config["ctc"])
+    units = prepare_units(layout, cfg)
+    config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=())
+    graphs: dict[str, PenalisedGraphs] = {}
+    return Recorded(layout, read_json(layout.ctc_decode / "scores.json"), True, record.config.get("tuned_on") or layout.dev_part, config,
+                    lambda part_layout, n, seed, q: ctc_part_decoder(part_layout, cfg, units, n, seed, q, config, graphs))
+
+
+def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: int) -> dict:
+    """Decode each system (a student: each of its first ``seeds`` seeds) on the recipe's test-ood
+    and on the new part as the decoding stage decoded the test parts: its beam and max-active, each
+    system at the scale the stage chose for it on dev. Return ``{"beam", "max_active", "parts":
+    {part: {"ids", "words", "systems": {name: {"wer" (seeds' mean), "errors" (per utterance,
+    seeds' mean), "seeds", "scale", "seed_wers"}}}}}``. Stops when the recipe's test-ood does not
+    decode to the stage's recorded WER for every seed."""
+    layout = recorded.layout
     where = {layout.ood_part: layout, PART: dataclasses.replace(layout, data_dir=work / "data")}
-    out: dict = {"beam": config.beam, "max_active": config.max_active, "parts": {}}
+    out: dict = {"beam": recorded.config.beam, "max_active": recorded.config.max_active, "parts": {}}
     for part, part_layout in where.items():
         entry: dict = {"systems": {}}
         for name in systems:
-            scale = float(table1[name][layout.dev_part]["acoustic_scale"])
-            ids, words, (per_seed,) = seed_errors(part_layout, lang, name, seeds, part, config, [scale], graphs)
+            scale = recorded.scale(name)
+            ids, words, (per_seed,) = seed_errors(lambda n, seed, q: recorded.decoder(part_layout, n, seed, q), name, seeds, part, [scale],
+                                                  recorded.ctc)
             if entry.setdefault("ids", ids) != ids:
                 raise SystemExit(f"ood_more: {name} was scored on other utterances of {part} than {systems[0]}")
             entry["words"] = words
             seed_wers = [float(e.sum() / sum(words)) for e in per_seed]
-            if part == layout.ood_part:  # the recipe's own part: must give Table 1's numbers
+            if part == layout.ood_part:  # the recipe's own part: must give the stage's recorded numbers
                 for seed, wer in enumerate(seed_wers):
-                    row = name if seed == 0 else f"{name}_seed{seed}"
-                    if abs(wer - table1[row][part]["wer"]) > 1e-9:
-                        raise SystemExit(f"ood_more: {row} on {part} decodes to {100 * wer:.2f}% here, Table 1 says "
-                                         f"{100 * table1[row][part]['wer']:.2f}%; the bench does not decode as stage 7 did")
+                    if abs(wer - recorded.wer(name, seed, part)) > 1e-9:
+                        raise SystemExit(f"ood_more: {recorded.row(name, seed)} on {part} decodes to {100 * wer:.2f}% here, {recorded.table} "
+                                         f"says {100 * recorded.wer(name, seed, part):.2f}%; the bench does not decode as {recorded.stage} did")
             errors = np.mean(per_seed, axis=0)
             entry["systems"][name] = {"wer": float(errors.sum() / sum(words)), "errors": errors.tolist(), "seeds": len(per_seed),
                                       "scale": scale, "seed_wers": seed_wers}
             print(f"{name} {part}: {100 * entry['systems'][name]['wer']:.2f}% at {scale:g} ({len(per_seed)} seeds)", flush=True)
         out["parts"][part] = entry
     return out
-
-
-def check_systems(table1: dict, layout, systems: list[str], seeds: int) -> None:
-    """SystemExit in one line for a system stage 7 did not decode, one decoded with a word
-    insertion penalty, or more seeds than stage 6 trained."""
-    for name in systems:
-        if name not in table1:
-            raise SystemExit(f"ood_more: {layout.exp_dir} has no stage-7 system {name!r} (it has {sorted(table1)})")
-        if table1[name][layout.dev_part].get("insertion_penalty"):
-            raise SystemExit(f"ood_more: stage 7 decoded {name} with a word insertion penalty, which this bench does not apply; "
-                             "rerun stage 7 with decode.insertion_penalties=[]")
-        if name in STUDENT_SYSTEMS and f"{name}_seed{seeds - 1}" not in table1 and seeds > 1:
-            trained = 1 + sum(f"{name}_seed{i}" in table1 for i in range(1, 100))
-            raise SystemExit(f"ood_more: stage 7 scored {trained} seed(s) of {name}; pass --seeds {trained} or fewer")
 
 
 def differences(run: dict, pairs: list[tuple[str, str]], parts: list[str]) -> dict:
@@ -161,23 +218,28 @@ def per_talker(run: dict, voices: dict[str, str], systems: list[str], pair: tupl
     return rows
 
 
-def format_section(run: dict, table1: dict, layout, args: argparse.Namespace) -> str:
-    cmd = (f"python bench/ood_more.py --data {args.data} --exp {args.exp} --speakers {args.speakers} --utts-per-speaker "
-           f"{args.utts_per_speaker} --seed {args.seed} --systems {' '.join(args.systems)} --seeds {args.seeds} --pair {' '.join(args.pair)}")
+def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> str:
+    cmd = (f"python bench/ood_more.py{' --ctc --units ' + args.units if args.ctc else ''} --data {args.data} --exp {args.exp} --speakers "
+           f"{args.speakers} --utts-per-speaker {args.utts_per_speaker} --seed {args.seed} --systems {' '.join(args.systems)} --seeds {args.seeds} "
+           f"--pair {' '.join(args.pair)}")
+    layout, table, stage = recorded.layout, recorded.table, recorded.stage
     made, ood, test = run["made"], layout.ood_part, layout.test_part
     new = run["parts"][PART]
-    lines = [HEADING, "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
+    what = (f"{layout.ctc_units} CTC models on HLG with the recipe's n-gram LM, {stage}'s beam {run['beam']:g}, max-active {run['max_active']}, each system at the scale on "
+            f"its log-probabilities {stage} chose for it on {recorded.dev_part}" if recorded.ctc else
+            f"{stage}'s beam {run['beam']:g}, max-active {run['max_active']}, each system at the acoustic scale {stage} chose for it on "
+            f"{recorded.dev_part}")
+    lines = [CTC_HEADING if recorded.ctc else HEADING, "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
              f"{PART}: {made['utterances']} utterances ({sum(new['words'])} words, {60 * made['hours']:.1f} min) from {made['speakers']} "
              f"talkers of the family that speaks the recipe's {ood} (`synthesize_ood_part`: its voices, each with a fresh speaking rate and "
              f"channel, the corpus' degradations; sentences that no part of the corpus speaks, every word in the training text). The recipe's {ood}: "
-             f"{len(run['parts'][ood]['ids'])} utterances, {sum(run['parts'][ood]['words'])} words, decoded again here to Table 1's WER. "
-             f"Stage 7's beam {run['beam']:g}, max-active {run['max_active']}, each system at the acoustic scale stage 7 chose for it on "
-             f"dev; a student's WER is the mean over its seeds (Table 1's columns: the same seeds).", "",
-             f"| system | seeds | scale | {test} (Table 1) | {ood} (Table 1) | {PART} | {PART} / {test} |", "|---|---|---|---|---|---|---|"]
+             f"{len(run['parts'][ood]['ids'])} utterances, {sum(run['parts'][ood]['words'])} words, decoded again here to {table}'s WER for "
+             f"every seed. Decoding: {what}; a student's WER is the mean over its seeds ({table}'s columns: the same seeds).", "",
+             f"| system | seeds | scale | {test} ({recorded.column}) | {ood} ({recorded.column}) | {PART} | {PART} / {test} |",
+             "|---|---|---|---|---|---|---|"]
     for name in args.systems:
         e = new["systems"][name]
-        rows = [n if s == 0 else f"{n}_seed{s}" for n in [name] for s in range(e["seeds"])]
-        clean = float(np.mean([table1[r][test]["wer"] for r in rows]))
+        clean = float(np.mean([recorded.wer(name, seed, test) for seed in range(e["seeds"])]))
         seeds = f" ({', '.join(f'{100 * w:.2f}' for w in e['seed_wers'])})" if e["seeds"] > 1 else ""
         lines.append(f"| {name} | {e['seeds']} | {e['scale']:g} | {100 * clean:.2f}% | {100 * run['parts'][ood]['systems'][name]['wer']:.2f}% | "
                      f"{100 * e['wer']:.2f}%{seeds} | {e['wer'] / clean:.2f} |")
@@ -206,7 +268,7 @@ def format_section(run: dict, table1: dict, layout, args: argparse.Namespace) ->
     synth = (f"synthesised {made['synthesised']} utterances in {made['synthesis_seconds'] / 60:.1f} min (2 processes, "
              f"{made['synthesis_seconds'] / made['synthesised']:.2f} s of wall time per utterance)" if made["synthesised"]
              else "reused the audio of an earlier run")
-    feats = "reused the features" if made["features_reused"] else f"computed the features in {made['features_seconds'] / 60:.1f} min"
+    feats = "reused the features" if made["features_reused"] else f"computed the features in {made['features_seconds']:.0f} s"
     lines += ["", f"This run {synth}, {feats} and decoded in {run['decode_seconds'] / 60:.1f} min.", "",
               environment_text(environment(), code_version()), ""]
     return "\n".join(lines)
@@ -218,35 +280,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exp", type=Path, default=Path("recipes/librispeech/exp"), help="the recipe's experiment folder (stages 3-7 finished)")
     p.add_argument("--speakers", type=int, default=8, help="talkers of the out-of-domain family (Kokoro has 8 voices; default 8)")
     p.add_argument("--utts-per-speaker", type=int, default=50, help="sentences each talker reads (default 50)")
-    p.add_argument("--seed", type=int, default=1, help="draws the talkers' prosody, the sentences and the degradations (default 1)")
-    p.add_argument("--work", type=Path, default=Path("/tmp/ood_more"), help="where the audio and features go (reused when rerun)")
-    p.add_argument("--systems", nargs="+", default=["baseline", "distilled", "ensemble"], help="stage-7 systems (baseline, ensemble, distilled, compressed)")
+    p.add_argument("--seed", type=int, default=1, help="draws the talkers' rate and channel, the sentences and the degradations (default 1)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/ood_more"),
+                   help="where the audio and features go (reused when rerun with the same arguments; --ctc shares it)")
+    p.add_argument("--systems", nargs="+", default=None,
+                   help="systems (stage 7's: baseline, ensemble, distilled, compressed; default baseline distilled ensemble); with --ctc: "
+                        "ensemble, teacher<i> and the CTC students by their stage-6 names (default baseline frame ensemble)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of each student (stage 6's; default 3)")
-    p.add_argument("--pair", nargs=2, default=["distilled", "baseline"], metavar=("B", "A"), help="report B minus A (default distilled baseline)")
+    p.add_argument("--pair", nargs=2, default=None, metavar=("B", "A"),
+                   help="report B minus A (default distilled baseline; with --ctc frame baseline); ensemble minus A too where listed")
+    p.add_argument("--ctc", action="store_true", help="the CTC path's systems on HLG (CTC stage 7 done), not the hybrid ones")
+    p.add_argument("--units", default="phone", help="with --ctc: the CTC units of the run (phone or bpe; default phone)")
     p.add_argument("--json", type=Path, default=None, help="write every number here too")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = p.parse_args(argv)
+    args.systems = args.systems or (["baseline", "frame", "ensemble"] if args.ctc else ["baseline", "distilled", "ensemble"])
+    args.pair = args.pair or (["frame", "baseline"] if args.ctc else ["distilled", "baseline"])
     if any(n not in args.systems for n in args.pair):
         p.error(f"--pair {' '.join(args.pair)}: both must be among --systems")
-    found = finished_run(args.data, args.exp, "ood_more")
-    if found is None:
-        return 0
-    layout, lang = found
-    scored = read_record(layout.decode).config.get("test_parts") or []
-    ood = [q for q in scored if q != layout.test_part]
+    if args.ctc:
+        layout, lang = RecipeLayout(args.data, args.exp, ctc_units=args.units), None
+        if read_record(layout.ctc_decode) is None:
+            print(f"ood_more: no CTC stage 7 ({args.units} units) under {args.exp}; run it first "
+                  "(./run.sh --model-type ctc --stage 4 --stop-stage 7). Skipped.")
+            return 0
+        scored = read_record(layout.ctc_decode).config["parts"]
+    else:
+        found = finished_run(args.data, args.exp, "ood_more")
+        if found is None:
+            return 0
+        layout, lang = found
+        scored = read_record(layout.decode).config.get("test_parts") or []
+    ood = [q for q in scored if q not in (layout.dev_part, layout.test_part)]
     if not ood or not (layout.synthetic_corpus / "SYNTHETIC.json").is_file():
-        print(f"ood_more: stage 7 of {args.exp} scored no out-of-domain part of a synthetic corpus (stage 0's test-ood). Skipped.")
+        print(f"ood_more: the decoding stage of {args.exp} scored no out-of-domain part of a synthetic corpus (stage 0's test-ood). Skipped.")
         return 0
     layout = dataclasses.replace(layout, ood_part=ood[0])
-    table1 = read_json(layout.decode / "table1.json")
-    assert isinstance(table1, dict)
-    check_systems(table1, layout, args.systems, args.seeds)
+    recorded = ctc_recorded(layout) if lang is None else hybrid_recorded(layout, lang)
+    recorded.check(args.systems, args.seeds)
     try:
         made = make_part(layout, args.work, args.speakers, args.utts_per_speaker, args.seed)
     except DataError as err:
         raise SystemExit(f"ood_more: {err}") from None
     start = time.time()
-    run = decode_systems(layout, lang, args.work, args.systems, args.seeds)
+    run = decode_systems(recorded, args.work, args.systems, args.seeds)
     run["made"] = made
     pairs = [tuple(args.pair)] + ([("ensemble", args.pair[1])] if "ensemble" in args.systems and "ensemble" not in args.pair else [])
     run["differences"] = differences(run, pairs, [layout.ood_part, PART])
@@ -254,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     run["decode_seconds"] = round(time.time() - start, 1)
     if args.json:
         args.json.write_text(json.dumps(run, indent=1) + "\n")
-    write_section(args.results, HEADING, format_section(run, table1, layout, args))
+    write_section(args.results, CTC_HEADING if args.ctc else HEADING, format_section(run, recorded, args))
     print(f"ood_more: wrote {args.results}")
     return 0
 

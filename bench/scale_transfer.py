@@ -43,7 +43,7 @@ from asr_kd.utils import read_json
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
-from decode_penalty import seed_errors  # noqa: E402
+from decode_penalty import part_decoder, seed_errors  # noqa: E402
 
 HEADING = "## Acoustic scale chosen on dev against each part's own best scale (bench/scale_transfer.py)"
 
@@ -81,7 +81,8 @@ def measure_run(data: Path, exp: Path, systems: list[str], seeds: int, parts: li
             raise SystemExit(f"scale_transfer: stage 7 decoded {name} at {entry['dev_choice']:g}, outside its grid {scales} (not tuned); nothing to compare")
         entry["seeds"] = seeds if name in STUDENT_SYSTEMS else 1
         for part in parts:
-            ids, words, per_scale = seed_errors(layout, lang, name, seeds, part, config, scales, graphs)
+            ids, words, per_scale = seed_errors(lambda n, seed, q: part_decoder(layout, lang, n, seed, q, config, graphs),
+                                                name, seeds, part, scales)
             errors = [np.mean(e, axis=0) for e in per_scale]
             entry["parts"][part] = {"wer": [float(e.sum() / sum(words)) for e in errors], "errors": [e.tolist() for e in errors],
                                     "words": words, "ids": ids}

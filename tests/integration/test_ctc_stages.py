@@ -535,3 +535,35 @@ def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
     # A CTC student that was never trained is named in one line.
     assert cli_main(["decode-part", "--data-dir", str(layout.data_dir), "--exp-dir", str(layout.exp_dir), "--corpus-dir", str(corpus),
                      "--part", "my-test", "--systems", "ctc-nosuch"]) == 1
+
+
+def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path) -> None:
+    """bench/ood_more.py --ctc on a copy of the tiny run, CTC stage 7 scoring test-ood too: the
+    recipe's test-ood decodes to the CTC table's WER for each seed (the bench stops otherwise, and
+    its JSON says so), and the new part's difference is the seeds' mean WERs differenced."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    layout, _, _, _, _ = ctc_run
+    other = dataclasses.replace(RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone"), ood_part="test-ood")
+    shutil.copytree(layout.ctc_root, other.ctc_root, symlinks=True)
+    shutil.rmtree(other.ctc_decode, ignore_errors=True)
+    scores = decode_ctc_systems(other, CTC, DECODE, command="test", corpus="tiny")
+    out_json, results = tmp_path / "ood.json", tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--ctc", "--data", str(layout.data_dir),
+                           "--exp", str(other.exp_dir), "--speakers", "2", "--utts-per-speaker", "2", "--seeds", "2", "--systems", "baseline", "ensemble",
+                           "--pair", "ensemble", "baseline", "--work", str(tmp_path / "work"),
+                           "--json", str(out_json), "--results", str(results)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(out_json.read_text())
+    ood, new = run["parts"]["test-ood"], run["parts"]["test-ood-more"]
+    for name, rows in (("baseline", ["student: baseline", "student: baseline_seed1"]), ("ensemble", ["ensemble of 2"])):
+        assert ood["systems"][name]["seed_wers"] == pytest.approx([scores[r]["test-ood"]["hlg_wer"] for r in rows])
+        assert ood["systems"][name]["scale"] == scores[rows[0]]["dev-clean"]["acoustic_scale"]
+    assert len(new["ids"]) == 4 and new["systems"]["baseline"]["seeds"] == 2 and new["systems"]["ensemble"]["seeds"] == 1
+    d = run["differences"]["ensemble - baseline | new part"]
+    assert d["value"] == pytest.approx(new["systems"]["ensemble"]["wer"] - new["systems"]["baseline"]["wer"])
+    assert "## The CTC systems on a larger sample of the unseen voices" in results.read_text()
+    assert f"| ensemble - baseline, test-ood-more | 4 ({sum(new['words'])}) | {100 * d['value']:+.2f} [" in results.read_text()

@@ -850,7 +850,7 @@ def test_ood_more_bench_decodes_as_stage_7_and_pools_with_test_ood(recipe, tmp_p
     mean_ood = (table1["distilled"]["test-ood"]["wer"] + table1["distilled_seed1"]["test-ood"]["wer"]) / 2
     assert ood["systems"]["distilled"]["wer"] == pytest.approx(mean_ood) and ood["systems"]["distilled"]["seeds"] == 2
     assert new["systems"]["ensemble"]["seeds"] == 1
-    assert new["systems"]["baseline"]["scale"] == table1["baseline"]["dev-clean"]["acoustic_scale"]
+    assert ood["systems"]["baseline"]["seed_wers"] == pytest.approx([table1[r]["test-ood"]["wer"] for r in ("baseline", "baseline_seed1")])
     for b in ("distilled", "ensemble"):
         d_new, d_pool = run["differences"][f"{b} - baseline | new part"], run["differences"][f"{b} - baseline | pooled"]
         assert d_new["value"] == pytest.approx(new["systems"][b]["wer"] - new["systems"]["baseline"]["wer"])
@@ -868,4 +868,13 @@ def test_ood_more_bench_decodes_as_stage_7_and_pools_with_test_ood(recipe, tmp_p
     text = results.read_text()
     d = run["differences"]["distilled - baseline | pooled"]
     assert f"| distilled - baseline, test-ood-more and test-ood | {d['utterances']} ({d['words']}) | {100 * d['value']:+.2f} [" in text
-    assert f"{100 * new['systems']['distilled']['wer']:.2f}% |" in text
+    e = new["systems"]["distilled"]
+    assert f"| {100 * e['wer']:.2f}% ({', '.join(f'{100 * w:.2f}' for w in e['seed_wers'])}) | " in text
+    pairs = [100 * (b - a) for a, b in zip(new["systems"]["baseline"]["seed_wers"], e["seed_wers"])]
+    assert f"(distilled seed i − baseline seed i, points): {', '.join(f'{d:+.2f}' for d in pairs)}." in text
+    # Rerun into the same folder with other arguments: refused in one line, nothing mixed in.
+    again = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--data", str(data), "--exp", str(exp), "--speakers", "2",
+                            "--utts-per-speaker", "4", "--seeds", "2", "--work", str(work), "--results", str(results)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "was made with other settings" in again.stderr
+    assert len(list((work / "corpus").glob("*/*/*/*.flac"))) == 6
