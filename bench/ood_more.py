@@ -151,13 +151,15 @@ def ctc_recorded(layout: RecipeLayout) -> Recorded:
                     lambda part_layout, n, seed, q: ctc_part_decoder(part_layout, cfg, units, n, seed, q, config, graphs))
 
 
-def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: int) -> dict:
+def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: int, oracle: list[float] | None = None) -> dict:
     """Decode each system (a student: each of its first ``seeds`` seeds) on the recipe's test-ood
     and on the new part as the decoding stage decoded the test parts: its beam and max-active, each
     system at the scale the stage chose for it on dev. Return ``{"beam", "max_active", "parts":
     {part: {"ids", "words", "systems": {name: {"wer" (seeds' mean), "errors" (per utterance,
-    seeds' mean), "seeds", "scale", "seed_wers"}}}}}``. Stops when the recipe's test-ood does not
-    decode to the stage's recorded WER for every seed."""
+    seeds' mean), "seeds", "scale", "seed_wers"}}}}}``; with ``oracle`` (scales), each system on
+    the new part also at each of those scales: ``"oracle": {"scales", "wer", "errors"}`` (seeds'
+    means per scale). Stops when the recipe's test-ood does not decode to the stage's recorded WER
+    for every seed."""
     layout = recorded.layout
     where = {layout.ood_part: layout, PART: dataclasses.replace(layout, data_dir=work / "data")}
     out: dict = {"beam": recorded.config.beam, "max_active": recorded.config.max_active, "parts": {}}
@@ -165,8 +167,10 @@ def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: in
         entry: dict = {"systems": {}}
         for name in systems:
             scale = recorded.scale(name)
-            ids, words, (per_seed,) = seed_errors(lambda n, seed, q: recorded.decoder(part_layout, n, seed, q), name, seeds, part, [scale],
-                                                  recorded.ctc)
+            scales = sorted({scale, *oracle}) if oracle and part == PART else [scale]
+            ids, words, per_scale = seed_errors(lambda n, seed, q: recorded.decoder(part_layout, n, seed, q), name, seeds, part, scales,
+                                                recorded.ctc)
+            per_seed = per_scale[scales.index(scale)]
             if entry.setdefault("ids", ids) != ids:
                 raise SystemExit(f"ood_more: {name} was scored on other utterances of {part} than {systems[0]}")
             entry["words"] = words
@@ -179,20 +183,38 @@ def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: in
             errors = np.mean(per_seed, axis=0)
             entry["systems"][name] = {"wer": float(errors.sum() / sum(words)), "errors": errors.tolist(), "seeds": len(per_seed),
                                       "scale": scale, "seed_wers": seed_wers}
+            if len(scales) > 1:
+                means = [np.mean(e, axis=0) for e in per_scale]
+                entry["systems"][name]["oracle"] = {"scales": scales, "wer": [float(e.sum() / sum(words)) for e in means],
+                                                    "errors": [e.tolist() for e in means]}
             print(f"{name} {part}: {100 * entry['systems'][name]['wer']:.2f}% at {scale:g} ({len(per_seed)} seeds)", flush=True)
         out["parts"][part] = entry
     return out
 
 
+def best(e: dict) -> int:
+    """Index of the oracle scale with the lowest WER (ties: the smallest scale)."""
+    return int(np.argmin(e["oracle"]["wer"]))
+
+
 def differences(run: dict, pairs: list[tuple[str, str]], parts: list[str]) -> dict:
-    """B minus A per pair on the new part alone and pooled with the recipe's test-ood."""
+    """B minus A per pair on the new part alone and pooled with the recipe's test-ood; with oracle
+    scales, on the new part at each one's own best scale there too."""
     out = {}
+    new = run["parts"][PART]
     for b, a in pairs:
         for label, members in (("new part", [PART]), ("pooled", parts)):
             ea = np.concatenate([run["parts"][p]["systems"][a]["errors"] for p in members])
             eb = np.concatenate([run["parts"][p]["systems"][b]["errors"] for p in members])
             words = np.concatenate([run["parts"][p]["words"] for p in members]).astype(np.float64)
             out[f"{b} - {a} | {label}"] = {**bootstrap_difference(ea, eb, words).to_dict(), "words": int(words.sum()), "utterances": len(words)}
+        oa, ob = new["systems"][a].get("oracle"), new["systems"][b].get("oracle")
+        if oa and ob:
+            ia, ib = best(new["systems"][a]), best(new["systems"][b])
+            words = np.array(new["words"], dtype=np.float64)
+            iv = bootstrap_difference(np.array(oa["errors"][ia]), np.array(ob["errors"][ib]), words)
+            out[f"{b} - {a} | own best"] = {**iv.to_dict(), "words": int(words.sum()), "utterances": len(words),
+                                            "scales": [oa["scales"][ia], ob["scales"][ib]]}
     return out
 
 
@@ -221,7 +243,7 @@ def per_talker(run: dict, voices: dict[str, str], systems: list[str], pair: tupl
 def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> str:
     cmd = (f"python bench/ood_more.py{' --ctc --units ' + args.units if args.ctc else ''} --data {args.data} --exp {args.exp} --speakers "
            f"{args.speakers} --utts-per-speaker {args.utts_per_speaker} --seed {args.seed} --systems {' '.join(args.systems)} --seeds {args.seeds} "
-           f"--pair {' '.join(args.pair)}")
+           f"--pair {' '.join(args.pair)}" + (f" --oracle-scales {' '.join(f'{x:g}' for x in args.oracle_scales)}" if args.oracle_scales is not None else ""))
     layout, table, stage = recorded.layout, recorded.table, recorded.stage
     made, ood, test = run["made"], layout.ood_part, layout.test_part
     new = run["parts"][PART]
@@ -248,10 +270,23 @@ def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> s
               "| difference | utterances (words) | WER points, 95% CI | |", "|---|---|---|---|"]
     for label, d in run["differences"].items():
         pair, where = label.split(" | ")
-        where = f"{PART}" if where == "new part" else f"{PART} and {ood}"
+        sb, sa = pair.split(" - ")
+        where = {"new part": PART, "pooled": f"{PART} and {ood}"}.get(where) or (
+            f"{PART}, each at its own best scale there ({sb} {d['scales'][1]:g}, {sa} {d['scales'][0]:g}; an oracle)")
         verdict = "significant" if d["excludes_zero"] else "within noise"
         lines.append(f"| {pair}, {where} | {d['utterances']} ({d['words']}) | {100 * d['value']:+.2f} [{100 * d['low']:+.2f}, "
                      f"{100 * d['high']:+.2f}] | {verdict} |")
+    with_oracle = [n for n in args.systems if "oracle" in new["systems"][n]]
+    if with_oracle:
+        lines += ["", f"Each system on {PART} at every scale of {{{', '.join(f'{x:g}' for x in new['systems'][with_oracle[0]]['oracle']['scales'])}}} "
+                  f"(`--oracle-scales`): the WER at {stage}'s dev choice against the part's own best scale, an oracle chosen on the data "
+                  "it scores, never a table's protocol: the gap is what the dev choice costs there at most.", "",
+                  "| system | at the dev choice (scale) | best on the part (scale) | cost of the dev choice, points |", "|---|---|---|---|"]
+        for name in with_oracle:
+            e = new["systems"][name]
+            i = best(e)
+            lines.append(f"| {name} | {100 * e['wer']:.2f}% ({e['scale']:g}) | {100 * e['oracle']['wer'][i]:.2f}% ({e['oracle']['scales'][i]:g}) | "
+                         f"{100 * (e['wer'] - e['oracle']['wer'][i]):+.2f} |")
     b, a = args.pair
     rows = run["talkers"]
     better = sum(r["difference"] < 0 for r in rows)
@@ -289,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="seeds of each student (stage 6's; default 3)")
     p.add_argument("--pair", nargs=2, default=None, metavar=("B", "A"),
                    help="report B minus A (default distilled baseline; with --ctc frame baseline); ensemble minus A too where listed")
+    p.add_argument("--oracle-scales", type=float, nargs="*", default=None, metavar="S",
+                   help="also decode the new part at these scales (none given: the decoding stage's grid) and report each system's "
+                        "WER at the part's own best scale, and B - A there (an oracle, never a table's protocol)")
     p.add_argument("--ctc", action="store_true", help="the CTC path's systems on HLG (CTC stage 7 done), not the hybrid ones")
     p.add_argument("--units", default="phone", help="with --ctc: the CTC units of the run (phone or bpe; default phone)")
     p.add_argument("--json", type=Path, default=None, help="write every number here too")
@@ -323,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         raise SystemExit(f"ood_more: {err}") from None
     start = time.time()
-    run = decode_systems(recorded, args.work, args.systems, args.seeds)
+    oracle = args.oracle_scales
+    if oracle is not None and not oracle:
+        oracle = list(recorded.config.ctc_acoustic_scales if recorded.ctc else recorded.config.acoustic_scales)
+        if not oracle:
+            p.error(f"{recorded.stage} searched no scale grid; give --oracle-scales S ...")
+    run = decode_systems(recorded, args.work, args.systems, args.seeds, oracle)
     run["made"] = made
     pairs = [tuple(args.pair)] + ([("ensemble", args.pair[1])] if "ensemble" in args.systems and "ensemble" not in args.pair else [])
     run["differences"] = differences(run, pairs, [layout.ood_part, PART])
