@@ -243,7 +243,7 @@ def per_talker(run: dict, voices: dict[str, str], systems: list[str], pair: tupl
 def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> str:
     cmd = (f"python bench/ood_more.py{' --ctc --units ' + args.units if args.ctc else ''} --data {args.data} --exp {args.exp} --speakers "
            f"{args.speakers} --utts-per-speaker {args.utts_per_speaker} --seed {args.seed} --systems {' '.join(args.systems)} --seeds {args.seeds} "
-           f"--pair {' '.join(args.pair)}" + (f" --oracle-scales {' '.join(f'{x:g}' for x in args.oracle_scales)}" if args.oracle_scales is not None else ""))
+           f"--pair {' '.join(args.pair)}" + (" --oracle-scales" + "".join(f" {x:g}" for x in args.oracle_scales) if args.oracle_scales is not None else ""))
     layout, table, stage = recorded.layout, recorded.table, recorded.stage
     made, ood, test = run["made"], layout.ood_part, layout.test_part
     new = run["parts"][PART]

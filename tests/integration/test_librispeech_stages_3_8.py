@@ -841,7 +841,8 @@ def test_ood_more_bench_decodes_as_stage_7_and_pools_with_test_ood(recipe, tmp_p
     out_json, results, work = tmp_path / "ood.json", tmp_path / "RESULTS.md", tmp_path / "work"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--data", str(data), "--exp", str(exp),
                            "--speakers", "2", "--utts-per-speaker", "3", "--seeds", "2", "--systems", "baseline", "distilled", "ensemble",
-                           "--work", str(work), "--json", str(out_json), "--results", str(results)], capture_output=True, text=True, timeout=850)
+                           "--work", str(work), "--json", str(out_json), "--results", str(results), "--oracle-scales"],
+                          capture_output=True, text=True, timeout=850)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads(out_json.read_text())
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
@@ -858,6 +859,14 @@ def test_ood_more_bench_decodes_as_stage_7_and_pools_with_test_ood(recipe, tmp_p
         pooled = {n: (sum(ood["systems"][n]["errors"]) + sum(new["systems"][n]["errors"])) / words for n in (b, "baseline")}
         assert d_pool["value"] == pytest.approx(pooled[b] - pooled["baseline"]) and d_pool["words"] == words
         assert d_pool["utterances"] == len(ood["ids"]) + 6
+    # --oracle-scales (stage 7's grid): the dev choice's WER is one of the grid's, the part's best is no worse, and the
+    # own-best difference is the two bests differenced.
+    grid = read_record(exp / "decode").config["decode"]["acoustic_scales"]
+    for name in ("baseline", "distilled"):
+        o = new["systems"][name]["oracle"]
+        assert o["scales"] == sorted(grid) and o["wer"][o["scales"].index(new["systems"][name]["scale"])] == pytest.approx(new["systems"][name]["wer"])
+    own = run["differences"]["distilled - baseline | own best"]
+    assert own["value"] == pytest.approx(min(new["systems"]["distilled"]["oracle"]["wer"]) - min(new["systems"]["baseline"]["oracle"]["wer"]))
     # Per talker: the talkers' words and errors add up to the part's.
     assert sum(r["utterances"] for r in run["talkers"]) == 6 and len(run["talkers"]) == 2
     assert sum(r["wer"]["distilled"] * r["words"] for r in run["talkers"]) / sum(new["words"]) == pytest.approx(new["systems"]["distilled"]["wer"])
