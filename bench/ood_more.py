@@ -10,9 +10,9 @@ per-speaker CMVN, as stage 1 does), decodes every system (a student: each of its
 7 decoded the test parts (its beam, max-active and the scale it chose on dev for the system),
 and reports each system's WER there beside Table 1's test-clean and test-ood, the ratio to
 test-clean (issue 12's target: at most 2 for the distilled student), and ``--pair B A`` (default
-distilled baseline; ensemble minus baseline too) with paired bootstrap intervals over utterances
-on the new part and on the new part pooled with the recipe's test-ood, per talker of the new part
-and seed by seed. The recipe's test-ood is decoded again here, and its WER checked against
+distilled baseline; also ensemble minus A where the ensemble is decoded and not in the pair) with
+paired bootstrap intervals over utterances on the new part and on the new part pooled with the
+recipe's test-ood, per talker of the new part and seed by seed. The recipe's test-ood is decoded again here, and its WER checked against
 Table 1's for every seed.
 
     python bench/ood_more.py --data recipes/librispeech/data --exp recipes/librispeech/exp \\
@@ -47,7 +47,7 @@ from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.ctc_common import prepare_units
 from asr_kd.stages.decode_part import ctc_table_name, prepare_part
-from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
 from asr_kd.utils import read_json, write_json_atomic
 
@@ -120,9 +120,15 @@ class Recorded:
         return float(self.entries[self.row(name)][self.dev_part]["acoustic_scale"])
 
     def check(self, systems: list[str], seeds: int) -> None:
-        """SystemExit in one line for a system the stage did not decode, one decoded with a word
-        insertion penalty, or more seeds than were trained."""
+        """SystemExit in one line for a system this bench does not decode (hybrid: the students and
+        the ensemble; CTC: the students, the ensemble and the teachers), one the stage did not
+        decode or decoded with a word insertion penalty, or more seeds than were trained."""
+        if seeds < 1:
+            raise SystemExit(f"ood_more: --seeds must be at least 1, got {seeds}")
         for name in systems:
+            if not self.ctc and name not in (*STUDENT_SYSTEMS, "ensemble"):
+                raise SystemExit(f"ood_more: {name!r} is not a network system of Table 1 this bench decodes; choose from "
+                                 f"{', '.join((*STUDENT_SYSTEMS, 'ensemble'))}")
             if self.row(name) not in self.entries:
                 raise SystemExit(f"ood_more: {self.stage} of {self.layout.exp_dir} has no system {name!r} (its rows: {sorted(self.entries)})")
             if self.entries[self.row(name)][self.dev_part].get("insertion_penalty"):
@@ -356,16 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     layout = dataclasses.replace(layout, ood_part=ood[0])
     recorded = ctc_recorded(layout) if lang is None else hybrid_recorded(layout, lang)
     recorded.check(args.systems, args.seeds)
-    try:
-        made = make_part(layout, args.work, args.speakers, args.utts_per_speaker, args.seed)
-    except DataError as err:
-        raise SystemExit(f"ood_more: {err}") from None
-    start = time.time()
     oracle = args.oracle_scales
     if oracle is not None and not oracle:
         oracle = list(recorded.config.ctc_acoustic_scales if recorded.ctc else recorded.config.acoustic_scales)
         if not oracle:
             p.error(f"{recorded.stage} searched no scale grid; give --oracle-scales S ...")
+    try:
+        made = make_part(layout, args.work, args.speakers, args.utts_per_speaker, args.seed)
+    except DataError as err:
+        raise SystemExit(f"ood_more: {err}") from None
+    start = time.time()
     run = decode_systems(recorded, args.work, args.systems, args.seeds, oracle)
     run["made"] = made
     pairs = [tuple(args.pair)] + ([("ensemble", args.pair[1])] if "ensemble" in args.systems and "ensemble" not in args.pair else [])

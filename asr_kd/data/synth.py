@@ -675,8 +675,10 @@ def synthesize_ood_part(corpus_dir: Path, out_dir: Path, part: str, num_speakers
     ``utts_per_speaker`` sentences from :func:`unseen_sentences`, degraded as the corpus' parts
     are (its difficulty). Deterministic given the arguments and the corpus; an interrupted run
     resumes (each utterance is written atomically; ``<part>.synth.json`` beside the part records the
-    arguments). DataError when the corpus is unfinished, the family that spoke its test-ood is not
-    installed, or ``out_dir`` holds that part made with other arguments."""
+    arguments). DataError when the corpus is unfinished, another engine than the one that spoke its
+    test-ood would speak it here, WordNet is missing where the corpus' text drew on it, the
+    sentences within its training words run out, or ``out_dir`` holds that part made with other
+    arguments (or not made by this function)."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     marker_path = corpus_dir / MARKER_NAME
     if not marker_path.is_file():
@@ -701,8 +703,6 @@ def synthesize_ood_part(corpus_dir: Path, out_dir: Path, part: str, num_speakers
             raise DataError(f"{out_dir / part} was made with other settings ({identity_path}); use another folder or delete it")
     elif (out_dir / part).exists():
         raise DataError(f"{out_dir / part} already exists and this program did not write it; use another folder")
-    else:
-        write_text_atomic(identity_path, json.dumps(identity, indent=1) + "\n")
     only_ood = dataclasses.replace(sizes, train_speakers=0, dev_speakers=0, test_speakers=0, ood_speakers=num_speakers,
                                    ood_utts_per_speaker=utts_per_speaker, train_chapters_per_speaker=1)
     speakers = [dataclasses.replace(s, part=part) for s in make_speakers(only_ood, seed, config, plan)]
@@ -711,6 +711,8 @@ def synthesize_ood_part(corpus_dir: Path, out_dir: Path, part: str, num_speakers
     texts = iter(unseen_sentences(used, train_words, num_speakers * utts_per_speaker, seed, sizes.min_words, sizes.max_words,
                                   wordnet_share, where=str(corpus_dir)))
     jobs = [j for spk in speakers for j in _speaker_jobs(out_dir / part, spk, utts_per_speaker, texts, (seed, PARTS.index(OOD_PART)))]
+    # Written once the sentences are drawn (which can fail) and before the first utterance is.
+    write_text_atomic(identity_path, json.dumps(identity, indent=1) + "\n")
     todo = [j for j in jobs if not j.path.is_file()]
     babble_texts = train[:20]  # the corpus' babble: its first 20 training sentences, spoken by random training-family talkers
     for _ in tqdm(_render_all(todo, config, babble_texts, plan), total=len(todo), desc=f"synthesising {part}", unit="utt"):

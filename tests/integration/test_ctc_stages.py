@@ -554,14 +554,15 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
     out_json, results = tmp_path / "ood.json", tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--ctc", "--data", str(layout.data_dir),
                            "--exp", str(other.exp_dir), "--speakers", "2", "--utts-per-speaker", "2", "--seeds", "2", "--systems", "baseline", "ensemble",
-                           "--pair", "ensemble", "baseline", "--work", str(tmp_path / "work"),
+                           "--pair", "ensemble", "baseline", "--work", str(tmp_path / "work"), "--oracle-scales",
                            "--json", str(out_json), "--results", str(results)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads(out_json.read_text())
     ood, new = run["parts"]["test-ood"], run["parts"]["test-ood-more"]
     for name, rows in (("baseline", ["student: baseline", "student: baseline_seed1"]), ("ensemble", ["ensemble of 2"])):
         assert ood["systems"][name]["seed_wers"] == pytest.approx([scores[r]["test-ood"]["hlg_wer"] for r in rows])
-        assert ood["systems"][name]["scale"] == scores[rows[0]]["dev-clean"]["acoustic_scale"]
+        # --oracle-scales without values: CTC stage 7's own grid on the log-probabilities.
+        assert new["systems"][name]["oracle"]["scales"] == sorted(DECODE.ctc_acoustic_scales)
     assert len(new["ids"]) == 4 and new["systems"]["baseline"]["seeds"] == 2 and new["systems"]["ensemble"]["seeds"] == 1
     d = run["differences"]["ensemble - baseline | new part"]
     assert d["value"] == pytest.approx(new["systems"]["ensemble"]["wer"] - new["systems"]["baseline"]["wer"])
