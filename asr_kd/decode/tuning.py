@@ -56,6 +56,18 @@ class ScaleSweep:
         stops there at the end of the grid, so the best scale may lie beyond the grid."""
         return len(self.scales) > 1 and self.best in (self.scales[0], self.scales[-1])
 
+    @property
+    def penalty_at_grid_edge(self) -> bool:
+        """True when penalties were searched and the chosen one is the first or last tried (the
+        penalty search, like the scale search, only stops there at the end of its grid)."""
+        return len(self.penalty_errors) > 1 and self.penalty in (self.penalty_errors[0][0], self.penalty_errors[-1][0])
+
+    @property
+    def edges(self) -> tuple[str, ...]:
+        """The grids whose edge the choice lies at: ``"acoustic scale"``, ``"word insertion
+        penalty"``, both or none (where the best may lie beyond what was searched)."""
+        return (("acoustic scale",) if self.at_grid_edge else ()) + (("word insertion penalty",) if self.penalty_at_grid_edge else ())
+
     def describe(self) -> str:
         """Return a one-line account, e.g. ``dev-clean WER 31.2% at 0.0625 ... best 0.1``."""
         cells = ", ".join(f"{s:g}: {100 * w:.1f}%" for s, w in zip(self.scales, self.wers))
@@ -63,9 +75,8 @@ class ScaleSweep:
         text = f"acoustic scale on {self.part} ({cells}): best {self.best:g}{edge}"
         if self.penalty_errors:
             tried = ", ".join(f"{p:g}: {100 * e / self.ref_words:.1f}%" if self.ref_words else f"{p:g}" for p, e in self.penalty_errors)
-            ends = (self.penalty_errors[0][0], self.penalty_errors[-1][0])
             edge = (" (at the edge of decode.insertion_penalties: the best may lie beyond it; widen the grid)"
-                    if len(self.penalty_errors) > 1 and self.penalty in ends else "")
+                    if self.penalty_at_grid_edge else "")
             text += f"; word insertion penalty (each at its best scale: {tried}): best {self.penalty:g}{edge}"
         elif self.penalty:
             text += f" at word insertion penalty {self.penalty:g}"

@@ -59,6 +59,8 @@ class SystemScore:
     acoustic_scales: tuple[float, ...] = ()
     # The word insertion penalty chosen with the scale (decode.insertion_penalties; 0: none).
     insertion_penalty: float = 0.0
+    # The searched grids whose edge the dev choice lies at (ScaleSweep.edges): the best may lie beyond.
+    grid_edges: tuple[str, ...] = ()
 
 
 def gain_kept(baseline: float, ensemble: float, student: float) -> float:
@@ -102,6 +104,11 @@ def format_table1(
     for row in extra_rows:
         lines.append(f"| {_label(row.name, row)} | {_acc_cell(row)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} |{_dev_cell(row, tuned)}"
                      f"{_ood_cells(row, ood_part)} | |")
+    at_edge = [f"{_label(label, row)} ({' and '.join(row.grid_edges)})" for label, row in
+               [(label, row) for _, label, row in labels] + [(row.name, row) for row in extra_rows] if row.grid_edges]
+    if at_edge:
+        lines += ["", "Dev choice at the edge of its searched grid (the best may lie beyond it; widen decode.acoustic_scales or "
+                  f"decode.insertion_penalties): {'; '.join(at_edge)}."]
     kept = gain_kept(baseline.frame_accuracy, ensemble.frame_accuracy, distilled.frame_accuracy)
     paper_kept = gain_kept(PAPER_TABLE1["baseline"][0], PAPER_TABLE1["ensemble"][0], PAPER_TABLE1["distilled"][0])
     shown = f"**{_pct(kept, 0)}**" if share_interval is None else f"**{format_share(share_interval)}**"
@@ -141,7 +148,8 @@ def _dev_cell(row: SystemScore, tuned: bool) -> str:
     if row.dev_wer is None:
         return " not decoded |"
     penalty = f", word insertion penalty {row.insertion_penalty:g}" if row.insertion_penalty else ""
-    return f" {_pct(row.dev_wer, 2)} ({', '.join(f'{s:g}' for s in row.acoustic_scales)}{penalty}) |"
+    edge = ", grid edge" if row.grid_edges else ""  # which grid: the sentence under the table
+    return f" {_pct(row.dev_wer, 2)} ({', '.join(f'{s:g}' for s in row.acoustic_scales)}{penalty}{edge}) |"
 
 
 def _wer_cell(row: SystemScore) -> str:

@@ -240,8 +240,9 @@ def _render(
             lines.append(f"| {row} | {len(members)} | {part} | " + " | ".join(cells)
                          + f" | {first.get('acoustic_scale', decode_config.ctc_acoustic_scale):g}{penalty} |")
             penalised = penalised or bool(penalty)
-            if "sweep" in first and ScaleSweep.from_dict(first["sweep"]).at_grid_edge:
-                edges.append(row)
+            at = ScaleSweep.from_dict(first["sweep"]).edges if "sweep" in first else ()
+            if at:
+                edges.append(f"{row} ({' and '.join(at)})")
     scale_head = "Scale, word insertion penalty where not 0" if penalised else "Scale"
     header = "| System | Seeds | Part | " + " | ".join(names[c] for c in cols) + f" | {scale_head} |\n|" + "---|" * (len(cols) + 4) + "\n"
     grid = decode_config.ctc_acoustic_scales
@@ -254,7 +255,8 @@ def _render(
                 f"from {{{', '.join(f'{p:g}' for p in penalties)}}} the same way")
     elif penalties and penalties[0]:
         how += f"; a word insertion penalty of {penalties[0]:g} on every word of HLG (not tuned)"
-    edge = (f" At the edge of the grid (the best may lie beyond it): {', '.join(edges)}." if edges else "")
+    edge = (" Dev choice at the edge of its searched grid (the best may lie beyond it; widen decode.ctc_acoustic_scales or "
+            f"decode.insertion_penalties): {'; '.join(edges)}." if edges else "")
     if left_out:
         edge += f" Left out, their settings differing from their first seed's: {', '.join(left_out)}."
     body = (f"CTC {cfg.model_size} encoders, {units.num_tokens} {cfg.units} tokens{f', on {corpus}' if corpus else ''}; "

@@ -33,7 +33,7 @@ from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hybrid import decode_posteriors_batch
 from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.decode.priors import load_priors
-from asr_kd.decode.tuning import describe_decoding, tune_decoding
+from asr_kd.decode.tuning import ScaleSweep, describe_decoding, tune_decoding
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.symbols import SymbolTable
@@ -437,4 +437,5 @@ def _group_row(name: str, members: Sequence[Mapping[str, PartScore]], layout: Re
                        ood[0].ref_words if ood else 0, seeds=len(members), frame_accuracy_std=std([t.frame_accuracy for t in test]),
                        wer_std=std([t.wer for t in test]), dev_wer=mean([d.wer for d in dev if d.wer is not None]),
                        acoustic_scales=tuple(dict.fromkeys(t.acoustic_scale for t in test if t.acoustic_scale is not None)),
-                       insertion_penalty=first.insertion_penalty)
+                       insertion_penalty=first.insertion_penalty,
+                       grid_edges=ScaleSweep.from_dict(dev[0].sweep).edges if dev[0].sweep else ())

@@ -350,6 +350,11 @@ def test_decoding_writes_the_ctc_rows(ctc_run, capsys) -> None:
     assert f"| student: baseline | 2 | test-clean | {100 * mean_ter:.1f}% ± " in section
     assert "| test-clean | student: frame − baseline | " + f"{100 * d['value']:+.2f}" in section
     assert "Left out, their settings differing from their first seed's: sequence_seed1." in section
+    # A dev choice at an end of the scale grid is named under the table, and only such a one.
+    ends = (min(DECODE.ctc_acoustic_scales), max(DECODE.ctc_acoustic_scales))
+    for name, by_part in scores.items():
+        if "sweep" in by_part["dev-clean"]:
+            assert (f"{name} (acoustic scale)" in section) == (by_part["dev-clean"]["sweep"]["best"] in ends), name
     assert f"seed {TRAIN.seed + 1001}" not in read_section(md, "## CTC student: sequence (phone)")
     # A changed grid redoes the decoding (the record holds the decode config).
     record = read_record(layout.ctc_decode)
@@ -428,7 +433,15 @@ def test_a_word_insertion_penalty_on_hlg_is_searched_on_dev_and_applied_to_test(
     assert test["acoustic_scale"] == dev["acoustic_scale"] == sweep["best"] == system_scale(layout, "student: frame")
     graph = add_word_penalty(hlg, sweep["penalty"], units.lang.words.ids())
     assert test["hlg_wer"] == pytest.approx(hlg_wer(lps["test-clean"], refs["test-clean"], units, graph, DECODE, test["acoustic_scale"]).wer)
-    assert "searched on dev-clean from {-20, 0, 4} the same way" in read_section(md, "## CTC results (phone)")
+    section = read_section(md, "## CTC results (phone)")
+    assert "searched on dev-clean from {-20, 0, 4} the same way" in section
+    # Each system's choice at an end of either grid is named, with the grid.
+    for name, by_part in scores.items():
+        if "sweep" in by_part["dev-clean"]:
+            sw = by_part["dev-clean"]["sweep"]
+            at = [n for n, edge in (("acoustic scale", sw["best"] in (min(DECODE.ctc_acoustic_scales), max(DECODE.ctc_acoustic_scales))),
+                                    ("word insertion penalty", sw["penalty"] in (-20.0, 4.0))) if edge]
+            assert (f"{name} ({' and '.join(at)})" in section) == bool(at), name
 
 
 def test_the_penalty_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path) -> None:

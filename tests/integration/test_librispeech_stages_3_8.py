@@ -149,6 +149,15 @@ def test_every_system_is_decoded_at_the_scale_it_chose_on_dev(recipe) -> None:
     assert (decode3["beam"], decode3["max_active"]) == (decode7["beam"], decode7["max_active"])
     text = (exp / "RESULTS.md").read_text()
     assert f"beam {decode7['beam']:g}, max-active {decode7['max_active']}" in text[text.index("## Table 1 analogue"):]
+    # A dev choice at an end of the grid is marked in its row and named under the table.
+    section = text.split("## Table 1 analogue")[1].split("\n## ")[0]
+    ends = (min(decode7["acoustic_scales"]), max(decode7["acoustic_scales"]))
+    named = next((line for line in section.splitlines() if line.startswith("Dev choice at the edge of its searched grid")), "")
+    for name, label in (("baseline", "| Baseline"), ("ensemble", "| 2 x Ensemble"), ("distilled", "| Distilled")):
+        row = next(line for line in section.splitlines() if line.startswith(label))
+        at_edge = sweeps[name]["best"] in ends
+        assert (f"({sweeps[name]['best']:g}, grid edge) |" in row) == at_edge, row
+        assert (f"{row.split(' |')[0][2:]} (acoustic scale)" in named) == at_edge, (name, named)
     assert f"beam {decode3['beam']:g}, max-active {decode3['max_active']}" in text[text.index("## GMM-HMM"):]
 
 
@@ -743,6 +752,7 @@ def test_stage7_searches_a_word_insertion_penalty_beside_each_systems_scale(reci
     before = json.loads((exp / "decode" / "table1.json").read_text())
     table1 = json.loads((copy / "decode" / "table1.json").read_text())
     assert read_record(copy / "decode").config["decode"]["insertion_penalties"] == [-2.0, 0.0, 2.0]
+    decode_grid = read_record(copy / "decode").config["decode"]["acoustic_scales"]
     section = (copy / "RESULTS.md").read_text().split("## Table 1 analogue")[1].split("\n## ")[0]
     assert "word insertion penalty (a cost on every word of the graph, Kaldi's word_ins_penalty) searched from {-2, 0, 2}" in section
     for name in ("baseline", "ensemble", "distilled"):
@@ -758,7 +768,12 @@ def test_stage7_searches_a_word_insertion_penalty_beside_each_systems_scale(reci
             assert (table1[name][part]["acoustic_scale"], table1[name][part]["insertion_penalty"]) == (dev["acoustic_scale"], penalty), (name, part)
         row = next(line for line in section.splitlines() if line.startswith(("| Baseline", "| 2 x Ensemble", "| Distilled"))
                    and {"baseline": "Baseline", "ensemble": "Ensemble", "distilled": "Distilled"}[name] in line)
-        assert (f"word insertion penalty {penalty:g})" in row) == (penalty != 0), row
+        assert (f"word insertion penalty {penalty:g}" in row) == (penalty != 0), row
+        at_edge = [n for n, edge in (("acoustic scale", dev["acoustic_scale"] in (min(decode_grid), max(decode_grid))),
+                                     ("word insertion penalty", penalty in (-2.0, 2.0))) if edge]
+        assert (", grid edge)" in row) == bool(at_edge), row
+        if at_edge:
+            assert f"{row.split(' |')[0][2:]} ({' and '.join(at_edge)})" in section, (name, at_edge)
     for student in ("baseline", "distilled"):
         seed1 = table1[f"{student}_seed1"]["test-clean"]
         assert seed1["insertion_penalty"] == table1[student]["dev-clean"]["insertion_penalty"]

@@ -107,6 +107,14 @@ def test_penalties_are_searched_from_zero_and_the_best_pair_wins() -> None:
     assert "word insertion penalty" in sweep.describe() and "best -1" in sweep.describe()
     again = ScaleSweep.from_dict(sweep.to_dict())
     assert again == sweep
+    assert sweep.edges == () and "edge" not in sweep.describe()  # -1 lies inside what was tried, 0.1 inside the scales
+    # Without -2 the best penalty, -1, is the grid's end: said so, and read back so.
+    edge, _ = sweep_scales_and_penalties("dev", SCALES, (-1.0, 0.0, 1.0, 2.0), decode, default=0.1)
+    assert edge.penalty == -1.0 and edge.edges == ("word insertion penalty",)
+    assert "at the edge of decode.insertion_penalties" in edge.describe() and ScaleSweep.from_dict(edge.to_dict()).edges == edge.edges
+    # Both grids' ends: a scale grid of 0.1 and 0.2 only, whose best (0.1) is its first point.
+    both, _ = sweep_scales_and_penalties("dev", (0.1, 0.2), (-1.0, 0.0), decode, default=0.1)
+    assert (both.best, both.penalty, both.edges) == (0.1, -1.0, ("acoustic scale", "word insertion penalty"))
     # Equal errors: the penalty nearest 0 is kept.
     tied, _ = sweep_scales_and_penalties("dev", (0.1,), (-1.0, 0.0, 1.0), lambda s, p: _result(20), default=0.1)
     assert tied.penalty == 0.0
@@ -186,3 +194,19 @@ def test_table1_names_a_chosen_penalty_in_its_dev_column() -> None:
     text = format_table1(row("b", 0.0), row("e", -0.5), row("d", 0.0), num_teachers=4)
     assert "| Dev WER (acoustic scale, word insertion penalty where not 0) |" in text
     assert "48.00% (0.0833, word insertion penalty -0.5) |" in text and text.count("word insertion penalty -0.5") == 1
+    assert "grid edge" not in text and "edge of its searched grid" not in text
+
+
+def test_table1_marks_a_dev_choice_at_the_edge_of_its_grid() -> None:
+    from asr_kd.report.tables import SystemScore, format_table1
+
+    def row(name: str, edges: tuple[str, ...] = ()) -> SystemScore:
+        return SystemScore(name, 0.4, 0.5, 10, 5, 2, 100, 0.41, dev_wer=0.48, acoustic_scales=(0.0625,), grid_edges=edges)
+
+    text = format_table1(row("b", ("acoustic scale",)), row("e"), row("d", ("acoustic scale", "word insertion penalty")),
+                         num_teachers=4, extra_rows=[row("Compressed", ("word insertion penalty",)), row("Other")])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "48.00%" in line]
+    assert [", grid edge)" in line for line in rows] == [True, False, True, True, False]
+    sentence = next(line for line in text.splitlines() if line.startswith("Dev choice at the edge"))
+    assert sentence.endswith(": Baseline (hard targets) (acoustic scale); Distilled single model (acoustic scale and word insertion "
+                             "penalty); Compressed (word insertion penalty).")
