@@ -20,7 +20,9 @@ Table 1's for every seed.
 
 With ``--ctc [--units phone]`` the systems are the CTC path's (default baseline, frame and the
 ensemble; pair frame baseline), decoded on HLG as CTC stage 7 decoded them and checked against
-its table; the same ``--work`` serves both.
+its table; the same ``--work`` serves both. Beside the HLG WER (where the n-gram LM weighs in)
+each CTC system's greedy token error rate (no LM: the acoustic model alone) is reported, checked
+against the table on the recipe's test-ood, with the same differences.
 
 Needs stages 0-7 of a run on the synthetic corpus (``make demo``; with ``--ctc``, CTC stage 7
 too); without them it says so and exits 0. Writes nothing under ``--data`` or ``--exp``: the audio and features go to ``--work``
@@ -40,6 +42,9 @@ from typing import Callable
 import numpy as np
 
 from asr_kd.config import CtcConfig, DecodeConfig, FeatureConfig, config_from_dict, load_config
+from asr_kd.ctc.training import token_errors
+from asr_kd.ctc.units import CtcUnits
+from asr_kd.decode.ctc import greedy_ctc
 from asr_kd.data.synth import synthesize_ood_part
 from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.errors import DataError
@@ -96,6 +101,18 @@ class Recorded:
     config: DecodeConfig
     # decoder(layout whose data_dir holds the part, system, seed, part) -> (refs, decode(scale, penalty))
     decoder: Callable[[RecipeLayout, str, int, str], tuple[dict[str, str], Callable[[float, float], dict[str, str]]]]
+    # CTC: the units, and where the decoder leaves each (data_dir, system, seed, part)'s references and log-probabilities
+    units: CtcUnits | None = None
+    outputs: dict | None = None
+
+    def greedy_counts(self, data_dir: Path, name: str, seed: int, part: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """CTC: the greedy token errors and reference tokens per utterance (in the order of
+        ``ids``) of a system the decoder has just scored, as CTC stage 7 counts them."""
+        assert self.units is not None and self.outputs is not None
+        refs, log_probs = self.outputs.pop((data_dir, name, seed, part))
+        result = token_errors({k: self.units.encode(refs[k]) for k in log_probs}, {k: greedy_ctc(v) for k, v in log_probs.items()})
+        by_id = {u.utt_id: (u.errors, len(u.ref)) for u in result.utterances}
+        return np.array([by_id[u][0] for u in ids], dtype=np.float64), np.array([by_id[u][1] for u in ids], dtype=np.float64)
 
     @property
     def table(self) -> str:
@@ -115,6 +132,9 @@ class Recorded:
 
     def wer(self, name: str, seed: int, part: str) -> float:
         return float(self.entries[self.row(name, seed)][part]["hlg_wer" if self.ctc else "wer"])
+
+    def ter(self, name: str, seed: int, part: str) -> float:
+        return float(self.entries[self.row(name, seed)][part]["greedy_ter"])
 
     def scale(self, name: str) -> float:
         return float(self.entries[self.row(name)][self.dev_part]["acoustic_scale"])
@@ -153,8 +173,10 @@ def ctc_recorded(layout: RecipeLayout) -> Recorded:
     units = prepare_units(layout, cfg)
     config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=())
     graphs: dict[str, PenalisedGraphs] = {}
+    outputs: dict = {}
     return Recorded(layout, read_json(layout.ctc_decode / "scores.json"), True, record.config.get("tuned_on") or layout.dev_part, config,
-                    lambda part_layout, n, seed, q: ctc_part_decoder(part_layout, cfg, units, n, seed, q, config, graphs))
+                    lambda part_layout, n, seed, q: ctc_part_decoder(part_layout, cfg, units, n, seed, q, config, graphs, outputs),
+                    units, outputs)
 
 
 def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: int, oracle: list[float] | None = None) -> dict:
@@ -164,8 +186,9 @@ def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: in
     {part: {"ids", "words", "systems": {name: {"wer" (seeds' mean), "errors" (per utterance,
     seeds' mean), "seeds", "scale", "seed_wers"}}}}}``; with ``oracle`` (scales), each system on
     the new part also at each of those scales: ``"oracle": {"scales", "wer", "errors"}`` (seeds'
-    means per scale). Stops when the recipe's test-ood does not decode to the stage's recorded WER
-    for every seed."""
+    means per scale). CTC: also ``"ter"``, ``"token_errors"``, ``"seed_ters"`` (greedy, no LM) and
+    the part's ``"tokens"``. Stops when the recipe's test-ood does not decode to the stage's
+    recorded WER (CTC: and greedy TER) for every seed."""
     layout = recorded.layout
     where = {layout.ood_part: layout, PART: dataclasses.replace(layout, data_dir=work / "data")}
     out: dict = {"beam": recorded.config.beam, "max_active": recorded.config.max_active, "parts": {}}
@@ -193,6 +216,18 @@ def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: in
                 means = [np.mean(e, axis=0) for e in per_scale]
                 entry["systems"][name]["oracle"] = {"scales": scales, "wer": [float(e.sum() / sum(words)) for e in means],
                                                     "errors": [e.tolist() for e in means]}
+            if recorded.ctc:
+                counts = [recorded.greedy_counts(part_layout.data_dir, name, seed, part, ids) for seed in range(len(per_seed))]
+                entry["tokens"] = counts[0][1].tolist()
+                seed_ters = [float(e.sum() / t.sum()) for e, t in counts]
+                if part == layout.ood_part:
+                    for seed, ter in enumerate(seed_ters):
+                        if abs(ter - recorded.ter(name, seed, part)) > 1e-9:
+                            raise SystemExit(f"ood_more: {recorded.row(name, seed)}'s greedy TER on {part} is {100 * ter:.2f}% here, "
+                                             f"{recorded.table} says {100 * recorded.ter(name, seed, part):.2f}%")
+                token_errs = np.mean([e for e, _ in counts], axis=0)
+                entry["systems"][name].update(ter=float(token_errs.sum() / sum(entry["tokens"])), token_errors=token_errs.tolist(),
+                                              seed_ters=seed_ters)
             print(f"{name} {part}: {100 * entry['systems'][name]['wer']:.2f}% at {scale:g} ({len(per_seed)} seeds)", flush=True)
         out["parts"][part] = entry
     return out
@@ -214,6 +249,11 @@ def differences(run: dict, pairs: list[tuple[str, str]], parts: list[str]) -> di
             eb = np.concatenate([run["parts"][p]["systems"][b]["errors"] for p in members])
             words = np.concatenate([run["parts"][p]["words"] for p in members]).astype(np.float64)
             out[f"{b} - {a} | {label}"] = {**bootstrap_difference(ea, eb, words).to_dict(), "words": int(words.sum()), "utterances": len(words)}
+            if "ter" in new["systems"][a]:  # CTC: greedy token errors (no LM) too
+                ta = np.concatenate([run["parts"][p]["systems"][a]["token_errors"] for p in members])
+                tb = np.concatenate([run["parts"][p]["systems"][b]["token_errors"] for p in members])
+                tokens = np.concatenate([run["parts"][p]["tokens"] for p in members]).astype(np.float64)
+                out[f"{b} - {a} | {label}"]["greedy_ter"] = bootstrap_difference(ta, tb, tokens).to_dict()
         oa, ob = new["systems"][a].get("oracle"), new["systems"][b].get("oracle")
         if oa and ob:
             ia, ib = best(new["systems"][a]), best(new["systems"][b])
@@ -222,6 +262,10 @@ def differences(run: dict, pairs: list[tuple[str, str]], parts: list[str]) -> di
             out[f"{b} - {a} | own best"] = {**iv.to_dict(), "words": int(words.sum()), "utterances": len(words),
                                             "scales": [oa["scales"][ia], ob["scales"][ib]]}
     return out
+
+
+def verdict_of(iv: dict) -> str:
+    return "significant" if iv["excludes_zero"] else "within noise"
 
 
 def talkers(work: Path) -> dict[str, str]:
@@ -271,17 +315,33 @@ def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> s
         seeds = f" ({', '.join(f'{100 * w:.2f}' for w in e['seed_wers'])})" if e["seeds"] > 1 else ""
         lines.append(f"| {name} | {e['seeds']} | {e['scale']:g} | {100 * clean:.2f}% | {100 * run['parts'][ood]['systems'][name]['wer']:.2f}% | "
                      f"{100 * e['wer']:.2f}%{seeds} | {e['wer'] / clean:.2f} |")
-    lines += ["", "WER differences in points with a 95% paired bootstrap interval over utterances (2000 resamples; Bisani & Ney 2004; the "
-              "seeds' per-utterance errors averaged first; it does not cover the seeds' training variance):", "",
-              "| difference | utterances (words) | WER points, 95% CI | |", "|---|---|---|---|"]
+    if recorded.ctc:
+        lines += ["", f"Greedy token error rate (no LM: the acoustic model alone; {ood} decoded again here to {table}'s greedy TER for "
+                  "every seed):", "", f"| system | {test} ({recorded.column}) | {ood} ({recorded.column}) | {PART} | {PART} / {test} |",
+                  "|---|---|---|---|---|"]
+        for name in args.systems:
+            e = new["systems"][name]
+            clean = float(np.mean([recorded.ter(name, seed, test) for seed in range(e["seeds"])]))
+            seeds = f" ({', '.join(f'{100 * t:.2f}' for t in e['seed_ters'])})" if e["seeds"] > 1 else ""
+            lines.append(f"| {name} | {100 * clean:.2f}% | {100 * run['parts'][ood]['systems'][name]['ter']:.2f}% | {100 * e['ter']:.2f}%{seeds} | "
+                         f"{e['ter'] / clean:.2f} |")
+    ter_head = " greedy TER points, 95% CI | |" if recorded.ctc else ""
+    lines += ["", f"{'HLG WER and greedy TER' if recorded.ctc else 'WER'} differences in points with a 95% paired bootstrap interval over "
+              "utterances (2000 resamples; Bisani & Ney 2004; the seeds' per-utterance errors averaged first; it does not cover the seeds' "
+              "training variance):", "",
+              f"| difference | utterances (words) | WER points, 95% CI | |{ter_head}", "|---|---|---|---|" + ("---|---|" if recorded.ctc else "")]
     for label, d in run["differences"].items():
         pair, where = label.split(" | ")
         sb, sa = pair.split(" - ")
         where = {"new part": PART, "pooled": f"{PART} and {ood}"}.get(where) or (
             f"{PART}, each at its own best scale there ({sb} {d['scales'][1]:g}, {sa} {d['scales'][0]:g}; an oracle)")
-        verdict = "significant" if d["excludes_zero"] else "within noise"
+        ter = ""
+        if recorded.ctc:
+            t = d.get("greedy_ter")
+            ter = (f" {100 * t['value']:+.2f} [{100 * t['low']:+.2f}, {100 * t['high']:+.2f}] | {verdict_of(t)} |" if t
+                   else " as on the part (greedy search has no scale) | |")
         lines.append(f"| {pair}, {where} | {d['utterances']} ({d['words']}) | {100 * d['value']:+.2f} [{100 * d['low']:+.2f}, "
-                     f"{100 * d['high']:+.2f}] | {verdict} |")
+                     f"{100 * d['high']:+.2f}] | {verdict_of(d)} |{ter}")
     with_oracle = [n for n in args.systems if "oracle" in new["systems"][n]]
     if with_oracle:
         lines += ["", f"Each system on {PART} at every scale of {{{', '.join(f'{x:g}' for x in new['systems'][with_oracle[0]]['oracle']['scales'])}}} "

@@ -581,3 +581,22 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
     assert d["value"] == pytest.approx(new["systems"]["ensemble"]["wer"] - new["systems"]["baseline"]["wer"])
     assert "## The CTC systems on a larger sample of the unseen voices" in results.read_text()
     assert f"| ensemble - baseline, test-ood-more | 4 ({sum(new['words'])}) | {100 * d['value']:+.2f} [" in results.read_text()
+    # The greedy token error rate (no LM): the table's on test-ood for each seed, and on the new part
+    # what CTC stage 7's own scoring (token_scores) gives the ensemble there; its difference printed.
+    from asr_kd.ctc.training import ctc_log_probs, token_scores
+    from asr_kd.data.ctc_data import cut_text
+
+    for name, rows in (("baseline", ["student: baseline", "student: baseline_seed1"]), ("ensemble", ["ensemble of 2"])):
+        assert ood["systems"][name]["seed_ters"] == pytest.approx([scores[r]["test-ood"]["greedy_ter"] for r in rows])
+    part = dataclasses.replace(other, data_dir=tmp_path / "work" / "data")
+    cuts = part.open_cuts(part.fbank_cuts("test-ood-more"))
+    lps = {c.id: lp for c, lp in ctc_log_probs(load_ctc_teachers(other, CTC), cuts, part.open_cmvn("test-ood-more"), 1.0, CTC.fusion)}
+    stage7 = token_scores(lps, {c.id: cut_text(c) for c in cuts}, prepare_units(other, CTC), CTC.beam_size)
+    assert new["systems"]["ensemble"]["ter"] == pytest.approx(stage7.rates["greedy_ter"])
+    assert new["tokens"] == [stage7.ref_tokens[u] for u in new["ids"]]
+    base = new["systems"]["baseline"]
+    assert base["ter"] == pytest.approx(sum(base["seed_ters"]) / 2) and len(base["seed_ters"]) == 2
+    t = d["greedy_ter"]
+    assert t["value"] == pytest.approx(new["systems"]["ensemble"]["ter"] - base["ter"])
+    assert f"| {100 * t['value']:+.2f} [{100 * t['low']:+.2f}, {100 * t['high']:+.2f}] |" in results.read_text()
+    assert f"| ensemble | {100 * scores['ensemble of 2']['test-clean']['greedy_ter']:.2f}% | " in results.read_text()
