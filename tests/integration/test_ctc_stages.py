@@ -567,7 +567,7 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
     out_json, results = tmp_path / "ood.json", tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--ctc", "--data", str(layout.data_dir),
                            "--exp", str(other.exp_dir), "--speakers", "2", "--utts-per-speaker", "2", "--seeds", "2", "--systems", "baseline", "ensemble",
-                           "--pair", "ensemble", "baseline", "--work", str(tmp_path / "work"), "--oracle-scales",
+                           "teacher0", "--pair", "ensemble", "baseline", "--pair", "teacher0", "baseline", "--work", str(tmp_path / "work"), "--oracle-scales",
                            "--json", str(out_json), "--results", str(results)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads(out_json.read_text())
@@ -600,3 +600,11 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
     assert t["value"] == pytest.approx(new["systems"]["ensemble"]["ter"] - base["ter"])
     assert f"| {100 * t['value']:+.2f} [{100 * t['low']:+.2f}, {100 * t['high']:+.2f}] |" in results.read_text()
     assert f"| ensemble | {100 * scores['ensemble of 2']['test-clean']['greedy_ter']:.2f}% | " in results.read_text()
+    # A second --pair: its own differences, per-talker column and place in the command line.
+    t0 = run["differences"]["teacher0 - baseline | new part"]
+    assert t0["value"] == pytest.approx(new["systems"]["teacher0"]["wer"] - base["wer"])
+    assert t0["greedy_ter"]["value"] == pytest.approx(new["systems"]["teacher0"]["ter"] - base["ter"])
+    for r in run["talkers"]:
+        assert r["differences"]["teacher0 - baseline"] == pytest.approx(r["wer"]["teacher0"] - r["wer"]["baseline"])
+        assert r["difference"] == r["differences"]["ensemble - baseline"]
+    assert "--seeds 2 --pair ensemble baseline --pair teacher0 baseline --oracle-scales` (every number" in results.read_text()
