@@ -36,7 +36,6 @@ import numpy as np
 from asr_kd.config import DecodeConfig, config_from_dict
 from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.metrics.paired import bootstrap_difference
-from asr_kd.stages.layout import STUDENT_SYSTEMS
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
 from asr_kd.utils import read_json
 
@@ -79,10 +78,10 @@ def measure_run(data: Path, exp: Path, systems: list[str], seeds: int, parts: li
                              "does not apply; rerun stage 7 with decode.insertion_penalties=[] (or compare with bench/decode_penalty.py)")
         if entry["dev_choice"] not in scales:
             raise SystemExit(f"scale_transfer: stage 7 decoded {name} at {entry['dev_choice']:g}, outside its grid {scales} (not tuned); nothing to compare")
-        entry["seeds"] = seeds if name in STUDENT_SYSTEMS else 1
         for part in parts:
             ids, words, per_scale = seed_errors(lambda n, seed, q: part_decoder(layout, lang, n, seed, q, config, graphs),
                                                 name, seeds, part, scales)
+            entry["seeds"] = len(per_scale[0])  # a student's seeds, another system's 1 (seed_errors decides)
             errors = [np.mean(e, axis=0) for e in per_scale]
             entry["parts"][part] = {"wer": [float(e.sum() / sum(words)) for e in errors], "errors": [e.tolist() for e in errors],
                                     "words": words, "ids": ids}
