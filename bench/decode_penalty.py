@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 
 from asr_kd.config import CtcConfig, DecodeConfig, GmmConfig, config_from_dict
-from asr_kd.ctc.training import ctc_log_probs, hlg_hypotheses, load_ctc_model
+from asr_kd.ctc.training import ctc_log_probs, greedy_token_errors, hlg_hypotheses, load_ctc_model
 from asr_kd.ctc.units import CtcUnits
 from asr_kd.data.ctc_data import cut_text
 from asr_kd.decode.gmm_decode import decode_gmm_batch
@@ -104,12 +104,12 @@ def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: s
 
 
 def ctc_part_decoder(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, name: str, seed: int, part: str, config: DecodeConfig,
-                     graphs: dict[str, PenalisedGraphs], outputs: dict | None = None) -> tuple[dict[str, str], Decode]:
+                     graphs: dict[str, PenalisedGraphs], greedy: dict | None = None) -> tuple[dict[str, str], Decode]:
     """Return ``(refs, decode)`` of the CTC system ``name`` (``ensemble``, ``teacher<i>`` or a
     stage-6 student: its seed ``seed``) on ``part``, as CTC stage 7 decodes it: ``decode(scale,
     penalty)`` returns its HLG hypotheses at that scale on the log-probabilities and word penalty.
-    With ``outputs``, the references and log-probabilities are also kept there under ``(data_dir,
-    name, seed, part)`` (for scores without the graph, such as greedy token errors)."""
+    With ``greedy``, its greedy token errors (no LM, as CTC stage 7 counts them) are also kept
+    there under ``(data_dir, name, seed, part)``."""
     if name == "ensemble":
         models = load_ctc_teachers(layout, cfg)
     elif name.startswith("teacher"):
@@ -119,8 +119,8 @@ def ctc_part_decoder(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, name
     cuts = layout.open_cuts(layout.fbank_cuts(part))
     refs = {c.id: cut_text(c) for c in cuts}
     log_probs = {c.id: lp for c, lp in ctc_log_probs(models, cuts, layout.open_cmvn(part), 1.0, cfg.fusion)}
-    if outputs is not None:
-        outputs[layout.data_dir, name, seed, part] = (refs, log_probs)
+    if greedy is not None:
+        greedy[layout.data_dir, name, seed, part] = greedy_token_errors(log_probs, refs, units)
     if "hlg" not in graphs:
         graphs["hlg"] = PenalisedGraphs(load_hlg(layout.ctc_graph / "HLG.fst"), units.lang.words.ids())
     return refs, lambda scale, penalty: hlg_hypotheses(log_probs, units, graphs["hlg"].at(penalty), config, scale)

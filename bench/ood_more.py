@@ -42,13 +42,11 @@ from typing import Callable
 import numpy as np
 
 from asr_kd.config import CtcConfig, DecodeConfig, FeatureConfig, config_from_dict, load_config
-from asr_kd.ctc.training import token_errors
-from asr_kd.ctc.units import CtcUnits
-from asr_kd.decode.ctc import greedy_ctc
 from asr_kd.data.synth import synthesize_ood_part
 from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.errors import DataError
 from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.report.tables import format_interval
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.ctc_common import prepare_units
 from asr_kd.stages.decode_part import ctc_table_name, prepare_part
@@ -101,16 +99,14 @@ class Recorded:
     config: DecodeConfig
     # decoder(layout whose data_dir holds the part, system, seed, part) -> (refs, decode(scale, penalty))
     decoder: Callable[[RecipeLayout, str, int, str], tuple[dict[str, str], Callable[[float, float], dict[str, str]]]]
-    # CTC: the units, and where the decoder leaves each (data_dir, system, seed, part)'s references and log-probabilities
-    units: CtcUnits | None = None
-    outputs: dict | None = None
+    # CTC: where the decoder leaves each (data_dir, system, seed, part)'s greedy token errors (a WerResult)
+    greedy: dict | None = None
 
     def greedy_counts(self, data_dir: Path, name: str, seed: int, part: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """CTC: the greedy token errors and reference tokens per utterance (in the order of
         ``ids``) of a system the decoder has just scored, as CTC stage 7 counts them."""
-        assert self.units is not None and self.outputs is not None
-        refs, log_probs = self.outputs.pop((data_dir, name, seed, part))
-        result = token_errors({k: self.units.encode(refs[k]) for k in log_probs}, {k: greedy_ctc(v) for k, v in log_probs.items()})
+        assert self.greedy is not None
+        result = self.greedy.pop((data_dir, name, seed, part))
         by_id = {u.utt_id: (u.errors, len(u.ref)) for u in result.utterances}
         return np.array([by_id[u][0] for u in ids], dtype=np.float64), np.array([by_id[u][1] for u in ids], dtype=np.float64)
 
@@ -173,10 +169,9 @@ def ctc_recorded(layout: RecipeLayout) -> Recorded:
     units = prepare_units(layout, cfg)
     config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=())
     graphs: dict[str, PenalisedGraphs] = {}
-    outputs: dict = {}
+    greedy: dict = {}
     return Recorded(layout, read_json(layout.ctc_decode / "scores.json"), True, record.config.get("tuned_on") or layout.dev_part, config,
-                    lambda part_layout, n, seed, q: ctc_part_decoder(part_layout, cfg, units, n, seed, q, config, graphs, outputs),
-                    units, outputs)
+                    lambda part_layout, n, seed, q: ctc_part_decoder(part_layout, cfg, units, n, seed, q, config, graphs, greedy), greedy)
 
 
 def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: int, oracle: list[float] | None = None) -> dict:
@@ -265,6 +260,7 @@ def differences(run: dict, pairs: list[tuple[str, str]], parts: list[str]) -> di
 
 
 def verdict_of(iv: dict) -> str:
+    """The last column of a difference: whether its interval excludes 0."""
     return "significant" if iv["excludes_zero"] else "within noise"
 
 
@@ -317,7 +313,7 @@ def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> s
         clean = float(np.mean([recorded.wer(name, seed, test) for seed in range(e["seeds"])]))
         seeds = f" ({', '.join(f'{100 * w:.2f}' for w in e['seed_wers'])})" if e["seeds"] > 1 else ""
         lines.append(f"| {name} | {e['seeds']} | {e['scale']:g} | {100 * clean:.2f}% | {100 * run['parts'][ood]['systems'][name]['wer']:.2f}% | "
-                     f"{100 * e['wer']:.2f}%{seeds} | {e['wer'] / clean:.2f} |")
+                     f"{100 * e['wer']:.2f}%{seeds} | {e['wer'] / clean if clean else float('nan'):.2f} |")
     if recorded.ctc:
         lines += ["", f"Greedy token error rate (no LM: the acoustic model alone; {ood} decoded again here to {table}'s greedy TER for "
                   "every seed):", "", f"| system | {test} ({recorded.column}) | {ood} ({recorded.column}) | {PART} | {PART} / {test} |",
@@ -327,7 +323,7 @@ def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> s
             clean = float(np.mean([recorded.ter(name, seed, test) for seed in range(e["seeds"])]))
             seeds = f" ({', '.join(f'{100 * t:.2f}' for t in e['seed_ters'])})" if e["seeds"] > 1 else ""
             lines.append(f"| {name} | {100 * clean:.2f}% | {100 * run['parts'][ood]['systems'][name]['ter']:.2f}% | {100 * e['ter']:.2f}%{seeds} | "
-                         f"{e['ter'] / clean:.2f} |")
+                         f"{e['ter'] / clean if clean else float('nan'):.2f} |")
     ter_head = " greedy TER points, 95% CI | |" if recorded.ctc else ""
     lines += ["", f"{'HLG WER and greedy TER' if recorded.ctc else 'WER'} differences in points with a 95% paired bootstrap interval over "
               "utterances (2000 resamples; Bisani & Ney 2004; the seeds' per-utterance errors averaged first; it does not cover the seeds' "
@@ -341,10 +337,9 @@ def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> s
         ter = ""
         if recorded.ctc:
             t = d.get("greedy_ter")
-            ter = (f" {100 * t['value']:+.2f} [{100 * t['low']:+.2f}, {100 * t['high']:+.2f}] | {verdict_of(t)} |" if t
+            ter = (f" {format_interval(t)} | {verdict_of(t)} |" if t
                    else " as on the part (greedy search has no scale) | |")
-        lines.append(f"| {pair}, {where} | {d['utterances']} ({d['words']}) | {100 * d['value']:+.2f} [{100 * d['low']:+.2f}, "
-                     f"{100 * d['high']:+.2f}] | {verdict_of(d)} |{ter}")
+        lines.append(f"| {pair}, {where} | {d['utterances']} ({d['words']}) | {format_interval(d)} | {verdict_of(d)} |{ter}")
     with_oracle = [n for n in args.systems if "oracle" in new["systems"][n]]
     if with_oracle:
         lines += ["", f"Each system on {PART} at every scale of {{{', '.join(f'{x:g}' for x in new['systems'][with_oracle[0]]['oracle']['scales'])}}} "
@@ -407,9 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.systems = args.systems or (["baseline", "frame", "ensemble"] if args.ctc else ["baseline", "distilled", "ensemble"])
     args.pair = [tuple(x) for x in args.pair or [("frame", "baseline") if args.ctc else ("distilled", "baseline")]]
-    for pair in args.pair:
+    for i, pair in enumerate(args.pair):
         if any(n not in args.systems for n in pair):
             p.error(f"--pair {' '.join(pair)}: both must be among --systems")
+        if pair[0] == pair[1] or pair in args.pair[:i]:
+            p.error(f"--pair {' '.join(pair)}: {'a system against itself' if pair[0] == pair[1] else 'given twice'}")
     if args.ctc:
         layout, lang = RecipeLayout(args.data, args.exp, ctc_units=args.units), None
         if read_record(layout.ctc_decode) is None:

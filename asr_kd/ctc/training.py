@@ -172,15 +172,21 @@ class TokenScores:
     ref_tokens: dict[str, int]
 
 
+def greedy_token_errors(log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits) -> WerResult:
+    """Return the token errors of greedy search (no LM) on ``{cut_id: (T', V) log-probs}`` against
+    the transcripts ``refs`` in ``units`` (per utterance in ``.utterances``)."""
+    return token_errors({k: units.encode(refs[k]) for k in log_probs}, {k: greedy_ctc(v) for k, v in log_probs.items()})
+
+
 def token_scores(log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, beam_size: int) -> TokenScores:
     """Return the :class:`TokenScores` of ``{cut_id: (T', V) log-probs}`` against the transcripts
     ``refs`` (no LM: greedy and prefix-beam search over the units)."""
     ref_tokens = {k: units.encode(refs[k]) for k in log_probs}
-    greedy = {k: greedy_ctc(v) for k, v in log_probs.items()}
     beam = {k: list(prefix_beam_search(v, beam_size=beam_size)[0].tokens) for k, v in log_probs.items()}
-    greedy_result = token_errors(ref_tokens, greedy)
+    greedy_result = greedy_token_errors(log_probs, refs, units)
     rates = {"greedy_ter": greedy_result.wer, "beam_ter": token_error_rate(ref_tokens, beam)}
     if units.kind == "bpe":
+        greedy = {k: greedy_ctc(v) for k, v in log_probs.items()}  # argmax again: cheap beside the beam search
         rates["greedy_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in greedy.items()}).wer
         rates["beam_wer"] = compute_wer(refs, {k: units.to_text(v) or "" for k, v in beam.items()}).wer
     return TokenScores(rates, {u.utt_id: u.errors for u in greedy_result.utterances},

@@ -104,11 +104,10 @@ def format_table1(
     for row in extra_rows:
         lines.append(f"| {_label(row.name, row)} | {_acc_cell(row)} | {_wer_cell(row)} | {_pct(row.dev_frame_accuracy)} |{_dev_cell(row, tuned)}"
                      f"{_ood_cells(row, ood_part)} | |")
-    at_edge = [f"{_label(label, row)} ({' and '.join(row.grid_edges)})" for label, row in
-               [(label, row) for _, label, row in labels] + [(row.name, row) for row in extra_rows] if row.grid_edges]
-    if at_edge:
-        lines += ["", "Dev choice at the edge of its searched grid (the best may lie beyond it; widen decode.acoustic_scales or "
-                  f"decode.insertion_penalties): {'; '.join(at_edge)}."]
+    edges = describe_grid_edges([(_label(label, row), row.grid_edges) for _, label, row in labels]
+                                + [(_label(row.name, row), row.grid_edges) for row in extra_rows])
+    if edges:
+        lines += ["", edges]
     kept = gain_kept(baseline.frame_accuracy, ensemble.frame_accuracy, distilled.frame_accuracy)
     paper_kept = gain_kept(PAPER_TABLE1["baseline"][0], PAPER_TABLE1["ensemble"][0], PAPER_TABLE1["distilled"][0])
     shown = f"**{_pct(kept, 0)}**" if share_interval is None else f"**{format_share(share_interval)}**"
@@ -158,6 +157,17 @@ def _wer_cell(row: SystemScore) -> str:
     if row.seeds > 1:  # per-seed S/D/I: exp/decode/table1.json
         return f"{100 * row.wer:.2f} ± {100 * row.wer_std:.2f}% (of {row.ref_words})"
     return f"{_pct(row.wer, 2)} ({row.substitutions}/{row.deletions}/{row.insertions} of {row.ref_words})"
+
+
+def describe_grid_edges(rows: Sequence[tuple[str, Sequence[str]]], scales_key: str = "acoustic_scales") -> str:
+    """Return the sentence under a table naming each row whose dev choice lies at the edge of a
+    searched grid (``rows``: ``(row, ScaleSweep.edges)`` pairs; ``scales_key``: the DecodeConfig
+    field of the scale grid), or "" when none does."""
+    named = [f"{row} ({' and '.join(edges)})" for row, edges in rows if edges]
+    if not named:
+        return ""
+    return (f"Dev choice at the edge of its searched grid (the best may lie beyond it; widen decode.{scales_key} or "
+            f"decode.insertion_penalties): {'; '.join(named)}.")
 
 
 def format_interval(iv: Mapping[str, Any], scale: float = 100.0, digits: int = 2, unit: str = "") -> str:

@@ -38,7 +38,7 @@ from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.decode.tuning import ScaleSweep, check_penalties, tune_decoding
 from asr_kd.errors import ConfigError
 from asr_kd.metrics.paired import BOOTSTRAP_RESAMPLES, bootstrap_difference
-from asr_kd.report.tables import ONE_SEED, comparison_intro, format_interval, significance
+from asr_kd.report.tables import ONE_SEED, comparison_intro, describe_grid_edges, format_interval, significance
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
     describe_teacher_set, load_ctc_teachers, prepare_units, seed_groups, teacher_set_record, teachers_of, trained_teacher_sets,
@@ -240,9 +240,8 @@ def _render(
             lines.append(f"| {row} | {len(members)} | {part} | " + " | ".join(cells)
                          + f" | {first.get('acoustic_scale', decode_config.ctc_acoustic_scale):g}{penalty} |")
             penalised = penalised or bool(penalty)
-            at = ScaleSweep.from_dict(first["sweep"]).edges if "sweep" in first else ()
-            if at:
-                edges.append(f"{row} ({' and '.join(at)})")
+            if "sweep" in first:
+                edges.append((row, ScaleSweep.from_dict(first["sweep"]).edges))
     scale_head = "Scale, word insertion penalty where not 0" if penalised else "Scale"
     header = "| System | Seeds | Part | " + " | ".join(names[c] for c in cols) + f" | {scale_head} |\n|" + "---|" * (len(cols) + 4) + "\n"
     grid = decode_config.ctc_acoustic_scales
@@ -255,8 +254,8 @@ def _render(
                 f"from {{{', '.join(f'{p:g}' for p in penalties)}}} the same way")
     elif penalties and penalties[0]:
         how += f"; a word insertion penalty of {penalties[0]:g} on every word of HLG (not tuned)"
-    edge = (" Dev choice at the edge of its searched grid (the best may lie beyond it; widen decode.ctc_acoustic_scales or "
-            f"decode.insertion_penalties): {'; '.join(edges)}." if edges else "")
+    edge = describe_grid_edges(edges, "ctc_acoustic_scales")
+    edge = f" {edge}" if edge else ""
     if left_out:
         edge += f" Left out, their settings differing from their first seed's: {', '.join(left_out)}."
     body = (f"CTC {cfg.model_size} encoders, {units.num_tokens} {cfg.units} tokens{f', on {corpus}' if corpus else ''}; "

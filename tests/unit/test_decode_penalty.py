@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 from decode_toy import make_lang, monophone_model, oracle_alignment, oracle_log_posteriors, uniform_log_priors
@@ -210,3 +211,16 @@ def test_table1_marks_a_dev_choice_at_the_edge_of_its_grid() -> None:
     sentence = next(line for line in text.splitlines() if line.startswith("Dev choice at the edge"))
     assert sentence.endswith(": Baseline (hard targets) (acoustic scale); Distilled single model (acoustic scale and word insertion "
                              "penalty); Compressed (word insertion penalty).")
+
+
+def test_the_edge_sentence_names_only_the_rows_at_an_edge() -> None:
+    from asr_kd.report.tables import describe_grid_edges
+
+    inside = ScaleSweep("dev", (0.5, 0.7, 1.0), (9, 8, 9), 20, 0.7, 0.0, ((-1.0, 9), (0.0, 8), (1.0, 9)))
+    scale_end = ScaleSweep("dev", (0.5, 0.7), (7, 8), 20, 0.5)
+    penalty_end = dataclasses.replace(inside, penalty=1.0, penalty_errors=((0.0, 9), (1.0, 8)))
+    rows = [("a", inside.edges), ("b", scale_end.edges), ("c", penalty_end.edges)]
+    assert describe_grid_edges(rows, "ctc_acoustic_scales") == (
+        "Dev choice at the edge of its searched grid (the best may lie beyond it; widen decode.ctc_acoustic_scales or "
+        "decode.insertion_penalties): b (acoustic scale); c (word insertion penalty).")
+    assert describe_grid_edges([("a", inside.edges)]) == "" and describe_grid_edges([]) == ""
