@@ -135,11 +135,12 @@ def has_seeds(name: str, ctc: bool) -> bool:
 
 
 def seed_errors(decoder: Callable[[str, int, str], tuple[dict[str, str], Decode]], name: str, seeds: int, part: str, scales: list[float],
-                ctc: bool = False) -> tuple[list[str], list[int], list[list[np.ndarray]]]:
+                ctc: bool = False, by_type: dict | None = None) -> tuple[list[str], list[int], list[list[np.ndarray]]]:
     """Decode system ``name`` on ``part`` with ``decoder(name, seed, part)`` (:func:`part_decoder`
     or :func:`ctc_part_decoder` bound to a run) at each of ``scales``, no penalty: a student once
     per seed (its first ``seeds``), another system once. Return the sorted utterance ids, their
-    reference word counts and, per scale, each seed's per-utterance errors."""
+    reference word counts and, per scale, each seed's per-utterance errors. With ``by_type``, the
+    substitutions, deletions and insertions of each decoding go there under ``(seed, scale)``."""
     per_scale: list[list[np.ndarray]] = [[] for _ in scales]
     ids: list[str] = []
     refs: dict[str, str] = {}
@@ -149,7 +150,10 @@ def seed_errors(decoder: Callable[[str, int, str], tuple[dict[str, str], Decode]
             raise SystemExit(f"{name} seed {seed} was scored on other utterances of {part} than its seed 0")
         ids = sorted(refs)
         for i, scale in enumerate(scales):
-            per_scale[i].append(per_utterance_errors(compute_wer(refs, decode(scale, 0.0)), ids))
+            result = compute_wer(refs, decode(scale, 0.0))
+            per_scale[i].append(per_utterance_errors(result, ids))
+            if by_type is not None:
+                by_type[seed, scale] = (result.substitutions, result.deletions, result.insertions)
     return ids, [len(refs[u].split()) for u in ids], per_scale
 
 

@@ -181,7 +181,8 @@ def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: in
     {part: {"ids", "words", "systems": {name: {"wer" (seeds' mean), "errors" (per utterance,
     seeds' mean), "seeds", "scale", "seed_wers"}}}}}``; with ``oracle`` (scales), each system on
     the new part also at each of those scales: ``"oracle": {"scales", "wer", "errors"}`` (seeds'
-    means per scale). CTC: also ``"ter"``, ``"token_errors"``, ``"seed_ters"`` (greedy, no LM) and
+    means per scale); ``"by_type"``: the substitutions, deletions and insertions at the scale
+    (seeds' means). CTC: also ``"ter"``, ``"token_errors"``, ``"seed_ters"`` (greedy, no LM) and
     the part's ``"tokens"``. Stops when the recipe's test-ood does not decode to the stage's
     recorded WER (CTC: and greedy TER) for every seed."""
     layout = recorded.layout
@@ -192,8 +193,9 @@ def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: in
         for name in systems:
             scale = recorded.scale(name)
             scales = sorted({scale, *oracle}) if oracle and part == PART else [scale]
+            by_type: dict = {}
             ids, words, per_scale = seed_errors(lambda n, seed, q: recorded.decoder(part_layout, n, seed, q), name, seeds, part, scales,
-                                                recorded.ctc)
+                                                recorded.ctc, by_type)
             per_seed = per_scale[scales.index(scale)]
             if entry.setdefault("ids", ids) != ids:
                 raise SystemExit(f"ood_more: {name} was scored on other utterances of {part} than {systems[0]}")
@@ -206,7 +208,8 @@ def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: in
                                          f"says {100 * recorded.wer(name, seed, part):.2f}%; the bench does not decode as {recorded.stage} did")
             errors = np.mean(per_seed, axis=0)
             entry["systems"][name] = {"wer": float(errors.sum() / sum(words)), "errors": errors.tolist(), "seeds": len(per_seed),
-                                      "scale": scale, "seed_wers": seed_wers}
+                                      "scale": scale, "seed_wers": seed_wers,
+                                      "by_type": np.mean([by_type[seed, scale] for seed in range(len(per_seed))], axis=0).tolist()}
             if len(scales) > 1:
                 means = [np.mean(e, axis=0) for e in per_scale]
                 entry["systems"][name]["oracle"] = {"scales": scales, "wer": [float(e.sum() / sum(words)) for e in means],
@@ -340,6 +343,13 @@ def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> s
             ter = (f" {format_interval(t)} | {verdict_of(t)} |" if t
                    else " as on the part (greedy search has no scale) | |")
         lines.append(f"| {pair}, {where} | {d['utterances']} ({d['words']}) | {format_interval(d)} | {verdict_of(d)} |{ter}")
+    ref_words = sum(new["words"])
+    lines += ["", f"{'HLG word' if recorded.ctc else 'Word'} errors on {PART} by type, each system at its scale above (a student: its "
+              f"seeds' mean), of {ref_words} reference words:", "",
+              "| system | substitutions | deletions | insertions | hypothesis words |", "|---|---|---|---|---|"]
+    for name in args.systems:
+        sub, dels, ins = new["systems"][name]["by_type"]
+        lines.append(f"| {name} | {sub:.1f} | {dels:.1f} | {ins:.1f} | {ref_words - dels + ins:.1f} |")
     with_oracle = [n for n in args.systems if "oracle" in new["systems"][n]]
     if with_oracle:
         lines += ["", f"Each system on {PART} at every scale of {{{', '.join(f'{x:g}' for x in new['systems'][with_oracle[0]]['oracle']['scales'])}}} "

@@ -591,6 +591,14 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
     lps = {c.id: lp for c, lp in ctc_log_probs(load_ctc_teachers(other, CTC), cuts, part.open_cmvn("test-ood-more"), 1.0, CTC.fusion)}
     stage7 = token_scores(lps, {c.id: cut_text(c) for c in cuts}, prepare_units(other, CTC), CTC.beam_size)
     assert new["systems"]["ensemble"]["ter"] == pytest.approx(stage7.rates["greedy_ter"])
+    # Its word errors by type at its scale: those of an HLG decoding there, printed.
+    from asr_kd.ctc.training import hlg_wer
+    from asr_kd.decode.hlg import load_hlg
+
+    ens = new["systems"]["ensemble"]
+    words = hlg_wer(lps, {c.id: cut_text(c) for c in cuts}, prepare_units(other, CTC), load_hlg(other.ctc_graph / "HLG.fst"), DECODE, ens["scale"])
+    assert ens["by_type"] == [words.substitutions, words.deletions, words.insertions] and sum(ens["by_type"]) == sum(ens["errors"])
+    assert f"| ensemble | {words.substitutions:.1f} | {words.deletions:.1f} | {words.insertions:.1f} | " in results.read_text()
     assert new["tokens"] == [stage7.ref_tokens[u] for u in new["ids"]]
     base = new["systems"]["baseline"]
     assert base["ter"] == pytest.approx(sum(base["seed_ters"]) / 2) and len(base["seed_ters"]) == 2

@@ -897,6 +897,8 @@ def test_ood_more_bench_decodes_as_stage_7_and_pools_with_test_ood(recipe, tmp_p
     assert f"| distilled - baseline, test-ood-more and test-ood | {d['utterances']} ({d['words']}) | {100 * d['value']:+.2f} [" in text
     e = new["systems"]["distilled"]
     assert f"| {100 * e['wer']:.2f}% ({', '.join(f'{100 * w:.2f}' for w in e['seed_wers'])}) | " in text
+    # Errors by type at the dev choice: the seeds' means, adding up to the seeds' mean errors.
+    assert sum(e["by_type"]) == pytest.approx(sum(e["errors"])) and len(e["by_type"]) == 3
     pairs = [100 * (b - a) for a, b in zip(new["systems"]["baseline"]["seed_wers"], e["seed_wers"])]
     assert f"(distilled seed i − baseline seed i, points): {', '.join(f'{d:+.2f}' for d in pairs)}." in text
     # Rerun into the same folder with other arguments: refused in one line, nothing mixed in.
