@@ -292,6 +292,17 @@ def per_talker(run: dict, voices: dict[str, str], systems: list[str], pairs: lis
     return rows
 
 
+def rate_cells(run: dict, name: str, key: str, recorded_rate: Callable[[str, int, str], float], test: str, ood: str) -> list[str]:
+    """A system's rate ``key`` (``wer`` or ``ter``) as table cells: the decoding stage's on ``test``
+    (its seeds' mean), this run's on ``ood`` and on the new part (with each seed's), and the ratio
+    of the new part's to ``test``'s."""
+    e = run["parts"][PART]["systems"][name]
+    clean = float(np.mean([recorded_rate(name, seed, test) for seed in range(e["seeds"])]))
+    seeds = f" ({', '.join(f'{100 * w:.2f}' for w in e[f'seed_{key}s'])})" if e["seeds"] > 1 else ""
+    return [f"{100 * clean:.2f}%", f"{100 * run['parts'][ood]['systems'][name][key]:.2f}%", f"{100 * e[key]:.2f}%{seeds}",
+            f"{e[key] / clean if clean else float('nan'):.2f}"]
+
+
 def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> str:
     cmd = (f"python bench/ood_more.py{' --ctc --units ' + args.units if args.ctc else ''} --data {args.data} --exp {args.exp} --speakers "
            f"{args.speakers} --utts-per-speaker {args.utts_per_speaker} --seed {args.seed} --systems {' '.join(args.systems)} --seeds {args.seeds}"
@@ -313,20 +324,13 @@ def format_section(run: dict, recorded: Recorded, args: argparse.Namespace) -> s
              "|---|---|---|---|---|---|---|"]
     for name in args.systems:
         e = new["systems"][name]
-        clean = float(np.mean([recorded.wer(name, seed, test) for seed in range(e["seeds"])]))
-        seeds = f" ({', '.join(f'{100 * w:.2f}' for w in e['seed_wers'])})" if e["seeds"] > 1 else ""
-        lines.append(f"| {name} | {e['seeds']} | {e['scale']:g} | {100 * clean:.2f}% | {100 * run['parts'][ood]['systems'][name]['wer']:.2f}% | "
-                     f"{100 * e['wer']:.2f}%{seeds} | {e['wer'] / clean if clean else float('nan'):.2f} |")
+        lines.append(f"| {name} | {e['seeds']} | {e['scale']:g} | " + " | ".join(rate_cells(run, name, "wer", recorded.wer, test, ood)) + " |")
     if recorded.ctc:
         lines += ["", f"Greedy token error rate (no LM: the acoustic model alone; {ood} decoded again here to {table}'s greedy TER for "
                   "every seed):", "", f"| system | {test} ({recorded.column}) | {ood} ({recorded.column}) | {PART} | {PART} / {test} |",
                   "|---|---|---|---|---|"]
         for name in args.systems:
-            e = new["systems"][name]
-            clean = float(np.mean([recorded.ter(name, seed, test) for seed in range(e["seeds"])]))
-            seeds = f" ({', '.join(f'{100 * t:.2f}' for t in e['seed_ters'])})" if e["seeds"] > 1 else ""
-            lines.append(f"| {name} | {100 * clean:.2f}% | {100 * run['parts'][ood]['systems'][name]['ter']:.2f}% | {100 * e['ter']:.2f}%{seeds} | "
-                         f"{e['ter'] / clean if clean else float('nan'):.2f} |")
+            lines.append(f"| {name} | " + " | ".join(rate_cells(run, name, "ter", recorded.ter, test, ood)) + " |")
     ter_head = " greedy TER points, 95% CI | |" if recorded.ctc else ""
     lines += ["", f"{'HLG WER and greedy TER' if recorded.ctc else 'WER'} differences in points with a 95% paired bootstrap interval over "
               "utterances (2000 resamples; Bisani & Ney 2004; the seeds' per-utterance errors averaged first; it does not cover the seeds' "
