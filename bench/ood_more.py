@@ -179,10 +179,10 @@ def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: in
     and on the new part as the decoding stage decoded the test parts: its beam and max-active, each
     system at the scale the stage chose for it on dev. Return ``{"beam", "max_active", "parts":
     {part: {"ids", "words", "systems": {name: {"wer" (seeds' mean), "errors" (per utterance,
-    seeds' mean), "seeds", "scale", "seed_wers"}}}}}``; with ``oracle`` (scales), each system on
-    the new part also at each of those scales: ``"oracle": {"scales", "wer", "errors"}`` (seeds'
-    means per scale); ``"by_type"``: the substitutions, deletions and insertions at the scale
-    (seeds' means). CTC: also ``"ter"``, ``"token_errors"``, ``"seed_ters"`` (greedy, no LM) and
+    seeds' mean), "seeds", "scale", "seed_wers", "by_type" (substitutions, deletions and
+    insertions at the scale, seeds' means)}}}}}``; with ``oracle`` (scales), each system on the
+    new part also at each of those scales: ``"oracle": {"scales", "wer", "errors"}`` (seeds'
+    means per scale). CTC: also ``"ter"``, ``"token_errors"``, ``"seed_ters"`` (greedy, no LM) and
     the part's ``"tokens"``. Stops when the recipe's test-ood does not decode to the stage's
     recorded WER (CTC: and greedy TER) for every seed."""
     layout = recorded.layout

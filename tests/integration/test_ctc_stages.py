@@ -591,14 +591,23 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
     lps = {c.id: lp for c, lp in ctc_log_probs(load_ctc_teachers(other, CTC), cuts, part.open_cmvn("test-ood-more"), 1.0, CTC.fusion)}
     stage7 = token_scores(lps, {c.id: cut_text(c) for c in cuts}, prepare_units(other, CTC), CTC.beam_size)
     assert new["systems"]["ensemble"]["ter"] == pytest.approx(stage7.rates["greedy_ter"])
-    # Its word errors by type at its scale: those of an HLG decoding there, printed.
+    # Word errors by type at each one's scale: those of HLG decodings there (the baseline: each seed's, averaged),
+    # and the printed rows with their hypothesis words.
     from asr_kd.ctc.training import hlg_wer
     from asr_kd.decode.hlg import load_hlg
 
-    ens = new["systems"]["ensemble"]
-    words = hlg_wer(lps, {c.id: cut_text(c) for c in cuts}, prepare_units(other, CTC), load_hlg(other.ctc_graph / "HLG.fst"), DECODE, ens["scale"])
-    assert ens["by_type"] == [words.substitutions, words.deletions, words.insertions] and sum(ens["by_type"]) == sum(ens["errors"])
-    assert f"| ensemble | {words.substitutions:.1f} | {words.deletions:.1f} | {words.insertions:.1f} | " in results.read_text()
+    hlg, units, refs = load_hlg(other.ctc_graph / "HLG.fst"), prepare_units(other, CTC), {c.id: cut_text(c) for c in cuts}
+    for name, models in (("ensemble", [load_ctc_teachers(other, CTC)]),
+                         ("baseline", [[load_ctc_model(other.ctc_student_dir(d))] for d in ("baseline", "baseline_seed1")])):
+        e = new["systems"][name]
+        decoded = []
+        for m in models:
+            logp = {c.id: lp for c, lp in ctc_log_probs(m, cuts, part.open_cmvn("test-ood-more"), 1.0, CTC.fusion)}
+            w = hlg_wer(logp, refs, units, hlg, DECODE, e["scale"])
+            decoded.append((w.substitutions, w.deletions, w.insertions))
+        sub, dels, ins = (sum(x) / len(decoded) for x in zip(*decoded))
+        assert e["by_type"] == pytest.approx([sub, dels, ins]) and sum(e["by_type"]) == pytest.approx(sum(e["errors"])), name
+        assert f"| {name} | {sub:.1f} | {dels:.1f} | {ins:.1f} | {sum(new['words']) - dels + ins:.1f} |" in results.read_text(), name
     assert new["tokens"] == [stage7.ref_tokens[u] for u in new["ids"]]
     base = new["systems"]["baseline"]
     assert base["ter"] == pytest.approx(sum(base["seed_ters"]) / 2) and len(base["seed_ters"]) == 2

@@ -897,8 +897,13 @@ def test_ood_more_bench_decodes_as_stage_7_and_pools_with_test_ood(recipe, tmp_p
     assert f"| distilled - baseline, test-ood-more and test-ood | {d['utterances']} ({d['words']}) | {100 * d['value']:+.2f} [" in text
     e = new["systems"]["distilled"]
     assert f"| {100 * e['wer']:.2f}% ({', '.join(f'{100 * w:.2f}' for w in e['seed_wers'])}) | " in text
-    # Errors by type at the dev choice: the seeds' means, adding up to the seeds' mean errors.
+    # Errors by type at the dev choice: the seeds' means, adding up to the seeds' mean errors; Table 1's
+    # S/D/I of the ensemble (one model) on test-ood equal the bench's there; the printed row.
     assert sum(e["by_type"]) == pytest.approx(sum(e["errors"])) and len(e["by_type"]) == 3
+    t1 = table1["ensemble"]["test-ood"]
+    assert ood["systems"]["ensemble"]["by_type"] == [t1["substitutions"], t1["deletions"], t1["insertions"]]
+    sub, dels, ins = e["by_type"]
+    assert f"| distilled | {sub:.1f} | {dels:.1f} | {ins:.1f} | {sum(new['words']) - dels + ins:.1f} |" in text
     pairs = [100 * (b - a) for a, b in zip(new["systems"]["baseline"]["seed_wers"], e["seed_wers"])]
     assert f"(distilled seed i − baseline seed i, points): {', '.join(f'{d:+.2f}' for d in pairs)}." in text
     # Rerun into the same folder with other arguments: refused in one line, nothing mixed in.
