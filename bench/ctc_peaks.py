@@ -137,6 +137,8 @@ def measure(run: Run, parts: dict[str, RecipeLayout], systems: list[str], seeds:
         for name in systems:
             per_seed, ters, timing = [], [], {ref: SpikeStats() for ref in timing_refs}
             for seed in range(seeds if is_student(name) else 1):
+                if seed > 0 and read_record(run.layout.ctc_student_dir(ctc_student_folder(name, seed))) is None:
+                    break  # fewer seeds trained than --seeds: the table says how many were measured
                 ids, sums, lps, ter = shape_sums(run, part_layout, part, run.models(name, seed), units, entry.get("ids"))
                 entry.setdefault("ids", ids)
                 row = run.table_row(name, seed)
@@ -178,7 +180,8 @@ def rates(entry: dict) -> dict:
     out = {}
     for name, e in entry["systems"].items():
         s = _arrays(e, feasible)
-        out[name] = {key: scale * s[num].sum() / max(s[den].sum(), 1e-12) for key, _, num, den, scale, _ in MEASURES}
+        # None where nothing counts (no spike: no peak or width; no utterance every system can align)
+        out[name] = {key: scale * s[num].sum() / s[den].sum() if s[den].sum() > 0 else None for key, _, num, den, scale, _ in MEASURES}
     return {"systems": out, "feasible": int(feasible.sum()), "utterances": len(feasible)}
 
 
@@ -192,9 +195,13 @@ def pair_differences(entry: dict, pairs: list[tuple[str, str]]) -> dict:
         for key, _, num, den, scale, _ in MEASURES:
             if key not in PAIR_MEASURES:
                 continue
+            if sa[den].sum() <= 0 or sb[den].sum() <= 0:  # nothing to average (a system without spikes)
+                out[f"{b} - {a} | {key}"] = None
+                continue
             counts = {"na": sa[num], "da": sa[den], "nb": sb[num], "db": sb[den]}
             ones = np.ones_like(sa[num])
-            iv = bootstrap_rates(counts, ones, lambda r: scale * (r["nb"] / r["db"] - r["na"] / r["da"]))
+            with np.errstate(divide="ignore", invalid="ignore"):  # a resample without spikes has no rate: left out
+                iv = bootstrap_rates(counts, ones, lambda r, k=scale: k * (r["nb"] / r["db"] - r["na"] / r["da"]))
             out[f"{b} - {a} | {key}"] = iv.to_dict()
     return out
 
@@ -219,7 +226,7 @@ def format_section(run_out: dict, args: argparse.Namespace) -> str:
         for name in args.systems:
             e, v = entry["systems"][name], r["systems"][name]
             lines.append(f"| {name} | {e['seeds']} | {100 * np.mean(e['seed_ters']):.2f}% | "
-                         + " | ".join(fmt.format(v[key]) for key, _, _, _, _, fmt in MEASURES) + " |")
+                         + " | ".join("n/a" if v[key] is None else fmt.format(v[key]) for key, _, _, _, _, fmt in MEASURES) + " |")
         timed = [n for n in args.systems if entry["systems"][n]["timing"]]
         if args.timing_ref and timed:
             lines += ["", f"Spikes on {part} matched against each reference model's (minimum edit alignment of the two spike sequences; "
@@ -239,6 +246,9 @@ def format_section(run_out: dict, args: argparse.Namespace) -> str:
                 cells = []
                 for key in PAIR_MEASURES:
                     d = entry["differences"][f"{b} - {a} | {key}"]
+                    if d is None:
+                        cells.append("n/a")
+                        continue
                     cells.append(format_interval(d, scale=1.0, digits=2 if key == "blank" else 3) + ("" if d["excludes_zero"] else " (within noise)"))
                 lines.append(f"| {b} - {a} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -254,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", nargs="+", default=["baseline", "frame", "ensemble"],
                    help="students by their stage-6 names, ensemble, teacher<i>, a teacher set's folder (its ensemble) or "
                         "<set folder>/teacher<i> (default baseline frame ensemble)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of each student (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of each student, at most (those trained; default 3)")
     p.add_argument("--parts", nargs="+", default=None, help="the recipe's parts (default: the test parts CTC stage 7 scored)")
     p.add_argument("--more", type=Path, default=None, help="a bench/ood_more.py --work folder: adds its test-ood-more part")
     p.add_argument("--timing-ref", action="append", default=None, help="match every system's spikes against this system's (repeatable; default teacher0)")

@@ -627,3 +627,71 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
         bad = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--ctc", "--systems", "baseline", "ensemble", *pairs],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and why in bad.stderr, bad.stderr
+
+
+def test_the_posterior_shape_bench_measures_what_ctc_stage_7_scored(ctc_run, tmp_path) -> None:
+    """bench/ctc_peaks.py on a copy of the tiny run: the greedy TER of every seed and of the guided
+    set's ensemble equals the CTC table's (the bench stops otherwise), the ensemble's measures
+    equal those of its fused posteriors summed here, and a pair's difference is the two rates'."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from asr_kd.ctc.peaks import utterance_shape
+    from asr_kd.ctc.training import ctc_log_probs
+    from asr_kd.data.ctc_data import cut_text
+    from tests.conftest import REPO_ROOT
+
+    layout, _, _, _, _ = ctc_run
+    other = dataclasses.replace(RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone"), ood_part="test-ood")
+    shutil.copytree(layout.ctc_root, other.ctc_root, symlinks=True)
+    shutil.rmtree(other.ctc_decode, ignore_errors=True)
+    scores = decode_ctc_systems(other, CTC, DECODE, command="test", corpus="tiny")
+    out_json, results = tmp_path / "peaks.json", tmp_path / "RESULTS.md"
+    bench = [sys.executable, str(REPO_ROOT / "bench" / "ctc_peaks.py"), "--data", str(layout.data_dir), "--exp", str(other.exp_dir)]
+    proc = subprocess.run([*bench, "--systems", "baseline", "frame", "ensemble", "teachers_guided1", "teachers_guided1/teacher1", "--seeds", "2",
+                           "--timing-ref", "teacher0", "--pair", "frame", "baseline", "--pair", "teachers_guided1", "ensemble",
+                           "--json", str(out_json), "--results", str(results)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(out_json.read_text())
+    assert sorted(run["parts"]) == ["test-clean", "test-ood"]
+    clean = run["parts"]["test-clean"]
+    assert clean["systems"]["baseline"]["seed_ters"] == pytest.approx(
+        [scores[r]["test-clean"]["greedy_ter"] for r in ("student: baseline", "student: baseline_seed1")])
+    assert clean["systems"]["teachers_guided1"]["seed_ters"] == pytest.approx([scores["ensemble of 2 (independent, guided 1)"]["test-clean"]["greedy_ter"]])
+    assert clean["systems"]["frame"]["seeds"] == 1  # one seed trained: the seeds that exist, said in the table
+    # The ensemble's measures from its fused posteriors, summed here.
+    cuts = other.open_cuts(other.fbank_cuts("test-clean"))
+    units = prepare_units(other, CTC)
+    rows = [utterance_shape(lp, units.encode(cut_text(c)))
+            for c, lp in ctc_log_probs(load_ctc_teachers(other, CTC), cuts, other.open_cmvn("test-clean"), 1.0, CTC.fusion)]
+    ens = clean["rates"]["systems"]["ensemble"]
+    assert ens["blank"] == pytest.approx(100 * sum(r["blank_frames"] for r in rows) / sum(r["frames"] for r in rows))
+    spikes = sum(r["spikes"] for r in rows)  # a barely trained ensemble may emit none: no peak then
+    assert ens["peak"] == (pytest.approx(sum(r["spike_peak_sum"] for r in rows) / spikes) if spikes else None)
+    assert ens["spikes"] == pytest.approx(spikes / sum(r["ref_tokens"] for r in rows))
+    feasible = np.min([clean["systems"][n]["sums"]["feasible"] for n in clean["systems"]], axis=0)
+    assert clean["rates"]["feasible"] == int(feasible.sum()) > 0
+    held = [r for r, f in zip(rows, feasible) if f]
+    assert ens["loglik"] == pytest.approx(sum(r["ref_loglik"] for r in held) / sum(r["ref_tokens"] for r in held))
+    assert ens["gap"] == pytest.approx(sum(r["best_path"] - r["ref_best_path"] for r in held) / sum(r["ref_tokens"] for r in held))
+    assert ens["gap"] > 0  # greedy search does not read every reference of a barely trained model
+    d = clean["differences"]["teachers_guided1 - ensemble | loglik"]
+    assert d["value"] == pytest.approx(clean["rates"]["systems"]["teachers_guided1"]["loglik"] - ens["loglik"])
+    assert d["low"] <= d["value"] <= d["high"]
+    assert f"| ensemble | 1 | {100 * scores['ensemble of 2']['test-clean']['greedy_ter']:.2f}% | {ens['blank']:.1f}% |" in results.read_text()
+    # The baseline's spikes against teacher0's: both seeds' utterances in one count.
+    from asr_kd.ctc.kd import SpikeStats
+
+    def log_probs(models):
+        return [lp for _, lp in ctc_log_probs(models, cuts, other.open_cmvn("test-clean"), 1.0, CTC.fusion)]
+
+    stats, ref = SpikeStats(), log_probs([load_ctc_teachers(other, CTC)[0]])
+    for folder in ("baseline", "baseline_seed1"):
+        for a, b in zip(log_probs([load_ctc_model(other.ctc_student_dir(folder))]), ref):
+            stats.update(a, b)
+    assert clean["systems"]["baseline"]["timing"]["teacher0"] == pytest.approx(stats.summary())
+    bad = subprocess.run([*bench, "--systems", "baseline", "nosuch", "--pair", "nosuch", "baseline", "--seeds", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "no finished CTC student or teacher set 'nosuch'" in bad.stderr, bad.stderr
