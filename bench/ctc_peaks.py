@@ -36,18 +36,18 @@ import numpy as np
 from asr_kd.config import CtcConfig, config_from_dict
 from asr_kd.ctc.kd import SpikeStats
 from asr_kd.ctc.peaks import SHAPE_FIELDS, utterance_shape
-from asr_kd.ctc.training import ctc_log_probs, greedy_token_errors, load_ctc_model
+from asr_kd.ctc.training import ctc_log_probs, greedy_token_errors
 from asr_kd.data.ctc_data import cut_text
 from asr_kd.metrics.paired import bootstrap_rates
 from asr_kd.report.tables import format_interval
-from asr_kd.stages.ctc_common import ctc_student_folder, describe_teacher_set, load_ctc_teachers, prepare_units, teachers_of, trained_teacher_sets
-from asr_kd.stages.decode_part import ctc_table_name
+from asr_kd.stages.ctc_common import ctc_student_folder, prepare_units
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
 from asr_kd.utils import read_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
+from decode_penalty import ctc_models, ctc_row  # noqa: E402
 
 HEADING = "## The shape of the CTC systems' posteriors: peaks, blanks and the reference's best path (bench/ctc_peaks.py)"
 MORE = "test-ood-more"
@@ -75,33 +75,11 @@ class Run:
 
     def models(self, name: str, seed: int) -> list:
         """The model(s) of system ``name`` (a student: its seed ``seed``), see the module docstring."""
-        sets = {teachers_of(self.layout, c).name: c for c in trained_teacher_sets(self.layout, self.cfg)}
-        set_name, _, member = name.partition("/")
-        if name == "ensemble" or name.startswith("teacher") and name[7:].isdigit():
-            set_name, member = teachers_of(self.layout, self.cfg).name, "" if name == "ensemble" else name
-        if set_name in sets:
-            teachers = load_ctc_teachers(self.layout, sets[set_name])
-            if not member:
-                return teachers
-            if not (member.startswith("teacher") and member[7:].isdigit() and int(member[7:]) < len(teachers)):
-                raise SystemExit(f"ctc_peaks: {set_name} has no {member!r} (teacher0 ... teacher{len(teachers) - 1})")
-            return [teachers[int(member[7:])]]
-        folder = self.layout.ctc_student_dir(ctc_student_folder(name, seed))
-        if read_record(folder) is None:
-            raise SystemExit(f"ctc_peaks: no finished CTC student or teacher set {name!r} (seed index {seed}) under {self.layout.ctc_root}")
-        return [load_ctc_model(folder)]
+        return ctc_models(self.layout, self.cfg, name, seed)
 
     def table_row(self, name: str, seed: int) -> str | None:
         """The CTC table's row of ``name``'s seed ``seed``, or None where the table has none (another set's teacher)."""
-        if "/" in name:
-            return None
-        if name.startswith("teachers"):
-            own = teachers_of(self.layout, self.cfg).name
-            for c in trained_teacher_sets(self.layout, self.cfg):
-                if teachers_of(self.layout, c).name == name:
-                    return f"ensemble of {c.num_teachers}" + ("" if name == own else f" ({describe_teacher_set(c.shared_init_steps, c.guide_weight)})")
-            return None
-        return ctc_table_name(self.layout, name if seed == 0 else ctc_student_folder(name, seed))
+        return ctc_row(self.layout, self.cfg, name, seed)
 
 
 def is_student(name: str) -> bool:

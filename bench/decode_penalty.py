@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from asr_kd.config import CtcConfig, DecodeConfig, GmmConfig, config_from_dict
+from asr_kd.ctc.kd import BLANK
 from asr_kd.ctc.training import ctc_log_probs, greedy_token_errors, hlg_hypotheses, load_ctc_model
 from asr_kd.ctc.units import CtcUnits
 from asr_kd.data.ctc_data import cut_text
@@ -55,11 +56,14 @@ from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.metrics.wer import WerResult, compute_wer
 from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
-from asr_kd.stages.ctc_common import load_ctc_teachers, prepare_units
+from asr_kd.stages.ctc_common import (ctc_student_folder, describe_teacher_set, load_ctc_teachers, prepare_units, teachers_of,
+                                      trained_teacher_sets)
+from asr_kd.stages.decode_part import ctc_table_name
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
 from asr_kd.stages.s3_gmm import load_part
 from asr_kd.train.frame_classifier import load_frame_classifier
+from asr_kd.utils import read_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
@@ -67,6 +71,8 @@ from decode_beams import finished_run  # noqa: E402
 
 HEADING = "## Word insertion penalty tuned on dev beside the acoustic scale (bench/decode_penalty.py)"
 CTC_HEADING = "## Word insertion penalty on HLG tuned on dev beside the scale: the CTC systems (bench/decode_penalty.py --ctc)"
+BLANK_HEADING = "## Blank penalty on HLG tuned on dev beside the scale: the CTC systems (bench/decode_penalty.py --ctc --blank)"
+MORE = "test-ood-more"
 GMM_NAMES = ("mono", "tri")
 
 Decode = Callable[[float, float], dict[str, str]]
@@ -103,19 +109,61 @@ def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: s
                                                       dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
 
 
+def ctc_models(layout: RecipeLayout, cfg: CtcConfig, name: str, seed: int) -> list:
+    """The model(s) of the CTC system ``name``: ``ensemble`` and ``teacher<i>`` of ``cfg``'s teacher
+    set, a trained teacher set's folder name (``teachers_guided1``) for its ensemble and ``<set
+    folder>/teacher<i>`` for one of its teachers, or a stage-6 student (its seed ``seed``)."""
+    sets = {teachers_of(layout, c).name: c for c in trained_teacher_sets(layout, cfg)}
+    set_name, _, member = name.partition("/")
+    if name == "ensemble" or name.startswith("teacher") and name[7:].isdigit():
+        set_name, member = teachers_of(layout, cfg).name, "" if name == "ensemble" else name
+    if set_name in sets:
+        teachers = load_ctc_teachers(layout, sets[set_name])
+        if not member:
+            return teachers
+        if not (member.startswith("teacher") and member[7:].isdigit() and int(member[7:]) < len(teachers)):
+            raise SystemExit(f"{set_name} has no {member!r} (teacher0 ... teacher{len(teachers) - 1})")
+        return [teachers[int(member[7:])]]
+    folder = layout.ctc_student_dir(ctc_student_folder(name, seed))
+    if read_record(folder) is None:
+        raise SystemExit(f"no finished CTC student or teacher set {name!r} (seed index {seed}) under {layout.ctc_root}")
+    return [load_ctc_model(folder)]
+
+
+def ctc_row(layout: RecipeLayout, cfg: CtcConfig, name: str, seed: int = 0) -> str | None:
+    """The CTC table's row of system ``name`` (see :func:`ctc_models`), its seed ``seed``; None for
+    a teacher of another set (the table has none)."""
+    if "/" in name:
+        return None
+    if name.startswith("teachers"):
+        own = teachers_of(layout, cfg).name
+        return next((f"ensemble of {c.num_teachers}" + ("" if name == own else f" ({describe_teacher_set(c.shared_init_steps, c.guide_weight)})")
+                     for c in trained_teacher_sets(layout, cfg) if teachers_of(layout, c).name == name), None)
+    return ctc_table_name(layout, ctc_student_folder(name, seed) if has_seeds(name, True) else name)
+
+
+def with_blank_penalty(log_probs: dict[str, np.ndarray], penalty: float) -> dict[str, np.ndarray]:
+    """``log_probs`` with ``penalty`` subtracted from the blank's log-probability on every frame
+    (icefall's and sherpa's blank penalty: a positive one makes emitting a token cheaper)."""
+    if not penalty:
+        return log_probs
+    out = {}
+    for k, v in log_probs.items():
+        v = v.copy()
+        v[:, BLANK] -= penalty
+        out[k] = v
+    return out
+
+
 def ctc_part_decoder(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, name: str, seed: int, part: str, config: DecodeConfig,
-                     graphs: dict[str, PenalisedGraphs], greedy: dict | None = None) -> tuple[dict[str, str], Decode]:
-    """Return ``(refs, decode)`` of the CTC system ``name`` (``ensemble``, ``teacher<i>`` or a
-    stage-6 student: its seed ``seed``) on ``part``, as CTC stage 7 decodes it: ``decode(scale,
-    penalty)`` returns its HLG hypotheses at that scale on the log-probabilities and word penalty.
-    With ``greedy``, its greedy token errors (no LM, as CTC stage 7 counts them) are also kept
-    there under ``(data_dir, name, seed, part)``."""
-    if name == "ensemble":
-        models = load_ctc_teachers(layout, cfg)
-    elif name.startswith("teacher"):
-        models = [load_ctc_teachers(layout, cfg)[int(name[len("teacher"):])]]
-    else:
-        models = [load_ctc_model(layout.ctc_student_dir(name if seed == 0 else f"{name}_seed{seed}"))]
+                     graphs: dict[str, PenalisedGraphs], greedy: dict | None = None, blank: bool = False) -> tuple[dict[str, str], Decode]:
+    """Return ``(refs, decode)`` of the CTC system ``name`` (see :func:`ctc_models`; a student: its
+    seed ``seed``) on ``part``, as CTC stage 7 decodes it: ``decode(scale, penalty)`` returns its
+    HLG hypotheses at that scale on the log-probabilities and word penalty (with ``blank``: that
+    blank penalty, :func:`with_blank_penalty`, and no word penalty). With ``greedy``, its greedy
+    token errors (no LM, as CTC stage 7 counts them) are also kept there under ``(data_dir, name,
+    seed, part)``."""
+    models = ctc_models(layout, cfg, name, seed)
     cuts = layout.open_cuts(layout.fbank_cuts(part))
     refs = {c.id: cut_text(c) for c in cuts}
     log_probs = {c.id: lp for c, lp in ctc_log_probs(models, cuts, layout.open_cmvn(part), 1.0, cfg.fusion)}
@@ -123,12 +171,14 @@ def ctc_part_decoder(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, name
         greedy[layout.data_dir, name, seed, part] = greedy_token_errors(log_probs, refs, units)
     if "hlg" not in graphs:
         graphs["hlg"] = PenalisedGraphs(load_hlg(layout.ctc_graph / "HLG.fst"), units.lang.words.ids())
+    if blank:
+        return refs, lambda scale, penalty: hlg_hypotheses(with_blank_penalty(log_probs, penalty), units, graphs["hlg"].at(0.0), config, scale)
     return refs, lambda scale, penalty: hlg_hypotheses(log_probs, units, graphs["hlg"].at(penalty), config, scale)
 
 
 def has_seeds(name: str, ctc: bool) -> bool:
     """Whether ``name`` is a student trained once per seed (CTC: every system but the teachers and
-    their ensemble)."""
+    the teacher sets' ensembles)."""
     if ctc:
         return name != "ensemble" and not name.startswith("teacher")
     return name in STUDENT_SYSTEMS
@@ -174,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="seeds of each student (stage 6's; default 3)")
     p.add_argument("--ctc", action="store_true", help="the CTC path's systems on HLG (CTC stage 7 done), not the hybrid ones")
     p.add_argument("--units", default="phone", help="with --ctc: the CTC units of the run (phone or bpe; default phone)")
+    p.add_argument("--blank", action="store_true",
+                   help="with --ctc: the penalties are blank penalties (subtracted from the blank's log-probability on every frame before the "
+                        "HLG search, as icefall's and sherpa's blank penalty), not word insertion penalties")
+    p.add_argument("--more", type=Path, default=None, help="also decode the test-ood-more part that bench/ood_more.py --work made in this folder")
+    p.add_argument("--pair", nargs=2, action="append", default=None, metavar=("B", "A"),
+                   help="also report B minus A on each test part, both ways (repeatable; both among --systems)")
     p.add_argument("--json", type=Path, default=None, help="write every number here too")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = p.parse_args(argv)
@@ -182,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     penalties = check_penalties(args.penalties)
     if 0.0 not in penalties:
         p.error("--penalties must include 0 (the comparison is against no penalty)")
+    if args.blank and not args.ctc:
+        p.error("--blank needs --ctc (the hybrid systems' search has no blank)")
+    args.pair = [tuple(x) for x in args.pair or []]
+    for b, a in args.pair:
+        if a not in args.systems or b not in args.systems or a == b:
+            p.error(f"--pair {b} {a}: two different systems of --systems")
+    if args.more and not (args.more / "data" / "made.json").is_file():
+        p.error(f"--more {args.more}: no part made by bench/ood_more.py there (run it with --work {args.more} first)")
     graphs: dict[str, PenalisedGraphs] = {}
     if args.ctc:
         layout = RecipeLayout(args.data, args.exp, ctc_units=args.units)
@@ -198,8 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         layout = dataclasses.replace(layout, dev_part=record.config.get("tuned_on") or layout.dev_part)
         test_parts = [q for q in record.config["parts"] if q != layout.dev_part]
 
+        scores = read_json(layout.ctc_decode / "scores.json")
+
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
-            return ctc_part_decoder(layout, cfg, units, name, seed, part, config, graphs)
+            return ctc_part_decoder(where.get(part, layout), cfg, units, name, seed, part, config, graphs, blank=args.blank)
+
+        def recorded(name: str, seed: int, part: str, key: str) -> float | None:
+            """What CTC stage 7 recorded for the system's seed on the part (None where it did not score it)."""
+            entry = scores.get(ctc_row(layout, cfg, name, seed) or "", {}).get(part)
+            return None if entry is None else float(entry[key])
     else:
         run = finished_run(args.data, args.exp, "decode_penalty")
         if run is None:
@@ -212,9 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         scales, default = config.acoustic_scales or (config.acoustic_scale,), config.acoustic_scale
 
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
-            return part_decoder(layout, lang, name, seed, part, config, graphs)
+            return part_decoder(where.get(part, layout), lang, name, seed, part, config, graphs)
+
+        def recorded(name: str, seed: int, part: str, key: str) -> float | None:
+            return None
     layout = dataclasses.replace(layout, test_part=test_parts[0], ood_part=test_parts[1] if len(test_parts) > 1 else "")
     parts = [layout.dev_part, *layout.test_parts]
+    where = {}  # the parts whose features are not the run's own
+    if args.more:
+        where[MORE] = dataclasses.replace(layout, data_dir=args.more / "data")
+        parts.append(MORE)
     out: dict = {"penalties": list(penalties), "scales": list(scales), "beam": config.beam, "max_active": config.max_active,
                  "ctc": args.ctc, "systems": {}}
     start = time.time()
@@ -226,10 +304,13 @@ def main(argv: list[str] | None = None) -> int:
             sweep, scale, penalty, results = tune_decoding(layout.dev_part, scales, grid, lambda s, q: compute_wer(refs, decode(s, q)),
                                                            default)
             dev = results[scale, penalty]
+            if way == "scale" and recorded(name, 0, layout.dev_part, "acoustic_scale") not in (None, scale):
+                raise SystemExit(f"decode_penalty: {name} chose scale {scale:g} on {layout.dev_part} here, CTC stage 7 chose "
+                                 f"{recorded(name, 0, layout.dev_part, 'acoustic_scale'):g}; the bench does not decode as the stage did")
             entry["choices"][way] = {"scale": scale, "penalty": penalty, "dev_errors": dev.errors, "dev_ref_words": dev.ref_words,
                                      "dev_wer": dev.wer, "sweep": sweep.to_dict() if sweep else None}
             print(f"{name} ({way}): dev {dev.summary()} at scale {scale:g}, penalty {penalty:g}", flush=True)
-        for part in layout.test_parts:
+        for part in parts[1:]:
             counts: dict[str, list[np.ndarray]] = {"scale": [], "scale+penalty": []}
             summary: dict[str, dict] = {}
             ids: list[str] = []
@@ -238,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                 ids = sorted(refs)
                 for way, choice in entry["choices"].items():
                     result = compute_wer(refs, decode(choice["scale"], choice["penalty"]))
+                    table_wer = recorded(name, seed, part, "hlg_wer")
+                    if way == "scale" and table_wer is not None and abs(result.wer - table_wer) > 1e-9:
+                        raise SystemExit(f"decode_penalty: {name} seed {seed} on {part} decodes to {100 * result.wer:.2f}% here, the CTC table "
+                                         f"says {100 * table_wer:.2f}%; the bench does not decode as CTC stage 7 did")
                     counts[way].append(per_utterance_errors(result, ids))
                     s = summary.setdefault(way, {"wer": [], "substitutions": 0, "deletions": 0, "insertions": 0})
                     s["wer"].append(result.wer)
@@ -246,30 +331,45 @@ def main(argv: list[str] | None = None) -> int:
                                  ref_words=result.ref_words)
             words = np.array([len(refs[u].split()) for u in ids], dtype=np.float64)
             iv = bootstrap_difference(np.mean(counts["scale"], axis=0), np.mean(counts["scale+penalty"], axis=0), words)
-            entry["parts"][part] = {**summary, "difference": iv.to_dict()}
+            entry["parts"][part] = {**summary, "difference": iv.to_dict(), "words": words.tolist(),
+                                    "errors": {way: np.mean(c, axis=0).tolist() for way, c in counts.items()}}
             print(f"{name} {part}: scale {100 * np.mean(summary['scale']['wer']):.2f}%, scale+penalty "
                   f"{100 * np.mean(summary['scale+penalty']['wer']):.2f}%, difference {100 * iv.value:+.2f} [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]",
                   flush=True)
         entry["seeds"] = len(seeds)
         out["systems"][name] = entry
+    out["pairs"] = {}
+    for b, a in args.pair:
+        for part in parts[1:]:
+            ea, eb = out["systems"][a]["parts"][part], out["systems"][b]["parts"][part]
+            for way in ("scale", "scale+penalty"):
+                iv = bootstrap_difference(np.asarray(ea["errors"][way]), np.asarray(eb["errors"][way]), np.asarray(ea["words"]))
+                out["pairs"][f"{b} - {a} | {part} | {way}"] = iv.to_dict()
     out["seconds"] = round(time.time() - start, 1)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
-    write_section(args.results, CTC_HEADING if args.ctc else HEADING, format_section(out, args, layout, parts))
+    write_section(args.results, heading(args), format_section(out, args, layout, parts))
     return 0
+
+
+def heading(args: argparse.Namespace) -> str:
+    return BLANK_HEADING if args.blank else CTC_HEADING if args.ctc else HEADING
 
 
 def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, parts: list[str]) -> str:
     test_parts = parts[1:]
-    ctc = f" --ctc --units {args.units}" if args.ctc else ""
+    ctc = f" --ctc --units {args.units}" + (" --blank" if args.blank else "") if args.ctc else ""
     cmd = (f"python bench/decode_penalty.py{ctc} --data {args.data} --exp {args.exp} --penalties {' '.join(f'{p:g}' for p in out['penalties'])} "
-           f"--systems {' '.join(args.systems)} --seeds {args.seeds}")
+           f"--systems {' '.join(args.systems)} --seeds {args.seeds}" + (f" --more {args.more}" if args.more else "")
+           + "".join(f" --pair {b} {a}" for b, a in args.pair))
+    kind = ("blank penalty (subtracted from the blank's log-probability on every frame before the search; positive: tokens cheaper)"
+            if args.blank else "word insertion penalty")
     what = ("CTC stage 7's decoding over HLG" + f" ({args.units} units; the scales on the log-probabilities" if args.ctc
             else "The recipe's decoding (the acoustic scales")
-    lines = [CTC_HEADING if args.ctc else HEADING, "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
+    lines = [heading(args), "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",
              f"{what} {{{', '.join(f'{s:g}' for s in out['scales'])}}} searched on {layout.dev_part}, beam {out['beam']:g}, max-active "
              f"{out['max_active']}); \"scale\": that search alone, as the recipe "
-             f"decodes; \"+ penalty\": the same search at each word insertion penalty of {{{', '.join(f'{p:g}' for p in out['penalties'])}}} "
+             f"decodes; \"+ penalty\": the same search at each {kind} of {{{', '.join(f'{p:g}' for p in out['penalties'])}}} "
              "that the penalty search reaches (asr_kd/decode/tuning.py), the pair with the fewest dev errors. The test parts are decoded "
              "once at each choice; never used to choose.", ""]
     head = ["system", "seeds", f"{layout.dev_part}: scale", "+ penalty"]
@@ -294,7 +394,23 @@ def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, pa
               "seed's substitutions, deletions and insertions. Difference: penalty minus scale alone, paired bootstrap over the "
               "utterances (2000 resamples; Bisani & Ney 2004), each student's errors per utterance averaged over its seeds first; "
               f"it does not cover the seeds' training variance. Decoding took {out['seconds'] / 60:.0f} minutes "
-              f"({'one process' if out.get('ctc') else '2 processes'}).", ""]
+              f"({'one process' if out.get('ctc') else '2 processes'})."
+              + (" Without a penalty, every part CTC stage 7 scored decodes here to its table's WER for every seed, and each system's dev "
+                 "choice of scale is the stage's (the bench stops otherwise)." if args.ctc else "")
+              + (f" {MORE}: the part of `bench/ood_more.py --work {args.more}` (more of the unseen voices)." if args.more else ""), ""]
+    if out["pairs"]:
+        lines += ["B minus A, WER points with a 95% paired bootstrap interval over utterances (each student's errors averaged over its "
+                  "seeds first), each system at its own choices:", "",
+                  "| pair | part | scale alone | | + penalty | |", "|---|---|---|---|---|---|"]
+        for b, a in args.pair:
+            for part in test_parts:
+                cells = []
+                for way in ("scale", "scale+penalty"):
+                    iv = out["pairs"][f"{b} - {a} | {part} | {way}"]
+                    cells += [f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]",
+                              "significant" if iv["excludes_zero"] else "within noise"]
+                lines.append(f"| {b} - {a} | {part} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += [environment_text(environment(), code_version()), ""]
     return "\n".join(lines)
 

@@ -49,7 +49,7 @@ from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.report.tables import format_interval
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.ctc_common import prepare_units
-from asr_kd.stages.decode_part import ctc_table_name, prepare_part
+from asr_kd.stages.decode_part import prepare_part
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
 from asr_kd.utils import read_json, write_json_atomic
@@ -57,7 +57,7 @@ from asr_kd.utils import read_json, write_json_atomic
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
-from decode_penalty import ctc_part_decoder, has_seeds, part_decoder, seed_errors  # noqa: E402
+from decode_penalty import ctc_part_decoder, ctc_row, has_seeds, part_decoder, seed_errors  # noqa: E402
 
 HEADING = "## Table 1's systems on a larger sample of the unseen voices (bench/ood_more.py, issue 12)"
 CTC_HEADING = "## The CTC systems on a larger sample of the unseen voices (bench/ood_more.py --ctc, issue 12)"
@@ -101,6 +101,7 @@ class Recorded:
     decoder: Callable[[RecipeLayout, str, int, str], tuple[dict[str, str], Callable[[float, float], dict[str, str]]]]
     # CTC: where the decoder leaves each (data_dir, system, seed, part)'s greedy token errors (a WerResult)
     greedy: dict | None = None
+    cfg: CtcConfig | None = None  # CTC: the config CTC stage 7 decoded with
 
     def greedy_counts(self, data_dir: Path, name: str, seed: int, part: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """CTC: the greedy token errors and reference tokens per utterance (in the order of
@@ -122,9 +123,11 @@ class Recorded:
     def stage(self) -> str:
         return "CTC stage 7" if self.ctc else "stage 7"
 
-    def row(self, name: str, seed: int = 0) -> str:
-        inner = name if seed == 0 else f"{name}_seed{seed}"
-        return ctc_table_name(self.layout, inner) if self.ctc else inner
+    def row(self, name: str, seed: int = 0) -> str | None:
+        if self.ctc:
+            assert self.cfg is not None
+            return ctc_row(self.layout, self.cfg, name, seed)
+        return name if seed == 0 else f"{name}_seed{seed}"
 
     def wer(self, name: str, seed: int, part: str) -> float:
         return float(self.entries[self.row(name, seed)][part]["hlg_wer" if self.ctc else "wer"])
@@ -171,7 +174,7 @@ def ctc_recorded(layout: RecipeLayout) -> Recorded:
     graphs: dict[str, PenalisedGraphs] = {}
     greedy: dict = {}
     return Recorded(layout, read_json(layout.ctc_decode / "scores.json"), True, record.config.get("tuned_on") or layout.dev_part, config,
-                    lambda part_layout, n, seed, q: ctc_part_decoder(part_layout, cfg, units, n, seed, q, config, graphs, greedy), greedy)
+                    lambda part_layout, n, seed, q: ctc_part_decoder(part_layout, cfg, units, n, seed, q, config, graphs, greedy), greedy, cfg)
 
 
 def decode_systems(recorded: Recorded, work: Path, systems: list[str], seeds: int, oracle: list[float] | None = None) -> dict:
@@ -401,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the audio and features go (reused when rerun with the same arguments; --ctc shares it)")
     p.add_argument("--systems", nargs="+", default=None,
                    help="systems (stage 7's: baseline, ensemble, distilled, compressed; default baseline distilled ensemble); with --ctc: "
-                        "ensemble, teacher<i> and the CTC students by their stage-6 names (default baseline frame ensemble)")
+                        "ensemble, teacher<i>, a trained teacher set's folder (teachers_guided1: its ensemble) and the CTC students by their "
+                        "stage-6 names (default baseline frame ensemble)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of each student (stage 6's; default 3)")
     p.add_argument("--pair", nargs=2, action="append", default=None, metavar=("B", "A"),
                    help="report B minus A (repeatable; default distilled baseline; with --ctc frame baseline); ensemble minus the first "
