@@ -648,6 +648,14 @@ class DecodeConfig:
     # The same search for the CTC systems' scale on HLG (CTC stage 7): non-empty, each system's
     # scale is chosen on the dev part from these; empty: ctc_acoustic_scale.
     ctc_acoustic_scales: tuple[float, ...] = later_option(())
+    # A blank penalty on HLG: subtracted from the blank's log-probability on every frame before the
+    # search (icefall's and sherpa-onnx's blank_penalty; positive: emitting a token is cheaper).
+    # ctc_blank_penalty is the one applied; ctc_blank_penalties, non-empty, a grid CTC stage 7
+    # searches on the dev part beside the scale, per system, the way it searches
+    # insertion_penalties (one of the two grids at a time). decode-part and stage 9 refuse a system
+    # decoded with a blank penalty other than 0. bench/RESULTS.md "Blank penalty on HLG" measured it.
+    ctc_blank_penalty: float = later_option(0.0)
+    ctc_blank_penalties: tuple[float, ...] = later_option(())
     # Graph construction (Kaldi's mkgraph.sh defaults).
     transition_scale: float = GraphScales.transition
     self_loop_scale: float = GraphScales.self_loop
@@ -670,6 +678,12 @@ class DecodeConfig:
         _check(all(s > 0 for s in self.ctc_acoustic_scales), f"decode.ctc_acoustic_scales must all be > 0, got {list(self.ctc_acoustic_scales)}")
         _check(all(math.isfinite(p) for p in self.insertion_penalties),
                f"decode.insertion_penalties must be finite numbers, got {list(self.insertion_penalties)}")
+        _check(all(math.isfinite(p) for p in (self.ctc_blank_penalty, *self.ctc_blank_penalties)),
+               f"decode.ctc_blank_penalty and decode.ctc_blank_penalties must be finite numbers, got {self.ctc_blank_penalty}, "
+               f"{list(self.ctc_blank_penalties)}")
+        _check(len(set(self.insertion_penalties)) < 2 or len(set(self.ctc_blank_penalties)) < 2,
+               "decode.insertion_penalties and decode.ctc_blank_penalties are both grids; CTC stage 7 searches one of them beside the "
+               "scale: give the other one value (or none)")
         _check(self.transition_scale >= 0 and self.self_loop_scale >= 0, "decode.transition_scale and decode.self_loop_scale must be >= 0")
         _check(self.prior_smoothing >= 0, f"decode.prior_smoothing must be >= 0, got {self.prior_smoothing}")
         _check(0 < self.prior_floor < 1, f"decode.prior_floor must be in (0, 1), got {self.prior_floor}")

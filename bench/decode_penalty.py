@@ -39,7 +39,6 @@ from typing import Callable
 import numpy as np
 
 from asr_kd.config import CtcConfig, DecodeConfig, GmmConfig, config_from_dict
-from asr_kd.ctc.kd import BLANK
 from asr_kd.ctc.training import ctc_log_probs, greedy_token_errors, hlg_hypotheses, load_ctc_model
 from asr_kd.ctc.units import CtcUnits
 from asr_kd.data.ctc_data import cut_text
@@ -142,25 +141,12 @@ def ctc_row(layout: RecipeLayout, cfg: CtcConfig, name: str, seed: int = 0) -> s
     return ctc_table_name(layout, ctc_student_folder(name, seed) if has_seeds(name, True) else name)
 
 
-def with_blank_penalty(log_probs: dict[str, np.ndarray], penalty: float) -> dict[str, np.ndarray]:
-    """``log_probs`` with ``penalty`` subtracted from the blank's log-probability on every frame
-    (icefall's and sherpa's blank penalty: a positive one makes emitting a token cheaper)."""
-    if not penalty:
-        return log_probs
-    out = {}
-    for k, v in log_probs.items():
-        v = v.copy()
-        v[:, BLANK] -= penalty
-        out[k] = v
-    return out
-
-
 def ctc_part_decoder(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, name: str, seed: int, part: str, config: DecodeConfig,
                      graphs: dict[str, PenalisedGraphs], greedy: dict | None = None, blank: bool = False) -> tuple[dict[str, str], Decode]:
     """Return ``(refs, decode)`` of the CTC system ``name`` (see :func:`ctc_models`; a student: its
     seed ``seed``) on ``part``, as CTC stage 7 decodes it: ``decode(scale, penalty)`` returns its
     HLG hypotheses at that scale on the log-probabilities and word penalty (with ``blank``: that
-    blank penalty, :func:`with_blank_penalty`, and no word penalty). With ``greedy``, its greedy
+    blank penalty, taken off the blank's log-probability on every frame, and no word penalty). With ``greedy``, its greedy
     token errors (no LM, as CTC stage 7 counts them) are also kept there under ``(data_dir, name,
     seed, part)``."""
     models = ctc_models(layout, cfg, name, seed)
@@ -172,7 +158,7 @@ def ctc_part_decoder(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, name
     if "hlg" not in graphs:
         graphs["hlg"] = PenalisedGraphs(load_hlg(layout.ctc_graph / "HLG.fst"), units.lang.words.ids())
     if blank:
-        return refs, lambda scale, penalty: hlg_hypotheses(with_blank_penalty(log_probs, penalty), units, graphs["hlg"].at(0.0), config, scale)
+        return refs, lambda scale, penalty: hlg_hypotheses(log_probs, units, graphs["hlg"].at(0.0), config, scale, blank_penalty=penalty)
     return refs, lambda scale, penalty: hlg_hypotheses(log_probs, units, graphs["hlg"].at(penalty), config, scale)
 
 

@@ -195,12 +195,16 @@ def token_scores(log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], u
 
 def hlg_hypotheses(
     log_probs: Mapping[str, np.ndarray], units: CtcUnits, hlg: Any, decode_config: DecodeConfig, scale: float | None = None,
+    blank_penalty: float | None = None,
 ) -> dict[str, str]:
     """Return ``{cut_id: words}`` of HLG decoding (kaldi-decoder) of ``{cut_id: (T', V) log-probs}``
-    with the log-probs times ``scale`` (default ``decode_config.ctc_acoustic_scale``); an utterance
-    whose decoding failed (counted and logged) is left out."""
+    with the log-probs minus ``blank_penalty`` on the blank, times ``scale`` (defaults:
+    ``decode_config.ctc_blank_penalty`` and ``ctc_acoustic_scale``); an utterance whose decoding
+    failed (counted and logged) is left out."""
     if scale is not None:
         decode_config = dataclasses.replace(decode_config, ctc_acoustic_scale=scale)
+    if blank_penalty is not None:
+        decode_config = dataclasses.replace(decode_config, ctc_blank_penalty=blank_penalty)
     decoded = decode_ctc_batch(hlg, dict(log_probs), decode_config)
     words = units.lang.words
     return {k: " ".join(words.name(w) for w in d.word_ids) for k, d in decoded.decoded.items()}
@@ -208,8 +212,8 @@ def hlg_hypotheses(
 
 def hlg_wer(
     log_probs: Mapping[str, np.ndarray], refs: Mapping[str, str], units: CtcUnits, hlg: Any, decode_config: DecodeConfig,
-    scale: float | None = None,
+    scale: float | None = None, blank_penalty: float | None = None,
 ) -> WerResult:
     """Return the WER of :func:`hlg_hypotheses` against ``refs``."""
-    return compute_wer({k: refs[k] for k in log_probs}, hlg_hypotheses(log_probs, units, hlg, decode_config, scale))
+    return compute_wer({k: refs[k] for k in log_probs}, hlg_hypotheses(log_probs, units, hlg, decode_config, scale, blank_penalty))
 

@@ -63,12 +63,17 @@ def make_ctc_decoder(hlg: kaldifst.StdVectorFst, config: DecodeConfig) -> kaldi_
     return kaldi_decoder.FasterDecoder(hlg, opts)
 
 
-def decode_ctc_with(decoder: kaldi_decoder.FasterDecoder, log_probs: np.ndarray, acoustic_scale: float = 1.0, utt_id: str = "utt") -> CtcDecoded:
-    """Decode one utterance with an existing decoder; return its :class:`CtcDecoded`.
+def decode_ctc_with(decoder: kaldi_decoder.FasterDecoder, log_probs: np.ndarray, acoustic_scale: float = 1.0, utt_id: str = "utt",
+                    blank_penalty: float = 0.0) -> CtcDecoded:
+    """Decode one utterance with an existing decoder; return its :class:`CtcDecoded`. The log-probs
+    are scaled by ``acoustic_scale`` after ``blank_penalty`` is taken off the blank's (column 0).
 
     Raises DataError for a malformed input and DecodeFailure if no path survives.
     """
     x = check_log_probs(log_probs, utt_id)
+    if blank_penalty:
+        x = x.copy()
+        x[:, 0] -= blank_penalty
     if acoustic_scale != 1.0:
         x = np.ascontiguousarray(x * acoustic_scale)
     decoder.decode(kaldi_decoder.DecodableCtc(np.maximum(x, -1e10)))
@@ -84,7 +89,7 @@ def decode_ctc_with(decoder: kaldi_decoder.FasterDecoder, log_probs: np.ndarray,
 def decode_ctc(hlg: kaldifst.StdVectorFst, log_probs: np.ndarray, config: DecodeConfig, utt_id: str = "utt") -> CtcDecoded:
     """Decode one (T x num_tokens) log-prob matrix with HLG; return ``(word_ids, frame_tokens,
     score)``. Use :func:`decode_ctc_batch` for many utterances (it reuses the decoder)."""
-    return decode_ctc_with(make_ctc_decoder(hlg, config), log_probs, config.ctc_acoustic_scale, utt_id)
+    return decode_ctc_with(make_ctc_decoder(hlg, config), log_probs, config.ctc_acoustic_scale, utt_id, config.ctc_blank_penalty)
 
 
 def decode_ctc_batch(hlg: kaldifst.StdVectorFst, log_probs: Mapping[str, np.ndarray], config: DecodeConfig) -> BatchResult:
@@ -95,7 +100,7 @@ def decode_ctc_batch(hlg: kaldifst.StdVectorFst, log_probs: Mapping[str, np.ndar
     failed: list[str] = []
     for utt_id, x in tqdm(log_probs.items(), total=len(log_probs), desc="CTC decode", unit="utt", leave=False):
         try:
-            decoded[utt_id] = decode_ctc_with(decoder, x, config.ctc_acoustic_scale, utt_id)
+            decoded[utt_id] = decode_ctc_with(decoder, x, config.ctc_acoustic_scale, utt_id, config.ctc_blank_penalty)
         except AsrKdError as err:
             logger.warning("%s", err)
             failed.append(utt_id)

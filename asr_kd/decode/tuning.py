@@ -30,6 +30,9 @@ from asr_kd.metrics.wer import WerResult
 
 log = logging.getLogger(__name__)
 
+WORD_PENALTY, BLANK_PENALTY = "word insertion penalty", "blank penalty"
+PENALTY_OPTIONS = {WORD_PENALTY: "decode.insertion_penalties", BLANK_PENALTY: "decode.ctc_blank_penalties"}
+
 
 @dataclasses.dataclass(frozen=True)
 class ScaleSweep:
@@ -44,6 +47,8 @@ class ScaleSweep:
     # when penalties were searched too, the fewest errors reached at each penalty tried.
     penalty: float = 0.0
     penalty_errors: tuple[tuple[float, int], ...] = ()
+    # What the penalty is: a word insertion penalty, or (CTC on HLG) a blank penalty.
+    penalty_name: str = WORD_PENALTY
 
     @property
     def wers(self) -> tuple[float, ...]:
@@ -66,7 +71,7 @@ class ScaleSweep:
     def edges(self) -> tuple[str, ...]:
         """The grids whose edge the choice lies at: ``"acoustic scale"``, ``"word insertion
         penalty"``, both or none (where the best may lie beyond what was searched)."""
-        return (("acoustic scale",) if self.at_grid_edge else ()) + (("word insertion penalty",) if self.penalty_at_grid_edge else ())
+        return (("acoustic scale",) if self.at_grid_edge else ()) + ((self.penalty_name,) if self.penalty_at_grid_edge else ())
 
     def describe(self) -> str:
         """Return a one-line account, e.g. ``dev-clean WER 31.2% at 0.0625 ... best 0.1``."""
@@ -75,11 +80,11 @@ class ScaleSweep:
         text = f"acoustic scale on {self.part} ({cells}): best {self.best:g}{edge}"
         if self.penalty_errors:
             tried = ", ".join(f"{p:g}: {100 * e / self.ref_words:.1f}%" if self.ref_words else f"{p:g}" for p, e in self.penalty_errors)
-            edge = (" (at the edge of decode.insertion_penalties: the best may lie beyond it; widen the grid)"
+            edge = (f" (at the edge of {PENALTY_OPTIONS[self.penalty_name]}: the best may lie beyond it; widen the grid)"
                     if self.penalty_at_grid_edge else "")
-            text += f"; word insertion penalty (each at its best scale: {tried}): best {self.penalty:g}{edge}"
+            text += f"; {self.penalty_name} (each at its best scale: {tried}): best {self.penalty:g}{edge}"
         elif self.penalty:
-            text += f" at word insertion penalty {self.penalty:g}"
+            text += f" at {self.penalty_name} {self.penalty:g}"
         return text
 
     def to_dict(self) -> dict:
@@ -89,6 +94,8 @@ class ScaleSweep:
         if self.penalty or self.penalty_errors:
             data["penalty"] = self.penalty
             data["penalty_errors"] = [[p, e] for p, e in self.penalty_errors]
+        if self.penalty_name != WORD_PENALTY:
+            data["penalty_name"] = self.penalty_name
         return data
 
     @classmethod
@@ -96,7 +103,7 @@ class ScaleSweep:
         """Return the sweep stored by :meth:`to_dict`."""
         return cls(str(data["part"]), tuple(float(s) for s in data["scales"]), tuple(int(e) for e in data["errors"]),
                    int(data["ref_words"]), float(data["best"]), float(data.get("penalty", 0.0)),
-                   tuple((float(p), int(e)) for p, e in data.get("penalty_errors", ())))
+                   tuple((float(p), int(e)) for p, e in data.get("penalty_errors", ())), str(data.get("penalty_name", WORD_PENALTY)))
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -163,7 +170,7 @@ def check_penalties(penalties: Sequence[float]) -> tuple[float, ...]:
 
 
 def sweep_scales_and_penalties(part: str, scales: Sequence[float], penalties: Sequence[float], decode: Callable[[float, float], WerResult],
-                               default: float = 0.1) -> tuple[ScaleSweep, dict[tuple[float, float], WerResult]]:
+                               default: float = 0.1, penalty_name: str = WORD_PENALTY) -> tuple[ScaleSweep, dict[tuple[float, float], WerResult]]:
     """Search the word insertion penalties ``penalties`` the way :func:`sweep_scales` searches
     scales (from the penalty nearest 0, both neighbours, then onwards from the best while it lies
     at the edge of what was searched), each penalty with its own scale search over ``scales``
@@ -185,13 +192,13 @@ def sweep_scales_and_penalties(part: str, scales: Sequence[float], penalties: Se
     best = _grid_search(len(grid), min(range(len(grid)), key=lambda i: (abs(grid[i]), grid[i])), key)
     chosen = sweeps[grid[best]]
     tried = tuple((p, min(sweeps[p].errors)) for p in grid if p in sweeps)
-    sweep = dataclasses.replace(chosen, penalty=grid[best], penalty_errors=tried)
+    sweep = dataclasses.replace(chosen, penalty=grid[best], penalty_errors=tried, penalty_name=penalty_name)
     log.info("%s", sweep.describe())
     return sweep, results
 
 
 def tune_decoding(part: str, scales: Sequence[float], penalties: Sequence[float], decode: Callable[[float, float], WerResult],
-                  default: float = 0.1) -> tuple[ScaleSweep | None, float, float, dict[tuple[float, float], WerResult]]:
+                  default: float = 0.1, penalty_name: str = WORD_PENALTY) -> tuple[ScaleSweep | None, float, float, dict[tuple[float, float], WerResult]]:
     """Decode ``part`` at the one pair of ``scales`` x ``penalties`` when each holds one value, or
     search them (:func:`sweep_scales` over the scales at the one penalty, or
     :func:`sweep_scales_and_penalties`). Returns the sweep (None without a search), the chosen
@@ -199,12 +206,12 @@ def tune_decoding(part: str, scales: Sequence[float], penalties: Sequence[float]
     if not scales or not penalties:
         raise ValueError("tune_decoding needs at least one scale and one penalty")
     if len(penalties) > 1:
-        sweep, results = sweep_scales_and_penalties(part, scales, penalties, decode, default)
+        sweep, results = sweep_scales_and_penalties(part, scales, penalties, decode, default, penalty_name)
         return sweep, sweep.best, sweep.penalty, results
     penalty = float(penalties[0])
     if len(scales) > 1:
         found_sweep, found = sweep_scales(part, scales, lambda s: decode(s, penalty), default)
-        sweep = dataclasses.replace(found_sweep, penalty=penalty) if penalty else found_sweep
+        sweep = dataclasses.replace(found_sweep, penalty=penalty, penalty_name=penalty_name) if penalty else found_sweep
         return sweep, sweep.best, penalty, {(s, penalty): r for s, r in found.items()}
     scale = float(scales[0])
     return None, scale, penalty, {(scale, penalty): decode(scale, penalty)}

@@ -159,15 +159,16 @@ def _wer_cell(row: SystemScore) -> str:
     return f"{_pct(row.wer, 2)} ({row.substitutions}/{row.deletions}/{row.insertions} of {row.ref_words})"
 
 
-def describe_grid_edges(rows: Sequence[tuple[str, Sequence[str]]], scales_key: str = "acoustic_scales") -> str:
+def describe_grid_edges(rows: Sequence[tuple[str, Sequence[str]]], scales_key: str = "acoustic_scales",
+                        penalties_key: str = "insertion_penalties") -> str:
     """Return the sentence under a table naming each row whose dev choice lies at the edge of a
-    searched grid (``rows``: ``(row, ScaleSweep.edges)`` pairs; ``scales_key``: the DecodeConfig
-    field of the scale grid), or "" when none does."""
+    searched grid (``rows``: ``(row, ScaleSweep.edges)`` pairs; ``scales_key`` and
+    ``penalties_key``: the DecodeConfig fields of the scale and penalty grids), or "" when none does."""
     named = [f"{row} ({' and '.join(edges)})" for row, edges in rows if edges]
     if not named:
         return ""
     return (f"Dev choice at the edge of its searched grid (the best may lie beyond it; widen decode.{scales_key} or "
-            f"decode.insertion_penalties): {'; '.join(named)}.")
+            f"decode.{penalties_key}): {'; '.join(named)}.")
 
 
 def format_interval(iv: Mapping[str, Any], scale: float = 100.0, digits: int = 2, unit: str = "") -> str:

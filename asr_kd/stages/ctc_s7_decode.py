@@ -6,7 +6,8 @@ Decoding follows the hybrid Table 1 (:mod:`asr_kd.stages.s7_decode`): each syste
 log-probabilities against HLG is chosen on the dev part (``decode.ctc_acoustic_scales``; a
 student's other seeds use its first seed's scale), with ``decode.insertion_penalties`` a word
 insertion penalty on every word of HLG searched beside it (:func:`asr_kd.decode.tuning.tune_decoding`,
-as for HCLG), the test parts are decoded once at the choice, and every system of the table gets
+as for HCLG), or with ``decode.ctc_blank_penalties`` a blank penalty (taken off the blank's
+log-probability on every frame before the search) searched the same way, the test parts are decoded once at the choice, and every system of the table gets
 the same beam and max-active. A student's seeds (folders
 ``students/<name>_seed<k>``, CTC stage 6) form one row: mean and standard deviation over the
 seeds, and differences from the baseline student (and of each ``frame_<x>`` student, another
@@ -35,9 +36,10 @@ from asr_kd.data.ctc_data import cut_text
 from asr_kd.decode.fst_utils import write_fst
 from asr_kd.decode.hlg import compile_hlg, load_hlg
 from asr_kd.decode.penalty import PenalisedGraphs
-from asr_kd.decode.tuning import ScaleSweep, check_penalties, tune_decoding
+from asr_kd.decode.tuning import BLANK_PENALTY, WORD_PENALTY, ScaleSweep, check_penalties, tune_decoding
 from asr_kd.errors import ConfigError
 from asr_kd.metrics.paired import BOOTSTRAP_RESAMPLES, bootstrap_difference
+from asr_kd.metrics.wer import WerResult
 from asr_kd.report.tables import ONE_SEED, comparison_intro, describe_grid_edges, format_interval, significance
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
@@ -79,8 +81,9 @@ def system_slug(name: str) -> str:
 def system_scale(layout: RecipeLayout, name: str) -> float | None:
     """The scale CTC stage 7 decoded system ``name`` (a row name of its table, e.g. ``student:
     frame``) with, from its ``scores.json``; None when the stage has not scored it. A system it
-    decoded with a word insertion penalty is refused (ConfigError): the callers, decode-part and
-    the model directories of stage 9, decode without one, so they would not match the table."""
+    decoded with a word insertion penalty or a blank penalty is refused (ConfigError): the
+    callers, decode-part and the model directories of stage 9, decode without one, so they would
+    not match the table."""
     path = layout.ctc_decode / "scores.json"
     if not path.is_file():
         return None
@@ -91,6 +94,11 @@ def system_scale(layout: RecipeLayout, name: str) -> float | None:
         raise ConfigError(f"{name} was decoded by CTC stage 7 with a word insertion penalty ({penalised['insertion_penalty']:g}, "
                           "decode.insertion_penalties), which decode-part and the model directories (stage 9) do not apply yet; rerun "
                           "CTC stage 7 with decode.insertion_penalties=[] to decode it here as the table did")
+    blanked = next((e for e in entries.values() if isinstance(e, dict) and e.get("blank_penalty")), None)
+    if blanked is not None:
+        raise ConfigError(f"{name} was decoded by CTC stage 7 with a blank penalty ({blanked['blank_penalty']:g}, decode.ctc_blank_penalties), "
+                          "which decode-part and the model directories (stage 9) do not apply yet; rerun CTC stage 7 with "
+                          "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0 to decode it here as the table did")
     return next((float(e["acoustic_scale"]) for e in entries.values() if isinstance(e, dict) and "acoustic_scale" in e), None)
 
 
@@ -156,10 +164,13 @@ def _score_rows(
     write each member's per-utterance counts; return ``{member: {part: scores}}``."""
     grid = decode_config.ctc_acoustic_scales
     penalties = check_penalties(decode_config.insertion_penalties) or (0.0,)
-    search = bool(grid) or len(penalties) > 1
+    blanks = check_penalties(decode_config.ctc_blank_penalties) or (decode_config.ctc_blank_penalty,)
+    search = bool(grid) or len(penalties) > 1 or len(blanks) > 1
     graphs = PenalisedGraphs(hlg, units.lang.words.ids())
-    fixed = (decode_config.ctc_acoustic_scale, penalties[0])  # without a search: the configured scale and penalty
-    chosen: dict[str, tuple[float, float]] = {}  # row -> the scale and penalty its first member chose on dev
+    # The scale and one penalty are searched together: the blank penalty where it has a grid, else the word penalty.
+    by_blank = len(blanks) > 1
+    fixed = (decode_config.ctc_acoustic_scale, penalties[0], blanks[0])  # without a search: the configured scale and penalties
+    chosen: dict[str, tuple[float, float, float]] = {}  # row -> the scale and penalties its first member chose on dev
     computed: dict[str, dict[str, dict]] = {}
     for part in parts:
         cuts, cmvn = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(part))), layout.open_cmvn(part)
@@ -170,18 +181,27 @@ def _score_rows(
                 tokens = token_scores(lps, refs, units, cfg.beam_size)
                 entry: dict = dict(tokens.rates)
                 if search and part == layout.dev_part and i == 0:
-                    sweep, scale, penalty, results = tune_decoding(
-                        part, grid or (decode_config.ctc_acoustic_scale,), penalties,
-                        lambda s, p: hlg_wer(lps, refs, units, graphs.at(p), decode_config, s), decode_config.ctc_acoustic_scale)
-                    chosen[row], words = (scale, penalty), results[scale, penalty]
+
+                    def decode(s: float, p: float) -> WerResult:  # p: the searched penalty
+                        word, blank = (penalties[0], p) if by_blank else (p, blanks[0])
+                        return hlg_wer(lps, refs, units, graphs.at(word), decode_config, s, blank)
+
+                    sweep, scale, searched, results = tune_decoding(
+                        part, grid or (decode_config.ctc_acoustic_scale,), blanks if by_blank else penalties, decode,
+                        decode_config.ctc_acoustic_scale, BLANK_PENALTY if by_blank else WORD_PENALTY)
+                    chosen[row] = (scale, penalties[0], searched) if by_blank else (scale, searched, blanks[0])
+                    words = results[scale, searched]
                     if sweep is not None:
                         entry["sweep"] = sweep.to_dict()
+                    scale, penalty, blank = chosen[row]
                 else:
-                    scale, penalty = chosen.get(row, fixed)
-                    words = hlg_wer(lps, refs, units, graphs.at(penalty), decode_config, scale)
+                    scale, penalty, blank = chosen.get(row, fixed)
+                    words = hlg_wer(lps, refs, units, graphs.at(penalty), decode_config, scale, blank)
                 entry.update(hlg_wer=words.wer, acoustic_scale=scale, ref_words=words.ref_words, utterances=len(words.utterances))
                 if penalty:  # only where one was used: records made without a penalty read as before
                     entry["insertion_penalty"] = penalty
+                if blank:
+                    entry["blank_penalty"] = blank
                 per_utt = {u.utt_id: [u.errors, len(u.ref), tokens.token_errors[u.utt_id], tokens.ref_tokens[u.utt_id]]
                            for u in words.utterances}
                 write_json_atomic(layout.ctc_decode / f"{system_slug(member)}_{part}" / "per_utt.json", per_utt)
@@ -226,6 +246,9 @@ def _render(
     lines, edges = [], []
     penalised = False
     parts = list(next(iter(scores.values()), {}))
+    # A column for the blank penalty where any system was decoded with one (then the word penalty is printed as well where used).
+    blanked = any(e.get("blank_penalty") for by_part in scores.values() for e in by_part.values())
+    worded = any(e.get("insertion_penalty") for by_part in scores.values() for e in by_part.values())
     for row, members in rows.items():
         if any(m not in scores for m in members):
             continue
@@ -237,12 +260,16 @@ def _render(
                 cells.append(fmt_pct(mean) + (f" ± {100 * std:.1f}" if len(members) > 1 and mean is not None else ""))
             first = scores[members[0]][part]
             penalty = f", {first['insertion_penalty']:g}" if first.get("insertion_penalty") else ""
+            if blanked:
+                penalty = (f", {first.get('insertion_penalty', 0.0):g}" if worded else "") + f", {first.get('blank_penalty', 0.0):g}"
             lines.append(f"| {row} | {len(members)} | {part} | " + " | ".join(cells)
                          + f" | {first.get('acoustic_scale', decode_config.ctc_acoustic_scale):g}{penalty} |")
             penalised = penalised or bool(penalty)
             if "sweep" in first:
                 edges.append((row, ScaleSweep.from_dict(first["sweep"]).edges))
     scale_head = "Scale, word insertion penalty where not 0" if penalised else "Scale"
+    if blanked:
+        scale_head = "Scale" + (", word insertion penalty" if worded else "") + ", blank penalty"
     header = "| System | Seeds | Part | " + " | ".join(names[c] for c in cols) + f" | {scale_head} |\n|" + "---|" * (len(cols) + 4) + "\n"
     grid = decode_config.ctc_acoustic_scales
     how = (f"the scale on the log-probabilities (1 / the LM weight) chosen per system on {layout.dev_part} by searching "
@@ -254,7 +281,13 @@ def _render(
                 f"from {{{', '.join(f'{p:g}' for p in penalties)}}} the same way")
     elif penalties and penalties[0]:
         how += f"; a word insertion penalty of {penalties[0]:g} on every word of HLG (not tuned)"
-    edge = describe_grid_edges(edges, "ctc_acoustic_scales")
+    blanks = check_penalties(decode_config.ctc_blank_penalties) or (decode_config.ctc_blank_penalty,)
+    if len(blanks) > 1:
+        how += (f"; with it a blank penalty (taken off the blank's log-probability on every frame before the search, icefall's and "
+                f"sherpa-onnx's blank_penalty) searched on {layout.dev_part} from {{{', '.join(f'{p:g}' for p in blanks)}}} the same way")
+    elif blanks[0]:
+        how += f"; a blank penalty of {blanks[0]:g} on every frame (not tuned)"
+    edge = describe_grid_edges(edges, "ctc_acoustic_scales", "ctc_blank_penalties" if len(blanks) > 1 else "insertion_penalties")
     edge = f" {edge}" if edge else ""
     if left_out:
         edge += f" Left out, their settings differing from their first seed's: {', '.join(left_out)}."

@@ -477,6 +477,95 @@ def test_the_penalty_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_p
     assert f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]" in text
 
 
+def test_the_blank_penalty_bench_decodes_what_it_says(ctc_run, tmp_path) -> None:
+    """bench/decode_penalty.py --ctc --blank: the scale-only side is CTC stage 7's decoding (the
+    guided set's ensemble by its folder name), the penalty side's test WER is HLG decoding of the
+    log-probabilities with the chosen penalty taken off the blank, made here, and a pair's
+    difference is the two systems' WERs differenced."""
+    import subprocess
+    import sys
+
+    from asr_kd.ctc.training import ctc_log_probs, hlg_wer
+    from asr_kd.data.ctc_data import cut_text
+    from asr_kd.decode.hlg import load_hlg
+    from tests.conftest import REPO_ROOT
+
+    layout, md, _, _, _ = ctc_run
+    scores = decode_ctc_systems(layout, CTC, DECODE, results_md=md, command="test", corpus="tiny")
+    out_json, results = tmp_path / "blank.json", tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "decode_penalty.py"), "--ctc", "--blank", "--data", str(layout.data_dir),
+                           "--exp", str(layout.exp_dir), "--systems", "baseline", "teachers_guided1", "--seeds", "2", "--penalties", "0", "3",
+                           "--pair", "teachers_guided1", "baseline", "--json", str(out_json), "--results", str(results)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out_json.read_text())
+    guided = got["systems"]["teachers_guided1"]
+    row = "ensemble of 2 (independent, guided 1)"
+    assert guided["choices"]["scale"]["scale"] == scores[row]["dev-clean"]["acoustic_scale"]
+    assert guided["parts"]["test-clean"]["scale"]["wer"] == [pytest.approx(scores[row]["test-clean"]["hlg_wer"])]
+    assert {p for p, _ in guided["choices"]["scale+penalty"]["sweep"]["penalty_errors"]} == {0.0, 3.0}
+    # The penalty side, decoded here: the guided set's two teachers fused, the blank's log-probability lowered.
+    choice = guided["choices"]["scale+penalty"]
+    cuts = layout.open_cuts(layout.fbank_cuts("test-clean"))
+    models = load_ctc_teachers(layout, dataclasses.replace(CTC, guide_weight=1.0))
+    lps = {c.id: lp for c, lp in ctc_log_probs(models, cuts, layout.open_cmvn("test-clean"), 1.0, CTC.fusion)}
+    for lp in lps.values():
+        lp[:, 0] -= choice["penalty"]
+    wer = hlg_wer(lps, {c.id: cut_text(c) for c in cuts}, prepare_units(layout, CTC), load_hlg(layout.ctc_graph / "HLG.fst"), DECODE, choice["scale"])
+    assert guided["parts"]["test-clean"]["scale+penalty"]["wer"] == [pytest.approx(wer.wer)]
+    base = got["systems"]["baseline"]["parts"]["test-clean"]
+    for way in ("scale", "scale+penalty"):
+        d = got["pairs"][f"teachers_guided1 - baseline | test-clean | {way}"]
+        assert d["value"] == pytest.approx(guided["parts"]["test-clean"][way]["wer"][0] - sum(base[way]["wer"]) / 2)
+    text = results.read_text()
+    assert "## Blank penalty on HLG tuned on dev beside the scale" in text and "tokens cheaper) of {0, 3}" in text
+    assert f"| teachers_guided1 - baseline | test-clean | {100 * got['pairs']['teachers_guided1 - baseline | test-clean | scale']['value']:+.2f} [" in text
+    bad = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "decode_penalty.py"), "--blank", "--penalties", "0", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--blank needs --ctc" in bad.stderr, bad.stderr
+
+
+def test_ctc_stage_7_searches_a_blank_penalty_on_dev(ctc_run, tmp_path) -> None:
+    """decode.ctc_blank_penalties: CTC stage 7 searches the blank penalty beside the scale on dev
+    (the sweep says which penalty), decodes every seed of a row on test at the first seed's choice
+    (its WER that of HLG decoding here at that scale and penalty), prints the choice in the table,
+    and decode-part and stage 9 refuse a system decoded with a blank penalty."""
+    from asr_kd.ctc.training import ctc_log_probs, hlg_wer
+    from asr_kd.data.ctc_data import cut_text
+    from asr_kd.decode.hlg import load_hlg
+    from asr_kd.decode.tuning import ScaleSweep
+    from asr_kd.stages.ctc_s7_decode import system_scale
+
+    layout, _, _, _, _ = ctc_run
+    other = RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone")
+    shutil.copytree(layout.ctc_root, other.ctc_root, symlinks=True)
+    shutil.rmtree(other.ctc_decode, ignore_errors=True)
+    config, md = dataclasses.replace(DECODE, ctc_blank_penalties=(0.0, 3.0)), tmp_path / "RESULTS.md"
+    scores = decode_ctc_systems(other, CTC, config, results_md=md, command="test", corpus="tiny")
+    dev = scores["student: baseline"]["dev-clean"]
+    sweep = ScaleSweep.from_dict(dev["sweep"])
+    assert sweep.penalty_name == "blank penalty" and {p for p, _ in sweep.penalty_errors} == {0.0, 3.0}
+    assert (sweep.best, sweep.penalty) == (dev["acoustic_scale"], dev.get("blank_penalty", 0.0))
+    assert min(sweep.errors) == min(e for _, e in sweep.penalty_errors) and "insertion_penalty" not in dev
+    cuts = other.open_cuts(other.fbank_cuts("test-clean"))
+    refs, units, hlg = {c.id: cut_text(c) for c in cuts}, prepare_units(other, CTC), load_hlg(other.ctc_graph / "HLG.fst")
+    for folder in ("baseline", "baseline_seed1"):
+        test = scores[f"student: {folder}"]["test-clean"]
+        lps = {c.id: lp for c, lp in ctc_log_probs([load_ctc_model(other.ctc_student_dir(folder))], cuts, other.open_cmvn("test-clean"), 1.0,
+                                                   CTC.fusion)}
+        assert test["hlg_wer"] == pytest.approx(hlg_wer(lps, refs, units, hlg, config, sweep.best, sweep.penalty).wer)
+        assert (test["acoustic_scale"], test.get("blank_penalty", 0.0)) == (sweep.best, sweep.penalty)
+    section = read_section(md, "## CTC results (phone)")
+    assert "| Scale, blank penalty |" in section and "a blank penalty (taken off the blank's log-probability" in section and "{0, 3}" in section
+    assert "| student: baseline | 2 | test-clean | " in section and f" | {sweep.best:g}, {sweep.penalty:g} |" in section
+    # A fixed blank penalty (no grid): every system decoded with it, and refused where none is applied.
+    fixed = decode_ctc_systems(other, CTC, dataclasses.replace(DECODE, ctc_blank_penalty=2.0), results_md=md, command="test", corpus="tiny")
+    assert all(e["test-clean"]["blank_penalty"] == 2.0 for e in fixed.values())
+    assert "a blank penalty of 2 on every frame (not tuned)" in read_section(md, "## CTC results (phone)")
+    with pytest.raises(ConfigError, match=r"student: frame was decoded by CTC stage 7 with a blank penalty \(2, decode.ctc_blank_penalties\)"):
+        system_scale(other, "student: frame")
+
+
 def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:
     # BPE pieces trained on tiny's transcripts spell them, and the HLG built over tiny's lexicon and
     # LM decodes oracle posteriors of those pieces back into the words. (Training transcripts: a

@@ -147,3 +147,25 @@ def test_bpe_hlg_decodes_oracle_pieces(lang, tmp_path) -> None:
     assert result.word_ids == lang.word_ids(sentence)
     with pytest.raises(DataError, match="does not exist"):
         bpe_tokens_and_lexicon(tmp_path / "none.model", words)
+
+
+def test_a_blank_penalty_is_taken_off_the_blank_before_the_scale(lang, graphs) -> None:
+    """decode.ctc_blank_penalty: the same best path as decoding log-probs whose blank column was
+    lowered by hand, its score that path's under them times the scale; a large one makes the
+    search read tokens where the frames say blank, and a large negative one deletes words."""
+    tokens, hlg = graphs
+    log_probs, _ = ctc_log_probs(lang, tokens, "the cat sat", np.random.default_rng(3), margin=3.0)
+    lowered = log_probs.copy()
+    lowered[:, 0] -= 1.5
+    by_hand = decode_ctc(hlg[0.0], lowered * np.float32(0.7), DecodeConfig())
+    penalised = decode_ctc(hlg[0.0], log_probs, DecodeConfig(ctc_acoustic_scale=0.7, ctc_blank_penalty=1.5))
+    assert penalised.frame_tokens == by_hand.frame_tokens and penalised.word_ids == by_hand.word_ids
+    assert penalised.score == pytest.approx(by_hand.score, rel=1e-5)
+    plain = decode_ctc(hlg[0.0], log_probs, DecodeConfig())
+    assert plain.word_ids == lang.word_ids(["THE", "CAT", "SAT"]) and plain.score != pytest.approx(penalised.score)
+    eager = decode_ctc(hlg[0.0], log_probs, DecodeConfig(ctc_blank_penalty=20.0))
+    assert sum(t != 0 for t in eager.frame_tokens) > sum(t != 0 for t in plain.frame_tokens)
+    shy = decode_ctc(hlg[0.0], log_probs, DecodeConfig(ctc_blank_penalty=-40.0))
+    assert len(shy.word_ids) < 3
+    batch = decode_ctc_batch(hlg[0.0], {"u": log_probs}, DecodeConfig(ctc_acoustic_scale=0.7, ctc_blank_penalty=1.5))
+    assert batch.decoded["u"].frame_tokens == by_hand.frame_tokens

@@ -12,7 +12,7 @@ from asr_kd.decode.fst_utils import num_arcs
 from asr_kd.decode.hclg import compile_hclg
 from asr_kd.decode.hybrid import decode_posteriors
 from asr_kd.decode.penalty import PenalisedGraphs, add_word_penalty
-from asr_kd.decode.tuning import ScaleSweep, describe_decoding, sweep_scales_and_penalties, tune_decoding
+from asr_kd.decode.tuning import BLANK_PENALTY, ScaleSweep, describe_decoding, sweep_scales_and_penalties, tune_decoding
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst
 from asr_kd.metrics.wer import WerResult, compute_wer
@@ -121,6 +121,21 @@ def test_penalties_are_searched_from_zero_and_the_best_pair_wins() -> None:
     assert tied.penalty == 0.0
 
 
+def test_a_blank_penalty_sweep_names_itself_and_its_grid() -> None:
+    """The same search over a blank penalty (CTC stage 7, decode.ctc_blank_penalties): the sweep
+    says which penalty it searched, names that grid at its edge, and reads back so."""
+    from asr_kd.report.tables import describe_grid_edges
+
+    sweep, scale, penalty, _ = tune_decoding("dev", SCALES, (-1.0, 0.0, 1.0, 2.0), lambda s, p: _result(TABLE[p][SCALES.index(s)]),
+                                             0.1, BLANK_PENALTY)
+    assert (scale, penalty, sweep.edges) == (0.1, -1.0, ("blank penalty",))
+    assert "blank penalty (each at its best scale" in sweep.describe() and "edge of decode.ctc_blank_penalties" in sweep.describe()
+    assert "word insertion penalty" not in sweep.describe()
+    assert sweep.to_dict()["penalty_name"] == "blank penalty" and ScaleSweep.from_dict(sweep.to_dict()) == sweep
+    assert "widen decode.ctc_acoustic_scales or decode.ctc_blank_penalties): student (blank penalty)" in describe_grid_edges(
+        [("student", sweep.edges)], "ctc_acoustic_scales", "ctc_blank_penalties")
+
+
 def test_sweeps_without_a_penalty_read_and_write_as_before() -> None:
     old = {"part": "dev", "scales": [0.1, 0.2], "errors": [5, 4], "ref_words": 10, "best": 0.2}
     sweep = ScaleSweep.from_dict(old)
@@ -136,6 +151,11 @@ def test_sweeps_without_a_penalty_read_and_write_as_before() -> None:
 def test_the_config_and_the_tables_say_so() -> None:
     with pytest.raises(ConfigError, match="insertion_penalties must be finite"):
         DecodeConfig(insertion_penalties=(float("nan"),))
+    with pytest.raises(ConfigError, match="ctc_blank_penalties must be finite"):
+        DecodeConfig(ctc_blank_penalties=(0.0, float("inf")))
+    with pytest.raises(ConfigError, match="searches one of them beside the scale"):
+        DecodeConfig(insertion_penalties=(0.0, 1.0), ctc_blank_penalties=(0.0, 2.0))
+    DecodeConfig(insertion_penalties=(0.5,), ctc_blank_penalties=(0.0, 2.0))  # one fixed, one searched: fine
     text = describe_decoding(DecodeConfig(acoustic_scales=(0.1, 0.2), insertion_penalties=(1.0, -1.0, 0.0)), "dev-clean")
     assert "word insertion penalty" in text and "{-1, 0, 1}" in text
     assert "penalty" not in describe_decoding(DecodeConfig(acoustic_scales=(0.1, 0.2)), "dev-clean")
