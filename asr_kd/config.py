@@ -652,8 +652,9 @@ class DecodeConfig:
     # search (icefall's and sherpa-onnx's blank_penalty; positive: emitting a token is cheaper).
     # ctc_blank_penalty is the one applied; ctc_blank_penalties, non-empty, a grid CTC stage 7
     # searches on the dev part beside the scale, per system, the way it searches
-    # insertion_penalties (one of the two grids at a time). decode-part and stage 9 refuse a system
-    # decoded with a blank penalty other than 0. bench/RESULTS.md "Blank penalty on HLG" measured it.
+    # insertion_penalties (one of the two grids at a time; not beside a ctc_blank_penalty other than
+    # 0). decode-part and stage 9 do not take a system's blank penalty from CTC stage 7's table yet:
+    # they refuse a system decoded with one other than 0. bench/RESULTS.md "Blank penalty on HLG".
     ctc_blank_penalty: float = later_option(0.0)
     ctc_blank_penalties: tuple[float, ...] = later_option(())
     # Graph construction (Kaldi's mkgraph.sh defaults).
@@ -681,6 +682,8 @@ class DecodeConfig:
         _check(all(math.isfinite(p) for p in (self.ctc_blank_penalty, *self.ctc_blank_penalties)),
                f"decode.ctc_blank_penalty and decode.ctc_blank_penalties must be finite numbers, got {self.ctc_blank_penalty}, "
                f"{list(self.ctc_blank_penalties)}")
+        _check(not (self.ctc_blank_penalties and self.ctc_blank_penalty),
+               f"decode.ctc_blank_penalty ({self.ctc_blank_penalty:g}) is set beside the grid decode.ctc_blank_penalties; give one of them")
         _check(len(set(self.insertion_penalties)) < 2 or len(set(self.ctc_blank_penalties)) < 2,
                "decode.insertion_penalties and decode.ctc_blank_penalties are both grids; CTC stage 7 searches one of them beside the "
                "scale: give the other one value (or none)")

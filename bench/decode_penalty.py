@@ -113,6 +113,7 @@ def ctc_models(layout: RecipeLayout, cfg: CtcConfig, name: str, seed: int) -> li
     set, a trained teacher set's folder name (``teachers_guided1``) for its ensemble and ``<set
     folder>/teacher<i>`` for one of its teachers, or a stage-6 student (its seed ``seed``)."""
     sets = {teachers_of(layout, c).name: c for c in trained_teacher_sets(layout, cfg)}
+    sets[teachers_of(layout, cfg).name] = cfg  # the decoded set: its first cfg.num_teachers teachers, as CTC stage 7 fused them
     set_name, _, member = name.partition("/")
     if name == "ensemble" or name.startswith("teacher") and name[7:].isdigit():
         set_name, member = teachers_of(layout, cfg).name, "" if name == "ensemble" else name
@@ -135,8 +136,9 @@ def ctc_row(layout: RecipeLayout, cfg: CtcConfig, name: str, seed: int = 0) -> s
     if "/" in name:
         return None
     if name.startswith("teachers"):
-        own = teachers_of(layout, cfg).name
-        return next((f"ensemble of {c.num_teachers}" + ("" if name == own else f" ({describe_teacher_set(c.shared_init_steps, c.guide_weight)})")
+        if name == teachers_of(layout, cfg).name:
+            return ctc_table_name(layout, "ensemble")
+        return next((f"ensemble of {c.num_teachers} ({describe_teacher_set(c.shared_init_steps, c.guide_weight)})"
                      for c in trained_teacher_sets(layout, cfg) if teachers_of(layout, c).name == name), None)
     return ctc_table_name(layout, ctc_student_folder(name, seed) if has_seeds(name, True) else name)
 
@@ -242,13 +244,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = config_from_dict(CtcConfig, record.config["ctc"])
         units = prepare_units(layout, cfg)
-        config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=())
+        config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=(), ctc_blank_penalties=(),
+                                     ctc_blank_penalty=0.0)
         scales, default = config.ctc_acoustic_scales or (config.ctc_acoustic_scale,), config.ctc_acoustic_scale
         # The part CTC stage 7 tuned on (its record), the others its test parts.
         layout = dataclasses.replace(layout, dev_part=record.config.get("tuned_on") or layout.dev_part)
         test_parts = [q for q in record.config["parts"] if q != layout.dev_part]
 
         scores = read_json(layout.ctc_decode / "scores.json")
+        penalised = next((row for row, by_part in scores.items() for e in by_part.values()
+                          if e.get("insertion_penalty") or e.get("blank_penalty")), None)
+        if penalised is not None:
+            raise SystemExit(f"decode_penalty: CTC stage 7 decoded {penalised} with a penalty; this bench compares penalties against none "
+                             "from the stage's own choices: rerun CTC stage 7 with decode.insertion_penalties=[], "
+                             "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0")
 
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
             return ctc_part_decoder(where.get(part, layout), cfg, units, name, seed, part, config, graphs, blank=args.blank)

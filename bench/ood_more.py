@@ -153,6 +153,9 @@ class Recorded:
             if self.entries[self.row(name)][self.dev_part].get("insertion_penalty"):
                 raise SystemExit(f"ood_more: {self.stage} decoded {name} with a word insertion penalty, which this bench does not apply; "
                                  f"rerun {self.stage} with decode.insertion_penalties=[]")
+            if self.entries[self.row(name)][self.dev_part].get("blank_penalty"):
+                raise SystemExit(f"ood_more: {self.stage} decoded {name} with a blank penalty, which this bench does not apply; "
+                                 f"rerun {self.stage} with decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0")
             if has_seeds(name, self.ctc) and seeds > 1 and self.row(name, seeds - 1) not in self.entries:
                 trained = 1 + sum(self.row(name, i) in self.entries for i in range(1, 100))
                 raise SystemExit(f"ood_more: {self.stage} scored {trained} seed(s) of {name}; pass --seeds {trained} or fewer")
@@ -170,7 +173,7 @@ def ctc_recorded(layout: RecipeLayout) -> Recorded:
     record = read_record(layout.ctc_decode)
     cfg = config_from_dict(CtcConfig, record.config["ctc"])
     units = prepare_units(layout, cfg)
-    config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=())
+    config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=(), ctc_blank_penalties=())
     graphs: dict[str, PenalisedGraphs] = {}
     greedy: dict = {}
     return Recorded(layout, read_json(layout.ctc_decode / "scores.json"), True, record.config.get("tuned_on") or layout.dev_part, config,
@@ -282,7 +285,7 @@ def talkers(work: Path) -> dict[str, str]:
 
 def per_talker(run: dict, voices: dict[str, str], systems: list[str], pairs: list[tuple[str, str]]) -> list[dict]:
     """Per talker of the new part: utterances, words, each system's WER (seeds' mean) and each
-    pair's B - A (``"difference"``: the first pair's)."""
+    pair's B - A (``"differences"``, keyed ``"B - A"``)."""
     new = run["parts"][PART]
     rows = []
     for spk, voice in sorted(voices.items(), key=lambda kv: kv[1]):
@@ -290,8 +293,7 @@ def per_talker(run: dict, voices: dict[str, str], systems: list[str], pairs: lis
         words = sum(new["words"][i] for i in idx)
         wer = {n: sum(new["systems"][n]["errors"][i] for i in idx) / words for n in systems}
         diffs = {f"{b} - {a}": wer[b] - wer[a] for b, a in pairs}
-        rows.append({"speaker": spk, "voice": voice, "utterances": len(idx), "words": words, "wer": wer,
-                     "difference": diffs[f"{pairs[0][0]} - {pairs[0][1]}"], "differences": diffs})
+        rows.append({"speaker": spk, "voice": voice, "utterances": len(idx), "words": words, "wer": wer, "differences": diffs})
     return rows
 
 

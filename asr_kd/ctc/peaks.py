@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from asr_kd.ctc.kd import BLANK
+from asr_kd.errors import DataError
 
 # The per-utterance sums of :func:`utterance_shape`, in the order the bench tables print them.
 SHAPE_FIELDS = ("frames", "blank_frames", "spikes", "spike_peak_sum", "run_frames", "entropy_sum", "ref_tokens", "feasible",
@@ -34,6 +35,8 @@ def ctc_path_score(log_probs: np.ndarray, tokens: Sequence[int], best: bool, bla
     minus the CTC loss) or of its single best path (``best`` True: the Viterbi forced alignment).
     ``-inf`` where ``T`` frames cannot hold the tokens (each repeated pair needs a blank between)."""
     lp = np.asarray(log_probs, dtype=np.float64)
+    if lp.ndim != 2 or lp.shape[0] == 0:
+        raise DataError(f"CTC log-probs have shape {lp.shape}, expected (frames > 0, tokens incl. blank)")
     ext = np.full(2 * len(tokens) + 1, blank, dtype=np.int64)  # blank, y1, blank, y2, ..., blank
     ext[1::2] = np.asarray(tokens, dtype=np.int64)
     # A state may skip the blank before it when it is a token that differs from the one two back.
@@ -61,13 +64,16 @@ def utterance_shape(log_probs: np.ndarray, tokens: Sequence[int], blank: int = B
     - ``frames``, ``blank_frames`` (argmax blank), ``spikes`` (runs of one non-blank argmax token;
       greedy search emits one token per run), ``spike_peak_sum`` (each run's highest posterior of
       its token, summed), ``run_frames`` (frames inside those runs), ``entropy_sum`` (nats);
-    - ``ref_tokens``; ``feasible`` (1 when ``T`` frames can hold the reference, else 0 and the
-      three log-probabilities below are 0);
+    - ``ref_tokens``; ``feasible`` (1 when ``T`` frames can hold the reference: one frame per token
+      and one more per pair of equal neighbours, which need a blank between; else 0 and the three
+      log-probabilities below are 0);
     - ``ref_loglik`` (every CTC path of the reference: minus the CTC loss), ``ref_best_path`` (its
       best single path), ``best_path`` (the best path over all token sequences: each frame's
       maximum, the path greedy search reads).
     """
     lp = np.asarray(log_probs, dtype=np.float64)
+    if lp.ndim != 2 or lp.shape[0] == 0:
+        raise DataError(f"CTC log-probs have shape {lp.shape}, expected (frames > 0, tokens incl. blank)")
     probs = np.exp(lp)
     path = lp.argmax(-1)
     starts = [t for t in range(len(path)) if path[t] != blank and (t == 0 or path[t] != path[t - 1])]
@@ -78,13 +84,13 @@ def utterance_shape(log_probs: np.ndarray, tokens: Sequence[int], blank: int = B
             end += 1
         peaks += float(probs[t:end + 1, path[t]].max())
         run_frames += end + 1 - t
-    ref_loglik = ctc_path_score(lp, tokens, best=False, blank=blank)
-    feasible = bool(np.isfinite(ref_loglik))
+    feasible = len(path) >= len(tokens) + sum(a == b for a, b in zip(tokens, tokens[1:]))
+    ref_loglik = ctc_path_score(lp, tokens, best=False, blank=blank) if feasible else 0.0
     return {
         "frames": float(len(path)), "blank_frames": float((path == blank).sum()), "spikes": float(len(starts)),
         "spike_peak_sum": peaks, "run_frames": float(run_frames),
         "entropy_sum": float(-(probs * np.where(probs > 0, lp, 0.0)).sum()), "ref_tokens": float(len(tokens)), "feasible": float(feasible),
-        "ref_loglik": ref_loglik if feasible else 0.0,
+        "ref_loglik": ref_loglik,
         "ref_best_path": ctc_path_score(lp, tokens, best=True, blank=blank) if feasible else 0.0,
         "best_path": float(lp.max(-1).sum()) if feasible else 0.0,
     }

@@ -14,7 +14,9 @@ it. Every system of a table (GMMs and networks) gets the same grid, beam and max
 With a grid of word insertion penalties as well (``decode.insertion_penalties``; Kaldi's score.sh
 sweeps ``--word_ins_penalty`` beside the LM weight), the scale search runs at each penalty the
 penalty search reaches, searched the same way (from the penalty nearest 0, its neighbours, then
-onwards while the best errors fall): :func:`sweep_scales_and_penalties`.
+onwards while the best errors fall): :func:`sweep_scales_and_penalties`. CTC stage 7 can search a
+blank penalty on HLG the same way instead (``decode.ctc_blank_penalties``; ``penalty_name``
+:data:`BLANK_PENALTY`).
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ class ScaleSweep:
 
     @property
     def edges(self) -> tuple[str, ...]:
-        """The grids whose edge the choice lies at: ``"acoustic scale"``, ``"word insertion
-        penalty"``, both or none (where the best may lie beyond what was searched)."""
+        """The grids whose edge the choice lies at: ``"acoustic scale"``, the penalty's
+        (:attr:`penalty_name`), both or none (where the best may lie beyond what was searched)."""
         return (("acoustic scale",) if self.at_grid_edge else ()) + ((self.penalty_name,) if self.penalty_at_grid_edge else ())
 
     def describe(self) -> str:
@@ -165,21 +167,21 @@ def check_penalties(penalties: Sequence[float]) -> tuple[float, ...]:
     """Return ``penalties`` sorted and without repeats; ConfigError for a value that is not finite."""
     grid = tuple(sorted({float(p) for p in penalties}))
     if not all(math.isfinite(p) for p in grid):
-        raise ConfigError(f"decode.insertion_penalties must be finite numbers, got {list(penalties)}")
+        raise ConfigError(f"penalties (decode.insertion_penalties, decode.ctc_blank_penalties) must be finite numbers, got {list(penalties)}")
     return grid
 
 
 def sweep_scales_and_penalties(part: str, scales: Sequence[float], penalties: Sequence[float], decode: Callable[[float, float], WerResult],
                                default: float = 0.1, penalty_name: str = WORD_PENALTY) -> tuple[ScaleSweep, dict[tuple[float, float], WerResult]]:
-    """Search the word insertion penalties ``penalties`` the way :func:`sweep_scales` searches
-    scales (from the penalty nearest 0, both neighbours, then onwards from the best while it lies
+    """Search the penalties ``penalties`` (word insertion penalties, or with ``penalty_name``
+    :data:`BLANK_PENALTY` blank penalties) the way :func:`sweep_scales` searches scales (from the penalty nearest 0, both neighbours, then onwards from the best while it lies
     at the edge of what was searched), each penalty with its own scale search over ``scales``
     (``decode(scale, penalty)`` decodes ``part``). The pair with the fewest errors wins; among
     equals, the penalty nearest 0. Returns the chosen penalty's :class:`ScaleSweep`, which records
     the best errors of every penalty tried, and the :class:`WerResult` of every decoded pair."""
     grid = check_penalties(penalties)
     if not grid:
-        raise ConfigError("decode.insertion_penalties is empty: use sweep_scales")
+        raise ConfigError(f"the {penalty_name} grid ({PENALTY_OPTIONS[penalty_name]}) is empty: use sweep_scales")
     sweeps: dict[float, ScaleSweep] = {}
     results: dict[tuple[float, float], WerResult] = {}
 

@@ -102,7 +102,8 @@ def ctc_decoding(layout, student: str) -> dict:
     its beam and max-active and, as ``ctc_acoustic_scale``, the HLG scale it chose on dev. ``{}``
     (the defaults), with a warning, before that stage has run and when the student or the HLG was
     remade after it: its scale was tuned for other weights or another graph. ConfigError when the
-    stage decoded it with a word insertion penalty, which a model directory does not apply."""
+    stage decoded it with a word insertion penalty or a blank penalty, which a model directory does
+    not apply."""
     from asr_kd.stages.ctc_s7_decode import system_scale
     from asr_kd.stages.decode_part import ctc_table_name
     from asr_kd.stages.provenance import read_record

@@ -96,8 +96,10 @@ def system_scale(layout: RecipeLayout, name: str) -> float | None:
                           "CTC stage 7 with decode.insertion_penalties=[] to decode it here as the table did")
     blanked = next((e for e in entries.values() if isinstance(e, dict) and e.get("blank_penalty")), None)
     if blanked is not None:
-        raise ConfigError(f"{name} was decoded by CTC stage 7 with a blank penalty ({blanked['blank_penalty']:g}, decode.ctc_blank_penalties), "
-                          "which decode-part and the model directories (stage 9) do not apply yet; rerun CTC stage 7 with "
+        tuned = "sweep" in entries.get(layout.dev_part, {}) and ScaleSweep.from_dict(entries[layout.dev_part]["sweep"]).penalty_name == BLANK_PENALTY
+        option = "decode.ctc_blank_penalties" if tuned else "decode.ctc_blank_penalty"
+        raise ConfigError(f"{name} was decoded by CTC stage 7 with a blank penalty ({blanked['blank_penalty']:g}, {option}), which "
+                          "decode-part and the model directories (stage 9) do not take from its table yet; rerun CTC stage 7 with "
                           "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0 to decode it here as the table did")
     return next((float(e["acoustic_scale"]) for e in entries.values() if isinstance(e, dict) and "acoustic_scale" in e), None)
 
@@ -109,9 +111,9 @@ def decode_ctc_systems(
     """Score every trained CTC system on ``parts`` (default dev and test): each teacher of
     ``cfg``'s set, its ensemble (arithmetic/geometric per ``cfg.fusion``, T = 1), the ensembles of
     the other trained teacher sets, and every seed of the students that exist. With
-    ``decode_config.ctc_acoustic_scales`` (or several ``insertion_penalties``), each system's HLG
-    scale (and word insertion penalty) is chosen on the dev part first (decoded even when
-    ``parts`` leaves it out). Writes the files named in the module docstring
+    ``decode_config.ctc_acoustic_scales`` (or several ``insertion_penalties`` or
+    ``ctc_blank_penalties``), each system's HLG scale (and word insertion or blank penalty) is
+    chosen on the dev part first (decoded even when ``parts`` leaves it out). Writes the files named in the module docstring
     and the RESULTS.md table; returns ``{system: {part: scores}}``."""
     units = prepare_units(layout, cfg)
     graph = build_ctc_graph(layout, units)
@@ -120,7 +122,8 @@ def decode_ctc_systems(
     for m in left_out:
         log.warning("CTC stage 7: student %s left out: its settings differ from its first seed's (retrain it with "
                     "ctc-train-student --seed-index, or delete %s)", m, layout.ctc_student_dir(m))
-    tune = bool(decode_config.ctc_acoustic_scales) or len(check_penalties(decode_config.insertion_penalties)) > 1
+    tune = (bool(decode_config.ctc_acoustic_scales) or len(check_penalties(decode_config.insertion_penalties)) > 1
+            or len(check_penalties(decode_config.ctc_blank_penalties)) > 1)
     parts = list(parts or [layout.dev_part, *layout.test_parts])
     if tune:  # the dev part first: every other part is decoded at the scale chosen there
         parts = [layout.dev_part, *(p for p in parts if p != layout.dev_part)]

@@ -562,7 +562,7 @@ def test_ctc_stage_7_searches_a_blank_penalty_on_dev(ctc_run, tmp_path) -> None:
     fixed = decode_ctc_systems(other, CTC, dataclasses.replace(DECODE, ctc_blank_penalty=2.0), results_md=md, command="test", corpus="tiny")
     assert all(e["test-clean"]["blank_penalty"] == 2.0 for e in fixed.values())
     assert "a blank penalty of 2 on every frame (not tuned)" in read_section(md, "## CTC results (phone)")
-    with pytest.raises(ConfigError, match=r"student: frame was decoded by CTC stage 7 with a blank penalty \(2, decode.ctc_blank_penalties\)"):
+    with pytest.raises(ConfigError, match=r"student: frame was decoded by CTC stage 7 with a blank penalty \(2, decode.ctc_blank_penalty\)"):
         system_scale(other, "student: frame")
 
 

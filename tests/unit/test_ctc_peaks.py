@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from asr_kd.ctc.peaks import ctc_path_score, utterance_shape
+from asr_kd.errors import DataError
 
 
 def _collapse(path: tuple[int, ...]) -> list[int]:
@@ -73,3 +74,7 @@ def test_peaks_blanks_and_the_gap_on_hand_made_posteriors() -> None:
     # A reference the frames cannot hold: counted as not feasible, its log-probabilities left out.
     short = utterance_shape(lp[:2], [1, 1, 1])
     assert short["feasible"] == 0 and short["ref_loglik"] == short["ref_best_path"] == short["best_path"] == 0
+    # Five frames hold 1 1 2 (a blank between the two 1s) but not 1 1 1 1 2 2.
+    assert utterance_shape(lp[:5], [1, 1, 2])["feasible"] == 1 and utterance_shape(lp, [1, 1, 1, 1, 2, 2])["feasible"] == 0
+    with pytest.raises(DataError, match="frames > 0"):
+        utterance_shape(lp[:0], [1])

@@ -156,6 +156,8 @@ def test_the_config_and_the_tables_say_so() -> None:
     with pytest.raises(ConfigError, match="searches one of them beside the scale"):
         DecodeConfig(insertion_penalties=(0.0, 1.0), ctc_blank_penalties=(0.0, 2.0))
     DecodeConfig(insertion_penalties=(0.5,), ctc_blank_penalties=(0.0, 2.0))  # one fixed, one searched: fine
+    with pytest.raises(ConfigError, match="ctc_blank_penalty \\(1\\) is set beside the grid"):
+        DecodeConfig(ctc_blank_penalty=1.0, ctc_blank_penalties=(0.0, 2.0))
     text = describe_decoding(DecodeConfig(acoustic_scales=(0.1, 0.2), insertion_penalties=(1.0, -1.0, 0.0)), "dev-clean")
     assert "word insertion penalty" in text and "{-1, 0, 1}" in text
     assert "penalty" not in describe_decoding(DecodeConfig(acoustic_scales=(0.1, 0.2)), "dev-clean")
