@@ -203,8 +203,8 @@ def hlg_hypotheses(
     failed (counted and logged) is left out."""
     if scale is not None:
         decode_config = dataclasses.replace(decode_config, ctc_acoustic_scale=scale)
-    if blank_penalty is not None:
-        decode_config = dataclasses.replace(decode_config, ctc_blank_penalty=blank_penalty)
+    if blank_penalty is not None:  # the one applied (a grid, if any, is the search's, not this decoding's)
+        decode_config = dataclasses.replace(decode_config, ctc_blank_penalty=blank_penalty, ctc_blank_penalties=())
     decoded = decode_ctc_batch(hlg, dict(log_probs), decode_config)
     words = units.lang.words
     return {k: " ".join(words.name(w) for w in d.word_ids) for k, d in decoded.decoded.items()}
