@@ -47,7 +47,7 @@ from asr_kd.utils import read_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
-from decode_penalty import ctc_models, ctc_row  # noqa: E402
+from decode_penalty import ctc_models, ctc_row, finished_ctc_run  # noqa: E402
 
 HEADING = "## The shape of the CTC systems' posteriors: peaks, blanks and the reference's best path (bench/ctc_peaks.py)"
 MORE = "test-ood-more"
@@ -257,12 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--pair {b} {a}: two different systems of --systems")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
-    layout = RecipeLayout(args.data, args.exp, ctc_units=args.units)
-    record = read_record(layout.ctc_decode)
-    if record is None:
-        print(f"ctc_peaks: no CTC stage 7 ({args.units} units) under {args.exp}; run it first "
-              "(./run.sh --model-type ctc --stage 4 --stop-stage 7). Skipped.")
+    found = finished_ctc_run(args.data, args.exp, args.units, "ctc_peaks")
+    if found is None:
         return 0
+    layout, record = found
     run = Run(layout, config_from_dict(CtcConfig, record.config["ctc"]), read_json(layout.ctc_decode / "scores.json"))
     parts = {q: layout for q in (args.parts or [q for q in record.config["parts"] if q != layout.dev_part])}
     if args.more:

@@ -59,7 +59,7 @@ from asr_kd.stages.ctc_common import (ctc_student_folder, describe_teacher_set, 
                                       trained_teacher_sets)
 from asr_kd.stages.decode_part import ctc_table_name
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
-from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
+from asr_kd.stages.provenance import StageRecord, code_version, environment, environment_text, read_record
 from asr_kd.stages.s3_gmm import load_part
 from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.utils import read_json
@@ -106,6 +106,18 @@ def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: s
         graphs["hybrid"] = PenalisedGraphs(load_hclg(senones.graph), lang.words.ids())
     return refs, lambda s, p: decode_posteriors_batch(graphs["hybrid"].at(p), trans_model, posteriors, priors,
                                                       dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
+
+
+def finished_ctc_run(data: Path, exp: Path, units: str, script: str) -> tuple[RecipeLayout, StageRecord] | None:
+    """Return the layout of the CTC run in ``data``/``exp`` and its CTC stage 7 record, or None
+    (said in one line, so that ``make bench`` on a fresh clone skips ``script``) before that stage."""
+    layout = RecipeLayout(data, exp, ctc_units=units)
+    record = read_record(layout.ctc_decode)
+    if record is None:
+        print(f"{script}: no CTC stage 7 ({units} units) under {exp}; run it first "
+              "(./run.sh --model-type ctc --stage 4 --stop-stage 7). Skipped.")
+        return None
+    return layout, record
 
 
 def ctc_models(layout: RecipeLayout, cfg: CtcConfig, name: str, seed: int) -> list:
@@ -236,12 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--more {args.more}: no part made by bench/ood_more.py there (run it with --work {args.more} first)")
     graphs: dict[str, PenalisedGraphs] = {}
     if args.ctc:
-        layout = RecipeLayout(args.data, args.exp, ctc_units=args.units)
-        record = read_record(layout.ctc_decode)
-        if record is None:
-            print(f"decode_penalty: no CTC stage 7 ({args.units} units) under {args.exp}; run it first "
-                  "(./run.sh --model-type ctc --stage 4 --stop-stage 7). Skipped.")
+        found_ctc = finished_ctc_run(args.data, args.exp, args.units, "decode_penalty")
+        if found_ctc is None:
             return 0
+        layout, record = found_ctc
         cfg = config_from_dict(CtcConfig, record.config["ctc"])
         units = prepare_units(layout, cfg)
         config = dataclasses.replace(config_from_dict(DecodeConfig, record.config["decode"]), insertion_penalties=(), ctc_blank_penalties=(),

@@ -57,7 +57,7 @@ from asr_kd.utils import read_json, write_json_atomic
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
-from decode_penalty import ctc_part_decoder, ctc_row, has_seeds, part_decoder, seed_errors  # noqa: E402
+from decode_penalty import ctc_part_decoder, ctc_row, finished_ctc_run, has_seeds, part_decoder, seed_errors  # noqa: E402
 
 HEADING = "## Table 1's systems on a larger sample of the unseen voices (bench/ood_more.py, issue 12)"
 CTC_HEADING = "## The CTC systems on a larger sample of the unseen voices (bench/ood_more.py --ctc, issue 12)"
@@ -428,12 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         if pair[0] == pair[1] or pair in args.pair[:i]:
             p.error(f"--pair {' '.join(pair)}: {'a system against itself' if pair[0] == pair[1] else 'given twice'}")
     if args.ctc:
-        layout, lang = RecipeLayout(args.data, args.exp, ctc_units=args.units), None
-        if read_record(layout.ctc_decode) is None:
-            print(f"ood_more: no CTC stage 7 ({args.units} units) under {args.exp}; run it first "
-                  "(./run.sh --model-type ctc --stage 4 --stop-stage 7). Skipped.")
+        found_ctc = finished_ctc_run(args.data, args.exp, args.units, "ood_more")
+        if found_ctc is None:
             return 0
-        scored = read_record(layout.ctc_decode).config["parts"]
+        (layout, record), lang = found_ctc, None
+        scored = record.config["parts"]
     else:
         found = finished_run(args.data, args.exp, "ood_more")
         if found is None:

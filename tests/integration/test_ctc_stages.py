@@ -536,12 +536,8 @@ def test_ctc_stage_7_searches_a_blank_penalty_on_dev(ctc_run, tmp_path) -> None:
     from asr_kd.decode.tuning import ScaleSweep
     from asr_kd.stages.ctc_s7_decode import system_scale
 
-    layout, _, _, _, _ = ctc_run
-    other = RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone")
-    shutil.copytree(layout.ctc_root, other.ctc_root, symlinks=True)
-    shutil.rmtree(other.ctc_decode, ignore_errors=True)
     config, md = dataclasses.replace(DECODE, ctc_blank_penalties=(0.0, 3.0)), tmp_path / "RESULTS.md"
-    scores = decode_ctc_systems(other, CTC, config, results_md=md, command="test", corpus="tiny")
+    _, other, scores = _decoded_copy(ctc_run, tmp_path, config, ood_part="", results_md=md)
     dev = scores["student: baseline"]["dev-clean"]
     sweep = ScaleSweep.from_dict(dev["sweep"])
     assert sweep.penalty_name == "blank penalty" and {p for p, _ in sweep.penalty_errors} == {0.0, 3.0}
@@ -639,6 +635,16 @@ def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
                      "--part", "my-test", "--systems", "ctc-nosuch"]) == 1
 
 
+def _decoded_copy(ctc_run, tmp_path, config: DecodeConfig = DECODE, ood_part: str = "test-ood", results_md=None):
+    """The tiny run's CTC folders copied under ``tmp_path`` and decoded there by CTC stage 7 with
+    ``config`` (test-ood scored too): ``(the run's layout, the copy's layout, its scores)``."""
+    layout = ctc_run[0]
+    other = dataclasses.replace(RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone"), ood_part=ood_part)
+    shutil.copytree(layout.ctc_root, other.ctc_root, symlinks=True)
+    shutil.rmtree(other.ctc_decode, ignore_errors=True)
+    return layout, other, decode_ctc_systems(other, CTC, config, results_md=results_md, command="test", corpus="tiny")
+
+
 def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path) -> None:
     """bench/ood_more.py --ctc on a copy of the tiny run, CTC stage 7 scoring test-ood too: the
     recipe's test-ood decodes to the CTC table's WER for each seed (the bench stops otherwise, and
@@ -648,11 +654,7 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
 
     from tests.conftest import REPO_ROOT
 
-    layout, _, _, _, _ = ctc_run
-    other = dataclasses.replace(RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone"), ood_part="test-ood")
-    shutil.copytree(layout.ctc_root, other.ctc_root, symlinks=True)
-    shutil.rmtree(other.ctc_decode, ignore_errors=True)
-    scores = decode_ctc_systems(other, CTC, DECODE, command="test", corpus="tiny")
+    layout, other, scores = _decoded_copy(ctc_run, tmp_path)
     out_json, results = tmp_path / "ood.json", tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--ctc", "--data", str(layout.data_dir),
                            "--exp", str(other.exp_dir), "--speakers", "2", "--utts-per-speaker", "2", "--seeds", "2", "--systems", "baseline", "ensemble",
@@ -732,11 +734,7 @@ def test_the_posterior_shape_bench_measures_what_ctc_stage_7_scored(ctc_run, tmp
     from asr_kd.data.ctc_data import cut_text
     from tests.conftest import REPO_ROOT
 
-    layout, _, _, _, _ = ctc_run
-    other = dataclasses.replace(RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone"), ood_part="test-ood")
-    shutil.copytree(layout.ctc_root, other.ctc_root, symlinks=True)
-    shutil.rmtree(other.ctc_decode, ignore_errors=True)
-    scores = decode_ctc_systems(other, CTC, DECODE, command="test", corpus="tiny")
+    layout, other, scores = _decoded_copy(ctc_run, tmp_path)
     out_json, results = tmp_path / "peaks.json", tmp_path / "RESULTS.md"
     bench = [sys.executable, str(REPO_ROOT / "bench" / "ctc_peaks.py"), "--data", str(layout.data_dir), "--exp", str(other.exp_dir)]
     proc = subprocess.run([*bench, "--systems", "baseline", "frame", "ensemble", "teachers_guided1", "teachers_guided1/teacher1", "--seeds", "2",
