@@ -141,7 +141,8 @@ class Recorded:
     def check(self, systems: list[str], seeds: int) -> None:
         """SystemExit in one line for a system this bench does not decode (hybrid: the students and
         the ensemble; CTC: the students, the ensemble and the teachers), one the stage did not
-        decode or decoded with a word insertion penalty, or more seeds than were trained."""
+        decode or decoded with a word insertion penalty or a blank penalty, or more seeds than were
+        trained."""
         if seeds < 1:
             raise SystemExit(f"ood_more: --seeds must be at least 1, got {seeds}")
         for name in systems:

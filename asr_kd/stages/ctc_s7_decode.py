@@ -47,7 +47,7 @@ from asr_kd.stages.ctc_common import (
     units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, require_record
+from asr_kd.stages.provenance import StageGuard, read_record, require_record
 from asr_kd.stages.s7_decode import per_utterance_counts, seed_mean, seed_std
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
 
@@ -96,8 +96,8 @@ def system_scale(layout: RecipeLayout, name: str) -> float | None:
                           "CTC stage 7 with decode.insertion_penalties=[] to decode it here as the table did")
     blanked = next((e for e in entries.values() if isinstance(e, dict) and e.get("blank_penalty")), None)
     if blanked is not None:
-        tuned = "sweep" in entries.get(layout.dev_part, {}) and ScaleSweep.from_dict(entries[layout.dev_part]["sweep"]).penalty_name == BLANK_PENALTY
-        option = "decode.ctc_blank_penalties" if tuned else "decode.ctc_blank_penalty"
+        record = read_record(layout.ctc_decode)  # the option the stage ran with: a grid, or one value (never both)
+        option = "decode.ctc_blank_penalties" if record is not None and record.config["decode"].get("ctc_blank_penalties") else "decode.ctc_blank_penalty"
         raise ConfigError(f"{name} was decoded by CTC stage 7 with a blank penalty ({blanked['blank_penalty']:g}, {option}), which "
                           "decode-part and the model directories (stage 9) do not take from its table yet; rerun CTC stage 7 with "
                           "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0 to decode it here as the table did")

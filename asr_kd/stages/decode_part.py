@@ -142,7 +142,7 @@ def decode_part(
                           "set decode.insertion_penalties=[]")
     if decode_config.ctc_blank_penalties:
         raise ConfigError(f"decode-part searches no blank penalty (decode.ctc_blank_penalties {list(decode_config.ctc_blank_penalties)}); "
-                          "set decode.ctc_blank_penalties=[] (decode.ctc_blank_penalty applies one value)")
+                          "set decode.ctc_blank_penalties=[]")
     out = layout.exp_dir / "decode_parts" / part
     inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), **_system_inputs(layout, systems),
               "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}

@@ -560,6 +560,16 @@ def test_ctc_stage_7_searches_a_blank_penalty_on_dev(ctc_run, tmp_path) -> None:
     assert "a blank penalty of 2 on every frame (not tuned)" in read_section(md, "## CTC results (phone)")
     with pytest.raises(ConfigError, match=r"student: frame was decoded by CTC stage 7 with a blank penalty \(2, decode.ctc_blank_penalty\)"):
         system_scale(other, "student: frame")
+    # A blank grid alone (no scale grid), dev not among the parts asked for: dev is still searched first, every seed
+    # decoded at the choice (never 0 here), and the refusal names the grid, for a later seed too.
+    blank_only = dataclasses.replace(DECODE, ctc_acoustic_scales=(), ctc_blank_penalties=(2.0, 3.0))
+    searched = decode_ctc_systems(other, CTC, blank_only, parts=["test-clean"], results_md=md, command="test", corpus="tiny")
+    assert read_record(other.ctc_decode).config["tuned_on"] == "dev-clean"
+    sweep = ScaleSweep.from_dict(searched["student: baseline"]["dev-clean"]["sweep"])
+    assert sweep.penalty_name == "blank penalty" and sweep.penalty in (2.0, 3.0) and sweep.scales == (DECODE.ctc_acoustic_scale,)
+    assert searched["student: baseline_seed1"]["test-clean"]["blank_penalty"] == sweep.penalty
+    with pytest.raises(ConfigError, match=r"with a blank penalty \([23], decode.ctc_blank_penalties\)"):
+        system_scale(other, "student: baseline_seed1")
 
 
 def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:
@@ -637,7 +647,7 @@ def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
 
 def _decoded_copy(ctc_run, tmp_path, config: DecodeConfig = DECODE, ood_part: str = "test-ood", results_md=None):
     """The tiny run's CTC folders copied under ``tmp_path`` and decoded there by CTC stage 7 with
-    ``config`` (test-ood scored too): ``(the run's layout, the copy's layout, its scores)``."""
+    ``config`` (``ood_part`` scored too where given): ``(the run's layout, the copy's layout, its scores)``."""
     layout = ctc_run[0]
     other = dataclasses.replace(RecipeLayout(layout.data_dir, tmp_path / "exp", ctc_units="phone"), ood_part=ood_part)
     shutil.copytree(layout.ctc_root, other.ctc_root, symlinks=True)

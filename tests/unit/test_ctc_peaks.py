@@ -76,5 +76,6 @@ def test_peaks_blanks_and_the_gap_on_hand_made_posteriors() -> None:
     assert short["feasible"] == 0 and short["ref_loglik"] == short["ref_best_path"] == short["best_path"] == 0
     # Five frames hold 1 1 2 (a blank between the two 1s) but not 1 1 1 1 2 2.
     assert utterance_shape(lp[:5], [1, 1, 2])["feasible"] == 1 and utterance_shape(lp, [1, 1, 1, 1, 2, 2])["feasible"] == 0
+    assert utterance_shape(lp[:4], [1, 1, 2])["feasible"] == 1 and utterance_shape(lp[:3], [1, 1, 2])["feasible"] == 0
     with pytest.raises(DataError, match="frames > 0"):
         utterance_shape(lp[:0], [1])
