@@ -47,7 +47,7 @@ from asr_kd.utils import read_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
-from decode_penalty import ctc_models, ctc_row, finished_ctc_run  # noqa: E402
+from decode_penalty import ctc_models, ctc_row, finished_ctc_run, has_seeds  # noqa: E402
 
 HEADING = "## The shape of the CTC systems' posteriors: peaks, blanks and the reference's best path (bench/ctc_peaks.py)"
 MORE = "test-ood-more"
@@ -82,19 +82,20 @@ class Run:
         return ctc_row(self.layout, self.cfg, name, seed)
 
 
-def is_student(name: str) -> bool:
-    return not (name == "ensemble" or name.startswith("teacher"))
+def part_log_probs(run: Run, part_layout: RecipeLayout, part: str, models: list, refs_ids: list[str] | None = None):
+    """Return ``(refs, log_probs)`` of ``models`` (fused as CTC stage 7 fuses them) on ``part``."""
+    cuts = part_layout.open_cuts(part_layout.fbank_cuts(part))
+    lps = {c.id: lp for c, lp in ctc_log_probs(models, cuts, part_layout.open_cmvn(part), 1.0, run.cfg.fusion)}
+    if refs_ids is not None and list(lps) != refs_ids:
+        raise SystemExit(f"ctc_peaks: the systems scored different utterances of {part}")
+    return {c.id: cut_text(c) for c in cuts}, lps
 
 
 def shape_sums(run: Run, part_layout: RecipeLayout, part: str, models: list, units, refs_ids: list[str] | None = None):
     """Return ``(ids, {field: per-utterance array}, log_probs, greedy TER)`` of ``models`` (fused as
     CTC stage 7 fuses them) on ``part``."""
-    cuts = part_layout.open_cuts(part_layout.fbank_cuts(part))
-    refs = {c.id: cut_text(c) for c in cuts}
-    lps = {c.id: lp for c, lp in ctc_log_probs(models, cuts, part_layout.open_cmvn(part), 1.0, run.cfg.fusion)}
+    refs, lps = part_log_probs(run, part_layout, part, models, refs_ids)
     ids = list(lps)
-    if refs_ids is not None and ids != refs_ids:
-        raise SystemExit(f"ctc_peaks: the systems scored different utterances of {part}")
     rows = [utterance_shape(lps[k], units.encode(refs[k])) for k in ids]
     sums = {f: np.array([r[f] for r in rows]) for f in SHAPE_FIELDS}
     ter = greedy_token_errors(lps, refs, units).wer
@@ -109,12 +110,12 @@ def measure(run: Run, parts: dict[str, RecipeLayout], systems: list[str], seeds:
     for part, part_layout in parts.items():
         entry: dict = {"systems": {}, "timing": {}}
         ref_lps: dict = {}
-        for ref in timing_refs:
-            ids, _, ref_lps[ref], _ = shape_sums(run, part_layout, part, run.models(ref, 0), units, entry.get("ids"))
-            entry.setdefault("ids", ids)
+        for ref in timing_refs:  # their log-probs only
+            _, ref_lps[ref] = part_log_probs(run, part_layout, part, run.models(ref, 0), entry.get("ids"))
+            entry.setdefault("ids", list(ref_lps[ref]))
         for name in systems:
             per_seed, ters, timing = [], [], {ref: SpikeStats() for ref in timing_refs}
-            for seed in range(seeds if is_student(name) else 1):
+            for seed in range(seeds if has_seeds(name, True) else 1):
                 if seed > 0 and read_record(run.layout.ctc_student_dir(ctc_student_folder(name, seed))) is None:
                     break  # fewer seeds trained than --seeds: the table says how many were measured
                 ids, sums, lps, ter = shape_sums(run, part_layout, part, run.models(name, seed), units, entry.get("ids"))
@@ -131,10 +132,8 @@ def measure(run: Run, parts: dict[str, RecipeLayout], systems: list[str], seeds:
                     for k in ids:
                         timing[ref].update(lps[k], ref_lps[ref][k])
             mean = {f: np.mean([s[f] for s in per_seed], axis=0) for f in SHAPE_FIELDS}
-            feasible = np.min([s["feasible"] for s in per_seed], axis=0)  # an utterance counts where every seed can hold its reference
-            mean["feasible"] = feasible
-            for f in ("ref_loglik", "ref_best_path", "best_path"):
-                mean[f] = mean[f] * feasible
+            # Feasibility is the frame count's (the same for every seed); rates() keeps the utterances every system can hold.
+            mean["feasible"] = np.min([s["feasible"] for s in per_seed], axis=0)
             entry["systems"][name] = {"seeds": len(per_seed), "seed_ters": ters, "sums": {f: v.tolist() for f, v in mean.items()},
                                       "timing": {ref: timing[ref].summary() for ref in timing_refs if ref != name}}
             print(f"{name} {part}: greedy TER {100 * np.mean(ters):.2f}% ({len(per_seed)} seeds)", flush=True)

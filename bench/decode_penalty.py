@@ -54,6 +54,7 @@ from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.metrics.wer import WerResult, compute_wer
+from asr_kd.report.tables import format_interval
 from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
 from asr_kd.stages.ctc_common import (ctc_student_folder, describe_teacher_set, load_ctc_teachers, prepare_units, teachers_of,
                                       trained_teacher_sets)
@@ -412,8 +413,7 @@ def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, pa
                 cells = []
                 for way in ("scale", "scale+penalty"):
                     iv = out["pairs"][f"{b} - {a} | {part} | {way}"]
-                    cells += [f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]",
-                              "significant" if iv["excludes_zero"] else "within noise"]
+                    cells += [format_interval(iv), "significant" if iv["excludes_zero"] else "within noise"]
                 lines.append(f"| {b} - {a} | {part} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [environment_text(environment(), code_version()), ""]
