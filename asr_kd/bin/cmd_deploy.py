@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="most active states per frame (default: the model directory's; its min-active is lowered below it where needed)")
     p.add_argument("--acoustic-scale", type=float, default=None, help="acoustic scale of a hybrid or GMM-HMM model, or a CTC model's HLG scale (1 / LM weight) "
                         "(default: the model directory's, tuned on dev)")
+    p.add_argument("--blank-penalty", type=float, default=None,
+                   help="a CTC model's blank penalty on HLG, taken off the blank's log-probability on every frame before the scale "
+                        "(default: the model directory's, chosen on dev by CTC stage 7; 0 where it searched none)")
     p.set_defaults(func=run_transcribe)
 
     p = sub.add_parser(
@@ -91,21 +94,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_report(sub)
 
 
-def decode_config_for(model_dir: Path, beam: float | None = None, max_active: int | None = None, acoustic_scale: float | None = None):
-    """Return the DecodeConfig a model directory records (the recipe's beam, max-active and tuned
-    acoustic scale), with the given options replacing its values."""
+def decode_config_for(model_dir: Path, beam: float | None = None, max_active: int | None = None, acoustic_scale: float | None = None,
+                      blank_penalty: float | None = None):
+    """Return the DecodeConfig a model directory records (the recipe's beam, max-active, tuned
+    acoustic scale and, for a CTC model, blank penalty), with the given options replacing its
+    values; ConfigError for a blank penalty on a model that is not CTC."""
+    import dataclasses
+    import math
+
     from asr_kd.deploy.model_dir import load_spec
     from asr_kd.deploy.speed import SearchSetting, with_setting
+    from asr_kd.errors import ConfigError
 
     spec = load_spec(model_dir)
     cfg = spec.decode_config()
     if beam is not None or max_active is not None:
         cfg = with_setting(cfg, SearchSetting(cfg.beam if beam is None else beam, cfg.max_active if max_active is None else max_active))
     if acoustic_scale is not None:
-        import dataclasses
-
         # A CTC model's HLG search reads ctc_acoustic_scale (1 / LM weight), a hybrid's acoustic_scale.
         cfg = dataclasses.replace(cfg, **{"ctc_acoustic_scale" if spec.kind == "ctc" else "acoustic_scale": acoustic_scale})
+    if blank_penalty is not None:
+        if spec.kind != "ctc":
+            raise ConfigError(f"--blank-penalty applies to a CTC model's HLG search; {model_dir} holds a {spec.kind} model")
+        if not math.isfinite(blank_penalty):
+            raise ConfigError(f"--blank-penalty must be a finite number, got {blank_penalty}")
+        cfg = dataclasses.replace(cfg, ctc_blank_penalty=blank_penalty)
     return cfg
 
 
@@ -140,7 +153,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
         if args.backend != "torch":
             raise ConfigError(f"an ensemble runs with the torch backend, not --backend {args.backend}")
         acoustic = ensemble_acoustic(dirs, args.device)
-    tr = Transcriber(dirs[0], args.backend, args.method, decode_config_for(dirs[0], args.beam, args.max_active, args.acoustic_scale),
+    tr = Transcriber(dirs[0], args.backend, args.method, decode_config_for(dirs[0], args.beam, args.max_active, args.acoustic_scale, args.blank_penalty),
                      args.device, args.num_threads, acoustic=acoustic)
     if args.manifest:
         items, total = manifest_items(args.manifest, tr.sampling_rate), None

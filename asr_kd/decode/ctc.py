@@ -63,6 +63,19 @@ def make_ctc_decoder(hlg: kaldifst.StdVectorFst, config: DecodeConfig) -> kaldi_
     return kaldi_decoder.FasterDecoder(hlg, opts)
 
 
+def ctc_decodable(log_probs: np.ndarray, acoustic_scale: float = 1.0, blank_penalty: float = 0.0, utt_id: str = "utt"):
+    """The kaldi-decoder decodable of one utterance's (T x V) log-probabilities for an HLG search:
+    ``blank_penalty`` taken off the blank's (column 0) on every frame, then everything times
+    ``acoustic_scale`` (-inf clipped to -1e10). DataError for a malformed matrix."""
+    x = check_log_probs(log_probs, utt_id)
+    if blank_penalty:
+        x = x.copy()
+        x[:, 0] -= blank_penalty
+    if acoustic_scale != 1.0:
+        x = np.ascontiguousarray(x * acoustic_scale)
+    return kaldi_decoder.DecodableCtc(np.maximum(x, -1e10))
+
+
 def decode_ctc_with(decoder: kaldi_decoder.FasterDecoder, log_probs: np.ndarray, acoustic_scale: float = 1.0, utt_id: str = "utt",
                     blank_penalty: float = 0.0) -> CtcDecoded:
     """Decode one utterance with an existing decoder; return its :class:`CtcDecoded`. The log-probs
@@ -70,13 +83,7 @@ def decode_ctc_with(decoder: kaldi_decoder.FasterDecoder, log_probs: np.ndarray,
 
     Raises DataError for a malformed input and DecodeFailure if no path survives.
     """
-    x = check_log_probs(log_probs, utt_id)
-    if blank_penalty:
-        x = x.copy()
-        x[:, 0] -= blank_penalty
-    if acoustic_scale != 1.0:
-        x = np.ascontiguousarray(x * acoustic_scale)
-    decoder.decode(kaldi_decoder.DecodableCtc(np.maximum(x, -1e10)))
+    decoder.decode(ctc_decodable(log_probs, acoustic_scale, blank_penalty, utt_id))
     ok, best = decoder.get_best_path()
     if not ok or best.num_states == 0:
         raise DecodeFailure(f"utterance {utt_id}: the CTC decoder found no path (try a larger beam, or check the inputs)")

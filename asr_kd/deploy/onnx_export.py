@@ -54,12 +54,15 @@ class _TraceableAttention(nn.Module):
 class ExportableAcoustic(nn.Module):
     """``(x, x_lens) -> (log_probs, log_probs_len)`` around a network; with ``mean``/``std`` the
     global CMVN is applied inside the graph first (for runtimes that feed raw fbank) and padding
-    frames are zeroed after it, as our own batches pad with zeros. ``output_scale`` multiplies the
-    log-probabilities (an acoustic scale, for runtimes whose search has no scale option)."""
+    frames are zeroed after it, as our own batches pad with zeros. ``blank_penalty`` is taken off
+    the blank's (token 0) log-probability and ``output_scale`` then multiplies them all (a CTC blank
+    penalty and an acoustic scale, for runtimes whose search has neither option)."""
 
-    def __init__(self, model: nn.Module, mean: Tensor | None = None, std: Tensor | None = None, output_scale: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, mean: Tensor | None = None, std: Tensor | None = None, output_scale: float = 1.0,
+                 blank_penalty: float = 0.0) -> None:
         super().__init__()
         self.output_scale = float(output_scale)
+        self.blank_penalty = float(blank_penalty)
         self.model = copy.deepcopy(model).eval()
         for block in getattr(self.model, "blocks", []):
             if isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
@@ -73,6 +76,8 @@ class ExportableAcoustic(nn.Module):
             keep = torch.arange(x.shape[1], device=x.device)[None, :] < x_lens[:, None]
             x = ((x - self.mean) * self.inv_std) * keep[:, :, None].to(x.dtype)
         log_probs = torch.log_softmax(self.model(x, x_lens), dim=-1)
+        if self.blank_penalty:
+            log_probs = torch.cat([log_probs[..., :1] - self.blank_penalty, log_probs[..., 1:]], dim=-1)
         if self.output_scale != 1.0:
             log_probs = log_probs * self.output_scale
         return log_probs, output_lengths(self.model, x_lens)

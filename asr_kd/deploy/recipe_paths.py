@@ -99,12 +99,12 @@ def recipe_decoding(layout, system: str) -> dict:
 
 def ctc_decoding(layout, student: str) -> dict:
     """Return the DecodeConfig fields CTC stage 7 decoded the CTC student folder ``student`` with:
-    its beam and max-active and, as ``ctc_acoustic_scale``, the HLG scale it chose on dev. ``{}``
-    (the defaults), with a warning, before that stage has run and when the student or the HLG was
-    remade after it: its scale was tuned for other weights or another graph. ConfigError when the
-    stage decoded it with a word insertion penalty or a blank penalty, which a model directory does
-    not apply."""
-    from asr_kd.stages.ctc_s7_decode import system_scale
+    its beam and max-active and, as ``ctc_acoustic_scale`` and ``ctc_blank_penalty`` (where not 0),
+    the HLG scale and blank penalty it chose on dev. ``{}`` (the defaults), with a warning, before
+    that stage has run and when the student or the HLG was remade after it: its scale was tuned for
+    other weights or another graph. ConfigError when the stage decoded it with a word insertion
+    penalty, which a model directory does not apply."""
+    from asr_kd.stages.ctc_s7_decode import system_decoding
     from asr_kd.stages.decode_part import ctc_table_name
     from asr_kd.stages.provenance import read_record
 
@@ -119,7 +119,11 @@ def ctc_decoding(layout, student: str) -> dict:
         log.warning("CTC stage 7 (%s) did not decode the CTC student %s with its HLG as they are now; its model directory "
                     "decodes at the default beam and HLG scale 1 (rerun CTC stage 7 to tune them)", layout.ctc_decode, student)
         return {}
-    return _search_fields(record.config["decode"], (), "ctc_acoustic_scale", system_scale(layout, ctc_table_name(layout, student)))
+    chosen = system_decoding(layout, ctc_table_name(layout, student))
+    fields = _search_fields(record.config["decode"], (), "ctc_acoustic_scale", None if chosen is None else chosen.acoustic_scale)
+    if chosen is not None and chosen.blank_penalty:
+        fields["ctc_blank_penalty"] = chosen.blank_penalty
+    return fields
 
 
 def make_model_dir_from_recipe(

@@ -165,11 +165,11 @@ class Searcher:
         return self._timed(len(frames), starts, self.tid_is_silence[np.asarray(frames, dtype=np.int64)])
 
     def _hlg(self, log_probs: np.ndarray, utt_id: str) -> Hypothesis:
-        from asr_kd.decode.ctc import check_log_probs
-        from asr_kd.kaldi import kaldi_decoder
+        from asr_kd.decode.ctc import ctc_decodable
 
-        x = check_log_probs(log_probs, utt_id) * self.config.ctc_acoustic_scale
-        frames, starts = _walk_best_path(self.decoder, kaldi_decoder.DecodableCtc(np.maximum(x, -1e10)), utt_id)
+        # The blank penalty and HLG scale CTC stage 7 chose on dev (the model directory's decoding).
+        decodable = ctc_decodable(log_probs, self.config.ctc_acoustic_scale, self.config.ctc_blank_penalty, utt_id)
+        frames, starts = _walk_best_path(self.decoder, decodable, utt_id)
         return self._timed(len(frames), starts, np.asarray(frames) == 1)  # label 1 = blank + 1
 
     def _tokens(self, log_probs: np.ndarray, utt_id: str) -> Hypothesis:

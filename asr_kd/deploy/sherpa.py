@@ -15,11 +15,14 @@ kaldi-decoder's FasterDecoder, reading column ``ilabel - 1`` as ours does, and r
 only on an arc that reads a new non-blank token; a word label that determinisation left on a
 blank or repeat arc is dropped, one cause of disagreement with our own decoder.
 
-sherpa-onnx's HLG search takes the network's outputs as they are, with no acoustic scale, and
-only its max-active is an option (its beam is kaldi-decoder's default, 16). So the HLG scale the
-model directory records (``ctc_acoustic_scale``, tuned on dev by CTC stage 7) is folded into the
-exported graph, which returns scale x log-probabilities (greedy search is unchanged by it), and
-the recorded max-active is written into the model's metadata, where :class:`SherpaCtc` reads it.
+sherpa-onnx's HLG search takes the network's outputs as they are, with no acoustic scale or
+blank penalty, and only its max-active is an option (its beam is kaldi-decoder's default, 16). So
+the HLG scale and blank penalty the model directory records (``ctc_acoustic_scale`` and
+``ctc_blank_penalty``, chosen on dev by CTC stage 7) are folded into the exported graph, which
+returns scale x (log-probabilities, the blank's minus the penalty), and the recorded max-active is
+written into the model's metadata, where :class:`SherpaCtc` reads it. The scale leaves a greedy
+search's output as it is; a blank penalty does not (a greedy search of the exported model emits
+more tokens, as it would with sherpa-onnx's own blank_penalty).
 
 The hybrid DNN student cannot run in sherpa-onnx: it has no HMM transition model, no senone
 priors and no HCLG search (its FST decoder is the CTC one above, whose decodable reads network
@@ -69,14 +72,16 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = True)
     mean, std = cmvn.mean_std("global")
     decoding = spec.decode_config()
     module = ExportableAcoustic(load_network(model_dir), torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32),
-                                output_scale=decoding.ctc_acoustic_scale)
+                                output_scale=decoding.ctc_acoustic_scale, blank_penalty=decoding.ctc_blank_penalty)
     out.mkdir(parents=True, exist_ok=True)
     path = export_module(module, spec.features.num_mel_bins, out / SHERPA_MODEL)
     # sherpa-onnx picks the model class from its config (zipformer_ctc), not from metadata: these
     # keys describe the file, and SherpaCtc reads the fbank size and the max-active from them.
-    metadata = {"model_type": "asr-kd-ctc", "comment": "asr-kd CTC encoder, global CMVN and HLG scale folded in; load as sherpa-onnx zipformer_ctc",
+    metadata = {"model_type": "asr-kd-ctc",
+                "comment": "asr-kd CTC encoder, global CMVN, blank penalty and HLG scale folded in; load as sherpa-onnx zipformer_ctc",
                 "subsampling_factor": spec.subsampling, "feature_dim": spec.features.num_mel_bins,
-                "ctc_acoustic_scale": decoding.ctc_acoustic_scale, "ctc_max_active": decoding.max_active}
+                "ctc_acoustic_scale": decoding.ctc_acoustic_scale, "ctc_blank_penalty": decoding.ctc_blank_penalty,
+                "ctc_max_active": decoding.max_active}
     add_metadata(path, metadata)
     if int8:
         add_metadata(quantize_int8(path, out / SHERPA_MODEL_INT8), metadata)

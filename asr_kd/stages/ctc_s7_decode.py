@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from lhotse import CutSet
 
@@ -47,7 +47,7 @@ from asr_kd.stages.ctc_common import (
     units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, read_record, require_record
+from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.stages.s7_decode import per_utterance_counts, seed_mean, seed_std
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
 
@@ -78,12 +78,20 @@ def system_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_")
 
 
-def system_scale(layout: RecipeLayout, name: str) -> float | None:
-    """The scale CTC stage 7 decoded system ``name`` (a row name of its table, e.g. ``student:
-    frame``) with, from its ``scores.json``; None when the stage has not scored it. A system it
-    decoded with a word insertion penalty or a blank penalty is refused (ConfigError): the
-    callers, decode-part and the model directories of stage 9, decode without one, so they would
-    not match the table."""
+class SystemDecoding(NamedTuple):
+    """The HLG scale and blank penalty CTC stage 7 decoded one system with (chosen on dev where it
+    searched them); decode-part and the model directories decode that system the same way."""
+
+    acoustic_scale: float
+    blank_penalty: float = 0.0
+
+
+def system_decoding(layout: RecipeLayout, name: str) -> SystemDecoding | None:
+    """The scale and blank penalty CTC stage 7 decoded system ``name`` (a row name of its table,
+    e.g. ``student: frame``) with, from its ``scores.json``; None when the stage has not scored
+    it. A system it decoded with a word insertion penalty is refused (ConfigError): the callers,
+    decode-part and the model directories of stage 9, search HLG without one, so they would not
+    match the table."""
     path = layout.ctc_decode / "scores.json"
     if not path.is_file():
         return None
@@ -94,14 +102,8 @@ def system_scale(layout: RecipeLayout, name: str) -> float | None:
         raise ConfigError(f"{name} was decoded by CTC stage 7 with a word insertion penalty ({penalised['insertion_penalty']:g}, "
                           "decode.insertion_penalties), which decode-part and the model directories (stage 9) do not apply yet; rerun "
                           "CTC stage 7 with decode.insertion_penalties=[] to decode it here as the table did")
-    blanked = next((e for e in entries.values() if isinstance(e, dict) and e.get("blank_penalty")), None)
-    if blanked is not None:
-        record = read_record(layout.ctc_decode)  # the option the stage ran with: a grid, or one value (never both)
-        option = "decode.ctc_blank_penalties" if record is not None and record.config["decode"].get("ctc_blank_penalties") else "decode.ctc_blank_penalty"
-        raise ConfigError(f"{name} was decoded by CTC stage 7 with a blank penalty ({blanked['blank_penalty']:g}, {option}), which "
-                          "decode-part and the model directories (stage 9) do not take from its table yet; rerun CTC stage 7 with "
-                          "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0 to decode it here as the table did")
-    return next((float(e["acoustic_scale"]) for e in entries.values() if isinstance(e, dict) and "acoustic_scale" in e), None)
+    entry = next((e for e in entries.values() if isinstance(e, dict) and "acoustic_scale" in e), None)
+    return None if entry is None else SystemDecoding(float(entry["acoustic_scale"]), float(entry.get("blank_penalty", 0.0)))
 
 
 def decode_ctc_systems(

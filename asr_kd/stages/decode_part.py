@@ -50,7 +50,7 @@ from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
 from asr_kd.metrics.paired import wer_difference
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
 from asr_kd.stages.common import alignment_inputs, gmm_record, load_teachers, model_checkpoint, read_senones
-from asr_kd.stages.ctc_s7_decode import system_scale
+from asr_kd.stages.ctc_s7_decode import system_decoding
 from asr_kd.data.alignments import store_alignments
 from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, file_sha256, listing_fingerprint, require_record
@@ -131,7 +131,8 @@ def decode_part(
     stage-3 triphone system (``data/tids_<part>.txt``) and the networks also get
     ``"frame_accuracy"`` and ``"aligned_utterances"``. With ``tune_scale`` each system decodes at
     the acoustic scale the recipe tuned for it on dev (stages 3 and 7), where there is one, else at
-    ``decode_config.acoustic_scale``; ``"acoustic_scale"`` says which. With ``rescore`` the HCLG
+    ``decode_config.acoustic_scale``; ``"acoustic_scale"`` says which (a CTC system also at the
+    blank penalty CTC stage 7 chose for it, ``"blank_penalty"`` where not 0). With ``rescore`` the HCLG
     systems' lattices are rescored with its LM and each also gets ``"first_pass"`` (its scores)
     and ``"rescored_minus_first_pass"`` (WER difference, paired-bootstrap interval). Skipped when
     the folder's record matches."""
@@ -175,10 +176,11 @@ def decode_part(
             if name.startswith(CTC_PREFIX) and tune_scale:
                 config = ctc_decode_config(layout)
                 row = ctc_table_name(layout, name[len(CTC_PREFIX):])
-                ctc_scale = system_scale(layout, row)
-                if ctc_scale is not None:  # the scale the CTC decoding stage chose for it on dev
-                    config = dataclasses.replace(config, ctc_acoustic_scale=ctc_scale)
-                elif config.ctc_acoustic_scales:
+                chosen = system_decoding(layout, row)
+                if chosen is not None:  # the scale and blank penalty the CTC decoding stage chose for it on dev
+                    config = dataclasses.replace(config, ctc_acoustic_scale=chosen.acoustic_scale, ctc_blank_penalty=chosen.blank_penalty,
+                                                 ctc_blank_penalties=())
+                elif config.ctc_acoustic_scales or config.ctc_blank_penalties:
                     raise DataError(f"{layout.ctc_decode / 'scores.json'} has no scale for {row!r}, which {name} names; rerun CTC stage 7 "
                                     "(asr-kd ctc-decode) after training it")
                 how = "as the CTC decoding stage"
@@ -186,8 +188,10 @@ def decode_part(
                 config = decode_config if scale is None else dataclasses.replace(decode_config, acoustic_scale=scale)
                 how = "tuned on dev by the recipe" if scale is not None else "as configured"
             used = config.ctc_acoustic_scale if name.startswith(CTC_PREFIX) else config.acoustic_scale
-            log.info("%s: acoustic scale %g (%s)", name, used, how)
-            scores[name] = {**_decode_system(layout, data, part, name, lang, out / name, config, senones, rescore), "acoustic_scale": used}
+            blank = {"blank_penalty": config.ctc_blank_penalty} if name.startswith(CTC_PREFIX) and config.ctc_blank_penalty else {}
+            log.info("%s: acoustic scale %g%s (%s)", name, used, f", blank penalty {config.ctc_blank_penalty:g}" if blank else "", how)
+            scores[name] = {**_decode_system(layout, data, part, name, lang, out / name, config, senones, rescore), "acoustic_scale": used,
+                            **blank}
         write_json_atomic(scores_path, scores)
         guard.finish([scores_path])
     scores = read_json(scores_path)

@@ -379,7 +379,7 @@ def test_a_word_insertion_penalty_on_hlg_is_searched_on_dev_and_applied_to_test(
     from asr_kd.data.ctc_data import cut_text
     from asr_kd.decode.hlg import load_hlg
     from asr_kd.decode.penalty import add_word_penalty
-    from asr_kd.stages.ctc_s7_decode import build_ctc_graph, system_scale
+    from asr_kd.stages.ctc_s7_decode import build_ctc_graph, system_decoding
 
     layout, md, _, _, _ = ctc_run
     units = prepare_units(layout, CTC)
@@ -407,7 +407,7 @@ def test_a_word_insertion_penalty_on_hlg_is_searched_on_dev_and_applied_to_test(
     row = f"| student: frame | 1 | test-clean | {100 * scores['student: frame']['test-clean']['greedy_ter']:.1f}% |"
     assert row in section and f"| {scores['student: frame']['test-clean']['acoustic_scale']:g}, -20 |" in section
     with pytest.raises(ConfigError, match=r"student: frame was decoded by CTC stage 7 with a word insertion penalty \(-20,"):
-        system_scale(layout, "student: frame")
+        system_decoding(layout, "student: frame")
     # One penalty and no scale grid: nothing is searched; every part at ctc_acoustic_scale with that penalty.
     untuned = DecodeConfig(insertion_penalties=(-20.0,))
     scores = decode_ctc_systems(layout, CTC, untuned, results_md=md, command="test", corpus="tiny")
@@ -430,7 +430,7 @@ def test_a_word_insertion_penalty_on_hlg_is_searched_on_dev_and_applied_to_test(
     # The fewest errors, ties to the penalty nearest 0: on tiny no penalty beats the empty output's
     # errors (a word put in is at best a substitution), so 0 is kept and the system is not refused.
     assert sweep["penalty"] == min(tried, key=lambda p: (tried[p], abs(p))) == 0.0
-    assert test["acoustic_scale"] == dev["acoustic_scale"] == sweep["best"] == system_scale(layout, "student: frame")
+    assert (test["acoustic_scale"], 0.0) == (dev["acoustic_scale"], 0.0) == (sweep["best"], 0.0) == system_decoding(layout, "student: frame")
     graph = add_word_penalty(hlg, sweep["penalty"], units.lang.words.ids())
     assert test["hlg_wer"] == pytest.approx(hlg_wer(lps["test-clean"], refs["test-clean"], units, graph, DECODE, test["acoustic_scale"]).wer)
     section = read_section(md, "## CTC results (phone)")
@@ -529,12 +529,14 @@ def test_ctc_stage_7_searches_a_blank_penalty_on_dev(ctc_run, tmp_path) -> None:
     """decode.ctc_blank_penalties: CTC stage 7 searches the blank penalty beside the scale on dev
     (the sweep says which penalty), decodes every seed of a row on test at the first seed's choice
     (its WER that of HLG decoding here at that scale and penalty), prints the choice in the table,
-    and decode-part and stage 9 refuse a system decoded with a blank penalty."""
+    and decode-part and the model directories of stage 9 decode each system at its choice as well."""
     from asr_kd.ctc.training import ctc_log_probs, hlg_wer
     from asr_kd.data.ctc_data import cut_text
     from asr_kd.decode.hlg import load_hlg
     from asr_kd.decode.tuning import ScaleSweep
-    from asr_kd.stages.ctc_s7_decode import system_scale
+    from asr_kd.deploy.model_dir import load_spec
+    from asr_kd.deploy.recipe_paths import make_model_dir_from_recipe
+    from asr_kd.stages.ctc_s7_decode import SystemDecoding, system_decoding
 
     config, md = dataclasses.replace(DECODE, ctc_blank_penalties=(0.0, 3.0)), tmp_path / "RESULTS.md"
     _, other, scores = _decoded_copy(ctc_run, tmp_path, config, ood_part="", results_md=md)
@@ -554,22 +556,36 @@ def test_ctc_stage_7_searches_a_blank_penalty_on_dev(ctc_run, tmp_path) -> None:
     section = read_section(md, "## CTC results (phone)")
     assert "| Scale, blank penalty |" in section and "a blank penalty (taken off the blank's log-probability" in section and "{0, 3}" in section
     assert "| student: baseline | 2 | test-clean | " in section and f" | {sweep.best:g}, {sweep.penalty:g} |" in section
-    # A fixed blank penalty (no grid): every system decoded with it, and refused where none is applied.
-    fixed = decode_ctc_systems(other, CTC, dataclasses.replace(DECODE, ctc_blank_penalty=2.0), results_md=md, command="test", corpus="tiny")
-    assert all(e["test-clean"]["blank_penalty"] == 2.0 for e in fixed.values())
-    assert "a blank penalty of 2 on every frame (not tuned)" in read_section(md, "## CTC results (phone)")
-    with pytest.raises(ConfigError, match=r"student: frame was decoded by CTC stage 7 with a blank penalty \(2, decode.ctc_blank_penalty\)"):
-        system_scale(other, "student: frame")
+    # A fixed blank penalty (no grid): every system decoded with it; decode-part (a user's part: test-clean's audio under
+    # another name) and a model directory decode with it too. (The tiny models' HLG output is empty at penalty 0; at 4
+    # the baseline student's holds words, so the table's WER holds only with the penalty.)
+    fixed = decode_ctc_systems(other, CTC, dataclasses.replace(DECODE, ctc_blank_penalty=4.0), results_md=md, command="test", corpus="tiny")
+    assert all(e["test-clean"]["blank_penalty"] == 4.0 for e in fixed.values())
+    assert "a blank penalty of 4 on every frame (not tuned)" in read_section(md, "## CTC results (phone)")
+    baseline = fixed["student: baseline"]["test-clean"]
+    assert system_decoding(other, "student: baseline") == SystemDecoding(baseline["acoustic_scale"], 4.0)
+    lps = {c.id: lp for c, lp in ctc_log_probs([load_ctc_model(other.ctc_student_dir("baseline"))], cuts, other.open_cmvn("test-clean"), 1.0,
+                                               CTC.fusion)}
+    assert baseline["hlg_wer"] < hlg_wer(lps, refs, units, hlg, DECODE, baseline["acoustic_scale"], 0.0).wer  # the penalty matters
+    corpus = tmp_path / "corpus"
+    shutil.copytree(other.data_dir / "corpus" / "test-clean", corpus / "my-test")
+    assert cli_main(["decode-part", "--data-dir", str(other.data_dir), "--exp-dir", str(other.exp_dir), "--corpus-dir", str(corpus),
+                     "--part", "my-test", "--systems", "ctc-baseline", "ctc-ensemble", "--num-threads", "1"]) == 0
+    part = json.loads((other.exp_dir / "decode_parts" / "my-test" / "scores.json").read_text())
+    for name, row in (("ctc-baseline", "student: baseline"), ("ctc-ensemble", "ensemble of 2")):
+        assert part[name]["wer"] == pytest.approx(fixed[row]["test-clean"]["hlg_wer"])
+        assert (part[name]["acoustic_scale"], part[name]["blank_penalty"]) == (fixed[row]["test-clean"]["acoustic_scale"], 4.0)
+    decoding = load_spec(make_model_dir_from_recipe(other.exp_dir, other.data_dir, "ctc-baseline", tmp_path / "md")).decode_config()
+    assert (decoding.ctc_acoustic_scale, decoding.ctc_blank_penalty) == (baseline["acoustic_scale"], 4.0)
     # A blank grid alone (no scale grid), dev not among the parts asked for: dev is still searched first, every seed
-    # decoded at the choice (never 0 here), and the refusal names the grid, for a later seed too.
+    # decoded at the choice (never 0 here), recorded for decode-part and the model directories.
     blank_only = dataclasses.replace(DECODE, ctc_acoustic_scales=(), ctc_blank_penalties=(2.0, 3.0))
     searched = decode_ctc_systems(other, CTC, blank_only, parts=["test-clean"], results_md=md, command="test", corpus="tiny")
     assert read_record(other.ctc_decode).config["tuned_on"] == "dev-clean"
     sweep = ScaleSweep.from_dict(searched["student: baseline"]["dev-clean"]["sweep"])
     assert sweep.penalty_name == "blank penalty" and sweep.penalty in (2.0, 3.0) and sweep.scales == (DECODE.ctc_acoustic_scale,)
     assert searched["student: baseline_seed1"]["test-clean"]["blank_penalty"] == sweep.penalty
-    with pytest.raises(ConfigError, match=r"with a blank penalty \([23], decode.ctc_blank_penalties\)"):
-        system_scale(other, "student: baseline_seed1")
+    assert system_decoding(other, "student: baseline_seed1") == SystemDecoding(DECODE.ctc_acoustic_scale, sweep.penalty)
 
 
 def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:

@@ -234,6 +234,52 @@ def test_sherpa_onnx_decodes_at_the_model_directorys_hlg_scale(recipe, model_dir
     assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"
 
 
+def test_a_blank_penalty_reaches_our_search_sherpa_onnx_and_transcribe(recipe, model_dirs, tmp_path, capsys) -> None:
+    """The blank penalty a model directory records (``ctc_blank_penalty``, chosen on dev by CTC
+    stage 7) is taken off the blank before the scale in our HLG search and, folded into the
+    exported graph, in sherpa-onnx's, which then still gives our words; `asr-kd transcribe
+    --blank-penalty` overrides it (a CTC model's only)."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from asr_kd.bin.cmd_deploy import decode_config_for
+    from asr_kd.deploy.sherpa import sherpa_metadata
+
+    audio, _ = _test_audio(recipe[0])
+    scaled, penalised = tmp_path / "scaled", tmp_path / "penalised"
+    for d, decoding in ((scaled, {"ctc_acoustic_scale": 0.5, "max_active": 2000, "beam": 16.0}),
+                        (penalised, {"ctc_acoustic_scale": 0.5, "ctc_blank_penalty": 3.0, "max_active": 2000, "beam": 16.0})):
+        shutil.copytree(model_dirs["ctc"], d)
+        (d / "model.json").write_text(dataclasses.replace(load_spec(d), decoding=decoding).to_json())
+    plain, ours = _texts(Transcriber(scaled, "torch"), audio), _texts(Transcriber(penalised, "torch"), audio)
+    # The test has power only if the penalty changes our own words on many utterances.
+    assert sum(plain[u] != ours[u] for u in audio) > 0.1 * len(audio)
+    assert sum(len(ours[u].split()) for u in audio) > sum(len(plain[u].split()) for u in audio)  # fewer blanks: more words
+    s0, s3 = export_sherpa(scaled, tmp_path / "s0", int8=False), export_sherpa(penalised, tmp_path / "s3", int8=False)
+    assert float(sherpa_metadata(s3 / "model.onnx")["ctc_blank_penalty"]) == 3.0
+    x = np.random.default_rng(0).normal(size=(1, 50, 40)).astype(np.float32)
+    feeds = {"x": x, "x_lens": np.array([50], dtype=np.int64)}
+    lp0, lp3 = (ort.InferenceSession(str(d / "model.onnx")).run(None, feeds)[0] for d in (s0, s3))
+    np.testing.assert_allclose(lp3[..., 0], lp0[..., 0] - 0.5 * 3.0, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lp3[..., 1:], lp0[..., 1:], rtol=1e-4, atol=1e-5)
+    theirs = dict(zip(audio, (" ".join(w) for w in SherpaCtc(s3, feature_dim=40)(list(audio.values())))))
+    differ = {u: (ours[u], theirs[u]) for u in audio if ours[u] != theirs[u]}
+    assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"
+    # transcribe --blank-penalty: 0 gives the directory's words without its penalty; refused for a hybrid model.
+    assert decode_config_for(penalised, blank_penalty=0.0).ctc_blank_penalty == 0.0
+    assert decode_config_for(penalised).ctc_blank_penalty == 3.0
+    utt = next(u for u in audio if plain[u] != ours[u])
+    wav = tmp_path / f"{utt}.wav"
+    sf.write(wav, audio[utt], 16000, subtype="FLOAT")
+    capsys.readouterr()
+    for option, words in ((["--blank-penalty", "0"], plain[utt]), ([], ours[utt])):
+        assert cli_main(["transcribe", "--model-dir", str(penalised), *option, str(wav)]) == 0
+        assert capsys.readouterr().out.strip() == f"{utt} {words}".strip()
+    with pytest.raises(ConfigError, match="--blank-penalty applies to a CTC model's HLG search"):
+        decode_config_for(model_dirs["hybrid"], blank_penalty=1.0)
+
+
 def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, capsys) -> None:
     """`asr-kd export --sherpa-dir` writes the int8 model too (not with --no-int8), and
     `asr-kd sherpa-transcribe --int8` runs it with the fbank size the export records. A wrong

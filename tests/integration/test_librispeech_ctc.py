@@ -38,8 +38,11 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     from asr_kd.config import DecodeConfig, load_config
     from asr_kd.stages.provenance import read_record
 
-    grid = load_config(DecodeConfig, RUN_SH.parent / "conf" / "decode_ctc.yaml").ctc_acoustic_scales
-    assert len(grid) > 2 and read_record(ctc_dir / "decode").config["decode"]["ctc_acoustic_scales"] == list(grid)
+    conf = load_config(DecodeConfig, RUN_SH.parent / "conf" / "decode_ctc.yaml")
+    grid = conf.ctc_acoustic_scales
+    recorded = read_record(ctc_dir / "decode").config["decode"]
+    assert len(grid) > 2 and recorded["ctc_acoustic_scales"] == list(grid)
+    assert len(conf.ctc_blank_penalties) > 2 and recorded["ctc_blank_penalties"] == list(conf.ctc_blank_penalties)
     scores = json.loads((ctc_dir / "decode" / "scores.json").read_text())
     assert scores["student: frame_seed1"]["test-clean"]["acoustic_scale"] == scores["student: frame"]["dev-clean"]["sweep"]["best"] in grid
     section = read_section(exp / "RESULTS.md", "## CTC results (phone)")
@@ -52,12 +55,17 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     mean = lambda row: sum(scores[f"student: {m}"]["test-clean"]["hlg_wer"] for m in (row, f"{row}_seed1")) / 2  # noqa: E731
     assert d["value"] == pytest.approx(mean("frame_guided1.0") - mean("frame"))
     assert "| test-clean | student: frame_shared15 − student: frame |" in section
-    # Stage 9 without the hybrid path: the CTC students' model directories decode at the scale CTC
-    # stage 7 chose on dev, the frame-level student is exported and gated, and the cost table has them.
+    # Stage 9 without the hybrid path: the CTC students' model directories decode at the scale and
+    # blank penalty CTC stage 7 chose on dev, the frame-level student is exported and gated, and the
+    # cost table has them.
+    from asr_kd.decode.tuning import ScaleSweep
+
     decode7 = read_record(ctc_dir / "decode").config["decode"]
     for kind in ("baseline", "frame"):
         decoding = json.loads((exp / "deploy" / f"ctc_{kind}" / "model.json").read_text())["decoding"]
-        assert decoding["ctc_acoustic_scale"] == scores[f"student: {kind}"]["dev-clean"]["sweep"]["best"], kind
+        sweep = ScaleSweep.from_dict(scores[f"student: {kind}"]["dev-clean"]["sweep"])
+        assert sweep.penalty_name == "blank penalty" and sweep.penalty == scores[f"student: {kind}"]["test-clean"].get("blank_penalty", 0.0)
+        assert (decoding["ctc_acoustic_scale"], decoding.get("ctc_blank_penalty", 0.0)) == (sweep.best, sweep.penalty), kind
         assert (decoding["beam"], decoding["max_active"]) == (decode7["beam"], decode7["max_active"])
     deploy = read_section(exp / "RESULTS.md", "## Deployment: cost table and quantisation gate")
     rows = {tuple(r.strip("| ").split(" | ")[:2]): r.strip("| ").split(" | ") for r in deploy.splitlines() if r.startswith("| ctc-")}

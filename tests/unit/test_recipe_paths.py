@@ -26,6 +26,10 @@ def test_ctc_decoding_follows_stage_7_only_while_its_inputs_are_current(tmp_path
     _finish(layout.ctc_decode, {"decode": decode}, {"student frame": student, "graph": graph})
     (layout.ctc_decode / "scores.json").write_text(json.dumps({"student: frame": {"dev-clean": {"acoustic_scale": 0.5, "hlg_wer": 0.4}}}))
     assert ctc_decoding(layout, "frame") == {"beam": 12.0, "max_active": 3000, "min_active": 200, "ctc_acoustic_scale": 0.5}
+    # A blank penalty the stage chose on dev travels with the scale (the grid the stage searched does not).
+    (layout.ctc_decode / "scores.json").write_text(json.dumps({"student: frame": {"dev-clean": {"acoustic_scale": 0.7, "blank_penalty": 2.5}}}))
+    assert ctc_decoding(layout, "frame") == {"beam": 12.0, "max_active": 3000, "min_active": 200, "ctc_acoustic_scale": 0.7,
+                                             "ctc_blank_penalty": 2.5}
     # The HLG remade after stage 7 (another record): its scale was tuned on another graph.
     (layout.ctc_graph / "provenance.json").unlink()
     _finish(layout.ctc_graph, {"units": "phone", "lm": "other"})
