@@ -653,8 +653,9 @@ class DecodeConfig:
     # ctc_blank_penalty is the one applied; ctc_blank_penalties, non-empty, a grid CTC stage 7
     # searches on the dev part beside the scale, per system, the way it searches
     # insertion_penalties (one of the two grids at a time; not beside a ctc_blank_penalty other than
-    # 0). decode-part and stage 9 do not take a system's blank penalty from CTC stage 7's table yet:
-    # they refuse a system decoded with one other than 0. bench/RESULTS.md "Blank penalty on HLG".
+    # 0). decode-part, the model directories of stage 9 (model.json's ctc_blank_penalty) and the
+    # sherpa-onnx export decode each system at the one CTC stage 7 chose for it. bench/RESULTS.md
+    # "Blank penalty on HLG".
     ctc_blank_penalty: float = later_option(0.0)
     ctc_blank_penalties: tuple[float, ...] = later_option(())
     # Graph construction (Kaldi's mkgraph.sh defaults).

@@ -21,6 +21,11 @@ stage 7's recorded beam, max-active and HLG scale grid:
     python bench/decode_penalty.py --ctc --data recipes/librispeech/data --exp recipes/librispeech/exp \
         --systems baseline frame ensemble [--units phone]
 
+``--blank`` searches a blank penalty instead (taken off the blank's log-probability on every frame).
+The decoding that matches the stage's table must reproduce it (else the bench stops): the scale
+alone for a stage that decoded without a penalty, or, for one that searched a blank penalty itself
+(``conf/decode_ctc.yaml`` does), the scale and blank penalty, with ``--penalties`` its grid.
+
 Needs stages 3 and 7 of a recipe run (``make demo``; with ``--ctc``, CTC stage 7); without one
 it says so and exits 0. Writes nothing under ``--exp``; its numbers go to ``--json`` and the
 section of ``--results``.
@@ -263,12 +268,19 @@ def main(argv: list[str] | None = None) -> int:
         test_parts = [q for q in record.config["parts"] if q != layout.dev_part]
 
         scores = read_json(layout.ctc_decode / "scores.json")
+        # The way of deciding the stage's table must reproduce: the scale alone, or (a stage that searched this very
+        # blank grid) the scale and blank penalty.
+        searched = config_from_dict(DecodeConfig, record.config["decode"])
+        checked_way = "scale+penalty" if args.blank and searched.ctc_blank_penalties and check_penalties(searched.ctc_blank_penalties) == penalties \
+            and not searched.insertion_penalties else "scale"
         penalised = next((row for row, by_part in scores.items() for e in by_part.values()
                           if e.get("insertion_penalty") or e.get("blank_penalty")), None)
-        if penalised is not None:
+        if penalised is not None and checked_way == "scale":
+            grid = check_penalties(searched.ctc_blank_penalties)
             raise SystemExit(f"decode_penalty: CTC stage 7 decoded {penalised} with a penalty; this bench compares penalties against none "
                              "from the stage's own choices: rerun CTC stage 7 with decode.insertion_penalties=[], "
-                             "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0")
+                             "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0"
+                             + (f", or pass --blank --penalties {' '.join(f'{q:g}' for q in grid)} (the grid it searched)" if grid else ""))
 
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
             return ctc_part_decoder(where.get(part, layout), cfg, units, name, seed, part, config, graphs, blank=args.blank)
@@ -276,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         def recorded(name: str, seed: int, part: str, key: str) -> float | None:
             """What CTC stage 7 recorded for the system's seed on the part (None where it did not score it)."""
             entry = scores.get(ctc_row(layout, cfg, name, seed) or "", {}).get(part)
-            return None if entry is None else float(entry[key])
+            return None if entry is None else float(entry.get(key, 0.0))  # a penalty is recorded where not 0
     else:
         run = finished_run(args.data, args.exp, "decode_penalty")
         if run is None:
@@ -293,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def recorded(name: str, seed: int, part: str, key: str) -> float | None:
             return None
+        checked_way = "scale"
     layout = dataclasses.replace(layout, test_part=test_parts[0], ood_part=test_parts[1] if len(test_parts) > 1 else "")
     parts = [layout.dev_part, *layout.test_parts]
     where = {}  # the parts whose features are not the run's own
@@ -310,9 +323,10 @@ def main(argv: list[str] | None = None) -> int:
             sweep, scale, penalty, results = tune_decoding(layout.dev_part, scales, grid, lambda s, q: compute_wer(refs, decode(s, q)),
                                                            default)
             dev = results[scale, penalty]
-            if way == "scale" and recorded(name, 0, layout.dev_part, "acoustic_scale") not in (None, scale):
-                raise SystemExit(f"decode_penalty: {name} chose scale {scale:g} on {layout.dev_part} here, CTC stage 7 chose "
-                                 f"{recorded(name, 0, layout.dev_part, 'acoustic_scale'):g}; the bench does not decode as the stage did")
+            stage = (recorded(name, 0, layout.dev_part, "acoustic_scale"), recorded(name, 0, layout.dev_part, "blank_penalty"))
+            if way == checked_way and stage[0] is not None and stage != (scale, penalty if way == "scale+penalty" else 0.0):
+                raise SystemExit(f"decode_penalty: {name} chose scale {scale:g} (penalty {penalty:g}) on {layout.dev_part} here, CTC stage 7 "
+                                 f"chose {stage[0]:g} (blank penalty {stage[1]:g}); the bench does not decode as the stage did")
             entry["choices"][way] = {"scale": scale, "penalty": penalty, "dev_errors": dev.errors, "dev_ref_words": dev.ref_words,
                                      "dev_wer": dev.wer, "sweep": sweep.to_dict() if sweep else None}
             print(f"{name} ({way}): dev {dev.summary()} at scale {scale:g}, penalty {penalty:g}", flush=True)
@@ -326,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 for way, choice in entry["choices"].items():
                     result = compute_wer(refs, decode(choice["scale"], choice["penalty"]))
                     table_wer = recorded(name, seed, part, "hlg_wer")
-                    if way == "scale" and table_wer is not None and abs(result.wer - table_wer) > 1e-9:
+                    if way == checked_way and table_wer is not None and abs(result.wer - table_wer) > 1e-9:
                         raise SystemExit(f"decode_penalty: {name} seed {seed} on {part} decodes to {100 * result.wer:.2f}% here, the CTC table "
                                          f"says {100 * table_wer:.2f}%; the bench does not decode as CTC stage 7 did")
                     counts[way].append(per_utterance_errors(result, ids))

@@ -146,6 +146,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.model_dir.split(",") if d]
     if not dirs:
         raise ConfigError("--model-dir names no model directory")
+    if args.blank_penalty is not None and args.method in ("greedy", "beam"):
+        raise ConfigError(f"--blank-penalty applies to the HLG search; --method {args.method} searches without a graph or penalty")
     acoustic = None
     if len(dirs) > 1:
         from asr_kd.deploy.acoustic import ensemble_acoustic

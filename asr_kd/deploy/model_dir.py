@@ -66,7 +66,8 @@ class ModelSpec:
     silence_phones: tuple[int, ...] = ()  # hybrid: phone ids trimmed from word ends in CTM output
     description: str = ""
     # the decoding the system's table WER was measured with (beam, max_active and the acoustic
-    # scale, or for CTC the HLG scale, tuned on dev by the recipe); empty: DecodeConfig's defaults.
+    # scale, or for CTC the HLG scale and, where not 0, the blank penalty, tuned on dev by the
+    # recipe); empty: DecodeConfig's defaults.
     decoding: dict = dataclasses.field(default_factory=dict)
     # gmm: how MFCCs become the GMMs' input after mean removal (delta_order, delta_window,
     # utterance_cmvn: GmmConfig's fields, :func:`asr_kd.gmm.features.gmm_features`).
@@ -244,7 +245,8 @@ def assemble_ctc_model_dir(
     """Write a CTC model directory at ``out_dir`` from explicit paths: the CTC ``checkpoint``,
     the units directory (tokens.txt, units.json, bpe.model), the HLG graph and its words.txt, the
     feature config and the training part's CMVN statistics; ``decoding`` (DecodeConfig fields,
-    e.g. the HLG scale ``ctc_acoustic_scale`` tuned on dev) goes into ``model.json``. Returns
+    e.g. the HLG scale ``ctc_acoustic_scale`` and blank penalty ``ctc_blank_penalty`` chosen on
+    dev) goes into ``model.json``. Returns
     ``out_dir``. ``normalization``: :func:`network_normalization`."""
     normalization = network_normalization(checkpoint, normalization)
     out = _start(out_dir, normalization, train_cmvn)

@@ -121,8 +121,10 @@ def ctc_decoding(layout, student: str) -> dict:
         return {}
     chosen = system_decoding(layout, ctc_table_name(layout, student))
     fields = _search_fields(record.config["decode"], (), "ctc_acoustic_scale", None if chosen is None else chosen.acoustic_scale)
-    if chosen is not None and chosen.blank_penalty:
-        fields["ctc_blank_penalty"] = chosen.blank_penalty
+    # Its chosen blank penalty, else (a system the stage did not score) the one it applied to all, as decode-part does.
+    blank = chosen.blank_penalty if chosen is not None else float(record.config["decode"].get("ctc_blank_penalty", 0.0))
+    if blank:
+        fields["ctc_blank_penalty"] = blank
     return fields
 
 

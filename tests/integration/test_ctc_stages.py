@@ -555,6 +555,24 @@ def test_ctc_stage_7_searches_a_blank_penalty_on_dev(ctc_run, tmp_path) -> None:
         assert (test["acoustic_scale"], test.get("blank_penalty", 0.0)) == (sweep.best, sweep.penalty)
     section = read_section(md, "## CTC results (phone)")
     assert "| Scale, blank penalty |" in section and "a blank penalty (taken off the blank's log-probability" in section and "{0, 3}" in section
+    # bench/decode_penalty.py --blank on this run: with the grid the stage searched, its scale-and-penalty side must
+    # reproduce the table (it does, every seed); with another grid it names the fix.
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    bench = [sys.executable, str(REPO_ROOT / "bench" / "decode_penalty.py"), "--ctc", "--blank", "--data", str(other.data_dir), "--exp",
+             str(other.exp_dir), "--systems", "baseline", "--seeds", "2", "--json", str(tmp_path / "b.json"), "--results", str(tmp_path / "b.md")]
+    proc = subprocess.run([*bench, "--penalties", "0", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "b.json").read_text())["systems"]["baseline"]
+    assert (got["choices"]["scale+penalty"]["scale"], got["choices"]["scale+penalty"]["penalty"]) == (sweep.best, sweep.penalty)
+    assert got["parts"]["test-clean"]["scale+penalty"]["wer"] == pytest.approx([scores[f"student: {f}"]["test-clean"]["hlg_wer"]
+                                                                                for f in ("baseline", "baseline_seed1")])
+    proc = subprocess.run([*bench, "--penalties", "0", "1"], capture_output=True, text=True, timeout=600)
+    if sweep.penalty:  # a table decoded with a penalty, compared with another grid: refused, naming the grid it searched
+        assert proc.returncode == 1 and "or pass --blank --penalties 0 3 (the grid it searched)" in proc.stderr, proc.stderr[-3000:]
     assert "| student: baseline | 2 | test-clean | " in section and f" | {sweep.best:g}, {sweep.penalty:g} |" in section
     # A fixed blank penalty (no grid): every system decoded with it; decode-part (a user's part: test-clean's audio under
     # another name) and a model directory decode with it too. (The tiny models' HLG output is empty at penalty 0; at 4
@@ -674,13 +692,15 @@ def _decoded_copy(ctc_run, tmp_path, config: DecodeConfig = DECODE, ood_part: st
 def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path) -> None:
     """bench/ood_more.py --ctc on a copy of the tiny run, CTC stage 7 scoring test-ood too: the
     recipe's test-ood decodes to the CTC table's WER for each seed (the bench stops otherwise, and
-    its JSON says so), and the new part's difference is the seeds' mean WERs differenced."""
+    its JSON says so), each system at the stage's scale and blank penalty, and the new part's
+    difference is the seeds' mean WERs differenced."""
     import subprocess
     import sys
 
     from tests.conftest import REPO_ROOT
 
-    layout, other, scores = _decoded_copy(ctc_run, tmp_path)
+    # A blank penalty (fixed; the tiny models' HLG output is empty without one): the bench must apply it to match the table.
+    layout, other, scores = _decoded_copy(ctc_run, tmp_path, dataclasses.replace(DECODE, ctc_blank_penalty=4.0))
     out_json, results = tmp_path / "ood.json", tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ood_more.py"), "--ctc", "--data", str(layout.data_dir),
                            "--exp", str(other.exp_dir), "--speakers", "2", "--utts-per-speaker", "2", "--seeds", "2", "--systems", "baseline", "ensemble",
@@ -720,9 +740,10 @@ def test_the_ood_bench_decodes_the_ctc_systems_as_ctc_stage_7(ctc_run, tmp_path)
         decoded = []
         for m in models:
             logp = {c.id: lp for c, lp in ctc_log_probs(m, cuts, part.open_cmvn("test-ood-more"), 1.0, CTC.fusion)}
-            w = hlg_wer(logp, refs, units, hlg, DECODE, e["scale"])
+            w = hlg_wer(logp, refs, units, hlg, DECODE, e["scale"], e["blank_penalty"])
             decoded.append((w.substitutions, w.deletions, w.insertions))
         sub, dels, ins = (sum(x) / len(decoded) for x in zip(*decoded))
+        assert e["blank_penalty"] == 4.0 and f"| {name} | {e['seeds']} | {e['scale']:g}, 4 | " in results.read_text()
         assert e["by_type"] == pytest.approx([sub, dels, ins]) and sum(e["by_type"]) == pytest.approx(sum(e["errors"])), name
         assert f"| {name} | {sub:.1f} | {dels:.1f} | {ins:.1f} | {sum(new['words']) - dels + ins:.1f} |" in results.read_text(), name
     assert new["tokens"] == [stage7.ref_tokens[u] for u in new["ids"]]

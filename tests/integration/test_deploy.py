@@ -266,6 +266,10 @@ def test_a_blank_penalty_reaches_our_search_sherpa_onnx_and_transcribe(recipe, m
     theirs = dict(zip(audio, (" ".join(w) for w in SherpaCtc(s3, feature_dim=40)(list(audio.values())))))
     differ = {u: (ours[u], theirs[u]) for u in audio if ours[u] != theirs[u]}
     assert len(differ) <= 0.05 * len(audio), f"sherpa-onnx and our decoder differ on {len(differ)} of {len(audio)}: {differ}"
+    # The model directory's own ONNX export leaves the penalty (and the scale) to our search: applied once there too.
+    export_onnx(penalised, int8=False)
+    onnx = _texts(Transcriber(penalised, "onnx"), audio)
+    assert sum(onnx[u] != ours[u] for u in audio) <= 0.05 * len(audio)
     # transcribe --blank-penalty: 0 gives the directory's words without its penalty; refused for a hybrid model.
     assert decode_config_for(penalised, blank_penalty=0.0).ctc_blank_penalty == 0.0
     assert decode_config_for(penalised).ctc_blank_penalty == 3.0
@@ -278,6 +282,8 @@ def test_a_blank_penalty_reaches_our_search_sherpa_onnx_and_transcribe(recipe, m
         assert capsys.readouterr().out.strip() == f"{utt} {words}".strip()
     with pytest.raises(ConfigError, match="--blank-penalty applies to a CTC model's HLG search"):
         decode_config_for(model_dirs["hybrid"], blank_penalty=1.0)
+    assert cli_main(["transcribe", "--model-dir", str(penalised), "--method", "greedy", "--blank-penalty", "1", str(wav)]) == 1
+    assert "--blank-penalty applies to the HLG search; --method greedy" in capsys.readouterr().err
 
 
 def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, capsys) -> None:
