@@ -24,7 +24,8 @@ stage 7's recorded beam, max-active and HLG scale grid:
 ``--blank`` searches a blank penalty instead (taken off the blank's log-probability on every frame).
 The decoding that matches the stage's table must reproduce it (else the bench stops): the scale
 alone for a stage that decoded without a penalty, or, for one that searched a blank penalty itself
-(``conf/decode_ctc.yaml`` does), the scale and blank penalty, with ``--penalties`` its grid.
+(``conf/decode_ctc.yaml`` does), the scale and blank penalty, with ``--penalties`` its grid. Without
+``--blank``, word penalties are searched at each system's blank penalty as the stage chose it.
 
 Needs stages 3 and 7 of a recipe run (``make demo``; with ``--ctc``, CTC stage 7); without one
 it says so and exits 0. Writes nothing under ``--exp``; its numbers go to ``--json`` and the
@@ -269,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
 
         scores = read_json(layout.ctc_decode / "scores.json")
         # The way of deciding the stage's table must reproduce: the scale alone, or (a stage that searched this very
-        # blank grid) the scale and blank penalty.
+        # blank grid) the scale and blank penalty. Word penalties are searched at each system's blank penalty as the
+        # stage chose it (held fixed), so the scale alone there is again the stage's decoding.
         searched = config_from_dict(DecodeConfig, record.config["decode"])
         checked_way = "scale+penalty" if args.blank and searched.ctc_blank_penalties and check_penalties(searched.ctc_blank_penalties) == penalties \
             and not searched.insertion_penalties else "scale"
+        held_blank = not args.blank and not searched.insertion_penalties
         penalised = next((row for row, by_part in scores.items() for e in by_part.values()
-                          if e.get("insertion_penalty") or e.get("blank_penalty")), None)
+                          if e.get("insertion_penalty") or (e.get("blank_penalty") and not held_blank)), None)
         if penalised is not None and checked_way == "scale":
             grid = check_penalties(searched.ctc_blank_penalties)
             raise SystemExit(f"decode_penalty: CTC stage 7 decoded {penalised} with a penalty; this bench compares penalties against none "
@@ -283,12 +286,17 @@ def main(argv: list[str] | None = None) -> int:
                              + (f", or pass --blank --penalties {' '.join(f'{q:g}' for q in grid)} (the grid it searched)" if grid else ""))
 
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
-            return ctc_part_decoder(where.get(part, layout), cfg, units, name, seed, part, config, graphs, blank=args.blank)
+            at = dataclasses.replace(config, ctc_blank_penalty=blank_of(name)) if held_blank else config
+            return ctc_part_decoder(where.get(part, layout), cfg, units, name, seed, part, at, graphs, blank=args.blank)
 
         def recorded(name: str, seed: int, part: str, key: str) -> float | None:
             """What CTC stage 7 recorded for the system's seed on the part (None where it did not score it)."""
             entry = scores.get(ctc_row(layout, cfg, name, seed) or "", {}).get(part)
             return None if entry is None else float(entry.get(key, 0.0))  # a penalty is recorded where not 0
+
+        def blank_of(name: str) -> float:
+            """The blank penalty the stage chose for the system on dev (0 where it searched none)."""
+            return recorded(name, 0, layout.dev_part, "blank_penalty") or 0.0
     else:
         run = finished_run(args.data, args.exp, "decode_penalty")
         if run is None:
@@ -305,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def recorded(name: str, seed: int, part: str, key: str) -> float | None:
             return None
-        checked_way = "scale"
+
+        def blank_of(name: str) -> float:
+            return 0.0
+        checked_way, held_blank = "scale", False
     layout = dataclasses.replace(layout, test_part=test_parts[0], ood_part=test_parts[1] if len(test_parts) > 1 else "")
     parts = [layout.dev_part, *layout.test_parts]
     where = {}  # the parts whose features are not the run's own
@@ -324,10 +335,12 @@ def main(argv: list[str] | None = None) -> int:
                                                            default)
             dev = results[scale, penalty]
             stage = (recorded(name, 0, layout.dev_part, "acoustic_scale"), recorded(name, 0, layout.dev_part, "blank_penalty"))
-            if way == checked_way and stage[0] is not None and stage != (scale, penalty if way == "scale+penalty" else 0.0):
+            blank = penalty if args.blank and way == "scale+penalty" else blank_of(name)
+            if way == checked_way and stage[0] is not None and stage != (scale, blank):
                 raise SystemExit(f"decode_penalty: {name} chose scale {scale:g} (penalty {penalty:g}) on {layout.dev_part} here, CTC stage 7 "
                                  f"chose {stage[0]:g} (blank penalty {stage[1]:g}); the bench does not decode as the stage did")
-            entry["choices"][way] = {"scale": scale, "penalty": penalty, "dev_errors": dev.errors, "dev_ref_words": dev.ref_words,
+            entry["choices"][way] = {"scale": scale, "penalty": penalty, **({"blank_penalty": blank_of(name)} if held_blank else {}),
+                                     "dev_errors": dev.errors, "dev_ref_words": dev.ref_words,
                                      "dev_wer": dev.wer, "sweep": sweep.to_dict() if sweep else None}
             print(f"{name} ({way}): dev {dev.summary()} at scale {scale:g}, penalty {penalty:g}", flush=True)
         for part in parts[1:]:
@@ -376,6 +389,16 @@ def heading(args: argparse.Namespace) -> str:
     return BLANK_HEADING if args.blank else CTC_HEADING if args.ctc else HEADING
 
 
+def held_blank_sentence(out: dict) -> str:
+    """Where CTC stage 7 chose blank penalties and word penalties are searched here: the sentence
+    saying each system's was held at the stage's choice (and which)."""
+    held = {name: e["choices"]["scale"]["blank_penalty"] for name, e in out["systems"].items() if e["choices"]["scale"].get("blank_penalty")}
+    if not held:
+        return ""
+    return (" Both ways, each system's blank penalty is held at the one CTC stage 7 chose for it on dev ("
+            + ", ".join(f"{name} {b:g}" for name, b in held.items()) + ").")
+
+
 def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, parts: list[str]) -> str:
     test_parts = parts[1:]
     ctc = f" --ctc --units {args.units}" + (" --blank" if args.blank else "") if args.ctc else ""
@@ -391,7 +414,7 @@ def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, pa
              f"{out['max_active']}); \"scale\": that search alone, as the recipe "
              f"decodes; \"+ penalty\": the same search at each {kind} of {{{', '.join(f'{p:g}' for p in out['penalties'])}}} "
              "that the penalty search reaches (asr_kd/decode/tuning.py), the pair with the fewest dev errors. The test parts are decoded "
-             "once at each choice; never used to choose.", ""]
+             "once at each choice; never used to choose." + held_blank_sentence(out), ""]
     head = ["system", "seeds", f"{layout.dev_part}: scale", "+ penalty"]
     for part in test_parts:
         head += [f"{part}: scale", "+ penalty", "difference, points [95% CI]"]

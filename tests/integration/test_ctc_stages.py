@@ -595,6 +595,15 @@ def test_ctc_stage_7_searches_a_blank_penalty_on_dev(ctc_run, tmp_path) -> None:
         assert (part[name]["acoustic_scale"], part[name]["blank_penalty"]) == (fixed[row]["test-clean"]["acoustic_scale"], 4.0)
     decoding = load_spec(make_model_dir_from_recipe(other.exp_dir, other.data_dir, "ctc-baseline", tmp_path / "md")).decode_config()
     assert (decoding.ctc_acoustic_scale, decoding.ctc_blank_penalty) == (baseline["acoustic_scale"], 4.0)
+    # The word-penalty bench on this run searches at each system's blank penalty held at the stage's: its scale-only
+    # side is the table again (the bench stops otherwise), and the section says which penalty was held.
+    proc = subprocess.run([*bench[:3], *bench[4:], "--penalties", "-20", "0"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "b.json").read_text())["systems"]["baseline"]
+    assert (got["choices"]["scale"]["scale"], got["choices"]["scale"]["blank_penalty"]) == (baseline["acoustic_scale"], 4.0)
+    assert got["parts"]["test-clean"]["scale"]["wer"] == pytest.approx([fixed[f"student: {f}"]["test-clean"]["hlg_wer"]
+                                                                        for f in ("baseline", "baseline_seed1")])
+    assert "each system's blank penalty is held at the one CTC stage 7 chose for it on dev (baseline 4)" in (tmp_path / "b.md").read_text()
     # A blank grid alone (no scale grid), dev not among the parts asked for: dev is still searched first, every seed
     # decoded at the choice (never 0 here), recorded for decode-part and the model directories.
     blank_only = dataclasses.replace(DECODE, ctc_acoustic_scales=(), ctc_blank_penalties=(2.0, 3.0))
