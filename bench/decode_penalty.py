@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         # stage chose it (held fixed), so the scale alone there is again the stage's decoding.
         searched = config_from_dict(DecodeConfig, record.config["decode"])
         checked_way = "scale+penalty" if args.blank and searched.ctc_blank_penalties and check_penalties(searched.ctc_blank_penalties) == penalties \
-            and not searched.insertion_penalties else "scale"
-        held_blank = not args.blank and not searched.insertion_penalties
+            and not any(searched.insertion_penalties) else "scale"
+        held_blank = not args.blank and not any(searched.insertion_penalties)
         penalised = next((row for row, by_part in scores.items() for e in by_part.values()
                           if e.get("insertion_penalty") or (e.get("blank_penalty") and not held_blank)), None)
         if penalised is not None and checked_way == "scale":
@@ -295,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             return None if entry is None else float(entry.get(key, 0.0))  # a penalty is recorded where not 0
 
         def blank_of(name: str) -> float:
-            """The blank penalty the stage chose for the system on dev (0 where it searched none)."""
-            return recorded(name, 0, layout.dev_part, "blank_penalty") or 0.0
+            """The blank penalty the stage chose for the system on dev (0 where it searched none); where it
+            scored no dev part (nothing tuned), the one it applied to every system."""
+            chosen = recorded(name, 0, layout.dev_part, "blank_penalty")
+            return searched.ctc_blank_penalty if chosen is None else chosen
     else:
         run = finished_run(args.data, args.exp, "decode_penalty")
         if run is None:
