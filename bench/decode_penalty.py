@@ -21,6 +21,10 @@ stage 7's recorded beam, max-active and HLG scale grid:
     python bench/decode_penalty.py --ctc --data recipes/librispeech/data --exp recipes/librispeech/exp \
         --systems baseline frame ensemble [--units phone]
 
+``--silence`` (the hybrid networks) searches a silence penalty instead: taken off the
+log-likelihood (log posterior minus log prior) of every senone of the silence phones on every
+frame, before the acoustic scale; the hybrid analogue of the CTC blank penalty below.
+
 ``--blank`` searches a blank penalty instead (taken off the blank's log-probability on every frame).
 The decoding that matches the stage's table must reproduce it (else the bench stops): the scale
 alone for a stage that decoded without a penalty, or, for one that searched a blank penalty itself
@@ -51,7 +55,7 @@ from asr_kd.data.ctc_data import cut_text
 from asr_kd.decode.gmm_decode import decode_gmm_batch
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hlg import load_hlg
-from asr_kd.decode.hybrid import decode_posteriors_batch
+from asr_kd.decode.hybrid import decode_posteriors_batch, tid_to_pdf
 from asr_kd.decode.penalty import PenalisedGraphs
 from asr_kd.decode.priors import load_priors
 from asr_kd.decode.tuning import check_penalties, tune_decoding
@@ -64,6 +68,7 @@ from asr_kd.report.tables import format_interval
 from asr_kd.stages.common import load_teachers, model_checkpoint, read_senones
 from asr_kd.stages.ctc_common import (ctc_student_folder, describe_teacher_set, load_ctc_teachers, prepare_units, teachers_of,
                                       trained_teacher_sets)
+from asr_kd.stages.ctc_s7_decode import system_decoding
 from asr_kd.stages.decode_part import ctc_table_name
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageRecord, code_version, environment, environment_text, read_record
@@ -78,16 +83,35 @@ from decode_beams import finished_run  # noqa: E402
 HEADING = "## Word insertion penalty tuned on dev beside the acoustic scale (bench/decode_penalty.py)"
 CTC_HEADING = "## Word insertion penalty on HLG tuned on dev beside the scale: the CTC systems (bench/decode_penalty.py --ctc)"
 BLANK_HEADING = "## Blank penalty on HLG tuned on dev beside the scale: the CTC systems (bench/decode_penalty.py --ctc --blank)"
+SILENCE_HEADING = "## Silence penalty tuned on dev beside the acoustic scale: the hybrid networks (bench/decode_penalty.py --silence)"
 MORE = "test-ood-more"
 GMM_NAMES = ("mono", "tri")
 
 Decode = Callable[[float, float], dict[str, str]]
 
 
+def silence_pdfs(trans_model, silence_phone_ids: list[int]) -> np.ndarray:
+    """Return a 0/1 float32 vector over the pdfs (senones): 1 for a pdf that only transition-ids of
+    the silence phones reach. SystemExit in one line where the tree shares a pdf between a silence
+    and a non-silence phone (a silence penalty would then move speech too)."""
+    tid2pdf = tid_to_pdf(trans_model)
+    phones = np.array([trans_model.transition_id_to_phone(t) for t in range(1, trans_model.num_transition_ids + 1)])
+    is_sil = np.isin(phones, silence_phone_ids)
+    sil, speech = set(tid2pdf[is_sil].tolist()), set(tid2pdf[~is_sil].tolist())
+    if sil & speech:
+        raise SystemExit(f"decode_penalty: {len(sil & speech)} senone(s) are shared by silence and non-silence phones in this tree "
+                         f"(e.g. pdf {min(sil & speech)}); a silence penalty would move speech too")
+    mask = np.zeros(trans_model.num_pdfs, dtype=np.float32)
+    mask[sorted(sil)] = 1.0
+    return mask
+
+
 def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: str, config: DecodeConfig,
-                 graphs: dict[str, PenalisedGraphs]) -> tuple[dict[str, str], Decode]:
+                 graphs: dict[str, PenalisedGraphs], silence: bool = False) -> tuple[dict[str, str], Decode]:
     """Return ``(refs, decode)`` of system ``name`` (a student: its seed ``seed``) on ``part``:
-    ``decode(scale, penalty)`` returns its hypotheses at that acoustic scale and word penalty."""
+    ``decode(scale, penalty)`` returns its hypotheses at that acoustic scale and word penalty
+    (with ``silence``, a network system: at that silence penalty, taken off the log-likelihood of
+    every silence senone before the scale, the graph without a word penalty)."""
     senones = read_senones(layout)
     if name in GMM_NAMES:
         gmm_cfg = config_from_dict(GmmConfig, read_record(layout.gmm).config["gmm"])
@@ -111,6 +135,11 @@ def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: s
     priors = load_priors(layout.log_priors, trans_model.num_pdfs)
     if "hybrid" not in graphs:
         graphs["hybrid"] = PenalisedGraphs(load_hclg(senones.graph), lang.words.ids())
+    if silence:
+        # scale * (log posterior - (log prior + p on silence)) = scale * (log-likelihood - p on silence)
+        mask = silence_pdfs(trans_model, lang.silence_phone_ids)
+        return refs, lambda s, p: decode_posteriors_batch(graphs["hybrid"].at(0.0), trans_model, posteriors, priors + p * mask,
+                                                          dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
     return refs, lambda s, p: decode_posteriors_batch(graphs["hybrid"].at(p), trans_model, posteriors, priors,
                                                       dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
 
@@ -226,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--penalties", type=float, nargs="+", default=[-2.0, -1.0, -0.5, 0.0, 0.5, 1.0],
                    help="the word insertion penalties searched (graph cost per word; negative: a bonus)")
     p.add_argument("--systems", nargs="+", default=None,
-                   help="systems (mono, tri, baseline, ensemble, distilled, compressed; default tri baseline ensemble distilled); "
+                   help="systems (mono, tri, baseline, ensemble, distilled, compressed; default tri baseline ensemble distilled, with --silence "
+                        "the networks alone); "
                         "with --ctc: ensemble, teacher<i> and the CTC students (default baseline frame ensemble)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of each student (stage 6's; default 3)")
     p.add_argument("--ctc", action="store_true", help="the CTC path's systems on HLG (CTC stage 7 done), not the hybrid ones")
@@ -234,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blank", action="store_true",
                    help="with --ctc: the penalties are blank penalties (subtracted from the blank's log-probability on every frame before the "
                         "HLG search, as icefall's and sherpa's blank penalty), not word insertion penalties")
+    p.add_argument("--silence", action="store_true",
+                   help="the hybrid networks: the penalties are silence penalties (taken off the log-likelihood of every senone of the "
+                        "silence phones on every frame, before the acoustic scale; positive: silence costlier), not word insertion penalties")
     p.add_argument("--more", type=Path, default=None, help="also decode the test-ood-more part that bench/ood_more.py --work made in this folder")
     p.add_argument("--pair", nargs=2, action="append", default=None, metavar=("B", "A"),
                    help="also report B minus A on each test part, both ways (repeatable; both among --systems)")
@@ -241,12 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = p.parse_args(argv)
     if args.systems is None:
-        args.systems = ["baseline", "frame", "ensemble"] if args.ctc else ["tri", "baseline", "ensemble", "distilled"]
+        args.systems = (["baseline", "frame", "ensemble"] if args.ctc else ["baseline", "ensemble", "distilled"] if args.silence
+                        else ["tri", "baseline", "ensemble", "distilled"])
     penalties = check_penalties(args.penalties)
     if 0.0 not in penalties:
         p.error("--penalties must include 0 (the comparison is against no penalty)")
     if args.blank and not args.ctc:
         p.error("--blank needs --ctc (the hybrid systems' search has no blank)")
+    if args.silence and args.ctc:
+        p.error("--silence is for the hybrid networks; the CTC systems' analogue is --blank")
+    if args.silence and set(args.systems) & set(GMM_NAMES):
+        p.error(f"--silence decodes the networks (their log posteriors minus log priors); leave out {', '.join(sorted(set(args.systems) & set(GMM_NAMES)))}")
     args.pair = [tuple(x) for x in args.pair or []]
     for b, a in args.pair:
         if a not in args.systems or b not in args.systems or a == b:
@@ -269,21 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         test_parts = [q for q in record.config["parts"] if q != layout.dev_part]
 
         scores = read_json(layout.ctc_decode / "scores.json")
-        # The way of deciding the stage's table must reproduce: the scale alone, or (a stage that searched this very
-        # blank grid) the scale and blank penalty. Word penalties are searched at each system's blank penalty as the
-        # stage chose it (held fixed), so the scale alone there is again the stage's decoding.
         searched = config_from_dict(DecodeConfig, record.config["decode"])
-        checked_way = "scale+penalty" if args.blank and searched.ctc_blank_penalties and check_penalties(searched.ctc_blank_penalties) == penalties \
-            and not any(searched.insertion_penalties) else "scale"
-        held_blank = not args.blank and not any(searched.insertion_penalties)
-        penalised = next((row for row, by_part in scores.items() for e in by_part.values()
-                          if e.get("insertion_penalty") or (e.get("blank_penalty") and not held_blank)), None)
-        if penalised is not None and checked_way == "scale":
-            grid = check_penalties(searched.ctc_blank_penalties)
-            raise SystemExit(f"decode_penalty: CTC stage 7 decoded {penalised} with a penalty; this bench compares penalties against none "
-                             "from the stage's own choices: rerun CTC stage 7 with decode.insertion_penalties=[], "
-                             "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0"
-                             + (f", or pass --blank --penalties {' '.join(f'{q:g}' for q in grid)} (the grid it searched)" if grid else ""))
+        checked_way, held_blank = table_way(searched, scores, args.blank, penalties)
 
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
             at = dataclasses.replace(config, ctc_blank_penalty=blank_of(name)) if held_blank else config
@@ -295,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             return None if entry is None else float(entry.get(key, 0.0))  # a penalty is recorded where not 0
 
         def blank_of(name: str) -> float:
-            """The blank penalty the stage chose for the system on dev (0 where it searched none); where it
-            scored no dev part (nothing tuned), the one it applied to every system."""
-            chosen = recorded(name, 0, layout.dev_part, "blank_penalty")
-            return searched.ctc_blank_penalty if chosen is None else chosen
+            """The blank penalty the stage chose for the system on dev (0 where it searched none), as
+            decode-part reads it; for a system it did not score, the one it applied to every system."""
+            chosen = system_decoding(layout, ctc_row(layout, cfg, name, 0) or "")
+            return searched.ctc_blank_penalty if chosen is None else chosen.blank_penalty
     else:
         run = finished_run(args.data, args.exp, "decode_penalty")
         if run is None:
@@ -311,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         scales, default = config.acoustic_scales or (config.acoustic_scale,), config.acoustic_scale
 
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
-            return part_decoder(where.get(part, layout), lang, name, seed, part, config, graphs)
+            return part_decoder(where.get(part, layout), lang, name, seed, part, config, graphs, silence=args.silence)
 
         def recorded(name: str, seed: int, part: str, key: str) -> float | None:
             return None
@@ -387,8 +412,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def table_way(searched: DecodeConfig, scores: dict, blank: bool, penalties: tuple[float, ...]) -> tuple[str, bool]:
+    """How this bench reproduces CTC stage 7's table, from the stage's decode config (``searched``)
+    and ``scores.json``: the way whose choices must decode to the table (``"scale"``, or
+    ``"scale+penalty"`` where ``--blank`` searches the very blank grid the stage searched), and
+    whether each system's blank penalty is held at the stage's choice (word penalties searched
+    on a stage that searched none, so the scale alone is again the stage's decoding). SystemExit
+    in one line for a stage decoded with a penalty neither way reproduces."""
+    checked_way = "scale+penalty" if blank and searched.ctc_blank_penalties and check_penalties(searched.ctc_blank_penalties) == penalties \
+        and not any(searched.insertion_penalties) else "scale"
+    held_blank = not blank and not any(searched.insertion_penalties)
+    penalised = next((row for row, by_part in scores.items() for e in by_part.values()
+                      if e.get("insertion_penalty") or (e.get("blank_penalty") and not held_blank)), None)
+    if penalised is not None and checked_way == "scale":
+        grid = check_penalties(searched.ctc_blank_penalties)
+        raise SystemExit(f"decode_penalty: CTC stage 7 decoded {penalised} with a penalty; this bench compares penalties against none "
+                         "from the stage's own choices: rerun CTC stage 7 with decode.insertion_penalties=[], "
+                         "decode.ctc_blank_penalties=[] and decode.ctc_blank_penalty=0"
+                         + (f", or pass --blank --penalties {' '.join(f'{q:g}' for q in grid)} (the grid it searched)" if grid else ""))
+    return checked_way, held_blank
+
+
 def heading(args: argparse.Namespace) -> str:
-    return BLANK_HEADING if args.blank else CTC_HEADING if args.ctc else HEADING
+    return BLANK_HEADING if args.blank else CTC_HEADING if args.ctc else SILENCE_HEADING if args.silence else HEADING
 
 
 def held_blank_sentence(out: dict) -> str:
@@ -403,12 +449,13 @@ def held_blank_sentence(out: dict) -> str:
 
 def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, parts: list[str]) -> str:
     test_parts = parts[1:]
-    ctc = f" --ctc --units {args.units}" + (" --blank" if args.blank else "") if args.ctc else ""
+    ctc = f" --ctc --units {args.units}" + (" --blank" if args.blank else "") if args.ctc else " --silence" if args.silence else ""
     cmd = (f"python bench/decode_penalty.py{ctc} --data {args.data} --exp {args.exp} --penalties {' '.join(f'{p:g}' for p in out['penalties'])} "
            f"--systems {' '.join(args.systems)} --seeds {args.seeds}" + (f" --more {args.more}" if args.more else "")
            + "".join(f" --pair {b} {a}" for b, a in args.pair))
     kind = ("blank penalty (subtracted from the blank's log-probability on every frame before the search; positive: tokens cheaper)"
-            if args.blank else "word insertion penalty")
+            if args.blank else "silence penalty (taken off the log-likelihood of every silence senone on every frame before the scale; "
+            "positive: silence costlier)" if args.silence else "word insertion penalty")
     what = ("CTC stage 7's decoding over HLG" + f" ({args.units} units; the scales on the log-probabilities" if args.ctc
             else "The recipe's decoding (the acoustic scales")
     lines = [heading(args), "", f"`{cmd}`" + (f" (every number: `{args.json}`)" if args.json else "") + ".", "",

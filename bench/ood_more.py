@@ -50,6 +50,7 @@ from asr_kd.metrics.paired import bootstrap_difference
 from asr_kd.report.tables import format_interval
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.ctc_common import prepare_units
+from asr_kd.stages.ctc_s7_decode import SystemDecoding, system_decoding
 from asr_kd.stages.decode_part import prepare_part
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import code_version, environment, environment_text, read_record
@@ -136,12 +137,22 @@ class Recorded:
     def ter(self, name: str, seed: int, part: str) -> float:
         return float(self.entries[self.row(name, seed)][part]["greedy_ter"])
 
+    def decoding(self, name: str) -> SystemDecoding:
+        """The scale (and, CTC, blank penalty) the stage decoded the system with, chosen on dev where it
+        searched them; a CTC system's as decode-part and the model directories read it."""
+        if self.ctc:
+            found = system_decoding(self.layout, self.row(name) or "")
+            if found is None:
+                raise SystemExit(f"ood_more: {self.stage} of {self.layout.exp_dir} did not score {name!r}")
+            return found
+        return SystemDecoding(float(self.entries[self.row(name)][self.dev_part]["acoustic_scale"]))
+
     def scale(self, name: str) -> float:
-        return float(self.entries[self.row(name)][self.dev_part]["acoustic_scale"])
+        return self.decoding(name).acoustic_scale
 
     def blank_penalty(self, name: str) -> float:
         """The blank penalty CTC stage 7 chose for the system on dev (0 where it searched none, and on the hybrid path)."""
-        return float(self.entries[self.row(name)][self.dev_part].get("blank_penalty", 0.0)) if self.ctc else 0.0
+        return self.decoding(name).blank_penalty
 
     def check(self, systems: list[str], seeds: int) -> None:
         """SystemExit in one line for a system this bench does not decode (hybrid: the students and

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="text", choices=["text", "jsonl", "ctm"], help="text ('<id> words'), JSON lines, or CTM word timings (default text)")
     p.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="acoustic model runtime (default torch; a GMM-HMM directory runs its GMMs with numpy under torch only)")
-    p.add_argument("--method", default=None, help="search: hclg (hybrid); hlg, greedy or beam (CTC). Default: the graph")
+    p.add_argument("--method", default=None, help="search: hclg (hybrid); hlg, greedy or beam (CTC; greedy and beam read the network alone, "
+                        "so they take no --beam, --max-active, --acoustic-scale or --blank-penalty). Default: the graph")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="files per acoustic-model batch (default 8)")
     p.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads (default 1)")
@@ -146,8 +147,13 @@ def run_transcribe(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.model_dir.split(",") if d]
     if not dirs:
         raise ConfigError("--model-dir names no model directory")
-    if args.blank_penalty is not None and args.method in ("greedy", "beam"):
-        raise ConfigError(f"--blank-penalty applies to the HLG search; --method {args.method} searches without a graph or penalty")
+    if args.method in ("greedy", "beam"):
+        # These read the network's output alone: a graph-search option would be silently ignored.
+        given = [flag for flag, value in (("--beam", args.beam), ("--max-active", args.max_active), ("--acoustic-scale", args.acoustic_scale),
+                                          ("--blank-penalty", args.blank_penalty)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to the graph search (HLG); --method {args.method} reads the network's output "
+                              "without a graph, scale or penalty: leave the option out, or use --method hlg")
     acoustic = None
     if len(dirs) > 1:
         from asr_kd.deploy.acoustic import ensemble_acoustic

@@ -282,8 +282,13 @@ def test_a_blank_penalty_reaches_our_search_sherpa_onnx_and_transcribe(recipe, m
         assert capsys.readouterr().out.strip() == f"{utt} {words}".strip()
     with pytest.raises(ConfigError, match="--blank-penalty applies to a CTC model's HLG search"):
         decode_config_for(model_dirs["hybrid"], blank_penalty=1.0)
+    # greedy and beam read the network alone: a search option would be ignored, so it is refused.
     assert cli_main(["transcribe", "--model-dir", str(penalised), "--method", "greedy", "--blank-penalty", "1", str(wav)]) == 1
-    assert "--blank-penalty applies to the HLG search; --method greedy" in capsys.readouterr().err
+    assert "--blank-penalty applies to the graph search (HLG); --method greedy" in capsys.readouterr().err
+    assert cli_main(["transcribe", "--model-dir", str(penalised), "--method", "beam", "--acoustic-scale", "0.5", "--beam", "9", str(wav)]) == 1
+    assert "--beam, --acoustic-scale apply to the graph search (HLG); --method beam" in capsys.readouterr().err
+    assert cli_main(["transcribe", "--model-dir", str(penalised), "--method", "greedy", str(wav)]) == 0
+    assert capsys.readouterr().out.split()[0] == utt
 
 
 def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, capsys) -> None:

@@ -809,6 +809,48 @@ def test_penalty_bench_reproduces_the_recipes_decoding_and_reports_each_choice(r
 
 
 @pytest.mark.timeout(900)
+def test_silence_penalty_bench_makes_silence_costlier_and_keeps_table_1_at_0(recipe, tmp_path) -> None:
+    """bench/decode_penalty.py --silence on the tiny run: at penalty 0 the baseline decodes to
+    Table 1's test WER; a large penalty on the silence senones makes the search put more words in
+    the hypotheses than at 0, a large bonus fewer (a sign slip or a mask on the wrong senones
+    breaks that); the bench's scale-only side is Table 1's, and it refuses the GMMs."""
+    import dataclasses
+    import importlib.util
+
+    from asr_kd.config import DecodeConfig, config_from_dict
+    from asr_kd.metrics.wer import compute_wer
+
+    data, exp, _ = recipe
+    spec = importlib.util.spec_from_file_location("bench_decode_penalty_silence", REPO_ROOT / "bench" / "decode_penalty.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    layout, lang = bench.finished_run(data, exp, "decode_penalty")
+    config = dataclasses.replace(config_from_dict(DecodeConfig, read_record(layout.decode).config["decode"]), num_jobs=1)
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    scale = table1["baseline"]["dev-clean"]["acoustic_scale"]
+    refs, decode = bench.part_decoder(layout, lang, "baseline", 0, "test-clean", config, {}, silence=True)
+    words = {p: sum(len(t.split()) for t in decode(scale, p).values()) for p in (-30.0, 0.0, 30.0)}
+    assert compute_wer(refs, decode(scale, 0.0)).wer == pytest.approx(table1["baseline"]["test-clean"]["wer"])
+    assert words[30.0] > words[0.0] > words[-30.0], words
+
+    out_json, results = tmp_path / "sil.json", tmp_path / "RESULTS.md"
+    bench_cmd = [sys.executable, str(REPO_ROOT / "bench" / "decode_penalty.py"), "--silence", "--data", str(data), "--exp", str(exp),
+                 "--seeds", "1", "--penalties", "-1", "0", "1", "--json", str(out_json), "--results", str(results)]
+    proc = subprocess.run([*bench_cmd, "--systems", "baseline"], capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base = json.loads(out_json.read_text())["systems"]["baseline"]
+    assert base["choices"]["scale"]["scale"] == scale
+    assert base["parts"]["test-clean"]["scale"]["wer"] == [pytest.approx(table1["baseline"]["test-clean"]["wer"])]
+    assert {p for p, _ in base["choices"]["scale+penalty"]["sweep"]["penalty_errors"]} <= {-1.0, 0.0, 1.0}
+    text = results.read_text()
+    assert "## Silence penalty tuned on dev beside the acoustic scale" in text and "--silence" in text
+    iv = base["parts"]["test-clean"]["difference"]
+    assert f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]" in text
+    bad = subprocess.run([*bench_cmd, "--systems", "tri", "baseline"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--silence decodes the networks" in bad.stderr and "leave out tri" in bad.stderr
+
+
+@pytest.mark.timeout(900)
 def test_scale_transfer_bench_reproduces_stage_7_at_its_dev_choice(recipe, tmp_path) -> None:
     """bench/scale_transfer.py on the tiny run: at stage 7's dev choice each student's test WER is
     the mean of its seeds' stage-7 WERs, the part's best scale is never worse, and the pair's
