@@ -17,3 +17,8 @@ class DataError(AsrKdError):
 
 class ConfigError(AsrKdError):
     """An invalid configuration value or file."""
+
+
+def not_utf8(path: object, err: UnicodeDecodeError) -> DataError:
+    """The DataError for a text file at ``path`` that is not UTF-8."""
+    return DataError(f"{path}: not UTF-8 text ({err.reason}); re-encode it as UTF-8")

@@ -7,8 +7,9 @@ Two kinds of features come out of this module, both with a 10 ms frame shift:
 
 Two implementations compute them (``FeatureConfig.backend``): lhotse's Kaldi-compatible
 extractors (PyTorch) and ``kaldi-native-fbank`` (C++); ``bench/feature_speed.py`` measures both
-side by side. Audio that cannot be decoded, or gives non-finite features, is skipped, counted and
-logged, not silently lost. CMVN statistics (per speaker or global) are accumulated on the way.
+side by side. Audio that cannot be decoded, is shorter than one frame or gives non-finite
+features is skipped, counted and logged, not silently lost. CMVN statistics (per speaker or
+global) are accumulated on the way.
 
 Audio of any rate and channel count goes in: a cut whose recording is not at
 ``FeatureConfig.sampling_rate`` is resampled on the fly (lhotse's ``Cut.resample``, recorded in
@@ -27,12 +28,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-from lhotse import CutSet, Features, LilcomChunkyWriter, load_manifest
+from lhotse import CutSet, Features, LilcomChunkyWriter
 from lhotse.cut import Cut
 from tqdm import tqdm
 
 from asr_kd.config import FeatureConfig
-from asr_kd.data.librispeech import audio_error_reason, manifest_path
+from asr_kd.data.librispeech import audio_error_reason, manifest_path, read_manifest
 from asr_kd.errors import DataError
 from asr_kd.utils import atomic_path, write_text_atomic
 
@@ -47,19 +48,41 @@ def feature_dim(kind: str, cfg: FeatureConfig) -> int:
     return cfg.num_mel_bins if kind == "fbank" else cfg.num_ceps
 
 
+def min_samples(cfg: FeatureConfig) -> int:
+    """The fewest samples that make one feature frame: one analysis window (400 at 16 kHz with
+    25 ms windows). Shorter audio crashes lhotse's extractor inside torch (under 140 samples)
+    or gives frames made mostly of padding."""
+    return int(round(cfg.frame_length * cfg.sampling_rate))
+
+
 def make_extractor(kind: str, cfg: FeatureConfig, backend: str | None = None) -> FeatureFn:
     """Return a function mapping float32 samples in [-1, 1] (1-D) to a (frames x dim) array.
 
     Frames follow lhotse's convention (no edge snipping: ``round(samples / shift)`` frames).
+    The function raises DataError for audio shorter than :func:`min_samples`.
     """
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
     backend = backend or cfg.backend
     if backend == "lhotse":
-        return _lhotse_extractor(kind, cfg)
-    if backend == "kaldi-native-fbank":
-        return _knf_extractor(kind, cfg)
-    raise ValueError(f"unknown feature backend {backend!r}")
+        extract = _lhotse_extractor(kind, cfg)
+    elif backend == "kaldi-native-fbank":
+        extract = _knf_extractor(kind, cfg)
+    else:
+        raise ValueError(f"unknown feature backend {backend!r}")
+    shortest = min_samples(cfg)
+
+    def checked(samples: np.ndarray) -> np.ndarray:
+        if samples.shape[-1] < shortest:
+            raise DataError(_too_short(samples.shape[-1], cfg))
+        return extract(samples)
+
+    return checked
+
+
+def _too_short(num_samples: int, cfg: FeatureConfig) -> str:
+    return (f"audio too short for one frame ({num_samples} samples; one frame needs {min_samples(cfg)}, "
+            f"{cfg.frame_length * 1000:g} ms at {cfg.sampling_rate} Hz)")
 
 
 def _lhotse_extractor(kind: str, cfg: FeatureConfig) -> FeatureFn:
@@ -207,16 +230,16 @@ class FeatureReport:
 
 
 _WORKER_FN: FeatureFn | None = None
-_WORKER_CHANNEL = "mix"
+_WORKER_CFG: FeatureConfig | None = None
 
 
 def _init_worker(kind: str, cfg: FeatureConfig) -> None:
-    global _WORKER_FN, _WORKER_CHANNEL
+    global _WORKER_FN, _WORKER_CFG
     import torch
 
     torch.set_num_threads(1)
     _WORKER_FN = make_extractor(kind, cfg)
-    _WORKER_CHANNEL = cfg.channel
+    _WORKER_CFG = cfg
 
 
 def load_single_channel(cut: Cut, channel: str) -> np.ndarray:
@@ -234,9 +257,9 @@ def load_single_channel(cut: Cut, channel: str) -> np.ndarray:
 
 def _extract_one(cut: Cut) -> tuple[str, np.ndarray | None, str | None]:
     """Return ``(cut id, features, None)`` or ``(cut id, None, reason)``."""
-    assert _WORKER_FN is not None
+    assert _WORKER_FN is not None and _WORKER_CFG is not None
     try:
-        audio = load_single_channel(cut, _WORKER_CHANNEL)
+        audio = load_single_channel(cut, _WORKER_CFG.channel)
     except ValueError as err:
         if "(features.channel)" in str(err):
             return cut.id, None, str(err)
@@ -247,6 +270,8 @@ def _extract_one(cut: Cut) -> tuple[str, np.ndarray | None, str | None]:
         return cut.id, None, "audio has no samples"
     if not np.all(np.isfinite(audio)):
         return cut.id, None, "audio has NaN or infinite samples"
+    if audio.shape[-1] < min_samples(_WORKER_CFG):
+        return cut.id, None, _too_short(audio.shape[-1], _WORKER_CFG)
     feats = _WORKER_FN(audio[0].astype(np.float32))
     if feats.shape[0] == 0:
         return cut.id, None, "audio too short for one frame"
@@ -370,7 +395,7 @@ def load_part_cuts(manifest_dir: Path | str, part: str) -> CutSet:
         if not p.is_file():
             raise DataError(f"manifest {p} does not exist; run stage 0 (corpus preparation) first")
     cuts = CutSet.from_manifests(
-        recordings=load_manifest(paths["recordings"]), supervisions=load_manifest(paths["supervisions"])
+        recordings=read_manifest(paths["recordings"], "recordings"), supervisions=read_manifest(paths["supervisions"], "supervisions")
     )
     # One recording per utterance in LibriSpeech: the cut takes the utterance id.
     return CutSet.from_cuts(dataclasses.replace(c, id=c.recording_id) for c in cuts)

@@ -7,7 +7,8 @@ laid out and writes ``librispeech_recordings_<part>.jsonl.gz`` and
 way users want: a transcript line without audio, audio without a transcript line, an empty
 transcript or an unreadable FLAC file is skipped, counted and listed in
 ``<output_dir>/skipped_<part>.txt`` (and logged), never lost silently; a missing corpus directory,
-a missing part or a part with no usable utterance is a one-line :class:`DataError`.
+a missing part, an utterance id transcribed twice or a part with no usable utterance is a one-line
+:class:`DataError`. Only ``.flac`` audio is read; ``.wav`` files in a part are reported.
 
 Transcripts are normalised here, once, to LibriSpeech's convention (:mod:`asr_kd.data.text_norm`):
 the supervision ``text`` is the normalised text (a changed transcript keeps its original in the
@@ -18,20 +19,22 @@ manifests names the normaliser, its version and how many transcripts it changed 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 import re
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import soundfile as sf
-from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
 from lhotse.qa import validate_recordings_and_supervisions
 from tqdm import tqdm
 
 from asr_kd.data.text_norm import NORMALIZER, normalize_transcript
-from asr_kd.errors import DataError
+from asr_kd.errors import DataError, not_utf8
 from asr_kd.utils import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,27 @@ def manifest_path(output_dir: Path | str, kind: str, part: str) -> Path:
     return Path(output_dir) / f"librispeech_{kind}_{part}.jsonl.gz"
 
 
+def read_manifest(path: Path | str, kind: str) -> RecordingSet | SupervisionSet:
+    """Read stage 0's ``kind`` (recordings|supervisions) manifest at ``path``, which must exist.
+
+    A file that is not gzip'd JSON lines of ``kind`` records, is cut off, or holds no record
+    (stage 0 never writes an empty part) is a one-line DataError naming it.
+    """
+    manifest_cls = {"recordings": RecordingSet, "supervisions": SupervisionSet}[kind]
+    try:
+        # Without a type hint lhotse reads every line before decoding, so a bad line or a cut-off
+        # gzip stream raises here with its own reason instead of lhotse's "Unknown type of manifest".
+        manifest = load_manifest(path)
+    except (ValueError, EOFError, gzip.BadGzipFile, zlib.error) as err:  # ValueError: bad JSON, bad UTF-8, wrong records
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        reason = reason.replace(str(path), "<file>")
+        raise DataError(f"manifest {path} is corrupt or truncated ({reason}); "
+                        f"rerun stage 0 (asr-kd prepare-manifests) to write it again") from None
+    if not isinstance(manifest, manifest_cls) or len(manifest) == 0:
+        raise DataError(f"manifest {path} holds no {kind}; rerun stage 0 (asr-kd prepare-manifests) to write it again")
+    return manifest
+
+
 def normalization_record_path(output_dir: Path | str, part: str) -> Path:
     """Path of ``text_normalization_<part>.json``: the normaliser (name, version) that made the
     supervision texts of ``part`` and how many transcripts it changed or rejected."""
@@ -91,7 +115,7 @@ def _read_transcripts(trans_file: Path) -> list[tuple[str, str, int]]:
     try:
         lines = trans_file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
-        raise DataError(f"{trans_file}: not UTF-8 text ({err.reason}); re-encode it as UTF-8") from None
+        raise not_utf8(trans_file, err) from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -111,6 +135,8 @@ def audio_error_reason(err: Exception, what: str = "unreadable audio") -> str:
 def _probe(audio: Path, utt_id: str) -> Recording | str:
     """Return the Recording of ``audio``, or a reason string when it cannot be read."""
     try:
+        if audio.stat().st_size == 0:
+            return "audio file is empty (0 bytes)"
         info = sf.info(str(audio))
     except Exception as err:  # soundfile raises several types for corrupt files
         return audio_error_reason(err)
@@ -139,8 +165,16 @@ def scan_part(corpus_dir: Path, part: str, num_jobs: int = 1) -> tuple[Recording
     items: list[tuple[str, str, Path]] = []
     referenced: set[Path] = set()
     original: dict[str, str] = {}  # utterance id -> transcript before normalisation, where it changed
+    # Where each utterance id was read. A repeated id is an error, not a skip: nothing says which
+    # of the two transcripts belongs to the audio, so keeping either could train on a wrong one.
+    seen: dict[str, tuple[Path, int]] = {}
     for trans_file in sorted(part_dir.glob("*/*/*.trans.txt")):
         for utt_id, raw_text, line_no in _read_transcripts(trans_file):
+            if utt_id in seen:
+                first_file, first_line = seen[utt_id]
+                where = f"lines {first_line} and {line_no}" if first_file == trans_file else f"line {line_no} and {first_file}:{first_line}"
+                raise DataError(f"{trans_file}: utterance {utt_id} is transcribed twice ({where}); keep one line per utterance")
+            seen[utt_id] = (trans_file, line_no)
             audio = trans_file.parent / f"{utt_id}.flac"
             referenced.add(audio)
             norm = normalize_transcript(raw_text)
@@ -151,7 +185,9 @@ def scan_part(corpus_dir: Path, part: str, num_jobs: int = 1) -> tuple[Recording
                 what = "an empty transcript" if not raw_text else "no word left after normalisation"
                 skipped.append((f"{trans_file}:{line_no}", f"utterance has {what}"))
             elif not audio.is_file():
-                skipped.append((str(audio), "transcript line without audio file"))
+                wav = audio.with_suffix(".wav")
+                note = f" ({wav.name} exists, but LibriSpeech parts are read as .flac)" if wav.is_file() else ""
+                skipped.append((str(audio), f"transcript line without audio file{note}"))
             else:
                 items.append((utt_id, text, audio))
                 if text != raw_text:
@@ -159,6 +195,10 @@ def scan_part(corpus_dir: Path, part: str, num_jobs: int = 1) -> tuple[Recording
     for audio in sorted(part_dir.glob("*/*/*.flac")):
         if audio not in referenced:
             skipped.append((str(audio), "audio file without transcript line"))
+    num_wav = sum(1 for _ in part_dir.glob("*/*/*.wav"))
+    if num_wav:
+        log.warning("%s holds %d .wav file(s), but LibriSpeech parts are read as .flac only; convert them to FLAC "
+                    "(e.g. sox a.wav a.flac) to use them", part_dir, num_wav)
 
     recordings: list[Recording] = []
     supervisions: list[SupervisionSegment] = []
@@ -224,8 +264,9 @@ def prepare_manifests(
     corpus_dir = Path(corpus_dir)
     output_dir = Path(output_dir)
     if not corpus_dir.is_dir():
+        problem = "is a file, not a directory" if corpus_dir.exists() else "does not exist"
         raise DataError(
-            f"corpus directory {corpus_dir} does not exist; pass --corpus-dir pointing at the folder "
+            f"corpus directory {corpus_dir} {problem}; pass --corpus-dir pointing at the folder "
             f"that holds train-clean-100/, dev-clean/, ... (or leave it out to use the synthetic corpus)"
         )
     if not parts:
@@ -244,9 +285,11 @@ def prepare_manifests(
         if skipped:
             log.warning("%s: skipped %d item(s), listed in %s", part, len(skipped), skip_file)
         if len(recordings) == 0:
+            num_wav = sum("but LibriSpeech parts are read as .flac" in reason for _, reason in skipped)
             raise DataError(
                 f"part {corpus_dir / part} has no usable utterance ({len(skipped)} skipped, see {skip_file}); "
-                f"fix the data or leave the part out"
+                + (f"{num_wav} of them have .wav audio, but LibriSpeech parts are read as .flac: convert them to FLAC" if num_wav
+                   else "fix the data or leave the part out")
             )
         validate_recordings_and_supervisions(recordings, supervisions)
         for kind, manifest in (("recordings", recordings), ("supervisions", supervisions)):

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from asr_kd.errors import DataError
+from asr_kd.errors import DataError, not_utf8
 from asr_kd.utils import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -56,15 +56,18 @@ def read_librispeech_lexicon(path: Path | str, max_prons: int = 3) -> Lexicon:
     if not path.is_file():
         raise DataError(f"lexicon file {path} does not exist; pass an existing file to --lexicon or omit it to use CMUdict")
     lexicon: Lexicon = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < 2:
-                raise DataError(f"{path}:{lineno}: word {fields[0]!r} has no phones; expected 'WORD PH1 PH2 ...'")
-            word = normalize_word(fields[0])
-            _add_pron(lexicon, word, tuple(strip_stress(p) for p in fields[1:]), max_prons)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise not_utf8(path, err) from None
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise DataError(f"{path}:{lineno}: word {fields[0]!r} has no phones; expected 'WORD PH1 PH2 ...'")
+        word = normalize_word(fields[0])
+        _add_pron(lexicon, word, tuple(strip_stress(p) for p in fields[1:]), max_prons)
     if not lexicon:
         raise DataError(f"lexicon file {path} is empty; expected lines 'WORD PH1 PH2 ...'")
     return lexicon

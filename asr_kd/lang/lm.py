@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 from kaldingram.prune import ArpaParser
 from kaldingram.train import NgramCounts
 
-from asr_kd.errors import ConfigError, DataError
+from asr_kd.errors import ConfigError, DataError, not_utf8
 from asr_kd.kaldi import kaldifst, load_kaldilm, plain_native_logs
 from asr_kd.utils import atomic_path, open_text
 
@@ -160,14 +160,23 @@ def open_input(path: Path | str) -> TextIO:
     return open_text(path)
 
 
+def input_lines(path: Path | str) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file (``.gz`` allowed); DataError naming the file if it
+    does not exist or is not UTF-8."""
+    with open_input(path) as f:
+        try:
+            yield from f
+        except UnicodeDecodeError as err:  # text is decoded by the chunk: no reliable line number
+            raise not_utf8(path, err) from None
+
+
 def read_text_sentences(path: Path | str, normalize: Callable[[str], str]) -> Iterator[list[str]]:
     """Yield the non-empty lines of a text file (``.gz`` allowed), each normalized as a whole
     line (``normalize``), as lists of words."""
-    with open_input(path) as f:
-        for line in f:
-            words = normalize(line).split()
-            if words:
-                yield words
+    for line in input_lines(path):
+        words = normalize(line).split()
+        if words:
+            yield words
 
 
 _NGRAM_HEADER = re.compile(r"\\(\d+)-grams:")
@@ -186,9 +195,8 @@ class ArpaFilterStats:
 
 
 def _arpa_lines(path: Path | str) -> Iterator[tuple[int, str]]:
-    with open_input(path) as f:  # DataError naming a missing file
-        for lineno, line in enumerate(f, 1):
-            yield lineno, line.strip()
+    for lineno, line in enumerate(input_lines(path), 1):  # DataError naming a missing or non-UTF-8 file
+        yield lineno, line.strip()
 
 
 def arpa_ngrams(path: Path | str) -> Iterator[tuple[int, list[str] | None]]:

@@ -31,6 +31,7 @@ from typing import Iterable, Mapping, Sequence, Union
 from lhotse import SupervisionSet
 
 from asr_kd.config import LangConfig
+from asr_kd.data.librispeech import read_manifest
 from asr_kd.data.text_norm import normalize_transcript
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst
@@ -88,7 +89,7 @@ def load_supervisions(manifest_dir: Path | str, splits: Iterable[str]) -> dict[s
                 f"supervision manifest {path} does not exist; run stage 0 (corpus preparation) "
                 f"or drop split {split!r} from --splits/--train-split/--dev-split"
             )
-        out[split] = SupervisionSet.from_file(path)
+        out[split] = read_manifest(path, "supervisions")
     return out
 
 

@@ -6,27 +6,31 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from lhotse import load_manifest
-
-from asr_kd.data.librispeech import manifest_path
+from asr_kd.data.librispeech import manifest_path, read_manifest
 from asr_kd.errors import DataError
 
 
 def summarize_data(manifest_dir: Path | str, lang_dir: Path | str | None, parts: Sequence[str]) -> str:
     """Return a short text table: hours, utterances and speakers per part, then (when
-    ``lang_dir/lang.json`` exists) vocabulary, lexicon size, OOV rate per part, dev perplexity.
+    ``lang_dir`` is given; DataError where it has no ``lang.json``) vocabulary, lexicon size,
+    OOV rate per part, dev perplexity.
     A part that stage 2 did not see (a user's own test set) gets its OOV rate counted now against
     the lang's ``words.txt``, marked with ``*``."""
     lines = [f"{'part':<18}{'hours':>8}{'utts':>8}{'speakers':>10}{'OOV %':>8}"]
     lang = None
     unseen = False
-    if lang_dir is not None and (Path(lang_dir) / "lang.json").is_file():
-        lang = json.loads((Path(lang_dir) / "lang.json").read_text())
+    if lang_dir is not None:
+        lang_json = Path(lang_dir) / "lang.json"
+        if not Path(lang_dir).is_dir():
+            raise DataError(f"lang directory {lang_dir} does not exist; run stage 2 (asr-kd prepare-lang) or leave out --lang-dir")
+        if not lang_json.is_file():
+            raise DataError(f"{lang_json} does not exist; run stage 2 (asr-kd prepare-lang) into {lang_dir} or leave out --lang-dir")
+        lang = json.loads(lang_json.read_text())
     for part in parts:
         path = manifest_path(manifest_dir, "supervisions", part)
         if not path.is_file():
             raise DataError(f"manifest {path} does not exist; run stage 0 first")
-        sups = load_manifest(path)
+        sups = read_manifest(path, "supervisions")
         hours = sum(s.duration for s in sups) / 3600
         oov = ""
         if lang is not None and part in lang["oov"]:

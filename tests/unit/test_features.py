@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,38 @@ def test_audio_broken_after_stage0_is_skipped_and_listed(manifests: Path, tone_c
 def test_missing_manifest_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"librispeech_recordings_dev-clean.jsonl.gz does not exist; run stage 0"):
         compute_features_for_parts(tmp_path, tmp_path / "f", ["dev-clean"], FeatureConfig())
+
+
+@pytest.mark.parametrize("backend", ["lhotse", "kaldi-native-fbank"])
+def test_extractor_refuses_audio_shorter_than_one_frame(backend: str) -> None:
+    extract = make_extractor("fbank", FeatureConfig(), backend)
+    with pytest.raises(DataError, match=r"audio too short for one frame \(1 samples; one frame needs 400, 25 ms at 16000 Hz\)"):
+        extract(np.zeros(1, dtype=np.float32))
+    assert extract(np.zeros(400, dtype=np.float32)).shape == (3, 40)
+
+
+def test_audio_shorter_than_one_frame_is_skipped_and_listed(tone_corpus: Path, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    short = tone_corpus / "dev-clean" / "21" / "100" / "21-100-0001.flac"
+    sf.write(short, np.full(1, 0.1, dtype=np.float32), 16000, subtype="PCM_16")
+    prepare_manifests(tone_corpus, tmp_path / "m", ["dev-clean"])  # one sample passes stage 0
+    reports = compute_features_for_parts(tmp_path / "m", tmp_path / "f", ["dev-clean"], FeatureConfig(num_jobs=1), kinds=["fbank"])
+    assert (reports[0].cuts, reports[0].skipped) == (2, 1)
+    listed = (tmp_path / "f" / "fbank" / "skipped_dev-clean.txt").read_text()
+    assert listed == "21-100-0001\taudio too short for one frame (1 samples; one frame needs 400, 25 ms at 16000 Hz)\n"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"not json at all\n", "Not a gzipped file"),
+    (gzip.compress(b"not json at all\n"), "Expecting value"),
+    ("cut", "Compressed file ended before the end-of-stream marker"),
+    (b"", "holds no recordings"),
+], ids=["not-gzip", "bad-json", "truncated", "empty"])
+def test_corrupt_manifest_is_one_line_error(manifests: Path, tmp_path: Path, content, reason: str) -> None:
+    path = manifests / "librispeech_recordings_dev-clean.jsonl.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content == "cut" else content)
+    with pytest.raises(DataError, match=rf"manifest {path} .*{reason}.*; rerun stage 0 \(asr-kd prepare-manifests\)") as err:
+        compute_features_for_parts(manifests, tmp_path / "f", ["dev-clean"], FeatureConfig(), kinds=["fbank"])
+    assert "\n" not in str(err.value)

@@ -21,6 +21,7 @@ from asr_kd.lang.lexicon import (
     strip_stress,
     write_lexicon,
 )
+from asr_kd.lang.lm import arpa_unigrams, read_text_sentences
 from asr_kd.lang.symbols import SymbolTable
 
 
@@ -56,6 +57,21 @@ def test_read_librispeech_lexicon_errors(tmp_path) -> None:
     bad.write_text("A AH0\nLONELY\n")
     with pytest.raises(DataError, match=r"bad.txt:2: word 'LONELY' has no phones"):
         read_librispeech_lexicon(bad)
+
+
+def test_lexicon_and_lm_text_not_utf8_are_one_line_errors(tmp_path) -> None:
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_bytes("CAF\u00c9 K AE0 F EY1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(lexicon))}: not UTF-8 text \(invalid continuation byte\); re-encode it as UTF-8$"):
+        read_librispeech_lexicon(lexicon)
+    text = tmp_path / "lm.txt"
+    text.write_bytes(b"THE CAT\n" + "THE CAF\u00c9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(text))}: not UTF-8 text \(.*\); re-encode it as UTF-8$"):
+        list(read_text_sentences(text, str.upper))
+    arpa = tmp_path / "lm.arpa"
+    arpa.write_bytes("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0 CAF\u00c9\n\n\\end\\\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(arpa))}: not UTF-8 text"):
+        arpa_unigrams(arpa, str.upper)
 
 
 def test_cmudict_lexicon_is_restricted_upper_case_and_unstressed() -> None:

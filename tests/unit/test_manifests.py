@@ -102,3 +102,39 @@ def test_combined_training_parts(tmp_path: Path) -> None:
     dup = write_tone_corpus(tmp_path / "dup", {"train-clean-100": [11], "train-clean-360": [11]})
     with pytest.raises(DataError, match="is in more than one of"):
         prepare_manifests(dup, tmp_path / "m2", ["train-clean-460"])
+
+
+def test_an_utterance_transcribed_twice_is_one_line_error(tone_corpus: Path, tmp_path: Path) -> None:
+    trans = tone_corpus / "dev-clean" / "21" / "100" / "21-100.trans.txt"
+    with open(trans, "a") as f:
+        f.write("21-100-0001 HELLO AGAIN\n")
+    with pytest.raises(DataError, match=rf"^{trans}: utterance 21-100-0001 is transcribed twice \(lines 2 and 4\); keep one line per utterance$"):
+        prepare_manifests(tone_corpus, tmp_path / "out", ["dev-clean"])
+
+
+def test_empty_audio_file_is_skipped_as_empty(tone_corpus: Path, tmp_path: Path) -> None:
+    (tone_corpus / "dev-clean" / "21" / "100" / "21-100-0001.flac").write_bytes(b"")
+    reports = prepare_manifests(tone_corpus, tmp_path / "out", ["dev-clean"])
+    assert reports["dev-clean"].skipped == {"audio file is empty": 1}
+    assert "21-100-0001.flac\taudio file is empty (0 bytes)\n" in (tmp_path / "out" / "skipped_dev-clean.txt").read_text()
+
+
+def test_wav_audio_is_named_as_the_reason(tone_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import soundfile as sf
+
+    for flac in (tone_corpus / "dev-clean").rglob("*.flac"):
+        audio, rate = sf.read(flac)
+        sf.write(flac.with_suffix(".wav"), audio, rate)
+        flac.unlink()
+    with pytest.raises(DataError, match=r"dev-clean has no usable utterance \(3 skipped, .*\); 3 of them have .wav audio, but "
+                                        r"LibriSpeech parts are read as .flac: convert them to FLAC$"):
+        prepare_manifests(tone_corpus, tmp_path / "out", ["dev-clean"])
+    assert f"{tone_corpus / 'dev-clean'} holds 3 .wav file(s), but LibriSpeech parts are read as .flac only" in caplog.text
+    listed = (tmp_path / "out" / "skipped_dev-clean.txt").read_text()
+    assert "21-100-0000.flac\ttranscript line without audio file (21-100-0000.wav exists, but LibriSpeech parts are read as .flac)\n" in listed
+
+
+def test_corpus_dir_that_is_a_file_is_named_as_a_file(tmp_path: Path) -> None:
+    (tmp_path / "corpus.tar").write_bytes(b"")
+    with pytest.raises(DataError, match=r"corpus directory .*corpus.tar is a file, not a directory; pass --corpus-dir"):
+        prepare_manifests(tmp_path / "corpus.tar", tmp_path / "out", ["dev-clean"])
