@@ -17,6 +17,7 @@ from asr_kd.bin.cli import main as cli_main
 from asr_kd.config import FeatureConfig
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.data.features import CmvnStats
+from asr_kd.deploy.acoustic import GmmAcoustic, OnnxAcoustic
 from asr_kd.deploy.audio import load_audio
 from asr_kd.deploy.model_dir import (CMVN_FILE, MODEL_JSON, MODEL_PT, PRIORS_FILE, TID2PDF_FILE, TID2PHONE_FILE, WORDS_FILE,
                                      ModelSpec, assemble_ctc_model_dir, load_cmvn, load_network)
@@ -149,6 +150,17 @@ def test_corrupt_or_missing_model_directory_files_name_the_file_and_make_model_d
     (c / CMVN_FILE).unlink()
     with pytest.raises(DataError, match=f"cmvn.npz does not exist; {REBUILD}"):
         load_cmvn(c, global_spec)
+    (c / "acoustic.onnx").write_bytes(b"\x08\x07truncated")
+    with pytest.raises(DataError, match=r"acoustic.onnx is not a readable ONNX model .*; export it again with `asr-kd export --model-dir "):
+        OnnxAcoustic(c / "acoustic.onnx")
+
+    g = tmp_path / "g"
+    g.mkdir()
+    with pytest.raises(DataError, match=f"gmm.npz does not exist; {REBUILD}"):
+        GmmAcoustic(g)
+    (g / "gmm.npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DataError, match=f"gmm.npz is not a readable GMM system file; {REBUILD}"):
+        GmmAcoustic(g)
 
 
 def test_ctc_model_dir_without_hlg_names_make_hlg_and_writes_nothing(tmp_path: Path) -> None:
