@@ -68,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compute-wer",
         help="score a hypothesis text file against a reference (WER, per-utterance details)",
-        description="Both files hold 'UTT_ID word word ...' lines. Missing hypotheses count as deletions. Prints the %%WER line.",
+        description="Both files hold 'UTT_ID word word ...' lines. Missing hypotheses count as deletions. Prints the %WER line. "
+                    "Warns when the two sides differ in letter case or the reference has punctuation the hypothesis lacks (nothing is normalised).",
     )
     p.add_argument("--ref", type=Path, required=True, help="reference text file")
     p.add_argument("--hyp", type=Path, required=True, help="hypothesis text file")

@@ -139,11 +139,14 @@ def run_make_model_dir(args: argparse.Namespace) -> int:
 
 def run_transcribe(args: argparse.Namespace) -> int:
     """Transcribe; return 1 if any input failed."""
-    from asr_kd.deploy.transcribe import Transcriber, file_items, manifest_items, transcribe_to
+    from asr_kd.deploy.transcribe import Transcriber, check_unique_ids, file_items, manifest_items, transcribe_to
     from asr_kd.errors import ConfigError
 
     if bool(args.files) == bool(args.manifest):
         raise ConfigError("pass audio files or --manifest (one of them)")
+    check_unique_ids(args.files)
+    if args.output is not None and not args.output.parent.is_dir():
+        raise ConfigError(f"--output {args.output}: the folder {args.output.parent} does not exist; create it or write elsewhere")
     dirs = [Path(d) for d in args.model_dir.split(",") if d]
     if not dirs:
         raise ConfigError("--model-dir names no model directory")
@@ -167,12 +170,22 @@ def run_transcribe(args: argparse.Namespace) -> int:
         items, total = manifest_items(args.manifest, tr.sampling_rate), None
     else:
         items, total = file_items(args.files, tr.sampling_rate, tr.timings), len(args.files)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        summary = transcribe_to(tr, items, out, args.format, args.batch_size, total)
-    finally:
-        if args.output:
-            out.close()
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            summary = transcribe_to(tr, items, out, args.format, args.batch_size, total)
+        finally:
+            if args.output:
+                out.close()
+    except OSError as err:
+        # Opening names the file; a write or flush on a full disk names none.
+        from asr_kd.utils import STORAGE_ERRNOS
+
+        ours = err.filename is not None and Path(err.filename) == args.output
+        if args.output is None or not (ours or (err.filename is None and err.errno in STORAGE_ERRNOS)):
+            raise
+        fix = "free space there, fix its permissions or " if err.errno in STORAGE_ERRNOS else ""
+        raise ConfigError(f"--output {args.output}: cannot write it ({err.strerror}); {fix}pass another --output") from None
     print(f"transcribed {summary.transcribed} of {summary.transcribed + len(summary.failed)} inputs "
           f"({summary.audio_seconds:.1f} s of audio); {len(summary.failed)} failed", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -182,6 +195,10 @@ def run_export(args: argparse.Namespace) -> int:
     """Export and print the files written."""
     from asr_kd.deploy.onnx_export import export_onnx
 
+    if args.sherpa_dir is not None:  # refuse a model sherpa-onnx cannot run before writing any ONNX file
+        from asr_kd.deploy.sherpa import check_sherpa_exportable
+
+        check_sherpa_exportable(args.model_dir)
     for kind, path in export_onnx(args.model_dir, int8=not args.no_int8).items():
         print(f"{kind}: {path}")
     if args.sherpa_dir is not None:
@@ -192,23 +209,30 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_sherpa_transcribe(args: argparse.Namespace) -> int:
-    """Decode the readable files with sherpa-onnx; return 1 if any file could not be read."""
+    """Decode the readable files with sherpa-onnx; return 1 if any file could not be read or was
+    too short for one fbank frame."""
     import logging
 
-    from asr_kd.deploy.audio import load_audio
-    from asr_kd.deploy.sherpa import SherpaCtc
+    from asr_kd.deploy.audio import load_audio, too_short
+    from asr_kd.deploy.sherpa import SHERPA_FRAME_LENGTH, SherpaCtc
+    from asr_kd.deploy.transcribe import check_unique_ids
     from asr_kd.errors import DataError
 
+    check_unique_ids(args.files)
     recognizer = SherpaCtc(args.sherpa_dir, args.feature_dim, num_threads=args.num_threads, int8=args.int8)
     failed = 0
     for path in args.files:
         try:
             samples = load_audio(path, recognizer.sampling_rate)
+            short = too_short(samples, recognizer.sampling_rate, SHERPA_FRAME_LENGTH)
+            if short is not None:
+                raise DataError(f"{path}: {short}")
         except DataError as err:
             logging.getLogger(__name__).error("%s", err)
             failed += 1
             continue
         print(f"{path.stem} {' '.join(recognizer([samples])[0])}".rstrip())
+    print(f"transcribed {len(args.files) - failed} of {len(args.files)} files; {failed} failed", file=sys.stderr)
     return 1 if failed else 0
 
 

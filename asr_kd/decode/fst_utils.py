@@ -63,11 +63,15 @@ def write_fst(fst: kaldifst.StdVectorFst, path: Path | str) -> None:
 
 
 def read_fst(path: Path | str, what: str = "graph", fix: str = "build it first") -> kaldifst.StdVectorFst:
-    """Read an OpenFst binary file; DataError naming the file and ``fix`` if it is missing."""
+    """Read an OpenFst binary file; DataError naming the file and ``fix`` if it is missing or
+    unreadable."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist; {fix}")
-    return kaldifst.StdVectorFst.read(str(path))
+    fst = kaldifst.StdVectorFst.read(str(path))
+    if fst is None:  # OpenFst logs why (a truncated or foreign file) and returns no FST
+        raise DataError(f"{what} {path} is not a readable OpenFst file (truncated or corrupt); {fix}")
+    return fst
 
 
 def fst_to_text(fst: kaldifst.StdVectorFst) -> str:

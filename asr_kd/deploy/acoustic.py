@@ -68,7 +68,13 @@ class OnnxAcoustic:
         opts.intra_op_num_threads = num_threads
         opts.inter_op_num_threads = 1
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail) for a bad file
+            if not str(err).startswith("[ONNXRuntimeError]"):
+                raise
+            raise DataError(f"{path} is not a readable ONNX model ({str(err).splitlines()[0][:120]}); export it again with "
+                            f"`asr-kd export --model-dir {path.parent}`") from None
 
     def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
         x, lengths = pad_batch(feats)
@@ -128,10 +134,15 @@ class GmmAcoustic:
 
     def __init__(self, model_dir: Path | str) -> None:
         from asr_kd.decode.gmm_decode import GmmScorer
-        from asr_kd.deploy.model_dir import GMM_FILE
+        from asr_kd.deploy.model_dir import GMM_FILE, REBUILD, require_files
         from asr_kd.gmm.train import GmmSystem
 
-        self.scorer = GmmScorer(GmmSystem.load(Path(model_dir) / GMM_FILE).am)
+        require_files(model_dir, [GMM_FILE])
+        try:
+            system = GmmSystem.load(Path(model_dir) / GMM_FILE)
+        except DataError:  # its message suggests recipe stage 3, which does not mend a model directory
+            raise DataError(f"{Path(model_dir) / GMM_FILE} is not a readable GMM system file; {REBUILD}") from None
+        self.scorer = GmmScorer(system.am)
 
     def __call__(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [self.scorer.loglikes(f) for f in feats]

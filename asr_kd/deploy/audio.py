@@ -17,6 +17,8 @@ def load_audio(path: Path | str, sampling_rate: int) -> np.ndarray:
     Channels are averaged; another sample rate is resampled (polyphase filter). Raises DataError naming the file for a missing, unreadable or empty file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not an audio file; pass the files in it (e.g. {path}/*.wav)")
     if not path.is_file():
         raise DataError(f"{path}: no such audio file")
     try:
@@ -31,6 +33,21 @@ def load_audio(path: Path | str, sampling_rate: int) -> np.ndarray:
     if rate != sampling_rate:
         mono = resample(mono, rate, sampling_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def min_samples(sampling_rate: int, frame_length: float) -> int:
+    """Return the fewest samples that fill one feature window (``frame_length`` seconds)."""
+    return int(round(sampling_rate * frame_length))
+
+
+def too_short(samples: np.ndarray, sampling_rate: int, frame_length: float) -> str | None:
+    """Return why ``samples`` are too short for one feature frame, or None when they are not.
+    (A shorter signal crashes torch's and onnxruntime's feature and network code.)"""
+    need = min_samples(sampling_rate, frame_length)
+    if len(samples) >= need:
+        return None
+    return (f"audio too short: {len(samples)} samples at {sampling_rate} Hz, needs at least {need} "
+            f"(one {frame_length * 1000:g} ms feature window)")
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

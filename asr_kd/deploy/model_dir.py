@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +54,7 @@ GMM_FILE = "gmm.npz"
 MODEL_KINDS = ("hybrid", "gmm", "ctc")
 NORMALIZATIONS = ("global", "utterance")
 FORMAT_VERSION = 1
+REBUILD = "rebuild the model directory with `asr-kd make-model-dir`"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +137,14 @@ def _copy(src: Path | str, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def _check_inputs(inputs: dict[str, tuple[Path | str | None, str]]) -> None:
+    """DataError naming the first missing input (``{what: (path, how to make it)}``; a None path
+    is not needed), before anything is written: a failed build leaves no half-written directory."""
+    for what, (path, fix) in inputs.items():
+        if path is not None and not Path(path).is_file():
+            raise DataError(f"{what} {path} does not exist; it is needed for the model directory ({fix})")
+
+
 def _save_array(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -186,6 +197,8 @@ def assemble_hybrid_model_dir(
     from asr_kd.decode.priors import load_priors
     from asr_kd.gmm.train import GmmSystem
 
+    _check_inputs({"network checkpoint": (checkpoint, "train it first"), "senone priors": (log_priors, "compute them first"),
+                   **_hmm_search_inputs(gmm_model, graph_dir)})
     normalization = network_normalization(checkpoint, normalization)
     out = _start(out_dir, normalization, train_cmvn)
     tm = GmmSystem.load(gmm_model).tm
@@ -197,6 +210,12 @@ def assemble_hybrid_model_dir(
     spec.decode_config()  # a bad field stops here, not when the directory is used
     write_text_atomic(out / MODEL_JSON, spec.to_json())
     return out
+
+
+def _hmm_search_inputs(gmm_model: Path | str, graph_dir: Path | str) -> dict[str, tuple[Path | str | None, str]]:
+    return {"GMM system": (gmm_model, "train it first (recipe stage 3)"),
+            "decoding graph": (Path(graph_dir) / "HCLG.fst", "build it with `asr-kd make-hclg`"),
+            "word table": (Path(graph_dir) / WORDS_FILE, "build the graph with `asr-kd make-hclg`")}
 
 
 def _write_hmm_search(out: Path, tm, graph_dir: Path | str, lang_dir: Path | str) -> tuple[int, ...]:
@@ -224,6 +243,7 @@ def assemble_gmm_model_dir(
     Returns ``out_dir``."""
     from asr_kd.gmm.train import GmmSystem
 
+    _check_inputs(_hmm_search_inputs(gmm_model, graph_dir))
     out = _start(out_dir, normalization, train_cmvn)
     system = GmmSystem.load(gmm_model)  # a malformed file stops here, with its one-line error
     _copy(gmm_model, out / GMM_FILE)
@@ -248,10 +268,15 @@ def assemble_ctc_model_dir(
     e.g. the HLG scale ``ctc_acoustic_scale`` and blank penalty ``ctc_blank_penalty`` chosen on
     dev) goes into ``model.json``. Returns
     ``out_dir``. ``normalization``: :func:`network_normalization`."""
+    units_dir = Path(units_dir)
+    _check_inputs({"network checkpoint": (checkpoint, "train the CTC student first"),
+                   "CTC units": (units_dir / "tokens.txt", "prepare the CTC units first"),
+                   "CTC units description": (units_dir / "units.json", "prepare the CTC units first"),
+                   "CTC decoding graph": (hlg, f"build it with `asr-kd make-hlg --lang-dir <lang dir> --graph-dir {Path(hlg).parent}`"),
+                   "word table": (words, "prepare the lang directory first")})
     normalization = network_normalization(checkpoint, normalization)
     out = _start(out_dir, normalization, train_cmvn)
     _save_network(checkpoint, out / MODEL_PT, "ctc")
-    units_dir = Path(units_dir)
     _copy(units_dir / "tokens.txt", out / "tokens.txt")
     _copy(units_dir / "units.json", out / "units.json")
     kind = json.loads((units_dir / "units.json").read_text())["kind"]
@@ -269,11 +294,14 @@ def _start(out_dir: Path | str, normalization: str, train_cmvn: Path | str | Non
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if normalization == "global":
+    pooled = None
+    if normalization == "global":  # read before the folder is made, so that a missing file leaves none
         if train_cmvn is None:
             raise ConfigError("global normalisation needs the training part's CMVN statistics (cmvn_<train part>.npz)")
-        pooled_cmvn(CmvnStats.load(train_cmvn)).save(out / CMVN_FILE)
+        pooled = pooled_cmvn(CmvnStats.load(train_cmvn))
+    out.mkdir(parents=True, exist_ok=True)
+    if pooled is not None:
+        pooled.save(out / CMVN_FILE)
     else:
         (out / CMVN_FILE).unlink(missing_ok=True)
     return out
@@ -309,24 +337,56 @@ def load_network(model_dir: Path | str, device: str | torch.device = "cpu") -> t
     if (Path(model_dir) / GMM_FILE).is_file() and not path.is_file():
         raise ConfigError(f"{model_dir} is a GMM-HMM model directory: it has no network to load or export")
     if not path.is_file():
-        raise DataError(f"{path} does not exist; rebuild the model directory with `asr-kd make-model-dir`")
-    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    extra = payload["extra"]
-    if "ctc_model" in extra:
-        model: torch.nn.Module = CtcEncoder.from_description(extra)
-    else:
-        model = SplicedDnn(config_from_dict(DnnConfig, extra["model_config"], str(path)), int(extra["num_classes"]))
-    model.load_state_dict(payload["model"])
+        raise DataError(f"{path} does not exist; {REBUILD}")
+    try:
+        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        extra = payload["extra"]
+        if "ctc_model" in extra:
+            model: torch.nn.Module = CtcEncoder.from_description(extra)
+        else:
+            model = SplicedDnn(config_from_dict(DnnConfig, extra["model_config"], str(path)), int(extra["num_classes"]))
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
+        # torch's zip reader says "PytorchStreamReader failed ..." for a truncated file.
+        raise DataError(f"{path} is not a readable network ({_first_line(err)}); {REBUILD}") from None
     return model.to(device).eval()
 
 
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0].split(". ")[0] if lines else type(err).__name__)[:120]
+
+
+def require_files(model_dir: Path | str, names: Sequence[str]) -> None:
+    """DataError naming the first of ``names`` missing from ``model_dir``, with the fix (the
+    directory is made whole by make-model-dir, not by the recipe stage that made the file)."""
+    for name in names:
+        path = Path(model_dir) / name
+        if not path.is_file():
+            raise DataError(f"{path} does not exist; {REBUILD}")
+
+
 def load_cmvn(model_dir: Path | str, spec: ModelSpec) -> CmvnStats | None:
-    """Return the global CMVN statistics of ``model_dir`` (None for per-utterance normalisation)."""
-    return CmvnStats.load(Path(model_dir) / CMVN_FILE) if spec.normalization == "global" else None
+    """Return the global CMVN statistics of ``model_dir`` (None for per-utterance normalisation);
+    DataError naming the file when it is missing or unreadable."""
+    if spec.normalization != "global":
+        return None
+    require_files(model_dir, [CMVN_FILE])
+    path = Path(model_dir) / CMVN_FILE
+    try:
+        stats = CmvnStats.load(path)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path} is not readable CMVN statistics ({_first_line(err)}); {REBUILD}") from None
+    if "global" not in stats.keys:
+        raise DataError(f"{path} holds no global CMVN statistics; {REBUILD}")
+    return stats
 
 
 def load_int_array(path: Path) -> np.ndarray:
     """Read an integer table written by the model directory (never a pickle)."""
     if not path.is_file():
-        raise DataError(f"{path} does not exist; rebuild the model directory with `asr-kd make-model-dir`")
-    return np.load(path, allow_pickle=False)
+        raise DataError(f"{path} does not exist; {REBUILD}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as err:
+        raise DataError(f"{path} is not a readable integer table ({_first_line(err)}); {REBUILD}") from None

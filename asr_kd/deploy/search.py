@@ -22,8 +22,10 @@ import numpy as np
 
 from asr_kd.config import DecodeConfig
 from asr_kd.decode.decoder import DecodeFailure
-from asr_kd.deploy.model_dir import PRIORS_FILE, TID2PDF_FILE, TID2PHONE_FILE, WORDS_FILE, ModelSpec, load_int_array
-from asr_kd.errors import ConfigError
+from asr_kd.decode.fst_utils import read_fst
+from asr_kd.deploy.model_dir import (PRIORS_FILE, REBUILD, TID2PDF_FILE, TID2PHONE_FILE, WORDS_FILE, ModelSpec, load_int_array,
+                                     require_files)
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.lang.symbols import SymbolTable
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,30 @@ def _walk_best_path(decoder, decodable, utt_id: str) -> tuple[list[int], list[tu
     return frames, words
 
 
+def search_files(spec: ModelSpec, method: str) -> list[str]:
+    """Return the files of a model directory that ``method`` reads to search (besides the network)."""
+    if spec.kind in ("hybrid", "gmm"):
+        return [WORDS_FILE, TID2PDF_FILE, TID2PHONE_FILE, "HCLG.fst"] + ([PRIORS_FILE] if spec.kind == "hybrid" else [])
+    return [WORDS_FILE, "tokens.txt"] + (["bpe.model"] if spec.units == "bpe" else []) + (["HLG.fst"] if method == "hlg" else [])
+
+
+def _load_priors(path: Path, tid2pdf: np.ndarray) -> np.ndarray:
+    """Return the senone log priors of a model directory: one finite value per pdf the
+    transition-id table reads (a truncated file would otherwise pass as a network-HMM mismatch)."""
+    from asr_kd.decode.priors import load_priors
+
+    try:
+        priors = load_priors(path)
+    except ValueError as err:
+        raise DataError(f"{path} is not a list of numbers ({str(err).splitlines()[0][:120]}); {REBUILD}") from None
+    except DataError:  # the file is there (checked): its values are not all finite
+        raise DataError(f"{path} holds non-finite senone log priors; {REBUILD}") from None
+    num_pdfs = int(tid2pdf.max()) + 1 if tid2pdf.size else 0
+    if priors.shape != (num_pdfs,):
+        raise DataError(f"{path} holds {priors.size} senone log priors but {TID2PDF_FILE} has {num_pdfs} pdfs; {REBUILD}")
+    return priors
+
+
 class Searcher:
     """Turns (T x V) log-probabilities of one utterance into a :class:`Hypothesis`."""
 
@@ -106,20 +132,19 @@ class Searcher:
             raise ConfigError(f"a {spec.kind} model decodes with {SEARCH_METHODS[spec.kind]}, not {self.method!r}")
         # The decoding the model directory records (the recipe's beam and tuned scale), unless overridden.
         self.config = decode_config or spec.decode_config()
+        require_files(model_dir, search_files(spec, self.method))
         self.words = SymbolTable.from_file(model_dir / WORDS_FILE)
         if spec.kind in ("hybrid", "gmm"):
             from asr_kd.decode.decoder import make_decoder
-            from asr_kd.decode.hclg import load_hclg
-            from asr_kd.decode.priors import load_priors
 
             self.tid2pdf = load_int_array(model_dir / TID2PDF_FILE).astype(np.int64)
             # A GMM gives likelihoods already; a network's posteriors are divided by the priors.
-            self.priors = load_priors(model_dir / PRIORS_FILE) if spec.kind == "hybrid" else None
+            self.priors = _load_priors(model_dir / PRIORS_FILE, self.tid2pdf) if spec.kind == "hybrid" else None
             tid2phone = load_int_array(model_dir / TID2PHONE_FILE)
             # Filler per transition-id + 1 (index 0 unused): frames on silence phones.
             self.tid_is_silence = np.concatenate([[False], np.isin(tid2phone, list(spec.silence_phones))])
             # The decoder keeps a C++ reference to the graph: hold the Python object as long.
-            self.graph = load_hclg(model_dir / "HCLG.fst")
+            self.graph = read_fst(model_dir / "HCLG.fst", "decoding graph", REBUILD)
             # Best path only: the lattice decoder would need the whole transition model.
             self.decoder = make_decoder(self.graph, dataclasses.replace(self.config, decoder="faster"))
         else:
@@ -131,9 +156,8 @@ class Searcher:
                 self.sp = spm.SentencePieceProcessor(model_file=str(model_dir / "bpe.model"))
             if self.method == "hlg":
                 from asr_kd.decode.ctc import make_ctc_decoder
-                from asr_kd.decode.hlg import load_hlg
 
-                self.graph = load_hlg(model_dir / "HLG.fst")
+                self.graph = read_fst(model_dir / "HLG.fst", "CTC decoding graph", REBUILD)
                 self.decoder = make_ctc_decoder(self.graph, self.config)
 
     def __call__(self, log_probs: np.ndarray, utt_id: str = "utt") -> Hypothesis:

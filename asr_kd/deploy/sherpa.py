@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from asr_kd.config import DecodeConfig
-from asr_kd.deploy.model_dir import WORDS_FILE, load_cmvn, load_network, load_spec
+from asr_kd.deploy.model_dir import WORDS_FILE, ModelSpec, load_cmvn, load_network, load_spec
 from asr_kd.deploy.onnx_export import ExportableAcoustic, add_metadata, export_module, quantize_int8
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.lang.symbols import SymbolTable
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 SHERPA_MODEL = "model.onnx"
 SHERPA_MODEL_INT8 = "model.int8.onnx"
 SHERPA_SUBSAMPLING = 4  # hard-coded by sherpa-onnx for this model type
+SHERPA_FRAME_LENGTH = 0.025  # seconds: sherpa-onnx's fbank window (its default, which SherpaCtc keeps)
 EXPORT_COMMAND = "asr-kd export --model-dir <model dir> --sherpa-dir"  # how users (re)make a folder
 
 
@@ -61,12 +62,7 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = True)
     model or one normalised per utterance (sherpa-onnx would need the normalisation in the graph
     over the utterance, which this export does not do)."""
     model_dir, out = Path(model_dir), Path(out_dir)
-    spec = load_spec(model_dir)
-    if spec.kind != "ctc":
-        raise ConfigError("sherpa-onnx runs CTC models only: its FST decoder has no HMM transitions, senone priors or HCLG "
-                          "search; transcribe hybrid models with `asr-kd transcribe --backend onnx`")
-    if spec.normalization != "global":
-        raise ConfigError(f"{model_dir} normalises per utterance; rebuild it with --normalization global for sherpa-onnx")
+    spec = check_sherpa_exportable(model_dir)
     cmvn = load_cmvn(model_dir, spec)
     assert cmvn is not None
     mean, std = cmvn.mean_std("global")
@@ -94,6 +90,19 @@ def export_sherpa(model_dir: Path | str, out_dir: Path | str, int8: bool = True)
         log.warning("model subsamples by %d but sherpa-onnx assumes %d: its timestamps will be off",
                     spec.subsampling, SHERPA_SUBSAMPLING)
     return out
+
+
+def check_sherpa_exportable(model_dir: Path | str) -> ModelSpec:
+    """Return the spec of ``model_dir``; ConfigError unless it is a CTC model with global CMVN,
+    the only kind :func:`export_sherpa` writes (checked before any export writes a file)."""
+    spec = load_spec(model_dir)
+    if spec.kind != "ctc":
+        raise ConfigError(f"{model_dir} holds a {spec.kind} model, and sherpa-onnx runs CTC models only: its FST decoder has no HMM "
+                          "transitions, senone priors or HCLG search; drop --sherpa-dir, and transcribe it with "
+                          "`asr-kd transcribe --backend onnx`")
+    if spec.normalization != "global":
+        raise ConfigError(f"{model_dir} normalises per utterance; rebuild it with --normalization global for sherpa-onnx")
+    return spec
 
 
 def sherpa_metadata(path: Path | str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from asr_kd.config import DecodeConfig
 from asr_kd.data.features import make_extractor
 from asr_kd.deploy.acoustic import AcousticModel, make_acoustic
-from asr_kd.deploy.audio import load_audio, resample
+from asr_kd.deploy.audio import load_audio, resample, too_short
 from asr_kd.deploy.model_dir import ModelSpec, load_cmvn, load_spec, normalize_features
 from asr_kd.deploy.search import Hypothesis, Searcher
 from asr_kd.errors import AsrKdError, ConfigError, DataError
@@ -112,10 +112,14 @@ class Transcriber:
                 yield Transcript(utt_id, source, 0.0, error=str(samples))
                 continue
             seconds = len(samples) / self.sampling_rate
+            short = too_short(samples, self.sampling_rate, self.spec.features.frame_length)
+            if short is not None:
+                yield Transcript(utt_id, source, seconds, error=f"{_where(utt_id, source)}: {short}")
+                continue
             try:
                 batch.append((utt_id, source, seconds, self.features(samples)))
             except AsrKdError as err:
-                yield Transcript(utt_id, source, seconds, error=f"{source}: {err}")
+                yield Transcript(utt_id, source, seconds, error=f"{_where(utt_id, source)}: {err}")
                 continue
             if len(batch) >= batch_size:
                 yield from self._run(batch)
@@ -129,7 +133,12 @@ class Transcriber:
             try:
                 yield Transcript(utt_id, source, seconds, self.decode(lp, utt_id))
             except AsrKdError as err:
-                yield Transcript(utt_id, source, seconds, error=f"{source}: {err}")
+                yield Transcript(utt_id, source, seconds, error=f"{_where(utt_id, source)}: {err}")
+
+
+def _where(utt_id: str, source: str) -> str:
+    """Name an input in an error line: its file, or a manifest and the id of the cut in it."""
+    return source if Path(source).stem == utt_id else f"{source} ({utt_id})"
 
 
 def file_items(paths: Sequence[Path | str], sampling_rate: int, timings: Timings | None = None) -> Iterator[tuple[str, str, np.ndarray | Exception]]:
@@ -146,10 +155,24 @@ def file_items(paths: Sequence[Path | str], sampling_rate: int, timings: Timings
         yield Path(p).stem, str(p), samples
 
 
+def check_unique_ids(paths: Sequence[Path | str]) -> None:
+    """ConfigError naming two of ``paths`` that give the same id (file name without extension):
+    their output lines could not be told apart."""
+    seen: dict[str, Path | str] = {}
+    for p in paths:
+        stem = Path(p).stem
+        if stem in seen:
+            raise ConfigError(f"{seen[stem]} and {p} would both be transcribed as '{stem}' (the id is the file name without "
+                              "its extension); pass one of them, or rename or copy one to another name")
+        seen[stem] = p
+
+
 def manifest_items(manifest: Path | str, sampling_rate: int) -> Iterator[tuple[str, str, np.ndarray | Exception]]:
-    """Yield ``(cut id, manifest, samples or the error)`` per cut of a lhotse cut (or recording)
-    manifest, channels averaged and resampled to ``sampling_rate``; DataError for a missing or
-    empty manifest."""
+    """Return an iterator of ``(id, manifest, samples or the error)`` per cut of a lhotse cut
+    manifest, or per recording of a recordings manifest, channels averaged and resampled to
+    ``sampling_rate``. The id is the cut id, or the recording id (as stage 1 names a recording's
+    cut, and as references are keyed); DataError, at once, for a missing or empty manifest or one
+    of another kind (supervisions)."""
     from lhotse import CutSet, RecordingSet, load_manifest_lazy
 
     path = Path(manifest)
@@ -158,16 +181,25 @@ def manifest_items(manifest: Path | str, sampling_rate: int) -> Iterator[tuple[s
     m = load_manifest_lazy(path)
     if m is None:  # lhotse's answer for a file with no line
         raise DataError(f"manifest {path} holds no cut or recording; pass the manifest of a part that has audio")
-    cuts = CutSet.from_manifests(recordings=m) if isinstance(m, RecordingSet) else m
+    if not isinstance(m, (CutSet, RecordingSet)):
+        raise DataError(f"manifest {path} is a {type(m).__name__}, which holds no audio; pass the recordings (or cuts) manifest of the part")
+    from_recordings = isinstance(m, RecordingSet)
+    # lhotse names a recording's cut "<recording id>-<index>": keep the recording id instead.
+    cuts = CutSet.from_manifests(recordings=m) if from_recordings else m
+    return _cut_items(cuts, from_recordings, path, sampling_rate)
+
+
+def _cut_items(cuts, from_recordings: bool, path: Path, sampling_rate: int) -> Iterator[tuple[str, str, np.ndarray | Exception]]:
     for cut in cuts:
+        utt_id = cut.recording_id if from_recordings else cut.id
         try:
             audio = cut.load_audio()
             samples: np.ndarray | Exception = np.asarray(audio, dtype=np.float32).mean(axis=0)
             if cut.sampling_rate != sampling_rate:
                 samples = resample(samples, cut.sampling_rate, sampling_rate)
         except Exception as err:  # lhotse raises many error types for unreadable audio
-            samples = DataError(f"{cut.id}: cannot load audio ({str(err).splitlines()[0][:120]})")
-        yield cut.id, str(path), samples
+            samples = DataError(f"{path} ({utt_id}): cannot load audio ({str(err).splitlines()[0][:120]})")
+        yield utt_id, str(path), samples
 
 
 def write_transcript(t: Transcript, fmt: str, out: TextIO) -> None:

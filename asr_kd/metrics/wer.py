@@ -264,10 +264,43 @@ def write_transcripts(path: Path | str, texts: Mapping[str, str]) -> None:
     write_text_atomic(path, "".join(f"{u} {texts[u]}".rstrip() + "\n" for u in sorted(texts)))
 
 
+# Characters that are part of words in this project's transcripts (LibriSpeech's apostrophes,
+# hyphenated words, <unk> and [noise] tokens); any other punctuation is not.
+_WORD_MARKS = frozenset("'-<>[]_")
+
+
+def convention_mismatches(refs: Mapping[str, str], hyps: Mapping[str, str], ref_name: object = "the reference",
+                          hyp_name: object = "the hypothesis") -> list[str]:
+    """Return one warning per way the two sides are written differently (letter case, punctuation
+    the reference has and the hypothesis lacks), each of which makes words count as errors that a
+    reader would call right; nothing is normalised. Empty when they agree."""
+    ref_text, hyp_text = " ".join(refs.values()), " ".join(hyps.values())
+    warnings = []
+    if hyp_text.strip():
+        def cases(text: str) -> tuple[bool, bool]:
+            return any(c.islower() for c in text), any(c.isupper() for c in text)
+
+        (ref_lower, ref_upper), (hyp_lower, hyp_upper) = cases(ref_text), cases(hyp_text)
+        if (ref_lower and not hyp_lower and hyp_upper) or (hyp_lower and not ref_lower and ref_upper):
+            side = ("lower", "upper") if ref_lower else ("upper", "lower")
+            warnings.append(f"{ref_name} has {side[0]}-case letters and {hyp_name} only {side[1]}-case ones: words that differ only "
+                            "in case count as errors; write both sides in one case (nothing is normalised here)")
+        marks = sorted({c for c in ref_text if not c.isalnum() and not c.isspace() and c not in _WORD_MARKS} - set(hyp_text))
+        if marks:
+            warnings.append(f"{ref_name} has punctuation that {hyp_name} lacks ({' '.join(marks)}): words carrying it count as "
+                            "errors; remove it from the reference (nothing is normalised here)")
+    return warnings
+
+
 def score_transcript_files(ref_path: Path | str, hyp_path: Path | str, report_path: Path | str | None = None) -> WerResult:
     """Score a hypothesis ``text`` file against a reference one; write the report (and its JSON)
     to ``report_path`` if given; return the :class:`WerResult`."""
-    result = compute_wer(read_transcripts(ref_path), read_transcripts(hyp_path))
+    refs, hyps = read_transcripts(ref_path), read_transcripts(hyp_path)
+    if not refs:
+        raise DataError(f"reference file {ref_path} holds no transcript; pass a Kaldi text file with one 'UTT_ID WORDS...' line per utterance")
+    for warning in convention_mismatches(refs, hyps, ref_path, hyp_path):
+        logger.warning("%s", warning)
+    result = compute_wer(refs, hyps)
     if report_path is not None:
         write_wer_report(result, report_path)
     return result
