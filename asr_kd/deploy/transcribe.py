@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import time
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TextIO
 
@@ -178,19 +179,44 @@ def manifest_items(manifest: Path | str, sampling_rate: int) -> Iterator[tuple[s
     path = Path(manifest)
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist; pass a lhotse cuts or recordings .jsonl.gz")
-    m = load_manifest_lazy(path)
+    try:
+        m = load_manifest_lazy(path)
+    except _MANIFEST_ERRORS as err:
+        raise _corrupt_manifest(path, err, 0) from None
     if m is None:  # lhotse's answer for a file with no line
         raise DataError(f"manifest {path} holds no cut or recording; pass the manifest of a part that has audio")
     if not isinstance(m, (CutSet, RecordingSet)):
         raise DataError(f"manifest {path} is a {type(m).__name__}, which holds no audio; pass the recordings (or cuts) manifest of the part")
     from_recordings = isinstance(m, RecordingSet)
     # lhotse names a recording's cut "<recording id>-<index>": keep the recording id instead.
-    cuts = CutSet.from_manifests(recordings=m) if from_recordings else m
+    try:
+        cuts = CutSet.from_manifests(recordings=m) if from_recordings else m  # reads a recordings manifest whole
+    except _MANIFEST_ERRORS as err:
+        raise _corrupt_manifest(path, err, 0) from None
     return _cut_items(cuts, from_recordings, path, sampling_rate)
 
 
+# What reading a cut-off or garbled .jsonl.gz raises (gzip's BadGzipFile is an OSError; bad JSON a ValueError).
+_MANIFEST_ERRORS = (EOFError, OSError, ValueError, zlib.error)
+
+
+def _corrupt_manifest(path: Path, err: BaseException, done: int) -> DataError:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+    where = f" after {done} item(s)" if done else ""
+    return DataError(f"manifest {path} is corrupt or cut off{where} ({reason}); write it again "
+                     "(a lhotse cuts or recordings .jsonl.gz)")
+
+
 def _cut_items(cuts, from_recordings: bool, path: Path, sampling_rate: int) -> Iterator[tuple[str, str, np.ndarray | Exception]]:
-    for cut in cuts:
+    it, done = iter(cuts), 0
+    while True:
+        try:
+            cut = next(it)
+        except StopIteration:
+            return
+        except _MANIFEST_ERRORS as err:  # read lazily: a cut-off file fails part of the way through
+            raise _corrupt_manifest(path, err, done) from None
+        done += 1
         utt_id = cut.recording_id if from_recordings else cut.id
         try:
             audio = cut.load_audio()

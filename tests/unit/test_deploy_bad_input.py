@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import json
 from pathlib import Path
 
 import kaldifst
@@ -63,6 +64,33 @@ def test_recordings_manifest_gives_recording_ids_and_supervisions_are_refused(tm
         tmp_path / "supervisions.jsonl.gz")
     with pytest.raises(DataError, match=r"supervisions.jsonl.gz is a SupervisionSet, which holds no audio; pass the recordings \(or cuts\)"):
         manifest_items(tmp_path / "supervisions.jsonl.gz", 16000)
+
+
+def test_a_cut_off_or_garbled_manifest_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A recordings manifest cut off part of the way (read lazily), garbled JSON or a file that is
+    not gzip'd: one DataError naming the manifest, never a gzip/JSON traceback."""
+    import gzip
+
+    from lhotse import Recording, RecordingSet
+
+    recs = RecordingSet.from_recordings(
+        Recording.from_file(_tone(tmp_path / f"u{i:03d}.wav", 0.05), recording_id=f"u{i:03d}") for i in range(300))
+    lines = "".join(json.dumps(r.to_dict()) + "\n" for r in recs).encode()
+    whole = gzip.compress(lines)
+    (tmp_path / "cut_off.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    (tmp_path / "garbled.jsonl.gz").write_bytes(gzip.compress(b"not json\n"))
+    (tmp_path / "plain.jsonl.gz").write_bytes(lines)
+    # A cuts manifest is read as it goes: the first cuts come out, then the error, with the count.
+    from lhotse import CutSet
+
+    cut_lines = "".join(json.dumps(c.to_dict()) + "\n" for c in CutSet.from_manifests(recordings=recs)).encode()
+    whole = gzip.compress(cut_lines)
+    (tmp_path / "cuts_cut_off.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(DataError, match=r"cuts_cut_off.jsonl.gz is corrupt or cut off after [1-9][0-9]* item\(s\)"):
+        list(manifest_items(tmp_path / "cuts_cut_off.jsonl.gz", 16000))
+    for name in ("cut_off", "garbled", "plain"):
+        with pytest.raises(DataError, match=rf"manifest {tmp_path / name}.jsonl.gz is corrupt or cut off.*write it again"):
+            list(manifest_items(tmp_path / f"{name}.jsonl.gz", 16000))
 
 
 def test_audio_shorter_than_one_window_fails_alone(tmp_path: Path) -> None:
