@@ -107,11 +107,13 @@ def silence_pdfs(trans_model, silence_phone_ids: list[int]) -> np.ndarray:
 
 
 def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: str, config: DecodeConfig,
-                 graphs: dict[str, PenalisedGraphs], silence: bool = False) -> tuple[dict[str, str], Decode]:
+                 graphs: dict[str, PenalisedGraphs], silence: dict | None = None) -> tuple[dict[str, str], Decode]:
     """Return ``(refs, decode)`` of system ``name`` (a student: its seed ``seed``) on ``part``:
-    ``decode(scale, penalty)`` returns its hypotheses at that acoustic scale and word penalty
-    (with ``silence``, a network system: at that silence penalty, taken off the log-likelihood of
-    every silence senone before the scale, the graph without a word penalty)."""
+    ``decode(scale, penalty)`` returns its hypotheses at that acoustic scale and word penalty.
+    With ``silence`` (a dict; network systems only) the penalty is a silence penalty, taken off
+    the log-likelihood of every silence senone before the scale, on the graph without a word
+    penalty, and each decoding leaves the share of frames its best paths spend in the silence
+    phones in ``silence[name, seed, part, scale, penalty]``."""
     senones = read_senones(layout)
     if name in GMM_NAMES:
         gmm_cfg = config_from_dict(GmmConfig, read_record(layout.gmm).config["gmm"])
@@ -135,11 +137,20 @@ def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: s
     priors = load_priors(layout.log_priors, trans_model.num_pdfs)
     if "hybrid" not in graphs:
         graphs["hybrid"] = PenalisedGraphs(load_hclg(senones.graph), lang.words.ids())
-    if silence:
-        # scale * (log posterior - (log prior + p on silence)) = scale * (log-likelihood - p on silence)
+    if silence is not None:
         mask = silence_pdfs(trans_model, lang.silence_phone_ids)
-        return refs, lambda s, p: decode_posteriors_batch(graphs["hybrid"].at(0.0), trans_model, posteriors, priors + p * mask,
-                                                          dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
+        tid_is_silence = np.isin([trans_model.transition_id_to_phone(t) for t in range(1, trans_model.num_transition_ids + 1)],
+                                 lang.silence_phone_ids)
+
+        def decode_silence(s: float, p: float) -> dict[str, str]:
+            # scale * (log posterior - (log prior + p on silence)) = scale * (log-likelihood - p on silence)
+            batch = decode_posteriors_batch(graphs["hybrid"].at(0.0), trans_model, posteriors, priors + p * mask,
+                                            dataclasses.replace(config, acoustic_scale=s))
+            tids = np.concatenate([np.asarray(d.alignment, dtype=np.int64) for d in batch.decoded.values()] or [np.zeros(0, np.int64)])
+            silence[name, seed, part, s, p] = float(tid_is_silence[tids - 1].mean()) if tids.size else 0.0
+            return batch.texts(lang.words)
+
+        return refs, decode_silence
     return refs, lambda s, p: decode_posteriors_batch(graphs["hybrid"].at(p), trans_model, posteriors, priors,
                                                       dataclasses.replace(config, acoustic_scale=s)).texts(lang.words)
 
@@ -292,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.more and not (args.more / "data" / "made.json").is_file():
         p.error(f"--more {args.more}: no part made by bench/ood_more.py there (run it with --work {args.more} first)")
     graphs: dict[str, PenalisedGraphs] = {}
+    shares: dict = {}  # --silence: the share of frames in the silence phones of each decoding (part_decoder)
     if args.ctc:
         found_ctc = finished_ctc_run(args.data, args.exp, args.units, "decode_penalty")
         if found_ctc is None:
@@ -336,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         scales, default = config.acoustic_scales or (config.acoustic_scale,), config.acoustic_scale
 
         def decoder(name: str, seed: int, part: str) -> tuple[dict[str, str], Decode]:
-            return part_decoder(where.get(part, layout), lang, name, seed, part, config, graphs, silence=args.silence)
+            return part_decoder(where.get(part, layout), lang, name, seed, part, config, graphs, silence=shares if args.silence else None)
 
         def recorded(name: str, seed: int, part: str, key: str) -> float | None:
             return None
@@ -389,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                     if seed == 0:
                         s.update(substitutions=result.substitutions, deletions=result.deletions, insertions=result.insertions,
                                  ref_words=result.ref_words)
+                        if args.silence:
+                            s["silence_frames"] = shares[name, 0, part, choice["scale"], choice["penalty"]]
             words = np.array([len(refs[u].split()) for u in ids], dtype=np.float64)
             iv = bootstrap_difference(np.mean(counts["scale"], axis=0), np.mean(counts["scale+penalty"], axis=0), words)
             entry["parts"][part] = {**summary, "difference": iv.to_dict(), "words": words.tolist(),
@@ -478,12 +492,14 @@ def format_section(out: dict, args: argparse.Namespace, layout: RecipeLayout, pa
             verdict = "significant" if iv["excludes_zero"] else "within noise"
 
             def cell(s: dict) -> str:
-                return f"{100 * np.mean(s['wer']):.2f}% (S {s['substitutions']}, D {s['deletions']}, I {s['insertions']})"
+                sil = f", silence {100 * s['silence_frames']:.1f}% of frames" if "silence_frames" in s else ""
+                return f"{100 * np.mean(s['wer']):.2f}% (S {s['substitutions']}, D {s['deletions']}, I {s['insertions']}{sil})"
 
             row += [cell(p["scale"]), cell(p["scale+penalty"]), f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}], {verdict}"]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Dev cells: WER at the chosen acoustic scale (and penalty). Test cells: the mean WER over the seeds, and the first "
-              "seed's substitutions, deletions and insertions. Difference: penalty minus scale alone, paired bootstrap over the "
+              "seed's substitutions, deletions and insertions" + (" and the share of its frames the best paths spend in the silence phones"
+                                                       if args.silence else "") + ". Difference: penalty minus scale alone, paired bootstrap over the "
               "utterances (2000 resamples; Bisani & Ney 2004), each student's errors per utterance averaged over its seeds first; "
               f"it does not cover the seeds' training variance. Decoding took {out['seconds'] / 60:.0f} minutes "
               f"({'one process' if out.get('ctc') else '2 processes'})."

@@ -811,9 +811,10 @@ def test_penalty_bench_reproduces_the_recipes_decoding_and_reports_each_choice(r
 @pytest.mark.timeout(900)
 def test_silence_penalty_bench_makes_silence_costlier_and_keeps_table_1_at_0(recipe, tmp_path) -> None:
     """bench/decode_penalty.py --silence on the tiny run: at penalty 0 the baseline decodes to
-    Table 1's test WER; a large penalty on the silence senones makes the search put more words in
-    the hypotheses than at 0, a large bonus fewer (a sign slip or a mask on the wrong senones
-    breaks that); the bench's scale-only side is Table 1's, and it refuses the GMMs."""
+    Table 1's test WER; a large penalty on the silence senones makes the best paths spend fewer
+    frames in the silence phones than at 0, a large bonus more (a sign slip or a mask on the wrong
+    senones breaks that; the words need not grow: the search stretches words over the frames);
+    the bench's scale-only side is Table 1's, its table prints the share, and it refuses the GMMs."""
     import dataclasses
     import importlib.util
 
@@ -828,10 +829,12 @@ def test_silence_penalty_bench_makes_silence_costlier_and_keeps_table_1_at_0(rec
     config = dataclasses.replace(config_from_dict(DecodeConfig, read_record(layout.decode).config["decode"]), num_jobs=1)
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
     scale = table1["baseline"]["dev-clean"]["acoustic_scale"]
-    refs, decode = bench.part_decoder(layout, lang, "baseline", 0, "test-clean", config, {}, silence=True)
-    words = {p: sum(len(t.split()) for t in decode(scale, p).values()) for p in (-30.0, 0.0, 30.0)}
-    assert compute_wer(refs, decode(scale, 0.0)).wer == pytest.approx(table1["baseline"]["test-clean"]["wer"])
-    assert words[30.0] > words[0.0] > words[-30.0], words
+    shares: dict = {}
+    refs, decode = bench.part_decoder(layout, lang, "baseline", 0, "test-clean", config, {}, silence=shares)
+    texts = {p: decode(scale, p) for p in (-30.0, 0.0, 30.0)}
+    assert compute_wer(refs, texts[0.0]).wer == pytest.approx(table1["baseline"]["test-clean"]["wer"])
+    share = {p: shares["baseline", 0, "test-clean", scale, p] for p in texts}
+    assert share[30.0] < share[0.0] < share[-30.0] and 0 < share[0.0] < 1, share
 
     out_json, results = tmp_path / "sil.json", tmp_path / "RESULTS.md"
     bench_cmd = [sys.executable, str(REPO_ROOT / "bench" / "decode_penalty.py"), "--silence", "--data", str(data), "--exp", str(exp),
@@ -842,10 +845,13 @@ def test_silence_penalty_bench_makes_silence_costlier_and_keeps_table_1_at_0(rec
     assert base["choices"]["scale"]["scale"] == scale
     assert base["parts"]["test-clean"]["scale"]["wer"] == [pytest.approx(table1["baseline"]["test-clean"]["wer"])]
     assert {p for p, _ in base["choices"]["scale+penalty"]["sweep"]["penalty_errors"]} <= {-1.0, 0.0, 1.0}
+    sil = base["parts"]["test-clean"]["scale"]["silence_frames"]
+    assert sil == pytest.approx(share[0.0])  # the same decoding as above (seed 0, penalty 0, stage 7's scale)
     text = results.read_text()
     assert "## Silence penalty tuned on dev beside the acoustic scale" in text and "--silence" in text
     iv = base["parts"]["test-clean"]["difference"]
     assert f"{100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]" in text
+    assert f", silence {100 * sil:.1f}% of frames)" in text
     bad = subprocess.run([*bench_cmd, "--systems", "tri", "baseline"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--silence decodes the networks" in bad.stderr and "leave out tri" in bad.stderr
 
