@@ -90,13 +90,18 @@ GMM_NAMES = ("mono", "tri")
 Decode = Callable[[float, float], dict[str, str]]
 
 
-def silence_pdfs(trans_model, silence_phone_ids: list[int]) -> np.ndarray:
-    """Return a 0/1 float32 vector over the pdfs (senones): 1 for a pdf that only transition-ids of
-    the silence phones reach. SystemExit in one line where the tree shares a pdf between a silence
-    and a non-silence phone (a silence penalty would then move speech too)."""
+def silence_tids(trans_model, silence_phone_ids: list[int]) -> np.ndarray:
+    """Return a bool vector over transition-ids 1..N (index tid - 1): True for a silence phone's."""
+    phones = [trans_model.transition_id_to_phone(t) for t in range(1, trans_model.num_transition_ids + 1)]
+    return np.isin(phones, silence_phone_ids)
+
+
+def silence_pdfs(trans_model, is_sil: np.ndarray) -> np.ndarray:
+    """Return a 0/1 float32 vector over the pdfs (senones): 1 for a pdf that only the silence
+    transition-ids ``is_sil`` (:func:`silence_tids`) reach. SystemExit in one line where the tree
+    shares a pdf between a silence and a non-silence phone (a silence penalty would then move
+    speech too)."""
     tid2pdf = tid_to_pdf(trans_model)
-    phones = np.array([trans_model.transition_id_to_phone(t) for t in range(1, trans_model.num_transition_ids + 1)])
-    is_sil = np.isin(phones, silence_phone_ids)
     sil, speech = set(tid2pdf[is_sil].tolist()), set(tid2pdf[~is_sil].tolist())
     if sil & speech:
         raise SystemExit(f"decode_penalty: {len(sil & speech)} senone(s) are shared by silence and non-silence phones in this tree "
@@ -138,9 +143,8 @@ def part_decoder(layout: RecipeLayout, lang: Lang, name: str, seed: int, part: s
     if "hybrid" not in graphs:
         graphs["hybrid"] = PenalisedGraphs(load_hclg(senones.graph), lang.words.ids())
     if silence is not None:
-        mask = silence_pdfs(trans_model, lang.silence_phone_ids)
-        tid_is_silence = np.isin([trans_model.transition_id_to_phone(t) for t in range(1, trans_model.num_transition_ids + 1)],
-                                 lang.silence_phone_ids)
+        tid_is_silence = silence_tids(trans_model, lang.silence_phone_ids)
+        mask = silence_pdfs(trans_model, tid_is_silence)
 
         def decode_silence(s: float, p: float) -> dict[str, str]:
             # scale * (log posterior - (log prior + p on silence)) = scale * (log-likelihood - p on silence)

@@ -213,7 +213,9 @@ def run_sherpa_transcribe(args: argparse.Namespace) -> int:
     too short for one fbank frame."""
     import logging
 
-    from asr_kd.deploy.audio import load_audio, too_short
+    from asr_kd.config import FeatureConfig
+    from asr_kd.data.features import too_short
+    from asr_kd.deploy.audio import load_audio
     from asr_kd.deploy.sherpa import SHERPA_FRAME_LENGTH, SherpaCtc
     from asr_kd.deploy.transcribe import check_unique_ids
     from asr_kd.errors import DataError
@@ -224,7 +226,7 @@ def run_sherpa_transcribe(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             samples = load_audio(path, recognizer.sampling_rate)
-            short = too_short(samples, recognizer.sampling_rate, SHERPA_FRAME_LENGTH)
+            short = too_short(len(samples), FeatureConfig(sampling_rate=recognizer.sampling_rate, frame_length=SHERPA_FRAME_LENGTH))
             if short is not None:
                 raise DataError(f"{path}: {short}")
         except DataError as err:

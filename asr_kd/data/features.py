@@ -70,17 +70,21 @@ def make_extractor(kind: str, cfg: FeatureConfig, backend: str | None = None) ->
         extract = _knf_extractor(kind, cfg)
     else:
         raise ValueError(f"unknown feature backend {backend!r}")
-    shortest = min_samples(cfg)
 
     def checked(samples: np.ndarray) -> np.ndarray:
-        if samples.shape[-1] < shortest:
-            raise DataError(_too_short(samples.shape[-1], cfg))
+        short = too_short(samples.shape[-1], cfg)
+        if short is not None:
+            raise DataError(short)
         return extract(samples)
 
     return checked
 
 
-def _too_short(num_samples: int, cfg: FeatureConfig) -> str:
+def too_short(num_samples: int, cfg: FeatureConfig) -> str | None:
+    """Return why ``num_samples`` samples give no feature frame under ``cfg``, or None when they
+    fill at least one window (:func:`min_samples`)."""
+    if num_samples >= min_samples(cfg):
+        return None
     return (f"audio too short for one frame ({num_samples} samples; one frame needs {min_samples(cfg)}, "
             f"{cfg.frame_length * 1000:g} ms at {cfg.sampling_rate} Hz)")
 
@@ -270,11 +274,10 @@ def _extract_one(cut: Cut) -> tuple[str, np.ndarray | None, str | None]:
         return cut.id, None, "audio has no samples"
     if not np.all(np.isfinite(audio)):
         return cut.id, None, "audio has NaN or infinite samples"
-    if audio.shape[-1] < min_samples(_WORKER_CFG):
-        return cut.id, None, _too_short(audio.shape[-1], _WORKER_CFG)
-    feats = _WORKER_FN(audio[0].astype(np.float32))
-    if feats.shape[0] == 0:
-        return cut.id, None, "audio too short for one frame"
+    try:
+        feats = _WORKER_FN(audio[0].astype(np.float32))
+    except DataError as err:  # audio shorter than one window (make_extractor's check)
+        return cut.id, None, str(err)
     if not np.all(np.isfinite(feats)):
         return cut.id, None, "features have NaN or infinite values"
     return cut.id, feats, None

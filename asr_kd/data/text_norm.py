@@ -8,6 +8,14 @@ upper-case twin (before this, lowercase transcripts aligned to ``<UNK>`` everywh
 
 :func:`normalize_transcript`:
 
+* annotations of non-speech events that other corpora write into transcripts (``[noise]``,
+  ``<unk>``, ``{breath}``: up to 40 characters in square brackets, or one token in angle or curly
+  brackets) are dropped: nobody said
+  them, so as reference words they would count against every system;
+* amounts of money and percentages are spelled as read: ``$5`` -> ``FIVE DOLLARS``, ``$1.50``
+  -> ``ONE DOLLAR FIFTY CENTS``, ``$2.5 million`` -> ``TWO POINT FIVE MILLION DOLLARS``, the same
+  for ``£`` (pounds, pence) and ``€`` (euros, cents); ``12%`` -> ``TWELVE PERCENT``; an ``&``
+  standing alone -> ``AND``;
 * Unicode is folded to ASCII where a fold exists: compatibility decomposition (NFKD) with the
   accents dropped (``café`` -> ``CAFE``), typographic apostrophes (``’``) to ``'``, and a few
   letters without a decomposition (``æ ß ø ł đ þ ð œ``) spelled out;
@@ -36,7 +44,7 @@ import dataclasses
 import re
 import unicodedata
 
-NORMALIZER = {"name": "librispeech", "version": 2}  # 2: numbers in digits spelled out
+NORMALIZER = {"name": "librispeech", "version": 3}  # 2: numbers in digits spelled out; 3: annotations dropped, money, %, &
 
 # Letters that NFKD does not decompose into ASCII, spelled as English readers spell them.
 _LETTER_FOLDS = str.maketrans({
@@ -53,6 +61,14 @@ class NormalizedText:
 
     text: str
     unfoldable: str = ""
+
+
+def fold_word(word: str) -> str:
+    """Return ``word`` (a lexicon or LM word) folded as transcripts are (accents dropped, ``æ`` ->
+    ``AE``, ``’`` -> ``'``) and upper-cased, so that a lexicon's ``Café`` meets a transcript's
+    ``CAFE``; characters without a fold are kept (the word then matches no transcript)."""
+    decomposed = unicodedata.normalize("NFKD", word.translate(_LETTER_FOLDS))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).upper()
 
 
 def _fold_to_ascii(text: str) -> tuple[str, str]:
@@ -143,9 +159,42 @@ def spell_numbers(text: str) -> str:
     return _NUMBER.sub(_spell, text)
 
 
+_ANNOTATION = re.compile(r"\[[^\[\]]{0,40}\]|<[^<>\s]{1,40}>|\{[^{}\s]{1,40}\}")
+_SCALE_WORDS = "thousand|million|billion|trillion"
+_MONEY = re.compile(r"(?<![A-Za-z0-9])([$£€])\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\d.,]?\d)"
+                    rf"(?:\s+({_SCALE_WORDS})(?![A-Za-z]))?", re.IGNORECASE)
+# symbol: (unit, units, hundredth, hundredths)
+_CURRENCIES = {"$": ("DOLLAR", "DOLLARS", "CENT", "CENTS"), "£": ("POUND", "POUNDS", "PENNY", "PENCE"),
+               "€": ("EURO", "EUROS", "CENT", "CENTS")}
+_PERCENT = re.compile(r"(\d)\s?%")
+_AMPERSAND = re.compile(r"(?:(?<=\s)|^)&(?=\s|$)")
+
+
+def _money(match: re.Match[str]) -> str:
+    unit, units, hundredth, hundredths = _CURRENCIES[match.group(1)]
+    whole, decimals, scale = match.group(2), match.group(3), match.group(4)
+    if scale:  # $2.5 million: read the number and its scale, then the currency
+        return f" {whole}{'.' + decimals if decimals else ''} {scale} {units} "
+    if decimals is None or (len(decimals) == 2 and decimals == "00"):
+        return f" {whole} {unit if whole == '1' else units} "
+    if len(decimals) == 2:
+        amount = f" {whole} {unit if whole == '1' else units} " if whole.strip("0,") else " "
+        return f"{amount}{int(decimals)} {hundredth if decimals == '01' else hundredths} "
+    return f" {whole}.{decimals} {units} "
+
+
+def spell_symbols(text: str) -> str:
+    """Return ``text`` without annotations and with amounts of money, percentages and a lone
+    ``&`` written as words (numbers still in digits; module docstring)."""
+    text = _ANNOTATION.sub(" ", text)
+    text = _MONEY.sub(_money, text)
+    text = _PERCENT.sub(r"\1 PERCENT", text)
+    return _AMPERSAND.sub("AND", text)
+
+
 def normalize_transcript(text: str) -> NormalizedText:
     """Return ``text`` in LibriSpeech's convention (see the module docstring)."""
-    folded, unfoldable = _fold_to_ascii(text)
+    folded, unfoldable = _fold_to_ascii(spell_symbols(text))
     folded = spell_numbers(folded)
     tokens = (_clean_token(t) for t in _NOT_WORD.split(folded.upper()))
     return NormalizedText(" ".join(t for t in tokens if t), unfoldable)

@@ -35,21 +35,6 @@ def load_audio(path: Path | str, sampling_rate: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def min_samples(sampling_rate: int, frame_length: float) -> int:
-    """Return the fewest samples that fill one feature window (``frame_length`` seconds)."""
-    return int(round(sampling_rate * frame_length))
-
-
-def too_short(samples: np.ndarray, sampling_rate: int, frame_length: float) -> str | None:
-    """Return why ``samples`` are too short for one feature frame, or None when they are not.
-    (A shorter signal crashes torch's and onnxruntime's feature and network code.)"""
-    need = min_samples(sampling_rate, frame_length)
-    if len(samples) >= need:
-        return None
-    return (f"audio too short: {len(samples)} samples at {sampling_rate} Hz, needs at least {need} "
-            f"(one {frame_length * 1000:g} ms feature window)")
-
-
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Return ``samples`` (1-D float32) resampled from ``from_rate`` to ``to_rate`` Hz by a
     polyphase filter (scipy; torchaudio's native library does not load beside every torch build)."""

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from asr_kd.data.text_norm import fold_word
 from asr_kd.errors import DataError, not_utf8
 from asr_kd.utils import write_text_atomic
 
@@ -35,8 +36,9 @@ def strip_stress(phone: str) -> str:
 
 
 def normalize_word(word: str) -> str:
-    """Return the lexicon spelling of a transcript token (upper case, as in LibriSpeech)."""
-    return word.upper()
+    """Return the lexicon spelling of a word of a transcript, lexicon or ARPA LM: upper case and
+    folded to ASCII as stage 0 folds transcripts (``Café`` -> ``CAFE``)."""
+    return fold_word(word)
 
 
 def _add_pron(lexicon: Lexicon, word: str, pron: Pron, max_prons: int) -> None:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 from kaldingram.prune import ArpaParser
 from kaldingram.train import NgramCounts
 
+from asr_kd.data.text_norm import normalize_transcript
 from asr_kd.errors import ConfigError, DataError, not_utf8
 from asr_kd.kaldi import kaldifst, load_kaldilm, plain_native_logs
 from asr_kd.utils import atomic_path, open_text
@@ -170,13 +171,24 @@ def input_lines(path: Path | str) -> Iterator[str]:
             raise not_utf8(path, err) from None
 
 
-def read_text_sentences(path: Path | str, normalize: Callable[[str], str]) -> Iterator[list[str]]:
-    """Yield the non-empty lines of a text file (``.gz`` allowed), each normalized as a whole
-    line (``normalize``), as lists of words."""
-    for line in input_lines(path):
-        words = normalize(line).split()
-        if words:
-            yield words
+def lm_text_sentences(path: Path | str) -> list[list[str]]:
+    """Return the non-empty lines of an LM text file (``.gz`` allowed), each normalised as stage 0
+    normalises transcripts (:func:`asr_kd.data.text_norm.normalize_transcript`), as lists of
+    words. A line with letters that have no ASCII spelling is skipped, as stage 0 skips such a
+    transcript (its other words would make a sentence nobody wrote), and the skips are counted
+    and logged with the first one's line number."""
+    sentences: list[list[str]] = []
+    skipped: list[tuple[int, str]] = []
+    for lineno, line in enumerate(input_lines(path), 1):
+        norm = normalize_transcript(line)
+        if norm.unfoldable:
+            skipped.append((lineno, norm.unfoldable))
+        elif norm.text:
+            sentences.append(norm.text.split())
+    if skipped:
+        logger.warning("LM text %s: skipped %d line(s) with letters that have no ASCII spelling (first: line %d, %r)",
+                       path, len(skipped), *skipped[0])
+    return sentences
 
 
 _NGRAM_HEADER = re.compile(r"\\(\d+)-grams:")
@@ -321,8 +333,6 @@ def train_lang_lm(lang_dir: Path | str, order: int, arpa_path: Path | str, extra
     file when ``lm/train.txt`` is missing (a lang built from an existing ARPA LM has none: pass
     ``extra_text``); ConfigError for ``order`` < 1.
     """
-    from asr_kd.data.text_norm import normalize_transcript  # here: the module is otherwise free of data/ imports
-
     lang_dir = Path(lang_dir)
     if order < 1:
         raise ConfigError(f"LM order must be >= 1, got {order}")
@@ -334,5 +344,5 @@ def train_lang_lm(lang_dir: Path | str, order: int, arpa_path: Path | str, extra
         words = {line.split()[0] for line in (lang_dir / "words.txt").read_text(encoding="utf-8").splitlines() if line.strip()}
         oov = (lang_dir / "oov.txt").read_text(encoding="utf-8").strip()
         sentences += [" ".join(w if w in words else oov for w in s)
-                      for s in read_text_sentences(extra_text, lambda line: normalize_transcript(line).text)]
+                      for s in lm_text_sentences(extra_text)]
     return train_ngram_lm(sentences, order, arpa_path)

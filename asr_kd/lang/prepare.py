@@ -32,7 +32,6 @@ from lhotse import SupervisionSet
 
 from asr_kd.config import LangConfig
 from asr_kd.data.librispeech import read_manifest
-from asr_kd.data.text_norm import normalize_transcript
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst
 from asr_kd.lang.lang_dir import make_phone_table, make_word_table, write_phone_sets
@@ -53,7 +52,7 @@ from asr_kd.lang.lexicon import (
 )
 from asr_kd.lang.g2p import espeak_pronunciations
 from asr_kd.lang.lexicon_fst import make_lexicon_fst, make_lexicon_fst_disambig
-from asr_kd.lang.lm import arpa_unigrams, compile_grammar_fst, filter_arpa, perplexity, read_text_sentences, train_ngram_lm
+from asr_kd.lang.lm import arpa_unigrams, compile_grammar_fst, filter_arpa, lm_text_sentences, perplexity, train_ngram_lm
 from asr_kd.lang.symbols import SymbolTable
 from asr_kd.utils import atomic_path, write_text_atomic
 
@@ -378,7 +377,7 @@ def prepare_lang(
     if lm_arpa is not None and lm_text is not None:
         raise ConfigError("pass an existing ARPA LM (--lm-arpa) or extra LM text (--lm-text), not both: the ARPA LM is used as it is")
     # The extra LM text gets the transcripts' normalisation (stage 0's), so that its words match them.
-    extra_text = list(read_text_sentences(lm_text, lambda line: normalize_transcript(line).text)) if lm_text is not None else []
+    extra_text = lm_text_sentences(lm_text) if lm_text is not None else []
     if lm_text is not None and not extra_text:
         raise DataError(f"LM text {lm_text} has no non-empty line; pass a file with one sentence per line")
     arpa_words = arpa_unigrams(lm_arpa, normalize_word) if lm_arpa is not None else []

@@ -337,6 +337,21 @@ def test_export_and_sherpa_transcribe_commands(recipe, model_dirs, tmp_path, cap
     old = SherpaCtc(s0)
     assert old.max_active == DecodeConfig().max_active == 7000
     assert "records no ctc_max_active (an older export): using 7000" in capsys.readouterr().err
+    # A clip shorter than one 25 ms window fails alone (it crashed the whole run); two inputs of
+    # the same name are refused before anything is decoded (their output lines would share an id).
+    short = tmp_path / "short.wav"
+    sf.write(short, np.full(100, 0.1, dtype=np.float32), 16000)
+    assert cli_main(["sherpa-transcribe", "--sherpa-dir", str(s0), str(short), files[0]]) == 1
+    out, err = capsys.readouterr()
+    assert [ln.split()[0] for ln in out.splitlines()] == [Path(files[0]).stem]
+    assert f"{short}: audio too short for one frame (100 samples; one frame needs 400, 25 ms at 16000 Hz)" in err
+    assert "transcribed 1 of 2 files; 1 failed" in err
+    twin = tmp_path / "twin" / Path(files[0]).name
+    twin.parent.mkdir()
+    shutil.copy(files[0], twin)
+    assert cli_main(["sherpa-transcribe", "--sherpa-dir", str(s0), files[0], str(twin)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"{files[0]} and {twin} would both be transcribed as '{Path(files[0]).stem}'" in err
 
 
 def test_model_dir_tunes_its_acoustic_scale_on_dev(recipe, tmp_path, capsys) -> None:

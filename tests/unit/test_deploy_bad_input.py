@@ -101,7 +101,7 @@ def test_audio_shorter_than_one_window_fails_alone(tmp_path: Path) -> None:
     out = io.StringIO()
     summary = transcribe_to(tr, file_items(files, tr.sampling_rate), out)
     assert summary.transcribed == 1 and out.getvalue().startswith("good")
-    assert summary.failed == [f"{short}: audio too short: 1 samples at 16000 Hz, needs at least 400 (one 25 ms feature window)"]
+    assert summary.failed == [f"{short}: audio too short for one frame (1 samples; one frame needs 400, 25 ms at 16000 Hz)"]
 
 
 def test_transcribe_refuses_same_ids_and_names_its_output_file(tmp_path: Path, capsys) -> None:

@@ -21,7 +21,7 @@ from asr_kd.lang.lexicon import (
     strip_stress,
     write_lexicon,
 )
-from asr_kd.lang.lm import arpa_unigrams, read_text_sentences
+from asr_kd.lang.lm import arpa_unigrams, lm_text_sentences
 from asr_kd.lang.symbols import SymbolTable
 
 
@@ -67,7 +67,7 @@ def test_lexicon_and_lm_text_not_utf8_are_one_line_errors(tmp_path) -> None:
     text = tmp_path / "lm.txt"
     text.write_bytes(b"THE CAT\n" + "THE CAF\u00c9\n".encode("latin-1"))
     with pytest.raises(DataError, match=rf"^{re.escape(str(text))}: not UTF-8 text \(.*\); re-encode it as UTF-8$"):
-        list(read_text_sentences(text, str.upper))
+        lm_text_sentences(text)
     arpa = tmp_path / "lm.arpa"
     arpa.write_bytes("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0 CAF\u00c9\n\n\\end\\\n".encode("latin-1"))
     with pytest.raises(DataError, match=rf"^{re.escape(str(arpa))}: not UTF-8 text"):

@@ -33,6 +33,14 @@ from asr_kd.data.text_norm import NORMALIZER, normalize_transcript
         ("agent 007 ran 3.25 miles, then 40", "AGENT ZERO ZERO SEVEN RAN THREE POINT TWO FIVE MILES THEN FORTY"),
         ("12,345,678 and 1000000 and 0", "TWELVE MILLION THREE HUNDRED FORTY FIVE THOUSAND SIX HUNDRED SEVENTY EIGHT AND ONE MILLION AND ZERO"),
         ("MP3 files and 10x zoom", "MP3 FILES AND 10X ZOOM"),
+        # Annotations of non-speech events are dropped: nobody said them.
+        ("[noise] hello <unk> world {breath} [inaudible speech] <s>", "HELLO WORLD"),
+        ("a < b and c > d", "A B AND C D"),  # angle brackets around spaces are not an annotation
+        # Money, percentages and a lone ampersand, as read.
+        ("$5, $1 and $1.50, $0.05, $5.00", "FIVE DOLLARS ONE DOLLAR AND ONE DOLLAR FIFTY CENTS FIVE CENTS FIVE DOLLARS"),
+        ("$2.5 million and $1,250,000", "TWO POINT FIVE MILLION DOLLARS AND ONE MILLION TWO HUNDRED FIFTY THOUSAND DOLLARS"),
+        ("\u00a33.01 and \u20ac1", "THREE POUNDS ONE PENNY AND ONE EURO"),
+        ("12% of 3.5 % rock & roll, AT&T", "TWELVE PERCENT OF THREE POINT FIVE PERCENT ROCK AND ROLL AT T"),
     ],
 )
 def test_transcripts_follow_the_librispeech_convention(raw: str, expected: str) -> None:
@@ -82,3 +90,23 @@ def test_stage0_normalises_once_and_records_it(tone_corpus: Path, tmp_path: Path
     record = json.loads(normalization_record_path(out, "train-clean-100").read_text())
     assert record == {**NORMALIZER, "part": "train-clean-100", "utterances": 6, "changed": 6, "rejected_unfoldable": 2}
     assert json.loads(normalization_record_path(tmp_path / "clean", "train-clean-100").read_text())["changed"] == 0
+
+
+def test_lexicon_and_lm_words_are_folded_as_transcripts_are() -> None:
+    from asr_kd.lang.lexicon import normalize_word
+
+    # A lexicon's CAFÉ used to stay CAFÉ and never met the transcripts' CAFE.
+    assert [normalize_word(w) for w in ("Caf\u00e9", "don\u2019t", "\u00c6SOP", "na\u00efve")] == ["CAFE", "DON'T", "AESOP", "NAIVE"]
+    assert all(normalize_word(w) == normalize_transcript(w).text for w in ("Caf\u00e9", "don\u2019t", "\u00c6SOP", "na\u00efve"))
+
+
+def test_lm_text_lines_without_an_ascii_spelling_are_skipped_and_counted(tmp_path: Path, caplog) -> None:
+    from asr_kd.lang.lm import lm_text_sentences
+
+    text = tmp_path / "lm.txt"
+    text.write_text("the caf\u00e9 [noise] paid $5\n\nhello \u043c\u0438\u0440 world\n<unk>\nrock & roll\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        sentences = lm_text_sentences(text)
+    # The Cyrillic line used to be kept as HELLO WORLD, a sentence nobody wrote.
+    assert sentences == [["THE", "CAFE", "PAID", "FIVE", "DOLLARS"], ["ROCK", "AND", "ROLL"]]
+    assert f"LM text {text}: skipped 1 line(s) with letters that have no ASCII spelling (first: line 3, '\u043c\u0438\u0440')" in caplog.text
