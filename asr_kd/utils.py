@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -159,6 +160,15 @@ def describe_storage_error(err: OSError) -> str:
     if err.errno == errno.EROFS:
         return f"read-only file system: cannot write {where} ({elsewhere})"
     return f"permission denied on {where} (fix its permissions or {elsewhere})"
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Return the SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:

@@ -77,7 +77,7 @@ def make_part(layout, work: Path, speakers: int, utts_per_speaker: int, seed: in
     summary = synthesize_ood_part(layout.synthetic_corpus, corpus, PART, speakers, utts_per_speaker, seed)
     out = {"utterances": summary.utterances, "hours": summary.hours, "speakers": summary.speakers,
            "synthesised": summary.utterances - before, "synthesis_seconds": round(time.time() - start, 1)}
-    feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
+    feature_config = load_config(FeatureConfig, layout.feature_config)
     made = json.loads(json.dumps({"part": json.loads((corpus / f"{PART}.synth.json").read_text()),
                                   "features": dataclasses.asdict(feature_config)}))
     start = time.time()

@@ -59,7 +59,7 @@ from asr_kd.kaldi import kaldi_decoder, kaldifst
 from asr_kd.lang.const_lm import META_NAME, ConstArpaLm, build_const_lm, read_const_lm_info
 from asr_kd.lang.lang_dir import BOS, EOS, EPS, WORD_DISAMBIG, Lang
 from asr_kd.lang.lm import arpa_unigrams, compile_grammar_fst, filter_arpa, load_arpa, sentence_logprob10
-from asr_kd.stages.provenance import file_sha256
+from asr_kd.utils import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ def recipe_model_paths(exp: Path | str, data: Path | str, system: str, train_par
     layout = RecipeLayout(Path(data), Path(exp), train_part=train_part, ctc_units=units)
     # The networks' priors and labels are those stage 4's teachers were trained on (GMM or DNN realignment).
     layout = with_recorded_alignments(layout)
-    common = {"features": layout.data_dir / "features.yaml", "train_cmvn": layout.cmvn(train_part)}
+    common = {"features": layout.feature_config, "train_cmvn": layout.cmvn(train_part)}
     if system in GMM_SYSTEMS:
         record = gmm_record(layout)
         gmm = record.config["gmm"]

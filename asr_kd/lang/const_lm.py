@@ -34,8 +34,7 @@ import numpy as np
 from asr_kd.errors import DataError
 from asr_kd.lang.lm import BOS, EOS, arpa_ngrams
 from asr_kd.lang.symbols import SymbolTable
-from asr_kd.stages.provenance import file_sha256
-from asr_kd.utils import write_text_atomic
+from asr_kd.utils import file_sha256, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from asr_kd.errors import ConfigError, DataError
 from asr_kd.models.dnn import SplicedDnn
 from asr_kd.report.results_md import write_section
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageRecord, describe_environment, read_record, require_record
+from asr_kd.stages.provenance import StageRecord, describe_environment, read_record, require_current, require_record
 from asr_kd.train.frame_classifier import load_frame_classifier
 
 # Students start from other seeds than the teachers: a baseline with teacher 0's seed would be
@@ -47,18 +47,36 @@ def read_senones(layout: RecipeLayout) -> SenoneInfo:
 
 
 def gmm_record(layout: RecipeLayout) -> StageRecord:
-    """Return stage 3's provenance record; DataError naming stage 3 if it has not finished."""
-    return require_record(layout.gmm, "stage 3 (asr-kd train-gmm)")
+    """Return stage 3's provenance record; DataError naming stage 3 if it has not finished, or if
+    stage 1's features were computed again since (every later stage reads both)."""
+    features = read_record(layout.features("fbank"))
+    return require_current(layout.gmm, "stage 3 (asr-kd train-gmm)", {} if features is None else {"features": features.fingerprint})
 
 
 def alignment_inputs(layout: RecipeLayout) -> dict[str, str]:
     """Return the input fingerprints of the senone alignments ``layout`` trains on: stage 3's
     record, and with ``alignments="dnn"`` the DNN realignment's record too (DataError naming the
-    stage to run when it has not finished)."""
+    stage to run when it has not finished, or when an earlier stage was redone after it)."""
     inputs = {"gmm": gmm_record(layout).fingerprint}
     if layout.alignments == "dnn":
-        inputs["realign"] = require_record(layout.realign, "the DNN realignment (run.sh --alignments dnn --stage 3)").fingerprint
+        inputs["realign"] = require_current(layout.realign, "the DNN realignment (run.sh --alignments dnn --stage 3)", inputs).fingerprint
     return inputs
+
+
+def teachers_record(layout: RecipeLayout) -> StageRecord:
+    """Return stage 4's record; DataError naming stage 4 if it has not finished, or if the
+    alignments it was trained on were made again since (:func:`alignment_inputs`)."""
+    return require_current(layout.teachers, "stage 4 (asr-kd train-teachers)", alignment_inputs(layout))
+
+
+def student_record(layout: RecipeLayout, exp_dir: Path, stage_hint: str) -> StageRecord:
+    """Return the record of the stage-6 student in ``exp_dir``; DataError naming ``stage_hint`` if
+    it has not finished, or if its alignments or stage 4's teachers were made again since."""
+    current = alignment_inputs(layout)
+    teachers = read_record(layout.teachers)
+    if teachers is not None:
+        current["teachers"] = teachers.fingerprint
+    return require_current(exp_dir, stage_hint, current)
 
 
 def recorded_alignments(layout: RecipeLayout) -> str | None:
@@ -98,6 +116,12 @@ def model_checkpoint(exp_dir: Path) -> Path:
         if (exp_dir / name).is_file():
             return exp_dir / name
     raise DataError(f"{exp_dir} holds no best.pt or final.pt; train that model first (stages 4 and 6)")
+
+
+def trained_checkpoints(exp_dir: Path) -> list[Path]:
+    """Return a training run's checkpoints for its stage record to hash: ``final.pt`` and, where
+    the run kept one, ``best.pt`` (what :func:`model_checkpoint` and later stages load)."""
+    return [exp_dir / "final.pt"] + ([exp_dir / "best.pt"] if (exp_dir / "best.pt").is_file() else [])
 
 
 def recorded_num_teachers(layout: RecipeLayout) -> int:

@@ -16,7 +16,7 @@ from asr_kd.ctc.kd import GuidedCtcLoss, ctc_hard_loss
 from asr_kd.ctc.training import load_ctc_model, train_ctc_model
 from asr_kd.errors import DataError
 from asr_kd.launch import Launcher, check_launch, describe_launch, launch_jobs
-from asr_kd.stages.common import fmt_pct, write_results
+from asr_kd.stages.common import fmt_pct, trained_checkpoints, write_results
 from asr_kd.stages.ctc_common import describe_teacher_set, features_fingerprint, prepare_units, teachers_of, units_record_fingerprint
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
@@ -107,7 +107,7 @@ def train_ctc_teachers(
                  describe_launch(launcher, jobs, len(own)))
         if guard.is_main:  # under torchrun the other ranks read rank 0's summary (the record hashes it)
             write_text_atomic(summary_path, json.dumps({"num_tokens": units.num_tokens, "teachers": teachers}, indent=1) + "\n")
-        guard.finish([summary_path, *(set_dir / f"teacher{i}" / "final.pt" for i in own)])
+        guard.finish([summary_path, *(c for i in own for c in trained_checkpoints(set_dir / f"teacher{i}"))])
     summary = json.loads(summary_path.read_text())
     rows = [f"| teacher{i}{' (guide)' if t['guide'] else ''} | {t['seed']} | {t['steps']} | {fmt_pct(t['best_dev_ter'])} |"
             for i, t in enumerate(summary["teachers"])]

@@ -26,7 +26,7 @@ from asr_kd.errors import ConfigError
 from asr_kd.kd.ensemble import TeacherEnsemble
 from asr_kd.launch import Launcher, check_launch, launch_jobs
 from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
-from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, write_results
+from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, trained_checkpoints, write_results
 from asr_kd.stages.ctc_common import (
     STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, ctc_student_folder, features_fingerprint, load_ctc_teachers, prepare_units, seed_groups,
     teacher_set_record, teachers_of, units_record_fingerprint,
@@ -213,7 +213,7 @@ def train_ctc_student(
         if guard.is_main:  # under torchrun the other ranks read rank 0's summary (the record hashes it)
             write_text_atomic(summary_path, json.dumps({"steps": result.state.step, "best_dev_ter": result.state.best_metric,
                                                         "stop_reason": result.state.stop_reason, "seed": scfg.seed}, indent=1) + "\n")
-        guard.finish([summary_path, result.final_path])
+        guard.finish([summary_path, *trained_checkpoints(result.final_path.parent)])
     summary = json.loads(summary_path.read_text())
     summary.setdefault("seed", scfg.seed)  # a student trained before seeds were recorded (its seed is the record's)
     write_student_section(layout, kind, name, cfg, results_md, command, exp_dir)

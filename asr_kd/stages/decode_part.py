@@ -49,7 +49,7 @@ from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.frame_accuracy import corpus_frame_accuracy
 from asr_kd.metrics.paired import wer_difference
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
-from asr_kd.stages.common import alignment_inputs, gmm_record, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.common import alignment_inputs, gmm_record, load_teachers, model_checkpoint, read_senones, student_record, teachers_record
 from asr_kd.stages.ctc_s7_decode import system_decoding
 from asr_kd.data.alignments import store_alignments
 from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, STUDENT_SYSTEMS, RecipeLayout
@@ -81,9 +81,9 @@ def _system_inputs(layout: RecipeLayout, systems: Sequence[str]) -> dict[str, st
             inputs["ctc_decode"] = require_record(layout.ctc_decode, f"the {layout.ctc_units} CTC decoding stage (asr-kd ctc-decode)").fingerprint
             continue
         if name in STUDENT_SYSTEMS:
-            inputs[f"student_{STUDENT_SYSTEMS[name]}"] = require_record(layout.student_dir(STUDENT_SYSTEMS[name]), f"stage 6 ({STUDENT_SYSTEMS[name]} student)").fingerprint
+            inputs[f"student_{STUDENT_SYSTEMS[name]}"] = student_record(layout, layout.student_dir(STUDENT_SYSTEMS[name]), f"stage 6 ({STUDENT_SYSTEMS[name]} student)").fingerprint
         elif name == "ensemble" or (name.startswith("teacher") and name[7:].isdigit()):
-            inputs["teachers"] = require_record(layout.teachers, "stage 4 (teachers)").fingerprint
+            inputs["teachers"] = teachers_record(layout).fingerprint
         else:
             raise ConfigError(f"unknown system {name!r}; choose from tri, mono, baseline, distilled, ensemble, teacher<i>, ctc-<CTC student>, ctc-teacher<i>, ctc-ensemble")
     return inputs
@@ -153,7 +153,7 @@ def decode_part(
         source = check_rescoring_arpa(rescore)
         # A const LM folder is vouched for by its const_lm.json (the fingerprints it was built from).
         inputs["rescore_arpa"] = file_sha256(source / CONST_META if source.is_dir() else source)
-    feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
+    feature_config = load_config(FeatureConfig, layout.feature_config)
     scales = {name: tuned_scale(layout, name) for name in systems if not name.startswith(CTC_PREFIX)} if tune_scale else {}
     guard = StageGuard(f"decode-part {part}", out, {"part": part, "systems": list(systems), "decode": decode_config, "tuned_scales": scales,
                                                     "features": feature_config, "align": align,
@@ -214,7 +214,7 @@ def align_part(layout: RecipeLayout, corpus_dir: Path | str, part: str, num_jobs
     ``exp/gmm/ali``: ready to train on) and its transition ids to ``tids_<part>.txt``. Returns
     ``{"cuts", "aligned", "frames"}``; skipped when the folder's record matches."""
     out = layout.exp_dir / "align_parts" / part
-    feature_config = load_config(FeatureConfig, layout.data_dir / "features.yaml")
+    feature_config = load_config(FeatureConfig, layout.feature_config)
     inputs = {"corpus_files": listing_fingerprint(corpus_dir, [part]), **alignment_inputs(layout),
               "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}
     guard = StageGuard(f"align {part}", out, {"part": part, "features": feature_config}, inputs, command)

@@ -42,6 +42,7 @@ GMM_SYSTEMS = ("mono", "tri")
 STUDENT_SYSTEMS = {"baseline": "hard", "distilled": "distilled", "compressed": "compressed"}
 STUDENT_KINDS = tuple(STUDENT_SYSTEMS.values())
 GMM_MODEL_NAME = "final.mdl"
+FEATURES_YAML = "features.yaml"  # <data>/features.yaml: the fbank features' config (stage 1)
 ALIGNMENT_SOURCES = ("gmm", "dnn")
 
 
@@ -86,6 +87,11 @@ class RecipeLayout:
     def features(self, kind: str) -> Path:
         """Stage 1's folder of ``kind`` ("fbank" or "mfcc")."""
         return self.data_dir / kind
+
+    @property
+    def feature_config(self) -> Path:
+        """Stage 1's FeatureConfig of the fbank features (what the networks' front end reads)."""
+        return self.data_dir / FEATURES_YAML
 
     def fbank_cuts(self, part: str) -> Path:
         return cuts_path(self.features("fbank"), part)

@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from asr_kd.config import OMIT_AT_DEFAULT
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.resource_usage import detached_cpu_seconds
-from asr_kd.utils import not_rank_0, write_text_atomic
+from asr_kd.utils import file_sha256, not_rank_0, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +97,6 @@ def fingerprint(value: Any) -> str:
     """Return a 16-hex-digit SHA-256 of ``value``'s canonical JSON."""
     text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Return the SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def listing_fingerprint(root: Path | str, parts: Sequence[str] = ()) -> str:
@@ -329,6 +320,20 @@ def require_record(folder: Path | str, stage_hint: str) -> StageRecord:
     return rec
 
 
+def require_current(folder: Path | str, stage_hint: str, current: Mapping[str, str]) -> StageRecord:
+    """Return the record of ``folder`` (:func:`require_record`); DataError naming ``stage_hint``
+    when the record was made from another version of one of its inputs than the one there now
+    (``current``: input key -> that input's fingerprint today): the input's stage was redone
+    since, and whatever is built on ``folder`` would mix the two versions."""
+    rec = require_record(folder, stage_hint)
+    for key, fp in current.items():
+        made = rec.inputs.get(key)
+        if made is not None and made != fp:
+            raise DataError(f"{Path(folder)} was made from an earlier run of its input {key!r} (that stage was redone since); "
+                            f"run {stage_hint} again first")
+    return rec
+
+
 def input_fingerprint(folder: Path | str, files: Iterable[Path | str] = ()) -> str:
     """Return the fingerprint of an input folder: its stage record's, or, for a folder that no
     stage of ours made (manifests prepared elsewhere), a hash of ``files`` that exist there
@@ -479,7 +484,8 @@ class StageGuard:
             elif self.on_change == "stop":
                 shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
                 raise ConfigError(
-                    f"{self.stage}: {self.folder} was made with other settings ({shown}); rerun with --on-change redo to redo it"
+                    f"{self.stage}: {self.folder} was made with other settings ({shown}); rerun with --on-change redo "
+                    f"(run.sh; {ON_CHANGE_ENV}=redo for an asr-kd command) to redo it"
                     + (f" ({self.redo_hint})" if self.redo_hint else "") + ", or with the settings it was made with")
             else:
                 self._empty_folders("settings differ from the finished run (" + "; ".join(diffs[:4]) + ")")

@@ -47,7 +47,7 @@ from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.metrics.wer import WerResult
 from asr_kd.metrics.paired import bootstrap_difference, bootstrap_gain_share
 from asr_kd.report.results_md import write_section
-from asr_kd.stages.common import environment_lines, model_checkpoint
+from asr_kd.stages.common import environment_lines, model_checkpoint, teachers_record
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, config_dict, differences, require_record
 from asr_kd.stages.s5_soft_targets import make_soft_targets, soft_dir_of, storage_label
@@ -88,7 +88,7 @@ def temperature_sweep(
     out = layout.exp_dir / ("temperature_sweep_online" if online else "temperature_sweep")
     if online:  # the whole distribution, from the teachers in the loop: nothing stored, nothing lost
         soft: dict[float, dict] = {t: {"mean_mass_kept": None, "mean_kl_stored_vs_full": None} for t in temps}
-        upstream = {"teachers": require_record(layout.teachers, "stage 4 (asr-kd train-teachers)").fingerprint}
+        upstream = {"teachers": teachers_record(layout).fingerprint}
     else:  # soft targets first (stage 5's code and folders; each is its own recorded stage)
         soft = {t: make_soft_targets(layout, dataclasses.replace(kd, temperature=t), num_teachers, command=command) for t in temps}
         upstream = {f"soft_targets_T{t:g}": require_record(soft_dir_of(layout, dataclasses.replace(kd, temperature=t),

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from asr_kd.config import FeatureConfig, save_config
 from asr_kd.data.features import FeatureReport, cmvn_path, compute_features_for_parts, cuts_path
+from asr_kd.stages.layout import FEATURES_YAML
 from asr_kd.stages.provenance import StageGuard, StageRecord, input_fingerprint
 
 FEATURE_KINDS = ("fbank", "mfcc")
@@ -29,7 +30,13 @@ def compute(manifest_dir: Path | str, output_dir: Path | str, parts: Sequence[st
     if not guard.needs_work():
         assert guard.record is not None
         return guard.record
-    save_config(cfg, output_dir / "features.yaml")
     reports = compute_features_for_parts(manifest_dir, output_dir, parts, cfg, kinds)
-    guard.finish([f for k in kinds for p in parts for f in (cuts_path(output_dir / k, p), cmvn_path(output_dir / k, p))])
+    outputs = [f for k in kinds for p in parts for f in (cuts_path(output_dir / k, p), cmvn_path(output_dir / k, p))]
+    if "fbank" in kinds:
+        # The networks' front end, as decode-part and the model directories read it: written once
+        # the fbank features exist, and only by a run that made them (an MFCC-only run with other
+        # settings must not describe the fbank features).
+        save_config(cfg, output_dir / FEATURES_YAML)
+        outputs.append(output_dir / FEATURES_YAML)
+    guard.finish(outputs)
     return reports

@@ -17,7 +17,7 @@ from pathlib import Path
 from asr_kd.config import DnnConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
 from asr_kd.launch import Launcher, describe_launch, launch_jobs
-from asr_kd.stages.common import alignment_inputs, describe_alignments, describe_dnn, fmt_pct, read_senones, write_results
+from asr_kd.stages.common import alignment_inputs, describe_alignments, describe_dnn, fmt_pct, read_senones, trained_checkpoints, write_results
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard
 from asr_kd.train.checkpoint import load_checkpoint
@@ -70,7 +70,7 @@ def train_teachers(
             save_config(model_config, layout.teachers / "dnn.yaml")
             save_config(train_config, layout.teachers / "train.yaml")
             write_json_atomic(summary_path, {"num_senones": senones.num_senones, "teachers": teachers})
-        guard.finish([summary_path, *(layout.teacher_dir(i) / "final.pt" for i in range(num_teachers))])
+        guard.finish([summary_path, *(c for i in range(num_teachers) for c in trained_checkpoints(layout.teacher_dir(i)))])
     summary = read_json(summary_path)
     assert isinstance(summary, dict)
     rows = [f"| teacher{i} | {t['seed']} | {t['steps']} | {fmt_pct(t['best_dev_frame_accuracy'])} |" for i, t in enumerate(summary["teachers"])]

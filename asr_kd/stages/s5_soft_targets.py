@@ -28,9 +28,9 @@ from asr_kd.kd.ensemble import ensemble_log_posteriors, inference_device
 from asr_kd.kd.sharded_targets import ShardedPosteriors, Work
 from asr_kd.kd.soft_targets import SoftTargetStats, store_target_arrays, topk_compress
 from asr_kd.kd.target_formats import ResidualQuantiser, decode_topk, encode_topk, fit_quantiser, sample_for_fitting, storage_bytes_per_frame
-from asr_kd.stages.common import alignment_inputs, load_teachers, read_senones, recorded_num_teachers, write_results
+from asr_kd.stages.common import alignment_inputs, teachers_record, load_teachers, read_senones, recorded_num_teachers, write_results
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, StageRecord, config_dict, read_record, require_record
+from asr_kd.stages.provenance import StageGuard, StageRecord, config_dict, read_record
 from asr_kd.utils import atomic_path, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def make_soft_targets(
     if n < 1:
         raise ConfigError(f"--num-teachers must be >= 1, got {n}")
     out = soft_dir_of(layout, kd, n)
-    teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+    teachers_rec = teachers_record(layout)
     guard = StageGuard("stage 5 (soft targets)", out, soft_target_settings(kd, n, layout.train_part),
                        {"teachers": teachers_rec.fingerprint, **alignment_inputs(layout)}, command)
     stats_path = out / "stats.json"
@@ -169,7 +169,7 @@ def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | No
         raise DataError(
             f"{user}: no soft targets with T={kd.temperature:g}, top-{kd.top_k}, storage {storage_label(kd)}, {kd.fusion} fusion of {n} teachers ({out} is unfinished; "
             f"finished: {', '.join(existing) or 'none'}); run stage 5 with the same kd config and --num-teachers first")
-    teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+    teachers = teachers_record(layout)
     if record.inputs.get("teachers") != teachers.fingerprint:
         raise DataError(f"{user}: the soft targets in {out} were made from other teachers than those of {layout.teachers} "
                         "(stage 4 was redone since); rerun stage 5")

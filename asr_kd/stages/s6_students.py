@@ -19,9 +19,9 @@ from asr_kd.config import DnnConfig, KdConfig, TrainConfig, save_config
 from asr_kd.errors import ConfigError
 from asr_kd.launch import Launcher, launch_jobs
 from asr_kd.stages.common import (STUDENT_SEED_OFFSET, alignment_inputs, describe_dnn, distillation_loss_of, fmt_pct, read_senones,
-                                  write_results)
+                                  teachers_record, trained_checkpoints, write_results)
 from asr_kd.stages.layout import STUDENT_KINDS, RecipeLayout
-from asr_kd.stages.provenance import StageGuard, check_outputs, config_dict, differences, read_record, require_record
+from asr_kd.stages.provenance import StageGuard, check_outputs, config_dict, differences, read_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import train_frame_classifier
@@ -100,7 +100,7 @@ def train_student(
                    "soft_targets_dir": None if soft_record is None else Path(train_cuts).parent.name, "train_seconds": round(time.time() - start, 1)}
         if guard.is_main:
             write_json_atomic(summary_path, summary)
-        guard.finish([summary_path, exp_dir / "final.pt"])
+        guard.finish([summary_path, *trained_checkpoints(exp_dir)])
     summary = read_json(summary_path)
     assert isinstance(summary, dict)
     if results_md is not None:
@@ -139,7 +139,7 @@ def _student_settings(
             train_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 6 (distilled student)")
             inputs["soft_targets"] = soft_record.fingerprint
         else:
-            teachers = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+            teachers = teachers_record(layout)
             inputs["teachers"] = teachers.fingerprint
             config["num_teachers"] = num_teachers
     return cfg, config, inputs, train_cuts, soft_record

@@ -44,7 +44,7 @@ from asr_kd.report.results_md import write_section
 from asr_kd.report.tables import SystemScore, format_comparisons, format_table1
 from asr_kd.gmm.train import GmmSystem  # the transition model of the senones
 from asr_kd.train.frame_classifier import load_frame_classifier
-from asr_kd.stages.common import alignment_inputs, describe_alignments, environment_lines, load_teachers, model_checkpoint, read_senones
+from asr_kd.stages.common import alignment_inputs, describe_alignments, environment_lines, load_teachers, model_checkpoint, read_senones, student_record, teachers_record
 from asr_kd.stages.layout import STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
@@ -269,12 +269,12 @@ def evaluate_systems(
                           f"({', '.join(layout.test_parts)}) only; decode another part with asr-kd decode-part")
     if num_seeds < 1:
         raise ConfigError(f"--num-seeds must be >= 1, got {num_seeds}")
-    teachers_rec = require_record(layout.teachers, "stage 4 (asr-kd train-teachers)")
+    teachers_rec = teachers_record(layout)
     n = int(teachers_rec.config["num_teachers"]) if num_teachers is None else num_teachers
     kinds = ("hard", "distilled", "compressed") if compressed else ("hard", "distilled")
     students = [(student_system_name(k, i), k, i) for k in kinds for i in range(num_seeds)]
     inputs = {**alignment_inputs(layout), "teachers": teachers_rec.fingerprint,
-              **{f"student_{name}": require_record(layout.student_dir(k, i), f"stage 6 ({k} student, seed {i})").fingerprint
+              **{f"student_{name}": student_record(layout, layout.student_dir(k, i), f"stage 6 ({k} student, seed {i})").fingerprint
                  for name, k, i in students}}
     config = {"decode": decode_config, "fusion": fusion, "num_teachers": n, "decode_parts": decode_parts, "score_teachers": score_teachers,
               "decode_teachers": decode_teachers, "dev_part": layout.dev_part, "test_parts": layout.test_parts, "num_seeds": num_seeds,

@@ -42,7 +42,7 @@ from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
 from asr_kd.stages.common import (STUDENT_SEED_OFFSET, alignment_inputs, checked_num_teachers, distillation_loss_of, environment_lines,
-                                  model_checkpoint, read_senones)
+                                  model_checkpoint, read_senones, teachers_record, trained_checkpoints)
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, read_record, require_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
@@ -102,7 +102,7 @@ def run_three_percent(
     senones = read_senones(layout)
     if kd.mode == "online":  # the whole distribution from the teachers in the loop: nothing stored
         n = checked_num_teachers(layout, num_teachers)  # before any training: a count stage 4 did not train is refused now
-        soft_cuts, soft_input = None, {"teachers": require_record(layout.teachers, "stage 4 (asr-kd train-teachers)").fingerprint}
+        soft_cuts, soft_input = None, {"teachers": teachers_record(layout).fingerprint}
     else:
         soft_cuts, soft_record = find_soft_targets(layout, kd, num_teachers, "stage 8 (3% experiment)")
         n = int(soft_record.config["num_teachers"])
@@ -128,7 +128,7 @@ def run_three_percent(
     if guard.needs_work():
         _three_percent_work(layout, out, senones.num_senones, soft_cuts, baseline_dirs, model_config, train_config, kd, fraction,
                             subset_seed, max_duration, n, num_seeds, jobs, num_threads, launcher)
-        guard.finish([out / "table5.json"] + [seed_dir(out, k) / m / "final.pt" for k in range(num_seeds) for m in ("hard", "soft")])
+        guard.finish([out / "table5.json"] + [c for k in range(num_seeds) for m in ("hard", "soft") for c in trained_checkpoints(seed_dir(out, k) / m)])
     stored = read_json(out / "table5.json")
     assert isinstance(stored, dict)
     results = {k: SubsetRun(**v) for k, v in stored["runs"].items()}

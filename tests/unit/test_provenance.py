@@ -110,7 +110,7 @@ def test_stop_policy_names_the_differing_keys_in_one_line(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         _run(folder, KdConfig(temperature=5.0, top_k=20), on_change="stop")
     msg = str(err.value)
-    assert "\n" not in msg and "temperature: 2.0 -> 5.0" in msg and "--on-change redo" in msg and "top_k" not in msg
+    assert "\n" not in msg and "temperature: 2.0 -> 5.0" in msg and "--on-change redo (run.sh; ASR_KD_ON_CHANGE=redo for an asr-kd command)" in msg and "top_k" not in msg
     assert read_record(folder).config["temperature"] == 2.0  # nothing was touched
 
 
@@ -310,3 +310,33 @@ def test_a_tree_copied_without_git_names_its_commit_through_the_environment(monk
     assert code_version() == "git abc1234"
     monkeypatch.setenv("ASR_KD_CODE_VERSION", "  ")
     assert code_version().startswith(("git ", "asr-kd ")) and code_version() != "git abc1234"
+
+
+def test_a_stage_built_on_an_input_redone_since_is_refused_two_stages_down(tmp_path: Path) -> None:
+    """Stage 1 redone with other features, stage 3 not: stage 4 and later used to train on the new
+    fbank features beside stage 3's record (whose own fingerprint had not changed). Likewise the
+    teachers, after stage 3 was redone, and a student after stage 4 was."""
+    from asr_kd.stages.common import alignment_inputs, gmm_record, student_record, teachers_record
+    from asr_kd.stages.layout import RecipeLayout
+
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp")
+    _, features = _run(layout.features("fbank"), {"num_mel_bins": 40})
+    _, gmm = _run(layout.gmm, {"gmm": 1}, {"features": features.record.fingerprint})
+    _, teachers = _run(layout.teachers, {"num_teachers": 2}, alignment_inputs(layout))
+    student = layout.student_dir("distilled")
+    _run(student, {"kd": 1}, {**alignment_inputs(layout), "teachers": teachers.record.fingerprint})
+    assert gmm_record(layout).fingerprint == gmm.record.fingerprint
+    assert teachers_record(layout).fingerprint == teachers.record.fingerprint
+    assert student_record(layout, student, "stage 6").inputs["teachers"] == teachers.record.fingerprint
+    # Stage 4 redone (other settings): the student was trained on the old teachers.
+    _run(layout.teachers, {"num_teachers": 3}, alignment_inputs(layout))
+    with pytest.raises(DataError, match=rf"^{student} was made from an earlier run of its input 'teachers' .*; run stage 6 again first$"):
+        student_record(layout, student, "stage 6")
+    # Stage 1 redone with other settings, stage 3 not: everything on stage 3 is refused.
+    _run(layout.features("fbank"), {"num_mel_bins": 80}, payload="y")
+    with pytest.raises(DataError, match=rf"^{layout.gmm} was made from an earlier run of its input 'features' .*; run stage 3 \(asr-kd train-gmm\) again first$"):
+        teachers_record(layout)
+    # Stage 3 redone on the new features: the teachers (trained on the old alignments) are refused.
+    _run(layout.gmm, {"gmm": 1}, {"features": read_record(layout.features("fbank")).fingerprint}, payload="z")
+    with pytest.raises(DataError, match=rf"^{layout.teachers} was made from an earlier run of its input 'gmm'"):
+        teachers_record(layout)
