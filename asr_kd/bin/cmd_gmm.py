@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, required=True, help="data directory of stages 1-2 (mfcc/, fbank/)")
     p.add_argument("--lang-dir", type=Path, required=True, help="lang directory of stage 2 (e.g. data/lang)")
     p.add_argument("--exp-dir", type=Path, required=True, help="experiment directory; outputs go to EXP/gmm")
-    add_part_args(p, test=False)
+    add_part_args(p)  # --test-set and --ood-set: only the RESULTS.md table's relative WER column uses them
     p.add_argument("--parts", nargs="+", required=True, help="parts to align (and, except the training part, decode)")
     p.add_argument("--decode-config", type=Path, default=None, help="YAML of DecodeConfig fields (beam, max_active, acoustic_scales: "
                    "the grid each system's acoustic scale is tuned from on --dev-set); default: gmm.acoustic_scale, not tuned")
@@ -53,6 +53,7 @@ def run_train_gmm(args: argparse.Namespace) -> int:
     decode_config = load_config(DecodeConfig, args.decode_config, {**default_scale, "num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     command = args.recipe_command or "asr-kd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_gmm_stage(args.data_dir, args.lang_dir, args.exp_dir, config, args.train_set, args.parts, args.num_jobs, args.results_md,
-                            decode_config, command=command, dev_part=args.dev_set, align_chunk=args.align_chunk)
+                            decode_config, command=command, dev_part=args.dev_set, align_chunk=args.align_chunk,
+                            test_part=args.test_set, ood_part=args.ood_set)
     print(summary.format())
     return 0

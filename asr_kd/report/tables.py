@@ -86,7 +86,7 @@ def format_table1(
     lines = ["## Table 1 analogue: baseline, ensemble, distilled (stage 7)", ""]
     if command:
         lines += [f"Produced by `{command}`" + (f" on {corpus}." if corpus else "."), ""]
-    ood_head = f" {ood_part} WER | Relative WER increase, {ood_part} vs test |" if ood_part else ""
+    ood_head = f" {ood_part} WER | {ood_relative_head('WER increase', ood_part)} |" if ood_part else ""
     tuned = any(r.dev_wer is not None for r in (baseline, ensemble, distilled))
     penalised = any(r.insertion_penalty for r in (baseline, ensemble, distilled, *extra_rows))
     dev_head = (" Dev WER (acoustic scale, word insertion penalty where not 0) |" if penalised else " Dev WER (acoustic scale) |") if tuned else ""
@@ -123,14 +123,28 @@ def format_table1(
     return "\n".join(lines) + "\n"
 
 
+def relative_change(ood: float | None, test: float | None) -> str:
+    """Return the out-of-domain number's change relative to the test part's, ``ood / test - 1``, as
+    a signed whole percentage (``+52%``, ``-33%``): the cell of every table's "Relative ...,
+    <ood> vs test" column. "" (an empty cell) when either number is missing, "n/a" when the test
+    number is 0."""
+    if ood is None or test is None or math.isnan(ood) or math.isnan(test):
+        return ""
+    return f"{ood / test - 1:+.0%}" if test > 0 else "n/a"
+
+
+def ood_relative_head(measure: str, ood_part: str) -> str:
+    """Return the heading of that column, e.g. ``Relative WER increase, test-ood vs test``."""
+    return f"Relative {measure}, {ood_part} vs test"
+
+
 def _ood_cells(row: SystemScore, ood_part: str) -> str:
     """The out-of-domain columns of a Table 1 row: its WER and the relative increase over test."""
     if not ood_part:
         return ""
     if row.ood_wer is None or row.wer is None:
         return " not decoded | |"
-    increase = f"{row.ood_wer / row.wer - 1:+.0%}" if row.wer > 0 else "n/a"
-    return f" {_pct(row.ood_wer, 2)} (of {row.ood_ref_words}) | {increase} |"
+    return f" {_pct(row.ood_wer, 2)} (of {row.ood_ref_words}) | {relative_change(row.ood_wer, row.wer)} |"
 
 
 def _label(label: str, row: SystemScore) -> str:
@@ -277,7 +291,8 @@ def format_table5(
     ``per_seed``: with two or more seeds, each seed's ``hard_3`` and ``soft_3`` runs; their rows
     then give the mean ± standard deviation over seeds and every seed's epochs, and
     ``comparisons["gap_recovered_per_seed"]`` each seed's share. ``ood_part``: the out-of-domain
-    test part, a column of its frame accuracy and (``comparisons["ood"]``) its own intervals.
+    test part, columns of its frame accuracy and of that accuracy's change relative to the test
+    part's, and (``comparisons["ood"]``) its own intervals.
     ``hard_100_seeds``: with two or more, stage 6's hard students whose mean ``hard_100`` is; the
     100% row then gives their mean ± standard deviation."""
     seeds = len(per_seed) if len(per_seed) > 1 else 1
@@ -286,9 +301,10 @@ def format_table5(
     if command:
         lines += [f"Produced by `{command}`" + (f" on {corpus}." if corpus else "."), ""]
     lines += [
-        "| System and training set | Train frame accuracy | Test frame accuracy |" + (f" {ood_part} frame accuracy |" if ood_part else "")
+        "| System and training set | Train frame accuracy | Test frame accuracy |"
+        + (f" {ood_part} frame accuracy | {ood_relative_head('frame-accuracy change', ood_part)} |" if ood_part else "")
         + " Epochs (stop) | Paper: train | Paper: test |",
-        "|---|---|---|" + ("---|" if ood_part else "") + "---|---|---|",
+        "|---|---|---|" + ("---|---|" if ood_part else "") + "---|---|---|",
     ]
     rows = [
         ("hard_100", "Baseline, 100% of the training set, hard targets", hard_100),
@@ -300,15 +316,20 @@ def format_table5(
     for key, label, run in rows:
         p_train, p_test = PAPER_TABLE5[key]
         train, test, ood = _pct(run.train_frame_accuracy), _pct(run.test_frame_accuracy), _pct(run.ood_frame_accuracy)
+        change = relative_change(run.ood_frame_accuracy, run.test_frame_accuracy)
         stop = _epochs_and_stop([run])
         runs = list(hard_100_seeds) if key == "hard_100" else [s[key] for s in per_seed] if seeds > 1 else []
         if len(runs) > 1:
             train = _mean_sd_pct([r.train_frame_accuracy for r in runs])
             test = _mean_sd_pct([r.test_frame_accuracy for r in runs])
+            change = ""
             if all(r.ood_frame_accuracy is not None for r in runs):
                 ood = _mean_sd_pct([r.ood_frame_accuracy for r in runs])
+                # The change of the means: the row's own two columns.
+                change = relative_change(float(np.mean([r.ood_frame_accuracy for r in runs])),
+                                         float(np.mean([r.test_frame_accuracy for r in runs])))
             stop = _epochs_and_stop(runs)
-        lines.append(f"| {label} | {train} | {test} |" + (f" {ood} |" if ood_part else "") + f" {stop} | {p_train}% | {p_test}% |")
+        lines.append(f"| {label} | {train} | {test} |" + (f" {ood} | {change} |" if ood_part else "") + f" {stop} | {p_train}% | {p_test}% |")
     lines += ["", "Train frame accuracy is measured on each model's own training cuts. The paper's point: the "
               f"soft targets let a model trained on {pct} of the data generalise almost as well as the full "
               "baseline without early stopping, while hard targets overfit."]

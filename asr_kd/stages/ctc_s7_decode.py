@@ -40,7 +40,9 @@ from asr_kd.decode.tuning import BLANK_PENALTY, WORD_PENALTY, ScaleSweep, check_
 from asr_kd.errors import ConfigError
 from asr_kd.metrics.paired import BOOTSTRAP_RESAMPLES, bootstrap_difference
 from asr_kd.metrics.wer import WerResult
-from asr_kd.report.tables import ONE_SEED, comparison_intro, describe_grid_edges, format_interval, significance
+from asr_kd.report.tables import (
+    ONE_SEED, comparison_intro, describe_grid_edges, format_interval, ood_relative_head, relative_change, significance,
+)
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
     describe_teacher_set, load_ctc_teachers, prepare_units, seed_groups, teacher_set_record, teachers_of, trained_teacher_sets,
@@ -244,13 +246,15 @@ def _render(
     scores: Mapping[str, Mapping[str, Mapping]], comparisons: Mapping, left_out: Sequence[str] = (),
 ) -> str:
     """The RESULTS.md section: one line per row and part (means ± standard deviations over a
-    student's seeds), how the scales were chosen, and the differences from the baseline."""
+    student's seeds; on the out-of-domain part's line, the relative increase of the mean HLG WER
+    from the test part's), how the scales were chosen, and the differences from the baseline."""
     wer_cols = ["greedy_wer", "beam_wer"] if units.kind == "bpe" else []
     cols = ["greedy_ter", "beam_ter", *wer_cols, "hlg_wer"]
     names = {"greedy_ter": "Greedy TER", "beam_ter": f"Beam-{cfg.beam_size} TER", "greedy_wer": "Greedy WER", "beam_wer": "Beam WER", "hlg_wer": "HLG WER"}
     lines, edges = [], []
     penalised = False
     parts = list(next(iter(scores.values()), {}))
+    relative = bool(layout.ood_part) and layout.ood_part in parts and layout.test_part in parts
     # A column for the blank penalty where any system was decoded with one (then the word penalty is printed as well where used).
     blanked = any(e.get("blank_penalty") for by_part in scores.values() for e in by_part.values())
     worded = any(e.get("insertion_penalty") for by_part in scores.values() for e in by_part.values())
@@ -263,6 +267,12 @@ def _render(
                 values = [scores[m][part].get(c) for m in members]
                 mean, std = seed_mean(values), seed_std(values)
                 cells.append(fmt_pct(mean) + (f" ± {100 * std:.1f}" if len(members) > 1 and mean is not None else ""))
+            if relative:
+                change = ""
+                if part == layout.ood_part:
+                    ood, test = (seed_mean([scores[m].get(p, {}).get("hlg_wer") for m in members]) for p in (part, layout.test_part))
+                    change = relative_change(ood, test)
+                cells.append(change)
             first = scores[members[0]][part]
             penalty = f", {first['insertion_penalty']:g}" if first.get("insertion_penalty") else ""
             if blanked:
@@ -275,7 +285,8 @@ def _render(
     scale_head = "Scale, word insertion penalty where not 0" if penalised else "Scale"
     if blanked:
         scale_head = "Scale" + (", word insertion penalty" if worded else "") + ", blank penalty"
-    header = "| System | Seeds | Part | " + " | ".join(names[c] for c in cols) + f" | {scale_head} |\n|" + "---|" * (len(cols) + 4) + "\n"
+    heads = [names[c] for c in cols] + ([ood_relative_head("HLG WER increase", layout.ood_part)] if relative else [])
+    header = "| System | Seeds | Part | " + " | ".join(heads) + f" | {scale_head} |\n|" + "---|" * (len(heads) + 4) + "\n"
     grid = decode_config.ctc_acoustic_scales
     how = (f"the scale on the log-probabilities (1 / the LM weight) chosen per system on {layout.dev_part} by searching "
            f"{{{', '.join(f'{s:g}' for s in grid)}}} (the fewest word errors; a student's other seeds use its first seed's scale; "

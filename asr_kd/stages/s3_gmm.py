@@ -2,9 +2,11 @@
 
 :func:`run_gmm_stage` chains the building blocks of :mod:`asr_kd.gmm` and :mod:`asr_kd.decode`
 and writes the stage-3 output contract under ``<exp>/gmm`` (see :data:`OUTPUT_LAYOUT`), which
-the teacher, soft-target and student stages read. Every sub-step is skipped when its outputs
-exist and are newer than its inputs, so an interrupted stage resumes where it stopped, and
-deleting a model redoes it and everything that used it.
+the teacher, soft-target and student stages read. The stage is skipped when its provenance record
+(:class:`~asr_kd.stages.provenance.StageGuard`) matches the settings and stages 1-2; otherwise the
+guard empties ``<exp>/gmm`` when those changed, and inside the guarded run a sub-step is skipped
+when its outputs exist (their times are never compared), so an interrupted stage resumes after its
+last finished sub-step.
 
 Features: 13-dim MFCC of stage 1, per-speaker cepstral *mean* normalisation from stage 1's
 statistics, then deltas and delta-deltas (39 dims). Mean only, as Kaldi's GMM recipes do
@@ -37,7 +39,7 @@ from lhotse import CutSet, load_manifest_lazy
 from lhotse.cut import Cut
 from tqdm import tqdm
 
-from asr_kd.config import GMM_ALIGN_CHUNK, DecodeConfig, GmmConfig, save_config
+from asr_kd.config import DEFAULT_TEST_PART, GMM_ALIGN_CHUNK, DecodeConfig, GmmConfig, save_config
 from asr_kd.data.alignments import write_alignment_chunks
 from asr_kd.data.features import CmvnStats, cmvn_key, cmvn_path, cuts_path
 from asr_kd.errors import ConfigError, DataError
@@ -46,6 +48,7 @@ from asr_kd.gmm.subsets import shortest_utterances, spread_over_speakers
 from asr_kd.gmm.train import GmmSystem, GraphInputs, TrainingResult, Utterance, align_utterances, train_monophone, train_triphone
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
+from asr_kd.report.tables import ood_relative_head, relative_change
 from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.utils import atomic_path, write_text_atomic
@@ -369,12 +372,16 @@ def _wer_entry(result: WerResult, failed: int) -> dict[str, float]:
     }
 
 
-def results_section(summary: Stage3Summary, command: str) -> str:
-    """Return the RESULTS.md section of stage 3 (starting with :data:`RESULTS_HEADING`)."""
+def results_section(summary: Stage3Summary, command: str, test_part: str = DEFAULT_TEST_PART, ood_part: str = "") -> str:
+    """Return the RESULTS.md section of stage 3 (starting with :data:`RESULTS_HEADING`). With an
+    ``ood_part`` decoded beside ``test_part``, the table has a column of each system's relative WER
+    increase from the test part to the out-of-domain one."""
     eval_parts = [p for p in summary.parts if p != summary.train_part]
+    relative = bool(ood_part) and ood_part in eval_parts and test_part in eval_parts
     # No wall-clock times here (they are in stage3.json): the same command on the same machine must
     # give the same RESULTS.md.
-    head = ["system", "senones", "Gaussians"] + [f"WER {p}" for p in eval_parts] + ["acoustic scale"]
+    head = (["system", "senones", "Gaussians"] + [f"WER {p}" for p in eval_parts]
+            + ([ood_relative_head("WER increase", ood_part)] if relative else []) + ["acoustic scale"])
     rows = []
     for name in GMM_SYSTEMS:
         info = summary.systems.get(name)
@@ -385,7 +392,9 @@ def results_section(summary: Stage3Summary, command: str) -> str:
                       + (" (tuned on " + w["sweep"]["part"] + ")" if w.get("sweep") else "")
                       for w in sorted(summary.wers.get(name, {}).values(), key=lambda w: not w.get("sweep"))
                       if w.get("acoustic_scale") is not None), "-")
-        rows.append([name, str(info["pdfs"]), str(info["gaussians"]), *wers, scale])
+        by_part = summary.wers.get(name, {})
+        change = [relative_change(by_part.get(ood_part, {}).get("wer"), by_part.get(test_part, {}).get("wer"))] if relative else []
+        rows.append([name, str(info["pdfs"]), str(info["gaussians"]), *wers, *change, scale])
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     frames = ", ".join(f"{p} {v['cuts']} cuts / {v['frames']} frames ({v['skipped']} not aligned)" for p, v in summary.parts.items())
     trained_on = ", ".join(f"{name} on {info['utterances']} utterances ({info['frames']} frames)" for name, info in summary.training_subsets.items())
@@ -636,6 +645,8 @@ def run_gmm_stage(
     command: str = "asr-kd train-gmm",
     dev_part: str | None = None,
     align_chunk: int = GMM_ALIGN_CHUNK,
+    test_part: str = DEFAULT_TEST_PART,
+    ood_part: str = "",
 ) -> Stage3Summary:
     """Run stage 3 and return its :class:`Stage3Summary` (also written to ``stage3.json``).
 
@@ -647,7 +658,9 @@ def run_gmm_stage(
     first part after the training part, and the other parts decoded with it). The systems train
     on ``gmm.mono_subset`` / ``gmm.tri_subset`` of the training part when set; parts are aligned
     and decoded ``align_chunk`` cuts at a time (the results do not depend on it). With
-    ``results_md``, writes the stage's section of that RESULTS.md (``command`` is quoted there).
+    ``results_md``, writes the stage's section of that RESULTS.md (``command`` is quoted there;
+    ``test_part`` and ``ood_part``, which only that section uses, give its column of the relative
+    WER increase from the test part to the out-of-domain one).
     The stage is skipped when ``<exp>/gmm/provenance.json`` matches its settings and the records
     of stages 1 and 2; otherwise redone (see :mod:`asr_kd.stages.provenance`).
     """
@@ -683,7 +696,7 @@ def run_gmm_stage(
         from asr_kd.stages.provenance import describe_environment, read_record
 
         env = describe_environment(read_record(layout.gmm))
-        write_section(results_md, RESULTS_HEADING, results_section(summary, command) + (f"\n\n{env}\n" if env else ""))
+        write_section(results_md, RESULTS_HEADING, results_section(summary, command, test_part, ood_part) + (f"\n\n{env}\n" if env else ""))
     return summary
 
 

@@ -321,7 +321,8 @@ cmd_opts=(--cmd "$cmd" --cmd-config "$cmd_config")  # where stages 4, 6, 8 and 1
 if [ "$hybrid" = true ] && in_stages 3; then
   log "Stage 3: GMM-HMM (monophone, tied triphones), senone alignments, HCLG, WER ($gmm_config)"
   run_logged "$exp/log/stage3_gmm.log" asr-kd train-gmm --data-dir "$data" --lang-dir "$data/lang" \
-    --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --parts "${parts[@]}" --config "$gmm_config" \
+    --exp-dir "$exp" --train-set "$train_set" --dev-set "$dev_set" --test-set "$test_set" --ood-set "$ood_set" \
+    --parts "${parts[@]}" --config "$gmm_config" \
     --decode-config "$decode_config" "${decode_beam_set[@]}" \
     --num-jobs "$nj" --results-md "$results" --recipe-command "$recipe_command"
   if [ "$alignments" = dnn ]; then

@@ -321,15 +321,23 @@ def test_table5_with_seeds_gives_means_deviations_epochs_and_each_seeds_share() 
     full = dataclasses.replace(full, ood_frame_accuracy=0.2)
     text = format_table5(full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons={**comparisons, "ood": ood}, hard_weight=0.0,
                          per_seed=seeds, ood_part="test-ood")
-    assert "| Test frame accuracy | test-ood frame accuracy | Epochs (stop) |" in text
-    assert "| 60.0% | 34.0% | 20.0% | 30 (num_epochs=30) |" in text and "| 13.0% ± 1.0 | 6.5% ± 0.5 | 40 (early stopping); 52" in text
+    assert "| Test frame accuracy | test-ood frame accuracy | Relative frame-accuracy change, test-ood vs test | Epochs (stop) |" in text
+    # Each row's test-ood accuracy relative to its test accuracy: 20/34 - 1 = -41%; the seeds' means 6.5/13 - 1 = -50%.
+    assert "| 60.0% | 34.0% | 20.0% | -41% | 30 (num_epochs=30) |" in text and "| 13.0% ± 1.0 | 6.5% ± 0.5 | -50% | 40 (early stopping); 52" in text
+    assert all(line.count("|") == 9 for line in text.splitlines() if line.startswith("| ") and "frame accuracy" not in line[:40])
     assert "On test-ood, soft minus hard targets: +5.00 [+1.00, +9.00] points" in text and "recovered there: **31% (95% CI 22% to 40%)**" in text
     # Stage 6's hard seeds as the 100% row: their mean ± sd, each one's epochs, and the text names them.
     fulls = [dataclasses.replace(full, train_frame_accuracy=tr, test_frame_accuracy=te, ood_frame_accuracy=o)
              for tr, te, o in ((0.62, 0.33, 0.21), (0.64, 0.35, 0.23), (0.63, 0.34, 0.22))]
     text = format_table5(full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds,
                          ood_part="test-ood", hard_100_seeds=fulls)
-    assert "| Baseline, 100% of the training set, hard targets | 63.0% ± 1.0 | 34.0% ± 1.0 | 22.0% ± 1.0 | 30 / 30 / 30 (num_epochs=30) |" in text
+    assert ("| Baseline, 100% of the training set, hard targets | 63.0% ± 1.0 | 34.0% ± 1.0 | 22.0% ± 1.0 | -35% | 30 / 30 / 30 (num_epochs=30) |"
+            in text)  # 22/34 - 1 of the means
+    # One seed, a row without a test-ood number: "n/a" and an empty relative cell; a gain shows as +.
+    one = format_table5(dataclasses.replace(full, test_frame_accuracy=0.5, ood_frame_accuracy=0.75), seeds[0]["hard_3"],
+                        dataclasses.replace(seeds[0]["soft_3"], ood_frame_accuracy=None), 0.03, 4, hard_weight=0.0, ood_part="test-ood")
+    assert "| 60.0% | 50.0% | 75.0% | +50% | 30 (num_epochs=30) |" in one and "| 70.0% | 12.0% | 6.0% | -50% | 40 (early stopping) |" in one
+    assert "| 60.0% | 24.0% | n/a |  | 200 (num_epochs=200) |" in one
     assert "The 100% baseline is the mean of stage 6's hard students of seeds 0-2 (the shares below use their averaged" in text
     assert "Share recovered by each seed (its 3% models against stage 6's hard student of the same seed): seed 0:" in text
     two = format_table5(full, mean["hard_3"], mean["soft_3"], 0.03, 4, comparisons=comparisons, hard_weight=0.0, per_seed=seeds,

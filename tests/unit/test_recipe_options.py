@@ -135,6 +135,8 @@ def test_stage3_realigns_with_the_train_config_not_the_teachers(tmp_path: Path) 
     calls = recorded_calls(tmp_path, "--preset", "mini", "--stage", "3", "--stop-stage", "3", "--teacher-train-config", "/tmp/t.yaml")
     assert [c.split()[1] for c in calls] == ["train-gmm", "realign"], calls
     assert config_of(calls[1]) == str(CONF / "train_mini.yaml")
+    # The GMM table's relative WER column needs the test and out-of-domain parts (synthetic corpus: test-ood).
+    assert " --test-set test-clean --ood-set test-ood " in calls[0], calls[0]
 
 
 @pytest.mark.parametrize(
