@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", nargs="+", default=None, help="splits for the vocabulary (default: every manifest found)")
     p.add_argument("--config", type=Path, default=None, help="YAML file with LangConfig fields")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--results-md", type=Path, default=None,
+                   help="RESULTS.md whose language-model section (sentences, OOV rate, perplexity per evaluation part) this (re)writes")
+    p.add_argument("--results-command", default=None, help="command quoted in RESULTS.md (default: this asr-kd command line)")
     p.set_defaults(func=run_prepare_lang)
 
 
@@ -48,6 +51,6 @@ def run_prepare_lang(args: argparse.Namespace) -> int:
     setup_logging()
     config = load_config(LangConfig, args.config, parse_overrides(args.overrides))
     summary = prepare(args.manifest_dir, args.output_dir, config, args.lexicon, args.train_split, args.dev_split, args.splits, args.lm_arpa,
-                      args.lm_text, command=command_line())
+                      args.lm_text, command=command_line(), results_md=args.results_md, results_command=args.results_command)
     print(summary.format() if hasattr(summary, "format") else f"{args.output_dir}: up to date ({summary.finished})")
     return 0

@@ -114,7 +114,12 @@ def perplexity(arpa_path: Path | str, sentences: Iterable[list[str]]) -> Perplex
 
     ``ppl`` is ``inf`` when nothing could be scored.
     """
-    lm = load_arpa(arpa_path)
+    return model_perplexity(load_arpa(arpa_path), sentences)
+
+
+def model_perplexity(lm, sentences: Iterable[list[str]]) -> Perplexity:
+    """Return the perplexity of the loaded ``Arpa`` model ``lm`` (:func:`load_arpa`) on
+    ``sentences``, as :func:`perplexity` does (so one LM read serves several texts)."""
     total, scored, oov, n_sent, n_words = 0.0, 0, 0, 0, 0
     for words in sentences:
         lp, sc, ov = sentence_logprob10(lm, list(words))

@@ -478,8 +478,15 @@ def prepare_lang_from_manifests(
     manifest_dir = Path(manifest_dir)
     if not manifest_dir.is_dir():
         raise DataError(f"manifest directory {manifest_dir} does not exist; run stage 0 (corpus preparation) first")
+    wanted = lang_splits(manifest_dir, train_split, dev_split, splits)
+    return prepare_lang(load_supervisions(manifest_dir, wanted), output_dir, config, lexicon_path, train_split, dev_split, lm_arpa, lm_text)
+
+
+def lang_splits(manifest_dir: Path | str, train_split: str, dev_split: str | None, splits: Sequence[str] | None) -> list[str]:
+    """Return the splits that :func:`prepare_lang_from_manifests` reads: ``splits`` (default:
+    every split with a manifest in ``manifest_dir``), plus the training and dev splits."""
     wanted = list(splits) if splits is not None else discover_splits(manifest_dir)
     for split in (train_split, dev_split):
         if split is not None and split not in wanted:
             wanted.append(split)
-    return prepare_lang(load_supervisions(manifest_dir, wanted), output_dir, config, lexicon_path, train_split, dev_split, lm_arpa, lm_text)
+    return wanted

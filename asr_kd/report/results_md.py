@@ -12,10 +12,12 @@ from pathlib import Path
 from asr_kd.utils import folder_lock, not_rank_0, write_text_atomic
 
 
-def write_section(path: Path | str, heading: str, text: str, header: str = "# Results\n", after: str | None = None) -> None:
+def write_section(path: Path | str, heading: str, text: str, header: str = "# Results\n", after: str | None = None,
+                  before: str | None = None) -> None:
     """Replace, where it stands, the section of ``path`` whose heading line starts with
     ``heading`` (or, when there is none, put it right after the section whose heading starts with
-    ``after``, else at the end; duplicates of it are dropped).
+    ``after``, else right before the one whose heading starts with ``before``, else at the end;
+    duplicates of it are dropped).
 
     ``text`` must itself start with the heading line; ``header`` is the file's first lines when
     the file does not exist yet.
@@ -26,10 +28,10 @@ def write_section(path: Path | str, heading: str, text: str, header: str = "# Re
     # Stages may finish side by side (CTC stage 6 trains --nj students at once): the read, edit and
     # rename below run under a lock on the folder, so no writer drops another's section.
     with folder_lock(path.parent):
-        _replace_section(path, heading, text, header, after)
+        _replace_section(path, heading, text, header, after, before)
 
 
-def _replace_section(path: Path, heading: str, text: str, header: str, after: str | None) -> None:
+def _replace_section(path: Path, heading: str, text: str, header: str, after: str | None, before: str | None) -> None:
     old = path.read_text() if path.exists() else header
     sections = old.split("\n## ")
     out = [sections[0]]
@@ -41,8 +43,10 @@ def _replace_section(path: Path, heading: str, text: str, header: str, after: st
             out.append(text)
             placed = True
     if not placed:
-        anchor = next((i for i, sec in enumerate(out) if i > 0 and after is not None and sec.startswith(after)), len(out) - 1)
-        out.insert(anchor + 1, text)
+        anchor = next((i + 1 for i, sec in enumerate(out) if i > 0 and after is not None and sec.startswith(after)), None)
+        if anchor is None:
+            anchor = next((i for i, sec in enumerate(out) if i > 0 and before is not None and sec.startswith(before)), len(out))
+        out.insert(anchor, text)
     write_text_atomic(path, "\n".join(s.rstrip("\n") + "\n" for s in out))
 
 

@@ -76,7 +76,7 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
      statistics -> \$data/fbank, \$data/mfcc
   2  lang: lexicon (--lexicon, else CMUdict), phones, words, L.fst, L_disambig.fst, a 3-gram LM
      (trained on the training transcripts and --lm-text, or --lm-arpa restricted to the lexicon)
-     trained on the training transcripts -> G.fst, in \$data/lang
+     -> G.fst, in \$data/lang; the LM's OOV rate and perplexity on every evaluation part in \$results
   3  GMM-HMM: monophone flat start, tied triphones on our own decision tree, senone
      alignments of every cut of every part, HCLG, GMM decoding and WER -> \$exp/gmm,
      its section of \$results
@@ -149,7 +149,7 @@ Options (default in brackets):
   --feature-config F   FeatureConfig YAML [$feature_config]
   --lang-config F      LangConfig YAML [$lang_config]
   --gmm-config F       GmmConfig YAML; empty: conf/presets/<preset>.yaml names it [$gmm_config]
-  --results FILE       RESULTS.md that stages 3+ write their tables to [$results]
+  --results FILE       RESULTS.md that stages 2+ write their tables to [$results]
   --num-teachers N     teachers in the ensemble [$num_teachers]
   --dnn-config C       DNN preset (paper, mini, tiny) or DnnConfig YAML; empty: the preset's [$dnn_config]
   --compressed-config C  DNN preset or DnnConfig YAML of a compressed distilled student (stage 6; a row in stage 7's
@@ -306,7 +306,7 @@ if in_stages 2; then
   [ -z "$lm_arpa" ] || lexicon_opt+=(--lm-arpa "$lm_arpa")
   run_logged "$exp/log/stage2_lang.log" asr-kd prepare-lang --manifest-dir "$data/manifests" \
     --output-dir "$data/lang" --train-split "$train_set" --dev-split "$dev_set" --splits "${parts[@]}" \
-    --config "$lang_config" "${lexicon_opt[@]}"
+    --config "$lang_config" "${lexicon_opt[@]}" --results-md "$results" --results-command "$recipe_command"
   asr-kd data-summary --manifest-dir "$data/manifests" --lang-dir "$data/lang" --parts "${parts[@]}"
 fi
 

@@ -356,3 +356,69 @@ def test_lm_options_reject_bad_input(tmp_path) -> None:
     alien.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-1\t<s>\t-0.5\n-1\t</s>\n-1\tZZQXWV\n\n\\end\\\n")
     with pytest.raises(DataError, match="no word of the ARPA LM"):
         prepare_lang(_sups(), tmp_path / "e", LangConfig(g2p_lm_words=False), lm_arpa=alien)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2's LM report: perplexity.json and the RESULTS.md section
+# --------------------------------------------------------------------------------------------
+
+
+def _section_rows(section: str) -> dict[str, list[str]]:
+    """Return the table rows of the stage-2 section: part -> its cells."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ") and not line.startswith("| part")]
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_stage2_reports_every_evaluation_part_in_json_and_results_md(tmp_path) -> None:
+    from asr_kd.lang.lm import perplexity
+    from asr_kd.lang.lm_eval import REPORT_NAME
+    from asr_kd.report.results_md import read_section
+    from asr_kd.stages.s2_lang import NEXT_HEADING, RESULTS_HEADING, prepare
+
+    manifests, lang_dir, md = tmp_path / "manifests", tmp_path / "lang", tmp_path / "RESULTS.md"
+    manifests.mkdir()
+    for split, texts, prefix in (("train-clean-100", TRAIN, "tr"), ("dev-clean", DEV, "dv"), ("test-clean", TEST, "te")):
+        supervisions(texts, prefix).to_file(supervision_manifest_path(manifests, split))
+    md.write_text("# Results\n\n" + NEXT_HEADING + "\n\ngmm\n")
+    prepare(manifests, lang_dir, NO_G2P, results_md=md, results_command="./run.sh --stage 2")
+
+    data = json.loads((lang_dir / REPORT_NAME).read_text())
+    assert list(data["parts"]) == ["dev-clean", "test-clean"]  # the training split is no evaluation part
+    assert data["lm_order"] == 3 and data["lm_train_sentences"] == 4 and data["oov_word_in_lm"] is True
+    assert data["lm_ngrams"]["1"] == sum(1 for line in (lang_dir / "lm" / "lm.arpa").read_text().split("\\2-grams:")[0].splitlines()
+                                         if "\t" in line)
+    dev, test = data["parts"]["dev-clean"], data["parts"]["test-clean"]
+    assert (dev["num_sentences"], dev["num_words"], dev["num_oov"]) == (2, 10, 1)  # FOOBARXQ: no pronunciation
+    assert (test["num_sentences"], test["num_words"], test["num_oov"], test["num_unscored"]) == (1, 5, 0, 1)  # AND: not in the LM
+
+    # The perplexities, computed directly with the lang's LM on the same sentences (OOV -> <UNK>).
+    words = set(Lang.load(lang_dir).words.names())
+    arpa = lang_dir / "lm" / "lm.arpa"
+    for split, texts in (("dev-clean", DEV), ("test-clean", TEST)):
+        direct = perplexity(arpa, [[w if w in words else "<UNK>" for w in t.split()] for t in texts])
+        assert data["parts"][split]["perplexity"] == pytest.approx(direct.ppl, rel=1e-12)
+        assert data["parts"][split]["num_unscored"] == direct.num_oov
+        scored = sum(len(t.split()) + 1 for t in texts) - direct.num_oov  # one </s> per sentence
+        assert direct.ppl == pytest.approx(10 ** (-direct.logprob10 / scored))
+    assert dev["perplexity"] == pytest.approx(json.loads((lang_dir / "lang.json").read_text())["dev_perplexity"], rel=1e-12)
+
+    # The section shows the JSON's numbers, before stage 3's section.
+    text = md.read_text()
+    assert text.index(RESULTS_HEADING) < text.index(NEXT_HEADING)
+    section = read_section(md, RESULTS_HEADING)
+    assert section is not None and "`./run.sh --stage 2`" in section and "4 sentences" in section and "3-gram" in section
+    for split, cells in _section_rows(section).items():
+        p = data["parts"][split]
+        assert cells == [str(p["num_sentences"]), str(p["num_words"]), f"{100 * p['oov_rate']:.2f}% ({p['num_oov']})",
+                         str(p["num_unscored"]), f"{p['perplexity']:.1f}"]
+    assert set(_section_rows(section)) == {"dev-clean", "test-clean"}
+
+    # A skipped stage (its record matches) still writes the section: from the JSON, or, when an
+    # older run left none, measuring the parts again; the record stays as it was.
+    record = (lang_dir / "provenance.json").read_text()
+    (lang_dir / REPORT_NAME).unlink()
+    md.write_text("# Results\n\n" + NEXT_HEADING + "\n\ngmm\n")
+    prepare(manifests, lang_dir, NO_G2P, results_md=md, results_command="./run.sh --stage 2")
+    assert (lang_dir / "provenance.json").read_text() == record
+    assert json.loads((lang_dir / REPORT_NAME).read_text()) == data
+    assert read_section(md, RESULTS_HEADING) == section

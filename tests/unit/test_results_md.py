@@ -52,3 +52,13 @@ def test_sections_written_side_by_side_are_all_kept(tmp_path) -> None:
         list(pool.map(_write_many, [str(path)] * 4, range(4)))
     text = path.read_text()
     assert all(f"## worker {w} section {i}\n" in text for w in range(4) for i in range(40))
+
+
+def test_a_new_section_goes_before_its_successor_when_it_has_no_predecessor(tmp_path: Path) -> None:
+    md = tmp_path / "RESULTS.md"
+    for h in ("## A", "## B"):
+        write_section(md, h, f"{h}\n\n{h[3:].lower()}\n")
+    write_section(md, "## Z", "## Z\n\nz\n", after="## missing", before="## A")
+    write_section(md, "## B1", "## B1\n\nb1\n", after="## B", before="## A")  # after wins when both anchors exist
+    write_section(md, "## C", "## C\n\nc\n", before="## missing")  # no anchor: at the end
+    assert md.read_text() == "# Results\n\n## Z\n\nz\n\n## A\n\na\n\n## B\n\nb\n\n## B1\n\nb1\n\n## C\n\nc\n"
