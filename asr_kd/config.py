@@ -25,6 +25,10 @@ C = TypeVar("C")
 # The recipe's default parts: LibriSpeech's names, which the synthetic corpus uses too (the full
 # list is asr_kd.data.librispeech.LIBRISPEECH_PARTS). Every command's default comes from here.
 DEFAULT_TRAIN_PART, DEFAULT_DEV_PART, DEFAULT_TEST_PART = "train-clean-100", "dev-clean", "test-clean"
+# The custom field of a cut that holds its senone alignment (stage 3 stores it; training, scoring
+# and `asr-kd train-dnn --labels-name` read it). Here, beside the part names, so that the
+# command-line modules take it without importing lhotse; asr_kd.stages.layout re-exports it.
+SENONES_FIELD = "senones"
 
 
 def _check(cond: bool, msg: str) -> None:

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     noise = 2 * float(np.std(seed_dev, ddof=1)) if len(seed_dev) > 1 else float("nan")
     ref_counts = read_json(per_utterance_path(ref, "distilled", ref.test_part))
     ref_summary = read_json(ref.student_dir("distilled") / "summary.json")
-    ref_stats = read_json(ref.exp_dir / "soft_targets" / ref_summary["soft_targets_dir"] / "stats.json")
+    ref_stats = read_json(ref.soft_root / ref_summary["soft_targets_dir"] / "stats.json")
     words = {"int32-fp16": "int32 ids + fp16", "uint16-uint8": "uint16 ids + uint8 log-probs", "rvq": "RVQ, {} codebooks"}
     rows = [(f"{words[base_kd.storage].format(base_kd.codebooks)}, top {base_kd.top_k} (the recipe's: reference)", int(ref_stats["bytes_per_frame"]),
              int(ref_stats.get("codebook_bytes", 0)), ref_stats, stored["distilled"][ref.dev_part]["frame_accuracy"],

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from asr_kd.config import SENONES_FIELD
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the training commands to ``sub``."""
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev-cuts", type=Path, default=None, help="dev cuts with labels: frame accuracy each epoch")
     p.add_argument("--cmvn", type=Path, default=None, help="CMVN statistics of the training part (stage 1 cmvn_<part>.npz)")
     p.add_argument("--dev-cmvn", type=Path, default=None, help="CMVN statistics of the dev part")
-    p.add_argument("--labels-name", default="senones", help="the cuts' custom field of frame labels (default senones)")
+    p.add_argument("--labels-name", default=SENONES_FIELD, help=f"the cuts' custom field of frame labels (default {SENONES_FIELD})")
     p.add_argument("--num-classes", type=int, required=True, help="number of label classes (senones)")
     p.add_argument("--model-config", default="tiny", help="DNN preset (paper, mini, tiny) or YAML file of DnnConfig fields")
     p.add_argument("--model-set", dest="model_overrides", action="append", metavar="KEY=VALUE", help="override a DnnConfig field")

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 # Importing the archive module registers its lhotse storage type: every reader of these labels
 # imports this module, so manifests that name ``npy_archive`` can always be loaded.
+from asr_kd.config import SENONES_FIELD
 from asr_kd.data.array_archive import ArchiveError, atomic_archive_dir
 from asr_kd.errors import DataError
 from asr_kd.utils import atomic_path
@@ -143,7 +144,7 @@ def has_alignment(cut: Cut, name: str = "senones") -> bool:
     return cut.custom is not None and name in cut.custom
 
 
-def load_alignment(cut: Cut, name: str = "senones") -> np.ndarray:
+def load_alignment(cut: Cut, name: str = SENONES_FIELD) -> np.ndarray:
     """Return the labels ``name`` of ``cut`` as a 1-D int64 array of ``cut.num_frames`` entries.
 
     Raises :class:`DataError` (one line naming the cut and the file) when the cut has no such

@@ -39,7 +39,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from asr_kd.config import SynthConfig, config_from_dict
+from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART, SynthConfig, config_from_dict
 from asr_kd.data import augment, festival, kokoro, voices
 from asr_kd.data.espeak import get_synthesizer
 from asr_kd.data.librispeech import _read_transcripts
@@ -54,9 +54,7 @@ from asr_kd.utils import atomic_path, write_text_atomic
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-TRAIN_PART = "train-clean-100"
-DEV_PART = "dev-clean"
-TEST_PART = "test-clean"
+TRAIN_PART, DEV_PART, TEST_PART = DEFAULT_TRAIN_PART, DEFAULT_DEV_PART, DEFAULT_TEST_PART  # LibriSpeech's names
 OOD_PART = "test-ood"  # spoken by a synthesiser family no other part uses
 PARTS = (TRAIN_PART, DEV_PART, TEST_PART, OOD_PART)
 MARKER_NAME = "SYNTHETIC.json"

@@ -100,6 +100,7 @@ def frames_from_cuts(
     cannot be read or does not match its features is skipped (counted and logged); a label
     outside ``0..num_classes - 1`` raises :class:`DataError`.
     """
+    from asr_kd.config import SENONES_FIELD
     from asr_kd.data.alignments import load_alignment
 
     cut_list = list(cuts)
@@ -111,7 +112,7 @@ def frames_from_cuts(
         if len(frames) == 0:
             continue
         try:
-            labels = load_alignment(cut, "senones")
+            labels = load_alignment(cut, SENONES_FIELD)
             feats = np.asarray(normalize(cut, cut.load_features()), dtype=np.float32)
         except (DataError, OSError, ValueError, KeyError) as err:
             skipped.append(f"{cut.id} ({err})")

@@ -30,7 +30,7 @@ from typing import Iterable, Mapping, Sequence, Union
 
 from lhotse import SupervisionSet
 
-from asr_kd.config import LangConfig
+from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TRAIN_PART, LangConfig
 from asr_kd.data.librispeech import read_manifest
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst
@@ -351,8 +351,8 @@ def prepare_lang(
     output_dir: Path | str,
     config: LangConfig,
     lexicon_path: Path | None = None,
-    train_split: str = "train-clean-100",
-    dev_split: str | None = "dev-clean",
+    train_split: str = DEFAULT_TRAIN_PART,
+    dev_split: str | None = DEFAULT_DEV_PART,
     lm_arpa: Path | None = None,
     lm_text: Path | None = None,
 ) -> LangSummary:
@@ -464,8 +464,8 @@ def prepare_lang_from_manifests(
     output_dir: Path | str,
     config: LangConfig,
     lexicon_path: Path | None = None,
-    train_split: str = "train-clean-100",
-    dev_split: str | None = "dev-clean",
+    train_split: str = DEFAULT_TRAIN_PART,
+    dev_split: str | None = DEFAULT_DEV_PART,
     splits: Sequence[str] | None = None,
     lm_arpa: Path | None = None,
     lm_text: Path | None = None,

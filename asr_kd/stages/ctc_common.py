@@ -60,7 +60,7 @@ def teachers_of(layout: RecipeLayout, cfg: CtcConfig) -> Path:
 
 def ctc_soft_dir(layout: RecipeLayout, cfg: CtcConfig) -> Path:
     """Stored CTC soft targets of ``cfg``'s teacher set, fusion, temperature and top-k."""
-    return layout.ctc_soft_dir(teachers_of(layout, cfg).name, cfg.fusion, cfg.temperature, cfg.top_k)
+    return layout.ctc_soft_dir(teachers_of(layout, cfg).name, cfg.fusion, cfg.num_teachers, cfg.temperature, cfg.top_k)
 
 
 def ctc_soft_cuts(layout: RecipeLayout, cfg: CtcConfig) -> Path:
@@ -72,9 +72,9 @@ def features_fingerprint(layout: RecipeLayout) -> str:
     return require_record(layout.features("fbank"), "stage 1 (features)").fingerprint
 
 
-def prepare_units(layout: RecipeLayout, cfg: CtcConfig) -> CtcUnits:
+def prepare_units(layout: RecipeLayout, cfg: CtcConfig, command: str = "") -> CtcUnits:
     """Return the CTC units of ``cfg.units`` (made once per lang and setting, saved with their
-    record in ``<root>/units``)."""
+    record in ``<root>/units``, which quotes ``command``: the stage that made them)."""
     if cfg.units != layout.ctc_units:
         raise ConfigError(f"ctc.units={cfg.units} but the layout is for {layout.ctc_units} units; pass the same units to both")
     lang_rec = require_record(layout.lang, "stage 2 (lang)")
@@ -82,7 +82,7 @@ def prepare_units(layout: RecipeLayout, cfg: CtcConfig) -> CtcUnits:
     inputs = {"lang": lang_rec.fingerprint}
     if cfg.units == "bpe":
         inputs["features"] = features_fingerprint(layout)
-    guard = StageGuard("CTC units", layout.ctc_units_dir, settings, inputs)
+    guard = StageGuard("CTC units", layout.ctc_units_dir, settings, inputs, command)
     if guard.needs_work_on_rank_0():  # under torchrun the other ranks wait for rank 0's units
         texts: Iterable[str] = ()
         if cfg.units == "bpe":  # read only if the BPE model must be trained

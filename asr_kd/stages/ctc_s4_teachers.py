@@ -71,7 +71,7 @@ def train_ctc_teachers(
     the set's ``init/`` and every teacher starts from its weights. With ``guide_weight`` > 0,
     teacher 0 is the finished unguided set's teacher 0 (linked here; train that set first) and
     guides the others (:class:`GuidedCtcLoss`). Returns the teachers' summaries in order."""
-    units = prepare_units(layout, cfg)
+    units = prepare_units(layout, cfg, command)
     base_dir, set_dir = layout.ctc_teacher_set(cfg.shared_init_steps), teachers_of(layout, cfg)
     inputs = {"units": units_record_fingerprint(layout), "features": features_fingerprint(layout)}
     if cfg.guide_weight > 0:

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
-def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float = 200.0) -> Path:
+def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float = 200.0, command: str = "") -> Path:
     """Store the teachers' fused CTC posteriors at ``cfg.temperature`` as top-``cfg.top_k`` soft
     targets (:mod:`asr_kd.kd.soft_targets`) on the training cuts, at the output frame rate
     (``subsampling`` x 10 ms); return the cut manifest (skipped when it exists; the folder name
@@ -57,17 +57,17 @@ def make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: fl
     # others wait on a lock, then find them finished. Under torchrun, rank 0 makes them and the other
     # ranks wait for its record outside the lock (inside, they would keep rank 0 out).
     if not_rank_0():
-        return _make_ctc_soft_targets(layout, cfg, max_duration)
+        return _make_ctc_soft_targets(layout, cfg, max_duration, command)
     with folder_lock(ctc_soft_dir(layout, cfg).parent):
-        return _make_ctc_soft_targets(layout, cfg, max_duration)
+        return _make_ctc_soft_targets(layout, cfg, max_duration, command)
 
 
-def _make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float) -> Path:
+def _make_ctc_soft_targets(layout: RecipeLayout, cfg: CtcConfig, max_duration: float, command: str) -> Path:
     out_path = ctc_soft_cuts(layout, cfg)
     settings = {"temperature": cfg.temperature, "top_k": cfg.top_k, "fusion": cfg.fusion, "num_teachers": cfg.num_teachers,
                 "teacher_set": teachers_of(layout, cfg).name, "train_part": layout.train_part}
     guard = StageGuard("CTC soft targets", out_path.parent, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
-                                                                       "features": features_fingerprint(layout)})
+                                                                       "features": features_fingerprint(layout)}, command)
     if not guard.needs_work_on_rank_0():
         return out_path
     teachers = load_ctc_teachers(layout, cfg)
@@ -113,7 +113,7 @@ def _fit_frames(probs: np.ndarray, frames: int) -> np.ndarray:
 
 
 def make_pseudo_labels(
-    layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float = 200.0,
+    layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float = 200.0, command: str = "",
 ) -> dict[str, list[tuple[list[int], float]]]:
     """Return the ensemble's hypotheses for every training cut: greedy or n-best
     (``cfg.pseudo_labels``) from the fused posteriors at T = 1, saved as ``labels.json`` (and
@@ -124,17 +124,17 @@ def make_pseudo_labels(
     # Seeds trained side by side (CTC stage 6, --nj) all ask for them: one makes them while the
     # others wait on the lock, then find them finished (under torchrun: rank 0, as for soft targets).
     if not_rank_0():
-        return _make_pseudo_labels(layout, cfg, units, max_duration)
+        return _make_pseudo_labels(layout, cfg, units, max_duration, command)
     with folder_lock(ctc_pseudo_dir(layout, cfg).parent):
-        return _make_pseudo_labels(layout, cfg, units, max_duration)
+        return _make_pseudo_labels(layout, cfg, units, max_duration, command)
 
 
 def ctc_pseudo_dir(layout: RecipeLayout, cfg: CtcConfig) -> Path:
     """The pseudo-labels of ``cfg``'s teacher set, fusion and hypothesis settings."""
-    return layout.ctc_pseudo_dir(teachers_of(layout, cfg).name, cfg.fusion, cfg.pseudo_labels, cfg.nbest, cfg.beam_size)
+    return layout.ctc_pseudo_dir(teachers_of(layout, cfg).name, cfg.fusion, cfg.num_teachers, cfg.pseudo_labels, cfg.nbest, cfg.beam_size)
 
 
-def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float) -> dict[str, list[tuple[list[int], float]]]:
+def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, max_duration: float, command: str) -> dict[str, list[tuple[list[int], float]]]:
     folder = ctc_pseudo_dir(layout, cfg)
     path = folder / "labels.json"
     nbest = cfg.pseudo_labels != "greedy"  # greedy hypotheses do not depend on the n-best settings
@@ -142,7 +142,7 @@ def _make_pseudo_labels(layout: RecipeLayout, cfg: CtcConfig, units: CtcUnits, m
                 "fusion": cfg.fusion, "num_teachers": cfg.num_teachers, "teacher_set": teachers_of(layout, cfg).name,
                 "train_part": layout.train_part}
     guard = StageGuard("CTC pseudo-labels", folder, settings, {"teachers": teacher_set_record(layout, cfg).fingerprint,
-                                                              "units": units_record_fingerprint(layout), "features": features_fingerprint(layout)})
+                                                              "units": units_record_fingerprint(layout), "features": features_fingerprint(layout)}, command)
     if guard.needs_work_on_rank_0():
         teachers = load_ctc_teachers(layout, cfg)
         cuts = CutSet.from_cuts(layout.open_cuts(layout.fbank_cuts(layout.train_part)))
@@ -184,7 +184,7 @@ def train_ctc_student(
     if seed_index < 0:
         raise ConfigError(f"seed index must be >= 0, got {seed_index}")
     exp_dir = layout.ctc_student_dir(ctc_student_folder(name, seed_index))
-    units = prepare_units(layout, cfg)
+    units = prepare_units(layout, cfg, command)
     scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
     inputs = {"units": units_record_fingerprint(layout), "features": features_fingerprint(layout)}
     if kind != "baseline":
@@ -198,12 +198,12 @@ def train_ctc_student(
         pseudo, soft = None, False
         if kind == "frame":
             if cfg.kd_source == "stored":
-                train_cuts, soft = load_manifest_lazy(make_ctc_soft_targets(layout, cfg)), True
+                train_cuts, soft = load_manifest_lazy(make_ctc_soft_targets(layout, cfg, command=command)), True
                 loss = CtcFrameKdLoss(cfg)
             else:
                 loss = CtcFrameKdLoss(cfg, TeacherEnsemble(load_ctc_teachers(layout, cfg), cfg.fusion))
         elif kind == "sequence":
-            pseudo = make_pseudo_labels(layout, cfg, units)
+            pseudo = make_pseudo_labels(layout, cfg, units, command=command)
             loss = CtcSequenceKdLoss(cfg)
         start = time.time()
         result = train_ctc_model(train_cuts, layout.open_cuts(layout.fbank_cuts(layout.dev_part)), layout.open_cmvn(layout.train_part),

@@ -59,12 +59,12 @@ BASELINE = "student: baseline"
 FRAME = "student: frame"  # its variants (student: frame_<x>) are also compared with it
 
 
-def build_ctc_graph(layout: RecipeLayout, units: CtcUnits) -> Path:
+def build_ctc_graph(layout: RecipeLayout, units: CtcUnits, command: str = "") -> Path:
     """Build ``<root>/graph/HLG.fst`` for the units with the lang's G (redone when the units or the
     lang change); return its path."""
     path = layout.ctc_graph / "HLG.fst"
     guard = StageGuard("CTC graph (HLG)", layout.ctc_graph, {"units": units.kind},
-                       {"units": units_record_fingerprint(layout), "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint})
+                       {"units": units_record_fingerprint(layout), "lang": require_record(layout.lang, "stage 2 (lang)").fingerprint}, command)
     if guard.needs_work():
         lang = units.lang
         hlg, info = compile_hlg(units.token_lexicon(), units.tokens, lang.words, lang.load_fst("G"))
@@ -119,8 +119,8 @@ def decode_ctc_systems(
     ``ctc_blank_penalties``), each system's HLG scale (and word insertion or blank penalty) is
     chosen on the dev part first (decoded even when ``parts`` leaves it out). Writes the files named in the module docstring
     and the RESULTS.md table; returns ``{system: {part: scores}}``."""
-    units = prepare_units(layout, cfg)
-    graph = build_ctc_graph(layout, units)
+    units = prepare_units(layout, cfg, command)
+    graph = build_ctc_graph(layout, units, command)
     sets = [cfg, *(o for o in trained_teacher_sets(layout, cfg) if teachers_of(layout, o) != teachers_of(layout, cfg))]
     groups, left_out = seed_groups(layout)
     for m in left_out:

@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from asr_kd.config import DecodeConfig, FeatureConfig, GmmConfig, config_from_dict, load_config
+from asr_kd.config import SENONES_FIELD, DecodeConfig, FeatureConfig, GmmConfig, config_from_dict, load_config
 from asr_kd.data.features import CmvnStats, cmvn_path, compute_features_for_parts, cuts_path
 from asr_kd.data.librispeech import prepare_manifests
 from asr_kd.decode.hclg import load_hclg
@@ -52,7 +52,7 @@ from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_
 from asr_kd.stages.common import alignment_inputs, gmm_record, load_teachers, model_checkpoint, read_senones, student_record, teachers_record
 from asr_kd.stages.ctc_s7_decode import system_decoding
 from asr_kd.data.alignments import store_alignments
-from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, STUDENT_SYSTEMS, RecipeLayout
+from asr_kd.stages.layout import GMM_SYSTEMS, STUDENT_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, file_sha256, listing_fingerprint, require_record
 from asr_kd.stages.s3_gmm import load_part, write_tids
 from asr_kd.train.frame_classifier import load_frame_classifier

@@ -32,9 +32,9 @@ from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PAR
 from asr_kd.data.features import CmvnStats, cmvn_path, cuts_path
 from asr_kd.errors import ConfigError, DataError
 
-# Custom fields that stages store on cuts: stage 3's senone alignment (the soft-target fields are
-# asr_kd.kd.soft_targets.SOFT_IDS / SOFT_PROBS / SOFT_TEMPERATURE).
-SENONES_FIELD = "senones"
+# Custom fields that stages store on cuts: stage 3's senone alignment is asr_kd.config.SENONES_FIELD
+# (there, so that the command-line modules read it without importing lhotse); the soft-target
+# fields are asr_kd.data.stored_targets.SOFT_IDS / SOFT_PROBS / SOFT_TEMPERATURE ...
 GMM_SYSTEMS = ("mono", "tri")
 # Stage 6's students: their names in the tables (and decode-part, deploy) -> their kinds (the
 # folder students/<kind>, train-student --kind). "compressed" is a distilled student of a smaller
@@ -161,10 +161,15 @@ class RecipeLayout:
     def teacher_dir(self, i: int) -> Path:
         return self.teachers / f"teacher{i}"
 
+    @property
+    def soft_root(self) -> Path:
+        """Stage 5's folder of every set of stored soft targets (one folder per settings)."""
+        return self.exp_dir / "soft_targets"
+
     def soft_dir(self, num_teachers: int, fusion: str, temperature: float, top_k: int, storage: str = "int32-fp16",
                  codebooks: int = 8, tail: str = "renormalise") -> Path:
         """Stage 5's folder of the soft targets made with these settings."""
-        return self.exp_dir / "soft_targets" / soft_targets_name(num_teachers, fusion, temperature, top_k, storage, codebooks, tail)
+        return self.soft_root / soft_targets_name(num_teachers, fusion, temperature, top_k, storage, codebooks, tail)
 
     def soft_cuts(self, soft_dir: Path) -> Path:
         """The training cuts carrying top-k soft targets in ``soft_dir``."""
@@ -205,12 +210,14 @@ class RecipeLayout:
         """The folder of the CTC teachers trained with ``shared_init_steps`` and ``guide_weight``."""
         return self.ctc_root / ctc_teacher_set_name(shared_init_steps, guide_weight)
 
-    def ctc_soft_dir(self, set_name: str, fusion: str, temperature: float, top_k: int) -> Path:
-        return self.ctc_root / "soft_targets" / f"{set_name}_{fusion}_T{temperature:g}_k{top_k}"
+    def ctc_soft_dir(self, set_name: str, fusion: str, num_teachers: int, temperature: float, top_k: int) -> Path:
+        """The CTC soft targets of ``num_teachers`` teachers of ``set_name``, named by their settings
+        (targets of 2 and of 4 teachers of one set must not share a folder)."""
+        return self.ctc_root / "soft_targets" / f"{set_name}_{fusion}_n{num_teachers}_T{temperature:g}_k{top_k}"
 
-    def ctc_pseudo_dir(self, set_name: str, fusion: str, mode: str, nbest: int, beam_size: int) -> Path:
+    def ctc_pseudo_dir(self, set_name: str, fusion: str, num_teachers: int, mode: str, nbest: int, beam_size: int) -> Path:
         how = mode if mode == "greedy" else f"{mode}{nbest}_beam{beam_size}"
-        return self.ctc_root / "pseudo_labels" / f"{set_name}_{fusion}_{how}"
+        return self.ctc_root / "pseudo_labels" / f"{set_name}_{fusion}_n{num_teachers}_{how}"
 
     def ctc_student_dir(self, name: str) -> Path:
         return self.ctc_root / "students" / name

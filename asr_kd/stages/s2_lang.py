@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from asr_kd.config import LangConfig
+from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TRAIN_PART, LangConfig
 from asr_kd.errors import DataError
 from asr_kd.lang.lm_eval import REPORT_NAME, LmReport, measure_lm, read_report, results_section
 from asr_kd.lang.prepare import LangSummary, lang_splits, load_supervisions, prepare_lang_from_manifests, transcript_tokens
@@ -28,8 +28,8 @@ NEXT_HEADING = "## GMM-HMM (stage 3)"  # the section a new one goes before (asr_
 
 
 def prepare(
-    manifest_dir: Path | str, output_dir: Path | str, config: LangConfig, lexicon: Path | None = None, train_split: str = "train-clean-100",
-    dev_split: str | None = "dev-clean", splits: Sequence[str] | None = None, lm_arpa: Path | None = None, lm_text: Path | None = None,
+    manifest_dir: Path | str, output_dir: Path | str, config: LangConfig, lexicon: Path | None = None, train_split: str = DEFAULT_TRAIN_PART,
+    dev_split: str | None = DEFAULT_DEV_PART, splits: Sequence[str] | None = None, lm_arpa: Path | None = None, lm_text: Path | None = None,
     command: str = "", results_md: Path | str | None = None, results_command: str | None = None,
 ) -> LangSummary | StageRecord:
     """Build the lang folder (skipped when the record matches) and, with ``results_md``, write its

@@ -39,7 +39,7 @@ from lhotse import CutSet, load_manifest_lazy
 from lhotse.cut import Cut
 from tqdm import tqdm
 
-from asr_kd.config import DEFAULT_TEST_PART, GMM_ALIGN_CHUNK, DecodeConfig, GmmConfig, save_config
+from asr_kd.config import DEFAULT_TEST_PART, GMM_ALIGN_CHUNK, SENONES_FIELD, DecodeConfig, GmmConfig, save_config
 from asr_kd.data.alignments import write_alignment_chunks
 from asr_kd.data.features import CmvnStats, cmvn_key, cmvn_path, cuts_path
 from asr_kd.errors import ConfigError, DataError
@@ -49,7 +49,7 @@ from asr_kd.gmm.train import GmmSystem, GraphInputs, TrainingResult, Utterance, 
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.metrics.wer import WerResult, compute_wer, write_transcripts, write_wer_report
 from asr_kd.report.tables import ood_relative_head, relative_change
-from asr_kd.stages.layout import GMM_SYSTEMS, SENONES_FIELD, RecipeLayout
+from asr_kd.stages.layout import GMM_SYSTEMS, RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.utils import atomic_path, write_text_atomic
 

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import torch
 from tqdm import tqdm
 
-from asr_kd.config import DecodeConfig, DnnConfig, GmmConfig, TrainConfig, config_from_dict
+from asr_kd.config import SENONES_FIELD, DecodeConfig, DnnConfig, GmmConfig, TrainConfig, config_from_dict
 from asr_kd.data.alignments import load_alignment, store_alignments
 from asr_kd.data.features import CmvnStats
 from asr_kd.decode.hybrid import tid_to_pdf
@@ -39,7 +39,7 @@ from asr_kd.gmm.train import GmmSystem, GraphInputs
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.common import describe_dnn, fmt_pct, gmm_record, model_checkpoint, read_senones, write_results
-from asr_kd.stages.layout import SENONES_FIELD, RecipeLayout
+from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard
 from asr_kd.stages.s3_gmm import RESULTS_HEADING as GMM_HEADING, write_tids
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier

@@ -165,7 +165,7 @@ def find_soft_targets(layout: RecipeLayout, kd: KdConfig, num_teachers: int | No
     out = soft_dir_of(layout, kd, n)
     record = read_record(out)
     if record is None:
-        existing = sorted(p.name for p in (layout.exp_dir / "soft_targets").glob("*") if read_record(p) is not None)
+        existing = sorted(p.name for p in layout.soft_root.glob("*") if read_record(p) is not None)
         raise DataError(
             f"{user}: no soft targets with T={kd.temperature:g}, top-{kd.top_k}, storage {storage_label(kd)}, {kd.fusion} fusion of {n} teachers ({out} is unfinished; "
             f"finished: {', '.join(existing) or 'none'}); run stage 5 with the same kd config and --num-teachers first")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from lhotse import CutSet
 from torch import Tensor, nn
 
-from asr_kd.config import DnnConfig, KdConfig, TrainConfig, _check, config_from_dict, parse_overrides
+from asr_kd.config import SENONES_FIELD, DnnConfig, KdConfig, TrainConfig, _check, config_from_dict, parse_overrides
 from asr_kd.data.alignments import has_alignment
 from asr_kd.data.features import CmvnStats
 from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, frame_outputs, make_loader, make_sampler
@@ -140,5 +140,5 @@ def frame_scores(model: nn.Module, cuts: CutSet, cmvn: CmvnStats | None, num_cla
     """Return ``{"loss", "frame_accuracy", "cuts"}`` of ``model`` (eval mode, on the CPU) on
     every labelled frame of ``cuts``, scored as training scores its dev set."""
     model.eval()
-    loader = make_loader(FrameDataset(cmvn, "senones", num_classes), make_sampler(cuts, max_duration, shuffle=False, seed=0, bucketing=False))
+    loader = make_loader(FrameDataset(cmvn, SENONES_FIELD, num_classes), make_sampler(cuts, max_duration, shuffle=False, seed=0, bucketing=False))
     return {**evaluate_frame_classifier(model, loader, torch.device("cpu")), "cuts": len(cuts)}

@@ -20,7 +20,7 @@ from lhotse import CutSet, load_manifest_lazy
 from lhotse.cut import Cut
 from torch import Tensor, nn
 
-from asr_kd.config import DnnConfig, TrainConfig, config_from_dict, save_config
+from asr_kd.config import SENONES_FIELD, DnnConfig, TrainConfig, config_from_dict, save_config
 from asr_kd.data.features import CmvnStats
 from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, SkipBatches, frame_outputs, make_loader, make_sampler
 from asr_kd.errors import ConfigError, DataError
@@ -87,7 +87,7 @@ def train_frame_classifier(
     model_config: DnnConfig,
     train_config: TrainConfig,
     exp_dir: Path | str,
-    labels_name: str = "senones",
+    labels_name: str = SENONES_FIELD,
     resume: bool = False,
     info: DistInfo | None = None,
     compute_loss: LossFn = frame_cross_entropy,

@@ -221,7 +221,7 @@ def test_students_and_pseudo_labels(ctc_run, monkeypatch) -> None:
     assert read_record(layout.ctc_student_dir("frame")).inputs["teachers"] == read_record(layout.ctc_teacher_set(0)).fingerprint
     # The pseudo-labels are made once, beside the students, for both sequence seeds.
     folder = ctc_pseudo_dir(layout, CTC)
-    assert folder == layout.ctc_root / "pseudo_labels" / "teachers_arithmetic_greedy"
+    assert folder == layout.ctc_root / "pseudo_labels" / f"teachers_arithmetic_n{CTC.num_teachers}_greedy"
     labels = json.loads((folder / "labels.json").read_text())
     train_ids = {c.id for c in layout.open_cuts(layout.fbank_cuts(layout.train_part))}
     assert set(labels) == train_ids
@@ -229,6 +229,11 @@ def test_students_and_pseudo_labels(ctc_run, monkeypatch) -> None:
     record = read_record(folder)
     assert record.inputs["teachers"] == read_record(layout.ctc_teacher_set(0)).fingerprint
     assert record.inputs["features"] == read_record(layout.features("fbank")).fingerprint
+    # Every record made on the way names the command that made it (the units, soft targets and
+    # pseudo-labels used to record none).
+    soft_dir = layout.ctc_soft_dir(layout.ctc_teacher_set(0).name, CTC.fusion, CTC.num_teachers, CTC.temperature, CTC.top_k)
+    assert soft_dir.name == f"teachers_arithmetic_n{CTC.num_teachers}_T{CTC.temperature:g}_k{CTC.top_k}"
+    assert [read_record(d).command for d in (layout.ctc_units_dir, soft_dir, folder)] == ["test"] * 3
     made = record.finished
     assert made <= read_record(layout.ctc_student_dir("sequence")).finished  # made by seed 0, not remade by seed 1 after it
     assert not any(p.name.startswith("pseudo") for kind in ("sequence", "sequence_seed1") for p in layout.ctc_student_dir(kind).iterdir())
@@ -263,7 +268,7 @@ def test_students_and_pseudo_labels(ctc_run, monkeypatch) -> None:
             train_ctc_students(empty, CTC, TRAIN, kinds=kinds, extra_frame=extra)
     assert not empty.exp_dir.exists()
     # Other hypothesis settings: their own folder.
-    assert ctc_pseudo_dir(layout, dataclasses.replace(CTC, pseudo_labels="nbest", nbest=3)).name == "teachers_arithmetic_nbest3_beam8"
+    assert ctc_pseudo_dir(layout, dataclasses.replace(CTC, pseudo_labels="nbest", nbest=3)).name == f"teachers_arithmetic_n{CTC.num_teachers}_nbest3_beam8"
 
 
 def test_stored_soft_targets_give_the_online_loss(ctc_run) -> None:
@@ -343,7 +348,7 @@ def test_decoding_writes_the_ctc_rows(ctc_run, capsys) -> None:
     base = (scores["student: baseline"]["test-clean"]["hlg_wer"] + scores["student: baseline_seed1"]["test-clean"]["hlg_wer"]) / 2
     d = diffs["student: frame - baseline"]["hlg_wer"]
     assert d["value"] == pytest.approx(scores["student: frame"]["test-clean"]["hlg_wer"] - base) and d["low"] <= d["value"] <= d["high"]
-    assert (layout.ctc_graph / "HLG.fst").is_file() and read_record(layout.ctc_graph) is not None
+    assert (layout.ctc_graph / "HLG.fst").is_file() and read_record(layout.ctc_graph).command == "test"
     section = read_section(md, "## CTC results (phone)")
     assert section and "| student: sequence | 1 | test-clean |" in section and "| ensemble of 2 | 1 | dev-clean |" in section
     mean_ter = (scores["student: baseline"]["test-clean"]["greedy_ter"] + scores["student: baseline_seed1"]["test-clean"]["greedy_ter"]) / 2
