@@ -27,7 +27,7 @@ C = TypeVar("C")
 DEFAULT_TRAIN_PART, DEFAULT_DEV_PART, DEFAULT_TEST_PART = "train-clean-100", "dev-clean", "test-clean"
 # The custom field of a cut that holds its senone alignment (stage 3 stores it; training, scoring
 # and `asr-kd train-dnn --labels-name` read it). Here, beside the part names, so that the
-# command-line modules take it without importing lhotse; asr_kd.stages.layout re-exports it.
+# command-line modules take it without importing lhotse.
 SENONES_FIELD = "senones"
 
 

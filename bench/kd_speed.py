@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from lhotse import CutSet
 
-from asr_kd.config import DecodeConfig, KdConfig, load_config
+from asr_kd.config import SENONES_FIELD, DecodeConfig, KdConfig, load_config
 from asr_kd.data.frames import FrameDataset, make_sampler
 from asr_kd.decode.hclg import load_hclg
 from asr_kd.decode.hybrid import decode_posteriors_batch
@@ -62,7 +62,7 @@ def time_steps(kind: str, batches_cuts: list[CutSet], layout: RecipeLayout, kd: 
     seed_everything(0)
     model = SplicedDnn(student_cfg, senones.num_senones)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    dataset = FrameDataset(layout.open_cmvn(layout.train_part), "senones", senones.num_senones, soft_targets=kind.startswith("stored"))
+    dataset = FrameDataset(layout.open_cmvn(layout.train_part), SENONES_FIELD, senones.num_senones, soft_targets=kind.startswith("stored"))
     if kind == "stored-later":
         for cuts in batches_cuts:
             dataset[cuts]

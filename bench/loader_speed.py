@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # stage5_speed and _results, beside this script
 
-from asr_kd.config import KdConfig  # noqa: E402
+from asr_kd.config import SENONES_FIELD, KdConfig  # noqa: E402
 from asr_kd.data.alignments import store_alignments  # noqa: E402
 from asr_kd.data.frames import FrameDataset, make_sampler  # noqa: E402
 from asr_kd.data.stored_targets import SOFT_CODEBOOK, SOFT_CODES, SOFT_DECODE_K, SOFT_TEMPERATURE, decode_batch_codes  # noqa: E402
@@ -96,7 +96,7 @@ def pass_rate(cuts, num_classes: int, max_duration: float, codes_in_batch: bool,
     ``decode_device`` took to decode the codes of batches that carry them (else None), frames,
     frames that got a label, frames whose soft targets sum to 1 (the batches are checked after the
     clock stops: a pass that skipped the targets would be fast and wrong)."""
-    dataset = FrameDataset(None, "senones", num_classes, codes_in_batch=codes_in_batch)
+    dataset = FrameDataset(None, SENONES_FIELD, num_classes, codes_in_batch=codes_in_batch)
     batches = []
     start = time.perf_counter()
     for batch_cuts in make_sampler(cuts, max_duration, shuffle=False, seed=0, bucketing=False):

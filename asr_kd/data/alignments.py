@@ -56,7 +56,7 @@ def store_alignments(
     cuts: CutSet,
     alignments: Mapping[str, np.ndarray],
     storage_path: Path | str,
-    name: str = "senones",
+    name: str = SENONES_FIELD,
     frame_shift: float = 0.01,
 ) -> CutSet:
     """Write ``alignments[cut.id]`` (1-D integer arrays, one label per feature frame) for every
@@ -75,7 +75,7 @@ def store_alignments(
 def store_alignment_chunks(
     chunks: Iterable[tuple[Iterable[Cut], Mapping[str, np.ndarray]]],
     storage_path: Path | str,
-    name: str = "senones",
+    name: str = SENONES_FIELD,
     frame_shift: float = 0.01,
 ) -> CutSet:
     """:func:`store_alignments` for alignments that come a chunk of cuts at a time: ``chunks``
@@ -93,7 +93,7 @@ def write_alignment_chunks(
     chunks: Iterable[tuple[Iterable[Cut], Mapping[str, np.ndarray]]],
     storage_path: Path | str,
     manifest_path: Path | str,
-    name: str = "senones",
+    name: str = SENONES_FIELD,
     frame_shift: float = 0.01,
 ) -> int:
     """:func:`store_alignment_chunks` that writes the stored cuts to the cut manifest
@@ -139,7 +139,7 @@ def _store_chunks(chunks: Iterable[tuple[Iterable[Cut], Mapping[str, np.ndarray]
         log.warning("%s: %d of %d cuts have no alignment and were dropped (first: %s)", name, len(missing), total, missing[0])
 
 
-def has_alignment(cut: Cut, name: str = "senones") -> bool:
+def has_alignment(cut: Cut, name: str = SENONES_FIELD) -> bool:
     """Return whether ``cut`` carries the custom field ``name``."""
     return cut.custom is not None and name in cut.custom
 

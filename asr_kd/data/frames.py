@@ -36,6 +36,7 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.dataset.sampling.base import CutSampler
 from torch.utils.data import DataLoader, Dataset
 
+from asr_kd.config import SENONES_FIELD
 from asr_kd.data.alignments import load_alignment
 from asr_kd.data.features import CmvnStats, cmvn_key, utterance_normalize
 from asr_kd.data.stored_targets import (
@@ -73,7 +74,7 @@ class FrameDataset(Dataset):
     """
 
     def __init__(
-        self, cmvn: CmvnStats | None, labels_name: str | None = "senones", num_classes: int | None = None,
+        self, cmvn: CmvnStats | None, labels_name: str | None = SENONES_FIELD, num_classes: int | None = None,
         soft_targets: bool | None = None, per_utterance: bool = False, codes_in_batch: bool = False,
     ) -> None:
         if per_utterance and cmvn is not None:

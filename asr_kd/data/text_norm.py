@@ -14,8 +14,8 @@ upper-case twin (before this, lowercase transcripts aligned to ``<UNK>`` everywh
   them, so as reference words they would count against every system;
 * amounts of money and percentages are spelled as read: ``$5`` -> ``FIVE DOLLARS``, ``$1.50``
   -> ``ONE DOLLAR FIFTY CENTS``, ``$2.5 million`` -> ``TWO POINT FIVE MILLION DOLLARS``, the same
-  for ``£`` (pounds, pence) and ``€`` (euros, cents); ``12%`` -> ``TWELVE PERCENT``; an ``&``
-  standing alone -> ``AND``;
+  for ``£`` (pounds, pence) and ``€`` (euros, cents); ``12%`` -> ``TWELVE PERCENT``; ``&``
+  (standing alone or between letters, ``R&D``) -> ``AND``;
 * Unicode is folded to ASCII where a fold exists: compatibility decomposition (NFKD) with the
   accents dropped (``café`` -> ``CAFE``), typographic apostrophes (``’``) to ``'``, and a few
   letters without a decomposition (``æ ß ø ł đ þ ð œ``) spelled out;
@@ -161,18 +161,19 @@ def spell_numbers(text: str) -> str:
 
 _ANNOTATION = re.compile(r"\[[^\[\]]{0,40}\]|<[^<>\s]{1,40}>|\{[^{}\s]{1,40}\}")
 _SCALE_WORDS = "thousand|million|billion|trillion"
-_MONEY = re.compile(r"(?<![A-Za-z0-9])([$£€])\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\d.,]?\d)"
-                    rf"(?:\s+({_SCALE_WORDS})(?![A-Za-z]))?", re.IGNORECASE)
+# $5, $1,250, $1.50, $.50 (the whole part may be left out before a decimal point), $2.5 million, $5million
+_MONEY = re.compile(r"(?<![A-Za-z0-9])([$£€])\s?(\d{1,3}(?:,\d{3})+|\d+|(?=\.\d))(?:\.(\d+))?(?![\d.,]?\d)"
+                    rf"(?:\s*({_SCALE_WORDS})(?![A-Za-z]))?", re.IGNORECASE)
 # symbol: (unit, units, hundredth, hundredths)
 _CURRENCIES = {"$": ("DOLLAR", "DOLLARS", "CENT", "CENTS"), "£": ("POUND", "POUNDS", "PENNY", "PENCE"),
                "€": ("EURO", "EUROS", "CENT", "CENTS")}
 _PERCENT = re.compile(r"(\d)\s?%")
-_AMPERSAND = re.compile(r"(?:(?<=\s)|^)&(?=\s|$)")
+_AMPERSAND = re.compile(r"(?:(?<=\s)|^)&(?=\s|$)|(?<=[A-Za-z])&(?=[A-Za-z])")  # rock & roll, R&D
 
 
 def _money(match: re.Match[str]) -> str:
     unit, units, hundredth, hundredths = _CURRENCIES[match.group(1)]
-    whole, decimals, scale = match.group(2), match.group(3), match.group(4)
+    whole, decimals, scale = match.group(2) or "0", match.group(3), match.group(4)
     if scale:  # $2.5 million: read the number and its scale, then the currency
         return f" {whole}{'.' + decimals if decimals else ''} {scale} {units} "
     if decimals is None or (len(decimals) == 2 and decimals == "00"):
@@ -189,7 +190,7 @@ def spell_symbols(text: str) -> str:
     text = _ANNOTATION.sub(" ", text)
     text = _MONEY.sub(_money, text)
     text = _PERCENT.sub(r"\1 PERCENT", text)
-    return _AMPERSAND.sub("AND", text)
+    return _AMPERSAND.sub(" AND ", text)
 
 
 def normalize_transcript(text: str) -> NormalizedText:

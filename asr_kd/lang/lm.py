@@ -181,7 +181,7 @@ def lm_text_sentences(path: Path | str) -> list[list[str]]:
     normalises transcripts (:func:`asr_kd.data.text_norm.normalize_transcript`), as lists of
     words. A line with letters that have no ASCII spelling is skipped, as stage 0 skips such a
     transcript (its other words would make a sentence nobody wrote), and the skips are counted
-    and logged with the first one's line number."""
+    and logged with the first one's line number. DataError naming the file when no line is left."""
     sentences: list[list[str]] = []
     skipped: list[tuple[int, str]] = []
     for lineno, line in enumerate(input_lines(path), 1):
@@ -193,6 +193,9 @@ def lm_text_sentences(path: Path | str) -> list[list[str]]:
     if skipped:
         logger.warning("LM text %s: skipped %d line(s) with letters that have no ASCII spelling (first: line %d, %r)",
                        path, len(skipped), *skipped[0])
+    if not sentences:
+        why = f"all {len(skipped)} of its lines with words have letters with no ASCII spelling" if skipped else "every line is empty"
+        raise DataError(f"LM text {path} has no usable line ({why}); pass a file with one English sentence per line")
     return sentences
 
 

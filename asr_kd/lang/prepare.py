@@ -378,8 +378,6 @@ def prepare_lang(
         raise ConfigError("pass an existing ARPA LM (--lm-arpa) or extra LM text (--lm-text), not both: the ARPA LM is used as it is")
     # The extra LM text gets the transcripts' normalisation (stage 0's), so that its words match them.
     extra_text = lm_text_sentences(lm_text) if lm_text is not None else []
-    if lm_text is not None and not extra_text:
-        raise DataError(f"LM text {lm_text} has no non-empty line; pass a file with one sentence per line")
     arpa_words = arpa_unigrams(lm_arpa, normalize_word) if lm_arpa is not None else []
 
     transcript_words = {w for sents in sentences.values() for s in sents for w in s}

@@ -71,11 +71,20 @@ def teachers_record(layout: RecipeLayout) -> StageRecord:
 
 def student_record(layout: RecipeLayout, exp_dir: Path, stage_hint: str) -> StageRecord:
     """Return the record of the stage-6 student in ``exp_dir``; DataError naming ``stage_hint`` if
-    it has not finished, or if its alignments or stage 4's teachers were made again since."""
+    it has not finished, or if what it was trained from was made again since: its alignments,
+    stage 4's teachers (an online student) or its stored soft targets (named in its
+    ``summary.json``; DataError naming stage 5 when those were made before the teachers were)."""
     current = alignment_inputs(layout)
     teachers = read_record(layout.teachers)
     if teachers is not None:
         current["teachers"] = teachers.fingerprint
+    try:
+        soft_name = json.loads((exp_dir / "summary.json").read_text()).get("soft_targets_dir")
+    except (OSError, ValueError, AttributeError):
+        soft_name = None
+    if soft_name and read_record(layout.soft_root / soft_name) is not None:
+        upstream = {k: v for k, v in current.items() if k == "teachers"}
+        current["soft_targets"] = require_current(layout.soft_root / soft_name, "stage 5 (soft targets)", upstream).fingerprint
     return require_current(exp_dir, stage_hint, current)
 
 

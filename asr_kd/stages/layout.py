@@ -34,7 +34,7 @@ from asr_kd.errors import ConfigError, DataError
 
 # Custom fields that stages store on cuts: stage 3's senone alignment is asr_kd.config.SENONES_FIELD
 # (there, so that the command-line modules read it without importing lhotse); the soft-target
-# fields are asr_kd.data.stored_targets.SOFT_IDS / SOFT_PROBS / SOFT_TEMPERATURE ...
+# fields are asr_kd.data.stored_targets.SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE and their kin.
 GMM_SYSTEMS = ("mono", "tri")
 # Stage 6's students: their names in the tables (and decode-part, deploy) -> their kinds (the
 # folder students/<kind>, train-student --kind). "compressed" is a distilled student of a smaller

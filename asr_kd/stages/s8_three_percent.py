@@ -42,9 +42,9 @@ from asr_kd.report.tables import SubsetRun, format_table5, plot_dev_accuracy
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
 from asr_kd.stages.common import (STUDENT_SEED_OFFSET, alignment_inputs, checked_num_teachers, distillation_loss_of, environment_lines,
-                                  model_checkpoint, read_senones, teachers_record, trained_checkpoints)
+                                  model_checkpoint, read_senones, student_record, teachers_record, trained_checkpoints)
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, read_record, require_record
+from asr_kd.stages.provenance import StageGuard, read_record
 from asr_kd.stages.s5_soft_targets import find_soft_targets
 from asr_kd.utils import atomic_path, read_json, write_json_atomic
 
@@ -122,8 +122,8 @@ def run_three_percent(
                         # ood part keeps the fingerprint it had before these keys existed, the others are redone.
                         **({"num_teachers": n} if kd.mode == "online" else {}), **({"seeds": num_seeds} if num_seeds > 1 else {})},
                        {**alignment_inputs(layout), **soft_input,
-                        "student_hard": require_record(baseline_dirs[0], "stage 6 (hard student)").fingerprint,
-                        **{f"student_hard_seed{k}": require_record(d, "stage 6 (hard student)").fingerprint
+                        "student_hard": student_record(layout, baseline_dirs[0], "stage 6 (hard student)").fingerprint,
+                        **{f"student_hard_seed{k}": student_record(layout, d, "stage 6 (hard student)").fingerprint
                            for k, d in enumerate(baseline_dirs) if k}}, command)
     if guard.needs_work():
         _three_percent_work(layout, out, senones.num_senones, soft_cuts, baseline_dirs, model_config, train_config, kd, fraction,

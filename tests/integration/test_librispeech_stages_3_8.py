@@ -54,6 +54,11 @@ def test_every_stage_records_how_it_was_made(recipe) -> None:
     assert records["students/distilled"].inputs["soft_targets"] == soft.fingerprint
     assert records["students/distilled"].config["kd"]["temperature"] == 2.0 and "kd" not in records["students/hard"].config
     assert records["three_percent"].inputs["soft_targets"] == soft.fingerprint
+    # The records hash the checkpoint later stages load (best.pt where a run kept one), not only final.pt.
+    for folder, run in (("teachers", "teacher0/"), ("students/hard", ""), ("students/distilled", "")):
+        assert (f"{run}best.pt" in records[folder].outputs) == (exp / folder / run / "best.pt").is_file()
+        assert f"{run}final.pt" in records[folder].outputs
+    assert any(name.endswith("best.pt") for f in ("teachers", "students/hard", "students/distilled") for name in records[f].outputs)
     # Stage 8's soft model learns from the soft targets only (run.sh --three-percent-hard-weight 0),
     # stage 6's students with the kd config's hard weight; the tiny preset's short 3% config.
     assert records["three_percent"].config["kd"]["hard_weight"] == 0.0 < records["students/distilled"].config["kd"]["hard_weight"]

@@ -122,3 +122,20 @@ def test_corrupt_manifest_is_one_line_error(manifests: Path, tmp_path: Path, con
     with pytest.raises(DataError, match=rf"manifest {path} .*{reason}.*; rerun stage 0 \(asr-kd prepare-manifests\)") as err:
         compute_features_for_parts(manifests, tmp_path / "f", ["dev-clean"], FeatureConfig(), kinds=["fbank"])
     assert "\n" not in str(err.value)
+
+
+def test_stage1_features_yaml_describes_the_fbank_features_only(manifests: Path, tmp_path: Path) -> None:
+    """data/features.yaml is what decode-part and the model directories read as the networks'
+    front end: written by a run that made the fbank features, vouched for by its record, and left
+    alone by an MFCC-only run with other settings (which used to overwrite it first)."""
+    from asr_kd.config import load_config
+    from asr_kd.stages.provenance import read_record
+    from asr_kd.stages.s1_features import compute
+
+    out = tmp_path / "data"
+    compute(manifests, out, ["dev-clean"], FeatureConfig(num_mel_bins=30), kinds=["fbank"])
+    assert load_config(FeatureConfig, out / "features.yaml").num_mel_bins == 30
+    assert "../features.yaml" in read_record(out / "fbank").outputs
+    compute(manifests, out, ["dev-clean"], FeatureConfig(num_mel_bins=50, num_ceps=12), kinds=["mfcc"])
+    assert read_record(out / "mfcc").config["features"]["num_mel_bins"] == 50
+    assert load_config(FeatureConfig, out / "features.yaml").num_mel_bins == 30

@@ -343,7 +343,7 @@ def test_lm_options_reject_bad_input(tmp_path) -> None:
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
-    with pytest.raises(DataError, match="empty.txt has no non-empty line"):
+    with pytest.raises(DataError, match=r"empty.txt has no usable line \(every line is empty\); pass a file with one English sentence per line"):
         prepare_lang(_sups(), tmp_path / "a", LangConfig(), lm_text=empty)
     with pytest.raises(DataError, match="missing.arpa does not exist"):
         prepare_lang(_sups(), tmp_path / "b", LangConfig(), lm_arpa=tmp_path / "missing.arpa")
@@ -422,3 +422,11 @@ def test_stage2_reports_every_evaluation_part_in_json_and_results_md(tmp_path) -
     assert (lang_dir / "provenance.json").read_text() == record
     assert json.loads((lang_dir / REPORT_NAME).read_text()) == data
     assert read_section(md, RESULTS_HEADING) == section
+
+
+def test_stage2_section_goes_before_stage3s_heading() -> None:
+    # s2_lang names the GMM section's heading without importing stage 3 (lhotse, the GMM code):
+    # the two must stay equal, or stage 2's section would drift to the end of RESULTS.md.
+    from asr_kd.stages import s2_lang, s3_gmm
+
+    assert s2_lang.NEXT_HEADING == s3_gmm.RESULTS_HEADING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -312,6 +313,15 @@ def test_a_tree_copied_without_git_names_its_commit_through_the_environment(monk
     assert code_version().startswith(("git ", "asr-kd ")) and code_version() != "git abc1234"
 
 
+def test_trained_checkpoints_name_best_pt_where_a_run_kept_one(tmp_path: Path) -> None:
+    from asr_kd.stages.common import trained_checkpoints
+
+    (tmp_path / "final.pt").write_bytes(b"x")
+    assert trained_checkpoints(tmp_path) == [tmp_path / "final.pt"]
+    (tmp_path / "best.pt").write_bytes(b"x")
+    assert trained_checkpoints(tmp_path) == [tmp_path / "final.pt", tmp_path / "best.pt"]
+
+
 def test_a_stage_built_on_an_input_redone_since_is_refused_two_stages_down(tmp_path: Path) -> None:
     """Stage 1 redone with other features, stage 3 not: stage 4 and later used to train on the new
     fbank features beside stage 3's record (whose own fingerprint had not changed). Likewise the
@@ -323,20 +333,43 @@ def test_a_stage_built_on_an_input_redone_since_is_refused_two_stages_down(tmp_p
     _, features = _run(layout.features("fbank"), {"num_mel_bins": 40})
     _, gmm = _run(layout.gmm, {"gmm": 1}, {"features": features.record.fingerprint})
     _, teachers = _run(layout.teachers, {"num_teachers": 2}, alignment_inputs(layout))
-    student = layout.student_dir("distilled")
+    student = layout.student_dir("distilled")  # online: trained on the teachers themselves
     _run(student, {"kd": 1}, {**alignment_inputs(layout), "teachers": teachers.record.fingerprint})
+    # stored (kd.mode's default): trained on stage 5's targets, named in its summary.json
+    soft_dir = layout.soft_root / "teachers2_arithmetic_T2_k10"
+    _, soft = _run(soft_dir, {"temperature": 2}, {"teachers": teachers.record.fingerprint, **alignment_inputs(layout)})
+    stored = layout.student_dir("compressed")
+    _run(stored, {"kd": 2}, {**alignment_inputs(layout), "soft_targets": soft.record.fingerprint})
+    (stored / "summary.json").write_text(json.dumps({"soft_targets_dir": soft_dir.name}))
     assert gmm_record(layout).fingerprint == gmm.record.fingerprint
     assert teachers_record(layout).fingerprint == teachers.record.fingerprint
     assert student_record(layout, student, "stage 6").inputs["teachers"] == teachers.record.fingerprint
-    # Stage 4 redone (other settings): the student was trained on the old teachers.
+    assert student_record(layout, stored, "stage 6").inputs["soft_targets"] == soft.record.fingerprint
+    # Stage 5 redone (its record deleted; the new targets differ): the stored student was trained on the old ones.
+    (soft_dir / RECORD_NAME).unlink()
+    _run(soft_dir, {"temperature": 2}, {"teachers": teachers.record.fingerprint, **alignment_inputs(layout)}, payload="x2")
+    assert read_record(soft_dir).fingerprint != soft.record.fingerprint
+    with pytest.raises(DataError, match=rf"^{stored} was made from an earlier run of its input 'soft_targets' .*; run stage 6 again first$"):
+        student_record(layout, stored, "stage 6")
+    # Stage 4 redone (other settings): the online student was trained on the old teachers, and
+    # the stored student's targets were made from them.
     _run(layout.teachers, {"num_teachers": 3}, alignment_inputs(layout))
     with pytest.raises(DataError, match=rf"^{student} was made from an earlier run of its input 'teachers' .*; run stage 6 again first$"):
         student_record(layout, student, "stage 6")
+    with pytest.raises(DataError, match=rf"^{soft_dir} was made from an earlier run of its input 'teachers' .*; run stage 5 \(soft targets\) again first$"):
+        student_record(layout, stored, "stage 6")
     # Stage 1 redone with other settings, stage 3 not: everything on stage 3 is refused.
     _run(layout.features("fbank"), {"num_mel_bins": 80}, payload="y")
     with pytest.raises(DataError, match=rf"^{layout.gmm} was made from an earlier run of its input 'features' .*; run stage 3 \(asr-kd train-gmm\) again first$"):
         teachers_record(layout)
-    # Stage 3 redone on the new features: the teachers (trained on the old alignments) are refused.
+    # Stage 3 redone on the new features: the teachers (trained on the old alignments) are refused,
+    # and so is the DNN realignment made from the old GMM (--alignments dnn).
+    dnn = dataclasses.replace(layout, alignments="dnn")
+    _run(dnn.realign, {"dnn": 1}, {"gmm": gmm.record.fingerprint})
     _run(layout.gmm, {"gmm": 1}, {"features": read_record(layout.features("fbank")).fingerprint}, payload="z")
     with pytest.raises(DataError, match=rf"^{layout.teachers} was made from an earlier run of its input 'gmm'"):
         teachers_record(layout)
+    with pytest.raises(DataError, match=rf"^{dnn.realign} was made from an earlier run of its input 'gmm' .*; run the DNN realignment"):
+        alignment_inputs(dnn)
+    _run(dnn.realign, {"dnn": 1}, {"gmm": read_record(layout.gmm).fingerprint})  # realigned again: accepted
+    assert alignment_inputs(dnn) == {"gmm": read_record(layout.gmm).fingerprint, "realign": read_record(dnn.realign).fingerprint}

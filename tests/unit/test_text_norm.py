@@ -12,6 +12,7 @@ from lhotse import load_manifest
 
 from asr_kd.data.librispeech import manifest_path, normalization_record_path, prepare_manifests
 from asr_kd.data.text_norm import NORMALIZER, normalize_transcript
+from asr_kd.errors import DataError
 
 
 @pytest.mark.parametrize(
@@ -40,7 +41,8 @@ from asr_kd.data.text_norm import NORMALIZER, normalize_transcript
         ("$5, $1 and $1.50, $0.05, $5.00", "FIVE DOLLARS ONE DOLLAR AND ONE DOLLAR FIFTY CENTS FIVE CENTS FIVE DOLLARS"),
         ("$2.5 million and $1,250,000", "TWO POINT FIVE MILLION DOLLARS AND ONE MILLION TWO HUNDRED FIFTY THOUSAND DOLLARS"),
         ("\u00a33.01 and \u20ac1", "THREE POUNDS ONE PENNY AND ONE EURO"),
-        ("12% of 3.5 % rock & roll, AT&T", "TWELVE PERCENT OF THREE POINT FIVE PERCENT ROCK AND ROLL AT T"),
+        ("12% of 3.5 % rock & roll, AT&T", "TWELVE PERCENT OF THREE POINT FIVE PERCENT ROCK AND ROLL AT AND T"),
+        ("$.50, $5million and $1,000.50", "FIFTY CENTS FIVE MILLION DOLLARS AND ONE THOUSAND DOLLARS FIFTY CENTS"),
     ],
 )
 def test_transcripts_follow_the_librispeech_convention(raw: str, expected: str) -> None:
@@ -110,3 +112,7 @@ def test_lm_text_lines_without_an_ascii_spelling_are_skipped_and_counted(tmp_pat
     # The Cyrillic line used to be kept as HELLO WORLD, a sentence nobody wrote.
     assert sentences == [["THE", "CAFE", "PAID", "FIVE", "DOLLARS"], ["ROCK", "AND", "ROLL"]]
     assert f"LM text {text}: skipped 1 line(s) with letters that have no ASCII spelling (first: line 3, '\u043c\u0438\u0440')" in caplog.text
+    # Nothing usable left: said so, with why (it used to read as "no non-empty line").
+    text.write_text("\u043c\u0438\u0440\n\n\u4e16\u754c\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^LM text {text} has no usable line \(all 2 of its lines with words have letters with no ASCII spelling\)"):
+        lm_text_sentences(text)
