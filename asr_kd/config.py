@@ -29,6 +29,10 @@ DEFAULT_TRAIN_PART, DEFAULT_DEV_PART, DEFAULT_TEST_PART = "train-clean-100", "de
 # and `asr-kd train-dnn --labels-name` read it). Here, beside the part names, so that the
 # command-line modules take it without importing lhotse.
 SENONES_FIELD = "senones"
+# Stage 8's share of the training data: the paper's Table 5 trains on 3% of it.
+THREE_PERCENT_FRACTION = 0.03
+# Stage 9's quantisation gate: int8 within 2% relative of fp32 test WER (deploy-report --max-relative).
+INT8_MAX_RELATIVE = 0.02
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -624,6 +628,31 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 # Decoding (HCLG / HLG graphs, hybrid, GMM and CTC decoders)
 # --------------------------------------------------------------------------------------------
+
+
+RESCORE_METHODS = ("arpa", "fst", "const")
+
+
+@dataclasses.dataclass(frozen=True)
+class RescoreConfig:
+    """LM rescoring of lattices: the larger LM, how it scores, and how many hypotheses it sees.
+
+    Its own config (not DecodeConfig, whose fields the recipe's stages fingerprint); the lattice's
+    beams are DecodeConfig's ``beam`` and ``lattice_beam``. Used by asr_kd.decode.rescore and
+    ``asr-kd decode-part --rescore-*`` (whose defaults are these)."""
+
+    arpa: str  # the larger ARPA LM (plain or .gz), with the lang's spelling of words, or a const LM folder
+    # "arpa": exact back-off scores (kaldingram, the ARPA read into memory); "const": the same scores
+    # from memory-mapped arrays (asr_kd.lang.const_lm, Kaldi's const-ARPA idea: for tglarge-size LMs);
+    # "fst": its G.fst, tropical
+    method: str = "arpa"
+    nbest: int = 100  # word sequences per lattice that are rescored
+
+    def __post_init__(self) -> None:
+        if self.method not in RESCORE_METHODS:
+            raise ConfigError(f"rescore method must be one of {', '.join(RESCORE_METHODS)}, got {self.method!r}")
+        if self.nbest < 1:
+            raise ConfigError(f"rescore nbest must be >= 1, got {self.nbest}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -240,6 +240,7 @@ def run_sherpa_transcribe(args: argparse.Namespace) -> int:
 
 def register_report(sub: argparse._SubParsersAction) -> None:
     """Add ``deploy-report`` to ``sub``."""
+    from asr_kd.config import INT8_MAX_RELATIVE
     from asr_kd.deploy.speed import DEFAULT_GRID, DEFAULT_TOLERANCE, END_TO_END_TARGET
 
     p = sub.add_parser(
@@ -256,7 +257,8 @@ def register_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gate", action="append", default=[], metavar="NAME",
                    help="system whose onnx and onnx-int8 rows the quantisation gate compares (repeat for several gates; "
                         "exit 1 when any fails)")
-    p.add_argument("--max-relative", type=float, default=0.02, help="largest allowed relative WER increase of int8 (default 0.02)")
+    p.add_argument("--max-relative", type=float, default=INT8_MAX_RELATIVE,
+                   help=f"largest allowed relative WER increase of int8 (default {INT8_MAX_RELATIVE})")
     p.add_argument("--baseline", default=None, help="system whose acoustic RTF the speed-up column divides by")
     p.add_argument("--max-cuts", type=int, default=None, help="measure on the first N cuts only")
     p.add_argument("--speaker-cmvn", type=Path, default=None,

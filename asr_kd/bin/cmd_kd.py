@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from asr_kd.bin.common import add_jobs_args, add_part_args, launcher_from_args
+from asr_kd.config import RESCORE_METHODS, THREE_PERCENT_FRACTION, RescoreConfig
 
 
 def _layout_args(p: argparse.ArgumentParser) -> None:
@@ -139,7 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     _kd_args(p)
     _teachers_arg(p, None)
-    p.add_argument("--fraction", type=float, default=0.03, help="share of the training utterances (default 0.03)")
+    p.add_argument("--fraction", type=float, default=THREE_PERCENT_FRACTION,
+                   help=f"share of the training utterances (default {THREE_PERCENT_FRACTION}: the paper's 3%%)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0; seed k draws with it + k)")
     p.add_argument("--num-seeds", type=int, default=1,
                    help="subset draws, each with its own hard and soft model (their own seed): three_percent and three_percent/seed<k> "
@@ -195,10 +197,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(e.g. from `asr-kd train-lm --order 4`, or LibriSpeech's 4-gram) or, with --rescore-method const, a folder of "
                    "`asr-kd arpa-to-const`; the lattice pass uses the decode config's beam and lattice_beam, without max-active "
                    "(asr_kd/decode/rescore.py)")
-    p.add_argument("--rescore-method", choices=("arpa", "fst", "const"), default="arpa",
-                   help="new LM scores: exact ARPA back-off read into memory (default), the same from memory-mapped arrays built "
-                        "once (const: for LibriSpeech's tglarge/fglarge), or its G.fst")
-    p.add_argument("--rescore-nbest", type=int, default=100, help="word sequences rescored per lattice (default 100)")
+    rescore_defaults = {f.name: f.default for f in dataclasses.fields(RescoreConfig)}
+    p.add_argument("--rescore-method", choices=RESCORE_METHODS, default=rescore_defaults["method"],
+                   help="new LM scores: exact ARPA back-off read into memory (arpa), the same from memory-mapped arrays built "
+                        f"once (const: for LibriSpeech's tglarge/fglarge), or its G.fst (fst); default {rescore_defaults['method']}")
+    p.add_argument("--rescore-nbest", type=int, default=rescore_defaults["nbest"],
+                   help=f"word sequences rescored per lattice (default {rescore_defaults['nbest']})")
     p.set_defaults(func=_decode_part)
 
     p = sub.add_parser("align", help="align any part (e.g. new training data) with the stage-3 triphone GMM, into cuts to train on",
@@ -389,7 +393,6 @@ def _decode_part(args: argparse.Namespace) -> int:
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     rescore = None
     if args.rescore_arpa is not None:
-        from asr_kd.decode.rescore import RescoreConfig
 
         rescore = RescoreConfig(str(args.rescore_arpa), args.rescore_method, args.rescore_nbest)
     scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"], args.align,

@@ -51,10 +51,10 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from asr_kd.config import DecodeConfig
+from asr_kd.config import DecodeConfig, RescoreConfig
 from asr_kd.decode.decoder import Decoded, DecodeFailure
 from asr_kd.decode.fst_utils import input_labels
-from asr_kd.errors import ConfigError, DataError
+from asr_kd.errors import DataError
 from asr_kd.kaldi import kaldi_decoder, kaldifst
 from asr_kd.lang.const_lm import META_NAME, ConstArpaLm, build_const_lm, read_const_lm_info
 from asr_kd.lang.lang_dir import BOS, EOS, EPS, WORD_DISAMBIG, Lang
@@ -64,30 +64,6 @@ from asr_kd.utils import file_sha256
 logger = logging.getLogger(__name__)
 
 LN10 = math.log(10.0)
-RESCORE_METHODS = ("arpa", "fst", "const")
-
-
-@dataclasses.dataclass(frozen=True)
-class RescoreConfig:
-    """LM rescoring of lattices: the larger LM, how it scores, and how many hypotheses it sees.
-
-    Its own config (not DecodeConfig, whose fields the recipe's stages fingerprint); the lattice's
-    beams are DecodeConfig's ``beam`` and ``lattice_beam``."""
-
-    arpa: str  # the larger ARPA LM (plain or .gz), with the lang's spelling of words, or a const LM folder
-    # "arpa": exact back-off scores (kaldingram, the ARPA read into memory); "const": the same scores
-    # from memory-mapped arrays (asr_kd.lang.const_lm, Kaldi's const-ARPA idea: for tglarge-size LMs);
-    # "fst": its G.fst, tropical
-    method: str = "arpa"
-    nbest: int = 100  # word sequences per lattice that are rescored
-
-    def __post_init__(self) -> None:
-        if self.method not in RESCORE_METHODS:
-            raise ConfigError(f"rescore method must be one of {', '.join(RESCORE_METHODS)}, got {self.method!r}")
-        if self.nbest < 1:
-            raise ConfigError(f"rescore nbest must be >= 1, got {self.nbest}")
-
-
 class LmScorer(Protocol):
     """An LM that gives a word-id sequence its cost (``-ln p(<s> words </s>)``)."""
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import torch
 
-from asr_kd.config import DecodeConfig
+from asr_kd.config import INT8_MAX_RELATIVE, DecodeConfig
 from asr_kd.deploy.acoustic import ONNX_FILES, TorchAcoustic, ensemble_acoustic
 from asr_kd.data.features import CmvnStats
 from asr_kd.deploy.model_dir import GMM_FILE, MODEL_PT, ModelSpec, load_network, load_spec, normalize_features, pooled_cmvn
@@ -29,7 +29,7 @@ from asr_kd.metrics.wer import WerResult, compute_wer
 if TYPE_CHECKING:
     from asr_kd.deploy.speed import SearchSetting
 
-DEFAULT_MAX_RELATIVE = 0.02  # the target: int8 within 2% relative of fp32
+DEFAULT_MAX_RELATIVE = INT8_MAX_RELATIVE  # int8 within 2% relative of fp32 (asr_kd.config)
 
 
 @dataclasses.dataclass(frozen=True)

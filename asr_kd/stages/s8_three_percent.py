@@ -30,7 +30,7 @@ from typing import Mapping
 import numpy as np
 from lhotse import CutSet
 
-from asr_kd.config import DnnConfig, KdConfig, TrainConfig
+from asr_kd.config import THREE_PERCENT_FRACTION, DnnConfig, KdConfig, TrainConfig
 from asr_kd.data.alignments import load_alignment
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.kd.ensemble import ensemble_log_posteriors
@@ -82,7 +82,7 @@ def _history(exp_dir: Path) -> tuple[list[dict], str, int]:
 
 
 def run_three_percent(
-    layout: RecipeLayout, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig, fraction: float = 0.03,
+    layout: RecipeLayout, model_config: DnnConfig, train_config: TrainConfig, kd: KdConfig, fraction: float = THREE_PERCENT_FRACTION,
     subset_seed: int = 0, num_teachers: int | None = None, max_duration: float = 20.0,
     results_md: Path | None = None, command: str = "", corpus: str = "", num_seeds: int = 1, jobs: int = 1, num_threads: int = 1,
     launcher: Launcher | None = None,

@@ -59,7 +59,7 @@ ctc_decode_config="$recipe_dir/conf/decode_ctc.yaml" # DecodeConfig of CTC stage
 ctc_shared_init_steps=""   # > 0: also train a teacher set sharing its first steps; empty: the preset's
 ctc_guide_weight=1.0   # > 0: also train a teacher set whose spikes are guided by teacher0's (guided CTC); 0: none
 on_change=redo         # a finished stage whose settings or inputs changed: redo it, or stop with the differences
-int8_max_relative=0.02 # stage 9: the largest relative test-WER increase of the int8 student over fp32 ONNX
+int8_max_relative=0.02 # stage 9: the largest relative test-WER increase of the int8 student over fp32 ONNX (asr_kd.config.INT8_MAX_RELATIVE)
 deploy_uttcmvn="hard distilled compressed"  # stage 9: students trained again on per-utterance CMVN (what a model directory can give any file); none: skip
 
 help_message="Usage: $0 [options]
