@@ -33,6 +33,9 @@ SENONES_FIELD = "senones"
 THREE_PERCENT_FRACTION = 0.03
 # Stage 9's quantisation gate: int8 within 2% relative of fp32 test WER (deploy-report --max-relative).
 INT8_MAX_RELATIVE = 0.02
+# The DNN preset (asr_kd.models.dnn.DNN_PRESETS) every command that trains one uses when given no
+# --model-config: the demo's network (run.sh passes its preset's own).
+DEFAULT_DNN_PRESET = "mini"
 
 
 def _check(cond: bool, msg: str) -> None:

@@ -1,6 +1,6 @@
-"""Recipe stages 3 (second half) to 8: ``realign`` (``--alignments dnn``), ``train-teachers``, ``make-soft-targets``, ``train-student``,
-``decode-hybrid`` (Table 1) and ``three-percent`` (Table 5); the stage code is in
-:mod:`asr_kd.stages` (s4_teachers ... s8_three_percent)."""
+"""Recipe stages 3 (second half) to 10: ``realign`` (``--alignments dnn``), ``train-teachers``, ``make-soft-targets``, ``train-student``,
+``decode-hybrid`` (Table 1), ``three-percent`` (Table 5), ``deploy`` (stage 9) and ``temperature-sweep``; the stage code is in
+:mod:`asr_kd.stages` (s4_teachers ... s10_temperature_sweep)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from asr_kd.bin.common import add_jobs_args, add_part_args, launcher_from_args
-from asr_kd.config import RESCORE_METHODS, THREE_PERCENT_FRACTION, RescoreConfig
+from asr_kd.config import DEFAULT_DNN_PRESET, INT8_MAX_RELATIVE, RESCORE_METHODS, THREE_PERCENT_FRACTION, RescoreConfig
 
 
 def _layout_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,8 @@ def _layout_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-config", default="mini", help="DNN preset (paper, mini, tiny) or YAML of DnnConfig fields (conf/dnn_*.yaml)")
+    p.add_argument("--model-config", default=DEFAULT_DNN_PRESET,
+                   help=f"DNN preset (paper, mini, tiny) or YAML of DnnConfig fields (conf/dnn_*.yaml) (default {DEFAULT_DNN_PRESET})")
     p.add_argument("--model-set", dest="model_overrides", action="append", metavar="KEY=VALUE", help="override a DnnConfig field")
     p.add_argument("--config", type=Path, default=None, help="YAML of TrainConfig fields (conf/train_*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a TrainConfig field")
@@ -172,6 +173,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-set", dest="decode_overrides", action="append", metavar="KEY=VALUE", help="override a DecodeConfig field")
     add_jobs_args(p, "students")
     p.set_defaults(func=_temperature_sweep)
+
+    p = sub.add_parser("deploy", help="stage 9: model directories, ONNX fp32 and int8, the cost table and the int8 gate",
+                       description="Train the --uttcmvn students again on per-utterance CMVN (stage 6's code, <exp>/students/<kind>_uttcmvn), "
+                       "assemble self-contained model directories of the teachers, the triphone GMM, the students (and with --model-type "
+                       "ctc or both the CTC baseline and frame-level students) in <exp>/deploy/, export the distilled ones to ONNX fp32 and "
+                       "int8, and measure every system side by side on the test part: parameters, multiply-adds, real-time factors, memory, "
+                       "size, WER, the int8 quantisation gate and the deployable student's end-to-end speed (asr_kd/stages/s9_deploy.py). "
+                       "Skipped when <exp>/deploy/provenance.json matches the settings and the records of stages 3, 4, 6 and 7 (CTC: 6 and 7); "
+                       "the section is then written again from <exp>/deploy/section.md. Exit status 1 when a quantisation gate failed.")
+    _layout_args(p)
+    _model_args(p)
+    _kd_args(p)
+    _teachers_arg(p, None)
+    p.add_argument("--model-type", choices=("hybrid", "ctc", "both"), default="hybrid",
+                   help="which path's systems to deploy: the hybrid DNN-HMMs, the CTC students, or both (default hybrid)")
+    p.add_argument("--compressed-config", default=None,
+                   help="DnnConfig preset or YAML of stage 6's compressed student (default: the run has none)")
+    p.add_argument("--compressed-train-config", type=Path, default=None,
+                   help="TrainConfig YAML of the compressed student (default: --config)")
+    p.add_argument("--uttcmvn", nargs="+", default=["hard", "distilled", "compressed"], metavar="KIND",
+                   help="students trained again on per-utterance CMVN, which a model directory can give any file: hard, distilled, "
+                        "compressed, or none (default: all three; a distilled one only from stored soft targets, a compressed one "
+                        "only with --compressed-config)")
+    p.add_argument("--ctc-config", type=Path, default=None, help="CtcConfig YAML of the CTC path (its units; default phone)")
+    p.add_argument("--int8-max-relative", type=float, default=INT8_MAX_RELATIVE,
+                   help=f"largest relative test-WER increase of an int8 model over its fp32 ONNX (default {INT8_MAX_RELATIVE})")
+    add_jobs_args(p, "students")
+    p.set_defaults(func=_deploy)
 
     p = sub.add_parser("decode-part", help="decode any part (your own test set) with trained systems, beside the recipe's tables",
                        description="Prepare manifests and features of --part from --corpus-dir (LibriSpeech layout: "
@@ -327,6 +356,47 @@ def _train_student(args: argparse.Namespace) -> int:
         for r in summaries:
             print(f"{kind} student, seed {r.get('seed')} ({r['stop_reason']}); best dev frame accuracy {r['best_dev_frame_accuracy']}")
     return 0
+
+
+def deploy_settings(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Return stage 9's plan and student settings from ``asr-kd deploy``'s arguments (no stage is
+    read but stage 4's record, for the teacher count when --num-teachers is left out)."""
+    from asr_kd.config import TrainConfig, load_config
+    from asr_kd.models.dnn import load_dnn_config
+    from asr_kd.stages.common import recorded_num_teachers
+    from asr_kd.stages.layout import RecipeLayout
+    from asr_kd.stages.s9_deploy import StudentSettings, deploy_plan, deployable_kinds
+
+    hybrid = args.model_type != "ctc"
+    kd = _kd(args)
+    requested = [] if args.uttcmvn == ["none"] else list(args.uttcmvn)
+    kinds = deployable_kinds(requested, kd.mode, args.compressed_config is not None) if hybrid else ()
+    num_teachers = args.num_teachers
+    if hybrid and num_teachers is None:
+        num_teachers = recorded_num_teachers(RecipeLayout(args.data_dir, args.exp_dir))
+    plan = deploy_plan(args.model_type, num_teachers or 1, args.compressed_config is not None, kinds)
+    students = None
+    if kinds:
+        model_cfg, train_cfg = _configs(args)
+        compressed = args.compressed_config is not None
+        students = StudentSettings(model_cfg, train_cfg, kd, load_dnn_config(args.compressed_config) if compressed else None,
+                                   load_config(TrainConfig, args.compressed_train_config) if args.compressed_train_config else None)
+    return plan, students
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from asr_kd.config import CtcConfig, load_config
+    from asr_kd.stages.s9_deploy import gates_passed, run_deploy
+
+    common = _setup(args, "deploy", after_teachers=args.model_type != "ctc")
+    if args.model_type != "hybrid":
+        units = load_config(CtcConfig, args.ctc_config).units
+        common["layout"] = dataclasses.replace(common["layout"], ctc_units=units)
+    plan, students = deploy_settings(args)
+    report = run_deploy(plan=plan, students=students, num_teachers=args.num_teachers, max_relative=args.int8_max_relative,
+                        jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)
+    print((common["layout"].deploy / "section.md").read_text())
+    return 0 if gates_passed(report) else 1
 
 
 def _decode_hybrid(args: argparse.Namespace) -> int:

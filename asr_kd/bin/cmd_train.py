@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from asr_kd.config import SENONES_FIELD
+from asr_kd.config import DEFAULT_DNN_PRESET, SENONES_FIELD
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev-cmvn", type=Path, default=None, help="CMVN statistics of the dev part")
     p.add_argument("--labels-name", default=SENONES_FIELD, help=f"the cuts' custom field of frame labels (default {SENONES_FIELD})")
     p.add_argument("--num-classes", type=int, required=True, help="number of label classes (senones)")
-    p.add_argument("--model-config", default="tiny", help="DNN preset (paper, mini, tiny) or YAML file of DnnConfig fields")
+    p.add_argument("--model-config", default=DEFAULT_DNN_PRESET,
+                   help=f"DNN preset (paper, mini, tiny) or YAML file of DnnConfig fields (default {DEFAULT_DNN_PRESET})")
     p.add_argument("--model-set", dest="model_overrides", action="append", metavar="KEY=VALUE", help="override a DnnConfig field")
     p.add_argument("--config", type=Path, default=None, help="YAML file of TrainConfig fields")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a TrainConfig field")

@@ -31,7 +31,7 @@ from typing import Sequence
 
 from asr_kd.config import GraphScales
 from asr_kd.decode.fst_utils import input_labels, nondeterministic_states, num_arcs, read_fst, write_fst, zero_input_labels
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst, khg
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.utils import write_text_atomic
@@ -207,12 +207,37 @@ def make_hclg(
     return info
 
 
-def load_hclg(graph_dir_or_file: Path | str) -> kaldifst.StdVectorFst:
-    """Read HCLG from a graph directory (``HCLG.fst`` inside) or an FST file."""
+def load_hclg(graph_dir_or_file: Path | str, scales: GraphScales | None = None) -> kaldifst.StdVectorFst:
+    """Read HCLG from a graph directory (``HCLG.fst`` inside) or an FST file. With ``scales`` (a
+    decode config's :attr:`~asr_kd.config.DecodeConfig.graph_scales`), ConfigError when the graph's
+    ``hclg.json`` says it was built with another transition or self-loop scale: those scales are
+    baked into the graph when it is built, so a decode config asking for others would be silently
+    ignored."""
     path = Path(graph_dir_or_file)
     if path.is_dir():
         path = path / HCLG_FILE
+    if scales is not None:
+        check_graph_scales(path.parent, scales)
     return read_fst(path, "decoding graph", "build it with `asr-kd make-hclg` (recipe stage 3)")
+
+
+def check_graph_scales(graph_dir: Path | str, scales: GraphScales) -> None:
+    """ConfigError when the HCLG in ``graph_dir`` was built (its ``hclg.json``) with another
+    transition or self-loop scale than ``scales``; nothing to check without that file."""
+    info = Path(graph_dir) / INFO_FILE
+    try:
+        settings = json.loads(info.read_text()).get("settings", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    built = {"transition": settings.get("transition_scale"), "self_loop": settings.get("self_loop_scale")}
+    wanted = {"transition": scales.transition, "self_loop": scales.self_loop}
+    differ = [k for k in built if built[k] is not None and float(built[k]) != float(wanted[k])]
+    if differ:
+        said = ", ".join(f"{k.replace('_', '-')} scale {built[k]:g}" for k in differ)
+        asked = ", ".join(f"decode.{k}_scale {wanted[k]:g}" for k in differ)
+        raise ConfigError(f"{Path(graph_dir) / HCLG_FILE} was built with {said}, the decode config asks for {asked}; these scales are "
+                          "applied when the graph is built (recipe stage 3, asr-kd make-hclg), not when decoding: use the graph's "
+                          "values, or rebuild the graph with yours")
 
 
 def is_deterministic_ish(hclg: kaldifst.StdVectorFst) -> bool:

@@ -299,6 +299,7 @@ def deploy_report(
     results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
     plot: Path | str | None = None, speed_system: SystemSpec | Sequence[SystemSpec] | None = None, dev_manifest: Path | str | None = None,
     search_grid: Sequence["SearchSetting"] = (), search_tolerance: float | None = None, rtf_target: float | None = None,
+    plot_link: str | None = None,
 ) -> tuple[list[CostRow], list[GateResult], str]:
     """Measure every system on the test manifest in one run and return ``(rows, gates, markdown)``;
     each gate (one per name in ``gate_system``, a name or several) compares that system's onnx and
@@ -307,7 +308,7 @@ def deploy_report(
     is also scored with per-speaker, global and per-utterance normalisation (test_manifest must
     then carry stored features). With ``results_md``, writes the markdown as its
     ``## Deployment`` section; with ``plot``, a PNG of WER against acoustic cost, linked from it
-    when it lies beside ``results_md``. With ``speed_system`` (one model directory and a runtime,
+    when it lies beside ``results_md`` (or as ``plot_link``, where the caller puts a copy). With ``speed_system`` (one model directory and a runtime,
     or several) and ``dev_manifest``, each one's search pruning for deployment is chosen on dev
     from ``search_grid`` (only when the tables' setting misses ``rtf_target`` end to end on dev;
     default 0.02, the project's end-to-end target on mini; 0: always) and the test part is measured end to end
@@ -359,8 +360,10 @@ def deploy_report(
                                        rtf_target)
     if plot is not None:
         plot = plot_wer_vs_cost(rows, plot, "test WER against acoustic cost")
-        if results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:
-            text += f"\n![WER against acoustic cost]({Path(plot).name})\n"
+        if plot_link is None and results_md is not None and Path(plot).resolve().parent == Path(results_md).resolve().parent:
+            plot_link = Path(plot).name
+        if plot_link is not None:
+            text += f"\n![WER against acoustic cost]({plot_link})\n"
     if speaker_cmvn is not None:
         norm = {s.name: normalisation_wers(s.model_dirs[0], test_manifest, speaker_cmvn, decode_config, max_cuts)
                 for s in systems if len(s.model_dirs) == 1 and s.backend == "torch" and load_spec(s.model_dirs[0]).kind != "gmm"}

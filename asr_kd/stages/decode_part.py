@@ -13,7 +13,7 @@ independently trained teachers (``ctc-teacher<i>``) and their ensemble (``ctc-en
 ``provenance.json`` records the part's files and the records of every system decoded, so a
 retrained model redoes the decoding and a rerun with nothing changed is skipped.
 
-With a :class:`~asr_kd.decode.rescore.RescoreConfig` (``--rescore-arpa``) the HCLG systems decode
+With a :class:`~asr_kd.config.RescoreConfig` (``--rescore-arpa``) the HCLG systems decode
 into lattices rescored with that larger LM (asr_kd/decode/rescore.py): ``hyp.txt`` is then the
 rescored answer, ``hyp_first_pass.txt`` the lattice's first-pass best path, and the scores carry
 both WERs and the paired-bootstrap interval of their difference.
@@ -319,7 +319,7 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
     if name in GMM_SYSTEMS:
         part_data = load_part(data, part, lang, _gmm_config(layout))
         system = GmmSystem.load(layout.gmm_model(name))
-        hclg = load_hclg(layout.gmm_graph(name))
+        hclg = load_hclg(layout.gmm_graph(name), decode_config.graph_scales)
         batch = decode_gmm_batch(hclg, system.am, system.tm, {u.id: u.feats for u in part_data.utterances}, decode_config,
                                  _rescorer(hclg, lang, decode_config, rescore, out_dir))
         refs = part_data.refs
@@ -340,7 +340,7 @@ def _decode_system(layout: RecipeLayout, data: Path, part: str, name: str, lang:
             refs[cut.id] = " ".join(s.text or "" for s in cut.supervisions).strip()
             speakers[cut.id] = cut.supervisions[0].speaker
         trans_model = GmmSystem.load(senones.model).tm
-        hclg = load_hclg(senones.graph)
+        hclg = load_hclg(senones.graph, decode_config.graph_scales)
         batch = decode_posteriors_batch(hclg, trans_model, posteriors, load_priors(layout.log_priors, trans_model.num_pdfs), decode_config,
                                         _rescorer(hclg, lang, decode_config, rescore, out_dir))
     extra: dict = {}

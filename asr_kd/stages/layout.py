@@ -194,6 +194,11 @@ class RecipeLayout:
         return self.exp_dir / "decode"
 
     @property
+    def deploy(self) -> Path:
+        """Stage 9's model directories, exports and cost table (:mod:`asr_kd.stages.s9_deploy`)."""
+        return self.exp_dir / "deploy"
+
+    @property
     def three_percent(self) -> Path:
         return self.exp_dir / "three_percent"
 

@@ -169,7 +169,7 @@ def score_system(
         trans_model = GmmSystem.load(senones.model).tm
         priors = load_priors(layout.log_priors, trans_model.num_pdfs)
         words = SymbolTable.from_file(senones.graph / "words.txt")
-        graphs = PenalisedGraphs(load_hclg(senones.graph), words.ids())
+        graphs = PenalisedGraphs(load_hclg(senones.graph, decode_config.graph_scales), words.ids())
         decoded: dict[tuple[float, float], tuple[dict[str, str], int]] = {}
         start = time.time()
 

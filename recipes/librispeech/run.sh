@@ -94,7 +94,7 @@ The code of stage N is asr_kd/stages/sN_*.py (the CTC path: asr_kd/stages/ctc_sN
   8  3% of the training data: hard targets (early stopping) vs the ensemble's soft targets, and
      the 100% baseline: the paper's Table 5 analogue and a plot of dev accuracy in \$results;
      --num-seeds subset draws, each with its own pair of models (means, deviations, each seed's share)
-  9  (after the default --stop-stage) deployment: self-contained model directories of the teachers
+  9  (after the default --stop-stage; asr_kd/stages/s9_deploy.py) deployment: self-contained model directories of the teachers
      and students (\$exp/deploy), the distilled student exported to ONNX fp32 and int8, the cost
      table (parameters, MACs, real-time factors, memory, size, WER) of ensemble vs student and the
      int8 quality gate (fails above --int8-max-relative), and the int8 student end to end
@@ -441,103 +441,18 @@ if [ "$ctc" = true ]; then
   fi
 fi
 
-# Stage 9: asr_kd/deploy (model directories, ONNX fp32 and int8, the cost table and the int8 gate). After the
-# CTC stages, so that with --model-type both the CTC students are measured in the same run as the hybrid systems.
+# Stage 9: asr_kd/stages/s9_deploy.py (model directories, ONNX fp32 and int8, the cost table and the int8 gate). After
+# the CTC stages, so that with --model-type both the CTC students are measured in the same run as the hybrid systems.
 if in_stages 9; then
   log "Stage 9: model directories, ONNX fp32 and int8, cost of ensemble vs student (deployment)"
-  deploy="$exp/deploy"
-  systems=() report_opts=()
-  if [ "$hybrid" = true ]; then
-    ensemble_dirs=()
-    for i in $(seq 0 $((num_teachers - 1))); do
-      run_logged "$exp/log/stage9_model_dir_teacher$i.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "teacher$i" \
-        --out "$deploy/teacher$i" --train-part "$train_set"
-      ensemble_dirs+=("$deploy/teacher$i")
-    done
-    run_logged "$exp/log/stage9_model_dir_tri.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system tri \
-      --out "$deploy/tri" --train-part "$train_set"
-    for kind in "${student_kinds[@]}"; do
-      run_logged "$exp/log/stage9_model_dir_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "$kind" \
-        --out "$deploy/$kind" --train-part "$train_set"
-    done
-    run_logged "$exp/log/stage9_export.log" asr-kd export --model-dir "$deploy/distilled"
-    ensemble_list=$(IFS=,; echo "${ensemble_dirs[*]}")
-    systems+=(--system "tri=$deploy/tri" --system "ensemble=$ensemble_list" --system "teacher0=$deploy/teacher0" --system "baseline=$deploy/hard"
-              --system "distilled=$deploy/distilled" --system "distilled=$deploy/distilled@onnx" --system "distilled=$deploy/distilled@onnx-int8")
-    if [ "$compressed_config" != none ]; then
-      run_logged "$exp/log/stage9_export_compressed.log" asr-kd export --model-dir "$deploy/compressed"
-      systems+=(--system "compressed=$deploy/compressed" --system "compressed=$deploy/compressed@onnx-int8")
-    fi
-    gates=(--gate distilled) speed=distilled@onnx-int8
-    if [ "$deploy_uttcmvn" != none ]; then
-      # The deployable students: trained again (seed 0) on per-utterance CMVN, which their model directories reproduce
-      # on any file; the distilled and compressed ones from stage 5's soft targets, as in stage 6.
-      uttcmvn_full=() uttcmvn_kinds=()
-      kd_mode=$(awk '/^mode:/ {gsub(/["\047]/, "", $2); print $2}' "$kd_config")  # KdConfig's mode; its default: stored
-      for kind in $deploy_uttcmvn; do
-        if [ "$kind" != hard ] && [ "${kd_mode:-stored}" != stored ]; then
-          log "Stage 9: no $kind student on per-utterance CMVN: it learns from stored soft targets, and $kd_config has mode: $kd_mode"
-          continue
-        fi
-        case "$kind" in
-          compressed) [ "$compressed_config" != none ] || { log "Stage 9: no compressed student (--compressed-config none): none on per-utterance CMVN"; continue; } ;;
-          *) uttcmvn_full+=("$kind") ;;
-        esac
-        uttcmvn_kinds+=("$kind")
-      done
-      log "Stage 9: students on per-utterance CMVN: ${uttcmvn_kinds[*]}"
-      if [ ${#uttcmvn_full[@]} -gt 0 ]; then
-        run_logged "$exp/log/stage9_uttcmvn_students.log" asr-kd train-student "${kd_common[@]}" --kind "${uttcmvn_full[@]}" --utterance-cmvn \
-          --num-seeds 1 --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$dnn_config" \
-          --config "${student_train_config:-$train_config}" --kd-config "$kd_config"
-      fi
-      if [[ " ${uttcmvn_kinds[*]} " == *" compressed "* ]]; then
-        run_logged "$exp/log/stage9_uttcmvn_compressed.log" asr-kd train-student "${kd_common[@]}" --kind compressed --utterance-cmvn \
-          --num-seeds 1 --jobs "$nj" "${cmd_opts[@]}" --num-teachers "$num_teachers" --model-config "$compressed_config" \
-          --config "${compressed_train_config:-${student_train_config:-$train_config}}" --kd-config "$kd_config"
-      fi
-      for kind in "${uttcmvn_kinds[@]}"; do
-        # Its acoustic scale chosen again on dev for it (stage 7 tuned its kind's on per-speaker features).
-        run_logged "$exp/log/stage9_model_dir_${kind}_uttcmvn.log" asr-kd make-model-dir --exp "$exp" --data "$data" \
-          --system "$kind-uttcmvn" --out "$deploy/${kind}_uttcmvn" --train-part "$train_set" \
-          --tune-scale-on "$data/fbank/cuts_$dev_set.jsonl.gz"
-        name=$kind; [ "$kind" = hard ] && name=baseline
-        systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn")
-        if [ "$kind" != hard ]; then  # the deployable form: int8
-          run_logged "$exp/log/stage9_export_${kind}_uttcmvn.log" asr-kd export --model-dir "$deploy/${kind}_uttcmvn"
-          systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn@onnx-int8")
-        fi
-        if [ "$kind" = distilled ]; then  # the student users deploy: gated (fp32 ONNX too) and timed end to end
-          systems+=(--system "$name-uttcmvn=$deploy/${kind}_uttcmvn@onnx")
-          gates+=(--gate distilled-uttcmvn) speed=distilled-uttcmvn@onnx-int8
-        fi
-      done
-    fi
-    report_opts=("${gates[@]}" --baseline ensemble --speaker-cmvn "$data/fbank/cmvn_$test_set.npz" --speed "$speed"
-                 --dev-manifest "$data/fbank/cuts_$dev_set.jsonl.gz")
-  fi
-  if [ "$ctc" = true ]; then
-    # The CTC baseline and frame-level students (seed 0), each at the HLG scale CTC stage 7 tuned on dev; the
-    # frame-level one also as ONNX fp32 and int8 (its gate when the hybrid path did not run).
-    ctc_units=$(awk '/^units:/ {gsub(/["\047]/, "", $2); print $2}' "$ctc_config")  # CtcConfig's units; its default: phone
-    for kind in baseline frame; do
-      run_logged "$exp/log/stage9_model_dir_ctc_$kind.log" asr-kd make-model-dir --exp "$exp" --data "$data" --system "ctc-$kind" \
-        --out "$deploy/ctc_$kind" --train-part "$train_set" --units "${ctc_units:-phone}"
-    done
-    run_logged "$exp/log/stage9_export_ctc.log" asr-kd export --model-dir "$deploy/ctc_frame"
-    systems+=(--system "ctc-baseline=$deploy/ctc_baseline" --system "ctc-frame=$deploy/ctc_frame"
-              --system "ctc-frame=$deploy/ctc_frame@onnx" --system "ctc-frame=$deploy/ctc_frame@onnx-int8")
-    # The frame-level student is the other distilled student users deploy: timed end to end as well (its HLG
-    # search runs at the network's subsampled frame rate, the hybrid one's HCLG search at 100 frames a second).
-    if [ "$hybrid" = true ]; then
-      report_opts+=(--speed ctc-frame@onnx-int8)
-    else
-      report_opts=(--gate ctc-frame --baseline ctc-baseline --speed ctc-frame@onnx-int8 --dev-manifest "$data/fbank/cuts_$dev_set.jsonl.gz")
-    fi
-  fi
-  run_logged "$exp/log/stage9_deploy_report.log" asr-kd deploy-report --test-manifest "$data/fbank/cuts_$test_set.jsonl.gz" \
-    "${systems[@]}" "${report_opts[@]}" --max-relative "$int8_max_relative" \
-    --results "$results" --plot "$(dirname "$results")/wer_vs_cost.png"
+  compressed_opts=()
+  [ "$compressed_config" = none ] || compressed_opts=(--compressed-config "$compressed_config"
+                                                       --compressed-train-config "${compressed_train_config:-${student_train_config:-$train_config}}")
+  # shellcheck disable=SC2086  # one argument per kind
+  run_logged "$exp/log/stage9_deploy.log" asr-kd deploy "${kd_common[@]}" --model-type "$model_type" --num-teachers "$num_teachers" \
+    --model-config "$dnn_config" --config "${student_train_config:-$train_config}" --kd-config "$kd_config" \
+    ${compressed_opts[@]+"${compressed_opts[@]}"} --uttcmvn $deploy_uttcmvn --ctc-config "$ctc_config" \
+    --int8-max-relative "$int8_max_relative" --jobs "$nj" "${cmd_opts[@]}"
   sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
 fi
 

@@ -73,6 +73,12 @@ def test_ctc_path_writes_models_spike_report_and_rows(tiny_stage2: tuple[Path, P
     int8_wer = rows[("ctc-frame", "onnx-int8")][8].split(" ")[0]
     assert f"int8 WER {int8_wer} vs fp32 {rows[('ctc-frame', 'onnx')][8].split(' ')[0]}" in deploy
     assert rows[("ctc-baseline", "torch")][9] == "1.00x"  # the speed-up column divides by the CTC baseline
+    # Stage 9's record chains to the CTC students and decoding it read (and to no hybrid stage).
+    record = read_record(exp / "deploy")
+    assert record.inputs == {"features": read_record(data / "fbank").fingerprint, "ctc_decode": read_record(ctc_dir / "decode").fingerprint,
+                             "ctc_baseline": read_record(ctc_dir / "students" / "baseline").fingerprint,
+                             "ctc_frame": read_record(ctc_dir / "students" / "frame").fingerprint}
+    assert record.config["ctc_units"] == "phone" and record.config["plan"]["gates"] == ["ctc-frame"]
 
 
 def test_unknown_model_type_is_rejected(tmp_path: Path) -> None:

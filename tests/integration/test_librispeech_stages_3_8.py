@@ -205,6 +205,19 @@ def test_deployment_section_and_model_directories(recipe) -> None:
     data, exp, _ = recipe
     text = (exp / "RESULTS.md").read_text()
     section = text[text.index("## Deployment"):]
+    # One record for the stage, chained to every stage its model directories read; the section is the recorded one.
+    record = read_record(exp / "deploy")
+    assert record is not None and record.inputs["decode"] == read_record(exp / "decode").fingerprint
+    assert record.inputs["teachers"] == read_record(exp / "teachers").fingerprint
+    for kind in ("hard", "distilled", "compressed"):
+        assert record.inputs[f"student_{kind}"] == read_record(exp / "students" / kind).fingerprint
+        assert record.inputs[f"student_{kind}_uttcmvn"] == read_record(exp / "students" / f"{kind}_uttcmvn").fingerprint
+    assert record.config["max_relative"] == 0.2 and "report.json" in record.outputs and "distilled/acoustic.int8.onnx" in record.outputs
+    assert section.startswith((exp / "deploy" / "section.md").read_text().rstrip("\n"))
+    report = json.loads((exp / "deploy" / "report.json").read_text())
+    for gate in report["gates"]:
+        verdict = "PASS" if gate["passed"] else "FAIL"
+        assert f"Quantisation gate ({gate['system']}): {verdict}: int8 WER {100 * gate['int8_wer']:.2f}% " in section
     for name in ("teacher0", "teacher1", "hard", "distilled", "compressed"):
         assert (exp / "deploy" / name / "model.pt").is_file() and (exp / "deploy" / name / "HCLG.fst").is_file(), name
     assert (exp / "deploy" / "distilled" / "acoustic.int8.onnx").stat().st_size < (exp / "deploy" / "distilled" / "acoustic.onnx").stat().st_size
@@ -324,11 +337,17 @@ def _kd_config(tmp_path: Path, **changes: object) -> Path:
 
 def test_copied_experiment_folder_redoes_nothing(recipe, tmp_path: Path) -> None:
     data, exp = _copy(recipe, tmp_path)
-    before = {f: read_record(exp / f) for f in STAGE_FOLDERS}
-    out = run_librispeech_recipe(data, exp, "--stage", "3", "--stop-stage", "8", "--num-teachers", "2")
+    folders = (*STAGE_FOLDERS, "students/distilled_uttcmvn", "deploy")
+    before = {f: read_record(exp / f) for f in folders}
+    section, text = (exp / "deploy" / "section.md").read_text().strip(), (exp / "RESULTS.md").read_text()
+    assert section in text and "## Deployment" in section
+    (exp / "RESULTS.md").write_text(text.replace(section, ""))
+    out = run_librispeech_recipe(data, exp, *RECIPE_ARGS)
     log = out.stdout + out.stderr  # run.sh shows each command's log on stdout
-    assert log.count("up to date (") >= len(STAGE_FOLDERS), log[-3000:]
-    assert {f: read_record(exp / f) for f in STAGE_FOLDERS} == before
+    assert log.count("up to date (") >= len(folders), log[-3000:]
+    assert {f: read_record(exp / f) for f in folders} == before
+    # Stage 9 measured nothing again: its section, taken out above, is back as it was recorded (the same speeds).
+    assert section in (exp / "RESULTS.md").read_text()
     # RESULTS.md is rendered from the recorded outputs: the same numbers.
     table1 = json.loads((exp / "decode" / "table1.json").read_text())
     assert f"| 2 x Ensemble | {100 * table1['ensemble']['test-clean']['frame_accuracy']:.1f}% |" in (exp / "RESULTS.md").read_text()

@@ -7,7 +7,8 @@ import argparse
 import re
 
 from asr_kd.bin.cli import build_parser
-from asr_kd.config import INT8_MAX_RELATIVE, THREE_PERCENT_FRACTION, RescoreConfig
+from asr_kd.config import DEFAULT_DNN_PRESET, INT8_MAX_RELATIVE, THREE_PERCENT_FRACTION, RescoreConfig
+from asr_kd.models.dnn import DNN_PRESETS
 from tests.conftest import REPO_ROOT
 
 
@@ -20,7 +21,10 @@ def test_cli_defaults_are_the_configs() -> None:
     decode = _defaults("decode-part")
     assert (decode["rescore_method"], decode["rescore_nbest"]) == (RescoreConfig("x").method, RescoreConfig("x").nbest)
     assert _defaults("three-percent")["fraction"] == THREE_PERCENT_FRACTION == 0.03
-    assert _defaults("deploy-report")["max_relative"] == INT8_MAX_RELATIVE
+    assert _defaults("deploy-report")["max_relative"] == INT8_MAX_RELATIVE == _defaults("deploy")["int8_max_relative"]
+    # Every command that trains a DNN defaults to the same network (train-dnn once said tiny, the stages mini).
+    trainers = ("train-dnn", "realign", "train-teachers", "train-student", "three-percent", "temperature-sweep", "deploy")
+    assert {_defaults(c)["model_config"] for c in trainers} == {DEFAULT_DNN_PRESET} and DEFAULT_DNN_PRESET in DNN_PRESETS
 
 
 def test_run_sh_copies_agree_with_the_config() -> None:

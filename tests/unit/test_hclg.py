@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from asr_kd.config import DecodeConfig
+from asr_kd.config import DecodeConfig, GraphScales
 from asr_kd.decode.fst_utils import input_labels, num_arcs
 from asr_kd.decode.hclg import check_hclg, compile_hclg, compose_lg, is_deterministic_ish, load_hclg, make_hclg
 from asr_kd.decode.hybrid import decode_posteriors
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.kaldi import kaldifst
 
 from decode_toy import DEV, UNSEEN, make_lang, monophone_model, oracle_alignment, oracle_log_posteriors, triphone_model, uniform_log_priors
@@ -82,6 +82,20 @@ def test_make_hclg_writes_graph_and_info(lang, tmp_path) -> None:
     assert (tmp_path / "graph" / "words.txt").read_text() == lang.words.to_text()
     with pytest.raises(DataError, match="does not exist; build it with `asr-kd make-hclg`"):
         load_hclg(tmp_path / "nowhere")
+
+
+def test_a_decode_config_with_other_graph_scales_is_refused(lang, tmp_path) -> None:
+    """The transition and self-loop scales are baked into HCLG when it is built: decoding it with a
+    config that asks for others is refused, not silently ignored (issue 10: one set of graph scales)."""
+    ctx_dep, tm = monophone_model(lang)
+    make_hclg(lang, ctx_dep, tm, tmp_path / "graph", GraphScales(transition=1.0, self_loop=0.1))
+    same = DecodeConfig(transition_scale=1.0, self_loop_scale=0.1, acoustic_scale=0.2)  # the acoustic scale is the decoder's own
+    assert load_hclg(tmp_path / "graph", same.graph_scales).num_states > 0
+    with pytest.raises(ConfigError, match=r"built with self-loop scale 0\.1, the decode config asks for decode\.self_loop_scale 1; "):
+        load_hclg(tmp_path / "graph", DecodeConfig(transition_scale=1.0, self_loop_scale=1.0).graph_scales)
+    with pytest.raises(ConfigError, match=r"built with transition scale 1, the decode config asks for decode\.transition_scale 0\.5"):
+        load_hclg(tmp_path / "graph" / "HCLG.fst", DecodeConfig(transition_scale=0.5, self_loop_scale=0.1).graph_scales)
+    assert load_hclg(tmp_path / "graph").num_states > 0  # no scales given: nothing checked
 
 
 def test_graph_for_another_model_is_rejected(lang) -> None:

@@ -188,6 +188,20 @@ def test_ctc_stage6_trains_every_student_through_the_launcher(tmp_path: Path) ->
     assert "--extra-frame" not in calls[0] and calls[0].endswith(" --cmd local --cmd-config " + str(CONF / "slurm.yaml")), calls[0]
 
 
+def deploy_settings_of(tmp_path: Path, *args: str) -> tuple:
+    """Run run.sh's stage 9 with ``args`` (the stub ``asr-kd`` of :func:`recorded_calls`, which
+    keeps each argument whole) and return its one call (``asr-kd deploy``) parsed by the real
+    command line, with its plan and student settings as the command makes them
+    (asr_kd.bin.cmd_kd.deploy_settings)."""
+    from asr_kd.bin.cli import build_parser
+    from asr_kd.bin.cmd_kd import deploy_settings
+
+    calls = recorded_calls(tmp_path, "--stage", "9", "--stop-stage", "9", *args, echo="asr-kd-call $(printf '%s\\037' \"$@\")")
+    assert [c.split("\037")[0].split()[1] for c in calls] == ["deploy"], calls  # the whole stage is one command now
+    parsed = build_parser().parse_args(calls[0].removeprefix("asr-kd-call ").split("\037")[:-1])
+    return parsed, *deploy_settings(parsed)
+
+
 @pytest.mark.parametrize(
     "args, full, compressed",
     [
@@ -200,47 +214,50 @@ def test_ctc_stage6_trains_every_student_through_the_launcher(tmp_path: Path) ->
     ],
 )
 def test_stage9_trains_the_deployable_students_on_per_utterance_cmvn(tmp_path: Path, args: list[str], full: str, compressed: bool) -> None:
+    from asr_kd.models.dnn import load_dnn_config
+
     online = tmp_path / "kd_online.yaml"
     online.write_text((CONF / "kd.yaml").read_text().replace("mode: stored", "mode: online"))
-    calls = recorded_calls(tmp_path, "--stage", "9", "--stop-stage", "9", *[str(online) if a == "ONLINE" else a for a in args])
-    trains = [c for c in calls if c.split()[1] == "train-student"]
-    assert all("--utterance-cmvn" in c and "--num-seeds 1 " in c for c in trains)
-    kinds = [c.split(" --kind ")[1].split(" --utterance-cmvn")[0] for c in trains]
-    assert kinds == ([full] if full else []) + (["compressed"] if compressed else []), calls
-    # The full-size ones get the preset's DNN, the compressed one its compressed network (as in stage 6).
-    assert all("--model-config mini " in c for c in trains[:1] if full)
-    if compressed:
-        assert "--model-config mini-compressed-v2 " in trains[-1]
-    made = [c.split(" --system ")[1].split()[0] for c in calls if c.split()[1] == "make-model-dir" and "uttcmvn" in c]
-    assert made == [f"{k}-uttcmvn" for k in (full.split() + (["compressed"] if compressed else []))]
-    report = next(c for c in calls if c.split()[1] == "deploy-report")
-    expected = {("baseline" if k == "hard" else k) for k in made_kinds(made)}
-    assert {n.split("=")[0] for n in re.findall(r"--system (\S+)", report) if "uttcmvn" in n} == {f"{k}-uttcmvn" for k in expected}
+    _, plan, students = deploy_settings_of(tmp_path, *[str(online) if a == "ONLINE" else a for a in args])
+    kinds = full.split() + (["compressed"] if compressed else [])
+    assert list(plan.uttcmvn_kinds) == kinds, plan
+    # The full-size ones get the preset's DNN and students' TrainConfig, the compressed one its compressed network (as in stage 6).
+    if kinds:
+        assert students.model_config == load_dnn_config("mini") and students.train_config.num_epochs > 0
+        assert (students.compressed_model_config == load_dnn_config("mini-compressed-v2")) == ("--compressed-config" not in args)
+    else:
+        assert students is None
+    made = [job for job in plan.model_dirs if "uttcmvn" in job.system]
+    assert [j.system for j in made] == [f"{k}-uttcmvn" for k in kinds] and all(j.tune_scale for j in made)
+    assert [j.folder for j in made] == [f"{k}_uttcmvn" for k in kinds]
+    expected = {("baseline" if k == "hard" else k) for k in kinds}
+    assert {n.split("=")[0] for n in plan.systems if "uttcmvn" in n} == {f"{k}-uttcmvn" for k in expected}
     # The deployable distilled student, when there is one, is gated (fp32 ONNX beside int8) and timed end to end.
     deployable = "distilled" in full.split()
-    assert re.findall(r"--gate (\S+)", report) == ["distilled"] + (["distilled-uttcmvn"] if deployable else [])
-    assert re.findall(r"--speed (\S+)", report) == [("distilled-uttcmvn" if deployable else "distilled") + "@onnx-int8"]
-    onnx = [n for n in re.findall(r"--system (\S+)", report) if n.startswith("distilled-uttcmvn=") and n.endswith("@onnx")]
+    assert list(plan.gates) == ["distilled"] + (["distilled-uttcmvn"] if deployable else [])
+    assert list(plan.speed) == [("distilled-uttcmvn" if deployable else "distilled") + "@onnx-int8"]
+    onnx = [n for n in plan.systems if n.startswith("distilled-uttcmvn=") and n.endswith("@onnx")]
     assert len(onnx) == int(deployable)
+    # Without a compressed network, no compressed row at all.
+    assert any(n.startswith("compressed=") for n in plan.systems) == ("--compressed-config" not in args)
 
 
 @pytest.mark.parametrize("model_type", ["both", "ctc", "hybrid"])
 def test_stage9_times_each_distilled_student_it_deploys(tmp_path: Path, model_type: str) -> None:
     """Both distilled students users deploy are timed end to end on dev-chosen pruning: the hybrid
-    one (on per-utterance CMVN) and the CTC frame-level one, each with the dev part to choose on."""
-    calls = recorded_calls(tmp_path, "--preset", "mini", "--model-type", model_type, "--stage", "9", "--stop-stage", "9")
-    report = next(c for c in calls if c.split()[1] == "deploy-report")
+    one (on per-utterance CMVN) and the CTC frame-level one."""
+    args, plan, _ = deploy_settings_of(tmp_path, "--preset", "mini", "--model-type", model_type)
     expected = {"both": ["distilled-uttcmvn@onnx-int8", "ctc-frame@onnx-int8"], "ctc": ["ctc-frame@onnx-int8"],
                 "hybrid": ["distilled-uttcmvn@onnx-int8"]}[model_type]
-    assert re.findall(r"--speed (\S+)", report) == expected
-    assert re.findall(r"--dev-manifest (\S+)", report) == [str(tmp_path / "data" / "fbank" / "cuts_dev-clean.jsonl.gz")]
-    # Every timed system is measured in the cost table too (deploy-report refuses a --speed it has no --system for).
-    systems = {n.split("=")[0] + ("@" + n.rsplit("@", 1)[1] if "@" in n else "") for n in re.findall(r"--system (\S+)", report)}
-    assert set(expected) <= systems
-
-
-def made_kinds(systems: list[str]) -> list[str]:
-    return [s.removesuffix("-uttcmvn") for s in systems]
+    assert list(plan.speed) == expected and args.dev_set == "dev-clean" and args.model_type == model_type
+    # Every timed, gated or exported system is measured in the cost table too (deploy-report refuses a --speed it has no --system for).
+    systems = {n.split("=")[0] + ("@" + n.rsplit("@", 1)[1] if "@" in n else "@torch") for n in plan.systems}
+    assert set(expected) <= systems and all({f"{g}@onnx", f"{g}@onnx-int8"} <= systems for g in plan.gates)
+    folders = {j.folder for j in plan.model_dirs}
+    assert set(plan.exports) <= folders and all(d in folders for n in plan.systems for d in n.split("=")[1].split("@")[0].split(","))
+    # The ensemble (hybrid) or the CTC baseline (CTC alone) is what the speed-up column divides by.
+    assert plan.baseline == ("ctc-baseline" if model_type == "ctc" else "ensemble")
+    assert plan.speaker_cmvn == (model_type != "ctc")
 
 
 @pytest.mark.parametrize("args, device", [([], "auto"), (["--device", "cpu"], "cpu"), (["--device", "cuda"], "cuda")])
