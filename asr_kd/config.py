@@ -31,7 +31,7 @@ DEFAULT_TRAIN_PART, DEFAULT_DEV_PART, DEFAULT_TEST_PART = "train-clean-100", "de
 SENONES_FIELD = "senones"
 # Stage 8's share of the training data: the paper's Table 5 trains on 3% of it.
 THREE_PERCENT_FRACTION = 0.03
-# Stage 9's quantisation gate: int8 within 2% relative of fp32 test WER (deploy-report --max-relative).
+# Stage 9's quantisation gate: int8 within 2% relative of fp32 test WER (deploy --int8-max-relative, deploy-report --max-relative).
 INT8_MAX_RELATIVE = 0.02
 # The DNN preset (asr_kd.models.dnn.DNN_PRESETS) every command that trains one uses when given no
 # --model-config: the demo's network (run.sh passes its preset's own).

@@ -54,7 +54,7 @@ def _seeds_arg(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the commands of stage 3's realignment and stages 4-8 to ``sub``."""
+    """Add the commands of stage 3's realignment and stages 4-10 to ``sub``."""
     p = sub.add_parser("realign", help="stage 3 (--alignments dnn): a first-pass DNN on the GMM's alignments realigns every part",
                        description="Train one DNN (--model-config, --config; seed + 500) on stage 3's triphone-GMM senone alignments, then "
                        "align the training, dev and test parts again through stage 3's training graphs with its posteriors divided by "
@@ -189,7 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-type", choices=("hybrid", "ctc", "both"), default="hybrid",
                    help="which path's systems to deploy: the hybrid DNN-HMMs, the CTC students, or both (default hybrid)")
     p.add_argument("--compressed-config", default=None,
-                   help="DnnConfig preset or YAML of stage 6's compressed student (default: the run has none)")
+                   help="DnnConfig preset or YAML of stage 6's compressed student (default, or none: the run has none)")
     p.add_argument("--compressed-train-config", type=Path, default=None,
                    help="TrainConfig YAML of the compressed student (default: --config)")
     p.add_argument("--uttcmvn", nargs="+", default=["hard", "distilled", "compressed"], metavar="KIND",
@@ -369,16 +369,18 @@ def deploy_settings(args: argparse.Namespace) -> tuple[Any, Any]:
 
     hybrid = args.model_type != "ctc"
     kd = _kd(args)
+    compressed = args.compressed_config not in (None, "none")
     requested = [] if args.uttcmvn == ["none"] else list(args.uttcmvn)
-    kinds = deployable_kinds(requested, kd.mode, args.compressed_config is not None) if hybrid else ()
+    kinds = deployable_kinds(requested, kd.mode, compressed)  # checked on every path, used on the hybrid one
+    if not hybrid:
+        kinds = ()
     num_teachers = args.num_teachers
     if hybrid and num_teachers is None:
         num_teachers = recorded_num_teachers(RecipeLayout(args.data_dir, args.exp_dir))
-    plan = deploy_plan(args.model_type, num_teachers or 1, args.compressed_config is not None, kinds)
+    plan = deploy_plan(args.model_type, num_teachers if hybrid else 1, compressed, kinds)
     students = None
     if kinds:
         model_cfg, train_cfg = _configs(args)
-        compressed = args.compressed_config is not None
         students = StudentSettings(model_cfg, train_cfg, kd, load_dnn_config(args.compressed_config) if compressed else None,
                                    load_config(TrainConfig, args.compressed_train_config) if args.compressed_train_config else None)
     return plan, students

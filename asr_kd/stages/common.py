@@ -48,9 +48,14 @@ def read_senones(layout: RecipeLayout) -> SenoneInfo:
 
 def gmm_record(layout: RecipeLayout) -> StageRecord:
     """Return stage 3's provenance record; DataError naming stage 3 if it has not finished, or if
-    stage 1's features were computed again since (every later stage reads both)."""
-    features = read_record(layout.features("fbank"))
-    return require_current(layout.gmm, "stage 3 (asr-kd train-gmm)", {} if features is None else {"features": features.fingerprint})
+    stage 1's features or stage 2's lang (words, LM) were made again since (every later stage
+    reads them beside stage 3's outputs)."""
+    current = {}
+    for key, folder in (("features", layout.features("fbank")), ("lang", layout.lang)):
+        record = read_record(folder)
+        if record is not None:
+            current[key] = record.fingerprint
+    return require_current(layout.gmm, "stage 3 (asr-kd train-gmm)", current)
 
 
 def alignment_inputs(layout: RecipeLayout) -> dict[str, str]:

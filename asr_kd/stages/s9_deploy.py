@@ -23,11 +23,11 @@ from typing import Sequence
 
 from asr_kd.config import INT8_MAX_RELATIVE, DnnConfig, KdConfig, TrainConfig
 from asr_kd.deploy.recipe_paths import UTTCMVN_SUFFIX
-from asr_kd.errors import ConfigError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.launch import Launcher
 from asr_kd.stages.common import gmm_record, student_record, teachers_record
 from asr_kd.stages.layout import RecipeLayout
-from asr_kd.stages.provenance import StageGuard, read_record, require_current, require_record
+from asr_kd.stages.provenance import StageGuard, StageRecord, read_record, require_current, require_record
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -183,15 +183,31 @@ def _train_uttcmvn_students(layout: RecipeLayout, kinds: Sequence[str], students
                        train_config=students.compressed_train_config or students.train_config, **common)
 
 
+def _decoded_current(folder: Path, stage_hint: str, current: dict[str, str]) -> StageRecord:
+    """Return the record of the decoding stage in ``folder``, which chose the scales the model
+    directories decode at; DataError naming ``stage_hint`` when it did not decode one of the
+    systems of ``current`` (its input keys) or decoded another version of one."""
+    record = require_current(folder, stage_hint, current)
+    missing = sorted(k for k in current if k not in record.inputs)
+    if missing:
+        raise DataError(f"{folder} did not decode {', '.join(m.replace('student_', '').replace('student ', '') for m in missing)}, whose "
+                        f"tuned scale a model directory needs; run {stage_hint} again (with that system)")
+    return record
+
+
 def deploy_inputs(layout: RecipeLayout, plan: DeployPlan) -> dict[str, str]:
     """Return the fingerprints of the stage records the plan's model directories are built from;
-    DataError naming the stage to run when one has not finished or was made from an earlier run
-    of its own inputs."""
+    DataError naming the stage to run when one has not finished, was made from an earlier run of
+    its own inputs, or (the decoding stages) did not tune a system the plan deploys."""
     inputs: dict[str, str] = {}
+    features = read_record(layout.features("fbank"))
+    if features is not None:  # stage 1's feature config goes into every model directory
+        inputs["features"] = features.fingerprint
     if plan.hybrid:
         from asr_kd.stages.s7_decode import student_system_name
 
-        inputs["gmm"] = gmm_record(layout).fingerprint
+        inputs["gmm"] = gmm_record(layout).fingerprint  # checks that stages 1 and 2 were not redone since
+        inputs["lang"] = require_record(layout.lang, "stage 2 (asr-kd prepare-lang)").fingerprint
         inputs["teachers"] = teachers_record(layout).fingerprint
         students = {}
         for job in plan.model_dirs:
@@ -203,12 +219,10 @@ def deploy_inputs(layout: RecipeLayout, plan: DeployPlan) -> dict[str, str]:
                 inputs[f"student_{job.folder}"] = fp
                 if not uttcmvn:
                     students[f"student_{student_system_name(kind, 0)}"] = fp
-        # Stage 7 chose the scales the model directories decode at: for these very students.
-        inputs["decode"] = require_current(layout.decode, "stage 7 (asr-kd decode-hybrid)", students).fingerprint
+        # Stage 7 chose the scales the model directories decode at: for these very students and teachers.
+        inputs["decode"] = _decoded_current(layout.decode, "stage 7 (asr-kd decode-hybrid)",
+                                            {**students, "teachers": inputs["teachers"]}).fingerprint
     if plan.ctc:
-        features = read_record(layout.features("fbank"))
-        if features is not None:
-            inputs["features"] = features.fingerprint
         students = {}
         for job in plan.model_dirs:
             if job.system.startswith("ctc-"):
@@ -216,7 +230,7 @@ def deploy_inputs(layout: RecipeLayout, plan: DeployPlan) -> dict[str, str]:
                 fp = require_record(layout.ctc_student_dir(name), "CTC stage 6 (asr-kd ctc-train-students)").fingerprint
                 inputs[f"ctc_{name}"] = students[f"student {name}"] = fp
         graph = require_record(layout.ctc_graph, "CTC stage 7 (asr-kd ctc-decode), which builds the HLG graph").fingerprint
-        inputs["ctc_decode"] = require_current(layout.ctc_decode, "CTC stage 7 (asr-kd ctc-decode)", {**students, "graph": graph}).fingerprint
+        inputs["ctc_decode"] = _decoded_current(layout.ctc_decode, "CTC stage 7 (asr-kd ctc-decode)", {**students, "graph": graph}).fingerprint
     return inputs
 
 
@@ -229,12 +243,16 @@ def run_deploy(
     write its section to ``results_md`` (the cost-table plot beside it). ``students``: how stage 6
     trained its students, for those of ``plan.uttcmvn_kinds`` (distilled from ``num_teachers``
     teachers' soft targets; default: every teacher stage 4 trained). Returns ``report.json``'s contents:
-    ``{"rows": [CostRow fields...], "gates": [GateResult fields...]}``."""
+    ``{"rows": [CostRow fields...], "gates": [GateResult fields...]}``. A failed quantisation gate
+    (:func:`gates_passed`) is part of the record: the same models fail it again on a rerun, which
+    measures nothing; another ``max_relative`` or a retrained student redoes the stage."""
     from asr_kd.deploy.recipe_paths import make_model_dir_from_recipe
 
     if plan.uttcmvn_kinds:
         if students is None:
             raise ConfigError("stage 9 trains students on per-utterance CMVN: it needs stage 6's student settings")
+        # Every other input checked first: no student is trained for a stage that would then refuse to run.
+        deploy_inputs(layout, dataclasses.replace(plan, model_dirs=tuple(j for j in plan.model_dirs if not j.tune_scale)))
         _train_uttcmvn_students(layout, plan.uttcmvn_kinds, students, num_teachers, command, jobs, num_threads, launcher)
     folder = layout.deploy
     config = {"plan": plan, "max_relative": max_relative, "train_part": layout.train_part, "dev_part": layout.dev_part,

@@ -267,8 +267,6 @@ decode_beam_set=()
 [ -z "$decode_beam" ] || decode_beam_set=(--decode-set "beam=$decode_beam")
 compressed_opt=()
 [ "$compressed_config" = none ] || compressed_opt=(--compressed)
-student_kinds=(hard distilled)
-[ "$compressed_config" = none ] || student_kinds+=(compressed)
 
 # Stage 0: asr_kd/stages/s0_corpus.py
 if in_stages 0; then

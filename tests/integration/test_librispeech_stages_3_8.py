@@ -353,6 +353,21 @@ def test_copied_experiment_folder_redoes_nothing(recipe, tmp_path: Path) -> None
     assert f"| 2 x Ensemble | {100 * table1['ensemble']['test-clean']['frame_accuracy']:.1f}% |" in (exp / "RESULTS.md").read_text()
 
 
+def test_stage9_measures_again_for_a_new_gate_limit_only(recipe, tmp_path: Path) -> None:
+    """Another --int8-max-relative redoes stage 9 (its record's config), and nothing before it; the
+    per-utterance CMVN students are reused."""
+    data, exp = _copy(recipe, tmp_path)
+    before = read_record(exp / "deploy")
+    students = read_record(exp / "students" / "distilled_uttcmvn")
+    out = run_librispeech_recipe(data, exp, "--stage", "9", "--stop-stage", "9", "--num-teachers", "2", "--int8-max-relative", "0.3")
+    after = read_record(exp / "deploy")
+    assert before.config["max_relative"] == 0.2 and after.config["max_relative"] == 0.3 and after.finished >= before.finished
+    assert after.inputs == before.inputs and after.config_fingerprint != before.config_fingerprint
+    assert read_record(exp / "students" / "distilled_uttcmvn") == students
+    log = out.stdout + out.stderr
+    assert "stage 9 (deployment): up to date" not in log and "allows at most +30.0%" in (exp / "RESULTS.md").read_text()
+
+
 def test_student_refuses_soft_targets_of_another_temperature(recipe, tmp_path: Path) -> None:
     data, exp = _copy(recipe, tmp_path)
     distilled = read_record(exp / "students" / "distilled")
@@ -444,7 +459,7 @@ def test_truncated_checkpoint_is_caught_before_a_record_vouches_for_it(recipe, t
     assert "truncated" in check_outputs(exp / "students" / "hard", read_record(exp / "students" / "hard").outputs)
 
 
-def test_decode_a_part_that_is_neither_dev_nor_test(recipe, tmp_path: Path) -> None:
+def test_decode_a_part_that_is_neither_dev_nor_test(recipe, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`asr-kd decode-part`: a user's own part (here test-clean's audio under another name) decoded
     with the trained systems, beside the recipe: the same WERs as the recipe's own decodes of
     that audio, per-speaker WERs that add up, and nothing of the recipe's outputs touched."""
@@ -475,6 +490,12 @@ def test_decode_a_part_that_is_neither_dev_nor_test(recipe, tmp_path: Path) -> N
         assert sum(v["utterances"] for v in s["per_speaker"].values()) == s["utterances"] == 20
     assert (exp / "decode_parts" / "my-test" / "tri" / "hyp.txt").is_file()
     assert {f: read_record(exp / f) for f in STAGE_FOLDERS} == before
+    # A self-loop scale other than the one stage 3 built HCLG with is refused in one line, not silently ignored.
+    rc = cli_main(["decode-part", "--data-dir", str(data), "--exp-dir", str(exp), "--corpus-dir", str(corpus), "--part", "my-test",
+                   "--systems", "distilled", "--decode-config", str(REPO_ROOT / "recipes" / "librispeech" / "conf" / "decode_tiny.yaml"),
+                   "--decode-set", "self_loop_scale=1.0", "--num-threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "was built with self-loop scale 0.1, the decode config asks for decode.self_loop_scale 1; " in err
 
 
 def test_align_a_new_part_into_cuts_to_train_on(recipe, tmp_path: Path) -> None:

@@ -214,19 +214,27 @@ def deploy_settings_of(tmp_path: Path, *args: str) -> tuple:
     ],
 )
 def test_stage9_trains_the_deployable_students_on_per_utterance_cmvn(tmp_path: Path, args: list[str], full: str, compressed: bool) -> None:
+    from asr_kd.config import TrainConfig, load_config
     from asr_kd.models.dnn import load_dnn_config
 
     online = tmp_path / "kd_online.yaml"
     online.write_text((CONF / "kd.yaml").read_text().replace("mode: stored", "mode: online"))
-    _, plan, students = deploy_settings_of(tmp_path, *[str(online) if a == "ONLINE" else a for a in args])
+    parsed, plan, students = deploy_settings_of(tmp_path, *[str(online) if a == "ONLINE" else a for a in args])
     kinds = full.split() + (["compressed"] if compressed else [])
     assert list(plan.uttcmvn_kinds) == kinds, plan
-    # The full-size ones get the preset's DNN and students' TrainConfig, the compressed one its compressed network (as in stage 6).
+    # The full-size ones get the preset's DNN and students' TrainConfig, the compressed one its compressed network and the
+    # same TrainConfig (mini names no compressed_train_config), as in stage 6.
+    students_file = load_config(TrainConfig, CONF / "train_students_mini.yaml")
+    assert students_file != load_config(TrainConfig, CONF / "train_mini.yaml")  # else the check below could not tell them apart
     if kinds:
-        assert students.model_config == load_dnn_config("mini") and students.train_config.num_epochs > 0
+        assert students.model_config == load_dnn_config("mini") and students.train_config == students_file
         assert (students.compressed_model_config == load_dnn_config("mini-compressed-v2")) == ("--compressed-config" not in args)
+        assert students.compressed_train_config in (None, students_file)
     else:
         assert students is None
+    # mini's four teachers form the ensemble row; the gate's limit and the launcher reach the command.
+    assert "ensemble=teacher0,teacher1,teacher2,teacher3" in plan.systems
+    assert (parsed.int8_max_relative, parsed.jobs, parsed.cmd, parsed.num_teachers) == (0.02, 2, "local", 4)
     made = [job for job in plan.model_dirs if "uttcmvn" in job.system]
     assert [j.system for j in made] == [f"{k}-uttcmvn" for k in kinds] and all(j.tune_scale for j in made)
     assert [j.folder for j in made] == [f"{k}_uttcmvn" for k in kinds]
@@ -258,6 +266,10 @@ def test_stage9_times_each_distilled_student_it_deploys(tmp_path: Path, model_ty
     # The ensemble (hybrid) or the CTC baseline (CTC alone) is what the speed-up column divides by.
     assert plan.baseline == ("ctc-baseline" if model_type == "ctc" else "ensemble")
     assert plan.speaker_cmvn == (model_type != "ctc")
+    if model_type != "hybrid":  # the CTC path's units come from the preset's CtcConfig
+        from asr_kd.config import CtcConfig, load_config
+
+        assert args.ctc_config is not None and load_config(CtcConfig, args.ctc_config).units == "phone"
 
 
 @pytest.mark.parametrize("args, device", [([], "auto"), (["--device", "cpu"], "cpu"), (["--device", "cuda"], "cuda")])
