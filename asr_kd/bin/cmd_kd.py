@@ -180,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "ctc or both the CTC baseline and frame-level students) in <exp>/deploy/, export the distilled ones to ONNX fp32 and "
                        "int8, and measure every system side by side on the test part: parameters, multiply-adds, real-time factors, memory, "
                        "size, WER, the int8 quantisation gate and the deployable student's end-to-end speed (asr_kd/stages/s9_deploy.py). "
-                       "Skipped when <exp>/deploy/provenance.json matches the settings and the records of stages 3, 4, 6 and 7 (CTC: 6 and 7); "
+                       "Skipped when <exp>/deploy/provenance.json matches the settings and the records of stages 1-4, 6 and 7 (CTC: 1, 6 and 7); "
                        "the section is then written again from <exp>/deploy/section.md. Exit status 1 when a quantisation gate failed.")
     _layout_args(p)
     _model_args(p)
@@ -388,7 +388,7 @@ def deploy_settings(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _deploy(args: argparse.Namespace) -> int:
     from asr_kd.config import CtcConfig, load_config
-    from asr_kd.stages.s9_deploy import gates_passed, run_deploy
+    from asr_kd.stages.s9_deploy import SECTION_NAME, gates_passed, run_deploy
 
     common = _setup(args, "deploy", after_teachers=args.model_type != "ctc")
     if args.model_type != "hybrid":
@@ -397,7 +397,7 @@ def _deploy(args: argparse.Namespace) -> int:
     plan, students = deploy_settings(args)
     report = run_deploy(plan=plan, students=students, num_teachers=args.num_teachers, max_relative=args.int8_max_relative,
                         jobs=args.jobs, num_threads=max(args.num_threads, 1), launcher=launcher_from_args(args), **common)
-    print((common["layout"].deploy / "section.md").read_text())
+    print((common["layout"].deploy / SECTION_NAME).read_text())  # run.sh shows it through the log
     return 0 if gates_passed(report) else 1
 
 
@@ -465,7 +465,6 @@ def _decode_part(args: argparse.Namespace) -> int:
     decode_cfg = load_config(DecodeConfig, args.decode_config, {"num_jobs": args.num_jobs, **parse_overrides(args.decode_overrides)})
     rescore = None
     if args.rescore_arpa is not None:
-
         rescore = RescoreConfig(str(args.rescore_arpa), args.rescore_method, args.rescore_nbest)
     scores = decode_part(common["layout"], args.corpus_dir, args.part, args.systems, decode_cfg, args.num_jobs, common["command"], args.align,
                          tune_scale=not args.fixed_scale, rescore=rescore)

@@ -29,7 +29,6 @@ from asr_kd.metrics.wer import WerResult, compute_wer
 if TYPE_CHECKING:
     from asr_kd.deploy.speed import SearchSetting
 
-DEFAULT_MAX_RELATIVE = INT8_MAX_RELATIVE  # int8 within 2% relative of fp32 (asr_kd.config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +66,7 @@ class GateResult:
                 f"({100 * self.relative:+.1f}% relative; the gate allows at most +{100 * self.max_relative:.1f}%).")
 
 
-def quantisation_gate(fp32: WerResult, int8: WerResult, max_relative: float = DEFAULT_MAX_RELATIVE, system: str = "") -> GateResult:
+def quantisation_gate(fp32: WerResult, int8: WerResult, max_relative: float = INT8_MAX_RELATIVE, system: str = "") -> GateResult:
     """Return the gate of ``int8`` against ``fp32`` (same references): it passes when int8's WER
     is at most ``max_relative`` above fp32's, relative. With an fp32 WER of 0 one word error
     stands in for the denominator, so a single new error on a tiny test set is measurable.
@@ -294,7 +293,7 @@ def load_test_audio(manifest: Path | str, sampling_rate: int, max_cuts: int | No
 
 def deploy_report(
     systems: Sequence[SystemSpec], test_manifest: Path | str, gate_system: str | Sequence[str] | None = None,
-    max_relative: float = DEFAULT_MAX_RELATIVE,
+    max_relative: float = INT8_MAX_RELATIVE,
     baseline: str | None = None, decode_config: DecodeConfig | None = None, max_cuts: int | None = None,
     results_md: Path | str | None = None, command: str = "", speaker_cmvn: Path | str | None = None,
     plot: Path | str | None = None, speed_system: SystemSpec | Sequence[SystemSpec] | None = None, dev_manifest: Path | str | None = None,

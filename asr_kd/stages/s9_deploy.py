@@ -61,12 +61,12 @@ class DeployPlan:
     gates: tuple[str, ...]
     speed: tuple[str, ...]
     baseline: str | None
-    speaker_cmvn: bool
     uttcmvn_kinds: tuple[str, ...]  # the students trained again on per-utterance CMVN, in the order asked
 
     @property
     def hybrid(self) -> bool:
-        """Whether the plan deploys the hybrid path's systems (the triphone GMM among them)."""
+        """Whether the plan deploys the hybrid path's systems (the triphone GMM among them); their
+        networks are also scored with per-speaker, global and per-utterance CMVN."""
         return any(job.system == "tri" for job in self.model_dirs)
 
     @property
@@ -152,7 +152,7 @@ def deploy_plan(model_type: str, num_teachers: int, compressed: bool, uttcmvn_ki
         speed.append("ctc-frame@onnx-int8")
         if not hybrid:
             gates, baseline = ["ctc-frame"], "ctc-baseline"
-    return DeployPlan(tuple(dirs), tuple(exports), tuple(systems), tuple(gates), tuple(speed), baseline, hybrid, tuple(uttcmvn_kinds))
+    return DeployPlan(tuple(dirs), tuple(exports), tuple(systems), tuple(gates), tuple(speed), baseline, tuple(uttcmvn_kinds))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,9 +196,11 @@ def _decoded_current(folder: Path, stage_hint: str, current: dict[str, str]) -> 
 
 
 def deploy_inputs(layout: RecipeLayout, plan: DeployPlan) -> dict[str, str]:
-    """Return the fingerprints of the stage records the plan's model directories are built from;
-    DataError naming the stage to run when one has not finished, was made from an earlier run of
-    its own inputs, or (the decoding stages) did not tune a system the plan deploys."""
+    """Return the fingerprints of the stage records the plan's model directories are built from,
+    but for stage 9's own per-utterance CMVN students (:func:`uttcmvn_inputs`); DataError naming
+    the stage to run when one has not finished, was made from an earlier run of its own inputs
+    (stage 3's record carries stages 1 and 2), or (the decoding stages) did not tune a system the
+    plan deploys."""
     inputs: dict[str, str] = {}
     features = read_record(layout.features("fbank"))
     if features is not None:  # stage 1's feature config goes into every model directory
@@ -207,18 +209,12 @@ def deploy_inputs(layout: RecipeLayout, plan: DeployPlan) -> dict[str, str]:
         from asr_kd.stages.s7_decode import student_system_name
 
         inputs["gmm"] = gmm_record(layout).fingerprint  # checks that stages 1 and 2 were not redone since
-        inputs["lang"] = require_record(layout.lang, "stage 2 (asr-kd prepare-lang)").fingerprint
         inputs["teachers"] = teachers_record(layout).fingerprint
         students = {}
         for job in plan.model_dirs:
-            kind = job.system.removesuffix(UTTCMVN_SUFFIX)
-            if kind in UTTCMVN_KINDS:
-                uttcmvn = kind != job.system
-                hint = f"stage 9 ({kind} student on per-utterance CMVN)" if uttcmvn else f"stage 6 ({kind} student)"
-                fp = student_record(layout, layout.student_dir(kind, 0, uttcmvn), hint).fingerprint
-                inputs[f"student_{job.folder}"] = fp
-                if not uttcmvn:
-                    students[f"student_{student_system_name(kind, 0)}"] = fp
+            if job.system in UTTCMVN_KINDS:
+                fp = student_record(layout, layout.student_dir(job.system), f"stage 6 ({job.system} student)").fingerprint
+                inputs[f"student_{job.folder}"] = students[f"student_{student_system_name(job.system, 0)}"] = fp
         # Stage 7 chose the scales the model directories decode at: for these very students and teachers.
         inputs["decode"] = _decoded_current(layout.decode, "stage 7 (asr-kd decode-hybrid)",
                                             {**students, "teachers": inputs["teachers"]}).fingerprint
@@ -231,6 +227,17 @@ def deploy_inputs(layout: RecipeLayout, plan: DeployPlan) -> dict[str, str]:
                 inputs[f"ctc_{name}"] = students[f"student {name}"] = fp
         graph = require_record(layout.ctc_graph, "CTC stage 7 (asr-kd ctc-decode), which builds the HLG graph").fingerprint
         inputs["ctc_decode"] = _decoded_current(layout.ctc_decode, "CTC stage 7 (asr-kd ctc-decode)", {**students, "graph": graph}).fingerprint
+    return inputs
+
+
+def uttcmvn_inputs(layout: RecipeLayout, plan: DeployPlan) -> dict[str, str]:
+    """Return the fingerprints of the records of stage 9's per-utterance CMVN students in the plan."""
+    inputs = {}
+    for job in plan.model_dirs:
+        kind = job.system.removesuffix(UTTCMVN_SUFFIX)
+        if job.system != kind:
+            hint = f"stage 9 ({kind} student on per-utterance CMVN)"
+            inputs[f"student_{job.folder}"] = student_record(layout, layout.student_dir(kind, 0, True), hint).fingerprint
     return inputs
 
 
@@ -248,16 +255,15 @@ def run_deploy(
     measures nothing; another ``max_relative`` or a retrained student redoes the stage."""
     from asr_kd.deploy.recipe_paths import make_model_dir_from_recipe
 
+    inputs = deploy_inputs(layout, plan)  # first: no student is trained for a stage that would then refuse to run
     if plan.uttcmvn_kinds:
         if students is None:
             raise ConfigError("stage 9 trains students on per-utterance CMVN: it needs stage 6's student settings")
-        # Every other input checked first: no student is trained for a stage that would then refuse to run.
-        deploy_inputs(layout, dataclasses.replace(plan, model_dirs=tuple(j for j in plan.model_dirs if not j.tune_scale)))
         _train_uttcmvn_students(layout, plan.uttcmvn_kinds, students, num_teachers, command, jobs, num_threads, launcher)
     folder = layout.deploy
     config = {"plan": plan, "max_relative": max_relative, "train_part": layout.train_part, "dev_part": layout.dev_part,
               "test_part": layout.test_part, "ctc_units": layout.ctc_units if plan.ctc else None}
-    guard = StageGuard("stage 9 (deployment)", folder, config, deploy_inputs(layout, plan), command)
+    guard = StageGuard("stage 9 (deployment)", folder, config, {**inputs, **uttcmvn_inputs(layout, plan)}, command)
     section, report = folder / SECTION_NAME, folder / REPORT_NAME
     if guard.needs_work():
         dev = layout.fbank_cuts(layout.dev_part)
@@ -288,16 +294,15 @@ def _measure(layout: RecipeLayout, plan: DeployPlan, folder: Path, max_relative:
     the section and ``report.json`` in ``folder``."""
     from asr_kd.deploy.report import SystemSpec, deploy_report
 
-    def spec(text: str) -> SystemSpec:
-        name, _, rest = text.partition("=")
-        dirs, _, backend = rest.partition("@")
-        return SystemSpec(name, tuple(folder / d for d in dirs.split(",")), backend or "torch")
+    def spec(text: str) -> SystemSpec:  # the plan's folders are relative to the stage's
+        s = SystemSpec.parse(text)
+        return dataclasses.replace(s, model_dirs=tuple(folder / d for d in s.model_dirs))
 
     systems = [spec(s) for s in plan.systems]
     speed = [next(s for s in systems if f"{s.name}@{s.backend}" == want) for want in plan.speed]
     rows, gates, text = deploy_report(
         systems, layout.fbank_cuts(layout.test_part), list(plan.gates), max_relative, plan.baseline, command=command,
-        speaker_cmvn=layout.cmvn(layout.test_part) if plan.speaker_cmvn else None, plot=folder / PLOT_NAME, plot_link=PLOT_NAME,
+        speaker_cmvn=layout.cmvn(layout.test_part) if plan.hybrid else None, plot=folder / PLOT_NAME, plot_link=PLOT_NAME,
         speed_system=speed, dev_manifest=layout.fbank_cuts(layout.dev_part))
     write_json_atomic(folder / REPORT_NAME, {"rows": [dataclasses.asdict(r) for r in rows], "gates": [dataclasses.asdict(g) for g in gates]})
     write_text_atomic(folder / SECTION_NAME, text)

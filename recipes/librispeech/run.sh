@@ -451,7 +451,6 @@ if in_stages 9; then
     --model-config "$dnn_config" --config "${student_train_config:-$train_config}" --kd-config "$kd_config" \
     ${compressed_opts[@]+"${compressed_opts[@]}"} --uttcmvn $deploy_uttcmvn --ctc-config "$ctc_config" \
     --int8-max-relative "$int8_max_relative" --jobs "$nj" "${cmd_opts[@]}"
-  sed -n '/^## Deployment/,/^## /p' "$results" | sed '$d'
 fi
 
 log "Done: stages $stage to $stop_stage"

@@ -18,7 +18,7 @@ def test_the_hybrid_plan_measures_the_ensemble_against_its_students() -> None:
     assert [j.system for j in plan.model_dirs] == ["teacher0", "teacher1", "teacher2", "tri", "hard", "distilled"]
     assert "ensemble=teacher0,teacher1,teacher2" in plan.systems and plan.baseline == "ensemble"
     assert plan.exports == ("distilled",) and plan.gates == ("distilled",) and plan.speed == ("distilled@onnx-int8",)
-    assert plan.hybrid and not plan.ctc and plan.speaker_cmvn and not any("compressed" in s for s in plan.systems)
+    assert plan.hybrid and not plan.ctc and not any("compressed" in s for s in plan.systems)
     both = deploy_plan("both", 2, compressed=True, uttcmvn_kinds=("hard", "compressed"))
     assert both.hybrid and both.ctc and both.exports == ("distilled", "compressed", "compressed_uttcmvn", "ctc_frame")
     # No deployable distilled student asked for: the stage-6 distilled one stays the gated and timed one.
@@ -29,7 +29,7 @@ def test_the_hybrid_plan_measures_the_ensemble_against_its_students() -> None:
 
 def test_the_ctc_plan_gates_the_frame_student_against_the_ctc_baseline() -> None:
     plan = deploy_plan("ctc", 4, compressed=True, uttcmvn_kinds=())
-    assert [j.system for j in plan.model_dirs] == ["ctc-baseline", "ctc-frame"] and not plan.hybrid and not plan.speaker_cmvn
+    assert [j.system for j in plan.model_dirs] == ["ctc-baseline", "ctc-frame"] and not plan.hybrid
     assert plan.gates == ("ctc-frame",) and plan.baseline == "ctc-baseline" and plan.exports == ("ctc_frame",)
 
 
