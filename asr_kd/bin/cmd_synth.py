@@ -34,12 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_synth_corpus)
 
 
+def synth_settings(args: argparse.Namespace) -> SynthConfig:
+    """The SynthConfig of a parsed ``synth-corpus`` call: the --config file, then the options given."""
+    given = {"preset": args.preset, "seed": args.seed, "difficulty": args.difficulty, "num_jobs": args.num_jobs,
+             "engines": args.engines, "ood_engine": args.ood_engine}
+    return load_config(SynthConfig, args.config, {k: v for k, v in given.items() if v is not None})
+
+
 def _synth_corpus(args: argparse.Namespace) -> int:
     from asr_kd.stages.s0_corpus import synthesize
 
-    given = {"preset": args.preset, "seed": args.seed, "difficulty": args.difficulty, "num_jobs": args.num_jobs,
-             "engines": args.engines, "ood_engine": args.ood_engine}
-    cfg = load_config(SynthConfig, args.config, {k: v for k, v in given.items() if v is not None})
+    cfg = synth_settings(args)
     summary = synthesize(args.output_dir, cfg, command=command_line())
     print(summary.format() if hasattr(summary, "format") else f"{args.output_dir}: up to date ({summary.finished})")
     return 0

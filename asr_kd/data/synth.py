@@ -33,7 +33,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import soundfile
@@ -484,10 +484,12 @@ def _text_report(split: SentenceSplit, preset: SynthPreset) -> dict[str, Any]:
     }
 
 
-def _identity(config: SynthConfig, preset: SynthPreset, plan: EnginePlan, wordnet_share: float) -> dict[str, Any]:
+def _identity(config: SynthConfig, preset: SynthPreset, plan: EnginePlan, wordnet_share: float,
+              parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     """What determines the corpus: a finished or half-finished corpus is reused only if equal.
     The engines and text sources actually used are part of it: installing Festival or WordNet
-    later makes a new corpus."""
+    later makes a new corpus. ``parts`` is recorded only when it is not every part (so that the
+    markers of whole corpora stay as they were)."""
     identity = {
         "format_version": FORMAT_VERSION,
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "num_jobs"},
@@ -495,6 +497,8 @@ def _identity(config: SynthConfig, preset: SynthPreset, plan: EnginePlan, wordne
         "engines": {"train": plan.train, "ood": plan.ood, "ood_accents": plan.ood_accents},
         "wordnet_share": wordnet_share,
     }
+    if parts != PARTS:
+        identity["only_parts"] = list(parts)
     # As it reads back from JSON (tuples become lists), so that it compares equal to a marker.
     return json.loads(json.dumps(identity))
 
@@ -523,8 +527,8 @@ def _check_reusable(corpus_dir: Path, identity: dict[str, Any]) -> dict[str, Any
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise DataError(f"{path} is not valid JSON; delete {corpus_dir} and run again") from None
-        found = {k: data.get(k) for k in identity}
-        if found != identity:
+        keys = {*identity, "only_parts"}  # a corpus of some parts never passes for a whole one
+        if {k: data.get(k) for k in keys} != {k: identity.get(k) for k in keys}:
             raise DataError(
                 f"{corpus_dir} holds a synthetic corpus made with different settings ({path.name}); "
                 "use another --output-dir or delete it"
@@ -536,9 +540,13 @@ def _check_reusable(corpus_dir: Path, identity: dict[str, Any]) -> dict[str, Any
     return None
 
 
-def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPreset | None = None) -> SynthSummary:
+def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPreset | None = None,
+                      parts: Sequence[str] = PARTS) -> SynthSummary:
     """Write the synthetic corpus for ``config`` into ``corpus_dir`` (see the module docstring);
     return its summary. ``preset`` overrides the sizes of ``config.preset`` (for tests).
+    ``parts`` (default: all) renders only those parts, each exactly as the whole corpus has it
+    (the same talkers, sentences and draws): bench/synth_ablation.py trains on one variant's
+    training part and tests on another corpus's test parts.
 
     If ``corpus_dir`` already holds the finished corpus for the same settings (its
     ``SYNTHETIC.json`` is written last), nothing is redone; an interrupted run is resumed,
@@ -552,7 +560,11 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
         notes.append("WordNet is not installed (run local/install_system_packages.sh as root): text from essential-generators only")
     for note in notes:
         logger.warning("synthetic corpus: %s", note)
-    identity = _identity(config, sizes, plan, wordnet_share)
+    wanted = tuple(p for p in PARTS if p in parts)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not wanted:
+        raise ValueError(f"synthesize_corpus: parts must be among {list(PARTS)}, got {list(parts)}")
+    identity = _identity(config, sizes, plan, wordnet_share, wanted)
     corpus_dir.mkdir(parents=True, exist_ok=True)
     done = _check_reusable(corpus_dir, identity)
     if done is not None:
@@ -563,6 +575,11 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
     start = time.perf_counter()
     speakers = make_speakers(sizes, config.seed, config, plan)
     jobs, split = plan_utterances(corpus_dir, sizes, config.seed, speakers, wordnet_share)
+    # Babble is made of training sentences spoken by random voices (never dev/test text), the same
+    # whichever parts are rendered.
+    babble_texts = [j.text for j in jobs if j.speaker.part == TRAIN_PART][:20]
+    jobs = [j for j in jobs if j.speaker.part in wanted]
+    speakers = [s for s in speakers if s.part in wanted]
     logger.info("synthesising %d utterances from %d speakers with %d jobs", len(jobs), len(speakers), config.num_jobs)
 
     results: dict[str, UtteranceResult] = {}
@@ -574,15 +591,13 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
             todo.append(job)
     if results:
         logger.info("resuming: %d utterances already written", len(results))
-    # Babble is made of training sentences spoken by random voices (never dev/test text).
-    babble_texts = [j.text for j in jobs if j.speaker.part == TRAIN_PART][:20]
     for res in tqdm(_render_all(todo, config, babble_texts, plan), total=len(todo), desc="synthesising", unit="utt"):
         results[res.utt_id] = res
 
     _write_transcripts(jobs)
     seconds_per_speaker: dict[int, float] = {}
     parts: dict[str, dict[str, Any]] = {}
-    for part in PARTS:
+    for part in wanted:
         part_jobs = [j for j in jobs if j.speaker.part == part]
         seconds = 0.0
         for j in part_jobs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -281,3 +282,23 @@ def test_the_device_option_reaches_stages_5_to_7(tmp_path: Path, args: list[str]
     assert [c.split()[2] for c in calls] == ["make-soft-targets", "train-student", "train-student", "decode-hybrid"], calls
     assert all(c.split()[1] == f"[{device}]" for c in calls), calls
     assert f" --device {device}" in calls[0]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_stage0_synthesises_with_the_synth_config(tmp_path: Path, given: bool) -> None:
+    """--synth-config reaches synth-corpus (parsed by the real command line): the file's fields,
+    with run.sh's --seed, --difficulty and --preset over them; without it, SynthConfig's defaults."""
+    from asr_kd.bin.cli import build_parser
+    from asr_kd.bin.cmd_synth import synth_settings
+    from asr_kd.config import SynthConfig
+
+    synth_yaml = tmp_path / "synth.yaml"
+    synth_yaml.write_text("vtlp_max: 0.0\nspeed_factors: [1.0]\nseed: 9\ndifficulty: 2.0\n")
+    args = ["--preset", "tiny", "--seed", "3", "--stage", "0", "--stop-stage", "0"] + (["--synth-config", str(synth_yaml)] if given else [])
+    calls = recorded_calls(tmp_path, *args, echo="asr-kd-call $(printf '%s\\037' \"$@\")")
+    assert [c.split("\037")[0].split()[1] for c in calls] == ["synth-corpus", "prepare-manifests"], calls
+    config = synth_settings(build_parser().parse_args(calls[0].removeprefix("asr-kd-call ").split("\037")[:-1]))
+    expected = SynthConfig(preset="tiny", seed=3, difficulty=1.0, num_jobs=2)
+    if given:
+        expected = dataclasses.replace(expected, vtlp_max=0.0, speed_factors=(1.0,))
+    assert config == expected

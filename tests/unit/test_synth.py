@@ -193,6 +193,23 @@ def test_deterministic_given_seed_whatever_the_number_of_jobs(tmp_path: Path) ->
     assert all(np.array_equal(audio_a[k], audio_b[k]) for k in audio_a)
     assert (a / "SPEAKERS.TXT").read_text() == (b / "SPEAKERS.TXT").read_text()
 
+    # Only the training part (bench/synth_ablation.py): the whole corpus' training part, sample for
+    # sample (babble included), and nothing else; its marker says so, so the whole corpus is refused there.
+    only = tmp_path / "only_train"
+    summary = synthesize_corpus(only, SynthConfig(preset="tiny", seed=5, num_jobs=2), preset=MICRO, parts=[TRAIN_PART])
+    assert [p.name for p in summary.parts] == [TRAIN_PART]
+    audio_only = read_audio(only)
+    assert audio_only.keys() == {k for k in audio_a if (a / TRAIN_PART / k.split("-")[0]).is_dir()}
+    assert all(np.array_equal(audio_only[k], audio_a[k]) for k in audio_only)
+    assert read_transcripts(only, TRAIN_PART) == read_transcripts(a, TRAIN_PART)
+    assert sorted(p.name for p in only.iterdir() if p.is_dir()) == [TRAIN_PART]
+    assert json.loads((only / "SYNTHETIC.json").read_text())["only_parts"] == [TRAIN_PART]
+    assert "only_parts" not in json.loads((a / "SYNTHETIC.json").read_text())
+    with pytest.raises(DataError, match="different settings"):
+        synthesize_corpus(only, SynthConfig(preset="tiny", seed=5, num_jobs=2), preset=MICRO)
+    with pytest.raises(ValueError, match="parts must be among"):
+        synthesize_corpus(tmp_path / "bad", SynthConfig(preset="tiny", seed=5), preset=MICRO, parts=["train"])
+
 
 def _leading_snr_db(x: np.ndarray) -> float:
     """SNR estimate: speech power over the power of the first 80 ms (leading silence + noise)."""

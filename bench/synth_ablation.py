@@ -1,0 +1,266 @@
+"""What each synthesiser and each perturbation of the synthetic corpus adds (issue 12): stage 3's
+triphone GMM trained on variants of one corpus' training part, all tested on the same test parts.
+
+A variant is the reference corpus' SynthConfig with some fields changed (``NAME:field=value;...``,
+lists comma-separated; ``NAME:`` alone is the reference itself). Each variant's training part is
+rendered by ``synthesize_corpus(..., parts=[train])``: the same talkers, sentences and random draws
+as the reference's, only what the fields change differs (Festival's talkers speak through espeak-ng
+in ``engines=espeak``; no warp with ``vtlp_max=0``; ...). The reference's dev, test and
+out-of-domain parts are hard-linked beside it, so that every variant is decoded on the very same
+audio, and the training text (hence lexicon and LM) is the same too. Then the recipe's stages 0-3
+run on that folder through the ``asr-kd`` commands of run.sh (manifests, features, lang, GMM with
+the acoustic scale tuned on dev), with the recipe's configs.
+
+    python bench/synth_ablation.py --reference recipes/librispeech/data/corpus --work /tmp/synth_ablation \\
+        --variant reference: --variant espeak_only:engines=espeak --variant no_vtlp:vtlp_max=0 \\
+        [--recipe-exp recipes/librispeech/exp] [--nj 2]
+
+Reported per variant: the triphone GMM's WER on dev-clean (at its tuned scale), test-clean (also
+split by the synthesiser family of the test talker) and test-ood, and each variant minus the first
+(the reference) with paired bootstrap intervals over the test utterances (Bisani & Ney 2004).
+With ``--recipe-exp``, the reference variant's WERs are compared with the recipe's own stage 3
+(same corpus, same configs: they should be equal). A GMM is a proxy for the networks: it says
+which training speech generalises, not how much a DNN gains from it. Everything is written under
+``--work`` (reused on a rerun with the same settings: each command keeps its own record).
+
+Writes bench/RESULTS.md, section "Synthetic corpus ablations".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+HEADING = "## Synthetic corpus ablations: what each synthesiser and perturbation adds (bench/synth_ablation.py, issue 12)"
+RECIPE = REPO / "recipes" / "librispeech"
+TRAIN, DEV, TEST, OOD = "train-clean-100", "dev-clean", "test-clean", "test-ood"
+PARTS = (TRAIN, DEV, TEST, OOD)
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME:field=value;field=value`` -> (NAME, overrides); ``NAME:`` has none."""
+    if ":" not in spec:
+        raise SystemExit(f"--variant {spec!r}: expected NAME:field=value;... (NAME: alone for the reference)")
+    name, rest = spec.split(":", 1)
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise SystemExit(f"--variant {spec!r}: the name must be letters, digits, - and _")
+    overrides: dict[str, str] = {}
+    for item in filter(None, rest.split(";")):
+        if "=" not in item:
+            raise SystemExit(f"--variant {spec!r}: {item!r} is not field=value")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    return name, overrides
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file under ``src`` to the same place under ``dst`` (copy across devices)."""
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                target.write_bytes(path.read_bytes())
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run one asr-kd command (output to ``log``); return its seconds; exit with the log's tail on failure."""
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"# {shlex.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise SystemExit(f"{shlex.join(cmd[:2])} failed (exit {rc}); see {log}:\n{tail}")
+    return round(time.perf_counter() - start, 1)
+
+
+def build_variant(args: argparse.Namespace, name: str, overrides: dict[str, str], reference_config) -> dict:
+    """Render the variant's training part, link the reference's test parts, run stages 0-3 on them."""
+    from asr_kd.config import SynthConfig, config_from_dict
+    from asr_kd.data.synth import synthesize_corpus
+
+    work = args.work / name
+    corpus, data, exp = work / "corpus", work / "data", work / "exp"
+    log = work / "log.txt"
+    work.mkdir(parents=True, exist_ok=True)
+    config = config_from_dict(SynthConfig, {**dataclasses.asdict(reference_config), **overrides, "num_jobs": args.nj},
+                              f"--variant {name}")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if overrides:
+        synthesize_corpus(corpus, config, parts=[TRAIN])
+        timings["synthesis"] = round(time.perf_counter() - start, 1)
+        linked = (DEV, TEST, OOD)
+        # What the change reached: training files equal byte for byte to the reference's (a talker the
+        # change leaves alone renders as the reference did, unless the code changed since it was made).
+        rendered = sorted((corpus / TRAIN).rglob("*.flac"))
+        same = sum((args.reference / f.relative_to(corpus)).is_file()
+                   and (args.reference / f.relative_to(corpus)).read_bytes() == f.read_bytes() for f in rendered)
+        identical = [same, len(rendered)]
+    else:
+        linked = PARTS
+        identical = None
+    for part in linked:
+        link_tree(args.reference / part, corpus / part)
+    asr_kd = str(Path(sys.executable).parent / "asr-kd")
+    parts = list(PARTS)
+    timings["manifests"] = run([asr_kd, "prepare-manifests", "--corpus-dir", str(corpus), "--output-dir", str(data / "manifests"),
+                                "--parts", *parts, "--num-jobs", str(args.nj)], log)
+    timings["features"] = run([asr_kd, "compute-features", "--manifest-dir", str(data / "manifests"), "--output-dir", str(data),
+                               "--parts", *parts, "--config", str(RECIPE / "conf/features.yaml"), "--set", f"num_jobs={args.nj}"], log)
+    timings["lang"] = run([asr_kd, "prepare-lang", "--manifest-dir", str(data / "manifests"), "--output-dir", str(data / "lang"),
+                           "--train-split", TRAIN, "--dev-split", DEV, "--splits", *parts, "--config", str(RECIPE / "conf/lang.yaml"),
+                           "--results-md", str(work / "RESULTS.md"), "--results-command", "bench/synth_ablation.py"], log)
+    timings["gmm"] = run([asr_kd, "train-gmm", "--data-dir", str(data), "--lang-dir", str(data / "lang"), "--exp-dir", str(exp),
+                          "--train-set", TRAIN, "--dev-set", DEV, "--test-set", TEST, "--ood-set", OOD, "--parts", *parts,
+                          "--config", str(args.gmm_config), "--decode-config", str(args.decode_config), "--num-jobs", str(args.nj),
+                          "--results-md", str(work / "RESULTS.md"), "--recipe-command", "bench/synth_ablation.py"], log)
+    timings["total"] = round(time.perf_counter() - start, 1)
+    return {"overrides": overrides, "config": dataclasses.asdict(config), "timings": timings, "identical_train_files": identical,
+            **read_scores(exp)}
+
+
+def read_scores(exp: Path) -> dict:
+    """The triphone system's WERs (stage 3's record) and per-utterance word errors of each part."""
+    stage3 = json.loads((exp / "gmm" / "stage3.json").read_text())
+    out: dict = {"wer": {}, "scale": None, "utterances": {}}
+    for part in (DEV, TEST, OOD):
+        w = stage3["wers"]["tri"][part]
+        out["wer"][part] = {k: w[k] for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
+        out["scale"] = w["acoustic_scale"]
+        details = json.loads((exp / "gmm" / f"decode_tri_{part}" / "wer_details.json").read_text())
+        out["utterances"][part] = {u["utt_id"]: [u["substitutions"] + u["deletions"] + u["insertions"],
+                                                 u["hits"] + u["substitutions"] + u["deletions"]] for u in details["utterances"]}
+    return out
+
+
+def engines_of_talkers(reference: Path) -> dict[str, str]:
+    """Speaker id -> synthesiser family, from the reference corpus' SYNTHETIC.json."""
+    marker = json.loads((reference / "SYNTHETIC.json").read_text())
+    return {str(s["speaker_id"]): s["engine"] for s in marker["speakers"]}
+
+
+def rate(utts: dict[str, list[int]], ids: list[str]) -> float:
+    errors, words = (sum(utts[u][i] for u in ids) for i in (0, 1))
+    return errors / words
+
+
+def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> str:
+    import numpy as np
+
+    from asr_kd.metrics.paired import bootstrap_difference
+
+    names = list(results)
+    ref = results[names[0]]
+    engine_of = engines_of_talkers(args.reference)
+    test_ids = sorted(ref["utterances"][TEST])
+    families = sorted({engine_of[u.split("-")[0]] for u in test_ids})
+    by_family = {f: [u for u in test_ids if engine_of[u.split("-")[0]] == f] for f in families}
+    lines = [HEADING, "", f"`{command}` (every number: `{args.json}`).", "",
+             f"Reference corpus: `{args.reference}` ({ref['config']['preset']}, seed {ref['config']['seed']}, difficulty "
+             f"{ref['config']['difficulty']}, engines {', '.join(ref['config']['engines'])}, test-ood by {ref['config']['ood_engine']}). "
+             "Each variant's training part is rendered again with the fields shown changed (the same talkers, sentences and "
+             "random draws otherwise); dev-clean, test-clean and test-ood are the reference's own audio for every variant. "
+             "Stages 0-3 of the recipe (its feature, lang, GMM and decode configs) train and decode the triphone GMM; the "
+             "acoustic scale is tuned on dev-clean.", ""]
+    fam_cols = " | ".join(f"test-clean, {f} talkers ({len(by_family[f])} utts)" for f in families)
+    lines += [f"| Variant | Changed | Training files unchanged | Dev WER (scale) | Test-clean WER | {fam_cols} | Test-ood WER "
+              "| Time (synthesis, total) |", "|---" * (7 + len(families)) + "|"]
+    for name in names:
+        r = results[name]
+        changed = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "nothing (the reference)"
+        fam = " | ".join(f"{100 * rate(r['utterances'][TEST], by_family[f]):.2f}%" for f in families)
+        t = r["timings"]
+        ident = "all (linked)" if r["identical_train_files"] is None else "{} of {}".format(*r["identical_train_files"])
+        lines.append(f"| {name} | {changed} | {ident} | {100 * r['wer'][DEV]['wer']:.2f}% ({r['scale']}) | {100 * r['wer'][TEST]['wer']:.2f}% | {fam} "
+                     f"| {100 * r['wer'][OOD]['wer']:.2f}% | {t.get('synthesis', 0):.0f} s, {t['total']:.0f} s |")
+    lines += ["", f"Differences from `{names[0]}` (variant minus reference, WER points, 95% paired bootstrap interval over the "
+              "utterances, 2000 resamples; 'no' = the interval contains 0):", "",
+              "| Variant | test-clean | " + " | ".join(f"test-clean, {f} talkers" for f in families) + " | test-ood |",
+              "|---" * (3 + len(families)) + "|"]
+    for name in names[1:]:
+        r = results[name]
+        cells = []
+        for part, ids in [(TEST, test_ids), *((TEST, by_family[f]) for f in families), (OOD, sorted(ref["utterances"][OOD]))]:
+            a = np.array([ref["utterances"][part][u][0] for u in ids], dtype=float)
+            b = np.array([r["utterances"][part][u][0] for u in ids], dtype=float)
+            den = np.array([ref["utterances"][part][u][1] for u in ids], dtype=float)
+            ci = bootstrap_difference(a, b, den)
+            cells.append(f"{100 * ci.value:+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}] {'yes' if ci.excludes_zero else 'no'}")
+            r.setdefault("differences", []).append({"part": part, "utterances": len(ids), **ci.to_dict()})
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if args.recipe_exp is not None:
+        recipe = read_scores(args.recipe_exp)
+        same = all(recipe["wer"][p] == ref["wer"][p] for p in (DEV, TEST, OOD))
+        lines += ["", f"Check: the reference variant against the recipe's own stage 3 (`{args.recipe_exp}`): "
+                  + ("the same tri WERs on dev-clean, test-clean and test-ood, error for error." if same else
+                     "DIFFERENT: " + "; ".join(f"{p} {100 * ref['wer'][p]['wer']:.2f}% here, {100 * recipe['wer'][p]['wer']:.2f}% there"
+                                                for p in (DEV, TEST, OOD)) + " (a stage 3 of other code or settings).")]
+    lines += ["", "A triphone GMM stands in for the networks here (about 10 minutes per variant on 2 cores against an hour "
+              "for stages 4-7): a variant that helps the GMM on unseen talkers is a candidate, not a proven default, for the DNNs."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", type=Path, required=True, help="a finished synthetic corpus (the recipe's data/corpus)")
+    p.add_argument("--work", type=Path, required=True, help="where each variant's corpus, data and exp go")
+    p.add_argument("--variant", action="append", required=True,
+                   help="NAME:field=value;... of SynthConfig (lists comma-separated); the first is the baseline of the differences")
+    p.add_argument("--recipe-exp", type=Path, default=None, help="the recipe's exp folder of the same corpus: check the reference variant against its stage 3")
+    p.add_argument("--gmm-config", type=Path, default=RECIPE / "conf/gmm.yaml")
+    p.add_argument("--decode-config", type=Path, default=RECIPE / "conf/decode.yaml")
+    p.add_argument("--nj", type=int, default=2, help="parallel jobs (synthesis, features, GMM)")
+    p.add_argument("--json", type=Path, default=None, help="all numbers (default: <work>/synth_ablation.json)")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = p.parse_args(argv)
+
+    from asr_kd.config import SynthConfig, config_from_dict
+    from bench._results import write_section
+
+    marker = args.reference / "SYNTHETIC.json"
+    if not marker.is_file():
+        print(f"{args.reference} holds no finished synthetic corpus ({marker.name} missing): run make demo (stage 0) first")
+        return 0
+    meta = json.loads(marker.read_text())
+    if "only_parts" in meta:
+        raise SystemExit(f"{args.reference} holds only {meta['only_parts']}: give a whole corpus")
+    reference_config = config_from_dict(SynthConfig, meta["config"], str(marker))
+    variants = [parse_variant(v) for v in args.variant]
+    if len({n for n, _ in variants}) != len(variants):
+        raise SystemExit("--variant names must differ")
+    args.work = args.work.resolve()
+    args.json = args.json or args.work / "synth_ablation.json"
+    results = {}
+    for name, overrides in variants:
+        print(f"[synth_ablation] {name}: {overrides or 'the reference'}", flush=True)
+        results[name] = build_variant(args, name, overrides, reference_config)
+        print(f"[synth_ablation] {name}: tri WER test-clean {100 * results[name]['wer'][TEST]['wer']:.2f}%, "
+              f"test-ood {100 * results[name]['wer'][OOD]['wer']:.2f}% ({results[name]['timings']['total']:.0f} s)", flush=True)
+    command = "python bench/synth_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    text = report(args, results, command)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"command": command, "variants": results}, indent=1))
+    print(text)
+    write_section(args.results, HEADING, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
