@@ -104,6 +104,20 @@ class SynthConfig:
     # quarter of mini's training sentences are WordNet's and the test text's bigram perplexity
     # under the training text rises from 128 to 200 (measured, seed 0): more varied text.
     wordnet_share: float = 0.3
+    # Each train/dev/test talker's prosody, drawn uniformly from these inclusive ranges: base pitch
+    # on espeak-ng's 0..100 scale (Festival maps it to a mean F0 in 80..170 Hz for male and
+    # 150..260 Hz for female talkers), and speaking rate in words per minute (175 is every
+    # engine's normal speed). Chosen by ear for variety (not tuned by a WER measurement;
+    # bench/synth_ablation.py measures a change).
+    pitch_male: tuple[int, ...] = later_option((15, 60))
+    pitch_female: tuple[int, ...] = later_option((35, 85))
+    rate_wpm: tuple[int, ...] = later_option((140, 195))
+    # Each wide-band talker's channel colouring (asr_kd.data.augment.random_channel): two resonances
+    # whose gains are drawn from [-channel_peak_db, +channel_peak_db] dB (0: a flat band-pass).
+    channel_peak_db: float = later_option(6.0)
+    # Relative frequency of the additive noise kinds, in the order white, pink, brown, babble
+    # (babble: other training sentences spoken by five of the corpus' voices at once).
+    noise_kind_weights: tuple[float, ...] = later_option((0.2, 0.3, 0.2, 0.3))
 
     def __post_init__(self) -> None:
         _check(self.preset in SYNTH_PRESETS, f"synth.preset must be one of {SYNTH_PRESETS}, got {self.preset!r}")
@@ -123,6 +137,14 @@ class SynthConfig:
         _check(0.0 <= self.telephone_prob <= 1.0, f"synth.telephone_prob must be in [0, 1], got {self.telephone_prob}")
         _check(0.0 <= self.image_room_share <= 1.0, f"synth.image_room_share must be in [0, 1], got {self.image_room_share}")
         _check(0.0 <= self.wordnet_share <= 0.9, f"synth.wordnet_share must be in [0, 0.9], got {self.wordnet_share}")
+        for name, lo, hi in (("pitch_male", 0, 100), ("pitch_female", 0, 100), ("rate_wpm", 80, 450)):
+            pair = getattr(self, name)
+            _check(len(pair) == 2 and lo <= pair[0] <= pair[1] <= hi,
+                   f"synth.{name} must be [low, high] with {lo} <= low <= high <= {hi}, got {list(pair)}")
+        _check(0.0 <= self.channel_peak_db <= 20.0, f"synth.channel_peak_db must be in [0, 20], got {self.channel_peak_db}")
+        _check(len(self.noise_kind_weights) == 4 and min(self.noise_kind_weights) >= 0 and sum(self.noise_kind_weights) > 0,
+               "synth.noise_kind_weights must be 4 weights >= 0 (white, pink, brown, babble), not all 0, "
+               f"got {list(self.noise_kind_weights)}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,13 +30,14 @@ class ChannelRecipe:
     peak_db: tuple[float, ...]
 
 
-def random_channel(rng: np.random.Generator, sample_rate: int) -> ChannelRecipe:
-    """Return a random, plausible channel: telephone-like to wide-band, with two resonances."""
+def random_channel(rng: np.random.Generator, sample_rate: int, peak_db: float = 6.0) -> ChannelRecipe:
+    """Return a random, plausible channel: telephone-like to wide-band, with two resonances whose
+    gains are drawn from [-peak_db, +peak_db] dB."""
     nyquist = sample_rate / 2
     low = float(rng.uniform(60.0, 300.0))
     high = float(min(rng.uniform(3400.0, 7600.0), 0.95 * nyquist))
     peaks = tuple(float(f) for f in np.sort(rng.uniform(400.0, min(high, 5000.0), size=2)))
-    gains = tuple(float(g) for g in rng.uniform(-6.0, 6.0, size=2))
+    gains = tuple(float(g) for g in rng.uniform(-peak_db, peak_db, size=2))
     return ChannelRecipe(low_hz=round(low, 1), high_hz=round(high, 1), peak_hz=tuple(round(f, 1) for f in peaks), peak_db=tuple(round(g, 2) for g in gains))
 
 

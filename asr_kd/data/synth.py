@@ -39,7 +39,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART, SynthConfig, config_from_dict
+from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART, OMIT_AT_DEFAULT, SynthConfig, config_from_dict
 from asr_kd.data import augment, festival, kokoro, voices
 from asr_kd.data.espeak import get_synthesizer
 from asr_kd.data.librispeech import _read_transcripts
@@ -234,14 +234,15 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
             if sex == "M":
                 variant = male[n_male % len(male)]
                 n_male += 1
-                pitch = int(rng.integers(15, 61))
+                pitch = int(rng.integers(config.pitch_male[0], config.pitch_male[1] + 1))
             else:
                 variant = female[n_female % len(female)]
                 n_female += 1
-                pitch = int(rng.integers(35, 86))
+                pitch = int(rng.integers(config.pitch_female[0], config.pitch_female[1] + 1))
             chapters = tuple(sorted(chapter_ids.pop() for _ in range(chapters_per[part])))
-            rate, pitch_range, word_gap = int(rng.integers(140, 196)), int(rng.integers(25, 86)), int(rng.integers(0, 3))
-            channel = augment.random_channel(rng, SAMPLE_RATE)
+            rate = int(rng.integers(config.rate_wpm[0], config.rate_wpm[1] + 1))
+            pitch_range, word_gap = int(rng.integers(25, 86)), int(rng.integers(0, 3))
+            channel = augment.random_channel(rng, SAMPLE_RATE, config.channel_peak_db)
             # Drawn for every talker, in a fixed order, so that one talker's engine does not
             # change the draws of the next.
             u_engine, u_us, u_vtlp, u_phone = (float(u) for u in rng.random(4))
@@ -384,7 +385,8 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
     u_rt60 = float(rng.random())
     rt60 = ranges.rt60_s[0] + u_rt60 * (ranges.rt60_s[1] - ranges.rt60_s[0])
     use_noise = rng.random() < ranges.noise_prob
-    kind = str(rng.choice(augment.NOISE_KINDS, p=[0.2, 0.3, 0.2, 0.3]))
+    weights = np.asarray(config.noise_kind_weights, dtype=np.float64)
+    kind = str(rng.choice(augment.NOISE_KINDS, p=weights / weights.sum()))
     u_snr = float(rng.random())
     snr = ranges.snr_db[0] + u_snr * (ranges.snr_db[1] - ranges.snr_db[0]) if use_noise else float("inf")
     peak = float(rng.uniform(0.3, 0.9))  # a small random gain: recordings differ in level
@@ -490,9 +492,12 @@ def _identity(config: SynthConfig, preset: SynthPreset, plan: EnginePlan, wordne
     The engines and text sources actually used are part of it: installing Festival or WordNet
     later makes a new corpus. ``parts`` is recorded only when it is not every part (so that the
     markers of whole corpora stay as they were)."""
+    # A field added by later_option is left out at its default: corpora made before it stay valid.
+    fields = [f for f in dataclasses.fields(config) if f.name != "num_jobs"
+              and not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(config, f.name) == f.default)]
     identity = {
         "format_version": FORMAT_VERSION,
-        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "num_jobs"},
+        "config": {f.name: getattr(config, f.name) for f in fields},
         "preset": dataclasses.asdict(preset),
         "engines": {"train": plan.train, "ood": plan.ood, "ood_accents": plan.ood_accents},
         "wordnet_share": wordnet_share,

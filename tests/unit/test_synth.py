@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from asr_kd.config import SynthConfig
-from asr_kd.data import synth
+from asr_kd.data import synth, voices
 from asr_kd.data.synth import DEV_PART, OOD_PART, PARTS, TEST_PART, TRAIN_PART, SynthPreset, synthesize_corpus
 from asr_kd.data.synth_text import cmudict_words
 from asr_kd.errors import DataError
@@ -287,6 +287,41 @@ def test_presets_have_the_planned_sizes() -> None:
     assert {s.sex for s in speakers} == {"M", "F"}
     assert speakers == synth.make_speakers(mini, seed=0)
     assert speakers != synth.make_speakers(mini, seed=1)
+
+
+def test_perturbation_options_reach_the_talkers_and_keep_old_corpora_valid() -> None:
+    """SynthConfig's prosody and channel ranges: at their defaults the talkers are those the
+    committed results were measured on (values drawn before the ranges were options) and the
+    corpus identity names none of them; set, every talker obeys them and the identity records them."""
+    mini = synth.PRESETS["mini"]
+    plan = voices.EnginePlan(train=("espeak", "festival"), ood="kokoro", ood_accents=(), missing=(), notes=())
+    speakers = synth.make_speakers(mini, seed=0, plan=plan)
+    assert [(s.sex, s.engine, s.rate, s.pitch, s.channel.peak_db) for s in speakers[:4]] == [
+        ("F", "espeak", 178, 78, (1.75, 1.63)), ("M", "espeak", 185, 39, (-0.52, -3.57)),
+        ("M", "festival", 142, 34, (-1.89, 3.43)), ("F", "festival", 148, 39, (-1.69, -2.21))]
+    new_fields = {"pitch_male", "pitch_female", "rate_wpm", "channel_peak_db", "noise_kind_weights"}
+    assert not new_fields & set(synth._identity(SynthConfig(), mini, plan, 0.3)["config"])
+
+    config = SynthConfig(pitch_male=(20, 20), pitch_female=(70, 70), rate_wpm=(160, 161), channel_peak_db=0.0)
+    changed = synth.make_speakers(mini, seed=0, config=config, plan=plan)
+    assert [s.speaker_id for s in changed] == [s.speaker_id for s in speakers]
+    spoken = [s for s in changed if s.engine != "kokoro"]  # Kokoro's styles have their own pitch
+    assert {s.pitch for s in spoken if s.sex == "M"} == {20} and {s.pitch for s in spoken if s.sex == "F"} == {70}
+    assert {s.rate for s in changed} == {160, 161}
+    assert {g for s in changed for g in s.channel.peak_db} == {0.0}
+    identity = synth._identity(config, mini, plan, 0.3)["config"]
+    assert (identity["pitch_male"], identity["rate_wpm"], identity["channel_peak_db"]) == ([20, 20], [160, 161], 0.0)
+    assert "noise_kind_weights" not in identity
+
+
+def test_noise_kind_weights_choose_the_noise(tmp_path: Path) -> None:
+    weights = {"white": (1.0, 0.0, 0.0, 0.0), "brown": (0.0, 0.0, 2.0, 0.0)}
+    for kind, w in weights.items():
+        corpus = tmp_path / kind
+        synthesize_corpus(corpus, SynthConfig(preset="tiny", seed=3, num_jobs=2, engines=("espeak",), noise_kind_weights=w), preset=MICRO)
+        marker = json.loads((corpus / "SYNTHETIC.json").read_text())
+        assert {u["noise"] for u in marker["utterances"].values()} == {kind}  # difficulty 1: every utterance is noisy
+        assert marker["config"]["noise_kind_weights"] == list(w)
 
 
 def test_more_ood_speech_is_the_ood_family_reading_unseen_sentences(tiny: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
