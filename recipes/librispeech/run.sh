@@ -16,7 +16,7 @@ download=false         # true: download LibriSpeech with lhotse into $data/downl
 preset=mini            # synthetic corpus size: tiny | mini | small
 seed=0                 # synthetic corpus seed
 difficulty=1.0         # synthetic corpus noise/reverberation level, 0 (clean) .. 3
-synth_config=""        # SynthConfig YAML of the synthetic corpus (engines, festival_share, vtlp_max, speed_factors, ...); empty: its defaults
+synth_config="$recipe_dir/conf/synth.yaml"  # SynthConfig of the synthetic corpus: its synthesisers and perturbations
 train_set=train-clean-100
 dev_set=dev-clean
 test_set=test-clean
@@ -130,9 +130,9 @@ Options (default in brackets):
   --preset NAME        synthetic corpus size: tiny, mini or small [$preset]
   --seed N             synthetic corpus seed [$seed]
   --difficulty X       synthetic corpus difficulty, 0 (clean) to 3 [$difficulty]
-  --synth-config FILE  SynthConfig YAML of the synthetic corpus: its synthesisers and perturbations (fields and
-                       defaults: asr_kd/config.py, SynthConfig); --seed, --difficulty and --preset override it;
-                       empty: the defaults [$synth_config]
+  --synth-config FILE  SynthConfig YAML of the synthetic corpus: its synthesisers and perturbations (the default
+                       file lists every field at its default); --preset, --seed and --difficulty override it;
+                       empty: SynthConfig's defaults [$synth_config]
   --train-set NAME     training part; train-960, train-clean-460 or a+b combine parts [$train_set]
   --dev-set NAME       development part [$dev_set]
   --test-set NAME      test part [$test_set]
