@@ -104,16 +104,17 @@ class SynthConfig:
     # quarter of mini's training sentences are WordNet's and the test text's bigram perplexity
     # under the training text rises from 128 to 200 (measured, seed 0): more varied text.
     wordnet_share: float = 0.3
-    # Each train/dev/test talker's prosody, drawn uniformly from these inclusive ranges: base pitch
-    # on espeak-ng's 0..100 scale (Festival maps it to a mean F0 in 80..170 Hz for male and
-    # 150..260 Hz for female talkers), and speaking rate in words per minute (175 is every
-    # engine's normal speed). Chosen by ear for variety (not tuned by a WER measurement;
-    # bench/synth_ablation.py measures a change).
+    # Each talker's prosody, drawn uniformly from these inclusive ranges: base pitch on espeak-ng's
+    # 0..100 scale (Festival maps it to a mean F0 in 80..170 Hz for male and 150..260 Hz for female
+    # talkers; Kokoro's voices keep their own), and speaking rate in words per minute (175 is every
+    # engine's normal speed; Kokoro's test-ood talkers follow it too). Chosen by ear for variety,
+    # not tuned by a WER measurement; bench/synth_ablation.py measures a change on the training part.
     pitch_male: tuple[int, ...] = later_option((15, 60))
     pitch_female: tuple[int, ...] = later_option((35, 85))
     rate_wpm: tuple[int, ...] = later_option((140, 195))
-    # Each wide-band talker's channel colouring (asr_kd.data.augment.random_channel): two resonances
-    # whose gains are drawn from [-channel_peak_db, +channel_peak_db] dB (0: a flat band-pass).
+    # Each wide-band talker's channel colouring (asr_kd.data.augment.random_channel; test-ood's
+    # talkers too): two resonances whose gains are drawn from [-channel_peak_db, +channel_peak_db]
+    # dB (0: a flat band-pass).
     channel_peak_db: float = later_option(6.0)
     # Relative frequency of the additive noise kinds, in the order white, pink, brown, babble
     # (babble: other training sentences spoken by five of the corpus' voices at once).

@@ -5,7 +5,9 @@ A variant is the reference corpus' SynthConfig with some fields changed (``NAME:
 lists comma-separated; ``NAME:`` alone is the reference itself). Each variant's training part is
 rendered by ``synthesize_corpus(..., parts=[train])``: the same talkers, sentences and random draws
 as the reference's, only what the fields change differs (Festival's talkers speak through espeak-ng
-in ``engines=espeak``; no warp with ``vtlp_max=0``; ...). The reference's dev, test and
+in ``engines=espeak``, and the babble noise is made of espeak-ng voices only; no warp with
+``vtlp_max=0``; ...). preset, seed, wordnet_share and ood_engine stay the reference's (the bench
+checks the training text is the reference's, sentence for sentence). The reference's dev, test and
 out-of-domain parts are hard-linked beside it, so that every variant is decoded on the very same
 audio, and the training text (hence lexicon and LM) is the same too. Then the recipe's stages 0-3
 run on that folder through the ``asr-kd`` commands of run.sh (manifests, features, lang, GMM with
@@ -30,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import filecmp
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -64,17 +69,27 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def link_tree(src: Path, dst: Path) -> None:
-    """Hard-link every file under ``src`` to the same place under ``dst`` (copy across devices)."""
+    """Hard-link every file under ``src`` to the same place under ``dst`` (an atomic copy across
+    devices); a file already there must be the same file or hold the same bytes."""
     for path in sorted(src.rglob("*")):
         target = dst / path.relative_to(src)
         if path.is_dir():
             target.mkdir(parents=True, exist_ok=True)
-        elif not target.exists():
+        elif target.exists():
+            if not (os.path.samefile(path, target) or filecmp.cmp(path, target, shallow=False)):
+                raise SystemExit(f"{target} differs from {path}: delete {dst.parent} (made from another reference) and run again")
+        else:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(path, target)
             except OSError:
-                target.write_bytes(path.read_bytes())
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, target)
+
+
+def _transcripts(part_dir: Path) -> dict[str, str]:
+    return {str(t.relative_to(part_dir)): t.read_text() for t in sorted(part_dir.rglob("*.trans.txt"))}
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -90,22 +105,54 @@ def run(cmd: list[str], log: Path) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-def build_variant(args: argparse.Namespace, name: str, overrides: dict[str, str], reference_config) -> dict:
-    """Render the variant's training part, link the reference's test parts, run stages 0-3 on them."""
+# Fields a variant may not change: the training text (hence lexicon and LM) must stay the
+# reference's, and test-ood is the reference's own audio.
+FIXED_FIELDS = ("preset", "seed", "wordnet_share", "ood_engine", "num_jobs")
+
+
+def variant_config(reference_config, name: str, overrides: dict[str, str], num_jobs: int):
+    """The reference's SynthConfig with ``overrides``; SystemExit (one line) on a bad field or value."""
     from asr_kd.config import SynthConfig, config_from_dict
+    from asr_kd.errors import ConfigError
+
+    fixed = sorted(set(overrides) & set(FIXED_FIELDS))
+    if fixed:
+        raise SystemExit(f"--variant {name}: {fixed} must stay the reference's (the training text and test-ood are shared)")
+    try:
+        return config_from_dict(SynthConfig, {**dataclasses.asdict(reference_config), **overrides, "num_jobs": num_jobs},
+                                f"--variant {name}")
+    except ConfigError as err:
+        raise SystemExit(str(err)) from None
+
+
+def build_variant(args: argparse.Namespace, name: str, overrides: dict[str, str], config) -> dict:
+    """Render the variant's training part, link the reference's test parts, run stages 0-3 on them."""
     from asr_kd.data.synth import synthesize_corpus
 
     work = args.work / name
     corpus, data, exp = work / "corpus", work / "data", work / "exp"
     log = work / "log.txt"
     work.mkdir(parents=True, exist_ok=True)
-    config = config_from_dict(SynthConfig, {**dataclasses.asdict(reference_config), **overrides, "num_jobs": args.nj},
-                              f"--variant {name}")
+    # What this folder was made from: a rerun with another reference or other overrides is refused.
+    made_from = {"reference": str(args.reference.resolve()),
+                 "reference_marker_sha256": hashlib.sha256((args.reference / "SYNTHETIC.json").read_bytes()).hexdigest(),
+                 "overrides": overrides}
+    stamp = work / "variant.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != made_from:
+        raise SystemExit(f"{work} was made for other settings ({stamp}): delete it or use another --work")
+    stamp.write_text(json.dumps(made_from, indent=1))
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if overrides:
         synthesize_corpus(corpus, config, parts=[TRAIN])
         timings["synthesis"] = round(time.perf_counter() - start, 1)
+        ref_marker = json.loads((args.reference / "SYNTHETIC.json").read_text())
+        marker = json.loads((corpus / "SYNTHETIC.json").read_text())
+        if _transcripts(corpus / TRAIN) != _transcripts(args.reference / TRAIN) or marker["wordnet_share"] != ref_marker["wordnet_share"]:
+            raise SystemExit(f"{name}: its training text differs from the reference's (another WordNet or code?): "
+                             "the lexicon and LM would not match the reference's test parts")
+        if "engines" not in overrides and marker["engines"] != ref_marker["engines"]:
+            raise SystemExit(f"{name}: engines {marker['engines']} here, {ref_marker['engines']} in the reference: install the same synthesisers")
         linked = (DEV, TEST, OOD)
         # What the change reached: training files equal byte for byte to the reference's (a talker the
         # change leaves alone renders as the reference did, unless the code changed since it was made).
@@ -150,7 +197,8 @@ def read_scores(exp: Path) -> dict:
     for part in (DEV, TEST, OOD):
         w = stage3["wers"]["tri"][part]
         out["wer"][part] = {k: w[k] for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
-        out["scale"] = w["acoustic_scale"]
+        if part == DEV:
+            out["scale"] = w["acoustic_scale"]  # chosen on dev, used on every part
         details = json.loads((exp / "gmm" / f"decode_tri_{part}" / "wer_details.json").read_text())
         out["utterances"][part] = {u["utt_id"]: [u["substitutions"] + u["deletions"] + u["insertions"],
                                                  u["hits"] + u["substitutions"] + u["deletions"]] for u in details["utterances"]}
@@ -166,6 +214,10 @@ def engines_of_talkers(reference: Path) -> dict[str, str]:
 def rate(utts: dict[str, list[int]], ids: list[str]) -> float:
     errors, words = (sum(utts[u][i] for u in ids) for i in (0, 1))
     return errors / words
+
+
+def _seconds(value: float | None) -> str:
+    return "not recorded" if value is None else f"{value:.0f} s"
 
 
 def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> str:
@@ -196,7 +248,7 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> 
         t = r["timings"]
         ident = "all (linked)" if r["identical_train_files"] is None else "{} of {}".format(*r["identical_train_files"])
         lines.append(f"| {name} | {changed} | {ident} | {100 * r['wer'][DEV]['wer']:.2f}% ({r['scale']}) | {100 * r['wer'][TEST]['wer']:.2f}% | {fam} "
-                     f"| {100 * r['wer'][OOD]['wer']:.2f}% | {t.get('synthesis', 0):.0f} s, {t['total']:.0f} s{' (an earlier run)' if t.get('reused') else ''} |")
+                     f"| {100 * r['wer'][OOD]['wer']:.2f}% | {_seconds(t.get('synthesis', 0.0 if not r['overrides'] else None))}, {_seconds(t['total'])}{' (an earlier run)' if t.get('reused') else ''} |")
     lines += ["", f"Differences from `{names[0]}` (variant minus reference, WER points, 95% paired bootstrap interval over the "
               "utterances, 2000 resamples; 'no' = the interval contains 0):", "",
               "| Variant | test-clean | " + " | ".join(f"test-clean, {f} talkers" for f in families) + " | test-ood |",
@@ -231,12 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", required=True,
                    help="NAME:field=value;... of SynthConfig (lists comma-separated); the first is the baseline of the differences")
     p.add_argument("--recipe-exp", type=Path, default=None, help="the recipe's exp folder of the same corpus: check the reference variant against its stage 3")
-    p.add_argument("--gmm-config", type=Path, default=RECIPE / "conf/gmm.yaml")
-    p.add_argument("--decode-config", type=Path, default=RECIPE / "conf/decode.yaml")
+    p.add_argument("--gmm-config", type=Path, default=None, help="GmmConfig YAML (default: the reference preset's, conf/presets/<preset>.yaml)")
+    p.add_argument("--decode-config", type=Path, default=None, help="DecodeConfig YAML (default: the reference preset's)")
     p.add_argument("--nj", type=int, default=2, help="parallel jobs (synthesis, features, GMM)")
     p.add_argument("--json", type=Path, default=None, help="all numbers (default: <work>/synth_ablation.json)")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = p.parse_args(argv)
+
+    import yaml
 
     from asr_kd.config import SynthConfig, config_from_dict
     from bench._results import write_section
@@ -252,12 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     variants = [parse_variant(v) for v in args.variant]
     if len({n for n, _ in variants}) != len(variants):
         raise SystemExit("--variant names must differ")
+    if variants[0][1]:
+        raise SystemExit(f"the first --variant is the baseline of the differences: make it the reference (NAME:), got {args.variant[0]!r}")
+    configs = {name: variant_config(reference_config, name, overrides, args.nj) for name, overrides in variants}
+    preset = yaml.safe_load((RECIPE / "conf" / "presets" / f"{reference_config.preset}.yaml").read_text())
+    args.gmm_config = args.gmm_config or RECIPE / preset["gmm_config"]
+    args.decode_config = args.decode_config or RECIPE / preset["decode_config"]
     args.work = args.work.resolve()
     args.json = args.json or args.work / "synth_ablation.json"
     results = {}
     for name, overrides in variants:
         print(f"[synth_ablation] {name}: {overrides or 'the reference'}", flush=True)
-        results[name] = build_variant(args, name, overrides, reference_config)
+        results[name] = build_variant(args, name, overrides, configs[name])
         print(f"[synth_ablation] {name}: tri WER test-clean {100 * results[name]['wer'][TEST]['wer']:.2f}%, "
               f"test-ood {100 * results[name]['wer'][OOD]['wer']:.2f}% ({results[name]['timings']['total']:.0f} s)", flush=True)
     command = "python bench/synth_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -206,6 +206,17 @@ class SynthSummary:
 # --------------------------------------------------------------------------------------------
 
 
+def _uniform_int(rng: np.random.Generator, low: int, high: int) -> int:
+    """Return an integer drawn uniformly from [low, high], consuming the generator as a range of
+    more than one value does even when ``low == high`` (numpy returns a one-value range without
+    drawing, which would shift every later draw: a corpus variant with a fixed rate or one speed
+    factor would change every talker's voice and warp, not only what it sets)."""
+    if low == high:
+        rng.integers(0, 2)
+        return int(low)
+    return int(rng.integers(low, high + 1))
+
+
 def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = None, plan: EnginePlan | None = None) -> list[SpeakerRecipe]:
     """Return the talkers of all parts (train first, test-ood last), with distinct speaker and
     chapter ids; deterministic given ``seed``, ``config`` (default: SynthConfig's defaults) and the
@@ -234,13 +245,13 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
             if sex == "M":
                 variant = male[n_male % len(male)]
                 n_male += 1
-                pitch = int(rng.integers(config.pitch_male[0], config.pitch_male[1] + 1))
+                pitch = _uniform_int(rng, *config.pitch_male)
             else:
                 variant = female[n_female % len(female)]
                 n_female += 1
-                pitch = int(rng.integers(config.pitch_female[0], config.pitch_female[1] + 1))
+                pitch = _uniform_int(rng, *config.pitch_female)
             chapters = tuple(sorted(chapter_ids.pop() for _ in range(chapters_per[part])))
-            rate = int(rng.integers(config.rate_wpm[0], config.rate_wpm[1] + 1))
+            rate = _uniform_int(rng, *config.rate_wpm)
             pitch_range, word_gap = int(rng.integers(25, 86)), int(rng.integers(0, 3))
             channel = augment.random_channel(rng, SAMPLE_RATE, config.channel_peak_db)
             # Drawn for every talker, in a fixed order, so that one talker's engine does not
@@ -393,7 +404,7 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
     espeak_seed = int(rng.integers(2**31))
     noise_rng = np.random.default_rng(list(job.seed) + [1])
     # Speed perturbation is data augmentation: training utterances only, as in Kaldi recipes.
-    speed = float(config.speed_factors[int(rng.integers(len(config.speed_factors)))]) if job.speaker.part == TRAIN_PART else 1.0
+    speed = float(config.speed_factors[_uniform_int(rng, 0, len(config.speed_factors) - 1)]) if job.speaker.part == TRAIN_PART else 1.0
     room = "image" if rng.random() < config.image_room_share else "statistical"
 
     speaker = job.speaker

@@ -254,7 +254,7 @@ done < "$preset_file"
 
 mkdir -p "$exp/log"
 # Record how this run was invoked, Kaldi style.
-printf '%s\n' "$0 $*" "stage=$stage stop_stage=$stop_stage corpus_dir=$corpus_dir download=$download preset=$preset seed=$seed difficulty=$difficulty train_set=$train_set dev_set=$dev_set test_set=$test_set lexicon=$lexicon nj=$nj data=$data exp=$exp" \
+printf '%s\n' "$0 $*" "stage=$stage stop_stage=$stop_stage corpus_dir=$corpus_dir download=$download preset=$preset seed=$seed difficulty=$difficulty synth_config=$synth_config train_set=$train_set dev_set=$dev_set test_set=$test_set lexicon=$lexicon nj=$nj data=$data exp=$exp" \
   > "$exp/log/run.$(date '+%Y%m%d-%H%M%S').options"
 
 if [ "$ood_set" = auto ]; then

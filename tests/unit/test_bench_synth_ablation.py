@@ -42,3 +42,23 @@ def test_without_a_corpus_it_says_so_and_a_partial_corpus_is_refused(tmp_path: P
     with pytest.raises(SystemExit, match="holds only"):
         BENCH["main"](["--reference", str(partial), *args])
     assert not (tmp_path / "R.md").exists()
+
+
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        (["espeak_only:engines=espeak"], "the first --variant is the baseline"),
+        (["reference:", "other_text:wordnet_share=0"], r"\['wordnet_share'\] must stay the reference's"),
+        (["reference:", "bad:vtlp_max=0.7"], r"synth.vtlp_max must be in \[0, 0.5\)"),
+        (["reference:", "typo:vtlp=0"], "unknown key"),
+        (["a:", "a:vtlp_max=0"], "names must differ"),
+    ],
+)
+def test_bad_variants_are_refused_before_any_work(tmp_path: Path, variants: list[str], message: str) -> None:
+    reference = tmp_path / "corpus"
+    reference.mkdir()
+    (reference / "SYNTHETIC.json").write_text(json.dumps({"config": {"preset": "mini"}}))
+    args = ["--reference", str(reference), "--work", str(tmp_path / "w"), "--results", str(tmp_path / "R.md")]
+    with pytest.raises(SystemExit, match=message) as err:
+        BENCH["main"]([*args, *(x for v in variants for x in ("--variant", v))])
+    assert "\n" not in str(err.value) and not (tmp_path / "w").exists()

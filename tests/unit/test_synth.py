@@ -304,11 +304,17 @@ def test_perturbation_options_reach_the_talkers_and_keep_old_corpora_valid() -> 
 
     config = SynthConfig(pitch_male=(20, 20), pitch_female=(70, 70), rate_wpm=(160, 161), channel_peak_db=0.0)
     changed = synth.make_speakers(mini, seed=0, config=config, plan=plan)
-    assert [s.speaker_id for s in changed] == [s.speaker_id for s in speakers]
+    # Only what the options set: a one-value range draws as a wider one does, so no other draw moves.
+    same = ("speaker_id", "engine", "voice", "sex", "vtlp", "telephone", "pitch_range", "word_gap", "chapters")
+    assert [[getattr(s, k) for k in same] for s in changed] == [[getattr(s, k) for k in same] for s in speakers]
+    assert [s.channel.peak_hz for s in changed] == [s.channel.peak_hz for s in speakers]
     spoken = [s for s in changed if s.engine != "kokoro"]  # Kokoro's styles have their own pitch
     assert {s.pitch for s in spoken if s.sex == "M"} == {20} and {s.pitch for s in spoken if s.sex == "F"} == {70}
     assert {s.rate for s in changed} == {160, 161}
     assert {g for s in changed for g in s.channel.peak_db} == {0.0}
+    one, two = np.random.default_rng(7), np.random.default_rng(7)
+    assert (synth._uniform_int(one, 1, 1), synth._uniform_int(two, 0, 2)) == (1, 2)  # one speed factor, or three
+    assert one.random() == two.random()
     identity = synth._identity(config, mini, plan, 0.3)["config"]
     assert (identity["pitch_male"], identity["rate_wpm"], identity["channel_peak_db"]) == ([20, 20], [160, 161], 0.0)
     assert "noise_kind_weights" not in identity
