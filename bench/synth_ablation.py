@@ -142,7 +142,7 @@ def build_variant(args: argparse.Namespace, name: str, overrides: dict[str, str]
         raise SystemExit(f"{work} was made for other settings ({stamp}): delete it or use another --work")
     stamp.write_text(json.dumps(made_from, indent=1))
     timings: dict[str, float] = {}
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     if overrides:
         synthesize_corpus(corpus, config, parts=[TRAIN])
         timings["synthesis"] = round(time.perf_counter() - start, 1)
@@ -182,10 +182,11 @@ def build_variant(args: argparse.Namespace, name: str, overrides: dict[str, str]
     # A rerun finds every stage up to date (each command's own record): keep the timings of the run
     # that did the work, and say so.
     kept = work / "timings.json"
-    if kept.is_file() and timings["total"] < 0.5 * json.loads(kept.read_text())["timings"]["total"]:
-        timings = {**json.loads(kept.read_text())["timings"], "reused": True}
-    else:
+    gmm_reused = (exp / "gmm" / "provenance.json").stat().st_mtime < started_at
+    if not gmm_reused:
         kept.write_text(json.dumps({"timings": timings}))
+    elif kept.is_file():
+        timings = {**json.loads(kept.read_text())["timings"], "reused": True}
     return {"overrides": overrides, "config": dataclasses.asdict(config), "timings": timings, "identical_train_files": identical,
             **read_scores(exp)}
 
@@ -218,6 +219,32 @@ def rate(utts: dict[str, list[int]], ids: list[str]) -> float:
 
 def _seconds(value: float | None) -> str:
     return "not recorded" if value is None else f"{value:.0f} s"
+
+
+def plot_differences(results: dict[str, dict], path: Path) -> Path:
+    """A forest plot: each variant's WER minus the reference's on test-clean and test-ood, with the
+    95% paired bootstrap interval; left of 0 is better than the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr_kd.report.tables import save_figure
+
+    names = list(results)[1:]
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(names) + 1.4), dpi=100)
+    for k, (part, colour) in enumerate([(TEST, "tab:blue"), (OOD, "tab:orange")]):
+        for i, name in enumerate(names):
+            d = next(x for x in results[name]["differences"] if x["part"] == part and x["talkers"] == "all")
+            y = len(names) - 1 - i + (0.15 if k == 0 else -0.15)
+            ax.errorbar(100 * d["value"], y, xerr=[[100 * (d["value"] - d["low"])], [100 * (d["high"] - d["value"])]], fmt="o",
+                        color=colour, capsize=3, label=part if i == 0 else None)
+    ax.axvline(0.0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(names)), list(reversed(names)))
+    ax.set_xlabel(f"triphone GMM WER minus the {list(results)[0]}'s (points; left is better)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="best")
+    return save_figure(fig, path)
 
 
 def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> str:
@@ -256,14 +283,31 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> 
     for name in names[1:]:
         r = results[name]
         cells = []
-        for part, ids in [(TEST, test_ids), *((TEST, by_family[f]) for f in families), (OOD, sorted(ref["utterances"][OOD]))]:
+        for part, subset, ids in [(TEST, "all", test_ids), *((TEST, f, by_family[f]) for f in families),
+                                  (OOD, "all", sorted(ref["utterances"][OOD]))]:
             a = np.array([ref["utterances"][part][u][0] for u in ids], dtype=float)
             b = np.array([r["utterances"][part][u][0] for u in ids], dtype=float)
             den = np.array([ref["utterances"][part][u][1] for u in ids], dtype=float)
             ci = bootstrap_difference(a, b, den)
             cells.append(f"{100 * ci.value:+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}] {'yes' if ci.excludes_zero else 'no'}")
-            r.setdefault("differences", []).append({"part": part, "utterances": len(ids), **ci.to_dict()})
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            r.setdefault("differences", []).append({"part": part, "talkers": subset, "utterances": len(ids), **ci.to_dict()})
+        lines.append(f"| {name}{' (null)' if name in args.null else ''} | " + " | ".join(cells) + " |")
+    nulls = [n for n in names[1:] if n in args.null]
+    if nulls:
+        spread = {part: max(abs(d["value"]) for n in nulls for d in results[n]["differences"] if d["part"] == part and d["talkers"] == "all")
+                  for part in (TEST, OOD)}
+        lines += ["", f"Null variants ({', '.join(f'`{n}`' for n in nulls)}): the training audio drawn again from the same "
+                  "distribution (only which utterance gets which draw changes). The bootstrap intervals cover the choice of test "
+                  "utterances, not the training audio's draws nor the GMM's sensitivity to them; the nulls measure that: they moved "
+                  f"test-clean WER by up to {100 * spread[TEST]:.2f} points and test-ood by up to {100 * spread[OOD]:.2f}. "
+                  "A variant's difference no larger than that is not an effect of what it changes, whatever its interval says."]
+        for name in names[1:]:
+            results[name]["within_null_spread"] = {part: abs(next(d["value"] for d in results[name]["differences"]
+                                                                  if d["part"] == part and d["talkers"] == "all")) <= spread[part]
+                                                   for part in (TEST, OOD)}
+    if len(names) > 1:
+        plot = plot_differences(results, args.results.parent / "synth_ablation.png")
+        lines += ["", f"![variant minus reference, WER points with 95% intervals]({plot.name})"]
     if args.recipe_exp is not None:
         recipe = read_scores(args.recipe_exp)
         same = all(recipe["wer"][p] == ref["wer"][p] for p in (DEV, TEST, OOD))
@@ -282,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, required=True, help="where each variant's corpus, data and exp go")
     p.add_argument("--variant", action="append", required=True,
                    help="NAME:field=value;... of SynthConfig (lists comma-separated); the first is the baseline of the differences")
+    p.add_argument("--null", action="append", default=[], metavar="NAME",
+                   help="a variant that only draws the training audio again from the same distribution (e.g. speed_factors in "
+                        "another order): its differences measure chance, reported as such (repeatable)")
     p.add_argument("--recipe-exp", type=Path, default=None, help="the recipe's exp folder of the same corpus: check the reference variant against its stage 3")
     p.add_argument("--gmm-config", type=Path, default=None, help="GmmConfig YAML (default: the reference preset's, conf/presets/<preset>.yaml)")
     p.add_argument("--decode-config", type=Path, default=None, help="DecodeConfig YAML (default: the reference preset's)")
@@ -308,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--variant names must differ")
     if variants[0][1]:
         raise SystemExit(f"the first --variant is the baseline of the differences: make it the reference (NAME:), got {args.variant[0]!r}")
+    unknown = sorted(set(args.null) - {n for n, _ in variants[1:]})
+    if unknown:
+        raise SystemExit(f"--null {unknown}: not among the variants after the first")
     configs = {name: variant_config(reference_config, name, overrides, args.nj) for name, overrides in variants}
     preset = yaml.safe_load((RECIPE / "conf" / "presets" / f"{reference_config.preset}.yaml").read_text())
     args.gmm_config = args.gmm_config or RECIPE / preset["gmm_config"]

@@ -52,6 +52,7 @@ def test_without_a_corpus_it_says_so_and_a_partial_corpus_is_refused(tmp_path: P
         (["reference:", "bad:vtlp_max=0.7"], r"synth.vtlp_max must be in \[0, 0.5\)"),
         (["reference:", "typo:vtlp=0"], "unknown key"),
         (["a:", "a:vtlp_max=0"], "names must differ"),
+        (["reference:", "v:vtlp_max=0", "--null=w"], r"--null \['w'\]: not among the variants after the first"),
     ],
 )
 def test_bad_variants_are_refused_before_any_work(tmp_path: Path, variants: list[str], message: str) -> None:
@@ -60,5 +61,5 @@ def test_bad_variants_are_refused_before_any_work(tmp_path: Path, variants: list
     (reference / "SYNTHETIC.json").write_text(json.dumps({"config": {"preset": "mini"}}))
     args = ["--reference", str(reference), "--work", str(tmp_path / "w"), "--results", str(tmp_path / "R.md")]
     with pytest.raises(SystemExit, match=message) as err:
-        BENCH["main"]([*args, *(x for v in variants for x in ("--variant", v))])
+        BENCH["main"]([*args, *(x for v in variants for x in (("--variant", v) if not v.startswith("--") else (v,)))])
     assert "\n" not in str(err.value) and not (tmp_path / "w").exists()
