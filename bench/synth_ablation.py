@@ -305,6 +305,26 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> 
             results[name]["within_null_spread"] = {part: abs(next(d["value"] for d in results[name]["differences"]
                                                                   if d["part"] == part and d["talkers"] == "all")) <= spread[part]
                                                    for part in (TEST, OOD)}
+        if len(nulls) >= 2:
+            # The reference is one more draw of the same distribution: compare each variant with all of them.
+            draws = {part: np.array([100 * results[n]["wer"][part]["wer"] for n in [names[0], *nulls]]) for part in (TEST, OOD)}
+            stats = {part: (float(v.mean()), float(v.std(ddof=1)), float(v.min()), float(v.max())) for part, v in draws.items()}
+            lines += ["", f"The reference and the nulls are {len(nulls) + 1} draws of one distribution: test-clean WER "
+                      + ", test-ood ".join(f"{m:.2f}% ± {sd:.2f} (range {lo:.2f}-{hi:.2f})" for m, sd, lo, hi in stats.values())
+                      + " (mean ± standard deviation). Each variant against them (its WER minus their mean, in their standard "
+                      "deviations; outside their range or not):", "",
+                      "| Variant | test-clean | test-ood |", "|---|---|---|"]
+            for name in names[1:]:
+                if name in nulls:
+                    continue
+                cells = []
+                for part in (TEST, OOD):
+                    m, sd, lo, hi = stats[part]
+                    w = 100 * results[name]["wer"][part]["wer"]
+                    where = "below their range" if w < lo else "above their range" if w > hi else "within their range"
+                    cells.append(f"{w - m:+.2f} points ({(w - m) / sd:+.1f} SD), {where}")
+                    results[name].setdefault("against_nulls", {})[part] = {"points": w - m, "sd": (w - m) / sd, "where": where}
+                lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     if len(names) > 1:
         plot = plot_differences(results, args.results.parent / "synth_ablation.png")
         lines += ["", f"![variant minus reference, WER points with 95% intervals]({plot.name})"]
