@@ -55,6 +55,13 @@ def later_option(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={OMIT_AT_DEFAULT: True})
 
 
+def recorded_fields(cfg: Any) -> dict[str, Any]:
+    """Return the fields of the dataclass instance ``cfg`` that records and identities name: every
+    field but one made by :func:`later_option` that is at its default."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(cfg, f.name) == f.default)}
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 0: the synthetic corpus
 # --------------------------------------------------------------------------------------------

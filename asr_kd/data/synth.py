@@ -39,7 +39,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART, OMIT_AT_DEFAULT, SynthConfig, config_from_dict
+from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART, SynthConfig, config_from_dict, recorded_fields
 from asr_kd.data import augment, festival, kokoro, voices
 from asr_kd.data.espeak import get_synthesizer
 from asr_kd.data.librispeech import _read_transcripts
@@ -503,12 +503,10 @@ def _identity(config: SynthConfig, preset: SynthPreset, plan: EnginePlan, wordne
     The engines and text sources actually used are part of it: installing Festival or WordNet
     later makes a new corpus. ``parts`` is recorded only when it is not every part (so that the
     markers of whole corpora stay as they were)."""
-    # A field added by later_option is left out at its default: corpora made before it stay valid.
-    fields = [f for f in dataclasses.fields(config) if f.name != "num_jobs"
-              and not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(config, f.name) == f.default)]
     identity = {
         "format_version": FORMAT_VERSION,
-        "config": {f.name: getattr(config, f.name) for f in fields},
+        # A later_option field is left out at its default, as in stage records: corpora made before it stay valid.
+        "config": {k: v for k, v in recorded_fields(config).items() if k != "num_jobs"},
         "preset": dataclasses.asdict(preset),
         "engines": {"train": plan.train, "ood": plan.ood, "ood_accents": plan.ood_accents},
         "wordnet_share": wordnet_share,

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from asr_kd.config import OMIT_AT_DEFAULT
+from asr_kd.config import recorded_fields
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.resource_usage import detached_cpu_seconds
 from asr_kd.utils import file_sha256, not_rank_0, write_text_atomic
@@ -65,8 +65,7 @@ def _canonical(value: Any) -> Any:
     """Return ``value`` as plain JSON types (dataclasses as dicts, tuples as lists, paths as str);
     a dataclass field made by :func:`asr_kd.config.later_option` is left out at its default."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
-                 if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(value, f.name) == f.default)}
+        value = recorded_fields(value)
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
