@@ -119,13 +119,35 @@ class SynthConfig:
     pitch_male: tuple[int, ...] = later_option((15, 60))
     pitch_female: tuple[int, ...] = later_option((35, 85))
     rate_wpm: tuple[int, ...] = later_option((140, 195))
+    # How far each talker's pitch moves within an utterance (intonation; espeak-ng's 0..100 pitch
+    # range, which Festival maps to its F0 spread) and espeak-ng's extra pause between words (10 ms
+    # units), drawn per talker from these inclusive ranges. Chosen by ear, not by a measurement.
+    pitch_range: tuple[int, ...] = later_option((25, 85))
+    word_gap: tuple[int, ...] = later_option((0, 2))
     # Each wide-band talker's channel colouring (asr_kd.data.augment.random_channel; test-ood's
     # talkers too): two resonances whose gains are drawn from [-channel_peak_db, +channel_peak_db]
     # dB (0: a flat band-pass).
     channel_peak_db: float = later_option(6.0)
+    # The same channel's band-pass edges (Hz: the low edge and the high edge, each drawn per talker
+    # from its range; at most 7600, 0.95 x the Nyquist frequency at 16 kHz) and the range the two
+    # resonance frequencies are drawn from (below the talker's high edge). The defaults go from
+    # telephone-like to wide-band; chosen by ear, not by a measurement.
+    channel_low_hz: tuple[float, ...] = later_option((60.0, 300.0))
+    channel_high_hz: tuple[float, ...] = later_option((3400.0, 7600.0))
+    channel_peak_hz: tuple[float, ...] = later_option((400.0, 5000.0))
     # Relative frequency of the additive noise kinds, in the order white, pink, brown, babble
     # (babble: other training sentences spoken by five of the corpus' voices at once).
     noise_kind_weights: tuple[float, ...] = later_option((0.2, 0.3, 0.2, 0.3))
+    # Per recording: the silence before and after the speech (seconds, each drawn from this range)
+    # and the peak level the recording is scaled to (full scale 1.0): recordings differ in level.
+    silence_s: tuple[float, ...] = later_option((0.1, 0.5))
+    peak_level: tuple[float, ...] = later_option((0.3, 0.9))
+    # What difficulty d does (asr_kd.data.augment.degradation_ranges): every utterance is noisy at
+    # d >= 1, at an SNR drawn from (28 - 12 d) +- snr_spread_db dB; a share min(1, reverb_prob x d)
+    # is reverberant, with RT60 drawn from rt60_scale x (0.1 + 0.1 d .. 0.2 + 0.3 d) seconds.
+    snr_spread_db: float = later_option(10.0)
+    reverb_prob: float = later_option(0.6)
+    rt60_scale: float = later_option(1.0)
 
     def __post_init__(self) -> None:
         _check(self.preset in SYNTH_PRESETS, f"synth.preset must be one of {SYNTH_PRESETS}, got {self.preset!r}")
@@ -145,10 +167,18 @@ class SynthConfig:
         _check(0.0 <= self.telephone_prob <= 1.0, f"synth.telephone_prob must be in [0, 1], got {self.telephone_prob}")
         _check(0.0 <= self.image_room_share <= 1.0, f"synth.image_room_share must be in [0, 1], got {self.image_room_share}")
         _check(0.0 <= self.wordnet_share <= 0.9, f"synth.wordnet_share must be in [0, 0.9], got {self.wordnet_share}")
-        for name, lo, hi in (("pitch_male", 0, 100), ("pitch_female", 0, 100), ("rate_wpm", 80, 450)):
+        for name, lo, hi in (("pitch_male", 0, 100), ("pitch_female", 0, 100), ("rate_wpm", 80, 450), ("pitch_range", 0, 100),
+                             ("word_gap", 0, 50), ("channel_low_hz", 20, 900), ("channel_high_hz", 1000, 7600),
+                             ("channel_peak_hz", 100, 8000), ("silence_s", 0, 5), ("peak_level", 0.01, 1)):
             pair = getattr(self, name)
             _check(len(pair) == 2 and lo <= pair[0] <= pair[1] <= hi,
                    f"synth.{name} must be [low, high] with {lo} <= low <= high <= {hi}, got {list(pair)}")
+        _check(self.channel_peak_hz[0] < self.channel_high_hz[0],
+               f"synth.channel_peak_hz's low end {self.channel_peak_hz[0]} must be below channel_high_hz's {self.channel_high_hz[0]} "
+               "(a resonance inside every talker's band)")
+        _check(0.0 <= self.snr_spread_db <= 30.0, f"synth.snr_spread_db must be in [0, 30], got {self.snr_spread_db}")
+        _check(0.0 <= self.reverb_prob <= 1.0, f"synth.reverb_prob must be in [0, 1], got {self.reverb_prob}")
+        _check(0.1 <= self.rt60_scale <= 4.0, f"synth.rt60_scale must be in [0.1, 4], got {self.rt60_scale}")
         _check(0.0 <= self.channel_peak_db <= 20.0, f"synth.channel_peak_db must be in [0, 20], got {self.channel_peak_db}")
         _check(len(self.noise_kind_weights) == 4 and min(self.noise_kind_weights) >= 0 and sum(self.noise_kind_weights) > 0,
                "synth.noise_kind_weights must be 4 weights >= 0 (white, pink, brown, babble), not all 0, "

@@ -30,13 +30,17 @@ class ChannelRecipe:
     peak_db: tuple[float, ...]
 
 
-def random_channel(rng: np.random.Generator, sample_rate: int, peak_db: float = 6.0) -> ChannelRecipe:
-    """Return a random, plausible channel: telephone-like to wide-band, with two resonances whose
-    gains are drawn from [-peak_db, +peak_db] dB."""
+def random_channel(rng: np.random.Generator, sample_rate: int, peak_db: float = 6.0,
+                   low_hz: tuple[float, ...] = (60.0, 300.0), high_hz: tuple[float, ...] = (3400.0, 7600.0),
+                   peak_hz: tuple[float, ...] = (400.0, 5000.0)) -> ChannelRecipe:
+    """Return a random, plausible channel: a band-pass whose low and high edges are drawn from the
+    ranges ``low_hz`` and ``high_hz`` (the high one at most 0.95 x Nyquist), with two resonances at
+    frequencies drawn from ``peak_hz`` (below the high edge) and gains from [-peak_db, +peak_db] dB.
+    The defaults go from telephone-like to wide-band."""
     nyquist = sample_rate / 2
-    low = float(rng.uniform(60.0, 300.0))
-    high = float(min(rng.uniform(3400.0, 7600.0), 0.95 * nyquist))
-    peaks = tuple(float(f) for f in np.sort(rng.uniform(400.0, min(high, 5000.0), size=2)))
+    low = float(rng.uniform(low_hz[0], low_hz[1]))
+    high = float(min(rng.uniform(high_hz[0], high_hz[1]), 0.95 * nyquist))
+    peaks = tuple(float(f) for f in np.sort(rng.uniform(peak_hz[0], min(high, peak_hz[1]), size=2)))
     gains = tuple(float(g) for g in rng.uniform(-peak_db, peak_db, size=2))
     return ChannelRecipe(low_hz=round(low, 1), high_hz=round(high, 1), peak_hz=tuple(round(f, 1) for f in peaks), peak_db=tuple(round(g, 2) for g in gains))
 
@@ -138,19 +142,21 @@ class DegradationRanges:
     channel: bool
 
 
-def degradation_ranges(difficulty: float) -> DegradationRanges:
-    """Return the degradation ranges for ``difficulty`` in [0, 3]: 0 is clean; at 1 every
-    utterance has noise at 6..26 dB SNR and 60% are reverberant (RT60 0.2..0.5 s); each step
-    lowers the SNR range by 12 dB and lengthens the reverberation."""
+def degradation_ranges(difficulty: float, snr_spread_db: float = 10.0, reverb_prob: float = 0.6, rt60_scale: float = 1.0) -> DegradationRanges:
+    """Return the degradation ranges for ``difficulty`` d in [0, 3]: 0 is clean; from d = 1 every
+    utterance is noisy (a share d below), at an SNR drawn from (28 - 12 d) +- ``snr_spread_db`` dB,
+    and a share min(1, ``reverb_prob`` x d) is reverberant, with RT60 drawn from ``rt60_scale`` x
+    (0.1 + 0.1 d .. 0.2 + 0.3 d) s. The defaults (SynthConfig's): at d = 1, SNR 6..26 dB, 60%
+    reverberant, RT60 0.2..0.5 s."""
     d = float(difficulty)
     if d <= 0.0:
         return DegradationRanges(noise_prob=0.0, snr_db=(math.inf, math.inf), reverb_prob=0.0, rt60_s=(0.0, 0.0), channel=False)
     centre = 28.0 - 12.0 * d
     return DegradationRanges(
         noise_prob=min(1.0, d),
-        snr_db=(centre - 10.0, centre + 10.0),
-        reverb_prob=min(1.0, 0.6 * d),
-        rt60_s=(0.1 + 0.1 * d, 0.2 + 0.3 * d),
+        snr_db=(centre - snr_spread_db, centre + snr_spread_db),
+        reverb_prob=min(1.0, reverb_prob * d),
+        rt60_s=(rt60_scale * (0.1 + 0.1 * d), rt60_scale * (0.2 + 0.3 * d)),
         channel=True,
     )
 

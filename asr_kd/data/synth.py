@@ -252,8 +252,9 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
                 pitch = _uniform_int(rng, *config.pitch_female)
             chapters = tuple(sorted(chapter_ids.pop() for _ in range(chapters_per[part])))
             rate = _uniform_int(rng, *config.rate_wpm)
-            pitch_range, word_gap = int(rng.integers(25, 86)), int(rng.integers(0, 3))
-            channel = augment.random_channel(rng, SAMPLE_RATE, config.channel_peak_db)
+            pitch_range, word_gap = _uniform_int(rng, *config.pitch_range), _uniform_int(rng, *config.word_gap)
+            channel = augment.random_channel(rng, SAMPLE_RATE, config.channel_peak_db, config.channel_low_hz, config.channel_high_hz,
+                                             config.channel_peak_hz)
             # Drawn for every talker, in a fixed order, so that one talker's engine does not
             # change the draws of the next.
             u_engine, u_us, u_vtlp, u_phone = (float(u) for u in rng.random(4))
@@ -379,6 +380,11 @@ def _init_worker(config: SynthConfig, babble_texts: list[str], train_engines: tu
     _WORKER = _WorkerState(config=config, babble=babble)
 
 
+def _degradation(config: SynthConfig) -> augment.DegradationRanges:
+    """Return the noise and reverberation ranges that ``config``'s difficulty and options give."""
+    return augment.degradation_ranges(config.difficulty, config.snr_spread_db, config.reverb_prob, config.rt60_scale)
+
+
 def render_utterance(job: UtteranceJob) -> UtteranceResult:
     """Synthesise, perturb, degrade and write one utterance (atomically); return what was drawn.
 
@@ -388,10 +394,10 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
         raise RuntimeError("render_utterance needs _init_worker to run first in this process")
     config = _WORKER.config
     rng = np.random.default_rng(list(job.seed))
-    ranges = augment.degradation_ranges(config.difficulty)
+    ranges = _degradation(config)
     # Draw everything up front and unconditionally, so that the same seed gives the same speech,
     # silences and level at every difficulty; only the degradations differ.
-    lead_s, trail_s = rng.uniform(0.1, 0.5, size=2)
+    lead_s, trail_s = rng.uniform(config.silence_s[0], config.silence_s[1], size=2)
     use_reverb = rng.random() < ranges.reverb_prob
     u_rt60 = float(rng.random())
     rt60 = ranges.rt60_s[0] + u_rt60 * (ranges.rt60_s[1] - ranges.rt60_s[0])
@@ -400,7 +406,7 @@ def render_utterance(job: UtteranceJob) -> UtteranceResult:
     kind = str(rng.choice(augment.NOISE_KINDS, p=weights / weights.sum()))
     u_snr = float(rng.random())
     snr = ranges.snr_db[0] + u_snr * (ranges.snr_db[1] - ranges.snr_db[0]) if use_noise else float("inf")
-    peak = float(rng.uniform(0.3, 0.9))  # a small random gain: recordings differ in level
+    peak = float(rng.uniform(config.peak_level[0], config.peak_level[1]))  # recordings differ in level
     espeak_seed = int(rng.integers(2**31))
     noise_rng = np.random.default_rng(list(job.seed) + [1])
     # Speed perturbation is data augmentation: training utterances only, as in Kaldi recipes.
@@ -635,7 +641,7 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
             "engine_notes": notes,
             "text": _text_report(split, sizes),
             "engines_missing": list(plan.missing),
-            "degradation": dataclasses.asdict(augment.degradation_ranges(config.difficulty)),
+            "degradation": dataclasses.asdict(_degradation(config)),
             "speakers": [dataclasses.asdict(s) for s in speakers],
             "utterances": {uid: {k: v for k, v in dataclasses.asdict(r).items() if k != "utt_id"} for uid, r in sorted(results.items())},
             "generation_seconds": round(time.perf_counter() - start, 2),

@@ -319,6 +319,51 @@ def test_perturbation_options_reach_the_talkers_and_keep_old_corpora_valid() -> 
     assert (identity["pitch_male"], identity["rate_wpm"], identity["channel_peak_db"]) == ([20, 20], [160, 161], 0.0)
     assert "noise_kind_weights" not in identity
 
+    # Intonation, word gaps and the channel's band: each option moves only what it names.
+    config = SynthConfig(pitch_range=(40, 40), word_gap=(3, 3), channel_low_hz=(100.0, 100.0), channel_high_hz=(5000.0, 6000.0),
+                         channel_peak_hz=(1000.0, 1200.0))
+    banded = synth.make_speakers(mini, seed=0, config=config, plan=plan)
+    same = ("speaker_id", "engine", "voice", "sex", "vtlp", "telephone", "pitch", "rate", "chapters")
+    assert [[getattr(s, k) for k in same] for s in banded] == [[getattr(s, k) for k in same] for s in speakers]
+    assert [s.channel.peak_db for s in banded] == [s.channel.peak_db for s in speakers]
+    assert {s.pitch_range for s in banded} == {40} and {s.word_gap for s in banded} == {3}
+    assert {s.channel.low_hz for s in banded} == {100.0}
+    assert all(5000.0 <= s.channel.high_hz <= 6000.0 and all(1000.0 <= f <= 1200.0 for f in s.channel.peak_hz) for s in banded)
+    assert len({s.channel.high_hz for s in banded}) > 10  # still drawn per talker
+    identity = synth._identity(config, mini, plan, 0.3)["config"]
+    assert identity["channel_high_hz"] == [5000.0, 6000.0] and identity["word_gap"] == [3, 3] and "channel_peak_db" not in identity
+
+
+def test_recording_options_reach_every_utterance_and_move_nothing_else(tmp_path: Path) -> None:
+    """silence_s, peak_level, snr_spread_db, reverb_prob and rt60_scale: two renders of one corpus
+    that differ only in them have the same speech, noise kinds and rooms; each option shows where
+    it should, in the audio and in SYNTHETIC.json."""
+    base = dict(preset="tiny", seed=3, num_jobs=2, engines=("espeak",))
+    results, audio = {}, {}
+    for name, extra in (("short", dict(silence_s=(0.0, 0.0))),
+                        ("changed", dict(silence_s=(1.0, 1.0), peak_level=(0.5, 0.5), snr_spread_db=0.0, reverb_prob=1.0, rt60_scale=2.0))):
+        corpus = tmp_path / name
+        synthesize_corpus(corpus, SynthConfig(**base, **extra), preset=MICRO)
+        marker = json.loads((corpus / "SYNTHETIC.json").read_text())
+        results[name], audio[name] = marker, {f.stem: sf.read(str(f), dtype="int16")[0] for f in corpus.rglob("*.flac")}
+    short, changed = results["short"]["utterances"], results["changed"]["utterances"]
+    assert short.keys() == changed.keys() and len(short) >= 10
+    # One second before and one after every recording, nothing else longer or shorter.
+    assert {changed[u]["num_samples"] - short[u]["num_samples"] for u in short} == {2 * 16000}
+    assert [short[u]["noise"] for u in short] == [changed[u]["noise"] for u in short]
+    # Difficulty 1: SNR centre 16 dB; spread 0 pins every utterance to it (the defaults spread 6..26 dB).
+    assert {changed[u]["snr_db"] for u in changed} == {16.0} and len({short[u]["snr_db"] for u in short}) == len(short)
+    # reverb_prob 1 makes every utterance reverberant; rt60_scale doubles the RT60 each one drew.
+    assert all(changed[u]["rt60_s"] is not None for u in changed)
+    reverberant = [u for u in short if short[u]["rt60_s"] is not None]
+    assert 0 < len(reverberant) < len(short)
+    assert all(abs(changed[u]["rt60_s"] - 2 * short[u]["rt60_s"]) <= 0.002 and changed[u]["room"] == short[u]["room"] for u in reverberant)
+    assert {int(np.max(np.abs(a))) for a in audio["changed"].values()} <= {16383, 16384}  # 0.5 of full scale, rounded
+    assert len({int(np.max(np.abs(a))) for a in audio["short"].values()}) > 1
+    assert results["changed"]["degradation"] == {"noise_prob": 1.0, "snr_db": [16.0, 16.0], "reverb_prob": 1.0, "rt60_s": [0.4, 1.0],
+                                                 "channel": True}
+    assert results["changed"]["config"]["rt60_scale"] == 2.0 and "rt60_scale" not in results["short"]["config"]
+
 
 def test_noise_kind_weights_choose_the_noise(tmp_path: Path) -> None:
     weights = {"white": (1.0, 0.0, 0.0, 0.0), "brown": (0.0, 0.0, 2.0, 0.0)}
