@@ -124,6 +124,12 @@ class SynthConfig:
     # units), drawn per talker from these inclusive ranges. Chosen by ear, not by a measurement.
     pitch_range: tuple[int, ...] = later_option((25, 85))
     word_gap: tuple[int, ...] = later_option((0, 2))
+    # Half the espeak-ng talkers speak American English, the rest another accent. Drawn
+    # independently, the accents of mini's 40 training talkers missed 2 of the 7 others, which then
+    # spoke a quarter of test-clean unseen (bench/RESULTS.md, "Synthetic corpus ablations"). True:
+    # the training talkers take the other accents in turn (a shuffled cycle), so each speaks
+    # training data wherever there are at least as many such talkers as accents; dev/test unchanged.
+    cover_accents: bool = later_option(False)
     # Each wide-band talker's channel colouring (asr_kd.data.augment.random_channel; test-ood's
     # talkers too): two resonances whose gains are drawn from [-channel_peak_db, +channel_peak_db]
     # dB (0: a flat band-pass).

@@ -235,7 +235,10 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
     female = list(rng.permutation(FEMALE_VARIANTS))
     kokoro_talkers = [str(t) for t in rng.permutation(KOKORO_TALKERS)]
     speakers: list[SpeakerRecipe] = []
-    n_male = n_female = n_kokoro = 0
+    n_male = n_female = n_kokoro = n_accented = 0
+    # The order in which training talkers take the non-American accents (config.cover_accents),
+    # from a generator of its own so that turning it on moves no other draw.
+    accent_cycle = [int(i) for i in np.random.default_rng([seed, 103]).permutation(len(ESPEAK_ACCENTS) - 1)]
     for part in PARTS:
         ood = part == OOD_PART
         # Accents: held-out ones speak test-ood where espeak-ng is its engine, and never train.
@@ -269,6 +272,10 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
             if engine == "espeak":
                 # Half the espeak-ng talkers speak American English (the lexicon's accent; most
                 # LibriSpeech readers are American), the rest one of the other accents.
+                if config.cover_accents and part == TRAIN_PART and u_us >= 0.5:
+                    others = accents[1:]
+                    accent = 1 + [i for i in accent_cycle if i < len(others)][n_accented % len(others)]
+                    n_accented += 1
                 name, volume = accents[0] if (u_us < 0.5 and not ood) else accents[accent]
                 voice = f"{name}+{variant}"
             elif engine == "festival":

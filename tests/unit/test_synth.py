@@ -3,6 +3,7 @@ determinism and the effect of ``difficulty``. One ``tiny`` corpus is shared by m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -333,6 +334,34 @@ def test_perturbation_options_reach_the_talkers_and_keep_old_corpora_valid() -> 
     identity = synth._identity(config, mini, plan, 0.3)["config"]
     assert identity["channel_high_hz"] == [5000.0, 6000.0] and identity["word_gap"] == [3, 3] and "channel_peak_db" not in identity
 
+
+
+def test_cover_accents_gives_every_accent_training_talkers_and_moves_nothing_else() -> None:
+    """Drawn independently, mini's training talkers miss accents that its test talkers speak (seed 0:
+    en-029 and en-gb-x-gbcwmd); with cover_accents the training talkers' other accents come in
+    turn, every accent is trained on, and no other talker or draw changes."""
+    mini = synth.PRESETS["mini"]
+    plan = voices.EnginePlan(train=("espeak", "festival"), ood="kokoro", ood_accents=(), missing=(), notes=())
+
+    def accent(s: synth.SpeakerRecipe) -> str:
+        return s.voice.split("+")[0]
+
+    others = {a for a, _ in voices.ESPEAK_ACCENTS} - {"en-us"}
+    default = synth.make_speakers(mini, seed=0, plan=plan)
+    covered = synth.make_speakers(mini, seed=0, config=SynthConfig(cover_accents=True), plan=plan)
+    for speakers in (default, covered):
+        assert len({s.speaker_id for s in speakers}) == 60
+    trained = [{accent(s) for s in speakers if s.part == TRAIN_PART and s.engine == "espeak"} for speakers in (default, covered)]
+    tested = {accent(s) for s in default if s.part == TEST_PART and s.engine == "espeak"}
+    assert tested - trained[0] == {"en-029", "en-gb-x-gbcwmd"}
+    assert others <= trained[1] and tested <= trained[1]
+    changed = [(a, b) for a, b in zip(default, covered) if a != b]
+    # Only training espeak-ng talkers' accents moved (to non-American ones); American talkers,
+    # Festival, dev/test and every other draw (pitch, rate, warp, channel...) stay.
+    assert changed and all(a.part == TRAIN_PART and a.engine == "espeak" and accent(b) != "en-us" for a, b in changed)
+    assert all(dataclasses.replace(b, voice=a.voice, volume=a.volume) == a for a, b in changed)
+    assert "cover_accents" not in synth._identity(SynthConfig(), mini, plan, 0.3)["config"]
+    assert synth._identity(SynthConfig(cover_accents=True), mini, plan, 0.3)["config"]["cover_accents"] is True
 
 def test_recording_options_reach_every_utterance_and_move_nothing_else(tmp_path: Path) -> None:
     """silence_s, peak_level, snr_spread_db, reverb_prob and rt60_scale: two renders of one corpus
