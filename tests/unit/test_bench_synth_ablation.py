@@ -63,3 +63,24 @@ def test_bad_variants_are_refused_before_any_work(tmp_path: Path, variants: list
     with pytest.raises(SystemExit, match=message) as err:
         BENCH["main"]([*args, *(x for v in variants for x in (("--variant", v) if not v.startswith("--") else (v,)))])
     assert "\n" not in str(err.value) and not (tmp_path / "w").exists()
+
+
+def test_talkers_are_grouped_by_family_and_untrained_accent() -> None:
+    """The per-talker columns: mini's seed-0 talkers (as SYNTHETIC.json lists them) put the test
+    talkers of the two accents no training talker speaks in a group of their own; with
+    cover_accents every espeak-ng talker's accent is trained on."""
+    import dataclasses
+
+    from asr_kd.config import SynthConfig
+    from asr_kd.data import synth, voices
+
+    plan = voices.EnginePlan(train=("espeak", "festival"), ood="kokoro", ood_accents=(), missing=(), notes=())
+    untrained = BENCH["UNTRAINED_ACCENT"]
+    for config, expected in ((SynthConfig(), {"en-029", "en-gb-x-gbcwmd"}), (SynthConfig(cover_accents=True), set())):
+        speakers = [dataclasses.asdict(s) for s in synth.make_speakers(synth.PRESETS["mini"], seed=0, config=config, plan=plan)]
+        groups = BENCH["talker_groups"](speakers)
+        assert len(groups) == 60
+        test = [s for s in speakers if s["part"] == "test-clean"]
+        assert {s["voice"].split("+")[0] for s in test if groups[str(s["speaker_id"])] == untrained} == expected
+        assert all(groups[str(s["speaker_id"])] == s["engine"] for s in speakers if s["engine"] != "espeak")
+        assert not any(groups[str(s["speaker_id"])] == untrained for s in speakers if s["part"] == "train-clean-100")
