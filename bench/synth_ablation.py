@@ -222,7 +222,7 @@ def talker_groups(speakers: list[dict]) -> dict[str, str]:
             for s in speakers}
 
 
-def engines_of_talkers(reference: Path) -> dict[str, str]:
+def reference_talker_groups(reference: Path) -> dict[str, str]:
     """Speaker id -> group (talker_groups), from the reference corpus' SYNTHETIC.json."""
     marker = json.loads((reference / "SYNTHETIC.json").read_text())
     return talker_groups(marker["speakers"])
@@ -270,10 +270,10 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> 
 
     names = list(results)
     ref = results[names[0]]
-    engine_of = engines_of_talkers(args.reference)
+    group_of = reference_talker_groups(args.reference)
     test_ids = sorted(ref["utterances"][TEST])
-    families = sorted({engine_of[u.split("-")[0]] for u in test_ids})
-    by_family = {f: [u for u in test_ids if engine_of[u.split("-")[0]] == f] for f in families}
+    families = sorted({group_of[u.split("-")[0]] for u in test_ids})
+    by_family = {f: [u for u in test_ids if group_of[u.split("-")[0]] == f] for f in families}
     lines = [HEADING, "", f"`{command}` (every number: `{args.json}`).", "",
              f"Reference corpus: `{args.reference}` ({ref['config']['preset']}, seed {ref['config']['seed']}, difficulty "
              f"{ref['config']['difficulty']}, engines {', '.join(ref['config']['engines'])}, test-ood by {ref['config']['ood_engine']}). "
@@ -322,25 +322,33 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> 
                                                                   if d["part"] == part and d["talkers"] == "all")) <= spread[part]
                                                    for part in (TEST, OOD)}
         if len(nulls) >= 2:
-            # The reference is one more draw of the same distribution: compare each variant with all of them.
-            draws = {part: np.array([100 * results[n]["wer"][part]["wer"] for n in [names[0], *nulls]]) for part in (TEST, OOD)}
-            stats = {part: (float(v.mean()), float(v.std(ddof=1)), float(v.min()), float(v.max())) for part, v in draws.items()}
-            lines += ["", f"The reference and the nulls are {len(nulls) + 1} draws of one distribution: test-clean WER "
-                      + ", test-ood ".join(f"{m:.2f}% ± {sd:.2f} (range {lo:.2f}-{hi:.2f})" for m, sd, lo, hi in stats.values())
+            # The reference is one more draw of the same distribution: compare each variant with all of them, on
+            # test-clean, each talker group of it, and test-ood.
+            columns = [("test-clean", TEST, None), *((f"test-clean, {f} talkers", TEST, f) for f in families), ("test-ood", OOD, None)]
+
+            def wer(name: str, part: str, group: str | None) -> float:
+                r = results[name]
+                return 100 * (r["wer"][part]["wer"] if group is None else rate(r["utterances"][part], by_family[group]))
+
+            draws = {label: np.array([wer(n, part, group) for n in [names[0], *nulls]]) for label, part, group in columns}
+            stats = {label: (float(v.mean()), float(v.std(ddof=1)), float(v.min()), float(v.max())) for label, v in draws.items()}
+            lines += ["", f"The reference and the nulls are {len(nulls) + 1} draws of one distribution: "
+                      + "; ".join(f"{label} WER {m:.2f}% ± {sd:.2f} (range {lo:.2f}-{hi:.2f})" for label, (m, sd, lo, hi) in stats.items())
                       + " (mean ± standard deviation). Each variant against them (its WER minus their mean, in their standard "
                       "deviations; outside their range or not):", "",
-                      "| Variant | test-clean | test-ood |", "|---|---|---|"]
+                      "| Variant | " + " | ".join(label for label, _, _ in columns) + " |", "|---" * (1 + len(columns)) + "|"]
             for name in names[1:]:
                 if name in nulls:
                     continue
                 cells = []
-                for part in (TEST, OOD):
-                    m, sd, lo, hi = stats[part]
-                    w = 100 * results[name]["wer"][part]["wer"]
+                for label, part, group in columns:
+                    m, sd, lo, hi = stats[label]
+                    w = wer(name, part, group)
                     where = "below their range" if w < lo else "above their range" if w > hi else "within their range"
                     cells.append(f"{w - m:+.2f} points ({(w - m) / sd:+.1f} SD), {where}")
-                    results[name].setdefault("against_nulls", {})[part] = {"points": w - m, "sd": (w - m) / sd, "where": where}
-                lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+                    key = part if group is None else f"{part}, {group} talkers"
+                    results[name].setdefault("against_nulls", {})[key] = {"points": w - m, "sd": (w - m) / sd, "where": where}
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(names) > 1:
         plot = plot_differences(results, args.results.parent / "synth_ablation.png")
         lines += ["", f"![variant minus reference, WER points with 95% intervals]({plot.name})"]

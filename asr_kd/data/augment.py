@@ -30,13 +30,12 @@ class ChannelRecipe:
     peak_db: tuple[float, ...]
 
 
-def random_channel(rng: np.random.Generator, sample_rate: int, peak_db: float = 6.0,
-                   low_hz: tuple[float, ...] = (60.0, 300.0), high_hz: tuple[float, ...] = (3400.0, 7600.0),
-                   peak_hz: tuple[float, ...] = (400.0, 5000.0)) -> ChannelRecipe:
+def random_channel(rng: np.random.Generator, sample_rate: int, *, peak_db: float, low_hz: tuple[float, ...],
+                   high_hz: tuple[float, ...], peak_hz: tuple[float, ...]) -> ChannelRecipe:
     """Return a random, plausible channel: a band-pass whose low and high edges are drawn from the
     ranges ``low_hz`` and ``high_hz`` (the high one at most 0.95 x Nyquist), with two resonances at
     frequencies drawn from ``peak_hz`` (below the high edge) and gains from [-peak_db, +peak_db] dB.
-    The defaults go from telephone-like to wide-band."""
+    SynthConfig holds the ranges (channel_*), from telephone-like to wide-band."""
     nyquist = sample_rate / 2
     low = float(rng.uniform(low_hz[0], low_hz[1]))
     high = float(min(rng.uniform(high_hz[0], high_hz[1]), 0.95 * nyquist))
@@ -142,11 +141,11 @@ class DegradationRanges:
     channel: bool
 
 
-def degradation_ranges(difficulty: float, snr_spread_db: float = 10.0, reverb_prob: float = 0.6, rt60_scale: float = 1.0) -> DegradationRanges:
+def degradation_ranges(difficulty: float, *, snr_spread_db: float, reverb_prob: float, rt60_scale: float) -> DegradationRanges:
     """Return the degradation ranges for ``difficulty`` d in [0, 3]: 0 is clean; from d = 1 every
     utterance is noisy (a share d below), at an SNR drawn from (28 - 12 d) +- ``snr_spread_db`` dB,
     and a share min(1, ``reverb_prob`` x d) is reverberant, with RT60 drawn from ``rt60_scale`` x
-    (0.1 + 0.1 d .. 0.2 + 0.3 d) s. The defaults (SynthConfig's): at d = 1, SNR 6..26 dB, 60%
+    (0.1 + 0.1 d .. 0.2 + 0.3 d) s. SynthConfig's defaults give, at d = 1, SNR 6..26 dB, 60%
     reverberant, RT60 0.2..0.5 s."""
     d = float(difficulty)
     if d <= 0.0:

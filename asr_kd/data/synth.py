@@ -238,11 +238,13 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
     n_male = n_female = n_kokoro = n_accented = 0
     # The order in which training talkers take the non-American accents (config.cover_accents),
     # from a generator of its own so that turning it on moves no other draw.
-    accent_cycle = [int(i) for i in np.random.default_rng([seed, 103]).permutation(len(ESPEAK_ACCENTS) - 1)]
+    accent_order = [int(i) for i in np.random.default_rng([seed, 103]).permutation(len(ESPEAK_ACCENTS) - 1)]
     for part in PARTS:
         ood = part == OOD_PART
         # Accents: held-out ones speak test-ood where espeak-ng is its engine, and never train.
         accents = [a for a in ESPEAK_ACCENTS if (a[0] in plan.ood_accents) == (ood and bool(plan.ood_accents))]
+        # Indices into accents of the non-American ones (accents[0] is en-us), in accent_order.
+        accent_cycle = [1 + i for i in accent_order if i < len(accents) - 1]
         for i in range(preset.speakers(part)):
             sex = "M" if (i + int(rng.integers(0, 2))) % 2 == 0 else "F"
             if sex == "M":
@@ -256,8 +258,8 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
             chapters = tuple(sorted(chapter_ids.pop() for _ in range(chapters_per[part])))
             rate = _uniform_int(rng, *config.rate_wpm)
             pitch_range, word_gap = _uniform_int(rng, *config.pitch_range), _uniform_int(rng, *config.word_gap)
-            channel = augment.random_channel(rng, SAMPLE_RATE, config.channel_peak_db, config.channel_low_hz, config.channel_high_hz,
-                                             config.channel_peak_hz)
+            channel = augment.random_channel(rng, SAMPLE_RATE, peak_db=config.channel_peak_db, low_hz=config.channel_low_hz,
+                                             high_hz=config.channel_high_hz, peak_hz=config.channel_peak_hz)
             # Drawn for every talker, in a fixed order, so that one talker's engine does not
             # change the draws of the next.
             u_engine, u_us, u_vtlp, u_phone = (float(u) for u in rng.random(4))
@@ -273,8 +275,7 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
                 # Half the espeak-ng talkers speak American English (the lexicon's accent; most
                 # LibriSpeech readers are American), the rest one of the other accents.
                 if config.cover_accents and part == TRAIN_PART and u_us >= 0.5:
-                    others = accents[1:]
-                    accent = 1 + [i for i in accent_cycle if i < len(others)][n_accented % len(others)]
+                    accent = accent_cycle[n_accented % len(accent_cycle)]
                     n_accented += 1
                 name, volume = accents[0] if (u_us < 0.5 and not ood) else accents[accent]
                 voice = f"{name}+{variant}"
@@ -389,7 +390,8 @@ def _init_worker(config: SynthConfig, babble_texts: list[str], train_engines: tu
 
 def _degradation(config: SynthConfig) -> augment.DegradationRanges:
     """Return the noise and reverberation ranges that ``config``'s difficulty and options give."""
-    return augment.degradation_ranges(config.difficulty, config.snr_spread_db, config.reverb_prob, config.rt60_scale)
+    return augment.degradation_ranges(config.difficulty, snr_spread_db=config.snr_spread_db, reverb_prob=config.reverb_prob,
+                                      rt60_scale=config.rt60_scale)
 
 
 def render_utterance(job: UtteranceJob) -> UtteranceResult:

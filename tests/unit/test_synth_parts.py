@@ -12,6 +12,7 @@ import scipy.signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asr_kd.config import SynthConfig
 from asr_kd.data import augment
 from asr_kd.data.espeak import VoiceSettings, available_variants, get_synthesizer
 from asr_kd.data.voices import FEMALE_VARIANTS, MALE_VARIANTS
@@ -216,7 +217,9 @@ def test_channel_is_a_band_pass_with_resonances() -> None:
     assert gain(1000.0) == pytest.approx(2.0, rel=0.15)  # +6 dB resonance
     assert gain(40.0) < 0.1 and gain(7500.0) < 0.2  # outside the band
     assert 0.5 < gain(2500.0) < 1.5
-    drawn = augment.random_channel(np.random.default_rng(0), sr)
+    c = SynthConfig()
+    drawn = augment.random_channel(np.random.default_rng(0), sr, peak_db=c.channel_peak_db, low_hz=c.channel_low_hz, high_hz=c.channel_high_hz,
+                                   peak_hz=c.channel_peak_hz)
     assert 60 <= drawn.low_hz < drawn.high_hz <= 0.95 * sr / 2
 
 
@@ -229,9 +232,11 @@ def test_active_power_ignores_pauses() -> None:
 
 
 def test_difficulty_ranges_are_monotonic() -> None:
-    clean = augment.degradation_ranges(0.0)
+    c = SynthConfig()
+    options = {"snr_spread_db": c.snr_spread_db, "reverb_prob": c.reverb_prob, "rt60_scale": c.rt60_scale}
+    clean = augment.degradation_ranges(0.0, **options)
     assert clean.noise_prob == 0.0 and clean.reverb_prob == 0.0 and not clean.channel
-    levels = [augment.degradation_ranges(d) for d in (0.5, 1.0, 2.0, 3.0)]
+    levels = [augment.degradation_ranges(d, **options) for d in (0.5, 1.0, 2.0, 3.0)]
     assert all(a.snr_db[0] > b.snr_db[0] and a.snr_db[1] > b.snr_db[1] for a, b in zip(levels, levels[1:]))
     assert all(a.rt60_s[1] < b.rt60_s[1] for a, b in zip(levels, levels[1:]))
     assert levels[1].noise_prob == 1.0 and levels[1].snr_db[0] >= 5.0  # the default stays intelligible
