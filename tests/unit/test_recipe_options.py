@@ -119,7 +119,7 @@ def test_stage6_trains_the_students_with_the_student_train_config(tmp_path: Path
         # tiny names no teacher_train_config: its teachers train with train_config.
         (["--preset", "tiny"], str(REPO_ROOT / "egs" / "tiny_kd" / "conf" / "train.yaml")),
         (["--preset", "mini"], str(CONF / "train_students_mini.yaml")),
-        (["--preset", "small"], str(CONF / "train_students_mini.yaml")),
+        (["--preset", "small"], str(CONF / "train_mini.yaml")),
         # A --train-config given on the command line trains the teachers too, unless --teacher-train-config is given.
         (["--preset", "mini", "--train-config", "/tmp/a.yaml"], "/tmp/a.yaml"),
         (["--preset", "mini", "--train-config", "/tmp/a.yaml", "--teacher-train-config", "/tmp/t.yaml"], "/tmp/t.yaml"),
