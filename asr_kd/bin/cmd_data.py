@@ -74,6 +74,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parts", nargs="+", required=True)
     p.set_defaults(func=_data_summary)
 
+    p = sub.add_parser(
+        "import-results",
+        help="put another run's RESULTS.md into this one as one section, above this file's own (a headline run)",
+        description="Copy every '## ' section of --from (the RESULTS.md that another run's --results named) into --into as "
+                    "one section, '## <heading>', above the sections already there (or in its place when it exists), each "
+                    "imported heading one level down so that the stages writing --into never replace them. Run it again "
+                    "to bring the section up to date; --from is never changed.",
+    )
+    p.add_argument("--from", dest="source", type=Path, required=True, help="the other run's RESULTS.md")
+    p.add_argument("--into", type=Path, required=True, help="the RESULTS.md that gets the section")
+    p.add_argument("--heading", required=True, help="the section's heading, without its '## '")
+    p.add_argument("--note", action="append", default=[],
+                   help="a paragraph written by hand, printed after the section's lead as 'Noted by hand: ...' (repeatable)")
+    p.set_defaults(func=_import_results)
+
+
+def _import_results(args: argparse.Namespace) -> int:
+    from asr_kd.report.results_md import import_run
+
+    lead = (f"Imported by `{command_line()}` from that run's results file: its sections, unchanged but for their headings "
+            "(one level down), each naming the command that wrote it. The sections after this one are this file's own.")
+    lead += "".join(f"\n\nNoted by hand: {note.strip()}" for note in args.note)
+    text = import_run(args.source, args.into, args.heading, lead)
+    print(f"{args.into}: section '## {args.heading}' holds the {text.count(chr(10) + '### ')} sections of {args.source}")
+    return 0
+
 
 def _relocate(args: argparse.Namespace) -> int:
     from asr_kd.data.relocate import relocate_manifests

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from asr_kd.errors import DataError
 from asr_kd.utils import folder_lock, not_rank_0, write_text_atomic
 
 
@@ -60,3 +61,36 @@ def read_section(path: Path | str, heading: str) -> str | None:
         if s.startswith(heading):
             return s
     return None
+
+
+def sections(path: Path | str) -> list[str]:
+    """Return the ``## `` sections of ``path`` in order, each from its heading line to the next
+    one (the file's header before the first section left out)."""
+    return ["## " + s for s in Path(path).read_text().split("\n## ")[1:]]
+
+
+def import_run(source: Path | str, into: Path | str, heading: str, lead: str = "") -> str:
+    """Put every section of another run's RESULTS.md (``source``) into ``into`` as one section,
+    ``## <heading>``, above the first section already there (where a section of that heading
+    exists, in its place), and return that section's text.
+
+    The imported sections keep every line but their headings, which go one level down (``## X``
+    becomes ``### X``): the runs of ``into``'s own stages replace their ``## `` sections by heading
+    (:func:`write_section`) and never touch the imported ones, even where a heading is the same.
+    ``lead`` (paragraphs) comes between the heading and the imported sections. How the headline
+    run of the recipe reaches RESULTS.md above the demo's sections (README, "Results")."""
+    source, into = Path(source), Path(into)
+    if not source.is_file():
+        raise DataError(f"{source}: no such results file; pass the RESULTS.md that the run's --results named")
+    imported = sections(source)
+    if not imported:
+        raise DataError(f"{source}: holds no '## ' section to import; has the run finished a stage?")
+    if heading.startswith("#") or "\n" in heading:
+        raise ValueError(f"heading is one line without its '#' marks, got {heading!r}")
+    body = [f"## {heading}\n"] + ([lead.strip("\n") + "\n"] if lead.strip() else [])
+    body += ["#" + s.rstrip("\n") + "\n" for s in imported]
+    text = "\n".join(body)
+    existing = sections(into) if into.exists() else []
+    first = next((s.split("\n", 1)[0] for s in existing if not s.startswith(f"## {heading}")), None)
+    write_section(into, f"## {heading}", text, before=first)
+    return text

@@ -129,6 +129,35 @@ def test_results_md_holds_every_table_with_its_command(recipe) -> None:
     assert f"{100 * tri_wer:.2f}%" in text[text.index("## GMM-HMM (stage 3)"):]
 
 
+def test_a_runs_tables_go_above_the_demos_as_one_section(recipe, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The headline run's way into RESULTS.md (asr-kd import-results): the tiny run's tables, with
+    its numbers, become the first section of a copy of the committed RESULTS.md, whose own sections
+    stay as they were."""
+    from asr_kd.bin.cli import main
+    from asr_kd.report.results_md import sections
+
+    _, exp, _ = recipe
+    into = tmp_path / "RESULTS.md"
+    shutil.copy(REPO_ROOT / "recipes" / "librispeech" / "RESULTS.md", into)
+    demo = sections(into)
+    run_sections = sections(exp / "RESULTS.md")
+    assert main(["import-results", "--from", str(exp / "RESULTS.md"), "--into", str(into), "--heading", "Headline run: tiny",
+                 "--note", "two pieces."]) == 0
+    assert f"holds the {len(run_sections)} sections of" in capsys.readouterr().out
+    headline, *rest = sections(into)
+    assert rest == demo
+    assert headline.startswith("## Headline run: tiny\n\nImported by `asr-kd import-results --from ")
+    assert "\n\nNoted by hand: two pieces.\n" in headline
+    assert headline.count("\n### ") == len(run_sections) and "\n## " not in headline[3:]
+    # The numbers are the run's: Table 1's ensemble row from table1.json, the GMM's from stage3.json.
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    test = table1["ensemble"]["test-clean"]
+    imported1 = headline[headline.index("### Table 1 analogue"):]
+    assert f"| {100 * test['frame_accuracy']:.1f}% | {100 * test['wer']:.2f}% ({test['substitutions']}/" in imported1
+    tri = json.loads((exp / "gmm" / "stage3.json").read_text())["wers"]["tri"]["test-clean"]["wer"]
+    assert f"{100 * tri:.2f}%" in headline[headline.index("### GMM-HMM (stage 3)"):headline.index("### DNN realignment")]
+
+
 def test_every_system_is_decoded_at_the_scale_it_chose_on_dev(recipe) -> None:
     """Stage 3 and stage 7 search the acoustic scale on dev-clean per system, with one beam and
     max-active for all; the test parts are decoded at the dev-best scale (a student's second seed

@@ -62,3 +62,41 @@ def test_a_new_section_goes_before_its_successor_when_it_has_no_predecessor(tmp_
     write_section(md, "## B1", "## B1\n\nb1\n", after="## B", before="## A")  # after wins when both anchors exist
     write_section(md, "## C", "## C\n\nc\n", before="## missing")  # no anchor: at the end
     assert md.read_text() == "# Results\n\n## Z\n\nz\n\n## A\n\na\n\n## B\n\nb\n\n## B1\n\nb1\n\n## C\n\nc\n"
+
+
+def test_another_runs_sections_become_one_section_above_this_files_own(tmp_path: Path) -> None:
+    import pytest
+
+    from asr_kd.errors import DataError
+    from asr_kd.report.results_md import import_run, sections
+
+    run, md = tmp_path / "small" / "RESULTS.md", tmp_path / "RESULTS.md"
+    run.parent.mkdir()
+    # The other run's file as its stages write it (the same headings as this file's stages).
+    write_section(run, "## GMM-HMM (stage 3)", "## GMM-HMM (stage 3)\n\n| tri | 30.7% |\n")
+    write_section(run, "## Table 1 analogue", "## Table 1 analogue\n\n| baseline | 16.3% |\n\nPaper numbers: x\n")
+    write_section(md, "## GMM-HMM (stage 3)", "## GMM-HMM (stage 3)\n\n| tri | 64.3% |\n")
+    write_section(md, "## Table 1 analogue", "## Table 1 analogue\n\n| baseline | 54.3% |\n")
+
+    text = import_run(run, md, "Headline run: small", lead="Imported from small.")
+    assert text == ("## Headline run: small\n\nImported from small.\n\n### GMM-HMM (stage 3)\n\n| tri | 30.7% |\n\n"
+                    "### Table 1 analogue\n\n| baseline | 16.3% |\n\nPaper numbers: x\n")
+    assert [s.split("\n", 1)[0] for s in sections(md)] == ["## Headline run: small", "## GMM-HMM (stage 3)", "## Table 1 analogue"]
+    # This file's stages rewrite their own sections and leave the imported ones as they were.
+    write_section(md, "## Table 1 analogue", "## Table 1 analogue\n\n| baseline | 52.0% |\n")
+    assert read_section(md, "## Headline run") == text
+    assert read_section(md, "## Table 1 analogue") == "## Table 1 analogue\n\n| baseline | 52.0% |\n"
+    # Importing again replaces the section where it stands; the run's own file is never changed.
+    write_section(run, "## Table 1 analogue", "## Table 1 analogue\n\n| baseline | 15.9% |\n")
+    before = run.read_text()
+    import_run(run, md, "Headline run: small")
+    assert run.read_text() == before
+    assert md.read_text().count("## Headline run") == 1 and "| baseline | 15.9% |" in sections(md)[0]
+    assert "| baseline | 16.3% |" not in md.read_text()
+    # Into a file without sections, and the one-line errors.
+    assert import_run(run, tmp_path / "new.md", "H").startswith("## H\n\n### GMM-HMM")
+    with pytest.raises(DataError, match="no such results file"):
+        import_run(tmp_path / "missing.md", md, "H")
+    (tmp_path / "empty.md").write_text("# Results\n")
+    with pytest.raises(DataError, match="holds no '## ' section"):
+        import_run(tmp_path / "empty.md", md, "H")
