@@ -23,10 +23,15 @@ talker of the reference speaks apart) and test-ood, and each variant minus the f
 (the reference) with paired bootstrap intervals over the test utterances (Bisani & Ney 2004).
 With ``--recipe-exp``, the reference variant's WERs are compared with the recipe's own stage 3
 (same corpus, same configs: they should be equal). A GMM is a proxy for the networks: it says
-which training speech generalises, not how much a DNN gains from it. Everything is written under
-``--work`` (reused on a rerun with the same settings: each command keeps its own record).
+which training speech generalises, not how much a DNN gains from it. ``--dnn`` measures that too:
+bench/hybrid_capacity.py's ``base`` DNN (the demo's 3 x 256 network, ``--dnn-train-config``'s
+TrainConfig, default conf/train_mini.yaml: 10 epochs) trained on each variant's triphone-GMM
+alignments and decoded as stage 7 decodes (scale tuned on dev-clean), ``--nj`` variants at a time
+(one torch thread each); the same tables for it in a section of its own. Everything is written
+under ``--work`` (reused on a rerun with the same settings: each command keeps its own record).
 
-Writes bench/RESULTS.md, section "Synthetic corpus ablations".
+Writes bench/RESULTS.md, section "Synthetic corpus ablations" (and, with ``--dnn``, "Synthetic
+corpus ablations with the DNN").
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 HEADING = "## Synthetic corpus ablations: what each synthesiser and perturbation adds (bench/synth_ablation.py, issue 12)"
+DNN_HEADING = ("## Synthetic corpus ablations with the DNN: what each synthesiser and perturbation adds to a hybrid DNN "
+               "(bench/synth_ablation.py --dnn, issue 12)")
+# What a report of the GMM writes into each variant's result, kept apart from the DNN's report.
+REPORT_KEYS = ("differences", "within_null_spread", "against_nulls")
 RECIPE = REPO / "recipes" / "librispeech"
 TRAIN, DEV, TEST, OOD = "train-clean-100", "dev-clean", "test-clean", "test-ood"
 PARTS = (TRAIN, DEV, TEST, OOD)
@@ -207,6 +216,40 @@ def read_scores(exp: Path) -> dict:
     return out
 
 
+def run_dnn(args: argparse.Namespace, name: str) -> None:
+    """Train and score bench/hybrid_capacity.py's ``base`` DNN on the variant's triphone-GMM
+    alignments (under ``<work>/<name>/dnn``; its record makes a rerun with the same settings reuse it)."""
+    work = args.work / name
+    run([sys.executable, str(REPO / "bench" / "hybrid_capacity.py"), "--data", str(work / "data"), "--exp", str(work / "exp"),
+         "--out", str(work / "dnn"), "--variant", "base", "--train-config", str(args.dnn_train_config), "--jobs", "1",
+         "--threads", "1", "--ood-part", OOD, "--results", str(work / "dnn" / "RESULTS.md"),
+         "--title", f"synth_ablation variant {name}"], work / "log_dnn.txt")
+
+
+def read_dnn_scores(work: Path) -> dict:
+    """The DNN's WERs (dev at its tuned scale, the test parts at that scale), frame accuracies and
+    per-utterance word errors of each part, as :func:`read_scores` gives the GMM's, from
+    hybrid_capacity's ``result.json`` and ``per_utt.json`` files; and its training's CPU time."""
+    folder = work / "dnn" / "base"
+    r = json.loads((folder / "result.json").read_text())
+    out: dict = {"wer": {}, "scale": r["dev"]["acoustic_scale"], "utterances": {}, "frame_accuracy": {},
+                 "train_cpu_seconds": r["training"]["cpu_seconds_per_epoch"] * len(r["training"]["history"]),
+                 "dnn_network": r["network"], "dnn_epochs": r["train"]["num_epochs"]}
+    for part in (DEV, TEST, OOD):
+        score = r["dev"] if part == DEV else r["test"][part]
+        out["wer"][part] = {k: score[k] for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
+        out["frame_accuracy"][part] = score["frame_accuracy"]
+        per = json.loads((folder / "decode" / f"base_{part}" / "per_utt.json").read_text())
+        out["utterances"][part] = {u: v[:2] for u, v in per.items()}
+    return out
+
+
+def dnn_view(results: dict[str, dict]) -> dict[str, dict]:
+    """Each variant's result with the DNN's scores in place of the GMM's (what :func:`report`
+    reads), without what the GMM's report wrote into it."""
+    return {name: {**{k: v for k, v in r.items() if k not in (*REPORT_KEYS, "dnn")}, **r["dnn"]} for name, r in results.items()}
+
+
 UNTRAINED_ACCENT = "espeak, accent untrained"
 
 
@@ -237,7 +280,7 @@ def _seconds(value: float | None) -> str:
     return "not recorded" if value is None else f"{value:.0f} s"
 
 
-def plot_differences(results: dict[str, dict], path: Path) -> Path:
+def plot_differences(results: dict[str, dict], path: Path, system: str = "triphone GMM") -> Path:
     """A forest plot: each variant's WER minus the reference's on test-clean and test-ood, with the
     95% paired bootstrap interval; left of 0 is better than the reference."""
     import matplotlib
@@ -257,13 +300,16 @@ def plot_differences(results: dict[str, dict], path: Path) -> Path:
                         color=colour, capsize=3, label=part if i == 0 else None)
     ax.axvline(0.0, color="grey", linewidth=1)
     ax.set_yticks(range(len(names)), list(reversed(names)))
-    ax.set_xlabel(f"triphone GMM WER minus the {list(results)[0]}'s (points; left is better)")
+    ax.set_xlabel(f"{system} WER minus the {list(results)[0]}'s (points; left is better)")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="best")
     return save_figure(fig, path)
 
 
-def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> str:
+def report(args: argparse.Namespace, results: dict[str, dict], command: str, dnn: bool = False) -> str:
+    """The section of the triphone GMM's scores (``results`` as build_variant returns them), or with
+    ``dnn`` of the DNN's (``results`` as :func:`dnn_view` gives them). Records each variant's
+    differences and comparisons with the nulls into its result."""
     import numpy as np
 
     from asr_kd.metrics.paired import bootstrap_difference
@@ -274,16 +320,19 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> 
     test_ids = sorted(ref["utterances"][TEST])
     families = sorted({group_of[u.split("-")[0]] for u in test_ids})
     by_family = {f: [u for u in test_ids if group_of[u.split("-")[0]] == f] for f in families}
-    lines = [HEADING, "", f"`{command}` (every number: `{args.json}`).", "",
+    lines = [DNN_HEADING if dnn else HEADING, "", f"`{command}` (every number: `{args.json}`).", "",
              f"Reference corpus: `{args.reference}` ({ref['config']['preset']}, seed {ref['config']['seed']}, difficulty "
              f"{ref['config']['difficulty']}, engines {', '.join(ref['config']['engines'])}, test-ood by {ref['config']['ood_engine']}). "
              "Each variant's training part is rendered again with the fields shown changed (the same talkers, sentences and "
              "random draws otherwise); dev-clean, test-clean and test-ood are the reference's own audio for every variant. "
              "Stages 0-3 of the recipe (its feature, lang, GMM and decode configs) train and decode the triphone GMM; the "
-             "acoustic scale is tuned on dev-clean.", ""]
+             "acoustic scale is tuned on dev-clean." + (
+                 f" Then bench/hybrid_capacity.py's `base` DNN ({ref['dnn_network']}, `{args.dnn_train_config.name}`: "
+                 f"{ref['dnn_epochs']} epochs, one torch thread) trains on the variant's triphone-GMM alignments and is decoded "
+                 "as stage 7 decodes, its acoustic scale tuned on dev-clean: every number below is the DNN's." if dnn else ""), ""]
     fam_cols = " | ".join(f"test-clean, {f} talkers ({len(by_family[f])} utts)" for f in families)
     lines += [f"| Variant | Changed | Training files unchanged | Dev WER (scale) | Test-clean WER | {fam_cols} | Test-ood WER "
-              "| Time (synthesis, total) |", "|---" * (7 + len(families)) + "|"]
+              f"| {'DNN training (CPU)' if dnn else 'Time (synthesis, total)'} |", "|---" * (7 + len(families)) + "|"]
     for name in names:
         r = results[name]
         changed = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "nothing (the reference)"
@@ -291,7 +340,8 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> 
         t = r["timings"]
         ident = "all (linked)" if r["identical_train_files"] is None else "{} of {}".format(*r["identical_train_files"])
         lines.append(f"| {name} | {changed} | {ident} | {100 * r['wer'][DEV]['wer']:.2f}% ({r['scale']}) | {100 * r['wer'][TEST]['wer']:.2f}% | {fam} "
-                     f"| {100 * r['wer'][OOD]['wer']:.2f}% | {_seconds(t.get('synthesis', 0.0 if not r['overrides'] else None))}, {_seconds(t['total'])}{' (an earlier run)' if t.get('reused') else ''} |")
+                     f"| {100 * r['wer'][OOD]['wer']:.2f}% | " + (f"{r['train_cpu_seconds']:.0f} s" if dnn else
+                     f"{_seconds(t.get('synthesis', 0.0 if not r['overrides'] else None))}, {_seconds(t['total'])}{' (an earlier run)' if t.get('reused') else ''}") + " |")
     lines += ["", f"Differences from `{names[0]}` (variant minus reference, WER points, 95% paired bootstrap interval over the "
               "utterances, 2000 resamples; 'no' = the interval contains 0):", "",
               "| Variant | test-clean | " + " | ".join(f"test-clean, {f} talkers" for f in families) + " | test-ood |",
@@ -350,8 +400,15 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str) -> 
                     results[name].setdefault("against_nulls", {})[key] = {"points": w - m, "sd": (w - m) / sd, "where": where}
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(names) > 1:
-        plot = plot_differences(results, args.results.parent / "synth_ablation.png")
+        plot = plot_differences(results, args.results.parent / f"synth_ablation{'_dnn' if dnn else ''}.png",
+                                "hybrid DNN" if dnn else "triphone GMM")
         lines += ["", f"![variant minus reference, WER points with 95% intervals]({plot.name})"]
+    if dnn:
+        cpu = [r["train_cpu_seconds"] / 60 for r in results.values()]
+        lines += ["", f"The DNN's training took {min(cpu):.1f} to {max(cpu):.1f} CPU minutes per variant. It learns from the "
+                  "alignments of the variant's own GMM, so a variant's difference here is what its training speech does to "
+                  "both; the test parts and the LM are the same for every variant."]
+        return "\n".join(lines) + "\n"
     if args.recipe_exp is not None:
         recipe = read_scores(args.recipe_exp)
         same = all(recipe["wer"][p] == ref["wer"][p] for p in (DEV, TEST, OOD))
@@ -378,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe-exp", type=Path, default=None, help="the recipe's exp folder of the same corpus: check the reference variant against its stage 3")
     p.add_argument("--gmm-config", type=Path, default=None, help="GmmConfig YAML (default: the reference preset's, conf/presets/<preset>.yaml)")
     p.add_argument("--decode-config", type=Path, default=None, help="DecodeConfig YAML (default: the reference preset's)")
-    p.add_argument("--nj", type=int, default=2, help="parallel jobs (synthesis, features, GMM)")
+    p.add_argument("--nj", type=int, default=2, help="parallel jobs (synthesis, features, GMM; with --dnn, DNNs trained at once)")
+    p.add_argument("--dnn", action="store_true", help="also train and decode the demo's DNN on each variant's GMM alignments")
+    p.add_argument("--dnn-train-config", type=Path, default=RECIPE / "conf" / "train_mini.yaml",
+                   help="with --dnn: the DNN's TrainConfig YAML (default conf/train_mini.yaml: 10 epochs)")
     p.add_argument("--json", type=Path, default=None, help="all numbers (default: <work>/synth_ablation.json)")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = p.parse_args(argv)
@@ -416,12 +476,28 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = build_variant(args, name, overrides, configs[name])
         print(f"[synth_ablation] {name}: tri WER test-clean {100 * results[name]['wer'][TEST]['wer']:.2f}%, "
               f"test-ood {100 * results[name]['wer'][OOD]['wer']:.2f}% ({results[name]['timings']['total']:.0f} s)", flush=True)
+    if args.dnn:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(args.nj) as pool:  # each DNN is a process of its own
+            list(pool.map(lambda name: run_dnn(args, name), list(results)))
+        for name in results:
+            results[name]["dnn"] = read_dnn_scores(args.work / name)
+            print(f"[synth_ablation] {name}: DNN WER test-clean {100 * results[name]['dnn']['wer'][TEST]['wer']:.2f}%, "
+                  f"test-ood {100 * results[name]['dnn']['wer'][OOD]['wer']:.2f}%", flush=True)
     command = "python bench/synth_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = report(args, results, command)
+    sections = [(HEADING, text)]
+    if args.dnn:
+        view = dnn_view(results)
+        sections.append((DNN_HEADING, report(args, view, command, dnn=True)))
+        for name, r in view.items():
+            results[name]["dnn"].update({k: r[k] for k in REPORT_KEYS if k in r})
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"command": command, "variants": results}, indent=1))
-    print(text)
-    write_section(args.results, HEADING, text)
+    for heading, section in sections:
+        print(section)
+        write_section(args.results, heading, section)
     return 0
 
 
