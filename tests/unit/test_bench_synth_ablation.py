@@ -84,3 +84,51 @@ def test_talkers_are_grouped_by_family_and_untrained_accent() -> None:
         assert {s["voice"].split("+")[0] for s in test if groups[str(s["speaker_id"])] == untrained} == expected
         assert all(groups[str(s["speaker_id"])] == s["engine"] for s in speakers if s["engine"] != "espeak")
         assert not any(groups[str(s["speaker_id"])] == untrained for s in speakers if s["part"] == "train-clean-100")
+
+
+def test_the_dnn_section_reports_the_dnns_scores_and_leaves_the_gmms_alone(tmp_path: Path) -> None:
+    """--dnn: the same tables from the DNN's scores (dnn_view), the GMM's differences untouched."""
+    import argparse
+
+    reference = tmp_path / "corpus"
+    reference.mkdir()
+    speakers = [{"speaker_id": 1, "part": "train-clean-100", "engine": "espeak", "voice": "en-us+m1"},
+                {"speaker_id": 2, "part": "test-clean", "engine": "espeak", "voice": "en-us+f2"},
+                {"speaker_id": 3, "part": "test-clean", "engine": "festival", "voice": "kal"}]
+    (reference / "SYNTHETIC.json").write_text(json.dumps({"speakers": speakers}))
+    test_ids = ["2-1-0000", "2-1-0001", "3-1-0000", "3-1-0001"]
+
+    def scores(test_errors: list[int], ood_errors: int, scale: float) -> dict:
+        utts = {"dev-clean": {"9-1-0000": [1, 10]}, "test-clean": {u: [e, 10] for u, e in zip(test_ids, test_errors)},
+                "test-ood": {"5-1-0000": [ood_errors, 10]}}
+        wer = {part: {"wer": sum(v[0] for v in u.values()) / sum(v[1] for v in u.values()), "substitutions": 0, "deletions": 0,
+                      "insertions": 0, "ref_words": sum(v[1] for v in u.values())} for part, u in utts.items()}
+        return {"wer": wer, "scale": scale, "utterances": utts}
+
+    config = {"preset": "mini", "seed": 0, "difficulty": 1.0, "engines": ["espeak", "festival"], "ood_engine": "kokoro"}
+    results = {}
+    for name, gmm, dnn in (("reference", [5, 5, 5, 5], [2, 2, 2, 2]), ("null_a", [6, 5, 5, 5], [2, 3, 2, 2]),
+                           ("v", [5, 5, 4, 4], [1, 1, 2, 2])):
+        results[name] = {"overrides": {} if name == "reference" else {"x": "1"}, "config": config, "identical_train_files": None,
+                         "timings": {"total": 60.0}, **scores(gmm, 8, 0.1),
+                         "dnn": {**scores(dnn, 6, 0.0833), "train_cpu_seconds": 120.0, "dnn_network": "3 x 256 ReLU", "dnn_epochs": 10}}
+    args = argparse.Namespace(reference=reference, json=tmp_path / "all.json", null=["null_a"], results=tmp_path / "R.md",
+                              recipe_exp=None, dnn_train_config=Path("train_mini.yaml"))
+    gmm_text = BENCH["report"](args, results, "cmd")
+    gmm_differences = [dict(d) for d in results["v"]["differences"]]
+    view = BENCH["dnn_view"](results)
+    dnn_text = BENCH["report"](args, view, "cmd", dnn=True)
+    assert gmm_text.startswith(BENCH["HEADING"]) and dnn_text.startswith(BENCH["DNN_HEADING"])
+    # The GMM's 50% test-clean WER in its table, the DNN's 20% (and 15% for variant v) in its own.
+    assert "| reference | nothing (the reference) | all (linked) | 10.00% (0.1) | 50.00% |" in gmm_text
+    assert "| reference | nothing (the reference) | all (linked) | 10.00% (0.0833) | 20.00% |" in dnn_text
+    assert "| v | x=1 | all (linked) | 10.00% (0.0833) | 15.00% |" in dnn_text and "| 120 s |" in dnn_text
+    # v - reference on test-clean: the DNN's -2 errors of 40 words, the GMM's -2 of 40 too but on other talkers.
+    dnn_all = next(d for d in view["v"]["differences"] if d["part"] == "test-clean" and d["talkers"] == "all")
+    assert dnn_all["value"] == pytest.approx(-0.05)
+    dnn_festival = next(d for d in view["v"]["differences"] if d["talkers"] == "festival")
+    gmm_festival = next(d for d in results["v"]["differences"] if d["talkers"] == "festival")
+    assert dnn_festival["value"] == pytest.approx(0.0) and gmm_festival["value"] == pytest.approx(-0.1)
+    assert results["v"]["differences"] == gmm_differences  # the DNN's report appended nothing to the GMM's
+    assert "within_null_spread" in view["v"] and "dnn" not in view["v"]
+    assert (tmp_path / "synth_ablation_dnn.png").is_file() and "synth_ablation_dnn.png" in dnn_text
