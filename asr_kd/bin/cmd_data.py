@@ -91,9 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _import_results(args: argparse.Namespace) -> int:
-    from asr_kd.report.results_md import import_run
-
     import shlex
+
+    from asr_kd.report.results_md import import_run
 
     # The command from its arguments (not sys.argv: main() may be called with a list).
     command = shlex.join(["asr-kd", "import-results", "--from", str(args.source), "--into", str(args.into), "--heading", args.heading,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asr_kd.errors import DataError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.utils import folder_lock, not_rank_0, write_text_atomic
 
 
@@ -63,10 +63,15 @@ def read_section(path: Path | str, heading: str) -> str | None:
     return None
 
 
+# The second paragraph of a section import_run wrote (an HTML comment, not shown by Markdown
+# viewers): what tells such a section from one of the file's own with the same heading.
+IMPORT_MARK = "<!-- asr-kd import-results: another run's sections, their headings one level down -->"
+
+
 def sections(path: Path | str) -> list[str]:
     """Return the ``## `` sections of ``path`` in order, each from its heading line to the next
     one (the file's header before the first section left out)."""
-    return ["## " + s for s in Path(path).read_text().split("\n## ")[1:]]
+    return ["## " + s for s in ("\n" + Path(path).read_text()).split("\n## ")[1:]]
 
 
 def import_run(source: Path | str, into: Path | str, heading: str, lead: str = "") -> str:
@@ -78,19 +83,29 @@ def import_run(source: Path | str, into: Path | str, heading: str, lead: str = "
     becomes ``### X``): the runs of ``into``'s own stages replace their ``## `` sections by heading
     (:func:`write_section`) and never touch the imported ones, even where a heading is the same.
     ``lead`` (paragraphs) comes between the heading and the imported sections. How the headline
-    run of the recipe reaches RESULTS.md above the demo's sections (README, "Results")."""
+    run of the recipe reaches RESULTS.md above the demo's sections (README, "The headline run").
+
+    ``heading`` must not begin like a section of ``into`` (nor one of them like it): a stage that
+    replaces its section by the start of its heading would replace the imported one too."""
     source, into = Path(source), Path(into)
     if not source.is_file():
         raise DataError(f"{source}: no such results file; pass the RESULTS.md that the run's --results named")
     imported = sections(source)
     if not imported:
         raise DataError(f"{source}: holds no '## ' section to import; has the run finished a stage?")
-    if heading.startswith("#") or "\n" in heading:
-        raise ValueError(f"heading is one line without its '#' marks, got {heading!r}")
-    body = [f"## {heading}\n"] + ([lead.strip("\n") + "\n"] if lead.strip() else [])
+    if not heading.strip() or heading.startswith("#") or "\n" in heading:
+        raise ConfigError(f"the heading is one line of text without its '#' marks, got {heading!r}")
+    body = [f"## {heading}\n", IMPORT_MARK + "\n"] + ([lead.strip("\n") + "\n"] if lead.strip() else [])
     body += ["#" + s.rstrip("\n") + "\n" for s in imported]
     text = "\n".join(body)
+    line = f"## {heading}"
     existing = sections(into) if into.exists() else []
-    first = next((s.split("\n", 1)[0] for s in existing if not s.startswith(f"## {heading}")), None)
-    write_section(into, f"## {heading}", text, before=first)
+    # An earlier import under this heading is replaced in place; every other section must differ.
+    others = [s.split("\n", 1)[0] for s in existing if not (s.split("\n", 1)[0].rstrip() == line and IMPORT_MARK in s)]
+    clash = next((h for h in others if h.startswith(line) or line.startswith(h) or h.split()[:4] == line.split()[:4]), None)
+    if clash is not None:
+        raise ConfigError(f"heading {heading!r} begins like {into}'s section '{clash}': a stage writing that section would "
+                          "replace the imported one; choose a heading of its own (e.g. 'Headline run: ...')")
+    first = others[0] if others else None
+    write_section(into, line, text, before=first)
     return text

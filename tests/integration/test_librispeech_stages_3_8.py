@@ -134,7 +134,7 @@ def test_a_runs_tables_go_above_the_demos_as_one_section(recipe, tmp_path: Path,
     its numbers, become the first section of a copy of the committed RESULTS.md, whose own sections
     stay as they were."""
     from asr_kd.bin.cli import main
-    from asr_kd.report.results_md import sections
+    from asr_kd.report.results_md import IMPORT_MARK, sections
 
     _, exp, _ = recipe
     into = tmp_path / "RESULTS.md"
@@ -146,7 +146,7 @@ def test_a_runs_tables_go_above_the_demos_as_one_section(recipe, tmp_path: Path,
     assert f"holds the {len(run_sections)} sections of" in capsys.readouterr().out
     headline, *rest = sections(into)
     assert rest == demo
-    assert headline.startswith("## Headline run: tiny\n\nImported by `asr-kd import-results --from ")
+    assert headline.startswith(f"## Headline run: tiny\n\n{IMPORT_MARK}\n\nImported by `asr-kd import-results --from ")
     assert "\n\nNoted by hand: two pieces.\n" in headline
     assert headline.count("\n### ") == len(run_sections) and "\n## " not in headline[3:]
     # The numbers are the run's: Table 1's ensemble row from table1.json, the GMM's from stage3.json.

@@ -68,7 +68,7 @@ def test_another_runs_sections_become_one_section_above_this_files_own(tmp_path:
     import pytest
 
     from asr_kd.errors import DataError
-    from asr_kd.report.results_md import import_run, sections
+    from asr_kd.report.results_md import IMPORT_MARK, import_run, sections
 
     run, md = tmp_path / "small" / "RESULTS.md", tmp_path / "RESULTS.md"
     run.parent.mkdir()
@@ -79,7 +79,7 @@ def test_another_runs_sections_become_one_section_above_this_files_own(tmp_path:
     write_section(md, "## Table 1 analogue", "## Table 1 analogue\n\n| baseline | 54.3% |\n")
 
     text = import_run(run, md, "Headline run: small", lead="Imported from small.")
-    assert text == ("## Headline run: small\n\nImported from small.\n\n### GMM-HMM (stage 3)\n\n| tri | 30.7% |\n\n"
+    assert text == (f"## Headline run: small\n\n{IMPORT_MARK}\n\nImported from small.\n\n### GMM-HMM (stage 3)\n\n| tri | 30.7% |\n\n"
                     "### Table 1 analogue\n\n| baseline | 16.3% |\n\nPaper numbers: x\n")
     assert [s.split("\n", 1)[0] for s in sections(md)] == ["## Headline run: small", "## GMM-HMM (stage 3)", "## Table 1 analogue"]
     # This file's stages rewrite their own sections and leave the imported ones as they were.
@@ -94,9 +94,19 @@ def test_another_runs_sections_become_one_section_above_this_files_own(tmp_path:
     assert md.read_text().count("## Headline run") == 1 and "| baseline | 15.9% |" in sections(md)[0]
     assert "| baseline | 16.3% |" not in md.read_text()
     # Into a file without sections, and the one-line errors.
-    assert import_run(run, tmp_path / "new.md", "H").startswith("## H\n\n### GMM-HMM")
+    assert import_run(run, tmp_path / "new.md", "H").startswith(f"## H\n\n{IMPORT_MARK}\n\n### GMM-HMM")
     with pytest.raises(DataError, match="no such results file"):
         import_run(tmp_path / "missing.md", md, "H")
     (tmp_path / "empty.md").write_text("# Results\n")
     with pytest.raises(DataError, match="holds no '## ' section"):
         import_run(tmp_path / "empty.md", md, "H")
+    # A heading that begins like one of the file's sections (or it like the heading) is refused: the
+    # stage writing that section would replace the imported one.
+    from asr_kd.errors import ConfigError
+
+    for bad in ("Table 1 analogue (small)", "GMM-HMM", "Table 1 analogue"):
+        with pytest.raises(ConfigError, match="begins like"):
+            import_run(run, md, bad)
+    with pytest.raises(ConfigError, match="without its '#' marks"):
+        import_run(run, md, "## H")
+    assert [s.split("\n", 1)[0] for s in sections(md)] == ["## Headline run: small", "## GMM-HMM (stage 3)", "## Table 1 analogue"]
