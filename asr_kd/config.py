@@ -130,6 +130,11 @@ class SynthConfig:
     # the training talkers take the other accents in turn (a shuffled cycle), so each speaks
     # training data wherever there are at least as many such talkers as accents; dev/test unchanged.
     cover_accents: bool = later_option(False)
+    # True: candidate sentences holding a one-letter word other than A and I are left out of the
+    # text pool: the Markov text's stray letters (4 of mini's 1420 transcripts end in one, e.g.
+    # "... IN PARTICULAR J"; found by reading them). A sentence is dropped whole, never cut. False
+    # keeps them: the corpora made before this option, whose text it would change.
+    drop_stray_letters: bool = later_option(False)
     # Each wide-band talker's channel colouring (asr_kd.data.augment.random_channel; test-ood's
     # talkers too): two resonances whose gains are drawn from [-channel_peak_db, +channel_peak_db]
     # dB (0: a flat band-pass).

@@ -308,15 +308,17 @@ def make_speakers(preset: SynthPreset, seed: int, config: SynthConfig | None = N
 
 
 def plan_utterances(
-    corpus_dir: Path, preset: SynthPreset, seed: int, speakers: list[SpeakerRecipe], wordnet_share: float = 0.0
+    corpus_dir: Path, preset: SynthPreset, seed: int, speakers: list[SpeakerRecipe], wordnet_share: float = 0.0,
+    drop_stray_letters: bool = False,
 ) -> tuple[list[UtteranceJob], SentenceSplit]:
     """Assign sentences to speakers and chapters; return the jobs (in a fixed order) and the
-    sentence split they came from (``wordnet_share`` of its candidates from WordNet)."""
+    sentence split they came from (``wordnet_share`` of its candidates from WordNet; with
+    ``drop_stray_letters`` none with a stray letter, SynthConfig.drop_stray_letters)."""
     counts = {p: preset.speakers(p) * preset.utts_per_speaker(p) for p in PARTS}
     split = split_sentences(
         counts[TRAIN_PART], counts[DEV_PART], counts[TEST_PART], seed=seed, vocab_size=preset.vocab_size,
         min_words=preset.min_words, max_words=preset.max_words, pool_factor=preset.pool_factor, num_ood=counts[OOD_PART],
-        wordnet_share=wordnet_share,
+        wordnet_share=wordnet_share, drop_stray_letters=drop_stray_letters,
     )
     sentences = {TRAIN_PART: list(split.train), DEV_PART: list(split.dev), TEST_PART: list(split.test), OOD_PART: list(split.ood)}
     jobs: list[UtteranceJob] = []
@@ -603,7 +605,7 @@ def synthesize_corpus(corpus_dir: Path, config: SynthConfig, *, preset: SynthPre
 
     start = time.perf_counter()
     speakers = make_speakers(sizes, config.seed, config, plan)
-    jobs, split = plan_utterances(corpus_dir, sizes, config.seed, speakers, wordnet_share)
+    jobs, split = plan_utterances(corpus_dir, sizes, config.seed, speakers, wordnet_share, config.drop_stray_letters)
     # Babble is made of training sentences spoken by random voices (never dev/test text), the same
     # whichever parts are rendered.
     babble_texts = [j.text for j in jobs if j.speaker.part == TRAIN_PART][:20]

