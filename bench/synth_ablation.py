@@ -364,7 +364,7 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str, dnn
                   for part in (TEST, OOD)}
         lines += ["", f"Null variants ({', '.join(f'`{n}`' for n in nulls)}): the training audio drawn again from the same "
                   "distribution (only which utterance gets which draw changes). The bootstrap intervals cover the choice of test "
-                  "utterances, not the training audio's draws nor the GMM's sensitivity to them; the nulls measure that: they moved "
+                  f"utterances, not the training audio's draws nor the {'DNN' if dnn else 'GMM'}'s sensitivity to them; the nulls measure that: they moved "
                   f"test-clean WER by up to {100 * spread[TEST]:.2f} points and test-ood by up to {100 * spread[OOD]:.2f}. "
                   "A variant's difference no larger than that is not an effect of what it changes, whatever its interval says."]
         for name in names[1:]:

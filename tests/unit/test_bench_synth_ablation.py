@@ -131,4 +131,5 @@ def test_the_dnn_section_reports_the_dnns_scores_and_leaves_the_gmms_alone(tmp_p
     assert dnn_festival["value"] == pytest.approx(0.0) and gmm_festival["value"] == pytest.approx(-0.1)
     assert results["v"]["differences"] == gmm_differences  # the DNN's report appended nothing to the GMM's
     assert "within_null_spread" in view["v"] and "dnn" not in view["v"]
+    assert "nor the DNN's sensitivity" in dnn_text and "nor the GMM's sensitivity" in gmm_text
     assert (tmp_path / "synth_ablation_dnn.png").is_file() and "synth_ablation_dnn.png" in dnn_text
