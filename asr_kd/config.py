@@ -51,7 +51,12 @@ OMIT_AT_DEFAULT = "omit_at_default"
 
 def later_option(default: Any) -> Any:
     """Return a dataclass field with ``default`` that stage records omit while it equals
-    ``default`` (see :data:`OMIT_AT_DEFAULT`); set to anything else, it is recorded as usual."""
+    ``default`` (see :data:`OMIT_AT_DEFAULT`); set to anything else, it is recorded as usual.
+
+    Never change such a field's default: the records made before name no value for it, so they
+    would match a config at the new default and outputs made with the old value would be reused.
+    To change a default, make the field a plain one (always recorded): every old record then
+    differs and its stage is redone."""
     return dataclasses.field(default=default, metadata={OMIT_AT_DEFAULT: True})
 
 
