@@ -230,6 +230,8 @@ def read_dnn_scores(work: Path) -> dict:
     """The DNN's WERs (dev at its tuned scale, the test parts at that scale), frame accuracies and
     per-utterance word errors of each part, as :func:`read_scores` gives the GMM's, from
     hybrid_capacity's ``result.json`` and ``per_utt.json`` files; and its training's CPU time."""
+    from asr_kd.stages.s7_decode import per_utterance_path
+
     folder = work / "dnn" / "base"
     r = json.loads((folder / "result.json").read_text())
     out: dict = {"wer": {}, "scale": r["dev"]["acoustic_scale"], "utterances": {}, "frame_accuracy": {},
@@ -239,7 +241,7 @@ def read_dnn_scores(work: Path) -> dict:
         score = r["dev"] if part == DEV else r["test"][part]
         out["wer"][part] = {k: score[k] for k in ("wer", "substitutions", "deletions", "insertions", "ref_words")}
         out["frame_accuracy"][part] = score["frame_accuracy"]
-        per = json.loads((folder / "decode" / f"base_{part}" / "per_utt.json").read_text())
+        per = json.loads(per_utterance_path(None, "base", part, folder / "decode").read_text())
         out["utterances"][part] = {u: v[:2] for u, v in per.items()}
     return out
 

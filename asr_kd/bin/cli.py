@@ -15,6 +15,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from asr_kd.bin.common import note_command_args
 from asr_kd.errors import AsrKdError
 from asr_kd.utils import STORAGE_ERRNOS, describe_storage_error, setup_logging
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    note_command_args(sys.argv[1:] if argv is None else argv)
     absolute_folders(args)
     setup_logging()
     try:

@@ -91,18 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _import_results(args: argparse.Namespace) -> int:
-    import shlex
+    from asr_kd.report.results_md import import_run, sections
 
-    from asr_kd.report.results_md import import_run
-
-    # The command from its arguments (not sys.argv: main() may be called with a list).
-    command = shlex.join(["asr-kd", "import-results", "--from", str(args.source), "--into", str(args.into), "--heading", args.heading,
-                          *(x for note in args.note for x in ("--note", note))])
-    lead = (f"Imported by `{command}` from that run's results file: its sections, unchanged but for their headings "
+    lead = (f"Imported by `{command_line()}` from that run's results file: its sections, unchanged but for their headings "
             "(one level down), each naming the command that wrote it. The sections after this one are this file's own.")
     lead += "".join(f"\n\nNoted by hand: {note.strip()}" for note in args.note)
-    text = import_run(args.source, args.into, args.heading, lead)
-    print(f"{args.into}: section '## {args.heading}' holds the {text.count(chr(10) + '### ')} sections of {args.source}")
+    import_run(args.source, args.into, args.heading, lead)
+    print(f"{args.into}: section '## {args.heading}' holds the {len(sections(args.source))} sections of {args.source}")
     return 0
 
 

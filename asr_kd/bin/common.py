@@ -11,9 +11,20 @@ from typing import Any
 from asr_kd.config import DEFAULT_DEV_PART, DEFAULT_TEST_PART, DEFAULT_TRAIN_PART
 
 
+# The arguments asr_kd.bin.cli.main parsed (a list given to main(), or sys.argv's); None before.
+_parsed_args: list[str] | None = None
+
+
+def note_command_args(argv: list[str]) -> None:
+    """Remember the arguments main() parses, for :func:`command_line`."""
+    global _parsed_args
+    _parsed_args = list(argv)
+
+
 def command_line() -> str:
-    """Return this process's ``asr-kd ...`` command line, shell-quoted (recorded by stages)."""
-    return shlex.join(["asr-kd", *sys.argv[1:]])
+    """Return this command's ``asr-kd ...`` line, shell-quoted (recorded by stages): the arguments
+    main() parsed, which are sys.argv's unless main() was called with a list."""
+    return shlex.join(["asr-kd", *(_parsed_args if _parsed_args is not None else sys.argv[1:])])
 
 
 def add_part_args(p: argparse.ArgumentParser, dev: bool = True, test: bool = True) -> None:

@@ -54,13 +54,7 @@ def _replace_section(path: Path, heading: str, text: str, header: str, after: st
 def read_section(path: Path | str, heading: str) -> str | None:
     """Return the section of ``path`` that starts with ``heading``, or None."""
     path = Path(path)
-    if not path.exists():
-        return None
-    for s in path.read_text().split("\n## "):
-        s = s if s.startswith("## ") else "## " + s
-        if s.startswith(heading):
-            return s
-    return None
+    return next((s for s in sections(path) if s.startswith(heading)), None) if path.exists() else None
 
 
 # The second paragraph of a section import_run wrote (an HTML comment, not shown by Markdown
