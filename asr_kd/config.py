@@ -841,6 +841,10 @@ class CtcConfig:
     Timings for Improved Posterior Fusion and Knowledge Distillation", Interspeech 2019): CTC plus
     ``guide_weight *`` (1 - the teacher's mean posterior of the guide's arg-max token on the frames
     where teacher 0, the guide, spikes), which pulls their spikes onto the guide's frames.
+    ``phone_init_steps`` > 0 (``units: bpe`` only) trains one phone CTC model for that many steps
+    and starts every BPE model of the path (teachers of every set, students of every kind and
+    seed) from its encoder, the output layer new: from scratch, BPE models of this size stay on
+    CTC's all-blank plateau where phone models leave it within a few hundred steps.
     """
 
     units: str = "phone"
@@ -851,6 +855,7 @@ class CtcConfig:
     num_teachers: int = 2
     shared_init_steps: int = 0
     guide_weight: float = 0.0
+    phone_init_steps: int = later_option(0)
     kd_mode: str = "frame"
     kd_source: str = "online"  # "stored": top-k soft targets on the cuts (the hybrid path's storage)
     top_k: int = 10
@@ -873,6 +878,9 @@ class CtcConfig:
         _check(self.num_teachers >= 1, f"ctc.num_teachers must be >= 1, got {self.num_teachers}")
         _check(self.shared_init_steps >= 0, f"ctc.shared_init_steps must be >= 0, got {self.shared_init_steps}")
         _check(self.guide_weight >= 0, f"ctc.guide_weight must be >= 0, got {self.guide_weight}")
+        _check(self.phone_init_steps >= 0, f"ctc.phone_init_steps must be >= 0, got {self.phone_init_steps}")
+        _check(self.phone_init_steps == 0 or self.units == "bpe",
+               f"ctc.phone_init_steps={self.phone_init_steps} starts BPE models from a phone encoder; with units: {self.units} set it to 0")
         _check(self.kd_mode in CTC_KD_MODES, f"ctc.kd_mode must be one of {CTC_KD_MODES}, got {self.kd_mode!r}")
         _check(self.kd_source in CTC_KD_SOURCES, f"ctc.kd_source must be one of {CTC_KD_SOURCES}, got {self.kd_source!r}")
         _check(self.top_k >= 1, f"ctc.top_k must be >= 1, got {self.top_k}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
-from torch import nn
+from torch import Tensor, nn
 
 from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig, save_config
 from asr_kd.ctc.beam import prefix_beam_search
@@ -77,14 +77,16 @@ def train_ctc_model(
     train_cuts: CutSet, dev_cuts: CutSet | None, train_cmvn: CmvnStats | None, dev_cmvn: CmvnStats | None, units: CtcUnits,
     cfg: CtcConfig, train_config: TrainConfig, exp_dir: Path | str, compute_loss: LossFn = ctc_hard_loss,
     pseudo: PseudoLabels | None = None, soft_targets: bool = False, init_checkpoint: Path | None = None,
-    resume: bool = True, info: DistInfo | None = None,
+    resume: bool = True, info: DistInfo | None = None, encoder_only: bool = False,
 ) -> TrainResult:
     """Train a :class:`CtcEncoder` of ``cfg.model_size`` with the shared loop and return its
     :class:`TrainResult`; the dev greedy token error rate picks ``best.pt``.
 
     ``compute_loss`` defaults to CTC on the transcripts; ``pseudo`` adds pseudo-labels to the
     batches, ``soft_targets`` the stored top-k targets. ``init_checkpoint`` starts from another
-    run's weights (the shared initial alignment of the teachers). Under ``torchrun`` every rank
+    run's weights (the shared initial alignment of the teachers); with ``encoder_only`` every
+    weight but the output layer's (:func:`load_encoder`: a phone model's encoder for a BPE model,
+    ``ctc.phone_init_steps``). Under ``torchrun`` every rank
     joins the DDP job; on CUDA ``train_config.amp=bf16`` runs the forward pass in bf16.
     """
     if train_config.frame_subsampling != 1:
@@ -117,12 +119,31 @@ def train_ctc_model(
     seed_everything(train_config.seed)
     feature_dim = _feature_dim(train_cuts)
     model = CtcEncoder(feature_dim, units.num_tokens, cfg.model_size, cfg.subsampling, cfg.dropout)
-    if init_checkpoint is not None:
+    if init_checkpoint is not None and encoder_only:
+        load_encoder(model, load_checkpoint(init_checkpoint)["model"], init_checkpoint)
+        log.info("encoder initialised from %s (output layer new)", init_checkpoint)
+    elif init_checkpoint is not None:
         model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
         log.info("initialised from %s", init_checkpoint)
     log.info("CTC %s encoder: %d parameters, %d tokens", cfg.model_size, sum(p.numel() for p in model.parameters()), units.num_tokens)
     return train(model, make_train_loader, compute_loss, evaluate, train_config, exp_dir, info=info, resume=resume,
                  extra={**model.describe(), "units": units.kind})
+
+
+def load_encoder(model: CtcEncoder, state: Mapping[str, Tensor], source: Path | str) -> None:
+    """Copy every weight of ``state`` but the output layer's (``output.*``) into ``model``, so that
+    a model over other units (BPE) starts from another model's encoder (phones). Every other
+    weight must exist with the same shape (the same model size, subsampling and feature
+    dimension); otherwise :class:`ConfigError` names the first that differs and ``source``."""
+    own = model.state_dict()
+    encoder = {k: v for k, v in own.items() if not k.startswith("output.")}
+    for key, value in encoder.items():
+        if key not in state or tuple(state[key].shape) != tuple(value.shape):
+            found = "missing" if key not in state else f"of shape {tuple(state[key].shape)}"
+            raise ConfigError(f"cannot start from the encoder in {source}: its {key} is {found}, this model's is {tuple(value.shape)} "
+                              "(give both the same ctc.model_size, ctc.subsampling and features)")
+        encoder[key] = state[key]
+    model.load_state_dict({**own, **encoder})
 
 
 def _feature_dim(cuts: CutSet) -> int:

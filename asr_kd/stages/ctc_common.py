@@ -5,6 +5,9 @@ Everything of the CTC path is written under ``<exp>/ctc/<units>/``:
 
 ```
 units/                 tokens.txt, units.json (and bpe.model)                  (this module)
+phone_init/            (BPE, ctc.phone_init_steps = N) a phone CTC model of N steps whose encoder
+                       every BPE model of the path starts from; its phone units in ../../phone/units
+                                                                               (this module)
 teachers/teacher<i>/   independent teachers (seeds seed+i), or, with ctc.shared_init_steps = N,
 teachers_shared<N>/    init/ (one run of N steps) and teacher<i>/ started from it; with
 teachers[_shared<N>]_guided<w>/   ctc.guide_weight = w, teacher0 links to the unguided set's
@@ -35,11 +38,11 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
-from asr_kd.config import CtcConfig
+from asr_kd.config import CtcConfig, TrainConfig
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.training import load_ctc_model
 from asr_kd.ctc.units import CtcUnits, load_units, make_units
@@ -90,6 +93,40 @@ def prepare_units(layout: RecipeLayout, cfg: CtcConfig, command: str = "") -> Ct
         make_units(cfg.units, Lang.load(layout.lang), layout.ctc_units_dir, texts, cfg.bpe_vocab_size)
         guard.finish(guard.all_files())
     return load_units(layout.ctc_units_dir, Lang.load(layout.lang))
+
+
+def phone_init_settings(cfg: CtcConfig, train_config: TrainConfig, layout: RecipeLayout) -> dict:
+    """The settings of the phone start of ``cfg``'s BPE models (its record's config)."""
+    return {"ctc": {k: getattr(cfg, k) for k in ("model_size", "subsampling", "dropout", "phone_init_steps")},
+            "train": phone_init_train_config(cfg, train_config), "train_part": layout.train_part}
+
+
+def phone_init_train_config(cfg: CtcConfig, train_config: TrainConfig) -> TrainConfig:
+    """``train_config`` stopped after ``cfg.phone_init_steps`` steps (the epochs never stop it first)."""
+    return dataclasses.replace(train_config, max_steps=cfg.phone_init_steps, num_epochs=max(train_config.num_epochs, 1000))
+
+
+def phone_layout(layout: RecipeLayout) -> tuple[RecipeLayout, Callable[[CtcConfig], CtcConfig]]:
+    """Return the phone path's layout beside ``layout`` and the map of a BPE config to its phone
+    twin (the same encoder, phone units, no phone start of its own)."""
+    return dataclasses.replace(layout, ctc_units="phone"), lambda cfg: dataclasses.replace(cfg, units="phone", phone_init_steps=0)
+
+
+def phone_init_inputs(layout: RecipeLayout, cfg: CtcConfig) -> dict[str, str]:
+    """The record inputs a BPE model of ``cfg`` adds for its phone start: the finished phone
+    model's fingerprint (none without ``phone_init_steps``)."""
+    if cfg.phone_init_steps == 0:
+        return {}
+    rec = require_record(layout.ctc_phone_init, f"the phone start of the BPE models (asr-kd ctc-train-teachers with ctc.phone_init_steps={cfg.phone_init_steps})")
+    if rec.config["ctc"]["phone_init_steps"] != cfg.phone_init_steps:
+        raise DataError(f"{layout.ctc_phone_init} was trained {rec.config['ctc']['phone_init_steps']} steps, ctc.phone_init_steps={cfg.phone_init_steps} "
+                        "asked for; rerun asr-kd ctc-train-teachers with this ctc config first")
+    return {"phone_init": rec.fingerprint}
+
+
+def phone_init_checkpoint(layout: RecipeLayout, cfg: CtcConfig) -> Path | None:
+    """The checkpoint whose encoder ``cfg``'s BPE models start from, or None."""
+    return layout.ctc_phone_init / "final.pt" if cfg.phone_init_steps > 0 else None
 
 
 def units_record_fingerprint(layout: RecipeLayout) -> str:

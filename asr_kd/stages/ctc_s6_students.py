@@ -28,8 +28,8 @@ from asr_kd.launch import Launcher, check_launch, launch_jobs
 from asr_kd.kd.soft_targets import SOFT_IDS, SOFT_PROBS, SOFT_TEMPERATURE, SoftTargetStats, store_soft_targets, topk_compress
 from asr_kd.stages.common import STUDENT_SEED_OFFSET, fmt_pct, trained_checkpoints, write_results
 from asr_kd.stages.ctc_common import (
-    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, ctc_student_folder, features_fingerprint, load_ctc_teachers, prepare_units, seed_groups,
-    teacher_set_record, teachers_of, units_record_fingerprint,
+    STUDENT_KINDS, ctc_soft_cuts, ctc_soft_dir, ctc_student_folder, features_fingerprint, load_ctc_teachers, phone_init_checkpoint,
+    phone_init_inputs, prepare_units, seed_groups, teacher_set_record, teachers_of, units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
@@ -178,15 +178,17 @@ def train_ctc_student(
     give variants, e.g. another blank handling, their own name; seed ``seed_index`` > 0 in
     ``<name>_seed<k>``) with seed ``seed + 1000 + seed_index``: "baseline" (CTC on the
     transcripts), "frame" (frame-level KD, :class:`CtcFrameKdLoss`; online or from stored soft
-    targets) or "sequence" (the ensemble's pseudo-labels, :class:`CtcSequenceKdLoss`). Skipped
-    when its record matches. Returns its summary (steps, best dev TER, stop reason, seed)."""
+    targets) or "sequence" (the ensemble's pseudo-labels, :class:`CtcSequenceKdLoss`). With
+    ``ctc.phone_init_steps`` (BPE) it starts from the encoder of stage 4's phone model, as the
+    teachers do. Skipped when its record matches. Returns its summary (steps, best dev TER, stop
+    reason, seed)."""
     name = _check_student(kind, name)
     if seed_index < 0:
         raise ConfigError(f"seed index must be >= 0, got {seed_index}")
     exp_dir = layout.ctc_student_dir(ctc_student_folder(name, seed_index))
     units = prepare_units(layout, cfg, command)
     scfg = dataclasses.replace(train_config, seed=train_config.seed + STUDENT_SEED_OFFSET + seed_index)
-    inputs = {"units": units_record_fingerprint(layout), "features": features_fingerprint(layout)}
+    inputs = {"units": units_record_fingerprint(layout), "features": features_fingerprint(layout), **phone_init_inputs(layout, cfg)}
     if kind != "baseline":
         inputs["teachers"] = teacher_set_record(layout, cfg).fingerprint
     guard = StageGuard(f"CTC stage 6 (student {name})", exp_dir, {"ctc": cfg, "train": scfg, "kind": kind, "train_part": layout.train_part,
@@ -207,7 +209,8 @@ def train_ctc_student(
             loss = CtcSequenceKdLoss(cfg)
         start = time.time()
         result = train_ctc_model(train_cuts, layout.open_cuts(layout.fbank_cuts(layout.dev_part)), layout.open_cmvn(layout.train_part),
-                                 layout.open_cmvn(layout.dev_part), units, cfg, scfg, exp_dir, loss, pseudo, soft)
+                                 layout.open_cmvn(layout.dev_part), units, cfg, scfg, exp_dir, loss, pseudo, soft,
+                                 init_checkpoint=phone_init_checkpoint(layout, cfg), encoder_only=True)
         log.info("CTC student %s: %s, best dev TER %s (%.0f s)", exp_dir.name, result.state.stop_reason, result.state.best_metric, time.time() - start)
         load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
         if guard.is_main:  # under torchrun the other ranks read rank 0's summary (the record hashes it)
@@ -238,7 +241,8 @@ def write_student_section(layout: RecipeLayout, kind: str, name: str, cfg: CtcCo
         info = json.loads((d / "summary.json").read_text())
         seed = info.get("seed", require_record(d, "asr-kd ctc-train-student").config["train"]["seed"])
         seeds.append((d, f"seed {seed}: {info['steps']} steps, best dev greedy TER {fmt_pct(info['best_dev_ter'])}"))
-    body = f"CTC {cfg.model_size}, {cfg.units} units; {how}. " + "; ".join(line for _, line in seeds) + ".\n"
+    start = f", started from the encoder of a phone CTC model trained {cfg.phone_init_steps} steps" if cfg.phone_init_steps else ""
+    body = f"CTC {cfg.model_size}, {cfg.units} units{start}; {how}. " + "; ".join(line for _, line in seeds) + ".\n"
     write_results(results_md, f"## CTC student: {name} ({cfg.units})", body, command, [d for d, _ in seeds])
 
 

@@ -211,6 +211,11 @@ class RecipeLayout:
     def ctc_units_dir(self) -> Path:
         return self.ctc_root / "units"
 
+    @property
+    def ctc_phone_init(self) -> Path:
+        """The phone CTC model every BPE model starts from (``ctc.phone_init_steps`` > 0)."""
+        return self.ctc_root / "phone_init"
+
     def ctc_teacher_set(self, shared_init_steps: int, guide_weight: float = 0.0) -> Path:
         """The folder of the CTC teachers trained with ``shared_init_steps`` and ``guide_weight``."""
         return self.ctc_root / ctc_teacher_set_name(shared_init_steps, guide_weight)

@@ -23,7 +23,7 @@ from lhotse import load_manifest_lazy
 
 from asr_kd.bin.cli import main as cli_main
 from asr_kd.config import CtcConfig, DecodeConfig, TrainConfig
-from asr_kd.errors import ConfigError
+from asr_kd.errors import ConfigError, DataError
 from asr_kd.ctc.kd import CtcFrameKdLoss
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.training import evaluate_ctc, load_ctc_model
@@ -653,6 +653,60 @@ def test_bpe_units_and_hlg_on_the_tiny_lang(tiny_stage2, tmp_path) -> None:
         assert " ".join(units.lang.words.name(w) for w in words) == text
         checked += 1
     assert checked >= 2
+
+
+def _max_encoder_gap(a: dict, b: dict) -> float:
+    """The largest absolute difference between two CTC models' encoder weights (all but ``output.*``)."""
+    return max(float((a[k] - b[k]).abs().max()) for k in a if not k.startswith("output."))
+
+
+def test_bpe_models_start_from_the_phone_encoder(tiny_stage2, tmp_path) -> None:
+    """ctc.phone_init_steps: CTC stage 4 trains one phone model first; every BPE teacher and
+    student starts from its encoder (the output layer over the BPE pieces is new), their records
+    name its fingerprint, and another number of steps makes it and them again."""
+    data, _ = tiny_stage2
+    layout = RecipeLayout(data, tmp_path / "exp", ctc_units="bpe")
+    md = tmp_path / "RESULTS.md"
+    cfg = dataclasses.replace(CTC, units="bpe", bpe_vocab_size=150, num_teachers=1, phone_init_steps=10)
+    # Five steps inside the warm-up move no weight far (lr at most 1.5e-3 a step).
+    train = dataclasses.replace(TRAIN, max_steps=5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_ctc_teachers(layout, cfg, train, results_md=md, command="test")
+        student = train_ctc_student(layout, "baseline", cfg, train, results_md=md, command="test")
+    finally:
+        torch.set_num_threads(before)
+    phone = load_checkpoint(layout.ctc_phone_init / "final.pt")
+    phone_units = prepare_units(dataclasses.replace(layout, ctc_units="phone"), dataclasses.replace(CTC, units="phone"))
+    bpe_units = prepare_units(layout, dataclasses.replace(cfg, phone_init_steps=0))
+    assert phone["model"]["output.weight"].shape[0] == phone_units.num_tokens != bpe_units.num_tokens
+    assert phone["train_state"]["step"] == 10 and student["steps"] == 5
+    start = read_record(layout.ctc_phone_init)
+    assert start.config["ctc"]["phone_init_steps"] == 10
+    teacher = load_checkpoint(layout.ctc_teacher_set(0) / "teacher0" / "final.pt")["model"]
+    baseline = load_checkpoint(layout.ctc_student_dir("baseline") / "final.pt")["model"]
+    assert teacher["output.weight"].shape[0] == bpe_units.num_tokens
+    # Near the phone encoder, far from where a fresh model starts.
+    fresh = CtcEncoder(40, bpe_units.num_tokens, "tiny", dropout=0.0).state_dict()
+    for model in (teacher, baseline):
+        assert _max_encoder_gap(model, phone["model"]) < 0.05 < _max_encoder_gap(fresh, phone["model"])
+    for folder in (layout.ctc_teacher_set(0), layout.ctc_student_dir("baseline")):
+        assert read_record(folder).inputs["phone_init"] == start.fingerprint
+    assert "every encoder started from one phone CTC model trained 10 steps" in read_section(md, "## CTC teachers (bpe, independent)")
+    assert "started from the encoder of a phone CTC model trained 10 steps" in read_section(md, "## CTC student: baseline (bpe)")
+    # Another number of steps: the phone start and the teachers are made again.
+    again = dataclasses.replace(cfg, phone_init_steps=12)
+    torch.set_num_threads(1)
+    try:
+        train_ctc_teachers(layout, again, train, command="test")
+    finally:
+        torch.set_num_threads(before)
+    assert load_checkpoint(layout.ctc_phone_init / "final.pt")["train_state"]["step"] == 12
+    assert read_record(layout.ctc_teacher_set(0)).inputs["phone_init"] == read_record(layout.ctc_phone_init).fingerprint != start.fingerprint
+    # The student made from the old start is refused, not reused, by a student of the old settings.
+    with pytest.raises(DataError, match="trained 12 steps, ctc.phone_init_steps=10"):
+        train_ctc_student(layout, "baseline", cfg, train, command="test")
 
 
 def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:

@@ -119,3 +119,31 @@ def test_ctc_training_refuses_frame_subsampling(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"train.frame_subsampling=2 is for the frame-level \(hybrid\) DNNs; .*set train.frame_subsampling=1"):
         train_ctc_model(None, None, None, None, None, CtcConfig(), TrainConfig(frame_subsampling=2), tmp_path / "ctc")
     assert not (tmp_path / "ctc").exists()
+
+
+def test_load_encoder_copies_all_but_the_output_layer() -> None:
+    from asr_kd.ctc.training import load_encoder
+
+    torch.manual_seed(2)
+    phone = CtcEncoder(40, 12, "tiny").state_dict()
+    bpe = CtcEncoder(40, 30, "tiny")
+    output_before = bpe.output.weight.detach().clone()
+    load_encoder(bpe, phone, "phone.pt")
+    state = bpe.state_dict()
+    assert all(torch.equal(state[k], phone[k]) for k in state if not k.startswith("output."))
+    assert torch.equal(state["output.weight"], output_before) and state["output.weight"].shape == (30, 64)
+    # Another encoder size (or feature dimension) is named in one line, with the file.
+    with pytest.raises(ConfigError, match=r"cannot start from the encoder in phone.pt: its .* is of shape"):
+        load_encoder(CtcEncoder(40, 30, "mini"), phone, "phone.pt")
+    with pytest.raises(ConfigError, match="missing"):
+        load_encoder(bpe, {k: v for k, v in phone.items() if not k.startswith("blocks.1.")}, "phone.pt")
+
+
+def test_phone_init_steps_is_for_bpe_units() -> None:
+    from asr_kd.config import CtcConfig
+
+    assert CtcConfig(units="bpe", phone_init_steps=100).phone_init_steps == 100
+    with pytest.raises(ConfigError, match="phone_init_steps=100 starts BPE models from a phone encoder; with units: phone set it to 0"):
+        CtcConfig(units="phone", phone_init_steps=100)
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        CtcConfig(units="bpe", phone_init_steps=-1)
