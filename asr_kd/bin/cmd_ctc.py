@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Make the CTC units (phones or BPE, ctc.units), then train ctc.num_teachers CTC encoders with "
                        "seeds seed, seed+1, ... in <exp>/ctc/<units>/teachers/ (or teachers_shared<N>/ when ctc.shared_init_steps=N: "
                        "every teacher then starts from one checkpoint trained N steps; a _guided<w> suffix when ctc.guide_weight=w: "
-                       "teacher0 of the unguided set guides the others' spikes with guided CTC). Each teacher is a job: --jobs local "
+                       "teacher0 of the unguided set guides the others' spikes with guided CTC). With BPE units and "
+                       "ctc.phone_init_steps=N, one phone model of N steps is trained first in <exp>/ctc/bpe/phone_init/ and every BPE "
+                       "teacher (and later student) starts from its encoder. Each teacher is a job: --jobs local "
                        "processes at a time, or a Slurm job array (--cmd slurm). Finished teachers are skipped.")
     _common_args(p)
     _train_args(p)

@@ -38,7 +38,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -106,10 +106,10 @@ def phone_init_train_config(cfg: CtcConfig, train_config: TrainConfig) -> TrainC
     return dataclasses.replace(train_config, max_steps=cfg.phone_init_steps, num_epochs=max(train_config.num_epochs, 1000))
 
 
-def phone_layout(layout: RecipeLayout) -> tuple[RecipeLayout, Callable[[CtcConfig], CtcConfig]]:
-    """Return the phone path's layout beside ``layout`` and the map of a BPE config to its phone
-    twin (the same encoder, phone units, no phone start of its own)."""
-    return dataclasses.replace(layout, ctc_units="phone"), lambda cfg: dataclasses.replace(cfg, units="phone", phone_init_steps=0)
+def phone_twin(layout: RecipeLayout, cfg: CtcConfig) -> tuple[RecipeLayout, CtcConfig]:
+    """Return the phone path's layout beside ``layout`` and the phone twin of the BPE config
+    ``cfg`` (the same encoder over phone units, no phone start of its own)."""
+    return dataclasses.replace(layout, ctc_units="phone"), dataclasses.replace(cfg, units="phone", phone_init_steps=0)
 
 
 def phone_init_inputs(layout: RecipeLayout, cfg: CtcConfig) -> dict[str, str]:

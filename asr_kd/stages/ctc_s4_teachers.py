@@ -18,7 +18,7 @@ from asr_kd.errors import DataError
 from asr_kd.launch import Launcher, check_launch, describe_launch, launch_jobs
 from asr_kd.stages.common import fmt_pct, trained_checkpoints, write_results
 from asr_kd.stages.ctc_common import (describe_teacher_set, features_fingerprint, phone_init_inputs, phone_init_settings, phone_init_train_config,
-                                      phone_layout, prepare_units, teachers_of, units_record_fingerprint)
+                                      phone_twin, prepare_units, teachers_of, units_record_fingerprint)
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.train.checkpoint import load_checkpoint
@@ -150,8 +150,7 @@ def train_phone_init(layout: RecipeLayout, cfg: CtcConfig, train_config: TrainCo
     ``phone_init_steps``."""
     if cfg.phone_init_steps == 0:
         return None
-    p_layout, as_phone = phone_layout(layout)
-    pcfg = as_phone(cfg)
+    p_layout, pcfg = phone_twin(layout, cfg)
     prepare_units(p_layout, pcfg, command)
     out = layout.ctc_phone_init
     guard = StageGuard("CTC phone start of the BPE models", out, phone_init_settings(cfg, train_config, layout),

@@ -147,3 +147,15 @@ def test_phone_init_steps_is_for_bpe_units() -> None:
         CtcConfig(units="phone", phone_init_steps=100)
     with pytest.raises(ConfigError, match="must be >= 0"):
         CtcConfig(units="bpe", phone_init_steps=-1)
+
+
+def test_the_small_bpe_config_is_the_mini_one_with_a_phone_start() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from asr_kd.config import CtcConfig, load_config
+
+    conf = Path(__file__).resolve().parents[2] / "recipes" / "librispeech" / "conf"
+    small, mini = load_config(CtcConfig, conf / "ctc_bpe_small.yaml"), load_config(CtcConfig, conf / "ctc_bpe_mini.yaml")
+    assert (small.units, small.phone_init_steps, mini.phone_init_steps) == ("bpe", 1500, 0)
+    assert dataclasses.replace(small, phone_init_steps=0) == mini
