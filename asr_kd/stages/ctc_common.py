@@ -42,7 +42,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from asr_kd.config import CtcConfig, TrainConfig
+from asr_kd.config import CtcConfig
 from asr_kd.ctc.model import CtcEncoder
 from asr_kd.ctc.training import load_ctc_model
 from asr_kd.ctc.units import CtcUnits, load_units, make_units
@@ -93,23 +93,6 @@ def prepare_units(layout: RecipeLayout, cfg: CtcConfig, command: str = "") -> Ct
         make_units(cfg.units, Lang.load(layout.lang), layout.ctc_units_dir, texts, cfg.bpe_vocab_size)
         guard.finish(guard.all_files())
     return load_units(layout.ctc_units_dir, Lang.load(layout.lang))
-
-
-def phone_init_settings(cfg: CtcConfig, train_config: TrainConfig, layout: RecipeLayout) -> dict:
-    """The settings of the phone start of ``cfg``'s BPE models (its record's config)."""
-    return {"ctc": {k: getattr(cfg, k) for k in ("model_size", "subsampling", "dropout", "phone_init_steps")},
-            "train": phone_init_train_config(cfg, train_config), "train_part": layout.train_part}
-
-
-def phone_init_train_config(cfg: CtcConfig, train_config: TrainConfig) -> TrainConfig:
-    """``train_config`` stopped after ``cfg.phone_init_steps`` steps (the epochs never stop it first)."""
-    return dataclasses.replace(train_config, max_steps=cfg.phone_init_steps, num_epochs=max(train_config.num_epochs, 1000))
-
-
-def phone_twin(layout: RecipeLayout, cfg: CtcConfig) -> tuple[RecipeLayout, CtcConfig]:
-    """Return the phone path's layout beside ``layout`` and the phone twin of the BPE config
-    ``cfg`` (the same encoder over phone units, no phone start of its own)."""
-    return dataclasses.replace(layout, ctc_units="phone"), dataclasses.replace(cfg, units="phone", phone_init_steps=0)
 
 
 def phone_init_inputs(layout: RecipeLayout, cfg: CtcConfig) -> dict[str, str]:

@@ -17,8 +17,7 @@ from asr_kd.ctc.training import load_ctc_model, train_ctc_model
 from asr_kd.errors import DataError
 from asr_kd.launch import Launcher, check_launch, describe_launch, launch_jobs
 from asr_kd.stages.common import fmt_pct, trained_checkpoints, write_results
-from asr_kd.stages.ctc_common import (describe_teacher_set, features_fingerprint, phone_init_inputs, phone_init_settings, phone_init_train_config,
-                                      phone_twin, prepare_units, teachers_of, units_record_fingerprint)
+from asr_kd.stages.ctc_common import describe_teacher_set, features_fingerprint, phone_init_inputs, prepare_units, teachers_of, units_record_fingerprint
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, require_record
 from asr_kd.train.checkpoint import load_checkpoint
@@ -53,6 +52,12 @@ def _train_ctc_teacher(layout: RecipeLayout, cfg: CtcConfig, train_config: Train
     load_checkpoint(result.final_path)  # a truncated final.pt stops here, before the record is written
     log.info("CTC teacher %d: %s, best dev TER %s (%.0f s)", i, result.state.stop_reason, result.state.best_metric, time.time() - start)
     return {"seed": tcfg.seed, "steps": result.state.step, "best_dev_ter": result.state.best_metric, "guide": False}
+
+
+def _first_steps(train_config: TrainConfig, steps: int) -> TrainConfig:
+    """``train_config`` stopped after ``steps`` steps (its epochs never stop it first): a shared
+    set's first steps, or the phone start of the BPE models."""
+    return dataclasses.replace(train_config, max_steps=steps, num_epochs=max(train_config.num_epochs, 1000))
 
 
 def _train_shared_init(layout: RecipeLayout, cfg: CtcConfig, init_config: TrainConfig, out_dir: Path, encoder_init: Path | None = None) -> Path:
@@ -98,7 +103,7 @@ def train_ctc_teachers(
         check_launch(launcher, jobs, len(own))
         init, encoder_only = phone_start, phone_start is not None
         if cfg.shared_init_steps > 0:
-            init_cfg = dataclasses.replace(train_config, max_steps=cfg.shared_init_steps, num_epochs=max(train_config.num_epochs, 1000))
+            init_cfg = _first_steps(train_config, cfg.shared_init_steps)
             if guided:
                 init = base_dir / "init" / "final.pt"  # the unguided shared set's, finished with it
             else:
@@ -150,14 +155,17 @@ def train_phone_init(layout: RecipeLayout, cfg: CtcConfig, train_config: TrainCo
     ``phone_init_steps``."""
     if cfg.phone_init_steps == 0:
         return None
-    p_layout, pcfg = phone_twin(layout, cfg)
+    # The phone path's layout and the same encoder over phone units (no phone start of its own).
+    p_layout, pcfg = dataclasses.replace(layout, ctc_units="phone"), dataclasses.replace(cfg, units="phone", phone_init_steps=0)
     prepare_units(p_layout, pcfg, command)
-    out = layout.ctc_phone_init
-    guard = StageGuard("CTC phone start of the BPE models", out, phone_init_settings(cfg, train_config, layout),
+    out, init_cfg = layout.ctc_phone_init, _first_steps(train_config, cfg.phone_init_steps)
+    settings = {"ctc": {k: getattr(cfg, k) for k in ("model_size", "subsampling", "dropout", "phone_init_steps")},
+                "train": init_cfg, "train_part": layout.train_part}
+    guard = StageGuard("CTC phone start of the BPE models", out, settings,
                        {"units": units_record_fingerprint(p_layout), "features": features_fingerprint(layout)}, command)
     if guard.needs_work():
         log.info("phone start of the BPE models: %d steps -> %s", cfg.phone_init_steps, out)
-        final = launch_jobs(_train_shared_init, [(p_layout, pcfg, phone_init_train_config(cfg, train_config), out)], launcher, jobs, num_threads,
+        final = launch_jobs(_train_shared_init, [(p_layout, pcfg, init_cfg, out)], launcher, jobs, num_threads,
                             layout.exp_dir / "log", f"ctc_{layout.ctc_units}_stage4_phone_init")[0]
         guard.finish([final])
     return out / "final.pt"
