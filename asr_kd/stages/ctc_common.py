@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -50,7 +51,9 @@ from asr_kd.data.ctc_data import cut_text
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.layout import RecipeLayout, parse_ctc_teacher_set_name
-from asr_kd.stages.provenance import StageGuard, StageRecord, read_record, require_record
+from asr_kd.stages.provenance import StageGuard, StageRecord, read_record, require_current, require_record, stale_inputs
+
+log = logging.getLogger(__name__)
 
 STUDENT_KINDS = ("baseline", "frame", "sequence")
 _SEED_SUFFIX = re.compile(r"^(?P<base>.+)_seed(?P<k>[1-9][0-9]*)$")
@@ -97,10 +100,16 @@ def prepare_units(layout: RecipeLayout, cfg: CtcConfig, command: str = "") -> Ct
 
 def phone_init_inputs(layout: RecipeLayout, cfg: CtcConfig) -> dict[str, str]:
     """The record inputs a BPE model of ``cfg`` adds for its phone start: the finished phone
-    model's fingerprint (none without ``phone_init_steps``)."""
+    model's fingerprint (none without ``phone_init_steps``); DataError when it is missing, was
+    trained for another number of steps, or on features or phone units redone since."""
     if cfg.phone_init_steps == 0:
         return {}
-    rec = require_record(layout.ctc_phone_init, f"the phone start of the BPE models (asr-kd ctc-train-teachers with ctc.phone_init_steps={cfg.phone_init_steps})")
+    current = {"features": features_fingerprint(layout)}
+    phone_units = read_record(dataclasses.replace(layout, ctc_units="phone").ctc_units_dir)
+    if phone_units is not None:
+        current["units"] = phone_units.fingerprint
+    rec = require_current(layout.ctc_phone_init, f"the phone start of the BPE models (asr-kd ctc-train-teachers with ctc.phone_init_steps={cfg.phone_init_steps})",
+                          current)
     if rec.config["ctc"]["phone_init_steps"] != cfg.phone_init_steps:
         raise DataError(f"{layout.ctc_phone_init} was trained {rec.config['ctc']['phone_init_steps']} steps, ctc.phone_init_steps={cfg.phone_init_steps} "
                         "asked for; rerun asr-kd ctc-train-teachers with this ctc config first")
@@ -116,6 +125,20 @@ def units_record_fingerprint(layout: RecipeLayout) -> str:
     return require_record(layout.ctc_units_dir, "the CTC teachers (asr-kd ctc-train-teachers)").fingerprint
 
 
+def model_inputs_now(layout: RecipeLayout) -> dict[str, str]:
+    """Today's fingerprints of what every CTC model under ``layout`` is built on: stage 1's
+    features, the units and the phone start of the BPE models, each where its record exists (a
+    data folder of a bench's extra test part has no stage-1 record). A model whose record names
+    another fingerprint for one of them was made before that input was redone:
+    :func:`asr_kd.stages.provenance.require_current` refuses it."""
+    current: dict[str, str] = {}
+    for key, folder in (("features", layout.features("fbank")), ("units", layout.ctc_units_dir), ("phone_init", layout.ctc_phone_init)):
+        rec = read_record(folder)
+        if rec is not None:
+            current[key] = rec.fingerprint
+    return current
+
+
 def describe_teacher_set(shared_init_steps: int, guide_weight: float = 0.0) -> str:
     """Return how a teacher set was trained, in words: "independent" or "shared init N steps",
     then ", guided w" for a guided set."""
@@ -125,9 +148,10 @@ def describe_teacher_set(shared_init_steps: int, guide_weight: float = 0.0) -> s
 
 def teacher_set_record(layout: RecipeLayout, cfg: CtcConfig) -> StageRecord:
     """Return the record of ``cfg``'s finished teacher set; DataError naming the command if it is
-    unfinished or holds fewer teachers than ``cfg.num_teachers``."""
+    unfinished, holds fewer teachers than ``cfg.num_teachers``, or was trained on features, units
+    or a phone start redone since (:func:`model_inputs_now`)."""
     set_dir = teachers_of(layout, cfg)
-    rec = require_record(set_dir, "asr-kd ctc-train-teachers with the same ctc config")
+    rec = require_current(set_dir, "asr-kd ctc-train-teachers with the same ctc config", model_inputs_now(layout))
     trained = int(rec.config["ctc"]["num_teachers"])
     if trained < cfg.num_teachers:
         raise DataError(f"{set_dir} holds {trained} CTC teachers, {cfg.num_teachers} asked for; rerun asr-kd ctc-train-teachers with ctc.num_teachers={cfg.num_teachers}")
@@ -144,14 +168,34 @@ def load_ctc_teachers(layout: RecipeLayout, cfg: CtcConfig, device: str | torch.
 def trained_teacher_sets(layout: RecipeLayout, cfg: CtcConfig) -> list[CtcConfig]:
     """Return ``cfg`` adapted to each finished teacher set under ``layout`` with two or more
     teachers (``shared_init_steps``, ``guide_weight`` and ``num_teachers`` from its record), in
-    name order."""
-    sets = []
+    name order. A set trained on features, units or a phone start redone since is left out with a
+    warning (retrain it, or delete it)."""
+    sets, current = [], model_inputs_now(layout)
     for set_dir in sorted(p for p in layout.ctc_root.glob("teachers*") if p.is_dir()):
         parsed, rec = parse_ctc_teacher_set_name(set_dir.name), read_record(set_dir)
         if parsed is None or rec is None or int(rec.config["ctc"]["num_teachers"]) < 2:
             continue
+        stale = stale_inputs(rec, current)
+        if stale:
+            log.warning("CTC teacher set %s left out: made from an earlier run of its input %s (that stage was redone since); "
+                        "retrain it with asr-kd ctc-train-teachers, or delete it", set_dir, ", ".join(map(repr, stale)))
+            continue
         sets.append(dataclasses.replace(cfg, shared_init_steps=parsed[0], guide_weight=parsed[1], num_teachers=int(rec.config["ctc"]["num_teachers"])))
     return sets
+
+
+def ctc_student_record(layout: RecipeLayout, name: str, stage_hint: str) -> StageRecord:
+    """Return the record of the finished CTC student in folder ``name``; DataError naming
+    ``stage_hint`` when it is unfinished or was trained on features, units, a phone start or (a
+    distilled student) a teacher set redone since."""
+    folder = layout.ctc_student_dir(name)
+    rec, current = require_record(folder, stage_hint), model_inputs_now(layout)
+    if "teachers" in rec.inputs:
+        c = rec.config["ctc"]
+        teachers = read_record(layout.ctc_teacher_set(int(c["shared_init_steps"]), float(c["guide_weight"])))
+        if teachers is not None:
+            current["teachers"] = teachers.fingerprint
+    return require_current(folder, stage_hint, current)
 
 
 def ctc_student_folder(name: str, seed_index: int = 0) -> str:

@@ -45,7 +45,7 @@ from asr_kd.report.tables import (
 )
 from asr_kd.stages.common import fmt_pct, write_results
 from asr_kd.stages.ctc_common import (
-    describe_teacher_set, load_ctc_teachers, prepare_units, seed_groups, teacher_set_record, teachers_of, trained_teacher_sets,
+    ctc_student_record, describe_teacher_set, load_ctc_teachers, prepare_units, seed_groups, teacher_set_record, teachers_of, trained_teacher_sets,
     units_record_fingerprint,
 )
 from asr_kd.stages.layout import RecipeLayout
@@ -133,7 +133,7 @@ def decode_ctc_systems(
         parts = [layout.dev_part, *(p for p in parts if p != layout.dev_part)]
     inputs = {"graph": require_record(layout.ctc_graph, "the CTC graph").fingerprint,
               **{f"set {teachers_of(layout, c).name}": teacher_set_record(layout, c).fingerprint for c in sets},
-              **{f"student {name}": require_record(layout.ctc_student_dir(name), "asr-kd ctc-train-student").fingerprint
+              **{f"student {name}": ctc_student_record(layout, name, "asr-kd ctc-train-student").fingerprint
                  for members in groups.values() for name in members}}
     settings = {"decode": decode_config, "ctc": cfg, "parts": parts, "tuned_on": layout.dev_part if tune else None}
     guard = StageGuard("CTC stage 7 (decoding)", layout.ctc_decode, settings, inputs, command)

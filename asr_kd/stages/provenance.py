@@ -325,12 +325,16 @@ def require_current(folder: Path | str, stage_hint: str, current: Mapping[str, s
     (``current``: input key -> that input's fingerprint today): the input's stage was redone
     since, and whatever is built on ``folder`` would mix the two versions."""
     rec = require_record(folder, stage_hint)
-    for key, fp in current.items():
-        made = rec.inputs.get(key)
-        if made is not None and made != fp:
-            raise DataError(f"{Path(folder)} was made from an earlier run of its input {key!r} (that stage was redone since); "
-                            f"run {stage_hint} again first")
+    for key in stale_inputs(rec, current):
+        raise DataError(f"{Path(folder)} was made from an earlier run of its input {key!r} (that stage was redone since); "
+                        f"run {stage_hint} again first")
     return rec
+
+
+def stale_inputs(rec: StageRecord, current: Mapping[str, str]) -> list[str]:
+    """The keys of ``current`` (input key -> that input's fingerprint today) that ``rec`` names
+    with another fingerprint: inputs redone since ``rec`` was made (keys it does not name pass)."""
+    return [key for key, fp in current.items() if rec.inputs.get(key) is not None and rec.inputs[key] != fp]
 
 
 def input_fingerprint(folder: Path | str, files: Iterable[Path | str] = ()) -> str:

@@ -26,6 +26,7 @@ from asr_kd.deploy.recipe_paths import UTTCMVN_SUFFIX
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.launch import Launcher
 from asr_kd.stages.common import gmm_record, student_record, teachers_record
+from asr_kd.stages.ctc_common import ctc_student_record
 from asr_kd.stages.layout import RecipeLayout
 from asr_kd.stages.provenance import StageGuard, StageRecord, read_record, require_current, require_record
 from asr_kd.utils import read_json, write_json_atomic, write_text_atomic
@@ -223,7 +224,7 @@ def deploy_inputs(layout: RecipeLayout, plan: DeployPlan) -> dict[str, str]:
         for job in plan.model_dirs:
             if job.system.startswith("ctc-"):
                 name = job.system[4:]
-                fp = require_record(layout.ctc_student_dir(name), "CTC stage 6 (asr-kd ctc-train-students)").fingerprint
+                fp = ctc_student_record(layout, name, "CTC stage 6 (asr-kd ctc-train-students)").fingerprint
                 inputs[f"ctc_{name}"] = students[f"student {name}"] = fp
         graph = require_record(layout.ctc_graph, "CTC stage 7 (asr-kd ctc-decode), which builds the HLG graph").fingerprint
         inputs["ctc_decode"] = _decoded_current(layout.ctc_decode, "CTC stage 7 (asr-kd ctc-decode)", {**students, "graph": graph}).fingerprint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -373,3 +374,58 @@ def test_a_stage_built_on_an_input_redone_since_is_refused_two_stages_down(tmp_p
         alignment_inputs(dnn)
     _run(dnn.realign, {"dnn": 1}, {"gmm": read_record(layout.gmm).fingerprint})  # realigned again: accepted
     assert alignment_inputs(dnn) == {"gmm": read_record(layout.gmm).fingerprint, "realign": read_record(dnn.realign).fingerprint}
+
+
+def test_ctc_models_built_on_features_redone_since_are_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Stage 1 redone, the CTC models not: a CTC student, the stored targets and stage 7 used to
+    take the old teachers and phone start (their records were only checked to exist) beside the
+    new features, as the hybrid stages never do."""
+    from asr_kd.config import CtcConfig
+    from asr_kd.stages.ctc_common import ctc_student_record, model_inputs_now, phone_init_inputs, teacher_set_record, trained_teacher_sets
+    from asr_kd.stages.layout import RecipeLayout
+
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp", ctc_units="bpe")
+    phone = dataclasses.replace(layout, ctc_units="phone")
+    cfg = CtcConfig(units="bpe", num_teachers=2, phone_init_steps=5)
+    _, features = _run(layout.features("fbank"), {"num_mel_bins": 40})
+    fbank = {"features": features.record.fingerprint}
+    _, phone_units = _run(phone.ctc_units_dir, {"units": "phone"})
+    _, units = _run(layout.ctc_units_dir, {"units": "bpe"}, fbank)
+    _, start = _run(layout.ctc_phone_init, {"ctc": {"phone_init_steps": 5}}, {"units": phone_units.record.fingerprint, **fbank})
+    made_on = {"units": units.record.fingerprint, **fbank, "phone_init": start.record.fingerprint}
+    teacher_sets = {}
+    for steps in (0, 9):
+        _, guard = _run(layout.ctc_teacher_set(steps), {"ctc": {"num_teachers": 2}}, made_on)
+        teacher_sets[steps] = guard.record.fingerprint
+    student = layout.ctc_student_dir("frame")
+    _run(student, {"ctc": {"shared_init_steps": 0, "guide_weight": 0.0}}, {**made_on, "teachers": teacher_sets[0]})
+    assert model_inputs_now(layout) == made_on
+    assert phone_init_inputs(layout, cfg) == {"phone_init": start.record.fingerprint}
+    assert teacher_set_record(layout, cfg).fingerprint == teacher_sets[0]
+    assert [c.shared_init_steps for c in trained_teacher_sets(layout, cfg)] == [0, 9]
+    assert ctc_student_record(layout, "frame", "stage 6").inputs["teachers"] == teacher_sets[0]
+    # The shared set retrained on the same inputs: the student (of the independent set) still stands;
+    # the independent set retrained: the student was distilled from the old one.
+    _run(layout.ctc_teacher_set(9), {"ctc": {"num_teachers": 3}}, made_on)
+    assert ctc_student_record(layout, "frame", "stage 6").fingerprint == read_record(student).fingerprint
+    _run(layout.ctc_teacher_set(0), {"ctc": {"num_teachers": 3}}, made_on)
+    with pytest.raises(DataError, match=rf"^{student} was made from an earlier run of its input 'teachers' .*; run stage 6 again first$"):
+        ctc_student_record(layout, "frame", "stage 6")
+    # Stage 1 redone with other settings: the phone start, every teacher set and the student stand on old features.
+    _run(layout.features("fbank"), {"num_mel_bins": 80}, payload="y")
+    with pytest.raises(DataError, match=rf"^{layout.ctc_phone_init} was made from an earlier run of its input 'features'"):
+        phone_init_inputs(layout, cfg)
+    with pytest.raises(DataError, match=rf"^{layout.ctc_teacher_set(0)} was made from an earlier run of its input 'features' .*; run asr-kd ctc-train-teachers"):
+        teacher_set_record(layout, cfg)
+    with pytest.raises(DataError, match=rf"^{student} was made from an earlier run of its input 'features'"):
+        ctc_student_record(layout, "frame", "stage 6")
+    with caplog.at_level(logging.WARNING, logger="asr_kd.stages.ctc_common"):
+        assert trained_teacher_sets(layout, cfg) == []
+    assert sum("left out: made from an earlier run of its input 'features'" in r.getMessage() for r in caplog.records) == 2
+    # The phone units redone (the phone start's own units), features as they were: refused too.
+    fresh = {"features": read_record(layout.features("fbank")).fingerprint}
+    _run(layout.ctc_phone_init, {"ctc": {"phone_init_steps": 5}}, {"units": phone_units.record.fingerprint, **fresh})
+    assert set(phone_init_inputs(layout, cfg)) == {"phone_init"}
+    _run(phone.ctc_units_dir, {"units": "phone", "again": 1})
+    with pytest.raises(DataError, match=rf"^{layout.ctc_phone_init} was made from an earlier run of its input 'units'"):
+        phone_init_inputs(layout, cfg)
