@@ -325,8 +325,9 @@ def require_current(folder: Path | str, stage_hint: str, current: Mapping[str, s
     (``current``: input key -> that input's fingerprint today): the input's stage was redone
     since, and whatever is built on ``folder`` would mix the two versions."""
     rec = require_record(folder, stage_hint)
-    for key in stale_inputs(rec, current):
-        raise DataError(f"{Path(folder)} was made from an earlier run of its input {key!r} (that stage was redone since); "
+    stale = stale_inputs(rec, current)
+    if stale:
+        raise DataError(f"{Path(folder)} was made from an earlier run of its input {stale[0]!r} (that stage was redone since); "
                         f"run {stage_hint} again first")
     return rec
 
