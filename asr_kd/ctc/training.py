@@ -32,6 +32,7 @@ from asr_kd.metrics.wer import WerResult, compute_wer
 from asr_kd.train.checkpoint import load_checkpoint
 from asr_kd.train.ddp import DistInfo, init_distributed
 from asr_kd.train.loop import LossFn, TrainResult, to_device, train
+from asr_kd.train.optim import resolve_schedule
 from asr_kd.train.state import seed_everything
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,17 @@ def train_ctc_model(
         save_config(cfg, exp_dir / "ctc.yaml")
     dataset = CtcDataset(train_cmvn, units.encode, pseudo, soft_targets=soft_targets)
 
-    def make_train_loader(epoch: int, skip: int) -> Any:
+    def train_sampler(epoch: int) -> Any:
         sampler = make_sampler(train_cuts, train_config.max_duration, train_config.shuffle, train_config.seed, train_config.bucketing,
                                train_config.num_buckets, world_size=info.world_size, rank=info.rank)
         sampler.set_epoch(epoch)
-        return make_loader(dataset, SkipBatches(sampler, skip), train_config.num_workers, seed=train_config.seed * 100003 + epoch)
+        return sampler
+
+    def make_train_loader(epoch: int, skip: int) -> Any:
+        return make_loader(dataset, SkipBatches(train_sampler(epoch), skip), train_config.num_workers, seed=train_config.seed * 100003 + epoch)
+
+    # A cosine schedule over the whole run (cosine_steps 0): count the first epoch's batches, as the hybrid DNNs do.
+    train_config = resolve_schedule(train_config, lambda: sum(1 for _ in train_sampler(0)))
 
     evaluate = None
     if dev_cuts is not None:

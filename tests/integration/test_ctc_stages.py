@@ -709,6 +709,29 @@ def test_bpe_models_start_from_the_phone_encoder(tiny_stage2, tmp_path) -> None:
         train_ctc_student(layout, "baseline", cfg, train, command="test")
 
 
+def test_a_ctc_model_on_a_cosine_schedule_over_the_whole_run_reaches_its_floor(tiny_stage2, tmp_path) -> None:
+    """lr_schedule=cosine with cosine_steps=0 (the run's length, counted before training) used to
+    stop a CTC model at its first step; like a hybrid DNN's, its rate now ends at lr * final_lr_ratio."""
+    from asr_kd.ctc.training import train_ctc_model
+
+    data, _ = tiny_stage2
+    layout = RecipeLayout(data, tmp_path / "exp", ctc_units="phone")
+    cos = dataclasses.replace(TRAIN, max_steps=0, num_epochs=2, warmup_steps=2, lr_schedule="cosine", cosine_steps=0, final_lr_ratio=0.1)
+    units = prepare_units(layout, CTC)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train_ctc_model(layout.open_cuts(layout.fbank_cuts(layout.train_part)), None, layout.open_cmvn(layout.train_part), None,
+                                 units, CTC, cos, tmp_path / "cos")
+    finally:
+        torch.set_num_threads(before)
+    final = load_checkpoint(result.final_path)
+    steps = final["train_state"]["step"]
+    assert steps >= 4 and final["train_state"]["epoch"] == 2
+    # The rate of the last step taken: the cosine's floor, reached at the run's last step (step index steps - 1).
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(cos.lr * cos.final_lr_ratio)
+
+
 def test_decode_part_with_a_ctc_student(ctc_run, tmp_path) -> None:
     """`asr-kd decode-part --systems ctc-frame`: a user's own part (test-clean's audio under
     another name) decoded by a CTC student through the HLG, as the CTC table decoded test-clean."""
