@@ -80,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Copy every '## ' section of --from (the RESULTS.md that another run's --results named) into --into as "
                     "one section, '## <heading>', above the sections already there (or in its place when it exists), each "
                     "imported heading one level down so that the stages writing --into never replace them. Run it again "
-                    "to bring the section up to date; --from is never changed.",
+                    "to bring the section up to date; --from is never changed. Files the sections link to by a relative path "
+                    "(stage 8's plot) are copied from --from's folder into imported/<the heading's slug>/ beside --into, and "
+                    "the links point at the copies.",
     )
     p.add_argument("--from", dest="source", type=Path, required=True, help="the other run's RESULTS.md")
     p.add_argument("--into", type=Path, required=True, help="the RESULTS.md that gets the section")

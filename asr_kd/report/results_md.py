@@ -7,10 +7,11 @@ benchmarks can update their own tables independently.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from asr_kd.errors import ConfigError, DataError
-from asr_kd.utils import folder_lock, not_rank_0, write_text_atomic
+from asr_kd.utils import atomic_path, folder_lock, not_rank_0, write_text_atomic
 
 
 def write_section(path: Path | str, heading: str, text: str, header: str = "# Results\n", after: str | None = None,
@@ -80,7 +81,11 @@ def import_run(source: Path | str, into: Path | str, heading: str, lead: str = "
     run of the recipe reaches RESULTS.md above the demo's sections (README, "The headline run").
 
     ``heading`` must not begin like a section of ``into`` (nor one of them like it): a stage that
-    replaces its section by the start of its heading would replace the imported one too."""
+    replaces its section by the start of its heading would replace the imported one too.
+
+    A file the sections link to by a relative path (stage 8's ``table5_dev_accuracy.png``) is
+    copied from ``source``'s folder into ``imported/<heading's slug>/`` beside ``into``, and the
+    link rewritten to the copy: ``into``'s folder has files of those names, its own stages'."""
     source, into = Path(source), Path(into)
     if not source.is_file():
         raise DataError(f"{source}: no such results file; pass the RESULTS.md that the run's --results named")
@@ -91,7 +96,6 @@ def import_run(source: Path | str, into: Path | str, heading: str, lead: str = "
         raise ConfigError(f"the heading is one line of text without its '#' marks, got {heading!r}")
     body = [f"## {heading}\n", IMPORT_MARK + "\n"] + ([lead.strip("\n") + "\n"] if lead.strip() else [])
     body += ["#" + s.rstrip("\n") + "\n" for s in imported]
-    text = "\n".join(body)
     line = f"## {heading}"
     existing = sections(into) if into.exists() else []
     # An earlier import under this heading is replaced in place; every other section must differ.
@@ -100,6 +104,35 @@ def import_run(source: Path | str, into: Path | str, heading: str, lead: str = "
     if clash is not None:
         raise ConfigError(f"heading {heading!r} begins like {into}'s section '{clash}': a stage writing that section would "
                           "replace the imported one; choose a heading of its own (e.g. 'Headline run: ...')")
+    text = _copy_linked_files("\n".join(body), source, into, heading)
     first = others[0] if others else None
     write_section(into, line, text, before=first)
     return text
+
+
+# A Markdown link or image's target: "](target)" or "](target "title")".
+_LINK = re.compile(r"\]\(([^)\s]+)((?:\s+\"[^\"]*\")?)\)")
+
+
+def _copy_linked_files(text: str, source: Path, into: Path, heading: str) -> str:
+    """Copy every file that ``text`` links to by a relative path (relative to ``source``'s folder)
+    into ``imported/<slug of heading>/`` beside ``into`` and point the links at the copies; links
+    to web addresses, absolute paths and anchors stay as they are."""
+    slug = re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")[:60].rstrip("-") or "run"
+    folder = Path("imported") / slug
+
+    def relink(m: re.Match[str]) -> str:
+        target = m.group(1)
+        if re.match(r"^([a-z][a-z0-9+.-]*:|/|#)", target, re.IGNORECASE):
+            return m.group(0)
+        origin = source.parent / target
+        if not origin.is_file():
+            raise DataError(f"{source}: links to {target}, which is not in {source.parent}; copy it there (or drop the link) "
+                            "and import again, or the section would show the file of that name beside the file it goes into")
+        copy = folder / (target if ".." not in Path(target).parts else origin.name)
+        (into.parent / folder).mkdir(parents=True, exist_ok=True)
+        with atomic_path(into.parent / copy) as tmp:
+            tmp.write_bytes(origin.read_bytes())
+        return f"]({copy.as_posix()}{m.group(2)})"
+
+    return _LINK.sub(relink, text)

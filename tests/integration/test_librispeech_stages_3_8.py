@@ -156,6 +156,9 @@ def test_a_runs_tables_go_above_the_demos_as_one_section(recipe, tmp_path: Path,
     assert f"| {100 * test['frame_accuracy']:.1f}% | {100 * test['wer']:.2f}% ({test['substitutions']}/" in imported1
     tri = json.loads((exp / "gmm" / "stage3.json").read_text())["wers"]["tri"]["test-clean"]["wer"]
     assert f"{100 * tri:.2f}%" in headline[headline.index("### GMM-HMM (stage 3)"):headline.index("### DNN realignment")]
+    # Stage 8's plot comes along as the run's own, not the demo's of the same name beside --into.
+    assert "](imported/headline-run-tiny/table5_dev_accuracy.png)" in headline
+    assert (tmp_path / "imported" / "headline-run-tiny" / "table5_dev_accuracy.png").read_bytes() == (exp / "table5_dev_accuracy.png").read_bytes()
 
 
 def test_every_system_is_decoded_at_the_scale_it_chose_on_dev(recipe) -> None:

@@ -110,3 +110,41 @@ def test_another_runs_sections_become_one_section_above_this_files_own(tmp_path:
     with pytest.raises(ConfigError, match="without its '#' marks"):
         import_run(run, md, "## H")
     assert [s.split("\n", 1)[0] for s in sections(md)] == ["## Headline run: small", "## GMM-HMM (stage 3)", "## Table 1 analogue"]
+
+
+def test_an_imported_sections_pictures_are_the_runs_own(tmp_path: Path) -> None:
+    """A file the other run's sections link to (stage 8's plot) is copied beside the file it goes
+    into, under imported/<slug>/, and the link points there: the demo's plot of the same name
+    stays the demo's. Web links stay; a link to a file the run's folder lacks is refused."""
+    import pytest
+
+    from asr_kd.errors import DataError
+    from asr_kd.report.results_md import import_run
+
+    run, md = tmp_path / "small" / "RESULTS.md", tmp_path / "recipe" / "RESULTS.md"
+    run.parent.mkdir()
+    md.parent.mkdir()
+    (run.parent / "table5_dev_accuracy.png").write_bytes(b"the small run's plot")
+    (run.parent / "plots").mkdir()
+    (run.parent / "plots" / "cost.png").write_bytes(b"cost")
+    (md.parent / "table5_dev_accuracy.png").write_bytes(b"the demo's plot")
+    write_section(run, "## Table 5 analogue", "## Table 5 analogue\n\n![dev accuracy](table5_dev_accuracy.png)\n\n"
+                  "[paper](https://arxiv.org/abs/1503.02531), ![cost](plots/cost.png \"cost\") and [top](#top)\n")
+    write_section(md, "## Table 5 analogue", "## Table 5 analogue\n\n![dev accuracy](table5_dev_accuracy.png)\n")
+
+    text = import_run(run, md, "Headline run: small (issue 13)")
+    assert ("![dev accuracy](imported/headline-run-small-issue-13/table5_dev_accuracy.png)\n\n[paper](https://arxiv.org/abs/1503.02531), "
+            "![cost](imported/headline-run-small-issue-13/plots/cost.png \"cost\") and [top](#top)\n") in text
+    assert (md.parent / "imported/headline-run-small-issue-13/table5_dev_accuracy.png").read_bytes() == b"the small run's plot"
+    assert (md.parent / "imported/headline-run-small-issue-13/plots/cost.png").read_bytes() == b"cost"
+    assert (md.parent / "table5_dev_accuracy.png").read_bytes() == b"the demo's plot"
+    assert read_section(md, "## Table 5 analogue") == "## Table 5 analogue\n\n![dev accuracy](table5_dev_accuracy.png)\n"
+    # Importing again after the run redrew its plot brings the new one.
+    (run.parent / "table5_dev_accuracy.png").write_bytes(b"redrawn")
+    import_run(run, md, "Headline run: small (issue 13)")
+    assert (md.parent / "imported/headline-run-small-issue-13/table5_dev_accuracy.png").read_bytes() == b"redrawn"
+    (run.parent / "plots" / "cost.png").unlink()
+    before = md.read_text()
+    with pytest.raises(DataError, match=r"links to plots/cost.png, which is not in .*small"):
+        import_run(run, md, "Headline run: small (issue 13)")
+    assert md.read_text() == before
