@@ -329,10 +329,13 @@ def tables(runs: list[Run], cores: int = 16, project_epochs: int | None = None) 
     small = runs[-2] if len(runs) >= 2 else None
     lines += ["", f"Projection (not a measurement) from {big.name}: each stage's CPU time and disk scaled linearly in what drives it "
               f"(training hours; all hours; dev + test hours, LibriSpeech's dev-clean and test-clean being {EVAL_HOURS:g} h; models, "
-              "lexicon and LM do not grow with the audio), with the same configs (mini's networks); peak memory a straight line "
-              f"through {small.name if small else big.name} and {big.name} in those hours for the stages that hold their data in memory "
-              f"({', '.join(str(s) for s in sorted(GROWING_MEMORY))}: the training features, a part's posteriors), "
-              f"{big.name}'s peak for the others (they stream cuts or cap their samples). Wall time: the CPU-parallel stages "
+              "lexicon and LM do not grow with the audio), with the same configs (mini's networks); "
+              + (f"peak memory a straight line through {small.name} and {big.name} in those hours for the stages that hold their data "
+                 f"in memory ({', '.join(str(s) for s in sorted(GROWING_MEMORY))}: the training features, a part's posteriors), "
+                 f"{big.name}'s peak for the others (they stream cuts or cap their samples)" if small else
+                 f"peak memory {big.name}'s for every stage (one run draws no line; stages "
+                 f"{', '.join(str(s) for s in sorted(GROWING_MEMORY))} hold their data in memory and will need more)")
+              + ". Wall time: the CPU-parallel stages "
               f"({', '.join(str(s) for s in sorted(CPU_PARALLEL_STAGES))}) spread over {cores} cores; the network stages at the CPU rate "
               "measured here, one core, as no recipe stage was measured on a GPU; the lang stage as measured (it depends on the lexicon and LM: "
               "see the graph-building bench)."
@@ -417,7 +420,8 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --title {shlex.quote(args.title)}"
     runs.sort(key=lambda r: r.hours)
     walls = [f"{r.name} {_fmt_s(r.wall_total_s)}" for r in runs if r.wall_total_s is not None]
-    text = (f"{heading}\n\n`{command}` (stages 0-{args.stop_stage}; costs from each stage's provenance record; "
+    last_stage = max((n for r in runs for n in r.costs), default=args.stop_stage) if args.read else args.stop_stage
+    text = (f"{heading}\n\n`{command}` (stages 0-{last_stage}; costs from each stage's provenance record; "
             f"{os.cpu_count()} CPUs{', run.sh wall: ' + ', '.join(walls) if walls else ''}). A stage's wall time is the union of its "
             "records' spans (each record's finish stamp minus its wall time), so jobs that ran side by side count once. "
             "CPU time counts the stage's process, "
