@@ -220,6 +220,15 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _resumed_note(results: list[dict]) -> str:
+    """The sentence that says which runs resumed an interrupted training (their CPU seconds are
+    scaled from the steps the resuming process ran); "" when none did."""
+    resumed = [f"{r['run']} (at step {r['training']['resumed_at_step']} of {r['training']['steps']})"
+               for r in results if r["training"].get("resumed_at_step")]
+    return (" Resumed after an interruption: " + ", ".join(resumed) + "; their CPU and wall seconds are the resuming "
+            "process's scaled by all steps over the steps it ran.") if resumed else ""
+
+
 def decode_seconds(result: dict) -> float:
     """Seconds a run's decoding took: its dev scale search and its test parts."""
     return float(result["dev"]["decode_seconds"] + sum(t["decode_seconds"] for t in result["test"].values()))
@@ -259,7 +268,8 @@ def format_section(results: list[dict], command: str, layout: RecipeLayout, deco
               describe_decoding_line(decode, layout.dev_part), "",
               "CPU seconds: the training process's own, dev scoring after each epoch included, one torch thread unless the "
               "environment line says otherwise; they grow with the load on the machine (other processes share its caches and "
-              "cores), so compare runs made side by side. Every number: `<out>/hybrid_capacity.json`.", "",
+              "cores), so compare runs made side by side. Every number: `<out>/hybrid_capacity.json`."
+              + _resumed_note(results), "",
               f"Cost of this table: {sum(r['training']['cpu_seconds'] for r in results) / 60:.0f} CPU minutes of training and "
               f"{sum(decode_seconds(r) for r in results) / 60:.0f} minutes of decoding (each run's dev scale search and test "
               f"decodes) over {len(results)} runs.", ""]

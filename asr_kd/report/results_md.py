@@ -117,7 +117,8 @@ _LINK = re.compile(r"\]\(([^)\s]+)((?:\s+\"[^\"]*\")?)\)")
 def _copy_linked_files(text: str, source: Path, into: Path, heading: str) -> str:
     """Copy every file that ``text`` links to by a relative path (relative to ``source``'s folder)
     into ``imported/<slug of heading>/`` beside ``into`` and point the links at the copies; links
-    to web addresses, absolute paths and anchors stay as they are."""
+    to web addresses, absolute paths and anchors stay as they are. A link to a file outside
+    ``source``'s folder (``..``) or missing from it is a DataError."""
     slug = re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")[:60].rstrip("-") or "run"
     folder = Path("imported") / slug
 
@@ -126,11 +127,10 @@ def _copy_linked_files(text: str, source: Path, into: Path, heading: str) -> str
         if re.match(r"^([a-z][a-z0-9+.-]*:|/|#)", target, re.IGNORECASE):
             return m.group(0)
         origin = source.parent / target
-        if not origin.is_file():
+        if ".." in Path(target).parts or not origin.is_file():
             raise DataError(f"{source}: links to {target}, which is not in {source.parent}; copy it there (or drop the link) "
                             "and import again, or the section would show the file of that name beside the file it goes into")
-        copy = folder / (target if ".." not in Path(target).parts else origin.name)
-        (into.parent / folder).mkdir(parents=True, exist_ok=True)
+        copy = folder / target
         with atomic_path(into.parent / copy) as tmp:
             tmp.write_bytes(origin.read_bytes())
         return f"]({copy.as_posix()}{m.group(2)})"

@@ -32,6 +32,7 @@ from asr_kd.data.features import CmvnStats
 from asr_kd.data.frames import IGNORE_INDEX, FrameDataset, frame_outputs, make_loader, make_sampler
 from asr_kd.errors import ConfigError
 from asr_kd.kd.student import StoredDistillationLoss
+from asr_kd.train.checkpoint import checkpoint_step, latest_checkpoint
 from asr_kd.train.frame_classifier import evaluate_frame_classifier, frame_cross_entropy, train_frame_classifier
 
 LABEL_SMOOTHING = "label_smoothing"  # the one override that is neither a DnnConfig nor a TrainConfig field
@@ -104,24 +105,35 @@ def train_variant(
     variant: FrameVariant, train_cuts: Path, dev_cuts: Path, train_cmvn: Path, dev_cmvn: Path, num_classes: int, exp_dir: Path,
     kd: KdConfig | None = None,
 ) -> dict:
-    """Train ``variant`` from scratch in ``exp_dir`` (train_frame_classifier's layout: best.pt,
-    final.pt, ...); return ``{"steps", "epochs", "stop_reason", "best_dev_frame_accuracy",
-    "history" (dev loss and frame accuracy after each epoch, "epoch" counting the epochs done), "cpu_seconds",
-    "wall_seconds", "cpu_seconds_per_epoch"}``. CPU seconds are this process's (other load on the
-    machine does not count), the dev scoring after each epoch included. With ``kd`` it is distilled
-(:func:`variant_loss`) and ``train_cuts`` must be stage 5's cuts with the stored soft targets."""
+    """Train ``variant`` in ``exp_dir`` (train_frame_classifier's layout: best.pt, final.pt, ...),
+    from scratch or from the latest periodic checkpoint an interrupted run left there (the caller's
+    StageGuard has emptied the folder unless that run had the same settings); return ``{"steps",
+    "epochs", "stop_reason", "best_dev_frame_accuracy", "history" (dev loss and frame accuracy after
+    each epoch, "epoch" counting the epochs done), "cpu_seconds", "wall_seconds",
+    "cpu_seconds_per_epoch", "resumed_at_step"}``. CPU seconds are this process's (other load on
+    the machine does not count), the dev scoring after each epoch included; after a resume
+    (``resumed_at_step`` > 0) the interrupted process's time is gone, so ``cpu_seconds`` and
+    ``wall_seconds`` are this process's scaled by all steps over the steps it ran.
+    With ``kd`` it is distilled (:func:`variant_loss`) and ``train_cuts`` must be stage 5's cuts
+    with the stored soft targets."""
     loss = variant_loss(variant, kd)
+    latest = latest_checkpoint(exp_dir)
+    start_step = 0 if latest is None else checkpoint_step(latest)
     cpu, wall = time.process_time(), time.time()
     result = train_frame_classifier(train_cuts, dev_cuts, train_cmvn, dev_cmvn, num_classes, variant.dnn, variant.train, exp_dir,
-                                    resume=False, compute_loss=loss)
+                                    resume=True, compute_loss=loss)
     cpu, wall = time.process_time() - cpu, time.time() - wall
+    steps_run = result.state.step - start_step
+    if start_step and steps_run > 0:
+        cpu, wall = cpu * result.state.step / steps_run, wall * result.state.step / steps_run
     history = [{"epoch": int(h["epoch"]), "step": int(h["step"]), "frame_accuracy": float(h["frame_accuracy"]), "loss": float(h["loss"])}
                for h in result.state.history]
     # Epochs done, a partial last one (a max_steps stop) counted; not the evaluations, fewer with
     # train.eval_every_epochs > 1.
     epochs_done = result.state.epoch + (1 if result.state.batch_in_epoch else 0)
     return {"steps": result.state.step, "epochs": epochs_done, "stop_reason": result.state.stop_reason,
-            "best_dev_frame_accuracy": result.state.best_metric, "history": history, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1), "cpu_seconds_per_epoch": round(cpu / max(epochs_done, 1), 1)}
+            "best_dev_frame_accuracy": result.state.best_metric, "history": history, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1), "cpu_seconds_per_epoch": round(cpu / max(epochs_done, 1), 1),
+            "resumed_at_step": start_step}
 
 
 def spread_sample(cuts: CutSet, count: int) -> CutSet:

@@ -55,6 +55,14 @@ def list_checkpoints(exp_dir: Path | str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(path: Path | str) -> int:
+    """Return the step a periodic checkpoint's name carries (``step-1200.pt`` -> 1200)."""
+    m = _STEP_RE.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not a periodic checkpoint (step-<N>.pt)")
+    return int(m.group(1))
+
+
 def latest_checkpoint(exp_dir: Path | str) -> Path | None:
     """Return the periodic checkpoint with the highest step, or None."""
     found = list_checkpoints(exp_dir)

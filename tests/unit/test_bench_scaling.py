@@ -65,6 +65,7 @@ def test_costs_are_summed_per_stage_and_projected_in_their_driver(tmp_path: Path
     row = next(line for line in projection.splitlines() if line.startswith("| 6 students"))
     assert row.split("|")[2].strip() == "3.4 h CPU (GPU unmeasured) / 0.7 GB / 2.0 kB"
     assert "| 3 GMM-HMM | 1.00 | 1.00 | 1.50 |" in growth.splitlines()
+    assert "peak memory a straight line through small and big in those hours" in projection
 
 
 def test_a_titled_run_gets_its_own_section_beside_the_main_one(tmp_path: Path) -> None:
@@ -87,6 +88,7 @@ def test_a_titled_run_gets_its_own_section_beside_the_main_one(tmp_path: Path) -
     assert text.startswith(f"{sc.HEADING}\n\nthe full run's table\n")  # the main section is left as it was
     section = text.split("## Recipe scaling, stages 0-3\n", 1)[1]
     assert "--title 'Recipe scaling, stages 0-3'" in section.splitlines()[1]
+    assert "` (stages 0-3; costs from each stage" in section  # the stages read, not --stop-stage's default (7)
     assert "| 3 GMM-HMM | 1.00 |" in section  # 100 CPU-s per training hour in both runs: linear
 
 
@@ -145,6 +147,7 @@ def test_a_stages_wall_time_counts_side_by_side_jobs_once(tmp_path: Path) -> Non
     assert costs[6].wall_s == 300.0 and costs[6].elapsed_s == 250.0
     text = sc.tables([sc.Run("mini", {"train-clean-100": 1.0}, costs)], cores=16)
     assert "| 6 students | 4.2 min / 5.0 min /" in text and "| sum of stages | 4.2 min wall |" in text
+    assert "peak memory mini's for every stage (one run draws no line; stages " in text and "straight line" not in text
     _stage(tmp_path / "old" / "hard", "stage 6 (hard student, seed 0)", 100.0, 1000, 500, finished="")  # no stamp: the sum
     costs = sc.stage_costs([tmp_path / "exp", tmp_path / "old"])
     assert costs[6].elapsed_s == costs[6].wall_s == 400.0

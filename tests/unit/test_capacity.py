@@ -159,3 +159,16 @@ def test_variants_over_seeds_are_compared_with_the_recipes_baseline_over_its_see
     assert f"{100 * want_ood['value']:+.2f} [{100 * want_ood['low']:+.2f}, {100 * want_ood['high']:+.2f}], above 0 |" in table
     with pytest.raises(DataError, match="name a system stage 7 decoded"):
         bench["compare_to_recipe"](layout, runs, results, "distilled", 4000)
+
+
+def test_the_cost_sentence_names_the_runs_that_resumed() -> None:
+    import runpy
+
+    from tests.conftest import REPO_ROOT
+
+    note = runpy.run_path(str(REPO_ROOT / "bench" / "hybrid_capacity.py"))["_resumed_note"]
+    results = [{"run": "a", "training": {"steps": 90}}, {"run": "b", "training": {"steps": 90, "resumed_at_step": 40}},
+               {"run": "c", "training": {"steps": 90, "resumed_at_step": 0}}]
+    assert note(results) == (" Resumed after an interruption: b (at step 40 of 90); their CPU and wall seconds are the resuming "
+                             "process's scaled by all steps over the steps it ran.")
+    assert note([results[0], results[2]]) == ""  # results written before resumed_at_step existed have no key

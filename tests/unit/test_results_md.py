@@ -148,3 +148,11 @@ def test_an_imported_sections_pictures_are_the_runs_own(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"links to plots/cost.png, which is not in .*small"):
         import_run(run, md, "Headline run: small (issue 13)")
     assert md.read_text() == before
+    # A link out of the run's folder is refused too, though the file exists: its copy could not
+    # keep the path, and two such links of one name would overwrite each other.
+    (run.parent / "plots" / "cost.png").write_bytes(b"cost")
+    (tmp_path / "elsewhere.png").write_bytes(b"not the run's")
+    write_section(run, "## Table 5 analogue", "## Table 5 analogue\n\n![other](../elsewhere.png)\n")
+    with pytest.raises(DataError, match=r"links to \.\./elsewhere.png, which is not in .*small"):
+        import_run(run, md, "Headline run: small (issue 13)")
+    assert md.read_text() == before and not (md.parent / "imported/headline-run-small-issue-13/elsewhere.png").exists()

@@ -15,6 +15,7 @@ from asr_kd.config import DnnConfig, TrainConfig, load_config
 from asr_kd.data.alignments import load_alignment
 from asr_kd.errors import ConfigError, DataError
 from asr_kd.models.dnn import dnn_preset
+from asr_kd.train.capacity import FrameVariant, train_variant
 from asr_kd.train.checkpoint import list_checkpoints, load_checkpoint
 from asr_kd.train.frame_classifier import (
     frame_cross_entropy,
@@ -147,6 +148,29 @@ def test_resumed_run_equals_uninterrupted_run(corpus: FrameCorpus, tmp_path: Pat
     if specaug:  # the masks were applied: the same run without them ends elsewhere
         plain = _train(corpus, dataclasses.replace(cfg, specaug_freq_masks=0, specaug_time_masks=0), tmp_path / "plain", model_cfg)
         assert plain.state.history != straight.state.history
+
+
+def test_a_capacity_variant_resumes_its_interrupted_run(corpus: FrameCorpus, tmp_path: Path) -> None:
+    """bench/hybrid_capacity.py's guard keeps an interrupted variant's folder when the settings
+    match; train_variant must then continue from its checkpoint (it used to refuse the folder)."""
+    variant = FrameVariant("v", dnn_preset("tiny"), dataclasses.replace(BASE, num_epochs=3))
+    args = (corpus.train_cuts, corpus.dev_cuts, corpus.train_cmvn, corpus.dev_cmvn, NUM_CLASSES)
+    straight = train_variant(variant, *args, tmp_path / "straight")
+    calls = {"n": 0}
+
+    def crashing_loss(model, batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("killed")
+        return frame_cross_entropy(model, batch)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        _train(corpus, variant.train, tmp_path / "crashed", variant.dnn, compute_loss=crashing_loss)
+    resumed = train_variant(variant, *args, tmp_path / "crashed")
+    assert (straight["resumed_at_step"], resumed["resumed_at_step"]) == (0, 4)
+    assert resumed["steps"] == straight["steps"] == 9 and resumed["epochs"] == 3
+    assert resumed["history"] == straight["history"]
+    assert resumed["cpu_seconds"] > 0 and resumed["cpu_seconds_per_epoch"] == pytest.approx(resumed["cpu_seconds"] / 3, abs=0.1)
 
 
 def test_frame_subsampled_training_learns_from_every_nth_frame(corpus: FrameCorpus, tmp_path: Path) -> None:
