@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -90,6 +91,11 @@ def _typed(cls, data: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields})
 
 
+def section_heading(title: str | None) -> str:
+    """The first line of the section: the default heading, or ``## <title>`` (--title), then the bench's name."""
+    return (HEADING if title is None else f"## {title}") + " (bench/soft_target_storage.py)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("recipes/librispeech/data"), help="the recipe's data folder")
@@ -99,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="shadow experiment folder (default: <exp>/storage_bench)")
     p.add_argument("--jobs", type=int, default=2, help="students trained at once (one torch thread each)")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    p.add_argument("--title", default=None,
+                   help="the section's title, to keep runs on several corpora side by side (default: 'Compact teacher storage against accuracy')")
     args = p.parse_args(argv)
     ref = with_recorded_alignments(RecipeLayout(args.data, args.exp))
     table1 = ref.decode / "table1.json"
@@ -154,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                                      np.array([read_json(per_utterance_path(ref, "baseline", ref.test_part))[u][0] for u in utts]), denominator)
     rows.append(("no soft targets: the recipe's hard-label baseline (control)", 0, 0, None, hard[ref.dev_part]["frame_accuracy"],
                  hard[ref.test_part], hard_diff, None))
-    lines = [HEADING + " (bench/soft_target_storage.py)", "",
-             f"`python bench/soft_target_storage.py --data {args.data} --exp {args.exp} --formats {' '.join(args.formats)}`: the "
+    heading = HEADING if args.title is None else f"## {args.title}"
+    lines = [section_heading(args.title), "",
+             f"`python bench/soft_target_storage.py --data {args.data} --exp {args.exp} --formats {' '.join(args.formats)}"
+             + (f" --title {shlex.quote(args.title)}" if args.title else "") + "`: the "
              f"recipe run's {len(seeds)} distilled seeds are the reference; each other row is a distilled student (seed 0, the same "
              f"network, training and kd settings: T = {base_kd.temperature:g}, {base_kd.fusion} mean of the teachers) trained from "
              f"targets stored in that format, decoded at the distilled student's dev-tuned acoustic scale ({scale:g}). "
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Mass kept and KL are of what a student reads back (decoded codes, dequantised probabilities) against the ensemble's "
               "full posterior, over all training frames. 960 h disk: bytes per frame x 345 million frames"
               + (", plus the codebooks" if any(r[2] for r in rows) else "") + "."]
-    write_section(args.results, HEADING, "\n".join(lines) + "\n")
+    write_section(args.results, heading, "\n".join(lines) + "\n")
     (layout.exp_dir / "storage_bench.json").write_text(json.dumps([{"format": r[0], "bytes_per_frame": r[1], "dev_frame_accuracy": r[4],
                                                                     "test_wer": r[5]["wer"]} for r in rows], indent=1) + "\n")
     return 0
