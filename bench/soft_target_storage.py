@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from asr_kd.config import DecodeConfig, DnnConfig, KdConfig, TrainConfig
-from asr_kd.metrics.paired import bootstrap_difference
+from asr_kd.metrics.paired import bootstrap_difference, bootstrap_gain_share
 from asr_kd.stages.common import with_recorded_alignments
 from asr_kd.stages.decode_part import tuned_scale
 from asr_kd.stages.layout import RecipeLayout
@@ -50,7 +50,7 @@ from asr_kd.launch import launch_jobs
 from asr_kd.stages.provenance import read_record
 from asr_kd.stages.s5_soft_targets import make_soft_targets
 from asr_kd.stages.s6_students import train_student
-from asr_kd.stages.s7_decode import per_utterance_path, score_system
+from asr_kd.stages.s7_decode import per_utterance_counts, per_utterance_path, score_system
 from asr_kd.train.frame_classifier import load_frame_classifier
 from asr_kd.utils import read_json
 
@@ -89,6 +89,23 @@ def shadow_layout(ref: RecipeLayout, work: Path) -> RecipeLayout:
 def _typed(cls, data: dict):
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields})
+
+
+def gain_shares(ref: RecipeLayout, layout: RecipeLayout, baselines: list[str], students: list[str]) -> list[dict]:
+    """For each student (the recipe's own ``distilled`` under ``ref``, the bench's under ``layout``),
+    the share of the ensemble's test frame-accuracy gain over the mean of ``baselines`` that it
+    keeps: :func:`asr_kd.metrics.paired.bootstrap_gain_share` over the test utterances."""
+    base = per_utterance_counts(ref, baselines, ref.test_part)
+    ensemble = per_utterance_counts(ref, ["ensemble"], ref.test_part)
+    out = []
+    for name in students:
+        student = per_utterance_counts(ref if name == "distilled" else layout, [name], ref.test_part)
+        out.append(bootstrap_gain_share(base["correct"], ensemble["correct"], student["correct"], base["frames"]).to_dict())
+    return out
+
+
+def _share_cell(share: dict | None) -> str:
+    return "" if share is None else f"{100 * share['value']:.0f}% [{100 * share['low']:.0f}, {100 * share['high']:.0f}]"
 
 
 def section_heading(title: str | None) -> str:
@@ -157,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(diff {diff.value:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}])", flush=True)
 
     ref_dev = rows[0][4]
+    baselines = sorted(n for n in stored if n == "baseline" or n.startswith("baseline_seed"))
+    shares = gain_shares(ref, layout, baselines, ["distilled", *(format_name(kd) for kd in kds)])
     hard = stored["baseline"]
     hard_diff = bootstrap_difference(np.array([ref_counts[u][0] for u in utts]),
                                      np.array([read_json(per_utterance_path(ref, "baseline", ref.test_part))[u][0] for u in utts]), denominator)
@@ -171,10 +190,13 @@ def main(argv: list[str] | None = None) -> int:
              f"targets stored in that format, decoded at the distilled student's dev-tuned acoustic scale ({scale:g}). "
              f"Seed-to-seed spread of the reference's dev frame accuracy: {', '.join(f'{100 * a:.2f}%' for a in seed_dev)} "
              f"(within noise: a difference of at most 2 sd = {100 * noise:.2f} points).", "",
+             f"Share kept: of the ensemble's {ref.test_part} frame-accuracy gain over the recipe's hard-label baseline "
+             f"({len(baselines)} seeds averaged per utterance), what the row's student keeps, with its paired bootstrap interval "
+             "over utterances (stage 7's share, for one student seed).", "",
              "| format | bytes / frame | 960 h on disk | mass kept | KL(stored ‖ full), nats | dev frame acc. | Δ vs ref. | "
-             f"{ref.test_part} WER | Δ WER vs ref. (95% CI) | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, bpf, codebook, stats, dev_acc, test, diff, _ in rows:
+             f"share kept [95% CI] | {ref.test_part} WER | Δ WER vs ref. (95% CI) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (label, bpf, codebook, stats, dev_acc, test, diff, _), share in zip(rows, [*shares, None]):
         disk = (bpf * FRAMES_960H + codebook) / 1e9
         delta = dev_acc - ref_dev
         kept = "" if stats is None else f"{stats['mean_mass_kept']:.3f} | {stats['mean_kl_stored_vs_full']:.3f}"
@@ -187,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "within noise" if acc == wer == "within noise" else f"frame acc. {acc}, WER {wer}"
             d_acc = f"{100 * delta:+.2f}"
         lines.append(f"| {label} | {bpf} | {disk:.1f} GB | {kept or ' | '} | "
-                     f"{100 * dev_acc:.2f}% | {d_acc} | {100 * test['wer']:.2f}% | {d_wer} | {verdict} |")
+                     f"{100 * dev_acc:.2f}% | {d_acc} | {_share_cell(share)} | {100 * test['wer']:.2f}% | {d_wer} | {verdict} |")
     lines += ["", "Mass kept and KL are of what a student reads back (decoded codes, dequantised probabilities) against the ensemble's "
               "full posterior, over all training frames. 960 h disk: bytes per frame x 345 million frames"
               + (", plus the codebooks" if any(r[2] for r in rows) else "") + "."]
     write_section(args.results, heading, "\n".join(lines) + "\n")
     (layout.exp_dir / "storage_bench.json").write_text(json.dumps([{"format": r[0], "bytes_per_frame": r[1], "dev_frame_accuracy": r[4],
-                                                                    "test_wer": r[5]["wer"]} for r in rows], indent=1) + "\n")
+                                                                    "test_wer": r[5]["wer"], "test_gain_share": share}
+                                                                   for r, share in zip(rows, [*shares, None])], indent=1) + "\n")
     return 0
 
 
