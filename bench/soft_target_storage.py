@@ -8,7 +8,8 @@ thing that changes between rows is the format. For each format it runs stage 5's
 shadow experiment folder (``--work``: links to the run's stage 3/4 folders, its own soft targets
 and students), trains the distilled student with seed 0 (stage 6's code), and scores it with
 stage 7's code at the acoustic scale the recipe tuned for its distilled student, so every row is
-decoded alike. The reference row is the recipe's own seed-0 distilled student, trained from the
+decoded alike (``--tune-scale``: at its own scale tuned on dev, as stage 7 tunes each system's, which
+is fairer to a format whose student's posteriors are sharper or flatter than the reference's). The reference row is the recipe's own seed-0 distilled student, trained from the
 format the recipe used (a format equal to it is not trained again), and the recipe's seed-0
 hard-label baseline is the control row: a format that lost the teachers' knowledge would fall
 towards it. The recipe's distilled seeds give the seed-to-seed spread that "within noise" is
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="shadow experiment folder (default: <exp>/storage_bench)")
     p.add_argument("--jobs", type=int, default=2, help="students trained at once (one torch thread each)")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    p.add_argument("--tune-scale", action="store_true",
+                   help="decode each format's student at its own dev-tuned acoustic scale, as stage 7 does for each system "
+                        "(default: at the recipe's distilled student's scale, every row alike)")
     p.add_argument("--title", default=None,
                    help="the section's title, to keep runs on several corpora side by side (default: 'Compact teacher storage against accuracy')")
     args = p.parse_args(argv)
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     base_kd = dataclasses.replace(_typed(KdConfig, cfg["kd"]), storage=cfg["kd"].get("storage", "int32-fp16"))
     decode = _typed(DecodeConfig, decode_rec.config["decode"])
     scale = tuned_scale(ref, "distilled") or decode.acoustic_scale
+    # --tune-scale: each row's own dev-tuned scale, searched over the recipe's grid and the reference's scale.
+    grid = tuple(sorted({*(decode.acoustic_scales or (decode.acoustic_scale,)), scale})) if args.tune_scale else ()
     layout = shadow_layout(ref, args.work or args.exp / "storage_bench")
     kds = [kd for kd in (parse_format(s, base_kd) for s in args.formats) if format_name(kd) != format_name(base_kd)]
     command = "bench/soft_target_storage.py"
@@ -163,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     for kd, result in zip(kds, results):
         name = format_name(kd)
         model = load_frame_classifier(layout.exp_dir / "students" / name / "final.pt")
-        dev = score_system(name, [model], layout, ref.dev_part, (), decode)
-        test = score_system(name, [model], layout, ref.test_part, (scale,), decode)
+        dev = score_system(name, [model], layout, ref.dev_part, grid, decode)
+        row_scale = dev.acoustic_scale if args.tune_scale and dev.acoustic_scale is not None else scale
+        test = score_system(name, [model], layout, ref.test_part, (row_scale,), decode)
         counts = read_json(per_utterance_path(layout, name, ref.test_part))
         diff = bootstrap_difference(np.array([ref_counts[u][0] for u in utts]), np.array([counts[u][0] for u in utts]), denominator)
         codebook = int(result["stats"].get("codebook_bytes", 0))
@@ -184,21 +191,25 @@ def main(argv: list[str] | None = None) -> int:
     heading = HEADING if args.title is None else f"## {args.title}"
     lines = [section_heading(args.title), "",
              f"`python bench/soft_target_storage.py --data {args.data} --exp {args.exp} --formats {' '.join(args.formats)}"
-             + (f" --title {shlex.quote(args.title)}" if args.title else "") + "`: the "
+             + (" --tune-scale" if args.tune_scale else "") + (f" --title {shlex.quote(args.title)}" if args.title else "") + "`: the "
              f"recipe run's {len(seeds)} distilled seeds are the reference; each other row is a distilled student (seed 0, the same "
              f"network, training and kd settings: T = {base_kd.temperature:g}, {base_kd.fusion} mean of the teachers) trained from "
-             f"targets stored in that format, decoded at the distilled student's dev-tuned acoustic scale ({scale:g}). "
-             f"Seed-to-seed spread of the reference's dev frame accuracy: {', '.join(f'{100 * a:.2f}%' for a in seed_dev)} "
+             f"targets stored in that format, "
+             + (f"each decoded at the acoustic scale tuned for it on dev over {', '.join(f'{x:g}' for x in grid)} "
+                "(the reference and the control at the scales stage 7 tuned for them), shown beside its WER. " if args.tune_scale else
+                f"decoded at the distilled student's dev-tuned acoustic scale ({scale:g}). ")
+             + f"Seed-to-seed spread of the reference's dev frame accuracy: {', '.join(f'{100 * a:.2f}%' for a in seed_dev)} "
              f"(within noise: a difference of at most 2 sd = {100 * noise:.2f} points).", "",
              f"Share kept: of the ensemble's {ref.test_part} frame-accuracy gain over the recipe's hard-label baseline "
              f"({len(baselines)} seeds averaged per utterance), what the row's student keeps, with its paired bootstrap interval "
              "over utterances (stage 7's share, for one student seed).", "",
              "| format | bytes / frame | 960 h on disk | mass kept | KL(stored ‖ full), nats | dev frame acc. | Δ vs ref. | "
-             f"share kept [95% CI] | {ref.test_part} WER | Δ WER vs ref. (95% CI) | verdict |",
+             f"share kept [95% CI] | {ref.test_part} WER{' (scale)' if args.tune_scale else ''} | Δ WER vs ref. (95% CI) | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (label, bpf, codebook, stats, dev_acc, test, diff, _), share in zip(rows, [*shares, None]):
         disk = (bpf * FRAMES_960H + codebook) / 1e9
         delta = dev_acc - ref_dev
+        tuned = f" ({test['acoustic_scale']:g})" if args.tune_scale else ""
         kept = "" if stats is None else f"{stats['mean_mass_kept']:.3f} | {stats['mean_kl_stored_vs_full']:.3f}"
         if diff is None:
             d_wer, verdict, d_acc = "", "reference", ""
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "within noise" if acc == wer == "within noise" else f"frame acc. {acc}, WER {wer}"
             d_acc = f"{100 * delta:+.2f}"
         lines.append(f"| {label} | {bpf} | {disk:.1f} GB | {kept or ' | '} | "
-                     f"{100 * dev_acc:.2f}% | {d_acc} | {_share_cell(share)} | {100 * test['wer']:.2f}% | {d_wer} | {verdict} |")
+                     f"{100 * dev_acc:.2f}% | {d_acc} | {_share_cell(share)} | {100 * test['wer']:.2f}%{tuned} | {d_wer} | {verdict} |")
     lines += ["", "Mass kept and KL are of what a student reads back (decoded codes, dequantised probabilities) against the ensemble's "
               "full posterior, over all training frames. 960 h disk: bytes per frame x 345 million frames"
               + (", plus the codebooks" if any(r[2] for r in rows) else "") + "."]
