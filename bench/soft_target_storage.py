@@ -110,8 +110,8 @@ def _share_cell(share: dict | None) -> str:
 
 
 def section_heading(title: str | None) -> str:
-    """The first line of the section: the default heading, or ``## <title>`` (--title), then the bench's name."""
-    return (HEADING if title is None else f"## {title}") + " (bench/soft_target_storage.py)"
+    """The section's heading, which ``write_section`` matches: the default, or ``## <title>`` (--title)."""
+    return HEADING if title is None else f"## {title}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                                      np.array([read_json(per_utterance_path(ref, "baseline", ref.test_part))[u][0] for u in utts]), denominator)
     rows.append(("no soft targets: the recipe's hard-label baseline (control)", 0, 0, None, hard[ref.dev_part]["frame_accuracy"],
                  hard[ref.test_part], hard_diff, None))
-    heading = HEADING if args.title is None else f"## {args.title}"
-    lines = [section_heading(args.title), "",
+    heading = section_heading(args.title)
+    lines = [f"{heading} (bench/soft_target_storage.py)", "",
              f"`python bench/soft_target_storage.py --data {args.data} --exp {args.exp} --formats {' '.join(args.formats)}"
              + (" --tune-scale" if args.tune_scale else "") + (f" --title {shlex.quote(args.title)}" if args.title else "") + "`: the "
              f"recipe run's {len(seeds)} distilled seeds are the reference; each other row is a distilled student (seed 0, the same "
