@@ -12,7 +12,7 @@ WER compares).
 
 The copy (``--out``) links ``--exp``'s stage-3 folder except ``gmm/ali``, its teachers and stage 7's
 record (:func:`link_run`; never run the recipe on it), and writes ``gmm/ali``: per part
-the cuts with the new senone alignments, the transition-ids, and ``log_priors.npy`` counted on
+the cuts with the new senone alignments, the transition-ids, and ``log_priors.txt`` counted on
 the new training alignments. The ensemble's posteriors are divided by stage 3's priors for the
 alignment (scaled likelihoods), with stage 3's beams and graph scales. Writes its section of
 bench/RESULTS.md: per part, utterances aligned and the share of frames whose senone changed.

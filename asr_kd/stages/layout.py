@@ -42,6 +42,7 @@ GMM_SYSTEMS = ("mono", "tri")
 STUDENT_SYSTEMS = {"baseline": "hard", "distilled": "distilled", "compressed": "compressed"}
 STUDENT_KINDS = tuple(STUDENT_SYSTEMS.values())
 GMM_MODEL_NAME = "final.mdl"
+PRIORS_FILE = "log_priors.txt"  # <ali>/: senone log priors, text (asr_kd.decode.priors.save_priors)
 FEATURES_YAML = "features.yaml"  # <data>/features.yaml: the fbank features' config (stage 1)
 ALIGNMENT_SOURCES = ("gmm", "dnn")
 
@@ -137,7 +138,11 @@ class RecipeLayout:
 
     @property
     def log_priors(self) -> Path:
-        return self.ali / "log_priors.npy"
+        """The senone log priors of the training alignments, a text file (save_priors). Runs made
+        before 2026-12-08 named it ``log_priors.npy`` though it was text; their file is still used."""
+        path = self.ali / PRIORS_FILE
+        old = self.ali / "log_priors.npy"
+        return old if not path.exists() and old.is_file() else path
 
     def ali_cuts(self, part: str) -> Path:
         """Stage 3's fbank cuts of ``part`` with senone alignments (the GMM's or the realigned ones)."""

@@ -64,7 +64,7 @@ OUTPUT_LAYOUT = """\
   ali/cuts_<part>.jsonl.gz             fbank cuts with custom field "senones" (tri alignment)
   ali/storage_<part>/                  the senone arrays (store_alignments)
   ali/tids_<part>.txt                  transition-id alignments, "utt tid tid ..."
-  ali/log_priors.npy                   log senone priors of the training alignments (save_priors)
+  ali/log_priors.txt                   log senone priors of the training alignments (save_priors)
   ali/senones.json                     senone count, model, graph, per-part cuts/frames/skipped
   decode_<mono|tri>_<part>/            hyp.txt, wer_details, wer_details.json
   stage3.json                          timings, WERs, senone counts, log-likelihood histories

@@ -39,7 +39,7 @@ from asr_kd.gmm.train import GmmSystem, GraphInputs
 from asr_kd.kd.ensemble import ensemble_log_posteriors
 from asr_kd.lang.lang_dir import Lang
 from asr_kd.stages.common import describe_dnn, fmt_pct, gmm_record, model_checkpoint, read_senones, write_results
-from asr_kd.stages.layout import RecipeLayout
+from asr_kd.stages.layout import PRIORS_FILE, RecipeLayout
 from asr_kd.stages.provenance import StageGuard
 from asr_kd.stages.s3_gmm import RESULTS_HEADING as GMM_HEADING, write_tids
 from asr_kd.train.frame_classifier import load_frame_classifier, train_frame_classifier
@@ -116,7 +116,7 @@ def realign_parts(gmm_layout: RecipeLayout, models: Sequence[torch.nn.Module], o
         write_tids(out_ali / f"tids_{part}.txt", tids)
         if index == 0:
             cfg = realigner.decode_config
-            save_priors(out_ali / "log_priors.npy", priors_from_alignments(labels.values(), realigner.tm.num_pdfs, cfg.prior_smoothing, cfg.prior_floor))
+            save_priors(out_ali / PRIORS_FILE, priors_from_alignments(labels.values(), realigner.tm.num_pdfs, cfg.prior_smoothing, cfg.prior_floor))
         both = [u for u in labels if u in gmm_labels]
         frames = sum(len(labels[u]) for u in both)
         changed = sum(int((labels[u] != gmm_labels[u]).sum()) for u in both)

@@ -80,7 +80,7 @@ def test_every_part_aligned_with_frame_level_senones(stage3):
             np.testing.assert_array_equal(senones, senone_alignment(tri.tm, tids[cut.id]))
             frames += cut.num_frames
         assert frames == meta["parts"][part]["frames"]
-    priors = load_priors(paths.ali / "log_priors.npy", tri.num_pdfs)
+    priors = load_priors(paths.ali / "log_priors.txt", tri.num_pdfs)
     assert np.isclose(np.exp(priors.astype(np.float64)).sum(), 1.0, atol=1e-4)
 
 

@@ -168,6 +168,19 @@ def test_priors_from_alignments_hand_computed(tmp_path) -> None:
         count_senones([[4]], 4)
 
 
+def test_the_recipe_names_its_text_priors_txt_and_still_reads_an_older_runs_npy(tmp_path) -> None:
+    from asr_kd.stages.layout import RecipeLayout
+
+    layout = RecipeLayout(tmp_path / "data", tmp_path / "exp")
+    assert layout.log_priors == tmp_path / "exp" / "gmm" / "ali" / "log_priors.txt"  # a new run's
+    layout.ali.mkdir(parents=True)
+    old = layout.ali / "log_priors.npy"  # what runs before the rename wrote: text under a .npy name
+    save_priors(old, np.log(np.full(4, 0.25)))
+    assert layout.log_priors == old and np.allclose(load_priors(layout.log_priors, 4), np.log(0.25))
+    save_priors(layout.ali / "log_priors.txt", np.log([0.4, 0.2, 0.2, 0.2]))  # rewritten since: the new file wins
+    assert layout.log_priors.name == "log_priors.txt" and np.allclose(np.exp(load_priors(layout.log_priors, 4)), [0.4, 0.2, 0.2, 0.2])
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=20), min_size=1, max_size=5), st.floats(0.0, 3.0))
 def test_priors_are_a_distribution(alignments, smoothing) -> None:
