@@ -221,12 +221,25 @@ def _pct(x: float | None) -> str:
 
 
 def _resumed_note(results: list[dict]) -> str:
-    """The sentence that says which runs resumed an interrupted training (their CPU seconds are
-    scaled from the steps the resuming process ran); "" when none did."""
-    resumed = [f"{r['run']} (at step {r['training']['resumed_at_step']} of {r['training']['steps']})"
-               for r in results if r["training"].get("resumed_at_step")]
-    return (" Resumed after an interruption: " + ", ".join(resumed) + "; their CPU and wall seconds are the resuming "
-            "process's scaled by all steps over the steps it ran.") if resumed else ""
+    """The sentences that say which runs resumed an interrupted training (their CPU seconds are
+    scaled from the steps the resuming process ran) and which were stopped after their training
+    had finished (their training cost is unknown, "n/a"); "" when none."""
+    resumed = [r for r in results if r["training"].get("resumed_at_step")]
+    scaled = [f"{r['run']} (at step {r['training']['resumed_at_step']} of {r['training']['steps']})"
+              for r in resumed if r["training"].get("cpu_seconds", 0) is not None]
+    unknown = [r["run"] for r in resumed if r["training"].get("cpu_seconds", 0) is None]
+    return ((" Resumed after an interruption: " + ", ".join(scaled) + "; their CPU and wall seconds are the resuming "
+             "process's scaled by all steps over the steps it ran." if scaled else "")
+            + (" Stopped after their training had finished, and scored by a second process: " + ", ".join(unknown)
+               + "; their training's CPU seconds went with the stopped process (n/a), and the cost below leaves them out."
+               if unknown else ""))
+
+
+def _cpu_cell(training: dict) -> str:
+    """``<CPU s per epoch> (<total>)``, or n/a when the training's cost is unknown (_resumed_note)."""
+    if training.get("cpu_seconds") is None:
+        return "n/a"
+    return f"{training['cpu_seconds_per_epoch']:.0f} ({training['cpu_seconds']:.0f})"
 
 
 def decode_seconds(result: dict) -> float:
@@ -257,7 +270,7 @@ def format_section(results: list[dict], command: str, layout: RecipeLayout, deco
             f"| {r['run']} | {', '.join(r['overrides']) or '(none)'} | {r['network']} | {r['macs_per_frame'] / 1e6:.3f} | {tr['epochs']} "
             f"({tr['best_epoch']}) | {_pct(r['train_sample']['frame_accuracy'])} | {_pct(dev['frame_accuracy'])} | {_pct(t['frame_accuracy'])} "
             f"| {gap:+.1f} | {curve} | {_pct(dev['wer'])} ({dev['acoustic_scale']:g}) | {_pct(t['wer'])} (of {t['ref_words']}) | "
-            + (f"{_pct(r['test'][ood]['wer'])} | " if ood else "") + f"{ratio} | {diff_cell} | {tr['cpu_seconds_per_epoch']:.0f} ({tr['cpu_seconds']:.0f}) |")
+            + (f"{_pct(r['test'][ood]['wer'])} | " if ood else "") + f"{ratio} | {diff_cell} | {_cpu_cell(tr)} |")
     gmm = results[0]["gmm_tri_wer"]
     lines += ["", f"Each network is scored at its best dev epoch (best.pt), as stage 7 scores the students. Train-sample frame accuracy: "
               f"{sample_cuts} {layout.train_part} cuts evenly spaced through its manifest (seen in training); dev and test frame "
@@ -270,7 +283,7 @@ def format_section(results: list[dict], command: str, layout: RecipeLayout, deco
               "environment line says otherwise; they grow with the load on the machine (other processes share its caches and "
               "cores), so compare runs made side by side. Every number: `<out>/hybrid_capacity.json`."
               + _resumed_note(results), "",
-              f"Cost of this table: {sum(r['training']['cpu_seconds'] for r in results) / 60:.0f} CPU minutes of training and "
+              f"Cost of this table: {sum(r['training']['cpu_seconds'] or 0 for r in results) / 60:.0f} CPU minutes of training and "
               f"{sum(decode_seconds(r) for r in results) / 60:.0f} minutes of decoding (each run's dev scale search and test "
               f"decodes) over {len(results)} runs.", ""]
     if env:
@@ -405,7 +418,7 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
     write_section(args.results, heading, section + ("\n" + "\n".join(extra) if extra else ""))
     for r in results:
         print(f"{r['run']}: dev frame accuracy {_pct(r['dev']['frame_accuracy'])}, test WER {_pct(r['test'][layout.test_part]['wer'])}, "
-              f"{r['training']['cpu_seconds_per_epoch']:.0f} CPU s / epoch")
+              f"{_cpu_cell(r['training'])} CPU s / epoch (total)")
     return 0
 
 

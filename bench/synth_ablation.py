@@ -235,7 +235,7 @@ def read_dnn_scores(work: Path) -> dict:
     folder = work / "dnn" / "base"
     r = json.loads((folder / "result.json").read_text())
     out: dict = {"wer": {}, "scale": r["dev"]["acoustic_scale"], "utterances": {}, "frame_accuracy": {},
-                 "train_cpu_seconds": r["training"]["cpu_seconds_per_epoch"] * len(r["training"]["history"]),
+                 "train_cpu_seconds": r["training"]["cpu_seconds"],  # None: stopped after training, cost unknown
                  "dnn_network": r["network"], "dnn_epochs": r["train"]["num_epochs"]}
     for part in (DEV, TEST, OOD):
         score = r["dev"] if part == DEV else r["test"][part]
@@ -342,7 +342,7 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str, dnn
         t = r["timings"]
         ident = "all (linked)" if r["identical_train_files"] is None else "{} of {}".format(*r["identical_train_files"])
         lines.append(f"| {name} | {changed} | {ident} | {100 * r['wer'][DEV]['wer']:.2f}% ({r['scale']}) | {100 * r['wer'][TEST]['wer']:.2f}% | {fam} "
-                     f"| {100 * r['wer'][OOD]['wer']:.2f}% | " + (f"{r['train_cpu_seconds']:.0f} s" if dnn else
+                     f"| {100 * r['wer'][OOD]['wer']:.2f}% | " + (("n/a" if r["train_cpu_seconds"] is None else f"{r['train_cpu_seconds']:.0f} s") if dnn else
                      f"{_seconds(t.get('synthesis', 0.0 if not r['overrides'] else None))}, {_seconds(t['total'])}{' (an earlier run)' if t.get('reused') else ''}") + " |")
     lines += ["", f"Differences from `{names[0]}` (variant minus reference, WER points, 95% paired bootstrap interval over the "
               "utterances, 2000 resamples; 'no' = the interval contains 0):", "",
@@ -406,8 +406,9 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str, dnn
                                 "hybrid DNN" if dnn else "triphone GMM")
         lines += ["", f"![variant minus reference, WER points with 95% intervals]({plot.name})"]
     if dnn:
-        cpu = [r["train_cpu_seconds"] / 60 for r in results.values()]
-        lines += ["", f"The DNN's training took {min(cpu):.1f} to {max(cpu):.1f} CPU minutes per variant. It learns from the "
+        cpu = [r["train_cpu_seconds"] / 60 for r in results.values() if r["train_cpu_seconds"] is not None]
+        took = f"took {min(cpu):.1f} to {max(cpu):.1f} CPU minutes per variant" if cpu else "cost is unknown (n/a)"
+        lines += ["", f"The DNN's training {took}. It learns from the "
                   "alignments of the variant's own GMM, so a variant's difference here is what its training speech does to "
                   "both; the test parts and the LM are the same for every variant."]
         return "\n".join(lines) + "\n"

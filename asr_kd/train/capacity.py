@@ -113,7 +113,8 @@ def train_variant(
     "cpu_seconds_per_epoch", "resumed_at_step"}``. CPU seconds are this process's (other load on
     the machine does not count), the dev scoring after each epoch included; after a resume
     (``resumed_at_step`` > 0) the interrupted process's time is gone, so ``cpu_seconds`` and
-    ``wall_seconds`` are this process's scaled by all steps over the steps it ran.
+    ``wall_seconds`` are this process's scaled by all steps over the steps it ran, and None (with
+    ``cpu_seconds_per_epoch``) when that process had finished training and was stopped later.
     With ``kd`` it is distilled (:func:`variant_loss`) and ``train_cuts`` must be stage 5's cuts
     with the stored soft targets."""
     loss = variant_loss(variant, kd)
@@ -124,15 +125,19 @@ def train_variant(
                                     resume=True, compute_loss=loss)
     cpu, wall = time.process_time() - cpu, time.time() - wall
     steps_run = result.state.step - start_step
+    cost: tuple[float | None, float | None] = (round(cpu, 1), round(wall, 1))
     if start_step and steps_run > 0:
-        cpu, wall = cpu * result.state.step / steps_run, wall * result.state.step / steps_run
+        cost = (round(cpu * result.state.step / steps_run, 1), round(wall * result.state.step / steps_run, 1))
+    elif start_step:  # nothing left to train: the cost was the interrupted process's, and is unknown
+        cost = (None, None)
     history = [{"epoch": int(h["epoch"]), "step": int(h["step"]), "frame_accuracy": float(h["frame_accuracy"]), "loss": float(h["loss"])}
                for h in result.state.history]
     # Epochs done, a partial last one (a max_steps stop) counted; not the evaluations, fewer with
     # train.eval_every_epochs > 1.
     epochs_done = result.state.epoch + (1 if result.state.batch_in_epoch else 0)
     return {"steps": result.state.step, "epochs": epochs_done, "stop_reason": result.state.stop_reason,
-            "best_dev_frame_accuracy": result.state.best_metric, "history": history, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1), "cpu_seconds_per_epoch": round(cpu / max(epochs_done, 1), 1),
+            "best_dev_frame_accuracy": result.state.best_metric, "history": history, "cpu_seconds": cost[0], "wall_seconds": cost[1],
+            "cpu_seconds_per_epoch": None if cost[0] is None else round(cost[0] / max(epochs_done, 1), 1),
             "resumed_at_step": start_step}
 
 

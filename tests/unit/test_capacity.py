@@ -172,3 +172,9 @@ def test_the_cost_sentence_names_the_runs_that_resumed() -> None:
     assert note(results) == (" Resumed after an interruption: b (at step 40 of 90); their CPU and wall seconds are the resuming "
                              "process's scaled by all steps over the steps it ran.")
     assert note([results[0], results[2]]) == ""  # results written before resumed_at_step existed have no key
+    # Stopped while scoring, after training had finished: nothing to scale, the cost is unknown.
+    finished = {"run": "d", "training": {"steps": 90, "resumed_at_step": 90, "cpu_seconds": None, "cpu_seconds_per_epoch": None}}
+    assert note([results[0], finished]) == (" Stopped after their training had finished, and scored by a second process: d; their "
+                                            "training's CPU seconds went with the stopped process (n/a), and the cost below leaves them out.")
+    cell = runpy.run_path(str(REPO_ROOT / "bench" / "hybrid_capacity.py"))["_cpu_cell"]
+    assert (cell(finished["training"]), cell({"cpu_seconds": 900.4, "cpu_seconds_per_epoch": 90.04})) == ("n/a", "90 (900)")

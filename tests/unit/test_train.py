@@ -171,6 +171,11 @@ def test_a_capacity_variant_resumes_its_interrupted_run(corpus: FrameCorpus, tmp
     assert resumed["steps"] == straight["steps"] == 9 and resumed["epochs"] == 3
     assert resumed["history"] == straight["history"]
     assert resumed["cpu_seconds"] > 0 and resumed["cpu_seconds_per_epoch"] == pytest.approx(resumed["cpu_seconds"] / 3, abs=0.1)
+    # Stopped after training had finished (while scoring): nothing is trained again, and the cost,
+    # the stopped process's, is unknown rather than this process's few seconds.
+    again = train_variant(variant, *args, tmp_path / "crashed")
+    assert (again["resumed_at_step"], again["steps"], again["history"]) == (9, 9, straight["history"])
+    assert (again["cpu_seconds"], again["wall_seconds"], again["cpu_seconds_per_epoch"]) == (None, None, None)
 
 
 def test_frame_subsampled_training_learns_from_every_nth_frame(corpus: FrameCorpus, tmp_path: Path) -> None:
