@@ -242,6 +242,19 @@ def _cpu_cell(training: dict) -> str:
     return f"{training['cpu_seconds_per_epoch']:.0f} ({training['cpu_seconds']:.0f})"
 
 
+def cost_sentence(results: list[dict]) -> str:
+    """The "Cost of this table: ..." sentence: training CPU minutes over the runs whose cost is known (n/a:
+    _resumed_note), and decoding minutes."""
+    known = [r["training"]["cpu_seconds"] for r in results if r["training"].get("cpu_seconds") is not None]
+    training = f"{sum(known) / 60:.0f} CPU minutes of training"
+    if not known:
+        training = "unknown CPU minutes of training (n/a above)"
+    elif len(known) < len(results):
+        training += f" ({len(known)} of the {len(results)} runs; the others' are n/a)"
+    return (f"Cost of this table: {training} and {sum(decode_seconds(r) for r in results) / 60:.0f} minutes of decoding "
+            f"(each run's dev scale search and test decodes) over {len(results)} runs.")
+
+
 def decode_seconds(result: dict) -> float:
     """Seconds a run's decoding took: its dev scale search and its test parts."""
     return float(result["dev"]["decode_seconds"] + sum(t["decode_seconds"] for t in result["test"].values()))
@@ -283,9 +296,7 @@ def format_section(results: list[dict], command: str, layout: RecipeLayout, deco
               "environment line says otherwise; they grow with the load on the machine (other processes share its caches and "
               "cores), so compare runs made side by side. Every number: `<out>/hybrid_capacity.json`."
               + _resumed_note(results), "",
-              f"Cost of this table: {sum(r['training']['cpu_seconds'] or 0 for r in results) / 60:.0f} CPU minutes of training and "
-              f"{sum(decode_seconds(r) for r in results) / 60:.0f} minutes of decoding (each run's dev scale search and test "
-              f"decodes) over {len(results)} runs.", ""]
+              cost_sentence(results), ""]
     if env:
         lines += [env, ""]
     return "\n".join(lines)
@@ -418,7 +429,7 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
     write_section(args.results, heading, section + ("\n" + "\n".join(extra) if extra else ""))
     for r in results:
         print(f"{r['run']}: dev frame accuracy {_pct(r['dev']['frame_accuracy'])}, test WER {_pct(r['test'][layout.test_part]['wer'])}, "
-              f"{_cpu_cell(r['training'])} CPU s / epoch (total)")
+              f"training CPU s / epoch (total): {_cpu_cell(r['training'])}")
     return 0
 
 

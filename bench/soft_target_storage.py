@@ -114,6 +114,11 @@ def section_heading(title: str | None) -> str:
     return HEADING if title is None else f"## {title}"
 
 
+def first_line(title: str | None) -> str:
+    """The section's first line: its heading, then the bench's name."""
+    return f"{section_heading(title)} (bench/soft_target_storage.py)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("recipes/librispeech/data"), help="the recipe's data folder")
@@ -188,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                                      np.array([read_json(per_utterance_path(ref, "baseline", ref.test_part))[u][0] for u in utts]), denominator)
     rows.append(("no soft targets: the recipe's hard-label baseline (control)", 0, 0, None, hard[ref.dev_part]["frame_accuracy"],
                  hard[ref.test_part], hard_diff, None))
-    heading = section_heading(args.title)
-    lines = [f"{heading} (bench/soft_target_storage.py)", "",
+    lines = [first_line(args.title), "",
              f"`python bench/soft_target_storage.py --data {args.data} --exp {args.exp} --formats {' '.join(args.formats)}"
              + (" --tune-scale" if args.tune_scale else "") + (f" --title {shlex.quote(args.title)}" if args.title else "") + "`: the "
              f"recipe run's {len(seeds)} distilled seeds are the reference; each other row is a distilled student (seed 0, the same "
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Mass kept and KL are of what a student reads back (decoded codes, dequantised probabilities) against the ensemble's "
               "full posterior, over all training frames. 960 h disk: bytes per frame x 345 million frames"
               + (", plus the codebooks" if any(r[2] for r in rows) else "") + "."]
-    write_section(args.results, heading, "\n".join(lines) + "\n")
+    write_section(args.results, section_heading(args.title), "\n".join(lines) + "\n")
     (layout.exp_dir / "storage_bench.json").write_text(json.dumps([{"format": r[0], "bytes_per_frame": r[1], "dev_frame_accuracy": r[4],
                                                                     "test_wer": r[5]["wer"], "test_gain_share": share}
                                                                    for r, share in zip(rows, [*shares, None])], indent=1) + "\n")

@@ -408,6 +408,8 @@ def report(args: argparse.Namespace, results: dict[str, dict], command: str, dnn
     if dnn:
         cpu = [r["train_cpu_seconds"] / 60 for r in results.values() if r["train_cpu_seconds"] is not None]
         took = f"took {min(cpu):.1f} to {max(cpu):.1f} CPU minutes per variant" if cpu else "cost is unknown (n/a)"
+        if cpu and len(cpu) < len(results):
+            took += f" ({len(cpu)} of the {len(results)} variants; the others' n/a)"
         lines += ["", f"The DNN's training {took}. It learns from the "
                   "alignments of the variant's own GMM, so a variant's difference here is what its training speech does to "
                   "both; the test parts and the LM are the same for every variant."]

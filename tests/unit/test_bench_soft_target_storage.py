@@ -12,10 +12,11 @@ def test_a_titled_study_gets_its_own_section(tmp_path: Path, capsys) -> None:  #
     bench = runpy.run_path(str(REPO_ROOT / "bench" / "soft_target_storage.py"))
     default, small = bench["section_heading"](None), bench["section_heading"]("Teacher storage on small")
     assert (default, small) == ("## Compact teacher storage against accuracy", "## Teacher storage on small")
+    assert bench["first_line"]("Teacher storage on small") == "## Teacher storage on small (bench/soft_target_storage.py)"
     # The heading is what write_section matches: rewriting the titled study leaves the default one alone.
     results = tmp_path / "RESULTS.md"
-    for heading, body in ((default, "mini"), (small, "small v1"), (small, "small v2")):
-        bench["write_section"](results, heading, f"{heading} (bench/soft_target_storage.py)\n\n{body}\n")
+    for title, body in ((None, "mini"), ("Teacher storage on small", "small v1"), ("Teacher storage on small", "small v2")):
+        bench["write_section"](results, bench["section_heading"](title), f"{bench['first_line'](title)}\n\n{body}\n")
     text = results.read_text()
     assert text.count("## ") == 2 and "mini" in text and "small v2" in text and "small v1" not in text
     # Without a finished recipe run it says so and exits 0, --title accepted.

@@ -111,7 +111,7 @@ def test_the_dnn_section_reports_the_dnns_scores_and_leaves_the_gmms_alone(tmp_p
                            ("v", [5, 5, 4, 4], [1, 1, 2, 2])):
         results[name] = {"overrides": {} if name == "reference" else {"x": "1"}, "config": config, "identical_train_files": None,
                          "timings": {"total": 60.0}, **scores(gmm, 8, 0.1),
-                         "dnn": {**scores(dnn, 6, 0.0833), "train_cpu_seconds": 120.0, "dnn_network": "3 x 256 ReLU", "dnn_epochs": 10}}
+                         "dnn": {**scores(dnn, 6, 0.0833), "train_cpu_seconds": None if name == "v" else 120.0, "dnn_network": "3 x 256 ReLU", "dnn_epochs": 10}}
     args = argparse.Namespace(reference=reference, json=tmp_path / "all.json", null=["null_a"], results=tmp_path / "R.md",
                               recipe_exp=None, dnn_train_config=Path("train_mini.yaml"))
     gmm_text = BENCH["report"](args, results, "cmd")
@@ -123,6 +123,10 @@ def test_the_dnn_section_reports_the_dnns_scores_and_leaves_the_gmms_alone(tmp_p
     assert "| reference | nothing (the reference) | all (linked) | 10.00% (0.1) | 50.00% |" in gmm_text
     assert "| reference | nothing (the reference) | all (linked) | 10.00% (0.0833) | 20.00% |" in dnn_text
     assert "| v | x=1 | all (linked) | 10.00% (0.0833) | 15.00% |" in dnn_text and "| 120 s |" in dnn_text
+    # v's training was stopped after it finished (train_variant: cost None): n/a, and left out of the range.
+    v_row = next(line for line in dnn_text.splitlines() if line.startswith("| v |"))
+    assert v_row.endswith("| n/a |")
+    assert "The DNN's training took 2.0 to 2.0 CPU minutes per variant (2 of the 3 variants; the others' n/a)." in dnn_text
     # v - reference on test-clean: the DNN's -2 errors of 40 words, the GMM's -2 of 40 too but on other talkers.
     dnn_all = next(d for d in view["v"]["differences"] if d["part"] == "test-clean" and d["talkers"] == "all")
     assert dnn_all["value"] == pytest.approx(-0.05)

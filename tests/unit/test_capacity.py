@@ -176,5 +176,12 @@ def test_the_cost_sentence_names_the_runs_that_resumed() -> None:
     finished = {"run": "d", "training": {"steps": 90, "resumed_at_step": 90, "cpu_seconds": None, "cpu_seconds_per_epoch": None}}
     assert note([results[0], finished]) == (" Stopped after their training had finished, and scored by a second process: d; their "
                                             "training's CPU seconds went with the stopped process (n/a), and the cost below leaves them out.")
-    cell = runpy.run_path(str(REPO_ROOT / "bench" / "hybrid_capacity.py"))["_cpu_cell"]
-    assert (cell(finished["training"]), cell({"cpu_seconds": 900.4, "cpu_seconds_per_epoch": 90.04})) == ("n/a", "90 (900)")
+    bench = runpy.run_path(str(REPO_ROOT / "bench" / "hybrid_capacity.py"))
+    known = {"run": "e", "training": {"steps": 90, "cpu_seconds": 900.4, "cpu_seconds_per_epoch": 90.04}}
+    assert (bench["_cpu_cell"](finished["training"]), bench["_cpu_cell"](known["training"])) == ("n/a", "90 (900)")
+    decoded = {"dev": {"decode_seconds": 60.0}, "test": {"test-clean": {"decode_seconds": 60.0}}}
+    cost = bench["cost_sentence"]
+    assert cost([{**known, **decoded}, {**finished, **decoded}]) == (
+        "Cost of this table: 15 CPU minutes of training (1 of the 2 runs; the others' are n/a) and 4 minutes of decoding "
+        "(each run's dev scale search and test decodes) over 2 runs.")
+    assert cost([{**finished, **decoded}]).startswith("Cost of this table: unknown CPU minutes of training (n/a above) and 2 minutes")
