@@ -23,7 +23,9 @@ With ``--kd-config`` every variant is distilled instead, as stage 6 trains its d
 compressed students: from the stored soft targets of stage 5 that match the kd config (the ensemble
 of ``--num-teachers``), with its loss. That measures compressed students (issue 15).
 ``--compare-to baseline`` adds a table of each variant over its seeds against a system stage 7
-decoded (``baseline`` and its seeds ``baseline_seed<k>``, read from ``<exp>/decode``): the mean
+decoded (``baseline`` and its seeds ``baseline_seed<k>``, read from ``<exp>/decode``), or
+against an earlier run of this bench, ``--compare-to <out>/<variant>`` (with its ``_seed<k>``
+siblings; a control trained under another ``--out``, such as hard targets beside distilled): the mean
 test WER with its t interval over seeds, and the paired bootstrap of the difference of the
 per-utterance errors averaged over each side's seeds (as stage 7 compares its groups), on the test
 part and, with ``--ood-part``, on the out-of-domain part too where stage 7 decoded the system there.
@@ -147,27 +149,60 @@ def recipe_seeds(layout: RecipeLayout, system: str, part: str) -> list[str]:
         names.append(f"{system}_seed{len(names)}")
     if not per_utterance_path(layout, system, part).is_file():
         raise DataError(f"--compare-to {system}: {per_utterance_path(layout, system, part)} does not exist; "
-                        "name a system stage 7 decoded (baseline, distilled, compressed)")
+                        "name a system stage 7 decoded (baseline, distilled, compressed) or a hybrid_capacity run folder")
     return names
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What ``--compare-to`` names: stage 7's system and its seeds, or a run folder of an earlier
+    hybrid_capacity (another ``--out``) and its ``_seed<k>`` siblings; each seed's decodings
+    are ``<root>/<seed>_<part>/per_utt.json``."""
+
+    name: str
+    described: str
+    seeds: list[str]
+    roots: list[Path]
+    test_wer: list[float]
+
+    def per_utt(self, part: str) -> list[Path]:
+        return [per_utterance_path(None, seed, part, root) for seed, root in zip(self.seeds, self.roots)]
+
+
+def find_reference(layout: RecipeLayout, value: str) -> Reference:
+    """The :class:`Reference` ``--compare-to value`` names: a folder holding a ``result.json``
+    (a hybrid_capacity run), else a stage-7 system; DataError when it is neither."""
+    folder, part = Path(value), layout.test_part
+    if (folder / "result.json").is_file():
+        folders = [folder]
+        while (folder.parent / f"{folder.name}_seed{len(folders)}" / "result.json").is_file():
+            folders.append(folder.parent / f"{folder.name}_seed{len(folders)}")
+        return Reference(folder.name, f"hybrid_capacity's run `{folder.name}` ({folder})", [f.name for f in folders],
+                         [f / "decode" for f in folders], [float(read_json(f / "result.json")["test"][part]["wer"]) for f in folders])
+    if folder.is_dir() or "/" in value:
+        raise DataError(f"--compare-to {value}: {folder / 'result.json'} does not exist; name a finished hybrid_capacity run "
+                        "folder (<out>/<variant>) or a system stage 7 decoded (baseline, distilled, compressed)")
+    names = recipe_seeds(layout, value, part)
+    return Reference(value, f"stage 7's `{value}`", names, [layout.decode] * len(names),
+                     [float(read_json(layout.decode / f"{n}_{part}" / "scores.json")["wer"]) for n in names])  # type: ignore[index]
 
 
 def compare_to_recipe(layout: RecipeLayout, runs: list[Run], results: list[dict], system: str, teacher_macs: int) -> list[dict]:
     """Per variant over its seeds: MACs (and share of one teacher's), mean dev and test WER with
     the test WER's t interval over seeds, and the paired bootstrap of its seed-averaged test errors
-    minus those of stage 7's ``system`` (averaged over its seeds). The out-of-domain part, where
-    the layout has one and stage 7 decoded ``system`` on it, gets its own difference
-    (``minus_reference_ood``)."""
+    minus those of the reference ``system`` names (:func:`find_reference`: stage 7's system or an
+    earlier hybrid_capacity run, averaged over its seeds). The out-of-domain part, where the layout
+    has one and the reference was decoded on it, gets its own difference (``minus_reference_ood``)."""
     part = layout.test_part
-    ref_names = recipe_seeds(layout, system, part)
-    ref_test = [float(read_json(layout.decode / f"{n}_{part}" / "scores.json")["wer"]) for n in ref_names]  # type: ignore[index]
+    ref = find_reference(layout, system)
     parts = [part]
     for p in layout.test_parts[1:]:
-        missing = [n for n in ref_names if not per_utterance_path(layout, n, p).is_file()]
+        missing = [seed for seed, path in zip(ref.seeds, ref.per_utt(p)) if not path.is_file()]
         if missing:
-            log.info("no %s column against %s: stage 7 did not decode %s on it", p, system, ", ".join(missing))
+            log.info("no %s column against %s: %s not decoded on it", p, ref.name, ", ".join(missing))
         else:
             parts.append(p)
-    refs = {p: per_utterance_errors([per_utterance_path(layout, n, p) for n in ref_names]) for p in parts}
+    refs = {p: per_utterance_errors(ref.per_utt(p)) for p in parts}
     rows = []
     for name in dict.fromkeys(r.variant.name for r in runs):
         members = [(run, res) for run, res in zip(runs, results) if run.variant.name == name]
@@ -176,14 +211,15 @@ def compare_to_recipe(layout: RecipeLayout, runs: list[Run], results: list[dict]
             ref_ids, ref_errors, ref_words = refs[p]
             ids, errors, _ = per_utterance_errors([per_utterance_path(layout, run.name, p, run.folder / "decode") for run, _ in members])
             if ids != ref_ids:
-                raise DataError(f"variant {name} and stage 7's {system} were decoded on different utterances of {p}")
+                raise DataError(f"variant {name} and {ref.described} were decoded on different utterances of {p}")
             diffs[p] = bootstrap_difference(ref_errors, errors, ref_words).to_dict()
         test = [res["test"][part]["wer"] for _, res in members]
         mean, half = mean_interval(test)
         row = {"variant": name, "seeds": [res["seed"] for _, res in members], "macs_per_frame": members[0][1]["macs_per_frame"],
                "teacher_share": members[0][1]["macs_per_frame"] / teacher_macs, "dev_wer": [res["dev"]["wer"] for _, res in members],
-               "test_wer": test, "test_wer_mean": mean, "test_wer_half_width": half, "reference": system, "reference_seeds": ref_names,
-               "reference_test_wer": ref_test, "minus_reference": diffs[part]}
+               "test_wer": test, "test_wer_mean": mean, "test_wer_half_width": half, "reference": ref.name,
+               "reference_described": ref.described, "reference_seeds": ref.seeds, "reference_test_wer": ref.test_wer,
+               "minus_reference": diffs[part]}
         if len(parts) > 1:
             row.update(ood_part=parts[1], minus_reference_ood=diffs[parts[1]])
         rows.append(row)
@@ -196,12 +232,14 @@ def _difference_cell(d: dict) -> str:
 
 
 def format_comparison(rows: list[dict], layout: RecipeLayout, teacher_macs: int) -> list[str]:
-    """The section's table of variants (over their seeds) against the recipe's system."""
+    """The section's table of variants (over their seeds) against the reference (compare_to_recipe)."""
     ref = rows[0]
     ref_mean, ref_half = mean_interval(ref["reference_test_wer"])
     ood = ref.get("ood_part")
-    lines = [f"Against stage 7's `{ref['reference']}` ({len(ref['reference_seeds'])} seeds, test WER {100 * ref_mean:.2f}"
-             f" ± {100 * ref_half:.2f}%, mean ± 95% t over seeds; one teacher: {teacher_macs:,} MACs / frame):", "",
+    seeds = len(ref["reference_seeds"])
+    spread = f"test WER {100 * ref_mean:.2f} ± {100 * ref_half:.2f}%, mean ± 95% t over seeds" if seeds > 1 else f"test WER {100 * ref_mean:.2f}%"
+    lines = [f"Against {ref.get('reference_described', ref['reference'])} ({seeds} seed{'s' if seeds > 1 else ''}, {spread}; one teacher: "
+             f"{teacher_macs:,} MACs / frame):", "",
              f"| variant | MACs / frame (share of a teacher) | seeds | dev WER by seed | {layout.test_part} WER, mean ± 95% t (by seed) "
              f"| − {ref['reference']}, points [95% paired bootstrap CI] |" + (f" {ood}: − {ref['reference']}, points [95% CI] |" if ood else ""),
              "|---|---|---|---|---|---|" + ("---|" if ood else "")]
@@ -324,9 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kd-config", type=Path, default=None,
                    help="KdConfig YAML (kd.mode stored): distil every variant from stage 5's matching soft targets, as stage 6 does")
     p.add_argument("--num-teachers", type=int, default=None, help="with --kd-config: the ensemble's size (default: stage 4's count)")
-    p.add_argument("--compare-to", default=None, metavar="SYSTEM",
-                   help="a system stage 7 decoded (e.g. baseline): compare each variant, over its seeds, with it and its seeds "
-                        "(on the test part, and on --ood-part where stage 7 decoded it there)")
+    p.add_argument("--compare-to", default=None, metavar="SYSTEM|RUN",
+                   help="a system stage 7 decoded (e.g. baseline), or the folder of an earlier hybrid_capacity run "
+                        "(<out>/<variant>, e.g. a hard-target control of the same size): compare each variant, over its seeds, "
+                        "with it and its seeds (on the test part, and on --ood-part where the reference was decoded there)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant (train seed + 0, 1, ...)")
     p.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")

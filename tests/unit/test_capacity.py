@@ -159,6 +159,22 @@ def test_variants_over_seeds_are_compared_with_the_recipes_baseline_over_its_see
     assert f"{100 * want_ood['value']:+.2f} [{100 * want_ood['low']:+.2f}, {100 * want_ood['high']:+.2f}], above 0 |" in table
     with pytest.raises(DataError, match="name a system stage 7 decoded"):
         bench["compare_to_recipe"](layout, runs, results, "distilled", 4000)
+    # Against an earlier run of the bench (another --out: a control of the same size) and its
+    # _seed1 sibling, found beside it; no test-ood decodes there, so no column.
+    control = [rng.integers(0, 6, 30) for _ in range(2)]
+    for k, e in enumerate(control):
+        name = "h" if k == 0 else "h_seed1"
+        write(tmp_path / "other" / name / "decode" / f"{name}_test-clean", e)
+        (tmp_path / "other" / name / "result.json").write_text(json.dumps({"test": {"test-clean": {"wer": e.sum() / words.sum()}}}))
+    (row,) = bench["compare_to_recipe"](ood, runs, results, str(tmp_path / "other" / "h"), 4000)
+    want_h = bootstrap_difference(np.mean(control, axis=0), np.mean(ours, axis=0), words.astype(float)).to_dict()
+    assert (row["reference"], row["reference_seeds"], row["minus_reference"]) == ("h", ["h", "h_seed1"], want_h)
+    assert "minus_reference_ood" not in row
+    table = "\n".join(bench["format_comparison"]([row], layout, 4000))
+    assert table.startswith(f"Against hybrid_capacity's run `h` ({tmp_path / 'other' / 'h'}) (2 seeds, test WER ")
+    assert f"{100 * want_h['value']:+.2f} [{100 * want_h['low']:+.2f}, {100 * want_h['high']:+.2f}]" in table
+    with pytest.raises(DataError, match="result.json does not exist; name a finished hybrid_capacity run folder"):
+        bench["compare_to_recipe"](layout, runs, results, str(tmp_path / "out"), 4000)
 
 
 def test_the_cost_sentence_names_the_runs_that_resumed() -> None:
