@@ -362,10 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kd-config", type=Path, default=None,
                    help="KdConfig YAML (kd.mode stored): distil every variant from stage 5's matching soft targets, as stage 6 does")
     p.add_argument("--num-teachers", type=int, default=None, help="with --kd-config: the ensemble's size (default: stage 4's count)")
-    p.add_argument("--compare-to", default=None, metavar="SYSTEM|RUN",
+    p.add_argument("--compare-to", action="append", default=[], metavar="SYSTEM|RUN",
                    help="a system stage 7 decoded (e.g. baseline), or the folder of an earlier hybrid_capacity run "
                         "(<out>/<variant>, e.g. a hard-target control of the same size): compare each variant, over its seeds, "
-                        "with it and its seeds (on the test part, and on --ood-part where the reference was decoded there)")
+                        "with it and its seeds (on the test part, and on --ood-part where the reference was decoded there); "
+                        "repeat it for a table against each")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant (train seed + 0, 1, ...)")
     p.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
@@ -458,8 +459,11 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
     if args.compare_to:
         teacher = load_frame_classifier(model_checkpoint(layout.teacher_dir(0)))
         teacher_macs = num_linear_params(teacher.cfg, senones.num_senones)
-        comparison = compare_to_recipe(layout, runs, results, args.compare_to, teacher_macs)
-        extra = format_comparison(comparison, layout, teacher_macs)
+        comparison = []
+        for reference in args.compare_to:  # one table per reference, in the order given
+            rows = compare_to_recipe(layout, runs, results, reference, teacher_macs)
+            comparison += rows
+            extra += format_comparison(rows, layout, teacher_macs)
     write_json_atomic(out / "hybrid_capacity.json", {"command": command, "decode": dataclasses.asdict(decode), "gmm_tri_wer": gmm,
                                                      "runs": results, "comparison": comparison})
     env = describe_environment(read_record(runs[0].folder))
