@@ -8,7 +8,7 @@ Each system is decoded at the acoustic scale the recipe chose for it. CPU time i
 (other load on the machine does not count); the ratio is measured in the same run.
 
     python bench/decode_beams.py --data recipes/librispeech/data --exp recipes/librispeech/exp \
-        [--settings 13:7000 11:2000] [--systems tri baseline distilled ensemble] [--max-utts N]
+        [--settings 13:7000 11:2000] [--systems tri baseline distilled ensemble] [--max-utts N] [--title T]
 
 Needs stages 3 and 7 of a recipe run (``make demo``); without one it says so and exits 0 (so
 that ``make bench`` on a fresh clone skips it).
@@ -17,6 +17,7 @@ that ``make bench`` on a fresh clone skips it).
 from __future__ import annotations
 
 import argparse
+import shlex
 import dataclasses
 import sys
 import time
@@ -83,6 +84,11 @@ def system_inputs(layout: RecipeLayout, name: str, lang: Lang, max_utts: int | N
     return refs, hclg, lambda cfg, utterance_decoder=None: decode_posteriors_batch(hclg, trans_model, posteriors, priors, cfg, utterance_decoder)
 
 
+def section_heading(title: str | None) -> str:
+    """The heading ``write_section`` matches: the default one, or ``## <title>`` (--title)."""
+    return "## Decoding beams on a recipe run" if title is None else f"## {title}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("recipes/librispeech/data"), help="the recipe's data folder")
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", nargs="+", default=["tri", "baseline", "distilled"], help="systems (tri, mono, baseline, distilled, ensemble)")
     p.add_argument("--max-utts", type=int, default=None, help="the first N dev utterances only")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    p.add_argument("--title", default=None, help="the section's heading instead of the default (a run on another corpus keeps its own section)")
     args = p.parse_args(argv)
     run = finished_run(args.data, args.exp, "decode_beams")
     if run is None:
@@ -112,15 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} beam {beam:g} max-active {int(max_active)}: {wer.summary()}, {cpu:.1f} s CPU", flush=True)
         rows.append((name, scale, len(refs), cells))
     head = " | ".join(f"beam {b:g} / {int(m)}: errors (WER), CPU s" for b, m in settings)
-    lines = ["## Decoding beams on a recipe run (bench/decode_beams.py)", "",
+    lines = [f"{section_heading(args.title)} (bench/decode_beams.py)", "",
              f"`python bench/decode_beams.py --data {args.data} --exp {args.exp} --settings {' '.join(args.settings)} --systems "
-             f"{' '.join(args.systems)}`" + (f" --max-utts {args.max_utts}" if args.max_utts else "") + ": the dev part of that run, each "
+             f"{' '.join(args.systems)}" + (f" --max-utts {args.max_utts}" if args.max_utts else "")
+             + (f" --title {shlex.quote(args.title)}" if args.title else "") + "`: the dev part of that run, each "
              "system at its dev-tuned acoustic scale, one process (CPU seconds of this process).", "",
              f"| system | scale | utterances | {head} | CPU ratio, first / last |", "|---|---|---|" + "---|" * len(settings) + "---|"]
     for name, scale, n, cells in rows:
         body = " | ".join(f"{e} ({100 * e / max(w, 1):.2f}%), {c:.0f}" for e, w, c in cells)
         lines.append(f"| {name} | {scale:g} | {n} | {body} | {cells[0][2] / max(cells[-1][2], 1e-9):.1f}x |")
-    write_section(args.results, "## Decoding beams on a recipe run", "\n".join(lines) + "\n")
+    write_section(args.results, section_heading(args.title), "\n".join(lines) + "\n")
     return 0
 
 
