@@ -17,8 +17,8 @@ that ``make bench`` on a fresh clone skips it).
 from __future__ import annotations
 
 import argparse
-import shlex
 import dataclasses
+import shlex
 import sys
 import time
 from pathlib import Path

@@ -858,6 +858,27 @@ def test_stage7_searches_a_word_insertion_penalty_beside_each_systems_scale(reci
 
 
 @pytest.mark.timeout(900)
+def test_shared_errors_bench_scores_as_stages_3_and_7_did(recipe, tmp_path) -> None:
+    """bench/shared_errors.py on the tiny run: each system's dev WER in its table is the one stage 3
+    or 7 wrote (it recounts the errors from hyp.txt and ref.txt), and the words every network misses
+    are no more than any network's misses."""
+    import runpy
+
+    data, exp, _ = recipe
+    results = tmp_path / "RESULTS.md"
+    main = runpy.run_path(str(REPO_ROOT / "bench" / "shared_errors.py"))["main"]
+    assert main(["--data", str(data), "--exp", str(exp), "--results", str(results)]) == 0
+    text = results.read_text()
+    stage3 = json.loads((exp / "gmm" / "stage3.json").read_text())
+    table1 = json.loads((exp / "decode" / "table1.json").read_text())
+    wers = {"tri": stage3["wers"]["tri"]["dev-clean"]["wer"], **{n: table1[n]["dev-clean"]["wer"] for n in ("baseline", "distilled", "ensemble")}}
+    rows = {cells[1].strip(): cells for cells in (line.split("|") for line in text.splitlines() if line.startswith("| "))}
+    for name, wer in wers.items():
+        assert rows[name][4].strip() == f"{100 * wer:.2f}%", name
+    common = int(re.search(r"\*\*(\d+)\*\* reference words", text).group(1))
+    assert 0 <= common <= min(int(rows[n][2]) for n in ("baseline", "distilled", "ensemble"))
+
+
 def test_penalty_bench_reproduces_the_recipes_decoding_and_reports_each_choice(recipe, tmp_path) -> None:
     """bench/decode_penalty.py on the tiny run: its scale-only side is the recipe's own decoding
     (the same dev choice and test WERs as stages 3 and 7), its penalty side never has more dev
