@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 from decode_beams import finished_run  # noqa: E402
 
-HEADING = "## Errors every system shares"
+HEADING = "## Errors every system shares on a recipe run"  # no titled section's heading may start with it
 WORST = 20  # utterances named in the concentration sentence
 
 

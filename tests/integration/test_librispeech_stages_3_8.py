@@ -857,7 +857,6 @@ def test_stage7_searches_a_word_insertion_penalty_beside_each_systems_scale(reci
         assert seed1["acoustic_scale"] == table1[student]["dev-clean"]["acoustic_scale"]
 
 
-@pytest.mark.timeout(900)
 def test_shared_errors_bench_scores_as_stages_3_and_7_did(recipe, tmp_path) -> None:
     """bench/shared_errors.py on the tiny run: each system's dev WER in its table is the one stage 3
     or 7 wrote (it recounts the errors from hyp.txt and ref.txt), and the words every network misses
@@ -879,6 +878,7 @@ def test_shared_errors_bench_scores_as_stages_3_and_7_did(recipe, tmp_path) -> N
     assert 0 <= common <= min(int(rows[n][2]) for n in ("baseline", "distilled", "ensemble"))
 
 
+@pytest.mark.timeout(900)
 def test_penalty_bench_reproduces_the_recipes_decoding_and_reports_each_choice(recipe, tmp_path) -> None:
     """bench/decode_penalty.py on the tiny run: its scale-only side is the recipe's own decoding
     (the same dev choice and test WERs as stages 3 and 7), its penalty side never has more dev

@@ -40,6 +40,18 @@ def test_wer_per_noise_band_worst_first() -> None:
                                                       ("clean", 1, 2, {"s": 0.0, "t": 0.5})]
 
 
+def test_the_default_section_leaves_titled_ones_alone(tmp_path: Path) -> None:
+    """write_section replaces the section whose heading starts with the one given: the default
+    heading must not be the start of a titled one (it was, and a default run deleted them)."""
+    results = tmp_path / "RESULTS.md"
+    titles = ("Errors every system shares on small, dev-clean", "Errors every system shares on small, test-clean", None)
+    for title in (*titles, None):
+        heading = BENCH["section_heading"](title)
+        BENCH["write_section"](results, heading, f"{heading} (bench/shared_errors.py)\n\n{title}\n")
+    text = results.read_text()
+    assert text.count("## ") == 3 and all(f"\n{t}\n" in text for t in titles)
+
+
 def test_without_a_finished_run_it_says_so(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert BENCH["main"](["--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp")]) == 0
     assert "shared_errors: no finished recipe run under" in capsys.readouterr().out
